@@ -1,0 +1,541 @@
+/*
+ * http -- the worker threads and the request path:
+ *   accept -> size limit (header callback) -> route -> handler -> reply
+ *   -> access log.
+ */
+#include "rhema_build.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/thread.h>
+#include <event2/util.h>
+
+#include "http.h"
+#include "log.h"
+#include "routes.h"
+#include "util.h"
+
+
+/* ---- replies ---- */
+
+void rhema_header(struct rhema_req *r, const char *name, const char *value)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
+    evhttp_remove_header(h, name);
+    evhttp_add_header(h, name, value);
+}
+
+const char *rhema_req_header(struct rhema_req *r, const char *name)
+{
+    return evhttp_find_header(evhttp_request_get_input_headers(r->req), name);
+}
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 412: return "Precondition Failed";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    case 507: return "Insufficient Storage";
+    default: return "Status";
+    }
+}
+
+static void add_cors(struct rhema_req *r)
+{
+    const struct rhema_config *cfg = r->worker->srv->cfg;
+    const char *origin = rhema_req_header(r, "Origin");
+    if (!cfg->cors_enabled || !origin)
+        return;
+    for (size_t i = 0; i < cfg->cors_origins.n; i++) {
+        const char *o = cfg->cors_origins.v[i];
+        if (strcmp(o, "*") == 0) {
+            rhema_header(r, "Access-Control-Allow-Origin", "*");
+            break;
+        }
+        if (strcmp(o, origin) == 0) {
+            rhema_header(r, "Access-Control-Allow-Origin", origin);
+            rhema_header(r, "Vary", "Origin");
+            break;
+        }
+    }
+    rhema_header(r, "Access-Control-Expose-Headers", "ETag, X-Request-Id, Location");
+}
+
+static void on_complete(struct evhttp_request *req, void *arg)
+{
+    (void)req;
+    struct rhema_worker *w = arg;
+    atomic_fetch_sub(&w->inflight, 1);
+}
+
+void rhema_reply(struct rhema_req *r, int status, const char *content_type, const void *body,
+                 size_t len)
+{
+    struct evbuffer *buf = evbuffer_new();
+    if (body && len)
+        evbuffer_add(buf, body, len);
+    rhema_header(r, "X-Request-Id", r->request_id);
+    if (content_type)
+        rhema_header(r, "Content-Type", content_type);
+    add_cors(r);
+    if (r->worker->draining)
+        rhema_header(r, "Connection", "close");
+    r->status = status;
+    r->bytes_out = len;
+    atomic_fetch_add(&r->worker->inflight, 1);
+    evhttp_request_set_on_complete_cb(r->req, on_complete, r->worker);
+    evhttp_send_reply(r->req, status, reason(status), buf);
+    evbuffer_free(buf);
+}
+
+void rhema_reply_json(struct rhema_req *r, int status, const char *json, size_t len)
+{
+    rhema_reply(r, status, "application/json", json, len);
+}
+
+void rhema_reply_jsonv(struct rhema_req *r, int status, json_t *v)
+{
+    char *text = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(v);
+    if (!text) {
+        rhema_reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    rhema_reply_json(r, status, text, strlen(text));
+    free(text);
+}
+
+void rhema_reply_empty(struct rhema_req *r, int status) { rhema_reply(r, status, NULL, NULL, 0); }
+
+void rhema_reply_error(struct rhema_req *r, int status, const char *code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_t *e = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
+    rhema_reply_jsonv(r, status, e);
+}
+
+void rhema_reply_store_error(struct rhema_req *r, int rc, const char *msg)
+{
+    switch (rc) {
+    case RHEMA_EINVAL: rhema_reply_error(r, 400, "invalid_field", "%s", msg); break;
+    case RHEMA_ENOTFOUND: rhema_reply_error(r, 404, "not_found", "%s", msg); break;
+    case RHEMA_ECONFLICT: rhema_reply_error(r, 409, "conflict", "%s", msg); break;
+    case RHEMA_EPRECONDITION: rhema_reply_error(r, 412, "precondition_failed", "%s", msg); break;
+    case RHEMA_ETOOBIG: rhema_reply_error(r, 413, "too_large", "%s", msg); break;
+    case RHEMA_EUNAVAIL: rhema_reply_error(r, 503, "unavailable", "%s", msg); break;
+    default:
+        rhema_log(RHEMA_LOG_ERROR, "http", "%s %s: %s", r->request_id, r->path, msg);
+        rhema_reply_error(r, 500, "internal", "%s", msg);
+    }
+}
+
+void rhema_header_etag(struct rhema_req *r, uint64_t version)
+{
+    char etag[32];
+    snprintf(etag, sizeof etag, "\"%llu\"", (unsigned long long)version);
+    rhema_header(r, "ETag", etag);
+}
+
+json_t *rhema_req_json(struct rhema_req *r)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
+    size_t len = evbuffer_get_length(in);
+    if (len == 0) {
+        rhema_reply_error(r, 400, "bad_json", "request body is empty; expected JSON");
+        return NULL;
+    }
+    const char *data = (const char *)evbuffer_pullup(in, -1);
+    json_error_t jerr;
+    json_t *v = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!v) {
+        rhema_reply_error(r, 400, "bad_json", "malformed JSON at line %d column %d: %s",
+                          jerr.line, jerr.column, jerr.text);
+        return NULL;
+    }
+    return v;
+}
+
+static int parse_version(const char *s, uint64_t *out)
+{
+    char *end;
+    while (*s == ' ')
+        s++;
+    if (strncmp(s, "W/", 2) == 0)
+        return -1; /* weak validators never match a strong comparison */
+    int quoted = *s == '"';
+    if (quoted)
+        s++;
+    if (*s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || v == 0 || v == UINT64_MAX)
+        return -1;
+    if (quoted && *end++ != '"')
+        return -1;
+    while (*end == ' ')
+        end++;
+    if (*end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int rhema_req_precondition(struct rhema_req *r, uint64_t *expected)
+{
+    const char *im = rhema_req_header(r, "If-Match");
+    const char *inm = rhema_req_header(r, "If-None-Match");
+    *expected = RHEMA_VERSION_ANY;
+    if (im && inm) {
+        rhema_reply_error(r, 400, "bad_header", "If-Match and If-None-Match together");
+        return -1;
+    }
+    if (inm) {
+        if (strcmp(inm, "*") != 0) {
+            rhema_reply_error(r, 400, "bad_header", "If-None-Match: only * is supported on writes");
+            return -1;
+        }
+        *expected = RHEMA_VERSION_ABSENT;
+    } else if (im && strcmp(im, "*") != 0) {
+        if (parse_version(im, expected) != 0) {
+            rhema_reply_error(r, 400, "bad_header",
+                              "If-Match: expected one strong ETag such as \"3\", got '%s'", im);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- the request path ---- */
+
+/* Set the request id: a valid incoming X-Request-Id, else boot id + worker + counter. */
+static void request_id(struct rhema_req *r)
+{
+    const char *in = rhema_req_header(r, "X-Request-Id");
+    if (in && strlen(in) < sizeof r->request_id && rhema_id_valid(in)) {
+        snprintf(r->request_id, sizeof r->request_id, "%s", in);
+        return;
+    }
+    snprintf(r->request_id, sizeof r->request_id, "%s-%d-%llx", r->worker->srv->boot_id,
+             r->worker->id, (unsigned long long)++r->worker->seq);
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    struct rhema_worker *w = arg;
+    struct rhema_req r = {.req = req, .worker = w, .t0_ns = rhema_monotonic_ns()};
+    TAILQ_INIT(&r.query);
+    r.method = evhttp_request_get_command(req);
+    request_id(&r);
+
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *raw_path = uri ? evhttp_uri_get_path(uri) : NULL;
+    char *path = raw_path ? evhttp_uridecode(raw_path, 0, NULL) : NULL;
+    r.path = path ? path : "/";
+    if (uri && evhttp_uri_get_query(uri) &&
+        evhttp_parse_query_str(evhttp_uri_get_query(uri), &r.query) != 0) {
+        rhema_reply_error(&r, 400, "bad_query", "malformed query string");
+        goto done;
+    }
+    rhema_route(&r);
+done:
+    if (r.status == 0) /* a handler that forgot to answer is a bug; never hang the client */
+        rhema_reply_error(&r, 500, "internal", "no response");
+    if (atomic_load(&w->srv->log_access)) {
+        char peer[64] = "-";
+        struct evhttp_connection *c = evhttp_request_get_connection(req);
+        if (c) {
+            char *host = NULL;
+            ev_uint16_t port = 0;
+            evhttp_connection_get_peer(c, &host, &port);
+            if (host)
+                snprintf(peer, sizeof peer, "%s:%u", host, port);
+        }
+        static const char *const methods[] = {"GET", "POST", "HEAD", "PUT", "DELETE",
+                                              "OPTIONS", "TRACE", "CONNECT", "PATCH"};
+        const char *m = "?";
+        for (unsigned i = 0; i < 9; i++)
+            if (r.method == (enum evhttp_cmd_type)(1 << i))
+                m = methods[i];
+        rhema_log_access(r.request_id, peer, m, evhttp_request_get_uri(req), r.status,
+                         r.bytes_out, (double)(rhema_monotonic_ns() - r.t0_ns) / 1e6);
+    }
+    evhttp_clear_headers(&r.query);
+    free(path);
+}
+
+/* ---- workers ---- */
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct rhema_worker *w = arg;
+    if (w->store.pending_n) {
+        int rc = rhema_store_flush_access(&w->store);
+        if (rc)
+            rhema_log(RHEMA_LOG_WARN, "session", "worker %d: flushing access counts: %s (%s)",
+                      w->id, rhema_strerror(rc), w->srv->storage->errmsg(w->conn));
+    }
+    if (w->draining &&
+        (atomic_load(&w->inflight) <= 0 || rhema_monotonic_ns() >= w->drain_deadline_ns))
+        event_base_loopbreak(w->base);
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct rhema_worker *w = arg;
+    if (w->draining)
+        return;
+    w->draining = 1;
+    w->drain_deadline_ns =
+        rhema_monotonic_ns() + (uint64_t)w->srv->cfg->request_timeout_seconds * 1000000000ull;
+    if (w->listener)
+        evconnlistener_disable(w->listener);
+    /* check every 20 ms from now on */
+    struct timeval tv = {0, 20000};
+    event_del(w->tick_ev);
+    event_add(w->tick_ev, &tv);
+}
+
+static void *worker_main(void *arg)
+{
+    struct rhema_worker *w = arg;
+    event_base_dispatch(w->base);
+    return NULL;
+}
+
+static void worker_release(struct rhema_worker *w)
+{
+    if (w->http)
+        evhttp_free(w->http); /* frees its listener and connections, not the shared socket */
+    else if (w->listener)
+        evconnlistener_free(w->listener);
+    if (w->stop_ev)
+        event_free(w->stop_ev);
+    if (w->tick_ev)
+        event_free(w->tick_ev);
+    rhema_store_release(&w->store);
+    if (w->conn)
+        w->srv->storage->disconnect(w->conn);
+    if (w->base)
+        event_base_free(w->base);
+    memset(w, 0, sizeof *w);
+}
+
+static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id, char **err)
+{
+    char *serr = NULL;
+    w->id = id;
+    w->srv = srv;
+    atomic_store(&w->inflight, 0);
+    int rc = srv->storage->connect(srv->storage_inst, &w->conn, &serr);
+    if (rc) {
+        if (asprintf(err, "worker %d: storage connect failed: %s", id,
+                     serr ? serr : rhema_strerror(rc)) < 0)
+            *err = NULL;
+        free(serr);
+        w->conn = NULL;
+        return rc;
+    }
+    rhema_store_init(&w->store, srv->storage, w->conn);
+    w->base = event_base_new();
+    w->http = w->base ? evhttp_new(w->base) : NULL;
+    if (!w->http)
+        goto nomem;
+    /* our own listener: evhttp_accept_socket() would close the shared fd when freed */
+    w->listener = evconnlistener_new(w->base, NULL, NULL, LEV_OPT_CLOSE_ON_EXEC, 0, srv->listen_fd);
+    if (!w->listener || !evhttp_bind_listener(w->http, w->listener))
+        goto nomem;
+    evhttp_set_allowed_methods(w->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+                                            EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                            EVHTTP_REQ_HEAD | EVHTTP_REQ_PATCH);
+    /*
+     * libevent 2.1 answers a body over this limit with 413 itself (its own
+     * small HTML body; 2.1 has no hook to format it) and closes the
+     * connection, before reading the body.
+     */
+    evhttp_set_max_body_size(w->http, (ev_ssize_t)srv->cfg->max_request_size_bytes);
+    evhttp_set_max_headers_size(w->http, 64 * 1024);
+    evhttp_set_timeout(w->http, srv->cfg->request_timeout_seconds);
+    evhttp_set_gencb(w->http, on_request, w);
+    evhttp_set_default_content_type(w->http, "application/json");
+    w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
+    w->tick_ev = event_new(w->base, -1, EV_PERSIST, on_tick, w);
+    if (!w->stop_ev || !w->tick_ev)
+        goto nomem;
+    struct timeval second = {1, 0};
+    event_add(w->tick_ev, &second);
+    return 0;
+nomem:
+    if (asprintf(err, "worker %d: cannot set up its event loop", id) < 0)
+        *err = NULL;
+    return RHEMA_ENOMEM;
+}
+
+/* Split "host:port" / "[v6]:port" and bind + listen. */
+static int bind_listen(struct rhema_server *srv, char **err)
+{
+    char host[128], port[16];
+    const char *addr = srv->cfg->listen;
+    const char *colon = strrchr(addr, ':');
+    if (!colon || colon == addr || strlen(colon + 1) >= sizeof port)
+        goto bad;
+    size_t hl = (size_t)(colon - addr);
+    if (addr[0] == '[') {
+        if (hl < 3 || addr[hl - 1] != ']')
+            goto bad;
+        memcpy(host, addr + 1, hl - 2);
+        host[hl - 2] = '\0';
+    } else {
+        if (hl >= sizeof host)
+            goto bad;
+        memcpy(host, addr, hl);
+        host[hl] = '\0';
+    }
+    snprintf(port, sizeof port, "%s", colon + 1);
+
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
+                    *res = NULL;
+    int gai = getaddrinfo(host, port, &hints, &res);
+    if (gai != 0) {
+        if (asprintf(err, "service.addr '%s': %s", addr, gai_strerror(gai)) < 0)
+            *err = NULL;
+        return RHEMA_EINVAL;
+    }
+    int fd = -1, saved = 0;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) {
+            saved = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0)
+            break;
+        saved = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        if (asprintf(err, "service.addr '%s': cannot addr: %s", addr, strerror(saved)) < 0)
+            *err = NULL;
+        return RHEMA_EIO;
+    }
+    evutil_make_socket_nonblocking(fd);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    char h[INET6_ADDRSTRLEN] = "?";
+    int p = 0;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &a->sin6_addr, h, sizeof h);
+            p = ntohs(a->sin6_port);
+            snprintf(srv->listen_addr, sizeof srv->listen_addr, "[%s]:%d", h, p);
+        } else {
+            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &a->sin_addr, h, sizeof h);
+            p = ntohs(a->sin_port);
+            snprintf(srv->listen_addr, sizeof srv->listen_addr, "%s:%d", h, p);
+        }
+    }
+    srv->listen_fd = fd;
+    return 0;
+bad:
+    if (asprintf(err, "service.addr '%s': expected host:port or [v6]:port", addr) < 0)
+        *err = NULL;
+    return RHEMA_EINVAL;
+}
+
+int rhema_http_start(struct rhema_server *srv, char **err)
+{
+    int rc;
+    srv->listen_fd = -1;
+    evthread_use_pthreads();
+    if ((rc = bind_listen(srv, err)))
+        return rc;
+    srv->nworkers = srv->cfg->workers > 0 ? srv->cfg->workers : rhema_ncpu();
+    srv->workers = calloc((size_t)srv->nworkers, sizeof *srv->workers);
+    if (!srv->workers) {
+        rc = RHEMA_ENOMEM;
+        goto fail;
+    }
+    for (int i = 0; i < srv->nworkers; i++) {
+        if ((rc = worker_setup(srv, &srv->workers[i], i, err)))
+            goto fail;
+    }
+    for (int i = 0; i < srv->nworkers; i++) {
+        if (pthread_create(&srv->workers[i].thread, NULL, worker_main, &srv->workers[i]) != 0) {
+            rc = RHEMA_ENOMEM;
+            if (asprintf(err, "cannot start worker thread %d", i) < 0)
+                *err = NULL;
+            srv->nworkers = i; /* stop the ones running */
+            rhema_http_stop(srv);
+            return rc;
+        }
+        srv->workers[i].started = 1;
+    }
+    rhema_log(RHEMA_LOG_NOTICE, "http", "listening on %s with %d worker%s", srv->listen_addr,
+              srv->nworkers, srv->nworkers == 1 ? "" : "s");
+    return 0;
+fail:
+    for (int i = 0; srv->workers && i < srv->nworkers; i++)
+        if (srv->workers[i].srv)
+            worker_release(&srv->workers[i]);
+    free(srv->workers);
+    srv->workers = NULL;
+    srv->nworkers = 0;
+    close(srv->listen_fd);
+    srv->listen_fd = -1;
+    return rc;
+}
+
+void rhema_http_stop(struct rhema_server *srv)
+{
+    for (int i = 0; i < srv->nworkers; i++)
+        if (srv->workers[i].started == 1)
+            event_active(srv->workers[i].stop_ev, EV_TIMEOUT, 0);
+    for (int i = 0; i < srv->nworkers; i++) {
+        if (srv->workers[i].started == 1)
+            pthread_join(srv->workers[i].thread, NULL);
+        worker_release(&srv->workers[i]);
+    }
+    free(srv->workers);
+    srv->workers = NULL;
+    srv->nworkers = 0;
+    if (srv->listen_fd >= 0)
+        close(srv->listen_fd);
+    srv->listen_fd = -1;
+}

@@ -1,0 +1,118 @@
+/*
+ * http -- evhttp workers, request context, JSON replies and errors.
+ *
+ * rhemad runs service.workers threads; each owns an event base, an evhttp
+ * bound (through its own evconnlistener) to the one shared listening
+ * socket, and its own storage connection.  A handler runs on its worker's
+ * thread and may call storage synchronously through req->worker->store.
+ */
+#ifndef RHEMA_CORE_HTTP_H
+#define RHEMA_CORE_HTTP_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <jansson.h>
+
+#include "config.h"
+#include "plugin.h"
+#include "session.h"
+
+struct rhema_server;
+
+struct rhema_worker {
+    int id;
+    pthread_t thread;
+    struct rhema_server *srv;
+    struct event_base *base;
+    struct evhttp *http;
+    struct evconnlistener *listener;
+    struct event *stop_ev;     /* activated by the main thread */
+    struct event *tick_ev;     /* once a second: flush access counts; drain checks */
+    rhema_storage_conn *conn;
+    struct rhema_store store;
+    uint64_t seq;              /* request counter, for request ids */
+    atomic_int inflight;       /* handlers answered whose reply is not fully sent */
+    int draining;
+    uint64_t drain_deadline_ns;
+    int started;               /* 1 once the thread runs, -1 when it failed */
+};
+
+struct rhema_server {
+    struct rhema_config *cfg;
+    struct rhema_plugin_registry *plugins;
+    const struct rhema_loaded_plugin *storage_plugin;
+    const struct rhema_storage_plugin *storage; /* &storage_plugin->vt.storage */
+    rhema_storage_instance *storage_inst;
+    evutil_socket_t listen_fd;
+    char listen_addr[128];       /* the address actually bound, host:port */
+    int nworkers;
+    struct rhema_worker *workers;
+    uint64_t started_ms;
+    char boot_id[9];             /* random per process, prefix of request ids */
+    atomic_int log_access;       /* logging.access_log, can change on reload */
+};
+
+/* The context of one request, valid for the duration of its handler. */
+struct rhema_req {
+    struct evhttp_request *req;
+    struct rhema_worker *worker;
+    enum evhttp_cmd_type method;
+    const char *path;            /* decoded path, without the query */
+    struct evkeyvalq query;      /* decoded query parameters */
+    char request_id[48];
+    uint64_t t0_ns;
+    int status;
+    size_t bytes_out;
+};
+
+/*
+ * Bind the listening socket (service.listen), start the workers (each
+ * connects to storage).  Returns 0, or a negative code and *err (malloc'd).
+ */
+int rhema_http_start(struct rhema_server *srv, char **err);
+/*
+ * Graceful stop: stop accepting, let in-flight requests finish (bounded by
+ * service.request_timeout_seconds), join the workers, disconnect storage.
+ */
+void rhema_http_stop(struct rhema_server *srv);
+
+/* Replies.  Each sets the status, X-Request-Id, CORS and logs the access. */
+void rhema_reply(struct rhema_req *r, int status, const char *content_type, const void *body,
+                 size_t len);
+void rhema_reply_json(struct rhema_req *r, int status, const char *json, size_t len);
+/* Reply with the JSON text of `v` (consumes the reference). */
+void rhema_reply_jsonv(struct rhema_req *r, int status, json_t *v);
+/* Reply 204 No Content. */
+void rhema_reply_empty(struct rhema_req *r, int status);
+/* Reply with the error format of DESIGN.md §6. */
+void rhema_reply_error(struct rhema_req *r, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Map a RHEMA_E* code (and message) of a store call to an error reply. */
+void rhema_reply_store_error(struct rhema_req *r, int rc, const char *msg);
+
+/* Set a response header. */
+void rhema_header(struct rhema_req *r, const char *name, const char *value);
+/* A request header, or NULL. */
+const char *rhema_req_header(struct rhema_req *r, const char *name);
+/*
+ * Parse the request body as JSON.  On failure replies 400 (bad_json) itself
+ * and returns NULL; the caller just returns.
+ */
+json_t *rhema_req_json(struct rhema_req *r);
+/*
+ * Parse If-Match / If-None-Match into an expected version: 0 (none),
+ * RHEMA_VERSION_ABSENT (If-None-Match: *), or a version.  Replies 400 and
+ * returns -1 when malformed.
+ */
+int rhema_req_precondition(struct rhema_req *r, uint64_t *expected);
+/* Set the strong ETag of a version. */
+void rhema_header_etag(struct rhema_req *r, uint64_t version);
+
+#endif /* RHEMA_CORE_HTTP_H */

@@ -1,0 +1,32 @@
+/*
+ * log -- text or JSON log lines to stderr or a file, with levels.
+ *
+ * Thread safe: each line is formatted into a buffer and written with one
+ * write(2).  rhema_log_open() may be called again (SIGHUP) to change the
+ * level, format or file; in-flight writers see either the old or new file.
+ */
+#ifndef RHEMA_CORE_LOG_H
+#define RHEMA_CORE_LOG_H
+
+#include <stdarg.h>
+
+#include <rhema/plugin.h> /* RHEMA_LOG_* levels */
+
+#include "config.h"
+
+/* Open (or re-open) the log: level, format, file ("" or NULL: stderr). */
+int rhema_log_open(int level, enum rhema_log_format format, const char *file, char **err);
+void rhema_log_close(void);
+int rhema_log_level(void);
+void rhema_log_set_level(int level);
+
+/* Log a message from subsystem `who` (a module or plugin name). */
+void rhema_log(int level, const char *who, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void rhema_vlog(int level, const char *who, const char *fmt, va_list ap);
+
+/* One access-log line (info level, subsystem "access"). */
+void rhema_log_access(const char *request_id, const char *peer, const char *method,
+                      const char *uri, int status, size_t bytes_out, double ms);
+
+#endif /* RHEMA_CORE_LOG_H */

@@ -1,0 +1,427 @@
+/*
+ * rhemad -- argv, configuration, plugins, daemonize, pidfile, signals.
+ *
+ * The main thread owns an event base for signals and timers; the HTTP
+ * workers run their own (http.c).  SIGTERM/SIGINT drain and exit 0; SIGHUP
+ * re-reads the configuration and applies what can change live.
+ */
+#include "rhema_build.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <sodium.h>
+
+#include "config.h"
+#include "http.h"
+#include "log.h"
+#include "plugin.h"
+#include "util.h"
+
+struct options {
+    const char *config_file;
+    const char *pidfile;
+    const char *plugin_dir;
+    const char **overrides;
+    size_t n_overrides;
+    int test_only;
+    int foreground;
+};
+
+static void usage(FILE *to)
+{
+    fprintf(to,
+            "usage: rhemad [-c FILE] [-t] [-f] [-p PIDFILE] [-P DIR] [-o section.key=value]... "
+            "[-V] [-h]\n"
+            "  -c FILE   configuration file (default: none, built-in defaults)\n"
+            "  -t        check the configuration and every plugin it names, then exit\n"
+            "  -f        stay in the foreground (default: daemonize)\n"
+            "  -p FILE   write the process id to FILE (overrides service.pidfile)\n"
+            "  -P DIR    plugin directory (overrides plugins.directory)\n"
+            "  -o K=V    override one setting, e.g. -o service.listen=127.0.0.1:9000\n"
+            "  -V        print the version and exit\n"
+            "  -h        this help\n");
+}
+
+static int parse_args(int argc, char **argv, struct options *o)
+{
+    int c;
+    static const char *overrides[256];
+    o->overrides = overrides;
+    while ((c = getopt(argc, argv, "c:tfp:P:o:Vh")) != -1) {
+        switch (c) {
+        case 'c': o->config_file = optarg; break;
+        case 't': o->test_only = 1; break;
+        case 'f': o->foreground = 1; break;
+        case 'p': o->pidfile = optarg; break;
+        case 'P': o->plugin_dir = optarg; break;
+        case 'o':
+            if (o->n_overrides == sizeof overrides / sizeof *overrides) {
+                fprintf(stderr, "rhemad: too many -o options\n");
+                return 1;
+            }
+            if (!strchr(optarg, '=')) {
+                fprintf(stderr, "rhemad: -o %s: expected section.key=value\n", optarg);
+                return 1;
+            }
+            overrides[o->n_overrides++] = optarg;
+            break;
+        case 'V': printf("rhemad %s (plugin ABI %d.%d)\n", PACKAGE_VERSION, RHEMA_ABI_MAJOR,
+                         RHEMA_ABI_MINOR);
+            exit(0);
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return 1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "rhemad: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 1;
+    }
+    return 0;
+}
+
+/*
+ * Load every plugin the configuration names: plugins.load when given,
+ * then the storage backend (by name) if the list did not provide it.
+ */
+static int load_plugins(struct rhema_server *srv, char **err)
+{
+    struct rhema_config *cfg = srv->cfg;
+    const struct rhema_loaded_plugin *p;
+    int rc;
+    for (size_t i = 0; cfg->plugin_load_set && i < cfg->plugin_load.n; i++) {
+        if ((rc = rhema_plugin_load(srv->plugins, cfg->plugin_load.v[i], cfg->plugin_directory, 0,
+                                    &p, err)))
+            return rc;
+    }
+    p = rhema_plugin_find(srv->plugins, RHEMA_KIND_STORAGE, cfg->backend);
+    if (!p && (rc = rhema_plugin_load(srv->plugins, cfg->backend, cfg->plugin_directory,
+                                      RHEMA_KIND_STORAGE, &p, err)))
+        return rc;
+    if (p->kind != RHEMA_KIND_STORAGE) {
+        if (asprintf(err, "persistence.backend '%s' is a %s plugin", cfg->backend,
+                     rhema_plugin_kind_name(p->kind)) < 0)
+            *err = NULL;
+        return RHEMA_EINVAL;
+    }
+    srv->storage_plugin = p;
+    srv->storage = &p->vt.storage;
+    return 0;
+}
+
+/* Open the storage instance and refuse keys of its group it did not read. */
+static int open_storage(struct rhema_server *srv, char **err)
+{
+    const struct rhema_cfg *group =
+        rhema_config_plugin_group(srv->cfg, RHEMA_KIND_STORAGE, srv->storage_plugin->name);
+    char *perr = NULL;
+    int rc = srv->storage->open(rhema_host_get(), group, &srv->storage_inst, &perr);
+    if (rc) {
+        if (asprintf(err, "storage '%s': %s", srv->storage_plugin->name,
+                     perr ? perr : rhema_strerror(rc)) < 0)
+            *err = NULL;
+        free(perr);
+        srv->storage_inst = NULL;
+        return rc;
+    }
+    if ((rc = rhema_config_unread_keys(group, err))) {
+        srv->storage->close(srv->storage_inst);
+        srv->storage_inst = NULL;
+        return rc;
+    }
+    return 0;
+}
+
+/* ---- pidfile ---- */
+
+static int pidfile_fd = -1;
+static char *pidfile_path;
+
+static int pidfile_write(const char *path, char **err)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        goto fail;
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char buf[32] = "";
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        buf[n > 0 ? n : 0] = '\0';
+        buf[strcspn(buf, "\n")] = '\0';
+        if (asprintf(err, "pidfile %s is locked: rhemad is already running (pid %s)", path,
+                     buf) < 0)
+            *err = NULL;
+        close(fd);
+        return RHEMA_ECONFLICT;
+    }
+    char buf[32];
+    int len = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)len, 0) != len)
+        goto fail;
+    pidfile_fd = fd; /* kept open: the lock lives as long as we do */
+    pidfile_path = strdup(path);
+    return 0;
+fail:
+    if (asprintf(err, "pidfile %s: %s", path, strerror(errno)) < 0)
+        *err = NULL;
+    if (fd >= 0)
+        close(fd);
+    return RHEMA_EIO;
+}
+
+static void pidfile_remove(void)
+{
+    if (pidfile_fd < 0)
+        return;
+    unlink(pidfile_path);
+    close(pidfile_fd);
+    pidfile_fd = -1;
+    free(pidfile_path);
+    pidfile_path = NULL;
+}
+
+/* ---- daemonize: the parent exits with the child's startup result ---- */
+
+static int ready_fd = -1;
+
+static int daemonize(void)
+{
+    int p[2];
+    if (pipe(p) != 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid > 0) {
+        close(p[1]);
+        char status = 1;
+        ssize_t n;
+        do
+            n = read(p[0], &status, 1);
+        while (n < 0 && errno == EINTR);
+        _exit(n == 1 ? status : 1);
+    }
+    close(p[0]);
+    if (setsid() < 0)
+        return -1;
+    pid = fork(); /* never reacquire a controlling terminal */
+    if (pid < 0)
+        return -1;
+    if (pid > 0)
+        _exit(0);
+    int null = open("/dev/null", O_RDWR);
+    if (null >= 0) {
+        dup2(null, STDIN_FILENO);
+        dup2(null, STDOUT_FILENO);
+        close(null);
+    }
+    ready_fd = p[1];
+    return 0;
+}
+
+/* Tell the waiting parent how startup went; after success stderr goes too. */
+static void notify_ready(int status)
+{
+    if (ready_fd < 0)
+        return;
+    char s = (char)status;
+    if (write(ready_fd, &s, 1) < 0) { /* the parent is gone; nothing to tell */
+    }
+    close(ready_fd);
+    ready_fd = -1;
+    if (status == 0) {
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) {
+            dup2(null, STDERR_FILENO);
+            close(null);
+        }
+    }
+}
+
+/* ---- signals and reload ---- */
+
+struct main_ctx {
+    struct options *opt;
+    struct rhema_server *srv;
+    struct event_base *base;
+};
+
+static void on_terminate(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct main_ctx *m = arg;
+    rhema_log(RHEMA_LOG_NOTICE, "main", "signal %d: draining and stopping", (int)sig);
+    event_base_loopbreak(m->base);
+}
+
+#define RESTART_NEEDED(field, name)                                                                \
+    if (strcmp(old->field, neu.field) != 0)                                                        \
+        rhema_log(RHEMA_LOG_WARN, "main", "reload: %s changed ('%s' -> '%s'); restart to apply",   \
+                  name, old->field, neu.field);
+
+static void on_reload(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig, (void)what;
+    struct main_ctx *m = arg;
+    struct rhema_config neu;
+    char *err = NULL;
+    if (rhema_config_load(&neu, m->opt->config_file, m->opt->overrides, m->opt->n_overrides,
+                          m->opt->plugin_dir, &err) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "reload: configuration refused, keeping the old one:\n%s",
+                  err ? err : "?");
+        free(err);
+        return;
+    }
+    struct rhema_config *old = m->srv->cfg;
+    if (rhema_log_open(neu.log_level, neu.log_format, neu.log_file, &err) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "reload: %s; keeping the old log settings", err);
+        free(err);
+    } else {
+        old->log_level = neu.log_level;
+        old->log_format = neu.log_format;
+        atomic_store(&m->srv->log_access, neu.access_log);
+        old->access_log = neu.access_log;
+    }
+    RESTART_NEEDED(listen, "service.listen")
+    RESTART_NEEDED(backend, "persistence.backend")
+    RESTART_NEEDED(plugin_directory, "plugins.directory")
+    if (old->workers != neu.workers)
+        rhema_log(RHEMA_LOG_WARN, "main", "reload: service.workers changed; restart to apply");
+    if (old->max_request_size_bytes != neu.max_request_size_bytes ||
+        old->request_timeout_seconds != neu.request_timeout_seconds)
+        rhema_log(RHEMA_LOG_WARN, "main",
+                  "reload: service limits changed; restart to apply");
+    rhema_log(RHEMA_LOG_NOTICE, "main", "reload: configuration re-read; log level %d, format %s",
+              neu.log_level, neu.log_format == RHEMA_LOG_FORMAT_JSON ? "json" : "text");
+    rhema_config_release(&neu);
+}
+
+static size_t count_plugins(const struct rhema_plugin_registry *reg)
+{
+    size_t n = 0;
+    while (rhema_plugin_at(reg, n))
+        n++;
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    struct options opt = {0};
+    struct rhema_config cfg = {0};
+    struct rhema_server srv = {.listen_fd = -1};
+    char *err = NULL;
+    int status = 1;
+    struct event_base *base = NULL;
+    struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL;
+
+    if (parse_args(argc, argv, &opt) != 0)
+        return 2;
+    if (rhema_config_load(&cfg, opt.config_file, opt.overrides, opt.n_overrides, opt.plugin_dir,
+                          &err) != 0) {
+        fprintf(stderr, "rhemad: configuration error:\n%s\n", err ? err : "?");
+        if (opt.test_only)
+            fprintf(stderr, "rhemad: configuration file %s test failed\n",
+                    opt.config_file ? opt.config_file : "(defaults)");
+        free(err);
+        return 1;
+    }
+    srv.cfg = &cfg;
+    atomic_store(&srv.log_access, cfg.access_log);
+    if (rhema_log_open(cfg.log_level, cfg.log_format, opt.test_only ? NULL : cfg.log_file, &err)) {
+        fprintf(stderr, "rhemad: %s\n", err);
+        goto out;
+    }
+    if (sodium_init() < 0) {
+        fprintf(stderr, "rhemad: libsodium failed to initialise\n");
+        goto out;
+    }
+    if (rhema_plugins_new(&srv.plugins) != 0)
+        goto out;
+    if (load_plugins(&srv, &err) != 0 || open_storage(&srv, &err) != 0) {
+        fprintf(stderr, "rhemad: %s\n", err ? err : "plugin error");
+        if (opt.test_only)
+            fprintf(stderr, "rhemad: configuration file %s test failed\n",
+                    opt.config_file ? opt.config_file : "(defaults)");
+        goto out;
+    }
+    if (opt.test_only) {
+        printf("rhemad: configuration file %s syntax is ok\n"
+               "rhemad: %zu plugin(s) load; storage '%s' opens\n"
+               "rhemad: configuration file %s test is successful\n",
+               opt.config_file ? opt.config_file : "(defaults)",
+               count_plugins(srv.plugins),
+               srv.storage_plugin->name, opt.config_file ? opt.config_file : "(defaults)");
+        status = 0;
+        goto out;
+    }
+
+    if (!opt.foreground && daemonize() != 0) {
+        fprintf(stderr, "rhemad: cannot daemonize: %s\n", strerror(errno));
+        goto out;
+    }
+    const char *pidfile = opt.pidfile ? opt.pidfile : cfg.pidfile;
+    if (pidfile && *pidfile && pidfile_write(pidfile, &err) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "%s", err);
+        goto out;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    {
+        unsigned char raw[4];
+        randombytes_buf(raw, sizeof raw);
+        snprintf(srv.boot_id, sizeof srv.boot_id, "%02x%02x%02x%02x", raw[0], raw[1], raw[2],
+                 raw[3]);
+    }
+    srv.started_ms = rhema_realtime_ms();
+    if (rhema_http_start(&srv, &err) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
+        goto out;
+    }
+    base = event_base_new();
+    struct main_ctx mctx = {.opt = &opt, .srv = &srv, .base = base};
+    ev_term = evsignal_new(base, SIGTERM, on_terminate, &mctx);
+    ev_int = evsignal_new(base, SIGINT, on_terminate, &mctx);
+    ev_hup = evsignal_new(base, SIGHUP, on_reload, &mctx);
+    event_add(ev_term, NULL);
+    event_add(ev_int, NULL);
+    event_add(ev_hup, NULL);
+    rhema_log(RHEMA_LOG_NOTICE, "main", "rhemad %s started (pid %ld, storage '%s', config %s)",
+              PACKAGE_VERSION, (long)getpid(), srv.storage_plugin->name,
+              cfg.path && *cfg.path ? cfg.path : "(defaults)");
+    notify_ready(0);
+    event_base_dispatch(base);
+
+    rhema_http_stop(&srv);
+    rhema_log(RHEMA_LOG_NOTICE, "main", "stopped");
+    status = 0;
+out:
+    notify_ready(status ? 1 : 0);
+    if (ev_term)
+        event_free(ev_term);
+    if (ev_int)
+        event_free(ev_int);
+    if (ev_hup)
+        event_free(ev_hup);
+    if (base)
+        event_base_free(base);
+    if (srv.workers)
+        rhema_http_stop(&srv);
+    if (srv.storage_inst)
+        srv.storage->close(srv.storage_inst);
+    rhema_plugins_free(srv.plugins);
+    pidfile_remove();
+    free(err);
+    rhema_config_release(&cfg);
+    rhema_log_close();
+    return status;
+}

@@ -1,0 +1,408 @@
+/*
+ * plugin -- the loader.  Modeled on PostgreSQL's Pg_magic_struct check and
+ * SQLite's iVersion: a plugin states the ABI it was built against in the
+ * header of its vtable; we refuse what we cannot call safely and copy the
+ * rest into a zeroed host-side struct so that members appended after the
+ * plugin's minor read as NULL.
+ */
+#include "rhema_build.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "plugin.h"
+#include "util.h"
+
+struct rhema_plugin_registry {
+    struct rhema_loaded_plugin **v;
+    size_t n, cap;
+};
+
+/* ---- the host table ---- */
+
+static void host_log(int level, const char *plugin, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    rhema_vlog(level, plugin, fmt, ap);
+    va_end(ap);
+}
+
+static int host_set_error(char **err, int code, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        if (vasprintf(err, fmt, ap) < 0)
+            *err = NULL;
+        va_end(ap);
+    }
+    return code;
+}
+
+/*
+ * Metrics registered by plugins: a fixed table of atomic values, read by the
+ * metrics endpoint.  Registration happens at open (main thread); updates from
+ * any thread are lock-free.
+ */
+#define HOST_METRICS_MAX 256
+struct host_metric {
+    char name[96];
+    char help[160];
+    int is_gauge;
+    atomic_llong value;
+};
+static struct host_metric host_metrics[HOST_METRICS_MAX];
+static atomic_int host_metrics_n;
+static pthread_mutex_t host_metrics_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int host_metric_register(const char *plugin, const char *name, const char *help,
+                                int is_gauge)
+{
+    if (!plugin || !name)
+        return RHEMA_EINVAL;
+    pthread_mutex_lock(&host_metrics_lock);
+    int n = atomic_load(&host_metrics_n), idx = -1;
+    char full[96];
+    snprintf(full, sizeof full, "rhema_%s_%s", plugin, name);
+    for (int i = 0; i < n; i++)
+        if (strcmp(host_metrics[i].name, full) == 0)
+            idx = i; /* re-registration (a second instance) shares the metric */
+    if (idx < 0 && n < HOST_METRICS_MAX) {
+        idx = n;
+        snprintf(host_metrics[idx].name, sizeof host_metrics[idx].name, "%s", full);
+        snprintf(host_metrics[idx].help, sizeof host_metrics[idx].help, "%s", help ? help : "");
+        host_metrics[idx].is_gauge = is_gauge;
+        atomic_store(&host_metrics[idx].value, 0);
+        atomic_store(&host_metrics_n, n + 1);
+    }
+    pthread_mutex_unlock(&host_metrics_lock);
+    return idx < 0 ? RHEMA_ENOMEM : idx;
+}
+
+static void host_metric_add(int handle, int64_t delta)
+{
+    if (handle >= 0 && handle < atomic_load(&host_metrics_n))
+        atomic_fetch_add(&host_metrics[handle].value, delta);
+}
+
+static void host_metric_set(int handle, int64_t value)
+{
+    if (handle >= 0 && handle < atomic_load(&host_metrics_n))
+        atomic_store(&host_metrics[handle].value, value);
+}
+
+static const struct rhema_host host_table = {
+    .abi_major = RHEMA_ABI_MAJOR,
+    .abi_minor = RHEMA_ABI_MINOR,
+    .size = sizeof(struct rhema_host),
+    .log = host_log,
+    .set_error = host_set_error,
+    .cfg_string = rhema_cfg_string,
+    .cfg_int = rhema_cfg_int,
+    .cfg_bool = rhema_cfg_bool,
+    .cfg_double = rhema_cfg_double,
+    .cfg_where = rhema_cfg_where,
+    .monotonic_ns = rhema_monotonic_ns,
+    .realtime_ns = rhema_realtime_ns,
+    .metric_register = host_metric_register,
+    .metric_add = host_metric_add,
+    .metric_set = host_metric_set,
+};
+
+const struct rhema_host *rhema_host_get(void) { return &host_table; }
+
+/* ---- ABI knowledge of this host ---- */
+
+const char *rhema_plugin_kind_name(uint32_t kind)
+{
+    switch (kind) {
+    case RHEMA_KIND_STORAGE: return "storage";
+    case RHEMA_KIND_COMPRESS: return "compression";
+    case RHEMA_KIND_CIPHER: return "cipher";
+    case RHEMA_KIND_BALANCER: return "balancer";
+    default: return "unknown";
+    }
+}
+
+static const char *kind_prefix(uint32_t kind)
+{
+    switch (kind) {
+    case RHEMA_KIND_STORAGE: return "storage";
+    case RHEMA_KIND_COMPRESS: return "compress";
+    case RHEMA_KIND_CIPHER: return "cipher";
+    case RHEMA_KIND_BALANCER: return "balancer";
+    default: return NULL;
+    }
+}
+
+/*
+ * The size a vtable of `kind` must have at ABI minor `minor`: the offset of
+ * the end of the last member of that minor.  0: a kind this host cannot use.
+ */
+static size_t required_size(uint32_t kind, uint32_t minor)
+{
+    (void)minor; /* every kind is at minor 0 so far */
+    switch (kind) {
+    case RHEMA_KIND_STORAGE:
+        return offsetof(struct rhema_storage_plugin, backup) +
+               sizeof(((struct rhema_storage_plugin *)0)->backup);
+    default: return 0;
+    }
+}
+
+static size_t host_size(uint32_t kind)
+{
+    switch (kind) {
+    case RHEMA_KIND_STORAGE: return sizeof(struct rhema_storage_plugin);
+    default: return 0;
+    }
+}
+
+/* The first required method that is NULL, or NULL when all are set. */
+static const char *missing_method(const struct rhema_loaded_plugin *p)
+{
+    if (p->kind == RHEMA_KIND_STORAGE) {
+        const struct rhema_storage_plugin *s = &p->vt.storage;
+#define REQUIRE(m)                                                                               \
+    if (!s->m)                                                                                   \
+        return #m;
+        REQUIRE(open) REQUIRE(close) REQUIRE(connect) REQUIRE(disconnect) REQUIRE(get)
+        REQUIRE(put) REQUIRE(del) REQUIRE(batch) REQUIRE(scan) REQUIRE(lease) REQUIRE(health)
+        REQUIRE(stats) REQUIRE(errmsg)
+#undef REQUIRE
+    }
+    return NULL;
+}
+
+/* ---- the registry ---- */
+
+int rhema_plugins_new(struct rhema_plugin_registry **out)
+{
+    struct rhema_plugin_registry *reg = calloc(1, sizeof *reg);
+    if (!reg)
+        return RHEMA_ENOMEM;
+    *out = reg;
+    return 0;
+}
+
+void rhema_plugins_free(struct rhema_plugin_registry *reg)
+{
+    if (!reg)
+        return;
+    for (size_t i = reg->n; i-- > 0;) {
+        struct rhema_loaded_plugin *p = reg->v[i];
+        if (p->handle)
+            dlclose(p->handle);
+        free(p->path);
+        free(p);
+    }
+    free(reg->v);
+    free(reg);
+}
+
+const struct rhema_loaded_plugin *rhema_plugin_find(const struct rhema_plugin_registry *reg,
+                                                    uint32_t kind, const char *name)
+{
+    for (size_t i = 0; reg && i < reg->n; i++)
+        if (reg->v[i]->kind == kind && strcmp(reg->v[i]->name, name) == 0)
+            return reg->v[i];
+    return NULL;
+}
+
+const struct rhema_loaded_plugin *rhema_plugin_at(const struct rhema_plugin_registry *reg,
+                                                  size_t i)
+{
+    return reg && i < reg->n ? reg->v[i] : NULL;
+}
+
+static int file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Resolve a name to a path in dir (see plugin.h); returns malloc'd path or NULL. */
+static char *resolve(const char *spec, const char *dir, uint32_t want_kind)
+{
+    char buf[PATH_MAX];
+    if (strchr(spec, '/')) {
+        char *real = realpath(spec, NULL);
+        return real ? real : NULL;
+    }
+    if (!dir || !*dir)
+        dir = ".";
+    for (uint32_t k = RHEMA_KIND_STORAGE; k <= RHEMA_KIND_BALANCER; k++) {
+        if (want_kind && k != want_kind)
+            continue;
+        snprintf(buf, sizeof buf, "%s/%s_%s.so", dir, kind_prefix(k), spec);
+        if (file_exists(buf))
+            return strdup(buf);
+    }
+    snprintf(buf, sizeof buf, "%s/%s.so", dir, spec);
+    if (file_exists(buf))
+        return strdup(buf);
+    return NULL;
+}
+
+static int fail(char **err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char **err, int code, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        if (vasprintf(err, fmt, ap) < 0)
+            *err = NULL;
+        va_end(ap);
+    }
+    return code;
+}
+
+int rhema_plugin_load(struct rhema_plugin_registry *reg, const char *spec, const char *dir,
+                      uint32_t want_kind, const struct rhema_loaded_plugin **out, char **err)
+{
+    int rc;
+    void *handle = NULL;
+    struct rhema_loaded_plugin *p = NULL;
+    char *path = resolve(spec, dir, want_kind);
+
+    if (!path) {
+        if (strchr(spec, '/'))
+            return fail(err, RHEMA_ENOTFOUND, "%s: cannot load: %s", spec, strerror(errno));
+        if (want_kind)
+            return fail(err, RHEMA_ENOTFOUND,
+                        "%s plugin '%s' not found in %s (looked for %s_%s.so and %s.so)",
+                        rhema_plugin_kind_name(want_kind), spec, dir && *dir ? dir : ".",
+                        kind_prefix(want_kind), spec, spec);
+        return fail(err, RHEMA_ENOTFOUND, "plugin '%s' not found in %s", spec,
+                    dir && *dir ? dir : ".");
+    }
+    for (size_t i = 0; i < reg->n; i++) {
+        if (strcmp(reg->v[i]->path, path) == 0) {
+            if (want_kind && reg->v[i]->kind != want_kind) {
+                rc = fail(err, RHEMA_EINVAL, "%s: is a %s plugin, not a %s plugin", path,
+                          rhema_plugin_kind_name(reg->v[i]->kind),
+                          rhema_plugin_kind_name(want_kind));
+                goto out;
+            }
+            *out = reg->v[i];
+            rc = 0;
+            goto out;
+        }
+    }
+
+    handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!handle) {
+        rc = fail(err, RHEMA_EINVAL, "%s: cannot load: %s", path, dlerror());
+        goto out;
+    }
+    dlerror();
+    int (*init)(const struct rhema_host *, const struct rhema_plugin **) = NULL;
+    *(void **)&init = dlsym(handle, RHEMA_PLUGIN_INIT_SYMBOL);
+    if (!init) {
+        rc = fail(err, RHEMA_EINVAL, "%s: no symbol %s (not a rhema plugin?)", path,
+                  RHEMA_PLUGIN_INIT_SYMBOL);
+        goto out;
+    }
+    const struct rhema_plugin *raw = NULL;
+    rc = init(&host_table, &raw);
+    if (rc != 0 || !raw) {
+        rc = fail(err, RHEMA_EINVAL, "%s: %s() failed (%s)", path, RHEMA_PLUGIN_INIT_SYMBOL,
+                  rc ? rhema_strerror(rc) : "no vtable returned");
+        goto out;
+    }
+    if (raw->abi_major != RHEMA_ABI_MAJOR) {
+        rc = fail(err, RHEMA_EINVAL, "%s: abi_major %u differs from the host's %u", path,
+                  raw->abi_major, RHEMA_ABI_MAJOR);
+        goto out;
+    }
+    if (raw->abi_minor > RHEMA_ABI_MINOR) {
+        rc = fail(err, RHEMA_EINVAL, "%s: abi_minor %u is newer than the host's %u", path,
+                  raw->abi_minor, RHEMA_ABI_MINOR);
+        goto out;
+    }
+    if (raw->kind < RHEMA_KIND_STORAGE || raw->kind > RHEMA_KIND_BALANCER) {
+        rc = fail(err, RHEMA_EINVAL, "%s: unknown kind %u", path, raw->kind);
+        goto out;
+    }
+    size_t need = required_size(raw->kind, raw->abi_minor);
+    if (need == 0) {
+        rc = fail(err, RHEMA_ENOTSUP, "%s: kind %u (%s) is not supported by this host", path,
+                  raw->kind, rhema_plugin_kind_name(raw->kind));
+        goto out;
+    }
+    if (raw->size < need) {
+        rc = fail(err, RHEMA_EINVAL,
+                  "%s: size %u is smaller than the %zu bytes %s minor %u requires", path,
+                  raw->size, need, rhema_plugin_kind_name(raw->kind), raw->abi_minor);
+        goto out;
+    }
+    if (!raw->name || !rhema_id_valid(raw->name) || strlen(raw->name) > 64) {
+        rc = fail(err, RHEMA_EINVAL, "%s: invalid plugin name", path);
+        goto out;
+    }
+    if (want_kind && raw->kind != want_kind) {
+        rc = fail(err, RHEMA_EINVAL, "%s: is a %s plugin, not a %s plugin", path,
+                  rhema_plugin_kind_name(raw->kind), rhema_plugin_kind_name(want_kind));
+        goto out;
+    }
+    const struct rhema_loaded_plugin *dup = rhema_plugin_find(reg, raw->kind, raw->name);
+    if (dup) {
+        rc = fail(err, RHEMA_EINVAL, "%s: %s plugin '%s' is already loaded from %s", path,
+                  rhema_plugin_kind_name(raw->kind), raw->name, dup->path);
+        goto out;
+    }
+
+    p = calloc(1, sizeof *p);
+    if (!p) {
+        rc = fail(err, RHEMA_ENOMEM, "%s: out of memory", path);
+        goto out;
+    }
+    size_t hs = host_size(raw->kind);
+    memcpy(&p->vt, raw, raw->size < hs ? raw->size : hs);
+    p->kind = raw->kind;
+    p->abi_minor = raw->abi_minor;
+    p->name = raw->name;
+    p->version = raw->version ? raw->version : "";
+    p->description = raw->description ? raw->description : "";
+    const char *missing = missing_method(p);
+    if (missing) {
+        rc = fail(err, RHEMA_EINVAL, "%s: required method '%s' is NULL", path, missing);
+        goto out;
+    }
+    if (reg->n == reg->cap) {
+        size_t cap = reg->cap ? reg->cap * 2 : 8;
+        void *nv = realloc(reg->v, cap * sizeof *reg->v);
+        if (!nv) {
+            rc = fail(err, RHEMA_ENOMEM, "%s: out of memory", path);
+            goto out;
+        }
+        reg->v = nv;
+        reg->cap = cap;
+    }
+    p->path = path;
+    p->handle = handle;
+    reg->v[reg->n++] = p;
+    *out = p;
+    rhema_log(RHEMA_LOG_DEBUG, "plugin", "loaded %s plugin '%s' %s from %s",
+              rhema_plugin_kind_name(p->kind), p->name, p->version, p->path);
+    return 0;
+
+out:
+    free(p);
+    if (handle)
+        dlclose(handle);
+    free(path);
+    return rc;
+}

@@ -1,0 +1,366 @@
+/*
+ * routes -- the HTTP API of DESIGN.md §6 implemented so far: operations
+ * (health, plugins) and coordination sessions.
+ */
+#include "rhema_build.h"
+
+#include <stdio.h>
+#include <sys/queue.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "routes.h"
+#include "util.h"
+
+#define ALLOWED_METHODS "GET, PUT, POST, DELETE, OPTIONS"
+
+/* ---- operations ---- */
+
+static void h_health(struct rhema_req *r)
+{
+    struct rhema_server *srv = r->worker->srv;
+    char *serr = NULL;
+    int rc = srv->storage->health(r->worker->conn, &serr);
+    json_t *v = json_pack("{s:s,s:s,s:I,s:s,s:s,s:i}", "status", rc ? "degraded" : "ok",
+                          "version", PACKAGE_VERSION, "uptime_seconds",
+                          (json_int_t)((rhema_realtime_ms() - srv->started_ms) / 1000), "backend",
+                          srv->storage_plugin->name, "storage", rc ? "unavailable" : "ok",
+                          "workers", srv->nworkers);
+    if (rc)
+        json_object_set_new(v, "storage_error", json_string(serr ? serr : rhema_strerror(rc)));
+    free(serr);
+    rhema_reply_jsonv(r, 200, v);
+}
+
+static void h_live(struct rhema_req *r)
+{
+    static const char body[] = "{\"status\":\"alive\"}";
+    rhema_reply_json(r, 200, body, sizeof body - 1);
+}
+
+static void h_ready(struct rhema_req *r)
+{
+    char *serr = NULL;
+    int rc = r->worker->srv->storage->health(r->worker->conn, &serr);
+    if (rc) {
+        rhema_reply_error(r, 503, "unavailable", "storage backend '%s' is not reachable: %s",
+                          r->worker->srv->storage_plugin->name, serr ? serr : rhema_strerror(rc));
+        free(serr);
+        return;
+    }
+    if (r->worker->draining) {
+        rhema_reply_error(r, 503, "unavailable", "shutting down");
+        return;
+    }
+    static const char body[] = "{\"status\":\"ready\"}";
+    rhema_reply_json(r, 200, body, sizeof body - 1);
+}
+
+static json_t *storage_features(uint32_t f)
+{
+    json_t *a = json_array();
+    if (f & RHEMA_STORAGE_SHARED)
+        json_array_append_new(a, json_string("shared"));
+    if (f & RHEMA_STORAGE_DURABLE)
+        json_array_append_new(a, json_string("durable"));
+    if (f & RHEMA_STORAGE_TTL)
+        json_array_append_new(a, json_string("ttl"));
+    if (f & RHEMA_STORAGE_LEASES)
+        json_array_append_new(a, json_string("leases"));
+    return a;
+}
+
+static void h_plugins(struct rhema_req *r)
+{
+    json_t *items = json_array();
+    const struct rhema_loaded_plugin *p;
+    for (size_t i = 0; (p = rhema_plugin_at(r->worker->srv->plugins, i)); i++) {
+        char abi[32];
+        snprintf(abi, sizeof abi, "%d.%u", RHEMA_ABI_MAJOR, p->abi_minor);
+        json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "name", p->name, "kind",
+                              rhema_plugin_kind_name(p->kind), "version", p->version,
+                              "description", p->description, "path", p->path, "abi", abi);
+        if (p->kind == RHEMA_KIND_STORAGE) {
+            json_object_set_new(o, "features", storage_features(p->vt.storage.features));
+            json_object_set_new(o, "active",
+                                json_boolean(p == r->worker->srv->storage_plugin));
+        }
+        json_array_append_new(items, o);
+    }
+    rhema_reply_jsonv(r, 200, json_pack("{s:o,s:n}", "items", items, "next_cursor"));
+}
+
+/* ---- sessions ---- */
+
+static void reply_record(struct rhema_req *r, int status, struct rhema_record *rec)
+{
+    rhema_header_etag(r, rec->version);
+    rhema_reply_json(r, status, rec->json, rec->len);
+    rhema_record_release(rec);
+}
+
+static void h_session_put(struct rhema_req *r, const char *id)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t expected;
+    if (rhema_req_precondition(r, &expected) != 0)
+        return;
+    json_t *body = rhema_req_json(r);
+    if (!body)
+        return;
+    json_t *session = NULL;
+    int rc = rhema_session_validate(body, id, &session, err);
+    json_decref(body);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    struct rhema_record rec = {0};
+    int created = 0;
+    rc = rhema_session_put(&r->worker->store, id, session, expected, &rec, &created, err);
+    json_decref(session);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    if (created) {
+        char loc[RHEMA_ID_MAX + 32];
+        snprintf(loc, sizeof loc, "/v1/sessions/%s", id);
+        rhema_header(r, "Location", loc);
+    }
+    reply_record(r, created ? 201 : 200, &rec);
+}
+
+static void h_session_get(struct rhema_req *r, const char *id)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_record rec = {0};
+    int rc = rhema_session_get(&r->worker->store, id, &rec, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    /* If-None-Match on a read: 304 when the client's copy is current. */
+    const char *inm = rhema_req_header(r, "If-None-Match");
+    char etag[32];
+    snprintf(etag, sizeof etag, "\"%llu\"", (unsigned long long)rec.version);
+    if (inm && strcmp(inm, etag) == 0) {
+        rhema_header_etag(r, rec.version);
+        rhema_record_release(&rec);
+        rhema_reply(r, 304, NULL, NULL, 0);
+        return;
+    }
+    reply_record(r, 200, &rec);
+}
+
+static void h_session_delete(struct rhema_req *r, const char *id)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t expected;
+    if (rhema_req_precondition(r, &expected) != 0)
+        return;
+    if (expected == RHEMA_VERSION_ABSENT) {
+        rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense on DELETE");
+        return;
+    }
+    int rc = rhema_session_delete(&r->worker->store, id, expected, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    rhema_reply_empty(r, 204);
+}
+
+static void h_session_message(struct rhema_req *r, const char *id)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t expected;
+    if (rhema_req_precondition(r, &expected) != 0)
+        return;
+    if (expected == RHEMA_VERSION_ABSENT) {
+        rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense here");
+        return;
+    }
+    json_t *body = rhema_req_json(r);
+    if (!body)
+        return;
+    json_t *msg = NULL;
+    int rc = rhema_message_validate(body, &msg, err);
+    json_decref(body);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    struct rhema_record rec = {0};
+    int appended = 0;
+    rc = rhema_session_append_message(&r->worker->store, id, msg, expected, &rec, &appended, err);
+    json_decref(msg);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    reply_record(r, appended ? 201 : 200, &rec);
+}
+
+/* Parse a positive integer query parameter; replies 400 and returns -1 when bad. */
+static int query_uint(struct rhema_req *r, const char *name, size_t max, size_t *out)
+{
+    const char *s = evhttp_find_header(&r->query, name);
+    if (!s)
+        return 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (!*s || *end || *s == '-' || v == 0 || v > max) {
+        rhema_reply_error(r, 400, "invalid_field", "parameter '%s': expected an integer 1-%zu",
+                          name, max);
+        return -1;
+    }
+    *out = (size_t)v;
+    return 0;
+}
+
+static void h_session_list(struct rhema_req *r)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    size_t limit = RHEMA_LIST_LIMIT_DEFAULT;
+    static const char *const known[] = {"status", "participant", "limit", "cursor", NULL};
+    struct evkeyval *kv;
+    TAILQ_FOREACH(kv, &r->query, next)
+    {
+        int ok = 0;
+        for (const char *const *k = known; *k; k++)
+            ok |= strcmp(kv->key, *k) == 0;
+        if (!ok) {
+            rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
+                              kv->key);
+            return;
+        }
+    }
+    if (query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit) != 0)
+        return;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = rhema_session_list(&r->worker->store, evhttp_find_header(&r->query, "status"),
+                                evhttp_find_header(&r->query, "participant"), limit,
+                                evhttp_find_header(&r->query, "cursor"), &text, &len, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    rhema_reply_json(r, 200, text, len);
+    free(text);
+}
+
+/* ---- dispatch ---- */
+
+static void method_not_allowed(struct rhema_req *r, const char *allow)
+{
+    rhema_header(r, "Allow", allow);
+    rhema_reply_error(r, 405, "method_not_allowed", "%s is not allowed on %s",
+                      evhttp_request_get_command(r->req) == EVHTTP_REQ_PATCH ? "PATCH"
+                                                                              : "this method",
+                      r->path);
+}
+
+static void preflight(struct rhema_req *r, const char *allow)
+{
+    const struct rhema_config *cfg = r->worker->srv->cfg;
+    rhema_header(r, "Allow", allow);
+    if (cfg->cors_enabled && rhema_req_header(r, "Origin")) {
+        rhema_header(r, "Access-Control-Allow-Methods", allow);
+        const char *req_headers = rhema_req_header(r, "Access-Control-Request-Headers");
+        rhema_header(r, "Access-Control-Allow-Headers",
+                     req_headers ? req_headers
+                                 : "Content-Type, If-Match, If-None-Match, X-Request-Id, "
+                                   "Authorization, X-Rhema-Epoch");
+        rhema_header(r, "Access-Control-Max-Age", "600");
+    }
+    rhema_reply_empty(r, 204);
+}
+
+/* If path starts with prefix, return the rest; else NULL. */
+static const char *after(const char *path, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return strncmp(path, prefix, n) == 0 ? path + n : NULL;
+}
+
+static void route_sessions(struct rhema_req *r, const char *rest)
+{
+    enum evhttp_cmd_type m = r->method;
+    if (*rest == '\0') { /* /v1/sessions */
+        if (m == EVHTTP_REQ_GET)
+            h_session_list(r);
+        else if (m == EVHTTP_REQ_OPTIONS)
+            preflight(r, "GET, OPTIONS");
+        else
+            method_not_allowed(r, "GET, OPTIONS");
+        return;
+    }
+    if (*rest != '/')
+        goto notfound;
+    rest++;
+    char id[RHEMA_ID_MAX + 2];
+    const char *slash = strchr(rest, '/');
+    size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
+    if (n >= sizeof id) {
+        rhema_reply_error(r, 400, "invalid_field",
+                          "path id: expected an id of 1-128 characters [A-Za-z0-9._:-]");
+        return;
+    }
+    memcpy(id, rest, n);
+    id[n] = '\0';
+    if (!rhema_id_valid(id)) {
+        rhema_reply_error(r, 400, "invalid_field",
+                          "path id: expected an id of 1-128 characters [A-Za-z0-9._:-]");
+        return;
+    }
+    if (!slash) {
+        switch (m) {
+        case EVHTTP_REQ_GET: h_session_get(r, id); return;
+        case EVHTTP_REQ_PUT: h_session_put(r, id); return;
+        case EVHTTP_REQ_DELETE: h_session_delete(r, id); return;
+        case EVHTTP_REQ_OPTIONS: preflight(r, "GET, PUT, DELETE, OPTIONS"); return;
+        default: method_not_allowed(r, "GET, PUT, DELETE, OPTIONS"); return;
+        }
+    }
+    if (strcmp(slash, "/messages") == 0) {
+        if (m == EVHTTP_REQ_POST)
+            h_session_message(r, id);
+        else if (m == EVHTTP_REQ_OPTIONS)
+            preflight(r, "POST, OPTIONS");
+        else
+            method_not_allowed(r, "POST, OPTIONS");
+        return;
+    }
+notfound:
+    rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
+}
+
+static void route_get_only(struct rhema_req *r, void (*h)(struct rhema_req *))
+{
+    if (r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD)
+        h(r);
+    else if (r->method == EVHTTP_REQ_OPTIONS)
+        preflight(r, "GET, OPTIONS");
+    else
+        method_not_allowed(r, "GET, OPTIONS");
+}
+
+void rhema_route(struct rhema_req *r)
+{
+    const char *p = r->path, *rest;
+    if (strcmp(p, "/health") == 0)
+        route_get_only(r, h_health);
+    else if (strcmp(p, "/health/live") == 0)
+        route_get_only(r, h_live);
+    else if (strcmp(p, "/health/ready") == 0)
+        route_get_only(r, h_ready);
+    else if (strcmp(p, "/v1/plugins") == 0)
+        route_get_only(r, h_plugins);
+    else if ((rest = after(p, "/v1/sessions")) && (*rest == '\0' || *rest == '/'))
+        route_sessions(r, rest);
+    else
+        rhema_reply_error(r, 404, "not_found", "no route for %s", p);
+}

@@ -1,0 +1,110 @@
+/*
+ * session -- coordination sessions (DESIGN.md §5) on a storage connection.
+ *
+ * Layout in the storage plugin:
+ *   sessions              id -> the record: the session's JSON fields plus
+ *                         created_at, updated_at, size_bytes
+ *   sessions.status       "<Status>/<id>"      -> ""   (index)
+ *   sessions.participant  "<participant>/<id>" -> ""   (index)
+ *   sessions.access       id -> "<count> <last_accessed_ms>"
+ * A record and its index entries change in one batch, so an index never
+ * disagrees with the records.  The record's storage version is its ETag.
+ *
+ * access_count / last_accessed are kept outside the versioned record (a read
+ * must not change the ETag) and counted per worker in memory, flushed to
+ * sessions.access at least once a second by rhema_store_flush_access(): a
+ * crash can lose up to a second of access counts, never a session.
+ *
+ * A struct rhema_store belongs to one worker thread (it wraps that
+ * thread's storage connection); nothing here locks.
+ */
+#ifndef RHEMA_CORE_SESSION_H
+#define RHEMA_CORE_SESSION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+#include <rhema/storage.h>
+
+/* An If-Match precondition failed (HTTP 412); other errors are RHEMA_E*. */
+#define RHEMA_EPRECONDITION (-100)
+
+#define RHEMA_ERRMSG_MAX 320
+#define RHEMA_LIST_LIMIT_DEFAULT 50
+#define RHEMA_LIST_LIMIT_MAX 1000
+
+struct rhema_access_entry;
+
+struct rhema_store {
+    const struct rhema_storage_plugin *vt;
+    rhema_storage_conn *conn;
+    struct rhema_access_entry *pending; /* open-addressing map id -> delta */
+    size_t pending_n, pending_cap;
+};
+
+void rhema_store_init(struct rhema_store *st, const struct rhema_storage_plugin *vt,
+                      rhema_storage_conn *conn);
+/* Flush pending access counts and free them (the connection stays open). */
+void rhema_store_release(struct rhema_store *st);
+/* Write pending access counts to storage; 0 or the first storage error. */
+int rhema_store_flush_access(struct rhema_store *st);
+
+/*
+ * Validation.  Both check every field (type, enum, id syntax, timestamps),
+ * refuse unknown fields, fill defaults and return a normalised object
+ * (*out, a new reference).  On error they return RHEMA_EINVAL and write a
+ * message naming the field into err.
+ *   rhema_session_validate: path_id is the id from the URL; a body "id" that
+ *   differs is an error.  Stored metadata fields (created_at, version, ...)
+ *   are ignored so that a client can PUT back what it read.
+ */
+int rhema_session_validate(json_t *body, const char *path_id, json_t **out,
+                           char err[RHEMA_ERRMSG_MAX]);
+int rhema_message_validate(json_t *body, json_t **out, char err[RHEMA_ERRMSG_MAX]);
+
+/*
+ * Results are JSON text (malloc'd, caller frees) of the record with its
+ * metadata: the session's fields, created_at, updated_at, size_bytes,
+ * version, access_count, last_accessed.
+ */
+struct rhema_record {
+    char *json;
+    size_t len;
+    uint64_t version;
+};
+void rhema_record_release(struct rhema_record *r);
+
+/*
+ * Create or replace session `id` with `session` (validated).  if_match: 0
+ * any, RHEMA_VERSION_ABSENT create only, else the version that must be
+ * current.  *created tells 201 from 200.
+ */
+int rhema_session_put(struct rhema_store *st, const char *id, json_t *session, uint64_t if_match,
+                      struct rhema_record *out, int *created, char err[RHEMA_ERRMSG_MAX]);
+/* Read session `id`, counting the access. */
+int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_record *out,
+                      char err[RHEMA_ERRMSG_MAX]);
+int rhema_session_delete(struct rhema_store *st, const char *id, uint64_t if_match,
+                         char err[RHEMA_ERRMSG_MAX]);
+/*
+ * Append a validated AgentMessage.  Re-sending a message whose id is already
+ * in the session with the same content is a no-op (*appended = 0); the same
+ * id with other content is RHEMA_ECONFLICT.
+ */
+int rhema_session_append_message(struct rhema_store *st, const char *id, json_t *message,
+                                 uint64_t if_match, struct rhema_record *out, int *appended,
+                                 char err[RHEMA_ERRMSG_MAX]);
+/*
+ * One page of sessions in id order, filtered by status and/or participant
+ * (NULL: any) through the indexes.  cursor: NULL or the next_cursor of the
+ * previous page.  *out receives `{"items":[...],"next_cursor":...}` text.
+ */
+int rhema_session_list(struct rhema_store *st, const char *status, const char *participant,
+                       size_t limit, const char *cursor, char **out, size_t *out_len,
+                       char err[RHEMA_ERRMSG_MAX]);
+
+/* 1 when s is a session status name (Active, Paused, Completed, Cancelled). */
+int rhema_session_status_valid(const char *s);
+
+#endif /* RHEMA_CORE_SESSION_H */

@@ -1,0 +1,137 @@
+#include "rhema_build.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util.h"
+
+uint64_t rhema_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t rhema_realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void rhema_time_format(uint64_t ms, char out[RHEMA_TIME_MAX])
+{
+    time_t secs = (time_t)(ms / 1000u);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(out, RHEMA_TIME_MAX, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (unsigned)(ms % 1000u));
+}
+
+static int digits(const char **p, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        char c = (*p)[i];
+        if (c < '0' || c > '9')
+            return -1;
+        v = v * 10 + (c - '0');
+    }
+    *p += n;
+    *out = v;
+    return 0;
+}
+
+static int days_in_month(int y, int m)
+{
+    static const int d[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (m == 2 && ((y % 4 == 0 && y % 100 != 0) || y % 400 == 0))
+        return 29;
+    return d[m - 1];
+}
+
+/* Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm). */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    const int64_t era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = (unsigned)(y - era * 400);
+    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+int rhema_time_parse(const char *s, uint64_t *ms)
+{
+    int y, mo, d, h, mi, sec, frac_ms = 0;
+    const char *p = s;
+    if (!s || digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' ||
+        digits(&p, 2, &d))
+        return -1;
+    if (*p != 'T' && *p != 't' && *p != ' ')
+        return -1;
+    p++;
+    if (digits(&p, 2, &h) || *p++ != ':' || digits(&p, 2, &mi) || *p++ != ':' ||
+        digits(&p, 2, &sec))
+        return -1;
+    if (mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 ||
+        sec > 60)
+        return -1;
+    if (*p == '.') {
+        p++;
+        int n = 0, scale = 100;
+        while (*p >= '0' && *p <= '9') {
+            if (n < 3)
+                frac_ms += (*p - '0') * scale, scale /= 10;
+            n++, p++;
+        }
+        if (n == 0 || n > 9)
+            return -1;
+    }
+    int64_t offset_min = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int sign = *p++ == '-' ? -1 : 1, oh, om;
+        if (digits(&p, 2, &oh) || *p++ != ':' || digits(&p, 2, &om) || oh > 23 || om > 59)
+            return -1;
+        offset_min = sign * (oh * 60 + om);
+    } else {
+        return -1;
+    }
+    if (*p != '\0')
+        return -1;
+    if (sec == 60)
+        sec = 59; /* leap second: clamp */
+    int64_t t = days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + sec -
+                offset_min * 60;
+    if (t < 0)
+        return -1;
+    *ms = (uint64_t)t * 1000u + (uint64_t)frac_ms;
+    return 0;
+}
+
+int rhema_id_valid(const char *s)
+{
+    size_t n = 0;
+    if (!s)
+        return 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (n >= RHEMA_ID_MAX)
+            return 0;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '-'))
+            return 0;
+    }
+    return n > 0;
+}
+
+int rhema_ncpu(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : (int)n;
+}

@@ -1,0 +1,33 @@
+/*
+ * util -- small helpers shared by the core: clocks, RFC 3339 timestamps,
+ * id validation.  All functions are thread safe.
+ */
+#ifndef RHEMA_CORE_UTIL_H
+#define RHEMA_CORE_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define RHEMA_ID_MAX 128
+#define RHEMA_TIME_MAX 32 /* "2026-11-26T23:10:15.123Z" fits */
+
+uint64_t rhema_monotonic_ns(void);
+uint64_t rhema_realtime_ns(void);
+static inline uint64_t rhema_realtime_ms(void) { return rhema_realtime_ns() / 1000000u; }
+
+/* Format ms since the epoch as RFC 3339 UTC with milliseconds ("...T...Z"). */
+void rhema_time_format(uint64_t ms, char out[RHEMA_TIME_MAX]);
+/*
+ * Parse an RFC 3339 timestamp ("2026-11-26T23:10:15Z", fractional seconds
+ * and a "+hh:mm" offset allowed) into ms since the epoch.  0 on success,
+ * -1 when malformed or out of range.
+ */
+int rhema_time_parse(const char *s, uint64_t *ms);
+
+/* 1 when s is 1..128 characters of [A-Za-z0-9._:-], else 0. */
+int rhema_id_valid(const char *s);
+
+/* Number of online CPUs (>= 1). */
+int rhema_ncpu(void);
+
+#endif /* RHEMA_CORE_UTIL_H */

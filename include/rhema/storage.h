@@ -1,0 +1,176 @@
+/*
+ * rhema storage plugins: an ordered key-value store of namespaces, with
+ * versions, TTLs and leases.  The core builds every store on top of this
+ * (sessions, consensus logs, agents, the cluster registry); a shared backend
+ * also carries cluster coordination through leases.
+ *
+ * Data model
+ *   - A namespace (ns) is a short string, 1..RHEMA_STORAGE_NS_MAX bytes of
+ *     [A-Za-z0-9_.:-]; a key is 1..RHEMA_STORAGE_KEY_MAX bytes, any byte but
+ *     NUL.  Keys order by unsigned byte comparison (memcmp), shorter first on
+ *     a common prefix -- strcmp order.
+ *   - A value is 0..n bytes; its version is a uint64 > 0.  A put of a key
+ *     that exists returns a version greater than the one it replaced; a new
+ *     key gets a version >= 1.
+ *   - ttl_ms > 0 makes an entry expire; an expired entry is invisible to
+ *     every call (get, scan, stats, conflicts) even before it is purged.
+ *   - Leases live apart from keys: `name` is held by at most one holder at a
+ *     time, and every new holder gets an epoch larger than any earlier holder
+ *     of that name (the fencing token), even across release and expiry and,
+ *     for durable backends, across restarts.
+ *
+ * Threads: open()/close() run once per instance on the main thread.  Each
+ * worker thread calls connect() once and then uses only its own connection;
+ * every other method takes a connection and is called from that thread
+ * only.  Instances must therefore make shared state thread safe.
+ */
+#ifndef RHEMA_STORAGE_H
+#define RHEMA_STORAGE_H
+
+#include <rhema/plugin.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RHEMA_STORAGE_NS_MAX 64
+#define RHEMA_STORAGE_KEY_MAX 1024
+#define RHEMA_LEASE_HOLDER_MAX 128
+
+/* features flags */
+#define RHEMA_STORAGE_SHARED (1u << 0)  /* other hosts see the same data */
+#define RHEMA_STORAGE_DURABLE (1u << 1) /* acknowledged writes survive a crash */
+#define RHEMA_STORAGE_TTL (1u << 2)     /* honours ttl_ms */
+#define RHEMA_STORAGE_LEASES (1u << 3)  /* implements lease() */
+
+/* expected_version values with a special meaning */
+#define RHEMA_VERSION_ANY 0ull           /* no check */
+#define RHEMA_VERSION_ABSENT UINT64_MAX  /* the key must not exist */
+
+/* write operations */
+#define RHEMA_WRITE_PUT 0u
+#define RHEMA_WRITE_DEL 1u
+
+/* lease operations */
+#define RHEMA_LEASE_ACQUIRE 1
+#define RHEMA_LEASE_RENEW 2
+#define RHEMA_LEASE_RELEASE 3
+#define RHEMA_LEASE_QUERY 4
+
+typedef struct rhema_storage_instance rhema_storage_instance; /* plugin-defined */
+typedef struct rhema_storage_conn rhema_storage_conn;         /* plugin-defined */
+
+/* One write: a put or a delete, with an optional version precondition. */
+struct rhema_storage_write {
+    uint32_t op;               /* RHEMA_WRITE_PUT or RHEMA_WRITE_DEL */
+    const char *ns;
+    const char *key;
+    const void *value;         /* PUT only */
+    size_t value_len;
+    uint64_t expected_version; /* RHEMA_VERSION_ANY, _ABSENT, or a version */
+    uint64_t ttl_ms;           /* PUT only; 0: never expires */
+    uint64_t new_version;      /* out, PUT: the version now stored */
+};
+
+/*
+ * A value read by get().  data points into memory owned by the connection
+ * and stays valid until the next call on that connection; copy what you keep.
+ */
+struct rhema_storage_value {
+    const void *data;
+    size_t len;
+    uint64_t version;
+};
+
+/* A lease's state, filled by lease() on success and on ECONFLICT/ENOTFOUND. */
+struct rhema_lease_info {
+    char holder[RHEMA_LEASE_HOLDER_MAX + 1]; /* "" when nobody holds it */
+    uint64_t epoch;            /* the current (or last) holder's epoch; 0: never held */
+    uint64_t ttl_remaining_ms; /* 0 when nobody holds it */
+};
+
+struct rhema_storage_stats {
+    uint64_t entries; /* live entries */
+    uint64_t bytes;   /* sum of key and value sizes of live entries */
+};
+
+/*
+ * Called by scan() for each entry, in key order.  key, value stay valid for
+ * the duration of the call only.  Return 0 to go on, > 0 to stop (scan then
+ * returns 0), < 0 to abort (scan then returns that code).
+ */
+typedef int (*rhema_storage_scan_cb)(void *ctx, const char *key, const void *value,
+                                     size_t value_len, uint64_t version);
+
+struct rhema_storage_plugin {
+    struct rhema_plugin base; /* kind RHEMA_KIND_STORAGE */
+    uint32_t features;        /* RHEMA_STORAGE_* */
+
+    /*
+     * Create an instance from the plugin's configuration group (cfg may be
+     * NULL).  May do I/O (create a directory, a schema).  On failure returns
+     * a negative code, leaves *out untouched and sets *err.
+     */
+    int (*open)(const struct rhema_host *host, const struct rhema_cfg *cfg,
+                rhema_storage_instance **out, char **err);
+    /* Destroy an instance; every connection is already disconnected. */
+    void (*close)(rhema_storage_instance *inst);
+
+    /* One connection per worker thread. */
+    int (*connect)(rhema_storage_instance *inst, rhema_storage_conn **out, char **err);
+    void (*disconnect)(rhema_storage_conn *conn);
+
+    /* Read one entry: 0, RHEMA_ENOTFOUND, or an error. */
+    int (*get)(rhema_storage_conn *conn, const char *ns, const char *key,
+               struct rhema_storage_value *out);
+    /*
+     * Write one entry (w->op is RHEMA_WRITE_PUT).  RHEMA_ECONFLICT when
+     * expected_version does not match (ABSENT and the key exists, or a
+     * version and the key is absent or has another one).  Sets w->new_version.
+     */
+    int (*put)(rhema_storage_conn *conn, struct rhema_storage_write *w);
+    /* Delete one entry: 0, RHEMA_ENOTFOUND, RHEMA_ECONFLICT, or an error. */
+    int (*del)(rhema_storage_conn *conn, const char *ns, const char *key,
+               uint64_t expected_version);
+    /*
+     * Apply n writes (puts and deletes) all or nothing.  Any precondition
+     * failure (a version mismatch, or a delete of an absent key) fails the
+     * whole batch with RHEMA_ECONFLICT / RHEMA_ENOTFOUND and changes
+     * nothing.  Later writes see earlier ones of the same batch.
+     */
+    int (*batch)(rhema_storage_conn *conn, struct rhema_storage_write *w, size_t n);
+    /*
+     * Visit the live entries of ns with from_key <= key < to_key in key
+     * order (NULL bounds are open), at most `limit` of them (0: no limit).
+     */
+    int (*scan)(rhema_storage_conn *conn, const char *ns, const char *from_key,
+                const char *to_key, size_t limit, rhema_storage_scan_cb cb, void *ctx);
+    /*
+     * Leases.  ACQUIRE: granted when nobody holds `name` (new epoch) or
+     * `holder` already does (a renew, same epoch); otherwise ECONFLICT.
+     * RENEW: extends the lease when `holder` holds it, else ECONFLICT.
+     * RELEASE: frees it when `holder` holds it, else ECONFLICT.
+     * QUERY: fills out; ENOTFOUND when nobody holds it.
+     * out (may be NULL) receives the state after the call, or the state
+     * that caused ECONFLICT.  Time is the backend's clock where it has one.
+     */
+    int (*lease)(rhema_storage_conn *conn, const char *name, const char *holder,
+                 uint64_t ttl_ms, int op, struct rhema_lease_info *out);
+    /* 0 when the backend answers, RHEMA_EUNAVAIL (and *err) when not. */
+    int (*health)(rhema_storage_conn *conn, char **err);
+    /* Live entries and bytes, of one namespace or (ns NULL) of all. */
+    int (*stats)(rhema_storage_conn *conn, const char *ns, struct rhema_storage_stats *out);
+    /* The connection's last error message, or "" (never NULL). */
+    const char *(*errmsg)(rhema_storage_conn *conn);
+    /*
+     * Optional (NULL: RHEMA_ENOTSUP).  Write a consistent snapshot of the
+     * whole store to `path` (a file, or a directory for the file backend).
+     */
+    int (*backup)(rhema_storage_conn *conn, const char *path, char **err);
+    /* --- minor 0 ends here --- */
+};
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* RHEMA_STORAGE_H */

@@ -1,0 +1,403 @@
+/*
+ * test_session -- validation of sessions and messages, and the session
+ * store (versions, preconditions, indexes, pagination, messages, access
+ * counts) on the memory plugin loaded through the real loader.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "plugin.h"
+#include "session.h"
+#include "util.h"
+
+struct fixture {
+    struct rhema_plugin_registry *reg;
+    const struct rhema_storage_plugin *vt;
+    rhema_storage_instance *inst;
+    rhema_storage_conn *conn;
+    struct rhema_store st;
+};
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    const struct rhema_loaded_plugin *p;
+    char *err = NULL;
+    const char *dir = getenv("RHEMA_PLUGIN_DIR");
+    if (rhema_plugins_new(&f->reg) ||
+        rhema_plugin_load(f->reg, "memory", dir ? dir : "plugins/.libs", RHEMA_KIND_STORAGE, &p,
+                          &err)) {
+        fprintf(stderr, "setup: %s\n", err ? err : "?");
+        return -1;
+    }
+    f->vt = &p->vt.storage;
+    if (f->vt->open(rhema_host_get(), NULL, &f->inst, &err) ||
+        f->vt->connect(f->inst, &f->conn, &err))
+        return -1;
+    rhema_store_init(&f->st, f->vt, f->conn);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    rhema_store_release(&f->st);
+    f->vt->disconnect(f->conn);
+    f->vt->close(f->inst);
+    rhema_plugins_free(f->reg);
+    free(f);
+    return 0;
+}
+
+static json_t *J(const char *text)
+{
+    json_error_t e;
+    json_t *v = json_loads(text, 0, &e);
+    if (!v)
+        fail_msg("bad test JSON: %s: %s", text, e.text);
+    return v;
+}
+
+/* Validate `body` for id "s1" and expect failure naming `field`. */
+static void expect_invalid(const char *body, const char *field)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    json_t *in = J(body), *out = NULL;
+    int rc = rhema_session_validate(in, "s1", &out, err);
+    json_decref(in);
+    if (rc != RHEMA_EINVAL)
+        fail_msg("accepted %s", body);
+    assert_null(out);
+    char want[128];
+    snprintf(want, sizeof want, "'%s'", field);
+    if (!strstr(err, want))
+        fail_msg("error '%s' does not name %s", err, want);
+}
+
+static void validation_names_the_field(void **state)
+{
+    (void)state;
+    expect_invalid("{\"topic\":5}", "topic");
+    expect_invalid("{}", "topic");
+    expect_invalid("{\"topic\":\"\"}", "topic");
+    expect_invalid("{\"topic\":\"t\",\"status\":\"active\"}", "status");
+    expect_invalid("{\"topic\":\"t\",\"status\":1}", "status");
+    expect_invalid("{\"topic\":\"t\",\"participants\":\"a\"}", "participants");
+    expect_invalid("{\"topic\":\"t\",\"participants\":[\"ok\",\"bad id\"]}", "participants[1]");
+    expect_invalid("{\"topic\":\"t\",\"participants\":[\"a\",\"a\"]}", "participants[1]");
+    expect_invalid("{\"topic\":\"t\",\"id\":\"other\"}", "id");
+    expect_invalid("{\"topic\":\"t\",\"started_at\":\"yesterday\"}", "started_at");
+    expect_invalid("{\"topic\":\"t\",\"started_at\":\"2026-02-30T00:00:00Z\"}", "started_at");
+    expect_invalid("{\"topic\":\"t\",\"ended_at\":5}", "ended_at");
+    expect_invalid("{\"topic\":\"t\",\"colour\":\"red\"}", "colour");
+    expect_invalid("{\"topic\":\"t\",\"decisions\":[1]}", "decisions[0]");
+    expect_invalid("{\"topic\":\"t\",\"messages\":[{\"id\":\"m\",\"message_type\":\"x\","
+                   "\"sender_id\":\"a\",\"content\":\"c\",\"priority\":\"Urgent\"}]}",
+                   "messages[0].priority");
+    expect_invalid("{\"topic\":\"t\",\"messages\":[{\"id\":\"m\",\"message_type\":\"x\","
+                   "\"sender_id\":\"a\",\"content\":\"c\",\"metadata\":{\"k\":1}}]}",
+                   "messages[0].metadata.k");
+    expect_invalid("{\"topic\":\"t\",\"messages\":[{\"id\":\"m\",\"message_type\":\"x\","
+                   "\"sender_id\":\"a\",\"content\":\"c\"},{\"id\":\"m\",\"message_type\":\"x\","
+                   "\"sender_id\":\"a\",\"content\":\"c\"}]}",
+                   "messages[1].id");
+    expect_invalid("[1,2]", "body");
+}
+
+static void validation_fills_defaults_and_normalises(void **state)
+{
+    (void)state;
+    char err[RHEMA_ERRMSG_MAX];
+    json_t *in = J("{\"topic\":\"plan\",\"started_at\":\"2026-01-02T03:04:05+01:00\","
+                   "\"created_at\":\"ignored\",\"version\":3}");
+    json_t *out = NULL;
+    assert_int_equal(rhema_session_validate(in, "s1", &out, err), 0);
+    assert_string_equal(json_string_value(json_object_get(out, "id")), "s1");
+    assert_string_equal(json_string_value(json_object_get(out, "status")), "Active");
+    assert_string_equal(json_string_value(json_object_get(out, "started_at")),
+                        "2026-01-02T02:04:05.000Z");
+    assert_true(json_is_null(json_object_get(out, "ended_at")));
+    assert_int_equal(json_array_size(json_object_get(out, "participants")), 0);
+    assert_null(json_object_get(out, "created_at"));
+    assert_null(json_object_get(out, "version"));
+    json_decref(in);
+    json_decref(out);
+
+    in = J("{\"id\":\"m1\",\"message_type\":\"TaskAssignment\",\"sender_id\":\"a\","
+           "\"content\":\"hi\"}");
+    assert_int_equal(rhema_message_validate(in, &out, err), 0);
+    assert_string_equal(json_string_value(json_object_get(out, "priority")), "Normal");
+    assert_true(json_is_false(json_object_get(out, "requires_ack")));
+    assert_true(json_is_object(json_object_get(out, "metadata")));
+    assert_true(json_is_string(json_object_get(out, "timestamp")));
+    json_decref(in);
+    json_decref(out);
+}
+
+static void put(struct fixture *f, const char *id, const char *body, uint64_t if_match, int want_rc,
+                struct rhema_record *rec)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    json_t *in = J(body), *s = NULL;
+    assert_int_equal(rhema_session_validate(in, id, &s, err), 0);
+    int created = -1;
+    struct rhema_record tmp = {0};
+    int rc = rhema_session_put(&f->st, id, s, if_match, rec ? rec : &tmp, &created, err);
+    if (rc != want_rc)
+        fail_msg("put %s: rc %d (want %d): %s", id, rc, want_rc, err);
+    json_decref(in);
+    json_decref(s);
+    rhema_record_release(&tmp);
+}
+
+static json_t *record_json(struct rhema_record *rec)
+{
+    json_error_t e;
+    json_t *v = json_loadb(rec->json, rec->len, 0, &e);
+    if (!v)
+        fail_msg("record is not JSON: %.*s", (int)rec->len, rec->json);
+    return v;
+}
+
+static void put_get_versions_and_preconditions(void **state)
+{
+    struct fixture *f = *state;
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_record rec = {0};
+    put(f, "v1", "{\"topic\":\"a\"}", RHEMA_VERSION_ABSENT, 0, &rec);
+    uint64_t v1 = rec.version;
+    assert_true(v1 > 0);
+    json_t *j = record_json(&rec);
+    assert_int_equal(json_integer_value(json_object_get(j, "version")), (json_int_t)v1);
+    assert_true(json_is_string(json_object_get(j, "created_at")));
+    assert_int_equal(json_integer_value(json_object_get(j, "size_bytes")),
+                     (json_int_t)(rec.len - strlen(strstr(rec.json, ",\"version\"")) + 1));
+    json_decref(j);
+    rhema_record_release(&rec);
+
+    /* create-only on an existing id fails and changes nothing */
+    put(f, "v1", "{\"topic\":\"b\"}", RHEMA_VERSION_ABSENT, RHEMA_EPRECONDITION, NULL);
+    /* a stale If-Match fails */
+    put(f, "v1", "{\"topic\":\"b\"}", v1 + 1000, RHEMA_EPRECONDITION, NULL);
+    assert_int_equal(rhema_session_get(&f->st, "v1", &rec, err), 0);
+    j = record_json(&rec);
+    assert_string_equal(json_string_value(json_object_get(j, "topic")), "a");
+    assert_int_equal(rec.version, v1);
+    json_decref(j);
+    rhema_record_release(&rec);
+    /* the right If-Match succeeds with a larger version; created_at kept */
+    put(f, "v1", "{\"topic\":\"b\"}", v1, 0, &rec);
+    assert_true(rec.version > v1);
+    rhema_record_release(&rec);
+    /* access counts grow with reads, the version does not */
+    assert_int_equal(rhema_session_get(&f->st, "v1", &rec, err), 0);
+    uint64_t v2 = rec.version;
+    j = record_json(&rec);
+    json_int_t c1 = json_integer_value(json_object_get(j, "access_count"));
+    json_decref(j);
+    rhema_record_release(&rec);
+    assert_int_equal(rhema_session_get(&f->st, "v1", &rec, err), 0);
+    j = record_json(&rec);
+    assert_int_equal(json_integer_value(json_object_get(j, "access_count")), c1 + 1);
+    assert_true(json_is_string(json_object_get(j, "last_accessed")));
+    assert_int_equal(rec.version, v2);
+    json_decref(j);
+    rhema_record_release(&rec);
+    /* counts survive a flush */
+    assert_int_equal(rhema_store_flush_access(&f->st), 0);
+    assert_int_equal(rhema_session_get(&f->st, "v1", &rec, err), 0);
+    j = record_json(&rec);
+    assert_int_equal(json_integer_value(json_object_get(j, "access_count")), c1 + 2);
+    json_decref(j);
+    rhema_record_release(&rec);
+
+    /* delete: stale If-Match refused, then deleted, then 404 */
+    assert_int_equal(rhema_session_delete(&f->st, "v1", v2 + 5, err), RHEMA_EPRECONDITION);
+    assert_int_equal(rhema_session_delete(&f->st, "v1", v2, err), 0);
+    assert_int_equal(rhema_session_get(&f->st, "v1", &rec, err), RHEMA_ENOTFOUND);
+    assert_non_null(strstr(err, "'v1' not found"));
+    assert_int_equal(rhema_session_delete(&f->st, "v1", 0, err), RHEMA_ENOTFOUND);
+}
+
+/* Collect the ids of one list page; returns next_cursor (malloc'd) or NULL. */
+static char *list_ids(struct fixture *f, const char *status, const char *participant,
+                      size_t limit, const char *cursor, char *ids, size_t cap)
+{
+    char err[RHEMA_ERRMSG_MAX], *text = NULL;
+    size_t len;
+    int rc = rhema_session_list(&f->st, status, participant, limit, cursor, &text, &len, err);
+    if (rc)
+        fail_msg("list: %s", err);
+    json_error_t e;
+    json_t *page = json_loadb(text, len, 0, &e), *it;
+    size_t i, at = 0;
+    ids[0] = '\0';
+    json_array_foreach(json_object_get(page, "items"), i, it)
+        at += (size_t)snprintf(ids + at, cap - at, "%s%s", at ? "," : "",
+                               json_string_value(json_object_get(it, "id")));
+    json_t *nc = json_object_get(page, "next_cursor");
+    char *next = json_is_string(nc) ? strdup(json_string_value(nc)) : NULL;
+    json_decref(page);
+    free(text);
+    return next;
+}
+
+static void list_uses_indexes_and_pages(void **state)
+{
+    struct fixture *f = *state;
+    char ids[512];
+    put(f, "l1", "{\"topic\":\"t\",\"status\":\"Active\",\"participants\":[\"alice\",\"bob\"]}", 0, 0,
+        NULL);
+    put(f, "l2", "{\"topic\":\"t\",\"status\":\"Paused\",\"participants\":[\"bob\"]}", 0, 0, NULL);
+    put(f, "l3", "{\"topic\":\"t\",\"status\":\"Active\",\"participants\":[\"carol\"]}", 0, 0, NULL);
+    put(f, "l4", "{\"topic\":\"t\",\"status\":\"Active\",\"participants\":[\"bob\"]}", 0, 0, NULL);
+
+    char *next = list_ids(f, "Active", NULL, 0, NULL, ids, sizeof ids);
+    assert_string_equal(ids, "l1,l3,l4");
+    assert_null(next);
+    next = list_ids(f, NULL, "bob", 0, NULL, ids, sizeof ids);
+    assert_string_equal(ids, "l1,l2,l4");
+    assert_null(next);
+    next = list_ids(f, "Active", "bob", 0, NULL, ids, sizeof ids);
+    assert_string_equal(ids, "l1,l4");
+    assert_null(next);
+    /* pagination: 2 + 2 */
+    next = list_ids(f, NULL, NULL, 2, NULL, ids, sizeof ids);
+    assert_string_equal(ids, "l1,l2");
+    assert_non_null(next);
+    char *next2 = list_ids(f, NULL, NULL, 2, next, ids, sizeof ids);
+    assert_string_equal(ids, "l3,l4");
+    assert_null(next2);
+    free(next);
+    /* filtered pagination with a limit of 1 */
+    next = list_ids(f, "Active", "bob", 1, NULL, ids, sizeof ids);
+    assert_string_equal(ids, "l1");
+    assert_non_null(next);
+    next2 = list_ids(f, "Active", "bob", 1, next, ids, sizeof ids);
+    assert_string_equal(ids, "l4");
+    free(next);
+    free(next2);
+
+    /* a status change moves the session between index entries */
+    put(f, "l1", "{\"topic\":\"t\",\"status\":\"Completed\",\"participants\":[\"alice\"]}", 0, 0,
+        NULL);
+    next = list_ids(f, "Active", NULL, 0, NULL, ids, sizeof ids);
+    assert_string_equal(ids, "l3,l4");
+    next = list_ids(f, "Completed", NULL, 0, NULL, ids, sizeof ids);
+    assert_string_equal(ids, "l1");
+    next = list_ids(f, NULL, "bob", 0, NULL, ids, sizeof ids);
+    assert_string_equal(ids, "l2,l4");
+    /* the index entries are exactly the live ones */
+    struct rhema_storage_stats s;
+    assert_int_equal(f->vt->stats(f->conn, "sessions.status", &s), 0);
+    assert_int_equal(s.entries, 4);
+    assert_int_equal(f->vt->stats(f->conn, "sessions.participant", &s), 0);
+    assert_int_equal(s.entries, 4); /* l1:alice l2:bob l3:carol l4:bob */
+    char err[RHEMA_ERRMSG_MAX];
+    assert_int_equal(rhema_session_delete(&f->st, "l4", 0, err), 0);
+    assert_int_equal(f->vt->stats(f->conn, "sessions.participant", &s), 0);
+    assert_int_equal(s.entries, 3);
+    next = list_ids(f, NULL, "bob", 0, NULL, ids, sizeof ids);
+    assert_string_equal(ids, "l2");
+
+    char *text;
+    size_t len;
+    assert_int_equal(rhema_session_list(&f->st, "active", NULL, 0, NULL, &text, &len, err),
+                     RHEMA_EINVAL);
+    assert_non_null(strstr(err, "'status'"));
+    assert_int_equal(rhema_session_list(&f->st, NULL, "x y", 0, NULL, &text, &len, err),
+                     RHEMA_EINVAL);
+    assert_int_equal(rhema_session_list(&f->st, NULL, NULL, 0, "bad cursor", &text, &len, err),
+                     RHEMA_EINVAL);
+}
+
+static void messages_append_idempotently(void **state)
+{
+    struct fixture *f = *state;
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_record rec = {0};
+    put(f, "m1", "{\"topic\":\"t\"}", 0, 0, &rec);
+    uint64_t v = rec.version;
+    rhema_record_release(&rec);
+    json_t *in = J("{\"id\":\"msg1\",\"message_type\":\"StatusUpdate\",\"sender_id\":\"a\","
+                   "\"content\":\"hello\",\"timestamp\":\"2026-01-01T00:00:00Z\"}"),
+           *m;
+    assert_int_equal(rhema_message_validate(in, &m, err), 0);
+    int appended = -1;
+    assert_int_equal(rhema_session_append_message(&f->st, "m1", m, v, &rec, &appended, err), 0);
+    assert_int_equal(appended, 1);
+    assert_true(rec.version > v);
+    json_t *j = record_json(&rec);
+    assert_int_equal(json_array_size(json_object_get(j, "messages")), 1);
+    json_decref(j);
+    rhema_record_release(&rec);
+    /* the same message again: no-op */
+    assert_int_equal(rhema_session_append_message(&f->st, "m1", m, 0, &rec, &appended, err), 0);
+    assert_int_equal(appended, 0);
+    j = record_json(&rec);
+    assert_int_equal(json_array_size(json_object_get(j, "messages")), 1);
+    json_decref(j);
+    rhema_record_release(&rec);
+    /* same id, other content: conflict */
+    json_object_set_new(m, "content", json_string("changed"));
+    assert_int_equal(rhema_session_append_message(&f->st, "m1", m, 0, &rec, &appended, err),
+                     RHEMA_ECONFLICT);
+    /* stale If-Match and unknown session */
+    json_object_set_new(m, "id", json_string("msg2"));
+    assert_int_equal(rhema_session_append_message(&f->st, "m1", m, v, &rec, &appended, err),
+                     RHEMA_EPRECONDITION);
+    assert_int_equal(rhema_session_append_message(&f->st, "nope", m, 0, &rec, &appended, err),
+                     RHEMA_ENOTFOUND);
+    json_decref(in);
+    json_decref(m);
+}
+
+static void time_and_ids(void **state)
+{
+    (void)state;
+    uint64_t ms;
+    char buf[RHEMA_TIME_MAX];
+    assert_int_equal(rhema_time_parse("1970-01-01T00:00:00Z", &ms), 0);
+    assert_int_equal(ms, 0);
+    assert_int_equal(rhema_time_parse("2026-11-26T23:10:15.123456Z", &ms), 0);
+    rhema_time_format(ms, buf);
+    assert_string_equal(buf, "2026-11-26T23:10:15.123Z");
+    assert_int_equal(rhema_time_parse("2024-02-29T00:00:00-02:30", &ms), 0);
+    rhema_time_format(ms, buf);
+    assert_string_equal(buf, "2024-02-29T02:30:00.000Z");
+    assert_int_equal(rhema_time_parse("2023-02-29T00:00:00Z", &ms), -1);
+    assert_int_equal(rhema_time_parse("2026-11-26 23:10:15", &ms), -1);
+    assert_int_equal(rhema_time_parse("2026-11-26T23:10:15Zjunk", &ms), -1);
+    assert_true(rhema_id_valid("agent-1.a_b:c"));
+    assert_false(rhema_id_valid(""));
+    assert_false(rhema_id_valid("a/b"));
+    assert_false(rhema_id_valid("a b"));
+    char long_id[130];
+    memset(long_id, 'x', 129);
+    long_id[129] = '\0';
+    assert_false(rhema_id_valid(long_id));
+    long_id[128] = '\0';
+    assert_true(rhema_id_valid(long_id));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(validation_names_the_field),
+        cmocka_unit_test(validation_fills_defaults_and_normalises),
+        cmocka_unit_test(time_and_ids),
+        cmocka_unit_test_setup_teardown(put_get_versions_and_preconditions, setup, teardown),
+        cmocka_unit_test_setup_teardown(list_uses_indexes_and_pages, setup, teardown),
+        cmocka_unit_test_setup_teardown(messages_append_idempotently, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("session", tests, NULL, NULL);
+}
