@@ -1177,7 +1177,10 @@ static void origin_forget(struct cfg_priv *p, const config_setting_t *s)
             t = config_setting_parent(t);
         if (t) {
             free(p->origins[i].text);
-            p->origins[i] = p->origins[--p->n_origins];
+            p->n_origins--;
+            if (i < p->n_origins)
+                p->origins[i] = p->origins[p->n_origins];
+            p->origins[p->n_origins].text = NULL;
         } else {
             i++;
         }
@@ -1365,9 +1368,12 @@ static int apply_override(struct ctx *c, const char *text, const char *shown)
                 plugin_key = 1;
                 break;
             }
-            snprintf(spath, sizeof spath, "%s", text);
-            *strchr(spath, '=') = '\0';
-            error_plain(c, "%s: unknown key '%s'", shown, trim(spath, NULL));
+            for (int j = i + 1; j < n_segs; j++) {
+                size_t len = strlen(next);
+
+                snprintf(next + len, sizeof next - len, ".%s", segs[j]);
+            }
+            error_plain(c, "%s: unknown key '%s'", shown, next);
             goto out;
         }
         if (i < n_segs - 1 && k->type != K_GROUP) {

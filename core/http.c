@@ -316,8 +316,9 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     if (w->draining)
         return;
     w->draining = 1;
-    w->drain_deadline_ns =
-        rhema_monotonic_ns() + (uint64_t)w->srv->cfg->request_timeout_seconds * 1000000000ull;
+    int64_t grace = 30;
+    rhema_config_get_int(w->srv->cfg, "service.shutdown_timeout_seconds", &grace);
+    w->drain_deadline_ns = rhema_monotonic_ns() + (uint64_t)grace * 1000000000ull;
     if (w->listener)
         evconnlistener_disable(w->listener);
     /* check every 20 ms from now on */

@@ -92,6 +92,18 @@ static int parse_args(int argc, char **argv, struct options *o)
     return 0;
 }
 
+/* A storage group in the file that names no loaded plugin: likely a typo. */
+static int warn_stray_group(const char *name, const char *where, void *arg)
+{
+    struct rhema_server *srv = arg;
+    if (!rhema_plugin_find(srv->plugins, RHEMA_KIND_STORAGE, name))
+        rhema_log(RHEMA_LOG_NOTICE, "config",
+                  "%s: persistence.%s configures a storage plugin that is not loaded (backend is "
+                  "'%s'); ignored",
+                  where, name, srv->cfg->backend);
+    return 0;
+}
+
 /*
  * Load every plugin the configuration names: plugins.load when given,
  * then the storage backend (by name) if the list did not provide it.
@@ -118,6 +130,7 @@ static int load_plugins(struct rhema_server *srv, char **err)
     }
     srv->storage_plugin = p;
     srv->storage = &p->vt.storage;
+    rhema_config_foreach_plugin_group(cfg, RHEMA_KIND_STORAGE, warn_stray_group, srv);
     return 0;
 }
 

@@ -103,16 +103,40 @@ static void host_metric_set(int handle, int64_t value)
         atomic_store(&host_metrics[handle].value, value);
 }
 
+/* Typed getters: the config's own, plus a log line on a wrong type. */
+static int logged(const struct rhema_cfg *cfg, int rc)
+{
+    if (rc == RHEMA_EINVAL && rhema_cfg_error(cfg))
+        rhema_log(RHEMA_LOG_ERROR, "config", "%s", rhema_cfg_error(cfg));
+    return rc;
+}
+static int host_cfg_string(const struct rhema_cfg *cfg, const char *key, const char **out)
+{
+    return logged(cfg, rhema_cfg_string(cfg, key, out));
+}
+static int host_cfg_int(const struct rhema_cfg *cfg, const char *key, int64_t *out)
+{
+    return logged(cfg, rhema_cfg_int(cfg, key, out));
+}
+static int host_cfg_bool(const struct rhema_cfg *cfg, const char *key, int *out)
+{
+    return logged(cfg, rhema_cfg_bool(cfg, key, out));
+}
+static int host_cfg_double(const struct rhema_cfg *cfg, const char *key, double *out)
+{
+    return logged(cfg, rhema_cfg_double(cfg, key, out));
+}
+
 static const struct rhema_host host_table = {
     .abi_major = RHEMA_ABI_MAJOR,
     .abi_minor = RHEMA_ABI_MINOR,
     .size = sizeof(struct rhema_host),
     .log = host_log,
     .set_error = host_set_error,
-    .cfg_string = rhema_cfg_string,
-    .cfg_int = rhema_cfg_int,
-    .cfg_bool = rhema_cfg_bool,
-    .cfg_double = rhema_cfg_double,
+    .cfg_string = host_cfg_string,
+    .cfg_int = host_cfg_int,
+    .cfg_bool = host_cfg_bool,
+    .cfg_double = host_cfg_double,
     .cfg_where = rhema_cfg_where,
     .monotonic_ns = rhema_monotonic_ns,
     .realtime_ns = rhema_realtime_ns,
