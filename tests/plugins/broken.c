@@ -47,7 +47,7 @@ static int s_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t 
     (void)c, (void)w, (void)n;
     return RHEMA_ENOTSUP;
 }
-static int s_scan(rhema_storage_conn *c, const char *ns, const char *from, const char *to,
+__attribute__((unused)) static int s_scan(rhema_storage_conn *c, const char *ns, const char *from, const char *to,
                   size_t limit, rhema_storage_scan_cb cb, void *ctx)
 {
     (void)c, (void)ns, (void)from, (void)to, (void)limit, (void)cb, (void)ctx;

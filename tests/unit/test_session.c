@@ -110,7 +110,12 @@ static void validation_names_the_field(void **state)
                    "\"sender_id\":\"a\",\"content\":\"c\"},{\"id\":\"m\",\"message_type\":\"x\","
                    "\"sender_id\":\"a\",\"content\":\"c\"}]}",
                    "messages[1].id");
-    expect_invalid("[1,2]", "body");
+    char err[RHEMA_ERRMSG_MAX];
+    json_t *arr = J("[1,2]"), *out = NULL;
+    assert_int_equal(rhema_session_validate(arr, "s1", &out, err), RHEMA_EINVAL);
+    assert_null(out);
+    assert_string_equal(err, "body: expected a JSON object");
+    json_decref(arr);
 }
 
 static void validation_fills_defaults_and_normalises(void **state)
