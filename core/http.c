@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/thread.h>
 #include <event2/util.h>
 
@@ -85,11 +86,63 @@ static void add_cors(struct rhema_req *r)
     rhema_header(r, "Access-Control-Expose-Headers", "ETag, X-Request-Id, Location");
 }
 
+/*
+ * The drain must not cut off a request that is still arriving.  evhttp
+ * (libevent 2.1) neither lists its connections nor says when a request
+ * starts, and a bufferevent filter to watch them loses replies on 2.1.12;
+ * so each connection's socket bufferevent is made here (evhttp_set_bevcb)
+ * with a callback on its input buffer that notes when bytes last arrived on
+ * this worker.  A draining worker stops once no reply is being written and
+ * no byte has arrived for DRAIN_QUIET_NS: a client that pauses longer than
+ * that in the middle of a request is cut off (and so is one that holds a
+ * request open past service.shutdown_timeout_seconds).
+ */
+#define DRAIN_QUIET_NS 1000000000ull
+
+static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    (void)buf;
+    struct rhema_worker *w = arg;
+    if (info->n_added)
+        w->last_input_ns = rhema_monotonic_ns();
+}
+
+static struct bufferevent *conn_new(struct event_base *base, void *arg)
+{
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (bev)
+        evbuffer_add_cb(bufferevent_get_input(bev), on_input, arg);
+    return bev; /* NULL: evhttp makes one itself */
+}
+
 static void on_complete(struct evhttp_request *req, void *arg)
 {
     (void)req;
     struct rhema_worker *w = arg;
     atomic_fetch_sub(&w->inflight, 1);
+}
+
+static void log_access(struct rhema_req *r)
+{
+    if (atomic_load(&r->worker->srv->log_access)) {
+        char peer[64] = "-";
+        struct evhttp_connection *c = evhttp_request_get_connection(r->req);
+        if (c) {
+            char *host = NULL;
+            ev_uint16_t port = 0;
+            evhttp_connection_get_peer(c, &host, &port);
+            if (host)
+                snprintf(peer, sizeof peer, "%s:%u", host, port);
+        }
+        static const char *const methods[] = {"GET", "POST", "HEAD", "PUT", "DELETE",
+                                              "OPTIONS", "TRACE", "CONNECT", "PATCH"};
+        const char *m = "?";
+        for (unsigned i = 0; i < 9; i++)
+            if (r->method == (enum evhttp_cmd_type)(1 << i))
+                m = methods[i];
+        rhema_log_access(r->request_id, peer, m, evhttp_request_get_uri(r->req), r->status,
+                         r->bytes_out, (double)(rhema_monotonic_ns() - r->t0_ns) / 1e6);
+    }
 }
 
 void rhema_reply(struct rhema_req *r, int status, const char *content_type, const void *body,
@@ -106,10 +159,35 @@ void rhema_reply(struct rhema_req *r, int status, const char *content_type, cons
         rhema_header(r, "Connection", "close");
     r->status = status;
     r->bytes_out = len;
-    atomic_fetch_add(&r->worker->inflight, 1);
-    evhttp_request_set_on_complete_cb(r->req, on_complete, r->worker);
+    if (evhttp_request_get_connection(r->req)) { /* NULL: the client left; no completion */
+        atomic_fetch_add(&r->worker->inflight, 1);
+        evhttp_request_set_on_complete_cb(r->req, on_complete, r->worker);
+    }
+    log_access(r); /* before sending: the request may be freed by it */
     evhttp_send_reply(r->req, status, reason(status), buf);
     evbuffer_free(buf);
+}
+
+struct rhema_req *rhema_req_defer(struct rhema_req *r)
+{
+    struct rhema_req *d = malloc(sizeof *d);
+    if (!d)
+        return NULL;
+    *d = *r;
+    TAILQ_INIT(&d->query);
+    TAILQ_CONCAT(&d->query, &r->query, next);
+    r->path_buf = NULL;
+    r->deferred = 1;
+    return d;
+}
+
+void rhema_req_free(struct rhema_req *r)
+{
+    if (!r)
+        return;
+    evhttp_clear_headers(&r->query);
+    free(r->path_buf);
+    free(r);
 }
 
 void rhema_reply_json(struct rhema_req *r, int status, const char *json, size_t len)
@@ -258,8 +336,15 @@ static void on_request(struct evhttp_request *req, void *arg)
 
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *raw_path = uri ? evhttp_uri_get_path(uri) : NULL;
-    char *path = raw_path ? evhttp_uridecode(raw_path, 0, NULL) : NULL;
+    size_t path_len = 0;
+    char *path = raw_path ? evhttp_uridecode(raw_path, 0, &path_len) : NULL;
     r.path = path ? path : "/";
+    r.path_buf = path;
+    if (path && strlen(path) != path_len) { /* %00 would cut the id short */
+        rhema_reply_error(&r, 400, "invalid_field",
+                          "path: contains an encoded NUL (%%00), which no id may hold");
+        goto done;
+    }
     if (uri && evhttp_uri_get_query(uri) &&
         evhttp_parse_query_str(evhttp_uri_get_query(uri), &r.query) != 0) {
         rhema_reply_error(&r, 400, "bad_query", "malformed query string");
@@ -267,29 +352,10 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
     rhema_route(&r);
 done:
-    if (r.status == 0) /* a handler that forgot to answer is a bug; never hang the client */
+    if (r.status == 0 && !r.deferred) /* a handler that forgot to answer is a bug */
         rhema_reply_error(&r, 500, "internal", "no response");
-    if (atomic_load(&w->srv->log_access)) {
-        char peer[64] = "-";
-        struct evhttp_connection *c = evhttp_request_get_connection(req);
-        if (c) {
-            char *host = NULL;
-            ev_uint16_t port = 0;
-            evhttp_connection_get_peer(c, &host, &port);
-            if (host)
-                snprintf(peer, sizeof peer, "%s:%u", host, port);
-        }
-        static const char *const methods[] = {"GET", "POST", "HEAD", "PUT", "DELETE",
-                                              "OPTIONS", "TRACE", "CONNECT", "PATCH"};
-        const char *m = "?";
-        for (unsigned i = 0; i < 9; i++)
-            if (r.method == (enum evhttp_cmd_type)(1 << i))
-                m = methods[i];
-        rhema_log_access(r.request_id, peer, m, evhttp_request_get_uri(req), r.status,
-                         r.bytes_out, (double)(rhema_monotonic_ns() - r.t0_ns) / 1e6);
-    }
-    evhttp_clear_headers(&r.query);
-    free(path);
+    evhttp_clear_headers(&r.query); /* emptied by rhema_req_defer() */
+    free(r.path_buf);                /* NULL when deferred */
 }
 
 /* ---- workers ---- */
@@ -305,7 +371,9 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
                       w->id, rhema_strerror(rc), w->srv->storage->errmsg(w->conn));
     }
     if (w->draining &&
-        (atomic_load(&w->inflight) <= 0 || rhema_monotonic_ns() >= w->drain_deadline_ns))
+        ((atomic_load(&w->inflight) <= 0 && w->wq_n == 0 &&
+          rhema_monotonic_ns() - w->last_input_ns >= DRAIN_QUIET_NS) ||
+         rhema_monotonic_ns() >= w->drain_deadline_ns))
         event_base_loopbreak(w->base);
 }
 
@@ -316,6 +384,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     if (w->draining)
         return;
     w->draining = 1;
+    rhema_routes_flush(w); /* answer the writes of this turn before draining */
     int64_t grace = 30;
     rhema_config_get_int(w->srv->cfg, "service.shutdown_timeout_seconds", &grace);
     w->drain_deadline_ns = rhema_monotonic_ns() + (uint64_t)grace * 1000000000ull;
@@ -325,6 +394,12 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     struct timeval tv = {0, 20000};
     event_del(w->tick_ev);
     event_add(w->tick_ev, &tv);
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    rhema_routes_flush(arg);
 }
 
 static void *worker_main(void *arg)
@@ -344,6 +419,10 @@ static void worker_release(struct rhema_worker *w)
         event_free(w->stop_ev);
     if (w->tick_ev)
         event_free(w->tick_ev);
+    if (w->flush_ev)
+        event_free(w->flush_ev);
+    if (w->wq_n)
+        rhema_routes_abandon(w);
     rhema_store_release(&w->store);
     if (w->conn)
         w->srv->storage->disconnect(w->conn);
@@ -388,10 +467,13 @@ static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id
     evhttp_set_max_headers_size(w->http, 64 * 1024);
     evhttp_set_timeout(w->http, srv->cfg->request_timeout_seconds);
     evhttp_set_gencb(w->http, on_request, w);
+    evhttp_set_bevcb(w->http, conn_new, w);
     evhttp_set_default_content_type(w->http, "application/json");
     w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
     w->tick_ev = event_new(w->base, -1, EV_PERSIST, on_tick, w);
-    if (!w->stop_ev || !w->tick_ev)
+    w->flush_ev = event_new(w->base, -1, 0, on_flush, w);
+    w->wq_tail = &w->wq_head;
+    if (!w->stop_ev || !w->tick_ev || !w->flush_ev)
         goto nomem;
     struct timeval second = {1, 0};
     event_add(w->tick_ev, &second);
@@ -429,7 +511,7 @@ static int bind_listen(struct rhema_server *srv, char **err)
                     *res = NULL;
     int gai = getaddrinfo(host, port, &hints, &res);
     if (gai != 0) {
-        if (asprintf(err, "service.addr '%s': %s", addr, gai_strerror(gai)) < 0)
+        if (asprintf(err, "service.listen '%s': %s", addr, gai_strerror(gai)) < 0)
             *err = NULL;
         return RHEMA_EINVAL;
     }
@@ -450,7 +532,7 @@ static int bind_listen(struct rhema_server *srv, char **err)
     }
     freeaddrinfo(res);
     if (fd < 0) {
-        if (asprintf(err, "service.addr '%s': cannot addr: %s", addr, strerror(saved)) < 0)
+        if (asprintf(err, "service.listen '%s': cannot listen: %s", addr, strerror(saved)) < 0)
             *err = NULL;
         return RHEMA_EIO;
     }
@@ -475,7 +557,7 @@ static int bind_listen(struct rhema_server *srv, char **err)
     srv->listen_fd = fd;
     return 0;
 bad:
-    if (asprintf(err, "service.addr '%s': expected host:port or [v6]:port", addr) < 0)
+    if (asprintf(err, "service.listen '%s': expected host:port or [v6]:port", addr) < 0)
         *err = NULL;
     return RHEMA_EINVAL;
 }

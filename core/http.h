@@ -42,6 +42,11 @@ struct rhema_worker {
     int draining;
     uint64_t drain_deadline_ns;
     int started;               /* 1 once the thread runs, -1 when it failed */
+    /* group commit: writes collected during one turn of the loop (routes.c) */
+    struct rhema_pending_write *wq_head, **wq_tail;
+    size_t wq_n;
+    struct event *flush_ev;    /* activated by the first queued write of a turn */
+    uint64_t last_input_ns;    /* when bytes last arrived on a connection (drain) */
 };
 
 struct rhema_server {
@@ -70,6 +75,8 @@ struct rhema_req {
     uint64_t t0_ns;
     int status;
     size_t bytes_out;
+    char *path_buf;              /* owns path */
+    int deferred;                /* the reply will be sent later (rhema_req_defer) */
 };
 
 /*
@@ -96,6 +103,15 @@ void rhema_reply_error(struct rhema_req *r, int status, const char *code, const 
     __attribute__((format(printf, 4, 5)));
 /* Map a RHEMA_E* code (and message) of a store call to an error reply. */
 void rhema_reply_store_error(struct rhema_req *r, int rc, const char *msg);
+
+/*
+ * Keep a request to answer it later, from this worker's thread (group
+ * commit).  Returns a heap copy that now owns the path and query; the
+ * original is marked deferred.  Reply to the copy, then rhema_req_free() it.
+ * NULL when out of memory (then answer synchronously).
+ */
+struct rhema_req *rhema_req_defer(struct rhema_req *r);
+void rhema_req_free(struct rhema_req *r);
 
 /* Set a response header. */
 void rhema_header(struct rhema_req *r, const char *name, const char *value);

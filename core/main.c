@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <event2/thread.h>
 #include <sodium.h>
 
 #include "config.h"
@@ -396,10 +397,11 @@ int main(int argc, char **argv)
                  raw[3]);
     }
     srv.started_ms = rhema_realtime_ms();
-    if (rhema_http_start(&srv, &err) != 0) {
-        rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
-        goto out;
-    }
+    /*
+     * Signals before the workers: once /health/live answers, SIGTERM must
+     * drain, not kill with the default action.
+     */
+    evthread_use_pthreads();
     base = event_base_new();
     struct main_ctx mctx = {.opt = &opt, .srv = &srv, .base = base};
     ev_term = evsignal_new(base, SIGTERM, on_terminate, &mctx);
@@ -408,6 +410,10 @@ int main(int argc, char **argv)
     event_add(ev_term, NULL);
     event_add(ev_int, NULL);
     event_add(ev_hup, NULL);
+    if (rhema_http_start(&srv, &err) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
+        goto out;
+    }
     rhema_log(RHEMA_LOG_NOTICE, "main", "rhemad %s started (pid %ld, storage '%s', config %s)",
               PACKAGE_VERSION, (long)getpid(), srv.storage_plugin->name,
               cfg.path && *cfg.path ? cfg.path : "(defaults)");

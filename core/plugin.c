@@ -180,8 +180,8 @@ static size_t required_size(uint32_t kind, uint32_t minor)
     (void)minor; /* every kind is at minor 0 so far */
     switch (kind) {
     case RHEMA_KIND_STORAGE:
-        return offsetof(struct rhema_storage_plugin, backup) +
-               sizeof(((struct rhema_storage_plugin *)0)->backup);
+        return offsetof(struct rhema_storage_plugin, group) +
+               sizeof(((struct rhema_storage_plugin *)0)->group);
     default: return 0;
     }
 }

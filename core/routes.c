@@ -100,36 +100,131 @@ static void reply_record(struct rhema_req *r, int status, struct rhema_record *r
     rhema_record_release(rec);
 }
 
+/*
+ * Session writes.  With a storage plugin that implements group(), a write
+ * is not run at once: it is queued on the worker and run together with the
+ * others that arrive in the same turn of the event loop, in one storage
+ * transaction (group commit), just before the loop polls again -- the way
+ * Redis writes its AOF in beforeSleep.  The replies go out after the
+ * commit.  Without group() each write runs at once.
+ */
+#define GROUP_MAX 256
+
+struct rhema_pending_write {
+    struct rhema_pending_write *next;
+    struct rhema_req *req;
+    struct rhema_session_op op;
+};
+
+static void answer_op(struct rhema_req *r, struct rhema_session_op *op)
+{
+    if (op->rc) {
+        rhema_reply_store_error(r, op->rc, op->err);
+        return;
+    }
+    if (op->kind == RHEMA_SOP_DELETE) {
+        rhema_reply_empty(r, 204);
+        return;
+    }
+    if (op->kind == RHEMA_SOP_PUT && op->created) {
+        char loc[RHEMA_ID_MAX + 32];
+        snprintf(loc, sizeof loc, "/v1/sessions/%s", op->id);
+        rhema_header(r, "Location", loc);
+    }
+    reply_record(r, op->created ? 201 : 200, &op->rec);
+}
+
+void rhema_routes_flush(struct rhema_worker *w)
+{
+    while (w->wq_head) {
+        struct rhema_pending_write *head = w->wq_head, *p;
+        size_t n = w->wq_n, i = 0;
+        w->wq_head = NULL;
+        w->wq_tail = &w->wq_head;
+        w->wq_n = 0;
+        struct rhema_session_op **ops = malloc(n * sizeof *ops);
+        if (!ops) {
+            for (p = head; p; p = p->next)
+                p->op.rc = RHEMA_ENOMEM, snprintf(p->op.err, sizeof p->op.err, "out of memory");
+        } else {
+            for (p = head; p; p = p->next)
+                ops[i++] = &p->op;
+            rhema_session_ops_run(&w->store, ops, n);
+            free(ops);
+        }
+        while (head) {
+            p = head;
+            head = head->next;
+            answer_op(p->req, &p->op);
+            rhema_session_op_release(&p->op);
+            rhema_req_free(p->req);
+            free(p);
+        }
+    }
+}
+
+void rhema_routes_abandon(struct rhema_worker *w)
+{
+    struct rhema_pending_write *p;
+    while ((p = w->wq_head)) {
+        w->wq_head = p->next;
+        rhema_reply_error(p->req, 503, "unavailable", "shutting down");
+        rhema_session_op_release(&p->op);
+        rhema_req_free(p->req);
+        free(p);
+    }
+    w->wq_tail = &w->wq_head;
+    w->wq_n = 0;
+}
+
+/* Run op now, or queue it for this turn's group commit.  Takes op's references. */
+static void submit_op(struct rhema_req *r, struct rhema_session_op *op)
+{
+    struct rhema_worker *w = r->worker;
+    struct rhema_pending_write *p = NULL;
+    struct rhema_req *d = NULL;
+    if (w->srv->storage->group && !w->draining && (p = calloc(1, sizeof *p)) &&
+        (d = rhema_req_defer(r))) {
+        p->req = d;
+        p->op = *op;
+        *w->wq_tail = p;
+        w->wq_tail = &p->next;
+        if (w->wq_n++ == 0)
+            event_active(w->flush_ev, EV_TIMEOUT, 0);
+        if (w->wq_n >= GROUP_MAX)
+            rhema_routes_flush(w);
+        return;
+    }
+    free(p);
+    rhema_session_ops_run(&w->store, &op, 1);
+    answer_op(r, op);
+    rhema_session_op_release(op);
+}
+
+static int op_init(struct rhema_req *r, struct rhema_session_op *op, enum rhema_session_op_kind kind,
+                   const char *id)
+{
+    memset(op, 0, sizeof *op);
+    op->kind = kind;
+    snprintf(op->id, sizeof op->id, "%s", id);
+    return rhema_req_precondition(r, &op->if_match);
+}
+
 static void h_session_put(struct rhema_req *r, const char *id)
 {
-    char err[RHEMA_ERRMSG_MAX];
-    uint64_t expected;
-    if (rhema_req_precondition(r, &expected) != 0)
+    struct rhema_session_op op;
+    if (op_init(r, &op, RHEMA_SOP_PUT, id) != 0)
         return;
     json_t *body = rhema_req_json(r);
     if (!body)
         return;
-    json_t *session = NULL;
-    int rc = rhema_session_validate(body, id, &session, err);
+    int rc = rhema_session_validate(body, id, &op.input, op.err);
     json_decref(body);
     if (rc) {
-        rhema_reply_store_error(r, rc, err);
+        rhema_reply_store_error(r, rc, op.err);
         return;
     }
-    struct rhema_record rec = {0};
-    int created = 0;
-    rc = rhema_session_put(&r->worker->store, id, session, expected, &rec, &created, err);
-    json_decref(session);
-    if (rc) {
-        rhema_reply_store_error(r, rc, err);
-        return;
-    }
-    if (created) {
-        char loc[RHEMA_ID_MAX + 32];
-        snprintf(loc, sizeof loc, "/v1/sessions/%s", id);
-        rhema_header(r, "Location", loc);
-    }
-    reply_record(r, created ? 201 : 200, &rec);
+    submit_op(r, &op);
 }
 
 static void h_session_get(struct rhema_req *r, const char *id)
@@ -156,51 +251,37 @@ static void h_session_get(struct rhema_req *r, const char *id)
 
 static void h_session_delete(struct rhema_req *r, const char *id)
 {
-    char err[RHEMA_ERRMSG_MAX];
-    uint64_t expected;
-    if (rhema_req_precondition(r, &expected) != 0)
+    struct rhema_session_op op;
+    if (op_init(r, &op, RHEMA_SOP_DELETE, id) != 0)
         return;
-    if (expected == RHEMA_VERSION_ABSENT) {
+    if (op.if_match == RHEMA_VERSION_ABSENT) {
         rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense on DELETE");
         return;
     }
-    int rc = rhema_session_delete(&r->worker->store, id, expected, err);
-    if (rc) {
-        rhema_reply_store_error(r, rc, err);
-        return;
-    }
-    rhema_reply_empty(r, 204);
+    submit_op(r, &op);
 }
 
 static void h_session_message(struct rhema_req *r, const char *id)
 {
-    char err[RHEMA_ERRMSG_MAX];
-    uint64_t expected;
-    if (rhema_req_precondition(r, &expected) != 0)
+    struct rhema_session_op op;
+    if (op_init(r, &op, RHEMA_SOP_APPEND, id) != 0)
         return;
-    if (expected == RHEMA_VERSION_ABSENT) {
+    if (op.if_match == RHEMA_VERSION_ABSENT) {
         rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense here");
         return;
     }
     json_t *body = rhema_req_json(r);
     if (!body)
         return;
-    json_t *msg = NULL;
-    int rc = rhema_message_validate(body, &msg, err);
+    if (json_is_object(body) && !json_object_get(body, "timestamp"))
+        op.flags |= RHEMA_SOP_TS_DEFAULTED;
+    int rc = rhema_message_validate(body, &op.input, op.err);
     json_decref(body);
     if (rc) {
-        rhema_reply_store_error(r, rc, err);
+        rhema_reply_store_error(r, rc, op.err);
         return;
     }
-    struct rhema_record rec = {0};
-    int appended = 0;
-    rc = rhema_session_append_message(&r->worker->store, id, msg, expected, &rec, &appended, err);
-    json_decref(msg);
-    if (rc) {
-        rhema_reply_store_error(r, rc, err);
-        return;
-    }
-    reply_record(r, appended ? 201 : 200, &rec);
+    submit_op(r, &op);
 }
 
 /* Parse a positive integer query parameter; replies 400 and returns -1 when bad. */

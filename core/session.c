@@ -24,6 +24,7 @@
 #define PUT_RETRIES 16
 #define ACCESS_FLUSH_AT 65536 /* pending entries that force a flush */
 
+
 static const char *const session_statuses[] = {"Active", "Paused", "Completed", "Cancelled",
                                                NULL};
 static const char *const priorities[] = {"Low", "Normal", "High", "Critical", "Emergency", NULL};
@@ -349,7 +350,34 @@ struct rhema_access_entry {
     char *id; /* NULL: empty slot */
     uint64_t delta;
     uint64_t last_ms;
+    uint64_t incarnation; /* of the session the reads were counted for */
 };
+
+/*
+ * The stored access record: "<count> <last_ms> <incarnation hex>".  A
+ * session gets a fresh random incarnation when it is created, so counts
+ * pending in some worker for an earlier session of the same id (deleted,
+ * then created again) are recognised and dropped instead of carried over.
+ */
+struct access_rec {
+    uint64_t count, last_ms, incarnation;
+    uint64_t version; /* 0: no record */
+};
+
+static uint64_t new_incarnation(void)
+{
+    static _Thread_local uint64_t x;
+    if (!x)
+        x = rhema_realtime_ns() ^ ((uint64_t)(uintptr_t)&x << 17) ^ 0x9e3779b97f4a7c15ull;
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17; /* xorshift64 */
+    return x ? x : 1;
+}
+
+static int access_format(char *buf, size_t cap, uint64_t count, uint64_t last, uint64_t inc)
+{
+    return snprintf(buf, cap, "%llu %llu %llx", (unsigned long long)count,
+                    (unsigned long long)last, (unsigned long long)inc);
+}
 
 static uint64_t hash_str(const char *s)
 {
@@ -405,68 +433,62 @@ static void access_clear(struct rhema_store *st)
     st->pending_n = 0;
 }
 
-/* Stored access counts of id (0/0 when none). */
-static int access_stored(struct rhema_store *st, const char *id, uint64_t *count, uint64_t *last)
+/* The stored access record of id (all zero when none). */
+static int access_read(struct rhema_store *st, const char *id, struct access_rec *a)
 {
     struct rhema_storage_value v;
-    *count = 0;
-    *last = 0;
+    memset(a, 0, sizeof *a);
     int rc = st->vt->get(st->conn, NS_ACCESS, id, &v);
     if (rc == RHEMA_ENOTFOUND)
         return 0;
     if (rc)
         return rc;
-    char buf[64];
+    char buf[80];
     size_t n = v.len < sizeof buf - 1 ? v.len : sizeof buf - 1;
     memcpy(buf, v.data, n);
     buf[n] = '\0';
-    unsigned long long c = 0, l = 0;
-    if (sscanf(buf, "%llu %llu", &c, &l) == 2) {
-        *count = c;
-        *last = l;
+    unsigned long long c = 0, l = 0, inc = 0;
+    if (sscanf(buf, "%llu %llu %llx", &c, &l, &inc) >= 2) {
+        a->count = c;
+        a->last_ms = l;
+        a->incarnation = inc;
     }
+    a->version = v.version;
     return 0;
 }
+
+/* Stored counts plus this worker's pending ones (when of the same incarnation). */
+static void access_merge(struct rhema_store *st, const char *id, const struct access_rec *a,
+                         uint64_t *count, uint64_t *last);
 
 int rhema_store_flush_access(struct rhema_store *st)
 {
     int first = 0;
     for (size_t i = 0; i < st->pending_cap; i++) {
         struct rhema_access_entry *e = &st->pending[i];
-        if (!e->id)
+        if (!e->id || !e->delta)
             continue;
         for (int attempt = 0; attempt < PUT_RETRIES; attempt++) {
-            struct rhema_storage_value v;
-            uint64_t count = 0, last = 0, expected = RHEMA_VERSION_ABSENT;
-            int rc = st->vt->get(st->conn, NS_ACCESS, e->id, &v);
-            if (rc == 0) {
-                char buf[64];
-                size_t n = v.len < sizeof buf - 1 ? v.len : sizeof buf - 1;
-                memcpy(buf, v.data, n);
-                buf[n] = '\0';
-                unsigned long long c = 0, l = 0;
-                if (sscanf(buf, "%llu %llu", &c, &l) == 2)
-                    count = c, last = l;
-                expected = v.version;
-            } else if (rc != RHEMA_ENOTFOUND) {
+            struct access_rec a;
+            int rc = access_read(st, e->id, &a);
+            if (rc) {
                 if (!first)
                     first = rc;
                 break;
             }
-            /* The session may have been deleted meanwhile: do not resurrect counts. */
-            rc = st->vt->get(st->conn, NS_SESSIONS, e->id, &v);
-            if (rc == RHEMA_ENOTFOUND)
+            /* deleted meanwhile, or a new session of the same id: drop the counts */
+            if (!a.version || a.incarnation != e->incarnation)
                 break;
-            char text[64];
-            int len = snprintf(text, sizeof text, "%llu %llu",
-                               (unsigned long long)(count + e->delta),
-                               (unsigned long long)(e->last_ms > last ? e->last_ms : last));
+            char text[80];
+            int len = access_format(text, sizeof text, a.count + e->delta,
+                                    e->last_ms > a.last_ms ? e->last_ms : a.last_ms,
+                                    a.incarnation);
             struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT,
                                             .ns = NS_ACCESS,
                                             .key = e->id,
                                             .value = text,
                                             .value_len = (size_t)len,
-                                            .expected_version = expected};
+                                            .expected_version = a.version};
             rc = st->vt->put(st->conn, &w);
             if (rc == RHEMA_ECONFLICT)
                 continue; /* another worker flushed the same id: re-read */
@@ -527,27 +549,42 @@ static int make_record(const void *stored, size_t len, uint64_t version, uint64_
     return 0;
 }
 
-/* Record of id with its current access counts (not counting this read). */
+static void access_merge(struct rhema_store *st, const char *id, const struct access_rec *a,
+                         uint64_t *count, uint64_t *last)
+{
+    struct rhema_access_entry *e = access_slot(st, id, 0);
+    *count = a->count;
+    *last = a->last_ms;
+    if (e && e->incarnation == a->incarnation) {
+        *count += e->delta;
+        if (e->last_ms > *last)
+            *last = e->last_ms;
+    }
+}
+
+/* Record of id with its current access counts, counting this read when count_this. */
 static int record_with_access(struct rhema_store *st, const char *id, const char *stored,
                               size_t len, uint64_t version, int count_this,
                               struct rhema_record *out, char *err)
 {
+    struct access_rec a;
     uint64_t count, last;
-    int rc = access_stored(st, id, &count, &last);
+    int rc = access_read(st, id, &a);
     if (rc)
         return storage_err(st, rc, "reading access counts", err);
-    struct rhema_access_entry *e = access_slot(st, id, count_this);
-    if (count_this && !e)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
     if (count_this) {
+        struct rhema_access_entry *e = access_slot(st, id, 1);
+        if (!e)
+            return errf(err, RHEMA_ENOMEM, "out of memory");
+        if (e->incarnation != a.incarnation) { /* counts of an earlier session of this id */
+            e->delta = 0;
+            e->last_ms = 0;
+            e->incarnation = a.incarnation;
+        }
         e->delta++;
         e->last_ms = rhema_realtime_ms();
     }
-    if (e) {
-        count += e->delta;
-        if (e->last_ms > last)
-            last = e->last_ms;
-    }
+    access_merge(st, id, &a, &count, &last);
     rc = make_record(stored, len, version, count, last, out);
     if (rc == RHEMA_ECORRUPT)
         return errf(err, rc, "stored session '%s' is not a JSON object", id);
@@ -676,100 +713,339 @@ static char *serialise(json_t *session, const char *created_at, size_t *len)
     return out;
 }
 
-/*
- * One attempt at writing `session` over `cur` (NULL: absent) at `version`.
- * Returns 0, RHEMA_ECONFLICT (someone else wrote first), or an error.
- */
-static int write_session(struct rhema_store *st, const char *id, json_t *session, json_t *cur,
-                         uint64_t version, struct rhema_record *out, char *err)
+/* ---- writes: prepare (read, check, compose) -> apply (batch/group) -> finish ---- */
+
+/* What an op keeps between prepare and finish. */
+struct op_state {
+    json_t *cur;        /* the record read at prepare, or NULL */
+    uint64_t version;   /* its version */
+    char *text;         /* the serialised record to write (PUT/APPEND) */
+    size_t len;
+    struct write_set ws;
+    char access_text[80]; /* the access record a create writes */
+    int repair;         /* drop deletes of index entries that are gone */
+};
+
+static void op_state_clear(struct op_state *s)
 {
-    int rc;
-    size_t i, len = 0;
+    json_decref(s->cur);
+    free(s->text);
+    free(s->ws.w);
+    free(s->ws.keys);
+    memset(s, 0, sizeof *s);
+}
+
+static int ws_alloc(struct write_set *ws, size_t cap)
+{
+    ws->w = calloc(cap, sizeof *ws->w);
+    ws->keys = calloc(cap, IDX_KEY_MAX);
+    ws->n = 0;
+    ws->cap = cap;
+    return ws->w && ws->keys ? 0 : RHEMA_ENOMEM;
+}
+
+/* After a batch failed with ENOTFOUND: drop deletes whose key is already gone. */
+static void ws_drop_missing_deletes(struct rhema_store *st, struct write_set *ws)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < ws->n; i++) {
+        struct rhema_storage_value v;
+        if (i > 0 && ws->w[i].op == RHEMA_WRITE_DEL &&
+            st->vt->get(st->conn, ws->w[i].ns, ws->w[i].key, &v) == RHEMA_ENOTFOUND)
+            continue;
+        if (k != i) {
+            ws->w[k] = ws->w[i];
+            if (ws->w[i].key == ws->keys[i]) {
+                memcpy(ws->keys[k], ws->keys[i], IDX_KEY_MAX);
+                ws->w[k].key = ws->keys[k];
+            }
+        }
+        k++;
+    }
+    ws->n = k;
+}
+
+/* Compose the writes of a PUT of `session` over the current record. */
+static int compose_put(struct rhema_session_op *op, struct op_state *s, json_t *session)
+{
+    size_t i;
     json_t *p;
     json_t *new_parts = json_object_get(session, "participants");
-    json_t *old_parts = cur ? json_object_get(cur, "participants") : NULL;
+    json_t *old_parts = s->cur ? json_object_get(s->cur, "participants") : NULL;
     const char *new_status = json_string_value(json_object_get(session, "status"));
-    const char *old_status = cur ? json_string_value(json_object_get(cur, "status")) : NULL;
-    const char *created_at = cur ? json_string_value(json_object_get(cur, "created_at")) : NULL;
-    char *text = serialise(session, created_at, &len);
-    if (!text)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
-
-    size_t cap = 3 + json_array_size(new_parts) + json_array_size(old_parts);
-    struct write_set ws = {.w = calloc(cap, sizeof *ws.w), .keys = calloc(cap, IDX_KEY_MAX),
-                           .cap = cap};
-    if (!ws.w || !ws.keys) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
-        goto out;
-    }
-    struct rhema_storage_write *rw = ws_add(&ws, RHEMA_WRITE_PUT, NS_SESSIONS, NULL, id);
-    rw->value = text;
-    rw->value_len = len;
-    rw->expected_version = cur ? version : RHEMA_VERSION_ABSENT;
+    const char *old_status = s->cur ? json_string_value(json_object_get(s->cur, "status")) : NULL;
+    const char *created_at =
+        s->cur ? json_string_value(json_object_get(s->cur, "created_at")) : NULL;
+    s->text = serialise(session, created_at, &s->len);
+    if (!s->text ||
+        ws_alloc(&s->ws, 4 + json_array_size(new_parts) + json_array_size(old_parts)) != 0)
+        return errf(op->err, RHEMA_ENOMEM, "out of memory");
+    struct write_set *ws = &s->ws;
+    struct rhema_storage_write *rw = ws_add(ws, RHEMA_WRITE_PUT, NS_SESSIONS, NULL, op->id);
+    rw->value = s->text;
+    rw->value_len = s->len;
+    rw->expected_version = s->cur ? s->version : RHEMA_VERSION_ABSENT;
     if (!old_status || strcmp(old_status, new_status) != 0) {
         if (old_status)
-            ws_add(&ws, RHEMA_WRITE_DEL, NS_BY_STATUS, old_status, id);
-        ws_add(&ws, RHEMA_WRITE_PUT, NS_BY_STATUS, new_status, id);
+            ws_add(ws, RHEMA_WRITE_DEL, NS_BY_STATUS, old_status, op->id);
+        ws_add(ws, RHEMA_WRITE_PUT, NS_BY_STATUS, new_status, op->id);
     }
     json_array_foreach(old_parts, i, p) if (!json_array_has_string(new_parts, json_string_value(p)))
-        ws_add(&ws, RHEMA_WRITE_DEL, NS_BY_PARTICIPANT, json_string_value(p), id);
+        ws_add(ws, RHEMA_WRITE_DEL, NS_BY_PARTICIPANT, json_string_value(p), op->id);
     json_array_foreach(new_parts, i, p) if (!old_parts ||
                                             !json_array_has_string(old_parts, json_string_value(p)))
-        ws_add(&ws, RHEMA_WRITE_PUT, NS_BY_PARTICIPANT, json_string_value(p), id);
+        ws_add(ws, RHEMA_WRITE_PUT, NS_BY_PARTICIPANT, json_string_value(p), op->id);
+    if (!s->cur) { /* a new session: a new access record, with a new incarnation */
+        struct rhema_storage_write *aw = ws_add(ws, RHEMA_WRITE_PUT, NS_ACCESS, NULL, op->id);
+        int n = access_format(s->access_text, sizeof s->access_text, 0, 0, new_incarnation());
+        aw->value = s->access_text;
+        aw->value_len = (size_t)n;
+    }
+    return 0;
+}
 
-    rc = st->vt->batch(st->conn, ws.w, ws.n);
-    if (rc == RHEMA_ENOTFOUND) {
-        /* An index entry we meant to delete is gone: repair by dropping such deletes. */
-        rhema_log(RHEMA_LOG_WARN, "session", "index of session '%s' was incomplete; repairing", id);
-        size_t k = 0;
-        for (i = 0; i < ws.n; i++) {
-            struct rhema_storage_value v;
-            if (ws.w[i].op == RHEMA_WRITE_DEL &&
-                st->vt->get(st->conn, ws.w[i].ns, ws.w[i].key, &v) == RHEMA_ENOTFOUND)
-                continue;
-            ws.w[k++] = ws.w[i];
+static int compose_delete(struct rhema_store *st, struct rhema_session_op *op, struct op_state *s)
+{
+    size_t i;
+    json_t *p, *parts = json_object_get(s->cur, "participants");
+    struct access_rec a;
+    if (ws_alloc(&s->ws, 3 + json_array_size(parts)) != 0)
+        return errf(op->err, RHEMA_ENOMEM, "out of memory");
+    ws_add(&s->ws, RHEMA_WRITE_DEL, NS_SESSIONS, NULL, op->id)->expected_version = s->version;
+    const char *status = json_string_value(json_object_get(s->cur, "status"));
+    if (status)
+        ws_add(&s->ws, RHEMA_WRITE_DEL, NS_BY_STATUS, status, op->id);
+    json_array_foreach(parts, i, p)
+        ws_add(&s->ws, RHEMA_WRITE_DEL, NS_BY_PARTICIPANT, json_string_value(p), op->id);
+    int rc = access_read(st, op->id, &a);
+    if (rc)
+        return storage_err(st, rc, "reading access counts", op->err);
+    if (a.version)
+        ws_add(&s->ws, RHEMA_WRITE_DEL, NS_ACCESS, NULL, op->id);
+    return 0;
+}
+
+/* APPEND: 1 when composed, 0 when finished early (a replay, or an error in op->rc). */
+static int compose_append(struct rhema_store *st, struct rhema_session_op *op, struct op_state *s)
+{
+    size_t i;
+    json_t *m, *msgs = json_object_get(s->cur, "messages");
+    if (!json_is_array(msgs)) {
+        op->rc = errf(op->err, RHEMA_ECORRUPT, "stored session '%s' has no messages array", op->id);
+        return 0;
+    }
+    const char *mid = json_string_value(json_object_get(op->input, "id"));
+    json_array_foreach(msgs, i, m)
+    {
+        if (strcmp(json_string_value(json_object_get(m, "id")), mid) != 0)
+            continue;
+        int same = json_equal(m, op->input);
+        if (!same && (op->flags & RHEMA_SOP_TS_DEFAULTED)) {
+            json_t *a = json_copy(m), *b = json_copy(op->input);
+            json_object_del(a, "timestamp");
+            json_object_del(b, "timestamp");
+            same = json_equal(a, b);
+            json_decref(a);
+            json_decref(b);
         }
-        ws.n = k;
-        rc = st->vt->batch(st->conn, ws.w, ws.n);
-        if (rc == RHEMA_ENOTFOUND)
-            rc = RHEMA_ECONFLICT; /* the record itself changed: retry from the top */
+        if (same) { /* a retry of the same append: answer the record */
+            op->created = 0;
+            op->rc = rhema_session_get(st, op->id, &op->rec, op->err);
+            return 0;
+        }
+        op->rc = errf(op->err, RHEMA_ECONFLICT,
+                      "session '%s' already has a different message with id '%s'", op->id, mid);
+        return 0;
     }
-    if (rc == RHEMA_ECONFLICT)
-        goto out;
+    json_t *session = json_object();
+    for (const char *const *f = session_fields; *f; f++)
+        json_object_set(session, *f, json_object_get(s->cur, *f));
+    json_t *new_msgs = json_copy(msgs);
+    json_array_append(new_msgs, op->input);
+    json_object_set_new(session, "messages", new_msgs);
+    int rc = compose_put(op, s, session);
+    json_decref(session);
     if (rc) {
-        rc = storage_err(st, rc, "writing the session", err);
+        op->rc = rc;
+        return 0;
+    }
+    return 1;
+}
+
+int rhema_session_op_prepare(struct rhema_store *st, struct rhema_session_op *op)
+{
+    struct op_state *s = op->priv;
+    int repair = s ? s->repair : 0;
+    if (!s && !(s = op->priv = calloc(1, sizeof *s))) {
+        op->rc = errf(op->err, RHEMA_ENOMEM, "out of memory");
+        return 0;
+    }
+    op_state_clear(s);
+    s->repair = repair;
+    op->attempts++;
+    int rc = load_current(st, op->id, &s->cur, &s->version, op->err);
+    if (rc) {
+        op->rc = rc;
+        return 0;
+    }
+    if (op->kind != RHEMA_SOP_PUT && !s->cur) {
+        op->rc = errf(op->err, RHEMA_ENOTFOUND, "session '%s' not found", op->id);
+        return 0;
+    }
+    if ((rc = check_if_match(op->if_match, s->cur, s->version, op->id, op->err))) {
+        op->rc = rc;
+        return 0;
+    }
+    switch (op->kind) {
+    case RHEMA_SOP_PUT: rc = compose_put(op, s, op->input); break;
+    case RHEMA_SOP_DELETE: rc = compose_delete(st, op, s); break;
+    default:
+        if (!compose_append(st, op, s))
+            return 0;
+        rc = 0;
+    }
+    if (rc) {
+        op->rc = rc;
+        return 0;
+    }
+    if (s->repair) {
+        ws_drop_missing_deletes(st, &s->ws);
+        s->repair = 0;
+    }
+    op->batch.writes = s->ws.w;
+    op->batch.n = s->ws.n;
+    op->batch.result = 0;
+    return 1;
+}
+
+int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op, int rc)
+{
+    struct op_state *s = op->priv;
+    if (rc == RHEMA_ENOTFOUND) {
+        /*
+         * A delete in the batch found nothing: an index entry is missing
+         * (repair it: drop such deletes next time) or the record itself
+         * went away meanwhile (the next prepare sees that).
+         */
+        if (s->repair++ == 0)
+            rhema_log(RHEMA_LOG_WARN, "session", "session '%s': index entry missing; repairing",
+                      op->id);
+        rc = RHEMA_ECONFLICT;
+    }
+    if (rc == RHEMA_ECONFLICT) {
+        if (op->if_match) { /* the version the client named was just replaced */
+            op->rc = errf(op->err, RHEMA_EPRECONDITION,
+                          "session '%s' changed concurrently (If-Match)", op->id);
+            return 0;
+        }
+        if (op->attempts >= PUT_RETRIES) {
+            op->rc = errf(op->err, RHEMA_ECONFLICT,
+                          "session '%s' is being written concurrently; retry", op->id);
+            return 0;
+        }
+        return 1;
+    }
+    if (rc) {
+        op->rc = storage_err(st, rc,
+                             op->kind == RHEMA_SOP_DELETE ? "deleting the session"
+                                                          : "writing the session",
+                             op->err);
+        return 0;
+    }
+    if (op->kind == RHEMA_SOP_DELETE) {
+        struct rhema_access_entry *e = access_slot(st, op->id, 0);
+        if (e)
+            e->delta = 0, e->last_ms = 0;
+        op->rc = 0;
+        return 0;
+    }
+    op->created = op->kind == RHEMA_SOP_PUT ? s->cur == NULL : 1;
+    if (!s->cur) { /* just created: no reads counted yet, nothing to look up */
+        rc = make_record(s->text, s->len, s->ws.w[0].new_version, 0, 0, &op->rec);
+        op->rc = rc ? errf(op->err, rc, "out of memory") : 0;
+        return 0;
+    }
+    op->rc = record_with_access(st, op->id, s->text, s->len, s->ws.w[0].new_version, 0, &op->rec,
+                                op->err);
+    return 0;
+}
+
+void rhema_session_op_release(struct rhema_session_op *op)
+{
+    if (op->priv) {
+        op_state_clear(op->priv);
+        free(op->priv);
+        op->priv = NULL;
+    }
+    json_decref(op->input);
+    op->input = NULL;
+    rhema_record_release(&op->rec);
+}
+
+void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops, size_t n)
+{
+    struct rhema_session_op **todo = malloc(n * sizeof *todo);
+    struct rhema_storage_batch *group = malloc(n * sizeof *group);
+    size_t ntodo = 0;
+    if (!todo || !group) {
+        for (size_t i = 0; i < n; i++)
+            ops[i]->rc = errf(ops[i]->err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
-    rc = record_with_access(st, id, text, len, ws.w[0].new_version, 0, out, err);
+    for (size_t i = 0; i < n; i++)
+        todo[ntodo++] = ops[i];
+    while (ntodo) {
+        size_t m = 0;
+        /* prepare: ops finished early (errors, replays) drop out */
+        for (size_t i = 0; i < ntodo; i++)
+            if (rhema_session_op_prepare(st, todo[i]))
+                todo[m++] = todo[i];
+        ntodo = m;
+        if (!ntodo)
+            break;
+        for (size_t i = 0; i < ntodo; i++)
+            group[i] = todo[i]->batch;
+        int grc = 0;
+        if (st->vt->group && ntodo > 1)
+            grc = st->vt->group(st->conn, group, ntodo);
+        else
+            for (size_t i = 0; i < ntodo; i++)
+                group[i].result = st->vt->batch(st->conn, group[i].writes, group[i].n);
+        /* finish: ops that lost a race go round again */
+        m = 0;
+        for (size_t i = 0; i < ntodo; i++)
+            if (rhema_session_op_finish(st, todo[i], grc ? grc : group[i].result))
+                todo[m++] = todo[i];
+        ntodo = m;
+    }
 out:
-    free(ws.w);
-    free(ws.keys);
-    free(text);
-    return rc;
+    free(todo);
+    free(group);
+}
+
+/* Run one op synchronously; returns its rc. */
+static int run_one(struct rhema_store *st, struct rhema_session_op *op)
+{
+    rhema_session_ops_run(st, &op, 1);
+    return op->rc;
 }
 
 int rhema_session_put(struct rhema_store *st, const char *id, json_t *session, uint64_t if_match,
                       struct rhema_record *out, int *created, char err[RHEMA_ERRMSG_MAX])
 {
-    for (int attempt = 0; attempt < PUT_RETRIES; attempt++) {
-        json_t *cur;
-        uint64_t version;
-        int rc = load_current(st, id, &cur, &version, err);
-        if (rc)
-            return rc;
-        rc = check_if_match(if_match, cur, version, id, err);
-        if (rc == 0)
-            rc = write_session(st, id, session, cur, version, out, err);
-        if (rc == 0)
-            *created = cur == NULL;
-        json_decref(cur);
-        if (rc != RHEMA_ECONFLICT)
-            return rc;
-        if (if_match) /* the precondition named a version another writer just replaced */
-            return errf(err, RHEMA_EPRECONDITION,
-                        "session '%s' changed concurrently (If-Match)", id);
+    struct rhema_session_op op = {.kind = RHEMA_SOP_PUT, .input = json_incref(session),
+                                  .if_match = if_match};
+    snprintf(op.id, sizeof op.id, "%s", id);
+    int rc = run_one(st, &op);
+    if (rc == 0) {
+        *out = op.rec;
+        op.rec.json = NULL;
+        *created = op.created;
+    } else {
+        memcpy(err, op.err, RHEMA_ERRMSG_MAX);
     }
-    return errf(err, RHEMA_ECONFLICT, "session '%s' is being written concurrently; retry", id);
+    rhema_session_op_release(&op);
+    return rc;
 }
 
 int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_record *out,
@@ -794,112 +1070,32 @@ int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_recor
 int rhema_session_delete(struct rhema_store *st, const char *id, uint64_t if_match,
                          char err[RHEMA_ERRMSG_MAX])
 {
-    for (int attempt = 0; attempt < PUT_RETRIES; attempt++) {
-        json_t *cur, *p;
-        uint64_t version, count, last;
-        size_t i;
-        int rc = load_current(st, id, &cur, &version, err);
-        if (rc)
-            return rc;
-        if (!cur)
-            return errf(err, RHEMA_ENOTFOUND, "session '%s' not found", id);
-        if ((rc = check_if_match(if_match, cur, version, id, err))) {
-            json_decref(cur);
-            return rc;
-        }
-        json_t *parts = json_object_get(cur, "participants");
-        size_t cap = 3 + json_array_size(parts);
-        struct write_set ws = {.w = calloc(cap, sizeof *ws.w), .keys = calloc(cap, IDX_KEY_MAX),
-                               .cap = cap};
-        if (!ws.w || !ws.keys) {
-            free(ws.w);
-            free(ws.keys);
-            json_decref(cur);
-            return errf(err, RHEMA_ENOMEM, "out of memory");
-        }
-        ws_add(&ws, RHEMA_WRITE_DEL, NS_SESSIONS, NULL, id)->expected_version = version;
-        const char *status = json_string_value(json_object_get(cur, "status"));
-        if (status)
-            ws_add(&ws, RHEMA_WRITE_DEL, NS_BY_STATUS, status, id);
-        json_array_foreach(parts, i, p)
-            ws_add(&ws, RHEMA_WRITE_DEL, NS_BY_PARTICIPANT, json_string_value(p), id);
-        rc = access_stored(st, id, &count, &last);
-        if (rc == 0 && (count || last))
-            ws_add(&ws, RHEMA_WRITE_DEL, NS_ACCESS, NULL, id);
-        rc = st->vt->batch(st->conn, ws.w, ws.n);
-        free(ws.w);
-        free(ws.keys);
-        json_decref(cur);
-        if (rc == 0) {
-            struct rhema_access_entry *e = access_slot(st, id, 0);
-            if (e)
-                e->delta = 0, e->last_ms = 0;
-            return 0;
-        }
-        if (rc != RHEMA_ECONFLICT && rc != RHEMA_ENOTFOUND)
-            return storage_err(st, rc, "deleting the session", err);
-        if (if_match)
-            return errf(err, RHEMA_EPRECONDITION,
-                        "session '%s' changed concurrently (If-Match)", id);
-    }
-    return errf(err, RHEMA_ECONFLICT, "session '%s' is being written concurrently; retry", id);
+    struct rhema_session_op op = {.kind = RHEMA_SOP_DELETE, .if_match = if_match};
+    snprintf(op.id, sizeof op.id, "%s", id);
+    int rc = run_one(st, &op);
+    if (rc)
+        memcpy(err, op.err, RHEMA_ERRMSG_MAX);
+    rhema_session_op_release(&op);
+    return rc;
 }
 
 int rhema_session_append_message(struct rhema_store *st, const char *id, json_t *message,
                                  uint64_t if_match, struct rhema_record *out, int *appended,
                                  char err[RHEMA_ERRMSG_MAX])
 {
-    for (int attempt = 0; attempt < PUT_RETRIES; attempt++) {
-        json_t *cur, *m;
-        uint64_t version;
-        size_t i;
-        int rc = load_current(st, id, &cur, &version, err);
-        if (rc)
-            return rc;
-        if (!cur)
-            return errf(err, RHEMA_ENOTFOUND, "session '%s' not found", id);
-        if ((rc = check_if_match(if_match, cur, version, id, err))) {
-            json_decref(cur);
-            return rc;
-        }
-        json_t *msgs = json_object_get(cur, "messages");
-        if (!json_is_array(msgs)) {
-            json_decref(cur);
-            return errf(err, RHEMA_ECORRUPT, "stored session '%s' has no messages array", id);
-        }
-        const char *mid = json_string_value(json_object_get(message, "id"));
-        json_array_foreach(msgs, i, m)
-        {
-            if (strcmp(json_string_value(json_object_get(m, "id")), mid) != 0)
-                continue;
-            if (json_equal(m, message)) { /* a retry of the same append */
-                json_decref(cur);
-                *appended = 0;
-                return rhema_session_get(st, id, out, err);
-            }
-            json_decref(cur);
-            return errf(err, RHEMA_ECONFLICT,
-                        "session '%s' already has a different message with id '%s'", id, mid);
-        }
-        json_array_append(msgs, message);
-        /* Rebuild the session fields (drop stored metadata; serialise re-adds it). */
-        json_t *session = json_object();
-        for (const char *const *f = session_fields; *f; f++)
-            json_object_set(session, *f, json_object_get(cur, *f));
-        rc = write_session(st, id, session, cur, version, out, err);
-        json_decref(session);
-        json_decref(cur);
-        if (rc == 0) {
-            *appended = 1;
-            return 0;
-        }
-        if (rc != RHEMA_ECONFLICT)
-            return rc;
-        if (if_match)
-            return errf(err, RHEMA_EPRECONDITION,
-                        "session '%s' changed concurrently (If-Match)", id);
+    struct rhema_session_op op = {.kind = RHEMA_SOP_APPEND, .input = json_incref(message),
+                                  .if_match = if_match};
+    snprintf(op.id, sizeof op.id, "%s", id);
+    int rc = run_one(st, &op);
+    if (rc == 0) {
+        *out = op.rec;
+        op.rec.json = NULL;
+        *appended = op.created;
+    } else {
+        memcpy(err, op.err, RHEMA_ERRMSG_MAX);
     }
-    return errf(err, RHEMA_ECONFLICT, "session '%s' is being written concurrently; retry", id);
+    rhema_session_op_release(&op);
+    return rc;
 }
 
 /* ---- listing ---- */
@@ -1002,17 +1198,13 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
                 continue;
             }
             uint64_t count, last;
-            struct rhema_access_entry *e;
-            if ((rc = access_stored(st, ids.v[i], &count, &last))) {
+            struct access_rec a;
+            if ((rc = access_read(st, ids.v[i], &a))) {
                 json_decref(cur);
                 rc = storage_err(st, rc, "reading access counts", err);
                 goto out;
             }
-            if ((e = access_slot(st, ids.v[i], 0))) {
-                count += e->delta;
-                if (e->last_ms > last)
-                    last = e->last_ms;
-            }
+            access_merge(st, ids.v[i], &a, &count, &last);
             json_object_set_new(cur, "version", json_integer((json_int_t)version));
             json_object_set_new(cur, "access_count", json_integer((json_int_t)count));
             if (last) {

@@ -27,6 +27,8 @@
 #include <jansson.h>
 #include <rhema/storage.h>
 
+#include "util.h"
+
 /* An If-Match precondition failed (HTTP 412); other errors are RHEMA_E*. */
 #define RHEMA_EPRECONDITION (-100)
 
@@ -103,6 +105,46 @@ int rhema_session_append_message(struct rhema_store *st, const char *id, json_t 
 int rhema_session_list(struct rhema_store *st, const char *status, const char *participant,
                        size_t limit, const char *cursor, char **out, size_t *out_len,
                        char err[RHEMA_ERRMSG_MAX]);
+
+/*
+ * Writes as ops, for group commit: a worker collects the writes that arrive
+ * in one turn of its event loop and runs them together, so that they share
+ * one storage transaction (struct rhema_storage_plugin.group).
+ *   prepare: read the current record, check If-Match, compose the batch
+ *            (op->batch); returns 0 when the op finished early (op->rc).
+ *   (the caller applies the batches)
+ *   finish:  returns 1 when the op lost a race and must be prepared again.
+ * rhema_session_ops_run() does all of it for n ops.  On success op->rc is 0
+ * and op->rec holds the record (PUT, APPEND; op->created tells 201 from
+ * 200); otherwise op->rc and op->err say why.
+ */
+enum rhema_session_op_kind { RHEMA_SOP_PUT, RHEMA_SOP_DELETE, RHEMA_SOP_APPEND };
+/*
+ * APPEND: the client sent no timestamp (the server filled in "now"), so a
+ * retry of the same message matches the stored one whatever its timestamp.
+ */
+#define RHEMA_SOP_TS_DEFAULTED 1u
+
+struct rhema_session_op {
+    enum rhema_session_op_kind kind;
+    char id[RHEMA_ID_MAX + 1];
+    json_t *input;      /* PUT: the validated session; APPEND: the message (a reference it owns) */
+    uint64_t if_match;  /* 0, RHEMA_VERSION_ABSENT or a version */
+    unsigned flags;     /* RHEMA_SOP_* */
+    struct rhema_storage_batch batch; /* composed by prepare */
+    void *priv;
+    int attempts;
+    int rc;
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_record rec;
+    int created;        /* PUT: created; APPEND: appended */
+};
+
+int rhema_session_op_prepare(struct rhema_store *st, struct rhema_session_op *op);
+int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op, int rc);
+void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops, size_t n);
+/* Free what the op holds (input, state, record). */
+void rhema_session_op_release(struct rhema_session_op *op);
 
 /* 1 when s is a session status name (Active, Paused, Completed, Cancelled). */
 int rhema_session_status_valid(const char *s);

@@ -72,6 +72,13 @@ struct rhema_storage_write {
     uint64_t new_version;      /* out, PUT: the version now stored */
 };
 
+/* One member of a group commit (see group() below). */
+struct rhema_storage_batch {
+    struct rhema_storage_write *writes;
+    size_t n;
+    int result; /* out: 0 or the RHEMA_E* code batch() would have returned */
+};
+
 /*
  * A value read by get().  data points into memory owned by the connection
  * and stays valid until the next call on that connection; copy what you keep.
@@ -97,7 +104,9 @@ struct rhema_storage_stats {
 /*
  * Called by scan() for each entry, in key order.  key, value stay valid for
  * the duration of the call only.  Return 0 to go on, > 0 to stop (scan then
- * returns 0), < 0 to abort (scan then returns that code).
+ * returns 0), < 0 to abort (scan then returns that code).  The callback must
+ * not call methods on the connection that is scanning (other connections
+ * are fine): collect keys and act on them after scan() returns.
  */
 typedef int (*rhema_storage_scan_cb)(void *ctx, const char *key, const void *value,
                                      size_t value_len, uint64_t version);
@@ -153,6 +162,9 @@ struct rhema_storage_plugin {
      * QUERY: fills out; ENOTFOUND when nobody holds it.
      * out (may be NULL) receives the state after the call, or the state
      * that caused ECONFLICT.  Time is the backend's clock where it has one.
+     * Arguments: name is 1..RHEMA_STORAGE_KEY_MAX bytes like a key; holder
+     * is 1..RHEMA_LEASE_HOLDER_MAX bytes (ignored, may be NULL, for QUERY);
+     * ttl_ms must be > 0 for ACQUIRE and RENEW.  Otherwise RHEMA_EINVAL.
      */
     int (*lease)(rhema_storage_conn *conn, const char *name, const char *holder,
                  uint64_t ttl_ms, int op, struct rhema_lease_info *out);
@@ -167,6 +179,18 @@ struct rhema_storage_plugin {
      * whole store to `path` (a file, or a directory for the file backend).
      */
     int (*backup)(rhema_storage_conn *conn, const char *path, char **err);
+    /*
+     * Optional (NULL: the host calls batch() once per group member).  Group
+     * commit: apply each of the n batches all or nothing and independently
+     * of the others -- g[i].result is what batch() would have returned for
+     * it, and a failed member changes nothing -- but make them durable
+     * together, with one commit.  Returns 0 when the group was committed
+     * (whatever the members' results), or an error (RHEMA_EUNAVAIL,
+     * RHEMA_EIO ...) when nothing at all was applied; the members' results
+     * are then meaningless.  This is what lets concurrent writers share one
+     * transaction / fsync / pipeline round trip.
+     */
+    int (*group)(rhema_storage_conn *conn, struct rhema_storage_batch *g, size_t n);
     /* --- minor 0 ends here --- */
 };
 

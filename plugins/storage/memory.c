@@ -1,0 +1,1165 @@
+/*
+ * memory -- the in-process storage plugin: an ordered map per instance.
+ *
+ * Features TTL | LEASES; not durable, not shared.  Everything lives in one
+ * skip list per instance ordered by (ns, key) in strcmp order, so a scan
+ * seeks in O(log n) and then walks k entries; entries of one namespace are
+ * adjacent.  A pthread rwlock protects the list: get, scan and stats take it
+ * for reading (in parallel), writes take it for writing.  The skip list's
+ * random levels and the version counter are only touched under the write
+ * lock.
+ *
+ * Versions come from one per-instance counter, so they strictly increase
+ * across all keys and a key that is deleted and created again never reuses
+ * an earlier version (no ABA for a compare-and-set client).
+ *
+ * TTLs use host->monotonic_ns().  An expired entry is invisible to every
+ * call at once; it is unlinked lazily: by the next write of that key, and
+ * by a bounded sweep every PURGE_EVERY writes that resumes where the last
+ * one stopped.
+ *
+ * Leases live in a small table under their own mutex, also on the monotonic
+ * clock (this process is the backend).  A released or expired lease keeps
+ * its row, so its epoch never goes back while the instance lives.
+ *
+ * Scan copies entries out in chunks under the read lock and runs the
+ * callback with no lock held, so a callback may use other connections of
+ * the same instance (even from the same thread) without deadlocking.
+ *
+ * backup(path) writes a dump (temp file, fsync, rename, directory fsync) in
+ * this little-endian binary format:
+ *     "RHEMAMEM1\n"                       10 bytes of magic
+ *     u64 version_counter
+ *     records, each starting with a u8 type:
+ *       1 entry: u32 ns_len, ns, u32 key_len, key, u64 version,
+ *                u64 ttl_remaining_ms (0: none), u64 value_len, value
+ *       2 lease: u32 name_len, name, u32 holder_len, holder, u64 epoch,
+ *                u64 ttl_remaining_ms
+ *       0 end:   u64 number of records before it
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <rhema/storage.h>
+
+#define PLUGIN_NAME "memory"
+#define SL_MAX_LEVEL 24
+#define PURGE_EVERY 32u /* writes between two sweeps */
+#define PURGE_VISIT 64u /* nodes a sweep visits at most */
+#define SCAN_CHUNK_ENTRIES 128u
+#define SCAN_CHUNK_BYTES (1u << 20)
+#define MEM_ERRMSG_MAX 256
+
+struct mem_node {
+    char *ns;  /* ns and key share one allocation: "ns\0key\0" */
+    char *key;
+    size_t key_len;
+    unsigned char *value; /* NULL when value_len is 0 */
+    size_t value_len;
+    uint64_t version;
+    uint64_t expires_ns; /* monotonic deadline; 0: never */
+    int level;
+    struct mem_node *next[]; /* level pointers */
+};
+
+struct mem_lease {
+    char *name;
+    char holder[RHEMA_LEASE_HOLDER_MAX + 1]; /* "" when free */
+    uint64_t epoch;      /* last granted epoch; never decreases */
+    uint64_t expires_ns; /* meaningful only while holder is set */
+};
+
+struct rhema_storage_instance {
+    const struct rhema_host *host;
+
+    pthread_rwlock_t lock; /* the skip list and everything below it */
+    struct mem_node *head; /* sentinel with SL_MAX_LEVEL pointers */
+    int level;             /* highest level in use, >= 1 */
+    uint64_t rng;          /* xorshift state for levels */
+    uint64_t version_counter;
+    size_t n_ttl;          /* nodes with a deadline: no sweep when 0 */
+    unsigned writes;       /* writes since the last sweep */
+    char *purge_ns, *purge_key; /* where the next sweep resumes; NULL: start */
+
+    pthread_mutex_t lease_lock;
+    struct mem_lease *leases;
+    size_t n_leases, cap_leases;
+};
+
+struct scan_item {
+    size_t key_off, key_len, value_off, value_len;
+    uint64_t version;
+};
+
+struct rhema_storage_conn {
+    rhema_storage_instance *inst;
+    unsigned char *buf; /* get(): the value returned */
+    size_t buf_cap;
+    unsigned char *arena; /* scan(): keys and values of one chunk */
+    size_t arena_len, arena_cap;
+    struct scan_item *items;
+    size_t n_items, cap_items;
+    char *cursor; /* scan(): last key seen, to resume after */
+    size_t cursor_cap;
+    char err[MEM_ERRMSG_MAX];
+};
+
+/* ---- small helpers ---- */
+
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err, sizeof c->err, fmt, ap);
+    va_end(ap);
+}
+
+static int valid_ns(const char *ns)
+{
+    size_t i;
+    if (ns == NULL)
+        return 0;
+    for (i = 0; ns[i] != '\0'; i++) {
+        unsigned char ch = (unsigned char)ns[i];
+        if (i >= RHEMA_STORAGE_NS_MAX)
+            return 0;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_' || ch == '.' || ch == ':' || ch == '-'))
+            return 0;
+    }
+    return i > 0;
+}
+
+/* The key's length when it is a valid key (1..RHEMA_STORAGE_KEY_MAX), else 0. */
+static size_t valid_key(const char *key)
+{
+    size_t len;
+    if (key == NULL)
+        return 0;
+    len = strnlen(key, RHEMA_STORAGE_KEY_MAX + 1);
+    return len <= RHEMA_STORAGE_KEY_MAX ? len : 0;
+}
+
+static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key, size_t *key_len)
+{
+    if (!valid_ns(ns)) {
+        conn_error(c, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])", RHEMA_STORAGE_NS_MAX);
+        return RHEMA_EINVAL;
+    }
+    *key_len = valid_key(key);
+    if (*key_len == 0) {
+        conn_error(c, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+        return RHEMA_EINVAL;
+    }
+    return 0;
+}
+
+/* now + ms, saturating; 0 ms means "never" (0). */
+static uint64_t deadline_ns(uint64_t now, uint64_t ms)
+{
+    uint64_t d;
+    if (ms == 0)
+        return 0;
+    if (ms > (UINT64_MAX - now) / 1000000u)
+        return UINT64_MAX;
+    d = now + ms * 1000000u;
+    return d == 0 ? 1 : d;
+}
+
+static int expired(const struct mem_node *n, uint64_t now)
+{
+    return n->expires_ns != 0 && n->expires_ns <= now;
+}
+
+static uint64_t remaining_ms(uint64_t deadline, uint64_t now)
+{
+    if (deadline == 0 || deadline <= now)
+        return 0;
+    return (deadline - now + 999999u) / 1000000u;
+}
+
+/* ---- the skip list (callers hold inst->lock as documented) ---- */
+
+static int node_cmp(const struct mem_node *n, const char *ns, const char *key)
+{
+    int r = strcmp(n->ns, ns);
+    return r != 0 ? r : strcmp(n->key, key);
+}
+
+/*
+ * The first node >= (ns, key), or NULL.  When update is not NULL it receives
+ * the rightmost node before that position on every level (for insert/unlink).
+ */
+static struct mem_node *sl_seek(rhema_storage_instance *in, const char *ns, const char *key,
+                                struct mem_node **update)
+{
+    struct mem_node *x = in->head;
+    int i;
+    for (i = in->level - 1; i >= 0; i--) {
+        while (x->next[i] != NULL && node_cmp(x->next[i], ns, key) < 0)
+            x = x->next[i];
+        if (update != NULL)
+            update[i] = x;
+    }
+    return x->next[0];
+}
+
+static int sl_random_level(rhema_storage_instance *in)
+{
+    int lvl = 1;
+    uint64_t r;
+    in->rng ^= in->rng << 13;
+    in->rng ^= in->rng >> 7;
+    in->rng ^= in->rng << 17;
+    r = in->rng;
+    while (lvl < SL_MAX_LEVEL && (r & 3u) == 0) { /* p = 1/4 */
+        lvl++;
+        r >>= 2;
+    }
+    return lvl;
+}
+
+static void node_free(struct mem_node *n)
+{
+    if (n == NULL)
+        return;
+    free(n->ns);
+    free(n->value);
+    free(n);
+}
+
+static struct mem_node *node_new(rhema_storage_instance *in, const char *ns, const char *key,
+                                 size_t key_len)
+{
+    size_t ns_len = strlen(ns);
+    int lvl = sl_random_level(in);
+    struct mem_node *n = calloc(1, sizeof *n + (size_t)lvl * sizeof n->next[0]);
+    if (n == NULL)
+        return NULL;
+    n->ns = malloc(ns_len + 1 + key_len + 1);
+    if (n->ns == NULL) {
+        free(n);
+        return NULL;
+    }
+    memcpy(n->ns, ns, ns_len + 1);
+    n->key = n->ns + ns_len + 1;
+    memcpy(n->key, key, key_len + 1);
+    n->key_len = key_len;
+    n->level = lvl;
+    return n;
+}
+
+/* Unlink node n, whose predecessors are in update[]; frees it. */
+static void sl_unlink(rhema_storage_instance *in, struct mem_node *n, struct mem_node **update)
+{
+    int i;
+    for (i = 0; i < in->level; i++) {
+        if (update[i]->next[i] != n)
+            break;
+        update[i]->next[i] = n->next[i];
+    }
+    while (in->level > 1 && in->head->next[in->level - 1] == NULL)
+        in->level--;
+    if (n->expires_ns != 0)
+        in->n_ttl--;
+    node_free(n);
+}
+
+/*
+ * A bounded sweep of expired nodes, resuming where the previous one stopped
+ * and wrapping around at the end.  Write lock held.  Allocation failures
+ * only make it restart from the beginning next time.
+ */
+static void purge_some(rhema_storage_instance *in, uint64_t now)
+{
+    struct mem_node *n, *victims[PURGE_VISIT];
+    size_t nv = 0, i;
+    unsigned visited = 0;
+    char *next_ns = NULL, *next_key = NULL;
+
+    if (in->n_ttl == 0)
+        return;
+    n = in->purge_ns != NULL ? sl_seek(in, in->purge_ns, in->purge_key, NULL) : in->head->next[0];
+    while (n != NULL && visited < PURGE_VISIT) {
+        if (expired(n, now))
+            victims[nv++] = n;
+        n = n->next[0];
+        visited++;
+    }
+    if (n != NULL) { /* resume at n next time; copy before unlinking anything */
+        size_t ns_len = strlen(n->ns);
+        next_ns = malloc(ns_len + 1 + n->key_len + 1);
+        if (next_ns != NULL) {
+            memcpy(next_ns, n->ns, ns_len + 1 + n->key_len + 1);
+            next_key = next_ns + ns_len + 1;
+        }
+    }
+    for (i = 0; i < nv; i++) {
+        struct mem_node *update[SL_MAX_LEVEL];
+        struct mem_node *v = sl_seek(in, victims[i]->ns, victims[i]->key, update);
+        if (v == victims[i])
+            sl_unlink(in, v, update);
+    }
+    free(in->purge_ns);
+    in->purge_ns = next_ns;
+    in->purge_key = next_key;
+}
+
+static void note_write(rhema_storage_instance *in, uint64_t now)
+{
+    if (++in->writes >= PURGE_EVERY) {
+        in->writes = 0;
+        purge_some(in, now);
+    }
+}
+
+/* ---- lifecycle ---- */
+
+static int mem_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
+                    rhema_storage_instance **out, char **err)
+{
+    rhema_storage_instance *in;
+    (void)cfg; /* no settings */
+
+    in = calloc(1, sizeof *in);
+    if (in == NULL)
+        return host->set_error(err, RHEMA_ENOMEM, "memory: out of memory");
+    in->head = calloc(1, sizeof *in->head + SL_MAX_LEVEL * sizeof in->head->next[0]);
+    if (in->head == NULL) {
+        free(in);
+        return host->set_error(err, RHEMA_ENOMEM, "memory: out of memory");
+    }
+    if (pthread_rwlock_init(&in->lock, NULL) != 0) {
+        free(in->head);
+        free(in);
+        return host->set_error(err, RHEMA_ENOMEM, "memory: cannot create a lock");
+    }
+    if (pthread_mutex_init(&in->lease_lock, NULL) != 0) {
+        pthread_rwlock_destroy(&in->lock);
+        free(in->head);
+        free(in);
+        return host->set_error(err, RHEMA_ENOMEM, "memory: cannot create a lock");
+    }
+    in->host = host;
+    in->level = 1;
+    in->rng = (host->monotonic_ns() ^ (uint64_t)(uintptr_t)in) | 1u;
+    *out = in;
+    return 0;
+}
+
+static void mem_close(rhema_storage_instance *in)
+{
+    struct mem_node *n, *next;
+    size_t i;
+    if (in == NULL)
+        return;
+    for (n = in->head->next[0]; n != NULL; n = next) {
+        next = n->next[0];
+        node_free(n);
+    }
+    free(in->head);
+    free(in->purge_ns);
+    for (i = 0; i < in->n_leases; i++)
+        free(in->leases[i].name);
+    free(in->leases);
+    pthread_mutex_destroy(&in->lease_lock);
+    pthread_rwlock_destroy(&in->lock);
+    free(in);
+}
+
+static int mem_connect(rhema_storage_instance *in, rhema_storage_conn **out, char **err)
+{
+    rhema_storage_conn *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return in->host->set_error(err, RHEMA_ENOMEM, "memory: out of memory");
+    c->inst = in;
+    *out = c;
+    return 0;
+}
+
+static void mem_disconnect(rhema_storage_conn *c)
+{
+    if (c == NULL)
+        return;
+    free(c->buf);
+    free(c->arena);
+    free(c->items);
+    free(c->cursor);
+    free(c);
+}
+
+/* ---- reads ---- */
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    size_t ncap;
+    void *np;
+    if (need <= *cap)
+        return 0;
+    ncap = *cap ? *cap : 64;
+    while (ncap < need) {
+        if (ncap > SIZE_MAX / 2 / elem)
+            return RHEMA_ENOMEM;
+        ncap *= 2;
+    }
+    np = realloc(*p, ncap * elem);
+    if (np == NULL)
+        return RHEMA_ENOMEM;
+    *p = np;
+    *cap = ncap;
+    return 0;
+}
+
+static int mem_get(rhema_storage_conn *c, const char *ns, const char *key,
+                   struct rhema_storage_value *out)
+{
+    rhema_storage_instance *in = c->inst;
+    struct mem_node *n;
+    size_t key_len;
+    uint64_t now;
+    int rc = check_ns_key(c, ns, key, &key_len);
+    if (rc != 0)
+        return rc;
+
+    now = in->host->monotonic_ns();
+    pthread_rwlock_rdlock(&in->lock);
+    n = sl_seek(in, ns, key, NULL);
+    if (n == NULL || node_cmp(n, ns, key) != 0 || expired(n, now)) {
+        rc = RHEMA_ENOTFOUND;
+    } else if (grow((void **)&c->buf, &c->buf_cap, n->value_len + 1, 1) != 0) {
+        rc = RHEMA_ENOMEM;
+    } else {
+        if (n->value_len > 0)
+            memcpy(c->buf, n->value, n->value_len);
+        out->data = c->buf;
+        out->len = n->value_len;
+        out->version = n->version;
+    }
+    pthread_rwlock_unlock(&in->lock);
+    if (rc == RHEMA_ENOTFOUND)
+        conn_error(c, "key not found");
+    else if (rc == RHEMA_ENOMEM)
+        conn_error(c, "out of memory");
+    return rc;
+}
+
+/*
+ * Fill the connection's chunk with live entries of ns in [start, to),
+ * start excluded when `after` is set.  Read lock held by the caller.
+ * Returns 0 or ENOMEM; *more says whether entries may remain.
+ */
+static int scan_fill(rhema_storage_conn *c, const char *ns, const char *start, int after,
+                     const char *to, size_t want, uint64_t now, int *more)
+{
+    rhema_storage_instance *in = c->inst;
+    struct mem_node *n = sl_seek(in, ns, start, NULL);
+    c->n_items = 0;
+    c->arena_len = 0;
+    *more = 0;
+    if (after && n != NULL && node_cmp(n, ns, start) == 0)
+        n = n->next[0];
+    for (; n != NULL; n = n->next[0]) {
+        struct scan_item *it;
+        if (strcmp(n->ns, ns) != 0 || (to != NULL && strcmp(n->key, to) >= 0))
+            return 0;
+        if (expired(n, now))
+            continue;
+        if (c->n_items >= want || c->n_items >= SCAN_CHUNK_ENTRIES ||
+            (c->n_items > 0 && c->arena_len >= SCAN_CHUNK_BYTES)) {
+            *more = 1;
+            return 0;
+        }
+        if (grow((void **)&c->items, &c->cap_items, c->n_items + 1, sizeof *c->items) != 0 ||
+            grow((void **)&c->arena, &c->arena_cap, c->arena_len + n->key_len + 1 + n->value_len,
+                 1) != 0)
+            return RHEMA_ENOMEM;
+        it = &c->items[c->n_items++];
+        it->key_off = c->arena_len;
+        it->key_len = n->key_len;
+        memcpy(c->arena + c->arena_len, n->key, n->key_len + 1);
+        c->arena_len += n->key_len + 1;
+        it->value_off = c->arena_len;
+        it->value_len = n->value_len;
+        if (n->value_len > 0)
+            memcpy(c->arena + c->arena_len, n->value, n->value_len);
+        c->arena_len += n->value_len;
+        it->version = n->version;
+    }
+    return 0;
+}
+
+static int mem_scan(rhema_storage_conn *c, const char *ns, const char *from_key, const char *to_key,
+                    size_t limit, rhema_storage_scan_cb cb, void *ctx)
+{
+    rhema_storage_instance *in = c->inst;
+    size_t done = 0, i;
+    int after = 0;
+    const char *start = from_key != NULL ? from_key : "";
+
+    if (!valid_ns(ns)) {
+        conn_error(c, "invalid namespace");
+        return RHEMA_EINVAL;
+    }
+    if (cb == NULL) {
+        conn_error(c, "scan without a callback");
+        return RHEMA_EINVAL;
+    }
+    for (;;) {
+        int more, rc;
+        size_t want = limit ? limit - done : SIZE_MAX;
+        uint64_t now = in->host->monotonic_ns();
+
+        pthread_rwlock_rdlock(&in->lock);
+        rc = scan_fill(c, ns, start, after, to_key, want, now, &more);
+        pthread_rwlock_unlock(&in->lock);
+        if (rc != 0) {
+            conn_error(c, "out of memory");
+            return rc;
+        }
+        for (i = 0; i < c->n_items; i++) {
+            const struct scan_item *it = &c->items[i];
+            rc = cb(ctx, (const char *)c->arena + it->key_off,
+                    it->value_len ? c->arena + it->value_off : (const void *)"", it->value_len,
+                    it->version);
+            if (rc < 0)
+                return rc;
+            if (rc > 0)
+                return 0;
+        }
+        done += c->n_items;
+        if (!more || (limit && done >= limit) || c->n_items == 0)
+            return 0;
+        /* resume after the last key of this chunk */
+        {
+            const struct scan_item *last = &c->items[c->n_items - 1];
+            if (grow((void **)&c->cursor, &c->cursor_cap, last->key_len + 1, 1) != 0) {
+                conn_error(c, "out of memory");
+                return RHEMA_ENOMEM;
+            }
+            memcpy(c->cursor, c->arena + last->key_off, last->key_len + 1);
+            start = c->cursor;
+            after = 1;
+        }
+    }
+}
+
+static int mem_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_stats *out)
+{
+    rhema_storage_instance *in = c->inst;
+    struct mem_node *n;
+    uint64_t now, entries = 0, bytes = 0;
+
+    if (ns != NULL && !valid_ns(ns)) {
+        conn_error(c, "invalid namespace");
+        return RHEMA_EINVAL;
+    }
+    now = in->host->monotonic_ns();
+    pthread_rwlock_rdlock(&in->lock);
+    n = ns != NULL ? sl_seek(in, ns, "", NULL) : in->head->next[0];
+    for (; n != NULL; n = n->next[0]) {
+        if (ns != NULL && strcmp(n->ns, ns) != 0)
+            break;
+        if (expired(n, now))
+            continue;
+        entries++;
+        bytes += n->key_len + n->value_len;
+    }
+    pthread_rwlock_unlock(&in->lock);
+    out->entries = entries;
+    out->bytes = bytes;
+    return 0;
+}
+
+/* ---- writes (write lock held) ---- */
+
+/* Validate one write's arguments; no lock needed. */
+static int check_write(rhema_storage_conn *c, const struct rhema_storage_write *w)
+{
+    size_t key_len;
+    int rc;
+    if (w == NULL) {
+        conn_error(c, "NULL write");
+        return RHEMA_EINVAL;
+    }
+    if (w->op != RHEMA_WRITE_PUT && w->op != RHEMA_WRITE_DEL) {
+        conn_error(c, "unknown write op %u", (unsigned)w->op);
+        return RHEMA_EINVAL;
+    }
+    rc = check_ns_key(c, w->ns, w->key, &key_len);
+    if (rc != 0)
+        return rc;
+    if (w->op == RHEMA_WRITE_PUT && w->value == NULL && w->value_len > 0) {
+        conn_error(c, "NULL value with a non-zero length");
+        return RHEMA_EINVAL;
+    }
+    return 0;
+}
+
+/*
+ * The live node of (ns, key) or NULL, and whether the write's precondition
+ * holds: 0, ECONFLICT or (delete of an absent key) ENOTFOUND.
+ */
+static int precondition(rhema_storage_conn *c, const struct rhema_storage_write *w,
+                        const struct mem_node *live)
+{
+    uint64_t ev = w->expected_version;
+    if (w->op == RHEMA_WRITE_DEL && live == NULL) {
+        conn_error(c, "key not found");
+        return RHEMA_ENOTFOUND;
+    }
+    if (ev == RHEMA_VERSION_ANY)
+        return 0;
+    if (ev == RHEMA_VERSION_ABSENT) {
+        if (live != NULL) {
+            conn_error(c, "key exists (version %llu)", (unsigned long long)live->version);
+            return RHEMA_ECONFLICT;
+        }
+        return 0;
+    }
+    if (live == NULL) {
+        conn_error(c, "expected version %llu, key absent", (unsigned long long)ev);
+        return RHEMA_ECONFLICT;
+    }
+    if (live->version != ev) {
+        conn_error(c, "expected version %llu, found %llu", (unsigned long long)ev,
+                   (unsigned long long)live->version);
+        return RHEMA_ECONFLICT;
+    }
+    return 0;
+}
+
+static struct mem_node *find_live(rhema_storage_instance *in, const char *ns, const char *key,
+                                  uint64_t now)
+{
+    struct mem_node *n = sl_seek(in, ns, key, NULL);
+    if (n == NULL || node_cmp(n, ns, key) != 0 || expired(n, now))
+        return NULL;
+    return n;
+}
+
+/* Apply one write whose precondition holds.  May fail only with ENOMEM. */
+static int apply_write(rhema_storage_conn *c, struct rhema_storage_write *w, uint64_t now)
+{
+    rhema_storage_instance *in = c->inst;
+    struct mem_node *update[SL_MAX_LEVEL];
+    struct mem_node *n = sl_seek(in, w->ns, w->key, update);
+    int exists = n != NULL && node_cmp(n, w->ns, w->key) == 0;
+    unsigned char *value = NULL;
+    int i;
+
+    if (w->op == RHEMA_WRITE_DEL) {
+        if (exists)
+            sl_unlink(in, n, update);
+        return 0;
+    }
+    if (w->value_len > 0) {
+        value = malloc(w->value_len);
+        if (value == NULL) {
+            conn_error(c, "out of memory");
+            return RHEMA_ENOMEM;
+        }
+        memcpy(value, w->value, w->value_len);
+    }
+    if (!exists) {
+        n = node_new(in, w->ns, w->key, strlen(w->key));
+        if (n == NULL) {
+            free(value);
+            conn_error(c, "out of memory");
+            return RHEMA_ENOMEM;
+        }
+        if (n->level > in->level) {
+            for (i = in->level; i < n->level; i++)
+                update[i] = in->head;
+            in->level = n->level;
+        }
+        for (i = 0; i < n->level; i++) {
+            n->next[i] = update[i]->next[i];
+            update[i]->next[i] = n;
+        }
+    } else {
+        free(n->value);
+        if (n->expires_ns != 0)
+            in->n_ttl--;
+    }
+    n->value = value;
+    n->value_len = w->value_len;
+    n->version = ++in->version_counter;
+    n->expires_ns = deadline_ns(now, w->ttl_ms);
+    if (n->expires_ns != 0)
+        in->n_ttl++;
+    w->new_version = n->version;
+    return 0;
+}
+
+static int mem_put(rhema_storage_conn *c, struct rhema_storage_write *w)
+{
+    rhema_storage_instance *in = c->inst;
+    uint64_t now;
+    int rc = check_write(c, w);
+    if (rc != 0)
+        return rc;
+    if (w->op != RHEMA_WRITE_PUT) {
+        conn_error(c, "put() takes RHEMA_WRITE_PUT");
+        return RHEMA_EINVAL;
+    }
+    now = in->host->monotonic_ns();
+    pthread_rwlock_wrlock(&in->lock);
+    rc = precondition(c, w, find_live(in, w->ns, w->key, now));
+    if (rc == 0)
+        rc = apply_write(c, w, now);
+    if (rc == 0)
+        note_write(in, now);
+    pthread_rwlock_unlock(&in->lock);
+    return rc;
+}
+
+static int mem_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
+{
+    struct rhema_storage_write w = {.op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+                                    .expected_version = expected_version};
+    rhema_storage_instance *in = c->inst;
+    uint64_t now;
+    int rc = check_write(c, &w);
+    if (rc != 0)
+        return rc;
+    if (expected_version == RHEMA_VERSION_ABSENT) {
+        conn_error(c, "delete with RHEMA_VERSION_ABSENT");
+        return RHEMA_EINVAL;
+    }
+    now = in->host->monotonic_ns();
+    pthread_rwlock_wrlock(&in->lock);
+    rc = precondition(c, &w, find_live(in, ns, key, now));
+    if (rc == 0)
+        rc = apply_write(c, &w, now);
+    if (rc == 0)
+        note_write(in, now);
+    pthread_rwlock_unlock(&in->lock);
+    return rc;
+}
+
+/*
+ * All or nothing without an undo log: the preconditions are checked first
+ * against a simulated view (the live state overlaid with the batch's own
+ * earlier writes), and memory for every put is reserved before anything
+ * changes, so applying cannot fail half way.
+ */
+static int mem_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    rhema_storage_instance *in = c->inst;
+    uint64_t now, sim_version;
+    size_t i, j;
+    int rc = 0;
+    unsigned char **values = NULL;
+    struct mem_node **fresh = NULL;
+
+    if (n == 0)
+        return 0;
+    if (w == NULL) {
+        conn_error(c, "NULL writes");
+        return RHEMA_EINVAL;
+    }
+    for (i = 0; i < n; i++) {
+        rc = check_write(c, &w[i]);
+        if (rc == 0 && w[i].op == RHEMA_WRITE_DEL && w[i].expected_version == RHEMA_VERSION_ABSENT) {
+            conn_error(c, "delete with RHEMA_VERSION_ABSENT");
+            rc = RHEMA_EINVAL;
+        }
+        if (rc != 0)
+            return rc;
+    }
+    values = calloc(n, sizeof *values);
+    fresh = calloc(n, sizeof *fresh);
+    if (values == NULL || fresh == NULL) {
+        free(values);
+        free(fresh);
+        conn_error(c, "out of memory");
+        return RHEMA_ENOMEM;
+    }
+
+    now = in->host->monotonic_ns();
+    pthread_rwlock_wrlock(&in->lock);
+    /* 1. preconditions, against the state as the batch itself leaves it */
+    sim_version = in->version_counter;
+    for (i = 0; i < n && rc == 0; i++) {
+        struct mem_node sim, *live = NULL;
+        int decided = 0;
+        /* the latest earlier write of this key in the batch decides */
+        for (j = i; j-- > 0;) {
+            if (strcmp(w[j].ns, w[i].ns) == 0 && strcmp(w[j].key, w[i].key) == 0) {
+                if (w[j].op == RHEMA_WRITE_PUT) {
+                    memset(&sim, 0, sizeof sim);
+                    sim.version = w[j].new_version; /* simulated below */
+                    live = &sim;
+                }
+                decided = 1;
+                break;
+            }
+        }
+        if (!decided)
+            live = find_live(in, w[i].ns, w[i].key, now);
+        rc = precondition(c, &w[i], live);
+        if (rc == 0 && w[i].op == RHEMA_WRITE_PUT)
+            w[i].new_version = ++sim_version; /* what apply_write will assign */
+    }
+    /* 2. reserve memory so that applying cannot fail */
+    for (i = 0; i < n && rc == 0; i++) {
+        if (w[i].op != RHEMA_WRITE_PUT)
+            continue;
+        if (w[i].value_len > 0 && (values[i] = malloc(w[i].value_len)) == NULL)
+            rc = RHEMA_ENOMEM;
+        else if ((fresh[i] = node_new(in, w[i].ns, w[i].key, strlen(w[i].key))) == NULL)
+            rc = RHEMA_ENOMEM;
+        if (rc != 0)
+            conn_error(c, "out of memory");
+    }
+    /* 3. apply */
+    for (i = 0; i < n && rc == 0; i++) {
+        struct mem_node *update[SL_MAX_LEVEL];
+        struct mem_node *node = sl_seek(in, w[i].ns, w[i].key, update);
+        int exists = node != NULL && node_cmp(node, w[i].ns, w[i].key) == 0;
+        int k;
+        if (w[i].op == RHEMA_WRITE_DEL) {
+            if (exists)
+                sl_unlink(in, node, update);
+            continue;
+        }
+        if (!exists) {
+            node = fresh[i];
+            fresh[i] = NULL;
+            if (node->level > in->level) {
+                for (k = in->level; k < node->level; k++)
+                    update[k] = in->head;
+                in->level = node->level;
+            }
+            for (k = 0; k < node->level; k++) {
+                node->next[k] = update[k]->next[k];
+                update[k]->next[k] = node;
+            }
+        } else {
+            free(node->value);
+            if (node->expires_ns != 0)
+                in->n_ttl--;
+        }
+        if (values[i] != NULL)
+            memcpy(values[i], w[i].value, w[i].value_len);
+        node->value = values[i];
+        values[i] = NULL;
+        node->value_len = w[i].value_len;
+        node->version = ++in->version_counter;
+        node->expires_ns = deadline_ns(now, w[i].ttl_ms);
+        if (node->expires_ns != 0)
+            in->n_ttl++;
+        w[i].new_version = node->version;
+    }
+    if (rc == 0)
+        note_write(in, now);
+    pthread_rwlock_unlock(&in->lock);
+
+    for (i = 0; i < n; i++) {
+        if (rc != 0)
+            w[i].new_version = 0; /* nothing was stored */
+        free(values[i]);
+        node_free(fresh[i]);
+    }
+    free(values);
+    free(fresh);
+    return rc;
+}
+
+/* ---- leases ---- */
+
+static int mem_lease(rhema_storage_conn *c, const char *name, const char *holder, uint64_t ttl_ms,
+                     int op, struct rhema_lease_info *out)
+{
+    rhema_storage_instance *in = c->inst;
+    struct mem_lease *l = NULL;
+    size_t i, name_len, holder_len = 0;
+    uint64_t now;
+    int rc = 0, held, mine;
+
+    name_len = valid_key(name);
+    if (name_len == 0) {
+        conn_error(c, "invalid lease name (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+        return RHEMA_EINVAL;
+    }
+    if (op != RHEMA_LEASE_ACQUIRE && op != RHEMA_LEASE_RENEW && op != RHEMA_LEASE_RELEASE &&
+        op != RHEMA_LEASE_QUERY) {
+        conn_error(c, "unknown lease op %d", op);
+        return RHEMA_EINVAL;
+    }
+    if (op != RHEMA_LEASE_QUERY) {
+        holder_len = holder != NULL ? strnlen(holder, RHEMA_LEASE_HOLDER_MAX + 1) : 0;
+        if (holder_len == 0 || holder_len > RHEMA_LEASE_HOLDER_MAX) {
+            conn_error(c, "invalid lease holder (1..%d bytes)", RHEMA_LEASE_HOLDER_MAX);
+            return RHEMA_EINVAL;
+        }
+        if (op != RHEMA_LEASE_RELEASE && ttl_ms == 0) {
+            conn_error(c, "lease ttl_ms must be > 0");
+            return RHEMA_EINVAL;
+        }
+    }
+
+    pthread_mutex_lock(&in->lease_lock);
+    now = in->host->monotonic_ns();
+    for (i = 0; i < in->n_leases; i++) {
+        if (strcmp(in->leases[i].name, name) == 0) {
+            l = &in->leases[i];
+            break;
+        }
+    }
+    if (l == NULL && op == RHEMA_LEASE_ACQUIRE) {
+        char *copy = malloc(name_len + 1);
+        if (copy == NULL ||
+            grow((void **)&in->leases, &in->cap_leases, in->n_leases + 1, sizeof *in->leases) != 0) {
+            free(copy);
+            pthread_mutex_unlock(&in->lease_lock);
+            conn_error(c, "out of memory");
+            return RHEMA_ENOMEM;
+        }
+        memcpy(copy, name, name_len + 1);
+        l = &in->leases[in->n_leases++];
+        memset(l, 0, sizeof *l);
+        l->name = copy;
+    }
+    held = l != NULL && l->holder[0] != '\0' && l->expires_ns > now;
+    mine = held && holder != NULL && strcmp(l->holder, holder) == 0;
+    if (l != NULL && !held)
+        l->holder[0] = '\0'; /* expired: forget the holder, keep the epoch */
+
+    switch (op) {
+    case RHEMA_LEASE_ACQUIRE:
+        if (held && !mine) {
+            rc = RHEMA_ECONFLICT;
+            break;
+        }
+        if (!held) {
+            l->epoch++;
+            memcpy(l->holder, holder, holder_len + 1);
+        }
+        l->expires_ns = deadline_ns(now, ttl_ms);
+        break;
+    case RHEMA_LEASE_RENEW:
+        if (!mine)
+            rc = RHEMA_ECONFLICT;
+        else
+            l->expires_ns = deadline_ns(now, ttl_ms);
+        break;
+    case RHEMA_LEASE_RELEASE:
+        if (!mine) {
+            rc = RHEMA_ECONFLICT;
+        } else {
+            l->holder[0] = '\0';
+            l->expires_ns = 0;
+        }
+        break;
+    default: /* QUERY */
+        if (!held)
+            rc = RHEMA_ENOTFOUND;
+        break;
+    }
+    if (out != NULL) {
+        memset(out, 0, sizeof *out);
+        if (l != NULL) {
+            memcpy(out->holder, l->holder, sizeof out->holder);
+            out->epoch = l->epoch;
+            out->ttl_remaining_ms = l->holder[0] ? remaining_ms(l->expires_ns, now) : 0;
+        }
+    }
+    if (rc == RHEMA_ECONFLICT)
+        conn_error(c, "lease '%s' is held by '%s'", name,
+                   l != NULL && l->holder[0] ? l->holder : "nobody");
+    else if (rc == RHEMA_ENOTFOUND)
+        conn_error(c, "lease '%s' is not held", name);
+    pthread_mutex_unlock(&in->lease_lock);
+    return rc;
+}
+
+/* ---- the rest ---- */
+
+static int mem_health(rhema_storage_conn *c, char **err)
+{
+    (void)c;
+    (void)err;
+    return 0;
+}
+
+static const char *mem_errmsg(rhema_storage_conn *c)
+{
+    return c != NULL ? c->err : "";
+}
+
+static int put_u8(FILE *f, unsigned v)
+{
+    return fputc((int)(v & 0xffu), f) == EOF ? -1 : 0;
+}
+
+static int put_le(FILE *f, uint64_t v, int bytes)
+{
+    unsigned char b[8];
+    int i;
+    for (i = 0; i < bytes; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+    return fwrite(b, 1, (size_t)bytes, f) == (size_t)bytes ? 0 : -1;
+}
+
+static int put_str(FILE *f, const void *p, size_t len, int len_bytes)
+{
+    if (put_le(f, len, len_bytes) != 0)
+        return -1;
+    return len == 0 || fwrite(p, 1, len, f) == len ? 0 : -1;
+}
+
+/* Write the dump to f under both locks.  -1 on a write error. */
+static int dump(rhema_storage_instance *in, FILE *f)
+{
+    struct mem_node *n;
+    uint64_t now, records = 0;
+    size_t i;
+    int bad = 0;
+
+    pthread_rwlock_rdlock(&in->lock);
+    pthread_mutex_lock(&in->lease_lock);
+    now = in->host->monotonic_ns();
+    bad |= fwrite("RHEMAMEM1\n", 1, 10, f) != 10;
+    bad |= put_le(f, in->version_counter, 8);
+    for (n = in->head->next[0]; n != NULL && !bad; n = n->next[0]) {
+        if (expired(n, now))
+            continue;
+        bad |= put_u8(f, 1);
+        bad |= put_str(f, n->ns, strlen(n->ns), 4);
+        bad |= put_str(f, n->key, n->key_len, 4);
+        bad |= put_le(f, n->version, 8);
+        bad |= put_le(f, remaining_ms(n->expires_ns, now), 8);
+        bad |= put_str(f, n->value, n->value_len, 8);
+        records++;
+    }
+    for (i = 0; i < in->n_leases && !bad; i++) {
+        const struct mem_lease *l = &in->leases[i];
+        int held = l->holder[0] != '\0' && l->expires_ns > now;
+        bad |= put_u8(f, 2);
+        bad |= put_str(f, l->name, strlen(l->name), 4);
+        bad |= put_str(f, held ? l->holder : "", held ? strlen(l->holder) : 0, 4);
+        bad |= put_le(f, l->epoch, 8);
+        bad |= put_le(f, held ? remaining_ms(l->expires_ns, now) : 0, 8);
+        records++;
+    }
+    bad |= put_u8(f, 0);
+    bad |= put_le(f, records, 8);
+    pthread_mutex_unlock(&in->lease_lock);
+    pthread_rwlock_unlock(&in->lock);
+    return bad ? -1 : 0;
+}
+
+/* fsync the directory holding path, so a rename in it is durable. */
+static int fsync_parent(const char *path)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    int fd, rc;
+    if (slash == NULL) {
+        strcpy(dir, ".");
+    } else if (slash == path) {
+        strcpy(dir, "/");
+    } else {
+        if ((size_t)(slash - path) >= sizeof dir)
+            return -1;
+        memcpy(dir, path, (size_t)(slash - path));
+        dir[slash - path] = '\0';
+    }
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+static int mem_backup(rhema_storage_conn *c, const char *path, char **err)
+{
+    rhema_storage_instance *in = c->inst;
+    const struct rhema_host *h = in->host;
+    char tmp[PATH_MAX];
+    FILE *f = NULL;
+    int fd = -1, rc = 0, e;
+
+    if (path == NULL || path[0] == '\0')
+        return h->set_error(err, RHEMA_EINVAL, "memory: backup: empty path");
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return h->set_error(err, RHEMA_EINVAL, "memory: backup: path too long");
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        e = errno;
+        conn_error(c, "backup: open %s: %s", tmp, strerror(e));
+        return h->set_error(err, RHEMA_EIO, "memory: backup: open %s: %s", tmp, strerror(e));
+    }
+    f = fdopen(fd, "wb");
+    if (f == NULL) {
+        e = errno;
+        close(fd);
+        unlink(tmp);
+        return h->set_error(err, RHEMA_ENOMEM, "memory: backup: fdopen: %s", strerror(e));
+    }
+    if (dump(in, f) != 0 || fflush(f) != 0) {
+        e = errno;
+        rc = h->set_error(err, RHEMA_EIO, "memory: backup: write %s: %s", tmp, strerror(e));
+    } else if (fsync(fileno(f)) != 0) {
+        e = errno;
+        rc = h->set_error(err, RHEMA_EIO, "memory: backup: fsync %s: %s", tmp, strerror(e));
+    }
+    if (fclose(f) != 0 && rc == 0) {
+        e = errno;
+        rc = h->set_error(err, RHEMA_EIO, "memory: backup: close %s: %s", tmp, strerror(e));
+    }
+    if (rc == 0 && rename(tmp, path) != 0) {
+        e = errno;
+        rc = h->set_error(err, RHEMA_EIO, "memory: backup: rename %s: %s", path, strerror(e));
+    }
+    if (rc != 0) {
+        unlink(tmp);
+        conn_error(c, "backup to %s failed", path);
+        return rc;
+    }
+    if (fsync_parent(path) != 0) {
+        e = errno;
+        return h->set_error(err, RHEMA_EIO, "memory: backup: fsync directory of %s: %s", path,
+                            strerror(e));
+    }
+    return 0;
+}
+
+static const struct rhema_storage_plugin memory_plugin = {
+    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
+                                "1.0.0", "in-process ordered map (not durable)"),
+    .features = RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
+    .open = mem_open,
+    .close = mem_close,
+    .connect = mem_connect,
+    .disconnect = mem_disconnect,
+    .get = mem_get,
+    .put = mem_put,
+    .del = mem_del,
+    .batch = mem_batch,
+    .scan = mem_scan,
+    .lease = mem_lease,
+    .health = mem_health,
+    .stats = mem_stats,
+    .errmsg = mem_errmsg,
+    .backup = mem_backup,
+};
+
+int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)
+{
+    (void)host;
+    *out = &memory_plugin.base;
+    return 0;
+}

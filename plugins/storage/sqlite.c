@@ -1,0 +1,1244 @@
+/*
+ * sqlite -- the SQLite storage plugin (WAL mode), the default backend.
+ *
+ * Features DURABLE | TTL | LEASES.  Not SHARED: several daemons on one host
+ * may share the file (SQLite locks it), but other hosts cannot.
+ *
+ * Configuration (persistence.sqlite):
+ *   path            = "data/rhema.db";  parent directory created (0750)
+ *   synchronous     = "normal";         off | normal | full | extra
+ *   busy_timeout_ms = 5000;             how long a writer waits for the lock
+ *   cache_size_kib  = 8192;             page cache per connection
+ *   mmap_size_mib   = 256;              read pages through mmap (0: off)
+ *
+ * Schema (schema_version 1):
+ *   meta(name PRIMARY KEY, value)   schema_version, version_counter
+ *   kv(ns, key, value, version, expires_at, PRIMARY KEY(ns, key)) WITHOUT ROWID
+ *       ns and key are TEXT with the BINARY collation (memcmp, then length:
+ *       strcmp order); value is always a BLOB; expires_at is wall-clock ms
+ *       since the epoch, 0 for "never"; a partial index on expires_at keeps
+ *       the purge of expired rows cheap.
+ *   leases(name PRIMARY KEY, holder, epoch, expires_at) WITHOUT ROWID
+ *       a released or expired lease keeps its row (holder ''), so epochs
+ *       only grow, across restarts too.
+ *
+ * Versions come from meta.version_counter, incremented inside each write
+ * transaction, so they strictly increase across all keys and survive
+ * restarts; a recreated key never reuses a version.
+ *
+ * Time: SQLite has no server clock, so TTLs and leases use the host's wall
+ * clock (host->realtime_ns(), in ms) -- the only clock that means the same
+ * thing to another process on this host and after a restart.
+ *
+ * Threads: one sqlite3 connection per connect() (opened NOMUTEX: each is
+ * used by one thread), every statement prepared once per connection with
+ * SQLITE_PREPARE_PERSISTENT and reset after each use.  Writes run in
+ * BEGIN IMMEDIATE transactions, so preconditions are checked and applied
+ * under the database write lock; a writer waits up to busy_timeout_ms and
+ * then gets RHEMA_EUNAVAIL.
+ *
+ * Errors: SQLITE_BUSY / LOCKED -> EUNAVAIL, CORRUPT / NOTADB -> ECORRUPT,
+ * NOMEM -> ENOMEM, TOOBIG -> ETOOBIG, anything else (I/O, full disk,
+ * read-only, ...) -> EIO.  errmsg() returns the connection's last message.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include <rhema/storage.h>
+
+#define PLUGIN_NAME "sqlite"
+#define SCHEMA_VERSION 1
+#define PURGE_EVERY 64u  /* writes between two purges of expired rows */
+#define PURGE_LIMIT "256" /* rows a purge deletes at most */
+#define SQ_ERRMSG_MAX 512
+
+enum stmt_id {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_GET,
+    ST_LOOKUP,
+    ST_VERSION_SET,
+    ST_VERSION_READ,
+    ST_SAVEPOINT,
+    ST_RELEASE,
+    ST_ROLLBACK_TO,
+    ST_UPSERT,
+    ST_DELETE,
+    ST_PURGE,
+    ST_SCAN,      /* no bounds */
+    ST_SCAN_FROM, /* from_key only */
+    ST_SCAN_TO,   /* to_key only */
+    ST_SCAN_BOTH, /* both bounds */
+    ST_STATS_NS,
+    ST_STATS_ALL,
+    ST_LEASE_GET,
+    ST_LEASE_PUT,
+    ST_HEALTH,
+    ST__COUNT
+};
+
+#define LIVE "(expires_at = 0 OR expires_at > ?4)"
+#define SCAN_SQL(BOUNDS)                                                                      \
+    "SELECT key, value, version FROM kv WHERE ns = ?1" BOUNDS " AND " LIVE                   \
+    " ORDER BY key LIMIT ?5"
+
+static const char *const stmt_sql[ST__COUNT] = {
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_GET] = "SELECT value, version FROM kv WHERE ns = ?1 AND key = ?2 AND " LIVE,
+    [ST_LOOKUP] = "SELECT version FROM kv WHERE ns = ?1 AND key = ?2 AND " LIVE,
+    [ST_VERSION_SET] = "UPDATE meta SET value = ?1 WHERE name = 'version_counter'",
+    [ST_VERSION_READ] = "SELECT value FROM meta WHERE name = 'version_counter'",
+    [ST_SAVEPOINT] = "SAVEPOINT member",
+    [ST_RELEASE] = "RELEASE member",
+    [ST_ROLLBACK_TO] = "ROLLBACK TO member",
+    [ST_UPSERT] = "INSERT OR REPLACE INTO kv(ns, key, value, version, expires_at) "
+                  "VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_DELETE] = "DELETE FROM kv WHERE ns = ?1 AND key = ?2",
+    [ST_PURGE] = "DELETE FROM kv WHERE (ns, key) IN (SELECT ns, key FROM kv "
+                 "WHERE expires_at > 0 AND expires_at <= ?1 LIMIT " PURGE_LIMIT ")",
+    [ST_SCAN] = SCAN_SQL(""),
+    [ST_SCAN_FROM] = SCAN_SQL(" AND key >= ?2"),
+    [ST_SCAN_TO] = SCAN_SQL(" AND key < ?3"),
+    [ST_SCAN_BOTH] = SCAN_SQL(" AND key >= ?2 AND key < ?3"),
+    [ST_STATS_NS] = "SELECT COUNT(*), COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0)"
+                    " FROM kv WHERE ns = ?1 AND " LIVE,
+    [ST_STATS_ALL] = "SELECT COUNT(*), COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0)"
+                     " FROM kv WHERE " LIVE,
+    [ST_LEASE_GET] = "SELECT holder, epoch, expires_at FROM leases WHERE name = ?1",
+    [ST_LEASE_PUT] = "INSERT OR REPLACE INTO leases(name, holder, epoch, expires_at) "
+                     "VALUES (?1, ?2, ?3, ?4)",
+    [ST_HEALTH] = "SELECT 1",
+};
+
+static const char schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS meta("
+    "  name TEXT NOT NULL PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
+    "INSERT OR IGNORE INTO meta(name, value) VALUES ('schema_version', 1), ('version_counter', 0);"
+    "CREATE TABLE IF NOT EXISTS kv("
+    "  ns TEXT NOT NULL COLLATE BINARY, key TEXT NOT NULL COLLATE BINARY,"
+    "  value BLOB NOT NULL, version INTEGER NOT NULL, expires_at INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY (ns, key)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS kv_expires ON kv(expires_at) WHERE expires_at > 0;"
+    "CREATE TABLE IF NOT EXISTS leases("
+    "  name TEXT NOT NULL PRIMARY KEY COLLATE BINARY, holder TEXT NOT NULL,"
+    "  epoch INTEGER NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;";
+
+struct rhema_storage_instance {
+    const struct rhema_host *host;
+    char *path;
+    const char *synchronous; /* a literal: "OFF", "NORMAL", ... */
+    int busy_timeout_ms;
+    int64_t cache_size_kib;
+    int64_t mmap_size_mib; /* reads through mmap: no pread per page after another conn wrote */
+    atomic_uint writes; /* across connections, for the purge cadence */
+    /*
+     * Serialises this process's write transactions.  SQLite would do it
+     * too, but its busy handler sleeps and retries (1, 2, 5 ... ms); a
+     * mutex hands the lock over at once.  Other processes on the same file
+     * still meet the busy timeout.
+     */
+    pthread_mutex_t write_lock;
+};
+
+struct rhema_storage_conn {
+    rhema_storage_instance *inst;
+    sqlite3 *db;
+    sqlite3_stmt *st[ST__COUNT];
+    unsigned char *buf; /* get(): the value returned */
+    size_t buf_cap;
+    char err[SQ_ERRMSG_MAX];
+    int in_tx;           /* holds inst->write_lock inside BEGIN IMMEDIATE */
+    int ver_loaded;      /* the version counter, read once per transaction */
+    uint64_t ver_next;
+};
+
+/* ---- helpers ---- */
+
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err, sizeof c->err, fmt, ap);
+    va_end(ap);
+}
+
+static int map_rc(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_ROW:
+    case SQLITE_DONE: return 0;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED: return RHEMA_EUNAVAIL;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB: return RHEMA_ECORRUPT;
+    case SQLITE_NOMEM: return RHEMA_ENOMEM;
+    case SQLITE_TOOBIG: return RHEMA_ETOOBIG;
+    case SQLITE_RANGE:
+    case SQLITE_MISUSE:
+    case SQLITE_MISMATCH: return RHEMA_EINVAL;
+    default: return RHEMA_EIO;
+    }
+}
+
+/* Record the connection's sqlite error and return it as a RHEMA_E* code. */
+static int sq_fail(rhema_storage_conn *c, int rc, const char *what)
+{
+    conn_error(c, "%s: %s", what, sqlite3_errmsg(c->db));
+    return map_rc(rc);
+}
+
+static int valid_ns(const char *ns)
+{
+    size_t i;
+    if (ns == NULL)
+        return 0;
+    for (i = 0; ns[i] != '\0'; i++) {
+        unsigned char ch = (unsigned char)ns[i];
+        if (i >= RHEMA_STORAGE_NS_MAX)
+            return 0;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_' || ch == '.' || ch == ':' || ch == '-'))
+            return 0;
+    }
+    return i > 0;
+}
+
+/* The key's length when it is a valid key (1..RHEMA_STORAGE_KEY_MAX), else 0. */
+static size_t valid_key(const char *key)
+{
+    size_t len;
+    if (key == NULL)
+        return 0;
+    len = strnlen(key, RHEMA_STORAGE_KEY_MAX + 1);
+    return len <= RHEMA_STORAGE_KEY_MAX ? len : 0;
+}
+
+static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
+{
+    if (!valid_ns(ns)) {
+        conn_error(c, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])", RHEMA_STORAGE_NS_MAX);
+        return RHEMA_EINVAL;
+    }
+    if (valid_key(key) == 0) {
+        conn_error(c, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+        return RHEMA_EINVAL;
+    }
+    return 0;
+}
+
+static int check_write(rhema_storage_conn *c, const struct rhema_storage_write *w)
+{
+    int rc;
+    if (w == NULL) {
+        conn_error(c, "NULL write");
+        return RHEMA_EINVAL;
+    }
+    if (w->op != RHEMA_WRITE_PUT && w->op != RHEMA_WRITE_DEL) {
+        conn_error(c, "unknown write op %u", (unsigned)w->op);
+        return RHEMA_EINVAL;
+    }
+    rc = check_ns_key(c, w->ns, w->key);
+    if (rc != 0)
+        return rc;
+    if (w->op == RHEMA_WRITE_PUT && w->value == NULL && w->value_len > 0) {
+        conn_error(c, "NULL value with a non-zero length");
+        return RHEMA_EINVAL;
+    }
+    if (w->op == RHEMA_WRITE_PUT && w->value_len > (size_t)INT_MAX) {
+        conn_error(c, "value of %zu bytes is too big for sqlite", w->value_len);
+        return RHEMA_ETOOBIG;
+    }
+    if (w->op == RHEMA_WRITE_DEL && w->expected_version == RHEMA_VERSION_ABSENT) {
+        conn_error(c, "delete with RHEMA_VERSION_ABSENT");
+        return RHEMA_EINVAL;
+    }
+    return 0;
+}
+
+static int64_t now_ms(const rhema_storage_instance *in)
+{
+    return (int64_t)(in->host->realtime_ns() / 1000000u);
+}
+
+/* now + ttl, saturating; ttl 0 is "never" (0). */
+static int64_t deadline_ms(int64_t now, uint64_t ttl_ms)
+{
+    if (ttl_ms == 0)
+        return 0;
+    if (ttl_ms > (uint64_t)(INT64_MAX - now))
+        return INT64_MAX;
+    return now + (int64_t)ttl_ms;
+}
+
+static int bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    return sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+}
+
+/* Step a statement that returns no row, then reset it. */
+static int step_done(rhema_storage_conn *c, enum stmt_id id, const char *what)
+{
+    sqlite3_stmt *st = c->st[id];
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        int r = sq_fail(c, rc, what);
+        sqlite3_reset(st);
+        return r;
+    }
+    sqlite3_reset(st);
+    return 0;
+}
+
+static int tx_begin(rhema_storage_conn *c)
+{
+    pthread_mutex_lock(&c->inst->write_lock);
+    int rc = step_done(c, ST_BEGIN, "begin");
+    if (rc != 0) {
+        pthread_mutex_unlock(&c->inst->write_lock);
+        return rc;
+    }
+    c->in_tx = 1;
+    c->ver_loaded = 0;
+    return 0;
+}
+
+static void tx_rollback(rhema_storage_conn *c)
+{
+    if (!sqlite3_get_autocommit(c->db)) {
+        sqlite3_step(c->st[ST_ROLLBACK]);
+        sqlite3_reset(c->st[ST_ROLLBACK]);
+    }
+    if (c->in_tx) {
+        c->in_tx = 0;
+        pthread_mutex_unlock(&c->inst->write_lock);
+    }
+}
+
+/* Write back the version counter when this transaction used it, then commit. */
+static int tx_commit(rhema_storage_conn *c)
+{
+    int rc = 0;
+    if (c->ver_loaded) {
+        sqlite3_bind_int64(c->st[ST_VERSION_SET], 1, (int64_t)c->ver_next);
+        rc = step_done(c, ST_VERSION_SET, "version counter");
+    }
+    if (rc == 0)
+        rc = step_done(c, ST_COMMIT, "commit");
+    if (rc != 0) {
+        tx_rollback(c);
+        return rc;
+    }
+    c->in_tx = 0;
+    pthread_mutex_unlock(&c->inst->write_lock);
+    return 0;
+}
+
+/* ---- lifecycle ---- */
+
+/* mkdir -p of the directory part of path, mode 0750.  0 or errno. */
+static int make_parent(const char *path)
+{
+    char *dir = strdup(path), *p;
+    int e = 0;
+    if (dir == NULL)
+        return ENOMEM;
+    p = strrchr(dir, '/');
+    if (p == NULL || p == dir) {
+        free(dir);
+        return 0;
+    }
+    *p = '\0';
+    for (p = dir + 1; e == 0; p++) {
+        if (*p == '/' || *p == '\0') {
+            char saved = *p;
+            *p = '\0';
+            if (mkdir(dir, 0750) != 0 && errno != EEXIST)
+                e = errno;
+            *p = saved;
+            if (saved == '\0')
+                break;
+        }
+    }
+    free(dir);
+    return e;
+}
+
+static const char *synchronous_level(const char *s)
+{
+    static const char *const levels[] = {"off", "normal", "full", "extra"};
+    static const char *const upper[] = {"OFF", "NORMAL", "FULL", "EXTRA"};
+    size_t i;
+    for (i = 0; i < sizeof levels / sizeof levels[0]; i++)
+        if (strcmp(s, levels[i]) == 0)
+            return upper[i];
+    return NULL;
+}
+
+/* Read the configuration into in; on failure sets *err. */
+static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
+                       const struct rhema_cfg *cfg, char **err)
+{
+    const char *path = "data/rhema.db", *sync = "normal";
+    int64_t busy = 5000, cache = 8192, mmap_mib = 256;
+
+    if (h->cfg_string(cfg, "path", &path) == RHEMA_EINVAL)
+        return h->set_error(err, RHEMA_EINVAL, "%s: sqlite: path must be a string",
+                            h->cfg_where(cfg, "path"));
+    if (path[0] == '\0')
+        return h->set_error(err, RHEMA_EINVAL, "%s: sqlite: path is empty",
+                            h->cfg_where(cfg, "path"));
+    if (h->cfg_string(cfg, "synchronous", &sync) == RHEMA_EINVAL)
+        return h->set_error(err, RHEMA_EINVAL, "%s: sqlite: synchronous must be a string",
+                            h->cfg_where(cfg, "synchronous"));
+    in->synchronous = synchronous_level(sync);
+    if (in->synchronous == NULL)
+        return h->set_error(err, RHEMA_EINVAL,
+                            "%s: sqlite: synchronous '%s' is not one of off, normal, full, extra",
+                            h->cfg_where(cfg, "synchronous"), sync);
+    if (h->cfg_int(cfg, "busy_timeout_ms", &busy) == RHEMA_EINVAL || busy < 0 || busy > INT_MAX)
+        return h->set_error(err, RHEMA_EINVAL,
+                            "%s: sqlite: busy_timeout_ms must be an integer in 0..%d",
+                            h->cfg_where(cfg, "busy_timeout_ms"), INT_MAX);
+    if (h->cfg_int(cfg, "cache_size_kib", &cache) == RHEMA_EINVAL || cache < 0 ||
+        cache > ((int64_t)1 << 32))
+        return h->set_error(err, RHEMA_EINVAL,
+                            "%s: sqlite: cache_size_kib must be an integer in 0..4294967296",
+                            h->cfg_where(cfg, "cache_size_kib"));
+    if (h->cfg_int(cfg, "mmap_size_mib", &mmap_mib) == RHEMA_EINVAL || mmap_mib < 0 ||
+        mmap_mib > 65536)
+        return h->set_error(err, RHEMA_EINVAL,
+                            "%s: sqlite: mmap_size_mib must be an integer in 0..65536",
+                            h->cfg_where(cfg, "mmap_size_mib"));
+    in->busy_timeout_ms = (int)busy;
+    in->cache_size_kib = cache;
+    in->mmap_size_mib = mmap_mib;
+    in->path = strdup(path);
+    if (in->path == NULL)
+        return h->set_error(err, RHEMA_ENOMEM, "sqlite: out of memory");
+    return 0;
+}
+
+/* Create or check the schema through a short-lived connection. */
+static int init_schema(rhema_storage_instance *in, char **err)
+{
+    const struct rhema_host *h = in->host;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    char *msg = NULL;
+    int rc, ret = 0;
+    int64_t version = 0;
+
+    rc = sqlite3_open_v2(in->path, &db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        ret = h->set_error(err, map_rc(rc), "sqlite: open %s: %s", in->path,
+                           db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        goto out;
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, in->busy_timeout_ms);
+    rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            const char *mode = (const char *)sqlite3_column_text(st, 0);
+            if ((mode == NULL || strcmp(mode, "wal") != 0) && h->log != NULL)
+                h->log(RHEMA_LOG_WARN, PLUGIN_NAME, "%s: journal_mode is %s, not wal", in->path,
+                       mode != NULL ? mode : "unknown");
+            rc = SQLITE_OK;
+        } else if (rc == SQLITE_DONE) {
+            rc = SQLITE_OK;
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+    }
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_exec(db, schema_sql, NULL, NULL, &msg);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_exec(db, "COMMIT", NULL, NULL, &msg);
+        if (rc != SQLITE_OK)
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    }
+    if (rc != SQLITE_OK) {
+        ret = h->set_error(err, map_rc(rc), "sqlite: %s: creating the schema: %s", in->path,
+                           msg != NULL ? msg : sqlite3_errmsg(db));
+        goto out;
+    }
+    rc = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE name = 'schema_version'", -1, &st,
+                            NULL);
+    if (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        version = sqlite3_column_int64(st, 0);
+    if (version != SCHEMA_VERSION)
+        ret = h->set_error(err, version > SCHEMA_VERSION ? RHEMA_ENOTSUP : RHEMA_ECORRUPT,
+                           "sqlite: %s: schema_version %lld, this plugin knows %d", in->path,
+                           (long long)version, SCHEMA_VERSION);
+out:
+    sqlite3_free(msg);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return ret;
+}
+
+static int sq_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
+                   rhema_storage_instance **out, char **err)
+{
+    rhema_storage_instance *in;
+    int rc, e;
+
+    if (!sqlite3_threadsafe())
+        return host->set_error(err, RHEMA_ENOTSUP, "sqlite: the library was built without threads");
+    in = calloc(1, sizeof *in);
+    if (in == NULL)
+        return host->set_error(err, RHEMA_ENOMEM, "sqlite: out of memory");
+    in->host = host;
+    atomic_init(&in->writes, 0);
+    pthread_mutex_init(&in->write_lock, NULL);
+    rc = read_config(in, host, cfg, err);
+    if (rc != 0)
+        goto fail;
+    e = make_parent(in->path);
+    if (e != 0) {
+        rc = host->set_error(err, RHEMA_EIO, "sqlite: cannot create the directory of %s: %s",
+                             in->path, strerror(e));
+        goto fail;
+    }
+    rc = init_schema(in, err);
+    if (rc != 0)
+        goto fail;
+    if (host->log != NULL)
+        host->log(RHEMA_LOG_INFO, PLUGIN_NAME, "opened %s (WAL, synchronous=%s, sqlite %s)",
+                  in->path, in->synchronous, sqlite3_libversion());
+    *out = in;
+    return 0;
+fail:
+    pthread_mutex_destroy(&in->write_lock);
+    free(in->path);
+    free(in);
+    return rc;
+}
+
+static void sq_close(rhema_storage_instance *in)
+{
+    if (in == NULL)
+        return;
+    pthread_mutex_destroy(&in->write_lock);
+    free(in->path);
+    free(in);
+}
+
+static void sq_disconnect(rhema_storage_conn *c)
+{
+    size_t i;
+    if (c == NULL)
+        return;
+    for (i = 0; i < ST__COUNT; i++)
+        sqlite3_finalize(c->st[i]);
+    sqlite3_close(c->db);
+    free(c->buf);
+    free(c);
+}
+
+static int sq_connect(rhema_storage_instance *in, rhema_storage_conn **out, char **err)
+{
+    const struct rhema_host *h = in->host;
+    rhema_storage_conn *c;
+    char pragma[160], *msg = NULL;
+    size_t i;
+    int rc;
+
+    c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return h->set_error(err, RHEMA_ENOMEM, "sqlite: out of memory");
+    c->inst = in;
+    rc = sqlite3_open_v2(in->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        rc = h->set_error(err, map_rc(rc), "sqlite: open %s: %s", in->path,
+                          c->db != NULL ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    sqlite3_extended_result_codes(c->db, 1);
+    sqlite3_busy_timeout(c->db, in->busy_timeout_ms);
+    /*
+     * Grow the file 8 MiB at a time: fewer size changes means fewer
+     * remaps of the mmap window (each one a munmap + mmap in every
+     * connection) and less filesystem metadata work on checkpoints.
+     */
+    int chunk = 8 * 1024 * 1024;
+    sqlite3_file_control(c->db, "main", SQLITE_FCNTL_CHUNK_SIZE, &chunk);
+    snprintf(pragma, sizeof pragma,
+             "PRAGMA synchronous=%s; PRAGMA cache_size=-%lld; PRAGMA mmap_size=%lld",
+             in->synchronous, (long long)in->cache_size_kib,
+             (long long)in->mmap_size_mib * 1024 * 1024);
+    rc = sqlite3_exec(c->db, pragma, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        rc = h->set_error(err, map_rc(rc), "sqlite: %s: %s", in->path,
+                          msg != NULL ? msg : sqlite3_errmsg(c->db));
+        sqlite3_free(msg);
+        goto fail;
+    }
+    for (i = 0; i < ST__COUNT; i++) {
+        rc = sqlite3_prepare_v3(c->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->st[i],
+                                NULL);
+        if (rc != SQLITE_OK) {
+            rc = h->set_error(err, map_rc(rc), "sqlite: %s: prepare \"%s\": %s", in->path,
+                              stmt_sql[i], sqlite3_errmsg(c->db));
+            goto fail;
+        }
+    }
+    *out = c;
+    return 0;
+fail:
+    sq_disconnect(c);
+    return rc;
+}
+
+/* ---- reads ---- */
+
+static int sq_get(rhema_storage_conn *c, const char *ns, const char *key,
+                  struct rhema_storage_value *out)
+{
+    sqlite3_stmt *st = c->st[ST_GET];
+    int rc = check_ns_key(c, ns, key);
+    if (rc != 0)
+        return rc;
+    bind_text(st, 1, ns);
+    bind_text(st, 2, key);
+    sqlite3_bind_int64(st, 4, now_ms(c->inst));
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const void *v = sqlite3_column_blob(st, 0);
+        size_t len = (size_t)sqlite3_column_bytes(st, 0);
+        if (len + 1 > c->buf_cap) {
+            size_t cap = c->buf_cap ? c->buf_cap : 256;
+            unsigned char *nb;
+            while (cap < len + 1)
+                cap *= 2;
+            nb = realloc(c->buf, cap);
+            if (nb == NULL) {
+                sqlite3_reset(st);
+                conn_error(c, "out of memory");
+                return RHEMA_ENOMEM;
+            }
+            c->buf = nb;
+            c->buf_cap = cap;
+        }
+        if (len > 0)
+            memcpy(c->buf, v, len);
+        c->buf[len] = '\0';
+        out->data = c->buf;
+        out->len = len;
+        out->version = (uint64_t)sqlite3_column_int64(st, 1);
+        rc = 0;
+    } else if (rc == SQLITE_DONE) {
+        conn_error(c, "key not found");
+        rc = RHEMA_ENOTFOUND;
+    } else {
+        rc = sq_fail(c, rc, "get");
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+static int sq_scan(rhema_storage_conn *c, const char *ns, const char *from_key, const char *to_key,
+                   size_t limit, rhema_storage_scan_cb cb, void *ctx)
+{
+    enum stmt_id id;
+    sqlite3_stmt *st;
+    int rc;
+
+    if (!valid_ns(ns)) {
+        conn_error(c, "invalid namespace");
+        return RHEMA_EINVAL;
+    }
+    if (cb == NULL) {
+        conn_error(c, "scan without a callback");
+        return RHEMA_EINVAL;
+    }
+    id = from_key != NULL ? (to_key != NULL ? ST_SCAN_BOTH : ST_SCAN_FROM)
+                          : (to_key != NULL ? ST_SCAN_TO : ST_SCAN);
+    st = c->st[id];
+    bind_text(st, 1, ns);
+    if (from_key != NULL)
+        bind_text(st, 2, from_key);
+    if (to_key != NULL)
+        bind_text(st, 3, to_key);
+    sqlite3_bind_int64(st, 4, now_ms(c->inst));
+    sqlite3_bind_int64(st, 5, limit == 0 || limit > (size_t)INT64_MAX ? -1 : (int64_t)limit);
+    for (;;) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            const char *k = (const char *)sqlite3_column_text(st, 0);
+            const void *v = sqlite3_column_blob(st, 1);
+            size_t len = (size_t)sqlite3_column_bytes(st, 1);
+            uint64_t ver = (uint64_t)sqlite3_column_int64(st, 2);
+            int r = cb(ctx, k != NULL ? k : "", v != NULL ? v : "", len, ver);
+            if (r != 0) {
+                rc = r < 0 ? r : 0;
+                break;
+            }
+        } else if (rc == SQLITE_DONE) {
+            rc = 0;
+            break;
+        } else {
+            rc = sq_fail(c, rc, "scan");
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+static int sq_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_stats *out)
+{
+    sqlite3_stmt *st;
+    int rc;
+    if (ns != NULL && !valid_ns(ns)) {
+        conn_error(c, "invalid namespace");
+        return RHEMA_EINVAL;
+    }
+    st = c->st[ns != NULL ? ST_STATS_NS : ST_STATS_ALL];
+    if (ns != NULL)
+        bind_text(st, 1, ns);
+    sqlite3_bind_int64(st, 4, now_ms(c->inst));
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        out->entries = (uint64_t)sqlite3_column_int64(st, 0);
+        out->bytes = (uint64_t)sqlite3_column_int64(st, 1);
+        rc = 0;
+    } else {
+        rc = sq_fail(c, rc, "stats");
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* ---- writes ---- */
+
+/* The live version of (ns, key) into *version (0 when absent). */
+static int lookup(rhema_storage_conn *c, const char *ns, const char *key, int64_t now,
+                  uint64_t *version)
+{
+    sqlite3_stmt *st = c->st[ST_LOOKUP];
+    int rc;
+    bind_text(st, 1, ns);
+    bind_text(st, 2, key);
+    sqlite3_bind_int64(st, 4, now);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *version = (uint64_t)sqlite3_column_int64(st, 0);
+        rc = 0;
+    } else if (rc == SQLITE_DONE) {
+        *version = 0;
+        rc = 0;
+    } else {
+        rc = sq_fail(c, rc, "lookup");
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+/*
+ * The next version: the counter in meta is read once per transaction and
+ * written back at commit (tx_commit), so a transaction of many writes pays
+ * for it once.  Versions of rolled-back writes are simply skipped.
+ */
+static int next_version(rhema_storage_conn *c, uint64_t *out)
+{
+    if (!c->ver_loaded) {
+        sqlite3_stmt *st = c->st[ST_VERSION_READ];
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            c->ver_next = (uint64_t)sqlite3_column_int64(st, 0);
+            rc = 0;
+        } else if (rc == SQLITE_DONE) {
+            conn_error(c, "meta.version_counter is missing");
+            rc = RHEMA_ECORRUPT;
+        } else {
+            rc = sq_fail(c, rc, "version counter");
+        }
+        sqlite3_reset(st);
+        if (rc != 0)
+            return rc;
+        c->ver_loaded = 1;
+    }
+    *out = ++c->ver_next;
+    return 0;
+}
+
+/* One write inside an open transaction: precondition, then apply. */
+static int write_one(rhema_storage_conn *c, struct rhema_storage_write *w, int64_t now)
+{
+    uint64_t cur = 0, ev = w->expected_version, ver = 0;
+    sqlite3_stmt *st;
+    int rc = 0;
+    /* an unconditional put needs no lookup: INSERT OR REPLACE does it all */
+    if (!(w->op == RHEMA_WRITE_PUT && ev == RHEMA_VERSION_ANY))
+        rc = lookup(c, w->ns, w->key, now, &cur);
+    if (rc != 0)
+        return rc;
+    if (w->op == RHEMA_WRITE_DEL && cur == 0) {
+        conn_error(c, "key not found");
+        return RHEMA_ENOTFOUND;
+    }
+    if (ev == RHEMA_VERSION_ABSENT && cur != 0) {
+        conn_error(c, "key exists (version %llu)", (unsigned long long)cur);
+        return RHEMA_ECONFLICT;
+    }
+    if (ev != RHEMA_VERSION_ANY && ev != RHEMA_VERSION_ABSENT && ev != cur) {
+        if (cur == 0)
+            conn_error(c, "expected version %llu, key absent", (unsigned long long)ev);
+        else
+            conn_error(c, "expected version %llu, found %llu", (unsigned long long)ev,
+                       (unsigned long long)cur);
+        return RHEMA_ECONFLICT;
+    }
+    if (w->op == RHEMA_WRITE_DEL) {
+        st = c->st[ST_DELETE];
+        bind_text(st, 1, w->ns);
+        bind_text(st, 2, w->key);
+        return step_done(c, ST_DELETE, "delete");
+    }
+    rc = next_version(c, &ver);
+    if (rc != 0)
+        return rc;
+    st = c->st[ST_UPSERT];
+    bind_text(st, 1, w->ns);
+    bind_text(st, 2, w->key);
+    /* never bind a NULL pointer: that would store SQL NULL, not an empty blob */
+    sqlite3_bind_blob(st, 3, w->value_len ? w->value : (const void *)"", (int)w->value_len,
+                      SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (int64_t)ver);
+    sqlite3_bind_int64(st, 5, deadline_ms(now, w->ttl_ms));
+    rc = step_done(c, ST_UPSERT, "put");
+    if (rc == 0)
+        w->new_version = ver;
+    return rc;
+}
+
+/* Every PURGE_EVERY writes, delete a bounded number of expired rows. */
+static void maybe_purge(rhema_storage_conn *c, int64_t now)
+{
+    if (atomic_fetch_add(&c->inst->writes, 1) % PURGE_EVERY != PURGE_EVERY - 1)
+        return;
+    sqlite3_bind_int64(c->st[ST_PURGE], 1, now);
+    sqlite3_step(c->st[ST_PURGE]); /* best effort: a failure only delays the purge */
+    sqlite3_reset(c->st[ST_PURGE]);
+}
+
+/* Apply writes in one BEGIN IMMEDIATE transaction, all or nothing. */
+static int write_tx(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    int64_t now;
+    size_t i;
+    int rc = tx_begin(c);
+    if (rc != 0)
+        return rc;
+    now = now_ms(c->inst); /* after the lock: every check sees the same instant */
+    for (i = 0; i < n && rc == 0; i++)
+        rc = write_one(c, &w[i], now);
+    if (rc == 0) {
+        maybe_purge(c, now);
+        rc = tx_commit(c);
+    } else {
+        tx_rollback(c);
+    }
+    if (rc != 0)
+        for (i = 0; i < n; i++)
+            w[i].new_version = 0;
+    return rc;
+}
+
+static int sq_put(rhema_storage_conn *c, struct rhema_storage_write *w)
+{
+    int rc = check_write(c, w);
+    if (rc != 0)
+        return rc;
+    if (w->op != RHEMA_WRITE_PUT) {
+        conn_error(c, "put() takes RHEMA_WRITE_PUT");
+        return RHEMA_EINVAL;
+    }
+    return write_tx(c, w, 1);
+}
+
+static int sq_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
+{
+    struct rhema_storage_write w = {.op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+                                    .expected_version = expected_version};
+    int rc = check_write(c, &w);
+    if (rc != 0)
+        return rc;
+    return write_tx(c, &w, 1);
+}
+
+static int sq_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    size_t i;
+    int rc;
+    if (n == 0)
+        return 0;
+    if (w == NULL) {
+        conn_error(c, "NULL writes");
+        return RHEMA_EINVAL;
+    }
+    for (i = 0; i < n; i++) {
+        rc = check_write(c, &w[i]);
+        if (rc != 0)
+            return rc;
+    }
+    return write_tx(c, w, n);
+}
+
+/*
+ * Group commit: every member in its own savepoint inside one BEGIN
+ * IMMEDIATE transaction, so a member whose precondition fails is rolled
+ * back alone, and one COMMIT makes them all durable.
+ */
+static int sq_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
+{
+    size_t i, j;
+    int rc;
+    for (i = 0; i < n; i++) {
+        g[i].result = 0;
+        for (j = 0; j < g[i].n && g[i].result == 0; j++)
+            g[i].result = check_write(c, &g[i].writes[j]);
+    }
+    rc = tx_begin(c);
+    if (rc != 0)
+        return rc;
+    int64_t now = now_ms(c->inst);
+    for (i = 0; i < n && rc == 0; i++) {
+        if (g[i].result != 0)
+            continue;
+        if ((rc = step_done(c, ST_SAVEPOINT, "savepoint")) != 0)
+            break;
+        for (j = 0; j < g[i].n && g[i].result == 0; j++)
+            g[i].result = write_one(c, &g[i].writes[j], now);
+        if (g[i].result != 0) {
+            for (j = 0; j < g[i].n; j++)
+                g[i].writes[j].new_version = 0;
+            if (g[i].result == RHEMA_EUNAVAIL || g[i].result == RHEMA_EIO ||
+                g[i].result == RHEMA_ECORRUPT || g[i].result == RHEMA_ENOMEM)
+                rc = g[i].result; /* not a precondition: give up on the whole group */
+            else
+                rc = step_done(c, ST_ROLLBACK_TO, "rollback to savepoint");
+        }
+        if (rc == 0)
+            rc = step_done(c, ST_RELEASE, "release savepoint");
+    }
+    if (rc == 0) {
+        maybe_purge(c, now);
+        rc = tx_commit(c);
+    } else {
+        tx_rollback(c);
+    }
+    if (rc != 0)
+        for (i = 0; i < n; i++)
+            for (j = 0; j < g[i].n; j++)
+                g[i].writes[j].new_version = 0;
+    return rc;
+}
+
+/* ---- leases ---- */
+
+static void fill_lease(struct rhema_lease_info *out, const char *holder, uint64_t epoch,
+                       int64_t expires, int64_t now)
+{
+    if (out == NULL)
+        return;
+    memset(out, 0, sizeof *out);
+    if (holder != NULL && holder[0] != '\0' && expires > now) {
+        snprintf(out->holder, sizeof out->holder, "%s", holder);
+        out->ttl_remaining_ms = (uint64_t)(expires - now);
+    }
+    out->epoch = epoch;
+}
+
+static int sq_lease(rhema_storage_conn *c, const char *name, const char *holder, uint64_t ttl_ms,
+                    int op, struct rhema_lease_info *out)
+{
+    sqlite3_stmt *st = c->st[ST_LEASE_GET];
+    char cur[RHEMA_LEASE_HOLDER_MAX + 1] = "";
+    uint64_t epoch = 0;
+    int64_t expires = 0, now, new_expires;
+    int rc, held, mine, in_tx = 0, write = 0;
+
+    if (valid_key(name) == 0) {
+        conn_error(c, "invalid lease name (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+        return RHEMA_EINVAL;
+    }
+    if (op != RHEMA_LEASE_ACQUIRE && op != RHEMA_LEASE_RENEW && op != RHEMA_LEASE_RELEASE &&
+        op != RHEMA_LEASE_QUERY) {
+        conn_error(c, "unknown lease op %d", op);
+        return RHEMA_EINVAL;
+    }
+    if (op != RHEMA_LEASE_QUERY) {
+        size_t hl = holder != NULL ? strnlen(holder, RHEMA_LEASE_HOLDER_MAX + 1) : 0;
+        if (hl == 0 || hl > RHEMA_LEASE_HOLDER_MAX) {
+            conn_error(c, "invalid lease holder (1..%d bytes)", RHEMA_LEASE_HOLDER_MAX);
+            return RHEMA_EINVAL;
+        }
+        if (op != RHEMA_LEASE_RELEASE && (ttl_ms == 0 || ttl_ms > (uint64_t)INT32_MAX * 1000)) {
+            conn_error(c, "lease ttl_ms must be in 1..%llu",
+                       (unsigned long long)INT32_MAX * 1000);
+            return RHEMA_EINVAL;
+        }
+        rc = tx_begin(c);
+        if (rc != 0)
+            return rc;
+        in_tx = 1;
+    }
+
+    now = now_ms(c->inst);
+    bind_text(st, 1, name);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *hv = (const char *)sqlite3_column_text(st, 0);
+        snprintf(cur, sizeof cur, "%s", hv != NULL ? hv : "");
+        epoch = (uint64_t)sqlite3_column_int64(st, 1);
+        expires = sqlite3_column_int64(st, 2);
+        rc = 0;
+    } else if (rc == SQLITE_DONE) {
+        rc = 0;
+    } else {
+        rc = sq_fail(c, rc, "lease");
+    }
+    sqlite3_reset(st);
+    if (rc != 0)
+        goto out;
+
+    held = cur[0] != '\0' && expires > now;
+    mine = held && holder != NULL && strcmp(cur, holder) == 0;
+    new_expires = deadline_ms(now, ttl_ms);
+    switch (op) {
+    case RHEMA_LEASE_ACQUIRE:
+        if (held && !mine) {
+            rc = RHEMA_ECONFLICT;
+        } else {
+            if (!held)
+                epoch++;
+            snprintf(cur, sizeof cur, "%s", holder);
+            expires = new_expires;
+            write = 1;
+        }
+        break;
+    case RHEMA_LEASE_RENEW:
+        if (!mine) {
+            rc = RHEMA_ECONFLICT;
+        } else {
+            expires = new_expires;
+            write = 1;
+        }
+        break;
+    case RHEMA_LEASE_RELEASE:
+        if (!mine) {
+            rc = RHEMA_ECONFLICT;
+        } else {
+            cur[0] = '\0';
+            expires = 0;
+            write = 1;
+        }
+        break;
+    default: /* QUERY */
+        if (!held)
+            rc = RHEMA_ENOTFOUND;
+        break;
+    }
+    if (rc == RHEMA_ECONFLICT)
+        conn_error(c, "lease '%s' is held by '%s'", name, held ? cur : "nobody");
+    else if (rc == RHEMA_ENOTFOUND)
+        conn_error(c, "lease '%s' is not held", name);
+
+    if (write) {
+        sqlite3_stmt *put = c->st[ST_LEASE_PUT];
+        bind_text(put, 1, name);
+        bind_text(put, 2, cur);
+        sqlite3_bind_int64(put, 3, (int64_t)epoch);
+        sqlite3_bind_int64(put, 4, expires);
+        rc = step_done(c, ST_LEASE_PUT, "lease");
+        if (rc == 0) {
+            rc = tx_commit(c);
+            in_tx = 0;
+        }
+    }
+    if (rc == 0 || rc == RHEMA_ECONFLICT || rc == RHEMA_ENOTFOUND)
+        fill_lease(out, cur, epoch, expires, now);
+out:
+    if (in_tx)
+        tx_rollback(c); /* nothing written (or a failure): end the transaction */
+    return rc;
+}
+
+/* ---- the rest ---- */
+
+static int sq_health(rhema_storage_conn *c, char **err)
+{
+    sqlite3_stmt *st = c->st[ST_HEALTH];
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        rc = sq_fail(c, rc, "health");
+        sqlite3_reset(st);
+        return c->inst->host->set_error(err, RHEMA_EUNAVAIL, "sqlite: %s", c->err);
+    }
+    sqlite3_reset(st);
+    return 0;
+}
+
+static const char *sq_errmsg(rhema_storage_conn *c)
+{
+    return c != NULL ? c->err : "";
+}
+
+/* fsync a file or directory by path.  0 or errno. */
+static int fsync_path(const char *path, int dir)
+{
+    int fd = open(path, (dir ? O_RDONLY | O_DIRECTORY : O_RDWR) | O_CLOEXEC);
+    int e = 0;
+    if (fd < 0)
+        return errno;
+    if (fsync(fd) != 0)
+        e = errno;
+    close(fd);
+    return e;
+}
+
+static int fsync_parent(const char *path)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL)
+        return fsync_path(".", 1);
+    if (slash == path)
+        return fsync_path("/", 1);
+    if ((size_t)(slash - path) >= sizeof dir)
+        return ENAMETOOLONG;
+    memcpy(dir, path, (size_t)(slash - path));
+    dir[slash - path] = '\0';
+    return fsync_path(dir, 1);
+}
+
+/*
+ * The online backup API copies a consistent snapshot page by page into
+ * path.tmp, which is then fsync'd and renamed over path.
+ */
+static int sq_backup(rhema_storage_conn *c, const char *path, char **err)
+{
+    const struct rhema_host *h = c->inst->host;
+    char tmp[PATH_MAX], side[PATH_MAX + 16];
+    sqlite3 *dest = NULL;
+    sqlite3_backup *b;
+    int rc, ret = 0, e, waited = 0;
+
+    if (path == NULL || path[0] == '\0')
+        return h->set_error(err, RHEMA_EINVAL, "sqlite: backup: empty path");
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return h->set_error(err, RHEMA_EINVAL, "sqlite: backup: path too long");
+    unlink(tmp);
+    rc = sqlite3_open_v2(tmp, &dest, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                         NULL);
+    if (rc != SQLITE_OK) {
+        ret = h->set_error(err, RHEMA_EIO, "sqlite: backup: open %s: %s", tmp,
+                           dest != NULL ? sqlite3_errmsg(dest) : sqlite3_errstr(rc));
+        goto out;
+    }
+    b = sqlite3_backup_init(dest, "main", c->db, "main");
+    if (b == NULL) {
+        ret = h->set_error(err, map_rc(sqlite3_errcode(dest)), "sqlite: backup: %s",
+                           sqlite3_errmsg(dest));
+        goto out;
+    }
+    do {
+        rc = sqlite3_backup_step(b, -1);
+        if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) {
+            if (waited >= c->inst->busy_timeout_ms)
+                break;
+            sqlite3_sleep(10);
+            waited += 10;
+        }
+    } while (rc == SQLITE_OK || rc == SQLITE_BUSY || rc == SQLITE_LOCKED);
+    sqlite3_backup_finish(b);
+    if (rc != SQLITE_DONE) {
+        ret = h->set_error(err, map_rc(rc), "sqlite: backup to %s: %s", tmp, sqlite3_errstr(rc));
+        goto out;
+    }
+    rc = sqlite3_close(dest);
+    dest = NULL;
+    if (rc != SQLITE_OK) {
+        ret = h->set_error(err, RHEMA_EIO, "sqlite: backup: close %s: %s", tmp, sqlite3_errstr(rc));
+        goto out;
+    }
+    if ((e = fsync_path(tmp, 0)) != 0) {
+        ret = h->set_error(err, RHEMA_EIO, "sqlite: backup: fsync %s: %s", tmp, strerror(e));
+        goto out;
+    }
+    if (rename(tmp, path) != 0) {
+        e = errno;
+        ret = h->set_error(err, RHEMA_EIO, "sqlite: backup: rename to %s: %s", path, strerror(e));
+        goto out;
+    }
+    if ((e = fsync_parent(path)) != 0)
+        ret = h->set_error(err, RHEMA_EIO, "sqlite: backup: fsync the directory of %s: %s", path,
+                           strerror(e));
+out:
+    if (dest != NULL)
+        sqlite3_close(dest);
+    if (ret != 0) {
+        unlink(tmp);
+        conn_error(c, "backup to %s failed", path);
+    }
+    /* a journal or WAL the copy may have left beside the temporary file */
+    snprintf(side, sizeof side, "%s-journal", tmp);
+    unlink(side);
+    snprintf(side, sizeof side, "%s-wal", tmp);
+    unlink(side);
+    snprintf(side, sizeof side, "%s-shm", tmp);
+    unlink(side);
+    return ret;
+}
+
+static const struct rhema_storage_plugin sqlite_plugin = {
+    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
+                                "1.0.0", "SQLite database in WAL mode (durable, one host)"),
+    .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
+    .open = sq_open,
+    .close = sq_close,
+    .connect = sq_connect,
+    .disconnect = sq_disconnect,
+    .get = sq_get,
+    .put = sq_put,
+    .del = sq_del,
+    .batch = sq_batch,
+    .scan = sq_scan,
+    .lease = sq_lease,
+    .health = sq_health,
+    .stats = sq_stats,
+    .errmsg = sq_errmsg,
+    .backup = sq_backup,
+    .group = sq_group,
+};
+
+int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)
+{
+    (void)host;
+    *out = &sqlite_plugin.base;
+    return 0;
+}

@@ -1,0 +1,1685 @@
+/*
+ * storage_suite -- the storage plugin conformance suite (see storage_suite.h).
+ *
+ * Every check is a function returning T_PASS, T_FAIL or T_SKIP and writing
+ * a one-line reason into s->detail; the CHECK macros return T_FAIL with the
+ * source line, the expression and the connection's errmsg().  Checks build
+ * on nothing but the instance and connections of struct suite, each in its
+ * own namespace (or set of keys), so one failing check does not cascade.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "storage_suite.h"
+
+#define T_PASS RHEMA_CONF_PASS
+#define T_FAIL RHEMA_CONF_FAIL
+#define T_SKIP RHEMA_CONF_SKIP
+
+#define TTL_MS 150         /* the short TTL of the expiry checks */
+#define TTL_WAIT_MS 400    /* how long they wait for it to pass */
+#define LONG_TTL_MS 30000  /* a lease that must not expire during a check */
+#define RACE_MS 300        /* duration of the lease contention check */
+#define RACE_GRANTS 20     /* grants it wants to see at least */
+#define CAS_INCREMENTS 100 /* per thread, in the concurrent writers check */
+
+struct suite {
+    const struct rhema_storage_plugin *vt;
+    const struct rhema_host *host;
+    const struct rhema_cfg *cfg;
+    rhema_storage_instance *inst;
+    rhema_storage_conn *c1, *c2;
+    char base[40]; /* "conf_<16 hex>": every namespace and lease name starts with it */
+    rhema_conf_report_fn report;
+    void *report_ctx;
+    struct rhema_conf_totals t;
+    char detail[1024];
+};
+
+/* The namespaces the checks use (suffixes of s->base); cleanup empties them all. */
+static const char *const ns_tags[] = {"",       ".other", ".scan", ".scan_x", ".ttl", ".stats",
+                                      ".batch", ".cas",   ".inv",  ".dur",    ".many",
+                                      NULL};
+
+/* ---- reporting helpers ---- */
+
+static int failf(struct suite *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int failf(struct suite *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->detail, sizeof s->detail, fmt, ap);
+    va_end(ap);
+    return T_FAIL;
+}
+
+static const char *emsg(const struct suite *s, rhema_storage_conn *c)
+{
+    const char *m;
+    if (c == NULL || s->vt->errmsg == NULL)
+        return "";
+    m = s->vt->errmsg(c);
+    return m != NULL ? m : "(NULL errmsg)";
+}
+
+/* A call on connection C must return WANT. */
+#define CHECK_RC(C, WANT, CALL)                                                                   \
+    do {                                                                                          \
+        int rc_ = (CALL);                                                                         \
+        if (rc_ != (WANT))                                                                        \
+            return failf(s, "line %d: %s returned %s (%d), want %s; errmsg: %s", __LINE__, #CALL, \
+                         rhema_strerror(rc_), rc_, rhema_strerror(WANT), emsg(s, (C)));           \
+    } while (0)
+
+#define CHECK(COND, ...)                                                                          \
+    do {                                                                                          \
+        if (!(COND)) {                                                                            \
+            char m_[512];                                                                         \
+            snprintf(m_, sizeof m_, __VA_ARGS__);                                                 \
+            return failf(s, "line %d: %s: %s", __LINE__, #COND, m_);                              \
+        }                                                                                         \
+    } while (0)
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static uint64_t mono_ms(const struct suite *s)
+{
+    return s->host->monotonic_ns() / 1000000u;
+}
+
+/* Namespace `tag` of this run ("conf_<hex>.tag") into buf. */
+static const char *ns_of(const struct suite *s, const char *tag, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s%s", s->base, tag);
+    return buf;
+}
+
+/* ---- storage shorthands ---- */
+
+static int put(struct suite *s, rhema_storage_conn *c, const char *ns, const char *key,
+               const void *val, size_t len, uint64_t expected, uint64_t ttl_ms, uint64_t *ver)
+{
+    struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT, .ns = ns, .key = key, .value = val,
+                                    .value_len = len, .expected_version = expected,
+                                    .ttl_ms = ttl_ms};
+    int rc = s->vt->put(c, &w);
+    if (rc == 0 && ver != NULL)
+        *ver = w.new_version;
+    return rc;
+}
+
+static int put_str(struct suite *s, rhema_storage_conn *c, const char *ns, const char *key,
+                   const char *val, uint64_t expected, uint64_t *ver)
+{
+    return put(s, c, ns, key, val, strlen(val), expected, 0, ver);
+}
+
+/*
+ * Check that (ns, key) holds exactly (val, len) (and version `ver` when not
+ * 0).  Returns T_PASS or T_FAIL with the detail set.
+ */
+static int expect_value(struct suite *s, rhema_storage_conn *c, const char *ns, const char *key,
+                        const void *val, size_t len, uint64_t ver, int line)
+{
+    struct rhema_storage_value v = {0};
+    int rc = s->vt->get(c, ns, key, &v);
+    if (rc != 0)
+        return failf(s, "line %d: get(%s, %s) returned %s; errmsg: %s", line, ns, key,
+                     rhema_strerror(rc), emsg(s, c));
+    if (v.len != len)
+        return failf(s, "line %d: get(%s, %s): length %zu, want %zu", line, ns, key, v.len, len);
+    if (len > 0 && (v.data == NULL || memcmp(v.data, val, len) != 0))
+        return failf(s, "line %d: get(%s, %s): the value differs from what was written", line, ns,
+                     key);
+    if (ver != 0 && v.version != ver)
+        return failf(s, "line %d: get(%s, %s): version %llu, want %llu", line, ns, key,
+                     (unsigned long long)v.version, (unsigned long long)ver);
+    return T_PASS;
+}
+
+#define EXPECT_VALUE(C, NS, KEY, VAL, LEN, VER)                                                   \
+    do {                                                                                          \
+        if (expect_value(s, (C), (NS), (KEY), (VAL), (LEN), (VER), __LINE__) != T_PASS)           \
+            return T_FAIL;                                                                        \
+    } while (0)
+
+#define EXPECT_STR(C, NS, KEY, STR, VER) EXPECT_VALUE(C, NS, KEY, STR, strlen(STR), VER)
+
+#define EXPECT_MISSING(C, NS, KEY)                                                                \
+    do {                                                                                          \
+        struct rhema_storage_value v_;                                                            \
+        CHECK_RC((C), RHEMA_ENOTFOUND, s->vt->get((C), (NS), (KEY), &v_));                        \
+    } while (0)
+
+/* ---- scan collection ---- */
+
+struct collected {
+    size_t n, cap;
+    char **keys;
+    char **values;
+    size_t *value_lens;
+    uint64_t *versions;
+    int stop_after;   /* > 0: return 1 after that many entries */
+    int abort_after;  /* > 0: return abort_code after that many entries */
+    int abort_code;
+    int oom;
+};
+
+static int collect_cb(void *ctx, const char *key, const void *value, size_t value_len,
+                      uint64_t version)
+{
+    struct collected *col = ctx;
+    if (col->n == col->cap) {
+        size_t cap = col->cap ? col->cap * 2 : 16;
+        char **k = realloc(col->keys, cap * sizeof *k);
+        if (k != NULL)
+            col->keys = k;
+        char **v = realloc(col->values, cap * sizeof *v);
+        if (v != NULL)
+            col->values = v;
+        size_t *l = realloc(col->value_lens, cap * sizeof *l);
+        if (l != NULL)
+            col->value_lens = l;
+        uint64_t *ver = realloc(col->versions, cap * sizeof *ver);
+        if (ver != NULL)
+            col->versions = ver;
+        if (k == NULL || v == NULL || l == NULL || ver == NULL) {
+            col->oom = 1;
+            return -1;
+        }
+        col->cap = cap;
+    }
+    col->keys[col->n] = strdup(key);
+    col->values[col->n] = malloc(value_len + 1);
+    if (col->keys[col->n] == NULL || col->values[col->n] == NULL) {
+        free(col->keys[col->n]);
+        free(col->values[col->n]);
+        col->oom = 1;
+        return -1;
+    }
+    if (value_len > 0)
+        memcpy(col->values[col->n], value, value_len);
+    col->values[col->n][value_len] = '\0';
+    col->value_lens[col->n] = value_len;
+    col->versions[col->n] = version;
+    col->n++;
+    if (col->abort_after > 0 && (int)col->n >= col->abort_after)
+        return col->abort_code;
+    if (col->stop_after > 0 && (int)col->n >= col->stop_after)
+        return 1;
+    return 0;
+}
+
+static void collected_free(struct collected *col)
+{
+    size_t i;
+    for (i = 0; i < col->n; i++) {
+        free(col->keys[i]);
+        free(col->values[i]);
+    }
+    free(col->keys);
+    free(col->values);
+    free(col->value_lens);
+    free(col->versions);
+    memset(col, 0, sizeof *col);
+}
+
+/* Scan into col (reset first); returns scan's code. */
+static int scan_into(struct suite *s, rhema_storage_conn *c, const char *ns, const char *from,
+                     const char *to, size_t limit, struct collected *col)
+{
+    int stop = col->stop_after, ab = col->abort_after, code = col->abort_code;
+    collected_free(col);
+    col->stop_after = stop;
+    col->abort_after = ab;
+    col->abort_code = code;
+    return s->vt->scan(c, ns, from, to, limit, collect_cb, col);
+}
+
+/* Delete every key of ns (best effort).  Returns the number left, or -1. */
+static long empty_namespace(struct suite *s, rhema_storage_conn *c, const char *ns)
+{
+    struct collected col = {0};
+    struct rhema_storage_stats st = {0};
+    size_t i;
+    if (s->vt->scan(c, ns, NULL, NULL, 0, collect_cb, &col) != 0) {
+        collected_free(&col);
+        return -1;
+    }
+    for (i = 0; i < col.n; i++)
+        s->vt->del(c, ns, col.keys[i], RHEMA_VERSION_ANY);
+    collected_free(&col);
+    if (s->vt->stats(c, ns, &st) != 0)
+        return -1;
+    return (long)st.entries;
+}
+
+/* ---- the checks ---- */
+
+static int t_header(struct suite *s)
+{
+    const struct rhema_storage_plugin *vt = s->vt;
+    const uint32_t known = RHEMA_STORAGE_SHARED | RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL |
+                           RHEMA_STORAGE_LEASES;
+    const size_t minor0 = offsetof(struct rhema_storage_plugin, backup) + sizeof vt->backup;
+    const char *p;
+
+    CHECK(vt != NULL, "no vtable");
+    CHECK(vt->base.kind == RHEMA_KIND_STORAGE, "kind %u", (unsigned)vt->base.kind);
+    CHECK(vt->base.abi_major == RHEMA_ABI_MAJOR, "abi_major %u", (unsigned)vt->base.abi_major);
+    CHECK(vt->base.abi_minor <= RHEMA_ABI_MINOR, "abi_minor %u", (unsigned)vt->base.abi_minor);
+    CHECK(vt->base.size >= minor0, "size %u < %zu", (unsigned)vt->base.size, minor0);
+    CHECK(vt->base.name != NULL && vt->base.name[0] != '\0', "empty name");
+    for (p = vt->base.name; *p; p++)
+        CHECK((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-',
+              "name '%s' is not [a-z0-9_-]", vt->base.name);
+    CHECK(strlen(vt->base.name) <= 64, "name longer than 64 bytes");
+    CHECK(vt->base.version != NULL && vt->base.version[0] != '\0', "empty version");
+    CHECK(vt->base.description != NULL, "NULL description");
+    CHECK((vt->features & ~known) == 0, "unknown feature bits 0x%x",
+          (unsigned)(vt->features & ~known));
+    CHECK(vt->open && vt->close && vt->connect && vt->disconnect && vt->get && vt->put &&
+              vt->del && vt->batch && vt->scan && vt->lease && vt->health && vt->stats &&
+              vt->errmsg,
+          "a required method is NULL");
+    return T_PASS;
+}
+
+static int t_health(struct suite *s)
+{
+    char *err = NULL;
+    int rc = s->vt->health(s->c1, &err);
+    if (rc != 0) {
+        failf(s, "health returned %s: %s", rhema_strerror(rc), err ? err : "");
+        free(err);
+        return T_FAIL;
+    }
+    free(err);
+    return T_PASS;
+}
+
+static int t_errmsg(struct suite *s)
+{
+    rhema_storage_conn *c3 = NULL;
+    struct rhema_storage_value v;
+    char ns[64], *err = NULL;
+    const char *m;
+    int rc = s->vt->connect(s->inst, &c3, &err);
+    free(err);
+    if (rc != 0)
+        return failf(s, "a third connect returned %s", rhema_strerror(rc));
+    m = s->vt->errmsg(c3);
+    if (m == NULL) {
+        s->vt->disconnect(c3);
+        return failf(s, "errmsg of a fresh connection is NULL");
+    }
+    rc = s->vt->get(c3, ns_of(s, "", ns, sizeof ns), "no-such-key", &v);
+    m = s->vt->errmsg(c3);
+    s->vt->disconnect(c3);
+    CHECK(rc == RHEMA_ENOTFOUND, "get of a missing key returned %s", rhema_strerror(rc));
+    CHECK(m != NULL, "errmsg after a failed get is NULL");
+    m = s->vt->errmsg(s->c1);
+    CHECK(m != NULL, "errmsg is NULL");
+    return T_PASS;
+}
+
+static int t_get_missing(struct suite *s)
+{
+    char ns[64];
+    ns_of(s, "", ns, sizeof ns);
+    EXPECT_MISSING(s->c1, ns, "missing");
+    EXPECT_MISSING(s->c2, ns, "missing/too");
+    return T_PASS;
+}
+
+static int t_put_get(struct suite *s)
+{
+    char ns[64];
+    uint64_t ver = 0;
+    ns_of(s, "", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "hello", "world", RHEMA_VERSION_ANY, &ver));
+    CHECK(ver > 0, "new_version is 0");
+    EXPECT_STR(s->c1, ns, "hello", "world", ver);
+    return T_PASS;
+}
+
+static int t_put_get_empty(struct suite *s)
+{
+    char ns[64];
+    uint64_t ver = 0;
+    ns_of(s, "", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "empty", NULL, 0, RHEMA_VERSION_ANY, 0, &ver));
+    EXPECT_VALUE(s->c1, ns, "empty", "", 0, ver);
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "empty2", "", 0, RHEMA_VERSION_ANY, 0, &ver));
+    EXPECT_VALUE(s->c2, ns, "empty2", "", 0, ver);
+    return T_PASS;
+}
+
+static int t_put_get_binary(struct suite *s)
+{
+    unsigned char val[512];
+    char ns[64];
+    uint64_t ver = 0;
+    size_t i;
+    for (i = 0; i < sizeof val; i++)
+        val[i] = (unsigned char)(i * 7 + (i >> 8)); /* every byte value, NULs included */
+    val[0] = 0;
+    val[sizeof val - 1] = 0;
+    ns_of(s, "", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "binary", val, sizeof val, RHEMA_VERSION_ANY, 0, &ver));
+    EXPECT_VALUE(s->c1, ns, "binary", val, sizeof val, ver);
+    return T_PASS;
+}
+
+static int t_put_get_1mib(struct suite *s)
+{
+    const size_t len = 1u << 20;
+    unsigned char *val = malloc(len);
+    char ns[64];
+    uint64_t ver = 0, x = 0x9e3779b97f4a7c15ull;
+    size_t i;
+    int r;
+    if (val == NULL)
+        return failf(s, "out of memory");
+    for (i = 0; i < len; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        val[i] = (unsigned char)x;
+    }
+    ns_of(s, "", ns, sizeof ns);
+    r = put(s, s->c1, ns, "big", val, len, RHEMA_VERSION_ANY, 0, &ver);
+    if (r != 0) {
+        free(val);
+        return failf(s, "put of 1 MiB returned %s; errmsg: %s", rhema_strerror(r), emsg(s, s->c1));
+    }
+    r = expect_value(s, s->c2, ns, "big", val, len, ver, __LINE__);
+    free(val);
+    if (r != T_PASS)
+        return T_FAIL;
+    CHECK_RC(s->c1, 0, s->vt->del(s->c1, ns, "big", RHEMA_VERSION_ANY));
+    return T_PASS;
+}
+
+static int t_version_increasing(struct suite *s)
+{
+    char ns[64];
+    uint64_t v1 = 0, v2 = 0, v3 = 0, vo = 0;
+    ns_of(s, "", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "ver", "1", RHEMA_VERSION_ANY, &v1));
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "ver", "2", RHEMA_VERSION_ANY, &v2));
+    CHECK_RC(s->c2, 0, put_str(s, s->c2, ns, "ver", "3", RHEMA_VERSION_ANY, &v3));
+    CHECK(v1 > 0 && v1 != RHEMA_VERSION_ABSENT, "first version %llu", (unsigned long long)v1);
+    CHECK(v2 > v1 && v3 > v2, "versions %llu, %llu, %llu do not increase",
+          (unsigned long long)v1, (unsigned long long)v2, (unsigned long long)v3);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "ver-other", "x", RHEMA_VERSION_ANY, &vo));
+    CHECK(vo > 0, "version 0 for another key");
+    EXPECT_STR(s->c1, ns, "ver", "3", v3);
+    return T_PASS;
+}
+
+/*
+ * Deleting a key and creating it again must not hand out a version the key
+ * had before, or a client holding the old version could overwrite the new
+ * entry with a compare-and-set (ABA).
+ */
+static int t_version_recreate(struct suite *s)
+{
+    char ns[64];
+    uint64_t v1 = 0, v2 = 0, v3 = 0;
+    ns_of(s, "", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "reborn", "a", RHEMA_VERSION_ANY, &v1));
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "reborn", "b", RHEMA_VERSION_ANY, &v2));
+    CHECK_RC(s->c1, 0, s->vt->del(s->c1, ns, "reborn", RHEMA_VERSION_ANY));
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "reborn", "c", RHEMA_VERSION_ABSENT, &v3));
+    CHECK(v3 > v2, "the recreated key got version %llu, not above its old %llu",
+          (unsigned long long)v3, (unsigned long long)v2);
+    CHECK_RC(s->c1, RHEMA_ECONFLICT, put_str(s, s->c1, ns, "reborn", "d", v1, NULL));
+    EXPECT_STR(s->c1, ns, "reborn", "c", v3);
+    return T_PASS;
+}
+
+static int t_expected_match(struct suite *s)
+{
+    char ns[64];
+    uint64_t v1 = 0, v2 = 0;
+    ns_of(s, "", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "cas", "one", RHEMA_VERSION_ANY, &v1));
+    CHECK_RC(s->c2, 0, put_str(s, s->c2, ns, "cas", "two", v1, &v2));
+    CHECK(v2 > v1, "version %llu after %llu", (unsigned long long)v2, (unsigned long long)v1);
+    EXPECT_STR(s->c1, ns, "cas", "two", v2);
+    return T_PASS;
+}
+
+static int t_expected_mismatch(struct suite *s)
+{
+    char ns[64];
+    uint64_t v1 = 0, v2 = 0;
+    ns_of(s, "", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "cas2", "one", RHEMA_VERSION_ANY, &v1));
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "cas2", "two", v1, &v2));
+    /* a stale version, and one never handed out */
+    CHECK_RC(s->c2, RHEMA_ECONFLICT, put_str(s, s->c2, ns, "cas2", "stale", v1, NULL));
+    CHECK_RC(s->c2, RHEMA_ECONFLICT, put_str(s, s->c2, ns, "cas2", "future", v2 + 1000, NULL));
+    EXPECT_STR(s->c1, ns, "cas2", "two", v2);
+    /* a version on an absent key */
+    CHECK_RC(s->c1, RHEMA_ECONFLICT, put_str(s, s->c1, ns, "cas2-absent", "x", v2, NULL));
+    EXPECT_MISSING(s->c1, ns, "cas2-absent");
+    return T_PASS;
+}
+
+static int t_version_absent(struct suite *s)
+{
+    char ns[64];
+    uint64_t v1 = 0;
+    ns_of(s, "", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "create", "first", RHEMA_VERSION_ABSENT, &v1));
+    CHECK_RC(s->c2, RHEMA_ECONFLICT,
+             put_str(s, s->c2, ns, "create", "second", RHEMA_VERSION_ABSENT, NULL));
+    EXPECT_STR(s->c2, ns, "create", "first", v1);
+    return T_PASS;
+}
+
+static int t_del(struct suite *s)
+{
+    char ns[64];
+    uint64_t v1 = 0, v2 = 0;
+    ns_of(s, "", ns, sizeof ns);
+    /* missing */
+    CHECK_RC(s->c1, RHEMA_ENOTFOUND, s->vt->del(s->c1, ns, "del-missing", RHEMA_VERSION_ANY));
+    /* without a version */
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "del-any", "x", RHEMA_VERSION_ANY, NULL));
+    CHECK_RC(s->c1, 0, s->vt->del(s->c1, ns, "del-any", RHEMA_VERSION_ANY));
+    EXPECT_MISSING(s->c2, ns, "del-any");
+    CHECK_RC(s->c1, RHEMA_ENOTFOUND, s->vt->del(s->c1, ns, "del-any", RHEMA_VERSION_ANY));
+    /* with a version: mismatch, then match */
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "del-ver", "a", RHEMA_VERSION_ANY, &v1));
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "del-ver", "b", RHEMA_VERSION_ANY, &v2));
+    CHECK_RC(s->c2, RHEMA_ECONFLICT, s->vt->del(s->c2, ns, "del-ver", v1));
+    EXPECT_STR(s->c1, ns, "del-ver", "b", v2);
+    CHECK_RC(s->c2, 0, s->vt->del(s->c2, ns, "del-ver", v2));
+    EXPECT_MISSING(s->c1, ns, "del-ver");
+    return T_PASS;
+}
+
+static int t_batch_conflict(struct suite *s)
+{
+    char ns[64];
+    uint64_t va = 0, vd = 0;
+    struct rhema_storage_write w[4];
+    ns_of(s, ".batch", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "a", "a0", RHEMA_VERSION_ANY, &va));
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "d", "d0", RHEMA_VERSION_ANY, &vd));
+    memset(w, 0, sizeof w);
+    w[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "x",
+                                        .value = "x1", .value_len = 2};
+    w[1] = (struct rhema_storage_write){.op = RHEMA_WRITE_DEL, .ns = ns, .key = "d"};
+    w[2] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "a",
+                                        .value = "a1", .value_len = 2,
+                                        .expected_version = va};
+    w[3] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "a",
+                                        .value = "a2", .value_len = 2,
+                                        .expected_version = va}; /* stale after w[2] */
+    CHECK_RC(s->c1, RHEMA_ECONFLICT, s->vt->batch(s->c1, w, 4));
+    EXPECT_MISSING(s->c2, ns, "x");
+    EXPECT_STR(s->c2, ns, "d", "d0", vd);
+    EXPECT_STR(s->c2, ns, "a", "a0", va);
+
+    /* a delete of an absent key fails the batch too */
+    memset(w, 0, sizeof w);
+    w[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "y",
+                                        .value = "y1", .value_len = 2};
+    w[1] = (struct rhema_storage_write){.op = RHEMA_WRITE_DEL, .ns = ns, .key = "d"};
+    w[2] = (struct rhema_storage_write){.op = RHEMA_WRITE_DEL, .ns = ns, .key = "nope"};
+    CHECK_RC(s->c1, RHEMA_ENOTFOUND, s->vt->batch(s->c1, w, 3));
+    EXPECT_MISSING(s->c2, ns, "y");
+    EXPECT_STR(s->c2, ns, "d", "d0", vd);
+    return T_PASS;
+}
+
+static int t_batch_apply(struct suite *s)
+{
+    char ns[64];
+    uint64_t vd = 0;
+    struct rhema_storage_write w[6];
+    struct rhema_storage_value v;
+    ns_of(s, ".batch", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "gone", "g", RHEMA_VERSION_ANY, &vd));
+    memset(w, 0, sizeof w);
+    w[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "p1",
+                                        .value = "1", .value_len = 1,
+                                        .expected_version = RHEMA_VERSION_ABSENT};
+    w[1] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "p2",
+                                        .value = "2", .value_len = 1, .ttl_ms = 0};
+    w[2] = (struct rhema_storage_write){.op = RHEMA_WRITE_DEL, .ns = ns, .key = "gone",
+                                        .expected_version = vd};
+    /* later writes see earlier ones: p1 exists now, gone is gone */
+    w[3] = (struct rhema_storage_write){.op = RHEMA_WRITE_DEL, .ns = ns, .key = "p1"};
+    w[4] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "p1",
+                                        .value = "1b", .value_len = 2,
+                                        .expected_version = RHEMA_VERSION_ABSENT};
+    w[5] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "gone",
+                                        .value = "back", .value_len = 4,
+                                        .expected_version = RHEMA_VERSION_ABSENT};
+    CHECK_RC(s->c1, 0, s->vt->batch(s->c1, w, 6));
+    CHECK(w[0].new_version > 0 && w[1].new_version > 0 && w[4].new_version > 0 &&
+              w[5].new_version > 0,
+          "new_version not filled: %llu %llu %llu %llu", (unsigned long long)w[0].new_version,
+          (unsigned long long)w[1].new_version, (unsigned long long)w[4].new_version,
+          (unsigned long long)w[5].new_version);
+    CHECK(w[4].new_version > w[0].new_version, "p1 rewritten with version %llu after %llu",
+          (unsigned long long)w[4].new_version, (unsigned long long)w[0].new_version);
+    CHECK(w[5].new_version > vd, "recreated key got version %llu, had %llu",
+          (unsigned long long)w[5].new_version, (unsigned long long)vd);
+    EXPECT_STR(s->c2, ns, "p1", "1b", w[4].new_version);
+    EXPECT_STR(s->c2, ns, "p2", "2", w[1].new_version);
+    EXPECT_STR(s->c2, ns, "gone", "back", w[5].new_version);
+
+    /* a batch conflicting with its own earlier write changes nothing */
+    memset(w, 0, sizeof w);
+    w[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "z",
+                                        .value = "z", .value_len = 1,
+                                        .expected_version = RHEMA_VERSION_ABSENT};
+    w[1] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "z",
+                                        .value = "zz", .value_len = 2,
+                                        .expected_version = RHEMA_VERSION_ABSENT};
+    CHECK_RC(s->c1, RHEMA_ECONFLICT, s->vt->batch(s->c1, w, 2));
+    CHECK_RC(s->c1, RHEMA_ENOTFOUND, s->vt->get(s->c1, ns, "z", &v));
+    /* an empty batch is a no-op */
+    CHECK_RC(s->c1, 0, s->vt->batch(s->c1, w, 0));
+    return T_PASS;
+}
+
+/* Keys for the scan checks: prefixes, a space, bytes above 0x7f. */
+static const char *const scan_keys[] = {
+    "a",  "a/b", "ab", "a/b/c", "aa", "a b", "b", "A", "0", "a\x7f", "a\x80", "a\xc3\xa9",
+    "\xff", "\xff\xff", "\x01", "z", "a/", "ab/", "~", NULL};
+
+static int strcmp_ptr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The scan keys in strcmp order, into sorted[] (n entries). */
+static size_t sorted_scan_keys(const char **sorted)
+{
+    size_t n = 0;
+    while (scan_keys[n] != NULL) {
+        sorted[n] = scan_keys[n];
+        n++;
+    }
+    qsort(sorted, n, sizeof *sorted, strcmp_ptr);
+    return n;
+}
+
+/* Keep only the keys with from <= key < to. */
+static size_t filter_keys(const char **keys, size_t n, const char *from, const char *to,
+                          const char **out)
+{
+    size_t i, m = 0;
+    for (i = 0; i < n; i++)
+        if ((from == NULL || strcmp(keys[i], from) >= 0) && (to == NULL || strcmp(keys[i], to) < 0))
+            out[m++] = keys[i];
+    return m;
+}
+
+static int t_scan_setup(struct suite *s)
+{
+    char ns[64], ns2[64];
+    size_t n = 0, i, order[64];
+    unsigned seed = (unsigned)s->host->monotonic_ns();
+    while (scan_keys[n] != NULL)
+        n++;
+    for (i = 0; i < n; i++)
+        order[i] = i;
+    for (i = n - 1; i > 0; i--) { /* shuffle the insertion order */
+        size_t j = (size_t)rand_r(&seed) % (i + 1), tmp = order[i];
+        order[i] = order[j];
+        order[j] = tmp;
+    }
+    ns_of(s, ".scan", ns, sizeof ns);
+    ns_of(s, ".scan_x", ns2, sizeof ns2);
+    for (i = 0; i < n; i++) {
+        const char *k = scan_keys[order[i]];
+        char val[64];
+        snprintf(val, sizeof val, "v:%s", k);
+        CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, k, val, RHEMA_VERSION_ANY, NULL));
+        /* the same keys in a namespace that extends this one's name */
+        CHECK_RC(s->c1, 0, put_str(s, s->c1, ns2, k, "other", RHEMA_VERSION_ANY, NULL));
+    }
+    return T_PASS;
+}
+
+/* Compare a collected scan with the expected keys (and their values). */
+static int expect_keys(struct suite *s, const struct collected *col, const char **want, size_t n,
+                       const char *what)
+{
+    size_t i;
+    if (col->n != n)
+        return failf(s, "%s: %zu entries, want %zu", what, col->n, n);
+    for (i = 0; i < n; i++) {
+        char val[64];
+        if (strcmp(col->keys[i], want[i]) != 0)
+            return failf(s, "%s: entry %zu is key \"%s\", want \"%s\"", what, i, col->keys[i],
+                         want[i]);
+        snprintf(val, sizeof val, "v:%s", want[i]);
+        if (col->value_lens[i] != strlen(val) || memcmp(col->values[i], val, strlen(val)) != 0)
+            return failf(s, "%s: wrong value for key \"%s\"", what, want[i]);
+        if (col->versions[i] == 0)
+            return failf(s, "%s: version 0 for key \"%s\"", what, want[i]);
+    }
+    return T_PASS;
+}
+
+static int t_scan_order(struct suite *s)
+{
+    const char *sorted[64];
+    char ns[64];
+    struct collected col = {0};
+    size_t n = sorted_scan_keys(sorted);
+    int rc, r;
+    ns_of(s, ".scan", ns, sizeof ns);
+    rc = scan_into(s, s->c2, ns, NULL, NULL, 0, &col);
+    if (rc != 0) {
+        collected_free(&col);
+        return failf(s, "scan returned %s; errmsg: %s", rhema_strerror(rc), emsg(s, s->c2));
+    }
+    r = expect_keys(s, &col, sorted, n, "full scan");
+    collected_free(&col);
+    return r;
+}
+
+static int t_scan_bounds(struct suite *s)
+{
+    static const char *const bounds[][2] = {
+        {"a", "ab"}, {"a", NULL},       {NULL, "a/b"}, {"a/", "a/b/c"}, {"a0", "b"},
+        {"b", "b"},  {"z", "a"},        {"\x80", NULL}, {"a\x7f", "a\xc3"}, {"", "a"},
+        {"zz", NULL}, {"a/b", "a/b\x01"}};
+    const char *sorted[64], *want[64];
+    char ns[64], what[96];
+    struct collected col = {0};
+    size_t n = sorted_scan_keys(sorted), i, m;
+    int rc, r = T_PASS;
+    ns_of(s, ".scan", ns, sizeof ns);
+    for (i = 0; i < sizeof bounds / sizeof bounds[0] && r == T_PASS; i++) {
+        const char *from = bounds[i][0], *to = bounds[i][1];
+        snprintf(what, sizeof what, "scan [%s%s%s, %s%s%s)", from ? "\"" : "",
+                 from ? from : "NULL", from ? "\"" : "", to ? "\"" : "", to ? to : "NULL",
+                 to ? "\"" : "");
+        m = filter_keys(sorted, n, from, to, want);
+        rc = scan_into(s, s->c1, ns, from, to, 0, &col);
+        if (rc != 0)
+            r = failf(s, "%s returned %s; errmsg: %s", what, rhema_strerror(rc), emsg(s, s->c1));
+        else
+            r = expect_keys(s, &col, want, m, what);
+    }
+    collected_free(&col);
+    return r;
+}
+
+static int t_scan_limit(struct suite *s)
+{
+    const char *sorted[64], *want[64];
+    char ns[64];
+    struct collected col = {0};
+    size_t n = sorted_scan_keys(sorted), m;
+    int rc, r;
+    ns_of(s, ".scan", ns, sizeof ns);
+    rc = scan_into(s, s->c1, ns, NULL, NULL, 3, &col);
+    r = rc != 0 ? failf(s, "scan limit 3 returned %s", rhema_strerror(rc))
+                : expect_keys(s, &col, sorted, 3, "scan limit 3");
+    if (r == T_PASS) {
+        m = filter_keys(sorted, n, "a/", NULL, want);
+        rc = scan_into(s, s->c1, ns, "a/", NULL, 2, &col);
+        r = rc != 0 ? failf(s, "scan from a/ limit 2 returned %s", rhema_strerror(rc))
+                    : expect_keys(s, &col, want, m < 2 ? m : 2, "scan from \"a/\" limit 2");
+    }
+    if (r == T_PASS) {
+        rc = scan_into(s, s->c1, ns, NULL, NULL, n + 10, &col);
+        r = rc != 0 ? failf(s, "scan limit n+10 returned %s", rhema_strerror(rc))
+                    : expect_keys(s, &col, sorted, n, "scan limit above the count");
+    }
+    collected_free(&col);
+    return r;
+}
+
+static int t_scan_stop_abort(struct suite *s)
+{
+    char ns[64];
+    struct collected col = {0};
+    int rc;
+    ns_of(s, ".scan", ns, sizeof ns);
+    col.stop_after = 2;
+    rc = scan_into(s, s->c1, ns, NULL, NULL, 0, &col);
+    if (rc != 0 || col.n != 2) {
+        collected_free(&col);
+        return failf(s, "callback stop (> 0) after 2: scan returned %s after %zu entries, want OK "
+                     "after 2", rhema_strerror(rc), col.n);
+    }
+    col.stop_after = 0;
+    col.abort_after = 3;
+    col.abort_code = -1234;
+    rc = scan_into(s, s->c1, ns, NULL, NULL, 0, &col);
+    if (rc != -1234 || col.n != 3) {
+        collected_free(&col);
+        return failf(s, "callback abort (-1234) after 3: scan returned %d after %zu entries", rc,
+                     col.n);
+    }
+    collected_free(&col);
+    /* the connection still works after a stopped scan */
+    col.abort_after = 0;
+    rc = scan_into(s, s->c1, ns, "b", NULL, 0, &col);
+    collected_free(&col);
+    CHECK(rc == 0, "scan after an aborted scan returned %s", rhema_strerror(rc));
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "~", "v:~", RHEMA_VERSION_ANY, NULL));
+    return T_PASS;
+}
+
+/*
+ * Enough keys that a backend paging its scans internally (in chunks, with
+ * cursors) has to resume several times; written in one large batch.
+ */
+#define MANY_KEYS 700
+
+static int t_scan_many(struct suite *s)
+{
+    struct rhema_storage_write *w = calloc(MANY_KEYS, sizeof *w);
+    char (*keys)[16] = calloc(MANY_KEYS, sizeof *keys);
+    char ns[64];
+    struct collected col = {0};
+    size_t i;
+    int rc, r = T_PASS;
+    if (w == NULL || keys == NULL) {
+        free(w);
+        free(keys);
+        return failf(s, "out of memory");
+    }
+    ns_of(s, ".many", ns, sizeof ns);
+    for (i = 0; i < MANY_KEYS; i++) {
+        size_t k = (i * 7919) % MANY_KEYS; /* not in key order */
+        snprintf(keys[k], sizeof keys[k], "m%05zu", k);
+        w[i] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = keys[k],
+                                            .value = keys[k], .value_len = strlen(keys[k])};
+    }
+    rc = s->vt->batch(s->c1, w, MANY_KEYS);
+    if (rc != 0)
+        r = failf(s, "batch of %d puts returned %s; errmsg: %s", MANY_KEYS, rhema_strerror(rc),
+                  emsg(s, s->c1));
+    if (r == T_PASS) {
+        rc = scan_into(s, s->c2, ns, NULL, NULL, 0, &col);
+        if (rc != 0 || col.n != MANY_KEYS)
+            r = failf(s, "full scan: %s, %zu entries, want %d", rhema_strerror(rc), col.n,
+                      MANY_KEYS);
+        for (i = 0; r == T_PASS && i < col.n; i++)
+            if (strcmp(col.keys[i], keys[i]) != 0 || col.value_lens[i] != strlen(keys[i]) ||
+                memcmp(col.values[i], keys[i], col.value_lens[i]) != 0)
+                r = failf(s, "full scan: entry %zu is \"%s\", want \"%s\"", i, col.keys[i],
+                          keys[i]);
+    }
+    if (r == T_PASS) {
+        rc = scan_into(s, s->c2, ns, keys[100], keys[650], 400, &col);
+        if (rc != 0 || col.n != 400 || strcmp(col.keys[0], keys[100]) != 0 ||
+            strcmp(col.keys[399], keys[499]) != 0)
+            r = failf(s, "scan [%s, %s) limit 400: %s, %zu entries", keys[100], keys[650],
+                      rhema_strerror(rc), col.n);
+    }
+    if (r == T_PASS) {
+        rc = scan_into(s, s->c2, ns, keys[500], keys[650], 0, &col);
+        if (rc != 0 || col.n != 150 || strcmp(col.keys[149], keys[649]) != 0)
+            r = failf(s, "scan [%s, %s): %s, %zu entries, want 150", keys[500], keys[650],
+                      rhema_strerror(rc), col.n);
+    }
+    collected_free(&col);
+    free(w);
+    free(keys);
+    return r;
+}
+
+static int t_namespaces_isolated(struct suite *s)
+{
+    const char *sorted[64];
+    char ns[64], ns2[64], ns3[64];
+    struct collected col = {0};
+    size_t n = sorted_scan_keys(sorted);
+    int rc;
+    ns_of(s, ".scan", ns, sizeof ns);
+    ns_of(s, ".scan_x", ns2, sizeof ns2);
+    ns_of(s, ".other", ns3, sizeof ns3);
+    EXPECT_STR(s->c1, ns2, "a", "other", 0);
+    EXPECT_STR(s->c1, ns, "a", "v:a", 0);
+    EXPECT_MISSING(s->c1, ns3, "a");
+    rc = scan_into(s, s->c1, ns2, NULL, NULL, 0, &col);
+    if (rc != 0 || col.n != n) {
+        collected_free(&col);
+        return failf(s, "scan of the second namespace: %s, %zu entries, want %zu",
+                     rhema_strerror(rc), col.n, n);
+    }
+    collected_free(&col);
+    rc = scan_into(s, s->c1, ns3, NULL, NULL, 0, &col);
+    if (rc != 0 || col.n != 0) {
+        collected_free(&col);
+        return failf(s, "scan of an empty namespace: %s, %zu entries", rhema_strerror(rc), col.n);
+    }
+    collected_free(&col);
+    CHECK_RC(s->c1, 0, s->vt->del(s->c1, ns2, "a", RHEMA_VERSION_ANY));
+    EXPECT_STR(s->c1, ns, "a", "v:a", 0);
+    return T_PASS;
+}
+
+static int t_visibility(struct suite *s)
+{
+    char ns[64];
+    uint64_t v1 = 0;
+    ns_of(s, "", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "seen", "by-c1", RHEMA_VERSION_ANY, &v1));
+    EXPECT_STR(s->c2, ns, "seen", "by-c1", v1);
+    CHECK_RC(s->c2, 0, s->vt->del(s->c2, ns, "seen", v1));
+    EXPECT_MISSING(s->c1, ns, "seen");
+    return T_PASS;
+}
+
+/* get()'s value stays valid until the next call on that connection. */
+static int t_get_buffer_stable(struct suite *s)
+{
+    char ns[64], keep[32];
+    struct rhema_storage_value v = {0};
+    ns_of(s, "", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "stable", "old-value", RHEMA_VERSION_ANY, NULL));
+    CHECK_RC(s->c1, 0, s->vt->get(s->c1, ns, "stable", &v));
+    CHECK(v.len == 9, "length %zu", v.len);
+    CHECK_RC(s->c2, 0, put_str(s, s->c2, ns, "stable", "NEW-VALUE-LONGER", RHEMA_VERSION_ANY, NULL));
+    CHECK_RC(s->c2, 0, s->vt->del(s->c2, ns, "stable", RHEMA_VERSION_ANY));
+    memcpy(keep, v.data, 9);
+    CHECK(memcmp(keep, "old-value", 9) == 0,
+          "the value returned on c1 changed when c2 wrote the key");
+    return T_PASS;
+}
+
+static int t_ttl(struct suite *s)
+{
+    char ns[64];
+    struct rhema_storage_stats st;
+    struct collected col = {0};
+    uint64_t vt1 = 0, vkeep = 0;
+    int rc;
+    if (!(s->vt->features & RHEMA_STORAGE_TTL)) {
+        snprintf(s->detail, sizeof s->detail, "features lack RHEMA_STORAGE_TTL");
+        return T_SKIP;
+    }
+    ns_of(s, ".ttl", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "short", "s", 1, RHEMA_VERSION_ANY, TTL_MS, &vt1));
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "gone", "g", 1, RHEMA_VERSION_ANY, TTL_MS, NULL));
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "forever", "f", 1, RHEMA_VERSION_ANY, 0, &vkeep));
+    /* a TTL entry overwritten without a TTL stays */
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "kept", "k", 1, RHEMA_VERSION_ANY, TTL_MS, NULL));
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "kept", "K", 1, RHEMA_VERSION_ANY, 0, NULL));
+    EXPECT_STR(s->c2, ns, "short", "s", vt1);
+    CHECK_RC(s->c1, 0, s->vt->stats(s->c1, ns, &st));
+    CHECK(st.entries == 4, "stats before expiry: %llu entries, want 4",
+          (unsigned long long)st.entries);
+
+    sleep_ms(TTL_WAIT_MS);
+    EXPECT_MISSING(s->c1, ns, "short");
+    EXPECT_MISSING(s->c2, ns, "gone");
+    EXPECT_STR(s->c1, ns, "forever", "f", vkeep);
+    EXPECT_STR(s->c1, ns, "kept", "K", 0);
+    rc = scan_into(s, s->c1, ns, NULL, NULL, 0, &col);
+    if (rc != 0 || col.n != 2 || strcmp(col.keys[0], "forever") != 0 ||
+        strcmp(col.keys[1], "kept") != 0) {
+        size_t n = col.n;
+        collected_free(&col);
+        return failf(s, "scan after expiry: %s, %zu entries, want forever and kept",
+                     rhema_strerror(rc), n);
+    }
+    collected_free(&col);
+    CHECK_RC(s->c1, 0, s->vt->stats(s->c1, ns, &st));
+    CHECK(st.entries == 2, "stats after expiry: %llu entries, want 2",
+          (unsigned long long)st.entries);
+    CHECK(st.bytes == strlen("forever") + 1 + strlen("kept") + 1,
+          "stats after expiry: %llu bytes, want %zu", (unsigned long long)st.bytes,
+          strlen("forever") + 1 + strlen("kept") + 1);
+    /* an expired entry cannot be matched, deleted, or block a create */
+    CHECK_RC(s->c1, RHEMA_ECONFLICT, put(s, s->c1, ns, "short", "x", 1, vt1, 0, NULL));
+    CHECK_RC(s->c1, RHEMA_ENOTFOUND, s->vt->del(s->c1, ns, "gone", RHEMA_VERSION_ANY));
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "short", "new", 3, RHEMA_VERSION_ABSENT, 0, NULL));
+    EXPECT_STR(s->c2, ns, "short", "new", 0);
+    return T_PASS;
+}
+
+static int t_stats(struct suite *s)
+{
+    char ns[64];
+    struct rhema_storage_stats st, all;
+    ns_of(s, ".stats", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, s->vt->stats(s->c1, ns, &st));
+    CHECK(st.entries == 0 && st.bytes == 0, "empty namespace: %llu entries, %llu bytes",
+          (unsigned long long)st.entries, (unsigned long long)st.bytes);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "k1", "12345", RHEMA_VERSION_ANY, NULL));
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "key2", "", RHEMA_VERSION_ANY, NULL));
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "k\xc3\xa9", "\0\0\0", 3, RHEMA_VERSION_ANY, 0, NULL));
+    CHECK_RC(s->c2, 0, s->vt->stats(s->c2, ns, &st));
+    CHECK(st.entries == 3, "%llu entries, want 3", (unsigned long long)st.entries);
+    CHECK(st.bytes == 7 + 4 + 6, "%llu bytes, want 17", (unsigned long long)st.bytes);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "k1", "1", RHEMA_VERSION_ANY, NULL));
+    CHECK_RC(s->c1, 0, s->vt->del(s->c1, ns, "key2", RHEMA_VERSION_ANY));
+    CHECK_RC(s->c2, 0, s->vt->stats(s->c2, ns, &st));
+    CHECK(st.entries == 2 && st.bytes == 3 + 6,
+          "after an overwrite and a delete: %llu entries, %llu bytes, want 2, 9",
+          (unsigned long long)st.entries, (unsigned long long)st.bytes);
+    CHECK_RC(s->c2, 0, s->vt->stats(s->c2, NULL, &all));
+    CHECK(all.entries >= st.entries && all.bytes >= st.bytes,
+          "total (%llu entries, %llu bytes) below one namespace's", (unsigned long long)all.entries,
+          (unsigned long long)all.bytes);
+    return T_PASS;
+}
+
+static int t_invalid_args(struct suite *s)
+{
+    char ns[64], longkey[RHEMA_STORAGE_KEY_MAX + 2], ns64[RHEMA_STORAGE_NS_MAX + 2];
+    const char *bad_ns[] = {"", "bad/ns", "bad ns", "bad\xc3\xa9", ns64, NULL};
+    struct rhema_storage_value v;
+    struct rhema_storage_stats st;
+    struct rhema_storage_write w[2];
+    struct collected col = {0};
+    size_t i;
+    ns_of(s, ".inv", ns, sizeof ns);
+    memset(longkey, 'k', sizeof longkey);
+    longkey[RHEMA_STORAGE_KEY_MAX + 1] = '\0'; /* one byte too long */
+    memset(ns64, 'n', sizeof ns64);
+    ns64[RHEMA_STORAGE_NS_MAX + 1] = '\0';
+
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->get(s->c1, ns, "", &v));
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->get(s->c1, ns, longkey, &v));
+    CHECK_RC(s->c1, RHEMA_EINVAL, put_str(s, s->c1, ns, "", "x", RHEMA_VERSION_ANY, NULL));
+    CHECK_RC(s->c1, RHEMA_EINVAL, put_str(s, s->c1, ns, longkey, "x", RHEMA_VERSION_ANY, NULL));
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->del(s->c1, ns, "", RHEMA_VERSION_ANY));
+    for (i = 0; bad_ns[i] != NULL; i++) {
+        CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->get(s->c1, bad_ns[i], "k", &v));
+        CHECK_RC(s->c1, RHEMA_EINVAL, put_str(s, s->c1, bad_ns[i], "k", "x", 0, NULL));
+        CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->del(s->c1, bad_ns[i], "k", RHEMA_VERSION_ANY));
+        CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->scan(s->c1, bad_ns[i], NULL, NULL, 0, collect_cb,
+                                                  &col));
+        CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->stats(s->c1, bad_ns[i], &st));
+    }
+    collected_free(&col);
+    /* put() takes puts only */
+    memset(w, 0, sizeof w);
+    w[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_DEL, .ns = ns, .key = "k"};
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->put(s->c1, &w[0]));
+    /* a batch with one invalid write applies nothing */
+    w[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "good",
+                                        .value = "g", .value_len = 1};
+    w[1] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "",
+                                        .value = "b", .value_len = 1};
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->batch(s->c1, w, 2));
+    w[1] = (struct rhema_storage_write){.op = 7, .ns = ns, .key = "bad-op"};
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->batch(s->c1, w, 2));
+    EXPECT_MISSING(s->c1, ns, "good");
+    /* the limits themselves are valid */
+    longkey[RHEMA_STORAGE_KEY_MAX] = '\0';
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, longkey, "max", RHEMA_VERSION_ANY, NULL));
+    EXPECT_STR(s->c1, ns, longkey, "max", 0);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "\x01\x7f\x80\xff", "bytes", RHEMA_VERSION_ANY, NULL));
+    EXPECT_STR(s->c1, ns, "\x01\x7f\x80\xff", "bytes", 0);
+    return T_PASS;
+}
+
+/* ---- leases ---- */
+
+static int leases_skipped(struct suite *s)
+{
+    if (s->vt->features & RHEMA_STORAGE_LEASES)
+        return 0;
+    snprintf(s->detail, sizeof s->detail, "features lack RHEMA_STORAGE_LEASES");
+    return 1;
+}
+
+static const char *lease_name(const struct suite *s, const char *tag, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s/lease/%s", s->base, tag);
+    return buf;
+}
+
+#define LEASE(C, NAME, HOLDER, TTL, OP, OUT) s->vt->lease((C), (NAME), (HOLDER), (TTL), (OP), (OUT))
+
+static int t_lease_basic(struct suite *s)
+{
+    char name[128];
+    struct rhema_lease_info li;
+    uint64_t e1;
+    if (leases_skipped(s))
+        return T_SKIP;
+    lease_name(s, "basic", name, sizeof name);
+
+    memset(&li, 0xa5, sizeof li);
+    CHECK_RC(s->c1, RHEMA_ENOTFOUND, LEASE(s->c1, name, "A", 0, RHEMA_LEASE_QUERY, &li));
+    CHECK(li.holder[0] == '\0' && li.epoch == 0, "a never-held lease: holder '%.20s', epoch %llu",
+          li.holder, (unsigned long long)li.epoch);
+
+    CHECK_RC(s->c1, 0, LEASE(s->c1, name, "A", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+    e1 = li.epoch;
+    CHECK(e1 > 0, "epoch 0 on acquire");
+    CHECK(strcmp(li.holder, "A") == 0, "holder '%s' after A's acquire", li.holder);
+    CHECK(li.ttl_remaining_ms > 0 && li.ttl_remaining_ms <= LONG_TTL_MS, "ttl_remaining_ms %llu",
+          (unsigned long long)li.ttl_remaining_ms);
+
+    CHECK_RC(s->c2, RHEMA_ECONFLICT, LEASE(s->c2, name, "B", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+    CHECK(strcmp(li.holder, "A") == 0 && li.epoch == e1,
+          "B's conflict reports holder '%s' epoch %llu, want A, %llu", li.holder,
+          (unsigned long long)li.epoch, (unsigned long long)e1);
+
+    CHECK_RC(s->c1, 0, LEASE(s->c1, name, "A", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+    CHECK(li.epoch == e1, "A's re-acquire changed the epoch from %llu to %llu",
+          (unsigned long long)e1, (unsigned long long)li.epoch);
+    CHECK_RC(s->c1, 0, LEASE(s->c1, name, "A", LONG_TTL_MS, RHEMA_LEASE_RENEW, &li));
+    CHECK(li.epoch == e1, "A's renew changed the epoch");
+
+    CHECK_RC(s->c2, RHEMA_ECONFLICT, LEASE(s->c2, name, "B", LONG_TTL_MS, RHEMA_LEASE_RENEW, &li));
+    CHECK_RC(s->c2, RHEMA_ECONFLICT, LEASE(s->c2, name, "B", 0, RHEMA_LEASE_RELEASE, &li));
+    CHECK(strcmp(li.holder, "A") == 0, "B's failed release reports holder '%s'", li.holder);
+
+    CHECK_RC(s->c2, 0, LEASE(s->c2, name, NULL, 0, RHEMA_LEASE_QUERY, &li));
+    CHECK(strcmp(li.holder, "A") == 0 && li.epoch == e1, "query: holder '%s' epoch %llu",
+          li.holder, (unsigned long long)li.epoch);
+    CHECK(li.ttl_remaining_ms > 0, "query: ttl_remaining_ms 0 while held");
+
+    CHECK_RC(s->c1, 0, LEASE(s->c1, name, "A", 0, RHEMA_LEASE_RELEASE, NULL));
+    CHECK_RC(s->c1, RHEMA_ECONFLICT, LEASE(s->c1, name, "A", 0, RHEMA_LEASE_RELEASE, NULL));
+    CHECK_RC(s->c1, RHEMA_ECONFLICT, LEASE(s->c1, name, "A", LONG_TTL_MS, RHEMA_LEASE_RENEW, NULL));
+    memset(&li, 0xa5, sizeof li);
+    CHECK_RC(s->c2, RHEMA_ENOTFOUND, LEASE(s->c2, name, NULL, 0, RHEMA_LEASE_QUERY, &li));
+    CHECK(li.holder[0] == '\0' && li.epoch == e1 && li.ttl_remaining_ms == 0,
+          "query after release: holder '%.20s' epoch %llu ttl %llu, want '', %llu, 0", li.holder,
+          (unsigned long long)li.epoch, (unsigned long long)li.ttl_remaining_ms,
+          (unsigned long long)e1);
+
+    CHECK_RC(s->c2, 0, LEASE(s->c2, name, "B", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+    CHECK(li.epoch > e1, "B acquired after release with epoch %llu, not above %llu",
+          (unsigned long long)li.epoch, (unsigned long long)e1);
+    CHECK_RC(s->c2, 0, LEASE(s->c2, name, "B", 0, RHEMA_LEASE_RELEASE, NULL));
+    return T_PASS;
+}
+
+static int t_lease_expiry(struct suite *s)
+{
+    char name[128];
+    struct rhema_lease_info li;
+    uint64_t eb;
+    if (leases_skipped(s))
+        return T_SKIP;
+    lease_name(s, "expiry", name, sizeof name);
+    CHECK_RC(s->c2, 0, LEASE(s->c2, name, "B", TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+    eb = li.epoch;
+    CHECK_RC(s->c1, RHEMA_ECONFLICT, LEASE(s->c1, name, "A", TTL_MS, RHEMA_LEASE_ACQUIRE, NULL));
+    sleep_ms(TTL_WAIT_MS);
+    CHECK_RC(s->c1, RHEMA_ENOTFOUND, LEASE(s->c1, name, NULL, 0, RHEMA_LEASE_QUERY, &li));
+    CHECK_RC(s->c2, RHEMA_ECONFLICT, LEASE(s->c2, name, "B", TTL_MS, RHEMA_LEASE_RENEW, NULL));
+    CHECK_RC(s->c1, 0, LEASE(s->c1, name, "A", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+    CHECK(li.epoch > eb, "A acquired an expired lease with epoch %llu, not above %llu",
+          (unsigned long long)li.epoch, (unsigned long long)eb);
+    CHECK_RC(s->c1, 0, LEASE(s->c1, name, "A", 0, RHEMA_LEASE_RELEASE, NULL));
+    return T_PASS;
+}
+
+static int t_lease_epochs(struct suite *s)
+{
+    char name[128];
+    struct rhema_lease_info li;
+    uint64_t last = 0;
+    int i;
+    if (leases_skipped(s))
+        return T_SKIP;
+    lease_name(s, "cycles", name, sizeof name);
+    for (i = 0; i < 20; i++) {
+        rhema_storage_conn *c = i % 2 ? s->c2 : s->c1;
+        const char *who = i % 3 ? "node-1" : "node-2";
+        CHECK_RC(c, 0, LEASE(c, name, who, LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+        CHECK(li.epoch > last, "cycle %d: epoch %llu after %llu", i, (unsigned long long)li.epoch,
+              (unsigned long long)last);
+        last = li.epoch;
+        CHECK_RC(c, 0, LEASE(c, name, who, 0, RHEMA_LEASE_RELEASE, NULL));
+    }
+    /* a different name has its own, independent lease */
+    lease_name(s, "cycles2", name, sizeof name);
+    CHECK_RC(s->c1, 0, LEASE(s->c1, name, "node-1", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+    CHECK_RC(s->c1, 0, LEASE(s->c1, name, "node-1", 0, RHEMA_LEASE_RELEASE, NULL));
+    return T_PASS;
+}
+
+static int t_lease_invalid(struct suite *s)
+{
+    char name[128], holder[RHEMA_LEASE_HOLDER_MAX + 2], longname[RHEMA_STORAGE_KEY_MAX + 2];
+    if (leases_skipped(s))
+        return T_SKIP;
+    lease_name(s, "invalid", name, sizeof name);
+    memset(holder, 'h', sizeof holder);
+    holder[RHEMA_LEASE_HOLDER_MAX + 1] = '\0';
+    memset(longname, 'l', sizeof longname);
+    longname[RHEMA_STORAGE_KEY_MAX + 1] = '\0';
+    CHECK_RC(s->c1, RHEMA_EINVAL, LEASE(s->c1, "", "A", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, NULL));
+    CHECK_RC(s->c1, RHEMA_EINVAL,
+             LEASE(s->c1, longname, "A", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, NULL));
+    CHECK_RC(s->c1, RHEMA_EINVAL, LEASE(s->c1, name, "", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, NULL));
+    CHECK_RC(s->c1, RHEMA_EINVAL, LEASE(s->c1, name, holder, LONG_TTL_MS, RHEMA_LEASE_ACQUIRE,
+                                        NULL));
+    CHECK_RC(s->c1, RHEMA_EINVAL, LEASE(s->c1, name, "A", 0, RHEMA_LEASE_ACQUIRE, NULL));
+    CHECK_RC(s->c1, RHEMA_EINVAL, LEASE(s->c1, name, "A", LONG_TTL_MS, 99, NULL));
+    holder[RHEMA_LEASE_HOLDER_MAX] = '\0'; /* the maximum is valid */
+    CHECK_RC(s->c1, 0, LEASE(s->c1, name, holder, LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, NULL));
+    CHECK_RC(s->c1, 0, LEASE(s->c1, name, holder, 0, RHEMA_LEASE_RELEASE, NULL));
+    return T_PASS;
+}
+
+struct race {
+    struct suite *s;
+    const char *name;
+    uint64_t deadline_ms;   /* run at least until then ... */
+    uint64_t hard_deadline_ms; /* ... and until RACE_GRANTS grants, but not past this */
+    atomic_int go; /* 0: wait, 1: run, -1: give up */
+    atomic_int holders;     /* how many threads believe they hold the lease */
+    atomic_int violations;  /* times two did at once */
+    atomic_int bad_epochs;  /* a new holder with an epoch not above the last */
+    atomic_int errors;
+    atomic_uint grants;
+    atomic_ullong last_epoch;
+    char error[256];        /* the first unexpected error */
+    pthread_mutex_t error_lock;
+};
+
+struct racer {
+    struct race *race;
+    char holder[16];
+};
+
+static void race_error(struct race *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void race_error(struct race *r, const char *fmt, ...)
+{
+    va_list ap;
+    atomic_fetch_add(&r->errors, 1);
+    pthread_mutex_lock(&r->error_lock);
+    if (r->error[0] == '\0') {
+        va_start(ap, fmt);
+        vsnprintf(r->error, sizeof r->error, fmt, ap);
+        va_end(ap);
+    }
+    pthread_mutex_unlock(&r->error_lock);
+}
+
+static void *lease_racer(void *arg)
+{
+    struct racer *me = arg;
+    struct race *r = me->race;
+    struct suite *s = r->s;
+    rhema_storage_conn *c = NULL;
+    char *err = NULL;
+    int rc = s->vt->connect(s->inst, &c, &err);
+    while (atomic_load(&r->go) == 0) /* start together, once both are connected */
+        sched_yield();
+    if (rc == 0 && atomic_load(&r->go) < 0) {
+        s->vt->disconnect(c);
+        return NULL;
+    }
+    if (rc != 0) {
+        race_error(r, "connect in a thread: %s: %s", rhema_strerror(rc), err ? err : "");
+        free(err);
+        return NULL;
+    }
+    for (;;) {
+        uint64_t now = mono_ms(s);
+        if (now >= r->hard_deadline_ms ||
+            (now >= r->deadline_ms && atomic_load(&r->grants) >= RACE_GRANTS))
+            break;
+        struct rhema_lease_info li;
+        rc = s->vt->lease(c, r->name, me->holder, LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li);
+        if (rc == 0) {
+            if (atomic_fetch_add(&r->holders, 1) != 0)
+                atomic_fetch_add(&r->violations, 1);
+            if (li.epoch <= atomic_load(&r->last_epoch))
+                atomic_fetch_add(&r->bad_epochs, 1);
+            atomic_store(&r->last_epoch, li.epoch);
+            atomic_fetch_add(&r->grants, 1);
+            sched_yield(); /* hold it for a moment */
+            atomic_fetch_sub(&r->holders, 1);
+            rc = s->vt->lease(c, r->name, me->holder, 0, RHEMA_LEASE_RELEASE, NULL);
+            if (rc != 0 && rc != RHEMA_EUNAVAIL)
+                race_error(r, "release by its holder: %s: %s", rhema_strerror(rc),
+                           s->vt->errmsg(c));
+        } else if (rc != RHEMA_ECONFLICT && rc != RHEMA_EUNAVAIL) {
+            race_error(r, "acquire: %s: %s", rhema_strerror(rc), s->vt->errmsg(c));
+            break;
+        }
+    }
+    s->vt->disconnect(c);
+    return NULL;
+}
+
+static int t_lease_contention(struct suite *s)
+{
+    char name[128];
+    struct race r;
+    struct racer who[2];
+    pthread_t th[2];
+    int i, started = 0;
+    if (leases_skipped(s))
+        return T_SKIP;
+    memset(&r, 0, sizeof r);
+    pthread_mutex_init(&r.error_lock, NULL);
+    r.s = s;
+    r.name = lease_name(s, "race", name, sizeof name);
+    for (i = 0; i < 2; i++) {
+        who[i].race = &r;
+        snprintf(who[i].holder, sizeof who[i].holder, "racer-%d", i);
+        if (pthread_create(&th[i], NULL, lease_racer, &who[i]) != 0)
+            break;
+        started++;
+    }
+    r.deadline_ms = mono_ms(s) + RACE_MS;
+    r.hard_deadline_ms = r.deadline_ms + 10 * RACE_MS;
+    atomic_store(&r.go, started == 2 ? 1 : -1);
+    for (i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    pthread_mutex_destroy(&r.error_lock);
+    CHECK(started == 2, "could not start the threads");
+    CHECK(atomic_load(&r.violations) == 0, "two holders at once %d times",
+          atomic_load(&r.violations));
+    CHECK(atomic_load(&r.bad_epochs) == 0, "%d new holders got an epoch not above the last",
+          atomic_load(&r.bad_epochs));
+    CHECK(atomic_load(&r.errors) == 0, "%d errors, the first: %s", atomic_load(&r.errors),
+          r.error);
+    CHECK(atomic_load(&r.grants) >= RACE_GRANTS, "only %u grants in %d ms",
+          atomic_load(&r.grants), 11 * RACE_MS);
+    return T_PASS;
+}
+
+/* ---- concurrent writers ---- */
+
+struct cas_race {
+    struct suite *s;
+    const char *ns;
+    atomic_int errors;
+    char error[256];
+    pthread_mutex_t error_lock;
+};
+
+static void cas_error(struct cas_race *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void cas_error(struct cas_race *r, const char *fmt, ...)
+{
+    va_list ap;
+    atomic_fetch_add(&r->errors, 1);
+    pthread_mutex_lock(&r->error_lock);
+    if (r->error[0] == '\0') {
+        va_start(ap, fmt);
+        vsnprintf(r->error, sizeof r->error, fmt, ap);
+        va_end(ap);
+    }
+    pthread_mutex_unlock(&r->error_lock);
+}
+
+/* CAS_INCREMENTS read-modify-write increments of the "counter" key. */
+static void *cas_writer(void *arg)
+{
+    struct cas_race *r = arg;
+    struct suite *s = r->s;
+    rhema_storage_conn *c = NULL;
+    char *err = NULL;
+    uint64_t give_up = mono_ms(s) + 20000;
+    int i, rc = s->vt->connect(s->inst, &c, &err);
+    if (rc != 0) {
+        cas_error(r, "connect in a thread: %s: %s", rhema_strerror(rc), err ? err : "");
+        free(err);
+        return NULL;
+    }
+    for (i = 0; i < CAS_INCREMENTS && atomic_load(&r->errors) == 0; i++) {
+        for (;;) {
+            struct rhema_storage_value v;
+            char buf[32];
+            unsigned long long n = 0;
+            uint64_t expected;
+            if (mono_ms(s) > give_up) {
+                cas_error(r, "no progress in 20 s");
+                break;
+            }
+            rc = s->vt->get(c, r->ns, "counter", &v);
+            if (rc == RHEMA_ENOTFOUND) {
+                expected = RHEMA_VERSION_ABSENT;
+            } else if (rc == 0) {
+                size_t len = v.len < sizeof buf - 1 ? v.len : sizeof buf - 1;
+                memcpy(buf, v.data, len);
+                buf[len] = '\0';
+                n = strtoull(buf, NULL, 10);
+                expected = v.version;
+            } else if (rc == RHEMA_EUNAVAIL) {
+                continue;
+            } else {
+                cas_error(r, "get: %s: %s", rhema_strerror(rc), s->vt->errmsg(c));
+                break;
+            }
+            snprintf(buf, sizeof buf, "%llu", n + 1);
+            rc = put_str(s, c, r->ns, "counter", buf, expected, NULL);
+            if (rc == 0)
+                break;
+            if (rc != RHEMA_ECONFLICT && rc != RHEMA_EUNAVAIL) {
+                cas_error(r, "put: %s: %s", rhema_strerror(rc), s->vt->errmsg(c));
+                break;
+            }
+        }
+    }
+    s->vt->disconnect(c);
+    return NULL;
+}
+
+static int t_concurrent_writers(struct suite *s)
+{
+    char ns[64];
+    struct cas_race r;
+    pthread_t th[2];
+    int i, started = 0;
+    ns_of(s, ".cas", ns, sizeof ns);
+    memset(&r, 0, sizeof r);
+    pthread_mutex_init(&r.error_lock, NULL);
+    r.s = s;
+    r.ns = ns;
+    for (i = 0; i < 2; i++) {
+        if (pthread_create(&th[i], NULL, cas_writer, &r) != 0)
+            break;
+        started++;
+    }
+    for (i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    pthread_mutex_destroy(&r.error_lock);
+    CHECK(started == 2, "could not start the threads");
+    CHECK(atomic_load(&r.errors) == 0, "%d errors, the first: %s", atomic_load(&r.errors),
+          r.error);
+    {
+        char want[32];
+        snprintf(want, sizeof want, "%d", 2 * CAS_INCREMENTS);
+        EXPECT_STR(s->c1, ns, "counter", want, 0);
+    }
+    return T_PASS;
+}
+
+/* ---- backup ---- */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static int t_backup(struct suite *s)
+{
+    const char *tmpdir = getenv("TMPDIR");
+    char dir[512], full[600], ns[64], *err = NULL;
+    struct stat st;
+    int rc, r = T_PASS;
+    if (s->vt->backup == NULL) {
+        snprintf(s->detail, sizeof s->detail, "backup is NULL (optional)");
+        return T_SKIP;
+    }
+    snprintf(dir, sizeof dir, "%s/rhema-conf-XXXXXX",
+             tmpdir != NULL && tmpdir[0] != '\0' ? tmpdir : "/tmp");
+    if (mkdtemp(dir) == NULL)
+        return failf(s, "mkdtemp(%s): %s", dir, strerror(errno));
+    snprintf(full, sizeof full, "%s/backup", dir);
+    ns_of(s, "", ns, sizeof ns);
+    rc = put_str(s, s->c1, ns, "backed-up", "yes", RHEMA_VERSION_ANY, NULL);
+    if (rc != 0)
+        r = failf(s, "put before the backup returned %s: %s", rhema_strerror(rc), emsg(s, s->c1));
+    if (r == T_PASS && (rc = s->vt->backup(s->c1, full, &err)) != 0)
+        r = failf(s, "backup(%s) returned %s: %s", full, rhema_strerror(rc),
+                  err ? err : emsg(s, s->c1));
+    else if (r == T_PASS && stat(full, &st) != 0)
+        r = failf(s, "backup(%s) returned OK but created nothing", full);
+    else if (r == T_PASS && S_ISREG(st.st_mode) && st.st_size == 0)
+        r = failf(s, "backup(%s) created an empty file", full);
+    else if (r == T_PASS && S_ISDIR(st.st_mode)) {
+        DIR *d = opendir(full);
+        struct dirent *e;
+        int entries = 0;
+        while (d != NULL && (e = readdir(d)) != NULL)
+            if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+                entries++;
+        if (d != NULL)
+            closedir(d);
+        if (entries == 0)
+            r = failf(s, "backup(%s) created an empty directory", full);
+    } else if (r == T_PASS && !S_ISREG(st.st_mode))
+        r = failf(s, "backup(%s) created neither a file nor a directory", full);
+    free(err);
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return r;
+}
+
+/* ---- durability (DURABLE backends): close, reopen, compare ---- */
+
+static int reconnect(struct suite *s, char **err)
+{
+    int rc;
+    s->vt->disconnect(s->c1);
+    s->vt->disconnect(s->c2);
+    s->c1 = s->c2 = NULL;
+    s->vt->close(s->inst);
+    s->inst = NULL;
+    rc = s->vt->open(s->host, s->cfg, &s->inst, err);
+    if (rc != 0) {
+        s->inst = NULL;
+        return rc;
+    }
+    rc = s->vt->connect(s->inst, &s->c1, err);
+    if (rc == 0)
+        rc = s->vt->connect(s->inst, &s->c2, err);
+    return rc;
+}
+
+static int t_durable_reopen(struct suite *s)
+{
+    char ns[64], name[128] = "", *err = NULL;
+    struct rhema_lease_info li;
+    uint64_t v1 = 0, v2 = 0, epoch = 0;
+    int rc;
+    if (!(s->vt->features & RHEMA_STORAGE_DURABLE)) {
+        snprintf(s->detail, sizeof s->detail, "features lack RHEMA_STORAGE_DURABLE");
+        return T_SKIP;
+    }
+    ns_of(s, ".dur", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "kept", "across a restart", RHEMA_VERSION_ANY, &v1));
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "bin", "\0\xff", 2, RHEMA_VERSION_ANY, 0, NULL));
+    if (s->vt->features & RHEMA_STORAGE_LEASES) {
+        lease_name(s, "durable", name, sizeof name);
+        CHECK_RC(s->c1, 0, LEASE(s->c1, name, "A", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+        CHECK_RC(s->c1, 0, LEASE(s->c1, name, "A", 0, RHEMA_LEASE_RELEASE, NULL));
+        CHECK_RC(s->c1, 0, LEASE(s->c1, name, "B", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+        epoch = li.epoch;
+    }
+    rc = reconnect(s, &err);
+    if (rc != 0) {
+        failf(s, "reopen returned %s: %s", rhema_strerror(rc), err ? err : "");
+        free(err);
+        return T_FAIL;
+    }
+    EXPECT_STR(s->c2, ns, "kept", "across a restart", v1);
+    EXPECT_VALUE(s->c1, ns, "bin", "\0\xff", 2, 0);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "after", "x", RHEMA_VERSION_ANY, &v2));
+    CHECK(v2 > v1, "a version after the restart (%llu) is not above one before (%llu)",
+          (unsigned long long)v2, (unsigned long long)v1);
+    if (s->vt->features & RHEMA_STORAGE_LEASES) {
+        CHECK_RC(s->c1, 0, LEASE(s->c1, name, NULL, 0, RHEMA_LEASE_QUERY, &li));
+        CHECK(strcmp(li.holder, "B") == 0 && li.epoch == epoch,
+              "after reopen the lease is held by '%s' epoch %llu, want B, %llu", li.holder,
+              (unsigned long long)li.epoch, (unsigned long long)epoch);
+        CHECK_RC(s->c1, 0, LEASE(s->c1, name, "B", 0, RHEMA_LEASE_RELEASE, NULL));
+        CHECK_RC(s->c2, 0, LEASE(s->c2, name, "C", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+        CHECK(li.epoch > epoch, "epoch %llu after reopen, not above %llu",
+              (unsigned long long)li.epoch, (unsigned long long)epoch);
+        CHECK_RC(s->c2, 0, LEASE(s->c2, name, "C", 0, RHEMA_LEASE_RELEASE, NULL));
+    }
+    return T_PASS;
+}
+
+static int t_cleanup(struct suite *s)
+{
+    size_t i;
+    for (i = 0; ns_tags[i] != NULL; i++) {
+        char ns[64];
+        long left = empty_namespace(s, s->c1, ns_of(s, ns_tags[i], ns, sizeof ns));
+        CHECK(left == 0, "namespace %s: %ld entries left after deleting them all", ns, left);
+    }
+    return T_PASS;
+}
+
+/* ---- the runner ---- */
+
+struct check {
+    const char *name;
+    int (*fn)(struct suite *s);
+};
+
+static const struct check checks[] = {
+    {"health", t_health},
+    {"errmsg", t_errmsg},
+    {"get_missing", t_get_missing},
+    {"put_get", t_put_get},
+    {"put_get_empty", t_put_get_empty},
+    {"put_get_binary", t_put_get_binary},
+    {"put_get_1mib", t_put_get_1mib},
+    {"version_increasing", t_version_increasing},
+    {"version_recreate", t_version_recreate},
+    {"expected_version_match", t_expected_match},
+    {"expected_version_mismatch", t_expected_mismatch},
+    {"version_absent", t_version_absent},
+    {"del", t_del},
+    {"batch_atomic", t_batch_conflict},
+    {"batch_apply", t_batch_apply},
+    {"scan_setup", t_scan_setup},
+    {"scan_order", t_scan_order},
+    {"scan_bounds", t_scan_bounds},
+    {"scan_limit", t_scan_limit},
+    {"scan_stop_abort", t_scan_stop_abort},
+    {"scan_many", t_scan_many},
+    {"namespaces_isolated", t_namespaces_isolated},
+    {"visibility_across_connections", t_visibility},
+    {"get_buffer_stable", t_get_buffer_stable},
+    {"ttl_expiry", t_ttl},
+    {"stats", t_stats},
+    {"invalid_args", t_invalid_args},
+    {"lease_basic", t_lease_basic},
+    {"lease_expiry", t_lease_expiry},
+    {"lease_epochs_monotonic", t_lease_epochs},
+    {"lease_invalid_args", t_lease_invalid},
+    {"lease_contention", t_lease_contention},
+    {"concurrent_writers", t_concurrent_writers},
+    {"backup", t_backup},
+    {"durable_reopen", t_durable_reopen},
+    {"cleanup", t_cleanup},
+};
+
+static void emit(struct suite *s, const char *name, int result)
+{
+    if (result == T_PASS) {
+        s->t.passed++;
+        s->detail[0] = '\0';
+    } else if (result == T_SKIP) {
+        s->t.skipped++;
+    } else {
+        s->t.failed++;
+    }
+    if (s->report != NULL)
+        s->report(s->report_ctx, name, result, s->detail);
+    s->detail[0] = '\0';
+}
+
+static void make_base(struct suite *s)
+{
+    unsigned char r[8];
+    uint64_t x = 0;
+    size_t i;
+    if (getrandom(r, sizeof r, GRND_NONBLOCK) == (ssize_t)sizeof r) {
+        for (i = 0; i < sizeof r; i++)
+            x = x << 8 | r[i];
+    } else {
+        x = s->host->realtime_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)s;
+    }
+    snprintf(s->base, sizeof s->base, "conf_%016llx", (unsigned long long)x);
+}
+
+int rhema_conformance_storage(const struct rhema_storage_plugin *vt, const struct rhema_host *host,
+                              const struct rhema_cfg *cfg, rhema_conf_report_fn report, void *ctx,
+                              struct rhema_conf_totals *totals)
+{
+    struct suite *s = calloc(1, sizeof *s);
+    char *err = NULL;
+    size_t i;
+    int rc, failed;
+
+    if (s == NULL)
+        return 1;
+    s->vt = vt;
+    s->host = host;
+    s->cfg = cfg;
+    s->report = report;
+    s->report_ctx = ctx;
+
+    emit(s, "header", t_header(s));
+    if (s->t.failed != 0)
+        goto out; /* nothing can be called safely */
+
+    make_base(s);
+    rc = vt->open(host, cfg, &s->inst, &err);
+    if (rc != 0) {
+        failf(s, "open returned %s: %s", rhema_strerror(rc), err ? err : "");
+        s->inst = NULL;
+    } else if ((rc = vt->connect(s->inst, &s->c1, &err)) != 0 ||
+               (rc = vt->connect(s->inst, &s->c2, &err)) != 0) {
+        failf(s, "connect returned %s: %s", rhema_strerror(rc), err ? err : "");
+    }
+    free(err);
+    err = NULL;
+    emit(s, "open_connect", rc == 0 ? T_PASS : T_FAIL);
+
+    for (i = 0; rc == 0 && i < sizeof checks / sizeof checks[0]; i++) {
+        if (s->c1 == NULL || s->c2 == NULL) { /* a reopen failed: the rest cannot run */
+            failf(s, "not run: no connection");
+            emit(s, checks[i].name, T_FAIL);
+            continue;
+        }
+        emit(s, checks[i].name, checks[i].fn(s));
+    }
+
+    if (s->c1 != NULL)
+        vt->disconnect(s->c1);
+    if (s->c2 != NULL)
+        vt->disconnect(s->c2);
+    if (s->inst != NULL)
+        vt->close(s->inst);
+out:
+    if (totals != NULL) {
+        totals->passed += s->t.passed;
+        totals->failed += s->t.failed;
+        totals->skipped += s->t.skipped;
+    }
+    failed = (int)s->t.failed;
+    free(s);
+    return failed;
+}

@@ -1,0 +1,59 @@
+/*
+ * storage_suite -- the storage plugin conformance suite.
+ *
+ * One reusable list of checks that every storage plugin must pass: the
+ * in-tree memory and sqlite plugins (tests/conformance/test_storage), the
+ * file, postgres and redis plugins, and any third-party plugin through
+ * `rhemactl plugin check FILE.so`.
+ *
+ * The suite opens its own instance of the plugin with the given
+ * configuration group, connects (two connections, and more from threads
+ * where a check needs concurrency), works in namespaces and lease names
+ * unique to the run ("conf_<random hex>..."), so it can run against a
+ * shared backend that already holds data, deletes what it wrote, and
+ * closes the instance.  A plugin whose features lack TTL or LEASES gets
+ * those checks reported as skipped; one with DURABLE is also closed and
+ * reopened to check that data, versions and lease epochs survive.
+ *
+ * Each check is reported through `report` as it finishes, with a short
+ * name ("put_get_binary", "lease_contention", ...) and, when it did not
+ * pass, one line saying what went wrong.  A failing check never stops the
+ * run, except that nothing can run when the header is unusable or the
+ * instance cannot be opened and connected.  Total run time is about 2 s.
+ *
+ * Threads: call from one thread; the suite starts and joins its own.
+ */
+#ifndef RHEMA_CONFORMANCE_STORAGE_SUITE_H
+#define RHEMA_CONFORMANCE_STORAGE_SUITE_H
+
+#include <rhema/plugin.h>
+#include <rhema/storage.h>
+
+/* Values of `ok` in a report. */
+#define RHEMA_CONF_FAIL 0
+#define RHEMA_CONF_PASS 1
+#define RHEMA_CONF_SKIP (-1)
+
+/*
+ * Called once per check: `test` is its name, `ok` one of RHEMA_CONF_*,
+ * `detail` a one-line explanation ("" when passed; the reason when
+ * skipped).  Both strings are valid during the call only.
+ */
+typedef void (*rhema_conf_report_fn)(void *ctx, const char *test, int ok, const char *detail);
+
+struct rhema_conf_totals {
+    unsigned passed, failed, skipped;
+};
+
+/*
+ * Run every check against a new instance of `vt` opened with `host` and
+ * `cfg` (cfg may be NULL), reporting each through report(ctx, ...) and
+ * adding to *totals (when not NULL; it is not zeroed first, so several
+ * runs can share it).  Returns 0 when no check failed, else the number of
+ * failed checks.
+ */
+int rhema_conformance_storage(const struct rhema_storage_plugin *vt, const struct rhema_host *host,
+                              const struct rhema_cfg *cfg, rhema_conf_report_fn report, void *ctx,
+                              struct rhema_conf_totals *totals);
+
+#endif /* RHEMA_CONFORMANCE_STORAGE_SUITE_H */

@@ -1,0 +1,401 @@
+/*
+ * test_storage -- run the storage conformance suite against real plugins,
+ * loaded through the real loader and configured through the real config.
+ *
+ * Prints TAP (checks are discovered at run time, so the plan comes last)
+ * and exits non-zero when any check fails.
+ *
+ * Environment:
+ *   RHEMA_PLUGIN_DIR              where storage_<name>.so live (required)
+ *   RHEMA_CONFORMANCE_BACKENDS    backends to test, separated by spaces or
+ *                                 commas (default "memory sqlite")
+ *   RHEMA_CONFORMANCE_OVERRIDES   extra "section.key=value" overrides,
+ *                                 separated by ';', applied for every
+ *                                 backend (e.g. the postgres conninfo)
+ *
+ * The sqlite backend gets persistence.sqlite.path=<tmpdir>/conf.db, plus
+ * sqlite-only checks: durability and lease epochs across close and open,
+ * the parent directory created, a bad `synchronous` refused with its
+ * file:line, and a backup that opens as a database holding the data.
+ */
+#include <errno.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <rhema/storage.h>
+
+#include "config.h"
+#include "plugin.h"
+#include "storage_suite.h"
+
+static unsigned tap_n, tap_failed;
+static char tmpdir[512];
+
+/* One TAP line; detail goes after "# SKIP" or on "#" lines after a failure. */
+static void tap(const char *backend, const char *test, int ok, const char *detail)
+{
+    tap_n++;
+    if (ok == RHEMA_CONF_SKIP) {
+        printf("ok %u - %s: %s # SKIP %s\n", tap_n, backend, test, detail ? detail : "");
+    } else if (ok == RHEMA_CONF_PASS) {
+        printf("ok %u - %s: %s\n", tap_n, backend, test);
+    } else {
+        tap_failed++;
+        printf("not ok %u - %s: %s\n", tap_n, backend, test);
+        if (detail != NULL && detail[0] != '\0')
+            printf("# %s\n", detail);
+    }
+    fflush(stdout);
+}
+
+static void report(void *ctx, const char *test, int ok, const char *detail)
+{
+    tap(ctx, test, ok, detail);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* Split s at any of `seps` into a NULL-terminated array of strdup'd pieces. */
+static char **split(const char *s, const char *seps, size_t *n)
+{
+    char *copy = strdup(s != NULL ? s : ""), *tok, *save = NULL;
+    char **v = NULL;
+    size_t cnt = 0;
+    if (copy == NULL)
+        return NULL;
+    for (tok = strtok_r(copy, seps, &save); tok != NULL; tok = strtok_r(NULL, seps, &save)) {
+        char **nv = realloc(v, (cnt + 2) * sizeof *v);
+        if (nv == NULL)
+            break;
+        v = nv;
+        v[cnt++] = strdup(tok);
+        v[cnt] = NULL;
+    }
+    free(copy);
+    *n = cnt;
+    return v;
+}
+
+static void strv_free(char **v)
+{
+    size_t i;
+    for (i = 0; v != NULL && v[i] != NULL; i++)
+        free(v[i]);
+    free(v);
+}
+
+/*
+ * Load the configuration with the env overrides, then `extra` (n_extra of
+ * them).  Returns 0 or reports a failed test `what`.
+ */
+static int load_config(struct rhema_config *cfg, const char *backend, const char *what,
+                       const char *const *extra, size_t n_extra)
+{
+    size_t n_env = 0, i, n = 0;
+    char **env = split(getenv("RHEMA_CONFORMANCE_OVERRIDES"), ";", &n_env);
+    const char **all = calloc(n_env + n_extra + 1, sizeof *all);
+    char *err = NULL, msg[1024];
+    int rc;
+    if (all == NULL) {
+        strv_free(env);
+        tap(backend, what, RHEMA_CONF_FAIL, "out of memory");
+        return -1;
+    }
+    for (i = 0; i < n_env; i++)
+        all[n++] = env[i];
+    for (i = 0; i < n_extra; i++)
+        all[n++] = extra[i];
+    rc = rhema_config_load(cfg, NULL, all, n, NULL, &err);
+    free(all);
+    strv_free(env);
+    if (rc != 0) {
+        snprintf(msg, sizeof msg, "rhema_config_load: %s", err ? err : rhema_strerror(rc));
+        free(err);
+        tap(backend, what, RHEMA_CONF_FAIL, msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* The storage vtable of a loaded plugin, loading it on first use. */
+static const struct rhema_storage_plugin *load_backend(struct rhema_plugin_registry *reg,
+                                                       const char *backend)
+{
+    const struct rhema_loaded_plugin *lp = NULL;
+    char *err = NULL, msg[1024];
+    const char *dir = getenv("RHEMA_PLUGIN_DIR");
+    int rc = rhema_plugin_load(reg, backend, dir, RHEMA_KIND_STORAGE, &lp, &err);
+    if (rc != 0) {
+        snprintf(msg, sizeof msg, "RHEMA_PLUGIN_DIR=%s: %s", dir ? dir : "(unset)",
+                 err ? err : rhema_strerror(rc));
+        free(err);
+        tap(backend, "load", RHEMA_CONF_FAIL, msg);
+        return NULL;
+    }
+    tap(backend, "load", RHEMA_CONF_PASS, "");
+    return &lp->vt.storage;
+}
+
+/* ---- sqlite-only checks ---- */
+
+#define SQ_FAIL(...)                                                                              \
+    do {                                                                                          \
+        snprintf(msg, sizeof msg, __VA_ARGS__);                                                   \
+        goto out;                                                                                 \
+    } while (0)
+
+/*
+ * Open an instance with `overrides`, put data and take a lease, close,
+ * reopen, and check that data, versions and the lease epoch survived.
+ */
+static void sqlite_durability(const struct rhema_storage_plugin *vt, const char *path_override)
+{
+    const struct rhema_host *host = rhema_host_get();
+    const char *ov[] = {path_override};
+    struct rhema_config cfg;
+    const struct rhema_cfg *group;
+    rhema_storage_instance *inst = NULL;
+    rhema_storage_conn *c = NULL;
+    struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT, .ns = "durable", .key = "k",
+                                    .value = "v\0v", .value_len = 3};
+    struct rhema_storage_value v;
+    struct rhema_lease_info li;
+    char *err = NULL, msg[1024] = "";
+    uint64_t ver = 0, epoch = 0;
+    int rc, round;
+
+    if (load_config(&cfg, "sqlite", "durability across close and open", ov, 1) != 0)
+        return;
+    group = rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, "sqlite");
+    for (round = 0; round < 2; round++) {
+        rc = vt->open(host, group, &inst, &err);
+        if (rc != 0)
+            SQ_FAIL("open (round %d): %s: %s", round, rhema_strerror(rc), err ? err : "");
+        rc = vt->connect(inst, &c, &err);
+        if (rc != 0)
+            SQ_FAIL("connect (round %d): %s: %s", round, rhema_strerror(rc), err ? err : "");
+        if (round == 0) {
+            if ((rc = vt->put(c, &w)) != 0)
+                SQ_FAIL("put: %s: %s", rhema_strerror(rc), vt->errmsg(c));
+            ver = w.new_version;
+            rc = vt->lease(c, "durable-lease", "first", 60000, RHEMA_LEASE_ACQUIRE, &li);
+            if (rc == 0)
+                rc = vt->lease(c, "durable-lease", "first", 0, RHEMA_LEASE_RELEASE, NULL);
+            if (rc != 0)
+                SQ_FAIL("lease: %s: %s", rhema_strerror(rc), vt->errmsg(c));
+            epoch = li.epoch;
+        } else {
+            if ((rc = vt->get(c, "durable", "k", &v)) != 0)
+                SQ_FAIL("get after reopen: %s: %s", rhema_strerror(rc), vt->errmsg(c));
+            if (v.len != 3 || memcmp(v.data, "v\0v", 3) != 0 || v.version != ver)
+                SQ_FAIL("after reopen: %zu bytes, version %llu; want 3 bytes, version %llu",
+                        v.len, (unsigned long long)v.version, (unsigned long long)ver);
+            if ((rc = vt->put(c, &w)) != 0 || w.new_version <= ver)
+                SQ_FAIL("put after reopen: %s, version %llu after %llu", rhema_strerror(rc),
+                        (unsigned long long)w.new_version, (unsigned long long)ver);
+            rc = vt->lease(c, "durable-lease", "second", 60000, RHEMA_LEASE_ACQUIRE, &li);
+            if (rc != 0 || li.epoch <= epoch)
+                SQ_FAIL("lease after reopen: %s, epoch %llu after %llu", rhema_strerror(rc),
+                        (unsigned long long)li.epoch, (unsigned long long)epoch);
+            vt->lease(c, "durable-lease", "second", 0, RHEMA_LEASE_RELEASE, NULL);
+            vt->del(c, "durable", "k", RHEMA_VERSION_ANY);
+        }
+        vt->disconnect(c);
+        c = NULL;
+        vt->close(inst);
+        inst = NULL;
+    }
+out:
+    if (c != NULL)
+        vt->disconnect(c);
+    if (inst != NULL)
+        vt->close(inst);
+    free(err);
+    rhema_config_release(&cfg);
+    tap("sqlite", "durability across close and open", msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS,
+        msg);
+}
+
+/* A bad `synchronous` is refused, naming where it was set. */
+static void sqlite_bad_synchronous(const struct rhema_storage_plugin *vt, const char *path_override)
+{
+    const char *ov[] = {path_override, "persistence.sqlite.synchronous=sometimes"};
+    struct rhema_config cfg;
+    const struct rhema_cfg *group;
+    rhema_storage_instance *inst = NULL;
+    char *err = NULL, msg[1024] = "", where[512];
+    int rc;
+
+    if (load_config(&cfg, "sqlite", "bad synchronous refused", ov, 2) != 0)
+        return;
+    group = rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, "sqlite");
+    snprintf(where, sizeof where, "%s", rhema_cfg_where(group, "synchronous"));
+    rc = vt->open(rhema_host_get(), group, &inst, &err);
+    if (rc == 0) {
+        vt->close(inst);
+        snprintf(msg, sizeof msg, "open accepted synchronous=sometimes");
+    } else if (rc != RHEMA_EINVAL) {
+        snprintf(msg, sizeof msg, "open returned %s, want EINVAL", rhema_strerror(rc));
+    } else if (err == NULL || strstr(err, "synchronous") == NULL || strstr(err, where) == NULL) {
+        snprintf(msg, sizeof msg, "message '%s' lacks 'synchronous' or '%s'", err ? err : "",
+                 where);
+    }
+    free(err);
+    rhema_config_release(&cfg);
+    tap("sqlite", "bad synchronous refused", msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+}
+
+/*
+ * The parent directories of path are created (mode 0750 before the umask),
+ * and a backup opens as a database that holds the data.
+ */
+static void sqlite_dirs_and_backup(const struct rhema_storage_plugin *vt)
+{
+    char ov_path[700], ov_backup[700], dir[600], backup[600], msg[1024] = "", *err = NULL;
+    const char *ov[1];
+    struct rhema_config cfg;
+    rhema_storage_instance *inst = NULL;
+    rhema_storage_conn *c = NULL;
+    struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT, .ns = "bk", .key = "k", .value = "v",
+                                    .value_len = 1};
+    struct rhema_storage_value v;
+    struct stat st;
+    int rc, have_cfg = 0;
+
+    snprintf(dir, sizeof dir, "%s/deep/er", tmpdir);
+    snprintf(ov_path, sizeof ov_path, "persistence.sqlite.path=%s/conf.db", dir);
+    snprintf(backup, sizeof backup, "%s/backup.db", tmpdir);
+    snprintf(ov_backup, sizeof ov_backup, "persistence.sqlite.path=%s", backup);
+
+    ov[0] = ov_path;
+    if (load_config(&cfg, "sqlite", "parent directory and backup", ov, 1) != 0)
+        return;
+    have_cfg = 1;
+    rc = vt->open(rhema_host_get(), rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, "sqlite"),
+                  &inst, &err);
+    if (rc != 0)
+        SQ_FAIL("open: %s: %s", rhema_strerror(rc), err ? err : "");
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        SQ_FAIL("%s was not created", dir);
+    if ((st.st_mode & 07777 & ~0750) != 0)
+        SQ_FAIL("%s has mode %o, want 0750 or narrower", dir, (unsigned)(st.st_mode & 07777));
+    if ((rc = vt->connect(inst, &c, &err)) != 0)
+        SQ_FAIL("connect: %s: %s", rhema_strerror(rc), err ? err : "");
+    if ((rc = vt->put(c, &w)) != 0)
+        SQ_FAIL("put: %s: %s", rhema_strerror(rc), vt->errmsg(c));
+    if ((rc = vt->backup(c, backup, &err)) != 0)
+        SQ_FAIL("backup: %s: %s", rhema_strerror(rc), err ? err : vt->errmsg(c));
+    vt->disconnect(c);
+    c = NULL;
+    vt->close(inst);
+    inst = NULL;
+    rhema_config_release(&cfg);
+    have_cfg = 0;
+
+    /* the backup is a database of its own */
+    ov[0] = ov_backup;
+    if (load_config(&cfg, "sqlite", "parent directory and backup", ov, 1) != 0)
+        return;
+    have_cfg = 1;
+    rc = vt->open(rhema_host_get(), rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, "sqlite"),
+                  &inst, &err);
+    if (rc == 0)
+        rc = vt->connect(inst, &c, &err);
+    if (rc != 0)
+        SQ_FAIL("opening the backup: %s: %s", rhema_strerror(rc), err ? err : "");
+    rc = vt->get(c, "bk", "k", &v);
+    if (rc != 0 || v.len != 1 || memcmp(v.data, "v", 1) != 0 || v.version != w.new_version)
+        SQ_FAIL("the backup lacks the data: %s", rhema_strerror(rc));
+out:
+    if (c != NULL)
+        vt->disconnect(c);
+    if (inst != NULL)
+        vt->close(inst);
+    if (have_cfg)
+        rhema_config_release(&cfg);
+    free(err);
+    tap("sqlite", "parent directory and backup", msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+}
+
+/* ---- main ---- */
+
+/* Run the suite on one backend, plus its own checks. */
+static void run_backend(struct rhema_plugin_registry *reg, const char *backend)
+{
+    const struct rhema_storage_plugin *vt = load_backend(reg, backend);
+    struct rhema_config cfg;
+    struct rhema_conf_totals t = {0, 0, 0};
+    const struct rhema_cfg *group;
+    char path_override[700], *err = NULL;
+    const char *ov[1];
+    size_t n_ov = 0;
+
+    if (vt == NULL)
+        return;
+    if (strcmp(backend, "sqlite") == 0) {
+        snprintf(path_override, sizeof path_override, "persistence.sqlite.path=%s/conf.db",
+                 tmpdir);
+        ov[n_ov++] = path_override;
+    }
+    if (load_config(&cfg, backend, "config", ov, n_ov) != 0)
+        return;
+    group = rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, backend);
+    rhema_conformance_storage(vt, rhema_host_get(), group, report, (void *)backend, &t);
+    if (group != NULL) {
+        int rc = rhema_config_unread_keys(group, &err);
+        tap(backend, "every configuration key read", rc == 0 ? RHEMA_CONF_PASS : RHEMA_CONF_FAIL,
+            err ? err : "");
+        free(err);
+    }
+    rhema_config_release(&cfg);
+    printf("# %s: %u passed, %u failed, %u skipped\n", backend, t.passed, t.failed, t.skipped);
+
+    if (strcmp(backend, "sqlite") == 0) {
+        sqlite_durability(vt, path_override);
+        sqlite_bad_synchronous(vt, path_override);
+        sqlite_dirs_and_backup(vt);
+    }
+}
+
+int main(void)
+{
+    struct rhema_plugin_registry *reg = NULL;
+    const char *list = getenv("RHEMA_CONFORMANCE_BACKENDS");
+    const char *base = getenv("TMPDIR");
+    char **backends;
+    size_t n = 0, i;
+
+    if (list == NULL || list[0] == '\0')
+        list = "memory sqlite";
+    snprintf(tmpdir, sizeof tmpdir, "%s/rhema-test-storage-XXXXXX",
+             base != NULL && base[0] != '\0' ? base : "/tmp");
+    if (mkdtemp(tmpdir) == NULL) {
+        printf("Bail out! mkdtemp %s: %s\n", tmpdir, strerror(errno));
+        return 1;
+    }
+    if (rhema_plugins_new(&reg) != 0) {
+        printf("Bail out! rhema_plugins_new failed\n");
+        return 1;
+    }
+    backends = split(list, " ,\t", &n);
+    for (i = 0; i < n; i++)
+        run_backend(reg, backends[i]);
+    strv_free(backends);
+    rhema_plugins_free(reg);
+    nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+
+    printf("1..%u\n", tap_n);
+    if (tap_failed != 0)
+        printf("# %u of %u checks failed\n", tap_failed, tap_n);
+    return tap_failed != 0 || tap_n == 0;
+}
