@@ -112,7 +112,7 @@ static const char *const level_enum[] = { "debug", "info", "notice", "warn", "er
 static const char *const format_enum[] = { "text", "json", NULL };
 static const char *const no_strings[] = { NULL };
 static const char *const star_origin[] = { "*", NULL };
-static const char *const cors_headers[] = { "Content-Type", "Authorization", "X-API-Key",
+static const char *const cors_headers[] = { "Content-Type", "Authorization", "X-API-Key", "If-None-Match",
                                             "If-Match",     "X-Request-Id",  "X-Rhema-Epoch",
                                             NULL };
 

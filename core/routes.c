@@ -349,13 +349,22 @@ static void preflight(struct rhema_req *r, const char *allow)
     const struct rhema_config *cfg = r->worker->srv->cfg;
     rhema_header(r, "Allow", allow);
     if (cfg->cors_enabled && rhema_req_header(r, "Origin")) {
+        char headers[1024] = "", age[24];
+        size_t at = 0;
+        int n = rhema_config_get_count(cfg, "service.cors.allow_headers");
+        for (int i = 0; i < n; i++) {
+            char path[64];
+            const char *h = NULL;
+            snprintf(path, sizeof path, "service.cors.allow_headers[%d]", i);
+            if (rhema_config_get_string(cfg, path, &h) == 0 && at < sizeof headers)
+                at += (size_t)snprintf(headers + at, sizeof headers - at, "%s%s", at ? ", " : "", h);
+        }
+        int64_t max_age = 600;
+        rhema_config_get_int(cfg, "service.cors.max_age_seconds", &max_age);
+        snprintf(age, sizeof age, "%lld", (long long)max_age);
         rhema_header(r, "Access-Control-Allow-Methods", allow);
-        const char *req_headers = rhema_req_header(r, "Access-Control-Request-Headers");
-        rhema_header(r, "Access-Control-Allow-Headers",
-                     req_headers ? req_headers
-                                 : "Content-Type, If-Match, If-None-Match, X-Request-Id, "
-                                   "Authorization, X-Rhema-Epoch");
-        rhema_header(r, "Access-Control-Max-Age", "600");
+        rhema_header(r, "Access-Control-Allow-Headers", headers);
+        rhema_header(r, "Access-Control-Max-Age", age);
     }
     rhema_reply_empty(r, 204);
 }

@@ -10,8 +10,10 @@
  *     NUL.  Keys order by unsigned byte comparison (memcmp), shorter first on
  *     a common prefix -- strcmp order.
  *   - A value is 0..n bytes; its version is a uint64 > 0.  A put of a key
- *     that exists returns a version greater than the one it replaced; a new
- *     key gets a version >= 1.
+ *     that exists returns a version greater than the one it replaced, and
+ *     the versions of a key never repeat, not even across a delete and a
+ *     new put (so a client holding an old version can never overwrite a
+ *     newer incarnation by compare-and-set).  A global counter does it.
  *   - ttl_ms > 0 makes an entry expire; an expired entry is invisible to
  *     every call (get, scan, stats, conflicts) even before it is purged.
  *   - Leases live apart from keys: `name` is held by at most one holder at a

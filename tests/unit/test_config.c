@@ -137,7 +137,7 @@ static void check_defaults(const struct rhema_config *cfg)
     assert_string_equal(s, "logs/audit.log");
     assert_int_equal(rhema_config_get_string(cfg, "service.cors.allow_headers[1]", &s), 0);
     assert_string_equal(s, "Authorization");
-    assert_int_equal(rhema_config_get_count(cfg, "service.cors.allow_headers"), 6);
+    assert_int_equal(rhema_config_get_count(cfg, "service.cors.allow_headers"), 7);
     assert_int_equal(rhema_config_get_count(cfg, "ai_service.models"), 0);
     assert_int_equal(rhema_config_get_count(cfg, "security.roles"), 0);
 }
