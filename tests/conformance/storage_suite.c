@@ -1556,6 +1556,68 @@ struct check {
     int (*fn)(struct suite *s);
 };
 
+/*
+ * group(), when the plugin has it: members are all-or-nothing and
+ * independent -- a failing member (a version conflict, a delete of a missing
+ * key) changes nothing and leaves the others applied -- and members later in
+ * the group see earlier ones.
+ */
+static int t_group_commit(struct suite *s)
+{
+    char ns[64];
+    struct rhema_storage_value v;
+    uint64_t vx = 0;
+    if (!s->vt->group) {
+        snprintf(s->detail, sizeof s->detail, "no group()");
+        return T_SKIP;
+    }
+    ns_of(s, ".batch", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "g-x", "x0", RHEMA_VERSION_ANY, &vx));
+    struct rhema_storage_write a[2], b[2], c[1], d[1];
+    memset(a, 0, sizeof a), memset(b, 0, sizeof b), memset(c, 0, sizeof c), memset(d, 0, sizeof d);
+    /* a: two creates, applied */
+    a[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "g-a1",
+                                        .value = "a1", .value_len = 2,
+                                        .expected_version = RHEMA_VERSION_ABSENT};
+    a[1] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "g-a2",
+                                        .value = "a2", .value_len = 2};
+    /* b: a put then a stale compare-and-set: fails whole, its put undone */
+    b[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "g-b",
+                                        .value = "b", .value_len = 1};
+    b[1] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "g-x",
+                                        .value = "stale", .value_len = 5,
+                                        .expected_version = vx + 1000};
+    /* c: sees a's create of g-a1 (create-only fails) */
+    c[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "g-a1",
+                                        .value = "again", .value_len = 5,
+                                        .expected_version = RHEMA_VERSION_ABSENT};
+    /* d: a good compare-and-set of g-x, applied */
+    d[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "g-x",
+                                        .value = "x1", .value_len = 2, .expected_version = vx};
+    struct rhema_storage_batch g[4] = {{a, 2, -99}, {b, 2, -99}, {c, 1, -99}, {d, 1, -99}};
+    CHECK_RC(s->c1, 0, s->vt->group(s->c1, g, 4));
+    CHECK(g[0].result == 0, "member 0: %s", rhema_strerror(g[0].result));
+    CHECK(g[1].result == RHEMA_ECONFLICT, "member 1 (stale version): %s",
+          rhema_strerror(g[1].result));
+    CHECK(g[2].result == RHEMA_ECONFLICT, "member 2 (exists after member 0): %s",
+          rhema_strerror(g[2].result));
+    CHECK(g[3].result == 0, "member 3: %s", rhema_strerror(g[3].result));
+    CHECK(a[0].new_version > 0 && a[1].new_version > 0 && d[0].new_version > vx,
+          "new_version not filled");
+    EXPECT_STR(s->c2, ns, "g-a1", "a1", a[0].new_version);
+    EXPECT_STR(s->c2, ns, "g-a2", "a2", a[1].new_version);
+    EXPECT_STR(s->c2, ns, "g-x", "x1", d[0].new_version);
+    CHECK_RC(s->c2, RHEMA_ENOTFOUND, s->vt->get(s->c2, ns, "g-b", &v));
+    /* a group of one behaves like batch(); an empty group is a no-op */
+    struct rhema_storage_write e[1] = {{.op = RHEMA_WRITE_DEL, .ns = ns, .key = "g-missing"}};
+    struct rhema_storage_batch g1[1] = {{e, 1, -99}};
+    CHECK_RC(s->c1, 0, s->vt->group(s->c1, g1, 1));
+    CHECK(g1[0].result == RHEMA_ENOTFOUND, "delete of a missing key in a group: %s",
+          rhema_strerror(g1[0].result));
+    CHECK_RC(s->c1, 0, s->vt->group(s->c1, g1, 0));
+    return T_PASS;
+}
+
 static const struct check checks[] = {
     {"health", t_health},
     {"errmsg", t_errmsg},
@@ -1572,6 +1634,7 @@ static const struct check checks[] = {
     {"del", t_del},
     {"batch_atomic", t_batch_conflict},
     {"batch_apply", t_batch_apply},
+    {"group_commit", t_group_commit},
     {"scan_setup", t_scan_setup},
     {"scan_order", t_scan_order},
     {"scan_bounds", t_scan_bounds},
