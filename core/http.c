@@ -22,6 +22,7 @@
 #include <event2/thread.h>
 #include <event2/util.h>
 
+#include "commit.h"
 #include "http.h"
 #include "log.h"
 #include "routes.h"
@@ -371,7 +372,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
                       w->id, rhema_strerror(rc), w->srv->storage->errmsg(w->conn));
     }
     if (w->draining &&
-        ((atomic_load(&w->inflight) <= 0 && w->wq_n == 0 &&
+        ((atomic_load(&w->inflight) <= 0 && w->outstanding == 0 &&
           rhema_monotonic_ns() - w->last_input_ns >= DRAIN_QUIET_NS) ||
          rhema_monotonic_ns() >= w->drain_deadline_ns))
         event_base_loopbreak(w->base);
@@ -384,7 +385,6 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     if (w->draining)
         return;
     w->draining = 1;
-    rhema_routes_flush(w); /* answer the writes of this turn before draining */
     int64_t grace = 30;
     rhema_config_get_int(w->srv->cfg, "service.shutdown_timeout_seconds", &grace);
     w->drain_deadline_ns = rhema_monotonic_ns() + (uint64_t)grace * 1000000000ull;
@@ -396,10 +396,10 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     event_add(w->tick_ev, &tv);
 }
 
-static void on_flush(evutil_socket_t fd, short what, void *arg)
+static void on_done(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
-    rhema_routes_flush(arg);
+    rhema_routes_done(arg);
 }
 
 static void *worker_main(void *arg)
@@ -411,6 +411,8 @@ static void *worker_main(void *arg)
 
 static void worker_release(struct rhema_worker *w)
 {
+    if (w->done_tail)
+        rhema_routes_done(w); /* writes committed after the loop stopped: answer, then close */
     if (w->http)
         evhttp_free(w->http); /* frees its listener and connections, not the shared socket */
     else if (w->listener)
@@ -419,15 +421,15 @@ static void worker_release(struct rhema_worker *w)
         event_free(w->stop_ev);
     if (w->tick_ev)
         event_free(w->tick_ev);
-    if (w->flush_ev)
-        event_free(w->flush_ev);
-    if (w->wq_n)
-        rhema_routes_abandon(w);
+    if (w->done_ev)
+        event_free(w->done_ev);
     rhema_store_release(&w->store);
     if (w->conn)
         w->srv->storage->disconnect(w->conn);
     if (w->base)
         event_base_free(w->base);
+    if (w->done_tail)
+        pthread_mutex_destroy(&w->done_lock);
     memset(w, 0, sizeof *w);
 }
 
@@ -436,6 +438,8 @@ static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id
     char *serr = NULL;
     w->id = id;
     w->srv = srv;
+    pthread_mutex_init(&w->done_lock, NULL);
+    w->done_tail = &w->done_head;
     atomic_store(&w->inflight, 0);
     int rc = srv->storage->connect(srv->storage_inst, &w->conn, &serr);
     if (rc) {
@@ -471,9 +475,8 @@ static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id
     evhttp_set_default_content_type(w->http, "application/json");
     w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
     w->tick_ev = event_new(w->base, -1, EV_PERSIST, on_tick, w);
-    w->flush_ev = event_new(w->base, -1, 0, on_flush, w);
-    w->wq_tail = &w->wq_head;
-    if (!w->stop_ev || !w->tick_ev || !w->flush_ev)
+    w->done_ev = event_new(w->base, -1, 0, on_done, w);
+    if (!w->stop_ev || !w->tick_ev || !w->done_ev)
         goto nomem;
     struct timeval second = {1, 0};
     event_add(w->tick_ev, &second);
@@ -579,6 +582,8 @@ int rhema_http_start(struct rhema_server *srv, char **err)
         if ((rc = worker_setup(srv, &srv->workers[i], i, err)))
             goto fail;
     }
+    if (srv->storage->group && (rc = rhema_committer_start(srv, &srv->committer, err)))
+        goto fail;
     for (int i = 0; i < srv->nworkers; i++) {
         if (pthread_create(&srv->workers[i].thread, NULL, worker_main, &srv->workers[i]) != 0) {
             rc = RHEMA_ENOMEM;
@@ -610,11 +615,13 @@ void rhema_http_stop(struct rhema_server *srv)
     for (int i = 0; i < srv->nworkers; i++)
         if (srv->workers[i].started == 1)
             event_active(srv->workers[i].stop_ev, EV_TIMEOUT, 0);
-    for (int i = 0; i < srv->nworkers; i++) {
+    for (int i = 0; i < srv->nworkers; i++)
         if (srv->workers[i].started == 1)
             pthread_join(srv->workers[i].thread, NULL);
+    rhema_committer_stop(srv->committer); /* runs what is queued; workers answer below */
+    srv->committer = NULL;
+    for (int i = 0; i < srv->nworkers; i++)
         worker_release(&srv->workers[i]);
-    }
     free(srv->workers);
     srv->workers = NULL;
     srv->nworkers = 0;

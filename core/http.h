@@ -42,10 +42,11 @@ struct rhema_worker {
     int draining;
     uint64_t drain_deadline_ns;
     int started;               /* 1 once the thread runs, -1 when it failed */
-    /* group commit: writes collected during one turn of the loop (routes.c) */
-    struct rhema_pending_write *wq_head, **wq_tail;
-    size_t wq_n;
-    struct event *flush_ev;    /* activated by the first queued write of a turn */
+    /* group commit: writes handed to the committer, and handed back (commit.h) */
+    size_t outstanding;        /* submitted, not yet answered (worker thread only) */
+    pthread_mutex_t done_lock;
+    struct rhema_commit_job *done_head, **done_tail; /* under done_lock */
+    struct event *done_ev;     /* activated by the committer */
     uint64_t last_input_ns;    /* when bytes last arrived on a connection (drain) */
 };
 
@@ -62,6 +63,7 @@ struct rhema_server {
     uint64_t started_ms;
     char boot_id[9];             /* random per process, prefix of request ids */
     atomic_int log_access;       /* logging.access_log, can change on reload */
+    struct rhema_committer *committer; /* NULL: the backend has no group(); workers write */
 };
 
 /* The context of one request, valid for the duration of its handler. */

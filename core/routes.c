@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "commit.h"
 #include "routes.h"
 #include "util.h"
 
@@ -102,20 +103,10 @@ static void reply_record(struct rhema_req *r, int status, struct rhema_record *r
 
 /*
  * Session writes.  With a storage plugin that implements group(), a write
- * is not run at once: it is queued on the worker and run together with the
- * others that arrive in the same turn of the event loop, in one storage
- * transaction (group commit), just before the loop polls again -- the way
- * Redis writes its AOF in beforeSleep.  The replies go out after the
- * commit.  Without group() each write runs at once.
+ * is handed to the committer thread (commit.h), which runs the writes of
+ * every worker together as group commits; the worker answers when the job
+ * comes back.  Without group() the worker runs the write at once.
  */
-#define GROUP_MAX 256
-
-struct rhema_pending_write {
-    struct rhema_pending_write *next;
-    struct rhema_req *req;
-    struct rhema_session_op op;
-};
-
 static void answer_op(struct rhema_req *r, struct rhema_session_op *op)
 {
     if (op->rc) {
@@ -134,68 +125,39 @@ static void answer_op(struct rhema_req *r, struct rhema_session_op *op)
     reply_record(r, op->created ? 201 : 200, &op->rec);
 }
 
-void rhema_routes_flush(struct rhema_worker *w)
+void rhema_routes_done(struct rhema_worker *w)
 {
-    while (w->wq_head) {
-        struct rhema_pending_write *head = w->wq_head, *p;
-        size_t n = w->wq_n, i = 0;
-        w->wq_head = NULL;
-        w->wq_tail = &w->wq_head;
-        w->wq_n = 0;
-        struct rhema_session_op **ops = malloc(n * sizeof *ops);
-        if (!ops) {
-            for (p = head; p; p = p->next)
-                p->op.rc = RHEMA_ENOMEM, snprintf(p->op.err, sizeof p->op.err, "out of memory");
-        } else {
-            for (p = head; p; p = p->next)
-                ops[i++] = &p->op;
-            rhema_session_ops_run(&w->store, ops, n);
-            free(ops);
-        }
-        while (head) {
-            p = head;
-            head = head->next;
-            answer_op(p->req, &p->op);
-            rhema_session_op_release(&p->op);
-            rhema_req_free(p->req);
-            free(p);
-        }
+    pthread_mutex_lock(&w->done_lock);
+    struct rhema_commit_job *list = w->done_head;
+    w->done_head = NULL;
+    w->done_tail = &w->done_head;
+    pthread_mutex_unlock(&w->done_lock);
+    while (list) {
+        struct rhema_commit_job *j = list;
+        list = j->next;
+        answer_op(j->req, &j->op);
+        rhema_session_op_release(&j->op);
+        rhema_req_free(j->req);
+        free(j);
+        w->outstanding--;
     }
 }
 
-void rhema_routes_abandon(struct rhema_worker *w)
-{
-    struct rhema_pending_write *p;
-    while ((p = w->wq_head)) {
-        w->wq_head = p->next;
-        rhema_reply_error(p->req, 503, "unavailable", "shutting down");
-        rhema_session_op_release(&p->op);
-        rhema_req_free(p->req);
-        free(p);
-    }
-    w->wq_tail = &w->wq_head;
-    w->wq_n = 0;
-}
-
-/* Run op now, or queue it for this turn's group commit.  Takes op's references. */
+/* Run op now, or hand it to the committer.  Takes op's references. */
 static void submit_op(struct rhema_req *r, struct rhema_session_op *op)
 {
     struct rhema_worker *w = r->worker;
-    struct rhema_pending_write *p = NULL;
+    struct rhema_commit_job *j = NULL;
     struct rhema_req *d = NULL;
-    if (w->srv->storage->group && !w->draining && (p = calloc(1, sizeof *p)) &&
-        (d = rhema_req_defer(r))) {
-        p->req = d;
-        p->op = *op;
-        *w->wq_tail = p;
-        w->wq_tail = &p->next;
-        if (w->wq_n++ == 0)
-            event_active(w->flush_ev, EV_TIMEOUT, 0);
-        if (w->wq_n >= GROUP_MAX)
-            rhema_routes_flush(w);
+    if (w->srv->committer && (j = calloc(1, sizeof *j)) && (d = rhema_req_defer(r))) {
+        j->worker = w;
+        j->req = d;
+        j->op = *op;
+        w->outstanding++;
+        rhema_committer_submit(w->srv->committer, j);
         return;
     }
-    free(p);
+    free(j);
     rhema_session_ops_run(&w->store, &op, 1);
     answer_op(r, op);
     rhema_session_op_release(op);
@@ -224,6 +186,7 @@ static void h_session_put(struct rhema_req *r, const char *id)
         rhema_reply_store_error(r, rc, op.err);
         return;
     }
+    op.input_text = rhema_session_text(op.input, &op.input_len); /* here, not on the committer */
     submit_op(r, &op);
 }
 

@@ -679,36 +679,55 @@ static int json_array_has_string(json_t *arr, const char *s)
 }
 
 /* Serialise the record: session fields, created_at, updated_at, size_bytes. */
-static char *serialise(json_t *session, const char *created_at, size_t *len)
+/*
+ * The stored record: the session's JSON text (`body`, a compact object as
+ * rhema_session_text() makes it) with created_at, updated_at and
+ * size_bytes spliced in before its closing brace -- no JSON tree is built
+ * here, so the committer thread only copies bytes.
+ */
+static char *serialise_text(const char *body, size_t bl, const char *created_at, size_t *len)
 {
-    char now[RHEMA_TIME_MAX];
+    char now[RHEMA_TIME_MAX], head[128];
+    if (bl < 2 || body[bl - 1] != '}')
+        return NULL;
     rhema_time_format(rhema_realtime_ms(), now);
-    json_t *rec = json_deep_copy(session);
-    if (!rec)
-        return NULL;
-    json_object_set_new(rec, "created_at", json_string(created_at ? created_at : now));
-    json_object_set_new(rec, "updated_at", json_string(now));
-    char *body = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(rec);
-    if (!body)
-        return NULL;
-    size_t bl = strlen(body);
+    int hl = snprintf(head, sizeof head, ",\"created_at\":\"%s\",\"updated_at\":\"%s\"",
+                      created_at ? created_at : now, now);
     char tail[48];
     /* size_bytes: the stored size of the record, this member included */
     int tl = 0;
     size_t total = 0;
     for (size_t digits = 1; digits < 21; digits++) {
-        total = bl - 1 + strlen(",\"size_bytes\":}") + digits;
+        total = bl - 1 + (size_t)hl + strlen(",\"size_bytes\":}") + digits;
         tl = snprintf(tail, sizeof tail, ",\"size_bytes\":%zu}", total);
-        if (bl - 1 + (size_t)tl == total)
+        if (bl - 1 + (size_t)hl + (size_t)tl == total)
             break;
     }
     char *out = malloc(total + 1);
     if (out) {
         memcpy(out, body, bl - 1);
-        memcpy(out + bl - 1, tail, (size_t)tl + 1);
+        memcpy(out + bl - 1, head, (size_t)hl);
+        memcpy(out + bl - 1 + hl, tail, (size_t)tl + 1);
         *len = total;
     }
+    return out;
+}
+
+char *rhema_session_text(json_t *session, size_t *len)
+{
+    char *t = json_dumps(session, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (t)
+        *len = strlen(t);
+    return t;
+}
+
+static char *serialise(json_t *session, const char *created_at, size_t *len)
+{
+    size_t bl;
+    char *body = rhema_session_text(session, &bl);
+    if (!body)
+        return NULL;
+    char *out = serialise_text(body, bl, created_at, len);
     free(body);
     return out;
 }
@@ -776,7 +795,9 @@ static int compose_put(struct rhema_session_op *op, struct op_state *s, json_t *
     const char *old_status = s->cur ? json_string_value(json_object_get(s->cur, "status")) : NULL;
     const char *created_at =
         s->cur ? json_string_value(json_object_get(s->cur, "created_at")) : NULL;
-    s->text = serialise(session, created_at, &s->len);
+    s->text = op->input_text && session == op->input
+                  ? serialise_text(op->input_text, op->input_len, created_at, &s->len)
+                  : serialise(session, created_at, &s->len);
     if (!s->text ||
         ws_alloc(&s->ws, 4 + json_array_size(new_parts) + json_array_size(old_parts)) != 0)
         return errf(op->err, RHEMA_ENOMEM, "out of memory");
@@ -979,6 +1000,8 @@ void rhema_session_op_release(struct rhema_session_op *op)
     }
     json_decref(op->input);
     op->input = NULL;
+    free(op->input_text);
+    op->input_text = NULL;
     rhema_record_release(&op->rec);
 }
 

@@ -131,6 +131,9 @@ struct rhema_session_op {
     json_t *input;      /* PUT: the validated session; APPEND: the message (a reference it owns) */
     uint64_t if_match;  /* 0, RHEMA_VERSION_ABSENT or a version */
     unsigned flags;     /* RHEMA_SOP_* */
+    char *input_text;   /* PUT, optional: rhema_session_text(input), made by the caller's
+                         * thread so that the committer only splices bytes (owned) */
+    size_t input_len;
     struct rhema_storage_batch batch; /* composed by prepare */
     void *priv;
     int attempts;
@@ -145,6 +148,9 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
 void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops, size_t n);
 /* Free what the op holds (input, state, record). */
 void rhema_session_op_release(struct rhema_session_op *op);
+
+/* A validated session as compact JSON text (malloc'd), for op->input_text. */
+char *rhema_session_text(json_t *session, size_t *len);
 
 /* 1 when s is a session status name (Active, Paused, Completed, Cancelled). */
 int rhema_session_status_valid(const char *s);

@@ -10,6 +10,7 @@
  *   busy_timeout_ms = 5000;             how long a writer waits for the lock
  *   cache_size_kib  = 8192;             page cache per connection
  *   mmap_size_mib   = 256;              read pages through mmap (0: off)
+ *   page_size       = 8192;             page size of a new database file
  *
  * Schema (schema_version 1):
  *   meta(name PRIMARY KEY, value)   schema_version, version_counter
@@ -144,6 +145,7 @@ struct rhema_storage_instance {
     int busy_timeout_ms;
     int64_t cache_size_kib;
     int64_t mmap_size_mib; /* reads through mmap: no pread per page after another conn wrote */
+    int64_t page_size;     /* of a new database file */
     atomic_uint writes; /* across connections, for the purge cadence */
     /*
      * Serialises this process's write transactions.  SQLite would do it
@@ -397,7 +399,7 @@ static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
                        const struct rhema_cfg *cfg, char **err)
 {
     const char *path = "data/rhema.db", *sync = "normal";
-    int64_t busy = 5000, cache = 8192, mmap_mib = 256;
+    int64_t busy = 5000, cache = 8192, mmap_mib = 256, page = 8192;
 
     if (h->cfg_string(cfg, "path", &path) == RHEMA_EINVAL)
         return h->set_error(err, RHEMA_EINVAL, "%s: sqlite: path must be a string",
@@ -427,9 +429,15 @@ static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
         return h->set_error(err, RHEMA_EINVAL,
                             "%s: sqlite: mmap_size_mib must be an integer in 0..65536",
                             h->cfg_where(cfg, "mmap_size_mib"));
+    if (h->cfg_int(cfg, "page_size", &page) == RHEMA_EINVAL || page < 512 || page > 65536 ||
+        (page & (page - 1)) != 0)
+        return h->set_error(err, RHEMA_EINVAL,
+                            "%s: sqlite: page_size must be a power of two in 512..65536",
+                            h->cfg_where(cfg, "page_size"));
     in->busy_timeout_ms = (int)busy;
     in->cache_size_kib = cache;
     in->mmap_size_mib = mmap_mib;
+    in->page_size = page;
     in->path = strdup(path);
     if (in->path == NULL)
         return h->set_error(err, RHEMA_ENOMEM, "sqlite: out of memory");
@@ -455,7 +463,17 @@ static int init_schema(rhema_storage_instance *in, char **err)
     }
     sqlite3_extended_result_codes(db, 1);
     sqlite3_busy_timeout(db, in->busy_timeout_ms);
-    rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+    /*
+     * The page size of a new database (it cannot change once the file is in
+     * WAL mode).  With 4 KiB pages a 1 KiB session record no longer fits in
+     * its B-tree cell and spills onto an overflow page of its own: every
+     * write of it then costs two pages in the WAL.
+     */
+    char pragma[48];
+    snprintf(pragma, sizeof pragma, "PRAGMA page_size=%lld", (long long)in->page_size);
+    rc = sqlite3_exec(db, pragma, NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
     if (rc == SQLITE_OK) {
         rc = sqlite3_step(st);
         if (rc == SQLITE_ROW) {
@@ -586,7 +604,7 @@ static int sq_connect(rhema_storage_instance *in, rhema_storage_conn **out, char
     int chunk = 8 * 1024 * 1024;
     sqlite3_file_control(c->db, "main", SQLITE_FCNTL_CHUNK_SIZE, &chunk);
     snprintf(pragma, sizeof pragma,
-             "PRAGMA synchronous=%s; PRAGMA cache_size=-%lld; PRAGMA mmap_size=%lld",
+             "PRAGMA temp_store=MEMORY; PRAGMA synchronous=%s; PRAGMA cache_size=-%lld; PRAGMA mmap_size=%lld",
              in->synchronous, (long long)in->cache_size_kib,
              (long long)in->mmap_size_mib * 1024 * 1024);
     rc = sqlite3_exec(c->db, pragma, NULL, NULL, &msg);

@@ -1,0 +1,175 @@
+/*
+ * commit -- the writer thread (see commit.h).
+ */
+#include "rhema_build.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commit.h"
+#include "http.h"
+#include "log.h"
+
+#define GROUP_MAX 512 /* jobs in one transaction at most */
+
+struct rhema_committer {
+    struct rhema_server *srv;
+    rhema_storage_conn *conn;
+    struct rhema_store store;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct rhema_commit_job *head, **tail; /* queued, under lock */
+    size_t queued;
+    int stopping;
+    atomic_ullong groups, jobs;
+};
+
+/* Hand finished jobs back to their workers, in order. */
+static void deliver(struct rhema_commit_job *list)
+{
+    while (list) {
+        struct rhema_commit_job *j = list;
+        struct rhema_worker *w = j->worker;
+        list = j->next;
+        j->next = NULL;
+        pthread_mutex_lock(&w->done_lock);
+        int was_empty = w->done_head == NULL;
+        *w->done_tail = j;
+        w->done_tail = &j->next;
+        pthread_mutex_unlock(&w->done_lock);
+        if (was_empty)
+            event_active(w->done_ev, EV_TIMEOUT, 0);
+    }
+}
+
+/* Run one group of jobs (a list of at most GROUP_MAX). */
+static void run_group(struct rhema_committer *c, struct rhema_commit_job *list, size_t n)
+{
+    struct rhema_session_op *stack_ops[64];
+    struct rhema_session_op **ops = n <= 64 ? stack_ops : malloc(n * sizeof *ops);
+    size_t i = 0;
+    struct rhema_commit_job *j;
+    if (!ops) {
+        for (j = list; j; j = j->next) {
+            j->op.rc = RHEMA_ENOMEM;
+            snprintf(j->op.err, sizeof j->op.err, "out of memory");
+        }
+    } else {
+        for (j = list; j; j = j->next)
+            ops[i++] = &j->op;
+        rhema_session_ops_run(&c->store, ops, n);
+        if (ops != stack_ops)
+            free(ops);
+    }
+    atomic_fetch_add(&c->groups, 1);
+    atomic_fetch_add(&c->jobs, n);
+    deliver(list);
+}
+
+static void *committer_main(void *arg)
+{
+    struct rhema_committer *c = arg;
+    for (;;) {
+        pthread_mutex_lock(&c->lock);
+        while (!c->head && !c->stopping)
+            pthread_cond_wait(&c->cond, &c->lock);
+        if (!c->head) { /* stopping and nothing left */
+            pthread_mutex_unlock(&c->lock);
+            break;
+        }
+        /* take up to GROUP_MAX jobs off the queue */
+        struct rhema_commit_job *list = c->head, **cut = &c->head;
+        size_t n = 0;
+        while (*cut && n < GROUP_MAX) {
+            cut = &(*cut)->next;
+            n++;
+        }
+        c->head = *cut;
+        *cut = NULL;
+        if (!c->head)
+            c->tail = &c->head;
+        c->queued -= n;
+        pthread_mutex_unlock(&c->lock);
+        run_group(c, list, n);
+    }
+    return NULL;
+}
+
+int rhema_committer_start(struct rhema_server *srv, struct rhema_committer **out, char **err)
+{
+    struct rhema_committer *c = calloc(1, sizeof *c);
+    char *serr = NULL;
+    if (!c) {
+        if (asprintf(err, "committer: out of memory") < 0)
+            *err = NULL;
+        return RHEMA_ENOMEM;
+    }
+    c->srv = srv;
+    c->tail = &c->head;
+    int rc = srv->storage->connect(srv->storage_inst, &c->conn, &serr);
+    if (rc) {
+        if (asprintf(err, "committer: storage connect failed: %s",
+                     serr ? serr : rhema_strerror(rc)) < 0)
+            *err = NULL;
+        free(serr);
+        free(c);
+        return rc;
+    }
+    rhema_store_init(&c->store, srv->storage, c->conn);
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->cond, NULL);
+    if (pthread_create(&c->thread, NULL, committer_main, c) != 0) {
+        if (asprintf(err, "committer: cannot start its thread") < 0)
+            *err = NULL;
+        rhema_store_release(&c->store);
+        srv->storage->disconnect(c->conn);
+        pthread_mutex_destroy(&c->lock);
+        pthread_cond_destroy(&c->cond);
+        free(c);
+        return RHEMA_ENOMEM;
+    }
+    *out = c;
+    return 0;
+}
+
+void rhema_committer_submit(struct rhema_committer *c, struct rhema_commit_job *job)
+{
+    job->next = NULL;
+    pthread_mutex_lock(&c->lock);
+    int was_empty = c->head == NULL;
+    *c->tail = job;
+    c->tail = &job->next;
+    c->queued++;
+    pthread_mutex_unlock(&c->lock);
+    if (was_empty)
+        pthread_cond_signal(&c->cond);
+}
+
+void rhema_committer_stop(struct rhema_committer *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->lock);
+    c->stopping = 1;
+    pthread_cond_signal(&c->cond);
+    pthread_mutex_unlock(&c->lock);
+    pthread_join(c->thread, NULL);
+    rhema_log(RHEMA_LOG_INFO, "commit", "%llu writes in %llu group commits",
+              (unsigned long long)atomic_load(&c->jobs),
+              (unsigned long long)atomic_load(&c->groups));
+    rhema_store_release(&c->store);
+    c->srv->storage->disconnect(c->conn);
+    pthread_mutex_destroy(&c->lock);
+    pthread_cond_destroy(&c->cond);
+    free(c);
+}
+
+void rhema_committer_stats(const struct rhema_committer *c, uint64_t *groups, uint64_t *jobs)
+{
+    *groups = c ? atomic_load(&c->groups) : 0;
+    *jobs = c ? atomic_load(&c->jobs) : 0;
+}
