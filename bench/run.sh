@@ -1,0 +1,231 @@
+#!/bin/sh
+# bench/run.sh -- rhemad against the raw libraries it is built on, on this
+# machine, in one run.  A benchmark, not a test: never part of `make check`.
+#
+#   1. GET /v1/sessions/{id} on rhemad (memory backend) against a bare
+#      libevent evhttp server (bench/bare_evhttp.c) returning the same bytes
+#      with the same threading; target: rhemad >= 70% of the bare server.
+#   2. PUT of a 1 KiB session on rhemad (sqlite backend, synchronous=normal)
+#      against one SQLite connection doing autocommit inserts of 1 KiB
+#      session rows into the plugin's table (bench/sqlite_raw.c);
+#      target: rhemad >= 100% of raw SQLite.
+#   3. Idle RSS of rhemad (VmRSS after start and a few requests); target
+#      under 16 MiB.
+#
+# Environment:
+#   BENCH_SECONDS  duration of each measurement (default 10)
+#   BENCH_THREADS  wrk threads (default 2)       BENCH_CONNS  wrk connections (default 32)
+#   BENCH_WORKERS  worker threads of rhemad and the bare server (default: nproc)
+#   BENCH_WARMUP   seconds of warm-up before each GET measurement (default 2)
+#   top_builddir   where rhemad and plugins/.libs are (default: the source tree)
+#   CC, WRK, PKG_CONFIG
+# Exit status: the number of targets missed (0: all met); 99 on a setup error.
+
+set -u
+
+here=$(cd "$(dirname "$0")" && pwd)
+top_srcdir=$(cd "$here/.." && pwd)
+: "${top_builddir:=$top_srcdir}"
+SECONDS_=${BENCH_SECONDS:-10}
+THREADS=${BENCH_THREADS:-2}
+CONNS=${BENCH_CONNS:-32}
+WORKERS=${BENCH_WORKERS:-$(nproc 2>/dev/null || echo 2)}
+WARMUP=${BENCH_WARMUP:-2}
+CC=${CC:-cc}
+WRK=${WRK:-wrk}
+PKG_CONFIG=${PKG_CONFIG:-pkg-config}
+RHEMAD=$top_builddir/rhemad
+PLUGIN_DIR=$top_builddir/plugins/.libs
+
+die() { echo "run.sh: $*" >&2; exit 99; }
+
+command -v "$WRK" >/dev/null 2>&1 || die "wrk not found (set WRK=)"
+command -v curl >/dev/null 2>&1 || die "curl not found"
+[ -x "$RHEMAD" ] || die "$RHEMAD not built (make rhemad)"
+[ -f "$PLUGIN_DIR/storage_memory.so" ] || die "$PLUGIN_DIR/storage_memory.so not built"
+[ -f "$PLUGIN_DIR/storage_sqlite.so" ] || die "$PLUGIN_DIR/storage_sqlite.so not built"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/rhema-bench.XXXXXX") || die "mktemp failed"
+pids=
+cleanup() {
+    for p in $pids; do
+        kill -TERM "$p" 2>/dev/null
+    done
+    for p in $pids; do
+        wait "$p" 2>/dev/null
+    done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null ||
+        echo $((49152 + ($$ + $(date +%N 2>/dev/null | cut -c1-4 || echo 0)) % 16000))
+}
+
+# Wait until URL answers 2xx (10 s at most) while process $1 lives.
+wait_ready() {
+    i=0
+    while [ $i -lt 100 ]; do
+        kill -0 "$1" 2>/dev/null || return 1
+        curl -fsS -o /dev/null --max-time 1 "$2" 2>/dev/null && return 0
+        sleep 0.1
+        i=$((i + 1))
+    done
+    return 1
+}
+
+# Stop process $1 (SIGTERM, then wait) and forget it.
+stop() {
+    kill -TERM "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+    rest=
+    for p in $pids; do [ "$p" = "$1" ] || rest="$rest $p"; done
+    pids=$rest
+}
+
+# Requests/sec from a wrk output file; fails when wrk saw errors.
+wrk_rps() {
+    awk '/^Requests\/sec:/ { print $2 }' "$1"
+}
+wrk_check() {
+    if grep -q 'Non-2xx or 3xx responses' "$1" || grep -q 'Socket errors' "$1" ||
+        ! awk '/^Requests\/sec:/ { ok = $2 > 0 } END { exit !ok }' "$1"; then
+        echo "run.sh: wrk reported errors or no requests:" >&2
+        cat "$1" >&2
+        return 1
+    fi
+    return 0
+}
+
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# ---- build the baselines ----
+echo "building bench/bare_evhttp and bench/sqlite_raw in $tmp"
+# shellcheck disable=SC2046
+"$CC" -O2 -g -pthread $($PKG_CONFIG --cflags libevent libevent_pthreads) -o "$tmp/bare_evhttp" \
+    "$here/bare_evhttp.c" $($PKG_CONFIG --libs libevent libevent_pthreads) ||
+    die "cannot build bare_evhttp"
+# shellcheck disable=SC2046
+"$CC" -O2 -g $($PKG_CONFIG --cflags sqlite3) -o "$tmp/sqlite_raw" "$here/sqlite_raw.c" \
+    $($PKG_CONFIG --libs sqlite3) || die "cannot build sqlite_raw"
+
+wrk_run() { # output-file url [wrk args...]
+    out=$1
+    url=$2
+    shift 2
+    "$WRK" -t"$THREADS" -c"$CONNS" -d"${SECONDS_}s" "$@" "$url" >"$out" 2>&1
+}
+
+echo "machine: $(nproc) cores; wrk -t$THREADS -c$CONNS -d${SECONDS_}s; $WORKERS workers"
+
+# ---- 1. GET: rhemad (memory) ----
+port=$(free_port)
+"$RHEMAD" -f -P "$PLUGIN_DIR" -o persistence.backend=memory \
+    -o service.listen=127.0.0.1:"$port" -o service.workers="$WORKERS" \
+    >"$tmp/rhemad-memory.log" 2>&1 &
+rpid=$!
+pids="$pids $rpid"
+base=http://127.0.0.1:$port
+wait_ready "$rpid" "$base/health/ready" || { cat "$tmp/rhemad-memory.log" >&2; die "rhemad (memory) did not start"; }
+pad=$(printf '%0900d' 0 | tr 0 x)
+code=$(curl -sS -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Type: application/json' \
+    -d "{\"topic\":\"$pad\",\"participants\":[\"agent-1\",\"agent-2\",\"agent-3\"],\"status\":\"Active\"}" \
+    "$base/v1/sessions/bench-get")
+[ "$code" = 201 ] || die "PUT of the GET benchmark's session answered $code"
+for i in 1 2 3 4 5; do
+    curl -sS -o /dev/null "$base/v1/sessions/bench-get"
+done
+sleep 1
+rss_idle=$(rss_kib "$rpid")
+# the exact bytes (body and ETag) rhemad answers, for the bare server
+curl -sS -D "$tmp/get.headers" -o "$tmp/get.body" "$base/v1/sessions/bench-get"
+etag=$(awk 'tolower($1) == "etag:" { sub(/\r$/, "", $2); print $2 }' "$tmp/get.headers")
+body_bytes=$(wc -c <"$tmp/get.body")
+
+echo "GET rhemad (memory) ..."
+"$WRK" -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$base/v1/sessions/bench-get" >/dev/null 2>&1
+wrk_run "$tmp/wrk-get-rhemad" "$base/v1/sessions/bench-get"
+wrk_check "$tmp/wrk-get-rhemad" || die "GET on rhemad failed"
+get_rhemad=$(wrk_rps "$tmp/wrk-get-rhemad")
+rss_after_get=$(rss_kib "$rpid")
+stop "$rpid"
+
+# ---- 1'. GET: the bare evhttp server, same bytes ----
+port=$(free_port)
+"$tmp/bare_evhttp" -l 127.0.0.1:"$port" -t "$WORKERS" -b "$tmp/get.body" -e "${etag:-\"1\"}" \
+    >"$tmp/bare.log" 2>&1 &
+bpid=$!
+pids="$pids $bpid"
+bbase=http://127.0.0.1:$port
+wait_ready "$bpid" "$bbase/v1/sessions/bench-get" || { cat "$tmp/bare.log" >&2; die "bare_evhttp did not start"; }
+curl -sS -D "$tmp/bare.headers" -o "$tmp/bare.body" "$bbase/v1/sessions/bench-get"
+echo "GET bare evhttp ..."
+"$WRK" -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$bbase/v1/sessions/bench-get" >/dev/null 2>&1
+wrk_run "$tmp/wrk-get-bare" "$bbase/v1/sessions/bench-get"
+wrk_check "$tmp/wrk-get-bare" || die "GET on bare_evhttp failed"
+get_bare=$(wrk_rps "$tmp/wrk-get-bare")
+stop "$bpid"
+
+# ---- 2. PUT: rhemad (sqlite, synchronous=normal) ----
+mkdir -p "$tmp/sqlite"
+port=$(free_port)
+"$RHEMAD" -f -P "$PLUGIN_DIR" -o persistence.backend=sqlite \
+    -o persistence.sqlite.path="$tmp/sqlite/rhema.db" -o persistence.sqlite.synchronous=normal \
+    -o service.listen=127.0.0.1:"$port" -o service.workers="$WORKERS" \
+    >"$tmp/rhemad-sqlite.log" 2>&1 &
+rpid=$!
+pids="$pids $rpid"
+base=http://127.0.0.1:$port
+wait_ready "$rpid" "$base/health/ready" || { cat "$tmp/rhemad-sqlite.log" >&2; die "rhemad (sqlite) did not start"; }
+for i in 1 2 3 4 5; do
+    curl -sS -o /dev/null "$base/health"
+done
+sleep 1
+rss_idle_sqlite=$(rss_kib "$rpid")
+echo "PUT rhemad (sqlite) ..."
+wrk_run "$tmp/wrk-put-rhemad" "$base" -s "$here/put_session.lua"
+wrk_check "$tmp/wrk-put-rhemad" || die "PUT on rhemad failed"
+put_rhemad=$(wrk_rps "$tmp/wrk-put-rhemad")
+stop "$rpid"
+
+# ---- 2'. raw SQLite ----
+echo "INSERT raw sqlite ..."
+"$tmp/sqlite_raw" -d "$tmp/raw.db" -s "$SECONDS_" -b 1024 >"$tmp/raw.out" 2>&1 || {
+    cat "$tmp/raw.out" >&2
+    die "sqlite_raw failed"
+}
+put_raw=$(awk '{ print $6 }' "$tmp/raw.out")
+
+# ---- report ----
+verdict() { # value op target
+    if awk -v v="$1" -v t="$3" "BEGIN { exit !(v $2 t) }"; then echo PASS; else echo FAIL; fi
+}
+get_ratio=$(awk -v a="$get_rhemad" -v b="$get_bare" 'BEGIN { printf "%.3f", a / b }')
+put_ratio=$(awk -v a="$put_rhemad" -v b="$put_raw" 'BEGIN { printf "%.3f", a / b }')
+rss_mib=$(awk -v k="$rss_idle" 'BEGIN { printf "%.1f", k / 1024 }')
+v_get=$(verdict "$get_ratio" ">=" 0.70)
+v_put=$(verdict "$put_ratio" ">=" 1.00)
+v_rss=$(verdict "$rss_idle" "<" 16384)
+
+echo
+echo "GET response: $body_bytes bytes of body, ETag $etag"
+printf '%-46s %14s\n' "measurement" "value"
+printf '%-46s %14s\n' "GET /v1/sessions/{id}, rhemad memory (req/s)" "$get_rhemad"
+printf '%-46s %14s\n' "GET, bare evhttp, same bytes (req/s)" "$get_bare"
+printf '%-46s %14s\n' "PUT 1 KiB session, rhemad sqlite (req/s)" "$put_rhemad"
+printf '%-46s %14s\n' "raw SQLite autocommit inserts (ops/s)" "$put_raw"
+printf '%-46s %11s KiB\n' "rhemad idle RSS, memory backend" "$rss_idle"
+printf '%-46s %11s KiB\n' "rhemad RSS after the GET run" "$rss_after_get"
+printf '%-46s %11s KiB\n' "rhemad idle RSS, sqlite backend" "$rss_idle_sqlite"
+echo
+echo "GET ratio rhemad/bare   = $get_ratio  (target >= 0.70)  $v_get"
+echo "PUT ratio rhemad/sqlite = $put_ratio  (target >= 1.00)  $v_put"
+echo "idle RSS                = $rss_mib MiB (target < 16 MiB) $v_rss"
+
+missed=0
+for v in $v_get $v_put $v_rss; do
+    [ "$v" = PASS ] || missed=$((missed + 1))
+done
+exit $missed

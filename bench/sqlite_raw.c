@@ -1,0 +1,139 @@
+/*
+ * sqlite_raw -- the baseline for rhemad's PUT benchmark: what one SQLite
+ * connection does on its own, with no server, no HTTP and no JSON work.
+ *
+ *     sqlite_raw -d DB_FILE [-s SECONDS | -n ROWS] [-b VALUE_BYTES]
+ *
+ * Opens DB_FILE (which should not exist yet) with the settings rhemad's
+ * sqlite plugin uses by default (journal_mode=WAL, synchronous=NORMAL),
+ * creates the plugin's kv table, and runs autocommit
+ *     INSERT OR REPLACE INTO kv(ns, key, value, version, expires_at)
+ * of distinct keys, each value a JSON session record of VALUE_BYTES bytes
+ * (default 1024) shaped like the ones rhemad stores, for SECONDS seconds
+ * (default 10) or ROWS rows.  One prepared statement, reused; each insert
+ * is its own transaction, as each PUT is one transaction in rhemad.
+ *
+ * Prints one line: "rows N seconds S ops_per_sec X".
+ * Not installed; built by bench/run.sh.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int exec(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        fprintf(stderr, "sqlite_raw: %s: %s\n", sql, msg ? msg : "?");
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* A session record of exactly len bytes for id, into buf (len + 1 bytes). */
+static int make_record(char *buf, size_t len, const char *id)
+{
+    static const char head[] = "{\"id\":\"%s\",\"topic\":\"";
+    static const char tail[] =
+        "\",\"participants\":[\"agent-1\",\"agent-2\",\"agent-3\"],\"status\":\"Active\","
+        "\"started_at\":\"2026-01-01T00:00:00.000Z\",\"ended_at\":null,\"messages\":[],"
+        "\"decisions\":[],\"created_at\":\"2026-01-01T00:00:00.000Z\","
+        "\"updated_at\":\"2026-01-01T00:00:00.000Z\",\"size_bytes\":1024}";
+    int n = snprintf(buf, len + 1, head, id);
+    size_t pad;
+    if (n < 0 || (size_t)n + (sizeof tail - 1) > len)
+        return -1;
+    pad = len - (size_t)n - (sizeof tail - 1);
+    memset(buf + n, 'x', pad);
+    memcpy(buf + n + pad, tail, sizeof tail - 1);
+    buf[len] = '\0';
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL;
+    double seconds = 10;
+    long long rows = 0, done = 0;
+    size_t value_bytes = 1024;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    char *value;
+    int c;
+
+    while ((c = getopt(argc, argv, "d:s:n:b:")) != -1) {
+        switch (c) {
+        case 'd': path = optarg; break;
+        case 's': seconds = atof(optarg); break;
+        case 'n': rows = atoll(optarg); break;
+        case 'b': value_bytes = (size_t)atol(optarg); break;
+        default: goto usage;
+        }
+    }
+    if (!path || value_bytes < 400 || (seconds <= 0 && rows <= 0))
+        goto usage;
+    value = malloc(value_bytes + 1);
+    if (!value)
+        return 1;
+
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        fprintf(stderr, "sqlite_raw: open %s: %s\n", path, db ? sqlite3_errmsg(db) : "?");
+        return 1;
+    }
+    if (exec(db, "PRAGMA journal_mode=WAL") || exec(db, "PRAGMA synchronous=NORMAL") ||
+        exec(db, "CREATE TABLE IF NOT EXISTS kv("
+                 "  ns TEXT NOT NULL COLLATE BINARY, key TEXT NOT NULL COLLATE BINARY,"
+                 "  value BLOB NOT NULL, version INTEGER NOT NULL,"
+                 "  expires_at INTEGER NOT NULL DEFAULT 0,"
+                 "  PRIMARY KEY (ns, key)) WITHOUT ROWID"))
+        return 1;
+    if (sqlite3_prepare_v2(db,
+                           "INSERT OR REPLACE INTO kv(ns, key, value, version, expires_at) "
+                           "VALUES ('sessions', ?1, ?2, ?3, 0)",
+                           -1, &st, NULL) != SQLITE_OK) {
+        fprintf(stderr, "sqlite_raw: prepare: %s\n", sqlite3_errmsg(db));
+        return 1;
+    }
+
+    double start = now_s(), end = start + seconds, t = start;
+    while (rows > 0 ? done < rows : t < end) {
+        char id[64];
+        snprintf(id, sizeof id, "raw-%lld", done);
+        make_record(value, value_bytes, id);
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(st, 2, value, (int)value_bytes, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 3, done + 1);
+        if (sqlite3_step(st) != SQLITE_DONE) {
+            fprintf(stderr, "sqlite_raw: insert: %s\n", sqlite3_errmsg(db));
+            return 1;
+        }
+        sqlite3_reset(st);
+        done++;
+        if ((done & 63) == 0 || rows > 0)
+            t = now_s();
+    }
+    t = now_s() - start;
+    printf("rows %lld seconds %.3f ops_per_sec %.0f\n", done, t, (double)done / t);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    free(value);
+    return 0;
+
+usage:
+    fprintf(stderr, "usage: sqlite_raw -d DB_FILE [-s SECONDS | -n ROWS] [-b VALUE_BYTES >= 400]\n");
+    return 2;
+}
