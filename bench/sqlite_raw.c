@@ -2,7 +2,7 @@
  * sqlite_raw -- the baseline for rhemad's PUT benchmark: what one SQLite
  * connection does on its own, with no server, no HTTP and no JSON work.
  *
- *     sqlite_raw -d DB_FILE [-s SECONDS | -n ROWS] [-b VALUE_BYTES]
+ *     sqlite_raw -d DB_FILE [-s SECONDS | -n ROWS] [-b VALUE_BYTES] [-p PAGE_SIZE] [-a]
  *
  * Opens DB_FILE (which should not exist yet) with the settings rhemad's
  * sqlite plugin uses by default (journal_mode=WAL, synchronous=NORMAL),
@@ -13,7 +13,13 @@
  * (default 10) or ROWS rows.  One prepared statement, reused; each insert
  * is its own transaction, as each PUT is one transaction in rhemad.
  *
- * Prints one line: "rows N seconds S ops_per_sec X".
+ * PAGE_SIZE (default 8192) is the page size of the new file, as the plugin
+ * sets it.  With -a, each session is stored as all the rows rhemad writes
+ * for it -- the record, its status index entry, one participant index entry
+ * per participant (3) and its access record -- each row an autocommit
+ * insert, and the rate counted is sessions per second.
+ *
+ * Prints one line: "rows N seconds S ops_per_sec X" (sessions for -a).
  * Not installed; built by bench/run.sh.
  */
 #define _GNU_SOURCE
@@ -69,13 +75,17 @@ int main(int argc, char **argv)
     double seconds = 10;
     long long rows = 0, done = 0;
     size_t value_bytes = 1024;
+    long page_size = 8192;
+    int all_rows = 0;
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     char *value;
     int c;
 
-    while ((c = getopt(argc, argv, "d:s:n:b:")) != -1) {
+    while ((c = getopt(argc, argv, "d:s:n:b:p:a")) != -1) {
         switch (c) {
+        case 'p': page_size = atol(optarg); break;
+        case 'a': all_rows = 1; break;
         case 'd': path = optarg; break;
         case 's': seconds = atof(optarg); break;
         case 'n': rows = atoll(optarg); break;
@@ -94,7 +104,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "sqlite_raw: open %s: %s\n", path, db ? sqlite3_errmsg(db) : "?");
         return 1;
     }
-    if (exec(db, "PRAGMA journal_mode=WAL") || exec(db, "PRAGMA synchronous=NORMAL") ||
+    char pragma[64];
+    snprintf(pragma, sizeof pragma, "PRAGMA page_size=%ld", page_size);
+    if (exec(db, pragma) || exec(db, "PRAGMA journal_mode=WAL") || exec(db, "PRAGMA synchronous=NORMAL") ||
         exec(db, "CREATE TABLE IF NOT EXISTS kv("
                  "  ns TEXT NOT NULL COLLATE BINARY, key TEXT NOT NULL COLLATE BINARY,"
                  "  value BLOB NOT NULL, version INTEGER NOT NULL,"
@@ -103,7 +115,7 @@ int main(int argc, char **argv)
         return 1;
     if (sqlite3_prepare_v2(db,
                            "INSERT OR REPLACE INTO kv(ns, key, value, version, expires_at) "
-                           "VALUES ('sessions', ?1, ?2, ?3, 0)",
+                           "VALUES (?4, ?1, ?2, ?3, 0)",
                            -1, &st, NULL) != SQLITE_OK) {
         fprintf(stderr, "sqlite_raw: prepare: %s\n", sqlite3_errmsg(db));
         return 1;
@@ -114,14 +126,29 @@ int main(int argc, char **argv)
         char id[64];
         snprintf(id, sizeof id, "raw-%lld", done);
         make_record(value, value_bytes, id);
-        sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_blob(st, 2, value, (int)value_bytes, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 3, done + 1);
-        if (sqlite3_step(st) != SQLITE_DONE) {
-            fprintf(stderr, "sqlite_raw: insert: %s\n", sqlite3_errmsg(db));
-            return 1;
+        /* the record, then (-a) the rows rhemad adds for it */
+        static const char *const idx_ns[] = {"sessions.status", "sessions.participant",
+                                             "sessions.participant", "sessions.participant",
+                                             "sessions.access"};
+        static const char *const idx_prefix[] = {"Active/", "agent-1/", "agent-2/", "agent-3/",
+                                                 ""};
+        for (int r = 0; r < (all_rows ? 6 : 1); r++) {
+            char key[96];
+            const char *ns = r == 0 ? "sessions" : idx_ns[r - 1];
+            snprintf(key, sizeof key, "%s%s", r == 0 ? "" : idx_prefix[r - 1], id);
+            sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+            if (r == 0)
+                sqlite3_bind_blob(st, 2, value, (int)value_bytes, SQLITE_TRANSIENT);
+            else
+                sqlite3_bind_blob(st, 2, r == 5 ? "0 0 1" : "", r == 5 ? 5 : 0, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 3, done * 6 + r + 1);
+            sqlite3_bind_text(st, 4, ns, -1, SQLITE_STATIC);
+            if (sqlite3_step(st) != SQLITE_DONE) {
+                fprintf(stderr, "sqlite_raw: insert: %s\n", sqlite3_errmsg(db));
+                return 1;
+            }
+            sqlite3_reset(st);
         }
-        sqlite3_reset(st);
         done++;
         if ((done & 63) == 0 || rows > 0)
             t = now_s();
@@ -134,6 +161,7 @@ int main(int argc, char **argv)
     return 0;
 
 usage:
-    fprintf(stderr, "usage: sqlite_raw -d DB_FILE [-s SECONDS | -n ROWS] [-b VALUE_BYTES >= 400]\n");
+    fprintf(stderr, "usage: sqlite_raw -d DB_FILE [-s SECONDS | -n ROWS] [-b VALUE_BYTES >= 400] "
+                    "[-p PAGE_SIZE] [-a]\n");
     return 2;
 }
