@@ -59,6 +59,34 @@ extern "C" {
 #define RHEMA_LEASE_RELEASE 3
 #define RHEMA_LEASE_QUERY 4
 
+/* 1 when ns is a valid namespace: 1..RHEMA_STORAGE_NS_MAX bytes of [A-Za-z0-9_.:-]. */
+static inline int rhema_storage_ns_valid(const char *ns)
+{
+    size_t i;
+    if (ns == NULL)
+        return 0;
+    for (i = 0; ns[i] != '\0'; i++) {
+        unsigned char ch = (unsigned char)ns[i];
+        if (i >= RHEMA_STORAGE_NS_MAX)
+            return 0;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_' || ch == '.' || ch == ':' || ch == '-'))
+            return 0;
+    }
+    return i > 0;
+}
+
+/* The length of key when it is a valid key (1..RHEMA_STORAGE_KEY_MAX bytes), else 0. */
+static inline size_t rhema_storage_key_len(const char *key)
+{
+    size_t n = 0;
+    if (key == NULL)
+        return 0;
+    while (n <= RHEMA_STORAGE_KEY_MAX && key[n] != '\0')
+        n++;
+    return n <= RHEMA_STORAGE_KEY_MAX ? n : 0;
+}
+
 typedef struct rhema_storage_instance rhema_storage_instance; /* plugin-defined */
 typedef struct rhema_storage_conn rhema_storage_conn;         /* plugin-defined */
 

@@ -124,39 +124,13 @@ static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
     va_end(ap);
 }
 
-static int valid_ns(const char *ns)
-{
-    size_t i;
-    if (ns == NULL)
-        return 0;
-    for (i = 0; ns[i] != '\0'; i++) {
-        unsigned char ch = (unsigned char)ns[i];
-        if (i >= RHEMA_STORAGE_NS_MAX)
-            return 0;
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '_' || ch == '.' || ch == ':' || ch == '-'))
-            return 0;
-    }
-    return i > 0;
-}
-
-/* The key's length when it is a valid key (1..RHEMA_STORAGE_KEY_MAX), else 0. */
-static size_t valid_key(const char *key)
-{
-    size_t len;
-    if (key == NULL)
-        return 0;
-    len = strnlen(key, RHEMA_STORAGE_KEY_MAX + 1);
-    return len <= RHEMA_STORAGE_KEY_MAX ? len : 0;
-}
-
 static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key, size_t *key_len)
 {
-    if (!valid_ns(ns)) {
+    if (!rhema_storage_ns_valid(ns)) {
         conn_error(c, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])", RHEMA_STORAGE_NS_MAX);
         return RHEMA_EINVAL;
     }
-    *key_len = valid_key(key);
+    *key_len = rhema_storage_key_len(key);
     if (*key_len == 0) {
         conn_error(c, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
         return RHEMA_EINVAL;
@@ -506,7 +480,7 @@ static int mem_scan(rhema_storage_conn *c, const char *ns, const char *from_key,
     int after = 0;
     const char *start = from_key != NULL ? from_key : "";
 
-    if (!valid_ns(ns)) {
+    if (!rhema_storage_ns_valid(ns)) {
         conn_error(c, "invalid namespace");
         return RHEMA_EINVAL;
     }
@@ -559,7 +533,7 @@ static int mem_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage
     struct mem_node *n;
     uint64_t now, entries = 0, bytes = 0;
 
-    if (ns != NULL && !valid_ns(ns)) {
+    if (ns != NULL && !rhema_storage_ns_valid(ns)) {
         conn_error(c, "invalid namespace");
         return RHEMA_EINVAL;
     }
@@ -887,7 +861,7 @@ static int mem_lease(rhema_storage_conn *c, const char *name, const char *holder
     uint64_t now;
     int rc = 0, held, mine;
 
-    name_len = valid_key(name);
+    name_len = rhema_storage_key_len(name);
     if (name_len == 0) {
         conn_error(c, "invalid lease name (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
         return RHEMA_EINVAL;

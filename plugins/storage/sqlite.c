@@ -207,39 +207,13 @@ static int sq_fail(rhema_storage_conn *c, int rc, const char *what)
     return map_rc(rc);
 }
 
-static int valid_ns(const char *ns)
-{
-    size_t i;
-    if (ns == NULL)
-        return 0;
-    for (i = 0; ns[i] != '\0'; i++) {
-        unsigned char ch = (unsigned char)ns[i];
-        if (i >= RHEMA_STORAGE_NS_MAX)
-            return 0;
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '_' || ch == '.' || ch == ':' || ch == '-'))
-            return 0;
-    }
-    return i > 0;
-}
-
-/* The key's length when it is a valid key (1..RHEMA_STORAGE_KEY_MAX), else 0. */
-static size_t valid_key(const char *key)
-{
-    size_t len;
-    if (key == NULL)
-        return 0;
-    len = strnlen(key, RHEMA_STORAGE_KEY_MAX + 1);
-    return len <= RHEMA_STORAGE_KEY_MAX ? len : 0;
-}
-
 static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
 {
-    if (!valid_ns(ns)) {
+    if (!rhema_storage_ns_valid(ns)) {
         conn_error(c, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])", RHEMA_STORAGE_NS_MAX);
         return RHEMA_EINVAL;
     }
-    if (valid_key(key) == 0) {
+    if (rhema_storage_key_len(key) == 0) {
         conn_error(c, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
         return RHEMA_EINVAL;
     }
@@ -684,7 +658,7 @@ static int sq_scan(rhema_storage_conn *c, const char *ns, const char *from_key, 
     sqlite3_stmt *st;
     int rc;
 
-    if (!valid_ns(ns)) {
+    if (!rhema_storage_ns_valid(ns)) {
         conn_error(c, "invalid namespace");
         return RHEMA_EINVAL;
     }
@@ -730,7 +704,7 @@ static int sq_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_
 {
     sqlite3_stmt *st;
     int rc;
-    if (ns != NULL && !valid_ns(ns)) {
+    if (ns != NULL && !rhema_storage_ns_valid(ns)) {
         conn_error(c, "invalid namespace");
         return RHEMA_EINVAL;
     }
@@ -1000,7 +974,7 @@ static int sq_lease(rhema_storage_conn *c, const char *name, const char *holder,
     int64_t expires = 0, now, new_expires;
     int rc, held, mine, in_tx = 0, write = 0;
 
-    if (valid_key(name) == 0) {
+    if (rhema_storage_key_len(name) == 0) {
         conn_error(c, "invalid lease name (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
         return RHEMA_EINVAL;
     }
