@@ -347,6 +347,8 @@ struct sbuf {
 };
 
 static void sb_vadd(struct sbuf *b, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+static void sb_vadd(struct sbuf *b, const char *fmt, va_list ap)
 {
     va_list aq;
     int n;

@@ -23,7 +23,8 @@ void rhema_log_set_level(int level);
 /* Log a message from subsystem `who` (a module or plugin name). */
 void rhema_log(int level, const char *who, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-void rhema_vlog(int level, const char *who, const char *fmt, va_list ap);
+void rhema_vlog(int level, const char *who, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 /* One access-log line (info level, subsystem "access"). */
 void rhema_log_access(const char *request_id, const char *peer, const char *method,

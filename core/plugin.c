@@ -32,6 +32,8 @@ struct rhema_plugin_registry {
 /* ---- the host table ---- */
 
 static void host_log(int level, const char *plugin, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void host_log(int level, const char *plugin, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -39,6 +41,8 @@ static void host_log(int level, const char *plugin, const char *fmt, ...)
     va_end(ap);
 }
 
+static int host_set_error(char **err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int host_set_error(char **err, int code, const char *fmt, ...)
 {
     if (err) {
@@ -178,18 +182,22 @@ static const char *kind_prefix(uint32_t kind)
 static size_t required_size(uint32_t kind, uint32_t minor)
 {
     (void)minor; /* every kind is at minor 0 so far */
+#define END_OF(T, m) (offsetof(T, m) + sizeof(((T *)0)->m))
     switch (kind) {
-    case RHEMA_KIND_STORAGE:
-        return offsetof(struct rhema_storage_plugin, group) +
-               sizeof(((struct rhema_storage_plugin *)0)->group);
+    case RHEMA_KIND_STORAGE: return END_OF(struct rhema_storage_plugin, group);
+    case RHEMA_KIND_COMPRESS: return END_OF(struct rhema_compress_plugin, decompress);
+    case RHEMA_KIND_CIPHER: return END_OF(struct rhema_cipher_plugin, decrypt);
     default: return 0;
     }
+#undef END_OF
 }
 
 static size_t host_size(uint32_t kind)
 {
     switch (kind) {
     case RHEMA_KIND_STORAGE: return sizeof(struct rhema_storage_plugin);
+    case RHEMA_KIND_COMPRESS: return sizeof(struct rhema_compress_plugin);
+    case RHEMA_KIND_CIPHER: return sizeof(struct rhema_cipher_plugin);
     default: return 0;
     }
 }
@@ -197,17 +205,60 @@ static size_t host_size(uint32_t kind)
 /* The first required method that is NULL, or NULL when all are set. */
 static const char *missing_method(const struct rhema_loaded_plugin *p)
 {
+#define REQUIRE(s, m)                                                                              \
+    if (!(s)->m)                                                                                   \
+        return #m;
     if (p->kind == RHEMA_KIND_STORAGE) {
         const struct rhema_storage_plugin *s = &p->vt.storage;
-#define REQUIRE(m)                                                                               \
-    if (!s->m)                                                                                   \
-        return #m;
-        REQUIRE(open) REQUIRE(close) REQUIRE(connect) REQUIRE(disconnect) REQUIRE(get)
-        REQUIRE(put) REQUIRE(del) REQUIRE(batch) REQUIRE(scan) REQUIRE(lease) REQUIRE(health)
-        REQUIRE(stats) REQUIRE(errmsg)
-#undef REQUIRE
+        REQUIRE(s, open) REQUIRE(s, close) REQUIRE(s, connect) REQUIRE(s, disconnect)
+        REQUIRE(s, get) REQUIRE(s, put) REQUIRE(s, del) REQUIRE(s, batch) REQUIRE(s, scan)
+        REQUIRE(s, lease) REQUIRE(s, health) REQUIRE(s, stats) REQUIRE(s, errmsg)
+    } else if (p->kind == RHEMA_KIND_COMPRESS) {
+        const struct rhema_compress_plugin *c = &p->vt.compress;
+        REQUIRE(c, open) REQUIRE(c, close) REQUIRE(c, ctx_new) REQUIRE(c, ctx_free)
+        REQUIRE(c, bound) REQUIRE(c, compress) REQUIRE(c, decompress)
+    } else if (p->kind == RHEMA_KIND_CIPHER) {
+        const struct rhema_cipher_plugin *c = &p->vt.cipher;
+        REQUIRE(c, available) REQUIRE(c, encrypt) REQUIRE(c, decrypt)
     }
+#undef REQUIRE
     return NULL;
+}
+
+/* Kind-specific checks of the header values: 0, or -1 with a message in buf. */
+static int bad_values(const struct rhema_loaded_plugin *p, char *buf, size_t cap)
+{
+    if (p->kind == RHEMA_KIND_COMPRESS) {
+        const struct rhema_compress_plugin *c = &p->vt.compress;
+        if (c->codec_id < 1 || c->codec_id > 255) {
+            snprintf(buf, cap, "codec_id %u is not in 1..255", c->codec_id);
+            return -1;
+        }
+        if (c->level_min > c->level_max || c->level_default < c->level_min ||
+            c->level_default > c->level_max) {
+            snprintf(buf, cap, "levels min %d, max %d, default %d are inconsistent",
+                     c->level_min, c->level_max, c->level_default);
+            return -1;
+        }
+    } else if (p->kind == RHEMA_KIND_CIPHER) {
+        const struct rhema_cipher_plugin *c = &p->vt.cipher;
+        const char *why = NULL;
+        if (c->cipher_id < 1 || c->cipher_id > 255) {
+            snprintf(buf, cap, "cipher_id %u is not in 1..255", c->cipher_id);
+            return -1;
+        }
+        if (c->key_bytes < 16 || c->key_bytes > 64 || c->nonce_bytes < 8 || c->nonce_bytes > 32 ||
+            c->tag_bytes < 12 || c->tag_bytes > 32) {
+            snprintf(buf, cap, "key %u, nonce %u or tag %u bytes out of range", c->key_bytes,
+                     c->nonce_bytes, c->tag_bytes);
+            return -1;
+        }
+        if (!c->available(&why)) {
+            snprintf(buf, cap, "not available on this machine: %s", why ? why : "no reason given");
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* ---- the registry ---- */
@@ -403,6 +454,12 @@ int rhema_plugin_load(struct rhema_plugin_registry *reg, const char *spec, const
     const char *missing = missing_method(p);
     if (missing) {
         rc = fail(err, RHEMA_EINVAL, "%s: required method '%s' is NULL", path, missing);
+        goto out;
+    }
+    char why[160];
+    if (bad_values(p, why, sizeof why) != 0) {
+        rc = fail(err, RHEMA_ENOTSUP, "%s: %s plugin '%s': %s", path,
+                  rhema_plugin_kind_name(p->kind), p->name, why);
         goto out;
     }
     if (reg->n == reg->cap) {

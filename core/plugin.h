@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <rhema/cipher.h>
+#include <rhema/compress.h>
 #include <rhema/plugin.h>
 #include <rhema/storage.h>
 
@@ -37,6 +39,8 @@ struct rhema_loaded_plugin {
     union {
         struct rhema_plugin base;
         struct rhema_storage_plugin storage;
+        struct rhema_compress_plugin compress;
+        struct rhema_cipher_plugin cipher;
     } vt; /* host-side copy, zero-filled past the plugin's size */
 };
 

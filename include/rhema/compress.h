@@ -1,0 +1,78 @@
+/*
+ * rhema compression plugins: a codec with a one-byte wire id.
+ *
+ * The core frames every compressed message (see doc/writing-plugins.md):
+ *     magic "RZ" | format version | codec id | flags | original length
+ *     (u64 little endian) | [dictionary id (u32 LE) when flags has DICT]
+ *     | payload
+ * so a codec only turns bytes into bytes; a reader needs no settings of the
+ * writer, and the core refuses a frame whose original length exceeds its
+ * configured maximum before calling decompress().
+ *
+ * Wire ids: 1 lz4, 2 zstd, 3 gzip, 4 snappy; 128..255 for third parties;
+ * 0 is reserved for "stored as is".
+ *
+ * Threads: open()/close() on the main thread.  compress()/decompress() are
+ * called from every worker at once, each with its own context from
+ * ctx_new() (one per worker thread), so a codec keeps per-thread state
+ * (a ZSTD_CCtx, a z_stream) in the context, never in the instance.
+ */
+#ifndef RHEMA_COMPRESS_H
+#define RHEMA_COMPRESS_H
+
+#include <rhema/plugin.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RHEMA_CODEC_STORED 0
+#define RHEMA_CODEC_LZ4 1
+#define RHEMA_CODEC_ZSTD 2
+#define RHEMA_CODEC_GZIP 3
+#define RHEMA_CODEC_SNAPPY 4
+
+typedef struct rhema_codec rhema_codec;         /* an instance (plugin-defined) */
+typedef struct rhema_codec_ctx rhema_codec_ctx; /* per-thread state (plugin-defined) */
+
+struct rhema_compress_plugin {
+    struct rhema_plugin base; /* kind RHEMA_KIND_COMPRESS */
+    uint32_t codec_id;        /* the wire id, 1..255 */
+    int32_t level_min, level_max, level_default;
+
+    /*
+     * Create an instance from the plugin's group (cfg may be NULL), e.g. a
+     * zstd dictionary read from a file.  On failure a negative code and *err.
+     */
+    int (*open)(const struct rhema_host *host, const struct rhema_cfg *cfg, rhema_codec **out,
+                char **err);
+    void (*close)(rhema_codec *codec);
+    /* Per-thread state; ctx_free after every use of it ended. */
+    int (*ctx_new)(rhema_codec *codec, rhema_codec_ctx **out);
+    void (*ctx_free)(rhema_codec_ctx *ctx);
+
+    /* The largest output compress() can produce for src_len bytes at any level. */
+    size_t (*bound)(rhema_codec *codec, size_t src_len);
+    /*
+     * Compress src into dst (dst_cap >= bound(src_len)); *dst_len receives the
+     * payload size; *dict_id the id of the dictionary used (0: none), which
+     * the core writes into the frame.  level outside [level_min, level_max]
+     * is RHEMA_EINVAL.
+     */
+    int (*compress)(rhema_codec_ctx *ctx, int level, const void *src, size_t src_len, void *dst,
+                    size_t dst_cap, size_t *dst_len, uint32_t *dict_id);
+    /*
+     * Decompress a payload into exactly orig_len bytes at dst.  A payload
+     * that is truncated, corrupt, or does not decode to exactly orig_len
+     * bytes is RHEMA_ECORRUPT; one that needs a dictionary this instance does
+     * not have is RHEMA_ENOTFOUND.  Never reads or writes out of bounds.
+     */
+    int (*decompress)(rhema_codec_ctx *ctx, const void *src, size_t src_len, void *dst,
+                      size_t orig_len, uint32_t dict_id);
+    /* --- minor 0 ends here --- */
+};
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* RHEMA_COMPRESS_H */
