@@ -429,7 +429,8 @@ static void access_clear(struct rhema_store *st)
 {
     for (size_t i = 0; i < st->pending_cap; i++)
         free(st->pending[i].id);
-    memset(st->pending, 0, st->pending_cap * sizeof *st->pending);
+    if (st->pending)
+        memset(st->pending, 0, st->pending_cap * sizeof *st->pending);
     st->pending_n = 0;
 }
 
