@@ -423,6 +423,7 @@ static void worker_release(struct rhema_worker *w)
         event_free(w->tick_ev);
     if (w->done_ev)
         event_free(w->done_ev);
+    rhema_codec_ctxs_release(&w->srv->codecs, &w->codec_ctxs);
     rhema_store_release(&w->store);
     if (w->conn)
         w->srv->storage->disconnect(w->conn);

@@ -20,6 +20,7 @@
 #include <event2/listener.h>
 #include <jansson.h>
 
+#include "codec.h"
 #include "config.h"
 #include "plugin.h"
 #include "session.h"
@@ -48,6 +49,7 @@ struct rhema_worker {
     struct rhema_commit_job *done_head, **done_tail; /* under done_lock */
     struct event *done_ev;     /* activated by the committer */
     uint64_t last_input_ns;    /* when bytes last arrived on a connection (drain) */
+    struct rhema_codec_ctxs codec_ctxs; /* this worker's compression contexts */
 };
 
 struct rhema_server {
@@ -64,6 +66,7 @@ struct rhema_server {
     char boot_id[9];             /* random per process, prefix of request ids */
     atomic_int log_access;       /* logging.access_log, can change on reload */
     struct rhema_committer *committer; /* NULL: the backend has no group(); workers write */
+    struct rhema_codecs codecs;  /* the compression plugins, opened */
 };
 
 /* The context of one request, valid for the duration of its handler. */

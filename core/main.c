@@ -131,6 +131,20 @@ static int load_plugins(struct rhema_server *srv, char **err)
     }
     srv->storage_plugin = p;
     srv->storage = &p->vt.storage;
+    /* the compression codec the configuration names (needed only when enabled) */
+    if (!rhema_plugin_find(srv->plugins, RHEMA_KIND_COMPRESS, cfg->compression_algorithm)) {
+        const struct rhema_loaded_plugin *c;
+        char *cerr = NULL;
+        rc = rhema_plugin_load(srv->plugins, cfg->compression_algorithm, cfg->plugin_directory,
+                               RHEMA_KIND_COMPRESS, &c, &cerr);
+        if (rc && cfg->compression_enabled) {
+            *err = cerr;
+            return rc;
+        }
+        if (rc)
+            rhema_log(RHEMA_LOG_INFO, "main", "compression codec not loaded: %s", cerr);
+        free(cerr);
+    }
     rhema_config_foreach_plugin_group(cfg, RHEMA_KIND_STORAGE, warn_stray_group, srv);
     return 0;
 }
@@ -362,7 +376,8 @@ int main(int argc, char **argv)
     }
     if (rhema_plugins_new(&srv.plugins) != 0)
         goto out;
-    if (load_plugins(&srv, &err) != 0 || open_storage(&srv, &err) != 0) {
+    if (load_plugins(&srv, &err) != 0 || open_storage(&srv, &err) != 0 ||
+        rhema_codecs_open(&srv.codecs, srv.plugins, &cfg, &err) != 0) {
         fprintf(stderr, "rhemad: %s\n", err ? err : "plugin error");
         if (opt.test_only)
             fprintf(stderr, "rhemad: configuration file %s test failed\n",
@@ -437,6 +452,7 @@ out:
         rhema_http_stop(&srv);
     if (srv.storage_inst)
         srv.storage->close(srv.storage_inst);
+    rhema_codecs_close(&srv.codecs);
     rhema_plugins_free(srv.plugins);
     pidfile_remove();
     free(err);

@@ -4,10 +4,13 @@
  */
 #include "rhema_build.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <sys/queue.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <event2/buffer.h>
 
 #include "log.h"
 #include "commit.h"
@@ -401,6 +404,110 @@ static void route_get_only(struct rhema_req *r, void (*h)(struct rhema_req *))
         method_not_allowed(r, "GET, OPTIONS");
 }
 
+/* ---- messages: compression frames (DESIGN.md §3) ---- */
+
+static const unsigned char *raw_body(struct rhema_req *r, size_t *len)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
+    *len = evbuffer_get_length(in);
+    return *len ? evbuffer_pullup(in, -1) : (const unsigned char *)"";
+}
+
+static void h_compress(struct rhema_req *r)
+{
+    const struct rhema_codecs *cs = &r->worker->srv->codecs;
+    const char *alg = evhttp_find_header(&r->query, "algorithm");
+    const char *lvl = evhttp_find_header(&r->query, "level");
+    char err[RHEMA_FRAME_ERR_MAX];
+    int id = -1;
+    int32_t level = INT32_MIN;
+    struct evkeyval *kv;
+    TAILQ_FOREACH(kv, &r->query, next)
+    {
+        if (strcmp(kv->key, "algorithm") != 0 && strcmp(kv->key, "level") != 0) {
+            rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
+                              kv->key);
+            return;
+        }
+    }
+    if (alg) {
+        id = strcmp(alg, "none") == 0 ? RHEMA_CODEC_STORED : rhema_codecs_id(cs, alg);
+        if (id < 0) {
+            rhema_reply_error(r, 400, "invalid_field",
+                              "parameter 'algorithm': '%s' is not a loaded compression plugin "
+                              "(load it with plugins.load)",
+                              alg);
+            return;
+        }
+    } else if (cs->default_id < 0) {
+        rhema_reply_error(r, 503, "unavailable",
+                          "no compression codec is loaded (advanced_features.compression.algorithm "
+                          "names one that was not found)");
+        return;
+    }
+    if (lvl) {
+        char *end;
+        long v = strtol(lvl, &end, 10);
+        if (!*lvl || *end || v < -1000000 || v > 1000000) {
+            rhema_reply_error(r, 400, "invalid_field", "parameter 'level': expected an integer");
+            return;
+        }
+        level = (int32_t)v;
+    }
+    size_t len;
+    const unsigned char *src = raw_body(r, &len);
+    struct rhema_buf out;
+    /* an explicit algorithm means: compress, whatever the threshold says */
+    int rc = rhema_frame_compress(cs, &r->worker->codec_ctxs, id, level, alg != NULL, src, len,
+                                  &out, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc == RHEMA_EINVAL ? rc : RHEMA_EIO, err);
+        return;
+    }
+    char n[32];
+    int used = out.data[3];
+    rhema_header(r, "X-Rhema-Codec", used ? cs->by_id[used].plugin->name : "none");
+    snprintf(n, sizeof n, "%zu", len);
+    rhema_header(r, "X-Rhema-Original-Length", n);
+    rhema_reply(r, 200, "application/octet-stream", out.data, out.len);
+    free(out.data);
+}
+
+static void h_decompress(struct rhema_req *r)
+{
+    const struct rhema_codecs *cs = &r->worker->srv->codecs;
+    char err[RHEMA_FRAME_ERR_MAX];
+    size_t len;
+    const unsigned char *src = raw_body(r, &len);
+    struct rhema_buf out;
+    if (TAILQ_FIRST(&r->query)) {
+        rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
+                          TAILQ_FIRST(&r->query)->key);
+        return;
+    }
+    int rc = rhema_frame_decompress(cs, &r->worker->codec_ctxs, src, len, &out, err);
+    switch (rc) {
+    case 0: break;
+    case RHEMA_ETOOBIG: rhema_reply_error(r, 413, "too_large", "%s", err); return;
+    case RHEMA_ENOMEM: rhema_reply_error(r, 500, "internal", "%s", err); return;
+    default: rhema_reply_error(r, 400, "bad_frame", "%s", err); return;
+    }
+    rhema_header(r, "X-Rhema-Codec",
+                 src[3] ? cs->by_id[src[3]].plugin->name : "none");
+    rhema_reply(r, 200, "application/octet-stream", out.data, out.len);
+    free(out.data);
+}
+
+static void route_post_only(struct rhema_req *r, void (*h)(struct rhema_req *))
+{
+    if (r->method == EVHTTP_REQ_POST)
+        h(r);
+    else if (r->method == EVHTTP_REQ_OPTIONS)
+        preflight(r, "POST, OPTIONS");
+    else
+        method_not_allowed(r, "POST, OPTIONS");
+}
+
 void rhema_route(struct rhema_req *r)
 {
     const char *p = r->path, *rest;
@@ -414,6 +521,10 @@ void rhema_route(struct rhema_req *r)
         route_get_only(r, h_plugins);
     else if ((rest = after(p, "/v1/sessions")) && (*rest == '\0' || *rest == '/'))
         route_sessions(r, rest);
+    else if (strcmp(p, "/v1/messages/compress") == 0)
+        route_post_only(r, h_compress);
+    else if (strcmp(p, "/v1/messages/decompress") == 0)
+        route_post_only(r, h_decompress);
     else
         rhema_reply_error(r, 404, "not_found", "no route for %s", p);
 }
