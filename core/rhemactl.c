@@ -17,6 +17,8 @@
 
 #include <sodium.h>
 
+#include "../tests/conformance/cipher_suite.h"
+#include "../tests/conformance/compress_suite.h"
 #include "../tests/conformance/storage_suite.h"
 #include "config.h"
 #include "log.h"
@@ -91,15 +93,25 @@ static int cmd_plugin(int argc, char **argv)
         status = 0;
         goto out;
     }
-    if (p->kind != RHEMA_KIND_STORAGE) {
+    struct rhema_conf_totals totals = {0};
+    const struct rhema_cfg *group = rhema_config_plugin_group(&cfg, p->kind, p->name);
+    switch (p->kind) {
+    case RHEMA_KIND_STORAGE:
+        rhema_conformance_storage(&p->vt.storage, rhema_host_get(), group, report,
+                                  (void *)p->name, &totals);
+        break;
+    case RHEMA_KIND_COMPRESS:
+        rhema_conformance_compress(&p->vt.compress, rhema_host_get(), group, report,
+                                   (void *)p->name, &totals);
+        break;
+    case RHEMA_KIND_CIPHER:
+        rhema_conformance_cipher(&p->vt.cipher, report, (void *)p->name, &totals);
+        break;
+    default:
         fprintf(stderr, "rhemactl: no conformance suite for %s plugins in this version\n",
                 rhema_plugin_kind_name(p->kind));
         goto out;
     }
-    struct rhema_conf_totals totals = {0};
-    const struct rhema_cfg *group = rhema_config_plugin_group(&cfg, p->kind, p->name);
-    rhema_conformance_storage(&p->vt.storage, rhema_host_get(), group, report, (void *)p->name,
-                              &totals);
     printf("%u passed, %u failed, %u skipped\n", totals.passed, totals.failed, totals.skipped);
     status = totals.failed ? 1 : 0;
 out:

@@ -11,7 +11,18 @@
  * (IETF); 128..255 for third parties.
  *
  * Threads: every function may be called from any thread at once; ciphers
- * keep no mutable state.
+ * keep no mutable state.  The host calls available() (where a plugin runs
+ * sodium_init() or its equivalent) before any other function.
+ *
+ * Buffers: a pointer may be NULL when its length is 0; ct and pt may be the
+ * same buffer (exact overlap), never partially overlapping.  Errors:
+ * RHEMA_EINVAL for a NULL key or nonce, RHEMA_ETOOBIG for a message longer
+ * than the primitive allows, RHEMA_ECORRUPT for ct_len < tag_bytes or a
+ * failed tag check -- and after a failed decrypt, pt holds no unauthenticated
+ * plaintext (a plugin zeroes what it wrote).
+ *
+ * Limits: max_messages_per_key counts messages; for AES-GCM the safety bound
+ * is in blocks, so the keyring also caps the bytes one key encrypts.
  */
 #ifndef RHEMA_CIPHER_H
 #define RHEMA_CIPHER_H

@@ -51,21 +51,34 @@ struct rhema_compress_plugin {
     int (*ctx_new)(rhema_codec *codec, rhema_codec_ctx **out);
     void (*ctx_free)(rhema_codec_ctx *ctx);
 
-    /* The largest output compress() can produce for src_len bytes at any level. */
+    /*
+     * The largest output compress() can produce for src_len bytes at any
+     * level, or SIZE_MAX when src_len is more than the codec can take (then
+     * compress() answers RHEMA_ETOOBIG).
+     */
     size_t (*bound)(rhema_codec *codec, size_t src_len);
     /*
-     * Compress src into dst (dst_cap >= bound(src_len)); *dst_len receives the
-     * payload size; *dict_id the id of the dictionary used (0: none), which
-     * the core writes into the frame.  level outside [level_min, level_max]
-     * is RHEMA_EINVAL.
+     * Compress src into dst; *dst_len receives the payload size; *dict_id the
+     * id of the dictionary used (0: none), which the core writes into the
+     * frame.  dst_cap may be smaller than bound(): then the call succeeds
+     * when the payload fits and answers RHEMA_ETOOBIG when it does not, never
+     * writing past dst_cap (so a caller can pass dst_cap = src_len to mean
+     * "only if it pays").  A level outside [level_min, level_max] is
+     * RHEMA_EINVAL; what level 0 means inside the range is the codec's
+     * (the library default for zstd).
      */
     int (*compress)(rhema_codec_ctx *ctx, int level, const void *src, size_t src_len, void *dst,
                     size_t dst_cap, size_t *dst_len, uint32_t *dict_id);
     /*
-     * Decompress a payload into exactly orig_len bytes at dst.  A payload
-     * that is truncated, corrupt, or does not decode to exactly orig_len
-     * bytes is RHEMA_ECORRUPT; one that needs a dictionary this instance does
-     * not have is RHEMA_ENOTFOUND.  Never reads or writes out of bounds.
+     * Decompress a payload into exactly orig_len bytes at dst (dst may be NULL
+     * when orig_len is 0).  A payload that is truncated, corrupt, or does not
+     * decode to exactly orig_len bytes is RHEMA_ECORRUPT; one that needs a
+     * dictionary this instance does not have (or any dict_id for a codec
+     * without dictionaries) is RHEMA_ENOTFOUND; dict_id 0 for a payload made
+     * with a dictionary is RHEMA_ECORRUPT.  Never reads or writes out of
+     * bounds.  Codecs without a checksum (lz4, snappy, zstd as configured) may
+     * decode a damaged payload to wrong bytes of the right length; integrity
+     * against tampering is the envelope's job (encryption), not the codec's.
      */
     int (*decompress)(rhema_codec_ctx *ctx, const void *src, size_t src_len, void *dst,
                       size_t orig_len, uint32_t dict_id);

@@ -1,0 +1,1663 @@
+/*
+ * postgres -- the PostgreSQL storage plugin (libpq).
+ *
+ * Features SHARED | DURABLE | TTL | LEASES: every node of a cluster that
+ * points at the same database sees the same keys and leases, and the
+ * server's clock (now()) is the one clock they all agree on.
+ *
+ * Configuration (persistence.postgres):
+ *   conninfo                = "host=127.0.0.1 port=5432 dbname=rhema";
+ *                             a libpq connection string or URI
+ *   connect_timeout_seconds = 5;         per connection attempt, 1..3600
+ *   schema                  = "rhema";   [A-Za-z_][A-Za-z0-9_]*, created if missing
+ *
+ * Schema (schema_version 1), all in the configured schema:
+ *   meta(name text PRIMARY KEY, value bigint)      schema_version
+ *   SEQUENCE kv_version                            every version of every key
+ *   kv(ns text COLLATE "C", key bytea, value bytea, version bigint,
+ *      expires_at timestamptz NULL, PRIMARY KEY (ns, key))
+ *       key is bytea, so keys order by memcmp then length (strcmp order)
+ *       and may hold bytes that are not valid in the database encoding;
+ *       expires_at NULL means "never"; a partial index on expires_at keeps
+ *       the purge of expired rows cheap.
+ *   leases(name bytea PRIMARY KEY, holder bytea, epoch bigint,
+ *          expires_at timestamptz NULL)
+ *       a released or expired lease keeps its row (holder ''), so the epoch
+ *       of a name only grows, across releases, expiry and restarts.
+ * open() creates it in one transaction that first takes
+ * pg_advisory_xact_lock(hashtext('rhema.schema:' || schema)), so nodes that
+ * start together do not race, and refuses a schema_version it does not know.
+ *
+ * Versions: every version is a fresh nextval() of kv_version, so a version
+ * is never handed out twice, to any key, even across a delete and a
+ * re-create or from two nodes.  An update takes its nextval() in the SET
+ * clause, which PostgreSQL evaluates after it has locked the row: a value
+ * drawn after the previous writer committed, hence larger than the version
+ * it replaces.
+ *
+ * Statements: every statement is prepared once per connection (PQprepare,
+ * re-prepared after a reconnect) and run with PQsendQueryPrepared, binary
+ * parameters and binary results.  A put or a delete is one statement in
+ * autocommit: the precondition sits in its WHERE clause (UPDATE ... WHERE
+ * version = $5, or INSERT ... ON CONFLICT DO UPDATE ... WHERE the old row
+ * has expired for RHEMA_VERSION_ABSENT), inside a WITH whose outer SELECT
+ * also reads the current version, for the conflict message and to tell
+ * ENOTFOUND from ECONFLICT.  batch() is BEGIN, the same statements, COMMIT
+ * (ROLLBACK on the first failed precondition); group() is one transaction
+ * with a SAVEPOINT per member of several writes and one COMMIT.
+ *
+ * Time: TTLs and leases use the server's now(); the host's clock is never
+ * compared with it.
+ *
+ * Faults: a connection that breaks, or a server that cannot be reached,
+ * makes the call return RHEMA_EUNAVAIL with the reason in errmsg().  The
+ * next call reconnects (and re-prepares) by itself, at most once per
+ * backoff period: 100 ms after a failed attempt, doubling up to 2 s.  A
+ * write whose statement or COMMIT was sent but whose answer never came
+ * back is RHEMA_EUNAVAIL with a message saying its outcome is unknown;
+ * a write inside a transaction that broke before its COMMIT was not
+ * applied (the server rolls the transaction back).
+ *
+ * Threads: one PGconn per connect(), used by one thread; the instance holds
+ * only configuration and an atomic counter.  Notices from the server go to
+ * host->log at debug level, never to stderr.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include <rhema/storage.h>
+
+#define PLUGIN_NAME "postgres"
+#define SCHEMA_VERSION 1
+#define PG_ERRMSG_MAX 512
+#define BACKOFF_MIN_MS 100u
+#define BACKOFF_MAX_MS 2000u
+#define PURGE_EVERY 64u   /* writes between two purges of expired rows */
+#define PURGE_LIMIT "256" /* rows a purge deletes at most */
+#define MAX_PARAMS 5
+#define VALUE_MAX ((size_t)0x3fffffff) /* bytea holds at most 1 GiB */
+#define TTL_MAX_MS 10000000000000ull   /* ~317 years: longer TTLs saturate */
+#define LEASE_TTL_MAX_MS ((uint64_t)INT32_MAX * 1000)
+
+/* parameter type OIDs (pg_type.dat; stable across versions) */
+#define OID_BYTEA 17u
+#define OID_INT8 20u
+#define OID_TEXT 25u
+
+enum stmt_id {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_SAVEPOINT,
+    ST_RELEASE,
+    ST_ROLLBACK_TO,
+    ST_GET,
+    ST_PUT_ANY,
+    ST_PUT_ABSENT,
+    ST_PUT_IF,
+    ST_DEL,
+    ST_PURGE,
+    ST_SCAN,      /* no bounds */
+    ST_SCAN_FROM, /* from_key only */
+    ST_SCAN_TO,   /* to_key only */
+    ST_SCAN_BOTH, /* both bounds */
+    ST_STATS_NS,
+    ST_STATS_ALL,
+    ST_LEASE_GET,
+    ST_LEASE_ACQUIRE,
+    ST_LEASE_RENEW,
+    ST_LEASE_RELEASE,
+    ST_HEALTH,
+    ST__COUNT
+};
+
+/* clang-format off: SQL reads best laid out by hand */
+/*
+ * SQL templates: "@" stands for the quoted schema name.  Parameter types are
+ * one letter each: t text, b bytea, i int8.
+ */
+#define LIVE "(t.expires_at IS NULL OR t.expires_at > now())"
+#define EXPIRES(P) "CASE WHEN " P " > 0 THEN now() + " P " * interval '1 millisecond' END"
+#define CURRENT "(SELECT t.version FROM @.kv t WHERE t.ns = $1 AND t.key = $2 AND " LIVE ")"
+#define INSERT_KV                                                                                  \
+    "INSERT INTO @.kv AS t (ns, key, value, version, expires_at) "                                 \
+    "VALUES ($1, $2, $3, nextval('@.kv_version'), " EXPIRES(                                       \
+        "$4") ") "                                                                                 \
+              "ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, "                       \
+              "version = nextval('@.kv_version'), expires_at = EXCLUDED.expires_at"
+#define SCAN_SQL(BOUNDS)                                                                           \
+    "SELECT t.key, t.value, t.version FROM @.kv t WHERE t.ns = $1" BOUNDS " AND " LIVE             \
+    " ORDER BY t.key LIMIT $4"
+#define STATS_SQL(WHERE)                                                                           \
+    "SELECT count(*), COALESCE(sum(octet_length(t.key) + octet_length(t.value)), 0)::int8 "        \
+    "FROM @.kv t WHERE " WHERE LIVE
+#define HELD "(octet_length(l.holder) > 0 AND l.expires_at > now())"
+#define LEASE_STATE                                                                                \
+    "l.holder, l.epoch, CASE WHEN " HELD " THEN "                                                  \
+    "ceil(extract(epoch FROM l.expires_at - now()) * 1000)::int8 ELSE 0 END"
+
+struct stmt_def {
+    const char *sql;
+    const char *types;
+};
+
+static const struct stmt_def stmt_defs[ST__COUNT] = {
+    [ST_BEGIN] = {"BEGIN", ""},
+    [ST_COMMIT] = {"COMMIT", ""},
+    [ST_ROLLBACK] = {"ROLLBACK", ""},
+    [ST_SAVEPOINT] = {"SAVEPOINT member", ""},
+    [ST_RELEASE] = {"RELEASE SAVEPOINT member", ""},
+    [ST_ROLLBACK_TO] = {"ROLLBACK TO SAVEPOINT member", ""},
+    [ST_GET] = {"SELECT t.value, t.version FROM @.kv t WHERE t.ns = $1 AND t.key = $2 AND " LIVE,
+                "tb"},
+    /* -> version */
+    [ST_PUT_ANY] = {INSERT_KV " RETURNING t.version", "tbbi"},
+    /* -> (new version or NULL, live version before or NULL); an expired row counts as absent */
+    [ST_PUT_ABSENT] = {"WITH w AS (" INSERT_KV
+                       " WHERE t.expires_at IS NOT NULL AND t.expires_at <= now()"
+                       " RETURNING t.version) SELECT (SELECT version FROM w), " CURRENT,
+                       "tbbi"},
+    [ST_PUT_IF] = {"WITH w AS (UPDATE @.kv AS t SET value = $3, "
+                   "version = nextval('@.kv_version'), expires_at = " EXPIRES(
+                       "$4") " WHERE t.ns = $1 AND t.key = $2 AND t.version = $5 AND " LIVE
+                             " RETURNING t.version) SELECT (SELECT version FROM w), " CURRENT,
+                   "tbbii"},
+    /* $3 = 0: any version */
+    [ST_DEL] = {"WITH w AS (DELETE FROM @.kv AS t WHERE t.ns = $1 AND t.key = $2"
+                " AND ($3 = 0 OR t.version = $3) AND " LIVE
+                " RETURNING t.version) SELECT (SELECT version FROM w), " CURRENT,
+                "tbi"},
+    /* SKIP LOCKED: a purge never waits for, nor blocks, a writer */
+    [ST_PURGE] = {"DELETE FROM @.kv WHERE expires_at <= now() AND (ns, key) IN (SELECT ns, key "
+                  "FROM @.kv WHERE expires_at <= now() LIMIT " PURGE_LIMIT
+                  " FOR UPDATE SKIP LOCKED)",
+                  ""},
+    [ST_SCAN] = {SCAN_SQL(""), "tbbi"},
+    [ST_SCAN_FROM] = {SCAN_SQL(" AND t.key >= $2"), "tbbi"},
+    [ST_SCAN_TO] = {SCAN_SQL(" AND t.key < $3"), "tbbi"},
+    [ST_SCAN_BOTH] = {SCAN_SQL(" AND t.key >= $2 AND t.key < $3"), "tbbi"},
+    [ST_STATS_NS] = {STATS_SQL("t.ns = $1 AND "), "t"},
+    [ST_STATS_ALL] = {STATS_SQL(""), ""},
+    /* -> (holder, epoch, ttl remaining in ms, 0 when not held) */
+    [ST_LEASE_GET] = {"SELECT " LEASE_STATE " FROM @.leases l WHERE l.name = $1", "b"},
+    /*
+     * Granted when the lease is free (never held, released or expired: a new
+     * epoch, one above the last) or already held by $2 (same epoch).
+     */
+    [ST_LEASE_ACQUIRE] = {"INSERT INTO @.leases AS l (name, holder, epoch, expires_at) "
+                          "VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond') "
+                          "ON CONFLICT (name) DO UPDATE SET "
+                          "epoch = CASE WHEN " HELD " AND l.holder = EXCLUDED.holder "
+                          "THEN l.epoch ELSE l.epoch + 1 END, "
+                          "holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at "
+                          "WHERE NOT " HELD " OR l.holder = EXCLUDED.holder "
+                          "RETURNING " LEASE_STATE,
+                          "bbi"},
+    [ST_LEASE_RENEW] =
+        {"UPDATE @.leases AS l SET expires_at = now() + $3 * interval '1 millisecond' "
+         "WHERE l.name = $1 AND l.holder = $2 AND l.expires_at > now() "
+         "RETURNING " LEASE_STATE,
+         "bbi"},
+    [ST_LEASE_RELEASE] = {"UPDATE @.leases AS l SET holder = ''::bytea, expires_at = NULL "
+                          "WHERE l.name = $1 AND l.holder = $2 AND l.expires_at > now() "
+                          "RETURNING " LEASE_STATE,
+                          "bb"},
+    [ST_HEALTH] = {"SELECT 1", ""},
+};
+
+/* The tables, created by open() and repeated at the head of a backup. */
+static const char schema_ddl[] =
+    "CREATE TABLE IF NOT EXISTS @.meta (name text PRIMARY KEY, value bigint NOT NULL);\n"
+    "INSERT INTO @.meta (name, value) VALUES ('schema_version', 1) ON CONFLICT (name) DO NOTHING;\n"
+    "CREATE SEQUENCE IF NOT EXISTS @.kv_version AS bigint MINVALUE 1;\n"
+    "CREATE TABLE IF NOT EXISTS @.kv (ns text COLLATE \"C\" NOT NULL, key bytea NOT NULL,"
+    " value bytea NOT NULL, version bigint NOT NULL, expires_at timestamptz,"
+    " PRIMARY KEY (ns, key));\n"
+    "CREATE INDEX IF NOT EXISTS kv_expires ON @.kv (expires_at) WHERE expires_at IS NOT NULL;\n"
+    "CREATE TABLE IF NOT EXISTS @.leases (name bytea PRIMARY KEY, holder bytea NOT NULL,"
+    " epoch bigint NOT NULL, expires_at timestamptz);\n";
+/* clang-format on */
+
+struct rhema_storage_instance {
+    const struct rhema_host *host;
+    char *conninfo;
+    char *schema;     /* validated: an identifier that needs no escaping */
+    char *qschema;    /* "schema", quoted */
+    char timeout[16]; /* connect_timeout_seconds, as text for libpq */
+    int timeout_s;
+    char *sql[ST__COUNT]; /* stmt_defs with the schema filled in */
+    atomic_uint writes;   /* across connections, for the purge cadence */
+};
+
+/* Where a connection's notices go (see notice_cb). */
+struct notice_sink {
+    const rhema_storage_instance *inst;
+    int fatal; /* the server said FATAL while we were not asking: the session is over */
+};
+
+struct rhema_storage_conn {
+    rhema_storage_instance *inst;
+    struct notice_sink sink;
+    PGconn *pg;           /* NULL or a connection (maybe broken) */
+    int ready;            /* pg is connected and every statement prepared */
+    int ever_connected;   /* for the "reconnected" log line */
+    uint64_t next_try_ms; /* monotonic: no reconnect attempt before this */
+    unsigned backoff_ms;
+    PGresult *held; /* backs the value get() returned, until the next call */
+    char err[PG_ERRMSG_MAX];
+    char down[PG_ERRMSG_MAX]; /* why the last connection attempt failed */
+};
+
+/* flags of run() */
+#define RUN_OUTCOME 1 /* a write that commits by itself (autocommit or COMMIT) */
+
+/* ---- helpers ---- */
+
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err, sizeof c->err, fmt, ap);
+    va_end(ap);
+}
+
+/* A libpq message without its trailing newline(s), into buf. */
+static const char *one_line(const char *msg, char *buf, size_t size)
+{
+    size_t n;
+    snprintf(buf, size, "%s", msg != NULL && msg[0] != '\0' ? msg : "unknown error");
+    n = strlen(buf);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+        buf[--n] = '\0';
+    for (n = 0; buf[n] != '\0'; n++)
+        if (buf[n] == '\n' || buf[n] == '\t')
+            buf[n] = ' ';
+    return buf;
+}
+
+static uint64_t mono_ms(const rhema_storage_instance *in)
+{
+    return in->host->monotonic_ns() / 1000000u;
+}
+
+static void be64_put(unsigned char b[8], uint64_t v)
+{
+    int i;
+    for (i = 7; i >= 0; i--) {
+        b[i] = (unsigned char)v;
+        v >>= 8;
+    }
+}
+
+static uint64_t be64_get(const char *p)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    uint64_t v = 0;
+    int i;
+    for (i = 0; i < 8; i++)
+        v = v << 8 | b[i];
+    return v;
+}
+
+/* An int8 column of a binary result (0 when NULL or malformed). */
+static uint64_t col_u64(const PGresult *r, int row, int col)
+{
+    if (PQgetisnull(r, row, col) || PQgetlength(r, row, col) != 8)
+        return 0;
+    return be64_get(PQgetvalue(r, row, col));
+}
+
+/*
+ * Replace every "@" of tmpl with qschema.  Returns a malloc'd string or NULL.
+ */
+static char *fill_schema(const char *tmpl, const char *qschema)
+{
+    size_t n = 0, q = strlen(qschema), i;
+    const char *p;
+    char *out, *o;
+    for (p = tmpl; *p; p++)
+        n += *p == '@' ? q : 1;
+    out = malloc(n + 1);
+    if (out == NULL)
+        return NULL;
+    for (p = tmpl, o = out; *p; p++) {
+        if (*p == '@') {
+            for (i = 0; i < q; i++)
+                *o++ = qschema[i];
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
+{
+    if (!rhema_storage_ns_valid(ns)) {
+        conn_error(c, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])", RHEMA_STORAGE_NS_MAX);
+        return RHEMA_EINVAL;
+    }
+    if (rhema_storage_key_len(key) == 0) {
+        conn_error(c, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+        return RHEMA_EINVAL;
+    }
+    return 0;
+}
+
+static int check_write(rhema_storage_conn *c, const struct rhema_storage_write *w)
+{
+    int rc;
+    if (w == NULL) {
+        conn_error(c, "NULL write");
+        return RHEMA_EINVAL;
+    }
+    if (w->op != RHEMA_WRITE_PUT && w->op != RHEMA_WRITE_DEL) {
+        conn_error(c, "unknown write op %u", (unsigned)w->op);
+        return RHEMA_EINVAL;
+    }
+    rc = check_ns_key(c, w->ns, w->key);
+    if (rc != 0)
+        return rc;
+    if (w->op == RHEMA_WRITE_PUT && w->value == NULL && w->value_len > 0) {
+        conn_error(c, "NULL value with a non-zero length");
+        return RHEMA_EINVAL;
+    }
+    if (w->op == RHEMA_WRITE_PUT && w->value_len > VALUE_MAX) {
+        conn_error(c, "value of %zu bytes is too big for postgres (1 GiB at most)", w->value_len);
+        return RHEMA_ETOOBIG;
+    }
+    if (w->op == RHEMA_WRITE_DEL && w->expected_version == RHEMA_VERSION_ABSENT) {
+        conn_error(c, "delete with RHEMA_VERSION_ABSENT");
+        return RHEMA_EINVAL;
+    }
+    return 0;
+}
+
+/*
+ * Server notices (NOTICE, WARNING ...) go to the host's log, never to
+ * stderr.  libpq also hands over as a notice an error that arrives while no
+ * query runs: a FATAL then means the server ended the session (shutdown,
+ * pg_terminate_backend), even if the socket has not reported EOF yet.
+ */
+static void notice_cb(void *arg, const PGresult *res)
+{
+    struct notice_sink *sink = arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    char line[PG_ERRMSG_MAX];
+    if (sev != NULL && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0))
+        sink->fatal = 1;
+    if (sink->inst->host->log != NULL)
+        sink->inst->host->log(RHEMA_LOG_DEBUG, PLUGIN_NAME, "server: %s",
+                              one_line(PQresultErrorMessage(res), line, sizeof line));
+}
+
+/*
+ * Connect with PQconnectStartParams, so that the notice processor is in
+ * place before the server can say anything, and wait at most timeout_s.
+ * The conninfo comes last: what it says wins over our defaults.  Returns
+ * the connection (check PQstatus; *timed_out is set when the deadline
+ * passed) or NULL when out of memory.
+ */
+static PGconn *pg_connect(const rhema_storage_instance *in, struct notice_sink *sink,
+                          int *timed_out)
+{
+    static const char *const keys[] = {
+        "connect_timeout",     "application_name", "keepalives", "keepalives_idle",
+        "keepalives_interval", "keepalives_count", "dbname",     NULL};
+    const char *vals[] = {in->timeout, "rhema", "1", "10", "3", "3", in->conninfo, NULL};
+    PGconn *pg = PQconnectStartParams(keys, vals, 1);
+    uint64_t deadline = mono_ms(in) + (uint64_t)in->timeout_s * 1000u;
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+
+    *timed_out = 0;
+    if (pg == NULL)
+        return NULL;
+    sink->inst = in;
+    sink->fatal = 0;
+    PQsetNoticeReceiver(pg, notice_cb, sink);
+    if (PQstatus(pg) == CONNECTION_BAD)
+        return pg;
+    while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+        struct pollfd pfd = {.fd = PQsocket(pg), .events = 0};
+        uint64_t now = mono_ms(in);
+        int r;
+        if (now >= deadline) {
+            *timed_out = 1;
+            return pg;
+        }
+        pfd.events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+        r = poll(&pfd, 1, (int)(deadline - now));
+        if (r < 0 && errno != EINTR)
+            break;
+        if (r == 0)
+            continue;
+        st = PQconnectPoll(pg);
+    }
+    return pg;
+}
+
+/* ---- connection state ---- */
+
+/* Forget the connection: the next call reconnects. */
+static void conn_drop(rhema_storage_conn *c)
+{
+    if (c->pg != NULL)
+        PQfinish(c->pg);
+    c->pg = NULL;
+    c->ready = 0;
+}
+
+/*
+ * An idle connection has nothing to read; when its socket is readable the
+ * server has most likely closed it (a restart, pg_terminate_backend):
+ * read what is there so that libpq notices, before we send a write into
+ * a dead socket and lose track of whether it happened.
+ */
+static void check_idle(rhema_storage_conn *c)
+{
+    int i;
+    for (i = 0; i < 4 && PQstatus(c->pg) == CONNECTION_OK; i++) {
+        struct pollfd pfd = {.fd = PQsocket(c->pg), .events = POLLIN};
+        if (c->sink.fatal || pfd.fd < 0 || poll(&pfd, 1, 0) <= 0)
+            break;
+        if (!PQconsumeInput(c->pg))
+            break;
+        (void)PQisBusy(c->pg); /* parse: an unsolicited error becomes a notice */
+        if (c->sink.fatal)
+            break;
+    }
+    if (PQstatus(c->pg) != CONNECTION_OK || c->sink.fatal) {
+        if (c->sink.fatal)
+            snprintf(c->down, sizeof c->down, "the server ended the session");
+        else
+            one_line(PQerrorMessage(c->pg), c->down, sizeof c->down);
+        if (c->inst->host->log != NULL)
+            c->inst->host->log(RHEMA_LOG_WARN, PLUGIN_NAME, "connection lost while idle: %s",
+                               c->down);
+        conn_drop(c);
+    }
+}
+
+/* Prepare every statement on a fresh connection.  0 or sets c->down. */
+static int prepare_all(rhema_storage_conn *c)
+{
+    char name[16];
+    size_t i, j;
+    for (i = 0; i < ST__COUNT; i++) {
+        Oid types[MAX_PARAMS];
+        const char *t = stmt_defs[i].types;
+        PGresult *r;
+        int ok;
+        for (j = 0; t[j] != '\0' && j < MAX_PARAMS; j++)
+            types[j] = t[j] == 'b' ? OID_BYTEA : t[j] == 'i' ? OID_INT8 : OID_TEXT;
+        snprintf(name, sizeof name, "rhema_%zu", i);
+        r = PQprepare(c->pg, name, c->inst->sql[i], (int)j, types);
+        ok = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok) {
+            char line[PG_ERRMSG_MAX];
+            snprintf(c->down, sizeof c->down, "prepare \"%s\": %s", c->inst->sql[i],
+                     one_line(r != NULL ? PQresultErrorMessage(r) : PQerrorMessage(c->pg), line,
+                              sizeof line));
+            PQclear(r);
+            return -1;
+        }
+        PQclear(r);
+    }
+    return 0;
+}
+
+/*
+ * Make sure the connection is up, reconnecting (with backoff) when it is
+ * not.  0, or RHEMA_EUNAVAIL with the reason in errmsg().
+ */
+static int conn_ensure(rhema_storage_conn *c)
+{
+    const struct rhema_host *h = c->inst->host;
+    uint64_t now;
+    int timed_out;
+
+    if (c->held != NULL) {
+        PQclear(c->held);
+        c->held = NULL;
+    }
+    if (c->ready) {
+        if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) == PQTRANS_IDLE) {
+            check_idle(c);
+            if (c->ready)
+                return 0;
+        } else {
+            /* broken, or left inside a transaction by a failure: start afresh */
+            conn_drop(c);
+        }
+    }
+    now = mono_ms(c->inst);
+    if (now < c->next_try_ms) {
+        conn_error(c, "postgres unavailable: %s (next reconnect attempt in %llu ms)", c->down,
+                   (unsigned long long)(c->next_try_ms - now));
+        return RHEMA_EUNAVAIL;
+    }
+    conn_drop(c);
+    c->pg = pg_connect(c->inst, &c->sink, &timed_out);
+    if (c->pg == NULL) {
+        snprintf(c->down, sizeof c->down, "out of memory");
+    } else if (timed_out || PQstatus(c->pg) != CONNECTION_OK) {
+        char line[PG_ERRMSG_MAX];
+        if (timed_out)
+            snprintf(c->down, sizeof c->down, "connect: timed out after %d s", c->inst->timeout_s);
+        else
+            snprintf(c->down, sizeof c->down, "connect: %s",
+                     one_line(PQerrorMessage(c->pg), line, sizeof line));
+    } else if (prepare_all(c) == 0) {
+        c->ready = 1;
+        c->backoff_ms = BACKOFF_MIN_MS;
+        c->next_try_ms = 0;
+        if (c->ever_connected && h->log != NULL)
+            h->log(RHEMA_LOG_NOTICE, PLUGIN_NAME, "reconnected to the server");
+        c->ever_connected = 1;
+        c->down[0] = '\0';
+        return 0;
+    }
+    conn_drop(c);
+    c->next_try_ms = mono_ms(c->inst) + c->backoff_ms;
+    c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+    conn_error(c, "postgres unavailable: %s", c->down);
+    return RHEMA_EUNAVAIL;
+}
+
+/* A SQLSTATE as a RHEMA_E* code. */
+static int map_sqlstate(const char *s)
+{
+    if (s == NULL || strlen(s) != 5)
+        return RHEMA_EIO;
+    if (strncmp(s, "08", 2) == 0 || strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 ||
+        strcmp(s, "57P03") == 0 || strcmp(s, "53300") == 0 || strcmp(s, "40001") == 0 ||
+        strcmp(s, "40P01") == 0 || strcmp(s, "55P03") == 0 || strcmp(s, "57014") == 0 ||
+        strcmp(s, "25006") == 0 /* read-only transaction: a standby, or failing over */)
+        return RHEMA_EUNAVAIL;
+    if (strcmp(s, "53200") == 0)
+        return RHEMA_ENOMEM;
+    if (strcmp(s, "54000") == 0)
+        return RHEMA_ETOOBIG;
+    if (strcmp(s, "XX001") == 0 || strcmp(s, "XX002") == 0)
+        return RHEMA_ECORRUPT;
+    if (strncmp(s, "22", 2) == 0)
+        return RHEMA_EINVAL;
+    return RHEMA_EIO;
+}
+
+/*
+ * Record a failed statement; returns its RHEMA_E* code.  res is the error
+ * result, or NULL (no answer at all).  answered: the statement had already
+ * reported success when the failure came (in autocommit the server commits
+ * at Sync, after CommandComplete).  A lost connection is EUNAVAIL; when the
+ * statement commits by itself (RUN_OUTCOME) and the server did not refuse
+ * it with an error before any success, the message says that the outcome
+ * is unknown.
+ */
+static int run_fail(rhema_storage_conn *c, const char *what, PGresult *res, int flags, int answered)
+{
+    char line[PG_ERRMSG_MAX];
+    const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *msg = res != NULL && PQresultErrorMessage(res)[0] != '\0'
+                          ? PQresultErrorMessage(res)
+                          : PQerrorMessage(c->pg);
+    int rc;
+
+    one_line(msg, line, sizeof line);
+    if (PQstatus(c->pg) != CONNECTION_OK) {
+        snprintf(c->down, sizeof c->down, "%s", line);
+        if ((flags & RUN_OUTCOME) && (state == NULL || answered))
+            conn_error(c,
+                       "%s: connection lost, the outcome of the write is unknown "
+                       "(it may or may not have been applied): %s",
+                       what, line);
+        else
+            conn_error(c, "%s: connection lost, nothing was applied: %s", what, line);
+        conn_drop(c);
+        c->next_try_ms = 0; /* the server may well be back already: try on the next call */
+        return RHEMA_EUNAVAIL;
+    }
+    rc = map_sqlstate(state);
+    if (state != NULL && strcmp(state, "26000") == 0) {
+        /* a prepared statement vanished (DISCARD ALL behind a pooler): prepare again */
+        conn_drop(c);
+        rc = RHEMA_EUNAVAIL;
+    }
+    conn_error(c, "%s: %s%s%s", what, line, state != NULL ? " SQLSTATE " : "",
+               state != NULL ? state : "");
+    return rc;
+}
+
+/*
+ * Run prepared statement id with binary parameters and results.  On success
+ * returns 0 and *out (when not NULL) holds the result, which the caller
+ * clears; on failure returns the RHEMA_E* code with the message in errmsg().
+ */
+static int run(rhema_storage_conn *c, enum stmt_id id, const char *const *vals, const int *lens,
+               int flags, const char *what, PGresult **out)
+{
+    static const int fmts[MAX_PARAMS] = {1, 1, 1, 1, 1};
+    char name[16];
+    PGresult *res = NULL, *bad = NULL, *r;
+    int n = (int)strlen(stmt_defs[id].types), rc;
+
+    if (out != NULL)
+        *out = NULL;
+    if (c->pg == NULL || !c->ready) {
+        conn_error(c, "%s: not connected", what);
+        return RHEMA_EUNAVAIL;
+    }
+    snprintf(name, sizeof name, "rhema_%d", (int)id);
+    if (!PQsendQueryPrepared(c->pg, name, n, vals, lens, fmts, 1))
+        return run_fail(c, what, NULL, 0, 0); /* never sent */
+    /* one result, then NULL; anything after it is an error that voids it */
+    while ((r = PQgetResult(c->pg)) != NULL) {
+        ExecStatusType st = PQresultStatus(r);
+        if ((st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) && res == NULL && bad == NULL)
+            res = r;
+        else if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK && bad == NULL)
+            bad = r;
+        else
+            PQclear(r);
+    }
+    if (res == NULL || bad != NULL || PQstatus(c->pg) != CONNECTION_OK) {
+        rc = run_fail(c, what, bad, flags, res != NULL);
+        PQclear(res);
+        PQclear(bad);
+        return rc;
+    }
+    if (out != NULL)
+        *out = res;
+    else
+        PQclear(res);
+    return 0;
+}
+
+static int tx_begin(rhema_storage_conn *c)
+{
+    return run(c, ST_BEGIN, NULL, NULL, 0, "begin", NULL);
+}
+
+/* End a failed transaction; on a broken connection the server did it already. */
+static void tx_rollback(rhema_storage_conn *c)
+{
+    char saved[PG_ERRMSG_MAX];
+    if (c->pg == NULL || !c->ready || PQtransactionStatus(c->pg) == PQTRANS_IDLE)
+        return;
+    memcpy(saved, c->err, sizeof saved); /* keep the message of the failure itself */
+    if (run(c, ST_ROLLBACK, NULL, NULL, 0, "rollback", NULL) != 0)
+        conn_drop(c);
+    memcpy(c->err, saved, sizeof saved);
+}
+
+static int tx_commit(rhema_storage_conn *c)
+{
+    PGresult *r = NULL;
+    int rc = run(c, ST_COMMIT, NULL, NULL, RUN_OUTCOME, "commit", &r);
+    if (rc == 0 && strcmp(PQcmdStatus(r), "COMMIT") != 0) {
+        /* the server rolled back instead (an aborted transaction): a bug of ours */
+        conn_error(c, "commit: the server answered %s", PQcmdStatus(r));
+        rc = RHEMA_EIO;
+    }
+    PQclear(r);
+    return rc;
+}
+
+/* ---- lifecycle ---- */
+
+static int schema_name_valid(const char *s)
+{
+    size_t i;
+    if (s == NULL || s[0] == '\0' || strlen(s) > 63)
+        return 0;
+    for (i = 0; s[i] != '\0'; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_' ||
+              (i > 0 && ch >= '0' && ch <= '9')))
+            return 0;
+    }
+    return 1;
+}
+
+static void instance_free(rhema_storage_instance *in)
+{
+    size_t i;
+    if (in == NULL)
+        return;
+    for (i = 0; i < ST__COUNT; i++)
+        free(in->sql[i]);
+    free(in->conninfo);
+    free(in->schema);
+    free(in->qschema);
+    free(in);
+}
+
+/* Read the configuration into in; on failure sets *err. */
+static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
+                       const struct rhema_cfg *cfg, char **err)
+{
+    const char *conninfo = "host=127.0.0.1 port=5432 dbname=rhema", *schema = "rhema";
+    int64_t timeout = 5;
+    PQconninfoOption *opts;
+    char *perr = NULL;
+    size_t n;
+
+    if (h->cfg_string(cfg, "conninfo", &conninfo) == RHEMA_EINVAL)
+        return h->set_error(err, RHEMA_EINVAL, "%s: postgres: conninfo must be a string",
+                            h->cfg_where(cfg, "conninfo"));
+    opts = PQconninfoParse(conninfo, &perr);
+    if (opts == NULL) {
+        char line[PG_ERRMSG_MAX];
+        int rc = h->set_error(err, RHEMA_EINVAL, "%s: postgres: conninfo: %s",
+                              h->cfg_where(cfg, "conninfo"),
+                              perr != NULL ? one_line(perr, line, sizeof line) : "out of memory");
+        PQfreemem(perr);
+        return rc;
+    }
+    PQconninfoFree(opts);
+    if (h->cfg_int(cfg, "connect_timeout_seconds", &timeout) == RHEMA_EINVAL || timeout < 1 ||
+        timeout > 3600)
+        return h->set_error(err, RHEMA_EINVAL,
+                            "%s: postgres: connect_timeout_seconds must be an integer in 1..3600",
+                            h->cfg_where(cfg, "connect_timeout_seconds"));
+    if (h->cfg_string(cfg, "schema", &schema) == RHEMA_EINVAL || !schema_name_valid(schema))
+        return h->set_error(err, RHEMA_EINVAL,
+                            "%s: postgres: schema must be 1..63 characters of "
+                            "[A-Za-z_][A-Za-z0-9_]*",
+                            h->cfg_where(cfg, "schema"));
+    in->timeout_s = (int)timeout;
+    snprintf(in->timeout, sizeof in->timeout, "%d", in->timeout_s);
+    in->conninfo = strdup(conninfo);
+    in->schema = strdup(schema);
+    n = strlen(schema) + 3;
+    in->qschema = malloc(n);
+    if (in->conninfo == NULL || in->schema == NULL || in->qschema == NULL)
+        return h->set_error(err, RHEMA_ENOMEM, "postgres: out of memory");
+    snprintf(in->qschema, n, "\"%s\"", schema);
+    return 0;
+}
+
+/* Run one simple query (maybe several statements); 0 or sets *err. */
+static int setup_exec(const rhema_storage_instance *in, PGconn *pg, const char *sql, PGresult **out,
+                      char **err)
+{
+    PGresult *r = PQexec(pg, sql);
+    ExecStatusType st = r != NULL ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    char line[PG_ERRMSG_MAX];
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        if (out != NULL)
+            *out = r;
+        else
+            PQclear(r);
+        return 0;
+    }
+    one_line(r != NULL ? PQresultErrorMessage(r) : PQerrorMessage(pg), line, sizeof line);
+    PQclear(r);
+    return in->host->set_error(err, PQstatus(pg) != CONNECTION_OK ? RHEMA_EUNAVAIL : RHEMA_EIO,
+                               "postgres: creating schema %s: %s", in->qschema, line);
+}
+
+/*
+ * Create or check the schema through a short-lived connection, in one
+ * transaction under an advisory lock, so that nodes starting together
+ * neither race on CREATE nor see a half-made schema.
+ */
+static int init_schema(rhema_storage_instance *in, char **err)
+{
+    const struct rhema_host *h = in->host;
+    char sql[512], line[PG_ERRMSG_MAX], *ddl = NULL;
+    struct notice_sink sink;
+    int timed_out, rc;
+    PGconn *pg = pg_connect(in, &sink, &timed_out);
+    PGresult *r = NULL;
+    long long version = 0;
+
+    if (pg == NULL)
+        return h->set_error(err, RHEMA_ENOMEM, "postgres: out of memory");
+    if (timed_out || PQstatus(pg) != CONNECTION_OK) {
+        if (timed_out)
+            rc = h->set_error(err, RHEMA_EUNAVAIL, "postgres: connect: timed out after %d s",
+                              in->timeout_s);
+        else
+            rc = h->set_error(err, RHEMA_EUNAVAIL, "postgres: connect: %s",
+                              one_line(PQerrorMessage(pg), line, sizeof line));
+        PQfinish(pg);
+        return rc;
+    }
+    snprintf(sql, sizeof sql,
+             "BEGIN; SET LOCAL client_min_messages = warning; "
+             "SELECT pg_advisory_xact_lock(hashtext('rhema.schema:%s'))",
+             in->schema);
+    rc = setup_exec(in, pg, sql, NULL, err);
+    if (rc != 0)
+        goto out;
+    /* a schema made by a newer rhema is left alone */
+    snprintf(sql, sizeof sql, "SELECT to_regclass('%s.meta') IS NOT NULL", in->qschema);
+    rc = setup_exec(in, pg, sql, &r, err);
+    if (rc != 0)
+        goto out;
+    if (PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "t") == 0) {
+        PQclear(r);
+        r = NULL;
+        snprintf(sql, sizeof sql, "SELECT value FROM %s.meta WHERE name = 'schema_version'",
+                 in->qschema);
+        rc = setup_exec(in, pg, sql, &r, err);
+        if (rc != 0)
+            goto out;
+        if (PQntuples(r) == 1)
+            version = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        if (version != SCHEMA_VERSION) {
+            rc = h->set_error(err, version > SCHEMA_VERSION ? RHEMA_ENOTSUP : RHEMA_ECORRUPT,
+                              "postgres: schema %s has schema_version %lld, this plugin knows "
+                              "only %d%s",
+                              in->qschema, version, SCHEMA_VERSION,
+                              version > SCHEMA_VERSION ? " (a newer rhema made it: upgrade)" : "");
+            goto out;
+        }
+    } else {
+        /* only when missing: CREATE SCHEMA IF NOT EXISTS wants the CREATE privilege anyway */
+        snprintf(sql, sizeof sql, "SELECT 1 FROM pg_namespace WHERE nspname = '%s'", in->schema);
+        PQclear(r);
+        r = NULL;
+        rc = setup_exec(in, pg, sql, &r, err);
+        if (rc != 0)
+            goto out;
+        if (PQntuples(r) == 0) {
+            snprintf(sql, sizeof sql, "CREATE SCHEMA %s", in->qschema);
+            rc = setup_exec(in, pg, sql, NULL, err);
+            if (rc != 0)
+                goto out;
+        }
+    }
+    ddl = fill_schema(schema_ddl, in->qschema);
+    if (ddl == NULL) {
+        rc = h->set_error(err, RHEMA_ENOMEM, "postgres: out of memory");
+        goto out;
+    }
+    rc = setup_exec(in, pg, ddl, NULL, err);
+    if (rc == 0)
+        rc = setup_exec(in, pg, "COMMIT", NULL, err);
+out:
+    PQclear(r);
+    free(ddl);
+    PQfinish(pg); /* a transaction still open is rolled back */
+    return rc;
+}
+
+static int pg_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
+                   rhema_storage_instance **out, char **err)
+{
+    rhema_storage_instance *in;
+    size_t i;
+    int rc;
+
+    if (!PQisthreadsafe())
+        return host->set_error(err, RHEMA_ENOTSUP, "postgres: libpq was built without threads");
+    in = calloc(1, sizeof *in);
+    if (in == NULL)
+        return host->set_error(err, RHEMA_ENOMEM, "postgres: out of memory");
+    in->host = host;
+    atomic_init(&in->writes, 0);
+    rc = read_config(in, host, cfg, err);
+    if (rc != 0)
+        goto fail;
+    for (i = 0; i < ST__COUNT; i++) {
+        in->sql[i] = fill_schema(stmt_defs[i].sql, in->qschema);
+        if (in->sql[i] == NULL) {
+            rc = host->set_error(err, RHEMA_ENOMEM, "postgres: out of memory");
+            goto fail;
+        }
+    }
+    rc = init_schema(in, err);
+    if (rc != 0)
+        goto fail;
+    if (host->log != NULL)
+        host->log(RHEMA_LOG_INFO, PLUGIN_NAME, "opened schema %s (schema_version %d, libpq %d)",
+                  in->qschema, SCHEMA_VERSION, PQlibVersion());
+    *out = in;
+    return 0;
+fail:
+    instance_free(in);
+    return rc;
+}
+
+static void pg_close(rhema_storage_instance *in)
+{
+    instance_free(in);
+}
+
+static void pg_disconnect(rhema_storage_conn *c)
+{
+    if (c == NULL)
+        return;
+    PQclear(c->held);
+    conn_drop(c);
+    free(c);
+}
+
+/*
+ * One connection per worker thread.  A server that cannot be reached now
+ * does not fail connect(): open() has just seen it, the calls return
+ * RHEMA_EUNAVAIL until it is back, and the connection then comes up alone.
+ */
+static int pg_connect_conn(rhema_storage_instance *in, rhema_storage_conn **out, char **err)
+{
+    rhema_storage_conn *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return in->host->set_error(err, RHEMA_ENOMEM, "postgres: out of memory");
+    c->inst = in;
+    c->backoff_ms = BACKOFF_MIN_MS;
+    if (conn_ensure(c) != 0 && in->host->log != NULL)
+        in->host->log(RHEMA_LOG_WARN, PLUGIN_NAME, "%s; will retry", c->err);
+    *out = c;
+    return 0;
+}
+
+/* ---- reads ---- */
+
+static int pg_get(rhema_storage_conn *c, const char *ns, const char *key,
+                  struct rhema_storage_value *out)
+{
+    const char *vals[2] = {ns, key};
+    int lens[2];
+    PGresult *r;
+    int rc = check_ns_key(c, ns, key);
+    if (rc != 0)
+        return rc;
+    lens[0] = (int)strlen(ns);
+    lens[1] = (int)strlen(key);
+    if ((rc = conn_ensure(c)) != 0)
+        return rc;
+    rc = run(c, ST_GET, vals, lens, 0, "get", &r);
+    if (rc != 0)
+        return rc;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        conn_error(c, "key not found");
+        return RHEMA_ENOTFOUND;
+    }
+    /* libpq ends every field with a NUL: data is a C string too */
+    out->data = PQgetvalue(r, 0, 0);
+    out->len = (size_t)PQgetlength(r, 0, 0);
+    out->version = col_u64(r, 0, 1);
+    c->held = r;
+    return 0;
+}
+
+static int pg_scan(rhema_storage_conn *c, const char *ns, const char *from_key, const char *to_key,
+                   size_t limit, rhema_storage_scan_cb cb, void *ctx)
+{
+    static const int fmts[4] = {1, 1, 1, 1};
+    unsigned char lim[8];
+    const char *vals[4];
+    int lens[4] = {0, 0, 0, 8};
+    char name[16];
+    enum stmt_id id;
+    PGresult *r, *bad = NULL;
+    int rc = 0, stopped = 0;
+
+    if (!rhema_storage_ns_valid(ns)) {
+        conn_error(c, "invalid namespace");
+        return RHEMA_EINVAL;
+    }
+    if (cb == NULL) {
+        conn_error(c, "scan without a callback");
+        return RHEMA_EINVAL;
+    }
+    if ((rc = conn_ensure(c)) != 0)
+        return rc;
+    id = from_key != NULL ? (to_key != NULL ? ST_SCAN_BOTH : ST_SCAN_FROM)
+                          : (to_key != NULL ? ST_SCAN_TO : ST_SCAN);
+    vals[0] = ns;
+    lens[0] = (int)strlen(ns);
+    vals[1] = from_key;
+    lens[1] = from_key != NULL ? (int)strnlen(from_key, RHEMA_STORAGE_KEY_MAX + 1) : 0;
+    vals[2] = to_key;
+    lens[2] = to_key != NULL ? (int)strnlen(to_key, RHEMA_STORAGE_KEY_MAX + 1) : 0;
+    be64_put(lim, (uint64_t)limit);
+    vals[3] = limit == 0 || limit > (size_t)INT64_MAX ? NULL : (const char *)lim; /* NULL: ALL */
+    snprintf(name, sizeof name, "rhema_%d", (int)id);
+    if (!PQsendQueryPrepared(c->pg, name, 4, vals, lens, fmts, 1))
+        return run_fail(c, "scan", NULL, 0, 0);
+    /* rows one at a time: a large namespace is never held in memory whole */
+    (void)PQsetSingleRowMode(c->pg);
+    while ((r = PQgetResult(c->pg)) != NULL) {
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_SINGLE_TUPLE || st == PGRES_TUPLES_OK) {
+            /* the last, empty TUPLES_OK ends single-row mode; a full one if it was refused */
+            int i, n = PQntuples(r);
+            for (i = 0; i < n && !stopped; i++) {
+                int cr = cb(ctx, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+                            (size_t)PQgetlength(r, i, 1), col_u64(r, i, 2));
+                if (cr != 0) {
+                    /* the rest is read and dropped: the connection must be idle again */
+                    stopped = 1;
+                    rc = cr < 0 ? cr : 0;
+                }
+            }
+        } else if (bad == NULL) {
+            bad = r;
+            continue;
+        }
+        PQclear(r);
+    }
+    if (bad != NULL || PQstatus(c->pg) != CONNECTION_OK) {
+        int fr = run_fail(c, "scan", bad, 0, 0);
+        if (!stopped)
+            rc = fr;
+    }
+    PQclear(bad);
+    return rc;
+}
+
+static int pg_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_stats *out)
+{
+    const char *vals[1] = {ns};
+    int lens[1] = {0};
+    PGresult *r;
+    int rc;
+    if (ns != NULL && !rhema_storage_ns_valid(ns)) {
+        conn_error(c, "invalid namespace");
+        return RHEMA_EINVAL;
+    }
+    if (out == NULL) {
+        conn_error(c, "NULL stats");
+        return RHEMA_EINVAL;
+    }
+    if ((rc = conn_ensure(c)) != 0)
+        return rc;
+    if (ns != NULL)
+        lens[0] = (int)strlen(ns);
+    rc = run(c, ns != NULL ? ST_STATS_NS : ST_STATS_ALL, vals, lens, 0, "stats", &r);
+    if (rc != 0)
+        return rc;
+    out->entries = col_u64(r, 0, 0);
+    out->bytes = col_u64(r, 0, 1);
+    PQclear(r);
+    return 0;
+}
+
+/* ---- writes ---- */
+
+/*
+ * One write as one statement: the precondition is part of it.  flags is
+ * RUN_OUTCOME when the statement commits by itself.
+ */
+static int write_one(rhema_storage_conn *c, struct rhema_storage_write *w, int flags)
+{
+    uint64_t ev = w->expected_version, ttl = w->ttl_ms > TTL_MAX_MS ? TTL_MAX_MS : w->ttl_ms;
+    unsigned char ttl_b[8], ev_b[8];
+    const char *vals[MAX_PARAMS];
+    int lens[MAX_PARAMS];
+    enum stmt_id id;
+    PGresult *r;
+    uint64_t done, cur;
+    int rc;
+
+    vals[0] = w->ns;
+    lens[0] = (int)strlen(w->ns);
+    vals[1] = w->key;
+    lens[1] = (int)strlen(w->key);
+    be64_put(ev_b, ev == RHEMA_VERSION_ABSENT ? 0 : ev);
+    if (w->op == RHEMA_WRITE_DEL) {
+        id = ST_DEL;
+        vals[2] = (const char *)ev_b;
+        lens[2] = 8;
+    } else {
+        id = ev == RHEMA_VERSION_ANY      ? ST_PUT_ANY
+             : ev == RHEMA_VERSION_ABSENT ? ST_PUT_ABSENT
+                                          : ST_PUT_IF;
+        /* never a NULL pointer: that would be SQL NULL, not an empty value */
+        vals[2] = w->value_len > 0 ? (const char *)w->value : "";
+        lens[2] = (int)w->value_len;
+        be64_put(ttl_b, ttl);
+        vals[3] = (const char *)ttl_b;
+        lens[3] = 8;
+        vals[4] = (const char *)ev_b;
+        lens[4] = 8;
+    }
+    rc = run(c, id, vals, lens, flags, w->op == RHEMA_WRITE_DEL ? "delete" : "put", &r);
+    if (rc != 0)
+        return rc;
+    if (PQntuples(r) != 1) {
+        PQclear(r);
+        conn_error(c, "%s: the server returned no row",
+                   w->op == RHEMA_WRITE_DEL ? "delete" : "put");
+        return RHEMA_EIO;
+    }
+    done = col_u64(r, 0, 0);
+    cur = id == ST_PUT_ANY ? 0 : col_u64(r, 0, 1);
+    PQclear(r);
+    if (done != 0) {
+        if (w->op == RHEMA_WRITE_PUT)
+            w->new_version = done;
+        return 0;
+    }
+    if (w->op == RHEMA_WRITE_DEL && cur == 0) {
+        conn_error(c, "key not found");
+        return RHEMA_ENOTFOUND;
+    }
+    if (ev == RHEMA_VERSION_ABSENT) {
+        if (cur != 0)
+            conn_error(c, "key exists (version %llu)", (unsigned long long)cur);
+        else
+            conn_error(c, "key exists (created concurrently)");
+    } else if (cur == 0) {
+        conn_error(c, "expected version %llu, key absent", (unsigned long long)ev);
+    } else {
+        conn_error(c, "expected version %llu, found %llu", (unsigned long long)ev,
+                   (unsigned long long)cur);
+    }
+    return RHEMA_ECONFLICT;
+}
+
+/* Every PURGE_EVERY writes, delete a bounded number of expired rows. */
+static void maybe_purge(rhema_storage_conn *c)
+{
+    char saved[PG_ERRMSG_MAX];
+    if (atomic_fetch_add(&c->inst->writes, 1) % PURGE_EVERY != PURGE_EVERY - 1)
+        return;
+    memcpy(saved, c->err, sizeof saved);
+    (void)run(c, ST_PURGE, NULL, NULL, 0, "purge", NULL); /* best effort */
+    memcpy(c->err, saved, sizeof saved);
+}
+
+static void clear_versions(struct rhema_storage_write *w, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        w[i].new_version = 0;
+}
+
+/* Apply n checked writes all or nothing: one statement, or BEGIN ... COMMIT. */
+static int write_tx(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    size_t i;
+    int rc = conn_ensure(c);
+    if (rc != 0)
+        return rc;
+    clear_versions(w, n);
+    if (n == 1) {
+        rc = write_one(c, w, RUN_OUTCOME);
+    } else {
+        rc = tx_begin(c);
+        for (i = 0; i < n && rc == 0; i++)
+            rc = write_one(c, &w[i], 0);
+        if (rc == 0)
+            rc = tx_commit(c);
+        else
+            tx_rollback(c);
+    }
+    if (rc != 0) {
+        clear_versions(w, n);
+        return rc;
+    }
+    if (c->ready)
+        maybe_purge(c);
+    return 0;
+}
+
+static int pg_put(rhema_storage_conn *c, struct rhema_storage_write *w)
+{
+    int rc = check_write(c, w);
+    if (rc != 0)
+        return rc;
+    if (w->op != RHEMA_WRITE_PUT) {
+        conn_error(c, "put() takes RHEMA_WRITE_PUT");
+        return RHEMA_EINVAL;
+    }
+    return write_tx(c, w, 1);
+}
+
+static int pg_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
+{
+    struct rhema_storage_write w = {
+        .op = RHEMA_WRITE_DEL, .ns = ns, .key = key, .expected_version = expected_version};
+    int rc = check_write(c, &w);
+    if (rc != 0)
+        return rc;
+    return write_tx(c, &w, 1);
+}
+
+static int pg_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    size_t i;
+    int rc;
+    if (n == 0)
+        return 0;
+    if (w == NULL) {
+        conn_error(c, "NULL writes");
+        return RHEMA_EINVAL;
+    }
+    for (i = 0; i < n; i++) {
+        rc = check_write(c, &w[i]);
+        if (rc != 0)
+            return rc;
+    }
+    return write_tx(c, w, n);
+}
+
+/* 1 for the results that fail one member only: its precondition or its arguments. */
+static int member_local(int rc)
+{
+    return rc == RHEMA_ECONFLICT || rc == RHEMA_ENOTFOUND || rc == RHEMA_EINVAL ||
+           rc == RHEMA_ETOOBIG;
+}
+
+/*
+ * Group commit: one transaction and one COMMIT for all members.  A member
+ * of several writes runs inside its own SAVEPOINT and is rolled back to it
+ * when a precondition fails; a member of one write needs none, since its
+ * single statement changes nothing when its precondition fails.  Anything
+ * but a precondition (a lost connection, a server error, which aborts the
+ * transaction) fails the whole group.
+ */
+static int pg_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
+{
+    size_t i, j;
+    int rc;
+    if (n == 0)
+        return 0;
+    if (g == NULL) {
+        conn_error(c, "NULL group");
+        return RHEMA_EINVAL;
+    }
+    for (i = 0; i < n; i++) {
+        g[i].result = 0;
+        if (g[i].n > 0 && g[i].writes == NULL) {
+            conn_error(c, "NULL writes");
+            g[i].result = RHEMA_EINVAL;
+        }
+        for (j = 0; j < g[i].n && g[i].result == 0; j++)
+            g[i].result = check_write(c, &g[i].writes[j]);
+        if (g[i].writes != NULL)
+            clear_versions(g[i].writes, g[i].n);
+    }
+    if ((rc = conn_ensure(c)) != 0)
+        return rc;
+    rc = tx_begin(c);
+    for (i = 0; i < n && rc == 0; i++) {
+        int sp = g[i].n > 1;
+        if (g[i].result != 0 || g[i].n == 0)
+            continue;
+        if (sp && (rc = run(c, ST_SAVEPOINT, NULL, NULL, 0, "savepoint", NULL)) != 0)
+            break;
+        for (j = 0; j < g[i].n && g[i].result == 0; j++)
+            g[i].result = write_one(c, &g[i].writes[j], 0);
+        if (g[i].result != 0) {
+            clear_versions(g[i].writes, g[i].n);
+            if (!member_local(g[i].result))
+                rc = g[i].result; /* not a precondition: give up on the whole group */
+            else if (sp)
+                rc = run(c, ST_ROLLBACK_TO, NULL, NULL, 0, "rollback to savepoint", NULL);
+        }
+        if (rc == 0 && sp)
+            rc = run(c, ST_RELEASE, NULL, NULL, 0, "release savepoint", NULL);
+    }
+    if (rc == 0)
+        rc = tx_commit(c);
+    else
+        tx_rollback(c);
+    if (rc != 0) {
+        for (i = 0; i < n; i++)
+            if (g[i].writes != NULL)
+                clear_versions(g[i].writes, g[i].n);
+        return rc;
+    }
+    if (c->ready)
+        maybe_purge(c);
+    return 0;
+}
+
+/* ---- leases ---- */
+
+/* Fill out from a (holder, epoch, remaining ms) row. */
+static void fill_lease(struct rhema_lease_info *out, const PGresult *r)
+{
+    uint64_t remaining;
+    size_t len;
+    if (out == NULL)
+        return;
+    memset(out, 0, sizeof *out);
+    if (r == NULL || PQntuples(r) == 0)
+        return;
+    out->epoch = col_u64(r, 0, 1);
+    remaining = col_u64(r, 0, 2);
+    if (remaining == 0)
+        return; /* free: no holder */
+    len = (size_t)PQgetlength(r, 0, 0);
+    if (len > RHEMA_LEASE_HOLDER_MAX)
+        len = RHEMA_LEASE_HOLDER_MAX;
+    memcpy(out->holder, PQgetvalue(r, 0, 0), len);
+    out->holder[len] = '\0';
+    out->ttl_remaining_ms = remaining;
+}
+
+static int pg_lease(rhema_storage_conn *c, const char *name, const char *holder, uint64_t ttl_ms,
+                    int op, struct rhema_lease_info *out)
+{
+    unsigned char ttl_b[8];
+    const char *vals[3];
+    int lens[3];
+    enum stmt_id id;
+    PGresult *r = NULL;
+    size_t nl = rhema_storage_key_len(name), hl = 0;
+    int rc;
+
+    if (nl == 0) {
+        conn_error(c, "invalid lease name (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+        return RHEMA_EINVAL;
+    }
+    switch (op) {
+    case RHEMA_LEASE_ACQUIRE: id = ST_LEASE_ACQUIRE; break;
+    case RHEMA_LEASE_RENEW: id = ST_LEASE_RENEW; break;
+    case RHEMA_LEASE_RELEASE: id = ST_LEASE_RELEASE; break;
+    case RHEMA_LEASE_QUERY: id = ST_LEASE_GET; break;
+    default: conn_error(c, "unknown lease op %d", op); return RHEMA_EINVAL;
+    }
+    if (op != RHEMA_LEASE_QUERY) {
+        hl = holder != NULL ? strnlen(holder, RHEMA_LEASE_HOLDER_MAX + 1) : 0;
+        if (hl == 0 || hl > RHEMA_LEASE_HOLDER_MAX) {
+            conn_error(c, "invalid lease holder (1..%d bytes)", RHEMA_LEASE_HOLDER_MAX);
+            return RHEMA_EINVAL;
+        }
+        if (op != RHEMA_LEASE_RELEASE && (ttl_ms == 0 || ttl_ms > LEASE_TTL_MAX_MS)) {
+            conn_error(c, "lease ttl_ms must be in 1..%llu", (unsigned long long)LEASE_TTL_MAX_MS);
+            return RHEMA_EINVAL;
+        }
+    }
+    if ((rc = conn_ensure(c)) != 0)
+        return rc;
+    vals[0] = name;
+    lens[0] = (int)nl;
+    vals[1] = holder;
+    lens[1] = (int)hl;
+    be64_put(ttl_b, ttl_ms);
+    vals[2] = (const char *)ttl_b;
+    lens[2] = 8;
+    rc = run(c, id, vals, lens, op == RHEMA_LEASE_QUERY ? 0 : RUN_OUTCOME, "lease", &r);
+    if (rc != 0)
+        return rc;
+    if (op == RHEMA_LEASE_QUERY) {
+        fill_lease(out, r);
+        if (PQntuples(r) == 0 || col_u64(r, 0, 2) == 0) {
+            conn_error(c, "lease '%s' is not held", name);
+            rc = RHEMA_ENOTFOUND;
+        }
+        PQclear(r);
+        return rc;
+    }
+    if (PQntuples(r) == 1) {
+        fill_lease(out, r);
+        PQclear(r);
+        return 0;
+    }
+    /* refused: read who holds it now, for out and the message */
+    PQclear(r);
+    r = NULL;
+    rc = run(c, ST_LEASE_GET, vals, lens, 0, "lease", &r);
+    if (rc != 0)
+        return rc;
+    fill_lease(out, r);
+    if (PQntuples(r) == 1 && col_u64(r, 0, 2) > 0)
+        conn_error(c, "lease '%s' is held by '%.*s'", name, PQgetlength(r, 0, 0),
+                   PQgetvalue(r, 0, 0));
+    else
+        conn_error(c, "lease '%s' is not held by '%s'", name, holder);
+    PQclear(r);
+    return RHEMA_ECONFLICT;
+}
+
+/* ---- the rest ---- */
+
+static int pg_health(rhema_storage_conn *c, char **err)
+{
+    int rc = conn_ensure(c);
+    if (rc == 0)
+        rc = run(c, ST_HEALTH, NULL, NULL, 0, "health", NULL);
+    if (rc != 0)
+        return c->inst->host->set_error(err, RHEMA_EUNAVAIL, "postgres: %s", c->err);
+    return 0;
+}
+
+static const char *pg_errmsg(rhema_storage_conn *c)
+{
+    return c != NULL ? c->err : "";
+}
+
+/* fsync the directory holding path.  0 or errno. */
+static int fsync_parent(const char *path)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    int fd, e = 0;
+    if (slash == NULL) {
+        snprintf(dir, sizeof dir, ".");
+    } else if (slash == path) {
+        snprintf(dir, sizeof dir, "/");
+    } else {
+        if ((size_t)(slash - path) >= sizeof dir)
+            return ENAMETOOLONG;
+        memcpy(dir, path, (size_t)(slash - path));
+        dir[slash - path] = '\0';
+    }
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    if (fsync(fd) != 0)
+        e = errno;
+    close(fd);
+    return e;
+}
+
+/* Copy the output of one COPY ... TO STDOUT into f.  0 or a RHEMA_E* code. */
+static int backup_copy(rhema_storage_conn *c, FILE *f, const char *sql)
+{
+    PGresult *r = PQexec(c->pg, sql);
+    char *buf;
+    int n, rc = 0;
+    if (r == NULL || PQresultStatus(r) != PGRES_COPY_OUT) {
+        rc = run_fail(c, "backup", r, 0, 0);
+        PQclear(r);
+        return rc;
+    }
+    PQclear(r);
+    while ((n = PQgetCopyData(c->pg, &buf, 0)) > 0) {
+        if (rc == 0 && fwrite(buf, 1, (size_t)n, f) != (size_t)n) {
+            conn_error(c, "backup: write: %s", strerror(errno));
+            rc = RHEMA_EIO;
+        }
+        PQfreemem(buf);
+    }
+    r = PQgetResult(c->pg);
+    if (n == -2 || r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK) {
+        int fr = run_fail(c, "backup", r, 0, 0);
+        if (rc == 0)
+            rc = fr;
+    }
+    PQclear(r);
+    while ((r = PQgetResult(c->pg)) != NULL)
+        PQclear(r);
+    return rc;
+}
+
+/*
+ * Write a consistent snapshot of the schema to path: one REPEATABLE READ,
+ * READ ONLY transaction, written to path.tmp, fsync'd, renamed over path,
+ * and the directory fsync'd.
+ *
+ * Format: a plain SQL script in the style of pg_dump, which restores the
+ * store into an empty database with `psql -v ON_ERROR_STOP=1 -f path`:
+ *     -- rhema postgres backup ... (comment lines)
+ *     BEGIN;
+ *     CREATE SCHEMA IF NOT EXISTS "<schema>";
+ *     <the CREATE TABLE / SEQUENCE / INDEX statements of open()>
+ *     COPY "<schema>".kv (ns, key, value, version, expires_at) FROM stdin;
+ *     <live rows, COPY text format: tab-separated, bytea as \\x hex,
+ *      timestamps in ISO 8601 UTC, \N for NULL>
+ *     \.
+ *     COPY "<schema>".leases (name, holder, epoch, expires_at) FROM stdin;
+ *     <every lease row, released ones too: their epochs must survive>
+ *     \.
+ *     SELECT setval('"<schema>".kv_version', <N>);   (when N > 0)
+ *     COMMIT;
+ * N is the largest of the sequence's last value and every version, so a
+ * restored store never hands out a version it held before.
+ */
+static int pg_backup(rhema_storage_conn *c, const char *path, char **err)
+{
+    const struct rhema_host *h = c->inst->host;
+    const char *q = c->inst->qschema;
+    char tmp[PATH_MAX], sql[768], *ddl = NULL;
+    PGresult *r = NULL;
+    FILE *f = NULL;
+    unsigned long long seq = 0;
+    int rc, e, fd;
+
+    if (path == NULL || path[0] == '\0')
+        return h->set_error(err, RHEMA_EINVAL, "postgres: backup: empty path");
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return h->set_error(err, RHEMA_EINVAL, "postgres: backup: path too long");
+    if ((rc = conn_ensure(c)) != 0)
+        return h->set_error(err, rc, "postgres: backup: %s", c->err);
+    ddl = fill_schema(schema_ddl, q);
+    if (ddl == NULL) {
+        conn_error(c, "backup: out of memory");
+        rc = RHEMA_ENOMEM;
+        goto out;
+    }
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || (f = fdopen(fd, "w")) == NULL) {
+        e = errno;
+        if (fd >= 0)
+            close(fd);
+        conn_error(c, "backup: create %s: %s", tmp, strerror(e));
+        rc = RHEMA_EIO;
+        goto out;
+    }
+    r = PQexec(c->pg, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+                      "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'; "
+                      "SET LOCAL bytea_output = 'hex'");
+    if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK) {
+        rc = run_fail(c, "backup", r, 0, 0);
+        goto out;
+    }
+    PQclear(r);
+    /* the snapshot is taken by the first query: this one */
+    snprintf(sql, sizeof sql,
+             "SELECT GREATEST((SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
+             "FROM %s.kv_version), (SELECT COALESCE(max(version), 0) FROM %s.kv)), "
+             "now(), (SELECT count(*) FROM %s.kv WHERE expires_at IS NULL OR expires_at > now())",
+             q, q, q);
+    r = PQexec(c->pg, sql);
+    if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        rc = run_fail(c, "backup", r, 0, 0);
+        goto out;
+    }
+    seq = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    fprintf(
+        f,
+        "-- rhema postgres backup: schema %s, schema_version %d, taken %s UTC, %s live entries\n"
+        "-- restore into an empty database: psql -v ON_ERROR_STOP=1 -f <this file>\n"
+        "BEGIN;\nCREATE SCHEMA IF NOT EXISTS %s;\n%s",
+        q, SCHEMA_VERSION, PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), q, ddl);
+    PQclear(r);
+    r = NULL;
+    fprintf(f, "COPY %s.kv (ns, key, value, version, expires_at) FROM stdin;\n", q);
+    snprintf(sql, sizeof sql,
+             "COPY (SELECT ns, key, value, version, expires_at FROM %s.kv "
+             "WHERE expires_at IS NULL OR expires_at > now() ORDER BY ns, key) TO STDOUT",
+             q);
+    if ((rc = backup_copy(c, f, sql)) != 0)
+        goto out;
+    fprintf(f, "\\.\nCOPY %s.leases (name, holder, epoch, expires_at) FROM stdin;\n", q);
+    snprintf(sql, sizeof sql,
+             "COPY (SELECT name, holder, epoch, expires_at FROM %s.leases ORDER BY name) TO STDOUT",
+             q);
+    if ((rc = backup_copy(c, f, sql)) != 0)
+        goto out;
+    fprintf(f, "\\.\n");
+    if (seq > 0)
+        fprintf(f, "SELECT setval('%s.kv_version', %llu);\n", q, seq);
+    fprintf(f, "COMMIT;\n");
+    r = PQexec(c->pg, "COMMIT");
+    if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK) {
+        rc = run_fail(c, "backup", r, 0, 0);
+        goto out;
+    }
+    if (fflush(f) != 0 || ferror(f) || fsync(fileno(f)) != 0) {
+        conn_error(c, "backup: write %s: %s", tmp, strerror(errno));
+        rc = RHEMA_EIO;
+        goto out;
+    }
+    e = fclose(f);
+    f = NULL;
+    if (e != 0) {
+        conn_error(c, "backup: close %s: %s", tmp, strerror(errno));
+        rc = RHEMA_EIO;
+        goto out;
+    }
+    if (rename(tmp, path) != 0) {
+        conn_error(c, "backup: rename to %s: %s", path, strerror(errno));
+        rc = RHEMA_EIO;
+        goto out;
+    }
+    if ((e = fsync_parent(path)) != 0) {
+        conn_error(c, "backup: fsync the directory of %s: %s", path, strerror(e));
+        rc = RHEMA_EIO;
+    }
+out:
+    PQclear(r);
+    free(ddl);
+    tx_rollback(c); /* after a failure inside the transaction */
+    if (f != NULL) {
+        fclose(f);
+        unlink(tmp);
+    }
+    if (rc != 0)
+        return h->set_error(err, rc, "postgres: %s", c->err);
+    return 0;
+}
+
+static const struct rhema_storage_plugin postgres_plugin = {
+    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
+                                "1.0.0", "PostgreSQL through libpq (shared, durable)"),
+    .features =
+        RHEMA_STORAGE_SHARED | RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
+    .open = pg_open,
+    .close = pg_close,
+    .connect = pg_connect_conn,
+    .disconnect = pg_disconnect,
+    .get = pg_get,
+    .put = pg_put,
+    .del = pg_del,
+    .batch = pg_batch,
+    .scan = pg_scan,
+    .lease = pg_lease,
+    .health = pg_health,
+    .stats = pg_stats,
+    .errmsg = pg_errmsg,
+    .backup = pg_backup,
+    .group = pg_group,
+};
+
+int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)
+{
+    (void)host;
+    *out = &postgres_plugin.base;
+    return 0;
+}
