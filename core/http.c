@@ -585,6 +585,9 @@ int rhema_http_start(struct rhema_server *srv, char **err)
     }
     if (srv->storage->group && (rc = rhema_committer_start(srv, &srv->committer, err)))
         goto fail;
+    /* logged before the first worker can answer: whoever sees an answer sees this line */
+    rhema_log(RHEMA_LOG_NOTICE, "http", "listening on %s with %d worker%s", srv->listen_addr,
+              srv->nworkers, srv->nworkers == 1 ? "" : "s");
     for (int i = 0; i < srv->nworkers; i++) {
         if (pthread_create(&srv->workers[i].thread, NULL, worker_main, &srv->workers[i]) != 0) {
             rc = RHEMA_ENOMEM;
@@ -596,8 +599,6 @@ int rhema_http_start(struct rhema_server *srv, char **err)
         }
         srv->workers[i].started = 1;
     }
-    rhema_log(RHEMA_LOG_NOTICE, "http", "listening on %s with %d worker%s", srv->listen_addr,
-              srv->nworkers, srv->nworkers == 1 ? "" : "s");
     return 0;
 fail:
     for (int i = 0; srv->workers && i < srv->nworkers; i++)

@@ -13,6 +13,8 @@
 #include <event2/buffer.h>
 
 #include "log.h"
+#include "api_agents.h"
+#include "api_consensus.h"
 #include "commit.h"
 #include "routes.h"
 #include "util.h"
@@ -521,6 +523,14 @@ void rhema_route(struct rhema_req *r)
         route_get_only(r, h_plugins);
     else if ((rest = after(p, "/v1/sessions")) && (*rest == '\0' || *rest == '/'))
         route_sessions(r, rest);
+    else if ((rest = after(p, "/v1/consensus")) && (*rest == '\0' || *rest == '/'))
+        rhema_route_consensus(r, rest);
+    else if ((rest = after(p, "/v1/agents")) && (*rest == '\0' || *rest == '/'))
+        rhema_route_agents(r, rest);
+    else if ((rest = after(p, "/v1/system")) && (*rest == '\0' || *rest == '/'))
+        rhema_route_system(r, rest);
+    else if ((rest = after(p, "/v1/configurations")) && (*rest == '\0' || *rest == '/'))
+        rhema_route_configurations(r, rest);
     else if (strcmp(p, "/v1/messages/compress") == 0)
         route_post_only(r, h_compress);
     else if (strcmp(p, "/v1/messages/decompress") == 0)

@@ -1,0 +1,496 @@
+/*
+ * api_agents -- HTTP handlers of agents, system metrics and configurations.
+ * See api_agents.h for the routes and agents.h for what they store.
+ */
+#include "rhema_build.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include <event2/buffer.h>
+
+#include "agents.h"
+#include "api_agents.h"
+#include "util.h"
+
+/* ---- shared helpers ---- */
+
+static void method_not_allowed(struct rhema_req *r, const char *allow)
+{
+    rhema_header(r, "Allow", allow);
+    rhema_reply_error(r, 405, "method_not_allowed",
+                      "this method is not allowed on %s (allowed: %s)", r->path, allow);
+}
+
+/* An OPTIONS request: Allow, and the CORS preflight headers when an Origin came. */
+static void preflight(struct rhema_req *r, const char *allow)
+{
+    const struct rhema_config *cfg = r->worker->srv->cfg;
+    rhema_header(r, "Allow", allow);
+    if (cfg->cors_enabled && rhema_req_header(r, "Origin")) {
+        char headers[1024] = "", age[24];
+        size_t at = 0;
+        int n = rhema_config_get_count(cfg, "service.cors.allow_headers");
+        for (int i = 0; i < n; i++) {
+            char path[64];
+            const char *h = NULL;
+            snprintf(path, sizeof path, "service.cors.allow_headers[%d]", i);
+            if (rhema_config_get_string(cfg, path, &h) == 0 && at < sizeof headers)
+                at +=
+                    (size_t)snprintf(headers + at, sizeof headers - at, "%s%s", at ? ", " : "", h);
+        }
+        int64_t max_age = 600;
+        rhema_config_get_int(cfg, "service.cors.max_age_seconds", &max_age);
+        snprintf(age, sizeof age, "%lld", (long long)max_age);
+        rhema_header(r, "Access-Control-Allow-Methods", allow);
+        rhema_header(r, "Access-Control-Allow-Headers", headers);
+        rhema_header(r, "Access-Control-Max-Age", age);
+    }
+    rhema_reply_empty(r, 204);
+}
+
+static void not_found(struct rhema_req *r)
+{
+    rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
+}
+
+static int is_read(const struct rhema_req *r)
+{
+    return r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD;
+}
+
+/* Refuse query parameters not in known (NULL-terminated; NULL: none allowed). */
+static int query_check(struct rhema_req *r, const char *const *known)
+{
+    struct evkeyval *kv;
+    TAILQ_FOREACH(kv, &r->query, next)
+    {
+        int ok = 0;
+        for (const char *const *k = known; k && *k; k++)
+            ok |= strcmp(kv->key, *k) == 0;
+        if (!ok) {
+            rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
+                              kv->key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* A positive integer query parameter (1..max); replies 400 and returns -1 when bad. */
+static int query_uint(struct rhema_req *r, const char *name, uint64_t max, uint64_t *out)
+{
+    const char *s = evhttp_find_header(&r->query, name);
+    if (!s)
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (!*s || *end || *s == '-' || *s == '+' || errno || v == 0 || v > max) {
+        rhema_reply_error(r, 400, "invalid_field",
+                          "parameter '%s': expected an integer from 1 to %llu", name,
+                          (unsigned long long)max);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static uint64_t heartbeat_timeout_ms(struct rhema_req *r)
+{
+    int64_t v = RHEMA_AGENT_HEARTBEAT_TIMEOUT_DEFAULT_S;
+    if (rhema_config_get_int(r->worker->srv->cfg,
+                             "ai_service.agent_management.heartbeat_timeout_seconds", &v) != 0 ||
+        v <= 0)
+        v = RHEMA_AGENT_HEARTBEAT_TIMEOUT_DEFAULT_S;
+    return (uint64_t)v * 1000u;
+}
+
+/* If-Match / If-None-Match of a write where "must not exist" makes no sense. */
+static int precondition_no_inm(struct rhema_req *r, uint64_t *if_match)
+{
+    if (rhema_req_precondition(r, if_match) != 0)
+        return -1;
+    if (*if_match == RHEMA_VERSION_ABSENT) {
+        rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense on %s",
+                          r->method == EVHTTP_REQ_DELETE ? "DELETE" : "POST");
+        return -1;
+    }
+    return 0;
+}
+
+/* Reply with a record and its ETag; 304 for a read whose If-None-Match is current. */
+static void reply_record(struct rhema_req *r, int status, struct rhema_record *rec)
+{
+    rhema_header_etag(r, rec->version);
+    if (is_read(r)) {
+        const char *inm = rhema_req_header(r, "If-None-Match");
+        char etag[32];
+        snprintf(etag, sizeof etag, "\"%llu\"", (unsigned long long)rec->version);
+        if (inm && strcmp(inm, etag) == 0) {
+            rhema_record_release(rec);
+            rhema_reply(r, 304, NULL, NULL, 0);
+            return;
+        }
+    }
+    rhema_reply_json(r, status, rec->json, rec->len);
+    rhema_record_release(rec);
+}
+
+static void reply_text(struct rhema_req *r, int rc, char *text, size_t len, const char *err)
+{
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    rhema_reply_json(r, 200, text, len);
+    free(text);
+}
+
+/* Copy the first path segment of rest (after its '/') into id; *tail: what follows. */
+static int path_id(struct rhema_req *r, const char *rest, char id[RHEMA_ID_MAX + 2],
+                   const char **tail, const char *what)
+{
+    const char *slash = strchr(rest, '/');
+    size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
+    if (n <= RHEMA_ID_MAX) {
+        memcpy(id, rest, n);
+        id[n] = '\0';
+    }
+    if (n > RHEMA_ID_MAX || !rhema_id_valid(id)) {
+        rhema_reply_error(r, 400, "invalid_field",
+                          "path %s: expected 1-128 characters [A-Za-z0-9._:-]", what);
+        return -1;
+    }
+    *tail = slash ? slash : "";
+    return 0;
+}
+
+static const char *const list_params[] = {"limit", "cursor", NULL};
+
+/* ---- agents ---- */
+
+static void h_agent_list(struct rhema_req *r)
+{
+    static const char *const known[] = {"status", "capability", "limit", "cursor", NULL};
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
+    if (query_check(r, known) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+        return;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = rhema_agent_list(&r->worker->store, evhttp_find_header(&r->query, "status"),
+                              evhttp_find_header(&r->query, "capability"), (size_t)limit,
+                              evhttp_find_header(&r->query, "cursor"), heartbeat_timeout_ms(r),
+                              &text, &len, err);
+    reply_text(r, rc, text, len, err);
+}
+
+static void h_agent_stats(struct rhema_req *r)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    if (query_check(r, NULL))
+        return;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = rhema_agent_stats(&r->worker->store, heartbeat_timeout_ms(r), &text, &len, err);
+    reply_text(r, rc, text, len, err);
+}
+
+static void h_agent_get(struct rhema_req *r, const char *id)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_record rec = {0};
+    if (query_check(r, NULL))
+        return;
+    int rc = rhema_agent_get(&r->worker->store, id, heartbeat_timeout_ms(r), &rec, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    reply_record(r, 200, &rec);
+}
+
+static void h_agent_put(struct rhema_req *r, const char *id)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t if_match;
+    struct rhema_record rec = {0};
+    json_t *agent = NULL;
+    int created = 0;
+    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+        return;
+    json_t *body = rhema_req_json(r);
+    if (!body)
+        return;
+    int rc = rhema_agent_validate(body, id, &agent, err);
+    json_decref(body);
+    if (!rc)
+        rc = rhema_agent_put(&r->worker->store, id, agent, if_match, heartbeat_timeout_ms(r), &rec,
+                             &created, err);
+    json_decref(agent);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    if (created) {
+        char loc[RHEMA_ID_MAX + 32];
+        snprintf(loc, sizeof loc, "/v1/agents/%s", id);
+        rhema_header(r, "Location", loc);
+    }
+    reply_record(r, created ? 201 : 200, &rec);
+}
+
+static void h_agent_delete(struct rhema_req *r, const char *id)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t if_match;
+    if (query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
+        return;
+    int rc = rhema_agent_delete(&r->worker->store, id, if_match, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    rhema_reply_empty(r, 204);
+}
+
+static void h_agent_transitions(struct rhema_req *r, const char *id)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
+    if (query_check(r, list_params) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+        return;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = rhema_agent_transitions(&r->worker->store, id, (size_t)limit,
+                                     evhttp_find_header(&r->query, "cursor"), &text, &len, err);
+    reply_text(r, rc, text, len, err);
+}
+
+static void h_agent_heartbeat(struct rhema_req *r, const char *id)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t if_match;
+    struct rhema_record rec = {0};
+    json_t *body = NULL, *hb = NULL;
+    if (query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
+        return;
+    if (evbuffer_get_length(evhttp_request_get_input_buffer(r->req)) > 0 &&
+        !(body = rhema_req_json(r)))
+        return;
+    int rc = rhema_agent_heartbeat_validate(body, &hb, err);
+    json_decref(body);
+    if (!rc)
+        rc = rhema_agent_heartbeat(&r->worker->store, id, hb, if_match, heartbeat_timeout_ms(r),
+                                   &rec, err);
+    json_decref(hb);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    reply_record(r, 200, &rec);
+}
+
+void rhema_route_agents(struct rhema_req *r, const char *rest)
+{
+    enum evhttp_cmd_type m = r->method;
+    char id[RHEMA_ID_MAX + 2];
+    const char *tail;
+    if (*rest == '\0' || strcmp(rest, "/stats") == 0) { /* /v1/agents, /v1/agents/stats */
+        if (is_read(r))
+            (*rest ? h_agent_stats : h_agent_list)(r);
+        else if (m == EVHTTP_REQ_OPTIONS)
+            preflight(r, "GET, OPTIONS");
+        else
+            method_not_allowed(r, "GET, OPTIONS");
+        return;
+    }
+    if (*rest != '/') {
+        not_found(r);
+        return;
+    }
+    if (path_id(r, rest + 1, id, &tail, "agent id") != 0)
+        return;
+    if (*tail == '\0') {
+        if (is_read(r))
+            h_agent_get(r, id);
+        else if (m == EVHTTP_REQ_PUT)
+            h_agent_put(r, id);
+        else if (m == EVHTTP_REQ_DELETE)
+            h_agent_delete(r, id);
+        else if (m == EVHTTP_REQ_OPTIONS)
+            preflight(r, "GET, PUT, DELETE, OPTIONS");
+        else
+            method_not_allowed(r, "GET, PUT, DELETE, OPTIONS");
+    } else if (strcmp(tail, "/transitions") == 0) {
+        if (is_read(r))
+            h_agent_transitions(r, id);
+        else if (m == EVHTTP_REQ_OPTIONS)
+            preflight(r, "GET, OPTIONS");
+        else
+            method_not_allowed(r, "GET, OPTIONS");
+    } else if (strcmp(tail, "/heartbeat") == 0) {
+        if (m == EVHTTP_REQ_POST)
+            h_agent_heartbeat(r, id);
+        else if (m == EVHTTP_REQ_OPTIONS)
+            preflight(r, "POST, OPTIONS");
+        else
+            method_not_allowed(r, "POST, OPTIONS");
+    } else {
+        not_found(r);
+    }
+}
+
+/* ---- system metrics ---- */
+
+static void h_metrics_get(struct rhema_req *r)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_record rec = {0};
+    if (query_check(r, NULL))
+        return;
+    int rc = rhema_system_metrics_get(&r->worker->store, &rec, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    reply_record(r, 200, &rec);
+}
+
+static void h_metrics_put(struct rhema_req *r)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t if_match;
+    struct rhema_record rec = {0};
+    json_t *metrics = NULL;
+    int created = 0;
+    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+        return;
+    json_t *body = rhema_req_json(r);
+    if (!body)
+        return;
+    int rc = rhema_system_metrics_validate(body, &metrics, err);
+    json_decref(body);
+    if (!rc)
+        rc = rhema_system_metrics_put(&r->worker->store, metrics, if_match, &rec, &created, err);
+    json_decref(metrics);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    reply_record(r, created ? 201 : 200, &rec);
+}
+
+void rhema_route_system(struct rhema_req *r, const char *rest)
+{
+    if (strcmp(rest, "/metrics") != 0) {
+        not_found(r);
+        return;
+    }
+    if (is_read(r))
+        h_metrics_get(r);
+    else if (r->method == EVHTTP_REQ_PUT)
+        h_metrics_put(r);
+    else if (r->method == EVHTTP_REQ_OPTIONS)
+        preflight(r, "GET, PUT, OPTIONS");
+    else
+        method_not_allowed(r, "GET, PUT, OPTIONS");
+}
+
+/* ---- configurations ---- */
+
+static void h_config_get(struct rhema_req *r, const char *name)
+{
+    static const char *const known[] = {"version", NULL};
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_record rec = {0};
+    uint64_t version = 0;
+    if (query_check(r, known) || query_uint(r, "version", UINT64_MAX - 1, &version))
+        return;
+    int rc = rhema_configuration_get(&r->worker->store, name, version, &rec, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    reply_record(r, 200, &rec);
+}
+
+static void h_config_put(struct rhema_req *r, const char *name)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t if_match;
+    struct rhema_record rec = {0};
+    json_t *conf = NULL;
+    int created = 0;
+    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+        return;
+    json_t *body = rhema_req_json(r);
+    if (!body)
+        return;
+    int rc = rhema_configuration_validate(body, name, &conf, err);
+    json_decref(body);
+    if (!rc)
+        rc = rhema_configuration_put(&r->worker->store, name, conf, if_match, &rec, &created, err);
+    json_decref(conf);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    if (created) {
+        char loc[RHEMA_ID_MAX + 32];
+        snprintf(loc, sizeof loc, "/v1/configurations/%s", name);
+        rhema_header(r, "Location", loc);
+    }
+    reply_record(r, created ? 201 : 200, &rec);
+}
+
+static void h_config_versions(struct rhema_req *r, const char *name)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
+    if (query_check(r, list_params) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+        return;
+    char *text = NULL;
+    size_t len = 0;
+    int rc =
+        rhema_configuration_versions(&r->worker->store, name, (size_t)limit,
+                                     evhttp_find_header(&r->query, "cursor"), &text, &len, err);
+    reply_text(r, rc, text, len, err);
+}
+
+void rhema_route_configurations(struct rhema_req *r, const char *rest)
+{
+    enum evhttp_cmd_type m = r->method;
+    char name[RHEMA_ID_MAX + 2];
+    const char *tail;
+    if (*rest != '/' || rest[1] == '\0') {
+        not_found(r);
+        return;
+    }
+    if (path_id(r, rest + 1, name, &tail, "configuration name") != 0)
+        return;
+    if (*tail == '\0') {
+        if (is_read(r))
+            h_config_get(r, name);
+        else if (m == EVHTTP_REQ_PUT)
+            h_config_put(r, name);
+        else if (m == EVHTTP_REQ_OPTIONS)
+            preflight(r, "GET, PUT, OPTIONS");
+        else
+            method_not_allowed(r, "GET, PUT, OPTIONS");
+    } else if (strcmp(tail, "/versions") == 0) {
+        if (is_read(r))
+            h_config_versions(r, name);
+        else if (m == EVHTTP_REQ_OPTIONS)
+            preflight(r, "GET, OPTIONS");
+        else
+            method_not_allowed(r, "GET, OPTIONS");
+    } else {
+        not_found(r);
+    }
+}

@@ -1,0 +1,350 @@
+/*
+ * api_consensus -- HTTP handlers of the consensus store (see api_consensus.h
+ * for the routes and consensus.h for the semantics).
+ */
+#include "rhema_build.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "api_consensus.h"
+#include "consensus.h"
+#include "util.h"
+
+#define INDEX_PARAM_MAX ((uint64_t)INT64_MAX)
+
+/* ---- small helpers (routes.c keeps its own static equivalents) ---- */
+
+static void method_not_allowed(struct rhema_req *r, const char *allow)
+{
+    rhema_header(r, "Allow", allow);
+    rhema_reply_error(r, 405, "method_not_allowed", "this method is not allowed on %s", r->path);
+}
+
+/* CORS preflight / OPTIONS: 204 with Allow (and the CORS headers when configured). */
+static void preflight(struct rhema_req *r, const char *allow)
+{
+    const struct rhema_config *cfg = r->worker->srv->cfg;
+    rhema_header(r, "Allow", allow);
+    if (cfg->cors_enabled && rhema_req_header(r, "Origin")) {
+        char headers[1024] = "", age[24];
+        size_t at = 0;
+        int n = rhema_config_get_count(cfg, "service.cors.allow_headers");
+        for (int i = 0; i < n; i++) {
+            char path[64];
+            const char *h = NULL;
+            snprintf(path, sizeof path, "service.cors.allow_headers[%d]", i);
+            if (rhema_config_get_string(cfg, path, &h) == 0 && at < sizeof headers)
+                at +=
+                    (size_t)snprintf(headers + at, sizeof headers - at, "%s%s", at ? ", " : "", h);
+        }
+        int64_t max_age = 600;
+        rhema_config_get_int(cfg, "service.cors.max_age_seconds", &max_age);
+        snprintf(age, sizeof age, "%lld", (long long)max_age);
+        rhema_header(r, "Access-Control-Allow-Methods", allow);
+        rhema_header(r, "Access-Control-Allow-Headers", headers);
+        rhema_header(r, "Access-Control-Max-Age", age);
+    }
+    rhema_reply_empty(r, 204);
+}
+
+/*
+ * Refuse query parameters not in `known` (NULL-terminated; NULL: none
+ * allowed) and repeated ones.  Replies 400 and returns -1 when bad.
+ */
+static int check_params(struct rhema_req *r, const char *const *known)
+{
+    struct evkeyval *kv, *other;
+    TAILQ_FOREACH(kv, &r->query, next)
+    {
+        int ok = 0;
+        for (const char *const *k = known; k && *k; k++)
+            ok |= strcmp(kv->key, *k) == 0;
+        if (!ok) {
+            rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
+                              kv->key);
+            return -1;
+        }
+        for (other = TAILQ_NEXT(kv, next); other; other = TAILQ_NEXT(other, next)) {
+            if (strcmp(other->key, kv->key) == 0) {
+                rhema_reply_error(r, 400, "invalid_field", "parameter '%s': given more than once",
+                                  kv->key);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* A positive integer parameter (absent: *out untouched).  Replies 400 and returns -1 when bad. */
+static int query_uint(struct rhema_req *r, const char *name, uint64_t max, uint64_t *out)
+{
+    const char *s = evhttp_find_header(&r->query, name);
+    if (!s)
+        return 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (!*s || *end || *s < '0' || *s > '9' || v == 0 || v > max) {
+        rhema_reply_error(r, 400, "invalid_field", "parameter '%s': expected an integer 1-%llu",
+                          name, (unsigned long long)max);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static void reply_record(struct rhema_req *r, int status, struct rhema_record *rec)
+{
+    rhema_header_etag(r, rec->version);
+    rhema_reply_json(r, status, rec->json, rec->len);
+    rhema_record_release(rec);
+}
+
+/* ---- handlers ---- */
+
+static void h_list(struct rhema_req *r)
+{
+    static const char *const known[] = {"limit", "cursor", NULL};
+    char err[RHEMA_ERRMSG_MAX], *text = NULL;
+    size_t len = 0;
+    uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
+    if (check_params(r, known) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+        return;
+    int rc = rhema_consensus_list(&r->worker->store, (size_t)limit,
+                                  evhttp_find_header(&r->query, "cursor"), &text, &len, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    rhema_reply_json(r, 200, text, len);
+    free(text);
+}
+
+static void h_state_get(struct rhema_req *r, const char *node)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_record rec = {0};
+    if (check_params(r, NULL))
+        return;
+    int rc = rhema_consensus_state_get(&r->worker->store, node, &rec, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    /* If-None-Match on a read: 304 when the client's copy is current. */
+    const char *inm = rhema_req_header(r, "If-None-Match");
+    char etag[32];
+    snprintf(etag, sizeof etag, "\"%llu\"", (unsigned long long)rec.version);
+    if (inm && strcmp(inm, etag) == 0) {
+        rhema_header_etag(r, rec.version);
+        rhema_record_release(&rec);
+        rhema_reply(r, 304, NULL, NULL, 0);
+        return;
+    }
+    reply_record(r, 200, &rec);
+}
+
+static void h_state_put(struct rhema_req *r, const char *node)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t if_match;
+    json_t *body, *state = NULL;
+    struct rhema_record rec = {0};
+    int created = 0;
+    if (check_params(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+        return;
+    if (!(body = rhema_req_json(r)))
+        return;
+    int rc = rhema_consensus_state_validate(body, node, &state, err);
+    json_decref(body);
+    if (rc == 0)
+        rc = rhema_consensus_state_put(&r->worker->store, node, state, if_match, &rec, &created,
+                                       err);
+    json_decref(state);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    if (created) {
+        char loc[RHEMA_ID_MAX + 40];
+        snprintf(loc, sizeof loc, "/v1/consensus/%s/state", node);
+        rhema_header(r, "Location", loc);
+    }
+    reply_record(r, created ? 201 : 200, &rec);
+}
+
+static void h_entries_post(struct rhema_req *r, const char *node)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    json_t *body, *entries = NULL;
+    struct rhema_record rec = {0};
+    struct rhema_consensus_append_result res = {0};
+    if (check_params(r, NULL))
+        return;
+    if (rhema_req_header(r, "If-Match") || rhema_req_header(r, "If-None-Match")) {
+        rhema_reply_error(r, 400, "bad_header",
+                          "If-Match / If-None-Match are not supported on entries: log matching "
+                          "(index and term) decides");
+        return;
+    }
+    if (!(body = rhema_req_json(r)))
+        return;
+    int rc = rhema_consensus_entries_validate(body, &entries, err);
+    json_decref(body);
+    if (rc == 0)
+        rc = rhema_consensus_append(&r->worker->store, node, entries, &rec, &res, err);
+    json_decref(entries);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    reply_record(r, res.appended ? 201 : 200, &rec);
+}
+
+static void h_entries_get(struct rhema_req *r, const char *node)
+{
+    static const char *const known[] = {"from", "to", "limit", "cursor", NULL};
+    char err[RHEMA_ERRMSG_MAX], *text = NULL;
+    size_t len = 0;
+    uint64_t from = 1, to = 0, cursor = 0, limit = RHEMA_LIST_LIMIT_DEFAULT;
+    if (check_params(r, known) || query_uint(r, "from", INDEX_PARAM_MAX, &from) ||
+        query_uint(r, "to", INDEX_PARAM_MAX, &to) ||
+        query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit) ||
+        query_uint(r, "cursor", INDEX_PARAM_MAX, &cursor))
+        return;
+    if (to && to < from) {
+        rhema_reply_error(r, 400, "invalid_field", "parameter 'to': %llu is below 'from' %llu",
+                          (unsigned long long)to, (unsigned long long)from);
+        return;
+    }
+    /* a cursor (the next_cursor of the previous page) continues the range */
+    if (cursor) {
+        if (cursor < from || (to && cursor > to)) {
+            rhema_reply_error(r, 400, "invalid_field",
+                              "parameter 'cursor': %llu is outside the range from-to",
+                              (unsigned long long)cursor);
+            return;
+        }
+        from = cursor;
+    }
+    int rc =
+        rhema_consensus_entries(&r->worker->store, node, from, to, (size_t)limit, &text, &len, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    rhema_reply_json(r, 200, text, len);
+    free(text);
+}
+
+/* POST .../commit and .../applied: {"index": N}. */
+static void h_mark(struct rhema_req *r, const char *node, enum rhema_consensus_mark_kind kind)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_record rec = {0};
+    int advanced = 0;
+    const char *key;
+    json_t *body, *v;
+    if (check_params(r, NULL))
+        return;
+    if (!(body = rhema_req_json(r)))
+        return;
+    if (!json_is_object(body)) {
+        json_decref(body);
+        rhema_reply_error(r, 400, "invalid_field", "body: expected a JSON object {\"index\": N}");
+        return;
+    }
+    json_object_foreach(body, key, v)
+    {
+        if (strcmp(key, "index") != 0) {
+            rhema_reply_error(r, 400, "invalid_field", "field '%s': unknown field", key);
+            json_decref(body);
+            return;
+        }
+    }
+    v = json_object_get(body, "index");
+    if (!v || !json_is_integer(v) || json_integer_value(v) < 0) {
+        json_decref(body);
+        rhema_reply_error(r, 400, "invalid_field", "field 'index': %s",
+                          v ? "expected an integer >= 0" : "required");
+        return;
+    }
+    uint64_t index = (uint64_t)json_integer_value(v);
+    json_decref(body);
+    int rc = rhema_consensus_mark(&r->worker->store, node, kind, index, &rec, &advanced, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    reply_record(r, 200, &rec);
+}
+
+/* ---- dispatch ---- */
+
+void rhema_route_consensus(struct rhema_req *r, const char *rest)
+{
+    enum evhttp_cmd_type m = r->method;
+    if (*rest == '\0') { /* /v1/consensus */
+        if (m == EVHTTP_REQ_GET)
+            h_list(r);
+        else if (m == EVHTTP_REQ_OPTIONS)
+            preflight(r, "GET, OPTIONS");
+        else
+            method_not_allowed(r, "GET, OPTIONS");
+        return;
+    }
+    if (*rest != '/')
+        goto notfound;
+    rest++;
+    char node[RHEMA_ID_MAX + 2];
+    const char *slash = strchr(rest, '/');
+    size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
+    if (n == 0 && !slash)
+        goto notfound; /* "/v1/consensus/" */
+    if (n >= sizeof node) {
+        rhema_reply_error(r, 400, "invalid_field",
+                          "path node: expected an id of 1-128 characters [A-Za-z0-9._:-]");
+        return;
+    }
+    memcpy(node, rest, n);
+    node[n] = '\0';
+    if (!rhema_id_valid(node)) {
+        rhema_reply_error(r, 400, "invalid_field",
+                          "path node: expected an id of 1-128 characters [A-Za-z0-9._:-]");
+        return;
+    }
+    if (!slash)
+        goto notfound;
+    if (strcmp(slash, "/state") == 0) {
+        switch (m) {
+        case EVHTTP_REQ_GET: h_state_get(r, node); return;
+        case EVHTTP_REQ_PUT: h_state_put(r, node); return;
+        case EVHTTP_REQ_OPTIONS: preflight(r, "GET, PUT, OPTIONS"); return;
+        default: method_not_allowed(r, "GET, PUT, OPTIONS"); return;
+        }
+    }
+    if (strcmp(slash, "/entries") == 0) {
+        switch (m) {
+        case EVHTTP_REQ_GET: h_entries_get(r, node); return;
+        case EVHTTP_REQ_POST: h_entries_post(r, node); return;
+        case EVHTTP_REQ_OPTIONS: preflight(r, "GET, POST, OPTIONS"); return;
+        default: method_not_allowed(r, "GET, POST, OPTIONS"); return;
+        }
+    }
+    if (strcmp(slash, "/commit") == 0 || strcmp(slash, "/applied") == 0) {
+        enum rhema_consensus_mark_kind kind =
+            slash[1] == 'c' ? RHEMA_CONSENSUS_COMMIT : RHEMA_CONSENSUS_APPLIED;
+        if (m == EVHTTP_REQ_POST)
+            h_mark(r, node, kind);
+        else if (m == EVHTTP_REQ_OPTIONS)
+            preflight(r, "POST, OPTIONS");
+        else
+            method_not_allowed(r, "POST, OPTIONS");
+        return;
+    }
+notfound:
+    rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
+}
