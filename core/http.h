@@ -67,6 +67,8 @@ struct rhema_server {
     atomic_int log_access;       /* logging.access_log, can change on reload */
     struct rhema_committer *committer; /* NULL: the backend has no group(); workers write */
     struct rhema_codecs codecs;  /* the compression plugins, opened */
+    struct rhema_keyring *keyring; /* NULL: key management off (api_keys.c) */
+    struct keys_state *keys_state;
 };
 
 /* The context of one request, valid for the duration of its handler. */

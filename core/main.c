@@ -24,6 +24,7 @@
 #include <event2/thread.h>
 #include <sodium.h>
 
+#include "api_keys.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
@@ -143,6 +144,23 @@ static int load_plugins(struct rhema_server *srv, char **err)
         }
         if (rc)
             rhema_log(RHEMA_LOG_INFO, "main", "compression codec not loaded: %s", cerr);
+        free(cerr);
+    }
+    /* the cipher the configuration names (needed with encryption or key management) */
+    if (!rhema_plugin_find(srv->plugins, RHEMA_KIND_CIPHER, cfg->encryption_algorithm)) {
+        const struct rhema_loaded_plugin *c;
+        char *cerr = NULL;
+        const char *kf = "", *pe = "";
+        rhema_config_get_string(cfg, "advanced_features.key_management.key_file", &kf);
+        rhema_config_get_string(cfg, "advanced_features.key_management.passphrase_env", &pe);
+        rc = rhema_plugin_load(srv->plugins, cfg->encryption_algorithm, cfg->plugin_directory,
+                               RHEMA_KIND_CIPHER, &c, &cerr);
+        if (rc && (cfg->encryption_enabled || *kf || *pe)) {
+            *err = cerr;
+            return rc;
+        }
+        if (rc)
+            rhema_log(RHEMA_LOG_INFO, "main", "cipher not loaded: %s", cerr);
         free(cerr);
     }
     rhema_config_foreach_plugin_group(cfg, RHEMA_KIND_STORAGE, warn_stray_group, srv);
@@ -377,7 +395,8 @@ int main(int argc, char **argv)
     if (rhema_plugins_new(&srv.plugins) != 0)
         goto out;
     if (load_plugins(&srv, &err) != 0 || open_storage(&srv, &err) != 0 ||
-        rhema_codecs_open(&srv.codecs, srv.plugins, &cfg, &err) != 0) {
+        rhema_codecs_open(&srv.codecs, srv.plugins, &cfg, &err) != 0 ||
+        (!opt.test_only && rhema_keys_open(&srv, &err) != 0)) {
         fprintf(stderr, "rhemad: %s\n", err ? err : "plugin error");
         if (opt.test_only)
             fprintf(stderr, "rhemad: configuration file %s test failed\n",
@@ -425,6 +444,10 @@ int main(int argc, char **argv)
     event_add(ev_term, NULL);
     event_add(ev_int, NULL);
     event_add(ev_hup, NULL);
+    if (rhema_keys_start_timers(&srv, base) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "cannot start the key maintenance timers");
+        goto out;
+    }
     if (rhema_http_start(&srv, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
         goto out;
@@ -440,6 +463,9 @@ int main(int argc, char **argv)
     status = 0;
 out:
     notify_ready(status ? 1 : 0);
+    if (srv.workers)
+        rhema_http_stop(&srv);
+    rhema_keys_close(&srv); /* after the workers, before the base its timers are on */
     if (ev_term)
         event_free(ev_term);
     if (ev_int)
@@ -448,8 +474,6 @@ out:
         event_free(ev_hup);
     if (base)
         event_base_free(base);
-    if (srv.workers)
-        rhema_http_stop(&srv);
     if (srv.storage_inst)
         srv.storage->close(srv.storage_inst);
     rhema_codecs_close(&srv.codecs);

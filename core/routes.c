@@ -14,6 +14,7 @@
 
 #include "log.h"
 #include "api_agents.h"
+#include "api_keys.h"
 #include "api_consensus.h"
 #include "commit.h"
 #include "routes.h"
@@ -531,6 +532,12 @@ void rhema_route(struct rhema_req *r)
         rhema_route_system(r, rest);
     else if ((rest = after(p, "/v1/configurations")) && (*rest == '\0' || *rest == '/'))
         rhema_route_configurations(r, rest);
+    else if (strcmp(p, "/v1/messages/encrypt") == 0)
+        rhema_route_message_crypto(r, "encrypt");
+    else if (strcmp(p, "/v1/messages/decrypt") == 0)
+        rhema_route_message_crypto(r, "decrypt");
+    else if ((rest = after(p, "/v1/keys")) && *rest == '/')
+        rhema_route_keys(r, rest);
     else if (strcmp(p, "/v1/messages/compress") == 0)
         route_post_only(r, h_compress);
     else if (strcmp(p, "/v1/messages/decompress") == 0)

@@ -1,0 +1,427 @@
+/*
+ * api_keys -- encryption endpoints and key maintenance (see api_keys.h).
+ */
+#include "rhema_build.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/stat.h>
+
+#include <event2/buffer.h>
+
+#include "api_keys.h"
+#include "keyring.h"
+#include "log.h"
+#include "util.h"
+
+/* The keyring state of the server, kept here (the server only points at it). */
+struct keys_state {
+    struct rhema_cipher_table ciphers;
+    struct event *maintain_ev, *backup_ev;
+    char *backup_dir;
+    int64_t backup_interval_hours;
+    int backup_enabled;
+};
+
+static struct keys_state *state_of(struct rhema_server *srv) { return srv->keys_state; }
+
+static void cors_preflight(struct rhema_req *r, const char *allow)
+{
+    rhema_header(r, "Allow", allow);
+    if (r->worker->srv->cfg->cors_enabled && rhema_req_header(r, "Origin")) {
+        rhema_header(r, "Access-Control-Allow-Methods", allow);
+        rhema_header(r, "Access-Control-Allow-Headers", "Content-Type, X-Request-Id");
+    }
+    rhema_reply_empty(r, 204);
+}
+
+static int method_is(struct rhema_req *r, enum evhttp_cmd_type m, const char *allow)
+{
+    if (r->method == m)
+        return 1;
+    if (r->method == EVHTTP_REQ_OPTIONS) {
+        cors_preflight(r, allow);
+        return 0;
+    }
+    rhema_header(r, "Allow", allow);
+    rhema_reply_error(r, 405, "method_not_allowed", "only %s on %s", allow, r->path);
+    return 0;
+}
+
+static int no_query(struct rhema_req *r)
+{
+    if (TAILQ_FIRST(&r->query)) {
+        rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
+                          TAILQ_FIRST(&r->query)->key);
+        return 0;
+    }
+    return 1;
+}
+
+static struct rhema_keyring *keyring_or_503(struct rhema_req *r)
+{
+    struct rhema_keyring *kr = r->worker->srv->keyring;
+    if (!kr)
+        rhema_reply_error(r, 503, "unavailable",
+                          "key management is off: set advanced_features.key_management.key_file "
+                          "or passphrase_env");
+    return kr;
+}
+
+static const unsigned char *raw_body(struct rhema_req *r, size_t *len)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
+    *len = evbuffer_get_length(in);
+    return *len ? evbuffer_pullup(in, -1) : (const unsigned char *)"";
+}
+
+static void reply_keyring_error(struct rhema_req *r, int rc, const char *err)
+{
+    switch (rc) {
+    case RHEMA_ECORRUPT: rhema_reply_error(r, 400, "bad_envelope", "%s", err); return;
+    case RHEMA_ENOTSUP: rhema_reply_error(r, 400, "bad_envelope", "%s", err); return;
+    case RHEMA_ETOOBIG: rhema_reply_error(r, 409, "key_exhausted", "%s", err); return;
+    case RHEMA_EINVAL: rhema_reply_error(r, 400, "invalid_field", "%s", err); return;
+    default: rhema_reply_error(r, 500, "internal", "%s", err); return;
+    }
+}
+
+static void reply_octets(struct rhema_req *r, struct rhema_buf *b, uint32_t version)
+{
+    char v[16];
+    uint32_t kv = version;
+    if (!kv)
+        rhema_envelope_key_version(b->data, b->len, &kv);
+    snprintf(v, sizeof v, "%u", kv);
+    rhema_header(r, "X-Rhema-Key-Version", v);
+    rhema_reply(r, 200, "application/octet-stream", b->data, b->len);
+    free(b->data);
+}
+
+void rhema_route_message_crypto(struct rhema_req *r, const char *which)
+{
+    char err[RHEMA_KEYRING_ERR_MAX];
+    struct rhema_buf out = {0};
+    size_t len;
+    if (!method_is(r, EVHTTP_REQ_POST, "POST, OPTIONS") || !no_query(r))
+        return;
+    struct rhema_keyring *kr = keyring_or_503(r);
+    if (!kr)
+        return;
+    const unsigned char *body = raw_body(r, &len);
+    int decrypt = strcmp(which, "decrypt") == 0;
+    int rc = decrypt ? rhema_keyring_decrypt(kr, body, len, NULL, 0, &out, err)
+                     : rhema_keyring_encrypt(kr, body, len, NULL, 0, &out, err);
+    if (rc) {
+        reply_keyring_error(r, rc, err);
+        return;
+    }
+    if (decrypt) {
+        uint32_t v = 0;
+        rhema_envelope_key_version(body, len, &v);
+        reply_octets(r, &out, v);
+    } else {
+        reply_octets(r, &out, 0);
+    }
+}
+
+static json_t *stats_json(struct rhema_keyring *kr)
+{
+    struct rhema_keyring_stats st;
+    char t[RHEMA_TIME_MAX];
+    if (rhema_keyring_stats(kr, &st) != 0)
+        return NULL;
+    json_t *versions = json_array();
+    for (size_t i = 0; i < st.versions; i++) {
+        rhema_time_format(st.v[i].created_at_ms, t);
+        json_array_append_new(
+            versions, json_pack("{s:i,s:i,s:s,s:I,s:I,s:b}", "version", (int)st.v[i].version,
+                                "cipher_id", (int)st.v[i].cipher_id, "created_at", t,
+                                "encryptions", (json_int_t)st.v[i].encryptions, "limit",
+                                (json_int_t)st.v[i].limit, "decrypts", st.v[i].decrypts));
+    }
+    json_t *o = json_pack("{s:i,s:i,s:i,s:I,s:I,s:o}", "current_version",
+                          (int)st.current_version, "current_cipher_id",
+                          (int)st.current_cipher_id, "min_decryption_version",
+                          (int)st.min_decryption_version, "versions", (json_int_t)st.versions,
+                          "active_keys", (json_int_t)st.active_versions, "per_version", versions);
+    const struct {
+        const char *name;
+        uint64_t ms;
+    } times[] = {{"last_rotation", st.last_rotation_ms},
+                 {"next_rotation", st.next_rotation_ms},
+                 {"last_backup", st.last_backup_ms}};
+    for (size_t i = 0; i < 3; i++) {
+        if (times[i].ms) {
+            rhema_time_format(times[i].ms, t);
+            json_object_set_new(o, times[i].name, json_string(t));
+        } else {
+            json_object_set_new(o, times[i].name, json_null());
+        }
+    }
+    rhema_keyring_stats_release(&st);
+    return o;
+}
+
+/* "<dir>/keyring-<UTC>.bak", creating dir (0700). */
+static int backup_path(const char *dir, char *path, size_t cap)
+{
+    char t[RHEMA_TIME_MAX], stamp[32];
+    size_t j = 0;
+    rhema_time_format(rhema_realtime_ms(), t);
+    for (size_t i = 0; t[i] && j + 1 < sizeof stamp; i++)
+        if (t[i] != '-' && t[i] != ':')
+            stamp[j++] = t[i] == '.' ? '-' : t[i];
+    stamp[j] = '\0';
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", dir);
+    for (char *p = tmp + 1; *p; p++) { /* mkdir -p */
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(tmp, 0700);
+            *p = '/';
+        }
+    }
+    if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+        return -1;
+    snprintf(path, cap, "%s/keyring-%s.bak", dir, stamp);
+    return 0;
+}
+
+static void h_keys_backup(struct rhema_req *r, struct rhema_keyring *kr)
+{
+    char err[RHEMA_KEYRING_ERR_MAX], path[4096];
+    struct keys_state *ks = state_of(r->worker->srv);
+    const char *want = NULL;
+    json_t *body = NULL;
+    struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
+    if (evbuffer_get_length(in)) {
+        if (!(body = rhema_req_json(r)))
+            return;
+        json_t *p = json_object_get(body, "path");
+        if (!json_is_object(body) || json_object_size(body) > 1 || (json_object_size(body) && !p) ||
+            (p && (!json_is_string(p) || !json_string_length(p)))) {
+            json_decref(body);
+            rhema_reply_error(r, 400, "invalid_field",
+                              "field 'path': expected {\"path\": \"/where/to/write.bak\"} or no body");
+            return;
+        }
+        want = p ? json_string_value(p) : NULL;
+    }
+    if (want)
+        snprintf(path, sizeof path, "%s", want);
+    else if (backup_path(ks->backup_dir, path, sizeof path) != 0) {
+        json_decref(body);
+        rhema_reply_error(r, 500, "internal", "cannot create %s: %s", ks->backup_dir,
+                          strerror(errno));
+        return;
+    }
+    json_decref(body);
+    int rc = rhema_keyring_backup(kr, path, err);
+    if (rc) {
+        rhema_reply_error(r, 500, "internal", "keyring backup failed: %s", err);
+        return;
+    }
+    rhema_log(RHEMA_LOG_NOTICE, "keys", "keyring backed up to %s", path);
+    rhema_reply_jsonv(r, 200, json_pack("{s:s}", "path", path));
+}
+
+static void h_keys_restore(struct rhema_req *r, struct rhema_keyring *kr)
+{
+    char err[RHEMA_KEYRING_ERR_MAX];
+    json_t *body = rhema_req_json(r);
+    if (!body)
+        return;
+    json_t *p = json_object_get(body, "path");
+    if (!json_is_object(body) || json_object_size(body) != 1 || !json_is_string(p)) {
+        json_decref(body);
+        rhema_reply_error(r, 400, "invalid_field",
+                          "field 'path': expected {\"path\": \"/a/keyring/backup.bak\"}");
+        return;
+    }
+    int rc = rhema_keyring_restore(kr, json_string_value(p), err);
+    json_decref(body);
+    if (rc) {
+        rhema_reply_error(r, rc == RHEMA_ECORRUPT || rc == RHEMA_ENOTFOUND ? 400 : 500,
+                          rc == RHEMA_ECORRUPT ? "bad_backup" : "restore_failed", "%s", err);
+        return;
+    }
+    rhema_log(RHEMA_LOG_NOTICE, "keys", "keyring restored from a verified backup");
+    rhema_reply_jsonv(r, 200, stats_json(kr));
+}
+
+void rhema_route_keys(struct rhema_req *r, const char *rest)
+{
+    char err[RHEMA_KEYRING_ERR_MAX];
+    struct rhema_keyring *kr;
+    if (strcmp(rest, "/stats") == 0) {
+        if (!method_is(r, EVHTTP_REQ_GET, "GET, OPTIONS") || !no_query(r) ||
+            !(kr = keyring_or_503(r)))
+            return;
+        rhema_reply_jsonv(r, 200, stats_json(kr));
+    } else if (strcmp(rest, "/rotate") == 0) {
+        uint32_t v = 0;
+        if (!method_is(r, EVHTTP_REQ_POST, "POST, OPTIONS") || !no_query(r) ||
+            !(kr = keyring_or_503(r)))
+            return;
+        int rc = rhema_keyring_rotate(kr, &v, err);
+        if (rc) {
+            rhema_reply_error(r, 500, "internal", "rotation failed: %s", err);
+            return;
+        }
+        rhema_log(RHEMA_LOG_NOTICE, "keys", "rotated to key version %u (manual)", v);
+        rhema_reply_jsonv(r, 200, stats_json(kr));
+    } else if (strcmp(rest, "/backup") == 0) {
+        if (!method_is(r, EVHTTP_REQ_POST, "POST, OPTIONS") || !no_query(r) ||
+            !(kr = keyring_or_503(r)))
+            return;
+        h_keys_backup(r, kr);
+    } else if (strcmp(rest, "/restore") == 0) {
+        if (!method_is(r, EVHTTP_REQ_POST, "POST, OPTIONS") || !no_query(r) ||
+            !(kr = keyring_or_503(r)))
+            return;
+        h_keys_restore(r, kr);
+    } else if (strcmp(rest, "/rewrap") == 0) {
+        size_t len;
+        uint32_t v = 0;
+        struct rhema_buf out = {0};
+        if (!method_is(r, EVHTTP_REQ_POST, "POST, OPTIONS") || !no_query(r) ||
+            !(kr = keyring_or_503(r)))
+            return;
+        const unsigned char *body = raw_body(r, &len);
+        int rc = rhema_keyring_rewrap(kr, body, len, NULL, 0, &out, &v, err);
+        if (rc) {
+            reply_keyring_error(r, rc, err);
+            return;
+        }
+        reply_octets(r, &out, v);
+    } else {
+        rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
+    }
+}
+
+/* ---- lifecycle and timers (main thread) ---- */
+
+int rhema_keys_open(struct rhema_server *srv, char **err)
+{
+    struct rhema_config *cfg = srv->cfg;
+    struct keys_state *ks = calloc(1, sizeof *ks);
+    struct rhema_keyring_params p;
+    char kerr[RHEMA_KEYRING_ERR_MAX];
+    const struct rhema_loaded_plugin *cp = NULL;
+    const char *dir = "backups/keys";
+    int rc;
+    if (!ks)
+        return RHEMA_ENOMEM;
+    (void)rc;
+    srv->keys_state = ks;
+    rhema_config_get_string(cfg, "advanced_features.key_management.backup.directory", &dir);
+    ks->backup_dir = strdup(dir);
+    ks->backup_interval_hours = 24;
+    rhema_config_get_int(cfg, "advanced_features.key_management.backup.interval_hours",
+                         &ks->backup_interval_hours);
+    rhema_config_get_bool(cfg, "advanced_features.key_management.backup.enabled",
+                          &ks->backup_enabled);
+    int configured = rhema_keyring_params_from_config(&p, cfg);
+    /* the cipher the configuration names (loaded by main.c with the others) */
+    cp = rhema_plugin_find(srv->plugins, RHEMA_KIND_CIPHER, cfg->encryption_algorithm);
+    if (!cp && (configured || cfg->encryption_enabled)) {
+        if (asprintf(err, "cipher plugin '%s' (advanced_features.encryption.algorithm) is not "
+                          "loaded",
+                     cfg->encryption_algorithm) < 0)
+            *err = NULL;
+        return RHEMA_EINVAL;
+    }
+    if (!configured) {
+        if (cfg->encryption_enabled) {
+            if (asprintf(err, "advanced_features.encryption.enabled needs key management: set "
+                              "advanced_features.key_management.key_file or passphrase_env") < 0)
+                *err = NULL;
+            return RHEMA_EINVAL;
+        }
+        return 0; /* key management off: the endpoints answer 503 */
+    }
+    rhema_cipher_table_fill(&ks->ciphers, srv->plugins);
+    p.cipher = &cp->vt.cipher;
+    p.ciphers = &ks->ciphers;
+    rc = rhema_keyring_open(&p, &srv->keyring, kerr);
+    if (rc) {
+        if (asprintf(err, "keyring: %s", kerr) < 0)
+            *err = NULL;
+        srv->keyring = NULL;
+        return rc;
+    }
+    struct rhema_keyring_stats st;
+    if (rhema_keyring_stats(srv->keyring, &st) == 0) {
+        rhema_log(RHEMA_LOG_NOTICE, "keys", "keyring open: %zu version(s), current %u (%s)",
+                  st.versions, st.current_version, cp->name);
+        rhema_keyring_stats_release(&st);
+    }
+    return 0;
+}
+
+static void on_maintain(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct rhema_server *srv = arg;
+    char err[RHEMA_KEYRING_ERR_MAX];
+    int rotated = 0;
+    if (rhema_keyring_maintain(srv->keyring, &rotated, err) != 0)
+        rhema_log(RHEMA_LOG_ERROR, "keys", "scheduled rotation failed: %s", err);
+    else if (rotated)
+        rhema_log(RHEMA_LOG_NOTICE, "keys", "rotated the key (rotation.interval_hours)");
+}
+
+static void on_backup(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct rhema_server *srv = arg;
+    struct keys_state *ks = state_of(srv);
+    char err[RHEMA_KEYRING_ERR_MAX], path[4096];
+    if (backup_path(ks->backup_dir, path, sizeof path) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "keys", "scheduled backup: cannot create %s: %s",
+                  ks->backup_dir, strerror(errno));
+        return;
+    }
+    if (rhema_keyring_backup(srv->keyring, path, err) != 0)
+        rhema_log(RHEMA_LOG_ERROR, "keys", "scheduled backup failed: %s", err);
+    else
+        rhema_log(RHEMA_LOG_NOTICE, "keys", "scheduled keyring backup written to %s", path);
+}
+
+int rhema_keys_start_timers(struct rhema_server *srv, struct event_base *base)
+{
+    struct keys_state *ks = state_of(srv);
+    if (!srv->keyring || !ks)
+        return 0;
+    struct timeval minute = {60, 0};
+    ks->maintain_ev = event_new(base, -1, EV_PERSIST, on_maintain, srv);
+    if (!ks->maintain_ev || event_add(ks->maintain_ev, &minute) != 0)
+        return RHEMA_ENOMEM;
+    if (ks->backup_enabled) {
+        struct timeval every = {(time_t)ks->backup_interval_hours * 3600, 0};
+        ks->backup_ev = event_new(base, -1, EV_PERSIST, on_backup, srv);
+        if (!ks->backup_ev || event_add(ks->backup_ev, &every) != 0)
+            return RHEMA_ENOMEM;
+    }
+    return 0;
+}
+
+void rhema_keys_close(struct rhema_server *srv)
+{
+    struct keys_state *ks = state_of(srv);
+    if (ks) {
+        if (ks->maintain_ev)
+            event_free(ks->maintain_ev);
+        if (ks->backup_ev)
+            event_free(ks->backup_ev);
+        free(ks->backup_dir);
+        free(ks);
+        srv->keys_state = NULL;
+    }
+    rhema_keyring_close(srv->keyring);
+    srv->keyring = NULL;
+}
