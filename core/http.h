@@ -69,6 +69,7 @@ struct rhema_server {
     struct rhema_codecs codecs;  /* the compression plugins, opened */
     struct rhema_keyring *keyring; /* NULL: key management off (api_keys.c) */
     struct keys_state *keys_state;
+    struct rhema_maintenance *maintenance; /* maintenance.h: timers, data-size gauge */
 };
 
 /* The context of one request, valid for the duration of its handler. */

@@ -28,6 +28,7 @@
 #include "config.h"
 #include "http.h"
 #include "log.h"
+#include "maintenance.h"
 #include "plugin.h"
 #include "util.h"
 
@@ -448,6 +449,10 @@ int main(int argc, char **argv)
         rhema_log(RHEMA_LOG_ERROR, "main", "cannot start the key maintenance timers");
         goto out;
     }
+    if (rhema_maintenance_start(&srv, base, &srv.maintenance, &err) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start maintenance");
+        goto out;
+    }
     if (rhema_http_start(&srv, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
         goto out;
@@ -459,6 +464,8 @@ int main(int argc, char **argv)
     event_base_dispatch(base);
 
     rhema_http_stop(&srv);
+    rhema_maintenance_stop(srv.maintenance);
+    srv.maintenance = NULL;
     rhema_log(RHEMA_LOG_NOTICE, "main", "stopped");
     status = 0;
 out:
@@ -466,6 +473,8 @@ out:
     if (srv.workers)
         rhema_http_stop(&srv);
     rhema_keys_close(&srv); /* after the workers, before the base its timers are on */
+    rhema_maintenance_stop(srv.maintenance); /* its timers live on base too */
+    srv.maintenance = NULL;
     if (ev_term)
         event_free(ev_term);
     if (ev_int)

@@ -184,7 +184,7 @@ static size_t required_size(uint32_t kind, uint32_t minor)
     (void)minor; /* every kind is at minor 0 so far */
 #define END_OF(T, m) (offsetof(T, m) + sizeof(((T *)0)->m))
     switch (kind) {
-    case RHEMA_KIND_STORAGE: return END_OF(struct rhema_storage_plugin, group);
+    case RHEMA_KIND_STORAGE: return END_OF(struct rhema_storage_plugin, restore);
     case RHEMA_KIND_COMPRESS: return END_OF(struct rhema_compress_plugin, decompress);
     case RHEMA_KIND_CIPHER: return END_OF(struct rhema_cipher_plugin, decrypt);
     default: return 0;

@@ -13,6 +13,7 @@
 #include <event2/buffer.h>
 
 #include "log.h"
+#include "maintenance.h"
 #include "api_agents.h"
 #include "api_keys.h"
 #include "api_consensus.h"
@@ -511,9 +512,36 @@ static void route_post_only(struct rhema_req *r, void (*h)(struct rhema_req *))
         method_not_allowed(r, "POST, OPTIONS");
 }
 
+/*
+ * persistence.max_data_size_bytes: a PUT/POST that would store past it is
+ * 507 before its handler runs, so it changes nothing; DELETE always passes.
+ * Accepted bodies are added to the gauge until its next refresh.
+ */
+static int over_storage_limit(struct rhema_req *r)
+{
+    struct rhema_maintenance *m = r->worker->srv->maintenance;
+    size_t incoming;
+    if (!m || (r->method != EVHTTP_REQ_PUT && r->method != EVHTTP_REQ_POST))
+        return 0;
+    incoming = evbuffer_get_length(evhttp_request_get_input_buffer(r->req));
+    if (!rhema_maintenance_over_limit(m, incoming)) {
+        rhema_maintenance_account(m, (int64_t)incoming);
+        return 0;
+    }
+    rhema_reply_error(r, 507, "insufficient_storage",
+                      "storing %zu more bytes would exceed persistence.max_data_size_bytes "
+                      "(%lld); delete data or raise the limit",
+                      incoming, (long long)r->worker->srv->cfg->max_data_size_bytes);
+    return 1;
+}
+
 void rhema_route(struct rhema_req *r)
 {
     const char *p = r->path, *rest;
+    if ((after(p, "/v1/sessions") || after(p, "/v1/consensus") || after(p, "/v1/agents") ||
+         after(p, "/v1/system") || after(p, "/v1/configurations")) &&
+        over_storage_limit(r))
+        return;
     if (strcmp(p, "/health") == 0)
         route_get_only(r, h_health);
     else if (strcmp(p, "/health/live") == 0)

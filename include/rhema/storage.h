@@ -221,6 +221,39 @@ struct rhema_storage_plugin {
      * transaction / fsync / pipeline round trip.
      */
     int (*group)(rhema_storage_conn *conn, struct rhema_storage_batch *g, size_t n);
+    /*
+     * Optional (NULL: RHEMA_ENOTSUP).  Replace the whole content of the
+     * store -- entries, versions, leases -- with the snapshot that backup()
+     * wrote to `path`.
+     *
+     * Offline: called with no connection of this instance open (rhemactl
+     * with the daemon stopped; connect() again afterwards), from one thread.
+     * Other processes must not use the store meanwhile; a plugin locks what
+     * it can (the sqlite write lock, the file backend's LOCK, a PostgreSQL
+     * table lock, one Redis script) but cannot make another process's open
+     * connection see the new content consistently.
+     *
+     * Verify first: the backup is read and checked completely (format,
+     * counts, checksums where the format has them) before anything changes;
+     * a truncated or damaged backup is RHEMA_ECORRUPT, a backup of another
+     * format or schema version RHEMA_ENOTSUP / RHEMA_ECORRUPT.
+     *
+     * All or nothing: on any failure the store is unchanged.  On success:
+     *   - every entry of the snapshot is back with its value and its version,
+     *     and nothing else is there (an entry with a TTL gets the time it had
+     *     left, or its absolute deadline where the backup kept one);
+     *   - the version counter is max(snapshot's, current): a put after the
+     *     restore gets a version above every version ever handed out, so a
+     *     client holding a version from before the restore cannot confuse
+     *     two incarnations of a key;
+     *   - fencing tokens never go back: each lease's epoch becomes
+     *     max(snapshot's, current).  When the current epoch is the larger,
+     *     the lease is restored free (no holder) -- its snapshot holder's
+     *     token is stale -- and the next holder gets an epoch above both.
+     *     A lease the snapshot lacks is kept free with its current epoch.
+     * Returns 0, or a negative code and *err (via host->set_error()).
+     */
+    int (*restore)(rhema_storage_instance *inst, const char *path, char **err);
     /* --- minor 0 ends here --- */
 };
 

@@ -79,6 +79,19 @@
  * process.  Expired entries are invisible at once and purged lazily: every
  * PURGE_EVERY write transactions unlink up to PURGE_VISIT entries' worth.
  *
+ * Backup and restore.  backup(path) copies kv/, leases/ and COUNTER into a
+ * new directory under the shared lock.  restore(path) first checks such a
+ * copy completely (every record's and lease's checksum, names, versions
+ * against its COUNTER), then stages the new content as "+restore/" (kv/,
+ * leases/ with epochs merged so that none goes back, COUNTER raised to
+ * cover every version ever handed out), fsyncs it, and under the exclusive
+ * lock renames it to RESTORE -- the commit point.  Finishing swaps
+ * RESTORE/kv and RESTORE/leases in for kv/ and leases/ (the old ones are
+ * renamed to "+old-kv", "+old-leases" and removed), moves COUNTER, and
+ * removes RESTORE.  open() finishes a committed RESTORE a crash
+ * interrupted (each step is a rename that can be redone) and removes a
+ * "+restore" that was never committed.
+ *
  * Errors: I/O failures (ENOSPC included) are RHEMA_EIO with the system's
  * message, a malformed file RHEMA_ECORRUPT.
  */
@@ -1341,6 +1354,7 @@ static int make_dirs(const char *path)
 }
 
 static void fl_disconnect(rhema_storage_conn *c);
+static int restore_finish(rhema_storage_conn *c);
 
 static int conn_new(rhema_storage_instance *in, rhema_storage_conn **out)
 {
@@ -1404,6 +1418,11 @@ static int recover(rhema_storage_instance *in, char **err)
     c->mu_held = 1;
     if ((e = hdr_read(c->lockfd, &c->hdr)) != 0) {
         rc = h->set_error(err, RHEMA_EIO, "file: read %s/LOCK: %s", in->dir, strerror(e));
+        goto out;
+    }
+    if ((rc = restore_finish(c)) != 0) {
+        rc = h->set_error(err, rc, "file: %s: finishing an interrupted restore: %s", in->dir,
+                          c->err);
         goto out;
     }
     if ((rc = replay_journal(c)) != 0) {
@@ -2504,6 +2523,534 @@ out:
     return rc;
 }
 
+/* ---- restore ---- */
+
+/* Remove the tree root/name if it exists.  0 or errno. */
+static int rm_tree(const rhema_storage_instance *in, const char *name)
+{
+    char path[PATH_MAX];
+    struct stat st;
+    if (snprintf(path, sizeof path, "%s/%s", in->dir, name) >= (int)sizeof path)
+        return ENAMETOOLONG;
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? 0 : errno;
+    if (nftw(path, rm_entry, 8, FTW_DEPTH | FTW_PHYS) != 0 || lstat(path, &st) == 0)
+        return errno != 0 ? errno : EIO;
+    return 0;
+}
+
+/* Parse a COUNTER file of dirfd.  0, ENOENT, EPROTO (malformed) or errno. */
+static int counter_at(int dirfd, uint64_t *out)
+{
+    char text[32], *end_p;
+    ssize_t n;
+    unsigned long long v;
+    int fd = openat(dirfd, "COUNTER", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n < 0)
+        return errno;
+    text[n] = '\0';
+    errno = 0;
+    v = strtoull(text, &end_p, 10);
+    if (end_p == text || *end_p != '\n' || end_p[1] != '\0' || errno != 0)
+        return EPROTO;
+    *out = v;
+    return 0;
+}
+
+/*
+ * Read lease file dirfd/fname whole and check it: 0 (name and st filled),
+ * RHEMA_ECORRUPT, or an I/O error.  Messages go to c.
+ */
+static int lease_load_at(rhema_storage_conn *c, int dirfd, const char *where, const char *fname,
+                         char name[RHEMA_STORAGE_KEY_MAX + 1], struct lease_state *st)
+{
+    unsigned char h[LEASE_HDR];
+    struct stat sb;
+    uint32_t nlen, hlen;
+    uint64_t sum;
+    int fd = openat(dirfd, fname, O_RDONLY | O_CLOEXEC), e = 0;
+
+    memset(st, 0, sizeof *st);
+    if (fd < 0)
+        return io_fail(c, "open", fname, errno);
+    if (fstat(fd, &sb) != 0)
+        e = errno;
+    else
+        e = pread_all(fd, h, sizeof h, 0);
+    if (e == 0) {
+        nlen = get32(h + 4);
+        hlen = get32(h + 8);
+        if (memcmp(h, LEASE_MAGIC, 4) != 0 || nlen == 0 || nlen > RHEMA_STORAGE_KEY_MAX ||
+            hlen > RHEMA_LEASE_HOLDER_MAX || (uint64_t)sb.st_size != LEASE_HDR + nlen + hlen)
+            e = EPROTO;
+        if (e == 0)
+            e = pread_all(fd, name, nlen, LEASE_HDR);
+        if (e == 0)
+            e = pread_all(fd, st->holder, hlen, LEASE_HDR + nlen);
+        if (e == 0) {
+            sum = fnv1a64(FNV_OFFSET, h, 32);
+            sum = fnv1a64(sum, name, nlen);
+            sum = fnv1a64(sum, st->holder, hlen);
+            name[nlen] = '\0';
+            st->holder[hlen] = '\0';
+            if (sum != get64(h + 32) || strlen(name) != nlen || strlen(st->holder) != hlen)
+                e = EPROTO;
+        }
+    }
+    close(fd);
+    if (e == EPROTO) {
+        conn_error(c, "%s/%s is not a valid lease file (truncated or damaged)", where, fname);
+        return RHEMA_ECORRUPT;
+    }
+    if (e != 0)
+        return io_fail(c, "read", fname, e);
+    snprintf(st->fname, sizeof st->fname, "%s", fname);
+    st->exists = 1;
+    st->epoch = get64(h + 16);
+    st->expires_ms = get64(h + 24);
+    return 0;
+}
+
+/*
+ * Check a backup directory completely: COUNTER, every record of kv/n-<ns>/
+ * (checksum, key, file name, version <= COUNTER) and every lease file.
+ * Fills *counter, *entries, *leases.  0 or a code with c->err set.
+ */
+static int restore_verify(rhema_storage_conn *c, int bfd, uint64_t *counter, size_t *entries,
+                          size_t *leases)
+{
+    DIR *d = NULL, *nd = NULL;
+    struct dirent *de, *fe;
+    int kvfd = -1, lfd = -1, nsfd = -1, e, rc = 0;
+
+    *entries = *leases = 0;
+    e = counter_at(bfd, counter);
+    if (e != 0) {
+        conn_error(c, "COUNTER: %s", e == EPROTO ? "malformed" : strerror(e));
+        return e == EPROTO || e == ENOENT ? RHEMA_ECORRUPT : errno_code(e);
+    }
+    if ((kvfd = openat(bfd, "kv", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
+        (lfd = openat(bfd, "leases", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+        e = errno;
+        conn_error(c, "kv/ or leases/: %s", strerror(e));
+        rc = e == ENOENT || e == ENOTDIR ? RHEMA_ECORRUPT : errno_code(e);
+        goto out;
+    }
+    if ((d = open_dir_at(kvfd, ".")) == NULL) {
+        rc = io_fail(c, "open", "kv/", errno);
+        goto out;
+    }
+    while (rc == 0 && (errno = 0, de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        if (strncmp(de->d_name, "n-", 2) != 0 || !rhema_storage_ns_valid(de->d_name + 2)) {
+            conn_error(c, "kv/%s is not a namespace directory", de->d_name);
+            rc = RHEMA_ECORRUPT;
+            break;
+        }
+        if ((nsfd = openat(kvfd, de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
+            (nd = open_dir_at(nsfd, ".")) == NULL) {
+            rc = io_fail(c, "open kv/", de->d_name, errno);
+            break;
+        }
+        while (rc == 0 && (errno = 0, fe = readdir(nd)) != NULL) {
+            struct record r;
+            char want[NAME_BUF];
+            if (fe->d_name[0] == '.')
+                continue;
+            rc = record_read(c, nsfd, fe->d_name, &c->io, &c->io_cap, &r);
+            if (rc == RHEMA_ENOTFOUND)
+                rc = RHEMA_ECORRUPT;
+            if (rc != 0) {
+                char m[FL_ERRMSG_MAX];
+                snprintf(m, sizeof m, "%s", c->err);
+                conn_error(c, "kv/%s: %.400s", de->d_name, m);
+                break;
+            }
+            if (memchr(r.key, '\0', r.key_len) != NULL ||
+                (encode_name(r.key, r.key_len, want) == 0 ? strcmp(want, fe->d_name) != 0
+                                                          : fe->d_name[0] != '~')) {
+                conn_error(c, "kv/%s/%s: the file name does not match its key", de->d_name,
+                           fe->d_name);
+                rc = RHEMA_ECORRUPT;
+            } else if (r.version == 0 || r.version > *counter) {
+                conn_error(c, "kv/%s/%s: version %llu outside 1..COUNTER (%llu)", de->d_name,
+                           fe->d_name, (unsigned long long)r.version,
+                           (unsigned long long)*counter);
+                rc = RHEMA_ECORRUPT;
+            } else {
+                (*entries)++;
+            }
+        }
+        if (rc == 0 && errno != 0)
+            rc = io_fail(c, "readdir kv/", de->d_name, errno);
+        closedir(nd);
+        nd = NULL;
+        close(nsfd);
+        nsfd = -1;
+    }
+    if (rc == 0 && errno != 0)
+        rc = io_fail(c, "readdir", "kv/", errno);
+    if (rc != 0)
+        goto out;
+    closedir(d);
+    if ((d = open_dir_at(lfd, ".")) == NULL) {
+        rc = io_fail(c, "open", "leases/", errno);
+        goto out;
+    }
+    while (rc == 0 && (errno = 0, de = readdir(d)) != NULL) {
+        char name[RHEMA_STORAGE_KEY_MAX + 1];
+        struct lease_state st;
+        if (de->d_name[0] == '.')
+            continue;
+        rc = lease_load_at(c, lfd, "leases", de->d_name, name, &st);
+        if (rc == 0)
+            (*leases)++;
+    }
+    if (rc == 0 && errno != 0)
+        rc = io_fail(c, "readdir", "leases/", errno);
+out:
+    if (nd != NULL)
+        closedir(nd);
+    if (nsfd >= 0)
+        close(nsfd);
+    if (d != NULL)
+        closedir(d);
+    if (kvfd >= 0)
+        close(kvfd);
+    if (lfd >= 0)
+        close(lfd);
+    return rc;
+}
+
+/*
+ * Write the merged leases into the staged directory sfd: the backup's
+ * (bfd), each at max(backup, current) epoch -- free when the current one
+ * is larger -- then every current lease the backup lacks, free.
+ */
+static int restore_leases(rhema_storage_conn *c, int bfd, int sfd)
+{
+    rhema_storage_instance *in = c->in;
+    DIR *d = NULL;
+    struct dirent *de;
+    int lfd = openat(bfd, "leases", O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0, e;
+
+    if (lfd < 0)
+        return io_fail(c, "open", "leases/", errno);
+    if ((d = open_dir_at(lfd, ".")) == NULL) {
+        rc = io_fail(c, "open", "leases/", errno);
+        goto out;
+    }
+    while (rc == 0 && (errno = 0, de = readdir(d)) != NULL) {
+        char name[RHEMA_STORAGE_KEY_MAX + 1];
+        struct lease_state snap, cur;
+        if (de->d_name[0] == '.')
+            continue;
+        if ((rc = lease_load_at(c, lfd, "backup leases", de->d_name, name, &snap)) != 0)
+            break;
+        if ((rc = lease_find(c, name, &cur)) != 0) /* the live leases/ */
+            break;
+        if (cur.exists && cur.epoch > snap.epoch) {
+            snap.epoch = cur.epoch;
+            snap.holder[0] = '\0';
+            snap.expires_ms = 0;
+        }
+        snprintf(snap.fname, sizeof snap.fname, "%s", de->d_name);
+        {
+            unsigned char h[LEASE_HDR];
+            size_t nlen = strlen(name), hlen = strlen(snap.holder);
+            uint64_t sum;
+            memset(h, 0, sizeof h);
+            memcpy(h, LEASE_MAGIC, 4);
+            put32(h + 4, (uint32_t)nlen);
+            put32(h + 8, (uint32_t)hlen);
+            put64(h + 16, snap.epoch);
+            put64(h + 24, snap.expires_ms);
+            sum = fnv1a64(FNV_OFFSET, h, 32);
+            sum = fnv1a64(sum, name, nlen);
+            sum = fnv1a64(sum, snap.holder, hlen);
+            put64(h + 32, sum);
+            e = write_file_at(in, sfd, snap.fname, h, sizeof h, name, nlen, snap.holder, hlen, 1);
+            if (e != 0)
+                rc = io_fail(c, "write +restore/leases/", snap.fname, e);
+        }
+    }
+    if (rc == 0 && errno != 0)
+        rc = io_fail(c, "readdir", "leases/", errno);
+    if (rc != 0)
+        goto out;
+    closedir(d);
+    /* current leases the backup does not have: kept, free, at their epoch */
+    if ((d = open_dir_at(in->leasefd, ".")) == NULL) {
+        rc = io_fail(c, "open", "leases/", errno);
+        goto out;
+    }
+    while (rc == 0 && (errno = 0, de = readdir(d)) != NULL) {
+        char name[RHEMA_STORAGE_KEY_MAX + 1], other[RHEMA_STORAGE_KEY_MAX + 1];
+        struct lease_state cur, staged;
+        unsigned char h[LEASE_HDR];
+        size_t nlen;
+        uint64_t sum;
+        if (de->d_name[0] == '.' || de->d_name[0] == '+')
+            continue;
+        if ((rc = lease_load_at(c, in->leasefd, "leases", de->d_name, name, &cur)) != 0)
+            break;
+        if (faccessat(sfd, de->d_name, F_OK, 0) == 0) {
+            if ((rc = lease_load_at(c, sfd, "+restore/leases", de->d_name, other, &staged)) != 0)
+                break;
+            if (strcmp(other, name) != 0) {
+                conn_error(c, "lease file %s names '%s' here and '%s' in the backup", de->d_name,
+                           name, other);
+                rc = RHEMA_EIO;
+            }
+            continue; /* merged above */
+        }
+        nlen = strlen(name);
+        memset(h, 0, sizeof h);
+        memcpy(h, LEASE_MAGIC, 4);
+        put32(h + 4, (uint32_t)nlen);
+        put64(h + 16, cur.epoch);
+        sum = fnv1a64(FNV_OFFSET, h, 32);
+        sum = fnv1a64(sum, name, nlen);
+        put64(h + 32, sum);
+        e = write_file_at(in, sfd, de->d_name, h, sizeof h, name, nlen, NULL, 0, 1);
+        if (e != 0)
+            rc = io_fail(c, "write +restore/leases/", de->d_name, e);
+    }
+    if (rc == 0 && errno != 0)
+        rc = io_fail(c, "readdir", "leases/", errno);
+out:
+    if (d != NULL)
+        closedir(d);
+    close(lfd);
+    return rc;
+}
+
+/*
+ * Finish a committed restore (exclusive lock and index mutex held): swap
+ * RESTORE/kv and RESTORE/leases in, move COUNTER, drop the old trees,
+ * reopen the directories and reload the index.  Every step can be redone
+ * after a crash.  0 when there is nothing to do.
+ */
+static int restore_finish(rhema_storage_conn *c)
+{
+    rhema_storage_instance *in = c->in;
+    static const char *const subs[2][2] = {{"kv", "+old-kv"}, {"leases", "+old-leases"}};
+    char msg[FL_ERRMSG_MAX];
+    struct stat st;
+    uint64_t counter = 0;
+    size_t i;
+    int rfd, e, rc;
+
+    rm_tree(in, "+restore"); /* staged but never committed */
+    rfd = openat(in->rootfd, "RESTORE", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (rfd < 0) {
+        if (errno == ENOENT)
+            return 0;
+        return io_fail(c, "open", "RESTORE", errno);
+    }
+    for (i = 0; i < 2; i++) {
+        if (fstatat(rfd, subs[i][0], &st, AT_SYMLINK_NOFOLLOW) != 0)
+            continue; /* already moved in */
+        if ((e = rm_tree(in, subs[i][1])) != 0 ||
+            (renameat(in->rootfd, subs[i][0], in->rootfd, subs[i][1]) != 0 && errno != ENOENT) ||
+            renameat(rfd, subs[i][0], in->rootfd, subs[i][0]) != 0) {
+            e = errno;
+            close(rfd);
+            return io_fail(c, "restore: swap in", subs[i][0], e);
+        }
+        if (fsync(in->rootfd) != 0 || fsync(rfd) != 0) {
+            e = errno;
+            close(rfd);
+            return io_fail(c, "restore: fsync", in->dir, e);
+        }
+    }
+    e = counter_at(rfd, &counter);
+    if (e == 0 && renameat(rfd, "COUNTER", in->rootfd, "COUNTER") != 0)
+        e = errno;
+    close(rfd);
+    if (e != 0 && e != ENOENT)
+        return io_fail(c, "restore: move", "COUNTER", e == EPROTO ? EIO : e);
+    if (unlinkat(in->rootfd, "RESTORE", AT_REMOVEDIR) != 0 || fsync(in->rootfd) != 0)
+        return io_fail(c, "restore: remove", "RESTORE", errno);
+    rm_tree(in, "+old-kv");
+    rm_tree(in, "+old-leases");
+    fsync(in->rootfd);
+
+    /* the instance now looks at the new directories */
+    for (i = 0; i < in->n_ns; i++) {
+        ns_clear(in->ns[i]);
+        free(in->ns[i]->v);
+        if (in->ns[i]->dirfd >= 0)
+            close(in->ns[i]->dirfd);
+        free(in->ns[i]);
+    }
+    in->n_ns = 0;
+    close(in->kvfd);
+    close(in->leasefd);
+    in->kvfd = openat(in->rootfd, "kv", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    in->leasefd = openat(in->rootfd, "leases", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (in->kvfd < 0 || in->leasefd < 0)
+        return io_fail(c, "restore: open", "kv/ and leases/", errno);
+    if (counter > c->hdr.counter)
+        c->hdr.counter = counter;
+    if (counter > c->hdr.reserved)
+        c->hdr.reserved = counter;
+    c->hdr.gen++;
+    c->hdr.pending = 0;
+    if ((e = hdr_write(c->lockfd, &c->hdr)) != 0)
+        return io_fail(c, "write", "LOCK", e);
+    rc = index_reload(in, 1, msg, sizeof msg);
+    if (rc != 0) {
+        conn_error(c, "restore: loading the index: %s", msg);
+        return rc;
+    }
+    in->gen = c->hdr.gen;
+    return 0;
+}
+
+static int fl_restore(rhema_storage_instance *in, const char *path, char **err)
+{
+    const struct rhema_host *h = in->host;
+    rhema_storage_conn *c = NULL;
+    uint64_t counter = 0, top;
+    size_t entries = 0, leases = 0;
+    char text[32];
+    int bfd = -1, sfd = -1, skv = -1, sleases = -1, bkv = -1, rc = 0, e, n, staged = 0;
+    DIR *d = NULL;
+    struct dirent *de;
+
+    if (path == NULL || path[0] == '\0')
+        return h->set_error(err, RHEMA_EINVAL, "file: restore: empty path");
+    if ((e = conn_new(in, &c)) != 0)
+        return h->set_error(err, errno_code(e), "file: open %s/LOCK: %s", in->dir, strerror(e));
+    bfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (bfd < 0) {
+        e = errno;
+        rc = h->set_error(err, e == ENOENT ? RHEMA_ENOTFOUND : e == ENOTDIR ? RHEMA_ECORRUPT
+                                                                            : RHEMA_EIO,
+                          "file: restore: %s: %s (a file backend backup is a directory)", path,
+                          strerror(e));
+        goto out;
+    }
+    /* 1. verify the whole backup; nothing has changed yet */
+    if ((rc = restore_verify(c, bfd, &counter, &entries, &leases)) != 0) {
+        rc = h->set_error(err, rc, "file: restore: %s: %s", path, c->err);
+        goto out;
+    }
+    /* 2. stage +restore/ under the exclusive lock (so the live leases and counter hold still) */
+    if ((rc = begin_ex(c, 1, 1)) != 0) {
+        rc = h->set_error(err, rc, "file: restore: %s", c->err);
+        goto out;
+    }
+    if ((e = rm_tree(in, "+restore")) != 0 || mkdirat(in->rootfd, "+restore", 0750) != 0) {
+        e = e != 0 ? e : errno;
+        rc = h->set_error(err, errno_code(e), "file: restore: mkdir %s/+restore: %s", in->dir,
+                          strerror(e));
+        goto out;
+    }
+    staged = 1;
+    if ((sfd = openat(in->rootfd, "+restore", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
+        mkdirat(sfd, "kv", 0750) != 0 || mkdirat(sfd, "leases", 0750) != 0 ||
+        (skv = openat(sfd, "kv", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
+        (sleases = openat(sfd, "leases", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
+        (bkv = openat(bfd, "kv", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
+        (d = open_dir_at(bkv, ".")) == NULL) {
+        e = errno;
+        rc = h->set_error(err, errno_code(e), "file: restore: staging in %s/+restore: %s",
+                          in->dir, strerror(e));
+        goto out;
+    }
+    while ((errno = 0, de = readdir(d)) != NULL) {
+        char bad[NAME_BUF + 80] = "";
+        int src, dst;
+        if (de->d_name[0] == '.')
+            continue;
+        if (mkdirat(skv, de->d_name, 0750) != 0 ||
+            (dst = openat(skv, de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+            e = errno;
+            rc = h->set_error(err, errno_code(e), "file: restore: mkdir +restore/kv/%s: %s",
+                              de->d_name, strerror(e));
+            goto out;
+        }
+        src = openat(bkv, de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        e = src < 0 ? errno : copy_dir(src, dst, &c->io, &c->io_cap, bad, sizeof bad);
+        if (src >= 0)
+            close(src);
+        close(dst);
+        if (e != 0) {
+            rc = h->set_error(err, errno_code(e), "file: restore: copying kv/%s/%s: %s",
+                              de->d_name, bad, strerror(e));
+            goto out;
+        }
+    }
+    if ((rc = restore_leases(c, bfd, sleases)) != 0) {
+        rc = h->set_error(err, rc, "file: restore: %s", c->err);
+        goto out;
+    }
+    /* COUNTER: above every version the backup or this directory ever handed out */
+    top = counter;
+    if (c->hdr.counter > top)
+        top = c->hdr.counter;
+    if (c->hdr.reserved > top)
+        top = c->hdr.reserved;
+    if (in->max_version > top)
+        top = in->max_version;
+    {
+        uint64_t live = 0;
+        if (read_counter(in, &live) == 0 && live > top)
+            top = live;
+    }
+    n = snprintf(text, sizeof text, "%llu\n", (unsigned long long)top);
+    e = write_file_at(in, sfd, "COUNTER", text, (size_t)n, NULL, 0, NULL, 0, 1);
+    if (e == 0 && (fsync(skv) != 0 || fsync(sleases) != 0 || fsync(sfd) != 0))
+        e = errno;
+    if (e != 0) {
+        rc = h->set_error(err, errno_code(e), "file: restore: staging in %s/+restore: %s",
+                          in->dir, strerror(e));
+        goto out;
+    }
+    /* 3. commit: the rename of +restore to RESTORE, made durable */
+    if (renameat(in->rootfd, "+restore", in->rootfd, "RESTORE") != 0 ||
+        fsync(in->rootfd) != 0) {
+        e = errno;
+        rc = h->set_error(err, RHEMA_EIO, "file: restore: commit in %s: %s", in->dir,
+                          strerror(e));
+        goto out;
+    }
+    staged = 0;
+    /* 4. finish (redone by the next open() when this fails half way); begin_ex holds the mutex */
+    if ((rc = restore_finish(c)) != 0) {
+        rc = h->set_error(err, rc, "file: restore committed but not finished (the next open "
+                          "finishes it): %s", c->err);
+        goto out;
+    }
+    if (h->log != NULL)
+        h->log(RHEMA_LOG_NOTICE, PLUGIN_NAME, "restored %s from %s (%zu entries, %zu leases)",
+               in->dir, path, entries, leases);
+out:
+    if (d != NULL)
+        closedir(d);
+    if (bkv >= 0)
+        close(bkv);
+    if (skv >= 0)
+        close(skv);
+    if (sleases >= 0)
+        close(sleases);
+    if (sfd >= 0)
+        close(sfd);
+    if (staged)
+        rm_tree(in, "+restore");
+    if (bfd >= 0)
+        close(bfd);
+    fl_disconnect(c); /* drops the locks */
+    return rc;
+}
+
 static const struct rhema_storage_plugin file_plugin = {
     .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
                                 "1.0.0", "one directory, a file per entry (durable, one host)"),
@@ -2523,6 +3070,7 @@ static const struct rhema_storage_plugin file_plugin = {
     .errmsg = fl_errmsg,
     .backup = fl_backup,
     .group = fl_group,
+    .restore = fl_restore,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

@@ -36,6 +36,15 @@
  *       2 lease: u32 name_len, name, u32 holder_len, holder, u64 epoch,
  *                u64 ttl_remaining_ms
  *       0 end:   u64 number of records before it
+ *
+ * restore(path) reads such a dump whole and checks it (magic, record
+ * types, lengths inside the file, valid namespaces and keys in strictly
+ * increasing (ns, key) order, versions > 0 and <= the counter, the end
+ * record's count, nothing after it) before it builds a new list; the swap
+ * happens under both locks with every node already allocated, so it
+ * cannot fail half way.  TTLs restart from the time they had left.  The
+ * memory backend lives in one process: a restore only means something
+ * inside that process (the conformance suite, an embedding program).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -1111,6 +1120,383 @@ static int mem_backup(rhema_storage_conn *c, const char *path, char **err)
     return 0;
 }
 
+/* ---- restore ---- */
+
+struct rd_cursor {
+    const unsigned char *p;
+    size_t left;
+};
+
+static int rd_bytes(struct rd_cursor *r, const void **out, size_t n)
+{
+    if (n > r->left)
+        return -1;
+    *out = r->p;
+    r->p += n;
+    r->left -= n;
+    return 0;
+}
+
+static int rd_le(struct rd_cursor *r, int bytes, uint64_t *out)
+{
+    const void *p;
+    const unsigned char *b;
+    uint64_t v = 0;
+    int i;
+    if (rd_bytes(r, &p, (size_t)bytes) != 0)
+        return -1;
+    b = p;
+    for (i = bytes - 1; i >= 0; i--)
+        v = v << 8 | b[i];
+    *out = v;
+    return 0;
+}
+
+/* A length-prefixed string: *out points into the buffer, NOT NUL-terminated. */
+static int rd_str(struct rd_cursor *r, int len_bytes, const char **out, size_t *len)
+{
+    uint64_t n;
+    const void *p;
+    if (rd_le(r, len_bytes, &n) != 0 || n > r->left)
+        return -1;
+    if (rd_bytes(r, &p, (size_t)n) != 0)
+        return -1;
+    *out = p;
+    *len = (size_t)n;
+    return 0;
+}
+
+struct rs_entry {
+    char *ns, *key; /* one allocation, like a node: "ns\0key\0" */
+    size_t key_len;
+    const unsigned char *value; /* into the file buffer */
+    size_t value_len;
+    uint64_t version, ttl_ms;
+};
+
+struct rs_lease {
+    char *name;
+    char holder[RHEMA_LEASE_HOLDER_MAX + 1];
+    uint64_t epoch, ttl_ms;
+};
+
+struct rs_dump {
+    unsigned char *buf;
+    uint64_t counter;
+    struct rs_entry *e;
+    size_t n_e, cap_e;
+    struct rs_lease *l;
+    size_t n_l, cap_l;
+};
+
+static void rs_free(struct rs_dump *d)
+{
+    size_t i;
+    for (i = 0; i < d->n_e; i++)
+        free(d->e[i].ns);
+    for (i = 0; i < d->n_l; i++)
+        free(d->l[i].name);
+    free(d->e);
+    free(d->l);
+    free(d->buf);
+    memset(d, 0, sizeof *d);
+}
+
+/* A copy of (p, n) with a NUL after it, or NULL; rejects embedded NULs. */
+static char *dup_text(const char *p, size_t n)
+{
+    char *s;
+    if (memchr(p, '\0', n) != NULL)
+        return NULL;
+    s = malloc(n + 1);
+    if (s != NULL) {
+        memcpy(s, p, n);
+        s[n] = '\0';
+    }
+    return s;
+}
+
+/*
+ * Read and check the whole dump at path into d.  Returns 0, or a code with
+ * a message in why.
+ */
+static int rs_load(const char *path, struct rs_dump *d, char *why, size_t why_size)
+{
+    struct rd_cursor r;
+    FILE *f;
+    long size;
+    const void *magic;
+    uint64_t records = 0, type, want;
+    const char *prev_ns = NULL, *prev_key = NULL;
+
+    memset(d, 0, sizeof *d);
+    f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(why, why_size, "open %s: %s", path, strerror(errno));
+        return errno == ENOENT ? RHEMA_ENOTFOUND : RHEMA_EIO;
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        snprintf(why, why_size, "%s: cannot read its size (a directory?)", path);
+        fclose(f);
+        return RHEMA_EIO;
+    }
+    d->buf = malloc((size_t)size + 1);
+    if (d->buf == NULL || fread(d->buf, 1, (size_t)size, f) != (size_t)size) {
+        snprintf(why, why_size, "%s: %s", path, d->buf == NULL ? "out of memory" : "read error");
+        fclose(f);
+        return d->buf == NULL ? RHEMA_ENOMEM : RHEMA_EIO;
+    }
+    fclose(f);
+    r.p = d->buf;
+    r.left = (size_t)size;
+    if (rd_bytes(&r, &magic, 10) != 0 || memcmp(magic, "RHEMAMEM1\n", 10) != 0) {
+        snprintf(why, why_size, "%s is not a memory backend dump (bad magic)", path);
+        return RHEMA_ECORRUPT;
+    }
+    if (rd_le(&r, 8, &d->counter) != 0)
+        goto truncated;
+    for (;;) {
+        if (rd_le(&r, 1, &type) != 0)
+            goto truncated;
+        if (type == 0)
+            break;
+        if (type == 1) {
+            const char *ns, *key;
+            size_t ns_len, key_len;
+            struct rs_entry *e;
+            if (rd_str(&r, 4, &ns, &ns_len) != 0 || rd_str(&r, 4, &key, &key_len) != 0)
+                goto truncated;
+            if (grow((void **)&d->e, &d->cap_e, d->n_e + 1, sizeof *d->e) != 0)
+                goto oom;
+            e = &d->e[d->n_e];
+            memset(e, 0, sizeof *e);
+            if (ns_len == 0 || ns_len > RHEMA_STORAGE_NS_MAX || key_len == 0 ||
+                key_len > RHEMA_STORAGE_KEY_MAX || memchr(ns, '\0', ns_len) != NULL ||
+                memchr(key, '\0', key_len) != NULL) {
+                snprintf(why, why_size, "%s: record %llu: invalid namespace or key", path,
+                         (unsigned long long)records);
+                return RHEMA_ECORRUPT;
+            }
+            e->ns = malloc(ns_len + 1 + key_len + 1);
+            if (e->ns == NULL)
+                goto oom;
+            d->n_e++;
+            memcpy(e->ns, ns, ns_len);
+            e->ns[ns_len] = '\0';
+            e->key = e->ns + ns_len + 1;
+            memcpy(e->key, key, key_len);
+            e->key[key_len] = '\0';
+            e->key_len = key_len;
+            if (!rhema_storage_ns_valid(e->ns)) {
+                snprintf(why, why_size, "%s: record %llu: invalid namespace", path,
+                         (unsigned long long)records);
+                return RHEMA_ECORRUPT;
+            }
+            if (prev_ns != NULL) {
+                int c = strcmp(prev_ns, e->ns);
+                if (c > 0 || (c == 0 && strcmp(prev_key, e->key) >= 0)) {
+                    snprintf(why, why_size, "%s: record %llu: entries out of order", path,
+                             (unsigned long long)records);
+                    return RHEMA_ECORRUPT;
+                }
+            }
+            prev_ns = e->ns;
+            prev_key = e->key;
+            {
+                const char *v;
+                if (rd_le(&r, 8, &e->version) != 0 || rd_le(&r, 8, &e->ttl_ms) != 0 ||
+                    rd_str(&r, 8, &v, &e->value_len) != 0)
+                    goto truncated;
+                e->value = (const unsigned char *)v;
+            }
+            if (e->version == 0 || e->version > d->counter) {
+                snprintf(why, why_size, "%s: record %llu: version %llu outside 1..%llu", path,
+                         (unsigned long long)records, (unsigned long long)e->version,
+                         (unsigned long long)d->counter);
+                return RHEMA_ECORRUPT;
+            }
+        } else if (type == 2) {
+            const char *name, *holder;
+            size_t name_len, holder_len;
+            struct rs_lease *l;
+            if (rd_str(&r, 4, &name, &name_len) != 0 || rd_str(&r, 4, &holder, &holder_len) != 0)
+                goto truncated;
+            if (name_len == 0 || name_len > RHEMA_STORAGE_KEY_MAX ||
+                holder_len > RHEMA_LEASE_HOLDER_MAX || memchr(holder, '\0', holder_len) != NULL) {
+                snprintf(why, why_size, "%s: record %llu: invalid lease", path,
+                         (unsigned long long)records);
+                return RHEMA_ECORRUPT;
+            }
+            if (grow((void **)&d->l, &d->cap_l, d->n_l + 1, sizeof *d->l) != 0)
+                goto oom;
+            l = &d->l[d->n_l];
+            memset(l, 0, sizeof *l);
+            if ((l->name = dup_text(name, name_len)) == NULL) {
+                snprintf(why, why_size, "%s: record %llu: invalid lease name", path,
+                         (unsigned long long)records);
+                return RHEMA_ECORRUPT;
+            }
+            d->n_l++;
+            memcpy(l->holder, holder, holder_len);
+            l->holder[holder_len] = '\0';
+            if (rd_le(&r, 8, &l->epoch) != 0 || rd_le(&r, 8, &l->ttl_ms) != 0)
+                goto truncated;
+        } else {
+            snprintf(why, why_size, "%s: record %llu: unknown type %llu", path,
+                     (unsigned long long)records, (unsigned long long)type);
+            return RHEMA_ECORRUPT;
+        }
+        records++;
+    }
+    if (rd_le(&r, 8, &want) != 0)
+        goto truncated;
+    if (want != records || r.left != 0) {
+        snprintf(why, why_size, "%s: %llu records, the end record says %llu%s", path,
+                 (unsigned long long)records, (unsigned long long)want,
+                 r.left != 0 ? ", and data follows it" : "");
+        return RHEMA_ECORRUPT;
+    }
+    return 0;
+truncated:
+    snprintf(why, why_size, "%s is truncated (after %llu records)", path,
+             (unsigned long long)records);
+    return RHEMA_ECORRUPT;
+oom:
+    snprintf(why, why_size, "out of memory");
+    return RHEMA_ENOMEM;
+}
+
+static int mem_restore(rhema_storage_instance *in, const char *path, char **err)
+{
+    const struct rhema_host *h = in->host;
+    struct rs_dump d;
+    struct mem_node **nodes = NULL, *last[SL_MAX_LEVEL], *n, *next;
+    struct mem_lease *leases = NULL;
+    size_t i, j, n_leases = 0;
+    uint64_t now;
+    char why[512];
+    int rc, k;
+
+    if (path == NULL || path[0] == '\0')
+        return h->set_error(err, RHEMA_EINVAL, "memory: restore: empty path");
+    rc = rs_load(path, &d, why, sizeof why);
+    if (rc != 0) {
+        rs_free(&d);
+        return h->set_error(err, rc, "memory: restore: %s", why);
+    }
+    nodes = calloc(d.n_e + 1, sizeof *nodes);
+    if (nodes == NULL)
+        goto oom;
+
+    pthread_rwlock_wrlock(&in->lock);
+    pthread_mutex_lock(&in->lease_lock);
+    /* 1. allocate everything the new state needs; nothing has changed yet */
+    for (i = 0; i < d.n_e; i++) {
+        nodes[i] = node_new(in, d.e[i].ns, d.e[i].key, d.e[i].key_len);
+        if (nodes[i] == NULL ||
+            (d.e[i].value_len > 0 && (nodes[i]->value = malloc(d.e[i].value_len)) == NULL))
+            goto oom_locked;
+        if (d.e[i].value_len > 0)
+            memcpy(nodes[i]->value, d.e[i].value, d.e[i].value_len);
+        nodes[i]->value_len = d.e[i].value_len;
+        nodes[i]->version = d.e[i].version;
+    }
+    leases = calloc(in->n_leases + d.n_l + 1, sizeof *leases);
+    if (leases == NULL)
+        goto oom_locked;
+    now = h->monotonic_ns();
+    /* leases: epochs become max(snapshot, current), see storage.h */
+    for (i = 0; i < d.n_l; i++) {
+        struct mem_lease *cur = NULL, *l = &leases[n_leases];
+        for (j = 0; j < in->n_leases; j++)
+            if (strcmp(in->leases[j].name, d.l[i].name) == 0)
+                cur = &in->leases[j];
+        l->name = strdup(d.l[i].name);
+        if (l->name == NULL)
+            goto oom_locked;
+        n_leases++;
+        if (cur != NULL && cur->epoch > d.l[i].epoch) {
+            l->epoch = cur->epoch; /* the snapshot's holder is stale: free */
+        } else {
+            l->epoch = d.l[i].epoch;
+            if (d.l[i].holder[0] != '\0' && d.l[i].ttl_ms > 0) {
+                memcpy(l->holder, d.l[i].holder, sizeof l->holder);
+                l->expires_ns = deadline_ns(now, d.l[i].ttl_ms);
+            }
+        }
+    }
+    for (j = 0; j < in->n_leases; j++) {
+        int found = 0;
+        for (i = 0; i < d.n_l && !found; i++)
+            found = strcmp(in->leases[j].name, d.l[i].name) == 0;
+        if (found)
+            continue;
+        leases[n_leases].name = strdup(in->leases[j].name);
+        if (leases[n_leases].name == NULL)
+            goto oom_locked;
+        leases[n_leases++].epoch = in->leases[j].epoch; /* kept, free */
+    }
+
+    /* 2. swap: cannot fail from here on */
+    for (n = in->head->next[0]; n != NULL; n = next) {
+        next = n->next[0];
+        node_free(n);
+    }
+    for (k = 0; k < SL_MAX_LEVEL; k++) {
+        in->head->next[k] = NULL;
+        last[k] = in->head;
+    }
+    in->level = 1;
+    in->n_ttl = 0;
+    for (i = 0; i < d.n_e; i++) { /* already in order: append on every level */
+        n = nodes[i];
+        n->expires_ns = deadline_ns(now, d.e[i].ttl_ms);
+        if (n->expires_ns != 0)
+            in->n_ttl++;
+        for (k = 0; k < n->level; k++) {
+            last[k]->next[k] = n;
+            last[k] = n;
+        }
+        if (n->level > in->level)
+            in->level = n->level;
+        nodes[i] = NULL;
+    }
+    if (d.counter > in->version_counter)
+        in->version_counter = d.counter;
+    free(in->purge_ns);
+    in->purge_ns = in->purge_key = NULL;
+    in->writes = 0;
+    for (j = 0; j < in->n_leases; j++)
+        free(in->leases[j].name);
+    free(in->leases);
+    in->cap_leases = in->n_leases + d.n_l + 1; /* what calloc'd `leases` above */
+    in->leases = leases;
+    in->n_leases = n_leases;
+    pthread_mutex_unlock(&in->lease_lock);
+    pthread_rwlock_unlock(&in->lock);
+    free(nodes);
+    if (h->log != NULL)
+        h->log(RHEMA_LOG_NOTICE, PLUGIN_NAME, "restored %zu entries and %zu leases from %s",
+               d.n_e, d.n_l, path);
+    rs_free(&d);
+    return 0;
+
+oom_locked:
+    pthread_mutex_unlock(&in->lease_lock);
+    pthread_rwlock_unlock(&in->lock);
+oom:
+    if (nodes != NULL)
+        for (i = 0; i < d.n_e; i++)
+            node_free(nodes[i]);
+    free(nodes);
+    if (leases != NULL)
+        for (i = 0; i < n_leases; i++)
+            free(leases[i].name);
+    free(leases);
+    rs_free(&d);
+    return h->set_error(err, RHEMA_ENOMEM, "memory: restore: out of memory");
+}
+
 static const struct rhema_storage_plugin memory_plugin = {
     .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
                                 "1.0.0", "in-process ordered map (not durable)"),
@@ -1129,6 +1515,7 @@ static const struct rhema_storage_plugin memory_plugin = {
     .stats = mem_stats,
     .errmsg = mem_errmsg,
     .backup = mem_backup,
+    .restore = mem_restore,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

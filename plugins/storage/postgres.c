@@ -58,6 +58,10 @@
  * a write inside a transaction that broke before its COMMIT was not
  * applied (the server rolls the transaction back).
  *
+ * Backup and restore: backup() writes a pg_dump-style SQL script (see
+ * pg_backup); restore() checks such a script completely and loads it in
+ * one transaction (see pg_restore).
+ *
  * Threads: one PGconn per connect(), used by one thread; the instance holds
  * only configuration and an atomic counter.  Notices from the server go to
  * host->log at debug level, never to stderr.
@@ -1633,6 +1637,300 @@ out:
     return 0;
 }
 
+/* ---- restore ---- */
+
+/* A backup file, read whole and checked by parse_backup(). */
+struct pg_backup_file {
+    char *buf;
+    const char *kv;      /* the COPY data of kv (lines, each ending in \n) */
+    size_t kv_len, kv_rows;
+    const char *leases;  /* the COPY data of leases */
+    size_t leases_len, leases_rows;
+    unsigned long long seq; /* the setval() of the backup, 0 when none */
+};
+
+/* The next line of [*p, end): its start, length without \n; NULL at the end. */
+static const char *next_line(const char **p, const char *end, size_t *len)
+{
+    const char *start = *p, *nl;
+    if (start >= end)
+        return NULL;
+    nl = memchr(start, '\n', (size_t)(end - start));
+    if (nl == NULL) { /* a last line without \n: the file was cut */
+        *len = (size_t)(end - start);
+        *p = end;
+        return start;
+    }
+    *len = (size_t)(nl - start);
+    *p = nl + 1;
+    return start;
+}
+
+static int line_is(const char *l, size_t len, const char *want)
+{
+    return len == strlen(want) && memcmp(l, want, len) == 0;
+}
+
+/* 1 when l is "COPY <schema>.<table> (<cols>) FROM stdin;" */
+static int copy_line(const char *l, size_t len, const char *tail)
+{
+    size_t tl = strlen(tail);
+    return len > 5 + tl && memcmp(l, "COPY ", 5) == 0 && memcmp(l + len - tl, tail, tl) == 0;
+}
+
+/*
+ * The rows of one COPY block starting at *p, up to its "\." line; each row
+ * must have `tabs` tab separators.  Returns 0 or -1 (with why).
+ */
+static int copy_block(const char **p, const char *end, int tabs, const char **data,
+                      size_t *data_len, size_t *rows, char *why, size_t why_size)
+{
+    const char *l;
+    size_t len;
+    *data = *p;
+    *rows = 0;
+    while ((l = next_line(p, end, &len)) != NULL) {
+        size_t i;
+        int t = 0;
+        if (line_is(l, len, "\\.")) {
+            *data_len = (size_t)(l - *data);
+            return 0;
+        }
+        if (*p == end && l[len] != '\n') {
+            snprintf(why, why_size, "the file ends inside a COPY block (truncated)");
+            return -1;
+        }
+        for (i = 0; i < len; i++)
+            t += l[i] == '\t';
+        if (t != tabs) {
+            snprintf(why, why_size, "row %zu of a COPY block has %d columns, want %d",
+                     *rows + 1, t + 1, tabs + 1);
+            return -1;
+        }
+        (*rows)++;
+    }
+    snprintf(why, why_size, "the file ends inside a COPY block (truncated)");
+    return -1;
+}
+
+/*
+ * Read and check a backup written by pg_backup(): its header (schema
+ * version, live entry count), the kv COPY block with exactly that many
+ * rows of 5 columns, the leases block (4 columns), the optional setval and
+ * the final COMMIT -- so that a truncated or edited file is refused before
+ * anything changes.
+ */
+static int parse_backup(const char *path, struct pg_backup_file *b, char *why, size_t why_size)
+{
+    FILE *f;
+    long size;
+    const char *p, *end, *l, *m;
+    size_t len;
+    unsigned long long live;
+    int version;
+
+    memset(b, 0, sizeof *b);
+    f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(why, why_size, "open %s: %s", path, strerror(errno));
+        return errno == ENOENT ? RHEMA_ENOTFOUND : RHEMA_EIO;
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        snprintf(why, why_size, "%s: cannot read its size (a directory?)", path);
+        return RHEMA_EIO;
+    }
+    b->buf = malloc((size_t)size + 1);
+    if (b->buf == NULL || fread(b->buf, 1, (size_t)size, f) != (size_t)size) {
+        fclose(f);
+        snprintf(why, why_size, "%s: %s", path, b->buf == NULL ? "out of memory" : "read error");
+        return b->buf == NULL ? RHEMA_ENOMEM : RHEMA_EIO;
+    }
+    fclose(f);
+    b->buf[size] = '\0';
+    p = b->buf;
+    end = b->buf + size;
+
+    l = next_line(&p, end, &len);
+    if (l == NULL || len < 40 || memcmp(l, "-- rhema postgres backup: schema ", 33) != 0) {
+        snprintf(why, why_size, "%s is not a rhema postgres backup (bad first line)", path);
+        return RHEMA_ECORRUPT;
+    }
+    m = strstr(l, ", schema_version ");
+    if (m == NULL || m > l + len || sscanf(m, ", schema_version %d,", &version) != 1) {
+        snprintf(why, why_size, "%s: no schema_version in the first line", path);
+        return RHEMA_ECORRUPT;
+    }
+    if (version != SCHEMA_VERSION) {
+        snprintf(why, why_size, "%s: schema_version %d, this plugin knows %d", path, version,
+                 SCHEMA_VERSION);
+        return RHEMA_ENOTSUP;
+    }
+    m = strstr(l, " UTC, ");
+    if (m == NULL || m > l + len || sscanf(m, " UTC, %llu live entries", &live) != 1) {
+        snprintf(why, why_size, "%s: no entry count in the first line", path);
+        return RHEMA_ECORRUPT;
+    }
+    while ((l = next_line(&p, end, &len)) != NULL &&
+           !copy_line(l, len, ".kv (ns, key, value, version, expires_at) FROM stdin;"))
+        ;
+    if (l == NULL) {
+        snprintf(why, why_size, "%s: no COPY of kv (truncated)", path);
+        return RHEMA_ECORRUPT;
+    }
+    if (copy_block(&p, end, 4, &b->kv, &b->kv_len, &b->kv_rows, why, why_size) != 0)
+        return RHEMA_ECORRUPT;
+    if (b->kv_rows != live) {
+        snprintf(why, why_size, "%s: %zu rows of kv, the header says %llu live entries", path,
+                 b->kv_rows, live);
+        return RHEMA_ECORRUPT;
+    }
+    l = next_line(&p, end, &len);
+    if (l == NULL || !copy_line(l, len, ".leases (name, holder, epoch, expires_at) FROM stdin;")) {
+        snprintf(why, why_size, "%s: no COPY of leases after kv (truncated)", path);
+        return RHEMA_ECORRUPT;
+    }
+    if (copy_block(&p, end, 3, &b->leases, &b->leases_len, &b->leases_rows, why, why_size) != 0)
+        return RHEMA_ECORRUPT;
+    l = next_line(&p, end, &len);
+    if (l != NULL && len > 14 && memcmp(l, "SELECT setval(", 14) == 0) {
+        m = memchr(l, ',', len);
+        if (m == NULL || sscanf(m, ", %llu);", &b->seq) != 1) {
+            snprintf(why, why_size, "%s: malformed setval line", path);
+            return RHEMA_ECORRUPT;
+        }
+        l = next_line(&p, end, &len);
+    }
+    if (l == NULL || !line_is(l, len, "COMMIT;") || p != end || end[-1] != '\n') {
+        snprintf(why, why_size, "%s: does not end with COMMIT; (truncated or edited)", path);
+        return RHEMA_ECORRUPT;
+    }
+    return 0;
+}
+
+/* Run sql (no result rows wanted).  0 or a code with c->err set. */
+static int restore_exec(rhema_storage_conn *c, const char *sql)
+{
+    PGresult *r = PQexec(c->pg, sql);
+    int rc = 0;
+    if (r == NULL ||
+        (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK))
+        rc = run_fail(c, "restore", r, 0, 0);
+    PQclear(r);
+    return rc;
+}
+
+/* COPY data into a table: sql is "COPY ... FROM STDIN". */
+static int restore_copy(rhema_storage_conn *c, const char *sql, const char *data, size_t len)
+{
+    PGresult *r = PQexec(c->pg, sql);
+    int rc = 0;
+    if (r == NULL || PQresultStatus(r) != PGRES_COPY_IN) {
+        rc = run_fail(c, "restore", r, 0, 0);
+        PQclear(r);
+        return rc;
+    }
+    PQclear(r);
+    while (len > 0 && rc == 0) {
+        int chunk = len > (1u << 20) ? 1 << 20 : (int)len;
+        if (PQputCopyData(c->pg, data, chunk) != 1) {
+            conn_error(c, "restore: COPY: %s", PQerrorMessage(c->pg));
+            rc = RHEMA_EUNAVAIL;
+        }
+        data += chunk;
+        len -= (size_t)chunk;
+    }
+    if (PQputCopyEnd(c->pg, rc == 0 ? NULL : "restore failed") != 1 && rc == 0) {
+        conn_error(c, "restore: COPY: %s", PQerrorMessage(c->pg));
+        rc = RHEMA_EUNAVAIL;
+    }
+    r = PQgetResult(c->pg);
+    if (rc == 0 && (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK))
+        rc = run_fail(c, "restore: COPY", r, 0, 0);
+    PQclear(r);
+    while ((r = PQgetResult(c->pg)) != NULL)
+        PQclear(r);
+    return rc;
+}
+
+/*
+ * Restore a backup of pg_backup() into the configured schema, in one
+ * transaction: the tables are locked (ACCESS EXCLUSIVE: other nodes wait),
+ * kv is truncated and loaded with COPY, leases are merged through a
+ * temporary table so that no epoch goes back, and kv_version is set to the
+ * largest of the backup's, the live sequence and every version.  The
+ * script's own SQL is not run as it is: its CREATE statements and schema
+ * name are those of the source, and running it would reset epochs.
+ */
+static int pg_restore(rhema_storage_instance *in, const char *path, char **err)
+{
+    const struct rhema_host *h = in->host;
+    const char *q = in->qschema;
+    struct pg_backup_file b;
+    rhema_storage_conn *c = NULL;
+    char why[512], sql[1024];
+    int rc;
+
+    if (path == NULL || path[0] == '\0')
+        return h->set_error(err, RHEMA_EINVAL, "postgres: restore: empty path");
+    rc = parse_backup(path, &b, why, sizeof why);
+    if (rc != 0) {
+        free(b.buf);
+        return h->set_error(err, rc, "postgres: restore: %s", why);
+    }
+    if ((rc = pg_connect_conn(in, &c, err)) != 0)
+        goto out_nomsg;
+    if ((rc = conn_ensure(c)) != 0)
+        goto out;
+    snprintf(sql, sizeof sql,
+             "BEGIN; SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'; "
+             "LOCK TABLE %s.kv, %s.leases IN ACCESS EXCLUSIVE MODE; "
+             "CREATE TEMP TABLE rhema_restore_leases (name bytea, holder bytea, epoch bigint, "
+             "expires_at timestamptz) ON COMMIT DROP; TRUNCATE %s.kv",
+             q, q, q);
+    if ((rc = restore_exec(c, sql)) != 0)
+        goto out;
+    snprintf(sql, sizeof sql, "COPY %s.kv (ns, key, value, version, expires_at) FROM STDIN", q);
+    if ((rc = restore_copy(c, sql, b.kv, b.kv_len)) != 0)
+        goto out;
+    if ((rc = restore_copy(c, "COPY rhema_restore_leases (name, holder, epoch, expires_at) "
+                              "FROM STDIN", b.leases, b.leases_len)) != 0)
+        goto out;
+    snprintf(sql, sizeof sql,
+             "UPDATE %s.leases SET holder = ''::bytea, expires_at = NULL "
+             "WHERE name NOT IN (SELECT name FROM rhema_restore_leases); "
+             "INSERT INTO %s.leases AS l (name, holder, epoch, expires_at) "
+             "SELECT name, holder, epoch, expires_at FROM rhema_restore_leases "
+             "ON CONFLICT (name) DO UPDATE SET "
+             "holder = CASE WHEN l.epoch > EXCLUDED.epoch THEN ''::bytea ELSE EXCLUDED.holder END, "
+             "expires_at = CASE WHEN l.epoch > EXCLUDED.epoch THEN NULL ELSE EXCLUDED.expires_at "
+             "END, epoch = GREATEST(l.epoch, EXCLUDED.epoch)",
+             q, q);
+    if ((rc = restore_exec(c, sql)) != 0)
+        goto out;
+    snprintf(sql, sizeof sql,
+             "SELECT setval('%s.kv_version', g) FROM (SELECT GREATEST(%llu::int8, "
+             "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM %s.kv_version), "
+             "(SELECT COALESCE(max(version), 0) FROM %s.kv)) AS g) x WHERE g > 0",
+             q, b.seq, q, q);
+    if ((rc = restore_exec(c, sql)) != 0)
+        goto out;
+    if ((rc = restore_exec(c, "COMMIT")) != 0)
+        goto out;
+    if (h->log != NULL)
+        h->log(RHEMA_LOG_NOTICE, PLUGIN_NAME, "restored schema %s from %s (%zu entries, %zu leases)",
+               q, path, b.kv_rows, b.leases_rows);
+out:
+    if (rc != 0) {
+        tx_rollback(c);
+        rc = h->set_error(err, rc, "postgres: restore: %s", c->err);
+    }
+out_nomsg:
+    pg_disconnect(c);
+    free(b.buf);
+    return rc;
+}
+
 static const struct rhema_storage_plugin postgres_plugin = {
     .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
                                 "1.0.0", "PostgreSQL through libpq (shared, durable)"),
@@ -1653,6 +1951,7 @@ static const struct rhema_storage_plugin postgres_plugin = {
     .errmsg = pg_errmsg,
     .backup = pg_backup,
     .group = pg_group,
+    .restore = pg_restore,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

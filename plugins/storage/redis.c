@@ -68,6 +68,10 @@
  * that bounded scan rather than kept in counters, because Redis expires
  * entries by itself and counters would not see it.
  *
+ * Backup and restore: backup() is the dump script written to a file (see
+ * write_dump); restore() checks a whole dump (counts, lengths, names) and
+ * then replaces everything under the prefix in one script (see rd_restore).
+ *
  * Faults: a connection error makes every call return RHEMA_EUNAVAIL with the
  * reason in errmsg(); the connection is dropped and the next call
  * reconnects by itself (AUTH, SELECT, SCRIPT LOAD again), at once after a
@@ -1798,6 +1802,278 @@ out:
     return rc;
 }
 
+/* ---- restore ---- */
+
+/*
+ * Replace everything under the prefix with a dump, atomically (one script).
+ * ARGV[1] prefix, ARGV[2] the dump's version counter, ARGV[3] n entries,
+ * then 5 per entry (ns, key, value, version, pttl or -1), then 4 per lease
+ * (name, holder, epoch, pttl).  Every entry, zset, namespace set and holder
+ * key under the prefix goes first; epoch keys stay, and become
+ * max(dump, current): when the current one is larger the lease is left
+ * free.  The version counter becomes max(dump, current).
+ */
+static const char script_restore[] =
+    "local p = ARGV[1]\n"
+    "local ep = string.gsub(p, '[%*%?%[%]\\\\]', '\\\\%0')\n"
+    "for _, pat in ipairs({'e/*', 'z/*', 'lease/*'}) do\n"
+    "  local ks = redis.call('KEYS', ep .. pat)\n"
+    "  for i = 1, #ks, 1000 do\n"
+    "    redis.call('DEL', unpack(ks, i, math.min(i + 999, #ks)))\n"
+    "  end\n"
+    "end\n"
+    "redis.call('DEL', p .. 'namespaces')\n"
+    "local cur = tonumber(redis.call('GET', p .. 'version') or '0') or 0\n"
+    "if tonumber(ARGV[2]) > cur then redis.call('SET', p .. 'version', ARGV[2]) end\n"
+    "local n, a = tonumber(ARGV[3]), 4\n"
+    "for i = 1, n do\n"
+    "  local ns, k, ttl = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 4])\n"
+    "  local ek = p .. 'e/' .. ns .. '/' .. k\n"
+    "  redis.call('HSET', ek, 'v', ARGV[a + 2], 'n', ARGV[a + 3])\n"
+    "  if ttl >= 0 then redis.call('PEXPIRE', ek, math.max(ttl, 1)) end\n"
+    "  redis.call('ZADD', p .. 'z/' .. ns, 0, k)\n"
+    "  redis.call('SADD', p .. 'namespaces', ns)\n"
+    "  a = a + 5\n"
+    "end\n"
+    "local l = 0\n"
+    "while a <= #ARGV do\n"
+    "  local name, holder, ttl = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 3])\n"
+    "  local ek = p .. 'epoch/' .. name\n"
+    "  local ce = tonumber(redis.call('GET', ek) or '0') or 0\n"
+    "  if ce <= tonumber(ARGV[a + 2]) then\n"
+    "    redis.call('SET', ek, ARGV[a + 2])\n"
+    "    if holder ~= '' and ttl > 0 then\n"
+    "      redis.call('SET', p .. 'lease/' .. name, holder, 'PX', ttl)\n"
+    "    end\n"
+    "  end\n"
+    "  redis.call('SADD', p .. 'leases', name)\n"
+    "  l = l + 1\n"
+    "  a = a + 4\n"
+    "end\n"
+    "return {n, l}\n";
+
+struct dump_cursor {
+    const char *p, *end;
+};
+
+/* The next header line (up to \n, at most 200 bytes) into line; -1 at the end. */
+static int dump_line(struct dump_cursor *d, char *line, size_t cap)
+{
+    const char *nl = memchr(d->p, '\n', (size_t)(d->end - d->p));
+    size_t len;
+    if (nl == NULL)
+        return -1;
+    len = (size_t)(nl - d->p);
+    if (len >= cap)
+        return -1;
+    memcpy(line, d->p, len);
+    line[len] = '\0';
+    d->p = nl + 1;
+    return 0;
+}
+
+/* n bytes of payload; -1 when the file ends first. */
+static int dump_take(struct dump_cursor *d, size_t n, const char **out)
+{
+    if ((size_t)(d->end - d->p) < n)
+        return -1;
+    *out = d->p;
+    d->p += n;
+    return 0;
+}
+
+static int dec_ok(const char *s)
+{
+    uint64_t v;
+    return parse_u64(s, strlen(s), &v) == 0;
+}
+
+/*
+ * Parse and check a dump written by rd_backup() into script arguments
+ * (pointing into buf).  0, or a code with why set.
+ */
+static int parse_dump(const char *buf, size_t size, struct args *a, size_t *entries,
+                      size_t *leases, char *why, size_t why_size)
+{
+    struct dump_cursor d = {buf, buf + size};
+    char line[256], counter[32];
+    size_t n_e = 0, n_l = 0, want_e, want_l;
+    char entries_buf[24];
+    size_t count_at;
+
+    if (size < strlen(BACKUP_MAGIC) || memcmp(buf, BACKUP_MAGIC, strlen(BACKUP_MAGIC)) != 0) {
+        snprintf(why, why_size, "not a rhema redis backup (bad magic)");
+        return RHEMA_ECORRUPT;
+    }
+    d.p += strlen(BACKUP_MAGIC);
+    if (dump_line(&d, line, sizeof line) != 0 || sscanf(line, "version %31s", counter) != 1 ||
+        !dec_ok(counter)) {
+        snprintf(why, why_size, "bad version line");
+        return RHEMA_ECORRUPT;
+    }
+    args_push_str(a, "EVAL");
+    args_push(a, script_restore, strlen(script_restore));
+    args_push_str(a, "0");
+    args_push(a, NULL, 0); /* the prefix: filled in by the caller */
+    args_push_cat(a, counter, NULL, NULL, NULL);
+    count_at = a->n;
+    args_push(a, "0", 1); /* the entry count, below */
+    for (;;) {
+        size_t l1, l2, l3;
+        char num[32];
+        long long pttl;
+        const char *s1, *s2, *s3;
+        if (dump_line(&d, line, sizeof line) != 0)
+            goto truncated;
+        if (sscanf(line, "entry %zu %zu %zu %31s %lld", &l1, &l2, &l3, num, &pttl) == 5) {
+            if (n_l > 0) {
+                snprintf(why, why_size, "an entry after the leases");
+                return RHEMA_ECORRUPT;
+            }
+            const char *nl;
+            if (dump_take(&d, l1, &s1) || dump_take(&d, l2, &s2) || dump_take(&d, l3, &s3) ||
+                dump_take(&d, 1, &nl))
+                goto truncated;
+            if (*nl != '\n' || l1 == 0 || l1 > RHEMA_STORAGE_NS_MAX || l2 == 0 ||
+                l2 > RHEMA_STORAGE_KEY_MAX || memchr(s2, '\0', l2) != NULL || !dec_ok(num) ||
+                pttl < -1) {
+                snprintf(why, why_size, "entry %zu is malformed", n_e + 1);
+                return RHEMA_ECORRUPT;
+            }
+            {
+                char ns[RHEMA_STORAGE_NS_MAX + 1];
+                memcpy(ns, s1, l1);
+                ns[l1] = '\0';
+                if (!rhema_storage_ns_valid(ns)) {
+                    snprintf(why, why_size, "entry %zu: invalid namespace", n_e + 1);
+                    return RHEMA_ECORRUPT;
+                }
+            }
+            args_push(a, s1, l1);
+            args_push(a, s2, l2);
+            args_push(a, s3, l3);
+            args_push_cat(a, num, NULL, NULL, NULL);
+            snprintf(num, sizeof num, "%lld", pttl);
+            args_push_cat(a, num, NULL, NULL, NULL);
+            n_e++;
+        } else if (sscanf(line, "lease %zu %zu %31s %lld", &l1, &l2, num, &pttl) == 4) {
+            if (dump_take(&d, l1, &s1) || dump_take(&d, l2, &s2) || dump_take(&d, 1, &s3))
+                goto truncated;
+            if (*s3 != '\n' || l1 == 0 || l1 > RHEMA_STORAGE_KEY_MAX ||
+                l2 > RHEMA_LEASE_HOLDER_MAX || memchr(s1, '\0', l1) != NULL || !dec_ok(num) ||
+                pttl < 0) {
+                snprintf(why, why_size, "lease %zu is malformed", n_l + 1);
+                return RHEMA_ECORRUPT;
+            }
+            args_push(a, s1, l1);
+            args_push(a, s2, l2);
+            args_push_cat(a, num, NULL, NULL, NULL);
+            snprintf(num, sizeof num, "%lld", pttl);
+            args_push_cat(a, num, NULL, NULL, NULL);
+            n_l++;
+        } else if (sscanf(line, "end %zu %zu", &want_e, &want_l) == 2) {
+            break;
+        } else {
+            snprintf(why, why_size, "unexpected line '%.40s'", line);
+            return RHEMA_ECORRUPT;
+        }
+    }
+    if (want_e != n_e || want_l != n_l || d.p != d.end) {
+        snprintf(why, why_size, "%zu entries and %zu leases, the end line says %zu and %zu%s",
+                 n_e, n_l, want_e, want_l, d.p != d.end ? ", and data follows it" : "");
+        return RHEMA_ECORRUPT;
+    }
+    if (a->oom) {
+        snprintf(why, why_size, "out of memory");
+        return RHEMA_ENOMEM;
+    }
+    snprintf(entries_buf, sizeof entries_buf, "%zu", n_e);
+    args_push_cat(a, entries_buf, NULL, NULL, NULL);
+    if (a->oom) {
+        snprintf(why, why_size, "out of memory");
+        return RHEMA_ENOMEM;
+    }
+    /* move the count into its slot */
+    a->v[count_at] = a->v[a->n - 1];
+    a->len[count_at] = a->len[a->n - 1];
+    a->n--;
+    *entries = n_e;
+    *leases = n_l;
+    return 0;
+truncated:
+    snprintf(why, why_size, "truncated after %zu entries and %zu leases", n_e, n_l);
+    return RHEMA_ECORRUPT;
+}
+
+/*
+ * Read and check the whole dump first, then replace the content under the
+ * prefix with it in one script, atomic with respect to every other client.
+ * Redis does not roll a script back: a server-side failure half way (out
+ * of memory under maxmemory) could leave part of it applied; the checks
+ * before the script leave it no other way to fail.
+ */
+static int rd_restore(rhema_storage_instance *in, const char *path, char **err)
+{
+    const struct rhema_host *h = in->host;
+    rhema_storage_conn *c = NULL;
+    struct args a = {0};
+    redisReply *r = NULL;
+    char *buf = NULL, why[256];
+    size_t entries = 0, leases = 0;
+    long size;
+    FILE *f;
+    int rc;
+
+    if (path == NULL || path[0] == '\0')
+        return h->set_error(err, RHEMA_EINVAL, "redis: restore: empty path");
+    f = fopen(path, "rb");
+    if (f == NULL) {
+        int e = errno;
+        return h->set_error(err, e == ENOENT ? RHEMA_ENOTFOUND : RHEMA_EIO,
+                            "redis: restore: open %s: %s", path, strerror(e));
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0 ||
+        (buf = malloc((size_t)size + 1)) == NULL ||
+        fread(buf, 1, (size_t)size, f) != (size_t)size) {
+        fclose(f);
+        free(buf);
+        return h->set_error(err, RHEMA_EIO, "redis: restore: cannot read %s", path);
+    }
+    fclose(f);
+    rc = parse_dump(buf, (size_t)size, &a, &entries, &leases, why, sizeof why);
+    if (rc != 0) {
+        rc = h->set_error(err, rc, "redis: restore: %s: %s", path, why);
+        goto out;
+    }
+    a.v[3] = in->prefix;
+    a.len[3] = in->prefix_len;
+    c = conn_new(in);
+    if (c == NULL) {
+        rc = h->set_error(err, RHEMA_ENOMEM, "redis: out of memory");
+        goto out;
+    }
+    rc = rd_call(c, &a, CALL_WRITE, "restore", &r);
+    if (rc == 0 && (r->type != REDIS_REPLY_ARRAY || r->elements != 2)) {
+        conn_error(c, "restore: unexpected reply");
+        rc = RHEMA_EIO;
+    }
+    if (rc != 0) {
+        rc = h->set_error(err, rc, "redis: %s", c->err);
+        goto out;
+    }
+    if (h->log != NULL)
+        h->log(RHEMA_LOG_NOTICE, PLUGIN_NAME,
+               "restored prefix '%s' from %s (%zu entries, %zu leases)", in->prefix, path,
+               entries, leases);
+out:
+    if (r != NULL)
+        freeReplyObject(r);
+    rd_disconnect(c);
+    args_free(&a);
+    free(buf);
+    return rc;
+}
+
 static const struct rhema_storage_plugin redis_plugin = {
     .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
                                 "1.0.0", "Redis server through hiredis (shared, leases, TTL)"),
@@ -1819,6 +2095,7 @@ static const struct rhema_storage_plugin redis_plugin = {
     .errmsg = rd_errmsg,
     .backup = rd_backup,
     .group = rd_group,
+    .restore = rd_restore,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

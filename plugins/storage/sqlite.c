@@ -38,6 +38,10 @@
  * under the database write lock; a writer waits up to busy_timeout_ms and
  * then gets RHEMA_EUNAVAIL.
  *
+ * Backup and restore: backup() copies the database with the online backup
+ * API; restore() checks such a copy (size, integrity_check, schema) and
+ * replaces the live content in one transaction (see sq_restore).
+ *
  * Errors: SQLITE_BUSY / LOCKED -> EUNAVAIL, CORRUPT / NOTADB -> ECORRUPT,
  * NOMEM -> ENOMEM, TOOBIG -> ETOOBIG, anything else (I/O, full disk,
  * read-only, ...) -> EIO.  errmsg() returns the connection's last message.
@@ -1207,6 +1211,214 @@ out:
     return ret;
 }
 
+/* ---- restore ---- */
+
+/* "file:" URI of path with immutable=1 (read only, no locks, no -wal/-shm created). */
+static char *immutable_uri(const char *path)
+{
+    size_t n = strlen(path), i;
+    char *u = malloc(n * 3 + 64), *o;
+    if (u == NULL)
+        return NULL;
+    o = u + sprintf(u, "file:");
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)path[i];
+        if (ch == '%' || ch == '?' || ch == '#' || ch < 0x20 || ch >= 0x7f)
+            o += sprintf(o, "%%%02X", ch);
+        else
+            *o++ = (char)ch;
+    }
+    strcpy(o, "?mode=ro&immutable=1");
+    return u;
+}
+
+/* The first row's first column of sql as an int64 (def when no row). */
+static int query_i64(sqlite3 *db, const char *sql, int64_t def, int64_t *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    *out = def;
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            *out = sqlite3_column_int64(st, 0);
+            rc = SQLITE_OK;
+        } else if (rc == SQLITE_DONE) {
+            rc = SQLITE_OK;
+        }
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/*
+ * Check a backup before anything changes: a SQLite file whose size is the
+ * page count its header declares (a truncated copy fails here), that
+ * passes PRAGMA integrity_check, and that holds this plugin's schema.
+ */
+static int verify_backup(rhema_storage_instance *in, const char *path, const char *uri,
+                         char **err)
+{
+    const struct rhema_host *h = in->host;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    struct stat sb;
+    int64_t page_size = 0, page_count = 0, version = 0, tables = 0;
+    int rc, ret = 0;
+
+    if (stat(path, &sb) != 0) {
+        int e = errno;
+        return h->set_error(err, e == ENOENT ? RHEMA_ENOTFOUND : RHEMA_EIO,
+                            "sqlite: restore: %s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode))
+        return h->set_error(err, RHEMA_EINVAL, "sqlite: restore: %s is not a file", path);
+    rc = sqlite3_open_v2(uri, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX,
+                         NULL);
+    if (rc == SQLITE_OK)
+        rc = query_i64(db, "PRAGMA page_size", 0, &page_size);
+    if (rc == SQLITE_OK)
+        rc = query_i64(db, "PRAGMA page_count", 0, &page_count);
+    if (rc != SQLITE_OK) {
+        ret = h->set_error(err, RHEMA_ECORRUPT, "sqlite: restore: %s is not a readable SQLite "
+                           "database: %s", path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        goto out;
+    }
+    if (page_size <= 0 || page_count <= 0 || (int64_t)sb.st_size != page_size * page_count) {
+        ret = h->set_error(err, RHEMA_ECORRUPT,
+                           "sqlite: restore: %s is truncated or damaged: %lld bytes, the header "
+                           "declares %lld pages of %lld", path, (long long)sb.st_size,
+                           (long long)page_count, (long long)page_size);
+        goto out;
+    }
+    rc = sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW || strcmp((const char *)sqlite3_column_text(st, 0), "ok") != 0) {
+        ret = h->set_error(err, RHEMA_ECORRUPT, "sqlite: restore: %s fails integrity_check: %s",
+                           path, rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0)
+                                                  : sqlite3_errmsg(db));
+        goto out;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    rc = query_i64(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND "
+                       "name IN ('meta', 'kv', 'leases')", 0, &tables);
+    if (rc == SQLITE_OK && tables == 3)
+        rc = query_i64(db, "SELECT value FROM meta WHERE name = 'schema_version'", 0, &version);
+    if (rc != SQLITE_OK || tables != 3 || version != SCHEMA_VERSION) {
+        ret = h->set_error(err, version > SCHEMA_VERSION ? RHEMA_ENOTSUP : RHEMA_ECORRUPT,
+                           "sqlite: restore: %s is not a backup of this plugin (schema_version "
+                           "%lld, tables %lld of 3; this plugin knows schema_version %d)",
+                           path, (long long)version, (long long)tables, SCHEMA_VERSION);
+        goto out;
+    }
+out:
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return ret;
+}
+
+/*
+ * Restore in one transaction of the live database, the backup ATTACHed
+ * read-only: kv is replaced by the backup's, the version counter becomes
+ * max(backup, live), and leases are merged so that no epoch goes back (see
+ * storage.h).  The transaction is BEGIN IMMEDIATE under the instance's
+ * write lock, so SQLite's own write lock keeps other processes out and its
+ * journal makes it all or nothing, even across a crash -- unlike copying
+ * pages over the live file (the backup API) or renaming a file over it,
+ * which would also throw away the live epochs and counter.
+ */
+static const char restore_sql[] =
+    "DELETE FROM main.kv;"
+    "INSERT INTO main.kv(ns, key, value, version, expires_at)"
+    "  SELECT ns, key, value, version, expires_at FROM snap.kv;"
+    "UPDATE main.meta SET value = max(value, coalesce((SELECT value FROM snap.meta"
+    "  WHERE name = 'version_counter'), 0), coalesce((SELECT max(version) FROM snap.kv), 0))"
+    "  WHERE name = 'version_counter';"
+    /* leases the snapshot lacks: kept, free */
+    "UPDATE main.leases SET holder = '', expires_at = 0"
+    "  WHERE name NOT IN (SELECT name FROM snap.leases);"
+    /* the snapshot's leases, unless the live epoch is larger (then free at that epoch) */
+    "INSERT OR REPLACE INTO main.leases(name, holder, epoch, expires_at)"
+    "  SELECT s.name,"
+    "    CASE WHEN coalesce(l.epoch, 0) > s.epoch THEN '' ELSE s.holder END,"
+    "    max(s.epoch, coalesce(l.epoch, 0)),"
+    "    CASE WHEN coalesce(l.epoch, 0) > s.epoch THEN 0 ELSE s.expires_at END"
+    "  FROM snap.leases s LEFT JOIN main.leases l ON l.name = s.name;";
+
+static int sq_restore(rhema_storage_instance *in, const char *path, char **err)
+{
+    const struct rhema_host *h = in->host;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    char *uri = NULL, *msg = NULL;
+    int rc, ret = 0, attached = 0, locked = 0, in_tx = 0;
+    int64_t entries = 0;
+
+    if (path == NULL || path[0] == '\0')
+        return h->set_error(err, RHEMA_EINVAL, "sqlite: restore: empty path");
+    uri = immutable_uri(path);
+    if (uri == NULL)
+        return h->set_error(err, RHEMA_ENOMEM, "sqlite: restore: out of memory");
+    if ((ret = verify_backup(in, path, uri, err)) != 0)
+        goto out;
+    rc = sqlite3_open_v2(in->path, &db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        ret = h->set_error(err, map_rc(rc), "sqlite: restore: open %s: %s", in->path,
+                           db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        goto out;
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, in->busy_timeout_ms);
+    rc = sqlite3_prepare_v2(db, "ATTACH DATABASE ?1 AS snap", -1, &st, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(st, 1, uri, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_DONE)
+        rc = SQLITE_OK;
+    sqlite3_finalize(st);
+    st = NULL;
+    if (rc != SQLITE_OK) {
+        ret = h->set_error(err, map_rc(rc), "sqlite: restore: attach %s: %s", path,
+                           sqlite3_errmsg(db));
+        goto out;
+    }
+    attached = 1;
+    pthread_mutex_lock(&in->write_lock);
+    locked = 1;
+    rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg);
+    if (rc == SQLITE_OK) {
+        in_tx = 1;
+        rc = sqlite3_exec(db, restore_sql, NULL, NULL, &msg);
+    }
+    if (rc == SQLITE_OK)
+        rc = query_i64(db, "SELECT count(*) FROM main.kv", 0, &entries);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, "COMMIT", NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        ret = h->set_error(err, map_rc(rc), "sqlite: restore into %s: %s", in->path,
+                           msg ? msg : sqlite3_errmsg(db));
+        goto out;
+    }
+    in_tx = 0;
+    sqlite3_exec(db, "PRAGMA main.wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+    if (h->log != NULL)
+        h->log(RHEMA_LOG_NOTICE, PLUGIN_NAME, "restored %s from %s (%lld entries)", in->path,
+               path, (long long)entries);
+out:
+    if (in_tx)
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    if (locked)
+        pthread_mutex_unlock(&in->write_lock);
+    if (attached)
+        sqlite3_exec(db, "DETACH DATABASE snap", NULL, NULL, NULL);
+    sqlite3_free(msg);
+    sqlite3_close(db);
+    free(uri);
+    return ret;
+}
+
 static const struct rhema_storage_plugin sqlite_plugin = {
     .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
                                 "1.0.0", "SQLite database in WAL mode (durable, one host)"),
@@ -1226,6 +1438,7 @@ static const struct rhema_storage_plugin sqlite_plugin = {
     .errmsg = sq_errmsg,
     .backup = sq_backup,
     .group = sq_group,
+    .restore = sq_restore,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

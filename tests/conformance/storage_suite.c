@@ -9,6 +9,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <pthread.h>
 #include <sched.h>
@@ -51,7 +52,7 @@ struct suite {
 /* The namespaces the checks use (suffixes of s->base); cleanup empties them all. */
 static const char *const ns_tags[] = {"",       ".other", ".scan", ".scan_x", ".ttl", ".stats",
                                       ".batch", ".cas",   ".inv",  ".dur",    ".many",
-                                      NULL};
+                                      ".rst",   NULL};
 
 /* ---- reporting helpers ---- */
 
@@ -279,7 +280,7 @@ static int t_header(struct suite *s)
     const struct rhema_storage_plugin *vt = s->vt;
     const uint32_t known = RHEMA_STORAGE_SHARED | RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL |
                            RHEMA_STORAGE_LEASES;
-    const size_t minor0 = offsetof(struct rhema_storage_plugin, backup) + sizeof vt->backup;
+    const size_t minor0 = offsetof(struct rhema_storage_plugin, restore) + sizeof vt->restore;
     const char *p;
 
     CHECK(vt != NULL, "no vtable");
@@ -1472,6 +1473,226 @@ static int t_backup(struct suite *s)
     return r;
 }
 
+/* ---- restore (backup and restore both present) ---- */
+
+/* The largest regular file under path (path itself when it is a file). */
+static char largest_path[1024];
+static off_t largest_size;
+
+static int largest_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)ftw;
+    if (flag == FTW_F && S_ISREG(st->st_mode) && st->st_size > largest_size) {
+        largest_size = st->st_size;
+        snprintf(largest_path, sizeof largest_path, "%s", path);
+    }
+    return 0;
+}
+
+static int reconnect_only(struct suite *s, char **err)
+{
+    int rc = 0;
+    if (s->c1 == NULL)
+        rc = s->vt->connect(s->inst, &s->c1, err);
+    if (rc == 0 && s->c2 == NULL)
+        rc = s->vt->connect(s->inst, &s->c2, err);
+    return rc;
+}
+
+/* Restore `path` with no connection open, as the contract asks; reconnects. */
+static int restore_offline(struct suite *s, const char *path, char **err)
+{
+    char *cerr = NULL;
+    int rc, rc2;
+    s->vt->disconnect(s->c1);
+    s->vt->disconnect(s->c2);
+    s->c1 = s->c2 = NULL;
+    rc = s->vt->restore(s->inst, path, err);
+    rc2 = reconnect_only(s, &cerr);
+    if (rc2 != 0) {
+        snprintf(s->detail, sizeof s->detail, "connect after restore: %s", cerr ? cerr : "");
+        free(cerr);
+        return rc == 0 ? rc2 : rc;
+    }
+    return rc;
+}
+
+/*
+ * The contract of restore() (storage.h): the store equals the snapshot --
+ * values, versions, scan order, TTL entries -- writes after it are gone; a
+ * put afterwards gets a version above every version handed out before the
+ * restore; lease epochs are max(snapshot, current): a lease whose epoch
+ * moved on after the snapshot comes back free at that epoch, a lease held
+ * at the snapshot and untouched since comes back held.  Then a truncated
+ * backup is refused and changes nothing.
+ */
+static int backup_restore_in(struct suite *s, const char *dir)
+{
+    char ns[64], snap[600], l1[128], l2[128], l3[128], l4[128], *err = NULL;
+    struct rhema_lease_info li;
+    struct collected col = {0};
+    uint64_t va, vb1, vb, vc, ve, vbin, vttl = 0, va2, vd, vf, vp, top;
+    uint64_t eA = 0, e2 = 0, eB = 0, e2c = 0, e3 = 0, eG = 0;
+    const int leases = (s->vt->features & RHEMA_STORAGE_LEASES) != 0;
+    const int ttl = (s->vt->features & RHEMA_STORAGE_TTL) != 0;
+    int rc, fd;
+
+    snprintf(snap, sizeof snap, "%s/snap", dir);
+    ns_of(s, ".rst", ns, sizeof ns);
+    /* the snapshot's content */
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "a", "1", RHEMA_VERSION_ABSENT, &va));
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "b", "2", RHEMA_VERSION_ANY, &vb1));
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "b", "22", vb1, &vb));
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "c", "3", RHEMA_VERSION_ANY, &vc));
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "e", "", 0, RHEMA_VERSION_ANY, 0, &ve));
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "bin", "\0\x01\xff", 3, RHEMA_VERSION_ANY, 0, &vbin));
+    if (ttl)
+        CHECK_RC(s->c1, 0, put(s, s->c1, ns, "ttl", "t", 1, RHEMA_VERSION_ANY, LONG_TTL_MS, &vttl));
+    if (leases) {
+        lease_name(s, "rst1", l1, sizeof l1);
+        lease_name(s, "rst2", l2, sizeof l2);
+        lease_name(s, "rst3", l3, sizeof l3);
+        lease_name(s, "rst4", l4, sizeof l4);
+        CHECK_RC(s->c1, 0, LEASE(s->c1, l1, "A", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+        eA = li.epoch;
+        CHECK_RC(s->c1, 0, LEASE(s->c1, l2, "A", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+        e2 = li.epoch;
+        CHECK_RC(s->c1, 0, LEASE(s->c1, l2, "A", 0, RHEMA_LEASE_RELEASE, NULL));
+        CHECK_RC(s->c1, 0, LEASE(s->c1, l4, "G", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+        eG = li.epoch;
+    }
+    rc = s->vt->backup(s->c1, snap, &err);
+    if (rc != 0) {
+        failf(s, "backup(%s) returned %s: %s", snap, rhema_strerror(rc), err ? err : "");
+        free(err);
+        return T_FAIL;
+    }
+    /* changes after the snapshot: all undone by the restore, epochs aside */
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "a", "changed", va, &va2));
+    CHECK_RC(s->c1, 0, s->vt->del(s->c1, ns, "c", RHEMA_VERSION_ANY));
+    CHECK_RC(s->c1, 0, s->vt->del(s->c1, ns, "e", RHEMA_VERSION_ANY));
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "d", "new", RHEMA_VERSION_ABSENT, &vd));
+    if (leases) {
+        CHECK_RC(s->c1, 0, LEASE(s->c1, l1, "A", 0, RHEMA_LEASE_RELEASE, NULL));
+        CHECK_RC(s->c1, 0, LEASE(s->c1, l1, "B", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+        eB = li.epoch;
+        CHECK_RC(s->c1, 0, LEASE(s->c1, l2, "C", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+        e2c = li.epoch;
+        CHECK_RC(s->c1, 0, LEASE(s->c1, l3, "D", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+        e3 = li.epoch;
+    }
+    top = va2 > vd ? va2 : vd;
+
+    rc = restore_offline(s, snap, &err);
+    if (rc != 0) {
+        failf(s, "restore(%s) returned %s: %s %s", snap, rhema_strerror(rc), err ? err : "",
+              s->detail);
+        free(err);
+        return T_FAIL;
+    }
+    free(err);
+    err = NULL;
+    /* the store equals the snapshot */
+    EXPECT_STR(s->c1, ns, "a", "1", va);
+    EXPECT_STR(s->c2, ns, "b", "22", vb);
+    EXPECT_STR(s->c1, ns, "c", "3", vc);
+    EXPECT_VALUE(s->c1, ns, "e", "", 0, ve);
+    EXPECT_VALUE(s->c1, ns, "bin", "\0\x01\xff", 3, vbin);
+    EXPECT_MISSING(s->c1, ns, "d");
+    if (ttl)
+        EXPECT_STR(s->c1, ns, "ttl", "t", vttl);
+    CHECK_RC(s->c1, 0, scan_into(s, s->c1, ns, NULL, NULL, 0, &col));
+    {
+        static const char *const want[] = {"a", "b", "bin", "c", "e", "ttl"};
+        const uint64_t wantv[] = {va, vb, vbin, vc, ve, vttl};
+        size_t i, n = ttl ? 6 : 5;
+        int ok = col.n == n;
+        for (i = 0; ok && i < n; i++)
+            ok = strcmp(col.keys[i], want[i]) == 0 && col.versions[i] == wantv[i];
+        collected_free(&col);
+        CHECK(ok, "the scan after restore is not the snapshot's %zu keys in order with their "
+                  "versions", n);
+    }
+    /* versions never repeat: above everything handed out before the restore */
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "f", "after", RHEMA_VERSION_ABSENT, &vf));
+    CHECK(vf > top, "a put after restore got version %llu, not above %llu handed out before it",
+          (unsigned long long)vf, (unsigned long long)top);
+    /* a compare-and-set with the snapshot's version works */
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "b", "23", vb, NULL));
+    if (leases) {
+        rc = LEASE(s->c1, l1, NULL, 0, RHEMA_LEASE_QUERY, &li);
+        CHECK(rc == RHEMA_ENOTFOUND && li.holder[0] == '\0' && li.epoch >= eB,
+              "lease 1 after restore: %s, holder '%s', epoch %llu; want free at epoch >= %llu "
+              "(max(snapshot %llu, current %llu))",
+              rhema_strerror(rc), li.holder, (unsigned long long)li.epoch,
+              (unsigned long long)eB, (unsigned long long)eA, (unsigned long long)eB);
+        CHECK_RC(s->c1, 0, LEASE(s->c1, l1, "E", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+        CHECK(li.epoch > eB, "lease 1 acquired after restore with epoch %llu, not above %llu",
+              (unsigned long long)li.epoch, (unsigned long long)eB);
+        CHECK_RC(s->c1, 0, LEASE(s->c1, l2, "F", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+        CHECK(li.epoch > e2c && e2c > e2,
+              "lease 2 acquired after restore with epoch %llu, not above %llu",
+              (unsigned long long)li.epoch, (unsigned long long)e2c);
+        rc = LEASE(s->c1, l3, NULL, 0, RHEMA_LEASE_QUERY, &li);
+        CHECK(rc == RHEMA_ENOTFOUND, "lease 3 (taken after the snapshot) is held after "
+                                     "restore: %s, holder '%s'", rhema_strerror(rc), li.holder);
+        CHECK_RC(s->c1, 0, LEASE(s->c1, l3, "H", LONG_TTL_MS, RHEMA_LEASE_ACQUIRE, &li));
+        CHECK(li.epoch > e3, "lease 3 acquired after restore with epoch %llu, not above %llu",
+              (unsigned long long)li.epoch, (unsigned long long)e3);
+        CHECK_RC(s->c1, 0, LEASE(s->c1, l4, NULL, 0, RHEMA_LEASE_QUERY, &li));
+        CHECK(strcmp(li.holder, "G") == 0 && li.epoch == eG && li.ttl_remaining_ms > 0,
+              "lease 4 (held at the snapshot) after restore: holder '%s' epoch %llu, want G, %llu",
+              li.holder, (unsigned long long)li.epoch, (unsigned long long)eG);
+        LEASE(s->c1, l1, "E", 0, RHEMA_LEASE_RELEASE, NULL);
+        LEASE(s->c1, l2, "F", 0, RHEMA_LEASE_RELEASE, NULL);
+        LEASE(s->c1, l3, "H", 0, RHEMA_LEASE_RELEASE, NULL);
+        LEASE(s->c1, l4, "G", 0, RHEMA_LEASE_RELEASE, NULL);
+    }
+
+    /* a truncated backup: refused, and the store is unchanged */
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "post", "p", RHEMA_VERSION_ANY, &vp));
+    largest_path[0] = '\0';
+    largest_size = 0;
+    nftw(snap, largest_cb, 16, FTW_PHYS);
+    CHECK(largest_size > 1, "no file to truncate in the backup %s", snap);
+    fd = open(largest_path, O_WRONLY | O_CLOEXEC);
+    CHECK(fd >= 0 && ftruncate(fd, largest_size / 2) == 0, "truncate %s: %s", largest_path,
+          strerror(errno));
+    close(fd);
+    rc = restore_offline(s, snap, &err);
+    free(err);
+    err = NULL;
+    CHECK(s->c1 != NULL && s->c2 != NULL, "%s", s->detail);
+    CHECK(rc != 0, "restore of a truncated backup (%s cut to %lld bytes) succeeded",
+          largest_path, (long long)(largest_size / 2));
+    EXPECT_STR(s->c1, ns, "post", "p", vp);
+    EXPECT_STR(s->c2, ns, "f", "after", vf);
+    EXPECT_STR(s->c1, ns, "a", "1", va);
+    EXPECT_MISSING(s->c1, ns, "d");
+    return T_PASS;
+}
+
+static int t_backup_restore(struct suite *s)
+{
+    const char *tmpdir = getenv("TMPDIR");
+    char dir[512], *err = NULL;
+    int r;
+    if (s->vt->backup == NULL || s->vt->restore == NULL) {
+        snprintf(s->detail, sizeof s->detail, "backup or restore is NULL (optional)");
+        return T_SKIP;
+    }
+    snprintf(dir, sizeof dir, "%s/rhema-conf-XXXXXX",
+             tmpdir != NULL && tmpdir[0] != '\0' ? tmpdir : "/tmp");
+    if (mkdtemp(dir) == NULL)
+        return failf(s, "mkdtemp(%s): %s", dir, strerror(errno));
+    r = backup_restore_in(s, dir);
+    if ((s->c1 == NULL || s->c2 == NULL) && reconnect_only(s, &err) != 0 && r == T_PASS)
+        r = failf(s, "connect after restore: %s", err ? err : "");
+    free(err);
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return r;
+}
+
 /* ---- durability (DURABLE backends): close, reopen, compare ---- */
 
 static int reconnect(struct suite *s, char **err)
@@ -1654,6 +1875,7 @@ static const struct check checks[] = {
     {"lease_contention", t_lease_contention},
     {"concurrent_writers", t_concurrent_writers},
     {"backup", t_backup},
+    {"backup_restore", t_backup_restore},
     {"durable_reopen", t_durable_reopen},
     {"cleanup", t_cleanup},
 };

@@ -15,6 +15,12 @@
  * those checks reported as skipped; one with DURABLE is also closed and
  * reopened to check that data, versions and lease epochs survive.
  *
+ * When the plugin has both backup() and restore(), the backup_restore check
+ * restores a snapshot it took a moment earlier: restore() replaces the
+ * WHOLE store, so anything another client writes to a shared backend
+ * during that check (a few ms between its backup and its restore) is lost.
+ * Run the suite against a scratch database, never a production one.
+ *
  * Each check is reported through `report` as it finishes, with a short
  * name ("put_get_binary", "lease_contention", ...) and, when it did not
  * pass, one line saying what went wrong.  A failing check never stops the

@@ -1,0 +1,137 @@
+/*
+ * maintenance -- the main thread's periodic storage work (DESIGN.md §4):
+ * scheduled backups and their pruning, retention cleanup, and the data-size
+ * gauge behind persistence.max_data_size_bytes.
+ *
+ * rhema_maintenance_start() connects its own storage connection (the main
+ * thread's; workers keep theirs) and arms libevent timers on the main
+ * event base:
+ *   backups   when persistence.enable_backups: every backup_interval_hours
+ *             a snapshot through the plugin's backup() into
+ *             <backup_directory>/rhema-<backend>-<UTC yyyymmddThhmmssZ>.bak
+ *             (a directory for the file backend; "-N" before ".bak" when
+ *             that second is taken), the directory created 0750.  The first
+ *             one is due one interval after the newest existing backup of
+ *             this backend, and at least a few seconds after startup, so a
+ *             daemon that restarts often still backs up on schedule.  After
+ *             each backup, backups of this backend whose name is older than
+ *             backup_retention_days are removed -- never the newest one, and
+ *             nothing that does not match the pattern.
+ *   cleanup   when persistence.enable_cleanup: every cleanup_interval_hours
+ *             (the first run shortly after startup), sessions whose status
+ *             is Completed or Cancelled and whose updated_at is older than
+ *             data_retention_days are deleted through the session store
+ *             (with the version read, so the indexes and access record go
+ *             too and a session updated meanwhile is left alone); then each
+ *             registered cleanup hook runs with the same cutoff (the
+ *             consensus log registers one for applied entries).
+ *   gauge     every RHEMA_MAINTENANCE_GAUGE_MS the plugin's stats(NULL)
+ *             bytes (keys + values of live entries) into an atomic that the
+ *             workers read through rhema_maintenance_over_limit().
+ * Every run is logged: files written and pruned, sessions removed, errors.
+ *
+ * Threads: start, stop, backup_now, add_cleanup and the timers run on the
+ * main thread only, and block it while they talk to storage (a backup of a
+ * large store delays signal handling by that long).  over_limit, account
+ * and data_size may be called from any thread.
+ */
+#ifndef RHEMA_CORE_MAINTENANCE_H
+#define RHEMA_CORE_MAINTENANCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+#include <rhema/storage.h>
+
+struct rhema_server;
+struct rhema_maintenance;
+
+#define RHEMA_MAINTENANCE_GAUGE_MS 2000 /* data-size gauge refresh period */
+
+int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
+                            struct rhema_maintenance **out, char **err);
+/* Cancel the timers, disconnect, free.  NULL is a no-op.  Before event_base_free(). */
+void rhema_maintenance_stop(struct rhema_maintenance *m);
+
+/*
+ * Take a backup now (whatever enable_backups says) and prune as the timer
+ * does.  The path written goes to path_out (cap bytes) when not NULL.
+ * 0, or a negative code and *err (malloc'd).
+ */
+int rhema_maintenance_backup_now(struct rhema_maintenance *m, char *path_out, size_t cap,
+                                 char **err);
+
+/*
+ * 1 when max_data_size_bytes > 0 and the stored size plus incoming_bytes
+ * would exceed it: the caller refuses the write (507 Insufficient Storage)
+ * before changing anything.  0 otherwise, and always for m NULL.  The size
+ * is the last gauge reading plus what account() added since, so a burst
+ * can overshoot by what lands between two refreshes at most.
+ */
+int rhema_maintenance_over_limit(const struct rhema_maintenance *m, size_t incoming_bytes);
+/* Add an accepted write's growth (or a delete's shrink) until the next refresh. */
+void rhema_maintenance_account(struct rhema_maintenance *m, int64_t delta_bytes);
+/* The current estimate of the stored bytes. */
+uint64_t rhema_maintenance_data_size(const struct rhema_maintenance *m);
+
+/*
+ * A cleanup hook: remove what is older than cutoff_ms (ms since the epoch)
+ * on conn, count it in *removed; 0 or a negative code and *err.
+ * Registered hooks run after the session cleanup, in registration order.
+ */
+typedef int (*rhema_maintenance_cleanup_fn)(void *arg, const struct rhema_storage_plugin *vt,
+                                            rhema_storage_conn *conn, uint64_t cutoff_ms,
+                                            size_t *removed, char **err);
+int rhema_maintenance_add_cleanup(struct rhema_maintenance *m, const char *name,
+                                  rhema_maintenance_cleanup_fn fn, void *arg);
+/* Run the cleanup now (sessions, then the hooks); for tests and admin tools. */
+int rhema_maintenance_cleanup_now(struct rhema_maintenance *m, size_t *removed, char **err);
+
+/* ---- building blocks (also used by rhemactl and the tests) ---- */
+
+#define RHEMA_BACKUP_NAME_MAX 256
+
+struct rhema_backup_file {
+    char name[RHEMA_BACKUP_NAME_MAX]; /* the file (or directory) name in the directory */
+    char backend[65];
+    uint64_t taken_ms;                /* from the name, UTC */
+    uint64_t bytes;                   /* the file, or the sum of the directory's files */
+    int is_dir;
+};
+
+/*
+ * 0 when name is a backup name, "rhema-<backend>-<yyyymmddThhmmssZ>[-N].bak",
+ * filling backend (when not NULL) and *taken_ms (when not NULL); -1 when not.
+ */
+int rhema_backup_name_parse(const char *name, char backend[65], uint64_t *taken_ms);
+/*
+ * The backups in dir (of `backend`, or of every backend when NULL), newest
+ * first.  *out is malloc'd (free it).  A missing dir is an empty list.
+ */
+int rhema_backup_list(const char *dir, const char *backend, struct rhema_backup_file **out,
+                      size_t *n, char **err);
+/*
+ * Remove the backups of `backend` in dir taken before now_ms minus
+ * retention_days, keeping the newest whatever its age.  *pruned (may be
+ * NULL) counts them.  Other files are never touched.
+ */
+int rhema_backup_prune(const char *dir, const char *backend, int retention_days, uint64_t now_ms,
+                       size_t *pruned, char **err);
+/*
+ * Create dir (0750, parents too) and write a backup of the store through
+ * conn into a fresh name of the pattern (now_ms as its time); the path to
+ * path_out.
+ */
+int rhema_backup_create(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
+                        const char *backend, const char *dir, uint64_t now_ms, char *path_out,
+                        size_t cap, char **err);
+/*
+ * Delete the Completed and Cancelled sessions whose updated_at is before
+ * cutoff_ms, through the session store; *removed counts them.  A session
+ * changed since it was read (version conflict) or already gone is skipped.
+ */
+int rhema_cleanup_sessions(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
+                           uint64_t cutoff_ms, size_t *removed, char **err);
+
+#endif /* RHEMA_CORE_MAINTENANCE_H */
