@@ -15,6 +15,7 @@
 #include "api_keys.h"
 #include "keyring.h"
 #include "log.h"
+#include "perfmon.h"
 #include "util.h"
 
 /* The keyring state of the server, kept here (the server only points at it). */
@@ -113,8 +114,11 @@ void rhema_route_message_crypto(struct rhema_req *r, const char *which)
         return;
     const unsigned char *body = raw_body(r, &len);
     int decrypt = strcmp(which, "decrypt") == 0;
+    uint64_t t0 = rhema_monotonic_ns();
     int rc = decrypt ? rhema_keyring_decrypt(kr, body, len, NULL, 0, &out, err)
                      : rhema_keyring_encrypt(kr, body, len, NULL, 0, &out, err);
+    if (rc == 0)
+        rhema_perfmon_crypto(r->worker->srv->perfmon, len, rhema_monotonic_ns() - t0);
     if (rc) {
         reply_keyring_error(r, rc, err);
         return;
@@ -267,7 +271,10 @@ void rhema_route_keys(struct rhema_req *r, const char *rest)
         if (!method_is(r, EVHTTP_REQ_POST, "POST, OPTIONS") || !no_query(r) ||
             !(kr = keyring_or_503(r)))
             return;
+        uint64_t t0 = rhema_monotonic_ns();
         int rc = rhema_keyring_rotate(kr, &v, err);
+        if (rc == 0)
+            rhema_perfmon_rotation(r->worker->srv->perfmon, rhema_monotonic_ns() - t0);
         if (rc) {
             rhema_reply_error(r, 500, "internal", "rotation failed: %s", err);
             return;
@@ -369,7 +376,11 @@ static void on_maintain(evutil_socket_t fd, short what, void *arg)
     struct rhema_server *srv = arg;
     char err[RHEMA_KEYRING_ERR_MAX];
     int rotated = 0;
-    if (rhema_keyring_maintain(srv->keyring, &rotated, err) != 0)
+    uint64_t t0 = rhema_monotonic_ns();
+    int rc = rhema_keyring_maintain(srv->keyring, &rotated, err);
+    if (rotated)
+        rhema_perfmon_rotation(srv->perfmon, rhema_monotonic_ns() - t0);
+    if (rc != 0)
         rhema_log(RHEMA_LOG_ERROR, "keys", "scheduled rotation failed: %s", err);
     else if (rotated)
         rhema_log(RHEMA_LOG_NOTICE, "keys", "rotated the key (rotation.interval_hours)");

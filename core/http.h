@@ -70,6 +70,7 @@ struct rhema_server {
     struct rhema_keyring *keyring; /* NULL: key management off (api_keys.c) */
     struct keys_state *keys_state;
     struct rhema_maintenance *maintenance; /* maintenance.h: timers, data-size gauge */
+    struct rhema_perfmon *perfmon; /* perfmon.h: message feature measurements, alerts */
 };
 
 /* The context of one request, valid for the duration of its handler. */

@@ -29,6 +29,7 @@
 #include "http.h"
 #include "log.h"
 #include "maintenance.h"
+#include "perfmon.h"
 #include "plugin.h"
 #include "util.h"
 
@@ -449,6 +450,11 @@ int main(int argc, char **argv)
         rhema_log(RHEMA_LOG_ERROR, "main", "cannot start the key maintenance timers");
         goto out;
     }
+    if (rhema_perfmon_new(&cfg, &srv.perfmon) != 0 ||
+        rhema_perfmon_start(srv.perfmon, base) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "cannot start the performance monitor");
+        goto out;
+    }
     if (rhema_maintenance_start(&srv, base, &srv.maintenance, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start maintenance");
         goto out;
@@ -475,6 +481,8 @@ out:
     rhema_keys_close(&srv); /* after the workers, before the base its timers are on */
     rhema_maintenance_stop(srv.maintenance); /* its timers live on base too */
     srv.maintenance = NULL;
+    rhema_perfmon_free(srv.perfmon);
+    srv.perfmon = NULL;
     if (ev_term)
         event_free(ev_term);
     if (ev_int)

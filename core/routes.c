@@ -14,6 +14,7 @@
 
 #include "log.h"
 #include "maintenance.h"
+#include "perfmon.h"
 #include "api_agents.h"
 #include "api_keys.h"
 #include "api_consensus.h"
@@ -461,6 +462,7 @@ static void h_compress(struct rhema_req *r)
     size_t len;
     const unsigned char *src = raw_body(r, &len);
     struct rhema_buf out;
+    uint64_t t0 = rhema_monotonic_ns();
     /* an explicit algorithm means: compress, whatever the threshold says */
     int rc = rhema_frame_compress(cs, &r->worker->codec_ctxs, id, level, alg != NULL, src, len,
                                   &out, err);
@@ -470,6 +472,11 @@ static void h_compress(struct rhema_req *r)
     }
     char n[32];
     int used = out.data[3];
+    if (used) /* stored as is on purpose never counts against the ratio */
+        rhema_perfmon_compressed(r->worker->srv->perfmon, len, out.len,
+                                 rhema_monotonic_ns() - t0);
+    else
+        rhema_perfmon_stored(r->worker->srv->perfmon, len, rhema_monotonic_ns() - t0);
     rhema_header(r, "X-Rhema-Codec", used ? cs->by_id[used].plugin->name : "none");
     snprintf(n, sizeof n, "%zu", len);
     rhema_header(r, "X-Rhema-Original-Length", n);
@@ -489,7 +496,10 @@ static void h_decompress(struct rhema_req *r)
                           TAILQ_FIRST(&r->query)->key);
         return;
     }
+    uint64_t t0 = rhema_monotonic_ns();
     int rc = rhema_frame_decompress(cs, &r->worker->codec_ctxs, src, len, &out, err);
+    if (rc == 0)
+        rhema_perfmon_decompressed(r->worker->srv->perfmon, out.len, rhema_monotonic_ns() - t0);
     switch (rc) {
     case 0: break;
     case RHEMA_ETOOBIG: rhema_reply_error(r, 413, "too_large", "%s", err); return;
@@ -500,6 +510,32 @@ static void h_decompress(struct rhema_req *r)
                  src[3] ? cs->by_id[src[3]].plugin->name : "none");
     rhema_reply(r, 200, "application/octet-stream", out.data, out.len);
     free(out.data);
+}
+
+static void h_stats(struct rhema_req *r)
+{
+    struct rhema_server *srv = r->worker->srv;
+    struct rhema_storage_stats st = {0};
+    uint64_t groups = 0, jobs = 0;
+    rhema_committer_stats(srv->committer, &groups, &jobs);
+    int rc = srv->storage->stats(r->worker->conn, NULL, &st);
+    json_t *storage = json_pack("{s:s,s:b}", "backend", srv->storage_plugin->name, "ok", rc == 0);
+    if (rc == 0) {
+        json_object_set_new(storage, "entries", json_integer((json_int_t)st.entries));
+        json_object_set_new(storage, "bytes", json_integer((json_int_t)st.bytes));
+    }
+    json_t *o = json_pack("{s:s,s:I,s:i,s:o,s:{s:I,s:I},s:o}", "version", PACKAGE_VERSION,
+                          "uptime_seconds",
+                          (json_int_t)((rhema_realtime_ms() - srv->started_ms) / 1000),
+                          "workers", srv->nworkers, "storage", storage, "group_commit",
+                          "commits", (json_int_t)groups, "writes", (json_int_t)jobs,
+                          "performance", rhema_perfmon_json(srv->perfmon));
+    rhema_reply_jsonv(r, 200, o);
+}
+
+static void h_alerts(struct rhema_req *r)
+{
+    rhema_reply_jsonv(r, 200, rhema_perfmon_alerts_json(r->worker->srv->perfmon));
 }
 
 static void route_post_only(struct rhema_req *r, void (*h)(struct rhema_req *))
@@ -550,6 +586,10 @@ void rhema_route(struct rhema_req *r)
         route_get_only(r, h_ready);
     else if (strcmp(p, "/v1/plugins") == 0)
         route_get_only(r, h_plugins);
+    else if (strcmp(p, "/v1/stats") == 0)
+        route_get_only(r, h_stats);
+    else if (strcmp(p, "/v1/alerts") == 0)
+        route_get_only(r, h_alerts);
     else if ((rest = after(p, "/v1/sessions")) && (*rest == '\0' || *rest == '/'))
         route_sessions(r, rest);
     else if ((rest = after(p, "/v1/consensus")) && (*rest == '\0' || *rest == '/'))

@@ -51,7 +51,7 @@ def test_encrypt_decrypt_round_trip_and_envelope(srv):
         env = r.body
         assert env[:2] == b"RE" and env[2] == 1
         assert r.headers.get("X-Rhema-Key-Version") == "1"
-        assert data == b"" or data not in env
+        assert len(data) < 8 or data not in env  # a short plaintext may occur by chance
         back = srv.request("POST", "/v1/messages/decrypt", env)
         assert back.status == 200 and back.body == data
 

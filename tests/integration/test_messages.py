@@ -7,6 +7,7 @@ frame refused with a clear 400 (413 when it announces too much).
 import json
 import os
 import struct
+import time
 
 import pytest
 
@@ -117,3 +118,45 @@ def test_tampered_truncated_and_oversized_frames(srv):
     huge = frame[:5] + struct.pack("<Q", 1 << 30) + frame[13:]
     r = srv.request("POST", "/v1/messages/decompress", huge)
     assert r.status == 413 and "max_decompressed_bytes" in r.json()["error"]["message"]
+
+
+def test_stats_and_alerts_follow_the_thresholds(tmp_path):
+    if not codec_built("zstd"):
+        pytest.skip("zstd not built")
+    conf = (memory_config() +
+            'advanced_features: { compression: { threshold_bytes = 256; };\n'
+            '  performance_monitoring: { sample_interval_seconds = 1;\n'
+            '    thresholds: { min_compression_ratio = 1.5; }; }; };\n')
+    d = Daemon(tmp_path, name="rhemad-perf", config=conf).start()
+    try:
+        def alerts():
+            return d.json("GET", "/v1/alerts")[2]
+
+        # small messages are stored as is on purpose: never an alert
+        for _ in range(50):
+            assert d.request("POST", "/v1/messages/compress", b'{"m":1}').status == 200
+        time.sleep(2.2)
+        assert alerts()["active"] == []
+        # incompressible data forced through zstd: the ratio drops below 1.5
+        for _ in range(20):
+            d.request("POST", "/v1/messages/compress?algorithm=zstd", os.urandom(2048))
+        deadline = time.time() + 5
+        while time.time() < deadline and not alerts()["active"]:
+            time.sleep(0.2)
+        active = alerts()["active"]
+        assert [a["metric"] for a in active] == ["compression_ratio"], active
+        # compressible messages bring it back: resolved
+        for _ in range(50):
+            d.request("POST", "/v1/messages/compress", message())
+        deadline = time.time() + 5
+        while time.time() < deadline and alerts()["active"]:
+            time.sleep(0.2)
+        a = alerts()
+        assert a["active"] == [] and a["history"][0]["resolved_at"] is not None
+        st = d.json("GET", "/v1/stats")[2]
+        perf = st["performance"]
+        assert perf["totals"]["messages_stored_as_is"] >= 50
+        assert perf["totals"]["messages_compressed"] >= 70
+        assert st["storage"]["backend"] == "memory"
+    finally:
+        d.kill()
