@@ -1027,7 +1027,22 @@ static int apply_op(rhema_storage_conn *c, struct fl_ns *ns, const struct fl_op 
     unsigned char h[REC_HDR];
     int rc, e;
     if (!op->is_put) {
-        if (ns->dirfd >= 0 && unlinkat(ns->dirfd, op->fname, 0) != 0 && errno != ENOENT)
+        if (ns->dirfd < 0) {
+            /*
+             * A journal replayed at open runs before the index is loaded, so
+             * the namespace's directory may not be open yet: open it (a
+             * missing directory means nothing to delete).
+             */
+            char name[RHEMA_STORAGE_NS_MAX + 3];
+            snprintf(name, sizeof name, "n-%s", ns->name);
+            ns->dirfd = openat(in->kvfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (ns->dirfd < 0) {
+                if (errno == ENOENT)
+                    return 0;
+                return io_fail(c, "open kv/", name, errno);
+            }
+        }
+        if (unlinkat(ns->dirfd, op->fname, 0) != 0 && errno != ENOENT)
             return io_fail(c, "unlink", op->fname, errno);
         ns->dirty = 1;
         return 0;
@@ -1148,6 +1163,8 @@ static int replay_journal(rhema_storage_conn *c)
                      (unsigned long long)n_ops);
         }
         unlinkat(in->rootfd, "JOURNAL", 0);
+        maybe_fsync(in, in->rootfd); /* a journal that came back after power loss would
+                                       * replay over later acknowledged writes */
     }
     unlinkat(in->rootfd, "+JOURNAL", 0);
     in->loaded = 0; /* the files changed under the index */
@@ -1318,6 +1335,8 @@ static int commit(rhema_storage_conn *c, uint64_t counter, int *applied)
         return 0;
     }
     unlinkat(in->rootfd, "JOURNAL", 0);
+    if ((e = maybe_fsync(in, in->rootfd)) != 0) /* the unlink must be durable (see replay) */
+        log_warn(in, "fsync of the store's directory after the journal: %s", strerror(e));
     c->hdr.pending = 0;
     if ((e = hdr_write(c->lockfd, &c->hdr)) != 0)
         log_warn(in, "write LOCK: %s", strerror(e)); /* only costs a needless replay */
