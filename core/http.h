@@ -56,7 +56,8 @@ struct rhema_server {
     struct rhema_config *cfg;
     struct rhema_plugin_registry *plugins;
     const struct rhema_loaded_plugin *storage_plugin;
-    const struct rhema_storage_plugin *storage; /* &storage_plugin->vt.storage */
+    const struct rhema_storage_plugin *storage; /* the at-rest wrapper's vtable (atrest.h);
+                                                 * storage_plugin is the real one */
     rhema_storage_instance *storage_inst;
     evutil_socket_t listen_fd;
     char listen_addr[128];       /* the address actually bound, host:port */

@@ -25,6 +25,7 @@
 #include <sodium.h>
 
 #include "api_keys.h"
+#include "atrest.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
@@ -140,7 +141,7 @@ static int load_plugins(struct rhema_server *srv, char **err)
         char *cerr = NULL;
         rc = rhema_plugin_load(srv->plugins, cfg->compression_algorithm, cfg->plugin_directory,
                                RHEMA_KIND_COMPRESS, &c, &cerr);
-        if (rc && cfg->compression_enabled) {
+        if (rc && (cfg->compression_enabled || cfg->enable_compression)) {
             *err = cerr;
             return rc;
         }
@@ -189,6 +190,26 @@ static int open_storage(struct rhema_server *srv, char **err)
         srv->storage_inst = NULL;
         return rc;
     }
+    return 0;
+}
+
+/*
+ * Route every stored value through the at-rest transform (atrest.h), after
+ * the codecs and the keyring are open.  Always, not only when an option is
+ * on: values written while an option was on stay readable after it is
+ * turned off.  From here on srv->storage / storage_inst are the wrapper's
+ * (its close() closes the real instance); srv->storage_plugin stays the
+ * real loaded plugin, for names and /v1/plugins.
+ */
+static int wrap_storage(struct rhema_server *srv, char **err)
+{
+    struct rhema_atrest *a;
+    int rc = rhema_atrest_wrap(srv->storage, srv->storage_inst, &srv->codecs, srv->keyring,
+                               srv->cfg->enable_compression, srv->cfg->enable_encryption, &a, err);
+    if (rc)
+        return rc;
+    srv->storage = rhema_atrest_vtable(a);
+    srv->storage_inst = rhema_atrest_instance(a);
     return 0;
 }
 
@@ -398,7 +419,9 @@ int main(int argc, char **argv)
         goto out;
     if (load_plugins(&srv, &err) != 0 || open_storage(&srv, &err) != 0 ||
         rhema_codecs_open(&srv.codecs, srv.plugins, &cfg, &err) != 0 ||
-        (!opt.test_only && rhema_keys_open(&srv, &err) != 0)) {
+        rhema_atrest_check(&cfg, &srv.codecs, &err) != 0 ||
+        (!opt.test_only && rhema_keys_open(&srv, &err) != 0) ||
+        (!opt.test_only && wrap_storage(&srv, &err) != 0)) {
         fprintf(stderr, "rhemad: %s\n", err ? err : "plugin error");
         if (opt.test_only)
             fprintf(stderr, "rhemad: configuration file %s test failed\n",
