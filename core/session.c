@@ -462,42 +462,87 @@ static int access_read(struct rhema_store *st, const char *id, struct access_rec
 static void access_merge(struct rhema_store *st, const char *id, const struct access_rec *a,
                          uint64_t *count, uint64_t *last);
 
+/*
+ * Write this worker's pending access counts: read each access record, then
+ * write every update in one group commit (one transaction / fsync /
+ * pipeline for the whole flush, not one per session); an update that lost
+ * a race with another worker's flush is read and tried again.
+ */
+struct flush_item {
+    struct rhema_access_entry *e;
+    char text[80];
+    struct rhema_storage_write w;
+    int done;
+};
+
 int rhema_store_flush_access(struct rhema_store *st)
 {
     int first = 0;
-    for (size_t i = 0; i < st->pending_cap; i++) {
-        struct rhema_access_entry *e = &st->pending[i];
-        if (!e->id || !e->delta)
-            continue;
-        for (int attempt = 0; attempt < PUT_RETRIES; attempt++) {
+    size_t n = 0;
+    struct flush_item *items = st->pending_n ? calloc(st->pending_n, sizeof *items) : NULL;
+    struct rhema_storage_batch *g = st->pending_n ? calloc(st->pending_n, sizeof *g) : NULL;
+    if (st->pending_n && (!items || !g)) {
+        first = RHEMA_ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < st->pending_cap; i++)
+        if (st->pending[i].id && st->pending[i].delta)
+            items[n++].e = &st->pending[i];
+    for (int attempt = 0; attempt < PUT_RETRIES; attempt++) {
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            struct flush_item *it = &items[i];
             struct access_rec a;
-            int rc = access_read(st, e->id, &a);
-            if (rc) {
-                if (!first)
-                    first = rc;
-                break;
-            }
+            if (it->done)
+                continue;
+            int rc = access_read(st, it->e->id, &a);
             /* deleted meanwhile, or a new session of the same id: drop the counts */
-            if (!a.version || a.incarnation != e->incarnation)
-                break;
-            char text[80];
-            int len = access_format(text, sizeof text, a.count + e->delta,
-                                    e->last_ms > a.last_ms ? e->last_ms : a.last_ms,
+            if (rc || !a.version || a.incarnation != it->e->incarnation) {
+                if (rc && !first)
+                    first = rc;
+                it->done = 1;
+                continue;
+            }
+            int len = access_format(it->text, sizeof it->text, a.count + it->e->delta,
+                                    it->e->last_ms > a.last_ms ? it->e->last_ms : a.last_ms,
                                     a.incarnation);
-            struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT,
-                                            .ns = NS_ACCESS,
-                                            .key = e->id,
-                                            .value = text,
-                                            .value_len = (size_t)len,
-                                            .expected_version = a.version};
-            rc = st->vt->put(st->conn, &w);
-            if (rc == RHEMA_ECONFLICT)
-                continue; /* another worker flushed the same id: re-read */
-            if (rc && !first)
-                first = rc;
+            it->w = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT,
+                                                 .ns = NS_ACCESS,
+                                                 .key = it->e->id,
+                                                 .value = it->text,
+                                                 .value_len = (size_t)len,
+                                                 .expected_version = a.version};
+            g[m].writes = &it->w;
+            g[m].n = 1;
+            g[m].result = 0;
+            m++;
+        }
+        if (m == 0)
             break;
+        int grc = 0;
+        if (st->vt->group && m > 1)
+            grc = st->vt->group(st->conn, g, m);
+        else
+            for (size_t j = 0; j < m; j++)
+                g[j].result = st->vt->put(st->conn, g[j].writes);
+        if (grc) { /* nothing applied: these counts are dropped (they are best effort) */
+            if (!first)
+                first = grc;
+            goto out;
+        }
+        for (size_t j = 0; j < m; j++) {
+            struct flush_item *it = (struct flush_item *)((char *)g[j].writes -
+                                                          offsetof(struct flush_item, w));
+            if (g[j].result == RHEMA_ECONFLICT)
+                continue; /* another worker flushed the same id: read it again */
+            if (g[j].result && !first)
+                first = g[j].result;
+            it->done = 1;
         }
     }
+out:
+    free(items);
+    free(g);
     access_clear(st);
     return first;
 }
