@@ -187,6 +187,7 @@ static size_t required_size(uint32_t kind, uint32_t minor)
     case RHEMA_KIND_STORAGE: return END_OF(struct rhema_storage_plugin, restore);
     case RHEMA_KIND_COMPRESS: return END_OF(struct rhema_compress_plugin, decompress);
     case RHEMA_KIND_CIPHER: return END_OF(struct rhema_cipher_plugin, decrypt);
+    case RHEMA_KIND_BALANCER: return END_OF(struct rhema_balancer_plugin, feedback);
     default: return 0;
     }
 #undef END_OF
@@ -198,6 +199,7 @@ static size_t host_size(uint32_t kind)
     case RHEMA_KIND_STORAGE: return sizeof(struct rhema_storage_plugin);
     case RHEMA_KIND_COMPRESS: return sizeof(struct rhema_compress_plugin);
     case RHEMA_KIND_CIPHER: return sizeof(struct rhema_cipher_plugin);
+    case RHEMA_KIND_BALANCER: return sizeof(struct rhema_balancer_plugin);
     default: return 0;
     }
 }
@@ -220,6 +222,9 @@ static const char *missing_method(const struct rhema_loaded_plugin *p)
     } else if (p->kind == RHEMA_KIND_CIPHER) {
         const struct rhema_cipher_plugin *c = &p->vt.cipher;
         REQUIRE(c, available) REQUIRE(c, encrypt) REQUIRE(c, decrypt)
+    } else if (p->kind == RHEMA_KIND_BALANCER) {
+        const struct rhema_balancer_plugin *b = &p->vt.balancer;
+        REQUIRE(b, create) REQUIRE(b, destroy) REQUIRE(b, update) REQUIRE(b, pick)
     }
 #undef REQUIRE
     return NULL;

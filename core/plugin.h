@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <rhema/balancer.h>
 #include <rhema/cipher.h>
 #include <rhema/compress.h>
 #include <rhema/plugin.h>
@@ -41,6 +42,7 @@ struct rhema_loaded_plugin {
         struct rhema_storage_plugin storage;
         struct rhema_compress_plugin compress;
         struct rhema_cipher_plugin cipher;
+        struct rhema_balancer_plugin balancer;
     } vt; /* host-side copy, zero-filled past the plugin's size */
 };
 
