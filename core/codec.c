@@ -3,6 +3,7 @@
  */
 #include "rhema_build.h"
 
+#include <endian.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,29 +21,31 @@ static int errf(char *err, int code, const char *fmt, ...)
     return code;
 }
 
+/* Little-endian fields of the frame header: one load or store each. */
 static void put_u64(unsigned char *p, uint64_t v)
 {
-    for (int i = 0; i < 8; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
+    v = htole64(v);
+    memcpy(p, &v, 8);
 }
 
 static uint64_t get_u64(const unsigned char *p)
 {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return le64toh(v);
 }
 
 static void put_u32(unsigned char *p, uint32_t v)
 {
-    for (int i = 0; i < 4; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
+    v = htole32(v);
+    memcpy(p, &v, 4);
 }
 
 static uint32_t get_u32(const unsigned char *p)
 {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return le32toh(v);
 }
 
 int rhema_codecs_open(struct rhema_codecs *cs, const struct rhema_plugin_registry *reg,
@@ -216,13 +219,10 @@ int rhema_frame_compress(const struct rhema_codecs *cs, struct rhema_codec_ctxs 
     return 0;
 }
 
-int rhema_frame_decompress(const struct rhema_codecs *cs, struct rhema_codec_ctxs *c,
-                           const void *src, size_t len, struct rhema_buf *out,
-                           char err[RHEMA_FRAME_ERR_MAX])
+/* Check a frame's header; its announced length, payload offset and dictionary id. */
+static int frame_header(const struct rhema_codecs *cs, const unsigned char *h, size_t len,
+                        uint64_t *orig, size_t *hl_out, uint32_t *dict_out, char *err)
 {
-    const unsigned char *h = src;
-    out->data = NULL;
-    out->len = 0;
     if (len < RHEMA_FRAME_HEADER)
         return errf(err, RHEMA_ECORRUPT, "frame truncated: %zu bytes, the header alone is %d",
                     len, RHEMA_FRAME_HEADER);
@@ -232,7 +232,6 @@ int rhema_frame_decompress(const struct rhema_codecs *cs, struct rhema_codec_ctx
         return errf(err, RHEMA_ECORRUPT, "frame format version %u is not supported", h[2]);
     if (h[4] & ~RHEMA_FRAME_DICT)
         return errf(err, RHEMA_ECORRUPT, "unknown frame flags 0x%02x", h[4]);
-    uint64_t orig = get_u64(h + 5);
     size_t hl = RHEMA_FRAME_HEADER;
     uint32_t dict = 0;
     if (h[4] & RHEMA_FRAME_DICT) {
@@ -241,32 +240,57 @@ int rhema_frame_decompress(const struct rhema_codecs *cs, struct rhema_codec_ctx
         dict = get_u32(h + hl);
         hl += 4;
     }
-    if (orig > cs->max_decompressed)
+    *orig = get_u64(h + 5);
+    if (*orig > cs->max_decompressed)
         return errf(err, RHEMA_ETOOBIG,
                     "frame announces %llu bytes, more than max_decompressed_bytes (%llu)",
-                    (unsigned long long)orig, (unsigned long long)cs->max_decompressed);
+                    (unsigned long long)*orig, (unsigned long long)cs->max_decompressed);
     int id = h[3];
     if (id == RHEMA_CODEC_STORED) {
-        if (dict || len - hl != orig)
+        if (dict || len - hl != *orig)
             return errf(err, RHEMA_ECORRUPT, "stored frame of %zu bytes announces %llu",
-                        len - hl, (unsigned long long)orig);
+                        len - hl, (unsigned long long)*orig);
     } else if (!cs->by_id[id].plugin) {
         return errf(err, RHEMA_ENOTSUP, "frame uses codec id %d, which is not loaded here", id);
     }
-    out->data = malloc(orig ? orig : 1);
-    if (!out->data)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+    *hl_out = hl;
+    *dict_out = dict;
+    return 0;
+}
+
+int rhema_frame_peek(const struct rhema_codecs *cs, const void *src, size_t len, uint64_t *orig,
+                     char err[RHEMA_FRAME_ERR_MAX])
+{
+    size_t hl;
+    uint32_t dict;
+    return frame_header(cs, src, len, orig, &hl, &dict, err);
+}
+
+int rhema_frame_decompress_into(const struct rhema_codecs *cs, struct rhema_codec_ctxs *c,
+                                const void *src, size_t len, void *dst, size_t cap, size_t *n,
+                                char err[RHEMA_FRAME_ERR_MAX])
+{
+    const unsigned char *h = src;
+    uint64_t orig;
+    size_t hl;
+    uint32_t dict;
+    int rc = frame_header(cs, h, len, &orig, &hl, &dict, err);
+    if (rc)
+        return rc;
+    if (orig > cap)
+        return errf(err, RHEMA_ETOOBIG, "frame of %llu bytes does not fit in %zu",
+                    (unsigned long long)orig, cap);
+    int id = h[3];
     if (id == RHEMA_CODEC_STORED) {
-        memcpy(out->data, h + hl, orig);
+        if (orig)
+            memcpy(dst, h + hl, orig);
     } else {
         const struct rhema_codec_slot *s = &cs->by_id[id];
         rhema_codec_ctx *ctx = ctx_of(cs, c, id);
-        int rc = ctx ? s->plugin->vt.compress.decompress(ctx, h + hl, len - hl, out->data,
-                                                          (size_t)orig, dict)
-                     : RHEMA_ENOMEM;
+        rc = ctx ? s->plugin->vt.compress.decompress(ctx, h + hl, len - hl, dst, (size_t)orig,
+                                                      dict)
+                 : RHEMA_ENOMEM;
         if (rc) {
-            free(out->data);
-            out->data = NULL;
             if (rc == RHEMA_ENOTFOUND)
                 return errf(err, rc, "frame needs %s dictionary %u, which is not loaded",
                             s->plugin->name, dict);
@@ -275,6 +299,30 @@ int rhema_frame_decompress(const struct rhema_codecs *cs, struct rhema_codec_ctx
                         (unsigned long long)orig, rhema_strerror(rc));
         }
     }
-    out->len = (size_t)orig;
+    *n = (size_t)orig;
+    return 0;
+}
+
+int rhema_frame_decompress(const struct rhema_codecs *cs, struct rhema_codec_ctxs *c,
+                           const void *src, size_t len, struct rhema_buf *out,
+                           char err[RHEMA_FRAME_ERR_MAX])
+{
+    uint64_t orig;
+    out->data = NULL;
+    out->len = 0;
+    int rc = rhema_frame_peek(cs, src, len, &orig, err);
+    if (rc)
+        return rc;
+    unsigned char *buf = malloc(orig ? orig : 1);
+    if (!buf)
+        return errf(err, RHEMA_ENOMEM, "out of memory");
+    size_t n;
+    rc = rhema_frame_decompress_into(cs, c, src, len, buf, orig, &n, err);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    out->data = buf;
+    out->len = n;
     return 0;
 }

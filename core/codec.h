@@ -86,4 +86,16 @@ int rhema_frame_decompress(const struct rhema_codecs *cs, struct rhema_codec_ctx
                            const void *src, size_t len, struct rhema_buf *out,
                            char err[RHEMA_FRAME_ERR_MAX]);
 
+/*
+ * The same into the caller's buffer (no allocation: the hot path).
+ * rhema_frame_peek() checks a frame's header and gives the length it
+ * announces, so the caller can size dst; a dst smaller than that is
+ * RHEMA_ETOOBIG.
+ */
+int rhema_frame_peek(const struct rhema_codecs *cs, const void *src, size_t len, uint64_t *orig,
+                     char err[RHEMA_FRAME_ERR_MAX]);
+int rhema_frame_decompress_into(const struct rhema_codecs *cs, struct rhema_codec_ctxs *c,
+                                const void *src, size_t len, void *dst, size_t cap, size_t *n,
+                                char err[RHEMA_FRAME_ERR_MAX]);
+
 #endif /* RHEMA_CORE_CODEC_H */

@@ -146,12 +146,10 @@ static void log_access(struct rhema_req *r)
     }
 }
 
-void rhema_reply(struct rhema_req *r, int status, const char *content_type, const void *body,
-                 size_t len)
+void rhema_reply_evbuffer(struct rhema_req *r, int status, const char *content_type,
+                          struct evbuffer *buf)
 {
-    struct evbuffer *buf = evbuffer_new();
-    if (body && len)
-        evbuffer_add(buf, body, len);
+    size_t len = buf ? evbuffer_get_length(buf) : 0;
     rhema_header(r, "X-Request-Id", r->request_id);
     if (content_type)
         rhema_header(r, "Content-Type", content_type);
@@ -166,6 +164,15 @@ void rhema_reply(struct rhema_req *r, int status, const char *content_type, cons
     }
     log_access(r); /* before sending: the request may be freed by it */
     evhttp_send_reply(r->req, status, reason(status), buf);
+}
+
+void rhema_reply(struct rhema_req *r, int status, const char *content_type, const void *body,
+                 size_t len)
+{
+    struct evbuffer *buf = evbuffer_new();
+    if (body && len)
+        evbuffer_add(buf, body, len);
+    rhema_reply_evbuffer(r, status, content_type, buf);
     evbuffer_free(buf);
 }
 

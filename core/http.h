@@ -104,6 +104,9 @@ void rhema_http_stop(struct rhema_server *srv);
 void rhema_reply(struct rhema_req *r, int status, const char *content_type, const void *body,
                  size_t len);
 void rhema_reply_json(struct rhema_req *r, int status, const char *json, size_t len);
+/* Reply with the bytes of buf (drained; the caller still frees buf). */
+void rhema_reply_evbuffer(struct rhema_req *r, int status, const char *content_type,
+                          struct evbuffer *buf);
 /* Reply with the JSON text of `v` (consumes the reference). */
 void rhema_reply_jsonv(struct rhema_req *r, int status, json_t *v);
 /* Reply 204 No Content. */

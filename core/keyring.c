@@ -96,6 +96,7 @@ struct kr_version {
     unsigned char wrap_nonce[KR_WRAP_NONCE];
     unsigned char *sealed;     /* key_len + 16 */
     _Atomic uint64_t next;     /* messages encrypted = the next counter value */
+    unsigned char nonce_salt[32]; /* random, drawn once when the version is loaded or made */
     _Atomic uint64_t reserved; /* persisted: no value >= reserved was used */
     uint64_t pending;          /* reservation being written (persist_mu) */
 };
@@ -656,6 +657,8 @@ static int version_new(const struct kr_keys *k, uint32_t version, uint32_t ciphe
 {
     unsigned char ad[20];
     struct kr_version *v = calloc(1, sizeof *v);
+    if (v)
+        randombytes_buf(v->nonce_salt, sizeof v->nonce_salt);
     if (!v)
         return errf(err, RHEMA_ENOMEM, "out of memory");
     v->version = version;
@@ -774,6 +777,8 @@ static int state_parse(const struct kr_keys *k, const unsigned char *d, size_t l
             goto fail;
         }
         v = calloc(1, sizeof *v);
+        if (v)
+            randombytes_buf(v->nonce_salt, sizeof v->nonce_salt);
         if (!v || state_push(st, v) != 0) {
             free(v);
             rc = errf(err, RHEMA_ENOMEM, "out of memory");
@@ -1324,7 +1329,14 @@ static int do_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, cons
         put_u32(env + 4, v->version);
         unsigned char *nonce = env + RHEMA_ENVELOPE_FIXED;
         if (c->random_nonce_ok) {
-            randombytes_buf(nonce, c->nonce_bytes);
+            /*
+             * The message's counter value (unique for the version, reserved
+             * on disk before use) then random bytes drawn once per version:
+             * unique without a getrandom() system call per message.
+             */
+            memcpy(nonce + 8, v->nonce_salt, c->nonce_bytes - 8);
+            for (uint32_t i = 0; i < 8; i++)
+                nonce[i] = (unsigned char)(ctr >> (8 * i));
         } else {
             memset(nonce, 0, c->nonce_bytes);
             for (uint32_t i = 0; i < 8 && i < c->nonce_bytes; i++)

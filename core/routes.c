@@ -488,28 +488,38 @@ static void h_decompress(struct rhema_req *r)
 {
     const struct rhema_codecs *cs = &r->worker->srv->codecs;
     char err[RHEMA_FRAME_ERR_MAX];
-    size_t len;
+    size_t len, n = 0;
+    uint64_t orig = 0;
     const unsigned char *src = raw_body(r, &len);
-    struct rhema_buf out;
     if (TAILQ_FIRST(&r->query)) {
         rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
                           TAILQ_FIRST(&r->query)->key);
         return;
     }
     uint64_t t0 = rhema_monotonic_ns();
-    int rc = rhema_frame_decompress(cs, &r->worker->codec_ctxs, src, len, &out, err);
+    /* decode straight into the reply's buffer: no intermediate copy */
+    struct evbuffer *buf = evbuffer_new();
+    struct evbuffer_iovec vec;
+    int rc = rhema_frame_peek(cs, src, len, &orig, err);
+    if (rc == 0 && (!buf || evbuffer_reserve_space(buf, (ev_ssize_t)(orig ? orig : 1), &vec, 1) < 1))
+        rc = RHEMA_ENOMEM, snprintf(err, sizeof err, "out of memory");
     if (rc == 0)
-        rhema_perfmon_decompressed(r->worker->srv->perfmon, out.len, rhema_monotonic_ns() - t0);
+        rc = rhema_frame_decompress_into(cs, &r->worker->codec_ctxs, src, len, vec.iov_base,
+                                         (size_t)orig, &n, err);
     switch (rc) {
     case 0: break;
-    case RHEMA_ETOOBIG: rhema_reply_error(r, 413, "too_large", "%s", err); return;
-    case RHEMA_ENOMEM: rhema_reply_error(r, 500, "internal", "%s", err); return;
-    default: rhema_reply_error(r, 400, "bad_frame", "%s", err); return;
+    case RHEMA_ETOOBIG: rhema_reply_error(r, 413, "too_large", "%s", err); goto out;
+    case RHEMA_ENOMEM: rhema_reply_error(r, 500, "internal", "%s", err); goto out;
+    default: rhema_reply_error(r, 400, "bad_frame", "%s", err); goto out;
     }
-    rhema_header(r, "X-Rhema-Codec",
-                 src[3] ? cs->by_id[src[3]].plugin->name : "none");
-    rhema_reply(r, 200, "application/octet-stream", out.data, out.len);
-    free(out.data);
+    vec.iov_len = n;
+    evbuffer_commit_space(buf, &vec, 1);
+    rhema_perfmon_decompressed(r->worker->srv->perfmon, n, rhema_monotonic_ns() - t0);
+    rhema_header(r, "X-Rhema-Codec", src[3] ? cs->by_id[src[3]].plugin->name : "none");
+    rhema_reply_evbuffer(r, 200, "application/octet-stream", buf);
+out:
+    if (buf)
+        evbuffer_free(buf);
 }
 
 static void h_stats(struct rhema_req *r)
