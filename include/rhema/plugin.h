@@ -145,8 +145,13 @@ struct rhema_host {
     /* --- host minor 0 ends here --- */
 };
 
-/* The entry point every plugin defines. */
-int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out);
+/*
+ * The entry point every plugin defines.  Declared visible, so a plugin built
+ * with -fvisibility=hidden (to export nothing else) still exports it.
+ */
+#define RHEMA_PLUGIN_EXPORT __attribute__((visibility("default")))
+RHEMA_PLUGIN_EXPORT int rhema_plugin_init(const struct rhema_host *host,
+                                          const struct rhema_plugin **out);
 
 /*
  * Convenience: the header initialiser for a vtable of type T and kind K.

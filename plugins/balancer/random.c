@@ -1,0 +1,251 @@
+/*
+ * random -- pick an endpoint at random, in proportion to its weight.
+ *
+ * The host draws a uniform 64-bit number for every pick (ctx->random); the
+ * strategy maps it onto the endpoints through Vose's alias table, built on
+ * each update(): one column per endpoint, each column a threshold and an
+ * alias, so a pick is one multiply, one compare and two loads whatever the
+ * number of endpoints (O(1)).  With equal weights the table is skipped and
+ * the number is mapped straight onto [0, n).  Shares are exact to 2^-32.
+ *
+ * Snapshots: update() builds an immutable snapshot and publishes it behind
+ * an atomic pointer; pick() announces itself in a per-thread-slot reader
+ * counter of the current epoch parity, and update() waits for the previous
+ * parity to drain before it frees the old snapshot (a two-epoch grace
+ * period, as userspace RCU does).  Picks never wait; update() waits at
+ * most for the picks already running.  The same scheme is in every
+ * balancer plugin of the tree (a private header shared by them would
+ * remove the copies; each plugin is one file for now).
+ */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <rhema/balancer.h>
+
+#define PLUGIN_NAME "random"
+
+/* ---- snapshot guard (same in every balancer plugin) ---- */
+
+#define GUARD_SLOTS 64 /* reader counters, one cache line each; threads hash onto them */
+
+struct guard_slot {
+    _Alignas(64) atomic_uint readers[2]; /* picks running, by epoch parity */
+};
+
+/* A reader slot for the calling thread: threads rarely share a cache line. */
+static unsigned guard_slot_of_thread(void)
+{
+    uint64_t h = (uint64_t)(uintptr_t)pthread_self() * 0x9E3779B97F4A7C15ull;
+    return (unsigned)(h >> 58);
+}
+
+/* ---- the strategy ---- */
+
+struct snap {
+    size_t n;
+    int weighted;     /* 0: all weights equal, the table is unused */
+    uint32_t *thresh; /* column i keeps i when (uint32_t)r < thresh[i], else alias[i] */
+    uint32_t *alias;
+};
+
+struct rhema_balancer {
+    struct guard_slot slot[GUARD_SLOTS];
+    atomic_uint epoch;
+    _Atomic(struct snap *) cur;
+    const struct rhema_host *host;
+};
+
+/* Enter a pick: the current snapshot, stable until guard_leave(*held). */
+static struct snap *guard_enter(rhema_balancer *b, atomic_uint **held)
+{
+    struct guard_slot *s = &b->slot[guard_slot_of_thread()];
+
+    for (;;) {
+        unsigned e = atomic_load(&b->epoch);
+        atomic_uint *r = &s->readers[e & 1];
+        atomic_fetch_add(r, 1);
+        if (atomic_load(&b->epoch) == e) {
+            *held = r;
+            return atomic_load(&b->cur);
+        }
+        atomic_fetch_sub_explicit(r, 1, memory_order_release); /* raced an update: again */
+    }
+}
+
+static void guard_leave(atomic_uint *held)
+{
+    atomic_fetch_sub_explicit(held, 1, memory_order_release);
+}
+
+/*
+ * Publish `s` and return the previous snapshot once no pick can still be
+ * reading it (the caller frees it).  A pick that read the old epoch has
+ * either raised that parity's counter before the epoch moved (we wait for
+ * it) or sees the new epoch on its re-check and starts again.
+ */
+static struct snap *guard_publish(rhema_balancer *b, struct snap *s)
+{
+    struct snap *old = atomic_exchange(&b->cur, s);
+    unsigned e = atomic_fetch_add(&b->epoch, 1);
+
+    for (unsigned i = 0; i < GUARD_SLOTS; i++)
+        while (atomic_load_explicit(&b->slot[i].readers[e & 1], memory_order_acquire) != 0)
+            sched_yield();
+    return old;
+}
+
+static void snap_free(struct snap *s)
+{
+    if (s == NULL)
+        return;
+    free(s->thresh);
+    free(s->alias);
+    free(s);
+}
+
+/* [0, n) from the high 32 bits of r (n < 2^32). */
+static size_t range32(uint64_t r, size_t n)
+{
+    return (size_t)(((r >> 32) * (uint64_t)n) >> 32);
+}
+
+/* Vose's alias method with integer arithmetic: column i has capacity W (the total weight). */
+static int build_alias(struct snap *s, const struct rhema_endpoint *eps)
+{
+    size_t n = s->n, n_small = 0, n_large = 0;
+    uint64_t total = 0;
+    uint64_t *scaled = malloc(n * sizeof *scaled);
+    size_t *small = malloc(n * sizeof *small), *large = malloc(n * sizeof *large);
+    int rc = RHEMA_ENOMEM;
+
+    s->thresh = malloc(n * sizeof *s->thresh);
+    s->alias = malloc(n * sizeof *s->alias);
+    if (!scaled || !small || !large || !s->thresh || !s->alias)
+        goto out;
+    for (size_t i = 0; i < n; i++)
+        total += eps[i].weight;
+    /* column capacity: total; endpoint i brings weight * n of it */
+    for (size_t i = 0; i < n; i++) {
+        scaled[i] = (uint64_t)eps[i].weight * n;
+        if (scaled[i] < total)
+            small[n_small++] = i;
+        else
+            large[n_large++] = i;
+    }
+    while (n_small > 0 && n_large > 0) {
+        size_t l = small[--n_small], g = large[n_large - 1];
+        double t = (double)scaled[l] / (double)total * 4294967296.0;
+        s->thresh[l] = t >= 4294967295.0 ? UINT32_MAX : (uint32_t)t;
+        s->alias[l] = (uint32_t)g;
+        scaled[g] -= total - scaled[l];
+        if (scaled[g] < total) {
+            n_large--;
+            small[n_small++] = g;
+        }
+    }
+    /* what is left is full (exactly, in integers): keep itself always */
+    while (n_large > 0) {
+        size_t g = large[--n_large];
+        s->thresh[g] = UINT32_MAX;
+        s->alias[g] = (uint32_t)g;
+    }
+    while (n_small > 0) { /* only by rounding; cannot happen with exact integers */
+        size_t l = small[--n_small];
+        s->thresh[l] = UINT32_MAX;
+        s->alias[l] = (uint32_t)l;
+    }
+    rc = 0;
+out:
+    free(scaled);
+    free(small);
+    free(large);
+    return rc;
+}
+
+static int rnd_create(const struct rhema_host *host, const struct rhema_cfg *cfg,
+                      rhema_balancer **out, char **err)
+{
+    rhema_balancer *b;
+
+    (void)cfg; /* no settings */
+    b = aligned_alloc(64, (sizeof *b + 63) / 64 * 64);
+    if (b == NULL)
+        return host->set_error(err, RHEMA_ENOMEM, PLUGIN_NAME ": out of memory");
+    memset(b, 0, sizeof *b);
+    b->host = host;
+    *out = b;
+    return 0;
+}
+
+static void rnd_destroy(rhema_balancer *b)
+{
+    if (b == NULL)
+        return;
+    snap_free(atomic_load(&b->cur));
+    free(b);
+}
+
+static int rnd_update(rhema_balancer *b, const struct rhema_endpoint *eps, size_t n)
+{
+    struct snap *s;
+
+    if ((n > 0 && eps == NULL) || n > UINT32_MAX)
+        return RHEMA_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (eps[i].weight == 0)
+            return RHEMA_EINVAL;
+    s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return RHEMA_ENOMEM;
+    s->n = n;
+    for (size_t i = 1; i < n; i++)
+        if (eps[i].weight != eps[0].weight)
+            s->weighted = 1;
+    if (s->weighted && build_alias(s, eps) != 0) {
+        snap_free(s);
+        return RHEMA_ENOMEM;
+    }
+    snap_free(guard_publish(b, s));
+    return 0;
+}
+
+static int rnd_pick(rhema_balancer *b, const struct rhema_pick_ctx *ctx, size_t *index)
+{
+    atomic_uint *held;
+    struct snap *s = guard_enter(b, &held);
+    uint64_t r = ctx ? ctx->random : 0;
+    int rc = RHEMA_ENOTFOUND;
+
+    if (s != NULL && s->n > 0) {
+        size_t col = range32(r, s->n);
+        if (s->weighted && (uint32_t)r >= s->thresh[col])
+            col = s->alias[col];
+        *index = col;
+        rc = 0;
+    }
+    guard_leave(held);
+    return rc;
+}
+
+static const struct rhema_balancer_plugin random_plugin = {
+    .base = RHEMA_PLUGIN_HEADER(struct rhema_balancer_plugin, RHEMA_KIND_BALANCER, PLUGIN_NAME,
+                                "1.0.0", "weighted random (alias table, O(1) per pick)"),
+    .create = rnd_create,
+    .destroy = rnd_destroy,
+    .update = rnd_update,
+    .pick = rnd_pick,
+    .feedback = NULL,
+};
+
+/* Exported whatever -fvisibility the build uses: the one symbol the loader looks up. */
+__attribute__((visibility("default"))) int rhema_plugin_init(const struct rhema_host *host,
+                                                             const struct rhema_plugin **out)
+{
+    (void)host;
+    *out = &random_plugin.base;
+    return 0;
+}
