@@ -59,7 +59,10 @@ struct rhema_balancer_plugin {
     /*
      * Replace the endpoint set (n may be 0).  eps and its strings are valid
      * during the call only (copy them); the load pointers until the next
-     * update() or destroy().  Called from one thread at a time.
+     * update() or destroy() -- so update() must not return while a pick
+     * that could still read the previous set's load pointers is running
+     * (the host may free them right after).  Called from one thread at a
+     * time.
      */
     int (*update)(rhema_balancer *b, const struct rhema_endpoint *eps, size_t n);
     /*
