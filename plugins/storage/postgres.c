@@ -42,9 +42,12 @@
  * version = $5, or INSERT ... ON CONFLICT DO UPDATE ... WHERE the old row
  * has expired for RHEMA_VERSION_ABSENT), inside a WITH whose outer SELECT
  * also reads the current version, for the conflict message and to tell
- * ENOTFOUND from ECONFLICT.  batch() is BEGIN, the same statements, COMMIT
- * (ROLLBACK on the first failed precondition); group() is one transaction
- * with a SAVEPOINT per member of several writes and one COMMIT.
+ * ENOTFOUND from ECONFLICT.  batch() and group() use libpq pipeline mode
+ * (libpq >= 14): BEGIN, every member's statements (a SAVEPOINT first for a
+ * member of several writes) sent in one go with one Sync, then COMMIT --
+ * two round trips per group; a member that failed after some of its writes
+ * applied costs one more round (see pl_apply).  Without pipelining (an
+ * older libpq) each statement is its own round trip, as before.
  *
  * Time: TTLs and leases use the server's now(); the host's clock is never
  * compared with it.
@@ -88,7 +91,8 @@
 #define BACKOFF_MAX_MS 2000u
 #define PURGE_EVERY 64u   /* writes between two purges of expired rows */
 #define PURGE_LIMIT "256" /* rows a purge deletes at most */
-#define MAX_PARAMS 5
+#define MAX_PARAMS 6
+#define IDLE_CHECK_MS 5u /* a connection used this recently is not polled before a call */
 #define VALUE_MAX ((size_t)0x3fffffff) /* bytea holds at most 1 GiB */
 #define TTL_MAX_MS 10000000000000ull   /* ~317 years: longer TTLs saturate */
 #define LEASE_TTL_MAX_MS ((uint64_t)INT32_MAX * 1000)
@@ -133,12 +137,24 @@ enum stmt_id {
 #define LIVE "(t.expires_at IS NULL OR t.expires_at > now())"
 #define EXPIRES(P) "CASE WHEN " P " > 0 THEN now() + " P " * interval '1 millisecond' END"
 #define CURRENT "(SELECT t.version FROM @.kv t WHERE t.ns = $1 AND t.key = $2 AND " LIVE ")"
-#define INSERT_KV                                                                                  \
+/*
+ * The member guard of a write inside a pipelined group (G is its int8
+ * parameter, the member's tag): 0 for no guard; otherwise the write is
+ * skipped -- changes nothing, returns no version -- once an earlier write
+ * of the same member failed its precondition, which FAILED() records in a
+ * transaction-local setting (rolled back with a savepoint, gone at the end
+ * of the transaction).  So a member whose first write fails changes nothing
+ * at all, though its later writes were sent before that was known.
+ */
+#define GUARD(G) "(" G " = 0 OR current_setting('rhema.failed', true) IS DISTINCT FROM " G "::text)"
+#define FAILED(G) "CASE WHEN x.d IS NULL AND " G " <> 0 THEN set_config('rhema.failed', " G "::text, true) END"
+#define INSERT_KV(G)                                                                               \
     "INSERT INTO @.kv AS t (ns, key, value, version, expires_at) "                                 \
-    "VALUES ($1, $2, $3, nextval('@.kv_version'), " EXPIRES(                                       \
-        "$4") ") "                                                                                 \
-              "ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, "                       \
-              "version = nextval('@.kv_version'), expires_at = EXCLUDED.expires_at"
+    "SELECT $1, $2, $3, nextval('@.kv_version'), " EXPIRES("$4") " WHERE " GUARD(G) " "            \
+    "ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, "                                 \
+    "version = nextval('@.kv_version'), expires_at = EXCLUDED.expires_at"
+/* -> (new version or NULL, live version before or NULL, -) */
+#define OUTCOME(G) " SELECT x.d, x.c, " FAILED(G) " FROM (SELECT (SELECT version FROM w) AS d, " CURRENT " AS c) x"
 #define SCAN_SQL(BOUNDS)                                                                           \
     "SELECT t.key, t.value, t.version FROM @.kv t WHERE t.ns = $1" BOUNDS " AND " LIVE             \
     " ORDER BY t.key LIMIT $4"
@@ -164,23 +180,27 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
     [ST_ROLLBACK_TO] = {"ROLLBACK TO SAVEPOINT member", ""},
     [ST_GET] = {"SELECT t.value, t.version FROM @.kv t WHERE t.ns = $1 AND t.key = $2 AND " LIVE,
                 "tb"},
-    /* -> version */
-    [ST_PUT_ANY] = {INSERT_KV " RETURNING t.version", "tbbi"},
-    /* -> (new version or NULL, live version before or NULL); an expired row counts as absent */
-    [ST_PUT_ABSENT] = {"WITH w AS (" INSERT_KV
+    /*
+     * Writes: (ns, key, value, ttl, expected version, guard) for a put,
+     * (ns, key, expected version, guard) for a delete.
+     * -> version (no row when the guard skipped it)
+     */
+    [ST_PUT_ANY] = {INSERT_KV("$6") " RETURNING t.version", "tbbiii"},
+    /* an expired row counts as absent */
+    [ST_PUT_ABSENT] = {"WITH w AS (" INSERT_KV("$6")
                        " WHERE t.expires_at IS NOT NULL AND t.expires_at <= now()"
-                       " RETURNING t.version) SELECT (SELECT version FROM w), " CURRENT,
-                       "tbbi"},
+                       " RETURNING t.version)" OUTCOME("$6"),
+                       "tbbiii"},
     [ST_PUT_IF] = {"WITH w AS (UPDATE @.kv AS t SET value = $3, "
                    "version = nextval('@.kv_version'), expires_at = " EXPIRES(
                        "$4") " WHERE t.ns = $1 AND t.key = $2 AND t.version = $5 AND " LIVE
-                             " RETURNING t.version) SELECT (SELECT version FROM w), " CURRENT,
-                   "tbbii"},
+                             " AND " GUARD("$6") " RETURNING t.version)" OUTCOME("$6"),
+                   "tbbiii"},
     /* $3 = 0: any version */
     [ST_DEL] = {"WITH w AS (DELETE FROM @.kv AS t WHERE t.ns = $1 AND t.key = $2"
-                " AND ($3 = 0 OR t.version = $3) AND " LIVE
-                " RETURNING t.version) SELECT (SELECT version FROM w), " CURRENT,
-                "tbi"},
+                " AND ($3 = 0 OR t.version = $3) AND " LIVE " AND " GUARD("$4")
+                " RETURNING t.version)" OUTCOME("$4"),
+                "tbii"},
     /* SKIP LOCKED: a purge never waits for, nor blocks, a writer */
     [ST_PURGE] = {"DELETE FROM @.kv WHERE expires_at <= now() AND (ns, key) IN (SELECT ns, key "
                   "FROM @.kv WHERE expires_at <= now() LIMIT " PURGE_LIMIT
@@ -260,6 +280,7 @@ struct rhema_storage_conn {
     PGresult *held; /* backs the value get() returned, until the next call */
     char err[PG_ERRMSG_MAX];
     char down[PG_ERRMSG_MAX]; /* why the last connection attempt failed */
+    uint64_t used_ms;         /* monotonic: when the server last answered */
 };
 
 /* flags of run() */
@@ -540,6 +561,13 @@ static int conn_ensure(rhema_storage_conn *c)
     }
     if (c->ready) {
         if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) == PQTRANS_IDLE) {
+            /*
+             * The server answered a moment ago: do not poll the socket
+             * (one syscall per call at full load); a connection the server
+             * closed since then fails the call like one lost during it.
+             */
+            if (!c->sink.fatal && mono_ms(c->inst) - c->used_ms < IDLE_CHECK_MS)
+                return 0;
             check_idle(c);
             if (c->ready)
                 return 0;
@@ -654,7 +682,7 @@ static int run_fail(rhema_storage_conn *c, const char *what, PGresult *res, int 
 static int run(rhema_storage_conn *c, enum stmt_id id, const char *const *vals, const int *lens,
                int flags, const char *what, PGresult **out)
 {
-    static const int fmts[MAX_PARAMS] = {1, 1, 1, 1, 1};
+    static const int fmts[MAX_PARAMS] = {1, 1, 1, 1, 1, 1};
     char name[16];
     PGresult *res = NULL, *bad = NULL, *r;
     int n = (int)strlen(stmt_defs[id].types), rc;
@@ -684,6 +712,7 @@ static int run(rhema_storage_conn *c, enum stmt_id id, const char *const *vals, 
         PQclear(bad);
         return rc;
     }
+    c->used_ms = mono_ms(c->inst);
     if (out != NULL)
         *out = res;
     else
@@ -691,10 +720,12 @@ static int run(rhema_storage_conn *c, enum stmt_id id, const char *const *vals, 
     return 0;
 }
 
+#ifndef LIBPQ_HAS_PIPELINING
 static int tx_begin(rhema_storage_conn *c)
 {
     return run(c, ST_BEGIN, NULL, NULL, 0, "begin", NULL);
 }
+#endif
 
 /* End a failed transaction; on a broken connection the server did it already. */
 static void tx_rollback(rhema_storage_conn *c)
@@ -1097,55 +1128,67 @@ static int pg_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_
 
 /* ---- writes ---- */
 
-/*
- * One write as one statement: the precondition is part of it.  flags is
- * RUN_OUTCOME when the statement commits by itself.
- */
-static int write_one(rhema_storage_conn *c, struct rhema_storage_write *w, int flags)
-{
-    uint64_t ev = w->expected_version, ttl = w->ttl_ms > TTL_MAX_MS ? TTL_MAX_MS : w->ttl_ms;
-    unsigned char ttl_b[8], ev_b[8];
+/* The parameters of one write, and the buffers they point into. */
+struct write_params {
     const char *vals[MAX_PARAMS];
     int lens[MAX_PARAMS];
-    enum stmt_id id;
-    PGresult *r;
-    uint64_t done, cur;
-    int rc;
+    unsigned char ttl_b[8], ev_b[8], tag_b[8];
+};
 
-    vals[0] = w->ns;
-    lens[0] = (int)strlen(w->ns);
-    vals[1] = w->key;
-    lens[1] = (int)strlen(w->key);
-    be64_put(ev_b, ev == RHEMA_VERSION_ABSENT ? 0 : ev);
+/*
+ * Fill p for w; tag is the member guard (0: none, see GUARD).  Returns the
+ * statement.  p must not move while the statement is sent.
+ */
+static enum stmt_id write_params(const struct rhema_storage_write *w, uint64_t tag,
+                                 struct write_params *p)
+{
+    uint64_t ev = w->expected_version, ttl = w->ttl_ms > TTL_MAX_MS ? TTL_MAX_MS : w->ttl_ms;
+    p->vals[0] = w->ns;
+    p->lens[0] = (int)strlen(w->ns);
+    p->vals[1] = w->key;
+    p->lens[1] = (int)strlen(w->key);
+    be64_put(p->ev_b, ev == RHEMA_VERSION_ABSENT ? 0 : ev);
+    be64_put(p->tag_b, tag);
     if (w->op == RHEMA_WRITE_DEL) {
-        id = ST_DEL;
-        vals[2] = (const char *)ev_b;
-        lens[2] = 8;
-    } else {
-        id = ev == RHEMA_VERSION_ANY      ? ST_PUT_ANY
-             : ev == RHEMA_VERSION_ABSENT ? ST_PUT_ABSENT
-                                          : ST_PUT_IF;
-        /* never a NULL pointer: that would be SQL NULL, not an empty value */
-        vals[2] = w->value_len > 0 ? (const char *)w->value : "";
-        lens[2] = (int)w->value_len;
-        be64_put(ttl_b, ttl);
-        vals[3] = (const char *)ttl_b;
-        lens[3] = 8;
-        vals[4] = (const char *)ev_b;
-        lens[4] = 8;
+        p->vals[2] = (const char *)p->ev_b;
+        p->lens[2] = 8;
+        p->vals[3] = (const char *)p->tag_b;
+        p->lens[3] = 8;
+        return ST_DEL;
     }
-    rc = run(c, id, vals, lens, flags, w->op == RHEMA_WRITE_DEL ? "delete" : "put", &r);
-    if (rc != 0)
-        return rc;
+    /* never a NULL pointer: that would be SQL NULL, not an empty value */
+    p->vals[2] = w->value_len > 0 ? (const char *)w->value : "";
+    p->lens[2] = (int)w->value_len;
+    be64_put(p->ttl_b, ttl);
+    p->vals[3] = (const char *)p->ttl_b;
+    p->lens[3] = 8;
+    p->vals[4] = (const char *)p->ev_b;
+    p->lens[4] = 8;
+    p->vals[5] = (const char *)p->tag_b;
+    p->lens[5] = 8;
+    return ev == RHEMA_VERSION_ANY ? ST_PUT_ANY : ev == RHEMA_VERSION_ABSENT ? ST_PUT_ABSENT : ST_PUT_IF;
+}
+
+/*
+ * What the result r of write w (statement id) says: 0 (w->new_version set
+ * for a put), RHEMA_ECONFLICT / RHEMA_ENOTFOUND (a failed precondition, or a
+ * write skipped by its guard), or RHEMA_EIO; the message in errmsg().
+ */
+static int write_result(rhema_storage_conn *c, struct rhema_storage_write *w, enum stmt_id id,
+                        const PGresult *r)
+{
+    uint64_t ev = w->expected_version, done, cur;
+    if (id == ST_PUT_ANY && PQntuples(r) == 0) {
+        conn_error(c, "put: skipped after a failed write of the same batch");
+        return RHEMA_ECONFLICT;
+    }
     if (PQntuples(r) != 1) {
-        PQclear(r);
         conn_error(c, "%s: the server returned no row",
                    w->op == RHEMA_WRITE_DEL ? "delete" : "put");
         return RHEMA_EIO;
     }
     done = col_u64(r, 0, 0);
     cur = id == ST_PUT_ANY ? 0 : col_u64(r, 0, 1);
-    PQclear(r);
     if (done != 0) {
         if (w->op == RHEMA_WRITE_PUT)
             w->new_version = done;
@@ -1169,6 +1212,23 @@ static int write_one(rhema_storage_conn *c, struct rhema_storage_write *w, int f
     return RHEMA_ECONFLICT;
 }
 
+/*
+ * One write as one statement: the precondition is part of it.  flags is
+ * RUN_OUTCOME when the statement commits by itself.
+ */
+static int write_one(rhema_storage_conn *c, struct rhema_storage_write *w, int flags)
+{
+    struct write_params p;
+    enum stmt_id id = write_params(w, 0, &p);
+    PGresult *r;
+    int rc = run(c, id, p.vals, p.lens, flags, w->op == RHEMA_WRITE_DEL ? "delete" : "put", &r);
+    if (rc != 0)
+        return rc;
+    rc = write_result(c, w, id, r);
+    PQclear(r);
+    return rc;
+}
+
 /* Every PURGE_EVERY writes, delete a bounded number of expired rows. */
 static void maybe_purge(rhema_storage_conn *c)
 {
@@ -1187,10 +1247,283 @@ static void clear_versions(struct rhema_storage_write *w, size_t n)
         w[i].new_version = 0;
 }
 
+/* 1 for the results that fail one member only: its precondition or its arguments. */
+static int member_local(int rc)
+{
+    return rc == RHEMA_ECONFLICT || rc == RHEMA_ENOTFOUND || rc == RHEMA_EINVAL ||
+           rc == RHEMA_ETOOBIG;
+}
+
+#ifdef LIBPQ_HAS_PIPELINING
+/*
+ * Pipelined group commit (libpq pipeline mode).
+ *
+ * Round 1 sends, in one go and with one Sync: BEGIN, then for each member
+ * a SAVEPOINT of its own (only for a member of several writes) followed by
+ * its writes, and reads every result back.  A failed precondition is a
+ * normal result (no row applied, see write_result), never an error, so the
+ * transaction goes on.  A member's writes carry its guard (GUARD): after
+ * one of them fails, the rest are skipped by the server, so a member whose
+ * *first* write fails -- a stale version, the usual conflict -- changed
+ * nothing and needs no rollback.  When the COMMIT round is all that is
+ * left, the group took two round trips: this one and COMMIT's.
+ *
+ * A member that failed after some of its writes applied (or that met a
+ * member-local server error) is rolled back: the next round starts with
+ * ROLLBACK TO its savepoint -- which also undoes every later member, since
+ * the savepoints nest -- and sends the later members again, which then see
+ * the state without the failed one.  Members before it keep their results.
+ * Every round settles at least one member, so it ends.
+ *
+ * Why not one statement per member (a CTE that checks every precondition,
+ * then writes): the writes of one statement share one snapshot, so a later
+ * write cannot see an earlier one of the same member (a delete then a put
+ * of the same key, or one row touched twice, which ON CONFLICT refuses),
+ * and a row another connection changes or inserts between the check and
+ * the write (READ COMMITTED re-checks only the row it updates) would leave
+ * the member half applied with no savepoint to undo it.
+ *
+ * batch() (batch_mode) is the same with one member, no savepoint and
+ * ROLLBACK instead of COMMIT when a write fails.
+ */
+enum pl_kind { PL_BEGIN, PL_SAVEPOINT, PL_ROLLBACK_TO, PL_WRITE };
+
+struct pl_item {
+    enum pl_kind kind;
+    size_t member, write;
+    enum stmt_id id; /* PL_WRITE */
+};
+
+/* The savepoint of member i is nested in those of earlier members: one name each. */
+static void pl_savepoint_sql(char *buf, size_t size, const char *verb, size_t member)
+{
+    snprintf(buf, size, "%s rhema_m%zu", verb, member);
+}
+
+/*
+ * Send items[0..m) and a Sync, then read one result per item into res[]
+ * (NULL where none came).  0, or RHEMA_EUNAVAIL when the connection broke
+ * (c dropped, "nothing applied": no round holds a COMMIT).
+ */
+static int pl_round(rhema_storage_conn *c, struct pl_item *items, size_t m, PGresult **res,
+                    struct rhema_storage_batch *g, int batch_mode)
+{
+    static const int fmts[MAX_PARAMS] = {1, 1, 1, 1, 1, 1};
+    char name[16], sql[64];
+    size_t k;
+    PGresult *r;
+
+    for (k = 0; k < m; k++)
+        res[k] = NULL;
+    for (k = 0; k < m; k++) {
+        struct pl_item *it = &items[k];
+        int ok;
+        switch (it->kind) {
+        case PL_BEGIN:
+            snprintf(name, sizeof name, "rhema_%d", (int)ST_BEGIN);
+            ok = PQsendQueryPrepared(c->pg, name, 0, NULL, NULL, NULL, 1);
+            break;
+        case PL_SAVEPOINT:
+        case PL_ROLLBACK_TO:
+            pl_savepoint_sql(sql, sizeof sql,
+                             it->kind == PL_SAVEPOINT ? "SAVEPOINT" : "ROLLBACK TO SAVEPOINT",
+                             it->member);
+            ok = PQsendQueryParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 1);
+            break;
+        default: {
+            struct rhema_storage_batch *b = &g[it->member];
+            struct write_params p;
+            /* a member of one write needs no guard: its one statement is all or nothing */
+            uint64_t tag = batch_mode || b->n > 1 ? (uint64_t)it->member + 1 : 0;
+            it->id = write_params(&b->writes[it->write], tag, &p);
+            snprintf(name, sizeof name, "rhema_%d", (int)it->id);
+            ok = PQsendQueryPrepared(c->pg, name, (int)strlen(stmt_defs[it->id].types), p.vals,
+                                     p.lens, fmts, 1);
+            break;
+        }
+        }
+        if (!ok)
+            return run_fail(c, batch_mode ? "batch" : "group", NULL, 0, 0);
+    }
+    if (!PQpipelineSync(c->pg))
+        return run_fail(c, batch_mode ? "batch" : "group", NULL, 0, 0);
+    /* per item: its result, then NULL; then the Sync's result */
+    for (k = 0; k < m; k++) {
+        res[k] = PQgetResult(c->pg);
+        if (res[k] == NULL)
+            break;
+        while ((r = PQgetResult(c->pg)) != NULL) /* one result per statement: anything else is dropped */
+            PQclear(r);
+        if (PQstatus(c->pg) != CONNECTION_OK)
+            break;
+    }
+    if (k == m && PQstatus(c->pg) == CONNECTION_OK) {
+        r = PQgetResult(c->pg);
+        if (r != NULL && PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            c->used_ms = mono_ms(c->inst);
+            return 0;
+        }
+        PQclear(r);
+    }
+    /* the connection broke (or the protocol went astray: start afresh) */
+    {
+        PGresult *bad = NULL;
+        int rc;
+        for (k = 0; k < m && bad == NULL; k++)
+            if (res[k] != NULL && PQresultStatus(res[k]) == PGRES_FATAL_ERROR)
+                bad = res[k];
+        if (PQstatus(c->pg) == CONNECTION_OK) {
+            conn_error(c, "%s: unexpected answer from the server, nothing was applied",
+                       batch_mode ? "batch" : "group");
+            conn_drop(c);
+            return RHEMA_EUNAVAIL;
+        }
+        rc = run_fail(c, batch_mode ? "batch" : "group", bad, 0, 0);
+        return rc;
+    }
+}
+
+static void pl_clear(PGresult **res, size_t m)
+{
+    size_t k;
+    for (k = 0; k < m; k++) {
+        PQclear(res[k]);
+        res[k] = NULL;
+    }
+}
+
+/* Leave pipeline mode (every result was read) and roll back; c may be dropped. */
+static void pl_abort(rhema_storage_conn *c)
+{
+    if (c->pg == NULL)
+        return;
+    if (PQpipelineStatus(c->pg) != PQ_PIPELINE_OFF && !PQexitPipelineMode(c->pg)) {
+        conn_drop(c);
+        return;
+    }
+    tx_rollback(c);
+}
+
+/*
+ * Apply the n members of g (checked: a member with result != 0 or no write
+ * is left alone) in one transaction, pipelined; see above.  0 when the
+ * group committed, else the error (nothing applied, or the outcome unknown
+ * when the COMMIT was lost).  batch_mode: one member, all or nothing; its
+ * failure is returned (nothing applied).
+ */
+static int pl_apply(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n, int batch_mode)
+{
+    size_t total = 2, i, j, k, m, start = 0, rb = SIZE_MAX;
+    struct pl_item *items;
+    PGresult **res;
+    int rc = 0, first = 1;
+
+    for (i = 0; i < n; i++)
+        total += g[i].n + 1;
+    items = malloc(total * sizeof *items);
+    res = malloc(total * sizeof *res);
+    if (items == NULL || res == NULL) {
+        free(items);
+        free(res);
+        conn_error(c, "out of memory");
+        return RHEMA_ENOMEM;
+    }
+    if (!PQenterPipelineMode(c->pg)) {
+        free(items);
+        free(res);
+        conn_error(c, "cannot enter pipeline mode: %s", PQerrorMessage(c->pg));
+        conn_drop(c);
+        return RHEMA_EUNAVAIL;
+    }
+    for (;;) {
+        size_t next_rb = SIZE_MAX;
+        m = 0;
+        if (first)
+            items[m++] = (struct pl_item){.kind = PL_BEGIN};
+        if (rb != SIZE_MAX)
+            items[m++] = (struct pl_item){.kind = PL_ROLLBACK_TO, .member = rb};
+        for (i = start; i < n; i++) {
+            if (g[i].result != 0 || g[i].n == 0)
+                continue;
+            if (!batch_mode && g[i].n > 1)
+                items[m++] = (struct pl_item){.kind = PL_SAVEPOINT, .member = i};
+            for (j = 0; j < g[i].n; j++)
+                items[m++] = (struct pl_item){.kind = PL_WRITE, .member = i, .write = j};
+        }
+        rc = pl_round(c, items, m, res, g, batch_mode);
+        if (rc != 0) {
+            pl_clear(res, m);
+            break; /* connection lost: c was dropped, nothing was applied */
+        }
+        first = 0;
+        for (k = 0; k < m && rc == 0 && next_rb == SIZE_MAX; k++) {
+            struct pl_item *it = &items[k];
+            struct rhema_storage_batch *b = &g[it->member];
+            ExecStatusType st = res[k] != NULL ? PQresultStatus(res[k]) : PGRES_FATAL_ERROR;
+            int wr;
+            if (it->kind != PL_WRITE) {
+                if (st != PGRES_COMMAND_OK)
+                    rc = run_fail(c, it->kind == PL_BEGIN ? "begin" : "savepoint", res[k], 0, 0);
+                if (rc == 0 && it->kind == PL_ROLLBACK_TO)
+                    rb = SIZE_MAX;
+                continue;
+            }
+            if (b->result != 0)
+                continue; /* an earlier write of this member failed: the guard skipped this one */
+            if (st == PGRES_TUPLES_OK) {
+                wr = write_result(c, &b->writes[it->write], it->id, res[k]);
+                if (wr == RHEMA_EIO)
+                    rc = wr;
+            } else {
+                wr = run_fail(c, b->writes[it->write].op == RHEMA_WRITE_DEL ? "delete" : "put",
+                              res[k], 0, 0);
+                if (c->pg == NULL || !member_local(wr) || batch_mode || b->n < 2)
+                    rc = wr; /* the transaction is aborted: the whole group fails */
+            }
+            if (rc != 0 || wr == 0)
+                continue;
+            b->result = wr;
+            clear_versions(b->writes, b->n);
+            /* some of its writes applied (or the transaction is aborted): roll it back */
+            if (!batch_mode && (it->write > 0 || st != PGRES_TUPLES_OK))
+                next_rb = it->member;
+        }
+        pl_clear(res, m);
+        if (rc != 0 || next_rb == SIZE_MAX)
+            break;
+        /* undo next_rb and everything after it, then send the later members again */
+        for (i = next_rb + 1; i < n; i++)
+            if (g[i].result == 0 && g[i].writes != NULL)
+                clear_versions(g[i].writes, g[i].n);
+        rb = next_rb;
+        start = next_rb + 1;
+    }
+    free(items);
+    free(res);
+    if (rc == 0 && batch_mode && g[0].result != 0) {
+        char saved[PG_ERRMSG_MAX];
+        memcpy(saved, c->err, sizeof saved);
+        pl_abort(c);
+        memcpy(c->err, saved, sizeof saved);
+        return g[0].result;
+    }
+    if (rc != 0) {
+        pl_abort(c);
+        return rc;
+    }
+    if (!PQexitPipelineMode(c->pg)) {
+        conn_error(c, "cannot leave pipeline mode: %s", PQerrorMessage(c->pg));
+        conn_drop(c); /* the server rolls the transaction back */
+        return RHEMA_EUNAVAIL;
+    }
+    return tx_commit(c);
+}
+#endif /* LIBPQ_HAS_PIPELINING */
+
 /* Apply n checked writes all or nothing: one statement, or BEGIN ... COMMIT. */
 static int write_tx(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
 {
-    size_t i;
     int rc = conn_ensure(c);
     if (rc != 0)
         return rc;
@@ -1198,6 +1531,11 @@ static int write_tx(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
     if (n == 1) {
         rc = write_one(c, w, RUN_OUTCOME);
     } else {
+#ifdef LIBPQ_HAS_PIPELINING
+        struct rhema_storage_batch b = {.writes = w, .n = n, .result = 0};
+        rc = pl_apply(c, &b, 1, 1);
+#else
+        size_t i;
         rc = tx_begin(c);
         for (i = 0; i < n && rc == 0; i++)
             rc = write_one(c, &w[i], 0);
@@ -1205,6 +1543,7 @@ static int write_tx(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
             rc = tx_commit(c);
         else
             tx_rollback(c);
+#endif
     }
     if (rc != 0) {
         clear_versions(w, n);
@@ -1255,13 +1594,6 @@ static int pg_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
     return write_tx(c, w, n);
 }
 
-/* 1 for the results that fail one member only: its precondition or its arguments. */
-static int member_local(int rc)
-{
-    return rc == RHEMA_ECONFLICT || rc == RHEMA_ENOTFOUND || rc == RHEMA_EINVAL ||
-           rc == RHEMA_ETOOBIG;
-}
-
 /*
  * Group commit: one transaction and one COMMIT for all members.  A member
  * of several writes runs inside its own SAVEPOINT and is rolled back to it
@@ -1293,6 +1625,9 @@ static int pg_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
     }
     if ((rc = conn_ensure(c)) != 0)
         return rc;
+#ifdef LIBPQ_HAS_PIPELINING
+    rc = pl_apply(c, g, n, 0);
+#else
     rc = tx_begin(c);
     for (i = 0; i < n && rc == 0; i++) {
         int sp = g[i].n > 1;
@@ -1316,6 +1651,7 @@ static int pg_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
         rc = tx_commit(c);
     else
         tx_rollback(c);
+#endif
     if (rc != 0) {
         for (i = 0; i < n; i++)
             if (g[i].writes != NULL)
