@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/queue.h>
 
+#include "api_cluster.h"
 #include "api_consensus.h"
 #include "consensus.h"
 #include "util.h"
@@ -287,6 +288,8 @@ static void h_mark(struct rhema_req *r, const char *node, enum rhema_consensus_m
 void rhema_route_consensus(struct rhema_req *r, const char *rest)
 {
     enum evhttp_cmd_type m = r->method;
+    if ((m == EVHTTP_REQ_PUT || m == EVHTTP_REQ_POST) && rhema_cluster_fence(r))
+        return; /* X-Rhema-Epoch older than the current epoch: 409 fenced */
     if (*rest == '\0') { /* /v1/consensus */
         if (m == EVHTTP_REQ_GET)
             h_list(r);

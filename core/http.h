@@ -72,6 +72,7 @@ struct rhema_server {
     struct keys_state *keys_state;
     struct rhema_maintenance *maintenance; /* maintenance.h: timers, data-size gauge */
     struct rhema_perfmon *perfmon; /* perfmon.h: message feature measurements, alerts */
+    struct rhema_cluster *cluster; /* cluster.h: membership, leader lease, epoch */
 };
 
 /* The context of one request, valid for the duration of its handler. */

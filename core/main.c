@@ -26,6 +26,7 @@
 
 #include "api_keys.h"
 #include "atrest.h"
+#include "cluster.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
@@ -418,6 +419,7 @@ int main(int argc, char **argv)
     if (rhema_plugins_new(&srv.plugins) != 0)
         goto out;
     if (load_plugins(&srv, &err) != 0 || open_storage(&srv, &err) != 0 ||
+        rhema_cluster_check(&cfg, srv.storage_plugin, &err) != 0 ||
         rhema_codecs_open(&srv.codecs, srv.plugins, &cfg, &err) != 0 ||
         rhema_atrest_check(&cfg, &srv.codecs, &err) != 0 ||
         (!opt.test_only && rhema_keys_open(&srv, &err) != 0) ||
@@ -482,6 +484,10 @@ int main(int argc, char **argv)
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start maintenance");
         goto out;
     }
+    if (rhema_cluster_start(&srv, base, &srv.cluster, &err) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the cluster module");
+        goto out;
+    }
     if (rhema_http_start(&srv, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
         goto out;
@@ -492,7 +498,10 @@ int main(int argc, char **argv)
     notify_ready(0);
     event_base_dispatch(base);
 
+    rhema_cluster_leave(srv.cluster); /* hand the lease over before the drain */
     rhema_http_stop(&srv);
+    rhema_cluster_stop(srv.cluster);
+    srv.cluster = NULL;
     rhema_maintenance_stop(srv.maintenance);
     srv.maintenance = NULL;
     rhema_log(RHEMA_LOG_NOTICE, "main", "stopped");
@@ -501,6 +510,8 @@ out:
     notify_ready(status ? 1 : 0);
     if (srv.workers)
         rhema_http_stop(&srv);
+    rhema_cluster_stop(srv.cluster); /* after the workers, before the base its timers are on */
+    srv.cluster = NULL;
     rhema_keys_close(&srv); /* after the workers, before the base its timers are on */
     rhema_maintenance_stop(srv.maintenance); /* its timers live on base too */
     srv.maintenance = NULL;

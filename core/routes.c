@@ -16,6 +16,7 @@
 #include "maintenance.h"
 #include "perfmon.h"
 #include "api_agents.h"
+#include "api_cluster.h"
 #include "api_keys.h"
 #include "api_consensus.h"
 #include "commit.h"
@@ -604,6 +605,8 @@ void rhema_route(struct rhema_req *r)
         route_sessions(r, rest);
     else if ((rest = after(p, "/v1/consensus")) && (*rest == '\0' || *rest == '/'))
         rhema_route_consensus(r, rest);
+    else if ((rest = after(p, "/v1/cluster")) && (*rest == '\0' || *rest == '/'))
+        rhema_route_cluster(r, rest);
     else if ((rest = after(p, "/v1/agents")) && (*rest == '\0' || *rest == '/'))
         rhema_route_agents(r, rest);
     else if ((rest = after(p, "/v1/system")) && (*rest == '\0' || *rest == '/'))

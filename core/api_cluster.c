@@ -1,0 +1,127 @@
+/*
+ * api_cluster -- HTTP handlers of the cluster view and the write fence (see
+ * api_cluster.h for the routes, cluster.h for the semantics).
+ */
+#include "rhema_build.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_cluster.h"
+#include "cluster.h"
+#include "util.h"
+
+#define EPOCH_HEADER "X-Rhema-Epoch"
+
+static void preflight(struct rhema_req *r, const char *allow)
+{
+    const struct rhema_config *cfg = r->worker->srv->cfg;
+    rhema_header(r, "Allow", allow);
+    if (cfg->cors_enabled && rhema_req_header(r, "Origin")) {
+        char headers[1024] = "", age[24];
+        size_t at = 0;
+        int n = rhema_config_get_count(cfg, "service.cors.allow_headers");
+        for (int i = 0; i < n; i++) {
+            char path[64];
+            const char *h = NULL;
+            snprintf(path, sizeof path, "service.cors.allow_headers[%d]", i);
+            if (rhema_config_get_string(cfg, path, &h) == 0 && at < sizeof headers)
+                at += (size_t)snprintf(headers + at, sizeof headers - at, "%s%s", at ? ", " : "",
+                                       h);
+        }
+        int64_t max_age = 600;
+        rhema_config_get_int(cfg, "service.cors.max_age_seconds", &max_age);
+        snprintf(age, sizeof age, "%lld", (long long)max_age);
+        rhema_header(r, "Access-Control-Allow-Methods", allow);
+        rhema_header(r, "Access-Control-Allow-Headers", headers);
+        rhema_header(r, "Access-Control-Max-Age", age);
+    }
+    rhema_reply_empty(r, 204);
+}
+
+static void view(struct rhema_req *r, int which)
+{
+    struct rhema_server *srv = r->worker->srv;
+    json_t *o = NULL;
+    char *err = NULL;
+    int rc = rhema_cluster_json(srv->cluster, srv->storage, r->worker->conn, which, &o, &err);
+    if (rc != 0) {
+        rhema_reply_store_error(r, rc == RHEMA_ENOTFOUND ? RHEMA_EUNAVAIL : rc,
+                                err ? err : rhema_strerror(rc));
+        free(err);
+        return;
+    }
+    rhema_reply_jsonv(r, 200, o);
+}
+
+void rhema_route_cluster(struct rhema_req *r, const char *rest)
+{
+    int which;
+    if (strcmp(rest, "") == 0)
+        which = RHEMA_CLUSTER_VIEW_HEALTH;
+    else if (strcmp(rest, "/nodes") == 0)
+        which = RHEMA_CLUSTER_VIEW_NODES;
+    else if (strcmp(rest, "/leader") == 0)
+        which = RHEMA_CLUSTER_VIEW_LEADER;
+    else {
+        rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
+        return;
+    }
+    if (r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD) {
+        view(r, which);
+    } else if (r->method == EVHTTP_REQ_OPTIONS) {
+        preflight(r, "GET, OPTIONS");
+    } else {
+        rhema_header(r, "Allow", "GET, OPTIONS");
+        rhema_reply_error(r, 405, "method_not_allowed", "this method is not allowed on %s",
+                          r->path);
+    }
+}
+
+/* A decimal uint64 with nothing around it: 0 and *out, or -1. */
+static int parse_epoch(const char *s, uint64_t *out)
+{
+    uint64_t v = 0;
+    size_t i;
+    if (s == NULL || s[0] == '\0' || strlen(s) > 20)
+        return -1;
+    for (i = 0; s[i]; i++) {
+        unsigned d;
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        d = (unsigned)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10u)
+            return -1;
+        v = v * 10u + d;
+    }
+    *out = v;
+    return 0;
+}
+
+int rhema_cluster_fence(struct rhema_req *r)
+{
+    struct rhema_server *srv = r->worker->srv;
+    const char *h = rhema_req_header(r, EPOCH_HEADER);
+    uint64_t want, cur;
+    char buf[24];
+    if (h == NULL)
+        return 0;
+    if (parse_epoch(h, &want) != 0) {
+        rhema_reply_error(r, 400, "bad_header",
+                          "header '" EPOCH_HEADER "': expected a decimal epoch (0-%llu), got '%.64s'",
+                          (unsigned long long)UINT64_MAX, h);
+        return 1;
+    }
+    cur = rhema_cluster_current_epoch(srv->cluster, srv->storage, r->worker->conn);
+    if (want >= cur)
+        return 0;
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)cur);
+    rhema_header(r, EPOCH_HEADER, buf);
+    rhema_reply_error(r, 409, "fenced",
+                      "epoch %llu is older than the cluster's current epoch %llu: a newer leader "
+                      "was elected; this write is refused",
+                      (unsigned long long)want, (unsigned long long)cur);
+    return 1;
+}
