@@ -27,7 +27,7 @@
  * Configuration (distributed.load_balancing.ip_hash):
  *   table_size = 262147;   # minimum slots of the lookup table, 1021 .. 67108864
  *
- * Snapshots: see the guard comment in random.c (same scheme).
+ * Snapshots: guard.h.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -39,26 +39,13 @@
 
 #include <rhema/balancer.h>
 
+#include "guard.h"
+
 #define PLUGIN_NAME "ip_hash"
 #define TABLE_SIZE_DEFAULT 262147
 #define TABLE_SIZE_MIN 1021
 #define TABLE_SIZE_MAX (1 << 26)
 #define SLOTS_PER_ENDPOINT 100
-
-/* ---- snapshot guard (same in every balancer plugin) ---- */
-
-#define GUARD_SLOTS 64 /* reader counters, one cache line each; threads hash onto them */
-
-struct guard_slot {
-    _Alignas(64) atomic_uint readers[2]; /* picks running, by epoch parity */
-};
-
-/* A reader slot for the calling thread: threads rarely share a cache line. */
-static unsigned guard_slot_of_thread(void)
-{
-    uint64_t h = (uint64_t)(uintptr_t)pthread_self() * 0x9E3779B97F4A7C15ull;
-    return (unsigned)(h >> 58);
-}
 
 /* ---- the strategy ---- */
 
@@ -69,50 +56,9 @@ struct snap {
 };
 
 struct rhema_balancer {
-    struct guard_slot slot[GUARD_SLOTS];
-    atomic_uint epoch;
-    _Atomic(struct snap *) cur;
+    struct guard g; /* the current struct snap (guard.h) */
     _Alignas(64) uint32_t table_size;
 };
-
-/* Enter a pick: the current snapshot, stable until guard_leave(*held). */
-static struct snap *guard_enter(rhema_balancer *b, atomic_uint **held)
-{
-    struct guard_slot *s = &b->slot[guard_slot_of_thread()];
-
-    for (;;) {
-        unsigned e = atomic_load(&b->epoch);
-        atomic_uint *r = &s->readers[e & 1];
-        atomic_fetch_add(r, 1);
-        if (atomic_load(&b->epoch) == e) {
-            *held = r;
-            return atomic_load(&b->cur);
-        }
-        atomic_fetch_sub_explicit(r, 1, memory_order_release); /* raced an update: again */
-    }
-}
-
-static void guard_leave(atomic_uint *held)
-{
-    atomic_fetch_sub_explicit(held, 1, memory_order_release);
-}
-
-/*
- * Publish `s` and return the previous snapshot once no pick can still be
- * reading it (the caller frees it).  A pick that read the old epoch has
- * either raised that parity's counter before the epoch moved (we wait for
- * it) or sees the new epoch on its re-check and starts again.
- */
-static struct snap *guard_publish(rhema_balancer *b, struct snap *s)
-{
-    struct snap *old = atomic_exchange(&b->cur, s);
-    unsigned e = atomic_fetch_add(&b->epoch, 1);
-
-    for (unsigned i = 0; i < GUARD_SLOTS; i++)
-        while (atomic_load_explicit(&b->slot[i].readers[e & 1], memory_order_acquire) != 0)
-            sched_yield();
-    return old;
-}
 
 static void snap_free(struct snap *s)
 {
@@ -272,7 +218,7 @@ static void iph_destroy(rhema_balancer *b)
 {
     if (b == NULL)
         return;
-    snap_free(atomic_load(&b->cur));
+    snap_free(guard_current(&b->g));
     free(b);
 }
 
@@ -302,7 +248,7 @@ static int iph_update(rhema_balancer *b, const struct rhema_endpoint *eps, size_
             return RHEMA_ENOMEM;
         }
     }
-    snap_free(guard_publish(b, s));
+    snap_free(guard_publish(&b->g, s));
     return 0;
 }
 
@@ -319,7 +265,7 @@ static int iph_pick(rhema_balancer *b, const struct rhema_pick_ctx *ctx, size_t 
         h = hash_bytes(ctx->client_addr, strlen(ctx->client_addr), 0);
     else
         h = ctx != NULL ? ctx->random : 0;
-    s = guard_enter(b, &held);
+    s = guard_enter(&b->g, &held);
     if (s == NULL || s->n == 0) {
         guard_leave(held);
         return RHEMA_ENOTFOUND;

@@ -22,7 +22,7 @@
  * Configuration (distributed.load_balancing.least_connections):
  *   choices = 2;   # candidates per pick, 1 (random) .. 16
  *
- * Snapshots: see the guard comment in random.c (same scheme); update()
+ * Snapshots: guard.h; update()
  * returns only once no pick can still read the previous load pointers.
  */
 #include <inttypes.h>
@@ -35,25 +35,12 @@
 
 #include <rhema/balancer.h>
 
+#include "guard.h"
+
 #define PLUGIN_NAME "least_connections"
 #define CHOICES_DEFAULT 2
 #define CHOICES_MAX 16
 #define SCAN_MAX 8 /* up to this many endpoints, compare them all: exact, and cheap */
-
-/* ---- snapshot guard (same in every balancer plugin) ---- */
-
-#define GUARD_SLOTS 64 /* reader counters, one cache line each; threads hash onto them */
-
-struct guard_slot {
-    _Alignas(64) atomic_uint readers[2]; /* picks running, by epoch parity */
-};
-
-/* A reader slot for the calling thread: threads rarely share a cache line. */
-static unsigned guard_slot_of_thread(void)
-{
-    uint64_t h = (uint64_t)(uintptr_t)pthread_self() * 0x9E3779B97F4A7C15ull;
-    return (unsigned)(h >> 58);
-}
 
 /* ---- the strategy ---- */
 
@@ -64,53 +51,12 @@ struct snap {
 };
 
 struct rhema_balancer {
-    struct guard_slot slot[GUARD_SLOTS];
-    atomic_uint epoch;
-    _Atomic(struct snap *) cur;
+    struct guard g; /* the current struct snap (guard.h) */
     _Alignas(64) unsigned choices;
 };
 
 /* An endpoint given without load statistics counts as idle. */
 static struct rhema_endpoint_load no_load;
-
-/* Enter a pick: the current snapshot, stable until guard_leave(*held). */
-static struct snap *guard_enter(rhema_balancer *b, atomic_uint **held)
-{
-    struct guard_slot *s = &b->slot[guard_slot_of_thread()];
-
-    for (;;) {
-        unsigned e = atomic_load(&b->epoch);
-        atomic_uint *r = &s->readers[e & 1];
-        atomic_fetch_add(r, 1);
-        if (atomic_load(&b->epoch) == e) {
-            *held = r;
-            return atomic_load(&b->cur);
-        }
-        atomic_fetch_sub_explicit(r, 1, memory_order_release); /* raced an update: again */
-    }
-}
-
-static void guard_leave(atomic_uint *held)
-{
-    atomic_fetch_sub_explicit(held, 1, memory_order_release);
-}
-
-/*
- * Publish `s` and return the previous snapshot once no pick can still be
- * reading it (the caller frees it).  A pick that read the old epoch has
- * either raised that parity's counter before the epoch moved (we wait for
- * it) or sees the new epoch on its re-check and starts again.
- */
-static struct snap *guard_publish(rhema_balancer *b, struct snap *s)
-{
-    struct snap *old = atomic_exchange(&b->cur, s);
-    unsigned e = atomic_fetch_add(&b->epoch, 1);
-
-    for (unsigned i = 0; i < GUARD_SLOTS; i++)
-        while (atomic_load_explicit(&b->slot[i].readers[e & 1], memory_order_acquire) != 0)
-            sched_yield();
-    return old;
-}
 
 static void snap_free(struct snap *s)
 {
@@ -178,7 +124,7 @@ static void lc_destroy(rhema_balancer *b)
 {
     if (b == NULL)
         return;
-    snap_free(atomic_load(&b->cur));
+    snap_free(guard_current(&b->g));
     free(b);
 }
 
@@ -208,7 +154,7 @@ static int lc_update(rhema_balancer *b, const struct rhema_endpoint *eps, size_t
         }
     }
     /* returns once no pick reads the old load pointers: the host may free them then */
-    snap_free(guard_publish(b, s));
+    snap_free(guard_publish(&b->g, s));
     return 0;
 }
 
@@ -220,7 +166,7 @@ static int lc_update(rhema_balancer *b, const struct rhema_endpoint *eps, size_t
 static int lc_pick(rhema_balancer *b, const struct rhema_pick_ctx *ctx, size_t *index)
 {
     atomic_uint *held;
-    struct snap *s = guard_enter(b, &held);
+    struct snap *s = guard_enter(&b->g, &held);
     uint64_t r = ctx != NULL ? ctx->random : 0;
     size_t n, best;
 

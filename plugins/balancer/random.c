@@ -8,14 +8,8 @@
  * number of endpoints (O(1)).  With equal weights the table is skipped and
  * the number is mapped straight onto [0, n).  Shares are exact to 2^-32.
  *
- * Snapshots: update() builds an immutable snapshot and publishes it behind
- * an atomic pointer; pick() announces itself in a per-thread-slot reader
- * counter of the current epoch parity, and update() waits for the previous
- * parity to drain before it frees the old snapshot (a two-epoch grace
- * period, as userspace RCU does).  Picks never wait; update() waits at
- * most for the picks already running.  The same scheme is in every
- * balancer plugin of the tree (a private header shared by them would
- * remove the copies; each plugin is one file for now).
+ * Snapshots: guard.h (an atomic snapshot pointer with epoch-counted
+ * readers: picks never wait).
  */
 #include <pthread.h>
 #include <sched.h>
@@ -26,22 +20,9 @@
 
 #include <rhema/balancer.h>
 
+#include "guard.h"
+
 #define PLUGIN_NAME "random"
-
-/* ---- snapshot guard (same in every balancer plugin) ---- */
-
-#define GUARD_SLOTS 64 /* reader counters, one cache line each; threads hash onto them */
-
-struct guard_slot {
-    _Alignas(64) atomic_uint readers[2]; /* picks running, by epoch parity */
-};
-
-/* A reader slot for the calling thread: threads rarely share a cache line. */
-static unsigned guard_slot_of_thread(void)
-{
-    uint64_t h = (uint64_t)(uintptr_t)pthread_self() * 0x9E3779B97F4A7C15ull;
-    return (unsigned)(h >> 58);
-}
 
 /* ---- the strategy ---- */
 
@@ -53,50 +34,9 @@ struct snap {
 };
 
 struct rhema_balancer {
-    struct guard_slot slot[GUARD_SLOTS];
-    atomic_uint epoch;
-    _Atomic(struct snap *) cur;
+    struct guard g; /* the current struct snap (guard.h) */
     const struct rhema_host *host;
 };
-
-/* Enter a pick: the current snapshot, stable until guard_leave(*held). */
-static struct snap *guard_enter(rhema_balancer *b, atomic_uint **held)
-{
-    struct guard_slot *s = &b->slot[guard_slot_of_thread()];
-
-    for (;;) {
-        unsigned e = atomic_load(&b->epoch);
-        atomic_uint *r = &s->readers[e & 1];
-        atomic_fetch_add(r, 1);
-        if (atomic_load(&b->epoch) == e) {
-            *held = r;
-            return atomic_load(&b->cur);
-        }
-        atomic_fetch_sub_explicit(r, 1, memory_order_release); /* raced an update: again */
-    }
-}
-
-static void guard_leave(atomic_uint *held)
-{
-    atomic_fetch_sub_explicit(held, 1, memory_order_release);
-}
-
-/*
- * Publish `s` and return the previous snapshot once no pick can still be
- * reading it (the caller frees it).  A pick that read the old epoch has
- * either raised that parity's counter before the epoch moved (we wait for
- * it) or sees the new epoch on its re-check and starts again.
- */
-static struct snap *guard_publish(rhema_balancer *b, struct snap *s)
-{
-    struct snap *old = atomic_exchange(&b->cur, s);
-    unsigned e = atomic_fetch_add(&b->epoch, 1);
-
-    for (unsigned i = 0; i < GUARD_SLOTS; i++)
-        while (atomic_load_explicit(&b->slot[i].readers[e & 1], memory_order_acquire) != 0)
-            sched_yield();
-    return old;
-}
 
 static void snap_free(struct snap *s)
 {
@@ -185,7 +125,7 @@ static void rnd_destroy(rhema_balancer *b)
 {
     if (b == NULL)
         return;
-    snap_free(atomic_load(&b->cur));
+    snap_free(guard_current(&b->g));
     free(b);
 }
 
@@ -209,14 +149,14 @@ static int rnd_update(rhema_balancer *b, const struct rhema_endpoint *eps, size_
         snap_free(s);
         return RHEMA_ENOMEM;
     }
-    snap_free(guard_publish(b, s));
+    snap_free(guard_publish(&b->g, s));
     return 0;
 }
 
 static int rnd_pick(rhema_balancer *b, const struct rhema_pick_ctx *ctx, size_t *index)
 {
     atomic_uint *held;
-    struct snap *s = guard_enter(b, &held);
+    struct snap *s = guard_enter(&b->g, &held);
     uint64_t r = ctx ? ctx->random : 0;
     int rc = RHEMA_ENOTFOUND;
 

@@ -23,7 +23,7 @@
  * Configuration (distributed.load_balancing.weighted_round_robin):
  *   schedule_max = 65536;   # slots of the precomputed period, 1024 .. 16777216
  *
- * Snapshots: see the guard comment in random.c (same scheme).
+ * Snapshots: guard.h.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -35,25 +35,12 @@
 
 #include <rhema/balancer.h>
 
+#include "guard.h"
+
 #define PLUGIN_NAME "weighted_round_robin"
 #define SCHEDULE_MAX_DEFAULT 65536
 #define SCHEDULE_MAX_MIN 1024
 #define SCHEDULE_MAX_MAX (1 << 24)
-
-/* ---- snapshot guard (same in every balancer plugin) ---- */
-
-#define GUARD_SLOTS 64 /* reader counters, one cache line each; threads hash onto them */
-
-struct guard_slot {
-    _Alignas(64) atomic_uint readers[2]; /* picks running, by epoch parity */
-};
-
-/* A reader slot for the calling thread: threads rarely share a cache line. */
-static unsigned guard_slot_of_thread(void)
-{
-    uint64_t h = (uint64_t)(uintptr_t)pthread_self() * 0x9E3779B97F4A7C15ull;
-    return (unsigned)(h >> 58);
-}
 
 /* ---- the strategy ---- */
 
@@ -64,51 +51,10 @@ struct snap {
 };
 
 struct rhema_balancer {
-    struct guard_slot slot[GUARD_SLOTS];
-    atomic_uint epoch;
-    _Atomic(struct snap *) cur;
+    struct guard g; /* the current struct snap (guard.h) */
     _Alignas(64) atomic_uint_fast64_t turn; /* written by every pick: its own cache line */
     _Alignas(64) size_t schedule_max;
 };
-
-/* Enter a pick: the current snapshot, stable until guard_leave(*held). */
-static struct snap *guard_enter(rhema_balancer *b, atomic_uint **held)
-{
-    struct guard_slot *s = &b->slot[guard_slot_of_thread()];
-
-    for (;;) {
-        unsigned e = atomic_load(&b->epoch);
-        atomic_uint *r = &s->readers[e & 1];
-        atomic_fetch_add(r, 1);
-        if (atomic_load(&b->epoch) == e) {
-            *held = r;
-            return atomic_load(&b->cur);
-        }
-        atomic_fetch_sub_explicit(r, 1, memory_order_release); /* raced an update: again */
-    }
-}
-
-static void guard_leave(atomic_uint *held)
-{
-    atomic_fetch_sub_explicit(held, 1, memory_order_release);
-}
-
-/*
- * Publish `s` and return the previous snapshot once no pick can still be
- * reading it (the caller frees it).  A pick that read the old epoch has
- * either raised that parity's counter before the epoch moved (we wait for
- * it) or sees the new epoch on its re-check and starts again.
- */
-static struct snap *guard_publish(rhema_balancer *b, struct snap *s)
-{
-    struct snap *old = atomic_exchange(&b->cur, s);
-    unsigned e = atomic_fetch_add(&b->epoch, 1);
-
-    for (unsigned i = 0; i < GUARD_SLOTS; i++)
-        while (atomic_load_explicit(&b->slot[i].readers[e & 1], memory_order_acquire) != 0)
-            sched_yield();
-    return old;
-}
 
 static void snap_free(struct snap *s)
 {
@@ -197,7 +143,7 @@ static void wrr_destroy(rhema_balancer *b)
 {
     if (b == NULL)
         return;
-    snap_free(atomic_load(&b->cur));
+    snap_free(guard_current(&b->g));
     free(b);
 }
 
@@ -230,7 +176,7 @@ static int wrr_update(rhema_balancer *b, const struct rhema_endpoint *eps, size_
     }
     free(w);
     free(cur);
-    snap_free(guard_publish(b, s));
+    snap_free(guard_publish(&b->g, s));
     return 0;
 nomem:
     free(w);
@@ -242,7 +188,7 @@ nomem:
 static int wrr_pick(rhema_balancer *b, const struct rhema_pick_ctx *ctx, size_t *index)
 {
     atomic_uint *held;
-    struct snap *s = guard_enter(b, &held);
+    struct snap *s = guard_enter(&b->g, &held);
     int rc = RHEMA_ENOTFOUND;
 
     (void)ctx;
