@@ -17,42 +17,6 @@
 #include "api_agents.h"
 #include "util.h"
 
-/* ---- shared helpers ---- */
-
-static void method_not_allowed(struct rhema_req *r, const char *allow)
-{
-    rhema_header(r, "Allow", allow);
-    rhema_reply_error(r, 405, "method_not_allowed",
-                      "this method is not allowed on %s (allowed: %s)", r->path, allow);
-}
-
-/* An OPTIONS request: Allow, and the CORS preflight headers when an Origin came. */
-static void preflight(struct rhema_req *r, const char *allow)
-{
-    const struct rhema_config *cfg = r->worker->srv->cfg;
-    rhema_header(r, "Allow", allow);
-    if (cfg->cors_enabled && rhema_req_header(r, "Origin")) {
-        char headers[1024] = "", age[24];
-        size_t at = 0;
-        int n = rhema_config_get_count(cfg, "service.cors.allow_headers");
-        for (int i = 0; i < n; i++) {
-            char path[64];
-            const char *h = NULL;
-            snprintf(path, sizeof path, "service.cors.allow_headers[%d]", i);
-            if (rhema_config_get_string(cfg, path, &h) == 0 && at < sizeof headers)
-                at +=
-                    (size_t)snprintf(headers + at, sizeof headers - at, "%s%s", at ? ", " : "", h);
-        }
-        int64_t max_age = 600;
-        rhema_config_get_int(cfg, "service.cors.max_age_seconds", &max_age);
-        snprintf(age, sizeof age, "%lld", (long long)max_age);
-        rhema_header(r, "Access-Control-Allow-Methods", allow);
-        rhema_header(r, "Access-Control-Allow-Headers", headers);
-        rhema_header(r, "Access-Control-Max-Age", age);
-    }
-    rhema_reply_empty(r, 204);
-}
-
 static void not_found(struct rhema_req *r)
 {
     rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
@@ -305,9 +269,9 @@ void rhema_route_agents(struct rhema_req *r, const char *rest)
         if (is_read(r))
             (*rest ? h_agent_stats : h_agent_list)(r);
         else if (m == EVHTTP_REQ_OPTIONS)
-            preflight(r, "GET, OPTIONS");
+            rhema_reply_preflight(r, "GET, OPTIONS");
         else
-            method_not_allowed(r, "GET, OPTIONS");
+            rhema_reply_method_not_allowed(r, "GET, OPTIONS");
         return;
     }
     if (*rest != '/') {
@@ -324,23 +288,23 @@ void rhema_route_agents(struct rhema_req *r, const char *rest)
         else if (m == EVHTTP_REQ_DELETE)
             h_agent_delete(r, id);
         else if (m == EVHTTP_REQ_OPTIONS)
-            preflight(r, "GET, PUT, DELETE, OPTIONS");
+            rhema_reply_preflight(r, "GET, PUT, DELETE, OPTIONS");
         else
-            method_not_allowed(r, "GET, PUT, DELETE, OPTIONS");
+            rhema_reply_method_not_allowed(r, "GET, PUT, DELETE, OPTIONS");
     } else if (strcmp(tail, "/transitions") == 0) {
         if (is_read(r))
             h_agent_transitions(r, id);
         else if (m == EVHTTP_REQ_OPTIONS)
-            preflight(r, "GET, OPTIONS");
+            rhema_reply_preflight(r, "GET, OPTIONS");
         else
-            method_not_allowed(r, "GET, OPTIONS");
+            rhema_reply_method_not_allowed(r, "GET, OPTIONS");
     } else if (strcmp(tail, "/heartbeat") == 0) {
         if (m == EVHTTP_REQ_POST)
             h_agent_heartbeat(r, id);
         else if (m == EVHTTP_REQ_OPTIONS)
-            preflight(r, "POST, OPTIONS");
+            rhema_reply_preflight(r, "POST, OPTIONS");
         else
-            method_not_allowed(r, "POST, OPTIONS");
+            rhema_reply_method_not_allowed(r, "POST, OPTIONS");
     } else {
         not_found(r);
     }
@@ -397,9 +361,9 @@ void rhema_route_system(struct rhema_req *r, const char *rest)
     else if (r->method == EVHTTP_REQ_PUT)
         h_metrics_put(r);
     else if (r->method == EVHTTP_REQ_OPTIONS)
-        preflight(r, "GET, PUT, OPTIONS");
+        rhema_reply_preflight(r, "GET, PUT, OPTIONS");
     else
-        method_not_allowed(r, "GET, PUT, OPTIONS");
+        rhema_reply_method_not_allowed(r, "GET, PUT, OPTIONS");
 }
 
 /* ---- configurations ---- */
@@ -480,16 +444,16 @@ void rhema_route_configurations(struct rhema_req *r, const char *rest)
         else if (m == EVHTTP_REQ_PUT)
             h_config_put(r, name);
         else if (m == EVHTTP_REQ_OPTIONS)
-            preflight(r, "GET, PUT, OPTIONS");
+            rhema_reply_preflight(r, "GET, PUT, OPTIONS");
         else
-            method_not_allowed(r, "GET, PUT, OPTIONS");
+            rhema_reply_method_not_allowed(r, "GET, PUT, OPTIONS");
     } else if (strcmp(tail, "/versions") == 0) {
         if (is_read(r))
             h_config_versions(r, name);
         else if (m == EVHTTP_REQ_OPTIONS)
-            preflight(r, "GET, OPTIONS");
+            rhema_reply_preflight(r, "GET, OPTIONS");
         else
-            method_not_allowed(r, "GET, OPTIONS");
+            rhema_reply_method_not_allowed(r, "GET, OPTIONS");
     } else {
         not_found(r);
     }

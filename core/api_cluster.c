@@ -15,32 +15,6 @@
 
 #define EPOCH_HEADER "X-Rhema-Epoch"
 
-static void preflight(struct rhema_req *r, const char *allow)
-{
-    const struct rhema_config *cfg = r->worker->srv->cfg;
-    rhema_header(r, "Allow", allow);
-    if (cfg->cors_enabled && rhema_req_header(r, "Origin")) {
-        char headers[1024] = "", age[24];
-        size_t at = 0;
-        int n = rhema_config_get_count(cfg, "service.cors.allow_headers");
-        for (int i = 0; i < n; i++) {
-            char path[64];
-            const char *h = NULL;
-            snprintf(path, sizeof path, "service.cors.allow_headers[%d]", i);
-            if (rhema_config_get_string(cfg, path, &h) == 0 && at < sizeof headers)
-                at += (size_t)snprintf(headers + at, sizeof headers - at, "%s%s", at ? ", " : "",
-                                       h);
-        }
-        int64_t max_age = 600;
-        rhema_config_get_int(cfg, "service.cors.max_age_seconds", &max_age);
-        snprintf(age, sizeof age, "%lld", (long long)max_age);
-        rhema_header(r, "Access-Control-Allow-Methods", allow);
-        rhema_header(r, "Access-Control-Allow-Headers", headers);
-        rhema_header(r, "Access-Control-Max-Age", age);
-    }
-    rhema_reply_empty(r, 204);
-}
-
 static void view(struct rhema_req *r, int which)
 {
     struct rhema_server *srv = r->worker->srv;
@@ -72,11 +46,9 @@ void rhema_route_cluster(struct rhema_req *r, const char *rest)
     if (r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD) {
         view(r, which);
     } else if (r->method == EVHTTP_REQ_OPTIONS) {
-        preflight(r, "GET, OPTIONS");
+        rhema_reply_preflight(r, "GET, OPTIONS");
     } else {
-        rhema_header(r, "Allow", "GET, OPTIONS");
-        rhema_reply_error(r, 405, "method_not_allowed", "this method is not allowed on %s",
-                          r->path);
+        rhema_reply_method_not_allowed(r, "GET, OPTIONS");
     }
 }
 

@@ -17,41 +17,6 @@
 
 #define INDEX_PARAM_MAX ((uint64_t)INT64_MAX)
 
-/* ---- small helpers (routes.c keeps its own static equivalents) ---- */
-
-static void method_not_allowed(struct rhema_req *r, const char *allow)
-{
-    rhema_header(r, "Allow", allow);
-    rhema_reply_error(r, 405, "method_not_allowed", "this method is not allowed on %s", r->path);
-}
-
-/* CORS preflight / OPTIONS: 204 with Allow (and the CORS headers when configured). */
-static void preflight(struct rhema_req *r, const char *allow)
-{
-    const struct rhema_config *cfg = r->worker->srv->cfg;
-    rhema_header(r, "Allow", allow);
-    if (cfg->cors_enabled && rhema_req_header(r, "Origin")) {
-        char headers[1024] = "", age[24];
-        size_t at = 0;
-        int n = rhema_config_get_count(cfg, "service.cors.allow_headers");
-        for (int i = 0; i < n; i++) {
-            char path[64];
-            const char *h = NULL;
-            snprintf(path, sizeof path, "service.cors.allow_headers[%d]", i);
-            if (rhema_config_get_string(cfg, path, &h) == 0 && at < sizeof headers)
-                at +=
-                    (size_t)snprintf(headers + at, sizeof headers - at, "%s%s", at ? ", " : "", h);
-        }
-        int64_t max_age = 600;
-        rhema_config_get_int(cfg, "service.cors.max_age_seconds", &max_age);
-        snprintf(age, sizeof age, "%lld", (long long)max_age);
-        rhema_header(r, "Access-Control-Allow-Methods", allow);
-        rhema_header(r, "Access-Control-Allow-Headers", headers);
-        rhema_header(r, "Access-Control-Max-Age", age);
-    }
-    rhema_reply_empty(r, 204);
-}
-
 /*
  * Refuse query parameters not in `known` (NULL-terminated; NULL: none
  * allowed) and repeated ones.  Replies 400 and returns -1 when bad.
@@ -294,9 +259,9 @@ void rhema_route_consensus(struct rhema_req *r, const char *rest)
         if (m == EVHTTP_REQ_GET)
             h_list(r);
         else if (m == EVHTTP_REQ_OPTIONS)
-            preflight(r, "GET, OPTIONS");
+            rhema_reply_preflight(r, "GET, OPTIONS");
         else
-            method_not_allowed(r, "GET, OPTIONS");
+            rhema_reply_method_not_allowed(r, "GET, OPTIONS");
         return;
     }
     if (*rest != '/')
@@ -325,16 +290,16 @@ void rhema_route_consensus(struct rhema_req *r, const char *rest)
         switch (m) {
         case EVHTTP_REQ_GET: h_state_get(r, node); return;
         case EVHTTP_REQ_PUT: h_state_put(r, node); return;
-        case EVHTTP_REQ_OPTIONS: preflight(r, "GET, PUT, OPTIONS"); return;
-        default: method_not_allowed(r, "GET, PUT, OPTIONS"); return;
+        case EVHTTP_REQ_OPTIONS: rhema_reply_preflight(r, "GET, PUT, OPTIONS"); return;
+        default: rhema_reply_method_not_allowed(r, "GET, PUT, OPTIONS"); return;
         }
     }
     if (strcmp(slash, "/entries") == 0) {
         switch (m) {
         case EVHTTP_REQ_GET: h_entries_get(r, node); return;
         case EVHTTP_REQ_POST: h_entries_post(r, node); return;
-        case EVHTTP_REQ_OPTIONS: preflight(r, "GET, POST, OPTIONS"); return;
-        default: method_not_allowed(r, "GET, POST, OPTIONS"); return;
+        case EVHTTP_REQ_OPTIONS: rhema_reply_preflight(r, "GET, POST, OPTIONS"); return;
+        default: rhema_reply_method_not_allowed(r, "GET, POST, OPTIONS"); return;
         }
     }
     if (strcmp(slash, "/commit") == 0 || strcmp(slash, "/applied") == 0) {
@@ -343,9 +308,9 @@ void rhema_route_consensus(struct rhema_req *r, const char *rest)
         if (m == EVHTTP_REQ_POST)
             h_mark(r, node, kind);
         else if (m == EVHTTP_REQ_OPTIONS)
-            preflight(r, "POST, OPTIONS");
+            rhema_reply_preflight(r, "POST, OPTIONS");
         else
-            method_not_allowed(r, "POST, OPTIONS");
+            rhema_reply_method_not_allowed(r, "POST, OPTIONS");
         return;
     }
 notfound:

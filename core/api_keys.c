@@ -29,26 +29,15 @@ struct keys_state {
 
 static struct keys_state *state_of(struct rhema_server *srv) { return srv->keys_state; }
 
-static void cors_preflight(struct rhema_req *r, const char *allow)
-{
-    rhema_header(r, "Allow", allow);
-    if (r->worker->srv->cfg->cors_enabled && rhema_req_header(r, "Origin")) {
-        rhema_header(r, "Access-Control-Allow-Methods", allow);
-        rhema_header(r, "Access-Control-Allow-Headers", "Content-Type, X-Request-Id");
-    }
-    rhema_reply_empty(r, 204);
-}
-
 static int method_is(struct rhema_req *r, enum evhttp_cmd_type m, const char *allow)
 {
     if (r->method == m)
         return 1;
     if (r->method == EVHTTP_REQ_OPTIONS) {
-        cors_preflight(r, allow);
+        rhema_reply_preflight(r, allow);
         return 0;
     }
-    rhema_header(r, "Allow", allow);
-    rhema_reply_error(r, 405, "method_not_allowed", "only %s on %s", allow, r->path);
+    rhema_reply_method_not_allowed(r, allow);
     return 0;
 }
 

@@ -176,6 +176,40 @@ void rhema_reply(struct rhema_req *r, int status, const char *content_type, cons
     evbuffer_free(buf);
 }
 
+/* 405 with an Allow header. */
+void rhema_reply_method_not_allowed(struct rhema_req *r, const char *allow)
+{
+    rhema_header(r, "Allow", allow);
+    rhema_reply_error(r, 405, "method_not_allowed",
+                      "this method is not allowed on %s (allowed: %s)", r->path, allow);
+}
+
+/* OPTIONS: 204 with Allow, and the CORS preflight headers (service.cors) when an Origin came. */
+void rhema_reply_preflight(struct rhema_req *r, const char *allow)
+{
+    const struct rhema_config *cfg = r->worker->srv->cfg;
+    rhema_header(r, "Allow", allow);
+    if (cfg->cors_enabled && rhema_req_header(r, "Origin")) {
+        char headers[1024] = "", age[24];
+        size_t at = 0;
+        int n = rhema_config_get_count(cfg, "service.cors.allow_headers");
+        for (int i = 0; i < n; i++) {
+            char path[64];
+            const char *h = NULL;
+            snprintf(path, sizeof path, "service.cors.allow_headers[%d]", i);
+            if (rhema_config_get_string(cfg, path, &h) == 0 && at < sizeof headers)
+                at += (size_t)snprintf(headers + at, sizeof headers - at, "%s%s", at ? ", " : "", h);
+        }
+        int64_t max_age = 600;
+        rhema_config_get_int(cfg, "service.cors.max_age_seconds", &max_age);
+        snprintf(age, sizeof age, "%lld", (long long)max_age);
+        rhema_header(r, "Access-Control-Allow-Methods", allow);
+        rhema_header(r, "Access-Control-Allow-Headers", headers);
+        rhema_header(r, "Access-Control-Max-Age", age);
+    }
+    rhema_reply_empty(r, 204);
+}
+
 struct rhema_req *rhema_req_defer(struct rhema_req *r)
 {
     struct rhema_req *d = malloc(sizeof *d);

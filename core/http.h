@@ -127,6 +127,11 @@ void rhema_reply_store_error(struct rhema_req *r, int rc, const char *msg);
 struct rhema_req *rhema_req_defer(struct rhema_req *r);
 void rhema_req_free(struct rhema_req *r);
 
+/* 405 with an Allow header. */
+void rhema_reply_method_not_allowed(struct rhema_req *r, const char *allow);
+/* OPTIONS: 204 with Allow, and the CORS preflight headers (service.cors) when an Origin came. */
+void rhema_reply_preflight(struct rhema_req *r, const char *allow);
+
 /* Set a response header. */
 void rhema_header(struct rhema_req *r, const char *name, const char *value);
 /* A request header, or NULL. */

@@ -305,42 +305,6 @@ static void h_session_list(struct rhema_req *r)
     free(text);
 }
 
-/* ---- dispatch ---- */
-
-static void method_not_allowed(struct rhema_req *r, const char *allow)
-{
-    rhema_header(r, "Allow", allow);
-    rhema_reply_error(r, 405, "method_not_allowed", "%s is not allowed on %s",
-                      evhttp_request_get_command(r->req) == EVHTTP_REQ_PATCH ? "PATCH"
-                                                                              : "this method",
-                      r->path);
-}
-
-static void preflight(struct rhema_req *r, const char *allow)
-{
-    const struct rhema_config *cfg = r->worker->srv->cfg;
-    rhema_header(r, "Allow", allow);
-    if (cfg->cors_enabled && rhema_req_header(r, "Origin")) {
-        char headers[1024] = "", age[24];
-        size_t at = 0;
-        int n = rhema_config_get_count(cfg, "service.cors.allow_headers");
-        for (int i = 0; i < n; i++) {
-            char path[64];
-            const char *h = NULL;
-            snprintf(path, sizeof path, "service.cors.allow_headers[%d]", i);
-            if (rhema_config_get_string(cfg, path, &h) == 0 && at < sizeof headers)
-                at += (size_t)snprintf(headers + at, sizeof headers - at, "%s%s", at ? ", " : "", h);
-        }
-        int64_t max_age = 600;
-        rhema_config_get_int(cfg, "service.cors.max_age_seconds", &max_age);
-        snprintf(age, sizeof age, "%lld", (long long)max_age);
-        rhema_header(r, "Access-Control-Allow-Methods", allow);
-        rhema_header(r, "Access-Control-Allow-Headers", headers);
-        rhema_header(r, "Access-Control-Max-Age", age);
-    }
-    rhema_reply_empty(r, 204);
-}
-
 /* If path starts with prefix, return the rest; else NULL. */
 static const char *after(const char *path, const char *prefix)
 {
@@ -355,9 +319,9 @@ static void route_sessions(struct rhema_req *r, const char *rest)
         if (m == EVHTTP_REQ_GET)
             h_session_list(r);
         else if (m == EVHTTP_REQ_OPTIONS)
-            preflight(r, "GET, OPTIONS");
+            rhema_reply_preflight(r, "GET, OPTIONS");
         else
-            method_not_allowed(r, "GET, OPTIONS");
+            rhema_reply_method_not_allowed(r, "GET, OPTIONS");
         return;
     }
     if (*rest != '/')
@@ -383,17 +347,17 @@ static void route_sessions(struct rhema_req *r, const char *rest)
         case EVHTTP_REQ_GET: h_session_get(r, id); return;
         case EVHTTP_REQ_PUT: h_session_put(r, id); return;
         case EVHTTP_REQ_DELETE: h_session_delete(r, id); return;
-        case EVHTTP_REQ_OPTIONS: preflight(r, "GET, PUT, DELETE, OPTIONS"); return;
-        default: method_not_allowed(r, "GET, PUT, DELETE, OPTIONS"); return;
+        case EVHTTP_REQ_OPTIONS: rhema_reply_preflight(r, "GET, PUT, DELETE, OPTIONS"); return;
+        default: rhema_reply_method_not_allowed(r, "GET, PUT, DELETE, OPTIONS"); return;
         }
     }
     if (strcmp(slash, "/messages") == 0) {
         if (m == EVHTTP_REQ_POST)
             h_session_message(r, id);
         else if (m == EVHTTP_REQ_OPTIONS)
-            preflight(r, "POST, OPTIONS");
+            rhema_reply_preflight(r, "POST, OPTIONS");
         else
-            method_not_allowed(r, "POST, OPTIONS");
+            rhema_reply_method_not_allowed(r, "POST, OPTIONS");
         return;
     }
 notfound:
@@ -405,9 +369,9 @@ static void route_get_only(struct rhema_req *r, void (*h)(struct rhema_req *))
     if (r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD)
         h(r);
     else if (r->method == EVHTTP_REQ_OPTIONS)
-        preflight(r, "GET, OPTIONS");
+        rhema_reply_preflight(r, "GET, OPTIONS");
     else
-        method_not_allowed(r, "GET, OPTIONS");
+        rhema_reply_method_not_allowed(r, "GET, OPTIONS");
 }
 
 /* ---- messages: compression frames (DESIGN.md §3) ---- */
@@ -554,9 +518,9 @@ static void route_post_only(struct rhema_req *r, void (*h)(struct rhema_req *))
     if (r->method == EVHTTP_REQ_POST)
         h(r);
     else if (r->method == EVHTTP_REQ_OPTIONS)
-        preflight(r, "POST, OPTIONS");
+        rhema_reply_preflight(r, "POST, OPTIONS");
     else
-        method_not_allowed(r, "POST, OPTIONS");
+        rhema_reply_method_not_allowed(r, "POST, OPTIONS");
 }
 
 /*
