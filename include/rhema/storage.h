@@ -110,6 +110,29 @@ struct rhema_storage_batch {
 };
 
 /*
+ * Why a write is malformed -- NULL, an unknown op, a bad namespace or key, a
+ * NULL value with a length, a delete with RHEMA_VERSION_ABSENT -- or NULL
+ * when it is well formed.  The checks every plugin makes before anything
+ * else (answer RHEMA_EINVAL); a plugin adds its own limits after them.
+ */
+static inline const char *rhema_storage_write_invalid(const struct rhema_storage_write *w)
+{
+    if (w == NULL)
+        return "NULL write";
+    if (w->op != RHEMA_WRITE_PUT && w->op != RHEMA_WRITE_DEL)
+        return "unknown write op";
+    if (!rhema_storage_ns_valid(w->ns))
+        return "invalid namespace (1..64 bytes of [A-Za-z0-9_.:-])";
+    if (rhema_storage_key_len(w->key) == 0)
+        return "invalid key (1..1024 bytes, no NUL)";
+    if (w->op == RHEMA_WRITE_PUT && w->value == NULL && w->value_len > 0)
+        return "NULL value with a non-zero length";
+    if (w->op == RHEMA_WRITE_DEL && w->expected_version == RHEMA_VERSION_ABSENT)
+        return "delete with RHEMA_VERSION_ABSENT";
+    return NULL;
+}
+
+/*
  * A value read by get().  data points into memory owned by the connection
  * and stays valid until the next call on that connection; copy what you keep.
  */

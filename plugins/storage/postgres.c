@@ -385,29 +385,14 @@ static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
 
 static int check_write(rhema_storage_conn *c, const struct rhema_storage_write *w)
 {
-    int rc;
-    if (w == NULL) {
-        conn_error(c, "NULL write");
-        return RHEMA_EINVAL;
-    }
-    if (w->op != RHEMA_WRITE_PUT && w->op != RHEMA_WRITE_DEL) {
-        conn_error(c, "unknown write op %u", (unsigned)w->op);
-        return RHEMA_EINVAL;
-    }
-    rc = check_ns_key(c, w->ns, w->key);
-    if (rc != 0)
-        return rc;
-    if (w->op == RHEMA_WRITE_PUT && w->value == NULL && w->value_len > 0) {
-        conn_error(c, "NULL value with a non-zero length");
+    const char *why = rhema_storage_write_invalid(w);
+    if (why) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     if (w->op == RHEMA_WRITE_PUT && w->value_len > VALUE_MAX) {
         conn_error(c, "value of %zu bytes is too big for postgres (1 GiB at most)", w->value_len);
         return RHEMA_ETOOBIG;
-    }
-    if (w->op == RHEMA_WRITE_DEL && w->expected_version == RHEMA_VERSION_ABSENT) {
-        conn_error(c, "delete with RHEMA_VERSION_ABSENT");
-        return RHEMA_EINVAL;
     }
     return 0;
 }
