@@ -73,6 +73,7 @@ struct rhema_server {
     struct rhema_maintenance *maintenance; /* maintenance.h: timers, data-size gauge */
     struct rhema_perfmon *perfmon; /* perfmon.h: message feature measurements, alerts */
     struct rhema_cluster *cluster; /* cluster.h: membership, leader lease, epoch */
+    struct rhema_services *services; /* services.h: registry, health checks, balancers */
 };
 
 /* The context of one request, valid for the duration of its handler. */

@@ -32,6 +32,7 @@
 #include "log.h"
 #include "maintenance.h"
 #include "perfmon.h"
+#include "services.h"
 #include "plugin.h"
 #include "util.h"
 
@@ -488,6 +489,10 @@ int main(int argc, char **argv)
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the cluster module");
         goto out;
     }
+    if (rhema_services_start(&srv, base, &srv.services, &err) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the service registry");
+        goto out;
+    }
     if (rhema_http_start(&srv, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
         goto out;
@@ -500,6 +505,8 @@ int main(int argc, char **argv)
 
     rhema_cluster_leave(srv.cluster); /* hand the lease over before the drain */
     rhema_http_stop(&srv);
+    rhema_services_stop(srv.services); /* after the workers, before the cluster and the base */
+    srv.services = NULL;
     rhema_cluster_stop(srv.cluster);
     srv.cluster = NULL;
     rhema_maintenance_stop(srv.maintenance);
@@ -510,6 +517,8 @@ out:
     notify_ready(status ? 1 : 0);
     if (srv.workers)
         rhema_http_stop(&srv);
+    rhema_services_stop(srv.services); /* after the workers, before the cluster and the base */
+    srv.services = NULL;
     rhema_cluster_stop(srv.cluster); /* after the workers, before the base its timers are on */
     srv.cluster = NULL;
     rhema_keys_close(&srv); /* after the workers, before the base its timers are on */

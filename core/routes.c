@@ -18,6 +18,7 @@
 #include "api_agents.h"
 #include "api_cluster.h"
 #include "api_keys.h"
+#include "api_services.h"
 #include "api_consensus.h"
 #include "commit.h"
 #include "routes.h"
@@ -550,7 +551,7 @@ void rhema_route(struct rhema_req *r)
 {
     const char *p = r->path, *rest;
     if ((after(p, "/v1/sessions") || after(p, "/v1/consensus") || after(p, "/v1/agents") ||
-         after(p, "/v1/system") || after(p, "/v1/configurations")) &&
+         after(p, "/v1/system") || after(p, "/v1/configurations") || after(p, "/v1/services")) &&
         over_storage_limit(r))
         return;
     if (strcmp(p, "/health") == 0)
@@ -573,6 +574,8 @@ void rhema_route(struct rhema_req *r)
         rhema_route_cluster(r, rest);
     else if ((rest = after(p, "/v1/agents")) && (*rest == '\0' || *rest == '/'))
         rhema_route_agents(r, rest);
+    else if ((rest = after(p, "/v1/services")) && (*rest == '\0' || *rest == '/'))
+        rhema_route_services(r, rest);
     else if ((rest = after(p, "/v1/system")) && (*rest == '\0' || *rest == '/'))
         rhema_route_system(r, rest);
     else if ((rest = after(p, "/v1/configurations")) && (*rest == '\0' || *rest == '/'))

@@ -1,0 +1,349 @@
+/*
+ * api_services -- HTTP handlers of the service registry (see api_services.h).
+ */
+#include "rhema_build.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include <event2/buffer.h>
+
+#include "api_services.h"
+#include "services.h"
+#include "util.h"
+
+/* OPTIONS: the preflight; any other method not in allow: 405. */
+static void allowed(struct rhema_req *r, const char *allow)
+{
+    if (r->method == EVHTTP_REQ_OPTIONS)
+        rhema_reply_preflight(r, allow);
+    else
+        rhema_reply_method_not_allowed(r, allow);
+}
+
+static int is_read(const struct rhema_req *r)
+{
+    return r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD;
+}
+
+/* Refuse query parameters not in known (NULL-terminated; NULL: none allowed). */
+static int query_check(struct rhema_req *r, const char *const *known)
+{
+    struct evkeyval *kv;
+    TAILQ_FOREACH(kv, &r->query, next)
+    {
+        int ok = 0;
+        for (const char *const *k = known; k && *k; k++)
+            ok |= strcmp(kv->key, *k) == 0;
+        if (!ok) {
+            rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
+                              kv->key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int query_uint(struct rhema_req *r, const char *name, uint64_t max, uint64_t *out)
+{
+    const char *s = evhttp_find_header(&r->query, name);
+    char *end;
+    unsigned long long v;
+    if (!s)
+        return 0;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (!*s || *end || *s == '-' || *s == '+' || errno || v == 0 || v > max) {
+        rhema_reply_error(r, 400, "invalid_field",
+                          "parameter '%s': expected an integer from 1 to %llu", name,
+                          (unsigned long long)max);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static struct rhema_services *module(struct rhema_req *r)
+{
+    struct rhema_services *s = r->worker->srv->services;
+    if (!s)
+        rhema_reply_error(r, 503, "unavailable", "the service registry is not running");
+    return s;
+}
+
+static void reply_record(struct rhema_req *r, int status, struct rhema_record *rec)
+{
+    rhema_header_etag(r, rec->version);
+    if (is_read(r)) {
+        const char *inm = rhema_req_header(r, "If-None-Match");
+        char etag[32];
+        snprintf(etag, sizeof etag, "\"%llu\"", (unsigned long long)rec->version);
+        if (inm && strcmp(inm, etag) == 0) {
+            rhema_record_release(rec);
+            rhema_reply(r, 304, NULL, NULL, 0);
+            return;
+        }
+    }
+    rhema_reply_json(r, status, rec->json, rec->len);
+    rhema_record_release(rec);
+}
+
+static void h_list(struct rhema_req *r, struct rhema_services *s)
+{
+    static const char *const known[] = {"name", "limit", "cursor", NULL};
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
+    char *text = NULL;
+    size_t len = 0;
+    int rc;
+    if (query_check(r, known) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+        return;
+    rc = rhema_service_list(&r->worker->store, evhttp_find_header(&r->query, "name"),
+                            (size_t)limit, evhttp_find_header(&r->query, "cursor"),
+                            rhema_services_checks_enabled(s), &text, &len, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    rhema_reply_json(r, 200, text, len);
+    free(text);
+}
+
+static void h_get(struct rhema_req *r, struct rhema_services *s, const char *id)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_record rec = {0};
+    int rc;
+    if (query_check(r, NULL))
+        return;
+    rc = rhema_service_get(&r->worker->store, id, rhema_services_checks_enabled(s), &rec, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    reply_record(r, 200, &rec);
+}
+
+static void h_put(struct rhema_req *r, struct rhema_services *s, const char *id)
+{
+    char err[RHEMA_ERRMSG_MAX], old_name[RHEMA_ID_MAX + 1] = "";
+    struct rhema_check_defaults d;
+    struct rhema_record rec = {0};
+    uint64_t if_match;
+    json_t *body, *svc = NULL;
+    int created = 0, rc;
+    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+        return;
+    if (!(body = rhema_req_json(r)))
+        return;
+    rhema_check_defaults_get(r->worker->srv->cfg, &d);
+    rc = rhema_service_validate(body, id, &d, s, &svc, err);
+    json_decref(body);
+    if (!rc)
+        rc = rhema_service_put(&r->worker->store, id, svc, if_match,
+                               rhema_services_checks_enabled(s), &rec, &created, old_name, err);
+    if (!rc) {
+        rhema_services_refresh_name(s, &r->worker->store,
+                                    json_string_value(json_object_get(svc, "name")));
+        if (*old_name)
+            rhema_services_refresh_name(s, &r->worker->store, old_name);
+    }
+    json_decref(svc);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    if (created) {
+        char loc[RHEMA_ID_MAX + 32];
+        snprintf(loc, sizeof loc, "/v1/services/%s", id);
+        rhema_header(r, "Location", loc);
+    }
+    reply_record(r, created ? 201 : 200, &rec);
+}
+
+static void h_delete(struct rhema_req *r, struct rhema_services *s, const char *id)
+{
+    char err[RHEMA_ERRMSG_MAX], name[RHEMA_ID_MAX + 1] = "";
+    uint64_t if_match;
+    int rc;
+    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+        return;
+    if (if_match == RHEMA_VERSION_ABSENT) {
+        rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense on DELETE");
+        return;
+    }
+    rc = rhema_service_delete(&r->worker->store, id, if_match, name, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    if (*name)
+        rhema_services_refresh_name(s, &r->worker->store, name);
+    rhema_reply_empty(r, 204);
+}
+
+static void h_select(struct rhema_req *r, struct rhema_services *s, const char *name)
+{
+    static const char *const known[] = {"key", NULL};
+    struct rhema_pick_ctx ctx = {0};
+    struct rhema_selection sel;
+    const char *key, *peer = NULL;
+    ev_uint16_t port = 0;
+    char *host = NULL;
+    int rc;
+    if (query_check(r, known))
+        return;
+    key = evhttp_find_header(&r->query, "key");
+    evhttp_connection_get_peer(evhttp_request_get_connection(r->req), &host, &port);
+    peer = host;
+    ctx.client_addr = peer;
+    if (key) {
+        ctx.key = key;
+        ctx.key_len = strlen(key);
+    }
+    rc = rhema_services_select(s, name, &ctx, &sel);
+    if (rc == RHEMA_ENOTFOUND) {
+        rhema_reply_error(r, 404, "not_found", "no service named '%s'", name);
+        return;
+    }
+    if (rc) {
+        rhema_reply_error(r, 503, "unavailable", "no healthy instance of '%s'", name);
+        return;
+    }
+    rhema_reply_jsonv(r, 200,
+                      json_pack("{s:s,s:s,s:s,s:s}", "service_id", sel.service_id, "address",
+                                sel.address, "name", name, "strategy", sel.strategy));
+}
+
+static void h_pass(struct rhema_req *r, const char *id)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    int rc;
+    if (query_check(r, NULL))
+        return;
+    rc = rhema_service_pass(&r->worker->store, id, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    rhema_reply_empty(r, 204);
+}
+
+static void h_feedback(struct rhema_req *r, struct rhema_services *s, const char *id)
+{
+    static const char *const fields[] = {"latency_ms", "ok", NULL};
+    json_t *body, *lat, *ok, *v;
+    const char *key;
+    double ms;
+    int rc;
+    if (query_check(r, NULL) || !(body = rhema_req_json(r)))
+        return;
+    if (!json_is_object(body)) {
+        json_decref(body);
+        rhema_reply_error(r, 400, "invalid_field", "body: expected a JSON object");
+        return;
+    }
+    json_object_foreach(body, key, v)
+    {
+        int known = 0;
+        for (const char *const *f = fields; *f; f++)
+            known |= strcmp(key, *f) == 0;
+        if (!known) {
+            rhema_reply_error(r, 400, "invalid_field", "field '%s': unknown field", key);
+            json_decref(body);
+            return;
+        }
+    }
+    lat = json_object_get(body, "latency_ms");
+    ok = json_object_get(body, "ok");
+    if (!json_is_number(lat) || !isfinite(json_number_value(lat)) ||
+        json_number_value(lat) < 0 || json_number_value(lat) > 86400000.0) {
+        json_decref(body);
+        rhema_reply_error(r, 400, "invalid_field",
+                          "field 'latency_ms': expected a number from 0 to 86400000");
+        return;
+    }
+    if (ok && !json_is_boolean(ok)) {
+        json_decref(body);
+        rhema_reply_error(r, 400, "invalid_field", "field 'ok': expected true or false");
+        return;
+    }
+    ms = json_number_value(lat);
+    rc = rhema_services_feedback(s, id, (uint64_t)(ms * 1e6), !ok || json_is_true(ok));
+    json_decref(body);
+    if (rc) {
+        rhema_reply_error(r, 404, "not_found", "service '%s' not found", id);
+        return;
+    }
+    rhema_reply_empty(r, 204);
+}
+
+void rhema_route_services(struct rhema_req *r, const char *rest)
+{
+    enum evhttp_cmd_type m = r->method;
+    struct rhema_services *s;
+    char id[RHEMA_ID_MAX + 2];
+    const char *slash, *tail;
+    size_t n;
+
+    if (*rest == '\0') {
+        if (!is_read(r)) {
+            allowed(r, "GET, OPTIONS");
+            return;
+        }
+        if ((s = module(r)))
+            h_list(r, s);
+        return;
+    }
+    if (*rest != '/') {
+        rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
+        return;
+    }
+    rest++;
+    slash = strchr(rest, '/');
+    n = slash ? (size_t)(slash - rest) : strlen(rest);
+    if (n <= RHEMA_ID_MAX) {
+        memcpy(id, rest, n);
+        id[n] = '\0';
+    }
+    if (n > RHEMA_ID_MAX || !rhema_id_valid(id)) {
+        rhema_reply_error(r, 400, "invalid_field",
+                          "path service id: expected 1-128 characters [A-Za-z0-9._:-]");
+        return;
+    }
+    tail = slash ? slash : "";
+    if (!(s = module(r)))
+        return;
+    if (*tail == '\0') {
+        if (is_read(r))
+            h_get(r, s, id);
+        else if (m == EVHTTP_REQ_PUT)
+            h_put(r, s, id);
+        else if (m == EVHTTP_REQ_DELETE)
+            h_delete(r, s, id);
+        else
+            allowed(r, "GET, PUT, DELETE, OPTIONS");
+    } else if (strcmp(tail, "/select") == 0) {
+        if (is_read(r))
+            h_select(r, s, id);
+        else
+            allowed(r, "GET, OPTIONS");
+    } else if (strcmp(tail, "/pass") == 0) {
+        if (m == EVHTTP_REQ_POST)
+            h_pass(r, id);
+        else
+            allowed(r, "POST, OPTIONS");
+    } else if (strcmp(tail, "/feedback") == 0) {
+        if (m == EVHTTP_REQ_POST)
+            h_feedback(r, s, id);
+        else
+            allowed(r, "POST, OPTIONS");
+    } else {
+        rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
+    }
+}
