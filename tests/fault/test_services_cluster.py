@@ -59,12 +59,14 @@ def upstream():
     u.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
 def shared_config(request, tmp_path):
     if request.param == "sqlite":
         require_plugin("sqlite")
         return sqlite_config(tmp_path / "cluster.db")
-    return request.getfixturevalue("pg_server").rhema_config()
+    server = request.getfixturevalue("pg_server" if request.param == "postgres" else
+                                     "redis_server")
+    return server.rhema_config()
 
 
 def leader(nodes):
