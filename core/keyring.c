@@ -1270,9 +1270,16 @@ static int build_ad(const unsigned char *hdr, size_t hlen, const void *ad, size_
     return 0;
 }
 
+/*
+ * Encrypt under the newest version into *out: a malloc'd envelope, or, when
+ * out->data is set on entry, into that buffer of out->len bytes (the caller's
+ * own; RHEMA_ETOOBIG when it is too small).
+ */
 static int do_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, const void *ad,
                       size_t adlen, struct rhema_buf *out, uint32_t *version_out, char *err)
 {
+    unsigned char *ext = out ? out->data : NULL;
+    size_t ext_cap = out ? out->len : 0;
     static const unsigned char empty[1];
     if ((!pt && len) || (!ad && adlen) || !out)
         return errf(err, RHEMA_EINVAL, "bad arguments");
@@ -1314,12 +1321,18 @@ static int do_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, cons
             pthread_rwlock_unlock(&kr->lock);
             return errf(err, RHEMA_ETOOBIG, "message too large");
         }
-        unsigned char *env = malloc(hlen + len + c->tag_bytes), *adbuf = NULL;
+        if (ext && ext_cap < hlen + len + c->tag_bytes) {
+            pthread_rwlock_unlock(&kr->lock);
+            return errf(err, RHEMA_ETOOBIG, "the envelope needs %zu bytes, the buffer has %zu",
+                        hlen + len + c->tag_bytes, ext_cap);
+        }
+        unsigned char *env = ext ? ext : malloc(hlen + len + c->tag_bytes), *adbuf = NULL;
         const unsigned char *full;
         size_t full_len;
         if (!env || build_ad(env, hlen, ad, adlen, &adbuf, &full, &full_len) != 0) {
             pthread_rwlock_unlock(&kr->lock);
-            free(env);
+            if (!ext)
+                free(env);
             return errf(err, RHEMA_ENOMEM, "out of memory");
         }
         env[0] = RHEMA_ENVELOPE_MAGIC0;
@@ -1349,7 +1362,8 @@ static int do_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, cons
         pthread_rwlock_unlock(&kr->lock);
         free(adbuf);
         if (rc) {
-            free(env);
+            if (!ext)
+                free(env);
             return errf(err, rc, "cipher '%s' refused to encrypt (%s)", c->base.name,
                         rhema_strerror(rc));
         }
@@ -1365,7 +1379,24 @@ static int do_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, cons
 int rhema_keyring_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, const void *ad,
                           size_t adlen, struct rhema_buf *out, char err[RHEMA_KEYRING_ERR_MAX])
 {
+    if (out) {
+        out->data = NULL;
+        out->len = 0;
+    }
     return do_encrypt(kr, pt, len, ad, adlen, out, NULL, err);
+}
+
+int rhema_keyring_encrypt_into(struct rhema_keyring *kr, const void *pt, size_t len,
+                               const void *ad, size_t adlen, void *dst, size_t cap, size_t *n,
+                               char err[RHEMA_KEYRING_ERR_MAX])
+{
+    struct rhema_buf b = {dst, cap};
+    if (!dst)
+        return errf(err, RHEMA_EINVAL, "bad arguments");
+    int rc = do_encrypt(kr, pt, len, ad, adlen, &b, NULL, err);
+    if (rc == 0)
+        *n = b.len;
+    return rc;
 }
 
 int rhema_envelope_key_version(const void *env, size_t len, uint32_t *version)
@@ -1483,6 +1514,8 @@ int rhema_keyring_rewrap(struct rhema_keyring *kr, const void *env, size_t len, 
     int rc = do_decrypt(kr, env, len, ad, adlen, 1, &pt, &n, err);
     if (rc)
         return rc;
+    out->data = NULL; /* a malloc'd envelope, not the caller's buffer */
+    out->len = 0;
     rc = do_encrypt(kr, pt, n, ad, adlen, out, version_out, err);
     sodium_free(pt); /* wipes */
     return rc;

@@ -159,6 +159,14 @@ void rhema_keyring_close_nosync(struct rhema_keyring *kr);
 int rhema_keyring_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, const void *ad,
                           size_t adlen, struct rhema_buf *out, char err[RHEMA_KEYRING_ERR_MAX]);
 /*
+ * The same into the caller's buffer (cap bytes; RHEMA_ETOOBIG when the
+ * envelope -- RHEMA_ENVELOPE_FIXED + nonce + len + tag bytes -- does not
+ * fit): no allocation on the hot path.  *n receives the envelope's length.
+ */
+int rhema_keyring_encrypt_into(struct rhema_keyring *kr, const void *pt, size_t len,
+                               const void *ad, size_t adlen, void *dst, size_t cap, size_t *n,
+                               char err[RHEMA_KEYRING_ERR_MAX]);
+/*
  * Open an envelope.  RHEMA_ECORRUPT with a message naming the cause (bad
  * magic, truncated header, unsupported format, unknown key version, version
  * below the minimum, cipher mismatch, truncated ciphertext, authentication
