@@ -1792,7 +1792,8 @@ static void refresh_all(struct rhema_services *s, int leader)
                   s->st.vt->errmsg(s->conn));
         goto out;
     }
-    qsort(rl.v, rl.n, sizeof *rl.v, rec_name_cmp);
+    if (rl.n)
+        qsort(rl.v, rl.n, sizeof *rl.v, rec_name_cmp);
     m = calloc(rl.n + 1, sizeof *m);
     names = calloc(rl.n + 1, sizeof *names);
     if (!m || !names) {
