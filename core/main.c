@@ -386,6 +386,19 @@ static size_t count_plugins(const struct rhema_plugin_registry *reg)
     return n;
 }
 
+/*
+ * rhemad -t: load the balancing strategies and create one instance of
+ * each, so that a bad balancer group fails the test as it would fail the
+ * start.  The daemon does the same in rhema_services_start().
+ */
+static int check_balancers(struct rhema_server *srv, char **err)
+{
+    struct rhema_services *s = NULL;
+    int rc = rhema_services_new(srv->cfg, srv->plugins, &s, err);
+    rhema_services_free(s);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     struct options opt = {0};
@@ -423,6 +436,7 @@ int main(int argc, char **argv)
         rhema_cluster_check(&cfg, srv.storage_plugin, &err) != 0 ||
         rhema_codecs_open(&srv.codecs, srv.plugins, &cfg, &err) != 0 ||
         rhema_atrest_check(&cfg, &srv.codecs, &err) != 0 ||
+        (opt.test_only && check_balancers(&srv, &err) != 0) ||
         (!opt.test_only && rhema_keys_open(&srv, &err) != 0) ||
         (!opt.test_only && wrap_storage(&srv, &err) != 0)) {
         fprintf(stderr, "rhemad: %s\n", err ? err : "plugin error");

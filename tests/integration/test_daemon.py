@@ -54,6 +54,25 @@ def test_t_unknown_key_names_file_and_line(tmp_path):
     assert "test is successful" not in r.stdout
 
 
+@pytest.mark.parametrize("group,needle", [
+    ("ip_hash = { table_size = 3; };", "table_size"),
+    ("least_connections = { choices = 0; };", "choices"),
+    ("round_robin = { no_such_key = 1; };", "no_such_key"),
+])
+def test_t_checks_balancer_groups(tmp_path, group, needle):
+    """-t fails on a balancing strategy's bad group, as the start would."""
+    body = "distributed: {\n  load_balancing: {\n    " + group + "\n  };\n};\n"
+    conf = write(tmp_path / "lb.conf", body + memory_config())
+    r = run_rhemad(["-t", "-c", conf, "-P", str(PLUGIN_DIR)], cwd=tmp_path)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert needle in r.stderr and "test failed" in r.stderr, r.stderr
+    assert f"{conf}:3" in r.stderr, r.stderr
+    ok = write(tmp_path / "lb-ok.conf", "distributed: {\n  load_balancing: {\n"
+               "    ip_hash = { table_size = 4096; };\n  };\n};\n" + memory_config())
+    r = run_rhemad(["-t", "-c", ok, "-P", str(PLUGIN_DIR)], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
 def test_t_unknown_backend_names_plugin(tmp_path):
     conf = write(tmp_path / "nosuch.conf", 'persistence: { backend = "nosuch"; };\n')
     r = run_rhemad(["-t", "-c", conf, "-P", str(PLUGIN_DIR)], cwd=tmp_path)
