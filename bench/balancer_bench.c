@@ -79,7 +79,7 @@ static void *worker(void *arg)
     }
     for (int i = 0; i < RING; i++) {
         keys[i] = splitmix(&st);
-        ctx[i] = (struct rhema_pick_ctx){NULL, &keys[i], sizeof keys[i], splitmix(&st)};
+        ctx[i] = (struct rhema_pick_ctx){.size = sizeof ctx[i], .key = &keys[i], .key_len = sizeof keys[i], .random = splitmix(&st)};
     }
     for (int i = 0; i < LAG; i++) /* the slots the lag ring will release */
         atomic_fetch_add_explicit(&r->load[0].inflight, 1, memory_order_relaxed);
@@ -124,6 +124,7 @@ static double cell(const struct rhema_balancer_plugin *vt, size_t n_eps, int thr
         goto out;
     for (size_t i = 0; i < n_eps; i++) {
         snprintf(id[i], sizeof id[i], "svc-%zu", i);
+        eps[i].size = sizeof eps[i];
         eps[i].id = id[i];
         eps[i].address = id[i];
         eps[i].weight = 1 + (uint32_t)(splitmix(&st) % 4); /* weights 1 .. 4 */
@@ -173,7 +174,7 @@ static double disruption(const struct rhema_balancer_plugin *vt)
             if (pass == 1 && i == 37)
                 continue;
             snprintf(id[n], sizeof id[n], "svc-%d", i);
-            eps[n] = (struct rhema_endpoint){id[n], id[n], 1, NULL};
+            eps[n] = (struct rhema_endpoint){sizeof eps[n], id[n], id[n], 1, NULL};
             number[n++] = i;
         }
         if (vt->create(rhema_host_get(), NULL, &b, NULL) != 0 || vt->update(b, eps, n) != 0)
@@ -181,7 +182,7 @@ static double disruption(const struct rhema_balancer_plugin *vt)
         for (size_t k = 0; k < keys; k++) {
             char key[24];
             size_t idx;
-            struct rhema_pick_ctx x = {NULL, key, 0, k};
+            struct rhema_pick_ctx x = {.size = sizeof x, .key = key, .random = k};
             x.key_len = (size_t)snprintf(key, sizeof key, "user-%zu", k);
             if (vt->pick(b, &x, &idx) != 0 || idx >= n)
                 return -1;

@@ -190,7 +190,7 @@ static void h_delete(struct rhema_req *r, struct rhema_services *s, const char *
 static void h_select(struct rhema_req *r, struct rhema_services *s, const char *name)
 {
     static const char *const known[] = {"key", NULL};
-    struct rhema_pick_ctx ctx = {0};
+    struct rhema_pick_ctx ctx = {.size = sizeof ctx};
     struct rhema_selection sel;
     const char *key, *peer = NULL;
     ev_uint16_t port = 0;

@@ -35,6 +35,7 @@
 
 #include <sodium.h>
 
+#include "../tests/conformance/balancer_suite.h"
 #include "../tests/conformance/cipher_suite.h"
 #include "../tests/conformance/compress_suite.h"
 #include "../tests/conformance/storage_suite.h"
@@ -138,6 +139,10 @@ static int cmd_plugin(int argc, char **argv)
         break;
     case RHEMA_KIND_CIPHER:
         rhema_conformance_cipher(&p->vt.cipher, report, (void *)p->name, &totals);
+        break;
+    case RHEMA_KIND_BALANCER:
+        rhema_conformance_balancer(&p->vt.balancer, rhema_host_get(), group, report,
+                                   (void *)p->name, &totals);
         break;
     default:
         fprintf(stderr, "rhemactl: no conformance suite for %s plugins in this version\n",

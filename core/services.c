@@ -969,6 +969,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
         }
         if (m[i].healthy) {
             ep[nep] = i;
+            eps[nep].size = sizeof eps[nep];
             eps[nep].id = mem[i].id;
             eps[nep].address = mem[i].address;
             eps[nep].weight = mem[i].weight;
@@ -1087,6 +1088,7 @@ int rhema_services_select(struct rhema_services *s, const char *name,
 
     if (ctx)
         c = *ctx;
+    c.size = sizeof c;
     c.random = next_random(s);
     pthread_rwlock_rdlock(&s->table_lock);
     gi = group_find(s, name);

@@ -13,40 +13,75 @@
  * requests: incremented when an endpoint is picked, decremented on
  * feedback; an EWMA of observed latency).  The pointers stay valid until
  * the next update() or destroy().
+ *
+ * Growing the structs: struct rhema_endpoint and struct rhema_pick_ctx
+ * begin with their size as the host built them.  A later minor version
+ * appends members; a plugin reads a member only when size covers it, and
+ * steps through the endpoint array with rhema_endpoint_at() (the stride is
+ * the first element's size, the same for every element), never eps[i].
+ *
+ * The header compiles as C11 and as C++11 (std::atomic has the layout of
+ * the C11 _Atomic type on the compilers rhema supports).
  */
 #ifndef RHEMA_BALANCER_H
 #define RHEMA_BALANCER_H
 
-#include <stdatomic.h>
+#include <stddef.h>
 
 #include <rhema/plugin.h>
 
 #ifdef __cplusplus
+#include <atomic>
+#define RHEMA_ATOMIC(T) std::atomic<T>
 extern "C" {
+#else
+#include <stdatomic.h>
+#define RHEMA_ATOMIC(T) _Atomic(T)
 #endif
 
 typedef struct rhema_balancer rhema_balancer; /* an instance, one per service (plugin-defined) */
 
 /* Host-kept, live load of an endpoint; read with atomic loads. */
 struct rhema_endpoint_load {
-    atomic_uint inflight;      /* picked and not yet reported back */
-    atomic_ullong ewma_ns;     /* EWMA of observed latency (alpha 1/8); 0: no sample yet */
-    atomic_ullong samples;     /* latency samples observed */
-    atomic_ullong failures;    /* feedback with ok = 0 */
+    RHEMA_ATOMIC(unsigned) inflight;         /* picked and not yet reported back */
+    RHEMA_ATOMIC(unsigned long long) ewma_ns; /* EWMA of latency (alpha 1/8); 0: no sample yet */
+    RHEMA_ATOMIC(unsigned long long) samples; /* latency samples observed */
+    RHEMA_ATOMIC(unsigned long long) failures; /* feedback with ok = 0 */
 };
 
 struct rhema_endpoint {
+    uint32_t size;       /* sizeof the element as the host built it: the array's stride */
     const char *id;      /* the service instance id (service_id) */
     const char *address; /* host:port */
     uint32_t weight;     /* >= 1 */
     struct rhema_endpoint_load *load; /* host-owned */
+    /* --- minor 0 ends here --- */
 };
 
+/* The smallest size a host passes: every member of minor 0. */
+#define RHEMA_ENDPOINT_SIZE_0 \
+    ((uint32_t)(offsetof(struct rhema_endpoint, load) + sizeof(struct rhema_endpoint_load *)))
+
+/* Element i of an endpoint array handed to update(). */
+static inline const struct rhema_endpoint *rhema_endpoint_at(const struct rhema_endpoint *eps,
+                                                             size_t i)
+{
+    return (const struct rhema_endpoint *)(const void *)((const char *)eps + i * eps->size);
+}
+
+/* 1 when update() may read eps[0..n): n == 0, or a non-NULL array whose stride covers minor 0. */
+static inline int rhema_endpoints_valid(const struct rhema_endpoint *eps, size_t n)
+{
+    return n == 0 || (eps != NULL && eps->size >= RHEMA_ENDPOINT_SIZE_0);
+}
+
 struct rhema_pick_ctx {
+    uint32_t size;           /* sizeof the struct as the host built it */
     const char *client_addr; /* the caller's address, or NULL */
     const void *key;         /* a hash key (select?key=), or NULL: client_addr is the key */
     size_t key_len;
     uint64_t random;         /* a uniform random number drawn by the host for this pick */
+    /* --- minor 0 ends here --- */
 };
 
 struct rhema_balancer_plugin {
@@ -57,7 +92,8 @@ struct rhema_balancer_plugin {
                   rhema_balancer **out, char **err);
     void (*destroy)(rhema_balancer *b);
     /*
-     * Replace the endpoint set (n may be 0).  eps and its strings are valid
+     * Replace the endpoint set (n may be 0; else refuse with RHEMA_EINVAL
+     * what rhema_endpoints_valid() refuses).  eps and its strings are valid
      * during the call only (copy them); the load pointers until the next
      * update() or destroy() -- so update() must not return while a pick
      * that could still read the previous set's load pointers is running

@@ -147,13 +147,13 @@ static int populate(struct snap *s, const struct rhema_endpoint *eps)
     if (!offset || !skip || !next || !credit || !order || !s->table)
         goto out;
     for (size_t i = 0; i < n; i++) {
-        const char *name = endpoint_name(&eps[i]);
+        const char *name = endpoint_name(rhema_endpoint_at(eps, i));
         size_t len = strlen(name);
         offset[i] = hash_bytes(name, len, 0x6D61676C6576ull) % m;
         skip[i] = hash_bytes(name, len, 0x736B6970ull) % (m - 1) + 1;
         next[i] = offset[i]; /* the permutation's position: offset + j * skip (mod m) */
-        if (eps[i].weight > w_max)
-            w_max = eps[i].weight;
+        if (rhema_endpoint_at(eps, i)->weight > w_max)
+            w_max = rhema_endpoint_at(eps, i)->weight;
     }
     /* turns in the order of the permutations, not of the array: the same table for the same
        endpoints in any order, so every rhema node maps a key to the same endpoint */
@@ -166,7 +166,7 @@ static int populate(struct snap *s, const struct rhema_endpoint *eps)
     while (filled < m) {
         for (size_t k = 0; k < n && filled < m; k++) {
             size_t i = order[k];
-            credit[i] += eps[i].weight;
+            credit[i] += rhema_endpoint_at(eps, i)->weight;
             while (credit[i] >= w_max && filled < m) {
                 uint32_t c;
                 credit[i] -= w_max;
@@ -227,10 +227,10 @@ static int iph_update(rhema_balancer *b, const struct rhema_endpoint *eps, size_
     struct snap *s;
     uint64_t want;
 
-    if ((n > 0 && eps == NULL) || n > TABLE_SIZE_MAX / SLOTS_PER_ENDPOINT)
+    if (!rhema_endpoints_valid(eps, n) || n > TABLE_SIZE_MAX / SLOTS_PER_ENDPOINT)
         return RHEMA_EINVAL;
     for (size_t i = 0; i < n; i++)
-        if (eps[i].weight == 0)
+        if (rhema_endpoint_at(eps, i)->weight == 0)
             return RHEMA_EINVAL;
     s = calloc(1, sizeof *s);
     if (s == NULL)

@@ -142,10 +142,10 @@ static int lrt_update(rhema_balancer *b, const struct rhema_endpoint *eps, size_
 {
     struct snap *s;
 
-    if ((n > 0 && eps == NULL) || n > UINT32_MAX)
+    if (!rhema_endpoints_valid(eps, n) || n > UINT32_MAX)
         return RHEMA_EINVAL;
     for (size_t i = 0; i < n; i++)
-        if (eps[i].weight == 0)
+        if (rhema_endpoint_at(eps, i)->weight == 0)
             return RHEMA_EINVAL;
     s = calloc(1, sizeof *s);
     if (s == NULL)
@@ -159,8 +159,8 @@ static int lrt_update(rhema_balancer *b, const struct rhema_endpoint *eps, size_
             return RHEMA_ENOMEM;
         }
         for (size_t i = 0; i < n; i++) {
-            s->load[i] = eps[i].load != NULL ? eps[i].load : &no_load;
-            s->weight[i] = eps[i].weight;
+            s->load[i] = rhema_endpoint_at(eps, i)->load != NULL ? rhema_endpoint_at(eps, i)->load : &no_load;
+            s->weight[i] = rhema_endpoint_at(eps, i)->weight;
         }
     }
     /* returns once no pick reads the old load pointers: the host may free them then */

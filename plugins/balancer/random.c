@@ -67,10 +67,10 @@ static int build_alias(struct snap *s, const struct rhema_endpoint *eps)
     if (!scaled || !small || !large || !s->thresh || !s->alias)
         goto out;
     for (size_t i = 0; i < n; i++)
-        total += eps[i].weight;
+        total += rhema_endpoint_at(eps, i)->weight;
     /* column capacity: total; endpoint i brings weight * n of it */
     for (size_t i = 0; i < n; i++) {
-        scaled[i] = (uint64_t)eps[i].weight * n;
+        scaled[i] = (uint64_t)rhema_endpoint_at(eps, i)->weight * n;
         if (scaled[i] < total)
             small[n_small++] = i;
         else
@@ -133,17 +133,17 @@ static int rnd_update(rhema_balancer *b, const struct rhema_endpoint *eps, size_
 {
     struct snap *s;
 
-    if ((n > 0 && eps == NULL) || n > UINT32_MAX)
+    if (!rhema_endpoints_valid(eps, n) || n > UINT32_MAX)
         return RHEMA_EINVAL;
     for (size_t i = 0; i < n; i++)
-        if (eps[i].weight == 0)
+        if (rhema_endpoint_at(eps, i)->weight == 0)
             return RHEMA_EINVAL;
     s = calloc(1, sizeof *s);
     if (s == NULL)
         return RHEMA_ENOMEM;
     s->n = n;
     for (size_t i = 1; i < n; i++)
-        if (eps[i].weight != eps[0].weight)
+        if (rhema_endpoint_at(eps, i)->weight != eps->weight)
             s->weighted = 1;
     if (s->weighted && build_alias(s, eps) != 0) {
         snap_free(s);

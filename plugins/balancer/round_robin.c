@@ -45,7 +45,7 @@ static void rr_destroy(rhema_balancer *b)
 
 static int rr_update(rhema_balancer *b, const struct rhema_endpoint *eps, size_t n)
 {
-    if (n > 0 && eps == NULL)
+    if (!rhema_endpoints_valid(eps, n))
         return RHEMA_EINVAL;
     atomic_store_explicit(&b->n, n, memory_order_release);
     return 0;

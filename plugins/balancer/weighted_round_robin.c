@@ -80,11 +80,11 @@ static uint64_t period_weights(const struct rhema_endpoint *eps, size_t n, size_
     uint64_t g = 0, total = 0, sum = 0;
 
     for (size_t i = 0; i < n; i++) {
-        g = gcd64(eps[i].weight, g);
-        total += eps[i].weight;
+        g = gcd64(rhema_endpoint_at(eps, i)->weight, g);
+        total += rhema_endpoint_at(eps, i)->weight;
     }
     for (size_t i = 0; i < n; i++) {
-        w[i] = eps[i].weight / g;
+        w[i] = rhema_endpoint_at(eps, i)->weight / g;
         sum += w[i];
     }
     if (sum <= max)
@@ -92,7 +92,7 @@ static uint64_t period_weights(const struct rhema_endpoint *eps, size_t n, size_
     sum = 0;
     for (size_t i = 0; i < n; i++) {
         /* nearest slot count, at least one: the endpoint stays in the rotation */
-        uint64_t s = (uint64_t)(((double)eps[i].weight * (double)max) / (double)total + 0.5);
+        uint64_t s = (uint64_t)(((double)rhema_endpoint_at(eps, i)->weight * (double)max) / (double)total + 0.5);
         w[i] = s == 0 ? 1 : s;
         sum += w[i];
     }
@@ -153,10 +153,10 @@ static int wrr_update(rhema_balancer *b, const struct rhema_endpoint *eps, size_
     uint64_t *w = NULL, total = 0;
     int64_t *cur = NULL;
 
-    if ((n > 0 && eps == NULL) || n > UINT32_MAX)
+    if (!rhema_endpoints_valid(eps, n) || n > UINT32_MAX)
         return RHEMA_EINVAL;
     for (size_t i = 0; i < n; i++)
-        if (eps[i].weight == 0)
+        if (rhema_endpoint_at(eps, i)->weight == 0)
             return RHEMA_EINVAL;
     s = calloc(1, sizeof *s);
     if (s == NULL)

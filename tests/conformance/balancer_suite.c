@@ -124,6 +124,7 @@ static int epset_init(struct epset *e, size_t n, const uint32_t *weights, unsign
         snprintf(e->id[i], sizeof e->id[i], "svc-%u", first_id + (unsigned)i);
         snprintf(e->addr[i], sizeof e->addr[i], "10.0.%u.%u:8080", (first_id + (unsigned)i) / 250,
                  (first_id + (unsigned)i) % 250 + 1);
+        e->eps[i].size = sizeof e->eps[i];
         e->eps[i].id = e->id[i];
         e->eps[i].address = e->addr[i];
         e->eps[i].weight = weights ? weights[i] : 1;
@@ -155,9 +156,39 @@ static int create(struct suite *s, rhema_balancer **b, struct check *c)
     return 0;
 }
 
+/*
+ * update() as a later host calls it: every element wider than this
+ * header's struct rhema_endpoint (size says by how much; the extra bytes
+ * are garbage), in a copy freed as soon as update() returns.  A strategy
+ * indexing eps[i] instead of rhema_endpoint_at() reads the padding as
+ * endpoints; one keeping eps past the call reads freed memory (ASan).
+ */
+struct wide_endpoint {
+    struct rhema_endpoint ep;
+    uint64_t future[3];
+};
+
+static int update_wide(const struct rhema_balancer_plugin *vt, rhema_balancer *b,
+                       const struct rhema_endpoint *eps, size_t n)
+{
+    struct wide_endpoint *w = calloc(n ? n : 1, sizeof *w);
+    int rc;
+    if (!w)
+        return RHEMA_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        w[i].ep = eps[i];
+        w[i].ep.size = sizeof w[i];
+        memset(w[i].future, 0xA5, sizeof w[i].future);
+    }
+    rc = vt->update(b, n ? &w[0].ep : NULL, n);
+    memset(w, 0x5A, (n ? n : 1) * sizeof *w);
+    free(w);
+    return rc;
+}
+
 static int update(struct suite *s, rhema_balancer *b, const struct epset *e, struct check *c)
 {
-    int rc = s->vt->update(b, e->eps, e->n);
+    int rc = update_wide(s->vt, b, e->eps, e->n);
     if (rc != 0)
         fail(c, "update(%zu endpoints): %s", e->n, rhema_strerror(rc));
     return rc;
@@ -173,6 +204,7 @@ struct pickgen {
 static const struct rhema_pick_ctx *next_ctx(struct pickgen *g)
 {
     g->keybuf = splitmix(&g->st);
+    g->ctx.size = sizeof g->ctx;
     g->ctx.client_addr = NULL;
     g->ctx.key = &g->keybuf;
     g->ctx.key_len = sizeof g->keybuf;
@@ -332,6 +364,32 @@ static void check_empty(struct suite *s)
         s->vt->destroy(b);
     }
     done(s, "empty", &c);
+}
+
+/* update() refuses an array it cannot read: NULL with n > 0, a stride short of minor 0. */
+static void check_bad_update(struct suite *s)
+{
+    struct check c = {"", "", 0};
+    rhema_balancer *b;
+    struct epset e;
+    int rc;
+
+    memset(&e, 0, sizeof e);
+    if (create(s, &b, &c) == 0) {
+        if ((rc = s->vt->update(b, NULL, 3)) != RHEMA_EINVAL)
+            fail(&c, "update(NULL, 3): %s, want EINVAL", rhema_strerror(rc));
+        if (epset_init(&e, 4, NULL, 0) == 0) {
+            for (size_t i = 0; i < e.n; i++)
+                e.eps[i].size = RHEMA_ENDPOINT_SIZE_0 - 1;
+            if ((rc = s->vt->update(b, e.eps, e.n)) != RHEMA_EINVAL)
+                fail(&c, "update with size %u < %u: %s, want EINVAL",
+                     (unsigned)(RHEMA_ENDPOINT_SIZE_0 - 1), (unsigned)RHEMA_ENDPOINT_SIZE_0,
+                     rhema_strerror(rc));
+        }
+        epset_release(&e);
+        s->vt->destroy(b);
+    }
+    done(s, "bad_update", &c);
 }
 
 static void check_latest_update(struct suite *s)
@@ -501,7 +559,7 @@ static void check_hash_determinism(struct suite *s)
         goto out;
     for (unsigned k = 0; k < 2000; k++) {
         char key[32];
-        struct rhema_pick_ctx x = {NULL, NULL, 0, 0};
+        struct rhema_pick_ctx x = {sizeof x, NULL, NULL, 0, 0};
         snprintf(key, sizeof key, k < 1000 ? "session-%u" : "198.51.100.%u", k);
         if (k < 1000) {
             x.key = key;
@@ -563,7 +621,7 @@ static int map_keys(struct suite *s, const struct epset *e, const char **out, st
         rc = -1;
     for (unsigned k = 0; rc == 0 && k < DISRUPT_KEYS; k++) {
         char key[32];
-        struct rhema_pick_ctx x = {NULL, key, 0, k};
+        struct rhema_pick_ctx x = {.size = sizeof x, .key = key, .random = k};
         x.key_len = (size_t)snprintf(key, sizeof key, "user-%u", k);
         out[k] = pick_id(s, b, e, &x);
         if (out[k] == NULL) {
@@ -748,7 +806,7 @@ static void check_concurrent(struct suite *s, int with_feedback)
             atomic_store(&next.load[i].ewma_ns, 1000 + splitmix(&st) % 100000);
             next.eps[i].weight = 1 + (uint32_t)(splitmix(&st) % 5);
         }
-        int rc = s->vt->update(k->b, next.eps, next.n);
+        int rc = update_wide(s->vt, k->b, next.eps, next.n);
         if (rc != 0) {
             pthread_mutex_lock(&k->lock);
             fail(&c, "update %u (%zu endpoints): %s", u, next.n, rhema_strerror(rc));
@@ -837,6 +895,7 @@ int rhema_conformance_balancer(const struct rhema_balancer_plugin *vt,
     done(&s, "create", &c);
 
     check_empty(&s);
+    check_bad_update(&s);
     check_latest_update(&s);
     check_uniform(&s);
     check_weights(&s);

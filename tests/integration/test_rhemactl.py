@@ -150,3 +150,29 @@ def test_dictionary_training_and_use(tmp_path):
     finally:
         d.kill()
         plain.kill()
+
+
+# ---- plugin check on every kind ----
+
+@pytest.mark.parametrize("so", ["balancer_round_robin", "balancer_ip_hash", "compress_lz4",
+                                "cipher_chacha20poly1305", "storage_memory"])
+def test_plugin_check_runs_the_kinds_suite(so):
+    path = PLUGIN_DIR / f"{so}.so"
+    if not path.exists():
+        pytest.skip(f"{so} not built")
+    r = ctl("plugin", "check", path, timeout=300)
+    out = r.stdout.decode()
+    assert r.returncode == 0, (out, r.stderr)
+    last = out.strip().splitlines()[-1]
+    assert last.endswith("0 failed, 0 skipped") or ", 0 failed," in last, out
+    assert int(last.split()[0]) >= 5, out
+
+
+def test_plugin_check_fails_on_a_bad_balancer_group():
+    path = PLUGIN_DIR / "balancer_ip_hash.so"
+    if not path.exists():
+        pytest.skip("ip_hash not built")
+    r = ctl("plugin", "check", path, "-o", "distributed.load_balancing.ip_hash.table_size=3")
+    out = r.stdout.decode()
+    assert r.returncode == 1, out
+    assert "FAIL" in out and "table_size" in out, out
