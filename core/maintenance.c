@@ -1,12 +1,16 @@
 /*
  * maintenance -- scheduled backups, pruning, retention cleanup and the
- * data-size gauge, on the main thread (see maintenance.h).
+ * data-size gauge, timed on the main thread (see maintenance.h).  A
+ * scheduled backup or cleanup runs on a thread of its own, with its own
+ * storage connection, so that copying or pruning a large database never
+ * delays the main thread's lease renewals and heartbeats.
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -29,6 +33,7 @@
 #define MS_PER_DAY 86400000ull
 #define BACKUP_FIRST_DELAY_MS 5000u  /* no backup in the first seconds after startup */
 #define CLEANUP_FIRST_DELAY_MS 30000u
+#define BG_RETRY_MS 60000u           /* a job due while the other one runs: retry then */
 #define CLEANUP_PAGE 256             /* index entries read per scan */
 #define TS_LEN 16                    /* yyyymmddThhmmssZ */
 
@@ -48,6 +53,16 @@ struct rhema_maintenance {
     _Atomic int64_t limit;       /* max_data_size_bytes, 0: none */
     struct cleanup_hook *hooks;
     size_t n_hooks;
+    /* the background backup: started and joined on the main thread only */
+    struct event *bg_done_ev; /* activated by the job's thread when it ends */
+    pthread_t bg_thread;
+    int bg_running;
+    int bg_cleanup;   /* the job: 1 retention cleanup, 0 backup */
+    int bg_scheduled; /* started by its timer: re-arm that when done */
+    int bg_rc;
+    char bg_path[PATH_MAX];
+    rhema_maintenance_backup_fn bg_done_fn;
+    void *bg_done_arg;
 };
 
 static int set_err(char **err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -471,8 +486,9 @@ static void on_gauge(evutil_socket_t fd, short what, void *arg)
     gauge_refresh(arg);
 }
 
-int rhema_maintenance_backup_now(struct rhema_maintenance *m, char *path_out, size_t cap,
-                                 char **err)
+/* Back up on conn and prune, logging both.  Any thread (reads only m->srv). */
+static int backup_on(struct rhema_maintenance *m, rhema_storage_conn *conn, char *path_out,
+                     size_t cap, char **err)
 {
     const struct rhema_config *cfg = m->srv->cfg;
     const char *backend = m->srv->storage_plugin->name;
@@ -480,7 +496,7 @@ int rhema_maintenance_backup_now(struct rhema_maintenance *m, char *path_out, si
     size_t pruned = 0;
     uint64_t t0 = rhema_monotonic_ns();
     char *perr = NULL;
-    int rc = rhema_backup_create(m->srv->storage, m->conn, backend, cfg->backup_directory,
+    int rc = rhema_backup_create(m->srv->storage, conn, backend, cfg->backup_directory,
                                  rhema_realtime_ms(), path, sizeof path, err);
     if (rc != 0) {
         rhema_log(RHEMA_LOG_ERROR, WHO, "backup failed: %s", err && *err ? *err : "?");
@@ -500,23 +516,21 @@ int rhema_maintenance_backup_now(struct rhema_maintenance *m, char *path_out, si
     return 0;
 }
 
-static void on_backup(evutil_socket_t fd, short what, void *arg)
+int rhema_maintenance_backup_now(struct rhema_maintenance *m, char *path_out, size_t cap,
+                                 char **err)
 {
-    struct rhema_maintenance *m = arg;
-    char *err = NULL;
-    (void)fd, (void)what;
-    rhema_maintenance_backup_now(m, NULL, 0, &err);
-    free(err);
-    arm(m->backup_ev, interval_ms(m->srv->cfg->backup_interval_hours));
+    return backup_on(m, m->conn, path_out, cap, err);
 }
 
-int rhema_maintenance_cleanup_now(struct rhema_maintenance *m, size_t *removed, char **err)
+/* Retention cleanup on conn: sessions, then the hooks.  Any thread (reads m->srv, m->hooks). */
+static int cleanup_on(struct rhema_maintenance *m, rhema_storage_conn *conn, size_t *removed,
+                      char **err)
 {
     const struct rhema_config *cfg = m->srv->cfg;
     uint64_t keep = (uint64_t)cfg->data_retention_days * MS_PER_DAY, now = rhema_realtime_ms();
     uint64_t cutoff = now > keep ? now - keep : 0;
     size_t n = 0, total = 0, i;
-    int rc = rhema_cleanup_sessions(m->srv->storage, m->conn, cutoff, &n, err), first = rc;
+    int rc = rhema_cleanup_sessions(m->srv->storage, conn, cutoff, &n, err), first = rc;
 
     total += n;
     if (rc != 0)
@@ -529,7 +543,7 @@ int rhema_maintenance_cleanup_now(struct rhema_maintenance *m, size_t *removed, 
     for (i = 0; i < m->n_hooks; i++) {
         char *herr = NULL;
         n = 0;
-        rc = m->hooks[i].fn(m->hooks[i].arg, m->srv->storage, m->conn, cutoff, &n, &herr);
+        rc = m->hooks[i].fn(m->hooks[i].arg, m->srv->storage, conn, cutoff, &n, &herr);
         total += n;
         if (rc != 0) {
             rhema_log(RHEMA_LOG_ERROR, WHO, "cleanup of %s: %s (%zu removed before it)",
@@ -552,20 +566,122 @@ int rhema_maintenance_cleanup_now(struct rhema_maintenance *m, size_t *removed, 
     return first;
 }
 
+int rhema_maintenance_cleanup_now(struct rhema_maintenance *m, size_t *removed, char **err)
+{
+    return cleanup_on(m, m->conn, removed, err);
+}
+
+/*
+ * The background job (a backup or a cleanup, one at a time): a thread with
+ * its own connection, which tells the main thread through bg_done_ev.
+ */
+static void *bg_thread_main(void *arg)
+{
+    struct rhema_maintenance *m = arg;
+    rhema_storage_conn *conn = NULL;
+    char *err = NULL;
+    int rc = m->srv->storage->connect(m->srv->storage_inst, &conn, &err);
+
+    m->bg_path[0] = '\0';
+    if (rc != 0) {
+        rhema_log(RHEMA_LOG_ERROR, WHO, "%s failed: storage connect: %s",
+                  m->bg_cleanup ? "cleanup" : "backup", err ? err : rhema_strerror(rc));
+    } else {
+        if (m->bg_cleanup)
+            rc = cleanup_on(m, conn, NULL, &err);
+        else
+            rc = backup_on(m, conn, m->bg_path, sizeof m->bg_path, &err);
+        m->srv->storage->disconnect(conn);
+    }
+    free(err);
+    m->bg_rc = rc;
+    event_active(m->bg_done_ev, EV_READ, 0); /* thread-safe: evthread_use_pthreads() */
+    return NULL;
+}
+
+/* Join the job's thread (it has ended, or is about to), report, re-arm its timer. */
+static void bg_finish(struct rhema_maintenance *m)
+{
+    pthread_join(m->bg_thread, NULL);
+    m->bg_running = 0;
+    if (m->bg_done_fn != NULL)
+        m->bg_done_fn(m->bg_done_arg, m->bg_rc,
+                      m->bg_rc == 0 && !m->bg_cleanup ? m->bg_path : NULL);
+    if (m->bg_scheduled && m->bg_cleanup)
+        arm(m->cleanup_ev, interval_ms(m->srv->cfg->cleanup_interval_hours));
+    else if (m->bg_scheduled)
+        arm(m->backup_ev, interval_ms(m->srv->cfg->backup_interval_hours));
+}
+
+static void on_bg_done(evutil_socket_t fd, short what, void *arg)
+{
+    struct rhema_maintenance *m = arg;
+    (void)fd, (void)what;
+    if (m->bg_running)
+        bg_finish(m);
+}
+
+static int bg_start(struct rhema_maintenance *m, int cleanup, int scheduled,
+                    rhema_maintenance_backup_fn done, void *arg)
+{
+    int e;
+    if (m->bg_running)
+        return RHEMA_ECONFLICT;
+    m->bg_cleanup = cleanup;
+    m->bg_scheduled = scheduled;
+    m->bg_done_fn = done;
+    m->bg_done_arg = arg;
+    m->bg_rc = 0;
+    e = pthread_create(&m->bg_thread, NULL, bg_thread_main, m);
+    if (e != 0) {
+        rhema_log(RHEMA_LOG_ERROR, WHO, "%s failed: cannot start its thread: %s",
+                  cleanup ? "cleanup" : "backup", strerror(e));
+        return RHEMA_ENOMEM;
+    }
+    m->bg_running = 1;
+    return 0;
+}
+
+int rhema_maintenance_backup_start(struct rhema_maintenance *m, rhema_maintenance_backup_fn done,
+                                   void *arg)
+{
+    return bg_start(m, 0, 0, done, arg);
+}
+
+int rhema_maintenance_cleanup_start(struct rhema_maintenance *m,
+                                    rhema_maintenance_backup_fn done, void *arg)
+{
+    return bg_start(m, 1, 0, done, arg);
+}
+
+int rhema_maintenance_backup_running(const struct rhema_maintenance *m)
+{
+    return m != NULL && m->bg_running;
+}
+
+static void on_backup(evutil_socket_t fd, short what, void *arg)
+{
+    struct rhema_maintenance *m = arg;
+    (void)fd, (void)what;
+    if (bg_start(m, 0, 1, NULL, NULL) != 0) /* the other job runs, or no thread */
+        arm(m->backup_ev, BG_RETRY_MS);
+}
+
 static void on_cleanup(evutil_socket_t fd, short what, void *arg)
 {
     struct rhema_maintenance *m = arg;
-    char *err = NULL;
     (void)fd, (void)what;
-    rhema_maintenance_cleanup_now(m, NULL, &err);
-    free(err);
-    arm(m->cleanup_ev, interval_ms(m->srv->cfg->cleanup_interval_hours));
+    if (bg_start(m, 1, 1, NULL, NULL) != 0)
+        arm(m->cleanup_ev, BG_RETRY_MS);
 }
 
 int rhema_maintenance_add_cleanup(struct rhema_maintenance *m, const char *name,
                                   rhema_maintenance_cleanup_fn fn, void *arg)
 {
-    struct cleanup_hook *h = realloc(m->hooks, (m->n_hooks + 1) * sizeof *h);
+    struct cleanup_hook *h;
+    if (m->bg_running && m->bg_cleanup)
+        return RHEMA_ECONFLICT; /* the cleanup thread reads the hooks */
+    h = realloc(m->hooks, (m->n_hooks + 1) * sizeof *h);
     if (h == NULL)
         return RHEMA_ENOMEM;
     m->hooks = h;
@@ -601,7 +717,9 @@ int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
     m->gauge_ev = event_new(base, -1, EV_PERSIST, on_gauge, m);
     m->backup_ev = evtimer_new(base, on_backup, m);
     m->cleanup_ev = evtimer_new(base, on_cleanup, m);
-    if (m->gauge_ev == NULL || m->backup_ev == NULL || m->cleanup_ev == NULL) {
+    m->bg_done_ev = event_new(base, -1, 0, on_bg_done, m);
+    if (m->gauge_ev == NULL || m->backup_ev == NULL || m->cleanup_ev == NULL ||
+        m->bg_done_ev == NULL) {
         rhema_maintenance_stop(m);
         return set_err(err, RHEMA_ENOMEM, "maintenance: cannot create timers");
     }
@@ -650,6 +768,13 @@ void rhema_maintenance_stop(struct rhema_maintenance *m)
 {
     if (m == NULL)
         return;
+    if (m->bg_running) { /* a half-written backup is worth less than the wait */
+        rhema_log(RHEMA_LOG_NOTICE, WHO, "waiting for the running %s to finish",
+                  m->bg_cleanup ? "cleanup" : "backup");
+        bg_finish(m);
+    }
+    if (m->bg_done_ev != NULL)
+        event_free(m->bg_done_ev);
     if (m->gauge_ev != NULL)
         event_free(m->gauge_ev);
     if (m->backup_ev != NULL)

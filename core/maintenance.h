@@ -1,11 +1,11 @@
 /*
- * maintenance -- the main thread's periodic storage work (DESIGN.md §4):
+ * maintenance -- periodic storage work timed by the main thread (DESIGN.md §4):
  * scheduled backups and their pruning, retention cleanup, and the data-size
  * gauge behind persistence.max_data_size_bytes.
  *
  * rhema_maintenance_start() connects its own storage connection (the main
- * thread's; workers keep theirs) and arms libevent timers on the main
- * event base:
+ * thread's, for the gauge; workers keep theirs) and arms libevent timers on
+ * the main event base:
  *   backups   when persistence.enable_backups: every backup_interval_hours
  *             a snapshot through the plugin's backup() into
  *             <backup_directory>/rhema-<backend>-<UTC yyyymmddThhmmssZ>.bak
@@ -23,17 +23,22 @@
  *             data_retention_days are deleted through the session store
  *             (with the version read, so the indexes and access record go
  *             too and a session updated meanwhile is left alone); then each
- *             registered cleanup hook runs with the same cutoff (the
- *             consensus log registers one for applied entries).
+ *             registered cleanup hook runs with the same cutoff (an
+ *             interface for stores that keep history; none registers one
+ *             yet).
  *   gauge     every RHEMA_MAINTENANCE_GAUGE_MS the plugin's stats(NULL)
  *             bytes (keys + values of live entries) into an atomic that the
  *             workers read through rhema_maintenance_over_limit().
  * Every run is logged: files written and pruned, sessions removed, errors.
  *
- * Threads: start, stop, backup_now, add_cleanup and the timers run on the
- * main thread only, and block it while they talk to storage (a backup of a
- * large store delays signal handling by that long).  over_limit, account
- * and data_size may be called from any thread.
+ * Threads: start, stop, the *_now and *_start calls, add_cleanup and the
+ * timers run on the main thread only.  A scheduled backup or cleanup runs
+ * on a thread of its own with its own storage connection (one such job at
+ * a time; a job due while the other runs is retried a minute later), so
+ * that the main thread's heartbeats and lease renewals never wait for it;
+ * stop waits for a running job.  backup_now and cleanup_now block the main
+ * thread (tests and tools).  over_limit, account and data_size may be
+ * called from any thread.
  */
 #ifndef RHEMA_CORE_MAINTENANCE_H
 #define RHEMA_CORE_MAINTENANCE_H
@@ -61,6 +66,24 @@ void rhema_maintenance_stop(struct rhema_maintenance *m);
  */
 int rhema_maintenance_backup_now(struct rhema_maintenance *m, char *path_out, size_t cap,
                                  char **err);
+
+/*
+ * Take a backup on a thread of its own (its own storage connection), as the
+ * scheduled backups do, so that the main thread's timers -- lease renewal,
+ * heartbeats -- keep running while a large database is copied.  done(arg,
+ * rc, path) is called on the main thread when it ends (path NULL on
+ * failure), or from rhema_maintenance_stop(), which waits for it.
+ * RHEMA_ECONFLICT while a backup is running.  Main thread only; the base
+ * must have been made after evthread_use_pthreads().
+ */
+typedef void (*rhema_maintenance_backup_fn)(void *arg, int rc, const char *path);
+int rhema_maintenance_backup_start(struct rhema_maintenance *m, rhema_maintenance_backup_fn done,
+                                   void *arg);
+/* The retention cleanup the same way (done gets path NULL); RHEMA_ECONFLICT while a job runs. */
+int rhema_maintenance_cleanup_start(struct rhema_maintenance *m,
+                                    rhema_maintenance_backup_fn done, void *arg);
+/* 1 while a background job (backup or cleanup) runs. */
+int rhema_maintenance_backup_running(const struct rhema_maintenance *m);
 
 /*
  * 1 when max_data_size_bytes > 0 and the stored size plus incoming_bytes

@@ -19,9 +19,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <ftw.h>
+#include <limits.h>
+#include <time.h>
 
 #include <cmocka.h>
 #include <event2/event.h>
+#include <event2/thread.h>
+#include <pthread.h>
 
 #include "config.h"
 #include "http.h"
@@ -299,6 +303,30 @@ static int hook(void *arg, const struct rhema_storage_plugin *vt, rhema_storage_
     return 0;
 }
 
+/* What a background job's done() reported. */
+struct bg_result {
+    int calls, rc;
+    char path[PATH_MAX];
+};
+
+static void on_bg_result(void *arg, int rc, const char *path)
+{
+    struct bg_result *d = arg;
+    d->calls++;
+    d->rc = rc;
+    snprintf(d->path, sizeof d->path, "%s", path ? path : "");
+}
+
+/* Run the loop until r's job reported, 10 s at most. */
+static void run_until_done(struct event_base *base, const struct bg_result *r)
+{
+    for (int i = 0; i < 400 && r->calls == 0; i++) {
+        struct timeval step = {0, 25000};
+        event_base_loopexit(base, &step);
+        event_base_dispatch(base);
+    }
+}
+
 static void cleanup_removes_old_finished_sessions(void **state)
 {
     static const char *const ov[] = {"persistence.data_retention_days=30"};
@@ -350,6 +378,20 @@ static void cleanup_removes_old_finished_sessions(void **state)
     /* nothing left to remove: a second run removes nothing */
     assert_int_equal(rhema_maintenance_cleanup_now(m, &removed, &err), 0);
     assert_int_equal(removed, 3);
+
+    /* the same job on the background thread, as the timer runs it */
+    make_session(f, "done-old-3", "Completed", 1);
+    struct bg_result r = {0};
+    assert_int_equal(rhema_maintenance_cleanup_start(m, on_bg_result, &r), 0);
+    assert_int_equal(rhema_maintenance_backup_start(m, on_bg_result, &r), RHEMA_ECONFLICT);
+    assert_int_equal(rhema_maintenance_add_cleanup(m, "late", hook, NULL), RHEMA_ECONFLICT);
+    run_until_done(f->base, &r);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.path[0], '\0');
+    assert_int_equal(hook_calls, 3);
+    assert_false(exists_session(f, "done-old-3"));
+    assert_int_equal(rhema_maintenance_backup_running(m), 0);
     rhema_maintenance_stop(m);
     fixture_free(f);
     free(err);
@@ -400,6 +442,101 @@ static void backup_create_names_and_writes(void **state)
     free(err);
 }
 
+/* ---- the background backup: the main loop keeps running while it copies ---- */
+
+/* A storage whose backup() waits at a gate the test opens. */
+static struct rhema_storage_plugin slow_vt;
+static const struct rhema_storage_plugin *real_vt;
+static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
+static int gate_open, backup_entered;
+
+static int slow_backup(rhema_storage_conn *c, const char *path, char **err)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20; /* bounded: a broken test ends, it does not hang */
+    pthread_mutex_lock(&gate_lock);
+    backup_entered = 1;
+    pthread_cond_broadcast(&gate_cond);
+    while (!gate_open)
+        if (pthread_cond_timedwait(&gate_cond, &gate_lock, &until) != 0)
+            break;
+    pthread_mutex_unlock(&gate_lock);
+    return real_vt->backup(c, path, err);
+}
+
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    ++*(int *)arg;
+}
+
+static void backup_runs_off_the_main_thread(void **state)
+{
+    char ov_dir[600];
+    snprintf(ov_dir, sizeof ov_dir, "persistence.backup_directory=%s/bg", tmpdir);
+    const char *const ov[] = {ov_dir};
+    struct fixture *f = fixture_new(ov, 1);
+    struct rhema_maintenance *m = NULL;
+    struct bg_result d = {0}, d2 = {0};
+    struct timeval tick = {0, 10000}, span = {0, 300000};
+    struct stat st;
+    char *err = NULL;
+    int ticks = 0;
+    (void)state;
+
+    real_vt = f->srv.storage;
+    slow_vt = *real_vt;
+    slow_vt.backup = slow_backup;
+    f->srv.storage = &slow_vt;
+    gate_open = backup_entered = 0;
+    raw_put(f, "t", "k", "v");
+    assert_int_equal(rhema_maintenance_start(&f->srv, f->base, &m, &err), 0);
+
+    assert_int_equal(rhema_maintenance_backup_start(m, on_bg_result, &d), 0);
+    assert_int_equal(rhema_maintenance_backup_running(m), 1);
+    assert_int_equal(rhema_maintenance_backup_start(m, on_bg_result, &d2), RHEMA_ECONFLICT);
+
+    /* the backup is stuck at the gate; the loop's timers still fire */
+    struct event *t = event_new(f->base, -1, EV_PERSIST, on_tick, &ticks);
+    assert_non_null(t);
+    event_add(t, &tick);
+    event_base_loopexit(f->base, &span);
+    event_base_dispatch(f->base);
+    pthread_mutex_lock(&gate_lock);
+    assert_int_equal(backup_entered, 1);
+    gate_open = 1;
+    pthread_cond_broadcast(&gate_cond);
+    pthread_mutex_unlock(&gate_lock);
+    assert_true(ticks >= 5); /* 300 ms of 10 ms ticks: far fewer only if the loop was blocked */
+    assert_int_equal(d.calls, 0);
+    assert_int_equal(rhema_maintenance_backup_running(m), 1);
+
+    /* done() on the main thread, once */
+    run_until_done(f->base, &d);
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(d.rc, 0);
+    assert_int_equal(d2.calls, 0);
+    assert_non_null(strstr(d.path, "/bg/rhema-memory-"));
+    assert_int_equal(stat(d.path, &st), 0);
+    assert_int_equal(rhema_maintenance_backup_running(m), 0);
+
+    /* stop waits for a running backup and reports it */
+    assert_int_equal(rhema_maintenance_backup_start(m, on_bg_result, &d2), 0);
+    rhema_maintenance_stop(m);
+    assert_int_equal(d2.calls, 1);
+    assert_int_equal(d2.rc, 0);
+    assert_int_equal(stat(d2.path, &st), 0);
+    assert_string_not_equal(d.path, d2.path);
+
+    event_free(t);
+    f->srv.storage = real_vt;
+    fixture_free(f);
+    free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -410,6 +547,8 @@ int main(void)
         cmocka_unit_test(size_limit),
         cmocka_unit_test(cleanup_removes_old_finished_sessions),
         cmocka_unit_test(cleanup_pages_through_many),
+        cmocka_unit_test_setup_teardown(backup_runs_off_the_main_thread, tmp_setup, tmp_teardown),
     };
+    evthread_use_pthreads(); /* before any base: the backup thread activates an event */
     return cmocka_run_group_tests_name("maintenance", tests, NULL, NULL);
 }
