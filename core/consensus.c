@@ -30,7 +30,8 @@ static const char *const state_fields[] = {"term",         "leader_id",      "st
 /* Kept by the server; ignored on input so that a client can PUT back what it read. */
 static const char *const state_metadata[] = {
     "applied_index", "term_count", "leader_changes", "last_leader_id", "entry_count",
-    "bytes",         "created_at", "updated_at",     "version",        NULL};
+    "bytes",         "created_at", "updated_at",     "version",        "log_start_index",
+    "log_start_term", NULL};
 static const char *const entry_fields[] = {"index", "term", "command", "data", NULL};
 static const char *const entry_metadata[] = {"created_at", "committed_at", "applied_at",
                                              "size_bytes", "version",      NULL};
@@ -706,12 +707,22 @@ static int append_once(struct rhema_store *st, const char *node, json_t *entries
                   (unsigned long long)first, node, (unsigned long long)last);
         goto out;
     }
-    /* 1. log matching over the overlap [first, min(lastreq, last)] */
+    /*
+     * 1. log matching over the overlap [first, min(lastreq, last)].  Entries
+     * below log_start_index were applied and compacted away (see
+     * rhema_consensus_compact()): applied means committed, so they match.
+     */
     uint64_t conflict = 0, start = last + 1;
-    if (first <= last) {
-        uint64_t hi = lastreq < last ? lastreq : last;
-        if ((rc = scan_range(st, node, first, hi, 0, &have, err)) ||
-            (rc = range_complete(&have, node, first, hi, err)))
+    uint64_t log_start = get_u(rec, "log_start_index");
+    if (log_start == 0)
+        log_start = 1;
+    uint64_t lo = first > log_start ? first : log_start;
+    uint64_t hi = lastreq < last ? lastreq : last;
+    if (first < lo) /* [first, min(lo - 1, lastreq)] is compacted */
+        r.skipped += (lo < lastreq + 1 ? lo : lastreq + 1) - first;
+    if (first <= last && lo <= hi) {
+        if ((rc = scan_range(st, node, lo, hi, 0, &have, err)) ||
+            (rc = range_complete(&have, node, lo, hi, err)))
             goto out;
         for (size_t i = 0; i < have.n; i++) {
             uint64_t term, size;
@@ -720,7 +731,7 @@ static int append_once(struct rhema_store *st, const char *node, json_t *entries
                           node, (unsigned long long)have.v[i].index);
                 goto out;
             }
-            if (term == get_u(json_array_get(entries, i), "term")) {
+            if (term == get_u(json_array_get(entries, (size_t)(have.v[i].index - first)), "term")) {
                 r.skipped++;
                 continue;
             }
@@ -1148,4 +1159,188 @@ out:
     free(nl.keys);
     ent_list_release(&nl.l);
     return rc;
+}
+
+/* ---- compaction: applied entries older than the retention go ---- */
+
+/*
+ * One batch of node's compaction: up to COMPACT_BATCH applied entries from
+ * log_start_index on whose applied_at is before cutoff_ms, deleted with the
+ * state's new log_start_index/term, entry_count and bytes in one batch
+ * (compare-and-set on every version).  *removed counts them; *more is 1
+ * when a full batch went and there may be more.  Returns 1 when it lost a
+ * race and must be tried again.
+ */
+#define COMPACT_BATCH 256
+
+static int compact_once(struct rhema_store *st, const char *node, uint64_t cutoff_ms,
+                        size_t *removed, int *more, int *rc_out, char *err)
+{
+    json_t *cur = NULL, *rec = NULL;
+    uint64_t version;
+    struct ent_list l = {0};
+    struct wset ws = {0};
+    char now[RHEMA_TIME_MAX];
+    int rc, again = 0;
+
+    *more = 0;
+    now_text(now);
+    if ((rc = state_load(st, node, &cur, &version, err)) || !cur)
+        goto out;
+    uint64_t applied = get_u(cur, "applied_index"), start = get_u(cur, "log_start_index");
+    if (start == 0)
+        start = 1;
+    if (applied < start)
+        goto out; /* nothing applied beyond what already went */
+    if ((rc = scan_range(st, node, start, applied, COMPACT_BATCH, &l, err)) ||
+        (rc = range_complete(&l, node, start, start + l.n - 1, err)))
+        goto out;
+    uint64_t count = get_u(cur, "entry_count"), bytes = get_u(cur, "bytes"), last_term = 0;
+    size_t n = 0;
+    if (wset_alloc(&ws, l.n + 1)) {
+        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (; n < l.n; n++) {
+        json_t *o = parse_obj(l.v[n].text, l.v[n].len);
+        const char *at = o ? json_string_value(json_object_get(o, "applied_at")) : NULL;
+        uint64_t at_ms;
+        if (!o || !json_is_integer(json_object_get(o, "term"))) {
+            json_decref(o);
+            rc = errf(err, RHEMA_ECORRUPT, "consensus log of node '%s': entry %llu is corrupt",
+                      node, (unsigned long long)l.v[n].index);
+            goto out;
+        }
+        /* the prefix only (the log stays contiguous); no stamp: keep it */
+        if (!at || rhema_time_parse(at, &at_ms) != 0 || at_ms >= cutoff_ms) {
+            json_decref(o);
+            break;
+        }
+        uint64_t size = get_u(o, "size_bytes");
+        last_term = get_u(o, "term");
+        json_decref(o);
+        count = count ? count - 1 : 0;
+        bytes = bytes >= size ? bytes - size : 0;
+        wset_log(&ws, RHEMA_WRITE_DEL, node, l.v[n].index, NULL, 0, l.v[n].version);
+    }
+    if (n == 0)
+        goto out;
+    if (!(rec = json_deep_copy(cur))) {
+        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        goto out;
+    }
+    set_u(rec, "log_start_index", start + n);
+    set_u(rec, "log_start_term", last_term);
+    set_u(rec, "entry_count", count);
+    set_u(rec, "bytes", bytes);
+    json_object_set_new(rec, "updated_at", json_string(now));
+    size_t slen;
+    char *stext = dump(rec, &slen);
+    if (!stext) {
+        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        goto out;
+    }
+    wset_state(&ws, node, stext, slen, version);
+    rc = st->vt->batch(st->conn, ws.w, ws.n);
+    if (rc == RHEMA_ECONFLICT || rc == RHEMA_ENOTFOUND) {
+        rc = 0;
+        again = 1;
+        goto out;
+    }
+    if (rc) {
+        rc = storage_err(st, rc, "compacting the consensus log", err);
+        goto out;
+    }
+    *removed += n;
+    *more = n == l.n && l.n == COMPACT_BATCH;
+out:
+    json_decref(cur);
+    json_decref(rec);
+    ent_list_release(&l);
+    wset_release(&ws);
+    *rc_out = rc;
+    return again;
+}
+
+int rhema_consensus_compact(struct rhema_store *st, const char *node, uint64_t cutoff_ms,
+                            size_t *removed, char err[RHEMA_ERRMSG_MAX])
+{
+    int rc = 0, more = 1;
+    *removed = 0;
+    while (more) {
+        int tries = 0;
+        while (compact_once(st, node, cutoff_ms, removed, &more, &rc, err))
+            if (++tries >= RETRIES)
+                return errf(err, RHEMA_ECONFLICT,
+                            "consensus node '%s' kept changing while compacting its log", node);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Every node's id (a scan of the state namespace). */
+struct id_list {
+    char **v;
+    size_t n, cap;
+    int oom;
+};
+
+static int collect_id(void *ctx, const char *key, const void *value, size_t len, uint64_t ver)
+{
+    struct id_list *ids = ctx;
+    (void)value, (void)len, (void)ver;
+    if (ids->n == ids->cap) {
+        size_t cap = ids->cap ? ids->cap * 2 : 16;
+        char **nv = realloc(ids->v, cap * sizeof *nv);
+        if (!nv) {
+            ids->oom = 1;
+            return RHEMA_ENOMEM;
+        }
+        ids->v = nv;
+        ids->cap = cap;
+    }
+    if (!(ids->v[ids->n] = strdup(key))) {
+        ids->oom = 1;
+        return RHEMA_ENOMEM;
+    }
+    ids->n++;
+    return 0;
+}
+
+int rhema_consensus_cleanup(void *arg, const struct rhema_storage_plugin *vt,
+                            rhema_storage_conn *conn, uint64_t cutoff_ms, size_t *removed,
+                            char **err)
+{
+    struct rhema_store st;
+    struct id_list ids = {0};
+    char msg[RHEMA_ERRMSG_MAX] = "";
+    int rc, first = 0;
+    (void)arg;
+    *removed = 0;
+    rhema_store_init(&st, vt, conn);
+    rc = vt->scan(conn, NS_STATE, NULL, NULL, 0, collect_id, &ids);
+    if (rc) {
+        if (ids.oom)
+            errf(msg, RHEMA_ENOMEM, "out of memory");
+        else
+            storage_err(&st, rc, "listing consensus nodes", msg);
+        first = rc;
+    }
+    for (size_t i = 0; !first && i < ids.n; i++) {
+        size_t n = 0;
+        rc = rhema_consensus_compact(&st, ids.v[i], cutoff_ms, &n, msg);
+        *removed += n;
+        if (rc)
+            first = rc;
+    }
+    for (size_t i = 0; i < ids.n; i++)
+        free(ids.v[i]);
+    free(ids.v);
+    rhema_store_release(&st);
+    if (first && err) {
+        free(*err);
+        *err = strdup(msg);
+    }
+    return first;
 }

@@ -153,4 +153,22 @@ int rhema_consensus_mark(struct rhema_store *st, const char *node,
 int rhema_consensus_list(struct rhema_store *st, size_t limit, const char *cursor, char **out,
                          size_t *out_len, char err[RHEMA_ERRMSG_MAX]);
 
+/*
+ * Compaction (persistence.enable_cleanup, data_retention_days): delete the
+ * applied entries of node whose applied_at is before cutoff_ms, from the
+ * start of its log on and only as a prefix, so the log stays contiguous;
+ * the state's log_start_index (the first index kept) and log_start_term
+ * (the term of the entry before it) advance in the same batch, and
+ * entry_count/bytes shrink.  An append overlapping compacted indexes counts
+ * them as matching (applied entries are committed).  *removed counts what
+ * went.  0, or a code and err.
+ */
+int rhema_consensus_compact(struct rhema_store *st, const char *node, uint64_t cutoff_ms,
+                            size_t *removed, char err[RHEMA_ERRMSG_MAX]);
+
+/* rhema_consensus_compact() on every node: a maintenance cleanup hook (arg unused). */
+int rhema_consensus_cleanup(void *arg, const struct rhema_storage_plugin *vt,
+                            rhema_storage_conn *conn, uint64_t cutoff_ms, size_t *removed,
+                            char **err);
+
 #endif /* RHEMA_CORE_CONSENSUS_H */

@@ -32,6 +32,7 @@
 #include "log.h"
 #include "maintenance.h"
 #include "perfmon.h"
+#include "consensus.h"
 #include "services.h"
 #include "plugin.h"
 #include "util.h"
@@ -497,6 +498,11 @@ int main(int argc, char **argv)
     }
     if (rhema_maintenance_start(&srv, base, &srv.maintenance, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start maintenance");
+        goto out;
+    }
+    if (rhema_maintenance_add_cleanup(srv.maintenance, "applied consensus log entries",
+                                      rhema_consensus_cleanup, NULL) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "out of memory");
         goto out;
     }
     if (rhema_cluster_start(&srv, base, &srv.cluster, &err) != 0) {

@@ -23,9 +23,8 @@
  *             data_retention_days are deleted through the session store
  *             (with the version read, so the indexes and access record go
  *             too and a session updated meanwhile is left alone); then each
- *             registered cleanup hook runs with the same cutoff (an
- *             interface for stores that keep history; none registers one
- *             yet).
+ *             registered cleanup hook runs with the same cutoff (rhemad
+ *             registers rhema_consensus_cleanup(): applied log entries).
  *   gauge     every RHEMA_MAINTENANCE_GAUGE_MS the plugin's stats(NULL)
  *             bytes (keys + values of live entries) into an atomic that the
  *             workers read through rhema_maintenance_over_limit().

@@ -841,6 +841,90 @@ static void list_summarises_nodes(void **state)
     expect_err_mentions(err, "'cursor'");
 }
 
+/* ---- compaction ---- */
+
+static void compaction_removes_the_applied_prefix(void **state)
+{
+    struct fixture *f = *state;
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_consensus_append_result r;
+    json_t *s = NULL;
+    size_t n = 99;
+    uint64_t later = rhema_realtime_ms() + 60000;
+    assert_int_equal(append_range(f, "c1", 1, 10, 1, NULL, NULL, err), 0);
+    assert_int_equal(mark(f, "c1", RHEMA_CONSENSUS_COMMIT, 8, NULL, NULL, err), 0);
+    assert_int_equal(mark(f, "c1", RHEMA_CONSENSUS_APPLIED, 6, NULL, NULL, err), 0);
+    long long bytes10 = num(s = get_state(f, "c1"), "bytes");
+    json_decref(s);
+
+    /* applied just now: younger than any retention */
+    assert_int_equal(rhema_consensus_compact(&f->st, "c1", rhema_realtime_ms() - 1000, &n, err), 0);
+    assert_int_equal(n, 0);
+    /* older than the cutoff: the applied prefix 1..6 goes, 7..10 stay */
+    assert_int_equal(rhema_consensus_compact(&f->st, "c1", later, &n, err), 0);
+    assert_int_equal(n, 6);
+    s = get_state(f, "c1");
+    assert_int_equal(num(s, "log_start_index"), 7);
+    assert_int_equal(num(s, "log_start_term"), 1);
+    assert_int_equal(num(s, "entry_count"), 4);
+    assert_int_equal(num(s, "last_log_index"), 10);
+    assert_int_equal(num(s, "applied_index"), 6);
+    assert_true(num(s, "bytes") > 0 && num(s, "bytes") < bytes10);
+    json_decref(s);
+    json_t *page = read_entries(f, "c1", 1, 0, 0);
+    json_t *items = json_object_get(page, "items");
+    assert_int_equal(json_array_size(items), 4);
+    assert_int_equal(num(json_array_get(items, 0), "index"), 7);
+    json_decref(page);
+    assert_int_equal(rhema_consensus_compact(&f->st, "c1", later, &n, err), 0);
+    assert_int_equal(n, 0);
+
+    /* appends across the compacted prefix: it matches, the rest is checked */
+    assert_int_equal(append_range(f, "c1", 3, 12, 1, &r, &s, err), 0);
+    assert_int_equal(r.skipped, 8);
+    assert_int_equal(r.appended, 2);
+    assert_int_equal(num(s, "entry_count"), 6);
+    json_decref(s);
+    assert_int_equal(append_range(f, "c1", 2, 5, 1, &r, NULL, err), 0);
+    assert_int_equal(r.skipped, 4);
+    assert_int_equal(r.appended, 0);
+    /* committed 8 still refuses another term; 9 (not committed) is replaced */
+    assert_int_equal(append_range(f, "c1", 8, 8, 2, NULL, NULL, err), RHEMA_ECONFLICT);
+    assert_int_equal(append_range(f, "c1", 9, 9, 2, &r, &s, err), 0);
+    assert_int_equal(r.truncated, 4);
+    assert_int_equal(r.appended, 1);
+    assert_int_equal(num(s, "last_log_index"), 9);
+    assert_int_equal(num(s, "entry_count"), 3);
+    json_decref(s);
+
+    /* the maintenance hook: every node, everything applied before the cutoff */
+    assert_int_equal(append_range(f, "c2", 1, 300, 1, NULL, NULL, err), 0);
+    assert_int_equal(mark(f, "c2", RHEMA_CONSENSUS_COMMIT, 300, NULL, NULL, err), 0);
+    assert_int_equal(mark(f, "c2", RHEMA_CONSENSUS_APPLIED, 280, NULL, NULL, err), 0);
+    assert_int_equal(mark(f, "c1", RHEMA_CONSENSUS_COMMIT, 9, NULL, NULL, err), 0);
+    assert_int_equal(mark(f, "c1", RHEMA_CONSENSUS_APPLIED, 9, NULL, NULL, err), 0);
+    char *herr = NULL;
+    n = 0;
+    assert_int_equal(rhema_consensus_cleanup(NULL, f->vt, f->conn, later, &n, &herr), 0);
+    assert_null(herr);
+    assert_int_equal(n, 3 + 280); /* c2 over two batches */
+    s = get_state(f, "c1");
+    assert_int_equal(num(s, "log_start_index"), 10);
+    assert_int_equal(num(s, "log_start_term"), 2);
+    assert_int_equal(num(s, "entry_count"), 0);
+    assert_int_equal(num(s, "bytes"), 0);
+    json_decref(s);
+    s = get_state(f, "c2");
+    assert_int_equal(num(s, "log_start_index"), 281);
+    assert_int_equal(num(s, "entry_count"), 20);
+    json_decref(s);
+    /* a log compacted to its end still takes the next entry */
+    assert_int_equal(append_range(f, "c1", 10, 10, 2, &r, &s, err), 0);
+    assert_int_equal(r.appended, 1);
+    assert_int_equal(num(s, "entry_count"), 1);
+    json_decref(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -856,6 +940,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(counters_count_real_changes, setup, teardown),
         cmocka_unit_test_setup_teardown(state_if_match_and_log_fields, setup, teardown),
         cmocka_unit_test_setup_teardown(list_summarises_nodes, setup, teardown),
+        cmocka_unit_test_setup_teardown(compaction_removes_the_applied_prefix, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
