@@ -657,6 +657,34 @@ static int entry_meta(const struct ent *e, uint64_t *term, uint64_t *size)
     return 0;
 }
 
+/*
+ * The last step of a log change: rec takes the new entry_count, bytes and
+ * updated_at and joins ws as the state write (compare-and-set on expected),
+ * and the whole batch runs, all or nothing.  0 with *again 1 when another
+ * writer got in between (read again); else 0 or a code and err.
+ */
+static int log_change_apply(struct rhema_store *st, const char *node, json_t *rec, uint64_t count,
+                            uint64_t bytes, const char *now, struct wset *ws, uint64_t expected,
+                            const char *what, int *again, char *err)
+{
+    size_t slen;
+    char *stext;
+    int rc;
+    *again = 0;
+    set_u(rec, "entry_count", count);
+    set_u(rec, "bytes", bytes);
+    json_object_set_new(rec, "updated_at", json_string(now));
+    if (!(stext = dump(rec, &slen)))
+        return errf(err, RHEMA_ENOMEM, "out of memory");
+    wset_state(ws, node, stext, slen, expected);
+    rc = st->vt->batch(st->conn, ws->w, ws->n);
+    if (rc == RHEMA_ECONFLICT || rc == RHEMA_ENOTFOUND) {
+        *again = 1;
+        return 0;
+    }
+    return rc ? storage_err(st, rc, what, err) : 0;
+}
+
 /* Append the reply's counters and make the record. */
 static int append_reply(json_t *rec, uint64_t version,
                         const struct rhema_consensus_append_result *r, struct rhema_record *out,
@@ -803,26 +831,12 @@ static int append_once(struct rhema_store *st, const char *node, json_t *entries
     uint64_t lastterm = get_u(json_array_get(entries, n - 1), "term");
     set_u(rec, "last_log_index", lastreq);
     set_u(rec, "last_log_term", lastterm);
-    set_u(rec, "entry_count", count);
-    set_u(rec, "bytes", bytes);
-    json_object_set_new(rec, "updated_at", json_string(now));
-    size_t slen;
-    char *stext = dump(rec, &slen);
-    if (!stext) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
-        goto out;
-    }
-    wset_state(&ws, node, stext, slen, cur ? version : RHEMA_VERSION_ABSENT);
     /* 3. apply, all or nothing */
-    rc = st->vt->batch(st->conn, ws.w, ws.n);
-    if (rc == RHEMA_ECONFLICT || rc == RHEMA_ENOTFOUND) {
-        again = 1; /* another writer got in between: read again */
+    if ((rc = log_change_apply(st, node, rec, count, bytes, now, &ws,
+                               cur ? version : RHEMA_VERSION_ABSENT,
+                               "appending to the consensus log", &again, err)) ||
+        again)
         goto out;
-    }
-    if (rc) {
-        rc = storage_err(st, rc, "appending to the consensus log", err);
-        goto out;
-    }
     *res = r;
     rc = append_reply(rec, ws.w[ws.n - 1].new_version, &r, out, err);
 out:
@@ -1231,26 +1245,10 @@ static int compact_once(struct rhema_store *st, const char *node, uint64_t cutof
     }
     set_u(rec, "log_start_index", start + n);
     set_u(rec, "log_start_term", last_term);
-    set_u(rec, "entry_count", count);
-    set_u(rec, "bytes", bytes);
-    json_object_set_new(rec, "updated_at", json_string(now));
-    size_t slen;
-    char *stext = dump(rec, &slen);
-    if (!stext) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+    if ((rc = log_change_apply(st, node, rec, count, bytes, now, &ws, version,
+                               "compacting the consensus log", &again, err)) ||
+        again)
         goto out;
-    }
-    wset_state(&ws, node, stext, slen, version);
-    rc = st->vt->batch(st->conn, ws.w, ws.n);
-    if (rc == RHEMA_ECONFLICT || rc == RHEMA_ENOTFOUND) {
-        rc = 0;
-        again = 1;
-        goto out;
-    }
-    if (rc) {
-        rc = storage_err(st, rc, "compacting the consensus log", err);
-        goto out;
-    }
     *removed += n;
     *more = n == l.n && l.n == COMPACT_BATCH;
 out:
