@@ -502,51 +502,6 @@ static void ws_drop_missing_deletes(struct rhema_store *st, struct wset *ws)
     ws->n = k;
 }
 
-/* Collect keys of a scan (with `strip` bytes of prefix removed). */
-struct key_list {
-    char **v;
-    size_t n, cap;
-    size_t strip;
-    int oom;
-};
-
-static int collect_key(void *ctx, const char *key, const void *value, size_t len, uint64_t ver)
-{
-    (void)value, (void)len, (void)ver;
-    struct key_list *l = ctx;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        void *nv = realloc(l->v, cap * sizeof *l->v);
-        if (!nv) {
-            l->oom = 1;
-            return RHEMA_ENOMEM;
-        }
-        l->v = nv;
-        l->cap = cap;
-    }
-    if (!(l->v[l->n] = strdup(key + l->strip))) {
-        l->oom = 1;
-        return RHEMA_ENOMEM;
-    }
-    l->n++;
-    return 0;
-}
-
-static void key_list_clear(struct key_list *l)
-{
-    for (size_t i = 0; i < l->n; i++)
-        free(l->v[i]);
-    l->n = 0;
-}
-
-static void key_list_free(struct key_list *l)
-{
-    key_list_clear(l);
-    free(l->v);
-    l->v = NULL;
-    l->cap = 0;
-}
-
 /* Collect values (parsed JSON) of a scan. */
 struct value_list {
     json_t *items;
@@ -907,14 +862,15 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
     free(new_hb);
     /* transitions of a deleted agent */
     if (kind == AOP_DELETE) {
-        struct key_list keys = {0};
+        struct rhema_key_list keys = {0};
         char *from = kfmt("%s/", id), *to = kfmt("%s0", id); /* '0' follows '/' */
-        rc = from && to ? st->vt->scan(st->conn, NS_TRANSITIONS, from, to, 0, collect_key, &keys)
+        rc = from && to ? st->vt->scan(st->conn, NS_TRANSITIONS, from, to, 0,
+                                       rhema_key_list_collect, &keys)
                         : RHEMA_ENOMEM;
         free(from);
         free(to);
         if (rc) {
-            key_list_free(&keys);
+            rhema_key_list_release(&keys);
             return keys.oom || rc == RHEMA_ENOMEM ? errf(err, RHEMA_ENOMEM, "out of memory")
                                                   : storage_err(st, rc, "listing transitions", err);
         }
@@ -923,7 +879,7 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
             keys.v[i] = NULL;
         }
         keys.n = 0;
-        key_list_free(&keys);
+        rhema_key_list_release(&keys);
     }
     /* the summary, when this write changes it */
     struct contrib before, after;
@@ -1062,7 +1018,7 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
     int rc = 0;
     char from[IDX_KEY_MAX + 2], to[IDX_KEY_MAX + 2];
     const char *ns = NS_AGENTS, *prefix = NULL;
-    struct key_list ids = {0};
+    struct rhema_key_list ids = {0};
     json_t *items = NULL;
     uint64_t now = rhema_realtime_ms();
 
@@ -1096,9 +1052,9 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
     items = json_array();
     while (json_array_size(items) <= limit) {
         size_t want = limit + 1 - json_array_size(items);
-        key_list_clear(&ids);
+        rhema_key_list_clear(&ids);
         rc = st->vt->scan(st->conn, ns, have_from ? from : NULL, prefix ? to : NULL, want,
-                          collect_key, &ids);
+                          rhema_key_list_collect, &ids);
         if (rc) {
             rc = ids.oom ? errf(err, RHEMA_ENOMEM, "out of memory")
                          : storage_err(st, rc, "listing agents", err);
@@ -1136,7 +1092,7 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
     }
     rc = page_text(items, next, out, out_len, err);
 out:
-    key_list_free(&ids);
+    rhema_key_list_release(&ids);
     json_decref(items);
     return rc;
 }

@@ -1277,47 +1277,18 @@ int rhema_consensus_compact(struct rhema_store *st, const char *node, uint64_t c
     return 0;
 }
 
-/* Every node's id (a scan of the state namespace). */
-struct id_list {
-    char **v;
-    size_t n, cap;
-    int oom;
-};
-
-static int collect_id(void *ctx, const char *key, const void *value, size_t len, uint64_t ver)
-{
-    struct id_list *ids = ctx;
-    (void)value, (void)len, (void)ver;
-    if (ids->n == ids->cap) {
-        size_t cap = ids->cap ? ids->cap * 2 : 16;
-        char **nv = realloc(ids->v, cap * sizeof *nv);
-        if (!nv) {
-            ids->oom = 1;
-            return RHEMA_ENOMEM;
-        }
-        ids->v = nv;
-        ids->cap = cap;
-    }
-    if (!(ids->v[ids->n] = strdup(key))) {
-        ids->oom = 1;
-        return RHEMA_ENOMEM;
-    }
-    ids->n++;
-    return 0;
-}
-
 int rhema_consensus_cleanup(void *arg, const struct rhema_storage_plugin *vt,
                             rhema_storage_conn *conn, uint64_t cutoff_ms, size_t *removed,
                             char **err)
 {
     struct rhema_store st;
-    struct id_list ids = {0};
+    struct rhema_key_list ids = {0};
     char msg[RHEMA_ERRMSG_MAX] = "";
     int rc, first = 0;
     (void)arg;
     *removed = 0;
     rhema_store_init(&st, vt, conn);
-    rc = vt->scan(conn, NS_STATE, NULL, NULL, 0, collect_id, &ids);
+    rc = vt->scan(conn, NS_STATE, NULL, NULL, 0, rhema_key_list_collect, &ids);
     if (rc) {
         if (ids.oom)
             errf(msg, RHEMA_ENOMEM, "out of memory");
@@ -1332,9 +1303,7 @@ int rhema_consensus_cleanup(void *arg, const struct rhema_storage_plugin *vt,
         if (rc)
             first = rc;
     }
-    for (size_t i = 0; i < ids.n; i++)
-        free(ids.v[i]);
-    free(ids.v);
+    rhema_key_list_release(&ids);
     rhema_store_release(&st);
     if (first && err) {
         free(*err);

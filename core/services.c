@@ -561,50 +561,12 @@ int rhema_service_delete(struct rhema_store *st, const char *id, uint64_t if_mat
     return errf(err, RHEMA_ECONFLICT, "service '%s': too many concurrent writers", id);
 }
 
-struct key_list {
-    char **v;
-    size_t n, cap;
-    size_t strip; /* bytes to skip at the start of each key */
-    int oom;
-};
-
-static int collect_key(void *ctx, const char *key, const void *value, size_t len,
-                       uint64_t version)
-{
-    struct key_list *kl = ctx;
-    (void)value, (void)len, (void)version;
-    if (kl->n == kl->cap) {
-        size_t cap = kl->cap ? 2 * kl->cap : 16;
-        char **v = realloc(kl->v, cap * sizeof *v);
-        if (!v) {
-            kl->oom = 1;
-            return RHEMA_ENOMEM;
-        }
-        kl->v = v;
-        kl->cap = cap;
-    }
-    if (!(kl->v[kl->n] = strdup(key + (strlen(key) >= kl->strip ? kl->strip : 0)))) {
-        kl->oom = 1;
-        return RHEMA_ENOMEM;
-    }
-    kl->n++;
-    return 0;
-}
-
-static void key_list_free(struct key_list *kl)
-{
-    for (size_t i = 0; i < kl->n; i++)
-        free(kl->v[i]);
-    free(kl->v);
-    memset(kl, 0, sizeof *kl);
-}
-
 int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, const char *cursor,
                        int checks_enabled, char **out, size_t *out_len,
                        char err[RHEMA_ERRMSG_MAX])
 {
     char from[2 * RHEMA_ID_MAX + 4], to[RHEMA_ID_MAX + 2];
-    struct key_list ids = {0};
+    struct rhema_key_list ids = {0};
     json_t *items = NULL, *page = NULL;
     int rc = 0;
 
@@ -621,13 +583,13 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
         snprintf(from, sizeof from, "%s/%s%s", name, cursor ? cursor : "", cursor ? "\x01" : "");
         snprintf(to, sizeof to, "%s0", name);
         ids.strip = strlen(name) + 1;
-        rc = st->vt->scan(st->conn, RHEMA_SERVICES_NAME_NS, from, to, limit + 1, collect_key,
-                          &ids);
+        rc = st->vt->scan(st->conn, RHEMA_SERVICES_NAME_NS, from, to, limit + 1,
+                          rhema_key_list_collect, &ids);
     } else {
         if (cursor)
             snprintf(from, sizeof from, "%s\x01", cursor);
         rc = st->vt->scan(st->conn, RHEMA_SERVICES_NS, cursor ? from : NULL, NULL, limit + 1,
-                          collect_key, &ids);
+                          rhema_key_list_collect, &ids);
     }
     if (rc) {
         rc = ids.oom ? errf(err, RHEMA_ENOMEM, "out of memory")
@@ -659,7 +621,7 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
 out:
     json_decref(items);
     json_decref(page);
-    key_list_free(&ids);
+    rhema_key_list_release(&ids);
     return rc;
 }
 
@@ -1265,7 +1227,7 @@ int rhema_services_refresh_name(struct rhema_services *s, struct rhema_store *st
                                 const char *name)
 {
     char from[RHEMA_ID_MAX + 2], to[RHEMA_ID_MAX + 2], err[RHEMA_ERRMSG_MAX];
-    struct key_list ids = {0};
+    struct rhema_key_list ids = {0};
     struct rec_list rl = {0};
     json_t **health = NULL;
     struct rhema_service_member *m = NULL;
@@ -1277,7 +1239,7 @@ int rhema_services_refresh_name(struct rhema_services *s, struct rhema_store *st
     snprintf(to, sizeof to, "%s0", name);
     ids.strip = strlen(name) + 1;
     pthread_mutex_lock(&s->apply_lock);
-    rc = st->vt->scan(st->conn, RHEMA_SERVICES_NAME_NS, from, to, 0, collect_key, &ids);
+    rc = st->vt->scan(st->conn, RHEMA_SERVICES_NAME_NS, from, to, 0, rhema_key_list_collect, &ids);
     if (rc)
         goto out;
     health = calloc(ids.n + 1, sizeof *health);
@@ -1317,7 +1279,7 @@ out:
     free(health);
     free(m);
     rec_list_free(&rl);
-    key_list_free(&ids);
+    rhema_key_list_release(&ids);
     return rc;
 }
 

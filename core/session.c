@@ -1169,20 +1169,14 @@ int rhema_session_append_message(struct rhema_store *st, const char *id, json_t 
 
 /* ---- listing ---- */
 
-struct id_list {
-    char **v;
-    size_t n, cap;
-    size_t strip; /* bytes of index prefix to strip from keys */
-    int oom;
-};
-
-static int collect_id(void *ctx, const char *key, const void *value, size_t len, uint64_t ver)
+int rhema_key_list_collect(void *ctx, const char *key, const void *value, size_t len,
+                           uint64_t version)
 {
-    (void)value, (void)len, (void)ver;
-    struct id_list *l = ctx;
+    struct rhema_key_list *l = ctx;
+    (void)value, (void)len, (void)version;
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 64;
-        void *nv = realloc(l->v, cap * sizeof *l->v);
+        char **nv = realloc(l->v, cap * sizeof *nv);
         if (!nv) {
             l->oom = 1;
             return RHEMA_ENOMEM;
@@ -1190,12 +1184,27 @@ static int collect_id(void *ctx, const char *key, const void *value, size_t len,
         l->v = nv;
         l->cap = cap;
     }
-    if (!(l->v[l->n] = strdup(key + l->strip))) {
+    if (!(l->v[l->n] = strdup(key + (strlen(key) >= l->strip ? l->strip : 0)))) {
         l->oom = 1;
         return RHEMA_ENOMEM;
     }
     l->n++;
     return 0;
+}
+
+void rhema_key_list_clear(struct rhema_key_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    l->n = 0;
+}
+
+void rhema_key_list_release(struct rhema_key_list *l)
+{
+    rhema_key_list_clear(l);
+    free(l->v);
+    l->v = NULL;
+    l->cap = 0;
 }
 
 int rhema_session_list(struct rhema_store *st, const char *status, const char *participant,
@@ -1205,7 +1214,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
     int rc = 0;
     char from[IDX_KEY_MAX + 2], to[IDX_KEY_MAX + 2];
     const char *ns = NS_SESSIONS, *prefix = NULL;
-    struct id_list ids = {0};
+    struct rhema_key_list ids = {0};
     json_t *items = NULL;
     char *text = NULL;
 
@@ -1243,9 +1252,9 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
     /* Scan in chunks: a participant filter on the status index may skip entries. */
     while (json_array_size(items) <= limit) {
         size_t want = limit + 1 - json_array_size(items);
-        ids.n = 0;
-        rc = st->vt->scan(st->conn, ns, have_from ? from : NULL, prefix ? to : NULL,
-                          want, collect_id, &ids);
+        rhema_key_list_clear(&ids);
+        rc = st->vt->scan(st->conn, ns, have_from ? from : NULL, prefix ? to : NULL, want,
+                          rhema_key_list_collect, &ids);
         if (rc) {
             rc = ids.oom ? errf(err, RHEMA_ENOMEM, "out of memory")
                          : storage_err(st, rc, "listing sessions", err);
@@ -1294,9 +1303,6 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
         else
             snprintf(from, sizeof from, "%s\x01", last_id);
         have_from = 1;
-        for (size_t i = 0; i < ids.n; i++)
-            free(ids.v[i]);
-        ids.n = 0;
     }
     if (json_array_size(items) > limit) {
         more = 1;
@@ -1320,9 +1326,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
     *out_len = strlen(text);
     rc = 0;
 out:
-    for (size_t i = 0; i < ids.n; i++)
-        free(ids.v[i]);
-    free(ids.v);
+    rhema_key_list_release(&ids);
     json_decref(items);
     return rc;
 }

@@ -53,6 +53,24 @@ void rhema_store_release(struct rhema_store *st);
 int rhema_store_flush_access(struct rhema_store *st);
 
 /*
+ * The keys a scan visits, each with its first `strip` bytes removed (an
+ * index prefix): pass rhema_key_list_collect as the scan callback and the
+ * list as its ctx.  On RHEMA_ENOMEM from the scan, oom is set.
+ */
+struct rhema_key_list {
+    char **v;
+    size_t n, cap;
+    size_t strip;
+    int oom;
+};
+int rhema_key_list_collect(void *ctx, const char *key, const void *value, size_t len,
+                           uint64_t version);
+/* Free the keys, keep the array for the next scan. */
+void rhema_key_list_clear(struct rhema_key_list *l);
+/* Free the keys and the array; strip and oom stay for the caller to read. */
+void rhema_key_list_release(struct rhema_key_list *l);
+
+/*
  * Validation.  Both check every field (type, enum, id syntax, timestamps),
  * refuse unknown fields, fill defaults and return a normalised object
  * (*out, a new reference).  On error they return RHEMA_EINVAL and write a
