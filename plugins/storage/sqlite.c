@@ -11,6 +11,8 @@
  *   cache_size_kib  = 8192;             page cache per connection
  *   mmap_size_mib   = 256;              read pages through mmap (0: off)
  *   page_size       = 8192;             page size of a new database file
+ *   checkpoint_pages = 1000;            WAL pages that start a checkpoint; 0: the
+ *                                       writer checkpoints itself (SQLite's default)
  *
  * Schema (schema_version 1):
  *   meta(name PRIMARY KEY, value)   schema_version, version_counter
@@ -37,6 +39,23 @@
  * BEGIN IMMEDIATE transactions, so preconditions are checked and applied
  * under the database write lock; a writer waits up to busy_timeout_ms and
  * then gets RHEMA_EUNAVAIL.
+ *
+ * Checkpoints: SQLite's automatic checkpoint runs inside the COMMIT that
+ * crosses the threshold, so that one write waits for copying the WAL into
+ * the database and for two fsyncs while every other writer waits behind it.
+ * Here each connection's WAL hook only wakes a checkpointer thread (one per
+ * instance, on a connection of its own, started on first use), which runs
+ * PASSIVE checkpoints beside the writers.  Writers that keep appending keep
+ * the WAL from being reset, so when it has grown to CKPT_RESTART_AT times
+ * the threshold the checkpointer takes the write lock and finishes with a
+ * RESTART checkpoint: by then the PASSIVE ones copied and synced nearly
+ * everything, so the writers wait for the short rest only.  Should the
+ * checkpointer fall behind anyway (descheduled, or busy with a long
+ * checkpoint), a writer that finds the WAL at CKPT_BACKSTOP thresholds
+ * restarts it itself, as SQLite's own autocheckpoint would: the WAL stays
+ * bounded whatever the checkpointer does.  The
+ * checkpointer is a performance device: a commit is as durable without it
+ * as with it (WAL mode: the WAL is the durable copy until checkpointed).
  *
  * Backup and restore: backup() copies the database with the online backup
  * API; restore() checks such a copy (size, integrity_check, schema) and
@@ -67,6 +86,8 @@
 #define PURGE_EVERY 64u  /* writes between two purges of expired rows */
 #define PURGE_LIMIT "256" /* rows a purge deletes at most */
 #define SQ_ERRMSG_MAX 512
+#define CKPT_RESTART_AT 4 /* WAL size, in thresholds, that makes the checkpointer restart it */
+#define CKPT_BACKSTOP 16  /* WAL size, in thresholds, at which a writer restarts it itself */
 
 enum stmt_id {
     ST_BEGIN,
@@ -158,6 +179,14 @@ struct rhema_storage_instance {
      * still meet the busy timeout.
      */
     pthread_mutex_t write_lock;
+    /* the checkpointer (see the top of the file) */
+    int checkpoint_pages; /* 0: SQLite's autocheckpoint in the writer */
+    pthread_mutex_t ckpt_lock;
+    pthread_cond_t ckpt_cond;
+    pthread_t ckpt_thread;
+    pid_t ckpt_pid; /* the process that started it (0: not started) */
+    int ckpt_wanted, ckpt_stopping, ckpt_failed;
+    sqlite3 *ckpt_db;
 };
 
 struct rhema_storage_conn {
@@ -362,7 +391,7 @@ static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
                        const struct rhema_cfg *cfg, char **err)
 {
     const char *path = "data/rhema.db", *sync = "normal";
-    int64_t busy = 5000, cache = 8192, mmap_mib = 256, page = 8192;
+    int64_t busy = 5000, cache = 8192, mmap_mib = 256, page = 8192, ckpt = 1000;
 
     if (h->cfg_string(cfg, "path", &path) == RHEMA_EINVAL)
         return h->set_error(err, RHEMA_EINVAL, "%s: sqlite: path must be a string",
@@ -397,7 +426,13 @@ static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
         return h->set_error(err, RHEMA_EINVAL,
                             "%s: sqlite: page_size must be a power of two in 512..65536",
                             h->cfg_where(cfg, "page_size"));
+    if (h->cfg_int(cfg, "checkpoint_pages", &ckpt) == RHEMA_EINVAL || ckpt < 0 ||
+        ckpt > INT_MAX / CKPT_BACKSTOP)
+        return h->set_error(err, RHEMA_EINVAL,
+                            "%s: sqlite: checkpoint_pages must be an integer in 0..%d",
+                            h->cfg_where(cfg, "checkpoint_pages"), INT_MAX / CKPT_BACKSTOP);
     in->busy_timeout_ms = (int)busy;
+    in->checkpoint_pages = (int)ckpt;
     in->cache_size_kib = cache;
     in->mmap_size_mib = mmap_mib;
     in->page_size = page;
@@ -480,6 +515,124 @@ out:
     return ret;
 }
 
+/* ---- the checkpointer ---- */
+
+static void ckpt_log(rhema_storage_instance *in, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void ckpt_log(rhema_storage_instance *in, int level, const char *fmt, ...)
+{
+    char msg[SQ_ERRMSG_MAX];
+    va_list ap;
+    if (in->host->log == NULL)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    in->host->log(level, PLUGIN_NAME, "%s: %s", in->path, msg);
+}
+
+static void *ckpt_main(void *arg)
+{
+    rhema_storage_instance *in = arg;
+    sqlite3 *db = in->ckpt_db;
+    for (;;) {
+        pthread_mutex_lock(&in->ckpt_lock);
+        while (!in->ckpt_wanted && !in->ckpt_stopping)
+            pthread_cond_wait(&in->ckpt_cond, &in->ckpt_lock);
+        int stopping = in->ckpt_stopping;
+        in->ckpt_wanted = 0;
+        pthread_mutex_unlock(&in->ckpt_lock);
+        if (stopping)
+            break;
+        int log = 0, done = 0;
+        int rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+        if (rc == SQLITE_OK && log >= in->checkpoint_pages * CKPT_RESTART_AT) {
+            /* writers kept the WAL from being reset: finish it under the write lock */
+            pthread_mutex_lock(&in->write_lock);
+            rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_RESTART, &log, &done);
+            pthread_mutex_unlock(&in->write_lock);
+        }
+        if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED)
+            ckpt_log(in, RHEMA_LOG_WARN, "checkpoint: %s", sqlite3_errmsg(db));
+    }
+    sqlite3_close(db);
+    in->ckpt_db = NULL;
+    return NULL;
+}
+
+/* Start the checkpointer in this process; 0 or -1 (the caller checkpoints itself). */
+static int ckpt_start(rhema_storage_instance *in)
+{
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(in->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_busy_timeout(db, in->busy_timeout_ms);
+        char pragma[48];
+        snprintf(pragma, sizeof pragma, "PRAGMA synchronous=%s", in->synchronous);
+        rc = sqlite3_exec(db, pragma, NULL, NULL, NULL);
+    }
+    if (rc != SQLITE_OK) {
+        ckpt_log(in, RHEMA_LOG_WARN, "checkpointer: open: %s; writers checkpoint themselves",
+                 db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        sqlite3_close(db);
+        return -1;
+    }
+    in->ckpt_db = db;
+    if (pthread_create(&in->ckpt_thread, NULL, ckpt_main, in) != 0) {
+        ckpt_log(in, RHEMA_LOG_WARN,
+                 "checkpointer: cannot start a thread; writers checkpoint "
+                 "themselves");
+        in->ckpt_db = NULL;
+        sqlite3_close(db);
+        return -1;
+    }
+    in->ckpt_pid = getpid();
+    return 0;
+}
+
+/*
+ * The WAL hook of every connection: called after each commit with the
+ * WAL's size in pages.  Wakes the checkpointer past the threshold; runs a
+ * PASSIVE checkpoint itself when there is no checkpointer.
+ */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    rhema_storage_instance *in = arg;
+    int inline_ckpt = 0;
+    if (pages < in->checkpoint_pages)
+        return SQLITE_OK;
+    if (pages >= in->checkpoint_pages * CKPT_BACKSTOP) {
+        /* busy when the checkpointer is at it: then it resets the WAL soon */
+        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+        return SQLITE_OK;
+    }
+    pthread_mutex_lock(&in->ckpt_lock);
+    if (in->ckpt_pid != getpid() && !in->ckpt_failed && !in->ckpt_stopping)
+        in->ckpt_failed = ckpt_start(in) != 0;
+    if (in->ckpt_pid == getpid() && !in->ckpt_failed) {
+        in->ckpt_wanted = 1;
+        pthread_cond_signal(&in->ckpt_cond);
+    } else {
+        inline_ckpt = 1;
+    }
+    pthread_mutex_unlock(&in->ckpt_lock);
+    if (inline_ckpt)
+        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    return SQLITE_OK;
+}
+
+static void ckpt_stop(rhema_storage_instance *in)
+{
+    pthread_mutex_lock(&in->ckpt_lock);
+    int running = in->ckpt_pid == getpid();
+    in->ckpt_stopping = 1;
+    pthread_cond_signal(&in->ckpt_cond);
+    pthread_mutex_unlock(&in->ckpt_lock);
+    if (running)
+        pthread_join(in->ckpt_thread, NULL);
+}
+
 static int sq_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
                    rhema_storage_instance **out, char **err)
 {
@@ -494,6 +647,8 @@ static int sq_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
     in->host = host;
     atomic_init(&in->writes, 0);
     pthread_mutex_init(&in->write_lock, NULL);
+    pthread_mutex_init(&in->ckpt_lock, NULL);
+    pthread_cond_init(&in->ckpt_cond, NULL);
     rc = read_config(in, host, cfg, err);
     if (rc != 0)
         goto fail;
@@ -513,6 +668,8 @@ static int sq_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
     return 0;
 fail:
     pthread_mutex_destroy(&in->write_lock);
+    pthread_mutex_destroy(&in->ckpt_lock);
+    pthread_cond_destroy(&in->ckpt_cond);
     free(in->path);
     free(in);
     return rc;
@@ -522,7 +679,10 @@ static void sq_close(rhema_storage_instance *in)
 {
     if (in == NULL)
         return;
+    ckpt_stop(in);
     pthread_mutex_destroy(&in->write_lock);
+    pthread_mutex_destroy(&in->ckpt_lock);
+    pthread_cond_destroy(&in->ckpt_cond);
     free(in->path);
     free(in);
 }
@@ -577,6 +737,8 @@ static int sq_connect(rhema_storage_instance *in, rhema_storage_conn **out, char
         sqlite3_free(msg);
         goto fail;
     }
+    if (in->checkpoint_pages > 0) /* replaces SQLite's autocheckpoint */
+        sqlite3_wal_hook(c->db, wal_hook, in);
     for (i = 0; i < ST__COUNT; i++) {
         rc = sqlite3_prepare_v3(c->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->st[i],
                                 NULL);

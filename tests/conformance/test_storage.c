@@ -16,8 +16,10 @@
  * The sqlite backend gets persistence.sqlite.path=<tmpdir>/conf.db, plus
  * sqlite-only checks: durability and lease epochs across close and open,
  * the parent directory created, a bad `synchronous` refused with its
- * file:line, and a backup that opens as a database holding the data.
+ * file:line, a backup that opens as a database holding the data, and the
+ * background checkpointer (checkpoint_pages).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -327,6 +329,160 @@ out:
     tap("sqlite", "parent directory and backup", msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
 }
 
+static int count_threads(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    if (d == NULL)
+        return -1;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+static long long file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (long long)st.st_size : 0;
+}
+
+/*
+ * Open a database of its own with `checkpoint` pages, write `n` values of
+ * 4 KiB through one connection, and report what happened meanwhile: the
+ * threads the instance added, the largest WAL seen, the database file's
+ * size before close.  Then reopen and check every value.  0 or a message.
+ */
+static int sqlite_write_through_wal(const struct rhema_storage_plugin *vt, const char *checkpoint,
+                                    int n, int *threads_added, long long *wal_max,
+                                    long long *db_size, char *msg, size_t cap)
+{
+    char ov_path[700], ov_ckpt[100], db[600], wal[620], key[32], *err = NULL;
+    const char *ov[] = {ov_path, ov_ckpt};
+    static char value[4096];
+    struct rhema_config cfg;
+    rhema_storage_instance *inst = NULL;
+    rhema_storage_conn *c = NULL;
+    struct rhema_storage_value v;
+    int rc = 0, i, round, before;
+
+    snprintf(db, sizeof db, "%s/ckpt-%s.db", tmpdir, checkpoint);
+    snprintf(wal, sizeof wal, "%s-wal", db);
+    snprintf(ov_path, sizeof ov_path, "persistence.sqlite.path=%s", db);
+    snprintf(ov_ckpt, sizeof ov_ckpt, "persistence.sqlite.checkpoint_pages=%s", checkpoint);
+    msg[0] = '\0';
+    if (load_config(&cfg, "sqlite", "background checkpoints", ov, 2) != 0)
+        return -1;
+    *wal_max = 0;
+    for (round = 0; round < 2 && !msg[0]; round++) {
+        before = count_threads();
+        rc = vt->open(rhema_host_get(),
+                      rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, "sqlite"), &inst, &err);
+        if (rc == 0)
+            rc = vt->connect(inst, &c, &err);
+        if (rc != 0) {
+            snprintf(msg, cap, "open/connect (round %d): %s: %s", round, rhema_strerror(rc),
+                     err ? err : "");
+            break;
+        }
+        for (i = 0; i < n && !msg[0]; i++) {
+            snprintf(key, sizeof key, "k%06d", i);
+            if (round == 0) {
+                struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT,
+                                                .ns = "ckpt",
+                                                .key = key,
+                                                .value = value,
+                                                .value_len = sizeof value};
+                memset(value, 'a' + i % 26, sizeof value);
+                if ((rc = vt->put(c, &w)) != 0)
+                    snprintf(msg, cap, "put %s: %s: %s", key, rhema_strerror(rc), vt->errmsg(c));
+                if (file_size(wal) > *wal_max)
+                    *wal_max = file_size(wal);
+            } else if ((rc = vt->get(c, "ckpt", key, &v)) != 0 || v.len != sizeof value ||
+                       ((const char *)v.data)[0] != 'a' + i % 26 ||
+                       ((const char *)v.data)[sizeof value - 1] != 'a' + i % 26) {
+                snprintf(msg, cap, "after reopen, %s: %s, %zu bytes", key, rhema_strerror(rc),
+                         rc == 0 ? v.len : 0);
+            }
+        }
+        if (round == 0) {
+            *threads_added = count_threads() - before;
+            *db_size = file_size(db);
+        }
+        vt->disconnect(c);
+        c = NULL;
+        vt->close(inst);
+        inst = NULL;
+    }
+    free(err);
+    rhema_config_release(&cfg);
+    return msg[0] ? -1 : 0;
+}
+
+/*
+ * checkpoint_pages: past it a checkpointer thread (started on first use)
+ * copies the WAL into the database while the connection keeps writing, the
+ * WAL stays bounded, and everything written is there after a reopen; 0
+ * leaves checkpoints to SQLite (no thread); a negative value is refused.
+ */
+static void sqlite_checkpointer(const struct rhema_storage_plugin *vt)
+{
+    const char *test = "background checkpoints";
+    const int n = 1500; /* 6 MiB of values */
+    char msg[1024] = "", *err = NULL, where[512];
+    int added = 0, rc;
+    long long wal_max = 0, db_size = 0;
+
+    if (sqlite_write_through_wal(vt, "16", n, &added, &wal_max, &db_size, msg, sizeof msg) != 0)
+        goto out;
+    if (added != 1)
+        snprintf(msg, sizeof msg,
+                 "checkpoint_pages=16: %d threads added, want 1 (the checkpointer)", added);
+    else if (db_size < 3 << 20)
+        snprintf(msg, sizeof msg,
+                 "checkpoint_pages=16: database file %lld bytes after 6 MiB written: not "
+                 "checkpointed while open",
+                 db_size);
+    else if (wal_max > 3 << 20)
+        snprintf(msg, sizeof msg, "checkpoint_pages=16: the WAL grew to %lld bytes", wal_max);
+    if (msg[0])
+        goto out;
+    if (sqlite_write_through_wal(vt, "0", 300, &added, &wal_max, &db_size, msg, sizeof msg) != 0)
+        goto out;
+    if (added != 0) {
+        snprintf(msg, sizeof msg, "checkpoint_pages=0: %d threads added, want none", added);
+        goto out;
+    }
+    {
+        char ov_path[700];
+        const char *ov[] = {ov_path, "persistence.sqlite.checkpoint_pages=-1"};
+        struct rhema_config cfg;
+        const struct rhema_cfg *group;
+        rhema_storage_instance *inst = NULL;
+        snprintf(ov_path, sizeof ov_path, "persistence.sqlite.path=%s/ckpt-bad.db", tmpdir);
+        if (load_config(&cfg, "sqlite", test, ov, 2) != 0)
+            return;
+        group = rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, "sqlite");
+        snprintf(where, sizeof where, "%s", rhema_cfg_where(group, "checkpoint_pages"));
+        rc = vt->open(rhema_host_get(), group, &inst, &err);
+        if (rc == 0) {
+            vt->close(inst);
+            snprintf(msg, sizeof msg, "open accepted checkpoint_pages=-1");
+        } else if (rc != RHEMA_EINVAL || err == NULL || strstr(err, "checkpoint_pages") == NULL ||
+                   strstr(err, where) == NULL) {
+            snprintf(msg, sizeof msg,
+                     "checkpoint_pages=-1: %s: '%s' (want EINVAL naming it and %s)",
+                     rhema_strerror(rc), err ? err : "", where);
+        }
+        rhema_config_release(&cfg);
+    }
+out:
+    free(err);
+    tap("sqlite", test, msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+}
+
 /* ---- main ---- */
 
 /* Run the suite on one backend, plus its own checks. */
@@ -364,6 +520,7 @@ static void run_backend(struct rhema_plugin_registry *reg, const char *backend)
         sqlite_durability(vt, path_override);
         sqlite_bad_synchronous(vt, path_override);
         sqlite_dirs_and_backup(vt);
+        sqlite_checkpointer(vt);
     }
 }
 
