@@ -29,6 +29,8 @@ struct atrest_conn {
     rhema_storage_conn *real;
     struct rhema_codec_ctxs ctxs;
     struct rhema_buf got; /* the decoded value of the last get() */
+    struct rhema_buf *many; /* the decoded values of the last get_many() */
+    size_t many_n;
     char msg[MSG_MAX];    /* the last transform error; "" when the real one applies */
 };
 
@@ -202,12 +204,22 @@ static int w_connect(rhema_storage_instance *inst, rhema_storage_conn **out, cha
     return 0;
 }
 
+static void many_clear(struct atrest_conn *c)
+{
+    for (size_t i = 0; i < c->many_n; i++)
+        free(c->many[i].data);
+    free(c->many);
+    c->many = NULL;
+    c->many_n = 0;
+}
+
 static void w_disconnect(rhema_storage_conn *conn)
 {
     struct atrest_conn *c = CONN(conn);
     c->a->real->disconnect(c->real);
     rhema_codec_ctxs_release(c->a->codecs, &c->ctxs);
     free(c->got.data);
+    many_clear(c);
     free(c);
 }
 
@@ -231,6 +243,31 @@ static int w_get(rhema_storage_conn *conn, const char *ns, const char *key,
         v.len = plain.len;
     }
     *out = v;
+    return 0;
+}
+
+static int w_get_many(rhema_storage_conn *conn, const char *ns, const char *const *keys, size_t n,
+                      struct rhema_storage_value *out, int *rcs)
+{
+    struct atrest_conn *c = CONN(conn);
+    c->msg[0] = '\0';
+    many_clear(c);
+    int rc = c->a->real->get_many(c->real, ns, keys, n, out, rcs);
+    if (rc || n == 0)
+        return rc;
+    if (!(c->many = calloc(n, sizeof *c->many)))
+        return conn_err(c, RHEMA_ENOMEM, "out of memory");
+    c->many_n = n;
+    for (size_t i = 0; i < n; i++) {
+        if (rcs[i] != 0)
+            continue;
+        if ((rc = decode(c, ns, keys[i], out[i].data, out[i].len, &c->many[i])))
+            return rc;
+        if (c->many[i].data) {
+            out[i].data = c->many[i].data;
+            out[i].len = c->many[i].len;
+        }
+    }
     return 0;
 }
 
@@ -520,6 +557,7 @@ int rhema_atrest_wrap(const struct rhema_storage_plugin *real, rhema_storage_ins
     a->vt.backup = real->backup ? w_backup : NULL;   /* optional: keep NULL meaning ENOTSUP */
     a->vt.group = real->group ? w_group : NULL;      /* NULL: the host batches one by one */
     a->vt.restore = real->restore ? w_restore : NULL;
+    a->vt.get_many = real->get_many ? w_get_many : NULL;
     *out = a;
     return 0;
 }

@@ -181,10 +181,11 @@ static const char *kind_prefix(uint32_t kind)
  */
 static size_t required_size(uint32_t kind, uint32_t minor)
 {
-    (void)minor; /* every kind is at minor 0 so far */
 #define END_OF(T, m) (offsetof(T, m) + sizeof(((T *)0)->m))
     switch (kind) {
-    case RHEMA_KIND_STORAGE: return END_OF(struct rhema_storage_plugin, restore);
+    case RHEMA_KIND_STORAGE:
+        return minor == 0 ? END_OF(struct rhema_storage_plugin, restore)
+                          : END_OF(struct rhema_storage_plugin, get_many);
     case RHEMA_KIND_COMPRESS: return END_OF(struct rhema_compress_plugin, decompress);
     case RHEMA_KIND_CIPHER: return END_OF(struct rhema_cipher_plugin, decrypt);
     case RHEMA_KIND_BALANCER: return END_OF(struct rhema_balancer_plugin, feedback);

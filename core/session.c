@@ -641,6 +641,22 @@ static int record_with_access(struct rhema_store *st, const char *id, const char
     return 0;
 }
 
+/* The stored record `data` of id, parsed into *cur (an object) with its version. */
+static int parse_current(const char *id, const void *data, size_t len, uint64_t version,
+                         json_t **cur, uint64_t *cur_version, char *err)
+{
+    json_error_t jerr;
+    *cur = json_loadb(data, len, 0, &jerr);
+    if (!*cur || !json_is_object(*cur)) {
+        json_decref(*cur);
+        *cur = NULL;
+        *cur_version = 0;
+        return errf(err, RHEMA_ECORRUPT, "stored session '%s' is corrupt: %s", id, jerr.text);
+    }
+    *cur_version = version;
+    return 0;
+}
+
 /* The current record of id, parsed; *cur NULL when absent. */
 static int load_current(struct rhema_store *st, const char *id, json_t **cur, uint64_t *version,
                         char *err)
@@ -653,15 +669,7 @@ static int load_current(struct rhema_store *st, const char *id, json_t **cur, ui
         return 0;
     if (rc)
         return storage_err(st, rc, "reading the session", err);
-    json_error_t jerr;
-    *cur = json_loadb(v.data, v.len, 0, &jerr);
-    if (!*cur || !json_is_object(*cur)) {
-        json_decref(*cur);
-        *cur = NULL;
-        return errf(err, RHEMA_ECORRUPT, "stored session '%s' is corrupt: %s", id, jerr.text);
-    }
-    *version = v.version;
-    return 0;
+    return parse_current(id, v.data, v.len, v.version, cur, version, err);
 }
 
 static int check_if_match(uint64_t if_match, const json_t *cur, uint64_t version, const char *id,
@@ -789,15 +797,34 @@ struct op_state {
     struct write_set ws;
     char access_text[80]; /* the access record a create writes */
     int repair;         /* drop deletes of index entries that are gone */
+    /* the current record, read ahead for the whole group (prefetch_current) */
+    struct {
+        int state; /* 0: not read ahead, 1: found (text), -1: absent */
+        char *text;
+        size_t len;
+        uint64_t version;
+    } pre;
 };
 
+static void pre_clear(struct op_state *s)
+{
+    free(s->pre.text);
+    memset(&s->pre, 0, sizeof s->pre);
+}
+
+/* Clear what one attempt composed; keeps `repair` and the read-ahead record. */
 static void op_state_clear(struct op_state *s)
 {
     json_decref(s->cur);
+    s->cur = NULL;
+    s->version = 0;
     free(s->text);
+    s->text = NULL;
+    s->len = 0;
     free(s->ws.w);
     free(s->ws.keys);
-    memset(s, 0, sizeof *s);
+    memset(&s->ws, 0, sizeof s->ws);
+    s->access_text[0] = '\0';
 }
 
 static int ws_alloc(struct write_set *ws, size_t cap)
@@ -942,15 +969,19 @@ static int compose_append(struct rhema_store *st, struct rhema_session_op *op, s
 int rhema_session_op_prepare(struct rhema_store *st, struct rhema_session_op *op)
 {
     struct op_state *s = op->priv;
-    int repair = s ? s->repair : 0;
     if (!s && !(s = op->priv = calloc(1, sizeof *s))) {
         op->rc = errf(op->err, RHEMA_ENOMEM, "out of memory");
         return 0;
     }
     op_state_clear(s);
-    s->repair = repair;
     op->attempts++;
-    int rc = load_current(st, op->id, &s->cur, &s->version, op->err);
+    int rc = 0;
+    if (s->pre.state > 0)
+        rc = parse_current(op->id, s->pre.text, s->pre.len, s->pre.version, &s->cur, &s->version,
+                           op->err);
+    else if (s->pre.state == 0)
+        rc = load_current(st, op->id, &s->cur, &s->version, op->err);
+    pre_clear(s); /* used once: a retry reads again */
     if (rc) {
         op->rc = rc;
         return 0;
@@ -1041,6 +1072,7 @@ void rhema_session_op_release(struct rhema_session_op *op)
 {
     if (op->priv) {
         op_state_clear(op->priv);
+        pre_clear(op->priv);
         free(op->priv);
         op->priv = NULL;
     }
@@ -1049,6 +1081,47 @@ void rhema_session_op_release(struct rhema_session_op *op)
     free(op->input_text);
     op->input_text = NULL;
     rhema_record_release(&op->rec);
+}
+
+/*
+ * Read the current records of n ops with get_many() -- one round trip to a
+ * server instead of one per op -- and keep a copy in each op's state for
+ * its next prepare.  Best effort: an op without a copy reads by itself.
+ */
+static void prefetch_current(struct rhema_store *st, struct rhema_session_op **ops, size_t n)
+{
+    if (!st->vt->get_many || n < 2)
+        return;
+    size_t chunk = n < RHEMA_STORAGE_GET_MANY_MAX ? n : RHEMA_STORAGE_GET_MANY_MAX;
+    const char **keys = malloc(chunk * sizeof *keys);
+    struct rhema_storage_value *vals = malloc(chunk * sizeof *vals);
+    int *rcs = malloc(chunk * sizeof *rcs);
+    for (size_t base = 0; keys && vals && rcs && base < n; base += chunk) {
+        size_t m = n - base < chunk ? n - base : chunk;
+        for (size_t i = 0; i < m; i++)
+            keys[i] = ops[base + i]->id;
+        if (st->vt->get_many(st->conn, NS_SESSIONS, keys, m, vals, rcs) != 0)
+            break;
+        for (size_t i = 0; i < m; i++) {
+            struct rhema_session_op *op = ops[base + i];
+            struct op_state *s = op->priv;
+            if (!s && !(s = op->priv = calloc(1, sizeof *s)))
+                continue;
+            pre_clear(s);
+            if (rcs[i] == RHEMA_ENOTFOUND) {
+                s->pre.state = -1;
+            } else if (rcs[i] == 0 && (s->pre.text = malloc(vals[i].len + 1))) {
+                memcpy(s->pre.text, vals[i].data, vals[i].len);
+                s->pre.text[vals[i].len] = '\0';
+                s->pre.len = vals[i].len;
+                s->pre.version = vals[i].version;
+                s->pre.state = 1;
+            }
+        }
+    }
+    free(keys);
+    free(vals);
+    free(rcs);
 }
 
 void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops, size_t n)
@@ -1065,6 +1138,7 @@ void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops
         todo[ntodo++] = ops[i];
     while (ntodo) {
         size_t m = 0;
+        prefetch_current(st, todo, ntodo);
         /* prepare: ops finished early (errors, replays) drop out */
         for (size_t i = 0; i < ntodo; i++)
             if (rhema_session_op_prepare(st, todo[i]))

@@ -39,7 +39,7 @@ extern "C" {
 #endif
 
 #define RHEMA_ABI_MAJOR 1 /* bumped on any incompatible change */
-#define RHEMA_ABI_MINOR 0 /* bumped when a member is appended */
+#define RHEMA_ABI_MINOR 1 /* bumped when a member is appended */
 
 /* The symbol every plugin exports. */
 #define RHEMA_PLUGIN_INIT_SYMBOL "rhema_plugin_init"

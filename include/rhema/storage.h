@@ -38,6 +38,7 @@ extern "C" {
 #define RHEMA_STORAGE_NS_MAX 64
 #define RHEMA_STORAGE_KEY_MAX 1024
 #define RHEMA_LEASE_HOLDER_MAX 128
+#define RHEMA_STORAGE_GET_MANY_MAX 512 /* keys in one get_many() call at most */
 
 /* features flags */
 #define RHEMA_STORAGE_SHARED (1u << 0)  /* other hosts see the same data */
@@ -278,6 +279,20 @@ struct rhema_storage_plugin {
      */
     int (*restore)(rhema_storage_instance *inst, const char *path, char **err);
     /* --- minor 0 ends here --- */
+
+    /*
+     * Optional (NULL: the host calls get() once per key).  Read n keys of
+     * ns at once -- one round trip to a server instead of n.  For each i,
+     * rcs[i] is 0 with out[i] filled as get() fills it, or RHEMA_ENOTFOUND;
+     * a key may appear more than once.  Returns 0 when every key was looked
+     * up, or an error (RHEMA_EUNAVAIL, RHEMA_EINVAL for a bad ns or key,
+     * ...), after which rcs and out mean nothing.  Every out[i].data stays
+     * valid until the next call on the connection.  The host asks for at
+     * most RHEMA_STORAGE_GET_MANY_MAX keys in one call.
+     */
+    int (*get_many)(rhema_storage_conn *conn, const char *ns, const char *const *keys, size_t n,
+                    struct rhema_storage_value *out, int *rcs);
+    /* --- minor 1 ends here --- */
 };
 
 #ifdef __cplusplus

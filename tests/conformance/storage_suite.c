@@ -50,9 +50,9 @@ struct suite {
 };
 
 /* The namespaces the checks use (suffixes of s->base); cleanup empties them all. */
-static const char *const ns_tags[] = {"",       ".other", ".scan", ".scan_x", ".ttl", ".stats",
-                                      ".batch", ".cas",   ".inv",  ".dur",    ".many",
-                                      ".rst",   NULL};
+static const char *const ns_tags[] = {"",       ".other", ".scan", ".scan_x", ".ttl",
+                                      ".stats", ".batch", ".cas",  ".inv",    ".dur",
+                                      ".many",  ".rst",   ".gm",   NULL};
 
 /* ---- reporting helpers ---- */
 
@@ -911,6 +911,60 @@ static int t_get_buffer_stable(struct suite *s)
     memcpy(keep, v.data, 9);
     CHECK(memcmp(keep, "old-value", 9) == 0,
           "the value returned on c1 changed when c2 wrote the key");
+    return T_PASS;
+}
+
+/*
+ * get_many (optional): found and missing keys, a key asked twice, binary
+ * values, another namespace's key, values valid until the next call, and
+ * a bad key refused.
+ */
+static int t_get_many(struct suite *s)
+{
+    char ns[64], other[64];
+    unsigned char bin[300];
+    struct rhema_storage_value v[6];
+    int rcs[6];
+    uint64_t va = 0, vb = 0, vc = 0;
+    size_t i;
+    if (s->vt->get_many == NULL) {
+        snprintf(s->detail, sizeof s->detail, "get_many not implemented (optional)");
+        return T_SKIP;
+    }
+    for (i = 0; i < sizeof bin; i++)
+        bin[i] = (unsigned char)(i * 13);
+    ns_of(s, ".gm", ns, sizeof ns);
+    ns_of(s, ".other", other, sizeof other);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "a", "alpha", RHEMA_VERSION_ANY, &va));
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "b/\xc3\xa9", bin, sizeof bin, RHEMA_VERSION_ANY, 0, &vb));
+    CHECK_RC(s->c1, 0, put(s, s->c1, ns, "c", "", 0, RHEMA_VERSION_ANY, 0, &vc));
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, other, "elsewhere", "x", RHEMA_VERSION_ANY, NULL));
+    const char *keys[6] = {"a", "missing", "b/\xc3\xa9", "a", "c", "elsewhere"};
+    memset(v, 0, sizeof v);
+    for (i = 0; i < 6; i++)
+        rcs[i] = 12345;
+    CHECK_RC(s->c2, 0, s->vt->get_many(s->c2, ns, keys, 6, v, rcs));
+    CHECK(rcs[0] == 0 && v[0].len == 5 && memcmp(v[0].data, "alpha", 5) == 0 && v[0].version == va,
+          "a: %s, %zu bytes, version %llu", rhema_strerror(rcs[0]), v[0].len,
+          (unsigned long long)v[0].version);
+    CHECK(rcs[1] == RHEMA_ENOTFOUND, "missing: %s", rhema_strerror(rcs[1]));
+    CHECK(rcs[2] == 0 && v[2].len == sizeof bin && memcmp(v[2].data, bin, sizeof bin) == 0 &&
+              v[2].version == vb,
+          "binary: %s, %zu bytes, version %llu", rhema_strerror(rcs[2]), v[2].len,
+          (unsigned long long)v[2].version);
+    CHECK(rcs[3] == 0 && v[3].len == 5 && memcmp(v[3].data, "alpha", 5) == 0 && v[3].version == va,
+          "a asked twice: %s", rhema_strerror(rcs[3]));
+    CHECK(rcs[4] == 0 && v[4].len == 0 && v[4].version == vc, "empty value: %s, %zu bytes",
+          rhema_strerror(rcs[4]), v[4].len);
+    CHECK(rcs[5] == RHEMA_ENOTFOUND, "a key of another namespace: %s", rhema_strerror(rcs[5]));
+    /* another connection's writes do not change what c2 was given */
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "a", "ALPHA-CHANGED", RHEMA_VERSION_ANY, NULL));
+    CHECK(memcmp(v[0].data, "alpha", 5) == 0 && memcmp(v[2].data, bin, sizeof bin) == 0,
+          "values returned on c2 changed when c1 wrote");
+    CHECK_RC(s->c2, 0, s->vt->get_many(s->c2, ns, keys, 0, v, rcs));
+    const char *bad[2] = {"a", ""};
+    CHECK_RC(s->c2, RHEMA_EINVAL, s->vt->get_many(s->c2, ns, bad, 2, v, rcs));
+    CHECK_RC(s->c2, RHEMA_EINVAL, s->vt->get_many(s->c2, "bad ns!", keys, 1, v, rcs));
     return T_PASS;
 }
 
@@ -1865,6 +1919,7 @@ static const struct check checks[] = {
     {"namespaces_isolated", t_namespaces_isolated},
     {"visibility_across_connections", t_visibility},
     {"get_buffer_stable", t_get_buffer_stable},
+    {"get_many", t_get_many},
     {"ttl_expiry", t_ttl},
     {"stats", t_stats},
     {"invalid_args", t_invalid_args},

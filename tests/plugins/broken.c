@@ -2,8 +2,10 @@
  * Deliberately broken storage plugins for tests/unit/test_loader.c.  One
  * source, one BROKEN_* macro per build: each breaks exactly one rule of the
  * loader (DESIGN.md §3) and the test asserts the refusal and its message.
- * GOOD_OPTIONAL builds a valid plugin without the optional 'backup': it must
- * load, and the host must see backup as NULL.
+ * GOOD_OPTIONAL builds a valid plugin without the optional 'backup', built
+ * as a plugin of ABI minor 0 would be (its vtable ends where minor 0 ends):
+ * it must load, and the host must see backup and every member of a later
+ * minor (get_many) as NULL.
  */
 #include <stddef.h>
 #include <string.h>
@@ -92,8 +94,10 @@ static const struct rhema_storage_plugin vt = {
 #else
             .abi_major = RHEMA_ABI_MAJOR,
 #endif
-#ifdef BROKEN_MINOR
+#if defined(BROKEN_MINOR)
             .abi_minor = RHEMA_ABI_MINOR + 7,
+#elif defined(GOOD_OPTIONAL)
+            .abi_minor = 0,
 #else
             .abi_minor = RHEMA_ABI_MINOR,
 #endif
@@ -104,6 +108,8 @@ static const struct rhema_storage_plugin vt = {
 #endif
 #if defined(BROKEN_SIZE)
             .size = (uint32_t)offsetof(struct rhema_storage_plugin, scan),
+#elif defined(GOOD_OPTIONAL)
+            .size = (uint32_t)offsetof(struct rhema_storage_plugin, get_many),
 #else
             .size = (uint32_t)sizeof(struct rhema_storage_plugin),
 #endif

@@ -49,6 +49,29 @@ static int fake_group(rhema_storage_conn *conn, struct rhema_storage_batch *g, s
     return 0;
 }
 
+/* and a get_many() made of get() calls, each value copied (valid until the next call) */
+static char *fake_many_data[8];
+
+static int fake_get_many(rhema_storage_conn *conn, const char *ns, const char *const *keys,
+                         size_t n, struct rhema_storage_value *out, int *rcs)
+{
+    if (n > 8)
+        return RHEMA_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        free(fake_many_data[i]);
+        fake_many_data[i] = NULL;
+        rcs[i] = memvt->get(conn, ns, keys[i], &out[i]);
+        if (rcs[i] == 0) {
+            fake_many_data[i] = malloc(out[i].len + 1);
+            memcpy(fake_many_data[i], out[i].data, out[i].len);
+            out[i].data = fake_many_data[i];
+        } else if (rcs[i] != RHEMA_ENOTFOUND) {
+            return rcs[i];
+        }
+    }
+    return 0;
+}
+
 struct fx {
     char dir[64], key_file[128], ring[128];
     struct rhema_config cfg;
@@ -85,6 +108,7 @@ static int group_setup(void **state)
     memvt = &p->vt.storage;
     memvt_group = *memvt;
     memvt_group.group = fake_group;
+    memvt_group.get_many = fake_get_many;
     for (size_t i = 0; i < 2 && !codec_name; i++) {
         if (rhema_plugin_load(reg, codecs[i], dir, RHEMA_KIND_COMPRESS, &p, &err) == 0)
             codec_name = codecs[i];
@@ -455,6 +479,24 @@ static void batch_group_scan(void **state)
     assert_int_equal(c.versions[1], b[3].new_version);
     assert_memory_equal(c.vals[2], v[0], c.lens[2]);
     collected_free(&c);
+    /* get_many hands out plaintext too; a missing key is ENOTFOUND */
+    {
+        const char *keys[4] = {"k2", "nope", "k1", "k2"};
+        struct rhema_storage_value vals[4];
+        int rcs[4];
+        assert_non_null(w.vt->get_many);
+        assert_int_equal(w.vt->get_many(w.conn, NS, keys, 4, vals, rcs), 0);
+        assert_int_equal(rcs[0], 0);
+        assert_int_equal(rcs[1], RHEMA_ENOTFOUND);
+        assert_int_equal(rcs[2], 0);
+        assert_int_equal(rcs[3], 0);
+        assert_int_equal(vals[0].len, strlen(v[3]));
+        assert_memory_equal(vals[0].data, v[3], vals[0].len);
+        assert_int_equal(vals[0].version, b[3].new_version);
+        assert_int_equal(vals[2].len, strlen(v[1]));
+        assert_memory_equal(vals[2].data, v[1], vals[2].len); /* each value its own buffer */
+        assert_memory_equal(vals[3].data, v[3], vals[3].len);
+    }
     /* the wrapper keeps the real plugin's identity and optional methods */
     assert_string_equal(w.vt->base.name, "memory");
     assert_int_equal(w.vt->features, memvt->features);
@@ -465,7 +507,10 @@ static void batch_group_scan(void **state)
     /* no group below: none above (the host then batches member by member) */
     w = wrap(f, 1, 1);
     assert_null(w.vt->group);
+    assert_null(w.vt->get_many);
     unwrap(&w);
+    for (size_t i = 0; i < 8; i++)
+        free(fake_many_data[i]);
 }
 
 /* ---- older forms stay readable ---- */

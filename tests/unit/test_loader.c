@@ -76,8 +76,9 @@ static void refuses_short_size(void **state)
 {
     (void)state;
     char want[96];
-    snprintf(want, sizeof want, "size %zu is smaller than the %zu bytes storage minor 0 requires",
-             offsetof(struct rhema_storage_plugin, scan), sizeof(struct rhema_storage_plugin));
+    snprintf(want, sizeof want, "size %zu is smaller than the %zu bytes storage minor %d requires",
+             offsetof(struct rhema_storage_plugin, scan), sizeof(struct rhema_storage_plugin),
+             RHEMA_ABI_MINOR);
     expect_refusal("bad_size.so", want);
 }
 
@@ -182,6 +183,8 @@ static void optional_member_reads_null(void **state)
         fail_msg("good_optional: %s", err);
     assert_string_equal(p->name, "optional");
     assert_null(p->vt.storage.backup);
+    assert_null(p->vt.storage.get_many); /* after its minor: read as NULL */
+    assert_int_equal(p->abi_minor, 0);
     assert_non_null(p->vt.storage.scan);
     rhema_plugins_free(reg);
 }
