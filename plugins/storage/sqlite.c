@@ -52,8 +52,9 @@
  * everything, so the writers wait for the short rest only.  Should the
  * checkpointer fall behind anyway (descheduled, or busy with a long
  * checkpoint), a writer that finds the WAL at CKPT_BACKSTOP thresholds
- * restarts it itself, as SQLite's own autocheckpoint would: the WAL stays
- * bounded whatever the checkpointer does.  The
+ * waits for the checkpointer's pass to end and restarts the WAL itself,
+ * holding the write lock as SQLite's own autocheckpoint would: the WAL
+ * stays bounded whatever the checkpointer does.  The
  * checkpointer is a performance device: a commit is as durable without it
  * as with it (WAL mode: the WAL is the durable copy until checkpointed).
  *
@@ -75,6 +76,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -87,7 +89,7 @@
 #define PURGE_LIMIT "256" /* rows a purge deletes at most */
 #define SQ_ERRMSG_MAX 512
 #define CKPT_RESTART_AT 4 /* WAL size, in thresholds, that makes the checkpointer restart it */
-#define CKPT_BACKSTOP 16  /* WAL size, in thresholds, at which a writer restarts it itself */
+#define CKPT_BACKSTOP 8   /* WAL size, in thresholds, at which a writer restarts it itself */
 
 enum stmt_id {
     ST_BEGIN,
@@ -182,7 +184,9 @@ struct rhema_storage_instance {
     /* the checkpointer (see the top of the file) */
     int checkpoint_pages; /* 0: SQLite's autocheckpoint in the writer */
     pthread_mutex_t ckpt_lock;
-    pthread_cond_t ckpt_cond;
+    pthread_cond_t ckpt_cond;   /* wakes the checkpointer */
+    pthread_cond_t ckpt_passed; /* a checkpointer pass ended */
+    int ckpt_busy;              /* a pass is running */
     pthread_t ckpt_thread;
     pid_t ckpt_pid; /* the process that started it (0: not started) */
     int ckpt_wanted, ckpt_stopping, ckpt_failed;
@@ -542,14 +546,23 @@ static void *ckpt_main(void *arg)
             pthread_cond_wait(&in->ckpt_cond, &in->ckpt_lock);
         int stopping = in->ckpt_stopping;
         in->ckpt_wanted = 0;
+        in->ckpt_busy = !stopping;
         pthread_mutex_unlock(&in->ckpt_lock);
         if (stopping)
             break;
         int log = 0, done = 0;
         int rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log, &done);
-        if (rc == SQLITE_OK && log >= in->checkpoint_pages * CKPT_RESTART_AT) {
-            /* writers kept the WAL from being reset: finish it under the write lock */
-            pthread_mutex_lock(&in->write_lock);
+        pthread_mutex_lock(&in->ckpt_lock);
+        in->ckpt_busy = 0;
+        pthread_cond_broadcast(&in->ckpt_passed);
+        pthread_mutex_unlock(&in->ckpt_lock);
+        /*
+         * Writers kept the WAL from being reset: finish it under the write
+         * lock -- unless a writer holds it (it may be the backstop, waiting
+         * for this pass to end; the next pass will do).
+         */
+        if (rc == SQLITE_OK && log >= in->checkpoint_pages * CKPT_RESTART_AT &&
+            pthread_mutex_trylock(&in->write_lock) == 0) {
             rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_RESTART, &log, &done);
             pthread_mutex_unlock(&in->write_lock);
         }
@@ -603,8 +616,33 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
     if (pages < in->checkpoint_pages)
         return SQLITE_OK;
     if (pages >= in->checkpoint_pages * CKPT_BACKSTOP) {
-        /* busy when the checkpointer is at it: then it resets the WAL soon */
-        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+        /*
+         * The checkpointer fell behind.  This writer holds the write lock:
+         * wait for the checkpointer's pass (if one runs: SQLITE_BUSY) and
+         * restart the WAL before anybody writes more.
+         */
+        for (int tries = 0; tries < 50; tries++) {
+            int rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+            int pass = 0;
+            if ((rc & 0xff) == SQLITE_BUSY) { /* the checkpointer's pass, or readers */
+                pthread_mutex_lock(&in->ckpt_lock);
+                pass = in->ckpt_busy;
+                pthread_mutex_unlock(&in->ckpt_lock);
+            }
+            if (!pass)
+                break;
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += 100 * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_mutex_lock(&in->ckpt_lock);
+            if (in->ckpt_busy)
+                pthread_cond_timedwait(&in->ckpt_passed, &in->ckpt_lock, &until);
+            pthread_mutex_unlock(&in->ckpt_lock);
+        }
         return SQLITE_OK;
     }
     pthread_mutex_lock(&in->ckpt_lock);
@@ -649,6 +687,7 @@ static int sq_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
     pthread_mutex_init(&in->write_lock, NULL);
     pthread_mutex_init(&in->ckpt_lock, NULL);
     pthread_cond_init(&in->ckpt_cond, NULL);
+    pthread_cond_init(&in->ckpt_passed, NULL);
     rc = read_config(in, host, cfg, err);
     if (rc != 0)
         goto fail;
@@ -670,6 +709,7 @@ fail:
     pthread_mutex_destroy(&in->write_lock);
     pthread_mutex_destroy(&in->ckpt_lock);
     pthread_cond_destroy(&in->ckpt_cond);
+    pthread_cond_destroy(&in->ckpt_passed);
     free(in->path);
     free(in);
     return rc;
@@ -683,6 +723,7 @@ static void sq_close(rhema_storage_instance *in)
     pthread_mutex_destroy(&in->write_lock);
     pthread_mutex_destroy(&in->ckpt_lock);
     pthread_cond_destroy(&in->ckpt_cond);
+    pthread_cond_destroy(&in->ckpt_passed);
     free(in->path);
     free(in);
 }
