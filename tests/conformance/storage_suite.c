@@ -52,7 +52,7 @@ struct suite {
 /* The namespaces the checks use (suffixes of s->base); cleanup empties them all. */
 static const char *const ns_tags[] = {"",       ".other", ".scan", ".scan_x", ".ttl",
                                       ".stats", ".batch", ".cas",  ".inv",    ".dur",
-                                      ".many",  ".rst",   ".gm",   NULL};
+                                      ".many",  ".rst",   ".gm",   ".runs",   NULL};
 
 /* ---- reporting helpers ---- */
 
@@ -553,6 +553,84 @@ static int t_batch_conflict(struct suite *s)
     CHECK_RC(s->c1, RHEMA_ENOTFOUND, s->vt->batch(s->c1, w, 3));
     EXPECT_MISSING(s->c2, ns, "y");
     EXPECT_STR(s->c2, ns, "d", "d0", vd);
+    return T_PASS;
+}
+
+#define PUTW(NS, KEY, VAL, LEN, EV)                                                                \
+    ((struct rhema_storage_write){.op = RHEMA_WRITE_PUT,                                           \
+                                  .ns = (NS),                                                      \
+                                  .key = (KEY),                                                    \
+                                  .value = (VAL),                                                  \
+                                  .value_len = (LEN),                                              \
+                                  .expected_version = (EV)})
+
+/*
+ * Runs of unconditional puts (which a backend may send as one statement):
+ * a key twice in a run, an empty and a binary value, a TTL, an overwrite;
+ * a batch whose last, checked write fails changes nothing; in a group, a
+ * member whose first, checked write fails changes nothing either, while
+ * a member of the same shape next to it applies.
+ */
+static int t_batch_put_runs(struct suite *s)
+{
+    char ns[64];
+    unsigned char bin[300];
+    uint64_t vx = 0;
+    struct rhema_storage_write w[6];
+    struct rhema_storage_value v;
+    size_t i;
+    for (i = 0; i < sizeof bin; i++)
+        bin[i] = (unsigned char)(i * 31 + 7);
+    bin[5] = 0;
+    ns_of(s, ".runs", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "exists", "old", RHEMA_VERSION_ANY, &vx));
+    w[0] = PUTW(ns, "k1", "one", 3, RHEMA_VERSION_ANY);
+    w[1] = PUTW(ns, "k2", bin, sizeof bin, RHEMA_VERSION_ANY);
+    w[1].ttl_ms = 3600000;
+    w[2] = PUTW(ns, "k3", "", 0, RHEMA_VERSION_ANY);
+    w[3] = PUTW(ns, "k1", "one-again", 9, RHEMA_VERSION_ANY);
+    w[4] = PUTW(ns, "exists", "overwritten", 11, RHEMA_VERSION_ANY);
+    w[5] = PUTW(ns, "k4", "four", 4, RHEMA_VERSION_ANY);
+    CHECK_RC(s->c1, 0, s->vt->batch(s->c1, w, 6));
+    for (i = 0; i < 6; i++)
+        CHECK(w[i].new_version > 0, "write %zu: new_version 0", i);
+    CHECK(w[3].new_version > w[0].new_version && w[4].new_version > vx,
+          "versions %llu after %llu, %llu after %llu", (unsigned long long)w[3].new_version,
+          (unsigned long long)w[0].new_version, (unsigned long long)w[4].new_version,
+          (unsigned long long)vx);
+    EXPECT_VALUE(s->c2, ns, "k1", "one-again", 9, w[3].new_version);
+    EXPECT_VALUE(s->c2, ns, "k2", bin, sizeof bin, w[1].new_version);
+    EXPECT_VALUE(s->c2, ns, "k3", "", 0, w[2].new_version);
+    EXPECT_VALUE(s->c2, ns, "exists", "overwritten", 11, w[4].new_version);
+    EXPECT_VALUE(s->c2, ns, "k4", "four", 4, w[5].new_version);
+    /* the checked write last: the run before it is undone */
+    w[0] = PUTW(ns, "m1", "m", 1, RHEMA_VERSION_ANY);
+    w[1] = PUTW(ns, "m2", "m", 1, RHEMA_VERSION_ANY);
+    w[2] = PUTW(ns, "exists", "x", 1, RHEMA_VERSION_ABSENT);
+    CHECK_RC(s->c1, RHEMA_ECONFLICT, s->vt->batch(s->c1, w, 3));
+    EXPECT_MISSING(s->c2, ns, "m1");
+    EXPECT_MISSING(s->c2, ns, "m2");
+    EXPECT_VALUE(s->c2, ns, "exists", "overwritten", 11, w[4].new_version);
+    if (s->vt->group == NULL)
+        return T_PASS;
+    /* a session create's shape: one checked put, then unconditional ones */
+    struct rhema_storage_write a[3] = {PUTW(ns, "ga", "a", 1, RHEMA_VERSION_ABSENT),
+                                       PUTW(ns, "gb", "b", 1, RHEMA_VERSION_ANY),
+                                       PUTW(ns, "gc", "c", 1, RHEMA_VERSION_ANY)};
+    struct rhema_storage_write b[3] = {PUTW(ns, "exists", "e", 1, RHEMA_VERSION_ABSENT),
+                                       PUTW(ns, "gd", "d", 1, RHEMA_VERSION_ANY),
+                                       PUTW(ns, "ge", "e", 1, RHEMA_VERSION_ANY)};
+    struct rhema_storage_batch g[2] = {{b, 3, -99}, {a, 3, -99}};
+    CHECK_RC(s->c1, 0, s->vt->group(s->c1, g, 2));
+    CHECK(g[0].result == RHEMA_ECONFLICT && g[1].result == 0, "member results %s, %s",
+          rhema_strerror(g[0].result), rhema_strerror(g[1].result));
+    EXPECT_MISSING(s->c2, ns, "gd");
+    EXPECT_MISSING(s->c2, ns, "ge");
+    EXPECT_VALUE(s->c2, ns, "ga", "a", 1, a[0].new_version);
+    EXPECT_VALUE(s->c2, ns, "gb", "b", 1, a[1].new_version);
+    EXPECT_VALUE(s->c2, ns, "gc", "c", 1, a[2].new_version);
+    CHECK_RC(s->c2, 0, s->vt->get(s->c2, ns, "exists", &v));
+    CHECK(v.len == 11, "the failed member changed 'exists' (%zu bytes)", v.len);
     return T_PASS;
 }
 
@@ -1909,6 +1987,7 @@ static const struct check checks[] = {
     {"del", t_del},
     {"batch_atomic", t_batch_conflict},
     {"batch_apply", t_batch_apply},
+    {"batch_put_runs", t_batch_put_runs},
     {"group_commit", t_group_commit},
     {"scan_setup", t_scan_setup},
     {"scan_order", t_scan_order},
