@@ -3,6 +3,7 @@
  * connection does on its own, with no server, no HTTP and no JSON work.
  *
  *     sqlite_raw -d DB_FILE [-s SECONDS | -n ROWS] [-b VALUE_BYTES] [-p PAGE_SIZE] [-a]
+ *                [-g SESSIONS]
  *
  * Opens DB_FILE (which should not exist yet) with the settings rhemad's
  * sqlite plugin uses by default (journal_mode=WAL, synchronous=NORMAL),
@@ -17,7 +18,10 @@
  * sets it.  With -a, each session is stored as all the rows rhemad writes
  * for it -- the record, its status index entry, one participant index entry
  * per participant (3) and its access record -- each row an autocommit
- * insert, and the rate counted is sessions per second.
+ * insert, and the rate counted is sessions per second.  With -g N, the
+ * rows of N sessions go in one transaction instead (BEGIN ... COMMIT; -g 1:
+ * one transaction per session, as rhemad stores one; -g 16: what SQLite
+ * needs for them with group commit, on a core of its own).
  *
  * Prints one line: "rows N seconds S ops_per_sec X" (sessions for -a).
  * Not installed; built by bench/run.sh.
@@ -77,13 +81,15 @@ int main(int argc, char **argv)
     size_t value_bytes = 1024;
     long page_size = 8192;
     int all_rows = 0;
+    long group = 0; /* sessions per transaction; 0: autocommit per row */
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     char *value;
     int c;
 
-    while ((c = getopt(argc, argv, "d:s:n:b:p:a")) != -1) {
+    while ((c = getopt(argc, argv, "d:s:n:b:p:ag:")) != -1) {
         switch (c) {
+        case 'g': group = atol(optarg); break;
         case 'p': page_size = atol(optarg); break;
         case 'a': all_rows = 1; break;
         case 'd': path = optarg; break;
@@ -93,7 +99,7 @@ int main(int argc, char **argv)
         default: goto usage;
         }
     }
-    if (!path || value_bytes < 400 || (seconds <= 0 && rows <= 0))
+    if (!path || value_bytes < 400 || (seconds <= 0 && rows <= 0) || group < 0)
         goto usage;
     value = malloc(value_bytes + 1);
     if (!value)
@@ -122,6 +128,8 @@ int main(int argc, char **argv)
     }
 
     double start = now_s(), end = start + seconds, t = start;
+    if (group > 0 && exec(db, "BEGIN"))
+        return 1;
     while (rows > 0 ? done < rows : t < end) {
         char id[64];
         snprintf(id, sizeof id, "raw-%lld", done);
@@ -150,9 +158,13 @@ int main(int argc, char **argv)
             sqlite3_reset(st);
         }
         done++;
+        if (group > 0 && done % group == 0 && (exec(db, "COMMIT") || exec(db, "BEGIN")))
+            return 1;
         if ((done & 63) == 0 || rows > 0)
             t = now_s();
     }
+    if (group > 0 && exec(db, "COMMIT"))
+        return 1;
     t = now_s() - start;
     printf("rows %lld seconds %.3f ops_per_sec %.0f\n", done, t, (double)done / t);
     sqlite3_finalize(st);
@@ -162,6 +174,6 @@ int main(int argc, char **argv)
 
 usage:
     fprintf(stderr, "usage: sqlite_raw -d DB_FILE [-s SECONDS | -n ROWS] [-b VALUE_BYTES >= 400] "
-                    "[-p PAGE_SIZE] [-a]\n");
+                    "[-p PAGE_SIZE] [-a] [-g SESSIONS]\n");
     return 2;
 }

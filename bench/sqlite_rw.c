@@ -4,7 +4,7 @@
  * writing and then reading 1 KiB session rows, with per-operation latency.
  *
  *     sqlite_rw -d DB_FILE [-s SECONDS] [-b VALUE_BYTES] [-p PAGE_SIZE]
- *               [-S normal|full] [-r]
+ *               [-S normal|full] [-r] [-a]
  *
  * Opens DB_FILE (which should not exist yet) as rhemad's sqlite plugin
  * does (journal_mode=WAL, synchronous as -S, default NORMAL; 8 KiB pages),
@@ -15,6 +15,11 @@
  *              of distinct keys "raw-N" in ns "sessions", each value a JSON
  *              session record of VALUE_BYTES bytes (default 1024) -- one
  *              prepared statement, one transaction per row (as bench/sqlite_raw.c)
+ *              With -a, each session is stored as the rows rhemad's sqlite
+ *              plugin writes for it -- the record, its status index entry,
+ *              three participant index entries, its access record -- in one
+ *              transaction per session (BEGIN ... COMMIT): the same
+ *              operation as a session PUT, done directly.
  *   GET phase  (with -r) for SECONDS: primary-key SELECT value, version of a
  *              uniformly random key among those the PUT phase wrote (one
  *              prepared statement; the value is copied out, as the plugin does)
@@ -125,14 +130,15 @@ int main(int argc, char **argv)
     double seconds = 10;
     size_t value_bytes = 1024;
     long page_size = 8192;
-    int reads = 0, c;
+    int reads = 0, all_rows = 0, c;
     sqlite3 *db = NULL;
-    sqlite3_stmt *ins = NULL, *sel = NULL;
+    sqlite3_stmt *ins = NULL, *sel = NULL, *idx = NULL;
     struct lat lput = {0}, lget = {0};
     char *value, *copy;
 
-    while ((c = getopt(argc, argv, "d:s:b:p:S:r")) != -1) {
+    while ((c = getopt(argc, argv, "d:s:b:p:S:ra")) != -1) {
         switch (c) {
+        case 'a': all_rows = 1; break;
         case 'd': path = optarg; break;
         case 's': seconds = atof(optarg); break;
         case 'b': value_bytes = (size_t)atol(optarg); break;
@@ -175,7 +181,11 @@ int main(int argc, char **argv)
         sqlite3_prepare_v2(db,
                            "SELECT value, version FROM kv WHERE ns = 'sessions' AND key = ?1 "
                            "AND (expires_at = 0 OR expires_at > ?2)",
-                           -1, &sel, NULL) != SQLITE_OK) {
+                           -1, &sel, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db,
+                           "INSERT OR REPLACE INTO kv(ns, key, value, version, expires_at) "
+                           "VALUES (?1, ?2, ?3, ?4, 0)",
+                           -1, &idx, NULL) != SQLITE_OK) {
         fprintf(stderr, "sqlite_rw: prepare: %s\n", sqlite3_errmsg(db));
         return 1;
     }
@@ -187,6 +197,8 @@ int main(int argc, char **argv)
         char id[64];
         snprintf(id, sizeof id, "raw-%lld", done);
         make_record(value, value_bytes, id);
+        if (all_rows && exec(db, "BEGIN"))
+            return 1;
         sqlite3_bind_text(ins, 1, id, -1, SQLITE_TRANSIENT);
         sqlite3_bind_blob(ins, 2, value, (int)value_bytes, SQLITE_TRANSIENT);
         sqlite3_bind_int64(ins, 3, done + 1);
@@ -195,6 +207,26 @@ int main(int argc, char **argv)
             return 1;
         }
         sqlite3_reset(ins);
+        for (int r = 0; all_rows && r < 5; r++) {
+            static const char *const ns[] = {"sessions.status", "sessions.participant",
+                                             "sessions.participant", "sessions.participant",
+                                             "sessions.access"};
+            static const char *const prefix[] = {"Active/", "agent-1/", "agent-2/", "agent-3/",
+                                                 ""};
+            char key[96];
+            snprintf(key, sizeof key, "%s%s", prefix[r], id);
+            sqlite3_bind_text(idx, 1, ns[r], -1, SQLITE_STATIC);
+            sqlite3_bind_text(idx, 2, key, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_blob(idx, 3, r == 4 ? "0 0 1" : "", r == 4 ? 5 : 0, SQLITE_STATIC);
+            sqlite3_bind_int64(idx, 4, done + 1);
+            if (sqlite3_step(idx) != SQLITE_DONE) {
+                fprintf(stderr, "sqlite_rw: insert: %s\n", sqlite3_errmsg(db));
+                return 1;
+            }
+            sqlite3_reset(idx);
+        }
+        if (all_rows && exec(db, "COMMIT"))
+            return 1;
         double t2 = now_s();
         lat_add(&lput, (t2 - t) * 1e6);
         t = t2;
@@ -231,6 +263,7 @@ int main(int argc, char **argv)
     }
     sqlite3_finalize(ins);
     sqlite3_finalize(sel);
+    sqlite3_finalize(idx);
     sqlite3_close(db);
     free(value);
     free(copy);
@@ -240,6 +273,6 @@ int main(int argc, char **argv)
 
 usage:
     fprintf(stderr, "usage: sqlite_rw -d DB_FILE [-s SECONDS] [-b VALUE_BYTES >= 400] "
-                    "[-p PAGE_SIZE] [-S normal|full] [-r]\n");
+                    "[-p PAGE_SIZE] [-S normal|full] [-r] [-a]\n");
     return 2;
 }

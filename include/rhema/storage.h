@@ -143,6 +143,28 @@ struct rhema_storage_value {
     uint64_t version;
 };
 
+/*
+ * NULL when the arguments of a get_many() call (n >= 1) are well formed,
+ * else why not (answer RHEMA_EINVAL).
+ */
+static inline const char *rhema_storage_get_many_invalid(const char *ns, const char *const *keys,
+                                                         size_t n,
+                                                         const struct rhema_storage_value *out,
+                                                         const int *rcs)
+{
+    size_t i;
+    if (keys == NULL || out == NULL || rcs == NULL)
+        return "get_many: NULL keys, out or rcs";
+    if (n > RHEMA_STORAGE_GET_MANY_MAX)
+        return "get_many: more than RHEMA_STORAGE_GET_MANY_MAX keys";
+    if (!rhema_storage_ns_valid(ns))
+        return "invalid namespace (1..64 bytes of [A-Za-z0-9_.:-])";
+    for (i = 0; i < n; i++)
+        if (rhema_storage_key_len(keys[i]) == 0)
+            return "invalid key (1..1024 bytes, no NUL)";
+    return NULL;
+}
+
 /* A lease's state, filled by lease() on success and on ECONFLICT/ENOTFOUND. */
 struct rhema_lease_info {
     char holder[RHEMA_LEASE_HOLDER_MAX + 1]; /* "" when nobody holds it */

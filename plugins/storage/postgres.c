@@ -1076,13 +1076,11 @@ static int pg_get_many(rhema_storage_conn *c, const char *ns, const char *const 
 
     if (n == 0)
         return 0;
-    if (keys == NULL || out == NULL || rcs == NULL || n > RHEMA_STORAGE_GET_MANY_MAX) {
-        conn_error(c, "get_many: NULL arguments or more than %d keys", RHEMA_STORAGE_GET_MANY_MAX);
+    const char *bad_args = rhema_storage_get_many_invalid(ns, keys, n, out, rcs);
+    if (bad_args != NULL) {
+        conn_error(c, "%s", bad_args);
         return RHEMA_EINVAL;
     }
-    for (i = 0; i < n; i++)
-        if ((rc = check_ns_key(c, ns, keys[i])) != 0)
-            return rc;
     if ((rc = conn_ensure(c)) != 0) /* also clears what the last call held */
         return rc;
     if (n > c->held_cap) {

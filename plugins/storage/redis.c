@@ -315,6 +315,8 @@ struct rhema_storage_conn {
     unsigned backoff_ms;      /* wait after the next failed attempt */
     int was_lost;             /* a loss was logged: log the recovery */
     redisReply *held;         /* get()'s reply: valid until the next call */
+    redisReply **held_many;   /* get_many()'s replies, held_n of them, as long */
+    size_t held_n, held_cap;
     char down[256];           /* why the last connect attempt failed */
     char err[RD_ERRMSG_MAX];
 };
@@ -449,6 +451,8 @@ static void release_held(rhema_storage_conn *c)
         freeReplyObject(c->held);
         c->held = NULL;
     }
+    while (c->held_n > 0)
+        freeReplyObject(c->held_many[--c->held_n]);
 }
 
 static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
@@ -897,6 +901,7 @@ static void rd_disconnect(rhema_storage_conn *c)
     if (c == NULL)
         return;
     release_held(c);
+    free(c->held_many);
     if (c->ctx != NULL)
         redisFree(c->ctx);
     free(c);
@@ -1014,12 +1019,35 @@ static void push_entry_key(struct args *a, const rhema_storage_instance *in, con
 
 /* ---- reads ---- */
 
+/* An HMGET reply of an entry (v, n) into out: 0, RHEMA_ENOTFOUND or RHEMA_ECORRUPT/EIO. */
+static int entry_reply(rhema_storage_conn *c, const redisReply *r, const char *ns, const char *key,
+                       struct rhema_storage_value *out)
+{
+    uint64_t ver;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        conn_error(c, "get: unexpected reply type %d", r->type);
+        return RHEMA_EIO;
+    }
+    if (r->element[1]->type == REDIS_REPLY_NIL) {
+        conn_error(c, "key not found");
+        return RHEMA_ENOTFOUND;
+    }
+    if (r->element[0]->type != REDIS_REPLY_STRING || reply_u64(r->element[1], &ver) != 0 ||
+        ver == 0) {
+        conn_error(c, "get: the entry of '%s' in %s is malformed", key, ns);
+        return RHEMA_ECORRUPT;
+    }
+    out->data = r->element[0]->str;
+    out->len = r->element[0]->len;
+    out->version = ver;
+    return 0;
+}
+
 static int rd_get(rhema_storage_conn *c, const char *ns, const char *key,
                   struct rhema_storage_value *out)
 {
     struct args a = {0};
     redisReply *r = NULL;
-    uint64_t ver;
     int rc;
 
     release_held(c);
@@ -1034,26 +1062,94 @@ static int rd_get(rhema_storage_conn *c, const char *ns, const char *key,
     args_free(&a);
     if (rc != 0)
         return rc;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
-        conn_error(c, "get: unexpected reply type %d", r->type);
+    if ((rc = entry_reply(c, r, ns, key, out)) != 0) {
         freeReplyObject(r);
-        return RHEMA_EIO;
-    }
-    if (r->element[1]->type == REDIS_REPLY_NIL) {
-        freeReplyObject(r);
-        conn_error(c, "key not found");
-        return RHEMA_ENOTFOUND;
-    }
-    if (r->element[0]->type != REDIS_REPLY_STRING || reply_u64(r->element[1], &ver) != 0 ||
-        ver == 0) {
-        freeReplyObject(r);
-        conn_error(c, "get: the entry of '%s' in %s is malformed", key, ns);
-        return RHEMA_ECORRUPT;
+        return rc;
     }
     c->held = r;
-    out->data = r->element[0]->str;
-    out->len = r->element[0]->len;
-    out->version = ver;
+    return 0;
+}
+
+/*
+ * get_many: get()'s HMGET once per key, pipelined (every command written,
+ * then every reply read): one round trip for n keys.  A connection lost on
+ * the way is retried once on a fresh one, as get() is; the replies back the
+ * values until the next call.
+ */
+static int rd_get_many(rhema_storage_conn *c, const char *ns, const char *const *keys, size_t n,
+                       struct rhema_storage_value *out, int *rcs)
+{
+    struct sigpipe_guard g;
+    size_t i;
+    int rc, attempt;
+
+    release_held(c);
+    if (n == 0)
+        return 0;
+    const char *bad_args = rhema_storage_get_many_invalid(ns, keys, n, out, rcs);
+    if (bad_args != NULL) {
+        conn_error(c, "%s", bad_args);
+        return RHEMA_EINVAL;
+    }
+    if (n > c->held_cap) {
+        redisReply **v = realloc(c->held_many, n * sizeof *v);
+        if (v == NULL) {
+            conn_error(c, "out of memory");
+            return RHEMA_ENOMEM;
+        }
+        c->held_many = v;
+        c->held_cap = n;
+    }
+    for (attempt = 0;; attempt++) {
+        if ((rc = ensure_connected(c)) != 0)
+            return rc;
+        for (i = 0; i < n; i++) {
+            struct args a = {0};
+            args_push_str(&a, "HMGET");
+            push_entry_key(&a, c->inst, ns, keys[i]);
+            args_push_str(&a, "v");
+            args_push_str(&a, "n");
+            rc = a.oom ? REDIS_ERR
+                       : redisAppendCommandArgv(c->ctx, (int)a.n, a.v, a.len); /* copied */
+            args_free(&a);
+            if (rc != REDIS_OK) {
+                conn_error(c, "get_many: out of memory");
+                drop_context(c, "out of memory"); /* half a pipeline was buffered */
+                return RHEMA_ENOMEM;
+            }
+        }
+        sigpipe_block(&g);
+        for (i = 0; i < n; i++) {
+            void *r = NULL;
+            if (redisGetReply(c->ctx, &r) != REDIS_OK || r == NULL)
+                break;
+            c->held_many[c->held_n++] = r;
+        }
+        sigpipe_restore(&g);
+        if (i == n)
+            break;
+        {
+            char why[200];
+            snprintf(why, sizeof why, "%s", c->ctx->errstr[0] ? c->ctx->errstr : "I/O error");
+            release_held(c);
+            drop_context(c, why);
+            if (attempt == 0)
+                continue; /* reads: go again on a fresh connection */
+            conn_error(c, "get_many: connection to redis at %s:%d lost: %s", c->inst->server,
+                       c->inst->port, why);
+            return RHEMA_EUNAVAIL;
+        }
+    }
+    for (i = 0; i < n; i++) {
+        const redisReply *r = c->held_many[i];
+        if (r->type == REDIS_REPLY_ERROR) {
+            conn_error(c, "get_many: %.*s", (int)r->len, r->str);
+            return map_error_reply(r->str);
+        }
+        rcs[i] = entry_reply(c, r, ns, keys[i], &out[i]);
+        if (rcs[i] != 0 && rcs[i] != RHEMA_ENOTFOUND)
+            return rcs[i];
+    }
     return 0;
 }
 
@@ -2063,8 +2159,8 @@ static const struct rhema_storage_plugin redis_plugin = {
     .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
                                 "1.0.0", "Redis server through hiredis (shared, leases, TTL)"),
     /* DURABLE as the server is configured: appendonly yes + appendfsync always */
-    .features = RHEMA_STORAGE_SHARED | RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL |
-                RHEMA_STORAGE_LEASES,
+    .features =
+        RHEMA_STORAGE_SHARED | RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = rd_open,
     .close = rd_close,
     .connect = rd_connect,
@@ -2081,6 +2177,7 @@ static const struct rhema_storage_plugin redis_plugin = {
     .backup = rd_backup,
     .group = rd_group,
     .restore = rd_restore,
+    .get_many = rd_get_many,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)
