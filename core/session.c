@@ -434,6 +434,23 @@ static void access_clear(struct rhema_store *st)
     st->pending_n = 0;
 }
 
+/* A stored access record ("count last incarnation") into *a. */
+static void access_parse(const struct rhema_storage_value *v, struct access_rec *a)
+{
+    char buf[80];
+    size_t n = v->len < sizeof buf - 1 ? v->len : sizeof buf - 1;
+    memset(a, 0, sizeof *a);
+    memcpy(buf, v->data, n);
+    buf[n] = '\0';
+    unsigned long long c = 0, l = 0, inc = 0;
+    if (sscanf(buf, "%llu %llu %llx", &c, &l, &inc) >= 2) {
+        a->count = c;
+        a->last_ms = l;
+        a->incarnation = inc;
+    }
+    a->version = v->version;
+}
+
 /* The stored access record of id (all zero when none). */
 static int access_read(struct rhema_store *st, const char *id, struct access_rec *a)
 {
@@ -444,17 +461,7 @@ static int access_read(struct rhema_store *st, const char *id, struct access_rec
         return 0;
     if (rc)
         return rc;
-    char buf[80];
-    size_t n = v.len < sizeof buf - 1 ? v.len : sizeof buf - 1;
-    memcpy(buf, v.data, n);
-    buf[n] = '\0';
-    unsigned long long c = 0, l = 0, inc = 0;
-    if (sscanf(buf, "%llu %llu %llx", &c, &l, &inc) >= 2) {
-        a->count = c;
-        a->last_ms = l;
-        a->incarnation = inc;
-    }
-    a->version = v.version;
+    access_parse(&v, a);
     return 0;
 }
 
@@ -473,7 +480,43 @@ struct flush_item {
     char text[80];
     struct rhema_storage_write w;
     int done;
+    int ahead; /* a was read ahead (access_read_ahead) */
+    struct access_rec a;
 };
+
+/*
+ * Read the access records of the items not done yet with get_many(): one
+ * round trip per RHEMA_STORAGE_GET_MANY_MAX sessions on a server backend,
+ * where a flush of a busy second would otherwise take one per session.
+ * Best effort: an item not read ahead is read alone.
+ */
+static void access_read_ahead(struct rhema_store *st, struct flush_item *items, size_t n)
+{
+    const char *keys[RHEMA_STORAGE_GET_MANY_MAX];
+    struct flush_item *of[RHEMA_STORAGE_GET_MANY_MAX];
+    struct rhema_storage_value vals[RHEMA_STORAGE_GET_MANY_MAX];
+    int rcs[RHEMA_STORAGE_GET_MANY_MAX];
+    size_t i = 0;
+    if (!st->vt->get_many)
+        return;
+    while (i < n) {
+        size_t m = 0;
+        for (; i < n && m < RHEMA_STORAGE_GET_MANY_MAX; i++)
+            if (!items[i].done) {
+                of[m] = &items[i];
+                keys[m++] = items[i].e->id;
+            }
+        if (m < 2 || st->vt->get_many(st->conn, NS_ACCESS, keys, m, vals, rcs) != 0)
+            return;
+        for (size_t j = 0; j < m; j++) {
+            if (rcs[j] == RHEMA_ENOTFOUND)
+                memset(&of[j]->a, 0, sizeof of[j]->a);
+            else
+                access_parse(&vals[j], &of[j]->a);
+            of[j]->ahead = 1;
+        }
+    }
+}
 
 int rhema_store_flush_access(struct rhema_store *st)
 {
@@ -490,12 +533,18 @@ int rhema_store_flush_access(struct rhema_store *st)
             items[n++].e = &st->pending[i];
     for (int attempt = 0; attempt < PUT_RETRIES; attempt++) {
         size_t m = 0;
+        access_read_ahead(st, items, n);
         for (size_t i = 0; i < n; i++) {
             struct flush_item *it = &items[i];
             struct access_rec a;
             if (it->done)
                 continue;
-            int rc = access_read(st, it->e->id, &a);
+            int rc = 0;
+            if (it->ahead)
+                a = it->a;
+            else
+                rc = access_read(st, it->e->id, &a);
+            it->ahead = 0;
             /* deleted meanwhile, or a new session of the same id: drop the counts */
             if (rc || !a.version || a.incarnation != it->e->incarnation) {
                 if (rc && !first)

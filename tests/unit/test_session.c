@@ -256,6 +256,119 @@ static char *list_ids(struct fixture *f, const char *status, const char *partici
     return next;
 }
 
+/*
+ * The memory plugin with a get_many() of its own (made of get() calls) and
+ * counters, so that the read-ahead of a group and of an access flush can be
+ * watched: one get_many() per namespace, no get() of a record read ahead.
+ */
+static const struct rhema_storage_plugin *real_vt;
+static struct rhema_storage_plugin counting_vt;
+static int many_calls, many_keys, single_gets;
+static char *many_copy[16];
+
+static int counting_get(rhema_storage_conn *c, const char *ns, const char *key,
+                        struct rhema_storage_value *out)
+{
+    single_gets++;
+    return real_vt->get(c, ns, key, out);
+}
+
+static int counting_get_many(rhema_storage_conn *c, const char *ns, const char *const *keys,
+                             size_t n, struct rhema_storage_value *out, int *rcs)
+{
+    many_calls++;
+    many_keys += (int)n;
+    assert_true(n <= 16);
+    for (size_t i = 0; i < n; i++) {
+        free(many_copy[i]);
+        many_copy[i] = NULL;
+        rcs[i] = real_vt->get(c, ns, keys[i], &out[i]);
+        if (rcs[i] == 0) {
+            many_copy[i] = malloc(out[i].len + 1);
+            memcpy(many_copy[i], out[i].data, out[i].len);
+            out[i].data = many_copy[i];
+        }
+    }
+    return 0;
+}
+
+static void put_op(struct rhema_session_op *op, const char *id, const char *body)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    json_t *in = J(body);
+    memset(op, 0, sizeof *op);
+    op->kind = RHEMA_SOP_PUT;
+    snprintf(op->id, sizeof op->id, "%s", id);
+    assert_int_equal(rhema_session_validate(in, id, &op->input, err), 0);
+    json_decref(in);
+}
+
+static void group_and_flush_read_ahead(void **state)
+{
+    struct fixture *f = *state;
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_record rec = {0};
+    put(f, "old-1", "{\"topic\":\"first\",\"participants\":[\"a\"]}", 0, 0, NULL);
+    put(f, "old-2", "{\"topic\":\"second\"}", 0, 0, NULL);
+    real_vt = f->vt;
+    counting_vt = *f->vt;
+    counting_vt.get = counting_get;
+    counting_vt.get_many = counting_get_many;
+    struct rhema_store st;
+    rhema_store_init(&st, &counting_vt, f->conn);
+
+    /* a group of five PUTs: three new sessions, two updates */
+    static const char *const ids[5] = {"new-1", "old-1", "new-2", "old-2", "new-3"};
+    struct rhema_session_op ops[5], *pops[5];
+    for (int i = 0; i < 5; i++) {
+        put_op(&ops[i], ids[i], "{\"topic\":\"grouped\",\"participants\":[\"b\"]}");
+        pops[i] = &ops[i];
+    }
+    many_calls = many_keys = single_gets = 0;
+    rhema_session_ops_run(&st, pops, 5);
+    assert_int_equal(many_calls, 1);
+    assert_int_equal(many_keys, 5);
+    for (int i = 0; i < 5; i++) {
+        if (ops[i].rc)
+            fail_msg("%s: %s", ids[i], ops[i].err);
+        assert_int_equal(ops[i].created, ids[i][0] == 'n');
+        json_t *j = record_json(&ops[i].rec);
+        assert_string_equal(json_string_value(json_object_get(j, "topic")), "grouped");
+        json_decref(j);
+        rhema_session_op_release(&ops[i]);
+    }
+    /* the updated ones are re-indexed: old-1 left participant a for b */
+    char ids_a[64], ids_b[128];
+    free(list_ids(f, NULL, "a", 10, NULL, ids_a, sizeof ids_a));
+    assert_string_equal(ids_a, "");
+    free(list_ids(f, NULL, "b", 10, NULL, ids_b, sizeof ids_b));
+    assert_string_equal(ids_b, "new-1,new-2,new-3,old-1,old-2");
+
+    /* reads counted on this store, then one flush: one get_many for the access records */
+    for (int r = 0; r < 3; r++)
+        for (int i = 0; i < 3; i++) {
+            assert_int_equal(rhema_session_get(&st, ids[i], &rec, err), 0);
+            rhema_record_release(&rec);
+        }
+    many_calls = many_keys = single_gets = 0;
+    assert_int_equal(rhema_store_flush_access(&st), 0);
+    assert_int_equal(many_calls, 1);
+    assert_int_equal(many_keys, 3);
+    assert_int_equal(single_gets, 0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(rhema_session_get(&f->st, ids[i], &rec, err), 0);
+        json_t *j = record_json(&rec);
+        assert_int_equal(json_integer_value(json_object_get(j, "access_count")), 3 + 1);
+        json_decref(j);
+        rhema_record_release(&rec);
+    }
+    rhema_store_release(&st);
+    for (int i = 0; i < 16; i++) {
+        free(many_copy[i]);
+        many_copy[i] = NULL;
+    }
+}
+
 static void list_uses_indexes_and_pages(void **state)
 {
     struct fixture *f = *state;
@@ -403,6 +516,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(put_get_versions_and_preconditions, setup, teardown),
         cmocka_unit_test_setup_teardown(list_uses_indexes_and_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(messages_append_idempotently, setup, teardown),
+        cmocka_unit_test_setup_teardown(group_and_flush_read_ahead, setup, teardown),
     };
     return cmocka_run_group_tests_name("session", tests, NULL, NULL);
 }
