@@ -246,8 +246,8 @@ static int w_get(rhema_storage_conn *conn, const char *ns, const char *key,
     return 0;
 }
 
-static int w_get_many(rhema_storage_conn *conn, const char *ns, const char *const *keys, size_t n,
-                      struct rhema_storage_value *out, int *rcs)
+static int w_get_many(rhema_storage_conn *conn, const char *const *ns, const char *const *keys,
+                      size_t n, struct rhema_storage_value *out, int *rcs)
 {
     struct atrest_conn *c = CONN(conn);
     c->msg[0] = '\0';
@@ -261,7 +261,7 @@ static int w_get_many(rhema_storage_conn *conn, const char *ns, const char *cons
     for (size_t i = 0; i < n; i++) {
         if (rcs[i] != 0)
             continue;
-        if ((rc = decode(c, ns, keys[i], out[i].data, out[i].len, &c->many[i])))
+        if ((rc = decode(c, ns[i], keys[i], out[i].data, out[i].len, &c->many[i])))
             return rc;
         if (c->many[i].data) {
             out[i].data = c->many[i].data;

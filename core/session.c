@@ -492,7 +492,7 @@ struct flush_item {
  */
 static void access_read_ahead(struct rhema_store *st, struct flush_item *items, size_t n)
 {
-    const char *keys[RHEMA_STORAGE_GET_MANY_MAX];
+    const char *keys[RHEMA_STORAGE_GET_MANY_MAX], *ns[RHEMA_STORAGE_GET_MANY_MAX];
     struct flush_item *of[RHEMA_STORAGE_GET_MANY_MAX];
     struct rhema_storage_value vals[RHEMA_STORAGE_GET_MANY_MAX];
     int rcs[RHEMA_STORAGE_GET_MANY_MAX];
@@ -504,9 +504,10 @@ static void access_read_ahead(struct rhema_store *st, struct flush_item *items, 
         for (; i < n && m < RHEMA_STORAGE_GET_MANY_MAX; i++)
             if (!items[i].done) {
                 of[m] = &items[i];
+                ns[m] = NS_ACCESS;
                 keys[m++] = items[i].e->id;
             }
-        if (m < 2 || st->vt->get_many(st->conn, NS_ACCESS, keys, m, vals, rcs) != 0)
+        if (m < 2 || st->vt->get_many(st->conn, ns, keys, m, vals, rcs) != 0)
             return;
         for (size_t j = 0; j < m; j++) {
             if (rcs[j] == RHEMA_ENOTFOUND)
@@ -657,14 +658,21 @@ static void access_merge(struct rhema_store *st, const char *id, const struct ac
     }
 }
 
-/* Record of id with its current access counts, counting this read when count_this. */
+/*
+ * Record of id with its current access counts, counting this read when
+ * count_this; `known` is its stored access record when already read.
+ */
 static int record_with_access(struct rhema_store *st, const char *id, const char *stored,
                               size_t len, uint64_t version, int count_this,
-                              struct rhema_record *out, char *err)
+                              const struct access_rec *known, struct rhema_record *out, char *err)
 {
     struct access_rec a;
     uint64_t count, last;
-    int rc = access_read(st, id, &a);
+    int rc = 0;
+    if (known)
+        a = *known;
+    else
+        rc = access_read(st, id, &a);
     if (rc)
         return storage_err(st, rc, "reading access counts", err);
     if (count_this) {
@@ -1112,8 +1120,8 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
         op->rc = rc ? errf(op->err, rc, "out of memory") : 0;
         return 0;
     }
-    op->rc = record_with_access(st, op->id, s->text, s->len, s->ws.w[0].new_version, 0, &op->rec,
-                                op->err);
+    op->rc = record_with_access(st, op->id, s->text, s->len, s->ws.w[0].new_version, 0, NULL,
+                                &op->rec, op->err);
     return 0;
 }
 
@@ -1142,14 +1150,16 @@ static void prefetch_current(struct rhema_store *st, struct rhema_session_op **o
     if (!st->vt->get_many || n < 2)
         return;
     size_t chunk = n < RHEMA_STORAGE_GET_MANY_MAX ? n : RHEMA_STORAGE_GET_MANY_MAX;
-    const char **keys = malloc(chunk * sizeof *keys);
+    const char **keys = malloc(chunk * sizeof *keys), **ns = malloc(chunk * sizeof *ns);
     struct rhema_storage_value *vals = malloc(chunk * sizeof *vals);
     int *rcs = malloc(chunk * sizeof *rcs);
-    for (size_t base = 0; keys && vals && rcs && base < n; base += chunk) {
+    for (size_t base = 0; keys && ns && vals && rcs && base < n; base += chunk) {
         size_t m = n - base < chunk ? n - base : chunk;
-        for (size_t i = 0; i < m; i++)
+        for (size_t i = 0; i < m; i++) {
+            ns[i] = NS_SESSIONS;
             keys[i] = ops[base + i]->id;
-        if (st->vt->get_many(st->conn, NS_SESSIONS, keys, m, vals, rcs) != 0)
+        }
+        if (st->vt->get_many(st->conn, ns, keys, m, vals, rcs) != 0)
             break;
         for (size_t i = 0; i < m; i++) {
             struct rhema_session_op *op = ops[base + i];
@@ -1169,6 +1179,7 @@ static void prefetch_current(struct rhema_store *st, struct rhema_session_op **o
         }
     }
     free(keys);
+    free(ns);
     free(vals);
     free(rcs);
 }
@@ -1240,21 +1251,41 @@ int rhema_session_put(struct rhema_store *st, const char *id, json_t *session, u
     return rc;
 }
 
+/*
+ * A read: the record and its access record, with one get_many() where the
+ * plugin has it (one round trip to a server instead of two).
+ */
 int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_record *out,
                       char err[RHEMA_ERRMSG_MAX])
 {
-    struct rhema_storage_value v;
-    int rc = st->vt->get(st->conn, NS_SESSIONS, id, &v);
+    static const char *const ns[2] = {NS_SESSIONS, NS_ACCESS};
+    const char *keys[2] = {id, id};
+    struct rhema_storage_value v[2];
+    struct access_rec a, *known = NULL;
+    int rc, rcs[2];
+    if (st->vt->get_many) {
+        rc = st->vt->get_many(st->conn, ns, keys, 2, v, rcs);
+        if (rc == 0 && (rc = rcs[0]) == 0) {
+            memset(&a, 0, sizeof a);
+            if (rcs[1] == 0)
+                access_parse(&v[1], &a);
+            else if (rcs[1] != RHEMA_ENOTFOUND)
+                rc = rcs[1];
+            known = &a;
+        }
+    } else {
+        rc = st->vt->get(st->conn, NS_SESSIONS, id, &v[0]);
+    }
     if (rc == RHEMA_ENOTFOUND)
         return errf(err, rc, "session '%s' not found", id);
     if (rc)
         return storage_err(st, rc, "reading the session", err);
     /* v.data is only valid until the next storage call: copy it first. */
-    char *copy = malloc(v.len ? v.len : 1);
+    char *copy = malloc(v[0].len ? v[0].len : 1);
     if (!copy)
         return errf(err, RHEMA_ENOMEM, "out of memory");
-    memcpy(copy, v.data, v.len);
-    rc = record_with_access(st, id, copy, v.len, v.version, 1, out, err);
+    memcpy(copy, v[0].data, v[0].len);
+    rc = record_with_access(st, id, copy, v[0].len, v[0].version, 1, known, out, err);
     free(copy);
     return rc;
 }

@@ -147,21 +147,22 @@ struct rhema_storage_value {
  * NULL when the arguments of a get_many() call (n >= 1) are well formed,
  * else why not (answer RHEMA_EINVAL).
  */
-static inline const char *rhema_storage_get_many_invalid(const char *ns, const char *const *keys,
-                                                         size_t n,
+static inline const char *rhema_storage_get_many_invalid(const char *const *ns,
+                                                         const char *const *keys, size_t n,
                                                          const struct rhema_storage_value *out,
                                                          const int *rcs)
 {
     size_t i;
-    if (keys == NULL || out == NULL || rcs == NULL)
-        return "get_many: NULL keys, out or rcs";
+    if (ns == NULL || keys == NULL || out == NULL || rcs == NULL)
+        return "get_many: NULL ns, keys, out or rcs";
     if (n > RHEMA_STORAGE_GET_MANY_MAX)
         return "get_many: more than RHEMA_STORAGE_GET_MANY_MAX keys";
-    if (!rhema_storage_ns_valid(ns))
-        return "invalid namespace (1..64 bytes of [A-Za-z0-9_.:-])";
-    for (i = 0; i < n; i++)
+    for (i = 0; i < n; i++) {
+        if (!rhema_storage_ns_valid(ns[i]))
+            return "invalid namespace (1..64 bytes of [A-Za-z0-9_.:-])";
         if (rhema_storage_key_len(keys[i]) == 0)
             return "invalid key (1..1024 bytes, no NUL)";
+    }
     return NULL;
 }
 
@@ -303,17 +304,18 @@ struct rhema_storage_plugin {
     /* --- minor 0 ends here --- */
 
     /*
-     * Optional (NULL: the host calls get() once per key).  Read n keys of
-     * ns at once -- one round trip to a server instead of n.  For each i,
+     * Optional (NULL: the host calls get() once per key).  Read n entries
+     * at once, entry i being key keys[i] of namespace ns[i] -- one round
+     * trip to a server instead of n.  For each i,
      * rcs[i] is 0 with out[i] filled as get() fills it, or RHEMA_ENOTFOUND;
-     * a key may appear more than once.  Returns 0 when every key was looked
+     * an entry may appear more than once.  Returns 0 when every key was looked
      * up, or an error (RHEMA_EUNAVAIL, RHEMA_EINVAL for a bad ns or key,
      * ...), after which rcs and out mean nothing.  Every out[i].data stays
      * valid until the next call on the connection.  The host asks for at
      * most RHEMA_STORAGE_GET_MANY_MAX keys in one call.
      */
-    int (*get_many)(rhema_storage_conn *conn, const char *ns, const char *const *keys, size_t n,
-                    struct rhema_storage_value *out, int *rcs);
+    int (*get_many)(rhema_storage_conn *conn, const char *const *ns, const char *const *keys,
+                    size_t n, struct rhema_storage_value *out, int *rcs);
     /* --- minor 1 ends here --- */
 };
 

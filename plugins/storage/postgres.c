@@ -49,7 +49,7 @@
  * after some of its writes applied costs one more round (see pl_apply).
  * Consecutive unconditional puts of a member go as one INSERT over arrays
  * (ST_PUT_MANY): a session create is two statements, not six.
- * get_many() pipelines get()'s statement, one round trip for n keys.
+ * get_many() pipelines get()'s statement, one round trip for n entries.
  * Without pipelining (an older libpq) each statement is its own round
  * trip, and get_many() is not offered.
  *
@@ -1064,14 +1064,15 @@ static void pl_abort(rhema_storage_conn *c);
  * took 2.7 ms for 16 keys at 15,000 sessions, twice the 16 round trips it
  * was meant to save.)  The n results back the values until the next call.
  */
-static int pg_get_many(rhema_storage_conn *c, const char *ns, const char *const *keys, size_t n,
-                       struct rhema_storage_value *out, int *rcs)
+static int pg_get_many(rhema_storage_conn *c, const char *const *ns, const char *const *keys,
+                       size_t n, struct rhema_storage_value *out, int *rcs)
 {
     static const int fmts[2] = {1, 1};
     char name[16];
     const char *vals[2];
     int lens[2], rc;
-    size_t i, got = 0;
+    size_t i, got = 0, failed_at = 0;
+    int failed = 0;
     PGresult *r, *bad = NULL;
 
     if (n == 0)
@@ -1098,9 +1099,9 @@ static int pg_get_many(rhema_storage_conn *c, const char *ns, const char *const 
         return RHEMA_EUNAVAIL;
     }
     snprintf(name, sizeof name, "rhema_%d", (int)ST_GET);
-    vals[0] = ns;
-    lens[0] = (int)strlen(ns);
     for (i = 0; i < n; i++) {
+        vals[0] = ns[i];
+        lens[0] = (int)strlen(ns[i]);
         vals[1] = keys[i];
         lens[1] = (int)strlen(keys[i]);
         if (!PQsendQueryPrepared(c->pg, name, 2, vals, lens, fmts, 1))
@@ -1111,24 +1112,47 @@ static int pg_get_many(rhema_storage_conn *c, const char *ns, const char *const 
         pl_abort(c);
         return rc;
     }
-    /* per key: its result, then NULL; then the Sync's */
+    /*
+     * per key: its result, then NULL; then the Sync's.  The error to report
+     * is the first FATAL_ERROR: the statements after it in the pipeline
+     * come back PIPELINE_ABORTED, with no message of their own.  A row may
+     * come as PGRES_SINGLE_TUPLE (then an empty TUPLES_OK, dropped below):
+     * libpq resets a scan's single-row mode only when the next query is
+     * sent outside a pipeline, so the first query of this one inherits it.
+     */
     for (got = 0; got < n; got++) {
         c->held_many[got] = r = PQgetResult(c->pg);
         if (r == NULL)
             break;
-        if (PQresultStatus(r) != PGRES_TUPLES_OK && bad == NULL)
+        ExecStatusType st = PQresultStatus(r);
+        if (st != PGRES_TUPLES_OK && st != PGRES_SINGLE_TUPLE && !failed) {
+            failed = 1;
+            failed_at = got;
+        }
+        if (PQresultStatus(r) == PGRES_FATAL_ERROR && bad == NULL)
             bad = r;
         while ((r = PQgetResult(c->pg)) != NULL)
             PQclear(r);
     }
     c->held_n = got;
     r = got == n && PQstatus(c->pg) == CONNECTION_OK ? PQgetResult(c->pg) : NULL;
-    if (r == NULL || PQresultStatus(r) != PGRES_PIPELINE_SYNC || bad != NULL ||
+    if (r == NULL || PQresultStatus(r) != PGRES_PIPELINE_SYNC || failed ||
         !PQexitPipelineMode(c->pg)) {
+        char what[96];
+        if (got < n)
+            snprintf(what, sizeof what, "no result for entry %zu of %zu", got + 1, n);
+        else if (failed)
+            snprintf(what, sizeof what, "entry %zu of %zu: %s", failed_at + 1, n,
+                     PQresStatus(PQresultStatus(c->held_many[failed_at])));
+        else if (r == NULL || PQresultStatus(r) != PGRES_PIPELINE_SYNC)
+            snprintf(what, sizeof what, "Sync answered %s",
+                     r != NULL ? PQresStatus(PQresultStatus(r)) : "nothing");
+        else
+            snprintf(what, sizeof what, "cannot leave pipeline mode");
         PQclear(r);
         rc = run_fail(c, "get_many", bad, 0, 0);
         if (c->pg != NULL && PQstatus(c->pg) == CONNECTION_OK && bad == NULL) {
-            conn_error(c, "get_many: unexpected answer from the server");
+            conn_error(c, "get_many: unexpected answer from the server (%s)", what);
             conn_drop(c);
             rc = RHEMA_EUNAVAIL;
         }

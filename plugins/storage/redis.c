@@ -1076,8 +1076,8 @@ static int rd_get(rhema_storage_conn *c, const char *ns, const char *key,
  * the way is retried once on a fresh one, as get() is; the replies back the
  * values until the next call.
  */
-static int rd_get_many(rhema_storage_conn *c, const char *ns, const char *const *keys, size_t n,
-                       struct rhema_storage_value *out, int *rcs)
+static int rd_get_many(rhema_storage_conn *c, const char *const *ns, const char *const *keys,
+                       size_t n, struct rhema_storage_value *out, int *rcs)
 {
     struct sigpipe_guard g;
     size_t i;
@@ -1106,7 +1106,7 @@ static int rd_get_many(rhema_storage_conn *c, const char *ns, const char *const 
         for (i = 0; i < n; i++) {
             struct args a = {0};
             args_push_str(&a, "HMGET");
-            push_entry_key(&a, c->inst, ns, keys[i]);
+            push_entry_key(&a, c->inst, ns[i], keys[i]);
             args_push_str(&a, "v");
             args_push_str(&a, "n");
             rc = a.oom ? REDIS_ERR
@@ -1146,7 +1146,7 @@ static int rd_get_many(rhema_storage_conn *c, const char *ns, const char *const 
             conn_error(c, "get_many: %.*s", (int)r->len, r->str);
             return map_error_reply(r->str);
         }
-        rcs[i] = entry_reply(c, r, ns, keys[i], &out[i]);
+        rcs[i] = entry_reply(c, r, ns[i], keys[i], &out[i]);
         if (rcs[i] != 0 && rcs[i] != RHEMA_ENOTFOUND)
             return rcs[i];
     }

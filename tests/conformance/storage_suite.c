@@ -994,15 +994,17 @@ static int t_get_buffer_stable(struct suite *s)
 
 /*
  * get_many (optional): found and missing keys, a key asked twice, binary
- * values, another namespace's key, values valid until the next call, and
- * a bad key refused.
+ * values, entries of two namespaces in one call (the same key in each),
+ * values valid until the next call, and a bad key or namespace refused;
+ * first right after a scan on the same connection (whose row-by-row mode
+ * must not leak into it).
  */
 static int t_get_many(struct suite *s)
 {
     char ns[64], other[64];
     unsigned char bin[300];
-    struct rhema_storage_value v[6];
-    int rcs[6];
+    struct rhema_storage_value v[7];
+    int rcs[7];
     uint64_t va = 0, vb = 0, vc = 0;
     size_t i;
     if (s->vt->get_many == NULL) {
@@ -1017,11 +1019,19 @@ static int t_get_many(struct suite *s)
     CHECK_RC(s->c1, 0, put(s, s->c1, ns, "b/\xc3\xa9", bin, sizeof bin, RHEMA_VERSION_ANY, 0, &vb));
     CHECK_RC(s->c1, 0, put(s, s->c1, ns, "c", "", 0, RHEMA_VERSION_ANY, 0, &vc));
     CHECK_RC(s->c1, 0, put_str(s, s->c1, other, "elsewhere", "x", RHEMA_VERSION_ANY, NULL));
-    const char *keys[6] = {"a", "missing", "b/\xc3\xa9", "a", "c", "elsewhere"};
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, other, "a", "other-a", RHEMA_VERSION_ANY, NULL));
+    const char *keys[7] = {"a", "missing", "b/\xc3\xa9", "a", "c", "elsewhere", "a"};
+    const char *nss[7] = {ns, ns, ns, ns, ns, ns, other};
     memset(v, 0, sizeof v);
-    for (i = 0; i < 6; i++)
+    for (i = 0; i < 7; i++)
         rcs[i] = 12345;
-    CHECK_RC(s->c2, 0, s->vt->get_many(s->c2, ns, keys, 6, v, rcs));
+    struct collected col = {0};
+    int src = s->vt->scan(s->c2, ns, NULL, NULL, 0, collect_cb, &col);
+    size_t scanned = col.n;
+    collected_free(&col);
+    CHECK(src == 0 && scanned == 3, "scan before get_many: %s, %zu entries", rhema_strerror(src),
+          scanned);
+    CHECK_RC(s->c2, 0, s->vt->get_many(s->c2, nss, keys, 7, v, rcs));
     CHECK(rcs[0] == 0 && v[0].len == 5 && memcmp(v[0].data, "alpha", 5) == 0 && v[0].version == va,
           "a: %s, %zu bytes, version %llu", rhema_strerror(rcs[0]), v[0].len,
           (unsigned long long)v[0].version);
@@ -1035,14 +1045,16 @@ static int t_get_many(struct suite *s)
     CHECK(rcs[4] == 0 && v[4].len == 0 && v[4].version == vc, "empty value: %s, %zu bytes",
           rhema_strerror(rcs[4]), v[4].len);
     CHECK(rcs[5] == RHEMA_ENOTFOUND, "a key of another namespace: %s", rhema_strerror(rcs[5]));
+    CHECK(rcs[6] == 0 && v[6].len == 7 && memcmp(v[6].data, "other-a", 7) == 0,
+          "'a' of the other namespace: %s, %zu bytes", rhema_strerror(rcs[6]), v[6].len);
     /* another connection's writes do not change what c2 was given */
     CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "a", "ALPHA-CHANGED", RHEMA_VERSION_ANY, NULL));
     CHECK(memcmp(v[0].data, "alpha", 5) == 0 && memcmp(v[2].data, bin, sizeof bin) == 0,
           "values returned on c2 changed when c1 wrote");
-    CHECK_RC(s->c2, 0, s->vt->get_many(s->c2, ns, keys, 0, v, rcs));
-    const char *bad[2] = {"a", ""};
-    CHECK_RC(s->c2, RHEMA_EINVAL, s->vt->get_many(s->c2, ns, bad, 2, v, rcs));
-    CHECK_RC(s->c2, RHEMA_EINVAL, s->vt->get_many(s->c2, "bad ns!", keys, 1, v, rcs));
+    CHECK_RC(s->c2, 0, s->vt->get_many(s->c2, nss, keys, 0, v, rcs));
+    const char *bad[2] = {"a", ""}, *bad_ns[2] = {ns, "bad ns!"};
+    CHECK_RC(s->c2, RHEMA_EINVAL, s->vt->get_many(s->c2, nss, bad, 2, v, rcs));
+    CHECK_RC(s->c2, RHEMA_EINVAL, s->vt->get_many(s->c2, bad_ns, keys, 2, v, rcs));
     return T_PASS;
 }
 

@@ -52,7 +52,7 @@ static int fake_group(rhema_storage_conn *conn, struct rhema_storage_batch *g, s
 /* and a get_many() made of get() calls, each value copied (valid until the next call) */
 static char *fake_many_data[8];
 
-static int fake_get_many(rhema_storage_conn *conn, const char *ns, const char *const *keys,
+static int fake_get_many(rhema_storage_conn *conn, const char *const *ns, const char *const *keys,
                          size_t n, struct rhema_storage_value *out, int *rcs)
 {
     if (n > 8)
@@ -60,7 +60,7 @@ static int fake_get_many(rhema_storage_conn *conn, const char *ns, const char *c
     for (size_t i = 0; i < n; i++) {
         free(fake_many_data[i]);
         fake_many_data[i] = NULL;
-        rcs[i] = memvt->get(conn, ns, keys[i], &out[i]);
+        rcs[i] = memvt->get(conn, ns[i], keys[i], &out[i]);
         if (rcs[i] == 0) {
             fake_many_data[i] = malloc(out[i].len + 1);
             memcpy(fake_many_data[i], out[i].data, out[i].len);
@@ -481,11 +481,11 @@ static void batch_group_scan(void **state)
     collected_free(&c);
     /* get_many hands out plaintext too; a missing key is ENOTFOUND */
     {
-        const char *keys[4] = {"k2", "nope", "k1", "k2"};
+        const char *keys[4] = {"k2", "nope", "k1", "k2"}, *nss[4] = {NS, NS, NS, NS};
         struct rhema_storage_value vals[4];
         int rcs[4];
         assert_non_null(w.vt->get_many);
-        assert_int_equal(w.vt->get_many(w.conn, NS, keys, 4, vals, rcs), 0);
+        assert_int_equal(w.vt->get_many(w.conn, nss, keys, 4, vals, rcs), 0);
         assert_int_equal(rcs[0], 0);
         assert_int_equal(rcs[1], RHEMA_ENOTFOUND);
         assert_int_equal(rcs[2], 0);

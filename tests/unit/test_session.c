@@ -273,7 +273,7 @@ static int counting_get(rhema_storage_conn *c, const char *ns, const char *key,
     return real_vt->get(c, ns, key, out);
 }
 
-static int counting_get_many(rhema_storage_conn *c, const char *ns, const char *const *keys,
+static int counting_get_many(rhema_storage_conn *c, const char *const *ns, const char *const *keys,
                              size_t n, struct rhema_storage_value *out, int *rcs)
 {
     many_calls++;
@@ -282,7 +282,7 @@ static int counting_get_many(rhema_storage_conn *c, const char *ns, const char *
     for (size_t i = 0; i < n; i++) {
         free(many_copy[i]);
         many_copy[i] = NULL;
-        rcs[i] = real_vt->get(c, ns, keys[i], &out[i]);
+        rcs[i] = real_vt->get(c, ns[i], keys[i], &out[i]);
         if (rcs[i] == 0) {
             many_copy[i] = malloc(out[i].len + 1);
             memcpy(many_copy[i], out[i].data, out[i].len);
@@ -344,12 +344,22 @@ static void group_and_flush_read_ahead(void **state)
     free(list_ids(f, NULL, "b", 10, NULL, ids_b, sizeof ids_b));
     assert_string_equal(ids_b, "new-1,new-2,new-3,old-1,old-2");
 
-    /* reads counted on this store, then one flush: one get_many for the access records */
+    /* a read: the record and its access record in one get_many; counted on this store */
+    many_calls = many_keys = single_gets = 0;
     for (int r = 0; r < 3; r++)
         for (int i = 0; i < 3; i++) {
             assert_int_equal(rhema_session_get(&st, ids[i], &rec, err), 0);
+            json_t *j = record_json(&rec);
+            assert_int_equal(json_integer_value(json_object_get(j, "access_count")), r + 1);
+            json_decref(j);
             rhema_record_release(&rec);
         }
+    assert_int_equal(many_calls, 9);
+    assert_int_equal(many_keys, 18);
+    assert_int_equal(single_gets, 0);
+    assert_int_equal(rhema_session_get(&st, "nobody", &rec, err), RHEMA_ENOTFOUND);
+    assert_non_null(strstr(err, "'nobody' not found"));
+    /* one flush: one get_many for the access records */
     many_calls = many_keys = single_gets = 0;
     assert_int_equal(rhema_store_flush_access(&st), 0);
     assert_int_equal(many_calls, 1);
