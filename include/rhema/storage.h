@@ -144,6 +144,24 @@ struct rhema_storage_value {
 };
 
 /*
+ * 1 when a write of b after its first has a precondition (a delete, or a
+ * put with an expected version), i.e. when that write can fail after the
+ * earlier ones applied.  A group() can then roll the member back only with
+ * a savepoint; otherwise a failed first write leaves nothing to undo (it
+ * changed nothing, and the writes after it are not applied), and a member
+ * of a first checked write and unconditional puts needs no savepoint.
+ */
+static inline int rhema_storage_batch_checks_after_first(const struct rhema_storage_batch *b)
+{
+    size_t j;
+    for (j = 1; j < b->n; j++)
+        if (b->writes[j].op != RHEMA_WRITE_PUT ||
+            b->writes[j].expected_version != RHEMA_VERSION_ANY)
+            return 1;
+    return 0;
+}
+
+/*
  * NULL when the arguments of a get_many() call (n >= 1) are well formed,
  * else why not (answer RHEMA_EINVAL).
  */

@@ -1398,31 +1398,13 @@ static int member_local(int rc)
            rc == RHEMA_ETOOBIG;
 }
 
-/*
- * A member needs a savepoint only when a write after its first can fail its
- * precondition: then earlier writes may have applied.  An unconditional put
- * cannot fail one, and a failed first write makes the guard skip the rest,
- * so a member such as a session create (one checked put, then index
- * entries) needs none -- and a group of hundreds of members does not pile
- * up as many subtransactions.
- */
-static int needs_savepoint(const struct rhema_storage_batch *b)
-{
-    size_t j;
-    for (j = 1; j < b->n; j++)
-        if (b->writes[j].op != RHEMA_WRITE_PUT ||
-            b->writes[j].expected_version != RHEMA_VERSION_ANY)
-            return 1;
-    return 0;
-}
-
 #ifdef LIBPQ_HAS_PIPELINING
 /*
  * Pipelined group commit (libpq pipeline mode).
  *
  * Round 1 sends, in one go and with one Sync: BEGIN, then for each member
  * a SAVEPOINT of its own (only for a member that needs one:
- * needs_savepoint) followed by
+ * rhema_storage_batch_checks_after_first in storage.h) followed by
  * its writes, and reads every result back.  A failed precondition is a
  * normal result (no row applied, see write_result), never an error, so the
  * transaction goes on.  A member's writes carry its guard (GUARD): after
@@ -1741,7 +1723,7 @@ static int pl_apply(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
         for (i = start; i < n; i++) {
             if (g[i].result != 0 || g[i].n == 0)
                 continue;
-            if (!batch_mode && needs_savepoint(&g[i]))
+            if (!batch_mode && rhema_storage_batch_checks_after_first(&g[i]))
                 items[m++] = (struct pl_item){.kind = PL_SAVEPOINT, .member = i};
             for (j = 0; j < g[i].n; j += items[m - 1].count)
                 items[m++] = (struct pl_item){
@@ -1777,7 +1759,8 @@ static int pl_apply(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
                 wr = run_fail(c, b->writes[it->write].op == RHEMA_WRITE_DEL ? "delete" : "put",
                               res[k], 0, 0);
                 /* the transaction is aborted, with no savepoint to go back to: all fail */
-                if (c->pg == NULL || !member_local(wr) || batch_mode || !needs_savepoint(b))
+                if (c->pg == NULL || !member_local(wr) || batch_mode ||
+                    !rhema_storage_batch_checks_after_first(b))
                     rc = wr;
             }
             if (rc != 0 || wr == 0)
@@ -1929,7 +1912,7 @@ static int pg_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
 #else
     rc = tx_begin(c);
     for (i = 0; i < n && rc == 0; i++) {
-        int sp = needs_savepoint(&g[i]);
+        int sp = rhema_storage_batch_checks_after_first(&g[i]);
         if (g[i].result != 0 || g[i].n == 0)
             continue;
         if (sp && (rc = run(c, ST_SAVEPOINT, NULL, NULL, 0, "savepoint", NULL)) != 0)

@@ -1097,22 +1097,6 @@ static int sq_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
  * IMMEDIATE transaction, so a member whose precondition fails is rolled
  * back alone, and one COMMIT makes them all durable.
  */
-/*
- * A member needs a savepoint only when a write after its first can fail
- * its precondition (earlier writes would then have applied).  A failed
- * first write changed nothing -- its statement is atomic -- and the
- * writes after it are not run; an unconditional put has no precondition.
- * A session create (a checked put, then index entries) needs none, and
- * saves SQLite the sub-journal copy of every page the member touches.
- */
-static int needs_savepoint(const struct rhema_storage_batch *b)
-{
-    for (size_t j = 1; j < b->n; j++)
-        if (b->writes[j].op != RHEMA_WRITE_PUT ||
-            b->writes[j].expected_version != RHEMA_VERSION_ANY)
-            return 1;
-    return 0;
-}
 
 static int sq_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
 {
@@ -1130,7 +1114,7 @@ static int sq_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
     for (i = 0; i < n && rc == 0; i++) {
         if (g[i].result != 0)
             continue;
-        int sp = needs_savepoint(&g[i]);
+        int sp = rhema_storage_batch_checks_after_first(&g[i]);
         if (sp && (rc = step_done(c, ST_SAVEPOINT, "savepoint")) != 0)
             break;
         for (j = 0; j < g[i].n && g[i].result == 0; j++)
