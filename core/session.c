@@ -480,20 +480,26 @@ struct flush_item {
     char text[80];
     struct rhema_storage_write w;
     int done;
-    int ahead; /* a was read ahead (access_read_ahead) */
+    int ahead; /* a was read ahead (read_ahead) */
     struct access_rec a;
 };
 
 /*
- * Read the access records of the items not done yet with get_many(): one
- * round trip per RHEMA_STORAGE_GET_MANY_MAX sessions on a server backend,
- * where a flush of a busy second would otherwise take one per session.
- * Best effort: an item not read ahead is read alone.
+ * Read n entries of namespace ns with get_many(), RHEMA_STORAGE_GET_MANY_MAX
+ * per call -- on a server backend one round trip instead of one per entry:
+ * key(ctx, i) names entry i (NULL: not wanted), got(ctx, i, rc, v) takes
+ * each one read (rc 0 or RHEMA_ENOTFOUND).  Best effort: without
+ * get_many(), for fewer than two entries, or after a failed call, the rest
+ * is left to be read one by one.
  */
-static void access_read_ahead(struct rhema_store *st, struct flush_item *items, size_t n)
+typedef const char *(*read_ahead_key_fn)(void *ctx, size_t i);
+typedef void (*read_ahead_got_fn)(void *ctx, size_t i, int rc, const struct rhema_storage_value *v);
+
+static void read_ahead(struct rhema_store *st, const char *ns, size_t n, read_ahead_key_fn key,
+                       read_ahead_got_fn got, void *ctx)
 {
-    const char *keys[RHEMA_STORAGE_GET_MANY_MAX], *ns[RHEMA_STORAGE_GET_MANY_MAX];
-    struct flush_item *of[RHEMA_STORAGE_GET_MANY_MAX];
+    const char *keys[RHEMA_STORAGE_GET_MANY_MAX], *nss[RHEMA_STORAGE_GET_MANY_MAX];
+    size_t at[RHEMA_STORAGE_GET_MANY_MAX];
     struct rhema_storage_value vals[RHEMA_STORAGE_GET_MANY_MAX];
     int rcs[RHEMA_STORAGE_GET_MANY_MAX];
     size_t i = 0;
@@ -502,21 +508,31 @@ static void access_read_ahead(struct rhema_store *st, struct flush_item *items, 
     while (i < n) {
         size_t m = 0;
         for (; i < n && m < RHEMA_STORAGE_GET_MANY_MAX; i++)
-            if (!items[i].done) {
-                of[m] = &items[i];
-                ns[m] = NS_ACCESS;
-                keys[m++] = items[i].e->id;
+            if ((keys[m] = key(ctx, i)) != NULL) {
+                nss[m] = ns;
+                at[m++] = i;
             }
-        if (m < 2 || st->vt->get_many(st->conn, ns, keys, m, vals, rcs) != 0)
+        if (m < 2 || st->vt->get_many(st->conn, nss, keys, m, vals, rcs) != 0)
             return;
-        for (size_t j = 0; j < m; j++) {
-            if (rcs[j] == RHEMA_ENOTFOUND)
-                memset(&of[j]->a, 0, sizeof of[j]->a);
-            else
-                access_parse(&vals[j], &of[j]->a);
-            of[j]->ahead = 1;
-        }
+        for (size_t j = 0; j < m; j++)
+            got(ctx, at[j], rcs[j], &vals[j]);
     }
+}
+
+static const char *flush_item_key(void *ctx, size_t i)
+{
+    struct flush_item *it = (struct flush_item *)ctx + i;
+    return it->done ? NULL : it->e->id;
+}
+
+static void flush_item_got(void *ctx, size_t i, int rc, const struct rhema_storage_value *v)
+{
+    struct flush_item *it = (struct flush_item *)ctx + i;
+    if (rc == 0)
+        access_parse(v, &it->a);
+    else
+        memset(&it->a, 0, sizeof it->a);
+    it->ahead = 1;
 }
 
 int rhema_store_flush_access(struct rhema_store *st)
@@ -534,7 +550,7 @@ int rhema_store_flush_access(struct rhema_store *st)
             items[n++].e = &st->pending[i];
     for (int attempt = 0; attempt < PUT_RETRIES; attempt++) {
         size_t m = 0;
-        access_read_ahead(st, items, n);
+        read_ahead(st, NS_ACCESS, n, flush_item_key, flush_item_got, items);
         for (size_t i = 0; i < n; i++) {
             struct flush_item *it = &items[i];
             struct access_rec a;
@@ -854,7 +870,7 @@ struct op_state {
     struct write_set ws;
     char access_text[80]; /* the access record a create writes */
     int repair;         /* drop deletes of index entries that are gone */
-    /* the current record, read ahead for the whole group (prefetch_current) */
+    /* the current record, read ahead for the whole group (read_ahead, op_got) */
     struct {
         int state; /* 0: not read ahead, 1: found (text), -1: absent */
         char *text;
@@ -1140,48 +1156,28 @@ void rhema_session_op_release(struct rhema_session_op *op)
     rhema_record_release(&op->rec);
 }
 
-/*
- * Read the current records of n ops with get_many() -- one round trip to a
- * server instead of one per op -- and keep a copy in each op's state for
- * its next prepare.  Best effort: an op without a copy reads by itself.
- */
-static void prefetch_current(struct rhema_store *st, struct rhema_session_op **ops, size_t n)
+/* The current records of a group's ops, read ahead: a copy in each op's state. */
+static const char *op_key(void *ctx, size_t i)
 {
-    if (!st->vt->get_many || n < 2)
-        return;
-    size_t chunk = n < RHEMA_STORAGE_GET_MANY_MAX ? n : RHEMA_STORAGE_GET_MANY_MAX;
-    const char **keys = malloc(chunk * sizeof *keys), **ns = malloc(chunk * sizeof *ns);
-    struct rhema_storage_value *vals = malloc(chunk * sizeof *vals);
-    int *rcs = malloc(chunk * sizeof *rcs);
-    for (size_t base = 0; keys && ns && vals && rcs && base < n; base += chunk) {
-        size_t m = n - base < chunk ? n - base : chunk;
-        for (size_t i = 0; i < m; i++) {
-            ns[i] = NS_SESSIONS;
-            keys[i] = ops[base + i]->id;
-        }
-        if (st->vt->get_many(st->conn, ns, keys, m, vals, rcs) != 0)
-            break;
-        for (size_t i = 0; i < m; i++) {
-            struct rhema_session_op *op = ops[base + i];
-            struct op_state *s = op->priv;
-            if (!s && !(s = op->priv = calloc(1, sizeof *s)))
-                continue;
-            pre_clear(s);
-            if (rcs[i] == RHEMA_ENOTFOUND) {
-                s->pre.state = -1;
-            } else if (rcs[i] == 0 && (s->pre.text = malloc(vals[i].len + 1))) {
-                memcpy(s->pre.text, vals[i].data, vals[i].len);
-                s->pre.text[vals[i].len] = '\0';
-                s->pre.len = vals[i].len;
-                s->pre.version = vals[i].version;
-                s->pre.state = 1;
-            }
-        }
+    return ((struct rhema_session_op **)ctx)[i]->id;
+}
+
+static void op_got(void *ctx, size_t i, int rc, const struct rhema_storage_value *v)
+{
+    struct rhema_session_op *op = ((struct rhema_session_op **)ctx)[i];
+    struct op_state *s = op->priv;
+    if (!s && !(s = op->priv = calloc(1, sizeof *s)))
+        return; /* its prepare reads it */
+    pre_clear(s);
+    if (rc == RHEMA_ENOTFOUND) {
+        s->pre.state = -1;
+    } else if ((s->pre.text = malloc(v->len + 1))) {
+        memcpy(s->pre.text, v->data, v->len);
+        s->pre.text[v->len] = '\0';
+        s->pre.len = v->len;
+        s->pre.version = v->version;
+        s->pre.state = 1;
     }
-    free(keys);
-    free(ns);
-    free(vals);
-    free(rcs);
 }
 
 void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops, size_t n)
@@ -1198,7 +1194,7 @@ void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops
         todo[ntodo++] = ops[i];
     while (ntodo) {
         size_t m = 0;
-        prefetch_current(st, todo, ntodo);
+        read_ahead(st, NS_SESSIONS, ntodo, op_key, op_got, todo);
         /* prepare: ops finished early (errors, replays) drop out */
         for (size_t i = 0; i < ntodo; i++)
             if (rhema_session_op_prepare(st, todo[i]))
