@@ -35,77 +35,7 @@
 
 #include <hiredis/hiredis.h>
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* ---- latency samples ---- */
-struct lat {
-    float *v; /* microseconds */
-    size_t n, cap;
-};
-
-static void lat_add(struct lat *l, double us)
-{
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 65536;
-        float *nv = realloc(l->v, cap * sizeof *nv);
-        if (!nv) {
-            fprintf(stderr, "redis_raw: out of memory\n");
-            exit(1);
-        }
-        l->v = nv;
-        l->cap = cap;
-    }
-    l->v[l->n++] = (float)us;
-}
-
-static int cmp_float(const void *a, const void *b)
-{
-    float x = *(const float *)a, y = *(const float *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double lat_pct(struct lat *l, double p)
-{
-    if (l->n == 0)
-        return 0;
-    size_t i = (size_t)(p / 100.0 * (double)l->n);
-    if (i >= l->n)
-        i = l->n - 1;
-    return l->v[i];
-}
-
-static void report(const char *phase, struct lat *l, double secs)
-{
-    qsort(l->v, l->n, sizeof *l->v, cmp_float);
-    printf("%s ops %zu seconds %.3f ops_per_sec %.0f p50_us %.0f p99_us %.0f\n", phase, l->n, secs,
-           (double)l->n / secs, lat_pct(l, 50), lat_pct(l, 99));
-    fflush(stdout);
-}
-
-/* A session record of exactly len bytes for id, into buf (len + 1 bytes). */
-static int make_record(char *buf, size_t len, const char *id)
-{
-    static const char head[] = "{\"id\":\"%s\",\"topic\":\"";
-    static const char tail[] =
-        "\",\"participants\":[\"agent-1\",\"agent-2\",\"agent-3\"],\"status\":\"Active\","
-        "\"started_at\":\"2026-01-01T00:00:00.000Z\",\"ended_at\":null,\"messages\":[],"
-        "\"decisions\":[],\"created_at\":\"2026-01-01T00:00:00.000Z\","
-        "\"updated_at\":\"2026-01-01T00:00:00.000Z\",\"size_bytes\":1024}";
-    int n = snprintf(buf, len + 1, head, id);
-    size_t pad;
-    if (n < 0 || (size_t)n + (sizeof tail - 1) > len)
-        return -1;
-    pad = len - (size_t)n - (sizeof tail - 1);
-    memset(buf + n, 'x', pad);
-    memcpy(buf + n + pad, tail, sizeof tail - 1);
-    buf[len] = '\0';
-    return 0;
-}
+#include "rawclient.h"
 
 static redisReply *reply(redisContext *ctx, const char *what)
 {

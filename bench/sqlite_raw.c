@@ -35,12 +35,7 @@
 
 #include <sqlite3.h>
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+#include "rawclient.h"
 
 static int exec(sqlite3 *db, const char *sql)
 {
@@ -50,26 +45,6 @@ static int exec(sqlite3 *db, const char *sql)
         sqlite3_free(msg);
         return -1;
     }
-    return 0;
-}
-
-/* A session record of exactly len bytes for id, into buf (len + 1 bytes). */
-static int make_record(char *buf, size_t len, const char *id)
-{
-    static const char head[] = "{\"id\":\"%s\",\"topic\":\"";
-    static const char tail[] =
-        "\",\"participants\":[\"agent-1\",\"agent-2\",\"agent-3\"],\"status\":\"Active\","
-        "\"started_at\":\"2026-01-01T00:00:00.000Z\",\"ended_at\":null,\"messages\":[],"
-        "\"decisions\":[],\"created_at\":\"2026-01-01T00:00:00.000Z\","
-        "\"updated_at\":\"2026-01-01T00:00:00.000Z\",\"size_bytes\":1024}";
-    int n = snprintf(buf, len + 1, head, id);
-    size_t pad;
-    if (n < 0 || (size_t)n + (sizeof tail - 1) > len)
-        return -1;
-    pad = len - (size_t)n - (sizeof tail - 1);
-    memset(buf + n, 'x', pad);
-    memcpy(buf + n + pad, tail, sizeof tail - 1);
-    buf[len] = '\0';
     return 0;
 }
 
