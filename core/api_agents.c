@@ -262,16 +262,11 @@ static void h_agent_heartbeat(struct rhema_req *r, const char *id)
 
 void rhema_route_agents(struct rhema_req *r, const char *rest)
 {
-    enum evhttp_cmd_type m = r->method;
     char id[RHEMA_ID_MAX + 2];
     const char *tail;
     if (*rest == '\0' || strcmp(rest, "/stats") == 0) { /* /v1/agents, /v1/agents/stats */
-        if (is_read(r))
+        if (rhema_method(r, RHEMA_M_GET))
             (*rest ? h_agent_stats : h_agent_list)(r);
-        else if (m == EVHTTP_REQ_OPTIONS)
-            rhema_reply_preflight(r, "GET, OPTIONS");
-        else
-            rhema_reply_method_not_allowed(r, "GET, OPTIONS");
         return;
     }
     if (*rest != '/') {
@@ -281,30 +276,17 @@ void rhema_route_agents(struct rhema_req *r, const char *rest)
     if (path_id(r, rest + 1, id, &tail, "agent id") != 0)
         return;
     if (*tail == '\0') {
-        if (is_read(r))
-            h_agent_get(r, id);
-        else if (m == EVHTTP_REQ_PUT)
-            h_agent_put(r, id);
-        else if (m == EVHTTP_REQ_DELETE)
-            h_agent_delete(r, id);
-        else if (m == EVHTTP_REQ_OPTIONS)
-            rhema_reply_preflight(r, "GET, PUT, DELETE, OPTIONS");
-        else
-            rhema_reply_method_not_allowed(r, "GET, PUT, DELETE, OPTIONS");
+        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT | RHEMA_M_DELETE)) {
+        case RHEMA_M_GET: h_agent_get(r, id); break;
+        case RHEMA_M_PUT: h_agent_put(r, id); break;
+        case RHEMA_M_DELETE: h_agent_delete(r, id); break;
+        }
     } else if (strcmp(tail, "/transitions") == 0) {
-        if (is_read(r))
+        if (rhema_method(r, RHEMA_M_GET))
             h_agent_transitions(r, id);
-        else if (m == EVHTTP_REQ_OPTIONS)
-            rhema_reply_preflight(r, "GET, OPTIONS");
-        else
-            rhema_reply_method_not_allowed(r, "GET, OPTIONS");
     } else if (strcmp(tail, "/heartbeat") == 0) {
-        if (m == EVHTTP_REQ_POST)
+        if (rhema_method(r, RHEMA_M_POST))
             h_agent_heartbeat(r, id);
-        else if (m == EVHTTP_REQ_OPTIONS)
-            rhema_reply_preflight(r, "POST, OPTIONS");
-        else
-            rhema_reply_method_not_allowed(r, "POST, OPTIONS");
     } else {
         not_found(r);
     }
@@ -356,14 +338,10 @@ void rhema_route_system(struct rhema_req *r, const char *rest)
         not_found(r);
         return;
     }
-    if (is_read(r))
-        h_metrics_get(r);
-    else if (r->method == EVHTTP_REQ_PUT)
-        h_metrics_put(r);
-    else if (r->method == EVHTTP_REQ_OPTIONS)
-        rhema_reply_preflight(r, "GET, PUT, OPTIONS");
-    else
-        rhema_reply_method_not_allowed(r, "GET, PUT, OPTIONS");
+    switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT)) {
+    case RHEMA_M_GET: h_metrics_get(r); break;
+    case RHEMA_M_PUT: h_metrics_put(r); break;
+    }
 }
 
 /* ---- configurations ---- */
@@ -429,7 +407,6 @@ static void h_config_versions(struct rhema_req *r, const char *name)
 
 void rhema_route_configurations(struct rhema_req *r, const char *rest)
 {
-    enum evhttp_cmd_type m = r->method;
     char name[RHEMA_ID_MAX + 2];
     const char *tail;
     if (*rest != '/' || rest[1] == '\0') {
@@ -439,21 +416,13 @@ void rhema_route_configurations(struct rhema_req *r, const char *rest)
     if (path_id(r, rest + 1, name, &tail, "configuration name") != 0)
         return;
     if (*tail == '\0') {
-        if (is_read(r))
-            h_config_get(r, name);
-        else if (m == EVHTTP_REQ_PUT)
-            h_config_put(r, name);
-        else if (m == EVHTTP_REQ_OPTIONS)
-            rhema_reply_preflight(r, "GET, PUT, OPTIONS");
-        else
-            rhema_reply_method_not_allowed(r, "GET, PUT, OPTIONS");
+        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT)) {
+        case RHEMA_M_GET: h_config_get(r, name); break;
+        case RHEMA_M_PUT: h_config_put(r, name); break;
+        }
     } else if (strcmp(tail, "/versions") == 0) {
-        if (is_read(r))
+        if (rhema_method(r, RHEMA_M_GET))
             h_config_versions(r, name);
-        else if (m == EVHTTP_REQ_OPTIONS)
-            rhema_reply_preflight(r, "GET, OPTIONS");
-        else
-            rhema_reply_method_not_allowed(r, "GET, OPTIONS");
     } else {
         not_found(r);
     }

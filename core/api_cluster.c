@@ -43,13 +43,8 @@ void rhema_route_cluster(struct rhema_req *r, const char *rest)
         rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
         return;
     }
-    if (r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD) {
+    if (rhema_method(r, RHEMA_M_GET))
         view(r, which);
-    } else if (r->method == EVHTTP_REQ_OPTIONS) {
-        rhema_reply_preflight(r, "GET, OPTIONS");
-    } else {
-        rhema_reply_method_not_allowed(r, "GET, OPTIONS");
-    }
 }
 
 /* A decimal uint64 with nothing around it: 0 and *out, or -1. */

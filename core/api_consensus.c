@@ -256,12 +256,8 @@ void rhema_route_consensus(struct rhema_req *r, const char *rest)
     if ((m == EVHTTP_REQ_PUT || m == EVHTTP_REQ_POST) && rhema_cluster_fence(r))
         return; /* X-Rhema-Epoch older than the current epoch: 409 fenced */
     if (*rest == '\0') { /* /v1/consensus */
-        if (m == EVHTTP_REQ_GET)
+        if (rhema_method(r, RHEMA_M_GET))
             h_list(r);
-        else if (m == EVHTTP_REQ_OPTIONS)
-            rhema_reply_preflight(r, "GET, OPTIONS");
-        else
-            rhema_reply_method_not_allowed(r, "GET, OPTIONS");
         return;
     }
     if (*rest != '/')
@@ -287,30 +283,22 @@ void rhema_route_consensus(struct rhema_req *r, const char *rest)
     if (!slash)
         goto notfound;
     if (strcmp(slash, "/state") == 0) {
-        switch (m) {
-        case EVHTTP_REQ_GET: h_state_get(r, node); return;
-        case EVHTTP_REQ_PUT: h_state_put(r, node); return;
-        case EVHTTP_REQ_OPTIONS: rhema_reply_preflight(r, "GET, PUT, OPTIONS"); return;
-        default: rhema_reply_method_not_allowed(r, "GET, PUT, OPTIONS"); return;
+        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT)) {
+        case RHEMA_M_GET: h_state_get(r, node); break;
+        case RHEMA_M_PUT: h_state_put(r, node); break;
         }
+        return;
     }
     if (strcmp(slash, "/entries") == 0) {
-        switch (m) {
-        case EVHTTP_REQ_GET: h_entries_get(r, node); return;
-        case EVHTTP_REQ_POST: h_entries_post(r, node); return;
-        case EVHTTP_REQ_OPTIONS: rhema_reply_preflight(r, "GET, POST, OPTIONS"); return;
-        default: rhema_reply_method_not_allowed(r, "GET, POST, OPTIONS"); return;
+        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_POST)) {
+        case RHEMA_M_GET: h_entries_get(r, node); break;
+        case RHEMA_M_POST: h_entries_post(r, node); break;
         }
+        return;
     }
     if (strcmp(slash, "/commit") == 0 || strcmp(slash, "/applied") == 0) {
-        enum rhema_consensus_mark_kind kind =
-            slash[1] == 'c' ? RHEMA_CONSENSUS_COMMIT : RHEMA_CONSENSUS_APPLIED;
-        if (m == EVHTTP_REQ_POST)
-            h_mark(r, node, kind);
-        else if (m == EVHTTP_REQ_OPTIONS)
-            rhema_reply_preflight(r, "POST, OPTIONS");
-        else
-            rhema_reply_method_not_allowed(r, "POST, OPTIONS");
+        if (rhema_method(r, RHEMA_M_POST))
+            h_mark(r, node, slash[1] == 'c' ? RHEMA_CONSENSUS_COMMIT : RHEMA_CONSENSUS_APPLIED);
         return;
     }
 notfound:

@@ -29,18 +29,6 @@ struct keys_state {
 
 static struct keys_state *state_of(struct rhema_server *srv) { return srv->keys_state; }
 
-static int method_is(struct rhema_req *r, enum evhttp_cmd_type m, const char *allow)
-{
-    if (r->method == m)
-        return 1;
-    if (r->method == EVHTTP_REQ_OPTIONS) {
-        rhema_reply_preflight(r, allow);
-        return 0;
-    }
-    rhema_reply_method_not_allowed(r, allow);
-    return 0;
-}
-
 static int no_query(struct rhema_req *r)
 {
     if (TAILQ_FIRST(&r->query)) {
@@ -96,7 +84,7 @@ void rhema_route_message_crypto(struct rhema_req *r, const char *which)
     char err[RHEMA_KEYRING_ERR_MAX];
     struct rhema_buf out = {0};
     size_t len;
-    if (!method_is(r, EVHTTP_REQ_POST, "POST, OPTIONS") || !no_query(r))
+    if (!rhema_method(r, RHEMA_M_POST) || !no_query(r))
         return;
     struct rhema_keyring *kr = keyring_or_503(r);
     if (!kr)
@@ -251,14 +239,12 @@ void rhema_route_keys(struct rhema_req *r, const char *rest)
     char err[RHEMA_KEYRING_ERR_MAX];
     struct rhema_keyring *kr;
     if (strcmp(rest, "/stats") == 0) {
-        if (!method_is(r, EVHTTP_REQ_GET, "GET, OPTIONS") || !no_query(r) ||
-            !(kr = keyring_or_503(r)))
+        if (!rhema_method(r, RHEMA_M_GET) || !no_query(r) || !(kr = keyring_or_503(r)))
             return;
         rhema_reply_jsonv(r, 200, stats_json(kr));
     } else if (strcmp(rest, "/rotate") == 0) {
         uint32_t v = 0;
-        if (!method_is(r, EVHTTP_REQ_POST, "POST, OPTIONS") || !no_query(r) ||
-            !(kr = keyring_or_503(r)))
+        if (!rhema_method(r, RHEMA_M_POST) || !no_query(r) || !(kr = keyring_or_503(r)))
             return;
         uint64_t t0 = rhema_monotonic_ns();
         int rc = rhema_keyring_rotate(kr, &v, err);
@@ -271,21 +257,18 @@ void rhema_route_keys(struct rhema_req *r, const char *rest)
         rhema_log(RHEMA_LOG_NOTICE, "keys", "rotated to key version %u (manual)", v);
         rhema_reply_jsonv(r, 200, stats_json(kr));
     } else if (strcmp(rest, "/backup") == 0) {
-        if (!method_is(r, EVHTTP_REQ_POST, "POST, OPTIONS") || !no_query(r) ||
-            !(kr = keyring_or_503(r)))
+        if (!rhema_method(r, RHEMA_M_POST) || !no_query(r) || !(kr = keyring_or_503(r)))
             return;
         h_keys_backup(r, kr);
     } else if (strcmp(rest, "/restore") == 0) {
-        if (!method_is(r, EVHTTP_REQ_POST, "POST, OPTIONS") || !no_query(r) ||
-            !(kr = keyring_or_503(r)))
+        if (!rhema_method(r, RHEMA_M_POST) || !no_query(r) || !(kr = keyring_or_503(r)))
             return;
         h_keys_restore(r, kr);
     } else if (strcmp(rest, "/rewrap") == 0) {
         size_t len;
         uint32_t v = 0;
         struct rhema_buf out = {0};
-        if (!method_is(r, EVHTTP_REQ_POST, "POST, OPTIONS") || !no_query(r) ||
-            !(kr = keyring_or_503(r)))
+        if (!rhema_method(r, RHEMA_M_POST) || !no_query(r) || !(kr = keyring_or_503(r)))
             return;
         const unsigned char *body = raw_body(r, &len);
         int rc = rhema_keyring_rewrap(kr, body, len, NULL, 0, &out, &v, err);

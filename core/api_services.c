@@ -17,15 +17,6 @@
 #include "services.h"
 #include "util.h"
 
-/* OPTIONS: the preflight; any other method not in allow: 405. */
-static void allowed(struct rhema_req *r, const char *allow)
-{
-    if (r->method == EVHTTP_REQ_OPTIONS)
-        rhema_reply_preflight(r, allow);
-    else
-        rhema_reply_method_not_allowed(r, allow);
-}
-
 static int is_read(const struct rhema_req *r)
 {
     return r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD;
@@ -285,18 +276,13 @@ static void h_feedback(struct rhema_req *r, struct rhema_services *s, const char
 
 void rhema_route_services(struct rhema_req *r, const char *rest)
 {
-    enum evhttp_cmd_type m = r->method;
     struct rhema_services *s;
     char id[RHEMA_ID_MAX + 2];
     const char *slash, *tail;
     size_t n;
 
     if (*rest == '\0') {
-        if (!is_read(r)) {
-            allowed(r, "GET, OPTIONS");
-            return;
-        }
-        if ((s = module(r)))
+        if (rhema_method(r, RHEMA_M_GET) && (s = module(r)))
             h_list(r, s);
         return;
     }
@@ -320,29 +306,20 @@ void rhema_route_services(struct rhema_req *r, const char *rest)
     if (!(s = module(r)))
         return;
     if (*tail == '\0') {
-        if (is_read(r))
-            h_get(r, s, id);
-        else if (m == EVHTTP_REQ_PUT)
-            h_put(r, s, id);
-        else if (m == EVHTTP_REQ_DELETE)
-            h_delete(r, s, id);
-        else
-            allowed(r, "GET, PUT, DELETE, OPTIONS");
+        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT | RHEMA_M_DELETE)) {
+        case RHEMA_M_GET: h_get(r, s, id); break;
+        case RHEMA_M_PUT: h_put(r, s, id); break;
+        case RHEMA_M_DELETE: h_delete(r, s, id); break;
+        }
     } else if (strcmp(tail, "/select") == 0) {
-        if (is_read(r))
+        if (rhema_method(r, RHEMA_M_GET))
             h_select(r, s, id);
-        else
-            allowed(r, "GET, OPTIONS");
     } else if (strcmp(tail, "/pass") == 0) {
-        if (m == EVHTTP_REQ_POST)
+        if (rhema_method(r, RHEMA_M_POST))
             h_pass(r, id);
-        else
-            allowed(r, "POST, OPTIONS");
     } else if (strcmp(tail, "/feedback") == 0) {
-        if (m == EVHTTP_REQ_POST)
+        if (rhema_method(r, RHEMA_M_POST))
             h_feedback(r, s, id);
-        else
-            allowed(r, "POST, OPTIONS");
     } else {
         rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
     }

@@ -184,6 +184,40 @@ void rhema_reply_method_not_allowed(struct rhema_req *r, const char *allow)
                       "this method is not allowed on %s (allowed: %s)", r->path, allow);
 }
 
+unsigned rhema_method(struct rhema_req *r, unsigned allowed)
+{
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } names[] = {{RHEMA_M_GET, "GET"},
+                 {RHEMA_M_PUT, "PUT"},
+                 {RHEMA_M_POST, "POST"},
+                 {RHEMA_M_DELETE, "DELETE"}};
+    unsigned m = 0;
+    switch (r->method) {
+    case EVHTTP_REQ_GET:
+    case EVHTTP_REQ_HEAD: m = RHEMA_M_GET; break;
+    case EVHTTP_REQ_PUT: m = RHEMA_M_PUT; break;
+    case EVHTTP_REQ_POST: m = RHEMA_M_POST; break;
+    case EVHTTP_REQ_DELETE: m = RHEMA_M_DELETE; break;
+    default: break;
+    }
+    if (m & allowed)
+        return m;
+    char allow[48] = "";
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (allowed & names[i].bit) {
+            strcat(allow, names[i].name);
+            strcat(allow, ", ");
+        }
+    strcat(allow, "OPTIONS");
+    if (r->method == EVHTTP_REQ_OPTIONS)
+        rhema_reply_preflight(r, allow);
+    else
+        rhema_reply_method_not_allowed(r, allow);
+    return 0;
+}
+
 /* OPTIONS: 204 with Allow, and the CORS preflight headers (service.cors) when an Origin came. */
 void rhema_reply_preflight(struct rhema_req *r, const char *allow)
 {

@@ -130,6 +130,23 @@ void rhema_req_free(struct rhema_req *r);
 
 /* 405 with an Allow header. */
 void rhema_reply_method_not_allowed(struct rhema_req *r, const char *allow);
+
+/* The methods a resource answers (bits); GET answers HEAD too. */
+#define RHEMA_M_GET 1u
+#define RHEMA_M_PUT 2u
+#define RHEMA_M_POST 4u
+#define RHEMA_M_DELETE 8u
+/*
+ * r's method when `allowed` has it (RHEMA_M_GET for GET and HEAD);
+ * otherwise 0, after answering OPTIONS with the preflight and anything
+ * else with 405 -- both with the Allow list made from `allowed`, in the
+ * order GET, PUT, POST, DELETE, OPTIONS.  The routes switch on it:
+ *     switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT)) {
+ *     case RHEMA_M_GET: ...; break;
+ *     case RHEMA_M_PUT: ...; break;
+ *     }
+ */
+unsigned rhema_method(struct rhema_req *r, unsigned allowed);
 /* OPTIONS: 204 with Allow, and the CORS preflight headers (service.cors) when an Origin came. */
 void rhema_reply_preflight(struct rhema_req *r, const char *allow);
 

@@ -315,14 +315,9 @@ static const char *after(const char *path, const char *prefix)
 
 static void route_sessions(struct rhema_req *r, const char *rest)
 {
-    enum evhttp_cmd_type m = r->method;
     if (*rest == '\0') { /* /v1/sessions */
-        if (m == EVHTTP_REQ_GET)
+        if (rhema_method(r, RHEMA_M_GET))
             h_session_list(r);
-        else if (m == EVHTTP_REQ_OPTIONS)
-            rhema_reply_preflight(r, "GET, OPTIONS");
-        else
-            rhema_reply_method_not_allowed(r, "GET, OPTIONS");
         return;
     }
     if (*rest != '/')
@@ -344,21 +339,16 @@ static void route_sessions(struct rhema_req *r, const char *rest)
         return;
     }
     if (!slash) {
-        switch (m) {
-        case EVHTTP_REQ_GET: h_session_get(r, id); return;
-        case EVHTTP_REQ_PUT: h_session_put(r, id); return;
-        case EVHTTP_REQ_DELETE: h_session_delete(r, id); return;
-        case EVHTTP_REQ_OPTIONS: rhema_reply_preflight(r, "GET, PUT, DELETE, OPTIONS"); return;
-        default: rhema_reply_method_not_allowed(r, "GET, PUT, DELETE, OPTIONS"); return;
+        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT | RHEMA_M_DELETE)) {
+        case RHEMA_M_GET: h_session_get(r, id); break;
+        case RHEMA_M_PUT: h_session_put(r, id); break;
+        case RHEMA_M_DELETE: h_session_delete(r, id); break;
         }
+        return;
     }
     if (strcmp(slash, "/messages") == 0) {
-        if (m == EVHTTP_REQ_POST)
+        if (rhema_method(r, RHEMA_M_POST))
             h_session_message(r, id);
-        else if (m == EVHTTP_REQ_OPTIONS)
-            rhema_reply_preflight(r, "POST, OPTIONS");
-        else
-            rhema_reply_method_not_allowed(r, "POST, OPTIONS");
         return;
     }
 notfound:
@@ -367,12 +357,8 @@ notfound:
 
 static void route_get_only(struct rhema_req *r, void (*h)(struct rhema_req *))
 {
-    if (r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD)
+    if (rhema_method(r, RHEMA_M_GET))
         h(r);
-    else if (r->method == EVHTTP_REQ_OPTIONS)
-        rhema_reply_preflight(r, "GET, OPTIONS");
-    else
-        rhema_reply_method_not_allowed(r, "GET, OPTIONS");
 }
 
 /* ---- messages: compression frames (DESIGN.md §3) ---- */
@@ -516,12 +502,8 @@ static void h_alerts(struct rhema_req *r)
 
 static void route_post_only(struct rhema_req *r, void (*h)(struct rhema_req *))
 {
-    if (r->method == EVHTTP_REQ_POST)
+    if (rhema_method(r, RHEMA_M_POST))
         h(r);
-    else if (r->method == EVHTTP_REQ_OPTIONS)
-        rhema_reply_preflight(r, "POST, OPTIONS");
-    else
-        rhema_reply_method_not_allowed(r, "POST, OPTIONS");
 }
 
 /*

@@ -485,6 +485,13 @@ def test_wrong_method_is_405_with_allow(srv, method, path, allow):
     assert r.status == 204 and r.headers.get("Allow") == allow
 
 
+@pytest.mark.parametrize("path", ["/v1/consensus", "/v1/sessions", "/v1/agents"])
+def test_head_is_answered_like_get(srv, path):
+    """Every route answers HEAD where it answers GET (one method dispatcher)."""
+    r = srv.request("HEAD", path)
+    assert r.status == 200, (path, r.status)
+
+
 def test_bad_node_id_and_unknown_paths(srv):
     st, _, err = srv.json("GET", "/v1/consensus/bad%20id/state")
     assert_error(st, err, 400, mentions="node")
