@@ -115,25 +115,6 @@ static void reply_text(struct rhema_req *r, int rc, char *text, size_t len, cons
     free(text);
 }
 
-/* Copy the first path segment of rest (after its '/') into id; *tail: what follows. */
-static int path_id(struct rhema_req *r, const char *rest, char id[RHEMA_ID_MAX + 2],
-                   const char **tail, const char *what)
-{
-    const char *slash = strchr(rest, '/');
-    size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
-    if (n <= RHEMA_ID_MAX) {
-        memcpy(id, rest, n);
-        id[n] = '\0';
-    }
-    if (n > RHEMA_ID_MAX || !rhema_id_valid(id)) {
-        rhema_reply_error(r, 400, "invalid_field",
-                          "path %s: expected 1-128 characters [A-Za-z0-9._:-]", what);
-        return -1;
-    }
-    *tail = slash ? slash : "";
-    return 0;
-}
-
 static const char *const list_params[] = {"limit", "cursor", NULL};
 
 /* ---- agents ---- */
@@ -273,7 +254,7 @@ void rhema_route_agents(struct rhema_req *r, const char *rest)
         not_found(r);
         return;
     }
-    if (path_id(r, rest + 1, id, &tail, "agent id") != 0)
+    if (rhema_path_id(r, rest + 1, id, &tail, "agent id") != 0)
         return;
     if (*tail == '\0') {
         switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT | RHEMA_M_DELETE)) {
@@ -413,7 +394,7 @@ void rhema_route_configurations(struct rhema_req *r, const char *rest)
         not_found(r);
         return;
     }
-    if (path_id(r, rest + 1, name, &tail, "configuration name") != 0)
+    if (rhema_path_id(r, rest + 1, name, &tail, "configuration name") != 0)
         return;
     if (*tail == '\0') {
         switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT)) {

@@ -264,23 +264,12 @@ void rhema_route_consensus(struct rhema_req *r, const char *rest)
         goto notfound;
     rest++;
     char node[RHEMA_ID_MAX + 2];
-    const char *slash = strchr(rest, '/');
-    size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
-    if (n == 0 && !slash)
+    const char *slash;
+    if (*rest == '\0')
         goto notfound; /* "/v1/consensus/" */
-    if (n >= sizeof node) {
-        rhema_reply_error(r, 400, "invalid_field",
-                          "path node: expected an id of 1-128 characters [A-Za-z0-9._:-]");
+    if (rhema_path_id(r, rest, node, &slash, "node") != 0)
         return;
-    }
-    memcpy(node, rest, n);
-    node[n] = '\0';
-    if (!rhema_id_valid(node)) {
-        rhema_reply_error(r, 400, "invalid_field",
-                          "path node: expected an id of 1-128 characters [A-Za-z0-9._:-]");
-        return;
-    }
-    if (!slash)
+    if (!*slash)
         goto notfound;
     if (strcmp(slash, "/state") == 0) {
         switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT)) {

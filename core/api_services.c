@@ -278,8 +278,7 @@ void rhema_route_services(struct rhema_req *r, const char *rest)
 {
     struct rhema_services *s;
     char id[RHEMA_ID_MAX + 2];
-    const char *slash, *tail;
-    size_t n;
+    const char *tail;
 
     if (*rest == '\0') {
         if (rhema_method(r, RHEMA_M_GET) && (s = module(r)))
@@ -290,19 +289,8 @@ void rhema_route_services(struct rhema_req *r, const char *rest)
         rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
         return;
     }
-    rest++;
-    slash = strchr(rest, '/');
-    n = slash ? (size_t)(slash - rest) : strlen(rest);
-    if (n <= RHEMA_ID_MAX) {
-        memcpy(id, rest, n);
-        id[n] = '\0';
-    }
-    if (n > RHEMA_ID_MAX || !rhema_id_valid(id)) {
-        rhema_reply_error(r, 400, "invalid_field",
-                          "path service id: expected 1-128 characters [A-Za-z0-9._:-]");
+    if (rhema_path_id(r, rest + 1, id, &tail, "service id") != 0)
         return;
-    }
-    tail = slash ? slash : "";
     if (!(s = module(r)))
         return;
     if (*tail == '\0') {

@@ -184,6 +184,24 @@ void rhema_reply_method_not_allowed(struct rhema_req *r, const char *allow)
                       "this method is not allowed on %s (allowed: %s)", r->path, allow);
 }
 
+int rhema_path_id(struct rhema_req *r, const char *rest, char id[RHEMA_ID_MAX + 2],
+                  const char **tail, const char *what)
+{
+    const char *slash = strchr(rest, '/');
+    size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
+    if (n <= RHEMA_ID_MAX) {
+        memcpy(id, rest, n);
+        id[n] = '\0';
+    }
+    if (n > RHEMA_ID_MAX || !rhema_id_valid(id)) {
+        rhema_reply_error(r, 400, "invalid_field",
+                          "path %s: expected 1-128 characters [A-Za-z0-9._:-]", what);
+        return -1;
+    }
+    *tail = slash ? slash : "";
+    return 0;
+}
+
 unsigned rhema_method(struct rhema_req *r, unsigned allowed)
 {
     static const struct {

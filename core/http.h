@@ -131,6 +131,15 @@ void rhema_req_free(struct rhema_req *r);
 /* 405 with an Allow header. */
 void rhema_reply_method_not_allowed(struct rhema_req *r, const char *allow);
 
+/*
+ * The id at the start of a path's rest (up to the next '/'): copied into
+ * id and *tail set to what follows ("" or "/..."), 0; or -1 after a 400
+ * that names the path's `what` ("id", "node", ...) when it is not an id of
+ * 1-128 characters [A-Za-z0-9._:-].
+ */
+int rhema_path_id(struct rhema_req *r, const char *rest, char id[RHEMA_ID_MAX + 2],
+                  const char **tail, const char *what);
+
 /* The methods a resource answers (bits); GET answers HEAD too. */
 #define RHEMA_M_GET 1u
 #define RHEMA_M_PUT 2u

@@ -322,23 +322,11 @@ static void route_sessions(struct rhema_req *r, const char *rest)
     }
     if (*rest != '/')
         goto notfound;
-    rest++;
     char id[RHEMA_ID_MAX + 2];
-    const char *slash = strchr(rest, '/');
-    size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
-    if (n >= sizeof id) {
-        rhema_reply_error(r, 400, "invalid_field",
-                          "path id: expected an id of 1-128 characters [A-Za-z0-9._:-]");
+    const char *slash;
+    if (rhema_path_id(r, rest + 1, id, &slash, "id") != 0)
         return;
-    }
-    memcpy(id, rest, n);
-    id[n] = '\0';
-    if (!rhema_id_valid(id)) {
-        rhema_reply_error(r, 400, "invalid_field",
-                          "path id: expected an id of 1-128 characters [A-Za-z0-9._:-]");
-        return;
-    }
-    if (!slash) {
+    if (!*slash) {
         switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT | RHEMA_M_DELETE)) {
         case RHEMA_M_GET: h_session_get(r, id); break;
         case RHEMA_M_PUT: h_session_put(r, id); break;
