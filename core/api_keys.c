@@ -9,10 +9,12 @@
 #include <string.h>
 #include <sys/queue.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 
 #include "api_keys.h"
+#include "keybackup.h"
 #include "keyring.h"
 #include "log.h"
 #include "perfmon.h"
@@ -24,6 +26,7 @@ struct keys_state {
     struct event *maintain_ev, *backup_ev;
     char *backup_dir;
     int64_t backup_interval_hours;
+    int64_t retention_count, retention_days; /* automatic backups kept; 0: no limit */
     int backup_enabled;
 };
 
@@ -147,91 +150,125 @@ static json_t *stats_json(struct rhema_keyring *kr)
     return o;
 }
 
-/* "<dir>/keyring-<UTC>.bak", creating dir (0700). */
-static int backup_path(const char *dir, char *path, size_t cap)
+/*
+ * The body of POST /v1/keys/backup and /restore: {"name": "<file>.bak"}, a
+ * file name in key_management.backup.directory (keybackup.h).  A client
+ * never names a path: `path` is refused with 400 naming the field.  Sets
+ * *name (NULL when the body is empty and may_omit) or replies 400 and
+ * returns -1.  *body owns the string; the caller decrefs it.
+ */
+static int backup_name(struct rhema_req *r, int may_omit, json_t **body, const char **name)
 {
-    char t[RHEMA_TIME_MAX], stamp[32];
-    size_t j = 0;
-    rhema_time_format(rhema_realtime_ms(), t);
-    for (size_t i = 0; t[i] && j + 1 < sizeof stamp; i++)
-        if (t[i] != '-' && t[i] != ':')
-            stamp[j++] = t[i] == '.' ? '-' : t[i];
-    stamp[j] = '\0';
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", dir);
-    for (char *p = tmp + 1; *p; p++) { /* mkdir -p */
-        if (*p == '/') {
-            *p = '\0';
-            mkdir(tmp, 0700);
-            *p = '/';
+    const char *why;
+    const char *key;
+    json_t *v;
+    *body = NULL;
+    *name = NULL;
+    if (may_omit && !evbuffer_get_length(evhttp_request_get_input_buffer(r->req)))
+        return 0;
+    if (!(*body = rhema_req_json(r)))
+        return -1;
+    if (!json_is_object(*body)) {
+        rhema_reply_error(r, 400, "invalid_field", "expected an object {\"name\": \"...\"}");
+        return -1;
+    }
+    json_object_foreach(*body, key, v) {
+        if (strcmp(key, "path") == 0) {
+            rhema_reply_error(r, 400, "invalid_field",
+                              "field 'path': not accepted over HTTP; give 'name', a file name in "
+                              "key_management.backup.directory (rhemactl keys takes paths)");
+            return -1;
+        }
+        if (strcmp(key, "name") != 0) {
+            rhema_reply_error(r, 400, "invalid_field", "field '%s': unknown field", key);
+            return -1;
         }
     }
-    if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+    v = json_object_get(*body, "name");
+    if (!v && may_omit)
+        return 0;
+    if (!json_is_string(v) ||
+        rhema_keybackup_name_check(json_string_value(v), json_string_length(v), &why) != 0) {
+        rhema_reply_error(r, 400, "invalid_field", "field 'name': %s",
+                          json_is_string(v) ? why : "expected a string");
         return -1;
-    snprintf(path, cap, "%s/keyring-%s.bak", dir, stamp);
+    }
+    *name = json_string_value(v);
     return 0;
 }
 
 static void h_keys_backup(struct rhema_req *r, struct rhema_keyring *kr)
 {
-    char err[RHEMA_KEYRING_ERR_MAX], path[4096];
+    char err[RHEMA_KEYRING_ERR_MAX], autoname[RHEMA_KEYBACKUP_AUTO_MAX];
     struct keys_state *ks = state_of(r->worker->srv);
-    const char *want = NULL;
-    json_t *body = NULL;
-    struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
-    if (evbuffer_get_length(in)) {
-        if (!(body = rhema_req_json(r)))
-            return;
-        json_t *p = json_object_get(body, "path");
-        if (!json_is_object(body) || json_object_size(body) > 1 || (json_object_size(body) && !p) ||
-            (p && (!json_is_string(p) || !json_string_length(p)))) {
-            json_decref(body);
-            rhema_reply_error(r, 400, "invalid_field",
-                              "field 'path': expected {\"path\": \"/where/to/write.bak\"} or no body");
-            return;
-        }
-        want = p ? json_string_value(p) : NULL;
-    }
-    if (want)
-        snprintf(path, sizeof path, "%s", want);
-    else if (backup_path(ks->backup_dir, path, sizeof path) != 0) {
+    const char *name;
+    json_t *body;
+    int dirfd, rc;
+    if (backup_name(r, 1, &body, &name) != 0) {
         json_decref(body);
-        rhema_reply_error(r, 500, "internal", "cannot create %s: %s", ks->backup_dir,
-                          strerror(errno));
         return;
+    }
+    if ((rc = rhema_keybackup_dir_open(ks->backup_dir, &dirfd, err)) != 0) {
+        json_decref(body);
+        rhema_log(RHEMA_LOG_ERROR, "keys", "keyring backup: %s", err);
+        rhema_reply_error(r, 500, "internal", "cannot open the key backup directory");
+        return;
+    }
+    if (name)
+        rc = rhema_keyring_backup_at(kr, dirfd, name, RHEMA_KEYRING_CONFINED, err);
+    else
+        rc = rhema_keybackup_write_auto(kr, dirfd, rhema_realtime_ms(), autoname, err);
+    close(dirfd);
+    if (rc == RHEMA_ECONFLICT) {
+        rhema_reply_error(r, 409, "conflict", "a key backup named '%s' already exists", name);
+    } else if (rc) {
+        rhema_log(RHEMA_LOG_ERROR, "keys", "keyring backup failed: %s", err);
+        rhema_reply_error(r, 500, "internal", "keyring backup failed (see the daemon's log)");
+    } else {
+        if (!name)
+            name = autoname;
+        rhema_log(RHEMA_LOG_NOTICE, "keys", "keyring backed up to %s/%s", ks->backup_dir, name);
+        rhema_reply_jsonv(r, 200, json_pack("{s:s}", "name", name));
     }
     json_decref(body);
-    int rc = rhema_keyring_backup(kr, path, err);
-    if (rc) {
-        rhema_reply_error(r, 500, "internal", "keyring backup failed: %s", err);
-        return;
-    }
-    rhema_log(RHEMA_LOG_NOTICE, "keys", "keyring backed up to %s", path);
-    rhema_reply_jsonv(r, 200, json_pack("{s:s}", "path", path));
 }
 
+/*
+ * Restore answers one error for every file it cannot use -- missing, not a
+ * regular file, a symbolic link, unreadable, corrupt, from another keyring
+ * -- so that a client learns nothing about what the directory holds; the
+ * reason goes to the daemon's log.
+ */
 static void h_keys_restore(struct rhema_req *r, struct rhema_keyring *kr)
 {
     char err[RHEMA_KEYRING_ERR_MAX];
-    json_t *body = rhema_req_json(r);
-    if (!body)
-        return;
-    json_t *p = json_object_get(body, "path");
-    if (!json_is_object(body) || json_object_size(body) != 1 || !json_is_string(p)) {
+    struct keys_state *ks = state_of(r->worker->srv);
+    const char *name;
+    json_t *body;
+    int dirfd = -1, rc;
+    if (backup_name(r, 0, &body, &name) != 0) {
         json_decref(body);
-        rhema_reply_error(r, 400, "invalid_field",
-                          "field 'path': expected {\"path\": \"/a/keyring/backup.bak\"}");
         return;
     }
-    int rc = rhema_keyring_restore(kr, json_string_value(p), err);
+    rc = rhema_keybackup_dir_open(ks->backup_dir, &dirfd, err);
+    if (rc == 0) {
+        rc = rhema_keyring_restore_at(kr, dirfd, name, RHEMA_KEYRING_CONFINED, err);
+        close(dirfd);
+    } else {
+        rc = RHEMA_ECORRUPT; /* no directory: nothing in it can be used */
+    }
+    if (rc == RHEMA_ECORRUPT) {
+        rhema_log(RHEMA_LOG_WARN, "keys", "keyring restore from '%s' refused: %s", name, err);
+        rhema_reply_error(r, 400, "bad_backup",
+                          "'%s' is not a key backup this keyring can restore", name);
+    } else if (rc) {
+        rhema_log(RHEMA_LOG_ERROR, "keys", "keyring restore from '%s' failed: %s", name, err);
+        rhema_reply_error(r, 500, "internal", "keyring restore failed (see the daemon's log)");
+    } else {
+        rhema_log(RHEMA_LOG_NOTICE, "keys", "keyring restored from %s/%s", ks->backup_dir, name);
+        rhema_reply_jsonv(r, 200, stats_json(kr));
+    }
     json_decref(body);
-    if (rc) {
-        rhema_reply_error(r, rc == RHEMA_ECORRUPT || rc == RHEMA_ENOTFOUND ? 400 : 500,
-                          rc == RHEMA_ECORRUPT ? "bad_backup" : "restore_failed", "%s", err);
-        return;
-    }
-    rhema_log(RHEMA_LOG_NOTICE, "keys", "keyring restored from a verified backup");
-    rhema_reply_jsonv(r, 200, stats_json(kr));
 }
 
 void rhema_route_keys(struct rhema_req *r, const char *rest)
@@ -304,6 +341,11 @@ int rhema_keys_open(struct rhema_server *srv, char **err)
                          &ks->backup_interval_hours);
     rhema_config_get_bool(cfg, "advanced_features.key_management.backup.enabled",
                           &ks->backup_enabled);
+    ks->retention_count = 30;
+    rhema_config_get_int(cfg, "advanced_features.key_management.backup.retention_count",
+                         &ks->retention_count);
+    rhema_config_get_int(cfg, "advanced_features.key_management.backup.retention_days",
+                         &ks->retention_days);
     int configured = rhema_keyring_params_from_config(&p, cfg);
     /* the cipher the configuration names (loaded by main.c with the others) */
     cp = rhema_plugin_find(srv->plugins, RHEMA_KIND_CIPHER, cfg->encryption_algorithm);
@@ -358,21 +400,62 @@ static void on_maintain(evutil_socket_t fd, short what, void *arg)
         rhema_log(RHEMA_LOG_NOTICE, "keys", "rotated the key (rotation.interval_hours)");
 }
 
+#define KEY_BACKUP_FIRST_DELAY_MS 5000u   /* not in the first seconds after startup */
+#define KEY_BACKUP_RETRY_MS (600u * 1000u) /* after a failure, at most this long */
+
+static void arm_ms(struct event *ev, uint64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000u), (suseconds_t)(ms % 1000u) * 1000};
+    evtimer_add(ev, &tv);
+}
+
+static uint64_t backup_every_ms(const struct keys_state *ks)
+{
+    return (uint64_t)ks->backup_interval_hours * 3600u * 1000u;
+}
+
+/*
+ * One scheduled backup: write it under its automatic name, then prune the
+ * automatic backups (retention_count, retention_days).  0 or a RHEMA_E*
+ * code, logged here.
+ */
+static int backup_scheduled(struct rhema_server *srv, uint64_t now_ms)
+{
+    struct keys_state *ks = state_of(srv);
+    char err[RHEMA_KEYRING_ERR_MAX], name[RHEMA_KEYBACKUP_AUTO_MAX];
+    size_t pruned = 0;
+    int dirfd, rc;
+    if ((rc = rhema_keybackup_dir_open(ks->backup_dir, &dirfd, err)) == 0) {
+        rc = rhema_keybackup_write_auto(srv->keyring, dirfd, now_ms, name, err);
+        if (rc == 0) {
+            rhema_log(RHEMA_LOG_NOTICE, "keys", "scheduled keyring backup written to %s/%s",
+                      ks->backup_dir, name);
+            if (rhema_keybackup_prune(dirfd, ks->retention_count, ks->retention_days, now_ms,
+                                      &pruned, err) != 0)
+                rhema_log(RHEMA_LOG_ERROR, "keys", "pruning key backups: %s", err);
+            if (pruned)
+                rhema_log(RHEMA_LOG_NOTICE, "keys",
+                          "pruned %zu key backup(s) from %s (retention_count %lld, "
+                          "retention_days %lld)",
+                          pruned, ks->backup_dir, (long long)ks->retention_count,
+                          (long long)ks->retention_days);
+        }
+        close(dirfd);
+    }
+    if (rc)
+        rhema_log(RHEMA_LOG_ERROR, "keys", "scheduled keyring backup failed: %s", err);
+    return rc;
+}
+
 static void on_backup(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
     struct rhema_server *srv = arg;
     struct keys_state *ks = state_of(srv);
-    char err[RHEMA_KEYRING_ERR_MAX], path[4096];
-    if (backup_path(ks->backup_dir, path, sizeof path) != 0) {
-        rhema_log(RHEMA_LOG_ERROR, "keys", "scheduled backup: cannot create %s: %s",
-                  ks->backup_dir, strerror(errno));
-        return;
-    }
-    if (rhema_keyring_backup(srv->keyring, path, err) != 0)
-        rhema_log(RHEMA_LOG_ERROR, "keys", "scheduled backup failed: %s", err);
-    else
-        rhema_log(RHEMA_LOG_NOTICE, "keys", "scheduled keyring backup written to %s", path);
+    uint64_t every = backup_every_ms(ks);
+    if (backup_scheduled(srv, rhema_realtime_ms()) != 0 && every > KEY_BACKUP_RETRY_MS)
+        every = KEY_BACKUP_RETRY_MS;
+    arm_ms(ks->backup_ev, every);
 }
 
 int rhema_keys_start_timers(struct rhema_server *srv, struct event_base *base)
@@ -385,10 +468,25 @@ int rhema_keys_start_timers(struct rhema_server *srv, struct event_base *base)
     if (!ks->maintain_ev || event_add(ks->maintain_ev, &minute) != 0)
         return RHEMA_ENOMEM;
     if (ks->backup_enabled) {
-        struct timeval every = {(time_t)ks->backup_interval_hours * 3600, 0};
-        ks->backup_ev = event_new(base, -1, EV_PERSIST, on_backup, srv);
-        if (!ks->backup_ev || event_add(ks->backup_ev, &every) != 0)
+        /* the first when the newest automatic backup says one is due, so a
+         * restart never postpones a backup by a whole interval */
+        char err[RHEMA_KEYRING_ERR_MAX];
+        uint64_t now = rhema_realtime_ms(), delay = KEY_BACKUP_FIRST_DELAY_MS, last = 0;
+        int dirfd;
+        if (rhema_keybackup_dir_open(ks->backup_dir, &dirfd, err) == 0) {
+            last = rhema_keybackup_newest(dirfd);
+            close(dirfd);
+        }
+        if (last && last + backup_every_ms(ks) > now + delay)
+            delay = last + backup_every_ms(ks) - now;
+        ks->backup_ev = evtimer_new(base, on_backup, srv);
+        if (!ks->backup_ev)
             return RHEMA_ENOMEM;
+        arm_ms(ks->backup_ev, delay);
+        rhema_log(RHEMA_LOG_INFO, "keys",
+                  "keyring backups every %lld h into %s (next in %llu s), keeping %lld",
+                  (long long)ks->backup_interval_hours, ks->backup_dir,
+                  (unsigned long long)(delay / 1000u), (long long)ks->retention_count);
     }
     return 0;
 }

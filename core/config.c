@@ -111,7 +111,7 @@ static const char *const roles_enum[] = { "Coordinator", "Worker", "Observer", "
 static const char *const level_enum[] = { "debug", "info", "notice", "warn", "error", NULL };
 static const char *const format_enum[] = { "text", "json", NULL };
 static const char *const no_strings[] = { NULL };
-static const char *const star_origin[] = { "*", NULL };
+static const char *const no_origins[] = { NULL }; /* same origin only */
 static const char *const cors_headers[] = { "Content-Type", "Authorization", "X-API-Key", "If-None-Match",
                                             "If-Match",     "X-Request-Id",  "X-Rhema-Epoch",
                                             NULL };
@@ -129,7 +129,7 @@ static const struct key schema[] = {
     INT_("service.shutdown_timeout_seconds", 30, 0, 3600),
     GRP("service.cors", 0),
     BOOLF("service.cors.enabled", 1, cors_enabled),
-    LISTF("service.cors.origins", star_origin, cors_origins),
+    LISTF("service.cors.origins", no_origins, cors_origins),
     LIST("service.cors.allow_headers", cors_headers),
     INT_("service.cors.max_age_seconds", 600, 0, 86400),
 
@@ -201,6 +201,8 @@ static const struct key schema[] = {
     BOOL_("advanced_features.key_management.backup.enabled", 0),
     STR("advanced_features.key_management.backup.directory", "backups/keys"),
     INT_("advanced_features.key_management.backup.interval_hours", 24, 1, 8760),
+    INT_("advanced_features.key_management.backup.retention_count", 30, 0, 100000),
+    INT_("advanced_features.key_management.backup.retention_days", 0, 0, 36500),
     GRP("advanced_features.performance_monitoring", 0),
     BOOL_("advanced_features.performance_monitoring.enabled", 1),
     INT_("advanced_features.performance_monitoring.sample_interval_seconds", 10, 1, 3600),

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -66,25 +67,58 @@ static const char *reason(int status)
     }
 }
 
-static void add_cors(struct rhema_req *r)
+/* The service.cors.origins entry that lets `origin` in: "*", origin itself, or NULL. */
+static const char *cors_match(const struct rhema_config *cfg, const char *origin)
 {
-    const struct rhema_config *cfg = r->worker->srv->cfg;
-    const char *origin = rhema_req_header(r, "Origin");
-    if (!cfg->cors_enabled || !origin)
-        return;
+    if (!cfg->cors_enabled)
+        return NULL;
     for (size_t i = 0; i < cfg->cors_origins.n; i++) {
         const char *o = cfg->cors_origins.v[i];
-        if (strcmp(o, "*") == 0) {
-            rhema_header(r, "Access-Control-Allow-Origin", "*");
-            break;
-        }
-        if (strcmp(o, origin) == 0) {
-            rhema_header(r, "Access-Control-Allow-Origin", origin);
-            rhema_header(r, "Vary", "Origin");
-            break;
-        }
+        if (strcmp(o, "*") == 0 || strcmp(o, origin) == 0)
+            return o;
+    }
+    return NULL;
+}
+
+static void add_cors(struct rhema_req *r)
+{
+    const char *origin = rhema_req_header(r, "Origin");
+    const char *m = origin ? cors_match(r->worker->srv->cfg, origin) : NULL;
+    if (!origin || !r->worker->srv->cfg->cors_enabled)
+        return;
+    if (m && strcmp(m, "*") == 0) {
+        rhema_header(r, "Access-Control-Allow-Origin", "*");
+    } else if (m) {
+        rhema_header(r, "Access-Control-Allow-Origin", origin);
+        rhema_header(r, "Vary", "Origin");
     }
     rhema_header(r, "Access-Control-Expose-Headers", "ETag, X-Request-Id, Location");
+}
+
+/*
+ * A browser sends Origin with every cross-origin request, and a "simple"
+ * POST (a form, or fetch with text/plain) reaches the server before CORS
+ * can hide the answer from the page: refusing only the answer would still
+ * execute the write.  So a state-changing request whose Origin is neither
+ * allowed by service.cors.origins nor the daemon's own (scheme://Host) is
+ * refused here, before any handler runs.  Requests without Origin (curl,
+ * agents, other services) are not affected.
+ */
+static int cors_refuses(struct rhema_req *r)
+{
+    const char *origin = rhema_req_header(r, "Origin");
+    if (!origin || r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD ||
+        r->method == EVHTTP_REQ_OPTIONS)
+        return 0;
+    if (cors_match(r->worker->srv->cfg, origin))
+        return 0;
+    const char *host = rhema_req_header(r, "Host");
+    if (host && strncasecmp(origin, "http://", 7) == 0 && strcasecmp(origin + 7, host) == 0)
+        return 0; /* same origin: a page rhemad served itself */
+    rhema_reply_error(r, 403, "forbidden",
+                      "origin '%s' is not allowed to change anything here (service.cors.origins)",
+                      origin);
+    return 1;
 }
 
 /*
@@ -444,6 +478,8 @@ static void on_request(struct evhttp_request *req, void *arg)
         rhema_reply_error(&r, 400, "bad_query", "malformed query string");
         goto done;
     }
+    if (cors_refuses(&r))
+        goto done;
     rhema_route(&r);
 done:
     if (r.status == 0 && !r.deferred) /* a handler that forgot to answer is a bug */

@@ -187,31 +187,37 @@ static void ensure_parent(const char *path)
     }
 }
 
-/* Read a whole file.  RHEMA_ENOTFOUND when it does not exist. */
-static int read_file(const char *path, size_t max, unsigned char **out, size_t *len, char *err)
+/*
+ * Read a whole file: `name` relative to dirfd (AT_FDCWD: a path).  With
+ * RHEMA_KEYRING_CONFINED the last component must not be a symbolic link.
+ * RHEMA_ENOTFOUND when it does not exist; a FIFO or device never blocks.
+ */
+static int read_file_at(int dirfd, const char *name, unsigned flags, size_t max,
+                        unsigned char **out, size_t *len, char *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int oflags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | (flags & RHEMA_KEYRING_CONFINED ? O_NOFOLLOW : 0);
+    int fd = openat(dirfd, name, oflags);
     struct stat sb;
     unsigned char *buf = NULL;
     size_t got = 0;
     if (fd < 0) {
         if (errno == ENOENT)
-            return errf(err, RHEMA_ENOTFOUND, "%s: no such file", path);
-        return errf(err, RHEMA_EIO, "open %s: %s", path, strerror(errno));
+            return errf(err, RHEMA_ENOTFOUND, "%s: no such file", name);
+        return errf(err, RHEMA_EIO, "open %s: %s", name, strerror(errno));
     }
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
-        return errf(err, RHEMA_EIO, "%s: not a regular file", path);
+        return errf(err, RHEMA_EIO, "%s: not a regular file", name);
     }
     if ((uint64_t)sb.st_size > max) {
         close(fd);
-        return errf(err, RHEMA_ECORRUPT, "%s: %lld bytes is larger than any keyring (%zu)", path,
+        return errf(err, RHEMA_ECORRUPT, "%s: %lld bytes is larger than any keyring (%zu)", name,
                     (long long)sb.st_size, max);
     }
     buf = malloc((size_t)sb.st_size + 1);
     if (!buf) {
         close(fd);
-        return errf(err, RHEMA_ENOMEM, "out of memory reading %s", path);
+        return errf(err, RHEMA_ENOMEM, "out of memory reading %s", name);
     }
     while (got < (size_t)sb.st_size) {
         ssize_t r = read(fd, buf + got, (size_t)sb.st_size - got);
@@ -221,7 +227,7 @@ static int read_file(const char *path, size_t max, unsigned char **out, size_t *
             int e = r < 0 ? errno : EIO;
             free(buf);
             close(fd);
-            return errf(err, RHEMA_EIO, "read %s: %s", path, strerror(e));
+            return errf(err, RHEMA_EIO, "read %s: %s", name, strerror(e));
         }
         got += (size_t)r;
     }
@@ -231,20 +237,41 @@ static int read_file(const char *path, size_t max, unsigned char **out, size_t *
     return 0;
 }
 
-/* Write a file atomically: temp file, fsync, rename, directory fsync; mode 0600. */
-static int write_atomic(const char *path, const void *data, size_t len, char *err)
+static int read_file(const char *path, size_t max, unsigned char **out, size_t *len, char *err)
+{
+    return read_file_at(AT_FDCWD, path, 0, max, out, len, err);
+}
+
+/*
+ * Write a file atomically, mode 0600: "<name>.tmp" (write, fsync), then
+ * rename over name, then fsync the directory.  `name` is relative to dirfd
+ * (AT_FDCWD: a path, whose parent is created one level deep).  With
+ * RHEMA_KEYRING_CONFINED an existing name is never replaced (RHEMA_ECONFLICT: the
+ * temp file is hard-linked to name, which fails when it exists) and
+ * neither name may be a symbolic link, so nothing outside dirfd is touched.
+ */
+static int write_atomic_at(int dirfd, const char *name, unsigned flags, const void *data,
+                           size_t len, char *err)
 {
     char *tmp = NULL, *dir = NULL;
-    int fd = -1, rc = RHEMA_EIO;
+    int fd = -1, dfd = -1, rc = RHEMA_EIO, made = 0;
     size_t off = 0;
-    if (asprintf(&tmp, "%s.tmp", path) < 0)
+    int confined = (flags & RHEMA_KEYRING_CONFINED) != 0;
+    if (asprintf(&tmp, "%s.tmp", name) < 0)
         return errf(err, RHEMA_ENOMEM, "out of memory");
-    ensure_parent(path);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (dirfd == AT_FDCWD)
+        ensure_parent(name);
+    if (confined && unlinkat(dirfd, tmp, 0) != 0 && errno != ENOENT) {
+        errf(err, RHEMA_EIO, "remove a stale %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW |
+                                (confined ? O_EXCL : 0), 0600);
     if (fd < 0) {
         errf(err, RHEMA_EIO, "create %s: %s", tmp, strerror(errno));
         goto out;
     }
+    made = 1;
     if (fchmod(fd, 0600) != 0) {
         errf(err, RHEMA_EIO, "chmod %s: %s", tmp, strerror(errno));
         goto out;
@@ -269,34 +296,45 @@ static int write_atomic(const char *path, const void *data, size_t len, char *er
         goto out;
     }
     fd = -1;
-    if (rename(tmp, path) != 0) {
-        errf(err, RHEMA_EIO, "rename %s -> %s: %s", tmp, path, strerror(errno));
-        goto out;
-    }
-    dir = dir_of(path);
-    if (dir) {
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            if (fsync(dfd) != 0) {
-                int e = errno;
-                close(dfd);
-                errf(err, RHEMA_EIO, "fsync %s: %s", dir, strerror(e));
-                free(dir);
-                free(tmp);
-                return RHEMA_EIO; /* renamed, but not known durable */
-            }
-            close(dfd);
+    if (confined) {
+        if (linkat(dirfd, tmp, dirfd, name, 0) != 0) {
+            if (errno == EEXIST)
+                rc = errf(err, RHEMA_ECONFLICT, "%s already exists", name);
+            else
+                errf(err, RHEMA_EIO, "link %s -> %s: %s", tmp, name, strerror(errno));
+            goto out;
         }
+        unlinkat(dirfd, tmp, 0); /* name holds the data now */
+        made = 0;
+    } else if (renameat(dirfd, tmp, dirfd, name) != 0) {
+        errf(err, RHEMA_EIO, "rename %s -> %s: %s", tmp, name, strerror(errno));
+        goto out;
+    } else {
+        made = 0;
+    }
+    int sync_fd = dirfd;
+    if (dirfd == AT_FDCWD)
+        sync_fd = dfd = (dir = dir_of(name)) ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (sync_fd >= 0 && fsync(sync_fd) != 0) {
+        errf(err, RHEMA_EIO, "fsync the directory of %s: %s", name, strerror(errno));
+        goto out; /* renamed, but not known durable */
     }
     rc = 0;
 out:
     if (fd >= 0)
         close(fd);
-    if (rc != 0)
-        unlink(tmp);
+    if (dfd >= 0)
+        close(dfd);
+    if (made)
+        unlinkat(dirfd, tmp, 0);
     free(dir);
     free(tmp);
     return rc;
+}
+
+static int write_atomic(const char *path, const void *data, size_t len, char *err)
+{
+    return write_atomic_at(AT_FDCWD, path, 0, data, len, err);
 }
 
 /* An exclusive lock on "<path>.lock": one process per keyring. */
@@ -1173,13 +1211,13 @@ static int rotate_if_newest(struct rhema_keyring *kr, uint32_t version, char *er
     return rc;
 }
 
-/* Rotate when the interval has passed (checked again under the lock). */
-static int rotate_if_due(struct rhema_keyring *kr, int *rotated, char *err)
+/* Rotate when the interval has passed at now_ms (checked again under the lock). */
+static int rotate_if_due(struct rhema_keyring *kr, uint64_t now_ms, int *rotated, char *err)
 {
     int rc = 0;
     pthread_rwlock_wrlock(&kr->lock);
     uint64_t due = atomic_load(&kr->next_rotation_ms);
-    if (due && rhema_realtime_ms() >= due) {
+    if (due && now_ms >= due) {
         rc = rotate_locked(kr, NULL, err);
         if (rc == 0 && rotated)
             *rotated = 1;
@@ -1190,9 +1228,15 @@ static int rotate_if_due(struct rhema_keyring *kr, int *rotated, char *err)
 
 int rhema_keyring_maintain(struct rhema_keyring *kr, int *rotated, char err[RHEMA_KEYRING_ERR_MAX])
 {
+    return rhema_keyring_maintain_at(kr, rhema_realtime_ms(), rotated, err);
+}
+
+int rhema_keyring_maintain_at(struct rhema_keyring *kr, uint64_t now_ms, int *rotated,
+                              char err[RHEMA_KEYRING_ERR_MAX])
+{
     if (rotated)
         *rotated = 0;
-    return rotate_if_due(kr, rotated, err);
+    return rotate_if_due(kr, now_ms, rotated, err);
 }
 
 int rhema_keyring_set_min_decryption_version(struct rhema_keyring *kr, uint32_t v,
@@ -1287,7 +1331,7 @@ static int do_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, cons
         uint64_t due = atomic_load(&kr->next_rotation_ms);
         if (due && rhema_realtime_ms() >= due) {
             char rerr[RHEMA_KEYRING_ERR_MAX];
-            if (rotate_if_due(kr, NULL, rerr) != 0) {
+            if (rotate_if_due(kr, rhema_realtime_ms(), NULL, rerr) != 0) {
                 /* keep encrypting with the current key; try again in a minute */
                 rhema_log(RHEMA_LOG_WARN, "keyring", "scheduled rotation failed: %s", rerr);
                 atomic_store(&kr->next_rotation_ms, rhema_realtime_ms() + 60000u);
@@ -1566,6 +1610,12 @@ void rhema_keyring_stats_release(struct rhema_keyring_stats *s)
 int rhema_keyring_backup(struct rhema_keyring *kr, const char *path,
                          char err[RHEMA_KEYRING_ERR_MAX])
 {
+    return rhema_keyring_backup_at(kr, AT_FDCWD, path, 0, err);
+}
+
+int rhema_keyring_backup_at(struct rhema_keyring *kr, int dirfd, const char *name, unsigned flags,
+                            char err[RHEMA_KEYRING_ERR_MAX])
+{
     unsigned char *img = NULL, *arc = NULL;
     size_t len = 0;
     int rc;
@@ -1593,7 +1643,8 @@ int rhema_keyring_backup(struct rhema_keyring *kr, const char *path,
     randombytes_buf(arc + 56, 24);
     crypto_aead_xchacha20poly1305_ietf_encrypt(arc + KB_HDR, NULL, img, len, arc, KB_HDR, NULL,
                                                arc + 56, kr->keys->backup);
-    rc = write_atomic(path, arc, KB_HDR + len + crypto_aead_xchacha20poly1305_ietf_ABYTES, err);
+    rc = write_atomic_at(dirfd, name, flags, arc,
+                         KB_HDR + len + crypto_aead_xchacha20poly1305_ietf_ABYTES, err);
     if (rc)
         goto out;
     atomic_store(&st->last_backup_ms, now);
@@ -1611,14 +1662,14 @@ out:
 }
 
 /* Read, authenticate and parse an archive completely. */
-static int backup_load(const struct kr_keys *k, const char *path, struct kr_state **out,
-                       uint64_t *created, char *err)
+static int backup_load(const struct kr_keys *k, int dirfd, const char *path, unsigned flags,
+                       struct kr_state **out, uint64_t *created, char *err)
 {
     unsigned char *arc = NULL, *img = NULL;
     size_t len = 0;
     struct kdf_hdr h;
     int is_backup, rc;
-    if ((rc = read_file(path, KR_FILE_MAX, &arc, &len, err)))
+    if ((rc = read_file_at(dirfd, path, flags, KR_FILE_MAX, &arc, &len, err)))
         return rc == RHEMA_ENOTFOUND ? errf(err, RHEMA_ENOTFOUND, "backup %s: no such file", path)
                                      : rc;
     if ((rc = read_kdf_hdr(arc, len, path, &is_backup, &h, err)))
@@ -1673,7 +1724,7 @@ int rhema_keyring_verify_backup(const char *path, const struct rhema_master *m,
         return errf(err, RHEMA_EINVAL, "libsodium failed to initialise");
     if ((rc = keys_derive(m, &k, err)))
         return rc;
-    rc = backup_load(k, path, &st, &created, err);
+    rc = backup_load(k, AT_FDCWD, path, 0, &st, &created, err);
     if (rc == 0 && info) {
         info->created_at_ms = created;
         info->versions = st->n;
@@ -1720,11 +1771,18 @@ static void restore_merge(struct kr_state *st, const struct kr_state *old)
 int rhema_keyring_restore(struct rhema_keyring *kr, const char *path,
                           char err[RHEMA_KEYRING_ERR_MAX])
 {
+    return rhema_keyring_restore_at(kr, AT_FDCWD, path, 0, err);
+}
+
+int rhema_keyring_restore_at(struct rhema_keyring *kr, int dirfd, const char *path,
+                             unsigned flags, char err[RHEMA_KEYRING_ERR_MAX])
+{
     struct kr_state *st = NULL, *old;
     int rc;
     /* verify everything before taking any lock or touching the live keyring */
-    if ((rc = backup_load(kr->keys, path, &st, NULL, err)))
-        return rc;
+    if ((rc = backup_load(kr->keys, dirfd, path, flags, &st, NULL, err)))
+        /* confined: a file that cannot be used is one answer, whatever the reason */
+        return (flags & RHEMA_KEYRING_CONFINED) && rc != RHEMA_ENOMEM ? RHEMA_ECORRUPT : rc;
     pthread_rwlock_wrlock(&kr->lock);
     pthread_mutex_lock(&kr->persist_mu);
     old = kr->st;
@@ -1768,7 +1826,7 @@ int rhema_keyring_restore_file(const struct rhema_master *m, const char *archive
         return errf(err, RHEMA_EINVAL, "libsodium failed to initialise");
     if ((rc = keys_derive(m, &k, err)))
         return rc;
-    if ((rc = backup_load(k, archive, &st, NULL, err)))
+    if ((rc = backup_load(k, AT_FDCWD, archive, 0, &st, NULL, err)))
         goto out;
     if ((rc = lock_keyring(keyring_path, &lock_fd, &lock_path, err))) {
         if (rc == RHEMA_ECONFLICT)

@@ -196,6 +196,9 @@ int rhema_keyring_rotate(struct rhema_keyring *kr, uint32_t *new_version,
  * whether it did.
  */
 int rhema_keyring_maintain(struct rhema_keyring *kr, int *rotated, char err[RHEMA_KEYRING_ERR_MAX]);
+/* The same at a given wall-clock time (tests drive the clock with it). */
+int rhema_keyring_maintain_at(struct rhema_keyring *kr, uint64_t now_ms, int *rotated,
+                              char err[RHEMA_KEYRING_ERR_MAX]);
 /* Change min_decryption_version (SIGHUP); refused above the newest version. */
 int rhema_keyring_set_min_decryption_version(struct rhema_keyring *kr, uint32_t v,
                                              char err[RHEMA_KEYRING_ERR_MAX]);
@@ -233,6 +236,19 @@ void rhema_keyring_stats_release(struct rhema_keyring_stats *st);
  */
 int rhema_keyring_backup(struct rhema_keyring *kr, const char *path,
                          char err[RHEMA_KEYRING_ERR_MAX]);
+/*
+ * Confine a file name to a directory (the _at functions): the name's last
+ * component may not be a symbolic link, a backup never replaces an existing
+ * file (RHEMA_ECONFLICT), and a FIFO or device is refused without blocking.
+ * The caller checks that name has no '/' (keybackup.h).
+ */
+#define RHEMA_KEYRING_CONFINED 1u
+/*
+ * rhema_keyring_backup() with `name` relative to the directory dirfd
+ * (AT_FDCWD: a path, as above).  flags: 0 or RHEMA_KEYRING_CONFINED.
+ */
+int rhema_keyring_backup_at(struct rhema_keyring *kr, int dirfd, const char *name, unsigned flags,
+                            char err[RHEMA_KEYRING_ERR_MAX]);
 
 struct rhema_keyring_backup_info {
     uint64_t created_at_ms;
@@ -256,6 +272,14 @@ int rhema_keyring_verify_backup(const char *path, const struct rhema_master *m,
  */
 int rhema_keyring_restore(struct rhema_keyring *kr, const char *path,
                           char err[RHEMA_KEYRING_ERR_MAX]);
+/*
+ * rhema_keyring_restore() from `name` relative to dirfd; flags as for
+ * backup_at.  Confined, every file that cannot be used (missing, not a
+ * regular file, a link, unreadable, not verifying) is RHEMA_ECORRUPT, with
+ * the real reason in err; a later failure (persisting) keeps its code.
+ */
+int rhema_keyring_restore_at(struct rhema_keyring *kr, int dirfd, const char *name,
+                             unsigned flags, char err[RHEMA_KEYRING_ERR_MAX]);
 /*
  * Offline restore (rhemactl, daemon stopped): verify the archive under m
  * and write it to keyring_path, marked so that the next open creates a

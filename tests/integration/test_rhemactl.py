@@ -87,10 +87,11 @@ def test_keyring_backup_verify_and_offline_restore(master, tmp_path):
         pytest.skip("cipher plugin not built")
     conf = (memory_config() +
             'advanced_features: { key_management: {\n'
-            f'  key_file = "{master}"; keyring_path = "{tmp_path}/keyring"; }}; }};\n')
+            f'  key_file = "{master}"; keyring_path = "{tmp_path}/keyring";\n'
+            f'  backup = {{ directory = "{tmp_path}"; }}; }}; }};\n')
     d = Daemon(tmp_path, name="rhemad-ctl-keys", config=conf).start()
     env = d.request("POST", "/v1/messages/encrypt", b"secret").body
-    status, _, body = d.json("POST", "/v1/keys/backup", {"path": str(tmp_path / "k.bak")})
+    status, _, body = d.json("POST", "/v1/keys/backup", {"name": "k.bak"})
     assert status == 200, body
     opts = ["-o", f"advanced_features.key_management.key_file={master}",
             "-o", f"advanced_features.key_management.keyring_path={tmp_path}/keyring"]

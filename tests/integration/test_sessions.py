@@ -547,24 +547,76 @@ def test_wrong_method_405_with_allow(mem, method, path, allowed):
     assert method not in allow
 
 
-def test_cors_default_allows_any_origin(mem):
+def test_cors_default_allows_no_other_origin(mem):
     r = mem.request("GET", "/health/live", headers={"Origin": "http://x"})
     assert r.status == 200
-    assert r.headers.get("Access-Control-Allow-Origin") == "*"
+    assert r.headers.get("Access-Control-Allow-Origin") is None, r.headers
     r = mem.request("GET", "/health/live")
     assert r.headers.get("Access-Control-Allow-Origin") is None, "CORS without Origin"
 
 
-def test_cors_preflight_204(mem):
-    r = mem.request("OPTIONS", "/v1/sessions/abc",
-                    headers={"Origin": "http://x", "Access-Control-Request-Method": "PUT",
-                             "Access-Control-Request-Headers": "Content-Type, If-Match"})
+def cors_daemon(daemons, origins):
+    listed = ", ".join(f'"{o}"' for o in origins)
+    return daemons(config=memory_config() +
+                   f"service: {{ cors: {{ origins = [ {listed} ]; }}; }};\n").start()
+
+
+def test_cors_preflight_204(daemons):
+    d = cors_daemon(daemons, ["*"])
+    r = d.request("OPTIONS", "/v1/sessions/abc",
+                  headers={"Origin": "http://x", "Access-Control-Request-Method": "PUT",
+                           "Access-Control-Request-Headers": "Content-Type, If-Match"})
     assert r.status == 204
     assert r.headers.get("Access-Control-Allow-Origin") == "*"
     methods = {m.strip() for m in (r.headers.get("Access-Control-Allow-Methods") or "").split(",")}
     assert {"GET", "PUT", "DELETE"} <= methods, r.headers
     assert "if-match" in (r.headers.get("Access-Control-Allow-Headers") or "").lower()
-    assert mem.request("GET", "/v1/sessions/abc").status == 404, "preflight stored something"
+    assert d.request("GET", "/v1/sessions/abc").status == 404, "preflight stored something"
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("PUT", "/v1/sessions/csrf", {"topic": "t", "participants": ["a"]}),
+    ("POST", "/v1/sessions/csrf/messages", {"id": "m1", "message_type": "Info",
+                                            "sender_id": "a", "content": "x"}),
+    ("DELETE", "/v1/sessions/keep", None),
+    ("PUT", "/v1/agents/csrf", {"name": "a", "agent_type": "x"}),
+])
+def test_cross_origin_write_from_a_disallowed_origin_is_403_and_changes_nothing(
+        daemons, method, path, body):
+    d = cors_daemon(daemons, ["https://console.example"])
+    assert d.json("PUT", "/v1/sessions/keep", {"topic": "k", "participants": ["a"]})[0] == 201
+    # a "simple" request a web page can send without a preflight
+    st, h, err = d.json(method, path, body,
+                        headers={"Origin": "http://evil.example", "Content-Type": "text/plain"})
+    assert_error(st, err, 403)
+    assert "http://evil.example" in err["error"]["message"]
+    assert d.request("GET", "/v1/sessions/csrf").status == 404
+    assert d.request("GET", "/v1/agents/csrf").status == 404
+    assert d.request("GET", "/v1/sessions/keep").status == 200
+    # the default (no origins listed) refuses it the same way
+    assert d.json("GET", "/v1/sessions/keep",
+                  headers={"Origin": "http://evil.example"})[0] == 200, "reads are not refused"
+
+
+def test_cross_origin_write_from_an_allowed_or_the_same_origin_runs(daemons):
+    d = cors_daemon(daemons, ["https://console.example"])
+    r = d.request("PUT", "/v1/sessions/ok", {"topic": "t", "participants": ["a"]},
+                  headers={"Origin": "https://console.example"})
+    assert r.status == 201, r.body
+    assert r.headers.get("Access-Control-Allow-Origin") == "https://console.example"
+    assert "Origin" in (r.headers.get("Vary") or "")
+    r = d.request("PUT", "/v1/sessions/same", {"topic": "t", "participants": ["a"]},
+                  headers={"Origin": f"http://127.0.0.1:{d.port}"})
+    assert r.status == 201, r.body
+    # no Origin at all: not a browser, not CORS's business
+    assert d.request("PUT", "/v1/sessions/cli", {"topic": "t", "participants": ["a"]}).status == 201
+
+
+def test_default_config_refuses_cross_origin_writes(mem):
+    st, _, err = mem.json("PUT", "/v1/sessions/x", {"topic": "t", "participants": ["a"]},
+                          headers={"Origin": "http://localhost:3000"})
+    assert_error(st, err, 403)
+    assert mem.request("GET", "/v1/sessions/x").status == 404
 
 
 def test_cors_disabled_sends_no_cors_headers(daemons):
@@ -619,3 +671,27 @@ def test_plugins_lists_storage_plugin(srv):
     assert p.get("active") is True
     if srv.backend == "sqlite":
         assert "durable" in p.get("features", [])
+
+
+def test_dot_ids_stay_inside_the_file_backend_directory(daemons, tmp_path):
+    """
+    Ids may hold '.', so "..", "." and "..." are valid ids: on the file
+    backend each is one record file inside its namespace directory, never a
+    path that climbs out of it (issue 16, item 3).
+    """
+    data = tmp_path / "data"
+    d = daemons(config=f'persistence: {{ backend = "file"; file = {{ directory = "{data}"; }}; }};\n')
+    d.start()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for sid, raw in (("..", "%2E%2E"), (".", "."), ("...", "..."), ("..a", "..a")):
+        st, _, body = d.json("PUT", f"/v1/sessions/{raw}", {"topic": sid, "participants": ["a"]})
+        assert st == 201, (sid, body)
+        st, _, body = d.json("GET", f"/v1/sessions/{raw}")
+        assert st == 200 and body["topic"] == sid and body["id"] == sid, body
+    # nothing appeared beside the data directory, nothing inside it is a dot name
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    for p in data.rglob("*"):
+        assert not p.name.startswith("."), p
+    assert d.stop() == 0
+    d.start()
+    assert d.json("GET", "/v1/sessions/%2E%2E")[2]["topic"] == ".."

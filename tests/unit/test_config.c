@@ -86,8 +86,7 @@ static void check_defaults(const struct rhema_config *cfg)
     assert_int_equal(cfg->max_request_size_bytes, 10485760);
     assert_int_equal(cfg->request_timeout_seconds, 30);
     assert_int_equal(cfg->cors_enabled, 1);
-    assert_int_equal(cfg->cors_origins.n, 1);
-    assert_string_equal(cfg->cors_origins.v[0], "*");
+    assert_int_equal(cfg->cors_origins.n, 0); /* same origin only (issue 16) */
     assert_string_equal(cfg->plugin_directory, PLUGINDIR);
     assert_int_equal(cfg->plugin_load_set, 0);
     assert_int_equal(cfg->plugin_load.n, 0);

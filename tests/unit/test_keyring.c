@@ -24,6 +24,7 @@
 
 #include <sodium.h>
 
+#include "keybackup.h"
 #include "keyring.h"
 #include "log.h"
 #include "plugin.h"
@@ -916,6 +917,99 @@ static void stats_values(void **state)
     rhema_keyring_close(kr);
 }
 
+
+/* Time-based rotation, driven by a clock the test controls. */
+static void rotation_on_a_test_clock(void **state)
+{
+    struct fx *f = *state;
+    char err[RHEMA_KEYRING_ERR_MAX];
+    struct rhema_keyring_stats st;
+    int rotated = -1;
+    if (!pick(-1))
+        skip();
+    struct rhema_keyring_params p = params(f, pick(-1));
+    p.rotation_enabled = 1;
+    p.rotation_interval_hours = 24;
+    struct rhema_keyring *kr = open_ok(&p);
+    assert_int_equal(rhema_keyring_stats(kr, &st), 0);
+    uint64_t due = st.next_rotation_ms;
+    rhema_keyring_stats_release(&st);
+    assert_true(due > 0);
+    assert_int_equal(rhema_keyring_maintain_at(kr, due - 1, &rotated, err), 0);
+    assert_int_equal(rotated, 0);
+    assert_int_equal(rhema_keyring_maintain_at(kr, due, &rotated, err), 0);
+    assert_int_equal(rotated, 1);
+    assert_int_equal(rhema_keyring_stats(kr, &st), 0);
+    assert_int_equal(st.current_version, 2);
+    assert_int_equal(st.next_rotation_ms, st.last_rotation_ms + 24u * 3600u * 1000u);
+    due = st.next_rotation_ms;
+    rhema_keyring_stats_release(&st);
+    /* the next one waits for its own interval */
+    assert_int_equal(rhema_keyring_maintain_at(kr, due - 1, &rotated, err), 0);
+    assert_int_equal(rotated, 0);
+    assert_int_equal(rhema_keyring_maintain_at(kr, due + 3600000u, &rotated, err), 0);
+    assert_int_equal(rotated, 1);
+    assert_int_equal(rhema_keyring_stats(kr, &st), 0);
+    assert_int_equal(st.current_version, 3);
+    rhema_keyring_stats_release(&st);
+    rhema_keyring_close(kr);
+    /* rotation off: never, however late */
+    p.rotation_enabled = 0;
+    kr = open_ok(&p);
+    assert_int_equal(rhema_keyring_maintain_at(kr, due + 3650ull * 86400000u, &rotated, err), 0);
+    assert_int_equal(rotated, 0);
+    assert_int_equal(rhema_keyring_stats(kr, &st), 0);
+    assert_int_equal(st.current_version, 3);
+    rhema_keyring_stats_release(&st);
+    rhema_keyring_close(kr);
+}
+
+/* backup_at / restore_at confined to a directory: no link followed, nothing replaced. */
+static void confined_backup_and_restore(void **state)
+{
+    struct fx *f = *state;
+    char err[RHEMA_KEYRING_ERR_MAX], dir[128], outside[160], name[RHEMA_KEYBACKUP_AUTO_MAX],
+        name2[RHEMA_KEYBACKUP_AUTO_MAX], path[256];
+    struct stat sb;
+    if (!pick(-1))
+        skip();
+    struct rhema_keyring_params p = params(f, pick(-1));
+    struct rhema_keyring *kr = open_ok(&p);
+    int dfd;
+    snprintf(dir, sizeof dir, "%s/kb/nested", f->dir);
+    assert_int_equal(rhema_keybackup_dir_open(dir, &dfd, err), 0);
+    assert_int_equal(stat(dir, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0700);
+    snprintf(outside, sizeof outside, "%s/victim", f->dir);
+    write_file(outside, "victim", 6, 0600);
+    assert_int_equal(symlinkat(outside, dfd, "link.bak"), 0);
+    /* never through the link, never over it */
+    assert_int_equal(rhema_keyring_backup_at(kr, dfd, "link.bak", RHEMA_KEYRING_CONFINED, err),
+                     RHEMA_ECONFLICT);
+    assert_int_equal(rhema_keyring_restore_at(kr, dfd, "link.bak", RHEMA_KEYRING_CONFINED, err),
+                     RHEMA_ECORRUPT);
+    assert_int_equal(rhema_keyring_restore_at(kr, dfd, "nosuch.bak", RHEMA_KEYRING_CONFINED, err),
+                     RHEMA_ECORRUPT);
+    assert_non_null(strstr(err, "no such file"));
+    char buf[8] = "";
+    int vfd = open(outside, O_RDONLY);
+    assert_int_equal(read(vfd, buf, sizeof buf), 6);
+    close(vfd);
+    assert_memory_equal(buf, "victim", 6);
+    /* automatic names: unique, even twice in one millisecond */
+    uint64_t t = 1764748800123ull; /* 2025-12-03T08:00:00.123Z */
+    assert_int_equal(rhema_keybackup_write_auto(kr, dfd, t, name, err), 0);
+    assert_string_equal(name, "keyring-20251203T080000-123Z.bak");
+    assert_int_equal(rhema_keybackup_write_auto(kr, dfd, t, name2, err), 0);
+    assert_string_equal(name2, "keyring-20251203T080000-123Z-2.bak");
+    assert_int_equal(rhema_keyring_restore_at(kr, dfd, name2, RHEMA_KEYRING_CONFINED, err), 0);
+    snprintf(path, sizeof path, "%s/%s.tmp", dir, name);
+    assert_int_not_equal(access(path, F_OK), 0); /* no temp file left */
+    assert_int_equal(rhema_keybackup_newest(dfd), t);
+    close(dfd);
+    rhema_keyring_close(kr);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -937,6 +1031,8 @@ int main(void)
         T(backup_restore_round_trip),
         T(bad_backup_changes_nothing),
         T(stats_values),
+        T(rotation_on_a_test_clock),
+        T(confined_backup_and_restore),
     };
 #undef T
     return cmocka_run_group_tests_name("keyring", tests, group_setup, group_teardown);
