@@ -261,6 +261,8 @@ static void h_keys_restore(struct rhema_req *r, struct rhema_keyring *kr)
         rhema_log(RHEMA_LOG_WARN, "keys", "keyring restore from '%s' refused: %s", name, err);
         rhema_reply_error(r, 400, "bad_backup",
                           "'%s' is not a key backup this keyring can restore", name);
+    } else if (rc == RHEMA_ECONFLICT) {
+        rhema_reply_error(r, 409, "conflict", "%s", err);
     } else if (rc) {
         rhema_log(RHEMA_LOG_ERROR, "keys", "keyring restore from '%s' failed: %s", name, err);
         rhema_reply_error(r, 500, "internal", "keyring restore failed (see the daemon's log)");

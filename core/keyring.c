@@ -1735,37 +1735,93 @@ int rhema_keyring_verify_backup(const char *path, const struct rhema_master *m,
     return rc;
 }
 
+/* A copy of version o (key, sealed form, counters) for another state. */
+static int version_copy(const struct kr_version *o, struct kr_version **out)
+{
+    struct kr_version *v = calloc(1, sizeof *v);
+    if (!v)
+        return RHEMA_ENOMEM;
+    v->version = o->version;
+    v->cipher_id = o->cipher_id;
+    v->key_len = o->key_len;
+    v->created_ms = o->created_ms;
+    memcpy(v->wrap_nonce, o->wrap_nonce, sizeof v->wrap_nonce);
+    randombytes_buf(v->nonce_salt, sizeof v->nonce_salt);
+    v->key = sodium_malloc(o->key_len);
+    v->sealed = malloc(o->key_len + KR_WRAP_TAG);
+    if (!v->key || !v->sealed) {
+        version_free(v);
+        return RHEMA_ENOMEM;
+    }
+    memcpy(v->key, o->key, o->key_len);
+    memcpy(v->sealed, o->sealed, o->key_len + KR_WRAP_TAG);
+    atomic_init(&v->next, atomic_load(&o->next));
+    atomic_init(&v->reserved, atomic_load(&o->reserved));
+    v->pending = o->pending;
+    *out = v;
+    return 0;
+}
+
+static int by_version(const void *a, const void *b)
+{
+    uint32_t x = (*(struct kr_version *const *)a)->version;
+    uint32_t y = (*(struct kr_version *const *)b)->version;
+    return x < y ? -1 : x > y;
+}
+
 /*
- * Carry counters over from the keyring being replaced (`old`, may be NULL)
- * to the restored state: a key both have never gets a lower reservation
- * than the live one, and new versions are numbered above both.
+ * Merge the keyring being replaced (`old`, may be NULL) into the restored
+ * state, so that a restore never makes data unreadable: every version old
+ * has and the archive lacks (made after the backup) is kept; a key both
+ * have never gets a lower counter reservation than the live one; new
+ * versions are numbered above both.  RHEMA_ECONFLICT (nothing changed in
+ * old) when one version number holds different keys on the two sides.
  */
-static void restore_merge(struct kr_state *st, const struct kr_state *old)
+static int restore_merge(struct kr_state *st, const struct kr_state *old, char *err)
 {
     uint32_t floor = st->version_floor;
-    if (old) {
-        for (size_t i = 0; i < st->n; i++) {
-            struct kr_version *v = st->v[i];
-            const struct kr_version *o = find_version(old, v->version);
-            if (!o || o->key_len != v->key_len || sodium_memcmp(o->key, v->key, v->key_len) != 0)
-                continue;
-            uint64_t r = atomic_load(&o->reserved), n = atomic_load(&o->next);
-            if (o->pending > r)
-                r = o->pending;
-            if (n > r)
-                r = n;
-            if (r > atomic_load(&v->reserved)) {
-                atomic_store(&v->reserved, r);
-                atomic_store(&v->next, r);
-                v->pending = r;
-            }
-        }
-        if (newest(old)->version > floor)
-            floor = newest(old)->version;
-        if (old->version_floor > floor)
-            floor = old->version_floor;
+    if (!old) {
+        st->version_floor = floor;
+        return 0;
     }
+    for (size_t i = 0; i < old->n; i++) {
+        const struct kr_version *o = old->v[i];
+        struct kr_version *v = find_version(st, o->version);
+        if (v && (o->key_len != v->key_len || sodium_memcmp(o->key, v->key, v->key_len) != 0))
+            return errf(err, RHEMA_ECONFLICT,
+                        "key version %u differs between the backup and the live keyring: "
+                        "restoring it would make what the live version encrypted unreadable",
+                        o->version);
+    }
+    for (size_t i = 0; i < old->n; i++) {
+        const struct kr_version *o = old->v[i];
+        struct kr_version *v = find_version(st, o->version);
+        if (!v) { /* made after the backup: kept */
+            int rc = version_copy(o, &v);
+            if (rc == 0 && (rc = state_push(st, v)) != 0)
+                version_free(v);
+            if (rc)
+                return errf(err, rc, "out of memory");
+            continue;
+        }
+        uint64_t r = atomic_load(&o->reserved), n = atomic_load(&o->next);
+        if (o->pending > r)
+            r = o->pending;
+        if (n > r)
+            r = n;
+        if (r > atomic_load(&v->reserved)) {
+            atomic_store(&v->reserved, r);
+            atomic_store(&v->next, r);
+            v->pending = r;
+        }
+    }
+    qsort(st->v, st->n, sizeof *st->v, by_version);
+    if (newest(old)->version > floor)
+        floor = newest(old)->version;
+    if (old->version_floor > floor)
+        floor = old->version_floor;
     st->version_floor = floor;
+    return 0;
 }
 
 int rhema_keyring_restore(struct rhema_keyring *kr, const char *path,
@@ -1786,7 +1842,8 @@ int rhema_keyring_restore_at(struct rhema_keyring *kr, int dirfd, const char *pa
     pthread_rwlock_wrlock(&kr->lock);
     pthread_mutex_lock(&kr->persist_mu);
     old = kr->st;
-    restore_merge(st, old);
+    if ((rc = restore_merge(st, old, err)) != 0)
+        goto unlock; /* the live keyring is untouched */
     /* keep how the live master is derived, and the live backup stamp */
     st->kdf = old->kdf;
     st->opslimit = old->opslimit;
@@ -1807,6 +1864,7 @@ int rhema_keyring_restore_at(struct rhema_keyring *kr, int dirfd, const char *pa
                   "restored %zu key versions from %s; version %u encrypts", kr->st->n - 1, path,
                   newest(kr->st)->version);
     }
+unlock:
     pthread_mutex_unlock(&kr->persist_mu);
     pthread_rwlock_unlock(&kr->lock);
     state_free(st); /* the old state on success, the rejected one on failure */
@@ -1841,7 +1899,8 @@ int rhema_keyring_restore_file(const struct rhema_master *m, const char *archive
         free(img);
         img = NULL;
     }
-    restore_merge(st, old);
+    if ((rc = restore_merge(st, old, err)) != 0)
+        goto out;
     if (old) {
         st->kdf = old->kdf;
         st->opslimit = old->opslimit;

@@ -264,11 +264,14 @@ int rhema_keyring_verify_backup(const char *path, const struct rhema_master *m,
                                 struct rhema_keyring_backup_info *info,
                                 char err[RHEMA_KEYRING_ERR_MAX]);
 /*
- * Replace the live keyring with an archive, after verifying it completely;
- * a bad archive changes nothing.  Counter reservations never go backwards
- * for a key the live keyring also has, and a fresh version (numbered above
- * every version either side had) is created at once, so no restored counter
- * key encrypts again.
+ * Restore an archive into the live keyring, after verifying it completely;
+ * a bad archive changes nothing.  A restore never makes data unreadable:
+ * versions the live keyring has and the archive lacks (made after the
+ * backup) are kept, and an archive whose version N holds another key than
+ * the live version N is refused (RHEMA_ECONFLICT).  Counter reservations
+ * never go backwards for a key both have, and a fresh version (numbered
+ * above every version either side had) is created at once, so no restored
+ * counter key encrypts again.
  */
 int rhema_keyring_restore(struct rhema_keyring *kr, const char *path,
                           char err[RHEMA_KEYRING_ERR_MAX]);
@@ -281,9 +284,10 @@ int rhema_keyring_restore(struct rhema_keyring *kr, const char *path,
 int rhema_keyring_restore_at(struct rhema_keyring *kr, int dirfd, const char *name,
                              unsigned flags, char err[RHEMA_KEYRING_ERR_MAX]);
 /*
- * Offline restore (rhemactl, daemon stopped): verify the archive under m
- * and write it to keyring_path, marked so that the next open creates a
- * fresh version before encrypting.  RHEMA_ECONFLICT while a daemon holds it.
+ * Offline restore (rhemactl, daemon stopped): verify the archive under m,
+ * merge it with the keyring at keyring_path as rhema_keyring_restore()
+ * does, and write it there, marked so that the next open creates a fresh
+ * version before encrypting.  RHEMA_ECONFLICT while a daemon holds it.
  */
 int rhema_keyring_restore_file(const struct rhema_master *m, const char *archive,
                                const char *keyring_path, char err[RHEMA_KEYRING_ERR_MAX]);

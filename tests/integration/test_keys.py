@@ -301,3 +301,19 @@ def test_scheduled_backups_catch_up_and_prune(tmp_path):
         assert d.json("POST", "/v1/keys/restore", {"name": new()[0]})[0] == 200
     finally:
         d.kill()
+
+
+def test_restoring_an_older_backup_keeps_later_key_versions(srv, tmp_path):
+    """Issue 17 item 12: what later versions encrypted stays readable."""
+    v1 = srv.request("POST", "/v1/messages/encrypt", b"under v1").body
+    assert srv.json("POST", "/v1/keys/backup", {"name": "old.bak"})[0] == 200
+    assert srv.json("POST", "/v1/keys/rotate")[0] == 200
+    v2 = srv.request("POST", "/v1/messages/encrypt", b"under v2")
+    assert v2.headers.get("X-Rhema-Key-Version") == "2"
+    status, _, st = srv.json("POST", "/v1/keys/restore", {"name": "old.bak"})
+    assert status == 200, st
+    assert [v["version"] for v in st["per_version"]] == [1, 2, 3]
+    assert srv.request("POST", "/v1/messages/decrypt", v1).body == b"under v1"
+    assert srv.request("POST", "/v1/messages/decrypt", v2.body).body == b"under v2"
+    assert srv.request("POST", "/v1/messages/encrypt", b"x").headers.get(
+        "X-Rhema-Key-Version") == "3"

@@ -747,22 +747,25 @@ static void backup_restore_round_trip(void **state)
     assert_int_equal(rhema_keyring_rotate(kr, NULL, err), 0);
     struct rhema_buf e2 = enc(kr, "after", 5, NULL);
     assert_int_equal(rhema_keyring_restore(kr, f->backup, err), 0);
-    /* the archive replaced the keyring: version 1 decrypts, version 2 is gone, and a fresh
-     * version numbered above both sides encrypts */
+    /* the archive is restored, and version 2, made after the backup, is kept (issue 17:
+     * a restore never makes data unreadable); a fresh version numbered above both sides
+     * encrypts */
     assert_decrypts_to(kr, &e1, NULL, "before", 6);
-    struct rhema_buf out = {0};
-    assert_int_equal(dec(kr, &e2, NULL, &out, err), RHEMA_ECORRUPT);
-    assert_non_null(strstr(err, "unknown key version 2"));
+    assert_decrypts_to(kr, &e2, NULL, "after", 5);
     struct rhema_buf e3 = enc(kr, "new", 3, NULL);
     assert_int_equal(env_version(&e3), 3);
     assert_int_equal(rhema_keyring_stats(kr, &st), 0);
-    assert_int_equal(st.versions, 2);
+    assert_int_equal(st.versions, 3);
+    assert_int_equal(st.v[0].version, 1);
+    assert_int_equal(st.v[1].version, 2);
+    assert_int_equal(st.v[2].version, 3);
     assert_true(st.last_backup_ms > 0);
     rhema_keyring_stats_release(&st);
     rhema_keyring_close(kr);
     /* and the restored keyring is what is on disk */
     kr = open_ok(&p);
     assert_decrypts_to(kr, &e1, NULL, "before", 6);
+    assert_decrypts_to(kr, &e2, NULL, "after", 5);
     assert_decrypts_to(kr, &e3, NULL, "new", 3);
     rhema_keyring_close(kr);
 
@@ -773,6 +776,8 @@ static void backup_restore_round_trip(void **state)
     assert_int_equal(rhema_keyring_restore_file(m, f->backup, f->ring, err), 0);
     kr = open_ok(&p);
     assert_decrypts_to(kr, &e1, NULL, "before", 6);
+    assert_decrypts_to(kr, &e2, NULL, "after", 5); /* offline too */
+    assert_decrypts_to(kr, &e3, NULL, "new", 3);
     struct rhema_buf e4 = enc(kr, "x", 1, NULL);
     assert_int_equal(env_version(&e4), 4); /* above the 3 the replaced keyring had */
     rhema_keyring_close(kr);
@@ -1010,6 +1015,32 @@ static void confined_backup_and_restore(void **state)
     rhema_keyring_close(kr);
 }
 
+/* A backup whose version N holds another key than the live N is refused, changing nothing. */
+static void restore_refuses_a_conflicting_version(void **state)
+{
+    struct fx *f = *state;
+    char err[RHEMA_KEYRING_ERR_MAX] = "";
+    struct rhema_keyring_stats st;
+    if (!pick(-1))
+        skip();
+    struct rhema_keyring_params p = params(f, pick(-1));
+    struct rhema_keyring *kr = open_ok(&p);
+    assert_int_equal(rhema_keyring_backup(kr, f->backup, err), 0);
+    rhema_keyring_close(kr);
+    /* another keyring under the same master: its version 1 is another key */
+    assert_int_equal(unlink(f->ring), 0);
+    kr = open_ok(&p);
+    struct rhema_buf e = enc(kr, "mine", 4, NULL);
+    assert_int_equal(rhema_keyring_restore(kr, f->backup, err), RHEMA_ECONFLICT);
+    assert_non_null(strstr(err, "key version 1 differs"));
+    assert_decrypts_to(kr, &e, NULL, "mine", 4);
+    assert_int_equal(rhema_keyring_stats(kr, &st), 0);
+    assert_int_equal(st.versions, 1);
+    rhema_keyring_stats_release(&st);
+    rhema_keyring_close(kr);
+    free(e.data);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1033,6 +1064,7 @@ int main(void)
         T(stats_values),
         T(rotation_on_a_test_clock),
         T(confined_backup_and_restore),
+        T(restore_refuses_a_conflicting_version),
     };
 #undef T
     return cmocka_run_group_tests_name("keyring", tests, group_setup, group_teardown);
