@@ -221,11 +221,43 @@ static int wrap_storage(struct rhema_server *srv, char **err)
 static int pidfile_fd = -1;
 static char *pidfile_path;
 
+/*
+ * Write the pidfile.  A pidfile is a classic target: in a directory others
+ * may write to (without the sticky bit), anyone could swap it for a link to
+ * a file root owns, and a daemon that follows it truncates that file.  So
+ * such a directory is refused, the name is opened with O_NOFOLLOW, and
+ * only a regular file is written.
+ */
 static int pidfile_write(const char *path, char **err)
 {
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    char *dir = strdup(path), *slash;
+    struct stat sb;
+    int fd = -1;
+    if (!dir)
+        goto fail;
+    slash = strrchr(dir, '/');
+    if (slash == dir)
+        dir[1] = '\0'; /* "/rhemad.pid" */
+    else if (slash)
+        *slash = '\0';
+    if (stat(slash ? dir : ".", &sb) == 0 && (sb.st_mode & S_IWOTH) && !(sb.st_mode & S_ISVTX)) {
+        if (asprintf(err, "pidfile %s: its directory is writable by everyone and not sticky; "
+                          "use a directory only rhemad's user can write (e.g. /run/rhema)",
+                     path) < 0)
+            *err = NULL;
+        free(dir);
+        return RHEMA_EINVAL;
+    }
+    free(dir);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
     if (fd < 0)
         goto fail;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        if (asprintf(err, "pidfile %s: not a regular file", path) < 0)
+            *err = NULL;
+        close(fd);
+        return RHEMA_EINVAL;
+    }
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         char buf[32] = "";
         ssize_t n = read(fd, buf, sizeof buf - 1);

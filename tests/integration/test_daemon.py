@@ -368,6 +368,29 @@ def test_daemon_mode_pidfile(tmp_path, daemons):
     assert "stopped" in logfile.read_text()
 
 
+def test_pidfile_never_follows_a_link_nor_lives_in_an_open_directory(tmp_path):
+    """Issue 17 item 18: a pidfile symlink would have rhemad truncate its target."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "rhemad.pid"
+    link.symlink_to(victim)
+    r = run_rhemad(["-f", "-c", "/dev/null", "-P", str(PLUGIN_DIR), "-p", str(link),
+                    "-o", "persistence.backend=memory", "-o", f"service.listen=127.0.0.1:{free_port()}"],
+                   timeout=15, cwd=tmp_path)
+    assert r.returncode != 0
+    assert "pidfile" in r.stderr, r.stderr
+    assert victim.read_text() == "precious\n"
+    # a directory everyone may write to, without the sticky bit
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    r = run_rhemad(["-f", "-c", "/dev/null", "-P", str(PLUGIN_DIR), "-p", str(open_dir / "r.pid"),
+                    "-o", "persistence.backend=memory", "-o", f"service.listen=127.0.0.1:{free_port()}"],
+                   timeout=15, cwd=tmp_path)
+    assert r.returncode != 0 and "writable by everyone" in r.stderr, r.stderr
+    assert not (open_dir / "r.pid").exists()
+
+
 def test_daemon_mode_startup_failure_is_reported_by_the_launcher(tmp_path):
     """The launcher exits non-zero when the daemon cannot start (port in use)."""
     with socket.socket() as busy:
