@@ -504,3 +504,25 @@ def test_sqlite_restart_keeps_every_acknowledged_write(daemons, tmp_path, sig):
                         headers={"If-Match": f'"{rec["version"]}"'})
     assert st == 200 and upd["version"] > rec["version"], upd
     assert d.stop() == 0
+
+
+# ---- error bodies are JSON, whatever bytes the request carried ----
+
+def test_bad_utf8_in_path_is_a_json_404(daemon):
+    """GET /v1/nosuch%FF: 404 with a body that parses (it was a 500 "out of memory")."""
+    r = daemon.request("GET", "/v1/nosuch%FF")
+    assert r.status == 404, r.body
+    assert r.headers.get("Content-Type") == "application/json"
+    err = json.loads(r.body.decode("utf-8"))["error"]
+    assert err["code"] == "not_found"
+    assert err["message"] == "no route for /v1/nosuch\ufffd", err
+
+
+def test_long_path_error_is_cut_between_characters(daemon):
+    """A message longer than the buffer keeps whole characters: the body still parses."""
+    for pad in range(3):
+        r = daemon.request("GET", "/v1/nosuch/" + "x" * pad + "%E2%82%AC" * 600)
+        assert r.status == 404, r.body
+        msg = json.loads(r.body.decode("utf-8"))["error"]["message"]
+        assert msg.startswith("no route for /v1/nosuch/" + "x" * pad + "\u20ac")
+        assert set(msg[len("no route for /v1/nosuch/") + pad:]) == {"\u20ac"}, msg[-20:]
