@@ -234,13 +234,6 @@ int rhema_cluster_is_leader(const struct rhema_cluster *c)
     return rhema_cluster_leadership(c, NULL);
 }
 
-uint64_t rhema_cluster_epoch(const struct rhema_cluster *c)
-{
-    uint64_t e = 0;
-    rhema_cluster_leadership(c, &e);
-    return e;
-}
-
 uint64_t rhema_cluster_known_epoch(const struct rhema_cluster *c)
 {
     uint64_t e;
@@ -252,16 +245,6 @@ uint64_t rhema_cluster_known_epoch(const struct rhema_cluster *c)
     e = c->known_epoch;
     unlock(c);
     return e;
-}
-
-const char *rhema_cluster_node_id(const struct rhema_cluster *c)
-{
-    return c ? c->node_id : "";
-}
-
-int rhema_cluster_enabled(const struct rhema_cluster *c)
-{
-    return c != NULL && c->enabled;
 }
 
 static void see_epoch(struct rhema_cluster *c, uint64_t epoch)

@@ -105,18 +105,12 @@ void rhema_cluster_leave(struct rhema_cluster *c);
 /* leave() when not done yet, then disconnect and free.  After the workers stopped. */
 void rhema_cluster_stop(struct rhema_cluster *c);
 
-/* 1 when distributed.enabled. */
-int rhema_cluster_enabled(const struct rhema_cluster *c);
 /* 1 when this node leads now: it holds the lease and the local deadline has not passed. */
 int rhema_cluster_is_leader(const struct rhema_cluster *c);
 /* is_leader(), and the epoch it leads with (0 when it does not) in *epoch, together. */
 int rhema_cluster_leadership(const struct rhema_cluster *c, uint64_t *epoch);
-/* The epoch this node leads with, or 0 when it does not lead. */
-uint64_t rhema_cluster_epoch(const struct rhema_cluster *c);
 /* The largest epoch this node has seen (its own or another holder's). */
 uint64_t rhema_cluster_known_epoch(const struct rhema_cluster *c);
-/* This node's id (lives as long as c). */
-const char *rhema_cluster_node_id(const struct rhema_cluster *c);
 
 /*
  * The JSON of GET /v1/cluster (RHEMA_CLUSTER_VIEW_HEALTH: ClusterHealth

@@ -282,6 +282,50 @@ static const struct key schema[] = {
 
 #define N_SCHEMA (sizeof schema / sizeof schema[0])
 
+/*
+ * Keys of the schema that this version parses and validates but does not act
+ * on: their subsystems come with later issues.  Rather than accept a value the
+ * daemon would ignore (security.api_keys.enabled = true and everyone is still
+ * served), validation refuses one that would change behaviour if it acted:
+ * anything but the key's default, except `false` for a switch (a feature
+ * turned off is what this version does anyway).  A key with a `gate` is inert
+ * while that switch is off, or itself refused: ai_service.models describes
+ * upstreams that nothing uses unless ai_service.enabled.  The issue that
+ * implements a subsystem removes its lines here.
+ */
+struct unimplemented {
+    const char *path;
+    const char *gate; /* a switch; NULL: the key always acts */
+};
+
+static const struct unimplemented unimplemented[] = {
+    { "ai_service.enabled", NULL },
+    { "ai_service.default_model", "ai_service.enabled" },
+    { "ai_service.request_timeout_seconds", "ai_service.enabled" },
+    { "ai_service.models", "ai_service.enabled" },
+    { "ai_service.upstreams", "ai_service.enabled" },
+    { "ai_service.rate_limiting.enabled", NULL },
+    { "ai_service.rate_limiting.requests_per_minute", "ai_service.rate_limiting.enabled" },
+    { "ai_service.rate_limiting.burst", "ai_service.rate_limiting.enabled" },
+    { "ai_service.caching.enabled", NULL },
+    { "ai_service.caching.ttl_seconds", "ai_service.caching.enabled" },
+    { "ai_service.caching.max_entries", "ai_service.caching.enabled" },
+    { "ai_service.agent_management.max_agents", NULL },
+    { "monitoring.enabled", NULL },
+    { "monitoring.metrics_path", "monitoring.enabled" },
+    { "monitoring.sample_interval_seconds", "monitoring.enabled" },
+    { "monitoring.alerts.enabled", NULL },
+    { "monitoring.alerts.cpu_percent", "monitoring.alerts.enabled" },
+    { "monitoring.alerts.memory_percent", "monitoring.alerts.enabled" },
+    { "monitoring.alerts.error_rate_percent", "monitoring.alerts.enabled" },
+    { "security.api_keys.enabled", NULL },
+    { "security.api_keys.keys", "security.api_keys.enabled" },
+    { "security.roles", "security.api_keys.enabled" },
+    { "security.rules", NULL },
+    { "security.audit.enabled", NULL },
+    { "security.audit.file", "security.audit.enabled" },
+};
+
 static const struct key *schema_find(const char *path)
 {
     for (size_t i = 0; i < N_SCHEMA; i++)
@@ -1150,6 +1194,64 @@ static void validate_cross(struct ctx *c)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Settings this version does not act on                                    */
+
+/* Does validated setting s hold key k's default? */
+static int key_at_default(const struct key *k, const config_setting_t *s)
+{
+    switch (k->type) {
+    case K_INT:
+    case K_BOOL: return setting_int(s) == k->def_i;
+    case K_FLOAT: return setting_double(s) == k->def_f;
+    case K_STRLIST: {
+        int n = config_setting_length(s);
+
+        for (int i = 0; i < n; i++)
+            if (!k->values[i] || strcmp(config_setting_get_string_elem(s, i), k->values[i]) != 0)
+                return 0;
+        return k->values[n] == NULL;
+    }
+    case K_GROUPLIST: return config_setting_length(s) == 0;
+    case K_GROUP: return 1;
+    default: return strcmp(config_setting_get_string(s), k->def_s) == 0;
+    }
+}
+
+/* Is switch `path` on, and accepted (at its default)?  Otherwise what it gates is inert. */
+static int gate_on(const struct cfg_priv *p, const char *path)
+{
+    const struct key *k = schema_find(path);
+    const config_setting_t *s = lookup_path(p, path);
+
+    if (!k || k->type != K_BOOL)
+        abort(); /* a broken unimplemented[] table */
+    return k->def_i && key_int(k, s);
+}
+
+/*
+ * Refuse the unimplemented[] keys set to a value that would change behaviour.
+ * Runs on a tree that passed every other check, so the types are right.
+ */
+static void validate_unimplemented(struct ctx *c)
+{
+    for (size_t i = 0; i < sizeof unimplemented / sizeof unimplemented[0]; i++) {
+        const struct unimplemented *u = &unimplemented[i];
+        const struct key *k = schema_find(u->path);
+        const config_setting_t *s = lookup_path(c->p, u->path);
+
+        if (!k)
+            abort(); /* a broken unimplemented[] table */
+        if (!s || key_at_default(k, s))
+            continue;
+        if (k->type == K_BOOL && !config_setting_get_bool(s))
+            continue; /* switched off: what this version does */
+        if (u->gate && !gate_on(c->p, u->gate))
+            continue;
+        error_at(c, s, "%s: not implemented in this version", u->path);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 /* Overrides                                                                */
 
 static int origin_add(struct cfg_priv *p, const config_setting_t *s, const char *text)
@@ -1653,6 +1755,9 @@ int rhema_config_load(struct rhema_config *cfg, const char *path, const char *co
     }
     validate_group(&c, config_root_setting(&c.p->lc), "", "", 0);
     validate_cross(&c);
+    /* only on an otherwise valid tree: fix what is wrong before what is missing */
+    if (!c.n_errs)
+        validate_unimplemented(&c);
     if (c.n_errs) {
         rc = RHEMA_EINVAL;
         goto fail;

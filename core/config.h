@@ -8,6 +8,13 @@
  * rhemad -o) are applied on top of the file before validation; an error in
  * one is reported as "-o section.key=value: message".
  *
+ * Keys whose subsystem this version lacks (most of ai_service, monitoring,
+ * security: the table unimplemented[] in config.c) are validated like the
+ * others, and then refused with "FILE:LINE: key: not implemented in this
+ * version" when their value would change behaviour if it acted (anything
+ * but the default, or false for a switch).  That check runs only on a file
+ * without other errors.
+ *
  * Plugin groups: a group inside the section of a plugin kind whose name is
  * not a core key (persistence.sqlite, advanced_features.compression.zstd,
  * distributed.load_balancing.ip_hash ...) belongs to the plugin of that

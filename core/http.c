@@ -325,10 +325,14 @@ void rhema_reply_json(struct rhema_req *r, int status, const char *json, size_t 
 
 void rhema_reply_jsonv(struct rhema_req *r, int status, json_t *v)
 {
+    if (!v) { /* the caller's json_pack() failed: not necessarily for memory */
+        rhema_reply_error(r, 500, "internal", "could not build the reply");
+        return;
+    }
     char *text = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(v);
     if (!text) {
-        rhema_reply_error(r, 500, "internal", "out of memory");
+        rhema_reply_error(r, 500, "internal", "could not encode the reply");
         return;
     }
     rhema_reply_json(r, status, text, strlen(text));
@@ -337,15 +341,34 @@ void rhema_reply_jsonv(struct rhema_req *r, int status, json_t *v)
 
 void rhema_reply_empty(struct rhema_req *r, int status) { rhema_reply(r, status, NULL, NULL, 0); }
 
+/*
+ * The message is made valid UTF-8 before it goes into JSON: it often quotes
+ * what the client sent (a decoded path, a header), and jansson refuses
+ * invalid UTF-8.  Each stray byte becomes U+FFFD, and a message longer
+ * than the buffer is cut between characters (rhema_utf8_copy).
+ */
 void rhema_reply_error(struct rhema_req *r, int status, const char *code, const char *fmt, ...)
 {
-    char msg[1024];
+    char raw[1024], msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int n = vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof raw ? (size_t)n : sizeof raw - 1;
+    rhema_utf8_copy(msg, sizeof msg, raw, len, n >= (int)sizeof raw);
     json_t *e = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
-    rhema_reply_jsonv(r, status, e);
+    char *text = e ? json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(e);
+    if (!text) {
+        /* msg is valid UTF-8 and code one of ours, so only memory can be short
+         * here; answer with a body that needs none, without guessing why */
+        static const char body[] =
+            "{\"error\":{\"code\":\"internal\",\"message\":\"could not build the error reply\"}}";
+        rhema_reply_json(r, 500, body, sizeof body - 1);
+        return;
+    }
+    rhema_reply_json(r, status, text, strlen(text));
+    free(text);
 }
 
 void rhema_reply_store_error(struct rhema_req *r, int rc, const char *msg)

@@ -393,19 +393,6 @@ const unsigned char *rhema_master_bytes(const struct rhema_master *m)
     return m->key;
 }
 
-int rhema_master_from_bytes(const unsigned char key[RHEMA_MASTER_KEY_BYTES],
-                            struct rhema_master **out, char err[RHEMA_KEYRING_ERR_MAX])
-{
-    struct rhema_master *m = NULL;
-    int rc = master_alloc(&m, err);
-    if (rc)
-        return rc;
-    memcpy(m->key, key, RHEMA_MASTER_KEY_BYTES);
-    m->kdf = KDF_KEYFILE;
-    *out = m;
-    return 0;
-}
-
 static int master_copy(const struct rhema_master *src, struct rhema_master **out, char *err)
 {
     struct rhema_master *m = NULL;

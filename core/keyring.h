@@ -72,9 +72,6 @@ int rhema_master_from_key_file(const char *path, struct rhema_master **out,
 int rhema_master_from_passphrase(const char *pass, size_t len, const unsigned char *salt,
                                  uint64_t opslimit, uint64_t memlimit, struct rhema_master **out,
                                  char err[RHEMA_KEYRING_ERR_MAX]);
-/* From raw bytes (a master recovered from Shamir shares). */
-int rhema_master_from_bytes(const unsigned char key[RHEMA_MASTER_KEY_BYTES],
-                            struct rhema_master **out, char err[RHEMA_KEYRING_ERR_MAX]);
 /*
  * The master for an existing keyring file or backup archive (for rhemactl):
  * from key_file when it is set (non-empty), else from the passphrase in the

@@ -60,7 +60,6 @@ void rhema_log_close(void)
     pthread_mutex_unlock(&reopen_lock);
 }
 
-int rhema_log_level(void) { return atomic_load(&log_level); }
 void rhema_log_set_level(int level) { atomic_store(&log_level, level); }
 
 /* Append s to buf as a JSON string body (without quotes), escaping as needed. */

@@ -17,7 +17,6 @@
 /* Open (or re-open) the log: level, format, file ("" or NULL: stderr). */
 int rhema_log_open(int level, enum rhema_log_format format, const char *file, char **err);
 void rhema_log_close(void);
-int rhema_log_level(void);
 void rhema_log_set_level(int level);
 
 /* Log a message from subsystem `who` (a module or plugin name). */

@@ -516,12 +516,6 @@ static int backup_on(struct rhema_maintenance *m, rhema_storage_conn *conn, char
     return 0;
 }
 
-int rhema_maintenance_backup_now(struct rhema_maintenance *m, char *path_out, size_t cap,
-                                 char **err)
-{
-    return backup_on(m, m->conn, path_out, cap, err);
-}
-
 /* Retention cleanup on conn: sessions, then the hooks.  Any thread (reads m->srv, m->hooks). */
 static int cleanup_on(struct rhema_maintenance *m, rhema_storage_conn *conn, size_t *removed,
                       char **err)

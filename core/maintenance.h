@@ -35,7 +35,7 @@
  * on a thread of its own with its own storage connection (one such job at
  * a time; a job due while the other runs is retried a minute later), so
  * that the main thread's heartbeats and lease renewals never wait for it;
- * stop waits for a running job.  backup_now and cleanup_now block the main
+ * stop waits for a running job.  cleanup_now blocks the main
  * thread (tests and tools).  over_limit, account and data_size may be
  * called from any thread.
  */
@@ -57,14 +57,6 @@ int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
                             struct rhema_maintenance **out, char **err);
 /* Cancel the timers, disconnect, free.  NULL is a no-op.  Before event_base_free(). */
 void rhema_maintenance_stop(struct rhema_maintenance *m);
-
-/*
- * Take a backup now (whatever enable_backups says) and prune as the timer
- * does.  The path written goes to path_out (cap bytes) when not NULL.
- * 0, or a negative code and *err (malloc'd).
- */
-int rhema_maintenance_backup_now(struct rhema_maintenance *m, char *path_out, size_t cap,
-                                 char **err);
 
 /*
  * Take a backup on a thread of its own (its own storage connection), as the

@@ -8,6 +8,8 @@
  *       rebuild the master key from shares (files, or lines on stdin) and
  *       write it as a 0600 key file; fewer than K shares, shares of other
  *       splits, or a corrupted share are refused
+ *   (split and recover need libgfshare at build time; without it
+ *   (RHEMA_HAVE_GFSHARE undefined) they fail with a message that says so)
  *   rhemactl keys verify ARCHIVE [-c CONFIG] [-o k=v]...
  *       check a keyring backup completely under the configured master key
  *   rhemactl keys restore ARCHIVE [-c CONFIG] [-o k=v]...
@@ -32,13 +34,39 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#ifdef RHEMA_HAVE_GFSHARE
 #include <libgfshare.h>
+#endif
 #include <sodium.h>
 
 #include "config.h"
 #include "keyring.h"
 #include "rhemactl_keys.h"
 
+/* The master key of the configured keyring (key file or passphrase). */
+static struct rhema_master *load_master(const struct rhema_config *cfg)
+{
+    const char *kf = "", *pe = "", *path = "data/keyring";
+    char err[RHEMA_KEYRING_ERR_MAX];
+    struct rhema_master *m = NULL;
+    rhema_config_get_string(cfg, "advanced_features.key_management.key_file", &kf);
+    rhema_config_get_string(cfg, "advanced_features.key_management.passphrase_env", &pe);
+    rhema_config_get_string(cfg, "advanced_features.key_management.keyring_path", &path);
+    if (!*kf && !*pe) {
+        fprintf(stderr, "rhemactl: no master key configured (advanced_features.key_management."
+                        "key_file or passphrase_env)\n");
+        return NULL;
+    }
+    int rc = *kf ? rhema_master_from_key_file(kf, &m, err)
+                 : rhema_master_for_file(path, kf, pe, &m, err);
+    if (rc) {
+        fprintf(stderr, "rhemactl: %s\n", err);
+        return NULL;
+    }
+    return m;
+}
+
+#ifdef RHEMA_HAVE_GFSHARE
 #define SHARE_PREFIX "rhema-share-v1"
 #define MAX_SHARES 255
 
@@ -67,29 +95,6 @@ static void fingerprint(const unsigned char *master, unsigned char fp[8])
 static void line_check(const char *body, unsigned char ck[4])
 {
     crypto_generichash(ck, 4, (const unsigned char *)body, strlen(body), NULL, 0);
-}
-
-/* The master key of the configured keyring (key file or passphrase). */
-static struct rhema_master *load_master(const struct rhema_config *cfg)
-{
-    const char *kf = "", *pe = "", *path = "data/keyring";
-    char err[RHEMA_KEYRING_ERR_MAX];
-    struct rhema_master *m = NULL;
-    rhema_config_get_string(cfg, "advanced_features.key_management.key_file", &kf);
-    rhema_config_get_string(cfg, "advanced_features.key_management.passphrase_env", &pe);
-    rhema_config_get_string(cfg, "advanced_features.key_management.keyring_path", &path);
-    if (!*kf && !*pe) {
-        fprintf(stderr, "rhemactl: no master key configured (advanced_features.key_management."
-                        "key_file or passphrase_env)\n");
-        return NULL;
-    }
-    int rc = *kf ? rhema_master_from_key_file(kf, &m, err)
-                 : rhema_master_for_file(path, kf, pe, &m, err);
-    if (rc) {
-        fprintf(stderr, "rhemactl: %s\n", err);
-        return NULL;
-    }
-    return m;
 }
 
 static int cmd_split(const struct rhema_config *cfg, int n, int k)
@@ -285,6 +290,17 @@ done:
     return status;
 }
 
+#else
+/* The Shamir subcommands, in a build without libgfshare. */
+static int no_gfshare(const char *sub)
+{
+    fprintf(stderr, "rhemactl: keys %s: this rhemactl was built without libgfshare, which "
+                    "Shamir key shares need (install libgfshare and rebuild)\n",
+            sub);
+    return 1;
+}
+#endif /* RHEMA_HAVE_GFSHARE */
+
 static int cmd_archive(const struct rhema_config *cfg, const char *archive, int restore)
 {
     char err[RHEMA_KEYRING_ERR_MAX];
@@ -326,8 +342,10 @@ int rhemactl_keys(int argc, char **argv)
         return 2;
     }
     const char *sub = argv[1];
+#ifdef RHEMA_HAVE_GFSHARE
     /* libgfshare draws coefficients and wipes buffers with this: libsodium, never random() */
     gfshare_fill_rand = fill_rand;
+#endif
     optind = 2;
     while ((c = getopt_long(argc, argv, "c:o:", longs, NULL)) != -1) {
         switch (c) {
@@ -343,6 +361,11 @@ int rhemactl_keys(int argc, char **argv)
         default: return 2;
         }
     }
+#ifndef RHEMA_HAVE_GFSHARE
+    (void)n, (void)k, (void)out, (void)force; /* options of split and recover */
+    if (strcmp(sub, "split") == 0 || strcmp(sub, "recover") == 0)
+        return no_gfshare(sub);
+#else
     if (strcmp(sub, "recover") == 0) {
         if (!out) {
             fprintf(stderr, "rhemactl: keys recover needs --out FILE\n");
@@ -350,6 +373,7 @@ int rhemactl_keys(int argc, char **argv)
         }
         return cmd_recover(argc - optind, argv + optind, out, force);
     }
+#endif
     struct rhema_config cfg = {0};
     char *err = NULL;
     if (rhema_config_load(&cfg, config_file, overrides, n_over, NULL, &err) != 0) {
@@ -357,9 +381,12 @@ int rhemactl_keys(int argc, char **argv)
         free(err);
         return 1;
     }
+#ifdef RHEMA_HAVE_GFSHARE
     if (strcmp(sub, "split") == 0)
         status = cmd_split(&cfg, n, k);
-    else if ((strcmp(sub, "verify") == 0 || strcmp(sub, "restore") == 0) && optind < argc)
+    else
+#endif
+    if ((strcmp(sub, "verify") == 0 || strcmp(sub, "restore") == 0) && optind < argc)
         status = cmd_archive(&cfg, argv[optind], strcmp(sub, "restore") == 0);
     else
         fprintf(stderr, "usage: rhemactl keys split --shares N --threshold K | recover --out FILE "

@@ -130,6 +130,71 @@ int rhema_id_valid(const char *s)
     return n > 0;
 }
 
+/*
+ * The length of the well-formed UTF-8 sequence at s (n >= 1 bytes there):
+ * 1..4; 0 when s[0] does not begin one; -1 when the n bytes are the start
+ * of one, cut short.  The ranges are RFC 3629's table (section 4).
+ */
+static int utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned char lo = 0x80, hi = 0xBF;
+    int len;
+
+    if (s[0] < 0x80)
+        return 1;
+    if (s[0] < 0xC2 || s[0] > 0xF4)
+        return 0;
+    if (s[0] < 0xE0) {
+        len = 2;
+    } else if (s[0] < 0xF0) {
+        len = 3;
+        if (s[0] == 0xE0)
+            lo = 0xA0; /* overlong */
+        else if (s[0] == 0xED)
+            hi = 0x9F; /* surrogates */
+    } else {
+        len = 4;
+        if (s[0] == 0xF0)
+            lo = 0x90; /* overlong */
+        else if (s[0] == 0xF4)
+            hi = 0x8F; /* above U+10FFFF */
+    }
+    for (int i = 1; i < len; i++) {
+        if ((size_t)i >= n)
+            return -1;
+        if (s[i] < (i == 1 ? lo : 0x80) || s[i] > (i == 1 ? hi : 0xBF))
+            return 0;
+    }
+    return len;
+}
+
+size_t rhema_utf8_copy(char *dst, size_t cap, const char *src, size_t len, int cut)
+{
+    static const char replacement[] = "\xEF\xBF\xBD"; /* U+FFFD */
+    size_t out = 0, i = 0;
+
+    while (i < len) {
+        int n = utf8_seq((const unsigned char *)src + i, len - i);
+        const char *from = src + i;
+        size_t width = (size_t)n;
+
+        if (n < 0 && cut)
+            break;
+        if (n <= 0) {
+            from = replacement;
+            width = 3;
+            n = 1;
+        }
+        if (out + width > cap - 1)
+            break;
+        memcpy(dst + out, from, width);
+        out += width;
+        i += (size_t)n;
+    }
+    dst[out] = '\0';
+    return out;
+}
+
 int rhema_ncpu(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);

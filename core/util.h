@@ -27,6 +27,18 @@ int rhema_time_parse(const char *s, uint64_t *ms);
 /* 1 when s is 1..128 characters of [A-Za-z0-9._:-], else 0. */
 int rhema_id_valid(const char *s);
 
+/*
+ * Copy len bytes of src into dst (cap bytes, cap >= 1) as valid UTF-8, for
+ * text that goes into JSON (jansson refuses anything else): each byte that
+ * does not belong to a well-formed sequence (RFC 3629: no overlong forms,
+ * no surrogates, nothing above U+10FFFF) becomes U+FFFD, the replacement
+ * character.  The copy stops before a sequence that would not fit, so it
+ * never ends inside one.  `cut`: src was itself truncated (a full
+ * snprintf buffer), so a well-formed sequence cut short at its very end is
+ * dropped instead of replaced.  dst is NUL-terminated; returns its length.
+ */
+size_t rhema_utf8_copy(char *dst, size_t cap, const char *src, size_t len, int cut);
+
 /* Number of online CPUs (>= 1). */
 int rhema_ncpu(void);
 

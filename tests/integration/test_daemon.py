@@ -99,6 +99,26 @@ def test_t_memory_group_key_the_plugin_does_not_read(tmp_path):
     assert f"{conf}:4:" in r.stderr, r.stderr
 
 
+def test_t_refuses_a_setting_not_implemented(tmp_path):
+    """A setting that would change behaviour, but does nothing in this version, stops -t."""
+    conf = write(tmp_path / "sec.conf",
+                 'security: {\n  api_keys: {\n    enabled = true;\n  };\n};\n'
+                 + memory_config())
+    r = run_rhemad(["-t", "-c", conf, "-P", str(PLUGIN_DIR)], cwd=tmp_path)
+    assert r.returncode != 0, r.stdout
+    assert f"{conf}:3: security.api_keys.enabled: not implemented in this version" \
+        in r.stderr, r.stderr
+    assert "test is successful" not in r.stdout
+    r = run_rhemad(["-t", "-c", conf, "-P", str(PLUGIN_DIR),
+                    "-o", "security.api_keys.enabled=false"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_rhemad(["-t", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                    "-o", "security.audit.enabled=true"], cwd=tmp_path)
+    assert r.returncode != 0, r.stdout
+    assert "-o security.audit.enabled=true: security.audit.enabled: not implemented" \
+        in r.stderr, r.stderr
+
+
 def test_t_with_bad_override_names_it(tmp_path):
     r = run_rhemad(["-t", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
                     "-o", "service.workers=lots"], cwd=tmp_path)
@@ -507,3 +527,25 @@ def test_sqlite_restart_keeps_every_acknowledged_write(daemons, tmp_path, sig):
                         headers={"If-Match": f'"{rec["version"]}"'})
     assert st == 200 and upd["version"] > rec["version"], upd
     assert d.stop() == 0
+
+
+# ---- error bodies are JSON, whatever bytes the request carried ----
+
+def test_bad_utf8_in_path_is_a_json_404(daemon):
+    """GET /v1/nosuch%FF: 404 with a body that parses (it was a 500 "out of memory")."""
+    r = daemon.request("GET", "/v1/nosuch%FF")
+    assert r.status == 404, r.body
+    assert r.headers.get("Content-Type") == "application/json"
+    err = json.loads(r.body.decode("utf-8"))["error"]
+    assert err["code"] == "not_found"
+    assert err["message"] == "no route for /v1/nosuch\ufffd", err
+
+
+def test_long_path_error_is_cut_between_characters(daemon):
+    """A message longer than the buffer keeps whole characters: the body still parses."""
+    for pad in range(3):
+        r = daemon.request("GET", "/v1/nosuch/" + "x" * pad + "%E2%82%AC" * 600)
+        assert r.status == 404, r.body
+        msg = json.loads(r.body.decode("utf-8"))["error"]["message"]
+        assert msg.startswith("no route for /v1/nosuch/" + "x" * pad + "\u20ac")
+        assert set(msg[len("no route for /v1/nosuch/") + pad:]) == {"\u20ac"}, msg[-20:]

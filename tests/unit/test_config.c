@@ -178,7 +178,8 @@ static void test_defaults_empty_file(void **state)
 }
 
 static const char full_conf[] =
-    "# every section, no default left\n"
+    "# every section, no default left but the switches of what this version does not\n"
+    "# implement, which stay off (and so the keys they gate are accepted, inert)\n"
     "service: {\n"
     "  listen = \"[::1]:9090\";\n"
     "  workers = 4;\n"
@@ -223,26 +224,26 @@ static const char full_conf[] =
     "                   max_key_rotation_ms = 500.0; max_message_processing_ms = 20.0; }; };\n"
     "};\n"
     "ai_service: {\n"
-    "  enabled = true; default_model = \"small\"; request_timeout_seconds = 90;\n"
+    "  enabled = false; default_model = \"small\"; request_timeout_seconds = 90;\n"
     "  models = ( { name = \"small\"; upstream = \"local\"; context_window = 8192; "
     "max_tokens = 1024; },\n"
     "             { name = \"big\"; } );\n"
     "  upstreams = ( { name = \"local\"; base_url = \"http://127.0.0.1:11434/v1\";\n"
     "                  api_key_env = \"LOCAL_KEY\"; timeout_seconds = 30; priority = 1; } );\n"
-    "  rate_limiting = { enabled = true; requests_per_minute = 120; burst = 20; };\n"
-    "  caching = { enabled = true; ttl_seconds = 60; max_entries = 100; };\n"
-    "  agent_management = { max_agents = 50; heartbeat_timeout_seconds = 15; };\n"
+    "  rate_limiting = { enabled = false; requests_per_minute = 120; burst = 20; };\n"
+    "  caching = { enabled = false; ttl_seconds = 60; max_entries = 100; };\n"
+    "  agent_management = { max_agents = 1000; heartbeat_timeout_seconds = 15; };\n"
     "};\n"
     "monitoring: { enabled = false; metrics_path = \"/m\"; sample_interval_seconds = 5;\n"
-    "  alerts = { enabled = true; cpu_percent = 80; memory_percent = 70.5; "
+    "  alerts = { enabled = false; cpu_percent = 80; memory_percent = 70.5; "
     "error_rate_percent = 1.0; }; };\n"
     "security: {\n"
-    "  api_keys = { enabled = true;\n"
+    "  api_keys = { enabled = false;\n"
     "    keys = ( { name = \"ops\"; key_hash = \"abc\"; roles = [ \"admin\" ]; } ); };\n"
     "  roles = ( { name = \"admin\"; permissions = [ \"*\" ]; },\n"
     "            { name = \"reader\"; permissions = [ \"sessions:read\", \"agents:read\" ]; } );\n"
-    "  rules = ( { path_prefix = \"/v1/keys\"; methods = [ \"POST\" ]; roles = [ \"admin\" ]; } );\n"
-    "  audit = { enabled = true; file = \"/var/log/rhema/audit.log\"; };\n"
+    "  rules = ();\n"
+    "  audit = { enabled = false; file = \"/var/log/rhema/audit.log\"; };\n"
     "};\n"
     "logging: { level = \"debug\"; format = \"json\"; file = \"/var/log/rhema/rhemad.log\";"
     " access_log = false; };\n";
@@ -915,6 +916,167 @@ static void test_sample_config(void **state)
     rhema_config_release(&cfg);
 }
 
+/* Settings parsed but not acted on in this version are refused, with file:line. */
+static void test_unimplemented_refused(void **state)
+{
+    static const struct {
+        const char *text;
+        int line;
+        const char *key;
+    } cases[] = {
+        { "ai_service: {\n  enabled = true;\n};\n", 2, "ai_service.enabled" },
+        { "ai_service: { rate_limiting: {\n  enabled = true; }; };\n", 2,
+          "ai_service.rate_limiting.enabled" },
+        { "ai_service: { caching: {\n\n  enabled = true; }; };\n", 3,
+          "ai_service.caching.enabled" },
+        { "ai_service: { agent_management: {\n  max_agents = 10; }; };\n", 2,
+          "ai_service.agent_management.max_agents" },
+        { "monitoring: {\n  metrics_path = \"/m\";\n};\n", 2, "monitoring.metrics_path" },
+        { "monitoring: {\n  enabled = true;\n  sample_interval_seconds = 5;\n};\n", 3,
+          "monitoring.sample_interval_seconds" },
+        { "monitoring: { alerts: {\n  enabled = true; }; };\n", 2, "monitoring.alerts.enabled" },
+        { "security: { api_keys: {\n  enabled = true;\n}; };\n", 2, "security.api_keys.enabled" },
+        { "security: {\n  rules = ( { path_prefix = \"/v1/keys\"; roles = [ \"admin\" ]; } );\n};\n",
+          2, "security.rules" },
+        { "security: { audit: {\n  enabled = true; }; };\n", 2, "security.audit.enabled" },
+    };
+    char msg[256];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(msg, sizeof msg, "%s: not implemented in this version", cases[i].key);
+        expect_one_error(cases[i].text, cases[i].line, msg);
+    }
+}
+
+/* Every refused setting is reported at once, each at its own line. */
+static void test_unimplemented_all_reported(void **state)
+{
+    struct rhema_config cfg;
+    char path[4096], *err = NULL;
+
+    (void)state;
+    assert_int_equal(load_text(&cfg, path, sizeof path,
+                               "security: {\n"
+                               "  api_keys = { enabled = true;\n"
+                               "    keys = ( { name = \"ops\"; key_hash = \"h\"; } ); };\n"
+                               "  audit = { enabled = true; file = \"a.log\"; };\n"
+                               "};\n"
+                               "ai_service: {\n"
+                               "  enabled = true; default_model = \"m\";\n"
+                               "  models = ( { name = \"m\"; } );\n"
+                               "};\n",
+                               NULL, 0, &err),
+                     RHEMA_EINVAL);
+    /* the keys gated by a refused switch add nothing to its line */
+    assert_err(err,
+               "%s:7: ai_service.enabled: not implemented in this version\n"
+               "%s:2: security.api_keys.enabled: not implemented in this version\n"
+               "%s:4: security.audit.enabled: not implemented in this version",
+               path, path, path);
+    assert_null(cfg.priv);
+    free(err);
+    unlink(path);
+
+    /* a file with another error gets that one first */
+    expect_one_error("security: { audit: { enabled = true; }; };\nservice: {\n  workrs = 2;\n};\n", 3,
+                     "unknown key 'service.workrs'");
+}
+
+/* The defaults, switches turned off, and what such a switch gates are accepted. */
+static void test_unimplemented_defaults_accepted(void **state)
+{
+    struct rhema_config cfg;
+    char path[4096], *err = NULL;
+    const char *s;
+    int64_t i;
+    int b;
+
+    (void)state;
+    if (load_text(&cfg, path, sizeof path,
+                  "ai_service: {\n"
+                  "  enabled = false; default_model = \"\"; request_timeout_seconds = 60;\n"
+                  "  models = (); upstreams = [];\n"
+                  "  rate_limiting = { enabled = false; requests_per_minute = 60; burst = 10; };\n"
+                  "  caching = { enabled = false; ttl_seconds = 300; max_entries = 10000; };\n"
+                  "  agent_management = { max_agents = 1000; heartbeat_timeout_seconds = 5; };\n"
+                  "};\n"
+                  "monitoring: { enabled = true; metrics_path = \"/metrics\";\n"
+                  "  sample_interval_seconds = 10;\n"
+                  "  alerts = { enabled = false; cpu_percent = 90.0; memory_percent = 90;\n"
+                  "             error_rate_percent = 5.0; }; };\n"
+                  "security: {\n"
+                  "  api_keys = { enabled = false; keys = (); };\n"
+                  "  roles = (); rules = ();\n"
+                  "  audit = { enabled = false; file = \"logs/audit.log\"; };\n"
+                  "};\n",
+                  NULL, 0, &err) != 0)
+        fail_msg("%s", err);
+    /* a key that acts keeps acting beside them */
+    assert_int_equal(
+        rhema_config_get_int(&cfg, "ai_service.agent_management.heartbeat_timeout_seconds", &i), 0);
+    assert_int_equal(i, 5);
+    rhema_config_release(&cfg);
+    unlink(path);
+
+    /* monitoring off: its path and interval are inert; likewise under switches off */
+    if (load_text(&cfg, path, sizeof path,
+                  "monitoring: { enabled = false; metrics_path = \"/m\"; sample_interval_seconds = 3;\n"
+                  "  alerts = { enabled = false; cpu_percent = 50; }; };\n"
+                  "ai_service: { rate_limiting = { burst = 99; }; caching = { ttl_seconds = 1; };\n"
+                  "  upstreams = ( { name = \"u\"; base_url = \"http://127.0.0.1:1/v1\"; } ); };\n"
+                  "security: { audit = { file = \"x.log\"; }; roles = ( { name = \"r\"; } ); };\n",
+                  NULL, 0, &err) != 0)
+        fail_msg("%s", err);
+    assert_int_equal(rhema_config_get_bool(&cfg, "monitoring.enabled", &b), 0);
+    assert_int_equal(b, 0);
+    assert_int_equal(rhema_config_get_string(&cfg, "monitoring.metrics_path", &s), 0);
+    assert_string_equal(s, "/m");
+    rhema_config_release(&cfg);
+    unlink(path);
+}
+
+/* -o goes through the same check; the message names the override. */
+static void test_unimplemented_overrides(void **state)
+{
+    static const char *const bad[] = { "persistence.backend=memory",
+                                       "security.api_keys.enabled=true",
+                                       "monitoring.metrics_path=/m" };
+    static const char *const good[] = { "security.api_keys.enabled=false",
+                                        "monitoring.enabled=false", "monitoring.metrics_path=/m",
+                                        "ai_service.agent_management.max_agents=1000" };
+    struct rhema_config cfg;
+    char path[4096], *err = NULL;
+
+    (void)state;
+    assert_int_equal(rhema_config_load(&cfg, NULL, bad, 3, NULL, &err), RHEMA_EINVAL);
+    assert_err(err, "-o monitoring.metrics_path=/m: monitoring.metrics_path: not implemented in "
+                    "this version\n"
+                    "-o security.api_keys.enabled=true: security.api_keys.enabled: not "
+                    "implemented in this version");
+    free(err);
+    assert_int_equal(rhema_config_load(&cfg, NULL, good, 4, NULL, &err), 0);
+    rhema_config_release(&cfg);
+
+    /* an override of a refused file value to the default makes the file load */
+    assert_int_equal(load_text(&cfg, path, sizeof path,
+                               "security: { audit: {\n  enabled = true; }; };\n", good, 1, &err),
+                     RHEMA_EINVAL);
+    assert_err(err, "%s:2: security.audit.enabled: not implemented in this version", path);
+    free(err);
+    rhema_config_release(&cfg);
+    unlink(path);
+    {
+        static const char *const off[] = { "security.audit.enabled=false" };
+
+        assert_int_equal(load_text(&cfg, path, sizeof path,
+                                   "security: { audit: {\n  enabled = true; }; };\n", off, 1, &err),
+                         0);
+        rhema_config_release(&cfg);
+        unlink(path);
+    }
+}
+
 static void test_release(void **state)
 {
     struct rhema_config cfg;
@@ -965,6 +1127,10 @@ int main(void)
         cmocka_unit_test(test_foreach_plugin_group),
         cmocka_unit_test(test_group_lists),
         cmocka_unit_test(test_sample_config),
+        cmocka_unit_test(test_unimplemented_refused),
+        cmocka_unit_test(test_unimplemented_all_reported),
+        cmocka_unit_test(test_unimplemented_defaults_accepted),
+        cmocka_unit_test(test_unimplemented_overrides),
         cmocka_unit_test(test_release),
         cmocka_unit_test(test_log_level),
     };
