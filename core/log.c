@@ -62,23 +62,58 @@ void rhema_log_close(void)
 
 void rhema_log_set_level(int level) { atomic_store(&log_level, level); }
 
-/* Append s to buf as a JSON string body (without quotes), escaping as needed. */
-static size_t json_escape(char *buf, size_t cap, size_t at, const char *s)
+/*
+ * Log lines carry text a client chose (a URI, an id in a message), so a
+ * line must never let it forge fields or reach a terminal as control
+ * codes, and a JSON line must stay one valid JSON object however long the
+ * text.  Each field is escaped into a bounded room of its own, never cut
+ * inside an escape or a UTF-8 character; a cut field ends in "...".
+ *
+ * Both: bytes that are not UTF-8 become U+FFFD.  JSON: '"', '\\' and
+ * control bytes escaped.  Text: control bytes, DEL and (in quoted fields)
+ * '"' and '\\' as \xNN, as nginx writes its access log.
+ */
+#define FIELD_MSG 3072 /* room for an escaped message */
+#define FIELD_URI 2048 /* for an escaped URI */
+#define FIELD_SHORT 160 /* for a module name, a peer, a request id */
+
+static size_t escape_field(char *dst, size_t room, const char *s, int json, int quoted)
 {
-    for (; *s && at + 7 < cap; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            buf[at++] = '\\';
-            buf[at++] = (char)c;
-        } else if (c == '\n') {
-            buf[at++] = '\\';
-            buf[at++] = 'n';
-        } else if (c < 0x20) {
-            at += (size_t)snprintf(buf + at, cap - at, "\\u%04x", c);
-        } else {
-            buf[at++] = (char)c;
+    char clean[FIELD_MSG];
+    size_t at = 0, used;
+    const char *p = clean;
+    /* valid UTF-8 first: JSON readers refuse anything else, terminals misread it */
+    rhema_utf8_copy(clean, sizeof clean, s, strlen(s), 0);
+    for (; *p; p += used) {
+        unsigned char c = (unsigned char)*p;
+        char e[8];
+        size_t n = 1;
+        used = 1;
+        if (json && (c == '"' || c == '\\'))
+            n = (size_t)snprintf(e, sizeof e, "\\%c", c);
+        else if (json && c == '\n')
+            n = (size_t)snprintf(e, sizeof e, "\\n");
+        else if (json && c < 0x20)
+            n = (size_t)snprintf(e, sizeof e, "\\u%04x", c);
+        else if (!json && (c < 0x20 || c == 0x7f || (quoted && (c == '"' || c == '\\'))))
+            n = (size_t)snprintf(e, sizeof e, "\\x%02X", c);
+        else { /* a character, kept whole when it is several UTF-8 bytes */
+            e[0] = (char)c;
+            while (c >= 0xC0 && n < 4 && ((unsigned char)p[n] & 0xC0) == 0x80) {
+                e[n] = p[n];
+                n++;
+            }
+            used = n;
         }
+        if (at + n + 4 > room) { /* no room for it and the "..." mark */
+            memcpy(dst + at, "...", 3);
+            at += 3;
+            break;
+        }
+        memcpy(dst + at, e, n);
+        at += n;
     }
+    dst[at] = '\0';
     return at;
 }
 
@@ -105,29 +140,20 @@ void rhema_vlog(int level, const char *who, const char *fmt, va_list ap)
         level = 0;
     if (level > RHEMA_LOG_DEBUG)
         level = RHEMA_LOG_DEBUG;
-    char msg[2048];
+    int json = atomic_load(&log_format) == RHEMA_LOG_FORMAT_JSON;
+    char msg[FIELD_MSG], emsg[FIELD_MSG], ewho[FIELD_SHORT], ts[RHEMA_TIME_MAX];
+    char line[FIELD_MSG + FIELD_SHORT + 128];
     vsnprintf(msg, sizeof msg, fmt, ap);
-    char ts[RHEMA_TIME_MAX];
     rhema_time_format(rhema_realtime_ms(), ts);
-
-    char line[4096];
-    size_t at;
-    if (atomic_load(&log_format) == RHEMA_LOG_FORMAT_JSON) {
-        at = (size_t)snprintf(line, sizeof line, "{\"time\":\"%s\",\"level\":\"%s\",\"module\":\"",
-                              ts, level_names[level]);
-        at = json_escape(line, sizeof line, at, who ? who : "rhemad");
-        at += (size_t)snprintf(line + at, sizeof line - at, "\",\"msg\":\"");
-        at = json_escape(line, sizeof line, at, msg);
-        at += (size_t)snprintf(line + at, sizeof line - at, "\"}\n");
-    } else {
-        at = (size_t)snprintf(line, sizeof line, "%s [%s] %s: %s\n", ts, level_names[level],
-                              who ? who : "rhemad", msg);
-    }
-    if (at >= sizeof line) {
-        at = sizeof line;
-        line[at - 1] = '\n';
-    }
-    emit(line, at);
+    escape_field(emsg, sizeof emsg, msg, json, 0);
+    escape_field(ewho, sizeof ewho, who ? who : "rhemad", json, 0);
+    int at = json ? snprintf(line, sizeof line,
+                             "{\"time\":\"%s\",\"level\":\"%s\",\"module\":\"%s\",\"msg\":\"%s\"}\n",
+                             ts, level_names[level], ewho, emsg)
+                  : snprintf(line, sizeof line, "%s [%s] %s: %s\n", ts, level_names[level], ewho,
+                             emsg);
+    if (at > 0) /* the fields are bounded: the line always fits */
+        emit(line, (size_t)at < sizeof line ? (size_t)at : sizeof line - 1);
 }
 
 void rhema_log(int level, const char *who, const char *fmt, ...)
@@ -143,29 +169,22 @@ void rhema_log_access(const char *request_id, const char *peer, const char *meth
 {
     if (RHEMA_LOG_INFO > atomic_load(&log_level))
         return;
-    char ts[RHEMA_TIME_MAX];
+    int json = atomic_load(&log_format) == RHEMA_LOG_FORMAT_JSON;
+    char ts[RHEMA_TIME_MAX], eid[FIELD_SHORT], epeer[FIELD_SHORT], emethod[FIELD_SHORT],
+        euri[FIELD_URI];
+    char line[FIELD_URI + 4 * FIELD_SHORT + 160];
     rhema_time_format(rhema_realtime_ms(), ts);
-    char line[4096];
-    size_t at;
-    if (atomic_load(&log_format) == RHEMA_LOG_FORMAT_JSON) {
-        at = (size_t)snprintf(line, sizeof line,
-                              "{\"time\":\"%s\",\"level\":\"info\",\"module\":\"access\","
-                              "\"request_id\":\"%s\",\"peer\":\"",
-                              ts, request_id);
-        at = json_escape(line, sizeof line, at, peer);
-        at += (size_t)snprintf(line + at, sizeof line - at, "\",\"method\":\"%s\",\"uri\":\"",
-                               method);
-        at = json_escape(line, sizeof line, at, uri);
-        at += (size_t)snprintf(line + at, sizeof line - at,
-                               "\",\"status\":%d,\"bytes\":%zu,\"ms\":%.3f}\n", status, bytes_out,
-                               ms);
-    } else {
-        at = (size_t)snprintf(line, sizeof line, "%s [info] access: %s %s \"%s %s\" %d %zu %.3fms\n",
-                              ts, request_id, peer, method, uri, status, bytes_out, ms);
-    }
-    if (at >= sizeof line) {
-        at = sizeof line;
-        line[at - 1] = '\n';
-    }
-    emit(line, at);
+    escape_field(eid, sizeof eid, request_id, json, 1);
+    escape_field(epeer, sizeof epeer, peer, json, 1);
+    escape_field(emethod, sizeof emethod, method, json, 1);
+    escape_field(euri, sizeof euri, uri, json, 1);
+    int at = json ? snprintf(line, sizeof line,
+                             "{\"time\":\"%s\",\"level\":\"info\",\"module\":\"access\","
+                             "\"request_id\":\"%s\",\"peer\":\"%s\",\"method\":\"%s\","
+                             "\"uri\":\"%s\",\"status\":%d,\"bytes\":%zu,\"ms\":%.3f}\n",
+                             ts, eid, epeer, emethod, euri, status, bytes_out, ms)
+                  : snprintf(line, sizeof line, "%s [info] access: %s %s \"%s %s\" %d %zu %.3fms\n",
+                             ts, eid, epeer, emethod, euri, status, bytes_out, ms);
+    if (at > 0)
+        emit(line, (size_t)at < sizeof line ? (size_t)at : sizeof line - 1);
 }

@@ -330,6 +330,60 @@ def test_sighup_with_broken_config_keeps_running(daemons):
 
 # ---- logging ----
 
+# raw bytes in the request line (evhttp logs the URI as it came)
+HOSTILE_PATHS = [
+    b"/v1/sessions/a\x1b[31mRED\x1b[0m\rforged\x08\x08",                # ESC, CR, BS
+    b'/v1/sessions/"%20200%200%20quote\\',                               # quote, backslash
+    b"/v1/sessions/\xff\xfe\xc3\x7f\x01",                              # not UTF-8, DEL
+    b"/v1/sessions/" + "\u20ac".encode() * 2000 + b"\xc3",             # 6 KB of euro signs
+    b"/v1/nosuch?" + b"q=%01" * 900,                                      # a long query
+]
+
+
+def _raw_get(d, path):
+    with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+        s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        while s.recv(65536):
+            pass
+
+
+def test_access_log_text_lines_cannot_be_forged(daemons):
+    """Issue 17 item 17: URI bytes never reach the text log as control codes."""
+    d = daemons(overrides=["logging.access_log=true"]).start()
+    mark = d.log_size()
+    for p in HOSTILE_PATHS:
+        _raw_get(d, p)
+    assert d.wait_log("quote", since=mark)
+    assert d.stop() == 0
+    raw = d.logfile.read_bytes()[mark:]
+    for b in (b"\x1b", b"\x7f", b"\x01", b"\r", b"\x08", b"\xff"):
+        assert b not in raw, b
+    lines = raw.decode("utf-8").splitlines()
+    forged = [ln for ln in lines if "forged" in ln]
+    assert len(forged) == 1 and "\\x1B[31m" in forged[0] and "\\x0D" in forged[0], forged
+    assert any('"GET /v1/sessions/\\x22%20200%200%20quote\\x5C"' in ln for ln in lines), lines
+    assert any("\u20ac" * 100 in ln for ln in lines), "UTF-8 is kept in text logs"
+
+
+def test_json_log_lines_stay_json_whatever_the_uri(daemons):
+    """Issue 17 item 17: long or non-UTF-8 URIs used to cut JSON lines in half."""
+    d = daemons(overrides=["logging.format=json", "logging.access_log=true"]).start()
+    for p in HOSTILE_PATHS:
+        _raw_get(d, p)
+    assert d.stop() == 0
+    access = []
+    for ln in d.log().splitlines():
+        if ln.strip():
+            rec = json.loads(ln)  # every line, however long its URI
+            if rec.get("module") == "access":
+                access.append(rec)
+    assert len(access) >= len(HOSTILE_PATHS), access
+    assert any(r["uri"].endswith("...") for r in access), [len(r["uri"]) for r in access]
+    assert any("\ufffd" in r["uri"] for r in access)
+    assert all(len(json.dumps(r)) < 8192 for r in access)
+
+
+
 def test_json_log_format(daemons):
     d = daemons(overrides=["logging.format=json"]).start()
     rid = f"json-{uuid.uuid4().hex[:8]}"
