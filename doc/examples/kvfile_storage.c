@@ -180,13 +180,40 @@ static int conn_error(rhema_storage_conn *c, int code, const char *fmt, ...)
     return code;
 }
 
-/* Check ns and key with the helpers of <rhema/storage.h>. */
+/*
+ * The data model's rules for namespaces and keys (storage.h, "Data
+ * model").  The installed headers hold the ABI alone, so a plugin writes
+ * its own checks; these are all a plugin needs.
+ */
+static int ns_valid(const char *ns)
+{
+    size_t i;
+    if (ns == NULL)
+        return 0;
+    for (i = 0; ns[i] != '\0'; i++) {
+        unsigned char ch = (unsigned char)ns[i];
+        if (i >= RHEMA_STORAGE_NS_MAX)
+            return 0;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_' || ch == '.' || ch == ':' || ch == '-'))
+            return 0;
+    }
+    return i > 0;
+}
+
+/* The length of key when it is a valid key (1..RHEMA_STORAGE_KEY_MAX bytes), else 0. */
+static size_t valid_key_len(const char *key)
+{
+    size_t n = key != NULL ? strnlen(key, RHEMA_STORAGE_KEY_MAX + 1) : 0;
+    return n <= RHEMA_STORAGE_KEY_MAX ? n : 0;
+}
+
 static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
 {
-    if (!rhema_storage_ns_valid(ns))
+    if (!ns_valid(ns))
         return conn_error(c, RHEMA_EINVAL, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])",
                           RHEMA_STORAGE_NS_MAX);
-    if (rhema_storage_key_len(key) == 0)
+    if (valid_key_len(key) == 0)
         return conn_error(c, RHEMA_EINVAL, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
     return 0;
 }
@@ -1028,7 +1055,7 @@ static int kv_scan(rhema_storage_conn *c, const char *ns, const char *from_key,
     size_t i, k;
     int rc = 0;
 
-    if (!rhema_storage_ns_valid(ns))
+    if (!ns_valid(ns))
         return conn_error(c, RHEMA_EINVAL, "invalid namespace");
     if (cb == NULL)
         return conn_error(c, RHEMA_EINVAL, "NULL callback");
@@ -1083,7 +1110,7 @@ static int kv_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_
     rhema_storage_instance *in = c->inst;
     uint64_t now, entries = 0, bytes = 0;
     size_t i;
-    if (ns != NULL && !rhema_storage_ns_valid(ns))
+    if (ns != NULL && !ns_valid(ns))
         return conn_error(c, RHEMA_EINVAL, "invalid namespace");
     pthread_rwlock_rdlock(&in->lock);
     now = in->host->monotonic_ns();
@@ -1303,7 +1330,7 @@ static int kv_lease(rhema_storage_conn *c, const char *name, const char *holder,
     int rc = 0, held, mine, changed = 0;
 
     /* arguments first */
-    if (rhema_storage_key_len(name) == 0)
+    if (valid_key_len(name) == 0)
         return conn_error(c, RHEMA_EINVAL, "invalid lease name (1..%d bytes)",
                           RHEMA_STORAGE_KEY_MAX);
     if (op != RHEMA_LEASE_ACQUIRE && op != RHEMA_LEASE_RENEW && op != RHEMA_LEASE_RELEASE &&

@@ -69,12 +69,6 @@ static inline const struct rhema_endpoint *rhema_endpoint_at(const struct rhema_
     return (const struct rhema_endpoint *)(const void *)((const char *)eps + i * eps->size);
 }
 
-/* 1 when update() may read eps[0..n): n == 0, or a non-NULL array whose stride covers minor 0. */
-static inline int rhema_endpoints_valid(const struct rhema_endpoint *eps, size_t n)
-{
-    return n == 0 || (eps != NULL && eps->size >= RHEMA_ENDPOINT_SIZE_0);
-}
-
 struct rhema_pick_ctx {
     uint32_t size;           /* sizeof the struct as the host built it */
     const char *client_addr; /* the caller's address, or NULL */
@@ -93,7 +87,8 @@ struct rhema_balancer_plugin {
     void (*destroy)(rhema_balancer *b);
     /*
      * Replace the endpoint set (n may be 0; else refuse with RHEMA_EINVAL
-     * what rhema_endpoints_valid() refuses).  eps and its strings are valid
+     * a NULL eps or a first element whose size is below
+     * RHEMA_ENDPOINT_SIZE_0).  eps and its strings are valid
      * during the call only (copy them); the load pointers until the next
      * update() or destroy() -- so update() must not return while a pick
      * that could still read the previous set's load pointers is running

@@ -60,34 +60,6 @@ extern "C" {
 #define RHEMA_LEASE_RELEASE 3
 #define RHEMA_LEASE_QUERY 4
 
-/* 1 when ns is a valid namespace: 1..RHEMA_STORAGE_NS_MAX bytes of [A-Za-z0-9_.:-]. */
-static inline int rhema_storage_ns_valid(const char *ns)
-{
-    size_t i;
-    if (ns == NULL)
-        return 0;
-    for (i = 0; ns[i] != '\0'; i++) {
-        unsigned char ch = (unsigned char)ns[i];
-        if (i >= RHEMA_STORAGE_NS_MAX)
-            return 0;
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '_' || ch == '.' || ch == ':' || ch == '-'))
-            return 0;
-    }
-    return i > 0;
-}
-
-/* The length of key when it is a valid key (1..RHEMA_STORAGE_KEY_MAX bytes), else 0. */
-static inline size_t rhema_storage_key_len(const char *key)
-{
-    size_t n = 0;
-    if (key == NULL)
-        return 0;
-    while (n <= RHEMA_STORAGE_KEY_MAX && key[n] != '\0')
-        n++;
-    return n <= RHEMA_STORAGE_KEY_MAX ? n : 0;
-}
-
 typedef struct rhema_storage_instance rhema_storage_instance; /* plugin-defined */
 typedef struct rhema_storage_conn rhema_storage_conn;         /* plugin-defined */
 
@@ -111,29 +83,6 @@ struct rhema_storage_batch {
 };
 
 /*
- * Why a write is malformed -- NULL, an unknown op, a bad namespace or key, a
- * NULL value with a length, a delete with RHEMA_VERSION_ABSENT -- or NULL
- * when it is well formed.  The checks every plugin makes before anything
- * else (answer RHEMA_EINVAL); a plugin adds its own limits after them.
- */
-static inline const char *rhema_storage_write_invalid(const struct rhema_storage_write *w)
-{
-    if (w == NULL)
-        return "NULL write";
-    if (w->op != RHEMA_WRITE_PUT && w->op != RHEMA_WRITE_DEL)
-        return "unknown write op";
-    if (!rhema_storage_ns_valid(w->ns))
-        return "invalid namespace (1..64 bytes of [A-Za-z0-9_.:-])";
-    if (rhema_storage_key_len(w->key) == 0)
-        return "invalid key (1..1024 bytes, no NUL)";
-    if (w->op == RHEMA_WRITE_PUT && w->value == NULL && w->value_len > 0)
-        return "NULL value with a non-zero length";
-    if (w->op == RHEMA_WRITE_DEL && w->expected_version == RHEMA_VERSION_ABSENT)
-        return "delete with RHEMA_VERSION_ABSENT";
-    return NULL;
-}
-
-/*
  * A value read by get().  data points into memory owned by the connection
  * and stays valid until the next call on that connection; copy what you keep.
  */
@@ -142,47 +91,6 @@ struct rhema_storage_value {
     size_t len;
     uint64_t version;
 };
-
-/*
- * 1 when a write of b after its first has a precondition (a delete, or a
- * put with an expected version), i.e. when that write can fail after the
- * earlier ones applied.  A group() can then roll the member back only with
- * a savepoint; otherwise a failed first write leaves nothing to undo (it
- * changed nothing, and the writes after it are not applied), and a member
- * of a first checked write and unconditional puts needs no savepoint.
- */
-static inline int rhema_storage_batch_checks_after_first(const struct rhema_storage_batch *b)
-{
-    size_t j;
-    for (j = 1; j < b->n; j++)
-        if (b->writes[j].op != RHEMA_WRITE_PUT ||
-            b->writes[j].expected_version != RHEMA_VERSION_ANY)
-            return 1;
-    return 0;
-}
-
-/*
- * NULL when the arguments of a get_many() call (n >= 1) are well formed,
- * else why not (answer RHEMA_EINVAL).
- */
-static inline const char *rhema_storage_get_many_invalid(const char *const *ns,
-                                                         const char *const *keys, size_t n,
-                                                         const struct rhema_storage_value *out,
-                                                         const int *rcs)
-{
-    size_t i;
-    if (ns == NULL || keys == NULL || out == NULL || rcs == NULL)
-        return "get_many: NULL ns, keys, out or rcs";
-    if (n > RHEMA_STORAGE_GET_MANY_MAX)
-        return "get_many: more than RHEMA_STORAGE_GET_MANY_MAX keys";
-    for (i = 0; i < n; i++) {
-        if (!rhema_storage_ns_valid(ns[i]))
-            return "invalid namespace (1..64 bytes of [A-Za-z0-9_.:-])";
-        if (rhema_storage_key_len(keys[i]) == 0)
-            return "invalid key (1..1024 bytes, no NUL)";
-    }
-    return NULL;
-}
 
 /* A lease's state, filled by lease() on success and on ECONFLICT/ENOTFOUND. */
 struct rhema_lease_info {

@@ -25,6 +25,8 @@
 
 #include <rhema/balancer.h>
 
+#include "../common/balancer_check.h"
+
 #include "guard.h"
 
 #define CHOICES_DEFAULT 2

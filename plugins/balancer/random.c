@@ -20,6 +20,8 @@
 
 #include <rhema/balancer.h>
 
+#include "../common/balancer_check.h"
+
 #include "guard.h"
 
 #define PLUGIN_NAME "random"

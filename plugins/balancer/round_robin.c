@@ -17,6 +17,8 @@
 
 #include <rhema/balancer.h>
 
+#include "../common/balancer_check.h"
+
 #define PLUGIN_NAME "round_robin"
 
 struct rhema_balancer {

@@ -35,6 +35,8 @@
 
 #include <rhema/balancer.h>
 
+#include "../common/balancer_check.h"
+
 #include "guard.h"
 
 #define PLUGIN_NAME "weighted_round_robin"

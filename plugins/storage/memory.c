@@ -58,6 +58,8 @@
 
 #include <rhema/storage.h>
 
+#include "../common/storage_check.h"
+
 #define PLUGIN_NAME "memory"
 #define SL_MAX_LEVEL 24
 #define PURGE_EVERY 32u /* writes between two sweeps */
@@ -135,15 +137,12 @@ static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 
 static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key, size_t *key_len)
 {
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])", RHEMA_STORAGE_NS_MAX);
+    const char *why = rhema_storage_key_invalid(ns, key);
+    if (why) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
-    *key_len = rhema_storage_key_len(key);
-    if (*key_len == 0) {
-        conn_error(c, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
-        return RHEMA_EINVAL;
-    }
+    *key_len = strlen(key);
     return 0;
 }
 
@@ -489,12 +488,9 @@ static int mem_scan(rhema_storage_conn *c, const char *ns, const char *from_key,
     int after = 0;
     const char *start = from_key != NULL ? from_key : "";
 
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
-        return RHEMA_EINVAL;
-    }
-    if (cb == NULL) {
-        conn_error(c, "scan without a callback");
+    const char *why = rhema_storage_scan_invalid(ns, cb);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     for (;;) {
@@ -542,8 +538,9 @@ static int mem_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage
     struct mem_node *n;
     uint64_t now, entries = 0, bytes = 0;
 
-    if (ns != NULL && !rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
+    const char *why = rhema_storage_stats_invalid(ns, out);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     now = in->host->monotonic_ns();
@@ -870,27 +867,13 @@ static int mem_lease(rhema_storage_conn *c, const char *name, const char *holder
     uint64_t now;
     int rc = 0, held, mine;
 
-    name_len = rhema_storage_key_len(name);
-    if (name_len == 0) {
-        conn_error(c, "invalid lease name (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+    const char *why = rhema_storage_lease_invalid(name, holder, ttl_ms, op);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
-    if (op != RHEMA_LEASE_ACQUIRE && op != RHEMA_LEASE_RENEW && op != RHEMA_LEASE_RELEASE &&
-        op != RHEMA_LEASE_QUERY) {
-        conn_error(c, "unknown lease op %d", op);
-        return RHEMA_EINVAL;
-    }
-    if (op != RHEMA_LEASE_QUERY) {
-        holder_len = holder != NULL ? strnlen(holder, RHEMA_LEASE_HOLDER_MAX + 1) : 0;
-        if (holder_len == 0 || holder_len > RHEMA_LEASE_HOLDER_MAX) {
-            conn_error(c, "invalid lease holder (1..%d bytes)", RHEMA_LEASE_HOLDER_MAX);
-            return RHEMA_EINVAL;
-        }
-        if (op != RHEMA_LEASE_RELEASE && ttl_ms == 0) {
-            conn_error(c, "lease ttl_ms must be > 0");
-            return RHEMA_EINVAL;
-        }
-    }
+    name_len = strlen(name);
+    holder_len = op != RHEMA_LEASE_QUERY ? strlen(holder) : 0;
 
     pthread_mutex_lock(&in->lease_lock);
     now = in->host->monotonic_ns();

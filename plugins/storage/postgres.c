@@ -88,6 +88,8 @@
 
 #include <rhema/storage.h>
 
+#include "../common/storage_check.h"
+
 #define PLUGIN_NAME "postgres"
 #define SCHEMA_VERSION 1
 #define PG_ERRMSG_MAX 512
@@ -397,12 +399,9 @@ static char *fill_schema(const char *tmpl, const char *qschema)
 
 static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
 {
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])", RHEMA_STORAGE_NS_MAX);
-        return RHEMA_EINVAL;
-    }
-    if (rhema_storage_key_len(key) == 0) {
-        conn_error(c, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+    const char *why = rhema_storage_key_invalid(ns, key);
+    if (why) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     return 0;
@@ -1189,12 +1188,9 @@ static int pg_scan(rhema_storage_conn *c, const char *ns, const char *from_key, 
     PGresult *r, *bad = NULL;
     int rc = 0, stopped = 0;
 
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
-        return RHEMA_EINVAL;
-    }
-    if (cb == NULL) {
-        conn_error(c, "scan without a callback");
+    const char *why = rhema_storage_scan_invalid(ns, cb);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     if ((rc = conn_ensure(c)) != 0)
@@ -1249,12 +1245,9 @@ static int pg_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_
     int lens[1] = {0};
     PGresult *r;
     int rc;
-    if (ns != NULL && !rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
-        return RHEMA_EINVAL;
-    }
-    if (out == NULL) {
-        conn_error(c, "NULL stats");
+    const char *why = rhema_storage_stats_invalid(ns, out);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     if ((rc = conn_ensure(c)) != 0)
@@ -1404,7 +1397,7 @@ static int member_local(int rc)
  *
  * Round 1 sends, in one go and with one Sync: BEGIN, then for each member
  * a SAVEPOINT of its own (only for a member that needs one:
- * rhema_storage_batch_checks_after_first in storage.h) followed by
+ * rhema_storage_batch_checks_after_first in ../common) followed by
  * its writes, and reads every result back.  A failed precondition is a
  * normal result (no row applied, see write_result), never an error, so the
  * transaction goes on.  A member's writes carry its guard (GUARD): after
@@ -1980,8 +1973,9 @@ static int pg_lease(rhema_storage_conn *c, const char *name, const char *holder,
     size_t nl = rhema_storage_key_len(name), hl = 0;
     int rc;
 
-    if (nl == 0) {
-        conn_error(c, "invalid lease name (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+    const char *why = rhema_storage_lease_invalid(name, holder, ttl_ms, op);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     switch (op) {
@@ -1992,11 +1986,7 @@ static int pg_lease(rhema_storage_conn *c, const char *name, const char *holder,
     default: conn_error(c, "unknown lease op %d", op); return RHEMA_EINVAL;
     }
     if (op != RHEMA_LEASE_QUERY) {
-        hl = holder != NULL ? strnlen(holder, RHEMA_LEASE_HOLDER_MAX + 1) : 0;
-        if (hl == 0 || hl > RHEMA_LEASE_HOLDER_MAX) {
-            conn_error(c, "invalid lease holder (1..%d bytes)", RHEMA_LEASE_HOLDER_MAX);
-            return RHEMA_EINVAL;
-        }
+        hl = strlen(holder);
         if (op != RHEMA_LEASE_RELEASE && (ttl_ms == 0 || ttl_ms > LEASE_TTL_MAX_MS)) {
             conn_error(c, "lease ttl_ms must be in 1..%llu", (unsigned long long)LEASE_TTL_MAX_MS);
             return RHEMA_EINVAL;

@@ -107,6 +107,8 @@
 
 #include <rhema/storage.h>
 
+#include "../common/storage_check.h"
+
 #define PLUGIN_NAME "redis"
 #define RD_ERRMSG_MAX 512
 #define BACKOFF_MIN_MS 100u
@@ -457,12 +459,9 @@ static void release_held(rhema_storage_conn *c)
 
 static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
 {
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])", RHEMA_STORAGE_NS_MAX);
-        return RHEMA_EINVAL;
-    }
-    if (rhema_storage_key_len(key) == 0) {
-        conn_error(c, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+    const char *why = rhema_storage_key_invalid(ns, key);
+    if (why) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     return 0;
@@ -1162,12 +1161,9 @@ static int rd_scan(rhema_storage_conn *c, const char *ns, const char *from_key, 
     int rc = 0;
 
     release_held(c);
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
-        return RHEMA_EINVAL;
-    }
-    if (cb == NULL) {
-        conn_error(c, "scan without a callback");
+    const char *why = rhema_storage_scan_invalid(ns, cb);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     for (;;) {
@@ -1301,12 +1297,9 @@ static int rd_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_
     int rc;
 
     release_held(c);
-    if (ns != NULL && !rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
-        return RHEMA_EINVAL;
-    }
-    if (out == NULL) {
-        conn_error(c, "stats without an output");
+    const char *why = rhema_storage_stats_invalid(ns, out);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     if (ns != NULL) {
@@ -1627,21 +1620,12 @@ static int rd_lease(rhema_storage_conn *c, const char *name, const char *holder,
     int rc;
 
     release_held(c);
-    if (rhema_storage_key_len(name) == 0) {
-        conn_error(c, "invalid lease name (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
-        return RHEMA_EINVAL;
-    }
-    if (op != RHEMA_LEASE_ACQUIRE && op != RHEMA_LEASE_RENEW && op != RHEMA_LEASE_RELEASE &&
-        op != RHEMA_LEASE_QUERY) {
-        conn_error(c, "unknown lease op %d", op);
+    const char *why = rhema_storage_lease_invalid(name, holder, ttl_ms, op);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     if (op != RHEMA_LEASE_QUERY) {
-        size_t hl = holder != NULL ? strnlen(holder, RHEMA_LEASE_HOLDER_MAX + 1) : 0;
-        if (hl == 0 || hl > RHEMA_LEASE_HOLDER_MAX) {
-            conn_error(c, "invalid lease holder (1..%d bytes)", RHEMA_LEASE_HOLDER_MAX);
-            return RHEMA_EINVAL;
-        }
         if (op != RHEMA_LEASE_RELEASE && (ttl_ms == 0 || ttl_ms > TTL_MAX_MS)) {
             conn_error(c, "lease ttl_ms must be in 1..%llu", (unsigned long long)TTL_MAX_MS);
             return RHEMA_EINVAL;

@@ -83,6 +83,8 @@
 
 #include <rhema/storage.h>
 
+#include "../common/storage_check.h"
+
 #define PLUGIN_NAME "sqlite"
 #define SCHEMA_VERSION 1
 #define PURGE_EVERY 64u  /* writes between two purges of expired rows */
@@ -246,12 +248,9 @@ static int sq_fail(rhema_storage_conn *c, int rc, const char *what)
 
 static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
 {
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])", RHEMA_STORAGE_NS_MAX);
-        return RHEMA_EINVAL;
-    }
-    if (rhema_storage_key_len(key) == 0) {
-        conn_error(c, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+    const char *why = rhema_storage_key_invalid(ns, key);
+    if (why) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     return 0;
@@ -850,12 +849,9 @@ static int sq_scan(rhema_storage_conn *c, const char *ns, const char *from_key, 
     sqlite3_stmt *st;
     int rc;
 
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
-        return RHEMA_EINVAL;
-    }
-    if (cb == NULL) {
-        conn_error(c, "scan without a callback");
+    const char *why = rhema_storage_scan_invalid(ns, cb);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     id = from_key != NULL ? (to_key != NULL ? ST_SCAN_BOTH : ST_SCAN_FROM)
@@ -896,8 +892,9 @@ static int sq_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_
 {
     sqlite3_stmt *st;
     int rc;
-    if (ns != NULL && !rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
+    const char *why = rhema_storage_stats_invalid(ns, out);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     st = c->st[ns != NULL ? ST_STATS_NS : ST_STATS_ALL];
@@ -1170,21 +1167,12 @@ static int sq_lease(rhema_storage_conn *c, const char *name, const char *holder,
     int64_t expires = 0, now, new_expires;
     int rc, held, mine, in_tx = 0, write = 0;
 
-    if (rhema_storage_key_len(name) == 0) {
-        conn_error(c, "invalid lease name (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
-        return RHEMA_EINVAL;
-    }
-    if (op != RHEMA_LEASE_ACQUIRE && op != RHEMA_LEASE_RENEW && op != RHEMA_LEASE_RELEASE &&
-        op != RHEMA_LEASE_QUERY) {
-        conn_error(c, "unknown lease op %d", op);
+    const char *why = rhema_storage_lease_invalid(name, holder, ttl_ms, op);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     if (op != RHEMA_LEASE_QUERY) {
-        size_t hl = holder != NULL ? strnlen(holder, RHEMA_LEASE_HOLDER_MAX + 1) : 0;
-        if (hl == 0 || hl > RHEMA_LEASE_HOLDER_MAX) {
-            conn_error(c, "invalid lease holder (1..%d bytes)", RHEMA_LEASE_HOLDER_MAX);
-            return RHEMA_EINVAL;
-        }
         if (op != RHEMA_LEASE_RELEASE && (ttl_ms == 0 || ttl_ms > (uint64_t)INT32_MAX * 1000)) {
             conn_error(c, "lease ttl_ms must be in 1..%llu",
                        (unsigned long long)INT32_MAX * 1000);

@@ -1,0 +1,68 @@
+/*
+ * storage_check -- the argument checks every storage plugin makes before it
+ * touches its backend (private to plugins/: a noinst convenience library,
+ * librhema_plugin_util.la, linked into each plugin; nothing here is ABI).
+ *
+ * Each *_invalid() function answers NULL when its arguments are well formed
+ * and otherwise a static string saying why (the plugin answers RHEMA_EINVAL
+ * and keeps the string as its errmsg()).  A plugin adds its own limits
+ * (value sizes, TTL ranges of its backend) after these.
+ *
+ * These were static inline functions of <rhema/storage.h>; they are policy,
+ * not ABI, so an installed header no longer carries them and the five
+ * storage plugins share one copy instead of five.
+ */
+#ifndef RHEMA_PLUGIN_STORAGE_CHECK_H
+#define RHEMA_PLUGIN_STORAGE_CHECK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <rhema/storage.h>
+
+/* 1 when ns is a valid namespace: 1..RHEMA_STORAGE_NS_MAX bytes of [A-Za-z0-9_.:-]. */
+int rhema_storage_ns_valid(const char *ns);
+
+/* The length of key when it is a valid key (1..RHEMA_STORAGE_KEY_MAX bytes), else 0. */
+size_t rhema_storage_key_len(const char *key);
+
+/* Why ns or key is invalid (get, del and the like), or NULL. */
+const char *rhema_storage_key_invalid(const char *ns, const char *key);
+
+/*
+ * Why a write is malformed -- NULL, an unknown op, a bad namespace or key, a
+ * NULL value with a length, a delete with RHEMA_VERSION_ABSENT -- or NULL
+ * when it is well formed.
+ */
+const char *rhema_storage_write_invalid(const struct rhema_storage_write *w);
+
+/* Why the arguments of a get_many() call are malformed, or NULL. */
+const char *rhema_storage_get_many_invalid(const char *const *ns, const char *const *keys,
+                                           size_t n, const struct rhema_storage_value *out,
+                                           const int *rcs);
+
+/* Why the arguments of a scan() call are malformed (bad ns, NULL callback), or NULL. */
+const char *rhema_storage_scan_invalid(const char *ns, rhema_storage_scan_cb cb);
+
+/* Why the arguments of a stats() call are malformed (ns may be NULL: all), or NULL. */
+const char *rhema_storage_stats_invalid(const char *ns, const struct rhema_storage_stats *out);
+
+/*
+ * Why the arguments of a lease() call are malformed, or NULL: name like a
+ * key, a known op, a holder of 1..RHEMA_LEASE_HOLDER_MAX bytes for every op
+ * but QUERY, ttl_ms > 0 for ACQUIRE and RENEW.
+ */
+const char *rhema_storage_lease_invalid(const char *name, const char *holder, uint64_t ttl_ms,
+                                        int op);
+
+/*
+ * 1 when a write of b after its first has a precondition (a delete, or a
+ * put with an expected version), i.e. when that write can fail after the
+ * earlier ones applied.  A group() can then roll the member back only with
+ * a savepoint; otherwise a failed first write leaves nothing to undo (it
+ * changed nothing, and the writes after it are not applied), and a member
+ * of a first checked write and unconditional puts needs no savepoint.
+ */
+int rhema_storage_batch_checks_after_first(const struct rhema_storage_batch *b);
+
+#endif /* RHEMA_PLUGIN_STORAGE_CHECK_H */
