@@ -81,7 +81,7 @@
  * host looks up.  (Static functions are private anyway; the flag also
  * hides anything a helper library linked in statically would export.)
  */
-#define KV_EXPORT __attribute__((visibility("default")))
+#define KV_EXPORT RHEMA_EXPORT
 
 #define PLUGIN_NAME "kvfile"
 #define PLUGIN_VERSION "1.0.0"
@@ -168,7 +168,7 @@ struct rhema_storage_conn {
 /* Small helpers                                                            */
 
 static int conn_error(rhema_storage_conn *c, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+    RHEMA_PRINTF_LIKE(3, 4);
 
 /* Remember a message for errmsg() and return code, for `return conn_error(...)`. */
 static int conn_error(rhema_storage_conn *c, int code, const char *fmt, ...)
@@ -1470,7 +1470,7 @@ static int kv_backup(rhema_storage_conn *c, const char *path, char **err)
 
 static const struct rhema_storage_plugin kvfile_plugin = {
     /* abi_major, abi_minor, kind, size, name, version, description */
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
                                 PLUGIN_VERSION, "example: sorted array with an append-only log"),
     .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = kv_open,

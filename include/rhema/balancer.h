@@ -39,6 +39,12 @@ extern "C" {
 #define RHEMA_ATOMIC(T) _Atomic(T)
 #endif
 
+/*
+ * The minor version of the balancer vtable and of struct rhema_endpoint and
+ * struct rhema_pick_ctx (minor 0 ends at feedback()).
+ */
+#define RHEMA_BALANCER_ABI_MINOR 0
+
 typedef struct rhema_balancer rhema_balancer; /* an instance, one per service (plugin-defined) */
 
 /* Host-kept, live load of an endpoint; read with atomic loads. */
@@ -108,6 +114,11 @@ struct rhema_balancer_plugin {
     void (*feedback)(rhema_balancer *b, size_t index, uint64_t latency_ns, int ok);
     /* --- minor 0 ends here --- */
 };
+
+/* The header of a balancer vtable: .base = RHEMA_BALANCER_PLUGIN_HEADER("mine", "1.0", "..."). */
+#define RHEMA_BALANCER_PLUGIN_HEADER(NAME, VERSION, DESC)                                        \
+    RHEMA_PLUGIN_HEADER(struct rhema_balancer_plugin, RHEMA_KIND_BALANCER,                       \
+                        RHEMA_BALANCER_ABI_MINOR, NAME, VERSION, DESC)
 
 #ifdef __cplusplus
 }

@@ -35,6 +35,13 @@
 extern "C" {
 #endif
 
+/*
+ * The minor version of the storage vtable and of the structs below: minor 0
+ * ends at restore(), minor 1 appended get_many().  A storage plugin sets
+ * abi_minor to it (RHEMA_STORAGE_PLUGIN_HEADER does).
+ */
+#define RHEMA_STORAGE_ABI_MINOR 1
+
 #define RHEMA_STORAGE_NS_MAX 64
 #define RHEMA_STORAGE_KEY_MAX 1024
 #define RHEMA_LEASE_HOLDER_MAX 128
@@ -244,6 +251,11 @@ struct rhema_storage_plugin {
                     size_t n, struct rhema_storage_value *out, int *rcs);
     /* --- minor 1 ends here --- */
 };
+
+/* The header of a storage vtable: .base = RHEMA_STORAGE_PLUGIN_HEADER("mine", "1.0", "..."). */
+#define RHEMA_STORAGE_PLUGIN_HEADER(NAME, VERSION, DESC)                                         \
+    RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, RHEMA_STORAGE_ABI_MINOR, \
+                        NAME, VERSION, DESC)
 
 #ifdef __cplusplus
 }

@@ -174,7 +174,7 @@ static int rnd_pick(rhema_balancer *b, const struct rhema_pick_ctx *ctx, size_t 
 }
 
 static const struct rhema_balancer_plugin random_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_balancer_plugin, RHEMA_KIND_BALANCER, PLUGIN_NAME,
+    .base = RHEMA_BALANCER_PLUGIN_HEADER(PLUGIN_NAME,
                                 "1.0.0", "weighted random (alias table, O(1) per pick)"),
     .create = rnd_create,
     .destroy = rnd_destroy,
@@ -184,7 +184,7 @@ static const struct rhema_balancer_plugin random_plugin = {
 };
 
 /* Exported whatever -fvisibility the build uses: the one symbol the loader looks up. */
-__attribute__((visibility("default"))) int rhema_plugin_init(const struct rhema_host *host,
+RHEMA_EXPORT int rhema_plugin_init(const struct rhema_host *host,
                                                              const struct rhema_plugin **out)
 {
     (void)host;

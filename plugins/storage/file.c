@@ -214,7 +214,7 @@ struct rhema_storage_conn {
 /* ---- small helpers ---- */
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+    RHEMA_PRINTF_LIKE(2, 3);
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 {
@@ -225,7 +225,7 @@ static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 }
 
 static void log_warn(const rhema_storage_instance *in, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+    RHEMA_PRINTF_LIKE(2, 3);
 
 static void log_warn(const rhema_storage_instance *in, const char *fmt, ...)
 {
@@ -3038,7 +3038,7 @@ out:
 }
 
 static const struct rhema_storage_plugin file_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
                                 "1.0.0", "one directory, a file per entry (durable, one host)"),
     .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = fl_open,

@@ -125,7 +125,7 @@ struct rhema_storage_conn {
 /* ---- small helpers ---- */
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+    RHEMA_PRINTF_LIKE(2, 3);
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 {
@@ -1481,7 +1481,7 @@ oom:
 }
 
 static const struct rhema_storage_plugin memory_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
                                 "1.0.0", "in-process ordered map (not durable)"),
     .features = RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = mem_open,

@@ -336,7 +336,7 @@ struct args {
 /* ---- helpers ---- */
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+    RHEMA_PRINTF_LIKE(2, 3);
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 {
@@ -2140,7 +2140,7 @@ out:
 }
 
 static const struct rhema_storage_plugin redis_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
                                 "1.0.0", "Redis server through hiredis (shared, leases, TTL)"),
     /* DURABLE as the server is configured: appendonly yes + appendfsync always */
     .features =

@@ -210,7 +210,7 @@ struct rhema_storage_conn {
 /* ---- helpers ---- */
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+    RHEMA_PRINTF_LIKE(2, 3);
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 {
@@ -521,7 +521,7 @@ out:
 /* ---- the checkpointer ---- */
 
 static void ckpt_log(rhema_storage_instance *in, int level, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+    RHEMA_PRINTF_LIKE(3, 4);
 
 static void ckpt_log(rhema_storage_instance *in, int level, const char *fmt, ...)
 {
@@ -1600,7 +1600,7 @@ out:
 }
 
 static const struct rhema_storage_plugin sqlite_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
                                 "1.0.0", "SQLite database in WAL mode (durable, one host)"),
     .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = sq_open,

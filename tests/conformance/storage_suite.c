@@ -286,7 +286,7 @@ static int t_header(struct suite *s)
     CHECK(vt != NULL, "no vtable");
     CHECK(vt->base.kind == RHEMA_KIND_STORAGE, "kind %u", (unsigned)vt->base.kind);
     CHECK(vt->base.abi_major == RHEMA_ABI_MAJOR, "abi_major %u", (unsigned)vt->base.abi_major);
-    CHECK(vt->base.abi_minor <= RHEMA_ABI_MINOR, "abi_minor %u", (unsigned)vt->base.abi_minor);
+    CHECK(vt->base.abi_minor <= RHEMA_STORAGE_ABI_MINOR, "abi_minor %u", (unsigned)vt->base.abi_minor);
     CHECK(vt->base.size >= minor0, "size %u < %zu", (unsigned)vt->base.size, minor0);
     CHECK(vt->base.name != NULL && vt->base.name[0] != '\0', "empty name");
     for (p = vt->base.name; *p; p++)
