@@ -70,8 +70,23 @@ extern "C" {
 typedef struct rhema_storage_instance rhema_storage_instance; /* plugin-defined */
 typedef struct rhema_storage_conn rhema_storage_conn;         /* plugin-defined */
 
+/*
+ * Growing the structs: struct rhema_storage_write, struct
+ * rhema_storage_batch and struct rhema_storage_value begin with their size
+ * as the caller built them (the host, or a test), which the caller sets in
+ * every element: sizeof the struct of the storage minor it was built
+ * against.  A later minor appends members; a plugin reads or writes a
+ * member only when size covers it, and steps through an array handed to
+ * batch(), group() or get_many() with rhema_storage_write_at(),
+ * rhema_storage_batch_at() and rhema_storage_value_at() (the stride is the
+ * first element's size, the same for every element of the array), never
+ * w[i].  A size below the RHEMA_STORAGE_*_SIZE_0 of the struct is
+ * RHEMA_EINVAL.
+ */
+
 /* One write: a put or a delete, with an optional version precondition. */
 struct rhema_storage_write {
+    uint32_t size;             /* sizeof the struct as the caller built it: an array's stride */
     uint32_t op;               /* RHEMA_WRITE_PUT or RHEMA_WRITE_DEL */
     const char *ns;
     const char *key;
@@ -80,13 +95,16 @@ struct rhema_storage_write {
     uint64_t expected_version; /* RHEMA_VERSION_ANY, _ABSENT, or a version */
     uint64_t ttl_ms;           /* PUT only; 0: never expires */
     uint64_t new_version;      /* out, PUT: the version now stored */
+    /* --- minor 0 ends here --- */
 };
 
 /* One member of a group commit (see group() below). */
 struct rhema_storage_batch {
-    struct rhema_storage_write *writes;
+    uint32_t size;  /* sizeof the struct as the caller built it: an array's stride */
+    int result;     /* out: 0 or the RHEMA_E* code batch() would have returned */
+    struct rhema_storage_write *writes; /* an array of its own stride */
     size_t n;
-    int result; /* out: 0 or the RHEMA_E* code batch() would have returned */
+    /* --- minor 0 ends here --- */
 };
 
 /*
@@ -94,10 +112,41 @@ struct rhema_storage_batch {
  * and stays valid until the next call on that connection; copy what you keep.
  */
 struct rhema_storage_value {
+    uint32_t size; /* set by the caller: sizeof the struct as it built it; an array's stride */
     const void *data;
     size_t len;
     uint64_t version;
+    /* --- minor 0 ends here --- */
 };
+
+/* The smallest sizes a caller passes: every member of minor 0. */
+#define RHEMA_STORAGE_WRITE_SIZE_0                                                               \
+    ((uint32_t)(offsetof(struct rhema_storage_write, new_version) + sizeof(uint64_t)))
+#define RHEMA_STORAGE_BATCH_SIZE_0                                                               \
+    ((uint32_t)(offsetof(struct rhema_storage_batch, n) + sizeof(size_t)))
+#define RHEMA_STORAGE_VALUE_SIZE_0                                                               \
+    ((uint32_t)(offsetof(struct rhema_storage_value, version) + sizeof(uint64_t)))
+
+/* Element i of an array of writes (batch(), a group member's writes). */
+static inline struct rhema_storage_write *rhema_storage_write_at(struct rhema_storage_write *w,
+                                                                 size_t i)
+{
+    return (struct rhema_storage_write *)(void *)((char *)w + i * w->size);
+}
+
+/* Element i of the array of batches handed to group(). */
+static inline struct rhema_storage_batch *rhema_storage_batch_at(struct rhema_storage_batch *g,
+                                                                 size_t i)
+{
+    return (struct rhema_storage_batch *)(void *)((char *)g + i * g->size);
+}
+
+/* Element i of the array of values handed to get_many(). */
+static inline struct rhema_storage_value *rhema_storage_value_at(struct rhema_storage_value *v,
+                                                                 size_t i)
+{
+    return (struct rhema_storage_value *)(void *)((char *)v + i * v->size);
+}
 
 /* A lease's state, filled by lease() on success and on ECONFLICT/ENOTFOUND. */
 struct rhema_lease_info {
@@ -139,7 +188,11 @@ struct rhema_storage_plugin {
     int (*connect)(rhema_storage_instance *inst, rhema_storage_conn **out, char **err);
     void (*disconnect)(rhema_storage_conn *conn);
 
-    /* Read one entry: 0, RHEMA_ENOTFOUND, or an error. */
+    /*
+     * Read one entry: 0, RHEMA_ENOTFOUND, or an error.  The caller sets
+     * out->size; the plugin fills data, len and version (and a member of a
+     * later minor only when out->size covers it).
+     */
     int (*get)(rhema_storage_conn *conn, const char *ns, const char *key,
                struct rhema_storage_value *out);
     /*
@@ -155,7 +208,8 @@ struct rhema_storage_plugin {
      * Apply n writes (puts and deletes) all or nothing.  Any precondition
      * failure (a version mismatch, or a delete of an absent key) fails the
      * whole batch with RHEMA_ECONFLICT / RHEMA_ENOTFOUND and changes
-     * nothing.  Later writes see earlier ones of the same batch.
+     * nothing.  Later writes see earlier ones of the same batch.  w is an
+     * array of the caller's stride: element i is rhema_storage_write_at(w, i).
      */
     int (*batch)(rhema_storage_conn *conn, struct rhema_storage_write *w, size_t n);
     /*
@@ -198,7 +252,9 @@ struct rhema_storage_plugin {
      * (whatever the members' results), or an error (RHEMA_EUNAVAIL,
      * RHEMA_EIO ...) when nothing at all was applied; the members' results
      * are then meaningless.  This is what lets concurrent writers share one
-     * transaction / fsync / pipeline round trip.
+     * transaction / fsync / pipeline round trip.  g and each member's
+     * writes are arrays of the caller's stride (rhema_storage_batch_at(),
+     * rhema_storage_write_at()).
      */
     int (*group)(rhema_storage_conn *conn, struct rhema_storage_batch *g, size_t n);
     /*
@@ -245,7 +301,8 @@ struct rhema_storage_plugin {
      * up, or an error (RHEMA_EUNAVAIL, RHEMA_EINVAL for a bad ns or key,
      * ...), after which rcs and out mean nothing.  Every out[i].data stays
      * valid until the next call on the connection.  The host asks for at
-     * most RHEMA_STORAGE_GET_MANY_MAX keys in one call.
+     * most RHEMA_STORAGE_GET_MANY_MAX keys in one call.  out is an array of
+     * the caller's stride: entry i is rhema_storage_value_at(out, i).
      */
     int (*get_many)(rhema_storage_conn *conn, const char *const *ns, const char *const *keys,
                     size_t n, struct rhema_storage_value *out, int *rcs);

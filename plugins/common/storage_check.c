@@ -1,6 +1,7 @@
 /*
  * storage_check -- see storage_check.h.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "storage_check.h"
@@ -50,6 +51,8 @@ const char *rhema_storage_write_invalid(const struct rhema_storage_write *w)
 {
     if (w == NULL)
         return "NULL write";
+    if (w->size < RHEMA_STORAGE_WRITE_SIZE_0)
+        return "write size below RHEMA_STORAGE_WRITE_SIZE_0";
     if (w->op != RHEMA_WRITE_PUT && w->op != RHEMA_WRITE_DEL)
         return "unknown write op";
     if (!rhema_storage_ns_valid(w->ns))
@@ -72,6 +75,8 @@ const char *rhema_storage_get_many_invalid(const char *const *ns, const char *co
         return "get_many: NULL ns, keys, out or rcs";
     if (n > RHEMA_STORAGE_GET_MANY_MAX)
         return "get_many: more than RHEMA_STORAGE_GET_MANY_MAX keys";
+    if (n > 0 && out->size < RHEMA_STORAGE_VALUE_SIZE_0)
+        return "get_many: value size below RHEMA_STORAGE_VALUE_SIZE_0";
     for (i = 0; i < n; i++) {
         const char *why = rhema_storage_key_invalid(ns[i], keys[i]);
         if (why != NULL)
@@ -124,4 +129,141 @@ int rhema_storage_batch_checks_after_first(const struct rhema_storage_batch *b)
             b->writes[j].expected_version != RHEMA_VERSION_ANY)
             return 1;
     return 0;
+}
+
+/* ---- arrays of the caller's stride ---- */
+
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+
+/* 1 when w[0..n) is laid out with this plugin's own stride (or is empty). */
+static int writes_native(const struct rhema_storage_write *w, size_t n)
+{
+    return n == 0 || w == NULL || w->size == sizeof *w;
+}
+
+/*
+ * A copy of w[0..n) (caller's stride) in this plugin's layout, or NULL for
+ * ENOMEM.  Each element keeps the caller's members it knows, zeros for the
+ * rest, and says sizeof in size.
+ */
+static struct rhema_storage_write *writes_copy(struct rhema_storage_write *w, size_t n)
+{
+    struct rhema_storage_write *v = calloc(n, sizeof *v);
+    size_t i;
+    if (v == NULL)
+        return NULL;
+    for (i = 0; i < n; i++) {
+        memcpy(&v[i], rhema_storage_write_at(w, i), MIN((size_t)w->size, sizeof *v));
+        v[i].size = sizeof *v;
+    }
+    return v;
+}
+
+/* Copy the outputs of a copy made by writes_copy() back to the caller's elements. */
+static void writes_return(struct rhema_storage_write *w, const struct rhema_storage_write *v,
+                          size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        rhema_storage_write_at(w, i)->new_version = v[i].new_version;
+}
+
+int rhema_storage_call_batch(rhema_storage_batch_fn fn, rhema_storage_conn *conn,
+                             struct rhema_storage_write *w, size_t n, const char **why)
+{
+    struct rhema_storage_write *v;
+    int rc;
+    if (writes_native(w, n))
+        return fn(conn, w, n);
+    if (w->size < RHEMA_STORAGE_WRITE_SIZE_0) {
+        *why = "write size below RHEMA_STORAGE_WRITE_SIZE_0";
+        return RHEMA_EINVAL;
+    }
+    if ((v = writes_copy(w, n)) == NULL) {
+        *why = "out of memory";
+        return RHEMA_ENOMEM;
+    }
+    rc = fn(conn, v, n);
+    writes_return(w, v, n);
+    free(v);
+    return rc;
+}
+
+int rhema_storage_call_group(rhema_storage_group_fn fn, rhema_storage_conn *conn,
+                             struct rhema_storage_batch *g, size_t n, const char **why)
+{
+    struct rhema_storage_batch *v;
+    size_t i;
+    int rc = 0, native = n == 0 || g == NULL || g->size == sizeof *g;
+
+    for (i = 0; native && i < n; i++)
+        native = writes_native(g[i].writes, g[i].n);
+    if (native)
+        return fn(conn, g, n);
+    if (g->size < RHEMA_STORAGE_BATCH_SIZE_0) {
+        *why = "batch size below RHEMA_STORAGE_BATCH_SIZE_0";
+        return RHEMA_EINVAL;
+    }
+    for (i = 0; i < n; i++) {
+        const struct rhema_storage_batch *b = rhema_storage_batch_at(g, i);
+        if (b->n > 0 && b->writes != NULL && b->writes->size < RHEMA_STORAGE_WRITE_SIZE_0) {
+            *why = "write size below RHEMA_STORAGE_WRITE_SIZE_0";
+            return RHEMA_EINVAL;
+        }
+    }
+    if ((v = calloc(n, sizeof *v)) == NULL) {
+        *why = "out of memory";
+        return RHEMA_ENOMEM;
+    }
+    for (i = 0; i < n && rc == 0; i++) {
+        struct rhema_storage_batch *b = rhema_storage_batch_at(g, i);
+        memcpy(&v[i], b, MIN((size_t)g->size, sizeof *v));
+        v[i].size = sizeof *v;
+        if (b->n > 0 && b->writes != NULL && (v[i].writes = writes_copy(b->writes, b->n)) == NULL)
+            rc = RHEMA_ENOMEM;
+    }
+    if (rc == 0)
+        rc = fn(conn, v, n);
+    else
+        *why = "out of memory";
+    for (i = 0; i < n; i++) {
+        struct rhema_storage_batch *b = rhema_storage_batch_at(g, i);
+        if (v[i].writes != NULL && v[i].writes != b->writes) {
+            writes_return(b->writes, v[i].writes, b->n);
+            free(v[i].writes);
+        }
+        b->result = v[i].result;
+    }
+    free(v);
+    return rc;
+}
+
+int rhema_storage_call_get_many(rhema_storage_get_many_fn fn, rhema_storage_conn *conn,
+                                const char *const *ns, const char *const *keys, size_t n,
+                                struct rhema_storage_value *out, int *rcs, const char **why)
+{
+    struct rhema_storage_value *v;
+    size_t i;
+    int rc;
+    if (n == 0 || out == NULL || out->size == sizeof *out)
+        return fn(conn, ns, keys, n, out, rcs);
+    if (out->size < RHEMA_STORAGE_VALUE_SIZE_0) {
+        *why = "get_many: value size below RHEMA_STORAGE_VALUE_SIZE_0";
+        return RHEMA_EINVAL;
+    }
+    if ((v = calloc(n, sizeof *v)) == NULL) {
+        *why = "out of memory";
+        return RHEMA_ENOMEM;
+    }
+    for (i = 0; i < n; i++)
+        v[i].size = sizeof *v;
+    rc = fn(conn, ns, keys, n, v, rcs);
+    for (i = 0; i < n; i++) {
+        struct rhema_storage_value *o = rhema_storage_value_at(out, i);
+        o->data = v[i].data;
+        o->len = v[i].len;
+        o->version = v[i].version;
+    }
+    free(v);
+    return rc;
 }

@@ -30,7 +30,8 @@ size_t rhema_storage_key_len(const char *key);
 const char *rhema_storage_key_invalid(const char *ns, const char *key);
 
 /*
- * Why a write is malformed -- NULL, an unknown op, a bad namespace or key, a
+ * Why a write is malformed -- NULL, a size below RHEMA_STORAGE_WRITE_SIZE_0,
+ * an unknown op, a bad namespace or key, a
  * NULL value with a length, a delete with RHEMA_VERSION_ABSENT -- or NULL
  * when it is well formed.
  */
@@ -64,5 +65,33 @@ const char *rhema_storage_lease_invalid(const char *name, const char *holder, ui
  * of a first checked write and unconditional puts needs no savepoint.
  */
 int rhema_storage_batch_checks_after_first(const struct rhema_storage_batch *b);
+
+/*
+ * Arrays of the caller's stride (storage.h, "Growing the structs").  A
+ * plugin implements batch(), group() and get_many() over arrays of its own
+ * struct layout -- indexing w[i], g[i].writes[j], out[i] -- and exports
+ * these wrappers around them.  When every stride is the plugin's own sizeof
+ * (always, between rhemad and the plugins built with it) the wrapper calls
+ * straight through; otherwise it hands the implementation a copy in the
+ * plugin's layout (zero-filled past the caller's size) and copies the
+ * outputs (new_version, result, data/len/version) back to the caller's
+ * elements.  A stride below the minor-0 size is RHEMA_EINVAL and *why says
+ * so; running out of memory for a copy is RHEMA_ENOMEM.
+ */
+typedef int (*rhema_storage_batch_fn)(rhema_storage_conn *conn, struct rhema_storage_write *w,
+                                      size_t n);
+typedef int (*rhema_storage_group_fn)(rhema_storage_conn *conn, struct rhema_storage_batch *g,
+                                      size_t n);
+typedef int (*rhema_storage_get_many_fn)(rhema_storage_conn *conn, const char *const *ns,
+                                         const char *const *keys, size_t n,
+                                         struct rhema_storage_value *out, int *rcs);
+
+int rhema_storage_call_batch(rhema_storage_batch_fn fn, rhema_storage_conn *conn,
+                             struct rhema_storage_write *w, size_t n, const char **why);
+int rhema_storage_call_group(rhema_storage_group_fn fn, rhema_storage_conn *conn,
+                             struct rhema_storage_batch *g, size_t n, const char **why);
+int rhema_storage_call_get_many(rhema_storage_get_many_fn fn, rhema_storage_conn *conn,
+                                const char *const *ns, const char *const *keys, size_t n,
+                                struct rhema_storage_value *out, int *rcs, const char **why);
 
 #endif /* RHEMA_PLUGIN_STORAGE_CHECK_H */

@@ -2013,7 +2013,7 @@ static int write_group(rhema_storage_conn *c, struct rhema_storage_batch *g, siz
 
 static int fl_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 {
-    struct rhema_storage_batch b = {w, 1, 0};
+    struct rhema_storage_batch b = {sizeof(struct rhema_storage_batch), 0, w, 1};
     int rc = check_write(c, w);
     if (rc != 0)
         return rc;
@@ -2027,9 +2027,9 @@ static int fl_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int fl_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {.op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
                                     .expected_version = expected_version};
-    struct rhema_storage_batch b = {&w, 1, 0};
+    struct rhema_storage_batch b = {sizeof(struct rhema_storage_batch), 0, &w, 1};
     int rc = check_write(c, &w);
     if (rc != 0)
         return rc;
@@ -2039,7 +2039,7 @@ static int fl_del(rhema_storage_conn *c, const char *ns, const char *key, uint64
 
 static int fl_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
 {
-    struct rhema_storage_batch b = {w, n, 0};
+    struct rhema_storage_batch b = {sizeof(struct rhema_storage_batch), 0, w, n};
     size_t i;
     int rc;
     if (n == 0)
@@ -3037,6 +3037,30 @@ out:
     return rc;
 }
 
+/*
+ * The vtable's batch(), group() and get_many() take arrays of the caller's
+ * stride (storage.h, "Growing the structs"); the functions above work on
+ * arrays of this plugin's layout, and ../common adapts one to the other.
+ */
+
+static int fl_batch_strided(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_batch(fl_batch, c, w, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
+static int fl_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_group(fl_group, c, g, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
 static const struct rhema_storage_plugin file_plugin = {
     .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
                                 "1.0.0", "one directory, a file per entry (durable, one host)"),
@@ -3048,14 +3072,14 @@ static const struct rhema_storage_plugin file_plugin = {
     .get = fl_get,
     .put = fl_put,
     .del = fl_del,
-    .batch = fl_batch,
+    .batch = fl_batch_strided,
     .scan = fl_scan,
     .lease = fl_lease,
     .health = fl_health,
     .stats = fl_stats,
     .errmsg = fl_errmsg,
     .backup = fl_backup,
-    .group = fl_group,
+    .group = fl_group_strided,
     .restore = fl_restore,
 };
 

@@ -565,21 +565,9 @@ static int mem_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage
 /* Validate one write's arguments; no lock needed. */
 static int check_write(rhema_storage_conn *c, const struct rhema_storage_write *w)
 {
-    size_t key_len;
-    int rc;
-    if (w == NULL) {
-        conn_error(c, "NULL write");
-        return RHEMA_EINVAL;
-    }
-    if (w->op != RHEMA_WRITE_PUT && w->op != RHEMA_WRITE_DEL) {
-        conn_error(c, "unknown write op %u", (unsigned)w->op);
-        return RHEMA_EINVAL;
-    }
-    rc = check_ns_key(c, w->ns, w->key, &key_len);
-    if (rc != 0)
-        return rc;
-    if (w->op == RHEMA_WRITE_PUT && w->value == NULL && w->value_len > 0) {
-        conn_error(c, "NULL value with a non-zero length");
+    const char *why = rhema_storage_write_invalid(w);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     return 0;
@@ -705,17 +693,13 @@ static int mem_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int mem_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {.op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
                                     .expected_version = expected_version};
     rhema_storage_instance *in = c->inst;
     uint64_t now;
     int rc = check_write(c, &w);
     if (rc != 0)
         return rc;
-    if (expected_version == RHEMA_VERSION_ABSENT) {
-        conn_error(c, "delete with RHEMA_VERSION_ABSENT");
-        return RHEMA_EINVAL;
-    }
     now = in->host->monotonic_ns();
     pthread_rwlock_wrlock(&in->lock);
     rc = precondition(c, &w, find_live(in, ns, key, now));
@@ -750,10 +734,6 @@ static int mem_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_
     }
     for (i = 0; i < n; i++) {
         rc = check_write(c, &w[i]);
-        if (rc == 0 && w[i].op == RHEMA_WRITE_DEL && w[i].expected_version == RHEMA_VERSION_ABSENT) {
-            conn_error(c, "delete with RHEMA_VERSION_ABSENT");
-            rc = RHEMA_EINVAL;
-        }
         if (rc != 0)
             return rc;
     }
@@ -1480,6 +1460,21 @@ oom:
     return h->set_error(err, RHEMA_ENOMEM, "memory: restore: out of memory");
 }
 
+/*
+ * The vtable's batch(), group() and get_many() take arrays of the caller's
+ * stride (storage.h, "Growing the structs"); the functions above work on
+ * arrays of this plugin's layout, and ../common adapts one to the other.
+ */
+
+static int mem_batch_strided(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_batch(mem_batch, c, w, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
 static const struct rhema_storage_plugin memory_plugin = {
     .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
                                 "1.0.0", "in-process ordered map (not durable)"),
@@ -1491,7 +1486,7 @@ static const struct rhema_storage_plugin memory_plugin = {
     .get = mem_get,
     .put = mem_put,
     .del = mem_del,
-    .batch = mem_batch,
+    .batch = mem_batch_strided,
     .scan = mem_scan,
     .lease = mem_lease,
     .health = mem_health,

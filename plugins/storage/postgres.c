@@ -1807,7 +1807,7 @@ static int write_tx(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
         rc = write_one(c, w, RUN_OUTCOME);
     } else {
 #ifdef LIBPQ_HAS_PIPELINING
-        struct rhema_storage_batch b = {.writes = w, .n = n, .result = 0};
+        struct rhema_storage_batch b = {.size = sizeof(struct rhema_storage_batch), .writes = w, .n = n, .result = 0};
         rc = pl_apply(c, &b, 1, 1);
 #else
         size_t i;
@@ -1843,8 +1843,11 @@ static int pg_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int pg_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {
-        .op = RHEMA_WRITE_DEL, .ns = ns, .key = key, .expected_version = expected_version};
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_DEL,
+                                    .ns = ns,
+                                    .key = key,
+                                    .expected_version = expected_version};
     int rc = check_write(c, &w);
     if (rc != 0)
         return rc;
@@ -2539,6 +2542,41 @@ out_nomsg:
     return rc;
 }
 
+/*
+ * The vtable's batch(), group() and get_many() take arrays of the caller's
+ * stride (storage.h, "Growing the structs"); the functions above work on
+ * arrays of this plugin's layout, and ../common adapts one to the other.
+ */
+
+static int pg_batch_strided(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_batch(pg_batch, c, w, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
+static int pg_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_group(pg_group, c, g, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
+static int pg_get_many_strided(rhema_storage_conn *c, const char *const *ns,
+                               const char *const *keys, size_t n,
+                               struct rhema_storage_value *out, int *rcs)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_get_many(pg_get_many, c, ns, keys, n, out, rcs, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
 static const struct rhema_storage_plugin postgres_plugin = {
     .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
                                 "1.0.0", "PostgreSQL through libpq (shared, durable)"),
@@ -2551,17 +2589,17 @@ static const struct rhema_storage_plugin postgres_plugin = {
     .get = pg_get,
     .put = pg_put,
     .del = pg_del,
-    .batch = pg_batch,
+    .batch = pg_batch_strided,
     .scan = pg_scan,
     .lease = pg_lease,
     .health = pg_health,
     .stats = pg_stats,
     .errmsg = pg_errmsg,
     .backup = pg_backup,
-    .group = pg_group,
+    .group = pg_group_strided,
     .restore = pg_restore,
 #ifdef LIBPQ_HAS_PIPELINING
-    .get_many = pg_get_many,
+    .get_many = pg_get_many_strided,
 #endif
 };
 

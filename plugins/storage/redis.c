@@ -1466,7 +1466,7 @@ static int rd_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int rd_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {.op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
                                     .expected_version = expected_version};
     int rc;
     release_held(c);
@@ -2139,6 +2139,41 @@ out:
     return rc;
 }
 
+/*
+ * The vtable's batch(), group() and get_many() take arrays of the caller's
+ * stride (storage.h, "Growing the structs"); the functions above work on
+ * arrays of this plugin's layout, and ../common adapts one to the other.
+ */
+
+static int rd_batch_strided(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_batch(rd_batch, c, w, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
+static int rd_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_group(rd_group, c, g, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
+static int rd_get_many_strided(rhema_storage_conn *c, const char *const *ns,
+                               const char *const *keys, size_t n,
+                               struct rhema_storage_value *out, int *rcs)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_get_many(rd_get_many, c, ns, keys, n, out, rcs, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
 static const struct rhema_storage_plugin redis_plugin = {
     .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
                                 "1.0.0", "Redis server through hiredis (shared, leases, TTL)"),
@@ -2152,16 +2187,16 @@ static const struct rhema_storage_plugin redis_plugin = {
     .get = rd_get,
     .put = rd_put,
     .del = rd_del,
-    .batch = rd_batch,
+    .batch = rd_batch_strided,
     .scan = rd_scan,
     .lease = rd_lease,
     .health = rd_health,
     .stats = rd_stats,
     .errmsg = rd_errmsg,
     .backup = rd_backup,
-    .group = rd_group,
+    .group = rd_group_strided,
     .restore = rd_restore,
-    .get_many = rd_get_many,
+    .get_many = rd_get_many_strided,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

@@ -1063,7 +1063,7 @@ static int sq_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int sq_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {.op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
                                     .expected_version = expected_version};
     int rc = check_write(c, &w);
     if (rc != 0)
@@ -1599,6 +1599,30 @@ out:
     return ret;
 }
 
+/*
+ * The vtable's batch(), group() and get_many() take arrays of the caller's
+ * stride (storage.h, "Growing the structs"); the functions above work on
+ * arrays of this plugin's layout, and ../common adapts one to the other.
+ */
+
+static int sq_batch_strided(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_batch(sq_batch, c, w, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
+static int sq_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_group(sq_group, c, g, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
 static const struct rhema_storage_plugin sqlite_plugin = {
     .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
                                 "1.0.0", "SQLite database in WAL mode (durable, one host)"),
@@ -1610,14 +1634,14 @@ static const struct rhema_storage_plugin sqlite_plugin = {
     .get = sq_get,
     .put = sq_put,
     .del = sq_del,
-    .batch = sq_batch,
+    .batch = sq_batch_strided,
     .scan = sq_scan,
     .lease = sq_lease,
     .health = sq_health,
     .stats = sq_stats,
     .errmsg = sq_errmsg,
     .backup = sq_backup,
-    .group = sq_group,
+    .group = sq_group_strided,
     .restore = sq_restore,
 };
 

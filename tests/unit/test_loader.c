@@ -111,7 +111,7 @@ static void loads_newer_minor(void **state)
     assert_non_null(p->vt.storage.get_many); /* the host's last member, present */
     /* and it is callable through the host-side copy */
     const char *ns[1] = {"ns"}, *keys[1] = {"k"};
-    struct rhema_storage_value out[1];
+    struct rhema_storage_value out[1] = {{.size = sizeof(struct rhema_storage_value)}};
     int rcs[1] = {0};
     assert_int_equal(p->vt.storage.get_many(NULL, ns, keys, 1, out, rcs), 0);
     assert_int_equal(rcs[0], RHEMA_ENOTFOUND);
