@@ -35,10 +35,10 @@
 
 #include <sodium.h>
 
-#include "../tests/conformance/balancer_suite.h"
-#include "../tests/conformance/cipher_suite.h"
-#include "../tests/conformance/compress_suite.h"
-#include "../tests/conformance/storage_suite.h"
+#include "balancer_suite.h"
+#include "cipher_suite.h"
+#include "compress_suite.h"
+#include "storage_suite.h"
 #include "config.h"
 #include "log.h"
 #include "maintenance.h"
