@@ -426,7 +426,7 @@ int main(int argc, char **argv)
         return rhemactl_dict(argc - 1, argv + 1);
 #endif
     if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "-V") == 0) {
-        printf("rhemactl %s (plugin ABI %s)\n", PACKAGE_VERSION, rhema_plugin_abi_string());
+        printf("rhemactl %s, plugin ABI %s\n", PACKAGE_VERSION, rhema_plugin_abi_string());
         return 0;
     }
     if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
