@@ -1279,7 +1279,8 @@ int rhema_system_metrics_put(struct rhema_store *st, json_t *metrics, uint64_t i
             json_decref(rec);
             return errf(err, RHEMA_ENOMEM, "out of memory");
         }
-        struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT,
+        struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
                                         .ns = NS_SYSTEM,
                                         .key = METRICS_KEY,
                                         .value = text,
@@ -1395,13 +1396,15 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
             goto out;
         }
         struct rhema_storage_write w[2] = {
-            {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT,
+            {.size = sizeof(struct rhema_storage_write),
+             .op = RHEMA_WRITE_PUT,
              .ns = NS_CONFIGS,
              .key = vkey,
              .value = text,
              .value_len = len,
              .expected_version = RHEMA_VERSION_ABSENT},
-            {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT,
+            {.size = sizeof(struct rhema_storage_write),
+             .op = RHEMA_WRITE_PUT,
              .ns = NS_CONFIGS,
              .key = latest_key,
              .value = text,

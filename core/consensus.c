@@ -427,7 +427,8 @@ int rhema_consensus_state_put(struct rhema_store *st, const char *node, json_t *
             rc = errf(err, RHEMA_ENOMEM, "out of memory");
             goto done;
         }
-        struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT,
+        struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
                                         .ns = NS_STATE,
                                         .key = node,
                                         .value = text,

@@ -32,8 +32,7 @@ struct rhema_plugin_registry {
 
 /* ---- the host table ---- */
 
-static void host_log(int level, const char *plugin, const char *fmt, ...)
-    RHEMA_PRINTF_LIKE(3, 4);
+static void host_log(int level, const char *plugin, const char *fmt, ...) RHEMA_PRINTF_LIKE(3, 4);
 static void host_log(int level, const char *plugin, const char *fmt, ...)
 {
     va_list ap;
@@ -49,8 +48,7 @@ static void host_vlog(int level, const char *plugin, const char *fmt, va_list ap
     rhema_vlog(level, plugin, fmt, ap);
 }
 
-static int host_set_error(char **err, int code, const char *fmt, ...)
-    RHEMA_PRINTF_LIKE(3, 4);
+static int host_set_error(char **err, int code, const char *fmt, ...) RHEMA_PRINTF_LIKE(3, 4);
 static int host_set_error(char **err, int code, const char *fmt, ...)
 {
     if (err) {
@@ -166,8 +164,8 @@ const struct rhema_host *rhema_host_get(void) { return &host_table; }
 #define STR(x) STR_(x)
 const char *rhema_plugin_abi_string(void)
 {
-    return STR(RHEMA_ABI_MAJOR) " (host " STR(RHEMA_HOST_ABI_MINOR) ", storage " STR(
-        RHEMA_STORAGE_ABI_MINOR) ", compression " STR(RHEMA_COMPRESS_ABI_MINOR) ", cipher " STR(RHEMA_CIPHER_ABI_MINOR) ", balancer " STR(RHEMA_BALANCER_ABI_MINOR) ")";
+    return STR(RHEMA_ABI_MAJOR) " (host " STR(RHEMA_HOST_ABI_MINOR) ", storage " STR(RHEMA_STORAGE_ABI_MINOR) ", compression " STR(
+        RHEMA_COMPRESS_ABI_MINOR) ", cipher " STR(RHEMA_CIPHER_ABI_MINOR) ", balancer " STR(RHEMA_BALANCER_ABI_MINOR) ")";
 }
 
 const char *rhema_plugin_kind_name(uint32_t kind)
@@ -447,8 +445,8 @@ int rhema_plugin_load(struct rhema_plugin_registry *reg, const char *spec, const
      * its vtable holds every member of our minor (the copy below ignores
      * the rest); one of an older minor must hold every member of its own.
      */
-    uint32_t minor = raw->abi_minor < host_minor(raw->kind) ? raw->abi_minor
-                                                             : host_minor(raw->kind);
+    uint32_t minor =
+        raw->abi_minor < host_minor(raw->kind) ? raw->abi_minor : host_minor(raw->kind);
     size_t need = required_size(raw->kind, minor);
     if (need == 0) {
         rc = fail(err, RHEMA_ENOTSUP, "%s: kind %u (%s) is not supported by this host", path,

@@ -38,12 +38,12 @@
 #include "balancer_suite.h"
 #include "cipher_suite.h"
 #include "compress_suite.h"
-#include "storage_suite.h"
 #include "config.h"
 #include "log.h"
 #include "maintenance.h"
 #include "plugin.h"
 #include "rhemactl_keys.h"
+#include "storage_suite.h"
 #ifdef RHEMA_HAVE_ZSTD
 #include "rhemactl_dict.h"
 #endif

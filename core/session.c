@@ -575,7 +575,8 @@ int rhema_store_flush_access(struct rhema_store *st)
             int len = access_format(it->text, sizeof it->text, a.count + it->e->delta,
                                     it->e->last_ms > a.last_ms ? it->e->last_ms : a.last_ms,
                                     a.incarnation);
-            it->w = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT,
+            it->w = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                                 .op = RHEMA_WRITE_PUT,
                                                  .ns = NS_ACCESS,
                                                  .key = it->e->id,
                                                  .value = it->text,

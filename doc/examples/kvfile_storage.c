@@ -1295,7 +1295,10 @@ static int kv_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int kv_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_DEL,
+                                    .ns = ns,
+                                    .key = key,
                                     .expected_version = expected_version};
     int rc = check_write(c, &w);
     if (rc != 0)
@@ -1477,8 +1480,8 @@ static int kv_backup(rhema_storage_conn *c, const char *path, char **err)
 
 static const struct rhema_storage_plugin kvfile_plugin = {
     /* abi_major, abi_minor, kind, size, name, version, description */
-    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
-                                PLUGIN_VERSION, "example: sorted array with an append-only log"),
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, PLUGIN_VERSION,
+                                        "example: sorted array with an append-only log"),
     .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = kv_open,
     .close = kv_close,

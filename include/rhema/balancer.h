@@ -116,8 +116,8 @@ struct rhema_balancer_plugin {
 };
 
 /* The header of a balancer vtable: .base = RHEMA_BALANCER_PLUGIN_HEADER("mine", "1.0", "..."). */
-#define RHEMA_BALANCER_PLUGIN_HEADER(NAME, VERSION, DESC)                                        \
-    RHEMA_PLUGIN_HEADER(struct rhema_balancer_plugin, RHEMA_KIND_BALANCER,                       \
+#define RHEMA_BALANCER_PLUGIN_HEADER(NAME, VERSION, DESC)                                          \
+    RHEMA_PLUGIN_HEADER(struct rhema_balancer_plugin, RHEMA_KIND_BALANCER,                         \
                         RHEMA_BALANCER_ABI_MINOR, NAME, VERSION, DESC)
 
 #ifdef __cplusplus

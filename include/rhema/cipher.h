@@ -72,8 +72,8 @@ struct rhema_cipher_plugin {
 };
 
 /* The header of a cipher vtable: .base = RHEMA_CIPHER_PLUGIN_HEADER("mine", "1.0", "..."). */
-#define RHEMA_CIPHER_PLUGIN_HEADER(NAME, VERSION, DESC)                                          \
-    RHEMA_PLUGIN_HEADER(struct rhema_cipher_plugin, RHEMA_KIND_CIPHER, RHEMA_CIPHER_ABI_MINOR,    \
+#define RHEMA_CIPHER_PLUGIN_HEADER(NAME, VERSION, DESC)                                            \
+    RHEMA_PLUGIN_HEADER(struct rhema_cipher_plugin, RHEMA_KIND_CIPHER, RHEMA_CIPHER_ABI_MINOR,     \
                         NAME, VERSION, DESC)
 
 #ifdef __cplusplus

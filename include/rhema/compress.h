@@ -88,9 +88,10 @@ struct rhema_compress_plugin {
     /* --- minor 0 ends here --- */
 };
 
-/* The header of a compression vtable: .base = RHEMA_COMPRESS_PLUGIN_HEADER("mine", "1.0", "..."). */
-#define RHEMA_COMPRESS_PLUGIN_HEADER(NAME, VERSION, DESC)                                        \
-    RHEMA_PLUGIN_HEADER(struct rhema_compress_plugin, RHEMA_KIND_COMPRESS,                       \
+/* The header of a compression vtable: .base = RHEMA_COMPRESS_PLUGIN_HEADER("mine", "1.0", "...").
+ */
+#define RHEMA_COMPRESS_PLUGIN_HEADER(NAME, VERSION, DESC)                                          \
+    RHEMA_PLUGIN_HEADER(struct rhema_compress_plugin, RHEMA_KIND_COMPRESS,                         \
                         RHEMA_COMPRESS_ABI_MINOR, NAME, VERSION, DESC)
 
 #ifdef __cplusplus

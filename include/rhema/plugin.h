@@ -200,8 +200,7 @@ struct rhema_host {
  * The entry point every plugin defines.  Declared visible, so a plugin built
  * with -fvisibility=hidden (to export nothing else) still exports it.
  */
-RHEMA_EXPORT int rhema_plugin_init(const struct rhema_host *host,
-                                   const struct rhema_plugin **out);
+RHEMA_EXPORT int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out);
 
 /*
  * The header initialiser for a vtable of type T, kind K, built against
@@ -210,9 +209,9 @@ RHEMA_EXPORT int rhema_plugin_init(const struct rhema_host *host,
  *         .base = RHEMA_STORAGE_PLUGIN_HEADER("mine", "1.0", "..."),
  *         ...
  */
-#define RHEMA_PLUGIN_HEADER(T, K, MINOR, NAME, VERSION, DESC)                                \
-    {                                                                                        \
-        RHEMA_ABI_MAJOR, (MINOR), (K), (uint32_t)sizeof(T), (NAME), (VERSION), (DESC)        \
+#define RHEMA_PLUGIN_HEADER(T, K, MINOR, NAME, VERSION, DESC)                                      \
+    {                                                                                              \
+        RHEMA_ABI_MAJOR, (MINOR), (K), (uint32_t)sizeof(T), (NAME), (VERSION), (DESC)              \
     }
 
 /*

@@ -100,8 +100,8 @@ struct rhema_storage_write {
 
 /* One member of a group commit (see group() below). */
 struct rhema_storage_batch {
-    uint32_t size;  /* sizeof the struct as the caller built it: an array's stride */
-    int result;     /* out: 0 or the RHEMA_E* code batch() would have returned */
+    uint32_t size; /* sizeof the struct as the caller built it: an array's stride */
+    int result;    /* out: 0 or the RHEMA_E* code batch() would have returned */
     struct rhema_storage_write *writes; /* an array of its own stride */
     size_t n;
     /* --- minor 0 ends here --- */
@@ -120,11 +120,11 @@ struct rhema_storage_value {
 };
 
 /* The smallest sizes a caller passes: every member of minor 0. */
-#define RHEMA_STORAGE_WRITE_SIZE_0                                                               \
+#define RHEMA_STORAGE_WRITE_SIZE_0                                                                 \
     ((uint32_t)(offsetof(struct rhema_storage_write, new_version) + sizeof(uint64_t)))
-#define RHEMA_STORAGE_BATCH_SIZE_0                                                               \
+#define RHEMA_STORAGE_BATCH_SIZE_0                                                                 \
     ((uint32_t)(offsetof(struct rhema_storage_batch, n) + sizeof(size_t)))
-#define RHEMA_STORAGE_VALUE_SIZE_0                                                               \
+#define RHEMA_STORAGE_VALUE_SIZE_0                                                                 \
     ((uint32_t)(offsetof(struct rhema_storage_value, version) + sizeof(uint64_t)))
 
 /* Element i of an array of writes (batch(), a group member's writes). */
@@ -310,8 +310,8 @@ struct rhema_storage_plugin {
 };
 
 /* The header of a storage vtable: .base = RHEMA_STORAGE_PLUGIN_HEADER("mine", "1.0", "..."). */
-#define RHEMA_STORAGE_PLUGIN_HEADER(NAME, VERSION, DESC)                                         \
-    RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, RHEMA_STORAGE_ABI_MINOR, \
+#define RHEMA_STORAGE_PLUGIN_HEADER(NAME, VERSION, DESC)                                           \
+    RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, RHEMA_STORAGE_ABI_MINOR,  \
                         NAME, VERSION, DESC)
 
 #ifdef __cplusplus

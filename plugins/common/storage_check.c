@@ -66,9 +66,8 @@ const char *rhema_storage_write_invalid(const struct rhema_storage_write *w)
     return NULL;
 }
 
-const char *rhema_storage_get_many_invalid(const char *const *ns, const char *const *keys,
-                                           size_t n, const struct rhema_storage_value *out,
-                                           const int *rcs)
+const char *rhema_storage_get_many_invalid(const char *const *ns, const char *const *keys, size_t n,
+                                           const struct rhema_storage_value *out, const int *rcs)
 {
     size_t i;
     if (ns == NULL || keys == NULL || out == NULL || rcs == NULL)

@@ -38,9 +38,8 @@ const char *rhema_storage_key_invalid(const char *ns, const char *key);
 const char *rhema_storage_write_invalid(const struct rhema_storage_write *w);
 
 /* Why the arguments of a get_many() call are malformed, or NULL. */
-const char *rhema_storage_get_many_invalid(const char *const *ns, const char *const *keys,
-                                           size_t n, const struct rhema_storage_value *out,
-                                           const int *rcs);
+const char *rhema_storage_get_many_invalid(const char *const *ns, const char *const *keys, size_t n,
+                                           const struct rhema_storage_value *out, const int *rcs);
 
 /* Why the arguments of a scan() call are malformed (bad ns, NULL callback), or NULL. */
 const char *rhema_storage_scan_invalid(const char *ns, rhema_storage_scan_cb cb);

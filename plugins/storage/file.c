@@ -213,8 +213,7 @@ struct rhema_storage_conn {
 
 /* ---- small helpers ---- */
 
-static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
-    RHEMA_PRINTF_LIKE(2, 3);
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...) RHEMA_PRINTF_LIKE(2, 3);
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 {
@@ -2027,7 +2026,10 @@ static int fl_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int fl_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_DEL,
+                                    .ns = ns,
+                                    .key = key,
                                     .expected_version = expected_version};
     struct rhema_storage_batch b = {sizeof(struct rhema_storage_batch), 0, &w, 1};
     int rc = check_write(c, &w);
@@ -3062,8 +3064,8 @@ static int fl_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g
 }
 
 static const struct rhema_storage_plugin file_plugin = {
-    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
-                                "1.0.0", "one directory, a file per entry (durable, one host)"),
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
+                                        "one directory, a file per entry (durable, one host)"),
     .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = fl_open,
     .close = fl_close,

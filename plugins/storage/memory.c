@@ -124,8 +124,7 @@ struct rhema_storage_conn {
 
 /* ---- small helpers ---- */
 
-static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
-    RHEMA_PRINTF_LIKE(2, 3);
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...) RHEMA_PRINTF_LIKE(2, 3);
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 {
@@ -693,7 +692,10 @@ static int mem_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int mem_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_DEL,
+                                    .ns = ns,
+                                    .key = key,
                                     .expected_version = expected_version};
     rhema_storage_instance *in = c->inst;
     uint64_t now;
@@ -1476,8 +1478,8 @@ static int mem_batch_strided(rhema_storage_conn *c, struct rhema_storage_write *
 }
 
 static const struct rhema_storage_plugin memory_plugin = {
-    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
-                                "1.0.0", "in-process ordered map (not durable)"),
+    .base =
+        RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0", "in-process ordered map (not durable)"),
     .features = RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = mem_open,
     .close = mem_close,

@@ -315,8 +315,7 @@ struct rhema_storage_conn {
 
 /* ---- helpers ---- */
 
-static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
-    RHEMA_PRINTF_LIKE(2, 3);
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...) RHEMA_PRINTF_LIKE(2, 3);
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 {
@@ -1807,7 +1806,8 @@ static int write_tx(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
         rc = write_one(c, w, RUN_OUTCOME);
     } else {
 #ifdef LIBPQ_HAS_PIPELINING
-        struct rhema_storage_batch b = {.size = sizeof(struct rhema_storage_batch), .writes = w, .n = n, .result = 0};
+        struct rhema_storage_batch b = {
+            .size = sizeof(struct rhema_storage_batch), .writes = w, .n = n, .result = 0};
         rc = pl_apply(c, &b, 1, 1);
 #else
         size_t i;
@@ -2567,8 +2567,8 @@ static int pg_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g
 }
 
 static int pg_get_many_strided(rhema_storage_conn *c, const char *const *ns,
-                               const char *const *keys, size_t n,
-                               struct rhema_storage_value *out, int *rcs)
+                               const char *const *keys, size_t n, struct rhema_storage_value *out,
+                               int *rcs)
 {
     const char *why = NULL;
     int rc = rhema_storage_call_get_many(pg_get_many, c, ns, keys, n, out, rcs, &why);
@@ -2578,8 +2578,8 @@ static int pg_get_many_strided(rhema_storage_conn *c, const char *const *ns,
 }
 
 static const struct rhema_storage_plugin postgres_plugin = {
-    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
-                                "1.0.0", "PostgreSQL through libpq (shared, durable)"),
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
+                                        "PostgreSQL through libpq (shared, durable)"),
     .features =
         RHEMA_STORAGE_SHARED | RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = pg_open,

@@ -335,8 +335,7 @@ struct args {
 
 /* ---- helpers ---- */
 
-static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
-    RHEMA_PRINTF_LIKE(2, 3);
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...) RHEMA_PRINTF_LIKE(2, 3);
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 {
@@ -1466,7 +1465,10 @@ static int rd_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int rd_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_DEL,
+                                    .ns = ns,
+                                    .key = key,
                                     .expected_version = expected_version};
     int rc;
     release_held(c);
@@ -2164,8 +2166,8 @@ static int rd_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g
 }
 
 static int rd_get_many_strided(rhema_storage_conn *c, const char *const *ns,
-                               const char *const *keys, size_t n,
-                               struct rhema_storage_value *out, int *rcs)
+                               const char *const *keys, size_t n, struct rhema_storage_value *out,
+                               int *rcs)
 {
     const char *why = NULL;
     int rc = rhema_storage_call_get_many(rd_get_many, c, ns, keys, n, out, rcs, &why);
@@ -2175,8 +2177,8 @@ static int rd_get_many_strided(rhema_storage_conn *c, const char *const *ns,
 }
 
 static const struct rhema_storage_plugin redis_plugin = {
-    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
-                                "1.0.0", "Redis server through hiredis (shared, leases, TTL)"),
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
+                                        "Redis server through hiredis (shared, leases, TTL)"),
     /* DURABLE as the server is configured: appendonly yes + appendfsync always */
     .features =
         RHEMA_STORAGE_SHARED | RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,

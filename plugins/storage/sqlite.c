@@ -209,8 +209,7 @@ struct rhema_storage_conn {
 
 /* ---- helpers ---- */
 
-static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
-    RHEMA_PRINTF_LIKE(2, 3);
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...) RHEMA_PRINTF_LIKE(2, 3);
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 {
@@ -1063,7 +1062,10 @@ static int sq_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int sq_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_DEL,
+                                    .ns = ns,
+                                    .key = key,
                                     .expected_version = expected_version};
     int rc = check_write(c, &w);
     if (rc != 0)
@@ -1624,8 +1626,8 @@ static int sq_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g
 }
 
 static const struct rhema_storage_plugin sqlite_plugin = {
-    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME,
-                                "1.0.0", "SQLite database in WAL mode (durable, one host)"),
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
+                                        "SQLite database in WAL mode (durable, one host)"),
     .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = sq_open,
     .close = sq_close,

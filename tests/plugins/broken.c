@@ -102,7 +102,10 @@ static int s_get_many(rhema_storage_conn *c, const char *const *ns, const char *
         rcs[i] = RHEMA_ENOTFOUND;
     return 0;
 }
-static int s_later(void) { return RHEMA_ENOTSUP; }
+static int s_later(void)
+{
+    return RHEMA_ENOTSUP;
+}
 
 /*
  * The vtable as a plugin of a later minor lays it out: this host's members,
@@ -124,63 +127,64 @@ struct newer_storage_plugin {
 static const VT_TYPE vt = {
 #ifdef GOOD_NEWER
     .later = {s_later, s_later, s_later},
-    .known = {
-#endif
-    .base =
+    .known =
         {
+#endif
+            .base =
+                {
 #if defined(BROKEN_MAJOR)
-            .abi_major = RHEMA_ABI_MAJOR + 1,
+                    .abi_major = RHEMA_ABI_MAJOR + 1,
 #elif defined(BROKEN_OLD_MAJOR)
             .abi_major = RHEMA_ABI_MAJOR - 1,
 #else
             .abi_major = RHEMA_ABI_MAJOR,
 #endif
 #if defined(BROKEN_MINOR) || defined(GOOD_NEWER)
-            .abi_minor = RHEMA_STORAGE_ABI_MINOR + 7,
+                    .abi_minor = RHEMA_STORAGE_ABI_MINOR + 7,
 #elif defined(GOOD_OPTIONAL)
             .abi_minor = 0,
 #else
             .abi_minor = RHEMA_STORAGE_ABI_MINOR,
 #endif
 #ifdef BROKEN_KIND
-            .kind = 99,
+                    .kind = 99,
 #else
             .kind = RHEMA_KIND_STORAGE,
 #endif
 #if defined(BROKEN_SIZE)
-            .size = (uint32_t)offsetof(struct rhema_storage_plugin, scan),
+                    .size = (uint32_t)offsetof(struct rhema_storage_plugin, scan),
 #elif defined(GOOD_OPTIONAL) || defined(BROKEN_MINOR)
             .size = (uint32_t)offsetof(struct rhema_storage_plugin, get_many),
 #else
             .size = (uint32_t)sizeof(VT_TYPE),
 #endif
-            .name = NAME,
-            .version = "0.0.1",
-            .description = "a deliberately broken plugin for the loader tests",
-        },
-    .features = 0,
-    .open = s_open,
-    .close = s_close,
-    .connect = s_connect,
-    .disconnect = s_disconnect,
-    .get = s_get,
-    .put = s_put,
-    .del = s_del,
-    .batch = s_batch,
+                    .name = NAME,
+                    .version = "0.0.1",
+                    .description = "a deliberately broken plugin for the loader tests",
+                },
+            .features = 0,
+            .open = s_open,
+            .close = s_close,
+            .connect = s_connect,
+            .disconnect = s_disconnect,
+            .get = s_get,
+            .put = s_put,
+            .del = s_del,
+            .batch = s_batch,
 #ifdef BROKEN_NULLMETHOD
-    .scan = NULL,
+            .scan = NULL,
 #else
     .scan = s_scan,
 #endif
-    .lease = s_lease,
-    .health = s_health,
-    .stats = s_stats,
-    .errmsg = s_errmsg,
+            .lease = s_lease,
+            .health = s_health,
+            .stats = s_stats,
+            .errmsg = s_errmsg,
 #if !defined(GOOD_OPTIONAL) && !defined(BROKEN_MINOR)
-    .get_many = s_get_many,
+            .get_many = s_get_many,
 #endif
 #ifdef GOOD_NEWER
-    },
+        },
 #endif
 };
 

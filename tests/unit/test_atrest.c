@@ -253,8 +253,13 @@ static char *json_value(size_t len, int salt)
 static uint64_t put_ok(const struct wrapped *w, const char *key, const void *v, size_t len,
                        uint64_t expected)
 {
-    struct rhema_storage_write wr = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT, .ns = NS, .key = key, .value = v,
-                                     .value_len = len, .expected_version = expected};
+    struct rhema_storage_write wr = {.size = sizeof(struct rhema_storage_write),
+                                     .op = RHEMA_WRITE_PUT,
+                                     .ns = NS,
+                                     .key = key,
+                                     .value = v,
+                                     .value_len = len,
+                                     .expected_version = expected};
     int rc = w->vt->put(w->conn, &wr);
     if (rc)
         fail_msg("put %s: %s (%s)", key, rhema_strerror(rc), w->vt->errmsg(w->conn));
@@ -294,7 +299,11 @@ static struct rhema_buf raw_get(struct fx *f, const char *ns, const char *key, u
 
 static void raw_put(struct fx *f, const char *ns, const char *key, const void *v, size_t len)
 {
-    struct rhema_storage_write wr = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT, .ns = ns, .key = key, .value = v,
+    struct rhema_storage_write wr = {.size = sizeof(struct rhema_storage_write),
+                                     .op = RHEMA_WRITE_PUT,
+                                     .ns = ns,
+                                     .key = key,
+                                     .value = v,
                                      .value_len = len};
     assert_int_equal(memvt->put(f->raw, &wr), 0);
 }
@@ -427,11 +436,26 @@ static void batch_group_scan(void **state)
     put_ok(&w, "k0", v[0], strlen(v[0]), 0);
     /* a batch: two puts, a delete, and a put of a key written by the batch */
     struct rhema_storage_write b[4] = {
-        {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT, .ns = NS, .key = "k1", .value = v[1], .value_len = strlen(v[1]),
+        {.size = sizeof(struct rhema_storage_write),
+         .op = RHEMA_WRITE_PUT,
+         .ns = NS,
+         .key = "k1",
+         .value = v[1],
+         .value_len = strlen(v[1]),
          .expected_version = RHEMA_VERSION_ABSENT},
-        {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT, .ns = NS, .key = "k2", .value = v[2], .value_len = strlen(v[2])},
+        {.size = sizeof(struct rhema_storage_write),
+         .op = RHEMA_WRITE_PUT,
+         .ns = NS,
+         .key = "k2",
+         .value = v[2],
+         .value_len = strlen(v[2])},
         {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = NS, .key = "k0"},
-        {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT, .ns = NS, .key = "k2", .value = v[3], .value_len = strlen(v[3])},
+        {.size = sizeof(struct rhema_storage_write),
+         .op = RHEMA_WRITE_PUT,
+         .ns = NS,
+         .key = "k2",
+         .value = v[3],
+         .value_len = strlen(v[3])},
     };
     int rc = w.vt->batch(w.conn, b, 4);
     if (rc)
@@ -446,19 +470,38 @@ static void batch_group_scan(void **state)
     assert_sealed(f, NS, "k2");
     /* a failed batch changes nothing */
     struct rhema_storage_write bad[2] = {
-        {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT, .ns = NS, .key = "k3", .value = v[0], .value_len = strlen(v[0])},
-        {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT, .ns = NS, .key = "k1", .value = v[0], .value_len = strlen(v[0]),
+        {.size = sizeof(struct rhema_storage_write),
+         .op = RHEMA_WRITE_PUT,
+         .ns = NS,
+         .key = "k3",
+         .value = v[0],
+         .value_len = strlen(v[0])},
+        {.size = sizeof(struct rhema_storage_write),
+         .op = RHEMA_WRITE_PUT,
+         .ns = NS,
+         .key = "k1",
+         .value = v[0],
+         .value_len = strlen(v[0]),
          .expected_version = RHEMA_VERSION_ABSENT},
     };
     assert_int_equal(w.vt->batch(w.conn, bad, 2), RHEMA_ECONFLICT);
     assert_int_equal(w.vt->get(w.conn, NS, "k3", &out), RHEMA_ENOTFOUND);
     /* a group: one member applies, one conflicts */
-    struct rhema_storage_write g0[1] = {
-        {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT, .ns = NS, .key = "k4", .value = v[0], .value_len = strlen(v[0])}};
-    struct rhema_storage_write g1[1] = {
-        {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT, .ns = NS, .key = "k1", .value = v[0], .value_len = strlen(v[0]),
-         .expected_version = RHEMA_VERSION_ABSENT}};
-    struct rhema_storage_batch g[2] = {{sizeof(struct rhema_storage_batch), -99, g0, 1}, {sizeof(struct rhema_storage_batch), -99, g1, 1}};
+    struct rhema_storage_write g0[1] = {{.size = sizeof(struct rhema_storage_write),
+                                         .op = RHEMA_WRITE_PUT,
+                                         .ns = NS,
+                                         .key = "k4",
+                                         .value = v[0],
+                                         .value_len = strlen(v[0])}};
+    struct rhema_storage_write g1[1] = {{.size = sizeof(struct rhema_storage_write),
+                                         .op = RHEMA_WRITE_PUT,
+                                         .ns = NS,
+                                         .key = "k1",
+                                         .value = v[0],
+                                         .value_len = strlen(v[0]),
+                                         .expected_version = RHEMA_VERSION_ABSENT}};
+    struct rhema_storage_batch g[2] = {{sizeof(struct rhema_storage_batch), -99, g0, 1},
+                                       {sizeof(struct rhema_storage_batch), -99, g1, 1}};
     assert_non_null(w.vt->group);
     assert_int_equal(w.vt->group(w.conn, g, 2), 0);
     assert_int_equal(g[0].result, 0);
@@ -709,7 +752,11 @@ static void versions_pass_through(void **state)
     struct rhema_buf b = raw_get(f, NS, "cas", &rv);
     assert_int_equal(rv, v1);
     free(b.data);
-    struct rhema_storage_write wr = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT, .ns = NS, .key = "cas", .value = v,
+    struct rhema_storage_write wr = {.size = sizeof(struct rhema_storage_write),
+                                     .op = RHEMA_WRITE_PUT,
+                                     .ns = NS,
+                                     .key = "cas",
+                                     .value = v,
                                      .value_len = strlen(v),
                                      .expected_version = RHEMA_VERSION_ABSENT};
     assert_int_equal(w.vt->put(w.conn, &wr), RHEMA_ECONFLICT);
@@ -777,8 +824,12 @@ static void wrap_refusals(void **state)
         rhema_storage_conn *conn;
         assert_int_equal(vt->connect(rhema_atrest_instance(a), &conn, &err), 0);
         char *v = json_value(200, 13);
-        struct rhema_storage_write wr = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT, .ns = NS, .key = "huge",
-                                         .value = v, .value_len = strlen(v)};
+        struct rhema_storage_write wr = {.size = sizeof(struct rhema_storage_write),
+                                         .op = RHEMA_WRITE_PUT,
+                                         .ns = NS,
+                                         .key = "huge",
+                                         .value = v,
+                                         .value_len = strlen(v)};
         assert_int_equal(vt->put(conn, &wr), RHEMA_ETOOBIG);
         assert_non_null(strstr(vt->errmsg(conn), "max_decompressed_bytes"));
         struct rhema_storage_value out = {.size = sizeof(struct rhema_storage_value)};

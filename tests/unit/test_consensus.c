@@ -623,7 +623,8 @@ static void commit_and_applied_are_monotonic(void **state)
         assert_non_null(e);
         json_object_set_new(e, "committed_at", json_string("2001-02-03T04:05:06.000Z"));
         char *t = json_dumps(e, JSON_COMPACT);
-        struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT,
+        struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
                                         .ns = "consensus.log",
                                         .key = key,
                                         .value = t,

@@ -204,7 +204,11 @@ static void fixture_free(struct fixture *f)
 
 static void raw_put(struct fixture *f, const char *ns, const char *key, const char *val)
 {
-    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_PUT, .ns = ns, .key = key, .value = val,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_PUT,
+                                    .ns = ns,
+                                    .key = key,
+                                    .value = val,
                                     .value_len = strlen(val)};
     assert_int_equal(f->srv.storage->put(f->conn, &w), 0);
 }
