@@ -130,6 +130,46 @@ int rhema_storage_batch_checks_after_first(const struct rhema_storage_batch *b)
     return 0;
 }
 
+int rhema_storage_batch_check(rhema_storage_conn *conn, struct rhema_storage_write *w, size_t n,
+                              rhema_storage_write_check_fn check, const char **why)
+{
+    size_t i;
+    int rc;
+    if (n == 0)
+        return 0;
+    if (w == NULL) {
+        *why = "NULL writes";
+        return RHEMA_EINVAL;
+    }
+    for (i = 0; i < n; i++)
+        w[i].new_version = 0;
+    for (i = 0; i < n; i++)
+        if ((rc = check(conn, &w[i])) != 0)
+            return rc;
+    return 0;
+}
+
+int rhema_storage_group_check(rhema_storage_conn *conn, struct rhema_storage_batch *g, size_t n,
+                              rhema_storage_write_check_fn check, const char **why)
+{
+    size_t i, j;
+    if (n == 0)
+        return 0;
+    if (g == NULL) {
+        *why = "NULL group";
+        return RHEMA_EINVAL;
+    }
+    for (i = 0; i < n; i++) {
+        const char *member_why = NULL;
+        g[i].result = rhema_storage_batch_check(conn, g[i].writes, g[i].n, check, &member_why);
+        if (member_why != NULL)
+            *why = member_why; /* a member's NULL writes: it fails alone */
+        for (j = 0; g[i].writes != NULL && j < g[i].n; j++)
+            g[i].writes[j].new_version = 0;
+    }
+    return 0;
+}
+
 /* ---- arrays of the caller's stride ---- */
 
 #define MIN(a, b) ((a) < (b) ? (a) : (b))

@@ -66,6 +66,32 @@ const char *rhema_storage_lease_invalid(const char *name, const char *holder, ui
 int rhema_storage_batch_checks_after_first(const struct rhema_storage_batch *b);
 
 /*
+ * A plugin's own check of one write: rhema_storage_write_invalid() plus its
+ * backend's limits.  It sets the connection's message itself and returns
+ * 0 or a RHEMA_E* code (RHEMA_EINVAL, RHEMA_ETOOBIG ...).
+ */
+typedef int (*rhema_storage_write_check_fn)(rhema_storage_conn *conn,
+                                            const struct rhema_storage_write *w);
+
+/*
+ * The argument checks of batch(), before anything is applied: 0 when
+ * w[0..n) may go ahead, else the code of the first write check refuses
+ * (which set the message), or RHEMA_EINVAL with *why for a NULL array.
+ * Every new_version is cleared first, so a refused batch reports none.
+ */
+int rhema_storage_batch_check(rhema_storage_conn *conn, struct rhema_storage_write *w, size_t n,
+                              rhema_storage_write_check_fn check, const char **why);
+
+/*
+ * The argument checks of group(): every member's result becomes 0, or
+ * the code of its first refused write (RHEMA_EINVAL for NULL writes), so a
+ * bad member fails alone; every new_version is cleared.  Returns
+ * RHEMA_EINVAL with *why only for a NULL g with n > 0, else 0.
+ */
+int rhema_storage_group_check(rhema_storage_conn *conn, struct rhema_storage_batch *g, size_t n,
+                              rhema_storage_write_check_fn check, const char **why);
+
+/*
  * Arrays of the caller's stride (storage.h, "Growing the structs").  A
  * plugin implements batch(), group() and get_many() over arrays of its own
  * struct layout -- indexing w[i], g[i].writes[j], out[i] -- and exports

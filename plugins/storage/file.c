@@ -2042,18 +2042,14 @@ static int fl_del(rhema_storage_conn *c, const char *ns, const char *key, uint64
 static int fl_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
 {
     struct rhema_storage_batch b = {sizeof(struct rhema_storage_batch), 0, w, n};
-    size_t i;
     int rc;
     if (n == 0)
         return 0;
-    if (w == NULL) {
-        conn_error(c, "NULL writes");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        w[i].new_version = 0;
-        if ((rc = check_write(c, &w[i])) != 0)
-            return rc;
+    const char *why = NULL;
+    if ((rc = rhema_storage_batch_check(c, w, n, check_write, &why)) != 0) {
+        if (why != NULL)
+            conn_error(c, "%s", why);
+        return rc;
     }
     rc = write_group(c, &b, 1);
     return rc != 0 ? rc : b.result;
@@ -2061,22 +2057,14 @@ static int fl_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
 
 static int fl_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
 {
-    size_t i, j;
     if (n == 0)
         return 0;
-    if (g == NULL) {
-        conn_error(c, "NULL group");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        g[i].result = 0;
-        if (g[i].n > 0 && g[i].writes == NULL) {
-            conn_error(c, "NULL writes");
-            g[i].result = RHEMA_EINVAL;
-        }
-        for (j = 0; j < g[i].n && g[i].result == 0; j++)
-            g[i].result = check_write(c, &g[i].writes[j]);
-    }
+    const char *why = NULL;
+    int bad = rhema_storage_group_check(c, g, n, check_write, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    if (bad != 0)
+        return bad;
     return write_group(c, g, n);
 }
 

@@ -730,14 +730,11 @@ static int mem_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_
 
     if (n == 0)
         return 0;
-    if (w == NULL) {
-        conn_error(c, "NULL writes");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        rc = check_write(c, &w[i]);
-        if (rc != 0)
-            return rc;
+    const char *why = NULL;
+    if ((rc = rhema_storage_batch_check(c, w, n, check_write, &why)) != 0) {
+        if (why != NULL)
+            conn_error(c, "%s", why);
+        return rc;
     }
     values = calloc(n, sizeof *values);
     fresh = calloc(n, sizeof *fresh);

@@ -1856,18 +1856,14 @@ static int pg_del(rhema_storage_conn *c, const char *ns, const char *key, uint64
 
 static int pg_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
 {
-    size_t i;
     int rc;
     if (n == 0)
         return 0;
-    if (w == NULL) {
-        conn_error(c, "NULL writes");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        rc = check_write(c, &w[i]);
-        if (rc != 0)
-            return rc;
+    const char *why = NULL;
+    if ((rc = rhema_storage_batch_check(c, w, n, check_write, &why)) != 0) {
+        if (why != NULL)
+            conn_error(c, "%s", why);
+        return rc;
     }
     return write_tx(c, w, n);
 }
@@ -1882,30 +1878,22 @@ static int pg_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
  */
 static int pg_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
 {
-    size_t i, j;
+    size_t i;
     int rc;
     if (n == 0)
         return 0;
-    if (g == NULL) {
-        conn_error(c, "NULL group");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        g[i].result = 0;
-        if (g[i].n > 0 && g[i].writes == NULL) {
-            conn_error(c, "NULL writes");
-            g[i].result = RHEMA_EINVAL;
-        }
-        for (j = 0; j < g[i].n && g[i].result == 0; j++)
-            g[i].result = check_write(c, &g[i].writes[j]);
-        if (g[i].writes != NULL)
-            clear_versions(g[i].writes, g[i].n);
-    }
+    const char *why = NULL;
+    int bad = rhema_storage_group_check(c, g, n, check_write, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    if (bad != 0)
+        return bad;
     if ((rc = conn_ensure(c)) != 0)
         return rc;
 #ifdef LIBPQ_HAS_PIPELINING
     rc = pl_apply(c, g, n, 0);
 #else
+    size_t j;
     rc = tx_begin(c);
     for (i = 0; i < n && rc == 0; i++) {
         int sp = rhema_storage_batch_checks_after_first(&g[i]);

@@ -1480,19 +1480,15 @@ static int rd_del(rhema_storage_conn *c, const char *ns, const char *key, uint64
 
 static int rd_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
 {
-    size_t i;
     int rc;
     release_held(c);
     if (n == 0)
         return 0;
-    if (w == NULL) {
-        conn_error(c, "NULL writes");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        rc = check_write(c, &w[i]);
-        if (rc != 0)
-            return rc;
+    const char *why = NULL;
+    if ((rc = rhema_storage_batch_check(c, w, n, check_write, &why)) != 0) {
+        if (why != NULL)
+            conn_error(c, "%s", why);
+        return rc;
     }
     return write_script(c, w, n, "batch");
 }
@@ -1520,21 +1516,12 @@ static int rd_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
     release_held(c);
     if (n == 0)
         return 0;
-    if (g == NULL) {
-        conn_error(c, "NULL group");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        g[i].result = 0;
-        if (g[i].n > 0 && g[i].writes == NULL) {
-            conn_error(c, "NULL writes in group member %zu", i);
-            g[i].result = RHEMA_EINVAL;
-        }
-        for (j = 0; j < g[i].n && g[i].result == 0; j++)
-            g[i].result = check_write(c, &g[i].writes[j]);
-        for (j = 0; g[i].writes != NULL && j < g[i].n; j++)
-            g[i].writes[j].new_version = 0;
-    }
+    const char *bad_args = NULL;
+    int bad = rhema_storage_group_check(c, g, n, check_write, &bad_args);
+    if (bad_args != NULL)
+        conn_error(c, "%s", bad_args);
+    if (bad != 0)
+        return bad;
     rc = ensure_connected(c);
     if (rc != 0)
         return rc;

@@ -1075,18 +1075,14 @@ static int sq_del(rhema_storage_conn *c, const char *ns, const char *key, uint64
 
 static int sq_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
 {
-    size_t i;
     int rc;
     if (n == 0)
         return 0;
-    if (w == NULL) {
-        conn_error(c, "NULL writes");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        rc = check_write(c, &w[i]);
-        if (rc != 0)
-            return rc;
+    const char *why = NULL;
+    if ((rc = rhema_storage_batch_check(c, w, n, check_write, &why)) != 0) {
+        if (why != NULL)
+            conn_error(c, "%s", why);
+        return rc;
     }
     return write_tx(c, w, n);
 }
@@ -1101,11 +1097,14 @@ static int sq_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
 {
     size_t i, j;
     int rc;
-    for (i = 0; i < n; i++) {
-        g[i].result = 0;
-        for (j = 0; j < g[i].n && g[i].result == 0; j++)
-            g[i].result = check_write(c, &g[i].writes[j]);
-    }
+    if (n == 0)
+        return 0;
+    const char *why = NULL;
+    int bad = rhema_storage_group_check(c, g, n, check_write, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    if (bad != 0)
+        return bad;
     rc = tx_begin(c);
     if (rc != 0)
         return rc;

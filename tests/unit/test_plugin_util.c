@@ -78,6 +78,58 @@ static void checks_writes(void **state)
     assert_false(rhema_endpoints_valid(NULL, 1));
 }
 
+/* A plugin's own write check: the shared one, plus a limit of 3-byte values. */
+static int small_values(rhema_storage_conn *c, const struct rhema_storage_write *w)
+{
+    (void)c;
+    if (rhema_storage_write_invalid(w) != NULL)
+        return RHEMA_EINVAL;
+    return w->op == RHEMA_WRITE_PUT && w->value_len > 3 ? RHEMA_ETOOBIG : 0;
+}
+
+static void batch_and_group_checks(void **state)
+{
+    (void)state;
+    const char *why = NULL;
+    struct rhema_storage_write w[2] = {{.size = sizeof w[0],
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = "ns",
+                                        .key = "a",
+                                        .value = "ok",
+                                        .value_len = 2,
+                                        .new_version = 9},
+                                       {.size = sizeof w[0],
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = "ns",
+                                        .key = "b",
+                                        .value = "long",
+                                        .value_len = 4,
+                                        .new_version = 9}};
+    assert_int_equal(rhema_storage_batch_check(NULL, w, 2, small_values, &why), RHEMA_ETOOBIG);
+    assert_int_equal(w[0].new_version, 0); /* a refused batch reports no version */
+    assert_int_equal(w[1].new_version, 0);
+    assert_int_equal(rhema_storage_batch_check(NULL, w, 1, small_values, &why), 0);
+    assert_int_equal(rhema_storage_batch_check(NULL, NULL, 0, small_values, &why), 0);
+    assert_null(why);
+    assert_int_equal(rhema_storage_batch_check(NULL, NULL, 2, small_values, &why), RHEMA_EINVAL);
+    assert_non_null(why);
+
+    /* group: each member fails alone */
+    struct rhema_storage_batch g[3] = {
+        {.size = sizeof g[0], .result = -99, .writes = &w[0], .n = 1},
+        {.size = sizeof g[0], .result = -99, .writes = &w[1], .n = 1},
+        {.size = sizeof g[0], .result = -99, .writes = NULL, .n = 2}};
+    why = NULL;
+    assert_int_equal(rhema_storage_group_check(NULL, g, 3, small_values, &why), 0);
+    assert_int_equal(g[0].result, 0);
+    assert_int_equal(g[1].result, RHEMA_ETOOBIG);
+    assert_int_equal(g[2].result, RHEMA_EINVAL);
+    assert_non_null(why);
+    why = NULL;
+    assert_int_equal(rhema_storage_group_check(NULL, NULL, 1, small_values, &why), RHEMA_EINVAL);
+    assert_non_null(why);
+}
+
 /* ---- the stride adapters, with a fake implementation ---- */
 
 struct wide_write {
@@ -243,9 +295,14 @@ static void get_many_wide_values(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(checks_keys_and_leases), cmocka_unit_test(checks_writes),
-        cmocka_unit_test(batch_native_and_wide),  cmocka_unit_test(group_of_wide_batches),
+        /* clang-format off */
+        cmocka_unit_test(checks_keys_and_leases),
+        cmocka_unit_test(checks_writes),
+        cmocka_unit_test(batch_and_group_checks),
+        cmocka_unit_test(batch_native_and_wide),
+        cmocka_unit_test(group_of_wide_batches),
         cmocka_unit_test(get_many_wide_values),
+        /* clang-format on */
     };
     return cmocka_run_group_tests_name("plugin_util", tests, NULL, NULL);
 }
