@@ -379,7 +379,7 @@ static int storage_err(struct rhema_store *st, int rc, const char *what, char *e
 static int load_json(struct rhema_store *st, const char *ns, const char *key, json_t **cur,
                      uint64_t *version, char *err)
 {
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     *cur = NULL;
     *version = 0;
     int rc = st->vt->get(st->conn, ns, key, &v);
@@ -479,6 +479,7 @@ static struct rhema_storage_write *ws_add(struct wset *ws, uint32_t op, const ch
     }
     struct rhema_storage_write *w = &ws->w[ws->n++];
     memset(w, 0, sizeof *w);
+    w->size = sizeof *w;
     w->op = op;
     w->ns = ns;
     w->key = key;
@@ -493,7 +494,7 @@ static void ws_drop_missing_deletes(struct rhema_store *st, struct wset *ws)
 {
     size_t k = 0;
     for (size_t i = 0; i < ws->n; i++) {
-        struct rhema_storage_value v;
+        struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
         if (i > 0 && ws->w[i].op == RHEMA_WRITE_DEL &&
             st->vt->get(st->conn, ws->w[i].ns, ws->w[i].key, &v) == RHEMA_ENOTFOUND)
             continue;
@@ -1278,7 +1279,8 @@ int rhema_system_metrics_put(struct rhema_store *st, json_t *metrics, uint64_t i
             json_decref(rec);
             return errf(err, RHEMA_ENOMEM, "out of memory");
         }
-        struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT,
+        struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
                                         .ns = NS_SYSTEM,
                                         .key = METRICS_KEY,
                                         .value = text,
@@ -1394,13 +1396,15 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
             goto out;
         }
         struct rhema_storage_write w[2] = {
-            {.op = RHEMA_WRITE_PUT,
+            {.size = sizeof(struct rhema_storage_write),
+             .op = RHEMA_WRITE_PUT,
              .ns = NS_CONFIGS,
              .key = vkey,
              .value = text,
              .value_len = len,
              .expected_version = RHEMA_VERSION_ABSENT},
-            {.op = RHEMA_WRITE_PUT,
+            {.size = sizeof(struct rhema_storage_write),
+             .op = RHEMA_WRITE_PUT,
              .ns = NS_CONFIGS,
              .key = latest_key,
              .value = text,
@@ -1432,7 +1436,7 @@ out:
 int rhema_configuration_get(struct rhema_store *st, const char *name, uint64_t version,
                             struct rhema_record *out, char err[RHEMA_ERRMSG_MAX])
 {
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     char *key =
         version ? kfmt("%s/%020llu", name, (unsigned long long)version) : kfmt("%s/" LATEST, name);
     if (!key)
@@ -1441,7 +1445,7 @@ int rhema_configuration_get(struct rhema_store *st, const char *name, uint64_t v
     free(key);
     if (rc == RHEMA_ENOTFOUND) {
         if (version) {
-            struct rhema_storage_value l;
+            struct rhema_storage_value l = {.size = sizeof(struct rhema_storage_value)};
             char *lk = kfmt("%s/" LATEST, name);
             int exists = lk && st->vt->get(st->conn, NS_CONFIGS, lk, &l) == 0;
             free(lk);
@@ -1470,7 +1474,7 @@ int rhema_configuration_versions(struct rhema_store *st, const char *name, size_
                                  char err[RHEMA_ERRMSG_MAX])
 {
     uint64_t after = 0;
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     limit = clamp_limit(limit);
     if (cursor && parse_seq_cursor(cursor, &after) != 0)
         return errf(err, RHEMA_EINVAL, "parameter 'cursor': not a cursor this server issued");

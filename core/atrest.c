@@ -227,7 +227,7 @@ static int w_get(rhema_storage_conn *conn, const char *ns, const char *key,
                  struct rhema_storage_value *out)
 {
     struct atrest_conn *c = CONN(conn);
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     struct rhema_buf plain;
     c->msg[0] = '\0';
     free(c->got.data);
@@ -242,10 +242,17 @@ static int w_get(rhema_storage_conn *conn, const char *ns, const char *key,
         v.data = plain.data;
         v.len = plain.len;
     }
-    *out = v;
+    out->data = v.data; /* the caller's size stays */
+    out->len = v.len;
+    out->version = v.version;
     return 0;
 }
 
+/*
+ * The arrays batch(), group() and get_many() receive here come from the
+ * core, built with this very header, so their stride is sizeof: indexing is
+ * safe (storage.h, "Growing the structs", concerns plugins built apart).
+ */
 static int w_get_many(rhema_storage_conn *conn, const char *const *ns, const char *const *keys,
                       size_t n, struct rhema_storage_value *out, int *rcs)
 {
@@ -394,6 +401,7 @@ static int w_group(rhema_storage_conn *conn, struct rhema_storage_batch *g, size
             continue;
         }
         enc[i] = t;
+        tg[m].size = sizeof tg[m];
         tg[m].writes = t ? t : g[i].writes;
         tg[m].n = g[i].n;
         from[m++] = i;

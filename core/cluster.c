@@ -315,6 +315,7 @@ static int heartbeat(struct rhema_cluster *c, const char *status)
     if (text == NULL)
         return RHEMA_ENOMEM;
     memset(w, 0, sizeof w);
+    w[0].size = w[1].size = sizeof w[0];
     w[0].op = w[1].op = RHEMA_WRITE_PUT;
     w[0].ns = RHEMA_CLUSTER_NODES_NS;
     w[1].ns = RHEMA_CLUSTER_KNOWN_NS;
@@ -827,7 +828,7 @@ int rhema_cluster_json(const struct rhema_cluster *c, const struct rhema_storage
         if (leader[0] && !c->enabled) {
             node = json_incref(json_array_get(nodes, 0));
         } else if (leader[0]) {
-            struct rhema_storage_value v;
+            struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
             if (vt->get(conn, RHEMA_CLUSTER_NODES_NS, leader, &v) == 0)
                 node = json_loadb(v.data, v.len, 0, NULL);
         }

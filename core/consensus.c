@@ -287,7 +287,7 @@ static json_t *parse_obj(const void *data, size_t len)
 static int state_load(struct rhema_store *st, const char *node, json_t **cur, uint64_t *version,
                       char *err)
 {
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     *cur = NULL;
     *version = 0;
     int rc = st->vt->get(st->conn, NS_STATE, node, &v);
@@ -427,7 +427,8 @@ int rhema_consensus_state_put(struct rhema_store *st, const char *node, json_t *
             rc = errf(err, RHEMA_ENOMEM, "out of memory");
             goto done;
         }
-        struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT,
+        struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
                                         .ns = NS_STATE,
                                         .key = node,
                                         .value = text,
@@ -600,6 +601,7 @@ static void wset_log(struct wset *ws, uint32_t op, const char *node, uint64_t in
     struct rhema_storage_write *w = &ws->w[ws->n];
     log_key(ws->keys[ws->n], node, index);
     ws->vals[ws->n] = value;
+    w->size = sizeof *w;
     w->op = op;
     w->ns = NS_LOG;
     w->key = ws->keys[ws->n];
@@ -615,6 +617,7 @@ static void wset_state(struct wset *ws, const char *node, char *value, size_t le
     struct rhema_storage_write *w = &ws->w[ws->n];
     snprintf(ws->keys[ws->n], LOG_KEY_MAX, "%s", node);
     ws->vals[ws->n] = value;
+    w->size = sizeof *w;
     w->op = RHEMA_WRITE_PUT;
     w->ns = NS_STATE;
     w->key = ws->keys[ws->n];
@@ -1081,7 +1084,7 @@ int rhema_consensus_entries(struct rhema_store *st, const char *node, uint64_t f
                             size_t limit, char **out, size_t *out_len, char err[RHEMA_ERRMSG_MAX])
 {
     struct ent_list l = {0};
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     int rc;
     limit = clamp_limit(limit);
     if (from == 0)

@@ -85,8 +85,8 @@ static int parse_args(int argc, char **argv, struct options *o)
             }
             overrides[o->n_overrides++] = optarg;
             break;
-        case 'V': printf("rhemad %s (plugin ABI %d.%d)\n", PACKAGE_VERSION, RHEMA_ABI_MAJOR,
-                         RHEMA_ABI_MINOR);
+        case 'V':
+            printf("rhemad %s, plugin ABI %s\n", PACKAGE_VERSION, rhema_plugin_abi_string());
             exit(0);
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return 1;

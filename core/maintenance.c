@@ -374,7 +374,7 @@ static int collect_status_cb(void *ctx, const char *key, const void *value, size
 static int session_expired(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
                            const char *id, uint64_t cutoff_ms, uint64_t *version)
 {
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     json_t *rec;
     const char *status, *updated;
     uint64_t ms = 0;

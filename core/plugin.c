@@ -1,9 +1,10 @@
 /*
  * plugin -- the loader.  Modeled on PostgreSQL's Pg_magic_struct check and
  * SQLite's iVersion: a plugin states the ABI it was built against in the
- * header of its vtable; we refuse what we cannot call safely and copy the
- * rest into a zeroed host-side struct so that members appended after the
- * plugin's minor read as NULL.
+ * header of its vtable (the major, and the minor of its kind); we refuse
+ * what we cannot call safely and copy the rest into a zeroed host-side
+ * struct, so that members appended after the plugin's minor read as NULL
+ * and members appended after the host's minor are ignored.
  */
 #include "rhema_build.h"
 
@@ -31,8 +32,7 @@ struct rhema_plugin_registry {
 
 /* ---- the host table ---- */
 
-static void host_log(int level, const char *plugin, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+static void host_log(int level, const char *plugin, const char *fmt, ...) RHEMA_PRINTF_LIKE(3, 4);
 static void host_log(int level, const char *plugin, const char *fmt, ...)
 {
     va_list ap;
@@ -41,8 +41,14 @@ static void host_log(int level, const char *plugin, const char *fmt, ...)
     va_end(ap);
 }
 
-static int host_set_error(char **err, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+static void host_vlog(int level, const char *plugin, const char *fmt, va_list ap)
+    RHEMA_PRINTF_LIKE(3, 0);
+static void host_vlog(int level, const char *plugin, const char *fmt, va_list ap)
+{
+    rhema_vlog(level, plugin, fmt, ap);
+}
+
+static int host_set_error(char **err, int code, const char *fmt, ...) RHEMA_PRINTF_LIKE(3, 4);
 static int host_set_error(char **err, int code, const char *fmt, ...)
 {
     if (err) {
@@ -133,7 +139,7 @@ static int host_cfg_double(const struct rhema_cfg *cfg, const char *key, double 
 
 static const struct rhema_host host_table = {
     .abi_major = RHEMA_ABI_MAJOR,
-    .abi_minor = RHEMA_ABI_MINOR,
+    .abi_minor = RHEMA_HOST_ABI_MINOR,
     .size = sizeof(struct rhema_host),
     .log = host_log,
     .set_error = host_set_error,
@@ -147,11 +153,20 @@ static const struct rhema_host host_table = {
     .metric_register = host_metric_register,
     .metric_add = host_metric_add,
     .metric_set = host_metric_set,
+    .vlog = host_vlog,
 };
 
 const struct rhema_host *rhema_host_get(void) { return &host_table; }
 
 /* ---- ABI knowledge of this host ---- */
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+const char *rhema_plugin_abi_string(void)
+{
+    return STR(RHEMA_ABI_MAJOR) " (host " STR(RHEMA_HOST_ABI_MINOR) ", storage " STR(RHEMA_STORAGE_ABI_MINOR) ", compression " STR(
+        RHEMA_COMPRESS_ABI_MINOR) ", cipher " STR(RHEMA_CIPHER_ABI_MINOR) ", balancer " STR(RHEMA_BALANCER_ABI_MINOR) ")";
+}
 
 const char *rhema_plugin_kind_name(uint32_t kind)
 {
@@ -175,9 +190,21 @@ static const char *kind_prefix(uint32_t kind)
     }
 }
 
+/* This host's minor of a kind (RHEMA_<KIND>_ABI_MINOR); kind is known. */
+static uint32_t host_minor(uint32_t kind)
+{
+    switch (kind) {
+    case RHEMA_KIND_STORAGE: return RHEMA_STORAGE_ABI_MINOR;
+    case RHEMA_KIND_COMPRESS: return RHEMA_COMPRESS_ABI_MINOR;
+    case RHEMA_KIND_CIPHER: return RHEMA_CIPHER_ABI_MINOR;
+    default: return RHEMA_BALANCER_ABI_MINOR;
+    }
+}
+
 /*
- * The size a vtable of `kind` must have at ABI minor `minor`: the offset of
- * the end of the last member of that minor.  0: a kind this host cannot use.
+ * The size a vtable of `kind` must have at minor `minor` of that kind (at
+ * most the host's): the offset of the end of the last member of that minor.
+ * 0: a kind this host cannot use.
  */
 static size_t required_size(uint32_t kind, uint32_t minor)
 {
@@ -194,6 +221,7 @@ static size_t required_size(uint32_t kind, uint32_t minor)
 #undef END_OF
 }
 
+/* sizeof the host-side vtable of a kind. */
 static size_t host_size(uint32_t kind)
 {
     switch (kind) {
@@ -337,7 +365,7 @@ static char *resolve(const char *spec, const char *dir, uint32_t want_kind)
     return NULL;
 }
 
-static int fail(char **err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char **err, int code, const char *fmt, ...) RHEMA_PRINTF_LIKE(3, 4);
 static int fail(char **err, int code, const char *fmt, ...)
 {
     if (err) {
@@ -408,25 +436,34 @@ int rhema_plugin_load(struct rhema_plugin_registry *reg, const char *spec, const
                   raw->abi_major, RHEMA_ABI_MAJOR);
         goto out;
     }
-    if (raw->abi_minor > RHEMA_ABI_MINOR) {
-        rc = fail(err, RHEMA_EINVAL, "%s: abi_minor %u is newer than the host's %u", path,
-                  raw->abi_minor, RHEMA_ABI_MINOR);
-        goto out;
-    }
     if (raw->kind < RHEMA_KIND_STORAGE || raw->kind > RHEMA_KIND_BALANCER) {
         rc = fail(err, RHEMA_EINVAL, "%s: unknown kind %u", path, raw->kind);
         goto out;
     }
-    size_t need = required_size(raw->kind, raw->abi_minor);
+    /*
+     * SQLite's iVersion rule: a plugin of a newer minor than ours loads when
+     * its vtable holds every member of our minor (the copy below ignores
+     * the rest); one of an older minor must hold every member of its own.
+     */
+    uint32_t minor =
+        raw->abi_minor < host_minor(raw->kind) ? raw->abi_minor : host_minor(raw->kind);
+    size_t need = required_size(raw->kind, minor);
     if (need == 0) {
         rc = fail(err, RHEMA_ENOTSUP, "%s: kind %u (%s) is not supported by this host", path,
                   raw->kind, rhema_plugin_kind_name(raw->kind));
         goto out;
     }
     if (raw->size < need) {
-        rc = fail(err, RHEMA_EINVAL,
-                  "%s: size %u is smaller than the %zu bytes %s minor %u requires", path,
-                  raw->size, need, rhema_plugin_kind_name(raw->kind), raw->abi_minor);
+        if (raw->abi_minor > minor)
+            rc = fail(err, RHEMA_EINVAL,
+                      "%s: size %u is smaller than the %zu bytes %s minor %u requires "
+                      "(the plugin says minor %u)",
+                      path, raw->size, need, rhema_plugin_kind_name(raw->kind), minor,
+                      raw->abi_minor);
+        else
+            rc = fail(err, RHEMA_EINVAL,
+                      "%s: size %u is smaller than the %zu bytes %s minor %u requires", path,
+                      raw->size, need, rhema_plugin_kind_name(raw->kind), minor);
         goto out;
     }
     if (!raw->name || !rhema_id_valid(raw->name) || strlen(raw->name) > 64) {

@@ -4,15 +4,18 @@
  * rhema_plugin_load() performs every check of DESIGN.md §3 and refuses a bad
  * plugin with one line naming the file and the mismatch:
  *   "<path>: no symbol rhema_plugin_init (...)"
- *   "<path>: abi_major 2 differs from the host's 1"
- *   "<path>: abi_minor 7 is newer than the host's 0"
- *   "<path>: size 40 is smaller than the 120 bytes storage minor 0 requires"
+ *   "<path>: abi_major 3 differs from the host's 2"
  *   "<path>: unknown kind 99"
+ *   "<path>: size 40 is smaller than the 120 bytes storage minor 0 requires"
+ *   "<path>: size 40 is smaller than the 208 bytes storage minor 1 requires
+ *    (the plugin says minor 8)"
  *   "<path>: storage plugin 'memory' is already loaded from <other path>"
  *   "<path>: required method 'scan' is NULL"
- * It then copies the vtable into a zeroed host-side struct
- * (min(size, sizeof host struct)) so members appended in later minors read
- * as NULL.
+ * Minors are per kind: a plugin built against a newer minor of its kind
+ * than the host's loads when its size covers every member of the host's
+ * minor (SQLite's iVersion rule).  The loader then copies the vtable into a
+ * zeroed host-side struct (min(size, sizeof host struct)) so members
+ * appended in later minors than the plugin's read as NULL.
  *
  * Threads: load and close on the main thread; lookups are read-only and
  * safe from any thread once loading is finished.
@@ -35,7 +38,7 @@ struct rhema_loaded_plugin {
     char *path;     /* the file it was loaded from */
     void *handle;   /* dlopen handle */
     uint32_t kind;  /* RHEMA_KIND_* */
-    uint32_t abi_minor; /* what it was built against */
+    uint32_t abi_minor; /* the minor of its kind it was built against (may exceed ours) */
     const char *name, *version, *description; /* point into the plugin */
     union {
         struct rhema_plugin base;
@@ -48,6 +51,12 @@ struct rhema_loaded_plugin {
 
 /* The host table handed to plugins (static, lives for the process). */
 const struct rhema_host *rhema_host_get(void);
+
+/*
+ * The ABI this host implements, for -V and rhemactl version:
+ * "2 (host 0, storage 1, compression 0, cipher 0, balancer 0)".
+ */
+const char *rhema_plugin_abi_string(void);
 
 /* "storage", "compression", ... for a RHEMA_KIND_*, or "unknown". */
 const char *rhema_plugin_kind_name(uint32_t kind);

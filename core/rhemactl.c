@@ -35,15 +35,15 @@
 
 #include <sodium.h>
 
-#include "../tests/conformance/balancer_suite.h"
-#include "../tests/conformance/cipher_suite.h"
-#include "../tests/conformance/compress_suite.h"
-#include "../tests/conformance/storage_suite.h"
+#include "balancer_suite.h"
+#include "cipher_suite.h"
+#include "compress_suite.h"
 #include "config.h"
 #include "log.h"
 #include "maintenance.h"
 #include "plugin.h"
 #include "rhemactl_keys.h"
+#include "storage_suite.h"
 #ifdef RHEMA_HAVE_ZSTD
 #include "rhemactl_dict.h"
 #endif
@@ -426,8 +426,7 @@ int main(int argc, char **argv)
         return rhemactl_dict(argc - 1, argv + 1);
 #endif
     if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "-V") == 0) {
-        printf("rhemactl %s (plugin ABI %d.%d)\n", PACKAGE_VERSION, RHEMA_ABI_MAJOR,
-               RHEMA_ABI_MINOR);
+        printf("rhemactl %s, plugin ABI %s\n", PACKAGE_VERSION, rhema_plugin_abi_string());
         return 0;
     }
     if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {

@@ -295,7 +295,7 @@ int rhema_service_validate(json_t *body, const char *path_id, const struct rhema
 static int load_json(struct rhema_store *st, const char *ns, const char *key, json_t **out,
                      uint64_t *version, char *err)
 {
-    struct rhema_storage_value val;
+    struct rhema_storage_value val = {.size = sizeof(struct rhema_storage_value)};
     int rc = st->vt->get(st->conn, ns, key, &val);
     *out = NULL;
     if (rc == RHEMA_ENOTFOUND)
@@ -446,6 +446,7 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
             return errf(err, RHEMA_ENOMEM, "out of memory");
         }
         memset(w, 0, sizeof w);
+        w[n].size = sizeof(struct rhema_storage_write);
         w[n].op = RHEMA_WRITE_PUT;
         w[n].ns = RHEMA_SERVICES_NS;
         w[n].key = id;
@@ -456,6 +457,7 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
         const char *oname = cur ? json_string_value(json_object_get(cur, "name")) : NULL;
         if (oname && strcmp(oname, name) != 0) {
             snprintf(idx_old, sizeof idx_old, "%s/%s", oname, id);
+            w[n].size = sizeof(struct rhema_storage_write);
             w[n].op = RHEMA_WRITE_DEL;
             w[n].ns = RHEMA_SERVICES_NAME_NS;
             w[n].key = idx_old;
@@ -463,6 +465,7 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
             if (old_name)
                 snprintf(old_name, RHEMA_ID_MAX + 1, "%s", oname);
         }
+        w[n].size = sizeof(struct rhema_storage_write);
         w[n].op = RHEMA_WRITE_PUT;
         w[n].ns = RHEMA_SERVICES_NAME_NS;
         w[n].key = idx_new;
@@ -515,10 +518,12 @@ static int delete_versioned(struct rhema_store *st, const char *id, const char *
     int rc;
     snprintf(idx, sizeof idx, "%s/%s", name, id);
     memset(w, 0, sizeof w);
+    w[0].size = sizeof(struct rhema_storage_write);
     w[0].op = RHEMA_WRITE_DEL;
     w[0].ns = RHEMA_SERVICES_NS;
     w[0].key = id;
     w[0].expected_version = version;
+    w[1].size = sizeof(struct rhema_storage_write);
     w[1].op = RHEMA_WRITE_DEL;
     w[1].ns = RHEMA_SERVICES_NAME_NS;
     w[1].key = idx;
@@ -629,7 +634,7 @@ int rhema_service_pass(struct rhema_store *st, const char *id, char err[RHEMA_ER
 {
     json_t *rec;
     char buf[TTL_PASS_MAX_LEN];
-    struct rhema_storage_write w = {0};
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write)};
     int rc = load_json(st, RHEMA_SERVICES_NS, id, &rec, NULL, err);
     if (rc)
         return rc;
@@ -1401,7 +1406,7 @@ static void check_record(struct rhema_services *s, struct chk *c, enum rhema_che
         json_t *h = NULL, *nh;
         uint64_t version = 0;
         struct rhema_check_state cs = {0};
-        struct rhema_storage_write w = {0};
+        struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write)};
         char *text;
         int changed, rc;
         if (load_json(st, RHEMA_SERVICES_HEALTH_NS, c->id, &h, &version, err)) {
@@ -1539,7 +1544,7 @@ static void check_start(struct rhema_services *s, struct chk *c)
     char host[RHEMA_SERVICE_ADDR_MAX + 1];
     int port = 0;
     if (c->type == CHK_TTL) {
-        struct rhema_storage_value v;
+        struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
         uint64_t last = c->baseline_ms;
         int rc = s->st.vt->get(s->conn, RHEMA_SERVICES_PASS_NS, c->id, &v);
         if (rc == 0 && v.len < TTL_PASS_MAX_LEN) {

@@ -454,7 +454,7 @@ static void access_parse(const struct rhema_storage_value *v, struct access_rec 
 /* The stored access record of id (all zero when none). */
 static int access_read(struct rhema_store *st, const char *id, struct access_rec *a)
 {
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     memset(a, 0, sizeof *a);
     int rc = st->vt->get(st->conn, NS_ACCESS, id, &v);
     if (rc == RHEMA_ENOTFOUND)
@@ -505,6 +505,9 @@ static void read_ahead(struct rhema_store *st, const char *ns, size_t n, read_ah
     size_t i = 0;
     if (!st->vt->get_many)
         return;
+    for (i = 0; i < RHEMA_STORAGE_GET_MANY_MAX; i++)
+        vals[i].size = sizeof vals[i];
+    i = 0;
     while (i < n) {
         size_t m = 0;
         for (; i < n && m < RHEMA_STORAGE_GET_MANY_MAX; i++)
@@ -572,12 +575,14 @@ int rhema_store_flush_access(struct rhema_store *st)
             int len = access_format(it->text, sizeof it->text, a.count + it->e->delta,
                                     it->e->last_ms > a.last_ms ? it->e->last_ms : a.last_ms,
                                     a.incarnation);
-            it->w = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT,
+            it->w = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                                 .op = RHEMA_WRITE_PUT,
                                                  .ns = NS_ACCESS,
                                                  .key = it->e->id,
                                                  .value = it->text,
                                                  .value_len = (size_t)len,
                                                  .expected_version = a.version};
+            g[m].size = sizeof g[m];
             g[m].writes = &it->w;
             g[m].n = 1;
             g[m].result = 0;
@@ -734,7 +739,7 @@ static int parse_current(const char *id, const void *data, size_t len, uint64_t 
 static int load_current(struct rhema_store *st, const char *id, json_t **cur, uint64_t *version,
                         char *err)
 {
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     *cur = NULL;
     *version = 0;
     int rc = st->vt->get(st->conn, NS_SESSIONS, id, &v);
@@ -782,6 +787,7 @@ static struct rhema_storage_write *ws_add(struct write_set *ws, uint32_t op, con
 {
     struct rhema_storage_write *w = &ws->w[ws->n];
     memset(w, 0, sizeof *w);
+    w->size = sizeof *w;
     w->op = op;
     w->ns = ns;
     if (a) {
@@ -914,7 +920,7 @@ static void ws_drop_missing_deletes(struct rhema_store *st, struct write_set *ws
 {
     size_t k = 0;
     for (size_t i = 0; i < ws->n; i++) {
-        struct rhema_storage_value v;
+        struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
         if (i > 0 && ws->w[i].op == RHEMA_WRITE_DEL &&
             st->vt->get(st->conn, ws->w[i].ns, ws->w[i].key, &v) == RHEMA_ENOTFOUND)
             continue;
@@ -1083,6 +1089,7 @@ int rhema_session_op_prepare(struct rhema_store *st, struct rhema_session_op *op
         ws_drop_missing_deletes(st, &s->ws);
         s->repair = 0;
     }
+    op->batch.size = sizeof op->batch;
     op->batch.writes = s->ws.w;
     op->batch.n = s->ws.n;
     op->batch.result = 0;
@@ -1256,7 +1263,8 @@ int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_recor
 {
     static const char *const ns[2] = {NS_SESSIONS, NS_ACCESS};
     const char *keys[2] = {id, id};
-    struct rhema_storage_value v[2];
+    struct rhema_storage_value v[2] = {{.size = sizeof(struct rhema_storage_value)},
+                                       {.size = sizeof(struct rhema_storage_value)}};
     struct access_rec a, *known = NULL;
     int rc, rcs[2];
     if (st->vt->get_many) {

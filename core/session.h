@@ -29,8 +29,14 @@
 
 #include "util.h"
 
-/* An If-Match precondition failed (HTTP 412); other errors are RHEMA_E*. */
+/*
+ * An If-Match precondition failed (HTTP 412); other errors are RHEMA_E*.
+ * A host-internal code: in the range plugin.h reserves for the host, so no
+ * plugin's code can be taken for it.
+ */
 #define RHEMA_EPRECONDITION (-100)
+_Static_assert(RHEMA_EPRECONDITION <= RHEMA_E_HOST_MAX && RHEMA_EPRECONDITION >= RHEMA_E_HOST_MIN,
+               "RHEMA_EPRECONDITION must lie in the host's reserved error range");
 
 #define RHEMA_ERRMSG_MAX 320
 #define RHEMA_LIST_LIMIT_DEFAULT 50

@@ -81,7 +81,7 @@
  * host looks up.  (Static functions are private anyway; the flag also
  * hides anything a helper library linked in statically would export.)
  */
-#define KV_EXPORT __attribute__((visibility("default")))
+#define KV_EXPORT RHEMA_EXPORT
 
 #define PLUGIN_NAME "kvfile"
 #define PLUGIN_VERSION "1.0.0"
@@ -168,7 +168,7 @@ struct rhema_storage_conn {
 /* Small helpers                                                            */
 
 static int conn_error(rhema_storage_conn *c, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+    RHEMA_PRINTF_LIKE(3, 4);
 
 /* Remember a message for errmsg() and return code, for `return conn_error(...)`. */
 static int conn_error(rhema_storage_conn *c, int code, const char *fmt, ...)
@@ -180,13 +180,40 @@ static int conn_error(rhema_storage_conn *c, int code, const char *fmt, ...)
     return code;
 }
 
-/* Check ns and key with the helpers of <rhema/storage.h>. */
+/*
+ * The data model's rules for namespaces and keys (storage.h, "Data
+ * model").  The installed headers hold the ABI alone, so a plugin writes
+ * its own checks; these are all a plugin needs.
+ */
+static int ns_valid(const char *ns)
+{
+    size_t i;
+    if (ns == NULL)
+        return 0;
+    for (i = 0; ns[i] != '\0'; i++) {
+        unsigned char ch = (unsigned char)ns[i];
+        if (i >= RHEMA_STORAGE_NS_MAX)
+            return 0;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_' || ch == '.' || ch == ':' || ch == '-'))
+            return 0;
+    }
+    return i > 0;
+}
+
+/* The length of key when it is a valid key (1..RHEMA_STORAGE_KEY_MAX bytes), else 0. */
+static size_t valid_key_len(const char *key)
+{
+    size_t n = key != NULL ? strnlen(key, RHEMA_STORAGE_KEY_MAX + 1) : 0;
+    return n <= RHEMA_STORAGE_KEY_MAX ? n : 0;
+}
+
 static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
 {
-    if (!rhema_storage_ns_valid(ns))
+    if (!ns_valid(ns))
         return conn_error(c, RHEMA_EINVAL, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])",
                           RHEMA_STORAGE_NS_MAX);
-    if (rhema_storage_key_len(key) == 0)
+    if (valid_key_len(key) == 0)
         return conn_error(c, RHEMA_EINVAL, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
     return 0;
 }
@@ -1028,7 +1055,7 @@ static int kv_scan(rhema_storage_conn *c, const char *ns, const char *from_key,
     size_t i, k;
     int rc = 0;
 
-    if (!rhema_storage_ns_valid(ns))
+    if (!ns_valid(ns))
         return conn_error(c, RHEMA_EINVAL, "invalid namespace");
     if (cb == NULL)
         return conn_error(c, RHEMA_EINVAL, "NULL callback");
@@ -1083,7 +1110,7 @@ static int kv_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_
     rhema_storage_instance *in = c->inst;
     uint64_t now, entries = 0, bytes = 0;
     size_t i;
-    if (ns != NULL && !rhema_storage_ns_valid(ns))
+    if (ns != NULL && !ns_valid(ns))
         return conn_error(c, RHEMA_EINVAL, "invalid namespace");
     pthread_rwlock_rdlock(&in->lock);
     now = in->host->monotonic_ns();
@@ -1111,6 +1138,8 @@ static int check_write(rhema_storage_conn *c, const struct rhema_storage_write *
     int rc;
     if (w == NULL)
         return conn_error(c, RHEMA_EINVAL, "NULL write");
+    if (w->size < RHEMA_STORAGE_WRITE_SIZE_0)
+        return conn_error(c, RHEMA_EINVAL, "write size %u is below minor 0's", (unsigned)w->size);
     if (w->op != RHEMA_WRITE_PUT && w->op != RHEMA_WRITE_DEL)
         return conn_error(c, RHEMA_EINVAL, "unknown write op %u", (unsigned)w->op);
     if ((rc = check_ns_key(c, w->ns, w->key)) != 0)
@@ -1160,7 +1189,12 @@ static int precondition(rhema_storage_conn *c, const struct rhema_storage_write 
  *   3. apply to memory.
  *
  * A failure in 1 or 2 changes nothing, in memory or on disk.
+ *
+ * w is an array of the caller's stride: a host built against a later
+ * storage minor passes larger elements, so element i is W(i)
+ * (rhema_storage_write_at), never w[i].
  */
+#define W(i) rhema_storage_write_at(w, (i))
 static int apply_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
 {
     rhema_storage_instance *in = c->inst;
@@ -1182,31 +1216,31 @@ static int apply_batch(rhema_storage_conn *c, struct rhema_storage_write *w, siz
         int exists = 0, decided = 0;
         uint64_t version = 0;
         for (j = i; j-- > 0;) { /* the latest earlier write of this key decides */
-            if (strcmp(w[j].ns, w[i].ns) == 0 && strcmp(w[j].key, w[i].key) == 0) {
-                exists = w[j].op == RHEMA_WRITE_PUT;
-                version = w[j].new_version;
+            if (strcmp(W(j)->ns, W(i)->ns) == 0 && strcmp(W(j)->key, W(i)->key) == 0) {
+                exists = W(j)->op == RHEMA_WRITE_PUT;
+                version = W(j)->new_version;
                 decided = 1;
                 break;
             }
         }
         if (!decided) {
-            const struct kv_entry *e = table_find(in, w[i].ns, w[i].key, now);
+            const struct kv_entry *e = table_find(in, W(i)->ns, W(i)->key, now);
             exists = e != NULL;
             version = e != NULL ? e->version : 0;
         }
-        rc = precondition(c, &w[i], exists, version);
-        w[i].new_version = rc == 0 && w[i].op == RHEMA_WRITE_PUT ? ++counter : 0;
+        rc = precondition(c, W(i), exists, version);
+        W(i)->new_version = rc == 0 && W(i)->op == RHEMA_WRITE_PUT ? ++counter : 0;
     }
 
     /* 2. prepare and log */
     for (i = 0; i < n && rc == 0; i++) {
-        if (w[i].op != RHEMA_WRITE_PUT)
+        if (W(i)->op != RHEMA_WRITE_PUT)
             continue;
         puts++;
-        if (entry_init(&prepared[i], w[i].ns, w[i].key, w[i].value, w[i].value_len) != 0)
+        if (entry_init(&prepared[i], W(i)->ns, W(i)->key, W(i)->value, W(i)->value_len) != 0)
             rc = conn_error(c, RHEMA_ENOMEM, "out of memory");
-        prepared[i].version = w[i].new_version;
-        prepared[i].expires_ns = deadline_ns(now, w[i].ttl_ms);
+        prepared[i].version = W(i)->new_version;
+        prepared[i].expires_ns = deadline_ns(now, W(i)->ttl_ms);
     }
     if (rc == 0 && reserve((void **)&in->entries, &in->cap_entries, in->n_entries + puts,
                            sizeof *in->entries) != 0)
@@ -1214,10 +1248,10 @@ static int apply_batch(rhema_storage_conn *c, struct rhema_storage_write *w, siz
     if (rc == 0) {
         frame_begin(&c->frame);
         for (i = 0; i < n; i++) {
-            if (w[i].op == RHEMA_WRITE_PUT)
+            if (W(i)->op == RHEMA_WRITE_PUT)
                 rec_put(&c->frame, &prepared[i], wall_ms_of(in, prepared[i].expires_ns));
             else
-                rec_del(&c->frame, w[i].ns, w[i].key);
+                rec_del(&c->frame, W(i)->ns, W(i)->key);
         }
         frame_end(&c->frame);
         rc = log_append(c);
@@ -1226,10 +1260,10 @@ static int apply_batch(rhema_storage_conn *c, struct rhema_storage_write *w, siz
     /* 3. apply: nothing here can fail */
     if (rc == 0) {
         for (i = 0; i < n; i++) {
-            if (w[i].op == RHEMA_WRITE_PUT)
+            if (W(i)->op == RHEMA_WRITE_PUT)
                 table_set(in, &prepared[i]); /* the table owns it now */
             else
-                table_remove(in, w[i].ns, w[i].key);
+                table_remove(in, W(i)->ns, W(i)->key);
         }
         in->version_counter = counter;
         if (++in->writes >= PURGE_EVERY) {
@@ -1241,7 +1275,7 @@ static int apply_batch(rhema_storage_conn *c, struct rhema_storage_write *w, siz
 
     if (rc != 0) {
         for (i = 0; i < n; i++) {
-            w[i].new_version = 0; /* nothing was stored */
+            W(i)->new_version = 0; /* nothing was stored */
             entry_release(&prepared[i]);
         }
     }
@@ -1261,7 +1295,10 @@ static int kv_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int kv_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {.op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_DEL,
+                                    .ns = ns,
+                                    .key = key,
                                     .expected_version = expected_version};
     int rc = check_write(c, &w);
     if (rc != 0)
@@ -1278,7 +1315,7 @@ static int kv_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
     if (w == NULL)
         return conn_error(c, RHEMA_EINVAL, "NULL writes");
     for (i = 0; i < n; i++) /* an invalid write fails the batch before anything happens */
-        if ((rc = check_write(c, &w[i])) != 0)
+        if ((rc = check_write(c, W(i))) != 0)
             return rc;
     return apply_batch(c, w, n);
 }
@@ -1303,7 +1340,7 @@ static int kv_lease(rhema_storage_conn *c, const char *name, const char *holder,
     int rc = 0, held, mine, changed = 0;
 
     /* arguments first */
-    if (rhema_storage_key_len(name) == 0)
+    if (valid_key_len(name) == 0)
         return conn_error(c, RHEMA_EINVAL, "invalid lease name (1..%d bytes)",
                           RHEMA_STORAGE_KEY_MAX);
     if (op != RHEMA_LEASE_ACQUIRE && op != RHEMA_LEASE_RENEW && op != RHEMA_LEASE_RELEASE &&
@@ -1443,8 +1480,8 @@ static int kv_backup(rhema_storage_conn *c, const char *path, char **err)
 
 static const struct rhema_storage_plugin kvfile_plugin = {
     /* abi_major, abi_minor, kind, size, name, version, description */
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
-                                PLUGIN_VERSION, "example: sorted array with an append-only log"),
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, PLUGIN_VERSION,
+                                        "example: sorted array with an append-only log"),
     .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = kv_open,
     .close = kv_close,

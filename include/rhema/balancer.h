@@ -39,6 +39,12 @@ extern "C" {
 #define RHEMA_ATOMIC(T) _Atomic(T)
 #endif
 
+/*
+ * The minor version of the balancer vtable and of struct rhema_endpoint and
+ * struct rhema_pick_ctx (minor 0 ends at feedback()).
+ */
+#define RHEMA_BALANCER_ABI_MINOR 0
+
 typedef struct rhema_balancer rhema_balancer; /* an instance, one per service (plugin-defined) */
 
 /* Host-kept, live load of an endpoint; read with atomic loads. */
@@ -69,12 +75,6 @@ static inline const struct rhema_endpoint *rhema_endpoint_at(const struct rhema_
     return (const struct rhema_endpoint *)(const void *)((const char *)eps + i * eps->size);
 }
 
-/* 1 when update() may read eps[0..n): n == 0, or a non-NULL array whose stride covers minor 0. */
-static inline int rhema_endpoints_valid(const struct rhema_endpoint *eps, size_t n)
-{
-    return n == 0 || (eps != NULL && eps->size >= RHEMA_ENDPOINT_SIZE_0);
-}
-
 struct rhema_pick_ctx {
     uint32_t size;           /* sizeof the struct as the host built it */
     const char *client_addr; /* the caller's address, or NULL */
@@ -93,7 +93,8 @@ struct rhema_balancer_plugin {
     void (*destroy)(rhema_balancer *b);
     /*
      * Replace the endpoint set (n may be 0; else refuse with RHEMA_EINVAL
-     * what rhema_endpoints_valid() refuses).  eps and its strings are valid
+     * a NULL eps or a first element whose size is below
+     * RHEMA_ENDPOINT_SIZE_0).  eps and its strings are valid
      * during the call only (copy them); the load pointers until the next
      * update() or destroy() -- so update() must not return while a pick
      * that could still read the previous set's load pointers is running
@@ -113,6 +114,11 @@ struct rhema_balancer_plugin {
     void (*feedback)(rhema_balancer *b, size_t index, uint64_t latency_ns, int ok);
     /* --- minor 0 ends here --- */
 };
+
+/* The header of a balancer vtable: .base = RHEMA_BALANCER_PLUGIN_HEADER("mine", "1.0", "..."). */
+#define RHEMA_BALANCER_PLUGIN_HEADER(NAME, VERSION, DESC)                                          \
+    RHEMA_PLUGIN_HEADER(struct rhema_balancer_plugin, RHEMA_KIND_BALANCER,                         \
+                        RHEMA_BALANCER_ABI_MINOR, NAME, VERSION, DESC)
 
 #ifdef __cplusplus
 }

@@ -33,6 +33,9 @@
 extern "C" {
 #endif
 
+/* The minor version of the cipher vtable (minor 0 ends at decrypt()). */
+#define RHEMA_CIPHER_ABI_MINOR 0
+
 #define RHEMA_CIPHER_AES256GCM 1
 #define RHEMA_CIPHER_CHACHA20POLY1305 2
 #define RHEMA_CIPHER_XCHACHA20POLY1305 3
@@ -67,6 +70,11 @@ struct rhema_cipher_plugin {
                    size_t ad_len, const void *ct, size_t ct_len, void *pt);
     /* --- minor 0 ends here --- */
 };
+
+/* The header of a cipher vtable: .base = RHEMA_CIPHER_PLUGIN_HEADER("mine", "1.0", "..."). */
+#define RHEMA_CIPHER_PLUGIN_HEADER(NAME, VERSION, DESC)                                            \
+    RHEMA_PLUGIN_HEADER(struct rhema_cipher_plugin, RHEMA_KIND_CIPHER, RHEMA_CIPHER_ABI_MINOR,     \
+                        NAME, VERSION, DESC)
 
 #ifdef __cplusplus
 }

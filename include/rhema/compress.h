@@ -26,6 +26,9 @@
 extern "C" {
 #endif
 
+/* The minor version of the compression vtable (minor 0 ends at decompress()). */
+#define RHEMA_COMPRESS_ABI_MINOR 0
+
 #define RHEMA_CODEC_STORED 0
 #define RHEMA_CODEC_LZ4 1
 #define RHEMA_CODEC_ZSTD 2
@@ -84,6 +87,12 @@ struct rhema_compress_plugin {
                       size_t orig_len, uint32_t dict_id);
     /* --- minor 0 ends here --- */
 };
+
+/* The header of a compression vtable: .base = RHEMA_COMPRESS_PLUGIN_HEADER("mine", "1.0", "...").
+ */
+#define RHEMA_COMPRESS_PLUGIN_HEADER(NAME, VERSION, DESC)                                          \
+    RHEMA_PLUGIN_HEADER(struct rhema_compress_plugin, RHEMA_KIND_COMPRESS,                         \
+                        RHEMA_COMPRESS_ABI_MINOR, NAME, VERSION, DESC)
 
 #ifdef __cplusplus
 }

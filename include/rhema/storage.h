@@ -35,6 +35,13 @@
 extern "C" {
 #endif
 
+/*
+ * The minor version of the storage vtable and of the structs below: minor 0
+ * ends at restore(), minor 1 appended get_many().  A storage plugin sets
+ * abi_minor to it (RHEMA_STORAGE_PLUGIN_HEADER does).
+ */
+#define RHEMA_STORAGE_ABI_MINOR 1
+
 #define RHEMA_STORAGE_NS_MAX 64
 #define RHEMA_STORAGE_KEY_MAX 1024
 #define RHEMA_LEASE_HOLDER_MAX 128
@@ -60,39 +67,26 @@ extern "C" {
 #define RHEMA_LEASE_RELEASE 3
 #define RHEMA_LEASE_QUERY 4
 
-/* 1 when ns is a valid namespace: 1..RHEMA_STORAGE_NS_MAX bytes of [A-Za-z0-9_.:-]. */
-static inline int rhema_storage_ns_valid(const char *ns)
-{
-    size_t i;
-    if (ns == NULL)
-        return 0;
-    for (i = 0; ns[i] != '\0'; i++) {
-        unsigned char ch = (unsigned char)ns[i];
-        if (i >= RHEMA_STORAGE_NS_MAX)
-            return 0;
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '_' || ch == '.' || ch == ':' || ch == '-'))
-            return 0;
-    }
-    return i > 0;
-}
-
-/* The length of key when it is a valid key (1..RHEMA_STORAGE_KEY_MAX bytes), else 0. */
-static inline size_t rhema_storage_key_len(const char *key)
-{
-    size_t n = 0;
-    if (key == NULL)
-        return 0;
-    while (n <= RHEMA_STORAGE_KEY_MAX && key[n] != '\0')
-        n++;
-    return n <= RHEMA_STORAGE_KEY_MAX ? n : 0;
-}
-
 typedef struct rhema_storage_instance rhema_storage_instance; /* plugin-defined */
 typedef struct rhema_storage_conn rhema_storage_conn;         /* plugin-defined */
 
+/*
+ * Growing the structs: struct rhema_storage_write, struct
+ * rhema_storage_batch and struct rhema_storage_value begin with their size
+ * as the caller built them (the host, or a test), which the caller sets in
+ * every element: sizeof the struct of the storage minor it was built
+ * against.  A later minor appends members; a plugin reads or writes a
+ * member only when size covers it, and steps through an array handed to
+ * batch(), group() or get_many() with rhema_storage_write_at(),
+ * rhema_storage_batch_at() and rhema_storage_value_at() (the stride is the
+ * first element's size, the same for every element of the array), never
+ * w[i].  A size below the RHEMA_STORAGE_*_SIZE_0 of the struct is
+ * RHEMA_EINVAL.
+ */
+
 /* One write: a put or a delete, with an optional version precondition. */
 struct rhema_storage_write {
+    uint32_t size;             /* sizeof the struct as the caller built it: an array's stride */
     uint32_t op;               /* RHEMA_WRITE_PUT or RHEMA_WRITE_DEL */
     const char *ns;
     const char *key;
@@ -101,87 +95,57 @@ struct rhema_storage_write {
     uint64_t expected_version; /* RHEMA_VERSION_ANY, _ABSENT, or a version */
     uint64_t ttl_ms;           /* PUT only; 0: never expires */
     uint64_t new_version;      /* out, PUT: the version now stored */
+    /* --- minor 0 ends here --- */
 };
 
 /* One member of a group commit (see group() below). */
 struct rhema_storage_batch {
-    struct rhema_storage_write *writes;
+    uint32_t size; /* sizeof the struct as the caller built it: an array's stride */
+    int result;    /* out: 0 or the RHEMA_E* code batch() would have returned */
+    struct rhema_storage_write *writes; /* an array of its own stride */
     size_t n;
-    int result; /* out: 0 or the RHEMA_E* code batch() would have returned */
+    /* --- minor 0 ends here --- */
 };
-
-/*
- * Why a write is malformed -- NULL, an unknown op, a bad namespace or key, a
- * NULL value with a length, a delete with RHEMA_VERSION_ABSENT -- or NULL
- * when it is well formed.  The checks every plugin makes before anything
- * else (answer RHEMA_EINVAL); a plugin adds its own limits after them.
- */
-static inline const char *rhema_storage_write_invalid(const struct rhema_storage_write *w)
-{
-    if (w == NULL)
-        return "NULL write";
-    if (w->op != RHEMA_WRITE_PUT && w->op != RHEMA_WRITE_DEL)
-        return "unknown write op";
-    if (!rhema_storage_ns_valid(w->ns))
-        return "invalid namespace (1..64 bytes of [A-Za-z0-9_.:-])";
-    if (rhema_storage_key_len(w->key) == 0)
-        return "invalid key (1..1024 bytes, no NUL)";
-    if (w->op == RHEMA_WRITE_PUT && w->value == NULL && w->value_len > 0)
-        return "NULL value with a non-zero length";
-    if (w->op == RHEMA_WRITE_DEL && w->expected_version == RHEMA_VERSION_ABSENT)
-        return "delete with RHEMA_VERSION_ABSENT";
-    return NULL;
-}
 
 /*
  * A value read by get().  data points into memory owned by the connection
  * and stays valid until the next call on that connection; copy what you keep.
  */
 struct rhema_storage_value {
+    uint32_t size; /* set by the caller: sizeof the struct as it built it; an array's stride */
     const void *data;
     size_t len;
     uint64_t version;
+    /* --- minor 0 ends here --- */
 };
 
-/*
- * 1 when a write of b after its first has a precondition (a delete, or a
- * put with an expected version), i.e. when that write can fail after the
- * earlier ones applied.  A group() can then roll the member back only with
- * a savepoint; otherwise a failed first write leaves nothing to undo (it
- * changed nothing, and the writes after it are not applied), and a member
- * of a first checked write and unconditional puts needs no savepoint.
- */
-static inline int rhema_storage_batch_checks_after_first(const struct rhema_storage_batch *b)
+/* The smallest sizes a caller passes: every member of minor 0. */
+#define RHEMA_STORAGE_WRITE_SIZE_0                                                                 \
+    ((uint32_t)(offsetof(struct rhema_storage_write, new_version) + sizeof(uint64_t)))
+#define RHEMA_STORAGE_BATCH_SIZE_0                                                                 \
+    ((uint32_t)(offsetof(struct rhema_storage_batch, n) + sizeof(size_t)))
+#define RHEMA_STORAGE_VALUE_SIZE_0                                                                 \
+    ((uint32_t)(offsetof(struct rhema_storage_value, version) + sizeof(uint64_t)))
+
+/* Element i of an array of writes (batch(), a group member's writes). */
+static inline struct rhema_storage_write *rhema_storage_write_at(struct rhema_storage_write *w,
+                                                                 size_t i)
 {
-    size_t j;
-    for (j = 1; j < b->n; j++)
-        if (b->writes[j].op != RHEMA_WRITE_PUT ||
-            b->writes[j].expected_version != RHEMA_VERSION_ANY)
-            return 1;
-    return 0;
+    return (struct rhema_storage_write *)(void *)((char *)w + i * w->size);
 }
 
-/*
- * NULL when the arguments of a get_many() call (n >= 1) are well formed,
- * else why not (answer RHEMA_EINVAL).
- */
-static inline const char *rhema_storage_get_many_invalid(const char *const *ns,
-                                                         const char *const *keys, size_t n,
-                                                         const struct rhema_storage_value *out,
-                                                         const int *rcs)
+/* Element i of the array of batches handed to group(). */
+static inline struct rhema_storage_batch *rhema_storage_batch_at(struct rhema_storage_batch *g,
+                                                                 size_t i)
 {
-    size_t i;
-    if (ns == NULL || keys == NULL || out == NULL || rcs == NULL)
-        return "get_many: NULL ns, keys, out or rcs";
-    if (n > RHEMA_STORAGE_GET_MANY_MAX)
-        return "get_many: more than RHEMA_STORAGE_GET_MANY_MAX keys";
-    for (i = 0; i < n; i++) {
-        if (!rhema_storage_ns_valid(ns[i]))
-            return "invalid namespace (1..64 bytes of [A-Za-z0-9_.:-])";
-        if (rhema_storage_key_len(keys[i]) == 0)
-            return "invalid key (1..1024 bytes, no NUL)";
-    }
-    return NULL;
+    return (struct rhema_storage_batch *)(void *)((char *)g + i * g->size);
+}
+
+/* Element i of the array of values handed to get_many(). */
+static inline struct rhema_storage_value *rhema_storage_value_at(struct rhema_storage_value *v,
+                                                                 size_t i)
+{
+    return (struct rhema_storage_value *)(void *)((char *)v + i * v->size);
 }
 
 /* A lease's state, filled by lease() on success and on ECONFLICT/ENOTFOUND. */
@@ -224,7 +188,11 @@ struct rhema_storage_plugin {
     int (*connect)(rhema_storage_instance *inst, rhema_storage_conn **out, char **err);
     void (*disconnect)(rhema_storage_conn *conn);
 
-    /* Read one entry: 0, RHEMA_ENOTFOUND, or an error. */
+    /*
+     * Read one entry: 0, RHEMA_ENOTFOUND, or an error.  The caller sets
+     * out->size; the plugin fills data, len and version (and a member of a
+     * later minor only when out->size covers it).
+     */
     int (*get)(rhema_storage_conn *conn, const char *ns, const char *key,
                struct rhema_storage_value *out);
     /*
@@ -240,7 +208,8 @@ struct rhema_storage_plugin {
      * Apply n writes (puts and deletes) all or nothing.  Any precondition
      * failure (a version mismatch, or a delete of an absent key) fails the
      * whole batch with RHEMA_ECONFLICT / RHEMA_ENOTFOUND and changes
-     * nothing.  Later writes see earlier ones of the same batch.
+     * nothing.  Later writes see earlier ones of the same batch.  w is an
+     * array of the caller's stride: element i is rhema_storage_write_at(w, i).
      */
     int (*batch)(rhema_storage_conn *conn, struct rhema_storage_write *w, size_t n);
     /*
@@ -283,7 +252,9 @@ struct rhema_storage_plugin {
      * (whatever the members' results), or an error (RHEMA_EUNAVAIL,
      * RHEMA_EIO ...) when nothing at all was applied; the members' results
      * are then meaningless.  This is what lets concurrent writers share one
-     * transaction / fsync / pipeline round trip.
+     * transaction / fsync / pipeline round trip.  g and each member's
+     * writes are arrays of the caller's stride (rhema_storage_batch_at(),
+     * rhema_storage_write_at()).
      */
     int (*group)(rhema_storage_conn *conn, struct rhema_storage_batch *g, size_t n);
     /*
@@ -330,12 +301,18 @@ struct rhema_storage_plugin {
      * up, or an error (RHEMA_EUNAVAIL, RHEMA_EINVAL for a bad ns or key,
      * ...), after which rcs and out mean nothing.  Every out[i].data stays
      * valid until the next call on the connection.  The host asks for at
-     * most RHEMA_STORAGE_GET_MANY_MAX keys in one call.
+     * most RHEMA_STORAGE_GET_MANY_MAX keys in one call.  out is an array of
+     * the caller's stride: entry i is rhema_storage_value_at(out, i).
      */
     int (*get_many)(rhema_storage_conn *conn, const char *const *ns, const char *const *keys,
                     size_t n, struct rhema_storage_value *out, int *rcs);
     /* --- minor 1 ends here --- */
 };
+
+/* The header of a storage vtable: .base = RHEMA_STORAGE_PLUGIN_HEADER("mine", "1.0", "..."). */
+#define RHEMA_STORAGE_PLUGIN_HEADER(NAME, VERSION, DESC)                                           \
+    RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, RHEMA_STORAGE_ABI_MINOR,  \
+                        NAME, VERSION, DESC)
 
 #ifdef __cplusplus
 }

@@ -25,6 +25,8 @@
 
 #include <rhema/balancer.h>
 
+#include "../common/balancer_check.h"
+
 #include "guard.h"
 
 #define CHOICES_DEFAULT 2
@@ -178,8 +180,7 @@ static int dc_pick(rhema_balancer *b, const struct rhema_pick_ctx *ctx, size_t *
 }
 
 static const struct rhema_balancer_plugin dc_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_balancer_plugin, RHEMA_KIND_BALANCER, PLUGIN_NAME,
-                                "1.0.0", PLUGIN_DESCRIPTION),
+    .base = RHEMA_BALANCER_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0", PLUGIN_DESCRIPTION),
     .create = dc_create,
     .destroy = dc_destroy,
     .update = dc_update,
@@ -188,8 +189,7 @@ static const struct rhema_balancer_plugin dc_plugin = {
 };
 
 /* Exported whatever -fvisibility the build uses: the one symbol the loader looks up. */
-__attribute__((visibility("default"))) int rhema_plugin_init(const struct rhema_host *host,
-                                                             const struct rhema_plugin **out)
+RHEMA_EXPORT int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)
 {
     (void)host;
     *out = &dc_plugin.base;

@@ -39,6 +39,8 @@
 
 #include <rhema/balancer.h>
 
+#include "../common/balancer_check.h"
+
 #include "guard.h"
 
 #define PLUGIN_NAME "ip_hash"
@@ -276,8 +278,8 @@ static int iph_pick(rhema_balancer *b, const struct rhema_pick_ctx *ctx, size_t 
 }
 
 static const struct rhema_balancer_plugin ip_hash_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_balancer_plugin, RHEMA_KIND_BALANCER, PLUGIN_NAME,
-                                "1.0.0", "consistent hashing of the key or client address (Maglev)"),
+    .base = RHEMA_BALANCER_PLUGIN_HEADER(
+        PLUGIN_NAME, "1.0.0", "consistent hashing of the key or client address (Maglev)"),
     .create = iph_create,
     .destroy = iph_destroy,
     .update = iph_update,
@@ -286,8 +288,7 @@ static const struct rhema_balancer_plugin ip_hash_plugin = {
 };
 
 /* Exported whatever -fvisibility the build uses: the one symbol the loader looks up. */
-__attribute__((visibility("default"))) int rhema_plugin_init(const struct rhema_host *host,
-                                                             const struct rhema_plugin **out)
+RHEMA_EXPORT int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)
 {
     (void)host;
     *out = &ip_hash_plugin.base;

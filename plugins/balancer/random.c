@@ -20,6 +20,8 @@
 
 #include <rhema/balancer.h>
 
+#include "../common/balancer_check.h"
+
 #include "guard.h"
 
 #define PLUGIN_NAME "random"
@@ -172,8 +174,8 @@ static int rnd_pick(rhema_balancer *b, const struct rhema_pick_ctx *ctx, size_t 
 }
 
 static const struct rhema_balancer_plugin random_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_balancer_plugin, RHEMA_KIND_BALANCER, PLUGIN_NAME,
-                                "1.0.0", "weighted random (alias table, O(1) per pick)"),
+    .base = RHEMA_BALANCER_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
+                                         "weighted random (alias table, O(1) per pick)"),
     .create = rnd_create,
     .destroy = rnd_destroy,
     .update = rnd_update,
@@ -182,8 +184,7 @@ static const struct rhema_balancer_plugin random_plugin = {
 };
 
 /* Exported whatever -fvisibility the build uses: the one symbol the loader looks up. */
-__attribute__((visibility("default"))) int rhema_plugin_init(const struct rhema_host *host,
-                                                             const struct rhema_plugin **out)
+RHEMA_EXPORT int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)
 {
     (void)host;
     *out = &random_plugin.base;

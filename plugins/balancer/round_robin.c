@@ -17,6 +17,8 @@
 
 #include <rhema/balancer.h>
 
+#include "../common/balancer_check.h"
+
 #define PLUGIN_NAME "round_robin"
 
 struct rhema_balancer {
@@ -63,8 +65,8 @@ static int rr_pick(rhema_balancer *b, const struct rhema_pick_ctx *ctx, size_t *
 }
 
 static const struct rhema_balancer_plugin round_robin_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_balancer_plugin, RHEMA_KIND_BALANCER, PLUGIN_NAME,
-                                "1.0.0", "endpoints in turn, weights ignored"),
+    .base =
+        RHEMA_BALANCER_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0", "endpoints in turn, weights ignored"),
     .create = rr_create,
     .destroy = rr_destroy,
     .update = rr_update,
@@ -73,8 +75,7 @@ static const struct rhema_balancer_plugin round_robin_plugin = {
 };
 
 /* Exported whatever -fvisibility the build uses: the one symbol the loader looks up. */
-__attribute__((visibility("default"))) int rhema_plugin_init(const struct rhema_host *host,
-                                                             const struct rhema_plugin **out)
+RHEMA_EXPORT int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)
 {
     (void)host;
     *out = &round_robin_plugin.base;

@@ -35,6 +35,8 @@
 
 #include <rhema/balancer.h>
 
+#include "../common/balancer_check.h"
+
 #include "guard.h"
 
 #define PLUGIN_NAME "weighted_round_robin"
@@ -202,8 +204,8 @@ static int wrr_pick(rhema_balancer *b, const struct rhema_pick_ctx *ctx, size_t 
 }
 
 static const struct rhema_balancer_plugin wrr_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_balancer_plugin, RHEMA_KIND_BALANCER, PLUGIN_NAME,
-                                "1.0.0", "smooth weighted round robin (nginx), precomputed"),
+    .base = RHEMA_BALANCER_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
+                                         "smooth weighted round robin (nginx), precomputed"),
     .create = wrr_create,
     .destroy = wrr_destroy,
     .update = wrr_update,
@@ -212,8 +214,7 @@ static const struct rhema_balancer_plugin wrr_plugin = {
 };
 
 /* Exported whatever -fvisibility the build uses: the one symbol the loader looks up. */
-__attribute__((visibility("default"))) int rhema_plugin_init(const struct rhema_host *host,
-                                                             const struct rhema_plugin **out)
+RHEMA_EXPORT int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)
 {
     (void)host;
     *out = &wrr_plugin.base;

@@ -106,8 +106,8 @@ static int aes_decrypt(const unsigned char *key, const unsigned char *nonce, con
 }
 
 static const struct rhema_cipher_plugin aes256gcm_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_cipher_plugin, RHEMA_KIND_CIPHER, PLUGIN_NAME, "1.0.0",
-                                "AES-256-GCM (libsodium; needs AES-NI and PCLMUL)"),
+    .base = RHEMA_CIPHER_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
+                                       "AES-256-GCM (libsodium; needs AES-NI and PCLMUL)"),
     .cipher_id = RHEMA_CIPHER_AES256GCM,
     .key_bytes = KEY_BYTES,
     .nonce_bytes = NONCE_BYTES,

@@ -93,8 +93,8 @@ static int chacha_decrypt(const unsigned char *key, const unsigned char *nonce, 
 }
 
 static const struct rhema_cipher_plugin chacha20poly1305_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_cipher_plugin, RHEMA_KIND_CIPHER, PLUGIN_NAME, "1.0.0",
-                                "ChaCha20-Poly1305 IETF, RFC 8439 (libsodium)"),
+    .base = RHEMA_CIPHER_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
+                                       "ChaCha20-Poly1305 IETF, RFC 8439 (libsodium)"),
     .cipher_id = RHEMA_CIPHER_CHACHA20POLY1305,
     .key_bytes = KEY_BYTES,
     .nonce_bytes = NONCE_BYTES,

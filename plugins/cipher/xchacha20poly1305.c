@@ -102,8 +102,8 @@ static int xchacha_decrypt(const unsigned char *key, const unsigned char *nonce,
 }
 
 static const struct rhema_cipher_plugin xchacha20poly1305_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_cipher_plugin, RHEMA_KIND_CIPHER, PLUGIN_NAME, "1.0.0",
-                                "XChaCha20-Poly1305 IETF, 192-bit random nonces (libsodium)"),
+    .base = RHEMA_CIPHER_PLUGIN_HEADER(
+        PLUGIN_NAME, "1.0.0", "XChaCha20-Poly1305 IETF, 192-bit random nonces (libsodium)"),
     .cipher_id = RHEMA_CIPHER_XCHACHA20POLY1305,
     .key_bytes = KEY_BYTES,
     .nonce_bytes = NONCE_BYTES,

@@ -199,8 +199,8 @@ static int gzip_decompress(rhema_codec_ctx *ctx, const void *src, size_t src_len
 }
 
 static const struct rhema_compress_plugin gzip_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_compress_plugin, RHEMA_KIND_COMPRESS, PLUGIN_NAME,
-                                "1.0.0", "DEFLATE in a gzip wrapper, via zlib (levels 1..9)"),
+    .base = RHEMA_COMPRESS_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
+                                         "DEFLATE in a gzip wrapper, via zlib (levels 1..9)"),
     .codec_id = RHEMA_CODEC_GZIP,
     .level_min = LEVEL_MIN,
     .level_max = LEVEL_MAX,

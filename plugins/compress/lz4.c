@@ -154,8 +154,7 @@ static int lz4_decompress(rhema_codec_ctx *ctx, const void *src, size_t src_len,
 }
 
 static const struct rhema_compress_plugin lz4_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_compress_plugin, RHEMA_KIND_COMPRESS, PLUGIN_NAME,
-                                "1.0.0", "LZ4 block (fast -65..1, HC 2..12)"),
+    .base = RHEMA_COMPRESS_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0", "LZ4 block (fast -65..1, HC 2..12)"),
     .codec_id = RHEMA_CODEC_LZ4,
     .level_min = LEVEL_MIN,
     .level_max = LEVEL_MAX,

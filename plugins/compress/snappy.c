@@ -147,8 +147,7 @@ static int snappy_decompress(rhema_codec_ctx *ctx, const void *src, size_t src_l
 }
 
 static const struct rhema_compress_plugin snappy_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_compress_plugin, RHEMA_KIND_COMPRESS, PLUGIN_NAME,
-                                "1.0.0", "Snappy block (one level, 0)"),
+    .base = RHEMA_COMPRESS_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0", "Snappy block (one level, 0)"),
     .codec_id = RHEMA_CODEC_SNAPPY,
     .level_min = 0,
     .level_max = 0,

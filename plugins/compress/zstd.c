@@ -313,8 +313,8 @@ static int zstd_decompress(rhema_codec_ctx *ctx, const void *src, size_t src_len
 }
 
 static const struct rhema_compress_plugin zstd_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_compress_plugin, RHEMA_KIND_COMPRESS, PLUGIN_NAME,
-                                "1.0.0", "Zstandard (levels -131072..22, optional dictionary)"),
+    .base = RHEMA_COMPRESS_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
+                                         "Zstandard (levels -131072..22, optional dictionary)"),
     .codec_id = RHEMA_CODEC_ZSTD,
     .level_min = LEVEL_MIN,
     .level_max = LEVEL_MAX,

@@ -111,6 +111,8 @@
 
 #include <rhema/storage.h>
 
+#include "../common/storage_check.h"
+
 #define PLUGIN_NAME "file"
 #define FL_ERRMSG_MAX 512
 
@@ -211,8 +213,7 @@ struct rhema_storage_conn {
 
 /* ---- small helpers ---- */
 
-static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...) RHEMA_PRINTF_LIKE(2, 3);
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 {
@@ -223,7 +224,7 @@ static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 }
 
 static void log_warn(const rhema_storage_instance *in, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+    RHEMA_PRINTF_LIKE(2, 3);
 
 static void log_warn(const rhema_storage_instance *in, const char *fmt, ...)
 {
@@ -1593,12 +1594,9 @@ static void fl_disconnect(rhema_storage_conn *c)
 
 static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
 {
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])", RHEMA_STORAGE_NS_MAX);
-        return RHEMA_EINVAL;
-    }
-    if (rhema_storage_key_len(key) == 0) {
-        conn_error(c, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+    const char *why = rhema_storage_key_invalid(ns, key);
+    if (why) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     return 0;
@@ -1664,12 +1662,9 @@ static int fl_scan(rhema_storage_conn *c, const char *ns, const char *from_key, 
     size_t done = 0, i;
     int after = 0;
 
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
-        return RHEMA_EINVAL;
-    }
-    if (cb == NULL) {
-        conn_error(c, "scan without a callback");
+    const char *why = rhema_storage_scan_invalid(ns, cb);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     for (;;) {
@@ -1777,8 +1772,9 @@ static int fl_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_
     size_t i, j;
     int rc;
 
-    if (ns != NULL && !rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
+    const char *why = rhema_storage_stats_invalid(ns, out);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     if ((rc = begin(c, 0)) != 0)
@@ -2016,7 +2012,7 @@ static int write_group(rhema_storage_conn *c, struct rhema_storage_batch *g, siz
 
 static int fl_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 {
-    struct rhema_storage_batch b = {w, 1, 0};
+    struct rhema_storage_batch b = {sizeof(struct rhema_storage_batch), 0, w, 1};
     int rc = check_write(c, w);
     if (rc != 0)
         return rc;
@@ -2030,9 +2026,12 @@ static int fl_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int fl_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {.op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_DEL,
+                                    .ns = ns,
+                                    .key = key,
                                     .expected_version = expected_version};
-    struct rhema_storage_batch b = {&w, 1, 0};
+    struct rhema_storage_batch b = {sizeof(struct rhema_storage_batch), 0, &w, 1};
     int rc = check_write(c, &w);
     if (rc != 0)
         return rc;
@@ -2042,19 +2041,15 @@ static int fl_del(rhema_storage_conn *c, const char *ns, const char *key, uint64
 
 static int fl_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
 {
-    struct rhema_storage_batch b = {w, n, 0};
-    size_t i;
+    struct rhema_storage_batch b = {sizeof(struct rhema_storage_batch), 0, w, n};
     int rc;
     if (n == 0)
         return 0;
-    if (w == NULL) {
-        conn_error(c, "NULL writes");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        w[i].new_version = 0;
-        if ((rc = check_write(c, &w[i])) != 0)
-            return rc;
+    const char *why = NULL;
+    if ((rc = rhema_storage_batch_check(c, w, n, check_write, &why)) != 0) {
+        if (why != NULL)
+            conn_error(c, "%s", why);
+        return rc;
     }
     rc = write_group(c, &b, 1);
     return rc != 0 ? rc : b.result;
@@ -2062,22 +2057,14 @@ static int fl_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
 
 static int fl_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
 {
-    size_t i, j;
     if (n == 0)
         return 0;
-    if (g == NULL) {
-        conn_error(c, "NULL group");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        g[i].result = 0;
-        if (g[i].n > 0 && g[i].writes == NULL) {
-            conn_error(c, "NULL writes");
-            g[i].result = RHEMA_EINVAL;
-        }
-        for (j = 0; j < g[i].n && g[i].result == 0; j++)
-            g[i].result = check_write(c, &g[i].writes[j]);
-    }
+    const char *why = NULL;
+    int bad = rhema_storage_group_check(c, g, n, check_write, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    if (bad != 0)
+        return bad;
     return write_group(c, g, n);
 }
 
@@ -2206,25 +2193,10 @@ static int fl_lease(rhema_storage_conn *c, const char *name, const char *holder,
     uint64_t now, new_expires;
     int rc, held, mine, write = 0;
 
-    if (rhema_storage_key_len(name) == 0) {
-        conn_error(c, "invalid lease name (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+    const char *why = rhema_storage_lease_invalid(name, holder, ttl_ms, op);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
-    }
-    if (op != RHEMA_LEASE_ACQUIRE && op != RHEMA_LEASE_RENEW && op != RHEMA_LEASE_RELEASE &&
-        op != RHEMA_LEASE_QUERY) {
-        conn_error(c, "unknown lease op %d", op);
-        return RHEMA_EINVAL;
-    }
-    if (op != RHEMA_LEASE_QUERY) {
-        size_t hl = holder != NULL ? strnlen(holder, RHEMA_LEASE_HOLDER_MAX + 1) : 0;
-        if (hl == 0 || hl > RHEMA_LEASE_HOLDER_MAX) {
-            conn_error(c, "invalid lease holder (1..%d bytes)", RHEMA_LEASE_HOLDER_MAX);
-            return RHEMA_EINVAL;
-        }
-        if (op != RHEMA_LEASE_RELEASE && ttl_ms == 0) {
-            conn_error(c, "lease ttl_ms must be > 0");
-            return RHEMA_EINVAL;
-        }
     }
     if ((rc = begin_ex(c, op != RHEMA_LEASE_QUERY, 1)) != 0)
         return rc;
@@ -3055,9 +3027,33 @@ out:
     return rc;
 }
 
+/*
+ * The vtable's batch(), group() and get_many() take arrays of the caller's
+ * stride (storage.h, "Growing the structs"); the functions above work on
+ * arrays of this plugin's layout, and ../common adapts one to the other.
+ */
+
+static int fl_batch_strided(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_batch(fl_batch, c, w, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
+static int fl_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_group(fl_group, c, g, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
 static const struct rhema_storage_plugin file_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
-                                "1.0.0", "one directory, a file per entry (durable, one host)"),
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
+                                        "one directory, a file per entry (durable, one host)"),
     .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = fl_open,
     .close = fl_close,
@@ -3066,14 +3062,14 @@ static const struct rhema_storage_plugin file_plugin = {
     .get = fl_get,
     .put = fl_put,
     .del = fl_del,
-    .batch = fl_batch,
+    .batch = fl_batch_strided,
     .scan = fl_scan,
     .lease = fl_lease,
     .health = fl_health,
     .stats = fl_stats,
     .errmsg = fl_errmsg,
     .backup = fl_backup,
-    .group = fl_group,
+    .group = fl_group_strided,
     .restore = fl_restore,
 };
 

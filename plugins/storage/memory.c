@@ -58,6 +58,8 @@
 
 #include <rhema/storage.h>
 
+#include "../common/storage_check.h"
+
 #define PLUGIN_NAME "memory"
 #define SL_MAX_LEVEL 24
 #define PURGE_EVERY 32u /* writes between two sweeps */
@@ -122,8 +124,7 @@ struct rhema_storage_conn {
 
 /* ---- small helpers ---- */
 
-static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...) RHEMA_PRINTF_LIKE(2, 3);
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 {
@@ -135,15 +136,12 @@ static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 
 static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key, size_t *key_len)
 {
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])", RHEMA_STORAGE_NS_MAX);
+    const char *why = rhema_storage_key_invalid(ns, key);
+    if (why) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
-    *key_len = rhema_storage_key_len(key);
-    if (*key_len == 0) {
-        conn_error(c, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
-        return RHEMA_EINVAL;
-    }
+    *key_len = strlen(key);
     return 0;
 }
 
@@ -489,12 +487,9 @@ static int mem_scan(rhema_storage_conn *c, const char *ns, const char *from_key,
     int after = 0;
     const char *start = from_key != NULL ? from_key : "";
 
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
-        return RHEMA_EINVAL;
-    }
-    if (cb == NULL) {
-        conn_error(c, "scan without a callback");
+    const char *why = rhema_storage_scan_invalid(ns, cb);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     for (;;) {
@@ -542,8 +537,9 @@ static int mem_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage
     struct mem_node *n;
     uint64_t now, entries = 0, bytes = 0;
 
-    if (ns != NULL && !rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
+    const char *why = rhema_storage_stats_invalid(ns, out);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     now = in->host->monotonic_ns();
@@ -568,21 +564,9 @@ static int mem_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage
 /* Validate one write's arguments; no lock needed. */
 static int check_write(rhema_storage_conn *c, const struct rhema_storage_write *w)
 {
-    size_t key_len;
-    int rc;
-    if (w == NULL) {
-        conn_error(c, "NULL write");
-        return RHEMA_EINVAL;
-    }
-    if (w->op != RHEMA_WRITE_PUT && w->op != RHEMA_WRITE_DEL) {
-        conn_error(c, "unknown write op %u", (unsigned)w->op);
-        return RHEMA_EINVAL;
-    }
-    rc = check_ns_key(c, w->ns, w->key, &key_len);
-    if (rc != 0)
-        return rc;
-    if (w->op == RHEMA_WRITE_PUT && w->value == NULL && w->value_len > 0) {
-        conn_error(c, "NULL value with a non-zero length");
+    const char *why = rhema_storage_write_invalid(w);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     return 0;
@@ -708,17 +692,16 @@ static int mem_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int mem_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {.op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_DEL,
+                                    .ns = ns,
+                                    .key = key,
                                     .expected_version = expected_version};
     rhema_storage_instance *in = c->inst;
     uint64_t now;
     int rc = check_write(c, &w);
     if (rc != 0)
         return rc;
-    if (expected_version == RHEMA_VERSION_ABSENT) {
-        conn_error(c, "delete with RHEMA_VERSION_ABSENT");
-        return RHEMA_EINVAL;
-    }
     now = in->host->monotonic_ns();
     pthread_rwlock_wrlock(&in->lock);
     rc = precondition(c, &w, find_live(in, ns, key, now));
@@ -747,18 +730,11 @@ static int mem_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_
 
     if (n == 0)
         return 0;
-    if (w == NULL) {
-        conn_error(c, "NULL writes");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        rc = check_write(c, &w[i]);
-        if (rc == 0 && w[i].op == RHEMA_WRITE_DEL && w[i].expected_version == RHEMA_VERSION_ABSENT) {
-            conn_error(c, "delete with RHEMA_VERSION_ABSENT");
-            rc = RHEMA_EINVAL;
-        }
-        if (rc != 0)
-            return rc;
+    const char *why = NULL;
+    if ((rc = rhema_storage_batch_check(c, w, n, check_write, &why)) != 0) {
+        if (why != NULL)
+            conn_error(c, "%s", why);
+        return rc;
     }
     values = calloc(n, sizeof *values);
     fresh = calloc(n, sizeof *fresh);
@@ -870,27 +846,13 @@ static int mem_lease(rhema_storage_conn *c, const char *name, const char *holder
     uint64_t now;
     int rc = 0, held, mine;
 
-    name_len = rhema_storage_key_len(name);
-    if (name_len == 0) {
-        conn_error(c, "invalid lease name (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+    const char *why = rhema_storage_lease_invalid(name, holder, ttl_ms, op);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
-    if (op != RHEMA_LEASE_ACQUIRE && op != RHEMA_LEASE_RENEW && op != RHEMA_LEASE_RELEASE &&
-        op != RHEMA_LEASE_QUERY) {
-        conn_error(c, "unknown lease op %d", op);
-        return RHEMA_EINVAL;
-    }
-    if (op != RHEMA_LEASE_QUERY) {
-        holder_len = holder != NULL ? strnlen(holder, RHEMA_LEASE_HOLDER_MAX + 1) : 0;
-        if (holder_len == 0 || holder_len > RHEMA_LEASE_HOLDER_MAX) {
-            conn_error(c, "invalid lease holder (1..%d bytes)", RHEMA_LEASE_HOLDER_MAX);
-            return RHEMA_EINVAL;
-        }
-        if (op != RHEMA_LEASE_RELEASE && ttl_ms == 0) {
-            conn_error(c, "lease ttl_ms must be > 0");
-            return RHEMA_EINVAL;
-        }
-    }
+    name_len = strlen(name);
+    holder_len = op != RHEMA_LEASE_QUERY ? strlen(holder) : 0;
 
     pthread_mutex_lock(&in->lease_lock);
     now = in->host->monotonic_ns();
@@ -1497,9 +1459,24 @@ oom:
     return h->set_error(err, RHEMA_ENOMEM, "memory: restore: out of memory");
 }
 
+/*
+ * The vtable's batch(), group() and get_many() take arrays of the caller's
+ * stride (storage.h, "Growing the structs"); the functions above work on
+ * arrays of this plugin's layout, and ../common adapts one to the other.
+ */
+
+static int mem_batch_strided(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_batch(mem_batch, c, w, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
 static const struct rhema_storage_plugin memory_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
-                                "1.0.0", "in-process ordered map (not durable)"),
+    .base =
+        RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0", "in-process ordered map (not durable)"),
     .features = RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = mem_open,
     .close = mem_close,
@@ -1508,7 +1485,7 @@ static const struct rhema_storage_plugin memory_plugin = {
     .get = mem_get,
     .put = mem_put,
     .del = mem_del,
-    .batch = mem_batch,
+    .batch = mem_batch_strided,
     .scan = mem_scan,
     .lease = mem_lease,
     .health = mem_health,

@@ -88,6 +88,8 @@
 
 #include <rhema/storage.h>
 
+#include "../common/storage_check.h"
+
 #define PLUGIN_NAME "postgres"
 #define SCHEMA_VERSION 1
 #define PG_ERRMSG_MAX 512
@@ -313,8 +315,7 @@ struct rhema_storage_conn {
 
 /* ---- helpers ---- */
 
-static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...) RHEMA_PRINTF_LIKE(2, 3);
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 {
@@ -397,12 +398,9 @@ static char *fill_schema(const char *tmpl, const char *qschema)
 
 static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
 {
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])", RHEMA_STORAGE_NS_MAX);
-        return RHEMA_EINVAL;
-    }
-    if (rhema_storage_key_len(key) == 0) {
-        conn_error(c, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+    const char *why = rhema_storage_key_invalid(ns, key);
+    if (why) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     return 0;
@@ -1189,12 +1187,9 @@ static int pg_scan(rhema_storage_conn *c, const char *ns, const char *from_key, 
     PGresult *r, *bad = NULL;
     int rc = 0, stopped = 0;
 
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
-        return RHEMA_EINVAL;
-    }
-    if (cb == NULL) {
-        conn_error(c, "scan without a callback");
+    const char *why = rhema_storage_scan_invalid(ns, cb);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     if ((rc = conn_ensure(c)) != 0)
@@ -1249,12 +1244,9 @@ static int pg_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_
     int lens[1] = {0};
     PGresult *r;
     int rc;
-    if (ns != NULL && !rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
-        return RHEMA_EINVAL;
-    }
-    if (out == NULL) {
-        conn_error(c, "NULL stats");
+    const char *why = rhema_storage_stats_invalid(ns, out);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     if ((rc = conn_ensure(c)) != 0)
@@ -1404,7 +1396,7 @@ static int member_local(int rc)
  *
  * Round 1 sends, in one go and with one Sync: BEGIN, then for each member
  * a SAVEPOINT of its own (only for a member that needs one:
- * rhema_storage_batch_checks_after_first in storage.h) followed by
+ * rhema_storage_batch_checks_after_first in ../common) followed by
  * its writes, and reads every result back.  A failed precondition is a
  * normal result (no row applied, see write_result), never an error, so the
  * transaction goes on.  A member's writes carry its guard (GUARD): after
@@ -1814,7 +1806,8 @@ static int write_tx(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
         rc = write_one(c, w, RUN_OUTCOME);
     } else {
 #ifdef LIBPQ_HAS_PIPELINING
-        struct rhema_storage_batch b = {.writes = w, .n = n, .result = 0};
+        struct rhema_storage_batch b = {
+            .size = sizeof(struct rhema_storage_batch), .writes = w, .n = n, .result = 0};
         rc = pl_apply(c, &b, 1, 1);
 #else
         size_t i;
@@ -1850,8 +1843,11 @@ static int pg_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int pg_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {
-        .op = RHEMA_WRITE_DEL, .ns = ns, .key = key, .expected_version = expected_version};
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_DEL,
+                                    .ns = ns,
+                                    .key = key,
+                                    .expected_version = expected_version};
     int rc = check_write(c, &w);
     if (rc != 0)
         return rc;
@@ -1860,18 +1856,14 @@ static int pg_del(rhema_storage_conn *c, const char *ns, const char *key, uint64
 
 static int pg_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
 {
-    size_t i;
     int rc;
     if (n == 0)
         return 0;
-    if (w == NULL) {
-        conn_error(c, "NULL writes");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        rc = check_write(c, &w[i]);
-        if (rc != 0)
-            return rc;
+    const char *why = NULL;
+    if ((rc = rhema_storage_batch_check(c, w, n, check_write, &why)) != 0) {
+        if (why != NULL)
+            conn_error(c, "%s", why);
+        return rc;
     }
     return write_tx(c, w, n);
 }
@@ -1886,30 +1878,22 @@ static int pg_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
  */
 static int pg_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
 {
-    size_t i, j;
+    size_t i;
     int rc;
     if (n == 0)
         return 0;
-    if (g == NULL) {
-        conn_error(c, "NULL group");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        g[i].result = 0;
-        if (g[i].n > 0 && g[i].writes == NULL) {
-            conn_error(c, "NULL writes");
-            g[i].result = RHEMA_EINVAL;
-        }
-        for (j = 0; j < g[i].n && g[i].result == 0; j++)
-            g[i].result = check_write(c, &g[i].writes[j]);
-        if (g[i].writes != NULL)
-            clear_versions(g[i].writes, g[i].n);
-    }
+    const char *why = NULL;
+    int bad = rhema_storage_group_check(c, g, n, check_write, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    if (bad != 0)
+        return bad;
     if ((rc = conn_ensure(c)) != 0)
         return rc;
 #ifdef LIBPQ_HAS_PIPELINING
     rc = pl_apply(c, g, n, 0);
 #else
+    size_t j;
     rc = tx_begin(c);
     for (i = 0; i < n && rc == 0; i++) {
         int sp = rhema_storage_batch_checks_after_first(&g[i]);
@@ -1980,8 +1964,9 @@ static int pg_lease(rhema_storage_conn *c, const char *name, const char *holder,
     size_t nl = rhema_storage_key_len(name), hl = 0;
     int rc;
 
-    if (nl == 0) {
-        conn_error(c, "invalid lease name (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+    const char *why = rhema_storage_lease_invalid(name, holder, ttl_ms, op);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     switch (op) {
@@ -1992,11 +1977,7 @@ static int pg_lease(rhema_storage_conn *c, const char *name, const char *holder,
     default: conn_error(c, "unknown lease op %d", op); return RHEMA_EINVAL;
     }
     if (op != RHEMA_LEASE_QUERY) {
-        hl = holder != NULL ? strnlen(holder, RHEMA_LEASE_HOLDER_MAX + 1) : 0;
-        if (hl == 0 || hl > RHEMA_LEASE_HOLDER_MAX) {
-            conn_error(c, "invalid lease holder (1..%d bytes)", RHEMA_LEASE_HOLDER_MAX);
-            return RHEMA_EINVAL;
-        }
+        hl = strlen(holder);
         if (op != RHEMA_LEASE_RELEASE && (ttl_ms == 0 || ttl_ms > LEASE_TTL_MAX_MS)) {
             conn_error(c, "lease ttl_ms must be in 1..%llu", (unsigned long long)LEASE_TTL_MAX_MS);
             return RHEMA_EINVAL;
@@ -2549,9 +2530,44 @@ out_nomsg:
     return rc;
 }
 
+/*
+ * The vtable's batch(), group() and get_many() take arrays of the caller's
+ * stride (storage.h, "Growing the structs"); the functions above work on
+ * arrays of this plugin's layout, and ../common adapts one to the other.
+ */
+
+static int pg_batch_strided(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_batch(pg_batch, c, w, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
+static int pg_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_group(pg_group, c, g, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
+static int pg_get_many_strided(rhema_storage_conn *c, const char *const *ns,
+                               const char *const *keys, size_t n, struct rhema_storage_value *out,
+                               int *rcs)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_get_many(pg_get_many, c, ns, keys, n, out, rcs, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
 static const struct rhema_storage_plugin postgres_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
-                                "1.0.0", "PostgreSQL through libpq (shared, durable)"),
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
+                                        "PostgreSQL through libpq (shared, durable)"),
     .features =
         RHEMA_STORAGE_SHARED | RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = pg_open,
@@ -2561,17 +2577,17 @@ static const struct rhema_storage_plugin postgres_plugin = {
     .get = pg_get,
     .put = pg_put,
     .del = pg_del,
-    .batch = pg_batch,
+    .batch = pg_batch_strided,
     .scan = pg_scan,
     .lease = pg_lease,
     .health = pg_health,
     .stats = pg_stats,
     .errmsg = pg_errmsg,
     .backup = pg_backup,
-    .group = pg_group,
+    .group = pg_group_strided,
     .restore = pg_restore,
 #ifdef LIBPQ_HAS_PIPELINING
-    .get_many = pg_get_many,
+    .get_many = pg_get_many_strided,
 #endif
 };
 

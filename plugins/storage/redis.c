@@ -107,6 +107,8 @@
 
 #include <rhema/storage.h>
 
+#include "../common/storage_check.h"
+
 #define PLUGIN_NAME "redis"
 #define RD_ERRMSG_MAX 512
 #define BACKOFF_MIN_MS 100u
@@ -333,8 +335,7 @@ struct args {
 
 /* ---- helpers ---- */
 
-static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...) RHEMA_PRINTF_LIKE(2, 3);
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 {
@@ -457,12 +458,9 @@ static void release_held(rhema_storage_conn *c)
 
 static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
 {
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])", RHEMA_STORAGE_NS_MAX);
-        return RHEMA_EINVAL;
-    }
-    if (rhema_storage_key_len(key) == 0) {
-        conn_error(c, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+    const char *why = rhema_storage_key_invalid(ns, key);
+    if (why) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     return 0;
@@ -1162,12 +1160,9 @@ static int rd_scan(rhema_storage_conn *c, const char *ns, const char *from_key, 
     int rc = 0;
 
     release_held(c);
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
-        return RHEMA_EINVAL;
-    }
-    if (cb == NULL) {
-        conn_error(c, "scan without a callback");
+    const char *why = rhema_storage_scan_invalid(ns, cb);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     for (;;) {
@@ -1301,12 +1296,9 @@ static int rd_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_
     int rc;
 
     release_held(c);
-    if (ns != NULL && !rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
-        return RHEMA_EINVAL;
-    }
-    if (out == NULL) {
-        conn_error(c, "stats without an output");
+    const char *why = rhema_storage_stats_invalid(ns, out);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     if (ns != NULL) {
@@ -1473,7 +1465,10 @@ static int rd_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int rd_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {.op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_DEL,
+                                    .ns = ns,
+                                    .key = key,
                                     .expected_version = expected_version};
     int rc;
     release_held(c);
@@ -1485,19 +1480,15 @@ static int rd_del(rhema_storage_conn *c, const char *ns, const char *key, uint64
 
 static int rd_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
 {
-    size_t i;
     int rc;
     release_held(c);
     if (n == 0)
         return 0;
-    if (w == NULL) {
-        conn_error(c, "NULL writes");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        rc = check_write(c, &w[i]);
-        if (rc != 0)
-            return rc;
+    const char *why = NULL;
+    if ((rc = rhema_storage_batch_check(c, w, n, check_write, &why)) != 0) {
+        if (why != NULL)
+            conn_error(c, "%s", why);
+        return rc;
     }
     return write_script(c, w, n, "batch");
 }
@@ -1525,21 +1516,12 @@ static int rd_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
     release_held(c);
     if (n == 0)
         return 0;
-    if (g == NULL) {
-        conn_error(c, "NULL group");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        g[i].result = 0;
-        if (g[i].n > 0 && g[i].writes == NULL) {
-            conn_error(c, "NULL writes in group member %zu", i);
-            g[i].result = RHEMA_EINVAL;
-        }
-        for (j = 0; j < g[i].n && g[i].result == 0; j++)
-            g[i].result = check_write(c, &g[i].writes[j]);
-        for (j = 0; g[i].writes != NULL && j < g[i].n; j++)
-            g[i].writes[j].new_version = 0;
-    }
+    const char *bad_args = NULL;
+    int bad = rhema_storage_group_check(c, g, n, check_write, &bad_args);
+    if (bad_args != NULL)
+        conn_error(c, "%s", bad_args);
+    if (bad != 0)
+        return bad;
     rc = ensure_connected(c);
     if (rc != 0)
         return rc;
@@ -1627,21 +1609,12 @@ static int rd_lease(rhema_storage_conn *c, const char *name, const char *holder,
     int rc;
 
     release_held(c);
-    if (rhema_storage_key_len(name) == 0) {
-        conn_error(c, "invalid lease name (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
-        return RHEMA_EINVAL;
-    }
-    if (op != RHEMA_LEASE_ACQUIRE && op != RHEMA_LEASE_RENEW && op != RHEMA_LEASE_RELEASE &&
-        op != RHEMA_LEASE_QUERY) {
-        conn_error(c, "unknown lease op %d", op);
+    const char *why = rhema_storage_lease_invalid(name, holder, ttl_ms, op);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     if (op != RHEMA_LEASE_QUERY) {
-        size_t hl = holder != NULL ? strnlen(holder, RHEMA_LEASE_HOLDER_MAX + 1) : 0;
-        if (hl == 0 || hl > RHEMA_LEASE_HOLDER_MAX) {
-            conn_error(c, "invalid lease holder (1..%d bytes)", RHEMA_LEASE_HOLDER_MAX);
-            return RHEMA_EINVAL;
-        }
         if (op != RHEMA_LEASE_RELEASE && (ttl_ms == 0 || ttl_ms > TTL_MAX_MS)) {
             conn_error(c, "lease ttl_ms must be in 1..%llu", (unsigned long long)TTL_MAX_MS);
             return RHEMA_EINVAL;
@@ -2155,9 +2128,44 @@ out:
     return rc;
 }
 
+/*
+ * The vtable's batch(), group() and get_many() take arrays of the caller's
+ * stride (storage.h, "Growing the structs"); the functions above work on
+ * arrays of this plugin's layout, and ../common adapts one to the other.
+ */
+
+static int rd_batch_strided(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_batch(rd_batch, c, w, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
+static int rd_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_group(rd_group, c, g, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
+static int rd_get_many_strided(rhema_storage_conn *c, const char *const *ns,
+                               const char *const *keys, size_t n, struct rhema_storage_value *out,
+                               int *rcs)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_get_many(rd_get_many, c, ns, keys, n, out, rcs, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
 static const struct rhema_storage_plugin redis_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
-                                "1.0.0", "Redis server through hiredis (shared, leases, TTL)"),
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
+                                        "Redis server through hiredis (shared, leases, TTL)"),
     /* DURABLE as the server is configured: appendonly yes + appendfsync always */
     .features =
         RHEMA_STORAGE_SHARED | RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
@@ -2168,16 +2176,16 @@ static const struct rhema_storage_plugin redis_plugin = {
     .get = rd_get,
     .put = rd_put,
     .del = rd_del,
-    .batch = rd_batch,
+    .batch = rd_batch_strided,
     .scan = rd_scan,
     .lease = rd_lease,
     .health = rd_health,
     .stats = rd_stats,
     .errmsg = rd_errmsg,
     .backup = rd_backup,
-    .group = rd_group,
+    .group = rd_group_strided,
     .restore = rd_restore,
-    .get_many = rd_get_many,
+    .get_many = rd_get_many_strided,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

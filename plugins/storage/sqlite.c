@@ -83,6 +83,8 @@
 
 #include <rhema/storage.h>
 
+#include "../common/storage_check.h"
+
 #define PLUGIN_NAME "sqlite"
 #define SCHEMA_VERSION 1
 #define PURGE_EVERY 64u  /* writes between two purges of expired rows */
@@ -207,8 +209,7 @@ struct rhema_storage_conn {
 
 /* ---- helpers ---- */
 
-static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+static void conn_error(rhema_storage_conn *c, const char *fmt, ...) RHEMA_PRINTF_LIKE(2, 3);
 
 static void conn_error(rhema_storage_conn *c, const char *fmt, ...)
 {
@@ -246,12 +247,9 @@ static int sq_fail(rhema_storage_conn *c, int rc, const char *what)
 
 static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
 {
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace (1..%d bytes of [A-Za-z0-9_.:-])", RHEMA_STORAGE_NS_MAX);
-        return RHEMA_EINVAL;
-    }
-    if (rhema_storage_key_len(key) == 0) {
-        conn_error(c, "invalid key (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
+    const char *why = rhema_storage_key_invalid(ns, key);
+    if (why) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     return 0;
@@ -522,7 +520,7 @@ out:
 /* ---- the checkpointer ---- */
 
 static void ckpt_log(rhema_storage_instance *in, int level, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+    RHEMA_PRINTF_LIKE(3, 4);
 
 static void ckpt_log(rhema_storage_instance *in, int level, const char *fmt, ...)
 {
@@ -850,12 +848,9 @@ static int sq_scan(rhema_storage_conn *c, const char *ns, const char *from_key, 
     sqlite3_stmt *st;
     int rc;
 
-    if (!rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
-        return RHEMA_EINVAL;
-    }
-    if (cb == NULL) {
-        conn_error(c, "scan without a callback");
+    const char *why = rhema_storage_scan_invalid(ns, cb);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     id = from_key != NULL ? (to_key != NULL ? ST_SCAN_BOTH : ST_SCAN_FROM)
@@ -896,8 +891,9 @@ static int sq_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_
 {
     sqlite3_stmt *st;
     int rc;
-    if (ns != NULL && !rhema_storage_ns_valid(ns)) {
-        conn_error(c, "invalid namespace");
+    const char *why = rhema_storage_stats_invalid(ns, out);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     st = c->st[ns != NULL ? ST_STATS_NS : ST_STATS_ALL];
@@ -1066,7 +1062,10 @@ static int sq_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 
 static int sq_del(rhema_storage_conn *c, const char *ns, const char *key, uint64_t expected_version)
 {
-    struct rhema_storage_write w = {.op = RHEMA_WRITE_DEL, .ns = ns, .key = key,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_DEL,
+                                    .ns = ns,
+                                    .key = key,
                                     .expected_version = expected_version};
     int rc = check_write(c, &w);
     if (rc != 0)
@@ -1076,18 +1075,14 @@ static int sq_del(rhema_storage_conn *c, const char *ns, const char *key, uint64
 
 static int sq_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
 {
-    size_t i;
     int rc;
     if (n == 0)
         return 0;
-    if (w == NULL) {
-        conn_error(c, "NULL writes");
-        return RHEMA_EINVAL;
-    }
-    for (i = 0; i < n; i++) {
-        rc = check_write(c, &w[i]);
-        if (rc != 0)
-            return rc;
+    const char *why = NULL;
+    if ((rc = rhema_storage_batch_check(c, w, n, check_write, &why)) != 0) {
+        if (why != NULL)
+            conn_error(c, "%s", why);
+        return rc;
     }
     return write_tx(c, w, n);
 }
@@ -1102,11 +1097,14 @@ static int sq_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
 {
     size_t i, j;
     int rc;
-    for (i = 0; i < n; i++) {
-        g[i].result = 0;
-        for (j = 0; j < g[i].n && g[i].result == 0; j++)
-            g[i].result = check_write(c, &g[i].writes[j]);
-    }
+    if (n == 0)
+        return 0;
+    const char *why = NULL;
+    int bad = rhema_storage_group_check(c, g, n, check_write, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    if (bad != 0)
+        return bad;
     rc = tx_begin(c);
     if (rc != 0)
         return rc;
@@ -1170,21 +1168,12 @@ static int sq_lease(rhema_storage_conn *c, const char *name, const char *holder,
     int64_t expires = 0, now, new_expires;
     int rc, held, mine, in_tx = 0, write = 0;
 
-    if (rhema_storage_key_len(name) == 0) {
-        conn_error(c, "invalid lease name (1..%d bytes)", RHEMA_STORAGE_KEY_MAX);
-        return RHEMA_EINVAL;
-    }
-    if (op != RHEMA_LEASE_ACQUIRE && op != RHEMA_LEASE_RENEW && op != RHEMA_LEASE_RELEASE &&
-        op != RHEMA_LEASE_QUERY) {
-        conn_error(c, "unknown lease op %d", op);
+    const char *why = rhema_storage_lease_invalid(name, holder, ttl_ms, op);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
         return RHEMA_EINVAL;
     }
     if (op != RHEMA_LEASE_QUERY) {
-        size_t hl = holder != NULL ? strnlen(holder, RHEMA_LEASE_HOLDER_MAX + 1) : 0;
-        if (hl == 0 || hl > RHEMA_LEASE_HOLDER_MAX) {
-            conn_error(c, "invalid lease holder (1..%d bytes)", RHEMA_LEASE_HOLDER_MAX);
-            return RHEMA_EINVAL;
-        }
         if (op != RHEMA_LEASE_RELEASE && (ttl_ms == 0 || ttl_ms > (uint64_t)INT32_MAX * 1000)) {
             conn_error(c, "lease ttl_ms must be in 1..%llu",
                        (unsigned long long)INT32_MAX * 1000);
@@ -1611,9 +1600,33 @@ out:
     return ret;
 }
 
+/*
+ * The vtable's batch(), group() and get_many() take arrays of the caller's
+ * stride (storage.h, "Growing the structs"); the functions above work on
+ * arrays of this plugin's layout, and ../common adapts one to the other.
+ */
+
+static int sq_batch_strided(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_batch(sq_batch, c, w, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
+static int sq_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t n)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_group(sq_group, c, g, n, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
 static const struct rhema_storage_plugin sqlite_plugin = {
-    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, PLUGIN_NAME,
-                                "1.0.0", "SQLite database in WAL mode (durable, one host)"),
+    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
+                                        "SQLite database in WAL mode (durable, one host)"),
     .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = sq_open,
     .close = sq_close,
@@ -1622,14 +1635,14 @@ static const struct rhema_storage_plugin sqlite_plugin = {
     .get = sq_get,
     .put = sq_put,
     .del = sq_del,
-    .batch = sq_batch,
+    .batch = sq_batch_strided,
     .scan = sq_scan,
     .lease = sq_lease,
     .health = sq_health,
     .stats = sq_stats,
     .errmsg = sq_errmsg,
     .backup = sq_backup,
-    .group = sq_group,
+    .group = sq_group_strided,
     .restore = sq_restore,
 };
 

@@ -168,9 +168,13 @@ static void sqlite_durability(const struct rhema_storage_plugin *vt, const char 
     const struct rhema_cfg *group;
     rhema_storage_instance *inst = NULL;
     rhema_storage_conn *c = NULL;
-    struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT, .ns = "durable", .key = "k",
-                                    .value = "v\0v", .value_len = 3};
-    struct rhema_storage_value v;
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_PUT,
+                                    .ns = "durable",
+                                    .key = "k",
+                                    .value = "v\0v",
+                                    .value_len = 3};
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     struct rhema_lease_info li;
     char *err = NULL, msg[1024] = "";
     uint64_t ver = 0, epoch = 0;
@@ -268,9 +272,13 @@ static void sqlite_dirs_and_backup(const struct rhema_storage_plugin *vt)
     struct rhema_config cfg;
     rhema_storage_instance *inst = NULL;
     rhema_storage_conn *c = NULL;
-    struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT, .ns = "bk", .key = "k", .value = "v",
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_PUT,
+                                    .ns = "bk",
+                                    .key = "k",
+                                    .value = "v",
                                     .value_len = 1};
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     struct stat st;
     int rc, have_cfg = 0;
 
@@ -365,7 +373,7 @@ static int sqlite_write_through_wal(const struct rhema_storage_plugin *vt, const
     struct rhema_config cfg;
     rhema_storage_instance *inst = NULL;
     rhema_storage_conn *c = NULL;
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     int rc = 0, i, round, before;
 
     snprintf(db, sizeof db, "%s/ckpt-%s.db", tmpdir, checkpoint);
@@ -390,7 +398,8 @@ static int sqlite_write_through_wal(const struct rhema_storage_plugin *vt, const
         for (i = 0; i < n && !msg[0]; i++) {
             snprintf(key, sizeof key, "k%06d", i);
             if (round == 0) {
-                struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT,
+                struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                                .op = RHEMA_WRITE_PUT,
                                                 .ns = "ckpt",
                                                 .key = key,
                                                 .value = value,

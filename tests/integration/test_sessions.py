@@ -667,7 +667,7 @@ def test_plugins_lists_storage_plugin(srv):
     p = mine[0]
     assert p["kind"] == "storage"
     assert isinstance(p["version"], str) and p["version"]
-    assert re.fullmatch(r"1\.\d+", p["abi"]), p
+    assert re.fullmatch(r"2\.\d+", p["abi"]), p
     assert p.get("active") is True
     if srv.backend == "sqlite":
         assert "durable" in p.get("features", [])

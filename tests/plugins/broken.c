@@ -3,9 +3,15 @@
  * source, one BROKEN_* macro per build: each breaks exactly one rule of the
  * loader (DESIGN.md §3) and the test asserts the refusal and its message.
  * GOOD_OPTIONAL builds a valid plugin without the optional 'backup', built
- * as a plugin of ABI minor 0 would be (its vtable ends where minor 0 ends):
- * it must load, and the host must see backup and every member of a later
- * minor (get_many) as NULL.
+ * as a plugin of storage minor 0 would be (its vtable ends where minor 0
+ * ends): it must load, and the host must see backup and every member of a
+ * later minor (get_many) as NULL.
+ *
+ * Newer minors (SQLite's iVersion rule): GOOD_NEWER is built as a plugin of
+ * a storage minor 7 above the host's would be -- its vtable is larger, with
+ * members the host does not know -- and must load; BROKEN_MINOR says such a
+ * newer minor but its size stops where minor 0 ends, short of get_many, and
+ * must be refused.  BROKEN_OLD_MAJOR is a plugin of the previous major.
  */
 #include <stddef.h>
 #include <string.h>
@@ -82,64 +88,110 @@ static const char *s_errmsg(rhema_storage_conn *c)
 #define NAME "memory" /* collides with the real memory plugin */
 #elif defined(GOOD_OPTIONAL)
 #define NAME "optional"
+#elif defined(GOOD_NEWER)
+#define NAME "newer"
 #else
 #define NAME "broken"
 #endif
 
-static const struct rhema_storage_plugin vt = {
-    .base =
+static int s_get_many(rhema_storage_conn *c, const char *const *ns, const char *const *keys,
+                      size_t n, struct rhema_storage_value *out, int *rcs)
+{
+    (void)c, (void)ns, (void)keys, (void)out;
+    for (size_t i = 0; i < n; i++)
+        rcs[i] = RHEMA_ENOTFOUND;
+    return 0;
+}
+static int s_later(void)
+{
+    return RHEMA_ENOTSUP;
+}
+
+/*
+ * The vtable as a plugin of a later minor lays it out: this host's members,
+ * then members appended after them that this host does not know.
+ */
+struct newer_storage_plugin {
+    struct rhema_storage_plugin known;
+    int (*later[3])(void);
+};
+
+#ifdef GOOD_NEWER
+#define VT_TYPE struct newer_storage_plugin
+#define VT_KNOWN(v) (v).known
+#else
+#define VT_TYPE struct rhema_storage_plugin
+#define VT_KNOWN(v) (v)
+#endif
+
+static const VT_TYPE vt = {
+#ifdef GOOD_NEWER
+    .later = {s_later, s_later, s_later},
+    .known =
         {
-#ifdef BROKEN_MAJOR
-            .abi_major = RHEMA_ABI_MAJOR + 1,
+#endif
+            .base =
+                {
+#if defined(BROKEN_MAJOR)
+                    .abi_major = RHEMA_ABI_MAJOR + 1,
+#elif defined(BROKEN_OLD_MAJOR)
+            .abi_major = RHEMA_ABI_MAJOR - 1,
 #else
             .abi_major = RHEMA_ABI_MAJOR,
 #endif
-#if defined(BROKEN_MINOR)
-            .abi_minor = RHEMA_ABI_MINOR + 7,
+#if defined(BROKEN_MINOR) || defined(GOOD_NEWER)
+                    .abi_minor = RHEMA_STORAGE_ABI_MINOR + 7,
 #elif defined(GOOD_OPTIONAL)
             .abi_minor = 0,
 #else
-            .abi_minor = RHEMA_ABI_MINOR,
+            .abi_minor = RHEMA_STORAGE_ABI_MINOR,
 #endif
 #ifdef BROKEN_KIND
-            .kind = 99,
+                    .kind = 99,
 #else
             .kind = RHEMA_KIND_STORAGE,
 #endif
 #if defined(BROKEN_SIZE)
-            .size = (uint32_t)offsetof(struct rhema_storage_plugin, scan),
-#elif defined(GOOD_OPTIONAL)
+                    .size = (uint32_t)offsetof(struct rhema_storage_plugin, scan),
+#elif defined(GOOD_OPTIONAL) || defined(BROKEN_MINOR)
             .size = (uint32_t)offsetof(struct rhema_storage_plugin, get_many),
 #else
-            .size = (uint32_t)sizeof(struct rhema_storage_plugin),
+            .size = (uint32_t)sizeof(VT_TYPE),
 #endif
-            .name = NAME,
-            .version = "0.0.1",
-            .description = "a deliberately broken plugin for the loader tests",
-        },
-    .features = 0,
-    .open = s_open,
-    .close = s_close,
-    .connect = s_connect,
-    .disconnect = s_disconnect,
-    .get = s_get,
-    .put = s_put,
-    .del = s_del,
-    .batch = s_batch,
+                    .name = NAME,
+                    .version = "0.0.1",
+                    .description = "a deliberately broken plugin for the loader tests",
+                },
+            .features = 0,
+            .open = s_open,
+            .close = s_close,
+            .connect = s_connect,
+            .disconnect = s_disconnect,
+            .get = s_get,
+            .put = s_put,
+            .del = s_del,
+            .batch = s_batch,
 #ifdef BROKEN_NULLMETHOD
-    .scan = NULL,
+            .scan = NULL,
 #else
     .scan = s_scan,
 #endif
-    .lease = s_lease,
-    .health = s_health,
-    .stats = s_stats,
-    .errmsg = s_errmsg,
+            .lease = s_lease,
+            .health = s_health,
+            .stats = s_stats,
+            .errmsg = s_errmsg,
+#if !defined(GOOD_OPTIONAL) && !defined(BROKEN_MINOR)
+            .get_many = s_get_many,
+#endif
+#ifdef GOOD_NEWER
+        },
+#endif
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)
 {
     (void)host;
-    *out = &vt.base;
+    (void)s_get_many, (void)s_later;
+    *out = &VT_KNOWN(vt).base;
     return 0;
 }

@@ -1,7 +1,10 @@
 #!/bin/sh
 # The installed headers as a third-party plugin author meets them:
-#   - each header compiles on its own as C11 (-Wall -Wextra -Werror);
+#   - each header compiles on its own as C11 (-Wall -Wextra -Werror
+#     -pedantic), and as C99 -pedantic but balancer.h (C11 atomics);
 #   - each compiles on its own as C++11, when a C++ compiler is here;
+#   - compiler attributes only through RHEMA_PRINTF_LIKE / RHEMA_EXPORT,
+#     which expand to nothing for a compiler that is not GCC or clang;
 #   - the structs a plugin shares with the host have the same size and
 #     member offsets in C and in C++ (a C++ plugin against a C host).
 # TAP on stdout for automake's tap-driver; compiler output as "#" lines.
@@ -28,8 +31,8 @@ trap 'rm -rf "$tmp"' EXIT
 
 n=0
 count=0
-for h in $headers; do count=$((count + 2)); done
-echo "1..$((count + 1))"
+for h in $headers; do count=$((count + 3)); done
+echo "1..$((count + 3))"
 
 ok() { n=$((n + 1)); echo "ok $n - $1"; }
 notok() {
@@ -41,10 +44,19 @@ skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
 
 for h in $headers; do
     printf '#include <rhema/%s>\nint rhema_header_test;\n' "$h" >"$tmp/one.c"
-    if $CC -std=c11 -Wall -Wextra -Werror -fsyntax-only -I"$INC" "$tmp/one.c" >"$tmp/out" 2>&1; then
+    if $CC -std=c11 -pedantic -Wall -Wextra -Werror -fsyntax-only -I"$INC" "$tmp/one.c" \
+        >"$tmp/out" 2>&1; then
         ok "$h compiles alone as C11"
     else
         notok "$h compiles alone as C11"
+    fi
+    if [ "$h" = balancer.h ]; then
+        skip "$h compiles alone as C99" "needs C11 atomics (stdatomic.h)"
+    elif $CC -std=c99 -pedantic -Wall -Wextra -Werror -fsyntax-only -I"$INC" "$tmp/one.c" \
+        >"$tmp/out" 2>&1; then
+        ok "$h compiles alone as C99"
+    else
+        notok "$h compiles alone as C99"
     fi
     if [ -z "${CXX:-}" ]; then
         skip "$h compiles alone as C++11" "no C++ compiler"
@@ -57,6 +69,29 @@ for h in $headers; do
         notok "$h compiles alone as C++11"
     fi
 done
+
+# Attributes: none but the two guarded macros of plugin.h ...
+if grep -n '__attribute__' "$INC"/rhema/*.h | grep -v 'define RHEMA_PRINTF_LIKE\|define RHEMA_EXPORT' \
+    >"$tmp/out"; then
+    notok "__attribute__ only inside RHEMA_PRINTF_LIKE / RHEMA_EXPORT"
+else
+    ok "__attribute__ only inside RHEMA_PRINTF_LIKE / RHEMA_EXPORT"
+fi
+# ... and they vanish for a compiler that is neither GCC nor clang.
+cat >"$tmp/nognu.c" <<'EOF'
+#undef __GNUC__
+#undef __clang__
+#include <rhema/plugin.h>
+#define STR_(x) #x
+#define STR(x) STR_(x)
+typedef char rhema_attributes_vanish[sizeof(STR(RHEMA_EXPORT RHEMA_PRINTF_LIKE(1, 2))) == 1 ? 1 : -1];
+int rhema_header_test;
+EOF
+if $CC -std=c11 -Wall -Wextra -Werror -fsyntax-only -I"$INC" "$tmp/nognu.c" >"$tmp/out" 2>&1; then
+    ok "RHEMA_PRINTF_LIKE and RHEMA_EXPORT expand to nothing without GCC or clang"
+else
+    notok "RHEMA_PRINTF_LIKE and RHEMA_EXPORT expand to nothing without GCC or clang"
+fi
 
 # Layouts: one program prints sizes and offsets; built as C and as C++.
 cat >"$tmp/layout.c" <<'EOF'

@@ -618,7 +618,7 @@ static void stats_summary(void **state)
     json_decref(s);
 
     /* heartbeats without changes leave the summary alone (no contention on it) */
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     assert_int_equal(f->vt->get(f->conn, "agents.summary", "all", &v), 0);
     uint64_t sv = v.version;
     json_decref(heartbeat(f, "a", NULL));

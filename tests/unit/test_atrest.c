@@ -253,8 +253,13 @@ static char *json_value(size_t len, int salt)
 static uint64_t put_ok(const struct wrapped *w, const char *key, const void *v, size_t len,
                        uint64_t expected)
 {
-    struct rhema_storage_write wr = {.op = RHEMA_WRITE_PUT, .ns = NS, .key = key, .value = v,
-                                     .value_len = len, .expected_version = expected};
+    struct rhema_storage_write wr = {.size = sizeof(struct rhema_storage_write),
+                                     .op = RHEMA_WRITE_PUT,
+                                     .ns = NS,
+                                     .key = key,
+                                     .value = v,
+                                     .value_len = len,
+                                     .expected_version = expected};
     int rc = w->vt->put(w->conn, &wr);
     if (rc)
         fail_msg("put %s: %s (%s)", key, rhema_strerror(rc), w->vt->errmsg(w->conn));
@@ -265,7 +270,7 @@ static uint64_t put_ok(const struct wrapped *w, const char *key, const void *v, 
 static void get_eq(const struct wrapped *w, const char *key, const void *v, size_t len,
                    uint64_t version)
 {
-    struct rhema_storage_value out;
+    struct rhema_storage_value out = {.size = sizeof(struct rhema_storage_value)};
     int rc = w->vt->get(w->conn, NS, key, &out);
     if (rc)
         fail_msg("get %s: %s (%s)", key, rhema_strerror(rc), w->vt->errmsg(w->conn));
@@ -279,7 +284,7 @@ static void get_eq(const struct wrapped *w, const char *key, const void *v, size
 /* The stored bytes of key, through the real vtable (a malloc'd copy). */
 static struct rhema_buf raw_get(struct fx *f, const char *ns, const char *key, uint64_t *version)
 {
-    struct rhema_storage_value out;
+    struct rhema_storage_value out = {.size = sizeof(struct rhema_storage_value)};
     struct rhema_buf b;
     int rc = memvt->get(f->raw, ns, key, &out);
     if (rc)
@@ -294,7 +299,11 @@ static struct rhema_buf raw_get(struct fx *f, const char *ns, const char *key, u
 
 static void raw_put(struct fx *f, const char *ns, const char *key, const void *v, size_t len)
 {
-    struct rhema_storage_write wr = {.op = RHEMA_WRITE_PUT, .ns = ns, .key = key, .value = v,
+    struct rhema_storage_write wr = {.size = sizeof(struct rhema_storage_write),
+                                     .op = RHEMA_WRITE_PUT,
+                                     .ns = ns,
+                                     .key = key,
+                                     .value = v,
                                      .value_len = len};
     assert_int_equal(memvt->put(f->raw, &wr), 0);
 }
@@ -427,11 +436,26 @@ static void batch_group_scan(void **state)
     put_ok(&w, "k0", v[0], strlen(v[0]), 0);
     /* a batch: two puts, a delete, and a put of a key written by the batch */
     struct rhema_storage_write b[4] = {
-        {.op = RHEMA_WRITE_PUT, .ns = NS, .key = "k1", .value = v[1], .value_len = strlen(v[1]),
+        {.size = sizeof(struct rhema_storage_write),
+         .op = RHEMA_WRITE_PUT,
+         .ns = NS,
+         .key = "k1",
+         .value = v[1],
+         .value_len = strlen(v[1]),
          .expected_version = RHEMA_VERSION_ABSENT},
-        {.op = RHEMA_WRITE_PUT, .ns = NS, .key = "k2", .value = v[2], .value_len = strlen(v[2])},
-        {.op = RHEMA_WRITE_DEL, .ns = NS, .key = "k0"},
-        {.op = RHEMA_WRITE_PUT, .ns = NS, .key = "k2", .value = v[3], .value_len = strlen(v[3])},
+        {.size = sizeof(struct rhema_storage_write),
+         .op = RHEMA_WRITE_PUT,
+         .ns = NS,
+         .key = "k2",
+         .value = v[2],
+         .value_len = strlen(v[2])},
+        {.size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = NS, .key = "k0"},
+        {.size = sizeof(struct rhema_storage_write),
+         .op = RHEMA_WRITE_PUT,
+         .ns = NS,
+         .key = "k2",
+         .value = v[3],
+         .value_len = strlen(v[3])},
     };
     int rc = w.vt->batch(w.conn, b, 4);
     if (rc)
@@ -440,25 +464,44 @@ static void batch_group_scan(void **state)
     assert_ptr_equal(b[1].value, v[2]); /* the caller's array is left as it was */
     get_eq(&w, "k1", v[1], strlen(v[1]), b[0].new_version);
     get_eq(&w, "k2", v[3], strlen(v[3]), b[3].new_version);
-    struct rhema_storage_value out;
+    struct rhema_storage_value out = {.size = sizeof(struct rhema_storage_value)};
     assert_int_equal(w.vt->get(w.conn, NS, "k0", &out), RHEMA_ENOTFOUND);
     assert_sealed(f, NS, "k1");
     assert_sealed(f, NS, "k2");
     /* a failed batch changes nothing */
     struct rhema_storage_write bad[2] = {
-        {.op = RHEMA_WRITE_PUT, .ns = NS, .key = "k3", .value = v[0], .value_len = strlen(v[0])},
-        {.op = RHEMA_WRITE_PUT, .ns = NS, .key = "k1", .value = v[0], .value_len = strlen(v[0]),
+        {.size = sizeof(struct rhema_storage_write),
+         .op = RHEMA_WRITE_PUT,
+         .ns = NS,
+         .key = "k3",
+         .value = v[0],
+         .value_len = strlen(v[0])},
+        {.size = sizeof(struct rhema_storage_write),
+         .op = RHEMA_WRITE_PUT,
+         .ns = NS,
+         .key = "k1",
+         .value = v[0],
+         .value_len = strlen(v[0]),
          .expected_version = RHEMA_VERSION_ABSENT},
     };
     assert_int_equal(w.vt->batch(w.conn, bad, 2), RHEMA_ECONFLICT);
     assert_int_equal(w.vt->get(w.conn, NS, "k3", &out), RHEMA_ENOTFOUND);
     /* a group: one member applies, one conflicts */
-    struct rhema_storage_write g0[1] = {
-        {.op = RHEMA_WRITE_PUT, .ns = NS, .key = "k4", .value = v[0], .value_len = strlen(v[0])}};
-    struct rhema_storage_write g1[1] = {
-        {.op = RHEMA_WRITE_PUT, .ns = NS, .key = "k1", .value = v[0], .value_len = strlen(v[0]),
-         .expected_version = RHEMA_VERSION_ABSENT}};
-    struct rhema_storage_batch g[2] = {{g0, 1, -99}, {g1, 1, -99}};
+    struct rhema_storage_write g0[1] = {{.size = sizeof(struct rhema_storage_write),
+                                         .op = RHEMA_WRITE_PUT,
+                                         .ns = NS,
+                                         .key = "k4",
+                                         .value = v[0],
+                                         .value_len = strlen(v[0])}};
+    struct rhema_storage_write g1[1] = {{.size = sizeof(struct rhema_storage_write),
+                                         .op = RHEMA_WRITE_PUT,
+                                         .ns = NS,
+                                         .key = "k1",
+                                         .value = v[0],
+                                         .value_len = strlen(v[0]),
+                                         .expected_version = RHEMA_VERSION_ABSENT}};
+    struct rhema_storage_batch g[2] = {{sizeof(struct rhema_storage_batch), -99, g0, 1},
+                                       {sizeof(struct rhema_storage_batch), -99, g1, 1}};
     assert_non_null(w.vt->group);
     assert_int_equal(w.vt->group(w.conn, g, 2), 0);
     assert_int_equal(g[0].result, 0);
@@ -484,6 +527,8 @@ static void batch_group_scan(void **state)
         const char *keys[4] = {"k2", "nope", "k1", "k2"}, *nss[4] = {NS, NS, NS, NS};
         struct rhema_storage_value vals[4];
         int rcs[4];
+        for (size_t i = 0; i < 4; i++)
+            vals[i].size = sizeof vals[i];
         assert_non_null(w.vt->get_many);
         assert_int_equal(w.vt->get_many(w.conn, nss, keys, 4, vals, rcs), 0);
         assert_int_equal(rcs[0], 0);
@@ -580,7 +625,7 @@ static void encryption_on_then_off(void **state)
     const struct rhema_storage_plugin *vt = rhema_atrest_vtable(a);
     rhema_storage_conn *conn;
     assert_int_equal(vt->connect(rhema_atrest_instance(a), &conn, &err), 0);
-    struct rhema_storage_value out;
+    struct rhema_storage_value out = {.size = sizeof(struct rhema_storage_value)};
     assert_int_equal(vt->get(conn, NS, "e", &out), RHEMA_ECORRUPT);
     assert_non_null(strstr(vt->errmsg(conn), "key management"));
     vt->disconnect(conn);
@@ -643,7 +688,7 @@ static void tampered_values_are_corrupt(void **state)
     struct wrapped w = wrap(f, 1, 1);
     put_ok(&w, "t", big, strlen(big), 0);
     struct rhema_buf b = raw_get(f, NS, "t", NULL);
-    struct rhema_storage_value out;
+    struct rhema_storage_value out = {.size = sizeof(struct rhema_storage_value)};
     for (size_t i = 3; i < b.len; i += 7) { /* every part: header, nonce, ciphertext, tag */
         b.data[i] ^= 0x20;
         raw_put(f, NS, "t", b.data, b.len);
@@ -688,7 +733,7 @@ static void moved_values_are_refused(void **state)
     struct rhema_buf b = raw_get(f, NS, "src", NULL);
     raw_put(f, NS, "dst", b.data, b.len);          /* another key */
     raw_put(f, NS ".other", "src", b.data, b.len); /* the same key in another namespace */
-    struct rhema_storage_value out;
+    struct rhema_storage_value out = {.size = sizeof(struct rhema_storage_value)};
     assert_int_equal(w.vt->get(w.conn, NS, "dst", &out), RHEMA_ECORRUPT);
     assert_int_equal(w.vt->get(w.conn, NS ".other", "src", &out), RHEMA_ECORRUPT);
     get_eq(&w, "src", big, strlen(big), 0);
@@ -707,7 +752,11 @@ static void versions_pass_through(void **state)
     struct rhema_buf b = raw_get(f, NS, "cas", &rv);
     assert_int_equal(rv, v1);
     free(b.data);
-    struct rhema_storage_write wr = {.op = RHEMA_WRITE_PUT, .ns = NS, .key = "cas", .value = v,
+    struct rhema_storage_write wr = {.size = sizeof(struct rhema_storage_write),
+                                     .op = RHEMA_WRITE_PUT,
+                                     .ns = NS,
+                                     .key = "cas",
+                                     .value = v,
                                      .value_len = strlen(v),
                                      .expected_version = RHEMA_VERSION_ABSENT};
     assert_int_equal(w.vt->put(w.conn, &wr), RHEMA_ECONFLICT);
@@ -775,11 +824,15 @@ static void wrap_refusals(void **state)
         rhema_storage_conn *conn;
         assert_int_equal(vt->connect(rhema_atrest_instance(a), &conn, &err), 0);
         char *v = json_value(200, 13);
-        struct rhema_storage_write wr = {.op = RHEMA_WRITE_PUT, .ns = NS, .key = "huge",
-                                         .value = v, .value_len = strlen(v)};
+        struct rhema_storage_write wr = {.size = sizeof(struct rhema_storage_write),
+                                         .op = RHEMA_WRITE_PUT,
+                                         .ns = NS,
+                                         .key = "huge",
+                                         .value = v,
+                                         .value_len = strlen(v)};
         assert_int_equal(vt->put(conn, &wr), RHEMA_ETOOBIG);
         assert_non_null(strstr(vt->errmsg(conn), "max_decompressed_bytes"));
-        struct rhema_storage_value out;
+        struct rhema_storage_value out = {.size = sizeof(struct rhema_storage_value)};
         assert_int_equal(vt->get(conn, NS, "huge", &out), RHEMA_ENOTFOUND);
         free(v);
         vt->disconnect(conn);

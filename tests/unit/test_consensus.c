@@ -615,7 +615,7 @@ static void commit_and_applied_are_monotonic(void **state)
      * did not finish) keeps it: the stamp is when it was first marked.
      */
     {
-        struct rhema_storage_value sv;
+        struct rhema_storage_value sv = {.size = sizeof(struct rhema_storage_value)};
         char key[200];
         snprintf(key, sizeof key, "m1/%020d", 4);
         assert_int_equal(f->vt->get(f->conn, "consensus.log", key, &sv), 0);
@@ -623,7 +623,8 @@ static void commit_and_applied_are_monotonic(void **state)
         assert_non_null(e);
         json_object_set_new(e, "committed_at", json_string("2001-02-03T04:05:06.000Z"));
         char *t = json_dumps(e, JSON_COMPACT);
-        struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT,
+        struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
                                         .ns = "consensus.log",
                                         .key = key,
                                         .value = t,

@@ -63,13 +63,82 @@ static void refuses_other_major(void **state)
     expect_refusal("bad_major.so", want);
 }
 
-static void refuses_newer_minor(void **state)
+static void refuses_previous_major(void **state)
 {
     (void)state;
     char want[64];
-    snprintf(want, sizeof want, "abi_minor %d is newer than the host's %d", RHEMA_ABI_MINOR + 7,
-             RHEMA_ABI_MINOR);
+    snprintf(want, sizeof want, "abi_major %d differs from the host's %d", RHEMA_ABI_MAJOR - 1,
+             RHEMA_ABI_MAJOR);
+    expect_refusal("bad_old_major.so", want);
+}
+
+/*
+ * A plugin of a newer storage minor whose vtable stops where minor 0 ends
+ * lacks get_many, a member of the host's minor: refused, naming both minors.
+ */
+static void refuses_newer_minor_too_small(void **state)
+{
+    (void)state;
+    char want[160];
+    snprintf(want, sizeof want,
+             "size %zu is smaller than the %zu bytes storage minor %d requires "
+             "(the plugin says minor %d)",
+             offsetof(struct rhema_storage_plugin, get_many), sizeof(struct rhema_storage_plugin),
+             RHEMA_STORAGE_ABI_MINOR, RHEMA_STORAGE_ABI_MINOR + 7);
     expect_refusal("bad_minor.so", want);
+}
+
+/*
+ * SQLite's iVersion rule: a plugin built against a newer storage minor,
+ * whose vtable holds every member of the host's minor and more, loads; the
+ * host keeps the members it knows and ignores the rest.
+ */
+static void loads_newer_minor(void **state)
+{
+    (void)state;
+    struct rhema_plugin_registry *reg;
+    const struct rhema_loaded_plugin *p = NULL;
+    char path[1024], *err = NULL;
+    snprintf(path, sizeof path, "%s/good_newer.so", bad_dir());
+    assert_int_equal(rhema_plugins_new(&reg), 0);
+    int rc = rhema_plugin_load(reg, path, NULL, 0, &p, &err);
+    if (rc)
+        fail_msg("good_newer: %s", err);
+    assert_string_equal(p->name, "newer");
+    assert_int_equal(p->abi_minor, RHEMA_STORAGE_ABI_MINOR + 7);
+    assert_true(p->vt.base.size > sizeof(struct rhema_storage_plugin));
+    assert_non_null(p->vt.storage.scan);
+    assert_non_null(p->vt.storage.get_many); /* the host's last member, present */
+    /* and it is callable through the host-side copy */
+    const char *ns[1] = {"ns"}, *keys[1] = {"k"};
+    struct rhema_storage_value out[1] = {{.size = sizeof(struct rhema_storage_value)}};
+    int rcs[1] = {0};
+    assert_int_equal(p->vt.storage.get_many(NULL, ns, keys, 1, out, rcs), 0);
+    assert_int_equal(rcs[0], RHEMA_ENOTFOUND);
+    rhema_plugins_free(reg);
+}
+
+/* Minors are per kind: moving storage's does not move the others'. */
+static void minors_are_per_kind(void **state)
+{
+    (void)state;
+    struct rhema_plugin_registry *reg;
+    const struct rhema_loaded_plugin *p = NULL;
+    char *err = NULL;
+    assert_int_equal(rhema_plugins_new(&reg), 0);
+    int rc = rhema_plugin_load(reg, "round_robin", good_dir(), RHEMA_KIND_BALANCER, &p, &err);
+    if (rc)
+        fail_msg("round_robin: %s", err);
+    assert_int_equal(p->abi_minor, RHEMA_BALANCER_ABI_MINOR);
+    rc = rhema_plugin_load(reg, "memory", good_dir(), RHEMA_KIND_STORAGE, &p, &err);
+    if (rc)
+        fail_msg("memory: %s", err);
+    assert_int_equal(p->abi_minor, RHEMA_STORAGE_ABI_MINOR);
+    assert_int_equal(RHEMA_STORAGE_ABI_MINOR, 1);
+    assert_int_equal(RHEMA_BALANCER_ABI_MINOR, 0);
+    assert_int_equal(RHEMA_COMPRESS_ABI_MINOR, 0);
+    assert_int_equal(RHEMA_CIPHER_ABI_MINOR, 0);
+    rhema_plugins_free(reg);
 }
 
 static void refuses_short_size(void **state)
@@ -78,7 +147,7 @@ static void refuses_short_size(void **state)
     char want[96];
     snprintf(want, sizeof want, "size %zu is smaller than the %zu bytes storage minor %d requires",
              offsetof(struct rhema_storage_plugin, scan), sizeof(struct rhema_storage_plugin),
-             RHEMA_ABI_MINOR);
+             RHEMA_STORAGE_ABI_MINOR);
     expect_refusal("bad_size.so", want);
 }
 
@@ -189,12 +258,24 @@ static void optional_member_reads_null(void **state)
     rhema_plugins_free(reg);
 }
 
+static void call_vlog(const struct rhema_host *h, const char *fmt, ...) RHEMA_PRINTF_LIKE(2, 3);
+static void call_vlog(const struct rhema_host *h, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    h->vlog(RHEMA_LOG_DEBUG, "test", fmt, ap);
+    va_end(ap);
+}
+
 static void host_table_is_complete(void **state)
 {
     (void)state;
     const struct rhema_host *h = rhema_host_get();
     assert_int_equal(h->abi_major, RHEMA_ABI_MAJOR);
+    assert_int_equal(h->abi_minor, RHEMA_HOST_ABI_MINOR);
     assert_int_equal(h->size, sizeof(struct rhema_host));
+    assert_non_null(h->vlog);
+    call_vlog(h, "vlog %s %d", "works", 1);
     assert_non_null(h->log);
     assert_non_null(h->set_error);
     assert_non_null(h->cfg_string);
@@ -219,7 +300,10 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(refuses_missing_symbol),
         cmocka_unit_test(refuses_other_major),
-        cmocka_unit_test(refuses_newer_minor),
+        cmocka_unit_test(refuses_previous_major),
+        cmocka_unit_test(refuses_newer_minor_too_small),
+        cmocka_unit_test(loads_newer_minor),
+        cmocka_unit_test(minors_are_per_kind),
         cmocka_unit_test(refuses_short_size),
         cmocka_unit_test(refuses_unknown_kind),
         cmocka_unit_test(refuses_null_required_method),

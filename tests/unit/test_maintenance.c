@@ -204,7 +204,11 @@ static void fixture_free(struct fixture *f)
 
 static void raw_put(struct fixture *f, const char *ns, const char *key, const char *val)
 {
-    struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT, .ns = ns, .key = key, .value = val,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_PUT,
+                                    .ns = ns,
+                                    .key = key,
+                                    .value = val,
                                     .value_len = strlen(val)};
     assert_int_equal(f->srv.storage->put(f->conn, &w), 0);
 }
@@ -262,7 +266,7 @@ static void make_session(struct fixture *f, const char *id, const char *status, 
     json_decref(valid);
     rhema_record_release(&rec);
     if (old) {
-        struct rhema_storage_value v;
+        struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
         json_t *stored;
         char *text;
         assert_int_equal(f->srv.storage->get(f->conn, "sessions", id, &v), 0);
@@ -278,7 +282,7 @@ static void make_session(struct fixture *f, const char *id, const char *status, 
 
 static int exists_session(struct fixture *f, const char *id)
 {
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     int rc = f->srv.storage->get(f->conn, "sessions", id, &v);
     assert_true(rc == 0 || rc == RHEMA_ENOTFOUND);
     return rc == 0;
@@ -286,7 +290,7 @@ static int exists_session(struct fixture *f, const char *id)
 
 static int index_has(struct fixture *f, const char *ns, const char *key)
 {
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     return f->srv.storage->get(f->conn, ns, key, &v) == 0;
 }
 

@@ -139,7 +139,7 @@ static void test_validation_names_fields(void **state)
 
 static int index_has(struct fixture *f, const char *key)
 {
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     return f->vt->get(f->conn, RHEMA_SERVICES_NAME_NS, key, &v) == 0;
 }
 

@@ -234,8 +234,8 @@ static int check_header(struct suite *s, const void *arg)
     (void)arg;
     CHECK(b->kind == RHEMA_KIND_CIPHER, "kind %u, want %u (cipher)", b->kind, RHEMA_KIND_CIPHER);
     CHECK(b->abi_major == RHEMA_ABI_MAJOR, "abi_major %u, want %u", b->abi_major, RHEMA_ABI_MAJOR);
-    CHECK(b->abi_minor <= RHEMA_ABI_MINOR, "abi_minor %u is newer than %u", b->abi_minor,
-          RHEMA_ABI_MINOR);
+    CHECK(b->abi_minor <= RHEMA_CIPHER_ABI_MINOR, "abi_minor %u is newer than %u", b->abi_minor,
+          RHEMA_CIPHER_ABI_MINOR);
     CHECK(b->name != NULL && b->name[0] != '\0', "no name");
     CHECK(vt->cipher_id >= 1 && vt->cipher_id <= 255, "cipher_id %u is not in 1..255",
           vt->cipher_id);

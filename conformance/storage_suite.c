@@ -118,8 +118,13 @@ static const char *ns_of(const struct suite *s, const char *tag, char *buf, size
 static int put(struct suite *s, rhema_storage_conn *c, const char *ns, const char *key,
                const void *val, size_t len, uint64_t expected, uint64_t ttl_ms, uint64_t *ver)
 {
-    struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT, .ns = ns, .key = key, .value = val,
-                                    .value_len = len, .expected_version = expected,
+    struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
+                                    .op = RHEMA_WRITE_PUT,
+                                    .ns = ns,
+                                    .key = key,
+                                    .value = val,
+                                    .value_len = len,
+                                    .expected_version = expected,
                                     .ttl_ms = ttl_ms};
     int rc = s->vt->put(c, &w);
     if (rc == 0 && ver != NULL)
@@ -140,7 +145,7 @@ static int put_str(struct suite *s, rhema_storage_conn *c, const char *ns, const
 static int expect_value(struct suite *s, rhema_storage_conn *c, const char *ns, const char *key,
                         const void *val, size_t len, uint64_t ver, int line)
 {
-    struct rhema_storage_value v = {0};
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     int rc = s->vt->get(c, ns, key, &v);
     if (rc != 0)
         return failf(s, "line %d: get(%s, %s) returned %s; errmsg: %s", line, ns, key,
@@ -164,10 +169,10 @@ static int expect_value(struct suite *s, rhema_storage_conn *c, const char *ns, 
 
 #define EXPECT_STR(C, NS, KEY, STR, VER) EXPECT_VALUE(C, NS, KEY, STR, strlen(STR), VER)
 
-#define EXPECT_MISSING(C, NS, KEY)                                                                \
-    do {                                                                                          \
-        struct rhema_storage_value v_;                                                            \
-        CHECK_RC((C), RHEMA_ENOTFOUND, s->vt->get((C), (NS), (KEY), &v_));                        \
+#define EXPECT_MISSING(C, NS, KEY)                                                                 \
+    do {                                                                                           \
+        struct rhema_storage_value v_ = {.size = sizeof(struct rhema_storage_value)};              \
+        CHECK_RC((C), RHEMA_ENOTFOUND, s->vt->get((C), (NS), (KEY), &v_));                         \
     } while (0)
 
 /* ---- scan collection ---- */
@@ -286,7 +291,8 @@ static int t_header(struct suite *s)
     CHECK(vt != NULL, "no vtable");
     CHECK(vt->base.kind == RHEMA_KIND_STORAGE, "kind %u", (unsigned)vt->base.kind);
     CHECK(vt->base.abi_major == RHEMA_ABI_MAJOR, "abi_major %u", (unsigned)vt->base.abi_major);
-    CHECK(vt->base.abi_minor <= RHEMA_ABI_MINOR, "abi_minor %u", (unsigned)vt->base.abi_minor);
+    CHECK(vt->base.abi_minor <= RHEMA_STORAGE_ABI_MINOR, "abi_minor %u",
+          (unsigned)vt->base.abi_minor);
     CHECK(vt->base.size >= minor0, "size %u < %zu", (unsigned)vt->base.size, minor0);
     CHECK(vt->base.name != NULL && vt->base.name[0] != '\0', "empty name");
     for (p = vt->base.name; *p; p++)
@@ -320,7 +326,7 @@ static int t_health(struct suite *s)
 static int t_errmsg(struct suite *s)
 {
     rhema_storage_conn *c3 = NULL;
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     char ns[64], *err = NULL;
     const char *m;
     int rc = s->vt->connect(s->inst, &c3, &err);
@@ -530,14 +536,27 @@ static int t_batch_conflict(struct suite *s)
     CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "a", "a0", RHEMA_VERSION_ANY, &va));
     CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "d", "d0", RHEMA_VERSION_ANY, &vd));
     memset(w, 0, sizeof w);
-    w[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "x",
-                                        .value = "x1", .value_len = 2};
-    w[1] = (struct rhema_storage_write){.op = RHEMA_WRITE_DEL, .ns = ns, .key = "d"};
-    w[2] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "a",
-                                        .value = "a1", .value_len = 2,
+    w[0] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "x",
+                                        .value = "x1",
+                                        .value_len = 2};
+    w[1] = (struct rhema_storage_write){
+        .size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = "d"};
+    w[2] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "a",
+                                        .value = "a1",
+                                        .value_len = 2,
                                         .expected_version = va};
-    w[3] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "a",
-                                        .value = "a2", .value_len = 2,
+    w[3] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "a",
+                                        .value = "a2",
+                                        .value_len = 2,
                                         .expected_version = va}; /* stale after w[2] */
     CHECK_RC(s->c1, RHEMA_ECONFLICT, s->vt->batch(s->c1, w, 4));
     EXPECT_MISSING(s->c2, ns, "x");
@@ -546,10 +565,16 @@ static int t_batch_conflict(struct suite *s)
 
     /* a delete of an absent key fails the batch too */
     memset(w, 0, sizeof w);
-    w[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "y",
-                                        .value = "y1", .value_len = 2};
-    w[1] = (struct rhema_storage_write){.op = RHEMA_WRITE_DEL, .ns = ns, .key = "d"};
-    w[2] = (struct rhema_storage_write){.op = RHEMA_WRITE_DEL, .ns = ns, .key = "nope"};
+    w[0] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "y",
+                                        .value = "y1",
+                                        .value_len = 2};
+    w[1] = (struct rhema_storage_write){
+        .size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = "d"};
+    w[2] = (struct rhema_storage_write){
+        .size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = "nope"};
     CHECK_RC(s->c1, RHEMA_ENOTFOUND, s->vt->batch(s->c1, w, 3));
     EXPECT_MISSING(s->c2, ns, "y");
     EXPECT_STR(s->c2, ns, "d", "d0", vd);
@@ -557,7 +582,8 @@ static int t_batch_conflict(struct suite *s)
 }
 
 #define PUTW(NS, KEY, VAL, LEN, EV)                                                                \
-    ((struct rhema_storage_write){.op = RHEMA_WRITE_PUT,                                           \
+    ((struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),                      \
+                                  .op = RHEMA_WRITE_PUT,                                           \
                                   .ns = (NS),                                                      \
                                   .key = (KEY),                                                    \
                                   .value = (VAL),                                                  \
@@ -577,7 +603,7 @@ static int t_batch_put_runs(struct suite *s)
     unsigned char bin[300];
     uint64_t vx = 0;
     struct rhema_storage_write w[6];
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     size_t i;
     for (i = 0; i < sizeof bin; i++)
         bin[i] = (unsigned char)(i * 31 + 7);
@@ -620,7 +646,8 @@ static int t_batch_put_runs(struct suite *s)
     struct rhema_storage_write b[3] = {PUTW(ns, "exists", "e", 1, RHEMA_VERSION_ABSENT),
                                        PUTW(ns, "gd", "d", 1, RHEMA_VERSION_ANY),
                                        PUTW(ns, "ge", "e", 1, RHEMA_VERSION_ANY)};
-    struct rhema_storage_batch g[2] = {{b, 3, -99}, {a, 3, -99}};
+    struct rhema_storage_batch g[2] = {{sizeof(struct rhema_storage_batch), -99, b, 3},
+                                       {sizeof(struct rhema_storage_batch), -99, a, 3}};
     CHECK_RC(s->c1, 0, s->vt->group(s->c1, g, 2));
     CHECK(g[0].result == RHEMA_ECONFLICT && g[1].result == 0, "member results %s, %s",
           rhema_strerror(g[0].result), rhema_strerror(g[1].result));
@@ -639,24 +666,45 @@ static int t_batch_apply(struct suite *s)
     char ns[64];
     uint64_t vd = 0;
     struct rhema_storage_write w[6];
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     ns_of(s, ".batch", ns, sizeof ns);
     CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "gone", "g", RHEMA_VERSION_ANY, &vd));
     memset(w, 0, sizeof w);
-    w[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "p1",
-                                        .value = "1", .value_len = 1,
+    w[0] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "p1",
+                                        .value = "1",
+                                        .value_len = 1,
                                         .expected_version = RHEMA_VERSION_ABSENT};
-    w[1] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "p2",
-                                        .value = "2", .value_len = 1, .ttl_ms = 0};
-    w[2] = (struct rhema_storage_write){.op = RHEMA_WRITE_DEL, .ns = ns, .key = "gone",
+    w[1] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "p2",
+                                        .value = "2",
+                                        .value_len = 1,
+                                        .ttl_ms = 0};
+    w[2] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_DEL,
+                                        .ns = ns,
+                                        .key = "gone",
                                         .expected_version = vd};
     /* later writes see earlier ones: p1 exists now, gone is gone */
-    w[3] = (struct rhema_storage_write){.op = RHEMA_WRITE_DEL, .ns = ns, .key = "p1"};
-    w[4] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "p1",
-                                        .value = "1b", .value_len = 2,
+    w[3] = (struct rhema_storage_write){
+        .size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = "p1"};
+    w[4] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "p1",
+                                        .value = "1b",
+                                        .value_len = 2,
                                         .expected_version = RHEMA_VERSION_ABSENT};
-    w[5] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "gone",
-                                        .value = "back", .value_len = 4,
+    w[5] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "gone",
+                                        .value = "back",
+                                        .value_len = 4,
                                         .expected_version = RHEMA_VERSION_ABSENT};
     CHECK_RC(s->c1, 0, s->vt->batch(s->c1, w, 6));
     CHECK(w[0].new_version > 0 && w[1].new_version > 0 && w[4].new_version > 0 &&
@@ -674,11 +722,19 @@ static int t_batch_apply(struct suite *s)
 
     /* a batch conflicting with its own earlier write changes nothing */
     memset(w, 0, sizeof w);
-    w[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "z",
-                                        .value = "z", .value_len = 1,
+    w[0] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "z",
+                                        .value = "z",
+                                        .value_len = 1,
                                         .expected_version = RHEMA_VERSION_ABSENT};
-    w[1] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "z",
-                                        .value = "zz", .value_len = 2,
+    w[1] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "z",
+                                        .value = "zz",
+                                        .value_len = 2,
                                         .expected_version = RHEMA_VERSION_ABSENT};
     CHECK_RC(s->c1, RHEMA_ECONFLICT, s->vt->batch(s->c1, w, 2));
     CHECK_RC(s->c1, RHEMA_ENOTFOUND, s->vt->get(s->c1, ns, "z", &v));
@@ -895,8 +951,12 @@ static int t_scan_many(struct suite *s)
     for (i = 0; i < MANY_KEYS; i++) {
         size_t k = (i * 7919) % MANY_KEYS; /* not in key order */
         snprintf(keys[k], sizeof keys[k], "m%05zu", k);
-        w[i] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = keys[k],
-                                            .value = keys[k], .value_len = strlen(keys[k])};
+        w[i] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                            .op = RHEMA_WRITE_PUT,
+                                            .ns = ns,
+                                            .key = keys[k],
+                                            .value = keys[k],
+                                            .value_len = strlen(keys[k])};
     }
     rc = s->vt->batch(s->c1, w, MANY_KEYS);
     if (rc != 0)
@@ -979,7 +1039,7 @@ static int t_visibility(struct suite *s)
 static int t_get_buffer_stable(struct suite *s)
 {
     char ns[64], keep[32];
-    struct rhema_storage_value v = {0};
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     ns_of(s, "", ns, sizeof ns);
     CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "stable", "old-value", RHEMA_VERSION_ANY, NULL));
     CHECK_RC(s->c1, 0, s->vt->get(s->c1, ns, "stable", &v));
@@ -1023,8 +1083,10 @@ static int t_get_many(struct suite *s)
     const char *keys[7] = {"a", "missing", "b/\xc3\xa9", "a", "c", "elsewhere", "a"};
     const char *nss[7] = {ns, ns, ns, ns, ns, ns, other};
     memset(v, 0, sizeof v);
-    for (i = 0; i < 7; i++)
+    for (i = 0; i < 7; i++) {
+        v[i].size = sizeof v[i];
         rcs[i] = 12345;
+    }
     struct collected col = {0};
     int src = s->vt->scan(s->c2, ns, NULL, NULL, 0, collect_cb, &col);
     size_t scanned = col.n;
@@ -1140,7 +1202,7 @@ static int t_invalid_args(struct suite *s)
 {
     char ns[64], longkey[RHEMA_STORAGE_KEY_MAX + 2], ns64[RHEMA_STORAGE_NS_MAX + 2];
     const char *bad_ns[] = {"", "bad/ns", "bad ns", "bad\xc3\xa9", ns64, NULL};
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     struct rhema_storage_stats st;
     struct rhema_storage_write w[2];
     struct collected col = {0};
@@ -1167,15 +1229,25 @@ static int t_invalid_args(struct suite *s)
     collected_free(&col);
     /* put() takes puts only */
     memset(w, 0, sizeof w);
-    w[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_DEL, .ns = ns, .key = "k"};
+    w[0] = (struct rhema_storage_write){
+        .size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = "k"};
     CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->put(s->c1, &w[0]));
     /* a batch with one invalid write applies nothing */
-    w[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "good",
-                                        .value = "g", .value_len = 1};
-    w[1] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "",
-                                        .value = "b", .value_len = 1};
+    w[0] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "good",
+                                        .value = "g",
+                                        .value_len = 1};
+    w[1] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "",
+                                        .value = "b",
+                                        .value_len = 1};
     CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->batch(s->c1, w, 2));
-    w[1] = (struct rhema_storage_write){.op = 7, .ns = ns, .key = "bad-op"};
+    w[1] = (struct rhema_storage_write){
+        .size = sizeof(struct rhema_storage_write), .op = 7, .ns = ns, .key = "bad-op"};
     CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->batch(s->c1, w, 2));
     EXPECT_MISSING(s->c1, ns, "good");
     /* the limits themselves are valid */
@@ -1496,7 +1568,7 @@ static void *cas_writer(void *arg)
     }
     for (i = 0; i < CAS_INCREMENTS && atomic_load(&r->errors) == 0; i++) {
         for (;;) {
-            struct rhema_storage_value v;
+            struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
             char buf[32];
             unsigned long long n = 0;
             uint64_t expected;
@@ -1930,7 +2002,7 @@ struct check {
 static int t_group_commit(struct suite *s)
 {
     char ns[64];
-    struct rhema_storage_value v;
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     uint64_t vx = 0;
     if (!s->vt->group) {
         snprintf(s->detail, sizeof s->detail, "no group()");
@@ -1941,25 +2013,53 @@ static int t_group_commit(struct suite *s)
     struct rhema_storage_write a[2], b[2], c[1], d[1];
     memset(a, 0, sizeof a), memset(b, 0, sizeof b), memset(c, 0, sizeof c), memset(d, 0, sizeof d);
     /* a: two creates, applied */
-    a[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "g-a1",
-                                        .value = "a1", .value_len = 2,
+    a[0] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "g-a1",
+                                        .value = "a1",
+                                        .value_len = 2,
                                         .expected_version = RHEMA_VERSION_ABSENT};
-    a[1] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "g-a2",
-                                        .value = "a2", .value_len = 2};
+    a[1] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "g-a2",
+                                        .value = "a2",
+                                        .value_len = 2};
     /* b: a put then a stale compare-and-set: fails whole, its put undone */
-    b[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "g-b",
-                                        .value = "b", .value_len = 1};
-    b[1] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "g-x",
-                                        .value = "stale", .value_len = 5,
+    b[0] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "g-b",
+                                        .value = "b",
+                                        .value_len = 1};
+    b[1] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "g-x",
+                                        .value = "stale",
+                                        .value_len = 5,
                                         .expected_version = vx + 1000};
     /* c: sees a's create of g-a1 (create-only fails) */
-    c[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "g-a1",
-                                        .value = "again", .value_len = 5,
+    c[0] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "g-a1",
+                                        .value = "again",
+                                        .value_len = 5,
                                         .expected_version = RHEMA_VERSION_ABSENT};
     /* d: a good compare-and-set of g-x, applied */
-    d[0] = (struct rhema_storage_write){.op = RHEMA_WRITE_PUT, .ns = ns, .key = "g-x",
-                                        .value = "x1", .value_len = 2, .expected_version = vx};
-    struct rhema_storage_batch g[4] = {{a, 2, -99}, {b, 2, -99}, {c, 1, -99}, {d, 1, -99}};
+    d[0] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "g-x",
+                                        .value = "x1",
+                                        .value_len = 2,
+                                        .expected_version = vx};
+    struct rhema_storage_batch g[4] = {{sizeof(struct rhema_storage_batch), -99, a, 2},
+                                       {sizeof(struct rhema_storage_batch), -99, b, 2},
+                                       {sizeof(struct rhema_storage_batch), -99, c, 1},
+                                       {sizeof(struct rhema_storage_batch), -99, d, 1}};
     CHECK_RC(s->c1, 0, s->vt->group(s->c1, g, 4));
     CHECK(g[0].result == 0, "member 0: %s", rhema_strerror(g[0].result));
     CHECK(g[1].result == RHEMA_ECONFLICT, "member 1 (stale version): %s",
@@ -1974,12 +2074,131 @@ static int t_group_commit(struct suite *s)
     EXPECT_STR(s->c2, ns, "g-x", "x1", d[0].new_version);
     CHECK_RC(s->c2, RHEMA_ENOTFOUND, s->vt->get(s->c2, ns, "g-b", &v));
     /* a group of one behaves like batch(); an empty group is a no-op */
-    struct rhema_storage_write e[1] = {{.op = RHEMA_WRITE_DEL, .ns = ns, .key = "g-missing"}};
-    struct rhema_storage_batch g1[1] = {{e, 1, -99}};
+    struct rhema_storage_write e[1] = {{.size = sizeof(struct rhema_storage_write),
+                                        .op = RHEMA_WRITE_DEL,
+                                        .ns = ns,
+                                        .key = "g-missing"}};
+    struct rhema_storage_batch g1[1] = {{sizeof(struct rhema_storage_batch), -99, e, 1}};
     CHECK_RC(s->c1, 0, s->vt->group(s->c1, g1, 1));
     CHECK(g1[0].result == RHEMA_ENOTFOUND, "delete of a missing key in a group: %s",
           rhema_strerror(g1[0].result));
     CHECK_RC(s->c1, 0, s->vt->group(s->c1, g1, 0));
+    return T_PASS;
+}
+
+/*
+ * The arrays of a newer host (storage.h, "Growing the structs"): writes,
+ * batches and values whose size -- the stride -- is larger than this kit's
+ * sizeof, as a host built against a later minor passes them.  The plugin
+ * must step through them by size: reading w[i] would take the appended
+ * members of element 0 for element 1.  And a size below minor 0's is
+ * RHEMA_EINVAL.
+ */
+struct wide_write {
+    struct rhema_storage_write w;
+    uint64_t later[3]; /* members of a later minor: the plugin must leave them alone */
+};
+struct wide_batch {
+    struct rhema_storage_batch b;
+    uint64_t later[2];
+};
+struct wide_value {
+    struct rhema_storage_value v;
+    uint64_t later[2];
+};
+
+static struct wide_write wide_put(const char *ns, const char *key, const char *val)
+{
+    struct wide_write ww;
+    memset(&ww, 0, sizeof ww);
+    ww.w.size = sizeof ww;
+    ww.w.op = RHEMA_WRITE_PUT;
+    ww.w.ns = ns;
+    ww.w.key = key;
+    ww.w.value = val;
+    ww.w.value_len = strlen(val);
+    ww.later[0] = ww.later[1] = ww.later[2] = 0x5a5a5a5a5a5a5a5aull;
+    return ww;
+}
+
+static int t_strided_arrays(struct suite *s)
+{
+    char ns[64];
+    size_t i;
+    ns_of(s, ".batch", ns, sizeof ns);
+    struct wide_write w[3] = {wide_put(ns, "s-a", "sa"), wide_put(ns, "s-b", "sbb"),
+                              wide_put(ns, "s-c", "sccc")};
+    CHECK_RC(s->c1, 0, s->vt->batch(s->c1, &w[0].w, 3));
+    for (i = 0; i < 3; i++)
+        CHECK(w[i].w.new_version > 0 && w[i].later[0] == 0x5a5a5a5a5a5a5a5aull &&
+                  w[i].later[2] == 0x5a5a5a5a5a5a5a5aull,
+              "write %zu: new_version %llu, appended members %s", i,
+              (unsigned long long)w[i].w.new_version,
+              w[i].later[0] == 0x5a5a5a5a5a5a5a5aull ? "intact" : "overwritten");
+    EXPECT_STR(s->c2, ns, "s-a", "sa", w[0].w.new_version);
+    EXPECT_STR(s->c2, ns, "s-b", "sbb", w[1].w.new_version);
+    EXPECT_STR(s->c2, ns, "s-c", "sccc", w[2].w.new_version);
+
+    /* a write smaller than minor 0 is refused, by put() and by batch() */
+    struct rhema_storage_write small = {.size = RHEMA_STORAGE_WRITE_SIZE_0 - 1,
+                                        .op = RHEMA_WRITE_PUT,
+                                        .ns = ns,
+                                        .key = "s-small",
+                                        .value = "x",
+                                        .value_len = 1};
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->put(s->c1, &small));
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->batch(s->c1, &small, 1));
+    small.size = 0;
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->put(s->c1, &small));
+    CHECK_RC(s->c2, RHEMA_ENOTFOUND,
+             s->vt->get(s->c2, ns, "s-small",
+                        &(struct rhema_storage_value){.size = sizeof(struct rhema_storage_value)}));
+
+    if (s->vt->group != NULL) {
+        struct wide_write a[2] = {wide_put(ns, "s-g1", "g1"), wide_put(ns, "s-g2", "g2")};
+        struct wide_write b[1] = {wide_put(ns, "s-a", "stale")};
+        b[0].w.expected_version = w[0].w.new_version + 1000;
+        struct wide_batch g[2];
+        memset(g, 0, sizeof g);
+        g[0].b = (struct rhema_storage_batch){
+            .size = sizeof g[0], .result = -99, .writes = &a[0].w, .n = 2};
+        g[1].b = (struct rhema_storage_batch){
+            .size = sizeof g[1], .result = -99, .writes = &b[0].w, .n = 1};
+        g[0].later[0] = g[1].later[0] = 7;
+        CHECK_RC(s->c1, 0, s->vt->group(s->c1, &g[0].b, 2));
+        CHECK(g[0].b.result == 0 && g[1].b.result == RHEMA_ECONFLICT,
+              "group of wide batches: members %s, %s", rhema_strerror(g[0].b.result),
+              rhema_strerror(g[1].b.result));
+        CHECK(g[0].later[0] == 7 && g[1].later[0] == 7, "the appended batch members changed");
+        CHECK(a[0].w.new_version > 0 && a[1].w.new_version > 0, "group: new_version not filled");
+        EXPECT_STR(s->c2, ns, "s-g1", "g1", a[0].w.new_version);
+        EXPECT_STR(s->c2, ns, "s-g2", "g2", a[1].w.new_version);
+        EXPECT_STR(s->c2, ns, "s-a", "sa", w[0].w.new_version);
+    }
+
+    if (s->vt->get_many != NULL) {
+        const char *keys[3] = {"s-c", "s-none", "s-a"}, *nss[3] = {ns, ns, ns};
+        struct wide_value v[3];
+        int rcs[3] = {12345, 12345, 12345};
+        memset(v, 0, sizeof v);
+        for (i = 0; i < 3; i++) {
+            v[i].v.size = sizeof v[i];
+            v[i].later[0] = v[i].later[1] = 9;
+        }
+        CHECK_RC(s->c2, 0, s->vt->get_many(s->c2, nss, keys, 3, &v[0].v, rcs));
+        CHECK(rcs[0] == 0 && v[0].v.len == 4 && memcmp(v[0].v.data, "sccc", 4) == 0 &&
+                  v[0].v.version == w[2].w.new_version,
+              "wide value 0: %s, %zu bytes", rhema_strerror(rcs[0]), v[0].v.len);
+        CHECK(rcs[1] == RHEMA_ENOTFOUND, "wide value 1: %s", rhema_strerror(rcs[1]));
+        CHECK(rcs[2] == 0 && v[2].v.len == 2 && memcmp(v[2].v.data, "sa", 2) == 0 &&
+                  v[2].v.version == w[0].w.new_version,
+              "wide value 2: %s, %zu bytes", rhema_strerror(rcs[2]), v[2].v.len);
+        for (i = 0; i < 3; i++)
+            CHECK(v[i].later[0] == 9 && v[i].later[1] == 9, "value %zu: appended members changed",
+                  i);
+        v[0].v.size = RHEMA_STORAGE_VALUE_SIZE_0 - 1;
+        CHECK_RC(s->c2, RHEMA_EINVAL, s->vt->get_many(s->c2, nss, keys, 3, &v[0].v, rcs));
+    }
     return T_PASS;
 }
 
@@ -2001,6 +2220,7 @@ static const struct check checks[] = {
     {"batch_apply", t_batch_apply},
     {"batch_put_runs", t_batch_put_runs},
     {"group_commit", t_group_commit},
+    {"strided_arrays", t_strided_arrays},
     {"scan_setup", t_scan_setup},
     {"scan_order", t_scan_order},
     {"scan_bounds", t_scan_bounds},
