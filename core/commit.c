@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "commit.h"
-#include "http.h"
+#include "api/http.h"
 #include "log.h"
 
 #define GROUP_MAX 512 /* jobs in one transaction at most */

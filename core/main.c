@@ -24,11 +24,11 @@
 #include <event2/thread.h>
 #include <sodium.h>
 
-#include "api_keys.h"
+#include "api/api_keys.h"
 #include "atrest.h"
 #include "cluster.h"
 #include "config.h"
-#include "http.h"
+#include "api/http.h"
 #include "log.h"
 #include "maintenance.h"
 #include "perfmon.h"

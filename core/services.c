@@ -18,7 +18,7 @@
 #include <event2/util.h>
 
 #include "cluster.h"
-#include "http.h"
+#include "api/http.h"
 #include "log.h"
 #include "services.h"
 #include "util.h"
