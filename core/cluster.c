@@ -16,7 +16,7 @@
 #include <sodium.h>
 
 #include "cluster.h"
-#include "api/http.h"
+#include "server.h"
 #include "log.h"
 #include "plugin.h"
 #include "util.h"

@@ -29,6 +29,7 @@
 #include "cluster.h"
 #include "config.h"
 #include "api/http.h"
+#include "api/routes.h"
 #include "log.h"
 #include "maintenance.h"
 #include "perfmon.h"
@@ -513,7 +514,7 @@ int main(int argc, char **argv)
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the service registry");
         goto out;
     }
-    if (rhema_http_start(&srv, &err) != 0) {
+    if (rhema_http_start(&srv, rhema_route, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
         goto out;
     }

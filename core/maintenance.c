@@ -22,7 +22,7 @@
 
 #include <jansson.h>
 
-#include "api/http.h"
+#include "server.h"
 #include "log.h"
 #include "maintenance.h"
 #include "session.h"

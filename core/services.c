@@ -18,7 +18,7 @@
 #include <event2/util.h>
 
 #include "cluster.h"
-#include "api/http.h"
+#include "server.h"
 #include "log.h"
 #include "services.h"
 #include "util.h"

@@ -4,6 +4,7 @@
  */
 #include "rhema_build.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/queue.h>
@@ -135,39 +136,53 @@ static void answer_op(struct rhema_req *r, struct rhema_session_op *op)
     reply_record(r, op->created ? 201 : 200, &op->rec);
 }
 
-void rhema_routes_done(struct rhema_worker *w)
+/*
+ * A session write on its way through the committer: the job it runs, and
+ * the mail that brings it back to the worker that answers the request.
+ */
+struct session_write {
+    struct rhema_commit_job job;
+    struct rhema_mail mail;
+    struct rhema_worker *worker;
+    struct rhema_req *req; /* deferred (rhema_req_defer) */
+};
+
+/* On the worker's thread: answer the request, free the write. */
+static void write_answer(struct rhema_mail *m)
 {
-    pthread_mutex_lock(&w->done_lock);
-    struct rhema_commit_job *list = w->done_head;
-    w->done_head = NULL;
-    w->done_tail = &w->done_head;
-    pthread_mutex_unlock(&w->done_lock);
-    while (list) {
-        struct rhema_commit_job *j = list;
-        list = j->next;
-        answer_op(j->req, &j->op);
-        rhema_session_op_release(&j->op);
-        rhema_req_free(j->req);
-        free(j);
-        w->outstanding--;
-    }
+    struct session_write *sw =
+        (struct session_write *)(void *)((char *)m - offsetof(struct session_write, mail));
+    answer_op(sw->req, &sw->job.op);
+    rhema_session_op_release(&sw->job.op);
+    rhema_req_free(sw->req);
+    sw->worker->outstanding--;
+    free(sw);
+}
+
+/* On the committer's thread: the write ran; hand it to its worker. */
+static void write_committed(struct rhema_commit_job *job)
+{
+    struct session_write *sw = (struct session_write *)(void *)job; /* job is the first member */
+    sw->mail.deliver = write_answer;
+    rhema_mailbox_post(&sw->worker->mailbox, &sw->mail);
 }
 
 /* Run op now, or hand it to the committer.  Takes op's references. */
 static void submit_op(struct rhema_req *r, struct rhema_session_op *op)
 {
     struct rhema_worker *w = r->worker;
-    struct rhema_commit_job *j = NULL;
+    struct session_write *sw = NULL;
     struct rhema_req *d = NULL;
-    if (w->srv->committer && (j = calloc(1, sizeof *j)) && (d = rhema_req_defer(r))) {
-        j->worker = w;
-        j->req = d;
-        j->op = *op;
+    if (w->srv->committer && (sw = calloc(1, sizeof *sw)) && (d = rhema_req_defer(r))) {
+        sw->worker = w;
+        sw->req = d;
+        sw->job.done = write_committed;
+        sw->job.op = *op;
         w->outstanding++;
-        rhema_committer_submit(w->srv->committer, j);
+        rhema_committer_submit(w->srv->committer, &sw->job);
         return;
     }
-    free(j);
+    free(sw);
     rhema_session_ops_run(&w->store, &op, 1);
     answer_op(r, op);
     rhema_session_op_release(op);

@@ -9,8 +9,6 @@
 #ifndef RHEMA_CORE_HTTP_H
 #define RHEMA_CORE_HTTP_H
 
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -20,61 +18,7 @@
 #include <event2/listener.h>
 #include <jansson.h>
 
-#include "codec.h"
-#include "config.h"
-#include "plugin.h"
-#include "session.h"
-
-struct rhema_server;
-
-struct rhema_worker {
-    int id;
-    pthread_t thread;
-    struct rhema_server *srv;
-    struct event_base *base;
-    struct evhttp *http;
-    struct evconnlistener *listener;
-    struct event *stop_ev;     /* activated by the main thread */
-    struct event *tick_ev;     /* once a second: flush access counts; drain checks */
-    rhema_storage_conn *conn;
-    struct rhema_store store;
-    uint64_t seq;              /* request counter, for request ids */
-    atomic_int inflight;       /* handlers answered whose reply is not fully sent */
-    int draining;
-    uint64_t drain_deadline_ns;
-    int started;               /* 1 once the thread runs, -1 when it failed */
-    /* group commit: writes handed to the committer, and handed back (commit.h) */
-    size_t outstanding;        /* submitted, not yet answered (worker thread only) */
-    pthread_mutex_t done_lock;
-    struct rhema_commit_job *done_head, **done_tail; /* under done_lock */
-    struct event *done_ev;     /* activated by the committer */
-    uint64_t last_input_ns;    /* when bytes last arrived on a connection (drain) */
-    struct rhema_codec_ctxs codec_ctxs; /* this worker's compression contexts */
-};
-
-struct rhema_server {
-    struct rhema_config *cfg;
-    struct rhema_plugin_registry *plugins;
-    const struct rhema_loaded_plugin *storage_plugin;
-    const struct rhema_storage_plugin *storage; /* the at-rest wrapper's vtable (atrest.h);
-                                                 * storage_plugin is the real one */
-    rhema_storage_instance *storage_inst;
-    evutil_socket_t listen_fd;
-    char listen_addr[128];       /* the address actually bound, host:port */
-    int nworkers;
-    struct rhema_worker *workers;
-    uint64_t started_ms;
-    char boot_id[9];             /* random per process, prefix of request ids */
-    atomic_int log_access;       /* logging.access_log, can change on reload */
-    struct rhema_committer *committer; /* NULL: the backend has no group(); workers write */
-    struct rhema_codecs codecs;  /* the compression plugins, opened */
-    struct rhema_keyring *keyring; /* NULL: key management off (api_keys.c) */
-    struct keys_state *keys_state;
-    struct rhema_maintenance *maintenance; /* maintenance.h: timers, data-size gauge */
-    struct rhema_perfmon *perfmon; /* perfmon.h: message feature measurements, alerts */
-    struct rhema_cluster *cluster; /* cluster.h: membership, leader lease, epoch */
-    struct rhema_services *services; /* services.h: registry, health checks, balancers */
-};
+#include "server.h"
 
 /* The context of one request, valid for the duration of its handler. */
 struct rhema_req {
@@ -93,9 +37,11 @@ struct rhema_req {
 
 /*
  * Bind the listening socket (service.listen), start the workers (each
- * connects to storage).  Returns 0, or a negative code and *err (malloc'd).
+ * connects to storage); each worker runs handle(r) for every request (the
+ * request path: core/api/pipeline.c).  Returns 0, or a negative code and
+ * *err (malloc'd).
  */
-int rhema_http_start(struct rhema_server *srv, char **err);
+int rhema_http_start(struct rhema_server *srv, rhema_request_fn *handle, char **err);
 /*
  * Graceful stop: stop accepting, let in-flight requests finish (bounded by
  * service.request_timeout_seconds), join the workers, disconnect storage.

@@ -9,7 +9,4 @@
 /* Dispatch a request to its handler (or reply 404 / 405). */
 void rhema_route(struct rhema_req *r);
 
-/* Answer the writes the committer handed back to this worker (its done event). */
-void rhema_routes_done(struct rhema_worker *w);
-
 #endif /* RHEMA_CORE_ROUTES_H */
