@@ -28,12 +28,12 @@
 #include "atrest.h"
 #include "cluster.h"
 #include "config.h"
-#include "api/http.h"
-#include "api/routes.h"
+#include "api/pipeline.h"
 #include "log.h"
 #include "maintenance.h"
 #include "perfmon.h"
 #include "consensus.h"
+#include "server.h"
 #include "services.h"
 #include "plugin.h"
 #include "util.h"
@@ -514,7 +514,7 @@ int main(int argc, char **argv)
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the service registry");
         goto out;
     }
-    if (rhema_http_start(&srv, rhema_route, &err) != 0) {
+    if (rhema_api_start(&srv, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
         goto out;
     }
@@ -525,7 +525,7 @@ int main(int argc, char **argv)
     event_base_dispatch(base);
 
     rhema_cluster_leave(srv.cluster); /* hand the lease over before the drain */
-    rhema_http_stop(&srv);
+    rhema_api_stop(&srv);
     rhema_services_stop(srv.services); /* after the workers, before the cluster and the base */
     srv.services = NULL;
     rhema_cluster_stop(srv.cluster);
@@ -537,7 +537,7 @@ int main(int argc, char **argv)
 out:
     notify_ready(status ? 1 : 0);
     if (srv.workers)
-        rhema_http_stop(&srv);
+        rhema_api_stop(&srv);
     rhema_services_stop(srv.services); /* after the workers, before the cluster and the base */
     srv.services = NULL;
     rhema_cluster_stop(srv.cluster); /* after the workers, before the base its timers are on */

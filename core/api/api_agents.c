@@ -17,11 +17,6 @@
 #include "api_agents.h"
 #include "util.h"
 
-static void not_found(struct rhema_req *r)
-{
-    rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
-}
-
 static int is_read(const struct rhema_req *r)
 {
     return r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD;
@@ -146,8 +141,9 @@ static void h_agent_stats(struct rhema_req *r)
     reply_text(r, rc, text, len, err);
 }
 
-static void h_agent_get(struct rhema_req *r, const char *id)
+static void h_agent_get(struct rhema_req *r)
 {
+    const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
     if (query_check(r, NULL))
@@ -160,8 +156,9 @@ static void h_agent_get(struct rhema_req *r, const char *id)
     reply_record(r, 200, &rec);
 }
 
-static void h_agent_put(struct rhema_req *r, const char *id)
+static void h_agent_put(struct rhema_req *r)
 {
+    const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t if_match;
     struct rhema_record rec = {0};
@@ -190,8 +187,9 @@ static void h_agent_put(struct rhema_req *r, const char *id)
     reply_record(r, created ? 201 : 200, &rec);
 }
 
-static void h_agent_delete(struct rhema_req *r, const char *id)
+static void h_agent_delete(struct rhema_req *r)
 {
+    const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t if_match;
     if (query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
@@ -204,8 +202,9 @@ static void h_agent_delete(struct rhema_req *r, const char *id)
     rhema_reply_empty(r, 204);
 }
 
-static void h_agent_transitions(struct rhema_req *r, const char *id)
+static void h_agent_transitions(struct rhema_req *r)
 {
+    const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
     if (query_check(r, list_params) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
@@ -217,8 +216,9 @@ static void h_agent_transitions(struct rhema_req *r, const char *id)
     reply_text(r, rc, text, len, err);
 }
 
-static void h_agent_heartbeat(struct rhema_req *r, const char *id)
+static void h_agent_heartbeat(struct rhema_req *r)
 {
+    const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t if_match;
     struct rhema_record rec = {0};
@@ -239,38 +239,6 @@ static void h_agent_heartbeat(struct rhema_req *r, const char *id)
         return;
     }
     reply_record(r, 200, &rec);
-}
-
-void rhema_route_agents(struct rhema_req *r, const char *rest)
-{
-    char id[RHEMA_ID_MAX + 2];
-    const char *tail;
-    if (*rest == '\0' || strcmp(rest, "/stats") == 0) { /* /v1/agents, /v1/agents/stats */
-        if (rhema_method(r, RHEMA_M_GET))
-            (*rest ? h_agent_stats : h_agent_list)(r);
-        return;
-    }
-    if (*rest != '/') {
-        not_found(r);
-        return;
-    }
-    if (rhema_path_id(r, rest + 1, id, &tail, "agent id") != 0)
-        return;
-    if (*tail == '\0') {
-        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT | RHEMA_M_DELETE)) {
-        case RHEMA_M_GET: h_agent_get(r, id); break;
-        case RHEMA_M_PUT: h_agent_put(r, id); break;
-        case RHEMA_M_DELETE: h_agent_delete(r, id); break;
-        }
-    } else if (strcmp(tail, "/transitions") == 0) {
-        if (rhema_method(r, RHEMA_M_GET))
-            h_agent_transitions(r, id);
-    } else if (strcmp(tail, "/heartbeat") == 0) {
-        if (rhema_method(r, RHEMA_M_POST))
-            h_agent_heartbeat(r, id);
-    } else {
-        not_found(r);
-    }
 }
 
 /* ---- system metrics ---- */
@@ -313,22 +281,11 @@ static void h_metrics_put(struct rhema_req *r)
     reply_record(r, created ? 201 : 200, &rec);
 }
 
-void rhema_route_system(struct rhema_req *r, const char *rest)
-{
-    if (strcmp(rest, "/metrics") != 0) {
-        not_found(r);
-        return;
-    }
-    switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT)) {
-    case RHEMA_M_GET: h_metrics_get(r); break;
-    case RHEMA_M_PUT: h_metrics_put(r); break;
-    }
-}
-
 /* ---- configurations ---- */
 
-static void h_config_get(struct rhema_req *r, const char *name)
+static void h_config_get(struct rhema_req *r)
 {
+    const char *name = r->param;
     static const char *const known[] = {"version", NULL};
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
@@ -343,8 +300,9 @@ static void h_config_get(struct rhema_req *r, const char *name)
     reply_record(r, 200, &rec);
 }
 
-static void h_config_put(struct rhema_req *r, const char *name)
+static void h_config_put(struct rhema_req *r)
 {
+    const char *name = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t if_match;
     struct rhema_record rec = {0};
@@ -372,8 +330,9 @@ static void h_config_put(struct rhema_req *r, const char *name)
     reply_record(r, created ? 201 : 200, &rec);
 }
 
-static void h_config_versions(struct rhema_req *r, const char *name)
+static void h_config_versions(struct rhema_req *r)
 {
+    const char *name = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
     if (query_check(r, list_params) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
@@ -386,25 +345,24 @@ static void h_config_versions(struct rhema_req *r, const char *name)
     reply_text(r, rc, text, len, err);
 }
 
-void rhema_route_configurations(struct rhema_req *r, const char *rest)
-{
-    char name[RHEMA_ID_MAX + 2];
-    const char *tail;
-    if (*rest != '/' || rest[1] == '\0') {
-        not_found(r);
-        return;
-    }
-    if (rhema_path_id(r, rest + 1, name, &tail, "configuration name") != 0)
-        return;
-    if (*tail == '\0') {
-        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT)) {
-        case RHEMA_M_GET: h_config_get(r, name); break;
-        case RHEMA_M_PUT: h_config_put(r, name); break;
-        }
-    } else if (strcmp(tail, "/versions") == 0) {
-        if (rhema_method(r, RHEMA_M_GET))
-            h_config_versions(r, name);
-    } else {
-        not_found(r);
-    }
-}
+const struct rhema_route rhema_agents_routes[] = {
+    {RHEMA_M_GET, "/v1/agents", h_agent_list, "agents:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/agents/stats", h_agent_stats, "agents:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/agents/{agent_id}", h_agent_get, "agents:read", RHEMA_READS},
+    {RHEMA_M_PUT, "/v1/agents/{agent_id}", h_agent_put, "agents:write", RHEMA_WRITES_STORAGE},
+    {RHEMA_M_DELETE, "/v1/agents/{agent_id}", h_agent_delete, "agents:write",
+     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_GET, "/v1/agents/{agent_id}/transitions", h_agent_transitions, "agents:read",
+     RHEMA_READS},
+    {RHEMA_M_POST, "/v1/agents/{agent_id}/heartbeat", h_agent_heartbeat, "agents:write",
+     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_GET, "/v1/system/metrics", h_metrics_get, "system:read", RHEMA_READS},
+    {RHEMA_M_PUT, "/v1/system/metrics", h_metrics_put, "system:write", RHEMA_WRITES_STORAGE},
+    {RHEMA_M_GET, "/v1/configurations/{configuration_name}", h_config_get,
+     "configurations:read", RHEMA_READS},
+    {RHEMA_M_PUT, "/v1/configurations/{configuration_name}", h_config_put,
+     "configurations:write", RHEMA_WRITES_STORAGE},
+    {RHEMA_M_GET, "/v1/configurations/{configuration_name}/versions", h_config_versions,
+     "configurations:read", RHEMA_READS},
+    {0},
+};

@@ -10,7 +10,6 @@
 #include <string.h>
 #include <sys/queue.h>
 
-#include "api_cluster.h"
 #include "api_consensus.h"
 #include "consensus.h"
 #include "util.h"
@@ -89,8 +88,9 @@ static void h_list(struct rhema_req *r)
     free(text);
 }
 
-static void h_state_get(struct rhema_req *r, const char *node)
+static void h_state_get(struct rhema_req *r)
 {
+    const char *node = r->param;
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
     if (check_params(r, NULL))
@@ -113,8 +113,9 @@ static void h_state_get(struct rhema_req *r, const char *node)
     reply_record(r, 200, &rec);
 }
 
-static void h_state_put(struct rhema_req *r, const char *node)
+static void h_state_put(struct rhema_req *r)
 {
+    const char *node = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t if_match;
     json_t *body, *state = NULL;
@@ -142,8 +143,9 @@ static void h_state_put(struct rhema_req *r, const char *node)
     reply_record(r, created ? 201 : 200, &rec);
 }
 
-static void h_entries_post(struct rhema_req *r, const char *node)
+static void h_entries_post(struct rhema_req *r)
 {
+    const char *node = r->param;
     char err[RHEMA_ERRMSG_MAX];
     json_t *body, *entries = NULL;
     struct rhema_record rec = {0};
@@ -170,8 +172,9 @@ static void h_entries_post(struct rhema_req *r, const char *node)
     reply_record(r, res.appended ? 201 : 200, &rec);
 }
 
-static void h_entries_get(struct rhema_req *r, const char *node)
+static void h_entries_get(struct rhema_req *r)
 {
+    const char *node = r->param;
     static const char *const known[] = {"from", "to", "limit", "cursor", NULL};
     char err[RHEMA_ERRMSG_MAX], *text = NULL;
     size_t len = 0;
@@ -248,48 +251,21 @@ static void h_mark(struct rhema_req *r, const char *node, enum rhema_consensus_m
     reply_record(r, 200, &rec);
 }
 
-/* ---- dispatch ---- */
+static void h_commit(struct rhema_req *r) { h_mark(r, r->param, RHEMA_CONSENSUS_COMMIT); }
+static void h_applied(struct rhema_req *r) { h_mark(r, r->param, RHEMA_CONSENSUS_APPLIED); }
 
-void rhema_route_consensus(struct rhema_req *r, const char *rest)
-{
-    enum evhttp_cmd_type m = r->method;
-    if ((m == EVHTTP_REQ_PUT || m == EVHTTP_REQ_POST) && rhema_cluster_fence(r))
-        return; /* X-Rhema-Epoch older than the current epoch: 409 fenced */
-    if (*rest == '\0') { /* /v1/consensus */
-        if (rhema_method(r, RHEMA_M_GET))
-            h_list(r);
-        return;
-    }
-    if (*rest != '/')
-        goto notfound;
-    rest++;
-    char node[RHEMA_ID_MAX + 2];
-    const char *slash;
-    if (*rest == '\0')
-        goto notfound; /* "/v1/consensus/" */
-    if (rhema_path_id(r, rest, node, &slash, "node") != 0)
-        return;
-    if (!*slash)
-        goto notfound;
-    if (strcmp(slash, "/state") == 0) {
-        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT)) {
-        case RHEMA_M_GET: h_state_get(r, node); break;
-        case RHEMA_M_PUT: h_state_put(r, node); break;
-        }
-        return;
-    }
-    if (strcmp(slash, "/entries") == 0) {
-        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_POST)) {
-        case RHEMA_M_GET: h_entries_get(r, node); break;
-        case RHEMA_M_POST: h_entries_post(r, node); break;
-        }
-        return;
-    }
-    if (strcmp(slash, "/commit") == 0 || strcmp(slash, "/applied") == 0) {
-        if (rhema_method(r, RHEMA_M_POST))
-            h_mark(r, node, slash[1] == 'c' ? RHEMA_CONSENSUS_COMMIT : RHEMA_CONSENSUS_APPLIED);
-        return;
-    }
-notfound:
-    rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
-}
+/* Every write is fenced by the pipeline (X-Rhema-Epoch, DESIGN.md §7). */
+const struct rhema_route rhema_consensus_routes[] = {
+    {RHEMA_M_GET, "/v1/consensus", h_list, "consensus:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/consensus/{node}/state", h_state_get, "consensus:read", RHEMA_READS},
+    {RHEMA_M_PUT, "/v1/consensus/{node}/state", h_state_put, "consensus:write",
+     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_GET, "/v1/consensus/{node}/entries", h_entries_get, "consensus:read", RHEMA_READS},
+    {RHEMA_M_POST, "/v1/consensus/{node}/entries", h_entries_post, "consensus:write",
+     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_POST, "/v1/consensus/{node}/commit", h_commit, "consensus:write",
+     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_POST, "/v1/consensus/{node}/applied", h_applied, "consensus:write",
+     RHEMA_WRITES_STORAGE},
+    {0},
+};

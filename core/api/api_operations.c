@@ -1,6 +1,6 @@
 /*
  * api_operations -- the operations routes of DESIGN.md §6 (health, plugins,
- * stats, alerts), the compression routes, and the dispatch to every area.
+ * stats, alerts) and the compression routes (see api_operations.h).
  */
 #include "rhema_build.h"
 
@@ -13,20 +13,12 @@
 
 #include <event2/buffer.h>
 
-#include "log.h"
-#include "maintenance.h"
-#include "perfmon.h"
-#include "api_agents.h"
-#include "api_cluster.h"
-#include "api_keys.h"
-#include "api_services.h"
-#include "api_sessions.h"
+#include "api_operations.h"
 #include "commit.h"
-#include "api_consensus.h"
-#include "routes.h"
+#include "log.h"
+#include "perfmon.h"
 #include "util.h"
 
-#define ALLOWED_METHODS "GET, PUT, POST, DELETE, OPTIONS"
 
 /* ---- operations ---- */
 
@@ -102,19 +94,6 @@ static void h_plugins(struct rhema_req *r)
         json_array_append_new(items, o);
     }
     rhema_reply_jsonv(r, 200, json_pack("{s:o,s:n}", "items", items, "next_cursor"));
-}
-
-/* If path starts with prefix, return the rest; else NULL. */
-static const char *after(const char *path, const char *prefix)
-{
-    size_t n = strlen(prefix);
-    return strncmp(path, prefix, n) == 0 ? path + n : NULL;
-}
-
-static void route_get_only(struct rhema_req *r, void (*h)(struct rhema_req *))
-{
-    if (rhema_method(r, RHEMA_M_GET))
-        h(r);
 }
 
 /* ---- messages: compression frames (DESIGN.md §3) ---- */
@@ -256,78 +235,14 @@ static void h_alerts(struct rhema_req *r)
     rhema_reply_jsonv(r, 200, rhema_perfmon_alerts_json(r->worker->srv->perfmon));
 }
 
-static void route_post_only(struct rhema_req *r, void (*h)(struct rhema_req *))
-{
-    if (rhema_method(r, RHEMA_M_POST))
-        h(r);
-}
-
-/*
- * persistence.max_data_size_bytes: a PUT/POST that would store past it is
- * 507 before its handler runs, so it changes nothing; DELETE always passes.
- * Accepted bodies are added to the gauge until its next refresh.
- */
-static int over_storage_limit(struct rhema_req *r)
-{
-    struct rhema_maintenance *m = r->worker->srv->maintenance;
-    size_t incoming;
-    if (!m || (r->method != EVHTTP_REQ_PUT && r->method != EVHTTP_REQ_POST))
-        return 0;
-    incoming = evbuffer_get_length(evhttp_request_get_input_buffer(r->req));
-    if (!rhema_maintenance_over_limit(m, incoming)) {
-        rhema_maintenance_account(m, (int64_t)incoming);
-        return 0;
-    }
-    rhema_reply_error(r, 507, "insufficient_storage",
-                      "storing %zu more bytes would exceed persistence.max_data_size_bytes "
-                      "(%lld); delete data or raise the limit",
-                      incoming, (long long)r->worker->srv->cfg->max_data_size_bytes);
-    return 1;
-}
-
-void rhema_route(struct rhema_req *r)
-{
-    const char *p = r->path, *rest;
-    if ((after(p, "/v1/sessions") || after(p, "/v1/consensus") || after(p, "/v1/agents") ||
-         after(p, "/v1/system") || after(p, "/v1/configurations") || after(p, "/v1/services")) &&
-        over_storage_limit(r))
-        return;
-    if (strcmp(p, "/health") == 0)
-        route_get_only(r, h_health);
-    else if (strcmp(p, "/health/live") == 0)
-        route_get_only(r, h_live);
-    else if (strcmp(p, "/health/ready") == 0)
-        route_get_only(r, h_ready);
-    else if (strcmp(p, "/v1/plugins") == 0)
-        route_get_only(r, h_plugins);
-    else if (strcmp(p, "/v1/stats") == 0)
-        route_get_only(r, h_stats);
-    else if (strcmp(p, "/v1/alerts") == 0)
-        route_get_only(r, h_alerts);
-    else if ((rest = after(p, "/v1/sessions")) && (*rest == '\0' || *rest == '/'))
-        rhema_route_sessions(r, rest);
-    else if ((rest = after(p, "/v1/consensus")) && (*rest == '\0' || *rest == '/'))
-        rhema_route_consensus(r, rest);
-    else if ((rest = after(p, "/v1/cluster")) && (*rest == '\0' || *rest == '/'))
-        rhema_route_cluster(r, rest);
-    else if ((rest = after(p, "/v1/agents")) && (*rest == '\0' || *rest == '/'))
-        rhema_route_agents(r, rest);
-    else if ((rest = after(p, "/v1/services")) && (*rest == '\0' || *rest == '/'))
-        rhema_route_services(r, rest);
-    else if ((rest = after(p, "/v1/system")) && (*rest == '\0' || *rest == '/'))
-        rhema_route_system(r, rest);
-    else if ((rest = after(p, "/v1/configurations")) && (*rest == '\0' || *rest == '/'))
-        rhema_route_configurations(r, rest);
-    else if (strcmp(p, "/v1/messages/encrypt") == 0)
-        rhema_route_message_crypto(r, "encrypt");
-    else if (strcmp(p, "/v1/messages/decrypt") == 0)
-        rhema_route_message_crypto(r, "decrypt");
-    else if ((rest = after(p, "/v1/keys")) && *rest == '/')
-        rhema_route_keys(r, rest);
-    else if (strcmp(p, "/v1/messages/compress") == 0)
-        route_post_only(r, h_compress);
-    else if (strcmp(p, "/v1/messages/decompress") == 0)
-        route_post_only(r, h_decompress);
-    else
-        rhema_reply_error(r, 404, "not_found", "no route for %s", p);
-}
+const struct rhema_route rhema_operations_routes[] = {
+    {RHEMA_M_GET, "/health", h_health, "health:read", RHEMA_READS},
+    {RHEMA_M_GET, "/health/live", h_live, "health:read", RHEMA_READS},
+    {RHEMA_M_GET, "/health/ready", h_ready, "health:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/plugins", h_plugins, "operations:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/stats", h_stats, "operations:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/alerts", h_alerts, "operations:read", RHEMA_READS},
+    {RHEMA_M_POST, "/v1/messages/compress", h_compress, "messages:process", RHEMA_READS},
+    {RHEMA_M_POST, "/v1/messages/decompress", h_decompress, "messages:process", RHEMA_READS},
+    {0},
+};

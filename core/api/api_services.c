@@ -84,8 +84,11 @@ static void reply_record(struct rhema_req *r, int status, struct rhema_record *r
     rhema_record_release(rec);
 }
 
-static void h_list(struct rhema_req *r, struct rhema_services *s)
+static void h_list(struct rhema_req *r)
 {
+    struct rhema_services *s = module(r); /* 503 while the registry is not running */
+    if (!s)
+        return;
     static const char *const known[] = {"name", "limit", "cursor", NULL};
     char err[RHEMA_ERRMSG_MAX];
     uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
@@ -105,8 +108,12 @@ static void h_list(struct rhema_req *r, struct rhema_services *s)
     free(text);
 }
 
-static void h_get(struct rhema_req *r, struct rhema_services *s, const char *id)
+static void h_get(struct rhema_req *r)
 {
+    const char *id = r->param;
+    struct rhema_services *s = module(r); /* 503 while the registry is not running */
+    if (!s)
+        return;
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
     int rc;
@@ -120,8 +127,12 @@ static void h_get(struct rhema_req *r, struct rhema_services *s, const char *id)
     reply_record(r, 200, &rec);
 }
 
-static void h_put(struct rhema_req *r, struct rhema_services *s, const char *id)
+static void h_put(struct rhema_req *r)
 {
+    const char *id = r->param;
+    struct rhema_services *s = module(r); /* 503 while the registry is not running */
+    if (!s)
+        return;
     char err[RHEMA_ERRMSG_MAX], old_name[RHEMA_ID_MAX + 1] = "";
     struct rhema_check_defaults d;
     struct rhema_record rec = {0};
@@ -157,8 +168,12 @@ static void h_put(struct rhema_req *r, struct rhema_services *s, const char *id)
     reply_record(r, created ? 201 : 200, &rec);
 }
 
-static void h_delete(struct rhema_req *r, struct rhema_services *s, const char *id)
+static void h_delete(struct rhema_req *r)
 {
+    const char *id = r->param;
+    struct rhema_services *s = module(r); /* 503 while the registry is not running */
+    if (!s)
+        return;
     char err[RHEMA_ERRMSG_MAX], name[RHEMA_ID_MAX + 1] = "";
     uint64_t if_match;
     int rc;
@@ -178,8 +193,12 @@ static void h_delete(struct rhema_req *r, struct rhema_services *s, const char *
     rhema_reply_empty(r, 204);
 }
 
-static void h_select(struct rhema_req *r, struct rhema_services *s, const char *name)
+static void h_select(struct rhema_req *r)
 {
+    const char *name = r->param;
+    struct rhema_services *s = module(r); /* 503 while the registry is not running */
+    if (!s)
+        return;
     static const char *const known[] = {"key", NULL};
     struct rhema_pick_ctx ctx = {.size = sizeof ctx};
     struct rhema_selection sel;
@@ -211,8 +230,11 @@ static void h_select(struct rhema_req *r, struct rhema_services *s, const char *
                                 sel.address, "name", name, "strategy", sel.strategy));
 }
 
-static void h_pass(struct rhema_req *r, const char *id)
+static void h_pass(struct rhema_req *r)
 {
+    const char *id = r->param;
+    if (!module(r)) /* 503 while the registry is not running */
+        return;
     char err[RHEMA_ERRMSG_MAX];
     int rc;
     if (query_check(r, NULL))
@@ -225,8 +247,12 @@ static void h_pass(struct rhema_req *r, const char *id)
     rhema_reply_empty(r, 204);
 }
 
-static void h_feedback(struct rhema_req *r, struct rhema_services *s, const char *id)
+static void h_feedback(struct rhema_req *r)
 {
+    const char *id = r->param;
+    struct rhema_services *s = module(r); /* 503 while the registry is not running */
+    if (!s)
+        return;
     static const char *const fields[] = {"latency_ms", "ok", NULL};
     json_t *body, *lat, *ok, *v;
     const char *key;
@@ -274,41 +300,17 @@ static void h_feedback(struct rhema_req *r, struct rhema_services *s, const char
     rhema_reply_empty(r, 204);
 }
 
-void rhema_route_services(struct rhema_req *r, const char *rest)
-{
-    struct rhema_services *s;
-    char id[RHEMA_ID_MAX + 2];
-    const char *tail;
-
-    if (*rest == '\0') {
-        if (rhema_method(r, RHEMA_M_GET) && (s = module(r)))
-            h_list(r, s);
-        return;
-    }
-    if (*rest != '/') {
-        rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
-        return;
-    }
-    if (rhema_path_id(r, rest + 1, id, &tail, "service id") != 0)
-        return;
-    if (!(s = module(r)))
-        return;
-    if (*tail == '\0') {
-        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT | RHEMA_M_DELETE)) {
-        case RHEMA_M_GET: h_get(r, s, id); break;
-        case RHEMA_M_PUT: h_put(r, s, id); break;
-        case RHEMA_M_DELETE: h_delete(r, s, id); break;
-        }
-    } else if (strcmp(tail, "/select") == 0) {
-        if (rhema_method(r, RHEMA_M_GET))
-            h_select(r, s, id);
-    } else if (strcmp(tail, "/pass") == 0) {
-        if (rhema_method(r, RHEMA_M_POST))
-            h_pass(r, id);
-    } else if (strcmp(tail, "/feedback") == 0) {
-        if (rhema_method(r, RHEMA_M_POST))
-            h_feedback(r, s, id);
-    } else {
-        rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
-    }
-}
+const struct rhema_route rhema_services_routes[] = {
+    {RHEMA_M_GET, "/v1/services", h_list, "services:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/services/{service_id}", h_get, "services:read", RHEMA_READS},
+    {RHEMA_M_PUT, "/v1/services/{service_id}", h_put, "services:write", RHEMA_WRITES_STORAGE},
+    {RHEMA_M_DELETE, "/v1/services/{service_id}", h_delete, "services:write",
+     RHEMA_WRITES_STORAGE},
+    /* {service_id} is the service's name here; one template keeps one segment name */
+    {RHEMA_M_GET, "/v1/services/{service_id}/select", h_select, "services:read", RHEMA_READS},
+    {RHEMA_M_POST, "/v1/services/{service_id}/pass", h_pass, "services:write",
+     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_POST, "/v1/services/{service_id}/feedback", h_feedback, "services:write",
+     RHEMA_WRITES},
+    {0},
+};

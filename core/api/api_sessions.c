@@ -109,8 +109,9 @@ static int op_init(struct rhema_req *r, struct rhema_session_op *op, enum rhema_
     return rhema_req_precondition(r, &op->if_match);
 }
 
-static void h_session_put(struct rhema_req *r, const char *id)
+static void h_session_put(struct rhema_req *r)
 {
+    const char *id = r->param;
     struct rhema_session_op op;
     if (op_init(r, &op, RHEMA_SOP_PUT, id) != 0)
         return;
@@ -127,8 +128,9 @@ static void h_session_put(struct rhema_req *r, const char *id)
     submit_op(r, &op);
 }
 
-static void h_session_get(struct rhema_req *r, const char *id)
+static void h_session_get(struct rhema_req *r)
 {
+    const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
     int rc = rhema_session_get(&r->worker->store, id, &rec, err);
@@ -149,8 +151,9 @@ static void h_session_get(struct rhema_req *r, const char *id)
     reply_record(r, 200, &rec);
 }
 
-static void h_session_delete(struct rhema_req *r, const char *id)
+static void h_session_delete(struct rhema_req *r)
 {
+    const char *id = r->param;
     struct rhema_session_op op;
     if (op_init(r, &op, RHEMA_SOP_DELETE, id) != 0)
         return;
@@ -161,8 +164,9 @@ static void h_session_delete(struct rhema_req *r, const char *id)
     submit_op(r, &op);
 }
 
-static void h_session_message(struct rhema_req *r, const char *id)
+static void h_session_message(struct rhema_req *r)
 {
+    const char *id = r->param;
     struct rhema_session_op op;
     if (op_init(r, &op, RHEMA_SOP_APPEND, id) != 0)
         return;
@@ -233,32 +237,13 @@ static void h_session_list(struct rhema_req *r)
     free(text);
 }
 
-void rhema_route_sessions(struct rhema_req *r, const char *rest)
-{
-    if (*rest == '\0') { /* /v1/sessions */
-        if (rhema_method(r, RHEMA_M_GET))
-            h_session_list(r);
-        return;
-    }
-    if (*rest != '/')
-        goto notfound;
-    char id[RHEMA_ID_MAX + 2];
-    const char *slash;
-    if (rhema_path_id(r, rest + 1, id, &slash, "id") != 0)
-        return;
-    if (!*slash) {
-        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT | RHEMA_M_DELETE)) {
-        case RHEMA_M_GET: h_session_get(r, id); break;
-        case RHEMA_M_PUT: h_session_put(r, id); break;
-        case RHEMA_M_DELETE: h_session_delete(r, id); break;
-        }
-        return;
-    }
-    if (strcmp(slash, "/messages") == 0) {
-        if (rhema_method(r, RHEMA_M_POST))
-            h_session_message(r, id);
-        return;
-    }
-notfound:
-    rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
-}
+const struct rhema_route rhema_sessions_routes[] = {
+    {RHEMA_M_GET, "/v1/sessions", h_session_list, "sessions:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/sessions/{id}", h_session_get, "sessions:read", RHEMA_READS},
+    {RHEMA_M_PUT, "/v1/sessions/{id}", h_session_put, "sessions:write", RHEMA_WRITES_STORAGE},
+    {RHEMA_M_DELETE, "/v1/sessions/{id}", h_session_delete, "sessions:write",
+     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_POST, "/v1/sessions/{id}/messages", h_session_message, "sessions:write",
+     RHEMA_WRITES_STORAGE},
+    {0},
+};

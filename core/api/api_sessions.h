@@ -22,9 +22,8 @@
 #ifndef RHEMA_CORE_API_SESSIONS_H
 #define RHEMA_CORE_API_SESSIONS_H
 
-#include "http.h"
+#include "routes.h"
 
-/* rest: the path after "/v1/sessions" ("" or "/..."). */
-void rhema_route_sessions(struct rhema_req *r, const char *rest);
+extern const struct rhema_route rhema_sessions_routes[];
 
 #endif /* RHEMA_CORE_API_SESSIONS_H */

@@ -21,6 +21,8 @@
 #include "server.h"
 
 /* The context of one request, valid for the duration of its handler. */
+struct rhema_route;
+
 struct rhema_req {
     struct evhttp_request *req;
     struct rhema_worker *worker;
@@ -33,6 +35,8 @@ struct rhema_req {
     size_t bytes_out;
     char *path_buf;              /* owns path */
     int deferred;                /* the reply will be sent later (rhema_req_defer) */
+    const struct rhema_route *route; /* the route matched (routes.h), NULL before */
+    char param[RHEMA_ID_MAX + 2];    /* the path's {param} segment, when the route has one */
 };
 
 /*
