@@ -1,7 +1,7 @@
 /*
- * http -- the worker threads and the request path:
- *   accept -> size limit (header callback) -> route -> handler -> reply
- *   -> access log.
+ * http -- the worker threads, and the HTTP ends of the request path:
+ *   accept -> size limit (header callback) -> the worker's handle()
+ *   (pipeline.c: route, fence, handler ...) -> reply -> access log.
  */
 #include "rhema_build.h"
 
