@@ -15,48 +15,12 @@
 
 #include "agents.h"
 #include "api_agents.h"
+#include "query.h"
 #include "util.h"
 
 static int is_read(const struct rhema_req *r)
 {
     return r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD;
-}
-
-/* Refuse query parameters not in known (NULL-terminated; NULL: none allowed). */
-static int query_check(struct rhema_req *r, const char *const *known)
-{
-    struct evkeyval *kv;
-    TAILQ_FOREACH(kv, &r->query, next)
-    {
-        int ok = 0;
-        for (const char *const *k = known; k && *k; k++)
-            ok |= strcmp(kv->key, *k) == 0;
-        if (!ok) {
-            rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
-                              kv->key);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* A positive integer query parameter (1..max); replies 400 and returns -1 when bad. */
-static int query_uint(struct rhema_req *r, const char *name, uint64_t max, uint64_t *out)
-{
-    const char *s = evhttp_find_header(&r->query, name);
-    if (!s)
-        return 0;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (!*s || *end || *s == '-' || *s == '+' || errno || v == 0 || v > max) {
-        rhema_reply_error(r, 400, "invalid_field",
-                          "parameter '%s': expected an integer from 1 to %llu", name,
-                          (unsigned long long)max);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 static uint64_t heartbeat_timeout_ms(struct rhema_req *r)
@@ -119,7 +83,7 @@ static void h_agent_list(struct rhema_req *r)
     static const char *const known[] = {"status", "capability", "limit", "cursor", NULL};
     char err[RHEMA_ERRMSG_MAX];
     uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
-    if (query_check(r, known) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+    if (rhema_query_check(r, known) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
         return;
     char *text = NULL;
     size_t len = 0;
@@ -133,7 +97,7 @@ static void h_agent_list(struct rhema_req *r)
 static void h_agent_stats(struct rhema_req *r)
 {
     char err[RHEMA_ERRMSG_MAX];
-    if (query_check(r, NULL))
+    if (rhema_query_check(r, NULL))
         return;
     char *text = NULL;
     size_t len = 0;
@@ -146,7 +110,7 @@ static void h_agent_get(struct rhema_req *r)
     const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
-    if (query_check(r, NULL))
+    if (rhema_query_check(r, NULL))
         return;
     int rc = rhema_agent_get(&r->worker->store, id, heartbeat_timeout_ms(r), &rec, err);
     if (rc) {
@@ -164,7 +128,7 @@ static void h_agent_put(struct rhema_req *r)
     struct rhema_record rec = {0};
     json_t *agent = NULL;
     int created = 0;
-    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
         return;
     json_t *body = rhema_req_json(r);
     if (!body)
@@ -192,7 +156,7 @@ static void h_agent_delete(struct rhema_req *r)
     const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t if_match;
-    if (query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
         return;
     int rc = rhema_agent_delete(&r->worker->store, id, if_match, err);
     if (rc) {
@@ -207,7 +171,7 @@ static void h_agent_transitions(struct rhema_req *r)
     const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
-    if (query_check(r, list_params) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+    if (rhema_query_check(r, list_params) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
         return;
     char *text = NULL;
     size_t len = 0;
@@ -223,7 +187,7 @@ static void h_agent_heartbeat(struct rhema_req *r)
     uint64_t if_match;
     struct rhema_record rec = {0};
     json_t *body = NULL, *hb = NULL;
-    if (query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
         return;
     if (evbuffer_get_length(evhttp_request_get_input_buffer(r->req)) > 0 &&
         !(body = rhema_req_json(r)))
@@ -247,7 +211,7 @@ static void h_metrics_get(struct rhema_req *r)
 {
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
-    if (query_check(r, NULL))
+    if (rhema_query_check(r, NULL))
         return;
     int rc = rhema_system_metrics_get(&r->worker->store, &rec, err);
     if (rc) {
@@ -264,7 +228,7 @@ static void h_metrics_put(struct rhema_req *r)
     struct rhema_record rec = {0};
     json_t *metrics = NULL;
     int created = 0;
-    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
         return;
     json_t *body = rhema_req_json(r);
     if (!body)
@@ -290,7 +254,7 @@ static void h_config_get(struct rhema_req *r)
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
     uint64_t version = 0;
-    if (query_check(r, known) || query_uint(r, "version", UINT64_MAX - 1, &version))
+    if (rhema_query_check(r, known) || rhema_query_uint(r, "version", UINT64_MAX - 1, &version))
         return;
     int rc = rhema_configuration_get(&r->worker->store, name, version, &rec, err);
     if (rc) {
@@ -308,7 +272,7 @@ static void h_config_put(struct rhema_req *r)
     struct rhema_record rec = {0};
     json_t *conf = NULL;
     int created = 0;
-    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
         return;
     json_t *body = rhema_req_json(r);
     if (!body)
@@ -335,7 +299,7 @@ static void h_config_versions(struct rhema_req *r)
     const char *name = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
-    if (query_check(r, list_params) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+    if (rhema_query_check(r, list_params) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
         return;
     char *text = NULL;
     size_t len = 0;

@@ -16,6 +16,7 @@
 #include "keyring.h"
 #include "log.h"
 #include "perfmon.h"
+#include "query.h"
 #include "util.h"
 
 /* The keyring state of the server, kept here (the server only points at it). */
@@ -29,15 +30,7 @@ struct keys_state {
 
 static struct keys_state *state_of(struct rhema_server *srv) { return srv->keys_state; }
 
-static int no_query(struct rhema_req *r)
-{
-    if (TAILQ_FIRST(&r->query)) {
-        rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
-                          TAILQ_FIRST(&r->query)->key);
-        return 0;
-    }
-    return 1;
-}
+static int no_query(struct rhema_req *r) { return rhema_query_check(r, NULL) == 0; }
 
 static struct rhema_keyring *keyring_or_503(struct rhema_req *r)
 {

@@ -17,6 +17,7 @@
 #include "commit.h"
 #include "log.h"
 #include "perfmon.h"
+#include "query.h"
 #include "util.h"
 
 
@@ -113,15 +114,9 @@ static void h_compress(struct rhema_req *r)
     char err[RHEMA_FRAME_ERR_MAX];
     int id = -1;
     int32_t level = INT32_MIN;
-    struct evkeyval *kv;
-    TAILQ_FOREACH(kv, &r->query, next)
-    {
-        if (strcmp(kv->key, "algorithm") != 0 && strcmp(kv->key, "level") != 0) {
-            rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
-                              kv->key);
-            return;
-        }
-    }
+    static const char *const known[] = {"algorithm", "level", NULL};
+    if (rhema_query_check(r, known))
+        return;
     if (alg) {
         id = strcmp(alg, "none") == 0 ? RHEMA_CODEC_STORED : rhema_codecs_id(cs, alg);
         if (id < 0) {
@@ -178,11 +173,8 @@ static void h_decompress(struct rhema_req *r)
     size_t len, n = 0;
     uint64_t orig = 0;
     const unsigned char *src = raw_body(r, &len);
-    if (TAILQ_FIRST(&r->query)) {
-        rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
-                          TAILQ_FIRST(&r->query)->key);
+    if (rhema_query_check(r, NULL))
         return;
-    }
     uint64_t t0 = rhema_monotonic_ns();
     /* decode straight into the reply's buffer: no intermediate copy */
     struct evbuffer *buf = evbuffer_new();

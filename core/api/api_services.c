@@ -14,49 +14,13 @@
 #include <event2/buffer.h>
 
 #include "api_services.h"
+#include "query.h"
 #include "services.h"
 #include "util.h"
 
 static int is_read(const struct rhema_req *r)
 {
     return r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD;
-}
-
-/* Refuse query parameters not in known (NULL-terminated; NULL: none allowed). */
-static int query_check(struct rhema_req *r, const char *const *known)
-{
-    struct evkeyval *kv;
-    TAILQ_FOREACH(kv, &r->query, next)
-    {
-        int ok = 0;
-        for (const char *const *k = known; k && *k; k++)
-            ok |= strcmp(kv->key, *k) == 0;
-        if (!ok) {
-            rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
-                              kv->key);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static int query_uint(struct rhema_req *r, const char *name, uint64_t max, uint64_t *out)
-{
-    const char *s = evhttp_find_header(&r->query, name);
-    char *end;
-    unsigned long long v;
-    if (!s)
-        return 0;
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (!*s || *end || *s == '-' || *s == '+' || errno || v == 0 || v > max) {
-        rhema_reply_error(r, 400, "invalid_field",
-                          "parameter '%s': expected an integer from 1 to %llu", name,
-                          (unsigned long long)max);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 static struct rhema_services *module(struct rhema_req *r)
@@ -95,7 +59,7 @@ static void h_list(struct rhema_req *r)
     char *text = NULL;
     size_t len = 0;
     int rc;
-    if (query_check(r, known) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+    if (rhema_query_check(r, known) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
         return;
     rc = rhema_service_list(&r->worker->store, evhttp_find_header(&r->query, "name"),
                             (size_t)limit, evhttp_find_header(&r->query, "cursor"),
@@ -117,7 +81,7 @@ static void h_get(struct rhema_req *r)
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
     int rc;
-    if (query_check(r, NULL))
+    if (rhema_query_check(r, NULL))
         return;
     rc = rhema_service_get(&r->worker->store, id, rhema_services_checks_enabled(s), &rec, err);
     if (rc) {
@@ -139,7 +103,7 @@ static void h_put(struct rhema_req *r)
     uint64_t if_match;
     json_t *body, *svc = NULL;
     int created = 0, rc;
-    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
         return;
     if (!(body = rhema_req_json(r)))
         return;
@@ -177,7 +141,7 @@ static void h_delete(struct rhema_req *r)
     char err[RHEMA_ERRMSG_MAX], name[RHEMA_ID_MAX + 1] = "";
     uint64_t if_match;
     int rc;
-    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
         return;
     if (if_match == RHEMA_VERSION_ABSENT) {
         rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense on DELETE");
@@ -206,7 +170,7 @@ static void h_select(struct rhema_req *r)
     ev_uint16_t port = 0;
     char *host = NULL;
     int rc;
-    if (query_check(r, known))
+    if (rhema_query_check(r, known))
         return;
     key = evhttp_find_header(&r->query, "key");
     evhttp_connection_get_peer(evhttp_request_get_connection(r->req), &host, &port);
@@ -237,7 +201,7 @@ static void h_pass(struct rhema_req *r)
         return;
     char err[RHEMA_ERRMSG_MAX];
     int rc;
-    if (query_check(r, NULL))
+    if (rhema_query_check(r, NULL))
         return;
     rc = rhema_service_pass(&r->worker->store, id, err);
     if (rc) {
@@ -258,7 +222,7 @@ static void h_feedback(struct rhema_req *r)
     const char *key;
     double ms;
     int rc;
-    if (query_check(r, NULL) || !(body = rhema_req_json(r)))
+    if (rhema_query_check(r, NULL) || !(body = rhema_req_json(r)))
         return;
     if (!json_is_object(body)) {
         json_decref(body);

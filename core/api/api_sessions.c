@@ -9,10 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/queue.h>
 
 #include "api_sessions.h"
 #include "commit.h"
+#include "query.h"
 #include "util.h"
 
 /* ---- sessions ---- */
@@ -188,46 +188,17 @@ static void h_session_message(struct rhema_req *r)
     submit_op(r, &op);
 }
 
-/* Parse a positive integer query parameter; replies 400 and returns -1 when bad. */
-static int query_uint(struct rhema_req *r, const char *name, size_t max, size_t *out)
-{
-    const char *s = evhttp_find_header(&r->query, name);
-    if (!s)
-        return 0;
-    char *end;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (!*s || *end || *s == '-' || v == 0 || v > max) {
-        rhema_reply_error(r, 400, "invalid_field", "parameter '%s': expected an integer 1-%zu",
-                          name, max);
-        return -1;
-    }
-    *out = (size_t)v;
-    return 0;
-}
-
 static void h_session_list(struct rhema_req *r)
 {
     char err[RHEMA_ERRMSG_MAX];
-    size_t limit = RHEMA_LIST_LIMIT_DEFAULT;
+    uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
     static const char *const known[] = {"status", "participant", "limit", "cursor", NULL};
-    struct evkeyval *kv;
-    TAILQ_FOREACH(kv, &r->query, next)
-    {
-        int ok = 0;
-        for (const char *const *k = known; *k; k++)
-            ok |= strcmp(kv->key, *k) == 0;
-        if (!ok) {
-            rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
-                              kv->key);
-            return;
-        }
-    }
-    if (query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit) != 0)
+    if (rhema_query_check(r, known) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
         return;
     char *text = NULL;
     size_t len = 0;
     int rc = rhema_session_list(&r->worker->store, evhttp_find_header(&r->query, "status"),
-                                evhttp_find_header(&r->query, "participant"), limit,
+                                evhttp_find_header(&r->query, "participant"), (size_t)limit,
                                 evhttp_find_header(&r->query, "cursor"), &text, &len, err);
     if (rc) {
         rhema_reply_store_error(r, rc, err);
