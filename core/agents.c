@@ -79,16 +79,6 @@ static const char *const system_fields[] = {"timestamp",
 static const char *const record_metadata[] = {"created_at", "updated_at", "version", NULL};
 static const char *const config_fields[] = {"name", "config_data", "version", "description", NULL};
 
-static int errf(char *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int errf(char *err, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, RHEMA_ERRMSG_MAX, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
 static char *kfmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static char *kfmt(const char *fmt, ...)
 {
@@ -139,7 +129,7 @@ static int check_unknown(json_t *body, const char *const *known, const char *con
     json_object_foreach(body, key, v)
     {
         if (!in_list(key, known) && !(ignored && in_list(key, ignored)))
-            return errf(err, RHEMA_EINVAL, "field '%s%s': unknown field", prefix, key);
+            return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': unknown field", prefix, key);
     }
     return 0;
 }
@@ -149,14 +139,15 @@ static int check_string(json_t *dst, const char *key, json_t *v, size_t min, siz
                         const char *dflt, int nullable, char *err)
 {
     if (!v && !dflt && !nullable)
-        return errf(err, RHEMA_EINVAL, "field '%s': required", key);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s': required", key);
     if (!v || (nullable && json_is_null(v))) {
         json_object_set_new(dst, key, !v && dflt ? json_string(dflt) : json_null());
         return 0;
     }
     if (!json_is_string(v) || json_string_length(v) < min || json_string_length(v) > max)
-        return errf(err, RHEMA_EINVAL, "field '%s': expected a string of %zu-%zu bytes%s", key, min,
-                    max, nullable ? " or null" : "");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field '%s': expected a string of %zu-%zu bytes%s", key, min, max,
+                                nullable ? " or null" : "");
     json_object_set(dst, key, v);
     return 0;
 }
@@ -171,7 +162,7 @@ static int check_enum(json_t *dst, const char *key, json_t *v, const char *const
     }
     if (!v || !json_is_string(v) || !in_list(json_string_value(v), allowed)) {
         join_list(names, sizeof names, allowed);
-        return errf(err, RHEMA_EINVAL, "field '%s': expected one of %s", key, names);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s': expected one of %s", key, names);
     }
     json_object_set(dst, key, v);
     return 0;
@@ -187,8 +178,9 @@ static int check_time(json_t *dst, const char *key, json_t *v, int dflt_now, cha
             return 0;
         ms = rhema_realtime_ms();
     } else if (!json_is_string(v) || rhema_time_parse(json_string_value(v), &ms) != 0) {
-        return errf(err, RHEMA_EINVAL,
-                    "field '%s': expected an RFC 3339 timestamp such as 2026-01-02T03:04:05Z", key);
+        return rhema_set_errbuf(
+            err, RHEMA_EINVAL,
+            "field '%s': expected an RFC 3339 timestamp such as 2026-01-02T03:04:05Z", key);
     }
     rhema_time_format(ms, buf);
     json_object_set_new(dst, key, json_string(buf));
@@ -204,21 +196,23 @@ static int check_number(json_t *dst, const char *key, const char *name, json_t *
 {
     if (!v) {
         if (!optional)
-            return errf(err, RHEMA_EINVAL, "field '%s': required", name);
+            return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s': required", name);
         json_object_set_new(dst, key, integer ? json_integer(0) : json_real(0));
         return 0;
     }
     if (integer) {
         if (!json_is_integer(v) || (double)json_integer_value(v) < lo ||
             (double)json_integer_value(v) > hi)
-            return errf(err, RHEMA_EINVAL, "field '%s': expected an integer from %.0f to %.0f",
-                        name, lo, hi);
+            return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                    "field '%s': expected an integer from %.0f to %.0f", name, lo,
+                                    hi);
         json_object_set(dst, key, v);
         return 0;
     }
     double d = json_is_number(v) ? json_number_value(v) : NAN;
     if (!json_is_number(v) || !isfinite(d) || d < lo || d > hi)
-        return errf(err, RHEMA_EINVAL, "field '%s': expected a number from %g to %g", name, lo, hi);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s': expected a number from %g to %g",
+                                name, lo, hi);
     json_object_set_new(dst, key, json_real(d));
     return 0;
 }
@@ -232,21 +226,24 @@ static int check_capabilities(json_t *dst, json_t *v, char *err)
         return 0;
     }
     if (!json_is_array(v))
-        return errf(err, RHEMA_EINVAL, "field 'capabilities': expected an array of names");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'capabilities': expected an array of names");
     if (json_array_size(v) > CAPABILITIES_MAX)
-        return errf(err, RHEMA_EINVAL, "field 'capabilities': at most %d entries",
-                    CAPABILITIES_MAX);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field 'capabilities': at most %d entries",
+                                CAPABILITIES_MAX);
     json_array_foreach(v, i, item)
     {
         if (!json_is_string(item) || !rhema_id_valid(json_string_value(item)))
-            return errf(err, RHEMA_EINVAL,
-                        "field 'capabilities[%zu]': expected a name of 1-128 characters "
-                        "[A-Za-z0-9._:-]",
-                        i);
+            return rhema_set_errbuf(
+                err, RHEMA_EINVAL,
+                "field 'capabilities[%zu]': expected a name of 1-128 characters "
+                "[A-Za-z0-9._:-]",
+                i);
         for (j = 0; j < i; j++)
             if (strcmp(json_string_value(json_array_get(v, j)), json_string_value(item)) == 0)
-                return errf(err, RHEMA_EINVAL, "field 'capabilities[%zu]': duplicate '%s'", i,
-                            json_string_value(item));
+                return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                        "field 'capabilities[%zu]': duplicate '%s'", i,
+                                        json_string_value(item));
     }
     json_object_set(dst, "capabilities", v);
     return 0;
@@ -258,7 +255,8 @@ static int check_metrics(json_t *dst, json_t *v, char *err)
     json_t *m = json_object();
     if (v && !json_is_object(v)) {
         json_decref(m);
-        return errf(err, RHEMA_EINVAL, "field 'performance_metrics': expected an object");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'performance_metrics': expected an object");
     }
     if (v && (rc = check_unknown(v, metric_fields, NULL, "performance_metrics.", err)))
         goto fail;
@@ -286,8 +284,9 @@ static int check_reason(json_t *dst, json_t *v, char *err)
         return 0;
     if (!json_is_string(v) || json_string_length(v) == 0 ||
         json_string_length(v) > REASON_MAX_BYTES)
-        return errf(err, RHEMA_EINVAL, "field 'status_reason': expected a string of 1-%d bytes",
-                    REASON_MAX_BYTES);
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'status_reason': expected a string of 1-%d bytes",
+                                REASON_MAX_BYTES);
     json_object_set(dst, "status_reason", v);
     return 0;
 }
@@ -298,13 +297,13 @@ int rhema_agent_validate(json_t *body, const char *path_id, json_t **out,
     int rc;
     json_t *a, *v;
     if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "body: expected a JSON object");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
     if ((rc = check_unknown(body, agent_fields, agent_metadata, "", err)))
         return rc;
     v = json_object_get(body, "id");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), path_id) != 0))
-        return errf(err, RHEMA_EINVAL, "field 'id': does not match the id '%s' in the path",
-                    path_id);
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'id': does not match the id '%s' in the path", path_id);
     a = json_object();
     json_object_set_new(a, "id", json_string(path_id));
     if ((rc = check_string(a, "name", json_object_get(body, "name"), 1, NAME_MAX_BYTES, NULL, 0,
@@ -322,7 +321,7 @@ int rhema_agent_validate(json_t *body, const char *path_id, json_t **out,
         goto fail;
     v = json_object_get(body, "is_online");
     if (v && !json_is_boolean(v)) {
-        rc = errf(err, RHEMA_EINVAL, "field 'is_online': expected true or false");
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL, "field 'is_online': expected true or false");
         goto fail;
     }
     if (v)
@@ -346,7 +345,7 @@ int rhema_agent_heartbeat_validate(json_t *body, json_t **out, char err[RHEMA_ER
         return 0;
     }
     if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "body: expected a JSON object");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
     if ((rc = check_unknown(body, heartbeat_fields, NULL, "", err)))
         return rc;
     h = json_object();
@@ -370,9 +369,10 @@ fail:
 static int storage_err(struct rhema_store *st, int rc, const char *what, char *err)
 {
     if (rc == RHEMA_EUNAVAIL)
-        return errf(err, rc, "storage unavailable while %s: %s", what, st->vt->errmsg(st->conn));
-    return errf(err, rc, "storage error while %s: %s (%s)", what, rhema_strerror(rc),
-                st->vt->errmsg(st->conn));
+        return rhema_set_errbuf(err, rc, "storage unavailable while %s: %s", what,
+                                st->vt->errmsg(st->conn));
+    return rhema_set_errbuf(err, rc, "storage error while %s: %s (%s)", what, rhema_strerror(rc),
+                            st->vt->errmsg(st->conn));
 }
 
 /* Read ns/key as a JSON object; *cur NULL (and 0) when absent. */
@@ -391,8 +391,8 @@ static int load_json(struct rhema_store *st, const char *ns, const char *key, js
     json_t *j = json_loadb(v.data, v.len, 0, &jerr);
     if (!j || !json_is_object(j)) {
         json_decref(j);
-        return errf(err, RHEMA_ECORRUPT, "stored %s '%s' is corrupt: %s", ns, key,
-                    j ? "not an object" : jerr.text);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored %s '%s' is corrupt: %s", ns, key,
+                                j ? "not an object" : jerr.text);
     }
     *cur = j;
     *version = v.version;
@@ -412,7 +412,7 @@ static int make_record(char *text, size_t len, uint64_t version, struct rhema_re
                        char *err)
 {
     if (!text)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     out->json = text;
     out->len = len;
     out->version = version;
@@ -540,7 +540,7 @@ static int page_text(json_t *items, json_t *cursor, char **out, size_t *out_len,
     char *text = dump(page, out_len);
     json_decref(page);
     if (!text)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     *out = text;
     return 0;
 }
@@ -784,15 +784,16 @@ static int check_if_match(uint64_t if_match, int exists, uint64_t version, const
                           const char *id, char *err)
 {
     if (if_match == RHEMA_VERSION_ABSENT && exists)
-        return errf(err, RHEMA_EPRECONDITION, "%s '%s' already exists (version %llu)", what, id,
-                    (unsigned long long)version);
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "%s '%s' already exists (version %llu)",
+                                what, id, (unsigned long long)version);
     if (if_match && if_match != RHEMA_VERSION_ABSENT && (!exists || version != if_match)) {
         if (!exists)
-            return errf(err, RHEMA_EPRECONDITION,
-                        "%s '%s' does not exist (If-Match expected version %llu)", what, id,
-                        (unsigned long long)if_match);
-        return errf(err, RHEMA_EPRECONDITION, "%s '%s' is at version %llu, not %llu (If-Match)",
-                    what, id, (unsigned long long)version, (unsigned long long)if_match);
+            return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                    "%s '%s' does not exist (If-Match expected version %llu)", what,
+                                    id, (unsigned long long)if_match);
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                "%s '%s' is at version %llu, not %llu (If-Match)", what, id,
+                                (unsigned long long)version, (unsigned long long)if_match);
     }
     return 0;
 }
@@ -811,7 +812,7 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
         ws_add(ws, RHEMA_WRITE_DEL, NS_AGENTS, strdup(id), NULL, 0, a->version);
     } else {
         if (!(a->text = dump(next, &a->len)))
-            return errf(err, RHEMA_ENOMEM, "out of memory");
+            return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         ws_add(ws, RHEMA_WRITE_PUT, NS_AGENTS, strdup(id), a->text, a->len,
                cur ? a->version : RHEMA_VERSION_ABSENT);
     }
@@ -871,8 +872,9 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
         free(to);
         if (rc) {
             rhema_key_list_release(&keys);
-            return keys.oom || rc == RHEMA_ENOMEM ? errf(err, RHEMA_ENOMEM, "out of memory")
-                                                  : storage_err(st, rc, "listing transitions", err);
+            return keys.oom || rc == RHEMA_ENOMEM
+                       ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
+                       : storage_err(st, rc, "listing transitions", err);
         }
         for (i = 0; i < keys.n; i++) {
             ws_add(ws, RHEMA_WRITE_DEL, NS_TRANSITIONS, keys.v[i], NULL, 0, 0);
@@ -901,7 +903,7 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
                    a->summary ? a->summary_version : RHEMA_VERSION_ABSENT);
     }
     if (ws->oom)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     return 0;
 }
 
@@ -920,20 +922,21 @@ static int agent_write(struct rhema_store *st, enum agent_op kind, const char *i
     for (int attempt = 0;; attempt++) {
         attempt_clear(&a);
         if (attempt >= WRITE_RETRIES) {
-            rc = errf(err, RHEMA_ECONFLICT, "agent '%s' is being written concurrently; retry", id);
+            rc = rhema_set_errbuf(err, RHEMA_ECONFLICT,
+                                  "agent '%s' is being written concurrently; retry", id);
             goto out;
         }
         if ((rc = load_json(st, NS_AGENTS, id, &a.cur, &a.version, err)))
             goto out;
         if (kind != AOP_PUT && !a.cur) {
-            rc = errf(err, RHEMA_ENOTFOUND, "agent '%s' not found", id);
+            rc = rhema_set_errbuf(err, RHEMA_ENOTFOUND, "agent '%s' not found", id);
             goto out;
         }
         if ((rc = check_if_match(if_match, a.cur != NULL, a.version, "agent", id, err)))
             goto out;
         rhema_time_format(rhema_realtime_ms(), now);
         if (kind != AOP_DELETE && !(a.next = agent_next(kind, a.cur, input, now))) {
-            rc = errf(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
             goto out;
         }
         if ((rc = agent_compose(st, kind, id, input, &a, err)))
@@ -1002,7 +1005,7 @@ int rhema_agent_get(struct rhema_store *st, const char *id, uint64_t timeout_ms,
     if (rc)
         return rc;
     if (!cur)
-        return errf(err, RHEMA_ENOTFOUND, "agent '%s' not found", id);
+        return rhema_set_errbuf(err, RHEMA_ENOTFOUND, "agent '%s' not found", id);
     size_t len = 0;
     char *t = agent_text(cur, version, timeout_ms, &len);
     json_decref(cur);
@@ -1026,13 +1029,15 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
     if (status && !rhema_agent_status_valid(status)) {
         char names[160];
         join_list(names, sizeof names, agent_statuses);
-        return errf(err, RHEMA_EINVAL, "parameter 'status': expected one of %s", names);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "parameter 'status': expected one of %s", names);
     }
     if (capability && !rhema_id_valid(capability))
-        return errf(err, RHEMA_EINVAL,
-                    "parameter 'capability': expected a name of 1-128 characters [A-Za-z0-9._:-]");
+        return rhema_set_errbuf(
+            err, RHEMA_EINVAL,
+            "parameter 'capability': expected a name of 1-128 characters [A-Za-z0-9._:-]");
     if (cursor && !rhema_id_valid(cursor))
-        return errf(err, RHEMA_EINVAL, "parameter 'cursor': not a cursor this server issued");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "parameter 'cursor': not a cursor this server issued");
     /* the status index when a status is given (capability then filters), else capability */
     if (status) {
         ns = NS_BY_STATUS;
@@ -1056,7 +1061,7 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
         rc = st->vt->scan(st->conn, ns, have_from ? from : NULL, prefix ? to : NULL, want,
                           rhema_key_list_collect, &ids);
         if (rc) {
-            rc = ids.oom ? errf(err, RHEMA_ENOMEM, "out of memory")
+            rc = ids.oom ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
                          : storage_err(st, rc, "listing agents", err);
             goto out;
         }
@@ -1105,23 +1110,25 @@ int rhema_agent_transitions(struct rhema_store *st, const char *id, size_t limit
     json_t *cur;
     limit = clamp_limit(limit);
     if (cursor && parse_seq_cursor(cursor, &after) != 0)
-        return errf(err, RHEMA_EINVAL, "parameter 'cursor': not a cursor this server issued");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "parameter 'cursor': not a cursor this server issued");
     int rc = load_json(st, NS_AGENTS, id, &cur, &version, err);
     if (rc)
         return rc;
     if (!cur)
-        return errf(err, RHEMA_ENOTFOUND, "agent '%s' not found", id);
+        return rhema_set_errbuf(err, RHEMA_ENOTFOUND, "agent '%s' not found", id);
     json_decref(cur);
     char *from = kfmt("%s/%020llu", id, (unsigned long long)after + 1);
     char *to = kfmt("%s0", id);
     struct value_list l = {.items = json_array()};
     if (!from || !to) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     rc = st->vt->scan(st->conn, NS_TRANSITIONS, from, to, limit + 1, collect_value, &l);
     if (rc) {
-        rc = l.bad ? errf(err, RHEMA_ECORRUPT, "stored transition '%s' is corrupt", l.last_key)
+        rc = l.bad ? rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored transition '%s' is corrupt",
+                                      l.last_key)
                    : storage_err(st, rc, "listing transitions", err);
         goto out;
     }
@@ -1179,7 +1186,7 @@ int rhema_agent_stats(struct rhema_store *st, uint64_t timeout_ms, char **out, s
     char *t = o ? dump(o, out_len) : NULL;
     json_decref(o);
     if (!t)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     *out = t;
     return 0;
 }
@@ -1191,7 +1198,7 @@ int rhema_system_metrics_validate(json_t *body, json_t **out, char err[RHEMA_ERR
     int rc;
     json_t *m, *v;
     if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "body: expected a JSON object");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
     if ((rc = check_unknown(body, system_fields, record_metadata, "", err)))
         return rc;
     m = json_object();
@@ -1212,19 +1219,21 @@ int rhema_system_metrics_validate(json_t *body, json_t **out, char err[RHEMA_ERR
         const char *k;
         json_t *cv;
         if (!json_is_object(v)) {
-            rc = errf(err, RHEMA_EINVAL, "field 'custom': expected an object of numbers");
+            rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                                  "field 'custom': expected an object of numbers");
             goto fail;
         }
         if (json_object_size(v) > CUSTOM_MAX) {
-            rc = errf(err, RHEMA_EINVAL, "field 'custom': at most %d entries", CUSTOM_MAX);
+            rc = rhema_set_errbuf(err, RHEMA_EINVAL, "field 'custom': at most %d entries",
+                                  CUSTOM_MAX);
             goto fail;
         }
         json_object_foreach(v, k, cv)
         {
             if (!json_is_number(cv) || strlen(k) == 0 || strlen(k) > 128) {
-                rc =
-                    errf(err, RHEMA_EINVAL,
-                         "field 'custom.%.128s': expected a number under a name of 1-128 bytes", k);
+                rc = rhema_set_errbuf(
+                    err, RHEMA_EINVAL,
+                    "field 'custom.%.128s': expected a number under a name of 1-128 bytes", k);
                 goto fail;
             }
         }
@@ -1276,7 +1285,7 @@ int rhema_system_metrics_put(struct rhema_store *st, json_t *metrics, uint64_t i
         char *text = dump(rec, &len);
         if (!text) {
             json_decref(rec);
-            return errf(err, RHEMA_ENOMEM, "out of memory");
+            return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         }
         struct rhema_storage_write w = {.op = RHEMA_WRITE_PUT,
                                         .ns = NS_SYSTEM,
@@ -1300,7 +1309,8 @@ int rhema_system_metrics_put(struct rhema_store *st, json_t *metrics, uint64_t i
         *created = was_absent;
         return make_record(t, len, w.new_version, out, err);
     }
-    return errf(err, RHEMA_ECONFLICT, "the system metrics are being written concurrently; retry");
+    return rhema_set_errbuf(err, RHEMA_ECONFLICT,
+                            "the system metrics are being written concurrently; retry");
 }
 
 int rhema_system_metrics_get(struct rhema_store *st, struct rhema_record *out,
@@ -1312,7 +1322,7 @@ int rhema_system_metrics_get(struct rhema_store *st, struct rhema_record *out,
     if (rc)
         return rc;
     if (!cur)
-        return errf(err, RHEMA_ENOTFOUND, "no system metrics have been stored");
+        return rhema_set_errbuf(err, RHEMA_ENOTFOUND, "no system metrics have been stored");
     size_t len = 0;
     char *t = with_version(cur, version, &len);
     json_decref(cur);
@@ -1328,22 +1338,23 @@ int rhema_configuration_validate(json_t *body, const char *path_name, json_t **o
     json_t *c, *v;
     static const char *const ignored[] = {"created_at", "updated_at", NULL};
     if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "body: expected a JSON object");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
     if ((rc = check_unknown(body, config_fields, ignored, "", err)))
         return rc;
     v = json_object_get(body, "name");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), path_name) != 0))
-        return errf(err, RHEMA_EINVAL, "field 'name': does not match the name '%s' in the path",
-                    path_name);
+        return rhema_set_errbuf(
+            err, RHEMA_EINVAL, "field 'name': does not match the name '%s' in the path", path_name);
     v = json_object_get(body, "version");
     if (v && !json_is_integer(v))
-        return errf(err, RHEMA_EINVAL,
-                    "field 'version': expected an integer (it is ignored: the server numbers "
-                    "versions)");
+        return rhema_set_errbuf(
+            err, RHEMA_EINVAL,
+            "field 'version': expected an integer (it is ignored: the server numbers "
+            "versions)");
     v = json_object_get(body, "config_data");
     if (!v || !json_is_object(v))
-        return errf(err, RHEMA_EINVAL, "field 'config_data': %s",
-                    v ? "expected a JSON object" : "required");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field 'config_data': %s",
+                                v ? "expected a JSON object" : "required");
     c = json_object();
     json_object_set_new(c, "name", json_string(path_name));
     json_object_set(c, "config_data", v);
@@ -1364,7 +1375,7 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
     char *latest_key = kfmt("%s/" LATEST, name);
     int rc = RHEMA_ECONFLICT;
     if (!latest_key)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     for (int attempt = 0; attempt < WRITE_RETRIES; attempt++) {
         json_t *cur;
         uint64_t sversion;
@@ -1390,7 +1401,7 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
         if (!text || !vkey) {
             free(text);
             free(vkey);
-            rc = errf(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
             goto out;
         }
         struct rhema_storage_write w[2] = {
@@ -1422,8 +1433,8 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
         rc = make_record(text, len, cversion + 1, out, err);
         goto out;
     }
-    rc =
-        errf(err, RHEMA_ECONFLICT, "configuration '%s' is being written concurrently; retry", name);
+    rc = rhema_set_errbuf(err, RHEMA_ECONFLICT,
+                          "configuration '%s' is being written concurrently; retry", name);
 out:
     free(latest_key);
     return rc;
@@ -1436,7 +1447,7 @@ int rhema_configuration_get(struct rhema_store *st, const char *name, uint64_t v
     char *key =
         version ? kfmt("%s/%020llu", name, (unsigned long long)version) : kfmt("%s/" LATEST, name);
     if (!key)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     int rc = st->vt->get(st->conn, NS_CONFIGS, key, &v);
     free(key);
     if (rc == RHEMA_ENOTFOUND) {
@@ -1446,17 +1457,17 @@ int rhema_configuration_get(struct rhema_store *st, const char *name, uint64_t v
             int exists = lk && st->vt->get(st->conn, NS_CONFIGS, lk, &l) == 0;
             free(lk);
             if (exists)
-                return errf(err, rc, "configuration '%s' has no version %llu", name,
-                            (unsigned long long)version);
+                return rhema_set_errbuf(err, rc, "configuration '%s' has no version %llu", name,
+                                        (unsigned long long)version);
         }
-        return errf(err, rc, "configuration '%s' not found", name);
+        return rhema_set_errbuf(err, rc, "configuration '%s' not found", name);
     }
     if (rc)
         return storage_err(st, rc, "reading the configuration", err);
     json_t *j = json_loadb(v.data, v.len, 0, NULL);
     if (!j || !json_is_object(j)) {
         json_decref(j);
-        return errf(err, RHEMA_ECORRUPT, "stored configuration '%s' is corrupt", name);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored configuration '%s' is corrupt", name);
     }
     uint64_t cv = (uint64_t)json_integer_value(json_object_get(j, "version"));
     size_t len = 0;
@@ -1473,25 +1484,27 @@ int rhema_configuration_versions(struct rhema_store *st, const char *name, size_
     struct rhema_storage_value v;
     limit = clamp_limit(limit);
     if (cursor && parse_seq_cursor(cursor, &after) != 0)
-        return errf(err, RHEMA_EINVAL, "parameter 'cursor': not a cursor this server issued");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "parameter 'cursor': not a cursor this server issued");
     char *latest = kfmt("%s/" LATEST, name);
     char *from = kfmt("%s/%020llu", name, (unsigned long long)after + 1);
     struct value_list l = {.items = json_array()};
     int rc;
     if (!latest || !from) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     rc = st->vt->get(st->conn, NS_CONFIGS, latest, &v);
     if (rc) {
-        rc = rc == RHEMA_ENOTFOUND ? errf(err, rc, "configuration '%s' not found", name)
+        rc = rc == RHEMA_ENOTFOUND ? rhema_set_errbuf(err, rc, "configuration '%s' not found", name)
                                    : storage_err(st, rc, "reading the configuration", err);
         goto out;
     }
     /* version keys sort before "<name>/latest" (digits before 'l') */
     rc = st->vt->scan(st->conn, NS_CONFIGS, from, latest, limit + 1, collect_value, &l);
     if (rc) {
-        rc = l.bad ? errf(err, RHEMA_ECORRUPT, "stored configuration '%s' is corrupt", l.last_key)
+        rc = l.bad ? rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored configuration '%s' is corrupt",
+                                      l.last_key)
                    : storage_err(st, rc, "listing configuration versions", err);
         goto out;
     }

@@ -11,6 +11,7 @@
 
 #include "commit.h"
 #include "log.h"
+#include "util.h"
 
 #define GROUP_MAX 512 /* jobs in one transaction at most */
 
@@ -97,17 +98,14 @@ int rhema_committer_start(const struct rhema_storage_plugin *vt, rhema_storage_i
     struct rhema_committer *c = calloc(1, sizeof *c);
     char *serr = NULL;
     if (!c) {
-        if (asprintf(err, "committer: out of memory") < 0)
-            *err = NULL;
-        return RHEMA_ENOMEM;
+        return rhema_set_error(err, RHEMA_ENOMEM, "committer: out of memory");
     }
     c->vt = vt;
     c->tail = &c->head;
     int rc = vt->connect(inst, &c->conn, &serr);
     if (rc) {
-        if (asprintf(err, "committer: storage connect failed: %s",
-                     serr ? serr : rhema_strerror(rc)) < 0)
-            *err = NULL;
+        rhema_set_error(err, rc, "committer: storage connect failed: %s",
+                        serr ? serr : rhema_strerror(rc));
         free(serr);
         free(c);
         return rc;
@@ -116,8 +114,7 @@ int rhema_committer_start(const struct rhema_storage_plugin *vt, rhema_storage_i
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->cond, NULL);
     if (pthread_create(&c->thread, NULL, committer_main, c) != 0) {
-        if (asprintf(err, "committer: cannot start its thread") < 0)
-            *err = NULL;
+        rhema_set_error(err, RHEMA_ENOMEM, "committer: cannot start its thread");
         rhema_store_release(&c->store);
         vt->disconnect(c->conn);
         pthread_mutex_destroy(&c->lock);

@@ -132,10 +132,8 @@ static int load_plugins(struct rhema_server *srv, char **err)
                                       RHEMA_KIND_STORAGE, &p, err)))
         return rc;
     if (p->kind != RHEMA_KIND_STORAGE) {
-        if (asprintf(err, "persistence.backend '%s' is a %s plugin", cfg->backend,
-                     rhema_plugin_kind_name(p->kind)) < 0)
-            *err = NULL;
-        return RHEMA_EINVAL;
+        return rhema_set_error(err, RHEMA_EINVAL, "persistence.backend '%s' is a %s plugin",
+                               cfg->backend, rhema_plugin_kind_name(p->kind));
     }
     srv->storage_plugin = p;
     srv->storage = &p->vt.storage;
@@ -182,9 +180,8 @@ static int open_storage(struct rhema_server *srv, char **err)
     char *perr = NULL;
     int rc = srv->storage->open(rhema_host_get(), group, &srv->storage_inst, &perr);
     if (rc) {
-        if (asprintf(err, "storage '%s': %s", srv->storage_plugin->name,
-                     perr ? perr : rhema_strerror(rc)) < 0)
-            *err = NULL;
+        rhema_set_error(err, 0, "storage '%s': %s", srv->storage_plugin->name,
+                        perr ? perr : rhema_strerror(rc));
         free(perr);
         srv->storage_inst = NULL;
         return rc;
@@ -232,9 +229,8 @@ static int pidfile_write(const char *path, char **err)
         ssize_t n = read(fd, buf, sizeof buf - 1);
         buf[n > 0 ? n : 0] = '\0';
         buf[strcspn(buf, "\n")] = '\0';
-        if (asprintf(err, "pidfile %s is locked: rhemad is already running (pid %s)", path,
-                     buf) < 0)
-            *err = NULL;
+        rhema_set_error(err, 0, "pidfile %s is locked: rhemad is already running (pid %s)", path,
+                        buf);
         close(fd);
         return RHEMA_ECONFLICT;
     }
@@ -246,8 +242,7 @@ static int pidfile_write(const char *path, char **err)
     pidfile_path = strdup(path);
     return 0;
 fail:
-    if (asprintf(err, "pidfile %s: %s", path, strerror(errno)) < 0)
-        *err = NULL;
+    rhema_set_error(err, 0, "pidfile %s: %s", path, strerror(errno));
     if (fd >= 0)
         close(fd);
     return RHEMA_EIO;

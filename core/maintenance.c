@@ -65,22 +65,6 @@ struct rhema_maintenance {
     void *bg_done_arg;
 };
 
-static int set_err(char **err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int set_err(char **err, int code, const char *fmt, ...)
-{
-    va_list ap;
-    if (err != NULL) {
-        free(*err);
-        *err = NULL;
-        va_start(ap, fmt);
-        if (vasprintf(err, fmt, ap) < 0)
-            *err = NULL;
-        va_end(ap);
-    }
-    return code;
-}
-
 /* ---- backup names ---- */
 
 static int all_digits(const char *s, size_t n)
@@ -206,7 +190,7 @@ int rhema_backup_list(const char *dir, const char *backend, struct rhema_backup_
     if (d == NULL) {
         if (errno == ENOENT)
             return 0;
-        return set_err(err, RHEMA_EIO, "backup directory %s: %s", dir, strerror(errno));
+        return rhema_set_error(err, RHEMA_EIO, "backup directory %s: %s", dir, strerror(errno));
     }
     while ((de = readdir(d)) != NULL) {
         struct rhema_backup_file f;
@@ -235,7 +219,7 @@ int rhema_backup_list(const char *dir, const char *backend, struct rhema_backup_
             if (nv == NULL) {
                 free(v);
                 closedir(d);
-                return set_err(err, RHEMA_ENOMEM, "out of memory");
+                return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
             }
             v = nv;
         }
@@ -271,7 +255,7 @@ int rhema_backup_prune(const char *dir, const char *backend, int retention_days,
         bad = v[i].is_dir ? nftw(path, rm_cb, 8, FTW_DEPTH | FTW_PHYS) != 0 : unlink(path) != 0;
         if (bad) {
             if (first_err == 0)
-                first_err = set_err(err, RHEMA_EIO, "remove %s: %s", path, strerror(errno));
+                first_err = rhema_set_error(err, RHEMA_EIO, "remove %s: %s", path, strerror(errno));
             continue;
         }
         rhema_log(RHEMA_LOG_INFO, WHO, "pruned backup %s (older than %d days)", path,
@@ -316,28 +300,28 @@ int rhema_backup_create(const struct rhema_storage_plugin *vt, rhema_storage_con
     int e, rc, i;
 
     if (vt->backup == NULL)
-        return set_err(err, RHEMA_ENOTSUP, "storage '%s' cannot make backups", backend);
+        return rhema_set_error(err, RHEMA_ENOTSUP, "storage '%s' cannot make backups", backend);
     if (dir == NULL || dir[0] == '\0')
-        return set_err(err, RHEMA_EINVAL, "no backup directory");
+        return rhema_set_error(err, RHEMA_EINVAL, "no backup directory");
     if ((e = make_dirs(dir)) != 0)
-        return set_err(err, RHEMA_EIO, "cannot create the backup directory %s: %s", dir,
-                       strerror(e));
+        return rhema_set_error(err, RHEMA_EIO, "cannot create the backup directory %s: %s", dir,
+                               strerror(e));
     gmtime_r(&t, &tm);
     strftime(ts, sizeof ts, "%Y%m%dT%H%M%SZ", &tm);
     for (i = 1;; i++) {
         int n = i == 1 ? snprintf(path, sizeof path, "%s/rhema-%s-%s.bak", dir, backend, ts)
                        : snprintf(path, sizeof path, "%s/rhema-%s-%s-%d.bak", dir, backend, ts, i);
         if (n >= (int)sizeof path)
-            return set_err(err, RHEMA_EINVAL, "backup path too long");
+            return rhema_set_error(err, RHEMA_EINVAL, "backup path too long");
         snprintf(tmp, sizeof tmp, "%s.tmp", path);
         if (lstat(path, &st) != 0 && errno == ENOENT && lstat(tmp, &st) != 0 && errno == ENOENT)
             break;
         if (i >= 1000)
-            return set_err(err, RHEMA_EIO, "too many backups in %s for %s", dir, ts);
+            return rhema_set_error(err, RHEMA_EIO, "too many backups in %s for %s", dir, ts);
     }
     rc = vt->backup(conn, path, &perr);
     if (rc != 0) {
-        set_err(err, rc, "backup to %s: %s", path, perr ? perr : rhema_strerror(rc));
+        rhema_set_error(err, rc, "backup to %s: %s", path, perr ? perr : rhema_strerror(rc));
         free(perr);
         return rc;
     }
@@ -407,7 +391,7 @@ int rhema_cleanup_sessions(const struct rhema_storage_plugin *vt, rhema_storage_
     *removed = 0;
     pg.ids = calloc(CLEANUP_PAGE, sizeof *pg.ids);
     if (pg.ids == NULL)
-        return set_err(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
     rhema_store_init(&st, vt, conn);
     for (s = 0; s < 2 && rc == 0; s++) {
         /* index keys "<Status>/<id>": from "<Status>/" up to "<Status>0" ('/' + 1) */
@@ -418,15 +402,15 @@ int rhema_cleanup_sessions(const struct rhema_storage_plugin *vt, rhema_storage_
             pg.last[0] = '\0';
             rc = vt->scan(conn, "sessions.status", from, to, CLEANUP_PAGE, collect_status_cb, &pg);
             if (rc != 0) {
-                set_err(err, rc, "scanning sessions.status: %s", vt->errmsg(conn));
+                rhema_set_error(err, rc, "scanning sessions.status: %s", vt->errmsg(conn));
                 break;
             }
             for (i = 0; i < pg.n; i++) {
                 uint64_t version = 0;
                 int old = session_expired(vt, conn, pg.ids[i], cutoff_ms, &version);
                 if (old < 0) {
-                    rc = set_err(err, old, "reading session '%s': %s", pg.ids[i],
-                                 vt->errmsg(conn));
+                    rc = rhema_set_error(err, old, "reading session '%s': %s", pg.ids[i],
+                                         vt->errmsg(conn));
                     break;
                 }
                 if (old == 0)
@@ -438,7 +422,7 @@ int rhema_cleanup_sessions(const struct rhema_storage_plugin *vt, rhema_storage_
                               statuses[s], pg.ids[i]);
                 } else if (drc != RHEMA_EPRECONDITION && drc != RHEMA_ENOTFOUND &&
                            drc != RHEMA_ECONFLICT) {
-                    rc = set_err(err, drc, "deleting session '%s': %s", pg.ids[i], msg);
+                    rc = rhema_set_error(err, drc, "deleting session '%s': %s", pg.ids[i], msg);
                     break;
                 }
             }
@@ -701,7 +685,7 @@ int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
     int rc;
 
     if (m == NULL)
-        return set_err(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
     m->srv = srv;
     m->base = base;
     atomic_init(&m->size_bytes, 0);
@@ -709,7 +693,8 @@ int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
     atomic_init(&m->limit, cfg->max_data_size_bytes);
     rc = srv->storage->connect(srv->storage_inst, &m->conn, &perr);
     if (rc != 0) {
-        set_err(err, rc, "maintenance: storage connect: %s", perr ? perr : rhema_strerror(rc));
+        rhema_set_error(err, rc, "maintenance: storage connect: %s",
+                        perr ? perr : rhema_strerror(rc));
         free(perr);
         free(m);
         return rc;
@@ -721,7 +706,7 @@ int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
     if (m->gauge_ev == NULL || m->backup_ev == NULL || m->cleanup_ev == NULL ||
         m->bg_done_ev == NULL) {
         rhema_maintenance_stop(m);
-        return set_err(err, RHEMA_ENOMEM, "maintenance: cannot create timers");
+        return rhema_set_error(err, RHEMA_ENOMEM, "maintenance: cannot create timers");
     }
     gauge_refresh(m); /* the limit holds from the first request on */
     arm(m->gauge_ev, RHEMA_MAINTENANCE_GAUGE_MS);

@@ -33,30 +33,6 @@ static const char *const builtin_strategies[] = {"round_robin",          "least_
                                                  "random",               "ip_hash",
                                                  NULL};
 
-static int errf(char *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int errf(char *err, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, RHEMA_ERRMSG_MAX, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
-static int seterr(char **err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int seterr(char **err, int code, const char *fmt, ...)
-{
-    va_list ap;
-    if (err) {
-        free(*err);
-        va_start(ap, fmt);
-        if (vasprintf(err, fmt, ap) < 0)
-            *err = NULL;
-        va_end(ap);
-    }
-    return code;
-}
-
 static const char *jstr(json_t *v)
 {
     const char *s = json_string_value(v);
@@ -66,8 +42,9 @@ static const char *jstr(json_t *v)
 static int storage_err(struct rhema_store *st, int rc, const char *what, char *err)
 {
     if (rc == RHEMA_EUNAVAIL)
-        return errf(err, rc, "storage unavailable while %s: %s", what, st->vt->errmsg(st->conn));
-    return errf(err, rc, "storage error while %s: %s", what, st->vt->errmsg(st->conn));
+        return rhema_set_errbuf(err, rc, "storage unavailable while %s: %s", what,
+                                st->vt->errmsg(st->conn));
+    return rhema_set_errbuf(err, rc, "storage error while %s: %s", what, st->vt->errmsg(st->conn));
 }
 
 /* ---- defaults and validation ---- */
@@ -145,8 +122,8 @@ static int int_field(json_t *o, const char *key, const char *label, int64_t lo, 
         return 0;
     }
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
-        errf(err, RHEMA_EINVAL, "field '%s': expected an integer from %lld to %lld", label,
-             (long long)lo, (long long)hi);
+        rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s': expected an integer from %lld to %lld",
+                         label, (long long)lo, (long long)hi);
         return -1;
     }
     *out = json_integer_value(v);
@@ -163,31 +140,33 @@ static int check_validate(json_t *c, const struct rhema_check_defaults *d, json_
     int64_t interval, timeout, fthr, sthr, dereg;
 
     if (!json_is_object(c))
-        return errf(err, RHEMA_EINVAL, "field 'check': expected an object or null");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field 'check': expected an object or null");
     json_object_foreach(c, key, v)
     {
         int ok = 0;
         for (const char *const *k = known; *k; k++)
             ok |= strcmp(key, *k) == 0;
         if (!ok)
-            return errf(err, RHEMA_EINVAL, "field 'check.%s': unknown field", key);
+            return rhema_set_errbuf(err, RHEMA_EINVAL, "field 'check.%s': unknown field", key);
     }
     v = json_object_get(c, "type");
     type = json_string_value(v);
     if (!type || (strcmp(type, "http") && strcmp(type, "tcp") && strcmp(type, "ttl")))
-        return errf(err, RHEMA_EINVAL, "field 'check.type': expected one of http, tcp, ttl");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'check.type': expected one of http, tcp, ttl");
     v = json_object_get(c, "target");
     if (v && !json_is_null(v) && !json_is_string(v))
-        return errf(err, RHEMA_EINVAL, "field 'check.target': expected a string");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field 'check.target': expected a string");
     target = json_string_value(v);
     if (strcmp(type, "http") == 0 && !http_url_valid(target))
-        return errf(err, RHEMA_EINVAL,
-                    "field 'check.target': expected an http:// URL for an http check");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'check.target': expected an http:// URL for an http check");
     if (strcmp(type, "tcp") == 0 && !address_valid(target))
-        return errf(err, RHEMA_EINVAL,
-                    "field 'check.target': expected host:port for a tcp check");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'check.target': expected host:port for a tcp check");
     if (strcmp(type, "ttl") == 0 && target)
-        return errf(err, RHEMA_EINVAL, "field 'check.target': a ttl check has no target");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'check.target': a ttl check has no target");
     if (int_field(c, "interval_seconds", "check.interval_seconds", 1, 86400, d->interval_s,
                   &interval, err) ||
         int_field(c, "timeout_seconds", "check.timeout_seconds", 1, 3600, d->timeout_s, &timeout,
@@ -200,9 +179,10 @@ static int check_validate(json_t *c, const struct rhema_check_defaults *d, json_
                   "check.deregister_critical_after_seconds", 0, 31536000, 0, &dereg, err))
         return RHEMA_EINVAL;
     if (strcmp(type, "ttl") != 0 && timeout > interval && json_object_get(c, "timeout_seconds"))
-        return errf(err, RHEMA_EINVAL,
-                    "field 'check.timeout_seconds': must not exceed check.interval_seconds (%lld)",
-                    (long long)interval);
+        return rhema_set_errbuf(
+            err, RHEMA_EINVAL,
+            "field 'check.timeout_seconds': must not exceed check.interval_seconds (%lld)",
+            (long long)interval);
     if (timeout > interval)
         timeout = interval; /* a defaulted timeout follows a short interval */
     *out = json_pack("{s:s,s:o,s:I,s:I,s:I,s:I,s:I}", "type", type, "target",
@@ -210,7 +190,7 @@ static int check_validate(json_t *c, const struct rhema_check_defaults *d, json_
                      (json_int_t)interval, "timeout_seconds", (json_int_t)timeout,
                      "failure_threshold", (json_int_t)fthr, "success_threshold", (json_int_t)sthr,
                      "deregister_critical_after_seconds", (json_int_t)dereg);
-    return *out ? 0 : errf(err, RHEMA_ENOMEM, "out of memory");
+    return *out ? 0 : rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
 }
 
 int rhema_service_validate(json_t *body, const char *path_id, const struct rhema_check_defaults *d,
@@ -226,7 +206,7 @@ int rhema_service_validate(json_t *body, const char *path_id, const struct rhema
     int64_t weight;
 
     if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "body: expected a JSON object");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
     json_object_foreach(body, key, v)
     {
         int ok = 0;
@@ -235,44 +215,48 @@ int rhema_service_validate(json_t *body, const char *path_id, const struct rhema
         for (const char *const *k = ignored; *k; k++)
             ok |= strcmp(key, *k) == 0;
         if (!ok)
-            return errf(err, RHEMA_EINVAL, "field '%s': unknown field", key);
+            return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s': unknown field", key);
     }
     v = json_object_get(body, "service_id");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), path_id) != 0))
-        return errf(err, RHEMA_EINVAL, "field 'service_id': must equal the id in the path ('%s')",
-                    path_id);
+        return rhema_set_errbuf(
+            err, RHEMA_EINVAL, "field 'service_id': must equal the id in the path ('%s')", path_id);
     name = json_string_value(json_object_get(body, "name"));
     if (!name || !rhema_id_valid(name))
-        return errf(err, RHEMA_EINVAL,
-                    "field 'name': expected 1-128 characters [A-Za-z0-9._:-]");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'name': expected 1-128 characters [A-Za-z0-9._:-]");
     address = json_string_value(json_object_get(body, "address"));
     if (!address_valid(address))
-        return errf(err, RHEMA_EINVAL,
-                    "field 'address': expected host:port (or [v6]:port), port 1-65535");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'address': expected host:port (or [v6]:port), port 1-65535");
     if (int_field(body, "weight", "weight", 1, 1000000, 1, &weight, err))
         return RHEMA_EINVAL;
     meta = json_object_get(body, "metadata");
     if (meta && !json_is_null(meta)) {
         json_t *mv;
         if (!json_is_object(meta))
-            return errf(err, RHEMA_EINVAL, "field 'metadata': expected an object of strings");
+            return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                    "field 'metadata': expected an object of strings");
         json_object_foreach(meta, key, mv)
         {
             if (!json_is_string(mv))
-                return errf(err, RHEMA_EINVAL, "field 'metadata.%s': expected a string", key);
+                return rhema_set_errbuf(err, RHEMA_EINVAL, "field 'metadata.%s': expected a string",
+                                        key);
         }
     }
     v = json_object_get(body, "strategy");
     if (v && !json_is_null(v)) {
         strategy = json_string_value(v);
         if (!strategy || !rhema_id_valid(strategy))
-            return errf(err, RHEMA_EINVAL, "field 'strategy': expected a strategy name or null");
+            return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                    "field 'strategy': expected a strategy name or null");
         if (s && !rhema_services_strategy_loaded(s, strategy)) {
             char names[256];
             rhema_services_strategies(s, names, sizeof names);
-            return errf(err, RHEMA_EINVAL,
-                        "field 'strategy': balancing strategy '%s' is not loaded (loaded: %s)",
-                        strategy, names);
+            return rhema_set_errbuf(
+                err, RHEMA_EINVAL,
+                "field 'strategy': balancing strategy '%s' is not loaded (loaded: %s)", strategy,
+                names);
         }
     }
     v = json_object_get(body, "check");
@@ -286,7 +270,7 @@ int rhema_service_validate(json_t *body, const char *path_id, const struct rhema
                      meta && !json_is_null(meta) ? json_deep_copy(meta) : json_object(), "check",
                      check ? check : json_null(), "strategy",
                      strategy ? json_string(strategy) : json_null());
-    return *out ? 0 : errf(err, RHEMA_ENOMEM, "out of memory");
+    return *out ? 0 : rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
 }
 
 /* ---- the store ---- */
@@ -304,7 +288,7 @@ static int load_json(struct rhema_store *st, const char *ns, const char *key, js
         return storage_err(st, rc, "reading the registry", err);
     *out = json_loadb(val.data, val.len, 0, NULL);
     if (!*out)
-        return errf(err, RHEMA_ECORRUPT, "%s '%s': stored value is not JSON", ns, key);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s '%s': stored value is not JSON", ns, key);
     if (version)
         *version = val.version;
     return 0;
@@ -397,7 +381,7 @@ static int record_out(json_t *rec, uint64_t version, struct rhema_record *out, c
 {
     out->json = json_dumps(rec, JSON_COMPACT);
     if (!out->json)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     out->len = strlen(out->json);
     out->version = version;
     return 0;
@@ -426,13 +410,13 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
             return rc;
         if (if_match == RHEMA_VERSION_ABSENT && cur) {
             json_decref(cur);
-            return errf(err, RHEMA_EPRECONDITION, "service '%s' already exists", id);
+            return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "service '%s' already exists", id);
         }
         if (if_match && if_match != RHEMA_VERSION_ABSENT && (!cur || version != if_match)) {
             json_decref(cur);
-            return errf(err, RHEMA_EPRECONDITION,
-                        cur ? "service '%s' is at another version" : "service '%s' not found",
-                        id);
+            return rhema_set_errbuf(
+                err, RHEMA_EPRECONDITION,
+                cur ? "service '%s' is at another version" : "service '%s' not found", id);
         }
         rec = json_deep_copy(svc);
         rhema_time_format(now, t);
@@ -443,7 +427,7 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
         if (!text) {
             json_decref(cur);
             json_decref(rec);
-            return errf(err, RHEMA_ENOMEM, "out of memory");
+            return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         }
         memset(w, 0, sizeof w);
         w[n].op = RHEMA_WRITE_PUT;
@@ -484,9 +468,9 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
         if (rc != RHEMA_ECONFLICT && rc != RHEMA_ENOTFOUND)
             return rc;
         if (if_match) /* the version the client named is gone */
-            return errf(err, RHEMA_EPRECONDITION, "service '%s' changed meanwhile", id);
+            return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "service '%s' changed meanwhile", id);
     }
-    return errf(err, RHEMA_ECONFLICT, "service '%s': too many concurrent writers", id);
+    return rhema_set_errbuf(err, RHEMA_ECONFLICT, "service '%s': too many concurrent writers", id);
 }
 
 int rhema_service_get(struct rhema_store *st, const char *id, int checks_enabled,
@@ -498,7 +482,7 @@ int rhema_service_get(struct rhema_store *st, const char *id, int checks_enabled
     if (rc)
         return rc;
     if (!rec)
-        return errf(err, RHEMA_ENOTFOUND, "service '%s' not found", id);
+        return rhema_set_errbuf(err, RHEMA_ENOTFOUND, "service '%s' not found", id);
     rc = decorate(st, id, rec, version, checks_enabled, err);
     if (!rc)
         rc = record_out(rec, version, out, err);
@@ -542,11 +526,12 @@ int rhema_service_delete(struct rhema_store *st, const char *id, uint64_t if_mat
         if ((rc = load_json(st, RHEMA_SERVICES_NS, id, &cur, &version, err)))
             return rc;
         if (!cur)
-            return errf(err, if_match ? RHEMA_EPRECONDITION : RHEMA_ENOTFOUND,
-                        "service '%s' not found", id);
+            return rhema_set_errbuf(err, if_match ? RHEMA_EPRECONDITION : RHEMA_ENOTFOUND,
+                                    "service '%s' not found", id);
         if (if_match && version != if_match) {
             json_decref(cur);
-            return errf(err, RHEMA_EPRECONDITION, "service '%s' is at another version", id);
+            return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "service '%s' is at another version",
+                                    id);
         }
         const char *name = json_string_value(json_object_get(cur, "name"));
         if (name_out)
@@ -558,7 +543,7 @@ int rhema_service_delete(struct rhema_store *st, const char *id, uint64_t if_mat
         if (rc != RHEMA_ECONFLICT && rc != RHEMA_ENOTFOUND)
             return storage_err(st, rc, "deleting the service", err);
     }
-    return errf(err, RHEMA_ECONFLICT, "service '%s': too many concurrent writers", id);
+    return rhema_set_errbuf(err, RHEMA_ECONFLICT, "service '%s': too many concurrent writers", id);
 }
 
 int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, const char *cursor,
@@ -575,10 +560,11 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
     if (limit > RHEMA_LIST_LIMIT_MAX)
         limit = RHEMA_LIST_LIMIT_MAX;
     if (name && !rhema_id_valid(name))
-        return errf(err, RHEMA_EINVAL,
-                    "parameter 'name': expected 1-128 characters [A-Za-z0-9._:-]");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "parameter 'name': expected 1-128 characters [A-Za-z0-9._:-]");
     if (cursor && !rhema_id_valid(cursor))
-        return errf(err, RHEMA_EINVAL, "parameter 'cursor': not a cursor this server issued");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "parameter 'cursor': not a cursor this server issued");
     if (name) {
         snprintf(from, sizeof from, "%s/%s%s", name, cursor ? cursor : "", cursor ? "\x01" : "");
         snprintf(to, sizeof to, "%s0", name);
@@ -592,7 +578,7 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
                           rhema_key_list_collect, &ids);
     }
     if (rc) {
-        rc = ids.oom ? errf(err, RHEMA_ENOMEM, "out of memory")
+        rc = ids.oom ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
                      : storage_err(st, rc, "listing services", err);
         goto out;
     }
@@ -614,7 +600,7 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
                      ids.n > limit ? json_string(ids.v[limit - 1]) : json_null());
     *out = page ? json_dumps(page, JSON_COMPACT) : NULL;
     if (!*out) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     *out_len = strlen(*out);
@@ -634,11 +620,11 @@ int rhema_service_pass(struct rhema_store *st, const char *id, char err[RHEMA_ER
     if (rc)
         return rc;
     if (!rec)
-        return errf(err, RHEMA_ENOTFOUND, "service '%s' not found", id);
+        return rhema_set_errbuf(err, RHEMA_ENOTFOUND, "service '%s' not found", id);
     const char *type = json_string_value(json_object_get(json_object_get(rec, "check"), "type"));
     if (!type || strcmp(type, "ttl") != 0) {
         json_decref(rec);
-        return errf(err, RHEMA_EINVAL, "service '%s' has no ttl check", id);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "service '%s' has no ttl check", id);
     }
     json_decref(rec);
     snprintf(buf, sizeof buf, "%" PRIu64, rhema_realtime_ms());
@@ -783,12 +769,13 @@ static int balancer_create(struct rhema_services *s, const char *name,
     char *perr = NULL;
     int rc;
     if (!p)
-        return seterr(err, RHEMA_ENOTFOUND, "balancing strategy '%s' is not loaded", name);
+        return rhema_set_error(err, RHEMA_ENOTFOUND, "balancing strategy '%s' is not loaded", name);
     rc = p->vt.balancer.create(rhema_host_get(),
                                rhema_config_plugin_group(s->cfg, RHEMA_KIND_BALANCER, name), b,
                                &perr);
     if (rc) {
-        seterr(err, rc, "balancing strategy '%s': %s", name, perr ? perr : rhema_strerror(rc));
+        rhema_set_error(err, rc, "balancing strategy '%s': %s", name,
+                        perr ? perr : rhema_strerror(rc));
         free(perr);
         return rc;
     }
@@ -892,7 +879,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
     }
     m = malloc(n * sizeof *m);
     if (!m)
-        return seterr(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
     memcpy(m, in, n * sizeof *m);
     qsort(m, n, sizeof *m, member_cmp);
     for (size_t i = 0; i < n; i++)
@@ -917,7 +904,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
     ep = calloc(n, sizeof *ep);
     eps = calloc(n, sizeof *eps);
     if (!mem || !ep || !eps) {
-        rc = seterr(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -926,7 +913,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
         mem[i].weight = m[i].weight ? m[i].weight : 1;
         mem[i].healthy = m[i].healthy;
         if (!mem[i].id || !mem[i].address) {
-            rc = seterr(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
             goto out;
         }
         if (m[i].healthy) {
@@ -943,7 +930,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
         if (!created || !(created->name = strdup(name))) {
             free(created);
             created = NULL;
-            rc = seterr(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
             goto out;
         }
         pthread_rwlock_init(&created->lock, NULL);
@@ -960,7 +947,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
         if (!mem[i].load)
             mem[i].load = calloc(1, sizeof *mem[i].load);
         if (!mem[i].load) {
-            rc = seterr(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
             loads_return(g, mem, n);
             pthread_rwlock_unlock(&g->lock);
             goto out;
@@ -986,7 +973,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
     if (rc) {
         loads_return(g, mem, n); /* keep the old set */
         pthread_rwlock_unlock(&g->lock);
-        seterr(err, rc, "group '%s': the strategy refused the update", name);
+        rhema_set_error(err, rc, "group '%s': the strategy refused the update", name);
         goto out;
     }
     members_free(g->mem, g->nmem, 1); /* loads of members that left */
@@ -1005,7 +992,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
             struct group **v = realloc(s->groups, cap * sizeof *v);
             if (!v) {
                 pthread_rwlock_unlock(&s->table_lock);
-                rc = seterr(err, RHEMA_ENOMEM, "out of memory");
+                rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
                 goto out;
             }
             s->groups = v;
@@ -1292,7 +1279,7 @@ int rhema_services_new(const struct rhema_config *cfg, struct rhema_plugin_regis
     const struct rhema_loaded_plugin *p;
     int rc = 0, enabled = 1;
     if (!s)
-        return seterr(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
     s->cfg = cfg;
     s->reg = reg;
     pthread_rwlock_init(&s->table_lock, NULL);
@@ -1898,7 +1885,7 @@ int rhema_services_start(struct rhema_server *srv, struct event_base *base,
     s->base = base;
     rc = srv->storage->connect(srv->storage_inst, &s->conn, &perr);
     if (rc) {
-        seterr(err, rc, "services: storage connect: %s", perr ? perr : rhema_strerror(rc));
+        rhema_set_error(err, rc, "services: storage connect: %s", perr ? perr : rhema_strerror(rc));
         free(perr);
         s->conn = NULL;
         rhema_services_stop(s);
@@ -1909,7 +1896,7 @@ int rhema_services_start(struct rhema_server *srv, struct event_base *base,
     s->tick_ev = event_new(base, -1, EV_PERSIST, on_tick, s);
     if (!s->refresh_ev || !s->tick_ev) {
         rhema_services_stop(s);
-        return seterr(err, RHEMA_ENOMEM, "services: cannot create timers");
+        return rhema_set_error(err, RHEMA_ENOMEM, "services: cannot create timers");
     }
     refresh_all(s, 0);
     event_add(s->refresh_ev, &rtv);

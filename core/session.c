@@ -39,17 +39,6 @@ static const char *const message_fields[] = {
     "id",        "message_type", "priority",   "sender_id", "recipient_ids", "content",
     "payload",   "timestamp",    "requires_ack", "expires_at", "metadata",   NULL};
 
-static int errf(char err[RHEMA_ERRMSG_MAX], int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int errf(char err[RHEMA_ERRMSG_MAX], int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, RHEMA_ERRMSG_MAX, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
 static int in_list(const char *s, const char *const *list)
 {
     for (; *list; list++)
@@ -80,7 +69,8 @@ static int check_enum(json_t *dst, const char *key, json_t *v, const char *const
     }
     if (!json_is_string(v) || !in_list(json_string_value(v), allowed)) {
         join_list(names, sizeof names, allowed);
-        return errf(err, RHEMA_EINVAL, "field '%s%s': expected one of %s", prefix, key, names);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': expected one of %s", prefix, key,
+                                names);
     }
     json_object_set(dst, key, v);
     return 0;
@@ -89,11 +79,11 @@ static int check_enum(json_t *dst, const char *key, json_t *v, const char *const
 static int check_id(json_t *dst, const char *key, json_t *v, const char *prefix, char *err)
 {
     if (!v)
-        return errf(err, RHEMA_EINVAL, "field '%s%s': required", prefix, key);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': required", prefix, key);
     if (!json_is_string(v) || !rhema_id_valid(json_string_value(v)))
-        return errf(err, RHEMA_EINVAL,
-                    "field '%s%s': expected an id of 1-128 characters [A-Za-z0-9._:-]", prefix,
-                    key);
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field '%s%s': expected an id of 1-128 characters [A-Za-z0-9._:-]",
+                                prefix, key);
     json_object_set(dst, key, v);
     return 0;
 }
@@ -106,17 +96,18 @@ static int check_time(json_t *dst, const char *key, json_t *v, int nullable, con
     uint64_t ms;
     if (!v || json_is_null(v)) {
         if (v && !nullable)
-            return errf(err, RHEMA_EINVAL, "field '%s%s': expected an RFC 3339 timestamp",
-                        prefix, key);
+            return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                    "field '%s%s': expected an RFC 3339 timestamp", prefix, key);
         if (nullable) {
             json_object_set_new(dst, key, json_null());
             return 0;
         }
         ms = rhema_realtime_ms();
     } else if (!json_is_string(v) || rhema_time_parse(json_string_value(v), &ms) != 0) {
-        return errf(err, RHEMA_EINVAL,
-                    "field '%s%s': expected an RFC 3339 timestamp such as 2026-01-02T03:04:05Z",
-                    prefix, key);
+        return rhema_set_errbuf(
+            err, RHEMA_EINVAL,
+            "field '%s%s': expected an RFC 3339 timestamp such as 2026-01-02T03:04:05Z", prefix,
+            key);
     }
     rhema_time_format(ms, buf);
     json_object_set_new(dst, key, json_string(buf));
@@ -134,19 +125,22 @@ static int check_id_array(json_t *dst, const char *key, json_t *v, size_t max,
         return 0;
     }
     if (!json_is_array(v))
-        return errf(err, RHEMA_EINVAL, "field '%s%s': expected an array of ids", prefix, key);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': expected an array of ids", prefix,
+                                key);
     if (json_array_size(v) > max)
-        return errf(err, RHEMA_EINVAL, "field '%s%s': at most %zu entries", prefix, key, max);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': at most %zu entries", prefix, key,
+                                max);
     json_array_foreach(v, i, item)
     {
         if (!json_is_string(item) || !rhema_id_valid(json_string_value(item)))
-            return errf(err, RHEMA_EINVAL,
-                        "field '%s%s[%zu]': expected an id of 1-128 characters [A-Za-z0-9._:-]",
-                        prefix, key, i);
+            return rhema_set_errbuf(
+                err, RHEMA_EINVAL,
+                "field '%s%s[%zu]': expected an id of 1-128 characters [A-Za-z0-9._:-]", prefix,
+                key, i);
         for (j = 0; j < i; j++)
             if (strcmp(json_string_value(json_array_get(v, j)), json_string_value(item)) == 0)
-                return errf(err, RHEMA_EINVAL, "field '%s%s[%zu]': duplicate id '%s'", prefix,
-                            key, i, json_string_value(item));
+                return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s[%zu]': duplicate id '%s'",
+                                        prefix, key, i, json_string_value(item));
     }
     json_object_set(dst, key, v);
     return 0;
@@ -160,7 +154,7 @@ static int check_unknown(json_t *body, const char *const *known, const char *con
     json_object_foreach(body, key, v)
     {
         if (!in_list(key, known) && !(ignored && in_list(key, ignored)))
-            return errf(err, RHEMA_EINVAL, "field '%s%s': unknown field", prefix, key);
+            return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': unknown field", prefix, key);
     }
     return 0;
 }
@@ -170,8 +164,8 @@ static int message_validate(json_t *body, const char *prefix, json_t **out, char
     int rc;
     json_t *m, *v;
     if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "field '%s': expected a JSON object",
-                    *prefix ? prefix : "body");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s': expected a JSON object",
+                                *prefix ? prefix : "body");
     if ((rc = check_unknown(body, message_fields, NULL, prefix, err)))
         return rc;
     m = json_object();
@@ -180,8 +174,9 @@ static int message_validate(json_t *body, const char *prefix, json_t **out, char
     v = json_object_get(body, "message_type");
     if (!v || !json_is_string(v) || json_string_length(v) == 0 ||
         json_string_length(v) > MESSAGE_TYPE_MAX) {
-        rc = errf(err, RHEMA_EINVAL, "field '%smessage_type': expected a string of 1-%d bytes",
-                  prefix, MESSAGE_TYPE_MAX);
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                              "field '%smessage_type': expected a string of 1-%d bytes", prefix,
+                              MESSAGE_TYPE_MAX);
         goto fail;
     }
     json_object_set(m, "message_type", v);
@@ -195,7 +190,7 @@ static int message_validate(json_t *body, const char *prefix, json_t **out, char
         goto fail;
     v = json_object_get(body, "content");
     if (!v || !json_is_string(v)) {
-        rc = errf(err, RHEMA_EINVAL, "field '%scontent': expected a string", prefix);
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL, "field '%scontent': expected a string", prefix);
         goto fail;
     }
     json_object_set(m, "content", v);
@@ -205,7 +200,8 @@ static int message_validate(json_t *body, const char *prefix, json_t **out, char
         goto fail;
     v = json_object_get(body, "requires_ack");
     if (v && !json_is_boolean(v)) {
-        rc = errf(err, RHEMA_EINVAL, "field '%srequires_ack': expected true or false", prefix);
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL, "field '%srequires_ack': expected true or false",
+                              prefix);
         goto fail;
     }
     json_object_set_new(m, "requires_ack", json_boolean(v && json_is_true(v)));
@@ -216,15 +212,15 @@ static int message_validate(json_t *body, const char *prefix, json_t **out, char
         const char *k;
         json_t *mv;
         if (!json_is_object(v)) {
-            rc = errf(err, RHEMA_EINVAL, "field '%smetadata': expected an object of strings",
-                      prefix);
+            rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                                  "field '%smetadata': expected an object of strings", prefix);
             goto fail;
         }
         json_object_foreach(v, k, mv)
         {
             if (!json_is_string(mv)) {
-                rc = errf(err, RHEMA_EINVAL, "field '%smetadata.%s': expected a string", prefix,
-                          k);
+                rc = rhema_set_errbuf(err, RHEMA_EINVAL, "field '%smetadata.%s': expected a string",
+                                      prefix, k);
                 goto fail;
             }
         }
@@ -251,19 +247,20 @@ int rhema_session_validate(json_t *body, const char *path_id, json_t **out,
     size_t i, j;
     json_t *s, *v, *item;
     if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "body: expected a JSON object");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
     if ((rc = check_unknown(body, session_fields, metadata_fields, "", err)))
         return rc;
     v = json_object_get(body, "id");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), path_id) != 0))
-        return errf(err, RHEMA_EINVAL, "field 'id': does not match the id '%s' in the path",
-                    path_id);
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'id': does not match the id '%s' in the path", path_id);
     s = json_object();
     json_object_set_new(s, "id", json_string(path_id));
     v = json_object_get(body, "topic");
     if (!v || !json_is_string(v) || json_string_length(v) == 0 ||
         json_string_length(v) > TOPIC_MAX) {
-        rc = errf(err, RHEMA_EINVAL, "field 'topic': expected a string of 1-%d bytes", TOPIC_MAX);
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL, "field 'topic': expected a string of 1-%d bytes",
+                              TOPIC_MAX);
         goto fail;
     }
     json_object_set(s, "topic", v);
@@ -281,7 +278,8 @@ int rhema_session_validate(json_t *body, const char *path_id, json_t **out,
     json_t *msgs = json_array();
     json_object_set_new(s, "messages", msgs);
     if (v && !json_is_array(v)) {
-        rc = errf(err, RHEMA_EINVAL, "field 'messages': expected an array of AgentMessage");
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                              "field 'messages': expected an array of AgentMessage");
         goto fail;
     }
     json_array_foreach(v, i, item)
@@ -296,8 +294,8 @@ int rhema_session_validate(json_t *body, const char *path_id, json_t **out,
             if (strcmp(json_string_value(json_object_get(json_array_get(msgs, j), "id")), mid) ==
                 0) {
                 json_decref(m);
-                rc = errf(err, RHEMA_EINVAL, "field 'messages[%zu].id': duplicate id '%s'", i,
-                          mid);
+                rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                                      "field 'messages[%zu].id': duplicate id '%s'", i, mid);
                 goto fail;
             }
         }
@@ -306,13 +304,15 @@ int rhema_session_validate(json_t *body, const char *path_id, json_t **out,
     v = json_object_get(body, "decisions");
     if (v) {
         if (!json_is_array(v)) {
-            rc = errf(err, RHEMA_EINVAL, "field 'decisions': expected an array of objects");
+            rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                                  "field 'decisions': expected an array of objects");
             goto fail;
         }
         json_array_foreach(v, i, item)
         {
             if (!json_is_object(item)) {
-                rc = errf(err, RHEMA_EINVAL, "field 'decisions[%zu]': expected an object", i);
+                rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                                      "field 'decisions[%zu]': expected an object", i);
                 goto fail;
             }
         }
@@ -341,9 +341,10 @@ void rhema_record_release(struct rhema_record *r)
 static int storage_err(struct rhema_store *st, int rc, const char *what, char *err)
 {
     if (rc == RHEMA_EUNAVAIL)
-        return errf(err, rc, "storage unavailable while %s: %s", what, st->vt->errmsg(st->conn));
-    return errf(err, rc, "storage error while %s: %s (%s)", what, rhema_strerror(rc),
-                st->vt->errmsg(st->conn));
+        return rhema_set_errbuf(err, rc, "storage unavailable while %s: %s", what,
+                                st->vt->errmsg(st->conn));
+    return rhema_set_errbuf(err, rc, "storage error while %s: %s (%s)", what, rhema_strerror(rc),
+                            st->vt->errmsg(st->conn));
 }
 
 struct rhema_access_entry {
@@ -694,7 +695,7 @@ static int record_with_access(struct rhema_store *st, const char *id, const char
     if (count_this) {
         struct rhema_access_entry *e = access_slot(st, id, 1);
         if (!e)
-            return errf(err, RHEMA_ENOMEM, "out of memory");
+            return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         if (e->incarnation != a.incarnation) { /* counts of an earlier session of this id */
             e->delta = 0;
             e->last_ms = 0;
@@ -706,9 +707,9 @@ static int record_with_access(struct rhema_store *st, const char *id, const char
     access_merge(st, id, &a, &count, &last);
     rc = make_record(stored, len, version, count, last, out);
     if (rc == RHEMA_ECORRUPT)
-        return errf(err, rc, "stored session '%s' is not a JSON object", id);
+        return rhema_set_errbuf(err, rc, "stored session '%s' is not a JSON object", id);
     if (rc)
-        return errf(err, rc, "out of memory");
+        return rhema_set_errbuf(err, rc, "out of memory");
     if (st->pending_n >= ACCESS_FLUSH_AT)
         rhema_store_flush_access(st);
     return 0;
@@ -724,7 +725,8 @@ static int parse_current(const char *id, const void *data, size_t len, uint64_t 
         json_decref(*cur);
         *cur = NULL;
         *cur_version = 0;
-        return errf(err, RHEMA_ECORRUPT, "stored session '%s' is corrupt: %s", id, jerr.text);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored session '%s' is corrupt: %s", id,
+                                jerr.text);
     }
     *cur_version = version;
     return 0;
@@ -749,16 +751,17 @@ static int check_if_match(uint64_t if_match, const json_t *cur, uint64_t version
                           char *err)
 {
     if (if_match == RHEMA_VERSION_ABSENT && cur)
-        return errf(err, RHEMA_EPRECONDITION, "session '%s' already exists (version %llu)", id,
-                    (unsigned long long)version);
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                "session '%s' already exists (version %llu)", id,
+                                (unsigned long long)version);
     if (if_match && if_match != RHEMA_VERSION_ABSENT && (!cur || version != if_match)) {
         if (!cur)
-            return errf(err, RHEMA_EPRECONDITION,
-                        "session '%s' does not exist (If-Match expected version %llu)", id,
-                        (unsigned long long)if_match);
-        return errf(err, RHEMA_EPRECONDITION,
-                    "session '%s' is at version %llu, not %llu (If-Match)", id,
-                    (unsigned long long)version, (unsigned long long)if_match);
+            return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                    "session '%s' does not exist (If-Match expected version %llu)",
+                                    id, (unsigned long long)if_match);
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                "session '%s' is at version %llu, not %llu (If-Match)", id,
+                                (unsigned long long)version, (unsigned long long)if_match);
     }
     return 0;
 }
@@ -946,7 +949,7 @@ static int compose_put(struct rhema_session_op *op, struct op_state *s, json_t *
                   : serialise(session, created_at, &s->len);
     if (!s->text ||
         ws_alloc(&s->ws, 4 + json_array_size(new_parts) + json_array_size(old_parts)) != 0)
-        return errf(op->err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
     struct write_set *ws = &s->ws;
     struct rhema_storage_write *rw = ws_add(ws, RHEMA_WRITE_PUT, NS_SESSIONS, NULL, op->id);
     rw->value = s->text;
@@ -977,7 +980,7 @@ static int compose_delete(struct rhema_store *st, struct rhema_session_op *op, s
     json_t *p, *parts = json_object_get(s->cur, "participants");
     struct access_rec a;
     if (ws_alloc(&s->ws, 3 + json_array_size(parts)) != 0)
-        return errf(op->err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
     ws_add(&s->ws, RHEMA_WRITE_DEL, NS_SESSIONS, NULL, op->id)->expected_version = s->version;
     const char *status = json_string_value(json_object_get(s->cur, "status"));
     if (status)
@@ -998,7 +1001,8 @@ static int compose_append(struct rhema_store *st, struct rhema_session_op *op, s
     size_t i;
     json_t *m, *msgs = json_object_get(s->cur, "messages");
     if (!json_is_array(msgs)) {
-        op->rc = errf(op->err, RHEMA_ECORRUPT, "stored session '%s' has no messages array", op->id);
+        op->rc = rhema_set_errbuf(op->err, RHEMA_ECORRUPT,
+                                  "stored session '%s' has no messages array", op->id);
         return 0;
     }
     const char *mid = json_string_value(json_object_get(op->input, "id"));
@@ -1020,8 +1024,9 @@ static int compose_append(struct rhema_store *st, struct rhema_session_op *op, s
             op->rc = rhema_session_get(st, op->id, &op->rec, op->err);
             return 0;
         }
-        op->rc = errf(op->err, RHEMA_ECONFLICT,
-                      "session '%s' already has a different message with id '%s'", op->id, mid);
+        op->rc = rhema_set_errbuf(op->err, RHEMA_ECONFLICT,
+                                  "session '%s' already has a different message with id '%s'",
+                                  op->id, mid);
         return 0;
     }
     json_t *session = json_object();
@@ -1043,7 +1048,7 @@ int rhema_session_op_prepare(struct rhema_store *st, struct rhema_session_op *op
 {
     struct op_state *s = op->priv;
     if (!s && !(s = op->priv = calloc(1, sizeof *s))) {
-        op->rc = errf(op->err, RHEMA_ENOMEM, "out of memory");
+        op->rc = rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
         return 0;
     }
     op_state_clear(s);
@@ -1060,7 +1065,7 @@ int rhema_session_op_prepare(struct rhema_store *st, struct rhema_session_op *op
         return 0;
     }
     if (op->kind != RHEMA_SOP_PUT && !s->cur) {
-        op->rc = errf(op->err, RHEMA_ENOTFOUND, "session '%s' not found", op->id);
+        op->rc = rhema_set_errbuf(op->err, RHEMA_ENOTFOUND, "session '%s' not found", op->id);
         return 0;
     }
     if ((rc = check_if_match(op->if_match, s->cur, s->version, op->id, op->err))) {
@@ -1105,13 +1110,13 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
     }
     if (rc == RHEMA_ECONFLICT) {
         if (op->if_match) { /* the version the client named was just replaced */
-            op->rc = errf(op->err, RHEMA_EPRECONDITION,
-                          "session '%s' changed concurrently (If-Match)", op->id);
+            op->rc = rhema_set_errbuf(op->err, RHEMA_EPRECONDITION,
+                                      "session '%s' changed concurrently (If-Match)", op->id);
             return 0;
         }
         if (op->attempts >= PUT_RETRIES) {
-            op->rc = errf(op->err, RHEMA_ECONFLICT,
-                          "session '%s' is being written concurrently; retry", op->id);
+            op->rc = rhema_set_errbuf(op->err, RHEMA_ECONFLICT,
+                                      "session '%s' is being written concurrently; retry", op->id);
             return 0;
         }
         return 1;
@@ -1133,7 +1138,7 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
     op->created = op->kind == RHEMA_SOP_PUT ? s->cur == NULL : 1;
     if (!s->cur) { /* just created: no reads counted yet, nothing to look up */
         rc = make_record(s->text, s->len, s->ws.w[0].new_version, 0, 0, &op->rec);
-        op->rc = rc ? errf(op->err, rc, "out of memory") : 0;
+        op->rc = rc ? rhema_set_errbuf(op->err, rc, "out of memory") : 0;
         return 0;
     }
     op->rc = record_with_access(st, op->id, s->text, s->len, s->ws.w[0].new_version, 0, NULL,
@@ -1187,7 +1192,7 @@ void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops
     size_t ntodo = 0;
     if (!todo || !group) {
         for (size_t i = 0; i < n; i++)
-            ops[i]->rc = errf(ops[i]->err, RHEMA_ENOMEM, "out of memory");
+            ops[i]->rc = rhema_set_errbuf(ops[i]->err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < n; i++)
@@ -1273,13 +1278,13 @@ int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_recor
         rc = st->vt->get(st->conn, NS_SESSIONS, id, &v[0]);
     }
     if (rc == RHEMA_ENOTFOUND)
-        return errf(err, rc, "session '%s' not found", id);
+        return rhema_set_errbuf(err, rc, "session '%s' not found", id);
     if (rc)
         return storage_err(st, rc, "reading the session", err);
     /* v.data is only valid until the next storage call: copy it first. */
     char *copy = malloc(v[0].len ? v[0].len : 1);
     if (!copy)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     memcpy(copy, v[0].data, v[0].len);
     rc = record_with_access(st, id, copy, v[0].len, v[0].version, 1, known, out, err);
     free(copy);
@@ -1375,12 +1380,13 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
     if (status && !rhema_session_status_valid(status)) {
         char names[96];
         join_list(names, sizeof names, session_statuses);
-        return errf(err, RHEMA_EINVAL, "parameter 'status': expected one of %s", names);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "parameter 'status': expected one of %s", names);
     }
     if (participant && !rhema_id_valid(participant))
-        return errf(err, RHEMA_EINVAL, "parameter 'participant': expected an id");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "parameter 'participant': expected an id");
     if (cursor && !rhema_id_valid(cursor))
-        return errf(err, RHEMA_EINVAL, "parameter 'cursor': not a cursor this server issued");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "parameter 'cursor': not a cursor this server issued");
     /* Pick the index: status when given (participant then filters), else participant. */
     if (status) {
         ns = NS_BY_STATUS;
@@ -1406,7 +1412,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
         rc = st->vt->scan(st->conn, ns, have_from ? from : NULL, prefix ? to : NULL, want,
                           rhema_key_list_collect, &ids);
         if (rc) {
-            rc = ids.oom ? errf(err, RHEMA_ENOMEM, "out of memory")
+            rc = ids.oom ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
                          : storage_err(st, rc, "listing sessions", err);
             goto out;
         }
@@ -1469,7 +1475,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
     text = json_dumps(page, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(page);
     if (!text) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     *out = text;

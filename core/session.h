@@ -32,7 +32,6 @@
 /* An If-Match precondition failed (HTTP 412); other errors are RHEMA_E*. */
 #define RHEMA_EPRECONDITION (-100)
 
-#define RHEMA_ERRMSG_MAX 320
 #define RHEMA_LIST_LIMIT_DEFAULT 50
 #define RHEMA_LIST_LIMIT_MAX 1000
 

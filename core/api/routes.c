@@ -136,10 +136,8 @@ static int template_valid(const char *t)
 
 static int bad(char **err, const struct rhema_route *rt, const char *what)
 {
-    if (asprintf(err, "route %s (method bit %u): %s", rt->path ? rt->path : "(no path)",
-                 rt->method, what) < 0)
-        *err = NULL;
-    return RHEMA_EINVAL;
+    return rhema_set_error(err, RHEMA_EINVAL, "route %s (method bit %u): %s",
+                           rt->path ? rt->path : "(no path)", rt->method, what);
 }
 
 int rhema_routes_check(const struct rhema_route *const *tables, char **err)
