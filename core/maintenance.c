@@ -20,8 +20,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <jansson.h>
-
 #include "server.h"
 #include "log.h"
 #include "maintenance.h"
@@ -34,7 +32,6 @@
 #define BACKUP_FIRST_DELAY_MS 5000u  /* no backup in the first seconds after startup */
 #define CLEANUP_FIRST_DELAY_MS 30000u
 #define BG_RETRY_MS 60000u           /* a job due while the other one runs: retry then */
-#define CLEANUP_PAGE 256             /* index entries read per scan */
 #define TS_LEN 16                    /* yyyymmddThhmmssZ */
 
 struct cleanup_hook {
@@ -331,113 +328,6 @@ int rhema_backup_create(const struct rhema_storage_plugin *vt, rhema_storage_con
     return 0;
 }
 
-/* ---- retention cleanup of sessions ---- */
-
-struct id_page {
-    char (*ids)[RHEMA_ID_MAX + 1];
-    size_t n;
-    char last[2 * RHEMA_ID_MAX + 2]; /* the last index key seen */
-};
-
-static int collect_status_cb(void *ctx, const char *key, const void *value, size_t len,
-                             uint64_t version)
-{
-    struct id_page *pg = ctx;
-    const char *slash = strchr(key, '/');
-    (void)value, (void)len, (void)version;
-    snprintf(pg->last, sizeof pg->last, "%s", key);
-    if (slash != NULL && rhema_id_valid(slash + 1))
-        snprintf(pg->ids[pg->n++], RHEMA_ID_MAX + 1, "%s", slash + 1);
-    return 0;
-}
-
-/*
- * Decide on one session: 1 when it is still Completed/Cancelled and
- * updated before cutoff (*version set), 0 when not, < 0 on a read error.
- */
-static int session_expired(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
-                           const char *id, uint64_t cutoff_ms, uint64_t *version)
-{
-    struct rhema_storage_value v;
-    json_t *rec;
-    const char *status, *updated;
-    uint64_t ms = 0;
-    int rc = vt->get(conn, "sessions", id, &v), old = 0;
-    if (rc == RHEMA_ENOTFOUND)
-        return 0;
-    if (rc != 0)
-        return rc;
-    rec = json_loadb(v.data, v.len, 0, NULL);
-    status = json_string_value(json_object_get(rec, "status"));
-    updated = json_string_value(json_object_get(rec, "updated_at"));
-    if (status != NULL && (strcmp(status, "Completed") == 0 || strcmp(status, "Cancelled") == 0) &&
-        updated != NULL && rhema_time_parse(updated, &ms) == 0 && ms < cutoff_ms)
-        old = 1;
-    json_decref(rec);
-    *version = v.version;
-    return old;
-}
-
-int rhema_cleanup_sessions(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
-                           uint64_t cutoff_ms, size_t *removed, char **err)
-{
-    static const char *const statuses[] = {"Completed", "Cancelled"};
-    struct rhema_store st;
-    struct id_page pg = {0};
-    char from[2 * RHEMA_ID_MAX + 4], to[64], msg[RHEMA_ERRMSG_MAX];
-    size_t s, i, count = 0;
-    int rc = 0;
-
-    *removed = 0;
-    pg.ids = calloc(CLEANUP_PAGE, sizeof *pg.ids);
-    if (pg.ids == NULL)
-        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
-    rhema_store_init(&st, vt, conn);
-    for (s = 0; s < 2 && rc == 0; s++) {
-        /* index keys "<Status>/<id>": from "<Status>/" up to "<Status>0" ('/' + 1) */
-        snprintf(from, sizeof from, "%s/", statuses[s]);
-        snprintf(to, sizeof to, "%s0", statuses[s]);
-        for (;;) {
-            pg.n = 0;
-            pg.last[0] = '\0';
-            rc = vt->scan(conn, "sessions.status", from, to, CLEANUP_PAGE, collect_status_cb, &pg);
-            if (rc != 0) {
-                rhema_set_error(err, rc, "scanning sessions.status: %s", vt->errmsg(conn));
-                break;
-            }
-            for (i = 0; i < pg.n; i++) {
-                uint64_t version = 0;
-                int old = session_expired(vt, conn, pg.ids[i], cutoff_ms, &version);
-                if (old < 0) {
-                    rc = rhema_set_error(err, old, "reading session '%s': %s", pg.ids[i],
-                                         vt->errmsg(conn));
-                    break;
-                }
-                if (old == 0)
-                    continue;
-                int drc = rhema_session_delete(&st, pg.ids[i], version, msg);
-                if (drc == 0) {
-                    count++;
-                    rhema_log(RHEMA_LOG_DEBUG, WHO, "removed %s session '%s' (retention)",
-                              statuses[s], pg.ids[i]);
-                } else if (drc != RHEMA_EPRECONDITION && drc != RHEMA_ENOTFOUND &&
-                           drc != RHEMA_ECONFLICT) {
-                    rc = rhema_set_error(err, drc, "deleting session '%s': %s", pg.ids[i], msg);
-                    break;
-                }
-            }
-            if (rc != 0 || pg.n < CLEANUP_PAGE || pg.last[0] == '\0')
-                break;
-            /* resume just after the last key: its immediate successor is key + "\x01" */
-            snprintf(from, sizeof from, "%s\x01", pg.last);
-        }
-    }
-    rhema_store_release(&st);
-    free(pg.ids);
-    *removed = count;
-    return rc;
-}
-
 /* ---- the running part ---- */
 
 static uint64_t interval_ms(int hours)
@@ -506,7 +396,11 @@ int rhema_maintenance_backup_now(struct rhema_maintenance *m, char *path_out, si
     return backup_on(m, m->conn, path_out, cap, err);
 }
 
-/* Retention cleanup on conn: sessions, then the hooks.  Any thread (reads m->srv, m->hooks). */
+/*
+ * Retention cleanup on conn: every hook in registration order, the
+ * sessions' first (rhema_maintenance_start registers it).  Any thread
+ * (reads m->srv, m->hooks).
+ */
 static int cleanup_on(struct rhema_maintenance *m, rhema_storage_conn *conn, size_t *removed,
                       char **err)
 {
@@ -514,16 +408,8 @@ static int cleanup_on(struct rhema_maintenance *m, rhema_storage_conn *conn, siz
     uint64_t keep = (uint64_t)cfg->data_retention_days * MS_PER_DAY, now = rhema_realtime_ms();
     uint64_t cutoff = now > keep ? now - keep : 0;
     size_t n = 0, total = 0, i;
-    int rc = rhema_cleanup_sessions(m->srv->storage, conn, cutoff, &n, err), first = rc;
+    int rc, first = 0;
 
-    total += n;
-    if (rc != 0)
-        rhema_log(RHEMA_LOG_ERROR, WHO, "cleanup of sessions: %s (%zu removed before it)",
-                  err && *err ? *err : "?", n);
-    else
-        rhema_log(RHEMA_LOG_NOTICE, WHO,
-                  "cleanup: removed %zu Completed/Cancelled session(s) not updated for %d days", n,
-                  cfg->data_retention_days);
     for (i = 0; i < m->n_hooks; i++) {
         char *herr = NULL;
         n = 0;
@@ -688,6 +574,11 @@ int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
         return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
     m->srv = srv;
     m->base = base;
+    if (rhema_maintenance_add_cleanup(m, "Completed/Cancelled session(s)", rhema_session_cleanup,
+                                      NULL) != 0) {
+        free(m);
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
+    }
     atomic_init(&m->size_bytes, 0);
     atomic_init(&m->delta, 0);
     atomic_init(&m->limit, cfg->max_data_size_bytes);
@@ -696,6 +587,7 @@ int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
         rhema_set_error(err, rc, "maintenance: storage connect: %s",
                         perr ? perr : rhema_strerror(rc));
         free(perr);
+        free(m->hooks);
         free(m);
         return rc;
     }
@@ -737,8 +629,7 @@ int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
     if (cfg->enable_cleanup) {
         uint64_t every = interval_ms(cfg->cleanup_interval_hours);
         arm(m->cleanup_ev, every < CLEANUP_FIRST_DELAY_MS ? every : CLEANUP_FIRST_DELAY_MS);
-        rhema_log(RHEMA_LOG_INFO, WHO,
-                  "cleanup every %d h of Completed/Cancelled sessions older than %d days",
+        rhema_log(RHEMA_LOG_INFO, WHO, "retention cleanup every %d h of what is older than %d days",
                   cfg->cleanup_interval_hours, cfg->data_retention_days);
     }
     if (cfg->max_data_size_bytes > 0)

@@ -1486,3 +1486,119 @@ out:
     json_decref(items);
     return rc;
 }
+
+/* ---- retention cleanup (a maintenance hook, maintenance.h) ---- */
+
+#define CLEANUP_PAGE 256 /* index entries read per scan */
+
+struct id_page {
+    char (*ids)[RHEMA_ID_MAX + 1];
+    size_t n;
+    char last[2 * RHEMA_ID_MAX + 2]; /* the last index key seen */
+};
+
+static int collect_status_cb(void *ctx, const char *key, const void *value, size_t len,
+                             uint64_t version)
+{
+    struct id_page *pg = ctx;
+    const char *slash = strchr(key, '/');
+    (void)value, (void)len, (void)version;
+    snprintf(pg->last, sizeof pg->last, "%s", key);
+    if (slash != NULL && rhema_id_valid(slash + 1))
+        snprintf(pg->ids[pg->n++], RHEMA_ID_MAX + 1, "%s", slash + 1);
+    return 0;
+}
+
+/*
+ * Decide on one session: 1 when it is still Completed/Cancelled and
+ * updated before cutoff (*version set), 0 when not, < 0 on a read error.
+ */
+static int session_expired(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
+                           const char *id, uint64_t cutoff_ms, uint64_t *version)
+{
+    struct rhema_storage_value v;
+    json_t *rec;
+    const char *status, *updated;
+    uint64_t ms = 0;
+    int rc = vt->get(conn, "sessions", id, &v), old = 0;
+    if (rc == RHEMA_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    rec = json_loadb(v.data, v.len, 0, NULL);
+    status = json_string_value(json_object_get(rec, "status"));
+    updated = json_string_value(json_object_get(rec, "updated_at"));
+    if (status != NULL && (strcmp(status, "Completed") == 0 || strcmp(status, "Cancelled") == 0) &&
+        updated != NULL && rhema_time_parse(updated, &ms) == 0 && ms < cutoff_ms)
+        old = 1;
+    json_decref(rec);
+    *version = v.version;
+    return old;
+}
+
+int rhema_cleanup_sessions(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
+                           uint64_t cutoff_ms, size_t *removed, char **err)
+{
+    static const char *const statuses[] = {"Completed", "Cancelled"};
+    struct rhema_store st;
+    struct id_page pg = {0};
+    char from[2 * RHEMA_ID_MAX + 4], to[64], msg[RHEMA_ERRMSG_MAX];
+    size_t s, i, count = 0;
+    int rc = 0;
+
+    *removed = 0;
+    pg.ids = calloc(CLEANUP_PAGE, sizeof *pg.ids);
+    if (pg.ids == NULL)
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
+    rhema_store_init(&st, vt, conn);
+    for (s = 0; s < 2 && rc == 0; s++) {
+        /* index keys "<Status>/<id>": from "<Status>/" up to "<Status>0" ('/' + 1) */
+        snprintf(from, sizeof from, "%s/", statuses[s]);
+        snprintf(to, sizeof to, "%s0", statuses[s]);
+        for (;;) {
+            pg.n = 0;
+            pg.last[0] = '\0';
+            rc = vt->scan(conn, "sessions.status", from, to, CLEANUP_PAGE, collect_status_cb, &pg);
+            if (rc != 0) {
+                rhema_set_error(err, rc, "scanning sessions.status: %s", vt->errmsg(conn));
+                break;
+            }
+            for (i = 0; i < pg.n; i++) {
+                uint64_t version = 0;
+                int old = session_expired(vt, conn, pg.ids[i], cutoff_ms, &version);
+                if (old < 0) {
+                    rc = rhema_set_error(err, old, "reading session '%s': %s", pg.ids[i],
+                                         vt->errmsg(conn));
+                    break;
+                }
+                if (old == 0)
+                    continue;
+                int drc = rhema_session_delete(&st, pg.ids[i], version, msg);
+                if (drc == 0) {
+                    count++;
+                    rhema_log(RHEMA_LOG_DEBUG, "session", "removed %s session '%s' (retention)",
+                              statuses[s], pg.ids[i]);
+                } else if (drc != RHEMA_EPRECONDITION && drc != RHEMA_ENOTFOUND &&
+                           drc != RHEMA_ECONFLICT) {
+                    rc = rhema_set_error(err, drc, "deleting session '%s': %s", pg.ids[i], msg);
+                    break;
+                }
+            }
+            if (rc != 0 || pg.n < CLEANUP_PAGE || pg.last[0] == '\0')
+                break;
+            /* resume just after the last key: its immediate successor is key + "\x01" */
+            snprintf(from, sizeof from, "%s\x01", pg.last);
+        }
+    }
+    rhema_store_release(&st);
+    free(pg.ids);
+    *removed = count;
+    return rc;
+}
+
+int rhema_session_cleanup(void *arg, const struct rhema_storage_plugin *vt,
+                          rhema_storage_conn *conn, uint64_t cutoff_ms, size_t *removed, char **err)
+{
+    (void)arg;
+    return rhema_cleanup_sessions(vt, conn, cutoff_ms, removed, err);
+}

@@ -172,4 +172,18 @@ char *rhema_session_text(json_t *session, size_t *len);
 /* 1 when s is a session status name (Active, Paused, Completed, Cancelled). */
 int rhema_session_status_valid(const char *s);
 
+/* ---- retention ---- */
+
+/*
+ * Delete the Completed and Cancelled sessions whose updated_at is before
+ * cutoff_ms, through the session store; *removed counts them.  A session
+ * changed since it was read (version conflict) or already gone is skipped.
+ */
+int rhema_cleanup_sessions(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
+                           uint64_t cutoff_ms, size_t *removed, char **err);
+/* The same as a maintenance cleanup hook (maintenance.h; arg unused). */
+int rhema_session_cleanup(void *arg, const struct rhema_storage_plugin *vt,
+                          rhema_storage_conn *conn, uint64_t cutoff_ms, size_t *removed,
+                          char **err);
+
 #endif /* RHEMA_CORE_SESSION_H */
