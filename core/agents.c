@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "agents.h"
+#include "json_fields.h"
 #include "log.h"
 #include "util.h"
 
@@ -90,14 +91,6 @@ static char *kfmt(const char *fmt, ...)
     return n < 0 ? NULL : s;
 }
 
-static int in_list(const char *s, const char *const *list)
-{
-    for (; *list; list++)
-        if (strcmp(s, *list) == 0)
-            return 1;
-    return 0;
-}
-
 static int list_index(const char *s, const char *const *list)
 {
     for (int i = 0; list[i]; i++)
@@ -106,33 +99,12 @@ static int list_index(const char *s, const char *const *list)
     return -1;
 }
 
-static void join_list(char *buf, size_t cap, const char *const *list)
-{
-    size_t at = 0;
-    buf[0] = '\0';
-    for (const char *const *p = list; *p && at < cap; p++)
-        at += (size_t)snprintf(buf + at, cap - at, "%s%s", p == list ? "" : ", ", *p);
-}
-
 int rhema_agent_status_valid(const char *s)
 {
-    return s && in_list(s, agent_statuses);
+    return s && rhema_name_in_list(s, agent_statuses);
 }
 
 /* ---- validation ---- */
-
-static int check_unknown(json_t *body, const char *const *known, const char *const *ignored,
-                         const char *prefix, char *err)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v)
-    {
-        if (!in_list(key, known) && !(ignored && in_list(key, ignored)))
-            return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': unknown field", prefix, key);
-    }
-    return 0;
-}
 
 /* A string of min..max bytes; absent: dflt (NULL: required); null allowed when nullable. */
 static int check_string(json_t *dst, const char *key, json_t *v, size_t min, size_t max,
@@ -149,41 +121,6 @@ static int check_string(json_t *dst, const char *key, json_t *v, size_t min, siz
                                 "field '%s': expected a string of %zu-%zu bytes%s", key, min, max,
                                 nullable ? " or null" : "");
     json_object_set(dst, key, v);
-    return 0;
-}
-
-static int check_enum(json_t *dst, const char *key, json_t *v, const char *const *allowed,
-                      const char *dflt, char *err)
-{
-    char names[160];
-    if (!v && dflt) {
-        json_object_set_new(dst, key, json_string(dflt));
-        return 0;
-    }
-    if (!v || !json_is_string(v) || !in_list(json_string_value(v), allowed)) {
-        join_list(names, sizeof names, allowed);
-        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s': expected one of %s", key, names);
-    }
-    json_object_set(dst, key, v);
-    return 0;
-}
-
-/* An RFC 3339 time, normalised to UTC with milliseconds; absent: now when dflt_now. */
-static int check_time(json_t *dst, const char *key, json_t *v, int dflt_now, char *err)
-{
-    char buf[RHEMA_TIME_MAX];
-    uint64_t ms;
-    if (!v) {
-        if (!dflt_now)
-            return 0;
-        ms = rhema_realtime_ms();
-    } else if (!json_is_string(v) || rhema_time_parse(json_string_value(v), &ms) != 0) {
-        return rhema_set_errbuf(
-            err, RHEMA_EINVAL,
-            "field '%s': expected an RFC 3339 timestamp such as 2026-01-02T03:04:05Z", key);
-    }
-    rhema_time_format(ms, buf);
-    json_object_set_new(dst, key, json_string(buf));
     return 0;
 }
 
@@ -258,7 +195,7 @@ static int check_metrics(json_t *dst, json_t *v, char *err)
         return rhema_set_errbuf(err, RHEMA_EINVAL,
                                 "field 'performance_metrics': expected an object");
     }
-    if (v && (rc = check_unknown(v, metric_fields, NULL, "performance_metrics.", err)))
+    if (v && (rc = rhema_field_known(v, metric_fields, NULL, "performance_metrics.", err)))
         goto fail;
 #define M(k, lo, hi, integer)                                                                      \
     if ((rc = check_number(m, k, "performance_metrics." k, v ? json_object_get(v, k) : NULL, lo,   \
@@ -298,7 +235,7 @@ int rhema_agent_validate(json_t *body, const char *path_id, json_t **out,
     json_t *a, *v;
     if (!json_is_object(body))
         return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
-    if ((rc = check_unknown(body, agent_fields, agent_metadata, "", err)))
+    if ((rc = rhema_field_known(body, agent_fields, agent_metadata, "", err)))
         return rc;
     v = json_object_get(body, "id");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), path_id) != 0))
@@ -310,14 +247,15 @@ int rhema_agent_validate(json_t *body, const char *path_id, json_t **out,
                            err)) ||
         (rc = check_string(a, "agent_type", json_object_get(body, "agent_type"), 1, TYPE_MAX_BYTES,
                            NULL, 0, err)) ||
-        (rc = check_enum(a, "status", json_object_get(body, "status"), agent_statuses, "Idle",
-                         err)) ||
+        (rc = rhema_field_enum(a, "status", json_object_get(body, "status"), agent_statuses, "Idle",
+                               "", err)) ||
         (rc = check_string(a, "current_task_id", json_object_get(body, "current_task_id"), 1,
                            TASK_ID_MAX_BYTES, NULL, 1, err)) ||
         (rc = check_string(a, "assigned_scope", json_object_get(body, "assigned_scope"), 0,
                            SCOPE_MAX_BYTES, "", 0, err)) ||
         (rc = check_capabilities(a, json_object_get(body, "capabilities"), err)) ||
-        (rc = check_time(a, "last_heartbeat", json_object_get(body, "last_heartbeat"), 0, err)))
+        (rc = rhema_field_time(a, "last_heartbeat", json_object_get(body, "last_heartbeat"),
+                               RHEMA_TIME_OMITTED, "", err)))
         goto fail;
     v = json_object_get(body, "is_online");
     if (v && !json_is_boolean(v)) {
@@ -346,11 +284,11 @@ int rhema_agent_heartbeat_validate(json_t *body, json_t **out, char err[RHEMA_ER
     }
     if (!json_is_object(body))
         return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
-    if ((rc = check_unknown(body, heartbeat_fields, NULL, "", err)))
+    if ((rc = rhema_field_known(body, heartbeat_fields, NULL, "", err)))
         return rc;
     h = json_object();
     if ((v = json_object_get(body, "status")) &&
-        (rc = check_enum(h, "status", v, agent_statuses, NULL, err)))
+        (rc = rhema_field_enum(h, "status", v, agent_statuses, NULL, "", err)))
         goto fail;
     if ((v = json_object_get(body, "current_task_id")) &&
         (rc = check_string(h, "current_task_id", v, 1, TASK_ID_MAX_BYTES, NULL, 1, err)))
@@ -366,15 +304,6 @@ fail:
 
 /* ---- storage helpers ---- */
 
-static int storage_err(struct rhema_store *st, int rc, const char *what, char *err)
-{
-    if (rc == RHEMA_EUNAVAIL)
-        return rhema_set_errbuf(err, rc, "storage unavailable while %s: %s", what,
-                                st->vt->errmsg(st->conn));
-    return rhema_set_errbuf(err, rc, "storage error while %s: %s (%s)", what, rhema_strerror(rc),
-                            st->vt->errmsg(st->conn));
-}
-
 /* Read ns/key as a JSON object; *cur NULL (and 0) when absent. */
 static int load_json(struct rhema_store *st, const char *ns, const char *key, json_t **cur,
                      uint64_t *version, char *err)
@@ -386,7 +315,7 @@ static int load_json(struct rhema_store *st, const char *ns, const char *key, js
     if (rc == RHEMA_ENOTFOUND)
         return 0;
     if (rc)
-        return storage_err(st, rc, "reading", err);
+        return rhema_store_error(st, rc, "reading", err);
     json_error_t jerr;
     json_t *j = json_loadb(v.data, v.len, 0, &jerr);
     if (!j || !json_is_object(j)) {
@@ -874,7 +803,7 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
             rhema_key_list_release(&keys);
             return keys.oom || rc == RHEMA_ENOMEM
                        ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
-                       : storage_err(st, rc, "listing transitions", err);
+                       : rhema_store_error(st, rc, "listing transitions", err);
         }
         for (i = 0; i < keys.n; i++) {
             ws_add(ws, RHEMA_WRITE_DEL, NS_TRANSITIONS, keys.v[i], NULL, 0, 0);
@@ -955,7 +884,7 @@ static int agent_write(struct rhema_store *st, enum agent_op kind, const char *i
         if (rc == RHEMA_ECONFLICT)
             continue;
         if (rc) {
-            rc = storage_err(st, rc,
+            rc = rhema_store_error(st, rc,
                              kind == AOP_DELETE ? "deleting the agent" : "writing the agent", err);
             goto out;
         }
@@ -1028,7 +957,7 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
     limit = clamp_limit(limit);
     if (status && !rhema_agent_status_valid(status)) {
         char names[160];
-        join_list(names, sizeof names, agent_statuses);
+        rhema_name_list_join(names, sizeof names, agent_statuses);
         return rhema_set_errbuf(err, RHEMA_EINVAL, "parameter 'status': expected one of %s", names);
     }
     if (capability && !rhema_id_valid(capability))
@@ -1062,7 +991,7 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
                           rhema_key_list_collect, &ids);
         if (rc) {
             rc = ids.oom ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
-                         : storage_err(st, rc, "listing agents", err);
+                         : rhema_store_error(st, rc, "listing agents", err);
             goto out;
         }
         for (size_t i = 0; i < ids.n && json_array_size(items) <= limit; i++) {
@@ -1129,7 +1058,7 @@ int rhema_agent_transitions(struct rhema_store *st, const char *id, size_t limit
     if (rc) {
         rc = l.bad ? rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored transition '%s' is corrupt",
                                       l.last_key)
-                   : storage_err(st, rc, "listing transitions", err);
+                   : rhema_store_error(st, rc, "listing transitions", err);
         goto out;
     }
     json_t *next = NULL;
@@ -1166,7 +1095,7 @@ int rhema_agent_stats(struct rhema_store *st, uint64_t timeout_ms, char **out, s
              (unsigned long long)(now > timeout_ms ? now - timeout_ms : 0));
     rc = st->vt->scan(st->conn, NS_HEARTBEAT, from, NULL, 0, count_entries, &online);
     if (rc)
-        return storage_err(st, rc, "counting online agents", err);
+        return rhema_store_error(st, rc, "counting online agents", err);
     json_t *bs = json_object();
     for (int i = 0; i < NSTATUS; i++)
         json_object_set_new(bs, agent_statuses[i],
@@ -1199,10 +1128,11 @@ int rhema_system_metrics_validate(json_t *body, json_t **out, char err[RHEMA_ERR
     json_t *m, *v;
     if (!json_is_object(body))
         return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
-    if ((rc = check_unknown(body, system_fields, record_metadata, "", err)))
+    if ((rc = rhema_field_known(body, system_fields, record_metadata, "", err)))
         return rc;
     m = json_object();
-    if ((rc = check_time(m, "timestamp", json_object_get(body, "timestamp"), 1, err)))
+    if ((rc = rhema_field_time(m, "timestamp", json_object_get(body, "timestamp"), RHEMA_TIME_NOW,
+                               "", err)))
         goto fail;
 #define N(k, lo, hi, integer)                                                                      \
     if ((rc = check_number(m, k, k, json_object_get(body, k), lo, hi, integer, 0, err)))           \
@@ -1302,7 +1232,7 @@ int rhema_system_metrics_put(struct rhema_store *st, json_t *metrics, uint64_t i
         }
         if (rc) {
             json_decref(rec);
-            return storage_err(st, rc, "writing the system metrics", err);
+            return rhema_store_error(st, rc, "writing the system metrics", err);
         }
         char *t = with_version(rec, w.new_version, &len);
         json_decref(rec);
@@ -1339,7 +1269,7 @@ int rhema_configuration_validate(json_t *body, const char *path_name, json_t **o
     static const char *const ignored[] = {"created_at", "updated_at", NULL};
     if (!json_is_object(body))
         return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
-    if ((rc = check_unknown(body, config_fields, ignored, "", err)))
+    if ((rc = rhema_field_known(body, config_fields, ignored, "", err)))
         return rc;
     v = json_object_get(body, "name");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), path_name) != 0))
@@ -1426,7 +1356,7 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
         }
         if (rc) {
             free(text);
-            rc = storage_err(st, rc, "writing the configuration", err);
+            rc = rhema_store_error(st, rc, "writing the configuration", err);
             goto out;
         }
         *created = cversion == 0;
@@ -1463,7 +1393,7 @@ int rhema_configuration_get(struct rhema_store *st, const char *name, uint64_t v
         return rhema_set_errbuf(err, rc, "configuration '%s' not found", name);
     }
     if (rc)
-        return storage_err(st, rc, "reading the configuration", err);
+        return rhema_store_error(st, rc, "reading the configuration", err);
     json_t *j = json_loadb(v.data, v.len, 0, NULL);
     if (!j || !json_is_object(j)) {
         json_decref(j);
@@ -1497,7 +1427,7 @@ int rhema_configuration_versions(struct rhema_store *st, const char *name, size_
     rc = st->vt->get(st->conn, NS_CONFIGS, latest, &v);
     if (rc) {
         rc = rc == RHEMA_ENOTFOUND ? rhema_set_errbuf(err, rc, "configuration '%s' not found", name)
-                                   : storage_err(st, rc, "reading the configuration", err);
+                                   : rhema_store_error(st, rc, "reading the configuration", err);
         goto out;
     }
     /* version keys sort before "<name>/latest" (digits before 'l') */
@@ -1505,7 +1435,7 @@ int rhema_configuration_versions(struct rhema_store *st, const char *name, size_
     if (rc) {
         rc = l.bad ? rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored configuration '%s' is corrupt",
                                       l.last_key)
-                   : storage_err(st, rc, "listing configuration versions", err);
+                   : rhema_store_error(st, rc, "listing configuration versions", err);
         goto out;
     }
     json_t *next = NULL;

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "consensus.h"
+#include "json_fields.h"
 #include "log.h"
 #include "util.h"
 
@@ -36,26 +37,9 @@ static const char *const entry_fields[] = {"index", "term", "command", "data", N
 static const char *const entry_metadata[] = {"created_at", "committed_at", "applied_at",
                                              "size_bytes", "version",      NULL};
 
-static int in_list(const char *s, const char *const *list)
-{
-    for (; *list; list++)
-        if (strcmp(s, *list) == 0)
-            return 1;
-    return 0;
-}
-
 int rhema_consensus_role_valid(const char *s)
 {
-    return s && in_list(s, roles);
-}
-
-static int storage_err(struct rhema_store *st, int rc, const char *what, char *err)
-{
-    if (rc == RHEMA_EUNAVAIL)
-        return rhema_set_errbuf(err, rc, "storage unavailable while %s: %s", what,
-                                st->vt->errmsg(st->conn));
-    return rhema_set_errbuf(err, rc, "storage error while %s: %s (%s)", what, rhema_strerror(rc),
-                            st->vt->errmsg(st->conn));
+    return s && rhema_name_in_list(s, roles);
 }
 
 /* A stored unsigned counter of a record (0 when absent or not an integer). */
@@ -76,19 +60,6 @@ static void log_key(char buf[LOG_KEY_MAX], const char *node, uint64_t index)
 }
 
 /* ---- validation ---- */
-
-static int check_unknown(json_t *body, const char *const *known, const char *const *ignored,
-                         const char *prefix, char *err)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v)
-    {
-        if (!in_list(key, known) && !in_list(key, ignored))
-            return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': unknown field", prefix, key);
-    }
-    return 0;
-}
 
 /* A JSON integer >= min into dst[key]; absent is an error when required. */
 static int check_uint(json_t *dst, const char *key, json_t *v, uint64_t min, int required,
@@ -128,7 +99,7 @@ int rhema_consensus_state_validate(json_t *body, const char *node, json_t **out,
     json_t *s, *v;
     if (!json_is_object(body))
         return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
-    if ((rc = check_unknown(body, state_fields, state_metadata, "", err)))
+    if ((rc = rhema_field_known(body, state_fields, state_metadata, "", err)))
         return rc;
     v = json_object_get(body, "node_id");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), node) != 0))
@@ -175,7 +146,7 @@ static int entry_validate(json_t *body, const char *prefix, json_t **out, char *
         return rhema_set_errbuf(err, RHEMA_EINVAL,
                                 "body: expected an entry object or an array of them");
     }
-    if ((rc = check_unknown(body, entry_fields, entry_metadata, prefix, err)))
+    if ((rc = rhema_field_known(body, entry_fields, entry_metadata, prefix, err)))
         return rc;
     e = json_object();
     if ((rc = check_uint(e, "index", json_object_get(body, "index"), 1, 1, prefix, err)) ||
@@ -288,7 +259,7 @@ static int state_load(struct rhema_store *st, const char *node, json_t **cur, ui
     if (rc == RHEMA_ENOTFOUND)
         return 0;
     if (rc)
-        return storage_err(st, rc, "reading the consensus state", err);
+        return rhema_store_error(st, rc, "reading the consensus state", err);
     if (!(*cur = parse_obj(v.data, v.len)))
         return rhema_set_errbuf(err, RHEMA_ECORRUPT,
                                 "stored consensus state of node '%s' is corrupt", node);
@@ -443,7 +414,7 @@ int rhema_consensus_state_put(struct rhema_store *st, const char *node, json_t *
             continue;
         }
         if (rc) {
-            rc = storage_err(st, rc, "writing the consensus state", err);
+            rc = rhema_store_error(st, rc, "writing the consensus state", err);
             goto done;
         }
         if ((rc = record_make(rec, w.new_version, out, err)) == 0)
@@ -539,7 +510,7 @@ static int scan_range(struct rhema_store *st, const char *node, uint64_t lo, uin
         if (l->bad)
             return rhema_set_errbuf(err, RHEMA_ECORRUPT,
                                     "consensus log of node '%s' has a malformed key", node);
-        return storage_err(st, rc, "reading the consensus log", err);
+        return rhema_store_error(st, rc, "reading the consensus log", err);
     }
     return 0;
 }
@@ -683,7 +654,7 @@ static int log_change_apply(struct rhema_store *st, const char *node, json_t *re
         *again = 1;
         return 0;
     }
-    return rc ? storage_err(st, rc, what, err) : 0;
+    return rc ? rhema_store_error(st, rc, what, err) : 0;
 }
 
 /* Append the reply's counters and make the record. */
@@ -980,7 +951,7 @@ static int mark_once(struct rhema_store *st, const char *node, enum rhema_consen
             goto out;
         }
         if (rc) {
-            rc = storage_err(st, rc, "stamping consensus entries", err);
+            rc = rhema_store_error(st, rc, "stamping consensus entries", err);
             goto out;
         }
         for (size_t i = 0; i < ws.n; i++)
@@ -1103,7 +1074,7 @@ int rhema_consensus_entries(struct rhema_store *st, const char *node, uint64_t f
     if (rc == RHEMA_ENOTFOUND)
         return rhema_set_errbuf(err, rc, "consensus node '%s' not found", node);
     if (rc)
-        return storage_err(st, rc, "reading the consensus state", err);
+        return rhema_store_error(st, rc, "reading the consensus state", err);
     if (from > INDEX_MAX) /* no entry can be there */
         return page_text(&l, limit, NULL, out, out_len, err);
     if ((rc = scan_range(st, node, from, to, limit + 1, &l, err)))
@@ -1174,7 +1145,7 @@ int rhema_consensus_list(struct rhema_store *st, size_t limit, const char *curso
     rc = st->vt->scan(st->conn, NS_STATE, cursor ? from : NULL, NULL, limit + 1, collect_node, &nl);
     if (rc) {
         rc = nl.l.oom ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
-                      : storage_err(st, rc, "listing consensus nodes", err);
+                      : rhema_store_error(st, rc, "listing consensus nodes", err);
         goto out;
     }
     rc = page_text(&nl.l, limit, nl.l.n > limit ? nl.keys[limit - 1] : NULL, out, out_len, err);
@@ -1306,7 +1277,7 @@ int rhema_consensus_cleanup(void *arg, const struct rhema_storage_plugin *vt,
         if (ids.oom)
             rhema_set_errbuf(msg, RHEMA_ENOMEM, "out of memory");
         else
-            storage_err(&st, rc, "listing consensus nodes", msg);
+            rhema_store_error(&st, rc, "listing consensus nodes", msg);
         first = rc;
     }
     for (size_t i = 0; !first && i < ids.n; i++) {

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json_fields.h"
 #include "log.h"
 #include "session.h"
 #include "util.h"
@@ -39,42 +40,9 @@ static const char *const message_fields[] = {
     "id",        "message_type", "priority",   "sender_id", "recipient_ids", "content",
     "payload",   "timestamp",    "requires_ack", "expires_at", "metadata",   NULL};
 
-static int in_list(const char *s, const char *const *list)
-{
-    for (; *list; list++)
-        if (strcmp(s, *list) == 0)
-            return 1;
-    return 0;
-}
-
-static void join_list(char *buf, size_t cap, const char *const *list)
-{
-    size_t at = 0;
-    buf[0] = '\0';
-    for (const char *const *p = list; *p && at < cap; p++)
-        at += (size_t)snprintf(buf + at, cap - at, "%s%s", p == list ? "" : ", ", *p);
-}
-
-int rhema_session_status_valid(const char *s) { return s && in_list(s, session_statuses); }
+int rhema_session_status_valid(const char *s) { return s && rhema_name_in_list(s, session_statuses); }
 
 /* ---- field validators: each writes a normalised value into `dst` under `key` ---- */
-
-static int check_enum(json_t *dst, const char *key, json_t *v, const char *const *allowed,
-                      const char *dflt, const char *prefix, char *err)
-{
-    char names[160];
-    if (!v) {
-        json_object_set_new(dst, key, json_string(dflt));
-        return 0;
-    }
-    if (!json_is_string(v) || !in_list(json_string_value(v), allowed)) {
-        join_list(names, sizeof names, allowed);
-        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': expected one of %s", prefix, key,
-                                names);
-    }
-    json_object_set(dst, key, v);
-    return 0;
-}
 
 static int check_id(json_t *dst, const char *key, json_t *v, const char *prefix, char *err)
 {
@@ -85,32 +53,6 @@ static int check_id(json_t *dst, const char *key, json_t *v, const char *prefix,
                                 "field '%s%s': expected an id of 1-128 characters [A-Za-z0-9._:-]",
                                 prefix, key);
     json_object_set(dst, key, v);
-    return 0;
-}
-
-/* An RFC 3339 time; absent: now (or null when nullable). */
-static int check_time(json_t *dst, const char *key, json_t *v, int nullable, const char *prefix,
-                      char *err)
-{
-    char buf[RHEMA_TIME_MAX];
-    uint64_t ms;
-    if (!v || json_is_null(v)) {
-        if (v && !nullable)
-            return rhema_set_errbuf(err, RHEMA_EINVAL,
-                                    "field '%s%s': expected an RFC 3339 timestamp", prefix, key);
-        if (nullable) {
-            json_object_set_new(dst, key, json_null());
-            return 0;
-        }
-        ms = rhema_realtime_ms();
-    } else if (!json_is_string(v) || rhema_time_parse(json_string_value(v), &ms) != 0) {
-        return rhema_set_errbuf(
-            err, RHEMA_EINVAL,
-            "field '%s%s': expected an RFC 3339 timestamp such as 2026-01-02T03:04:05Z", prefix,
-            key);
-    }
-    rhema_time_format(ms, buf);
-    json_object_set_new(dst, key, json_string(buf));
     return 0;
 }
 
@@ -146,19 +88,6 @@ static int check_id_array(json_t *dst, const char *key, json_t *v, size_t max,
     return 0;
 }
 
-static int check_unknown(json_t *body, const char *const *known, const char *const *ignored,
-                         const char *prefix, char *err)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v)
-    {
-        if (!in_list(key, known) && !(ignored && in_list(key, ignored)))
-            return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': unknown field", prefix, key);
-    }
-    return 0;
-}
-
 static int message_validate(json_t *body, const char *prefix, json_t **out, char *err)
 {
     int rc;
@@ -166,7 +95,7 @@ static int message_validate(json_t *body, const char *prefix, json_t **out, char
     if (!json_is_object(body))
         return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s': expected a JSON object",
                                 *prefix ? prefix : "body");
-    if ((rc = check_unknown(body, message_fields, NULL, prefix, err)))
+    if ((rc = rhema_field_known(body, message_fields, NULL, prefix, err)))
         return rc;
     m = json_object();
     if ((rc = check_id(m, "id", json_object_get(body, "id"), prefix, err)))
@@ -180,7 +109,7 @@ static int message_validate(json_t *body, const char *prefix, json_t **out, char
         goto fail;
     }
     json_object_set(m, "message_type", v);
-    if ((rc = check_enum(m, "priority", json_object_get(body, "priority"), priorities, "Normal",
+    if ((rc = rhema_field_enum(m, "priority", json_object_get(body, "priority"), priorities, "Normal",
                          prefix, err)))
         goto fail;
     if ((rc = check_id(m, "sender_id", json_object_get(body, "sender_id"), prefix, err)))
@@ -196,7 +125,8 @@ static int message_validate(json_t *body, const char *prefix, json_t **out, char
     json_object_set(m, "content", v);
     v = json_object_get(body, "payload");
     json_object_set_new(m, "payload", v ? json_incref(v) : json_null());
-    if ((rc = check_time(m, "timestamp", json_object_get(body, "timestamp"), 0, prefix, err)))
+    if ((rc = rhema_field_time(m, "timestamp", json_object_get(body, "timestamp"), RHEMA_TIME_NOW,
+                               prefix, err)))
         goto fail;
     v = json_object_get(body, "requires_ack");
     if (v && !json_is_boolean(v)) {
@@ -205,7 +135,8 @@ static int message_validate(json_t *body, const char *prefix, json_t **out, char
         goto fail;
     }
     json_object_set_new(m, "requires_ack", json_boolean(v && json_is_true(v)));
-    if ((rc = check_time(m, "expires_at", json_object_get(body, "expires_at"), 1, prefix, err)))
+    if ((rc = rhema_field_time(m, "expires_at", json_object_get(body, "expires_at"),
+                               RHEMA_TIME_NULL, prefix, err)))
         goto fail;
     v = json_object_get(body, "metadata");
     if (v) {
@@ -248,7 +179,7 @@ int rhema_session_validate(json_t *body, const char *path_id, json_t **out,
     json_t *s, *v, *item;
     if (!json_is_object(body))
         return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
-    if ((rc = check_unknown(body, session_fields, metadata_fields, "", err)))
+    if ((rc = rhema_field_known(body, session_fields, metadata_fields, "", err)))
         return rc;
     v = json_object_get(body, "id");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), path_id) != 0))
@@ -267,12 +198,14 @@ int rhema_session_validate(json_t *body, const char *path_id, json_t **out,
     if ((rc = check_id_array(s, "participants", json_object_get(body, "participants"),
                              PARTICIPANTS_MAX, "", err)))
         goto fail;
-    if ((rc = check_enum(s, "status", json_object_get(body, "status"), session_statuses,
+    if ((rc = rhema_field_enum(s, "status", json_object_get(body, "status"), session_statuses,
                          "Active", "", err)))
         goto fail;
-    if ((rc = check_time(s, "started_at", json_object_get(body, "started_at"), 0, "", err)))
+    if ((rc = rhema_field_time(s, "started_at", json_object_get(body, "started_at"), RHEMA_TIME_NOW,
+                               "", err)))
         goto fail;
-    if ((rc = check_time(s, "ended_at", json_object_get(body, "ended_at"), 1, "", err)))
+    if ((rc = rhema_field_time(s, "ended_at", json_object_get(body, "ended_at"), RHEMA_TIME_NULL,
+                               "", err)))
         goto fail;
     v = json_object_get(body, "messages");
     json_t *msgs = json_array();
@@ -338,7 +271,7 @@ void rhema_record_release(struct rhema_record *r)
 }
 
 /* Map a storage failure to a message. */
-static int storage_err(struct rhema_store *st, int rc, const char *what, char *err)
+int rhema_store_error(struct rhema_store *st, int rc, const char *what, char *err)
 {
     if (rc == RHEMA_EUNAVAIL)
         return rhema_set_errbuf(err, rc, "storage unavailable while %s: %s", what,
@@ -691,7 +624,7 @@ static int record_with_access(struct rhema_store *st, const char *id, const char
     else
         rc = access_read(st, id, &a);
     if (rc)
-        return storage_err(st, rc, "reading access counts", err);
+        return rhema_store_error(st, rc, "reading access counts", err);
     if (count_this) {
         struct rhema_access_entry *e = access_slot(st, id, 1);
         if (!e)
@@ -743,7 +676,7 @@ static int load_current(struct rhema_store *st, const char *id, json_t **cur, ui
     if (rc == RHEMA_ENOTFOUND)
         return 0;
     if (rc)
-        return storage_err(st, rc, "reading the session", err);
+        return rhema_store_error(st, rc, "reading the session", err);
     return parse_current(id, v.data, v.len, v.version, cur, version, err);
 }
 
@@ -989,7 +922,7 @@ static int compose_delete(struct rhema_store *st, struct rhema_session_op *op, s
         ws_add(&s->ws, RHEMA_WRITE_DEL, NS_BY_PARTICIPANT, json_string_value(p), op->id);
     int rc = access_read(st, op->id, &a);
     if (rc)
-        return storage_err(st, rc, "reading access counts", op->err);
+        return rhema_store_error(st, rc, "reading access counts", op->err);
     if (a.version)
         ws_add(&s->ws, RHEMA_WRITE_DEL, NS_ACCESS, NULL, op->id);
     return 0;
@@ -1122,7 +1055,7 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
         return 1;
     }
     if (rc) {
-        op->rc = storage_err(st, rc,
+        op->rc = rhema_store_error(st, rc,
                              op->kind == RHEMA_SOP_DELETE ? "deleting the session"
                                                           : "writing the session",
                              op->err);
@@ -1280,7 +1213,7 @@ int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_recor
     if (rc == RHEMA_ENOTFOUND)
         return rhema_set_errbuf(err, rc, "session '%s' not found", id);
     if (rc)
-        return storage_err(st, rc, "reading the session", err);
+        return rhema_store_error(st, rc, "reading the session", err);
     /* v.data is only valid until the next storage call: copy it first. */
     char *copy = malloc(v[0].len ? v[0].len : 1);
     if (!copy)
@@ -1379,7 +1312,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
         limit = RHEMA_LIST_LIMIT_MAX;
     if (status && !rhema_session_status_valid(status)) {
         char names[96];
-        join_list(names, sizeof names, session_statuses);
+        rhema_name_list_join(names, sizeof names, session_statuses);
         return rhema_set_errbuf(err, RHEMA_EINVAL, "parameter 'status': expected one of %s", names);
     }
     if (participant && !rhema_id_valid(participant))
@@ -1413,7 +1346,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
                           rhema_key_list_collect, &ids);
         if (rc) {
             rc = ids.oom ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
-                         : storage_err(st, rc, "listing sessions", err);
+                         : rhema_store_error(st, rc, "listing sessions", err);
             goto out;
         }
         for (size_t i = 0; i < ids.n; i++) {
@@ -1435,7 +1368,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
             struct access_rec a;
             if ((rc = access_read(st, ids.v[i], &a))) {
                 json_decref(cur);
-                rc = storage_err(st, rc, "reading access counts", err);
+                rc = rhema_store_error(st, rc, "reading access counts", err);
                 goto out;
             }
             access_merge(st, ids.v[i], &a, &count, &last);

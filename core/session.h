@@ -50,6 +50,11 @@ void rhema_store_init(struct rhema_store *st, const struct rhema_storage_plugin 
 void rhema_store_release(struct rhema_store *st);
 /* Write pending access counts to storage; 0 or the first storage error. */
 int rhema_store_flush_access(struct rhema_store *st);
+/*
+ * A storage failure rc while doing `what` ("reading session 'x'") into err
+ * (RHEMA_ERRMSG_MAX), with the backend's own message; returns rc.
+ */
+int rhema_store_error(struct rhema_store *st, int rc, const char *what, char *err);
 
 /*
  * The keys a scan visits, each with its first `strip` bytes removed (an
