@@ -29,7 +29,7 @@
 #include "config.h"
 #include "mailbox.h"
 #include "plugin.h"
-#include "session.h"
+#include "store.h"
 
 struct event;
 struct event_base;

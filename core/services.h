@@ -81,7 +81,7 @@
 
 #include "config.h"
 #include "plugin.h"
-#include "session.h"
+#include "store.h"
 
 struct rhema_server;
 struct rhema_services;

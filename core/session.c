@@ -260,25 +260,7 @@ fail:
     return rc;
 }
 
-/* ---- storage helpers ---- */
-
-void rhema_record_release(struct rhema_record *r)
-{
-    free(r->json);
-    r->json = NULL;
-    r->len = 0;
-    r->version = 0;
-}
-
-/* Map a storage failure to a message. */
-int rhema_store_error(struct rhema_store *st, int rc, const char *what, char *err)
-{
-    if (rc == RHEMA_EUNAVAIL)
-        return rhema_set_errbuf(err, rc, "storage unavailable while %s: %s", what,
-                                st->vt->errmsg(st->conn));
-    return rhema_set_errbuf(err, rc, "storage error while %s: %s (%s)", what, rhema_strerror(rc),
-                            st->vt->errmsg(st->conn));
-}
+/* ---- access counts (kept in the worker's store, flushed once a second) ---- */
 
 struct rhema_access_entry {
     char *id; /* NULL: empty slot */
@@ -545,14 +527,6 @@ out:
     free(g);
     access_clear(st);
     return first;
-}
-
-void rhema_store_init(struct rhema_store *st, const struct rhema_storage_plugin *vt,
-                      rhema_storage_conn *conn)
-{
-    memset(st, 0, sizeof *st);
-    st->vt = vt;
-    st->conn = conn;
 }
 
 void rhema_store_release(struct rhema_store *st)
@@ -1256,44 +1230,6 @@ int rhema_session_append_message(struct rhema_store *st, const char *id, json_t 
 }
 
 /* ---- listing ---- */
-
-int rhema_key_list_collect(void *ctx, const char *key, const void *value, size_t len,
-                           uint64_t version)
-{
-    struct rhema_key_list *l = ctx;
-    (void)value, (void)len, (void)version;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        char **nv = realloc(l->v, cap * sizeof *nv);
-        if (!nv) {
-            l->oom = 1;
-            return RHEMA_ENOMEM;
-        }
-        l->v = nv;
-        l->cap = cap;
-    }
-    if (!(l->v[l->n] = strdup(key + (strlen(key) >= l->strip ? l->strip : 0)))) {
-        l->oom = 1;
-        return RHEMA_ENOMEM;
-    }
-    l->n++;
-    return 0;
-}
-
-void rhema_key_list_clear(struct rhema_key_list *l)
-{
-    for (size_t i = 0; i < l->n; i++)
-        free(l->v[i]);
-    l->n = 0;
-}
-
-void rhema_key_list_release(struct rhema_key_list *l)
-{
-    rhema_key_list_clear(l);
-    free(l->v);
-    l->v = NULL;
-    l->cap = 0;
-}
 
 int rhema_session_list(struct rhema_store *st, const char *status, const char *participant,
                        size_t limit, const char *cursor, char **out, size_t *out_len,

@@ -15,7 +15,10 @@
  * sessions.access at least once a second by rhema_store_flush_access(): a
  * crash can lose up to a second of access counts, never a session.
  *
- * A struct rhema_store belongs to one worker thread (it wraps that
+ * The generic store layer every module uses (struct rhema_store, records,
+ * key lists) is store.h; the access counts pending in a store, and so
+ * rhema_store_flush_access() and rhema_store_release(), are implemented
+ * here.  A struct rhema_store belongs to one worker thread (it wraps that
  * thread's storage connection); nothing here locks.
  */
 #ifndef RHEMA_CORE_SESSION_H
@@ -27,52 +30,8 @@
 #include <jansson.h>
 #include <rhema/storage.h>
 
+#include "store.h"
 #include "util.h"
-
-/* An If-Match precondition failed (HTTP 412); other errors are RHEMA_E*. */
-#define RHEMA_EPRECONDITION (-100)
-
-#define RHEMA_LIST_LIMIT_DEFAULT 50
-#define RHEMA_LIST_LIMIT_MAX 1000
-
-struct rhema_access_entry;
-
-struct rhema_store {
-    const struct rhema_storage_plugin *vt;
-    rhema_storage_conn *conn;
-    struct rhema_access_entry *pending; /* open-addressing map id -> delta */
-    size_t pending_n, pending_cap;
-};
-
-void rhema_store_init(struct rhema_store *st, const struct rhema_storage_plugin *vt,
-                      rhema_storage_conn *conn);
-/* Flush pending access counts and free them (the connection stays open). */
-void rhema_store_release(struct rhema_store *st);
-/* Write pending access counts to storage; 0 or the first storage error. */
-int rhema_store_flush_access(struct rhema_store *st);
-/*
- * A storage failure rc while doing `what` ("reading session 'x'") into err
- * (RHEMA_ERRMSG_MAX), with the backend's own message; returns rc.
- */
-int rhema_store_error(struct rhema_store *st, int rc, const char *what, char *err);
-
-/*
- * The keys a scan visits, each with its first `strip` bytes removed (an
- * index prefix): pass rhema_key_list_collect as the scan callback and the
- * list as its ctx.  On RHEMA_ENOMEM from the scan, oom is set.
- */
-struct rhema_key_list {
-    char **v;
-    size_t n, cap;
-    size_t strip;
-    int oom;
-};
-int rhema_key_list_collect(void *ctx, const char *key, const void *value, size_t len,
-                           uint64_t version);
-/* Free the keys, keep the array for the next scan. */
-void rhema_key_list_clear(struct rhema_key_list *l);
-/* Free the keys and the array; strip and oom stay for the caller to read. */
-void rhema_key_list_release(struct rhema_key_list *l);
 
 /*
  * Validation.  Both check every field (type, enum, id syntax, timestamps),
@@ -88,16 +47,10 @@ int rhema_session_validate(json_t *body, const char *path_id, json_t **out,
 int rhema_message_validate(json_t *body, json_t **out, char err[RHEMA_ERRMSG_MAX]);
 
 /*
- * Results are JSON text (malloc'd, caller frees) of the record with its
- * metadata: the session's fields, created_at, updated_at, size_bytes,
+ * Results (struct rhema_record, store.h) are the record's JSON text with
+ * its metadata: the session's fields, created_at, updated_at, size_bytes,
  * version, access_count, last_accessed.
  */
-struct rhema_record {
-    char *json;
-    size_t len;
-    uint64_t version;
-};
-void rhema_record_release(struct rhema_record *r);
 
 /*
  * Create or replace session `id` with `session` (validated).  if_match: 0
