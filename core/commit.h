@@ -6,8 +6,9 @@
  * struct rhema_session_op) to the committer, and go back to their event
  * loops.  The committer thread, on a storage connection of its own, takes
  * everything queued since its last commit and runs it as one group
- * (rhema_session_ops_run: one transaction, one commit), then gives each job
- * back to its worker, which sends the reply.  While one group commits, the
+ * (rhema_session_ops_run: one transaction, one commit), then hands each job
+ * back through its done() callback; the worker that submitted it sends
+ * the reply.  While one group commits, the
  * next one fills up -- the classic group commit of databases, and what
  * keeps write throughput up when every write must reach the disk.
  *
