@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "agents.h"
+#include "json_fields.h"
 #include "log.h"
 #include "util.h"
 
@@ -79,16 +80,6 @@ static const char *const system_fields[] = {"timestamp",
 static const char *const record_metadata[] = {"created_at", "updated_at", "version", NULL};
 static const char *const config_fields[] = {"name", "config_data", "version", "description", NULL};
 
-static int errf(char *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int errf(char *err, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, RHEMA_ERRMSG_MAX, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
 static char *kfmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static char *kfmt(const char *fmt, ...)
 {
@@ -100,14 +91,6 @@ static char *kfmt(const char *fmt, ...)
     return n < 0 ? NULL : s;
 }
 
-static int in_list(const char *s, const char *const *list)
-{
-    for (; *list; list++)
-        if (strcmp(s, *list) == 0)
-            return 1;
-    return 0;
-}
-
 static int list_index(const char *s, const char *const *list)
 {
     for (int i = 0; list[i]; i++)
@@ -116,82 +99,28 @@ static int list_index(const char *s, const char *const *list)
     return -1;
 }
 
-static void join_list(char *buf, size_t cap, const char *const *list)
-{
-    size_t at = 0;
-    buf[0] = '\0';
-    for (const char *const *p = list; *p && at < cap; p++)
-        at += (size_t)snprintf(buf + at, cap - at, "%s%s", p == list ? "" : ", ", *p);
-}
-
 int rhema_agent_status_valid(const char *s)
 {
-    return s && in_list(s, agent_statuses);
+    return s && rhema_name_in_list(s, agent_statuses);
 }
 
 /* ---- validation ---- */
-
-static int check_unknown(json_t *body, const char *const *known, const char *const *ignored,
-                         const char *prefix, char *err)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v)
-    {
-        if (!in_list(key, known) && !(ignored && in_list(key, ignored)))
-            return errf(err, RHEMA_EINVAL, "field '%s%s': unknown field", prefix, key);
-    }
-    return 0;
-}
 
 /* A string of min..max bytes; absent: dflt (NULL: required); null allowed when nullable. */
 static int check_string(json_t *dst, const char *key, json_t *v, size_t min, size_t max,
                         const char *dflt, int nullable, char *err)
 {
     if (!v && !dflt && !nullable)
-        return errf(err, RHEMA_EINVAL, "field '%s': required", key);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s': required", key);
     if (!v || (nullable && json_is_null(v))) {
         json_object_set_new(dst, key, !v && dflt ? json_string(dflt) : json_null());
         return 0;
     }
     if (!json_is_string(v) || json_string_length(v) < min || json_string_length(v) > max)
-        return errf(err, RHEMA_EINVAL, "field '%s': expected a string of %zu-%zu bytes%s", key, min,
-                    max, nullable ? " or null" : "");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field '%s': expected a string of %zu-%zu bytes%s", key, min, max,
+                                nullable ? " or null" : "");
     json_object_set(dst, key, v);
-    return 0;
-}
-
-static int check_enum(json_t *dst, const char *key, json_t *v, const char *const *allowed,
-                      const char *dflt, char *err)
-{
-    char names[160];
-    if (!v && dflt) {
-        json_object_set_new(dst, key, json_string(dflt));
-        return 0;
-    }
-    if (!v || !json_is_string(v) || !in_list(json_string_value(v), allowed)) {
-        join_list(names, sizeof names, allowed);
-        return errf(err, RHEMA_EINVAL, "field '%s': expected one of %s", key, names);
-    }
-    json_object_set(dst, key, v);
-    return 0;
-}
-
-/* An RFC 3339 time, normalised to UTC with milliseconds; absent: now when dflt_now. */
-static int check_time(json_t *dst, const char *key, json_t *v, int dflt_now, char *err)
-{
-    char buf[RHEMA_TIME_MAX];
-    uint64_t ms;
-    if (!v) {
-        if (!dflt_now)
-            return 0;
-        ms = rhema_realtime_ms();
-    } else if (!json_is_string(v) || rhema_time_parse(json_string_value(v), &ms) != 0) {
-        return errf(err, RHEMA_EINVAL,
-                    "field '%s': expected an RFC 3339 timestamp such as 2026-01-02T03:04:05Z", key);
-    }
-    rhema_time_format(ms, buf);
-    json_object_set_new(dst, key, json_string(buf));
     return 0;
 }
 
@@ -204,21 +133,23 @@ static int check_number(json_t *dst, const char *key, const char *name, json_t *
 {
     if (!v) {
         if (!optional)
-            return errf(err, RHEMA_EINVAL, "field '%s': required", name);
+            return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s': required", name);
         json_object_set_new(dst, key, integer ? json_integer(0) : json_real(0));
         return 0;
     }
     if (integer) {
         if (!json_is_integer(v) || (double)json_integer_value(v) < lo ||
             (double)json_integer_value(v) > hi)
-            return errf(err, RHEMA_EINVAL, "field '%s': expected an integer from %.0f to %.0f",
-                        name, lo, hi);
+            return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                    "field '%s': expected an integer from %.0f to %.0f", name, lo,
+                                    hi);
         json_object_set(dst, key, v);
         return 0;
     }
     double d = json_is_number(v) ? json_number_value(v) : NAN;
     if (!json_is_number(v) || !isfinite(d) || d < lo || d > hi)
-        return errf(err, RHEMA_EINVAL, "field '%s': expected a number from %g to %g", name, lo, hi);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s': expected a number from %g to %g",
+                                name, lo, hi);
     json_object_set_new(dst, key, json_real(d));
     return 0;
 }
@@ -232,21 +163,24 @@ static int check_capabilities(json_t *dst, json_t *v, char *err)
         return 0;
     }
     if (!json_is_array(v))
-        return errf(err, RHEMA_EINVAL, "field 'capabilities': expected an array of names");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'capabilities': expected an array of names");
     if (json_array_size(v) > CAPABILITIES_MAX)
-        return errf(err, RHEMA_EINVAL, "field 'capabilities': at most %d entries",
-                    CAPABILITIES_MAX);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field 'capabilities': at most %d entries",
+                                CAPABILITIES_MAX);
     json_array_foreach(v, i, item)
     {
         if (!json_is_string(item) || !rhema_id_valid(json_string_value(item)))
-            return errf(err, RHEMA_EINVAL,
-                        "field 'capabilities[%zu]': expected a name of 1-128 characters "
-                        "[A-Za-z0-9._:-]",
-                        i);
+            return rhema_set_errbuf(
+                err, RHEMA_EINVAL,
+                "field 'capabilities[%zu]': expected a name of 1-128 characters "
+                "[A-Za-z0-9._:-]",
+                i);
         for (j = 0; j < i; j++)
             if (strcmp(json_string_value(json_array_get(v, j)), json_string_value(item)) == 0)
-                return errf(err, RHEMA_EINVAL, "field 'capabilities[%zu]': duplicate '%s'", i,
-                            json_string_value(item));
+                return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                        "field 'capabilities[%zu]': duplicate '%s'", i,
+                                        json_string_value(item));
     }
     json_object_set(dst, "capabilities", v);
     return 0;
@@ -258,9 +192,10 @@ static int check_metrics(json_t *dst, json_t *v, char *err)
     json_t *m = json_object();
     if (v && !json_is_object(v)) {
         json_decref(m);
-        return errf(err, RHEMA_EINVAL, "field 'performance_metrics': expected an object");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'performance_metrics': expected an object");
     }
-    if (v && (rc = check_unknown(v, metric_fields, NULL, "performance_metrics.", err)))
+    if (v && (rc = rhema_field_known(v, metric_fields, NULL, "performance_metrics.", err)))
         goto fail;
 #define M(k, lo, hi, integer)                                                                      \
     if ((rc = check_number(m, k, "performance_metrics." k, v ? json_object_get(v, k) : NULL, lo,   \
@@ -286,8 +221,9 @@ static int check_reason(json_t *dst, json_t *v, char *err)
         return 0;
     if (!json_is_string(v) || json_string_length(v) == 0 ||
         json_string_length(v) > REASON_MAX_BYTES)
-        return errf(err, RHEMA_EINVAL, "field 'status_reason': expected a string of 1-%d bytes",
-                    REASON_MAX_BYTES);
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'status_reason': expected a string of 1-%d bytes",
+                                REASON_MAX_BYTES);
     json_object_set(dst, "status_reason", v);
     return 0;
 }
@@ -298,31 +234,32 @@ int rhema_agent_validate(json_t *body, const char *path_id, json_t **out,
     int rc;
     json_t *a, *v;
     if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "body: expected a JSON object");
-    if ((rc = check_unknown(body, agent_fields, agent_metadata, "", err)))
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
+    if ((rc = rhema_field_known(body, agent_fields, agent_metadata, "", err)))
         return rc;
     v = json_object_get(body, "id");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), path_id) != 0))
-        return errf(err, RHEMA_EINVAL, "field 'id': does not match the id '%s' in the path",
-                    path_id);
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'id': does not match the id '%s' in the path", path_id);
     a = json_object();
     json_object_set_new(a, "id", json_string(path_id));
     if ((rc = check_string(a, "name", json_object_get(body, "name"), 1, NAME_MAX_BYTES, NULL, 0,
                            err)) ||
         (rc = check_string(a, "agent_type", json_object_get(body, "agent_type"), 1, TYPE_MAX_BYTES,
                            NULL, 0, err)) ||
-        (rc = check_enum(a, "status", json_object_get(body, "status"), agent_statuses, "Idle",
-                         err)) ||
+        (rc = rhema_field_enum(a, "status", json_object_get(body, "status"), agent_statuses, "Idle",
+                               "", err)) ||
         (rc = check_string(a, "current_task_id", json_object_get(body, "current_task_id"), 1,
                            TASK_ID_MAX_BYTES, NULL, 1, err)) ||
         (rc = check_string(a, "assigned_scope", json_object_get(body, "assigned_scope"), 0,
                            SCOPE_MAX_BYTES, "", 0, err)) ||
         (rc = check_capabilities(a, json_object_get(body, "capabilities"), err)) ||
-        (rc = check_time(a, "last_heartbeat", json_object_get(body, "last_heartbeat"), 0, err)))
+        (rc = rhema_field_time(a, "last_heartbeat", json_object_get(body, "last_heartbeat"),
+                               RHEMA_TIME_OMITTED, "", err)))
         goto fail;
     v = json_object_get(body, "is_online");
     if (v && !json_is_boolean(v)) {
-        rc = errf(err, RHEMA_EINVAL, "field 'is_online': expected true or false");
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL, "field 'is_online': expected true or false");
         goto fail;
     }
     if (v)
@@ -346,12 +283,12 @@ int rhema_agent_heartbeat_validate(json_t *body, json_t **out, char err[RHEMA_ER
         return 0;
     }
     if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "body: expected a JSON object");
-    if ((rc = check_unknown(body, heartbeat_fields, NULL, "", err)))
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
+    if ((rc = rhema_field_known(body, heartbeat_fields, NULL, "", err)))
         return rc;
     h = json_object();
     if ((v = json_object_get(body, "status")) &&
-        (rc = check_enum(h, "status", v, agent_statuses, NULL, err)))
+        (rc = rhema_field_enum(h, "status", v, agent_statuses, NULL, "", err)))
         goto fail;
     if ((v = json_object_get(body, "current_task_id")) &&
         (rc = check_string(h, "current_task_id", v, 1, TASK_ID_MAX_BYTES, NULL, 1, err)))
@@ -367,14 +304,6 @@ fail:
 
 /* ---- storage helpers ---- */
 
-static int storage_err(struct rhema_store *st, int rc, const char *what, char *err)
-{
-    if (rc == RHEMA_EUNAVAIL)
-        return errf(err, rc, "storage unavailable while %s: %s", what, st->vt->errmsg(st->conn));
-    return errf(err, rc, "storage error while %s: %s (%s)", what, rhema_strerror(rc),
-                st->vt->errmsg(st->conn));
-}
-
 /* Read ns/key as a JSON object; *cur NULL (and 0) when absent. */
 static int load_json(struct rhema_store *st, const char *ns, const char *key, json_t **cur,
                      uint64_t *version, char *err)
@@ -386,13 +315,13 @@ static int load_json(struct rhema_store *st, const char *ns, const char *key, js
     if (rc == RHEMA_ENOTFOUND)
         return 0;
     if (rc)
-        return storage_err(st, rc, "reading", err);
+        return rhema_store_error(st, rc, "reading", err);
     json_error_t jerr;
     json_t *j = json_loadb(v.data, v.len, 0, &jerr);
     if (!j || !json_is_object(j)) {
         json_decref(j);
-        return errf(err, RHEMA_ECORRUPT, "stored %s '%s' is corrupt: %s", ns, key,
-                    j ? "not an object" : jerr.text);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored %s '%s' is corrupt: %s", ns, key,
+                                j ? "not an object" : jerr.text);
     }
     *cur = j;
     *version = v.version;
@@ -412,7 +341,7 @@ static int make_record(char *text, size_t len, uint64_t version, struct rhema_re
                        char *err)
 {
     if (!text)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     out->json = text;
     out->len = len;
     out->version = version;
@@ -541,7 +470,7 @@ static int page_text(json_t *items, json_t *cursor, char **out, size_t *out_len,
     char *text = dump(page, out_len);
     json_decref(page);
     if (!text)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     *out = text;
     return 0;
 }
@@ -785,15 +714,16 @@ static int check_if_match(uint64_t if_match, int exists, uint64_t version, const
                           const char *id, char *err)
 {
     if (if_match == RHEMA_VERSION_ABSENT && exists)
-        return errf(err, RHEMA_EPRECONDITION, "%s '%s' already exists (version %llu)", what, id,
-                    (unsigned long long)version);
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "%s '%s' already exists (version %llu)",
+                                what, id, (unsigned long long)version);
     if (if_match && if_match != RHEMA_VERSION_ABSENT && (!exists || version != if_match)) {
         if (!exists)
-            return errf(err, RHEMA_EPRECONDITION,
-                        "%s '%s' does not exist (If-Match expected version %llu)", what, id,
-                        (unsigned long long)if_match);
-        return errf(err, RHEMA_EPRECONDITION, "%s '%s' is at version %llu, not %llu (If-Match)",
-                    what, id, (unsigned long long)version, (unsigned long long)if_match);
+            return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                    "%s '%s' does not exist (If-Match expected version %llu)", what,
+                                    id, (unsigned long long)if_match);
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                "%s '%s' is at version %llu, not %llu (If-Match)", what, id,
+                                (unsigned long long)version, (unsigned long long)if_match);
     }
     return 0;
 }
@@ -812,7 +742,7 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
         ws_add(ws, RHEMA_WRITE_DEL, NS_AGENTS, strdup(id), NULL, 0, a->version);
     } else {
         if (!(a->text = dump(next, &a->len)))
-            return errf(err, RHEMA_ENOMEM, "out of memory");
+            return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         ws_add(ws, RHEMA_WRITE_PUT, NS_AGENTS, strdup(id), a->text, a->len,
                cur ? a->version : RHEMA_VERSION_ABSENT);
     }
@@ -872,8 +802,9 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
         free(to);
         if (rc) {
             rhema_key_list_release(&keys);
-            return keys.oom || rc == RHEMA_ENOMEM ? errf(err, RHEMA_ENOMEM, "out of memory")
-                                                  : storage_err(st, rc, "listing transitions", err);
+            return keys.oom || rc == RHEMA_ENOMEM
+                       ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
+                       : rhema_store_error(st, rc, "listing transitions", err);
         }
         for (i = 0; i < keys.n; i++) {
             ws_add(ws, RHEMA_WRITE_DEL, NS_TRANSITIONS, keys.v[i], NULL, 0, 0);
@@ -902,7 +833,7 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
                    a->summary ? a->summary_version : RHEMA_VERSION_ABSENT);
     }
     if (ws->oom)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     return 0;
 }
 
@@ -921,20 +852,21 @@ static int agent_write(struct rhema_store *st, enum agent_op kind, const char *i
     for (int attempt = 0;; attempt++) {
         attempt_clear(&a);
         if (attempt >= WRITE_RETRIES) {
-            rc = errf(err, RHEMA_ECONFLICT, "agent '%s' is being written concurrently; retry", id);
+            rc = rhema_set_errbuf(err, RHEMA_ECONFLICT,
+                                  "agent '%s' is being written concurrently; retry", id);
             goto out;
         }
         if ((rc = load_json(st, NS_AGENTS, id, &a.cur, &a.version, err)))
             goto out;
         if (kind != AOP_PUT && !a.cur) {
-            rc = errf(err, RHEMA_ENOTFOUND, "agent '%s' not found", id);
+            rc = rhema_set_errbuf(err, RHEMA_ENOTFOUND, "agent '%s' not found", id);
             goto out;
         }
         if ((rc = check_if_match(if_match, a.cur != NULL, a.version, "agent", id, err)))
             goto out;
         rhema_time_format(rhema_realtime_ms(), now);
         if (kind != AOP_DELETE && !(a.next = agent_next(kind, a.cur, input, now))) {
-            rc = errf(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
             goto out;
         }
         if ((rc = agent_compose(st, kind, id, input, &a, err)))
@@ -953,7 +885,7 @@ static int agent_write(struct rhema_store *st, enum agent_op kind, const char *i
         if (rc == RHEMA_ECONFLICT)
             continue;
         if (rc) {
-            rc = storage_err(st, rc,
+            rc = rhema_store_error(st, rc,
                              kind == AOP_DELETE ? "deleting the agent" : "writing the agent", err);
             goto out;
         }
@@ -1003,7 +935,7 @@ int rhema_agent_get(struct rhema_store *st, const char *id, uint64_t timeout_ms,
     if (rc)
         return rc;
     if (!cur)
-        return errf(err, RHEMA_ENOTFOUND, "agent '%s' not found", id);
+        return rhema_set_errbuf(err, RHEMA_ENOTFOUND, "agent '%s' not found", id);
     size_t len = 0;
     char *t = agent_text(cur, version, timeout_ms, &len);
     json_decref(cur);
@@ -1026,14 +958,16 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
     limit = clamp_limit(limit);
     if (status && !rhema_agent_status_valid(status)) {
         char names[160];
-        join_list(names, sizeof names, agent_statuses);
-        return errf(err, RHEMA_EINVAL, "parameter 'status': expected one of %s", names);
+        rhema_name_list_join(names, sizeof names, agent_statuses);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "parameter 'status': expected one of %s", names);
     }
     if (capability && !rhema_id_valid(capability))
-        return errf(err, RHEMA_EINVAL,
-                    "parameter 'capability': expected a name of 1-128 characters [A-Za-z0-9._:-]");
+        return rhema_set_errbuf(
+            err, RHEMA_EINVAL,
+            "parameter 'capability': expected a name of 1-128 characters [A-Za-z0-9._:-]");
     if (cursor && !rhema_id_valid(cursor))
-        return errf(err, RHEMA_EINVAL, "parameter 'cursor': not a cursor this server issued");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "parameter 'cursor': not a cursor this server issued");
     /* the status index when a status is given (capability then filters), else capability */
     if (status) {
         ns = NS_BY_STATUS;
@@ -1057,8 +991,8 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
         rc = st->vt->scan(st->conn, ns, have_from ? from : NULL, prefix ? to : NULL, want,
                           rhema_key_list_collect, &ids);
         if (rc) {
-            rc = ids.oom ? errf(err, RHEMA_ENOMEM, "out of memory")
-                         : storage_err(st, rc, "listing agents", err);
+            rc = ids.oom ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
+                         : rhema_store_error(st, rc, "listing agents", err);
             goto out;
         }
         for (size_t i = 0; i < ids.n && json_array_size(items) <= limit; i++) {
@@ -1106,24 +1040,26 @@ int rhema_agent_transitions(struct rhema_store *st, const char *id, size_t limit
     json_t *cur;
     limit = clamp_limit(limit);
     if (cursor && parse_seq_cursor(cursor, &after) != 0)
-        return errf(err, RHEMA_EINVAL, "parameter 'cursor': not a cursor this server issued");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "parameter 'cursor': not a cursor this server issued");
     int rc = load_json(st, NS_AGENTS, id, &cur, &version, err);
     if (rc)
         return rc;
     if (!cur)
-        return errf(err, RHEMA_ENOTFOUND, "agent '%s' not found", id);
+        return rhema_set_errbuf(err, RHEMA_ENOTFOUND, "agent '%s' not found", id);
     json_decref(cur);
     char *from = kfmt("%s/%020llu", id, (unsigned long long)after + 1);
     char *to = kfmt("%s0", id);
     struct value_list l = {.items = json_array()};
     if (!from || !to) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     rc = st->vt->scan(st->conn, NS_TRANSITIONS, from, to, limit + 1, collect_value, &l);
     if (rc) {
-        rc = l.bad ? errf(err, RHEMA_ECORRUPT, "stored transition '%s' is corrupt", l.last_key)
-                   : storage_err(st, rc, "listing transitions", err);
+        rc = l.bad ? rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored transition '%s' is corrupt",
+                                      l.last_key)
+                   : rhema_store_error(st, rc, "listing transitions", err);
         goto out;
     }
     json_t *next = NULL;
@@ -1160,7 +1096,7 @@ int rhema_agent_stats(struct rhema_store *st, uint64_t timeout_ms, char **out, s
              (unsigned long long)(now > timeout_ms ? now - timeout_ms : 0));
     rc = st->vt->scan(st->conn, NS_HEARTBEAT, from, NULL, 0, count_entries, &online);
     if (rc)
-        return storage_err(st, rc, "counting online agents", err);
+        return rhema_store_error(st, rc, "counting online agents", err);
     json_t *bs = json_object();
     for (int i = 0; i < NSTATUS; i++)
         json_object_set_new(bs, agent_statuses[i],
@@ -1180,7 +1116,7 @@ int rhema_agent_stats(struct rhema_store *st, uint64_t timeout_ms, char **out, s
     char *t = o ? dump(o, out_len) : NULL;
     json_decref(o);
     if (!t)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     *out = t;
     return 0;
 }
@@ -1192,11 +1128,12 @@ int rhema_system_metrics_validate(json_t *body, json_t **out, char err[RHEMA_ERR
     int rc;
     json_t *m, *v;
     if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "body: expected a JSON object");
-    if ((rc = check_unknown(body, system_fields, record_metadata, "", err)))
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
+    if ((rc = rhema_field_known(body, system_fields, record_metadata, "", err)))
         return rc;
     m = json_object();
-    if ((rc = check_time(m, "timestamp", json_object_get(body, "timestamp"), 1, err)))
+    if ((rc = rhema_field_time(m, "timestamp", json_object_get(body, "timestamp"), RHEMA_TIME_NOW,
+                               "", err)))
         goto fail;
 #define N(k, lo, hi, integer)                                                                      \
     if ((rc = check_number(m, k, k, json_object_get(body, k), lo, hi, integer, 0, err)))           \
@@ -1213,19 +1150,21 @@ int rhema_system_metrics_validate(json_t *body, json_t **out, char err[RHEMA_ERR
         const char *k;
         json_t *cv;
         if (!json_is_object(v)) {
-            rc = errf(err, RHEMA_EINVAL, "field 'custom': expected an object of numbers");
+            rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                                  "field 'custom': expected an object of numbers");
             goto fail;
         }
         if (json_object_size(v) > CUSTOM_MAX) {
-            rc = errf(err, RHEMA_EINVAL, "field 'custom': at most %d entries", CUSTOM_MAX);
+            rc = rhema_set_errbuf(err, RHEMA_EINVAL, "field 'custom': at most %d entries",
+                                  CUSTOM_MAX);
             goto fail;
         }
         json_object_foreach(v, k, cv)
         {
             if (!json_is_number(cv) || strlen(k) == 0 || strlen(k) > 128) {
-                rc =
-                    errf(err, RHEMA_EINVAL,
-                         "field 'custom.%.128s': expected a number under a name of 1-128 bytes", k);
+                rc = rhema_set_errbuf(
+                    err, RHEMA_EINVAL,
+                    "field 'custom.%.128s': expected a number under a name of 1-128 bytes", k);
                 goto fail;
             }
         }
@@ -1277,7 +1216,7 @@ int rhema_system_metrics_put(struct rhema_store *st, json_t *metrics, uint64_t i
         char *text = dump(rec, &len);
         if (!text) {
             json_decref(rec);
-            return errf(err, RHEMA_ENOMEM, "out of memory");
+            return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         }
         struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
                                         .op = RHEMA_WRITE_PUT,
@@ -1295,14 +1234,15 @@ int rhema_system_metrics_put(struct rhema_store *st, json_t *metrics, uint64_t i
         }
         if (rc) {
             json_decref(rec);
-            return storage_err(st, rc, "writing the system metrics", err);
+            return rhema_store_error(st, rc, "writing the system metrics", err);
         }
         char *t = with_version(rec, w.new_version, &len);
         json_decref(rec);
         *created = was_absent;
         return make_record(t, len, w.new_version, out, err);
     }
-    return errf(err, RHEMA_ECONFLICT, "the system metrics are being written concurrently; retry");
+    return rhema_set_errbuf(err, RHEMA_ECONFLICT,
+                            "the system metrics are being written concurrently; retry");
 }
 
 int rhema_system_metrics_get(struct rhema_store *st, struct rhema_record *out,
@@ -1314,7 +1254,7 @@ int rhema_system_metrics_get(struct rhema_store *st, struct rhema_record *out,
     if (rc)
         return rc;
     if (!cur)
-        return errf(err, RHEMA_ENOTFOUND, "no system metrics have been stored");
+        return rhema_set_errbuf(err, RHEMA_ENOTFOUND, "no system metrics have been stored");
     size_t len = 0;
     char *t = with_version(cur, version, &len);
     json_decref(cur);
@@ -1330,22 +1270,23 @@ int rhema_configuration_validate(json_t *body, const char *path_name, json_t **o
     json_t *c, *v;
     static const char *const ignored[] = {"created_at", "updated_at", NULL};
     if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "body: expected a JSON object");
-    if ((rc = check_unknown(body, config_fields, ignored, "", err)))
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
+    if ((rc = rhema_field_known(body, config_fields, ignored, "", err)))
         return rc;
     v = json_object_get(body, "name");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), path_name) != 0))
-        return errf(err, RHEMA_EINVAL, "field 'name': does not match the name '%s' in the path",
-                    path_name);
+        return rhema_set_errbuf(
+            err, RHEMA_EINVAL, "field 'name': does not match the name '%s' in the path", path_name);
     v = json_object_get(body, "version");
     if (v && !json_is_integer(v))
-        return errf(err, RHEMA_EINVAL,
-                    "field 'version': expected an integer (it is ignored: the server numbers "
-                    "versions)");
+        return rhema_set_errbuf(
+            err, RHEMA_EINVAL,
+            "field 'version': expected an integer (it is ignored: the server numbers "
+            "versions)");
     v = json_object_get(body, "config_data");
     if (!v || !json_is_object(v))
-        return errf(err, RHEMA_EINVAL, "field 'config_data': %s",
-                    v ? "expected a JSON object" : "required");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field 'config_data': %s",
+                                v ? "expected a JSON object" : "required");
     c = json_object();
     json_object_set_new(c, "name", json_string(path_name));
     json_object_set(c, "config_data", v);
@@ -1366,7 +1307,7 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
     char *latest_key = kfmt("%s/" LATEST, name);
     int rc = RHEMA_ECONFLICT;
     if (!latest_key)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     for (int attempt = 0; attempt < WRITE_RETRIES; attempt++) {
         json_t *cur;
         uint64_t sversion;
@@ -1392,7 +1333,7 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
         if (!text || !vkey) {
             free(text);
             free(vkey);
-            rc = errf(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
             goto out;
         }
         struct rhema_storage_write w[2] = {
@@ -1419,15 +1360,15 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
         }
         if (rc) {
             free(text);
-            rc = storage_err(st, rc, "writing the configuration", err);
+            rc = rhema_store_error(st, rc, "writing the configuration", err);
             goto out;
         }
         *created = cversion == 0;
         rc = make_record(text, len, cversion + 1, out, err);
         goto out;
     }
-    rc =
-        errf(err, RHEMA_ECONFLICT, "configuration '%s' is being written concurrently; retry", name);
+    rc = rhema_set_errbuf(err, RHEMA_ECONFLICT,
+                          "configuration '%s' is being written concurrently; retry", name);
 out:
     free(latest_key);
     return rc;
@@ -1440,7 +1381,7 @@ int rhema_configuration_get(struct rhema_store *st, const char *name, uint64_t v
     char *key =
         version ? kfmt("%s/%020llu", name, (unsigned long long)version) : kfmt("%s/" LATEST, name);
     if (!key)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     int rc = st->vt->get(st->conn, NS_CONFIGS, key, &v);
     free(key);
     if (rc == RHEMA_ENOTFOUND) {
@@ -1450,17 +1391,17 @@ int rhema_configuration_get(struct rhema_store *st, const char *name, uint64_t v
             int exists = lk && st->vt->get(st->conn, NS_CONFIGS, lk, &l) == 0;
             free(lk);
             if (exists)
-                return errf(err, rc, "configuration '%s' has no version %llu", name,
-                            (unsigned long long)version);
+                return rhema_set_errbuf(err, rc, "configuration '%s' has no version %llu", name,
+                                        (unsigned long long)version);
         }
-        return errf(err, rc, "configuration '%s' not found", name);
+        return rhema_set_errbuf(err, rc, "configuration '%s' not found", name);
     }
     if (rc)
-        return storage_err(st, rc, "reading the configuration", err);
+        return rhema_store_error(st, rc, "reading the configuration", err);
     json_t *j = json_loadb(v.data, v.len, 0, NULL);
     if (!j || !json_is_object(j)) {
         json_decref(j);
-        return errf(err, RHEMA_ECORRUPT, "stored configuration '%s' is corrupt", name);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored configuration '%s' is corrupt", name);
     }
     uint64_t cv = (uint64_t)json_integer_value(json_object_get(j, "version"));
     size_t len = 0;
@@ -1477,26 +1418,28 @@ int rhema_configuration_versions(struct rhema_store *st, const char *name, size_
     struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
     limit = clamp_limit(limit);
     if (cursor && parse_seq_cursor(cursor, &after) != 0)
-        return errf(err, RHEMA_EINVAL, "parameter 'cursor': not a cursor this server issued");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "parameter 'cursor': not a cursor this server issued");
     char *latest = kfmt("%s/" LATEST, name);
     char *from = kfmt("%s/%020llu", name, (unsigned long long)after + 1);
     struct value_list l = {.items = json_array()};
     int rc;
     if (!latest || !from) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     rc = st->vt->get(st->conn, NS_CONFIGS, latest, &v);
     if (rc) {
-        rc = rc == RHEMA_ENOTFOUND ? errf(err, rc, "configuration '%s' not found", name)
-                                   : storage_err(st, rc, "reading the configuration", err);
+        rc = rc == RHEMA_ENOTFOUND ? rhema_set_errbuf(err, rc, "configuration '%s' not found", name)
+                                   : rhema_store_error(st, rc, "reading the configuration", err);
         goto out;
     }
     /* version keys sort before "<name>/latest" (digits before 'l') */
     rc = st->vt->scan(st->conn, NS_CONFIGS, from, latest, limit + 1, collect_value, &l);
     if (rc) {
-        rc = l.bad ? errf(err, RHEMA_ECORRUPT, "stored configuration '%s' is corrupt", l.last_key)
-                   : storage_err(st, rc, "listing configuration versions", err);
+        rc = l.bad ? rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored configuration '%s' is corrupt",
+                                      l.last_key)
+                   : rhema_store_error(st, rc, "listing configuration versions", err);
         goto out;
     }
     json_t *next = NULL;

@@ -47,7 +47,7 @@
 
 #include <jansson.h>
 
-#include "session.h"
+#include "store.h"
 
 #define RHEMA_AGENT_HEARTBEAT_TIMEOUT_DEFAULT_S 60
 

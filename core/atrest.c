@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "atrest.h"
+#include "util.h"
 
 #define AD_LABEL "rhema-atrest/1"
 #define AD_MAX (sizeof AD_LABEL + RHEMA_STORAGE_NS_MAX + 1 + RHEMA_STORAGE_KEY_MAX)
@@ -499,29 +500,19 @@ static int w_restore(rhema_storage_instance *inst, const char *path, char **err)
 
 /* ---- setup ---- */
 
-static int set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int set_err(char **err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    if (vasprintf(err, fmt, ap) < 0)
-        *err = NULL;
-    va_end(ap);
-    return RHEMA_EINVAL;
-}
-
 int rhema_atrest_check(const struct rhema_config *cfg, const struct rhema_codecs *codecs,
                        char **err)
 {
     struct rhema_keyring_params p;
     if (cfg->enable_compression && codecs->default_id < 0)
-        return set_err(err,
-                       "persistence.enable_compression needs a compression codec: '%s' "
-                       "(advanced_features.compression.algorithm) is not loaded",
-                       cfg->compression_algorithm ? cfg->compression_algorithm : "");
+        return rhema_set_error(err, RHEMA_EINVAL,
+                               "persistence.enable_compression needs a compression codec: '%s' "
+                               "(advanced_features.compression.algorithm) is not loaded",
+                               cfg->compression_algorithm ? cfg->compression_algorithm : "");
     if (cfg->enable_encryption && !rhema_keyring_params_from_config(&p, cfg))
-        return set_err(err, "persistence.enable_encryption needs key management: set "
-                            "advanced_features.key_management.key_file or passphrase_env");
+        return rhema_set_error(err, RHEMA_EINVAL,
+                               "persistence.enable_encryption needs key management: set "
+                               "advanced_features.key_management.key_file or passphrase_env");
     return 0;
 }
 
@@ -530,11 +521,13 @@ int rhema_atrest_wrap(const struct rhema_storage_plugin *real, rhema_storage_ins
                       int encrypt, struct rhema_atrest **out, char **err)
 {
     if (compress && codecs->default_id < 0)
-        return set_err(err, "persistence.enable_compression needs a compression codec, and "
-                            "none is loaded (advanced_features.compression.algorithm)");
+        return rhema_set_error(err, RHEMA_EINVAL,
+                               "persistence.enable_compression needs a compression codec, and "
+                               "none is loaded (advanced_features.compression.algorithm)");
     if (encrypt && !kr)
-        return set_err(err, "persistence.enable_encryption needs key management: set "
-                            "advanced_features.key_management.key_file or passphrase_env");
+        return rhema_set_error(err, RHEMA_EINVAL,
+                               "persistence.enable_encryption needs key management: set "
+                               "advanced_features.key_management.key_file or passphrase_env");
     struct rhema_atrest *a = calloc(1, sizeof *a);
     if (!a) {
         *err = strdup("out of memory");

@@ -16,7 +16,7 @@
 #include <sodium.h>
 
 #include "cluster.h"
-#include "http.h"
+#include "server.h"
 #include "log.h"
 #include "plugin.h"
 #include "util.h"
@@ -56,22 +56,6 @@ struct rhema_cluster {
     int hb_failing;   /* the last heartbeat failed (logged once) */
     int lease_failing;
 };
-
-static int set_err(char **err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int set_err(char **err, int code, const char *fmt, ...)
-{
-    va_list ap;
-    if (err != NULL) {
-        free(*err);
-        *err = NULL;
-        va_start(ap, fmt);
-        if (vasprintf(err, fmt, ap) < 0)
-            *err = NULL;
-        va_end(ap);
-    }
-    return code;
-}
 
 /*
  * The clock of the deadline: CLOCK_BOOTTIME counts time while the host is
@@ -137,30 +121,31 @@ int rhema_cluster_check(const struct rhema_config *cfg, const struct rhema_loade
      * ttl/3 + 2 hb <= ttl  <=>  3 hb <= ttl (exact in integer seconds).
      */
     if (3 * hb > lease)
-        return set_err(err, RHEMA_EINVAL,
-                       "unsafe cluster timings: distributed.cluster.heartbeat_interval_seconds "
-                       "(%lld) must be at most distributed.cluster.leader_lease_seconds (%lld) / 3: "
-                       "the leader renews its lease every leader_lease_seconds/3 and retries a "
-                       "failed renewal for one heartbeat interval, and renew interval + 2 x retry "
-                       "must fit within the lease (Patroni's rule); raise leader_lease_seconds to "
-                       "at least %lld or lower heartbeat_interval_seconds to at most %lld",
-                       (long long)hb, (long long)lease, (long long)(3 * hb),
-                       (long long)(lease / 3));
+        return rhema_set_error(
+            err, RHEMA_EINVAL,
+            "unsafe cluster timings: distributed.cluster.heartbeat_interval_seconds "
+            "(%lld) must be at most distributed.cluster.leader_lease_seconds (%lld) / 3: "
+            "the leader renews its lease every leader_lease_seconds/3 and retries a "
+            "failed renewal for one heartbeat interval, and renew interval + 2 x retry "
+            "must fit within the lease (Patroni's rule); raise leader_lease_seconds to "
+            "at least %lld or lower heartbeat_interval_seconds to at most %lld",
+            (long long)hb, (long long)lease, (long long)(3 * hb), (long long)(lease / 3));
     if (storage != NULL) {
         uint32_t f = storage->vt.storage.features;
         int local_shared = strcmp(storage->name, "sqlite") == 0 || strcmp(storage->name, "file") == 0;
         if (!(f & RHEMA_STORAGE_LEASES) || storage->vt.storage.lease == NULL)
-            return set_err(err, RHEMA_EINVAL,
-                           "distributed.enabled needs a storage backend with leases; "
-                           "persistence.backend '%s' has none",
-                           storage->name);
+            return rhema_set_error(err, RHEMA_EINVAL,
+                                   "distributed.enabled needs a storage backend with leases; "
+                                   "persistence.backend '%s' has none",
+                                   storage->name);
         if (!(f & RHEMA_STORAGE_SHARED) && !local_shared)
-            return set_err(err, RHEMA_EINVAL,
-                           "distributed.enabled needs a storage backend that several rhemad "
-                           "processes share: persistence.backend '%s' is private to one process; "
-                           "use postgres or redis (nodes on several hosts) or sqlite / file "
-                           "(several daemons on one host), or set distributed.enabled = false",
-                           storage->name);
+            return rhema_set_error(
+                err, RHEMA_EINVAL,
+                "distributed.enabled needs a storage backend that several rhemad "
+                "processes share: persistence.backend '%s' is private to one process; "
+                "use postgres or redis (nodes on several hosts) or sqlite / file "
+                "(several daemons on one host), or set distributed.enabled = false",
+                storage->name);
     }
     return 0;
 }
@@ -509,7 +494,7 @@ int rhema_cluster_start(struct rhema_server *srv, struct event_base *base,
         return rc;
     c = calloc(1, sizeof *c);
     if (c == NULL)
-        return set_err(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
     pthread_mutex_init(&c->lock, NULL);
     c->srv = srv;
     c->cfg = cfg;
@@ -521,9 +506,10 @@ int rhema_cluster_start(struct rhema_server *srv, struct event_base *base,
     if (*id) {
         /* the lease holder is "<node_id>/<8-character boot id>", at most 128 bytes */
         if (!rhema_id_valid(id) || strlen(id) > RHEMA_LEASE_HOLDER_MAX - 9) {
-            set_err(err, RHEMA_EINVAL,
-                    "distributed.node.node_id '%s': expected 1-%d characters [A-Za-z0-9._:-]",
-                    id, RHEMA_LEASE_HOLDER_MAX - 9);
+            rhema_set_error(
+                err, RHEMA_EINVAL,
+                "distributed.node.node_id '%s': expected 1-%d characters [A-Za-z0-9._:-]", id,
+                RHEMA_LEASE_HOLDER_MAX - 9);
             c->left = 1;
             rhema_cluster_stop(c);
             return RHEMA_EINVAL;
@@ -559,7 +545,7 @@ int rhema_cluster_start(struct rhema_server *srv, struct event_base *base,
 
     rc = srv->storage->connect(srv->storage_inst, &c->conn, &perr);
     if (rc != 0) {
-        set_err(err, rc, "cluster: storage connect: %s", perr ? perr : rhema_strerror(rc));
+        rhema_set_error(err, rc, "cluster: storage connect: %s", perr ? perr : rhema_strerror(rc));
         free(perr);
         c->conn = NULL;
         c->left = 1;
@@ -570,10 +556,10 @@ int rhema_cluster_start(struct rhema_server *srv, struct event_base *base,
         struct count_ctx cc = {.self = c->node_id};
         rc = srv->storage->scan(c->conn, RHEMA_CLUSTER_NODES_NS, NULL, NULL, 0, count_cb, &cc);
         if (rc == 0 && (int64_t)cc.online >= c->max_nodes) {
-            set_err(err, RHEMA_ECONFLICT,
-                    "cluster '%s' already has %zu Online node(s), "
-                    "distributed.cluster.max_nodes is %lld: node '%s' does not join",
-                    c->cluster_name, cc.online, (long long)c->max_nodes, c->node_id);
+            rhema_set_error(err, RHEMA_ECONFLICT,
+                            "cluster '%s' already has %zu Online node(s), "
+                            "distributed.cluster.max_nodes is %lld: node '%s' does not join",
+                            c->cluster_name, cc.online, (long long)c->max_nodes, c->node_id);
             c->left = 1; /* never joined: no Leaving entry, no release */
             rhema_cluster_stop(c);
             return RHEMA_ECONFLICT;
@@ -593,7 +579,7 @@ int rhema_cluster_start(struct rhema_server *srv, struct event_base *base,
     if (c->hb_ev == NULL || c->lease_ev == NULL) {
         c->left = 1;
         rhema_cluster_stop(c);
-        return set_err(err, RHEMA_ENOMEM, "cluster: cannot create timers");
+        return rhema_set_error(err, RHEMA_ENOMEM, "cluster: cannot create timers");
     }
     heartbeat(c, "Online");
     arm_ms(c->hb_ev, c->t.heartbeat_ms);
@@ -708,7 +694,7 @@ static int nodes_array(const struct rhema_cluster *c, const struct rhema_storage
     if (rc == 0)
         rc = vt->scan(conn, RHEMA_CLUSTER_KNOWN_NS, NULL, NULL, 0, collect_cb, &known);
     if (rc != 0) {
-        set_err(err, rc, "reading the cluster members: %s", vt->errmsg(conn));
+        rhema_set_error(err, rc, "reading the cluster members: %s", vt->errmsg(conn));
         goto out;
     }
     json_object_foreach(known.map, key, n)
@@ -767,7 +753,7 @@ static int leader_of(const struct rhema_cluster *c, const struct rhema_storage_p
     memset(&li, 0, sizeof li);
     int rc = vt->lease(conn, c->lease_name, NULL, 0, RHEMA_LEASE_QUERY, &li);
     if (rc != 0 && rc != RHEMA_ENOTFOUND)
-        return set_err(err, rc, "reading the leader lease: %s", vt->errmsg(conn));
+        return rhema_set_error(err, rc, "reading the leader lease: %s", vt->errmsg(conn));
     see_epoch((struct rhema_cluster *)c, li.epoch);
     if (rc == 0 && li.holder[0]) {
         holder_node(li.holder, leader);
@@ -800,7 +786,7 @@ int rhema_cluster_json(const struct rhema_cluster *c, const struct rhema_storage
     int rc, leads;
 
     if (c == NULL)
-        return set_err(err, RHEMA_EUNAVAIL, "the cluster module is not running");
+        return rhema_set_error(err, RHEMA_EUNAVAIL, "the cluster module is not running");
     leads = rhema_cluster_leadership(c, NULL);
     if (!c->enabled) {
         nodes = json_array();
@@ -837,12 +823,12 @@ int rhema_cluster_json(const struct rhema_cluster *c, const struct rhema_storage
                       node, "node_id", c->node_id, "is_leader", leads);
         json_decref(nodes);
         *out = o;
-        return o ? 0 : set_err(err, RHEMA_ENOMEM, "out of memory");
+        return o ? 0 : rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
     }
     if (view == RHEMA_CLUSTER_VIEW_NODES) {
         o = json_pack("{s:o,s:n}", "items", nodes, "next_cursor");
         *out = o;
-        return o ? 0 : set_err(err, RHEMA_ENOMEM, "out of memory");
+        return o ? 0 : rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
     }
     total = json_array_size(nodes);
     json_array_foreach(nodes, i, ln)
@@ -876,5 +862,5 @@ int rhema_cluster_json(const struct rhema_cluster *c, const struct rhema_storage
     if (o && ln)
         json_object_set_new(o, "leader_address", json_incref(json_object_get(ln, "address")));
     *out = o;
-    return o ? 0 : set_err(err, RHEMA_ENOMEM, "out of memory");
+    return o ? 0 : rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
 }

@@ -10,16 +10,7 @@
 #include <string.h>
 
 #include "codec.h"
-
-static int errf(char *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int errf(char *err, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, RHEMA_FRAME_ERR_MAX, fmt, ap);
-    va_end(ap);
-    return code;
-}
+#include "util.h"
 
 /* Little-endian fields of the frame header: one load or store each. */
 static void put_u64(unsigned char *p, uint64_t v)
@@ -63,18 +54,16 @@ int rhema_codecs_open(struct rhema_codecs *cs, const struct rhema_plugin_registr
         const struct rhema_compress_plugin *vt = &p->vt.compress;
         struct rhema_codec_slot *slot = &cs->by_id[vt->codec_id];
         if (slot->plugin) {
-            if (asprintf(err, "%s: codec id %u is already taken by '%s' (%s)", p->path,
-                         vt->codec_id, slot->plugin->name, slot->plugin->path) < 0)
-                *err = NULL;
+            rhema_set_error(err, 0, "%s: codec id %u is already taken by '%s' (%s)", p->path,
+                            vt->codec_id, slot->plugin->name, slot->plugin->path);
             goto fail;
         }
         const struct rhema_cfg *group = rhema_config_plugin_group(cfg, RHEMA_KIND_COMPRESS, p->name);
         char *perr = NULL;
         int rc = vt->open(rhema_host_get(), group, &slot->inst, &perr);
         if (rc) {
-            if (asprintf(err, "compression '%s': %s", p->name, perr ? perr : rhema_strerror(rc)) <
-                0)
-                *err = NULL;
+            rhema_set_error(err, 0, "compression '%s': %s", p->name,
+                            perr ? perr : rhema_strerror(rc));
             free(perr);
             slot->inst = NULL;
             goto fail;
@@ -154,7 +143,7 @@ static int stored(const void *src, size_t len, struct rhema_buf *out, char *err)
 {
     out->data = malloc(RHEMA_FRAME_HEADER + len);
     if (!out->data)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     unsigned char *h = out->data;
     h[0] = 'R', h[1] = 'Z', h[2] = RHEMA_FRAME_VERSION, h[3] = RHEMA_CODEC_STORED, h[4] = 0;
     put_u64(h + 5, len);
@@ -175,32 +164,33 @@ int rhema_frame_compress(const struct rhema_codecs *cs, struct rhema_codec_ctxs 
     if (codec_id == RHEMA_CODEC_STORED)
         return stored(src, len, out, err);
     if (codec_id < 0 || codec_id > 255 || !cs->by_id[codec_id].plugin)
-        return errf(err, RHEMA_EINVAL, "no compression codec is loaded for this request");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "no compression codec is loaded for this request");
     const struct rhema_compress_plugin *vt = &cs->by_id[codec_id].plugin->vt.compress;
     if (level == INT32_MIN)
         level = codec_id == cs->default_id && cs->level != INT32_MIN ? cs->level
                                                                      : vt->level_default;
     if (level < vt->level_min || level > vt->level_max)
-        return errf(err, RHEMA_EINVAL, "level %d is outside %s's %d..%d", level,
-                    cs->by_id[codec_id].plugin->name, vt->level_min, vt->level_max);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "level %d is outside %s's %d..%d", level,
+                                cs->by_id[codec_id].plugin->name, vt->level_min, vt->level_max);
     if (!force && len < cs->threshold)
         return stored(src, len, out, err); /* too small to be worth it */
     rhema_codec_ctx *ctx = ctx_of(cs, c, codec_id);
     if (!ctx)
-        return errf(err, RHEMA_ENOMEM, "cannot create a %s context",
-                    cs->by_id[codec_id].plugin->name);
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "cannot create a %s context",
+                                cs->by_id[codec_id].plugin->name);
     size_t cap = vt->bound(cs->by_id[codec_id].inst, len);
     unsigned char *buf = malloc(RHEMA_FRAME_HEADER + 4 + cap);
     if (!buf)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     size_t plen = 0;
     uint32_t dict = 0;
     /* compress behind a header with room for the dictionary id; move it up if unused */
     int rc = vt->compress(ctx, level, src, len, buf + RHEMA_FRAME_HEADER + 4, cap, &plen, &dict);
     if (rc) {
         free(buf);
-        return errf(err, rc, "%s failed: %s", cs->by_id[codec_id].plugin->name,
-                    rhema_strerror(rc));
+        return rhema_set_errbuf(err, rc, "%s failed: %s", cs->by_id[codec_id].plugin->name,
+                                rhema_strerror(rc));
     }
     if (!force && cs->adaptive && (double)plen > (double)len * (1.0 - cs->min_gain)) {
         free(buf); /* the gain is below min_gain_ratio: store it as is */
@@ -224,34 +214,38 @@ static int frame_header(const struct rhema_codecs *cs, const unsigned char *h, s
                         uint64_t *orig, size_t *hl_out, uint32_t *dict_out, char *err)
 {
     if (len < RHEMA_FRAME_HEADER)
-        return errf(err, RHEMA_ECORRUPT, "frame truncated: %zu bytes, the header alone is %d",
-                    len, RHEMA_FRAME_HEADER);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                                "frame truncated: %zu bytes, the header alone is %d", len,
+                                RHEMA_FRAME_HEADER);
     if (h[0] != 'R' || h[1] != 'Z')
-        return errf(err, RHEMA_ECORRUPT, "not a rhema compression frame (bad magic)");
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "not a rhema compression frame (bad magic)");
     if (h[2] != RHEMA_FRAME_VERSION)
-        return errf(err, RHEMA_ECORRUPT, "frame format version %u is not supported", h[2]);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "frame format version %u is not supported",
+                                h[2]);
     if (h[4] & ~RHEMA_FRAME_DICT)
-        return errf(err, RHEMA_ECORRUPT, "unknown frame flags 0x%02x", h[4]);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "unknown frame flags 0x%02x", h[4]);
     size_t hl = RHEMA_FRAME_HEADER;
     uint32_t dict = 0;
     if (h[4] & RHEMA_FRAME_DICT) {
         if (len < hl + 4)
-            return errf(err, RHEMA_ECORRUPT, "frame truncated in its dictionary id");
+            return rhema_set_errbuf(err, RHEMA_ECORRUPT, "frame truncated in its dictionary id");
         dict = get_u32(h + hl);
         hl += 4;
     }
     *orig = get_u64(h + 5);
     if (*orig > cs->max_decompressed)
-        return errf(err, RHEMA_ETOOBIG,
-                    "frame announces %llu bytes, more than max_decompressed_bytes (%llu)",
-                    (unsigned long long)*orig, (unsigned long long)cs->max_decompressed);
+        return rhema_set_errbuf(
+            err, RHEMA_ETOOBIG,
+            "frame announces %llu bytes, more than max_decompressed_bytes (%llu)",
+            (unsigned long long)*orig, (unsigned long long)cs->max_decompressed);
     int id = h[3];
     if (id == RHEMA_CODEC_STORED) {
         if (dict || len - hl != *orig)
-            return errf(err, RHEMA_ECORRUPT, "stored frame of %zu bytes announces %llu",
-                        len - hl, (unsigned long long)*orig);
+            return rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored frame of %zu bytes announces %llu",
+                                    len - hl, (unsigned long long)*orig);
     } else if (!cs->by_id[id].plugin) {
-        return errf(err, RHEMA_ENOTSUP, "frame uses codec id %d, which is not loaded here", id);
+        return rhema_set_errbuf(err, RHEMA_ENOTSUP,
+                                "frame uses codec id %d, which is not loaded here", id);
     }
     *hl_out = hl;
     *dict_out = dict;
@@ -278,8 +272,8 @@ int rhema_frame_decompress_into(const struct rhema_codecs *cs, struct rhema_code
     if (rc)
         return rc;
     if (orig > cap)
-        return errf(err, RHEMA_ETOOBIG, "frame of %llu bytes does not fit in %zu",
-                    (unsigned long long)orig, cap);
+        return rhema_set_errbuf(err, RHEMA_ETOOBIG, "frame of %llu bytes does not fit in %zu",
+                                (unsigned long long)orig, cap);
     int id = h[3];
     if (id == RHEMA_CODEC_STORED) {
         if (orig)
@@ -292,11 +286,12 @@ int rhema_frame_decompress_into(const struct rhema_codecs *cs, struct rhema_code
                  : RHEMA_ENOMEM;
         if (rc) {
             if (rc == RHEMA_ENOTFOUND)
-                return errf(err, rc, "frame needs %s dictionary %u, which is not loaded",
-                            s->plugin->name, dict);
-            return errf(err, rc == RHEMA_ENOMEM ? rc : RHEMA_ECORRUPT,
-                        "%s payload does not decode to %llu bytes: %s", s->plugin->name,
-                        (unsigned long long)orig, rhema_strerror(rc));
+                return rhema_set_errbuf(err, rc,
+                                        "frame needs %s dictionary %u, which is not loaded",
+                                        s->plugin->name, dict);
+            return rhema_set_errbuf(err, rc == RHEMA_ENOMEM ? rc : RHEMA_ECORRUPT,
+                                    "%s payload does not decode to %llu bytes: %s", s->plugin->name,
+                                    (unsigned long long)orig, rhema_strerror(rc));
         }
     }
     *n = (size_t)orig;
@@ -315,7 +310,7 @@ int rhema_frame_decompress(const struct rhema_codecs *cs, struct rhema_codec_ctx
         return rc;
     unsigned char *buf = malloc(orig ? orig : 1);
     if (!buf)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     size_t n;
     rc = rhema_frame_decompress_into(cs, c, src, len, buf, orig, &n, err);
     if (rc) {

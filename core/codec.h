@@ -23,11 +23,12 @@
 
 #include "config.h"
 #include "plugin.h"
+#include "util.h"
 
 #define RHEMA_FRAME_VERSION 1
 #define RHEMA_FRAME_DICT 0x01u
 #define RHEMA_FRAME_HEADER 13     /* without the dictionary id */
-#define RHEMA_FRAME_ERR_MAX 256
+#define RHEMA_FRAME_ERR_MAX RHEMA_ERRMSG_MAX /* util.h */
 
 struct rhema_codec_slot {
     const struct rhema_loaded_plugin *plugin; /* NULL: no codec with this id */

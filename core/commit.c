@@ -10,13 +10,13 @@
 #include <string.h>
 
 #include "commit.h"
-#include "http.h"
 #include "log.h"
+#include "util.h"
 
 #define GROUP_MAX 512 /* jobs in one transaction at most */
 
 struct rhema_committer {
-    struct rhema_server *srv;
+    const struct rhema_storage_plugin *vt;
     rhema_storage_conn *conn;
     struct rhema_store store;
     pthread_t thread;
@@ -28,21 +28,14 @@ struct rhema_committer {
     atomic_ullong groups, jobs;
 };
 
-/* Hand finished jobs back to their workers, in order. */
+/* Hand finished jobs back to their submitters, in order. */
 static void deliver(struct rhema_commit_job *list)
 {
     while (list) {
         struct rhema_commit_job *j = list;
-        struct rhema_worker *w = j->worker;
         list = j->next;
         j->next = NULL;
-        pthread_mutex_lock(&w->done_lock);
-        int was_empty = w->done_head == NULL;
-        *w->done_tail = j;
-        w->done_tail = &j->next;
-        pthread_mutex_unlock(&w->done_lock);
-        if (was_empty)
-            event_active(w->done_ev, EV_TIMEOUT, 0);
+        j->done(j);
     }
 }
 
@@ -99,34 +92,31 @@ static void *committer_main(void *arg)
     return NULL;
 }
 
-int rhema_committer_start(struct rhema_server *srv, struct rhema_committer **out, char **err)
+int rhema_committer_start(const struct rhema_storage_plugin *vt, rhema_storage_instance *inst,
+                          struct rhema_committer **out, char **err)
 {
     struct rhema_committer *c = calloc(1, sizeof *c);
     char *serr = NULL;
     if (!c) {
-        if (asprintf(err, "committer: out of memory") < 0)
-            *err = NULL;
-        return RHEMA_ENOMEM;
+        return rhema_set_error(err, RHEMA_ENOMEM, "committer: out of memory");
     }
-    c->srv = srv;
+    c->vt = vt;
     c->tail = &c->head;
-    int rc = srv->storage->connect(srv->storage_inst, &c->conn, &serr);
+    int rc = vt->connect(inst, &c->conn, &serr);
     if (rc) {
-        if (asprintf(err, "committer: storage connect failed: %s",
-                     serr ? serr : rhema_strerror(rc)) < 0)
-            *err = NULL;
+        rhema_set_error(err, rc, "committer: storage connect failed: %s",
+                        serr ? serr : rhema_strerror(rc));
         free(serr);
         free(c);
         return rc;
     }
-    rhema_store_init(&c->store, srv->storage, c->conn);
+    rhema_store_init(&c->store, vt, c->conn);
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->cond, NULL);
     if (pthread_create(&c->thread, NULL, committer_main, c) != 0) {
-        if (asprintf(err, "committer: cannot start its thread") < 0)
-            *err = NULL;
+        rhema_set_error(err, RHEMA_ENOMEM, "committer: cannot start its thread");
         rhema_store_release(&c->store);
-        srv->storage->disconnect(c->conn);
+        vt->disconnect(c->conn);
         pthread_mutex_destroy(&c->lock);
         pthread_cond_destroy(&c->cond);
         free(c);
@@ -162,7 +152,7 @@ void rhema_committer_stop(struct rhema_committer *c)
               (unsigned long long)atomic_load(&c->jobs),
               (unsigned long long)atomic_load(&c->groups));
     rhema_store_release(&c->store);
-    c->srv->storage->disconnect(c->conn);
+    c->vt->disconnect(c->conn);
     pthread_mutex_destroy(&c->lock);
     pthread_cond_destroy(&c->cond);
     free(c);

@@ -6,35 +6,39 @@
  * struct rhema_session_op) to the committer, and go back to their event
  * loops.  The committer thread, on a storage connection of its own, takes
  * everything queued since its last commit and runs it as one group
- * (rhema_session_ops_run: one transaction, one commit), then gives each job
- * back to its worker, which sends the reply.  While one group commits, the
+ * (rhema_session_ops_run: one transaction, one commit), then hands each job
+ * back through its done() callback; the worker that submitted it sends
+ * the reply.  While one group commits, the
  * next one fills up -- the classic group commit of databases, and what
  * keeps write throughput up when every write must reach the disk.
  *
- * Threads: submit from any worker; the committer hands jobs back through
- * each worker's done list and event.  Jobs of one worker are answered in
- * the order they were submitted.
+ * Threads: submit from any thread.  The committer calls each job's done()
+ * on its own thread once the job's write ran (op.rc says how it went), in
+ * the order the jobs were submitted; done() takes the job back and must
+ * not block (the sessions API posts it to its worker's mailbox, mailbox.h,
+ * and the worker answers the request).  The committer knows nothing of
+ * workers or HTTP.
  */
 #ifndef RHEMA_CORE_COMMIT_H
 #define RHEMA_CORE_COMMIT_H
 
 #include "session.h"
 
-struct rhema_server;
-struct rhema_worker;
-struct rhema_req;
-
+/* A write for the committer, embedded in the submitter's own struct. */
 struct rhema_commit_job {
-    struct rhema_commit_job *next;
-    struct rhema_worker *worker; /* who answers it */
-    struct rhema_req *req;       /* deferred request (rhema_req_defer) */
+    struct rhema_commit_job *next;                  /* the committer's queue */
+    void (*done)(struct rhema_commit_job *job);     /* see above; required */
     struct rhema_session_op op;
 };
 
 struct rhema_committer;
 
-/* Connect the committer's storage connection and start its thread. */
-int rhema_committer_start(struct rhema_server *srv, struct rhema_committer **out, char **err);
+/*
+ * Connect a storage connection of its own (vt->connect on inst) and start
+ * the committer's thread.  0, or a negative code and *err (malloc'd).
+ */
+int rhema_committer_start(const struct rhema_storage_plugin *vt, rhema_storage_instance *inst,
+                          struct rhema_committer **out, char **err);
 /* Queue a job (the committer owns it until it hands it back). */
 void rhema_committer_submit(struct rhema_committer *c, struct rhema_commit_job *job);
 /*

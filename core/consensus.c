@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "consensus.h"
+#include "json_fields.h"
 #include "log.h"
 #include "util.h"
 
@@ -36,36 +37,9 @@ static const char *const entry_fields[] = {"index", "term", "command", "data", N
 static const char *const entry_metadata[] = {"created_at", "committed_at", "applied_at",
                                              "size_bytes", "version",      NULL};
 
-static int errf(char err[RHEMA_ERRMSG_MAX], int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int errf(char err[RHEMA_ERRMSG_MAX], int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, RHEMA_ERRMSG_MAX, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
-static int in_list(const char *s, const char *const *list)
-{
-    for (; *list; list++)
-        if (strcmp(s, *list) == 0)
-            return 1;
-    return 0;
-}
-
 int rhema_consensus_role_valid(const char *s)
 {
-    return s && in_list(s, roles);
-}
-
-static int storage_err(struct rhema_store *st, int rc, const char *what, char *err)
-{
-    if (rc == RHEMA_EUNAVAIL)
-        return errf(err, rc, "storage unavailable while %s: %s", what, st->vt->errmsg(st->conn));
-    return errf(err, rc, "storage error while %s: %s (%s)", what, rhema_strerror(rc),
-                st->vt->errmsg(st->conn));
+    return s && rhema_name_in_list(s, roles);
 }
 
 /* A stored unsigned counter of a record (0 when absent or not an integer). */
@@ -87,31 +61,18 @@ static void log_key(char buf[LOG_KEY_MAX], const char *node, uint64_t index)
 
 /* ---- validation ---- */
 
-static int check_unknown(json_t *body, const char *const *known, const char *const *ignored,
-                         const char *prefix, char *err)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v)
-    {
-        if (!in_list(key, known) && !in_list(key, ignored))
-            return errf(err, RHEMA_EINVAL, "field '%s%s': unknown field", prefix, key);
-    }
-    return 0;
-}
-
 /* A JSON integer >= min into dst[key]; absent is an error when required. */
 static int check_uint(json_t *dst, const char *key, json_t *v, uint64_t min, int required,
                       const char *prefix, char *err)
 {
     if (!v) {
         if (required)
-            return errf(err, RHEMA_EINVAL, "field '%s%s': required", prefix, key);
+            return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': required", prefix, key);
         return 0;
     }
     if (!json_is_integer(v) || json_integer_value(v) < (json_int_t)min)
-        return errf(err, RHEMA_EINVAL, "field '%s%s': expected an integer >= %llu", prefix, key,
-                    (unsigned long long)min);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': expected an integer >= %llu",
+                                prefix, key, (unsigned long long)min);
     json_object_set(dst, key, v);
     return 0;
 }
@@ -124,8 +85,9 @@ static int check_opt_id(json_t *dst, const char *key, json_t *v, char *err)
         return 0;
     }
     if (!json_is_string(v) || !rhema_id_valid(json_string_value(v)))
-        return errf(err, RHEMA_EINVAL,
-                    "field '%s': expected null or an id of 1-128 characters [A-Za-z0-9._:-]", key);
+        return rhema_set_errbuf(
+            err, RHEMA_EINVAL,
+            "field '%s': expected null or an id of 1-128 characters [A-Za-z0-9._:-]", key);
     json_object_set(dst, key, v);
     return 0;
 }
@@ -136,13 +98,13 @@ int rhema_consensus_state_validate(json_t *body, const char *node, json_t **out,
     int rc;
     json_t *s, *v;
     if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "body: expected a JSON object");
-    if ((rc = check_unknown(body, state_fields, state_metadata, "", err)))
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
+    if ((rc = rhema_field_known(body, state_fields, state_metadata, "", err)))
         return rc;
     v = json_object_get(body, "node_id");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), node) != 0))
-        return errf(err, RHEMA_EINVAL, "field 'node_id': does not match the node '%s' in the path",
-                    node);
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'node_id': does not match the node '%s' in the path", node);
     s = json_object();
     if ((rc = check_uint(s, "term", json_object_get(body, "term"), 0, 1, "", err)))
         goto fail;
@@ -152,7 +114,8 @@ int rhema_consensus_state_validate(json_t *body, const char *node, json_t **out,
     if (!v) {
         json_object_set_new(s, "state", json_string("Follower"));
     } else if (!json_is_string(v) || !rhema_consensus_role_valid(json_string_value(v))) {
-        rc = errf(err, RHEMA_EINVAL, "field 'state': expected one of Follower, Candidate, Leader");
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                              "field 'state': expected one of Follower, Candidate, Leader");
         goto fail;
     } else {
         json_object_set(s, "state", v);
@@ -178,11 +141,12 @@ static int entry_validate(json_t *body, const char *prefix, json_t **out, char *
     json_t *e, *v;
     if (!json_is_object(body)) {
         if (*prefix)
-            return errf(err, RHEMA_EINVAL, "field '%.*s': expected an entry object",
-                        (int)strlen(prefix) - 1, prefix);
-        return errf(err, RHEMA_EINVAL, "body: expected an entry object or an array of them");
+            return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%.*s': expected an entry object",
+                                    (int)strlen(prefix) - 1, prefix);
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "body: expected an entry object or an array of them");
     }
-    if ((rc = check_unknown(body, entry_fields, entry_metadata, prefix, err)))
+    if ((rc = rhema_field_known(body, entry_fields, entry_metadata, prefix, err)))
         return rc;
     e = json_object();
     if ((rc = check_uint(e, "index", json_object_get(body, "index"), 1, 1, prefix, err)) ||
@@ -191,8 +155,9 @@ static int entry_validate(json_t *body, const char *prefix, json_t **out, char *
     v = json_object_get(body, "command");
     if (!v || !json_is_string(v) || json_string_length(v) == 0 ||
         json_string_length(v) > COMMAND_MAX) {
-        rc = errf(err, RHEMA_EINVAL, "field '%scommand': expected a string of 1-%d bytes", prefix,
-                  COMMAND_MAX);
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                              "field '%scommand': expected a string of 1-%d bytes", prefix,
+                              COMMAND_MAX);
         goto fail;
     }
     json_object_set(e, "command", v);
@@ -219,7 +184,7 @@ int rhema_consensus_entries_validate(json_t *body, json_t **out, char err[RHEMA_
         return 0;
     }
     if (json_array_size(body) == 0)
-        return errf(err, RHEMA_EINVAL, "body: expected at least one entry");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected at least one entry");
     arr = json_array();
     json_array_foreach(body, i, item)
     {
@@ -232,7 +197,7 @@ int rhema_consensus_entries_validate(json_t *body, json_t **out, char err[RHEMA_
             uint64_t prev = get_u(json_array_get(arr, i - 1), "index");
             uint64_t idx = get_u(e, "index");
             if (idx != prev + 1) {
-                rc = errf(
+                rc = rhema_set_errbuf(
                     err, RHEMA_EINVAL,
                     "field 'entries[%zu].index': expected %llu (the entries of one append must "
                     "have consecutive indexes)",
@@ -255,7 +220,7 @@ static int record_make(json_t *obj, uint64_t version, struct rhema_record *out, 
 {
     char *text = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (!text)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     size_t len = strlen(text);
     char tail[48];
     int tl = snprintf(tail, sizeof tail, "%s\"version\":%llu}", len > 2 ? "," : "",
@@ -263,7 +228,7 @@ static int record_make(json_t *obj, uint64_t version, struct rhema_record *out, 
     char *buf = realloc(text, len + (size_t)tl + 1);
     if (!buf) {
         free(text);
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     }
     memcpy(buf + len - 1, tail, (size_t)tl + 1);
     out->json = buf;
@@ -294,9 +259,10 @@ static int state_load(struct rhema_store *st, const char *node, json_t **cur, ui
     if (rc == RHEMA_ENOTFOUND)
         return 0;
     if (rc)
-        return storage_err(st, rc, "reading the consensus state", err);
+        return rhema_store_error(st, rc, "reading the consensus state", err);
     if (!(*cur = parse_obj(v.data, v.len)))
-        return errf(err, RHEMA_ECORRUPT, "stored consensus state of node '%s' is corrupt", node);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                                "stored consensus state of node '%s' is corrupt", node);
     *version = v.version;
     return 0;
 }
@@ -333,7 +299,7 @@ int rhema_consensus_state_get(struct rhema_store *st, const char *node, struct r
     if (rc)
         return rc;
     if (!cur)
-        return errf(err, RHEMA_ENOTFOUND, "consensus node '%s' not found", node);
+        return rhema_set_errbuf(err, RHEMA_ENOTFOUND, "consensus node '%s' not found", node);
     rc = record_make(cur, version, out, err);
     json_decref(cur);
     return rc;
@@ -345,17 +311,19 @@ static int check_if_match(uint64_t if_match, const json_t *cur, uint64_t version
                           char *err)
 {
     if (if_match == RHEMA_VERSION_ABSENT && cur)
-        return errf(err, RHEMA_EPRECONDITION,
-                    "consensus state of node '%s' already exists (version %llu)", node,
-                    (unsigned long long)version);
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                "consensus state of node '%s' already exists (version %llu)", node,
+                                (unsigned long long)version);
     if (if_match && if_match != RHEMA_VERSION_ABSENT && (!cur || version != if_match)) {
         if (!cur)
-            return errf(err, RHEMA_EPRECONDITION,
-                        "consensus node '%s' does not exist (If-Match expected version %llu)", node,
-                        (unsigned long long)if_match);
-        return errf(err, RHEMA_EPRECONDITION,
-                    "consensus state of node '%s' is at version %llu, not %llu (If-Match)", node,
-                    (unsigned long long)version, (unsigned long long)if_match);
+            return rhema_set_errbuf(
+                err, RHEMA_EPRECONDITION,
+                "consensus node '%s' does not exist (If-Match expected version %llu)", node,
+                (unsigned long long)if_match);
+        return rhema_set_errbuf(
+            err, RHEMA_EPRECONDITION,
+            "consensus state of node '%s' is at version %llu, not %llu (If-Match)", node,
+            (unsigned long long)version, (unsigned long long)if_match);
     }
     return 0;
 }
@@ -367,19 +335,20 @@ static int state_apply(json_t *rec, json_t *in, const char *node, char *err)
     for (const char *const *f = from_log; *f; f++) {
         json_t *v = json_object_get(in, *f);
         if (v && (uint64_t)json_integer_value(v) != get_u(rec, *f))
-            return errf(err, RHEMA_ECONFLICT,
-                        "field '%s': %lld does not match the log of node '%s' (%llu); the log "
-                        "changes through POST .../entries",
-                        *f, (long long)json_integer_value(v), node,
-                        (unsigned long long)get_u(rec, *f));
+            return rhema_set_errbuf(
+                err, RHEMA_ECONFLICT,
+                "field '%s': %lld does not match the log of node '%s' (%llu); the log "
+                "changes through POST .../entries",
+                *f, (long long)json_integer_value(v), node, (unsigned long long)get_u(rec, *f));
     }
     json_t *ci = json_object_get(in, "commit_index");
     if (ci && (uint64_t)json_integer_value(ci) > get_u(rec, "commit_index"))
-        return errf(err, RHEMA_ECONFLICT,
-                    "field 'commit_index': %lld is above the current commit index %llu of node "
-                    "'%s'; advance it with POST .../commit",
-                    (long long)json_integer_value(ci),
-                    (unsigned long long)get_u(rec, "commit_index"), node);
+        return rhema_set_errbuf(
+            err, RHEMA_ECONFLICT,
+            "field 'commit_index': %lld is above the current commit index %llu of node "
+            "'%s'; advance it with POST .../commit",
+            (long long)json_integer_value(ci), (unsigned long long)get_u(rec, "commit_index"),
+            node);
     uint64_t term = get_u(in, "term");
     if (term != get_u(rec, "term"))
         set_u(rec, "term_count", get_u(rec, "term_count") + 1);
@@ -416,7 +385,7 @@ int rhema_consensus_state_put(struct rhema_store *st, const char *node, json_t *
         rec = cur ? json_deep_copy(cur) : state_initial(node, now);
         if (!rec) {
             json_decref(cur);
-            return errf(err, RHEMA_ENOMEM, "out of memory");
+            return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         }
         if ((rc = state_apply(rec, state, node, err)))
             goto done;
@@ -424,7 +393,7 @@ int rhema_consensus_state_put(struct rhema_store *st, const char *node, json_t *
         size_t len;
         char *text = dump(rec, &len);
         if (!text) {
-            rc = errf(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
             goto done;
         }
         struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
@@ -440,12 +409,13 @@ int rhema_consensus_state_put(struct rhema_store *st, const char *node, json_t *
             json_decref(cur);
             json_decref(rec);
             if (if_match)
-                return errf(err, RHEMA_EPRECONDITION,
-                            "consensus state of node '%s' changed concurrently (If-Match)", node);
+                return rhema_set_errbuf(
+                    err, RHEMA_EPRECONDITION,
+                    "consensus state of node '%s' changed concurrently (If-Match)", node);
             continue;
         }
         if (rc) {
-            rc = storage_err(st, rc, "writing the consensus state", err);
+            rc = rhema_store_error(st, rc, "writing the consensus state", err);
             goto done;
         }
         if ((rc = record_make(rec, w.new_version, out, err)) == 0)
@@ -455,10 +425,10 @@ int rhema_consensus_state_put(struct rhema_store *st, const char *node, json_t *
         json_decref(rec);
         return rc;
     }
-    return errf(err, RHEMA_ECONFLICT,
-                "consensus state of node '%s' is being written "
-                "concurrently; retry",
-                node);
+    return rhema_set_errbuf(err, RHEMA_ECONFLICT,
+                            "consensus state of node '%s' is being written "
+                            "concurrently; retry",
+                            node);
 }
 
 /* ---- reading log ranges ---- */
@@ -537,11 +507,11 @@ static int scan_range(struct rhema_store *st, const char *node, uint64_t lo, uin
     int rc = st->vt->scan(st->conn, NS_LOG, from, to, limit, collect_ent, l);
     if (rc) {
         if (l->oom)
-            return errf(err, RHEMA_ENOMEM, "out of memory");
+            return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         if (l->bad)
-            return errf(err, RHEMA_ECORRUPT, "consensus log of node '%s' has a malformed key",
-                        node);
-        return storage_err(st, rc, "reading the consensus log", err);
+            return rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                                    "consensus log of node '%s' has a malformed key", node);
+        return rhema_store_error(st, rc, "reading the consensus log", err);
     }
     return 0;
 }
@@ -552,14 +522,16 @@ static int range_complete(const struct ent_list *l, const char *node, uint64_t l
 {
     for (size_t i = 0; i < l->n || lo + i <= hi; i++) {
         if (i >= l->n || l->v[i].index != lo + i)
-            return errf(err, RHEMA_ECORRUPT,
-                        "consensus log of node '%s' is missing entry %llu (last_log_index says "
-                        "it exists)",
-                        node, (unsigned long long)(lo + i));
+            return rhema_set_errbuf(
+                err, RHEMA_ECORRUPT,
+                "consensus log of node '%s' is missing entry %llu (last_log_index says "
+                "it exists)",
+                node, (unsigned long long)(lo + i));
         if (lo + i > hi)
-            return errf(err, RHEMA_ECORRUPT,
-                        "consensus log of node '%s' has entry %llu beyond last_log_index %llu",
-                        node, (unsigned long long)l->v[i].index, (unsigned long long)hi);
+            return rhema_set_errbuf(
+                err, RHEMA_ECORRUPT,
+                "consensus log of node '%s' has entry %llu beyond last_log_index %llu", node,
+                (unsigned long long)l->v[i].index, (unsigned long long)hi);
     }
     return 0;
 }
@@ -678,14 +650,14 @@ static int log_change_apply(struct rhema_store *st, const char *node, json_t *re
     set_u(rec, "bytes", bytes);
     json_object_set_new(rec, "updated_at", json_string(now));
     if (!(stext = dump(rec, &slen)))
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     wset_state(ws, node, stext, slen, expected);
     rc = st->vt->batch(st->conn, ws->w, ws->n);
     if (rc == RHEMA_ECONFLICT || rc == RHEMA_ENOTFOUND) {
         *again = 1;
         return 0;
     }
-    return rc ? storage_err(st, rc, what, err) : 0;
+    return rc ? rhema_store_error(st, rc, what, err) : 0;
 }
 
 /* Append the reply's counters and make the record. */
@@ -726,16 +698,17 @@ static int append_once(struct rhema_store *st, const char *node, json_t *entries
         goto out;
     rec = cur ? json_deep_copy(cur) : state_initial(node, now);
     if (!rec) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     uint64_t last = get_u(rec, "last_log_index");
     uint64_t commit = get_u(rec, "commit_index");
     if (first > last + 1) {
-        rc = errf(err, RHEMA_ECONFLICT,
-                  "field 'index': entry %llu would leave a gap: the log of node '%s' ends at "
-                  "index %llu",
-                  (unsigned long long)first, node, (unsigned long long)last);
+        rc = rhema_set_errbuf(
+            err, RHEMA_ECONFLICT,
+            "field 'index': entry %llu would leave a gap: the log of node '%s' ends at "
+            "index %llu",
+            (unsigned long long)first, node, (unsigned long long)last);
         goto out;
     }
     /*
@@ -758,8 +731,9 @@ static int append_once(struct rhema_store *st, const char *node, json_t *entries
         for (size_t i = 0; i < have.n; i++) {
             uint64_t term, size;
             if (entry_meta(&have.v[i], &term, &size)) {
-                rc = errf(err, RHEMA_ECORRUPT, "consensus log of node '%s': entry %llu is corrupt",
-                          node, (unsigned long long)have.v[i].index);
+                rc = rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                                      "consensus log of node '%s': entry %llu is corrupt", node,
+                                      (unsigned long long)have.v[i].index);
                 goto out;
             }
             if (term == get_u(json_array_get(entries, (size_t)(have.v[i].index - first)), "term")) {
@@ -772,10 +746,11 @@ static int append_once(struct rhema_store *st, const char *node, json_t *entries
     }
     if (conflict) {
         if (conflict <= commit) {
-            rc = errf(err, RHEMA_ECONFLICT,
-                      "field 'index': entry %llu of node '%s' is committed (commit_index %llu); "
-                      "an entry of another term cannot replace it",
-                      (unsigned long long)conflict, node, (unsigned long long)commit);
+            rc = rhema_set_errbuf(
+                err, RHEMA_ECONFLICT,
+                "field 'index': entry %llu of node '%s' is committed (commit_index %llu); "
+                "an entry of another term cannot replace it",
+                (unsigned long long)conflict, node, (unsigned long long)commit);
             goto out;
         }
         start = conflict;
@@ -786,7 +761,8 @@ static int append_once(struct rhema_store *st, const char *node, json_t *entries
     } else if (lastreq <= last) {
         /* every entry is already there: nothing to write */
         if (!cur) {
-            rc = errf(err, RHEMA_ECORRUPT, "consensus node '%s' has a log but no state", node);
+            rc = rhema_set_errbuf(err, RHEMA_ECORRUPT, "consensus node '%s' has a log but no state",
+                                  node);
             goto out;
         }
         *res = r;
@@ -796,15 +772,16 @@ static int append_once(struct rhema_store *st, const char *node, json_t *entries
     /* 2. compose: new entries, replaced and dropped ones, then the state */
     size_t nwrites = (size_t)(lastreq - start + 1) + old.n + 1;
     if (wset_alloc(&ws, nwrites)) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     uint64_t count = get_u(rec, "entry_count"), bytes = get_u(rec, "bytes");
     for (size_t i = 0; i < old.n; i++) { /* the dropped suffix: subtract it */
         uint64_t term, size;
         if (entry_meta(&old.v[i], &term, &size)) {
-            rc = errf(err, RHEMA_ECORRUPT, "consensus log of node '%s': entry %llu is corrupt",
-                      node, (unsigned long long)old.v[i].index);
+            rc = rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                                  "consensus log of node '%s': entry %llu is corrupt", node,
+                                  (unsigned long long)old.v[i].index);
             goto out;
         }
         count = count ? count - 1 : 0;
@@ -817,7 +794,7 @@ static int append_once(struct rhema_store *st, const char *node, json_t *entries
         size_t len;
         char *text = entry_text(e, now, &size, &len);
         if (!text) {
-            rc = errf(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
             goto out;
         }
         /* replace what is there (by version) or create (must be absent) */
@@ -859,15 +836,16 @@ int rhema_consensus_append(struct rhema_store *st, const char *node, json_t *ent
     int rc = 0;
     size_t n = json_array_size(entries);
     if (n == 0)
-        return errf(err, RHEMA_EINVAL, "body: expected at least one entry");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected at least one entry");
     uint64_t first = get_u(json_array_get(entries, 0), "index");
     if (first == 0 || first > INDEX_MAX - n)
-        return errf(err, RHEMA_EINVAL, "field 'index': out of range");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field 'index': out of range");
     for (int attempt = 0; attempt < RETRIES; attempt++)
         if (!append_once(st, node, entries, out, res, &rc, err))
             return rc;
-    return errf(err, RHEMA_ECONFLICT,
-                "the consensus log of node '%s' is being written concurrently; retry", node);
+    return rhema_set_errbuf(err, RHEMA_ECONFLICT,
+                            "the consensus log of node '%s' is being written concurrently; retry",
+                            node);
 }
 
 /* ---- commit / applied ---- */
@@ -893,7 +871,7 @@ static int mark_once(struct rhema_store *st, const char *node, enum rhema_consen
     if ((rc = state_load(st, node, &cur, &version, err)))
         goto out;
     if (!cur) {
-        rc = errf(err, RHEMA_ENOTFOUND, "consensus node '%s' not found", node);
+        rc = rhema_set_errbuf(err, RHEMA_ENOTFOUND, "consensus node '%s' not found", node);
         goto out;
     }
     uint64_t at = get_u(cur, field), last = get_u(cur, "last_log_index");
@@ -903,13 +881,13 @@ static int mark_once(struct rhema_store *st, const char *node, enum rhema_consen
         goto out;
     }
     if (index > last) {
-        rc = errf(err, RHEMA_ECONFLICT,
-                  "field 'index': %llu is beyond the last entry %llu of node '%s'",
-                  (unsigned long long)index, (unsigned long long)last, node);
+        rc = rhema_set_errbuf(err, RHEMA_ECONFLICT,
+                              "field 'index': %llu is beyond the last entry %llu of node '%s'",
+                              (unsigned long long)index, (unsigned long long)last, node);
         goto out;
     }
     if (wset_alloc(&ws, RHEMA_CONSENSUS_STAMP_BATCH + 1)) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     for (uint64_t lo = at + 1; lo <= index;) {
@@ -919,16 +897,17 @@ static int mark_once(struct rhema_store *st, const char *node, enum rhema_consen
         if ((rc = scan_range(st, node, lo, hi, 0, &l, err)))
             goto out;
         if (l.n != hi - lo + 1) {
-            rc = errf(err, RHEMA_ECORRUPT,
-                      "consensus log of node '%s' is missing entries in %llu-%llu", node,
-                      (unsigned long long)lo, (unsigned long long)hi);
+            rc = rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                                  "consensus log of node '%s' is missing entries in %llu-%llu",
+                                  node, (unsigned long long)lo, (unsigned long long)hi);
             goto out;
         }
         for (size_t i = 0; i < l.n; i++) {
             json_t *e = parse_obj(l.v[i].text, l.v[i].len);
             if (!e) {
-                rc = errf(err, RHEMA_ECORRUPT, "consensus log of node '%s': entry %llu is corrupt",
-                          node, (unsigned long long)l.v[i].index);
+                rc = rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                                      "consensus log of node '%s': entry %llu is corrupt", node,
+                                      (unsigned long long)l.v[i].index);
                 goto out;
             }
             json_t *s = json_object_get(e, stamp);
@@ -941,7 +920,7 @@ static int mark_once(struct rhema_store *st, const char *node, enum rhema_consen
             char *text = dump(e, &len);
             json_decref(e);
             if (!text) {
-                rc = errf(err, RHEMA_ENOMEM, "out of memory");
+                rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
                 goto out;
             }
             wset_log(&ws, RHEMA_WRITE_PUT, node, l.v[i].index, text, len, l.v[i].version);
@@ -955,7 +934,7 @@ static int mark_once(struct rhema_store *st, const char *node, enum rhema_consen
             char *stext = dump(rec, &slen);
             if (!stext) {
                 json_decref(rec);
-                rc = errf(err, RHEMA_ENOMEM, "out of memory");
+                rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
                 goto out;
             }
             wset_state(&ws, node, stext, slen, version);
@@ -975,7 +954,7 @@ static int mark_once(struct rhema_store *st, const char *node, enum rhema_consen
             goto out;
         }
         if (rc) {
-            rc = storage_err(st, rc, "stamping consensus entries", err);
+            rc = rhema_store_error(st, rc, "stamping consensus entries", err);
             goto out;
         }
         for (size_t i = 0; i < ws.n; i++)
@@ -999,8 +978,9 @@ int rhema_consensus_mark(struct rhema_store *st, const char *node,
     for (int attempt = 0; attempt < RETRIES; attempt++)
         if (!mark_once(st, node, kind, index, out, advanced, &rc, err))
             return rc;
-    return errf(err, RHEMA_ECONFLICT,
-                "the consensus log of node '%s' is being written concurrently; retry", node);
+    return rhema_set_errbuf(err, RHEMA_ECONFLICT,
+                            "the consensus log of node '%s' is being written concurrently; retry",
+                            node);
 }
 
 /* ---- listing ---- */
@@ -1065,8 +1045,9 @@ static int page_text(const struct ent_list *l, size_t limit, const char *next, c
     }
     if (bad) {
         free(b.p);
-        return bad == -2 ? errf(err, RHEMA_ECORRUPT, "a stored consensus record is corrupt")
-                         : errf(err, RHEMA_ENOMEM, "out of memory");
+        return bad == -2
+                   ? rhema_set_errbuf(err, RHEMA_ECORRUPT, "a stored consensus record is corrupt")
+                   : rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     }
     *out = b.p;
     *out_len = b.len;
@@ -1090,13 +1071,13 @@ int rhema_consensus_entries(struct rhema_store *st, const char *node, uint64_t f
     if (from == 0)
         from = 1;
     if (to && to < from)
-        return errf(err, RHEMA_EINVAL, "parameter 'to': %llu is below 'from' %llu",
-                    (unsigned long long)to, (unsigned long long)from);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "parameter 'to': %llu is below 'from' %llu",
+                                (unsigned long long)to, (unsigned long long)from);
     rc = st->vt->get(st->conn, NS_STATE, node, &v);
     if (rc == RHEMA_ENOTFOUND)
-        return errf(err, rc, "consensus node '%s' not found", node);
+        return rhema_set_errbuf(err, rc, "consensus node '%s' not found", node);
     if (rc)
-        return storage_err(st, rc, "reading the consensus state", err);
+        return rhema_store_error(st, rc, "reading the consensus state", err);
     if (from > INDEX_MAX) /* no entry can be there */
         return page_text(&l, limit, NULL, out, out_len, err);
     if ((rc = scan_range(st, node, from, to, limit + 1, &l, err)))
@@ -1160,13 +1141,14 @@ int rhema_consensus_list(struct rhema_store *st, size_t limit, const char *curso
     int rc;
     limit = clamp_limit(limit);
     if (cursor && !rhema_id_valid(cursor))
-        return errf(err, RHEMA_EINVAL, "parameter 'cursor': not a cursor this server issued");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "parameter 'cursor': not a cursor this server issued");
     if (cursor)
         snprintf(from, sizeof from, "%s\x01", cursor); /* just after the cursor's id */
     rc = st->vt->scan(st->conn, NS_STATE, cursor ? from : NULL, NULL, limit + 1, collect_node, &nl);
     if (rc) {
-        rc = nl.l.oom ? errf(err, RHEMA_ENOMEM, "out of memory")
-                      : storage_err(st, rc, "listing consensus nodes", err);
+        rc = nl.l.oom ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
+                      : rhema_store_error(st, rc, "listing consensus nodes", err);
         goto out;
     }
     rc = page_text(&nl.l, limit, nl.l.n > limit ? nl.keys[limit - 1] : NULL, out, out_len, err);
@@ -1215,7 +1197,7 @@ static int compact_once(struct rhema_store *st, const char *node, uint64_t cutof
     uint64_t count = get_u(cur, "entry_count"), bytes = get_u(cur, "bytes"), last_term = 0;
     size_t n = 0;
     if (wset_alloc(&ws, l.n + 1)) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     for (; n < l.n; n++) {
@@ -1224,8 +1206,9 @@ static int compact_once(struct rhema_store *st, const char *node, uint64_t cutof
         uint64_t at_ms;
         if (!o || !json_is_integer(json_object_get(o, "term"))) {
             json_decref(o);
-            rc = errf(err, RHEMA_ECORRUPT, "consensus log of node '%s': entry %llu is corrupt",
-                      node, (unsigned long long)l.v[n].index);
+            rc = rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                                  "consensus log of node '%s': entry %llu is corrupt", node,
+                                  (unsigned long long)l.v[n].index);
             goto out;
         }
         /* the prefix only (the log stays contiguous); no stamp: keep it */
@@ -1243,7 +1226,7 @@ static int compact_once(struct rhema_store *st, const char *node, uint64_t cutof
     if (n == 0)
         goto out;
     if (!(rec = json_deep_copy(cur))) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     set_u(rec, "log_start_index", start + n);
@@ -1272,8 +1255,9 @@ int rhema_consensus_compact(struct rhema_store *st, const char *node, uint64_t c
         int tries = 0;
         while (compact_once(st, node, cutoff_ms, removed, &more, &rc, err))
             if (++tries >= RETRIES)
-                return errf(err, RHEMA_ECONFLICT,
-                            "consensus node '%s' kept changing while compacting its log", node);
+                return rhema_set_errbuf(
+                    err, RHEMA_ECONFLICT,
+                    "consensus node '%s' kept changing while compacting its log", node);
         if (rc)
             return rc;
     }
@@ -1294,9 +1278,9 @@ int rhema_consensus_cleanup(void *arg, const struct rhema_storage_plugin *vt,
     rc = vt->scan(conn, NS_STATE, NULL, NULL, 0, rhema_key_list_collect, &ids);
     if (rc) {
         if (ids.oom)
-            errf(msg, RHEMA_ENOMEM, "out of memory");
+            rhema_set_errbuf(msg, RHEMA_ENOMEM, "out of memory");
         else
-            storage_err(&st, rc, "listing consensus nodes", msg);
+            rhema_store_error(&st, rc, "listing consensus nodes", msg);
         first = rc;
     }
     for (size_t i = 0; !first && i < ids.n; i++) {

@@ -41,7 +41,7 @@
 
 #include <jansson.h>
 
-#include "session.h" /* struct rhema_store, struct rhema_record, RHEMA_ERRMSG_MAX */
+#include "store.h" /* struct rhema_store, struct rhema_record, RHEMA_ERRMSG_MAX */
 
 /* Entries stamped (committed_at / applied_at) per storage batch. */
 #define RHEMA_CONSENSUS_STAMP_BATCH 1000

@@ -44,8 +44,9 @@
 #include "codec.h" /* struct rhema_buf */
 #include "config.h"
 #include "plugin.h"
+#include "util.h"
 
-#define RHEMA_KEYRING_ERR_MAX 256
+#define RHEMA_KEYRING_ERR_MAX RHEMA_ERRMSG_MAX /* util.h */
 #define RHEMA_ENVELOPE_MAGIC0 'R'
 #define RHEMA_ENVELOPE_MAGIC1 'E'
 #define RHEMA_ENVELOPE_VERSION 1

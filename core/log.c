@@ -32,9 +32,8 @@ int rhema_log_open(int level, enum rhema_log_format format, const char *file, ch
     if (file && *file) {
         fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
         if (fd < 0) {
-            if (err && asprintf(err, "cannot open log file %s: %s", file, strerror(errno)) < 0)
-                *err = NULL;
-            return RHEMA_EIO;
+            return rhema_set_error(err, RHEMA_EIO, "cannot open log file %s: %s", file,
+                                   strerror(errno));
         }
     }
     pthread_mutex_lock(&reopen_lock);

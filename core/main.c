@@ -24,15 +24,16 @@
 #include <event2/thread.h>
 #include <sodium.h>
 
-#include "api_keys.h"
+#include "api/api_keys.h"
 #include "atrest.h"
 #include "cluster.h"
 #include "config.h"
-#include "http.h"
+#include "api/pipeline.h"
 #include "log.h"
 #include "maintenance.h"
 #include "perfmon.h"
 #include "consensus.h"
+#include "server.h"
 #include "services.h"
 #include "plugin.h"
 #include "util.h"
@@ -131,10 +132,8 @@ static int load_plugins(struct rhema_server *srv, char **err)
                                       RHEMA_KIND_STORAGE, &p, err)))
         return rc;
     if (p->kind != RHEMA_KIND_STORAGE) {
-        if (asprintf(err, "persistence.backend '%s' is a %s plugin", cfg->backend,
-                     rhema_plugin_kind_name(p->kind)) < 0)
-            *err = NULL;
-        return RHEMA_EINVAL;
+        return rhema_set_error(err, RHEMA_EINVAL, "persistence.backend '%s' is a %s plugin",
+                               cfg->backend, rhema_plugin_kind_name(p->kind));
     }
     srv->storage_plugin = p;
     srv->storage = &p->vt.storage;
@@ -181,9 +180,8 @@ static int open_storage(struct rhema_server *srv, char **err)
     char *perr = NULL;
     int rc = srv->storage->open(rhema_host_get(), group, &srv->storage_inst, &perr);
     if (rc) {
-        if (asprintf(err, "storage '%s': %s", srv->storage_plugin->name,
-                     perr ? perr : rhema_strerror(rc)) < 0)
-            *err = NULL;
+        rhema_set_error(err, 0, "storage '%s': %s", srv->storage_plugin->name,
+                        perr ? perr : rhema_strerror(rc));
         free(perr);
         srv->storage_inst = NULL;
         return rc;
@@ -263,9 +261,8 @@ static int pidfile_write(const char *path, char **err)
         ssize_t n = read(fd, buf, sizeof buf - 1);
         buf[n > 0 ? n : 0] = '\0';
         buf[strcspn(buf, "\n")] = '\0';
-        if (asprintf(err, "pidfile %s is locked: rhemad is already running (pid %s)", path,
-                     buf) < 0)
-            *err = NULL;
+        rhema_set_error(err, 0, "pidfile %s is locked: rhemad is already running (pid %s)", path,
+                        buf);
         close(fd);
         return RHEMA_ECONFLICT;
     }
@@ -277,8 +274,7 @@ static int pidfile_write(const char *path, char **err)
     pidfile_path = strdup(path);
     return 0;
 fail:
-    if (asprintf(err, "pidfile %s: %s", path, strerror(errno)) < 0)
-        *err = NULL;
+    rhema_set_error(err, 0, "pidfile %s: %s", path, strerror(errno));
     if (fd >= 0)
         close(fd);
     return RHEMA_EIO;
@@ -545,7 +541,7 @@ int main(int argc, char **argv)
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the service registry");
         goto out;
     }
-    if (rhema_http_start(&srv, &err) != 0) {
+    if (rhema_api_start(&srv, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
         goto out;
     }
@@ -556,7 +552,7 @@ int main(int argc, char **argv)
     event_base_dispatch(base);
 
     rhema_cluster_leave(srv.cluster); /* hand the lease over before the drain */
-    rhema_http_stop(&srv);
+    rhema_api_stop(&srv);
     rhema_services_stop(srv.services); /* after the workers, before the cluster and the base */
     srv.services = NULL;
     rhema_cluster_stop(srv.cluster);
@@ -568,7 +564,7 @@ int main(int argc, char **argv)
 out:
     notify_ready(status ? 1 : 0);
     if (srv.workers)
-        rhema_http_stop(&srv);
+        rhema_api_stop(&srv);
     rhema_services_stop(srv.services); /* after the workers, before the cluster and the base */
     srv.services = NULL;
     rhema_cluster_stop(srv.cluster); /* after the workers, before the base its timers are on */

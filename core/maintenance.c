@@ -20,9 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <jansson.h>
-
-#include "http.h"
+#include "server.h"
 #include "log.h"
 #include "maintenance.h"
 #include "session.h"
@@ -34,7 +32,6 @@
 #define BACKUP_FIRST_DELAY_MS 5000u  /* no backup in the first seconds after startup */
 #define CLEANUP_FIRST_DELAY_MS 30000u
 #define BG_RETRY_MS 60000u           /* a job due while the other one runs: retry then */
-#define CLEANUP_PAGE 256             /* index entries read per scan */
 #define TS_LEN 16                    /* yyyymmddThhmmssZ */
 
 struct cleanup_hook {
@@ -64,22 +61,6 @@ struct rhema_maintenance {
     rhema_maintenance_backup_fn bg_done_fn;
     void *bg_done_arg;
 };
-
-static int set_err(char **err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int set_err(char **err, int code, const char *fmt, ...)
-{
-    va_list ap;
-    if (err != NULL) {
-        free(*err);
-        *err = NULL;
-        va_start(ap, fmt);
-        if (vasprintf(err, fmt, ap) < 0)
-            *err = NULL;
-        va_end(ap);
-    }
-    return code;
-}
 
 /* ---- backup names ---- */
 
@@ -206,7 +187,7 @@ int rhema_backup_list(const char *dir, const char *backend, struct rhema_backup_
     if (d == NULL) {
         if (errno == ENOENT)
             return 0;
-        return set_err(err, RHEMA_EIO, "backup directory %s: %s", dir, strerror(errno));
+        return rhema_set_error(err, RHEMA_EIO, "backup directory %s: %s", dir, strerror(errno));
     }
     while ((de = readdir(d)) != NULL) {
         struct rhema_backup_file f;
@@ -235,7 +216,7 @@ int rhema_backup_list(const char *dir, const char *backend, struct rhema_backup_
             if (nv == NULL) {
                 free(v);
                 closedir(d);
-                return set_err(err, RHEMA_ENOMEM, "out of memory");
+                return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
             }
             v = nv;
         }
@@ -271,7 +252,7 @@ int rhema_backup_prune(const char *dir, const char *backend, int retention_days,
         bad = v[i].is_dir ? nftw(path, rm_cb, 8, FTW_DEPTH | FTW_PHYS) != 0 : unlink(path) != 0;
         if (bad) {
             if (first_err == 0)
-                first_err = set_err(err, RHEMA_EIO, "remove %s: %s", path, strerror(errno));
+                first_err = rhema_set_error(err, RHEMA_EIO, "remove %s: %s", path, strerror(errno));
             continue;
         }
         rhema_log(RHEMA_LOG_INFO, WHO, "pruned backup %s (older than %d days)", path,
@@ -316,28 +297,28 @@ int rhema_backup_create(const struct rhema_storage_plugin *vt, rhema_storage_con
     int e, rc, i;
 
     if (vt->backup == NULL)
-        return set_err(err, RHEMA_ENOTSUP, "storage '%s' cannot make backups", backend);
+        return rhema_set_error(err, RHEMA_ENOTSUP, "storage '%s' cannot make backups", backend);
     if (dir == NULL || dir[0] == '\0')
-        return set_err(err, RHEMA_EINVAL, "no backup directory");
+        return rhema_set_error(err, RHEMA_EINVAL, "no backup directory");
     if ((e = make_dirs(dir)) != 0)
-        return set_err(err, RHEMA_EIO, "cannot create the backup directory %s: %s", dir,
-                       strerror(e));
+        return rhema_set_error(err, RHEMA_EIO, "cannot create the backup directory %s: %s", dir,
+                               strerror(e));
     gmtime_r(&t, &tm);
     strftime(ts, sizeof ts, "%Y%m%dT%H%M%SZ", &tm);
     for (i = 1;; i++) {
         int n = i == 1 ? snprintf(path, sizeof path, "%s/rhema-%s-%s.bak", dir, backend, ts)
                        : snprintf(path, sizeof path, "%s/rhema-%s-%s-%d.bak", dir, backend, ts, i);
         if (n >= (int)sizeof path)
-            return set_err(err, RHEMA_EINVAL, "backup path too long");
+            return rhema_set_error(err, RHEMA_EINVAL, "backup path too long");
         snprintf(tmp, sizeof tmp, "%s.tmp", path);
         if (lstat(path, &st) != 0 && errno == ENOENT && lstat(tmp, &st) != 0 && errno == ENOENT)
             break;
         if (i >= 1000)
-            return set_err(err, RHEMA_EIO, "too many backups in %s for %s", dir, ts);
+            return rhema_set_error(err, RHEMA_EIO, "too many backups in %s for %s", dir, ts);
     }
     rc = vt->backup(conn, path, &perr);
     if (rc != 0) {
-        set_err(err, rc, "backup to %s: %s", path, perr ? perr : rhema_strerror(rc));
+        rhema_set_error(err, rc, "backup to %s: %s", path, perr ? perr : rhema_strerror(rc));
         free(perr);
         return rc;
     }
@@ -347,113 +328,11 @@ int rhema_backup_create(const struct rhema_storage_plugin *vt, rhema_storage_con
     return 0;
 }
 
-/* ---- retention cleanup of sessions ---- */
-
-struct id_page {
-    char (*ids)[RHEMA_ID_MAX + 1];
-    size_t n;
-    char last[2 * RHEMA_ID_MAX + 2]; /* the last index key seen */
-};
-
-static int collect_status_cb(void *ctx, const char *key, const void *value, size_t len,
-                             uint64_t version)
-{
-    struct id_page *pg = ctx;
-    const char *slash = strchr(key, '/');
-    (void)value, (void)len, (void)version;
-    snprintf(pg->last, sizeof pg->last, "%s", key);
-    if (slash != NULL && rhema_id_valid(slash + 1))
-        snprintf(pg->ids[pg->n++], RHEMA_ID_MAX + 1, "%s", slash + 1);
-    return 0;
-}
-
 /*
- * Decide on one session: 1 when it is still Completed/Cancelled and
- * updated before cutoff (*version set), 0 when not, < 0 on a read error.
+ * Retention cleanup on conn: every hook in registration order, the
+ * sessions' first (rhema_maintenance_start registers it).  Any thread
+ * (reads m->srv, m->hooks).
  */
-static int session_expired(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
-                           const char *id, uint64_t cutoff_ms, uint64_t *version)
-{
-    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
-    json_t *rec;
-    const char *status, *updated;
-    uint64_t ms = 0;
-    int rc = vt->get(conn, "sessions", id, &v), old = 0;
-    if (rc == RHEMA_ENOTFOUND)
-        return 0;
-    if (rc != 0)
-        return rc;
-    rec = json_loadb(v.data, v.len, 0, NULL);
-    status = json_string_value(json_object_get(rec, "status"));
-    updated = json_string_value(json_object_get(rec, "updated_at"));
-    if (status != NULL && (strcmp(status, "Completed") == 0 || strcmp(status, "Cancelled") == 0) &&
-        updated != NULL && rhema_time_parse(updated, &ms) == 0 && ms < cutoff_ms)
-        old = 1;
-    json_decref(rec);
-    *version = v.version;
-    return old;
-}
-
-int rhema_cleanup_sessions(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
-                           uint64_t cutoff_ms, size_t *removed, char **err)
-{
-    static const char *const statuses[] = {"Completed", "Cancelled"};
-    struct rhema_store st;
-    struct id_page pg = {0};
-    char from[2 * RHEMA_ID_MAX + 4], to[64], msg[RHEMA_ERRMSG_MAX];
-    size_t s, i, count = 0;
-    int rc = 0;
-
-    *removed = 0;
-    pg.ids = calloc(CLEANUP_PAGE, sizeof *pg.ids);
-    if (pg.ids == NULL)
-        return set_err(err, RHEMA_ENOMEM, "out of memory");
-    rhema_store_init(&st, vt, conn);
-    for (s = 0; s < 2 && rc == 0; s++) {
-        /* index keys "<Status>/<id>": from "<Status>/" up to "<Status>0" ('/' + 1) */
-        snprintf(from, sizeof from, "%s/", statuses[s]);
-        snprintf(to, sizeof to, "%s0", statuses[s]);
-        for (;;) {
-            pg.n = 0;
-            pg.last[0] = '\0';
-            rc = vt->scan(conn, "sessions.status", from, to, CLEANUP_PAGE, collect_status_cb, &pg);
-            if (rc != 0) {
-                set_err(err, rc, "scanning sessions.status: %s", vt->errmsg(conn));
-                break;
-            }
-            for (i = 0; i < pg.n; i++) {
-                uint64_t version = 0;
-                int old = session_expired(vt, conn, pg.ids[i], cutoff_ms, &version);
-                if (old < 0) {
-                    rc = set_err(err, old, "reading session '%s': %s", pg.ids[i],
-                                 vt->errmsg(conn));
-                    break;
-                }
-                if (old == 0)
-                    continue;
-                int drc = rhema_session_delete(&st, pg.ids[i], version, msg);
-                if (drc == 0) {
-                    count++;
-                    rhema_log(RHEMA_LOG_DEBUG, WHO, "removed %s session '%s' (retention)",
-                              statuses[s], pg.ids[i]);
-                } else if (drc != RHEMA_EPRECONDITION && drc != RHEMA_ENOTFOUND &&
-                           drc != RHEMA_ECONFLICT) {
-                    rc = set_err(err, drc, "deleting session '%s': %s", pg.ids[i], msg);
-                    break;
-                }
-            }
-            if (rc != 0 || pg.n < CLEANUP_PAGE || pg.last[0] == '\0')
-                break;
-            /* resume just after the last key: its immediate successor is key + "\x01" */
-            snprintf(from, sizeof from, "%s\x01", pg.last);
-        }
-    }
-    rhema_store_release(&st);
-    free(pg.ids);
-    *removed = count;
-    return rc;
-}
-
 /* ---- the running part ---- */
 
 static uint64_t interval_ms(int hours)
@@ -516,7 +395,11 @@ static int backup_on(struct rhema_maintenance *m, rhema_storage_conn *conn, char
     return 0;
 }
 
-/* Retention cleanup on conn: sessions, then the hooks.  Any thread (reads m->srv, m->hooks). */
+/*
+ * Retention cleanup on conn: every hook in registration order, the
+ * sessions' first (rhema_maintenance_start registers it).  Any thread
+ * (reads m->srv, m->hooks).
+ */
 static int cleanup_on(struct rhema_maintenance *m, rhema_storage_conn *conn, size_t *removed,
                       char **err)
 {
@@ -524,16 +407,8 @@ static int cleanup_on(struct rhema_maintenance *m, rhema_storage_conn *conn, siz
     uint64_t keep = (uint64_t)cfg->data_retention_days * MS_PER_DAY, now = rhema_realtime_ms();
     uint64_t cutoff = now > keep ? now - keep : 0;
     size_t n = 0, total = 0, i;
-    int rc = rhema_cleanup_sessions(m->srv->storage, conn, cutoff, &n, err), first = rc;
+    int rc, first = 0;
 
-    total += n;
-    if (rc != 0)
-        rhema_log(RHEMA_LOG_ERROR, WHO, "cleanup of sessions: %s (%zu removed before it)",
-                  err && *err ? *err : "?", n);
-    else
-        rhema_log(RHEMA_LOG_NOTICE, WHO,
-                  "cleanup: removed %zu Completed/Cancelled session(s) not updated for %d days", n,
-                  cfg->data_retention_days);
     for (i = 0; i < m->n_hooks; i++) {
         char *herr = NULL;
         n = 0;
@@ -695,16 +570,23 @@ int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
     int rc;
 
     if (m == NULL)
-        return set_err(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
     m->srv = srv;
     m->base = base;
+    if (rhema_maintenance_add_cleanup(m, "Completed/Cancelled session(s)", rhema_session_cleanup,
+                                      NULL) != 0) {
+        free(m);
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
+    }
     atomic_init(&m->size_bytes, 0);
     atomic_init(&m->delta, 0);
     atomic_init(&m->limit, cfg->max_data_size_bytes);
     rc = srv->storage->connect(srv->storage_inst, &m->conn, &perr);
     if (rc != 0) {
-        set_err(err, rc, "maintenance: storage connect: %s", perr ? perr : rhema_strerror(rc));
+        rhema_set_error(err, rc, "maintenance: storage connect: %s",
+                        perr ? perr : rhema_strerror(rc));
         free(perr);
+        free(m->hooks);
         free(m);
         return rc;
     }
@@ -715,7 +597,7 @@ int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
     if (m->gauge_ev == NULL || m->backup_ev == NULL || m->cleanup_ev == NULL ||
         m->bg_done_ev == NULL) {
         rhema_maintenance_stop(m);
-        return set_err(err, RHEMA_ENOMEM, "maintenance: cannot create timers");
+        return rhema_set_error(err, RHEMA_ENOMEM, "maintenance: cannot create timers");
     }
     gauge_refresh(m); /* the limit holds from the first request on */
     arm(m->gauge_ev, RHEMA_MAINTENANCE_GAUGE_MS);
@@ -746,8 +628,7 @@ int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
     if (cfg->enable_cleanup) {
         uint64_t every = interval_ms(cfg->cleanup_interval_hours);
         arm(m->cleanup_ev, every < CLEANUP_FIRST_DELAY_MS ? every : CLEANUP_FIRST_DELAY_MS);
-        rhema_log(RHEMA_LOG_INFO, WHO,
-                  "cleanup every %d h of Completed/Cancelled sessions older than %d days",
+        rhema_log(RHEMA_LOG_INFO, WHO, "retention cleanup every %d h of what is older than %d days",
                   cfg->cleanup_interval_hours, cfg->data_retention_days);
     }
     if (cfg->max_data_size_bytes > 0)

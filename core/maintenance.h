@@ -18,13 +18,13 @@
  *             backup_retention_days are removed -- never the newest one, and
  *             nothing that does not match the pattern.
  *   cleanup   when persistence.enable_cleanup: every cleanup_interval_hours
- *             (the first run shortly after startup), sessions whose status
- *             is Completed or Cancelled and whose updated_at is older than
- *             data_retention_days are deleted through the session store
- *             (with the version read, so the indexes and access record go
- *             too and a session updated meanwhile is left alone); then each
- *             registered cleanup hook runs with the same cutoff (rhemad
- *             registers rhema_consensus_cleanup(): applied log entries).
+ *             (the first run shortly after startup), each registered
+ *             cleanup hook runs with the cutoff now - data_retention_days:
+ *             first the sessions' (rhema_session_cleanup(), session.h:
+ *             Completed and Cancelled sessions not updated since), which
+ *             rhema_maintenance_start() registers itself, then the others
+ *             (rhemad registers rhema_consensus_cleanup(): applied log
+ *             entries).  What each store keeps and how is its own business.
  *   gauge     every RHEMA_MAINTENANCE_GAUGE_MS the plugin's stats(NULL)
  *             bytes (keys + values of live entries) into an atomic that the
  *             workers read through rhema_maintenance_over_limit().
@@ -92,14 +92,14 @@ uint64_t rhema_maintenance_data_size(const struct rhema_maintenance *m);
 /*
  * A cleanup hook: remove what is older than cutoff_ms (ms since the epoch)
  * on conn, count it in *removed; 0 or a negative code and *err.
- * Registered hooks run after the session cleanup, in registration order.
+ * Hooks run in registration order; the sessions' is the first.
  */
 typedef int (*rhema_maintenance_cleanup_fn)(void *arg, const struct rhema_storage_plugin *vt,
                                             rhema_storage_conn *conn, uint64_t cutoff_ms,
                                             size_t *removed, char **err);
 int rhema_maintenance_add_cleanup(struct rhema_maintenance *m, const char *name,
                                   rhema_maintenance_cleanup_fn fn, void *arg);
-/* Run the cleanup now (sessions, then the hooks); for tests and admin tools. */
+/* Run the cleanup now (every hook); for tests and admin tools. */
 int rhema_maintenance_cleanup_now(struct rhema_maintenance *m, size_t *removed, char **err);
 
 /* ---- building blocks (also used by rhemactl and the tests) ---- */
@@ -140,12 +140,4 @@ int rhema_backup_prune(const char *dir, const char *backend, int retention_days,
 int rhema_backup_create(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
                         const char *backend, const char *dir, uint64_t now_ms, char *path_out,
                         size_t cap, char **err);
-/*
- * Delete the Completed and Cancelled sessions whose updated_at is before
- * cutoff_ms, through the session store; *removed counts them.  A session
- * changed since it was read (version conflict) or already gone is skipped.
- */
-int rhema_cleanup_sessions(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
-                           uint64_t cutoff_ms, size_t *removed, char **err);
-
 #endif /* RHEMA_CORE_MAINTENANCE_H */

@@ -1,6 +1,8 @@
 /*
- * services -- the service registry, its health checker and the balancer
- * host side (see services.h for the layout, the rules and the locking).
+ * services -- the service registry's store, its groups and balancers, and
+ * the health checker with its probes (see services.h for the layout, the
+ * rules and the locking; validation is services_validate.c, the health
+ * state machine services_health.c).
  */
 #include "rhema_build.h"
 
@@ -18,7 +20,7 @@
 #include <event2/util.h>
 
 #include "cluster.h"
-#include "http.h"
+#include "server.h"
 #include "log.h"
 #include "services.h"
 #include "util.h"
@@ -33,260 +35,10 @@ static const char *const builtin_strategies[] = {"round_robin",          "least_
                                                  "random",               "ip_hash",
                                                  NULL};
 
-static int errf(char *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int errf(char *err, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, RHEMA_ERRMSG_MAX, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
-static int seterr(char **err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int seterr(char **err, int code, const char *fmt, ...)
-{
-    va_list ap;
-    if (err) {
-        free(*err);
-        va_start(ap, fmt);
-        if (vasprintf(err, fmt, ap) < 0)
-            *err = NULL;
-        va_end(ap);
-    }
-    return code;
-}
-
 static const char *jstr(json_t *v)
 {
     const char *s = json_string_value(v);
     return s ? s : "";
-}
-
-static int storage_err(struct rhema_store *st, int rc, const char *what, char *err)
-{
-    if (rc == RHEMA_EUNAVAIL)
-        return errf(err, rc, "storage unavailable while %s: %s", what, st->vt->errmsg(st->conn));
-    return errf(err, rc, "storage error while %s: %s", what, st->vt->errmsg(st->conn));
-}
-
-/* ---- defaults and validation ---- */
-
-void rhema_check_defaults_get(const struct rhema_config *cfg, struct rhema_check_defaults *d)
-{
-    d->interval_s = 10;
-    d->timeout_s = 5;
-    d->failure_threshold = 3;
-    d->success_threshold = 2;
-    rhema_config_get_int(cfg, "distributed.health_checking.interval_seconds", &d->interval_s);
-    rhema_config_get_int(cfg, "distributed.health_checking.timeout_seconds", &d->timeout_s);
-    rhema_config_get_int(cfg, "distributed.health_checking.failure_threshold",
-                         &d->failure_threshold);
-    rhema_config_get_int(cfg, "distributed.health_checking.success_threshold",
-                         &d->success_threshold);
-}
-
-/* "host:port" or "[v6]:port" with a port 1..65535; host of [A-Za-z0-9.-] or an IPv6 literal. */
-static int address_valid(const char *a)
-{
-    const char *colon;
-    size_t hlen;
-    if (!a || strlen(a) > RHEMA_SERVICE_ADDR_MAX)
-        return 0;
-    if (a[0] == '[') {
-        const char *end = strchr(a, ']');
-        if (!end || end == a + 1 || end[1] != ':')
-            return 0;
-        for (const char *p = a + 1; p < end; p++)
-            if (!strchr("0123456789abcdefABCDEF:.", *p))
-                return 0;
-        colon = end + 1;
-    } else {
-        colon = strrchr(a, ':');
-        if (!colon)
-            return 0;
-        hlen = (size_t)(colon - a);
-        if (hlen == 0)
-            return 0;
-        for (size_t i = 0; i < hlen; i++) {
-            char c = a[i];
-            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '-' || c == '_'))
-                return 0;
-        }
-    }
-    char *end;
-    errno = 0;
-    unsigned long port = strtoul(colon + 1, &end, 10);
-    return colon[1] >= '0' && colon[1] <= '9' && *end == '\0' && !errno && port >= 1 &&
-           port <= 65535;
-}
-
-static int http_url_valid(const char *u)
-{
-    struct evhttp_uri *uri;
-    int ok;
-    if (!u || strncmp(u, "http://", 7) != 0 || strlen(u) > 2000)
-        return 0;
-    uri = evhttp_uri_parse(u);
-    ok = uri && evhttp_uri_get_host(uri) && *evhttp_uri_get_host(uri);
-    if (uri)
-        evhttp_uri_free(uri);
-    return ok;
-}
-
-/* An integer field of o within lo..hi, or dflt when absent; -1 and err when bad. */
-static int int_field(json_t *o, const char *key, const char *label, int64_t lo, int64_t hi,
-                     int64_t dflt, int64_t *out, char *err)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v || json_is_null(v)) {
-        *out = dflt;
-        return 0;
-    }
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
-        errf(err, RHEMA_EINVAL, "field '%s': expected an integer from %lld to %lld", label,
-             (long long)lo, (long long)hi);
-        return -1;
-    }
-    *out = json_integer_value(v);
-    return 0;
-}
-
-static int check_validate(json_t *c, const struct rhema_check_defaults *d, json_t **out, char *err)
-{
-    static const char *const known[] = {"type", "target", "interval_seconds", "timeout_seconds",
-                                        "failure_threshold", "success_threshold",
-                                        "deregister_critical_after_seconds", NULL};
-    const char *key, *type, *target = NULL;
-    json_t *v;
-    int64_t interval, timeout, fthr, sthr, dereg;
-
-    if (!json_is_object(c))
-        return errf(err, RHEMA_EINVAL, "field 'check': expected an object or null");
-    json_object_foreach(c, key, v)
-    {
-        int ok = 0;
-        for (const char *const *k = known; *k; k++)
-            ok |= strcmp(key, *k) == 0;
-        if (!ok)
-            return errf(err, RHEMA_EINVAL, "field 'check.%s': unknown field", key);
-    }
-    v = json_object_get(c, "type");
-    type = json_string_value(v);
-    if (!type || (strcmp(type, "http") && strcmp(type, "tcp") && strcmp(type, "ttl")))
-        return errf(err, RHEMA_EINVAL, "field 'check.type': expected one of http, tcp, ttl");
-    v = json_object_get(c, "target");
-    if (v && !json_is_null(v) && !json_is_string(v))
-        return errf(err, RHEMA_EINVAL, "field 'check.target': expected a string");
-    target = json_string_value(v);
-    if (strcmp(type, "http") == 0 && !http_url_valid(target))
-        return errf(err, RHEMA_EINVAL,
-                    "field 'check.target': expected an http:// URL for an http check");
-    if (strcmp(type, "tcp") == 0 && !address_valid(target))
-        return errf(err, RHEMA_EINVAL,
-                    "field 'check.target': expected host:port for a tcp check");
-    if (strcmp(type, "ttl") == 0 && target)
-        return errf(err, RHEMA_EINVAL, "field 'check.target': a ttl check has no target");
-    if (int_field(c, "interval_seconds", "check.interval_seconds", 1, 86400, d->interval_s,
-                  &interval, err) ||
-        int_field(c, "timeout_seconds", "check.timeout_seconds", 1, 3600, d->timeout_s, &timeout,
-                  err) ||
-        int_field(c, "failure_threshold", "check.failure_threshold", 1, 100, d->failure_threshold,
-                  &fthr, err) ||
-        int_field(c, "success_threshold", "check.success_threshold", 1, 100, d->success_threshold,
-                  &sthr, err) ||
-        int_field(c, "deregister_critical_after_seconds",
-                  "check.deregister_critical_after_seconds", 0, 31536000, 0, &dereg, err))
-        return RHEMA_EINVAL;
-    if (strcmp(type, "ttl") != 0 && timeout > interval && json_object_get(c, "timeout_seconds"))
-        return errf(err, RHEMA_EINVAL,
-                    "field 'check.timeout_seconds': must not exceed check.interval_seconds (%lld)",
-                    (long long)interval);
-    if (timeout > interval)
-        timeout = interval; /* a defaulted timeout follows a short interval */
-    *out = json_pack("{s:s,s:o,s:I,s:I,s:I,s:I,s:I}", "type", type, "target",
-                     target ? json_string(target) : json_null(), "interval_seconds",
-                     (json_int_t)interval, "timeout_seconds", (json_int_t)timeout,
-                     "failure_threshold", (json_int_t)fthr, "success_threshold", (json_int_t)sthr,
-                     "deregister_critical_after_seconds", (json_int_t)dereg);
-    return *out ? 0 : errf(err, RHEMA_ENOMEM, "out of memory");
-}
-
-int rhema_service_validate(json_t *body, const char *path_id, const struct rhema_check_defaults *d,
-                           const struct rhema_services *s, json_t **out, char err[RHEMA_ERRMSG_MAX])
-{
-    static const char *const known[] = {"name", "service_id", "address", "weight", "metadata",
-                                        "check", "strategy", NULL};
-    static const char *const ignored[] = {"registered_at", "updated_at", "version",
-                                          "health_status", "last_health_check", "check_status",
-                                          "check_output", NULL};
-    const char *key, *name, *address, *strategy = NULL;
-    json_t *v, *meta, *check = NULL;
-    int64_t weight;
-
-    if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "body: expected a JSON object");
-    json_object_foreach(body, key, v)
-    {
-        int ok = 0;
-        for (const char *const *k = known; *k; k++)
-            ok |= strcmp(key, *k) == 0;
-        for (const char *const *k = ignored; *k; k++)
-            ok |= strcmp(key, *k) == 0;
-        if (!ok)
-            return errf(err, RHEMA_EINVAL, "field '%s': unknown field", key);
-    }
-    v = json_object_get(body, "service_id");
-    if (v && (!json_is_string(v) || strcmp(json_string_value(v), path_id) != 0))
-        return errf(err, RHEMA_EINVAL, "field 'service_id': must equal the id in the path ('%s')",
-                    path_id);
-    name = json_string_value(json_object_get(body, "name"));
-    if (!name || !rhema_id_valid(name))
-        return errf(err, RHEMA_EINVAL,
-                    "field 'name': expected 1-128 characters [A-Za-z0-9._:-]");
-    address = json_string_value(json_object_get(body, "address"));
-    if (!address_valid(address))
-        return errf(err, RHEMA_EINVAL,
-                    "field 'address': expected host:port (or [v6]:port), port 1-65535");
-    if (int_field(body, "weight", "weight", 1, 1000000, 1, &weight, err))
-        return RHEMA_EINVAL;
-    meta = json_object_get(body, "metadata");
-    if (meta && !json_is_null(meta)) {
-        json_t *mv;
-        if (!json_is_object(meta))
-            return errf(err, RHEMA_EINVAL, "field 'metadata': expected an object of strings");
-        json_object_foreach(meta, key, mv)
-        {
-            if (!json_is_string(mv))
-                return errf(err, RHEMA_EINVAL, "field 'metadata.%s': expected a string", key);
-        }
-    }
-    v = json_object_get(body, "strategy");
-    if (v && !json_is_null(v)) {
-        strategy = json_string_value(v);
-        if (!strategy || !rhema_id_valid(strategy))
-            return errf(err, RHEMA_EINVAL, "field 'strategy': expected a strategy name or null");
-        if (s && !rhema_services_strategy_loaded(s, strategy)) {
-            char names[256];
-            rhema_services_strategies(s, names, sizeof names);
-            return errf(err, RHEMA_EINVAL,
-                        "field 'strategy': balancing strategy '%s' is not loaded (loaded: %s)",
-                        strategy, names);
-        }
-    }
-    v = json_object_get(body, "check");
-    if (v && !json_is_null(v)) {
-        int rc = check_validate(v, d, &check, err);
-        if (rc)
-            return rc;
-    }
-    *out = json_pack("{s:s,s:s,s:s,s:I,s:o,s:o,s:o}", "name", name, "service_id", path_id,
-                     "address", address, "weight", (json_int_t)weight, "metadata",
-                     meta && !json_is_null(meta) ? json_deep_copy(meta) : json_object(), "check",
-                     check ? check : json_null(), "strategy",
-                     strategy ? json_string(strategy) : json_null());
-    return *out ? 0 : errf(err, RHEMA_ENOMEM, "out of memory");
 }
 
 /* ---- the store ---- */
@@ -301,10 +53,10 @@ static int load_json(struct rhema_store *st, const char *ns, const char *key, js
     if (rc == RHEMA_ENOTFOUND)
         return 0;
     if (rc)
-        return storage_err(st, rc, "reading the registry", err);
+        return rhema_store_error(st, rc, "reading the registry", err);
     *out = json_loadb(val.data, val.len, 0, NULL);
     if (!*out)
-        return errf(err, RHEMA_ECORRUPT, "%s '%s': stored value is not JSON", ns, key);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s '%s': stored value is not JSON", ns, key);
     if (version)
         *version = val.version;
     return 0;
@@ -397,7 +149,7 @@ static int record_out(json_t *rec, uint64_t version, struct rhema_record *out, c
 {
     out->json = json_dumps(rec, JSON_COMPACT);
     if (!out->json)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     out->len = strlen(out->json);
     out->version = version;
     return 0;
@@ -426,13 +178,13 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
             return rc;
         if (if_match == RHEMA_VERSION_ABSENT && cur) {
             json_decref(cur);
-            return errf(err, RHEMA_EPRECONDITION, "service '%s' already exists", id);
+            return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "service '%s' already exists", id);
         }
         if (if_match && if_match != RHEMA_VERSION_ABSENT && (!cur || version != if_match)) {
             json_decref(cur);
-            return errf(err, RHEMA_EPRECONDITION,
-                        cur ? "service '%s' is at another version" : "service '%s' not found",
-                        id);
+            return rhema_set_errbuf(
+                err, RHEMA_EPRECONDITION,
+                cur ? "service '%s' is at another version" : "service '%s' not found", id);
         }
         rec = json_deep_copy(svc);
         rhema_time_format(now, t);
@@ -443,7 +195,7 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
         if (!text) {
             json_decref(cur);
             json_decref(rec);
-            return errf(err, RHEMA_ENOMEM, "out of memory");
+            return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         }
         memset(w, 0, sizeof w);
         w[n].size = sizeof(struct rhema_storage_write);
@@ -480,16 +232,16 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
             if (!rc)
                 rc = record_out(rec, w[0].new_version, out, err);
         } else if (rc != RHEMA_ECONFLICT && rc != RHEMA_ENOTFOUND) {
-            rc = storage_err(st, rc, "writing the service", err);
+            rc = rhema_store_error(st, rc, "writing the service", err);
         }
         json_decref(cur);
         json_decref(rec);
         if (rc != RHEMA_ECONFLICT && rc != RHEMA_ENOTFOUND)
             return rc;
         if (if_match) /* the version the client named is gone */
-            return errf(err, RHEMA_EPRECONDITION, "service '%s' changed meanwhile", id);
+            return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "service '%s' changed meanwhile", id);
     }
-    return errf(err, RHEMA_ECONFLICT, "service '%s': too many concurrent writers", id);
+    return rhema_set_errbuf(err, RHEMA_ECONFLICT, "service '%s': too many concurrent writers", id);
 }
 
 int rhema_service_get(struct rhema_store *st, const char *id, int checks_enabled,
@@ -501,7 +253,7 @@ int rhema_service_get(struct rhema_store *st, const char *id, int checks_enabled
     if (rc)
         return rc;
     if (!rec)
-        return errf(err, RHEMA_ENOTFOUND, "service '%s' not found", id);
+        return rhema_set_errbuf(err, RHEMA_ENOTFOUND, "service '%s' not found", id);
     rc = decorate(st, id, rec, version, checks_enabled, err);
     if (!rc)
         rc = record_out(rec, version, out, err);
@@ -547,11 +299,12 @@ int rhema_service_delete(struct rhema_store *st, const char *id, uint64_t if_mat
         if ((rc = load_json(st, RHEMA_SERVICES_NS, id, &cur, &version, err)))
             return rc;
         if (!cur)
-            return errf(err, if_match ? RHEMA_EPRECONDITION : RHEMA_ENOTFOUND,
-                        "service '%s' not found", id);
+            return rhema_set_errbuf(err, if_match ? RHEMA_EPRECONDITION : RHEMA_ENOTFOUND,
+                                    "service '%s' not found", id);
         if (if_match && version != if_match) {
             json_decref(cur);
-            return errf(err, RHEMA_EPRECONDITION, "service '%s' is at another version", id);
+            return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "service '%s' is at another version",
+                                    id);
         }
         const char *name = json_string_value(json_object_get(cur, "name"));
         if (name_out)
@@ -561,9 +314,9 @@ int rhema_service_delete(struct rhema_store *st, const char *id, uint64_t if_mat
         if (rc == 0)
             return 0;
         if (rc != RHEMA_ECONFLICT && rc != RHEMA_ENOTFOUND)
-            return storage_err(st, rc, "deleting the service", err);
+            return rhema_store_error(st, rc, "deleting the service", err);
     }
-    return errf(err, RHEMA_ECONFLICT, "service '%s': too many concurrent writers", id);
+    return rhema_set_errbuf(err, RHEMA_ECONFLICT, "service '%s': too many concurrent writers", id);
 }
 
 int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, const char *cursor,
@@ -580,10 +333,11 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
     if (limit > RHEMA_LIST_LIMIT_MAX)
         limit = RHEMA_LIST_LIMIT_MAX;
     if (name && !rhema_id_valid(name))
-        return errf(err, RHEMA_EINVAL,
-                    "parameter 'name': expected 1-128 characters [A-Za-z0-9._:-]");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "parameter 'name': expected 1-128 characters [A-Za-z0-9._:-]");
     if (cursor && !rhema_id_valid(cursor))
-        return errf(err, RHEMA_EINVAL, "parameter 'cursor': not a cursor this server issued");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "parameter 'cursor': not a cursor this server issued");
     if (name) {
         snprintf(from, sizeof from, "%s/%s%s", name, cursor ? cursor : "", cursor ? "\x01" : "");
         snprintf(to, sizeof to, "%s0", name);
@@ -597,8 +351,8 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
                           rhema_key_list_collect, &ids);
     }
     if (rc) {
-        rc = ids.oom ? errf(err, RHEMA_ENOMEM, "out of memory")
-                     : storage_err(st, rc, "listing services", err);
+        rc = ids.oom ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
+                     : rhema_store_error(st, rc, "listing services", err);
         goto out;
     }
     items = json_array();
@@ -619,7 +373,7 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
                      ids.n > limit ? json_string(ids.v[limit - 1]) : json_null());
     *out = page ? json_dumps(page, JSON_COMPACT) : NULL;
     if (!*out) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     *out_len = strlen(*out);
@@ -639,11 +393,11 @@ int rhema_service_pass(struct rhema_store *st, const char *id, char err[RHEMA_ER
     if (rc)
         return rc;
     if (!rec)
-        return errf(err, RHEMA_ENOTFOUND, "service '%s' not found", id);
+        return rhema_set_errbuf(err, RHEMA_ENOTFOUND, "service '%s' not found", id);
     const char *type = json_string_value(json_object_get(json_object_get(rec, "check"), "type"));
     if (!type || strcmp(type, "ttl") != 0) {
         json_decref(rec);
-        return errf(err, RHEMA_EINVAL, "service '%s' has no ttl check", id);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "service '%s' has no ttl check", id);
     }
     json_decref(rec);
     snprintf(buf, sizeof buf, "%" PRIu64, rhema_realtime_ms());
@@ -653,53 +407,8 @@ int rhema_service_pass(struct rhema_store *st, const char *id, char err[RHEMA_ER
     w.value = buf;
     w.value_len = strlen(buf);
     if ((rc = st->vt->put(st->conn, &w)))
-        return storage_err(st, rc, "recording the pass", err);
+        return rhema_store_error(st, rc, "recording the pass", err);
     return 0;
-}
-
-/* ---- the state machine ---- */
-
-int rhema_check_apply(struct rhema_check_state *s, enum rhema_check_result result,
-                      uint32_t failure_threshold, uint32_t success_threshold, uint64_t now_ms)
-{
-    enum rhema_health before = s->status;
-    if (failure_threshold < 1)
-        failure_threshold = 1;
-    if (success_threshold < 1)
-        success_threshold = 1;
-    if (result == RHEMA_CHECK_CRITICAL) {
-        s->fail_streak++;
-        s->ok_streak = 0;
-        if (s->status == RHEMA_HEALTH_UNKNOWN ||
-            (s->status == RHEMA_HEALTH_HEALTHY && s->fail_streak >= failure_threshold))
-            s->status = RHEMA_HEALTH_UNHEALTHY;
-    } else {
-        s->ok_streak++;
-        s->fail_streak = 0;
-        if (s->status == RHEMA_HEALTH_UNKNOWN ||
-            (s->status == RHEMA_HEALTH_UNHEALTHY && s->ok_streak >= success_threshold))
-            s->status = RHEMA_HEALTH_HEALTHY;
-    }
-    if (s->status == RHEMA_HEALTH_UNHEALTHY && before != RHEMA_HEALTH_UNHEALTHY)
-        s->critical_since_ms = now_ms;
-    else if (s->status != RHEMA_HEALTH_UNHEALTHY)
-        s->critical_since_ms = 0;
-    return s->status != before;
-}
-
-enum rhema_check_result rhema_check_http_result(int status)
-{
-    if (status >= 200 && status <= 299)
-        return RHEMA_CHECK_PASSING;
-    if (status == 429)
-        return RHEMA_CHECK_WARNING;
-    return RHEMA_CHECK_CRITICAL;
-}
-
-int rhema_check_ttl_ok(uint64_t last_pass_ms, uint64_t interval_s, uint64_t timeout_s,
-                       uint64_t now_ms)
-{
-    return now_ms <= last_pass_ms || now_ms - last_pass_ms <= (interval_s + timeout_s) * 1000u;
 }
 
 /* ---- groups: the snapshot per name and its balancer ---- */
@@ -788,12 +497,13 @@ static int balancer_create(struct rhema_services *s, const char *name,
     char *perr = NULL;
     int rc;
     if (!p)
-        return seterr(err, RHEMA_ENOTFOUND, "balancing strategy '%s' is not loaded", name);
+        return rhema_set_error(err, RHEMA_ENOTFOUND, "balancing strategy '%s' is not loaded", name);
     rc = p->vt.balancer.create(rhema_host_get(),
                                rhema_config_plugin_group(s->cfg, RHEMA_KIND_BALANCER, name), b,
                                &perr);
     if (rc) {
-        seterr(err, rc, "balancing strategy '%s': %s", name, perr ? perr : rhema_strerror(rc));
+        rhema_set_error(err, rc, "balancing strategy '%s': %s", name,
+                        perr ? perr : rhema_strerror(rc));
         free(perr);
         return rc;
     }
@@ -897,7 +607,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
     }
     m = malloc(n * sizeof *m);
     if (!m)
-        return seterr(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
     memcpy(m, in, n * sizeof *m);
     qsort(m, n, sizeof *m, member_cmp);
     for (size_t i = 0; i < n; i++)
@@ -922,7 +632,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
     ep = calloc(n, sizeof *ep);
     eps = calloc(n, sizeof *eps);
     if (!mem || !ep || !eps) {
-        rc = seterr(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -931,7 +641,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
         mem[i].weight = m[i].weight ? m[i].weight : 1;
         mem[i].healthy = m[i].healthy;
         if (!mem[i].id || !mem[i].address) {
-            rc = seterr(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
             goto out;
         }
         if (m[i].healthy) {
@@ -948,7 +658,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
         if (!created || !(created->name = strdup(name))) {
             free(created);
             created = NULL;
-            rc = seterr(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
             goto out;
         }
         pthread_rwlock_init(&created->lock, NULL);
@@ -965,7 +675,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
         if (!mem[i].load)
             mem[i].load = calloc(1, sizeof *mem[i].load);
         if (!mem[i].load) {
-            rc = seterr(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
             loads_return(g, mem, n);
             pthread_rwlock_unlock(&g->lock);
             goto out;
@@ -991,7 +701,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
     if (rc) {
         loads_return(g, mem, n); /* keep the old set */
         pthread_rwlock_unlock(&g->lock);
-        seterr(err, rc, "group '%s': the strategy refused the update", name);
+        rhema_set_error(err, rc, "group '%s': the strategy refused the update", name);
         goto out;
     }
     members_free(g->mem, g->nmem, 1); /* loads of members that left */
@@ -1010,7 +720,7 @@ static int apply_locked(struct rhema_services *s, const char *name,
             struct group **v = realloc(s->groups, cap * sizeof *v);
             if (!v) {
                 pthread_rwlock_unlock(&s->table_lock);
-                rc = seterr(err, RHEMA_ENOMEM, "out of memory");
+                rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
                 goto out;
             }
             s->groups = v;
@@ -1297,7 +1007,7 @@ int rhema_services_new(const struct rhema_config *cfg, struct rhema_plugin_regis
     const struct rhema_loaded_plugin *p;
     int rc = 0, enabled = 1;
     if (!s)
-        return seterr(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
     s->cfg = cfg;
     s->reg = reg;
     pthread_rwlock_init(&s->table_lock, NULL);
@@ -1903,7 +1613,7 @@ int rhema_services_start(struct rhema_server *srv, struct event_base *base,
     s->base = base;
     rc = srv->storage->connect(srv->storage_inst, &s->conn, &perr);
     if (rc) {
-        seterr(err, rc, "services: storage connect: %s", perr ? perr : rhema_strerror(rc));
+        rhema_set_error(err, rc, "services: storage connect: %s", perr ? perr : rhema_strerror(rc));
         free(perr);
         s->conn = NULL;
         rhema_services_stop(s);
@@ -1914,7 +1624,7 @@ int rhema_services_start(struct rhema_server *srv, struct event_base *base,
     s->tick_ev = event_new(base, -1, EV_PERSIST, on_tick, s);
     if (!s->refresh_ev || !s->tick_ev) {
         rhema_services_stop(s);
-        return seterr(err, RHEMA_ENOMEM, "services: cannot create timers");
+        return rhema_set_error(err, RHEMA_ENOMEM, "services: cannot create timers");
     }
     refresh_all(s, 0);
     event_add(s->refresh_ev, &rtv);

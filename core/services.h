@@ -4,6 +4,10 @@
  * side of the balancing strategies (the per-name snapshot that select
  * picks from).
  *
+ * Files: services_validate.c (a registration's validation and the check
+ * defaults), services_health.c (the health state machine), services.c
+ * (the store, the groups and their balancers, the checker and its probes).
+ *
  * Storage layout (every node sees it through the shared backend):
  *   services          service_id -> the registration: {name, service_id,
  *                     address, weight, metadata, check, strategy,
@@ -81,7 +85,7 @@
 
 #include "config.h"
 #include "plugin.h"
-#include "session.h"
+#include "store.h"
 
 struct rhema_server;
 struct rhema_services;

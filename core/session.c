@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json_fields.h"
 #include "log.h"
 #include "session.h"
 #include "util.h"
@@ -39,87 +40,19 @@ static const char *const message_fields[] = {
     "id",        "message_type", "priority",   "sender_id", "recipient_ids", "content",
     "payload",   "timestamp",    "requires_ack", "expires_at", "metadata",   NULL};
 
-static int errf(char err[RHEMA_ERRMSG_MAX], int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int errf(char err[RHEMA_ERRMSG_MAX], int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, RHEMA_ERRMSG_MAX, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
-static int in_list(const char *s, const char *const *list)
-{
-    for (; *list; list++)
-        if (strcmp(s, *list) == 0)
-            return 1;
-    return 0;
-}
-
-static void join_list(char *buf, size_t cap, const char *const *list)
-{
-    size_t at = 0;
-    buf[0] = '\0';
-    for (const char *const *p = list; *p && at < cap; p++)
-        at += (size_t)snprintf(buf + at, cap - at, "%s%s", p == list ? "" : ", ", *p);
-}
-
-int rhema_session_status_valid(const char *s) { return s && in_list(s, session_statuses); }
+int rhema_session_status_valid(const char *s) { return s && rhema_name_in_list(s, session_statuses); }
 
 /* ---- field validators: each writes a normalised value into `dst` under `key` ---- */
-
-static int check_enum(json_t *dst, const char *key, json_t *v, const char *const *allowed,
-                      const char *dflt, const char *prefix, char *err)
-{
-    char names[160];
-    if (!v) {
-        json_object_set_new(dst, key, json_string(dflt));
-        return 0;
-    }
-    if (!json_is_string(v) || !in_list(json_string_value(v), allowed)) {
-        join_list(names, sizeof names, allowed);
-        return errf(err, RHEMA_EINVAL, "field '%s%s': expected one of %s", prefix, key, names);
-    }
-    json_object_set(dst, key, v);
-    return 0;
-}
 
 static int check_id(json_t *dst, const char *key, json_t *v, const char *prefix, char *err)
 {
     if (!v)
-        return errf(err, RHEMA_EINVAL, "field '%s%s': required", prefix, key);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': required", prefix, key);
     if (!json_is_string(v) || !rhema_id_valid(json_string_value(v)))
-        return errf(err, RHEMA_EINVAL,
-                    "field '%s%s': expected an id of 1-128 characters [A-Za-z0-9._:-]", prefix,
-                    key);
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field '%s%s': expected an id of 1-128 characters [A-Za-z0-9._:-]",
+                                prefix, key);
     json_object_set(dst, key, v);
-    return 0;
-}
-
-/* An RFC 3339 time; absent: now (or null when nullable). */
-static int check_time(json_t *dst, const char *key, json_t *v, int nullable, const char *prefix,
-                      char *err)
-{
-    char buf[RHEMA_TIME_MAX];
-    uint64_t ms;
-    if (!v || json_is_null(v)) {
-        if (v && !nullable)
-            return errf(err, RHEMA_EINVAL, "field '%s%s': expected an RFC 3339 timestamp",
-                        prefix, key);
-        if (nullable) {
-            json_object_set_new(dst, key, json_null());
-            return 0;
-        }
-        ms = rhema_realtime_ms();
-    } else if (!json_is_string(v) || rhema_time_parse(json_string_value(v), &ms) != 0) {
-        return errf(err, RHEMA_EINVAL,
-                    "field '%s%s': expected an RFC 3339 timestamp such as 2026-01-02T03:04:05Z",
-                    prefix, key);
-    }
-    rhema_time_format(ms, buf);
-    json_object_set_new(dst, key, json_string(buf));
     return 0;
 }
 
@@ -134,34 +67,24 @@ static int check_id_array(json_t *dst, const char *key, json_t *v, size_t max,
         return 0;
     }
     if (!json_is_array(v))
-        return errf(err, RHEMA_EINVAL, "field '%s%s': expected an array of ids", prefix, key);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': expected an array of ids", prefix,
+                                key);
     if (json_array_size(v) > max)
-        return errf(err, RHEMA_EINVAL, "field '%s%s': at most %zu entries", prefix, key, max);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s': at most %zu entries", prefix, key,
+                                max);
     json_array_foreach(v, i, item)
     {
         if (!json_is_string(item) || !rhema_id_valid(json_string_value(item)))
-            return errf(err, RHEMA_EINVAL,
-                        "field '%s%s[%zu]': expected an id of 1-128 characters [A-Za-z0-9._:-]",
-                        prefix, key, i);
+            return rhema_set_errbuf(
+                err, RHEMA_EINVAL,
+                "field '%s%s[%zu]': expected an id of 1-128 characters [A-Za-z0-9._:-]", prefix,
+                key, i);
         for (j = 0; j < i; j++)
             if (strcmp(json_string_value(json_array_get(v, j)), json_string_value(item)) == 0)
-                return errf(err, RHEMA_EINVAL, "field '%s%s[%zu]': duplicate id '%s'", prefix,
-                            key, i, json_string_value(item));
+                return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s%s[%zu]': duplicate id '%s'",
+                                        prefix, key, i, json_string_value(item));
     }
     json_object_set(dst, key, v);
-    return 0;
-}
-
-static int check_unknown(json_t *body, const char *const *known, const char *const *ignored,
-                         const char *prefix, char *err)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v)
-    {
-        if (!in_list(key, known) && !(ignored && in_list(key, ignored)))
-            return errf(err, RHEMA_EINVAL, "field '%s%s': unknown field", prefix, key);
-    }
     return 0;
 }
 
@@ -170,9 +93,9 @@ static int message_validate(json_t *body, const char *prefix, json_t **out, char
     int rc;
     json_t *m, *v;
     if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "field '%s': expected a JSON object",
-                    *prefix ? prefix : "body");
-    if ((rc = check_unknown(body, message_fields, NULL, prefix, err)))
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "field '%s': expected a JSON object",
+                                *prefix ? prefix : "body");
+    if ((rc = rhema_field_known(body, message_fields, NULL, prefix, err)))
         return rc;
     m = json_object();
     if ((rc = check_id(m, "id", json_object_get(body, "id"), prefix, err)))
@@ -180,12 +103,13 @@ static int message_validate(json_t *body, const char *prefix, json_t **out, char
     v = json_object_get(body, "message_type");
     if (!v || !json_is_string(v) || json_string_length(v) == 0 ||
         json_string_length(v) > MESSAGE_TYPE_MAX) {
-        rc = errf(err, RHEMA_EINVAL, "field '%smessage_type': expected a string of 1-%d bytes",
-                  prefix, MESSAGE_TYPE_MAX);
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                              "field '%smessage_type': expected a string of 1-%d bytes", prefix,
+                              MESSAGE_TYPE_MAX);
         goto fail;
     }
     json_object_set(m, "message_type", v);
-    if ((rc = check_enum(m, "priority", json_object_get(body, "priority"), priorities, "Normal",
+    if ((rc = rhema_field_enum(m, "priority", json_object_get(body, "priority"), priorities, "Normal",
                          prefix, err)))
         goto fail;
     if ((rc = check_id(m, "sender_id", json_object_get(body, "sender_id"), prefix, err)))
@@ -195,36 +119,39 @@ static int message_validate(json_t *body, const char *prefix, json_t **out, char
         goto fail;
     v = json_object_get(body, "content");
     if (!v || !json_is_string(v)) {
-        rc = errf(err, RHEMA_EINVAL, "field '%scontent': expected a string", prefix);
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL, "field '%scontent': expected a string", prefix);
         goto fail;
     }
     json_object_set(m, "content", v);
     v = json_object_get(body, "payload");
     json_object_set_new(m, "payload", v ? json_incref(v) : json_null());
-    if ((rc = check_time(m, "timestamp", json_object_get(body, "timestamp"), 0, prefix, err)))
+    if ((rc = rhema_field_time(m, "timestamp", json_object_get(body, "timestamp"), RHEMA_TIME_NOW,
+                               prefix, err)))
         goto fail;
     v = json_object_get(body, "requires_ack");
     if (v && !json_is_boolean(v)) {
-        rc = errf(err, RHEMA_EINVAL, "field '%srequires_ack': expected true or false", prefix);
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL, "field '%srequires_ack': expected true or false",
+                              prefix);
         goto fail;
     }
     json_object_set_new(m, "requires_ack", json_boolean(v && json_is_true(v)));
-    if ((rc = check_time(m, "expires_at", json_object_get(body, "expires_at"), 1, prefix, err)))
+    if ((rc = rhema_field_time(m, "expires_at", json_object_get(body, "expires_at"),
+                               RHEMA_TIME_NULL, prefix, err)))
         goto fail;
     v = json_object_get(body, "metadata");
     if (v) {
         const char *k;
         json_t *mv;
         if (!json_is_object(v)) {
-            rc = errf(err, RHEMA_EINVAL, "field '%smetadata': expected an object of strings",
-                      prefix);
+            rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                                  "field '%smetadata': expected an object of strings", prefix);
             goto fail;
         }
         json_object_foreach(v, k, mv)
         {
             if (!json_is_string(mv)) {
-                rc = errf(err, RHEMA_EINVAL, "field '%smetadata.%s': expected a string", prefix,
-                          k);
+                rc = rhema_set_errbuf(err, RHEMA_EINVAL, "field '%smetadata.%s': expected a string",
+                                      prefix, k);
                 goto fail;
             }
         }
@@ -251,37 +178,41 @@ int rhema_session_validate(json_t *body, const char *path_id, json_t **out,
     size_t i, j;
     json_t *s, *v, *item;
     if (!json_is_object(body))
-        return errf(err, RHEMA_EINVAL, "body: expected a JSON object");
-    if ((rc = check_unknown(body, session_fields, metadata_fields, "", err)))
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "body: expected a JSON object");
+    if ((rc = rhema_field_known(body, session_fields, metadata_fields, "", err)))
         return rc;
     v = json_object_get(body, "id");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), path_id) != 0))
-        return errf(err, RHEMA_EINVAL, "field 'id': does not match the id '%s' in the path",
-                    path_id);
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "field 'id': does not match the id '%s' in the path", path_id);
     s = json_object();
     json_object_set_new(s, "id", json_string(path_id));
     v = json_object_get(body, "topic");
     if (!v || !json_is_string(v) || json_string_length(v) == 0 ||
         json_string_length(v) > TOPIC_MAX) {
-        rc = errf(err, RHEMA_EINVAL, "field 'topic': expected a string of 1-%d bytes", TOPIC_MAX);
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL, "field 'topic': expected a string of 1-%d bytes",
+                              TOPIC_MAX);
         goto fail;
     }
     json_object_set(s, "topic", v);
     if ((rc = check_id_array(s, "participants", json_object_get(body, "participants"),
                              PARTICIPANTS_MAX, "", err)))
         goto fail;
-    if ((rc = check_enum(s, "status", json_object_get(body, "status"), session_statuses,
+    if ((rc = rhema_field_enum(s, "status", json_object_get(body, "status"), session_statuses,
                          "Active", "", err)))
         goto fail;
-    if ((rc = check_time(s, "started_at", json_object_get(body, "started_at"), 0, "", err)))
+    if ((rc = rhema_field_time(s, "started_at", json_object_get(body, "started_at"), RHEMA_TIME_NOW,
+                               "", err)))
         goto fail;
-    if ((rc = check_time(s, "ended_at", json_object_get(body, "ended_at"), 1, "", err)))
+    if ((rc = rhema_field_time(s, "ended_at", json_object_get(body, "ended_at"), RHEMA_TIME_NULL,
+                               "", err)))
         goto fail;
     v = json_object_get(body, "messages");
     json_t *msgs = json_array();
     json_object_set_new(s, "messages", msgs);
     if (v && !json_is_array(v)) {
-        rc = errf(err, RHEMA_EINVAL, "field 'messages': expected an array of AgentMessage");
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                              "field 'messages': expected an array of AgentMessage");
         goto fail;
     }
     json_array_foreach(v, i, item)
@@ -296,8 +227,8 @@ int rhema_session_validate(json_t *body, const char *path_id, json_t **out,
             if (strcmp(json_string_value(json_object_get(json_array_get(msgs, j), "id")), mid) ==
                 0) {
                 json_decref(m);
-                rc = errf(err, RHEMA_EINVAL, "field 'messages[%zu].id': duplicate id '%s'", i,
-                          mid);
+                rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                                      "field 'messages[%zu].id': duplicate id '%s'", i, mid);
                 goto fail;
             }
         }
@@ -306,13 +237,15 @@ int rhema_session_validate(json_t *body, const char *path_id, json_t **out,
     v = json_object_get(body, "decisions");
     if (v) {
         if (!json_is_array(v)) {
-            rc = errf(err, RHEMA_EINVAL, "field 'decisions': expected an array of objects");
+            rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                                  "field 'decisions': expected an array of objects");
             goto fail;
         }
         json_array_foreach(v, i, item)
         {
             if (!json_is_object(item)) {
-                rc = errf(err, RHEMA_EINVAL, "field 'decisions[%zu]': expected an object", i);
+                rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                                      "field 'decisions[%zu]': expected an object", i);
                 goto fail;
             }
         }
@@ -327,24 +260,7 @@ fail:
     return rc;
 }
 
-/* ---- storage helpers ---- */
-
-void rhema_record_release(struct rhema_record *r)
-{
-    free(r->json);
-    r->json = NULL;
-    r->len = 0;
-    r->version = 0;
-}
-
-/* Map a storage failure to a message. */
-static int storage_err(struct rhema_store *st, int rc, const char *what, char *err)
-{
-    if (rc == RHEMA_EUNAVAIL)
-        return errf(err, rc, "storage unavailable while %s: %s", what, st->vt->errmsg(st->conn));
-    return errf(err, rc, "storage error while %s: %s (%s)", what, rhema_strerror(rc),
-                st->vt->errmsg(st->conn));
-}
+/* ---- access counts (kept in the worker's store, flushed once a second) ---- */
 
 struct rhema_access_entry {
     char *id; /* NULL: empty slot */
@@ -618,14 +534,6 @@ out:
     return first;
 }
 
-void rhema_store_init(struct rhema_store *st, const struct rhema_storage_plugin *vt,
-                      rhema_storage_conn *conn)
-{
-    memset(st, 0, sizeof *st);
-    st->vt = vt;
-    st->conn = conn;
-}
-
 void rhema_store_release(struct rhema_store *st)
 {
     if (st->pending_n)
@@ -695,11 +603,11 @@ static int record_with_access(struct rhema_store *st, const char *id, const char
     else
         rc = access_read(st, id, &a);
     if (rc)
-        return storage_err(st, rc, "reading access counts", err);
+        return rhema_store_error(st, rc, "reading access counts", err);
     if (count_this) {
         struct rhema_access_entry *e = access_slot(st, id, 1);
         if (!e)
-            return errf(err, RHEMA_ENOMEM, "out of memory");
+            return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         if (e->incarnation != a.incarnation) { /* counts of an earlier session of this id */
             e->delta = 0;
             e->last_ms = 0;
@@ -711,9 +619,9 @@ static int record_with_access(struct rhema_store *st, const char *id, const char
     access_merge(st, id, &a, &count, &last);
     rc = make_record(stored, len, version, count, last, out);
     if (rc == RHEMA_ECORRUPT)
-        return errf(err, rc, "stored session '%s' is not a JSON object", id);
+        return rhema_set_errbuf(err, rc, "stored session '%s' is not a JSON object", id);
     if (rc)
-        return errf(err, rc, "out of memory");
+        return rhema_set_errbuf(err, rc, "out of memory");
     if (st->pending_n >= ACCESS_FLUSH_AT)
         rhema_store_flush_access(st);
     return 0;
@@ -729,7 +637,8 @@ static int parse_current(const char *id, const void *data, size_t len, uint64_t 
         json_decref(*cur);
         *cur = NULL;
         *cur_version = 0;
-        return errf(err, RHEMA_ECORRUPT, "stored session '%s' is corrupt: %s", id, jerr.text);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored session '%s' is corrupt: %s", id,
+                                jerr.text);
     }
     *cur_version = version;
     return 0;
@@ -746,7 +655,7 @@ static int load_current(struct rhema_store *st, const char *id, json_t **cur, ui
     if (rc == RHEMA_ENOTFOUND)
         return 0;
     if (rc)
-        return storage_err(st, rc, "reading the session", err);
+        return rhema_store_error(st, rc, "reading the session", err);
     return parse_current(id, v.data, v.len, v.version, cur, version, err);
 }
 
@@ -754,16 +663,17 @@ static int check_if_match(uint64_t if_match, const json_t *cur, uint64_t version
                           char *err)
 {
     if (if_match == RHEMA_VERSION_ABSENT && cur)
-        return errf(err, RHEMA_EPRECONDITION, "session '%s' already exists (version %llu)", id,
-                    (unsigned long long)version);
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                "session '%s' already exists (version %llu)", id,
+                                (unsigned long long)version);
     if (if_match && if_match != RHEMA_VERSION_ABSENT && (!cur || version != if_match)) {
         if (!cur)
-            return errf(err, RHEMA_EPRECONDITION,
-                        "session '%s' does not exist (If-Match expected version %llu)", id,
-                        (unsigned long long)if_match);
-        return errf(err, RHEMA_EPRECONDITION,
-                    "session '%s' is at version %llu, not %llu (If-Match)", id,
-                    (unsigned long long)version, (unsigned long long)if_match);
+            return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                    "session '%s' does not exist (If-Match expected version %llu)",
+                                    id, (unsigned long long)if_match);
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                "session '%s' is at version %llu, not %llu (If-Match)", id,
+                                (unsigned long long)version, (unsigned long long)if_match);
     }
     return 0;
 }
@@ -952,7 +862,7 @@ static int compose_put(struct rhema_session_op *op, struct op_state *s, json_t *
                   : serialise(session, created_at, &s->len);
     if (!s->text ||
         ws_alloc(&s->ws, 4 + json_array_size(new_parts) + json_array_size(old_parts)) != 0)
-        return errf(op->err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
     struct write_set *ws = &s->ws;
     struct rhema_storage_write *rw = ws_add(ws, RHEMA_WRITE_PUT, NS_SESSIONS, NULL, op->id);
     rw->value = s->text;
@@ -983,7 +893,7 @@ static int compose_delete(struct rhema_store *st, struct rhema_session_op *op, s
     json_t *p, *parts = json_object_get(s->cur, "participants");
     struct access_rec a;
     if (ws_alloc(&s->ws, 3 + json_array_size(parts)) != 0)
-        return errf(op->err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
     ws_add(&s->ws, RHEMA_WRITE_DEL, NS_SESSIONS, NULL, op->id)->expected_version = s->version;
     const char *status = json_string_value(json_object_get(s->cur, "status"));
     if (status)
@@ -992,7 +902,7 @@ static int compose_delete(struct rhema_store *st, struct rhema_session_op *op, s
         ws_add(&s->ws, RHEMA_WRITE_DEL, NS_BY_PARTICIPANT, json_string_value(p), op->id);
     int rc = access_read(st, op->id, &a);
     if (rc)
-        return storage_err(st, rc, "reading access counts", op->err);
+        return rhema_store_error(st, rc, "reading access counts", op->err);
     if (a.version)
         ws_add(&s->ws, RHEMA_WRITE_DEL, NS_ACCESS, NULL, op->id);
     return 0;
@@ -1004,7 +914,8 @@ static int compose_append(struct rhema_store *st, struct rhema_session_op *op, s
     size_t i;
     json_t *m, *msgs = json_object_get(s->cur, "messages");
     if (!json_is_array(msgs)) {
-        op->rc = errf(op->err, RHEMA_ECORRUPT, "stored session '%s' has no messages array", op->id);
+        op->rc = rhema_set_errbuf(op->err, RHEMA_ECORRUPT,
+                                  "stored session '%s' has no messages array", op->id);
         return 0;
     }
     const char *mid = json_string_value(json_object_get(op->input, "id"));
@@ -1026,8 +937,9 @@ static int compose_append(struct rhema_store *st, struct rhema_session_op *op, s
             op->rc = rhema_session_get(st, op->id, &op->rec, op->err);
             return 0;
         }
-        op->rc = errf(op->err, RHEMA_ECONFLICT,
-                      "session '%s' already has a different message with id '%s'", op->id, mid);
+        op->rc = rhema_set_errbuf(op->err, RHEMA_ECONFLICT,
+                                  "session '%s' already has a different message with id '%s'",
+                                  op->id, mid);
         return 0;
     }
     json_t *session = json_object();
@@ -1049,7 +961,7 @@ int rhema_session_op_prepare(struct rhema_store *st, struct rhema_session_op *op
 {
     struct op_state *s = op->priv;
     if (!s && !(s = op->priv = calloc(1, sizeof *s))) {
-        op->rc = errf(op->err, RHEMA_ENOMEM, "out of memory");
+        op->rc = rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
         return 0;
     }
     op_state_clear(s);
@@ -1066,7 +978,7 @@ int rhema_session_op_prepare(struct rhema_store *st, struct rhema_session_op *op
         return 0;
     }
     if (op->kind != RHEMA_SOP_PUT && !s->cur) {
-        op->rc = errf(op->err, RHEMA_ENOTFOUND, "session '%s' not found", op->id);
+        op->rc = rhema_set_errbuf(op->err, RHEMA_ENOTFOUND, "session '%s' not found", op->id);
         return 0;
     }
     if ((rc = check_if_match(op->if_match, s->cur, s->version, op->id, op->err))) {
@@ -1112,19 +1024,19 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
     }
     if (rc == RHEMA_ECONFLICT) {
         if (op->if_match) { /* the version the client named was just replaced */
-            op->rc = errf(op->err, RHEMA_EPRECONDITION,
-                          "session '%s' changed concurrently (If-Match)", op->id);
+            op->rc = rhema_set_errbuf(op->err, RHEMA_EPRECONDITION,
+                                      "session '%s' changed concurrently (If-Match)", op->id);
             return 0;
         }
         if (op->attempts >= PUT_RETRIES) {
-            op->rc = errf(op->err, RHEMA_ECONFLICT,
-                          "session '%s' is being written concurrently; retry", op->id);
+            op->rc = rhema_set_errbuf(op->err, RHEMA_ECONFLICT,
+                                      "session '%s' is being written concurrently; retry", op->id);
             return 0;
         }
         return 1;
     }
     if (rc) {
-        op->rc = storage_err(st, rc,
+        op->rc = rhema_store_error(st, rc,
                              op->kind == RHEMA_SOP_DELETE ? "deleting the session"
                                                           : "writing the session",
                              op->err);
@@ -1140,7 +1052,7 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
     op->created = op->kind == RHEMA_SOP_PUT ? s->cur == NULL : 1;
     if (!s->cur) { /* just created: no reads counted yet, nothing to look up */
         rc = make_record(s->text, s->len, s->ws.w[0].new_version, 0, 0, &op->rec);
-        op->rc = rc ? errf(op->err, rc, "out of memory") : 0;
+        op->rc = rc ? rhema_set_errbuf(op->err, rc, "out of memory") : 0;
         return 0;
     }
     op->rc = record_with_access(st, op->id, s->text, s->len, s->ws.w[0].new_version, 0, NULL,
@@ -1194,7 +1106,7 @@ void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops
     size_t ntodo = 0;
     if (!todo || !group) {
         for (size_t i = 0; i < n; i++)
-            ops[i]->rc = errf(ops[i]->err, RHEMA_ENOMEM, "out of memory");
+            ops[i]->rc = rhema_set_errbuf(ops[i]->err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < n; i++)
@@ -1281,13 +1193,13 @@ int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_recor
         rc = st->vt->get(st->conn, NS_SESSIONS, id, &v[0]);
     }
     if (rc == RHEMA_ENOTFOUND)
-        return errf(err, rc, "session '%s' not found", id);
+        return rhema_set_errbuf(err, rc, "session '%s' not found", id);
     if (rc)
-        return storage_err(st, rc, "reading the session", err);
+        return rhema_store_error(st, rc, "reading the session", err);
     /* v.data is only valid until the next storage call: copy it first. */
     char *copy = malloc(v[0].len ? v[0].len : 1);
     if (!copy)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     memcpy(copy, v[0].data, v[0].len);
     rc = record_with_access(st, id, copy, v[0].len, v[0].version, 1, known, out, err);
     free(copy);
@@ -1327,44 +1239,6 @@ int rhema_session_append_message(struct rhema_store *st, const char *id, json_t 
 
 /* ---- listing ---- */
 
-int rhema_key_list_collect(void *ctx, const char *key, const void *value, size_t len,
-                           uint64_t version)
-{
-    struct rhema_key_list *l = ctx;
-    (void)value, (void)len, (void)version;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        char **nv = realloc(l->v, cap * sizeof *nv);
-        if (!nv) {
-            l->oom = 1;
-            return RHEMA_ENOMEM;
-        }
-        l->v = nv;
-        l->cap = cap;
-    }
-    if (!(l->v[l->n] = strdup(key + (strlen(key) >= l->strip ? l->strip : 0)))) {
-        l->oom = 1;
-        return RHEMA_ENOMEM;
-    }
-    l->n++;
-    return 0;
-}
-
-void rhema_key_list_clear(struct rhema_key_list *l)
-{
-    for (size_t i = 0; i < l->n; i++)
-        free(l->v[i]);
-    l->n = 0;
-}
-
-void rhema_key_list_release(struct rhema_key_list *l)
-{
-    rhema_key_list_clear(l);
-    free(l->v);
-    l->v = NULL;
-    l->cap = 0;
-}
-
 int rhema_session_list(struct rhema_store *st, const char *status, const char *participant,
                        size_t limit, const char *cursor, char **out, size_t *out_len,
                        char err[RHEMA_ERRMSG_MAX])
@@ -1382,13 +1256,14 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
         limit = RHEMA_LIST_LIMIT_MAX;
     if (status && !rhema_session_status_valid(status)) {
         char names[96];
-        join_list(names, sizeof names, session_statuses);
-        return errf(err, RHEMA_EINVAL, "parameter 'status': expected one of %s", names);
+        rhema_name_list_join(names, sizeof names, session_statuses);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "parameter 'status': expected one of %s", names);
     }
     if (participant && !rhema_id_valid(participant))
-        return errf(err, RHEMA_EINVAL, "parameter 'participant': expected an id");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "parameter 'participant': expected an id");
     if (cursor && !rhema_id_valid(cursor))
-        return errf(err, RHEMA_EINVAL, "parameter 'cursor': not a cursor this server issued");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "parameter 'cursor': not a cursor this server issued");
     /* Pick the index: status when given (participant then filters), else participant. */
     if (status) {
         ns = NS_BY_STATUS;
@@ -1414,8 +1289,8 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
         rc = st->vt->scan(st->conn, ns, have_from ? from : NULL, prefix ? to : NULL, want,
                           rhema_key_list_collect, &ids);
         if (rc) {
-            rc = ids.oom ? errf(err, RHEMA_ENOMEM, "out of memory")
-                         : storage_err(st, rc, "listing sessions", err);
+            rc = ids.oom ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
+                         : rhema_store_error(st, rc, "listing sessions", err);
             goto out;
         }
         for (size_t i = 0; i < ids.n; i++) {
@@ -1437,7 +1312,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
             struct access_rec a;
             if ((rc = access_read(st, ids.v[i], &a))) {
                 json_decref(cur);
-                rc = storage_err(st, rc, "reading access counts", err);
+                rc = rhema_store_error(st, rc, "reading access counts", err);
                 goto out;
             }
             access_merge(st, ids.v[i], &a, &count, &last);
@@ -1477,7 +1352,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
     text = json_dumps(page, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(page);
     if (!text) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     *out = text;
@@ -1487,4 +1362,120 @@ out:
     rhema_key_list_release(&ids);
     json_decref(items);
     return rc;
+}
+
+/* ---- retention cleanup (a maintenance hook, maintenance.h) ---- */
+
+#define CLEANUP_PAGE 256 /* index entries read per scan */
+
+struct id_page {
+    char (*ids)[RHEMA_ID_MAX + 1];
+    size_t n;
+    char last[2 * RHEMA_ID_MAX + 2]; /* the last index key seen */
+};
+
+static int collect_status_cb(void *ctx, const char *key, const void *value, size_t len,
+                             uint64_t version)
+{
+    struct id_page *pg = ctx;
+    const char *slash = strchr(key, '/');
+    (void)value, (void)len, (void)version;
+    snprintf(pg->last, sizeof pg->last, "%s", key);
+    if (slash != NULL && rhema_id_valid(slash + 1))
+        snprintf(pg->ids[pg->n++], RHEMA_ID_MAX + 1, "%s", slash + 1);
+    return 0;
+}
+
+/*
+ * Decide on one session: 1 when it is still Completed/Cancelled and
+ * updated before cutoff (*version set), 0 when not, < 0 on a read error.
+ */
+static int session_expired(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
+                           const char *id, uint64_t cutoff_ms, uint64_t *version)
+{
+    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
+    json_t *rec;
+    const char *status, *updated;
+    uint64_t ms = 0;
+    int rc = vt->get(conn, "sessions", id, &v), old = 0;
+    if (rc == RHEMA_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    rec = json_loadb(v.data, v.len, 0, NULL);
+    status = json_string_value(json_object_get(rec, "status"));
+    updated = json_string_value(json_object_get(rec, "updated_at"));
+    if (status != NULL && (strcmp(status, "Completed") == 0 || strcmp(status, "Cancelled") == 0) &&
+        updated != NULL && rhema_time_parse(updated, &ms) == 0 && ms < cutoff_ms)
+        old = 1;
+    json_decref(rec);
+    *version = v.version;
+    return old;
+}
+
+int rhema_cleanup_sessions(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
+                           uint64_t cutoff_ms, size_t *removed, char **err)
+{
+    static const char *const statuses[] = {"Completed", "Cancelled"};
+    struct rhema_store st;
+    struct id_page pg = {0};
+    char from[2 * RHEMA_ID_MAX + 4], to[64], msg[RHEMA_ERRMSG_MAX];
+    size_t s, i, count = 0;
+    int rc = 0;
+
+    *removed = 0;
+    pg.ids = calloc(CLEANUP_PAGE, sizeof *pg.ids);
+    if (pg.ids == NULL)
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
+    rhema_store_init(&st, vt, conn);
+    for (s = 0; s < 2 && rc == 0; s++) {
+        /* index keys "<Status>/<id>": from "<Status>/" up to "<Status>0" ('/' + 1) */
+        snprintf(from, sizeof from, "%s/", statuses[s]);
+        snprintf(to, sizeof to, "%s0", statuses[s]);
+        for (;;) {
+            pg.n = 0;
+            pg.last[0] = '\0';
+            rc = vt->scan(conn, "sessions.status", from, to, CLEANUP_PAGE, collect_status_cb, &pg);
+            if (rc != 0) {
+                rhema_set_error(err, rc, "scanning sessions.status: %s", vt->errmsg(conn));
+                break;
+            }
+            for (i = 0; i < pg.n; i++) {
+                uint64_t version = 0;
+                int old = session_expired(vt, conn, pg.ids[i], cutoff_ms, &version);
+                if (old < 0) {
+                    rc = rhema_set_error(err, old, "reading session '%s': %s", pg.ids[i],
+                                         vt->errmsg(conn));
+                    break;
+                }
+                if (old == 0)
+                    continue;
+                int drc = rhema_session_delete(&st, pg.ids[i], version, msg);
+                if (drc == 0) {
+                    count++;
+                    rhema_log(RHEMA_LOG_DEBUG, "session", "removed %s session '%s' (retention)",
+                              statuses[s], pg.ids[i]);
+                } else if (drc != RHEMA_EPRECONDITION && drc != RHEMA_ENOTFOUND &&
+                           drc != RHEMA_ECONFLICT) {
+                    rc = rhema_set_error(err, drc, "deleting session '%s': %s", pg.ids[i], msg);
+                    break;
+                }
+            }
+            if (rc != 0 || pg.n < CLEANUP_PAGE || pg.last[0] == '\0')
+                break;
+            /* resume just after the last key: its immediate successor is key + "\x01" */
+            snprintf(from, sizeof from, "%s\x01", pg.last);
+        }
+    }
+    rhema_store_release(&st);
+    free(pg.ids);
+    *removed = count;
+    return rc;
+}
+
+int rhema_session_cleanup(void *arg, const struct rhema_storage_plugin *vt,
+                          rhema_storage_conn *conn, uint64_t cutoff_ms, size_t *removed, char **err)
+{
+    (void)arg;
+    return rhema_cleanup_sessions(vt, conn, cutoff_ms, removed, err);
 }

@@ -15,7 +15,10 @@
  * sessions.access at least once a second by rhema_store_flush_access(): a
  * crash can lose up to a second of access counts, never a session.
  *
- * A struct rhema_store belongs to one worker thread (it wraps that
+ * The generic store layer every module uses (struct rhema_store, records,
+ * key lists) is store.h; the access counts pending in a store, and so
+ * rhema_store_flush_access() and rhema_store_release(), are implemented
+ * here.  A struct rhema_store belongs to one worker thread (it wraps that
  * thread's storage connection); nothing here locks.
  */
 #ifndef RHEMA_CORE_SESSION_H
@@ -27,54 +30,8 @@
 #include <jansson.h>
 #include <rhema/storage.h>
 
+#include "store.h"
 #include "util.h"
-
-/*
- * An If-Match precondition failed (HTTP 412); other errors are RHEMA_E*.
- * A host-internal code: in the range plugin.h reserves for the host, so no
- * plugin's code can be taken for it.
- */
-#define RHEMA_EPRECONDITION (-100)
-_Static_assert(RHEMA_EPRECONDITION <= RHEMA_E_HOST_MAX && RHEMA_EPRECONDITION >= RHEMA_E_HOST_MIN,
-               "RHEMA_EPRECONDITION must lie in the host's reserved error range");
-
-#define RHEMA_ERRMSG_MAX 320
-#define RHEMA_LIST_LIMIT_DEFAULT 50
-#define RHEMA_LIST_LIMIT_MAX 1000
-
-struct rhema_access_entry;
-
-struct rhema_store {
-    const struct rhema_storage_plugin *vt;
-    rhema_storage_conn *conn;
-    struct rhema_access_entry *pending; /* open-addressing map id -> delta */
-    size_t pending_n, pending_cap;
-};
-
-void rhema_store_init(struct rhema_store *st, const struct rhema_storage_plugin *vt,
-                      rhema_storage_conn *conn);
-/* Flush pending access counts and free them (the connection stays open). */
-void rhema_store_release(struct rhema_store *st);
-/* Write pending access counts to storage; 0 or the first storage error. */
-int rhema_store_flush_access(struct rhema_store *st);
-
-/*
- * The keys a scan visits, each with its first `strip` bytes removed (an
- * index prefix): pass rhema_key_list_collect as the scan callback and the
- * list as its ctx.  On RHEMA_ENOMEM from the scan, oom is set.
- */
-struct rhema_key_list {
-    char **v;
-    size_t n, cap;
-    size_t strip;
-    int oom;
-};
-int rhema_key_list_collect(void *ctx, const char *key, const void *value, size_t len,
-                           uint64_t version);
-/* Free the keys, keep the array for the next scan. */
-void rhema_key_list_clear(struct rhema_key_list *l);
-/* Free the keys and the array; strip and oom stay for the caller to read. */
-void rhema_key_list_release(struct rhema_key_list *l);
 
 /*
  * Validation.  Both check every field (type, enum, id syntax, timestamps),
@@ -90,16 +47,10 @@ int rhema_session_validate(json_t *body, const char *path_id, json_t **out,
 int rhema_message_validate(json_t *body, json_t **out, char err[RHEMA_ERRMSG_MAX]);
 
 /*
- * Results are JSON text (malloc'd, caller frees) of the record with its
- * metadata: the session's fields, created_at, updated_at, size_bytes,
+ * Results (struct rhema_record, store.h) are the record's JSON text with
+ * its metadata: the session's fields, created_at, updated_at, size_bytes,
  * version, access_count, last_accessed.
  */
-struct rhema_record {
-    char *json;
-    size_t len;
-    uint64_t version;
-};
-void rhema_record_release(struct rhema_record *r);
 
 /*
  * Create or replace session `id` with `session` (validated).  if_match: 0
@@ -178,5 +129,19 @@ char *rhema_session_text(json_t *session, size_t *len);
 
 /* 1 when s is a session status name (Active, Paused, Completed, Cancelled). */
 int rhema_session_status_valid(const char *s);
+
+/* ---- retention ---- */
+
+/*
+ * Delete the Completed and Cancelled sessions whose updated_at is before
+ * cutoff_ms, through the session store; *removed counts them.  A session
+ * changed since it was read (version conflict) or already gone is skipped.
+ */
+int rhema_cleanup_sessions(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
+                           uint64_t cutoff_ms, size_t *removed, char **err);
+/* The same as a maintenance cleanup hook (maintenance.h; arg unused). */
+int rhema_session_cleanup(void *arg, const struct rhema_storage_plugin *vt,
+                          rhema_storage_conn *conn, uint64_t cutoff_ms, size_t *removed,
+                          char **err);
 
 #endif /* RHEMA_CORE_SESSION_H */

@@ -1,6 +1,8 @@
 #include "rhema_build.h"
 
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -199,4 +201,46 @@ int rhema_ncpu(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n < 1 ? 1 : (int)n;
+}
+
+int rhema_set_error(char **err, int code, const char *fmt, ...)
+{
+    va_list ap;
+    if (!err)
+        return code;
+    free(*err);
+    va_start(ap, fmt);
+    if (vasprintf(err, fmt, ap) < 0)
+        *err = NULL;
+    va_end(ap);
+    return code;
+}
+
+int rhema_set_errbuf(char *err, int code, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    if (!err)
+        return code;
+    va_start(ap, fmt);
+    n = vsnprintf(err, RHEMA_ERRMSG_MAX, fmt, ap);
+    va_end(ap);
+    if (n >= RHEMA_ERRMSG_MAX) { /* cut: do not leave half a UTF-8 sequence at the end */
+        size_t end = RHEMA_ERRMSG_MAX - 1;
+        while (end > 0 && ((unsigned char)err[end - 1] & 0xC0) == 0x80)
+            end--; /* continuation bytes */
+        if (end > 0 && ((unsigned char)err[end - 1] & 0x80)) {
+            /* a lead byte: keep its sequence only when it is complete */
+            unsigned char lead = (unsigned char)err[end - 1];
+            size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+            if (RHEMA_ERRMSG_MAX - 1 - (end - 1) < need)
+                end--;
+            else
+                end = RHEMA_ERRMSG_MAX - 1;
+        } else {
+            end = RHEMA_ERRMSG_MAX - 1;
+        }
+        err[end] = '\0';
+    }
+    return code;
 }

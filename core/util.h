@@ -1,6 +1,6 @@
 /*
  * util -- small helpers shared by the core: clocks, RFC 3339 timestamps,
- * id validation.  All functions are thread safe.
+ * id validation, error messages.  All functions are thread safe.
  */
 #ifndef RHEMA_CORE_UTIL_H
 #define RHEMA_CORE_UTIL_H
@@ -41,5 +41,41 @@ size_t rhema_utf8_copy(char *dst, size_t cap, const char *src, size_t len, int c
 
 /* Number of online CPUs (>= 1). */
 int rhema_ncpu(void);
+
+/*
+ * Errors.  A function that fails returns a negative RHEMA_E* code (0 on
+ * success) and says why in one of two ways, by where it runs:
+ *
+ *   char **err   a malloc'd message the caller frees (SQLite's pzErrMsg,
+ *                and the plugin ABI's convention): startup, the lifecycle
+ *                of every module, background jobs.  Set it with
+ *                rhema_set_error().
+ *   char err[RHEMA_ERRMSG_MAX]
+ *                the caller's buffer: the stores a request calls (session,
+ *                agents, consensus, services, codec, keyring).  A session
+ *                write carries its message inside its op from the
+ *                committer thread back to its worker (commit.h) with no
+ *                allocation and no owner to hand over; the handlers keep
+ *                theirs on the stack.  Set it with rhema_set_errbuf().
+ *
+ * Both return `code`, so that a failure reads
+ *     return rhema_set_error(err, RHEMA_EINVAL, "field '%s': ...", name);
+ */
+#define RHEMA_ERRMSG_MAX 320
+
+/*
+ * *err = the formatted message (malloc'd; NULL when out of memory), after
+ * freeing a message already there.  err may be NULL (the caller does not
+ * want the message).  Returns code.
+ */
+int rhema_set_error(char **err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/*
+ * The formatted message into err (RHEMA_ERRMSG_MAX bytes; a longer one is
+ * cut at a UTF-8 character boundary).  err may be NULL.  Returns code.
+ */
+int rhema_set_errbuf(char *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif /* RHEMA_CORE_UTIL_H */

@@ -1,5 +1,5 @@
 /*
- * Unit tests for the HTTP helpers of core/http.c, without a server: the
+ * Unit tests for the HTTP helpers of core/api/http.c, without a server: the
  * request is made with evhttp_request_new() (no connection) and answered
  * by the real helpers; evhttp_send_reply() is wrapped at link time
  * (-Wl,--wrap) to keep the status, the headers and the body before
@@ -25,23 +25,8 @@
 #include <event2/http.h>
 #include <jansson.h>
 
-#include "http.h"
-#include "routes.h"
+#include "api/http.h"
 #include "util.h"
-
-/* ---- what rhemad links beside http.c; no worker runs here ---- */
-
-void rhema_route(struct rhema_req *r)
-{
-    (void)r;
-    fail_msg("rhema_route called");
-}
-
-void rhema_routes_done(struct rhema_worker *w)
-{
-    (void)w;
-    fail_msg("rhema_routes_done called");
-}
 
 /* ---- the reply, as the wrapped evhttp_send_reply saw it ---- */
 

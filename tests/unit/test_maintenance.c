@@ -28,7 +28,7 @@
 #include <pthread.h>
 
 #include "config.h"
-#include "http.h"
+#include "server.h"
 #include "maintenance.h"
 #include "plugin.h"
 #include "session.h"

@@ -15,53 +15,12 @@
 
 #include "agents.h"
 #include "api_agents.h"
+#include "query.h"
 #include "util.h"
-
-static void not_found(struct rhema_req *r)
-{
-    rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
-}
 
 static int is_read(const struct rhema_req *r)
 {
     return r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD;
-}
-
-/* Refuse query parameters not in known (NULL-terminated; NULL: none allowed). */
-static int query_check(struct rhema_req *r, const char *const *known)
-{
-    struct evkeyval *kv;
-    TAILQ_FOREACH(kv, &r->query, next)
-    {
-        int ok = 0;
-        for (const char *const *k = known; k && *k; k++)
-            ok |= strcmp(kv->key, *k) == 0;
-        if (!ok) {
-            rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
-                              kv->key);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* A positive integer query parameter (1..max); replies 400 and returns -1 when bad. */
-static int query_uint(struct rhema_req *r, const char *name, uint64_t max, uint64_t *out)
-{
-    const char *s = evhttp_find_header(&r->query, name);
-    if (!s)
-        return 0;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (!*s || *end || *s == '-' || *s == '+' || errno || v == 0 || v > max) {
-        rhema_reply_error(r, 400, "invalid_field",
-                          "parameter '%s': expected an integer from 1 to %llu", name,
-                          (unsigned long long)max);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 static uint64_t heartbeat_timeout_ms(struct rhema_req *r)
@@ -124,7 +83,7 @@ static void h_agent_list(struct rhema_req *r)
     static const char *const known[] = {"status", "capability", "limit", "cursor", NULL};
     char err[RHEMA_ERRMSG_MAX];
     uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
-    if (query_check(r, known) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+    if (rhema_query_check(r, known) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
         return;
     char *text = NULL;
     size_t len = 0;
@@ -138,7 +97,7 @@ static void h_agent_list(struct rhema_req *r)
 static void h_agent_stats(struct rhema_req *r)
 {
     char err[RHEMA_ERRMSG_MAX];
-    if (query_check(r, NULL))
+    if (rhema_query_check(r, NULL))
         return;
     char *text = NULL;
     size_t len = 0;
@@ -146,11 +105,12 @@ static void h_agent_stats(struct rhema_req *r)
     reply_text(r, rc, text, len, err);
 }
 
-static void h_agent_get(struct rhema_req *r, const char *id)
+static void h_agent_get(struct rhema_req *r)
 {
+    const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
-    if (query_check(r, NULL))
+    if (rhema_query_check(r, NULL))
         return;
     int rc = rhema_agent_get(&r->worker->store, id, heartbeat_timeout_ms(r), &rec, err);
     if (rc) {
@@ -160,14 +120,15 @@ static void h_agent_get(struct rhema_req *r, const char *id)
     reply_record(r, 200, &rec);
 }
 
-static void h_agent_put(struct rhema_req *r, const char *id)
+static void h_agent_put(struct rhema_req *r)
 {
+    const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t if_match;
     struct rhema_record rec = {0};
     json_t *agent = NULL;
     int created = 0;
-    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
         return;
     json_t *body = rhema_req_json(r);
     if (!body)
@@ -190,11 +151,12 @@ static void h_agent_put(struct rhema_req *r, const char *id)
     reply_record(r, created ? 201 : 200, &rec);
 }
 
-static void h_agent_delete(struct rhema_req *r, const char *id)
+static void h_agent_delete(struct rhema_req *r)
 {
+    const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t if_match;
-    if (query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
         return;
     int rc = rhema_agent_delete(&r->worker->store, id, if_match, err);
     if (rc) {
@@ -204,11 +166,12 @@ static void h_agent_delete(struct rhema_req *r, const char *id)
     rhema_reply_empty(r, 204);
 }
 
-static void h_agent_transitions(struct rhema_req *r, const char *id)
+static void h_agent_transitions(struct rhema_req *r)
 {
+    const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
-    if (query_check(r, list_params) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+    if (rhema_query_check(r, list_params) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
         return;
     char *text = NULL;
     size_t len = 0;
@@ -217,13 +180,14 @@ static void h_agent_transitions(struct rhema_req *r, const char *id)
     reply_text(r, rc, text, len, err);
 }
 
-static void h_agent_heartbeat(struct rhema_req *r, const char *id)
+static void h_agent_heartbeat(struct rhema_req *r)
 {
+    const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t if_match;
     struct rhema_record rec = {0};
     json_t *body = NULL, *hb = NULL;
-    if (query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
         return;
     if (evbuffer_get_length(evhttp_request_get_input_buffer(r->req)) > 0 &&
         !(body = rhema_req_json(r)))
@@ -241,45 +205,13 @@ static void h_agent_heartbeat(struct rhema_req *r, const char *id)
     reply_record(r, 200, &rec);
 }
 
-void rhema_route_agents(struct rhema_req *r, const char *rest)
-{
-    char id[RHEMA_ID_MAX + 2];
-    const char *tail;
-    if (*rest == '\0' || strcmp(rest, "/stats") == 0) { /* /v1/agents, /v1/agents/stats */
-        if (rhema_method(r, RHEMA_M_GET))
-            (*rest ? h_agent_stats : h_agent_list)(r);
-        return;
-    }
-    if (*rest != '/') {
-        not_found(r);
-        return;
-    }
-    if (rhema_path_id(r, rest + 1, id, &tail, "agent id") != 0)
-        return;
-    if (*tail == '\0') {
-        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT | RHEMA_M_DELETE)) {
-        case RHEMA_M_GET: h_agent_get(r, id); break;
-        case RHEMA_M_PUT: h_agent_put(r, id); break;
-        case RHEMA_M_DELETE: h_agent_delete(r, id); break;
-        }
-    } else if (strcmp(tail, "/transitions") == 0) {
-        if (rhema_method(r, RHEMA_M_GET))
-            h_agent_transitions(r, id);
-    } else if (strcmp(tail, "/heartbeat") == 0) {
-        if (rhema_method(r, RHEMA_M_POST))
-            h_agent_heartbeat(r, id);
-    } else {
-        not_found(r);
-    }
-}
-
 /* ---- system metrics ---- */
 
 static void h_metrics_get(struct rhema_req *r)
 {
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
-    if (query_check(r, NULL))
+    if (rhema_query_check(r, NULL))
         return;
     int rc = rhema_system_metrics_get(&r->worker->store, &rec, err);
     if (rc) {
@@ -296,7 +228,7 @@ static void h_metrics_put(struct rhema_req *r)
     struct rhema_record rec = {0};
     json_t *metrics = NULL;
     int created = 0;
-    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
         return;
     json_t *body = rhema_req_json(r);
     if (!body)
@@ -313,27 +245,16 @@ static void h_metrics_put(struct rhema_req *r)
     reply_record(r, created ? 201 : 200, &rec);
 }
 
-void rhema_route_system(struct rhema_req *r, const char *rest)
-{
-    if (strcmp(rest, "/metrics") != 0) {
-        not_found(r);
-        return;
-    }
-    switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT)) {
-    case RHEMA_M_GET: h_metrics_get(r); break;
-    case RHEMA_M_PUT: h_metrics_put(r); break;
-    }
-}
-
 /* ---- configurations ---- */
 
-static void h_config_get(struct rhema_req *r, const char *name)
+static void h_config_get(struct rhema_req *r)
 {
+    const char *name = r->param;
     static const char *const known[] = {"version", NULL};
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
     uint64_t version = 0;
-    if (query_check(r, known) || query_uint(r, "version", UINT64_MAX - 1, &version))
+    if (rhema_query_check(r, known) || rhema_query_uint(r, "version", UINT64_MAX - 1, &version))
         return;
     int rc = rhema_configuration_get(&r->worker->store, name, version, &rec, err);
     if (rc) {
@@ -343,14 +264,15 @@ static void h_config_get(struct rhema_req *r, const char *name)
     reply_record(r, 200, &rec);
 }
 
-static void h_config_put(struct rhema_req *r, const char *name)
+static void h_config_put(struct rhema_req *r)
 {
+    const char *name = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t if_match;
     struct rhema_record rec = {0};
     json_t *conf = NULL;
     int created = 0;
-    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
         return;
     json_t *body = rhema_req_json(r);
     if (!body)
@@ -372,11 +294,12 @@ static void h_config_put(struct rhema_req *r, const char *name)
     reply_record(r, created ? 201 : 200, &rec);
 }
 
-static void h_config_versions(struct rhema_req *r, const char *name)
+static void h_config_versions(struct rhema_req *r)
 {
+    const char *name = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
-    if (query_check(r, list_params) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+    if (rhema_query_check(r, list_params) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
         return;
     char *text = NULL;
     size_t len = 0;
@@ -386,25 +309,24 @@ static void h_config_versions(struct rhema_req *r, const char *name)
     reply_text(r, rc, text, len, err);
 }
 
-void rhema_route_configurations(struct rhema_req *r, const char *rest)
-{
-    char name[RHEMA_ID_MAX + 2];
-    const char *tail;
-    if (*rest != '/' || rest[1] == '\0') {
-        not_found(r);
-        return;
-    }
-    if (rhema_path_id(r, rest + 1, name, &tail, "configuration name") != 0)
-        return;
-    if (*tail == '\0') {
-        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT)) {
-        case RHEMA_M_GET: h_config_get(r, name); break;
-        case RHEMA_M_PUT: h_config_put(r, name); break;
-        }
-    } else if (strcmp(tail, "/versions") == 0) {
-        if (rhema_method(r, RHEMA_M_GET))
-            h_config_versions(r, name);
-    } else {
-        not_found(r);
-    }
-}
+const struct rhema_route rhema_agents_routes[] = {
+    {RHEMA_M_GET, "/v1/agents", h_agent_list, "agents:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/agents/stats", h_agent_stats, "agents:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/agents/{agent_id}", h_agent_get, "agents:read", RHEMA_READS},
+    {RHEMA_M_PUT, "/v1/agents/{agent_id}", h_agent_put, "agents:write", RHEMA_WRITES_STORAGE},
+    {RHEMA_M_DELETE, "/v1/agents/{agent_id}", h_agent_delete, "agents:write",
+     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_GET, "/v1/agents/{agent_id}/transitions", h_agent_transitions, "agents:read",
+     RHEMA_READS},
+    {RHEMA_M_POST, "/v1/agents/{agent_id}/heartbeat", h_agent_heartbeat, "agents:write",
+     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_GET, "/v1/system/metrics", h_metrics_get, "system:read", RHEMA_READS},
+    {RHEMA_M_PUT, "/v1/system/metrics", h_metrics_put, "system:write", RHEMA_WRITES_STORAGE},
+    {RHEMA_M_GET, "/v1/configurations/{configuration_name}", h_config_get,
+     "configurations:read", RHEMA_READS},
+    {RHEMA_M_PUT, "/v1/configurations/{configuration_name}", h_config_put,
+     "configurations:write", RHEMA_WRITES_STORAGE},
+    {RHEMA_M_GET, "/v1/configurations/{configuration_name}/versions", h_config_versions,
+     "configurations:read", RHEMA_READS},
+    {0},
+};

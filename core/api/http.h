@@ -9,8 +9,6 @@
 #ifndef RHEMA_CORE_HTTP_H
 #define RHEMA_CORE_HTTP_H
 
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -20,63 +18,11 @@
 #include <event2/listener.h>
 #include <jansson.h>
 
-#include "codec.h"
-#include "config.h"
-#include "plugin.h"
-#include "session.h"
-
-struct rhema_server;
-
-struct rhema_worker {
-    int id;
-    pthread_t thread;
-    struct rhema_server *srv;
-    struct event_base *base;
-    struct evhttp *http;
-    struct evconnlistener *listener;
-    struct event *stop_ev;     /* activated by the main thread */
-    struct event *tick_ev;     /* once a second: flush access counts; drain checks */
-    rhema_storage_conn *conn;
-    struct rhema_store store;
-    uint64_t seq;              /* request counter, for request ids */
-    atomic_int inflight;       /* handlers answered whose reply is not fully sent */
-    int draining;
-    uint64_t drain_deadline_ns;
-    int started;               /* 1 once the thread runs, -1 when it failed */
-    /* group commit: writes handed to the committer, and handed back (commit.h) */
-    size_t outstanding;        /* submitted, not yet answered (worker thread only) */
-    pthread_mutex_t done_lock;
-    struct rhema_commit_job *done_head, **done_tail; /* under done_lock */
-    struct event *done_ev;     /* activated by the committer */
-    uint64_t last_input_ns;    /* when bytes last arrived on a connection (drain) */
-    struct rhema_codec_ctxs codec_ctxs; /* this worker's compression contexts */
-};
-
-struct rhema_server {
-    struct rhema_config *cfg;
-    struct rhema_plugin_registry *plugins;
-    const struct rhema_loaded_plugin *storage_plugin;
-    const struct rhema_storage_plugin *storage; /* the at-rest wrapper's vtable (atrest.h);
-                                                 * storage_plugin is the real one */
-    rhema_storage_instance *storage_inst;
-    evutil_socket_t listen_fd;
-    char listen_addr[128];       /* the address actually bound, host:port */
-    int nworkers;
-    struct rhema_worker *workers;
-    uint64_t started_ms;
-    char boot_id[9];             /* random per process, prefix of request ids */
-    atomic_int log_access;       /* logging.access_log, can change on reload */
-    struct rhema_committer *committer; /* NULL: the backend has no group(); workers write */
-    struct rhema_codecs codecs;  /* the compression plugins, opened */
-    struct rhema_keyring *keyring; /* NULL: key management off (api_keys.c) */
-    struct keys_state *keys_state;
-    struct rhema_maintenance *maintenance; /* maintenance.h: timers, data-size gauge */
-    struct rhema_perfmon *perfmon; /* perfmon.h: message feature measurements, alerts */
-    struct rhema_cluster *cluster; /* cluster.h: membership, leader lease, epoch */
-    struct rhema_services *services; /* services.h: registry, health checks, balancers */
-};
+#include "server.h"
 
 /* The context of one request, valid for the duration of its handler. */
+struct rhema_route;
+
 struct rhema_req {
     struct evhttp_request *req;
     struct rhema_worker *worker;
@@ -89,13 +35,17 @@ struct rhema_req {
     size_t bytes_out;
     char *path_buf;              /* owns path */
     int deferred;                /* the reply will be sent later (rhema_req_defer) */
+    const struct rhema_route *route; /* the route matched (routes.h), NULL before */
+    char param[RHEMA_ID_MAX + 2];    /* the path's {param} segment, when the route has one */
 };
 
 /*
  * Bind the listening socket (service.listen), start the workers (each
- * connects to storage).  Returns 0, or a negative code and *err (malloc'd).
+ * connects to storage); each worker runs handle(r) for every request (the
+ * request path: core/api/pipeline.c).  Returns 0, or a negative code and
+ * *err (malloc'd).
  */
-int rhema_http_start(struct rhema_server *srv, char **err);
+int rhema_http_start(struct rhema_server *srv, rhema_request_fn *handle, char **err);
 /*
  * Graceful stop: stop accepting, let in-flight requests finish (bounded by
  * service.request_timeout_seconds), join the workers, disconnect storage.
@@ -158,6 +108,14 @@ int rhema_path_id(struct rhema_req *r, const char *rest, char id[RHEMA_ID_MAX + 
 unsigned rhema_method(struct rhema_req *r, unsigned allowed);
 /* OPTIONS: 204 with Allow, and the CORS preflight headers (service.cors) when an Origin came. */
 void rhema_reply_preflight(struct rhema_req *r, const char *allow);
+
+/*
+ * The pipeline's origin stage: 1 after a 403 when r changes state (POST,
+ * PUT, DELETE) and comes with an Origin that service.cors.origins does not
+ * allow and that is not rhemad's own (a page in the operator's browser);
+ * 0 otherwise, requests without Origin included.
+ */
+int rhema_cross_origin_refused(struct rhema_req *r);
 
 /* Set a response header. */
 void rhema_header(struct rhema_req *r, const char *name, const char *value);

@@ -30,22 +30,16 @@ static void view(struct rhema_req *r, int which)
     rhema_reply_jsonv(r, 200, o);
 }
 
-void rhema_route_cluster(struct rhema_req *r, const char *rest)
-{
-    int which;
-    if (strcmp(rest, "") == 0)
-        which = RHEMA_CLUSTER_VIEW_HEALTH;
-    else if (strcmp(rest, "/nodes") == 0)
-        which = RHEMA_CLUSTER_VIEW_NODES;
-    else if (strcmp(rest, "/leader") == 0)
-        which = RHEMA_CLUSTER_VIEW_LEADER;
-    else {
-        rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
-        return;
-    }
-    if (rhema_method(r, RHEMA_M_GET))
-        view(r, which);
-}
+static void h_health(struct rhema_req *r) { view(r, RHEMA_CLUSTER_VIEW_HEALTH); }
+static void h_nodes(struct rhema_req *r) { view(r, RHEMA_CLUSTER_VIEW_NODES); }
+static void h_leader(struct rhema_req *r) { view(r, RHEMA_CLUSTER_VIEW_LEADER); }
+
+const struct rhema_route rhema_cluster_routes[] = {
+    {RHEMA_M_GET, "/v1/cluster", h_health, "cluster:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/cluster/nodes", h_nodes, "cluster:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/cluster/leader", h_leader, "cluster:read", RHEMA_READS},
+    {0},
+};
 
 /* A decimal uint64 with nothing around it: 0 and *out, or -1. */
 static int parse_epoch(const char *s, uint64_t *out)

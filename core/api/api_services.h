@@ -17,9 +17,8 @@
 #ifndef RHEMA_CORE_API_SERVICES_H
 #define RHEMA_CORE_API_SERVICES_H
 
-#include "http.h"
+#include "routes.h"
 
-/* rest: the path after "/v1/services" ("" or "/..."). */
-void rhema_route_services(struct rhema_req *r, const char *rest);
+extern const struct rhema_route rhema_services_routes[];
 
 #endif /* RHEMA_CORE_API_SERVICES_H */

@@ -1,7 +1,7 @@
 /*
- * http -- the worker threads and the request path:
- *   accept -> size limit (header callback) -> route -> handler -> reply
- *   -> access log.
+ * http -- the worker threads, and the HTTP ends of the request path:
+ *   accept -> size limit (header callback) -> the worker's handle()
+ *   (pipeline.c: route, fence, handler ...) -> reply -> access log.
  */
 #include "rhema_build.h"
 
@@ -26,7 +26,6 @@
 #include "commit.h"
 #include "http.h"
 #include "log.h"
-#include "routes.h"
 #include "util.h"
 
 
@@ -104,7 +103,7 @@ static void add_cors(struct rhema_req *r)
  * refused here, before any handler runs.  Requests without Origin (curl,
  * agents, other services) are not affected.
  */
-static int cors_refuses(struct rhema_req *r)
+int rhema_cross_origin_refused(struct rhema_req *r)
 {
     const char *origin = rhema_req_header(r, "Origin");
     if (!origin || r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD ||
@@ -501,9 +500,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         rhema_reply_error(&r, 400, "bad_query", "malformed query string");
         goto done;
     }
-    if (cors_refuses(&r))
-        goto done;
-    rhema_route(&r);
+    w->handle(&r);
 done:
     if (r.status == 0 && !r.deferred) /* a handler that forgot to answer is a bug */
         rhema_reply_error(&r, 500, "internal", "no response");
@@ -548,12 +545,6 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     event_add(w->tick_ev, &tv);
 }
 
-static void on_done(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd, (void)what;
-    rhema_routes_done(arg);
-}
-
 static void *worker_main(void *arg)
 {
     struct rhema_worker *w = arg;
@@ -563,8 +554,7 @@ static void *worker_main(void *arg)
 
 static void worker_release(struct rhema_worker *w)
 {
-    if (w->done_tail)
-        rhema_routes_done(w); /* writes committed after the loop stopped: answer, then close */
+    rhema_mailbox_release(&w->mailbox); /* writes committed after the loop stopped: answer, then close */
     if (w->http)
         evhttp_free(w->http); /* frees its listener and connections, not the shared socket */
     else if (w->listener)
@@ -573,26 +563,22 @@ static void worker_release(struct rhema_worker *w)
         event_free(w->stop_ev);
     if (w->tick_ev)
         event_free(w->tick_ev);
-    if (w->done_ev)
-        event_free(w->done_ev);
     rhema_codec_ctxs_release(&w->srv->codecs, &w->codec_ctxs);
     rhema_store_release(&w->store);
     if (w->conn)
         w->srv->storage->disconnect(w->conn);
     if (w->base)
         event_base_free(w->base);
-    if (w->done_tail)
-        pthread_mutex_destroy(&w->done_lock);
     memset(w, 0, sizeof *w);
 }
 
-static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id, char **err)
+static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id,
+                        rhema_request_fn *handle, char **err)
 {
     char *serr = NULL;
     w->id = id;
     w->srv = srv;
-    pthread_mutex_init(&w->done_lock, NULL);
-    w->done_tail = &w->done_head;
+    w->handle = handle;
     atomic_store(&w->inflight, 0);
     int rc = srv->storage->connect(srv->storage_inst, &w->conn, &serr);
     if (rc) {
@@ -628,8 +614,7 @@ static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id
     evhttp_set_default_content_type(w->http, "application/json");
     w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
     w->tick_ev = event_new(w->base, -1, EV_PERSIST, on_tick, w);
-    w->done_ev = event_new(w->base, -1, 0, on_done, w);
-    if (!w->stop_ev || !w->tick_ev || !w->done_ev)
+    if (!w->stop_ev || !w->tick_ev || rhema_mailbox_init(&w->mailbox, w->base) != 0)
         goto nomem;
     struct timeval second = {1, 0};
     event_add(w->tick_ev, &second);
@@ -718,7 +703,7 @@ bad:
     return RHEMA_EINVAL;
 }
 
-int rhema_http_start(struct rhema_server *srv, char **err)
+int rhema_http_start(struct rhema_server *srv, rhema_request_fn *handle, char **err)
 {
     int rc;
     srv->listen_fd = -1;
@@ -732,10 +717,11 @@ int rhema_http_start(struct rhema_server *srv, char **err)
         goto fail;
     }
     for (int i = 0; i < srv->nworkers; i++) {
-        if ((rc = worker_setup(srv, &srv->workers[i], i, err)))
+        if ((rc = worker_setup(srv, &srv->workers[i], i, handle, err)))
             goto fail;
     }
-    if (srv->storage->group && (rc = rhema_committer_start(srv, &srv->committer, err)))
+    if (srv->storage->group &&
+        (rc = rhema_committer_start(srv->storage, srv->storage_inst, &srv->committer, err)))
         goto fail;
     /* logged before the first worker can answer: whoever sees an answer sees this line */
     rhema_log(RHEMA_LOG_NOTICE, "http", "listening on %s with %d worker%s", srv->listen_addr,

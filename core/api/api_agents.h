@@ -18,13 +18,9 @@
 #ifndef RHEMA_CORE_API_AGENTS_H
 #define RHEMA_CORE_API_AGENTS_H
 
-#include "http.h"
+#include "routes.h"
 
-/* rest: the path after "/v1/agents" ("" or "/..."). */
-void rhema_route_agents(struct rhema_req *r, const char *rest);
-/* rest: the path after "/v1/system". */
-void rhema_route_system(struct rhema_req *r, const char *rest);
-/* rest: the path after "/v1/configurations". */
-void rhema_route_configurations(struct rhema_req *r, const char *rest);
+/* agents, system metrics and configurations */
+extern const struct rhema_route rhema_agents_routes[];
 
 #endif /* RHEMA_CORE_API_AGENTS_H */

@@ -9,12 +9,9 @@
 #ifndef RHEMA_CORE_API_KEYS_H
 #define RHEMA_CORE_API_KEYS_H
 
-#include "http.h"
+#include "routes.h"
 
-/* rest: the path after "/v1/keys" ("" or "/rotate" ...). */
-void rhema_route_keys(struct rhema_req *r, const char *rest);
-/* POST /v1/messages/encrypt and /decrypt (which: "encrypt" or "decrypt"). */
-void rhema_route_message_crypto(struct rhema_req *r, const char *which);
+extern const struct rhema_route rhema_keys_routes[];
 
 /*
  * Open the keyring when key management is configured (a key file or a

@@ -18,6 +18,7 @@
 #include "keyring.h"
 #include "log.h"
 #include "perfmon.h"
+#include "query.h"
 #include "util.h"
 
 /* The keyring state of the server, kept here (the server only points at it). */
@@ -32,15 +33,7 @@ struct keys_state {
 
 static struct keys_state *state_of(struct rhema_server *srv) { return srv->keys_state; }
 
-static int no_query(struct rhema_req *r)
-{
-    if (TAILQ_FIRST(&r->query)) {
-        rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
-                          TAILQ_FIRST(&r->query)->key);
-        return 0;
-    }
-    return 1;
-}
+static int no_query(struct rhema_req *r) { return rhema_query_check(r, NULL) == 0; }
 
 static struct rhema_keyring *keyring_or_503(struct rhema_req *r)
 {
@@ -82,12 +75,13 @@ static void reply_octets(struct rhema_req *r, struct rhema_buf *b, uint32_t vers
     free(b->data);
 }
 
-void rhema_route_message_crypto(struct rhema_req *r, const char *which)
+/* POST /v1/messages/encrypt and /decrypt (which: "encrypt" or "decrypt"). */
+static void message_crypto(struct rhema_req *r, const char *which)
 {
     char err[RHEMA_KEYRING_ERR_MAX];
     struct rhema_buf out = {0};
     size_t len;
-    if (!rhema_method(r, RHEMA_M_POST) || !no_query(r))
+    if (!no_query(r))
         return;
     struct rhema_keyring *kr = keyring_or_503(r);
     if (!kr)
@@ -273,53 +267,85 @@ static void h_keys_restore(struct rhema_req *r, struct rhema_keyring *kr)
     json_decref(body);
 }
 
-void rhema_route_keys(struct rhema_req *r, const char *rest)
+static void h_encrypt(struct rhema_req *r) { message_crypto(r, "encrypt"); }
+static void h_decrypt(struct rhema_req *r) { message_crypto(r, "decrypt"); }
+
+static void h_stats(struct rhema_req *r)
+{
+    struct rhema_keyring *kr;
+    if (!no_query(r) || !(kr = keyring_or_503(r)))
+        return;
+    rhema_reply_jsonv(r, 200, stats_json(kr));
+}
+
+static void h_rotate(struct rhema_req *r)
 {
     char err[RHEMA_KEYRING_ERR_MAX];
     struct rhema_keyring *kr;
-    if (strcmp(rest, "/stats") == 0) {
-        if (!rhema_method(r, RHEMA_M_GET) || !no_query(r) || !(kr = keyring_or_503(r)))
-            return;
-        rhema_reply_jsonv(r, 200, stats_json(kr));
-    } else if (strcmp(rest, "/rotate") == 0) {
-        uint32_t v = 0;
-        if (!rhema_method(r, RHEMA_M_POST) || !no_query(r) || !(kr = keyring_or_503(r)))
-            return;
-        uint64_t t0 = rhema_monotonic_ns();
-        int rc = rhema_keyring_rotate(kr, &v, err);
-        if (rc == 0)
-            rhema_perfmon_rotation(r->worker->srv->perfmon, rhema_monotonic_ns() - t0);
-        if (rc) {
-            rhema_reply_error(r, 500, "internal", "rotation failed: %s", err);
-            return;
-        }
-        rhema_log(RHEMA_LOG_NOTICE, "keys", "rotated to key version %u (manual)", v);
-        rhema_reply_jsonv(r, 200, stats_json(kr));
-    } else if (strcmp(rest, "/backup") == 0) {
-        if (!rhema_method(r, RHEMA_M_POST) || !no_query(r) || !(kr = keyring_or_503(r)))
-            return;
-        h_keys_backup(r, kr);
-    } else if (strcmp(rest, "/restore") == 0) {
-        if (!rhema_method(r, RHEMA_M_POST) || !no_query(r) || !(kr = keyring_or_503(r)))
-            return;
-        h_keys_restore(r, kr);
-    } else if (strcmp(rest, "/rewrap") == 0) {
-        size_t len;
-        uint32_t v = 0;
-        struct rhema_buf out = {0};
-        if (!rhema_method(r, RHEMA_M_POST) || !no_query(r) || !(kr = keyring_or_503(r)))
-            return;
-        const unsigned char *body = raw_body(r, &len);
-        int rc = rhema_keyring_rewrap(kr, body, len, NULL, 0, &out, &v, err);
-        if (rc) {
-            reply_keyring_error(r, rc, err);
-            return;
-        }
-        reply_octets(r, &out, v);
-    } else {
-        rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
+    uint32_t v = 0;
+    if (!no_query(r) || !(kr = keyring_or_503(r)))
+        return;
+    uint64_t t0 = rhema_monotonic_ns();
+    int rc = rhema_keyring_rotate(kr, &v, err);
+    if (rc == 0)
+        rhema_perfmon_rotation(r->worker->srv->perfmon, rhema_monotonic_ns() - t0);
+    if (rc) {
+        rhema_reply_error(r, 500, "internal", "rotation failed: %s", err);
+        return;
     }
+    rhema_log(RHEMA_LOG_NOTICE, "keys", "rotated to key version %u (manual)", v);
+    rhema_reply_jsonv(r, 200, stats_json(kr));
 }
+
+static void h_backup(struct rhema_req *r)
+{
+    struct rhema_keyring *kr;
+    if (!no_query(r) || !(kr = keyring_or_503(r)))
+        return;
+    h_keys_backup(r, kr);
+}
+
+static void h_restore(struct rhema_req *r)
+{
+    struct rhema_keyring *kr;
+    if (!no_query(r) || !(kr = keyring_or_503(r)))
+        return;
+    h_keys_restore(r, kr);
+}
+
+static void h_rewrap(struct rhema_req *r)
+{
+    char err[RHEMA_KEYRING_ERR_MAX];
+    struct rhema_keyring *kr;
+    size_t len;
+    uint32_t v = 0;
+    struct rhema_buf out = {0};
+    if (!no_query(r) || !(kr = keyring_or_503(r)))
+        return;
+    const unsigned char *body = raw_body(r, &len);
+    int rc = rhema_keyring_rewrap(kr, body, len, NULL, 0, &out, &v, err);
+    if (rc) {
+        reply_keyring_error(r, rc, err);
+        return;
+    }
+    reply_octets(r, &out, v);
+}
+
+/*
+ * Encrypting, decrypting and rewrapping change no state (a transform under
+ * the current keys); rotate, backup and restore do, outside the storage
+ * backend: they are fenced and audited as writes.
+ */
+const struct rhema_route rhema_keys_routes[] = {
+    {RHEMA_M_POST, "/v1/messages/encrypt", h_encrypt, "messages:process", RHEMA_READS},
+    {RHEMA_M_POST, "/v1/messages/decrypt", h_decrypt, "messages:process", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/keys/stats", h_stats, "keys:read", RHEMA_READS},
+    {RHEMA_M_POST, "/v1/keys/rotate", h_rotate, "keys:admin", RHEMA_WRITES},
+    {RHEMA_M_POST, "/v1/keys/backup", h_backup, "keys:admin", RHEMA_WRITES},
+    {RHEMA_M_POST, "/v1/keys/restore", h_restore, "keys:admin", RHEMA_WRITES},
+    {RHEMA_M_POST, "/v1/keys/rewrap", h_rewrap, "messages:process", RHEMA_READS},
+    {0},
+};
 
 /* ---- lifecycle and timers (main thread) ---- */
 

@@ -10,57 +10,12 @@
 #include <string.h>
 #include <sys/queue.h>
 
-#include "api_cluster.h"
 #include "api_consensus.h"
+#include "query.h"
 #include "consensus.h"
 #include "util.h"
 
 #define INDEX_PARAM_MAX ((uint64_t)INT64_MAX)
-
-/*
- * Refuse query parameters not in `known` (NULL-terminated; NULL: none
- * allowed) and repeated ones.  Replies 400 and returns -1 when bad.
- */
-static int check_params(struct rhema_req *r, const char *const *known)
-{
-    struct evkeyval *kv, *other;
-    TAILQ_FOREACH(kv, &r->query, next)
-    {
-        int ok = 0;
-        for (const char *const *k = known; k && *k; k++)
-            ok |= strcmp(kv->key, *k) == 0;
-        if (!ok) {
-            rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
-                              kv->key);
-            return -1;
-        }
-        for (other = TAILQ_NEXT(kv, next); other; other = TAILQ_NEXT(other, next)) {
-            if (strcmp(other->key, kv->key) == 0) {
-                rhema_reply_error(r, 400, "invalid_field", "parameter '%s': given more than once",
-                                  kv->key);
-                return -1;
-            }
-        }
-    }
-    return 0;
-}
-
-/* A positive integer parameter (absent: *out untouched).  Replies 400 and returns -1 when bad. */
-static int query_uint(struct rhema_req *r, const char *name, uint64_t max, uint64_t *out)
-{
-    const char *s = evhttp_find_header(&r->query, name);
-    if (!s)
-        return 0;
-    char *end;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (!*s || *end || *s < '0' || *s > '9' || v == 0 || v > max) {
-        rhema_reply_error(r, 400, "invalid_field", "parameter '%s': expected an integer 1-%llu",
-                          name, (unsigned long long)max);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
 
 static void reply_record(struct rhema_req *r, int status, struct rhema_record *rec)
 {
@@ -77,7 +32,7 @@ static void h_list(struct rhema_req *r)
     char err[RHEMA_ERRMSG_MAX], *text = NULL;
     size_t len = 0;
     uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
-    if (check_params(r, known) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+    if (rhema_query_check(r, known) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
         return;
     int rc = rhema_consensus_list(&r->worker->store, (size_t)limit,
                                   evhttp_find_header(&r->query, "cursor"), &text, &len, err);
@@ -89,11 +44,12 @@ static void h_list(struct rhema_req *r)
     free(text);
 }
 
-static void h_state_get(struct rhema_req *r, const char *node)
+static void h_state_get(struct rhema_req *r)
 {
+    const char *node = r->param;
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
-    if (check_params(r, NULL))
+    if (rhema_query_check(r, NULL))
         return;
     int rc = rhema_consensus_state_get(&r->worker->store, node, &rec, err);
     if (rc) {
@@ -113,14 +69,15 @@ static void h_state_get(struct rhema_req *r, const char *node)
     reply_record(r, 200, &rec);
 }
 
-static void h_state_put(struct rhema_req *r, const char *node)
+static void h_state_put(struct rhema_req *r)
 {
+    const char *node = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t if_match;
     json_t *body, *state = NULL;
     struct rhema_record rec = {0};
     int created = 0;
-    if (check_params(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
         return;
     if (!(body = rhema_req_json(r)))
         return;
@@ -142,13 +99,14 @@ static void h_state_put(struct rhema_req *r, const char *node)
     reply_record(r, created ? 201 : 200, &rec);
 }
 
-static void h_entries_post(struct rhema_req *r, const char *node)
+static void h_entries_post(struct rhema_req *r)
 {
+    const char *node = r->param;
     char err[RHEMA_ERRMSG_MAX];
     json_t *body, *entries = NULL;
     struct rhema_record rec = {0};
     struct rhema_consensus_append_result res = {0};
-    if (check_params(r, NULL))
+    if (rhema_query_check(r, NULL))
         return;
     if (rhema_req_header(r, "If-Match") || rhema_req_header(r, "If-None-Match")) {
         rhema_reply_error(r, 400, "bad_header",
@@ -170,16 +128,17 @@ static void h_entries_post(struct rhema_req *r, const char *node)
     reply_record(r, res.appended ? 201 : 200, &rec);
 }
 
-static void h_entries_get(struct rhema_req *r, const char *node)
+static void h_entries_get(struct rhema_req *r)
 {
+    const char *node = r->param;
     static const char *const known[] = {"from", "to", "limit", "cursor", NULL};
     char err[RHEMA_ERRMSG_MAX], *text = NULL;
     size_t len = 0;
     uint64_t from = 1, to = 0, cursor = 0, limit = RHEMA_LIST_LIMIT_DEFAULT;
-    if (check_params(r, known) || query_uint(r, "from", INDEX_PARAM_MAX, &from) ||
-        query_uint(r, "to", INDEX_PARAM_MAX, &to) ||
-        query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit) ||
-        query_uint(r, "cursor", INDEX_PARAM_MAX, &cursor))
+    if (rhema_query_check(r, known) || rhema_query_uint(r, "from", INDEX_PARAM_MAX, &from) ||
+        rhema_query_uint(r, "to", INDEX_PARAM_MAX, &to) ||
+        rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit) ||
+        rhema_query_uint(r, "cursor", INDEX_PARAM_MAX, &cursor))
         return;
     if (to && to < from) {
         rhema_reply_error(r, 400, "invalid_field", "parameter 'to': %llu is below 'from' %llu",
@@ -214,7 +173,7 @@ static void h_mark(struct rhema_req *r, const char *node, enum rhema_consensus_m
     int advanced = 0;
     const char *key;
     json_t *body, *v;
-    if (check_params(r, NULL))
+    if (rhema_query_check(r, NULL))
         return;
     if (!(body = rhema_req_json(r)))
         return;
@@ -248,48 +207,21 @@ static void h_mark(struct rhema_req *r, const char *node, enum rhema_consensus_m
     reply_record(r, 200, &rec);
 }
 
-/* ---- dispatch ---- */
+static void h_commit(struct rhema_req *r) { h_mark(r, r->param, RHEMA_CONSENSUS_COMMIT); }
+static void h_applied(struct rhema_req *r) { h_mark(r, r->param, RHEMA_CONSENSUS_APPLIED); }
 
-void rhema_route_consensus(struct rhema_req *r, const char *rest)
-{
-    enum evhttp_cmd_type m = r->method;
-    if ((m == EVHTTP_REQ_PUT || m == EVHTTP_REQ_POST) && rhema_cluster_fence(r))
-        return; /* X-Rhema-Epoch older than the current epoch: 409 fenced */
-    if (*rest == '\0') { /* /v1/consensus */
-        if (rhema_method(r, RHEMA_M_GET))
-            h_list(r);
-        return;
-    }
-    if (*rest != '/')
-        goto notfound;
-    rest++;
-    char node[RHEMA_ID_MAX + 2];
-    const char *slash;
-    if (*rest == '\0')
-        goto notfound; /* "/v1/consensus/" */
-    if (rhema_path_id(r, rest, node, &slash, "node") != 0)
-        return;
-    if (!*slash)
-        goto notfound;
-    if (strcmp(slash, "/state") == 0) {
-        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT)) {
-        case RHEMA_M_GET: h_state_get(r, node); break;
-        case RHEMA_M_PUT: h_state_put(r, node); break;
-        }
-        return;
-    }
-    if (strcmp(slash, "/entries") == 0) {
-        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_POST)) {
-        case RHEMA_M_GET: h_entries_get(r, node); break;
-        case RHEMA_M_POST: h_entries_post(r, node); break;
-        }
-        return;
-    }
-    if (strcmp(slash, "/commit") == 0 || strcmp(slash, "/applied") == 0) {
-        if (rhema_method(r, RHEMA_M_POST))
-            h_mark(r, node, slash[1] == 'c' ? RHEMA_CONSENSUS_COMMIT : RHEMA_CONSENSUS_APPLIED);
-        return;
-    }
-notfound:
-    rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
-}
+/* Every write is fenced by the pipeline (X-Rhema-Epoch, DESIGN.md §7). */
+const struct rhema_route rhema_consensus_routes[] = {
+    {RHEMA_M_GET, "/v1/consensus", h_list, "consensus:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/consensus/{node}/state", h_state_get, "consensus:read", RHEMA_READS},
+    {RHEMA_M_PUT, "/v1/consensus/{node}/state", h_state_put, "consensus:write",
+     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_GET, "/v1/consensus/{node}/entries", h_entries_get, "consensus:read", RHEMA_READS},
+    {RHEMA_M_POST, "/v1/consensus/{node}/entries", h_entries_post, "consensus:write",
+     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_POST, "/v1/consensus/{node}/commit", h_commit, "consensus:write",
+     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_POST, "/v1/consensus/{node}/applied", h_applied, "consensus:write",
+     RHEMA_WRITES_STORAGE},
+    {0},
+};

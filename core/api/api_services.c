@@ -14,49 +14,13 @@
 #include <event2/buffer.h>
 
 #include "api_services.h"
+#include "query.h"
 #include "services.h"
 #include "util.h"
 
 static int is_read(const struct rhema_req *r)
 {
     return r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD;
-}
-
-/* Refuse query parameters not in known (NULL-terminated; NULL: none allowed). */
-static int query_check(struct rhema_req *r, const char *const *known)
-{
-    struct evkeyval *kv;
-    TAILQ_FOREACH(kv, &r->query, next)
-    {
-        int ok = 0;
-        for (const char *const *k = known; k && *k; k++)
-            ok |= strcmp(kv->key, *k) == 0;
-        if (!ok) {
-            rhema_reply_error(r, 400, "invalid_field", "parameter '%s': unknown parameter",
-                              kv->key);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static int query_uint(struct rhema_req *r, const char *name, uint64_t max, uint64_t *out)
-{
-    const char *s = evhttp_find_header(&r->query, name);
-    char *end;
-    unsigned long long v;
-    if (!s)
-        return 0;
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (!*s || *end || *s == '-' || *s == '+' || errno || v == 0 || v > max) {
-        rhema_reply_error(r, 400, "invalid_field",
-                          "parameter '%s': expected an integer from 1 to %llu", name,
-                          (unsigned long long)max);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 static struct rhema_services *module(struct rhema_req *r)
@@ -84,15 +48,18 @@ static void reply_record(struct rhema_req *r, int status, struct rhema_record *r
     rhema_record_release(rec);
 }
 
-static void h_list(struct rhema_req *r, struct rhema_services *s)
+static void h_list(struct rhema_req *r)
 {
+    struct rhema_services *s = module(r); /* 503 while the registry is not running */
+    if (!s)
+        return;
     static const char *const known[] = {"name", "limit", "cursor", NULL};
     char err[RHEMA_ERRMSG_MAX];
     uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
     char *text = NULL;
     size_t len = 0;
     int rc;
-    if (query_check(r, known) || query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+    if (rhema_query_check(r, known) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
         return;
     rc = rhema_service_list(&r->worker->store, evhttp_find_header(&r->query, "name"),
                             (size_t)limit, evhttp_find_header(&r->query, "cursor"),
@@ -105,12 +72,16 @@ static void h_list(struct rhema_req *r, struct rhema_services *s)
     free(text);
 }
 
-static void h_get(struct rhema_req *r, struct rhema_services *s, const char *id)
+static void h_get(struct rhema_req *r)
 {
+    const char *id = r->param;
+    struct rhema_services *s = module(r); /* 503 while the registry is not running */
+    if (!s)
+        return;
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
     int rc;
-    if (query_check(r, NULL))
+    if (rhema_query_check(r, NULL))
         return;
     rc = rhema_service_get(&r->worker->store, id, rhema_services_checks_enabled(s), &rec, err);
     if (rc) {
@@ -120,15 +91,19 @@ static void h_get(struct rhema_req *r, struct rhema_services *s, const char *id)
     reply_record(r, 200, &rec);
 }
 
-static void h_put(struct rhema_req *r, struct rhema_services *s, const char *id)
+static void h_put(struct rhema_req *r)
 {
+    const char *id = r->param;
+    struct rhema_services *s = module(r); /* 503 while the registry is not running */
+    if (!s)
+        return;
     char err[RHEMA_ERRMSG_MAX], old_name[RHEMA_ID_MAX + 1] = "";
     struct rhema_check_defaults d;
     struct rhema_record rec = {0};
     uint64_t if_match;
     json_t *body, *svc = NULL;
     int created = 0, rc;
-    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
         return;
     if (!(body = rhema_req_json(r)))
         return;
@@ -157,12 +132,16 @@ static void h_put(struct rhema_req *r, struct rhema_services *s, const char *id)
     reply_record(r, created ? 201 : 200, &rec);
 }
 
-static void h_delete(struct rhema_req *r, struct rhema_services *s, const char *id)
+static void h_delete(struct rhema_req *r)
 {
+    const char *id = r->param;
+    struct rhema_services *s = module(r); /* 503 while the registry is not running */
+    if (!s)
+        return;
     char err[RHEMA_ERRMSG_MAX], name[RHEMA_ID_MAX + 1] = "";
     uint64_t if_match;
     int rc;
-    if (query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
         return;
     if (if_match == RHEMA_VERSION_ABSENT) {
         rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense on DELETE");
@@ -178,8 +157,12 @@ static void h_delete(struct rhema_req *r, struct rhema_services *s, const char *
     rhema_reply_empty(r, 204);
 }
 
-static void h_select(struct rhema_req *r, struct rhema_services *s, const char *name)
+static void h_select(struct rhema_req *r)
 {
+    const char *name = r->param;
+    struct rhema_services *s = module(r); /* 503 while the registry is not running */
+    if (!s)
+        return;
     static const char *const known[] = {"key", NULL};
     struct rhema_pick_ctx ctx = {.size = sizeof ctx};
     struct rhema_selection sel;
@@ -187,7 +170,7 @@ static void h_select(struct rhema_req *r, struct rhema_services *s, const char *
     ev_uint16_t port = 0;
     char *host = NULL;
     int rc;
-    if (query_check(r, known))
+    if (rhema_query_check(r, known))
         return;
     key = evhttp_find_header(&r->query, "key");
     evhttp_connection_get_peer(evhttp_request_get_connection(r->req), &host, &port);
@@ -211,11 +194,14 @@ static void h_select(struct rhema_req *r, struct rhema_services *s, const char *
                                 sel.address, "name", name, "strategy", sel.strategy));
 }
 
-static void h_pass(struct rhema_req *r, const char *id)
+static void h_pass(struct rhema_req *r)
 {
+    const char *id = r->param;
+    if (!module(r)) /* 503 while the registry is not running */
+        return;
     char err[RHEMA_ERRMSG_MAX];
     int rc;
-    if (query_check(r, NULL))
+    if (rhema_query_check(r, NULL))
         return;
     rc = rhema_service_pass(&r->worker->store, id, err);
     if (rc) {
@@ -225,14 +211,18 @@ static void h_pass(struct rhema_req *r, const char *id)
     rhema_reply_empty(r, 204);
 }
 
-static void h_feedback(struct rhema_req *r, struct rhema_services *s, const char *id)
+static void h_feedback(struct rhema_req *r)
 {
+    const char *id = r->param;
+    struct rhema_services *s = module(r); /* 503 while the registry is not running */
+    if (!s)
+        return;
     static const char *const fields[] = {"latency_ms", "ok", NULL};
     json_t *body, *lat, *ok, *v;
     const char *key;
     double ms;
     int rc;
-    if (query_check(r, NULL) || !(body = rhema_req_json(r)))
+    if (rhema_query_check(r, NULL) || !(body = rhema_req_json(r)))
         return;
     if (!json_is_object(body)) {
         json_decref(body);
@@ -274,41 +264,17 @@ static void h_feedback(struct rhema_req *r, struct rhema_services *s, const char
     rhema_reply_empty(r, 204);
 }
 
-void rhema_route_services(struct rhema_req *r, const char *rest)
-{
-    struct rhema_services *s;
-    char id[RHEMA_ID_MAX + 2];
-    const char *tail;
-
-    if (*rest == '\0') {
-        if (rhema_method(r, RHEMA_M_GET) && (s = module(r)))
-            h_list(r, s);
-        return;
-    }
-    if (*rest != '/') {
-        rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
-        return;
-    }
-    if (rhema_path_id(r, rest + 1, id, &tail, "service id") != 0)
-        return;
-    if (!(s = module(r)))
-        return;
-    if (*tail == '\0') {
-        switch (rhema_method(r, RHEMA_M_GET | RHEMA_M_PUT | RHEMA_M_DELETE)) {
-        case RHEMA_M_GET: h_get(r, s, id); break;
-        case RHEMA_M_PUT: h_put(r, s, id); break;
-        case RHEMA_M_DELETE: h_delete(r, s, id); break;
-        }
-    } else if (strcmp(tail, "/select") == 0) {
-        if (rhema_method(r, RHEMA_M_GET))
-            h_select(r, s, id);
-    } else if (strcmp(tail, "/pass") == 0) {
-        if (rhema_method(r, RHEMA_M_POST))
-            h_pass(r, id);
-    } else if (strcmp(tail, "/feedback") == 0) {
-        if (rhema_method(r, RHEMA_M_POST))
-            h_feedback(r, s, id);
-    } else {
-        rhema_reply_error(r, 404, "not_found", "no route for %s", r->path);
-    }
-}
+const struct rhema_route rhema_services_routes[] = {
+    {RHEMA_M_GET, "/v1/services", h_list, "services:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/services/{service_id}", h_get, "services:read", RHEMA_READS},
+    {RHEMA_M_PUT, "/v1/services/{service_id}", h_put, "services:write", RHEMA_WRITES_STORAGE},
+    {RHEMA_M_DELETE, "/v1/services/{service_id}", h_delete, "services:write",
+     RHEMA_WRITES_STORAGE},
+    /* {service_id} is the service's name here; one template keeps one segment name */
+    {RHEMA_M_GET, "/v1/services/{service_id}/select", h_select, "services:read", RHEMA_READS},
+    {RHEMA_M_POST, "/v1/services/{service_id}/pass", h_pass, "services:write",
+     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_POST, "/v1/services/{service_id}/feedback", h_feedback, "services:write",
+     RHEMA_WRITES},
+    {0},
+};

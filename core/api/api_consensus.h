@@ -8,17 +8,14 @@
  *   POST /v1/consensus/{node}/commit        {"index": N}, monotonic
  *   POST /v1/consensus/{node}/applied       {"index": N}, monotonic
  * Handlers run on the worker thread and call storage synchronously through
- * r->worker->store (consensus.h).
+ * r->worker->store (consensus.h).  The writes are fenced by the pipeline
+ * (X-Rhema-Epoch, DESIGN.md §7), like every write.
  */
 #ifndef RHEMA_CORE_API_CONSENSUS_H
 #define RHEMA_CORE_API_CONSENSUS_H
 
-#include "http.h"
+#include "routes.h"
 
-/*
- * Answer a request under /v1/consensus.  rest is the path after
- * "/v1/consensus": "" or "/<node>/<what>" (anything else is a 404).
- */
-void rhema_route_consensus(struct rhema_req *r, const char *rest);
+extern const struct rhema_route rhema_consensus_routes[];
 
 #endif /* RHEMA_CORE_API_CONSENSUS_H */

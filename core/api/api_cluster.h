@@ -15,13 +15,13 @@
 #ifndef RHEMA_CORE_API_CLUSTER_H
 #define RHEMA_CORE_API_CLUSTER_H
 
-#include "http.h"
+#include "routes.h"
 
-/* Answer a request under /v1/cluster; rest is "" or "/nodes" or "/leader". */
-void rhema_route_cluster(struct rhema_req *r, const char *rest);
+extern const struct rhema_route rhema_cluster_routes[];
 
 /*
- * Fencing, for write handlers to call first.  A request carrying
+ * Fencing: the pipeline's stage for every route declared as a write (one
+ * place, so that no write can forget it).  A request carrying
  * X-Rhema-Epoch (a decimal uint64) lower than the current epoch
  * (rhema_cluster_current_epoch(): the lease's epoch, 1 when distributed is
  * disabled) is answered 409 {"error":{"code":"fenced",...}} with the

@@ -1,0 +1,220 @@
+/*
+ * api_sessions -- the HTTP API of coordination sessions (DESIGN.md §6)
+ * over core/session.c.
+ */
+#include "rhema_build.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_sessions.h"
+#include "commit.h"
+#include "query.h"
+#include "util.h"
+
+/* ---- sessions ---- */
+
+static void reply_record(struct rhema_req *r, int status, struct rhema_record *rec)
+{
+    rhema_header_etag(r, rec->version);
+    rhema_reply_json(r, status, rec->json, rec->len);
+    rhema_record_release(rec);
+}
+
+/*
+ * Session writes.  With a storage plugin that implements group(), a write
+ * is handed to the committer thread (commit.h), which runs the writes of
+ * every worker together as group commits; the worker answers when the job
+ * comes back.  Without group() the worker runs the write at once.
+ */
+static void answer_op(struct rhema_req *r, struct rhema_session_op *op)
+{
+    if (op->rc) {
+        rhema_reply_store_error(r, op->rc, op->err);
+        return;
+    }
+    if (op->kind == RHEMA_SOP_DELETE) {
+        rhema_reply_empty(r, 204);
+        return;
+    }
+    if (op->kind == RHEMA_SOP_PUT && op->created) {
+        char loc[RHEMA_ID_MAX + 32];
+        snprintf(loc, sizeof loc, "/v1/sessions/%s", op->id);
+        rhema_header(r, "Location", loc);
+    }
+    reply_record(r, op->created ? 201 : 200, &op->rec);
+}
+
+/*
+ * A session write on its way through the committer: the job it runs, and
+ * the mail that brings it back to the worker that answers the request.
+ */
+struct session_write {
+    struct rhema_commit_job job;
+    struct rhema_mail mail;
+    struct rhema_worker *worker;
+    struct rhema_req *req; /* deferred (rhema_req_defer) */
+};
+
+/* On the worker's thread: answer the request, free the write. */
+static void write_answer(struct rhema_mail *m)
+{
+    struct session_write *sw =
+        (struct session_write *)(void *)((char *)m - offsetof(struct session_write, mail));
+    answer_op(sw->req, &sw->job.op);
+    rhema_session_op_release(&sw->job.op);
+    rhema_req_free(sw->req);
+    sw->worker->outstanding--;
+    free(sw);
+}
+
+/* On the committer's thread: the write ran; hand it to its worker. */
+static void write_committed(struct rhema_commit_job *job)
+{
+    struct session_write *sw = (struct session_write *)(void *)job; /* job is the first member */
+    sw->mail.deliver = write_answer;
+    rhema_mailbox_post(&sw->worker->mailbox, &sw->mail);
+}
+
+/* Run op now, or hand it to the committer.  Takes op's references. */
+static void submit_op(struct rhema_req *r, struct rhema_session_op *op)
+{
+    struct rhema_worker *w = r->worker;
+    struct session_write *sw = NULL;
+    struct rhema_req *d = NULL;
+    if (w->srv->committer && (sw = calloc(1, sizeof *sw)) && (d = rhema_req_defer(r))) {
+        sw->worker = w;
+        sw->req = d;
+        sw->job.done = write_committed;
+        sw->job.op = *op;
+        w->outstanding++;
+        rhema_committer_submit(w->srv->committer, &sw->job);
+        return;
+    }
+    free(sw);
+    rhema_session_ops_run(&w->store, &op, 1);
+    answer_op(r, op);
+    rhema_session_op_release(op);
+}
+
+static int op_init(struct rhema_req *r, struct rhema_session_op *op, enum rhema_session_op_kind kind,
+                   const char *id)
+{
+    memset(op, 0, sizeof *op);
+    op->kind = kind;
+    snprintf(op->id, sizeof op->id, "%s", id);
+    return rhema_req_precondition(r, &op->if_match);
+}
+
+static void h_session_put(struct rhema_req *r)
+{
+    const char *id = r->param;
+    struct rhema_session_op op;
+    if (op_init(r, &op, RHEMA_SOP_PUT, id) != 0)
+        return;
+    json_t *body = rhema_req_json(r);
+    if (!body)
+        return;
+    int rc = rhema_session_validate(body, id, &op.input, op.err);
+    json_decref(body);
+    if (rc) {
+        rhema_reply_store_error(r, rc, op.err);
+        return;
+    }
+    op.input_text = rhema_session_text(op.input, &op.input_len); /* here, not on the committer */
+    submit_op(r, &op);
+}
+
+static void h_session_get(struct rhema_req *r)
+{
+    const char *id = r->param;
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_record rec = {0};
+    int rc = rhema_session_get(&r->worker->store, id, &rec, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    /* If-None-Match on a read: 304 when the client's copy is current. */
+    const char *inm = rhema_req_header(r, "If-None-Match");
+    char etag[32];
+    snprintf(etag, sizeof etag, "\"%llu\"", (unsigned long long)rec.version);
+    if (inm && strcmp(inm, etag) == 0) {
+        rhema_header_etag(r, rec.version);
+        rhema_record_release(&rec);
+        rhema_reply(r, 304, NULL, NULL, 0);
+        return;
+    }
+    reply_record(r, 200, &rec);
+}
+
+static void h_session_delete(struct rhema_req *r)
+{
+    const char *id = r->param;
+    struct rhema_session_op op;
+    if (op_init(r, &op, RHEMA_SOP_DELETE, id) != 0)
+        return;
+    if (op.if_match == RHEMA_VERSION_ABSENT) {
+        rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense on DELETE");
+        return;
+    }
+    submit_op(r, &op);
+}
+
+static void h_session_message(struct rhema_req *r)
+{
+    const char *id = r->param;
+    struct rhema_session_op op;
+    if (op_init(r, &op, RHEMA_SOP_APPEND, id) != 0)
+        return;
+    if (op.if_match == RHEMA_VERSION_ABSENT) {
+        rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense here");
+        return;
+    }
+    json_t *body = rhema_req_json(r);
+    if (!body)
+        return;
+    if (json_is_object(body) && !json_object_get(body, "timestamp"))
+        op.flags |= RHEMA_SOP_TS_DEFAULTED;
+    int rc = rhema_message_validate(body, &op.input, op.err);
+    json_decref(body);
+    if (rc) {
+        rhema_reply_store_error(r, rc, op.err);
+        return;
+    }
+    submit_op(r, &op);
+}
+
+static void h_session_list(struct rhema_req *r)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
+    static const char *const known[] = {"status", "participant", "limit", "cursor", NULL};
+    if (rhema_query_check(r, known) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+        return;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = rhema_session_list(&r->worker->store, evhttp_find_header(&r->query, "status"),
+                                evhttp_find_header(&r->query, "participant"), (size_t)limit,
+                                evhttp_find_header(&r->query, "cursor"), &text, &len, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    rhema_reply_json(r, 200, text, len);
+    free(text);
+}
+
+const struct rhema_route rhema_sessions_routes[] = {
+    {RHEMA_M_GET, "/v1/sessions", h_session_list, "sessions:read", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/sessions/{id}", h_session_get, "sessions:read", RHEMA_READS},
+    {RHEMA_M_PUT, "/v1/sessions/{id}", h_session_put, "sessions:write", RHEMA_WRITES_STORAGE},
+    {RHEMA_M_DELETE, "/v1/sessions/{id}", h_session_delete, "sessions:write",
+     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_POST, "/v1/sessions/{id}/messages", h_session_message, "sessions:write",
+     RHEMA_WRITES_STORAGE},
+    {0},
+};

@@ -1,0 +1,29 @@
+/*
+ * api_sessions -- the HTTP API of coordination sessions (DESIGN.md §6):
+ *   PUT/GET/DELETE /v1/sessions/{id}          CoordinationSession; ETag, If-Match,
+ *                                             If-None-Match (GET: 304; PUT *: create only)
+ *   GET  /v1/sessions?status=&participant=&limit=&cursor=
+ *   POST /v1/sessions/{id}/messages           append an AgentMessage
+ *
+ * Why only sessions go through the committer (commit.h): sessions are the
+ * write-heavy resource -- every message an agent sends is an append -- and
+ * each write must reach the disk before its answer.  With a backend that
+ * implements group(), a worker validates the request, hands the write to
+ * the committer thread and returns to its loop; the committer runs the
+ * writes of every worker as one transaction, so many appends share one
+ * commit (bench/put_session.lua on SQLite: 5.5k PUT/s with per-worker
+ * groups, 14.6k/s with the committer).  The committer runs only
+ * struct rhema_session_op (session.h); the other resources' writes are
+ * read-modify-write steps of their own stores (consensus log matching,
+ * agent transitions, the service registry) that would each need an op
+ * kind there.  Until a benchmark shows one of them write-bound, they
+ * write synchronously on the worker's own storage connection.
+ */
+#ifndef RHEMA_CORE_API_SESSIONS_H
+#define RHEMA_CORE_API_SESSIONS_H
+
+#include "routes.h"
+
+extern const struct rhema_route rhema_sessions_routes[];
+
+#endif /* RHEMA_CORE_API_SESSIONS_H */

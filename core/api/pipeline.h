@@ -1,0 +1,30 @@
+/*
+ * pipeline -- the request path of rhemad, in one place (pipeline.c).
+ *
+ * main.c starts the API with rhema_api_start(): the route tables are
+ * checked, then the HTTP workers start with rhema_pipeline_run() as the
+ * function every request goes through.
+ */
+#ifndef RHEMA_CORE_API_PIPELINE_H
+#define RHEMA_CORE_API_PIPELINE_H
+
+struct rhema_req;
+struct rhema_route;
+struct rhema_server;
+
+/* Every route table of the daemon, in matching order, NULL-terminated. */
+extern const struct rhema_route *const rhema_api_routes[];
+
+/* Run one request through every stage (worker thread). */
+void rhema_pipeline_run(struct rhema_req *r);
+
+/*
+ * Check the route tables (a malformed route is a bug: the message names
+ * it), then start the HTTP workers (http.h: rhema_http_start).  0, or a
+ * negative code and *err (malloc'd).
+ */
+int rhema_api_start(struct rhema_server *srv, char **err);
+/* Drain and stop the workers (http.h: rhema_http_stop). */
+void rhema_api_stop(struct rhema_server *srv);
+
+#endif /* RHEMA_CORE_API_PIPELINE_H */

@@ -1,0 +1,42 @@
+/*
+ * json_fields -- the field validators of the stores' JSON bodies (sessions,
+ * agents, consensus): one set, so that every resource names a bad field
+ * the same way ("field 'messages[2].priority': expected one of Low, ...").
+ *
+ * Each validator checks one member `v` of a request body (NULL: absent)
+ * named prefix + key, writes its normalised value into dst[key] (a new
+ * reference; dst is the record being built), and returns 0 -- or writes
+ * the message into err (RHEMA_ERRMSG_MAX bytes, util.h) and returns
+ * RHEMA_EINVAL.  prefix is "" for a top-level field, "messages[2]." for a
+ * nested one.
+ */
+#ifndef RHEMA_CORE_JSON_FIELDS_H
+#define RHEMA_CORE_JSON_FIELDS_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+/* 1 when s is one of the NULL-terminated list. */
+int rhema_name_in_list(const char *s, const char *const *list);
+/* The list as "a, b, c" into buf (cut at cap). */
+void rhema_name_list_join(char *buf, size_t cap, const char *const *list);
+
+/* Every member of body is in known or in ignored (either may be NULL). */
+int rhema_field_known(json_t *body, const char *const *known, const char *const *ignored,
+                      const char *prefix, char *err);
+/* One of allowed; absent: dflt (NULL: the field is required). */
+int rhema_field_enum(json_t *dst, const char *key, json_t *v, const char *const *allowed,
+                     const char *dflt, const char *prefix, char *err);
+
+/* What an absent RFC 3339 time becomes. */
+enum rhema_field_time_absent {
+    RHEMA_TIME_NOW,      /* now; null is refused */
+    RHEMA_TIME_NULL,     /* null; null is accepted */
+    RHEMA_TIME_OMITTED,  /* left out of dst; null is refused */
+};
+/* An RFC 3339 time, normalised to UTC with milliseconds. */
+int rhema_field_time(json_t *dst, const char *key, json_t *v, enum rhema_field_time_absent absent,
+                     const char *prefix, char *err);
+
+#endif /* RHEMA_CORE_JSON_FIELDS_H */

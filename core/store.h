@@ -1,0 +1,85 @@
+/*
+ * store -- the layer every store module builds on (sessions, consensus,
+ * agents, services): a storage connection with the plugin's vtable, the
+ * records handed back to the API, the key lists that scans collect, and
+ * the codes and limits they share.
+ *
+ * A struct rhema_store belongs to one thread (it wraps that thread's
+ * storage connection); nothing here locks.
+ */
+#ifndef RHEMA_CORE_STORE_H
+#define RHEMA_CORE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <rhema/storage.h>
+
+#include "util.h"
+
+/* An If-Match precondition failed (HTTP 412); other errors are RHEMA_E*. */
+#define RHEMA_EPRECONDITION (-100)
+_Static_assert(RHEMA_EPRECONDITION <= RHEMA_E_HOST_MAX && RHEMA_EPRECONDITION >= RHEMA_E_HOST_MIN,
+               "RHEMA_EPRECONDITION must lie in the host's reserved error range");
+
+#define RHEMA_LIST_LIMIT_DEFAULT 50
+#define RHEMA_LIST_LIMIT_MAX 1000
+
+struct rhema_access_entry;
+
+struct rhema_store {
+    const struct rhema_storage_plugin *vt;
+    rhema_storage_conn *conn;
+    struct rhema_access_entry *pending; /* sessions' access counts (session.h):
+                                         * an open-addressing map id -> delta */
+    size_t pending_n, pending_cap;
+};
+
+void rhema_store_init(struct rhema_store *st, const struct rhema_storage_plugin *vt,
+                      rhema_storage_conn *conn);
+/*
+ * Flush pending access counts and free them (the connection stays open).
+ * In session.c, with the access counts.
+ */
+void rhema_store_release(struct rhema_store *st);
+/*
+ * Write pending access counts to storage; 0 or the first storage error.
+ * Each worker calls it once a second (session.h); in session.c.
+ */
+int rhema_store_flush_access(struct rhema_store *st);
+/*
+ * A storage failure rc while doing `what` ("reading session 'x'") into err
+ * (RHEMA_ERRMSG_MAX), with the backend's own message; returns rc.
+ */
+int rhema_store_error(struct rhema_store *st, int rc, const char *what, char *err);
+
+/*
+ * The keys a scan visits, each with its first `strip` bytes removed (an
+ * index prefix): pass rhema_key_list_collect as the scan callback and the
+ * list as its ctx.  On RHEMA_ENOMEM from the scan, oom is set.
+ */
+struct rhema_key_list {
+    char **v;
+    size_t n, cap;
+    size_t strip;
+    int oom;
+};
+int rhema_key_list_collect(void *ctx, const char *key, const void *value, size_t len,
+                           uint64_t version);
+/* Free the keys, keep the array for the next scan. */
+void rhema_key_list_clear(struct rhema_key_list *l);
+/* Free the keys and the array; strip and oom stay for the caller to read. */
+void rhema_key_list_release(struct rhema_key_list *l);
+
+/*
+ * A record as the API answers it: JSON text (malloc'd; release frees it)
+ * and the storage version, which is its ETag.
+ */
+struct rhema_record {
+    char *json;
+    size_t len;
+    uint64_t version;
+};
+void rhema_record_release(struct rhema_record *r);
+
+#endif /* RHEMA_CORE_STORE_H */
