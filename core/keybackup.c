@@ -6,7 +6,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,22 +14,11 @@
 #include <unistd.h>
 
 #include "keybackup.h"
+#include "util.h"
 
 #define MS_PER_DAY (86400000ull)
 #define AUTO_PREFIX "keyring-"
 #define SUFFIX ".bak"
-
-static int fail(char *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, int code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, RHEMA_KEYRING_ERR_MAX, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 int rhema_keybackup_name_check(const char *name, size_t len, const char **why)
 {
@@ -56,9 +44,9 @@ int rhema_keybackup_dir_open(const char *dir, int *fd, char err[RHEMA_KEYRING_ER
 {
     char buf[4096];
     if (!dir || !dir[0])
-        return fail(err, RHEMA_EINVAL, "no backup directory");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "no backup directory");
     if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
-        return fail(err, RHEMA_EINVAL, "backup directory %s: path too long", dir);
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "backup directory %s: path too long", dir);
     for (char *p = buf + 1; *p; p++) { /* mkdir -p; a failure shows at the open below */
         if (*p == '/') {
             *p = '\0';
@@ -69,7 +57,7 @@ int rhema_keybackup_dir_open(const char *dir, int *fd, char err[RHEMA_KEYRING_ER
     (void)mkdir(buf, 0700);
     int d = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (d < 0)
-        return fail(err, RHEMA_EIO, "backup directory %s: %s", dir, strerror(errno));
+        return rhema_set_errbuf(err, RHEMA_EIO, "backup directory %s: %s", dir, strerror(errno));
     *fd = d;
     return 0;
 }
@@ -153,7 +141,7 @@ int rhema_keybackup_write_auto(struct rhema_keyring *kr, int dirfd, uint64_t now
             return rc;
         }
     }
-    return fail(err, RHEMA_EIO, "too many key backups named %s", base);
+    return rhema_set_errbuf(err, RHEMA_EIO, "too many key backups named %s", base);
 }
 
 struct auto_file {
@@ -225,8 +213,8 @@ int rhema_keybackup_prune(int dirfd, int64_t keep_count, int64_t keep_days, uint
     if (pruned)
         *pruned = 0;
     if (rc)
-        return fail(err, rc, "listing the key backups: %s",
-                    rc == RHEMA_ENOMEM ? "out of memory" : strerror(errno));
+        return rhema_set_errbuf(err, rc, "listing the key backups: %s",
+                                rc == RHEMA_ENOMEM ? "out of memory" : strerror(errno));
     for (size_t i = 1; i < n; i++) { /* v[0], the newest, stays */
         int too_many = keep_count > 0 && i >= (size_t)keep_count;
         int too_old = keep_ms && v[i].ms + keep_ms < now_ms;
@@ -234,7 +222,8 @@ int rhema_keybackup_prune(int dirfd, int64_t keep_count, int64_t keep_days, uint
             continue;
         if (unlinkat(dirfd, v[i].name, 0) != 0) {
             if (!first)
-                first = fail(err, RHEMA_EIO, "remove %s: %s", v[i].name, strerror(errno));
+                first =
+                    rhema_set_errbuf(err, RHEMA_EIO, "remove %s: %s", v[i].name, strerror(errno));
             continue;
         }
         count++;

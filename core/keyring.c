@@ -129,18 +129,6 @@ struct rhema_keyring {
 
 /* ---- small helpers ---- */
 
-static int errf(char *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int errf(char *err, int code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, RHEMA_KEYRING_ERR_MAX, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 static void put_u32(unsigned char *p, uint32_t v)
 {
     for (int i = 0; i < 4; i++)
@@ -202,22 +190,23 @@ static int read_file_at(int dirfd, const char *name, unsigned flags, size_t max,
     size_t got = 0;
     if (fd < 0) {
         if (errno == ENOENT)
-            return errf(err, RHEMA_ENOTFOUND, "%s: no such file", name);
-        return errf(err, RHEMA_EIO, "open %s: %s", name, strerror(errno));
+            return rhema_set_errbuf(err, RHEMA_ENOTFOUND, "%s: no such file", name);
+        return rhema_set_errbuf(err, RHEMA_EIO, "open %s: %s", name, strerror(errno));
     }
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
-        return errf(err, RHEMA_EIO, "%s: not a regular file", name);
+        return rhema_set_errbuf(err, RHEMA_EIO, "%s: not a regular file", name);
     }
     if ((uint64_t)sb.st_size > max) {
         close(fd);
-        return errf(err, RHEMA_ECORRUPT, "%s: %lld bytes is larger than any keyring (%zu)", name,
-                    (long long)sb.st_size, max);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                                "%s: %lld bytes is larger than any keyring (%zu)", name,
+                                (long long)sb.st_size, max);
     }
     buf = malloc((size_t)sb.st_size + 1);
     if (!buf) {
         close(fd);
-        return errf(err, RHEMA_ENOMEM, "out of memory reading %s", name);
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory reading %s", name);
     }
     while (got < (size_t)sb.st_size) {
         ssize_t r = read(fd, buf + got, (size_t)sb.st_size - got);
@@ -227,7 +216,7 @@ static int read_file_at(int dirfd, const char *name, unsigned flags, size_t max,
             int e = r < 0 ? errno : EIO;
             free(buf);
             close(fd);
-            return errf(err, RHEMA_EIO, "read %s: %s", name, strerror(e));
+            return rhema_set_errbuf(err, RHEMA_EIO, "read %s: %s", name, strerror(e));
         }
         got += (size_t)r;
     }
@@ -258,22 +247,22 @@ static int write_atomic_at(int dirfd, const char *name, unsigned flags, const vo
     size_t off = 0;
     int confined = (flags & RHEMA_KEYRING_CONFINED) != 0;
     if (asprintf(&tmp, "%s.tmp", name) < 0)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     if (dirfd == AT_FDCWD)
         ensure_parent(name);
     if (confined && unlinkat(dirfd, tmp, 0) != 0 && errno != ENOENT) {
-        errf(err, RHEMA_EIO, "remove a stale %s: %s", tmp, strerror(errno));
+        rhema_set_errbuf(err, RHEMA_EIO, "remove a stale %s: %s", tmp, strerror(errno));
         goto out;
     }
     fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW |
                                 (confined ? O_EXCL : 0), 0600);
     if (fd < 0) {
-        errf(err, RHEMA_EIO, "create %s: %s", tmp, strerror(errno));
+        rhema_set_errbuf(err, RHEMA_EIO, "create %s: %s", tmp, strerror(errno));
         goto out;
     }
     made = 1;
     if (fchmod(fd, 0600) != 0) {
-        errf(err, RHEMA_EIO, "chmod %s: %s", tmp, strerror(errno));
+        rhema_set_errbuf(err, RHEMA_EIO, "chmod %s: %s", tmp, strerror(errno));
         goto out;
     }
     while (off < len) {
@@ -281,33 +270,34 @@ static int write_atomic_at(int dirfd, const char *name, unsigned flags, const vo
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
-            errf(err, RHEMA_EIO, "write %s: %s", tmp, w < 0 ? strerror(errno) : "short write");
+            rhema_set_errbuf(err, RHEMA_EIO, "write %s: %s", tmp,
+                             w < 0 ? strerror(errno) : "short write");
             goto out;
         }
         off += (size_t)w;
     }
     if (fsync(fd) != 0) {
-        errf(err, RHEMA_EIO, "fsync %s: %s", tmp, strerror(errno));
+        rhema_set_errbuf(err, RHEMA_EIO, "fsync %s: %s", tmp, strerror(errno));
         goto out;
     }
     if (close(fd) != 0) {
         fd = -1;
-        errf(err, RHEMA_EIO, "close %s: %s", tmp, strerror(errno));
+        rhema_set_errbuf(err, RHEMA_EIO, "close %s: %s", tmp, strerror(errno));
         goto out;
     }
     fd = -1;
     if (confined) {
         if (linkat(dirfd, tmp, dirfd, name, 0) != 0) {
             if (errno == EEXIST)
-                rc = errf(err, RHEMA_ECONFLICT, "%s already exists", name);
+                rc = rhema_set_errbuf(err, RHEMA_ECONFLICT, "%s already exists", name);
             else
-                errf(err, RHEMA_EIO, "link %s -> %s: %s", tmp, name, strerror(errno));
+                rhema_set_errbuf(err, RHEMA_EIO, "link %s -> %s: %s", tmp, name, strerror(errno));
             goto out;
         }
         unlinkat(dirfd, tmp, 0); /* name holds the data now */
         made = 0;
     } else if (renameat(dirfd, tmp, dirfd, name) != 0) {
-        errf(err, RHEMA_EIO, "rename %s -> %s: %s", tmp, name, strerror(errno));
+        rhema_set_errbuf(err, RHEMA_EIO, "rename %s -> %s: %s", tmp, name, strerror(errno));
         goto out;
     } else {
         made = 0;
@@ -316,7 +306,7 @@ static int write_atomic_at(int dirfd, const char *name, unsigned flags, const vo
     if (dirfd == AT_FDCWD)
         sync_fd = dfd = (dir = dir_of(name)) ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
     if (sync_fd >= 0 && fsync(sync_fd) != 0) {
-        errf(err, RHEMA_EIO, "fsync the directory of %s: %s", name, strerror(errno));
+        rhema_set_errbuf(err, RHEMA_EIO, "fsync the directory of %s: %s", name, strerror(errno));
         goto out; /* renamed, but not known durable */
     }
     rc = 0;
@@ -343,12 +333,12 @@ static int lock_keyring(const char *path, int *fd_out, char **lock_path_out, cha
     char *lp = NULL;
     int fd;
     if (asprintf(&lp, "%s.lock", path) < 0)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     ensure_parent(path);
     fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) {
         int e = errno;
-        errf(err, RHEMA_EIO, "open %s: %s", lp, strerror(e));
+        rhema_set_errbuf(err, RHEMA_EIO, "open %s: %s", lp, strerror(e));
         free(lp);
         return RHEMA_EIO;
     }
@@ -356,10 +346,10 @@ static int lock_keyring(const char *path, int *fd_out, char **lock_path_out, cha
         int e = errno;
         close(fd);
         if (e == EWOULDBLOCK)
-            errf(err, RHEMA_ECONFLICT, "keyring %s is in use by another process (%s is locked)",
-                 path, lp);
+            rhema_set_errbuf(err, RHEMA_ECONFLICT,
+                             "keyring %s is in use by another process (%s is locked)", path, lp);
         else
-            errf(err, RHEMA_EIO, "lock %s: %s", lp, strerror(e));
+            rhema_set_errbuf(err, RHEMA_EIO, "lock %s: %s", lp, strerror(e));
         free(lp);
         return e == EWOULDBLOCK ? RHEMA_ECONFLICT : RHEMA_EIO;
     }
@@ -373,10 +363,10 @@ static int lock_keyring(const char *path, int *fd_out, char **lock_path_out, cha
 static int master_alloc(struct rhema_master **out, char *err)
 {
     if (sodium_init() < 0)
-        return errf(err, RHEMA_EINVAL, "libsodium failed to initialise");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "libsodium failed to initialise");
     struct rhema_master *m = sodium_malloc(sizeof *m);
     if (!m)
-        return errf(err, RHEMA_ENOMEM, "out of locked memory for the master key");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of locked memory for the master key");
     memset(m, 0, sizeof *m);
     *out = m;
     return 0;
@@ -419,30 +409,32 @@ int rhema_master_from_key_file(const char *path, struct rhema_master **out,
         return rc;
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        rc = errf(err, RHEMA_EINVAL, "key file %s: %s", path, strerror(errno));
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL, "key file %s: %s", path, strerror(errno));
         goto fail;
     }
     /* check the file we read, not the name: fstat on the open descriptor */
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        rc = errf(err, RHEMA_EINVAL, "key file %s is not a regular file", path);
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL, "key file %s is not a regular file", path);
         goto fail;
     }
     if (sb.st_uid != geteuid()) {
-        rc = errf(err, RHEMA_EINVAL,
-                  "key file %s is owned by uid %u, not by the user rhema runs as (uid %u)", path,
-                  (unsigned)sb.st_uid, (unsigned)geteuid());
+        rc = rhema_set_errbuf(
+            err, RHEMA_EINVAL,
+            "key file %s is owned by uid %u, not by the user rhema runs as (uid %u)", path,
+            (unsigned)sb.st_uid, (unsigned)geteuid());
         goto fail;
     }
     if (sb.st_mode & 077) {
-        rc = errf(err, RHEMA_EINVAL,
-                  "key file %s has mode %04o: it must not be accessible to group or others "
-                  "(chmod 600 %s)",
-                  path, (unsigned)(sb.st_mode & 07777), path);
+        rc = rhema_set_errbuf(
+            err, RHEMA_EINVAL,
+            "key file %s has mode %04o: it must not be accessible to group or others "
+            "(chmod 600 %s)",
+            path, (unsigned)(sb.st_mode & 07777), path);
         goto fail;
     }
     buf = sodium_malloc(CAP + 1);
     if (!buf) {
-        rc = errf(err, RHEMA_ENOMEM, "out of locked memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of locked memory");
         goto fail;
     }
     for (;;) {
@@ -450,7 +442,7 @@ int rhema_master_from_key_file(const char *path, struct rhema_master **out,
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            rc = errf(err, RHEMA_EIO, "read key file %s: %s", path, strerror(errno));
+            rc = rhema_set_errbuf(err, RHEMA_EIO, "read key file %s: %s", path, strerror(errno));
             goto fail;
         }
         if (r == 0 || (got += (size_t)r) > CAP)
@@ -466,10 +458,11 @@ int rhema_master_from_key_file(const char *path, struct rhema_master **out,
             sodium_hex2bin(m->key, RHEMA_MASTER_KEY_BYTES, (const char *)buf, n, NULL, &binlen,
                            &end) != 0 ||
             binlen != RHEMA_MASTER_KEY_BYTES || end != (const char *)buf + n) {
-            rc = errf(err, RHEMA_EINVAL,
-                      "key file %s must hold 32 raw bytes or 64 hex characters (it holds %s%zu "
-                      "bytes)",
-                      path, got > CAP ? "more than " : "", got > CAP ? (size_t)CAP : got);
+            rc = rhema_set_errbuf(
+                err, RHEMA_EINVAL,
+                "key file %s must hold 32 raw bytes or 64 hex characters (it holds %s%zu "
+                "bytes)",
+                path, got > CAP ? "more than " : "", got > CAP ? (size_t)CAP : got);
             goto fail;
         }
     }
@@ -501,18 +494,19 @@ int rhema_master_from_passphrase(const char *pass, size_t len, const unsigned ch
     struct rhema_master *m = NULL;
     int rc;
     if (len == 0)
-        return errf(err, RHEMA_EINVAL, "the passphrase is empty");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "the passphrase is empty");
     if (!kdf_limits_ok(opslimit, memlimit))
-        return errf(err, RHEMA_EINVAL,
-                    "Argon2id limits out of range (opslimit %llu, memlimit %llu)",
-                    (unsigned long long)opslimit, (unsigned long long)memlimit);
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "Argon2id limits out of range (opslimit %llu, memlimit %llu)",
+                                (unsigned long long)opslimit, (unsigned long long)memlimit);
     if ((rc = master_alloc(&m, err)))
         return rc;
     if (crypto_pwhash(m->key, RHEMA_MASTER_KEY_BYTES, pass, len, salt, opslimit, (size_t)memlimit,
                       crypto_pwhash_ALG_ARGON2ID13) != 0) {
         rhema_master_free(m);
-        return errf(err, RHEMA_ENOMEM, "Argon2id failed (out of memory for %llu bytes?)",
-                    (unsigned long long)memlimit);
+        return rhema_set_errbuf(err, RHEMA_ENOMEM,
+                                "Argon2id failed (out of memory for %llu bytes?)",
+                                (unsigned long long)memlimit);
     }
     m->kdf = KDF_ARGON2ID;
     m->opslimit = opslimit;
@@ -527,9 +521,9 @@ static int passphrase_env(const char *name, const char **pass, char *err)
 {
     const char *p = getenv(name);
     if (!p || !*p)
-        return errf(err, RHEMA_EINVAL,
-                    "passphrase_env names '%s', but that environment variable is %s", name,
-                    p ? "empty" : "not set");
+        return rhema_set_errbuf(err, RHEMA_EINVAL,
+                                "passphrase_env names '%s', but that environment variable is %s",
+                                name, p ? "empty" : "not set");
     *pass = p;
     return 0;
 }
@@ -545,21 +539,22 @@ static int read_kdf_hdr(const unsigned char *d, size_t len, const char *path, in
                         struct kdf_hdr *h, char *err)
 {
     if (len < 8 || (memcmp(d, KR_MAGIC, 8) != 0 && memcmp(d, KB_MAGIC, 8) != 0))
-        return errf(err, RHEMA_ECORRUPT, "%s is not a rhema keyring or key backup (bad magic)",
-                    path);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                                "%s is not a rhema keyring or key backup (bad magic)", path);
     *is_backup = memcmp(d, KB_MAGIC, 8) == 0;
     if (len < (*is_backup ? KB_HDR : KR_HDR))
-        return errf(err, RHEMA_ECORRUPT, "%s: truncated header", path);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s: truncated header", path);
     if (get_u32(d + 8) != (*is_backup ? KB_FORMAT : KR_FORMAT))
-        return errf(err, RHEMA_ECORRUPT, "%s: unsupported format version %u", path, get_u32(d + 8));
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s: unsupported format version %u", path,
+                                get_u32(d + 8));
     h->kdf = get_u32(d + 12);
     h->opslimit = get_u64(d + 16);
     h->memlimit = get_u64(d + 24);
     memcpy(h->salt, d + 32, KR_SALT);
     if (h->kdf != KDF_KEYFILE && h->kdf != KDF_ARGON2ID)
-        return errf(err, RHEMA_ECORRUPT, "%s: unknown key derivation %u", path, h->kdf);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s: unknown key derivation %u", path, h->kdf);
     if (h->kdf == KDF_ARGON2ID && !kdf_limits_ok(h->opslimit, h->memlimit))
-        return errf(err, RHEMA_ECORRUPT, "%s: Argon2id limits out of range", path);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s: Argon2id limits out of range", path);
     return 0;
 }
 
@@ -570,14 +565,16 @@ static int master_load(const char *key_file, const char *env, const struct kdf_h
 {
     int have_kf = key_file && *key_file, have_pp = env && *env;
     if (have_kf && have_pp)
-        return errf(err, RHEMA_EINVAL,
-                    "set key_management.key_file or key_management.passphrase_env, not both");
+        return rhema_set_errbuf(
+            err, RHEMA_EINVAL,
+            "set key_management.key_file or key_management.passphrase_env, not both");
     if (have_kf) {
         if (h && h->kdf == KDF_ARGON2ID)
-            return errf(err, RHEMA_EINVAL,
-                        "%s was created from a passphrase (Argon2id): configure passphrase_env, "
-                        "not key_file",
-                        path);
+            return rhema_set_errbuf(
+                err, RHEMA_EINVAL,
+                "%s was created from a passphrase (Argon2id): configure passphrase_env, "
+                "not key_file",
+                path);
         return rhema_master_from_key_file(key_file, out, err);
     }
     if (have_pp) {
@@ -587,18 +584,19 @@ static int master_load(const char *key_file, const char *env, const struct kdf_h
         if (rc)
             return rc;
         if (h && h->kdf != KDF_ARGON2ID)
-            return errf(err, RHEMA_EINVAL,
-                        "%s was created with a key file: configure key_file, not passphrase_env",
-                        path);
+            return rhema_set_errbuf(
+                err, RHEMA_EINVAL,
+                "%s was created with a key file: configure key_file, not passphrase_env", path);
         if (h)
             return rhema_master_from_passphrase(pass, strlen(pass), h->salt, h->opslimit,
                                                 h->memlimit, out, err);
         randombytes_buf(salt, sizeof salt);
         return rhema_master_from_passphrase(pass, strlen(pass), salt, new_ops, new_mem, out, err);
     }
-    return errf(err, RHEMA_ENOTSUP,
-                "key management is disabled: set advanced_features.key_management.key_file or "
-                "passphrase_env");
+    return rhema_set_errbuf(
+        err, RHEMA_ENOTSUP,
+        "key management is disabled: set advanced_features.key_management.key_file or "
+        "passphrase_env");
 }
 
 int rhema_master_for_file(const char *path, const char *key_file, const char *passphrase_env_name,
@@ -609,7 +607,7 @@ int rhema_master_for_file(const char *path, const char *key_file, const char *pa
     struct kdf_hdr h;
     int is_backup, rc;
     if (sodium_init() < 0)
-        return errf(err, RHEMA_EINVAL, "libsodium failed to initialise");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "libsodium failed to initialise");
     if ((rc = read_file(path, KR_FILE_MAX, &d, &len, err)))
         return rc;
     rc = read_kdf_hdr(d, len, path, &is_backup, &h, err);
@@ -624,7 +622,7 @@ static int keys_derive(const struct rhema_master *m, struct kr_keys **out, char 
     static const char ctx[crypto_kdf_CONTEXTBYTES] = {'r', 'h', 'e', 'm', 'a', 'k', 'r', '1'};
     struct kr_keys *k = sodium_malloc(sizeof *k);
     if (!k)
-        return errf(err, RHEMA_ENOMEM, "out of locked memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of locked memory");
     crypto_kdf_derive_from_key(k->wrap, sizeof k->wrap, 1, ctx, m->key);
     crypto_kdf_derive_from_key(k->mac, sizeof k->mac, 2, ctx, m->key);
     crypto_kdf_derive_from_key(k->backup, sizeof k->backup, 3, ctx, m->key);
@@ -685,7 +683,7 @@ static int version_new(const struct kr_keys *k, uint32_t version, uint32_t ciphe
     if (v)
         randombytes_buf(v->nonce_salt, sizeof v->nonce_salt);
     if (!v)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     v->version = version;
     v->cipher_id = cipher_id;
     v->key_len = key_len;
@@ -694,7 +692,7 @@ static int version_new(const struct kr_keys *k, uint32_t version, uint32_t ciphe
     v->sealed = malloc(key_len + KR_WRAP_TAG);
     if (!v->key || !v->sealed) {
         version_free(v);
-        return errf(err, RHEMA_ENOMEM, "out of memory for a key");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory for a key");
     }
     randombytes_buf(v->key, key_len);
     randombytes_buf(v->wrap_nonce, sizeof v->wrap_nonce);
@@ -761,18 +759,20 @@ static int state_parse(const struct kr_keys *k, const unsigned char *d, size_t l
     int rc;
 
     if (len < 8 || memcmp(d, KR_MAGIC, 8) != 0)
-        return errf(err, RHEMA_ECORRUPT, "%s is not a rhema keyring (bad magic)", what);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s is not a rhema keyring (bad magic)", what);
     if (len < KR_HDR + KR_MAC)
-        return errf(err, RHEMA_ECORRUPT, "%s: truncated keyring", what);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s: truncated keyring", what);
     if (get_u32(d + 8) != KR_FORMAT)
-        return errf(err, RHEMA_ECORRUPT, "%s: unsupported keyring format %u", what, get_u32(d + 8));
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s: unsupported keyring format %u", what,
+                                get_u32(d + 8));
     crypto_generichash(mac, sizeof mac, d, len - KR_MAC, k->mac, sizeof k->mac);
     if (sodium_memcmp(mac, d + len - KR_MAC, KR_MAC) != 0)
-        return errf(err, RHEMA_ECORRUPT,
-                    "%s: wrong master key or corrupt keyring (integrity check failed)", what);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                                "%s: wrong master key or corrupt keyring (integrity check failed)",
+                                what);
     st = calloc(1, sizeof *st);
     if (!st)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     st->kdf = get_u32(d + 12);
     st->opslimit = get_u64(d + 16);
     st->memlimit = get_u64(d + 24);
@@ -783,7 +783,7 @@ static int state_parse(const struct kr_keys *k, const unsigned char *d, size_t l
     atomic_init(&st->last_backup_ms, get_u64(d + 64));
     n = get_u32(d + 72);
     if (n == 0) {
-        rc = errf(err, RHEMA_ECORRUPT, "%s: the keyring holds no key version", what);
+        rc = rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s: the keyring holds no key version", what);
         goto fail;
     }
     p = d + KR_HDR;
@@ -792,13 +792,13 @@ static int state_parse(const struct kr_keys *k, const unsigned char *d, size_t l
         struct kr_version *v;
         unsigned char ad[20];
         if ((size_t)(end - p) < KR_REC) {
-            rc = errf(err, RHEMA_ECORRUPT, "%s: truncated key record %u", what, i + 1);
+            rc = rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s: truncated key record %u", what, i + 1);
             goto fail;
         }
         uint32_t key_len = get_u32(p + 8);
         if (key_len < KR_KEY_MIN || key_len > KR_KEY_MAX ||
             (size_t)(end - p) < KR_REC + key_len + KR_WRAP_TAG) {
-            rc = errf(err, RHEMA_ECORRUPT, "%s: bad key record %u", what, i + 1);
+            rc = rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s: bad key record %u", what, i + 1);
             goto fail;
         }
         v = calloc(1, sizeof *v);
@@ -806,7 +806,7 @@ static int state_parse(const struct kr_keys *k, const unsigned char *d, size_t l
             randombytes_buf(v->nonce_salt, sizeof v->nonce_salt);
         if (!v || state_push(st, v) != 0) {
             free(v);
-            rc = errf(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
             goto fail;
         }
         v->version = get_u32(p);
@@ -818,16 +818,16 @@ static int state_parse(const struct kr_keys *k, const unsigned char *d, size_t l
         v->pending = get_u64(p + 20);
         memcpy(v->wrap_nonce, p + 28, KR_WRAP_NONCE);
         if (v->version <= prev || v->cipher_id == 0 || v->cipher_id > 255) {
-            rc = errf(err, RHEMA_ECORRUPT,
-                      "%s: inconsistent key versions (version %u after %u, cipher %u)", what,
-                      v->version, prev, v->cipher_id);
+            rc = rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                                  "%s: inconsistent key versions (version %u after %u, cipher %u)",
+                                  what, v->version, prev, v->cipher_id);
             goto fail;
         }
         prev = v->version;
         v->sealed = malloc(key_len + KR_WRAP_TAG);
         v->key = sodium_malloc(key_len);
         if (!v->sealed || !v->key) {
-            rc = errf(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
             goto fail;
         }
         memcpy(v->sealed, p + KR_REC, key_len + KR_WRAP_TAG);
@@ -835,16 +835,17 @@ static int state_parse(const struct kr_keys *k, const unsigned char *d, size_t l
         if (crypto_aead_xchacha20poly1305_ietf_decrypt(v->key, NULL, NULL, v->sealed,
                                                        key_len + KR_WRAP_TAG, ad, sizeof ad,
                                                        v->wrap_nonce, k->wrap) != 0) {
-            rc = errf(err, RHEMA_ECORRUPT,
-                      "%s: wrong master key or corrupt keyring (key version %u does not decrypt)",
-                      what, v->version);
+            rc = rhema_set_errbuf(
+                err, RHEMA_ECORRUPT,
+                "%s: wrong master key or corrupt keyring (key version %u does not decrypt)", what,
+                v->version);
             goto fail;
         }
         p += KR_REC + key_len + KR_WRAP_TAG;
     }
     if (p != end) {
-        rc = errf(err, RHEMA_ECORRUPT, "%s: %zu trailing bytes after the key records", what,
-                  (size_t)(end - p));
+        rc = rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s: %zu trailing bytes after the key records",
+                              what, (size_t)(end - p));
         goto fail;
     }
     *out = st;
@@ -891,7 +892,7 @@ static int persist(struct rhema_keyring *kr, struct kr_state *st, char *err)
     size_t len;
     int rc = state_serialize(kr->keys, st, 0, &img, &len);
     if (rc)
-        return errf(err, rc, "out of memory writing the keyring");
+        return rhema_set_errbuf(err, rc, "out of memory writing the keyring");
     rc = write_atomic(kr->path, img, len, err);
     free(img);
     if (rc)
@@ -922,7 +923,7 @@ static int state_add_version(struct rhema_keyring *kr, struct kr_state *st, uint
         if (st->version_floor > number)
             number = st->version_floor;
         if (number == UINT32_MAX)
-            return errf(err, RHEMA_ETOOBIG, "no key version number left");
+            return rhema_set_errbuf(err, RHEMA_ETOOBIG, "no key version number left");
         number++;
     }
     rc = version_new(kr->keys, number, kr->cipher->cipher_id, kr->cipher->key_bytes, &v, err);
@@ -930,7 +931,7 @@ static int state_add_version(struct rhema_keyring *kr, struct kr_state *st, uint
         return rc;
     if (state_push(st, v) != 0) {
         version_free(v);
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     }
     uint64_t lim = version_limit(kr, v);
     v->pending = kr->block < lim ? kr->block : lim;
@@ -1027,14 +1028,15 @@ static void keyring_free(struct rhema_keyring *kr)
 static int cipher_usable(const struct rhema_cipher_plugin *c, char *err)
 {
     if (!c)
-        return errf(err, RHEMA_EINVAL, "no cipher plugin for the keyring");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "no cipher plugin for the keyring");
     if (c->cipher_id == 0 || c->cipher_id > 255 || c->key_bytes < KR_KEY_MIN ||
         c->key_bytes > KR_KEY_MAX || c->nonce_bytes == 0 || c->nonce_bytes > 64 ||
         c->tag_bytes == 0 || !c->encrypt || !c->decrypt)
-        return errf(err, RHEMA_EINVAL,
-                    "cipher '%s' cannot be used by the keyring (id %u, key %u, nonce %u, tag %u)",
-                    c->base.name ? c->base.name : "?", c->cipher_id, c->key_bytes, c->nonce_bytes,
-                    c->tag_bytes);
+        return rhema_set_errbuf(
+            err, RHEMA_EINVAL,
+            "cipher '%s' cannot be used by the keyring (id %u, key %u, nonce %u, tag %u)",
+            c->base.name ? c->base.name : "?", c->cipher_id, c->key_bytes, c->nonce_bytes,
+            c->tag_bytes);
     return 0;
 }
 
@@ -1049,22 +1051,23 @@ int rhema_keyring_open(const struct rhema_keyring_params *p, struct rhema_keyrin
     const char *path = p->path && *p->path ? p->path : "data/keyring";
 
     if (sodium_init() < 0)
-        return errf(err, RHEMA_EINVAL, "libsodium failed to initialise");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "libsodium failed to initialise");
     if (!p->master && !(p->key_file && *p->key_file) && !(p->passphrase_env && *p->passphrase_env))
-        return errf(err, RHEMA_ENOTSUP,
-                    "key management is disabled: set advanced_features.key_management.key_file "
-                    "or passphrase_env");
+        return rhema_set_errbuf(
+            err, RHEMA_ENOTSUP,
+            "key management is disabled: set advanced_features.key_management.key_file "
+            "or passphrase_env");
     if ((rc = cipher_usable(p->cipher, err)))
         return rc;
     kr = calloc(1, sizeof *kr);
     if (!kr)
-        return errf(err, RHEMA_ENOMEM, "out of memory");
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     kr->lock_fd = -1;
     pthread_rwlock_init(&kr->lock, NULL);
     pthread_mutex_init(&kr->persist_mu, NULL);
     kr->path = strdup(path);
     if (!kr->path) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto fail;
     }
     kr->cipher = p->cipher;
@@ -1086,8 +1089,8 @@ int rhema_keyring_open(const struct rhema_keyring_params *p, struct rhema_keyrin
     if (have_file && (rc = read_kdf_hdr(img, imglen, kr->path, &is_backup, &h, err)))
         goto fail;
     if (have_file && is_backup) {
-        rc = errf(err, RHEMA_EINVAL, "%s is a key backup, not a keyring: restore it instead",
-                  kr->path);
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                              "%s is a key backup, not a keyring: restore it instead", kr->path);
         goto fail;
     }
     /*
@@ -1116,7 +1119,7 @@ int rhema_keyring_open(const struct rhema_keyring_params *p, struct rhema_keyrin
     } else {
         kr->st = calloc(1, sizeof *kr->st);
         if (!kr->st) {
-            rc = errf(err, RHEMA_ENOMEM, "out of memory");
+            rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
             goto fail;
         }
         kr->st->kdf = kr->master->kdf;
@@ -1132,10 +1135,11 @@ int rhema_keyring_open(const struct rhema_keyring_params *p, struct rhema_keyrin
             goto fail;
     }
     if (atomic_load(&kr->min_version) > newest(kr->st)->version) {
-        rc = errf(err, RHEMA_EINVAL,
-                  "min_decryption_version %u is above the newest key version %u: nothing "
-                  "could be decrypted",
-                  atomic_load(&kr->min_version), newest(kr->st)->version);
+        rc = rhema_set_errbuf(
+            err, RHEMA_EINVAL,
+            "min_decryption_version %u is above the newest key version %u: nothing "
+            "could be decrypted",
+            atomic_load(&kr->min_version), newest(kr->st)->version);
         goto fail;
     }
     schedule_rotation(kr, atomic_load(&kr->st->last_rotation_ms));
@@ -1234,8 +1238,9 @@ int rhema_keyring_set_min_decryption_version(struct rhema_keyring *kr, uint32_t 
         v = 1;
     pthread_rwlock_rdlock(&kr->lock);
     if (v > newest(kr->st)->version)
-        rc = errf(err, RHEMA_EINVAL, "min_decryption_version %u is above the newest key version %u",
-                  v, newest(kr->st)->version);
+        rc = rhema_set_errbuf(err, RHEMA_EINVAL,
+                              "min_decryption_version %u is above the newest key version %u", v,
+                              newest(kr->st)->version);
     else
         atomic_store(&kr->min_version, v);
     pthread_rwlock_unlock(&kr->lock);
@@ -1313,7 +1318,7 @@ static int do_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, cons
     size_t ext_cap = out ? out->len : 0;
     static const unsigned char empty[1];
     if ((!pt && len) || (!ad && adlen) || !out)
-        return errf(err, RHEMA_EINVAL, "bad arguments");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "bad arguments");
     for (int attempt = 0; attempt < 8; attempt++) {
         uint64_t due = atomic_load(&kr->next_rotation_ms);
         if (due && rhema_realtime_ms() >= due) {
@@ -1335,10 +1340,11 @@ static int do_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, cons
             uint64_t lim = version_limit(kr, v);
             pthread_rwlock_unlock(&kr->lock);
             if (!kr->rotation_enabled)
-                return errf(err, RHEMA_ETOOBIG,
-                            "key version %u has encrypted its limit of %llu messages; rotate "
-                            "the key (rotation.enabled is off)",
-                            ver, (unsigned long long)lim);
+                return rhema_set_errbuf(
+                    err, RHEMA_ETOOBIG,
+                    "key version %u has encrypted its limit of %llu messages; rotate "
+                    "the key (rotation.enabled is off)",
+                    ver, (unsigned long long)lim);
             if ((rc = rotate_if_newest(kr, ver, err)))
                 return rc;
             continue;
@@ -1350,12 +1356,13 @@ static int do_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, cons
         size_t hlen = RHEMA_ENVELOPE_FIXED + c->nonce_bytes;
         if (len > SIZE_MAX - hlen - c->tag_bytes) {
             pthread_rwlock_unlock(&kr->lock);
-            return errf(err, RHEMA_ETOOBIG, "message too large");
+            return rhema_set_errbuf(err, RHEMA_ETOOBIG, "message too large");
         }
         if (ext && ext_cap < hlen + len + c->tag_bytes) {
             pthread_rwlock_unlock(&kr->lock);
-            return errf(err, RHEMA_ETOOBIG, "the envelope needs %zu bytes, the buffer has %zu",
-                        hlen + len + c->tag_bytes, ext_cap);
+            return rhema_set_errbuf(err, RHEMA_ETOOBIG,
+                                    "the envelope needs %zu bytes, the buffer has %zu",
+                                    hlen + len + c->tag_bytes, ext_cap);
         }
         unsigned char *env = ext ? ext : malloc(hlen + len + c->tag_bytes), *adbuf = NULL;
         const unsigned char *full;
@@ -1364,7 +1371,7 @@ static int do_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, cons
             pthread_rwlock_unlock(&kr->lock);
             if (!ext)
                 free(env);
-            return errf(err, RHEMA_ENOMEM, "out of memory");
+            return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         }
         env[0] = RHEMA_ENVELOPE_MAGIC0;
         env[1] = RHEMA_ENVELOPE_MAGIC1;
@@ -1395,8 +1402,8 @@ static int do_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, cons
         if (rc) {
             if (!ext)
                 free(env);
-            return errf(err, rc, "cipher '%s' refused to encrypt (%s)", c->base.name,
-                        rhema_strerror(rc));
+            return rhema_set_errbuf(err, rc, "cipher '%s' refused to encrypt (%s)", c->base.name,
+                                    rhema_strerror(rc));
         }
         out->data = env;
         out->len = hlen + len + c->tag_bytes;
@@ -1404,7 +1411,8 @@ static int do_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, cons
             *version_out = ver;
         return 0;
     }
-    return errf(err, RHEMA_EIO, "no key version with room for a message after rotating");
+    return rhema_set_errbuf(err, RHEMA_EIO,
+                            "no key version with room for a message after rotating");
 }
 
 int rhema_keyring_encrypt(struct rhema_keyring *kr, const void *pt, size_t len, const void *ad,
@@ -1423,7 +1431,7 @@ int rhema_keyring_encrypt_into(struct rhema_keyring *kr, const void *pt, size_t 
 {
     struct rhema_buf b = {dst, cap};
     if (!dst)
-        return errf(err, RHEMA_EINVAL, "bad arguments");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "bad arguments");
     int rc = do_encrypt(kr, pt, len, ad, adlen, &b, NULL, err);
     if (rc == 0)
         *n = b.len;
@@ -1454,58 +1462,62 @@ static int do_decrypt(struct rhema_keyring *kr, const void *envp, size_t len, co
     int rc;
 
     if ((!d && len) || (!ad && adlen))
-        return errf(err, RHEMA_EINVAL, "bad arguments");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "bad arguments");
     if ((len >= 1 && d[0] != RHEMA_ENVELOPE_MAGIC0) || (len >= 2 && d[1] != RHEMA_ENVELOPE_MAGIC1))
-        return errf(err, RHEMA_ECORRUPT, "not an encrypted envelope (bad magic)");
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "not an encrypted envelope (bad magic)");
     if (len < RHEMA_ENVELOPE_FIXED)
-        return errf(err, RHEMA_ECORRUPT, "truncated header (%zu bytes)", len);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "truncated header (%zu bytes)", len);
     if (d[2] != RHEMA_ENVELOPE_VERSION)
-        return errf(err, RHEMA_ECORRUPT, "unsupported envelope format version %u", d[2]);
+        return rhema_set_errbuf(err, RHEMA_ECORRUPT, "unsupported envelope format version %u",
+                                d[2]);
     uint32_t version = get_u32(d + 4);
     pthread_rwlock_rdlock(&kr->lock);
     struct kr_version *v = find_version(kr->st, version);
     const struct rhema_cipher_plugin *c = NULL;
     uint32_t min = atomic_load(&kr->min_version);
     if (!v) {
-        rc = errf(err, RHEMA_ECORRUPT, "unknown key version %u", version);
+        rc = rhema_set_errbuf(err, RHEMA_ECORRUPT, "unknown key version %u", version);
         goto out;
     }
     if (version < min) {
-        rc = errf(err, RHEMA_ECORRUPT, "key version %u is below min_decryption_version %u", version,
-                  min);
+        rc = rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                              "key version %u is below min_decryption_version %u", version, min);
         goto out;
     }
     if (d[3] != v->cipher_id) {
-        rc = errf(err, RHEMA_ECORRUPT, "cipher id %u does not match key version %u (cipher %u)",
-                  d[3], version, v->cipher_id);
+        rc = rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                              "cipher id %u does not match key version %u (cipher %u)", d[3],
+                              version, v->cipher_id);
         goto out;
     }
     c = kr->by_id[v->cipher_id];
     if (!c) {
-        rc = errf(err, RHEMA_ENOTSUP, "cipher id %u of key version %u is not loaded", v->cipher_id,
-                  version);
+        rc = rhema_set_errbuf(err, RHEMA_ENOTSUP, "cipher id %u of key version %u is not loaded",
+                              v->cipher_id, version);
         goto out;
     }
     size_t hlen = RHEMA_ENVELOPE_FIXED + c->nonce_bytes;
     if (len < hlen) {
-        rc = errf(err, RHEMA_ECORRUPT, "truncated header (%zu bytes)", len);
+        rc = rhema_set_errbuf(err, RHEMA_ECORRUPT, "truncated header (%zu bytes)", len);
         goto out;
     }
     if (len < hlen + c->tag_bytes) {
-        rc = errf(err, RHEMA_ECORRUPT, "truncated ciphertext");
+        rc = rhema_set_errbuf(err, RHEMA_ECORRUPT, "truncated ciphertext");
         goto out;
     }
     size_t n = len - hlen - c->tag_bytes;
     pt = locked ? sodium_malloc(n ? n : 1) : malloc(n ? n : 1);
     if (!pt || build_ad(d, hlen, ad, adlen, &adbuf, &full, &full_len) != 0) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     rc = c->decrypt(v->key, d + RHEMA_ENVELOPE_FIXED, full, full_len, d + hlen, len - hlen, pt);
     if (rc == RHEMA_ECORRUPT)
-        errf(err, rc, "authentication failed (tampered, truncated, or other associated data)");
+        rhema_set_errbuf(err, rc,
+                         "authentication failed (tampered, truncated, or other associated data)");
     else if (rc)
-        errf(err, rc, "cipher '%s' refused to decrypt (%s)", c->base.name, rhema_strerror(rc));
+        rhema_set_errbuf(err, rc, "cipher '%s' refused to decrypt (%s)", c->base.name,
+                         rhema_strerror(rc));
     else {
         *pt_out = pt;
         *pt_len = n;
@@ -1611,12 +1623,12 @@ int rhema_keyring_backup_at(struct rhema_keyring *kr, int dirfd, const char *nam
     struct kr_state *st = kr->st;
     rc = state_serialize(kr->keys, st, 0, &img, &len);
     if (rc) {
-        errf(err, rc, "out of memory");
+        rhema_set_errbuf(err, rc, "out of memory");
         goto out;
     }
     arc = malloc(KB_HDR + len + crypto_aead_xchacha20poly1305_ietf_ABYTES);
     if (!arc) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     uint64_t now = rhema_realtime_ms();
@@ -1657,30 +1669,32 @@ static int backup_load(const struct kr_keys *k, int dirfd, const char *path, uns
     struct kdf_hdr h;
     int is_backup, rc;
     if ((rc = read_file_at(dirfd, path, flags, KR_FILE_MAX, &arc, &len, err)))
-        return rc == RHEMA_ENOTFOUND ? errf(err, RHEMA_ENOTFOUND, "backup %s: no such file", path)
-                                     : rc;
+        return rc == RHEMA_ENOTFOUND
+                   ? rhema_set_errbuf(err, RHEMA_ENOTFOUND, "backup %s: no such file", path)
+                   : rc;
     if ((rc = read_kdf_hdr(arc, len, path, &is_backup, &h, err)))
         goto out;
     if (!is_backup) {
-        rc = errf(err, RHEMA_ECORRUPT, "%s is a keyring, not a key backup", path);
+        rc = rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s is a keyring, not a key backup", path);
         goto out;
     }
     if (len < KB_HDR + crypto_aead_xchacha20poly1305_ietf_ABYTES + KR_HDR + KR_MAC) {
-        rc = errf(err, RHEMA_ECORRUPT, "backup %s is truncated", path);
+        rc = rhema_set_errbuf(err, RHEMA_ECORRUPT, "backup %s is truncated", path);
         goto out;
     }
     size_t ilen = len - KB_HDR - crypto_aead_xchacha20poly1305_ietf_ABYTES;
     img = malloc(ilen);
     if (!img) {
-        rc = errf(err, RHEMA_ENOMEM, "out of memory");
+        rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     if (crypto_aead_xchacha20poly1305_ietf_decrypt(img, NULL, NULL, arc + KB_HDR, len - KB_HDR, arc,
                                                    KB_HDR, arc + 56, k->backup) != 0) {
-        rc = errf(err, RHEMA_ECORRUPT,
-                  "backup %s does not authenticate under this master key (corrupt, truncated "
-                  "or from another keyring)",
-                  path);
+        rc = rhema_set_errbuf(
+            err, RHEMA_ECORRUPT,
+            "backup %s does not authenticate under this master key (corrupt, truncated "
+            "or from another keyring)",
+            path);
         goto out;
     }
     if ((rc = state_parse(k, img, ilen, path, out, err)))
@@ -1688,7 +1702,8 @@ static int backup_load(const struct kr_keys *k, int dirfd, const char *path, uns
     if ((*out)->kdf != h.kdf || memcmp((*out)->salt, h.salt, KR_SALT) != 0) {
         state_free(*out);
         *out = NULL;
-        rc = errf(err, RHEMA_ECORRUPT, "backup %s: its header does not match its keyring", path);
+        rc = rhema_set_errbuf(err, RHEMA_ECORRUPT,
+                              "backup %s: its header does not match its keyring", path);
         goto out;
     }
     if (created)
@@ -1708,7 +1723,7 @@ int rhema_keyring_verify_backup(const char *path, const struct rhema_master *m,
     uint64_t created = 0;
     int rc;
     if (sodium_init() < 0)
-        return errf(err, RHEMA_EINVAL, "libsodium failed to initialise");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "libsodium failed to initialise");
     if ((rc = keys_derive(m, &k, err)))
         return rc;
     rc = backup_load(k, AT_FDCWD, path, 0, &st, &created, err);
@@ -1775,10 +1790,11 @@ static int restore_merge(struct kr_state *st, const struct kr_state *old, char *
         const struct kr_version *o = old->v[i];
         struct kr_version *v = find_version(st, o->version);
         if (v && (o->key_len != v->key_len || sodium_memcmp(o->key, v->key, v->key_len) != 0))
-            return errf(err, RHEMA_ECONFLICT,
-                        "key version %u differs between the backup and the live keyring: "
-                        "restoring it would make what the live version encrypted unreadable",
-                        o->version);
+            return rhema_set_errbuf(
+                err, RHEMA_ECONFLICT,
+                "key version %u differs between the backup and the live keyring: "
+                "restoring it would make what the live version encrypted unreadable",
+                o->version);
     }
     for (size_t i = 0; i < old->n; i++) {
         const struct kr_version *o = old->v[i];
@@ -1788,7 +1804,7 @@ static int restore_merge(struct kr_state *st, const struct kr_state *old, char *
             if (rc == 0 && (rc = state_push(st, v)) != 0)
                 version_free(v);
             if (rc)
-                return errf(err, rc, "out of memory");
+                return rhema_set_errbuf(err, rc, "out of memory");
             continue;
         }
         uint64_t r = atomic_load(&o->reserved), n = atomic_load(&o->next);
@@ -1868,15 +1884,16 @@ int rhema_keyring_restore_file(const struct rhema_master *m, const char *archive
     char *lock_path = NULL;
     int lock_fd = -1, rc;
     if (sodium_init() < 0)
-        return errf(err, RHEMA_EINVAL, "libsodium failed to initialise");
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "libsodium failed to initialise");
     if ((rc = keys_derive(m, &k, err)))
         return rc;
     if ((rc = backup_load(k, AT_FDCWD, archive, 0, &st, NULL, err)))
         goto out;
     if ((rc = lock_keyring(keyring_path, &lock_fd, &lock_path, err))) {
         if (rc == RHEMA_ECONFLICT)
-            errf(err, rc, "keyring %s is open in a running rhemad: use POST /v1/keys/restore",
-                 keyring_path);
+            rhema_set_errbuf(err, rc,
+                             "keyring %s is open in a running rhemad: use POST /v1/keys/restore",
+                             keyring_path);
         goto out;
     }
     /* the keyring being replaced, when it still reads under this master */
@@ -1897,7 +1914,7 @@ int rhema_keyring_restore_file(const struct rhema_master *m, const char *archive
     }
     st->flags |= KR_FLAG_ROTATE_ON_OPEN;
     if ((rc = state_serialize(k, st, 0, &img, &len))) {
-        errf(err, rc, "out of memory");
+        rhema_set_errbuf(err, rc, "out of memory");
         goto out;
     }
     rc = write_atomic(keyring_path, img, len, err);
