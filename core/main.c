@@ -24,7 +24,7 @@
 #include <event2/thread.h>
 #include <sodium.h>
 
-#include "api/api_keys.h"
+#include "keys.h"
 #include "atrest.h"
 #include "cluster.h"
 #include "config.h"

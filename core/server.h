@@ -82,7 +82,7 @@ struct rhema_server {
     struct rhema_committer *committer; /* NULL: the backend has no group(); workers write */
     struct rhema_codecs codecs;  /* the compression plugins, opened */
     struct rhema_keyring *keyring; /* NULL: key management off (api_keys.c) */
-    struct keys_state *keys_state;
+    struct rhema_keys *keys;        /* keys.h: keyring settings and timers */
     struct rhema_maintenance *maintenance; /* maintenance.h: timers, data-size gauge */
     struct rhema_perfmon *perfmon; /* perfmon.h: message feature measurements, alerts */
     struct rhema_cluster *cluster; /* cluster.h: membership, leader lease, epoch */
