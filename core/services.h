@@ -4,9 +4,11 @@
  * side of the balancing strategies (the per-name snapshot that select
  * picks from).
  *
- * Files: services_validate.c (a registration's validation and the check
- * defaults), services_health.c (the health state machine), services.c
- * (the store, the groups and their balancers, the checker and its probes).
+ * Files: services_store.c (the store), services_groups.c (the groups and
+ * their balancers), services_checker.c (the checker and its probes),
+ * services.c (new/free, start/stop, the refresh), services_validate.c (a
+ * registration's validation and the check defaults), services_health.c
+ * (the health state machine); services_internal.h is what they share.
  *
  * Storage layout (every node sees it through the shared backend):
  *   services          service_id -> the registration: {name, service_id,
@@ -164,6 +166,8 @@ int rhema_check_ttl_ok(uint64_t last_pass_ms, uint64_t interval_s, uint64_t time
                        uint64_t now_ms);
 /* "Healthy", "Unhealthy", "Unknown". */
 const char *rhema_health_name(enum rhema_health h);
+/* The inverse of rhema_health_name(); anything else (NULL too) is Unknown. */
+enum rhema_health rhema_health_parse(const char *s);
 
 /* ---- the snapshot and the balancer host side ---- */
 

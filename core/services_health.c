@@ -3,10 +3,12 @@
  * checks"): how one result moves an instance between Unknown, Healthy and
  * Unhealthy under the failure and success thresholds, what an HTTP status
  * means, and when a TTL check expired.  Pure functions of their
- * arguments; the checker in services.c runs the probes and stores what
- * these decide.
+ * arguments; the checker in services_checker.c runs the probes and stores
+ * what these decide.
  */
 #include "rhema_build.h"
+
+#include <string.h>
 
 #include "services.h"
 
@@ -51,4 +53,20 @@ int rhema_check_ttl_ok(uint64_t last_pass_ms, uint64_t interval_s, uint64_t time
                        uint64_t now_ms)
 {
     return now_ms <= last_pass_ms || now_ms - last_pass_ms <= (interval_s + timeout_s) * 1000u;
+}
+
+enum rhema_health rhema_health_parse(const char *s)
+{
+    if (s && strcmp(s, "Healthy") == 0)
+        return RHEMA_HEALTH_HEALTHY;
+    if (s && strcmp(s, "Unhealthy") == 0)
+        return RHEMA_HEALTH_UNHEALTHY;
+    return RHEMA_HEALTH_UNKNOWN;
+}
+
+const char *rhema_health_name(enum rhema_health h)
+{
+    return h == RHEMA_HEALTH_HEALTHY     ? "Healthy"
+           : h == RHEMA_HEALTH_UNHEALTHY ? "Unhealthy"
+                                         : "Unknown";
 }

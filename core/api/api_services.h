@@ -1,6 +1,6 @@
 /*
  * api_services -- the HTTP API of the service registry (DESIGN.md §6) over
- * core/services.c.  Handlers run on their worker thread: the store calls
+ * core/services.h.  Handlers run on their worker thread: the store calls
  * block on the worker's storage connection; select and feedback only
  * touch the in-memory snapshot.
  *

@@ -1,0 +1,410 @@
+/*
+ * services_checker -- the health checker (services.h: "health_status"):
+ * on the main thread, while this node leads, each check runs at its
+ * interval as an asynchronous probe (HTTP with evhttp's client, TCP with a
+ * connecting bufferevent, TTL from the last pass), and each result goes
+ * through the state machine of services_health.c into services.health.
+ */
+#include "rhema_build.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/bufferevent.h>
+#include <event2/http.h>
+#include <event2/util.h>
+
+#include "cluster.h"
+#include "log.h"
+#include "server.h"
+#include "services.h"
+#include "services_internal.h"
+#include "util.h"
+
+/* ---- the checker (main thread, while this node leads) ---- */
+
+void svc_chk_release(struct chk *c)
+{
+    if (c->probe)
+        c->probe->owner = NULL;
+    c->probe = NULL;
+    free(c->key);
+    free(c->target);
+}
+
+/* Write one result into services.health (compare-and-set), and deregister when due. */
+static void check_record(struct rhema_services *s, struct chk *c, enum rhema_check_result result,
+                         const char *output)
+{
+    struct rhema_store *st = &s->st;
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t now = rhema_realtime_ms();
+    for (int attempt = 0; attempt < 3; attempt++) {
+        json_t *h = NULL, *nh;
+        uint64_t version = 0;
+        struct rhema_check_state cs = {0};
+        struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write)};
+        char *text;
+        int changed, rc;
+        if (svc_load_json(st, RHEMA_SERVICES_HEALTH_NS, c->id, &h, &version, err)) {
+            rhema_log(RHEMA_LOG_WARN, WHO, "health of '%s': %s", c->id, err);
+            return;
+        }
+        if (h && json_string_value(json_object_get(h, "check")) &&
+            strcmp(json_string_value(json_object_get(h, "check")), c->key) == 0) {
+            cs.status = rhema_health_parse(json_string_value(json_object_get(h, "status")));
+            cs.ok_streak = (uint32_t)json_integer_value(json_object_get(h, "ok_streak"));
+            cs.fail_streak = (uint32_t)json_integer_value(json_object_get(h, "fail_streak"));
+            cs.critical_since_ms =
+                (uint64_t)json_integer_value(json_object_get(h, "critical_since"));
+        }
+        json_decref(h);
+        changed = rhema_check_apply(&cs, result, c->fthr, c->sthr, now);
+        nh = json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:s}", "status", rhema_health_name(cs.status),
+                       "check_status",
+                       result == RHEMA_CHECK_PASSING   ? "passing"
+                       : result == RHEMA_CHECK_WARNING ? "warning"
+                                                       : "critical",
+                       "output", output, "ok_streak", (json_int_t)cs.ok_streak, "fail_streak",
+                       (json_int_t)cs.fail_streak, "critical_since",
+                       (json_int_t)cs.critical_since_ms, "last_check", (json_int_t)now, "check",
+                       c->key);
+        text = nh ? json_dumps(nh, JSON_COMPACT) : NULL;
+        json_decref(nh);
+        if (!text)
+            return;
+        w.op = RHEMA_WRITE_PUT;
+        w.ns = RHEMA_SERVICES_HEALTH_NS;
+        w.key = c->id;
+        w.value = text;
+        w.value_len = strlen(text);
+        w.expected_version = version ? version : RHEMA_VERSION_ABSENT;
+        rc = st->vt->put(st->conn, &w);
+        free(text);
+        if (rc == RHEMA_ECONFLICT)
+            continue;
+        if (rc) {
+            rhema_log(RHEMA_LOG_WARN, WHO, "writing the health of '%s': %s", c->id,
+                      st->vt->errmsg(st->conn));
+            return;
+        }
+        if (changed) {
+            rhema_log(RHEMA_LOG_NOTICE, WHO, "service '%s' (%s) is %s: %s", c->id, c->name,
+                      rhema_health_name(cs.status), output);
+            s->refresh_soon = 1;
+        }
+        if (cs.status == RHEMA_HEALTH_UNHEALTHY && c->dereg_ms &&
+            now - cs.critical_since_ms >= c->dereg_ms) {
+            rc = svc_delete_versioned(st, c->id, c->name, c->version);
+            if (rc == 0)
+                rhema_log(RHEMA_LOG_NOTICE, WHO,
+                          "service '%s' deregistered: critical for %llu s or more", c->id,
+                          (unsigned long long)(c->dereg_ms / 1000));
+            s->refresh_soon = 1;
+        }
+        return;
+    }
+}
+
+static void probe_finish(struct probe *p, enum rhema_check_result result, const char *output)
+{
+    struct rhema_services *s = p->s;
+    if (p->done)
+        return;
+    p->done = 1;
+    if (p->owner) {
+        struct chk *c = p->owner;
+        c->probe = NULL;
+        p->owner = NULL;
+        if (rhema_cluster_is_leader(s->srv->cluster))
+            check_record(s, c, result, output);
+    }
+}
+
+static void http_done(struct evhttp_request *req, void *arg)
+{
+    struct probe *p = arg;
+    int code = req ? evhttp_request_get_response_code(req) : 0;
+    char out[64];
+    if (code)
+        snprintf(out, sizeof out, "HTTP %d", code);
+    else
+        snprintf(out, sizeof out, "no response (refused, reset or timed out)");
+    probe_finish(p, code ? rhema_check_http_result(code) : RHEMA_CHECK_CRITICAL, out);
+}
+
+static void tcp_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct probe *p = arg;
+    (void)bev;
+    if (what & BEV_EVENT_CONNECTED)
+        probe_finish(p, RHEMA_CHECK_PASSING, "TCP connect ok");
+    else
+        probe_finish(p, RHEMA_CHECK_CRITICAL,
+                     what & BEV_EVENT_TIMEOUT ? "TCP connect timed out" : "TCP connect failed");
+}
+
+void svc_probe_free(struct probe *p)
+{
+    if (p->hc)
+        evhttp_connection_free(p->hc);
+    if (p->bev)
+        bufferevent_free(p->bev);
+    free(p);
+}
+
+/* Split "host:port" / "[v6]:port". */
+static int split_hostport(const char *a, char *host, size_t cap, int *port)
+{
+    const char *colon;
+    if (a[0] == '[') {
+        const char *end = strchr(a, ']');
+        if (!end || (size_t)(end - a) > cap)
+            return -1;
+        snprintf(host, cap, "%.*s", (int)(end - a - 1), a + 1);
+        colon = end + 1;
+    } else {
+        colon = strrchr(a, ':');
+        if (!colon || (size_t)(colon - a) >= cap)
+            return -1;
+        snprintf(host, cap, "%.*s", (int)(colon - a), a);
+    }
+    if (*colon != ':')
+        return -1;
+    *port = atoi(colon + 1);
+    return 0;
+}
+
+static void check_start(struct rhema_services *s, struct chk *c)
+{
+    struct probe *p;
+    char host[RHEMA_SERVICE_ADDR_MAX + 1];
+    int port = 0;
+    if (c->type == CHK_TTL) {
+        struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
+        uint64_t last = c->baseline_ms;
+        int rc = s->st.vt->get(s->conn, RHEMA_SERVICES_PASS_NS, c->id, &v);
+        if (rc == 0 && v.len < TTL_PASS_MAX_LEN) {
+            char buf[TTL_PASS_MAX_LEN];
+            memcpy(buf, v.data, v.len);
+            buf[v.len] = '\0';
+            uint64_t t = strtoull(buf, NULL, 10);
+            if (t > last)
+                last = t;
+        } else if (rc && rc != RHEMA_ENOTFOUND) {
+            return; /* the backend did not answer: no verdict */
+        }
+        int ok = rhema_check_ttl_ok(last, c->interval_ms / 1000, c->timeout_ms / 1000,
+                                    rhema_realtime_ms());
+        check_record(s, c, ok ? RHEMA_CHECK_PASSING : RHEMA_CHECK_CRITICAL,
+                     ok ? "TTL passed" : "TTL expired");
+        return;
+    }
+    p = calloc(1, sizeof *p);
+    if (!p)
+        return;
+    p->s = s;
+    p->owner = c;
+    snprintf(p->id, sizeof p->id, "%s", c->id);
+    p->deadline_ns = rhema_monotonic_ns() + (c->timeout_ms + 1000) * 1000000ull;
+    p->next = s->probes;
+    s->probes = p;
+    c->probe = p;
+    if (c->type == CHK_HTTP) {
+        struct evhttp_uri *uri = evhttp_uri_parse(c->target);
+        struct evhttp_request *req;
+        char path[2048];
+        const char *h = uri ? evhttp_uri_get_host(uri) : NULL;
+        if (!h) {
+            if (uri)
+                evhttp_uri_free(uri);
+            probe_finish(p, RHEMA_CHECK_CRITICAL, "bad URL");
+            return;
+        }
+        port = evhttp_uri_get_port(uri);
+        snprintf(path, sizeof path, "%s%s%s",
+                 evhttp_uri_get_path(uri) && *evhttp_uri_get_path(uri) ? evhttp_uri_get_path(uri)
+                                                                       : "/",
+                 evhttp_uri_get_query(uri) ? "?" : "",
+                 evhttp_uri_get_query(uri) ? evhttp_uri_get_query(uri) : "");
+        p->hc = evhttp_connection_base_new(s->base, NULL, h, (uint16_t)(port > 0 ? port : 80));
+        req = p->hc ? evhttp_request_new(http_done, p) : NULL;
+        if (!req) {
+            evhttp_uri_free(uri);
+            probe_finish(p, RHEMA_CHECK_CRITICAL, "cannot create the request");
+            return;
+        }
+        evhttp_connection_set_timeout(p->hc, (int)(c->timeout_ms / 1000));
+        evhttp_connection_set_retries(p->hc, 0);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Host", h);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "User-Agent",
+                          "rhemad-health-check");
+        evhttp_uri_free(uri);
+        if (evhttp_make_request(p->hc, req, EVHTTP_REQ_GET, path) != 0)
+            probe_finish(p, RHEMA_CHECK_CRITICAL, "cannot send the request");
+        return;
+    }
+    /* tcp */
+    struct sockaddr_storage ss;
+    int sslen = sizeof ss;
+    struct timeval tv = {(time_t)(c->timeout_ms / 1000), 0};
+    p->bev = bufferevent_socket_new(s->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!p->bev) {
+        probe_finish(p, RHEMA_CHECK_CRITICAL, "cannot create a socket");
+        return;
+    }
+    bufferevent_setcb(p->bev, NULL, NULL, tcp_event, p);
+    bufferevent_set_timeouts(p->bev, &tv, &tv);
+    if (evutil_parse_sockaddr_port(c->target, (struct sockaddr *)&ss, &sslen) == 0) {
+        if (bufferevent_socket_connect(p->bev, (struct sockaddr *)&ss, sslen) != 0)
+            probe_finish(p, RHEMA_CHECK_CRITICAL, "TCP connect failed");
+    } else if (split_hostport(c->target, host, sizeof host, &port) == 0) {
+        if (bufferevent_socket_connect_hostname(p->bev, NULL, AF_UNSPEC, host, port) != 0)
+            probe_finish(p, RHEMA_CHECK_CRITICAL, "TCP connect failed");
+    } else {
+        probe_finish(p, RHEMA_CHECK_CRITICAL, "bad target");
+    }
+}
+
+/* Rebuild the check list from the registrations (main thread, after a scan). */
+void svc_checks_sync(struct rhema_services *s, const struct rec_list *rl)
+{
+    uint64_t now = rhema_monotonic_ns();
+    for (size_t i = 0; i < s->nchecks; i++)
+        s->checks[i].seen = 0;
+    for (size_t i = 0; i < rl->n; i++) {
+        json_t *rec = rl->v[i].rec, *check = json_object_get(rec, "check");
+        const char *type = json_string_value(json_object_get(check, "type"));
+        char *key;
+        struct chk *c = NULL;
+        uint64_t upd = 0;
+        if (!type)
+            continue;
+        key = svc_check_key(check);
+        if (!key)
+            continue;
+        for (size_t j = 0; j < s->nchecks && !c; j++)
+            if (strcmp(s->checks[j].id, rl->v[i].id) == 0)
+                c = &s->checks[j];
+        if (c && strcmp(c->key, key) != 0) { /* the check changed: start over */
+            svc_chk_release(c);
+            c->key = NULL;
+            c->target = NULL;
+            c->due_ns = now;
+        } else if (!c) {
+            if (s->nchecks == s->capchecks) {
+                size_t cap = s->capchecks ? 2 * s->capchecks : 16;
+                struct chk *v = realloc(s->checks, cap * sizeof *v);
+                if (!v) {
+                    free(key);
+                    continue;
+                }
+                /* probes point at their chk: re-point them after the move */
+                for (size_t j = 0; j < s->nchecks; j++)
+                    if (v[j].probe)
+                        v[j].probe->owner = &v[j];
+                s->checks = v;
+                s->capchecks = cap;
+            }
+            c = &s->checks[s->nchecks++];
+            memset(c, 0, sizeof *c);
+            snprintf(c->id, sizeof c->id, "%s", rl->v[i].id);
+            c->due_ns = now;
+        }
+        if (!c->key) {
+            const char *target = json_string_value(json_object_get(check, "target"));
+            c->key = key;
+            key = NULL;
+            c->type = strcmp(type, "http") == 0  ? CHK_HTTP
+                      : strcmp(type, "tcp") == 0 ? CHK_TCP
+                                                 : CHK_TTL;
+            c->target = target ? strdup(target) : NULL;
+            c->interval_ms =
+                1000u * (uint64_t)json_integer_value(json_object_get(check, "interval_seconds"));
+            c->timeout_ms =
+                1000u * (uint64_t)json_integer_value(json_object_get(check, "timeout_seconds"));
+            c->dereg_ms = 1000u * (uint64_t)json_integer_value(
+                                      json_object_get(check, "deregister_critical_after_seconds"));
+            c->fthr = (uint32_t)json_integer_value(json_object_get(check, "failure_threshold"));
+            c->sthr = (uint32_t)json_integer_value(json_object_get(check, "success_threshold"));
+            if (c->interval_ms == 0)
+                c->interval_ms = 1000;
+            if (c->timeout_ms == 0)
+                c->timeout_ms = 1000;
+        }
+        free(key);
+        snprintf(c->name, sizeof c->name, "%s", jstr(json_object_get(rec, "name")));
+        c->version = rl->v[i].version;
+        if (rhema_time_parse(jstr(json_object_get(rec, "updated_at")), &upd) == 0)
+            c->baseline_ms = upd;
+        c->seen = 1;
+    }
+    for (size_t i = 0; i < s->nchecks;) {
+        if (s->checks[i].seen) {
+            i++;
+            continue;
+        }
+        svc_chk_release(&s->checks[i]);
+        s->checks[i] = s->checks[--s->nchecks];
+        if (i < s->nchecks && s->checks[i].probe)
+            s->checks[i].probe->owner = &s->checks[i];
+    }
+}
+
+int svc_leading(struct rhema_services *s)
+{
+    return s->checks_enabled && rhema_cluster_is_leader(s->srv->cluster);
+}
+
+void svc_on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct rhema_services *s = arg;
+    uint64_t now = rhema_monotonic_ns();
+    int lead = svc_leading(s);
+    (void)fd, (void)what;
+    /* free finished probes; give up on those past their deadline */
+    for (struct probe **pp = &s->probes; *pp;) {
+        struct probe *p = *pp;
+        if (!p->done && now > p->deadline_ns)
+            probe_finish(p, RHEMA_CHECK_CRITICAL, "timed out");
+        if (p->done || !p->owner) {
+            if (p->owner)
+                p->owner->probe = NULL;
+            *pp = p->next;
+            svc_probe_free(p);
+            continue;
+        }
+        pp = &p->next;
+    }
+    if (!lead) {
+        if (s->was_leader) {
+            rhema_log(RHEMA_LOG_NOTICE, WHO, "not leading: health checks stop here");
+            for (size_t i = 0; i < s->nchecks; i++)
+                if (s->checks[i].probe) {
+                    s->checks[i].probe->owner = NULL;
+                    s->checks[i].probe = NULL;
+                }
+        }
+        s->was_leader = 0;
+        return;
+    }
+    if (!s->was_leader) {
+        s->was_leader = 1;
+        svc_refresh_all(s, 1); /* take the checks over from the registry as it is now */
+        for (size_t i = 0; i < s->nchecks; i++)
+            s->checks[i].due_ns = now;
+        rhema_log(RHEMA_LOG_NOTICE, WHO, "leading: running %zu health check(s)", s->nchecks);
+    }
+    if (s->refresh_soon) {
+        s->refresh_soon = 0;
+        svc_refresh_all(s, 1);
+    }
+    for (size_t i = 0; i < s->nchecks; i++) {
+        struct chk *c = &s->checks[i];
+        if (c->probe || now < c->due_ns)
+            continue;
+        c->due_ns = now + c->interval_ms * 1000000ull;
+        check_start(s, c);
+    }
+}
