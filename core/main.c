@@ -472,7 +472,8 @@ struct main_ctx {
     struct options *opt;
     struct rhema_server *srv;
     struct event_base *base;
-    struct restart_settings last; /* as last read */
+    struct restart_settings running; /* as the process started with them */
+    struct restart_settings last;    /* as the last reload read them */
 };
 
 static void restart_settings_release(struct restart_settings *r)
@@ -503,26 +504,36 @@ static int restart_settings_init(struct restart_settings *r, const struct rhema_
     return 0;
 }
 
-/* Warn once per change of a setting that needs a restart. */
-static void warn_restart_needed(const struct restart_settings *last,
+/*
+ * Say what a reload could not apply, once per change: a setting that
+ * differs from the last reload's either needs a restart (it differs from
+ * the running value too) or is back to the running value.
+ */
+static void warn_restart_needed(const struct restart_settings *run,
+                                const struct restart_settings *last,
                                 const struct restart_settings *neu)
 {
+#define RESTART_CHANGE(differs, running_differs, name, fmt, ...)                                 \
+    if (differs)                                                                                   \
+        rhema_log((running_differs) ? RHEMA_LOG_WARN : RHEMA_LOG_NOTICE, "main",                   \
+                  "reload: %s " fmt "%s", name, __VA_ARGS__,                                       \
+                  (running_differs) ? "; restart to apply" : " (back to the running value)");
 #define RESTART_STR(field, name)                                                                   \
-    if (strcmp(last->field, neu->field) != 0)                                                      \
-        rhema_log(RHEMA_LOG_WARN, "main", "reload: %s changed ('%s' -> '%s'); restart to apply",   \
-                  name, last->field, neu->field);
+    RESTART_CHANGE(strcmp(last->field, neu->field) != 0, strcmp(run->field, neu->field) != 0,     \
+                   name, "changed ('%s' -> '%s')", last->field, neu->field)
     RESTART_STR(listen, "service.listen")
     RESTART_STR(backend, "persistence.backend")
     RESTART_STR(plugin_directory, "plugins.directory")
     RESTART_STR(data_directory, "service.data_directory")
+    RESTART_CHANGE(last->workers != neu->workers, run->workers != neu->workers,
+                   "service.workers", "changed (%d -> %d)", last->workers, neu->workers)
+    RESTART_CHANGE(last->max_request_size_bytes != neu->max_request_size_bytes ||
+                       last->request_timeout_seconds != neu->request_timeout_seconds,
+                   run->max_request_size_bytes != neu->max_request_size_bytes ||
+                       run->request_timeout_seconds != neu->request_timeout_seconds,
+                   "service limits", "changed%s", "")
 #undef RESTART_STR
-    if (last->workers != neu->workers)
-        rhema_log(RHEMA_LOG_WARN, "main",
-                  "reload: service.workers changed (%d -> %d); restart to apply", last->workers,
-                  neu->workers);
-    if (last->max_request_size_bytes != neu->max_request_size_bytes ||
-        last->request_timeout_seconds != neu->request_timeout_seconds)
-        rhema_log(RHEMA_LOG_WARN, "main", "reload: service limits changed; restart to apply");
+#undef RESTART_CHANGE
 }
 
 static void on_terminate(evutil_socket_t sig, short what, void *arg)
@@ -558,7 +569,7 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
     }
     struct restart_settings now;
     if (restart_settings_init(&now, &neu) == 0) {
-        warn_restart_needed(&m->last, &now);
+        warn_restart_needed(&m->running, &m->last, &now);
         restart_settings_release(&m->last);
         m->last = now;
     }
@@ -714,7 +725,8 @@ int main(int argc, char **argv)
     evthread_use_pthreads();
     base = event_base_new();
     mctx.base = base;
-    if (restart_settings_init(&mctx.last, &cfg) != 0) {
+    if (restart_settings_init(&mctx.running, &cfg) != 0 ||
+        restart_settings_init(&mctx.last, &cfg) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "out of memory");
         goto out;
     }
@@ -800,6 +812,7 @@ out:
     free(err);
     rhema_config_release(&cfg);
     rhema_log_close();
+    restart_settings_release(&mctx.running);
     restart_settings_release(&mctx.last);
     free(datadir);
 early_out:
