@@ -59,7 +59,7 @@ static void usage(FILE *to)
             " when it exists,\n"
             "            built-in defaults otherwise)\n"
             "  -t        check the configuration and every plugin it names, then exit;\n"
-            "            creates nothing (the storage is not opened)\n"
+            "            creates nothing (a durable or shared storage is not opened)\n"
             "  -f        stay in the foreground (default: daemonize)\n"
             "  -p FILE   write the process id to FILE (overrides service.pidfile)\n"
             "  -P DIR    plugin directory (overrides plugins.directory)\n"
