@@ -250,7 +250,7 @@ bench_backend() {
     shift
     port=$(free_port)
     # shellcheck disable=SC2086
-    "$RHEMAD" -f -P "$PLUGIN_DIR" "$@" \
+    "$RHEMAD" -f -P "$PLUGIN_DIR" -o service.data_directory="$tmp" "$@" \
         -o service.listen=127.0.0.1:"$port" -o service.workers="$WORKERS" \
         >"$tmp/rhemad-$name.log" 2>&1 &
     rpid=$!

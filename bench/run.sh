@@ -131,7 +131,7 @@ echo "machine: $(nproc) cores; wrk -t$THREADS -c$CONNS -d${SECONDS_}s; $WORKERS 
 
 # ---- 1. GET: rhemad (memory) ----
 port=$(free_port)
-"$RHEMAD" -f -P "$PLUGIN_DIR" -o persistence.backend=memory \
+"$RHEMAD" -f -P "$PLUGIN_DIR" -o service.data_directory="$tmp" -o persistence.backend=memory \
     -o service.listen=127.0.0.1:"$port" -o service.workers="$WORKERS" \
     >"$tmp/rhemad-memory.log" 2>&1 &
 rpid=$!
@@ -184,7 +184,7 @@ stop "$bpid"
 # ---- 2. PUT: rhemad (sqlite, synchronous=normal) ----
 mkdir -p "$tmp/sqlite"
 port=$(free_port)
-"$RHEMAD" -f -P "$PLUGIN_DIR" -o persistence.backend=sqlite \
+"$RHEMAD" -f -P "$PLUGIN_DIR" -o service.data_directory="$tmp" -o persistence.backend=sqlite \
     -o persistence.sqlite.path="$tmp/sqlite/rhema.db" -o persistence.sqlite.synchronous=normal \
     -o service.listen=127.0.0.1:"$port" -o service.workers="$WORKERS" \
     >"$tmp/rhemad-sqlite.log" 2>&1 &

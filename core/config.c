@@ -30,10 +30,7 @@
 #include <libconfig.h>
 
 #include "config.h"
-
-#ifndef PLUGINDIR
-#define PLUGINDIR "/usr/local/lib/rhema/plugins"
-#endif
+#include "rhema_paths.h" /* RHEMA_PLUGINDIR, RHEMA_DATA_DIRECTORY: made by make */
 
 /* ------------------------------------------------------------------------ */
 /* The schema                                                               */
@@ -123,6 +120,7 @@ static const struct key schema[] = {
     TYPEDF("service.listen", K_LISTEN, "127.0.0.1:8080", listen),
     INTF("service.workers", 0, 0, 256, workers),
     STRF("service.pidfile", "", pidfile),
+    STR("service.data_directory", RHEMA_DATA_DIRECTORY),
     I64F("service.max_request_size_bytes", 10485760, 1024, INT64_C(1073741824),
          max_request_size_bytes),
     INTF("service.request_timeout_seconds", 30, 1, 3600, request_timeout_seconds),
@@ -134,7 +132,7 @@ static const struct key schema[] = {
     INT_("service.cors.max_age_seconds", 600, 0, 86400),
 
     GRP("plugins", 0),
-    STRF("plugins.directory", PLUGINDIR, plugin_directory),
+    STRF("plugins.directory", RHEMA_PLUGINDIR, plugin_directory),
     LISTF("plugins.load", no_strings, plugin_load),
 
     GRP("persistence", F_PLUGINS),
@@ -183,7 +181,9 @@ static const struct key schema[] = {
     INT_("advanced_features.compression.threshold_bytes", 512, 0, I32MAX),
     BOOL_("advanced_features.compression.adaptive", 1),
     FLT("advanced_features.compression.min_gain_ratio", 0.1, 0.0, 1.0),
-    INT_("advanced_features.compression.max_decompressed_bytes", 67108864, 1, INT64_MAX),
+    /* at most 1 GiB, as a request body: a frame is decompressed into memory */
+    INT_("advanced_features.compression.max_decompressed_bytes", 67108864, 1,
+         INT64_C(1073741824)),
     GRP("advanced_features.encryption", F_PLUGINS),
     BOOLF("advanced_features.encryption.enabled", 0, encryption_enabled),
     TYPEDF("advanced_features.encryption.algorithm", K_NAME, "xchacha20poly1305",
@@ -191,7 +191,7 @@ static const struct key schema[] = {
     GRP("advanced_features.key_management", 0),
     STR("advanced_features.key_management.key_file", ""),
     STR("advanced_features.key_management.passphrase_env", ""),
-    STR("advanced_features.key_management.keyring_path", "data/keyring"),
+    STR("advanced_features.key_management.keyring_path", "keyring"),
     INT_("advanced_features.key_management.min_decryption_version", 1, 1, I32MAX),
     GRP("advanced_features.key_management.rotation", 0),
     BOOL_("advanced_features.key_management.rotation.enabled", 0),
@@ -1338,31 +1338,61 @@ static config_setting_t *add_string(config_setting_t *parent, const char *name, 
     return s;
 }
 
-/* "[a, b]" or "a,b" -> an array of strings; "" or "[]" -> an empty one. */
-static config_setting_t *add_strlist(config_setting_t *parent, const char *name, char *v)
+/*
+ * "[a, b]" or "a,b" -> an array of strings; "" or "[]" -> an empty one.
+ * A bracket that is not closed ("[" alone, "[a,b"), a bracket or a quote
+ * inside an item, and an empty item ("a,,b") are refused: *bad is set.
+ */
+static config_setting_t *add_strlist(config_setting_t *parent, const char *name, char *v,
+                                     int *bad)
 {
-    config_setting_t *s = config_setting_add(parent, name, CONFIG_TYPE_ARRAY);
-    size_t n = strlen(v);
-    char *item;
+    config_setting_t *s;
+    size_t n;
+    char *item, *tok;
 
-    if (!s)
-        return NULL;
-    if (n >= 2 && v[0] == '[' && v[n - 1] == ']') {
+    v = trim(v, NULL);
+    n = strlen(v);
+    if (n && (v[0] == '[') != (v[n - 1] == ']'))
+        goto bad; /* "[" alone counts as an open bracket, never as a closed one */
+    if (n >= 2 && v[0] == '[') {
         v[n - 1] = '\0';
         v++;
     }
-    if (!*trim(v, NULL))
+    v = trim(v, NULL);
+    /* check every item before anything is added */
+    for (const char *q = v; *v; q++) {
+        const char *end = q + strcspn(q, ",");
+        size_t len = (size_t)(end - q), lead = 0;
+        while (lead < len && isspace((unsigned char)q[lead]))
+            lead++;
+        while (len > lead && isspace((unsigned char)q[len - 1]))
+            len--;
+        if (len == lead)
+            goto bad;
+        for (size_t i = lead; i < len; i++) {
+            int inner = i > lead && i < len - 1;
+            if (q[i] == '[' || q[i] == ']' || (q[i] == '"' && inner))
+                goto bad;
+        }
+        if ((q[lead] == '"') != (len - lead >= 2 && q[len - 1] == '"'))
+            goto bad;
+        if (!*end)
+            break;
+        q = end;
+    }
+    s = config_setting_add(parent, name, CONFIG_TYPE_ARRAY);
+    if (!s || !*v)
         return s;
-    for (item = v;; item = NULL) {
-        char *tok = strtok(item, ",");
+    for (item = v; (tok = strtok(item, ",")) != NULL; item = NULL) {
         int quoted;
 
-        if (!tok)
-            break;
         if (!config_setting_set_string_elem(s, -1, trim(tok, &quoted)))
             return NULL;
     }
     return s;
+bad:
+    *bad = 1;
+    return NULL;
 }
 
 /*
@@ -1413,7 +1443,7 @@ static config_setting_t *add_typed(config_setting_t *parent, const char *name,
         }
         break;
     case K_STRLIST:
-        return add_strlist(parent, name, v);
+        return add_strlist(parent, name, v, bad);
     case K_GROUP:
     case K_GROUPLIST:
         break;
@@ -1526,7 +1556,9 @@ static int apply_override(struct ctx *c, const char *text, const char *shown)
     }
     leaf = add_typed(cur, segs[n_segs - 1], plugin_key ? NULL : k, value, &bad);
     if (bad) {
-        error_plain(c, "%s: '%s' must be %s", shown, k->path, type_word(k->type));
+        error_plain(c, "%s: '%s' must be %s%s", shown, k->path, type_word(k->type),
+                    k->type == K_STRLIST ? ", as [a, b] or a,b (brackets closed, no empty item)"
+                                         : "");
         goto out;
     }
     if (!leaf) {

@@ -370,7 +370,7 @@ int rhema_keyring_params_from_config(struct rhema_keyring_params *p, const struc
     int64_t v;
     int b;
     memset(p, 0, sizeof *p);
-    p->path = "data/keyring";
+    p->path = "keyring";
     if (rhema_config_get_string(cfg, "advanced_features.key_management.keyring_path", &s) == 0)
         p->path = s;
     if (rhema_config_get_string(cfg, "advanced_features.key_management.key_file", &s) == 0)
@@ -431,7 +431,7 @@ int rhema_keyring_open(const struct rhema_keyring_params *p, struct rhema_keyrin
     size_t imglen = 0;
     struct kdf_hdr h;
     int have_file, is_backup, rc;
-    const char *path = p->path && *p->path ? p->path : "data/keyring";
+    const char *path = p->path && *p->path ? p->path : "keyring";
 
     if (sodium_init() < 0)
         return rhema_set_errbuf(err, RHEMA_EINVAL, "libsodium failed to initialise");

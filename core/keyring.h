@@ -97,7 +97,7 @@ struct rhema_cipher_table {
 void rhema_cipher_table_fill(struct rhema_cipher_table *t, const struct rhema_plugin_registry *reg);
 
 struct rhema_keyring_params {
-    const char *path;           /* keyring_path; "data/keyring" when NULL or "" */
+    const char *path;           /* keyring_path; "keyring" when NULL or "" */
     const char *key_file;       /* "" or NULL: none */
     const char *passphrase_env; /* "" or NULL: none */
     /* An already loaded master (rhemactl, Shamir recovery): used instead of

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -26,9 +27,36 @@ static pthread_mutex_t reopen_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *const level_names[] = {"error", "warn", "notice", "info", "debug"};
 
+/*
+ * Until the daemon is up, errors and warnings also go to stderr when the
+ * log is a file (tee_stderr), so that a start that fails says why on the
+ * terminal.  After a daemon has let go of its terminal, "no log file"
+ * means syslog (detached), since stderr is /dev/null then.
+ */
+static atomic_int tee_stderr;
+static atomic_int use_syslog;
+static int detached;
+
+const char *rhema_log_level_name(int level)
+{
+    if (level < 0 || level > RHEMA_LOG_DEBUG)
+        return "?";
+    return level_names[level];
+}
+
+void rhema_log_tee_stderr(int on) { atomic_store(&tee_stderr, on); }
+
 int rhema_log_open(int level, enum rhema_log_format format, const char *file, char **err)
 {
     int fd = STDERR_FILENO;
+    if (!(file && *file) && detached) {
+        pthread_mutex_lock(&reopen_lock);
+        atomic_store(&use_syslog, 1);
+        atomic_store(&log_level, level);
+        atomic_store(&log_format, (int)format);
+        pthread_mutex_unlock(&reopen_lock);
+        return 0;
+    }
     if (file && *file) {
         fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
         if (fd < 0) {
@@ -43,8 +71,21 @@ int rhema_log_open(int level, enum rhema_log_format format, const char *file, ch
     old_fd = prev;
     atomic_store(&log_level, level);
     atomic_store(&log_format, (int)format);
+    atomic_store(&use_syslog, 0);
     pthread_mutex_unlock(&reopen_lock);
     return 0;
+}
+
+void rhema_log_detach(void)
+{
+    pthread_mutex_lock(&reopen_lock);
+    detached = 1;
+    atomic_store(&tee_stderr, 0);
+    if (atomic_load(&log_fd) == STDERR_FILENO) {
+        openlog("rhemad", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+        atomic_store(&use_syslog, 1);
+    }
+    pthread_mutex_unlock(&reopen_lock);
 }
 
 void rhema_log_close(void)
@@ -56,6 +97,10 @@ void rhema_log_close(void)
     if (old_fd > STDERR_FILENO)
         close(old_fd);
     old_fd = -1;
+    if (detached)
+        closelog();
+    atomic_store(&use_syslog, 0);
+    detached = 0;
     pthread_mutex_unlock(&reopen_lock);
 }
 
@@ -116,9 +161,8 @@ static size_t escape_field(char *dst, size_t room, const char *s, int json, int 
     return at;
 }
 
-static void emit(char *line, size_t len)
+static void write_all(int fd, const char *line, size_t len)
 {
-    int fd = atomic_load(&log_fd);
     while (len > 0) {
         ssize_t n = write(fd, line, len);
         if (n < 0) {
@@ -129,6 +173,25 @@ static void emit(char *line, size_t len)
         line += n;
         len -= (size_t)n;
     }
+}
+
+/*
+ * Write one line to the sink.  `body` is where the line goes on after its
+ * timestamp (syslog stamps lines itself); level picks the syslog priority
+ * and whether the line is also copied to stderr.
+ */
+static void emit(int level, char *line, size_t len, size_t body)
+{
+    static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO, LOG_DEBUG};
+    if (atomic_load(&use_syslog)) {
+        line[len - 1] = '\0'; /* the newline */
+        syslog(prio[level], "%s", line + body);
+        return;
+    }
+    int fd = atomic_load(&log_fd);
+    write_all(fd, line, len);
+    if (fd != STDERR_FILENO && level <= RHEMA_LOG_WARN && atomic_load(&tee_stderr))
+        write_all(STDERR_FILENO, line, len);
 }
 
 void rhema_vlog(int level, const char *who, const char *fmt, va_list ap)
@@ -152,7 +215,8 @@ void rhema_vlog(int level, const char *who, const char *fmt, va_list ap)
                   : snprintf(line, sizeof line, "%s [%s] %s: %s\n", ts, level_names[level], ewho,
                              emsg);
     if (at > 0) /* the fields are bounded: the line always fits */
-        emit(line, (size_t)at < sizeof line ? (size_t)at : sizeof line - 1);
+        emit(level, line, (size_t)at < sizeof line ? (size_t)at : sizeof line - 1,
+             json ? 0 : strlen(ts) + 1);
 }
 
 void rhema_log(int level, const char *who, const char *fmt, ...)
@@ -185,5 +249,6 @@ void rhema_log_access(const char *request_id, const char *peer, const char *meth
                   : snprintf(line, sizeof line, "%s [info] access: %s %s \"%s %s\" %d %zu %.3fms\n",
                              ts, eid, epeer, emethod, euri, status, bytes_out, ms);
     if (at > 0)
-        emit(line, (size_t)at < sizeof line ? (size_t)at : sizeof line - 1);
+        emit(RHEMA_LOG_INFO, line, (size_t)at < sizeof line ? (size_t)at : sizeof line - 1,
+             json ? 0 : strlen(ts) + 1);
 }

@@ -19,6 +19,22 @@ int rhema_log_open(int level, enum rhema_log_format format, const char *file, ch
 void rhema_log_close(void);
 void rhema_log_set_level(int level);
 
+/* The name of a level ("info"), as logging.level spells it. */
+const char *rhema_log_level_name(int level);
+
+/*
+ * While on, error and warning lines also go to stderr when the log is a
+ * file: rhemad turns it on until it is up, so that a failed start is seen.
+ */
+void rhema_log_tee_stderr(int on);
+
+/*
+ * The process has let go of its terminal (a daemon, stderr is /dev/null
+ * next): from now on "no log file" means syslog (facility daemon, ident
+ * rhemad; journald under systemd), here and on every later reopen.
+ */
+void rhema_log_detach(void);
+
 /* Log a message from subsystem `who` (a module or plugin name). */
 void rhema_log(int level, const char *who, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

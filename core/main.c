@@ -6,10 +6,12 @@
  * re-reads the configuration and applies what can change live.
  */
 #include "rhema_build.h"
+#include "rhema_paths.h" /* RHEMA_CONFIG_FILE: made by make */
 
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,8 +55,11 @@ static void usage(FILE *to)
     fprintf(to,
             "usage: rhemad [-c FILE] [-t] [-f] [-p PIDFILE] [-P DIR] [-o section.key=value]... "
             "[-V] [-h]\n"
-            "  -c FILE   configuration file (default: none, built-in defaults)\n"
-            "  -t        check the configuration and every plugin it names, then exit\n"
+            "  -c FILE   configuration file (default: " RHEMA_CONFIG_FILE
+            " when it exists,\n"
+            "            built-in defaults otherwise)\n"
+            "  -t        check the configuration and every plugin it names, then exit;\n"
+            "            creates nothing (a durable or shared storage is not opened)\n"
             "  -f        stay in the foreground (default: daemonize)\n"
             "  -p FILE   write the process id to FILE (overrides service.pidfile)\n"
             "  -P DIR    plugin directory (overrides plugins.directory)\n"
@@ -99,6 +104,94 @@ static int parse_args(int argc, char **argv, struct options *o)
         return 1;
     }
     return 0;
+}
+
+/* ---- paths ---- */
+
+/*
+ * path made absolute against the working directory (a malloc'd copy), so
+ * that it means the same after rhemad enters its data directory.  NULL
+ * when path is NULL or memory runs out.
+ */
+static char *absolute(const char *path)
+{
+    char cwd[PATH_MAX], *out = NULL;
+    if (!path)
+        return NULL;
+    if (path[0] == '/' || !*path || !getcwd(cwd, sizeof cwd))
+        return strdup(path);
+    if (asprintf(&out, "%s/%s", cwd, path) < 0)
+        return NULL;
+    return out;
+}
+
+/* mkdir -p: the directory itself 0750, missing parents 0755.  0 or errno. */
+static int make_directory(const char *path)
+{
+    char *dir = strdup(path);
+    int e = 0;
+    if (!dir)
+        return ENOMEM;
+    for (char *p = dir + 1; e == 0; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char saved = *p;
+        *p = '\0';
+        if (mkdir(dir, saved ? 0755 : 0750) != 0 && errno != EEXIST)
+            e = errno;
+        *p = saved;
+        if (!saved)
+            break;
+    }
+    free(dir);
+    return e;
+}
+
+/*
+ * service.data_directory: rhemad's working directory.  Every relative path
+ * of the configuration (the storage's files, backups, the keyring, the log
+ * file, the pidfile, plugins.directory) is relative to it, as in BIND's
+ * `directory`; a relative data_directory is relative to where rhemad was
+ * started.  enter: create it when missing and change into it.  Without
+ * enter (rhemad -t), create nothing: say whether it exists and can be
+ * used, or would be created.  *abs_out (when not NULL) gets its absolute
+ * path (malloc'd).
+ */
+static int data_directory(const struct rhema_config *cfg, int enter, char **abs_out,
+                          char **err)
+{
+    const char *dd = "";
+    struct stat sb;
+    int rc = 0, e;
+    rhema_config_get_string(cfg, "service.data_directory", &dd);
+    char *abs = absolute(dd);
+    if (!abs)
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
+    if (!*abs) {
+        rc = rhema_set_error(err, RHEMA_EINVAL, "service.data_directory is empty");
+        goto out;
+    }
+    if (stat(abs, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
+        rc = rhema_set_error(err, RHEMA_EINVAL, "service.data_directory %s: not a directory",
+                             abs);
+        goto out;
+    }
+    if (!enter) {
+        if (access(abs, F_OK) == 0 && access(abs, R_OK | W_OK | X_OK) != 0)
+            rc = rhema_set_error(err, RHEMA_EINVAL, "service.data_directory %s: %s", abs,
+                                 strerror(errno));
+        goto out;
+    }
+    if ((e = make_directory(abs)) != 0 || (chdir(abs) != 0 && (e = errno) != 0)) {
+        rc = rhema_set_error(err, RHEMA_EIO, "service.data_directory %s: %s", abs, strerror(e));
+        goto out;
+    }
+out:
+    if (rc == 0 && abs_out)
+        *abs_out = abs;
+    else
+        free(abs);
+    return rc;
 }
 
 /* A storage group in the file that names no loaded plugin: likely a typo. */
@@ -170,6 +263,17 @@ static int load_plugins(struct rhema_server *srv, char **err)
     }
     rhema_config_foreach_plugin_group(cfg, RHEMA_KIND_STORAGE, warn_stray_group, srv);
     return 0;
+}
+
+/*
+ * Whether opening the storage could leave something behind: a durable
+ * backend creates its files, a shared one connects to its server (and may
+ * create a schema).  rhemad -t creates nothing, so it opens only a backend
+ * that is neither (memory), and checks the others' groups at start.
+ */
+static int storage_leaves_traces(const struct rhema_server *srv)
+{
+    return (srv->storage->features & (RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_SHARED)) != 0;
 }
 
 /* Open the storage instance and refuse keys of its group it did not read. */
@@ -341,6 +445,7 @@ static void notify_ready(int status)
     close(ready_fd);
     ready_fd = -1;
     if (status == 0) {
+        rhema_log_detach(); /* no log file: syslog from here on */
         int null = open("/dev/null", O_RDWR);
         if (null >= 0) {
             dup2(null, STDERR_FILENO);
@@ -351,11 +456,85 @@ static void notify_ready(int status)
 
 /* ---- signals and reload ---- */
 
+/*
+ * The settings a reload cannot apply, as the last reload (or the start)
+ * read them: a reload warns that a restart is needed only when one of them
+ * changed since then, not again on every later reload.
+ */
+struct restart_settings {
+    char *listen, *backend, *plugin_directory, *data_directory;
+    int workers;
+    int64_t max_request_size_bytes;
+    int request_timeout_seconds;
+};
+
 struct main_ctx {
     struct options *opt;
     struct rhema_server *srv;
     struct event_base *base;
+    struct restart_settings running; /* as the process started with them */
+    struct restart_settings last;    /* as the last reload read them */
 };
+
+static void restart_settings_release(struct restart_settings *r)
+{
+    free(r->listen);
+    free(r->backend);
+    free(r->plugin_directory);
+    free(r->data_directory);
+    memset(r, 0, sizeof *r);
+}
+
+static int restart_settings_init(struct restart_settings *r, const struct rhema_config *cfg)
+{
+    const char *dd = "";
+    rhema_config_get_string(cfg, "service.data_directory", &dd);
+    memset(r, 0, sizeof *r);
+    r->listen = strdup(cfg->listen);
+    r->backend = strdup(cfg->backend);
+    r->plugin_directory = strdup(cfg->plugin_directory);
+    r->data_directory = strdup(dd);
+    r->workers = cfg->workers;
+    r->max_request_size_bytes = cfg->max_request_size_bytes;
+    r->request_timeout_seconds = cfg->request_timeout_seconds;
+    if (!r->listen || !r->backend || !r->plugin_directory || !r->data_directory) {
+        restart_settings_release(r);
+        return RHEMA_ENOMEM;
+    }
+    return 0;
+}
+
+/*
+ * Say what a reload could not apply, once per change: a setting that
+ * differs from the last reload's either needs a restart (it differs from
+ * the running value too) or is back to the running value.
+ */
+static void warn_restart_needed(const struct restart_settings *run,
+                                const struct restart_settings *last,
+                                const struct restart_settings *neu)
+{
+#define RESTART_CHANGE(differs, running_differs, name, fmt, ...)                                 \
+    if (differs)                                                                                   \
+        rhema_log((running_differs) ? RHEMA_LOG_WARN : RHEMA_LOG_NOTICE, "main",                   \
+                  "reload: %s " fmt "%s", name, __VA_ARGS__,                                       \
+                  (running_differs) ? "; restart to apply" : " (back to the running value)");
+#define RESTART_STR(field, name)                                                                   \
+    RESTART_CHANGE(strcmp(last->field, neu->field) != 0, strcmp(run->field, neu->field) != 0,     \
+                   name, "changed ('%s' -> '%s')", last->field, neu->field)
+    RESTART_STR(listen, "service.listen")
+    RESTART_STR(backend, "persistence.backend")
+    RESTART_STR(plugin_directory, "plugins.directory")
+    RESTART_STR(data_directory, "service.data_directory")
+    RESTART_CHANGE(last->workers != neu->workers, run->workers != neu->workers,
+                   "service.workers", "changed (%d -> %d)", last->workers, neu->workers)
+    RESTART_CHANGE(last->max_request_size_bytes != neu->max_request_size_bytes ||
+                       last->request_timeout_seconds != neu->request_timeout_seconds,
+                   run->max_request_size_bytes != neu->max_request_size_bytes ||
+                       run->request_timeout_seconds != neu->request_timeout_seconds,
+                   "service limits", "changed%s", "")
+#undef RESTART_STR
+#undef RESTART_CHANGE
+}
 
 static void on_terminate(evutil_socket_t sig, short what, void *arg)
 {
@@ -364,11 +543,6 @@ static void on_terminate(evutil_socket_t sig, short what, void *arg)
     rhema_log(RHEMA_LOG_NOTICE, "main", "signal %d: draining and stopping", (int)sig);
     event_base_loopbreak(m->base);
 }
-
-#define RESTART_NEEDED(field, name)                                                                \
-    if (strcmp(old->field, neu.field) != 0)                                                        \
-        rhema_log(RHEMA_LOG_WARN, "main", "reload: %s changed ('%s' -> '%s'); restart to apply",   \
-                  name, old->field, neu.field);
 
 static void on_reload(evutil_socket_t sig, short what, void *arg)
 {
@@ -393,17 +567,15 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         atomic_store(&m->srv->log_access, neu.access_log);
         old->access_log = neu.access_log;
     }
-    RESTART_NEEDED(listen, "service.listen")
-    RESTART_NEEDED(backend, "persistence.backend")
-    RESTART_NEEDED(plugin_directory, "plugins.directory")
-    if (old->workers != neu.workers)
-        rhema_log(RHEMA_LOG_WARN, "main", "reload: service.workers changed; restart to apply");
-    if (old->max_request_size_bytes != neu.max_request_size_bytes ||
-        old->request_timeout_seconds != neu.request_timeout_seconds)
-        rhema_log(RHEMA_LOG_WARN, "main",
-                  "reload: service limits changed; restart to apply");
-    rhema_log(RHEMA_LOG_NOTICE, "main", "reload: configuration re-read; log level %d, format %s",
-              neu.log_level, neu.log_format == RHEMA_LOG_FORMAT_JSON ? "json" : "text");
+    struct restart_settings now;
+    if (restart_settings_init(&now, &neu) == 0) {
+        warn_restart_needed(&m->running, &m->last, &now);
+        restart_settings_release(&m->last);
+        m->last = now;
+    }
+    rhema_log(RHEMA_LOG_NOTICE, "main", "reload: configuration re-read; log level %s, format %s",
+              rhema_log_level_name(neu.log_level),
+              neu.log_format == RHEMA_LOG_FORMAT_JSON ? "json" : "text");
     rhema_config_release(&neu);
 }
 
@@ -437,9 +609,21 @@ int main(int argc, char **argv)
     int status = 1;
     struct event_base *base = NULL;
     struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL;
+    struct main_ctx mctx = {.opt = &opt, .srv = &srv};
+    char *abs_config = NULL, *abs_pidfile = NULL, *abs_plugin_dir = NULL, *datadir = NULL;
 
     if (parse_args(argc, argv, &opt) != 0)
         return 2;
+    /* without -c: the installed configuration file, when there is one */
+    if (!opt.config_file && access(RHEMA_CONFIG_FILE, F_OK) == 0)
+        opt.config_file = RHEMA_CONFIG_FILE;
+    /* the command line's paths, as they were meant, after the chdir to the data directory */
+    if ((opt.config_file && !(opt.config_file = abs_config = absolute(opt.config_file))) ||
+        (opt.pidfile && !(opt.pidfile = abs_pidfile = absolute(opt.pidfile))) ||
+        (opt.plugin_dir && !(opt.plugin_dir = abs_plugin_dir = absolute(opt.plugin_dir)))) {
+        fprintf(stderr, "rhemad: out of memory\n");
+        goto early_out;
+    }
     if (rhema_config_load(&cfg, opt.config_file, opt.overrides, opt.n_overrides, opt.plugin_dir,
                           &err) != 0) {
         fprintf(stderr, "rhemad: configuration error:\n%s\n", err ? err : "?");
@@ -447,13 +631,39 @@ int main(int argc, char **argv)
             fprintf(stderr, "rhemad: configuration file %s test failed\n",
                     opt.config_file ? opt.config_file : "(defaults)");
         free(err);
-        return 1;
+        goto early_out;
     }
     srv.cfg = &cfg;
     atomic_store(&srv.log_access, cfg.access_log);
+    /*
+     * rhemad -t creates nothing: it does not enter (or create) the data
+     * directory, so a relative plugins.directory is resolved by hand.
+     */
+    if (data_directory(&cfg, !opt.test_only, &datadir, &err) != 0) {
+        fprintf(stderr, "rhemad: %s\n", err);
+        if (opt.test_only)
+            fprintf(stderr, "rhemad: configuration file %s test failed\n",
+                    opt.config_file ? opt.config_file : "(defaults)");
+        goto out;
+    }
+    if (opt.test_only && cfg.plugin_directory[0] != '/') {
+        char *pd = NULL;
+        if (asprintf(&pd, "%s/%s", datadir, cfg.plugin_directory) < 0) {
+            fprintf(stderr, "rhemad: out of memory\n");
+            goto out;
+        }
+        free(cfg.plugin_directory);
+        cfg.plugin_directory = pd;
+    }
     if (rhema_log_open(cfg.log_level, cfg.log_format, opt.test_only ? NULL : cfg.log_file, &err)) {
         fprintf(stderr, "rhemad: %s\n", err);
         goto out;
+    }
+    if (!opt.test_only) {
+        rhema_log_tee_stderr(1); /* until the daemon is up, errors reach the terminal too */
+        rhema_log(RHEMA_LOG_NOTICE, "main", "rhemad %s starting: configuration %s, data directory %s",
+                  PACKAGE_VERSION, opt.config_file ? opt.config_file : "built-in defaults",
+                  datadir);
     }
     if (sodium_init() < 0) {
         fprintf(stderr, "rhemad: libsodium failed to initialise\n");
@@ -461,7 +671,8 @@ int main(int argc, char **argv)
     }
     if (rhema_plugins_new(&srv.plugins) != 0)
         goto out;
-    if (load_plugins(&srv, &err) != 0 || open_storage(&srv, &err) != 0 ||
+    if (load_plugins(&srv, &err) != 0 ||
+        ((!opt.test_only || !storage_leaves_traces(&srv)) && open_storage(&srv, &err) != 0) ||
         rhema_cluster_check(&cfg, srv.storage_plugin, &err) != 0 ||
         rhema_codecs_open(&srv.codecs, srv.plugins, &cfg, &err) != 0 ||
         rhema_atrest_check(&cfg, &srv.codecs, &err) != 0 ||
@@ -476,11 +687,16 @@ int main(int argc, char **argv)
     }
     if (opt.test_only) {
         printf("rhemad: configuration file %s syntax is ok\n"
-               "rhemad: %zu plugin(s) load; storage '%s' opens\n"
+               "rhemad: %zu plugin(s) load; storage '%s' %s\n"
+               "rhemad: data directory %s %s\n"
                "rhemad: configuration file %s test is successful\n",
-               opt.config_file ? opt.config_file : "(defaults)",
-               count_plugins(srv.plugins),
-               srv.storage_plugin->name, opt.config_file ? opt.config_file : "(defaults)");
+               opt.config_file ? opt.config_file : "(defaults)", count_plugins(srv.plugins),
+               srv.storage_plugin->name,
+               srv.storage_inst ? "opens"
+                                : "not opened (-t creates nothing; its group is checked at start)",
+               datadir,
+               access(datadir, F_OK) == 0 ? "is usable" : "does not exist; rhemad creates it",
+               opt.config_file ? opt.config_file : "(defaults)");
         status = 0;
         goto out;
     }
@@ -508,7 +724,12 @@ int main(int argc, char **argv)
      */
     evthread_use_pthreads();
     base = event_base_new();
-    struct main_ctx mctx = {.opt = &opt, .srv = &srv, .base = base};
+    mctx.base = base;
+    if (restart_settings_init(&mctx.running, &cfg) != 0 ||
+        restart_settings_init(&mctx.last, &cfg) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "out of memory");
+        goto out;
+    }
     ev_term = evsignal_new(base, SIGTERM, on_terminate, &mctx);
     ev_int = evsignal_new(base, SIGINT, on_terminate, &mctx);
     ev_hup = evsignal_new(base, SIGHUP, on_reload, &mctx);
@@ -547,7 +768,8 @@ int main(int argc, char **argv)
     }
     rhema_log(RHEMA_LOG_NOTICE, "main", "rhemad %s started (pid %ld, storage '%s', config %s)",
               PACKAGE_VERSION, (long)getpid(), srv.storage_plugin->name,
-              cfg.path && *cfg.path ? cfg.path : "(defaults)");
+              cfg.path && *cfg.path ? cfg.path : "built-in defaults");
+    rhema_log_tee_stderr(0);
     notify_ready(0);
     event_base_dispatch(base);
 
@@ -590,5 +812,12 @@ out:
     free(err);
     rhema_config_release(&cfg);
     rhema_log_close();
+    restart_settings_release(&mctx.running);
+    restart_settings_release(&mctx.last);
+    free(datadir);
+early_out:
+    free(abs_config);
+    free(abs_pidfile);
+    free(abs_plugin_dir);
     return status;
 }

@@ -9,7 +9,10 @@
 #include "rhema_build.h"
 
 #include <dlfcn.h>
+#include <elf.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -378,6 +381,148 @@ static int fail(char **err, int code, const char *fmt, ...)
     return code;
 }
 
+/*
+ * A plugin is code that runs as rhemad: like sshd with a key file that
+ * others could change, refuse a file, or the directory it is in, that
+ * someone else could write, and a file not owned by root or by us.
+ */
+static int check_modes(const char *path, char **err)
+{
+    struct stat st;
+    char *real = realpath(path, NULL), *dir;
+    int rc = 0;
+    if (!real)
+        return fail(err, RHEMA_EINVAL, "%s: cannot load: %s", path, strerror(errno));
+    if (stat(real, &st) != 0) {
+        rc = fail(err, RHEMA_EINVAL, "%s: cannot load: %s", real, strerror(errno));
+        goto out;
+    }
+    if (st.st_uid != 0 && st.st_uid != geteuid()) {
+        rc = fail(err, RHEMA_EINVAL,
+                  "%s: refused: owned by uid %ld, neither root nor rhemad's user (uid %ld)",
+                  real, (long)st.st_uid, (long)geteuid());
+        goto out;
+    }
+    if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+        rc = fail(err, RHEMA_EINVAL,
+                  "%s: refused: writable by %s (mode %04o); a plugin runs as rhemad: "
+                  "chmod go-w it",
+                  real, (st.st_mode & S_IWOTH) ? "others" : "its group",
+                  (unsigned)(st.st_mode & 07777));
+        goto out;
+    }
+    dir = dirname(real); /* real is ours: dirname may write into it */
+    if (stat(dir, &st) != 0) {
+        rc = fail(err, RHEMA_EINVAL, "%s: cannot load: %s", dir, strerror(errno));
+        goto out;
+    }
+    if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+        rc = fail(err, RHEMA_EINVAL,
+                  "%s: refused: the plugin's directory %s is writable by %s (mode %04o), so "
+                  "the plugin could be replaced: chmod go-w it",
+                  path, dir, (st.st_mode & S_IWOTH) ? "others" : "its group",
+                  (unsigned)(st.st_mode & 07777));
+        goto out;
+    }
+out:
+    free(real);
+    return rc;
+}
+
+#if UINTPTR_MAX > 0xffffffffu
+#define ELF_CLASS ELFCLASS64
+typedef Elf64_Ehdr elf_ehdr;
+typedef Elf64_Phdr elf_phdr;
+#else
+#define ELF_CLASS ELFCLASS32
+typedef Elf32_Ehdr elf_ehdr;
+typedef Elf32_Phdr elf_phdr;
+#endif
+
+/* [off, off + len) lies within a file of `size` bytes (no overflow). */
+static int within(uint64_t off, uint64_t len, uint64_t size)
+{
+    return off <= size && len <= size - off;
+}
+
+/*
+ * dlopen() maps a shared object's segments as its program headers say; a
+ * segment that runs past the end of a truncated file is mapped all the
+ * same, and touching it raises SIGBUS inside dlopen.  So check, before
+ * dlopen, that the file is an ELF shared object of this machine's class
+ * and byte order whose program headers, and every segment they describe,
+ * lie within the file.
+ */
+static int check_elf(const char *path, char **err)
+{
+    elf_ehdr eh;
+    elf_phdr ph;
+    struct stat st;
+    int rc = 0, fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return fail(err, RHEMA_EINVAL, "%s: cannot load: %s", path, strerror(errno));
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        rc = fail(err, RHEMA_EINVAL, "%s: cannot load: not a regular file", path);
+        goto out;
+    }
+    uint64_t size = (uint64_t)st.st_size;
+    if (pread(fd, &eh, sizeof eh, 0) != (ssize_t)sizeof eh ||
+        memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) {
+        rc = fail(err, RHEMA_EINVAL, "%s: cannot load: not an ELF file (%llu bytes)", path,
+                  (unsigned long long)size);
+        goto out;
+    }
+    if (eh.e_ident[EI_CLASS] != ELF_CLASS || eh.e_ident[EI_VERSION] != EV_CURRENT ||
+        eh.e_ident[EI_DATA] != (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? ELFDATA2LSB
+                                                                           : ELFDATA2MSB)) {
+        rc = fail(err, RHEMA_EINVAL,
+                  "%s: cannot load: an ELF file of another class or byte order than rhemad's",
+                  path);
+        goto out;
+    }
+    if (eh.e_type != ET_DYN) {
+        rc = fail(err, RHEMA_EINVAL, "%s: cannot load: not a shared object (ELF type %u)", path,
+                  (unsigned)eh.e_type);
+        goto out;
+    }
+    if (eh.e_phnum == 0 || eh.e_phentsize != sizeof ph ||
+        !within(eh.e_phoff, (uint64_t)eh.e_phnum * sizeof ph, size)) {
+        rc = fail(err, RHEMA_EINVAL,
+                  "%s: cannot load: truncated or damaged (its program headers are not within "
+                  "its %llu bytes)",
+                  path, (unsigned long long)size);
+        goto out;
+    }
+    /* not read by dlopen, but at the end of the file: a cut tail shows here */
+    if (eh.e_shoff != 0 && (eh.e_shentsize == 0 ||
+                            !within(eh.e_shoff, (uint64_t)eh.e_shnum * eh.e_shentsize, size))) {
+        rc = fail(err, RHEMA_EINVAL,
+                  "%s: cannot load: truncated or damaged (its section headers are not within "
+                  "its %llu bytes)",
+                  path, (unsigned long long)size);
+        goto out;
+    }
+    for (unsigned i = 0; i < eh.e_phnum; i++) {
+        if (pread(fd, &ph, sizeof ph, (off_t)(eh.e_phoff + (uint64_t)i * sizeof ph)) !=
+            (ssize_t)sizeof ph) {
+            rc = fail(err, RHEMA_EINVAL, "%s: cannot load: %s", path, strerror(errno ? errno : EIO));
+            goto out;
+        }
+        if (ph.p_filesz > 0 && !within(ph.p_offset, ph.p_filesz, size)) {
+            rc = fail(err, RHEMA_EINVAL,
+                      "%s: cannot load: truncated or damaged (segment %u needs bytes %llu..%llu, "
+                      "the file has %llu)",
+                      path, i, (unsigned long long)ph.p_offset,
+                      (unsigned long long)ph.p_offset + (unsigned long long)ph.p_filesz,
+                      (unsigned long long)size);
+            goto out;
+        }
+    }
+out:
+    close(fd);
+    return rc;
+}
+
 int rhema_plugin_load(struct rhema_plugin_registry *reg, const char *spec, const char *dir,
                       uint32_t want_kind, const struct rhema_loaded_plugin **out, char **err)
 {
@@ -411,6 +556,8 @@ int rhema_plugin_load(struct rhema_plugin_registry *reg, const char *spec, const
         }
     }
 
+    if ((rc = check_modes(path, err)) != 0 || (rc = check_elf(path, err)) != 0)
+        goto out;
     handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
         rc = fail(err, RHEMA_EINVAL, "%s: cannot load: %s", path, dlerror());

@@ -46,7 +46,7 @@
 /* The master key of the configured keyring (key file or passphrase). */
 static struct rhema_master *load_master(const struct rhema_config *cfg)
 {
-    const char *kf = "", *pe = "", *path = "data/keyring";
+    const char *kf = "", *pe = "", *path = "keyring";
     char err[RHEMA_KEYRING_ERR_MAX];
     struct rhema_master *m = NULL;
     rhema_config_get_string(cfg, "advanced_features.key_management.key_file", &kf);
@@ -304,7 +304,7 @@ static int no_gfshare(const char *sub)
 static int cmd_archive(const struct rhema_config *cfg, const char *archive, int restore)
 {
     char err[RHEMA_KEYRING_ERR_MAX];
-    const char *path = "data/keyring";
+    const char *path = "keyring";
     struct rhema_master *m = load_master(cfg);
     if (!m)
         return 1;

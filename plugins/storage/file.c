@@ -7,7 +7,7 @@
  * LOCK, every read under a shared one.
  *
  * Configuration (persistence.file):
- *   directory = "data/files";  created with its parents (mode 0750)
+ *   directory = "files";  created with its parents (mode 0750)
  *   fsync     = true;          false skips every fsync: still safe against a
  *                              process crash, NOT durable against power loss
  *
@@ -1486,7 +1486,7 @@ static int fl_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
                    rhema_storage_instance **out, char **err)
 {
     rhema_storage_instance *in;
-    const char *dir = "data/files";
+    const char *dir = "files";
     int do_fsync = 1, rc, e, fd;
 
     if (host->cfg_string(cfg, "directory", &dir) == RHEMA_EINVAL)

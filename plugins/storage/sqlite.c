@@ -5,7 +5,7 @@
  * may share the file (SQLite locks it), but other hosts cannot.
  *
  * Configuration (persistence.sqlite):
- *   path            = "data/rhema.db";  parent directory created (0750)
+ *   path            = "rhema.db";  parent directory created (0750)
  *   synchronous     = "normal";         off | normal | full | extra
  *   busy_timeout_ms = 5000;             how long a writer waits for the lock
  *   cache_size_kib  = 8192;             page cache per connection
@@ -392,7 +392,7 @@ static const char *synchronous_level(const char *s)
 static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
                        const struct rhema_cfg *cfg, char **err)
 {
-    const char *path = "data/rhema.db", *sync = "normal";
+    const char *path = "rhema.db", *sync = "normal";
     int64_t busy = 5000, cache = 8192, mmap_mib = 256, page = 8192, ckpt = 1000;
 
     if (h->cfg_string(cfg, "path", &path) == RHEMA_EINVAL)

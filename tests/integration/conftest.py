@@ -130,6 +130,11 @@ class Daemon:
                "-o", f"service.listen=127.0.0.1:{self.port}"]
         if self.workers is not None:
             cmd += ["-o", f"service.workers={self.workers}"]
+        if not any(o.startswith("service.data_directory=") for o in self.overrides) \
+                and "data_directory" not in self.conf.read_text():
+            # relative paths in the file are relative to the data directory; here the
+            # test's own directory, never the installed default ($localstatedir/lib/rhema)
+            cmd += ["-o", f"service.data_directory={self.cwd}"]
         for o in self.overrides:
             cmd += ["-o", o]
         return cmd + self.args
@@ -298,8 +303,14 @@ def daemon(daemons):
 
 
 def run_rhemad(args, timeout=15, cwd=None):
-    """Run rhemad with args to completion; returns CompletedProcess (text)."""
-    return subprocess.run([str(RHEMAD)] + list(args), stdin=subprocess.DEVNULL,
+    """Run rhemad with args to completion; returns CompletedProcess (text).
+
+    Unless args set service.data_directory, it is the working directory (cwd):
+    a test's files never land in the installed default."""
+    args = list(args)
+    if "-t" not in args and not any(str(a).startswith("service.data_directory=") for a in args):
+        args = ["-o", f"service.data_directory={cwd or os.getcwd()}"] + args
+    return subprocess.run([str(RHEMAD)] + args, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 

@@ -137,6 +137,7 @@ start_rhemad() {
         port=$(free_port)
         base=http://127.0.0.1:$port
         "$RHEMAD" -f -P "$RHEMA_PLUGIN_DIR" \
+            -o service.data_directory="$tmp" \
             -o "plugins.load=[\"$so\"]" \
             -o persistence.backend=kvfile \
             -o persistence.kvfile.path="$tmp/data.log" \

@@ -15,10 +15,9 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "rhema_paths.h" /* the installation paths the build chose */
 
-#ifndef PLUGINDIR
-#define PLUGINDIR "/usr/local/lib/rhema/plugins"
-#endif
+#define PLUGINDIR RHEMA_PLUGINDIR
 
 /* Write text to a new temporary file; its name goes into path (PATH_MAX). */
 static void write_conf(char *path, size_t n, const char *text)
@@ -88,6 +87,11 @@ static void check_defaults(const struct rhema_config *cfg)
     assert_int_equal(cfg->cors_enabled, 1);
     assert_int_equal(cfg->cors_origins.n, 0); /* same origin only (issue 16) */
     assert_string_equal(cfg->plugin_directory, PLUGINDIR);
+    assert_int_equal(rhema_config_get_string(cfg, "service.data_directory", &s), 0);
+    assert_string_equal(s, RHEMA_DATA_DIRECTORY); /* $localstatedir/lib/rhema */
+    assert_int_equal(rhema_config_get_string(cfg, "advanced_features.key_management.keyring_path",
+                                             &s), 0);
+    assert_string_equal(s, "keyring"); /* in the data directory */
     assert_int_equal(cfg->plugin_load_set, 0);
     assert_int_equal(cfg->plugin_load.n, 0);
     assert_string_equal(cfg->backend, "sqlite");
@@ -384,6 +388,17 @@ static void test_out_of_range(void **state)
                      "(got 1.5)");
     expect_one_error("distributed: { node: {\n weight = 0; }; };\n", 2,
                      "'distributed.node.weight' must be between 1 and 1000 (got 0)");
+    /* 2^62 once made the codec try to allocate it (an ASan abort): 1 GiB at most */
+    expect_one_error("advanced_features: { compression: {\n\n"
+                     " max_decompressed_bytes = 4611686018427387904L; }; };\n",
+                     3,
+                     "'advanced_features.compression.max_decompressed_bytes' must be between 1 "
+                     "and 1073741824 (got 4611686018427387904)");
+    expect_one_error("advanced_features: { compression: {\n"
+                     " max_decompressed_bytes = 1073741825L; }; };\n",
+                     2,
+                     "'advanced_features.compression.max_decompressed_bytes' must be between 1 "
+                     "and 1073741824 (got 1073741825)");
 }
 
 static void test_int_needs_l_suffix(void **state)
@@ -676,6 +691,11 @@ static void test_override_errors(void **state)
         "persistence.sqlite=1",
         "logging.access_log=maybe",
         "service.workers=900",
+        "service.cors.origins=[",
+        "service.cors.origins=[https://a.example",
+        "service.cors.origins=https://a.example]",
+        "service.cors.origins=a,,b",
+        "plugins.load=[\"zstd, lz4]",
     };
     struct rhema_config cfg;
     char *err = NULL;
@@ -694,6 +714,17 @@ static void test_override_errors(void **state)
                "-o persistence.sqlite=1: unknown key 'persistence.sqlite'\n"
                "-o logging.access_log=maybe: 'logging.access_log' must be a boolean (true or "
                "false)\n"
+               "-o service.cors.origins=[: 'service.cors.origins' must be a list of strings, as "
+               "[a, b] or a,b (brackets closed, no empty item)\n"
+               "-o service.cors.origins=[https://a.example: 'service.cors.origins' must be a "
+               "list of strings, as [a, b] or a,b (brackets closed, no empty item)\n"
+               "-o service.cors.origins=https://a.example]: 'service.cors.origins' must be a "
+               "list of strings, as [a, b] or a,b (brackets closed, no empty item)\n"
+               "-o service.cors.origins=a,,b: 'service.cors.origins' must be a list of strings, "
+               "as [a, b] or a,b (brackets closed, no empty item)\n"
+               "-o plugins.load=[\"zstd, lz4]: 'plugins.load' must be a list of strings, as "
+               "[a, b] or a,b (brackets closed, no empty item)\n"
+               /* ranges are checked after every override is in */
                "-o service.workers=900: 'service.workers' must be between 0 and 256 (got 900)");
     assert_null(cfg.priv);
     free(err);
@@ -906,7 +937,9 @@ static void test_sample_config(void **state)
     g = rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, "sqlite");
     assert_non_null(g);
     assert_int_equal(rhema_cfg_string(g, "path", &s), 0);
-    assert_string_equal(s, "data/rhema.db");
+    assert_string_equal(s, "rhema.db"); /* in service.data_directory */
+    assert_int_equal(rhema_config_get_string(&cfg, "service.data_directory", &s), 0);
+    assert_string_equal(s, "data");
     assert_int_equal(rhema_cfg_string(g, "synchronous", &s), 0);
     assert_string_equal(s, "normal");
     assert_int_equal(rhema_cfg_int(g, "busy_timeout_ms", &i), 0);

@@ -257,7 +257,7 @@ static void no_master_source_is_disabled(void **state)
     /* the config defaults: no key source, the documented path and limits */
     assert_int_equal(rhema_config_load(&cfg, NULL, NULL, 0, NULL, &cerr), 0);
     assert_int_equal(rhema_keyring_params_from_config(&p, &cfg), 0);
-    assert_string_equal(p.path, "data/keyring");
+    assert_string_equal(p.path, "keyring");
     assert_int_equal(p.rotation_interval_hours, 720);
     assert_int_equal(p.min_decryption_version, 1);
     rhema_config_release(&cfg);

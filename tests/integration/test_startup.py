@@ -1,0 +1,277 @@
+"""
+Starting rhemad as a newcomer does (issue 17 item 19, issue 18 items 1, 2, 6
+and 8): -t creates nothing, the data directory, which configuration file is
+read, plugins that are not safe to load, errors that reach the terminal while
+the daemon is not up yet, and what a reload says.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from conftest import (PLUGIN_DIR, TOP_BUILDDIR, TOP_SRCDIR, free_port, memory_config,
+                      require_plugin, run_rhemad)
+
+RHEMACTL = TOP_BUILDDIR / "rhemactl"
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def tree(path):
+    """Every entry under path, relative to it."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def compiled_path(name):
+    """A path the build compiled in (rhema_paths.h, made by make)."""
+    text = (TOP_BUILDDIR / "rhema_paths.h").read_text()
+    return re.search(rf'#define {name} "([^"]*)"', text).group(1)
+
+
+# ---- -t creates nothing (17.19, 18.2) ----
+
+def test_t_on_the_sample_config_creates_nothing(tmp_path):
+    """The sample stores SQLite under ./data; -t neither creates ./data nor rhema.db."""
+    require_plugin("sqlite")
+    sample = TOP_SRCDIR / "etc" / "rhemad.conf"
+    r = run_rhemad(["-t", "-c", str(sample), "-P", str(PLUGIN_DIR)], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "test is successful" in r.stdout
+    assert f"data directory {tmp_path}/data does not exist" in r.stdout, r.stdout
+    assert tree(tmp_path) == [], tree(tmp_path)
+
+
+def test_t_with_every_data_path_set_creates_nothing(tmp_path):
+    require_plugin("sqlite")
+    conf = write(tmp_path / "all.conf",
+                 'service: { data_directory = "var/lib"; pidfile = "run/r.pid"; };\n'
+                 'persistence: { backend = "sqlite"; sqlite = { path = "db/x.db"; };\n'
+                 '  enable_backups = true; backup_directory = "bk"; };\n'
+                 'advanced_features: { key_management: { keyring_path = "ring";\n'
+                 '  backup: { enabled = true; directory = "kb"; }; }; };\n'
+                 'logging: { file = "log/rhemad.log"; };\n')
+    before = tree(tmp_path)
+    r = run_rhemad(["-t", "-c", conf, "-P", str(PLUGIN_DIR)], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert tree(tmp_path) == before
+
+
+def test_t_refuses_a_data_directory_that_is_a_file(tmp_path):
+    (tmp_path / "notadir").write_text("x")
+    r = run_rhemad(["-t", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                    "-o", "service.data_directory=notadir"], cwd=tmp_path)
+    assert r.returncode == 1
+    assert f"{tmp_path}/notadir: not a directory" in r.stderr, r.stderr
+    assert "test failed" in r.stderr
+
+
+# ---- the data directory (18.2) ----
+
+def test_relative_paths_resolve_against_the_data_directory(tmp_path, daemons):
+    """A relative data_directory is relative to where rhemad starts; the storage's
+    relative path is inside it, whatever the working directory becomes."""
+    require_plugin("sqlite")
+    d = daemons(config='service: { data_directory = "state"; };\n'
+                       'persistence: { backend = "sqlite"; sqlite = { path = "db/r.db"; }; };\n')
+    d.start()
+    assert d.request("PUT", "/v1/sessions/dd", {"topic": "t"}).status == 201
+    assert (tmp_path / "state" / "db" / "r.db").exists(), tree(tmp_path)
+    assert not (tmp_path / "db").exists()
+    assert f"data directory {tmp_path}/state" in d.log()
+    assert d.stop() == 0
+
+
+def test_a_data_directory_that_cannot_be_made_stops_the_start(tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = run_rhemad(["-f", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                    "-o", f"service.listen=127.0.0.1:{free_port()}",
+                    "-o", f"service.data_directory={tmp_path}/file/sub"], cwd=tmp_path)
+    assert r.returncode == 1
+    assert f"service.data_directory {tmp_path}/file/sub" in r.stderr, r.stderr
+
+
+# ---- which configuration file (18.1) ----
+
+def test_first_log_line_names_the_configuration(tmp_path, daemons):
+    d = daemons()
+    d.start()
+    first = d.log().splitlines()[0]
+    assert "starting" in first and f"configuration {d.conf}" in first, first
+    assert d.stop() == 0
+
+
+def test_without_c_the_installed_file_or_built_in_defaults(tmp_path):
+    """Without -c rhemad reads $sysconfdir/rhema/rhemad.conf when it exists."""
+    installed = compiled_path("RHEMA_CONFIG_FILE")
+    r = run_rhemad(["-h"])
+    assert installed in r.stdout, r.stdout
+    if os.path.exists(installed):
+        pytest.skip(f"{installed} exists on this machine")
+    with socket.socket() as busy:  # the start fails after its first line
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = run_rhemad(["-f", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                        "-o", f"service.listen=127.0.0.1:{port}"], cwd=tmp_path)
+    assert r.returncode == 1
+    first = (r.stderr.splitlines() or [""])[0]
+    assert "configuration built-in defaults" in first, r.stderr
+
+
+# ---- plugins that are not safe to load (17.19) ----
+
+def plugin_copy(tmp_path, name="storage_memory.so", size=None):
+    d = tmp_path / "plugins"
+    d.mkdir(exist_ok=True)
+    d.chmod(0o755)
+    data = (PLUGIN_DIR / name).read_bytes()
+    dst = d / name
+    dst.write_bytes(data if size is None else data[:size])
+    dst.chmod(0o644)
+    return dst
+
+
+@pytest.mark.parametrize("fraction", [0.002, 0.05, 0.3, 0.6, 0.97])
+def test_a_truncated_plugin_is_refused_not_a_crash(tmp_path, fraction):
+    full = (PLUGIN_DIR / "storage_memory.so").stat().st_size
+    so = plugin_copy(tmp_path, size=max(8, int(full * fraction)))
+    r = run_rhemad(["-t", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                    "-o", f"plugins.load=[{so}]"], cwd=tmp_path)
+    assert r.returncode == 1, (r.returncode, r.stderr)  # not -SIGBUS
+    assert str(so) in r.stderr and "cannot load" in r.stderr, r.stderr
+    r = subprocess.run([str(RHEMACTL), "plugin", "info", str(so)], capture_output=True,
+                       text=True, timeout=15)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "cannot load" in r.stderr, r.stderr
+
+
+def test_an_intact_copy_loads(tmp_path):
+    so = plugin_copy(tmp_path)
+    r = run_rhemad(["-t", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                    "-o", f"plugins.load=[{so}]"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([str(RHEMACTL), "plugin", "info", str(so)], capture_output=True,
+                       text=True, timeout=15)
+    assert r.returncode == 0 and "plugin memory" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("who,mode", [("file", 0o664), ("file", 0o646),
+                                      ("directory", 0o775), ("directory", 0o757),
+                                      ("directory", 0o1777)])
+def test_a_plugin_others_could_change_is_refused(tmp_path, who, mode):
+    so = plugin_copy(tmp_path)
+    (so if who == "file" else so.parent).chmod(mode)
+    try:
+        r = run_rhemad(["-t", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                        "-o", f"plugins.load=[{so}]"], cwd=tmp_path)
+    finally:
+        so.parent.chmod(0o755)
+    assert r.returncode == 1, r.stdout
+    assert "refused" in r.stderr and "writable by" in r.stderr, r.stderr
+    assert "chmod go-w" in r.stderr
+
+
+# ---- configuration values (17.19) ----
+
+def test_an_unclosed_list_override_is_refused(tmp_path):
+    r = run_rhemad(["-t", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                    "-o", "service.cors.origins=["], cwd=tmp_path)
+    assert r.returncode == 1
+    assert "-o service.cors.origins=[: 'service.cors.origins' must be a list of strings" \
+        in r.stderr, r.stderr
+
+
+def test_max_decompressed_bytes_has_an_upper_bound(tmp_path):
+    conf = write(tmp_path / "big.conf", memory_config() +
+                 'advanced_features: {\n  compression: {\n'
+                 '    max_decompressed_bytes = 4611686018427387904L;\n  };\n};\n')
+    r = run_rhemad(["-t", "-c", conf, "-P", str(PLUGIN_DIR)], cwd=tmp_path)
+    assert r.returncode == 1
+    n = memory_config().count("\n") + 3
+    assert f"{conf}:{n}: 'advanced_features.compression.max_decompressed_bytes' must be " \
+        "between 1 and 1073741824" in r.stderr, r.stderr
+
+
+# ---- errors reach the terminal until the daemon is up (18.6) ----
+
+def test_port_in_use_reaches_stderr_with_a_log_file(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = run_rhemad(["-f", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                        "-o", f"service.listen=127.0.0.1:{port}",
+                        "-o", f"logging.file={tmp_path}/r.log"], cwd=tmp_path)
+    assert r.returncode == 1
+    assert "Address already in use" in r.stderr, r.stderr
+    assert "Address already in use" in (tmp_path / "r.log").read_text()
+
+
+def test_locked_pidfile_reaches_stderr_with_a_log_file(tmp_path, daemons):
+    pidfile = tmp_path / "r.pid"
+    d = daemons(args=["-p", str(pidfile)])
+    d.start()
+    r = run_rhemad(["-f", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                    "-o", f"service.listen=127.0.0.1:{free_port()}", "-p", str(pidfile),
+                    "-o", f"logging.file={tmp_path}/second.log"], cwd=tmp_path)
+    assert r.returncode == 1
+    assert "already running" in r.stderr, r.stderr
+    assert d.stop() == 0
+
+
+def test_daemon_mode_failure_with_a_log_file_reaches_the_terminal(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = run_rhemad(["-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                        "-o", f"service.listen=127.0.0.1:{port}",
+                        "-o", f"logging.file={tmp_path}/d.log"], cwd=tmp_path)
+    assert r.returncode == 1
+    assert "Address already in use" in r.stderr, r.stderr
+
+
+# ---- what a reload says (18.8) ----
+
+def _conf(level, listen):
+    return (f'service: {{ listen = "{listen}"; }};\n'
+            f'logging: {{ level = "{level}"; }};\n' + memory_config())
+
+
+def test_reload_names_the_level_and_warns_once_per_change(tmp_path, daemons):
+    port = free_port()
+    running = f"127.0.0.1:{port}"
+    d = daemons(config=_conf("info", running), port=port)
+    d.proc = None
+    # the harness passes service.listen with -o; here the file alone sets it
+    d.command = lambda: [str(TOP_BUILDDIR / "rhemad"), "-f", "-c", str(d.conf),
+                         "-P", str(PLUGIN_DIR), "-o", "service.workers=1",
+                         "-o", f"service.data_directory={tmp_path}"]
+    d.start()
+    other = f"127.0.0.1:{free_port()}"
+
+    def reload_and_wait():
+        mark = d.log_size()
+        d.send(signal.SIGHUP)
+        assert d.wait_log("configuration re-read", since=mark), d.log()[mark:]
+        return d.log()[mark:]
+
+    d.write_config(_conf("info", other))
+    said = reload_and_wait()
+    assert "log level info," in said, said
+    assert said.count("service.listen changed") == 1 and "restart to apply" in said, said
+    said = reload_and_wait()  # nothing changed since: no second warning
+    assert "service.listen" not in said, said
+    d.write_config(_conf("notice", running))
+    said = reload_and_wait()
+    assert "log level notice," in said, said
+    assert "service.listen changed" in said and "back to the running value" in said, said
+    assert d.stop() == 0
