@@ -39,6 +39,8 @@ static struct {
     pthread_cond_t settled; /* the waiters: a batch was written or failed */
     struct rec *head, **tail;
     size_t queued;
+    uint64_t enqueued, taken; /* records, ever */
+    uint64_t reopen_at;       /* the reopen comes after this many records */
     int reopen, stopping;
     pthread_t thread;
     int thread_started;
@@ -395,10 +397,15 @@ static void *writer_main(void *arg)
                 ;
         }
         int reopen = A.reopen;
-        A.reopen = 0;
+        size_t limit = A.batch_max;
+        if (reopen && A.reopen_at - A.taken < limit)
+            limit = (size_t)(A.reopen_at - A.taken); /* what came before the signal, first */
+        if (reopen && A.reopen_at - A.taken > limit)
+            reopen = 0; /* more old records than one batch: the next round */
+        A.reopen = A.reopen && !reopen;
         struct rec *list = A.head, **end = &A.head;
         size_t n = 0;
-        while (*end && n < A.batch_max) {
+        while (*end && n < limit) {
             end = &(*end)->next;
             n++;
         }
@@ -407,12 +414,13 @@ static void *writer_main(void *arg)
         if (!A.head)
             A.tail = &A.head;
         A.queued -= n;
+        A.taken += n;
         int stop = A.stopping && !A.head;
         pthread_mutex_unlock(&A.lock);
+        if (n) /* with a reopen: the records queued before it, for the old file */
+            write_batch(list, n);
         if (reopen)
             do_reopen();
-        if (n)
-            write_batch(list, n);
         pthread_mutex_lock(&A.lock);
         if (stop && !A.head)
             break;
@@ -438,6 +446,7 @@ static int enqueue(json_t *obj, struct waiter *w)
     *A.tail = r;
     A.tail = &r->next;
     A.queued++;
+    A.enqueued++;
     pthread_cond_signal(&A.wake);
     if (w)
         while (!w->done)
@@ -543,6 +552,7 @@ void rhema_audit_reopen(void)
         return;
     pthread_mutex_lock(&A.lock);
     A.reopen = 1;
+    A.reopen_at = A.enqueued;
     pthread_cond_signal(&A.wake);
     pthread_mutex_unlock(&A.lock);
 }
@@ -582,6 +592,7 @@ int rhema_audit_open(const struct rhema_config *cfg, char **err)
     A.head = NULL;
     A.tail = &A.head;
     A.queued = 0;
+    A.enqueued = A.taken = A.reopen_at = 0;
     A.reopen = A.stopping = 0;
     if (!(A.path = strdup(file))) {
         rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
