@@ -266,3 +266,38 @@ def test_admin_events_recorded(daemons, tmp_path):
     assert d.stop() == 0
     ev = [r for r in records(log) if r.get("event") == "config.reloaded"]
     assert ev and ev[0]["detail"]["file"].endswith("rhemad.conf")
+
+
+def test_keyring_events_recorded(daemons, tmp_path):
+    from conftest import PLUGIN_DIR
+    if not (PLUGIN_DIR / "cipher_xchacha20poly1305.so").exists():
+        pytest.skip("cipher plugin xchacha20poly1305 not built")
+    key = tmp_path / "master.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    config = (memory_config() +
+              'advanced_features: { encryption: { algorithm = "xchacha20poly1305"; };\n'
+              f'  key_management: {{ key_file = "{key}"; keyring_path = "{tmp_path}/keyring";\n'
+              f'    backup = {{ directory = "{tmp_path}/keybackups"; }}; }}; }};\n')
+    log = tmp_path / "audit.log"
+    d = daemons(config=config, overrides=["security.audit.enabled=true",
+                                          f"security.audit.file={log}"]).start()
+    st, _, rot = d.json("POST", "/v1/keys/rotate")
+    assert st == 200, rot
+    st, _, bak = d.json("POST", "/v1/keys/backup", {"name": "k1.bak"})
+    assert st == 200, bak
+    st, _, res = d.json("POST", "/v1/keys/restore", {"name": "k1.bak"})
+    assert st == 200, res
+    assert d.stop() == 0
+    recs = records(log)
+    events = {r["event"]: r for r in recs if r["type"] == "event"}
+    for name in ("keyring.rotated", "keyring.backed_up", "keyring.restored"):
+        assert name in events, [r.get("event") for r in recs]
+    # tied to the request that caused it, whose begin record comes first
+    rotated = events["keyring.rotated"]
+    begin = [r for r in recs if r.get("request_id") == rotated["request_id"]
+             and r.get("phase") == "begin"]
+    assert begin and begin[0]["seq"] < rotated["seq"]
+    assert begin[0]["route"] == "/v1/keys/rotate"
+    assert events["keyring.backed_up"]["detail"] == {"trigger": "request", "name": "k1.bak"}
+    assert verify(log)[0] == 0
