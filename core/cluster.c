@@ -15,6 +15,7 @@
 
 #include <sodium.h>
 
+#include "audit.h"
 #include "cluster.h"
 #include "server.h"
 #include "log.h"
@@ -360,9 +361,13 @@ static uint64_t follower_delay(const struct rhema_cluster *c, const struct rhema
 
 static void log_stepdown(struct rhema_cluster *c, const char *why)
 {
-    if (c->was_leading)
+    if (c->was_leading) {
         rhema_log(RHEMA_LOG_WARN, WHO, "node '%s' no longer leads cluster '%s': %s", c->node_id,
                   c->cluster_name, why);
+        rhema_audit_event("cluster.leadership_lost", NULL, NULL,
+                          json_pack("{s:s,s:s,s:s}", "node", c->node_id, "cluster",
+                                    c->cluster_name, "reason", why));
+    }
     c->was_leading = 0;
 }
 
@@ -401,6 +406,10 @@ static uint64_t lease_round(struct rhema_cluster *c)
                       "%llu ms)",
                       c->node_id, c->cluster_name, (unsigned long long)li.epoch,
                       (unsigned long long)c->t.ttl_ms, (unsigned long long)c->t.renew_ms);
+        if (!c->was_leading)
+            rhema_audit_event("cluster.leadership_gained", NULL, NULL,
+                              json_pack("{s:s,s:s,s:I}", "node", c->node_id, "cluster",
+                                        c->cluster_name, "epoch", (json_int_t)li.epoch));
         c->was_leading = 1;
         c->lease_failing = 0;
         return elapsed_ms >= c->t.renew_ms ? 0 : c->t.renew_ms - elapsed_ms;
@@ -624,6 +633,10 @@ void rhema_cluster_leave(struct rhema_cluster *c)
             rhema_log(RHEMA_LOG_WARN, WHO, "releasing the lease '%s': %s (it expires by itself)",
                       c->lease_name, c->srv->storage->errmsg(c->conn));
     }
+    if (c->was_leading)
+        rhema_audit_event("cluster.leadership_lost", NULL, NULL,
+                          json_pack("{s:s,s:s,s:s}", "node", c->node_id, "cluster",
+                                    c->cluster_name, "reason", "the node is leaving"));
     c->was_leading = 0;
     heartbeat(c, "Leaving");
     rhema_log(RHEMA_LOG_NOTICE, WHO, "node '%s' is leaving cluster '%s'", c->node_id,

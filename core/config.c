@@ -270,6 +270,11 @@ static const struct key schema[] = {
     GRP("security.audit", 0),
     BOOL_("security.audit.enabled", 0),
     STR("security.audit.file", "logs/audit.log"),
+    STR("security.audit.hmac_key_file", ""),
+    BOOL_("security.audit.fail_closed", 1),
+    BOOL_("security.audit.fsync", 1),
+    INT_("security.audit.batch_max_records", 1024, 1, 1000000),
+    INT_("security.audit.batch_delay_ms", 0, 0, 1000),
 
     GRP("logging", 0),
     { .path = "logging.level", .type = K_ENUM, .def_s = "info", .values = level_enum,
@@ -322,8 +327,6 @@ static const struct unimplemented unimplemented[] = {
     { "security.api_keys.keys", "security.api_keys.enabled" },
     { "security.roles", "security.api_keys.enabled" },
     { "security.rules", NULL },
-    { "security.audit.enabled", NULL },
-    { "security.audit.file", "security.audit.enabled" },
 };
 
 static const struct key *schema_find(const char *path)

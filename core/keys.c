@@ -14,6 +14,7 @@
 
 #include <event2/event.h>
 
+#include "audit.h"
 #include "keybackup.h"
 #include "keyring.h"
 #include "keys.h"
@@ -113,8 +114,10 @@ static void on_maintain(evutil_socket_t fd, short what, void *arg)
         rhema_perfmon_rotation(srv->perfmon, rhema_monotonic_ns() - t0);
     if (rc != 0)
         rhema_log(RHEMA_LOG_ERROR, "keys", "scheduled rotation failed: %s", err);
-    else if (rotated)
+    else if (rotated) {
         rhema_log(RHEMA_LOG_NOTICE, "keys", "rotated the key (rotation.interval_hours)");
+        rhema_audit_event("keyring.rotated", NULL, NULL, json_pack("{s:s}", "trigger", "schedule"));
+    }
 }
 
 #define KEY_BACKUP_FIRST_DELAY_MS 5000u   /* not in the first seconds after startup */
@@ -147,6 +150,8 @@ static int backup_scheduled(struct rhema_server *srv, uint64_t now_ms)
         if (rc == 0) {
             rhema_log(RHEMA_LOG_NOTICE, "keys", "scheduled keyring backup written to %s/%s",
                       ks->backup_dir, name);
+            rhema_audit_event("keyring.backed_up", NULL, NULL,
+                              json_pack("{s:s,s:s}", "trigger", "schedule", "name", name));
             if (rhema_keybackup_prune(dirfd, ks->retention_count, ks->retention_days, now_ms,
                                       &pruned, err) != 0)
                 rhema_log(RHEMA_LOG_ERROR, "keys", "pruning key backups: %s", err);

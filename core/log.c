@@ -24,6 +24,7 @@ static atomic_int log_format = RHEMA_LOG_FORMAT_TEXT;
 static atomic_int log_fd = STDERR_FILENO;
 static int old_fd = -1; /* the previous file, closed on the reopen after */
 static pthread_mutex_t reopen_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *log_path; /* the file open, NULL: stderr; under reopen_lock */
 
 static const char *const level_names[] = {"error", "warn", "notice", "info", "debug"};
 
@@ -54,6 +55,8 @@ int rhema_log_open(int level, enum rhema_log_format format, const char *file, ch
         atomic_store(&use_syslog, 1);
         atomic_store(&log_level, level);
         atomic_store(&log_format, (int)format);
+        free(log_path); /* SIGUSR1 has no file to reopen */
+        log_path = NULL;
         pthread_mutex_unlock(&reopen_lock);
         return 0;
     }
@@ -64,11 +67,18 @@ int rhema_log_open(int level, enum rhema_log_format format, const char *file, ch
                                    strerror(errno));
         }
     }
+    char *path = file && *file ? strdup(file) : NULL;
+    if (file && *file && !path) {
+        close(fd);
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
+    }
     pthread_mutex_lock(&reopen_lock);
     int prev = atomic_exchange(&log_fd, fd);
     if (old_fd > STDERR_FILENO)
         close(old_fd); /* two reopens ago: no writer can still hold it */
     old_fd = prev;
+    free(log_path);
+    log_path = path;
     atomic_store(&log_level, level);
     atomic_store(&log_format, (int)format);
     atomic_store(&use_syslog, 0);
@@ -101,7 +111,25 @@ void rhema_log_close(void)
         closelog();
     atomic_store(&use_syslog, 0);
     detached = 0;
+    free(log_path);
+    log_path = NULL;
     pthread_mutex_unlock(&reopen_lock);
+}
+
+int rhema_log_reopen(char **err)
+{
+    pthread_mutex_lock(&reopen_lock);
+    char *path = log_path ? strdup(log_path) : NULL;
+    int none = !log_path;
+    pthread_mutex_unlock(&reopen_lock);
+    if (none)
+        return 0;
+    if (!path)
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
+    int rc = rhema_log_open(atomic_load(&log_level), (enum rhema_log_format)atomic_load(&log_format),
+                            path, err);
+    free(path);
+    return rc;
 }
 
 void rhema_log_set_level(int level) { atomic_store(&log_level, level); }

@@ -17,6 +17,11 @@
 /* Open (or re-open) the log: level, format, file ("" or NULL: stderr). */
 int rhema_log_open(int level, enum rhema_log_format format, const char *file, char **err);
 void rhema_log_close(void);
+/*
+ * Open the log file again by its name, level and format unchanged (SIGUSR1,
+ * after logrotate moved it); 0 and nothing done when logging to stderr.
+ */
+int rhema_log_reopen(char **err);
 void rhema_log_set_level(int level);
 
 /* The name of a level ("info"), as logging.level spells it. */

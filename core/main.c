@@ -28,6 +28,7 @@
 
 #include "keys.h"
 #include "atrest.h"
+#include "audit.h"
 #include "cluster.h"
 #include "config.h"
 #include "api/pipeline.h"
@@ -544,6 +545,23 @@ static void on_terminate(evutil_socket_t sig, short what, void *arg)
     event_base_loopbreak(m->base);
 }
 
+/*
+ * SIGUSR1 (logrotate, as nginx does): reopen logging.file and the audit
+ * log, whose chain continues in the new file.  Nothing else changes.
+ */
+static void on_reopen(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig, (void)what, (void)arg;
+    char *err = NULL;
+    if (rhema_log_reopen(&err) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "SIGUSR1: %s; writing on to the old log file", err);
+        free(err);
+    } else {
+        rhema_log(RHEMA_LOG_NOTICE, "main", "SIGUSR1: log files reopened");
+    }
+    rhema_audit_reopen();
+}
+
 static void on_reload(evutil_socket_t sig, short what, void *arg)
 {
     (void)sig, (void)what;
@@ -554,6 +572,8 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
                           m->opt->plugin_dir, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "reload: configuration refused, keeping the old one:\n%s",
                   err ? err : "?");
+        rhema_audit_event("config.reload_refused", NULL, NULL,
+                          json_pack("{s:s}", "file", m->opt->config_file ? m->opt->config_file : ""));
         free(err);
         return;
     }
@@ -576,6 +596,8 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
     rhema_log(RHEMA_LOG_NOTICE, "main", "reload: configuration re-read; log level %s, format %s",
               rhema_log_level_name(neu.log_level),
               neu.log_format == RHEMA_LOG_FORMAT_JSON ? "json" : "text");
+    rhema_audit_event("config.reloaded", NULL, NULL,
+                      json_pack("{s:s}", "file", m->opt->config_file ? m->opt->config_file : ""));
     rhema_config_release(&neu);
 }
 
@@ -608,7 +630,7 @@ int main(int argc, char **argv)
     char *err = NULL;
     int status = 1;
     struct event_base *base = NULL;
-    struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL;
+    struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL, *ev_usr1 = NULL;
     struct main_ctx mctx = {.opt = &opt, .srv = &srv};
     char *abs_config = NULL, *abs_pidfile = NULL, *abs_plugin_dir = NULL, *datadir = NULL;
 
@@ -733,9 +755,15 @@ int main(int argc, char **argv)
     ev_term = evsignal_new(base, SIGTERM, on_terminate, &mctx);
     ev_int = evsignal_new(base, SIGINT, on_terminate, &mctx);
     ev_hup = evsignal_new(base, SIGHUP, on_reload, &mctx);
+    ev_usr1 = evsignal_new(base, SIGUSR1, on_reopen, &mctx);
     event_add(ev_term, NULL);
     event_add(ev_int, NULL);
     event_add(ev_hup, NULL);
+    event_add(ev_usr1, NULL);
+    if (rhema_audit_open(&cfg, &err) != 0) { /* before anything it records */
+        rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot open the audit log");
+        goto out;
+    }
     if (rhema_keys_start_timers(&srv, base) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "cannot start the key maintenance timers");
         goto out;
@@ -796,6 +824,9 @@ out:
     srv.maintenance = NULL;
     rhema_perfmon_free(srv.perfmon);
     srv.perfmon = NULL;
+    rhema_audit_close(); /* after everything that records */
+    if (ev_usr1)
+        event_free(ev_usr1);
     if (ev_term)
         event_free(ev_term);
     if (ev_int)

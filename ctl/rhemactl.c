@@ -20,6 +20,8 @@
  *       meanwhile.  Limitation: a daemon started with another pidfile (-p)
  *       or another configuration that points at the same data is not seen;
  *       --force skips the check altogether.
+ *   rhemactl audit verify FILE... | audit hmac --key-file KEYFILE VALUE
+ *       the hash chain of security.audit logs (rhemactl_audit.c).
  *   rhemactl version
  */
 #include "rhema_build.h"
@@ -42,6 +44,7 @@
 #include "log.h"
 #include "maintenance.h"
 #include "plugin.h"
+#include "rhemactl_audit.h"
 #include "rhemactl_keys.h"
 #include "storage_suite.h"
 #ifdef RHEMA_HAVE_ZSTD
@@ -60,6 +63,8 @@ static void usage(FILE *to)
                 "       rhemactl keys split --shares N --threshold K [-c CONFIG] [-o k=v]...\n"
                 "       rhemactl keys recover --out FILE [--force] [SHARE_FILE...]\n"
                 "       rhemactl keys verify|restore ARCHIVE [-c CONFIG] [-o k=v]...\n"
+                "       rhemactl audit verify FILE...\n"
+                "       rhemactl audit hmac --key-file KEYFILE VALUE\n"
                 "       rhemactl dict train --out FILE [--size BYTES] [--lines] SAMPLE...\n"
                 "       rhemactl version\n");
 }
@@ -421,6 +426,8 @@ int main(int argc, char **argv)
         return cmd_backup(argc - 1, argv + 1);
     if (strcmp(argv[1], "keys") == 0)
         return rhemactl_keys(argc - 1, argv + 1);
+    if (strcmp(argv[1], "audit") == 0)
+        return rhemactl_audit(argc - 1, argv + 1);
 #ifdef RHEMA_HAVE_ZSTD
     if (strcmp(argv[1], "dict") == 0)
         return rhemactl_dict(argc - 1, argv + 1);

@@ -15,6 +15,7 @@
 #include <event2/buffer.h>
 
 #include "api_keys.h"
+#include "audit.h"
 #include "keys.h"
 #include "keybackup.h"
 #include "keyring.h"
@@ -212,6 +213,8 @@ static void h_keys_backup(struct rhema_req *r, struct rhema_keyring *kr)
         if (!name)
             name = autoname;
         rhema_log(RHEMA_LOG_NOTICE, "keys", "keyring backed up to %s/%s", dir, name);
+        rhema_audit_event("keyring.backed_up", r->request_id, r->key_id,
+                          json_pack("{s:s,s:s}", "trigger", "request", "name", name));
         rhema_reply_jsonv(r, 200, json_pack("{s:s}", "name", name));
     }
     json_decref(body);
@@ -252,6 +255,8 @@ static void h_keys_restore(struct rhema_req *r, struct rhema_keyring *kr)
         rhema_reply_error(r, 500, "internal", "keyring restore failed (see the daemon's log)");
     } else {
         rhema_log(RHEMA_LOG_NOTICE, "keys", "keyring restored from %s/%s", dir, name);
+        rhema_audit_event("keyring.restored", r->request_id, r->key_id,
+                          json_pack("{s:s}", "name", name));
         rhema_reply_jsonv(r, 200, stats_json(kr));
     }
     json_decref(body);
@@ -284,6 +289,8 @@ static void h_rotate(struct rhema_req *r)
         return;
     }
     rhema_log(RHEMA_LOG_NOTICE, "keys", "rotated to key version %u (manual)", v);
+    rhema_audit_event("keyring.rotated", r->request_id, r->key_id,
+                      json_pack("{s:s,s:i}", "trigger", "request", "version", (int)v));
     rhema_reply_jsonv(r, 200, stats_json(kr));
 }
 

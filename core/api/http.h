@@ -37,6 +37,15 @@ struct rhema_req {
     int deferred;                /* the reply will be sent later (rhema_req_defer) */
     const struct rhema_route *route; /* the route matched (routes.h), NULL before */
     char param[RHEMA_ID_MAX + 2];    /* the path's {param} segment, when the route has one */
+    /*
+     * The principal, set by the authenticate stage (issue 9); NULL and 0
+     * while authentication is off.  The audit log records them.  They must
+     * outlive the request, a deferred one included (rhema_req_defer copies
+     * the pointers, not what they point to).
+     */
+    const char *key_id;             /* the API key's public id */
+    const char *const *roles;       /* the key's roles, n_roles of them */
+    size_t n_roles;
 };
 
 /*
@@ -116,6 +125,13 @@ void rhema_reply_preflight(struct rhema_req *r, const char *allow);
  * 0 otherwise, requests without Origin included.
  */
 int rhema_cross_origin_refused(struct rhema_req *r);
+
+/*
+ * Describe r for the audit log (audit.h): a's strings point into r and
+ * into peer, which receives the client's "host:port"; valid while r is.
+ */
+struct rhema_audit_request;
+void rhema_req_audit_fill(struct rhema_req *r, struct rhema_audit_request *a, char peer[64]);
 
 /* Set a response header. */
 void rhema_header(struct rhema_req *r, const char *name, const char *value);

@@ -13,14 +13,18 @@
  *                   405 and OPTIONS end here
  *   authorize       issue 9: the route's permission against the principal
  *   rate limit      issue 10: per principal, in the storage backend
+ *   audit           audit.c: a route that writes waits until its "begin"
+ *                   record is durable; with security.audit.fail_closed a
+ *                   record that cannot be written is 503 and nothing runs
  *   fence           every route declared as a write: X-Rhema-Epoch older
  *                   than the cluster's epoch is 409 fenced (DESIGN.md §7)
  *   storage limit   a PUT/POST that writes storage: 507 past
  *                   persistence.max_data_size_bytes
  *   handler         the route's handler: validate, store, reply (api_*.c);
  *                   a session write may be answered later (api_sessions.c)
- *   reply           http.c: headers, CORS, access log
- *   metrics, audit  issue 11: after the reply, from r->route and r->status
+ *   reply           http.c: headers, CORS, access log, and the audit log's
+ *                   "end" record of every request (answered here or later)
+ *   metrics         issue 11: after the reply, from r->route and r->status
  *
  * The stages that later issues add are named above and have a place in
  * rhema_pipeline_run(); none exists yet, and nothing pretends to run them.
@@ -39,6 +43,7 @@
 #include "api_operations.h"
 #include "api_services.h"
 #include "api_sessions.h"
+#include "audit.h"
 #include "maintenance.h"
 #include "pipeline.h"
 #include "routes.h"
@@ -73,6 +78,24 @@ static int over_storage_limit(struct rhema_req *r)
     return 1;
 }
 
+/*
+ * The audit stage: 1 after a 503 when security.audit.fail_closed and the
+ * request's record cannot be written (audit.h); a write waits here for its
+ * "begin" record to be durable, so that no change goes unrecorded.
+ */
+static int audit_refused(struct rhema_req *r, const struct rhema_route *rt)
+{
+    struct rhema_audit_request a;
+    char peer[64], why[RHEMA_ERRMSG_MAX];
+    if (!rhema_audit_enabled())
+        return 0;
+    rhema_req_audit_fill(r, &a, peer);
+    if (rhema_audit_request_begin(&a, rt->effect != RHEMA_READS, why) == 0)
+        return 0;
+    rhema_reply_error(r, 503, "audit_unavailable", "%s; the request was not run", why);
+    return 1;
+}
+
 void rhema_pipeline_run(struct rhema_req *r)
 {
     const struct rhema_route *rt;
@@ -82,12 +105,14 @@ void rhema_pipeline_run(struct rhema_req *r)
     if (!(rt = rhema_route_match(r, rhema_api_routes)))
         return;
     /* authorize rt->permission (issue 9), then rate limit (issue 10), go here */
+    if (audit_refused(r, rt))
+        return;
     if (rt->effect != RHEMA_READS && rhema_cluster_fence(r))
         return;
     if (rt->effect == RHEMA_WRITES_STORAGE && over_storage_limit(r))
         return;
     rt->handler(r);
-    /* metrics and audit (issue 11) go here: r->route, r->status */
+    /* metrics (issue 11) go here: r->route, r->status; the audit end record is sent with the reply */
 }
 
 int rhema_api_start(struct rhema_server *srv, char **err)

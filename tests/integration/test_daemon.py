@@ -121,9 +121,9 @@ def test_t_refuses_a_setting_not_implemented(tmp_path):
                     "-o", "security.api_keys.enabled=false"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     r = run_rhemad(["-t", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
-                    "-o", "security.audit.enabled=true"], cwd=tmp_path)
+                    "-o", "ai_service.caching.enabled=true"], cwd=tmp_path)
     assert r.returncode != 0, r.stdout
-    assert "-o security.audit.enabled=true: security.audit.enabled: not implemented" \
+    assert "-o ai_service.caching.enabled=true: ai_service.caching.enabled: not implemented" \
         in r.stderr, r.stderr
 
 

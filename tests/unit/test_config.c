@@ -138,6 +138,10 @@ static void check_defaults(const struct rhema_config *cfg)
     assert_string_equal(s, "Coordinator");
     assert_int_equal(rhema_config_get_string(cfg, "security.audit.file", &s), 0);
     assert_string_equal(s, "logs/audit.log");
+    assert_int_equal(rhema_config_get_bool(cfg, "security.audit.fail_closed", &b), 0);
+    assert_int_equal(b, 1);
+    assert_int_equal(rhema_config_get_int(cfg, "security.audit.batch_max_records", &i), 0);
+    assert_int_equal(i, 1024);
     assert_int_equal(rhema_config_get_string(cfg, "service.cors.allow_headers[1]", &s), 0);
     assert_string_equal(s, "Authorization");
     assert_int_equal(rhema_config_get_count(cfg, "service.cors.allow_headers"), 7);
@@ -399,6 +403,12 @@ static void test_out_of_range(void **state)
                      2,
                      "'advanced_features.compression.max_decompressed_bytes' must be between 1 "
                      "and 1073741824 (got 1073741825)");
+    expect_one_error("security: { audit: {\n batch_max_records = 0; }; };\n", 2,
+                     "'security.audit.batch_max_records' must be between 1 and 1000000 (got 0)");
+    expect_one_error("security: { audit: {\n batch_delay_ms = 1001; }; };\n", 2,
+                     "'security.audit.batch_delay_ms' must be between 0 and 1000 (got 1001)");
+    expect_one_error("security: { audit: {\n fail_closed = 1; }; };\n", 2,
+                     "'security.audit.fail_closed' must be a boolean (true or false)");
 }
 
 static void test_int_needs_l_suffix(void **state)
@@ -971,7 +981,6 @@ static void test_unimplemented_refused(void **state)
         { "security: { api_keys: {\n  enabled = true;\n}; };\n", 2, "security.api_keys.enabled" },
         { "security: {\n  rules = ( { path_prefix = \"/v1/keys\"; roles = [ \"admin\" ]; } );\n};\n",
           2, "security.rules" },
-        { "security: { audit: {\n  enabled = true; }; };\n", 2, "security.audit.enabled" },
     };
     char msg[256];
 
@@ -993,26 +1002,26 @@ static void test_unimplemented_all_reported(void **state)
                                "security: {\n"
                                "  api_keys = { enabled = true;\n"
                                "    keys = ( { name = \"ops\"; key_hash = \"h\"; } ); };\n"
-                               "  audit = { enabled = true; file = \"a.log\"; };\n"
                                "};\n"
                                "ai_service: {\n"
                                "  enabled = true; default_model = \"m\";\n"
                                "  models = ( { name = \"m\"; } );\n"
+                               "  caching = { enabled = true; };\n"
                                "};\n",
                                NULL, 0, &err),
                      RHEMA_EINVAL);
     /* the keys gated by a refused switch add nothing to its line */
     assert_err(err,
-               "%s:7: ai_service.enabled: not implemented in this version\n"
-               "%s:2: security.api_keys.enabled: not implemented in this version\n"
-               "%s:4: security.audit.enabled: not implemented in this version",
+               "%s:6: ai_service.enabled: not implemented in this version\n"
+               "%s:8: ai_service.caching.enabled: not implemented in this version\n"
+               "%s:2: security.api_keys.enabled: not implemented in this version",
                path, path, path);
     assert_null(cfg.priv);
     free(err);
     unlink(path);
 
     /* a file with another error gets that one first */
-    expect_one_error("security: { audit: { enabled = true; }; };\nservice: {\n  workrs = 2;\n};\n", 3,
+    expect_one_error("ai_service: { caching: { enabled = true; }; };\nservice: {\n  workrs = 2;\n};\n", 3,
                      "unknown key 'service.workrs'");
 }
 
@@ -1093,17 +1102,17 @@ static void test_unimplemented_overrides(void **state)
 
     /* an override of a refused file value to the default makes the file load */
     assert_int_equal(load_text(&cfg, path, sizeof path,
-                               "security: { audit: {\n  enabled = true; }; };\n", good, 1, &err),
+                               "ai_service: { caching: {\n  enabled = true; }; };\n", good, 1, &err),
                      RHEMA_EINVAL);
-    assert_err(err, "%s:2: security.audit.enabled: not implemented in this version", path);
+    assert_err(err, "%s:2: ai_service.caching.enabled: not implemented in this version", path);
     free(err);
     rhema_config_release(&cfg);
     unlink(path);
     {
-        static const char *const off[] = { "security.audit.enabled=false" };
+        static const char *const off[] = { "ai_service.caching.enabled=false" };
 
         assert_int_equal(load_text(&cfg, path, sizeof path,
-                                   "security: { audit: {\n  enabled = true; }; };\n", off, 1, &err),
+                                   "ai_service: { caching: {\n  enabled = true; }; };\n", off, 1, &err),
                          0);
         rhema_config_release(&cfg);
         unlink(path);

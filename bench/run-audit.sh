@@ -1,0 +1,183 @@
+#!/bin/sh
+# bench/run-audit.sh -- the cost of the audit log (security.audit): rhemad
+# with it off and on, in one run, on this machine.  A benchmark, not a
+# test: never part of `make check`.
+#
+#   1. GET /v1/sessions/{id} (memory backend): audit off, then on (one end
+#      record per request, batched, fdatasync per batch).  Issue 9 asks
+#      that a GET with authentication, authorization, rate limiting and
+#      auditing all on stay >= 0.85x the same GET with them off; this
+#      measures the audit's share of that budget alone.
+#   2. PUT of a 1 KiB session (memory backend): off, then on.  Each write
+#      waits for its begin record to be durable before its handler runs,
+#      so this is the worst case: no storage cost to hide the sync behind.
+#   3. PUT of a 1 KiB session (sqlite backend, synchronous=normal): off,
+#      then on.
+# Each pair runs one after the other against fresh daemons; the ratio is
+# on/off of the same pair.  The audit log is written under BENCH_AUDIT_DIR
+# (default: the temporary directory), whose file system is printed: on
+# tmpfs fdatasync is free and the numbers flatter the audit.
+#
+# Environment: BENCH_SECONDS (default 10), BENCH_THREADS (2), BENCH_CONNS
+# (32), BENCH_WORKERS (nproc), BENCH_WARMUP (2), BENCH_AUDIT_DIR,
+# top_builddir, WRK.
+# Exit status: 0 when the GET ratio is >= 0.85, 1 otherwise; 99 on a setup
+# error.
+
+set -u
+
+here=$(cd "$(dirname "$0")" && pwd)
+top_srcdir=$(cd "$here/.." && pwd)
+: "${top_builddir:=$top_srcdir}"
+SECONDS_=${BENCH_SECONDS:-10}
+THREADS=${BENCH_THREADS:-2}
+CONNS=${BENCH_CONNS:-32}
+WORKERS=${BENCH_WORKERS:-$(nproc 2>/dev/null || echo 2)}
+WARMUP=${BENCH_WARMUP:-2}
+WRK=${WRK:-wrk}
+RHEMAD=$top_builddir/rhemad
+RHEMACTL=$top_builddir/rhemactl
+PLUGIN_DIR=$top_builddir/plugins/.libs
+
+die() { echo "run-audit.sh: $*" >&2; exit 99; }
+
+command -v "$WRK" >/dev/null 2>&1 || die "wrk not found (set WRK=)"
+command -v curl >/dev/null 2>&1 || die "curl not found"
+[ -x "$RHEMAD" ] || die "$RHEMAD not built (make rhemad)"
+[ -f "$PLUGIN_DIR/storage_memory.so" ] || die "$PLUGIN_DIR/storage_memory.so not built"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/rhema-bench-audit.XXXXXX") || die "mktemp failed"
+AUDIT_DIR=${BENCH_AUDIT_DIR:-$tmp}
+pids=
+cleanup() {
+    for p in $pids; do kill -TERM "$p" 2>/dev/null; done
+    for p in $pids; do wait "$p" 2>/dev/null; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_ready() { # pid url
+    i=0
+    while [ $i -lt 100 ]; do
+        kill -0 "$1" 2>/dev/null || return 1
+        curl -fsS -o /dev/null --max-time 1 "$2" 2>/dev/null && return 0
+        sleep 0.1
+        i=$((i + 1))
+    done
+    return 1
+}
+
+stop() {
+    kill -TERM "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+    rest=
+    for p in $pids; do [ "$p" = "$1" ] || rest="$rest $p"; done
+    pids=$rest
+}
+
+wrk_rps() { awk '/^Requests\/sec:/ { print $2 }' "$1"; }
+wrk_check() {
+    if grep -q 'Non-2xx or 3xx responses' "$1" || grep -q 'Socket errors' "$1" ||
+        ! awk '/^Requests\/sec:/ { ok = $2 > 0 } END { exit !ok }' "$1"; then
+        echo "run-audit.sh: wrk reported errors or no requests:" >&2
+        cat "$1" >&2
+        return 1
+    fi
+}
+
+# start NAME AUDIT(on|off) BACKEND-ARGS...: sets rpid and base
+start() {
+    name=$1
+    audit=$2
+    shift 2
+    port=$(free_port)
+    set -- "$@" -o service.listen=127.0.0.1:"$port" -o service.workers="$WORKERS"
+    if [ "$audit" = on ]; then
+        rm -f "$AUDIT_DIR/$name.audit.log" "$AUDIT_DIR/$name.audit.log.key"
+        set -- "$@" -o security.audit.enabled=true -o security.audit.file="$AUDIT_DIR/$name.audit.log"
+    fi
+    "$RHEMAD" -f -P "$PLUGIN_DIR" "$@" >"$tmp/$name.log" 2>&1 &
+    rpid=$!
+    pids="$pids $rpid"
+    base=http://127.0.0.1:$port
+    wait_ready "$rpid" "$base/health/ready" || { cat "$tmp/$name.log" >&2; die "rhemad ($name) did not start"; }
+}
+
+pad=$(printf '%0900d' 0 | tr 0 x)
+
+# get_run NAME AUDIT: req/s of GET on one session
+get_run() {
+    start "$1" "$2" -o persistence.backend=memory
+    code=$(curl -sS -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Type: application/json' \
+        -d "{\"topic\":\"$pad\",\"participants\":[\"agent-1\",\"agent-2\"],\"status\":\"Active\"}" \
+        "$base/v1/sessions/bench-get")
+    [ "$code" = 201 ] || die "PUT of the GET benchmark's session answered $code"
+    "$WRK" -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$base/v1/sessions/bench-get" >/dev/null 2>&1
+    "$WRK" -t"$THREADS" -c"$CONNS" -d"${SECONDS_}s" "$base/v1/sessions/bench-get" >"$tmp/wrk-$1" 2>&1
+    wrk_check "$tmp/wrk-$1" || die "GET ($1) failed"
+    stop "$rpid"
+    wrk_rps "$tmp/wrk-$1"
+}
+
+# put_run NAME AUDIT BACKEND-ARGS...: req/s of PUT of new sessions
+put_run() {
+    n=$1
+    start "$@"
+    "$WRK" -t"$THREADS" -c"$CONNS" -d"${SECONDS_}s" -s "$here/put_session.lua" "$base" >"$tmp/wrk-$n" 2>&1
+    wrk_check "$tmp/wrk-$n" || die "PUT ($n) failed"
+    stop "$rpid"
+    wrk_rps "$tmp/wrk-$n"
+}
+
+echo "machine: $(nproc) cores; wrk -t$THREADS -c$CONNS -d${SECONDS_}s; $WORKERS workers"
+echo "audit log on $(stat -f -c %T "$AUDIT_DIR") ($AUDIT_DIR)"
+
+echo "GET, audit off / on ..."
+get_off=$(get_run get-off off)
+get_on=$(get_run get-on on)
+echo "PUT memory, audit off / on ..."
+put_mem_off=$(put_run put-mem-off off -o persistence.backend=memory)
+put_mem_on=$(put_run put-mem-on on -o persistence.backend=memory)
+have_sqlite=0
+if [ -f "$PLUGIN_DIR/storage_sqlite.so" ]; then
+    have_sqlite=1
+    echo "PUT sqlite, audit off / on ..."
+    mkdir -p "$tmp/off" "$tmp/on"
+    put_sql_off=$(put_run put-sql-off off -o persistence.backend=sqlite \
+        -o persistence.sqlite.path="$tmp/off/rhema.db" -o persistence.sqlite.synchronous=normal)
+    put_sql_on=$(put_run put-sql-on on -o persistence.backend=sqlite \
+        -o persistence.sqlite.path="$tmp/on/rhema.db" -o persistence.sqlite.synchronous=normal)
+fi
+
+# the logs written must verify: a fast run that wrote a broken log is no result
+for f in "$AUDIT_DIR"/get-on.audit.log "$AUDIT_DIR"/put-mem-on.audit.log; do
+    if [ -x "$RHEMACTL" ]; then
+        "$RHEMACTL" audit verify "$f" >"$tmp/verify.out" 2>&1 || { cat "$tmp/verify.out" >&2; die "$f does not verify"; }
+        lines=$(wc -l <"$f")
+        echo "$(basename "$f"): $lines records, $(head -n1 "$tmp/verify.out")"
+    fi
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
+get_ratio=$(ratio "$get_on" "$get_off")
+echo
+printf '%-44s %12s %12s %8s\n' "measurement (req/s)" "audit off" "audit on" "on/off"
+printf '%-44s %12s %12s %8s\n' "GET /v1/sessions/{id}, memory" "$get_off" "$get_on" "$get_ratio"
+printf '%-44s %12s %12s %8s\n' "PUT 1 KiB session, memory" "$put_mem_off" "$put_mem_on" \
+    "$(ratio "$put_mem_on" "$put_mem_off")"
+if [ $have_sqlite = 1 ]; then
+    printf '%-44s %12s %12s %8s\n' "PUT 1 KiB session, sqlite (normal)" "$put_sql_off" "$put_sql_on" \
+        "$(ratio "$put_sql_on" "$put_sql_off")"
+fi
+echo
+if awk -v r="$get_ratio" 'BEGIN { exit !(r >= 0.85) }'; then
+    echo "GET ratio audit on/off = $get_ratio (issue 9's budget for every security stage together: >= 0.85)  PASS"
+    exit 0
+fi
+echo "GET ratio audit on/off = $get_ratio (issue 9's budget for every security stage together: >= 0.85)  FAIL"
+exit 1
