@@ -716,7 +716,10 @@ static int check_if_match(uint64_t if_match, int exists, uint64_t version, const
     if (if_match == RHEMA_VERSION_ABSENT && exists)
         return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "%s '%s' already exists (version %llu)",
                                 what, id, (unsigned long long)version);
-    if (if_match && if_match != RHEMA_VERSION_ABSENT && (!exists || version != if_match)) {
+    if (if_match == RHEMA_VERSION_PRESENT && !exists)
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "%s '%s' does not exist (If-Match: *)",
+                                what, id);
+    if (RHEMA_IF_MATCH_VERSION(if_match) && (!exists || version != if_match)) {
         if (!exists)
             return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
                                     "%s '%s' does not exist (If-Match expected version %llu)", what,

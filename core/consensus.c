@@ -314,7 +314,10 @@ static int check_if_match(uint64_t if_match, const json_t *cur, uint64_t version
         return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
                                 "consensus state of node '%s' already exists (version %llu)", node,
                                 (unsigned long long)version);
-    if (if_match && if_match != RHEMA_VERSION_ABSENT && (!cur || version != if_match)) {
+    if (if_match == RHEMA_VERSION_PRESENT && !cur)
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                "consensus state of node '%s' does not exist (If-Match: *)", node);
+    if (RHEMA_IF_MATCH_VERSION(if_match) && (!cur || version != if_match)) {
         if (!cur)
             return rhema_set_errbuf(
                 err, RHEMA_EPRECONDITION,
@@ -408,7 +411,7 @@ int rhema_consensus_state_put(struct rhema_store *st, const char *node, json_t *
         if (rc == RHEMA_ECONFLICT) {
             json_decref(cur);
             json_decref(rec);
-            if (if_match)
+            if (RHEMA_IF_MATCH_VERSION(if_match))
                 return rhema_set_errbuf(
                     err, RHEMA_EPRECONDITION,
                     "consensus state of node '%s' changed concurrently (If-Match)", node);

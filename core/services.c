@@ -180,7 +180,10 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
             json_decref(cur);
             return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "service '%s' already exists", id);
         }
-        if (if_match && if_match != RHEMA_VERSION_ABSENT && (!cur || version != if_match)) {
+        if (if_match == RHEMA_VERSION_PRESENT && !cur)
+            return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                    "service '%s' does not exist (If-Match: *)", id);
+        if (RHEMA_IF_MATCH_VERSION(if_match) && (!cur || version != if_match)) {
             json_decref(cur);
             return rhema_set_errbuf(
                 err, RHEMA_EPRECONDITION,
@@ -238,7 +241,7 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
         json_decref(rec);
         if (rc != RHEMA_ECONFLICT && rc != RHEMA_ENOTFOUND)
             return rc;
-        if (if_match) /* the version the client named is gone */
+        if (RHEMA_IF_MATCH_VERSION(if_match)) /* the version the client named is gone */
             return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "service '%s' changed meanwhile", id);
     }
     return rhema_set_errbuf(err, RHEMA_ECONFLICT, "service '%s': too many concurrent writers", id);
@@ -301,7 +304,7 @@ int rhema_service_delete(struct rhema_store *st, const char *id, uint64_t if_mat
         if (!cur)
             return rhema_set_errbuf(err, if_match ? RHEMA_EPRECONDITION : RHEMA_ENOTFOUND,
                                     "service '%s' not found", id);
-        if (if_match && version != if_match) {
+        if (RHEMA_IF_MATCH_VERSION(if_match) && version != if_match) {
             json_decref(cur);
             return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "service '%s' is at another version",
                                     id);

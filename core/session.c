@@ -666,7 +666,10 @@ static int check_if_match(uint64_t if_match, const json_t *cur, uint64_t version
         return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
                                 "session '%s' already exists (version %llu)", id,
                                 (unsigned long long)version);
-    if (if_match && if_match != RHEMA_VERSION_ABSENT && (!cur || version != if_match)) {
+    if (if_match == RHEMA_VERSION_PRESENT && !cur)
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                "session '%s' does not exist (If-Match: *)", id);
+    if (RHEMA_IF_MATCH_VERSION(if_match) && (!cur || version != if_match)) {
         if (!cur)
             return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
                                     "session '%s' does not exist (If-Match expected version %llu)",
@@ -1023,7 +1026,7 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
         rc = RHEMA_ECONFLICT;
     }
     if (rc == RHEMA_ECONFLICT) {
-        if (op->if_match) { /* the version the client named was just replaced */
+        if (RHEMA_IF_MATCH_VERSION(op->if_match)) { /* the version named was just replaced */
             op->rc = rhema_set_errbuf(op->err, RHEMA_EPRECONDITION,
                                       "session '%s' changed concurrently (If-Match)", op->id);
             return 0;

@@ -22,6 +22,15 @@
 _Static_assert(RHEMA_EPRECONDITION <= RHEMA_E_HOST_MAX && RHEMA_EPRECONDITION >= RHEMA_E_HOST_MIN,
                "RHEMA_EPRECONDITION must lie in the host's reserved error range");
 
+/*
+ * If-Match: * -- the resource must exist, at any version (RFC 9110 13.1.1).
+ * A host-side precondition: stores check it and never pass it to a plugin.
+ * RHEMA_IF_MATCH_VERSION(m) is true when m names one version.
+ */
+#define RHEMA_VERSION_PRESENT (UINT64_MAX - 1)
+#define RHEMA_IF_MATCH_VERSION(m)                                                                  \
+    ((m) != RHEMA_VERSION_ANY && (m) != RHEMA_VERSION_ABSENT && (m) != RHEMA_VERSION_PRESENT)
+
 #define RHEMA_LIST_LIMIT_DEFAULT 50
 #define RHEMA_LIST_LIMIT_MAX 1000
 
