@@ -880,9 +880,19 @@ static int agent_write(struct rhema_store *st, enum agent_op kind, const char *i
         }
         rc = st->vt->batch(st->conn, a.ws.w, a.ws.n);
         if (rc == RHEMA_ENOTFOUND) {
-            /* an index entry to delete is missing: repair (or the agent went away) */
-            rhema_log(RHEMA_LOG_WARN, "agents", "agent '%s': index entry missing; repairing", id);
-            repair = 1;
+            /*
+             * A delete found nothing: the agent went away or changed
+             * meanwhile (a concurrent writer won: the next attempt sees it),
+             * or, still at the version read, an index entry is missing:
+             * repair that, and only that deserves a warning.
+             */
+            struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
+            if (a.cur && st->vt->get(st->conn, NS_AGENTS, id, &v) == 0 &&
+                v.version == a.version) {
+                rhema_log(RHEMA_LOG_WARN, "agents", "agent '%s': index entry missing; repairing",
+                          id);
+                repair = 1;
+            }
             continue;
         }
         if (rc == RHEMA_ECONFLICT)

@@ -1016,11 +1016,15 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
     struct op_state *s = op->priv;
     if (rc == RHEMA_ENOTFOUND) {
         /*
-         * A delete in the batch found nothing: an index entry is missing
-         * (repair it: drop such deletes next time) or the record itself
-         * went away meanwhile (the next prepare sees that).
+         * A delete in the batch found nothing: the record itself went away
+         * or changed meanwhile (another writer's delete won the race: the
+         * next prepare sees that), or, with the record still at the version
+         * this op read, an index entry is missing (repair it: drop such
+         * deletes next time).  Only the second is worth a warning.
          */
-        if (s->repair++ == 0)
+        struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
+        int grc = s->cur ? st->vt->get(st->conn, NS_SESSIONS, op->id, &v) : RHEMA_ENOTFOUND;
+        if (grc == 0 && v.version == s->version && s->repair++ == 0)
             rhema_log(RHEMA_LOG_WARN, "session", "session '%s': index entry missing; repairing",
                       op->id);
         rc = RHEMA_ECONFLICT;
@@ -1105,9 +1109,10 @@ static void op_got(void *ctx, size_t i, int rc, const struct rhema_storage_value
 void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops, size_t n)
 {
     struct rhema_session_op **todo = malloc(n * sizeof *todo);
+    struct rhema_session_op **wait = malloc(n * sizeof *wait);
     struct rhema_storage_batch *group = malloc(n * sizeof *group);
     size_t ntodo = 0;
-    if (!todo || !group) {
+    if (!todo || !wait || !group) {
         for (size_t i = 0; i < n; i++)
             ops[i]->rc = rhema_set_errbuf(ops[i]->err, RHEMA_ENOMEM, "out of memory");
         goto out;
@@ -1115,7 +1120,26 @@ void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops
     for (size_t i = 0; i < n; i++)
         todo[ntodo++] = ops[i];
     while (ntodo) {
-        size_t m = 0;
+        size_t m = 0, nwait = 0;
+        /*
+         * One op per session in each round, in arrival order: the others of
+         * the same session wait for the next round (their turn) instead of
+         * losing a compare-and-set against the op before them -- fifty
+         * writers of one session would otherwise spend the retries of all
+         * but a few.  Waiting costs no attempt.
+         */
+        for (size_t i = 0; i < ntodo; i++) {
+            size_t j;
+            for (j = 0; j < m; j++)
+                if (strcmp(todo[j]->id, todo[i]->id) == 0)
+                    break;
+            if (j < m)
+                wait[nwait++] = todo[i];
+            else
+                todo[m++] = todo[i];
+        }
+        ntodo = m;
+        m = 0;
         read_ahead(st, NS_SESSIONS, ntodo, op_key, op_got, todo);
         /* prepare: ops finished early (errors, replays) drop out */
         for (size_t i = 0; i < ntodo; i++)
@@ -1123,7 +1147,7 @@ void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops
                 todo[m++] = todo[i];
         ntodo = m;
         if (!ntodo)
-            break;
+            goto next;
         for (size_t i = 0; i < ntodo; i++)
             group[i] = todo[i]->batch;
         int grc = 0;
@@ -1138,9 +1162,13 @@ void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops
             if (rhema_session_op_finish(st, todo[i], grc ? grc : group[i].result))
                 todo[m++] = todo[i];
         ntodo = m;
+    next: /* the retries first, then the ops that waited, each in arrival order */
+        memcpy(todo + ntodo, wait, nwait * sizeof *wait);
+        ntodo += nwait;
     }
 out:
     free(todo);
+    free(wait);
     free(group);
 }
 

@@ -86,3 +86,67 @@ def test_empty_configuration_name_is_400(srv):
         assert "configuration name" in err["error"]["message"]
     st, _, err = srv.json("PUT", "/v1/configurations/", {"config_data": {}})
     assert st == 400, err
+
+
+# ---- item 15: unconditional writes wait their turn; deletes raise no false alarm ----
+
+def concurrently(n, fn):
+    """Run fn(i) for i in range(n) on n threads at once; their results in order."""
+    import threading
+    results = [None] * n
+    barrier = threading.Barrier(n)
+
+    def run(i):
+        try:
+            barrier.wait(timeout=30)
+            results[i] = fn(i)
+        except Exception as e:  # noqa: BLE001 -- reported by the assertion below
+            results[i] = e
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a client thread did not finish"
+    return results
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_50_concurrent_unconditional_puts_all_succeed(daemons, tmp_path, backend):
+    d = start(daemons, tmp_path, backend, workers=4)
+    sid = new_id("hot")
+    assert d.request("PUT", f"/v1/sessions/{sid}", {"topic": "start"}).status == 201
+    statuses = concurrently(50, lambda i: d.request(
+        "PUT", f"/v1/sessions/{sid}", {"topic": f"writer {i}"}, timeout=60).status)
+    assert statuses == [200] * 50, statuses
+    st, _, rec = d.json("GET", f"/v1/sessions/{sid}")
+    assert st == 200 and rec["version"] > 1
+    assert rec["topic"].startswith("writer ")
+    # appends too: 50 different messages, every one kept
+    statuses = concurrently(50, lambda i: d.request(
+        "POST", f"/v1/sessions/{sid}/messages",
+        {"id": f"m{i}", "message_type": "note", "sender_id": "a", "content": str(i)},
+        timeout=60).status)
+    assert statuses == [201] * 50, statuses
+    st, _, rec = d.json("GET", f"/v1/sessions/{sid}")
+    assert sorted(m["id"] for m in rec["messages"]) == sorted(f"m{i}" for i in range(50))
+    assert "being written concurrently" not in d.log()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_deletes_log_no_false_index_warning(daemons, tmp_path, backend):
+    d = start(daemons, tmp_path, backend, workers=4)
+    sids = [new_id("del") for _ in range(10)]
+    for sid in sids:
+        st = d.request("PUT", f"/v1/sessions/{sid}",
+                       {"topic": "t", "participants": ["alice", "bob"]}).status
+        assert st == 201
+    # every session deleted by 5 clients at once: one 204, the others 404
+    statuses = concurrently(50, lambda i: d.request(
+        "DELETE", f"/v1/sessions/{sids[i % 10]}", timeout=60).status)
+    assert sorted(statuses) == sorted([204] * 10 + [404] * 40), statuses
+    for sid in sids:
+        assert d.request("GET", f"/v1/sessions/{sid}").status == 404
+    st, _, page = d.json("GET", "/v1/sessions?participant=alice")
+    assert st == 200 and page["items"] == []
+    assert "index entry missing" not in d.log()
