@@ -439,8 +439,8 @@ static int scan_one(void *arg, const char *key, const void *value, size_t value_
     struct scan_ctx *s = arg;
     struct rhema_buf plain;
     int rc = decode(s->c, s->ns, key, value, value_len, &plain);
-    if (rc)
-        return rc; /* < 0: scan() returns it */
+    if (rc) /* one unreadable value: the entry is reported, the scan goes on (atrest.h) */
+        return s->cb(s->ctx, key, NULL, 0, version);
     if (!plain.data)
         return s->cb(s->ctx, key, value, value_len, version);
     rc = s->cb(s->ctx, key, plain.data, plain.len, version);

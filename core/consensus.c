@@ -454,6 +454,8 @@ struct ent_list {
 static int collect_ent(void *ctx, const char *key, const void *value, size_t len, uint64_t ver)
 {
     struct ent_list *l = ctx;
+    if (!value) /* unreadable (atrest.h) */
+        return RHEMA_ECORRUPT;
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 64;
         void *nv = realloc(l->v, cap * sizeof *l->v);
@@ -1104,6 +1106,8 @@ static int collect_node(void *ctx, const char *key, const void *value, size_t le
 {
     struct node_list *nl = ctx;
     struct ent_list *l = &nl->l;
+    if (!value) /* unreadable (atrest.h) */
+        return RHEMA_ECORRUPT;
     if (l->n == l->cap || l->n == nl->kcap) {
         size_t cap = l->cap ? l->cap * 2 : 64;
         void *nv = realloc(l->v, cap * sizeof *l->v);

@@ -1278,7 +1278,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
     char from[IDX_KEY_MAX + 2], to[IDX_KEY_MAX + 2];
     const char *ns = NS_SESSIONS, *prefix = NULL;
     struct rhema_key_list ids = {0};
-    json_t *items = NULL;
+    json_t *items = NULL, *unreadable = NULL;
     char *text = NULL;
 
     if (limit == 0)
@@ -1312,6 +1312,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
     }
     int have_from = prefix || cursor;
     items = json_array();
+    unreadable = json_array();
     int more = 0;
     /* Scan in chunks: a participant filter on the status index may skip entries. */
     while (json_array_size(items) <= limit) {
@@ -1330,6 +1331,10 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
             if (json_array_size(items) > limit)
                 break;
             rc = load_current(st, ids.v[i], &cur, &version, err);
+            if (rc == RHEMA_ECORRUPT) { /* named, not fatal: the others are still readable */
+                json_array_append_new(unreadable, json_string(ids.v[i]));
+                continue;
+            }
             if (rc)
                 goto out;
             if (!cur)
@@ -1343,6 +1348,10 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
             struct access_rec a;
             if ((rc = access_read(st, ids.v[i], &a))) {
                 json_decref(cur);
+                if (rc == RHEMA_ECORRUPT) {
+                    json_array_append_new(unreadable, json_string(ids.v[i]));
+                    continue;
+                }
                 rc = rhema_store_error(st, rc, "reading access counts", err);
                 goto out;
             }
@@ -1374,12 +1383,21 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
     }
     json_t *page = json_object();
     json_object_set(page, "items", items);
+    const char *next = NULL;
     if (more) {
         json_t *last = json_array_get(items, limit - 1);
         json_object_set(page, "next_cursor", json_object_get(last, "id"));
+        next = json_string_value(json_object_get(last, "id"));
     } else {
         json_object_set_new(page, "next_cursor", json_null());
     }
+    /* unreadable records of this page's range; those past next_cursor come with the next page */
+    if (next)
+        for (size_t i = json_array_size(unreadable); i-- > 0;)
+            if (strcmp(json_string_value(json_array_get(unreadable, i)), next) > 0)
+                json_array_remove(unreadable, i);
+    if (json_array_size(unreadable))
+        json_object_set(page, "unreadable", unreadable);
     text = json_dumps(page, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(page);
     if (!text) {
@@ -1392,6 +1410,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
 out:
     rhema_key_list_release(&ids);
     json_decref(items);
+    json_decref(unreadable);
     return rc;
 }
 
