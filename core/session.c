@@ -1270,6 +1270,117 @@ int rhema_session_append_message(struct rhema_store *st, const char *id, json_t 
 
 /* ---- listing ---- */
 
+#define INTERSECT_CHUNK 128 /* index entries read per scan of an intersection */
+
+/* Scan up to INTERSECT_CHUNK ids of index ns under prefix, from `from` (incl.) or after it. */
+static int index_chunk(struct rhema_store *st, const char *ns, const char *prefix,
+                       const char *from, int after, struct rhema_key_list *l)
+{
+    char f[IDX_KEY_MAX + 2], t[IDX_KEY_MAX + 2];
+    snprintf(f, sizeof f, "%s/%s%s", prefix, from ? from : "", from && after ? "\x01" : "");
+    snprintf(t, sizeof t, "%s0", prefix); /* '0' follows '/' */
+    rhema_key_list_clear(l);
+    l->strip = strlen(prefix) + 1;
+    return st->vt->scan(st->conn, ns, f, t, INTERSECT_CHUNK, rhema_key_list_collect, l);
+}
+
+/*
+ * The ids in both the status and the participant index, in id order, after
+ * `after` (NULL: from the first): up to `want` of them appended to out;
+ * *done when there are no more.  Both indexes are read a chunk at a time
+ * from the same place; when one side ends within its chunk it is the
+ * smaller: its ids are checked against the other (in the other's chunk, or
+ * by a get past it) and nothing more of the larger index is read.  While
+ * both chunks are full the walk leaps past ids that cannot match.  So a
+ * participant of ten sessions costs a few reads whatever the number of
+ * Active sessions, and the reverse.
+ */
+static int index_intersect(struct rhema_store *st, const char *status, const char *participant,
+                           const char *after, size_t want, struct rhema_key_list *out, int *done)
+{
+    struct rhema_key_list a = {0}, b = {0};
+    char cur[RHEMA_ID_MAX + 2] = "";
+    int excl = after != NULL, rc = 0;
+    if (after)
+        snprintf(cur, sizeof cur, "%s", after);
+    *done = 0;
+    while (out->n < want) {
+        if ((rc = index_chunk(st, NS_BY_STATUS, status, *cur || excl ? cur : NULL, excl, &a)) ||
+            (rc = index_chunk(st, NS_BY_PARTICIPANT, participant, *cur || excl ? cur : NULL,
+                              excl, &b)))
+            goto out;
+        if (a.n == 0 || b.n == 0) {
+            *done = 1;
+            break;
+        }
+        int full_a = a.n == INTERSECT_CHUNK, full_b = b.n == INTERSECT_CHUNK;
+        if (!full_a || !full_b) {
+            /* one side is complete: walk it, look each id up on the other side */
+            struct rhema_key_list *sm = !full_a ? &a : &b, *lg = !full_a ? &b : &a;
+            const char *lg_ns = !full_a ? NS_BY_PARTICIPANT : NS_BY_STATUS;
+            const char *lg_prefix = !full_a ? participant : status;
+            const char *lg_end = lg->n == INTERSECT_CHUNK ? lg->v[lg->n - 1] : NULL;
+            size_t j = 0;
+            for (size_t i = 0; i < sm->n && out->n < want; i++) {
+                const char *id = sm->v[i];
+                int found = 0;
+                if (!lg_end || strcmp(id, lg_end) <= 0) {
+                    while (j < lg->n && strcmp(lg->v[j], id) < 0)
+                        j++;
+                    found = j < lg->n && strcmp(lg->v[j], id) == 0;
+                } else {
+                    char k[IDX_KEY_MAX + 2];
+                    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
+                    snprintf(k, sizeof k, "%s/%s", lg_prefix, id);
+                    rc = st->vt->get(st->conn, lg_ns, k, &v);
+                    if (rc && rc != RHEMA_ENOTFOUND && rc != RHEMA_ECORRUPT)
+                        goto out;
+                    found = rc != RHEMA_ENOTFOUND;
+                    rc = 0;
+                }
+                if (found && (rc = rhema_key_list_collect(out, id, NULL, 0, 0)))
+                    goto out;
+            }
+            if (out->n < want)
+                *done = 1;
+            break;
+        }
+        /* both full: the matches up to the smaller end are all in the two chunks */
+        size_t i = 0, j = 0;
+        while (i < a.n && j < b.n && out->n < want) {
+            int c = strcmp(a.v[i], b.v[j]);
+            if (c == 0) {
+                if ((rc = rhema_key_list_collect(out, a.v[i], NULL, 0, 0)))
+                    goto out;
+                i++, j++;
+            } else if (c < 0) {
+                i++;
+            } else {
+                j++;
+            }
+        }
+        if (out->n >= want)
+            break;
+        const char *end_a = a.v[a.n - 1], *end_b = b.v[b.n - 1];
+        if (strcmp(end_a, b.v[0]) < 0) { /* leap: nothing of a's chunk is in b */
+            snprintf(cur, sizeof cur, "%s", b.v[0]);
+            excl = 0;
+        } else if (strcmp(end_b, a.v[0]) < 0) {
+            snprintf(cur, sizeof cur, "%s", a.v[0]);
+            excl = 0;
+        } else {
+            snprintf(cur, sizeof cur, "%s", strcmp(end_a, end_b) < 0 ? end_a : end_b);
+            excl = 1;
+        }
+    }
+out:
+    if (rc && (a.oom || b.oom))
+        out->oom = 1;
+    rhema_key_list_release(&a);
+    rhema_key_list_release(&b);
+    return rc;
+}
+
 int rhema_session_list(struct rhema_store *st, const char *status, const char *participant,
                        size_t limit, const char *cursor, char **out, size_t *out_len,
                        char err[RHEMA_ERRMSG_MAX])
@@ -1295,7 +1406,11 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
     if (cursor && !rhema_id_valid(cursor))
         return rhema_set_errbuf(err, RHEMA_EINVAL,
                                 "parameter 'cursor': not a cursor this server issued");
-    /* Pick the index: status when given (participant then filters), else participant. */
+    /* Pick the index: both (their intersection), status, participant, or none. */
+    int both = status && participant;
+    char after[RHEMA_ID_MAX + 1] = "";
+    if (cursor)
+        snprintf(after, sizeof after, "%s", cursor);
     if (status) {
         ns = NS_BY_STATUS;
         prefix = status;
@@ -1311,15 +1426,24 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
         snprintf(from, sizeof from, "%s\x01", cursor);
     }
     int have_from = prefix || cursor;
+    if (both)
+        ids.strip = 0; /* index_intersect() collects bare ids */
     items = json_array();
     unreadable = json_array();
     int more = 0;
-    /* Scan in chunks: a participant filter on the status index may skip entries. */
+    /* Read in chunks: a record deleted meanwhile or unreadable is skipped. */
     while (json_array_size(items) <= limit) {
         size_t want = limit + 1 - json_array_size(items);
+        int done = 0;
         rhema_key_list_clear(&ids);
-        rc = st->vt->scan(st->conn, ns, have_from ? from : NULL, prefix ? to : NULL, want,
-                          rhema_key_list_collect, &ids);
+        if (both) {
+            rc = index_intersect(st, status, participant, *after ? after : NULL, want, &ids,
+                                 &done);
+        } else {
+            rc = st->vt->scan(st->conn, ns, have_from ? from : NULL, prefix ? to : NULL, want,
+                              rhema_key_list_collect, &ids);
+            done = ids.n < want;
+        }
         if (rc) {
             rc = ids.oom ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
                          : rhema_store_error(st, rc, "listing sessions", err);
@@ -1367,10 +1491,11 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
             }
             json_array_append_new(items, cur);
         }
-        if (ids.n < want)
+        if (done || ids.n == 0)
             break; /* the range is exhausted */
         /* continue after the last key scanned */
         const char *last_id = ids.v[ids.n - 1];
+        snprintf(after, sizeof after, "%s", last_id);
         if (prefix)
             snprintf(from, sizeof from, "%s/%s\x01", prefix, last_id);
         else

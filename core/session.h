@@ -74,8 +74,10 @@ int rhema_session_append_message(struct rhema_store *st, const char *id, json_t 
                                  char err[RHEMA_ERRMSG_MAX]);
 /*
  * One page of sessions in id order, filtered by status and/or participant
- * (NULL: any) through the indexes.  cursor: NULL or the next_cursor of the
- * previous page.  *out receives `{"items":[...],"next_cursor":...}` text.
+ * (NULL: any) through the indexes (both: their intersection, walked from
+ * the smaller side).  cursor: NULL or the next_cursor of the previous page.
+ * *out receives `{"items":[...],"next_cursor":...}` text, with
+ * "unreadable":[ids] when records of the page's range could not be read.
  */
 int rhema_session_list(struct rhema_store *st, const char *status, const char *participant,
                        size_t limit, const char *cursor, char **out, size_t *out_len,
