@@ -100,6 +100,13 @@ int rhema_atrest_wrap(const struct rhema_storage_plugin *real, rhema_storage_ins
                       const struct rhema_codecs *codecs, struct rhema_keyring *kr, int compress,
                       int encrypt, struct rhema_atrest **out, char **err);
 /*
+ * persistence.max_record_size_bytes: a put whose plain value is longer is
+ * refused with RHEMA_ETOOBIG (the cause in errmsg()) before the real plugin
+ * sees it; in a batch or a group member, nothing of that batch is written.
+ * 0: no limit.  Call before the first connection.
+ */
+void rhema_atrest_set_max_record(struct rhema_atrest *a, uint64_t bytes);
+/*
  * Free the wrapper alone, after every connection of it is disconnected:
  * the real instance stays open and is the caller's again (tests, and a
  * caller that wants to re-wrap with other options).

@@ -147,6 +147,8 @@ static const struct key schema[] = {
     INTF("persistence.cleanup_interval_hours", 24, 1, 8760, cleanup_interval_hours),
     INTF("persistence.data_retention_days", 30, 1, 36500, data_retention_days),
     I64F("persistence.max_data_size_bytes", 0, 0, INT64_MAX, max_data_size_bytes),
+    I64F("persistence.max_record_size_bytes", 16777216, 1024, INT64_C(1073741824),
+         max_record_size_bytes),
     BOOLF("persistence.enable_compression", 0, enable_compression),
     BOOLF("persistence.enable_encryption", 0, enable_encryption),
 

@@ -68,6 +68,7 @@ struct rhema_config {
     int cleanup_interval_hours;  /* 24; 1 .. 8760 */
     int data_retention_days;     /* 30; 1 .. 36500 */
     int64_t max_data_size_bytes; /* 0: unlimited */
+    int64_t max_record_size_bytes; /* 16 MiB; 1024 .. 1 GiB: one stored value at most */
     int enable_compression;      /* false */
     int enable_encryption;       /* false */
 

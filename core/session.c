@@ -911,6 +911,29 @@ static int compose_delete(struct rhema_store *st, struct rhema_session_op *op, s
     return 0;
 }
 
+/*
+ * The answer to an append: the message as stored and what a client needs
+ * to go on (the session's version, which is also the ETag, its stored size
+ * and its number of messages) -- not the whole session, which an append
+ * would otherwise echo in full every time.
+ */
+static int append_answer(struct rhema_session_op *op, json_t *msg, uint64_t version,
+                         json_int_t size_bytes, size_t count)
+{
+    json_t *a = json_pack("{s:s,s:I,s:I,s:I,s:O}", "session_id", op->id, "version",
+                          (json_int_t)version, "size_bytes", size_bytes, "message_count",
+                          (json_int_t)count, "message", msg);
+    char *t = a ? json_dumps(a, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(a);
+    if (!t)
+        return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
+    rhema_record_release(&op->rec);
+    op->rec.json = t;
+    op->rec.len = strlen(t);
+    op->rec.version = version;
+    return 0;
+}
+
 /* APPEND: 1 when composed, 0 when finished early (a replay, or an error in op->rc). */
 static int compose_append(struct rhema_store *st, struct rhema_session_op *op, struct op_state *s)
 {
@@ -935,9 +958,11 @@ static int compose_append(struct rhema_store *st, struct rhema_session_op *op, s
             json_decref(a);
             json_decref(b);
         }
-        if (same) { /* a retry of the same append: answer the record */
+        if (same) { /* a retry of the same append: answer the stored message */
             op->created = 0;
-            op->rc = rhema_session_get(st, op->id, &op->rec, op->err);
+            op->rc = append_answer(op, m, s->version,
+                                   json_integer_value(json_object_get(s->cur, "size_bytes")),
+                                   json_array_size(msgs));
             return 0;
         }
         op->rc = rhema_set_errbuf(op->err, RHEMA_ECONFLICT,
@@ -1057,6 +1082,11 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
         return 0;
     }
     op->created = op->kind == RHEMA_SOP_PUT ? s->cur == NULL : 1;
+    if (op->kind == RHEMA_SOP_APPEND) {
+        op->rc = append_answer(op, op->input, s->ws.w[0].new_version, (json_int_t)s->len,
+                               json_array_size(json_object_get(s->cur, "messages")) + 1);
+        return 0;
+    }
     if (!s->cur) { /* just created: no reads counted yet, nothing to look up */
         rc = make_record(s->text, s->len, s->ws.w[0].new_version, 0, 0, &op->rec);
         op->rc = rc ? rhema_set_errbuf(op->err, rc, "out of memory") : 0;

@@ -86,6 +86,8 @@ def make_sessions(d, tag, n=5, messages=2):
                    "timestamp": "2026-03-04T05:06:07Z"}
             st, h, rec = d.json("POST", f"/v1/sessions/{sid}/messages", msg)
             assert st == 201, rec
+        st, h, rec = d.json("GET", f"/v1/sessions/{sid}")
+        assert st == 200, rec
         want[sid] = rec
     return want
 

@@ -150,3 +150,60 @@ def test_concurrent_deletes_log_no_false_index_warning(daemons, tmp_path, backen
     st, _, page = d.json("GET", "/v1/sessions?participant=alice")
     assert st == 200 and page["items"] == []
     assert "index entry missing" not in d.log()
+
+
+# ---- item 9: persistence.max_record_size_bytes; an append answers the message ----
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_record_size_limit_refuses_and_changes_nothing(daemons, tmp_path, backend):
+    d = start(daemons, tmp_path, backend, overrides=["persistence.max_record_size_bytes=4096"])
+    sid = new_id("big")
+    st, h, rec = d.json("PUT", f"/v1/sessions/{sid}", {"topic": "t"})
+    assert st == 201, rec
+    # appends grow the record until one would pass the limit
+    n = 0
+    while True:
+        st, h2, ans = d.json("POST", f"/v1/sessions/{sid}/messages",
+                             {"id": f"m{n}", "message_type": "note", "sender_id": "a",
+                              "content": "x" * 500})
+        if st != 201:
+            break
+        assert ans["size_bytes"] <= 4096 and ans["message_count"] == n + 1
+        assert len(d.request("POST", f"/v1/sessions/{sid}/messages",
+                             {"id": f"m{n}", "message_type": "note", "sender_id": "a",
+                              "content": "x" * 500}).body) < 1024  # the message, not the session
+        n += 1
+        assert n < 20, "the limit never applied"
+    assert st == 413, ans
+    assert ans["error"]["code"] == "too_large"
+    assert "persistence.max_record_size_bytes" in ans["error"]["message"]
+    assert n >= 3
+    st, _, now = d.json("GET", f"/v1/sessions/{sid}")
+    assert st == 200 and len(now["messages"]) == n and now["size_bytes"] <= 4096
+    version = now["version"]
+    # a PUT of a record over the limit: refused too, nothing changed
+    st, _, err = d.json("PUT", f"/v1/sessions/{sid}", {"topic": "y" * 1000,
+                                                        "decisions": [{"d": "z" * 4000}]})
+    assert st == 413 and "persistence.max_record_size_bytes" in err["error"]["message"], err
+    st, _, now = d.json("GET", f"/v1/sessions/{sid}")
+    assert now["version"] == version and now["topic"] == "t"
+    # the limit applies to every record, not only sessions
+    st, _, err = d.json("PUT", "/v1/configurations/big", {"config_data": {"v": "c" * 5000}})
+    assert st == 413, err
+    assert d.request("GET", "/v1/configurations/big").status == 404
+    # a new session over the limit is not created
+    st, _, err = d.json("PUT", f"/v1/sessions/{sid}-2", {"topic": "t",
+                                                          "decisions": [{"d": "z" * 5000}]})
+    assert st == 413, err
+    assert d.request("GET", f"/v1/sessions/{sid}-2").status == 404
+    st, _, page = d.json("GET", "/v1/sessions?participant=nobody")
+    assert st == 200
+
+
+def test_record_size_limit_is_checked_at_load(tmp_path):
+    from conftest import run_rhemad
+    conf = tmp_path / "r.conf"
+    conf.write_text(memory_config())
+    r = run_rhemad(["-t", "-c", str(conf), "-o", "persistence.max_record_size_bytes=10"])
+    assert r.returncode != 0
+    assert "max_record_size_bytes" in (r.stdout + r.stderr)

@@ -560,15 +560,31 @@ static void messages_append_idempotently(void **state)
     assert_int_equal(rhema_session_append_message(&f->st, "m1", m, v, &rec, &appended, err), 0);
     assert_int_equal(appended, 1);
     assert_true(rec.version > v);
+    uint64_t v2 = rec.version;
+    json_int_t size2;
+    /* the answer is the message and the session's version, not the session */
     json_t *j = record_json(&rec);
-    assert_int_equal(json_array_size(json_object_get(j, "messages")), 1);
+    assert_null(json_object_get(j, "messages"));
+    assert_string_equal(json_string_value(json_object_get(j, "session_id")), "m1");
+    assert_int_equal(json_integer_value(json_object_get(j, "version")), v2);
+    assert_int_equal(json_integer_value(json_object_get(j, "message_count")), 1);
+    assert_true(json_equal(json_object_get(j, "message"), m));
+    size2 = json_integer_value(json_object_get(j, "size_bytes"));
     json_decref(j);
     rhema_record_release(&rec);
-    /* the same message again: no-op */
+    /* the same message again: no-op, the same answer */
     assert_int_equal(rhema_session_append_message(&f->st, "m1", m, 0, &rec, &appended, err), 0);
     assert_int_equal(appended, 0);
+    assert_int_equal(rec.version, v2);
+    j = record_json(&rec);
+    assert_int_equal(json_integer_value(json_object_get(j, "message_count")), 1);
+    assert_true(json_equal(json_object_get(j, "message"), m));
+    json_decref(j);
+    rhema_record_release(&rec);
+    assert_int_equal(rhema_session_get(&f->st, "m1", &rec, err), 0);
     j = record_json(&rec);
     assert_int_equal(json_array_size(json_object_get(j, "messages")), 1);
+    assert_int_equal(json_integer_value(json_object_get(j, "size_bytes")), size2);
     json_decref(j);
     rhema_record_release(&rec);
     /* same id, other content: conflict */
