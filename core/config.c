@@ -126,6 +126,7 @@ static const struct key schema[] = {
     I64F("service.max_request_size_bytes", 10485760, 1024, INT64_C(1073741824),
          max_request_size_bytes),
     INTF("service.request_timeout_seconds", 30, 1, 3600, request_timeout_seconds),
+    I64F("service.max_page_bytes", 4194304, 4096, INT64_C(1073741824), max_page_bytes),
     INT_("service.shutdown_timeout_seconds", 30, 0, 3600),
     GRP("service.cors", 0),
     BOOLF("service.cors.enabled", 1, cors_enabled),

@@ -50,6 +50,7 @@ struct rhema_config {
     char *pidfile;                  /* "" : none */
     int64_t max_request_size_bytes; /* 10 MiB; 1 KiB .. 1 GiB */
     int request_timeout_seconds;    /* 30; 1 .. 3600 */
+    int64_t max_page_bytes;      /* 4 MiB; 4096 .. 1 GiB: a list page ends past it */
     int cors_enabled;               /* true */
     struct rhema_strlist cors_origins; /* [ "*" ] */
 

@@ -359,7 +359,8 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
         goto out;
     }
     items = json_array();
-    for (size_t i = 0; i < ids.n && i < limit; i++) {
+    size_t used = 0, upto = limit; /* ids of this page: limit, or fewer by the byte cap */
+    for (size_t i = 0; i < ids.n && i < upto; i++) {
         json_t *rec;
         uint64_t version;
         if ((rc = load_json(st, RHEMA_SERVICES_NS, ids.v[i], &rec, &version, err)))
@@ -371,9 +372,11 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
             goto out;
         }
         json_array_append_new(items, rec);
+        if (rhema_page_add(st, &used, json_dumpb(rec, NULL, 0, JSON_COMPACT)))
+            upto = i + 1; /* full: the page ends with this service */
     }
     page = json_pack("{s:O,s:o}", "items", items, "next_cursor",
-                     ids.n > limit ? json_string(ids.v[limit - 1]) : json_null());
+                     ids.n > upto ? json_string(ids.v[upto - 1]) : json_null());
     *out = page ? json_dumps(page, JSON_COMPACT) : NULL;
     if (!*out) {
         rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");

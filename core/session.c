@@ -1461,9 +1461,10 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
     items = json_array();
     unreadable = json_array();
     int more = 0;
+    size_t used = 0, page = limit; /* page: limit, or fewer when the byte cap ends it */
     /* Read in chunks: a record deleted meanwhile or unreadable is skipped. */
-    while (json_array_size(items) <= limit) {
-        size_t want = limit + 1 - json_array_size(items);
+    while (json_array_size(items) <= page) {
+        size_t want = page + 1 - json_array_size(items);
         int done = 0;
         rhema_key_list_clear(&ids);
         if (both) {
@@ -1482,7 +1483,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
         for (size_t i = 0; i < ids.n; i++) {
             json_t *cur;
             uint64_t version;
-            if (json_array_size(items) > limit)
+            if (json_array_size(items) > page)
                 break;
             rc = load_current(st, ids.v[i], &cur, &version, err);
             if (rc == RHEMA_ECORRUPT) { /* named, not fatal: the others are still readable */
@@ -1520,6 +1521,9 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
                 json_object_set_new(cur, "last_accessed", json_null());
             }
             json_array_append_new(items, cur);
+            if (json_array_size(items) <= page &&
+                rhema_page_add(st, &used, json_dumpb(cur, NULL, 0, JSON_COMPACT)))
+                page = json_array_size(items); /* full: one more only tells whether more */
         }
         if (done || ids.n == 0)
             break; /* the range is exhausted */
@@ -1532,19 +1536,19 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
             snprintf(from, sizeof from, "%s\x01", last_id);
         have_from = 1;
     }
-    if (json_array_size(items) > limit) {
+    if (json_array_size(items) > page) {
         more = 1;
-        json_array_remove(items, limit);
+        json_array_remove(items, page);
     }
-    json_t *page = json_object();
-    json_object_set(page, "items", items);
+    json_t *pg = json_object();
+    json_object_set(pg, "items", items);
     const char *next = NULL;
     if (more) {
-        json_t *last = json_array_get(items, limit - 1);
-        json_object_set(page, "next_cursor", json_object_get(last, "id"));
+        json_t *last = json_array_get(items, page - 1);
+        json_object_set(pg, "next_cursor", json_object_get(last, "id"));
         next = json_string_value(json_object_get(last, "id"));
     } else {
-        json_object_set_new(page, "next_cursor", json_null());
+        json_object_set_new(pg, "next_cursor", json_null());
     }
     /* unreadable records of this page's range; those past next_cursor come with the next page */
     if (next)
@@ -1552,9 +1556,9 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
             if (strcmp(json_string_value(json_array_get(unreadable, i)), next) > 0)
                 json_array_remove(unreadable, i);
     if (json_array_size(unreadable))
-        json_object_set(page, "unreadable", unreadable);
-    text = json_dumps(page, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(page);
+        json_object_set(pg, "unreadable", unreadable);
+    text = json_dumps(pg, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(pg);
     if (!text) {
         rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;

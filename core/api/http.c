@@ -592,6 +592,7 @@ static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id
         return rc;
     }
     rhema_store_init(&w->store, srv->storage, w->conn);
+    w->store.max_page_bytes = (size_t)srv->cfg->max_page_bytes;
     w->base = event_base_new();
     w->http = w->base ? evhttp_new(w->base) : NULL;
     if (!w->http)

@@ -207,3 +207,96 @@ def test_record_size_limit_is_checked_at_load(tmp_path):
     r = run_rhemad(["-t", "-c", str(conf), "-o", "persistence.max_record_size_bytes=10"])
     assert r.returncode != 0
     assert "max_record_size_bytes" in (r.stdout + r.stderr)
+
+
+# ---- item 8: list pages are capped by bytes too ----
+
+PAGE_CAP = 4096
+
+
+def pages(d, path, limit=1000):
+    """Every page of a list route, following next_cursor: [(bytes, page), ...]."""
+    out, cursor = [], None
+    sep = "&" if "?" in path else "?"
+    for _ in range(200):
+        r = d.request("GET", f"{path}{sep}limit={limit}" + (f"&cursor={cursor}" if cursor else ""))
+        assert r.status == 200, (path, r.body[:300])
+        page = r.json()
+        out.append((len(r.body), page))
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return out
+    raise AssertionError(f"{path}: the pages never end")
+
+
+def check_capped(d, path, want_ids, key, item_bytes):
+    got = pages(d, path)
+    ids = [i[key] for _, p in got for i in p["items"]]
+    assert ids == want_ids, path  # every item once, in order, across the pages
+    assert len(got) > 1, f"{path}: one page of {len(want_ids)} items, the cap never applied"
+    for size, page in got:
+        assert page["items"], f"{path}: an empty page"
+        # a page ends with the item that passes the cap
+        assert size <= PAGE_CAP + item_bytes + 512, (path, size)
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_list_pages_are_capped_by_bytes(daemons, tmp_path, backend):
+    d = start(daemons, tmp_path, backend, overrides=[f"service.max_page_bytes={PAGE_CAP}"])
+    big = "b" * 1500
+    # sessions
+    sids = [f"cap-{i:02d}" for i in range(12)]
+    for sid in sids:
+        assert d.request("PUT", f"/v1/sessions/{sid}",
+                         {"topic": big[:1000], "participants": ["alice"]}).status == 201
+    check_capped(d, "/v1/sessions", sids, "id", 1500)
+    check_capped(d, "/v1/sessions?participant=alice", sids, "id", 1500)
+    check_capped(d, "/v1/sessions?status=Active&participant=alice", sids, "id", 1500)
+    # the count limit still applies under the cap
+    st, _, page = d.json("GET", "/v1/sessions?limit=1")
+    assert len(page["items"]) == 1 and page["next_cursor"] == sids[0]
+    # configuration versions: the route of the 188 MB page
+    for v in range(12):
+        st, _, rec = d.json("PUT", "/v1/configurations/cfg", {"config_data": {"v": v, "pad": big}})
+        assert st in (200, 201), rec
+    check_capped(d, "/v1/configurations/cfg/versions", list(range(1, 13)), "version", 1700)
+    # agents and their transitions
+    aids = [f"agent-{i:02d}" for i in range(12)]
+    for aid in aids:
+        st, _, rec = d.json("PUT", f"/v1/agents/{aid}", {"name": big[:200], "agent_type": "coder",
+                                                          "capabilities": [f"c{j}" for j in range(40)]})
+        assert st == 201, rec
+    check_capped(d, "/v1/agents", aids, "id", 1500)
+    for n in range(30):
+        st, _, rec = d.json("PUT", "/v1/agents/agent-00",
+                            {"name": "n", "agent_type": "coder",
+                             "status": "Busy" if n % 2 == 0 else "Idle",
+                             "status_reason": big[:300]})
+        assert st == 200, rec
+    got = pages(d, "/v1/agents/agent-00/transitions")
+    seqs = [t["seq"] for _, p in got for t in p["items"]]
+    assert seqs == sorted(set(seqs)) and len(seqs) == 31 and len(got) > 1
+    # services
+    svc = [f"svc-{i:02d}" for i in range(12)]
+    for sid in svc:
+        st, _, rec = d.json("PUT", f"/v1/services/{sid}",
+                            {"name": "web", "address": "127.0.0.1:9001",
+                             "metadata": {f"k{j}": "v" * 40 for j in range(20)}})
+        assert st == 201, rec
+    check_capped(d, "/v1/services", svc, "service_id", 1500)
+    check_capped(d, "/v1/services?name=web", svc, "service_id", 1500)
+    # consensus: the log of a node and the list of nodes
+    assert d.request("PUT", "/v1/consensus/n1/state", {"term": 1}).status == 201
+    for i in range(1, 13):
+        st, _, rec = d.json("POST", "/v1/consensus/n1/entries",
+                            {"index": i, "term": 1, "command": "set", "data": {"pad": big}})
+        assert st in (200, 201), rec
+    got = pages(d, "/v1/consensus/n1/entries")
+    assert [e["index"] for _, p in got for e in p["items"]] == list(range(1, 13))
+    assert len(got) > 1
+    nodes = [f"node-{i:03d}" for i in range(60)]
+    for n in nodes:
+        assert d.request("PUT", f"/v1/consensus/{n}/state", {"term": 1}).status == 201
+    got = pages(d, "/v1/consensus")
+    listed = [i["node_id"] for _, p in got for i in p["items"]]
+    assert [x for x in listed if x.startswith("node-")] == nodes and len(got) > 1

@@ -100,6 +100,7 @@ static void check_defaults(const struct rhema_config *cfg)
     assert_int_equal(cfg->data_retention_days, 30);
     assert_int_equal(cfg->max_data_size_bytes, 0);
     assert_int_equal(cfg->max_record_size_bytes, 16777216);
+    assert_int_equal(cfg->max_page_bytes, 4194304);
     assert_int_equal(cfg->enable_compression, 0);
     assert_int_equal(cfg->enable_encryption, 0);
     assert_string_equal(cfg->compression_algorithm, "zstd");
