@@ -437,12 +437,17 @@ struct value_list {
     json_t *items;
     int bad;
     char last_key[RHEMA_STORAGE_KEY_MAX + 1];
+    const struct rhema_store *st; /* for the page's byte cap (NULL: none) */
+    size_t used;
+    size_t page; /* 0, or the items a page holds once the byte cap ended it */
 };
 
 static int collect_value(void *ctx, const char *key, const void *value, size_t len, uint64_t ver)
 {
     (void)ver;
     struct value_list *l = ctx;
+    if (l->page && json_array_size(l->items) > l->page)
+        return 1; /* full, and the one more that says whether more is read */
     json_t *j = json_loadb(value, len, 0, NULL);
     snprintf(l->last_key, sizeof l->last_key, "%s", key);
     if (!j || !json_is_object(j)) {
@@ -451,7 +456,15 @@ static int collect_value(void *ctx, const char *key, const void *value, size_t l
         return RHEMA_ECORRUPT;
     }
     json_array_append_new(l->items, j);
+    if (l->st && !l->page && rhema_page_add(l->st, &l->used, len))
+        l->page = json_array_size(l->items);
     return 0;
+}
+
+/* The items of a value_list page: limit, or fewer when its byte cap ended it. */
+static size_t value_page(const struct value_list *l, size_t limit)
+{
+    return l->page && l->page < limit ? l->page : limit;
 }
 
 static int count_entries(void *ctx, const char *key, const void *value, size_t len, uint64_t ver)
@@ -716,7 +729,10 @@ static int check_if_match(uint64_t if_match, int exists, uint64_t version, const
     if (if_match == RHEMA_VERSION_ABSENT && exists)
         return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "%s '%s' already exists (version %llu)",
                                 what, id, (unsigned long long)version);
-    if (if_match && if_match != RHEMA_VERSION_ABSENT && (!exists || version != if_match)) {
+    if (if_match == RHEMA_VERSION_PRESENT && !exists)
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "%s '%s' does not exist (If-Match: *)",
+                                what, id);
+    if (RHEMA_IF_MATCH_VERSION(if_match) && (!exists || version != if_match)) {
         if (!exists)
             return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
                                     "%s '%s' does not exist (If-Match expected version %llu)", what,
@@ -877,9 +893,19 @@ static int agent_write(struct rhema_store *st, enum agent_op kind, const char *i
         }
         rc = st->vt->batch(st->conn, a.ws.w, a.ws.n);
         if (rc == RHEMA_ENOTFOUND) {
-            /* an index entry to delete is missing: repair (or the agent went away) */
-            rhema_log(RHEMA_LOG_WARN, "agents", "agent '%s': index entry missing; repairing", id);
-            repair = 1;
+            /*
+             * A delete found nothing: the agent went away or changed
+             * meanwhile (a concurrent writer won: the next attempt sees it),
+             * or, still at the version read, an index entry is missing:
+             * repair that, and only that deserves a warning.
+             */
+            struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
+            if (a.cur && st->vt->get(st->conn, NS_AGENTS, id, &v) == 0 &&
+                v.version == a.version) {
+                rhema_log(RHEMA_LOG_WARN, "agents", "agent '%s': index entry missing; repairing",
+                          id);
+                repair = 1;
+            }
             continue;
         }
         if (rc == RHEMA_ECONFLICT)
@@ -984,9 +1010,10 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
         snprintf(from, sizeof from, "%s\x01", cursor);
     }
     int have_from = prefix || cursor;
+    size_t used = 0, page = limit; /* page: limit, or fewer when the byte cap ends it */
     items = json_array();
-    while (json_array_size(items) <= limit) {
-        size_t want = limit + 1 - json_array_size(items);
+    while (json_array_size(items) <= page) {
+        size_t want = page + 1 - json_array_size(items);
         rhema_key_list_clear(&ids);
         rc = st->vt->scan(st->conn, ns, have_from ? from : NULL, prefix ? to : NULL, want,
                           rhema_key_list_collect, &ids);
@@ -995,7 +1022,7 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
                          : rhema_store_error(st, rc, "listing agents", err);
             goto out;
         }
-        for (size_t i = 0; i < ids.n && json_array_size(items) <= limit; i++) {
+        for (size_t i = 0; i < ids.n && json_array_size(items) <= page; i++) {
             json_t *cur;
             uint64_t version;
             if ((rc = load_json(st, NS_AGENTS, ids.v[i], &cur, &version, err)))
@@ -1010,6 +1037,9 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
             json_object_set_new(cur, "is_online", json_boolean(is_online(cur, timeout_ms, now)));
             json_object_set_new(cur, "version", json_integer((json_int_t)version));
             json_array_append_new(items, cur);
+            if (json_array_size(items) <= page &&
+                rhema_page_add(st, &used, json_dumpb(cur, NULL, 0, JSON_COMPACT)))
+                page = json_array_size(items); /* full: one more only tells whether more */
         }
         if (ids.n < want)
             break; /* the range is exhausted */
@@ -1021,9 +1051,9 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
         have_from = 1;
     }
     json_t *next = NULL;
-    if (json_array_size(items) > limit) {
-        json_array_remove(items, limit);
-        next = json_incref(json_object_get(json_array_get(items, limit - 1), "id"));
+    if (json_array_size(items) > page) {
+        json_array_remove(items, page);
+        next = json_incref(json_object_get(json_array_get(items, page - 1), "id"));
     }
     rc = page_text(items, next, out, out_len, err);
 out:
@@ -1050,12 +1080,13 @@ int rhema_agent_transitions(struct rhema_store *st, const char *id, size_t limit
     json_decref(cur);
     char *from = kfmt("%s/%020llu", id, (unsigned long long)after + 1);
     char *to = kfmt("%s0", id);
-    struct value_list l = {.items = json_array()};
+    struct value_list l = {.items = json_array(), .st = st};
     if (!from || !to) {
         rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
     }
     rc = st->vt->scan(st->conn, NS_TRANSITIONS, from, to, limit + 1, collect_value, &l);
+    limit = value_page(&l, limit);
     if (rc) {
         rc = l.bad ? rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored transition '%s' is corrupt",
                                       l.last_key)
@@ -1422,7 +1453,7 @@ int rhema_configuration_versions(struct rhema_store *st, const char *name, size_
                                 "parameter 'cursor': not a cursor this server issued");
     char *latest = kfmt("%s/" LATEST, name);
     char *from = kfmt("%s/%020llu", name, (unsigned long long)after + 1);
-    struct value_list l = {.items = json_array()};
+    struct value_list l = {.items = json_array(), .st = st};
     int rc;
     if (!latest || !from) {
         rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
@@ -1436,6 +1467,7 @@ int rhema_configuration_versions(struct rhema_store *st, const char *name, size_
     }
     /* version keys sort before "<name>/latest" (digits before 'l') */
     rc = st->vt->scan(st->conn, NS_CONFIGS, from, latest, limit + 1, collect_value, &l);
+    limit = value_page(&l, limit);
     if (rc) {
         rc = l.bad ? rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored configuration '%s' is corrupt",
                                       l.last_key)

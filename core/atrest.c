@@ -22,6 +22,7 @@ struct rhema_atrest {
     const struct rhema_codecs *codecs;
     struct rhema_keyring *kr; /* NULL: envelopes cannot be read or written */
     int compress, encrypt;
+    uint64_t max_record; /* persistence.max_record_size_bytes; 0: none */
 };
 
 /* One per thread, like the real connection it holds. */
@@ -92,6 +93,11 @@ static int encode(struct atrest_conn *c, const char *ns, const char *key, const 
     out->len = 0;
     if (len == 0)
         return 0;
+    if (a->max_record && (uint64_t)len > a->max_record)
+        return conn_err(c, RHEMA_ETOOBIG,
+                        "%s/%s: a record of %zu bytes would be above "
+                        "persistence.max_record_size_bytes (%llu); nothing was written",
+                        ns, key, len, (unsigned long long)a->max_record);
     int frame = a->compress || a->encrypt || is_frame(v, len) || is_envelope(v, len);
     if (!frame)
         return 0;
@@ -439,8 +445,8 @@ static int scan_one(void *arg, const char *key, const void *value, size_t value_
     struct scan_ctx *s = arg;
     struct rhema_buf plain;
     int rc = decode(s->c, s->ns, key, value, value_len, &plain);
-    if (rc)
-        return rc; /* < 0: scan() returns it */
+    if (rc) /* one unreadable value: the entry is reported, the scan goes on (atrest.h) */
+        return s->cb(s->ctx, key, NULL, 0, version);
     if (!plain.data)
         return s->cb(s->ctx, key, value, value_len, version);
     rc = s->cb(s->ctx, key, plain.data, plain.len, version);
@@ -561,6 +567,11 @@ int rhema_atrest_wrap(const struct rhema_storage_plugin *real, rhema_storage_ins
     a->vt.get_many = real->get_many ? w_get_many : NULL;
     *out = a;
     return 0;
+}
+
+void rhema_atrest_set_max_record(struct rhema_atrest *a, uint64_t bytes)
+{
+    a->max_record = bytes;
 }
 
 void rhema_atrest_free(struct rhema_atrest *a)

@@ -33,6 +33,13 @@
  * A value that does not decrypt or unframe is RHEMA_ECORRUPT (the cause in
  * errmsg()), never garbage; a frame or envelope that needs a codec, cipher
  * or keyring that is not loaded is RHEMA_ECORRUPT too, with that cause.
+ * A scan does not stop at such a value: it calls the callback with value
+ * NULL and length 0 for that key (errmsg() says why) and goes on, so that
+ * one unreadable record (a key version the keyring no longer has, a
+ * corrupted file) does not hide all the others.  Every host scan callback
+ * therefore takes a NULL value as "unreadable": a list names the key, a
+ * callback that needs the value returns RHEMA_ECORRUPT (json_loadb() of
+ * NULL fails, so the JSON callbacks see it as any corrupt value).
  * The limit of the rule: a value that begins with one of the two magics
  * and was written *around* the wrapper (by another program, or a rhemad
  * without it) is taken for a frame or an envelope.  rhema's own values are
@@ -92,6 +99,13 @@ int rhema_atrest_check(const struct rhema_config *cfg, const struct rhema_codecs
 int rhema_atrest_wrap(const struct rhema_storage_plugin *real, rhema_storage_instance *real_inst,
                       const struct rhema_codecs *codecs, struct rhema_keyring *kr, int compress,
                       int encrypt, struct rhema_atrest **out, char **err);
+/*
+ * persistence.max_record_size_bytes: a put whose plain value is longer is
+ * refused with RHEMA_ETOOBIG (the cause in errmsg()) before the real plugin
+ * sees it; in a batch or a group member, nothing of that batch is written.
+ * 0: no limit.  Call before the first connection.
+ */
+void rhema_atrest_set_max_record(struct rhema_atrest *a, uint64_t bytes);
 /*
  * Free the wrapper alone, after every connection of it is disconnected:
  * the real instance stays open and is the caller's again (tests, and a

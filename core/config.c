@@ -124,6 +124,7 @@ static const struct key schema[] = {
     I64F("service.max_request_size_bytes", 10485760, 1024, INT64_C(1073741824),
          max_request_size_bytes),
     INTF("service.request_timeout_seconds", 30, 1, 3600, request_timeout_seconds),
+    I64F("service.max_page_bytes", 4194304, 4096, INT64_C(1073741824), max_page_bytes),
     INT_("service.shutdown_timeout_seconds", 30, 0, 3600),
     GRP("service.cors", 0),
     BOOLF("service.cors.enabled", 1, cors_enabled),
@@ -145,6 +146,8 @@ static const struct key schema[] = {
     INTF("persistence.cleanup_interval_hours", 24, 1, 8760, cleanup_interval_hours),
     INTF("persistence.data_retention_days", 30, 1, 36500, data_retention_days),
     I64F("persistence.max_data_size_bytes", 0, 0, INT64_MAX, max_data_size_bytes),
+    I64F("persistence.max_record_size_bytes", 16777216, 1024, INT64_C(1073741824),
+         max_record_size_bytes),
     BOOLF("persistence.enable_compression", 0, enable_compression),
     BOOLF("persistence.enable_encryption", 0, enable_encryption),
 

@@ -50,6 +50,7 @@ struct rhema_config {
     char *pidfile;                  /* "" : none */
     int64_t max_request_size_bytes; /* 10 MiB; 1 KiB .. 1 GiB */
     int request_timeout_seconds;    /* 30; 1 .. 3600 */
+    int64_t max_page_bytes;      /* 4 MiB; 4096 .. 1 GiB: a list page ends past it */
     int cors_enabled;               /* true */
     struct rhema_strlist cors_origins; /* [ "*" ] */
 
@@ -68,6 +69,7 @@ struct rhema_config {
     int cleanup_interval_hours;  /* 24; 1 .. 8760 */
     int data_retention_days;     /* 30; 1 .. 36500 */
     int64_t max_data_size_bytes; /* 0: unlimited */
+    int64_t max_record_size_bytes; /* 16 MiB; 1024 .. 1 GiB: one stored value at most */
     int enable_compression;      /* false */
     int enable_encryption;       /* false */
 

@@ -314,7 +314,10 @@ static int check_if_match(uint64_t if_match, const json_t *cur, uint64_t version
         return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
                                 "consensus state of node '%s' already exists (version %llu)", node,
                                 (unsigned long long)version);
-    if (if_match && if_match != RHEMA_VERSION_ABSENT && (!cur || version != if_match)) {
+    if (if_match == RHEMA_VERSION_PRESENT && !cur)
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                "consensus state of node '%s' does not exist (If-Match: *)", node);
+    if (RHEMA_IF_MATCH_VERSION(if_match) && (!cur || version != if_match)) {
         if (!cur)
             return rhema_set_errbuf(
                 err, RHEMA_EPRECONDITION,
@@ -408,7 +411,7 @@ int rhema_consensus_state_put(struct rhema_store *st, const char *node, json_t *
         if (rc == RHEMA_ECONFLICT) {
             json_decref(cur);
             json_decref(rec);
-            if (if_match)
+            if (RHEMA_IF_MATCH_VERSION(if_match))
                 return rhema_set_errbuf(
                     err, RHEMA_EPRECONDITION,
                     "consensus state of node '%s' changed concurrently (If-Match)", node);
@@ -446,11 +449,36 @@ struct ent_list {
     size_t strip; /* strlen("<node>/") */
     int bad;      /* a key that is not "<node>/<20 digits>" */
     int oom;
+    const struct rhema_store *st; /* a list page's byte cap (NULL: none) */
+    size_t used;
+    size_t page; /* 0, or the entries a page holds once the byte cap ended it */
 };
+
+/* Count an entry of len bytes into l's page; 1 when the scan must stop (full, and one more read). */
+static int ent_page_full(struct ent_list *l)
+{
+    return l->page && l->n > l->page;
+}
+
+static void ent_page_add(struct ent_list *l, size_t len)
+{
+    if (l->st && !l->page && rhema_page_add(l->st, &l->used, len))
+        l->page = l->n;
+}
+
+/* The entries of a page: limit, or fewer when its byte cap ended it. */
+static size_t ent_page(const struct ent_list *l, size_t limit)
+{
+    return l->page && l->page < limit ? l->page : limit;
+}
 
 static int collect_ent(void *ctx, const char *key, const void *value, size_t len, uint64_t ver)
 {
     struct ent_list *l = ctx;
+    if (!value) /* unreadable (atrest.h) */
+        return RHEMA_ECORRUPT;
+    if (ent_page_full(l))
+        return 1;
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 64;
         void *nv = realloc(l->v, cap * sizeof *l->v);
@@ -479,6 +507,7 @@ static int collect_ent(void *ctx, const char *key, const void *value, size_t len
     e->index = idx;
     e->version = ver;
     l->n++;
+    ent_page_add(l, len);
     return 0;
 }
 
@@ -1080,8 +1109,10 @@ int rhema_consensus_entries(struct rhema_store *st, const char *node, uint64_t f
         return rhema_store_error(st, rc, "reading the consensus state", err);
     if (from > INDEX_MAX) /* no entry can be there */
         return page_text(&l, limit, NULL, out, out_len, err);
+    l.st = st; /* a page: capped by bytes too */
     if ((rc = scan_range(st, node, from, to, limit + 1, &l, err)))
         goto out;
+    limit = ent_page(&l, limit);
     char next[24];
     if (l.n > limit)
         snprintf(next, sizeof next, "%llu", (unsigned long long)l.v[limit].index);
@@ -1101,6 +1132,10 @@ static int collect_node(void *ctx, const char *key, const void *value, size_t le
 {
     struct node_list *nl = ctx;
     struct ent_list *l = &nl->l;
+    if (!value) /* unreadable (atrest.h) */
+        return RHEMA_ECORRUPT;
+    if (ent_page_full(l))
+        return 1;
     if (l->n == l->cap || l->n == nl->kcap) {
         size_t cap = l->cap ? l->cap * 2 : 64;
         void *nv = realloc(l->v, cap * sizeof *l->v);
@@ -1130,6 +1165,7 @@ static int collect_node(void *ctx, const char *key, const void *value, size_t le
     e->version = ver;
     e->index = 0;
     l->n++;
+    ent_page_add(l, len);
     return 0;
 }
 
@@ -1145,12 +1181,14 @@ int rhema_consensus_list(struct rhema_store *st, size_t limit, const char *curso
                                 "parameter 'cursor': not a cursor this server issued");
     if (cursor)
         snprintf(from, sizeof from, "%s\x01", cursor); /* just after the cursor's id */
+    nl.l.st = st; /* a page: capped by bytes too */
     rc = st->vt->scan(st->conn, NS_STATE, cursor ? from : NULL, NULL, limit + 1, collect_node, &nl);
     if (rc) {
         rc = nl.l.oom ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
                       : rhema_store_error(st, rc, "listing consensus nodes", err);
         goto out;
     }
+    limit = ent_page(&nl.l, limit);
     rc = page_text(&nl.l, limit, nl.l.n > limit ? nl.keys[limit - 1] : NULL, out, out_len, err);
 out:
     for (size_t i = 0; i < nl.l.n; i++)

@@ -314,6 +314,7 @@ static int wrap_storage(struct rhema_server *srv, char **err)
                                srv->cfg->enable_compression, srv->cfg->enable_encryption, &a, err);
     if (rc)
         return rc;
+    rhema_atrest_set_max_record(a, (uint64_t)srv->cfg->max_record_size_bytes);
     srv->storage = rhema_atrest_vtable(a);
     srv->storage_inst = rhema_atrest_instance(a);
     return 0;

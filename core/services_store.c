@@ -137,7 +137,10 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
             json_decref(cur);
             return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "service '%s' already exists", id);
         }
-        if (if_match && if_match != RHEMA_VERSION_ABSENT && (!cur || version != if_match)) {
+        if (if_match == RHEMA_VERSION_PRESENT && !cur)
+            return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                    "service '%s' does not exist (If-Match: *)", id);
+        if (RHEMA_IF_MATCH_VERSION(if_match) && (!cur || version != if_match)) {
             json_decref(cur);
             return rhema_set_errbuf(
                 err, RHEMA_EPRECONDITION,
@@ -195,7 +198,7 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
         json_decref(rec);
         if (rc != RHEMA_ECONFLICT && rc != RHEMA_ENOTFOUND)
             return rc;
-        if (if_match) /* the version the client named is gone */
+        if (RHEMA_IF_MATCH_VERSION(if_match)) /* the version the client named is gone */
             return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "service '%s' changed meanwhile", id);
     }
     return rhema_set_errbuf(err, RHEMA_ECONFLICT, "service '%s': too many concurrent writers", id);
@@ -257,7 +260,7 @@ int rhema_service_delete(struct rhema_store *st, const char *id, uint64_t if_mat
         if (!cur)
             return rhema_set_errbuf(err, if_match ? RHEMA_EPRECONDITION : RHEMA_ENOTFOUND,
                                     "service '%s' not found", id);
-        if (if_match && version != if_match) {
+        if (RHEMA_IF_MATCH_VERSION(if_match) && version != if_match) {
             json_decref(cur);
             return rhema_set_errbuf(err, RHEMA_EPRECONDITION, "service '%s' is at another version",
                                     id);
@@ -311,7 +314,8 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
         goto out;
     }
     items = json_array();
-    for (size_t i = 0; i < ids.n && i < limit; i++) {
+    size_t used = 0, upto = limit; /* ids of this page: limit, or fewer by the byte cap */
+    for (size_t i = 0; i < ids.n && i < upto; i++) {
         json_t *rec;
         uint64_t version;
         if ((rc = svc_load_json(st, RHEMA_SERVICES_NS, ids.v[i], &rec, &version, err)))
@@ -323,9 +327,11 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
             goto out;
         }
         json_array_append_new(items, rec);
+        if (rhema_page_add(st, &used, json_dumpb(rec, NULL, 0, JSON_COMPACT)))
+            upto = i + 1; /* full: the page ends with this service */
     }
     page = json_pack("{s:O,s:o}", "items", items, "next_cursor",
-                     ids.n > limit ? json_string(ids.v[limit - 1]) : json_null());
+                     ids.n > upto ? json_string(ids.v[upto - 1]) : json_null());
     *out = page ? json_dumps(page, JSON_COMPACT) : NULL;
     if (!*out) {
         rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");

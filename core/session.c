@@ -666,7 +666,10 @@ static int check_if_match(uint64_t if_match, const json_t *cur, uint64_t version
         return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
                                 "session '%s' already exists (version %llu)", id,
                                 (unsigned long long)version);
-    if (if_match && if_match != RHEMA_VERSION_ABSENT && (!cur || version != if_match)) {
+    if (if_match == RHEMA_VERSION_PRESENT && !cur)
+        return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
+                                "session '%s' does not exist (If-Match: *)", id);
+    if (RHEMA_IF_MATCH_VERSION(if_match) && (!cur || version != if_match)) {
         if (!cur)
             return rhema_set_errbuf(err, RHEMA_EPRECONDITION,
                                     "session '%s' does not exist (If-Match expected version %llu)",
@@ -908,6 +911,29 @@ static int compose_delete(struct rhema_store *st, struct rhema_session_op *op, s
     return 0;
 }
 
+/*
+ * The answer to an append: the message as stored and what a client needs
+ * to go on (the session's version, which is also the ETag, its stored size
+ * and its number of messages) -- not the whole session, which an append
+ * would otherwise echo in full every time.
+ */
+static int append_answer(struct rhema_session_op *op, json_t *msg, uint64_t version,
+                         json_int_t size_bytes, size_t count)
+{
+    json_t *a = json_pack("{s:s,s:I,s:I,s:I,s:O}", "session_id", op->id, "version",
+                          (json_int_t)version, "size_bytes", size_bytes, "message_count",
+                          (json_int_t)count, "message", msg);
+    char *t = a ? json_dumps(a, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(a);
+    if (!t)
+        return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
+    rhema_record_release(&op->rec);
+    op->rec.json = t;
+    op->rec.len = strlen(t);
+    op->rec.version = version;
+    return 0;
+}
+
 /* APPEND: 1 when composed, 0 when finished early (a replay, or an error in op->rc). */
 static int compose_append(struct rhema_store *st, struct rhema_session_op *op, struct op_state *s)
 {
@@ -932,9 +958,11 @@ static int compose_append(struct rhema_store *st, struct rhema_session_op *op, s
             json_decref(a);
             json_decref(b);
         }
-        if (same) { /* a retry of the same append: answer the record */
+        if (same) { /* a retry of the same append: answer the stored message */
             op->created = 0;
-            op->rc = rhema_session_get(st, op->id, &op->rec, op->err);
+            op->rc = append_answer(op, m, s->version,
+                                   json_integer_value(json_object_get(s->cur, "size_bytes")),
+                                   json_array_size(msgs));
             return 0;
         }
         op->rc = rhema_set_errbuf(op->err, RHEMA_ECONFLICT,
@@ -1013,17 +1041,21 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
     struct op_state *s = op->priv;
     if (rc == RHEMA_ENOTFOUND) {
         /*
-         * A delete in the batch found nothing: an index entry is missing
-         * (repair it: drop such deletes next time) or the record itself
-         * went away meanwhile (the next prepare sees that).
+         * A delete in the batch found nothing: the record itself went away
+         * or changed meanwhile (another writer's delete won the race: the
+         * next prepare sees that), or, with the record still at the version
+         * this op read, an index entry is missing (repair it: drop such
+         * deletes next time).  Only the second is worth a warning.
          */
-        if (s->repair++ == 0)
+        struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
+        int grc = s->cur ? st->vt->get(st->conn, NS_SESSIONS, op->id, &v) : RHEMA_ENOTFOUND;
+        if (grc == 0 && v.version == s->version && s->repair++ == 0)
             rhema_log(RHEMA_LOG_WARN, "session", "session '%s': index entry missing; repairing",
                       op->id);
         rc = RHEMA_ECONFLICT;
     }
     if (rc == RHEMA_ECONFLICT) {
-        if (op->if_match) { /* the version the client named was just replaced */
+        if (RHEMA_IF_MATCH_VERSION(op->if_match)) { /* the version named was just replaced */
             op->rc = rhema_set_errbuf(op->err, RHEMA_EPRECONDITION,
                                       "session '%s' changed concurrently (If-Match)", op->id);
             return 0;
@@ -1050,6 +1082,11 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
         return 0;
     }
     op->created = op->kind == RHEMA_SOP_PUT ? s->cur == NULL : 1;
+    if (op->kind == RHEMA_SOP_APPEND) {
+        op->rc = append_answer(op, op->input, s->ws.w[0].new_version, (json_int_t)s->len,
+                               json_array_size(json_object_get(s->cur, "messages")) + 1);
+        return 0;
+    }
     if (!s->cur) { /* just created: no reads counted yet, nothing to look up */
         rc = make_record(s->text, s->len, s->ws.w[0].new_version, 0, 0, &op->rec);
         op->rc = rc ? rhema_set_errbuf(op->err, rc, "out of memory") : 0;
@@ -1102,9 +1139,10 @@ static void op_got(void *ctx, size_t i, int rc, const struct rhema_storage_value
 void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops, size_t n)
 {
     struct rhema_session_op **todo = malloc(n * sizeof *todo);
+    struct rhema_session_op **wait = malloc(n * sizeof *wait);
     struct rhema_storage_batch *group = malloc(n * sizeof *group);
     size_t ntodo = 0;
-    if (!todo || !group) {
+    if (!todo || !wait || !group) {
         for (size_t i = 0; i < n; i++)
             ops[i]->rc = rhema_set_errbuf(ops[i]->err, RHEMA_ENOMEM, "out of memory");
         goto out;
@@ -1112,7 +1150,26 @@ void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops
     for (size_t i = 0; i < n; i++)
         todo[ntodo++] = ops[i];
     while (ntodo) {
-        size_t m = 0;
+        size_t m = 0, nwait = 0;
+        /*
+         * One op per session in each round, in arrival order: the others of
+         * the same session wait for the next round (their turn) instead of
+         * losing a compare-and-set against the op before them -- fifty
+         * writers of one session would otherwise spend the retries of all
+         * but a few.  Waiting costs no attempt.
+         */
+        for (size_t i = 0; i < ntodo; i++) {
+            size_t j;
+            for (j = 0; j < m; j++)
+                if (strcmp(todo[j]->id, todo[i]->id) == 0)
+                    break;
+            if (j < m)
+                wait[nwait++] = todo[i];
+            else
+                todo[m++] = todo[i];
+        }
+        ntodo = m;
+        m = 0;
         read_ahead(st, NS_SESSIONS, ntodo, op_key, op_got, todo);
         /* prepare: ops finished early (errors, replays) drop out */
         for (size_t i = 0; i < ntodo; i++)
@@ -1120,7 +1177,7 @@ void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops
                 todo[m++] = todo[i];
         ntodo = m;
         if (!ntodo)
-            break;
+            goto next;
         for (size_t i = 0; i < ntodo; i++)
             group[i] = todo[i]->batch;
         int grc = 0;
@@ -1135,9 +1192,13 @@ void rhema_session_ops_run(struct rhema_store *st, struct rhema_session_op **ops
             if (rhema_session_op_finish(st, todo[i], grc ? grc : group[i].result))
                 todo[m++] = todo[i];
         ntodo = m;
+    next: /* the retries first, then the ops that waited, each in arrival order */
+        memcpy(todo + ntodo, wait, nwait * sizeof *wait);
+        ntodo += nwait;
     }
 out:
     free(todo);
+    free(wait);
     free(group);
 }
 
@@ -1239,6 +1300,117 @@ int rhema_session_append_message(struct rhema_store *st, const char *id, json_t 
 
 /* ---- listing ---- */
 
+#define INTERSECT_CHUNK 128 /* index entries read per scan of an intersection */
+
+/* Scan up to INTERSECT_CHUNK ids of index ns under prefix, from `from` (incl.) or after it. */
+static int index_chunk(struct rhema_store *st, const char *ns, const char *prefix,
+                       const char *from, int after, struct rhema_key_list *l)
+{
+    char f[IDX_KEY_MAX + 2], t[IDX_KEY_MAX + 2];
+    snprintf(f, sizeof f, "%s/%s%s", prefix, from ? from : "", from && after ? "\x01" : "");
+    snprintf(t, sizeof t, "%s0", prefix); /* '0' follows '/' */
+    rhema_key_list_clear(l);
+    l->strip = strlen(prefix) + 1;
+    return st->vt->scan(st->conn, ns, f, t, INTERSECT_CHUNK, rhema_key_list_collect, l);
+}
+
+/*
+ * The ids in both the status and the participant index, in id order, after
+ * `after` (NULL: from the first): up to `want` of them appended to out;
+ * *done when there are no more.  Both indexes are read a chunk at a time
+ * from the same place; when one side ends within its chunk it is the
+ * smaller: its ids are checked against the other (in the other's chunk, or
+ * by a get past it) and nothing more of the larger index is read.  While
+ * both chunks are full the walk leaps past ids that cannot match.  So a
+ * participant of ten sessions costs a few reads whatever the number of
+ * Active sessions, and the reverse.
+ */
+static int index_intersect(struct rhema_store *st, const char *status, const char *participant,
+                           const char *after, size_t want, struct rhema_key_list *out, int *done)
+{
+    struct rhema_key_list a = {0}, b = {0};
+    char cur[RHEMA_ID_MAX + 2] = "";
+    int excl = after != NULL, rc = 0;
+    if (after)
+        snprintf(cur, sizeof cur, "%s", after);
+    *done = 0;
+    while (out->n < want) {
+        if ((rc = index_chunk(st, NS_BY_STATUS, status, *cur || excl ? cur : NULL, excl, &a)) ||
+            (rc = index_chunk(st, NS_BY_PARTICIPANT, participant, *cur || excl ? cur : NULL,
+                              excl, &b)))
+            goto out;
+        if (a.n == 0 || b.n == 0) {
+            *done = 1;
+            break;
+        }
+        int full_a = a.n == INTERSECT_CHUNK, full_b = b.n == INTERSECT_CHUNK;
+        if (!full_a || !full_b) {
+            /* one side is complete: walk it, look each id up on the other side */
+            struct rhema_key_list *sm = !full_a ? &a : &b, *lg = !full_a ? &b : &a;
+            const char *lg_ns = !full_a ? NS_BY_PARTICIPANT : NS_BY_STATUS;
+            const char *lg_prefix = !full_a ? participant : status;
+            const char *lg_end = lg->n == INTERSECT_CHUNK ? lg->v[lg->n - 1] : NULL;
+            size_t j = 0;
+            for (size_t i = 0; i < sm->n && out->n < want; i++) {
+                const char *id = sm->v[i];
+                int found = 0;
+                if (!lg_end || strcmp(id, lg_end) <= 0) {
+                    while (j < lg->n && strcmp(lg->v[j], id) < 0)
+                        j++;
+                    found = j < lg->n && strcmp(lg->v[j], id) == 0;
+                } else {
+                    char k[IDX_KEY_MAX + 2];
+                    struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
+                    snprintf(k, sizeof k, "%s/%s", lg_prefix, id);
+                    rc = st->vt->get(st->conn, lg_ns, k, &v);
+                    if (rc && rc != RHEMA_ENOTFOUND && rc != RHEMA_ECORRUPT)
+                        goto out;
+                    found = rc != RHEMA_ENOTFOUND;
+                    rc = 0;
+                }
+                if (found && (rc = rhema_key_list_collect(out, id, NULL, 0, 0)))
+                    goto out;
+            }
+            if (out->n < want)
+                *done = 1;
+            break;
+        }
+        /* both full: the matches up to the smaller end are all in the two chunks */
+        size_t i = 0, j = 0;
+        while (i < a.n && j < b.n && out->n < want) {
+            int c = strcmp(a.v[i], b.v[j]);
+            if (c == 0) {
+                if ((rc = rhema_key_list_collect(out, a.v[i], NULL, 0, 0)))
+                    goto out;
+                i++, j++;
+            } else if (c < 0) {
+                i++;
+            } else {
+                j++;
+            }
+        }
+        if (out->n >= want)
+            break;
+        const char *end_a = a.v[a.n - 1], *end_b = b.v[b.n - 1];
+        if (strcmp(end_a, b.v[0]) < 0) { /* leap: nothing of a's chunk is in b */
+            snprintf(cur, sizeof cur, "%s", b.v[0]);
+            excl = 0;
+        } else if (strcmp(end_b, a.v[0]) < 0) {
+            snprintf(cur, sizeof cur, "%s", a.v[0]);
+            excl = 0;
+        } else {
+            snprintf(cur, sizeof cur, "%s", strcmp(end_a, end_b) < 0 ? end_a : end_b);
+            excl = 1;
+        }
+    }
+out:
+    if (rc && (a.oom || b.oom))
+        out->oom = 1;
+    rhema_key_list_release(&a);
+    rhema_key_list_release(&b);
+    return rc;
+}
+
 int rhema_session_list(struct rhema_store *st, const char *status, const char *participant,
                        size_t limit, const char *cursor, char **out, size_t *out_len,
                        char err[RHEMA_ERRMSG_MAX])
@@ -1247,7 +1419,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
     char from[IDX_KEY_MAX + 2], to[IDX_KEY_MAX + 2];
     const char *ns = NS_SESSIONS, *prefix = NULL;
     struct rhema_key_list ids = {0};
-    json_t *items = NULL;
+    json_t *items = NULL, *unreadable = NULL;
     char *text = NULL;
 
     if (limit == 0)
@@ -1264,7 +1436,11 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
     if (cursor && !rhema_id_valid(cursor))
         return rhema_set_errbuf(err, RHEMA_EINVAL,
                                 "parameter 'cursor': not a cursor this server issued");
-    /* Pick the index: status when given (participant then filters), else participant. */
+    /* Pick the index: both (their intersection), status, participant, or none. */
+    int both = status && participant;
+    char after[RHEMA_ID_MAX + 1] = "";
+    if (cursor)
+        snprintf(after, sizeof after, "%s", cursor);
     if (status) {
         ns = NS_BY_STATUS;
         prefix = status;
@@ -1280,14 +1456,25 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
         snprintf(from, sizeof from, "%s\x01", cursor);
     }
     int have_from = prefix || cursor;
+    if (both)
+        ids.strip = 0; /* index_intersect() collects bare ids */
     items = json_array();
+    unreadable = json_array();
     int more = 0;
-    /* Scan in chunks: a participant filter on the status index may skip entries. */
-    while (json_array_size(items) <= limit) {
-        size_t want = limit + 1 - json_array_size(items);
+    size_t used = 0, page = limit; /* page: limit, or fewer when the byte cap ends it */
+    /* Read in chunks: a record deleted meanwhile or unreadable is skipped. */
+    while (json_array_size(items) <= page) {
+        size_t want = page + 1 - json_array_size(items);
+        int done = 0;
         rhema_key_list_clear(&ids);
-        rc = st->vt->scan(st->conn, ns, have_from ? from : NULL, prefix ? to : NULL, want,
-                          rhema_key_list_collect, &ids);
+        if (both) {
+            rc = index_intersect(st, status, participant, *after ? after : NULL, want, &ids,
+                                 &done);
+        } else {
+            rc = st->vt->scan(st->conn, ns, have_from ? from : NULL, prefix ? to : NULL, want,
+                              rhema_key_list_collect, &ids);
+            done = ids.n < want;
+        }
         if (rc) {
             rc = ids.oom ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
                          : rhema_store_error(st, rc, "listing sessions", err);
@@ -1296,9 +1483,13 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
         for (size_t i = 0; i < ids.n; i++) {
             json_t *cur;
             uint64_t version;
-            if (json_array_size(items) > limit)
+            if (json_array_size(items) > page)
                 break;
             rc = load_current(st, ids.v[i], &cur, &version, err);
+            if (rc == RHEMA_ECORRUPT) { /* named, not fatal: the others are still readable */
+                json_array_append_new(unreadable, json_string(ids.v[i]));
+                continue;
+            }
             if (rc)
                 goto out;
             if (!cur)
@@ -1312,6 +1503,10 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
             struct access_rec a;
             if ((rc = access_read(st, ids.v[i], &a))) {
                 json_decref(cur);
+                if (rc == RHEMA_ECORRUPT) {
+                    json_array_append_new(unreadable, json_string(ids.v[i]));
+                    continue;
+                }
                 rc = rhema_store_error(st, rc, "reading access counts", err);
                 goto out;
             }
@@ -1326,31 +1521,44 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
                 json_object_set_new(cur, "last_accessed", json_null());
             }
             json_array_append_new(items, cur);
+            if (json_array_size(items) <= page &&
+                rhema_page_add(st, &used, json_dumpb(cur, NULL, 0, JSON_COMPACT)))
+                page = json_array_size(items); /* full: one more only tells whether more */
         }
-        if (ids.n < want)
+        if (done || ids.n == 0)
             break; /* the range is exhausted */
         /* continue after the last key scanned */
         const char *last_id = ids.v[ids.n - 1];
+        snprintf(after, sizeof after, "%s", last_id);
         if (prefix)
             snprintf(from, sizeof from, "%s/%s\x01", prefix, last_id);
         else
             snprintf(from, sizeof from, "%s\x01", last_id);
         have_from = 1;
     }
-    if (json_array_size(items) > limit) {
+    if (json_array_size(items) > page) {
         more = 1;
-        json_array_remove(items, limit);
+        json_array_remove(items, page);
     }
-    json_t *page = json_object();
-    json_object_set(page, "items", items);
+    json_t *pg = json_object();
+    json_object_set(pg, "items", items);
+    const char *next = NULL;
     if (more) {
-        json_t *last = json_array_get(items, limit - 1);
-        json_object_set(page, "next_cursor", json_object_get(last, "id"));
+        json_t *last = json_array_get(items, page - 1);
+        json_object_set(pg, "next_cursor", json_object_get(last, "id"));
+        next = json_string_value(json_object_get(last, "id"));
     } else {
-        json_object_set_new(page, "next_cursor", json_null());
+        json_object_set_new(pg, "next_cursor", json_null());
     }
-    text = json_dumps(page, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(page);
+    /* unreadable records of this page's range; those past next_cursor come with the next page */
+    if (next)
+        for (size_t i = json_array_size(unreadable); i-- > 0;)
+            if (strcmp(json_string_value(json_array_get(unreadable, i)), next) > 0)
+                json_array_remove(unreadable, i);
+    if (json_array_size(unreadable))
+        json_object_set(pg, "unreadable", unreadable);
+    text = json_dumps(pg, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(pg);
     if (!text) {
         rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
@@ -1361,6 +1569,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
 out:
     rhema_key_list_release(&ids);
     json_decref(items);
+    json_decref(unreadable);
     return rc;
 }
 

@@ -67,15 +67,19 @@ int rhema_session_delete(struct rhema_store *st, const char *id, uint64_t if_mat
 /*
  * Append a validated AgentMessage.  Re-sending a message whose id is already
  * in the session with the same content is a no-op (*appended = 0); the same
- * id with other content is RHEMA_ECONFLICT.
+ * id with other content is RHEMA_ECONFLICT.  *out is not the session but
+ * {"session_id","version","size_bytes","message_count","message"}: the
+ * message as stored, with the session's version (out->version, its ETag).
  */
 int rhema_session_append_message(struct rhema_store *st, const char *id, json_t *message,
                                  uint64_t if_match, struct rhema_record *out, int *appended,
                                  char err[RHEMA_ERRMSG_MAX]);
 /*
  * One page of sessions in id order, filtered by status and/or participant
- * (NULL: any) through the indexes.  cursor: NULL or the next_cursor of the
- * previous page.  *out receives `{"items":[...],"next_cursor":...}` text.
+ * (NULL: any) through the indexes (both: their intersection, walked from
+ * the smaller side).  cursor: NULL or the next_cursor of the previous page.
+ * *out receives `{"items":[...],"next_cursor":...}` text, with
+ * "unreadable":[ids] when records of the page's range could not be read.
  */
 int rhema_session_list(struct rhema_store *st, const char *status, const char *participant,
                        size_t limit, const char *cursor, char **out, size_t *out_len,
@@ -90,8 +94,9 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
  *   (the caller applies the batches)
  *   finish:  returns 1 when the op lost a race and must be prepared again.
  * rhema_session_ops_run() does all of it for n ops.  On success op->rc is 0
- * and op->rec holds the record (PUT, APPEND; op->created tells 201 from
- * 200); otherwise op->rc and op->err say why.
+ * and op->rec holds the record (PUT) or the append's answer (APPEND, see
+ * rhema_session_append_message); op->created tells 201 from 200;
+ * otherwise op->rc and op->err say why.
  */
 enum rhema_session_op_kind { RHEMA_SOP_PUT, RHEMA_SOP_DELETE, RHEMA_SOP_APPEND };
 /*

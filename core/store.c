@@ -26,6 +26,12 @@ int rhema_store_error(struct rhema_store *st, int rc, const char *what, char *er
                             st->vt->errmsg(st->conn));
 }
 
+int rhema_page_add(const struct rhema_store *st, size_t *used, size_t len)
+{
+    *used += len + 1; /* the comma */
+    return st->max_page_bytes && *used > st->max_page_bytes;
+}
+
 void rhema_record_release(struct rhema_record *r)
 {
     free(r->json);

@@ -22,6 +22,15 @@
 _Static_assert(RHEMA_EPRECONDITION <= RHEMA_E_HOST_MAX && RHEMA_EPRECONDITION >= RHEMA_E_HOST_MIN,
                "RHEMA_EPRECONDITION must lie in the host's reserved error range");
 
+/*
+ * If-Match: * -- the resource must exist, at any version (RFC 9110 13.1.1).
+ * A host-side precondition: stores check it and never pass it to a plugin.
+ * RHEMA_IF_MATCH_VERSION(m) is true when m names one version.
+ */
+#define RHEMA_VERSION_PRESENT (UINT64_MAX - 1)
+#define RHEMA_IF_MATCH_VERSION(m)                                                                  \
+    ((m) != RHEMA_VERSION_ANY && (m) != RHEMA_VERSION_ABSENT && (m) != RHEMA_VERSION_PRESENT)
+
 #define RHEMA_LIST_LIMIT_DEFAULT 50
 #define RHEMA_LIST_LIMIT_MAX 1000
 
@@ -30,6 +39,8 @@ struct rhema_access_entry;
 struct rhema_store {
     const struct rhema_storage_plugin *vt;
     rhema_storage_conn *conn;
+    size_t max_page_bytes;              /* service.max_page_bytes; 0: no byte cap (see
+                                         * rhema_page_add) */
     struct rhema_access_entry *pending; /* sessions' access counts (session.h):
                                          * an open-addressing map id -> delta */
     size_t pending_n, pending_cap;
@@ -70,6 +81,15 @@ int rhema_key_list_collect(void *ctx, const char *key, const void *value, size_t
 void rhema_key_list_clear(struct rhema_key_list *l);
 /* Free the keys and the array; strip and oom stay for the caller to read. */
 void rhema_key_list_release(struct rhema_key_list *l);
+
+/*
+ * The byte cap of a list page (issue 17, item 8).  A list counts each item
+ * it takes, `len` bytes of JSON, into *used; 1 when the page has now passed
+ * st->max_page_bytes and must end with this item (the next_cursor then
+ * continues after it), 0 to go on.  A page holds at least one item, so a
+ * client always progresses; with no cap (0) it is never full.
+ */
+int rhema_page_add(const struct rhema_store *st, size_t *used, size_t len);
 
 /*
  * A record as the API answers it: JSON text (malloc'd; release frees it)

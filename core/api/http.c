@@ -472,7 +472,7 @@ static int parse_version(const char *s, uint64_t *out)
         return -1;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (errno || v == 0 || v == UINT64_MAX)
+    if (errno || v == 0 || v >= RHEMA_VERSION_PRESENT) /* both reserved */
         return -1;
     if (quoted && *end++ != '"')
         return -1;
@@ -499,7 +499,9 @@ int rhema_req_precondition(struct rhema_req *r, uint64_t *expected)
             return -1;
         }
         *expected = RHEMA_VERSION_ABSENT;
-    } else if (im && strcmp(im, "*") != 0) {
+    } else if (im && strcmp(im, "*") == 0) {
+        *expected = RHEMA_VERSION_PRESENT;
+    } else if (im) {
         if (parse_version(im, expected) != 0) {
             rhema_reply_error(r, 400, "bad_header",
                               "If-Match: expected one strong ETag such as \"3\", got '%s'", im);
@@ -637,6 +639,7 @@ static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id
         return rc;
     }
     rhema_store_init(&w->store, srv->storage, w->conn);
+    w->store.max_page_bytes = (size_t)srv->cfg->max_page_bytes;
     w->base = event_base_new();
     w->http = w->base ? evhttp_new(w->base) : NULL;
     if (!w->http)

@@ -144,7 +144,8 @@ const char *rhema_req_header(struct rhema_req *r, const char *name);
 json_t *rhema_req_json(struct rhema_req *r);
 /*
  * Parse If-Match / If-None-Match into an expected version: 0 (none),
- * RHEMA_VERSION_ABSENT (If-None-Match: *), or a version.  Replies 400 and
+ * RHEMA_VERSION_ABSENT (If-None-Match: *), RHEMA_VERSION_PRESENT (If-Match: *,
+ * store.h), or a version.  Replies 400 and
  * returns -1 when malformed.
  */
 int rhema_req_precondition(struct rhema_req *r, uint64_t *expected);

@@ -86,6 +86,8 @@ def make_sessions(d, tag, n=5, messages=2):
                    "timestamp": "2026-03-04T05:06:07Z"}
             st, h, rec = d.json("POST", f"/v1/sessions/{sid}/messages", msg)
             assert st == 201, rec
+        st, h, rec = d.json("GET", f"/v1/sessions/{sid}")
+        assert st == 200, rec
         want[sid] = rec
     return want
 
@@ -201,3 +203,42 @@ def test_encryption_without_key_management_is_refused(tmp_path):
         out = r.stdout + r.stderr
         assert "persistence.enable_encryption needs key management" in out, out
         assert "key_file" in out
+
+
+def test_one_unreadable_record_does_not_fail_the_list(daemons, tmp_path):
+    """Issue 17, item 12: the list answers the readable records and names the bad one."""
+    d = daemons(config=config(tmp_path)).start()
+    want = make_sessions(d, "bad", n=5, messages=1)
+    assert d.stop() == 0
+    bad = "s-bad-2"
+    value = bytearray(rows(tmp_path)[("sessions", bad)])
+    value[-1] ^= 0x5A  # the authentication tag no longer matches
+    db = sqlite3.connect(str(tmp_path / "rhema.db"))
+    try:
+        db.execute("UPDATE kv SET value = ? WHERE ns = 'sessions' AND key = ?",
+                   (bytes(value), bad))
+        db.commit()
+    finally:
+        db.close()
+    d.start()
+    good = sorted(s for s in want if s != bad)
+    for query in ("", "?participant=alice", "?status=Active", "?status=Active&participant=bob"):
+        st, _, page = d.json("GET", f"/v1/sessions{query}")
+        assert st == 200, (query, page)
+        assert [i["id"] for i in page["items"]] == good, query
+        assert page["unreadable"] == [bad], query
+    # paged by two: the bad record is named once, on the page whose range holds it
+    seen, named, cursor = [], [], None
+    for _ in range(10):
+        st, _, page = d.json("GET", "/v1/sessions?limit=2" + (f"&cursor={cursor}" if cursor else ""))
+        assert st == 200, page
+        seen += [i["id"] for i in page["items"]]
+        named += page.get("unreadable", [])
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == good and named == [bad]
+    # the record itself answers a clear error; the others still read
+    st, _, err = d.json("GET", f"/v1/sessions/{bad}")
+    assert st >= 500 and "corrupt" in err["error"]["message"].lower(), err
+    check_sessions(d, {s: want[s] for s in good})

@@ -534,7 +534,10 @@ def _workload(d, n=200, seed=1):
                            "timestamp": "2026-03-04T05:06:07Z"}
                     st, h, rec = d.json("POST", f"/v1/sessions/{sid}/messages", msg, conn=c)
                     assert st == 201, rec
-                    want[sid] = rec
+                # an append answers the message; the acknowledged record is read back
+                st, h, rec = d.json("GET", f"/v1/sessions/{sid}", conn=c)
+                assert st == 200 and len(rec["messages"]) == 2, rec
+                want[sid] = rec
             if i % 7 == 3:
                 r = d.request("DELETE", f"/v1/sessions/{sid}", conn=c)
                 assert r.status == 204

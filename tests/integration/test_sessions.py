@@ -352,29 +352,43 @@ def test_post_message_appends_201_then_idempotent_200_then_conflict_409(srv):
     msg = message_body("m-1")
     st, h, rec = srv.json("POST", f"/v1/sessions/{sid}/messages", msg)
     assert st == 201, rec
+    # the answer is the message and the session's version, not the whole session
+    assert set(rec) == {"session_id", "version", "size_bytes", "message_count", "message"}, rec
+    assert rec["session_id"] == sid and rec["message_count"] == 1
     assert etag_version(h) == rec["version"] > created["version"]
-    assert len(rec["messages"]) == 1
-    m = rec["messages"][0]
+    m = rec["message"]
     for k in ("id", "message_type", "priority", "sender_id", "recipient_ids", "content",
               "requires_ack", "metadata"):
         assert m[k] == msg[k], k
     assert m["timestamp"].startswith("2026-01-02T03:04:05")
     assert "payload" in m and "expires_at" in m
+    st, _, now = srv.json("GET", f"/v1/sessions/{sid}")
+    assert now["messages"] == [m] and now["version"] == rec["version"]
+    assert now["size_bytes"] == rec["size_bytes"]
 
     st, h2, again = srv.json("POST", f"/v1/sessions/{sid}/messages", msg)
     assert st == 200, again
-    assert len(again["messages"]) == 1, "the retried message was stored twice"
-    assert again["version"] == rec["version"]
+    assert again == rec, "a retry answers what the first append answered"
+    assert etag_version(h2) == rec["version"]
+    st, _, now = srv.json("GET", f"/v1/sessions/{sid}")
+    assert len(now["messages"]) == 1, "the retried message was stored twice"
+    # the ETag of the answer chains into the next conditional write
+    st, _, rec1b = srv.json("POST", f"/v1/sessions/{sid}/messages", message_body("m-1b"),
+                            headers={"If-Match": h2["ETag"]})
+    assert st == 201 and rec1b["message_count"] == 2, rec1b
+    st, _, err = srv.json("POST", f"/v1/sessions/{sid}/messages", message_body("m-1c"),
+                          headers={"If-Match": h2["ETag"]})
+    assert_error(st, err, 412, "precondition_failed")
 
     st, _, err = srv.json("POST", f"/v1/sessions/{sid}/messages",
                           message_body("m-1", content="something else"))
     assert_error(st, err, 409, "conflict")
 
     st, _, rec2 = srv.json("POST", f"/v1/sessions/{sid}/messages", message_body("m-2"))
-    assert st == 201
-    assert [x["id"] for x in rec2["messages"]] == ["m-1", "m-2"]
+    assert st == 201 and rec2["message"]["id"] == "m-2" and rec2["message_count"] == 3
     st, _, now = srv.json("GET", f"/v1/sessions/{sid}")
-    assert [x["content"] for x in now["messages"]] == ["ship on friday"] * 2
+    assert [x["id"] for x in now["messages"]] == ["m-1", "m-1b", "m-2"]
+    assert [x["content"] for x in now["messages"]] == ["ship on friday"] * 3
 
 
 def test_post_message_retry_without_timestamp_is_idempotent(srv):
@@ -388,7 +402,7 @@ def test_post_message_retry_without_timestamp_is_idempotent(srv):
     time.sleep(0.01)
     st, _, again = srv.json("POST", f"/v1/sessions/{sid}/messages", msg)
     assert st == 200, f"identical retry refused: {st} {again}"
-    assert len(again["messages"]) == 1
+    assert again["message_count"] == 1 and again["message"] == rec["message"]
 
 
 def test_post_message_to_missing_session_404(srv):

@@ -103,6 +103,8 @@ static void check_defaults(const struct rhema_config *cfg)
     assert_int_equal(cfg->cleanup_interval_hours, 24);
     assert_int_equal(cfg->data_retention_days, 30);
     assert_int_equal(cfg->max_data_size_bytes, 0);
+    assert_int_equal(cfg->max_record_size_bytes, 16777216);
+    assert_int_equal(cfg->max_page_bytes, 4194304);
     assert_int_equal(cfg->enable_compression, 0);
     assert_int_equal(cfg->enable_encryption, 0);
     assert_string_equal(cfg->compression_algorithm, "zstd");
@@ -387,6 +389,9 @@ static void test_out_of_range(void **state)
                      "(got 2147483648)");
     expect_one_error("persistence: {\n max_data_size_bytes = -1;\n};\n", 2,
                      "'persistence.max_data_size_bytes' must be at least 0 (got -1)");
+    expect_one_error("persistence: {\n max_record_size_bytes = 1000;\n};\n", 2,
+                     "'persistence.max_record_size_bytes' must be between 1024 and 1073741824 "
+                     "(got 1000)");
     expect_one_error("advanced_features: { compression: {\n min_gain_ratio = 1.5; }; };\n", 2,
                      "'advanced_features.compression.min_gain_ratio' must be between 0 and 1 "
                      "(got 1.5)");

@@ -193,8 +193,8 @@ static void test_precondition(void **state)
     expect_precondition("\"3\"", NULL, 3);
     expect_precondition("3", NULL, 3);
     expect_precondition("  \"42\"  ", NULL, 42);
-    expect_precondition("\"18446744073709551614\"", NULL, UINT64_C(18446744073709551614));
-    expect_precondition("*", NULL, RHEMA_VERSION_ANY);
+    expect_precondition("\"18446744073709551613\"", NULL, UINT64_C(18446744073709551613));
+    expect_precondition("*", NULL, RHEMA_VERSION_PRESENT); /* must exist (RFC 9110) */
     expect_precondition(NULL, "*", RHEMA_VERSION_ABSENT);
 
     assert_string_equal(expect_bad_precondition("\"1\"", "*"),
@@ -205,6 +205,7 @@ static void test_precondition(void **state)
                         "If-Match: expected one strong ETag such as \"3\", got 'W/\"3\"'");
     expect_bad_precondition("\"0\"", NULL);                    /* no record has version 0 */
     expect_bad_precondition("\"18446744073709551615\"", NULL); /* the "absent" sentinel */
+    expect_bad_precondition("\"18446744073709551614\"", NULL); /* the "present" sentinel */
     expect_bad_precondition("\"99999999999999999999\"", NULL); /* overflow */
     expect_bad_precondition("\"3", NULL);
     expect_bad_precondition("\"3\", \"4\"", NULL);

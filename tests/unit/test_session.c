@@ -379,6 +379,102 @@ static void group_and_flush_read_ahead(void **state)
     }
 }
 
+/* scan() of the memory plugin that counts the index entries it hands over */
+static size_t scanned_entries;
+struct count_scan {
+    rhema_storage_scan_cb cb;
+    void *ctx;
+};
+
+static int count_scan_cb(void *ctx, const char *key, const void *value, size_t len,
+                         uint64_t version)
+{
+    struct count_scan *c = ctx;
+    scanned_entries++;
+    return c->cb(c->ctx, key, value, len, version);
+}
+
+static int counting_scan(rhema_storage_conn *conn, const char *ns, const char *from,
+                         const char *to, size_t limit, rhema_storage_scan_cb cb, void *ctx)
+{
+    struct count_scan c = {cb, ctx};
+    return real_vt->scan(conn, ns, from, to, limit, count_scan_cb, &c);
+}
+
+/* Page through a list with `limit`, all ids joined by commas. */
+static void list_all(struct fixture *f, const char *status, const char *participant, size_t limit,
+                     char *out, size_t cap)
+{
+    char *cursor = NULL, page[4096];
+    size_t at = 0;
+    out[0] = '\0';
+    for (int i = 0; i < 1000; i++) {
+        char *next = list_ids(f, status, participant, limit, cursor, page, sizeof page);
+        if (*page)
+            at += (size_t)snprintf(out + at, cap - at, "%s%s", at ? "," : "", page);
+        free(cursor);
+        cursor = next;
+        if (!cursor)
+            return;
+    }
+    fail_msg("the pages never end");
+}
+
+/*
+ * status and participant together: the intersection of the two indexes,
+ * exact across pages, and read from the smaller side (issue 17, item 11).
+ */
+static void list_intersects_indexes(void **state)
+{
+    struct fixture *f = *state;
+    static char want[16384], got[16384];
+    size_t at = 0;
+    for (int i = 0; i < 900; i++) {
+        char id[16], body[160];
+        snprintf(id, sizeof id, "i%04d", i);
+        int few = i == 7 || i == 450 || i == 899;
+        snprintf(body, sizeof body,
+                 "{\"topic\":\"t\",\"status\":\"%s\",\"participants\":[\"all\"%s%s]}",
+                 i % 3 == 0 ? "Active" : "Paused", i % 5 == 0 ? ",\"p\"" : "",
+                 few ? ",\"few\"" : "");
+        put(f, id, body, 0, 0, NULL);
+        if (i % 3 == 0 && i % 5 == 0)
+            at += (size_t)snprintf(want + at, sizeof want - at, "%s%s", at ? "," : "", id);
+    }
+    /* both sides large: the chunks leap over each other */
+    list_all(f, "Active", "p", 7, got, sizeof got);
+    assert_string_equal(got, want);
+    list_all(f, "Active", "p", 1000, got, sizeof got);
+    assert_string_equal(got, want);
+    list_all(f, "Paused", "few", 1, got, sizeof got);
+    assert_string_equal(got, "i0007,i0899");
+    list_all(f, "Active", "few", 0, got, sizeof got);
+    assert_string_equal(got, "i0450");
+    list_all(f, "Completed", "all", 0, got, sizeof got);
+    assert_string_equal(got, "");
+    list_all(f, "Active", "nobody", 0, got, sizeof got);
+    assert_string_equal(got, "");
+
+    /* a participant of three sessions: a few entries read, not the 600 Paused ones */
+    real_vt = f->vt;
+    counting_vt = *f->vt;
+    counting_vt.scan = counting_scan;
+    const struct rhema_storage_plugin *saved = f->st.vt;
+    f->st.vt = &counting_vt;
+    scanned_entries = 0;
+    list_all(f, "Paused", "few", 0, got, sizeof got);
+    assert_string_equal(got, "i0007,i0899");
+    assert_true(scanned_entries <= 128 + 3);
+    /* and the reverse: Completed holds one session, "all" every one */
+    put(f, "i0500", "{\"topic\":\"t\",\"status\":\"Completed\",\"participants\":[\"all\"]}", 0, 0,
+        NULL);
+    scanned_entries = 0;
+    list_all(f, "Completed", "all", 0, got, sizeof got);
+    assert_string_equal(got, "i0500");
+    assert_true(scanned_entries <= 128 + 1);
+    f->st.vt = saved;
+}
+
 static void list_uses_indexes_and_pages(void **state)
 {
     struct fixture *f = *state;
@@ -464,15 +560,31 @@ static void messages_append_idempotently(void **state)
     assert_int_equal(rhema_session_append_message(&f->st, "m1", m, v, &rec, &appended, err), 0);
     assert_int_equal(appended, 1);
     assert_true(rec.version > v);
+    uint64_t v2 = rec.version;
+    json_int_t size2;
+    /* the answer is the message and the session's version, not the session */
     json_t *j = record_json(&rec);
-    assert_int_equal(json_array_size(json_object_get(j, "messages")), 1);
+    assert_null(json_object_get(j, "messages"));
+    assert_string_equal(json_string_value(json_object_get(j, "session_id")), "m1");
+    assert_int_equal(json_integer_value(json_object_get(j, "version")), v2);
+    assert_int_equal(json_integer_value(json_object_get(j, "message_count")), 1);
+    assert_true(json_equal(json_object_get(j, "message"), m));
+    size2 = json_integer_value(json_object_get(j, "size_bytes"));
     json_decref(j);
     rhema_record_release(&rec);
-    /* the same message again: no-op */
+    /* the same message again: no-op, the same answer */
     assert_int_equal(rhema_session_append_message(&f->st, "m1", m, 0, &rec, &appended, err), 0);
     assert_int_equal(appended, 0);
+    assert_int_equal(rec.version, v2);
+    j = record_json(&rec);
+    assert_int_equal(json_integer_value(json_object_get(j, "message_count")), 1);
+    assert_true(json_equal(json_object_get(j, "message"), m));
+    json_decref(j);
+    rhema_record_release(&rec);
+    assert_int_equal(rhema_session_get(&f->st, "m1", &rec, err), 0);
     j = record_json(&rec);
     assert_int_equal(json_array_size(json_object_get(j, "messages")), 1);
+    assert_int_equal(json_integer_value(json_object_get(j, "size_bytes")), size2);
     json_decref(j);
     rhema_record_release(&rec);
     /* same id, other content: conflict */
@@ -525,6 +637,7 @@ int main(void)
         cmocka_unit_test(time_and_ids),
         cmocka_unit_test_setup_teardown(put_get_versions_and_preconditions, setup, teardown),
         cmocka_unit_test_setup_teardown(list_uses_indexes_and_pages, setup, teardown),
+        cmocka_unit_test_setup_teardown(list_intersects_indexes, setup, teardown),
         cmocka_unit_test_setup_teardown(messages_append_idempotently, setup, teardown),
         cmocka_unit_test_setup_teardown(group_and_flush_read_ahead, setup, teardown),
     };
