@@ -11,7 +11,7 @@
 # a leak or a timeout (10 s per input) fails the harness; the input is
 # saved as fuzz-work/<harness>-crash-*, and the log as fuzz-work/<harness>.log.
 # One line per harness, "PASS: name" or "FAIL: name", then
-# "fuzz: N passed, N failed"; the exit status is 0 only when none failed.
+# "fuzz: harnesses passed N, failed N"; the exit status is 0 only when none failed.
 # Extra libFuzzer options go in FUZZ_ARGS (e.g. FUZZ_ARGS=-jobs=2 for a
 # long run on a free machine); doc/hacking.md, "Fuzzing" says more.
 set -u
@@ -65,5 +65,5 @@ for h in "$@"; do
         failed=$((failed + 1))
     fi
 done
-echo "fuzz: $passed passed, $failed failed"
+echo "fuzz: harnesses passed $passed, failed $failed"
 [ "$failed" = 0 ]
