@@ -1,0 +1,87 @@
+/*
+ * fuzz -- what the libFuzzer harnesses of tests/fuzz/ share.
+ *
+ * Each harness feeds one parser of outside bytes with LLVMFuzzerTestOneInput
+ * and calls the same function the daemon (or rhemactl) calls on those
+ * bytes.  A harness never asserts a parser's verdict, only what must hold
+ * for any input: no crash, no sanitizer report, no leak, and the invariants
+ * it checks with fuzz_assert() (a broken one aborts, which libFuzzer
+ * reports as a crash and keeps the input).  doc/hacking.md, "Fuzzing" says how to run
+ * them.
+ */
+#ifndef RHEMA_TESTS_FUZZ_H
+#define RHEMA_TESTS_FUZZ_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "util.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+
+#define fuzz_assert(c)                                                                    \
+    do {                                                                                  \
+        if (!(c)) {                                                                       \
+            fprintf(stderr, "%s:%d: invariant broken: %s\n", __FILE__, __LINE__, #c);     \
+            abort();                                                                      \
+        }                                                                                 \
+    } while (0)
+
+/*
+ * A request body as the daemon parses it (rhema_req_json() in
+ * core/api/http.c): json_loadb with JSON_REJECT_DUPLICATES.  NULL when it
+ * is not JSON (the daemon answers 400 bad_json) or empty.
+ */
+static inline json_t *fuzz_body(const uint8_t *data, size_t size)
+{
+    json_error_t jerr;
+    if (size == 0)
+        return NULL;
+    return json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, &jerr);
+}
+
+/*
+ * The path id a request would carry with this body: the router only ever
+ * passes an id (1-128 [A-Za-z0-9._:-]), so body[key] when it is one (the
+ * ids of the seeds then match), else a fixed one.
+ */
+static inline const char *fuzz_path_id(json_t *body, const char *key)
+{
+    const char *s = json_string_value(json_object_get(body, key));
+    return s && strlen(s) <= RHEMA_ID_MAX && rhema_id_valid(s) ? s : "fuzz-1";
+}
+
+/*
+ * A validator's contract, for any body: 0 with a new object in *out and an
+ * empty message, or a negative code with no object and a message naming
+ * the cause.  Releases *out.
+ */
+static inline void fuzz_check_verdict(int rc, json_t **out, const char *err)
+{
+    if (rc == 0) {
+        fuzz_assert(*out && json_is_object(*out));
+        /* the normalised object is what gets stored: it must serialise */
+        char *text = json_dumps(*out, JSON_COMPACT);
+        fuzz_assert(text);
+        free(text);
+    } else {
+        fuzz_assert(rc < 0);
+        fuzz_assert(*out == NULL);
+        fuzz_assert(err[0] != '\0');
+    }
+    json_decref(*out);
+    *out = NULL;
+}
+
+/* Write len bytes to path (created 0600, truncated); 0 or -1. */
+int fuzz_write_file(const char *path, const void *data, size_t len);
+/* A private directory under $TMPDIR (or /tmp), removed at exit; NULL on failure. */
+const char *fuzz_tmpdir(void);
+
+#endif /* RHEMA_TESTS_FUZZ_H */
