@@ -31,6 +31,7 @@
 
 #include "config.h"
 #include "rhema_paths.h" /* RHEMA_PLUGINDIR, RHEMA_DATA_DIRECTORY: made by make */
+#include "targets.h"
 
 /* ------------------------------------------------------------------------ */
 /* The schema                                                               */
@@ -175,6 +176,9 @@ static const struct key schema[] = {
     INT_("distributed.health_checking.timeout_seconds", 5, 1, 3600),
     INT_("distributed.health_checking.failure_threshold", 3, 1, 100),
     INT_("distributed.health_checking.success_threshold", 2, 1, 100),
+    LIST("distributed.health_checking.allowed_targets", no_strings),
+    INT_("distributed.health_checking.max_checks_per_service", 100, 1, 100000),
+    INT_("distributed.health_checking.max_checks_total", 1000, 1, 1000000),
 
     GRP("advanced_features", 0),
     GRP("advanced_features.compression", F_PLUGINS),
@@ -1168,6 +1172,24 @@ static int list_has(const config_setting_t *list, const char *key, const char *w
     return 0;
 }
 
+/* Every string of list `path` is a rule of targets.h. */
+static void validate_targets(struct ctx *c, const char *path)
+{
+    const config_setting_t *l = lookup_path(c->p, path);
+    int n = l && (config_setting_is_list(l) || config_setting_is_array(l)) ? config_setting_length(l)
+                                                                           : 0;
+
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(l, (unsigned)i);
+        struct rhema_target_rule r;
+        char err[RHEMA_ERRMSG_MAX];
+
+        if (config_setting_type(e) == CONFIG_TYPE_STRING &&
+            rhema_target_rule_parse(config_setting_get_string(e), &r, err) != 0)
+            error_at(c, e, "'%s[%d]': %s", path, i, err);
+    }
+}
+
 static void validate_cross(struct ctx *c)
 {
     const config_setting_t *models = lookup_path(c->p, "ai_service.models");
@@ -1180,6 +1202,7 @@ static void validate_cross(struct ctx *c)
                 "distributed.cluster.node_timeout_seconds", 0);
     check_order(c, "distributed.health_checking.timeout_seconds",
                 "distributed.health_checking.interval_seconds", 1);
+    validate_targets(c, "distributed.health_checking.allowed_targets");
 
     n = models && config_setting_is_list(models) ? config_setting_length(models) : 0;
     for (int i = 0; i < n; i++) {

@@ -29,6 +29,36 @@ static const char *const builtin_strategies[] = {"round_robin",
 
 /* ---- the module ---- */
 
+/* distributed.health_checking.allowed_targets and the caps (config.c checked the rules). */
+static int allowed_targets_load(struct rhema_services *s, const struct rhema_config *cfg,
+                                char **err)
+{
+    static const char key[] = "distributed.health_checking.allowed_targets";
+    char path[sizeof key + 16], perr[RHEMA_ERRMSG_MAX];
+    int n = rhema_config_get_count(cfg, key), rc;
+    const char **texts;
+    s->max_checks_per_service = 100;
+    s->max_checks_total = 1000;
+    rhema_config_get_int(cfg, "distributed.health_checking.max_checks_per_service",
+                         &s->max_checks_per_service);
+    rhema_config_get_int(cfg, "distributed.health_checking.max_checks_total", &s->max_checks_total);
+    if (n <= 0)
+        return 0;
+    texts = calloc((size_t)n, sizeof *texts);
+    if (!texts)
+        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
+    for (int i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s[%d]", key, i);
+        if (rhema_config_get_string(cfg, path, &texts[i]) != 0)
+            texts[i] = "";
+    }
+    rc = rhema_target_list_parse(&s->allowed, texts, (size_t)n, perr);
+    free(texts);
+    if (rc)
+        return rhema_set_error(err, rc, "%s: %s", key, perr);
+    return 0;
+}
+
 int rhema_services_new(const struct rhema_config *cfg, struct rhema_plugin_registry *reg,
                        struct rhema_services **out, char **err)
 {
@@ -45,6 +75,8 @@ int rhema_services_new(const struct rhema_config *cfg, struct rhema_plugin_regis
     rhema_check_defaults_get(cfg, &s->defaults);
     rhema_config_get_bool(cfg, "distributed.health_checking.enabled", &enabled);
     s->checks_enabled = enabled;
+    if ((rc = allowed_targets_load(s, cfg, err)))
+        goto fail;
     snprintf(s->default_strategy, sizeof s->default_strategy, "%s",
              cfg->balancing_strategy && *cfg->balancing_strategy ? cfg->balancing_strategy
                                                                  : "round_robin");
@@ -90,6 +122,7 @@ void rhema_services_free(struct rhema_services *s)
     for (size_t i = 0; i < s->ngroups; i++)
         svc_group_free(s->groups[i]);
     free(s->groups);
+    rhema_target_list_release(&s->allowed);
     pthread_rwlock_destroy(&s->table_lock);
     pthread_mutex_destroy(&s->apply_lock);
     free(s);
@@ -231,6 +264,13 @@ int rhema_services_start(struct rhema_server *srv, struct event_base *base,
         return rc;
     }
     rhema_store_init(&s->st, srv->storage, s->conn);
+    /* resolv.conf and /etc/hosts; asynchronous on base, never a blocking lookup */
+    s->dns =
+        evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (!s->dns) {
+        rhema_services_stop(s);
+        return rhema_set_error(err, RHEMA_ENOMEM, "services: cannot create the DNS resolver");
+    }
     s->refresh_ev = event_new(base, -1, EV_PERSIST, on_refresh, s);
     s->tick_ev = event_new(base, -1, EV_PERSIST, svc_on_tick, s);
     if (!s->refresh_ev || !s->tick_ev) {
@@ -264,6 +304,8 @@ void rhema_services_stop(struct rhema_services *s)
         s->probes = p->next;
         svc_probe_free(p);
     }
+    if (s->dns)
+        evdns_base_free(s->dns, 0); /* after the probes: they cancelled their lookups */
     for (size_t i = 0; i < s->nchecks; i++) {
         s->checks[i].probe = NULL;
         svc_chk_release(&s->checks[i]);

@@ -6,7 +6,8 @@
  *
  * Files: services_store.c (the store), services_groups.c (the groups and
  * their balancers), services_checker.c (the checker and its probes),
- * services.c (new/free, start/stop, the refresh), services_validate.c (a
+ * services_targets.c (what a check may target, the caps), services.c
+ * (new/free, start/stop, the refresh), services_validate.c (a
  * registration's validation and the check defaults), services_health.c
  * (the health state machine); services_internal.h is what they share.
  *
@@ -142,6 +143,35 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
                        char err[RHEMA_ERRMSG_MAX]);
 int rhema_service_pass(struct rhema_store *st, const char *id, char err[RHEMA_ERRMSG_MAX]);
 
+/*
+ * Check targets and caps (distributed.health_checking): an http or tcp
+ * check may only target what allowed_targets admits -- a list of rules
+ * of targets.h; when it is empty, only the service's own address (the
+ * same host, as written or as the same IP, and the same port).  A target
+ * whose host is a name is admitted when a rule admits its port, and is
+ * then resolved before every probe (asynchronously, evdns); a probe goes
+ * to the first resolved address the list admits, and a name that resolves
+ * to no admitted address is critical, never probed.  At most
+ * max_checks_per_service registrations of one name and max_checks_total
+ * registrations in all have a check.
+ *
+ * rhema_services_admit_check(): may registration `id` of service `name`
+ * at `address` have the (validated) check?  0, or RHEMA_EINVAL and err
+ * ("field 'check.target': ...", "field 'check': ...").  Counts from the
+ * node's snapshot, so concurrent registrations on several nodes can pass
+ * a cap by a few; the checker then runs the first checks in (name, id)
+ * order up to the caps and marks the others critical.  Any thread.
+ */
+int rhema_services_admit_check(const struct rhema_services *s, const char *id, const char *name,
+                               const char *address, json_t *check, char err[RHEMA_ERRMSG_MAX]);
+/*
+ * The host and port of a check target: "host:port" / "[v6]:port" (tcp),
+ * an http:// URL (port 80 when it names none).  host (cap bytes) without
+ * IPv6 brackets.  0, or -1 when target has neither form.
+ */
+int rhema_check_target_split(const char *type, const char *target, char *host, size_t cap,
+                             unsigned *port);
+
 /* ---- the checker's state machine (pure) ---- */
 
 enum rhema_health { RHEMA_HEALTH_UNKNOWN = 0, RHEMA_HEALTH_HEALTHY, RHEMA_HEALTH_UNHEALTHY };
@@ -193,6 +223,7 @@ struct rhema_service_member {
     const char *id, *address, *strategy; /* strategy NULL: none named */
     uint32_t weight;
     int healthy;
+    int has_check; /* the registration has a health check (the caps count it) */
 };
 
 /*
@@ -234,9 +265,9 @@ int rhema_services_load_get(struct rhema_services *s, const char *id, unsigned *
  * own storage connection, the refresh timer and the checker (active
  * while rhema_cluster_is_leader(srv->cluster)).  HTTP checks use evhttp's
  * client and TCP checks a connecting bufferevent, both asynchronous on
- * base with the check's timeout: a check never blocks a thread (a host
- * name that is not an IP literal is resolved with getaddrinfo on the main
- * thread, briefly; use IP literals).  Before rhema_http_start().
+ * base with the check's timeout, and a host name is resolved with evdns on
+ * base: a check never blocks a thread (the main thread renews the leader
+ * lease).  Before rhema_http_start().
  */
 int rhema_services_start(struct rhema_server *srv, struct event_base *base,
                          struct rhema_services **out, char **err);

@@ -11,7 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <netinet/in.h>
+
 #include <event2/bufferevent.h>
+#include <event2/dns.h>
 #include <event2/http.h>
 #include <event2/util.h>
 
@@ -31,6 +34,8 @@ void svc_chk_release(struct chk *c)
     c->probe = NULL;
     free(c->key);
     free(c->target);
+    free(c->address);
+    c->address = NULL;
 }
 
 /* Write one result into services.health (compare-and-set), and deregister when due. */
@@ -145,8 +150,26 @@ static void tcp_event(struct bufferevent *bev, short what, void *arg)
                      what & BEV_EVENT_TIMEOUT ? "TCP connect timed out" : "TCP connect failed");
 }
 
+/*
+ * A name being resolved for a probe.  evdns always calls back, even after
+ * evdns_getaddrinfo_cancel() (later, from the loop), so the lookup, not
+ * the probe, is what the callback gets: a probe freed meanwhile only
+ * detaches it (probe = NULL), and the callback frees it.
+ */
+struct lookup {
+    struct probe *probe;
+    struct evdns_getaddrinfo_request *req;
+};
+
 void svc_probe_free(struct probe *p)
 {
+    if (p->lookup) {
+        struct lookup *lk = p->lookup;
+        p->lookup = NULL;
+        lk->probe = NULL;
+        if (lk->req)
+            evdns_getaddrinfo_cancel(lk->req);
+    }
     if (p->hc)
         evhttp_connection_free(p->hc);
     if (p->bev)
@@ -154,33 +177,132 @@ void svc_probe_free(struct probe *p)
     free(p);
 }
 
-/* Split "host:port" / "[v6]:port". */
-static int split_hostport(const char *a, char *host, size_t cap, int *port)
+/* Connect to sa, which the policy admitted: the HTTP request or the TCP connect. */
+static void probe_connect(struct probe *p, const struct sockaddr *sa, socklen_t salen)
 {
-    const char *colon;
-    if (a[0] == '[') {
-        const char *end = strchr(a, ']');
-        if (!end || (size_t)(end - a) > cap)
-            return -1;
-        snprintf(host, cap, "%.*s", (int)(end - a - 1), a + 1);
-        colon = end + 1;
-    } else {
-        colon = strrchr(a, ':');
-        if (!colon || (size_t)(colon - a) >= cap)
-            return -1;
-        snprintf(host, cap, "%.*s", (int)(colon - a), a);
+    struct rhema_services *s = p->s;
+    if (p->type == CHK_HTTP) {
+        char ip[64];
+        const void *a =
+            sa->sa_family == AF_INET6
+                ? (const void *)&((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr
+                : (const void *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+        struct evhttp_request *req;
+        if (!evutil_inet_ntop(sa->sa_family, a, ip, sizeof ip)) {
+            probe_finish(p, RHEMA_CHECK_CRITICAL, "bad address");
+            return;
+        }
+        /* an IP literal: evhttp resolves nothing (with s->dns it could not block anyway) */
+        p->hc = evhttp_connection_base_new(s->base, s->dns, ip, (uint16_t)p->port);
+        req = p->hc ? evhttp_request_new(http_done, p) : NULL;
+        if (!req) {
+            probe_finish(p, RHEMA_CHECK_CRITICAL, "cannot create the request");
+            return;
+        }
+        evhttp_connection_set_timeout(p->hc, (int)(p->timeout_ms / 1000));
+        evhttp_connection_set_retries(p->hc, 0);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Host", p->host);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "User-Agent",
+                          "rhemad-health-check");
+        if (evhttp_make_request(p->hc, req, EVHTTP_REQ_GET, p->path) != 0)
+            probe_finish(p, RHEMA_CHECK_CRITICAL, "cannot send the request");
+        return;
     }
-    if (*colon != ':')
-        return -1;
-    *port = atoi(colon + 1);
-    return 0;
+    struct timeval tv = {(time_t)(p->timeout_ms / 1000), 0};
+    p->bev = bufferevent_socket_new(s->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!p->bev) {
+        probe_finish(p, RHEMA_CHECK_CRITICAL, "cannot create a socket");
+        return;
+    }
+    bufferevent_setcb(p->bev, NULL, NULL, tcp_event, p);
+    bufferevent_set_timeouts(p->bev, &tv, &tv);
+    if (bufferevent_socket_connect(p->bev, (struct sockaddr *)(void *)sa, (int)salen) != 0)
+        probe_finish(p, RHEMA_CHECK_CRITICAL, "TCP connect failed");
+}
+
+/* evdns answered (or the lookup was cancelled: lk->probe is NULL then). */
+static void resolved(int result, struct evutil_addrinfo *ai, void *arg)
+{
+    struct lookup *lk = arg;
+    struct probe *p = lk->probe;
+    char why[RHEMA_ERRMSG_MAX] = "";
+    free(lk);
+    if (!p) { /* the probe was freed (cancelled) */
+        if (ai)
+            evutil_freeaddrinfo(ai);
+        return;
+    }
+    p->lookup = NULL;
+    if (p->done || !p->owner) { /* timed out, or the check went away */
+        if (ai)
+            evutil_freeaddrinfo(ai);
+        return;
+    }
+    if (result != 0 || !ai) {
+        snprintf(why, sizeof why, "cannot resolve %s: %s", p->host,
+                 evutil_gai_strerror(result ? result : EVUTIL_EAI_NONAME));
+        probe_finish(p, RHEMA_CHECK_CRITICAL, why);
+        if (ai)
+            evutil_freeaddrinfo(ai);
+        return;
+    }
+    for (struct evutil_addrinfo *a = ai; a; a = a->ai_next) {
+        char refused[RHEMA_ERRMSG_MAX];
+        struct sockaddr_storage ss = {0};
+        if ((a->ai_family != AF_INET && a->ai_family != AF_INET6) || a->ai_addrlen > sizeof ss)
+            continue;
+        memcpy(&ss, a->ai_addr, a->ai_addrlen); /* without a service name, port 0: set it */
+        if (a->ai_family == AF_INET)
+            ((struct sockaddr_in *)(void *)&ss)->sin_port = htons((uint16_t)p->port);
+        else
+            ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)p->port);
+        if (svc_target_allowed(p->s, p->owner->address, p->host, p->port, (struct sockaddr *)&ss,
+                               refused) != 0) {
+            if (!why[0])
+                snprintf(why, sizeof why, "%s", refused);
+            continue;
+        }
+        probe_connect(p, (struct sockaddr *)&ss, (socklen_t)a->ai_addrlen);
+        evutil_freeaddrinfo(ai);
+        return;
+    }
+    /* why: the refusal of the first address; never probed */
+    char out[RHEMA_ERRMSG_MAX + RHEMA_SERVICE_ADDR_MAX + 32];
+    snprintf(out, sizeof out, "%s resolves to no allowed address: %s; not probed", p->host, why);
+    probe_finish(p, RHEMA_CHECK_CRITICAL, out);
+    evutil_freeaddrinfo(ai);
+}
+
+/* Mark c critical without probing: it is over a cap. */
+static void check_refuse(struct rhema_services *s, struct chk *c, const char *why)
+{
+    char out[RHEMA_ERRMSG_MAX + 16];
+    snprintf(out, sizeof out, "%s; not probed", why);
+    check_record(s, c, RHEMA_CHECK_CRITICAL, out);
+}
+
+/* Finish p critical without connecting: the policy refused its target. */
+static void probe_refuse(struct probe *p, const char *why)
+{
+    char out[RHEMA_ERRMSG_MAX + 16];
+    snprintf(out, sizeof out, "%s; not probed", why);
+    probe_finish(p, RHEMA_CHECK_CRITICAL, out);
 }
 
 static void check_start(struct rhema_services *s, struct chk *c)
 {
     struct probe *p;
-    char host[RHEMA_SERVICE_ADDR_MAX + 1];
-    int port = 0;
+    struct sockaddr_storage ss;
+    socklen_t sslen = 0;
+    char why[RHEMA_ERRMSG_MAX];
+    unsigned port = 0;
+    if (c->over_cap) {
+        snprintf(why, sizeof why, "over distributed.health_checking.%s (%lld)",
+                 c->over_cap == 1 ? "max_checks_per_service" : "max_checks_total",
+                 (long long)(c->over_cap == 1 ? s->max_checks_per_service : s->max_checks_total));
+        check_refuse(s, c, why);
+        return;
+    }
     if (c->type == CHK_TTL) {
         struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
         uint64_t last = c->baseline_ms;
@@ -207,70 +329,66 @@ static void check_start(struct rhema_services *s, struct chk *c)
     p->s = s;
     p->owner = c;
     snprintf(p->id, sizeof p->id, "%s", c->id);
+    p->type = c->type;
+    p->timeout_ms = c->timeout_ms;
     p->deadline_ns = rhema_monotonic_ns() + (c->timeout_ms + 1000) * 1000000ull;
     p->next = s->probes;
     s->probes = p;
     c->probe = p;
+    if (rhema_check_target_split(c->type == CHK_HTTP ? "http" : "tcp", c->target, p->host,
+                                 sizeof p->host, &port) != 0) {
+        probe_finish(p, RHEMA_CHECK_CRITICAL, c->type == CHK_HTTP ? "bad URL" : "bad target");
+        return;
+    }
+    p->port = port;
+    snprintf(p->path, sizeof p->path, "/");
     if (c->type == CHK_HTTP) {
         struct evhttp_uri *uri = evhttp_uri_parse(c->target);
-        struct evhttp_request *req;
-        char path[2048];
-        const char *h = uri ? evhttp_uri_get_host(uri) : NULL;
-        if (!h) {
-            if (uri)
-                evhttp_uri_free(uri);
-            probe_finish(p, RHEMA_CHECK_CRITICAL, "bad URL");
-            return;
-        }
-        port = evhttp_uri_get_port(uri);
-        snprintf(path, sizeof path, "%s%s%s",
-                 evhttp_uri_get_path(uri) && *evhttp_uri_get_path(uri) ? evhttp_uri_get_path(uri)
-                                                                       : "/",
-                 evhttp_uri_get_query(uri) ? "?" : "",
-                 evhttp_uri_get_query(uri) ? evhttp_uri_get_query(uri) : "");
-        p->hc = evhttp_connection_base_new(s->base, NULL, h, (uint16_t)(port > 0 ? port : 80));
-        req = p->hc ? evhttp_request_new(http_done, p) : NULL;
-        if (!req) {
+        if (uri) {
+            const char *path = evhttp_uri_get_path(uri), *query = evhttp_uri_get_query(uri);
+            snprintf(p->path, sizeof p->path, "%s%s%s", path && *path ? path : "/",
+                     query ? "?" : "", query ? query : "");
             evhttp_uri_free(uri);
-            probe_finish(p, RHEMA_CHECK_CRITICAL, "cannot create the request");
+        }
+    }
+    if (rhema_target_sockaddr(p->host, port, &ss, &sslen) == 0) {
+        if (svc_target_allowed(s, c->address, p->host, port, (struct sockaddr *)&ss, why)) {
+            probe_refuse(p, why);
             return;
         }
-        evhttp_connection_set_timeout(p->hc, (int)(c->timeout_ms / 1000));
-        evhttp_connection_set_retries(p->hc, 0);
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Host", h);
-        evhttp_add_header(evhttp_request_get_output_headers(req), "User-Agent",
-                          "rhemad-health-check");
-        evhttp_uri_free(uri);
-        if (evhttp_make_request(p->hc, req, EVHTTP_REQ_GET, path) != 0)
-            probe_finish(p, RHEMA_CHECK_CRITICAL, "cannot send the request");
+        probe_connect(p, (struct sockaddr *)&ss, sslen);
         return;
     }
-    /* tcp */
-    struct sockaddr_storage ss;
-    int sslen = sizeof ss;
-    struct timeval tv = {(time_t)(c->timeout_ms / 1000), 0};
-    p->bev = bufferevent_socket_new(s->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (!p->bev) {
-        probe_finish(p, RHEMA_CHECK_CRITICAL, "cannot create a socket");
+    /* a name: admitted for its port (or as the service's own host), then resolved */
+    if (svc_target_allowed(s, c->address, p->host, port, NULL, why)) {
+        probe_refuse(p, why);
         return;
     }
-    bufferevent_setcb(p->bev, NULL, NULL, tcp_event, p);
-    bufferevent_set_timeouts(p->bev, &tv, &tv);
-    if (evutil_parse_sockaddr_port(c->target, (struct sockaddr *)&ss, &sslen) == 0) {
-        if (bufferevent_socket_connect(p->bev, (struct sockaddr *)&ss, sslen) != 0)
-            probe_finish(p, RHEMA_CHECK_CRITICAL, "TCP connect failed");
-    } else if (split_hostport(c->target, host, sizeof host, &port) == 0) {
-        if (bufferevent_socket_connect_hostname(p->bev, NULL, AF_UNSPEC, host, port) != 0)
-            probe_finish(p, RHEMA_CHECK_CRITICAL, "TCP connect failed");
-    } else {
-        probe_finish(p, RHEMA_CHECK_CRITICAL, "bad target");
+    struct evutil_addrinfo hints = {0};
+    struct lookup *lk = calloc(1, sizeof *lk);
+    if (!lk || !s->dns) {
+        free(lk);
+        probe_finish(p, RHEMA_CHECK_CRITICAL, "no DNS resolver");
+        return;
     }
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    lk->probe = p;
+    p->lookup = lk;
+    /* may call back at once (an /etc/hosts name, an error): then it returns NULL */
+    struct evdns_getaddrinfo_request *req =
+        evdns_getaddrinfo(s->dns, p->host, NULL, &hints, resolved, lk);
+    if (req) /* not answered yet: lk lives until the callback */
+        lk->req = req;
 }
 
 /* Rebuild the check list from the registrations (main thread, after a scan). */
 void svc_checks_sync(struct rhema_services *s, const struct rec_list *rl)
 {
     uint64_t now = rhema_monotonic_ns();
+    int64_t in_name = 0, total = 0;
+    const char *prev_name = "";
     for (size_t i = 0; i < s->nchecks; i++)
         s->checks[i].seen = 0;
     for (size_t i = 0; i < rl->n; i++) {
@@ -279,8 +397,22 @@ void svc_checks_sync(struct rhema_services *s, const struct rec_list *rl)
         char *key;
         struct chk *c = NULL;
         uint64_t upd = 0;
+        int over;
         if (!type)
             continue;
+        /* the caps: the first checks in (name, id) order run (rl is sorted so) */
+        if (strcmp(jstr(json_object_get(rec, "name")), prev_name) != 0) {
+            prev_name = jstr(json_object_get(rec, "name"));
+            in_name = 0;
+        }
+        if (++in_name > s->max_checks_per_service) {
+            over = 1;
+        } else if (total >= s->max_checks_total) {
+            over = 2;
+        } else {
+            over = 0;
+            total++;
+        }
         key = svc_check_key(check);
         if (!key)
             continue;
@@ -334,6 +466,12 @@ void svc_checks_sync(struct rhema_services *s, const struct rec_list *rl)
                 c->timeout_ms = 1000;
         }
         free(key);
+        c->over_cap = over;
+        const char *address = jstr(json_object_get(rec, "address"));
+        if (!c->address || strcmp(c->address, address) != 0) {
+            free(c->address);
+            c->address = strdup(address); /* NULL (out of memory): refused, as no address */
+        }
         snprintf(c->name, sizeof c->name, "%s", jstr(json_object_get(rec, "name")));
         c->version = rl->v[i].version;
         if (rhema_time_parse(jstr(json_object_get(rec, "updated_at")), &upd) == 0)

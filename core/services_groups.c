@@ -115,7 +115,8 @@ static int group_same(const struct group *g, const char *strategy,
         return 0;
     for (size_t i = 0; i < n; i++)
         if (strcmp(g->mem[i].id, m[i].id) || strcmp(g->mem[i].address, m[i].address) ||
-            g->mem[i].weight != m[i].weight || !g->mem[i].healthy != !m[i].healthy)
+            g->mem[i].weight != m[i].weight || !g->mem[i].healthy != !m[i].healthy ||
+            !g->mem[i].has_check != !m[i].has_check)
             return 0;
     return 1;
 }
@@ -197,6 +198,7 @@ int svc_apply_locked(struct rhema_services *s, const char *name,
         mem[i].address = strdup(m[i].address);
         mem[i].weight = m[i].weight ? m[i].weight : 1;
         mem[i].healthy = m[i].healthy;
+        mem[i].has_check = m[i].has_check;
         if (!mem[i].id || !mem[i].address) {
             rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
             goto out;
@@ -428,6 +430,26 @@ int rhema_services_load_get(struct rhema_services *s, const char *id, unsigned *
     return m ? 0 : RHEMA_ENOTFOUND;
 }
 
+void svc_count_checks(const struct rhema_services *s, const char *name, const char *skip,
+                      size_t *in_name, size_t *total)
+{
+    struct rhema_services *ms = (struct rhema_services *)s; /* the locks only */
+    *in_name = *total = 0;
+    pthread_rwlock_rdlock(&ms->table_lock);
+    for (size_t i = 0; i < s->ngroups; i++) {
+        struct group *g = s->groups[i];
+        int same = strcmp(g->name, name) == 0;
+        pthread_rwlock_rdlock(&g->lock);
+        for (size_t j = 0; j < g->nmem; j++)
+            if (g->mem[j].has_check && strcmp(g->mem[j].id, skip) != 0) {
+                (*total)++;
+                *in_name += same;
+            }
+        pthread_rwlock_unlock(&g->lock);
+    }
+    pthread_rwlock_unlock(&ms->table_lock);
+}
+
 /* ---- building groups from stored records ---- */
 
 int svc_collect_rec(void *ctx, const char *key, const void *value, size_t len, uint64_t version)
@@ -482,6 +504,7 @@ void svc_member_of(struct rhema_service_member *m, const char *id, json_t *rec, 
     m->strategy = json_is_string(strategy) ? json_string_value(strategy) : NULL;
     m->weight = (uint32_t)json_integer_value(json_object_get(rec, "weight"));
     m->healthy = svc_health_of(rec, health, checks_enabled, NULL) == RHEMA_HEALTH_HEALTHY;
+    m->has_check = json_is_object(json_object_get(rec, "check"));
 }
 
 int rhema_services_refresh_name(struct rhema_services *s, struct rhema_store *st, const char *name)

@@ -10,6 +10,7 @@
  *                        feedback, and rebuilding one group from storage
  *   services_checker.c   the health checker and its probes (main thread,
  *                        while this node leads)
+ *   services_targets.c   what a check may target, and the caps on checks
  *   services.c           the module's lifecycle and the periodic refresh
  *   services_validate.c  a registration's validation, the check defaults
  *   services_health.c    the health state machine (pure)
@@ -27,9 +28,12 @@
 #include <stdint.h>
 
 #include <event2/bufferevent.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <jansson.h>
+
+#include "targets.h"
 
 #define WHO "services"
 #define PUT_RETRIES 8
@@ -47,6 +51,7 @@ struct member {
     char *id, *address;
     uint32_t weight;
     int healthy;
+    int has_check;
     struct rhema_endpoint_load *load; /* lives as long as the member */
 };
 
@@ -72,6 +77,8 @@ struct rhema_services {
     int checks_enabled;
     struct rhema_check_defaults defaults;
     atomic_uint_fast64_t rng;
+    struct rhema_target_list allowed; /* allowed_targets; empty: a service's own address */
+    int64_t max_checks_per_service, max_checks_total;
 
     pthread_rwlock_t table_lock; /* groups[]: write-locked to add or remove a group */
     struct group **groups;
@@ -86,7 +93,8 @@ struct rhema_services {
     struct event *refresh_ev, *tick_ev;
     struct chk *checks;
     size_t nchecks, capchecks;
-    struct probe *probes; /* every probe not yet freed */
+    struct probe *probes;   /* every probe not yet freed */
+    struct evdns_base *dns; /* resolves the checks' host names, on base */
     int was_leader;
     int refresh_soon;
 };
@@ -111,6 +119,8 @@ struct chk {
     char *key; /* the canonical check JSON */
     enum chk_type type;
     char *target;
+    char *address; /* the registration's own address */
+    int over_cap;  /* 0, or which cap keeps it from running: 1 per service, 2 total */
     uint64_t interval_ms, timeout_ms, dereg_ms;
     uint32_t fthr, sthr;
     uint64_t baseline_ms; /* updated_at of the registration: a TTL's grace starts there */
@@ -121,10 +131,18 @@ struct chk {
     int seen;
 };
 
+struct lookup;
+
 struct probe {
     struct rhema_services *s;
     struct chk *owner; /* NULL once detached (the check went away, leadership was lost) */
     char id[RHEMA_ID_MAX + 1];
+    enum chk_type type;
+    char host[RHEMA_SERVICE_ADDR_MAX + 1]; /* as the target names it, no brackets */
+    char path[2048];                       /* http: path and query */
+    unsigned port;
+    uint64_t timeout_ms;
+    struct lookup *lookup; /* a name being resolved, or NULL */
     struct evhttp_connection *hc;
     struct bufferevent *bev;
     uint64_t deadline_ns;
@@ -163,6 +181,21 @@ void svc_rec_list_free(struct rec_list *rl);
 /* The group member for registration rec (its strings stay rec's and id's). */
 void svc_member_of(struct rhema_service_member *m, const char *id, json_t *rec, json_t *health,
                    int checks_enabled);
+
+/* 1 when a member of a group has a check; counts of them (skip: an id not counted). */
+void svc_count_checks(const struct rhema_services *s, const char *name, const char *skip,
+                      size_t *in_name, size_t *total);
+
+/* ---- services_targets.c ---- */
+
+/*
+ * May a check of the registration at svc_address connect to host:port?
+ * sa: that address when host is an IP literal or was resolved; NULL for a
+ * name not resolved yet.  0, or RHEMA_EINVAL and why (a message for
+ * check_output or a 400).
+ */
+int svc_target_allowed(const struct rhema_services *s, const char *svc_address, const char *host,
+                       unsigned port, const struct sockaddr *sa, char why[RHEMA_ERRMSG_MAX]);
 
 /* ---- services_checker.c ---- */
 

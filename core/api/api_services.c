@@ -110,6 +110,10 @@ static void h_put(struct rhema_req *r)
     rhema_check_defaults_get(r->worker->srv->cfg, &d);
     rc = rhema_service_validate(body, id, &d, s, &svc, err);
     json_decref(body);
+    if (!rc && json_is_object(json_object_get(svc, "check")))
+        rc = rhema_services_admit_check(s, id, json_string_value(json_object_get(svc, "name")),
+                                        json_string_value(json_object_get(svc, "address")),
+                                        json_object_get(svc, "check"), err);
     if (!rc)
         rc = rhema_service_put(&r->worker->store, id, svc, if_match,
                                rhema_services_checks_enabled(s), &rec, &created, old_name, err);

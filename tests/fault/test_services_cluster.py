@@ -112,7 +112,8 @@ def test_registry_across_nodes_and_failover(daemons, shared_config, upstream):
              "interval_seconds": 1, "timeout_seconds": 1, "failure_threshold": FTHR,
              "success_threshold": 1}
     st, _, body = a.json("PUT", "/v1/services/api-1",
-                         {"name": "api", "address": "127.0.0.1:9101", "check": check})
+                         {"name": "api", "address": f"127.0.0.1:{upstream.port}",
+                          "check": check})
     assert st == 201, body
     a.json("PUT", "/v1/services/api-2", {"name": "api", "address": "127.0.0.1:9102"})
     for d in nodes:

@@ -156,7 +156,7 @@ def test_select_round_robin_and_503(node):
 def test_http_check_failure_and_recovery(node, upstream):
     fthr, sthr = 2, 2
     put(node, "ok-1", {"name": "api", "address": "127.0.0.1:9100"})
-    st, _, b = put(node, "chk-1", {"name": "api", "address": "127.0.0.1:9101",
+    st, _, b = put(node, "chk-1", {"name": "api", "address": f"127.0.0.1:{upstream.port}",
                                    "check": {"type": "http",
                                              "target": f"http://127.0.0.1:{upstream.port}/health",
                                              "interval_seconds": 1, "timeout_seconds": 1,

@@ -565,6 +565,50 @@ static void test_cross_checks(void **state)
                      "'gpt')");
 }
 
+/* distributed.health_checking.allowed_targets: rules of targets.h, each checked with file:line. */
+static void test_check_targets_keys(void **state)
+{
+    struct rhema_config cfg;
+    char path[4096], *err = NULL;
+    const char *s;
+    int64_t i;
+    (void)state;
+    assert_int_equal(load_text(&cfg, path, sizeof path,
+                               "distributed: { health_checking: {\n"
+                               "  allowed_targets = [ \"127.0.0.0/8\", \"[fd00::/8]:443\" ];\n"
+                               "  max_checks_per_service = 5; max_checks_total = 50; }; };\n",
+                               NULL, 0, &err),
+                     0);
+    assert_int_equal(rhema_config_get_count(&cfg, "distributed.health_checking.allowed_targets"), 2);
+    assert_int_equal(
+        rhema_config_get_string(&cfg, "distributed.health_checking.allowed_targets[1]", &s), 0);
+    assert_string_equal(s, "[fd00::/8]:443");
+    assert_int_equal(
+        rhema_config_get_int(&cfg, "distributed.health_checking.max_checks_per_service", &i), 0);
+    assert_int_equal(i, 5);
+    rhema_config_release(&cfg);
+    unlink(path);
+    /* the defaults: no rule (the service's own address), 100 and 1000 */
+    assert_int_equal(load_text(&cfg, path, sizeof path, "", NULL, 0, &err), 0);
+    assert_int_equal(rhema_config_get_count(&cfg, "distributed.health_checking.allowed_targets"), 0);
+    assert_int_equal(
+        rhema_config_get_int(&cfg, "distributed.health_checking.max_checks_per_service", &i), 0);
+    assert_int_equal(i, 100);
+    assert_int_equal(rhema_config_get_int(&cfg, "distributed.health_checking.max_checks_total", &i),
+                     0);
+    assert_int_equal(i, 1000);
+    rhema_config_release(&cfg);
+    unlink(path);
+    expect_one_error("distributed: { health_checking: {\n"
+                     "  allowed_targets = [ \"10.0.0.0/8\",\n \"10.0.0.0/8:99999\" ]; }; };\n",
+                     3,
+                     "'distributed.health_checking.allowed_targets[1]': '10.0.0.0/8:99999': "
+                     "expected a port 1..65535 or a range low-high after ':'");
+    expect_one_error("distributed: { health_checking: {\n  max_checks_total = 0; }; };\n", 2,
+                     "'distributed.health_checking.max_checks_total' must be between 1 and "
+                     "1000000 (got 0)");
+}
+
 static void test_parse_error(void **state)
 {
     struct rhema_config cfg;
@@ -1180,6 +1224,7 @@ int main(void)
         cmocka_unit_test(test_unimplemented_overrides),
         cmocka_unit_test(test_release),
         cmocka_unit_test(test_log_level),
+        cmocka_unit_test(test_check_targets_keys),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
