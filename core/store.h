@@ -41,6 +41,9 @@ struct rhema_store {
     rhema_storage_conn *conn;
     size_t max_page_bytes;              /* service.max_page_bytes; 0: no byte cap (see
                                          * rhema_page_add) */
+    uint64_t keep_config_versions;      /* persistence.configuration_versions_retained;
+                                         * 0: all (agents.h) */
+    uint64_t keep_transitions;          /* persistence.agent_transitions_retained; 0: all */
     struct rhema_access_entry *pending; /* sessions' access counts (session.h):
                                          * an open-addressing map id -> delta */
     size_t pending_n, pending_cap;
