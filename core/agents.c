@@ -475,17 +475,26 @@ static int count_entries(void *ctx, const char *key, const void *value, size_t l
 }
 
 /* A page `{"items":items,"next_cursor":cursor or null}` as text. */
-static int page_text(json_t *items, json_t *cursor, char **out, size_t *out_len, char *err)
+static int page_text_unreadable(json_t *items, json_t *cursor, json_t *unreadable, char **out,
+                                size_t *out_len, char *err)
 {
     json_t *page = json_object();
     json_object_set(page, "items", items);
+    rhema_unreadable_trim(unreadable, json_string_value(cursor));
     json_object_set_new(page, "next_cursor", cursor ? cursor : json_null());
+    if (json_array_size(unreadable))
+        json_object_set(page, "unreadable", unreadable);
     char *text = dump(page, out_len);
     json_decref(page);
     if (!text)
         return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     *out = text;
     return 0;
+}
+
+static int page_text(json_t *items, json_t *cursor, char **out, size_t *out_len, char *err)
+{
+    return page_text_unreadable(items, cursor, NULL, out, out_len, err);
 }
 
 static size_t clamp_limit(size_t limit)
@@ -1018,7 +1027,7 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
     char from[IDX_KEY_MAX + 2], to[IDX_KEY_MAX + 2];
     const char *ns = NS_AGENTS, *prefix = NULL;
     struct rhema_key_list ids = {0};
-    json_t *items = NULL;
+    json_t *items = NULL, *unreadable = NULL;
     uint64_t now = rhema_realtime_ms();
 
     limit = clamp_limit(limit);
@@ -1052,6 +1061,7 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
     int have_from = prefix || cursor;
     size_t used = 0, page = limit; /* page: limit, or fewer when the byte cap ends it */
     items = json_array();
+    unreadable = json_array();
     while (json_array_size(items) <= page) {
         size_t want = page + 1 - json_array_size(items);
         rhema_key_list_clear(&ids);
@@ -1065,7 +1075,12 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
         for (size_t i = 0; i < ids.n && json_array_size(items) <= page; i++) {
             json_t *cur;
             uint64_t version;
-            if ((rc = load_json(st, NS_AGENTS, ids.v[i], &cur, &version, err)))
+            rc = load_json(st, NS_AGENTS, ids.v[i], &cur, &version, err);
+            if (rc == RHEMA_ECORRUPT) { /* named, not fatal: the others are still readable */
+                json_array_append_new(unreadable, json_string(ids.v[i]));
+                continue;
+            }
+            if (rc)
                 goto out;
             if (!cur)
                 continue; /* deleted between the scan and the read */
@@ -1095,10 +1110,11 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
         json_array_remove(items, page);
         next = json_incref(json_object_get(json_array_get(items, page - 1), "id"));
     }
-    rc = page_text(items, next, out, out_len, err);
+    rc = page_text_unreadable(items, next, unreadable, out, out_len, err);
 out:
     rhema_key_list_release(&ids);
     json_decref(items);
+    json_decref(unreadable);
     return rc;
 }
 
