@@ -475,17 +475,26 @@ static int count_entries(void *ctx, const char *key, const void *value, size_t l
 }
 
 /* A page `{"items":items,"next_cursor":cursor or null}` as text. */
-static int page_text(json_t *items, json_t *cursor, char **out, size_t *out_len, char *err)
+static int page_text_unreadable(json_t *items, json_t *cursor, json_t *unreadable, char **out,
+                                size_t *out_len, char *err)
 {
     json_t *page = json_object();
     json_object_set(page, "items", items);
+    rhema_unreadable_trim(unreadable, json_string_value(cursor));
     json_object_set_new(page, "next_cursor", cursor ? cursor : json_null());
+    if (json_array_size(unreadable))
+        json_object_set(page, "unreadable", unreadable);
     char *text = dump(page, out_len);
     json_decref(page);
     if (!text)
         return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     *out = text;
     return 0;
+}
+
+static int page_text(json_t *items, json_t *cursor, char **out, size_t *out_len, char *err)
+{
+    return page_text_unreadable(items, cursor, NULL, out, out_len, err);
 }
 
 static size_t clamp_limit(size_t limit)
@@ -744,6 +753,29 @@ static int check_if_match(uint64_t if_match, int exists, uint64_t version, const
     return 0;
 }
 
+/*
+ * Retention (persistence.*_retained): the keys of ns under "<owner>/" whose
+ * 20-digit sequence is below `below`, at most PRUNE_MAX of them, collected
+ * into keys (owned by the caller).  A write that adds sequence n prunes
+ * below n - keep + 1 in its own batch, so a history holds the last `keep`
+ * entries; PRUNE_MAX per write also works off what a lowered setting left.
+ */
+#define PRUNE_MAX 64
+
+static int prune_keys(struct rhema_store *st, const char *ns, const char *owner, uint64_t below,
+                      struct rhema_key_list *keys)
+{
+    char *from = kfmt("%s/", owner), *to = kfmt("%s/%020llu", owner, (unsigned long long)below);
+    int rc = from && to ? st->vt->scan(st->conn, ns, from, to, PRUNE_MAX, rhema_key_list_collect,
+                                       keys)
+                        : RHEMA_ENOMEM;
+    free(from);
+    free(to);
+    if (keys->oom)
+        rc = RHEMA_ENOMEM;
+    return rc;
+}
+
 /* Compose the writes of one attempt: record, indexes, transition, summary. */
 static int agent_compose(struct rhema_store *st, enum agent_op kind, const char *id, json_t *input,
                          struct agent_attempt *a, char *err)
@@ -782,6 +814,23 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
             if (ws_own(ws, tt))
                 ws_add(ws, RHEMA_WRITE_PUT, NS_TRANSITIONS,
                        kfmt("%s/%020llu", id, (unsigned long long)seq), tt, tl, 0);
+            /* retention: the last keep_transitions of them stay */
+            if (st->keep_transitions && seq > st->keep_transitions) {
+                struct rhema_key_list keys = {0};
+                rc = prune_keys(st, NS_TRANSITIONS, id, seq - st->keep_transitions + 1, &keys);
+                if (rc) {
+                    rhema_key_list_release(&keys);
+                    return rc == RHEMA_ENOMEM
+                               ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
+                               : rhema_store_error(st, rc, "listing transitions", err);
+                }
+                for (i = 0; i < keys.n; i++) {
+                    ws_add(ws, RHEMA_WRITE_DEL, NS_TRANSITIONS, keys.v[i], NULL, 0, 0);
+                    keys.v[i] = NULL;
+                }
+                keys.n = 0;
+                rhema_key_list_release(&keys);
+            }
         }
     }
     /* capability index */
@@ -978,7 +1027,7 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
     char from[IDX_KEY_MAX + 2], to[IDX_KEY_MAX + 2];
     const char *ns = NS_AGENTS, *prefix = NULL;
     struct rhema_key_list ids = {0};
-    json_t *items = NULL;
+    json_t *items = NULL, *unreadable = NULL;
     uint64_t now = rhema_realtime_ms();
 
     limit = clamp_limit(limit);
@@ -1012,6 +1061,7 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
     int have_from = prefix || cursor;
     size_t used = 0, page = limit; /* page: limit, or fewer when the byte cap ends it */
     items = json_array();
+    unreadable = json_array();
     while (json_array_size(items) <= page) {
         size_t want = page + 1 - json_array_size(items);
         rhema_key_list_clear(&ids);
@@ -1025,7 +1075,12 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
         for (size_t i = 0; i < ids.n && json_array_size(items) <= page; i++) {
             json_t *cur;
             uint64_t version;
-            if ((rc = load_json(st, NS_AGENTS, ids.v[i], &cur, &version, err)))
+            rc = load_json(st, NS_AGENTS, ids.v[i], &cur, &version, err);
+            if (rc == RHEMA_ECORRUPT) { /* named, not fatal: the others are still readable */
+                json_array_append_new(unreadable, json_string(ids.v[i]));
+                continue;
+            }
+            if (rc)
                 goto out;
             if (!cur)
                 continue; /* deleted between the scan and the read */
@@ -1055,10 +1110,11 @@ int rhema_agent_list(struct rhema_store *st, const char *status, const char *cap
         json_array_remove(items, page);
         next = json_incref(json_object_get(json_array_get(items, page - 1), "id"));
     }
-    rc = page_text(items, next, out, out_len, err);
+    rc = page_text_unreadable(items, next, unreadable, out, out_len, err);
 out:
     rhema_key_list_release(&ids);
     json_decref(items);
+    json_decref(unreadable);
     return rc;
 }
 
@@ -1361,31 +1417,54 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
         char *text = rec ? dump(rec, &len) : NULL;
         json_decref(rec);
         char *vkey = kfmt("%s/%020llu", name, (unsigned long long)(cversion + 1));
-        if (!text || !vkey) {
+        /* retention: the versions below the last keep_config_versions go in the same batch */
+        struct rhema_key_list old = {0};
+        uint64_t nv = cversion + 1, keep = st->keep_config_versions;
+        int prc = text && vkey && keep && nv > keep
+                      ? prune_keys(st, NS_CONFIGS, name, nv - keep + 1, &old)
+                      : 0;
+        struct rhema_storage_write *w = calloc(2 + old.n, sizeof *w);
+        if (!text || !vkey || !w || prc) {
             free(text);
             free(vkey);
-            rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
+            free(w);
+            rhema_key_list_release(&old);
+            rc = prc && prc != RHEMA_ENOMEM
+                     ? rhema_store_error(st, prc, "listing configuration versions", err)
+                     : rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
             goto out;
         }
-        struct rhema_storage_write w[2] = {
-            {.size = sizeof(struct rhema_storage_write),
-             .op = RHEMA_WRITE_PUT,
-             .ns = NS_CONFIGS,
-             .key = vkey,
-             .value = text,
-             .value_len = len,
-             .expected_version = RHEMA_VERSION_ABSENT},
-            {.size = sizeof(struct rhema_storage_write),
-             .op = RHEMA_WRITE_PUT,
-             .ns = NS_CONFIGS,
-             .key = latest_key,
-             .value = text,
-             .value_len = len,
-             .expected_version = cversion ? sversion : RHEMA_VERSION_ABSENT},
-        };
-        rc = st->vt->batch(st->conn, w, 2);
+        /*
+         * The latest key's version guards the whole batch; a version key is
+         * written whatever it holds (a leftover of a deleted configuration
+         * of the same name is replaced).
+         */
+        w[0] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                            .op = RHEMA_WRITE_PUT,
+                                            .ns = NS_CONFIGS,
+                                            .key = vkey,
+                                            .value = text,
+                                            .value_len = len,
+                                            .expected_version = RHEMA_VERSION_ANY};
+        w[1] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                            .op = RHEMA_WRITE_PUT,
+                                            .ns = NS_CONFIGS,
+                                            .key = latest_key,
+                                            .value = text,
+                                            .value_len = len,
+                                            .expected_version =
+                                                cversion ? sversion : RHEMA_VERSION_ABSENT};
+        for (size_t k = 0; k < old.n; k++)
+            w[2 + k] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                                    .op = RHEMA_WRITE_DEL,
+                                                    .ns = NS_CONFIGS,
+                                                    .key = old.v[k],
+                                                    .expected_version = RHEMA_VERSION_ANY};
+        rc = st->vt->batch(st->conn, w, 2 + old.n);
         free(vkey);
-        if (rc == RHEMA_ECONFLICT) {
+        free(w);
+        rhema_key_list_release(&old);
+        if (rc == RHEMA_ECONFLICT || rc == RHEMA_ENOTFOUND) { /* a concurrent writer pruned too */
             free(text);
             continue;
         }
@@ -1397,6 +1476,80 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
         *created = cversion == 0;
         rc = make_record(text, len, cversion + 1, out, err);
         goto out;
+    }
+    rc = rhema_set_errbuf(err, RHEMA_ECONFLICT,
+                          "configuration '%s' is being written concurrently; retry", name);
+out:
+    free(latest_key);
+    return rc;
+}
+
+int rhema_configuration_delete(struct rhema_store *st, const char *name, uint64_t if_match,
+                               char err[RHEMA_ERRMSG_MAX])
+{
+    char *latest_key = kfmt("%s/" LATEST, name);
+    int rc = RHEMA_ECONFLICT;
+    if (!latest_key)
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
+    for (int attempt = 0; attempt < WRITE_RETRIES; attempt++) {
+        json_t *cur;
+        uint64_t sversion;
+        if ((rc = load_json(st, NS_CONFIGS, latest_key, &cur, &sversion, err)))
+            goto out;
+        uint64_t cversion = cur ? (uint64_t)json_integer_value(json_object_get(cur, "version")) : 0;
+        json_decref(cur);
+        if (!cur) {
+            rc = rhema_set_errbuf(err, if_match ? RHEMA_EPRECONDITION : RHEMA_ENOTFOUND,
+                                  "configuration '%s' not found", name); /* as services do */
+            goto out;
+        }
+        if ((rc = check_if_match(if_match, 1, cversion, "configuration", name, err)))
+            goto out;
+        /*
+         * The versions, PRUNE_MAX at a time, then the last of them with
+         * the latest key (guarded by its version) in one batch: until that
+         * batch the configuration reads as before, minus its oldest history.
+         */
+        struct rhema_key_list keys = {0};
+        for (;;) {
+            rhema_key_list_clear(&keys);
+            if ((rc = prune_keys(st, NS_CONFIGS, name, UINT64_MAX / 2, &keys)))
+                break;
+            int last = keys.n < PRUNE_MAX;
+            struct rhema_storage_write *w = calloc(keys.n + 1, sizeof *w);
+            if (!w) {
+                rc = RHEMA_ENOMEM;
+                break;
+            }
+            for (size_t k = 0; k < keys.n; k++)
+                w[k] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                                    .op = RHEMA_WRITE_DEL,
+                                                    .ns = NS_CONFIGS,
+                                                    .key = keys.v[k],
+                                                    .expected_version = RHEMA_VERSION_ANY};
+            if (last)
+                w[keys.n] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                                         .op = RHEMA_WRITE_DEL,
+                                                         .ns = NS_CONFIGS,
+                                                         .key = latest_key,
+                                                         .expected_version = sversion};
+            rc = st->vt->batch(st->conn, w, keys.n + (size_t)last);
+            free(w);
+            if (rc || last)
+                break;
+        }
+        rhema_key_list_release(&keys);
+        if (rc == 0)
+            goto out;
+        if (rc == RHEMA_ENOMEM) {
+            rc = rhema_set_errbuf(err, rc, "out of memory");
+            goto out;
+        }
+        if (rc != RHEMA_ECONFLICT && rc != RHEMA_ENOTFOUND) {
+            rc = rhema_store_error(st, rc, "deleting the configuration", err);
+            goto out;
+        }
+        /* written or deleted concurrently: look again (If-Match then decides) */
     }
     rc = rhema_set_errbuf(err, RHEMA_ECONFLICT,
                           "configuration '%s' is being written concurrently; retry", name);

@@ -142,11 +142,19 @@ int rhema_configuration_validate(json_t *body, const char *path_name, json_t **o
 /*
  * Store a new version of configuration `name` (1 for the first).  if_match:
  * 0 any, RHEMA_VERSION_ABSENT only when none exists, else the version that
- * must be the latest.  *created: this was version 1.
+ * must be the latest.  *created: this was version 1.  With
+ * st->keep_config_versions set, the versions older than the last that many
+ * are deleted in the same batch (at most 64 per write).
  */
 int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *conf,
                             uint64_t if_match, struct rhema_record *out, int *created,
                             char err[RHEMA_ERRMSG_MAX]);
+/*
+ * Delete configuration `name` with all its versions.  if_match: 0 any, else
+ * the version that must be the latest (RHEMA_VERSION_PRESENT: any existing).
+ */
+int rhema_configuration_delete(struct rhema_store *st, const char *name, uint64_t if_match,
+                               char err[RHEMA_ERRMSG_MAX]);
 /* The latest version (version 0) or a given one. */
 int rhema_configuration_get(struct rhema_store *st, const char *name, uint64_t version,
                             struct rhema_record *out, char err[RHEMA_ERRMSG_MAX]);

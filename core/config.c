@@ -149,6 +149,10 @@ static const struct key schema[] = {
     I64F("persistence.max_data_size_bytes", 0, 0, INT64_MAX, max_data_size_bytes),
     I64F("persistence.max_record_size_bytes", 16777216, 1024, INT64_C(1073741824),
          max_record_size_bytes),
+    I64F("persistence.configuration_versions_retained", 100, 1, INT64_C(1000000000),
+         configuration_versions_retained),
+    I64F("persistence.agent_transitions_retained", 1000, 1, INT64_C(1000000000),
+         agent_transitions_retained),
     BOOLF("persistence.enable_compression", 0, enable_compression),
     BOOLF("persistence.enable_encryption", 0, enable_encryption),
 

@@ -70,6 +70,8 @@ struct rhema_config {
     int data_retention_days;     /* 30; 1 .. 36500 */
     int64_t max_data_size_bytes; /* 0: unlimited */
     int64_t max_record_size_bytes; /* 16 MiB; 1024 .. 1 GiB: one stored value at most */
+    int64_t configuration_versions_retained; /* 100; 1 .. 1e9: versions kept per configuration */
+    int64_t agent_transitions_retained;      /* 1000; 1 .. 1e9: transitions kept per agent */
     int enable_compression;      /* false */
     int enable_encryption;       /* false */
 

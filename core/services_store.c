@@ -283,7 +283,7 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
 {
     char from[2 * RHEMA_ID_MAX + 4], to[RHEMA_ID_MAX + 2];
     struct rhema_key_list ids = {0};
-    json_t *items = NULL, *page = NULL;
+    json_t *items = NULL, *page = NULL, *unreadable = NULL;
     int rc = 0;
 
     if (limit == 0)
@@ -314,11 +314,18 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
         goto out;
     }
     items = json_array();
+    unreadable = json_array();
     size_t used = 0, upto = limit; /* ids of this page: limit, or fewer by the byte cap */
     for (size_t i = 0; i < ids.n && i < upto; i++) {
         json_t *rec;
         uint64_t version;
-        if ((rc = svc_load_json(st, RHEMA_SERVICES_NS, ids.v[i], &rec, &version, err)))
+        rc = svc_load_json(st, RHEMA_SERVICES_NS, ids.v[i], &rec, &version, err);
+        if (rc == RHEMA_ECORRUPT) { /* named, not fatal: the others are still readable */
+            json_array_append_new(unreadable, json_string(ids.v[i]));
+            rc = 0;
+            continue;
+        }
+        if (rc)
             goto out;
         if (!rec)
             continue; /* deleted between the scan and the read */
@@ -332,6 +339,9 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
     }
     page = json_pack("{s:O,s:o}", "items", items, "next_cursor",
                      ids.n > upto ? json_string(ids.v[upto - 1]) : json_null());
+    rhema_unreadable_trim(unreadable, ids.n > upto ? ids.v[upto - 1] : NULL);
+    if (page && json_array_size(unreadable))
+        json_object_set(page, "unreadable", unreadable);
     *out = page ? json_dumps(page, JSON_COMPACT) : NULL;
     if (!*out) {
         rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
@@ -340,6 +350,7 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
     *out_len = strlen(*out);
 out:
     json_decref(items);
+    json_decref(unreadable);
     json_decref(page);
     rhema_key_list_release(&ids);
     return rc;

@@ -1551,10 +1551,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
         json_object_set_new(pg, "next_cursor", json_null());
     }
     /* unreadable records of this page's range; those past next_cursor come with the next page */
-    if (next)
-        for (size_t i = json_array_size(unreadable); i-- > 0;)
-            if (strcmp(json_string_value(json_array_get(unreadable, i)), next) > 0)
-                json_array_remove(unreadable, i);
+    rhema_unreadable_trim(unreadable, next);
     if (json_array_size(unreadable))
         json_object_set(pg, "unreadable", unreadable);
     text = json_dumps(pg, JSON_COMPACT | JSON_PRESERVE_ORDER);

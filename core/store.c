@@ -32,6 +32,15 @@ int rhema_page_add(const struct rhema_store *st, size_t *used, size_t len)
     return st->max_page_bytes && *used > st->max_page_bytes;
 }
 
+void rhema_unreadable_trim(json_t *ids, const char *next)
+{
+    if (!next)
+        return;
+    for (size_t i = json_array_size(ids); i-- > 0;)
+        if (strcmp(json_string_value(json_array_get(ids, i)), next) > 0)
+            json_array_remove(ids, i);
+}
+
 void rhema_record_release(struct rhema_record *r)
 {
     free(r->json);

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
 #include <rhema/storage.h>
 
 #include "util.h"
@@ -41,6 +42,9 @@ struct rhema_store {
     rhema_storage_conn *conn;
     size_t max_page_bytes;              /* service.max_page_bytes; 0: no byte cap (see
                                          * rhema_page_add) */
+    uint64_t keep_config_versions;      /* persistence.configuration_versions_retained;
+                                         * 0: all (agents.h) */
+    uint64_t keep_transitions;          /* persistence.agent_transitions_retained; 0: all */
     struct rhema_access_entry *pending; /* sessions' access counts (session.h):
                                          * an open-addressing map id -> delta */
     size_t pending_n, pending_cap;
@@ -90,6 +94,14 @@ void rhema_key_list_release(struct rhema_key_list *l);
  * client always progresses; with no cap (0) it is never full.
  */
 int rhema_page_add(const struct rhema_store *st, size_t *used, size_t len);
+/*
+ * A list names the records it could not read (RHEMA_ECORRUPT: a value that
+ * does not decrypt or parse) instead of failing the page: `ids`, a JSON
+ * array of strings.  Once a page ends at `next` (its next_cursor; NULL:
+ * the last page), the ids past it belong to the next page: they are
+ * removed here, so that each is named once.
+ */
+void rhema_unreadable_trim(json_t *ids, const char *next);
 
 /*
  * A record as the API answers it: JSON text (malloc'd; release frees it)

@@ -294,6 +294,20 @@ static void h_config_put(struct rhema_req *r)
     reply_record(r, created ? 201 : 200, &rec);
 }
 
+static void h_config_delete(struct rhema_req *r)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t if_match;
+    if (rhema_query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
+        return;
+    int rc = rhema_configuration_delete(&r->worker->store, r->param, if_match, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    rhema_reply_empty(r, 204);
+}
+
 static void h_config_versions(struct rhema_req *r)
 {
     const char *name = r->param;
@@ -325,6 +339,8 @@ const struct rhema_route rhema_agents_routes[] = {
     {RHEMA_M_GET, "/v1/configurations/{configuration_name}", h_config_get,
      "configurations:read", RHEMA_READS},
     {RHEMA_M_PUT, "/v1/configurations/{configuration_name}", h_config_put,
+     "configurations:write", RHEMA_WRITES_STORAGE},
+    {RHEMA_M_DELETE, "/v1/configurations/{configuration_name}", h_config_delete,
      "configurations:write", RHEMA_WRITES_STORAGE},
     {RHEMA_M_GET, "/v1/configurations/{configuration_name}/versions", h_config_versions,
      "configurations:read", RHEMA_READS},

@@ -244,7 +244,7 @@ def test_methods_and_options(srv):
              ("GET", f"/v1/agents/{aid}/heartbeat", "POST, OPTIONS"),
              ("POST", f"/v1/agents/{aid}/transitions", "GET, OPTIONS"),
              ("DELETE", "/v1/system/metrics", "GET, PUT, OPTIONS"),
-             ("POST", "/v1/configurations/c1", "GET, PUT, OPTIONS")]
+             ("POST", "/v1/configurations/c1", "GET, PUT, DELETE, OPTIONS")]
     for method, path, allow in cases:
         st, h, err = srv.json(method, path)
         assert_error(st, err, 405, "method_not_allowed")

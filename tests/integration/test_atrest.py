@@ -242,3 +242,42 @@ def test_one_unreadable_record_does_not_fail_the_list(daemons, tmp_path):
     st, _, err = d.json("GET", f"/v1/sessions/{bad}")
     assert st >= 500 and "corrupt" in err["error"]["message"].lower(), err
     check_sessions(d, {s: want[s] for s in good})
+
+
+def corrupt(tmp, ns, key):
+    """Flip the last byte of the stored value of (ns, key): its tag no longer matches."""
+    db = sqlite3.connect(str(tmp / "rhema.db"))
+    try:
+        (value,) = db.execute("SELECT value FROM kv WHERE ns = ? AND key = ?", (ns, key)).fetchone()
+        value = bytearray(value)
+        value[-1] ^= 0x5A
+        db.execute("UPDATE kv SET value = ? WHERE ns = ? AND key = ?", (bytes(value), ns, key))
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_agent_and_service_lists_name_an_unreadable_record(daemons, tmp_path):
+    d = daemons(config=config(tmp_path)).start()
+    agents = [f"a-{i}" for i in range(4)]
+    services = [f"svc-{i}" for i in range(4)]
+    for a in agents:
+        st, _, rec = d.json("PUT", f"/v1/agents/{a}", {"name": TOPIC.format(a), "agent_type": "coder"})
+        assert st == 201, rec
+    for s in services:
+        st, _, rec = d.json("PUT", f"/v1/services/{s}", {"name": "web", "address": "127.0.0.1:9001"})
+        assert st == 201, rec
+    assert d.stop() == 0
+    corrupt(tmp_path, "agents", "a-1")
+    corrupt(tmp_path, "services", "svc-2")
+    d.start()
+    for path, key, want, bad in (("/v1/agents", "id", agents, "a-1"),
+                                 ("/v1/agents?status=Idle", "id", agents, "a-1"),
+                                 ("/v1/services", "service_id", services, "svc-2"),
+                                 ("/v1/services?name=web", "service_id", services, "svc-2")):
+        st, _, page = d.json("GET", path)
+        assert st == 200, (path, page)
+        assert [i[key] for i in page["items"]] == [x for x in want if x != bad], path
+        assert page["unreadable"] == [bad], path
+    assert d.json("GET", "/v1/agents/a-1")[0] >= 500
+    assert d.json("GET", "/v1/agents/a-0")[0] == 200

@@ -300,3 +300,65 @@ def test_list_pages_are_capped_by_bytes(daemons, tmp_path, backend):
     got = pages(d, "/v1/consensus")
     listed = [i["node_id"] for _, p in got for i in p["items"]]
     assert [x for x in listed if x.startswith("node-")] == nodes and len(got) > 1
+
+
+# ---- item 10: retention of configuration versions and agent transitions; DELETE ----
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_retention_keeps_the_last_versions_and_transitions(daemons, tmp_path, backend):
+    d = start(daemons, tmp_path, backend,
+              overrides=["persistence.configuration_versions_retained=5",
+                         "persistence.agent_transitions_retained=4"])
+    for v in range(1, 13):
+        st, _, rec = d.json("PUT", "/v1/configurations/ret", {"config_data": {"v": v}})
+        assert st in (200, 201) and rec["version"] == v, rec
+    got = pages(d, "/v1/configurations/ret/versions")
+    assert [i["version"] for _, p in got for i in p["items"]] == list(range(8, 13))
+    st, _, err = d.json("GET", "/v1/configurations/ret?version=7")
+    assert st == 404 and "no version 7" in err["error"]["message"], err
+    st, _, rec = d.json("GET", "/v1/configurations/ret?version=8")
+    assert st == 200 and rec["config_data"] == {"v": 8}
+    st, _, rec = d.json("GET", "/v1/configurations/ret")
+    assert st == 200 and rec["version"] == 12
+
+    assert d.request("PUT", "/v1/agents/ag", {"name": "n", "agent_type": "coder"}).status == 201
+    for n in range(10):
+        st, _, rec = d.json("PUT", "/v1/agents/ag", {"name": "n", "agent_type": "coder",
+                                                     "status": "Busy" if n % 2 == 0 else "Idle"})
+        assert st == 200, rec
+    st, _, page = d.json("GET", "/v1/agents/ag/transitions?limit=1000")
+    seqs = [t["seq"] for t in page["items"]]
+    assert len(seqs) == 4 and seqs == sorted(seqs), seqs
+    st, _, agent = d.json("GET", "/v1/agents/ag")
+    assert seqs[-1] == agent["transition_count"], (seqs, agent)
+    assert "index entry missing" not in d.log()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_configuration_delete_with_if_match(daemons, tmp_path, backend):
+    d = start(daemons, tmp_path, backend)
+    for v in range(1, 4):
+        assert d.json("PUT", "/v1/configurations/gone", {"config_data": {"v": v}})[0] in (200, 201)
+    # If-Match names another version: 412, nothing deleted
+    st, _, err = d.json("DELETE", "/v1/configurations/gone", headers={"If-Match": '"2"'})
+    assert st == 412, err
+    assert d.json("GET", "/v1/configurations/gone")[2]["version"] == 3
+    st, _, err = d.json("DELETE", "/v1/configurations/gone", headers={"If-None-Match": "*"})
+    assert st == 400, err
+    r = d.request("DELETE", "/v1/configurations/gone", headers={"If-Match": '"3"'})
+    assert r.status == 204, r.body
+    assert d.request("GET", "/v1/configurations/gone").status == 404
+    assert d.request("GET", "/v1/configurations/gone?version=1").status == 404
+    assert d.request("GET", "/v1/configurations/gone/versions").status == 404
+    st, _, err = d.json("DELETE", "/v1/configurations/gone")
+    assert st == 404, err
+    st, _, err = d.json("DELETE", "/v1/configurations/gone", headers={"If-Match": "*"})
+    assert st == 412, err
+    # a configuration of the same name starts again at version 1, with no old history
+    st, _, rec = d.json("PUT", "/v1/configurations/gone", {"config_data": {"again": True}})
+    assert st == 201 and rec["version"] == 1, rec
+    got = pages(d, "/v1/configurations/gone/versions")
+    assert [i["version"] for _, p in got for i in p["items"]] == [1]
+    # an unconditional delete; an empty name is 400
+    assert d.request("DELETE", "/v1/configurations/gone").status == 204
+    assert d.json("DELETE", "/v1/configurations/")[0] == 400

@@ -105,6 +105,8 @@ static void check_defaults(const struct rhema_config *cfg)
     assert_int_equal(cfg->max_data_size_bytes, 0);
     assert_int_equal(cfg->max_record_size_bytes, 16777216);
     assert_int_equal(cfg->max_page_bytes, 4194304);
+    assert_int_equal(cfg->configuration_versions_retained, 100);
+    assert_int_equal(cfg->agent_transitions_retained, 1000);
     assert_int_equal(cfg->enable_compression, 0);
     assert_int_equal(cfg->enable_encryption, 0);
     assert_string_equal(cfg->compression_algorithm, "zstd");

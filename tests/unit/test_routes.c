@@ -83,6 +83,7 @@ static void test_data_writes_are_fenced(void **state)
         {RHEMA_M_POST, "/v1/consensus/{node}/applied"},
         {RHEMA_M_PUT, "/v1/system/metrics"},
         {RHEMA_M_PUT, "/v1/configurations/{configuration_name}"},
+        {RHEMA_M_DELETE, "/v1/configurations/{configuration_name}"},
         {RHEMA_M_PUT, "/v1/services/{service_id}"},
         {RHEMA_M_DELETE, "/v1/services/{service_id}"},
         {RHEMA_M_POST, "/v1/services/{service_id}/pass"},
