@@ -91,10 +91,10 @@ void rhema_log_detach(void)
     pthread_mutex_lock(&reopen_lock);
     detached = 1;
     atomic_store(&tee_stderr, 0);
-    if (atomic_load(&log_fd) == STDERR_FILENO) {
-        openlog("rhemad", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+    /* also with a log file: a reload may take it away and fall back to syslog */
+    openlog("rhemad", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+    if (atomic_load(&log_fd) == STDERR_FILENO)
         atomic_store(&use_syslog, 1);
-    }
     pthread_mutex_unlock(&reopen_lock);
 }
 
