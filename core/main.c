@@ -466,6 +466,7 @@ int main(int argc, char **argv)
         rhema_codecs_open(&srv.codecs, srv.plugins, &cfg, &err) != 0 ||
         rhema_atrest_check(&cfg, &srv.codecs, &err) != 0 ||
         (opt.test_only && check_balancers(&srv, &err) != 0) ||
+        (opt.test_only && rhema_api_check(&cfg, &err) != 0) ||
         (!opt.test_only && rhema_keys_open(&srv, &err) != 0) ||
         (!opt.test_only && wrap_storage(&srv, &err) != 0)) {
         fprintf(stderr, "rhemad: %s\n", err ? err : "plugin error");

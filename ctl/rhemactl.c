@@ -42,6 +42,7 @@
 #include "log.h"
 #include "maintenance.h"
 #include "plugin.h"
+#include "rhemactl_auth.h"
 #include "rhemactl_keys.h"
 #include "storage_suite.h"
 #ifdef RHEMA_HAVE_ZSTD
@@ -60,6 +61,7 @@ static void usage(FILE *to)
                 "       rhemactl keys split --shares N --threshold K [-c CONFIG] [-o k=v]...\n"
                 "       rhemactl keys recover --out FILE [--force] [SHARE_FILE...]\n"
                 "       rhemactl keys verify|restore ARCHIVE [-c CONFIG] [-o k=v]...\n"
+                "       rhemactl auth new-key --name NAME [--roles R1,R2] [--expires-at TIME]\n"
                 "       rhemactl dict train --out FILE [--size BYTES] [--lines] SAMPLE...\n"
                 "       rhemactl version\n");
 }
@@ -421,6 +423,8 @@ int main(int argc, char **argv)
         return cmd_backup(argc - 1, argv + 1);
     if (strcmp(argv[1], "keys") == 0)
         return rhemactl_keys(argc - 1, argv + 1);
+    if (strcmp(argv[1], "auth") == 0)
+        return rhemactl_auth(argc - 1, argv + 1);
 #ifdef RHEMA_HAVE_ZSTD
     if (strcmp(argv[1], "dict") == 0)
         return rhemactl_dict(argc - 1, argv + 1);

@@ -18,6 +18,7 @@
 #include <event2/listener.h>
 #include <jansson.h>
 
+#include "auth/principal.h"
 #include "server.h"
 
 /* The context of one request, valid for the duration of its handler. */
@@ -37,6 +38,13 @@ struct rhema_req {
     int deferred;                /* the reply will be sent later (rhema_req_defer) */
     const struct rhema_route *route; /* the route matched (routes.h), NULL before */
     char param[RHEMA_ID_MAX + 2];    /* the path's {param} segment, when the route has one */
+    /*
+     * The caller, once the authenticate stage found a valid key
+     * (api_auth.h): its public id, name and roles; key_id "" when keys
+     * are off or none was presented.  A value, so that it lasts as long
+     * as the request (the audit stage reads it after the reply).
+     */
+    struct rhema_principal principal;
 };
 
 /*
