@@ -4,7 +4,6 @@
  */
 #include "rhema_build.h"
 
-#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,20 +110,10 @@ static int peer_loopback(struct rhema_req *r)
     struct evhttp_connection *c = evhttp_request_get_connection(r->req);
     char *host = NULL;
     ev_uint16_t port = 0;
-    unsigned char a[16];
     if (!c)
         return 0;
     evhttp_connection_get_peer(c, &host, &port);
-    if (!host)
-        return 0;
-    if (inet_pton(AF_INET, host, a) == 1)
-        return a[0] == 127;
-    if (inet_pton(AF_INET6, host, a) == 1) {
-        static const unsigned char v6_loop[16] = {[15] = 1};
-        static const unsigned char v4_mapped[12] = {[10] = 0xff, [11] = 0xff};
-        return memcmp(a, v6_loop, 16) == 0 || (memcmp(a, v4_mapped, 12) == 0 && a[12] == 127);
-    }
-    return 0;
+    return host && rhema_addr_loopback(host);
 }
 
 static unsigned method_bit(struct rhema_req *r)

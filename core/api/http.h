@@ -120,8 +120,9 @@ void rhema_reply_preflight(struct rhema_req *r, const char *allow);
 /*
  * The pipeline's origin stage: 1 after a 403 when r changes state (POST,
  * PUT, DELETE) and comes with an Origin that service.cors.origins does not
- * allow and that is not rhemad's own (a page in the operator's browser);
- * 0 otherwise, requests without Origin included.
+ * allow and that is not rhemad's own (a page in the operator's browser),
+ * or with no Origin but "Sec-Fetch-Site: cross-site"; 0 otherwise (other
+ * requests without Origin included: not a browser's).
  */
 int rhema_cross_origin_refused(struct rhema_req *r);
 

@@ -1,6 +1,7 @@
 /*
  * authz -- roles and rules (see authz.h for the decision).
  */
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -354,4 +355,16 @@ void rhema_authz_permissions(const struct rhema_authz *a, uint64_t roles,
                 fn(p, arg);
         }
     }
+}
+
+int rhema_addr_loopback(const char *host)
+{
+    unsigned char a[16];
+    static const unsigned char v6_loop[16] = {[15] = 1};
+    static const unsigned char v4_mapped[12] = {[10] = 0xff, [11] = 0xff};
+    if (inet_pton(AF_INET, host, a) == 1)
+        return a[0] == 127;
+    if (inet_pton(AF_INET6, host, a) == 1)
+        return memcmp(a, v6_loop, 16) == 0 || (memcmp(a, v4_mapped, 12) == 0 && a[12] == 127);
+    return 0;
 }

@@ -97,4 +97,10 @@ int rhema_authz_check(const struct rhema_authz *a, uint64_t roles, unsigned meth
 void rhema_authz_permissions(const struct rhema_authz *a, uint64_t roles,
                              void (*fn)(const char *pattern, void *arg), void *arg);
 
+/*
+ * Protected mode (keys off): 1 when host, a numeric client address, is a
+ * loopback one (127.0.0.0/8, ::1, ::ffff:127.x.y.z), else 0.
+ */
+int rhema_addr_loopback(const char *host);
+
 #endif /* RHEMA_CORE_AUTH_AUTHZ_H */

@@ -203,6 +203,22 @@ static void test_every_route_needs_its_permission(void **state)
     assert_true(routes >= 40);
 }
 
+static void test_loopback_addresses(void **state)
+{
+    (void)state;
+    assert_true(rhema_addr_loopback("127.0.0.1"));
+    assert_true(rhema_addr_loopback("127.255.0.9"));
+    assert_true(rhema_addr_loopback("::1"));
+    assert_true(rhema_addr_loopback("::ffff:127.0.0.1"));
+    assert_false(rhema_addr_loopback("10.0.0.1"));
+    assert_false(rhema_addr_loopback("128.0.0.1"));
+    assert_false(rhema_addr_loopback("::2"));
+    assert_false(rhema_addr_loopback("::ffff:10.0.0.1"));
+    assert_false(rhema_addr_loopback("fe80::1"));
+    assert_false(rhema_addr_loopback("localhost")); /* evhttp gives numbers; a name is not trusted */
+    assert_false(rhema_addr_loopback(""));
+}
+
 _Static_assert(RHEMA_M_GET == RHEMA_AUTHZ_GET && RHEMA_M_PUT == RHEMA_AUTHZ_PUT &&
                    RHEMA_M_POST == RHEMA_AUTHZ_POST && RHEMA_M_DELETE == RHEMA_AUTHZ_DELETE,
                "the method bits of routes.h and authz.h agree");
@@ -216,6 +232,7 @@ int main(void)
         cmocka_unit_test(test_deny_beats_allow_at_equal_specificity),
         cmocka_unit_test(test_bad_definitions),
         cmocka_unit_test(test_every_route_needs_its_permission),
+        cmocka_unit_test(test_loopback_addresses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
