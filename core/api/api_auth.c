@@ -77,8 +77,8 @@ int rhema_authenticate(struct rhema_req *r)
         return 1;
     if (!key)
         return 0; /* anonymous: authorize decides (an open route, or 401) */
-    switch (rhema_keystore_authenticate(a->keys, r->worker->id, &r->worker->store, key,
-                                        strlen(key), rhema_realtime_ms(), &r->principal, err)) {
+    switch (rhema_keystore_authenticate(a->keys, r->worker->id, &r->worker->store, key, strlen(key),
+                                        rhema_realtime_ms(), &r->principal, err)) {
     case RHEMA_KEY_VALID: return 0;
     case RHEMA_KEY_MALFORMED:
         reply_401(r, "invalid_token", "the API key is not of the form rk_<id>_<secret>");
@@ -86,12 +86,8 @@ int rhema_authenticate(struct rhema_req *r)
     case RHEMA_KEY_CHECKSUM:
         reply_401(r, "invalid_token", "the API key's checksum does not match (mistyped?)");
         return 1;
-    case RHEMA_KEY_UNKNOWN:
-        reply_401(r, "invalid_token", "unknown or revoked API key");
-        return 1;
-    case RHEMA_KEY_EXPIRED:
-        reply_401(r, "invalid_token", "the API key has expired");
-        return 1;
+    case RHEMA_KEY_UNKNOWN: reply_401(r, "invalid_token", "unknown or revoked API key"); return 1;
+    case RHEMA_KEY_EXPIRED: reply_401(r, "invalid_token", "the API key has expired"); return 1;
     case RHEMA_KEY_UNAVAIL:
     default:
         rhema_reply_error(r, 503, "unavailable", "cannot check the API key: %s", err);
@@ -149,8 +145,7 @@ int rhema_authorize(struct rhema_req *r, const struct rhema_route *rt)
         reply_401(r, NULL, "an API key is required (Authorization: Bearer <key>, or X-API-Key)");
         return 1;
     }
-    if (rhema_authz_check(a->authz, r->principal.role_mask, method_bit(r), r->path,
-                          rt->permission))
+    if (rhema_authz_check(a->authz, r->principal.role_mask, method_bit(r), r->path, rt->permission))
         return 0;
     rhema_reply_error(r, 403, "forbidden", "API key '%s' (roles: %s) may not %s %s (%s)",
                       r->principal.key_id, r->principal.roles[0] ? r->principal.roles : "none",
@@ -240,8 +235,7 @@ static int listen_loopback(const char *listen)
            strncmp(listen, "localhost:", 10) == 0;
 }
 
-int rhema_auth_open(struct rhema_server *srv, const struct rhema_route *const *tables,
-                    char **err)
+int rhema_auth_open(struct rhema_server *srv, const struct rhema_route *const *tables, char **err)
 {
     int rc = auth_build(srv->cfg, tables, &srv->auth, err);
     if (rc)
@@ -295,7 +289,8 @@ static void h_keys_create(struct rhema_req *r)
         rhema_reply_error(r, 400, "invalid_field", "body: must be a JSON object");
         goto out;
     }
-    json_object_foreach(body, field, v) {
+    json_object_foreach(body, field, v)
+    {
         if (strcmp(field, "name") != 0 && strcmp(field, "roles") != 0 &&
             strcmp(field, "expires_at") != 0) {
             rhema_reply_error(r, 400, "invalid_field",
@@ -321,8 +316,7 @@ static void h_keys_create(struct rhema_req *r)
     }
     for (size_t i = 0; v && i < json_array_size(v); i++) {
         if (!json_is_string(json_array_get(v, i))) {
-            rhema_reply_error(r, 400, "invalid_field", "field 'roles[%zu]': must be a string",
-                              i);
+            rhema_reply_error(r, 400, "invalid_field", "field 'roles[%zu]': must be a string", i);
             goto out;
         }
         roles[nr++] = json_string_value(json_array_get(v, i));
@@ -330,8 +324,7 @@ static void h_keys_create(struct rhema_req *r)
     v = json_object_get(body, "expires_at");
     if (v && !json_is_null(v) &&
         (!json_is_string(v) || rhema_time_parse(json_string_value(v), &expires) != 0)) {
-        rhema_reply_error(r, 400, "invalid_field",
-                          "field 'expires_at': an RFC 3339 time or null");
+        rhema_reply_error(r, 400, "invalid_field", "field 'expires_at': an RFC 3339 time or null");
         goto out;
     }
     int rc = rhema_keystore_create(a->keys, &r->worker->store, key_name, roles, nr, expires, key,
@@ -377,8 +370,7 @@ static void h_keys_delete(struct rhema_req *r)
         reply_keystore_error(r, rc, err);
         return;
     }
-    rhema_log(RHEMA_LOG_NOTICE, "auth", "API key %s revoked (request %s)", r->param,
-              r->request_id);
+    rhema_log(RHEMA_LOG_NOTICE, "auth", "API key %s revoked (request %s)", r->param, r->request_id);
     rhema_reply_empty(r, 204);
 }
 
@@ -402,25 +394,22 @@ static void h_whoami(struct rhema_req *r)
     }
     char buf[sizeof p->roles];
     snprintf(buf, sizeof buf, "%s", p->roles);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
-         tok = strtok_r(NULL, ",", &save))
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
         json_array_append_new(roles, json_string(tok));
     rhema_authz_permissions(a->authz, p->role_mask, add_permission, perms);
     if (p->expires_at_ms)
         rhema_time_format(p->expires_at_ms, t);
     rhema_reply_jsonv(r, 200,
                       json_pack("{s:s, s:s, s:o, s:o, s:b, s:o, s:s}", "id", p->key_id, "name",
-                                p->name, "roles", roles, "permissions", perms, "authentication",
-                                1, "expires_at",
-                                p->expires_at_ms ? json_string(t) : json_null(), "source",
-                                p->from_config ? "config" : "runtime"));
+                                p->name, "roles", roles, "permissions", perms, "authentication", 1,
+                                "expires_at", p->expires_at_ms ? json_string(t) : json_null(),
+                                "source", p->from_config ? "config" : "runtime"));
 }
 
 const struct rhema_route rhema_auth_routes[] = {
     {RHEMA_M_GET, "/v1/auth/whoami", h_whoami, "auth:self", RHEMA_READS},
     {RHEMA_M_POST, "/v1/auth/keys", h_keys_create, "auth:admin", RHEMA_WRITES_STORAGE},
     {RHEMA_M_GET, "/v1/auth/keys", h_keys_list, "auth:read", RHEMA_READS},
-    {RHEMA_M_DELETE, "/v1/auth/keys/{key_id}", h_keys_delete, "auth:admin",
-     RHEMA_WRITES_STORAGE},
+    {RHEMA_M_DELETE, "/v1/auth/keys/{key_id}", h_keys_delete, "auth:admin", RHEMA_WRITES_STORAGE},
     {0},
 };

@@ -47,8 +47,7 @@ int rhema_authorize(struct rhema_req *r, const struct rhema_route *rt);
  * open routes; checked against the route tables) and log the protected
  * mode warning.  0, or RHEMA_E* and *err (malloc'd).
  */
-int rhema_auth_open(struct rhema_server *srv, const struct rhema_route *const *tables,
-                    char **err);
+int rhema_auth_open(struct rhema_server *srv, const struct rhema_route *const *tables, char **err);
 void rhema_auth_close(struct rhema_server *srv);
 
 /* The same checks as rhema_auth_open() for rhemad -t; nothing is kept. */

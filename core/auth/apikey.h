@@ -27,7 +27,8 @@
 #define RHEMA_APIKEY_SECRET_LEN 22
 #define RHEMA_APIKEY_CHECK_LEN 6
 /* "rk_" id "_" secret checksum */
-#define RHEMA_APIKEY_LEN (3 + RHEMA_APIKEY_ID_LEN + 1 + RHEMA_APIKEY_SECRET_LEN + RHEMA_APIKEY_CHECK_LEN)
+#define RHEMA_APIKEY_LEN                                                                           \
+    (3 + RHEMA_APIKEY_ID_LEN + 1 + RHEMA_APIKEY_SECRET_LEN + RHEMA_APIKEY_CHECK_LEN)
 #define RHEMA_APIKEY_HASH_LEN 32
 #define RHEMA_APIKEY_HASH_HEX (2 * RHEMA_APIKEY_HASH_LEN)
 /* "<public_id>:<hex>" */
@@ -55,8 +56,7 @@ enum rhema_apikey_fault rhema_apikey_parse(const char *key, size_t len,
 void rhema_apikey_hash(const char *key, size_t len, unsigned char out[RHEMA_APIKEY_HASH_LEN]);
 
 /* The stored form "<public_id>:<hex>" of a key (parse it first). */
-void rhema_apikey_stored(const char *key, size_t len,
-                         char out[RHEMA_APIKEY_STORED_LEN + 1]);
+void rhema_apikey_stored(const char *key, size_t len, char out[RHEMA_APIKEY_STORED_LEN + 1]);
 
 /*
  * Read a stored form "<public_id>:<hex>": 0 with the id and the hash, or

@@ -24,7 +24,7 @@ struct rule {
     size_t prefix_len;
     unsigned methods; /* 0: every method */
     int allow;
-    uint64_t roles;   /* 0: every principal */
+    uint64_t roles; /* 0: every principal */
 };
 
 struct rhema_authz {
@@ -92,8 +92,8 @@ int rhema_permission_match(const char *pattern, const char *perm)
     if (!pc || !c)
         return 0;
     size_t palen = (size_t)(pc - pattern), alen = (size_t)(c - perm);
-    int area_ok = (palen == 1 && pattern[0] == '*') ||
-                  (palen == alen && memcmp(pattern, perm, alen) == 0);
+    int area_ok =
+        (palen == 1 && pattern[0] == '*') || (palen == alen && memcmp(pattern, perm, alen) == 0);
     int verb_ok = strcmp(pc + 1, "*") == 0 || strcmp(pc + 1, c + 1) == 0;
     return area_ok && verb_ok;
 }
@@ -124,7 +124,10 @@ const char *rhema_authz_role_name(const struct rhema_authz *a, int index)
     return index >= 0 && (size_t)index < a->n_roles ? a->roles[index].name : NULL;
 }
 
-size_t rhema_authz_role_count(const struct rhema_authz *a) { return a->n_roles; }
+size_t rhema_authz_role_count(const struct rhema_authz *a)
+{
+    return a->n_roles;
+}
 
 int rhema_authz_add_role(struct rhema_authz *a, const char *name, const char *const *perms,
                          size_t n, char **err)
@@ -192,8 +195,8 @@ int rhema_authz_add_rule(struct rhema_authz *a, const char *path_prefix, unsigne
 }
 
 /* Fill v with the n strings of the list at path (borrowed from the config). */
-static int config_list(const struct rhema_config *cfg, const char *path, const char ***v,
-                       size_t *n, char **err)
+static int config_list(const struct rhema_config *cfg, const char *path, const char ***v, size_t *n,
+                       char **err)
 {
     int count = rhema_config_get_count(cfg, path);
     char p[256];

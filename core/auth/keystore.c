@@ -119,8 +119,7 @@ int rhema_keystore_open(const struct rhema_config *cfg, const struct rhema_authz
         snprintf(p, sizeof p, "security.api_keys.keys[%d].expires_at", i);
         rhema_config_get_string(cfg, p, &expires);
         if (*expires && rhema_time_parse(expires, &k->principal.expires_at_ms) != 0) {
-            rc = rhema_set_error(err, RHEMA_EINVAL, "%s: '%s' is not an RFC 3339 time", p,
-                                 expires);
+            rc = rhema_set_error(err, RHEMA_EINVAL, "%s: '%s' is not an RFC 3339 time", p, expires);
             goto fail;
         }
         snprintf(p, sizeof p, "security.api_keys.keys[%d].roles", i);
@@ -136,9 +135,9 @@ int rhema_keystore_open(const struct rhema_config *cfg, const struct rhema_authz
             roles[j] = "";
             rhema_config_get_string(cfg, rp, &roles[j]);
             if (rhema_authz_role_index(authz, roles[j]) < 0) {
-                rc = rhema_set_error(err, RHEMA_EINVAL,
-                                     "%s: role '%s' is not defined in security.roles", rp,
-                                     roles[j]);
+                rc =
+                    rhema_set_error(err, RHEMA_EINVAL,
+                                    "%s: role '%s' is not defined in security.roles", rp, roles[j]);
                 goto fail;
             }
         }
@@ -167,7 +166,10 @@ void rhema_keystore_close(struct rhema_keystore *ks)
     free(ks);
 }
 
-size_t rhema_keystore_static_count(const struct rhema_keystore *ks) { return ks->n_static; }
+size_t rhema_keystore_static_count(const struct rhema_keystore *ks)
+{
+    return ks->n_static;
+}
 
 static const struct static_key *static_find(const struct rhema_keystore *ks, const char *id)
 {
@@ -388,8 +390,7 @@ struct list_ctx {
     int bad;
 };
 
-static json_t *principal_json(const struct rhema_principal *p, uint64_t created_ms,
-                              uint64_t now_ms)
+static json_t *principal_json(const struct rhema_principal *p, uint64_t created_ms, uint64_t now_ms)
 {
     json_t *roles = json_array();
     char buf[sizeof p->roles];

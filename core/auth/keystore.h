@@ -50,7 +50,7 @@ enum rhema_keystore_result {
     RHEMA_KEY_CHECKSUM,  /* a typo: the checksum does not match */
     RHEMA_KEY_UNKNOWN,   /* no such key, a wrong secret, or revoked */
     RHEMA_KEY_EXPIRED,
-    RHEMA_KEY_UNAVAIL,   /* the backend could not be asked (err says why) */
+    RHEMA_KEY_UNAVAIL, /* the backend could not be asked (err says why) */
 };
 
 /*

@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-#define RHEMA_PRINCIPAL_ID_MAX 12     /* RHEMA_APIKEY_ID_LEN */
+#define RHEMA_PRINCIPAL_ID_MAX 12 /* RHEMA_APIKEY_ID_LEN */
 #define RHEMA_PRINCIPAL_NAME_MAX 128
 #define RHEMA_PRINCIPAL_ROLES_MAX 512 /* the role names, comma-separated */
 

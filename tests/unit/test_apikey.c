@@ -122,10 +122,8 @@ int main(void)
     if (sodium_init() < 0)
         return 1;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_generated_keys_parse),
-        cmocka_unit_test(test_two_keys_differ),
-        cmocka_unit_test(test_every_typo_is_caught),
-        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_generated_keys_parse), cmocka_unit_test(test_two_keys_differ),
+        cmocka_unit_test(test_every_typo_is_caught), cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_stored_form),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -71,8 +71,8 @@ static void test_roles_deny_by_default(void **state)
     assert_false(rhema_authz_check(a, R(a, "reader"), PUT, "/v1/sessions/x", "sessions:write"));
     assert_true(rhema_authz_check(a, R(a, "writer"), PUT, "/v1/sessions/x", "sessions:write"));
     assert_false(rhema_authz_check(a, R(a, "writer"), GET, "/v1/agents/x", "agents:read"));
-    assert_true(rhema_authz_check(a, R(a, "reader") | R(a, "writer"), GET, "/v1/agents/x",
-                                  "agents:read"));
+    assert_true(
+        rhema_authz_check(a, R(a, "reader") | R(a, "writer"), GET, "/v1/agents/x", "agents:read"));
     assert_true(rhema_authz_check(a, R(a, "admin"), POST, "/v1/keys/rotate", "keys:admin"));
     assert_false(rhema_authz_check(a, R(a, "none"), GET, "/v1/sessions/x", "sessions:read"));
     assert_false(rhema_authz_check(a, 0, GET, "/v1/sessions/x", "sessions:read"));
@@ -91,8 +91,8 @@ static void test_most_specific_rule_wins(void **state)
     /* ... except to read it (methods listed: more specific at the same prefix) */
     assert_int_equal(rhema_authz_add_rule(a, "/v1/sessions/locked", GET, 1, writer, 1, NULL), 0);
     /* ... and everything below /v1/sessions/locked/messages is open to them again */
-    assert_int_equal(
-        rhema_authz_add_rule(a, "/v1/sessions/locked/messages", 0, 1, writer, 1, NULL), 0);
+    assert_int_equal(rhema_authz_add_rule(a, "/v1/sessions/locked/messages", 0, 1, writer, 1, NULL),
+                     0);
     /* readers may write the scratch session (a rule grants beyond the role) */
     static const char *reader[] = {"reader"};
     assert_int_equal(rhema_authz_add_rule(a, "/v1/sessions/scratch", PUT, 1, reader, 1, NULL), 0);
@@ -122,8 +122,8 @@ static void test_deny_beats_allow_at_equal_specificity(void **state)
     /* order does not matter */
     assert_int_equal(rhema_authz_add_rule(a, "/v1/agents", 0, 0, writer, 1, NULL), 0);
     assert_int_equal(rhema_authz_add_rule(a, "/v1/agents", 0, 1, writer, 1, NULL), 0);
-    assert_false(rhema_authz_check(a, R(a, "writer") | R(a, "admin"), GET, "/v1/agents/a",
-                                   "agents:read"));
+    assert_false(
+        rhema_authz_check(a, R(a, "writer") | R(a, "admin"), GET, "/v1/agents/a", "agents:read"));
     /* the admin role alone: the writer rules do not apply */
     assert_true(rhema_authz_check(a, R(a, "admin"), GET, "/v1/agents/a", "agents:read"));
     /* a trailing '/' prefix matches what follows, not the bare path */
@@ -215,7 +215,8 @@ static void test_loopback_addresses(void **state)
     assert_false(rhema_addr_loopback("::2"));
     assert_false(rhema_addr_loopback("::ffff:10.0.0.1"));
     assert_false(rhema_addr_loopback("fe80::1"));
-    assert_false(rhema_addr_loopback("localhost")); /* evhttp gives numbers; a name is not trusted */
+    assert_false(
+        rhema_addr_loopback("localhost")); /* evhttp gives numbers; a name is not trusted */
     assert_false(rhema_addr_loopback(""));
 }
 
