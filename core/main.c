@@ -402,6 +402,9 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         old->request_timeout_seconds != neu.request_timeout_seconds)
         rhema_log(RHEMA_LOG_WARN, "main",
                   "reload: service limits changed; restart to apply");
+    if (rhema_api_reload_needs_restart(old, &neu))
+        rhema_log(RHEMA_LOG_WARN, "main",
+                  "reload: security settings (keys, roles, rules) changed; restart to apply");
     rhema_log(RHEMA_LOG_NOTICE, "main", "reload: configuration re-read; log level %d, format %s",
               neu.log_level, neu.log_format == RHEMA_LOG_FORMAT_JSON ? "json" : "text");
     rhema_config_release(&neu);

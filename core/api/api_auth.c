@@ -260,6 +260,84 @@ int rhema_auth_open(struct rhema_server *srv, const struct rhema_route *const *t
     return 0;
 }
 
+/* Append the strings of the list at path to f as "path=[a,b]". */
+static void settings_list(FILE *f, const struct rhema_config *cfg, const char *path)
+{
+    char p[160];
+    const char *s;
+    int n = rhema_config_get_count(cfg, path);
+    fprintf(f, "%s=[", path);
+    for (int i = 0; i < n; i++) {
+        snprintf(p, sizeof p, "%s[%d]", path, i);
+        if (rhema_config_get_string(cfg, p, &s) == 0)
+            fprintf(f, "%zu:%s,", strlen(s), s);
+    }
+    fputs("]\n", f);
+}
+
+static void settings_string(FILE *f, const struct rhema_config *cfg, const char *path)
+{
+    const char *s = "";
+    rhema_config_get_string(cfg, path, &s);
+    fprintf(f, "%s=%zu:%s\n", path, strlen(s), s);
+}
+
+/* Every setting rhema_auth_open() reads, as one text (malloc'd; NULL when out of memory). */
+static char *settings_text(const struct rhema_config *cfg)
+{
+    char *buf = NULL, p[128];
+    size_t len = 0;
+    int b = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return NULL;
+    rhema_config_get_bool(cfg, "security.api_keys.enabled", &b);
+    fprintf(f, "enabled=%d\n", b);
+    b = 0;
+    rhema_config_get_bool(cfg, "security.allow_unauthenticated_remote", &b);
+    fprintf(f, "remote=%d\n", b);
+    settings_list(f, cfg, "security.api_keys.open_routes");
+    for (int i = 0, n = rhema_config_get_count(cfg, "security.api_keys.keys"); i < n; i++) {
+        static const char *const strs[] = {"name", "key_hash", "expires_at"};
+        for (size_t k = 0; k < 3; k++) {
+            snprintf(p, sizeof p, "security.api_keys.keys[%d].%s", i, strs[k]);
+            settings_string(f, cfg, p);
+        }
+        snprintf(p, sizeof p, "security.api_keys.keys[%d].roles", i);
+        settings_list(f, cfg, p);
+    }
+    for (int i = 0, n = rhema_config_get_count(cfg, "security.roles"); i < n; i++) {
+        snprintf(p, sizeof p, "security.roles[%d].name", i);
+        settings_string(f, cfg, p);
+        snprintf(p, sizeof p, "security.roles[%d].permissions", i);
+        settings_list(f, cfg, p);
+    }
+    for (int i = 0, n = rhema_config_get_count(cfg, "security.rules"); i < n; i++) {
+        static const char *const strs[] = {"path_prefix", "action"};
+        static const char *const lists[] = {"methods", "roles"};
+        for (size_t k = 0; k < 2; k++) {
+            snprintf(p, sizeof p, "security.rules[%d].%s", i, strs[k]);
+            settings_string(f, cfg, p);
+            snprintf(p, sizeof p, "security.rules[%d].%s", i, lists[k]);
+            settings_list(f, cfg, p);
+        }
+    }
+    if (fclose(f) != 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+int rhema_auth_settings_changed(const struct rhema_config *old, const struct rhema_config *neu)
+{
+    char *a = settings_text(old), *b = settings_text(neu);
+    int changed = !a || !b || strcmp(a, b) != 0;
+    free(a);
+    free(b);
+    return changed;
+}
+
 void rhema_auth_close(struct rhema_server *srv)
 {
     auth_free(srv->auth);

@@ -50,6 +50,12 @@ int rhema_authorize(struct rhema_req *r, const struct rhema_route *rt);
 int rhema_auth_open(struct rhema_server *srv, const struct rhema_route *const *tables, char **err);
 void rhema_auth_close(struct rhema_server *srv);
 
+/*
+ * 1 when a reload changed a setting rhema_auth_open() reads (security.*
+ * but audit): those take a restart.  Main thread.
+ */
+int rhema_auth_settings_changed(const struct rhema_config *old, const struct rhema_config *neu);
+
 /* The same checks as rhema_auth_open() for rhemad -t; nothing is kept. */
 int rhema_auth_check(const struct rhema_config *cfg, const struct rhema_route *const *tables,
                      char **err);

@@ -113,6 +113,11 @@ int rhema_api_check(const struct rhema_config *cfg, char **err)
     return rhema_auth_check(cfg, rhema_api_routes, err);
 }
 
+int rhema_api_reload_needs_restart(const struct rhema_config *old, const struct rhema_config *neu)
+{
+    return rhema_auth_settings_changed(old, neu);
+}
+
 void rhema_api_stop(struct rhema_server *srv)
 {
     rhema_http_stop(srv);

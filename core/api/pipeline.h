@@ -30,6 +30,12 @@ int rhema_api_start(struct rhema_server *srv, char **err);
  * rules, static keys, open routes).  0, or RHEMA_EINVAL and *err.
  */
 int rhema_api_check(const struct rhema_config *cfg, char **err);
+/*
+ * SIGHUP: 1 when the new configuration changes what the API read at start
+ * (the security section: keys, roles, rules, protected mode), which takes
+ * a restart.
+ */
+int rhema_api_reload_needs_restart(const struct rhema_config *old, const struct rhema_config *neu);
 /* Drain and stop the workers (http.h: rhema_http_stop). */
 void rhema_api_stop(struct rhema_server *srv);
 

@@ -340,3 +340,21 @@ def test_sample_config_allows_no_origin_by_default():
     text = (TOP_SRCDIR / "etc" / "rhemad.conf").read_text()
     active = [l for l in text.splitlines() if "origins" in l and not l.strip().startswith("#")]
     assert not any('"*"' in l for l in active), active
+
+
+def test_reload_says_security_changes_need_a_restart(daemons, admin_key):
+    import signal
+    roles = {"admin": ["*"]}
+    d = daemons(config=auth_config(memory_config(), [admin_key[1]], roles)).start()
+    mark = d.log_size()
+    d.send(signal.SIGHUP)
+    assert d.wait_log("reload: configuration re-read", since=mark)
+    assert "security settings" not in d.log()[mark:], "nothing changed"
+    mark = d.log_size()
+    d.write_config(auth_config(memory_config(), [admin_key[1]],
+                               {"admin": ["*"], "reader": ["sessions:read"]}))
+    d.send(signal.SIGHUP)
+    assert d.wait_log("reload: security settings (keys, roles, rules) changed; restart to apply",
+                      since=mark)
+    # the running settings stay: the admin key still works
+    assert d.request("GET", "/v1/auth/whoami", headers=bearer(admin_key[0])).status == 200
