@@ -109,6 +109,7 @@ static const char *const roles_enum[] = { "Coordinator", "Worker", "Observer", "
 static const char *const level_enum[] = { "debug", "info", "notice", "warn", "error", NULL };
 static const char *const format_enum[] = { "text", "json", NULL };
 static const char *const no_strings[] = { NULL };
+static const char *const action_enum[] = { "allow", "deny", NULL };
 static const char *const no_origins[] = { NULL }; /* same origin only */
 static const char *const cors_headers[] = { "Content-Type", "Authorization", "X-API-Key", "If-None-Match",
                                             "If-Match",     "X-Request-Id",  "X-Rhema-Epoch",
@@ -271,6 +272,9 @@ static const struct key schema[] = {
     STRQ("security.api_keys.keys[].name", F_REQUIRED | F_UNIQUE),
     STRQ("security.api_keys.keys[].key_hash", F_REQUIRED),
     LIST("security.api_keys.keys[].roles", no_strings),
+    STR("security.api_keys.keys[].expires_at", ""),
+    LIST("security.api_keys.open_routes", no_strings),
+    BOOL_("security.allow_unauthenticated_remote", 0),
     GLIST("security.roles"),
     STRQ("security.roles[].name", F_REQUIRED | F_UNIQUE),
     LIST("security.roles[].permissions", no_strings),
@@ -278,6 +282,8 @@ static const struct key schema[] = {
     TYPED("security.rules[].path_prefix", K_PATH, "", F_REQUIRED),
     LIST("security.rules[].methods", no_strings),
     LIST("security.rules[].roles", no_strings),
+    { .path = "security.rules[].action", .type = K_ENUM, .def_s = "", .values = action_enum,
+      .flags = F_REQUIRED },
     GRP("security.audit", 0),
     BOOL_("security.audit.enabled", 0),
     STR("security.audit.file", "logs/audit.log"),
@@ -334,10 +340,6 @@ static const struct unimplemented unimplemented[] = {
     { "monitoring.alerts.cpu_percent", "monitoring.alerts.enabled" },
     { "monitoring.alerts.memory_percent", "monitoring.alerts.enabled" },
     { "monitoring.alerts.error_rate_percent", "monitoring.alerts.enabled" },
-    { "security.api_keys.enabled", NULL },
-    { "security.api_keys.keys", "security.api_keys.enabled" },
-    { "security.roles", "security.api_keys.enabled" },
-    { "security.rules", NULL },
 };
 
 static const struct key *schema_find(const char *path)

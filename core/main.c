@@ -476,6 +476,7 @@ struct main_ctx {
     struct event_base *base;
     struct restart_settings running; /* as the process started with them */
     struct restart_settings last;    /* as the last reload read them */
+    int security_warned;             /* the last reload read other security settings */
 };
 
 static void restart_settings_release(struct restart_settings *r)
@@ -594,6 +595,14 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         restart_settings_release(&m->last);
         m->last = now;
     }
+    int security_differs = rhema_api_reload_needs_restart(old, &neu);
+    if (security_differs && !m->security_warned)
+        rhema_log(RHEMA_LOG_WARN, "main",
+                  "reload: security settings (keys, roles, rules) changed; restart to apply");
+    else if (!security_differs && m->security_warned)
+        rhema_log(RHEMA_LOG_NOTICE, "main",
+                  "reload: security settings are back to the running ones");
+    m->security_warned = security_differs;
     rhema_log(RHEMA_LOG_NOTICE, "main", "reload: configuration re-read; log level %s, format %s",
               rhema_log_level_name(neu.log_level),
               neu.log_format == RHEMA_LOG_FORMAT_JSON ? "json" : "text");
@@ -700,6 +709,7 @@ int main(int argc, char **argv)
         rhema_codecs_open(&srv.codecs, srv.plugins, &cfg, &err) != 0 ||
         rhema_atrest_check(&cfg, &srv.codecs, &err) != 0 ||
         (opt.test_only && check_balancers(&srv, &err) != 0) ||
+        (opt.test_only && rhema_api_check(&cfg, &err) != 0) ||
         (!opt.test_only && rhema_keys_open(&srv, &err) != 0) ||
         (!opt.test_only && wrap_storage(&srv, &err) != 0)) {
         fprintf(stderr, "rhemad: %s\n", err ? err : "plugin error");

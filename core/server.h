@@ -37,6 +37,7 @@ struct evhttp;
 struct evconnlistener;
 struct rhema_req;
 struct rhema_server;
+struct rhema_auth;
 
 /* What a worker runs for each request (core/api/pipeline.c: rhema_pipeline_run). */
 typedef void rhema_request_fn(struct rhema_req *r);
@@ -87,6 +88,7 @@ struct rhema_server {
     struct rhema_perfmon *perfmon; /* perfmon.h: message feature measurements, alerts */
     struct rhema_cluster *cluster; /* cluster.h: membership, leader lease, epoch */
     struct rhema_services *services; /* services.h: registry, health checks, balancers */
+    struct rhema_auth *auth;         /* api/api_auth.h: keys, roles, rules, protected mode */
 };
 
 #endif /* RHEMA_CORE_SERVER_H */

@@ -45,6 +45,7 @@
 #include "maintenance.h"
 #include "plugin.h"
 #include "rhemactl_audit.h"
+#include "rhemactl_auth.h"
 #include "rhemactl_keys.h"
 #include "storage_suite.h"
 #ifdef RHEMA_HAVE_ZSTD
@@ -65,6 +66,7 @@ static void usage(FILE *to)
                 "       rhemactl keys verify|restore ARCHIVE [-c CONFIG] [-o k=v]...\n"
                 "       rhemactl audit verify FILE...\n"
                 "       rhemactl audit hmac --key-file KEYFILE VALUE\n"
+                "       rhemactl auth new-key --name NAME [--roles R1,R2] [--expires-at TIME]\n"
                 "       rhemactl dict train --out FILE [--size BYTES] [--lines] SAMPLE...\n"
                 "       rhemactl version\n");
 }
@@ -428,6 +430,8 @@ int main(int argc, char **argv)
         return rhemactl_keys(argc - 1, argv + 1);
     if (strcmp(argv[1], "audit") == 0)
         return rhemactl_audit(argc - 1, argv + 1);
+    if (strcmp(argv[1], "auth") == 0)
+        return rhemactl_auth(argc - 1, argv + 1);
 #ifdef RHEMA_HAVE_ZSTD
     if (strcmp(argv[1], "dict") == 0)
         return rhemactl_dict(argc - 1, argv + 1);

@@ -108,9 +108,20 @@ static void add_cors(struct rhema_req *r)
 int rhema_cross_origin_refused(struct rhema_req *r)
 {
     const char *origin = rhema_req_header(r, "Origin");
-    if (!origin || r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD ||
+    if (r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD ||
         r->method == EVHTTP_REQ_OPTIONS)
         return 0;
+    if (!origin) {
+        /* a browser that sends no Origin still says where the request comes from */
+        const char *site = rhema_req_header(r, "Sec-Fetch-Site");
+        if (site && strcasecmp(site, "cross-site") == 0) {
+            rhema_reply_error(r, 403, "forbidden",
+                              "a cross-site browser request may not change anything here "
+                              "(Sec-Fetch-Site: cross-site without an Origin)");
+            return 1;
+        }
+        return 0;
+    }
     if (cors_match(r->worker->srv->cfg, origin))
         return 0;
     const char *host = rhema_req_header(r, "Host");

@@ -18,6 +18,7 @@
 #include <event2/listener.h>
 #include <jansson.h>
 
+#include "auth/principal.h"
 #include "server.h"
 
 /* The context of one request, valid for the duration of its handler. */
@@ -38,14 +39,12 @@ struct rhema_req {
     const struct rhema_route *route; /* the route matched (routes.h), NULL before */
     char param[RHEMA_ID_MAX + 2];    /* the path's {param} segment, when the route has one */
     /*
-     * The principal, set by the authenticate stage (issue 9); NULL and 0
-     * while authentication is off.  The audit log records them.  They must
-     * outlive the request, a deferred one included (rhema_req_defer copies
-     * the pointers, not what they point to).
+     * The caller, once the authenticate stage found a valid key
+     * (api_auth.h): its public id, name and roles; key_id "" when keys
+     * are off or none was presented.  A value, so that it lasts as long
+     * as the request (the audit stage reads it after the reply).
      */
-    const char *key_id;             /* the API key's public id */
-    const char *const *roles;       /* the key's roles, n_roles of them */
-    size_t n_roles;
+    struct rhema_principal principal;
 };
 
 /*
@@ -121,8 +120,9 @@ void rhema_reply_preflight(struct rhema_req *r, const char *allow);
 /*
  * The pipeline's origin stage: 1 after a 403 when r changes state (POST,
  * PUT, DELETE) and comes with an Origin that service.cors.origins does not
- * allow and that is not rhemad's own (a page in the operator's browser);
- * 0 otherwise, requests without Origin included.
+ * allow and that is not rhemad's own (a page in the operator's browser),
+ * or with no Origin but "Sec-Fetch-Site: cross-site"; 0 otherwise (other
+ * requests without Origin included: not a browser's).
  */
 int rhema_cross_origin_refused(struct rhema_req *r);
 

@@ -8,10 +8,14 @@
  *   (TLS)           issue 9: before the request is parsed, in http.c
  *   origin          http.c: a POST/PUT/DELETE from a browser page whose
  *                   Origin service.cors.origins does not allow is 403
- *   authenticate    issue 9: API key or client certificate -> a principal
+ *   authenticate    api_auth.c: the API key -> r->principal; a bad, unknown,
+ *                   revoked or expired key is 401 (issue 9; a client
+ *                   certificate comes with TLS)
  *   route           routes.c: the route tables below; 404, 400 (path id),
  *                   405 and OPTIONS end here
- *   authorize       issue 9: the route's permission against the principal
+ *   authorize       api_auth.c: the route's permission and security.rules
+ *                   against the principal (401 without a key, 403 without
+ *                   the permission); with keys off, protected mode
  *   rate limit      issue 10: per principal, in the storage backend
  *   audit           audit.c: a route that writes waits until its "begin"
  *                   record is durable; with security.audit.fail_closed a
@@ -27,7 +31,7 @@
  *   metrics         issue 11: after the reply, from r->route and r->status
  *
  * The stages that later issues add are named above and have a place in
- * rhema_pipeline_run(); none exists yet, and nothing pretends to run them.
+ * rhema_pipeline_run(); until they exist nothing pretends to run them.
  */
 #include "rhema_build.h"
 
@@ -37,6 +41,7 @@
 #include <event2/buffer.h>
 
 #include "api_agents.h"
+#include "api_auth.h"
 #include "api_cluster.h"
 #include "api_consensus.h"
 #include "api_keys.h"
@@ -52,7 +57,7 @@
 const struct rhema_route *const rhema_api_routes[] = {
     rhema_operations_routes, rhema_sessions_routes, rhema_consensus_routes,
     rhema_cluster_routes,    rhema_agents_routes,   rhema_services_routes,
-    rhema_keys_routes,       NULL,
+    rhema_keys_routes,       rhema_auth_routes,     NULL,
 };
 
 /*
@@ -101,10 +106,13 @@ void rhema_pipeline_run(struct rhema_req *r)
     const struct rhema_route *rt;
     if (rhema_cross_origin_refused(r))
         return;
-    /* authenticate (issue 9) goes here */
+    if (rhema_authenticate(r))
+        return;
     if (!(rt = rhema_route_match(r, rhema_api_routes)))
         return;
-    /* authorize rt->permission (issue 9), then rate limit (issue 10), go here */
+    if (rhema_authorize(r, rt))
+        return;
+    /* rate limit (issue 10) goes here */
     if (audit_refused(r, rt))
         return;
     if (rt->effect != RHEMA_READS && rhema_cluster_fence(r))
@@ -118,9 +126,25 @@ void rhema_pipeline_run(struct rhema_req *r)
 int rhema_api_start(struct rhema_server *srv, char **err)
 {
     int rc = rhema_routes_check(rhema_api_routes, err);
-    if (rc)
+    if (rc || (rc = rhema_auth_open(srv, rhema_api_routes, err)) != 0)
         return rc;
-    return rhema_http_start(srv, rhema_pipeline_run, err);
+    if ((rc = rhema_http_start(srv, rhema_pipeline_run, err)) != 0)
+        rhema_auth_close(srv);
+    return rc;
 }
 
-void rhema_api_stop(struct rhema_server *srv) { rhema_http_stop(srv); }
+int rhema_api_check(const struct rhema_config *cfg, char **err)
+{
+    return rhema_auth_check(cfg, rhema_api_routes, err);
+}
+
+int rhema_api_reload_needs_restart(const struct rhema_config *old, const struct rhema_config *neu)
+{
+    return rhema_auth_settings_changed(old, neu);
+}
+
+void rhema_api_stop(struct rhema_server *srv)
+{
+    rhema_http_stop(srv);
+    rhema_auth_close(srv);
+}

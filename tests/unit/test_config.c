@@ -952,11 +952,18 @@ static void test_group_lists(void **state)
                      4, "'security.roles[1]' must be a group");
     expect_one_error("security: {\n  roles = ( { name = \"a\"; },\n { name = \"a\"; } );\n};\n", 3,
                      "'security.roles[1].name' repeats 'a' of security.roles[0]");
-    expect_one_error("security: { rules = (\n { path_prefix = \"/v1\"; methods = [ 1 ]; } ); };\n",
+    expect_one_error("security: { rules = (\n { path_prefix = \"/v1\"; action = \"deny\"; methods = [ 1 ]; } ); };\n",
                      2, "'security.rules[0].methods[0]' must be a string");
     expect_one_error("ai_service: { upstreams = (\n { name = \"u\"; base_url = \"ftp://x\"; } ); };\n",
                      2, "'ai_service.upstreams[0].base_url' must be an http:// or https:// URL "
                         "(got 'ftp://x')");
+
+    expect_one_error("security: { rules = (\n { path_prefix = \"/v1\"; action = \"permit\"; } ); };\n",
+                     2, "'security.rules[0].action' must be one of allow, deny (got 'permit')");
+    expect_one_error("security: { rules = (\n { path_prefix = \"/v1\"; } ); };\n", 2,
+                     "'security.rules[0]' needs 'action'");
+    expect_one_error("security: {\n allow_unauthenticated_remote = 1; };\n", 2,
+                     "'security.allow_unauthenticated_remote' must be a boolean (true or false)");
 
     /* several bad elements, several lines */
     assert_int_equal(load_text(&cfg, path, sizeof path,
@@ -1029,9 +1036,6 @@ static void test_unimplemented_refused(void **state)
         { "monitoring: {\n  enabled = true;\n  sample_interval_seconds = 5;\n};\n", 3,
           "monitoring.sample_interval_seconds" },
         { "monitoring: { alerts: {\n  enabled = true; }; };\n", 2, "monitoring.alerts.enabled" },
-        { "security: { api_keys: {\n  enabled = true;\n}; };\n", 2, "security.api_keys.enabled" },
-        { "security: {\n  rules = ( { path_prefix = \"/v1/keys\"; roles = [ \"admin\" ]; } );\n};\n",
-          2, "security.rules" },
     };
     char msg[256];
 
@@ -1050,22 +1054,21 @@ static void test_unimplemented_all_reported(void **state)
 
     (void)state;
     assert_int_equal(load_text(&cfg, path, sizeof path,
-                               "security: {\n"
-                               "  api_keys = { enabled = true;\n"
-                               "    keys = ( { name = \"ops\"; key_hash = \"h\"; } ); };\n"
-                               "};\n"
                                "ai_service: {\n"
                                "  enabled = true; default_model = \"m\";\n"
                                "  models = ( { name = \"m\"; } );\n"
                                "  caching = { enabled = true; };\n"
+                               "};\n"
+                               "monitoring: {\n"
+                               "  enabled = true;\n"
                                "};\n",
                                NULL, 0, &err),
                      RHEMA_EINVAL);
     /* the keys gated by a refused switch add nothing to its line */
     assert_err(err,
-               "%s:6: ai_service.enabled: not implemented in this version\n"
-               "%s:8: ai_service.caching.enabled: not implemented in this version\n"
-               "%s:2: security.api_keys.enabled: not implemented in this version",
+               "%s:2: ai_service.enabled: not implemented in this version\n"
+               "%s:4: ai_service.caching.enabled: not implemented in this version\n"
+               "%s:7: monitoring.enabled: not implemented in this version",
                path, path, path);
     assert_null(cfg.priv);
     free(err);
@@ -1133,7 +1136,7 @@ static void test_unimplemented_defaults_accepted(void **state)
 static void test_unimplemented_overrides(void **state)
 {
     static const char *const bad[] = { "persistence.backend=memory",
-                                       "security.api_keys.enabled=true",
+                                       "security.audit.enabled=true",
                                        "monitoring.metrics_path=/m" };
     static const char *const good[] = { "security.api_keys.enabled=false",
                                         "monitoring.enabled=false", "monitoring.metrics_path=/m",
@@ -1145,7 +1148,7 @@ static void test_unimplemented_overrides(void **state)
     assert_int_equal(rhema_config_load(&cfg, NULL, bad, 3, NULL, &err), RHEMA_EINVAL);
     assert_err(err, "-o monitoring.metrics_path=/m: monitoring.metrics_path: not implemented in "
                     "this version\n"
-                    "-o security.api_keys.enabled=true: security.api_keys.enabled: not "
+                    "-o security.audit.enabled=true: security.audit.enabled: not "
                     "implemented in this version");
     free(err);
     assert_int_equal(rhema_config_load(&cfg, NULL, good, 4, NULL, &err), 0);
