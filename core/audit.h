@@ -59,17 +59,17 @@ void rhema_audit_reopen(void);
  */
 struct rhema_audit_request {
     const char *request_id;
-    const char *key_id;          /* the API key's public id; NULL: no key */
-    const char *const *roles;    /* n_roles of them */
+    const char *key_id;       /* the API key's public id; NULL: no key */
+    const char *const *roles; /* n_roles of them */
     size_t n_roles;
-    const char *client;          /* "host:port" */
+    const char *client; /* "host:port" */
     const char *method;
-    const char *route;           /* the route's template; NULL: no route matched */
-    const char *param;           /* the path's {param}, "" or NULL for none */
-    const void *body;            /* the request body, bytes_in of them */
+    const char *route; /* the route's template; NULL: no route matched */
+    const char *param; /* the path's {param}, "" or NULL for none */
+    const void *body;  /* the request body, bytes_in of them */
     size_t bytes_in;
-    int status;                  /* end records only */
-    size_t bytes_out;            /* end records only */
+    int status;       /* end records only */
+    size_t bytes_out; /* end records only */
 };
 
 /*
@@ -82,6 +82,22 @@ struct rhema_audit_request {
  */
 int rhema_audit_request_begin(const struct rhema_audit_request *a, int writes,
                               char why[RHEMA_ERRMSG_MAX]);
+/*
+ * The same for a write, without blocking: queue its begin record and
+ * return; the writer thread calls done(w, rc) once the record is durable
+ * (rc 0) or could not be written (rc < 0; refuse the request when
+ * fail_closed).  done() runs on the writer thread and must not block (the
+ * pipeline posts the request back to its worker's mailbox).  0: done will
+ * be called; RHEMA_ENOMEM: it will not (use rhema_audit_request_begin).
+ * Not to be called while the log is not open.
+ */
+struct rhema_audit_wait {
+    void (*done)(struct rhema_audit_wait *w, int rc);
+};
+int rhema_audit_request_submit(const struct rhema_audit_request *a, struct rhema_audit_wait *w);
+/* Does a refused record refuse its request (security.audit.fail_closed)? */
+int rhema_audit_fail_closed(void);
+
 /* The end record of a request, when its reply is sent; does not wait. */
 void rhema_audit_request_end(const struct rhema_audit_request *a);
 

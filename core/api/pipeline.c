@@ -26,13 +26,15 @@
  *                   "end" record of every request (answered here or later)
  *   metrics         issue 11: after the reply, from r->route and r->status
  *
- * The stages that later issues add are named above and have a place in
- * rhema_pipeline_run(); none exists yet, and nothing pretends to run them.
+ * The stages marked "issue N" are still to come; each has its place in
+ * rhema_pipeline_run(), and nothing pretends to run them.
  */
 #include "rhema_build.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include <event2/buffer.h>
 
@@ -78,21 +80,92 @@ static int over_storage_limit(struct rhema_req *r)
     return 1;
 }
 
+/* The stages after the audit: fence, storage limit, handler. */
+static void run_from_fence(struct rhema_req *r, const struct rhema_route *rt)
+{
+    if (rt->effect != RHEMA_READS && rhema_cluster_fence(r))
+        return;
+    if (rt->effect == RHEMA_WRITES_STORAGE && over_storage_limit(r))
+        return;
+    rt->handler(r);
+}
+
+static void audit_refuse(struct rhema_req *r, const char *why)
+{
+    rhema_reply_error(r, 503, "audit_unavailable", "%s; the request was not run", why);
+}
+
 /*
- * The audit stage: 1 after a 503 when security.audit.fail_closed and the
- * request's record cannot be written (audit.h); a write waits here for its
- * "begin" record to be durable, so that no change goes unrecorded.
+ * A write whose begin record is on its way to the disk: the request is
+ * deferred, and comes back to its worker through the mailbox once the
+ * audit writer has settled the record (group fsync: the worker serves
+ * other requests meanwhile).
  */
-static int audit_refused(struct rhema_req *r, const struct rhema_route *rt)
+struct audit_pending {
+    struct rhema_audit_wait wait;
+    struct rhema_mail mail;
+    struct rhema_req *req; /* deferred (rhema_req_defer) */
+    int rc;
+};
+
+/* On the worker's thread: run the rest of the pipeline, or refuse. */
+static void audit_resume(struct rhema_mail *m)
+{
+    struct audit_pending *p =
+        (struct audit_pending *)(void *)((char *)m - offsetof(struct audit_pending, mail));
+    struct rhema_req *r = p->req;
+    struct rhema_worker *w = r->worker;
+    if (p->rc && rhema_audit_fail_closed())
+        audit_refuse(r, "the audit record of this request could not be written");
+    else
+        run_from_fence(r, r->route);
+    if (r->status == 0 && !r->deferred) /* a handler that forgot to answer is a bug */
+        rhema_reply_error(r, 500, "internal", "no response");
+    rhema_req_free(r);
+    w->outstanding--;
+    free(p);
+}
+
+/* On the audit writer's thread: hand the request back to its worker. */
+static void audit_settled(struct rhema_audit_wait *aw, int rc)
+{
+    struct audit_pending *p = (struct audit_pending *)(void *)aw; /* wait is the first member */
+    p->rc = rc;
+    p->mail.deliver = audit_resume;
+    rhema_mailbox_post(&p->req->worker->mailbox, &p->mail);
+}
+
+/*
+ * The audit stage.  A read goes on at once (refused with 503 while the log
+ * cannot be written and fail_closed).  A write goes on only once its begin
+ * record is durable: 1 when the request was handed to the audit writer
+ * (or refused); 0 to go on now.
+ */
+static int audit_stage(struct rhema_req *r, const struct rhema_route *rt)
 {
     struct rhema_audit_request a;
+    struct audit_pending *p;
+    struct rhema_req *d;
     char peer[64], why[RHEMA_ERRMSG_MAX];
     if (!rhema_audit_enabled())
         return 0;
     rhema_req_audit_fill(r, &a, peer);
+    if (rt->effect != RHEMA_READS && (p = calloc(1, sizeof *p)) != NULL) {
+        if ((d = rhema_req_defer(r)) != NULL) {
+            p->wait.done = audit_settled;
+            p->req = d;
+            r->worker->outstanding++;
+            if (rhema_audit_request_submit(&a, &p->wait) != 0) {
+                p->rc = RHEMA_ENOMEM; /* no record: refused when fail_closed */
+                audit_resume(&p->mail);
+            }
+            return 1;
+        }
+        free(p);
+    }
     if (rhema_audit_request_begin(&a, rt->effect != RHEMA_READS, why) == 0)
         return 0;
-    rhema_reply_error(r, 503, "audit_unavailable", "%s; the request was not run", why);
+    audit_refuse(r, why);
     return 1;
 }
 
@@ -105,13 +178,9 @@ void rhema_pipeline_run(struct rhema_req *r)
     if (!(rt = rhema_route_match(r, rhema_api_routes)))
         return;
     /* authorize rt->permission (issue 9), then rate limit (issue 10), go here */
-    if (audit_refused(r, rt))
+    if (audit_stage(r, rt))
         return;
-    if (rt->effect != RHEMA_READS && rhema_cluster_fence(r))
-        return;
-    if (rt->effect == RHEMA_WRITES_STORAGE && over_storage_limit(r))
-        return;
-    rt->handler(r);
+    run_from_fence(r, rt);
     /* metrics (issue 11) go here: r->route, r->status; the audit end record is sent with the reply */
 }
 
