@@ -9,7 +9,8 @@
  *
  * A request that changes state (a route declared as a write) has two
  * records: a "begin" record written and made durable BEFORE its handler
- * runs (rhema_audit_request_begin() blocks until then), and an "end" record
+ * runs (rhema_audit_request_submit() calls back once it is; the blocking
+ * rhema_audit_request_begin() returns once it is), and an "end" record
  * with the status after the reply.  A read has only the end record.  With
  * security.audit.fail_closed, a begin record that cannot be made durable
  * refuses the request (the caller answers 503 and runs nothing), and while

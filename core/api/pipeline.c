@@ -13,8 +13,9 @@
  *                   405 and OPTIONS end here
  *   authorize       issue 9: the route's permission against the principal
  *   rate limit      issue 10: per principal, in the storage backend
- *   audit           audit.c: a route that writes waits until its "begin"
- *                   record is durable; with security.audit.fail_closed a
+ *   audit           audit.c: a route that writes is set aside until its
+ *                   "begin" record is durable, and resumes here from the
+ *                   worker's mailbox; with security.audit.fail_closed a
  *                   record that cannot be written is 503 and nothing runs
  *   fence           every route declared as a write: X-Rhema-Epoch older
  *                   than the cluster's epoch is 409 fenced (DESIGN.md §7)
