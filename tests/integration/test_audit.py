@@ -301,3 +301,31 @@ def test_keyring_events_recorded(daemons, tmp_path):
     assert begin[0]["route"] == "/v1/keys/rotate"
     assert events["keyring.backed_up"]["detail"] == {"trigger": "request", "name": "k1.bak"}
     assert verify(log)[0] == 0
+
+
+def test_batching_settings_keep_the_chain(daemons, tmp_path):
+    """One record per batch, a batch delay, no fsync: the same records, in order."""
+    d, log = audited(daemons, tmp_path, "security.audit.fsync=false",
+                     "security.audit.batch_max_records=1", "security.audit.batch_delay_ms=5")
+    d.start()
+    for i in range(5):
+        assert d.json("PUT", f"/v1/sessions/b{i}", SESSION)[0] in (200, 201)
+    assert d.stop() == 0
+    recs = records(log)
+    puts = [r for r in recs if r.get("method") == "PUT"]
+    assert [r["phase"] for r in puts] == ["begin", "end"] * 5
+    assert verify(log)[0] == 0
+
+
+def test_bad_audit_settings_refused(tmp_path):
+    from conftest import PLUGIN_DIR, free_port, run_rhemad
+    r = run_rhemad(["-t", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                    "-o", "security.audit.batch_max_records=0"], cwd=tmp_path)
+    assert r.returncode == 1
+    assert "security.audit.batch_max_records' must be between 1 and 1000000" in r.stderr
+    # an audit file whose directory does not exist stops startup, with the reason
+    r = run_rhemad(["-f", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                    "-o", f"service.listen=127.0.0.1:{free_port()}", "-o", "security.audit.enabled=true",
+                    "-o", f"security.audit.file={tmp_path}/nodir/audit.log"], cwd=tmp_path)
+    assert r.returncode == 1
+    assert "nodir/audit.log" in r.stderr + r.stdout
