@@ -23,8 +23,9 @@
  *                   persistence.max_data_size_bytes
  *   handler         the route's handler: validate, store, reply (api_*.c);
  *                   a session write may be answered later (api_sessions.c)
- *   reply           http.c: headers, CORS, access log, and the audit log's
- *                   "end" record of every request (answered here or later)
+ *   reply           http.c: headers, CORS, access log; then r->on_reply,
+ *                   the audit log's "end" record of every request the
+ *                   pipeline saw (answered here or later)
  *   metrics         issue 11: after the reply, from r->route and r->status
  *
  * The stages marked "issue N" are still to come; each has its place in
@@ -91,6 +92,37 @@ static void run_from_fence(struct rhema_req *r, const struct rhema_route *rt)
     rt->handler(r);
 }
 
+/* r for the audit log (audit.h): a's strings point into r and into peer; valid while r is. */
+static void audit_fill(struct rhema_req *r, struct rhema_audit_request *a, char peer[64])
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
+    size_t n = in ? evbuffer_get_length(in) : 0;
+    rhema_req_peer(r, peer);
+    *a = (struct rhema_audit_request){
+        .request_id = r->request_id,
+        .key_id = r->key_id,
+        .roles = r->roles,
+        .n_roles = r->n_roles,
+        .client = peer,
+        .method = rhema_method_name(r->method),
+        .route = r->route ? r->route->path : NULL,
+        .param = r->param,
+        .body = n ? evbuffer_pullup(in, -1) : NULL,
+        .bytes_in = n,
+        .status = r->status,
+        .bytes_out = r->bytes_out,
+    };
+}
+
+/* The reply goes out (http.c): the request's end record, whatever stage answered it. */
+static void audit_end(struct rhema_req *r)
+{
+    struct rhema_audit_request a;
+    char peer[64];
+    audit_fill(r, &a, peer);
+    rhema_audit_request_end(&a);
+}
+
 static void audit_refuse(struct rhema_req *r, const char *why)
 {
     rhema_reply_error(r, 503, "audit_unavailable", "%s; the request was not run", why);
@@ -150,7 +182,7 @@ static int audit_stage(struct rhema_req *r, const struct rhema_route *rt)
     char peer[64], why[RHEMA_ERRMSG_MAX];
     if (!rhema_audit_enabled())
         return 0;
-    rhema_req_audit_fill(r, &a, peer);
+    audit_fill(r, &a, peer);
     if (rt->effect != RHEMA_READS && (p = calloc(1, sizeof *p)) != NULL) {
         if ((d = rhema_req_defer(r)) != NULL) {
             p->wait.done = audit_settled;
@@ -173,6 +205,8 @@ static int audit_stage(struct rhema_req *r, const struct rhema_route *rt)
 void rhema_pipeline_run(struct rhema_req *r)
 {
     const struct rhema_route *rt;
+    if (rhema_audit_enabled())
+        r->on_reply = audit_end; /* every request from here on has its end record */
     if (rhema_cross_origin_refused(r))
         return;
     /* authenticate (issue 9) goes here */
