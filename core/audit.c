@@ -41,7 +41,7 @@ static struct {
     pthread_cond_t settled; /* the waiters: a batch was written or failed */
     struct rec *head, **tail;
     size_t queued;
-    uint64_t enqueued, taken; /* records, ever */
+    uint64_t enqueued, taken, n_settled; /* records, ever */
     uint64_t reopen_at;       /* the reopen comes after this many records */
     int reopen, stopping;
     int writer_idle; /* the writer waits for records: signal it */
@@ -351,11 +351,13 @@ static void settle(struct rec *list, int rc)
         if (r->aw)
             r->aw->done(r->aw, rc);
     pthread_mutex_lock(&A.lock);
-    for (struct rec *r = list; r; r = r->next)
+    for (struct rec *r = list; r; r = r->next) {
         if (r->w) {
             r->w->rc = rc;
             r->w->done = 1;
         }
+        A.n_settled++;
+    }
     pthread_cond_broadcast(&A.settled);
     pthread_mutex_unlock(&A.lock);
     while (list) {
@@ -651,6 +653,17 @@ int rhema_audit_fail_closed(void)
     return A.fail_closed;
 }
 
+void rhema_audit_flush(void)
+{
+    if (!atomic_load(&A.open))
+        return;
+    pthread_mutex_lock(&A.lock);
+    uint64_t target = A.enqueued;
+    while (A.n_settled < target)
+        pthread_cond_wait(&A.settled, &A.lock);
+    pthread_mutex_unlock(&A.lock);
+}
+
 void rhema_audit_request_end(const struct rhema_audit_request *a)
 {
     size_t len = 0;
@@ -717,7 +730,7 @@ int rhema_audit_open(const struct rhema_config *cfg, char **err)
     A.head = NULL;
     A.tail = &A.head;
     A.queued = 0;
-    A.enqueued = A.taken = A.reopen_at = 0;
+    A.enqueued = A.taken = A.n_settled = A.reopen_at = 0;
     A.reopen = A.stopping = 0;
     if (!(A.path = strdup(file))) {
         rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");

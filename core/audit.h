@@ -96,6 +96,11 @@ struct rhema_audit_wait {
     void (*done)(struct rhema_audit_wait *w, int rc);
 };
 int rhema_audit_request_submit(const struct rhema_audit_request *a, struct rhema_audit_wait *w);
+/*
+ * Wait until every record queued so far is settled (each submitted
+ * write's done() called): before the workers' mailboxes go away.
+ */
+void rhema_audit_flush(void);
 /* Does a refused record refuse its request (security.audit.fail_closed)? */
 int rhema_audit_fail_closed(void);
 

@@ -23,6 +23,7 @@
 #include <event2/thread.h>
 #include <event2/util.h>
 
+#include "audit.h"
 #include "commit.h"
 #include "http.h"
 #include "log.h"
@@ -771,6 +772,7 @@ void rhema_http_stop(struct rhema_server *srv)
     for (int i = 0; i < srv->nworkers; i++)
         if (srv->workers[i].started == 1)
             pthread_join(srv->workers[i].thread, NULL);
+    rhema_audit_flush(); /* writes whose begin record is at the audit writer: answered below */
     rhema_committer_stop(srv->committer); /* runs what is queued; workers answer below */
     srv->committer = NULL;
     for (int i = 0; i < srv->nworkers; i++)
