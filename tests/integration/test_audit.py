@@ -329,3 +329,23 @@ def test_bad_audit_settings_refused(tmp_path):
                     "-o", f"security.audit.file={tmp_path}/nodir/audit.log"], cwd=tmp_path)
     assert r.returncode == 1
     assert "nodir/audit.log" in r.stderr + r.stdout
+
+
+def test_leadership_events_recorded(daemons, tmp_path):
+    from conftest import require_plugin, sqlite_config
+    require_plugin("sqlite")
+    log = tmp_path / "audit.log"
+    d = daemons("leader", config=sqlite_config(tmp_path / "cluster.db"),
+                overrides=["distributed.enabled=true",
+                           "distributed.cluster.leader_lease_seconds=3",
+                           "distributed.cluster.heartbeat_interval_seconds=1",
+                           "distributed.cluster.node_timeout_seconds=3",
+                           "distributed.node.node_id=solo",
+                           "security.audit.enabled=true", f"security.audit.file={log}"]).start()
+    assert wait_until(lambda: b"cluster.leadership_gained" in log.read_bytes(), 10), d.log()
+    assert d.stop() == 0
+    ev = [r for r in records(log) if r.get("event", "").startswith("cluster.")]
+    assert [e["event"] for e in ev] == ["cluster.leadership_gained", "cluster.leadership_lost"]
+    assert ev[0]["detail"]["node"] == "solo" and ev[0]["detail"]["epoch"] >= 1
+    assert ev[1]["detail"]["reason"] == "the node is leaving"
+    assert verify(log)[0] == 0
