@@ -349,3 +349,38 @@ def test_leadership_events_recorded(daemons, tmp_path):
     assert ev[0]["detail"]["node"] == "solo" and ev[0]["detail"]["epoch"] >= 1
     assert ev[1]["detail"]["reason"] == "the node is leaving"
     assert verify(log)[0] == 0
+
+
+def test_group_committed_writes_after_their_begin_record(daemons, tmp_path):
+    """sqlite: a session write is set aside twice (audit, then the committer)."""
+    from conftest import require_plugin, sqlite_config
+    require_plugin("sqlite")
+    log = tmp_path / "audit.log"
+    d = daemons(config=sqlite_config(tmp_path / "s.db"),
+                overrides=["security.audit.enabled=true", f"security.audit.file={log}"]).start()
+    conns = [d.connection() for _ in range(4)]
+    try:
+        for i in range(20):
+            st, h, _ = d.json("PUT", f"/v1/sessions/g{i}", SESSION, conn=conns[i % 4])
+            assert st == 201
+        st, h, _ = d.json("GET", "/v1/sessions/g3")
+        assert st == 200
+        st, _, body = d.json("PUT", "/v1/sessions/g3", SESSION, headers={"If-Match": '"999"'})
+        assert st == 412, body
+        assert d.json("DELETE", "/v1/sessions/g4")[0] in (200, 204)
+        assert d.json("GET", "/v1/sessions/g4")[0] == 404
+    finally:
+        for c in conns:
+            c.close()
+    assert d.stop() == 0
+    recs = records(log)
+    writes = [r for r in recs if r.get("method") in ("PUT", "DELETE")]
+    by_id = {}
+    for r in writes:
+        by_id.setdefault(r["request_id"], []).append(r)
+    assert len(by_id) == 22
+    for rid, rs in by_id.items():
+        assert [r["phase"] for r in rs] == ["begin", "end"], rs
+        assert rs[0]["seq"] < rs[1]["seq"]
+    assert sorted(r["status"] for r in writes if r["phase"] == "end").count(201) == 20
+    assert verify(log)[0] == 0
