@@ -42,7 +42,7 @@ static struct {
     struct rec *head, **tail;
     size_t queued;
     uint64_t enqueued, taken, n_settled; /* records, ever */
-    uint64_t reopen_at;       /* the reopen comes after this many records */
+    uint64_t reopen_at;                  /* the reopen comes after this many records */
     int reopen, stopping;
     int writer_idle; /* the writer waits for records: signal it */
     pthread_t thread;
@@ -706,6 +706,37 @@ static void release(void)
     A.buf = NULL;
     A.cap = 0;
     sodium_memzero(A.key, sizeof A.key);
+}
+
+int rhema_audit_settings_differ(const struct rhema_config *a, const struct rhema_config *b)
+{
+    static const char *const bools[] = {"security.audit.enabled", "security.audit.fail_closed",
+                                        "security.audit.fsync"};
+    static const char *const ints[] = {"security.audit.batch_max_records",
+                                       "security.audit.batch_delay_ms"};
+    static const char *const strs[] = {"security.audit.file", "security.audit.hmac_key_file"};
+    for (size_t k = 0; k < sizeof bools / sizeof bools[0]; k++) {
+        int x = 0, y = 0;
+        rhema_config_get_bool(a, bools[k], &x);
+        rhema_config_get_bool(b, bools[k], &y);
+        if (x != y)
+            return 1;
+    }
+    for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++) {
+        int64_t x = 0, y = 0;
+        rhema_config_get_int(a, ints[k], &x);
+        rhema_config_get_int(b, ints[k], &y);
+        if (x != y)
+            return 1;
+    }
+    for (size_t k = 0; k < sizeof strs / sizeof strs[0]; k++) {
+        const char *x = "", *y = "";
+        rhema_config_get_string(a, strs[k], &x);
+        rhema_config_get_string(b, strs[k], &y);
+        if (strcmp(x ? x : "", y ? y : "") != 0)
+            return 1;
+    }
+    return 0;
 }
 
 int rhema_audit_open(const struct rhema_config *cfg, char **err)

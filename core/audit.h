@@ -41,6 +41,11 @@
  * does not verify stops startup.
  */
 int rhema_audit_open(const struct rhema_config *cfg, char **err);
+/*
+ * Do two configurations differ in security.audit?  The settings are read
+ * at startup only; SIGHUP warns that a change needs a restart.
+ */
+int rhema_audit_settings_differ(const struct rhema_config *a, const struct rhema_config *b);
 /* Write "audit.closed" (reason "shutdown"), stop the thread, close the file. */
 void rhema_audit_close(void);
 /* Is the log open? */

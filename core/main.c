@@ -418,6 +418,8 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
     RESTART_NEEDED(plugin_directory, "plugins.directory")
     if (old->workers != neu.workers)
         rhema_log(RHEMA_LOG_WARN, "main", "reload: service.workers changed; restart to apply");
+    if (rhema_audit_settings_differ(old, &neu))
+        rhema_log(RHEMA_LOG_WARN, "main", "reload: security.audit changed; restart to apply");
     if (old->max_request_size_bytes != neu.max_request_size_bytes ||
         old->request_timeout_seconds != neu.request_timeout_seconds)
         rhema_log(RHEMA_LOG_WARN, "main",

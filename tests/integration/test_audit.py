@@ -263,6 +263,7 @@ def test_admin_events_recorded(daemons, tmp_path):
     d.start()
     d.send(signal.SIGHUP)
     assert wait_until(lambda: b"config.reloaded" in log.read_bytes(), 10), d.log()
+    assert "security.audit changed" not in d.log()  # the same settings: nothing to restart
     assert d.stop() == 0
     ev = [r for r in records(log) if r.get("event") == "config.reloaded"]
     assert ev and ev[0]["detail"]["file"].endswith("rhemad.conf")
@@ -384,3 +385,13 @@ def test_group_committed_writes_after_their_begin_record(daemons, tmp_path):
         assert rs[0]["seq"] < rs[1]["seq"]
     assert sorted(r["status"] for r in writes if r["phase"] == "end").count(201) == 20
     assert verify(log)[0] == 0
+
+
+def test_reload_with_changed_audit_settings_says_restart(daemons, tmp_path):
+    d, log = audited(daemons, tmp_path)
+    d.start()
+    mark = d.log_size()
+    d.write_config(memory_config() + "security: { audit: { fsync = false; }; };\n")
+    d.send(signal.SIGHUP)
+    assert d.wait_log("security.audit changed; restart to apply", since=mark), d.log()
+    assert d.stop() == 0
