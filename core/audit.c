@@ -29,23 +29,26 @@ struct waiter {
 
 struct rec {
     struct rec *next;
-    json_t *obj;
-    struct waiter *w; /* NULL: nobody waits */
+    char *text; /* the record's JSON text without its closing brace (audit_chain.h) */
+    size_t len;
+    struct waiter *w;            /* NULL: nobody waits */
+    struct rhema_audit_wait *aw; /* NULL: nobody is called back */
 };
 
 static struct {
     pthread_mutex_t lock;
-    pthread_cond_t wake;   /* the writer: records queued, reopen, stop */
+    pthread_cond_t wake;    /* the writer: records queued, reopen, stop */
     pthread_cond_t settled; /* the waiters: a batch was written or failed */
     struct rec *head, **tail;
     size_t queued;
-    uint64_t enqueued, taken; /* records, ever */
-    uint64_t reopen_at;       /* the reopen comes after this many records */
+    uint64_t enqueued, taken, n_settled; /* records, ever */
+    uint64_t reopen_at;                  /* the reopen comes after this many records */
     int reopen, stopping;
+    int writer_idle; /* the writer waits for records: signal it */
     pthread_t thread;
     int thread_started;
-    atomic_int open;       /* rhema_audit_open() succeeded, until close */
-    atomic_int healthy;    /* the last batch reached the file */
+    atomic_int open;    /* rhema_audit_open() succeeded, until close */
+    atomic_int healthy; /* the last batch reached the file */
     /* the writer's own (and the opener's, before the thread starts) */
     int fd;
     dev_t dev;
@@ -67,7 +70,10 @@ static struct {
     .fd = -1,
 };
 
-int rhema_audit_enabled(void) { return atomic_load(&A.open); }
+int rhema_audit_enabled(void)
+{
+    return atomic_load(&A.open);
+}
 
 void rhema_audit_hmac_value(const void *p, size_t n, char out[RHEMA_AUDIT_HMAC_TEXT])
 {
@@ -118,12 +124,12 @@ static int write_all(int fd, const char *p, size_t n)
 }
 
 /*
- * Seal `n` records of list (in order) and write them to A.fd with one
+ * Seal the records of list (in order) and write them to A.fd with one
  * write and one fdatasync.  On failure the file is cut back to where it
  * was and the chain is unchanged.  0 or RHEMA_EIO / RHEMA_ENOMEM (why in
  * A.last_error).
  */
-static int write_records(json_t *const *objs, size_t n)
+static int write_records(const struct rec *list)
 {
     struct rhema_audit_chain saved = A.chain;
     size_t len = 0;
@@ -131,8 +137,8 @@ static int write_records(json_t *const *objs, size_t n)
     int rc;
     if (A.fd < 0)
         return RHEMA_EIO; /* last_error says why */
-    for (size_t i = 0; i < n; i++)
-        if ((rc = rhema_audit_seal(&A.chain, objs[i], &A.buf, &len, &A.cap)) != 0) {
+    for (const struct rec *r = list; r; r = r->next)
+        if ((rc = rhema_audit_seal_text(&A.chain, r->text, r->len, &A.buf, &len, &A.cap)) != 0) {
             A.chain = saved;
             rhema_set_errbuf(A.last_error, rc, "out of memory sealing an audit record");
             return rc;
@@ -142,17 +148,24 @@ static int write_records(json_t *const *objs, size_t n)
         rhema_set_errbuf(A.last_error, RHEMA_EIO, "writing the audit log %s: %s", A.path,
                          strerror(errno));
         if (ftruncate(A.fd, st.st_size) != 0) /* no half line before the next batch */
-            rhema_log(RHEMA_LOG_ERROR, "audit", "cutting %s back after a failed write: %s",
-                      A.path, strerror(errno));
+            rhema_log(RHEMA_LOG_ERROR, "audit", "cutting %s back after a failed write: %s", A.path,
+                      strerror(errno));
         A.chain = saved;
         return RHEMA_EIO;
     }
     return 0;
 }
 
+/* Write one record now (writer thread, or before it starts); obj consumed. */
 static int write_one(json_t *obj)
 {
-    int rc = obj ? write_records(&obj, 1) : RHEMA_ENOMEM;
+    struct rec r = {0};
+    int rc = RHEMA_ENOMEM;
+    if (obj && (r.text = rhema_audit_body_text(obj, &r.len)) != NULL)
+        rc = write_records(&r);
+    else
+        rhema_set_errbuf(A.last_error, rc, "out of memory");
+    free(r.text);
     json_decref(obj);
     return rc;
 }
@@ -187,11 +200,10 @@ static int resume_chain(int fd, off_t size, char **err)
     if (start == 0 && (off_t)n < size) {
         free(tail);
         return rhema_set_error(err, RHEMA_ECORRUPT,
-                               "the last line of the audit log %s is longer than %d bytes",
-                               A.path, TAIL_MAX);
+                               "the last line of the audit log %s is longer than %d bytes", A.path,
+                               TAIL_MAX);
     }
-    rc = rhema_audit_line_read(tail + start, n - 1 - start, &A.chain.seq, A.chain.last, event,
-                               why);
+    rc = rhema_audit_line_read(tail + start, n - 1 - start, &A.chain.seq, A.chain.last, event, why);
     free(tail);
     if (rc)
         return rhema_set_error(err, rc,
@@ -241,8 +253,8 @@ static json_t *opened_record(const char *reason)
     key_id[16] = '\0'; /* names the HMAC key without revealing it */
     return event_record("audit.opened", NULL, NULL,
                         json_pack("{s:s,s:s,s:I,s:s,s:s}", "reason", reason, "file", A.path, "pid",
-                                  (json_int_t)getpid(), "version", PACKAGE_VERSION,
-                                  "hmac_key_id", key_id));
+                                  (json_int_t)getpid(), "version", PACKAGE_VERSION, "hmac_key_id",
+                                  key_id));
 }
 
 static json_t *closed_record(const char *reason)
@@ -335,41 +347,34 @@ static void do_reopen(void)
 /* Hand each record's outcome to its waiter and free the list. */
 static void settle(struct rec *list, int rc)
 {
-    pthread_mutex_lock(&A.lock);
     for (struct rec *r = list; r; r = r->next)
+        if (r->aw)
+            r->aw->done(r->aw, rc);
+    pthread_mutex_lock(&A.lock);
+    for (struct rec *r = list; r; r = r->next) {
         if (r->w) {
             r->w->rc = rc;
             r->w->done = 1;
         }
+        A.n_settled++;
+    }
     pthread_cond_broadcast(&A.settled);
     pthread_mutex_unlock(&A.lock);
     while (list) {
         struct rec *r = list;
         list = r->next;
-        json_decref(r->obj);
+        free(r->text);
         free(r);
     }
 }
 
 /* One batch, on the writer thread. */
-static void write_batch(struct rec *list, size_t n)
+static void write_batch(struct rec *list)
 {
-    json_t *stack_objs[64] = {0};
-    json_t **objs = n <= 64 ? stack_objs : calloc(n, sizeof *objs);
     int was = atomic_load(&A.healthy), rc;
-    size_t i = 0;
     if (A.fd < 0 && open_again("recovered") == 0)
         rhema_log(RHEMA_LOG_NOTICE, "audit", "%s opened again", A.path);
-    if (!objs) {
-        rc = RHEMA_ENOMEM;
-        rhema_set_errbuf(A.last_error, rc, "out of memory");
-    } else {
-        for (struct rec *r = list; r; r = r->next)
-            objs[i++] = r->obj;
-        rc = write_records(objs, i);
-        if (objs != stack_objs)
-            free(objs);
-    }
+    rc = write_records(list);
     atomic_store(&A.healthy, rc == 0);
     if (rc && was)
         rhema_log(RHEMA_LOG_ERROR, "audit", "%s%s", A.last_error,
@@ -384,8 +389,11 @@ static void *writer_main(void *arg)
     (void)arg;
     pthread_mutex_lock(&A.lock);
     for (;;) {
-        while (!A.head && !A.reopen && !A.stopping)
+        while (!A.head && !A.reopen && !A.stopping) {
+            A.writer_idle = 1;
             pthread_cond_wait(&A.wake, &A.lock);
+            A.writer_idle = 0;
+        }
         if (A.head && A.delay_ms > 0 && A.queued < A.batch_max && !A.stopping) {
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
@@ -418,7 +426,7 @@ static void *writer_main(void *arg)
         int stop = A.stopping && !A.head;
         pthread_mutex_unlock(&A.lock);
         if (n) /* with a reopen: the records queued before it, for the old file */
-            write_batch(list, n);
+            write_batch(list);
         if (reopen)
             do_reopen();
         pthread_mutex_lock(&A.lock);
@@ -431,28 +439,44 @@ static void *writer_main(void *arg)
 
 /* ---- any thread ---- */
 
-/* Queue a record (consumed); with w, the caller then waits for it. */
-static int enqueue(json_t *obj, struct waiter *w)
+/*
+ * Queue a record: text (malloc'd, consumed; NULL: out of memory).  With w,
+ * the caller then waits for it; with aw, aw->done() is called once it
+ * settled (unless RHEMA_ENOMEM is returned).
+ */
+static int enqueue(char *text, size_t len, struct waiter *w, struct rhema_audit_wait *aw)
 {
-    struct rec *r = obj ? malloc(sizeof *r) : NULL;
+    struct rec *r = text ? malloc(sizeof *r) : NULL;
     if (!r) {
-        json_decref(obj);
+        free(text);
         return RHEMA_ENOMEM;
     }
     r->next = NULL;
-    r->obj = obj;
+    r->text = text;
+    r->len = len;
     r->w = w;
+    r->aw = aw;
     pthread_mutex_lock(&A.lock);
     *A.tail = r;
     A.tail = &r->next;
     A.queued++;
     A.enqueued++;
-    pthread_cond_signal(&A.wake);
+    if (A.writer_idle)
+        pthread_cond_signal(&A.wake);
     if (w)
         while (!w->done)
             pthread_cond_wait(&A.settled, &A.lock);
     pthread_mutex_unlock(&A.lock);
     return w ? w->rc : 0;
+}
+
+/* Queue an object (consumed). */
+static int enqueue_json(json_t *obj)
+{
+    size_t len = 0;
+    char *text = obj ? rhema_audit_body_text(obj, &len) : NULL;
+    json_decref(obj);
+    return enqueue(text, len, NULL, NULL);
 }
 
 static const char *outcome_of(int status)
@@ -464,50 +488,140 @@ static const char *outcome_of(int status)
     return status < 500 ? "rejected" : "failed";
 }
 
-static json_t *request_record(const struct rhema_audit_request *a, const char *phase)
+/* A growing text; oom set once an append failed. */
+struct text {
+    char *p;
+    size_t len, cap;
+    int oom;
+};
+
+static void put(struct text *t, const char *s, size_t n)
 {
-    char hmac[RHEMA_AUDIT_HMAC_TEXT];
-    json_t *o = record_new("request"), *roles = json_array();
-    if (!o || !roles)
-        goto fail;
-    for (size_t i = 0; i < a->n_roles; i++)
-        if (json_array_append_new(roles, json_string(a->roles[i])) != 0)
-            goto fail;
-    if (json_object_set_new(o, "phase", json_string(phase)) ||
-        json_object_set_new(o, "request_id", json_string(a->request_id)) ||
-        json_object_set_new(o, "key_id", a->key_id ? json_string(a->key_id) : json_null()) ||
-        json_object_set_new(o, "roles", roles))
-        goto fail_o;
-    if (json_object_set_new(o, "client", json_string(a->client ? a->client : "-")) ||
-        json_object_set_new(o, "method", json_string(a->method)) ||
-        json_object_set_new(o, "route", a->route ? json_string(a->route) : json_null()))
-        goto fail_o;
+    if (t->oom)
+        return;
+    if (t->len + n + 1 > t->cap) {
+        size_t ncap = t->cap ? t->cap * 2 : 512;
+        while (ncap < t->len + n + 1)
+            ncap *= 2;
+        char *np = realloc(t->p, ncap);
+        if (!np) {
+            t->oom = 1;
+            return;
+        }
+        t->p = np;
+        t->cap = ncap;
+    }
+    memcpy(t->p + t->len, s, n);
+    t->len += n;
+    t->p[t->len] = '\0';
+}
+
+static void puts_(struct text *t, const char *s)
+{
+    put(t, s, strlen(s));
+}
+
+/*
+ * A JSON string, or null.  Control characters are escaped; a byte above
+ * 0x7f becomes U+FFFD, so that the line is valid UTF-8 whatever came in (a
+ * client address or an id never has one; a role name from the
+ * configuration might).
+ */
+static void put_str(struct text *t, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (!s) {
+        puts_(t, "null");
+        return;
+    }
+    put(t, "\"", 1);
+    const char *run = s;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\')
+            continue;
+        put(t, run, (size_t)(s - run));
+        run = s + 1;
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            put(t, e, 2);
+        } else if (c >= 0x80) {
+            puts_(t, "\\ufffd");
+        } else {
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            put(t, e, 6);
+        }
+    }
+    put(t, run, (size_t)(s - run));
+    put(t, "\"", 1);
+}
+
+static void put_uint(struct text *t, const char *key, unsigned long long v)
+{
+    char num[64];
+    int n = snprintf(num, sizeof num, ",\"%s\":%llu", key, v);
+    put(t, num, (size_t)n);
+}
+
+/*
+ * A request's record, as text for enqueue() (malloc'd; NULL when out of
+ * memory).  Written by hand, not through jansson: one per request, on the
+ * worker's thread.
+ */
+static char *request_record(const struct rhema_audit_request *a, const char *phase, size_t *len)
+{
+    char ts[RHEMA_TIME_MAX], hmac[RHEMA_AUDIT_HMAC_TEXT];
+    struct text t = {0};
+    rhema_time_format(rhema_realtime_ms(), ts);
+    puts_(&t, "{\"time\":");
+    put_str(&t, ts);
+    puts_(&t, ",\"type\":\"request\",\"phase\":");
+    put_str(&t, phase);
+    puts_(&t, ",\"request_id\":");
+    put_str(&t, a->request_id);
+    puts_(&t, ",\"key_id\":");
+    put_str(&t, a->key_id);
+    puts_(&t, ",\"roles\":[");
+    for (const char *p = a->roles ? a->roles : ""; *p;) { /* "a,b" -> ["a","b"] */
+        size_t n = strcspn(p, ",");
+        char role[512]; /* RHEMA_PRINCIPAL_ROLES_MAX */
+        snprintf(role, sizeof role, "%.*s", (int)n, p);
+        if (p != a->roles)
+            put(&t, ",", 1);
+        put_str(&t, role);
+        p += n + (p[n] == ',');
+    }
+    puts_(&t, "],\"client\":");
+    put_str(&t, a->client ? a->client : "-");
+    puts_(&t, ",\"method\":");
+    put_str(&t, a->method);
+    puts_(&t, ",\"route\":");
+    put_str(&t, a->route);
     if (a->param && *a->param) {
         rhema_audit_hmac(A.key, a->param, strlen(a->param), hmac);
-        if (json_object_set_new(o, "param", json_string(hmac)))
-            goto fail_o;
+        puts_(&t, ",\"param\":");
+        put_str(&t, hmac);
     }
-    if (json_object_set_new(o, "bytes_in", json_integer((json_int_t)a->bytes_in)))
-        goto fail_o;
+    put_uint(&t, "bytes_in", a->bytes_in);
     if (a->bytes_in && a->body) {
         rhema_audit_hmac(A.key, a->body, a->bytes_in, hmac);
-        if (json_object_set_new(o, "body", json_string(hmac)))
-            goto fail_o;
+        puts_(&t, ",\"body\":");
+        put_str(&t, hmac);
     }
     if (strcmp(phase, "end") == 0) {
-        if (json_object_set_new(o, "status", json_integer(a->status)) ||
-            json_object_set_new(o, "bytes_out", json_integer((json_int_t)a->bytes_out)) ||
-            json_object_set_new(o, "outcome", json_string(outcome_of(a->status))))
-            goto fail_o;
-    } else if (json_object_set_new(o, "outcome", json_string("pending"))) {
-        goto fail_o;
+        put_uint(&t, "status", (unsigned long long)(a->status < 0 ? 0 : a->status));
+        put_uint(&t, "bytes_out", a->bytes_out);
+        puts_(&t, ",\"outcome\":");
+        put_str(&t, outcome_of(a->status));
+    } else {
+        puts_(&t, ",\"outcome\":\"pending\"");
     }
-    return o;
-fail:
-    json_decref(roles);
-fail_o:
-    json_decref(o);
-    return NULL;
+    if (t.oom) {
+        free(t.p);
+        return NULL;
+    }
+    *len = t.len;
+    return t.p;
 }
 
 int rhema_audit_request_begin(const struct rhema_audit_request *a, int writes,
@@ -522,27 +636,55 @@ int rhema_audit_request_begin(const struct rhema_audit_request *a, int writes,
             return 0;
         return rhema_set_errbuf(why, RHEMA_EIO, "the audit log cannot be written");
     }
-    rc = enqueue(request_record(a, "begin"), &w);
+    size_t len = 0;
+    char *text = request_record(a, "begin", &len);
+    rc = enqueue(text, len, &w, NULL);
     if (rc && A.fail_closed)
         return rhema_set_errbuf(why, RHEMA_EIO,
                                 "the audit record of this request could not be written");
     return 0;
 }
 
-void rhema_audit_request_end(const struct rhema_audit_request *a)
+int rhema_audit_request_submit(const struct rhema_audit_request *a, struct rhema_audit_wait *w)
 {
-    if (atomic_load(&A.open))
-        enqueue(request_record(a, "end"), NULL);
+    size_t len = 0;
+    char *text = request_record(a, "begin", &len);
+    return enqueue(text, len, NULL, w);
 }
 
-int rhema_audit_event(const char *event, const char *request_id, const char *key_id,
-                      json_t *detail)
+int rhema_audit_fail_closed(void)
+{
+    return A.fail_closed;
+}
+
+void rhema_audit_flush(void)
+{
+    if (!atomic_load(&A.open))
+        return;
+    pthread_mutex_lock(&A.lock);
+    uint64_t target = A.enqueued;
+    while (A.n_settled < target)
+        pthread_cond_wait(&A.settled, &A.lock);
+    pthread_mutex_unlock(&A.lock);
+}
+
+void rhema_audit_request_end(const struct rhema_audit_request *a)
+{
+    size_t len = 0;
+    char *text;
+    if (!atomic_load(&A.open))
+        return;
+    text = request_record(a, "end", &len);
+    enqueue(text, len, NULL, NULL);
+}
+
+int rhema_audit_event(const char *event, const char *request_id, const char *key_id, json_t *detail)
 {
     if (!atomic_load(&A.open)) {
         json_decref(detail);
         return 0;
     }
-    enqueue(event_record(event, request_id, key_id, detail), NULL);
+    enqueue_json(event_record(event, request_id, key_id, detail));
     return A.fail_closed && !atomic_load(&A.healthy) ? RHEMA_EIO : 0;
 }
 
@@ -570,6 +712,37 @@ static void release(void)
     sodium_memzero(A.key, sizeof A.key);
 }
 
+int rhema_audit_settings_differ(const struct rhema_config *a, const struct rhema_config *b)
+{
+    static const char *const bools[] = {"security.audit.enabled", "security.audit.fail_closed",
+                                        "security.audit.fsync"};
+    static const char *const ints[] = {"security.audit.batch_max_records",
+                                       "security.audit.batch_delay_ms"};
+    static const char *const strs[] = {"security.audit.file", "security.audit.hmac_key_file"};
+    for (size_t k = 0; k < sizeof bools / sizeof bools[0]; k++) {
+        int x = 0, y = 0;
+        rhema_config_get_bool(a, bools[k], &x);
+        rhema_config_get_bool(b, bools[k], &y);
+        if (x != y)
+            return 1;
+    }
+    for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++) {
+        int64_t x = 0, y = 0;
+        rhema_config_get_int(a, ints[k], &x);
+        rhema_config_get_int(b, ints[k], &y);
+        if (x != y)
+            return 1;
+    }
+    for (size_t k = 0; k < sizeof strs / sizeof strs[0]; k++) {
+        const char *x = "", *y = "";
+        rhema_config_get_string(a, strs[k], &x);
+        rhema_config_get_string(b, strs[k], &y);
+        if (strcmp(x ? x : "", y ? y : "") != 0)
+            return 1;
+    }
+    return 0;
+}
+
 int rhema_audit_open(const struct rhema_config *cfg, char **err)
 {
     int enabled = 0, b = 0, rc;
@@ -592,7 +765,7 @@ int rhema_audit_open(const struct rhema_config *cfg, char **err)
     A.head = NULL;
     A.tail = &A.head;
     A.queued = 0;
-    A.enqueued = A.taken = A.reopen_at = 0;
+    A.enqueued = A.taken = A.n_settled = A.reopen_at = 0;
     A.reopen = A.stopping = 0;
     if (!(A.path = strdup(file))) {
         rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
@@ -637,7 +810,7 @@ void rhema_audit_close(void)
 {
     if (!atomic_load(&A.open))
         return;
-    enqueue(closed_record("shutdown"), NULL);
+    enqueue_json(closed_record("shutdown"));
     pthread_mutex_lock(&A.lock);
     A.stopping = 1;
     pthread_cond_signal(&A.wake);

@@ -9,7 +9,8 @@
  *
  * A request that changes state (a route declared as a write) has two
  * records: a "begin" record written and made durable BEFORE its handler
- * runs (rhema_audit_request_begin() blocks until then), and an "end" record
+ * runs (rhema_audit_request_submit() calls back once it is; the blocking
+ * rhema_audit_request_begin() returns once it is), and an "end" record
  * with the status after the reply.  A read has only the end record.  With
  * security.audit.fail_closed, a begin record that cannot be made durable
  * refuses the request (the caller answers 503 and runs nothing), and while
@@ -40,6 +41,11 @@
  * does not verify stops startup.
  */
 int rhema_audit_open(const struct rhema_config *cfg, char **err);
+/*
+ * Do two configurations differ in security.audit?  The settings are read
+ * at startup only; SIGHUP warns that a change needs a restart.
+ */
+int rhema_audit_settings_differ(const struct rhema_config *a, const struct rhema_config *b);
 /* Write "audit.closed" (reason "shutdown"), stop the thread, close the file. */
 void rhema_audit_close(void);
 /* Is the log open? */
@@ -59,17 +65,16 @@ void rhema_audit_reopen(void);
  */
 struct rhema_audit_request {
     const char *request_id;
-    const char *key_id;          /* the API key's public id; NULL: no key */
-    const char *const *roles;    /* n_roles of them */
-    size_t n_roles;
-    const char *client;          /* "host:port" */
+    const char *key_id;       /* the API key's public id; NULL: no key */
+    const char *roles;        /* the key's role names, comma-separated; NULL or "": none */
+    const char *client; /* "host:port" */
     const char *method;
-    const char *route;           /* the route's template; NULL: no route matched */
-    const char *param;           /* the path's {param}, "" or NULL for none */
-    const void *body;            /* the request body, bytes_in of them */
+    const char *route; /* the route's template; NULL: no route matched */
+    const char *param; /* the path's {param}, "" or NULL for none */
+    const void *body;  /* the request body, bytes_in of them */
     size_t bytes_in;
-    int status;                  /* end records only */
-    size_t bytes_out;            /* end records only */
+    int status;       /* end records only */
+    size_t bytes_out; /* end records only */
 };
 
 /*
@@ -82,6 +87,27 @@ struct rhema_audit_request {
  */
 int rhema_audit_request_begin(const struct rhema_audit_request *a, int writes,
                               char why[RHEMA_ERRMSG_MAX]);
+/*
+ * The same for a write, without blocking: queue its begin record and
+ * return; the writer thread calls done(w, rc) once the record is durable
+ * (rc 0) or could not be written (rc < 0; refuse the request when
+ * fail_closed).  done() runs on the writer thread and must not block (the
+ * pipeline posts the request back to its worker's mailbox).  0: done will
+ * be called; RHEMA_ENOMEM: it will not (use rhema_audit_request_begin).
+ * Not to be called while the log is not open.
+ */
+struct rhema_audit_wait {
+    void (*done)(struct rhema_audit_wait *w, int rc);
+};
+int rhema_audit_request_submit(const struct rhema_audit_request *a, struct rhema_audit_wait *w);
+/*
+ * Wait until every record queued so far is settled (each submitted
+ * write's done() called): before the workers' mailboxes go away.
+ */
+void rhema_audit_flush(void);
+/* Does a refused record refuse its request (security.audit.fail_closed)? */
+int rhema_audit_fail_closed(void);
+
 /* The end record of a request, when its reply is sent; does not wait. */
 void rhema_audit_request_end(const struct rhema_audit_request *a);
 

@@ -55,44 +55,63 @@ void rhema_audit_hmac(const unsigned char key[RHEMA_AUDIT_HMAC_KEY], const void 
     to_hex(h, sizeof h, out + 12);
 }
 
-int rhema_audit_seal(struct rhema_audit_chain *c, json_t *obj, char **buf, size_t *len,
-                     size_t *cap)
+int rhema_audit_seal_text(struct rhema_audit_chain *c, const char *body, size_t body_len,
+                          char **buf, size_t *len, size_t *cap)
 {
-    char hash[RHEMA_AUDIT_HASH_HEX + 1];
-    if (json_object_set_new(obj, "seq", json_integer((json_int_t)(c->seq + 1))) != 0 ||
-        json_object_set_new(obj, "prev", json_string(c->last)) != 0)
-        return RHEMA_ENOMEM;
-    char *text = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    if (!text)
-        return RHEMA_ENOMEM;
-    size_t body = strlen(text) - 1; /* without the closing brace */
-    size_t need = *len + body + HASH_TAIL_LEN + 1;
+    char hash[RHEMA_AUDIT_HASH_HEX + 1], tail[64 + RHEMA_AUDIT_HASH_HEX];
+    int tail_len = snprintf(tail, sizeof tail, ",\"seq\":%llu,\"prev\":\"%s\"",
+                            (unsigned long long)(c->seq + 1), c->last);
+    size_t need = *len + body_len + (size_t)tail_len + HASH_TAIL_LEN + 1;
     if (need > *cap) {
         size_t ncap = *cap ? *cap : 4096;
         while (ncap < need)
             ncap *= 2;
         char *nbuf = realloc(*buf, ncap);
-        if (!nbuf) {
-            free(text);
+        if (!nbuf)
             return RHEMA_ENOMEM;
-        }
         *buf = nbuf;
         *cap = ncap;
     }
-    rhema_audit_sha256_hex(text, body, hash);
-    char *at = *buf + *len;
-    memcpy(at, text, body);
-    at += body;
+    char *line = *buf + *len, *at = line;
+    memcpy(at, body, body_len);
+    at += body_len;
+    memcpy(at, tail, (size_t)tail_len);
+    at += tail_len;
+    rhema_audit_sha256_hex(line, (size_t)(at - line), hash);
     memcpy(at, HASH_KEY, HASH_KEY_LEN);
     at += HASH_KEY_LEN;
     memcpy(at, hash, RHEMA_AUDIT_HASH_HEX);
     at += RHEMA_AUDIT_HASH_HEX;
     memcpy(at, "\"}\n", 3);
     *len = need;
-    free(text);
     c->seq++;
     memcpy(c->last, hash, sizeof c->last);
     return 0;
+}
+
+char *rhema_audit_body_text(const json_t *obj, size_t *len)
+{
+    char *text = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    size_t n = text ? strlen(text) : 0;
+    if (n < 3 || text[n - 1] != '}') { /* NULL, or an empty object: no member to follow */
+        free(text);
+        return NULL;
+    }
+    text[--n] = '\0';
+    *len = n;
+    return text;
+}
+
+int rhema_audit_seal(struct rhema_audit_chain *c, const json_t *obj, char **buf, size_t *len,
+                     size_t *cap)
+{
+    size_t n;
+    char *text = rhema_audit_body_text(obj, &n);
+    if (!text)
+        return RHEMA_ENOMEM;
+    int rc = rhema_audit_seal_text(c, text, n, buf, len, cap);
+    free(text);
+    return rc;
 }
 
 static int is_hex64(const char *s, size_t n)
@@ -106,8 +125,8 @@ static int is_hex64(const char *s, size_t n)
 }
 
 /* Parse a line and check its own hash; *obj (new reference) on success. */
-static int line_parse(const char *line, size_t len, json_t **obj, char hash[RHEMA_AUDIT_HASH_HEX + 1],
-                      char why[RHEMA_ERRMSG_MAX])
+static int line_parse(const char *line, size_t len, json_t **obj,
+                      char hash[RHEMA_AUDIT_HASH_HEX + 1], char why[RHEMA_ERRMSG_MAX])
 {
     char computed[RHEMA_AUDIT_HASH_HEX + 1];
     json_error_t jerr;

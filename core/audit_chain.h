@@ -34,8 +34,8 @@
 
 /* Where a chain stands: the seq and hash of its last line. */
 struct rhema_audit_chain {
-    uint64_t seq;                          /* 0: no line yet */
-    char last[RHEMA_AUDIT_HASH_HEX + 1];   /* the hash of line `seq`; zeros when seq is 0 */
+    uint64_t seq;                        /* 0: no line yet */
+    char last[RHEMA_AUDIT_HASH_HEX + 1]; /* the hash of line `seq`; zeros when seq is 0 */
 };
 
 /* A chain before its first line: seq 0, the zero hash. */
@@ -45,13 +45,19 @@ void rhema_audit_chain_init(struct rhema_audit_chain *c);
 void rhema_audit_sha256_hex(const void *p, size_t n, char out[RHEMA_AUDIT_HASH_HEX + 1]);
 
 /*
- * Seal one record: set obj's "seq" and "prev" from the chain, append the
- * line (newline included) to *buf (realloc'd; *len and *cap track it) and
- * advance the chain.  obj is modified (seq, prev) but not consumed.
- * 0, or RHEMA_ENOMEM with the chain and *buf unchanged.
+ * Seal one record: `body` is a JSON object's text without its closing
+ * brace, with at least one member ("{\"time\":...").  Appends to *buf
+ * (realloc'd; *len and *cap track it) the line: body, "seq" and "prev"
+ * from the chain, "hash", "}" and a newline; advances the chain.  0, or
+ * RHEMA_ENOMEM with the chain and *buf unchanged.
  */
-int rhema_audit_seal(struct rhema_audit_chain *c, json_t *obj, char **buf, size_t *len,
+int rhema_audit_seal_text(struct rhema_audit_chain *c, const char *body, size_t body_len,
+                          char **buf, size_t *len, size_t *cap);
+/* The same for an object (compact, in insertion order); obj is not changed. */
+int rhema_audit_seal(struct rhema_audit_chain *c, const json_t *obj, char **buf, size_t *len,
                      size_t *cap);
+/* obj's compact text without its closing brace (malloc'd), *len; NULL for {} or no memory. */
+char *rhema_audit_body_text(const json_t *obj, size_t *len);
 
 /*
  * Check one line's own hash and read its seq and hash (and, when `event` is
@@ -66,8 +72,8 @@ int rhema_audit_line_read(const char *line, size_t len, uint64_t *seq,
 /* The verifier's state across lines and files. */
 struct rhema_audit_verifier {
     struct rhema_audit_chain chain;
-    uint64_t lines;          /* lines accepted, every file */
-    int started;             /* a line was accepted */
+    uint64_t lines;                    /* lines accepted, every file */
+    int started;                       /* a line was accepted */
     char last_event[RHEMA_ID_MAX + 1]; /* the event of the last line accepted, or "" */
 };
 

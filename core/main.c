@@ -595,7 +595,8 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         restart_settings_release(&m->last);
         m->last = now;
     }
-    int security_differs = rhema_api_reload_needs_restart(old, &neu);
+    int security_differs =
+        rhema_api_reload_needs_restart(old, &neu) || rhema_audit_settings_differ(old, &neu);
     if (security_differs && !m->security_warned)
         rhema_log(RHEMA_LOG_WARN, "main",
                   "reload: security settings (keys, roles, rules) changed; restart to apply");

@@ -29,8 +29,7 @@ static void usage(void)
 }
 
 /* One file, continuing v.  0 intact, 1 broken (printed), 2 unreadable. */
-static int verify_file(struct rhema_audit_verifier *v, const char *path, int last,
-                       int *continued)
+static int verify_file(struct rhema_audit_verifier *v, const char *path, int last, int *continued)
 {
     char why[RHEMA_ERRMSG_MAX];
     char *line = NULL;
@@ -61,7 +60,8 @@ static int verify_file(struct rhema_audit_verifier *v, const char *path, int las
         status = 2;
     } else if (no == 0) {
         printf("%s:1: broken: the file is empty; every audit log file begins with an "
-               "\"audit.opened\" record\n", path);
+               "\"audit.opened\" record\n",
+               path);
         status = 1;
     } else if (!last && rhema_audit_verify_file_end(v, why) != 0) {
         printf("%s:%lu: broken: %s\n", path, no, why);

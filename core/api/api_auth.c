@@ -12,6 +12,7 @@
 #include <sodium.h>
 
 #include "api_auth.h"
+#include "audit.h"
 #include "auth/authz.h"
 #include "auth/keystore.h"
 #include "log.h"
@@ -411,6 +412,10 @@ static void h_keys_create(struct rhema_req *r)
         reply_keystore_error(r, rc, err);
         goto out;
     }
+    rhema_audit_event("auth.key_created", r->request_id, rhema_req_key_id(r),
+                      json_pack("{s:O?, s:O?, s:O?}", "id", json_object_get(rec, "id"), "name",
+                                json_object_get(rec, "name"), "roles",
+                                json_object_get(rec, "roles")));
     json_object_set_new(rec, "key", json_string(key));
     sodium_memzero(key, sizeof key);
     rhema_header(r, "Cache-Control", "no-store");
@@ -449,6 +454,8 @@ static void h_keys_delete(struct rhema_req *r)
         return;
     }
     rhema_log(RHEMA_LOG_NOTICE, "auth", "API key %s revoked (request %s)", r->param, r->request_id);
+    rhema_audit_event("auth.key_revoked", r->request_id, rhema_req_key_id(r),
+                      json_pack("{s:s}", "id", r->param));
     rhema_reply_empty(r, 204);
 }
 

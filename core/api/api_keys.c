@@ -213,7 +213,7 @@ static void h_keys_backup(struct rhema_req *r, struct rhema_keyring *kr)
         if (!name)
             name = autoname;
         rhema_log(RHEMA_LOG_NOTICE, "keys", "keyring backed up to %s/%s", dir, name);
-        rhema_audit_event("keyring.backed_up", r->request_id, r->key_id,
+        rhema_audit_event("keyring.backed_up", r->request_id, rhema_req_key_id(r),
                           json_pack("{s:s,s:s}", "trigger", "request", "name", name));
         rhema_reply_jsonv(r, 200, json_pack("{s:s}", "name", name));
     }
@@ -255,7 +255,7 @@ static void h_keys_restore(struct rhema_req *r, struct rhema_keyring *kr)
         rhema_reply_error(r, 500, "internal", "keyring restore failed (see the daemon's log)");
     } else {
         rhema_log(RHEMA_LOG_NOTICE, "keys", "keyring restored from %s/%s", dir, name);
-        rhema_audit_event("keyring.restored", r->request_id, r->key_id,
+        rhema_audit_event("keyring.restored", r->request_id, rhema_req_key_id(r),
                           json_pack("{s:s}", "name", name));
         rhema_reply_jsonv(r, 200, stats_json(kr));
     }
@@ -289,7 +289,7 @@ static void h_rotate(struct rhema_req *r)
         return;
     }
     rhema_log(RHEMA_LOG_NOTICE, "keys", "rotated to key version %u (manual)", v);
-    rhema_audit_event("keyring.rotated", r->request_id, r->key_id,
+    rhema_audit_event("keyring.rotated", r->request_id, rhema_req_key_id(r),
                       json_pack("{s:s,s:i}", "trigger", "request", "version", (int)v));
     rhema_reply_jsonv(r, 200, stats_json(kr));
 }

@@ -27,7 +27,6 @@
 #include "commit.h"
 #include "http.h"
 #include "log.h"
-#include "routes.h"
 #include "util.h"
 
 
@@ -169,8 +168,7 @@ static void on_complete(struct evhttp_request *req, void *arg)
     atomic_fetch_sub(&w->inflight, 1);
 }
 
-/* The client's "host:port", or "-". */
-static void peer_of(struct rhema_req *r, char peer[64])
+void rhema_req_peer(struct rhema_req *r, char peer[64])
 {
     struct evhttp_connection *c = evhttp_request_get_connection(r->req);
     snprintf(peer, 64, "-");
@@ -183,7 +181,7 @@ static void peer_of(struct rhema_req *r, char peer[64])
     }
 }
 
-static const char *method_name(enum evhttp_cmd_type method)
+const char *rhema_method_name(enum evhttp_cmd_type method)
 {
     static const char *const methods[] = {"GET", "POST", "HEAD", "PUT", "DELETE",
                                           "OPTIONS", "TRACE", "CONNECT", "PATCH"};
@@ -197,43 +195,11 @@ static void log_access(struct rhema_req *r)
 {
     if (atomic_load(&r->worker->srv->log_access)) {
         char peer[64];
-        peer_of(r, peer);
-        rhema_log_access(r->request_id, peer, method_name(r->method),
+        rhema_req_peer(r, peer);
+        rhema_log_access(r->request_id, peer, rhema_method_name(r->method),
                          evhttp_request_get_uri(r->req), r->status, r->bytes_out,
                          (double)(rhema_monotonic_ns() - r->t0_ns) / 1e6);
     }
-}
-
-void rhema_req_audit_fill(struct rhema_req *r, struct rhema_audit_request *a, char peer[64])
-{
-    struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
-    size_t n = in ? evbuffer_get_length(in) : 0;
-    peer_of(r, peer);
-    *a = (struct rhema_audit_request){
-        .request_id = r->request_id,
-        .key_id = r->key_id,
-        .roles = r->roles,
-        .n_roles = r->n_roles,
-        .client = peer,
-        .method = method_name(r->method),
-        .route = r->route ? r->route->path : NULL,
-        .param = r->param,
-        .body = n ? evbuffer_pullup(in, -1) : NULL,
-        .bytes_in = n,
-        .status = r->status,
-        .bytes_out = r->bytes_out,
-    };
-}
-
-/* The audit log's end record of the request (audit.h), as its reply goes out. */
-static void audit_end(struct rhema_req *r)
-{
-    struct rhema_audit_request a;
-    char peer[64];
-    if (!rhema_audit_enabled())
-        return;
-    rhema_req_audit_fill(r, &a, peer);
-    rhema_audit_request_end(&a);
 }
 
 void rhema_reply_evbuffer(struct rhema_req *r, int status, const char *content_type,
@@ -253,7 +219,8 @@ void rhema_reply_evbuffer(struct rhema_req *r, int status, const char *content_t
         evhttp_request_set_on_complete_cb(r->req, on_complete, r->worker);
     }
     log_access(r); /* before sending: the request may be freed by it */
-    audit_end(r);
+    if (r->on_reply)
+        r->on_reply(r);
     evhttp_send_reply(r->req, status, reason(status), buf);
 }
 
@@ -821,6 +788,7 @@ void rhema_http_stop(struct rhema_server *srv)
     for (int i = 0; i < srv->nworkers; i++)
         if (srv->workers[i].started == 1)
             pthread_join(srv->workers[i].thread, NULL);
+    rhema_audit_flush(); /* writes whose begin record is at the audit writer: answered below */
     rhema_committer_stop(srv->committer); /* runs what is queued; workers answer below */
     srv->committer = NULL;
     for (int i = 0; i < srv->nworkers; i++)

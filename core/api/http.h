@@ -45,7 +45,15 @@ struct rhema_req {
      * as the request (the audit stage reads it after the reply).
      */
     struct rhema_principal principal;
+    /* called as the reply goes out (the audit log's end record); set by the pipeline */
+    void (*on_reply)(struct rhema_req *r);
 };
+
+/* The caller's API key public id, NULL when none (keys off, or no key). */
+static inline const char *rhema_req_key_id(const struct rhema_req *r)
+{
+    return r->principal.key_id[0] ? r->principal.key_id : NULL;
+}
 
 /*
  * Bind the listening socket (service.listen), start the workers (each
@@ -126,12 +134,10 @@ void rhema_reply_preflight(struct rhema_req *r, const char *allow);
  */
 int rhema_cross_origin_refused(struct rhema_req *r);
 
-/*
- * Describe r for the audit log (audit.h): a's strings point into r and
- * into peer, which receives the client's "host:port"; valid while r is.
- */
-struct rhema_audit_request;
-void rhema_req_audit_fill(struct rhema_req *r, struct rhema_audit_request *a, char peer[64]);
+/* The client's "host:port" (or "-" when unknown) into peer. */
+void rhema_req_peer(struct rhema_req *r, char peer[64]);
+/* "GET", "PUT" ... ("?" for an unknown method). */
+const char *rhema_method_name(enum evhttp_cmd_type method);
 
 /* Set a response header. */
 void rhema_header(struct rhema_req *r, const char *name, const char *value);

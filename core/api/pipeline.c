@@ -17,8 +17,9 @@
  *                   against the principal (401 without a key, 403 without
  *                   the permission); with keys off, protected mode
  *   rate limit      issue 10: per principal, in the storage backend
- *   audit           audit.c: a route that writes waits until its "begin"
- *                   record is durable; with security.audit.fail_closed a
+ *   audit           audit.c: a route that writes is set aside until its
+ *                   "begin" record is durable, and resumes here from the
+ *                   worker's mailbox; with security.audit.fail_closed a
  *                   record that cannot be written is 503 and nothing runs
  *   fence           every route declared as a write: X-Rhema-Epoch older
  *                   than the cluster's epoch is 409 fenced (DESIGN.md §7)
@@ -26,8 +27,9 @@
  *                   persistence.max_data_size_bytes
  *   handler         the route's handler: validate, store, reply (api_*.c);
  *                   a session write may be answered later (api_sessions.c)
- *   reply           http.c: headers, CORS, access log, and the audit log's
- *                   "end" record of every request (answered here or later)
+ *   reply           http.c: headers, CORS, access log; then r->on_reply,
+ *                   the audit log's "end" record of every request the
+ *                   pipeline saw (answered here or later)
  *   metrics         issue 11: after the reply, from r->route and r->status
  *
  * The stages that later issues add are named above and have a place in
@@ -35,8 +37,10 @@
  */
 #include "rhema_build.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include <event2/buffer.h>
 
@@ -83,27 +87,130 @@ static int over_storage_limit(struct rhema_req *r)
     return 1;
 }
 
-/*
- * The audit stage: 1 after a 503 when security.audit.fail_closed and the
- * request's record cannot be written (audit.h); a write waits here for its
- * "begin" record to be durable, so that no change goes unrecorded.
- */
-static int audit_refused(struct rhema_req *r, const struct rhema_route *rt)
+/* The stages after the audit: fence, storage limit, handler. */
+static void run_from_fence(struct rhema_req *r, const struct rhema_route *rt)
+{
+    if (rt->effect != RHEMA_READS && rhema_cluster_fence(r))
+        return;
+    if (rt->effect == RHEMA_WRITES_STORAGE && over_storage_limit(r))
+        return;
+    rt->handler(r);
+}
+
+/* r for the audit log (audit.h): a's strings point into r and into peer; valid while r is. */
+static void audit_fill(struct rhema_req *r, struct rhema_audit_request *a, char peer[64])
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
+    size_t n = in ? evbuffer_get_length(in) : 0;
+    rhema_req_peer(r, peer);
+    *a = (struct rhema_audit_request){
+        .request_id = r->request_id,
+        .key_id = rhema_req_key_id(r),
+        .roles = r->principal.roles,
+        .client = peer,
+        .method = rhema_method_name(r->method),
+        .route = r->route ? r->route->path : NULL,
+        .param = r->param,
+        .body = n ? evbuffer_pullup(in, -1) : NULL,
+        .bytes_in = n,
+        .status = r->status,
+        .bytes_out = r->bytes_out,
+    };
+}
+
+/* The reply goes out (http.c): the request's end record, whatever stage answered it. */
+static void audit_end(struct rhema_req *r)
 {
     struct rhema_audit_request a;
+    char peer[64];
+    audit_fill(r, &a, peer);
+    rhema_audit_request_end(&a);
+}
+
+static void audit_refuse(struct rhema_req *r, const char *why)
+{
+    rhema_reply_error(r, 503, "audit_unavailable", "%s; the request was not run", why);
+}
+
+/*
+ * A write whose begin record is on its way to the disk: the request is
+ * deferred, and comes back to its worker through the mailbox once the
+ * audit writer has settled the record (group fsync: the worker serves
+ * other requests meanwhile).
+ */
+struct audit_pending {
+    struct rhema_audit_wait wait;
+    struct rhema_mail mail;
+    struct rhema_req *req; /* deferred (rhema_req_defer) */
+    int rc;
+};
+
+/* On the worker's thread: run the rest of the pipeline, or refuse. */
+static void audit_resume(struct rhema_mail *m)
+{
+    struct audit_pending *p =
+        (struct audit_pending *)(void *)((char *)m - offsetof(struct audit_pending, mail));
+    struct rhema_req *r = p->req;
+    struct rhema_worker *w = r->worker;
+    if (p->rc && rhema_audit_fail_closed())
+        audit_refuse(r, "the audit record of this request could not be written");
+    else
+        run_from_fence(r, r->route);
+    if (r->status == 0 && !r->deferred) /* a handler that forgot to answer is a bug */
+        rhema_reply_error(r, 500, "internal", "no response");
+    rhema_req_free(r);
+    w->outstanding--;
+    free(p);
+}
+
+/* On the audit writer's thread: hand the request back to its worker. */
+static void audit_settled(struct rhema_audit_wait *aw, int rc)
+{
+    struct audit_pending *p = (struct audit_pending *)(void *)aw; /* wait is the first member */
+    p->rc = rc;
+    p->mail.deliver = audit_resume;
+    rhema_mailbox_post(&p->req->worker->mailbox, &p->mail);
+}
+
+/*
+ * The audit stage.  A read goes on at once (refused with 503 while the log
+ * cannot be written and fail_closed).  A write goes on only once its begin
+ * record is durable: 1 when the request was handed to the audit writer
+ * (or refused); 0 to go on now.
+ */
+static int audit_stage(struct rhema_req *r, const struct rhema_route *rt)
+{
+    struct rhema_audit_request a;
+    struct audit_pending *p;
+    struct rhema_req *d;
     char peer[64], why[RHEMA_ERRMSG_MAX];
     if (!rhema_audit_enabled())
         return 0;
-    rhema_req_audit_fill(r, &a, peer);
+    audit_fill(r, &a, peer);
+    if (rt->effect != RHEMA_READS && (p = calloc(1, sizeof *p)) != NULL) {
+        if ((d = rhema_req_defer(r)) != NULL) {
+            p->wait.done = audit_settled;
+            p->req = d;
+            r->worker->outstanding++;
+            if (rhema_audit_request_submit(&a, &p->wait) != 0) {
+                p->rc = RHEMA_ENOMEM; /* no record: refused when fail_closed */
+                audit_resume(&p->mail);
+            }
+            return 1;
+        }
+        free(p);
+    }
     if (rhema_audit_request_begin(&a, rt->effect != RHEMA_READS, why) == 0)
         return 0;
-    rhema_reply_error(r, 503, "audit_unavailable", "%s; the request was not run", why);
+    audit_refuse(r, why);
     return 1;
 }
 
 void rhema_pipeline_run(struct rhema_req *r)
 {
     const struct rhema_route *rt;
+    if (rhema_audit_enabled())
+        r->on_reply = audit_end; /* every request from here on has its end record */
     if (rhema_cross_origin_refused(r))
         return;
     if (rhema_authenticate(r))
@@ -113,13 +220,9 @@ void rhema_pipeline_run(struct rhema_req *r)
     if (rhema_authorize(r, rt))
         return;
     /* rate limit (issue 10) goes here */
-    if (audit_refused(r, rt))
+    if (audit_stage(r, rt))
         return;
-    if (rt->effect != RHEMA_READS && rhema_cluster_fence(r))
-        return;
-    if (rt->effect == RHEMA_WRITES_STORAGE && over_storage_limit(r))
-        return;
-    rt->handler(r);
+    run_from_fence(r, rt);
     /* metrics (issue 11) go here: r->route, r->status; the audit end record is sent with the reply */
 }
 

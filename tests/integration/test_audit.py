@@ -263,6 +263,7 @@ def test_admin_events_recorded(daemons, tmp_path):
     d.start()
     d.send(signal.SIGHUP)
     assert wait_until(lambda: b"config.reloaded" in log.read_bytes(), 10), d.log()
+    assert "security.audit changed" not in d.log()  # the same settings: nothing to restart
     assert d.stop() == 0
     ev = [r for r in records(log) if r.get("event") == "config.reloaded"]
     assert ev and ev[0]["detail"]["file"].endswith("rhemad.conf")
@@ -301,3 +302,96 @@ def test_keyring_events_recorded(daemons, tmp_path):
     assert begin[0]["route"] == "/v1/keys/rotate"
     assert events["keyring.backed_up"]["detail"] == {"trigger": "request", "name": "k1.bak"}
     assert verify(log)[0] == 0
+
+
+def test_batching_settings_keep_the_chain(daemons, tmp_path):
+    """One record per batch, a batch delay, no fsync: the same records, in order."""
+    d, log = audited(daemons, tmp_path, "security.audit.fsync=false",
+                     "security.audit.batch_max_records=1", "security.audit.batch_delay_ms=5")
+    d.start()
+    for i in range(5):
+        assert d.json("PUT", f"/v1/sessions/b{i}", SESSION)[0] in (200, 201)
+    assert d.stop() == 0
+    recs = records(log)
+    puts = [r for r in recs if r.get("method") == "PUT"]
+    assert [r["phase"] for r in puts] == ["begin", "end"] * 5
+    assert verify(log)[0] == 0
+
+
+def test_bad_audit_settings_refused(tmp_path):
+    from conftest import PLUGIN_DIR, free_port, run_rhemad
+    r = run_rhemad(["-t", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                    "-o", "security.audit.batch_max_records=0"], cwd=tmp_path)
+    assert r.returncode == 1
+    assert "security.audit.batch_max_records' must be between 1 and 1000000" in r.stderr
+    # an audit file whose directory does not exist stops startup, with the reason
+    r = run_rhemad(["-f", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
+                    "-o", f"service.listen=127.0.0.1:{free_port()}", "-o", "security.audit.enabled=true",
+                    "-o", f"security.audit.file={tmp_path}/nodir/audit.log"], cwd=tmp_path)
+    assert r.returncode == 1
+    assert "nodir/audit.log" in r.stderr + r.stdout
+
+
+def test_leadership_events_recorded(daemons, tmp_path):
+    from conftest import require_plugin, sqlite_config
+    require_plugin("sqlite")
+    log = tmp_path / "audit.log"
+    d = daemons("leader", config=sqlite_config(tmp_path / "cluster.db"),
+                overrides=["distributed.enabled=true",
+                           "distributed.cluster.leader_lease_seconds=3",
+                           "distributed.cluster.heartbeat_interval_seconds=1",
+                           "distributed.cluster.node_timeout_seconds=3",
+                           "distributed.node.node_id=solo",
+                           "security.audit.enabled=true", f"security.audit.file={log}"]).start()
+    assert wait_until(lambda: b"cluster.leadership_gained" in log.read_bytes(), 10), d.log()
+    assert d.stop() == 0
+    ev = [r for r in records(log) if r.get("event", "").startswith("cluster.")]
+    assert [e["event"] for e in ev] == ["cluster.leadership_gained", "cluster.leadership_lost"]
+    assert ev[0]["detail"]["node"] == "solo" and ev[0]["detail"]["epoch"] >= 1
+    assert ev[1]["detail"]["reason"] == "the node is leaving"
+    assert verify(log)[0] == 0
+
+
+def test_group_committed_writes_after_their_begin_record(daemons, tmp_path):
+    """sqlite: a session write is set aside twice (audit, then the committer)."""
+    from conftest import require_plugin, sqlite_config
+    require_plugin("sqlite")
+    log = tmp_path / "audit.log"
+    d = daemons(config=sqlite_config(tmp_path / "s.db"),
+                overrides=["security.audit.enabled=true", f"security.audit.file={log}"]).start()
+    conns = [d.connection() for _ in range(4)]
+    try:
+        for i in range(20):
+            st, h, _ = d.json("PUT", f"/v1/sessions/g{i}", SESSION, conn=conns[i % 4])
+            assert st == 201
+        st, h, _ = d.json("GET", "/v1/sessions/g3")
+        assert st == 200
+        st, _, body = d.json("PUT", "/v1/sessions/g3", SESSION, headers={"If-Match": '"999"'})
+        assert st == 412, body
+        assert d.json("DELETE", "/v1/sessions/g4")[0] in (200, 204)
+        assert d.json("GET", "/v1/sessions/g4")[0] == 404
+    finally:
+        for c in conns:
+            c.close()
+    assert d.stop() == 0
+    recs = records(log)
+    writes = [r for r in recs if r.get("method") in ("PUT", "DELETE")]
+    by_id = {}
+    for r in writes:
+        by_id.setdefault(r["request_id"], []).append(r)
+    assert len(by_id) == 22
+    for rid, rs in by_id.items():
+        assert [r["phase"] for r in rs] == ["begin", "end"], rs
+        assert rs[0]["seq"] < rs[1]["seq"]
+    assert sorted(r["status"] for r in writes if r["phase"] == "end").count(201) == 20
+    assert verify(log)[0] == 0
+
+
+def test_reload_with_changed_audit_settings_says_restart(daemons, tmp_path):
+    d, log = audited(daemons, tmp_path)
+    d.start()
+    mark = d.log_size()
+    d.write_config(memory_config() + "security: { audit: { fsync = false; }; };\n")
+    d.send(signal.SIGHUP)
+    assert d.wait_log("security.audit changed; restart to apply", since=mark), d.log()
+    assert d.stop() == 0

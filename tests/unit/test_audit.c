@@ -5,6 +5,7 @@
  * HMAC key file; and the writer (core/audit.c) end to end on a temporary
  * file: what it writes verifies, across a reopen too.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,8 +17,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <sodium.h>
 #include <rhema/plugin.h>
+#include <sodium.h>
 
 #include "audit.h"
 #include "audit_chain.h"
@@ -62,8 +63,8 @@ static int run(const struct log *l, const int *order, char why[RHEMA_ERRMSG_MAX]
     struct rhema_audit_verifier v;
     rhema_audit_verifier_init(&v);
     for (int k = 0; order[k] >= 0; k++)
-        if (rhema_audit_verify_line(&v, l->line[order[k]], l->line_len[order[k]], 1, k == 0,
-                                    NULL, why) != 0)
+        if (rhema_audit_verify_line(&v, l->line[order[k]], l->line_len[order[k]], 1, k == 0, NULL,
+                                    why) != 0)
             return k + 1;
     return 0;
 }
@@ -123,15 +124,13 @@ static void edited_line_refused(void **state)
     struct rhema_audit_verifier v;
     rhema_audit_verifier_init(&v);
     assert_int_equal(rhema_audit_verify_line(&v, l.line[0], l.line_len[0], 1, 1, NULL, why), 0);
-    assert_int_equal(
-        rhema_audit_verify_line(&v, other.line[1], other.line_len[1], 1, 0, NULL, why),
-        RHEMA_ECORRUPT);
+    assert_int_equal(rhema_audit_verify_line(&v, other.line[1], other.line_len[1], 1, 0, NULL, why),
+                     RHEMA_ECORRUPT);
     assert_non_null(strstr(why, "prev"));
     /* a forged first line: seq 1 with a prev that is not zero */
     rhema_audit_verifier_init(&v);
-    assert_int_equal(
-        rhema_audit_verify_line(&v, other.line[0], other.line_len[0], 1, 1, NULL, why),
-        RHEMA_ECORRUPT);
+    assert_int_equal(rhema_audit_verify_line(&v, other.line[0], other.line_len[0], 1, 1, NULL, why),
+                     RHEMA_ECORRUPT);
     free(other.buf);
     free(l.buf);
 }
@@ -227,6 +226,24 @@ static void hmac_key_file(void **state)
     rmdir(dir);
 }
 
+/* A submitted write, called back by the writer thread. */
+struct submitted {
+    struct rhema_audit_wait wait;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int done, rc;
+};
+
+static void submitted_done(struct rhema_audit_wait *w, int rc)
+{
+    struct submitted *s = (struct submitted *)(void *)w;
+    pthread_mutex_lock(&s->lock);
+    s->done = 1;
+    s->rc = rc;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
 /* Verify a whole file with the verifier: the count of lines, or -(line) of the first refused. */
 static long verify_path(const char *path, struct rhema_audit_verifier *v, int first)
 {
@@ -239,8 +256,8 @@ static long verify_path(const char *path, struct rhema_audit_verifier *v, int fi
     while ((n = getline(&line, &cap, f)) > 0) {
         no++;
         int complete = line[n - 1] == '\n';
-        if (rhema_audit_verify_line(v, line, (size_t)(complete ? n - 1 : n), complete,
-                                    no == 1, NULL, why) != 0) {
+        if (rhema_audit_verify_line(v, line, (size_t)(complete ? n - 1 : n), complete, no == 1,
+                                    NULL, why) != 0) {
             no = -no;
             break;
         }
@@ -265,19 +282,35 @@ static void writer_end_to_end(void **state)
     assert_int_equal(rhema_config_load(&cfg, NULL, ov, 3, NULL, &err), 0);
     assert_int_equal(rhema_audit_open(&cfg, &err), 0);
     assert_true(rhema_audit_enabled());
-    const char *roles[] = {"ops"};
-    struct rhema_audit_request a = {.request_id = "r1", .key_id = "k1", .roles = roles,
-                                    .n_roles = 1, .client = "127.0.0.1:9", .method = "PUT",
-                                    .route = "/v1/sessions/{id}", .param = "secret-id",
-                                    .body = "{\"x\":1}", .bytes_in = 7};
+    const char *roles = "ops";
+    struct rhema_audit_request a = {.request_id = "r1",
+                                    .key_id = "k1",
+                                    .roles = roles,
+                                    .client = "127.0.0.1:9",
+                                    .method = "PUT",
+                                    .route = "/v1/sessions/{id}",
+                                    .param = "secret-id",
+                                    .body = "{\"x\":1}",
+                                    .bytes_in = 7};
     char why[RHEMA_ERRMSG_MAX];
     assert_int_equal(rhema_audit_request_begin(&a, 1, why), 0); /* durable on return */
+    {
+        /* the same without blocking: called back once durable */
+        struct submitted sub = {.wait.done = submitted_done,
+                                .lock = PTHREAD_MUTEX_INITIALIZER,
+                                .cond = PTHREAD_COND_INITIALIZER};
+        assert_int_equal(rhema_audit_request_submit(&a, &sub.wait), 0);
+        pthread_mutex_lock(&sub.lock);
+        while (!sub.done)
+            pthread_cond_wait(&sub.cond, &sub.lock);
+        pthread_mutex_unlock(&sub.lock);
+        assert_int_equal(sub.rc, 0);
+    }
     a.status = 201;
     a.bytes_out = 12;
     rhema_audit_request_end(&a);
-    assert_int_equal(rhema_audit_event("auth.key_created", "r1", "k1",
-                                       json_pack("{s:s}", "name", "ops")),
-                     0);
+    assert_int_equal(
+        rhema_audit_event("auth.key_created", "r1", "k1", json_pack("{s:s}", "name", "ops")), 0);
     assert_int_equal(rename(file, rotated), 0);
     rhema_audit_reopen();
     for (int i = 0; i < 50; i++)
@@ -288,11 +321,11 @@ static void writer_end_to_end(void **state)
 
     rhema_audit_verifier_init(&v);
     long n1 = verify_path(rotated, &v, 1);
-    assert_true(n1 >= 4); /* opened, begin, end, event (and maybe some of the 50) */
+    assert_true(n1 >= 5); /* opened, begin x2, end, event (and maybe some of the 50) */
     assert_int_equal(rhema_audit_verify_file_end(&v, why), 0);
     long n2 = verify_path(file, &v, 0);
     assert_true(n2 >= 2);
-    assert_int_equal(n1 + n2, 1 + 3 + 50 + 2 + 1); /* opened, 3, 50, closed+opened, closed */
+    assert_int_equal(n1 + n2, 1 + 4 + 50 + 2 + 1); /* opened, 4, 50, closed+opened, closed */
     /* nothing in clear */
     FILE *f = fopen(rotated, "r");
     char text[8192];
