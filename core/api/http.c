@@ -360,7 +360,7 @@ static void rewrite_error_page(struct conn *c, struct evbuffer *out)
     size_t len = evbuffer_get_length(out), tl = sizeof html_tail - 1;
     char tail[sizeof html_tail], line[64];
     struct evbuffer_ptr p;
-    if (len < c->foreign_start + 16 + tl)
+    if (len < c->foreign_start + 16)
         return;
     /*
      * A socket bufferevent keeps the start of its output frozen outside its
@@ -370,16 +370,18 @@ static void rewrite_error_page(struct conn *c, struct evbuffer *out)
     int frozen = evbuffer_copyout(out, line, 1) < 0;
     if (frozen)
         evbuffer_unfreeze(out, 1);
-    if (evbuffer_ptr_set(out, &p, len - tl, EVBUFFER_PTR_SET) != 0 ||
-        evbuffer_copyout_from(out, &p, tail, tl) != (ev_ssize_t)tl || memcmp(tail, html_tail, tl))
-        goto out; /* not complete yet (or "100 Continue") */
     evbuffer_ptr_set(out, &p, c->foreign_start, EVBUFFER_PTR_SET);
     ev_ssize_t ll = evbuffer_copyout_from(out, &p, line, sizeof line - 1);
     line[ll > 0 ? ll : 0] = '\0';
     int status = 0;
     char version[4] = "1.1";
-    if (sscanf(line, "HTTP/%3[0-9.] %d", version, &status) != 2)
-        goto out; /* not evhttp's page: leave it */
+    if (sscanf(line, "HTTP/%3[0-9.] %d", version, &status) != 2 || status == 100) {
+        c->foreign = 0; /* "100 Continue", written in one piece: left as it is */
+        goto out;
+    }
+    if (len < c->foreign_start + tl || evbuffer_ptr_set(out, &p, len - tl, EVBUFFER_PTR_SET) != 0 ||
+        evbuffer_copyout_from(out, &p, tail, tl) != (ev_ssize_t)tl || memcmp(tail, html_tail, tl))
+        goto out; /* the page is not complete yet */
     const char *code = "bad_request", *reason = "Bad Request";
     char msg[200];
     snprintf(msg, sizeof msg, "malformed HTTP request: request line, headers or framing");

@@ -362,6 +362,29 @@ def test_clients_that_do_not_read_cannot_grow_the_daemon(big_session):
             s.close()
 
 
+def test_a_client_that_stops_reading_is_cut(daemons):
+    d = daemons(overrides=["service.request_timeout_seconds=1"]).start()
+    with conn(d, rcvbuf=4096) as s:
+        # a quick handler with a 6 MiB reply: the message stored as it is
+        s.sendall(b"POST /v1/messages/compress?algorithm=none HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: %d\r\n\r\n" % BLOB + b"m" * BLOB)
+        time.sleep(4)  # reads nothing meanwhile: no write progress for longer than 1 s
+        got = read_all(s, limit=16 << 20)
+    assert got.startswith(b"HTTP/1.1 200 ")
+    assert len(got) < BLOB, "the whole reply was kept for a client that did not read"
+
+
+def test_expect_100_continue_and_a_later_error_page(daemon):
+    with conn(daemon) as s:
+        s.sendall(b"POST /v1/messages/compress?algorithm=none HTTP/1.1\r\nHost: x\r\n"
+                  b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        s.sendall(b"abcGARBAGE\r\n\r\n")
+        (st1, _, b1), (st2, h2, b2) = responses(read_all(s))
+    assert st1 == 200 and b1.endswith(b"abc")
+    assert st2 == 400 and error_code(b2) == "bad_request"
+
+
 # ---- item 7: a reset reply is not in flight ----
 
 def test_a_reset_mid_reply_does_not_hold_the_drain(big_session):
