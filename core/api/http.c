@@ -153,11 +153,11 @@ int rhema_cross_origin_refused(struct rhema_req *r)
  *
  * The evhttp_connection is only known once evhttp has set its callbacks on
  * the bufferevent, after conn_new() returns: it is read back with
- * bufferevent_getcb() by adopt(), which runs in the same loop turn (an
+ * bufferevent_getcb() by on_service(), which runs in the same loop turn (an
  * active event), before any byte can be read on the new socket.
  *
  * A connection is cut (cut()) by calling evhttp's own event callback for
- * the bufferevent with EOF, exactly what a client's close does: evhttp
+ * the bufferevent with an error, as a reset by the client does: evhttp
  * frees the connection and its request at once.  It is only ever done from
  * a callback of ours at the top of the loop (a timer, the service event),
  * never from inside an evhttp call.
@@ -226,8 +226,10 @@ static void cut(struct conn *c)
     bufferevent_event_cb ecb = NULL;
     void *arg = NULL;
     bufferevent_getcb(c->bev, NULL, NULL, &ecb, &arg);
+    /* ERROR, not EOF alone: evhttp takes READING|EOF in a body read to the
+     * end of the stream as the end of that body */
     if (ecb && c->evcon)
-        ecb(c->bev, BEV_EVENT_EOF | BEV_EVENT_READING, arg);
+        ecb(c->bev, BEV_EVENT_ERROR | BEV_EVENT_READING, arg);
 }
 
 /*
@@ -550,7 +552,7 @@ static struct bufferevent *conn_new(struct event_base *base, void *arg)
     c->bev = bev;
     c->in_cb = evbuffer_add_cb(bufferevent_get_input(bev), on_input, c);
     c->out_cb = evbuffer_add_cb(bufferevent_get_output(bev), on_output, c);
-    bufferevent_incref(bev); /* kept alive until adopt() has looked at it */
+    bufferevent_incref(bev); /* kept alive until on_service() has looked at it */
     long n = atomic_fetch_add(&w->srv->http_conns, 1) + 1;
     if (k->max_conns && n > k->max_conns)
         c->over_limit = 1;
@@ -605,9 +607,9 @@ static void on_service(evutil_socket_t fd, short what, void *arg)
 static struct conn *conn_of(struct rhema_worker *w, struct evhttp_request *req)
 {
     struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    if (!evcon)
-        return NULL;
     struct rhema_http_conns *k = w->conns;
+    if (!evcon || !k)
+        return NULL;
     if (k->cur && k->cur->evcon == evcon)
         return k->cur;
     struct conn *c;
@@ -674,7 +676,7 @@ void rhema_reply_evbuffer(struct rhema_req *r, int status, const char *content_t
     struct rhema_http_conns *k = w->conns;
     size_t len = buf ? evbuffer_get_length(buf) : 0;
     struct conn *c = conn_of(w, r->req);
-    if (len > OUTPUT_SMALL_REPLY && r->reads) { /* a write's reply is never refused after it */
+    if (k && len > OUTPUT_SMALL_REPLY && r->reads) { /* a write's reply is never refused after it */
         long long total = atomic_load(&w->srv->http_out_bytes);
         if (c && (long long)(c->out_held + len) > k->out_conn_max) {
             rhema_reply_error(r, 503, "reply_too_large",
@@ -719,9 +721,11 @@ void rhema_reply_evbuffer(struct rhema_req *r, int status, const char *content_t
         evhttp_request_set_on_complete_cb(r->req, on_complete, c);
     }
     log_access(r); /* before sending: the request may be freed by it */
-    k->sending = 1;
+    if (k) /* NULL: a request made without a worker's connections (tests/unit/test_http) */
+        k->sending = 1;
     evhttp_send_reply(r->req, status, reason(status), buf);
-    k->sending = 0;
+    if (k)
+        k->sending = 0;
 }
 
 void rhema_reply(struct rhema_req *r, int status, const char *content_type, const void *body,
@@ -1037,7 +1041,7 @@ static int framing_refused(struct rhema_req *r)
                           "Transfer-Encoding '%s': only a single 'chunked' is supported", te);
         return 1;
     }
-    if (te && cl) {
+    if (te && cl) { /* evhttp 2.1.12 refuses this itself (400); not left to it */
         r->close = 1;
         rhema_reply_error(r, 400, "bad_request",
                           "both Transfer-Encoding and Content-Length: the body's length is "
