@@ -208,6 +208,7 @@ struct rhema_http_conns {
     int listening;
     /* settings, read once at start */
     int64_t max_conns, header_timeout_s, body_timeout_s, out_conn_max, out_total_max;
+    uint64_t in_busy_max;       /* input held while a reply is written: one request */
 };
 
 static void conn_schedule_cut(struct conn *c)
@@ -345,6 +346,11 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
         request_begin(c, buf);
     else if (c->phase == C_HEADERS)
         scan_headers(c, buf);
+    else if (c->phase == C_BUSY && c->received - c->consumed > c->w->conns->in_busy_max)
+        /* While it writes a reply, evhttp keeps reading (to see a close) but parses
+         * nothing: a client that sends on without reading would pile its bytes up
+         * here.  Stop reading; evhttp reads again when the next request starts. */
+        bufferevent_disable(c->bev, EV_READ);
 }
 
 /*
@@ -1224,6 +1230,7 @@ static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id
     rhema_config_get_int(srv->cfg, "service.request_body_timeout_seconds", &k->body_timeout_s);
     rhema_config_get_int(srv->cfg, "service.max_output_buffer_bytes", &k->out_conn_max);
     rhema_config_get_int(srv->cfg, "service.max_output_buffer_total_bytes", &k->out_total_max);
+    k->in_busy_max = (uint64_t)srv->cfg->max_request_size_bytes + 64 * 1024;
     k->service_ev = event_new(w->base, -1, 0, on_service, w);
     k->resume_ev = event_new(w->base, -1, 0, on_resume, w);
     k->backoff_ev = evtimer_new(w->base, on_backoff_end, w);

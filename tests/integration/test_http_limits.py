@@ -383,6 +383,25 @@ def test_a_client_that_stops_reading_is_cut(daemons):
     assert len(got) < BLOB, "the whole reply was kept for a client that did not read"
 
 
+def test_a_client_that_sends_on_without_reading_is_not_buffered(daemons):
+    d = daemons().start()
+    with conn(d, rcvbuf=4096, timeout=5) as s:
+        # a reply larger than the kernel's socket buffers take
+        s.sendall(b"POST /v1/messages/compress?algorithm=none HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: %d\r\n\r\n" % (8 << 20) + b"m" * (8 << 20))
+        assert s.recv(64).startswith(b"HTTP/1.1 200 ")  # its reply is being written
+        junk, sent = b"j" * (1 << 20), 0
+        try:
+            for _ in range(256):  # 256 MiB more, never reading
+                s.sendall(junk)
+                sent += 1
+        except socket.timeout:
+            pass
+        # rhemad holds one request's worth (10 MiB); the kernel's socket buffers some more
+        assert sent < 64, f"{sent} MiB taken in while a reply was waiting"
+    assert _live(d)
+
+
 def test_expect_100_continue_and_a_later_error_page(daemon):
     with conn(daemon) as s:
         s.sendall(b"POST /v1/messages/compress?algorithm=none HTTP/1.1\r\nHost: x\r\n"
