@@ -1054,13 +1054,18 @@ static int framing_refused(struct rhema_req *r)
                           "ambiguous");
         return 1;
     }
-    if (r->method == EVHTTP_REQ_CONNECT || r->method == EVHTTP_REQ_TRACE) {
+    switch (r->method) {
+    case EVHTTP_REQ_GET: case EVHTTP_REQ_HEAD: case EVHTTP_REQ_POST: case EVHTTP_REQ_PUT:
+    case EVHTTP_REQ_DELETE: case EVHTTP_REQ_OPTIONS: case EVHTTP_REQ_PATCH:
+        return 0; /* a route answers 405 for those it does not take */
+    default: /* CONNECT, TRACE, and methods evhttp does not know (RFC 9110: 501) */
         r->close = 1;
         rhema_reply_error(r, 501, "not_implemented", "method %s is not implemented",
-                          r->method == EVHTTP_REQ_CONNECT ? "CONNECT" : "TRACE");
+                          r->method == EVHTTP_REQ_CONNECT ? "CONNECT"
+                          : r->method == EVHTTP_REQ_TRACE ? "TRACE"
+                                                          : "(unknown)");
         return 1;
     }
-    return 0;
 }
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -1211,8 +1216,9 @@ static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id
     w->listener = evconnlistener_new(w->base, NULL, NULL, LEV_OPT_CLOSE_ON_EXEC, 0, srv->listen_fd);
     if (!w->listener || !evhttp_bind_listener(w->http, w->listener))
         goto nomem;
-    /* every method reaches on_request, which answers CONNECT and TRACE 501 in
-     * JSON and closes (evhttp's own 501 is HTML and keeps a CONNECT open) */
+    /* every method reaches on_request, which answers CONNECT, TRACE and unknown
+     * methods 501 in JSON and closes (evhttp's own 501 is HTML and keeps a
+     * CONNECT open) */
     evhttp_set_allowed_methods(w->http, 0xffff);
     evconnlistener_set_error_cb(w->listener, on_accept_error);
     struct rhema_http_conns *k = calloc(1, sizeof *k);

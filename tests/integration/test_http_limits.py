@@ -153,6 +153,14 @@ def test_connect_is_501_json_and_closes_even_with_bytes_after_it(daemon):
     assert [st for st, _, _ in responses(data)] == [501]
 
 
+@pytest.mark.parametrize("method", [b"TRACE", b"PROPFIND", b"FOO"])
+def test_unimplemented_methods_are_501_json(daemon, method):
+    data = exchange(daemon, method + b" /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+                    b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    (st, headers, body), = responses(data)
+    assert st == 501 and error_code(body) == "not_implemented"
+
+
 # ---- item 3: evhttp's own errors as JSON ----
 
 @pytest.mark.parametrize("raw,status,code", [
