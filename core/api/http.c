@@ -162,10 +162,10 @@ int rhema_cross_origin_refused(struct rhema_req *r)
  * a callback of ours at the top of the loop (a timer, the service event),
  * never from inside an evhttp call.
  *
- * A drain stops a worker once no reply is being written and no byte has
- * arrived for DRAIN_QUIET_NS: a client that pauses longer than that in the
- * middle of a request is cut off (and so is one that holds a request open
- * past service.shutdown_timeout_seconds).
+ * A drain stops a worker once no reply is being written, no request is
+ * partly received (a connection in its header or body phase: bounded by
+ * their deadlines), and no byte has arrived for DRAIN_QUIET_NS; or at
+ * service.shutdown_timeout_seconds, whatever is still open.
  */
 #define DRAIN_QUIET_NS 1000000000ull
 #define ACCEPT_BACKOFF_MS 500
@@ -1110,6 +1110,18 @@ done:
 
 /* ---- workers ---- */
 
+/* 1 while a request has begun to arrive on one of w's connections (its header or body deadline runs). */
+static int requests_arriving(struct rhema_worker *w)
+{
+    struct conn *c;
+    if (!w->conns)
+        return 0;
+    TAILQ_FOREACH(c, &w->conns->live, link)
+        if (c->phase == C_HEADERS || c->phase == C_BODY)
+            return 1;
+    return 0;
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
@@ -1121,7 +1133,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
                       w->id, rhema_strerror(rc), w->srv->storage->errmsg(w->conn));
     }
     if (w->draining &&
-        ((atomic_load(&w->inflight) <= 0 && w->outstanding == 0 &&
+        ((atomic_load(&w->inflight) <= 0 && w->outstanding == 0 && !requests_arriving(w) &&
           rhema_monotonic_ns() - w->last_input_ns >= DRAIN_QUIET_NS) ||
          rhema_monotonic_ns() >= w->drain_deadline_ns))
         event_base_loopbreak(w->base);

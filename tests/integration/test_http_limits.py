@@ -436,3 +436,20 @@ def test_a_reset_mid_reply_does_not_hold_the_drain(big_session):
     assert d.wait(15) == 0, d.log()[-2000:]
     # the drain waited for nobody: far less than shutdown_timeout_seconds
     assert time.monotonic() - t0 < 15
+
+
+def test_the_drain_waits_for_a_request_that_pauses_mid_body(daemons):
+    """The drain knows a request has begun (its body deadline runs): a client pausing
+    longer than the drain's 1 s of quiet is still served, then rhemad exits."""
+    d = daemons().start()
+    body = b'{"topic": "slow"}'
+    with conn(d, timeout=15) as s:
+        s.sendall(b"PUT /v1/sessions/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])
+        time.sleep(0.3)
+        d.send(signal.SIGTERM)
+        time.sleep(2.5)
+        s.sendall(body[5:])
+        (st, headers, reply), = responses(read_all(s))
+    assert st == 201 and headers["connection"] == "close", reply
+    assert d.wait(15) == 0, d.log()[-2000:]
