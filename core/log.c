@@ -27,6 +27,7 @@ static pthread_mutex_t reopen_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *log_path; /* the file open, NULL: stderr; under reopen_lock */
 
 static const char *const level_names[] = {"error", "warn", "notice", "info", "debug"};
+static void flush_repeats(void);
 
 /*
  * Until the daemon is up, errors and warnings also go to stderr when the
@@ -100,6 +101,7 @@ void rhema_log_detach(void)
 
 void rhema_log_close(void)
 {
+    flush_repeats(); /* a count still pending goes into the file being closed */
     pthread_mutex_lock(&reopen_lock);
     int prev = atomic_exchange(&log_fd, STDERR_FILENO);
     if (prev > STDERR_FILENO)
@@ -222,6 +224,70 @@ static void emit(int level, char *line, size_t len, size_t body)
         write_all(STDERR_FILENO, line, len);
 }
 
+/*
+ * Repeated lines, as syslogd folds them: a line identical to the one before
+ * it (same level, module and message) is counted, not written, and the
+ * count is written as "last message repeated N times" before the next
+ * different line, or at the latest every REPEAT_FLUSH_MS while the
+ * repetition goes on.  A client can make a line repeat as fast as the loop
+ * turns (an accept error at the descriptor limit): the log stays small.
+ */
+#define REPEAT_FLUSH_MS 30000
+
+static pthread_mutex_t repeat_lock = PTHREAD_MUTEX_INITIALIZER;
+static char repeat_last[FIELD_MSG + FIELD_SHORT + 16];
+static unsigned long repeat_count;
+static uint64_t repeat_since_ms;
+static int repeat_level;
+static char repeat_who[FIELD_SHORT];
+
+static void emit_repeats(int json)
+{
+    char line[FIELD_SHORT + 192], ts[RHEMA_TIME_MAX];
+    rhema_time_format(rhema_realtime_ms(), ts);
+    int at = json ? snprintf(line, sizeof line,
+                             "{\"time\":\"%s\",\"level\":\"%s\",\"module\":\"%s\","
+                             "\"msg\":\"last message repeated %lu times\"}\n",
+                             ts, level_names[repeat_level], repeat_who, repeat_count)
+                  : snprintf(line, sizeof line, "%s [%s] %s: last message repeated %lu times\n", ts,
+                             level_names[repeat_level], repeat_who, repeat_count);
+    if (at > 0)
+        emit(repeat_level, line, (size_t)at < sizeof line ? (size_t)at : sizeof line - 1,
+             json ? 0 : strlen(ts) + 1);
+    repeat_count = 0;
+}
+
+static void flush_repeats(void)
+{
+    pthread_mutex_lock(&repeat_lock);
+    if (repeat_count)
+        emit_repeats(atomic_load(&log_format) == RHEMA_LOG_FORMAT_JSON);
+    repeat_last[0] = '\0';
+    pthread_mutex_unlock(&repeat_lock);
+}
+
+/* 1 when the line is a repeat to count instead of writing; writes the pending count otherwise. */
+static int repeated(int level, const char *ewho, const char *emsg, int json)
+{
+    char key[sizeof repeat_last];
+    snprintf(key, sizeof key, "%d|%s|%s", level, ewho, emsg);
+    uint64_t now = rhema_realtime_ms();
+    int same = strcmp(key, repeat_last) == 0;
+    if (same) {
+        if (repeat_count++ == 0)
+            repeat_since_ms = now;
+        if (now - repeat_since_ms >= REPEAT_FLUSH_MS)
+            emit_repeats(json);
+        return 1;
+    }
+    if (repeat_count)
+        emit_repeats(json);
+    snprintf(repeat_last, sizeof repeat_last, "%s", key);
+    repeat_level = level;
+    snprintf(repeat_who, sizeof repeat_who, "%s", ewho);
+    return 0;
+}
+
 void rhema_vlog(int level, const char *who, const char *fmt, va_list ap)
 {
     if (level > atomic_load(&log_level))
@@ -242,9 +308,11 @@ void rhema_vlog(int level, const char *who, const char *fmt, va_list ap)
                              ts, level_names[level], ewho, emsg)
                   : snprintf(line, sizeof line, "%s [%s] %s: %s\n", ts, level_names[level], ewho,
                              emsg);
-    if (at > 0) /* the fields are bounded: the line always fits */
+    pthread_mutex_lock(&repeat_lock);
+    if (at > 0 && !repeated(level, ewho, emsg, json)) /* the fields are bounded: the line fits */
         emit(level, line, (size_t)at < sizeof line ? (size_t)at : sizeof line - 1,
              json ? 0 : strlen(ts) + 1);
+    pthread_mutex_unlock(&repeat_lock);
 }
 
 void rhema_log(int level, const char *who, const char *fmt, ...)

@@ -36,6 +36,7 @@ struct event_base;
 struct evhttp;
 struct evconnlistener;
 struct rhema_req;
+struct rhema_http_conns;
 struct rhema_server;
 struct rhema_auth;
 
@@ -63,6 +64,8 @@ struct rhema_worker {
     size_t outstanding;        /* submitted, not yet answered (worker thread only) */
     struct rhema_mailbox mailbox; /* work other threads hand back to this worker */
     uint64_t last_input_ns;    /* when bytes last arrived on a connection (drain) */
+    struct rhema_http_conns *conns; /* http.c: this worker's connections, their deadlines
+                                     * and output, the listener's state */
     struct rhema_codec_ctxs codec_ctxs; /* this worker's compression contexts */
 };
 
@@ -89,6 +92,8 @@ struct rhema_server {
     struct rhema_cluster *cluster; /* cluster.h: membership, leader lease, epoch */
     struct rhema_services *services; /* services.h: registry, health checks, balancers */
     struct rhema_auth *auth;         /* api/api_auth.h: keys, roles, rules, protected mode */
+    atomic_long http_conns;      /* connections open across workers (service.max_connections) */
+    atomic_llong http_out_bytes; /* reply bytes queued across workers, not yet sent */
 };
 
 #endif /* RHEMA_CORE_SERVER_H */

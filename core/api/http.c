@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -55,12 +56,14 @@ static const char *reason(int status)
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
     case 409: return "Conflict";
     case 412: return "Precondition Failed";
     case 413: return "Payload Too Large";
     case 415: return "Unsupported Media Type";
     case 429: return "Too Many Requests";
     case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
     case 503: return "Service Unavailable";
     case 507: return "Insufficient Storage";
     default: return "Status";
@@ -133,39 +136,526 @@ int rhema_cross_origin_refused(struct rhema_req *r)
 }
 
 /*
- * The drain must not cut off a request that is still arriving.  evhttp
- * (libevent 2.1) neither lists its connections nor says when a request
- * starts, and a bufferevent filter to watch them loses replies on 2.1.12;
- * so each connection's socket bufferevent is made here (evhttp_set_bevcb)
- * with a callback on its input buffer that notes when bytes last arrived on
- * this worker.  A draining worker stops once no reply is being written and
- * no byte has arrived for DRAIN_QUIET_NS: a client that pauses longer than
- * that in the middle of a request is cut off (and so is one that holds a
- * request open past service.shutdown_timeout_seconds).
+ * ---- connections ----
+ *
+ * evhttp (libevent 2.1.12) neither lists its connections nor says when a
+ * request starts, when its headers end, or when a connection goes away
+ * before its reply was written; and every limit of issue 17 needs one of
+ * those.  So each connection's socket bufferevent is made here
+ * (evhttp_set_bevcb) with a `struct conn` beside it:
+ *
+ *  - a callback on its input buffer runs before evhttp parses the bytes
+ *    (evbuffer callbacks are not deferred; the bufferevent's read callback,
+ *    evhttp's parser, runs after).  It notes when bytes arrive (the drain)
+ *    and finds where the header block of the current request ends: the
+ *    first empty line ("\n\n" or "\n\r\n", the line ends evhttp reads with
+ *    EVBUFFER_EOL_CRLF) after the request's first byte.  That is all it
+ *    reads of the bytes: the framing itself stays evhttp's.  It gives the
+ *    header deadline (service.request_header_timeout_seconds) and the body
+ *    deadline (service.request_body_timeout_seconds);
+ *  - a callback on its output buffer counts the bytes queued per
+ *    connection and across workers (service.max_output_buffer_*), and
+ *    replaces the HTML error pages evhttp writes by itself (parser-level
+ *    400, 413) with the API's JSON error (rewrite_error_page());
+ *  - evhttp_connection_set_closecb() tells when evhttp frees the
+ *    connection, whatever the cause (a reset, a timeout, a close after the
+ *    reply): the connection count (service.max_connections) and the
+ *    replies counted in flight for the drain are given back there, so a
+ *    client that resets mid-reply is never waited for.
+ *
+ * The evhttp_connection is only known once evhttp has set its callbacks on
+ * the bufferevent, after conn_new() returns: it is read back with
+ * bufferevent_getcb() by on_service(), which runs in the same loop turn (an
+ * active event), before any byte can be read on the new socket.
+ *
+ * A connection is cut (cut()) by calling evhttp's own event callback for
+ * the bufferevent with an error, as a reset by the client does: evhttp
+ * frees the connection and its request at once.  It is only ever done from
+ * a callback of ours at the top of the loop (a timer, the service event),
+ * never from inside an evhttp call.
+ *
+ * A drain stops a worker once no reply is being written, no request is
+ * partly received (a connection in its header or body phase: bounded by
+ * their deadlines), and no byte has arrived for DRAIN_QUIET_NS; or at
+ * service.shutdown_timeout_seconds, whatever is still open.
  */
 #define DRAIN_QUIET_NS 1000000000ull
+#define ACCEPT_BACKOFF_MS 500
+
+enum conn_phase { C_IDLE, C_HEADERS, C_BODY, C_BUSY };
+
+struct conn {
+    struct rhema_worker *w;
+    struct bufferevent *bev;
+    struct evhttp_connection *evcon;   /* NULL until adopted */
+    TAILQ_ENTRY(conn) link;            /* in fresh or live */
+    TAILQ_ENTRY(conn) cut_link;        /* in cuts when to_cut */
+    struct evbuffer_cb_entry *in_cb, *out_cb;
+    struct event *deadline_ev;
+    enum conn_phase phase;
+    int nl;                 /* blank-line scanner: 1 after '\n', 2 after "\n\r" */
+    uint64_t received, consumed; /* input bytes added to / drained from the buffer, ever */
+    uint64_t req_start;     /* where the next request begins, in `received` terms */
+    uint64_t scanned;       /* scanned for the end of the header block up to here */
+    size_t out_held;        /* bytes in the output buffer (counted in http_out_bytes) */
+    unsigned replies;       /* replies handed to evhttp, not fully written */
+    int over_limit;         /* accepted past service.max_connections */
+    int close_after;        /* cut once the reply is written (CONNECT) */
+    int to_cut;
+    int foreign;            /* evhttp is writing a reply of its own */
+    size_t foreign_start;   /* ... that begins at this offset of the output buffer */
+    int rewriting;
+};
+
+TAILQ_HEAD(conn_list, conn);
+
+struct rhema_http_conns {
+    struct conn_list fresh, live, cuts;
+    struct event *service_ev;   /* adopts fresh connections, cuts those marked */
+    struct event *resume_ev;    /* re-checks the listener (any thread may activate it) */
+    struct event *backoff_ev;   /* the end of an accept backoff */
+    struct conn *cur;           /* the connection whose bytes arrived last */
+    int sending;                /* inside evhttp_send_reply(): the output is ours */
+    int backoff;                /* accept() failed for want of resources */
+    int listening;
+    /* settings, read once at start */
+    int64_t max_conns, header_timeout_s, body_timeout_s, out_conn_max, out_total_max;
+    uint64_t in_busy_max;       /* input held while a reply is written: one request */
+};
+
+static void conn_schedule_cut(struct conn *c)
+{
+    struct rhema_http_conns *k = c->w->conns;
+    if (c->to_cut)
+        return;
+    c->to_cut = 1;
+    TAILQ_INSERT_TAIL(&k->cuts, c, cut_link);
+    event_active(k->service_ev, EV_TIMEOUT, 0);
+}
+
+/* Close the connection now, as a client's close would.  Frees c (on_close). */
+static void cut(struct conn *c)
+{
+    bufferevent_event_cb ecb = NULL;
+    void *arg = NULL;
+    bufferevent_getcb(c->bev, NULL, NULL, &ecb, &arg);
+    /* ERROR, not EOF alone: evhttp takes READING|EOF in a body read to the
+     * end of the stream as the end of that body */
+    if (ecb && c->evcon)
+        ecb(c->bev, BEV_EVENT_ERROR | BEV_EVENT_READING, arg);
+}
+
+/*
+ * A short JSON error written straight to the socket, for a connection that
+ * is cut while evhttp is reading it (no reply of evhttp's is under way, so
+ * the output buffer is empty); best effort, never blocking.
+ */
+static void say_and_cut(struct conn *c, int status, const char *reason, const char *code,
+                        const char *msg)
+{
+    char body[384], head[256];
+    int bl = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code,
+                      msg);
+    int hl = snprintf(head, sizeof head,
+                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %d\r\nConnection: close\r\n\r\n",
+                      status, reason, bl);
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+    if (fd >= 0 && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        struct iovec iov[2] = {{head, (size_t)hl}, {body, (size_t)bl}};
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
+        (void)!sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    cut(c);
+}
+
+static void deadline_arm(struct conn *c, int64_t seconds)
+{
+    struct timeval tv = {(time_t)seconds, 0};
+    evtimer_add(c->deadline_ev, &tv);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct conn *c = arg;
+    if (c->phase == C_HEADERS) {
+        rhema_log(RHEMA_LOG_INFO, "http", "cut a connection whose request headers took over %llds "
+                  "(service.request_header_timeout_seconds)",
+                  (long long)c->w->conns->header_timeout_s);
+        say_and_cut(c, 408, "Request Timeout", "request_timeout",
+                    "request headers not complete within service.request_header_timeout_seconds");
+    } else if (c->phase == C_BODY) {
+        rhema_log(RHEMA_LOG_INFO, "http", "cut a connection whose request body took over %llds "
+                  "(service.request_body_timeout_seconds)",
+                  (long long)c->w->conns->body_timeout_s);
+        say_and_cut(c, 408, "Request Timeout", "request_timeout",
+                    "request body not complete within service.request_body_timeout_seconds");
+    }
+}
+
+/* Scan input bytes [c->scanned, c->received) for the empty line that ends the header block. */
+static void scan_headers(struct conn *c, struct evbuffer *buf)
+{
+    if (c->scanned < c->consumed) /* not possible while evhttp parses after us; be safe */
+        c->scanned = c->consumed;
+    struct evbuffer_ptr p;
+    if (c->scanned >= c->received ||
+        evbuffer_ptr_set(buf, &p, (size_t)(c->scanned - c->consumed), EVBUFFER_PTR_SET) != 0)
+        return;
+    struct evbuffer_iovec v[8];
+    while (c->phase == C_HEADERS && c->scanned < c->received) {
+        int n = evbuffer_peek(buf, (ev_ssize_t)(c->received - c->scanned), &p, v, 8);
+        if (n <= 0)
+            return;
+        size_t took = 0;
+        for (int i = 0; i < n && i < 8 && c->phase == C_HEADERS; i++) {
+            const unsigned char *s = v[i].iov_base;
+            size_t j = 0;
+            for (; j < v[i].iov_len; j++) {
+                if (s[j] == '\n') {
+                    if (c->nl) { /* an empty line: the header block is complete */
+                        j++;
+                        c->phase = C_BODY;
+                        deadline_arm(c, c->w->conns->body_timeout_s);
+                        break;
+                    }
+                    c->nl = 1;
+                } else {
+                    c->nl = s[j] == '\r' && c->nl == 1 ? 2 : 0;
+                }
+            }
+            took += j;
+        }
+        c->scanned += took;
+        if (evbuffer_ptr_set(buf, &p, took, EVBUFFER_PTR_ADD) != 0)
+            return;
+    }
+}
+
+/* A request begins at c->req_start: its header deadline starts now. */
+static void request_begin(struct conn *c, struct evbuffer *in)
+{
+    c->phase = C_HEADERS;
+    c->nl = 0;
+    c->scanned = c->req_start;
+    deadline_arm(c, c->w->conns->header_timeout_s);
+    scan_headers(c, in);
+}
 
 static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
-    (void)buf;
+    struct conn *c = arg;
+    c->consumed += info->n_deleted;
+    if (!info->n_added)
+        return;
+    c->received += info->n_added;
+    c->w->last_input_ns = rhema_monotonic_ns();
+    c->w->conns->cur = c;
+    if (!c->evcon)
+        return; /* adopted in this loop turn, before evhttp reads anything */
+    if (c->phase == C_IDLE)
+        request_begin(c, buf);
+    else if (c->phase == C_HEADERS)
+        scan_headers(c, buf);
+    else if (c->phase == C_BUSY && c->received - c->consumed > c->w->conns->in_busy_max)
+        /* While it writes a reply, evhttp keeps reading (to see a close) but parses
+         * nothing: a client that sends on without reading would pile its bytes up
+         * here.  Stop reading; evhttp reads again when the next request starts. */
+        bufferevent_disable(c->bev, EV_READ);
+}
+
+/*
+ * evhttp writes two replies of its own, outside evhttp_send_reply(): "100
+ * Continue" (left alone) and the error page of evhttp_send_error() for
+ * what its parser refused (400, 413).  Its bytes are the only ones added
+ * to the output while k->sending is 0, all within one evhttp call, and the
+ * page always ends with the text below; the page is then replaced, in
+ * place, by the same status with the API's JSON error.
+ */
+static const char html_tail[] = "</BODY></HTML>\n";
+
+static void rewrite_error_page(struct conn *c, struct evbuffer *out)
+{
+    size_t len = evbuffer_get_length(out), tl = sizeof html_tail - 1;
+    char tail[sizeof html_tail], line[64];
+    struct evbuffer_ptr p;
+    if (len < c->foreign_start + 16)
+        return;
+    /*
+     * A socket bufferevent keeps the start of its output frozen outside its
+     * write callback (bufferevent_sock.c), which makes copyout and drain
+     * fail: thawed here, on this thread, for the rewrite, and frozen again.
+     */
+    int frozen = evbuffer_copyout(out, line, 1) < 0;
+    if (frozen)
+        evbuffer_unfreeze(out, 1);
+    evbuffer_ptr_set(out, &p, c->foreign_start, EVBUFFER_PTR_SET);
+    ev_ssize_t ll = evbuffer_copyout_from(out, &p, line, sizeof line - 1);
+    line[ll > 0 ? ll : 0] = '\0';
+    int status = 0;
+    char version[4] = "1.1";
+    if (sscanf(line, "HTTP/%3[0-9.] %d", version, &status) != 2 || status == 100) {
+        c->foreign = 0; /* "100 Continue", written in one piece: left as it is */
+        goto out;
+    }
+    if (len < c->foreign_start + tl || evbuffer_ptr_set(out, &p, len - tl, EVBUFFER_PTR_SET) != 0 ||
+        evbuffer_copyout_from(out, &p, tail, tl) != (ev_ssize_t)tl || memcmp(tail, html_tail, tl))
+        goto out; /* the page is not complete yet */
+    const char *code = "bad_request", *reason = "Bad Request";
+    char msg[200];
+    snprintf(msg, sizeof msg, "malformed HTTP request: request line, headers or framing");
+    if (status == 413) {
+        code = "too_large", reason = "Payload Too Large";
+        snprintf(msg, sizeof msg, "request body over service.max_request_size_bytes (%lld bytes)",
+                 (long long)c->w->srv->cfg->max_request_size_bytes);
+    } else if (status == 501) {
+        code = "not_implemented", reason = "Not Implemented";
+        snprintf(msg, sizeof msg, "method not implemented");
+    } else if (status != 400) {
+        code = "http_error", reason = "Error";
+        snprintf(msg, sizeof msg, "HTTP error %d", status);
+    }
+    char body[320];
+    int bl = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code,
+                      msg);
+    struct evbuffer *keep = evbuffer_new();
+    if (!keep)
+        goto out;
+    c->rewriting = 1;
+    evbuffer_remove_buffer(out, keep, c->foreign_start); /* replies before the page, if any */
+    evbuffer_drain(out, evbuffer_get_length(out));
+    evbuffer_add_printf(out,
+                        "HTTP/%s %d %s\r\nContent-Type: application/json\r\n"
+                        "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
+                        version, status, reason, bl, body);
+    evbuffer_prepend_buffer(out, keep);
+    c->rewriting = 0;
+    evbuffer_free(keep);
+    c->foreign = 0;
+out:
+    if (frozen)
+        evbuffer_freeze(out, 1);
+}
+
+static void on_output(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct conn *c = arg;
+    struct rhema_worker *w = c->w;
+    long long delta = (long long)info->n_added - (long long)info->n_deleted;
+    c->out_held = (size_t)((long long)c->out_held + delta);
+    atomic_fetch_add(&w->srv->http_out_bytes, delta);
+    if (c->rewriting || !info->n_added)
+        return;
+    if (w->conns->sending) {
+        c->foreign = 0;
+        return;
+    }
+    if (!c->foreign) {
+        c->foreign = 1;
+        c->foreign_start = info->orig_size;
+    }
+    rewrite_error_page(c, buf);
+}
+
+static void listener_update(struct rhema_worker *w)
+{
+    struct rhema_http_conns *k = w->conns;
+    if (!w->listener || !k)
+        return;
+    int want = !w->draining && !k->backoff &&
+               (k->max_conns == 0 || atomic_load(&w->srv->http_conns) < k->max_conns);
+    if (want && !k->listening)
+        evconnlistener_enable(w->listener);
+    else if (!want && k->listening)
+        evconnlistener_disable(w->listener);
+    k->listening = want;
+}
+
+/* Every worker re-checks its listener (a connection closed, or the limit was reached). */
+static void poke_workers(struct rhema_server *srv)
+{
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct rhema_http_conns *k = srv->workers[i].conns;
+        if (k && k->resume_ev)
+            event_active(k->resume_ev, EV_TIMEOUT, 0);
+    }
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    listener_update(arg);
+}
+
+static void on_backoff_end(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
     struct rhema_worker *w = arg;
-    if (info->n_added)
-        w->last_input_ns = rhema_monotonic_ns();
+    w->conns->backoff = 0;
+    listener_update(w);
+}
+
+/*
+ * accept() failed.  Without this callback libevent logs the error and
+ * retries at once: at the descriptor limit the pending connection stays
+ * pending and the loop spins.  Stop accepting for ACCEPT_BACKOFF_MS instead
+ * (nginx waits its accept_mutex_delay, 500 ms, too); connections waiting
+ * in the backlog are accepted once descriptors are free again.
+ */
+static _Thread_local struct rhema_worker *this_worker; /* set by worker_main */
+
+static void on_accept_error(struct evconnlistener *lev, void *arg)
+{
+    (void)lev, (void)arg; /* arg is evhttp's (the listener's user data) */
+    struct rhema_worker *w = this_worker;
+    int e = EVUTIL_SOCKET_ERROR();
+    /* the same line from every worker, so that the log folds its repeats */
+    rhema_log(RHEMA_LOG_WARN, "http", "accept: %s; not accepting new connections for %d ms",
+              strerror(e), ACCEPT_BACKOFF_MS);
+    w->conns->backoff = 1;
+    listener_update(w);
+    struct timeval tv = {0, ACCEPT_BACKOFF_MS * 1000};
+    evtimer_add(w->conns->backoff_ev, &tv);
+}
+
+static void conn_free(struct conn *c)
+{
+    struct rhema_worker *w = c->w;
+    struct rhema_http_conns *k = w->conns;
+    if (c->in_cb)
+        evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->in_cb);
+    if (c->out_cb)
+        evbuffer_remove_cb_entry(bufferevent_get_output(c->bev), c->out_cb);
+    if (c->deadline_ev)
+        event_free(c->deadline_ev);
+    if (c->to_cut)
+        TAILQ_REMOVE(&k->cuts, c, cut_link);
+    if (k->cur == c)
+        k->cur = NULL;
+    atomic_fetch_sub(&w->srv->http_out_bytes, (long long)c->out_held);
+    atomic_fetch_sub(&w->inflight, (int)c->replies);
+    long before = atomic_fetch_sub(&w->srv->http_conns, 1);
+    if (k->max_conns && before >= k->max_conns)
+        poke_workers(w->srv);
+    free(c);
+}
+
+/* evhttp frees the connection: whatever the cause, it is no longer open nor in flight. */
+static void on_close(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    struct conn *c = arg;
+    TAILQ_REMOVE(&c->w->conns->live, c, link);
+    conn_free(c);
 }
 
 static struct bufferevent *conn_new(struct event_base *base, void *arg)
 {
-    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (bev)
-        evbuffer_add_cb(bufferevent_get_input(bev), on_input, arg);
-    return bev; /* NULL: evhttp makes one itself */
+    struct rhema_worker *w = arg;
+    struct rhema_http_conns *k = w->conns;
+    struct conn *c = calloc(1, sizeof *c);
+    struct bufferevent *bev = c ? bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE) : NULL;
+    if (c)
+        c->deadline_ev = evtimer_new(base, on_deadline, c);
+    if (!bev || !c->deadline_ev) {
+        if (bev)
+            bufferevent_free(bev);
+        if (c && c->deadline_ev)
+            event_free(c->deadline_ev);
+        free(c);
+        return NULL; /* evhttp makes one itself: served, not counted */
+    }
+    c->w = w;
+    c->bev = bev;
+    c->in_cb = evbuffer_add_cb(bufferevent_get_input(bev), on_input, c);
+    c->out_cb = evbuffer_add_cb(bufferevent_get_output(bev), on_output, c);
+    bufferevent_incref(bev); /* kept alive until on_service() has looked at it */
+    long n = atomic_fetch_add(&w->srv->http_conns, 1) + 1;
+    if (k->max_conns && n > k->max_conns)
+        c->over_limit = 1;
+    if (k->max_conns && n >= k->max_conns) {
+        listener_update(w); /* stops this worker's accept loop at once */
+        poke_workers(w->srv);
+    }
+    TAILQ_INSERT_TAIL(&k->fresh, c, link);
+    event_active(k->service_ev, EV_TIMEOUT, 0);
+    return bev;
+}
+
+/* The service event: adopt the connections accepted this turn, cut those marked. */
+static void on_service(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct rhema_worker *w = arg;
+    struct rhema_http_conns *k = w->conns;
+    struct conn *c;
+    while ((c = TAILQ_FIRST(&k->fresh))) {
+        TAILQ_REMOVE(&k->fresh, c, link);
+        bufferevent_data_cb rcb = NULL;
+        void *evcon = NULL;
+        bufferevent_getcb(c->bev, &rcb, NULL, NULL, &evcon);
+        struct bufferevent *bev = c->bev;
+        if (!rcb || !evcon) { /* evhttp already gave it up */
+            conn_free(c);
+            bufferevent_decref(bev);
+            continue;
+        }
+        c->evcon = evcon;
+        TAILQ_INSERT_TAIL(&k->live, c, link);
+        evhttp_connection_set_closecb(c->evcon, on_close, c);
+        bufferevent_decref(bev);
+        if (c->over_limit) {
+            rhema_log(RHEMA_LOG_WARN, "http", "service.max_connections (%lld) reached: "
+                      "closing a connection accepted past it", (long long)k->max_conns);
+            say_and_cut(c, 503, "Service Unavailable", "unavailable",
+                        "too many connections (service.max_connections)");
+        } else if (evbuffer_get_length(bufferevent_get_input(c->bev))) {
+            request_begin(c, bufferevent_get_input(c->bev));
+        }
+    }
+    while ((c = TAILQ_FIRST(&k->cuts))) {
+        TAILQ_REMOVE(&k->cuts, c, cut_link);
+        c->to_cut = 0;
+        cut(c);
+    }
+}
+
+/* The connection a request came on, or NULL (the client left). */
+static struct conn *conn_of(struct rhema_worker *w, struct evhttp_request *req)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct rhema_http_conns *k = w->conns;
+    if (!evcon || !k)
+        return NULL;
+    if (k->cur && k->cur->evcon == evcon)
+        return k->cur;
+    struct conn *c;
+    TAILQ_FOREACH(c, &k->live, link)
+        if (c->evcon == evcon)
+            return c;
+    return NULL;
 }
 
 static void on_complete(struct evhttp_request *req, void *arg)
 {
+    struct conn *c = arg;
+    struct rhema_worker *w = c->w;
     (void)req;
-    struct rhema_worker *w = arg;
     atomic_fetch_sub(&w->inflight, 1);
+    c->replies--;
+    if (c->close_after) {
+        /* evhttp keeps a CONNECT's connection open whatever its Connection
+         * header says: drop what came after it unread, and cut it before
+         * evhttp reads anything more (the service event runs this turn) */
+        struct evbuffer *in = bufferevent_get_input(c->bev);
+        evbuffer_drain(in, evbuffer_get_length(in));
+        conn_schedule_cut(c);
+        return;
+    }
+    c->phase = C_IDLE;
+    if (c->received > c->req_start) /* the next request is already here (pipelined) */
+        request_begin(c, bufferevent_get_input(c->bev));
 }
 
 void rhema_req_peer(struct rhema_req *r, char peer[64])
@@ -202,26 +692,71 @@ static void log_access(struct rhema_req *r)
     }
 }
 
+/*
+ * Replies up to this size are never refused for the output limits, so that
+ * an error can always be answered; they are bounded by the connections.
+ */
+#define OUTPUT_SMALL_REPLY 16384
+
 void rhema_reply_evbuffer(struct rhema_req *r, int status, const char *content_type,
                           struct evbuffer *buf)
 {
+    struct rhema_worker *w = r->worker;
+    struct rhema_http_conns *k = w->conns;
     size_t len = buf ? evbuffer_get_length(buf) : 0;
+    struct conn *c = conn_of(w, r->req);
+    if (k && len > OUTPUT_SMALL_REPLY && r->reads) { /* a write's reply is never refused after it */
+        long long total = atomic_load(&w->srv->http_out_bytes);
+        if (c && (long long)(c->out_held + len) > k->out_conn_max) {
+            rhema_reply_error(r, 503, "reply_too_large",
+                              "the reply (%zu bytes) is over service.max_output_buffer_bytes "
+                              "(%lld)", len, (long long)k->out_conn_max);
+            return;
+        }
+        if (total + (long long)len > k->out_total_max) {
+            rhema_header(r, "Retry-After", "1");
+            rhema_reply_error(r, 503, "overloaded",
+                              "replies waiting for their clients fill "
+                              "service.max_output_buffer_total_bytes; retry");
+            return;
+        }
+    }
     rhema_header(r, "X-Request-Id", r->request_id);
     if (content_type)
         rhema_header(r, "Content-Type", content_type);
     add_cors(r);
-    if (r->worker->draining)
+    if (w->draining || r->close)
         rhema_header(r, "Connection", "close");
     r->status = status;
     r->bytes_out = len;
-    if (evhttp_request_get_connection(r->req)) { /* NULL: the client left; no completion */
-        atomic_fetch_add(&r->worker->inflight, 1);
-        evhttp_request_set_on_complete_cb(r->req, on_complete, r->worker);
+    if (r->method == EVHTTP_REQ_HEAD) {
+        /* evhttp 2.1.12 sends a HEAD reply's body and leaves out its
+         * Content-Length: say GET's length, send no body */
+        char cl[24];
+        snprintf(cl, sizeof cl, "%zu", len);
+        if (status >= 200 && status != 204 && status != 304)
+            rhema_header(r, "Content-Length", cl);
+        buf = NULL;
+        r->bytes_out = 0;
+    } else if (r->method == EVHTTP_REQ_CONNECT) {
+        char cl[24]; /* evhttp frames no body for a CONNECT: the reply has one */
+        snprintf(cl, sizeof cl, "%zu", len);
+        rhema_header(r, "Content-Length", cl);
+    }
+    if (c) { /* NULL: the client left; no completion */
+        atomic_fetch_add(&w->inflight, 1);
+        c->replies++;
+        c->close_after = r->close && r->method == EVHTTP_REQ_CONNECT;
+        evhttp_request_set_on_complete_cb(r->req, on_complete, c);
     }
     log_access(r); /* before sending: the request may be freed by it */
     if (r->on_reply)
         r->on_reply(r);
+    if (k) /* NULL: a request made without a worker's connections (tests/unit/test_http) */
+        k->sending = 1;
     evhttp_send_reply(r->req, status, reason(status), buf);
+    if (k)
+        k->sending = 0;
 }
 
 void rhema_reply(struct rhema_req *r, int status, const char *content_type, const void *body,
@@ -503,6 +1038,63 @@ static void request_id(struct rhema_req *r)
              r->worker->id, (unsigned long long)++r->worker->seq);
 }
 
+/*
+ * What evhttp's parser lets through but a proxy in front of rhemad may
+ * read differently (request smuggling): refused, and the connection
+ * closed, so that no byte after this request is read as another one.
+ * evhttp frames the body by the first Content-Length, and takes a
+ * Transfer-Encoding that ends in "chunked" as chunked; it answers a
+ * CONNECT without closing whatever its Connection header says.  1 after
+ * the reply, else 0.
+ */
+static int framing_refused(struct rhema_req *r)
+{
+    struct evkeyvalq *h = evhttp_request_get_input_headers(r->req);
+    const char *cl = NULL, *te = NULL;
+    int n_te = 0;
+    struct evkeyval *kv;
+    TAILQ_FOREACH(kv, h, next) {
+        if (strcasecmp(kv->key, "Content-Length") == 0) {
+            if (cl && strcmp(cl, kv->value) != 0) {
+                r->close = 1;
+                rhema_reply_error(r, 400, "bad_request",
+                                  "two different Content-Length headers ('%s' and '%s')", cl,
+                                  kv->value);
+                return 1;
+            }
+            cl = kv->value;
+        } else if (strcasecmp(kv->key, "Transfer-Encoding") == 0) {
+            te = kv->value;
+            n_te++;
+        }
+    }
+    if (te && (n_te > 1 || strcasecmp(te, "chunked") != 0)) {
+        r->close = 1;
+        rhema_reply_error(r, 501, "not_implemented",
+                          "Transfer-Encoding '%s': only a single 'chunked' is supported", te);
+        return 1;
+    }
+    if (te && cl) { /* evhttp 2.1.12 refuses this itself (400); not left to it */
+        r->close = 1;
+        rhema_reply_error(r, 400, "bad_request",
+                          "both Transfer-Encoding and Content-Length: the body's length is "
+                          "ambiguous");
+        return 1;
+    }
+    switch (r->method) {
+    case EVHTTP_REQ_GET: case EVHTTP_REQ_HEAD: case EVHTTP_REQ_POST: case EVHTTP_REQ_PUT:
+    case EVHTTP_REQ_DELETE: case EVHTTP_REQ_OPTIONS: case EVHTTP_REQ_PATCH:
+        return 0; /* a route answers 405 for those it does not take */
+    default: /* CONNECT, TRACE, and methods evhttp does not know (RFC 9110: 501) */
+        r->close = 1;
+        rhema_reply_error(r, 501, "not_implemented", "method %s is not implemented",
+                          r->method == EVHTTP_REQ_CONNECT ? "CONNECT"
+                          : r->method == EVHTTP_REQ_TRACE ? "TRACE"
+                                                          : "(unknown)");
+        return 1;
+    }
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
     struct rhema_worker *w = arg;
@@ -510,6 +1102,14 @@ static void on_request(struct evhttp_request *req, void *arg)
     TAILQ_INIT(&r.query);
     r.method = evhttp_request_get_command(req);
     request_id(&r);
+    struct conn *c = conn_of(w, req);
+    if (c) { /* the request is complete: no deadline while it is handled and answered */
+        c->phase = C_BUSY;
+        c->req_start = c->consumed;
+        evtimer_del(c->deadline_ev);
+    }
+    if (framing_refused(&r))
+        goto done;
 
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *raw_path = uri ? evhttp_uri_get_path(uri) : NULL;
@@ -537,6 +1137,18 @@ done:
 
 /* ---- workers ---- */
 
+/* 1 while a request has begun to arrive on one of w's connections (its header or body deadline runs). */
+static int requests_arriving(struct rhema_worker *w)
+{
+    struct conn *c;
+    if (!w->conns)
+        return 0;
+    TAILQ_FOREACH(c, &w->conns->live, link)
+        if (c->phase == C_HEADERS || c->phase == C_BODY)
+            return 1;
+    return 0;
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
@@ -548,7 +1160,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
                       w->id, rhema_strerror(rc), w->srv->storage->errmsg(w->conn));
     }
     if (w->draining &&
-        ((atomic_load(&w->inflight) <= 0 && w->outstanding == 0 &&
+        ((atomic_load(&w->inflight) <= 0 && w->outstanding == 0 && !requests_arriving(w) &&
           rhema_monotonic_ns() - w->last_input_ns >= DRAIN_QUIET_NS) ||
          rhema_monotonic_ns() >= w->drain_deadline_ns))
         event_base_loopbreak(w->base);
@@ -564,8 +1176,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     int64_t grace = 30;
     rhema_config_get_int(w->srv->cfg, "service.shutdown_timeout_seconds", &grace);
     w->drain_deadline_ns = rhema_monotonic_ns() + (uint64_t)grace * 1000000000ull;
-    if (w->listener)
-        evconnlistener_disable(w->listener);
+    listener_update(w);
     /* check every 20 ms from now on */
     struct timeval tv = {0, 20000};
     event_del(w->tick_ev);
@@ -575,6 +1186,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
 static void *worker_main(void *arg)
 {
     struct rhema_worker *w = arg;
+    this_worker = w;
     event_base_dispatch(w->base);
     return NULL;
 }
@@ -586,6 +1198,24 @@ static void worker_release(struct rhema_worker *w)
         evhttp_free(w->http); /* frees its listener and connections, not the shared socket */
     else if (w->listener)
         evconnlistener_free(w->listener);
+    struct rhema_http_conns *k = w->conns;
+    if (k) {
+        struct conn *c;
+        while ((c = TAILQ_FIRST(&k->fresh))) { /* accepted as the loop stopped: never adopted */
+            struct bufferevent *bev = c->bev;
+            TAILQ_REMOVE(&k->fresh, c, link);
+            conn_free(c);
+            bufferevent_decref(bev);
+        }
+        if (k->service_ev)
+            event_free(k->service_ev);
+        if (k->resume_ev)
+            event_free(k->resume_ev);
+        if (k->backoff_ev)
+            event_free(k->backoff_ev);
+        free(k);
+        w->conns = NULL;
+    }
     if (w->stop_ev)
         event_free(w->stop_ev);
     if (w->tick_ev)
@@ -628,9 +1258,32 @@ static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id
     w->listener = evconnlistener_new(w->base, NULL, NULL, LEV_OPT_CLOSE_ON_EXEC, 0, srv->listen_fd);
     if (!w->listener || !evhttp_bind_listener(w->http, w->listener))
         goto nomem;
-    evhttp_set_allowed_methods(w->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-                                            EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
-                                            EVHTTP_REQ_HEAD | EVHTTP_REQ_PATCH);
+    /* every method reaches on_request, which answers CONNECT, TRACE and unknown
+     * methods 501 in JSON and closes (evhttp's own 501 is HTML and keeps a
+     * CONNECT open) */
+    evhttp_set_allowed_methods(w->http, 0xffff);
+    evconnlistener_set_error_cb(w->listener, on_accept_error);
+    struct rhema_http_conns *k = calloc(1, sizeof *k);
+    if (!k)
+        goto nomem;
+    w->conns = k;
+    TAILQ_INIT(&k->fresh);
+    TAILQ_INIT(&k->live);
+    TAILQ_INIT(&k->cuts);
+    k->listening = 1;
+    k->max_conns = 4096, k->header_timeout_s = 60, k->body_timeout_s = 120;
+    k->out_conn_max = INT64_C(134217728), k->out_total_max = INT64_C(536870912);
+    rhema_config_get_int(srv->cfg, "service.max_connections", &k->max_conns);
+    rhema_config_get_int(srv->cfg, "service.request_header_timeout_seconds", &k->header_timeout_s);
+    rhema_config_get_int(srv->cfg, "service.request_body_timeout_seconds", &k->body_timeout_s);
+    rhema_config_get_int(srv->cfg, "service.max_output_buffer_bytes", &k->out_conn_max);
+    rhema_config_get_int(srv->cfg, "service.max_output_buffer_total_bytes", &k->out_total_max);
+    k->in_busy_max = (uint64_t)srv->cfg->max_request_size_bytes + 64 * 1024;
+    k->service_ev = event_new(w->base, -1, 0, on_service, w);
+    k->resume_ev = event_new(w->base, -1, 0, on_resume, w);
+    k->backoff_ev = evtimer_new(w->base, on_backoff_end, w);
+    if (!k->service_ev || !k->resume_ev || !k->backoff_ev)
+        goto nomem;
     /*
      * libevent 2.1 answers a body over this limit with 413 itself (its own
      * small HTML body; 2.1 has no hook to format it) and closes the
@@ -733,10 +1386,22 @@ bad:
     return RHEMA_EINVAL;
 }
 
+/* libevent's own warnings go to rhemad's log (and its repeat suppression), not to stderr. */
+static void on_libevent_log(int severity, const char *msg)
+{
+    rhema_log(severity >= EVENT_LOG_ERR ? RHEMA_LOG_ERROR
+              : severity == EVENT_LOG_WARN ? RHEMA_LOG_WARN
+                                           : RHEMA_LOG_DEBUG,
+              "libevent", "%s", msg);
+}
+
 int rhema_http_start(struct rhema_server *srv, rhema_request_fn *handle, char **err)
 {
     int rc;
     srv->listen_fd = -1;
+    event_set_log_callback(on_libevent_log);
+    atomic_store(&srv->http_conns, 0);
+    atomic_store(&srv->http_out_bytes, 0);
     evthread_use_pthreads();
     if ((rc = bind_listen(srv, err)))
         return rc;

@@ -36,6 +36,9 @@ struct rhema_req {
     size_t bytes_out;
     char *path_buf;              /* owns path */
     int deferred;                /* the reply will be sent later (rhema_req_defer) */
+    int close;                   /* close the connection after the reply */
+    int reads;                   /* the route changes nothing: a big reply may be refused
+                                  * (503) for the output limits instead of queued */
     const struct rhema_route *route; /* the route matched (routes.h), NULL before */
     char param[RHEMA_ID_MAX + 2];    /* the path's {param} segment, when the route has one */
     /*

@@ -92,6 +92,7 @@ const struct rhema_route *rhema_route_match(struct rhema_req *r,
         for (rt = *tab; rt->path; rt++)
             if (rt->method == m && strcmp(rt->path, found->path) == 0) {
                 r->route = rt;
+                r->reads = rt->effect == RHEMA_READS;
                 memcpy(r->param, param, sizeof r->param);
                 return rt;
             }

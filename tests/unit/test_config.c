@@ -84,6 +84,16 @@ static void check_defaults(const struct rhema_config *cfg)
     assert_string_equal(cfg->pidfile, "");
     assert_int_equal(cfg->max_request_size_bytes, 10485760);
     assert_int_equal(cfg->request_timeout_seconds, 30);
+    assert_int_equal(rhema_config_get_int(cfg, "service.request_header_timeout_seconds", &i), 0);
+    assert_int_equal(i, 60);
+    assert_int_equal(rhema_config_get_int(cfg, "service.request_body_timeout_seconds", &i), 0);
+    assert_int_equal(i, 120);
+    assert_int_equal(rhema_config_get_int(cfg, "service.max_connections", &i), 0);
+    assert_int_equal(i, 4096);
+    assert_int_equal(rhema_config_get_int(cfg, "service.max_output_buffer_bytes", &i), 0);
+    assert_int_equal(i, 134217728);
+    assert_int_equal(rhema_config_get_int(cfg, "service.max_output_buffer_total_bytes", &i), 0);
+    assert_int_equal(i, 536870912);
     assert_int_equal(cfg->cors_enabled, 1);
     assert_int_equal(cfg->cors_origins.n, 0); /* same origin only (issue 16) */
     assert_string_equal(cfg->plugin_directory, PLUGINDIR);
@@ -416,6 +426,18 @@ static void test_out_of_range(void **state)
                      "'security.audit.batch_delay_ms' must be between 0 and 1000 (got 1001)");
     expect_one_error("security: { audit: {\n fail_closed = 1; }; };\n", 2,
                      "'security.audit.fail_closed' must be a boolean (true or false)");
+    expect_one_error("service: { request_header_timeout_seconds = 0; };\n", 1,
+                     "'service.request_header_timeout_seconds' must be between 1 and 3600 (got 0)");
+    expect_one_error("service: { request_body_timeout_seconds = 3601; };\n", 1,
+                     "'service.request_body_timeout_seconds' must be between 1 and 3600 (got 3601)");
+    expect_one_error("service: { max_connections = -1; };\n", 1,
+                     "'service.max_connections' must be between 0 and 10000000 (got -1)");
+    expect_one_error("service: { max_output_buffer_bytes = 1024; };\n", 1,
+                     "'service.max_output_buffer_bytes' must be between 65536 and 68719476736 "
+                     "(got 1024)");
+    expect_one_error("service: { max_output_buffer_total_bytes = 0; };\n", 1,
+                     "'service.max_output_buffer_total_bytes' must be between 65536 and "
+                     "1099511627776 (got 0)");
 }
 
 static void test_int_needs_l_suffix(void **state)

@@ -35,6 +35,7 @@ static struct {
     int status;
     char allow[128];
     char content_type[64];
+    char content_length[24]; /* the header, when the reply sets it (HEAD) */
     char *body;
     size_t len;
 } sent;
@@ -55,6 +56,8 @@ void __wrap_evhttp_send_reply(struct evhttp_request *req, int code, const char *
     snprintf(sent.allow, sizeof sent.allow, "%s", v ? v : "");
     v = evhttp_find_header(h, "Content-Type");
     snprintf(sent.content_type, sizeof sent.content_type, "%s", v ? v : "");
+    v = evhttp_find_header(h, "Content-Length");
+    snprintf(sent.content_length, sizeof sent.content_length, "%s", v ? v : "");
     free(sent.body);
     sent.len = databuf ? evbuffer_get_length(databuf) : 0;
     sent.body = malloc(sent.len + 1);
@@ -280,7 +283,11 @@ static void expect_refused(enum evhttp_cmd_type m, unsigned allowed, int status,
     assert_int_equal(sent.calls, 1);
     assert_int_equal(sent.status, status);
     assert_string_equal(sent.allow, allow);
-    if (status == 405) {
+    if (m == EVHTTP_REQ_HEAD) { /* GET's headers and length, no body (issue 17, item 1) */
+        assert_int_equal(sent.len, 0);
+        assert_true(atoi(sent.content_length) > 0);
+        assert_string_equal(sent.content_type, "application/json");
+    } else if (status == 405) {
         char want[256];
 
         snprintf(want, sizeof want, "this method is not allowed on /v1/things/x (allowed: %s)",
