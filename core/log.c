@@ -225,19 +225,22 @@ static void emit(int level, char *line, size_t len, size_t body)
 }
 
 /*
- * Repeated lines, as syslogd folds them: a line identical to the one before
- * it (same level, module and message) is counted, not written, and the
+ * Repeated lines, as syslogd folds them: a warning or an error identical to
+ * the line before it (same level, module and message), coming within
+ * REPEAT_BURST_MS of it, is counted, not written, and the
  * count is written as "last message repeated N times" before the next
  * different line, or at the latest every REPEAT_FLUSH_MS while the
  * repetition goes on.  A client can make a line repeat as fast as the loop
  * turns (an accept error at the descriptor limit): the log stays small.
  */
 #define REPEAT_FLUSH_MS 30000
+#define REPEAT_BURST_MS 1000 /* a line repeated after this long is no burst */
 
 static pthread_mutex_t repeat_lock = PTHREAD_MUTEX_INITIALIZER;
 static char repeat_last[FIELD_MSG + FIELD_SHORT + 16];
 static unsigned long repeat_count;
 static uint64_t repeat_since_ms;
+static uint64_t repeat_seen_ms; /* when the last line was logged */
 static int repeat_level;
 static char repeat_who[FIELD_SHORT];
 
@@ -272,7 +275,11 @@ static int repeated(int level, const char *ewho, const char *emsg, int json)
     char key[sizeof repeat_last];
     snprintf(key, sizeof key, "%d|%s|%s", level, ewho, emsg);
     uint64_t now = rhema_realtime_ms();
-    int same = strcmp(key, repeat_last) == 0;
+    /* only a burst is folded: a line that comes back after a pause (a
+     * second reload, say) is written again, so that it can be seen */
+    int same = level <= RHEMA_LOG_WARN && strcmp(key, repeat_last) == 0 &&
+               now - repeat_seen_ms < REPEAT_BURST_MS;
+    repeat_seen_ms = now;
     if (same) {
         if (repeat_count++ == 0)
             repeat_since_ms = now;

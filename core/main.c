@@ -595,11 +595,14 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         restart_settings_release(&m->last);
         m->last = now;
     }
-    int security_differs =
-        rhema_api_reload_needs_restart(old, &neu) || rhema_audit_settings_differ(old, &neu);
-    if (security_differs && !m->security_warned)
-        rhema_log(RHEMA_LOG_WARN, "main",
-                  "reload: security settings (keys, roles, rules) changed; restart to apply");
+    int auth_differs = !!rhema_api_reload_needs_restart(old, &neu);
+    int audit_differs = !!rhema_audit_settings_differ(old, &neu);
+    int security_differs = auth_differs | audit_differs << 1;
+    if (security_differs && security_differs != m->security_warned)
+        rhema_log(RHEMA_LOG_WARN, "main", "reload: %s%s%s changed; restart to apply",
+                  auth_differs ? "security settings (keys, roles, rules)" : "",
+                  auth_differs && audit_differs ? " and " : "",
+                  audit_differs ? "security.audit" : "");
     else if (!security_differs && m->security_warned)
         rhema_log(RHEMA_LOG_NOTICE, "main",
                   "reload: security settings are back to the running ones");

@@ -1080,18 +1080,14 @@ static void test_unimplemented_all_reported(void **state)
                                "  enabled = true; default_model = \"m\";\n"
                                "  models = ( { name = \"m\"; } );\n"
                                "  caching = { enabled = true; };\n"
-                               "};\n"
-                               "monitoring: {\n"
-                               "  enabled = true;\n"
                                "};\n",
                                NULL, 0, &err),
                      RHEMA_EINVAL);
     /* the keys gated by a refused switch add nothing to its line */
     assert_err(err,
                "%s:2: ai_service.enabled: not implemented in this version\n"
-               "%s:4: ai_service.caching.enabled: not implemented in this version\n"
-               "%s:7: monitoring.enabled: not implemented in this version",
-               path, path, path);
+               "%s:4: ai_service.caching.enabled: not implemented in this version",
+               path, path);
     assert_null(cfg.priv);
     free(err);
     unlink(path);
@@ -1158,7 +1154,7 @@ static void test_unimplemented_defaults_accepted(void **state)
 static void test_unimplemented_overrides(void **state)
 {
     static const char *const bad[] = { "persistence.backend=memory",
-                                       "security.audit.enabled=true",
+                                       "ai_service.caching.enabled=true",
                                        "monitoring.metrics_path=/m" };
     static const char *const good[] = { "security.api_keys.enabled=false",
                                         "monitoring.enabled=false", "monitoring.metrics_path=/m",
@@ -1168,10 +1164,10 @@ static void test_unimplemented_overrides(void **state)
 
     (void)state;
     assert_int_equal(rhema_config_load(&cfg, NULL, bad, 3, NULL, &err), RHEMA_EINVAL);
-    assert_err(err, "-o monitoring.metrics_path=/m: monitoring.metrics_path: not implemented in "
-                    "this version\n"
-                    "-o security.audit.enabled=true: security.audit.enabled: not "
-                    "implemented in this version");
+    assert_err(err, "-o ai_service.caching.enabled=true: ai_service.caching.enabled: not "
+                    "implemented in this version\n"
+                    "-o monitoring.metrics_path=/m: monitoring.metrics_path: not implemented in "
+                    "this version");
     free(err);
     assert_int_equal(rhema_config_load(&cfg, NULL, good, 4, NULL, &err), 0);
     rhema_config_release(&cfg);
