@@ -23,6 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int rc = rhema_consensus_entries_validate(body, &out, err);
     if (rc == 0) { /* an array of entries, never empty */
         fuzz_assert(json_is_array(out) && json_array_size(out) > 0);
+        fuzz_check_texts(out, NULL);
         json_decref(out);
         out = NULL;
     } else {
