@@ -1122,8 +1122,13 @@ static void on_request(struct evhttp_request *req, void *arg)
                           "path: contains an encoded NUL (%%00), which no id may hold");
         goto done;
     }
-    if (uri && evhttp_uri_get_query(uri) &&
-        evhttp_parse_query_str(evhttp_uri_get_query(uri), &r.query) != 0) {
+    const char *raw_query = uri ? evhttp_uri_get_query(uri) : NULL;
+    if (raw_query && strstr(raw_query, "%00")) { /* decoded, it would cut the value short */
+        rhema_reply_error(&r, 400, "bad_query",
+                          "query: contains an encoded NUL (%%00), which no value may hold");
+        goto done;
+    }
+    if (raw_query && evhttp_parse_query_str(raw_query, &r.query) != 0) {
         rhema_reply_error(&r, 400, "bad_query", "malformed query string");
         goto done;
     }

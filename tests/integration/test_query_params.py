@@ -60,3 +60,15 @@ def test_limit_is_plain_digits_in_range(srv, value):
     for path in ("/v1/sessions", "/v1/agents", "/v1/services", "/v1/consensus"):
         st, _, body = srv.json("GET", f"{path}?limit={value}")
         assert_400(st, body, "limit", "expected an integer from 1 to")
+
+
+@pytest.mark.parametrize("path", ["/v1/sessions?status=Active%00x",
+                                  "/v1/sessions?cursor=s-1%00zz",
+                                  "/v1/agents?capability=a%00b"])
+def test_encoded_nul_in_a_query_value_is_400(srv, path):
+    # decoded, %00 would end the value early: the request would run with
+    # another value than the client sent (found reading the fuzz harness)
+    st, _, body = srv.json("GET", path)
+    assert st == 400, (st, body)
+    assert body["error"]["code"] == "bad_query", body
+    assert "%00" in body["error"]["message"], body
