@@ -5,12 +5,84 @@
 #include "rhema_build.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <rhema/plugin.h>
 
 #include "json_fields.h"
 #include "util.h"
+
+/* The significant digits (1..17) "%.*g" needs for d to read back as d. */
+static int real_digits(double d)
+{
+    char buf[40];
+    for (int p = 1; p < 17; p++) {
+        snprintf(buf, sizeof buf, "%.*g", p, d);
+        if (strtod(buf, NULL) == d)
+            return p;
+    }
+    return 17;
+}
+
+/* The largest real_digits() of the reals in v (0 when it holds none). */
+static int max_real_digits(const json_t *v)
+{
+    int most = 0, d;
+    const char *key;
+    size_t i;
+    json_t *item;
+    switch (json_typeof(v)) {
+    case JSON_REAL: return real_digits(json_real_value(v));
+    case JSON_OBJECT:
+        json_object_foreach((json_t *)v, key, item)
+        {
+            if ((d = max_real_digits(item)) > most)
+                most = d;
+        }
+        return most;
+    case JSON_ARRAY:
+        json_array_foreach(v, i, item)
+        {
+            if ((d = max_real_digits(item)) > most)
+                most = d;
+        }
+        return most;
+    default: return 0;
+    }
+}
+
+json_t *rhema_json_merge_patch(json_t *target, json_t *patch)
+{
+    const char *key;
+    json_t *v;
+    if (!json_is_object(patch))
+        return json_incref(patch);
+    json_t *out = json_is_object(target) ? json_copy(target) : json_object(); /* shallow */
+    if (!out)
+        return NULL;
+    json_object_foreach(patch, key, v)
+    {
+        if (json_is_null(v)) {
+            json_object_del(out, key);
+            continue;
+        }
+        json_t *m = rhema_json_merge_patch(json_object_get(out, key), v);
+        if (!m || json_object_set_new(out, key, m) != 0) {
+            json_decref(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+char *rhema_json_dumps(const json_t *v, size_t flags)
+{
+    int digits = v ? max_real_digits(v) : 0;
+    if (digits > 0)
+        flags |= JSON_REAL_PRECISION(digits);
+    return json_dumps(v, flags);
+}
 
 int rhema_name_in_list(const char *s, const char *const *list)
 {

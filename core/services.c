@@ -21,6 +21,7 @@
 
 #include "cluster.h"
 #include "server.h"
+#include "json_fields.h"
 #include "log.h"
 #include "services.h"
 #include "util.h"
@@ -67,7 +68,7 @@ static char *check_key(json_t *check)
 {
     if (!check || json_is_null(check))
         return NULL;
-    return json_dumps(check, JSON_COMPACT | JSON_SORT_KEYS);
+    return rhema_json_dumps(check, JSON_COMPACT | JSON_SORT_KEYS);
 }
 
 static enum rhema_health health_parse(const char *s)
@@ -147,7 +148,7 @@ static int decorate(struct rhema_store *st, const char *id, json_t *rec, uint64_
 
 static int record_out(json_t *rec, uint64_t version, struct rhema_record *out, char *err)
 {
-    out->json = json_dumps(rec, JSON_COMPACT);
+    out->json = rhema_json_dumps(rec, JSON_COMPACT);
     if (!out->json)
         return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     out->len = strlen(out->json);
@@ -191,7 +192,7 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
         json_t *reg = cur ? json_object_get(cur, "registered_at") : NULL;
         json_object_set_new(rec, "registered_at", reg ? json_incref(reg) : json_string(t));
         json_object_set_new(rec, "updated_at", json_string(t));
-        text = json_dumps(rec, JSON_COMPACT);
+        text = rhema_json_dumps(rec, JSON_COMPACT);
         if (!text) {
             json_decref(cur);
             json_decref(rec);
@@ -371,7 +372,7 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
     }
     page = json_pack("{s:O,s:o}", "items", items, "next_cursor",
                      ids.n > limit ? json_string(ids.v[limit - 1]) : json_null());
-    *out = page ? json_dumps(page, JSON_COMPACT) : NULL;
+    *out = page ? rhema_json_dumps(page, JSON_COMPACT) : NULL;
     if (!*out) {
         rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;
@@ -1142,7 +1143,7 @@ static void check_record(struct rhema_services *s, struct chk *c, enum rhema_che
                        (json_int_t)cs.fail_streak, "critical_since",
                        (json_int_t)cs.critical_since_ms, "last_check", (json_int_t)now, "check",
                        c->key);
-        text = nh ? json_dumps(nh, JSON_COMPACT) : NULL;
+        text = nh ? rhema_json_dumps(nh, JSON_COMPACT) : NULL;
         json_decref(nh);
         if (!text)
             return;

@@ -95,6 +95,7 @@ int rhema_path_id(struct rhema_req *r, const char *rest, char id[RHEMA_ID_MAX + 
 #define RHEMA_M_PUT 2u
 #define RHEMA_M_POST 4u
 #define RHEMA_M_DELETE 8u
+#define RHEMA_M_PATCH 16u
 /*
  * r's method when `allowed` has it (RHEMA_M_GET for GET and HEAD);
  * otherwise 0, after answering OPTIONS with the preflight and anything
