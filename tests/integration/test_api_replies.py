@@ -235,3 +235,34 @@ def test_503_answer_hides_backend_address(daemons, redis, monkeypatch):
         if path != "/health":
             assert r.status == 503, (path, r.status, r.body)
     assert wait_until(lambda: str(port) in d.log(), 5) is True, d.log()
+
+
+def test_plugins_answer_matches_the_doc(daemon):
+    status, _, body = daemon.json("GET", "/v1/plugins")
+    assert status == 200 and body["next_cursor"] is None
+    kinds = set()
+    for item in body["items"]:
+        kinds.add(item["kind"])
+        for k in ("name", "kind", "version", "description", "path", "abi"):
+            assert isinstance(item[k], str), (k, item)
+        if item["kind"] == "storage":
+            assert isinstance(item["active"], bool) and isinstance(item["features"], list), item
+            assert set(item["features"]) <= {"shared", "durable", "ttl", "leases"}, item
+        else:
+            assert "features" not in item and "active" not in item, item
+    active = [i["name"] for i in body["items"] if i.get("active")]
+    assert active == ["memory"], body
+    assert len(kinds) > 1, "only one plugin kind loaded: the check above proves little"
+
+
+def test_stats_and_alerts_as_documented(daemon):
+    status, _, st = daemon.json("GET", "/v1/stats")
+    assert status == 200, st
+    assert {"version", "uptime_seconds", "workers", "storage", "group_commit",
+            "performance"} <= set(st), st
+    assert st["storage"]["backend"] == "memory" and st["storage"]["ok"] is True
+    assert isinstance(st["storage"]["entries"], int) and isinstance(st["storage"]["bytes"], int)
+    assert set(st["group_commit"]) == {"commits", "writes"}
+    assert "enabled" in st["performance"]
+    status, _, al = daemon.json("GET", "/v1/alerts")
+    assert status == 200 and isinstance(al["active"], list) and isinstance(al["history"], list)
