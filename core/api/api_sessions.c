@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "api_sessions.h"
 #include "commit.h"
@@ -132,23 +131,6 @@ static void h_session_put(struct rhema_req *r)
     submit_op(r, &op);
 }
 
-/* 1 when the request's Content-Type is the media type `want` (parameters ignored). */
-static int content_type_is(struct rhema_req *r, const char *want)
-{
-    const char *ct = rhema_req_header(r, "Content-Type");
-    size_t n = strlen(want);
-    if (!ct)
-        return 0;
-    while (*ct == ' ' || *ct == '\t')
-        ct++;
-    if (strncasecmp(ct, want, n) != 0)
-        return 0;
-    ct += n;
-    while (*ct == ' ' || *ct == '\t')
-        ct++;
-    return *ct == '\0' || *ct == ';';
-}
-
 /*
  * PATCH: an RFC 7396 merge patch of the stored session.  The result is
  * validated as a PUT body and written on the condition that the session is
@@ -162,7 +144,7 @@ static void h_session_patch(struct rhema_req *r)
     json_t *cur = NULL, *body = NULL, *merged = NULL;
     uint64_t version = 0;
     int rc;
-    if (!content_type_is(r, "application/merge-patch+json")) {
+    if (!rhema_req_media_type(r, "application/merge-patch+json")) {
         rhema_reply_error(r, 415, "unsupported_media_type",
                           "PATCH takes Content-Type: application/merge-patch+json (RFC 7396)");
         return;

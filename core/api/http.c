@@ -480,6 +480,23 @@ static int parse_version(const char *s, uint64_t *out)
     return 0;
 }
 
+/* 1 when the request's Content-Type is the media type `want` (parameters ignored). */
+int rhema_req_media_type(struct rhema_req *r, const char *want)
+{
+    const char *ct = rhema_req_header(r, "Content-Type");
+    size_t n = strlen(want);
+    if (!ct)
+        return 0;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    if (strncasecmp(ct, want, n) != 0)
+        return 0;
+    ct += n;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    return *ct == '\0' || *ct == ';';
+}
+
 int rhema_req_precondition(struct rhema_req *r, uint64_t *expected)
 {
     const char *im = rhema_req_header(r, "If-Match");

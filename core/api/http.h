@@ -127,6 +127,8 @@ const char *rhema_req_header(struct rhema_req *r, const char *name);
  * and returns NULL; the caller just returns.
  */
 json_t *rhema_req_json(struct rhema_req *r);
+/* 1 when the request's Content-Type is the media type `want` (case-insensitive; parameters such as charset ignored). */
+int rhema_req_media_type(struct rhema_req *r, const char *want);
 /*
  * Parse If-Match / If-None-Match into an expected version: 0 (none),
  * RHEMA_VERSION_ABSENT (If-None-Match: *), or a version.  Replies 400 and

@@ -266,3 +266,47 @@ def test_stats_and_alerts_as_documented(daemon):
     assert "enabled" in st["performance"]
     status, _, al = daemon.json("GET", "/v1/alerts")
     assert status == 200 and isinstance(al["active"], list) and isinstance(al["history"], list)
+
+
+def test_agent_patch(daemon):
+    body = {"name": "coder one", "agent_type": "coder", "capabilities": ["rust", "review"],
+            "assigned_scope": "services/auth", "current_task_id": "t1"}
+    status, h, rec = daemon.json("PUT", "/v1/agents/a1", body)
+    assert status == 201, rec
+    status, _, hb = daemon.json("POST", "/v1/agents/a1/heartbeat", {"status": "Busy"})
+    assert status in (200, 201), hb
+    status, h, before = daemon.json("GET", "/v1/agents/a1")
+    patch = {"capabilities": ["go"], "current_task_id": None}
+    status, h2, new = daemon.json("PATCH", "/v1/agents/a1", json.dumps(patch),
+                                  dict(MERGE, **{"If-Match": h["ETag"]}))
+    assert status == 200, new
+    assert new["capabilities"] == ["go"]
+    assert new.get("current_task_id") is None
+    assert new["name"] == "coder one" and new["status"] == "Busy"
+    # the record's history stays: created_at, the heartbeat, the transitions
+    for k in ("created_at", "last_heartbeat", "is_online", "transition_count"):
+        assert new[k] == before[k], (k, before, new)
+    assert new["version"] > before["version"]
+    # stale If-Match, wrong type, absent agent
+    status, _, err = daemon.json("PATCH", "/v1/agents/a1", '{"name":"x"}',
+                                 dict(MERGE, **{"If-Match": h["ETag"]}))
+    assert status == 412, err
+    r = daemon.request("PATCH", "/v1/agents/a1", b'{"name":"x"}')
+    assert r.status == 415, r.body
+    status, _, err = daemon.json("PATCH", "/v1/agents/zz", '{"name":"x"}', MERGE)
+    assert status == 404, err
+    status, _, got = daemon.json("GET", "/v1/agents/a1")
+    assert got["name"] == "coder one" and got["version"] == new["version"]
+
+
+def test_agent_replace_keeps_history(daemon):
+    body = {"name": "n", "agent_type": "coder"}
+    status, _, first = daemon.json("PUT", "/v1/agents/a2", body)
+    assert status == 201, first
+    daemon.json("POST", "/v1/agents/a2/heartbeat", {"status": "Busy"})
+    status, h, before = daemon.json("GET", "/v1/agents/a2")
+    status, _, new = daemon.json("PUT", "/v1/agents/a2", dict(body, status="Busy"),
+                                 {"If-Match": h["ETag"]})
+    assert status == 200, new
+    for k in ("created_at", "last_heartbeat", "transition_count"):
+        assert new[k] == before[k], (k, before, new)
