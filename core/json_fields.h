@@ -19,11 +19,13 @@
 
 /*
  * json_dumps() with every real in the shortest form that reads back as the
- * same double (3.2, not jansson's default %.17g 3.2000000000000002).
- * jansson takes one precision per call, so the document is written with
- * the largest precision any of its reals needs: every real round-trips,
- * and one that needs 17 digits makes the others in the same document
- * carry 17 too.  Use it for every JSON text a client may see.
+ * same double (3.2, not jansson's default %.17g 3.2000000000000002); all
+ * else byte for byte as jansson writes it.  jansson takes one precision
+ * per call, so with JSON_COMPACT (and at most JSON_PRESERVE_ORDER,
+ * JSON_SORT_KEYS, JSON_ENCODE_ANY) a writer of our own writes each real
+ * at its own precision; other flags go to jansson with the largest
+ * precision any real of v needs (every real still round-trips).  Use it
+ * for every JSON text a client may see.
  */
 char *rhema_json_dumps(const json_t *v, size_t flags);
 

@@ -35,6 +35,42 @@ static void reals_are_shortest(void **state)
     assert_dumps(json_pack("{s:s}", "no", "reals"), "{\"no\":\"reals\"}");
 }
 
+/* Each real at its own precision, whatever the others need. */
+static void reals_each_shortest(void **state)
+{
+    (void)state;
+    assert_dumps(json_pack("[f,f,f]", 3.2, 1.0 / 3, 1e300), "[3.2,0.3333333333333333,1e300]");
+    json_t *v = json_pack("{s:f,s:f}", "b", 0.1, "a", 2.0 / 3);
+    char *text = rhema_json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_string_equal(text, "{\"a\":0.6666666666666666,\"b\":0.1}");
+    free(text);
+    json_decref(v);
+}
+
+/* Everything but the reals exactly as jansson writes it. */
+static void same_bytes_as_jansson(void **state)
+{
+    (void)state;
+    json_t *v = json_pack("{s:s,s:s,s:s,s:I,s:I,s:[],s:{},s:[b,b,n],s:{s:[f,{s:f}]},s:s}", "ctl",
+                          "a\"b\\c\b\f\n\r\t\x01\x1f\x7f/", "utf8", "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80",
+                          "k\"ey\n", "v", "int", (json_int_t)-42, "min", (json_int_t)INT64_MIN, "ea",
+                          "eo", "lits", 1, 0, "nest", "x", 0.5, "y", 0.25, "z", "last");
+    assert_non_null(v);
+    for (int sorted = 0; sorted < 2; sorted++) {
+        size_t f = JSON_COMPACT | (sorted ? JSON_SORT_KEYS : JSON_PRESERVE_ORDER);
+        char *ours = rhema_json_dumps(v, f), *theirs = json_dumps(v, f);
+        assert_non_null(ours);
+        assert_string_equal(ours, theirs);
+        free(ours);
+        free(theirs);
+    }
+    /* a bare value only with JSON_ENCODE_ANY, as json_dumps() */
+    json_t *r = json_real(1.5);
+    assert_null(rhema_json_dumps(r, JSON_COMPACT));
+    json_decref(r);
+    json_decref(v);
+}
+
 /* Whatever the values, every real reads back as the same double. */
 static void reals_round_trip(void **state)
 {
@@ -102,6 +138,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(reals_are_shortest),
+        cmocka_unit_test(reals_each_shortest),
+        cmocka_unit_test(same_bytes_as_jansson),
         cmocka_unit_test(reals_round_trip),
         cmocka_unit_test(merge_patch_rfc7396),
     };
