@@ -330,7 +330,7 @@ static int load_json(struct rhema_store *st, const char *ns, const char *key, js
 
 static char *dump(json_t *v, size_t *len)
 {
-    char *t = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *t = rhema_json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (t && len)
         *len = strlen(t);
     return t;

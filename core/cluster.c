@@ -18,6 +18,7 @@
 #include "audit.h"
 #include "cluster.h"
 #include "server.h"
+#include "json_fields.h"
 #include "log.h"
 #include "plugin.h"
 #include "util.h"
@@ -294,7 +295,7 @@ static int heartbeat(struct rhema_cluster *c, const char *status)
 {
     const struct rhema_storage_plugin *vt = c->srv->storage;
     json_t *n = self_json(c, status);
-    char *text = n ? json_dumps(n, JSON_COMPACT) : NULL;
+    char *text = n ? rhema_json_dumps(n, JSON_COMPACT) : NULL;
     struct rhema_storage_write w[2];
     int rc;
     json_decref(n);

@@ -218,7 +218,7 @@ fail:
 /* The JSON text of obj with "version" spliced in before its closing brace. */
 static int record_make(json_t *obj, uint64_t version, struct rhema_record *out, char *err)
 {
-    char *text = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *text = rhema_json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (!text)
         return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     size_t len = strlen(text);
@@ -279,7 +279,7 @@ static json_t *state_initial(const char *node, const char *now)
 
 static char *dump(json_t *v, size_t *len)
 {
-    char *t = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *t = rhema_json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (t)
         *len = strlen(t);
     return t;
@@ -1063,7 +1063,7 @@ static int page_text(const struct ent_list *l, size_t limit, const char *next, c
     if (!bad) {
         if (next) {
             json_t *s = json_string(next);
-            char *q = json_dumps(s, JSON_ENCODE_ANY);
+            char *q = rhema_json_dumps(s, JSON_ENCODE_ANY);
             json_decref(s);
             bad = !q || sb_add(&b, "],\"next_cursor\":", 16) || sb_add(&b, q, strlen(q)) ||
                   sb_add(&b, "}", 1);

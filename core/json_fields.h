@@ -17,6 +17,26 @@
 
 #include <jansson.h>
 
+/*
+ * json_dumps() with every real in the shortest form that reads back as the
+ * same double (3.2, not jansson's default %.17g 3.2000000000000002); all
+ * else byte for byte as jansson writes it.  jansson takes one precision
+ * per call, so with JSON_COMPACT (and at most JSON_PRESERVE_ORDER,
+ * JSON_SORT_KEYS, JSON_ENCODE_ANY) a writer of our own writes each real
+ * at its own precision; other flags go to jansson with the largest
+ * precision any real of v needs (every real still round-trips).  Use it
+ * for every JSON text a client may see.
+ */
+char *rhema_json_dumps(const json_t *v, size_t flags);
+
+/*
+ * RFC 7396 JSON merge patch: target (may be NULL) with patch applied, as a
+ * new value; neither argument changes.  A member of patch that is null
+ * removes that member; an object merges recursively; anything else
+ * replaces.  NULL when out of memory.
+ */
+json_t *rhema_json_merge_patch(json_t *target, json_t *patch);
+
 /* 1 when s is one of the NULL-terminated list. */
 int rhema_name_in_list(const char *s, const char *const *list);
 /* The list as "a, b, c" into buf (cut at cap). */

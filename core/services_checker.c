@@ -19,6 +19,7 @@
 #include <event2/util.h>
 
 #include "cluster.h"
+#include "json_fields.h"
 #include "log.h"
 #include "server.h"
 #include "services.h"
@@ -75,7 +76,7 @@ static void check_record(struct rhema_services *s, struct chk *c, enum rhema_che
                        (json_int_t)cs.fail_streak, "critical_since",
                        (json_int_t)cs.critical_since_ms, "last_check", (json_int_t)now, "check",
                        c->key);
-        text = nh ? json_dumps(nh, JSON_COMPACT) : NULL;
+        text = nh ? rhema_json_dumps(nh, JSON_COMPACT) : NULL;
         json_decref(nh);
         if (!text)
             return;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json_fields.h"
 #include "services.h"
 #include "services_internal.h"
 #include "util.h"
@@ -40,7 +41,7 @@ char *svc_check_key(json_t *check)
 {
     if (!check || json_is_null(check))
         return NULL;
-    return json_dumps(check, JSON_COMPACT | JSON_SORT_KEYS);
+    return rhema_json_dumps(check, JSON_COMPACT | JSON_SORT_KEYS);
 }
 
 /*
@@ -104,7 +105,7 @@ static int decorate(struct rhema_store *st, const char *id, json_t *rec, uint64_
 
 static int record_out(json_t *rec, uint64_t version, struct rhema_record *out, char *err)
 {
-    out->json = json_dumps(rec, JSON_COMPACT);
+    out->json = rhema_json_dumps(rec, JSON_COMPACT);
     if (!out->json)
         return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     out->len = strlen(out->json);
@@ -151,7 +152,7 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
         json_t *reg = cur ? json_object_get(cur, "registered_at") : NULL;
         json_object_set_new(rec, "registered_at", reg ? json_incref(reg) : json_string(t));
         json_object_set_new(rec, "updated_at", json_string(t));
-        text = json_dumps(rec, JSON_COMPACT);
+        text = rhema_json_dumps(rec, JSON_COMPACT);
         if (!text) {
             json_decref(cur);
             json_decref(rec);
@@ -342,7 +343,7 @@ int rhema_service_list(struct rhema_store *st, const char *name, size_t limit, c
     rhema_unreadable_trim(unreadable, ids.n > upto ? ids.v[upto - 1] : NULL);
     if (page && json_array_size(unreadable))
         json_object_set(page, "unreadable", unreadable);
-    *out = page ? json_dumps(page, JSON_COMPACT) : NULL;
+    *out = page ? rhema_json_dumps(page, JSON_COMPACT) : NULL;
     if (!*out) {
         rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         goto out;

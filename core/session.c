@@ -659,6 +659,15 @@ static int load_current(struct rhema_store *st, const char *id, json_t **cur, ui
     return parse_current(id, v.data, v.len, v.version, cur, version, err);
 }
 
+int rhema_session_current(struct rhema_store *st, const char *id, json_t **cur,
+                          uint64_t *version, char err[RHEMA_ERRMSG_MAX])
+{
+    int rc = load_current(st, id, cur, version, err);
+    if (rc == 0 && !*cur)
+        return rhema_set_errbuf(err, RHEMA_ENOTFOUND, "session '%s' not found", id);
+    return rc;
+}
+
 static int check_if_match(uint64_t if_match, const json_t *cur, uint64_t version, const char *id,
                           char *err)
 {
@@ -761,7 +770,7 @@ static char *serialise_text(const char *body, size_t bl, const char *created_at,
 
 char *rhema_session_text(json_t *session, size_t *len)
 {
-    char *t = json_dumps(session, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *t = rhema_json_dumps(session, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (t)
         *len = strlen(t);
     return t;
@@ -860,9 +869,19 @@ static int compose_put(struct rhema_session_op *op, struct op_state *s, json_t *
     const char *old_status = s->cur ? json_string_value(json_object_get(s->cur, "status")) : NULL;
     const char *created_at =
         s->cur ? json_string_value(json_object_get(s->cur, "created_at")) : NULL;
+    json_t *kept = NULL, *started = s->cur ? json_object_get(s->cur, "started_at") : NULL;
+    if ((op->flags & RHEMA_SOP_STARTED_KEPT) && json_is_string(started)) {
+        /* a replace without started_at keeps the stored one (RHEMA_SOP_STARTED_KEPT) */
+        if (!(kept = json_copy(session)) || json_object_set(kept, "started_at", started) != 0) {
+            json_decref(kept);
+            return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
+        }
+        session = kept;
+    }
     s->text = op->input_text && session == op->input
                   ? serialise_text(op->input_text, op->input_len, created_at, &s->len)
                   : serialise(session, created_at, &s->len);
+    json_decref(kept);
     if (!s->text ||
         ws_alloc(&s->ws, 4 + json_array_size(new_parts) + json_array_size(old_parts)) != 0)
         return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
@@ -923,7 +942,7 @@ static int append_answer(struct rhema_session_op *op, json_t *msg, uint64_t vers
     json_t *a = json_pack("{s:s,s:I,s:I,s:I,s:O}", "session_id", op->id, "version",
                           (json_int_t)version, "size_bytes", size_bytes, "message_count",
                           (json_int_t)count, "message", msg);
-    char *t = a ? json_dumps(a, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    char *t = a ? rhema_json_dumps(a, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(a);
     if (!t)
         return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
@@ -1554,7 +1573,7 @@ int rhema_session_list(struct rhema_store *st, const char *status, const char *p
     rhema_unreadable_trim(unreadable, next);
     if (json_array_size(unreadable))
         json_object_set(pg, "unreadable", unreadable);
-    text = json_dumps(pg, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    text = rhema_json_dumps(pg, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(pg);
     if (!text) {
         rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");

@@ -62,6 +62,13 @@ int rhema_session_put(struct rhema_store *st, const char *id, json_t *session, u
 /* Read session `id`, counting the access. */
 int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_record *out,
                       char err[RHEMA_ERRMSG_MAX]);
+/*
+ * The stored session `id` as JSON (*cur, a new reference, with its stored
+ * metadata but not its access counts) and its version, without counting
+ * an access: what a PATCH merges into.  RHEMA_ENOTFOUND when absent.
+ */
+int rhema_session_current(struct rhema_store *st, const char *id, json_t **cur,
+                          uint64_t *version, char err[RHEMA_ERRMSG_MAX]);
 int rhema_session_delete(struct rhema_store *st, const char *id, uint64_t if_match,
                          char err[RHEMA_ERRMSG_MAX]);
 /*
@@ -104,6 +111,11 @@ enum rhema_session_op_kind { RHEMA_SOP_PUT, RHEMA_SOP_DELETE, RHEMA_SOP_APPEND }
  * retry of the same message matches the stored one whatever its timestamp.
  */
 #define RHEMA_SOP_TS_DEFAULTED 1u
+/*
+ * PUT: the client sent no started_at; a replace keeps the stored one (it
+ * belongs to the session's history), a create takes "now".
+ */
+#define RHEMA_SOP_STARTED_KEPT 2u
 
 struct rhema_session_op {
     enum rhema_session_op_kind kind;

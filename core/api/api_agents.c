@@ -15,6 +15,7 @@
 
 #include "agents.h"
 #include "api_agents.h"
+#include "json_fields.h"
 #include "query.h"
 #include "util.h"
 
@@ -149,6 +150,78 @@ static void h_agent_put(struct rhema_req *r)
         rhema_header(r, "Location", loc);
     }
     reply_record(r, created ? 201 : 200, &rec);
+}
+
+/*
+ * PATCH: an RFC 7396 merge patch of the agent, validated as a PUT body and
+ * written on the condition that the agent is still at the version read.
+ * is_online and last_heartbeat come from heartbeats: the merged body
+ * carries them only when the patch names them, so the stored ones stay.
+ */
+static void h_agent_patch(struct rhema_req *r)
+{
+    static const char *const heartbeat_owned[] = {"is_online", "last_heartbeat", NULL};
+    const char *id = r->param;
+    char err[RHEMA_ERRMSG_MAX];
+    uint64_t if_match;
+    struct rhema_record rec = {0};
+    json_t *body = NULL, *cur = NULL, *merged = NULL, *agent = NULL;
+    int created = 0, rc;
+    if (!rhema_req_media_type(r, "application/merge-patch+json")) {
+        rhema_reply_error(r, 415, "unsupported_media_type",
+                          "PATCH takes Content-Type: application/merge-patch+json (RFC 7396)");
+        return;
+    }
+    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+        return;
+    if (if_match == RHEMA_VERSION_ABSENT) {
+        rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense on PATCH");
+        return;
+    }
+    if (!(body = rhema_req_json(r)))
+        return;
+    if (!json_is_object(body)) {
+        rhema_reply_error(r, 400, "invalid_field", "body: expected a JSON object (a merge patch)");
+        goto out;
+    }
+    if ((rc = rhema_agent_get(&r->worker->store, id, heartbeat_timeout_ms(r), &rec, err))) {
+        rhema_reply_store_error(r, rc, err);
+        goto out;
+    }
+    if (if_match && if_match != rec.version) {
+        rhema_reply_error(r, 412, "precondition_failed",
+                          "agent '%s' is at version %llu, not %llu (If-Match)", id,
+                          (unsigned long long)rec.version, (unsigned long long)if_match);
+        goto out;
+    }
+    if_match = rec.version;
+    if (!(cur = json_loadb(rec.json, rec.len, 0, NULL))) {
+        rhema_reply_error(r, 500, "internal", "agent '%s': the stored record does not parse", id);
+        goto out;
+    }
+    rhema_record_release(&rec);
+    for (const char *const *k = heartbeat_owned; *k; k++)
+        if (!json_object_get(body, *k))
+            json_object_del(cur, *k);
+    if (!(merged = rhema_json_merge_patch(cur, body))) {
+        rhema_reply_error(r, 500, "internal", "out of memory");
+        goto out;
+    }
+    rc = rhema_agent_validate(merged, id, &agent, err);
+    if (!rc)
+        rc = rhema_agent_put(&r->worker->store, id, agent, if_match, heartbeat_timeout_ms(r), &rec,
+                             &created, err);
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        goto out;
+    }
+    reply_record(r, 200, &rec);
+out:
+    rhema_record_release(&rec);
+    json_decref(agent);
+    json_decref(merged);
+    json_decref(cur);
+    json_decref(body);
 }
 
 static void h_agent_delete(struct rhema_req *r)
@@ -328,6 +401,8 @@ const struct rhema_route rhema_agents_routes[] = {
     {RHEMA_M_GET, "/v1/agents/stats", h_agent_stats, "agents:read", RHEMA_READS},
     {RHEMA_M_GET, "/v1/agents/{agent_id}", h_agent_get, "agents:read", RHEMA_READS},
     {RHEMA_M_PUT, "/v1/agents/{agent_id}", h_agent_put, "agents:write", RHEMA_WRITES_STORAGE},
+    {RHEMA_M_PATCH, "/v1/agents/{agent_id}", h_agent_patch, "agents:write",
+     RHEMA_WRITES_STORAGE},
     {RHEMA_M_DELETE, "/v1/agents/{agent_id}", h_agent_delete, "agents:write",
      RHEMA_WRITES_STORAGE},
     {RHEMA_M_GET, "/v1/agents/{agent_id}/transitions", h_agent_transitions, "agents:read",

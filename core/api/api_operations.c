@@ -33,8 +33,12 @@ static void h_health(struct rhema_req *r)
                           (json_int_t)((rhema_realtime_ms() - srv->started_ms) / 1000), "backend",
                           srv->storage_plugin->name, "storage", rc ? "unavailable" : "ok",
                           "workers", srv->nworkers);
-    if (rc)
-        json_object_set_new(v, "storage_error", json_string(serr ? serr : rhema_strerror(rc)));
+    if (rc) {
+        /* the backend's message names its host and port: logged, not answered */
+        rhema_log(RHEMA_LOG_WARN, "http", "%s %s: storage backend '%s': %s", r->request_id,
+                  r->path, srv->storage_plugin->name, serr ? serr : rhema_strerror(rc));
+        json_object_set_new(v, "storage_error", json_string(rhema_strerror(rc)));
+    }
     free(serr);
     rhema_reply_jsonv(r, 200, v);
 }
@@ -50,8 +54,12 @@ static void h_ready(struct rhema_req *r)
     char *serr = NULL;
     int rc = r->worker->srv->storage->health(r->worker->conn, &serr);
     if (rc) {
-        rhema_reply_error(r, 503, "unavailable", "storage backend '%s' is not reachable: %s",
-                          r->worker->srv->storage_plugin->name, serr ? serr : rhema_strerror(rc));
+        /* the backend's message names its host and port: logged, not answered */
+        rhema_log(RHEMA_LOG_WARN, "http", "%s %s: storage backend '%s': %s", r->request_id,
+                  r->path, r->worker->srv->storage_plugin->name,
+                  serr ? serr : rhema_strerror(rc));
+        rhema_reply_error(r, 503, "unavailable", "storage backend '%s' is not reachable",
+                          r->worker->srv->storage_plugin->name);
         free(serr);
         return;
     }

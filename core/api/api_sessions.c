@@ -12,6 +12,7 @@
 
 #include "api_sessions.h"
 #include "commit.h"
+#include "json_fields.h"
 #include "query.h"
 #include "util.h"
 
@@ -118,6 +119,8 @@ static void h_session_put(struct rhema_req *r)
     json_t *body = rhema_req_json(r);
     if (!body)
         return;
+    if (json_is_object(body) && !json_object_get(body, "started_at"))
+        op.flags |= RHEMA_SOP_STARTED_KEPT; /* a replace keeps the stored one */
     int rc = rhema_session_validate(body, id, &op.input, op.err);
     json_decref(body);
     if (rc) {
@@ -126,6 +129,63 @@ static void h_session_put(struct rhema_req *r)
     }
     op.input_text = rhema_session_text(op.input, &op.input_len); /* here, not on the committer */
     submit_op(r, &op);
+}
+
+/*
+ * PATCH: an RFC 7396 merge patch of the stored session.  The result is
+ * validated as a PUT body and written on the condition that the session is
+ * still at the version the patch was applied to, so a concurrent write
+ * between the read and the write is 412, never lost.
+ */
+static void h_session_patch(struct rhema_req *r)
+{
+    const char *id = r->param;
+    struct rhema_session_op op;
+    json_t *cur = NULL, *body = NULL, *merged = NULL;
+    uint64_t version = 0;
+    int rc;
+    if (!rhema_req_media_type(r, "application/merge-patch+json")) {
+        rhema_reply_error(r, 415, "unsupported_media_type",
+                          "PATCH takes Content-Type: application/merge-patch+json (RFC 7396)");
+        return;
+    }
+    if (op_init(r, &op, RHEMA_SOP_PUT, id) != 0)
+        return;
+    if (op.if_match == RHEMA_VERSION_ABSENT) {
+        rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense on PATCH");
+        return;
+    }
+    if (!(body = rhema_req_json(r)))
+        return;
+    if (!json_is_object(body)) {
+        rhema_reply_error(r, 400, "invalid_field", "body: expected a JSON object (a merge patch)");
+        goto out;
+    }
+    if ((rc = rhema_session_current(&r->worker->store, id, &cur, &version, op.err))) {
+        rhema_reply_store_error(r, rc, op.err);
+        goto out;
+    }
+    if (op.if_match && op.if_match != version) {
+        rhema_reply_error(r, 412, "precondition_failed",
+                          "session '%s' is at version %llu, not %llu (If-Match)", id,
+                          (unsigned long long)version, (unsigned long long)op.if_match);
+        goto out;
+    }
+    if (!(merged = rhema_json_merge_patch(cur, body))) {
+        rhema_reply_error(r, 500, "internal", "out of memory");
+        goto out;
+    }
+    if ((rc = rhema_session_validate(merged, id, &op.input, op.err))) {
+        rhema_reply_store_error(r, rc, op.err);
+        goto out;
+    }
+    op.if_match = version;
+    op.input_text = rhema_session_text(op.input, &op.input_len);
+    submit_op(r, &op);
+out:
+    json_decref(merged);
+    json_decref(cur);
+    json_decref(body);
 }
 
 static void h_session_get(struct rhema_req *r)
@@ -212,6 +272,8 @@ const struct rhema_route rhema_sessions_routes[] = {
     {RHEMA_M_GET, "/v1/sessions", h_session_list, "sessions:read", RHEMA_READS},
     {RHEMA_M_GET, "/v1/sessions/{id}", h_session_get, "sessions:read", RHEMA_READS},
     {RHEMA_M_PUT, "/v1/sessions/{id}", h_session_put, "sessions:write", RHEMA_WRITES_STORAGE},
+    {RHEMA_M_PATCH, "/v1/sessions/{id}", h_session_patch, "sessions:write",
+     RHEMA_WRITES_STORAGE},
     {RHEMA_M_DELETE, "/v1/sessions/{id}", h_session_delete, "sessions:write",
      RHEMA_WRITES_STORAGE},
     {RHEMA_M_POST, "/v1/sessions/{id}/messages", h_session_message, "sessions:write",

@@ -27,6 +27,7 @@
 #include "audit.h"
 #include "commit.h"
 #include "http.h"
+#include "json_fields.h"
 #include "log.h"
 #include "util.h"
 
@@ -45,29 +46,63 @@ const char *rhema_req_header(struct rhema_req *r, const char *name)
     return evhttp_find_header(evhttp_request_get_input_headers(r->req), name);
 }
 
+/* The reason phrase of every status of RFC 9110 (and 429, RFC 6585). */
 static const char *reason(int status)
 {
     switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
     case 200: return "OK";
     case 201: return "Created";
+    case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
     case 204: return "No Content";
+    case 205: return "Reset Content";
+    case 206: return "Partial Content";
+    case 300: return "Multiple Choices";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
+    case 402: return "Payment Required";
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 407: return "Proxy Authentication Required";
     case 408: return "Request Timeout";
     case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
     case 412: return "Precondition Failed";
-    case 413: return "Payload Too Large";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
     case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
+    case 417: return "Expectation Failed";
+    case 421: return "Misdirected Request";
+    case 422: return "Unprocessable Content";
+    case 426: return "Upgrade Required";
+    case 428: return "Precondition Required";
     case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
     case 507: return "Insufficient Storage";
-    default: return "Status";
+    default: break;
     }
+    /* not one we send; the class's name rather than a made-up phrase */
+    static const char *const classes[] = {"Informational", "Success", "Redirection",
+                                          "Client Error", "Server Error"};
+    return status >= 100 && status < 600 ? classes[status / 100 - 1] : "Unknown";
 }
 
 /* The service.cors.origins entry that lets `origin` in: "*", origin itself, or NULL. */
@@ -803,7 +838,8 @@ unsigned rhema_method(struct rhema_req *r, unsigned allowed)
     } names[] = {{RHEMA_M_GET, "GET"},
                  {RHEMA_M_PUT, "PUT"},
                  {RHEMA_M_POST, "POST"},
-                 {RHEMA_M_DELETE, "DELETE"}};
+                 {RHEMA_M_DELETE, "DELETE"},
+                 {RHEMA_M_PATCH, "PATCH"}};
     unsigned m = 0;
     switch (r->method) {
     case EVHTTP_REQ_GET:
@@ -811,11 +847,12 @@ unsigned rhema_method(struct rhema_req *r, unsigned allowed)
     case EVHTTP_REQ_PUT: m = RHEMA_M_PUT; break;
     case EVHTTP_REQ_POST: m = RHEMA_M_POST; break;
     case EVHTTP_REQ_DELETE: m = RHEMA_M_DELETE; break;
+    case EVHTTP_REQ_PATCH: m = RHEMA_M_PATCH; break;
     default: break;
     }
     if (m & allowed)
         return m;
-    char allow[48] = "";
+    char allow[64] = "";
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (allowed & names[i].bit) {
             strcat(allow, names[i].name);
@@ -888,7 +925,7 @@ void rhema_reply_jsonv(struct rhema_req *r, int status, json_t *v)
         rhema_reply_error(r, 500, "internal", "could not build the reply");
         return;
     }
-    char *text = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *text = rhema_json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(v);
     if (!text) {
         rhema_reply_error(r, 500, "internal", "could not encode the reply");
@@ -916,7 +953,7 @@ void rhema_reply_error(struct rhema_req *r, int status, const char *code, const 
     size_t len = n < 0 ? 0 : (size_t)n < sizeof raw ? (size_t)n : sizeof raw - 1;
     rhema_utf8_copy(msg, sizeof msg, raw, len, n >= (int)sizeof raw);
     json_t *e = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
-    char *text = e ? json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    char *text = e ? rhema_json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(e);
     if (!text) {
         /* msg is valid UTF-8 and code one of ours, so only memory can be short
@@ -938,7 +975,11 @@ void rhema_reply_store_error(struct rhema_req *r, int rc, const char *msg)
     case RHEMA_ECONFLICT: rhema_reply_error(r, 409, "conflict", "%s", msg); break;
     case RHEMA_EPRECONDITION: rhema_reply_error(r, 412, "precondition_failed", "%s", msg); break;
     case RHEMA_ETOOBIG: rhema_reply_error(r, 413, "too_large", "%s", msg); break;
-    case RHEMA_EUNAVAIL: rhema_reply_error(r, 503, "unavailable", "%s", msg); break;
+    case RHEMA_EUNAVAIL:
+        /* msg names the backend's host and port: for the log, not the client */
+        rhema_log(RHEMA_LOG_WARN, "http", "%s %s: %s", r->request_id, r->path, msg);
+        rhema_reply_error(r, 503, "unavailable", "the storage backend is not reachable");
+        break;
     default:
         rhema_log(RHEMA_LOG_ERROR, "http", "%s %s: %s", r->request_id, r->path, msg);
         rhema_reply_error(r, 500, "internal", "%s", msg);
@@ -995,6 +1036,23 @@ static int parse_version(const char *s, uint64_t *out)
         return -1;
     *out = v;
     return 0;
+}
+
+/* 1 when the request's Content-Type is the media type `want` (parameters ignored). */
+int rhema_req_media_type(struct rhema_req *r, const char *want)
+{
+    const char *ct = rhema_req_header(r, "Content-Type");
+    size_t n = strlen(want);
+    if (!ct)
+        return 0;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    if (strncasecmp(ct, want, n) != 0)
+        return 0;
+    ct += n;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    return *ct == '\0' || *ct == ';';
 }
 
 int rhema_req_precondition(struct rhema_req *r, uint64_t *expected)

@@ -114,6 +114,7 @@ int rhema_path_id(struct rhema_req *r, const char *rest, char id[RHEMA_ID_MAX + 
 #define RHEMA_M_PUT 2u
 #define RHEMA_M_POST 4u
 #define RHEMA_M_DELETE 8u
+#define RHEMA_M_PATCH 16u
 /*
  * r's method when `allowed` has it (RHEMA_M_GET for GET and HEAD);
  * otherwise 0, after answering OPTIONS with the preflight and anything
@@ -151,6 +152,8 @@ const char *rhema_req_header(struct rhema_req *r, const char *name);
  * and returns NULL; the caller just returns.
  */
 json_t *rhema_req_json(struct rhema_req *r);
+/* 1 when the request's Content-Type is the media type `want` (case-insensitive; parameters such as charset ignored). */
+int rhema_req_media_type(struct rhema_req *r, const char *want);
 /*
  * Parse If-Match / If-None-Match into an expected version: 0 (none),
  * RHEMA_VERSION_ABSENT (If-None-Match: *), RHEMA_VERSION_PRESENT (If-Match: *,

@@ -73,7 +73,8 @@ static int over_storage_limit(struct rhema_req *r)
 {
     struct rhema_maintenance *m = r->worker->srv->maintenance;
     size_t incoming;
-    if (!m || (r->method != EVHTTP_REQ_PUT && r->method != EVHTTP_REQ_POST))
+    if (!m || (r->method != EVHTTP_REQ_PUT && r->method != EVHTTP_REQ_POST &&
+               r->method != EVHTTP_REQ_PATCH))
         return 0;
     incoming = evbuffer_get_length(evhttp_request_get_input_buffer(r->req));
     if (!rhema_maintenance_over_limit(m, incoming)) {

@@ -148,7 +148,8 @@ int rhema_routes_check(const struct rhema_route *const *tables, char **err)
             unsigned m = rt->method;
             if (!rt->path || !template_valid(rt->path))
                 return bad(err, rt, "the path template is missing or malformed");
-            if (m != RHEMA_M_GET && m != RHEMA_M_PUT && m != RHEMA_M_POST && m != RHEMA_M_DELETE)
+            if (m != RHEMA_M_GET && m != RHEMA_M_PUT && m != RHEMA_M_POST && m != RHEMA_M_DELETE &&
+                m != RHEMA_M_PATCH)
                 return bad(err, rt, "expected exactly one method");
             if (!rt->handler)
                 return bad(err, rt, "no handler");
@@ -157,8 +158,9 @@ int rhema_routes_check(const struct rhema_route *const *tables, char **err)
             if (rt->effect != RHEMA_READS && rt->effect != RHEMA_WRITES &&
                 rt->effect != RHEMA_WRITES_STORAGE)
                 return bad(err, rt, "no effect (RHEMA_READS, RHEMA_WRITES, RHEMA_WRITES_STORAGE)");
-            if ((m == RHEMA_M_PUT || m == RHEMA_M_DELETE) && rt->effect == RHEMA_READS)
-                return bad(err, rt, "a PUT or DELETE must be declared as a write");
+            if ((m == RHEMA_M_PUT || m == RHEMA_M_DELETE || m == RHEMA_M_PATCH) &&
+                rt->effect == RHEMA_READS)
+                return bad(err, rt, "a PUT, PATCH or DELETE must be declared as a write");
             if (m == RHEMA_M_GET && rt->effect != RHEMA_READS)
                 return bad(err, rt, "a GET must not write");
             for (const struct rhema_route *const *t2 = tables; t2 <= tab; t2++)

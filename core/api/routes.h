@@ -7,7 +7,8 @@
  *
  *   { RHEMA_M_PUT, "/v1/sessions/{id}", h_put, "sessions:write", RHEMA_WRITES_STORAGE }
  *
- *   method       one of RHEMA_M_GET (answers HEAD too), _PUT, _POST, _DELETE;
+ *   method       one of RHEMA_M_GET (answers HEAD too), _PUT, _POST, _DELETE,
+ *                _PATCH;
  *                a resource that answers several methods has one line each
  *   path         the template: literal segments and at most one {name}
  *                segment, which matches an id (1-128 characters
@@ -20,7 +21,7 @@
  *   effect       RHEMA_READS, RHEMA_WRITES (changes state outside the
  *                storage backend: the keyring, a balancer's statistics) or
  *                RHEMA_WRITES_STORAGE; every write is fenced (X-Rhema-Epoch,
- *                DESIGN.md §7) and audited; a PUT or POST that writes
+ *                DESIGN.md §7) and audited; a PUT, PATCH or POST that writes
  *                storage also counts against persistence.max_data_size_bytes
  *
  * A table ends with a zeroed entry.  A line that leaves a field out does

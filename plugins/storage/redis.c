@@ -13,6 +13,8 @@
  *   port       = 6379;
  *   database   = 0;          SELECTed after every (re)connect
  *   password   = "";         AUTH after every (re)connect when not empty
+ *   password_env = "";       or: the name of the environment variable that
+ *                            holds the password (not both)
  *   prefix     = "rhema:";   every key the plugin creates starts with it
  *   timeout_ms = 2000;       connect and per-command socket timeout
  *
@@ -853,7 +855,7 @@ static int rd_script(rhema_storage_conn *c, struct args *a, enum script_id id, i
 static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
                        const struct rhema_cfg *cfg, char **err)
 {
-    const char *server = "127.0.0.1", *password = "", *prefix = "rhema:";
+    const char *server = "127.0.0.1", *password = "", *password_env = "", *prefix = "rhema:";
     int64_t port = 6379, database = 0, timeout = 2000;
 
     if (h->cfg_string(cfg, "host", &server) == RHEMA_EINVAL)
@@ -873,6 +875,23 @@ static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
     if (h->cfg_string(cfg, "password", &password) == RHEMA_EINVAL)
         return h->set_error(err, RHEMA_EINVAL, "%s: redis: password must be a string",
                             h->cfg_where(cfg, "password"));
+    if (h->cfg_string(cfg, "password_env", &password_env) == RHEMA_EINVAL)
+        return h->set_error(err, RHEMA_EINVAL, "%s: redis: password_env must be a string",
+                            h->cfg_where(cfg, "password_env"));
+    if (password_env[0] != '\0') {
+        const char *env = getenv(password_env);
+        if (password[0] != '\0')
+            return h->set_error(err, RHEMA_EINVAL,
+                                "%s: redis: password and password_env are both set; use one",
+                                h->cfg_where(cfg, "password_env"));
+        if (env == NULL || env[0] == '\0')
+            return h->set_error(err, RHEMA_EINVAL,
+                                "%s: redis: password_env names '%s', but that environment "
+                                "variable is %s",
+                                h->cfg_where(cfg, "password_env"), password_env,
+                                env ? "empty" : "not set");
+        password = env;
+    }
     if (h->cfg_string(cfg, "prefix", &prefix) == RHEMA_EINVAL)
         return h->set_error(err, RHEMA_EINVAL, "%s: redis: prefix must be a string",
                             h->cfg_where(cfg, "prefix"));

@@ -238,7 +238,7 @@ def test_bad_json_bad_id_and_unknown_parameters(srv):
 
 def test_methods_and_options(srv):
     aid = new_id()
-    cases = [("POST", f"/v1/agents/{aid}", "GET, PUT, DELETE, OPTIONS"),
+    cases = [("POST", f"/v1/agents/{aid}", "GET, PUT, DELETE, PATCH, OPTIONS"),
              ("DELETE", "/v1/agents", "GET, OPTIONS"),
              ("PUT", "/v1/agents/stats", "GET, OPTIONS"),
              ("GET", f"/v1/agents/{aid}/heartbeat", "POST, OPTIONS"),

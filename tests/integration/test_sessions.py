@@ -547,8 +547,8 @@ def test_unknown_route_404_json(mem):
 
 
 @pytest.mark.parametrize("method,path,allowed", [
-    ("POST", "/v1/sessions/x", {"GET", "PUT", "DELETE"}),
-    ("PATCH", "/v1/sessions/x", {"GET", "PUT", "DELETE"}),
+    ("POST", "/v1/sessions/x", {"GET", "PUT", "PATCH", "DELETE"}),
+    ("PATCH", "/v1/sessions/x/messages", {"POST"}),
     ("DELETE", "/v1/sessions", {"GET"}),
     ("GET", "/v1/sessions/x/messages", {"POST"}),
     ("POST", "/health", {"GET"}),
