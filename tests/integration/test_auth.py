@@ -22,7 +22,7 @@ from conftest import (TOP_BUILDDIR, TOP_SRCDIR, PLUGIN_DIR, memory_config, requi
 
 RHEMACTL = TOP_BUILDDIR / "rhemactl"
 API_DIR = TOP_SRCDIR / "core" / "api"
-ROUTE_RE = re.compile(r'\{\s*RHEMA_M_(GET|PUT|POST|DELETE)\s*,\s*"([^"]+)"\s*,\s*\w+\s*,'
+ROUTE_RE = re.compile(r'\{\s*RHEMA_M_(GET|PUT|POST|DELETE|PATCH)\s*,\s*"([^"]+)"\s*,\s*\w+\s*,'
                       r'\s*"([^"]+)"\s*,\s*RHEMA_(READS|WRITES|WRITES_STORAGE)\s*\}')
 ALWAYS_OPEN = {"/health/live", "/health/ready"}
 
@@ -112,7 +112,7 @@ def test_role_matrix(daemons, admin_key):
 
     def check(method, template, key_headers, want, what):
         path = concrete(template)
-        body = b"{}" if method in ("PUT", "POST") else None
+        body = b"{}" if method in ("PUT", "POST", "PATCH") else None
         r = d.request(method, path, body, dict(key_headers, **{"Content-Type": "application/json"}))
         ok = want(r)
         if not ok:
