@@ -31,6 +31,7 @@
 #include "audit.h"
 #include "cluster.h"
 #include "config.h"
+#include "datadir.h"
 #include "api/pipeline.h"
 #include "log.h"
 #include "maintenance.h"
@@ -105,94 +106,6 @@ static int parse_args(int argc, char **argv, struct options *o)
         return 1;
     }
     return 0;
-}
-
-/* ---- paths ---- */
-
-/*
- * path made absolute against the working directory (a malloc'd copy), so
- * that it means the same after rhemad enters its data directory.  NULL
- * when path is NULL or memory runs out.
- */
-static char *absolute(const char *path)
-{
-    char cwd[PATH_MAX], *out = NULL;
-    if (!path)
-        return NULL;
-    if (path[0] == '/' || !*path || !getcwd(cwd, sizeof cwd))
-        return strdup(path);
-    if (asprintf(&out, "%s/%s", cwd, path) < 0)
-        return NULL;
-    return out;
-}
-
-/* mkdir -p: the directory itself 0750, missing parents 0755.  0 or errno. */
-static int make_directory(const char *path)
-{
-    char *dir = strdup(path);
-    int e = 0;
-    if (!dir)
-        return ENOMEM;
-    for (char *p = dir + 1; e == 0; p++) {
-        if (*p != '/' && *p != '\0')
-            continue;
-        char saved = *p;
-        *p = '\0';
-        if (mkdir(dir, saved ? 0755 : 0750) != 0 && errno != EEXIST)
-            e = errno;
-        *p = saved;
-        if (!saved)
-            break;
-    }
-    free(dir);
-    return e;
-}
-
-/*
- * service.data_directory: rhemad's working directory.  Every relative path
- * of the configuration (the storage's files, backups, the keyring, the log
- * file, the pidfile, plugins.directory) is relative to it, as in BIND's
- * `directory`; a relative data_directory is relative to where rhemad was
- * started.  enter: create it when missing and change into it.  Without
- * enter (rhemad -t), create nothing: say whether it exists and can be
- * used, or would be created.  *abs_out (when not NULL) gets its absolute
- * path (malloc'd).
- */
-static int data_directory(const struct rhema_config *cfg, int enter, char **abs_out,
-                          char **err)
-{
-    const char *dd = "";
-    struct stat sb;
-    int rc = 0, e;
-    rhema_config_get_string(cfg, "service.data_directory", &dd);
-    char *abs = absolute(dd);
-    if (!abs)
-        return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
-    if (!*abs) {
-        rc = rhema_set_error(err, RHEMA_EINVAL, "service.data_directory is empty");
-        goto out;
-    }
-    if (stat(abs, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
-        rc = rhema_set_error(err, RHEMA_EINVAL, "service.data_directory %s: not a directory",
-                             abs);
-        goto out;
-    }
-    if (!enter) {
-        if (access(abs, F_OK) == 0 && access(abs, R_OK | W_OK | X_OK) != 0)
-            rc = rhema_set_error(err, RHEMA_EINVAL, "service.data_directory %s: %s", abs,
-                                 strerror(errno));
-        goto out;
-    }
-    if ((e = make_directory(abs)) != 0 || (chdir(abs) != 0 && (e = errno) != 0)) {
-        rc = rhema_set_error(err, RHEMA_EIO, "service.data_directory %s: %s", abs, strerror(e));
-        goto out;
-    }
-out:
-    if (rc == 0 && abs_out)
-        *abs_out = abs;
-    else
-        free(abs);
-    return rc;
 }
 
 /* A storage group in the file that names no loaded plugin: likely a typo. */
@@ -654,9 +567,9 @@ int main(int argc, char **argv)
     if (!opt.config_file && access(RHEMA_CONFIG_FILE, F_OK) == 0)
         opt.config_file = RHEMA_CONFIG_FILE;
     /* the command line's paths, as they were meant, after the chdir to the data directory */
-    if ((opt.config_file && !(opt.config_file = abs_config = absolute(opt.config_file))) ||
-        (opt.pidfile && !(opt.pidfile = abs_pidfile = absolute(opt.pidfile))) ||
-        (opt.plugin_dir && !(opt.plugin_dir = abs_plugin_dir = absolute(opt.plugin_dir)))) {
+    if ((opt.config_file && !(opt.config_file = abs_config = rhema_path_absolute(opt.config_file))) ||
+        (opt.pidfile && !(opt.pidfile = abs_pidfile = rhema_path_absolute(opt.pidfile))) ||
+        (opt.plugin_dir && !(opt.plugin_dir = abs_plugin_dir = rhema_path_absolute(opt.plugin_dir)))) {
         fprintf(stderr, "rhemad: out of memory\n");
         goto early_out;
     }
@@ -675,7 +588,7 @@ int main(int argc, char **argv)
      * rhemad -t creates nothing: it does not enter (or create) the data
      * directory, so a relative plugins.directory is resolved by hand.
      */
-    if (data_directory(&cfg, !opt.test_only, &datadir, &err) != 0) {
+    if (rhema_data_directory(&cfg, opt.test_only ? RHEMA_DATADIR_CHECK : RHEMA_DATADIR_ENTER, &datadir, &err) != 0) {
         fprintf(stderr, "rhemad: %s\n", err);
         if (opt.test_only)
             fprintf(stderr, "rhemad: configuration file %s test failed\n",

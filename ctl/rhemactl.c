@@ -41,6 +41,7 @@
 #include "cipher_suite.h"
 #include "compress_suite.h"
 #include "config.h"
+#include "datadir.h"
 #include "log.h"
 #include "maintenance.h"
 #include "plugin.h"
@@ -265,6 +266,25 @@ static int pidfile_lock(const char *path, int *fd, int *created, char pid[32])
     return 0;
 }
 
+/*
+ * Enter service.data_directory, as rhemad does, so that the configuration's
+ * relative paths (the storage's files, backups, the keyring) name the files
+ * rhemad uses.  A data directory that does not exist yet (rhemad never ran
+ * with this configuration) leaves the working directory, with a warning.
+ */
+int rhemactl_enter_data_directory(const struct rhema_config *cfg)
+{
+    char *err = NULL;
+    int rc = rhema_data_directory(cfg, RHEMA_DATADIR_USE, NULL, &err);
+    if (rc == RHEMA_ENOTFOUND)
+        fprintf(stderr, "rhemactl: warning: %s; relative paths are taken from the working "
+                        "directory\n", err);
+    else if (rc)
+        fprintf(stderr, "rhemactl: %s\n", err ? err : "cannot enter the data directory");
+    free(err);
+    return rc == RHEMA_ENOTFOUND ? 0 : rc;
+}
+
 static int cmd_backup(int argc, char **argv)
 {
     static const struct option longopts[] = {{"force", no_argument, NULL, 'F'},
@@ -274,7 +294,7 @@ static int cmd_backup(int argc, char **argv)
     size_t n_overrides = 0;
     struct rhema_config cfg = {0};
     struct backend b = {0};
-    char *err = NULL;
+    char *err = NULL, *abs_dir = NULL, *abs_file = NULL, *abs_plugin_dir = NULL;
     int c, force = 0, status = 1, rc;
 
     if (argc < 2) {
@@ -312,13 +332,25 @@ static int cmd_backup(int argc, char **argv)
         fprintf(stderr, "rhemactl: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
+    /* the command line's paths as meant here, before entering the data directory */
+    if ((dir && !(dir = abs_dir = rhema_path_absolute(dir))) ||
+        (file && !(file = abs_file = rhema_path_absolute(file))) ||
+        (plugin_dir && !(plugin_dir = abs_plugin_dir = rhema_path_absolute(plugin_dir)))) {
+        fprintf(stderr, "rhemactl: out of memory\n");
+        goto out;
+    }
     if (rhema_config_load(&cfg, config_file, overrides, n_overrides, plugin_dir, &err) != 0) {
         fprintf(stderr, "rhemactl: configuration error:\n%s\n", err ? err : "?");
         goto out;
     }
     rhema_log_open(RHEMA_LOG_WARN, RHEMA_LOG_FORMAT_TEXT, NULL, NULL);
-    if (dir == NULL)
-        dir = cfg.backup_directory;
+    if (rhemactl_enter_data_directory(&cfg) != 0)
+        goto out;
+    /* the configured directory, named absolutely in what rhemactl prints */
+    if (dir == NULL && !(dir = abs_dir = rhema_path_absolute(cfg.backup_directory))) {
+        fprintf(stderr, "rhemactl: out of memory\n");
+        goto out;
+    }
 
     if (strcmp(sub, "list") == 0) {
         struct rhema_backup_file *v = NULL;
@@ -410,6 +442,9 @@ static int cmd_backup(int argc, char **argv)
 out:
     backend_close(&b);
     free(err);
+    free(abs_dir);
+    free(abs_file);
+    free(abs_plugin_dir);
     rhema_config_release(&cfg);
     return status;
 }

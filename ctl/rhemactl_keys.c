@@ -40,6 +40,7 @@
 #include <sodium.h>
 
 #include "config.h"
+#include "datadir.h"
 #include "keyring.h"
 #include "rhemactl_keys.h"
 
@@ -376,9 +377,21 @@ int rhemactl_keys(int argc, char **argv)
 #endif
     struct rhema_config cfg = {0};
     char *err = NULL;
+    /* the archive as named here, before entering the data directory */
+    char *archive = optind < argc ? rhema_path_absolute(argv[optind]) : NULL;
+    if (optind < argc && !archive) {
+        fprintf(stderr, "rhemactl: out of memory\n");
+        return 1;
+    }
     if (rhema_config_load(&cfg, config_file, overrides, n_over, NULL, &err) != 0) {
         fprintf(stderr, "rhemactl: configuration error:\n%s\n", err ? err : "?");
         free(err);
+        free(archive);
+        return 1;
+    }
+    if (rhemactl_enter_data_directory(&cfg) != 0) {
+        rhema_config_release(&cfg);
+        free(archive);
         return 1;
     }
 #ifdef RHEMA_HAVE_GFSHARE
@@ -387,10 +400,11 @@ int rhemactl_keys(int argc, char **argv)
     else
 #endif
     if ((strcmp(sub, "verify") == 0 || strcmp(sub, "restore") == 0) && optind < argc)
-        status = cmd_archive(&cfg, argv[optind], strcmp(sub, "restore") == 0);
+        status = cmd_archive(&cfg, archive, strcmp(sub, "restore") == 0);
     else
         fprintf(stderr, "usage: rhemactl keys split --shares N --threshold K | recover --out FILE "
                         "[SHARES...] | verify ARCHIVE | restore ARCHIVE\n");
     rhema_config_release(&cfg);
+    free(archive);
     return status;
 }

@@ -5,4 +5,8 @@
 /* argv[0] is "keys"; returns the exit status. */
 int rhemactl_keys(int argc, char **argv);
 
+/* Enter the configuration's service.data_directory (rhemactl.c); 0 or an error printed. */
+struct rhema_config;
+int rhemactl_enter_data_directory(const struct rhema_config *cfg);
+
 #endif /* RHEMA_CORE_RHEMACTL_KEYS_H */

@@ -231,3 +231,31 @@ def test_write_past_max_data_size_is_507_and_changes_nothing(daemons, tmp_path):
     # deleting still works (it frees space)
     assert d.request("DELETE", f"/v1/sessions/{written[0]}").status == 204
     d.stop()
+
+
+def test_rhemactl_reads_the_files_of_the_data_directory(daemons, tmp_path):
+    # relative paths of the configuration are relative to
+    # service.data_directory for rhemactl as for rhemad (issue 18, item 2):
+    # a backup made from elsewhere is of rhemad's database, not of a new
+    # empty one in the directory rhemactl was run in
+    require_plugin("sqlite")
+    datadir = tmp_path / "var"
+    config = (f'service: {{ pidfile = "{tmp_path}/rhemad.pid"; data_directory = "{datadir}"; }};\n'
+              'persistence: {\n  backend = "sqlite";\n  sqlite = { path = "rhema.db"; };\n'
+              '  backup_directory = "backups";\n};\n')
+    d = daemons(config=config)
+    d.start()
+    put_session(d, "in-datadir", "stored by rhemad")
+    d.stop()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = subprocess.run([str(RHEMACTL), "backup", "create", "-c", str(d.conf), "-P", str(PLUGIN_DIR)],
+                       capture_output=True, text=True, timeout=60, cwd=elsewhere)
+    assert r.returncode == 0, r.stdout + r.stderr
+    path = r.stdout.strip()
+    assert path.startswith(str(datadir / "backups")), path
+    assert not (elsewhere / "rhema.db").exists() and not list(elsewhere.iterdir())
+    assert os.path.getsize(path) > 0
+    listing = subprocess.run([str(RHEMACTL), "backup", "list", "-c", str(d.conf)],
+                             capture_output=True, text=True, timeout=60, cwd=elsewhere).stdout
+    assert os.path.basename(path) in listing, listing
