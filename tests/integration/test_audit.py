@@ -395,3 +395,34 @@ def test_reload_with_changed_audit_settings_says_restart(daemons, tmp_path):
     d.send(signal.SIGHUP)
     assert d.wait_log("security.audit changed; restart to apply", since=mark), d.log()
     assert d.stop() == 0
+
+
+def test_records_name_the_key_and_its_roles(daemons, tmp_path):
+    # the authenticate stage's principal reaches the audit log: a refused
+    # key is recorded too, and creating or revoking a key is an event
+    out = ctl("auth", "new-key", "--name", "ops", "--roles", "admin").stdout.splitlines()
+    key, group = out[0], out[1]
+    log = tmp_path / "logs" / "audit.log"
+    log.parent.mkdir()
+    d = daemons(config=memory_config()
+                + "security: {\n  api_keys: { enabled = true; keys = (\n    " + group
+                + "\n  ); };\n  roles = ( { name = \"admin\"; permissions = [ \"*\" ]; } );\n"
+                + f'  audit: {{ enabled = true; file = "{log}"; }};\n}};\n')
+    d.start()
+    admin = {"Authorization": f"Bearer {key}"}
+    assert d.request("GET", "/v1/sessions").status == 401
+    st, _, body = d.json("POST", "/v1/auth/keys", {"name": "worker", "roles": ["admin"]}, admin)
+    assert st == 201, body
+    assert d.request("DELETE", f"/v1/auth/keys/{body['id']}", headers=admin).status == 204
+    assert d.stop() == 0
+    assert verify(log)[0] == 0
+    recs = records(log)
+    key_id = key.split("_")[1]
+    refused = [r for r in recs if r.get("phase") == "end" and r.get("status") == 401]
+    assert refused and refused[0]["key_id"] is None, refused
+    made = [r for r in recs if r.get("phase") == "end" and r.get("method") == "POST"]
+    assert made and made[0]["key_id"] == key_id and made[0]["roles"] == ["admin"], made
+    events = {r.get("event"): r for r in recs}
+    assert events["auth.key_created"]["key_id"] == key_id
+    assert events["auth.key_revoked"]["key_id"] == key_id
+    assert body["key"] not in log.read_text()
