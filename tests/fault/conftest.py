@@ -367,6 +367,44 @@ def session_problem(rec, sid=None):
     return None
 
 
+ANY = object()  # a field the model does not know: an append's new updated_at
+
+
+def append_problem(ans, sid):
+    """None when ans is the answer of an append to session sid, else what is wrong.
+
+    An append answers the message and the session's new version, not the
+    whole session (issue 17, item 9)."""
+    if not isinstance(ans, dict):
+        return f"not a JSON object: {ans!r:.200}"
+    for k, t in {"session_id": str, "version": int, "size_bytes": int, "message_count": int,
+                 "message": dict}.items():
+        if not isinstance(ans.get(k), t):
+            return f"field {k!r} is {ans.get(k)!r:.80} (expected {t.__name__})"
+    if ans["session_id"] != sid:
+        return f"session_id is {ans['session_id']!r}, expected {sid!r}"
+    if not isinstance(ans["message"].get("id"), str):
+        return f"malformed message {ans['message']!r:.120}"
+    return None
+
+
+def after_append(prev, ans):
+    """The stripped record an acknowledged append leaves, from the one before it
+    (None when that one is not known: then only the version is)."""
+    if prev is None:
+        return None
+    rec = dict(prev, messages=prev["messages"] + [ans["message"]], version=ans["version"],
+               size_bytes=ans["size_bytes"], updated_at=ANY)
+    return rec
+
+
+def same_record(got, want):
+    """Is stripped record got the acknowledged want (ANY fields match anything)?"""
+    if want is None:
+        return True
+    return got.keys() == want.keys() and all(w is ANY or got[k] == w for k, w in want.items())
+
+
 def etag_version(headers):
     """The version in a strong ETag header, or None."""
     e = headers.get("ETag") if headers is not None else None
