@@ -18,27 +18,30 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sys
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import Daemon
+from conftest import Daemon, free_port
 
 SRC = Path(os.environ.get("top_srcdir", Path(__file__).resolve().parents[2]))
 BUILD = Path(os.environ.get("top_builddir", SRC))
 MARKER = "<!-- doc-test -->"
+# a block that starts (and stops) its own rhemad on localhost:8080
+MARKER_OWN = "<!-- doc-test: own-daemon -->"
 BLOCK_TIMEOUT = 120
 
 
 def marked_blocks(path):
-    """The marked ```sh blocks of a Markdown file: [(line number, text)]."""
+    """The marked ```sh blocks of a Markdown file: [(line number, text, own daemon)]."""
     lines = path.read_text(encoding="utf-8").splitlines()
     blocks = []
     i = 0
     while i < len(lines):
-        if lines[i].strip() == MARKER:
+        if lines[i].strip() in (MARKER, MARKER_OWN):
             fence = lines[i + 1].strip() if i + 1 < len(lines) else ""
             assert fence == "```sh", f"{path.name}:{i + 1}: {MARKER} not followed by ```sh"
             start = i + 2
@@ -46,7 +49,8 @@ def marked_blocks(path):
             while end < len(lines) and lines[end].strip() != "```":
                 end += 1
             assert end < len(lines), f"{path.name}:{i + 2}: unterminated block"
-            blocks.append((start, "\n".join(lines[start:end]) + "\n"))
+            blocks.append((start, "\n".join(lines[start:end]) + "\n",
+                           lines[i].strip() == MARKER_OWN))
             i = end
         i += 1
     return blocks
@@ -56,14 +60,15 @@ def doc_files():
     return [SRC / "README.md"] + sorted((SRC / "doc").glob("*.md"))
 
 
-ALL_BLOCKS = [(f, n, text) for f in doc_files() for n, text in marked_blocks(f)]
+ALL_BLOCKS = [(f, n, text, own) for f in doc_files() for n, text, own in marked_blocks(f)]
 
 
 def test_marked_blocks_exist():
     # the marker is what makes a doc tested: losing it silently must fail
-    per_file = {f.name for f, _, _ in ALL_BLOCKS}
+    per_file = {f.name for f, _, _, _ in ALL_BLOCKS}
     assert "README.md" in per_file
     assert "http-api.md" in per_file
+    assert "writing-plugins.md" in per_file
 
 
 EXPECTED = re.compile(r"^# ([{\[\d].*)$")
@@ -86,8 +91,8 @@ __EOF
 def with_checks(text):
     """
     Turn the doc's expected-output comments into checks: a "# {...}",
-    "# [...]" or "# 404" line right after a command (a run of code lines
-    since the last blank or comment line) is that command's whole output.
+    "# [...]" or "# 404" line right after a command (its lines joined by
+    trailing backslashes) is that command's whole output.
     """
     lines = text.splitlines()
     out = []
@@ -105,6 +110,9 @@ def with_checks(text):
             seg = []
             out.append(ln)
         else:
+            if seg and not seg[-1].rstrip().endswith("\\"):
+                out.extend(seg)  # a new command starts
+                seg = []
             seg.append(ln)
     out.extend(seg)
     return EXPECT_FN + "\n".join(out) + "\n"
@@ -117,24 +125,43 @@ def run_block(text, cwd, port, env_extra=None):
     env["PATH"] = f"{BUILD}{os.pathsep}{env.get('PATH', '')}"
     env["RHEMA_URL"] = f"http://127.0.0.1:{port}"
     env["__py"] = sys.executable
+    env["RHEMA_SRC"] = str(SRC)
+    env["RHEMA_BUILD"] = str(BUILD)
     env.update(env_extra or {})
-    return subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=str(cwd), env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=BLOCK_TIMEOUT)
+    # its own session, so that whatever the block left running (a rhemad
+    # it started in the background, when it failed before stopping it) is
+    # killed with it
+    proc = subprocess.Popen(["bash", "-e", "-o", "pipefail", "-c", script], cwd=str(cwd), env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=BLOCK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        out, err = "", f"timed out after {BLOCK_TIMEOUT} s"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-@pytest.mark.parametrize("doc,line,text", ALL_BLOCKS,
-                         ids=[f"{f.name}:{n}" for f, n, _ in ALL_BLOCKS])
-def test_doc_block(tmp_path, doc, line, text):
+@pytest.mark.parametrize("doc,line,text,own", ALL_BLOCKS,
+                         ids=[f"{f.name}:{n}" for f, n, _, _ in ALL_BLOCKS])
+def test_doc_block(tmp_path, doc, line, text, own):
     work = tmp_path / "work"
     work.mkdir()
     shutil.copy(doc, work / doc.name)
-    d = Daemon(tmp_path)
-    d.start()
-    try:
-        r = run_block(text, work, d.port)
-    finally:
-        d.stop()
+    if own:
+        r = run_block(text, work, free_port())
+    else:
+        d = Daemon(tmp_path)
+        d.start()
+        try:
+            r = run_block(text, work, d.port)
+        finally:
+            d.stop()
     assert r.returncode == 0, (
         f"{doc.name}:{line}: block exited {r.returncode}\n--- stdout\n{r.stdout}"
         f"\n--- stderr\n{r.stderr}")
