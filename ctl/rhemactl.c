@@ -266,25 +266,6 @@ static int pidfile_lock(const char *path, int *fd, int *created, char pid[32])
     return 0;
 }
 
-/*
- * Enter service.data_directory, as rhemad does, so that the configuration's
- * relative paths (the storage's files, backups, the keyring) name the files
- * rhemad uses.  A data directory that does not exist yet (rhemad never ran
- * with this configuration) leaves the working directory, with a warning.
- */
-int rhemactl_enter_data_directory(const struct rhema_config *cfg)
-{
-    char *err = NULL;
-    int rc = rhema_data_directory(cfg, RHEMA_DATADIR_USE, NULL, &err);
-    if (rc == RHEMA_ENOTFOUND)
-        fprintf(stderr, "rhemactl: warning: %s; relative paths are taken from the working "
-                        "directory\n", err);
-    else if (rc)
-        fprintf(stderr, "rhemactl: %s\n", err ? err : "cannot enter the data directory");
-    free(err);
-    return rc == RHEMA_ENOTFOUND ? 0 : rc;
-}
-
 static int cmd_backup(int argc, char **argv)
 {
     static const struct option longopts[] = {{"force", no_argument, NULL, 'F'},
