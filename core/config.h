@@ -9,8 +9,8 @@
  * one is reported as "-o section.key=value: message".
  *
  * Keys whose subsystem this version lacks (most of ai_service, monitoring,
- * security: the table unimplemented[] in config.c) are validated like the
- * others, and then refused with "FILE:LINE: key: not implemented in this
+ * security: the table cfg_unimplemented[] in config_schema.c) are validated
+ * like the others, and then refused with "FILE:LINE: key: not implemented in this
  * version" when their value would change behaviour if it acted (anything
  * but the default, or false for a switch).  That check runs only on a file
  * without other errors.

@@ -1,0 +1,295 @@
+/*
+ * config_schema -- the schema: every core key with its path, type, default,
+ * range or allowed values, and where it lands in struct rhema_config; the
+ * keys this version does not act on; the section of each plugin kind.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "config.h"
+#include "config_internal.h"
+#include "rhema_paths.h" /* RHEMA_PLUGINDIR, RHEMA_DATA_DIRECTORY: made by make */
+
+/* ------------------------------------------------------------------------ */
+/* The schema                                                               */
+#define GRP(p, fl) { .path = (p), .type = K_GROUP, .flags = (fl) }
+#define INT_(p, d, lo, hi) { .path = (p), .type = K_INT, .def_i = (d), .min = (lo), .max = (hi) }
+#define INTF(p, d, lo, hi, f)                                                          \
+    { .path = (p), .type = K_INT, .def_i = (d), .min = (lo), .max = (hi), .fld = FLD_INT, \
+      .off = OFF(f) }
+#define I64F(p, d, lo, hi, f)                                                          \
+    { .path = (p), .type = K_INT, .def_i = (d), .min = (lo), .max = (hi), .fld = FLD_I64, \
+      .off = OFF(f) }
+#define FLT(p, d, lo, hi) { .path = (p), .type = K_FLOAT, .def_f = (d), .fmin = (lo), .fmax = (hi) }
+#define BOOL_(p, d) { .path = (p), .type = K_BOOL, .def_i = (d) }
+#define BOOLF(p, d, f) { .path = (p), .type = K_BOOL, .def_i = (d), .fld = FLD_BOOL, .off = OFF(f) }
+#define STR(p, d) { .path = (p), .type = K_STRING, .def_s = (d) }
+#define STRQ(p, fl) { .path = (p), .type = K_STRING, .def_s = "", .flags = (fl) }
+#define STRF(p, d, f) { .path = (p), .type = K_STRING, .def_s = (d), .fld = FLD_STR, .off = OFF(f) }
+#define TYPED(p, t, d, fl) { .path = (p), .type = (t), .def_s = (d), .flags = (fl) }
+#define TYPEDF(p, t, d, f) { .path = (p), .type = (t), .def_s = (d), .fld = FLD_STR, .off = OFF(f) }
+#define ENUM_(p, d, v) { .path = (p), .type = K_ENUM, .def_s = (d), .values = (v) }
+#define LIST(p, d) { .path = (p), .type = K_STRLIST, .values = (d) }
+#define LISTF(p, d, f) { .path = (p), .type = K_STRLIST, .values = (d), .fld = FLD_LIST, .off = OFF(f) }
+#define GLIST(p) { .path = (p), .type = K_GROUPLIST }
+
+static const char *const roles_enum[] = { "Coordinator", "Worker", "Observer", "Backup", NULL };
+const char *const cfg_level_enum[] = { "debug", "info", "notice", "warn", "error", NULL };
+static const char *const format_enum[] = { "text", "json", NULL };
+static const char *const no_strings[] = { NULL };
+static const char *const action_enum[] = { "allow", "deny", NULL };
+static const char *const no_origins[] = { NULL }; /* same origin only */
+static const char *const cors_headers[] = { "Content-Type", "Authorization", "X-API-Key", "If-None-Match",
+                                            "If-Match",     "X-Request-Id",  "X-Rhema-Epoch",
+                                            NULL };
+
+#define I32MAX INT64_C(2147483647)
+
+const struct key cfg_schema[] = {
+    GRP("service", 0),
+    TYPEDF("service.listen", K_LISTEN, "127.0.0.1:8080", listen),
+    INTF("service.workers", 0, 0, 256, workers),
+    STRF("service.pidfile", "", pidfile),
+    STR("service.data_directory", RHEMA_DATA_DIRECTORY),
+    I64F("service.max_request_size_bytes", 10485760, 1024, INT64_C(1073741824),
+         max_request_size_bytes),
+    INTF("service.request_timeout_seconds", 30, 1, 3600, request_timeout_seconds),
+    I64F("service.max_page_bytes", 4194304, 4096, INT64_C(1073741824), max_page_bytes),
+    INT_("service.shutdown_timeout_seconds", 30, 0, 3600),
+    INT_("service.request_header_timeout_seconds", 60, 1, 3600),
+    INT_("service.request_body_timeout_seconds", 120, 1, 3600),
+    INT_("service.max_connections", 4096, 0, 10000000),
+    INT_("service.max_output_buffer_bytes", 134217728, 65536, INT64_C(68719476736)),
+    INT_("service.max_output_buffer_total_bytes", 536870912, 65536, INT64_C(1099511627776)),
+    GRP("service.cors", 0),
+    BOOLF("service.cors.enabled", 1, cors_enabled),
+    LISTF("service.cors.origins", no_origins, cors_origins),
+    LIST("service.cors.allow_headers", cors_headers),
+    INT_("service.cors.max_age_seconds", 600, 0, 86400),
+
+    GRP("plugins", 0),
+    STRF("plugins.directory", RHEMA_PLUGINDIR, plugin_directory),
+    LISTF("plugins.load", no_strings, plugin_load),
+
+    GRP("persistence", F_PLUGINS),
+    TYPEDF("persistence.backend", K_NAME, "sqlite", backend),
+    BOOLF("persistence.enable_backups", 0, enable_backups),
+    INTF("persistence.backup_interval_hours", 24, 1, 8760, backup_interval_hours),
+    INTF("persistence.backup_retention_days", 7, 1, 3650, backup_retention_days),
+    STRF("persistence.backup_directory", "backups", backup_directory),
+    BOOLF("persistence.enable_cleanup", 0, enable_cleanup),
+    INTF("persistence.cleanup_interval_hours", 24, 1, 8760, cleanup_interval_hours),
+    INTF("persistence.data_retention_days", 30, 1, 36500, data_retention_days),
+    I64F("persistence.max_data_size_bytes", 0, 0, INT64_MAX, max_data_size_bytes),
+    I64F("persistence.max_record_size_bytes", 16777216, 1024, INT64_C(1073741824),
+         max_record_size_bytes),
+    I64F("persistence.configuration_versions_retained", 100, 1, INT64_C(1000000000),
+         configuration_versions_retained),
+    I64F("persistence.agent_transitions_retained", 1000, 1, INT64_C(1000000000),
+         agent_transitions_retained),
+    BOOLF("persistence.enable_compression", 0, enable_compression),
+    BOOLF("persistence.enable_encryption", 0, enable_encryption),
+
+    GRP("distributed", 0),
+    BOOLF("distributed.enabled", 0, distributed_enabled),
+    GRP("distributed.node", 0),
+    STR("distributed.node.node_id", ""),
+    STR("distributed.node.name", ""),
+    TYPED("distributed.node.address", K_LISTEN, "", F_EMPTY_OK),
+    ENUM_("distributed.node.role", "Coordinator", roles_enum),
+    INT_("distributed.node.weight", 1, 1, 1000),
+    GRP("distributed.cluster", 0),
+    STR("distributed.cluster.name", "rhema"),
+    INT_("distributed.cluster.min_nodes", 1, 1, 1000),
+    INT_("distributed.cluster.max_nodes", 16, 1, 1000),
+    BOOL_("distributed.cluster.enable_failover", 1),
+    INT_("distributed.cluster.heartbeat_interval_seconds", 2, 1, 3600),
+    INT_("distributed.cluster.node_timeout_seconds", 10, 1, 86400),
+    INT_("distributed.cluster.leader_lease_seconds", 10, 1, 3600),
+    GRP("distributed.load_balancing", F_PLUGINS),
+    TYPEDF("distributed.load_balancing.strategy", K_NAME, "round_robin", balancing_strategy),
+    GRP("distributed.health_checking", 0),
+    BOOL_("distributed.health_checking.enabled", 1),
+    INT_("distributed.health_checking.interval_seconds", 10, 1, 86400),
+    INT_("distributed.health_checking.timeout_seconds", 5, 1, 3600),
+    INT_("distributed.health_checking.failure_threshold", 3, 1, 100),
+    INT_("distributed.health_checking.success_threshold", 2, 1, 100),
+    LIST("distributed.health_checking.allowed_targets", no_strings),
+    INT_("distributed.health_checking.max_checks_per_service", 100, 1, 100000),
+    INT_("distributed.health_checking.max_checks_total", 1000, 1, 1000000),
+
+    GRP("advanced_features", 0),
+    GRP("advanced_features.compression", F_PLUGINS),
+    BOOLF("advanced_features.compression.enabled", 0, compression_enabled),
+    TYPEDF("advanced_features.compression.algorithm", K_NAME, "zstd", compression_algorithm),
+    INT_("advanced_features.compression.level", 3, -131072, 22),
+    INT_("advanced_features.compression.threshold_bytes", 512, 0, I32MAX),
+    BOOL_("advanced_features.compression.adaptive", 1),
+    FLT("advanced_features.compression.min_gain_ratio", 0.1, 0.0, 1.0),
+    /* at most 1 GiB, as a request body: a frame is decompressed into memory */
+    INT_("advanced_features.compression.max_decompressed_bytes", 67108864, 1,
+         INT64_C(1073741824)),
+    GRP("advanced_features.encryption", F_PLUGINS),
+    BOOLF("advanced_features.encryption.enabled", 0, encryption_enabled),
+    TYPEDF("advanced_features.encryption.algorithm", K_NAME, "xchacha20poly1305",
+           encryption_algorithm),
+    GRP("advanced_features.key_management", 0),
+    STR("advanced_features.key_management.key_file", ""),
+    STR("advanced_features.key_management.passphrase_env", ""),
+    STR("advanced_features.key_management.keyring_path", "keyring"),
+    INT_("advanced_features.key_management.min_decryption_version", 1, 1, I32MAX),
+    GRP("advanced_features.key_management.rotation", 0),
+    BOOL_("advanced_features.key_management.rotation.enabled", 0),
+    INT_("advanced_features.key_management.rotation.interval_hours", 720, 1, 87600),
+    INT_("advanced_features.key_management.rotation.max_messages_per_key", 0, 0, INT64_MAX),
+    GRP("advanced_features.key_management.backup", 0),
+    BOOL_("advanced_features.key_management.backup.enabled", 0),
+    STR("advanced_features.key_management.backup.directory", "backups/keys"),
+    INT_("advanced_features.key_management.backup.interval_hours", 24, 1, 8760),
+    INT_("advanced_features.key_management.backup.retention_count", 30, 0, 100000),
+    INT_("advanced_features.key_management.backup.retention_days", 0, 0, 36500),
+    GRP("advanced_features.performance_monitoring", 0),
+    BOOL_("advanced_features.performance_monitoring.enabled", 1),
+    INT_("advanced_features.performance_monitoring.sample_interval_seconds", 10, 1, 3600),
+    GRP("advanced_features.performance_monitoring.thresholds", 0),
+    FLT("advanced_features.performance_monitoring.thresholds.min_compression_ratio", 1.0, 0.0,
+        HUGE_VAL),
+    FLT("advanced_features.performance_monitoring.thresholds.max_encryption_overhead_ms", 5.0,
+        0.0, HUGE_VAL),
+    FLT("advanced_features.performance_monitoring.thresholds.max_key_rotation_ms", 1000.0, 0.0,
+        HUGE_VAL),
+    FLT("advanced_features.performance_monitoring.thresholds.max_message_processing_ms", 50.0,
+        0.0, HUGE_VAL),
+
+    GRP("ai_service", 0),
+    BOOL_("ai_service.enabled", 0),
+    STR("ai_service.default_model", ""),
+    INT_("ai_service.request_timeout_seconds", 60, 1, 3600),
+    GLIST("ai_service.models"),
+    STRQ("ai_service.models[].name", F_REQUIRED | F_UNIQUE),
+    STR("ai_service.models[].upstream", ""),
+    INT_("ai_service.models[].context_window", 0, 0, I32MAX),
+    INT_("ai_service.models[].max_tokens", 0, 0, I32MAX),
+    GLIST("ai_service.upstreams"),
+    STRQ("ai_service.upstreams[].name", F_REQUIRED | F_UNIQUE),
+    TYPED("ai_service.upstreams[].base_url", K_URL, "", F_REQUIRED),
+    STR("ai_service.upstreams[].api_key_env", ""),
+    INT_("ai_service.upstreams[].timeout_seconds", 60, 1, 3600),
+    INT_("ai_service.upstreams[].priority", 0, 0, 1000),
+    GRP("ai_service.rate_limiting", 0),
+    BOOL_("ai_service.rate_limiting.enabled", 0),
+    INT_("ai_service.rate_limiting.requests_per_minute", 60, 1, 1000000),
+    INT_("ai_service.rate_limiting.burst", 10, 1, 1000000),
+    GRP("ai_service.caching", 0),
+    BOOL_("ai_service.caching.enabled", 0),
+    INT_("ai_service.caching.ttl_seconds", 300, 1, 2592000),
+    INT_("ai_service.caching.max_entries", 10000, 1, 100000000),
+    GRP("ai_service.agent_management", 0),
+    INT_("ai_service.agent_management.max_agents", 1000, 1, 1000000),
+    INT_("ai_service.agent_management.heartbeat_timeout_seconds", 60, 1, 86400),
+
+    GRP("monitoring", 0),
+    BOOL_("monitoring.enabled", 1),
+    TYPED("monitoring.metrics_path", K_PATH, "/metrics", 0),
+    INT_("monitoring.sample_interval_seconds", 10, 1, 3600),
+    GRP("monitoring.alerts", 0),
+    BOOL_("monitoring.alerts.enabled", 0),
+    FLT("monitoring.alerts.cpu_percent", 90.0, 0.0, 100.0),
+    FLT("monitoring.alerts.memory_percent", 90.0, 0.0, 100.0),
+    FLT("monitoring.alerts.error_rate_percent", 5.0, 0.0, 100.0),
+
+    GRP("security", 0),
+    GRP("security.api_keys", 0),
+    BOOL_("security.api_keys.enabled", 0),
+    GLIST("security.api_keys.keys"),
+    STRQ("security.api_keys.keys[].name", F_REQUIRED | F_UNIQUE),
+    STRQ("security.api_keys.keys[].key_hash", F_REQUIRED),
+    LIST("security.api_keys.keys[].roles", no_strings),
+    STR("security.api_keys.keys[].expires_at", ""),
+    LIST("security.api_keys.open_routes", no_strings),
+    BOOL_("security.allow_unauthenticated_remote", 0),
+    GLIST("security.roles"),
+    STRQ("security.roles[].name", F_REQUIRED | F_UNIQUE),
+    LIST("security.roles[].permissions", no_strings),
+    GLIST("security.rules"),
+    TYPED("security.rules[].path_prefix", K_PATH, "", F_REQUIRED),
+    LIST("security.rules[].methods", no_strings),
+    LIST("security.rules[].roles", no_strings),
+    { .path = "security.rules[].action", .type = K_ENUM, .def_s = "", .values = action_enum,
+      .flags = F_REQUIRED },
+    GRP("security.audit", 0),
+    BOOL_("security.audit.enabled", 0),
+    STR("security.audit.file", "logs/audit.log"),
+    STR("security.audit.hmac_key_file", ""),
+    BOOL_("security.audit.fail_closed", 1),
+    BOOL_("security.audit.fsync", 1),
+    INT_("security.audit.batch_max_records", 1024, 1, 1000000),
+    INT_("security.audit.batch_delay_ms", 0, 0, 1000),
+
+    GRP("logging", 0),
+    { .path = "logging.level", .type = K_ENUM, .def_s = "info", .values = cfg_level_enum,
+      .fld = FLD_LOGLEVEL, .off = OFF(log_level) },
+    { .path = "logging.format", .type = K_ENUM, .def_s = "text", .values = format_enum,
+      .fld = FLD_ENUMIDX, .off = OFF(log_format) },
+    STRF("logging.file", "", log_file),
+    BOOLF("logging.access_log", 1, access_log),
+};
+
+const size_t cfg_n_schema = sizeof cfg_schema / sizeof cfg_schema[0];
+
+/*
+ * Keys of the schema that this version parses and validates but does not act
+ * on: their subsystems come with later issues.  Rather than accept a value the
+ * daemon would ignore (security.api_keys.enabled = true and everyone is still
+ * served), validation refuses one that would change behaviour if it acted:
+ * anything but the key's default, except `false` for a switch (a feature
+ * turned off is what this version does anyway).  A key with a `gate` is inert
+ * while that switch is off, or itself refused: ai_service.models describes
+ * upstreams that nothing uses unless ai_service.enabled.  The issue that
+ * implements a subsystem removes its lines here.
+ */
+
+const struct unimplemented cfg_unimplemented[] = {
+    { "ai_service.enabled", NULL },
+    { "ai_service.default_model", "ai_service.enabled" },
+    { "ai_service.request_timeout_seconds", "ai_service.enabled" },
+    { "ai_service.models", "ai_service.enabled" },
+    { "ai_service.upstreams", "ai_service.enabled" },
+    { "ai_service.rate_limiting.enabled", NULL },
+    { "ai_service.rate_limiting.requests_per_minute", "ai_service.rate_limiting.enabled" },
+    { "ai_service.rate_limiting.burst", "ai_service.rate_limiting.enabled" },
+    { "ai_service.caching.enabled", NULL },
+    { "ai_service.caching.ttl_seconds", "ai_service.caching.enabled" },
+    { "ai_service.caching.max_entries", "ai_service.caching.enabled" },
+    { "ai_service.agent_management.max_agents", NULL },
+    { "monitoring.enabled", NULL },
+    { "monitoring.metrics_path", "monitoring.enabled" },
+    { "monitoring.sample_interval_seconds", "monitoring.enabled" },
+    { "monitoring.alerts.enabled", NULL },
+    { "monitoring.alerts.cpu_percent", "monitoring.alerts.enabled" },
+    { "monitoring.alerts.memory_percent", "monitoring.alerts.enabled" },
+    { "monitoring.alerts.error_rate_percent", "monitoring.alerts.enabled" },
+};
+const size_t cfg_n_unimplemented = sizeof cfg_unimplemented / sizeof cfg_unimplemented[0];
+
+const struct key *cfg_schema_find(const char *path)
+{
+    for (size_t i = 0; i < cfg_n_schema; i++)
+        if (strcmp(cfg_schema[i].path, path) == 0)
+            return &cfg_schema[i];
+    return NULL;
+}
+
+/* The section of each plugin kind (its plugin groups live inside). */
+const char *cfg_kind_section(uint32_t kind)
+{
+    switch (kind) {
+    case RHEMA_KIND_STORAGE: return "persistence";
+    case RHEMA_KIND_COMPRESS: return "advanced_features.compression";
+    case RHEMA_KIND_CIPHER: return "advanced_features.encryption";
+    case RHEMA_KIND_BALANCER: return "distributed.load_balancing";
+    default: return NULL;
+    }
+}
