@@ -214,8 +214,9 @@ static size_t required_size(uint32_t kind, uint32_t minor)
 #define END_OF(T, m) (offsetof(T, m) + sizeof(((T *)0)->m))
     switch (kind) {
     case RHEMA_KIND_STORAGE:
-        return minor == 0 ? END_OF(struct rhema_storage_plugin, restore)
-                          : END_OF(struct rhema_storage_plugin, get_many);
+        return minor == 0   ? END_OF(struct rhema_storage_plugin, restore)
+               : minor == 1 ? END_OF(struct rhema_storage_plugin, get_many)
+                            : END_OF(struct rhema_storage_plugin, rate);
     case RHEMA_KIND_COMPRESS: return END_OF(struct rhema_compress_plugin, decompress);
     case RHEMA_KIND_CIPHER: return END_OF(struct rhema_cipher_plugin, decrypt);
     case RHEMA_KIND_BALANCER: return END_OF(struct rhema_balancer_plugin, feedback);

@@ -37,15 +37,17 @@ extern "C" {
 
 /*
  * The minor version of the storage vtable and of the structs below: minor 0
- * ends at restore(), minor 1 appended get_many().  A storage plugin sets
- * abi_minor to it (RHEMA_STORAGE_PLUGIN_HEADER does).
+ * ends at restore(), minor 1 appended get_many(), minor 2 rate().  A
+ * storage plugin sets abi_minor to it (RHEMA_STORAGE_PLUGIN_HEADER does).
  */
-#define RHEMA_STORAGE_ABI_MINOR 1
+#define RHEMA_STORAGE_ABI_MINOR 2
 
 #define RHEMA_STORAGE_NS_MAX 64
 #define RHEMA_STORAGE_KEY_MAX 1024
 #define RHEMA_LEASE_HOLDER_MAX 128
 #define RHEMA_STORAGE_GET_MANY_MAX 512 /* keys in one get_many() call at most */
+#define RHEMA_RATE_WINDOWS_MAX 4         /* windows in one rate() call at most */
+#define RHEMA_RATE_KEY_MAX 256           /* bytes of a rate() key at most */
 
 /* features flags */
 #define RHEMA_STORAGE_SHARED (1u << 0)  /* other hosts see the same data */
@@ -147,6 +149,39 @@ static inline struct rhema_storage_value *rhema_storage_value_at(struct rhema_st
 {
     return (struct rhema_storage_value *)(void *)((char *)v + i * v->size);
 }
+
+/*
+ * Rate limiting (rate(), minor 2): the generic cell rate algorithm (GCRA),
+ * as redis-cell and throttled keep it.  A limited party (key) has, per
+ * window i, a theoretical arrival time tat[i] (unix microseconds; a key or
+ * a window never seen counts as tat = now).  A request at `now` conforms to
+ * window i when max(tat[i], now) - now <= tolerance_us[i].  It is allowed
+ * when it conforms to every window, and then, in one atomic step, each
+ * tat[i] becomes max(tat[i], now) + interval_us[i]; when it does not,
+ * nothing changes.  With tolerance = b x interval, b + 1 requests pass back
+ * to back and then one per interval.
+ */
+struct rhema_rate_window {
+    uint64_t interval_us;  /* the emission interval: window length / quota; > 0 */
+    uint64_t tolerance_us; /* how far ahead of now a tat may run and still conform */
+};
+
+struct rhema_rate_query {
+    uint32_t size; /* sizeof the struct as the caller built it */
+    const char *key; /* the limited party, 1..RHEMA_RATE_KEY_MAX bytes, any byte but NUL;
+                      * the same key must always come with the same n */
+    const struct rhema_rate_window *windows;
+    size_t n;        /* 1..RHEMA_RATE_WINDOWS_MAX */
+    int64_t now_us;  /* in: the host's clock (unix us).  A backend other hosts share may
+                      * use its own clock instead, and writes the now it used here */
+    int allowed;     /* out: 1 allowed (and counted), 0 refused (nothing changed) */
+    int64_t tat_us[RHEMA_RATE_WINDOWS_MAX]; /* out: each window's tat after the call
+                                             * (a window at rest: now_us) */
+    /* --- minor 2 ends here --- */
+};
+
+#define RHEMA_RATE_QUERY_SIZE_2                                                                    \
+    ((uint32_t)(offsetof(struct rhema_rate_query, tat_us) + sizeof(int64_t[RHEMA_RATE_WINDOWS_MAX])))
 
 /* A lease's state, filled by lease() on success and on ECONFLICT/ENOTFOUND. */
 struct rhema_lease_info {
@@ -307,6 +342,21 @@ struct rhema_storage_plugin {
     int (*get_many)(rhema_storage_conn *conn, const char *const *ns, const char *const *keys,
                     size_t n, struct rhema_storage_value *out, int *rcs);
     /* --- minor 1 ends here --- */
+
+    /*
+     * Optional (NULL: the host keeps the limits in its own memory, one limit
+     * per node).  One GCRA step for q->key, as described at struct
+     * rhema_rate_query, atomic against every other rate() on the same key
+     * from any connection (and any host, for a backend with
+     * RHEMA_STORAGE_SHARED): one round trip to a server.  The state is not
+     * data: it need not survive a restart, is invisible to get(), scan()
+     * and stats(), and a key whose every tat has passed may be forgotten
+     * (the plugin should, so idle parties cost nothing).  Returns 0 (with
+     * q->allowed and q->tat_us set), RHEMA_EINVAL for a bad key, n or
+     * interval, RHEMA_EUNAVAIL when the backend cannot answer.
+     */
+    int (*rate)(rhema_storage_conn *conn, struct rhema_rate_query *q);
+    /* --- minor 2 ends here --- */
 };
 
 /* The header of a storage vtable: .base = RHEMA_STORAGE_PLUGIN_HEADER("mine", "1.0", "..."). */
