@@ -411,16 +411,19 @@ static void *writer_main(void *arg)
         if (reopen && A.reopen_at - A.taken > limit)
             reopen = 0; /* more old records than one batch: the next round */
         A.reopen = A.reopen && !reopen;
-        struct rec *list = A.head, **end = &A.head;
+        struct rec *list = NULL, **end = &A.head;
         size_t n = 0;
         while (*end && n < limit) {
             end = &(*end)->next;
             n++;
         }
-        A.head = *end;
-        *end = NULL;
-        if (!A.head)
-            A.tail = &A.head;
+        if (n) { /* with n == 0 (a reopen first) the queue stays as it is */
+            list = A.head;
+            A.head = *end;
+            *end = NULL;
+            if (!A.head)
+                A.tail = &A.head;
+        }
         A.queued -= n;
         A.taken += n;
         int stop = A.stopping && !A.head;
