@@ -2037,11 +2037,14 @@ static int t_rate_invalid(struct suite *s)
     char key[128], big[RHEMA_RATE_KEY_MAX + 2];
     struct rhema_rate_query q;
     const struct rhema_rate_window w2[2] = {{RATE_HOUR_US, 0}, {0, 0}};
-    const struct rhema_rate_window w5[5] = {{RATE_HOUR_US, 0}, {RATE_HOUR_US, 0},
-                                            {RATE_HOUR_US, 0}, {RATE_HOUR_US, 0},
+    const struct rhema_rate_window w5[5] = {{RATE_HOUR_US, 0},
+                                            {RATE_HOUR_US, 0},
+                                            {RATE_HOUR_US, 0},
+                                            {RATE_HOUR_US, 0},
                                             {RATE_HOUR_US, 0}};
     const struct rhema_rate_window huge[2] = {{RATE_HOUR_US, 0}, {(uint64_t)1 << 51, 0}};
-    const struct rhema_rate_window wide_tol[2] = {{RATE_HOUR_US, 0}, {RATE_HOUR_US, (uint64_t)1 << 51}};
+    const struct rhema_rate_window wide_tol[2] = {{RATE_HOUR_US, 0},
+                                                  {RATE_HOUR_US, (uint64_t)1 << 51}};
     const struct rhema_rate_window ok2[2] = {{RATE_HOUR_US, 0}, {RATE_HOUR_US, 0}};
     if (rate_skipped(s))
         return T_SKIP;
@@ -2238,8 +2241,8 @@ static int t_rate_reference(struct suite *s)
         int64_t r = rhema_gcra_step(&ref, have && rest > ref.now_us ? tat : NULL);
         CHECK(q.allowed == ref.allowed && q.tat_us[0] == ref.tat_us[0] &&
                   q.tat_us[1] == ref.tat_us[1],
-              "call %d at %lld: allowed %d, tats %lld, %lld; the reference says %d, %lld, %lld",
-              i, (long long)q.now_us, q.allowed, (long long)q.tat_us[0], (long long)q.tat_us[1],
+              "call %d at %lld: allowed %d, tats %lld, %lld; the reference says %d, %lld, %lld", i,
+              (long long)q.now_us, q.allowed, (long long)q.tat_us[0], (long long)q.tat_us[1],
               ref.allowed, (long long)ref.tat_us[0], (long long)ref.tat_us[1]);
         memcpy(tat, ref.tat_us, sizeof tat);
         rest = r;
@@ -2285,7 +2288,9 @@ static void *rate_hammer(void *arg)
         pthread_mutex_lock(&r->error_lock);
         if (r->error[0] == '\0')
             snprintf(r->error, sizeof r->error, "%s: %s", rhema_strerror(rc),
-                     c != NULL ? s->vt->errmsg(c) : err ? err : "");
+                     c != NULL ? s->vt->errmsg(c)
+                     : err     ? err
+                               : "");
         pthread_mutex_unlock(&r->error_lock);
     }
     free(err);
@@ -2323,8 +2328,8 @@ static int t_rate_concurrent(struct suite *s)
         pthread_join(th[i], NULL);
     pthread_mutex_destroy(&r.error_lock);
     CHECK(started == RATE_THREADS, "could not start the threads");
-    CHECK(atomic_load(&r.errors) == 0, "%d threads failed, the first: %s",
-          atomic_load(&r.errors), r.error);
+    CHECK(atomic_load(&r.errors) == 0, "%d threads failed, the first: %s", atomic_load(&r.errors),
+          r.error);
     CHECK(atomic_load(&r.allowed) == RATE_BURST + 1,
           "%d of %d concurrent requests allowed, want exactly %d", atomic_load(&r.allowed),
           RATE_THREADS * RATE_THREAD_CALLS, RATE_BURST + 1);

@@ -212,7 +212,7 @@ enum stmt_id {
 #define RT_BASE(T) "(CASE WHEN " RT_VALID " THEN GREATEST(r." T ", " RT_NOW ") ELSE " RT_NOW " END)"
 #define RT_CONFORMS(T, TOL) "(" RT_BASE(T) " - " RT_NOW " <= " TOL ")"
 #define RT_OK                                                                                      \
-    "(" RT_CONFORMS("t0", "$4") " AND " RT_CONFORMS("t1", "$6") " AND " RT_CONFORMS(              \
+    "(" RT_CONFORMS("t0", "$4") " AND " RT_CONFORMS("t1", "$6") " AND " RT_CONFORMS(               \
         "t2", "$8") " AND " RT_CONFORMS("t3", "$10") ")"
 #define RT_NEW(T, IV) "(" RT_BASE(T) " + CASE WHEN " RT_OK " THEN " IV " ELSE 0 END)"
 #define RT_SERVER_US "(extract(epoch FROM clock_timestamp()) * 1000000)::int8"

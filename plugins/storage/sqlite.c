@@ -154,7 +154,7 @@ enum stmt_id {
 #define RT_BASE(T) "(CASE WHEN " RT_VALID " THEN max(" T ", ?3) ELSE ?3 END)"
 #define RT_CONFORMS(T, TOL) "(" RT_BASE(T) " - ?3 <= " TOL ")"
 #define RT_OK                                                                                      \
-    "(" RT_CONFORMS("t0", "?5") " AND " RT_CONFORMS("t1", "?7") " AND " RT_CONFORMS(              \
+    "(" RT_CONFORMS("t0", "?5") " AND " RT_CONFORMS("t1", "?7") " AND " RT_CONFORMS(               \
         "t2", "?9") " AND " RT_CONFORMS("t3", "?11") ")"
 #define RT_NEW(T, IV) "(" RT_BASE(T) " + CASE WHEN " RT_OK " THEN " IV " ELSE 0 END)"
 #define SCAN_SQL(BOUNDS)                                                                      \

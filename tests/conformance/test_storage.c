@@ -514,9 +514,9 @@ out:
 
 #ifdef RHEMA_HAVE_SQLITE
 #define RATE_HOUR_US 3600000000ull
-#define RATE_PROCS 3        /* processes sharing one database file */
-#define RATE_PROC_CALLS 40  /* calls each makes */
-#define RATE_PROC_BURST 9   /* tolerance in intervals: exactly 10 allowed in all */
+#define RATE_PROCS 3       /* processes sharing one database file */
+#define RATE_PROC_CALLS 40 /* calls each makes */
+#define RATE_PROC_BURST 9  /* tolerance in intervals: exactly 10 allowed in all */
 #define RATE_PURGE_CALLS 3000
 
 /* Open an instance on db and connect; 0 or a message in msg. */
@@ -558,8 +558,7 @@ static void sq_close_at(const struct rhema_storage_plugin *vt, struct rhema_conf
 }
 
 static int rate_once(const struct rhema_storage_plugin *vt, rhema_storage_conn *c, const char *key,
-                     uint64_t interval, uint64_t tolerance, int64_t now,
-                     struct rhema_rate_query *q)
+                     uint64_t interval, uint64_t tolerance, int64_t now, struct rhema_rate_query *q)
 {
     static struct rhema_rate_window w;
     w.interval_us = interval;
@@ -619,7 +618,8 @@ static void sqlite_rate_schema(const struct rhema_storage_plugin *vt)
     if (!msg[0] && sq_query(db, "SELECT count(*) FROM rhema_rate WHERE key = 'old-db'") != 1)
         snprintf(msg, sizeof msg, "the reopened database has no rhema_rate row for the key");
 out:
-    tap("sqlite", "rate: an existing database gains the table", msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+    tap("sqlite", "rate: an existing database gains the table",
+        msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
 }
 
 /*
@@ -656,8 +656,8 @@ static void sqlite_rate_processes(const struct rhema_storage_plugin *vt)
                 _exit(200);
             (void)!read(go[0], &b, 1); /* EOF when the parent closes it: all start together */
             for (k = 0; k < RATE_PROC_CALLS && rc == 0; k++) {
-                rc = rate_once(vt, c, "shared", RATE_HOUR_US, RATE_PROC_BURST * RATE_HOUR_US, 0,
-                               &q);
+                rc =
+                    rate_once(vt, c, "shared", RATE_HOUR_US, RATE_PROC_BURST * RATE_HOUR_US, 0, &q);
                 n += rc == 0 && q.allowed == 1;
             }
             if (rc != 0)
@@ -680,8 +680,8 @@ static void sqlite_rate_processes(const struct rhema_storage_plugin *vt)
         snprintf(msg, sizeof msg, "%d of %d processes started, %d failed", started, RATE_PROCS,
                  failed);
     else if (total != RATE_PROC_BURST + 1)
-        snprintf(msg, sizeof msg, "%d requests allowed across %d processes, want exactly %d",
-                 total, RATE_PROCS, RATE_PROC_BURST + 1);
+        snprintf(msg, sizeof msg, "%d requests allowed across %d processes, want exactly %d", total,
+                 RATE_PROCS, RATE_PROC_BURST + 1);
 out:
     tap("sqlite", "rate: processes sharing the file share one limit",
         msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
@@ -722,8 +722,7 @@ static void sqlite_rate_purge(const struct rhema_storage_plugin *vt)
     else if (sq_query(db, "SELECT count(*) FROM rhema_rate WHERE key = 'kept'") != 1)
         snprintf(msg, sizeof msg, "the purge deleted a key that was not at rest");
 out:
-    tap("sqlite", "rate: rows at rest are purged", msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS,
-        msg);
+    tap("sqlite", "rate: rows at rest are purged", msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
 }
 #endif /* RHEMA_HAVE_SQLITE */
 
@@ -830,8 +829,7 @@ static void redis_rate_keys(const struct rhema_storage_plugin *vt)
     snprintf(key, sizeof key, "%srate/long", prefix);
     ttl = rd_int(ctx, "PTTL", key);
     if (ttl <= 3000000 || ttl > 3600000) {
-        snprintf(msg, sizeof msg, "PTTL %s is %lld ms, want its rest instant, about 1 h", key,
-                 ttl);
+        snprintf(msg, sizeof msg, "PTTL %s is %lld ms, want its rest instant, about 1 h", key, ttl);
         goto close;
     }
     if (rd_int(ctx, "EXISTS", "rate/long") != 0) {
@@ -851,8 +849,8 @@ close:
     vt->close(inst);
     rhema_config_release(&cfg);
 out:
-    tap("redis", "rate: state under the prefix, gone at rest", msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS,
-        msg);
+    tap("redis", "rate: state under the prefix, gone at rest",
+        msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
 }
 #endif
 
@@ -915,8 +913,8 @@ static void postgres_rate_table(const struct rhema_storage_plugin *vt)
         rc = srv_rate(vt, c, key, 1, &q);
     }
     if (rc != 0)
-        snprintf(msg, sizeof msg, "rate on a schema made before rate(): %s: %s",
-                 rhema_strerror(rc), vt->errmsg(c));
+        snprintf(msg, sizeof msg, "rate on a schema made before rate(): %s: %s", rhema_strerror(rc),
+                 vt->errmsg(c));
     vt->disconnect(c);
     vt->close(inst);
     rhema_config_release(&cfg);

@@ -865,8 +865,8 @@ static void rate_passes_through(void **state)
 {
     struct fx *f = *state;
     const struct rhema_rate_window win[1] = {{3600000000ull, 3600000000ull}};
-    struct rhema_rate_query q = {.size = sizeof q, .key = "party", .windows = win, .n = 1,
-                                 .now_us = 1000000};
+    struct rhema_rate_query q = {
+        .size = sizeof q, .key = "party", .windows = win, .n = 1, .now_us = 1000000};
     struct wrapped w = wrap(f, 0, 0);
     assert_non_null(w.vt->rate);
     assert_int_equal(w.vt->rate(w.conn, &q), 0);
