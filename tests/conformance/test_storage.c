@@ -828,7 +828,8 @@ static void redis_rate_keys(const struct rhema_storage_plugin *vt)
     }
     snprintf(key, sizeof key, "%srate/long", prefix);
     ttl = rd_int(ctx, "PTTL", key);
-    if (ttl <= 3000000 || ttl > 3600000) {
+    /* PEXPIREAT rounds the rest instant up to the ms: 1 ms over, never under */
+    if (ttl <= 3000000 || ttl > 3600001) {
         snprintf(msg, sizeof msg, "PTTL %s is %lld ms, want its rest instant, about 1 h", key, ttl);
         goto close;
     }
