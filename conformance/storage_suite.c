@@ -25,6 +25,8 @@
 
 #include "storage_suite.h"
 
+#include "../plugins/common/rate_table.h" /* rhema_gcra_step(), the reference */
+
 #define T_PASS RHEMA_CONF_PASS
 #define T_FAIL RHEMA_CONF_FAIL
 #define T_SKIP RHEMA_CONF_SKIP
@@ -1975,6 +1977,394 @@ static int t_durable_reopen(struct suite *s)
     return T_PASS;
 }
 
+/* ---- rate() (storage minor 2) ---- */
+
+#define RATE_HOUR_US 3600000000ull /* an interval no test outlives: no refill */
+#define RATE_THREADS 4             /* connections hammering one key */
+#define RATE_THREAD_CALLS 40       /* calls each of them makes */
+#define RATE_BURST 9               /* tolerance of the concurrent check, in intervals */
+#define RATE_REF_CALLS 120         /* calls compared with rhema_gcra_step */
+
+/* rate() is there: the vtable reaches it (minor 2 or later) and it is set. */
+static int rate_skipped(struct suite *s)
+{
+    const size_t end = offsetof(struct rhema_storage_plugin, rate) + sizeof s->vt->rate;
+    if (s->vt->base.abi_minor < 2 || s->vt->base.size < end || s->vt->rate == NULL) {
+        snprintf(s->detail, sizeof s->detail,
+                 "rate not implemented (optional: the host keeps one limit per node)");
+        return 1;
+    }
+    return 0;
+}
+
+/* A rate() key of this run: "conf_<hex>/rate.<tag>". */
+static const char *rate_key(const struct suite *s, const char *tag, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s/rate.%s", s->base, tag);
+    return buf;
+}
+
+static int64_t host_now_us(const struct suite *s)
+{
+    return (int64_t)(s->host->realtime_ns() / 1000u);
+}
+
+/* One rate() call of key with n windows at the host's now; q is filled and returned. */
+static int rate_call(struct suite *s, rhema_storage_conn *c, const char *key,
+                     const struct rhema_rate_window *w, size_t n, int64_t now,
+                     struct rhema_rate_query *q)
+{
+    memset(q, 0, sizeof *q);
+    q->size = sizeof *q;
+    q->key = key;
+    q->windows = w;
+    q->n = n;
+    q->now_us = now != 0 ? now : host_now_us(s);
+    q->allowed = -1;
+    return s->vt->rate(c, q);
+}
+
+#define RATE(C, KEY, W, N, Q) CHECK_RC((C), 0, rate_call(s, (C), (KEY), (W), (N), 0, (Q)))
+
+/*
+ * Malformed queries are RHEMA_EINVAL and store nothing: the key they named
+ * is fresh afterwards (a window with tolerance 0 allows its first request).
+ * A query of a newer host (a larger size) works and its appended members
+ * are left alone.
+ */
+static int t_rate_invalid(struct suite *s)
+{
+    char key[128], big[RHEMA_RATE_KEY_MAX + 2];
+    struct rhema_rate_query q;
+    const struct rhema_rate_window w2[2] = {{RATE_HOUR_US, 0}, {0, 0}};
+    const struct rhema_rate_window w5[5] = {{RATE_HOUR_US, 0},
+                                            {RATE_HOUR_US, 0},
+                                            {RATE_HOUR_US, 0},
+                                            {RATE_HOUR_US, 0},
+                                            {RATE_HOUR_US, 0}};
+    const struct rhema_rate_window huge[2] = {{RATE_HOUR_US, 0}, {(uint64_t)1 << 51, 0}};
+    const struct rhema_rate_window wide_tol[2] = {{RATE_HOUR_US, 0},
+                                                  {RATE_HOUR_US, (uint64_t)1 << 51}};
+    const struct rhema_rate_window ok2[2] = {{RATE_HOUR_US, 0}, {RATE_HOUR_US, 0}};
+    if (rate_skipped(s))
+        return T_SKIP;
+    rate_key(s, "inv", key, sizeof key);
+    memset(big, 'k', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    CHECK_RC(s->c1, RHEMA_EINVAL, rate_call(s, s->c1, NULL, w2, 1, 0, &q));
+    CHECK_RC(s->c1, RHEMA_EINVAL, rate_call(s, s->c1, "", w2, 1, 0, &q));
+    CHECK_RC(s->c1, RHEMA_EINVAL, rate_call(s, s->c1, big, w2, 1, 0, &q));
+    CHECK_RC(s->c1, RHEMA_EINVAL, rate_call(s, s->c1, key, w2, 0, 0, &q));
+    CHECK_RC(s->c1, RHEMA_EINVAL, rate_call(s, s->c1, key, w5, 5, 0, &q));
+    CHECK_RC(s->c1, RHEMA_EINVAL, rate_call(s, s->c1, key, NULL, 1, 0, &q));
+    CHECK_RC(s->c1, RHEMA_EINVAL, rate_call(s, s->c1, key, w2, 2, 0, &q)); /* interval 0 */
+    CHECK_RC(s->c1, RHEMA_EINVAL, rate_call(s, s->c1, key, huge, 2, 0, &q));
+    CHECK_RC(s->c1, RHEMA_EINVAL, rate_call(s, s->c1, key, wide_tol, 2, 0, &q));
+    CHECK_RC(s->c1, RHEMA_EINVAL, rate_call(s, s->c1, key, ok2, 2, -1, &q)); /* now < 0 */
+    memset(&q, 0, sizeof q);
+    q.size = RHEMA_RATE_QUERY_SIZE_2 - 1;
+    q.key = key;
+    q.windows = ok2;
+    q.n = 2;
+    q.now_us = host_now_us(s);
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->rate(s->c1, &q));
+    CHECK(s->vt->errmsg(s->c1)[0] != '\0', "no errmsg after RHEMA_EINVAL");
+    /* nothing of the above was stored: both windows allow their first request */
+    struct {
+        struct rhema_rate_query q;
+        uint64_t later[2];
+    } wide;
+    memset(&wide, 0, sizeof wide);
+    wide.q.size = sizeof wide;
+    wide.q.key = key;
+    wide.q.windows = ok2;
+    wide.q.n = 2;
+    wide.q.now_us = host_now_us(s);
+    wide.later[0] = wide.later[1] = 0x5a5a5a5a5a5a5a5aull;
+    CHECK_RC(s->c2, 0, s->vt->rate(s->c2, &wide.q));
+    CHECK(wide.q.allowed == 1, "the first request after refused queries was refused: a "
+                               "malformed query changed the state");
+    CHECK(wide.q.tat_us[0] == wide.q.now_us + (int64_t)RATE_HOUR_US &&
+              wide.q.tat_us[1] == wide.q.now_us + (int64_t)RATE_HOUR_US,
+          "tats %lld, %lld after a first request at %lld, want now + 1 h",
+          (long long)wide.q.tat_us[0], (long long)wide.q.tat_us[1], (long long)wide.q.now_us);
+    CHECK(wide.later[0] == 0x5a5a5a5a5a5a5a5aull && wide.later[1] == 0x5a5a5a5a5a5a5a5aull,
+          "the members after the query of a newer host were overwritten");
+    CHECK_RC(s->c2, 0, rate_call(s, s->c2, key, ok2, 2, 0, &q));
+    CHECK(q.allowed == 0, "a second request with tolerance 0 and a 1 h interval was allowed");
+    return T_PASS;
+}
+
+/*
+ * Tolerance b x interval: b + 1 requests pass back to back, exactly, each
+ * moving tat one interval on, and then refusals that change nothing.
+ */
+static int t_rate_burst(struct suite *s)
+{
+    char key[128];
+    const int64_t iv = (int64_t)RATE_HOUR_US;
+    const struct rhema_rate_window w[1] = {{RATE_HOUR_US, 3 * RATE_HOUR_US}};
+    struct rhema_rate_query q;
+    int64_t first = 0;
+    int i;
+    if (rate_skipped(s))
+        return T_SKIP;
+    rate_key(s, "burst", key, sizeof key);
+    for (i = 0; i < 4; i++) {
+        RATE(i % 2 ? s->c2 : s->c1, key, w, 1, &q);
+        if (i == 0)
+            first = q.now_us;
+        CHECK(q.allowed == 1, "request %d of a burst of 4 (tolerance 3 intervals) refused", i + 1);
+        CHECK(q.tat_us[0] == first + (i + 1) * iv,
+              "after request %d: tat %lld, want the first now %lld + %d h", i + 1,
+              (long long)q.tat_us[0], (long long)first, i + 1);
+    }
+    for (i = 0; i < 3; i++) {
+        RATE(i % 2 ? s->c2 : s->c1, key, w, 1, &q);
+        CHECK(q.allowed == 0, "request %d after a burst of 4 allowed", 5 + i);
+        CHECK(q.tat_us[0] == first + 4 * iv,
+              "a refusal changed tat: %lld, want %lld (it must change nothing)",
+              (long long)q.tat_us[0], (long long)(first + 4 * iv));
+    }
+    return T_PASS;
+}
+
+/*
+ * Several windows are all or nothing: a request one window refuses does
+ * not consume the others, whichever position the refusing window has.
+ */
+static int t_rate_windows(struct suite *s)
+{
+    char key[128];
+    const int64_t iv = (int64_t)RATE_HOUR_US;
+    /* the strict window (1 + 1 requests) second, then first */
+    const struct rhema_rate_window loose_strict[3] = {
+        {RATE_HOUR_US, 3 * RATE_HOUR_US}, {RATE_HOUR_US, RATE_HOUR_US}, {1000, 1000000}};
+    const struct rhema_rate_window strict_loose[2] = {{RATE_HOUR_US, RATE_HOUR_US},
+                                                      {RATE_HOUR_US, 3 * RATE_HOUR_US}};
+    struct rhema_rate_query q;
+    int64_t first = 0, t0, t1, t2;
+    int i;
+    if (rate_skipped(s))
+        return T_SKIP;
+    rate_key(s, "win3", key, sizeof key);
+    for (i = 0; i < 2; i++) {
+        RATE(s->c1, key, loose_strict, 3, &q);
+        if (i == 0)
+            first = q.now_us;
+        CHECK(q.allowed == 1, "request %d refused; both windows allow 2", i + 1);
+    }
+    CHECK(q.tat_us[0] == first + 2 * iv && q.tat_us[1] == first + 2 * iv,
+          "after 2 requests: tats %lld, %lld, want %lld for both", (long long)q.tat_us[0],
+          (long long)q.tat_us[1], (long long)(first + 2 * iv));
+    t0 = q.tat_us[0], t1 = q.tat_us[1], t2 = q.tat_us[2];
+    for (i = 0; i < 3; i++) {
+        RATE(s->c2, key, loose_strict, 3, &q);
+        CHECK(q.allowed == 0, "request %d allowed past the strict window", 3 + i);
+        CHECK(q.tat_us[0] == t0 && q.tat_us[1] == t1,
+              "the refusal by window 1 changed tats: %lld, %lld, want %lld, %lld",
+              (long long)q.tat_us[0], (long long)q.tat_us[1], (long long)t0, (long long)t1);
+        CHECK(q.tat_us[2] == (t2 > q.now_us ? t2 : q.now_us),
+              "the third window's tat %lld after a refusal, want max(%lld, now %lld)",
+              (long long)q.tat_us[2], (long long)t2, (long long)q.now_us);
+    }
+    rate_key(s, "win2", key, sizeof key);
+    for (i = 0; i < 2; i++) {
+        RATE(s->c1, key, strict_loose, 2, &q);
+        if (i == 0)
+            first = q.now_us;
+        CHECK(q.allowed == 1, "request %d refused; both windows allow 2", i + 1);
+    }
+    RATE(s->c2, key, strict_loose, 2, &q);
+    CHECK(q.allowed == 0 && q.tat_us[0] == first + 2 * iv && q.tat_us[1] == first + 2 * iv,
+          "the refusal by window 0: allowed %d, tats %lld, %lld, want 0, %lld, %lld", q.allowed,
+          (long long)q.tat_us[0], (long long)q.tat_us[1], (long long)(first + 2 * iv),
+          (long long)(first + 2 * iv));
+    return T_PASS;
+}
+
+/* The same key with another number of windows is another party: it starts fresh. */
+static int t_rate_new_n(struct suite *s)
+{
+    char key[128];
+    const struct rhema_rate_window w[2] = {{RATE_HOUR_US, 0}, {RATE_HOUR_US, 0}};
+    struct rhema_rate_query q;
+    if (rate_skipped(s))
+        return T_SKIP;
+    rate_key(s, "n", key, sizeof key);
+    RATE(s->c1, key, w, 1, &q);
+    CHECK(q.allowed == 1, "the first request (n = 1) refused");
+    RATE(s->c1, key, w, 1, &q);
+    CHECK(q.allowed == 0, "the second request (n = 1, tolerance 0) allowed");
+    RATE(s->c2, key, w, 2, &q);
+    CHECK(q.allowed == 1 && q.tat_us[0] == q.now_us + (int64_t)RATE_HOUR_US &&
+              q.tat_us[1] == q.now_us + (int64_t)RATE_HOUR_US,
+          "n = 2 after n = 1: allowed %d, tats %lld, %lld at now %lld (want a fresh start)",
+          q.allowed, (long long)q.tat_us[0], (long long)q.tat_us[1], (long long)q.now_us);
+    RATE(s->c2, key, w, 2, &q);
+    CHECK(q.allowed == 0, "the second request (n = 2, tolerance 0) allowed");
+    RATE(s->c1, key, w, 1, &q);
+    CHECK(q.allowed == 1 && q.tat_us[0] == q.now_us + (int64_t)RATE_HOUR_US,
+          "n = 1 again after n = 2: allowed %d (want a fresh start)", q.allowed);
+    return T_PASS;
+}
+
+/*
+ * A sequence of calls agrees with rhema_gcra_step, the reference, fed the
+ * now each call used (the host's, or the backend's own clock when it has
+ * one and says so in now_us).  The host's now advances by irregular steps
+ * of a few ms, so refills happen between calls even on a fast machine.
+ */
+static int t_rate_reference(struct suite *s)
+{
+    char key[128];
+    const struct rhema_rate_window w[2] = {{10000, 25000}, {40000, 40000}};
+    struct rhema_rate_query q, ref;
+    int64_t tat[RHEMA_RATE_WINDOWS_MAX], rest = 0, now;
+    unsigned x = 12345;
+    int i, have = 0, allowed = 0, refused = 0;
+    if (rate_skipped(s))
+        return T_SKIP;
+    rate_key(s, "ref", key, sizeof key);
+    now = host_now_us(s);
+    for (i = 0; i < RATE_REF_CALLS; i++) {
+        x = x * 1103515245u + 12345u;
+        now += (int64_t)((x >> 16) % 7) * 1500; /* 0 .. 9 ms */
+        rhema_storage_conn *c = i % 3 ? s->c1 : s->c2;
+        CHECK_RC(c, 0, rate_call(s, c, key, w, 2, now, &q));
+        memset(&ref, 0, sizeof ref);
+        ref.size = sizeof ref;
+        ref.key = key;
+        ref.windows = w;
+        ref.n = 2;
+        ref.now_us = q.now_us;
+        int64_t r = rhema_gcra_step(&ref, have && rest > ref.now_us ? tat : NULL);
+        CHECK(q.allowed == ref.allowed && q.tat_us[0] == ref.tat_us[0] &&
+                  q.tat_us[1] == ref.tat_us[1],
+              "call %d at %lld: allowed %d, tats %lld, %lld; the reference says %d, %lld, %lld", i,
+              (long long)q.now_us, q.allowed, (long long)q.tat_us[0], (long long)q.tat_us[1],
+              ref.allowed, (long long)ref.tat_us[0], (long long)ref.tat_us[1]);
+        memcpy(tat, ref.tat_us, sizeof tat);
+        rest = r;
+        have = 1;
+        if (q.allowed)
+            allowed++;
+        else
+            refused++;
+    }
+    CHECK(allowed > 0 && refused > 0, "%d allowed, %d refused: the sequence tested too little",
+          allowed, refused);
+    return T_PASS;
+}
+
+struct rate_race {
+    struct suite *s;
+    const char *key;
+    atomic_int go, allowed, errors;
+    char error[256];
+    pthread_mutex_t error_lock;
+};
+
+static void *rate_hammer(void *arg)
+{
+    struct rate_race *r = arg;
+    struct suite *s = r->s;
+    const struct rhema_rate_window w[1] = {{RATE_HOUR_US, RATE_BURST * RATE_HOUR_US}};
+    rhema_storage_conn *c = NULL;
+    char *err = NULL;
+    int i, rc = s->vt->connect(s->inst, &c, &err);
+    while (atomic_load(&r->go) == 0)
+        sched_yield();
+    for (i = 0; rc == 0 && i < RATE_THREAD_CALLS; i++) {
+        struct rhema_rate_query q;
+        rc = rate_call(s, c, r->key, w, 1, 0, &q);
+        if (rc == 0 && q.allowed == 1)
+            atomic_fetch_add(&r->allowed, 1);
+        else if (rc == 0 && q.allowed != 0)
+            rc = RHEMA_EIO;
+    }
+    if (rc != 0) {
+        atomic_fetch_add(&r->errors, 1);
+        pthread_mutex_lock(&r->error_lock);
+        if (r->error[0] == '\0')
+            snprintf(r->error, sizeof r->error, "%s: %s", rhema_strerror(rc),
+                     c != NULL ? s->vt->errmsg(c)
+                     : err     ? err
+                               : "");
+        pthread_mutex_unlock(&r->error_lock);
+    }
+    free(err);
+    if (c != NULL)
+        s->vt->disconnect(c);
+    return NULL;
+}
+
+/*
+ * RATE_THREADS connections at once on one key with tolerance RATE_BURST
+ * intervals (of an hour: nothing refills): exactly RATE_BURST + 1 of all
+ * their requests are allowed -- each step is atomic.
+ */
+static int t_rate_concurrent(struct suite *s)
+{
+    char key[128];
+    struct rate_race r;
+    pthread_t th[RATE_THREADS];
+    struct rhema_rate_query q;
+    const struct rhema_rate_window w[1] = {{RATE_HOUR_US, RATE_BURST * RATE_HOUR_US}};
+    int i, started = 0;
+    if (rate_skipped(s))
+        return T_SKIP;
+    memset(&r, 0, sizeof r);
+    pthread_mutex_init(&r.error_lock, NULL);
+    r.s = s;
+    r.key = rate_key(s, "race", key, sizeof key);
+    for (i = 0; i < RATE_THREADS; i++) {
+        if (pthread_create(&th[i], NULL, rate_hammer, &r) != 0)
+            break;
+        started++;
+    }
+    atomic_store(&r.go, 1);
+    for (i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    pthread_mutex_destroy(&r.error_lock);
+    CHECK(started == RATE_THREADS, "could not start the threads");
+    CHECK(atomic_load(&r.errors) == 0, "%d threads failed, the first: %s", atomic_load(&r.errors),
+          r.error);
+    CHECK(atomic_load(&r.allowed) == RATE_BURST + 1,
+          "%d of %d concurrent requests allowed, want exactly %d", atomic_load(&r.allowed),
+          RATE_THREADS * RATE_THREAD_CALLS, RATE_BURST + 1);
+    RATE(s->c1, key, w, 1, &q);
+    CHECK(q.allowed == 0, "allowed after the race");
+    return T_PASS;
+}
+
+/*
+ * Refill: with a 50 ms interval and no tolerance, a key is allowed again
+ * once its tat has passed.  Only "allowed after waiting long enough" is
+ * asserted: never a refusal that a slow machine could turn into a pass.
+ */
+static int t_rate_refill(struct suite *s)
+{
+    char key[128];
+    const struct rhema_rate_window w[1] = {{50000, 0}};
+    struct rhema_rate_query q;
+    int i;
+    if (rate_skipped(s))
+        return T_SKIP;
+    rate_key(s, "refill", key, sizeof key);
+    RATE(s->c1, key, w, 1, &q);
+    CHECK(q.allowed == 1, "the first request refused");
+    for (i = 0; i < 20 && q.allowed; i++) /* until refused, on a fast machine */
+        RATE(s->c1, key, w, 1, &q);
+    /* every tat now is at most the last call's now + 50 ms */
+    sleep_ms(120);
+    RATE(s->c2, key, w, 1, &q);
+    CHECK(q.allowed == 1, "refused 120 ms after the last request, with a 50 ms interval");
+    CHECK(q.tat_us[0] == q.now_us + 50000, "tat %lld after a refill at %lld, want now + 50 ms",
+          (long long)q.tat_us[0], (long long)q.now_us);
+    return T_PASS;
+}
+
 static int t_cleanup(struct suite *s)
 {
     size_t i;
@@ -2240,6 +2630,13 @@ static const struct check checks[] = {
     {"lease_invalid_args", t_lease_invalid},
     {"lease_contention", t_lease_contention},
     {"concurrent_writers", t_concurrent_writers},
+    {"rate_invalid_args", t_rate_invalid},
+    {"rate_burst_exact", t_rate_burst},
+    {"rate_windows_all_or_nothing", t_rate_windows},
+    {"rate_other_n_starts_fresh", t_rate_new_n},
+    {"rate_matches_reference", t_rate_reference},
+    {"rate_concurrent_exact", t_rate_concurrent},
+    {"rate_refill", t_rate_refill},
     {"backup", t_backup},
     {"backup_restore", t_backup_restore},
     {"durable_reopen", t_durable_reopen},

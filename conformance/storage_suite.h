@@ -13,7 +13,12 @@
  * shared backend that already holds data, deletes what it wrote, and
  * closes the instance.  A plugin whose features lack TTL or LEASES gets
  * those checks reported as skipped; one with DURABLE is also closed and
- * reopened to check that data, versions and lease epochs survive.
+ * reopened to check that data, versions and lease epochs survive.  The
+ * rate_* checks (storage minor 2; skipped when rate is NULL) use keys
+ * "conf_<hex>/rate.*", compare rate() with rhema_gcra_step() and hammer one
+ * key from four connections; rate state cannot be deleted through the
+ * vtable, so those keys stay until the backend forgets them at rest (up to
+ * ten hours of their one-hour intervals).
  *
  * When the plugin has both backup() and restore(), the backup_restore check
  * restores a snapshot it took a moment earlier: restore() replaces the

@@ -491,6 +491,14 @@ static const char *w_errmsg(rhema_storage_conn *conn)
     return c->msg[0] ? c->msg : c->a->real->errmsg(c->real);
 }
 
+/* Rate states are not values: nothing to encode, straight to the real plugin. */
+static int w_rate(rhema_storage_conn *conn, struct rhema_rate_query *q)
+{
+    struct atrest_conn *c = CONN(conn);
+    c->msg[0] = '\0';
+    return c->a->real->rate(c->real, q);
+}
+
 static int w_backup(rhema_storage_conn *conn, const char *path, char **err)
 {
     struct atrest_conn *c = CONN(conn);
@@ -565,6 +573,7 @@ int rhema_atrest_wrap(const struct rhema_storage_plugin *real, rhema_storage_ins
     a->vt.group = real->group ? w_group : NULL;      /* NULL: the host batches one by one */
     a->vt.restore = real->restore ? w_restore : NULL;
     a->vt.get_many = real->get_many ? w_get_many : NULL;
+    a->vt.rate = real->rate ? w_rate : NULL; /* NULL: the host's per-node limits */
     *out = a;
     return 0;
 }

@@ -23,11 +23,12 @@ const char *rhema_rate_query_invalid(const struct rhema_rate_query *q)
     if (q->n < 1 || q->n > RHEMA_RATE_WINDOWS_MAX || !q->windows)
         return "rate: 1..4 windows";
     for (size_t i = 0; i < q->n; i++)
-        if (q->windows[i].interval_us == 0 || q->windows[i].interval_us > INT64_MAX / 4 ||
-            q->windows[i].tolerance_us > INT64_MAX / 4)
-            return "rate: a window's interval must be positive (and both below 2^61 us)";
-    if (q->now_us < 0 || q->now_us > INT64_MAX / 4)
-        return "rate: now is out of range";
+        if (q->windows[i].interval_us == 0 || q->windows[i].interval_us > RHEMA_RATE_SPAN_MAX ||
+            q->windows[i].tolerance_us > RHEMA_RATE_SPAN_MAX)
+            return "rate: a window's interval must be 1..2^50 us and its tolerance 0..2^50 us "
+                   "(about 35 years)";
+    if (q->now_us < 0 || q->now_us > RHEMA_RATE_NOW_MAX)
+        return "rate: now is out of range (0..2^52 us)";
     return NULL;
 }
 

@@ -17,6 +17,16 @@
 
 #include <rhema/storage.h>
 
+/*
+ * The largest interval and tolerance (2^50 us, about 35 years) and now
+ * (2^52 us, the year 2112) a query may carry.  Every tat then stays below
+ * now + tolerance + interval < 2^53: exact in a double, which is what the
+ * Redis plugin's Lua script computes with, and far from int64 overflow in
+ * C and SQL.  Every backend refuses the same queries (RHEMA_EINVAL).
+ */
+#define RHEMA_RATE_SPAN_MAX ((uint64_t)1 << 50)
+#define RHEMA_RATE_NOW_MAX ((int64_t)1 << 52)
+
 /* Why q is malformed (a size below RHEMA_RATE_QUERY_SIZE_2, a bad key, n or interval), or NULL. */
 const char *rhema_rate_query_invalid(const struct rhema_rate_query *q);
 
@@ -42,7 +52,7 @@ void rhema_rate_table_free(struct rhema_rate_table *t);
 int rhema_rate_table_apply(struct rhema_rate_table *t, struct rhema_rate_query *q,
                            const char **why);
 
-/* Live keys in the table (tests). */
+/* Keys the table holds, including keys at rest not yet swept (tests). */
 size_t rhema_rate_table_count(struct rhema_rate_table *t);
 
 #endif /* RHEMA_PLUGIN_RATE_TABLE_H */

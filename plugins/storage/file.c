@@ -92,6 +92,14 @@
  * interrupted (each step is a rename that can be redone) and removes a
  * "+restore" that was never committed.
  *
+ * rate() keeps its GCRA states in memory, in a rhema_rate_table of the
+ * instance (../common/rate_table.c), never on disk: the backend is not
+ * SHARED, the state is not data (storage.h) and need not survive a
+ * restart, and a file write per limited request would cost an fsync.  So
+ * two processes sharing a directory each keep their own limits, like two
+ * nodes without a shared backend.  At most RATE_MAX_KEYS parties are kept
+ * (past that the one that rests first is forgotten).
+ *
  * Errors: I/O failures (ENOSPC included) are RHEMA_EIO with the system's
  * message, a malformed file RHEMA_ECORRUPT.
  */
@@ -111,6 +119,7 @@
 
 #include <rhema/storage.h>
 
+#include "../common/rate_table.h"
 #include "../common/storage_check.h"
 
 #define PLUGIN_NAME "file"
@@ -131,6 +140,7 @@
 #define MAX_SLOTS 1000       /* hash collisions tolerated per name */
 #define PURGE_EVERY 64u      /* write transactions between two purges */
 #define PURGE_VISIT 256u     /* index entries a purge visits at most */
+#define RATE_MAX_KEYS ((size_t)1 << 20) /* rate() parties kept at most */
 #define SCAN_CHUNK_ENTRIES 128u
 #define SCAN_CHUNK_BYTES (1u << 20)
 
@@ -173,6 +183,8 @@ struct rhema_storage_instance {
     uint64_t max_version; /* highest version seen by the last reload */
     unsigned txns;        /* write transactions, for the purge */
     size_t purge_ns, purge_pos;
+
+    struct rhema_rate_table *rate; /* rate(): in memory, its own lock */
 };
 
 struct fl_op {
@@ -1410,6 +1422,7 @@ static void instance_free(rhema_storage_instance *in)
     if (in->rootfd >= 0)
         close(in->rootfd);
     pthread_mutex_destroy(&in->mu);
+    rhema_rate_table_free(in->rate);
     free(in->dir);
     free(in);
 }
@@ -1510,7 +1523,8 @@ static int fl_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
         return host->set_error(err, RHEMA_ENOMEM, "file: cannot create a mutex");
     }
     in->dir = strdup(dir);
-    if (in->dir == NULL) {
+    in->rate = rhema_rate_table_new(RATE_MAX_KEYS);
+    if (in->dir == NULL || in->rate == NULL) {
         rc = host->set_error(err, RHEMA_ENOMEM, "file: out of memory");
         goto fail;
     }
@@ -3051,6 +3065,18 @@ static int fl_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g
     return rc;
 }
 
+/* One GCRA step in the instance's in-memory table (see the top of the file). */
+static int fl_rate(rhema_storage_conn *c, struct rhema_rate_query *q)
+{
+    const char *why = NULL;
+    int rc = rhema_rate_table_apply(c->in->rate, q, &why);
+    if (rc == RHEMA_EINVAL)
+        conn_error(c, "%s", why);
+    else if (rc != 0)
+        conn_error(c, "rate: out of memory");
+    return rc;
+}
+
 static const struct rhema_storage_plugin file_plugin = {
     .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
                                         "one directory, a file per entry (durable, one host)"),
@@ -3071,6 +3097,7 @@ static const struct rhema_storage_plugin file_plugin = {
     .backup = fl_backup,
     .group = fl_group_strided,
     .restore = fl_restore,
+    .rate = fl_rate,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

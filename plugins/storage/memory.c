@@ -45,6 +45,12 @@
  * cannot fail half way.  TTLs restart from the time they had left.  The
  * memory backend lives in one process: a restore only means something
  * inside that process (the conformance suite, an embedding program).
+ *
+ * rate() keeps its GCRA states in a rhema_rate_table of the instance
+ * (../common/rate_table.c): one mutex, keys at rest swept as the table
+ * grows, at most RATE_MAX_KEYS keys (past that the one that rests first is
+ * forgotten).  They are not data: backup, restore, scan and stats never
+ * see them.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -58,6 +64,7 @@
 
 #include <rhema/storage.h>
 
+#include "../common/rate_table.h"
 #include "../common/storage_check.h"
 
 #define PLUGIN_NAME "memory"
@@ -67,6 +74,7 @@
 #define SCAN_CHUNK_ENTRIES 128u
 #define SCAN_CHUNK_BYTES (1u << 20)
 #define MEM_ERRMSG_MAX 256
+#define RATE_MAX_KEYS ((size_t)1 << 20) /* rate() parties kept at most */
 
 struct mem_node {
     char *ns;  /* ns and key share one allocation: "ns\0key\0" */
@@ -102,6 +110,8 @@ struct rhema_storage_instance {
     pthread_mutex_t lease_lock;
     struct mem_lease *leases;
     size_t n_leases, cap_leases;
+
+    struct rhema_rate_table *rate; /* rate(): its own lock */
 };
 
 struct scan_item {
@@ -331,6 +341,13 @@ static int mem_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
         free(in);
         return host->set_error(err, RHEMA_ENOMEM, "memory: cannot create a lock");
     }
+    if ((in->rate = rhema_rate_table_new(RATE_MAX_KEYS)) == NULL) {
+        pthread_mutex_destroy(&in->lease_lock);
+        pthread_rwlock_destroy(&in->lock);
+        free(in->head);
+        free(in);
+        return host->set_error(err, RHEMA_ENOMEM, "memory: out of memory");
+    }
     in->host = host;
     in->level = 1;
     in->rng = (host->monotonic_ns() ^ (uint64_t)(uintptr_t)in) | 1u;
@@ -353,6 +370,7 @@ static void mem_close(rhema_storage_instance *in)
     for (i = 0; i < in->n_leases; i++)
         free(in->leases[i].name);
     free(in->leases);
+    rhema_rate_table_free(in->rate);
     pthread_mutex_destroy(&in->lease_lock);
     pthread_rwlock_destroy(&in->lock);
     free(in);
@@ -1474,6 +1492,18 @@ static int mem_batch_strided(rhema_storage_conn *c, struct rhema_storage_write *
     return rc;
 }
 
+/* One GCRA step in the instance's table (storage.h, rate()). */
+static int mem_rate(rhema_storage_conn *c, struct rhema_rate_query *q)
+{
+    const char *why = NULL;
+    int rc = rhema_rate_table_apply(c->inst->rate, q, &why);
+    if (rc == RHEMA_EINVAL)
+        conn_error(c, "%s", why);
+    else if (rc != 0)
+        conn_error(c, "rate: out of memory");
+    return rc;
+}
+
 static const struct rhema_storage_plugin memory_plugin = {
     .base =
         RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0", "in-process ordered map (not durable)"),
@@ -1493,6 +1523,7 @@ static const struct rhema_storage_plugin memory_plugin = {
     .errmsg = mem_errmsg,
     .backup = mem_backup,
     .restore = mem_restore,
+    .rate = mem_rate,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

@@ -24,6 +24,20 @@
  *          expires_at timestamptz NULL)
  *       a released or expired lease keeps its row (holder ''), so the epoch
  *       of a name only grows, across releases, expiry and restarts.
+ *   rate(key bytea PRIMARY KEY, n, t0, t1, t2, t3, rest, at, ok bigint)
+ *       rate()'s GCRA state: the number of windows, their tats (unix us,
+ *       the server's clock; t[n..3] unused), the instant after which every
+ *       tat has passed, the now of the last step and whether it allowed
+ *       (what RETURNING reports).  Not data: backup() and restore() leave
+ *       it out.  An index on rest keeps the purge of rows at rest cheap.
+ *       UNLOGGED: a step writes no WAL, so its commit waits for no WAL
+ *       flush (about 100 us a step instead of 500 on a local server with
+ *       fsync on); the price is that a server crash empties the table and
+ *       a streaming standby does not have it, so after a crash or a
+ *       failover every party starts with a fresh allowance -- acceptable
+ *       for state that is not data (storage.h).
+ *       CREATE ... IF NOT EXISTS at every open, so a schema made before
+ *       rate() gains it (schema_version stays 1).
  * open() creates it in one transaction that first takes
  * pg_advisory_xact_lock(hashtext('rhema.schema:' || schema)), so nodes that
  * start together do not race, and refuses a schema_version it does not know.
@@ -55,6 +69,16 @@
  *
  * Time: TTLs and leases use the server's now(); the host's clock is never
  * compared with it.
+ *
+ * rate() is one statement in autocommit (ST_RATE): INSERT ... ON CONFLICT
+ * (key) DO UPDATE whose SET expressions are rhema_gcra_step()
+ * (../common/rate_table.c) in SQL, RETURNING the outcome.  The row lock
+ * of the conflicting row makes concurrent steps of one key, from any node,
+ * run one after the other, each on the row the previous one wrote.  Its now
+ * is the server's clock_timestamp(), read once per statement, so every node
+ * of a cluster counts on one clock; it is written back into q->now_us.
+ * Every RATE_PURGE_EVERY calls a connection deletes up to RATE_PURGE_LIMIT
+ * rows at rest (SKIP LOCKED: never waiting for a step).
  *
  * Faults: a connection that breaks, or a server that cannot be reached,
  * makes the call return RHEMA_EUNAVAIL with the reason in errmsg().  The
@@ -88,6 +112,7 @@
 
 #include <rhema/storage.h>
 
+#include "../common/rate_table.h"
 #include "../common/storage_check.h"
 
 #define PLUGIN_NAME "postgres"
@@ -97,7 +122,9 @@
 #define BACKOFF_MAX_MS 2000u
 #define PURGE_EVERY 64u   /* writes between two purges of expired rows */
 #define PURGE_LIMIT "256" /* rows a purge deletes at most */
-#define MAX_PARAMS 6
+#define MAX_PARAMS 10
+#define RATE_PURGE_EVERY 1024u  /* rate() calls of a connection between two purges */
+#define RATE_PURGE_LIMIT "4096" /* rows at rest a purge deletes at most: > RATE_PURGE_EVERY */
 #define IDLE_CHECK_MS 5u /* a connection used this recently is not polled before a call */
 #define VALUE_MAX ((size_t)0x3fffffff) /* bytea holds at most 1 GiB */
 #define TTL_MAX_MS 10000000000000ull   /* ~317 years: longer TTLs saturate */
@@ -137,6 +164,8 @@ enum stmt_id {
     ST_LEASE_RENEW,
     ST_LEASE_RELEASE,
     ST_HEALTH,
+    ST_RATE,
+    ST_RATE_PURGE,
     ST__COUNT
 };
 
@@ -176,6 +205,23 @@ enum stmt_id {
 #define LEASE_STATE                                                                                \
     "l.holder, l.epoch, CASE WHEN " HELD " THEN "                                                  \
     "ceil(extract(epoch FROM l.expires_at - now()) * 1000)::int8 ELSE 0 END"
+
+/*
+ * rate(): $1 key, $2 n, then interval and tolerance of each of the 4
+ * windows ($3 $4, $5 $6, $7 $8, $9 $10); a window past n gets interval 0
+ * and the largest tolerance, so it always conforms and never moves.  The
+ * proposed row (EXCLUDED) carries now in `at`; r is the stored row, which
+ * counts as absent (every tat = now) when it has another n or is at rest.
+ */
+#define RT_NOW "EXCLUDED.at"
+#define RT_VALID "(r.n = $2 AND r.rest > " RT_NOW ")"
+#define RT_BASE(T) "(CASE WHEN " RT_VALID " THEN GREATEST(r." T ", " RT_NOW ") ELSE " RT_NOW " END)"
+#define RT_CONFORMS(T, TOL) "(" RT_BASE(T) " - " RT_NOW " <= " TOL ")"
+#define RT_OK                                                                                      \
+    "(" RT_CONFORMS("t0", "$4") " AND " RT_CONFORMS("t1", "$6") " AND " RT_CONFORMS(               \
+        "t2", "$8") " AND " RT_CONFORMS("t3", "$10") ")"
+#define RT_NEW(T, IV) "(" RT_BASE(T) " + CASE WHEN " RT_OK " THEN " IV " ELSE 0 END)"
+#define RT_SERVER_US "(extract(epoch FROM clock_timestamp()) * 1000000)::int8"
 
 struct stmt_def {
     const char *sql;
@@ -262,6 +308,27 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
                           "RETURNING " LEASE_STATE,
                           "bb"},
     [ST_HEALTH] = {"SELECT 1", ""},
+    /*
+     * -> (allowed 0/1, t0, t1, t2, t3, now).  A key never seen (or
+     * purged) is always allowed: tats now + interval.
+     */
+    [ST_RATE] = {"WITH c AS (SELECT " RT_SERVER_US " AS now) "
+                 "INSERT INTO @.rate AS r (key, n, t0, t1, t2, t3, rest, at, ok) "
+                 "SELECT $1, $2, c.now + $3, c.now + $5, c.now + $7, c.now + $9, "
+                 "GREATEST(c.now + $3, c.now + $5, c.now + $7, c.now + $9), c.now, 1 FROM c "
+                 "ON CONFLICT (key) DO UPDATE SET n = EXCLUDED.n, "
+                 "t0 = " RT_NEW("t0", "$3") ", t1 = " RT_NEW("t1", "$5") ", "
+                 "t2 = " RT_NEW("t2", "$7") ", t3 = " RT_NEW("t3", "$9") ", "
+                 "rest = GREATEST(" RT_NOW ", " RT_NEW("t0", "$3") ", " RT_NEW("t1", "$5") ", "
+                 RT_NEW("t2", "$7") ", " RT_NEW("t3", "$9") "), at = " RT_NOW ", "
+                 "ok = CASE WHEN " RT_OK " THEN 1 ELSE 0 END "
+                 "RETURNING r.ok, r.t0, r.t1, r.t2, r.t3, r.at",
+                 "biiiiiiiii"},
+    /* SKIP LOCKED: never waits for, nor blocks, a step */
+    [ST_RATE_PURGE] = {"DELETE FROM @.rate WHERE rest <= " RT_SERVER_US " AND key IN (SELECT key "
+                       "FROM @.rate WHERE rest <= " RT_SERVER_US " LIMIT " RATE_PURGE_LIMIT
+                       " FOR UPDATE SKIP LOCKED)",
+                       ""},
 };
 
 /* The tables, created by open() and repeated at the head of a backup. */
@@ -274,7 +341,11 @@ static const char schema_ddl[] =
     " PRIMARY KEY (ns, key));\n"
     "CREATE INDEX IF NOT EXISTS kv_expires ON @.kv (expires_at) WHERE expires_at IS NOT NULL;\n"
     "CREATE TABLE IF NOT EXISTS @.leases (name bytea PRIMARY KEY, holder bytea NOT NULL,"
-    " epoch bigint NOT NULL, expires_at timestamptz);\n";
+    " epoch bigint NOT NULL, expires_at timestamptz);\n"
+    "CREATE UNLOGGED TABLE IF NOT EXISTS @.rate (key bytea PRIMARY KEY, n bigint NOT NULL,"
+    " t0 bigint NOT NULL, t1 bigint NOT NULL, t2 bigint NOT NULL, t3 bigint NOT NULL,"
+    " rest bigint NOT NULL, at bigint NOT NULL, ok bigint NOT NULL);\n"
+    "CREATE INDEX IF NOT EXISTS rate_rest ON @.rate (rest);\n";
 /* clang-format on */
 
 struct rhema_storage_instance {
@@ -307,6 +378,7 @@ struct rhema_storage_conn {
     size_t held_n, held_cap;
     char err[PG_ERRMSG_MAX];
     char down[PG_ERRMSG_MAX]; /* why the last connection attempt failed */
+    unsigned rate_calls;      /* for the purge of rate rows at rest */
     uint64_t used_ms;         /* monotonic: when the server last answered */
 };
 
@@ -697,7 +769,7 @@ static int run_fail(rhema_storage_conn *c, const char *what, PGresult *res, int 
 static int run(rhema_storage_conn *c, enum stmt_id id, const char *const *vals, const int *lens,
                int flags, const char *what, PGresult **out)
 {
-    static const int fmts[MAX_PARAMS] = {1, 1, 1, 1, 1, 1};
+    static const int fmts[MAX_PARAMS] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
     char name[16];
     PGresult *res = NULL, *bad = NULL, *r;
     int n = (int)strlen(stmt_defs[id].types), rc;
@@ -1565,7 +1637,7 @@ static void pl_savepoint_sql(char *buf, size_t size, const char *verb, size_t me
 static int pl_round(rhema_storage_conn *c, struct pl_item *items, size_t m, PGresult **res,
                     struct rhema_storage_batch *g, int batch_mode)
 {
-    static const int fmts[MAX_PARAMS] = {1, 1, 1, 1, 1, 1};
+    static const int fmts[MAX_PARAMS] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
     char name[16], sql[64];
     size_t k;
     PGresult *r;
@@ -2023,6 +2095,57 @@ static int pg_lease(rhema_storage_conn *c, const char *name, const char *holder,
         conn_error(c, "lease '%s' is not held by '%s'", name, holder);
     PQclear(r);
     return RHEMA_ECONFLICT;
+}
+
+/* ---- rate ---- */
+
+/* rate(): one ST_RATE statement (see the top of the file), and now and then a purge. */
+static int pg_rate(rhema_storage_conn *c, struct rhema_rate_query *q)
+{
+    unsigned char num[1 + 2 * RHEMA_RATE_WINDOWS_MAX][8];
+    const char *vals[2 + 2 * RHEMA_RATE_WINDOWS_MAX];
+    int lens[2 + 2 * RHEMA_RATE_WINDOWS_MAX];
+    PGresult *r = NULL;
+    const char *why = rhema_rate_query_invalid(q);
+    int i, rc;
+    if (why != NULL) {
+        conn_error(c, "%s", why);
+        return RHEMA_EINVAL;
+    }
+    vals[0] = q->key;
+    lens[0] = (int)strlen(q->key);
+    be64_put(num[0], q->n);
+    for (i = 0; i < RHEMA_RATE_WINDOWS_MAX; i++) {
+        int used = (size_t)i < q->n;
+        be64_put(num[1 + 2 * i], used ? q->windows[i].interval_us : 0);
+        be64_put(num[2 + 2 * i], used ? q->windows[i].tolerance_us : RHEMA_RATE_SPAN_MAX);
+    }
+    for (i = 0; i < 1 + 2 * RHEMA_RATE_WINDOWS_MAX; i++) {
+        vals[1 + i] = (const char *)num[i];
+        lens[1 + i] = 8;
+    }
+    if ((rc = conn_ensure(c)) != 0)
+        return rc;
+    rc = run(c, ST_RATE, vals, lens, RUN_OUTCOME, "rate", &r);
+    if (rc != 0)
+        return rc;
+    if (PQntuples(r) != 1 || PQnfields(r) != 6) {
+        PQclear(r);
+        conn_error(c, "rate: unexpected result");
+        return RHEMA_EIO;
+    }
+    q->allowed = col_u64(r, 0, 0) == 1;
+    q->now_us = (int64_t)col_u64(r, 0, 5);
+    for (i = 0; i < RHEMA_RATE_WINDOWS_MAX; i++)
+        q->tat_us[i] = (size_t)i < q->n ? (int64_t)col_u64(r, 0, 1 + i) : q->now_us;
+    PQclear(r);
+    if (++c->rate_calls % RATE_PURGE_EVERY == 0) {
+        char saved[PG_ERRMSG_MAX];
+        memcpy(saved, c->err, sizeof saved);
+        (void)run(c, ST_RATE_PURGE, NULL, NULL, 0, "rate purge", NULL); /* best effort */
+        memcpy(c->err, saved, sizeof saved);
+    }
+    return 0;
 }
 
 /* ---- the rest ---- */
@@ -2589,6 +2712,7 @@ static const struct rhema_storage_plugin postgres_plugin = {
 #ifdef LIBPQ_HAS_PIPELINING
     .get_many = pg_get_many_strided,
 #endif
+    .rate = pg_rate,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

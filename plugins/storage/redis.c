@@ -33,6 +33,10 @@
  *   P"lease/"name       string   the holder, SET with PX: Redis expires it
  *   P"epoch/"name       string   the lease's epoch (INCR), never deleted
  *   P"leases"           set      lease names, for backup()
+ *   P"rate/"key         string   rate()'s GCRA state of a key: "n rest t0 ..
+ *                                t(n-1)" in decimal unix us (the server's
+ *                                clock), PEXPIREAT its rest instant, so
+ *                                Redis forgets a key once every tat passed
  * When an entry expires Redis removes its hash, but its zset member stays
  * until a scan or stats call meets it and removes it (lazily): every reader
  * treats a member without a hash as absent.
@@ -49,6 +53,14 @@
  *   stats   one page of a namespace: counts, byte sums, dead-member removal.
  *   lease   acquire / renew / release / query of one lease (below).
  *   dump    a read-only snapshot of every entry and lease, for backup().
+ *   rate    one GCRA step of rate() (rhema_gcra_step() of
+ *           ../common/rate_table.c in Lua) on the server's TIME, which it
+ *           returns so that q->now_us says which clock counted.  Lua
+ *           numbers are doubles: unix us (~1.8e15) plus the intervals and
+ *           tolerances rhema_rate_query_invalid() admits (2^50 us at most)
+ *           stay below 2^53, where every integer is exact.  A state of
+ *           another n, or at rest, counts as absent; a refusal writes
+ *           nothing.  Backup and restore leave these keys alone (not data).
  * The scripts build entry keys from the prefix they get as an argument, so
  * they do not declare every key they touch: fine on a standalone server or
  * a primary with replicas, not on Redis Cluster (which rhema does not use).
@@ -109,6 +121,7 @@
 
 #include <rhema/storage.h>
 
+#include "../common/rate_table.h"
 #include "../common/storage_check.h"
 
 #define PLUGIN_NAME "redis"
@@ -122,7 +135,7 @@
 
 /* ---- the scripts ---- */
 
-enum script_id { SC_WRITE, SC_SCAN, SC_STATS, SC_LEASE, SC_DUMP, SC__COUNT };
+enum script_id { SC_WRITE, SC_SCAN, SC_STATS, SC_LEASE, SC_DUMP, SC_RATE, SC__COUNT };
 
 /*
  * KEYS[1] version counter, KEYS[2] namespace set, then per write i
@@ -293,9 +306,49 @@ static const char script_dump[] =
     "end\n"
     "return out\n";
 
+/*
+ * KEYS[1] the state P"rate/"key.  ARGV[1] n, then interval and tolerance
+ * (decimal us) of each window.  Returns {allowed 0/1, now, tat...} (decimal
+ * strings but the first).  redis.replicate_commands(): Redis 4 refuses a
+ * write after TIME in a script replicated verbatim (5 and later replicate
+ * effects anyway).
+ */
+static const char script_rate[] =
+    "redis.replicate_commands()\n"
+    "local n = tonumber(ARGV[1])\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local st = nil\n"
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if cur then\n"
+    "  local f = {}\n"
+    "  for x in string.gmatch(cur, '%d+') do f[#f + 1] = tonumber(x) end\n"
+    "  if #f == n + 2 and f[1] == n and f[2] > now then st = f end\n"
+    "end\n"
+    "local ok, base = 1, {}\n"
+    "for i = 1, n do\n"
+    "  local b = now\n"
+    "  if st and st[i + 2] > now then b = st[i + 2] end\n"
+    "  base[i] = b\n"
+    "  if b - now > tonumber(ARGV[2 * i + 1]) then ok = 0 end\n"
+    "end\n"
+    "local out, rest = {ok, string.format('%.0f', now)}, now\n"
+    "for i = 1, n do\n"
+    "  local v = base[i]\n"
+    "  if ok == 1 then v = v + tonumber(ARGV[2 * i]) end\n"
+    "  if v > rest then rest = v end\n"
+    "  out[i + 2] = string.format('%.0f', v)\n"
+    "end\n"
+    "if ok == 1 then\n"
+    "  redis.call('SET', KEYS[1], n .. ' ' .. string.format('%.0f', rest) .. ' ' ..\n"
+    "             table.concat(out, ' ', 3))\n"
+    "  redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', math.ceil(rest / 1000)))\n"
+    "end\n"
+    "return out\n";
+
 static const char *const scripts[SC__COUNT] = {
     [SC_WRITE] = script_write, [SC_SCAN] = script_scan, [SC_STATS] = script_stats,
-    [SC_LEASE] = script_lease, [SC_DUMP] = script_dump,
+    [SC_LEASE] = script_lease, [SC_DUMP] = script_dump, [SC_RATE] = script_rate,
 };
 
 /* ---- instance and connection ---- */
@@ -1677,6 +1730,50 @@ static int rd_lease(rhema_storage_conn *c, const char *name, const char *holder,
     return rc;
 }
 
+/* ---- rate ---- */
+
+/* rate(): the rate script, one round trip (see the top of the file). */
+static int rd_rate(rhema_storage_conn *c, struct rhema_rate_query *q)
+{
+    struct args a = {0};
+    redisReply *r = NULL;
+    uint64_t v[2 + RHEMA_RATE_WINDOWS_MAX];
+    size_t i;
+    int rc;
+
+    release_held(c);
+    const char *why = rhema_rate_query_invalid(q);
+    if (why != NULL) {
+        conn_error(c, "%s", why);
+        return RHEMA_EINVAL;
+    }
+    args_script(&a, c, SC_RATE, 1);
+    args_push_cat(&a, c->inst->prefix, "rate/", q->key, NULL);
+    args_push_u64(&a, q->n);
+    for (i = 0; i < q->n; i++) {
+        args_push_u64(&a, q->windows[i].interval_us);
+        args_push_u64(&a, q->windows[i].tolerance_us);
+    }
+    rc = rd_script(c, &a, SC_RATE, CALL_WRITE, "rate", &r);
+    args_free(&a);
+    if (rc != 0)
+        return rc;
+    rc = r->type == REDIS_REPLY_ARRAY && r->elements == q->n + 2 ? 0 : -1;
+    for (i = 0; rc == 0 && i < q->n + 2; i++)
+        if (reply_u64(r->element[i], &v[i]) != 0 || v[i] > (uint64_t)INT64_MAX)
+            rc = -1;
+    freeReplyObject(r);
+    if (rc != 0 || v[0] > 1) {
+        conn_error(c, "rate: unexpected reply");
+        return RHEMA_EIO;
+    }
+    q->allowed = (int)v[0];
+    q->now_us = (int64_t)v[1];
+    for (i = 0; i < RHEMA_RATE_WINDOWS_MAX; i++)
+        q->tat_us[i] = i < q->n ? (int64_t)v[2 + i] : q->now_us;
+    return 0;
+}
+
 /* ---- the rest ---- */
 
 static int rd_health(rhema_storage_conn *c, char **err)
@@ -2205,6 +2302,7 @@ static const struct rhema_storage_plugin redis_plugin = {
     .group = rd_group_strided,
     .restore = rd_restore,
     .get_many = rd_get_many_strided,
+    .rate = rd_rate,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

@@ -24,6 +24,14 @@
  *   leases(name PRIMARY KEY, holder, epoch, expires_at) WITHOUT ROWID
  *       a released or expired lease keeps its row (holder ''), so epochs
  *       only grow, across restarts too.
+ *   rhema_rate(key PRIMARY KEY, n, t0, t1, t2, t3, rest, ok) WITHOUT ROWID
+ *       rate()'s GCRA state: the key's number of windows, their tats (unix
+ *       us; t[n..3] unused), the instant after which every tat has passed,
+ *       and whether the last step allowed (what RETURNING reports).  Not
+ *       data: backup() copies it along but restore() and the other calls
+ *       ignore it.  An index on rest keeps the purge of rows at rest cheap.
+ *       CREATE ... IF NOT EXISTS at open, so a database made before rate()
+ *       gains it (schema_version stays 1: older plugins ignore the table).
  *
  * Versions come from meta.version_counter, incremented inside each write
  * transaction, so they strictly increase across all keys and survive
@@ -31,7 +39,17 @@
  *
  * Time: SQLite has no server clock, so TTLs and leases use the host's wall
  * clock (host->realtime_ns(), in ms) -- the only clock that means the same
- * thing to another process on this host and after a restart.
+ * thing to another process on this host and after a restart.  rate() uses
+ * the host's q->now_us.
+ *
+ * rate() is one statement (ST_RATE): an INSERT ... ON CONFLICT DO UPDATE
+ * whose SET expressions are rhema_gcra_step() (../common/rate_table.c) in
+ * SQL, RETURNING the outcome.  A writing statement takes the database's
+ * write lock before it reads the row, so the step is atomic against every
+ * connection and process on the file; like the other writes it runs under
+ * the instance's write mutex and waits busy_timeout_ms for another
+ * process (then RHEMA_EUNAVAIL).  Every RATE_PURGE_EVERY calls a
+ * connection deletes up to RATE_PURGE_LIMIT rows at rest.
  *
  * Threads: one sqlite3 connection per connect() (opened NOMUTEX: each is
  * used by one thread), every statement prepared once per connection with
@@ -83,6 +101,7 @@
 
 #include <rhema/storage.h>
 
+#include "../common/rate_table.h"
 #include "../common/storage_check.h"
 
 #define PLUGIN_NAME "sqlite"
@@ -92,6 +111,8 @@
 #define SQ_ERRMSG_MAX 512
 #define CKPT_RESTART_AT 4 /* WAL size, in thresholds, that makes the checkpointer restart it */
 #define CKPT_BACKSTOP 8   /* WAL size, in thresholds, at which a writer restarts it itself */
+#define RATE_PURGE_EVERY 1024u  /* rate() calls of a connection between two purges */
+#define RATE_PURGE_LIMIT "4096" /* rows at rest a purge deletes at most: > RATE_PURGE_EVERY */
 
 enum stmt_id {
     ST_BEGIN,
@@ -116,10 +137,26 @@ enum stmt_id {
     ST_LEASE_GET,
     ST_LEASE_PUT,
     ST_HEALTH,
+    ST_RATE,
+    ST_RATE_PURGE,
     ST__COUNT
 };
 
 #define LIVE "(expires_at = 0 OR expires_at > ?4)"
+/*
+ * rate(): ?1 key, ?2 n, ?3 now, then interval and tolerance of each of the
+ * 4 windows (?4 ?5, ?6 ?7, ?8 ?9, ?10 ?11); a window past n gets interval 0
+ * and the largest tolerance, so it always conforms and never moves.  In the
+ * SET clause a bare column is the stored row: a row of another n, or one
+ * at rest, counts as absent (every tat = now).
+ */
+#define RT_VALID "(n = ?2 AND rest > ?3)"
+#define RT_BASE(T) "(CASE WHEN " RT_VALID " THEN max(" T ", ?3) ELSE ?3 END)"
+#define RT_CONFORMS(T, TOL) "(" RT_BASE(T) " - ?3 <= " TOL ")"
+#define RT_OK                                                                                      \
+    "(" RT_CONFORMS("t0", "?5") " AND " RT_CONFORMS("t1", "?7") " AND " RT_CONFORMS(               \
+        "t2", "?9") " AND " RT_CONFORMS("t3", "?11") ")"
+#define RT_NEW(T, IV) "(" RT_BASE(T) " + CASE WHEN " RT_OK " THEN " IV " ELSE 0 END)"
 #define SCAN_SQL(BOUNDS)                                                                      \
     "SELECT key, value, version FROM kv WHERE ns = ?1" BOUNDS " AND " LIVE                   \
     " ORDER BY key LIMIT ?5"
@@ -152,6 +189,18 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_LEASE_PUT] = "INSERT OR REPLACE INTO leases(name, holder, epoch, expires_at) "
                      "VALUES (?1, ?2, ?3, ?4)",
     [ST_HEALTH] = "SELECT 1",
+    /* a key never seen (or forgotten) is always allowed: tats now + interval */
+    [ST_RATE] = "INSERT INTO rhema_rate(key, n, t0, t1, t2, t3, rest, ok) "
+                "VALUES (?1, ?2, ?3 + ?4, ?3 + ?6, ?3 + ?8, ?3 + ?10, "
+                "max(?3 + ?4, ?3 + ?6, ?3 + ?8, ?3 + ?10), 1) "
+                "ON CONFLICT(key) DO UPDATE SET n = ?2, "
+                "t0 = " RT_NEW("t0", "?4") ", t1 = " RT_NEW("t1", "?6") ", "
+                "t2 = " RT_NEW("t2", "?8") ", t3 = " RT_NEW("t3", "?10") ", "
+                "rest = max(?3, " RT_NEW("t0", "?4") ", " RT_NEW("t1", "?6") ", "
+                RT_NEW("t2", "?8") ", " RT_NEW("t3", "?10") "), ok = " RT_OK " "
+                "RETURNING ok, t0, t1, t2, t3",
+    [ST_RATE_PURGE] = "DELETE FROM rhema_rate WHERE key IN (SELECT key FROM rhema_rate "
+                      "WHERE rest <= ?1 LIMIT " RATE_PURGE_LIMIT ")",
 };
 
 static const char schema_sql[] =
@@ -165,7 +214,12 @@ static const char schema_sql[] =
     "CREATE INDEX IF NOT EXISTS kv_expires ON kv(expires_at) WHERE expires_at > 0;"
     "CREATE TABLE IF NOT EXISTS leases("
     "  name TEXT NOT NULL PRIMARY KEY COLLATE BINARY, holder TEXT NOT NULL,"
-    "  epoch INTEGER NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;";
+    "  epoch INTEGER NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS rhema_rate("
+    "  key TEXT NOT NULL PRIMARY KEY COLLATE BINARY, n INTEGER NOT NULL,"
+    "  t0 INTEGER NOT NULL, t1 INTEGER NOT NULL, t2 INTEGER NOT NULL, t3 INTEGER NOT NULL,"
+    "  rest INTEGER NOT NULL, ok INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS rhema_rate_rest ON rhema_rate(rest);";
 
 struct rhema_storage_instance {
     const struct rhema_host *host;
@@ -205,6 +259,7 @@ struct rhema_storage_conn {
     int in_tx;           /* holds inst->write_lock inside BEGIN IMMEDIATE */
     int ver_loaded;      /* the version counter, read once per transaction */
     uint64_t ver_next;
+    unsigned rate_calls; /* for the purge of rate rows at rest */
 };
 
 /* ---- helpers ---- */
@@ -1280,6 +1335,61 @@ static int sq_health(rhema_storage_conn *c, char **err)
     return 0;
 }
 
+/*
+ * rate(): one ST_RATE statement (see the top of the file) under the write
+ * mutex, and now and then a purge of rows at rest.
+ */
+static int sq_rate(rhema_storage_conn *c, struct rhema_rate_query *q)
+{
+    sqlite3_stmt *st = c->st[ST_RATE];
+    const char *why = rhema_rate_query_invalid(q);
+    int rc, i;
+    if (why != NULL) {
+        conn_error(c, "%s", why);
+        return RHEMA_EINVAL;
+    }
+    sqlite3_bind_text(st, 1, q->key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, (int64_t)q->n);
+    sqlite3_bind_int64(st, 3, q->now_us);
+    for (i = 0; i < RHEMA_RATE_WINDOWS_MAX; i++) {
+        int used = (size_t)i < q->n;
+        sqlite3_bind_int64(st, 4 + 2 * i, used ? (int64_t)q->windows[i].interval_us : 0);
+        sqlite3_bind_int64(st, 5 + 2 * i,
+                           (int64_t)(used ? q->windows[i].tolerance_us : RHEMA_RATE_SPAN_MAX));
+    }
+    pthread_mutex_lock(&c->inst->write_lock);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        int allowed = sqlite3_column_int(st, 0);
+        int64_t tat[RHEMA_RATE_WINDOWS_MAX];
+        for (i = 0; i < RHEMA_RATE_WINDOWS_MAX; i++)
+            tat[i] = sqlite3_column_int64(st, 1 + i);
+        rc = sqlite3_step(st); /* the end of the statement commits it */
+        if (rc == SQLITE_DONE) {
+            q->allowed = allowed != 0;
+            for (i = 0; i < RHEMA_RATE_WINDOWS_MAX; i++)
+                q->tat_us[i] = (size_t)i < q->n ? tat[i] : q->now_us;
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        rc = sq_fail(c, rc == SQLITE_ROW ? SQLITE_ERROR : rc, "rate");
+        sqlite3_reset(st);
+        pthread_mutex_unlock(&c->inst->write_lock);
+        return rc;
+    }
+    sqlite3_reset(st);
+    if (++c->rate_calls % RATE_PURGE_EVERY == 0) {
+        char saved[SQ_ERRMSG_MAX];
+        memcpy(saved, c->err, sizeof saved);
+        sqlite3_bind_int64(c->st[ST_RATE_PURGE], 1, q->now_us);
+        if (step_done(c, ST_RATE_PURGE, "rate purge") != 0 && c->inst->host->log != NULL)
+            c->inst->host->log(RHEMA_LOG_WARN, PLUGIN_NAME, "%s: %s", c->inst->path, c->err);
+        memcpy(c->err, saved, sizeof saved); /* the call itself succeeded */
+    }
+    pthread_mutex_unlock(&c->inst->write_lock);
+    return 0;
+}
+
 static const char *sq_errmsg(rhema_storage_conn *c)
 {
     return c != NULL ? c->err : "";
@@ -1644,6 +1754,7 @@ static const struct rhema_storage_plugin sqlite_plugin = {
     .backup = sq_backup,
     .group = sq_group_strided,
     .restore = sq_restore,
+    .rate = sq_rate,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

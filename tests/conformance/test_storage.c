@@ -17,7 +17,13 @@
  * sqlite-only checks: durability and lease epochs across close and open,
  * the parent directory created, a bad `synchronous` refused with its
  * file:line, a backup that opens as a database holding the data, and the
- * background checkpointer (checkpoint_pages).
+ * background checkpointer (checkpoint_pages); and, when built with SQLite
+ * (which they open directly), rate()'s table: added to a database made
+ * before it, one limit for processes sharing the file, rows at rest purged.
+ * The postgres and redis backends, when built with their client libraries,
+ * get the same look at the server: a schema made before rate() gains its
+ * table and rows at rest are purged (postgres); a state lives under the
+ * prefix and expires at its rest instant (redis).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -26,7 +32,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+#ifdef RHEMA_HAVE_SQLITE
+#include <sqlite3.h>
+#endif
+#ifdef RHEMA_HAVE_HIREDIS
+#include <hiredis/hiredis.h>
+#endif
+#ifdef RHEMA_HAVE_LIBPQ
+#include <libpq-fe.h>
+#endif
 
 #include <rhema/storage.h>
 
@@ -492,6 +510,432 @@ out:
     tap("sqlite", test, msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
 }
 
+/* ---- sqlite-only checks of rate() ---- */
+
+#ifdef RHEMA_HAVE_SQLITE
+#define RATE_HOUR_US 3600000000ull
+#define RATE_PROCS 3       /* processes sharing one database file */
+#define RATE_PROC_CALLS 40 /* calls each makes */
+#define RATE_PROC_BURST 9  /* tolerance in intervals: exactly 10 allowed in all */
+#define RATE_PURGE_CALLS 3000
+
+/* Open an instance on db and connect; 0 or a message in msg. */
+static int sq_open_at(const struct rhema_storage_plugin *vt, struct rhema_config *cfg,
+                      const char *db, rhema_storage_instance **inst, rhema_storage_conn **c,
+                      char *msg, size_t cap)
+{
+    char ov_path[700], *err = NULL;
+    const char *ov[] = {ov_path};
+    int rc;
+    snprintf(ov_path, sizeof ov_path, "persistence.sqlite.path=%s", db);
+    *inst = NULL;
+    *c = NULL;
+    if (load_config(cfg, "sqlite", "rate", ov, 1) != 0) {
+        snprintf(msg, cap, "configuration");
+        return -1;
+    }
+    rc = vt->open(rhema_host_get(), rhema_config_plugin_group(cfg, RHEMA_KIND_STORAGE, "sqlite"),
+                  inst, &err);
+    if (rc == 0 && (rc = vt->connect(*inst, c, &err)) != 0) {
+        vt->close(*inst);
+        *inst = NULL;
+    }
+    if (rc != 0) {
+        snprintf(msg, cap, "open/connect %s: %s: %s", db, rhema_strerror(rc), err ? err : "");
+        free(err);
+        rhema_config_release(cfg);
+        return -1;
+    }
+    return 0;
+}
+
+static void sq_close_at(const struct rhema_storage_plugin *vt, struct rhema_config *cfg,
+                        rhema_storage_instance *inst, rhema_storage_conn *c)
+{
+    vt->disconnect(c);
+    vt->close(inst);
+    rhema_config_release(cfg);
+}
+
+static int rate_once(const struct rhema_storage_plugin *vt, rhema_storage_conn *c, const char *key,
+                     uint64_t interval, uint64_t tolerance, int64_t now, struct rhema_rate_query *q)
+{
+    static struct rhema_rate_window w;
+    w.interval_us = interval;
+    w.tolerance_us = tolerance;
+    memset(q, 0, sizeof *q);
+    q->size = sizeof *q;
+    q->key = key;
+    q->windows = &w;
+    q->n = 1;
+    q->now_us = now != 0 ? now : (int64_t)(rhema_host_get()->realtime_ns() / 1000u);
+    return vt->rate(c, q);
+}
+
+/* One value of a query on db (opened by sqlite3 itself); -1 on error. */
+static long long sq_query(const char *db, const char *sql)
+{
+    sqlite3 *h = NULL;
+    sqlite3_stmt *st = NULL;
+    long long v = -1;
+    if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(h, sql, -1, &st, NULL) == SQLITE_OK) {
+        int rc = sqlite3_step(st);
+        v = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : rc == SQLITE_DONE ? 0 : -1;
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    return v;
+}
+
+/*
+ * A database made before rate() (no rhema_rate table) gains the table when
+ * the plugin opens it, and rate() works on it.
+ */
+static void sqlite_rate_schema(const struct rhema_storage_plugin *vt)
+{
+    struct rhema_config cfg;
+    rhema_storage_instance *inst = NULL;
+    rhema_storage_conn *c = NULL;
+    struct rhema_rate_query q;
+    char db[600], msg[1024] = "";
+    int rc;
+    snprintf(db, sizeof db, "%s/rate-old.db", tmpdir);
+    if (sq_open_at(vt, &cfg, db, &inst, &c, msg, sizeof msg) != 0)
+        goto out;
+    sq_close_at(vt, &cfg, inst, c);
+    if (sq_query(db, "DROP TABLE rhema_rate") != 0 ||
+        sq_query(db, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'rhema_rate%'") != 0) {
+        snprintf(msg, sizeof msg, "could not make a database without rhema_rate");
+        goto out;
+    }
+    if (sq_open_at(vt, &cfg, db, &inst, &c, msg, sizeof msg) != 0)
+        goto out;
+    if ((rc = rate_once(vt, c, "old-db", RATE_HOUR_US, 0, 0, &q)) != 0 || q.allowed != 1)
+        snprintf(msg, sizeof msg, "rate on a database made before rate(): %s, allowed %d: %s",
+                 rhema_strerror(rc), q.allowed, vt->errmsg(c));
+    sq_close_at(vt, &cfg, inst, c);
+    if (!msg[0] && sq_query(db, "SELECT count(*) FROM rhema_rate WHERE key = 'old-db'") != 1)
+        snprintf(msg, sizeof msg, "the reopened database has no rhema_rate row for the key");
+out:
+    tap("sqlite", "rate: an existing database gains the table",
+        msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+}
+
+/*
+ * RATE_PROCS processes, each with its own instance and connection on one
+ * database file, at once on one key: exactly RATE_PROC_BURST + 1 allowed.
+ */
+static void sqlite_rate_processes(const struct rhema_storage_plugin *vt)
+{
+    struct rhema_config cfg;
+    rhema_storage_instance *inst = NULL;
+    rhema_storage_conn *c = NULL;
+    struct rhema_rate_query q;
+    char db[600], msg[1024] = "";
+    pid_t pid[RATE_PROCS];
+    int go[2], i, started = 0, total = 0, failed = 0;
+    snprintf(db, sizeof db, "%s/rate-procs.db", tmpdir);
+    if (sq_open_at(vt, &cfg, db, &inst, &c, msg, sizeof msg) != 0) /* creates the schema */
+        goto out;
+    sq_close_at(vt, &cfg, inst, c);
+    if (pipe(go) != 0) {
+        snprintf(msg, sizeof msg, "pipe: %s", strerror(errno));
+        goto out;
+    }
+    fflush(stdout);
+    for (i = 0; i < RATE_PROCS; i++) {
+        pid[i] = fork();
+        if (pid[i] < 0)
+            break;
+        if (pid[i] == 0) {
+            char b, m[256];
+            int n = 0, k, rc = 0;
+            close(go[1]);
+            if (sq_open_at(vt, &cfg, db, &inst, &c, m, sizeof m) != 0)
+                _exit(200);
+            (void)!read(go[0], &b, 1); /* EOF when the parent closes it: all start together */
+            for (k = 0; k < RATE_PROC_CALLS && rc == 0; k++) {
+                rc =
+                    rate_once(vt, c, "shared", RATE_HOUR_US, RATE_PROC_BURST * RATE_HOUR_US, 0, &q);
+                n += rc == 0 && q.allowed == 1;
+            }
+            if (rc != 0)
+                fprintf(stderr, "# child %d: %s: %s\n", i, rhema_strerror(rc), vt->errmsg(c));
+            sq_close_at(vt, &cfg, inst, c);
+            _exit(rc != 0 ? 201 : n);
+        }
+        started++;
+    }
+    close(go[0]);
+    close(go[1]);
+    for (i = 0; i < started; i++) {
+        int st = 0;
+        if (waitpid(pid[i], &st, 0) != pid[i] || !WIFEXITED(st) || WEXITSTATUS(st) > 100)
+            failed++;
+        else
+            total += WEXITSTATUS(st);
+    }
+    if (started != RATE_PROCS || failed)
+        snprintf(msg, sizeof msg, "%d of %d processes started, %d failed", started, RATE_PROCS,
+                 failed);
+    else if (total != RATE_PROC_BURST + 1)
+        snprintf(msg, sizeof msg, "%d requests allowed across %d processes, want exactly %d", total,
+                 RATE_PROCS, RATE_PROC_BURST + 1);
+out:
+    tap("sqlite", "rate: processes sharing the file share one limit",
+        msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+}
+
+/*
+ * Rows at rest do not pile up: RATE_PURGE_CALLS keys of a 1 us interval
+ * (at rest one us later; the host's now is stepped by hand) leave fewer
+ * rows than one purge period of calls, and a key not at rest stays.
+ */
+static void sqlite_rate_purge(const struct rhema_storage_plugin *vt)
+{
+    struct rhema_config cfg;
+    rhema_storage_instance *inst = NULL;
+    rhema_storage_conn *c = NULL;
+    struct rhema_rate_query q;
+    char db[600], key[32], msg[1024] = "";
+    int64_t now = (int64_t)(rhema_host_get()->realtime_ns() / 1000u);
+    long long rows;
+    int i, rc = 0;
+    snprintf(db, sizeof db, "%s/rate-purge.db", tmpdir);
+    if (sq_open_at(vt, &cfg, db, &inst, &c, msg, sizeof msg) != 0)
+        goto out;
+    rc = rate_once(vt, c, "kept", RATE_HOUR_US, 0, now, &q);
+    for (i = 0; i < RATE_PURGE_CALLS && rc == 0; i++) {
+        snprintf(key, sizeof key, "idle-%d", i);
+        rc = rate_once(vt, c, key, 1, 0, now + 10 * (i + 1), &q);
+    }
+    if (rc != 0)
+        snprintf(msg, sizeof msg, "rate: %s: %s", rhema_strerror(rc), vt->errmsg(c));
+    sq_close_at(vt, &cfg, inst, c);
+    if (msg[0])
+        goto out;
+    rows = sq_query(db, "SELECT count(*) FROM rhema_rate");
+    if (rows < 1 || rows >= 1024)
+        snprintf(msg, sizeof msg, "%lld rows after %d keys came to rest, want 1..1023", rows,
+                 RATE_PURGE_CALLS);
+    else if (sq_query(db, "SELECT count(*) FROM rhema_rate WHERE key = 'kept'") != 1)
+        snprintf(msg, sizeof msg, "the purge deleted a key that was not at rest");
+out:
+    tap("sqlite", "rate: rows at rest are purged", msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+}
+#endif /* RHEMA_HAVE_SQLITE */
+
+/* ---- rate() on the server backends: what only the server shows ---- */
+
+#if defined(RHEMA_HAVE_HIREDIS) || defined(RHEMA_HAVE_LIBPQ)
+/* Open `backend` with the env overrides plus `extra`; 0 or a message. */
+static int srv_open(const struct rhema_storage_plugin *vt, const char *backend,
+                    struct rhema_config *cfg, const char *extra, rhema_storage_instance **inst,
+                    rhema_storage_conn **c, char *msg, size_t cap)
+{
+    const char *ov[1] = {extra};
+    char *err = NULL;
+    int rc;
+    *inst = NULL;
+    *c = NULL;
+    if (load_config(cfg, backend, "rate", ov, extra != NULL) != 0) {
+        snprintf(msg, cap, "configuration");
+        return -1;
+    }
+    rc = vt->open(rhema_host_get(), rhema_config_plugin_group(cfg, RHEMA_KIND_STORAGE, backend),
+                  inst, &err);
+    if (rc == 0 && (rc = vt->connect(*inst, c, &err)) != 0) {
+        vt->close(*inst);
+        *inst = NULL;
+    }
+    if (rc != 0) {
+        snprintf(msg, cap, "open/connect: %s: %s", rhema_strerror(rc), err ? err : "");
+        free(err);
+        rhema_config_release(cfg);
+        return -1;
+    }
+    return 0;
+}
+
+static int srv_rate(const struct rhema_storage_plugin *vt, rhema_storage_conn *c, const char *key,
+                    uint64_t interval, struct rhema_rate_query *q)
+{
+    static struct rhema_rate_window w;
+    w.interval_us = interval;
+    w.tolerance_us = 0;
+    memset(q, 0, sizeof *q);
+    q->size = sizeof *q;
+    q->key = key;
+    q->windows = &w;
+    q->n = 1;
+    q->now_us = (int64_t)(rhema_host_get()->realtime_ns() / 1000u);
+    return vt->rate(c, q);
+}
+#endif
+
+#ifdef RHEMA_HAVE_HIREDIS
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* One integer reply of a command with one key argument; -2 on error. */
+static long long rd_int(redisContext *ctx, const char *cmd, const char *key)
+{
+    redisReply *r = redisCommand(ctx, "%s %s", cmd, key);
+    long long v = r != NULL && r->type == REDIS_REPLY_INTEGER ? r->integer : -2;
+    if (r != NULL)
+        freeReplyObject(r);
+    return v;
+}
+
+/*
+ * A rate() state lives under the configured prefix as P"rate/"key, expires
+ * at its rest instant (PEXPIREAT), and is gone once that passed.
+ */
+static void redis_rate_keys(const struct rhema_storage_plugin *vt)
+{
+    struct rhema_config cfg;
+    rhema_storage_instance *inst = NULL;
+    rhema_storage_conn *c = NULL;
+    struct rhema_rate_query q;
+    const char *host = "127.0.0.1";
+    int64_t port = 6379;
+    redisContext *ctx = NULL;
+    char prefix[64], ov[128], key[160], msg[1024] = "";
+    long long ttl;
+    int rc;
+    snprintf(prefix, sizeof prefix, "rtest%ld:", (long)getpid());
+    snprintf(ov, sizeof ov, "persistence.redis.prefix=%s", prefix);
+    if (srv_open(vt, "redis", &cfg, ov, &inst, &c, msg, sizeof msg) != 0)
+        goto out;
+    const struct rhema_cfg *g = rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, "redis");
+    rhema_host_get()->cfg_string(g, "host", &host);
+    rhema_host_get()->cfg_int(g, "port", &port);
+    ctx = redisConnect(host, (int)port);
+    if (ctx == NULL || ctx->err) {
+        snprintf(msg, sizeof msg, "redisConnect %s:%lld: %s", host, (long long)port,
+                 ctx ? ctx->errstr : "out of memory");
+        goto close;
+    }
+    if ((rc = srv_rate(vt, c, "long", 3600000000ull, &q)) != 0 ||
+        (rc = srv_rate(vt, c, "short", 30000, &q)) != 0) {
+        snprintf(msg, sizeof msg, "rate: %s: %s", rhema_strerror(rc), vt->errmsg(c));
+        goto close;
+    }
+    snprintf(key, sizeof key, "%srate/long", prefix);
+    ttl = rd_int(ctx, "PTTL", key);
+    /* PEXPIREAT rounds the rest instant up to the ms: 1 ms over, never under */
+    if (ttl <= 3000000 || ttl > 3600001) {
+        snprintf(msg, sizeof msg, "PTTL %s is %lld ms, want its rest instant, about 1 h", key, ttl);
+        goto close;
+    }
+    if (rd_int(ctx, "EXISTS", "rate/long") != 0) {
+        snprintf(msg, sizeof msg, "a rate key outside the prefix");
+        goto close;
+    }
+    sleep_ms(200); /* "short" rests 30 ms after it was set */
+    snprintf(key, sizeof key, "%srate/short", prefix);
+    if (rd_int(ctx, "EXISTS", key) != 0)
+        snprintf(msg, sizeof msg, "%s still exists 200 ms after its rest instant", key);
+    snprintf(key, sizeof key, "%srate/long", prefix);
+    rd_int(ctx, "DEL", key);
+close:
+    if (ctx != NULL)
+        redisFree(ctx);
+    vt->disconnect(c);
+    vt->close(inst);
+    rhema_config_release(&cfg);
+out:
+    tap("redis", "rate: state under the prefix, gone at rest",
+        msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+}
+#endif
+
+#ifdef RHEMA_HAVE_LIBPQ
+/* One integer of a query, or -1 (msg says why when it is set). */
+static long long pg_int(PGconn *pg, const char *sql)
+{
+    PGresult *r = PQexec(pg, sql);
+    long long v = -1;
+    if (r != NULL && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+        v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    else if (r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK)
+        v = 0;
+    PQclear(r);
+    return v;
+}
+
+/*
+ * A schema made before rate() gains its table at open; rows at rest are
+ * purged (3000 keys of a 1 us interval leave fewer rows than one purge
+ * period of calls) and a row not at rest stays.
+ */
+static void postgres_rate_table(const struct rhema_storage_plugin *vt)
+{
+    struct rhema_config cfg;
+    rhema_storage_instance *inst = NULL;
+    rhema_storage_conn *c = NULL;
+    struct rhema_rate_query q;
+    const char *conninfo = "", *schema = "rhema";
+    PGconn *pg = NULL;
+    char sql[512], key[64], tag[32], msg[1024] = "";
+    long long rows;
+    int i, rc = 0;
+    snprintf(tag, sizeof tag, "purge%ld-", (long)getpid());
+    if (srv_open(vt, "postgres", &cfg, NULL, &inst, &c, msg, sizeof msg) != 0)
+        goto out;
+    const struct rhema_cfg *g = rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, "postgres");
+    rhema_host_get()->cfg_string(g, "conninfo", &conninfo);
+    rhema_host_get()->cfg_string(g, "schema", &schema);
+    vt->disconnect(c);
+    vt->close(inst);
+    pg = PQconnectdb(conninfo);
+    if (PQstatus(pg) != CONNECTION_OK) {
+        snprintf(msg, sizeof msg, "PQconnectdb: %s", PQerrorMessage(pg));
+        rhema_config_release(&cfg);
+        goto out;
+    }
+    snprintf(sql, sizeof sql, "DROP TABLE \"%s\".rate", schema);
+    if (pg_int(pg, sql) != 0) {
+        snprintf(msg, sizeof msg, "%s: %s", sql, PQerrorMessage(pg));
+        rhema_config_release(&cfg);
+        goto out;
+    }
+    rhema_config_release(&cfg);
+    if (srv_open(vt, "postgres", &cfg, NULL, &inst, &c, msg, sizeof msg) != 0)
+        goto out;
+    rc = srv_rate(vt, c, "kept", 3600000000ull, &q);
+    for (i = 0; i < 3000 && rc == 0; i++) {
+        snprintf(key, sizeof key, "%s%d", tag, i);
+        rc = srv_rate(vt, c, key, 1, &q);
+    }
+    if (rc != 0)
+        snprintf(msg, sizeof msg, "rate on a schema made before rate(): %s: %s", rhema_strerror(rc),
+                 vt->errmsg(c));
+    vt->disconnect(c);
+    vt->close(inst);
+    rhema_config_release(&cfg);
+    if (msg[0])
+        goto out;
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM \"%s\".rate WHERE key LIKE '%s%%'", schema,
+             tag);
+    rows = pg_int(pg, sql);
+    if (rows < 0 || rows >= 1024)
+        snprintf(msg, sizeof msg, "%lld rows left of 3000 keys at rest, want 0..1023", rows);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM \"%s\".rate WHERE key = 'kept'", schema);
+    if (!msg[0] && pg_int(pg, sql) != 1)
+        snprintf(msg, sizeof msg, "the purge deleted a row that was not at rest");
+out:
+    PQfinish(pg);
+    tap("postgres", "rate: an existing schema gains the table, rows at rest purged",
+        msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+}
+#endif
+
 /* ---- main ---- */
 
 /* Run the suite on one backend, plus its own checks. */
@@ -530,7 +974,20 @@ static void run_backend(struct rhema_plugin_registry *reg, const char *backend)
         sqlite_bad_synchronous(vt, path_override);
         sqlite_dirs_and_backup(vt);
         sqlite_checkpointer(vt);
+#ifdef RHEMA_HAVE_SQLITE
+        sqlite_rate_schema(vt);
+        sqlite_rate_processes(vt);
+        sqlite_rate_purge(vt);
+#endif
     }
+#ifdef RHEMA_HAVE_HIREDIS
+    if (strcmp(backend, "redis") == 0)
+        redis_rate_keys(vt);
+#endif
+#ifdef RHEMA_HAVE_LIBPQ
+    if (strcmp(backend, "postgres") == 0)
+        postgres_rate_table(vt);
+#endif
 }
 
 int main(void)

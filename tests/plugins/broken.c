@@ -12,6 +12,12 @@
  * members the host does not know -- and must load; BROKEN_MINOR says such a
  * newer minor but its size stops where minor 0 ends, short of get_many, and
  * must be refused.  BROKEN_OLD_MAJOR is a plugin of the previous major.
+ *
+ * GOOD_MINOR1 is a plugin of storage minor 1 (get_many, no rate): its size
+ * ends where minor 1 ends, and the bytes after it -- where a minor-2 vtable
+ * has rate -- hold a function pointer, as whatever follows a plugin's
+ * vtable in its data segment may.  It must load, and the host must see rate
+ * as NULL: it never reads past the plugin's size.
  */
 #include <stddef.h>
 #include <string.h>
@@ -90,6 +96,8 @@ static const char *s_errmsg(rhema_storage_conn *c)
 #define NAME "optional"
 #elif defined(GOOD_NEWER)
 #define NAME "newer"
+#elif defined(GOOD_MINOR1)
+#define NAME "minor1"
 #else
 #define NAME "broken"
 #endif
@@ -104,6 +112,11 @@ static int s_get_many(rhema_storage_conn *c, const char *const *ns, const char *
 }
 static int s_later(void)
 {
+    return RHEMA_ENOTSUP;
+}
+static int s_rate(rhema_storage_conn *c, struct rhema_rate_query *q)
+{
+    (void)c, (void)q;
     return RHEMA_ENOTSUP;
 }
 
@@ -143,6 +156,8 @@ static const VT_TYPE vt = {
                     .abi_minor = RHEMA_STORAGE_ABI_MINOR + 7,
 #elif defined(GOOD_OPTIONAL)
             .abi_minor = 0,
+#elif defined(GOOD_MINOR1)
+            .abi_minor = 1,
 #else
             .abi_minor = RHEMA_STORAGE_ABI_MINOR,
 #endif
@@ -155,6 +170,9 @@ static const VT_TYPE vt = {
                     .size = (uint32_t)offsetof(struct rhema_storage_plugin, scan),
 #elif defined(GOOD_OPTIONAL) || defined(BROKEN_MINOR)
             .size = (uint32_t)offsetof(struct rhema_storage_plugin, get_many),
+#elif defined(GOOD_MINOR1)
+            .size = (uint32_t)(offsetof(struct rhema_storage_plugin, get_many) +
+                               sizeof(void (*)(void))),
 #else
             .size = (uint32_t)sizeof(VT_TYPE),
 #endif
@@ -183,6 +201,9 @@ static const VT_TYPE vt = {
 #if !defined(GOOD_OPTIONAL) && !defined(BROKEN_MINOR)
             .get_many = s_get_many,
 #endif
+#ifdef GOOD_MINOR1
+            .rate = s_rate, /* past its size: the host must not see it */
+#endif
 #ifdef GOOD_NEWER
         },
 #endif
@@ -191,7 +212,7 @@ static const VT_TYPE vt = {
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)
 {
     (void)host;
-    (void)s_get_many, (void)s_later;
+    (void)s_get_many, (void)s_later, (void)s_rate;
     *out = &VT_KNOWN(vt).base;
     return 0;
 }

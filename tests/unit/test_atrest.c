@@ -109,6 +109,7 @@ static int group_setup(void **state)
     memvt_group = *memvt;
     memvt_group.group = fake_group;
     memvt_group.get_many = fake_get_many;
+    memvt_group.rate = NULL; /* a plugin without rate() */
     for (size_t i = 0; i < 2 && !codec_name; i++) {
         if (rhema_plugin_load(reg, codecs[i], dir, RHEMA_KIND_COMPRESS, &p, &err) == 0)
             codec_name = codecs[i];
@@ -855,6 +856,38 @@ static void wrap_refusals(void **state)
 }
 
 /* close() of the wrapper closes the real instance too (what main.c relies on). */
+/*
+ * rate() passes through to the real plugin: the same outcome and state
+ * (the memory plugin's table), its EINVAL and message; NULL when the real
+ * plugin has none.
+ */
+static void rate_passes_through(void **state)
+{
+    struct fx *f = *state;
+    const struct rhema_rate_window win[1] = {{3600000000ull, 3600000000ull}};
+    struct rhema_rate_query q = {
+        .size = sizeof q, .key = "party", .windows = win, .n = 1, .now_us = 1000000};
+    struct wrapped w = wrap(f, 0, 0);
+    assert_non_null(w.vt->rate);
+    assert_int_equal(w.vt->rate(w.conn, &q), 0);
+    assert_int_equal(q.allowed, 1);
+    assert_int_equal(q.tat_us[0], 1000000 + 3600000000ll);
+    /* the real plugin holds the state: its own connection sees the second request */
+    q.now_us = 2000000;
+    assert_int_equal(memvt->rate(f->raw, &q), 0);
+    assert_int_equal(q.allowed, 1);
+    assert_int_equal(w.vt->rate(w.conn, &q), 0);
+    assert_int_equal(q.allowed, 0); /* tolerance one interval: two allowed */
+    assert_int_equal(q.tat_us[0], 1000000 + 2 * 3600000000ll);
+    q.n = 0;
+    assert_int_equal(w.vt->rate(w.conn, &q), RHEMA_EINVAL);
+    assert_non_null(strstr(w.vt->errmsg(w.conn), "window"));
+    unwrap(&w);
+    w = wrap_vt(f, &memvt_group, 0, 0);
+    assert_null(w.vt->rate);
+    unwrap(&w);
+}
+
 static void close_owns_the_real_instance(void **state)
 {
     (void)state;
@@ -917,6 +950,7 @@ int main(void)
         T(versions_pass_through),
         T(wrap_refusals),
         T(record_size_limit),
+        T(rate_passes_through),
         cmocka_unit_test(close_owns_the_real_instance),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
