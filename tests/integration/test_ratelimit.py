@@ -109,11 +109,16 @@ def test_limits_are_per_key_and_per_role(daemons):
     agent1 = new_key("agent-1", "agent")
     agent2 = new_key("agent-2", "agent")
     bulk = new_key("bulk", "bulk")
+    both = new_key("both", "small,big")
     roles = {"admin": ["*"], "agent": ["sessions:read"],
-             "bulk": ["sessions:read", "operations:read"]}
+             "bulk": ["sessions:read", "operations:read"],
+             "small": ["sessions:read"], "big": ["sessions:read"]}
     extra_limits = ('roles = ( { role = "bulk"; requests_per_day = 0; requests_per_minute = 0; },'
-                    ' { role = "admin"; burst = 9; } );')
-    d = daemons(config=auth_config(memory_config(), [admin[1], agent1[1], agent2[1], bulk[1]],
+                    ' { role = "admin"; burst = 9; },'
+                    ' { role = "small"; burst = 1; requests_per_day = 20; },'
+                    ' { role = "big"; burst = 4; } );')
+    d = daemons(config=auth_config(memory_config(),
+                                   [admin[1], agent1[1], agent2[1], bulk[1], both[1]],
                                    roles) + limits(per_day=10, burst=2, extra=extra_limits))
     d.start()
     # each key has its own allowance
@@ -121,6 +126,10 @@ def test_limits_are_per_key_and_per_role(daemons):
     assert [r.status for r in exhaust(d, headers=bearer(agent2[0]))] == [200] * 3 + [429]
     # a role override: a larger burst
     assert [r.status for r in exhaust(d, headers=bearer(admin[0]))] == [200] * 10 + [429]
+    # several overridden roles: the most generous of each (burst 4 of big, q=20 of small)
+    got = exhaust(d, headers=bearer(both[0]))
+    assert [r.status for r in got] == [200] * 5 + [429]
+    assert got[0].headers["RateLimit-Policy"] == f'"day";q=20;w={DAY}'
     # a role with every window off is not limited, and gets no RateLimit headers
     for _ in range(20):
         r = d.request("GET", "/v1/sessions", headers=bearer(bulk[0]))
@@ -133,7 +142,7 @@ def test_limits_are_per_key_and_per_role(daemons):
     assert s == 429  # the admin key is exhausted: creating keys is limited too
     s, _, stats = d.json("GET", "/v1/stats", headers=bearer(bulk[0]))
     assert s == 200
-    assert stats["rate_limiting"] == {"enabled": True, "allowed": 3 + 3 + 10, "refused": 4,
+    assert stats["rate_limiting"] == {"enabled": True, "allowed": 3 + 3 + 10 + 5, "refused": 5,
                                       "backend_errors": 0}, stats["rate_limiting"]
 
 
