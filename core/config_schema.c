@@ -40,6 +40,7 @@ const char *const cfg_level_enum[] = { "debug", "info", "notice", "warn", "error
 static const char *const format_enum[] = { "text", "json", NULL };
 static const char *const no_strings[] = { NULL };
 static const char *const action_enum[] = { "allow", "deny", NULL };
+static const char *const failure_mode_enum[] = { "open", "closed", NULL };
 static const char *const no_origins[] = { NULL }; /* same origin only */
 static const char *const cors_headers[] = { "Content-Type", "Authorization", "X-API-Key", "If-None-Match",
                                             "If-Match",     "X-Request-Id",  "X-Rhema-Epoch",
@@ -180,8 +181,17 @@ const struct key cfg_schema[] = {
     INT_("ai_service.upstreams[].priority", 0, 0, 1000),
     GRP("ai_service.rate_limiting", 0),
     BOOL_("ai_service.rate_limiting.enabled", 0),
-    INT_("ai_service.rate_limiting.requests_per_minute", 60, 1, 1000000),
-    INT_("ai_service.rate_limiting.burst", 10, 1, 1000000),
+    INT_("ai_service.rate_limiting.requests_per_minute", 60, 0, 1000000),
+    INT_("ai_service.rate_limiting.requests_per_hour", 0, 0, 100000000),
+    INT_("ai_service.rate_limiting.requests_per_day", 0, 0, 1000000000),
+    INT_("ai_service.rate_limiting.burst", 10, 0, 1000000),
+    ENUM_("ai_service.rate_limiting.failure_mode", "open", failure_mode_enum),
+    GLIST("ai_service.rate_limiting.roles"),
+    STRQ("ai_service.rate_limiting.roles[].role", F_REQUIRED | F_UNIQUE),
+    INT_("ai_service.rate_limiting.roles[].requests_per_minute", -1, -1, 1000000),
+    INT_("ai_service.rate_limiting.roles[].requests_per_hour", -1, -1, 100000000),
+    INT_("ai_service.rate_limiting.roles[].requests_per_day", -1, -1, 1000000000),
+    INT_("ai_service.rate_limiting.roles[].burst", -1, -1, 1000000),
     GRP("ai_service.caching", 0),
     BOOL_("ai_service.caching.enabled", 0),
     INT_("ai_service.caching.ttl_seconds", 300, 1, 2592000),
@@ -257,9 +267,6 @@ const struct unimplemented cfg_unimplemented[] = {
     { "ai_service.request_timeout_seconds", "ai_service.enabled" },
     { "ai_service.models", "ai_service.enabled" },
     { "ai_service.upstreams", "ai_service.enabled" },
-    { "ai_service.rate_limiting.enabled", NULL },
-    { "ai_service.rate_limiting.requests_per_minute", "ai_service.rate_limiting.enabled" },
-    { "ai_service.rate_limiting.burst", "ai_service.rate_limiting.enabled" },
     { "ai_service.caching.enabled", NULL },
     { "ai_service.caching.ttl_seconds", "ai_service.caching.enabled" },
     { "ai_service.caching.max_entries", "ai_service.caching.enabled" },

@@ -513,7 +513,7 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
     int security_differs = auth_differs | audit_differs << 1;
     if (security_differs && security_differs != m->security_warned)
         rhema_log(RHEMA_LOG_WARN, "main", "reload: %s%s%s changed; restart to apply",
-                  auth_differs ? "security settings (keys, roles, rules)" : "",
+                  auth_differs ? "security settings (keys, roles, rules, rate limits)" : "",
                   auth_differs && audit_differs ? " and " : "",
                   audit_differs ? "security.audit" : "");
     else if (!security_differs && m->security_warned)

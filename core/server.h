@@ -39,6 +39,7 @@ struct rhema_req;
 struct rhema_http_conns;
 struct rhema_server;
 struct rhema_auth;
+struct rhema_limits;
 
 /* What a worker runs for each request (core/api/pipeline.c: rhema_pipeline_run). */
 typedef void rhema_request_fn(struct rhema_req *r);
@@ -92,6 +93,7 @@ struct rhema_server {
     struct rhema_cluster *cluster; /* cluster.h: membership, leader lease, epoch */
     struct rhema_services *services; /* services.h: registry, health checks, balancers */
     struct rhema_auth *auth;         /* api/api_auth.h: keys, roles, rules, protected mode */
+    struct rhema_limits *limits;     /* limit/ratelimit.h: rate limits; NULL when off */
     atomic_long http_conns;      /* connections open across workers (service.max_connections) */
     atomic_llong http_out_bytes; /* reply bytes queued across workers, not yet sent */
 };

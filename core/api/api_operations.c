@@ -15,6 +15,7 @@
 
 #include "api_operations.h"
 #include "commit.h"
+#include "limit/ratelimit.h"
 #include "log.h"
 #include "perfmon.h"
 #include "query.h"
@@ -227,6 +228,12 @@ static void h_stats(struct rhema_req *r)
                           "workers", srv->nworkers, "storage", storage, "group_commit",
                           "commits", (json_int_t)groups, "writes", (json_int_t)jobs,
                           "performance", rhema_perfmon_json(srv->perfmon));
+    struct rhema_limits_stats ls;
+    rhema_limits_stats(srv, &ls);
+    json_object_set_new(o, "rate_limiting",
+                        json_pack("{s:b,s:I,s:I,s:I}", "enabled", srv->limits != NULL, "allowed",
+                                  (json_int_t)ls.allowed, "refused", (json_int_t)ls.refused,
+                                  "backend_errors", (json_int_t)ls.backend_errors));
     rhema_reply_jsonv(r, 200, o);
 }
 

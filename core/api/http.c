@@ -130,7 +130,8 @@ static void add_cors(struct rhema_req *r)
         rhema_header(r, "Access-Control-Allow-Origin", origin);
         rhema_header(r, "Vary", "Origin");
     }
-    rhema_header(r, "Access-Control-Expose-Headers", "ETag, X-Request-Id, Location");
+    rhema_header(r, "Access-Control-Expose-Headers",
+                 "ETag, X-Request-Id, Location, RateLimit, RateLimit-Policy, Retry-After");
 }
 
 /*

@@ -16,7 +16,10 @@
  *   authorize       api_auth.c: the route's permission and security.rules
  *                   against the principal (401 without a key, 403 without
  *                   the permission); with keys off, protected mode
- *   rate limit      issue 10: per principal, in the storage backend
+ *   rate limit      limit/ratelimit.c: per API key (per client address
+ *                   without one), one atomic GCRA step in the storage
+ *                   backend's rate(); RateLimit headers on every reply, 429
+ *                   with Retry-After past the limit
  *   audit           audit.c: a route that writes is set aside until its
  *                   "begin" record is durable, and resumes here from the
  *                   worker's mailbox; with security.audit.fail_closed a
@@ -53,6 +56,7 @@
 #include "api_services.h"
 #include "api_sessions.h"
 #include "audit.h"
+#include "limit/ratelimit.h"
 #include "maintenance.h"
 #include "pipeline.h"
 #include "routes.h"
@@ -220,7 +224,8 @@ void rhema_pipeline_run(struct rhema_req *r)
         return;
     if (rhema_authorize(r, rt))
         return;
-    /* rate limit (issue 10) goes here */
+    if (rhema_rate_limit(r, rt))
+        return;
     if (audit_stage(r, rt))
         return;
     run_from_fence(r, rt);
@@ -232,23 +237,31 @@ int rhema_api_start(struct rhema_server *srv, char **err)
     int rc = rhema_routes_check(rhema_api_routes, err);
     if (rc || (rc = rhema_auth_open(srv, rhema_api_routes, err)) != 0)
         return rc;
-    if ((rc = rhema_http_start(srv, rhema_pipeline_run, err)) != 0)
+    if ((rc = rhema_limits_open(srv, err)) != 0) {
         rhema_auth_close(srv);
+        return rc;
+    }
+    if ((rc = rhema_http_start(srv, rhema_pipeline_run, err)) != 0) {
+        rhema_limits_close(srv);
+        rhema_auth_close(srv);
+    }
     return rc;
 }
 
 int rhema_api_check(const struct rhema_config *cfg, char **err)
 {
-    return rhema_auth_check(cfg, rhema_api_routes, err);
+    int rc = rhema_auth_check(cfg, rhema_api_routes, err);
+    return rc ? rc : rhema_limits_check(cfg, err);
 }
 
 int rhema_api_reload_needs_restart(const struct rhema_config *old, const struct rhema_config *neu)
 {
-    return rhema_auth_settings_changed(old, neu);
+    return rhema_auth_settings_changed(old, neu) || rhema_limits_settings_changed(old, neu);
 }
 
 void rhema_api_stop(struct rhema_server *srv)
 {
     rhema_http_stop(srv);
+    rhema_limits_close(srv);
     rhema_auth_close(srv);
 }

@@ -12,6 +12,7 @@ Environment (set by the automake harness; defaults suit a run from the tree):
 import http.client
 import json as jsonlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -300,6 +301,36 @@ def daemons(tmp_path):
 def daemon(daemons):
     """A started rhemad on the memory backend."""
     return daemons().start()
+
+
+def _redis_server():
+    return shutil.which("redis-server")
+
+
+@pytest.fixture
+def redis(tmp_path):
+    """A redis-server on a free loopback port with a password (skipped when absent)."""
+    exe = _redis_server()
+    if not exe or not plugin_available("redis"):
+        pytest.skip("redis-server or the redis plugin is not available")
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--requirepass", "s3cret pass",
+                             "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up():
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return True
+        except OSError:
+            return False
+    try:
+        assert wait_until(up, 10) is True, "redis-server did not start"
+        yield proc, port
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def run_rhemad(args, timeout=15, cwd=None):

@@ -7,14 +7,9 @@ plugin's password_env.
 
 import http.client
 import json
-import shutil
-import socket
-import subprocess
 import time
 
-import pytest
-
-from conftest import Daemon, free_port, plugin_available, wait_until
+from conftest import wait_until
 
 MERGE = {"Content-Type": "application/merge-patch+json"}
 
@@ -156,36 +151,6 @@ def test_floats_round_trip(daemon):
     assert b"3.2000000000000002" not in r.body and b'"score":3.2}' in r.body, r.body
     r = daemon.request("GET", "/v1/sessions/f2")
     assert b'"score":3.2}' in r.body, r.body
-
-
-def _redis_server():
-    return shutil.which("redis-server")
-
-
-@pytest.fixture
-def redis(tmp_path):
-    """A redis-server on a free loopback port with a password (skipped when absent)."""
-    exe = _redis_server()
-    if not exe or not plugin_available("redis"):
-        pytest.skip("redis-server or the redis plugin is not available")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--requirepass", "s3cret pass",
-                             "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def up():
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return True
-        except OSError:
-            return False
-    try:
-        assert wait_until(up, 10) is True, "redis-server did not start"
-        yield proc, port
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def redis_config(port, extra):
