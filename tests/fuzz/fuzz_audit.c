@@ -53,6 +53,8 @@ struct out {
 
 static void out_put(struct out *o, const char *p, size_t n)
 {
+    if (n == 0)
+        return; /* an empty line: o->p may still be NULL */
     if (o->len + n > o->cap) {
         size_t cap = o->cap ? o->cap : 4096;
         while (cap < o->len + n)
