@@ -29,6 +29,7 @@
 #include "auth/apikey.h"
 #include "config.h"
 #include "fixture.h"
+#include "fuzz_http.h"
 #include "log.h"
 #include "server.h"
 
@@ -61,8 +62,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (fuzz_write_file(path, conf_text, sizeof conf_text - 1) != 0 ||
         rhema_config_load(&cfg, path, NULL, 0, NULL, &err) != 0 ||
         rhema_plugins_new(&srv.plugins) != 0 ||
-        rhema_plugin_load(srv.plugins, "memory", fuzz_plugin_dir(), RHEMA_KIND_STORAGE, &p,
-                          &err) != 0)
+        rhema_plugin_load(srv.plugins, "memory", fuzz_plugin_dir(), RHEMA_KIND_STORAGE, &p, &err) !=
+            0)
         goto fail;
     srv.cfg = &cfg;
     srv.storage = &p->vt.storage;
@@ -152,16 +153,16 @@ static void check_parsers(const char *text, size_t n)
         oracle_checksum(bytes, want);
     if (f == RHEMA_APIKEY_OK) {
         /* only a well-formed key with the right checksum; its id is its bytes 3..15 */
-        fuzz_assert(shaped && memcmp(want, bytes + n - RHEMA_APIKEY_CHECK_LEN,
-                                     RHEMA_APIKEY_CHECK_LEN) == 0);
+        fuzz_assert(shaped &&
+                    memcmp(want, bytes + n - RHEMA_APIKEY_CHECK_LEN, RHEMA_APIKEY_CHECK_LEN) == 0);
         fuzz_assert(memcmp(id, bytes + 3, RHEMA_APIKEY_ID_LEN) == 0 && rhema_apikey_id_valid(id));
         rhema_apikey_stored(bytes, n, stored);
         rhema_apikey_hash(bytes, n, h);
         fuzz_assert(rhema_apikey_stored_parse(stored, sid, sh) == 0);
         fuzz_assert(strcmp(sid, id) == 0 && memcmp(sh, h, sizeof h) == 0);
     } else if (f == RHEMA_APIKEY_CHECKSUM) {
-        fuzz_assert(shaped && memcmp(want, bytes + n - RHEMA_APIKEY_CHECK_LEN,
-                                     RHEMA_APIKEY_CHECK_LEN) != 0);
+        fuzz_assert(shaped &&
+                    memcmp(want, bytes + n - RHEMA_APIKEY_CHECK_LEN, RHEMA_APIKEY_CHECK_LEN) != 0);
     } else {
         fuzz_assert(f == RHEMA_APIKEY_MALFORMED && !shaped);
     }
@@ -206,15 +207,7 @@ static void check_authenticate(const char *text, size_t n)
     r.req = evhttp_request_new(NULL, NULL);
     if (!r.req)
         abort();
-    for (char *h = strtok_r(copy, "\r\n", &save); h; h = strtok_r(NULL, "\r\n", &save)) {
-        char *colon = strchr(h, ':');
-        if (!colon || colon == h)
-            continue;
-        *colon++ = '\0';
-        while (*colon == ' ')
-            colon++;
-        evhttp_add_header(evhttp_request_get_input_headers(r.req), h, colon);
-    }
+    fuzz_add_headers(r.req, strtok_r(copy, "\r\n", &save), &save);
     if (rhema_authenticate(&r) == 0) {
         fuzz_assert(r.status == 0);
         if (r.principal.key_id[0]) {

@@ -161,7 +161,8 @@ static int verify(struct rhema_audit_verifier *v, const char *line, size_t len, 
                   int file_start)
 {
     struct rhema_audit_verifier before = *v;
-    char why[RHEMA_ERRMSG_MAX] = "", hash[RHEMA_AUDIT_HASH_HEX + 1], computed[RHEMA_AUDIT_HASH_HEX + 1];
+    char why[RHEMA_ERRMSG_MAX] = "", hash[RHEMA_AUDIT_HASH_HEX + 1],
+         computed[RHEMA_AUDIT_HASH_HEX + 1];
     char event[RHEMA_ID_MAX + 1], why2[RHEMA_ERRMSG_MAX];
     uint64_t seq = 0;
     int cont = -1;

@@ -47,6 +47,8 @@ static const char *dir;
 static void put(const char *harness, const char *name, const void *data, size_t len)
 {
     char path[512];
+    snprintf(path, sizeof path, "%s/corpus", dir);
+    mkdir(path, 0755);
     snprintf(path, sizeof path, "%s/corpus/%s", dir, harness);
     mkdir(path, 0755);
     snprintf(path, sizeof path, "%s/corpus/%s/%s", dir, harness, name);
@@ -158,7 +160,8 @@ static void apikey_seeds(void)
         {"admin", FUZZ_APIKEY_ADMIN},
         {"bearer-admin", "Authorization: Bearer " FUZZ_APIKEY_ADMIN},
         {"x-api-key-admin", "X-API-Key: " FUZZ_APIKEY_ADMIN},
-        {"both-agree", "Authorization: Bearer " FUZZ_APIKEY_ADMIN "\nX-API-Key: " FUZZ_APIKEY_ADMIN},
+        {"both-agree",
+         "Authorization: Bearer " FUZZ_APIKEY_ADMIN "\nX-API-Key: " FUZZ_APIKEY_ADMIN},
         {"bearer-expired", "Authorization: Bearer " FUZZ_APIKEY_EXPIRED},
         {"basic-scheme", "Authorization: Basic dXNlcjpwYXNzd29yZA=="},
         {"stored-admin", FUZZ_APIKEY_ADMIN_STORED},
@@ -168,7 +171,8 @@ static void apikey_seeds(void)
         {"wrong-prefix", "rx_eXo4lQ0uVvAw_w7VJjeCieFLzbCkh9xY46e2shqi4"},
         {"short-secret", "rk_eXo4lQ0uVvAw_w7VJjeCieFLzbCkh9xY46e2sh"},
         {"bad-checksum", "rk_eXo4lQ0uVvAw_w7VJjeCieFLzbCkh9xY46e2shqi5"},
-        {"bearer-bad-checksum", "Authorization: Bearer rk_eXo4lQ0uVvAw_w7VJjeCieFLzbCkh9xY46e2shqi5"},
+        {"bearer-bad-checksum",
+         "Authorization: Bearer rk_eXo4lQ0uVvAw_w7VJjeCieFLzbCkh9xY46e2shqi5"},
     };
     char key[RHEMA_APIKEY_LEN + 1], id[RHEMA_APIKEY_ID_LEN + 1], text[256], name[64];
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
@@ -234,11 +238,24 @@ static void audit_seeds(void)
         exit(1);
     }
     /* a write (begin and end records), a read, an event; rotate; again */
-    struct rhema_audit_request w = {"req-1", FUZZ_APIKEY_ADMIN_ID, "admin", "127.0.0.1:40000",
-                                    "PUT", "/v1/sessions/{session_id}", "s-1", "{\"id\":\"s-1\"}",
-                                    12, 201, 40};
-    struct rhema_audit_request r = {"req-2", NULL, NULL, "127.0.0.1:40001", "GET",
-                                    "/v1/sessions/{session_id}", "s-1", NULL, 0, 200, 120};
+    struct rhema_audit_request w = {.request_id = "req-1",
+                                    .key_id = FUZZ_APIKEY_ADMIN_ID,
+                                    .roles = "admin",
+                                    .client = "127.0.0.1:40000",
+                                    .method = "PUT",
+                                    .route = "/v1/sessions/{session_id}",
+                                    .param = "s-1",
+                                    .body = "{\"id\":\"s-1\"}",
+                                    .bytes_in = 12,
+                                    .status = 201,
+                                    .bytes_out = 40};
+    struct rhema_audit_request r = {.request_id = "req-2",
+                                    .client = "127.0.0.1:40001",
+                                    .method = "GET",
+                                    .route = "/v1/sessions/{session_id}",
+                                    .param = "s-1",
+                                    .status = 200,
+                                    .bytes_out = 120};
     for (int round = 0; round < 2; round++) {
         if (rhema_audit_request_begin(&w, 1, why) != 0) {
             fprintf(stderr, "gen_seeds: audit: %s\n", why);
