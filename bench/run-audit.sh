@@ -31,93 +31,29 @@
 
 set -u
 
+BENCH_NAME=run-audit.sh
 here=$(cd "$(dirname "$0")" && pwd)
-top_srcdir=$(cd "$here/.." && pwd)
-: "${top_builddir:=$top_srcdir}"
-SECONDS_=${BENCH_SECONDS:-10}
-THREADS=${BENCH_THREADS:-2}
-CONNS=${BENCH_CONNS:-32}
-WORKERS=${BENCH_WORKERS:-$(nproc 2>/dev/null || echo 2)}
-WARMUP=${BENCH_WARMUP:-2}
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 REPS=${BENCH_REPS:-2}
-WRK=${WRK:-wrk}
-RHEMAD=$top_builddir/rhemad
-RHEMACTL=$top_builddir/rhemactl
-PLUGIN_DIR=$top_builddir/plugins/.libs
 
-rpid=
-# (also inside the $(...) of a measurement: stop its daemon, exit 99 to the caller)
-die() {
-    echo "run-audit.sh: $*" >&2
-    [ -n "$rpid" ] && kill -TERM "$rpid" 2>/dev/null
-    exit 99
-}
-
-command -v "$WRK" >/dev/null 2>&1 || die "wrk not found (set WRK=)"
-command -v curl >/dev/null 2>&1 || die "curl not found"
+bench_need_tools
 [ -x "$RHEMAD" ] || die "$RHEMAD not built (make rhemad)"
 [ -f "$PLUGIN_DIR/storage_memory.so" ] || die "$PLUGIN_DIR/storage_memory.so not built"
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/rhema-bench-audit.XXXXXX") || die "mktemp failed"
+bench_tmpdir rhema-bench-audit
 AUDIT_DIR=${BENCH_AUDIT_DIR:-$tmp}
-pids=
-cleanup() {
-    for p in $pids; do kill -TERM "$p" 2>/dev/null; done
-    for p in $pids; do wait "$p" 2>/dev/null; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_ready() { # pid url
-    i=0
-    while [ $i -lt 100 ]; do
-        kill -0 "$1" 2>/dev/null || return 1
-        curl -fsS -o /dev/null --max-time 1 "$2" 2>/dev/null && return 0
-        sleep 0.1
-        i=$((i + 1))
-    done
-    return 1
-}
-
-stop() {
-    kill -TERM "$1" 2>/dev/null
-    wait "$1" 2>/dev/null
-    rest=
-    for p in $pids; do [ "$p" = "$1" ] || rest="$rest $p"; done
-    pids=$rest
-}
-
-wrk_rps() { awk '/^Requests\/sec:/ { print $2 }' "$1"; }
-wrk_check() {
-    if grep -q 'Non-2xx or 3xx responses' "$1" || grep -q 'Socket errors' "$1" ||
-        ! awk '/^Requests\/sec:/ { ok = $2 > 0 } END { exit !ok }' "$1"; then
-        echo "run-audit.sh: wrk reported errors or no requests:" >&2
-        cat "$1" >&2
-        return 1
-    fi
-}
 
 # start NAME AUDIT(on|off) BACKEND-ARGS...: sets rpid and base
 start() {
     name=$1
     audit=$2
     shift 2
-    port=$(free_port)
-    set -- "$@" -o service.listen=127.0.0.1:"$port" -o service.workers="$WORKERS"
     if [ "$audit" = on ]; then
         rm -f "$AUDIT_DIR/$name.audit.log" "$AUDIT_DIR/$name.audit.log.key"
         set -- "$@" -o security.audit.enabled=true -o security.audit.file="$AUDIT_DIR/$name.audit.log"
     fi
-    "$RHEMAD" -f -P "$PLUGIN_DIR" "$@" >"$tmp/$name.log" 2>&1 &
-    rpid=$!
-    pids="$pids $rpid"
-    base=http://127.0.0.1:$port
-    wait_ready "$rpid" "$base/health/ready" || { cat "$tmp/$name.log" >&2; die "rhemad ($name) did not start"; }
+    bench_start "$name" "$@"
 }
 
 pad=$(printf '%0900d' 0 | tr 0 x)
@@ -133,9 +69,9 @@ get_run() {
         -d "{\"topic\":\"$pad\",\"participants\":[\"agent-1\",\"agent-2\"],\"status\":\"Active\"}" \
         "$base/v1/sessions/bench-get")
     [ "$code" = 201 ] || die "PUT of the GET benchmark's session answered $code"
-    "$WRK" -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$base/v1/sessions/bench-get" >/dev/null 2>&1
+    wrk_warmup "$base/v1/sessions/bench-get"
     t0=$(cpu_ticks "$rpid")
-    "$WRK" -t"$THREADS" -c"$CONNS" -d"${SECONDS_}s" "$base/v1/sessions/bench-get" >"$tmp/wrk-$1" 2>&1
+    wrk_run "$tmp/wrk-$1" "$base/v1/sessions/bench-get"
     t1=$(cpu_ticks "$rpid")
     wrk_check "$tmp/wrk-$1" || die "GET ($1) failed"
     stop "$rpid"
@@ -148,7 +84,7 @@ get_run() {
 put_run() {
     n=$1
     start "$@"
-    "$WRK" -t"$THREADS" -c"$CONNS" -d"${SECONDS_}s" -s "$here/put_session.lua" "$base" >"$tmp/wrk-$n" 2>&1
+    wrk_run "$tmp/wrk-$n" "$base" -s "$here/put_session.lua"
     wrk_check "$tmp/wrk-$n" || die "PUT ($n) failed"
     stop "$rpid"
     wrk_rps "$tmp/wrk-$n"

@@ -19,80 +19,21 @@
 
 set -u
 
+BENCH_NAME=run-auth.sh
 here=$(cd "$(dirname "$0")" && pwd)
-top_srcdir=$(cd "$here/.." && pwd)
-: "${top_builddir:=$top_srcdir}"
-SECONDS_=${BENCH_SECONDS:-10}
-THREADS=${BENCH_THREADS:-2}
-CONNS=${BENCH_CONNS:-32}
-WORKERS=${BENCH_WORKERS:-$(nproc 2>/dev/null || echo 2)}
-WARMUP=${BENCH_WARMUP:-2}
-WRK=${WRK:-wrk}
-RHEMAD=$top_builddir/rhemad
-RHEMACTL=$top_builddir/rhemactl
-PLUGIN_DIR=$top_builddir/plugins/.libs
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 
-die() { echo "run-auth.sh: $*" >&2; exit 99; }
-
-command -v "$WRK" >/dev/null 2>&1 || die "wrk not found (set WRK=)"
-command -v curl >/dev/null 2>&1 || die "curl not found"
+bench_need_tools
 [ -x "$RHEMAD" ] || die "$RHEMAD not built"
 [ -x "$RHEMACTL" ] || die "$RHEMACTL not built"
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/rhema-bench-auth.XXXXXX") || die "mktemp failed"
-pids=
-cleanup() {
-    for p in $pids; do kill -TERM "$p" 2>/dev/null; done
-    for p in $pids; do wait "$p" 2>/dev/null; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
+bench_tmpdir rhema-bench-auth
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_ready() {
-    i=0
-    while [ $i -lt 100 ]; do
-        kill -0 "$1" 2>/dev/null || return 1
-        curl -fsS -o /dev/null --max-time 1 "$2" 2>/dev/null && return 0
-        sleep 0.1
-        i=$((i + 1))
-    done
-    return 1
-}
-stop() {
-    kill -TERM "$1" 2>/dev/null
-    wait "$1" 2>/dev/null
-    rest=
-    for p in $pids; do [ "$p" = "$1" ] || rest="$rest $p"; done
-    pids=$rest
-}
+# start NAME CONFIG: the daemon's pid in $rpid, its URL in $base
+start() { bench_start "$1" -c "$2"; }
 # measure OUT URL [wrk args]: requests/s; dies when wrk saw a non-2xx or an error
-measure() {
-    out=$1
-    url=$2
-    shift 2
-    "$WRK" -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$@" "$url" >/dev/null 2>&1
-    "$WRK" -t"$THREADS" -c"$CONNS" -d"${SECONDS_}s" "$@" "$url" >"$out" 2>&1
-    if grep -q 'Non-2xx or 3xx responses' "$out" || grep -q 'Socket errors' "$out"; then
-        cat "$out" >&2
-        die "wrk reported errors"
-    fi
-    awk '/^Requests\/sec:/ { print $2 }' "$out"
-}
-
-# start NAME CONFIG: the daemon's pid in $rpid, its URL in $base, a session to GET in it
-start() {
-    port=$(free_port)
-    "$RHEMAD" -f -c "$2" -P "$PLUGIN_DIR" -o service.listen=127.0.0.1:"$port" \
-        -o service.workers="$WORKERS" >"$tmp/$1.log" 2>&1 &
-    rpid=$!
-    pids="$pids $rpid"
-    base=http://127.0.0.1:$port
-    wait_ready "$rpid" "$base/health/ready" || { cat "$tmp/$1.log" >&2; die "rhemad ($1) did not start"; }
-}
+measure() { bench_measure "$@" || die "wrk reported errors"; }
 put_session() { # base [curl args]
     b=$1
     shift
@@ -124,7 +65,7 @@ off_pid=$rpid
 off_base=$base
 put_session "$off_base"
 echo "GET, keys off ..."
-off1=$(measure "$tmp/wrk-off1" "$off_base/v1/sessions/bench-get")
+off1=$(measure "$tmp/wrk-off1" "$off_base/v1/sessions/bench-get") || exit 99
 
 start on "$tmp/on.conf"
 on_pid=$rpid
@@ -136,13 +77,13 @@ runtime_key=$(curl -sS -X POST -H "Authorization: Bearer $admin_key" -H 'Content
 code=$(curl -sS -o /dev/null -w '%{http_code}' "$on_base/v1/sessions/bench-get")
 [ "$code" = 401 ] || die "GET without a key answered $code, not 401"
 echo "GET, keys on, runtime key ..."
-runtime=$(measure "$tmp/wrk-runtime" "$on_base/v1/sessions/bench-get" -H "Authorization: Bearer $runtime_key")
+runtime=$(measure "$tmp/wrk-runtime" "$on_base/v1/sessions/bench-get" -H "Authorization: Bearer $runtime_key") || exit 99
 echo "GET, keys on, static key ..."
-static=$(measure "$tmp/wrk-static" "$on_base/v1/sessions/bench-get" -H "X-API-Key: $admin_key")
+static=$(measure "$tmp/wrk-static" "$on_base/v1/sessions/bench-get" -H "X-API-Key: $admin_key") || exit 99
 stop "$on_pid"
 
 echo "GET, keys off (again) ..."
-off2=$(measure "$tmp/wrk-off2" "$off_base/v1/sessions/bench-get")
+off2=$(measure "$tmp/wrk-off2" "$off_base/v1/sessions/bench-get") || exit 99
 stop "$off_pid"
 
 off=$(awk -v a="$off1" -v b="$off2" 'BEGIN { printf "%.2f", (a + b) / 2 }')

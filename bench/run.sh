@@ -32,81 +32,19 @@
 
 set -u
 
+BENCH_NAME=run.sh
 here=$(cd "$(dirname "$0")" && pwd)
-top_srcdir=$(cd "$here/.." && pwd)
-: "${top_builddir:=$top_srcdir}"
-SECONDS_=${BENCH_SECONDS:-10}
-THREADS=${BENCH_THREADS:-2}
-CONNS=${BENCH_CONNS:-32}
-WORKERS=${BENCH_WORKERS:-$(nproc 2>/dev/null || echo 2)}
-WARMUP=${BENCH_WARMUP:-2}
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 CC=${CC:-cc}
-WRK=${WRK:-wrk}
 PKG_CONFIG=${PKG_CONFIG:-pkg-config}
-RHEMAD=$top_builddir/rhemad
-PLUGIN_DIR=$top_builddir/plugins/.libs
 
-die() { echo "run.sh: $*" >&2; exit 99; }
-
-command -v "$WRK" >/dev/null 2>&1 || die "wrk not found (set WRK=)"
-command -v curl >/dev/null 2>&1 || die "curl not found"
+bench_need_tools
 [ -x "$RHEMAD" ] || die "$RHEMAD not built (make rhemad)"
 [ -f "$PLUGIN_DIR/storage_memory.so" ] || die "$PLUGIN_DIR/storage_memory.so not built"
 [ -f "$PLUGIN_DIR/storage_sqlite.so" ] || die "$PLUGIN_DIR/storage_sqlite.so not built"
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/rhema-bench.XXXXXX") || die "mktemp failed"
-pids=
-cleanup() {
-    for p in $pids; do
-        kill -TERM "$p" 2>/dev/null
-    done
-    for p in $pids; do
-        wait "$p" 2>/dev/null
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null ||
-        echo $((49152 + ($$ + $(date +%N 2>/dev/null | cut -c1-4 || echo 0)) % 16000))
-}
-
-# Wait until URL answers 2xx (10 s at most) while process $1 lives.
-wait_ready() {
-    i=0
-    while [ $i -lt 100 ]; do
-        kill -0 "$1" 2>/dev/null || return 1
-        curl -fsS -o /dev/null --max-time 1 "$2" 2>/dev/null && return 0
-        sleep 0.1
-        i=$((i + 1))
-    done
-    return 1
-}
-
-# Stop process $1 (SIGTERM, then wait) and forget it.
-stop() {
-    kill -TERM "$1" 2>/dev/null
-    wait "$1" 2>/dev/null
-    rest=
-    for p in $pids; do [ "$p" = "$1" ] || rest="$rest $p"; done
-    pids=$rest
-}
-
-# Requests/sec from a wrk output file; fails when wrk saw errors.
-wrk_rps() {
-    awk '/^Requests\/sec:/ { print $2 }' "$1"
-}
-wrk_check() {
-    if grep -q 'Non-2xx or 3xx responses' "$1" || grep -q 'Socket errors' "$1" ||
-        ! awk '/^Requests\/sec:/ { ok = $2 > 0 } END { exit !ok }' "$1"; then
-        echo "run.sh: wrk reported errors or no requests:" >&2
-        cat "$1" >&2
-        return 1
-    fi
-    return 0
-}
+bench_tmpdir rhema-bench
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
@@ -120,24 +58,10 @@ echo "building bench/bare_evhttp and bench/sqlite_raw in $tmp"
 "$CC" -O2 -g $($PKG_CONFIG --cflags sqlite3) -o "$tmp/sqlite_raw" "$here/sqlite_raw.c" \
     $($PKG_CONFIG --libs sqlite3) || die "cannot build sqlite_raw"
 
-wrk_run() { # output-file url [wrk args...]
-    out=$1
-    url=$2
-    shift 2
-    "$WRK" -t"$THREADS" -c"$CONNS" -d"${SECONDS_}s" "$@" "$url" >"$out" 2>&1
-}
-
 echo "machine: $(nproc) cores; wrk -t$THREADS -c$CONNS -d${SECONDS_}s; $WORKERS workers"
 
 # ---- 1. GET: rhemad (memory) ----
-port=$(free_port)
-"$RHEMAD" -f -P "$PLUGIN_DIR" -o service.data_directory="$tmp" -o persistence.backend=memory \
-    -o service.listen=127.0.0.1:"$port" -o service.workers="$WORKERS" \
-    >"$tmp/rhemad-memory.log" 2>&1 &
-rpid=$!
-pids="$pids $rpid"
-base=http://127.0.0.1:$port
-wait_ready "$rpid" "$base/health/ready" || { cat "$tmp/rhemad-memory.log" >&2; die "rhemad (memory) did not start"; }
+bench_start memory -o service.data_directory="$tmp" -o persistence.backend=memory
 pad=$(printf '%0900d' 0 | tr 0 x)
 code=$(curl -sS -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Type: application/json' \
     -d "{\"topic\":\"$pad\",\"participants\":[\"agent-1\",\"agent-2\",\"agent-3\"],\"status\":\"Active\"}" \
@@ -154,10 +78,8 @@ etag=$(awk 'tolower($1) == "etag:" { sub(/\r$/, "", $2); print $2 }' "$tmp/get.h
 body_bytes=$(wc -c <"$tmp/get.body")
 
 echo "GET rhemad (memory) ..."
-"$WRK" -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$base/v1/sessions/bench-get" >/dev/null 2>&1
-wrk_run "$tmp/wrk-get-rhemad" "$base/v1/sessions/bench-get"
-wrk_check "$tmp/wrk-get-rhemad" || die "GET on rhemad failed"
-get_rhemad=$(wrk_rps "$tmp/wrk-get-rhemad")
+get_rhemad=$(bench_measure "$tmp/wrk-get-rhemad" "$base/v1/sessions/bench-get") ||
+    die "GET on rhemad failed"
 rss_after_get=$(rss_kib "$rpid")
 echo "PUT rhemad (memory) ..."
 wrk_run "$tmp/wrk-put-memory" "$base" -s "$here/put_session.lua"
@@ -175,23 +97,14 @@ bbase=http://127.0.0.1:$port
 wait_ready "$bpid" "$bbase/v1/sessions/bench-get" || { cat "$tmp/bare.log" >&2; die "bare_evhttp did not start"; }
 curl -sS -D "$tmp/bare.headers" -o "$tmp/bare.body" "$bbase/v1/sessions/bench-get"
 echo "GET bare evhttp ..."
-"$WRK" -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$bbase/v1/sessions/bench-get" >/dev/null 2>&1
-wrk_run "$tmp/wrk-get-bare" "$bbase/v1/sessions/bench-get"
-wrk_check "$tmp/wrk-get-bare" || die "GET on bare_evhttp failed"
-get_bare=$(wrk_rps "$tmp/wrk-get-bare")
+get_bare=$(bench_measure "$tmp/wrk-get-bare" "$bbase/v1/sessions/bench-get") ||
+    die "GET on bare_evhttp failed"
 stop "$bpid"
 
 # ---- 2. PUT: rhemad (sqlite, synchronous=normal) ----
 mkdir -p "$tmp/sqlite"
-port=$(free_port)
-"$RHEMAD" -f -P "$PLUGIN_DIR" -o service.data_directory="$tmp" -o persistence.backend=sqlite \
-    -o persistence.sqlite.path="$tmp/sqlite/rhema.db" -o persistence.sqlite.synchronous=normal \
-    -o service.listen=127.0.0.1:"$port" -o service.workers="$WORKERS" \
-    >"$tmp/rhemad-sqlite.log" 2>&1 &
-rpid=$!
-pids="$pids $rpid"
-base=http://127.0.0.1:$port
-wait_ready "$rpid" "$base/health/ready" || { cat "$tmp/rhemad-sqlite.log" >&2; die "rhemad (sqlite) did not start"; }
+bench_start sqlite -o service.data_directory="$tmp" -o persistence.backend=sqlite \
+    -o persistence.sqlite.path="$tmp/sqlite/rhema.db" -o persistence.sqlite.synchronous=normal
 for i in 1 2 3 4 5; do
     curl -sS -o /dev/null "$base/health"
 done

@@ -517,6 +517,57 @@ static int parse_seq_cursor(const char *s, uint64_t *n)
     return 0;
 }
 
+/*
+ * A page of the records of ns from key `from` to key `to` (excluded), kept
+ * in the order of a counter (an agent's transitions, a configuration's
+ * versions): at most limit (fewer when the byte cap ends it), and, when
+ * more follow, a next_cursor holding the counter member `seq_member` of the
+ * last one.  `noun` names a record in the message of a corrupt one
+ * ("stored <noun> '<key>' is corrupt"), `listing` the scan in that of a
+ * backend error.
+ */
+static int seq_page(struct rhema_store *st, const char *ns, const char *from, const char *to,
+                    size_t limit, const char *seq_member, const char *noun, const char *listing,
+                    char **out, size_t *out_len, char *err)
+{
+    struct value_list l = {.items = json_array(), .st = st};
+    int rc = st->vt->scan(st->conn, ns, from, to, limit + 1, collect_value, &l);
+    limit = value_page(&l, limit);
+    if (rc) {
+        rc = l.bad ? rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored %s '%s' is corrupt", noun,
+                                      l.last_key)
+                   : rhema_store_error(st, rc, listing, err);
+        goto out;
+    }
+    json_t *next = NULL;
+    if (json_array_size(l.items) > limit) {
+        json_array_remove(l.items, limit);
+        char seq[24];
+        snprintf(seq, sizeof seq, "%llu",
+                 (unsigned long long)json_integer_value(
+                     json_object_get(json_array_get(l.items, limit - 1), seq_member)));
+        next = json_string(seq);
+    }
+    rc = page_text(l.items, next, out, out_len, err);
+out:
+    json_decref(l.items);
+    return rc;
+}
+
+/* One write (RHEMA_WRITE_PUT or _DEL) of key in ns, for put() or batch(). */
+static struct rhema_storage_write store_write(uint32_t op, const char *ns, const char *key,
+                                              const char *value, size_t len,
+                                              uint64_t expected_version)
+{
+    return (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
+                                        .op = op,
+                                        .ns = ns,
+                                        .key = key,
+                                        .value = value,
+                                        .value_len = len,
+                                        .expected_version = expected_version};
+}
+
 /* ---- the agent summary ---- */
 
 /* What one agent adds to the summary (integers, so that add and remove are exact). */
@@ -1136,33 +1187,13 @@ int rhema_agent_transitions(struct rhema_store *st, const char *id, size_t limit
     json_decref(cur);
     char *from = kfmt("%s/%020llu", id, (unsigned long long)after + 1);
     char *to = kfmt("%s0", id);
-    struct value_list l = {.items = json_array(), .st = st};
-    if (!from || !to) {
+    if (from && to)
+        rc = seq_page(st, NS_TRANSITIONS, from, to, limit, "seq", "transition",
+                      "listing transitions", out, out_len, err);
+    else
         rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
-        goto out;
-    }
-    rc = st->vt->scan(st->conn, NS_TRANSITIONS, from, to, limit + 1, collect_value, &l);
-    limit = value_page(&l, limit);
-    if (rc) {
-        rc = l.bad ? rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored transition '%s' is corrupt",
-                                      l.last_key)
-                   : rhema_store_error(st, rc, "listing transitions", err);
-        goto out;
-    }
-    json_t *next = NULL;
-    if (json_array_size(l.items) > limit) {
-        json_array_remove(l.items, limit);
-        char seq[24];
-        snprintf(seq, sizeof seq, "%llu",
-                 (unsigned long long)json_integer_value(
-                     json_object_get(json_array_get(l.items, limit - 1), "seq")));
-        next = json_string(seq);
-    }
-    rc = page_text(l.items, next, out, out_len, err);
-out:
     free(from);
     free(to);
-    json_decref(l.items);
     return rc;
 }
 
@@ -1305,14 +1336,9 @@ int rhema_system_metrics_put(struct rhema_store *st, json_t *metrics, uint64_t i
             json_decref(rec);
             return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         }
-        struct rhema_storage_write w = {.size = sizeof(struct rhema_storage_write),
-                                        .op = RHEMA_WRITE_PUT,
-                                        .ns = NS_SYSTEM,
-                                        .key = METRICS_KEY,
-                                        .value = text,
-                                        .value_len = len,
-                                        .expected_version =
-                                            was_absent ? RHEMA_VERSION_ABSENT : version};
+        struct rhema_storage_write w =
+            store_write(RHEMA_WRITE_PUT, NS_SYSTEM, METRICS_KEY, text, len,
+                        was_absent ? RHEMA_VERSION_ABSENT : version);
         rc = st->vt->put(st->conn, &w);
         free(text);
         if (rc == RHEMA_ECONFLICT) {
@@ -1439,27 +1465,12 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
          * written whatever it holds (a leftover of a deleted configuration
          * of the same name is replaced).
          */
-        w[0] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
-                                            .op = RHEMA_WRITE_PUT,
-                                            .ns = NS_CONFIGS,
-                                            .key = vkey,
-                                            .value = text,
-                                            .value_len = len,
-                                            .expected_version = RHEMA_VERSION_ANY};
-        w[1] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
-                                            .op = RHEMA_WRITE_PUT,
-                                            .ns = NS_CONFIGS,
-                                            .key = latest_key,
-                                            .value = text,
-                                            .value_len = len,
-                                            .expected_version =
-                                                cversion ? sversion : RHEMA_VERSION_ABSENT};
+        w[0] = store_write(RHEMA_WRITE_PUT, NS_CONFIGS, vkey, text, len, RHEMA_VERSION_ANY);
+        w[1] = store_write(RHEMA_WRITE_PUT, NS_CONFIGS, latest_key, text, len,
+                           cversion ? sversion : RHEMA_VERSION_ABSENT);
         for (size_t k = 0; k < old.n; k++)
-            w[2 + k] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
-                                                    .op = RHEMA_WRITE_DEL,
-                                                    .ns = NS_CONFIGS,
-                                                    .key = old.v[k],
-                                                    .expected_version = RHEMA_VERSION_ANY};
+            w[2 + k] =
+                store_write(RHEMA_WRITE_DEL, NS_CONFIGS, old.v[k], NULL, 0, RHEMA_VERSION_ANY);
         rc = st->vt->batch(st->conn, w, 2 + old.n);
         free(vkey);
         free(w);
@@ -1522,17 +1533,10 @@ int rhema_configuration_delete(struct rhema_store *st, const char *name, uint64_
                 break;
             }
             for (size_t k = 0; k < keys.n; k++)
-                w[k] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
-                                                    .op = RHEMA_WRITE_DEL,
-                                                    .ns = NS_CONFIGS,
-                                                    .key = keys.v[k],
-                                                    .expected_version = RHEMA_VERSION_ANY};
+                w[k] =
+                    store_write(RHEMA_WRITE_DEL, NS_CONFIGS, keys.v[k], NULL, 0, RHEMA_VERSION_ANY);
             if (last)
-                w[keys.n] = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
-                                                         .op = RHEMA_WRITE_DEL,
-                                                         .ns = NS_CONFIGS,
-                                                         .key = latest_key,
-                                                         .expected_version = sversion};
+                w[keys.n] = store_write(RHEMA_WRITE_DEL, NS_CONFIGS, latest_key, NULL, 0, sversion);
             rc = st->vt->batch(st->conn, w, keys.n + (size_t)last);
             free(w);
             if (rc || last)
@@ -1606,7 +1610,6 @@ int rhema_configuration_versions(struct rhema_store *st, const char *name, size_
                                 "parameter 'cursor': not a cursor this server issued");
     char *latest = kfmt("%s/" LATEST, name);
     char *from = kfmt("%s/%020llu", name, (unsigned long long)after + 1);
-    struct value_list l = {.items = json_array(), .st = st};
     int rc;
     if (!latest || !from) {
         rc = rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
@@ -1619,27 +1622,10 @@ int rhema_configuration_versions(struct rhema_store *st, const char *name, size_
         goto out;
     }
     /* version keys sort before "<name>/latest" (digits before 'l') */
-    rc = st->vt->scan(st->conn, NS_CONFIGS, from, latest, limit + 1, collect_value, &l);
-    limit = value_page(&l, limit);
-    if (rc) {
-        rc = l.bad ? rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored configuration '%s' is corrupt",
-                                      l.last_key)
-                   : rhema_store_error(st, rc, "listing configuration versions", err);
-        goto out;
-    }
-    json_t *next = NULL;
-    if (json_array_size(l.items) > limit) {
-        json_array_remove(l.items, limit);
-        char seq[24];
-        snprintf(seq, sizeof seq, "%llu",
-                 (unsigned long long)json_integer_value(
-                     json_object_get(json_array_get(l.items, limit - 1), "version")));
-        next = json_string(seq);
-    }
-    rc = page_text(l.items, next, out, out_len, err);
+    rc = seq_page(st, NS_CONFIGS, from, latest, limit, "version", "configuration",
+                  "listing configuration versions", out, out_len, err);
 out:
     free(latest);
     free(from);
-    json_decref(l.items);
     return rc;
 }

@@ -65,16 +65,6 @@ static void reply_record(struct rhema_req *r, int status, struct rhema_record *r
     rhema_record_release(rec);
 }
 
-static void reply_text(struct rhema_req *r, int rc, char *text, size_t len, const char *err)
-{
-    if (rc) {
-        rhema_reply_store_error(r, rc, err);
-        return;
-    }
-    rhema_reply_json(r, 200, text, len);
-    free(text);
-}
-
 static const char *const list_params[] = {"limit", "cursor", NULL};
 
 /* ---- agents ---- */
@@ -83,16 +73,16 @@ static void h_agent_list(struct rhema_req *r)
 {
     static const char *const known[] = {"status", "capability", "limit", "cursor", NULL};
     char err[RHEMA_ERRMSG_MAX];
-    uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
-    if (rhema_query_check(r, known) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+    const char *cursor;
+    size_t limit;
+    if (rhema_query_list(r, known, &limit, &cursor))
         return;
     char *text = NULL;
     size_t len = 0;
     int rc = rhema_agent_list(&r->worker->store, evhttp_find_header(&r->query, "status"),
-                              evhttp_find_header(&r->query, "capability"), (size_t)limit,
-                              evhttp_find_header(&r->query, "cursor"), heartbeat_timeout_ms(r),
-                              &text, &len, err);
-    reply_text(r, rc, text, len, err);
+                              evhttp_find_header(&r->query, "capability"), limit, cursor,
+                              heartbeat_timeout_ms(r), &text, &len, err);
+    rhema_reply_store_json(r, rc, text, len, err);
 }
 
 static void h_agent_stats(struct rhema_req *r)
@@ -103,7 +93,7 @@ static void h_agent_stats(struct rhema_req *r)
     char *text = NULL;
     size_t len = 0;
     int rc = rhema_agent_stats(&r->worker->store, heartbeat_timeout_ms(r), &text, &len, err);
-    reply_text(r, rc, text, len, err);
+    rhema_reply_store_json(r, rc, text, len, err);
 }
 
 static void h_agent_get(struct rhema_req *r)
@@ -243,14 +233,14 @@ static void h_agent_transitions(struct rhema_req *r)
 {
     const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
-    uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
-    if (rhema_query_check(r, list_params) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+    const char *cursor;
+    size_t limit;
+    if (rhema_query_list(r, list_params, &limit, &cursor))
         return;
     char *text = NULL;
     size_t len = 0;
-    int rc = rhema_agent_transitions(&r->worker->store, id, (size_t)limit,
-                                     evhttp_find_header(&r->query, "cursor"), &text, &len, err);
-    reply_text(r, rc, text, len, err);
+    int rc = rhema_agent_transitions(&r->worker->store, id, limit, cursor, &text, &len, err);
+    rhema_reply_store_json(r, rc, text, len, err);
 }
 
 static void h_agent_heartbeat(struct rhema_req *r)
@@ -385,15 +375,14 @@ static void h_config_versions(struct rhema_req *r)
 {
     const char *name = r->param;
     char err[RHEMA_ERRMSG_MAX];
-    uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
-    if (rhema_query_check(r, list_params) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+    const char *cursor;
+    size_t limit;
+    if (rhema_query_list(r, list_params, &limit, &cursor))
         return;
     char *text = NULL;
     size_t len = 0;
-    int rc =
-        rhema_configuration_versions(&r->worker->store, name, (size_t)limit,
-                                     evhttp_find_header(&r->query, "cursor"), &text, &len, err);
-    reply_text(r, rc, text, len, err);
+    int rc = rhema_configuration_versions(&r->worker->store, name, limit, cursor, &text, &len, err);
+    rhema_reply_store_json(r, rc, text, len, err);
 }
 
 const struct rhema_route rhema_agents_routes[] = {

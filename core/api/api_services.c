@@ -55,21 +55,15 @@ static void h_list(struct rhema_req *r)
         return;
     static const char *const known[] = {"name", "limit", "cursor", NULL};
     char err[RHEMA_ERRMSG_MAX];
-    uint64_t limit = RHEMA_LIST_LIMIT_DEFAULT;
+    const char *cursor;
+    size_t limit;
     char *text = NULL;
     size_t len = 0;
-    int rc;
-    if (rhema_query_check(r, known) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit))
+    if (rhema_query_list(r, known, &limit, &cursor))
         return;
-    rc = rhema_service_list(&r->worker->store, evhttp_find_header(&r->query, "name"),
-                            (size_t)limit, evhttp_find_header(&r->query, "cursor"),
-                            rhema_services_checks_enabled(s), &text, &len, err);
-    if (rc) {
-        rhema_reply_store_error(r, rc, err);
-        return;
-    }
-    rhema_reply_json(r, 200, text, len);
-    free(text);
+    int rc = rhema_service_list(&r->worker->store, evhttp_find_header(&r->query, "name"), limit,
+                                cursor, rhema_services_checks_enabled(s), &text, &len, err);
+    rhema_reply_store_json(r, rc, text, len, err);
 }
 
 static void h_get(struct rhema_req *r)

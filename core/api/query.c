@@ -9,6 +9,7 @@
 #include <sys/queue.h>
 
 #include "query.h"
+#include "store.h"
 
 int rhema_query_check(struct rhema_req *r, const char *const *known)
 {
@@ -51,4 +52,25 @@ int rhema_query_uint(struct rhema_req *r, const char *name, uint64_t max, uint64
     }
     *out = v;
     return 0;
+}
+
+int rhema_query_list(struct rhema_req *r, const char *const *known, size_t *limit,
+                     const char **cursor)
+{
+    uint64_t n = RHEMA_LIST_LIMIT_DEFAULT;
+    if (rhema_query_check(r, known) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &n))
+        return -1;
+    *limit = (size_t)n;
+    *cursor = evhttp_find_header(&r->query, "cursor");
+    return 0;
+}
+
+void rhema_reply_store_json(struct rhema_req *r, int rc, char *text, size_t len, const char *err)
+{
+    if (rc) {
+        rhema_reply_store_error(r, rc, err);
+        return;
+    }
+    rhema_reply_json(r, 200, text, len);
+    free(text);
 }

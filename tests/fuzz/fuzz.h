@@ -119,6 +119,19 @@ static inline void fuzz_check_verdict(int rc, json_t **out, const char *err)
     *out = NULL;
 }
 
+/*
+ * The static API keys of fuzz_apikey's configuration (test keys, valid
+ * nowhere else): the admin key, which authenticates, and one that expired.
+ * gen_seeds writes seeds that present them.
+ */
+#define FUZZ_APIKEY_ADMIN "rk_eXo4lQ0uVvAw_w7VJjeCieFLzbCkh9xY46e2shqi4"
+#define FUZZ_APIKEY_ADMIN_ID "eXo4lQ0uVvAw"
+#define FUZZ_APIKEY_ADMIN_STORED                                                                   \
+    "eXo4lQ0uVvAw:7b71bce4e9cf929209404d1a21a42351e753cfea8040296371b3c00a50474fe2"
+#define FUZZ_APIKEY_EXPIRED "rk_LbfYsqveHwH0_cq8LE3ZKkQcs8SALXwieta1XLDSK"
+#define FUZZ_APIKEY_EXPIRED_STORED                                                                 \
+    "LbfYsqveHwH0:e378797d51bb93ee4ebaae84b17138ed47ad819b64cb8599f4eb9519803580be"
+
 /* Write len bytes to path (created 0600, truncated); 0 or -1. */
 int fuzz_write_file(const char *path, const void *data, size_t len);
 /* A private directory under $TMPDIR (or /tmp), removed at exit; NULL on failure. */

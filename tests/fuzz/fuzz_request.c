@@ -26,6 +26,7 @@
 #include "api/api_cluster.h"
 #include "config.h"
 #include "fuzz.h"
+#include "fuzz_http.h"
 #include "keybackup.h"
 #include "log.h"
 
@@ -110,15 +111,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         line ? evhttp_uri_parse_with_flags(line, EVHTTP_URI_NONCONFORMANT) : NULL;
     if (!uri) /* evhttp answers 400 itself */
         goto out_unanswered;
-    for (char *h = strtok_r(NULL, "\r\n", &save); h; h = strtok_r(NULL, "\r\n", &save)) {
-        char *colon = strchr(h, ':');
-        if (!colon || colon == h)
-            continue;
-        *colon++ = '\0';
-        while (*colon == ' ')
-            colon++;
-        evhttp_add_header(evhttp_request_get_input_headers(r.req), h, colon);
-    }
+    fuzz_add_headers(r.req, strtok_r(NULL, "\r\n", &save), &save);
     /* on_request(), core/api/http.c */
     const char *raw_path = evhttp_uri_get_path(uri);
     size_t path_len = 0;

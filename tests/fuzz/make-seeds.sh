@@ -1,7 +1,8 @@
 #!/bin/sh
 # Regenerate the seeds that only the code can make, with the code itself:
-# the keyring fixture (fixtures/), envelopes, key backups, frames (gen_seeds)
-# and Shamir shares of the fixture's master key (rhemactl keys split).
+# the keyring fixture (fixtures/), envelopes, key backups, frames, API keys
+# and audit logs (gen_seeds) and Shamir shares of the fixture's master key
+# (rhemactl keys split).
 # The JSON, config and request seeds are plain files kept by hand.
 # Usage, from a build directory configured with --enable-fuzzing:
 #     make && sh ../tests/fuzz/make-seeds.sh

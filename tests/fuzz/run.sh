@@ -55,12 +55,12 @@ for h in "$@"; do
     # shellcheck disable=SC2086
     if "$exe" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="$work/$h-" ${FUZZ_ARGS:-} "$work/$h" $seeds >"$work/$h.log" 2>&1; then
-        echo "PASS: $h ($(grep -o 'stat::number_of_executed_units: *[0-9]*' "$work/$h.log" |
+        echo "PASS: $h ($(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$work/$h.log" |
             grep -o '[0-9]*$') runs in ${secs}s)"
         passed=$((passed + 1))
     else
         echo "FAIL: $h (log: $work/$h.log)"
-        grep -E '^(==[0-9]+==ERROR|SUMMARY|.*invariant broken|.*runtime error)' "$work/$h.log" | head -5
+        grep -aE '^(==[0-9]+==ERROR|SUMMARY|.*invariant broken|.*runtime error)' "$work/$h.log" | head -5
         ls "$work/$h"-* 2>/dev/null | head -3
         failed=$((failed + 1))
     fi

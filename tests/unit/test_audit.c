@@ -55,6 +55,44 @@ static void make_log(struct log *l, struct rhema_audit_chain *c)
 }
 
 /*
+ * What the chain tests start from (cmocka setup / teardown): a log of
+ * NLINES lines sealed on a fresh chain c (which goes on after them), a
+ * fresh verifier v, and room for its messages.
+ */
+struct fx {
+    struct rhema_audit_chain c;
+    struct log l;
+    struct rhema_audit_verifier v;
+    char why[RHEMA_ERRMSG_MAX];
+};
+
+static int fx_setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    rhema_audit_chain_init(&f->c);
+    make_log(&f->l, &f->c);
+    rhema_audit_verifier_init(&f->v);
+    *state = f;
+    return 0;
+}
+
+static int fx_teardown(void **state)
+{
+    struct fx *f = *state;
+    free(f->l.buf);
+    free(f);
+    return 0;
+}
+
+/* Line i of l to verifier v, complete; file_start as given. */
+static int feed(struct rhema_audit_verifier *v, const struct log *l, int i, int file_start,
+                int *continued, char why[RHEMA_ERRMSG_MAX])
+{
+    return rhema_audit_verify_line(v, l->line[i], l->line_len[i], 1, file_start, continued, why);
+}
+
+/*
  * Feed lines (indexes into l, -1 ends) to a fresh verifier: the 1-based
  * position of the first line refused, 0 when all pass; why filled.
  */
@@ -63,57 +101,39 @@ static int run(const struct log *l, const int *order, char why[RHEMA_ERRMSG_MAX]
     struct rhema_audit_verifier v;
     rhema_audit_verifier_init(&v);
     for (int k = 0; order[k] >= 0; k++)
-        if (rhema_audit_verify_line(&v, l->line[order[k]], l->line_len[order[k]], 1, k == 0, NULL,
-                                    why) != 0)
+        if (feed(&v, l, order[k], k == 0, NULL, why) != 0)
             return k + 1;
     return 0;
 }
 
 static void intact_chain_verifies(void **state)
 {
-    (void)state;
-    struct rhema_audit_chain c;
-    struct log l;
-    char why[RHEMA_ERRMSG_MAX];
-    rhema_audit_chain_init(&c);
-    make_log(&l, &c);
-    assert_int_equal(c.seq, NLINES);
-    assert_int_equal(run(&l, (int[]){0, 1, 2, 3, 4, 5, -1}, why), 0);
+    struct fx *f = *state;
+    assert_int_equal(f->c.seq, NLINES);
+    assert_int_equal(run(&f->l, (int[]){0, 1, 2, 3, 4, 5, -1}, f->why), 0);
     /* each line names its predecessor's hash, the first the zero hash */
-    assert_non_null(strstr(l.line[0], "\"seq\":1,\"prev\":\"0000000000"));
-    free(l.buf);
+    assert_non_null(strstr(f->l.line[0], "\"seq\":1,\"prev\":\"0000000000"));
 }
 
 static void deleted_moved_lines_refused(void **state)
 {
-    (void)state;
-    struct rhema_audit_chain c;
-    struct log l;
-    char why[RHEMA_ERRMSG_MAX];
-    rhema_audit_chain_init(&c);
-    make_log(&l, &c);
-    assert_int_equal(run(&l, (int[]){0, 1, 3, 4, 5, -1}, why), 3); /* 2 deleted */
-    assert_non_null(strstr(why, "seq 4 after seq 2"));
-    assert_int_equal(run(&l, (int[]){0, 1, 3, 2, 4, 5, -1}, why), 3); /* 2 and 3 swapped */
-    assert_int_equal(run(&l, (int[]){0, 1, 2, 3, 3, 4, -1}, why), 5); /* 3 repeated */
-    assert_int_equal(run(&l, (int[]){1, 2, 3, -1}, why), 1);          /* the start deleted */
-    assert_non_null(strstr(why, "audit.opened"));
-    free(l.buf);
+    struct fx *f = *state;
+    assert_int_equal(run(&f->l, (int[]){0, 1, 3, 4, 5, -1}, f->why), 3); /* 2 deleted */
+    assert_non_null(strstr(f->why, "seq 4 after seq 2"));
+    assert_int_equal(run(&f->l, (int[]){0, 1, 3, 2, 4, 5, -1}, f->why), 3); /* 2 and 3 swapped */
+    assert_int_equal(run(&f->l, (int[]){0, 1, 2, 3, 3, 4, -1}, f->why), 5); /* 3 repeated */
+    assert_int_equal(run(&f->l, (int[]){1, 2, 3, -1}, f->why), 1);          /* the start deleted */
+    assert_non_null(strstr(f->why, "audit.opened"));
 }
 
 static void edited_line_refused(void **state)
 {
-    (void)state;
-    struct rhema_audit_chain c;
-    struct log l;
-    char why[RHEMA_ERRMSG_MAX];
-    rhema_audit_chain_init(&c);
-    make_log(&l, &c);
-    char *n = strstr(l.line[3], "\"n\":3");
+    struct fx *f = *state;
+    char *n = strstr(f->l.line[3], "\"n\":3");
     assert_non_null(n);
     n[4] = '7';
-    assert_int_equal(run(&l, (int[]){0, 1, 2, 3, 4, 5, -1}, why), 4);
-    assert_non_null(strstr(why, "edited"));
+    assert_int_equal(run(&f->l, (int[]){0, 1, 2, 3, 4, 5, -1}, f->why), 4);
+    assert_non_null(strstr(f->why, "edited"));
     n[4] = '3';
     /* a prev that does not match: same seq, other chain */
     struct rhema_audit_chain c2;
@@ -121,76 +141,55 @@ static void edited_line_refused(void **state)
     rhema_audit_chain_init(&c2);
     c2.last[0] = '1';
     make_log(&other, &c2);
-    struct rhema_audit_verifier v;
-    rhema_audit_verifier_init(&v);
-    assert_int_equal(rhema_audit_verify_line(&v, l.line[0], l.line_len[0], 1, 1, NULL, why), 0);
-    assert_int_equal(rhema_audit_verify_line(&v, other.line[1], other.line_len[1], 1, 0, NULL, why),
-                     RHEMA_ECORRUPT);
-    assert_non_null(strstr(why, "prev"));
+    assert_int_equal(feed(&f->v, &f->l, 0, 1, NULL, f->why), 0);
+    assert_int_equal(feed(&f->v, &other, 1, 0, NULL, f->why), RHEMA_ECORRUPT);
+    assert_non_null(strstr(f->why, "prev"));
     /* a forged first line: seq 1 with a prev that is not zero */
-    rhema_audit_verifier_init(&v);
-    assert_int_equal(rhema_audit_verify_line(&v, other.line[0], other.line_len[0], 1, 1, NULL, why),
-                     RHEMA_ECORRUPT);
+    rhema_audit_verifier_init(&f->v);
+    assert_int_equal(feed(&f->v, &other, 0, 1, NULL, f->why), RHEMA_ECORRUPT);
     free(other.buf);
-    free(l.buf);
 }
 
 static void cut_and_garbage_refused(void **state)
 {
-    (void)state;
-    struct rhema_audit_chain c;
-    struct log l;
-    char why[RHEMA_ERRMSG_MAX];
-    struct rhema_audit_verifier v;
-    rhema_audit_chain_init(&c);
-    make_log(&l, &c);
-    rhema_audit_verifier_init(&v);
-    assert_int_equal(rhema_audit_verify_line(&v, l.line[0], l.line_len[0], 1, 1, NULL, why), 0);
-    assert_int_equal(rhema_audit_verify_line(&v, l.line[1], l.line_len[1] / 2, 0, 0, NULL, why),
+    struct fx *f = *state;
+    struct rhema_audit_verifier *v = &f->v;
+    const struct log *l = &f->l;
+    char *why = f->why;
+    assert_int_equal(feed(v, l, 0, 1, NULL, why), 0);
+    assert_int_equal(rhema_audit_verify_line(v, l->line[1], l->line_len[1] / 2, 0, 0, NULL, why),
                      RHEMA_ECORRUPT);
     assert_non_null(strstr(why, "cut"));
-    assert_int_equal(rhema_audit_verify_line(&v, l.line[1], l.line_len[1] - 3, 1, 0, NULL, why),
+    assert_int_equal(rhema_audit_verify_line(v, l->line[1], l->line_len[1] - 3, 1, 0, NULL, why),
                      RHEMA_ECORRUPT);
-    assert_int_equal(rhema_audit_verify_line(&v, "[1]", 3, 1, 0, NULL, why), RHEMA_ECORRUPT);
-    assert_int_equal(rhema_audit_verify_line(&v, "", 0, 1, 0, NULL, why), RHEMA_ECORRUPT);
-    assert_int_equal(rhema_audit_verify_line(&v, "{\"seq\":2}", 9, 1, 0, NULL, why),
-                     RHEMA_ECORRUPT);
+    assert_int_equal(rhema_audit_verify_line(v, "[1]", 3, 1, 0, NULL, why), RHEMA_ECORRUPT);
+    assert_int_equal(rhema_audit_verify_line(v, "", 0, 1, 0, NULL, why), RHEMA_ECORRUPT);
+    assert_int_equal(rhema_audit_verify_line(v, "{\"seq\":2}", 9, 1, 0, NULL, why), RHEMA_ECORRUPT);
     /* still where it was: the good next line passes */
-    assert_int_equal(rhema_audit_verify_line(&v, l.line[1], l.line_len[1], 1, 0, NULL, why), 0);
-    free(l.buf);
+    assert_int_equal(feed(v, l, 1, 0, NULL, why), 0);
 }
 
 static void chain_continues_across_files(void **state)
 {
-    (void)state;
-    struct rhema_audit_chain c;
-    struct log a, b;
-    char why[RHEMA_ERRMSG_MAX];
-    struct rhema_audit_verifier v;
+    struct fx *f = *state;
+    const struct log *a = &f->l;
+    struct log b;
     int continued = 0;
-    rhema_audit_chain_init(&c);
-    make_log(&a, &c);
-    make_log(&b, &c); /* the second file: seq 7.., first prev = a's last hash */
+    make_log(&b, &f->c); /* the second file: seq 7.., first prev = a's last hash */
     /* the second file alone: its start is taken on trust, and said so */
-    rhema_audit_verifier_init(&v);
-    assert_int_equal(rhema_audit_verify_line(&v, b.line[0], b.line_len[0], 1, 1, &continued, why),
-                     0);
+    assert_int_equal(feed(&f->v, &b, 0, 1, &continued, f->why), 0);
     assert_int_equal(continued, 1);
     /* both: the link is checked; the first must end with its close record */
-    rhema_audit_verifier_init(&v);
+    rhema_audit_verifier_init(&f->v);
     for (int i = 0; i < NLINES; i++)
-        assert_int_equal(
-            rhema_audit_verify_line(&v, a.line[i], a.line_len[i], 1, i == 0, NULL, why), 0);
-    assert_int_equal(rhema_audit_verify_file_end(&v, why), RHEMA_ECORRUPT);
-    assert_int_equal(rhema_audit_verify_line(&v, b.line[0], b.line_len[0], 1, 1, NULL, why), 0);
+        assert_int_equal(feed(&f->v, a, i, i == 0, NULL, f->why), 0);
+    assert_int_equal(rhema_audit_verify_file_end(&f->v, f->why), RHEMA_ECORRUPT);
+    assert_int_equal(feed(&f->v, &b, 0, 1, NULL, f->why), 0);
     /* the files given out of order */
-    rhema_audit_verifier_init(&v);
+    rhema_audit_verifier_init(&f->v);
     for (int i = 0; i < NLINES; i++)
-        assert_int_equal(
-            rhema_audit_verify_line(&v, b.line[i], b.line_len[i], 1, i == 0, NULL, why), 0);
-    assert_int_equal(rhema_audit_verify_line(&v, a.line[0], a.line_len[0], 1, 1, NULL, why),
-                     RHEMA_ECORRUPT);
-    free(a.buf);
+        assert_int_equal(feed(&f->v, &b, i, i == 0, NULL, f->why), 0);
+    assert_int_equal(feed(&f->v, a, 0, 1, NULL, f->why), RHEMA_ECORRUPT);
     free(b.buf);
 }
 
@@ -348,11 +347,11 @@ static void writer_end_to_end(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(intact_chain_verifies),
-        cmocka_unit_test(deleted_moved_lines_refused),
-        cmocka_unit_test(edited_line_refused),
-        cmocka_unit_test(cut_and_garbage_refused),
-        cmocka_unit_test(chain_continues_across_files),
+        cmocka_unit_test_setup_teardown(intact_chain_verifies, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(deleted_moved_lines_refused, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(edited_line_refused, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(cut_and_garbage_refused, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(chain_continues_across_files, fx_setup, fx_teardown),
         cmocka_unit_test(hmac_key_file),
         cmocka_unit_test(writer_end_to_end),
     };
