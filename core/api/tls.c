@@ -130,17 +130,19 @@ static int ctx_build(const struct tls_settings *s, SSL_CTX **out, char **err)
         rhema_set_error(err, rc, "service.tls.ciphersuites '%s': %s", s->ciphersuites, why);
         goto fail;
     }
-    if (SSL_CTX_use_certificate_chain_file(ctx, s->cert) != 1) {
-        ssl_reason(why, sizeof why);
-        rhema_set_error(err, rc, "service.tls.cert_file '%s': not a PEM certificate (chain): %s",
-                        s->cert, why);
-        goto fail;
-    }
+    /* the key first: a certificate loaded after it that does not match it is
+     * reported by the check below, which names both files */
     if (SSL_CTX_use_PrivateKey_file(ctx, s->key, SSL_FILETYPE_PEM) != 1) {
         ssl_reason(why, sizeof why);
         rhema_set_error(err, rc,
                         "service.tls.key_file '%s': not an unencrypted PEM private key: %s",
                         s->key, why);
+        goto fail;
+    }
+    if (SSL_CTX_use_certificate_chain_file(ctx, s->cert) != 1) {
+        ssl_reason(why, sizeof why);
+        rhema_set_error(err, rc, "service.tls.cert_file '%s': not a PEM certificate (chain): %s",
+                        s->cert, why);
         goto fail;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
@@ -360,18 +362,28 @@ int rhema_tls_peer(struct evhttp_request *req, struct rhema_tls_peer *out)
 void rhema_tls_conn_closed(struct bufferevent *bev)
 {
     SSL *ssl = bufferevent_openssl_get_ssl(bev);
-    unsigned long e, last = 0;
+    unsigned long e, code = 0, kind = 0;
     if (!ssl)
         return;
-    while ((e = bufferevent_get_openssl_error(bev)) != 0)
-        last = e;
+    /*
+     * libevent 2.1 keeps, per connection, the SSL_get_error() code and then
+     * OpenSSL's error queue, and hands them back last first: the first
+     * value above the SSL_ERROR_* codes is the most specific reason.
+     */
+    while ((e = bufferevent_get_openssl_error(bev)) != 0) {
+        if (e > 0xff && !code)
+            code = e;
+        else if (e <= 0xff)
+            kind = e;
+    }
     if (SSL_is_init_finished(ssl))
         return;
-    if (last) {
-        const char *r = ERR_reason_error_string(last);
-        /* no address: the same line for every client, so that the log folds a flood */
-        rhema_log(RHEMA_LOG_INFO, "tls", "TLS handshake failed: %s", r ? r : "unknown error");
-    } else {
+    const char *why = code ? ERR_reason_error_string(code) : NULL;
+    if (!why && kind == SSL_ERROR_SSL)
+        why = "protocol error";
+    /* no address: the same line for every client, so that the log folds a flood */
+    if (why)
+        rhema_log(RHEMA_LOG_INFO, "tls", "TLS handshake failed: %s", why);
+    else
         rhema_log(RHEMA_LOG_DEBUG, "tls", "a connection closed before its TLS handshake ended");
-    }
 }
