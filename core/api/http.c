@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -685,6 +686,15 @@ static void on_service(evutil_socket_t fd, short what, void *arg)
         TAILQ_INSERT_TAIL(&k->live, c, link);
         evhttp_connection_set_closecb(c->evcon, on_close, c);
         bufferevent_decref(bev);
+        if (c->tls) {
+            /*
+             * bufferevent_openssl writes each chunk of the output buffer as its own
+             * record and send(): a reply's headers and body are two segments, and
+             * Nagle holds the second until the client's delayed ACK (40 ms a reply).
+             */
+            int one = 1;
+            setsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        }
         if (c->refuse) {
             cut(c);
         } else if (c->over_limit) {
