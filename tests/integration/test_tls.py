@@ -338,3 +338,77 @@ def test_a_bad_key_at_start_is_a_startup_error(tmp_path, pki, made):
     d.spawn()
     assert d.wait(15) not in (None, 0)
     assert f"service.tls.key_file '{other_key}' does not match" in d.log()
+
+
+# ---- backends over TLS: PostgreSQL through libpq's conninfo ----
+
+def fault_helpers():
+    """tests/fault/conftest.py (the throwaway PostgreSQL server), under a name of its own."""
+    import importlib.util
+    import sys
+    path = Path(__file__).resolve().parents[1] / "fault" / "conftest.py"
+    name = "rhema_fault_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+@pytest.fixture
+def pg_tls(tmp_path, pki):
+    """
+    A throwaway PostgreSQL with ssl = on, a certificate for IP:127.0.0.1 from
+    the test's CA, and pg_hba.conf accepting TCP clients over TLS only.
+    """
+    fault = fault_helpers()
+    fault.require_postgres()
+    pg = fault.PgServer(tmp_path / "pg")
+    try:
+        pg.init()
+        pg.stop()
+        cert, key = pki["ca"].server("pg-server")
+        for src, dst in ((cert, "server.crt"), (key, "server.key")):
+            shutil.copy(src, pg.data / dst)
+            os.chmod(pg.data / dst, 0o600)
+            if fault.is_root():
+                shutil.chown(pg.data / dst, "postgres", "postgres")
+        with open(pg.data / "postgresql.conf", "a") as f:
+            f.write("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+        (pg.data / "pg_hba.conf").write_text("hostssl all all 127.0.0.1/32 trust\n")
+        pg.start()
+        yield pg
+    finally:
+        pg.cleanup()
+
+
+def test_postgres_backend_over_tls(tmp_path, pki, pg_tls):
+    ca, other = pki["ca"], pki["other"]
+    base = pg_tls.conninfo
+
+    def conf(extra):
+        return ('persistence: {\n  backend = "postgres";\n'
+                f'  postgres = {{ conninfo = "{base} {extra}"; }};\n}};\n')
+
+    d = Daemon(tmp_path, name="pg-verified", config=conf(f"sslmode=verify-full sslrootcert={ca.cert}"))
+    try:
+        d.start()
+        s, _, rec = d.json("PUT", "/v1/sessions/over-pg-tls", session_body())
+        assert s == 201, rec
+        assert d.json("GET", "/v1/sessions/over-pg-tls")[2]["topic"] == "over TLS"
+    finally:
+        d.kill()
+    # the server takes TLS only, so the daemon above talked TLS; a server
+    # certificate from a CA the client does not trust is refused, and so is
+    # a connection without TLS
+    for name, extra, why in (("pg-untrusted", f"sslmode=verify-full sslrootcert={other.cert}",
+                              "certificate verify failed"),
+                             ("pg-plain", "sslmode=disable", "no encryption")):
+        d = Daemon(tmp_path, name=name, config=conf(extra))
+        try:
+            d.spawn()
+            assert d.wait(30) not in (None, 0), d.log()
+            assert why in d.log(), d.log()
+        finally:
+            d.kill()
