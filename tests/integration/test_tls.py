@@ -401,7 +401,11 @@ def test_postgres_backend_over_tls(tmp_path, pki, pg_tls):
         d.kill()
     # the server takes TLS only, so the daemon above talked TLS; a server
     # certificate from a CA the client does not trust is refused, and so is
-    # a connection without TLS
+    # a connection without TLS.  (Under ASan, LeakSanitizer reports 109 bytes
+    # as the refused daemon exits: libpq's socket BIO method, made once with
+    # BIO_meth_new() and kept in a static of libpq's, unreachable once the
+    # plugin is dlclosed.  Not rhema's; the exit is non-zero either way, and
+    # a suppression cannot name it: the fast unwinder stops in libcrypto.)
     for name, extra, why in (("pg-untrusted", f"sslmode=verify-full sslrootcert={other.cert}",
                               "certificate verify failed"),
                              ("pg-plain", "sslmode=disable", "no encryption")):
