@@ -120,7 +120,7 @@ int rhema_certmap_from_config(const struct rhema_config *cfg, const struct rhema
                                      *san ? "san" : "subject", match);
                 goto fail;
             }
-        if (strlen(*name ? name : match) > RHEMA_PRINCIPAL_NAME_MAX && *name) {
+        if (*name && strlen(name) > RHEMA_PRINCIPAL_NAME_MAX) {
             rc = rhema_set_error(err, RHEMA_EINVAL, "%s.name: over %d characters", p,
                                  RHEMA_PRINCIPAL_NAME_MAX);
             goto fail;

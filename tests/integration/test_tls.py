@@ -416,3 +416,39 @@ def test_postgres_backend_over_tls(tmp_path, pki, pg_tls):
             assert why in d.log(), d.log()
         finally:
             d.kill()
+
+
+def raw_tls(d, ca, payload, timeout=20):
+    """Send payload over a TLS connection and read until the server closes: the bytes."""
+    ctx = client_context(ca)
+    with socket.create_connection(("127.0.0.1", d.port), timeout=timeout) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(payload)
+            got = b""
+            while True:
+                try:
+                    chunk = s.recv(4096)
+                except (ssl.SSLError, ConnectionResetError):
+                    break
+                if not chunk:
+                    break
+                got += chunk
+            return got
+
+
+def test_the_connection_hooks_work_over_tls(tmp_path, pki, made):
+    """http.c's own limits on the TLS bufferevent: JSON error pages, the header deadline."""
+    ca, (cert, key) = pki["ca"], pki["server"]
+    d = start(tmp_path, tls_config(cert, key), client_context(ca), made,
+              overrides=["service.request_header_timeout_seconds=1"])
+    # evhttp's own 400 page for a malformed request, rewritten into the API's JSON
+    got = raw_tls(d, ca, b"GET /health/live HTTP/1.1\r\nBad Header Line\r\n\r\n")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), got
+    assert json.loads(body)["error"]["code"] == "bad_request"
+    # headers that never end: 408 in JSON, written through the connection's TLS session
+    got = raw_tls(d, ca, b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), got
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    assert d.request("GET", "/health/live").status == 200
