@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -359,6 +360,46 @@ int rhema_tls_peer(struct evhttp_request *req, struct rhema_tls_peer *out)
     return 0;
 }
 
+/*
+ * Failed handshakes come in floods (a scanner, a client with the wrong CA
+ * retrying): the log's own folding covers warnings only, so the lines are
+ * folded here.  The first failure of a reason is logged; the same reason
+ * again within HANDSHAKE_FOLD_MS is counted, and the count goes out with
+ * the next line of that reason after the window.  No client address, so
+ * that every client's line is the same.
+ */
+#define HANDSHAKE_FOLD_MS 10000
+
+static struct {
+    pthread_mutex_t lock;
+    char reason[128];
+    uint64_t since_ms;
+    unsigned long folded;
+} F = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void handshake_failed(const char *why)
+{
+    uint64_t now = rhema_monotonic_ns() / 1000000u;
+    unsigned long folded = 0;
+    pthread_mutex_lock(&F.lock);
+    if (strcmp(F.reason, why) == 0 && now - F.since_ms < HANDSHAKE_FOLD_MS) {
+        F.folded++;
+        pthread_mutex_unlock(&F.lock);
+        return;
+    }
+    if (strcmp(F.reason, why) == 0)
+        folded = F.folded;
+    snprintf(F.reason, sizeof F.reason, "%s", why);
+    F.since_ms = now;
+    F.folded = 0;
+    pthread_mutex_unlock(&F.lock);
+    if (folded)
+        rhema_log(RHEMA_LOG_INFO, "tls", "TLS handshake failed: %s (and %lu more before, not logged)",
+                  why, folded);
+    else
+        rhema_log(RHEMA_LOG_INFO, "tls", "TLS handshake failed: %s", why);
+}
+
 void rhema_tls_conn_closed(struct bufferevent *bev)
 {
     SSL *ssl = bufferevent_openssl_get_ssl(bev);
@@ -381,9 +422,8 @@ void rhema_tls_conn_closed(struct bufferevent *bev)
     const char *why = code ? ERR_reason_error_string(code) : NULL;
     if (!why && kind == SSL_ERROR_SSL)
         why = "protocol error";
-    /* no address: the same line for every client, so that the log folds a flood */
     if (why)
-        rhema_log(RHEMA_LOG_INFO, "tls", "TLS handshake failed: %s", why);
+        handshake_failed(why);
     else
         rhema_log(RHEMA_LOG_DEBUG, "tls", "a connection closed before its TLS handshake ended");
 }
