@@ -108,10 +108,16 @@ def start(tmp_path, config, ctx, made, overrides=(), workers=2):
 
 @pytest.fixture
 def made():
+    """The test's daemons; each still running is stopped with SIGTERM and must exit 0
+    (under ASan, LeakSanitizer checks the TLS contexts and connections were freed)."""
     daemons = []
     yield daemons
+    codes = {}
     for d in daemons:
+        if d.running():
+            codes[d.name] = d.stop()
         d.kill()
+    assert all(c == 0 for c in codes.values()), codes
 
 
 def session_body():
