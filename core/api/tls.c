@@ -47,7 +47,7 @@ static void ssl_reason(char *buf, size_t cap)
     }
 }
 
-/* A file the context reads: readable, with errno's reason when not (before OpenSSL's vaguer one). */
+/* A file the context reads must be readable: errno's reason first, not OpenSSL's vaguer one. */
 static int file_readable(const char *setting, const char *path, char **err)
 {
     FILE *f = fopen(path, "r");
@@ -136,8 +136,8 @@ static int ctx_build(const struct tls_settings *s, SSL_CTX **out, char **err)
     if (SSL_CTX_use_PrivateKey_file(ctx, s->key, SSL_FILETYPE_PEM) != 1) {
         ssl_reason(why, sizeof why);
         rhema_set_error(err, rc,
-                        "service.tls.key_file '%s': not an unencrypted PEM private key: %s",
-                        s->key, why);
+                        "service.tls.key_file '%s': not an unencrypted PEM private key: %s", s->key,
+                        why);
         goto fail;
     }
     if (SSL_CTX_use_certificate_chain_file(ctx, s->cert) != 1) {
@@ -257,8 +257,10 @@ void rhema_tls_reload(const struct rhema_config *neu)
     char *err = NULL, what[320];
     settings_read(neu, &s);
     if (s.enabled != T.enabled) {
-        rhema_log(RHEMA_LOG_WARN, "main", "reload: service.tls.enabled changed (%s -> %s); "
-                  "restart to apply", T.enabled ? "true" : "false", s.enabled ? "true" : "false");
+        rhema_log(RHEMA_LOG_WARN, "main",
+                  "reload: service.tls.enabled changed (%s -> %s); "
+                  "restart to apply",
+                  T.enabled ? "true" : "false", s.enabled ? "true" : "false");
         return;
     }
     if (!s.enabled)
@@ -275,7 +277,8 @@ void rhema_tls_reload(const struct rhema_config *neu)
     pthread_mutex_unlock(&T.lock);
     SSL_CTX_free(old); /* open connections keep it alive through their SSL */
     describe(ctx, what, sizeof what);
-    rhema_log(RHEMA_LOG_NOTICE, "main", "reload: TLS context re-read (min version %s, client "
+    rhema_log(RHEMA_LOG_NOTICE, "main",
+              "reload: TLS context re-read (min version %s, client "
               "certificates %s); new connections use %s",
               s.min_version, s.client, what);
 }
@@ -316,7 +319,10 @@ static void peer_sans(X509 *x, struct rhema_tls_peer *p)
         case GEN_URI:
         case GEN_EMAIL:
             s = g->d.ia5;
-            add_san(p, g->type == GEN_DNS ? "DNS:" : g->type == GEN_URI ? "URI:" : "email:",
+            add_san(p,
+                    g->type == GEN_DNS   ? "DNS:"
+                    : g->type == GEN_URI ? "URI:"
+                                         : "email:",
                     (const char *)ASN1_STRING_get0_data(s), (size_t)ASN1_STRING_length(s));
             break;
         case GEN_IPADD:
@@ -394,8 +400,8 @@ static void handshake_failed(const char *why)
     F.folded = 0;
     pthread_mutex_unlock(&F.lock);
     if (folded)
-        rhema_log(RHEMA_LOG_INFO, "tls", "TLS handshake failed: %s (and %lu more before, not logged)",
-                  why, folded);
+        rhema_log(RHEMA_LOG_INFO, "tls",
+                  "TLS handshake failed: %s (and %lu more before, not logged)", why, folded);
     else
         rhema_log(RHEMA_LOG_INFO, "tls", "TLS handshake failed: %s", why);
 }

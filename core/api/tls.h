@@ -38,7 +38,8 @@
 /* What a verified client certificate says about its holder. */
 struct rhema_tls_peer {
     char subject[RHEMA_TLS_SUBJECT_MAX]; /* RFC 2253 (XN_FLAG_RFC2253): "CN=a,O=b" */
-    char sans[RHEMA_TLS_SANS_MAX][RHEMA_TLS_SAN_MAX]; /* "DNS:x", "IP:1.2.3.4", "URI:...", "email:..." */
+    /* "DNS:x", "IP:1.2.3.4", "URI:...", "email:..." */
+    char sans[RHEMA_TLS_SANS_MAX][RHEMA_TLS_SAN_MAX];
     size_t n_sans;
     char fingerprint[RHEMA_TLS_FINGERPRINT_HEX + 1];
 };

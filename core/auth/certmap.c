@@ -12,7 +12,7 @@
 #include "util.h"
 
 struct mapping {
-    char *match;  /* the subject, or "DNS:..." / "IP:..." ... */
+    char *match; /* the subject, or "DNS:..." / "IP:..." ... */
     int is_san;
     struct rhema_principal principal; /* key_id filled per certificate */
 };

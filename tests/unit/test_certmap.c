@@ -3,10 +3,11 @@
  * against the roles, looked up by subject and by SAN, and refused when a
  * mapping is malformed.
  */
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <setjmp.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <stdio.h>
@@ -42,7 +43,7 @@ static int load(struct rhema_config *cfg, const char *text)
 }
 
 #define ROLES                                                                                      \
-    "security: { roles = ( { name = \"agent\"; permissions = [ \"sessions:read\" ]; },\n"         \
+    "security: { roles = ( { name = \"agent\"; permissions = [ \"sessions:read\" ]; },\n"          \
     "                      { name = \"ops\"; permissions = [ \"*\" ]; } );\n"
 
 /* Build the map of `mappings` (the inside of client_certificates = ( ... )). */
@@ -82,8 +83,7 @@ static void test_subject_and_san(void **state)
     assert_int_equal(p.role_mask, 3);
     assert_int_equal(p.certificate, 1);
 
-    assert_int_equal(rhema_certmap_lookup(m, "CN=agent-8", (const char(*)[256])sans, 2, FP, &p),
-                     0);
+    assert_int_equal(rhema_certmap_lookup(m, "CN=agent-8", (const char(*)[256])sans, 2, FP, &p), 0);
     assert_string_equal(p.name, "eight");
     assert_string_equal(p.roles, "agent");
 
