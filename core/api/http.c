@@ -790,6 +790,31 @@ static void log_access(struct rhema_req *r)
  */
 #define OUTPUT_SMALL_REPLY 16384
 
+/*
+ * A small reply as one TLS record: bufferevent_openssl writes each chunk of
+ * the output buffer with its own SSL_write() (a record and a send() each),
+ * and evhttp queues a reply's headers and body as separate chunks.  Only
+ * when the output held nothing before this reply, so that no partly written
+ * record is pending (libevent drains what SSL_write() took at once).  Its
+ * start may be frozen, as in rewrite_error_page().
+ */
+#define TLS_COALESCE_MAX 16384 /* one record's worth */
+
+static void tls_coalesce(struct conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t len = evbuffer_get_length(out);
+    char probe;
+    if (len == 0 || len > TLS_COALESCE_MAX)
+        return;
+    int frozen = evbuffer_copyout(out, &probe, 1) < 0;
+    if (frozen)
+        evbuffer_unfreeze(out, 1);
+    evbuffer_pullup(out, -1);
+    if (frozen)
+        evbuffer_freeze(out, 1);
+}
+
 void rhema_reply_evbuffer(struct rhema_req *r, int status, const char *content_type,
                           struct evbuffer *buf)
 {
@@ -844,11 +869,14 @@ void rhema_reply_evbuffer(struct rhema_req *r, int status, const char *content_t
     log_access(r); /* before sending: the request may be freed by it */
     if (r->on_reply)
         r->on_reply(r);
+    size_t queued = c ? evbuffer_get_length(bufferevent_get_output(c->bev)) : 0;
     if (k) /* NULL: a request made without a worker's connections (tests/unit/test_http) */
         k->sending = 1;
     evhttp_send_reply(r->req, status, reason(status), buf);
     if (k)
         k->sending = 0;
+    if (c && c->tls && queued == 0)
+        tls_coalesce(c);
 }
 
 void rhema_reply(struct rhema_req *r, int status, const char *content_type, const void *body,
