@@ -7,12 +7,13 @@
 #   plain   service.tls off
 #   tls     service.tls on: an ECDSA P-256 certificate made here with the
 #           openssl CLI (a throwaway CA); TLS 1.3, OpenSSL's default suites
-# "plain" runs before and after "tls"; the ratio is against the mean of its
-# two runs.  Target (issue 9): TLS >= 0.75x plain.  The handshakes are in
+# The runs alternate, plain first and last (BENCH_ROUNDS rounds of plain
+# then tls, and plain once more); the ratio is of the medians.  Target (issue 9): TLS >= 0.75x plain.  The handshakes are in
 # the warm-up: what is measured is the record layer on kept connections.
 #
 # Environment: BENCH_SECONDS (10), BENCH_THREADS (2), BENCH_CONNS (32),
-# BENCH_WORKERS (nproc), BENCH_WARMUP (2), top_builddir, WRK, OPENSSL.
+# BENCH_WORKERS (nproc), BENCH_WARMUP (2), BENCH_ROUNDS (2), top_builddir,
+# WRK, OPENSSL.
 # Exit status: 0 when the target is met, 1 when not, 99 on a setup error.
 
 set -u
@@ -25,6 +26,7 @@ THREADS=${BENCH_THREADS:-2}
 CONNS=${BENCH_CONNS:-32}
 WORKERS=${BENCH_WORKERS:-$(nproc 2>/dev/null || echo 2)}
 WARMUP=${BENCH_WARMUP:-2}
+ROUNDS=${BENCH_ROUNDS:-2}
 WRK=${WRK:-wrk}
 OPENSSL=${OPENSSL:-openssl}
 RHEMAD=$top_builddir/rhemad
@@ -78,8 +80,12 @@ measure() {
         cat "$1" >&2
         die "wrk reported errors"
     fi
-    awk '/^Requests\/sec:/ { print $2 }' "$1"
+    r=$(awk '/^Requests\/sec:/ { print $2 }' "$1")
+    [ -n "$r" ] || { cat "$1" >&2; die "no Requests/sec in wrk's output"; }
+    echo "$r"
 }
+# (measure runs in a command substitution: its die ends only that subshell,
+# so every caller adds `|| exit 99`)
 # start NAME CONFIG SCHEME [curl args]: pid in $rpid, URL in $base
 start() {
     name=$1
@@ -134,24 +140,39 @@ tls_pid=$rpid
 tls_base=$base
 put_session "$tls_base" --cacert "$tmp/ca.pem"
 
-echo "GET, plain HTTP ..."
-plain1=$(measure "$tmp/wrk-plain1" "$plain_base/v1/sessions/bench-get")
-echo "GET, HTTPS ..."
-tls=$(measure "$tmp/wrk-tls" "$tls_base/v1/sessions/bench-get")
-echo "GET, plain HTTP (again) ..."
-plain2=$(measure "$tmp/wrk-plain2" "$plain_base/v1/sessions/bench-get")
+# ROUNDS rounds of plain then TLS, and plain once more: on a shared machine
+# the load moves between runs, so each TLS run sits between two plain ones
+# and the ratio is of the medians
+plains=
+tlss=
+i=1
+while [ $i -le "$ROUNDS" ]; do
+    echo "round $i: GET, plain HTTP ..."
+    v=$(measure "$tmp/wrk-plain$i" "$plain_base/v1/sessions/bench-get") || exit 99
+    plains="$plains $v"
+    echo "round $i: GET, HTTPS ..."
+    v=$(measure "$tmp/wrk-tls$i" "$tls_base/v1/sessions/bench-get") || exit 99
+    tlss="$tlss $v"
+    i=$((i + 1))
+done
+echo "GET, plain HTTP (last) ..."
+v=$(measure "$tmp/wrk-plain-last" "$plain_base/v1/sessions/bench-get") || exit 99
+plains="$plains $v"
 stop "$tls_pid"
 stop "$plain_pid"
 
-plain=$(awk -v a="$plain1" -v b="$plain2" 'BEGIN { printf "%.2f", (a + b) / 2 }')
+median() {
+    printf '%s\n' $1 | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+plain=$(median "$plains")
+tls=$(median "$tlss")
 ratio=$(awk -v a="$tls" -v b="$plain" 'BEGIN { printf "%.3f", a / b }')
 verdict=$(awk -v v="$ratio" 'BEGIN { print (v >= 0.75 ? "PASS" : "FAIL") }')
 
 echo
-printf '%-44s %12s\n' "measurement" "req/s"
-printf '%-44s %12s\n' "GET /v1/sessions/{id}, plain HTTP (run 1)" "$plain1"
-printf '%-44s %12s\n' "GET /v1/sessions/{id}, plain HTTP (run 2)" "$plain2"
-printf '%-44s %12s\n' "GET /v1/sessions/{id}, HTTPS (keep-alive)" "$tls"
+printf '%-48s %s\n' "GET /v1/sessions/{id}, plain HTTP, req/s:" "$plains"
+printf '%-48s %s\n' "GET /v1/sessions/{id}, HTTPS keep-alive, req/s:" "$tlss"
+printf '%-48s %s\n' "median plain / median HTTPS:" "$plain / $tls"
 echo
 echo "TLS / plain = $ratio  (target >= 0.75)  $verdict"
 [ "$verdict" = PASS ]
