@@ -300,6 +300,13 @@ def test_sighup_reloads_the_certificate_without_dropping_connections(tmp_path, p
         assert kept.sock.getsockname() == local
     finally:
         kept.close()
+    # turning TLS off takes a restart: the reload says so and TLS goes on
+    d.write_config(tls_config(live_cert, live_key).replace("enabled = true", "enabled = false"))
+    mark = d.log_size()
+    d.send(signal.SIGHUP)
+    assert d.wait_log("reload: service.tls.enabled changed (true -> false); restart to apply",
+                      since=mark)
+    assert d.request("GET", "/health/live").status == 200  # over TLS
     assert d.running()
 
 
