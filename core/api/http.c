@@ -689,8 +689,9 @@ static void on_service(evutil_socket_t fd, short what, void *arg)
         if (c->tls) {
             /*
              * bufferevent_openssl writes each chunk of the output buffer as its own
-             * record and send(): a reply's headers and body are two segments, and
-             * Nagle holds the second until the client's delayed ACK (40 ms a reply).
+             * record and send(): a reply tls_coalesce() leaves in several chunks
+             * (over one record, or queued behind another) is several segments, and
+             * Nagle would hold the last until the client's delayed ACK (40 ms).
              */
             int one = 1;
             setsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
