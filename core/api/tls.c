@@ -180,13 +180,32 @@ fail:
     return rc;
 }
 
+/*
+ * rhemad -t does not enter the data directory, which the daemon's relative
+ * paths are relative to: such a path is checked as data_directory/path.
+ */
+static const char *in_data_directory(const struct rhema_config *cfg, const char *path, char *buf,
+                                     size_t cap)
+{
+    const char *dd = "";
+    rhema_config_get_string(cfg, "service.data_directory", &dd);
+    if (!*path || path[0] == '/' || !*dd)
+        return path;
+    snprintf(buf, cap, "%s/%s", dd, path);
+    return buf;
+}
+
 int rhema_tls_check(const struct rhema_config *cfg, char **err)
 {
     struct tls_settings s;
     SSL_CTX *ctx = NULL;
+    char cert[4096], key[4096], ca[4096];
     settings_read(cfg, &s);
     if (!s.enabled)
         return 0;
+    s.cert = in_data_directory(cfg, s.cert, cert, sizeof cert);
+    s.key = in_data_directory(cfg, s.key, key, sizeof key);
+    s.ca = in_data_directory(cfg, s.ca, ca, sizeof ca);
     int rc = ctx_build(&s, &ctx, err);
     SSL_CTX_free(ctx);
     return rc;

@@ -46,7 +46,8 @@ struct rhema_tls_peer {
 
 /*
  * Build the context of cfg's service.tls and check it, keeping nothing
- * (rhemad -t).  0 when TLS is off or the context builds; otherwise
+ * (rhemad -t, which does not enter the data directory: relative paths are
+ * taken as service.data_directory/path, as the daemon will read them).  0 when TLS is off or the context builds; otherwise
  * RHEMA_EINVAL and *err (malloc'd) naming the setting and the file.
  */
 int rhema_tls_check(const struct rhema_config *cfg, char **err);

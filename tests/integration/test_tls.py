@@ -342,6 +342,18 @@ def test_rhemad_t_names_bad_files(tmp_path, pki):
     conf.write_text(tls_config(cert, key, f'  client_ca_file = "{ca.cert}";\n'))
     r = run_rhemad(["-t", "-c", str(conf), "-P", str(PLUGIN_DIR)], cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
+    # relative paths are the data directory's, for -t (which does not enter it) too
+    data = tmp_path / "data"
+    (data / "tls").mkdir(parents=True)
+    shutil.copy(cert, data / "tls" / "server.pem")
+    shutil.copy(key, data / "tls" / "server.key")
+    conf.write_text(tls_config("tls/server.pem", "tls/server.key"))
+    args = ["-t", "-c", str(conf), "-P", str(PLUGIN_DIR), "-o", f"service.data_directory={data}"]
+    r = run_rhemad(args, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    os.unlink(data / "tls" / "server.key")
+    r = run_rhemad(args, cwd=str(tmp_path))
+    assert r.returncode != 0 and f"'{data}/tls/server.key'" in r.stderr, r.stderr
 
 
 def test_a_bad_key_at_start_is_a_startup_error(tmp_path, pki, made):
