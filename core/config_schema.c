@@ -41,6 +41,8 @@ static const char *const format_enum[] = { "text", "json", NULL };
 static const char *const no_strings[] = { NULL };
 static const char *const action_enum[] = { "allow", "deny", NULL };
 static const char *const failure_mode_enum[] = { "open", "closed", NULL };
+static const char *const tls_client_enum[] = { "none", "optional", "required", NULL };
+static const char *const tls_version_enum[] = { "1.2", "1.3", NULL };
 static const char *const no_origins[] = { NULL }; /* same origin only */
 static const char *const cors_headers[] = { "Content-Type", "Authorization", "X-API-Key", "If-None-Match",
                                             "If-Match",     "X-Request-Id",  "X-Rhema-Epoch",
@@ -69,6 +71,15 @@ const struct key cfg_schema[] = {
     LISTF("service.cors.origins", no_origins, cors_origins),
     LIST("service.cors.allow_headers", cors_headers),
     INT_("service.cors.max_age_seconds", 600, 0, 86400),
+    GRP("service.tls", 0), /* core/api/tls.c: checked there, at start, on -t and on reload */
+    BOOL_("service.tls.enabled", 0),
+    STR("service.tls.cert_file", ""),
+    STR("service.tls.key_file", ""),
+    STR("service.tls.client_ca_file", ""),
+    ENUM_("service.tls.client_certificates", "", tls_client_enum), /* "": see tls.h */
+    ENUM_("service.tls.min_version", "1.2", tls_version_enum),
+    STR("service.tls.ciphers", ""),
+    STR("service.tls.ciphersuites", ""),
 
     GRP("plugins", 0),
     STRF("plugins.directory", RHEMA_PLUGINDIR, plugin_directory),
@@ -220,6 +231,11 @@ const struct key cfg_schema[] = {
     STR("security.api_keys.keys[].expires_at", ""),
     LIST("security.api_keys.open_routes", no_strings),
     BOOL_("security.allow_unauthenticated_remote", 0),
+    GLIST("security.client_certificates"), /* core/auth/certmap.c */
+    STR("security.client_certificates[].subject", ""),
+    STR("security.client_certificates[].san", ""),
+    STR("security.client_certificates[].name", ""),
+    LIST("security.client_certificates[].roles", no_strings),
     GLIST("security.roles"),
     STRQ("security.roles[].name", F_REQUIRED | F_UNIQUE),
     LIST("security.roles[].permissions", no_strings),

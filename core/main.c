@@ -33,6 +33,7 @@
 #include "config.h"
 #include "datadir.h"
 #include "api/pipeline.h"
+#include "api/tls.h"
 #include "log.h"
 #include "maintenance.h"
 #include "perfmon.h"
@@ -508,6 +509,7 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         restart_settings_release(&m->last);
         m->last = now;
     }
+    rhema_tls_reload(&neu); /* the certificate, key and CA: new connections use them */
     int auth_differs = !!rhema_api_reload_needs_restart(old, &neu);
     int audit_differs = !!rhema_audit_settings_differ(old, &neu);
     int security_differs = auth_differs | audit_differs << 1;
@@ -627,6 +629,7 @@ int main(int argc, char **argv)
         rhema_atrest_check(&cfg, &srv.codecs, &err) != 0 ||
         (opt.test_only && check_balancers(&srv, &err) != 0) ||
         (opt.test_only && rhema_api_check(&cfg, &err) != 0) ||
+        (opt.test_only && rhema_tls_check(&cfg, &err) != 0) ||
         (!opt.test_only && rhema_keys_open(&srv, &err) != 0) ||
         (!opt.test_only && wrap_storage(&srv, &err) != 0)) {
         fprintf(stderr, "rhemad: %s\n", err ? err : "plugin error");

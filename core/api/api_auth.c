@@ -14,8 +14,10 @@
 #include "api_auth.h"
 #include "audit.h"
 #include "auth/authz.h"
+#include "auth/certmap.h"
 #include "auth/keystore.h"
 #include "log.h"
+#include "tls.h"
 #include "util.h"
 
 #define REALM "Bearer realm=\"rhema\""
@@ -26,6 +28,7 @@ struct rhema_auth {
     int allow_remote; /* security.allow_unauthenticated_remote */
     struct rhema_authz *authz;
     struct rhema_keystore *keys;
+    struct rhema_certmap *certs; /* security.client_certificates; NULL: none */
     const struct rhema_route *open[OPEN_ROUTES_MAX]; /* security.api_keys.open_routes */
     size_t n_open;
 };
@@ -76,8 +79,15 @@ int rhema_authenticate(struct rhema_req *r)
         return 0;
     if (presented_key(r, &key) != 0)
         return 1;
-    if (!key)
-        return 0; /* anonymous: authorize decides (an open route, or 401) */
+    if (!key) {
+        /* a verified client certificate that a mapping names stands for a key;
+         * any other caller is anonymous: authorize decides (an open route, or 401) */
+        struct rhema_tls_peer peer;
+        if (a->certs && rhema_tls_peer(r->req, &peer) == 0)
+            rhema_certmap_lookup(a->certs, peer.subject, (const char(*)[256])peer.sans,
+                                 peer.n_sans, peer.fingerprint, &r->principal);
+        return 0;
+    }
     switch (rhema_keystore_authenticate(a->keys, r->worker->id, &r->worker->store, key, strlen(key),
                                         rhema_realtime_ms(), &r->principal, err)) {
     case RHEMA_KEY_VALID: return 0;
@@ -148,7 +158,8 @@ int rhema_authorize(struct rhema_req *r, const struct rhema_route *rt)
     }
     if (rhema_authz_check(a->authz, r->principal.role_mask, method_bit(r), r->path, rt->permission))
         return 0;
-    rhema_reply_error(r, 403, "forbidden", "API key '%s' (roles: %s) may not %s %s (%s)",
+    rhema_reply_error(r, 403, "forbidden", "%s '%s' (roles: %s) may not %s %s (%s)",
+                      r->principal.certificate ? "client certificate" : "API key",
                       r->principal.key_id, r->principal.roles[0] ? r->principal.roles : "none",
                       evhttp_request_get_command(r->req) == EVHTTP_REQ_HEAD ? "HEAD"
                       : method_bit(r) == RHEMA_AUTHZ_GET                    ? "GET"
@@ -166,6 +177,7 @@ static void auth_free(struct rhema_auth *a)
     if (!a)
         return;
     rhema_keystore_close(a->keys);
+    rhema_certmap_free(a->certs);
     rhema_authz_free(a->authz);
     free(a);
 }
@@ -201,6 +213,23 @@ static int open_routes(struct rhema_auth *a, const struct rhema_config *cfg,
     return 0;
 }
 
+/* Mappings need certificates the TLS layer verifies: service.tls with client_ca_file. */
+static int certs_verifiable(const struct rhema_auth *a, const struct rhema_config *cfg, char **err)
+{
+    int tls = 0;
+    const char *ca = "", *mode = "";
+    if (!a->certs)
+        return 0;
+    rhema_config_get_bool(cfg, "service.tls.enabled", &tls);
+    rhema_config_get_string(cfg, "service.tls.client_ca_file", &ca);
+    rhema_config_get_string(cfg, "service.tls.client_certificates", &mode);
+    if (!tls || !*ca || strcmp(mode, "none") == 0)
+        return rhema_set_error(err, RHEMA_EINVAL,
+                               "security.client_certificates: no client certificate is verified "
+                               "(set service.tls.enabled and service.tls.client_ca_file)");
+    return 0;
+}
+
 static int auth_build(const struct rhema_config *cfg, const struct rhema_route *const *tables,
                       struct rhema_auth **out, char **err)
 {
@@ -212,6 +241,8 @@ static int auth_build(const struct rhema_config *cfg, const struct rhema_route *
     rhema_config_get_bool(cfg, "security.allow_unauthenticated_remote", &a->allow_remote);
     if ((rc = rhema_authz_from_config(cfg, &a->authz, err)) != 0 ||
         (rc = rhema_keystore_open(cfg, a->authz, &a->keys, err)) != 0 ||
+        (rc = rhema_certmap_from_config(cfg, a->authz, &a->certs, err)) != 0 ||
+        (rc = certs_verifiable(a, cfg, err)) != 0 ||
         (rc = open_routes(a, cfg, tables, err)) != 0) {
         auth_free(a);
         return rc;
@@ -243,8 +274,10 @@ int rhema_auth_open(struct rhema_server *srv, const struct rhema_route *const *t
         return rc;
     struct rhema_auth *a = srv->auth;
     if (a->enabled) {
-        rhema_log(RHEMA_LOG_NOTICE, "auth", "API keys on: %zu static key(s), %zu role(s)",
-                  rhema_keystore_static_count(a->keys), rhema_authz_role_count(a->authz));
+        rhema_log(RHEMA_LOG_NOTICE, "auth",
+                  "API keys on: %zu static key(s), %zu client certificate mapping(s), %zu role(s)",
+                  rhema_keystore_static_count(a->keys), rhema_certmap_count(a->certs),
+                  rhema_authz_role_count(a->authz));
     } else if (a->allow_remote) {
         rhema_log(RHEMA_LOG_WARN, "auth",
                   "API keys are off and security.allow_unauthenticated_remote = true: any "
@@ -305,6 +338,15 @@ static char *settings_text(const struct rhema_config *cfg)
             settings_string(f, cfg, p);
         }
         snprintf(p, sizeof p, "security.api_keys.keys[%d].roles", i);
+        settings_list(f, cfg, p);
+    }
+    for (int i = 0, n = rhema_config_get_count(cfg, "security.client_certificates"); i < n; i++) {
+        static const char *const strs[] = {"subject", "san", "name"};
+        for (size_t k = 0; k < 3; k++) {
+            snprintf(p, sizeof p, "security.client_certificates[%d].%s", i, strs[k]);
+            settings_string(f, cfg, p);
+        }
+        snprintf(p, sizeof p, "security.client_certificates[%d].roles", i);
         settings_list(f, cfg, p);
     }
     for (int i = 0, n = rhema_config_get_count(cfg, "security.roles"); i < n; i++) {
@@ -488,7 +530,9 @@ static void h_whoami(struct rhema_req *r)
                       json_pack("{s:s, s:s, s:o, s:o, s:b, s:o, s:s}", "id", p->key_id, "name",
                                 p->name, "roles", roles, "permissions", perms, "authentication", 1,
                                 "expires_at", p->expires_at_ms ? json_string(t) : json_null(),
-                                "source", p->from_config ? "config" : "runtime"));
+                                "source", p->certificate   ? "certificate"
+                                          : p->from_config ? "config"
+                                                           : "runtime"));
 }
 
 const struct rhema_route rhema_auth_routes[] = {

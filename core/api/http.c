@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,14 +22,17 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/thread.h>
 #include <event2/util.h>
+#include <openssl/ssl.h>
 
 #include "audit.h"
 #include "commit.h"
 #include "http.h"
 #include "json_fields.h"
 #include "log.h"
+#include "tls.h"
 #include "util.h"
 
 
@@ -210,6 +214,15 @@ int rhema_cross_origin_refused(struct rhema_req *r)
  * a callback of ours at the top of the loop (a timer, the service event),
  * never from inside an evhttp call.
  *
+ * With service.tls on (tls.h), the bufferevent is an OpenSSL one
+ * (bufferevent_openssl_socket_new(), BUFFEREVENT_SSL_ACCEPTING): its input
+ * and output buffers hold the plaintext, so every hook above works on the
+ * HTTP bytes as it does without TLS.  The handshake runs before any byte
+ * reaches the input buffer, bounded by evhttp's timeout
+ * (service.request_timeout_seconds); a handshake that fails (plain HTTP to
+ * the TLS port, an unknown client certificate) is an error event, on
+ * which evhttp frees the connection, and on_close() logs why.
+ *
  * A drain stops a worker once no reply is being written, no request is
  * partly received (a connection in its header or body phase: bounded by
  * their deadlines), and no byte has arrived for DRAIN_QUIET_NS; or at
@@ -241,6 +254,8 @@ struct conn {
     int foreign;            /* evhttp is writing a reply of its own */
     size_t foreign_start;   /* ... that begins at this offset of the output buffer */
     int rewriting;
+    int tls;                /* an OpenSSL bufferevent */
+    int refuse;             /* TLS could not be set up: cut at adoption, unread */
 };
 
 TAILQ_HEAD(conn_list, conn);
@@ -297,7 +312,16 @@ static void say_and_cut(struct conn *c, int status, const char *reason, const ch
                       "Content-Length: %d\r\nConnection: close\r\n\r\n",
                       status, reason, bl);
     evutil_socket_t fd = bufferevent_getfd(c->bev);
-    if (fd >= 0 && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+    if (c->tls) {
+        /* the record goes through the connection's SSL (its handshake done, nothing
+         * of ours pending in it): best effort, as below; never plaintext */
+        SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+        char all[sizeof head + sizeof body];
+        int n = snprintf(all, sizeof all, "%s%s", head, body);
+        if (ssl && SSL_is_init_finished(ssl) &&
+            evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            (void)!SSL_write(ssl, all, n);
+    } else if (fd >= 0 && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
         struct iovec iov[2] = {{head, (size_t)hl}, {body, (size_t)bl}};
         struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
         (void)!sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -582,6 +606,8 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
 {
     (void)evcon;
     struct conn *c = arg;
+    if (c->tls)
+        rhema_tls_conn_closed(c->bev);
     TAILQ_REMOVE(&c->w->conns->live, c, link);
     conn_free(c);
 }
@@ -591,7 +617,27 @@ static struct bufferevent *conn_new(struct event_base *base, void *arg)
     struct rhema_worker *w = arg;
     struct rhema_http_conns *k = w->conns;
     struct conn *c = calloc(1, sizeof *c);
-    struct bufferevent *bev = c ? bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE) : NULL;
+    struct bufferevent *bev = NULL;
+    if (c && rhema_tls_enabled()) {
+        /* the SSL is the bufferevent's from here on (freed with it, failure included) */
+        SSL *ssl = rhema_tls_ssl_new();
+        if (ssl)
+            bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                 BEV_OPT_CLOSE_ON_FREE);
+        if (bev) {
+            c->tls = 1;
+            /* a client that closes without close_notify ends the stream, not an error */
+            bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+        } else {
+            /* NULL would make evhttp serve the TLS port in plaintext: a plain
+             * bufferevent instead, cut before a byte is read (on_service) */
+            c->refuse = 1;
+            rhema_log(RHEMA_LOG_ERROR, "tls", "cannot set up TLS for a new connection "
+                      "(out of memory): closing it");
+        }
+    }
+    if (c && !bev)
+        bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (c)
         c->deadline_ev = evtimer_new(base, on_deadline, c);
     if (!bev || !c->deadline_ev) {
@@ -641,7 +687,19 @@ static void on_service(evutil_socket_t fd, short what, void *arg)
         TAILQ_INSERT_TAIL(&k->live, c, link);
         evhttp_connection_set_closecb(c->evcon, on_close, c);
         bufferevent_decref(bev);
-        if (c->over_limit) {
+        if (c->tls) {
+            /*
+             * bufferevent_openssl writes each chunk of the output buffer as its own
+             * record and send(): a reply tls_coalesce() leaves in several chunks
+             * (over one record, or queued behind another) is several segments, and
+             * Nagle would hold the last until the client's delayed ACK (40 ms).
+             */
+            int one = 1;
+            setsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        }
+        if (c->refuse) {
+            cut(c);
+        } else if (c->over_limit) {
             rhema_log(RHEMA_LOG_WARN, "http", "service.max_connections (%lld) reached: "
                       "closing a connection accepted past it", (long long)k->max_conns);
             say_and_cut(c, 503, "Service Unavailable", "unavailable",
@@ -734,6 +792,31 @@ static void log_access(struct rhema_req *r)
  */
 #define OUTPUT_SMALL_REPLY 16384
 
+/*
+ * A small reply as one TLS record: bufferevent_openssl writes each chunk of
+ * the output buffer with its own SSL_write() (a record and a send() each),
+ * and evhttp queues a reply's headers and body as separate chunks.  Only
+ * when the output held nothing before this reply, so that no partly written
+ * record is pending (libevent drains what SSL_write() took at once).  Its
+ * start may be frozen, as in rewrite_error_page().
+ */
+#define TLS_COALESCE_MAX 16384 /* one record's worth */
+
+static void tls_coalesce(struct conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t len = evbuffer_get_length(out);
+    char probe;
+    if (len == 0 || len > TLS_COALESCE_MAX)
+        return;
+    int frozen = evbuffer_copyout(out, &probe, 1) < 0;
+    if (frozen)
+        evbuffer_unfreeze(out, 1);
+    evbuffer_pullup(out, -1);
+    if (frozen)
+        evbuffer_freeze(out, 1);
+}
+
 void rhema_reply_evbuffer(struct rhema_req *r, int status, const char *content_type,
                           struct evbuffer *buf)
 {
@@ -788,11 +871,14 @@ void rhema_reply_evbuffer(struct rhema_req *r, int status, const char *content_t
     log_access(r); /* before sending: the request may be freed by it */
     if (r->on_reply)
         r->on_reply(r);
+    size_t queued = c ? evbuffer_get_length(bufferevent_get_output(c->bev)) : 0;
     if (k) /* NULL: a request made without a worker's connections (tests/unit/test_http) */
         k->sending = 1;
     evhttp_send_reply(r->req, status, reason(status), buf);
     if (k)
         k->sending = 0;
+    if (c && c->tls && queued == 0)
+        tls_coalesce(c);
 }
 
 void rhema_reply(struct rhema_req *r, int status, const char *content_type, const void *body,
@@ -1467,8 +1553,12 @@ int rhema_http_start(struct rhema_server *srv, rhema_request_fn *handle, char **
     atomic_store(&srv->http_conns, 0);
     atomic_store(&srv->http_out_bytes, 0);
     evthread_use_pthreads();
-    if ((rc = bind_listen(srv, err)))
+    if ((rc = rhema_tls_open(srv->cfg, err)))
         return rc;
+    if ((rc = bind_listen(srv, err))) {
+        rhema_tls_close();
+        return rc;
+    }
     srv->nworkers = srv->cfg->workers > 0 ? srv->cfg->workers : rhema_ncpu();
     srv->workers = calloc((size_t)srv->nworkers, sizeof *srv->workers);
     if (!srv->workers) {
@@ -1483,8 +1573,8 @@ int rhema_http_start(struct rhema_server *srv, rhema_request_fn *handle, char **
         (rc = rhema_committer_start(srv->storage, srv->storage_inst, &srv->committer, err)))
         goto fail;
     /* logged before the first worker can answer: whoever sees an answer sees this line */
-    rhema_log(RHEMA_LOG_NOTICE, "http", "listening on %s with %d worker%s", srv->listen_addr,
-              srv->nworkers, srv->nworkers == 1 ? "" : "s");
+    rhema_log(RHEMA_LOG_NOTICE, "http", "listening on %s with %d worker%s%s", srv->listen_addr,
+              srv->nworkers, srv->nworkers == 1 ? "" : "s", rhema_tls_enabled() ? ", TLS" : "");
     for (int i = 0; i < srv->nworkers; i++) {
         if (pthread_create(&srv->workers[i].thread, NULL, worker_main, &srv->workers[i]) != 0) {
             rc = RHEMA_ENOMEM;
@@ -1506,6 +1596,7 @@ fail:
     srv->nworkers = 0;
     close(srv->listen_fd);
     srv->listen_fd = -1;
+    rhema_tls_close();
     return rc;
 }
 
@@ -1528,4 +1619,5 @@ void rhema_http_stop(struct rhema_server *srv)
     if (srv->listen_fd >= 0)
         close(srv->listen_fd);
     srv->listen_fd = -1;
+    rhema_tls_close(); /* connections are gone: the last references of the context */
 }

@@ -5,7 +5,7 @@
  *                   the request id, the decoded path and query
  *   size limit      http.c: evhttp refuses a body over
  *                   service.max_request_size_bytes with 413 before it is read
- *   (TLS)           issue 9: before the request is parsed, in http.c
+ *   TLS             http.c + tls.c: the connection's bufferevent is OpenSSL's
  *   origin          http.c: a POST/PUT/DELETE from a browser page whose
  *                   Origin service.cors.origins does not allow is 403
  *   authenticate    api_auth.c: the API key -> r->principal; a bad, unknown,
