@@ -29,6 +29,7 @@
 #include "http.h"
 #include "json_fields.h"
 #include "log.h"
+#include "metrics/metrics.h"
 #include "util.h"
 
 
@@ -784,6 +785,8 @@ void rhema_reply_evbuffer(struct rhema_req *r, int status, const char *content_t
         c->close_after = r->close && r->method == EVHTTP_REQ_CONNECT;
         evhttp_request_set_on_complete_cb(r->req, on_complete, c);
     }
+    rhema_metrics_reply(w->metrics, r->route, (unsigned)r->method, status,
+                        rhema_monotonic_ns() - r->t0_ns);
     log_access(r); /* before sending: the request may be freed by it */
     if (r->on_reply)
         r->on_reply(r);
@@ -1160,6 +1163,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     TAILQ_INIT(&r.query);
     r.method = evhttp_request_get_command(req);
     request_id(&r);
+    rhema_metrics_request_started(w->metrics);
     struct conn *c = conn_of(w, req);
     if (c) { /* the request is complete: no deadline while it is handled and answered */
         c->phase = C_BUSY;
@@ -1250,6 +1254,7 @@ static void *worker_main(void *arg)
 {
     struct rhema_worker *w = arg;
     this_worker = w;
+    w->metrics = rhema_metrics_thread_enter(w->id);
     event_base_dispatch(w->base);
     return NULL;
 }

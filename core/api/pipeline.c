@@ -30,7 +30,9 @@
  *   reply           http.c: headers, CORS, access log; then r->on_reply,
  *                   the audit log's "end" record of every request the
  *                   pipeline saw (answered here or later)
- *   metrics         issue 11: after the reply, from r->route and r->status
+ *   metrics         api_metrics.c: every reply is counted as http.c sends it
+ *                   (route template, method, status, duration); before the
+ *                   router, monitoring.metrics_path is served as /metrics
  *
  * The stages that later issues add are named above and have a place in
  * rhema_pipeline_run(); until they exist nothing pretends to run them.
@@ -49,6 +51,7 @@
 #include "api_cluster.h"
 #include "api_consensus.h"
 #include "api_keys.h"
+#include "api_metrics.h"
 #include "api_operations.h"
 #include "api_services.h"
 #include "api_sessions.h"
@@ -61,7 +64,7 @@
 const struct rhema_route *const rhema_api_routes[] = {
     rhema_operations_routes, rhema_sessions_routes, rhema_consensus_routes,
     rhema_cluster_routes,    rhema_agents_routes,   rhema_services_routes,
-    rhema_keys_routes,       rhema_auth_routes,     NULL,
+    rhema_keys_routes,       rhema_auth_routes,     rhema_metrics_routes, NULL,
 };
 
 /*
@@ -216,30 +219,36 @@ void rhema_pipeline_run(struct rhema_req *r)
         return;
     if (rhema_authenticate(r))
         return;
-    if (!(rt = rhema_route_match(r, rhema_api_routes)))
+    if (rhema_api_metrics_path(r) || !(rt = rhema_route_match(r, rhema_api_routes)))
         return;
     if (rhema_authorize(r, rt))
         return;
     /* rate limit (issue 10) goes here */
     if (audit_stage(r, rt))
         return;
-    run_from_fence(r, rt);
-    /* metrics (issue 11) go here: r->route, r->status; the audit end record is sent with the reply */
+    run_from_fence(r, rt); /* its reply is counted by http.c (api_metrics.h), deferred or not */
 }
 
 int rhema_api_start(struct rhema_server *srv, char **err)
 {
     int rc = rhema_routes_check(rhema_api_routes, err);
-    if (rc || (rc = rhema_auth_open(srv, rhema_api_routes, err)) != 0)
+    if (rc || (rc = rhema_api_metrics_open(srv, rhema_api_routes, err)) != 0)
         return rc;
-    if ((rc = rhema_http_start(srv, rhema_pipeline_run, err)) != 0)
+    if ((rc = rhema_auth_open(srv, rhema_api_routes, err)) != 0) {
+        rhema_api_metrics_close();
+        return rc;
+    }
+    if ((rc = rhema_http_start(srv, rhema_pipeline_run, err)) != 0) {
         rhema_auth_close(srv);
+        rhema_api_metrics_close();
+    }
     return rc;
 }
 
 int rhema_api_check(const struct rhema_config *cfg, char **err)
 {
-    return rhema_auth_check(cfg, rhema_api_routes, err);
+    int rc = rhema_api_metrics_check(cfg, err);
+    return rc ? rc : rhema_auth_check(cfg, rhema_api_routes, err);
 }
 
 int rhema_api_reload_needs_restart(const struct rhema_config *old, const struct rhema_config *neu)
@@ -251,4 +260,5 @@ void rhema_api_stop(struct rhema_server *srv)
 {
     rhema_http_stop(srv);
     rhema_auth_close(srv);
+    rhema_api_metrics_close();
 }
