@@ -4,9 +4,14 @@
 #include "rhema_build.h"
 
 #include <ctype.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+
+#include <event2/bufferevent.h>
 
 #include "../metrics/collect.h"
 #include "../metrics/metrics.h"
@@ -174,6 +179,22 @@ static int wants_openmetrics(struct rhema_req *r)
     return 0;
 }
 
+/*
+ * A scrape's reply is often larger than one loopback segment (64 KiB), and
+ * Prometheus keeps its connection open: with Nagle's algorithm the tail
+ * segment then waits for the ACK of the first, which the scraper delays
+ * (40 ms on Linux).  So the scraper's connection sends without delay.
+ */
+static void no_delay(struct rhema_req *r)
+{
+    struct evhttp_connection *c = evhttp_request_get_connection(r->req);
+    struct bufferevent *bev = c ? evhttp_connection_get_bufferevent(c) : NULL;
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    int one = 1;
+    if (fd >= 0)
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* best effort */
+}
+
 static void h_metrics(struct rhema_req *r)
 {
     struct rhema_server *srv = r->worker->srv;
@@ -189,6 +210,7 @@ static void h_metrics(struct rhema_req *r)
         rhema_reply_error(r, 503, "out_of_memory", "the metrics did not fit in memory");
         return;
     }
+    no_delay(r);
     rhema_reply(r, 200,
                 e.openmetrics ? "application/openmetrics-text; version=1.0.0; charset=utf-8"
                               : "text/plain; version=0.0.4; charset=utf-8",
