@@ -5,11 +5,11 @@
 #   1. GET /v1/sessions/{id} on rhemad (memory backend) with
 #      monitoring.enabled true and false, against the bare libevent evhttp
 #      server (bench/bare_evhttp.c) returning the same bytes with the same
-#      threading, as bench/run.sh does; target: rhemad with metrics on >=
-#      90% of the bare server.
-#   2. One scrape of /metrics after every route template of the route
-#      tables (core/api/*.c) was called once, so that the exposition holds
-#      over 1000 series: the series count and the time of a scrape (curl's
+#      threading, as bench/run.sh does, in alternating rounds (medians);
+#      target: rhemad with metrics on >= 90% of the bare server.
+#   2. One scrape of /metrics from rhemad on sqlite in a one-node cluster,
+#      after every route line of the route tables (core/api/*.c) was called
+#      a few ways, so that the exposition holds over 1000 series: the series count and the time of a scrape (curl's
 #      time_total over BENCH_SCRAPES scrapes: mean, median and best; and
 #      wrk's mean on one kept-alive connection); target: median under 5 ms.
 #
@@ -18,6 +18,7 @@
 #   BENCH_THREADS  wrk threads (default 2)       BENCH_CONNS  wrk connections (default 32)
 #   BENCH_WORKERS  worker threads of rhemad and the bare server (default: nproc)
 #   BENCH_WARMUP   seconds of warm-up before each GET measurement (default 2)
+#   BENCH_ROUNDS   rounds of the three GET measurements (default 3; medians compared)
 #   BENCH_SCRAPES  scrapes timed in 2. (default 200)
 #   top_builddir   where rhemad and plugins/.libs are (default: the source tree)
 #   CC, WRK, PKG_CONFIG
@@ -34,6 +35,7 @@ CONNS=${BENCH_CONNS:-32}
 WORKERS=${BENCH_WORKERS:-$(nproc 2>/dev/null || echo 2)}
 WARMUP=${BENCH_WARMUP:-2}
 SCRAPES=${BENCH_SCRAPES:-200}
+ROUNDS=${BENCH_ROUNDS:-3}
 CC=${CC:-cc}
 WRK=${WRK:-wrk}
 PKG_CONFIG=${PKG_CONFIG:-pkg-config}
@@ -109,17 +111,22 @@ echo "building bench/bare_evhttp in $tmp"
 echo "machine: $(nproc) cores; wrk -t$THREADS -c$CONNS -d${SECONDS_}s; $WORKERS workers"
 
 pad=$(printf '%0900d' 0 | tr 0 x)
-# start_rhemad NAME ENABLED: rhemad on the memory backend, its session made; sets $rpid $base
+# start_rhemad NAME ENABLED [-o setting ...]: rhemad (memory backend unless the
+# settings say otherwise), its session made; sets $rpid $base
 start_rhemad() {
     port=$(free_port)
-    "$RHEMAD" -f -P "$PLUGIN_DIR" -o service.data_directory="$tmp" \
-        -o persistence.backend=memory -o service.listen=127.0.0.1:"$port" \
-        -o service.workers="$WORKERS" -o monitoring.enabled="$2" -o logging.access_log=false \
-        >"$tmp/rhemad-$1.log" 2>&1 &
+    name=$1
+    enabled=$2
+    shift 2
+    [ $# -gt 0 ] || set -- -o persistence.backend=memory
+    "$RHEMAD" -f -P "$PLUGIN_DIR" -o service.data_directory="$tmp" "$@" \
+        -o service.listen=127.0.0.1:"$port" \
+        -o service.workers="$WORKERS" -o monitoring.enabled="$enabled" -o logging.access_log=false \
+        >"$tmp/rhemad-$name.log" 2>&1 &
     rpid=$!
     pids="$pids $rpid"
     base=http://127.0.0.1:$port
-    wait_ready "$rpid" "$base/health/ready" || { cat "$tmp/rhemad-$1.log" >&2; die "rhemad did not start"; }
+    wait_ready "$rpid" "$base/health/ready" || { cat "$tmp/rhemad-$name.log" >&2; die "rhemad did not start"; }
     code=$(curl -sS -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Type: application/json' \
         -d "{\"topic\":\"$pad\",\"participants\":[\"agent-1\",\"agent-2\",\"agent-3\"],\"status\":\"Active\"}" \
         "$base/v1/sessions/bench-get")
@@ -127,36 +134,65 @@ start_rhemad() {
 }
 
 # ---- 1. GET with metrics on, off, and the bare server ----
+# The three servers run side by side and are measured in turn, ROUNDS times
+# (off, on, bare, off, on, bare ...): on a shared machine the load moves
+# between runs, and the median of each is what is compared.
 start_rhemad off false
-echo "GET rhemad, metrics off ..."
-wrk_get "$tmp/wrk-off" "$base/v1/sessions/bench-get" || die "GET (metrics off) failed"
-get_off=$(wrk_rps "$tmp/wrk-off")
+off_pid=$rpid
+off_url=$base/v1/sessions/bench-get
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/metrics")" = 404 ] || die "metrics off still answers"
-stop "$rpid"
-
 start_rhemad on true
-curl -sS -D "$tmp/get.headers" -o "$tmp/get.body" "$base/v1/sessions/bench-get"
+on_pid=$rpid
+on_base=$base
+on_url=$base/v1/sessions/bench-get
+curl -sS -D "$tmp/get.headers" -o "$tmp/get.body" "$on_url"
 etag=$(awk 'tolower($1) == "etag:" { sub(/\r$/, "", $2); print $2 }' "$tmp/get.headers")
-echo "GET rhemad, metrics on ..."
-wrk_get "$tmp/wrk-on" "$base/v1/sessions/bench-get" || die "GET (metrics on) failed"
-get_on=$(wrk_rps "$tmp/wrk-on")
-counted=$(curl -sS "$base/metrics" |
-    awk '/^rhema_http_requests_total\{route="\/v1\/sessions\/\{id\}",method="GET",code="200"\}/ { print $2 }')
-stop "$rpid"
-
 port=$(free_port)
 "$tmp/bare_evhttp" -l 127.0.0.1:"$port" -t "$WORKERS" -b "$tmp/get.body" -e "${etag:-\"1\"}" \
     >"$tmp/bare.log" 2>&1 &
 bpid=$!
 pids="$pids $bpid"
-wait_ready "$bpid" "http://127.0.0.1:$port/v1/sessions/bench-get" || { cat "$tmp/bare.log" >&2; die "bare_evhttp did not start"; }
-echo "GET bare evhttp ..."
-wrk_get "$tmp/wrk-bare" "http://127.0.0.1:$port/v1/sessions/bench-get" || die "GET on bare_evhttp failed"
-get_bare=$(wrk_rps "$tmp/wrk-bare")
+bare_url=http://127.0.0.1:$port/v1/sessions/bench-get
+wait_ready "$bpid" "$bare_url" || { cat "$tmp/bare.log" >&2; die "bare_evhttp did not start"; }
+: >"$tmp/rps-off"
+: >"$tmp/rps-on"
+: >"$tmp/rps-bare"
+r=1
+while [ $r -le "$ROUNDS" ]; do
+    for which in off on bare; do
+        case $which in
+        off) url=$off_url ;;
+        on) url=$on_url ;;
+        *) url=$bare_url ;;
+        esac
+        echo "GET round $r/$ROUNDS: $which ..."
+        wrk_get "$tmp/wrk-$which" "$url" || die "GET ($which) failed"
+        wrk_rps "$tmp/wrk-$which" >>"$tmp/rps-$which"
+    done
+    r=$((r + 1))
+done
+median() { sort -n "$1" | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+get_off=$(median "$tmp/rps-off")
+get_on=$(median "$tmp/rps-on")
+get_bare=$(median "$tmp/rps-bare")
+counted=$(curl -sS "$on_base/metrics" |
+    awk '/^rhema_http_requests_total\{route="\/v1\/sessions\/\{id\}",method="GET",code="200"\}/ { print $2 }')
+stop "$off_pid"
+stop "$on_pid"
 stop "$bpid"
 
 # ---- 2. one scrape with every route template called ----
-start_rhemad scrape true
+# sqlite and a one-node cluster: the storage, group commit and cluster
+# families too, and writes fenced (409) by an old X-Rhema-Epoch
+[ -f "$PLUGIN_DIR/storage_sqlite.so" ] || die "$PLUGIN_DIR/storage_sqlite.so not built"
+start_rhemad scrape true -o persistence.backend=sqlite -o persistence.sqlite.path="$tmp/scrape.db" \
+    -o distributed.enabled=true -o distributed.node.node_id=bench
+i=0
+until curl -s "$base/v1/cluster/leader" | grep -q '"is_leader":true'; do
+    i=$((i + 1))
+    [ $i -lt 100 ] || die "the one-node cluster elected no leader"
+    sleep 0.1
+done
 # every route line of the tables: method and template ({param} -> an id)
 sed -n 's/.*{RHEMA_M_\([A-Z]*\), *"\([^"]*\)".*/\1 \2/p' "$top_srcdir"/core/api/*.c |
     sed 's/{[a-z_]*}/b1/' | sort -u >"$tmp/routes"
@@ -177,6 +213,9 @@ while read -r method path; do
         curl -s -o /dev/null "$base$path?no_such_parameter=1"
     else
         curl -s -o /dev/null -X "$method" -H 'Content-Type: text/plain' -d 'x' "$base$path"
+        curl -s -o /dev/null -X "$method" -H 'X-Rhema-Epoch: 0' -d '{}' "$base$path" # 409 fenced
+        curl -s -o /dev/null -X "$method" -H 'If-Match: "999"' -H 'Content-Type: application/json' \
+            -d '{}' "$base$path"
     fi
 done <"$tmp/routes"
 curl -sS -o "$tmp/scrape.txt" "$base/metrics"
@@ -208,7 +247,7 @@ ratio_on=$(awk -v a="$get_on" -v b="$get_bare" 'BEGIN { printf "%.3f", a / b }')
 ratio_off=$(awk -v a="$get_off" -v b="$get_bare" 'BEGIN { printf "%.3f", a / b }')
 on_off=$(awk -v a="$get_on" -v b="$get_off" 'BEGIN { printf "%.3f", a / b }')
 echo
-echo "GET /v1/sessions/{id}, requests/s:"
+echo "GET /v1/sessions/{id}, requests/s (median of $ROUNDS rounds; each: $(tr '\n' ' ' <"$tmp/rps-off")/ $(tr '\n' ' ' <"$tmp/rps-on")/ $(tr '\n' ' ' <"$tmp/rps-bare")for off / on / bare):"
 echo "  bare evhttp          $get_bare"
 echo "  rhemad, metrics off  $get_off   (ratio to bare $ratio_off)"
 echo "  rhemad, metrics on   $get_on   (ratio to bare $ratio_on; on/off $on_off)"

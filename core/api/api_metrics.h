@@ -24,6 +24,8 @@ extern const struct rhema_route rhema_metrics_routes[];
  */
 int rhema_api_metrics_open(struct rhema_server *srv, const struct rhema_route *const *tables,
                            char **err);
+/* Free the counters: after every thread that counts (workers, committer,
+ * maintenance, cluster, services) stopped (main.c, at the end). */
 void rhema_api_metrics_close(void);
 /* Refuse a monitoring.metrics_path that could shadow an API route. */
 int rhema_api_metrics_check(const struct rhema_config *cfg, char **err);

@@ -260,5 +260,5 @@ void rhema_api_stop(struct rhema_server *srv)
 {
     rhema_http_stop(srv);
     rhema_auth_close(srv);
-    rhema_api_metrics_close();
+    /* the counters stay until rhema_api_metrics_close(): other threads still call storage */
 }

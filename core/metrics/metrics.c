@@ -96,7 +96,10 @@ int rhema_metrics_open(int nworkers, unsigned nslots, rhema_metrics_slot_fn *slo
     M.nslots = nslots;
     M.slot_of = slot_of;
     for (int i = 0; i < n; i++) {
-        blocks[i].http = calloc(nslots, sizeof *blocks[i].http);
+        /* a cache line of its own: no false sharing with another worker's */
+        size_t hbytes = ((size_t)nslots * sizeof *blocks[i].http + 63) / 64 * 64;
+        if ((blocks[i].http = aligned_alloc(64, hbytes)) != NULL)
+            memset(blocks[i].http, 0, hbytes);
         blocks[i].codes = calloc((size_t)nslots * RHEMA_METRICS_METHODS, sizeof *blocks[i].codes);
         if (!blocks[i].http || !blocks[i].codes) {
             for (int j = 0; j <= i; j++)
@@ -135,7 +138,15 @@ struct rhema_metrics_block *rhema_metrics_thread_enter(int id)
     return self;
 }
 
+/* An add by the block's only writer: a relaxed load and store, no locked instruction. */
 static inline void add(_Atomic uint64_t *c, uint64_t v)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v,
+                          memory_order_relaxed);
+}
+
+/* An add to the shared block, which several threads write. */
+static inline void add_shared(_Atomic uint64_t *c, uint64_t v)
 {
     atomic_fetch_add_explicit(c, v, memory_order_relaxed);
 }
@@ -145,13 +156,18 @@ static inline uint64_t get(_Atomic uint64_t *c)
     return atomic_load_explicit(c, memory_order_relaxed);
 }
 
-static void observe(struct hist *h, uint64_t ns)
+static void observe(struct hist *h, uint64_t ns, int shared)
 {
     unsigned i = 0;
     while (i < RHEMA_METRICS_BUCKETS && ns > bucket_ns[i])
         i++;
-    add(&h->n[i], 1);
-    add(&h->sum_ns, ns);
+    if (shared) {
+        add_shared(&h->n[i], 1);
+        add_shared(&h->sum_ns, ns);
+    } else {
+        add(&h->n[i], 1);
+        add(&h->sum_ns, ns);
+    }
 }
 
 void rhema_metrics_request_started(struct rhema_metrics_block *b)
@@ -171,7 +187,7 @@ void rhema_metrics_reply(struct rhema_metrics_block *b, const void *route, unsig
     if (slot >= M.nslots)
         slot = 0;
     method = rhema_metrics_method_index(evhttp_method);
-    observe(&b->http[slot], ns);
+    observe(&b->http[slot], ns, 0);
     if (status < RHEMA_METRICS_STATUS_MIN ||
         status >= RHEMA_METRICS_STATUS_MIN + RHEMA_METRICS_STATUS_N)
         return;
@@ -188,12 +204,15 @@ void rhema_metrics_reply(struct rhema_metrics_block *b, const void *route, unsig
 void rhema_metrics_storage(enum rhema_metrics_storage_op op, uint64_t ns, int failed)
 {
     struct rhema_metrics_block *b = self;
+    int shared = b == NULL;
     if ((unsigned)op >= RHEMA_MOP_COUNT || !rhema_metrics_enabled())
         return;
-    if (!b)
+    if (shared)
         b = &M.blocks[M.nblocks - 1];
-    observe(&b->storage[op], ns);
-    if (failed)
+    observe(&b->storage[op], ns, shared);
+    if (failed && shared)
+        add_shared(&b->storage_errors[op], 1);
+    else if (failed)
         add(&b->storage_errors[op], 1);
 }
 

@@ -3,11 +3,12 @@
  *
  * Counting must not slow the request path, so nothing here is shared per
  * request: each worker thread owns a block (struct rhema_metrics_block) of
- * plain 64-bit counters that only it writes, with relaxed atomic adds on
- * its own cache lines; a scrape sums the blocks with relaxed loads.  One
- * more block is shared by the threads that are not workers (the committer,
- * the maintenance and cluster timers): they are few and slow, and their
- * adds are atomic too.
+ * 64-bit counters that only it writes -- a relaxed atomic load and store,
+ * no locked instruction, on its own cache lines -- and a scrape sums the
+ * blocks with relaxed loads.  One more block is shared by the threads that
+ * are not workers (the committer, the maintenance job, the cluster and
+ * services timers): they are few and slow, and add with atomic
+ * read-modify-writes.
  *
  * What is counted here: HTTP replies by route slot, method and status, and
  * their durations by route slot; requests started (for the in-flight
@@ -16,7 +17,7 @@
  * template to a slot; slot 0 is "unmatched"); this module knows no route.
  *
  * Lifecycle: rhema_metrics_open() before the workers start (main thread),
- * rhema_metrics_close() after they stopped.  When it was not opened
+ * rhema_metrics_close() after every thread that counts stopped.  When it was not opened
  * (monitoring.enabled false) every observe function is a no-op.
  */
 #ifndef RHEMA_CORE_METRICS_H
