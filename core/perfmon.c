@@ -133,6 +133,8 @@ void rhema_perfmon_totals(struct rhema_perfmon *pm, struct rhema_perfmon_totals 
     out->crypto_bytes = LOAD(crypto_bytes);
     out->crypto_ns = LOAD(crypto_ns);
     out->rotations = LOAD(rot_n);
+    out->processed = LOAD(proc_n);
+    out->processing_ns = LOAD(proc_ns);
 }
 
 void rhema_perfmon_crypto(struct rhema_perfmon *pm, size_t len, uint64_t ns)

@@ -49,6 +49,8 @@ struct rhema_perfmon_totals {
     uint64_t stored, stored_bytes;
     uint64_t crypto, crypto_bytes, crypto_ns;
     uint64_t rotations;
+    uint64_t processed, processing_ns; /* every message route call (compress, store as is,
+                                        * decompress, encrypt, decrypt) and its time */
 };
 void rhema_perfmon_totals(struct rhema_perfmon *pm, struct rhema_perfmon_totals *out);
 

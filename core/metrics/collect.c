@@ -178,6 +178,12 @@ static void perfmon_families(struct rhema_server *srv, struct rhema_expo *e)
     counter1(e, "rhema_encryption_seconds", "Time spent encrypting and decrypting, in seconds.",
              (double)t.crypto_ns / 1e9);
     counter1(e, "rhema_key_rotations", "Key rotations since start.", (double)t.rotations);
+    counter1(e, "rhema_messages_processed",
+             "Message route calls: compress, store as is, decompress, encrypt, decrypt.",
+             (double)t.processed);
+    counter1(e, "rhema_message_processing_seconds",
+             "Time spent in the message route calls, in seconds.",
+             (double)t.processing_ns / 1e9);
 }
 
 static void keyring_families(struct rhema_server *srv, struct rhema_expo *e)

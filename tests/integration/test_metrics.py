@@ -296,3 +296,26 @@ def test_real_prometheus_scrapes(daemon, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_permission_and_open_route(daemons):
+    """With API keys on: 401 without a key, 403 without metrics:read, 200 with it;
+    security.api_keys.open_routes may open it (at a custom metrics_path too)."""
+    from test_auth import auth_config, bearer, new_key
+    admin, reader, other = new_key("admin", "admin"), new_key("r", "scraper"), new_key("o", "other")
+    roles = {"admin": ["*"], "scraper": ["metrics:read"], "other": ["health:read"]}
+    conf = auth_config(memory_config(), [admin[1], reader[1], other[1]], roles)
+    d = daemons("keys", config=conf).start()
+    assert d.request("GET", "/metrics").status == 401
+    assert d.request("GET", "/metrics", headers=bearer(other[0])).status == 403
+    r = d.request("GET", "/metrics", headers=bearer(reader[0]))
+    assert r.status == 200, r.body
+    samples, _ = parse(r.body.decode())
+    assert requests_total(samples, "/metrics", "GET", "401") == 1
+    assert requests_total(samples, "/metrics", "GET", "403") == 1
+    d.stop()
+    opened = daemons("open", config=conf.replace(
+        "enabled = true;", 'enabled = true; open_routes = [ "/metrics" ];'),
+        overrides=["monitoring.metrics_path=/prom"]).start()
+    assert opened.request("GET", "/prom").status == 200
+    assert opened.request("GET", "/v1/stats").status == 401
