@@ -54,7 +54,7 @@ static int timed(enum rhema_metrics_storage_op op, uint64_t t0, int rc)
     return rc;
 }
 /* c->t0 is set before the call is made (the comma): the call does not touch it */
-#define TIMED(op, call)                                                                  \
+#define TIMED(op, call)                                                                            \
     (c->t0 = rhema_metrics_enabled() ? rhema_monotonic_ns() : 0, timed(op, c->t0, (call)))
 
 static int conn_err(struct atrest_conn *c, int code, const char *fmt, ...)

@@ -117,8 +117,7 @@ static void process_families(struct rhema_expo *e)
 static void build_info(struct rhema_server *srv, struct rhema_expo *e)
 {
     static const char *const k[] = {"version", "storage_backend", "libevent"};
-    const char *v[] = {PACKAGE_VERSION,
-                       srv->storage_plugin ? srv->storage_plugin->name : "",
+    const char *v[] = {PACKAGE_VERSION, srv->storage_plugin ? srv->storage_plugin->name : "",
                        event_get_version()};
     rhema_expo_family(e, "rhema_build_info", "gauge",
                       "Always 1; the labels say which rhemad this is.");
@@ -169,8 +168,7 @@ static void perfmon_families(struct rhema_server *srv, struct rhema_expo *e)
                           ? (double)t.compressed_in_bytes / (double)t.compressed_out_bytes
                           : 0.0);
     counter1(e, "rhema_compression_stored_messages",
-             "Messages kept as they were (too small or not worth compressing).",
-             (double)t.stored);
+             "Messages kept as they were (too small or not worth compressing).", (double)t.stored);
     counter1(e, "rhema_encryption_operations", "Encrypt and decrypt calls of the message routes.",
              (double)t.crypto);
     counter1(e, "rhema_encryption_bytes", "Bytes encrypted or decrypted by the message routes.",
@@ -182,8 +180,7 @@ static void perfmon_families(struct rhema_server *srv, struct rhema_expo *e)
              "Message route calls: compress, store as is, decompress, encrypt, decrypt.",
              (double)t.processed);
     counter1(e, "rhema_message_processing_seconds",
-             "Time spent in the message route calls, in seconds.",
-             (double)t.processing_ns / 1e9);
+             "Time spent in the message route calls, in seconds.", (double)t.processing_ns / 1e9);
 }
 
 static void keyring_families(struct rhema_server *srv, struct rhema_expo *e)
@@ -287,8 +284,7 @@ static void maintenance_families(struct rhema_server *srv, struct rhema_expo *e)
            (double)rhema_maintenance_data_size(srv->maintenance));
 }
 
-void rhema_metrics_collect(struct rhema_server *srv, rhema_storage_conn *conn,
-                           struct rhema_expo *e)
+void rhema_metrics_collect(struct rhema_server *srv, rhema_storage_conn *conn, struct rhema_expo *e)
 {
     build_info(srv, e);
     process_families(e);

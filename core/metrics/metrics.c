@@ -9,21 +9,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "rhema/plugin.h"
 #include "metrics.h"
+#include "rhema/plugin.h"
 
 const double rhema_metrics_bucket_le[RHEMA_METRICS_BUCKETS] = {
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 
 /* The bounds in nanoseconds, compared with a duration without a division. */
 static const uint64_t bucket_ns[RHEMA_METRICS_BUCKETS] = {
-    500000ull,     1000000ull,    2500000ull,     5000000ull,     10000000ull,
-    25000000ull,   50000000ull,   100000000ull,   250000000ull,   500000000ull,
+    500000ull,     1000000ull,    2500000ull,    5000000ull,    10000000ull,
+    25000000ull,   50000000ull,   100000000ull,  250000000ull,  500000000ull,
     1000000000ull, 2500000000ull, 5000000000ull, 10000000000ull};
 
-static const char *const storage_ops[RHEMA_MOP_COUNT] = {
-    "get", "get_many", "put", "delete", "batch", "group", "scan", "lease", "health", "stats",
-    "backup"};
+static const char *const storage_ops[RHEMA_MOP_COUNT] = {"get",    "get_many", "put",   "delete",
+                                                         "batch",  "group",    "scan",  "lease",
+                                                         "health", "stats",    "backup"};
 
 static const char *const method_names[RHEMA_METRICS_METHODS] = {
     "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT", "PATCH", "other"};
@@ -43,7 +43,7 @@ struct rhema_metrics_block {
     _Atomic uint64_t answered;
     struct hist storage[RHEMA_MOP_COUNT];
     _Atomic uint64_t storage_errors[RHEMA_MOP_COUNT];
-    struct hist *http;                 /* [nslots] */
+    struct hist *http;                  /* [nslots] */
     _Atomic(_Atomic uint64_t *) *codes; /* [nslots * METHODS] -> [STATUS_N] */
 };
 
@@ -264,7 +264,8 @@ static void puts_(struct rhema_expo *e, const char *s)
     put(e, s, strlen(s));
 }
 
-static void printf_(struct rhema_expo *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void printf_(struct rhema_expo *e, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void printf_(struct rhema_expo *e, const char *fmt, ...)
 {
     char buf[64];
@@ -376,9 +377,8 @@ void rhema_expo_sample_u64(struct rhema_expo *e, const char *name, const char *s
 
 #define LABELS_MAX 8
 
-void rhema_expo_histogram(struct rhema_expo *e, const char *name, size_t n,
-                          const char *const *keys, const char *const *values,
-                          const uint64_t *counts, uint64_t sum_ns)
+void rhema_expo_histogram(struct rhema_expo *e, const char *name, size_t n, const char *const *keys,
+                          const char *const *values, const uint64_t *counts, uint64_t sum_ns)
 {
     const char *k[LABELS_MAX + 1], *v[LABELS_MAX + 1];
     char le[40];
@@ -488,8 +488,8 @@ void rhema_metrics_write(struct rhema_expo *e, const char *const *slot_names, co
             total += counts[i];
         const char *v[] = {backend, storage_ops[op]};
         if (total)
-            rhema_expo_histogram(e, "rhema_storage_operation_duration_seconds", 2, k_bo, v,
-                                 counts, sum);
+            rhema_expo_histogram(e, "rhema_storage_operation_duration_seconds", 2, k_bo, v, counts,
+                                 sum);
     }
     rhema_expo_family(e, "rhema_storage_errors", "counter",
                       "Storage backend calls that failed (not found and version conflicts are "

@@ -130,9 +130,8 @@ void rhema_expo_sample_u64(struct rhema_expo *e, const char *name, const char *s
  * counts[RHEMA_METRICS_BUCKETS + 1] (the last is above every bound) and the
  * sum in nanoseconds; n labels as for a sample (le is added).
  */
-void rhema_expo_histogram(struct rhema_expo *e, const char *name, size_t n,
-                          const char *const *keys, const char *const *values,
-                          const uint64_t *counts, uint64_t sum_ns);
+void rhema_expo_histogram(struct rhema_expo *e, const char *name, size_t n, const char *const *keys,
+                          const char *const *values, const uint64_t *counts, uint64_t sum_ns);
 /* The end: "# EOF" in OpenMetrics, nothing in the text format. */
 void rhema_expo_finish(struct rhema_expo *e);
 /* A label value escaped as both formats want (\\, \", \n) appended to e. */

@@ -30,7 +30,8 @@ static void test_label_escaping(void **state)
     rhema_expo_release(&e);
 }
 
-/* A counter's TYPE line: "x_total" in the text format, "x" in OpenMetrics, which ends with # EOF. */
+/* A counter's TYPE line: "x_total" in the text format, "x" in OpenMetrics, which ends with # EOF.
+ */
 static void test_formats(void **state)
 {
     struct rhema_expo t, o;
@@ -60,9 +61,14 @@ static void test_numbers(void **state)
     static const struct {
         double v;
         const char *text;
-    } cases[] = {{10, "m 10\n"},         {0.0005, "m 0.0005\n"}, {2.5, "m 2.5\n"},
-                 {1e21, "m 1e+21\n"},    {0.1 + 0.2, "m 0.30000000000000004\n"},
-                 {1.0 / 0.0, "m +Inf\n"}, {123456789, "m 123456789\n"}, {1e-7, "m 1e-07\n"}};
+    } cases[] = {{10, "m 10\n"},
+                 {0.0005, "m 0.0005\n"},
+                 {2.5, "m 2.5\n"},
+                 {1e21, "m 1e+21\n"},
+                 {0.1 + 0.2, "m 0.30000000000000004\n"},
+                 {1.0 / 0.0, "m +Inf\n"},
+                 {123456789, "m 123456789\n"},
+                 {1e-7, "m 1e-07\n"}};
     (void)state;
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         struct rhema_expo e;
@@ -121,14 +127,23 @@ static void test_counters_summed(void **state)
     rhema_expo_init(&e, 0);
     rhema_metrics_write(&e, names, "memory");
     assert_false(e.oom);
-    assert_int_equal(count_lines(e.text, "rhema_http_requests_total{route=\"/v1/things/{id}\","
-                                         "method=\"GET\",code=\"200\"} ", &v), 1);
+    assert_int_equal(count_lines(e.text,
+                                 "rhema_http_requests_total{route=\"/v1/things/{id}\","
+                                 "method=\"GET\",code=\"200\"} ",
+                                 &v),
+                     1);
     assert_int_equal(v, 7);
-    assert_int_equal(count_lines(e.text, "rhema_http_requests_total{route=\"/v1/things/{id}\","
-                                         "method=\"PUT\",code=\"409\"} ", &v), 1);
+    assert_int_equal(count_lines(e.text,
+                                 "rhema_http_requests_total{route=\"/v1/things/{id}\","
+                                 "method=\"PUT\",code=\"409\"} ",
+                                 &v),
+                     1);
     assert_int_equal(v, 1);
-    assert_int_equal(count_lines(e.text, "rhema_http_requests_total{route=\"unmatched\","
-                                         "method=\"GET\",code=\"404\"} ", &v), 1);
+    assert_int_equal(count_lines(e.text,
+                                 "rhema_http_requests_total{route=\"unmatched\","
+                                 "method=\"GET\",code=\"404\"} ",
+                                 &v),
+                     1);
     assert_int_equal(v, 1);
     assert_int_equal(count_lines(e.text, "rhema_http_requests_total{route=\"/health\"", &v), 0);
     /* the histogram of the route: monotonic, +Inf = count = 8 */
@@ -145,28 +160,46 @@ static void test_counters_summed(void **state)
         prev = v;
     }
     assert_int_equal(prev, 6); /* 5 fast ones and the 409; the two 20 s ones above 10 s */
-    assert_int_equal(count_lines(e.text, "rhema_http_request_duration_seconds_bucket{route=\"/v1/"
-                                         "things/{id}\",le=\"+Inf\"} ", &v), 1);
+    assert_int_equal(count_lines(e.text,
+                                 "rhema_http_request_duration_seconds_bucket{route=\"/v1/"
+                                 "things/{id}\",le=\"+Inf\"} ",
+                                 &v),
+                     1);
     assert_int_equal(v, 8);
-    assert_int_equal(count_lines(e.text, "rhema_http_request_duration_seconds_count{route=\"/v1/"
-                                         "things/{id}\"} ", &v), 1);
+    assert_int_equal(count_lines(e.text,
+                                 "rhema_http_request_duration_seconds_count{route=\"/v1/"
+                                 "things/{id}\"} ",
+                                 &v),
+                     1);
     assert_int_equal(v, 8);
     /* bucket 0.0005 holds the 0, 0.3 ms and the 1 us ones */
-    assert_int_equal(count_lines(e.text, "rhema_http_request_duration_seconds_bucket{route=\"/v1/"
-                                         "things/{id}\",le=\"0.0005\"} ", &v), 1);
+    assert_int_equal(count_lines(e.text,
+                                 "rhema_http_request_duration_seconds_bucket{route=\"/v1/"
+                                 "things/{id}\",le=\"0.0005\"} ",
+                                 &v),
+                     1);
     assert_int_equal(v, 3);
     /* in flight: 1 started, 9 answered -> never negative */
     assert_int_equal(count_lines(e.text, "rhema_http_requests_in_flight ", &v), 1);
     assert_int_equal(v, 0);
     /* storage: counted in this thread's block (the last entered) */
-    assert_int_equal(count_lines(e.text, "rhema_storage_errors_total{backend=\"memory\","
-                                         "operation=\"put\"} ", &v), 1);
+    assert_int_equal(count_lines(e.text,
+                                 "rhema_storage_errors_total{backend=\"memory\","
+                                 "operation=\"put\"} ",
+                                 &v),
+                     1);
     assert_int_equal(v, 1);
-    assert_int_equal(count_lines(e.text, "rhema_storage_errors_total{backend=\"memory\","
-                                         "operation=\"get\"} ", &v), 1);
+    assert_int_equal(count_lines(e.text,
+                                 "rhema_storage_errors_total{backend=\"memory\","
+                                 "operation=\"get\"} ",
+                                 &v),
+                     1);
     assert_int_equal(v, 0);
-    assert_int_equal(count_lines(e.text, "rhema_storage_operation_duration_seconds_count{backend="
-                                         "\"memory\",operation=\"get\"} ", &v), 1);
+    assert_int_equal(count_lines(e.text,
+                                 "rhema_storage_operation_duration_seconds_count{backend="
+                                 "\"memory\",operation=\"get\"} ",
+                                 &v),
+                     1);
     assert_int_equal(v, 1);
     rhema_expo_release(&e);
     rhema_metrics_close();
