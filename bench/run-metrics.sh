@@ -7,6 +7,8 @@
 #      server (bench/bare_evhttp.c) returning the same bytes with the same
 #      threading, as bench/run.sh does, in alternating rounds (medians);
 #      target: rhemad with metrics on >= 90% of the bare server.
+#      Beside it, the counting alone in a loop (bench/metrics_bench.c): the
+#      nanoseconds a worker spends per reply and per storage call.
 #   2. One scrape of /metrics from rhemad on sqlite in a one-node cluster,
 #      after every route line of the route tables (core/api/*.c) was called
 #      a few ways, so that the exposition holds over 1000 series: the series count and the time of a scrape (curl's
@@ -108,6 +110,14 @@ echo "building bench/bare_evhttp in $tmp"
 "$CC" -O2 -g -pthread $($PKG_CONFIG --cflags libevent libevent_pthreads) -o "$tmp/bare_evhttp" \
     "$here/bare_evhttp.c" $($PKG_CONFIG --libs libevent libevent_pthreads) ||
     die "cannot build bare_evhttp"
+# the counting alone, in a loop: stable on a loaded machine, unlike the GETs
+micro=
+if [ -f "$top_builddir/.libs/librhemacore.a" ]; then
+    # shellcheck disable=SC2046
+    "$CC" -O2 -std=c11 -D_GNU_SOURCE -I"$top_srcdir/core" -I"$top_srcdir/include" -I"$top_builddir" \
+        -o "$tmp/metrics_bench" "$here/metrics_bench.c" "$top_builddir/.libs/librhemacore.a" \
+        -lpthread && micro=$("$tmp/metrics_bench")
+fi
 echo "machine: $(nproc) cores; wrk -t$THREADS -c$CONNS -d${SECONDS_}s; $WORKERS workers"
 
 pad=$(printf '%0900d' 0 | tr 0 x)
@@ -258,6 +268,7 @@ else
     echo "  target ratio >= 0.9 with metrics on: MISSED"
     missed=$((missed + 1))
 fi
+echo "  counting cost alone (bench/metrics_bench.c): ${micro:-not built (no librhemacore.a)}"
 echo
 echo "GET /metrics after $nroutes route lines were called: $series series, $bytes bytes"
 echo "  scrape time over $SCRAPES scrapes: mean $scrape_mean ms, median $scrape_median ms, best $scrape_best ms (curl time_total)"
