@@ -297,8 +297,12 @@ void rhema_expo_family(struct rhema_expo *e, const char *name, const char *type,
     puts_(e, name);
     puts_(e, total);
     puts_(e, " ");
-    for (const char *p = help; *p; p++) /* HELP escapes \ and newline only */
-        puts_(e, *p == '\\' ? "\\\\" : *p == '\n' ? "\\n" : (char[2]){*p, 0});
+    /* HELP escapes \ and newline; OpenMetrics' a double quote too */
+    for (const char *p = help; *p; p++)
+        puts_(e, *p == '\\'                    ? "\\\\"
+                 : *p == '\n'                  ? "\\n"
+                 : *p == '"' && e->openmetrics ? "\\\""
+                                               : (char[2]){*p, 0});
     puts_(e, "\n# TYPE ");
     puts_(e, name);
     puts_(e, total);

@@ -38,18 +38,18 @@ static void test_formats(void **state)
     (void)state;
     rhema_expo_init(&t, 0);
     rhema_expo_init(&o, 1);
-    rhema_expo_family(&t, "x", "counter", "help with \\ and\nnewline");
+    rhema_expo_family(&t, "x", "counter", "help with \\ and\nnewline \"q\"");
     rhema_expo_sample(&t, "x", "_total", 0, NULL, NULL, 3);
     rhema_expo_finish(&t);
-    rhema_expo_family(&o, "x", "counter", "h");
+    rhema_expo_family(&o, "x", "counter", "h \"q\"");
     rhema_expo_sample(&o, "x", "_total", 0, NULL, NULL, 3);
     rhema_expo_family(&o, "g", "gauge", "h");
     rhema_expo_sample(&o, "g", "", 0, NULL, NULL, 0.25);
     rhema_expo_finish(&o);
-    assert_string_equal(t.text, "# HELP x_total help with \\\\ and\\nnewline\n"
+    assert_string_equal(t.text, "# HELP x_total help with \\\\ and\\nnewline \"q\"\n"
                                 "# TYPE x_total counter\n"
                                 "x_total 3\n");
-    assert_string_equal(o.text, "# HELP x h\n# TYPE x counter\nx_total 3.0\n"
+    assert_string_equal(o.text, "# HELP x h \\\"q\\\"\n# TYPE x counter\nx_total 3.0\n"
                                 "# HELP g h\n# TYPE g gauge\ng 0.25\n# EOF\n");
     rhema_expo_release(&t);
     rhema_expo_release(&o);
