@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "atrest.h"
+#include "metrics/metrics.h"
 #include "util.h"
 
 #define AD_LABEL "rhema-atrest/1"
@@ -34,10 +35,27 @@ struct atrest_conn {
     struct rhema_buf *many; /* the decoded values of the last get_many() */
     size_t many_n;
     char msg[MSG_MAX];    /* the last transform error; "" when the real one applies */
+    uint64_t t0;          /* when the current real call began (TIMED), 0: not timed */
 };
 
 #define AT(inst) ((struct rhema_atrest *)(void *)(inst))
 #define CONN(c) ((struct atrest_conn *)(void *)(c))
+
+/*
+ * The real call, timed for GET /metrics (metrics.h): one clock read pair
+ * per call, counted on the calling thread's block.  Not found and version
+ * conflicts are answers, not errors.
+ */
+static int timed(enum rhema_metrics_storage_op op, uint64_t t0, int rc)
+{
+    if (t0)
+        rhema_metrics_storage(op, rhema_monotonic_ns() - t0,
+                              rc != 0 && rc != RHEMA_ENOTFOUND && rc != RHEMA_ECONFLICT);
+    return rc;
+}
+/* c->t0 is set before the call is made (the comma): the call does not touch it */
+#define TIMED(op, call)                                                                            \
+    (c->t0 = rhema_metrics_enabled() ? rhema_monotonic_ns() : 0, timed(op, c->t0, (call)))
 
 static int conn_err(struct atrest_conn *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -239,7 +257,7 @@ static int w_get(rhema_storage_conn *conn, const char *ns, const char *key,
     c->msg[0] = '\0';
     free(c->got.data);
     c->got.data = NULL;
-    int rc = c->a->real->get(c->real, ns, key, &v);
+    int rc = TIMED(RHEMA_MOP_GET, c->a->real->get(c->real, ns, key, &v));
     if (rc)
         return rc;
     if ((rc = decode(c, ns, key, v.data, v.len, &plain)))
@@ -266,7 +284,7 @@ static int w_get_many(rhema_storage_conn *conn, const char *const *ns, const cha
     struct atrest_conn *c = CONN(conn);
     c->msg[0] = '\0';
     many_clear(c);
-    int rc = c->a->real->get_many(c->real, ns, keys, n, out, rcs);
+    int rc = TIMED(RHEMA_MOP_GET_MANY, c->a->real->get_many(c->real, ns, keys, n, out, rcs));
     if (rc || n == 0)
         return rc;
     if (!(c->many = calloc(n, sizeof *c->many)))
@@ -294,11 +312,11 @@ static int w_put(rhema_storage_conn *conn, struct rhema_storage_write *w)
     if (rc)
         return rc;
     if (w->op != RHEMA_WRITE_PUT || !enc.data)
-        return c->a->real->put(c->real, w);
+        return TIMED(RHEMA_MOP_PUT, c->a->real->put(c->real, w));
     struct rhema_storage_write t = *w;
     t.value = enc.data;
     t.value_len = enc.len;
-    rc = c->a->real->put(c->real, &t);
+    rc = TIMED(RHEMA_MOP_PUT, c->a->real->put(c->real, &t));
     w->new_version = t.new_version;
     free(enc.data);
     return rc;
@@ -309,7 +327,7 @@ static int w_del(rhema_storage_conn *conn, const char *ns, const char *key,
 {
     struct atrest_conn *c = CONN(conn);
     c->msg[0] = '\0';
-    return c->a->real->del(c->real, ns, key, expected_version);
+    return TIMED(RHEMA_MOP_DEL, c->a->real->del(c->real, ns, key, expected_version));
 }
 
 static void free_encoded(const struct rhema_storage_write *orig, struct rhema_storage_write *t,
@@ -365,8 +383,8 @@ static int w_batch(rhema_storage_conn *conn, struct rhema_storage_write *w, size
     if (rc)
         return rc;
     if (!t)
-        return c->a->real->batch(c->real, w, n);
-    rc = c->a->real->batch(c->real, t, n);
+        return TIMED(RHEMA_MOP_BATCH, c->a->real->batch(c->real, w, n));
+    rc = TIMED(RHEMA_MOP_BATCH, c->a->real->batch(c->real, t, n));
     for (size_t i = 0; i < n; i++)
         w[i].new_version = t[i].new_version;
     free_encoded(w, t, n);
@@ -380,7 +398,7 @@ static int w_group(rhema_storage_conn *conn, struct rhema_storage_batch *g, size
     int rc = 0;
     c->msg[0] = '\0';
     if (n == 0)
-        return c->a->real->group(c->real, g, n);
+        return TIMED(RHEMA_MOP_GROUP, c->a->real->group(c->real, g, n));
     tg = calloc(n, sizeof *tg);
     if (!tg)
         return conn_err(c, RHEMA_ENOMEM, "out of memory");
@@ -413,7 +431,7 @@ static int w_group(rhema_storage_conn *conn, struct rhema_storage_batch *g, size
         tg[m].n = g[i].n;
         from[m++] = i;
     }
-    rc = m ? c->a->real->group(c->real, tg, m) : 0;
+    rc = m ? TIMED(RHEMA_MOP_GROUP, c->a->real->group(c->real, tg, m)) : 0;
     if (rc == 0) {
         for (size_t j = 0; j < m; j++) {
             struct rhema_storage_batch *b = &g[from[j]];
@@ -460,7 +478,8 @@ static int w_scan(rhema_storage_conn *conn, const char *ns, const char *from_key
     struct atrest_conn *c = CONN(conn);
     struct scan_ctx s = {c, ns, cb, ctx};
     c->msg[0] = '\0';
-    return c->a->real->scan(c->real, ns, from_key, to_key, limit, scan_one, &s);
+    return TIMED(RHEMA_MOP_SCAN,
+                 c->a->real->scan(c->real, ns, from_key, to_key, limit, scan_one, &s));
 }
 
 static int w_lease(rhema_storage_conn *conn, const char *name, const char *holder,
@@ -468,21 +487,21 @@ static int w_lease(rhema_storage_conn *conn, const char *name, const char *holde
 {
     struct atrest_conn *c = CONN(conn);
     c->msg[0] = '\0';
-    return c->a->real->lease(c->real, name, holder, ttl_ms, op, out);
+    return TIMED(RHEMA_MOP_LEASE, c->a->real->lease(c->real, name, holder, ttl_ms, op, out));
 }
 
 static int w_health(rhema_storage_conn *conn, char **err)
 {
     struct atrest_conn *c = CONN(conn);
     c->msg[0] = '\0';
-    return c->a->real->health(c->real, err);
+    return TIMED(RHEMA_MOP_HEALTH, c->a->real->health(c->real, err));
 }
 
 static int w_stats(rhema_storage_conn *conn, const char *ns, struct rhema_storage_stats *out)
 {
     struct atrest_conn *c = CONN(conn);
     c->msg[0] = '\0';
-    return c->a->real->stats(c->real, ns, out);
+    return TIMED(RHEMA_MOP_STATS, c->a->real->stats(c->real, ns, out));
 }
 
 static const char *w_errmsg(rhema_storage_conn *conn)
@@ -503,7 +522,7 @@ static int w_backup(rhema_storage_conn *conn, const char *path, char **err)
 {
     struct atrest_conn *c = CONN(conn);
     c->msg[0] = '\0';
-    return c->a->real->backup(c->real, path, err);
+    return TIMED(RHEMA_MOP_BACKUP, c->a->real->backup(c->real, path, err));
 }
 
 static int w_restore(rhema_storage_instance *inst, const char *path, char **err)

@@ -52,6 +52,7 @@ struct rhema_cluster {
     uint64_t lead_deadline_ns; /* CLOCK_BOOTTIME; 0: not leading */
     uint64_t lead_epoch;       /* the epoch held while leading */
     uint64_t known_epoch;      /* the largest epoch seen */
+    _Atomic uint64_t leadership_changes; /* this node gained or lost the lead (GET /metrics) */
 
     /* main thread only */
     int was_leading;  /* for the step-down log line */
@@ -221,6 +222,11 @@ int rhema_cluster_is_leader(const struct rhema_cluster *c)
     return rhema_cluster_leadership(c, NULL);
 }
 
+uint64_t rhema_cluster_leadership_changes(const struct rhema_cluster *c)
+{
+    return c ? atomic_load_explicit(&c->leadership_changes, memory_order_relaxed) : 0;
+}
+
 uint64_t rhema_cluster_known_epoch(const struct rhema_cluster *c)
 {
     uint64_t e;
@@ -363,6 +369,7 @@ static uint64_t follower_delay(const struct rhema_cluster *c, const struct rhema
 static void log_stepdown(struct rhema_cluster *c, const char *why)
 {
     if (c->was_leading) {
+        atomic_fetch_add_explicit(&c->leadership_changes, 1, memory_order_relaxed);
         rhema_log(RHEMA_LOG_WARN, WHO, "node '%s' no longer leads cluster '%s': %s", c->node_id,
                   c->cluster_name, why);
         rhema_audit_event("cluster.leadership_lost", NULL, NULL,
@@ -407,6 +414,8 @@ static uint64_t lease_round(struct rhema_cluster *c)
                       "%llu ms)",
                       c->node_id, c->cluster_name, (unsigned long long)li.epoch,
                       (unsigned long long)c->t.ttl_ms, (unsigned long long)c->t.renew_ms);
+        if (!c->was_leading)
+            atomic_fetch_add_explicit(&c->leadership_changes, 1, memory_order_relaxed);
         if (!c->was_leading)
             rhema_audit_event("cluster.leadership_gained", NULL, NULL,
                               json_pack("{s:s,s:s,s:I}", "node", c->node_id, "cluster",

@@ -109,6 +109,8 @@ void rhema_cluster_stop(struct rhema_cluster *c);
 int rhema_cluster_is_leader(const struct rhema_cluster *c);
 /* is_leader(), and the epoch it leads with (0 when it does not) in *epoch, together. */
 int rhema_cluster_leadership(const struct rhema_cluster *c, uint64_t *epoch);
+/* How often this node gained or lost the lead since start (0 for NULL). */
+uint64_t rhema_cluster_leadership_changes(const struct rhema_cluster *c);
 /* The largest epoch this node has seen (its own or another holder's). */
 uint64_t rhema_cluster_known_epoch(const struct rhema_cluster *c);
 

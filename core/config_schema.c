@@ -287,8 +287,6 @@ const struct unimplemented cfg_unimplemented[] = {
     { "ai_service.caching.ttl_seconds", "ai_service.caching.enabled" },
     { "ai_service.caching.max_entries", "ai_service.caching.enabled" },
     { "ai_service.agent_management.max_agents", NULL },
-    { "monitoring.enabled", NULL },
-    { "monitoring.metrics_path", "monitoring.enabled" },
     { "monitoring.sample_interval_seconds", "monitoring.enabled" },
     { "monitoring.alerts.enabled", NULL },
     { "monitoring.alerts.cpu_percent", "monitoring.alerts.enabled" },

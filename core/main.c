@@ -34,6 +34,7 @@
 #include "datadir.h"
 #include "api/pipeline.h"
 #include "api/tls.h"
+#include "api/api_metrics.h"
 #include "log.h"
 #include "maintenance.h"
 #include "perfmon.h"
@@ -753,6 +754,7 @@ out:
     rhema_keys_close(&srv); /* after the workers, before the base its timers are on */
     rhema_maintenance_stop(srv.maintenance); /* its timers live on base too */
     srv.maintenance = NULL;
+    rhema_api_metrics_close(); /* after every thread that times storage calls */
     rhema_perfmon_free(srv.perfmon);
     srv.perfmon = NULL;
     rhema_audit_close(); /* after everything that records */

@@ -48,6 +48,7 @@ struct rhema_maintenance {
     _Atomic uint64_t size_bytes; /* the last stats(NULL) reading */
     _Atomic int64_t delta;       /* account()ed since that reading */
     _Atomic int64_t limit;       /* max_data_size_bytes, 0: none */
+    _Atomic uint64_t runs[RHEMA_MAINTENANCE_KINDS][2]; /* by kind, [0] ok [1] failed */
     struct cleanup_hook *hooks;
     size_t n_hooks;
     /* the background backup: started and joined on the main thread only */
@@ -377,6 +378,7 @@ static int backup_on(struct rhema_maintenance *m, rhema_storage_conn *conn, char
     char *perr = NULL;
     int rc = rhema_backup_create(m->srv->storage, conn, backend, cfg->backup_directory,
                                  rhema_realtime_ms(), path, sizeof path, err);
+    atomic_fetch_add(&m->runs[RHEMA_MAINTENANCE_BACKUP][rc != 0], 1);
     if (rc != 0) {
         rhema_log(RHEMA_LOG_ERROR, WHO, "backup failed: %s", err && *err ? *err : "?");
         return rc;
@@ -432,7 +434,16 @@ static int cleanup_on(struct rhema_maintenance *m, rhema_storage_conn *conn, siz
     }
     if (removed != NULL)
         *removed = total;
+    atomic_fetch_add(&m->runs[RHEMA_MAINTENANCE_CLEANUP][first != 0], 1);
     return first;
+}
+
+void rhema_maintenance_runs(struct rhema_maintenance *m,
+                            uint64_t runs[RHEMA_MAINTENANCE_KINDS][2])
+{
+    for (int k = 0; k < RHEMA_MAINTENANCE_KINDS; k++)
+        for (int f = 0; f < 2; f++)
+            runs[k][f] = m ? atomic_load_explicit(&m->runs[k][f], memory_order_relaxed) : 0;
 }
 
 int rhema_maintenance_cleanup_now(struct rhema_maintenance *m, size_t *removed, char **err)
@@ -453,6 +464,8 @@ static void *bg_thread_main(void *arg)
 
     m->bg_path[0] = '\0';
     if (rc != 0) {
+        atomic_fetch_add(&m->runs[m->bg_cleanup ? RHEMA_MAINTENANCE_CLEANUP
+                                                : RHEMA_MAINTENANCE_BACKUP][1], 1);
         rhema_log(RHEMA_LOG_ERROR, WHO, "%s failed: storage connect: %s",
                   m->bg_cleanup ? "cleanup" : "backup", err ? err : rhema_strerror(rc));
     } else {

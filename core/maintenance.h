@@ -100,6 +100,15 @@ typedef int (*rhema_maintenance_cleanup_fn)(void *arg, const struct rhema_storag
 int rhema_maintenance_add_cleanup(struct rhema_maintenance *m, const char *name,
                                   rhema_maintenance_cleanup_fn fn, void *arg);
 /* Run the cleanup now (every hook); for tests and admin tools. */
+/*
+ * Runs since start (GET /metrics), scheduled or asked for, by kind and
+ * outcome: runs[kind][0] succeeded, runs[kind][1] failed.  NULL m: zeros.
+ */
+#define RHEMA_MAINTENANCE_BACKUP 0
+#define RHEMA_MAINTENANCE_CLEANUP 1
+#define RHEMA_MAINTENANCE_KINDS 2
+void rhema_maintenance_runs(struct rhema_maintenance *m,
+                            uint64_t runs[RHEMA_MAINTENANCE_KINDS][2]);
 int rhema_maintenance_cleanup_now(struct rhema_maintenance *m, size_t *removed, char **err);
 
 /* ---- building blocks (also used by rhemactl and the tests) ---- */

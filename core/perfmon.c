@@ -117,6 +117,26 @@ void rhema_perfmon_decompressed(struct rhema_perfmon *pm, size_t out, uint64_t n
     ADD(proc_n, 1);
 }
 
+#define LOAD(f) atomic_load_explicit(&pm->c.f, memory_order_relaxed)
+
+void rhema_perfmon_totals(struct rhema_perfmon *pm, struct rhema_perfmon_totals *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!pm || !pm->enabled)
+        return;
+    out->compressed = LOAD(comp_n);
+    out->compressed_in_bytes = LOAD(comp_in);
+    out->compressed_out_bytes = LOAD(comp_out);
+    out->stored = LOAD(stored_n);
+    out->stored_bytes = LOAD(stored_bytes);
+    out->crypto = LOAD(crypto_n);
+    out->crypto_bytes = LOAD(crypto_bytes);
+    out->crypto_ns = LOAD(crypto_ns);
+    out->rotations = LOAD(rot_n);
+    out->processed = LOAD(proc_n);
+    out->processing_ns = LOAD(proc_ns);
+}
+
 void rhema_perfmon_crypto(struct rhema_perfmon *pm, size_t len, uint64_t ns)
 {
     if (!pm || !pm->enabled)

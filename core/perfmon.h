@@ -38,6 +38,22 @@ void rhema_perfmon_decompressed(struct rhema_perfmon *pm, size_t out, uint64_t n
 void rhema_perfmon_crypto(struct rhema_perfmon *pm, size_t len, uint64_t ns);
 void rhema_perfmon_rotation(struct rhema_perfmon *pm, uint64_t ns);
 
+/*
+ * The counters since start (GET /metrics), read with relaxed loads; all 0
+ * when pm is NULL or disabled.  compressed_*: messages compressed and their
+ * bytes in and out; stored_*: messages kept as they were; crypto_*:
+ * encrypt/decrypt calls, their bytes and nanoseconds; rotations.
+ */
+struct rhema_perfmon_totals {
+    uint64_t compressed, compressed_in_bytes, compressed_out_bytes;
+    uint64_t stored, stored_bytes;
+    uint64_t crypto, crypto_bytes, crypto_ns;
+    uint64_t rotations;
+    uint64_t processed, processing_ns; /* every message route call (compress, store as is,
+                                        * decompress, encrypt, decrypt) and its time */
+};
+void rhema_perfmon_totals(struct rhema_perfmon *pm, struct rhema_perfmon_totals *out);
+
 /* {"interval_seconds", "samples": {...last interval...}, "totals": {...},
  *  "thresholds": {...}, "alerts": {"active": [...], "history": [...]}} */
 json_t *rhema_perfmon_json(struct rhema_perfmon *pm);

@@ -40,6 +40,7 @@ struct rhema_http_conns;
 struct rhema_server;
 struct rhema_auth;
 struct rhema_limits;
+struct rhema_metrics_block;
 
 /* What a worker runs for each request (core/api/pipeline.c: rhema_pipeline_run). */
 typedef void rhema_request_fn(struct rhema_req *r);
@@ -68,6 +69,7 @@ struct rhema_worker {
     struct rhema_http_conns *conns; /* http.c: this worker's connections, their deadlines
                                      * and output, the listener's state */
     struct rhema_codec_ctxs codec_ctxs; /* this worker's compression contexts */
+    struct rhema_metrics_block *metrics; /* metrics/metrics.h: this worker's counters; NULL: off */
 };
 
 struct rhema_server {

@@ -216,6 +216,12 @@ int rhema_services_strategy_loaded(const struct rhema_services *s, const char *n
 /* The strategy names loaded, ", "-separated, into buf. */
 void rhema_services_strategies(const struct rhema_services *s, char *buf, size_t cap);
 /* 1 when distributed.health_checking.enabled. */
+/*
+ * The registered instances the balancers know, by health (GET /metrics):
+ * healthy, and not healthy (failing or not yet known).  NULL s: 0 and 0.
+ */
+void rhema_services_health_counts(struct rhema_services *s, uint64_t *healthy,
+                                  uint64_t *not_healthy);
 int rhema_services_checks_enabled(const struct rhema_services *s);
 
 /* One member of a group, as rebuilt from the backend. */

@@ -42,6 +42,23 @@ void rhema_services_strategies(const struct rhema_services *s, char *buf, size_t
             at += (size_t)snprintf(buf + at, cap - at, "%s%s", at ? ", " : "", p->name);
 }
 
+void rhema_services_health_counts(struct rhema_services *s, uint64_t *healthy,
+                                  uint64_t *not_healthy)
+{
+    *healthy = *not_healthy = 0;
+    if (!s)
+        return;
+    pthread_rwlock_rdlock(&s->table_lock);
+    for (size_t i = 0; i < s->ngroups; i++) {
+        struct group *g = s->groups[i];
+        pthread_rwlock_rdlock(&g->lock);
+        for (size_t j = 0; j < g->nmem; j++)
+            ++*(g->mem[j].healthy ? healthy : not_healthy);
+        pthread_rwlock_unlock(&g->lock);
+    }
+    pthread_rwlock_unlock(&s->table_lock);
+}
+
 int rhema_services_checks_enabled(const struct rhema_services *s)
 {
     return s->checks_enabled;

@@ -33,6 +33,7 @@
 #include "json_fields.h"
 #include "log.h"
 #include "tls.h"
+#include "metrics/metrics.h"
 #include "util.h"
 
 
@@ -868,6 +869,8 @@ void rhema_reply_evbuffer(struct rhema_req *r, int status, const char *content_t
         c->close_after = r->close && r->method == EVHTTP_REQ_CONNECT;
         evhttp_request_set_on_complete_cb(r->req, on_complete, c);
     }
+    rhema_metrics_reply(w->metrics, r->route, (unsigned)r->method, status,
+                        rhema_monotonic_ns() - r->t0_ns);
     log_access(r); /* before sending: the request may be freed by it */
     if (r->on_reply)
         r->on_reply(r);
@@ -1247,6 +1250,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     TAILQ_INIT(&r.query);
     r.method = evhttp_request_get_command(req);
     request_id(&r);
+    rhema_metrics_request_started(w->metrics);
     struct conn *c = conn_of(w, req);
     if (c) { /* the request is complete: no deadline while it is handled and answered */
         c->phase = C_BUSY;
@@ -1337,6 +1341,7 @@ static void *worker_main(void *arg)
 {
     struct rhema_worker *w = arg;
     this_worker = w;
+    w->metrics = rhema_metrics_thread_enter(w->id);
     event_base_dispatch(w->base);
     return NULL;
 }

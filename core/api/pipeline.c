@@ -9,8 +9,9 @@
  *   origin          http.c: a POST/PUT/DELETE from a browser page whose
  *                   Origin service.cors.origins does not allow is 403
  *   authenticate    api_auth.c: the API key -> r->principal; a bad, unknown,
- *                   revoked or expired key is 401 (issue 9; a client
- *                   certificate comes with TLS)
+ *                   revoked or expired key is 401; without a key, a verified
+ *                   client certificate that security.client_certificates
+ *                   maps (auth/certmap.c)
  *   route           routes.c: the route tables below; 404, 400 (path id),
  *                   405 and OPTIONS end here
  *   authorize       api_auth.c: the route's permission and security.rules
@@ -33,10 +34,9 @@
  *   reply           http.c: headers, CORS, access log; then r->on_reply,
  *                   the audit log's "end" record of every request the
  *                   pipeline saw (answered here or later)
- *   metrics         issue 11: after the reply, from r->route and r->status
- *
- * The stages that later issues add are named above and have a place in
- * rhema_pipeline_run(); until they exist nothing pretends to run them.
+ *   metrics         api_metrics.c: every reply is counted as http.c sends it
+ *                   (route template, method, status, duration); before the
+ *                   router, monitoring.metrics_path is served as /metrics
  */
 #include "rhema_build.h"
 
@@ -52,6 +52,7 @@
 #include "api_cluster.h"
 #include "api_consensus.h"
 #include "api_keys.h"
+#include "api_metrics.h"
 #include "api_operations.h"
 #include "api_services.h"
 #include "api_sessions.h"
@@ -65,7 +66,7 @@
 const struct rhema_route *const rhema_api_routes[] = {
     rhema_operations_routes, rhema_sessions_routes, rhema_consensus_routes,
     rhema_cluster_routes,    rhema_agents_routes,   rhema_services_routes,
-    rhema_keys_routes,       rhema_auth_routes,     NULL,
+    rhema_keys_routes,       rhema_auth_routes,     rhema_metrics_routes, NULL,
 };
 
 /*
@@ -220,7 +221,7 @@ void rhema_pipeline_run(struct rhema_req *r)
         return;
     if (rhema_authenticate(r))
         return;
-    if (!(rt = rhema_route_match(r, rhema_api_routes)))
+    if (rhema_api_metrics_path(r) || !(rt = rhema_route_match(r, rhema_api_routes)))
         return;
     if (rhema_authorize(r, rt))
         return;
@@ -228,29 +229,36 @@ void rhema_pipeline_run(struct rhema_req *r)
         return;
     if (audit_stage(r, rt))
         return;
-    run_from_fence(r, rt);
-    /* metrics (issue 11) go here: r->route, r->status; the audit end record is sent with the reply */
+    run_from_fence(r, rt); /* its reply is counted by http.c (api_metrics.h), deferred or not */
 }
 
 int rhema_api_start(struct rhema_server *srv, char **err)
 {
     int rc = rhema_routes_check(rhema_api_routes, err);
-    if (rc || (rc = rhema_auth_open(srv, rhema_api_routes, err)) != 0)
+    if (rc || (rc = rhema_api_metrics_open(srv, rhema_api_routes, err)) != 0)
         return rc;
+    if ((rc = rhema_auth_open(srv, rhema_api_routes, err)) != 0) {
+        rhema_api_metrics_close();
+        return rc;
+    }
     if ((rc = rhema_limits_open(srv, err)) != 0) {
         rhema_auth_close(srv);
+        rhema_api_metrics_close();
         return rc;
     }
     if ((rc = rhema_http_start(srv, rhema_pipeline_run, err)) != 0) {
         rhema_limits_close(srv);
         rhema_auth_close(srv);
+        rhema_api_metrics_close();
     }
     return rc;
 }
 
 int rhema_api_check(const struct rhema_config *cfg, char **err)
 {
-    int rc = rhema_auth_check(cfg, rhema_api_routes, err);
+    int rc = rhema_api_metrics_check(cfg, err);
+    if (rc == 0)
+        rc = rhema_auth_check(cfg, rhema_api_routes, err);
     return rc ? rc : rhema_limits_check(cfg, err);
 }
 
@@ -264,4 +272,5 @@ void rhema_api_stop(struct rhema_server *srv)
     rhema_http_stop(srv);
     rhema_limits_close(srv);
     rhema_auth_close(srv);
+    /* the counters stay until rhema_api_metrics_close(): other threads still call storage */
 }

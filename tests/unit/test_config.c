@@ -1054,7 +1054,6 @@ static void test_unimplemented_refused(void **state)
           "ai_service.caching.enabled" },
         { "ai_service: { agent_management: {\n  max_agents = 10; }; };\n", 2,
           "ai_service.agent_management.max_agents" },
-        { "monitoring: {\n  metrics_path = \"/m\";\n};\n", 2, "monitoring.metrics_path" },
         { "monitoring: {\n  enabled = true;\n  sample_interval_seconds = 5;\n};\n", 3,
           "monitoring.sample_interval_seconds" },
         { "monitoring: { alerts: {\n  enabled = true; }; };\n", 2, "monitoring.alerts.enabled" },
@@ -1155,7 +1154,7 @@ static void test_unimplemented_overrides(void **state)
 {
     static const char *const bad[] = { "persistence.backend=memory",
                                        "ai_service.caching.enabled=true",
-                                       "monitoring.metrics_path=/m" };
+                                       "monitoring.sample_interval_seconds=5" };
     static const char *const good[] = { "security.api_keys.enabled=false",
                                         "monitoring.enabled=false", "monitoring.metrics_path=/m",
                                         "ai_service.agent_management.max_agents=1000" };
@@ -1166,8 +1165,8 @@ static void test_unimplemented_overrides(void **state)
     assert_int_equal(rhema_config_load(&cfg, NULL, bad, 3, NULL, &err), RHEMA_EINVAL);
     assert_err(err, "-o ai_service.caching.enabled=true: ai_service.caching.enabled: not "
                     "implemented in this version\n"
-                    "-o monitoring.metrics_path=/m: monitoring.metrics_path: not implemented in "
-                    "this version");
+                    "-o monitoring.sample_interval_seconds=5: monitoring.sample_interval_seconds: "
+                    "not implemented in this version");
     free(err);
     assert_int_equal(rhema_config_load(&cfg, NULL, good, 4, NULL, &err), 0);
     rhema_config_release(&cfg);

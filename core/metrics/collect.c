@@ -1,0 +1,297 @@
+/*
+ * collect -- the families read from other subsystems at scrape time (collect.h).
+ */
+#include "rhema_build.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <jansson.h>
+
+#include "../cluster.h"
+#include "../commit.h"
+#include "../keyring.h"
+#include "../maintenance.h"
+#include "../perfmon.h"
+#include "../services.h"
+#include "../util.h"
+#include "collect.h"
+
+/* The boot time from /proc/stat's btime, in seconds since the epoch; 0 when unknown. */
+static unsigned long long boot_time(void)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    char line[256];
+    unsigned long long bt = 0;
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "btime %llu", &bt) == 1)
+            break;
+    fclose(f);
+    return bt;
+}
+
+int rhema_process_stats(struct rhema_process_stats *out)
+{
+    char buf[1024], *p;
+    size_t n;
+    unsigned long long utime, stime, start, vsize;
+    long long rss;
+    long tick = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+    struct rlimit rl;
+    FILE *f = fopen("/proc/self/stat", "r");
+    DIR *d;
+    struct dirent *de;
+
+    memset(out, 0, sizeof *out);
+    if (!f)
+        return -1;
+    n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* the command name may hold spaces and ')': the fields start after the last ')' */
+    if (!(p = strrchr(buf, ')')) || tick <= 0 || page <= 0)
+        return -1;
+    /* fields 3.. : state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+     * utime(14) stime(15) cutime cstime priority nice threads itrealvalue starttime(22)
+     * vsize(23) rss(24) */
+    if (sscanf(p + 1,
+               " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %*d %*d "
+               "%llu %llu %lld",
+               &utime, &stime, &start, &vsize, &rss) != 5)
+        return -1;
+    out->cpu_seconds = (double)(utime + stime) / (double)tick;
+    out->start_time_seconds = (double)boot_time() + (double)start / (double)tick;
+    out->virtual_bytes = vsize;
+    out->resident_bytes = rss > 0 ? (uint64_t)rss * (uint64_t)page : 0;
+    if ((d = opendir("/proc/self/fd")) != NULL) {
+        while ((de = readdir(d)) != NULL)
+            if (de->d_name[0] != '.')
+                out->open_fds++;
+        closedir(d);
+        if (out->open_fds)
+            out->open_fds--; /* the directory stream's own */
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        out->max_fds = rl.rlim_cur == RLIM_INFINITY ? 0 : (uint64_t)rl.rlim_cur;
+    return 0;
+}
+
+static void gauge1(struct rhema_expo *e, const char *name, const char *help, double v)
+{
+    rhema_expo_family(e, name, "gauge", help);
+    rhema_expo_sample(e, name, "", 0, NULL, NULL, v);
+}
+
+static void counter1(struct rhema_expo *e, const char *name, const char *help, double v)
+{
+    rhema_expo_family(e, name, "counter", help);
+    rhema_expo_sample(e, name, "_total", 0, NULL, NULL, v);
+}
+
+static void process_families(struct rhema_expo *e)
+{
+    struct rhema_process_stats ps;
+    if (rhema_process_stats(&ps) != 0)
+        return;
+    counter1(e, "process_cpu_seconds", "Total user and system CPU time spent in seconds.",
+             ps.cpu_seconds);
+    gauge1(e, "process_resident_memory_bytes", "Resident memory size in bytes.",
+           (double)ps.resident_bytes);
+    gauge1(e, "process_virtual_memory_bytes", "Virtual memory size in bytes.",
+           (double)ps.virtual_bytes);
+    gauge1(e, "process_open_fds", "Number of open file descriptors.", (double)ps.open_fds);
+    if (ps.max_fds)
+        gauge1(e, "process_max_fds", "Maximum number of open file descriptors.",
+               (double)ps.max_fds);
+    gauge1(e, "process_start_time_seconds",
+           "Start time of the process since unix epoch in seconds.", ps.start_time_seconds);
+}
+
+static void build_info(struct rhema_server *srv, struct rhema_expo *e)
+{
+    static const char *const k[] = {"version", "storage_backend", "libevent"};
+    const char *v[] = {PACKAGE_VERSION, srv->storage_plugin ? srv->storage_plugin->name : "",
+                       event_get_version()};
+    rhema_expo_family(e, "rhema_build_info", "gauge",
+                      "Always 1; the labels say which rhemad this is.");
+    rhema_expo_sample(e, "rhema_build_info", "", 3, k, v, 1);
+    gauge1(e, "rhema_http_connections", "HTTP connections open across the workers.",
+           (double)atomic_load_explicit(&srv->http_conns, memory_order_relaxed));
+}
+
+static void commit_families(struct rhema_server *srv, struct rhema_expo *e)
+{
+    uint64_t groups, jobs;
+    if (!srv->committer)
+        return; /* the backend has no group(): workers write one by one */
+    rhema_committer_stats(srv->committer, &groups, &jobs);
+    counter1(e, "rhema_group_commits", "Group commits (one storage transaction each).",
+             (double)groups);
+    counter1(e, "rhema_group_commit_writes",
+             "Session writes committed in groups; divided by rhema_group_commits_total, the "
+             "mean group size.",
+             (double)jobs);
+}
+
+static void perfmon_families(struct rhema_server *srv, struct rhema_expo *e)
+{
+    static const char *const k_alg[] = {"algorithm"};
+    struct rhema_perfmon_totals t;
+    const char *alg = srv->cfg->compression_algorithm ? srv->cfg->compression_algorithm : "";
+    const char *v[] = {alg};
+    if (!srv->perfmon)
+        return;
+    rhema_perfmon_totals(srv->perfmon, &t);
+    rhema_expo_family(e, "rhema_compression_messages", "counter",
+                      "Messages compressed (POST /v1/messages/compress), by algorithm.");
+    rhema_expo_sample_u64(e, "rhema_compression_messages", "_total", 1, k_alg, v, t.compressed);
+    rhema_expo_family(e, "rhema_compression_input_bytes", "counter",
+                      "Bytes given to the compressor, by algorithm.");
+    rhema_expo_sample_u64(e, "rhema_compression_input_bytes", "_total", 1, k_alg, v,
+                          t.compressed_in_bytes);
+    rhema_expo_family(e, "rhema_compression_output_bytes", "counter",
+                      "Bytes the compressor produced, by algorithm.");
+    rhema_expo_sample_u64(e, "rhema_compression_output_bytes", "_total", 1, k_alg, v,
+                          t.compressed_out_bytes);
+    rhema_expo_family(e, "rhema_compression_ratio", "gauge",
+                      "Input bytes over output bytes of every message compressed since start "
+                      "(0 before the first), by algorithm.");
+    rhema_expo_sample(e, "rhema_compression_ratio", "", 1, k_alg, v,
+                      t.compressed_out_bytes
+                          ? (double)t.compressed_in_bytes / (double)t.compressed_out_bytes
+                          : 0.0);
+    counter1(e, "rhema_compression_stored_messages",
+             "Messages kept as they were (too small or not worth compressing).", (double)t.stored);
+    counter1(e, "rhema_encryption_operations", "Encrypt and decrypt calls of the message routes.",
+             (double)t.crypto);
+    counter1(e, "rhema_encryption_bytes", "Bytes encrypted or decrypted by the message routes.",
+             (double)t.crypto_bytes);
+    counter1(e, "rhema_encryption_seconds", "Time spent encrypting and decrypting, in seconds.",
+             (double)t.crypto_ns / 1e9);
+    counter1(e, "rhema_key_rotations", "Key rotations since start.", (double)t.rotations);
+    counter1(e, "rhema_messages_processed",
+             "Message route calls: compress, store as is, decompress, encrypt, decrypt.",
+             (double)t.processed);
+    counter1(e, "rhema_message_processing_seconds",
+             "Time spent in the message route calls, in seconds.", (double)t.processing_ns / 1e9);
+}
+
+static void keyring_families(struct rhema_server *srv, struct rhema_expo *e)
+{
+    struct rhema_keyring_stats st;
+    uint64_t under_current = 0, now = rhema_realtime_ms();
+    if (!srv->keyring || rhema_keyring_stats(srv->keyring, &st) != 0)
+        return;
+    for (size_t i = 0; i < st.versions; i++)
+        if (st.v[i].version == st.current_version)
+            under_current = st.v[i].encryptions;
+    gauge1(e, "rhema_keyring_current_version", "The version new messages are encrypted under.",
+           st.current_version);
+    gauge1(e, "rhema_keyring_active_keys", "Key versions that still decrypt.",
+           (double)st.active_versions);
+    gauge1(e, "rhema_keyring_messages_current_key",
+           "Messages encrypted under the current key version.", (double)under_current);
+    gauge1(e, "rhema_keyring_seconds_since_rotation", "Seconds since the last key rotation.",
+           now > st.last_rotation_ms ? (double)(now - st.last_rotation_ms) / 1e3 : 0.0);
+    rhema_keyring_stats_release(&st);
+}
+
+static void cluster_families(struct rhema_server *srv, rhema_storage_conn *conn,
+                             struct rhema_expo *e)
+{
+    static const char *const statuses[] = {"Online", "Joining", "Leaving", "Unhealthy"};
+    static const char *const k_status[] = {"status"};
+    json_t *view = NULL, *nodes, *n;
+    char *err = NULL;
+    size_t i;
+    if (!srv->cluster)
+        return;
+    gauge1(e, "rhema_cluster_is_leader", "1 when this node holds the leader lease.",
+           rhema_cluster_is_leader(srv->cluster));
+    gauge1(e, "rhema_cluster_epoch", "The largest leader epoch this node has seen.",
+           (double)rhema_cluster_known_epoch(srv->cluster));
+    counter1(e, "rhema_cluster_leadership_changes", "Times this node gained or lost the lead.",
+             (double)rhema_cluster_leadership_changes(srv->cluster));
+    if (!conn || rhema_cluster_json(srv->cluster, srv->storage, conn, RHEMA_CLUSTER_VIEW_HEALTH,
+                                    &view, &err) != 0) {
+        free(err); /* the storage read failed: the families that need it are left out */
+        return;
+    }
+    gauge1(e, "rhema_cluster_has_leader", "1 when some node holds the leader lease.",
+           json_string_value(json_object_get(view, "leader")) != NULL);
+    rhema_expo_family(e, "rhema_cluster_nodes", "gauge",
+                      "Live cluster nodes by status; Offline: known nodes whose entry expired.");
+    nodes = json_object_get(view, "nodes");
+    for (size_t s = 0; s < sizeof statuses / sizeof *statuses; s++) {
+        uint64_t count = 0;
+        json_array_foreach(nodes, i, n)
+        {
+            const char *st = json_string_value(json_object_get(n, "status"));
+            if (st && strcmp(st, statuses[s]) == 0)
+                count++;
+        }
+        rhema_expo_sample_u64(e, "rhema_cluster_nodes", "", 1, k_status, &statuses[s], count);
+    }
+    {
+        const char *off[] = {"Offline"};
+        json_int_t o = json_integer_value(json_object_get(view, "offline_nodes"));
+        rhema_expo_sample_u64(e, "rhema_cluster_nodes", "", 1, k_status, off,
+                              o > 0 ? (uint64_t)o : 0);
+    }
+    json_decref(view);
+}
+
+static void services_families(struct rhema_server *srv, struct rhema_expo *e)
+{
+    static const char *const k[] = {"health"};
+    static const char *const healthy[] = {"healthy"}, *const not_healthy[] = {"not_healthy"};
+    uint64_t h, u;
+    if (!srv->services)
+        return;
+    rhema_services_health_counts(srv->services, &h, &u);
+    rhema_expo_family(e, "rhema_service_instances", "gauge",
+                      "Registered service instances the balancers know, by health "
+                      "(not_healthy: failing or not yet checked).");
+    rhema_expo_sample_u64(e, "rhema_service_instances", "", 1, k, healthy, h);
+    rhema_expo_sample_u64(e, "rhema_service_instances", "", 1, k, not_healthy, u);
+}
+
+static void maintenance_families(struct rhema_server *srv, struct rhema_expo *e)
+{
+    static const char *const k[] = {"kind", "outcome"};
+    static const char *const kinds[RHEMA_MAINTENANCE_KINDS] = {"backup", "cleanup"};
+    static const char *const outcomes[2] = {"success", "failure"};
+    uint64_t runs[RHEMA_MAINTENANCE_KINDS][2];
+    if (!srv->maintenance)
+        return;
+    rhema_maintenance_runs(srv->maintenance, runs);
+    rhema_expo_family(e, "rhema_maintenance_runs", "counter",
+                      "Storage backups and retention cleanups run, by kind and outcome.");
+    for (int i = 0; i < RHEMA_MAINTENANCE_KINDS; i++)
+        for (int f = 0; f < 2; f++) {
+            const char *v[] = {kinds[i], outcomes[f]};
+            rhema_expo_sample_u64(e, "rhema_maintenance_runs", "_total", 2, k, v, runs[i][f]);
+        }
+    gauge1(e, "rhema_storage_data_bytes",
+           "The storage backend's data size at its last reading, plus what was written since.",
+           (double)rhema_maintenance_data_size(srv->maintenance));
+}
+
+void rhema_metrics_collect(struct rhema_server *srv, rhema_storage_conn *conn, struct rhema_expo *e)
+{
+    build_info(srv, e);
+    process_families(e);
+    commit_families(srv, e);
+    perfmon_families(srv, e);
+    keyring_families(srv, e);
+    cluster_families(srv, conn, e);
+    services_families(srv, e);
+    maintenance_families(srv, e);
+}
