@@ -78,9 +78,17 @@ struct rhema_limits {
     atomic_ullong allowed, refused, errors;
 };
 
-static void policy_derive(struct policy *p)
+/*
+ * p's windows from its quotas and burst.  A tolerance past what rate()
+ * takes (RHEMA_RATE_SPAN_MAX, about 35 years) is cut to it and makes this
+ * return 1: limits_load() refuses such a setting, and the most generous
+ * mix of several roles' policies (pick()) is cut, which lets no fewer
+ * requests through in any time a daemon runs.
+ */
+static int policy_derive(struct policy *p)
 {
     size_t o = 0, h = 0;
+    int cut = 0;
     p->n = 0;
     for (int i = 0; i < WINDOWS; i++) {
         if (p->quota[i] <= 0)
@@ -91,7 +99,13 @@ static void policy_derive(struct policy *p)
         if (w->interval_us == 0)
             w->interval_us = 1;
         /* the first window on is the shortest: the burst is its own */
-        w->tolerance_us = w->interval_us * (p->n == 0 ? (uint64_t)p->burst : q - 1);
+        uint64_t mul = p->n == 0 ? (uint64_t)p->burst : q - 1;
+        if (mul > RHEMA_RATE_SPAN_MAX / w->interval_us) {
+            w->tolerance_us = RHEMA_RATE_SPAN_MAX;
+            cut = 1;
+        } else {
+            w->tolerance_us = w->interval_us * mul;
+        }
         p->which[p->n++] = i;
         o += (size_t)snprintf(p->sig + o, sizeof p->sig - o, "%s%" PRId64 "/%" PRId64, o ? "," : "",
                               window_def[i].seconds, p->quota[i]);
@@ -100,6 +114,16 @@ static void policy_derive(struct policy *p)
     }
     if (p->n)
         snprintf(p->sig + o, sizeof p->sig - o, "b%" PRId64, p->burst);
+    return cut;
+}
+
+static int too_long(const char *where, const struct policy *p, char **err)
+{
+    return rhema_set_error(err, RHEMA_EINVAL,
+                           "%s: burst %" PRId64 " at the pace of its shortest window (one request "
+                           "every %" PRIu64 " us) is a tolerance of more than 35 years; lower the "
+                           "burst or raise that window's quota",
+                           where, p->burst, p->rw[0].interval_us);
 }
 
 /* ---- configuration ---- */
@@ -134,7 +158,8 @@ static int limits_load(const struct rhema_config *cfg, struct rhema_limits *l, c
         l->base.quota[i] = get_int(cfg, p);
     }
     l->base.burst = get_int(cfg, "ai_service.rate_limiting.burst");
-    policy_derive(&l->base);
+    if (policy_derive(&l->base))
+        return too_long("ai_service.rate_limiting", &l->base, err);
     if (l->base.n == 0)
         return rhema_set_error(err, RHEMA_EINVAL,
                                "ai_service.rate_limiting: every window is 0 (off); set "
@@ -170,7 +195,10 @@ static int limits_load(const struct rhema_config *cfg, struct rhema_limits *l, c
         for (int i = 0; i < WINDOWS; i++)
             d->quota[i] = rp->quota[i] < 0 ? l->base.quota[i] : rp->quota[i];
         d->burst = rp->burst < 0 ? l->base.burst : rp->burst;
-        policy_derive(d);
+        if (policy_derive(d)) {
+            snprintf(p, sizeof p, "ai_service.rate_limiting.roles[%d]", r);
+            return too_long(p, d, err);
+        }
         l->n_roles++;
     }
     return 0;
@@ -315,7 +343,7 @@ static const struct policy *pick(const struct rhema_limits *l, const struct rhem
         return &l->base;
     if (matched == 1)
         return one;
-    policy_derive(tmp);
+    (void)policy_derive(tmp); /* a cut tolerance is still more than a daemon's lifetime */
     return tmp;
 }
 

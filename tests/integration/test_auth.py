@@ -354,7 +354,7 @@ def test_reload_says_security_changes_need_a_restart(daemons, admin_key):
     d.write_config(auth_config(memory_config(), [admin_key[1]],
                                {"admin": ["*"], "reader": ["sessions:read"]}))
     d.send(signal.SIGHUP)
-    assert d.wait_log("reload: security settings (keys, roles, rules) changed; restart to apply",
+    assert d.wait_log("reload: security settings (keys, roles, rules, rate limits) changed; restart to apply",
                       since=mark)
     # the running settings stay: the admin key still works
     assert d.request("GET", "/v1/auth/whoami", headers=bearer(admin_key[0])).status == 200

@@ -213,6 +213,16 @@ def test_bad_settings_are_refused_at_check(tmp_path):
     conf.write_text(memory_config() + limits(burst=-1))
     r = run_rhemad(["-t", "-c", str(conf), "-P", str(PLUGIN_DIR)])
     assert r.returncode != 0 and "burst" in r.stderr, r.stderr
+    # a burst of a million at one request a day is beyond what rate() takes (2^50 us)
+    conf.write_text(memory_config() + limits(per_day=1, burst=1000000))
+    r = run_rhemad(["-t", "-c", str(conf), "-P", str(PLUGIN_DIR)])
+    assert r.returncode != 0 and "more than 35 years" in r.stderr, r.stderr
+    conf.write_text(memory_config() + 'security: { roles = ( { name = "slow"; permissions = '
+                    '[ "sessions:read" ]; } ); };\n'
+                    + limits(per_minute=60, extra='roles = ( { role = "slow"; requests_per_minute = 0; '
+                             'requests_per_day = 2; burst = 100000; } );'))
+    r = run_rhemad(["-t", "-c", str(conf), "-P", str(PLUGIN_DIR)])
+    assert r.returncode != 0 and "ai_service.rate_limiting.roles[0]: burst 100000" in r.stderr, r.stderr
 
 
 def test_reload_says_a_limit_change_needs_a_restart(daemons):

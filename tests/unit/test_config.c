@@ -1048,8 +1048,6 @@ static void test_unimplemented_refused(void **state)
         const char *key;
     } cases[] = {
         { "ai_service: {\n  enabled = true;\n};\n", 2, "ai_service.enabled" },
-        { "ai_service: { rate_limiting: {\n  enabled = true; }; };\n", 2,
-          "ai_service.rate_limiting.enabled" },
         { "ai_service: { caching: {\n\n  enabled = true; }; };\n", 3,
           "ai_service.caching.enabled" },
         { "ai_service: { agent_management: {\n  max_agents = 10; }; };\n", 2,
