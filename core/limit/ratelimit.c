@@ -55,11 +55,11 @@ struct policy {
     int64_t quota[WINDOWS]; /* 0: the window is off */
     int64_t burst;
     /* derived by policy_derive() */
-    size_t n;             /* windows on; 0: unlimited */
-    int which[WINDOWS];   /* window_def index of each window on */
+    size_t n;           /* windows on; 0: unlimited */
+    int which[WINDOWS]; /* window_def index of each window on */
     struct rhema_rate_window rw[WINDOWS];
-    char sig[96];         /* the windows, in the rate() key: another policy is another party */
-    char header[160];     /* RateLimit-Policy */
+    char sig[96];     /* the windows, in the rate() key: another policy is another party */
+    char header[160]; /* RateLimit-Policy */
 };
 
 struct role_policy {
@@ -109,8 +109,9 @@ static int policy_derive(struct policy *p)
         p->which[p->n++] = i;
         o += (size_t)snprintf(p->sig + o, sizeof p->sig - o, "%s%" PRId64 "/%" PRId64, o ? "," : "",
                               window_def[i].seconds, p->quota[i]);
-        h += (size_t)snprintf(p->header + h, sizeof p->header - h, "%s\"%s\";q=%" PRId64 ";w=%" PRId64,
-                              h ? ", " : "", window_def[i].name, p->quota[i], window_def[i].seconds);
+        h += (size_t)snprintf(p->header + h, sizeof p->header - h,
+                              "%s\"%s\";q=%" PRId64 ";w=%" PRId64, h ? ", " : "",
+                              window_def[i].name, p->quota[i], window_def[i].seconds);
     }
     if (p->n)
         snprintf(p->sig + o, sizeof p->sig - o, "b%" PRId64, p->burst);
@@ -178,11 +179,10 @@ static int limits_load(const struct rhema_config *cfg, struct rhema_limits *l, c
         snprintf(p, sizeof p, "ai_service.rate_limiting.roles[%d].role", r);
         rhema_config_get_string(cfg, p, &role);
         if (strlen(role) > ROLE_NAME_MAX)
-            return rhema_set_error(err, RHEMA_EINVAL, "%s: longer than %d bytes", p,
-                                   ROLE_NAME_MAX);
+            return rhema_set_error(err, RHEMA_EINVAL, "%s: longer than %d bytes", p, ROLE_NAME_MAX);
         if (!role_defined(cfg, role))
-            return rhema_set_error(err, RHEMA_EINVAL,
-                                   "%s: '%s' is not a role of security.roles", p, role);
+            return rhema_set_error(err, RHEMA_EINVAL, "%s: '%s' is not a role of security.roles", p,
+                                   role);
         snprintf(rp->role, sizeof rp->role, "%s", role);
         for (int i = 0; i < WINDOWS; i++) {
             snprintf(p, sizeof p, "ai_service.rate_limiting.roles[%d].%s", r,
@@ -249,7 +249,8 @@ int rhema_limits_open(struct rhema_server *srv, char **err)
                       "limit through",
                       srv->storage->base.name);
     }
-    rhema_log(RHEMA_LOG_INFO, "ratelimit", "rate limiting on: %s, burst %" PRId64
+    rhema_log(RHEMA_LOG_INFO, "ratelimit",
+              "rate limiting on: %s, burst %" PRId64
               ", %zu role override(s), failure_mode %s, kept %s",
               l->base.header, l->base.burst, l->n_roles, l->fail_closed ? "closed" : "open",
               l->local ? "in this process" : "in the storage backend");
@@ -389,8 +390,7 @@ static int64_t add_headers(struct rhema_req *r, const struct policy *p,
         if (!q->allowed && d > tol && ceil_seconds(d - tol) > retry)
             retry = ceil_seconds(d - tol);
         o += (size_t)snprintf(buf + o, sizeof buf - o, "%s\"%s\";r=%" PRId64 ";t=%" PRId64,
-                              o ? ", " : "", window_def[p->which[k]].name, left,
-                              ceil_seconds(d));
+                              o ? ", " : "", window_def[p->which[k]].name, left, ceil_seconds(d));
         if (o >= sizeof buf)
             break;
     }
@@ -434,8 +434,9 @@ int rhema_rate_limit(struct rhema_req *r, const struct rhema_route *rt)
         why = srv->storage->errmsg ? srv->storage->errmsg(r->worker->conn) : NULL;
     if (rc) {
         atomic_fetch_add(&l->errors, 1);
-        rhema_log(RHEMA_LOG_WARN, "ratelimit", "the rate limit of %s could not be counted (%s%s%s): %s",
-                  key, rhema_strerror(rc), why && *why ? ": " : "", why ? why : "",
+        rhema_log(RHEMA_LOG_WARN, "ratelimit",
+                  "the rate limit of %s could not be counted (%s%s%s): %s", key, rhema_strerror(rc),
+                  why && *why ? ": " : "", why ? why : "",
                   l->fail_closed ? "refused (failure_mode closed)" : "served (failure_mode open)");
         if (!l->fail_closed)
             return 0;
@@ -454,10 +455,9 @@ int rhema_rate_limit(struct rhema_req *r, const struct rhema_route *rt)
     atomic_fetch_add(&l->refused, 1);
     snprintf(secs, sizeof secs, "%" PRId64, retry);
     rhema_header(r, "Retry-After", secs);
-    rhema_reply_error(r, 429, "rate_limited",
-                      "too many requests from %s %.*s (RateLimit-Policy: %s); retry after %" PRId64
-                      " s",
-                      key[0] == 'k' ? "key" : "client", (int)strcspn(key + 2, "|"), key + 2,
-                      p->header, retry);
+    rhema_reply_error(
+        r, 429, "rate_limited",
+        "too many requests from %s %.*s (RateLimit-Policy: %s); retry after %" PRId64 " s",
+        key[0] == 'k' ? "key" : "client", (int)strcspn(key + 2, "|"), key + 2, p->header, retry);
     return 1;
 }
