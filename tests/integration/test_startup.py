@@ -1,6 +1,6 @@
 """
-Starting rhemad as a newcomer does (issue 17 item 19, issue 18 items 1, 2, 6
-and 8): -t creates nothing, the data directory, which configuration file is
+Starting rhemad as a newcomer does (issue 17 item 19, issue 18 items 1, 2, 4,
+6 and 8): -t creates nothing, the data directory, which configuration file is
 read, plugins that are not safe to load, errors that reach the terminal while
 the daemon is not up yet, syslog once it is, and what a reload says.
 """
@@ -124,6 +124,42 @@ def test_without_c_the_installed_file_or_built_in_defaults(tmp_path):
     assert r.returncode == 1
     first = (r.stderr.splitlines() or [""])[0]
     assert "configuration built-in defaults" in first, r.stderr
+
+
+# ---- make install keeps an edited configuration (18.4) ----
+
+def _make(target, destdir):
+    """One install target of the build tree's Makefile, into DESTDIR."""
+    if shutil.which("make") is None or not (TOP_BUILDDIR / "Makefile").exists():
+        pytest.skip("no make or no Makefile in the build directory")
+    # a make of its own, not a job of the make running the tests
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    r = subprocess.run(["make", "-s", "-C", str(TOP_BUILDDIR), target, f"DESTDIR={destdir}"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_install_keeps_an_edited_configuration_and_uninstall_too(tmp_path):
+    dest = tmp_path / "dest"
+    conf = dest / compiled_path("RHEMA_CONFIG_FILE").lstrip("/")
+    sample = conf.with_name("rhemad.conf.sample")
+    shipped = (TOP_BUILDDIR / "etc" / "rhemad.conf.sample").read_bytes()
+    _make("install-data-local", dest)  # a first install: the file and its sample
+    assert conf.read_bytes() == shipped and sample.read_bytes() == shipped
+    conf.write_bytes(shipped + b"# the operator's own line\n")
+    sample.write_bytes(b"an older sample\n")
+    said = _make("install-data-local", dest)  # a reinstall keeps the edited file
+    assert conf.read_bytes().endswith(b"# the operator's own line\n")
+    assert sample.read_bytes() == shipped, "the new sample is installed beside it"
+    assert "kept" in said, said
+    _make("uninstall-local", dest)  # uninstall keeps it too, and removes the sample
+    assert conf.read_bytes().endswith(b"# the operator's own line\n")
+    assert not sample.exists()
+    conf.unlink()  # an unedited file is the package's: uninstall removes it
+    _make("install-data-local", dest)
+    _make("uninstall-local", dest)
+    assert not conf.exists() and not sample.exists()
 
 
 # ---- plugins that are not safe to load (17.19) ----
