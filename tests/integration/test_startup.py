@@ -132,9 +132,11 @@ def _make(target, destdir):
     """One install target of the build tree's Makefile, into DESTDIR."""
     if shutil.which("make") is None or not (TOP_BUILDDIR / "Makefile").exists():
         pytest.skip("no make or no Makefile in the build directory")
-    # a make of its own, not a job of the make running the tests
+    # a make of its own, not a job of the make running the tests, and one that
+    # never remakes the Makefile (-o) under it when Makefile.am changed meanwhile
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    r = subprocess.run(["make", "-s", "-C", str(TOP_BUILDDIR), target, f"DESTDIR={destdir}"],
+    r = subprocess.run(["make", "-s", "-o", "Makefile", "-C", str(TOP_BUILDDIR), target,
+                        f"DESTDIR={destdir}"],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
