@@ -1,5 +1,5 @@
 """
-Starting rhemad as a newcomer does (issue 17 item 19, issue 18 items 1, 2, 4,
+Starting rhemad as a newcomer does (issue 17 item 19, issue 18 items 1-4,
 6 and 8): -t creates nothing, the data directory, which configuration file is
 read, plugins that are not safe to load, errors that reach the terminal while
 the daemon is not up yet, syslog once it is, and what a reload says.
@@ -124,6 +124,43 @@ def test_without_c_the_installed_file_or_built_in_defaults(tmp_path):
     assert r.returncode == 1
     first = (r.stderr.splitlines() or [""])[0]
     assert "configuration built-in defaults" in first, r.stderr
+
+
+# ---- the compiled-in paths follow configure (18.3) ----
+
+def _make_out(*args):
+    """make in the build tree, never remaking its Makefile; its stdout."""
+    if shutil.which("make") is None or not (TOP_BUILDDIR / "Makefile").exists():
+        pytest.skip("no make or no Makefile in the build directory")
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    r = subprocess.run(["make", "-s", "-o", "Makefile", "-C", str(TOP_BUILDDIR)] + list(args),
+                       env=env, capture_output=True, text=True, timeout=120)
+    return r
+
+
+def test_the_compiled_paths_follow_configure():
+    """
+    The paths are not -D flags make cannot see change: rhema_paths.h holds the
+    ones the current Makefile has, it is remade whenever the Makefile is (so
+    whenever config.status is), and what includes it is recompiled then.
+    """
+    r = _make_out("--eval", "__rhema_paths: ; @echo '$(plugindir)|$(rhemaconfdir)/rhemad.conf|"
+                  "$(rhemastatedir)'", "__rhema_paths")
+    assert r.returncode == 0, r.stderr
+    plugindir, conffile, statedir = r.stdout.strip().split("|")
+    assert compiled_path("RHEMA_PLUGINDIR") == plugindir
+    assert compiled_path("RHEMA_CONFIG_FILE") == conffile
+    assert compiled_path("RHEMA_DATA_DIRECTORY") == statedir
+    db = _make_out("-p", "-q", "rhema_paths.h").stdout  # make's rules, nothing run
+    assert re.search(r"^rhema_paths\.h: Makefile$", db, re.M), "rhema_paths.h must depend on Makefile"
+    assert re.search(r"^Makefile: .*\bconfig\.status\b", db, re.M)
+    deps = list((TOP_BUILDDIR / "core" / ".deps").glob("*"))
+    if not deps:
+        pytest.skip("built without dependency tracking")
+    users = {p.name for p in deps if "rhema_paths.h" in p.read_text(errors="replace")}
+    for obj in ("librhemacore_la-config.Plo", "librhemacore_la-config_schema.Plo",
+                "rhemad-main.Po"):
+        assert obj in users, (obj, sorted(users))
 
 
 # ---- make install keeps an edited configuration (18.4) ----
