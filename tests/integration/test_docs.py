@@ -184,3 +184,43 @@ def test_man_page_clean(page):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip(), f"{page.name} renders empty"
     assert r.stderr == "", f"{page.name}:\n{r.stderr}"
+
+
+def _man_sections(page):
+    """The page rendered at 80 columns, as {section heading: its text}."""
+    env = dict(os.environ, MANWIDTH="80", LC_ALL="C.UTF-8")
+    r = subprocess.run(["man", "-E", "UTF-8", "-l", str(page)], env=env, stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    sections, name = {}, None
+    for line in r.stdout.splitlines():
+        if re.match(r"^[A-Z][A-Z ]+$", line):
+            name = line
+            sections[name] = ""
+        elif name:
+            sections[name] += line + "\n"
+    return sections
+
+
+def test_rhemad_8_signals_section_names_every_signal_handled():
+    """
+    rhemad(8) documents every signal core/main.c handles under SIGNALS (issue
+    18, item 7), not elsewhere: three branches editing the page once left
+    SIGUSR1 and SIGPIPE under FILES.
+    """
+    if shutil.which("man") is None:
+        pytest.skip("man is not installed")
+    main_c = (SRC / "core" / "main.c").read_text()
+    handled = set(re.findall(r"evsignal_new\([^,]+,\s*(SIG[A-Z0-9]+)", main_c))
+    handled |= set(re.findall(r"\bsignal\((SIG[A-Z0-9]+),", main_c))
+    assert {"SIGTERM", "SIGHUP", "SIGUSR1"} <= handled, handled
+    sections = _man_sections(SRC / "doc" / "rhemad.8")
+    signals = sections.get("SIGNALS", "")
+    for sig in sorted(handled):
+        assert re.search(rf"^ {{7}}{sig}\b|^ {{7}}\S.*, {sig}\b", signals, re.M), \
+            f"{sig} is not an entry of rhemad(8) SIGNALS"
+    for name, text in sections.items():
+        if name != "SIGNALS":
+            for sig in handled:
+                assert not re.search(rf"^ {{7}}{sig}\b", text, re.M), \
+                    f"{sig} is an entry of rhemad(8) {name}, not SIGNALS"

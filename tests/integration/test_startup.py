@@ -1,8 +1,8 @@
 """
-Starting rhemad as a newcomer does (issue 17 item 19, issue 18 items 1, 2, 6
-and 8): -t creates nothing, the data directory, which configuration file is
+Starting rhemad as a newcomer does (issue 17 item 19, issue 18 items 1-4,
+6 and 8): -t creates nothing, the data directory, which configuration file is
 read, plugins that are not safe to load, errors that reach the terminal while
-the daemon is not up yet, and what a reload says.
+the daemon is not up yet, syslog once it is, and what a reload says.
 """
 
 import os
@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import (PLUGIN_DIR, TOP_BUILDDIR, TOP_SRCDIR, free_port, memory_config,
+from conftest import (Daemon, PLUGIN_DIR, TOP_BUILDDIR, TOP_SRCDIR, free_port, memory_config,
                       require_plugin, run_rhemad)
 
 RHEMACTL = TOP_BUILDDIR / "rhemactl"
@@ -124,6 +124,81 @@ def test_without_c_the_installed_file_or_built_in_defaults(tmp_path):
     assert r.returncode == 1
     first = (r.stderr.splitlines() or [""])[0]
     assert "configuration built-in defaults" in first, r.stderr
+
+
+# ---- the compiled-in paths follow configure (18.3) ----
+
+def _make_out(*args):
+    """make in the build tree, never remaking its Makefile; its stdout."""
+    if shutil.which("make") is None or not (TOP_BUILDDIR / "Makefile").exists():
+        pytest.skip("no make or no Makefile in the build directory")
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    r = subprocess.run(["make", "-s", "-o", "Makefile", "-C", str(TOP_BUILDDIR)] + list(args),
+                       env=env, capture_output=True, text=True, timeout=120)
+    return r
+
+
+def test_the_compiled_paths_follow_configure():
+    """
+    The paths are not -D flags make cannot see change: rhema_paths.h holds the
+    ones the current Makefile has, it is remade whenever the Makefile is (so
+    whenever config.status is), and what includes it is recompiled then.
+    """
+    r = _make_out("--eval", "__rhema_paths: ; @echo '$(plugindir)|$(rhemaconfdir)/rhemad.conf|"
+                  "$(rhemastatedir)'", "__rhema_paths")
+    assert r.returncode == 0, r.stderr
+    plugindir, conffile, statedir = r.stdout.strip().split("|")
+    assert compiled_path("RHEMA_PLUGINDIR") == plugindir
+    assert compiled_path("RHEMA_CONFIG_FILE") == conffile
+    assert compiled_path("RHEMA_DATA_DIRECTORY") == statedir
+    db = _make_out("-p", "-q", "rhema_paths.h").stdout  # make's rules, nothing run
+    assert re.search(r"^rhema_paths\.h: Makefile$", db, re.M), "rhema_paths.h must depend on Makefile"
+    assert re.search(r"^Makefile: .*\bconfig\.status\b", db, re.M)
+    deps = list((TOP_BUILDDIR / "core" / ".deps").glob("*"))
+    if not deps:
+        pytest.skip("built without dependency tracking")
+    users = {p.name for p in deps if "rhema_paths.h" in p.read_text(errors="replace")}
+    for obj in ("librhemacore_la-config.Plo", "librhemacore_la-config_schema.Plo",
+                "rhemad-main.Po"):
+        assert obj in users, (obj, sorted(users))
+
+
+# ---- make install keeps an edited configuration (18.4) ----
+
+def _make(target, destdir):
+    """One install target of the build tree's Makefile, into DESTDIR."""
+    if shutil.which("make") is None or not (TOP_BUILDDIR / "Makefile").exists():
+        pytest.skip("no make or no Makefile in the build directory")
+    # a make of its own, not a job of the make running the tests, and one that
+    # never remakes the Makefile (-o) under it when Makefile.am changed meanwhile
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    r = subprocess.run(["make", "-s", "-o", "Makefile", "-C", str(TOP_BUILDDIR), target,
+                        f"DESTDIR={destdir}"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_install_keeps_an_edited_configuration_and_uninstall_too(tmp_path):
+    dest = tmp_path / "dest"
+    conf = dest / compiled_path("RHEMA_CONFIG_FILE").lstrip("/")
+    sample = conf.with_name("rhemad.conf.sample")
+    shipped = (TOP_BUILDDIR / "etc" / "rhemad.conf.sample").read_bytes()
+    _make("install-data-local", dest)  # a first install: the file and its sample
+    assert conf.read_bytes() == shipped and sample.read_bytes() == shipped
+    conf.write_bytes(shipped + b"# the operator's own line\n")
+    sample.write_bytes(b"an older sample\n")
+    said = _make("install-data-local", dest)  # a reinstall keeps the edited file
+    assert conf.read_bytes().endswith(b"# the operator's own line\n")
+    assert sample.read_bytes() == shipped, "the new sample is installed beside it"
+    assert "kept" in said, said
+    _make("uninstall-local", dest)  # uninstall keeps it too, and removes the sample
+    assert conf.read_bytes().endswith(b"# the operator's own line\n")
+    assert not sample.exists()
+    conf.unlink()  # an unedited file is the package's: uninstall removes it
+    _make("install-data-local", dest)
+    _make("uninstall-local", dest)
+    assert not conf.exists() and not sample.exists()
 
 
 # ---- plugins that are not safe to load (17.19) ----
@@ -237,6 +312,81 @@ def test_daemon_mode_failure_with_a_log_file_reaches_the_terminal(tmp_path):
                         "-o", f"logging.file={tmp_path}/d.log"], cwd=tmp_path)
     assert r.returncode == 1
     assert "Address already in use" in r.stderr, r.stderr
+
+
+# ---- after daemonizing without a log file: syslog (18.6) ----
+
+def _private_dev_log():
+    """
+    Why a private /dev/log cannot be had here, or None.  glibc's syslog()
+    writes to /dev/log, a fixed path: the test gives rhemad a mount namespace
+    of its own (unshare -m, root only) whose /dev is a tmpfs holding null,
+    zero, random, urandom and a /dev/log bound to the test's socket, so the
+    machine's own /dev/log (if any) is never touched.
+    """
+    for tool in ("unshare", "mount"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    r = subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=10)
+    if r.returncode != 0:
+        return "unshare -m is not permitted here (needs root)"
+    return None
+
+
+def test_daemonized_without_a_log_file_logs_to_syslog(tmp_path, daemons):
+    why = _private_dev_log()
+    if why:
+        pytest.skip(why)
+    logsock = tmp_path / "log"
+    if len(str(logsock)) > 100:
+        pytest.skip("temporary directory too deep for a unix socket path")
+    olddev, pidfile, port = tmp_path / "olddev", tmp_path / "r.pid", free_port()
+    olddev.mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
+        sink.bind(str(logsock))
+        sink.settimeout(10)
+        rhemad = [str(TOP_BUILDDIR / "rhemad"), "-c", "/dev/null", "-P", str(PLUGIN_DIR),
+                  "-p", str(pidfile), "-o", "persistence.backend=memory",
+                  "-o", f"service.listen=127.0.0.1:{port}", "-o", "service.workers=1",
+                  "-o", f"service.data_directory={tmp_path}", "-o", "logging.access_log=true"]
+        script = (
+            "set -e\n"
+            "mount --make-rprivate /\n"
+            f"mount --rbind /dev '{olddev}'\n"
+            "mount -t tmpfs -o mode=755 tmpfs /dev\n"
+            "for n in null zero random urandom; do\n"
+            f"  : > /dev/$n; mount --bind '{olddev}'/$n /dev/$n\n"
+            "done\n"
+            f": > /dev/log; mount --bind '{logsock}' /dev/log\n"
+            'exec "$@"\n')
+        # no -f: rhemad daemonizes; the launcher returns once the daemon is up
+        r = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh"] + rhemad,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        pid = int(pidfile.read_text().strip())
+        daemons.pids.append(pid)
+        # until the daemon was up, its lines reached the terminal
+        assert "started (pid %d" % pid in r.stderr, r.stderr
+        seen = []
+
+        def until(text):
+            while not any(text in m for m in seen):
+                try:
+                    seen.append(sink.recv(65536).decode("utf-8", "replace"))
+                except socket.timeout:
+                    raise AssertionError(f"no syslog line with {text!r}: {seen}")
+
+        # a line written after the fork, on request: the access log's
+        client = Daemon(tmp_path, name="client", port=port)
+        assert client.request("GET", "/v1/sessions/syslog-probe").status == 404
+        until("/v1/sessions/syslog-probe")
+        os.kill(pid, signal.SIGHUP)  # and after a reload (which reopens the log)
+        until("configuration re-read")
+        os.kill(pid, signal.SIGTERM)
+        until("main: stopped")
+    for m in seen:  # syslog's framing: <priority>timestamp rhemad[pid]: ...
+        assert re.match(r"<\d+>.*\brhemad\[%d\]: \[\w+\] " % pid, m), m
+    assert not [m for m in seen if "\n" in m.rstrip("\n")], seen
 
 
 # ---- what a reload says (18.8) ----
