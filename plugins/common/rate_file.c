@@ -2,9 +2,11 @@
  * rate_file -- rate() state in a shared memory-mapped file (rate_file.h
  * says what it promises and how it locks).
  *
- * The header is checked under the lock at every step (a few loads and one
- * fstat), so a file that another process reinitialized, or that someone
- * truncated while no step ran, is seen before any slot is touched.
+ * The mapped header is checked under the lock at every step (a few loads,
+ * no system call), so a file that another process reinitialized is seen
+ * before any slot is touched; a bad header sends the step to the slow path
+ * (fstat, reinitialize or remap).  A step then makes two system calls,
+ * the OFD lock and its release (an uncontended mutex makes none).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -200,6 +202,23 @@ static int reinit(struct rhema_rate_file *f, size_t capacity)
 }
 
 /*
+ * The mapped header is this handle's layout (under the lock).  What every
+ * step checks: the header is in the mapping, so another process's
+ * reinitialization (a fresh header, or another capacity) is seen without a
+ * system call.  A syscall costs microseconds on a virtual machine, as
+ * much as the rest of the step; the file's size is therefore checked
+ * (fstat) only at open and when the header looks wrong.
+ */
+static int header_ok(const struct rhema_rate_file *f)
+{
+    const struct rf_header *h = (const struct rf_header *)(const void *)f->map;
+    return memcmp(h->magic, RF_MAGIC, sizeof h->magic) == 0 && h->version == RF_VERSION &&
+           h->slot_size == sizeof(struct rf_slot) &&
+           h->header_size == RHEMA_RATE_FILE_HEADER_SIZE && h->probe == RHEMA_RATE_FILE_PROBE &&
+           h->capacity == f->capacity;
+}
+
+/*
  * Make the mapping match a valid file (under both locks): follow another
  * capacity, reinitialize anything else (to `want` slots).  0 or -errno,
  * with *what saying which step failed.
@@ -208,7 +227,10 @@ static int ensure(struct rhema_rate_file *f, size_t want, int at_open, const cha
 {
     size_t other = 0;
     const char *bad = NULL;
-    int rc, st = inspect(f, &other, &bad);
+    int rc, st;
+    if (!at_open && header_ok(f))
+        return 0; /* the fast path: no system call */
+    st = inspect(f, &other, &bad);
     if (st == 0 && f->map != NULL)
         return 0;
     if (st == 1 && !at_open) {

@@ -52,11 +52,14 @@
  * half-written: rate state, and the header is written magic last, so a
  * half-made header is reinitialized by the next opener.
  *
- * Not handled: a handle is not for use by a child after fork() (its lock
- * would be the parent's open file description: open another one), and a
- * file unlinked or truncated from outside while processes have it open
- * (they keep the old inode; a truncation from outside while one of them is
- * inside a step may SIGBUS it, as it would a SQLite -shm file).
+ * Checked at every step: the header in the mapping (another process's
+ * reinitialization, a header overwritten).  Checked at open only: the
+ * file's size.  Not handled: a handle is not for use by a child after
+ * fork() (its lock would be the parent's open file description: open
+ * another one), and a file unlinked or truncated from outside while
+ * processes have it open (they keep the old inode; a process touching a
+ * slot past the new end gets SIGBUS, as with a SQLite -shm file truncated
+ * under it).  Stop the processes first; the next open mends the file.
  */
 #ifndef RHEMA_PLUGIN_RATE_FILE_H
 #define RHEMA_PLUGIN_RATE_FILE_H

@@ -904,6 +904,46 @@ out:
     tap("sqlite", "rate: rate_max_keys bounds the table, a full one forgets what rests first",
         msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
 }
+/*
+ * Settings of the rate file refused at open with EINVAL, naming the key
+ * and where it was set: rate_max_keys out of 16..16777216 (or not an
+ * integer), and path ':memory:' (each connection would get a database of
+ * its own).
+ */
+static void sqlite_rate_bad_settings(const struct rhema_storage_plugin *vt)
+{
+    static const char *const bad[][2] = {
+        {"persistence.sqlite.rate_max_keys=15", "rate_max_keys"},
+        {"persistence.sqlite.rate_max_keys=16777217", "rate_max_keys"},
+        {"persistence.sqlite.rate_max_keys=\"many\"", "rate_max_keys"},
+        {"persistence.sqlite.path=\":memory:\"", "path"},
+    };
+    char ov_path[700], msg[1024] = "";
+    snprintf(ov_path, sizeof ov_path, "persistence.sqlite.path=%s/rate-bad.db", tmpdir);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0] && !msg[0]; i++) {
+        const char *ov[] = {ov_path, bad[i][0]};
+        struct rhema_config cfg;
+        rhema_storage_instance *inst = NULL;
+        char *err = NULL, where[512];
+        if (load_config(&cfg, "sqlite", "rate: bad rate settings refused", ov, 2) != 0)
+            return;
+        const struct rhema_cfg *group = rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, "sqlite");
+        snprintf(where, sizeof where, "%s", rhema_cfg_where(group, bad[i][1]));
+        int rc = vt->open(rhema_host_get(), group, &inst, &err);
+        if (rc == 0) {
+            vt->close(inst);
+            snprintf(msg, sizeof msg, "open accepted %s", bad[i][0]);
+        } else if (rc != RHEMA_EINVAL || err == NULL || strstr(err, bad[i][1]) == NULL ||
+                   strstr(err, where) == NULL) {
+            snprintf(msg, sizeof msg, "%s: %s: '%s' (want EINVAL naming %s and %s)", bad[i][0],
+                     rhema_strerror(rc), err ? err : "", bad[i][1], where);
+        }
+        free(err);
+        rhema_config_release(&cfg);
+    }
+    tap("sqlite", "rate: bad rate settings refused", msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS,
+        msg);
+}
 #endif /* RHEMA_HAVE_SQLITE */
 
 /* ---- rate() on the server backends: what only the server shows ---- */
@@ -1160,6 +1200,7 @@ static void run_backend(struct rhema_plugin_registry *reg, const char *backend)
         sqlite_rate_crashed_holder(vt);
         sqlite_rate_spoilt_file(vt);
         sqlite_rate_full(vt);
+        sqlite_rate_bad_settings(vt);
 #endif
     }
 #ifdef RHEMA_HAVE_HIREDIS

@@ -370,8 +370,8 @@ static long long size_of(const char *path)
 
 /*
  * Not this layout -> reinitialized with a warning, at open: cut short,
- * garbage, another version (the header's version field), empty; and while
- * open: another handle sees the file cut and reinitializes it.
+ * garbage, another version (the header's version field), a truncated
+ * header; and while open: a header overwritten is seen at the next step.
  */
 static void spoilt_files_reinitialized(void **state)
 {
@@ -405,12 +405,17 @@ static void spoilt_files_reinitialized(void **state)
         assert_int_equal(call1(f, "k", HOUR, 0, NOW), 0);
         rhema_rate_file_close(f);
     }
-    /* while open: cut by someone else, seen (and mended) at the next step under the lock */
+    /* while open: the header overwritten by someone else, seen (and mended) at the next step */
     f = open_file("spoilt", 64);
-    write_bytes(path, 100, 0, 1);
+    assert_int_equal(call1(f, "k", HOUR, 0, NOW), 0); /* a valid file keeps its state */
+    int fd = open(path, O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, "garbage!", 8, 0), 8);
+    close(fd);
     int before = warnings;
-    assert_int_equal(call1(f, "k", HOUR, 0, NOW), 1);
+    assert_int_equal(call1(f, "k", HOUR, 0, NOW), 1); /* reinitialized: afresh */
     assert_int_equal(warnings, before + 1);
+    assert_int_equal(call1(f, "k", HOUR, 0, NOW), 0);
     assert_int_equal(size_of(path), full);
     rhema_rate_file_close(f);
 }
