@@ -12,9 +12,9 @@
 #         refused: every request still takes its GCRA step), and the audit
 #         log (one end record per request, batched, fdatasync per batch)
 # GET /v1/sessions/{id} of a 1 KiB session, on the memory backend (the
-# plugin's own rate table) and on SQLite (rate() is an UPSERT in the
-# database file: a write per request, the price of one limit shared by
-# every node on that file).  Rounds alternate off and on (BENCH_REPS,
+# plugin's own rate table) and on SQLite (rate() steps in the memory-mapped
+# file <database>-rate under its lock: one limit shared by every process on
+# that database, no write to the database).  Rounds alternate off and on (BENCH_REPS,
 # default 2); the best of each side counts, since load on a shared machine
 # comes and goes between runs.  Also printed: rhemad's CPU time per GET
 # (user + system from /proc), less at the mercy of other load than req/s.
@@ -153,7 +153,7 @@ row "memory: + rate limit (plugin's rate table)" mem_keys_rate mem_off
 row "memory: + audit log = all on" mem_on mem_off
 if [ $have_sqlite = 1 ]; then
     row "sqlite: all off" sql_off sql_off
-    row "sqlite: all on (rate() writes the file)" sql_on sql_off
+    row "sqlite: all on (rate() in <db>-rate, mmap)" sql_on sql_off
 fi
 mem_ratio=$(ratio "$rps_mem_on" "$rps_mem_off")
 echo

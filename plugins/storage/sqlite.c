@@ -13,6 +13,7 @@
  *   page_size       = 8192;             page size of a new database file
  *   checkpoint_pages = 1000;            WAL pages that start a checkpoint; 0: the
  *                                       writer checkpoints itself (SQLite's default)
+ *   rate_max_keys   = 65536;            slots of the rate file (see rate() below)
  *
  * Schema (schema_version 1):
  *   meta(name PRIMARY KEY, value)   schema_version, version_counter
@@ -24,14 +25,9 @@
  *   leases(name PRIMARY KEY, holder, epoch, expires_at) WITHOUT ROWID
  *       a released or expired lease keeps its row (holder ''), so epochs
  *       only grow, across restarts too.
- *   rhema_rate(key PRIMARY KEY, n, t0, t1, t2, t3, rest, ok) WITHOUT ROWID
- *       rate()'s GCRA state: the key's number of windows, their tats (unix
- *       us; t[n..3] unused), the instant after which every tat has passed,
- *       and whether the last step allowed (what RETURNING reports).  Not
- *       data: backup() copies it along but restore() and the other calls
- *       ignore it.  An index on rest keeps the purge of rows at rest cheap.
- *       CREATE ... IF NOT EXISTS at open, so a database made before rate()
- *       gains it (schema_version stays 1: older plugins ignore the table).
+ *   An earlier version kept rate() state in a table rhema_rate (and its
+ *   index rhema_rate_rest); open drops them, in a transaction of their own,
+ *   logged once (schema_version stays 1: the table was never data).
  *
  * Versions come from meta.version_counter, incremented inside each write
  * transaction, so they strictly increase across all keys and survive
@@ -42,14 +38,16 @@
  * thing to another process on this host and after a restart.  rate() uses
  * the host's q->now_us.
  *
- * rate() is one statement (ST_RATE): an INSERT ... ON CONFLICT DO UPDATE
- * whose SET expressions are rhema_gcra_step() (../common/rate_table.c) in
- * SQL, RETURNING the outcome.  A writing statement takes the database's
- * write lock before it reads the row, so the step is atomic against every
- * connection and process on the file; like the other writes it runs under
- * the instance's write mutex and waits busy_timeout_ms for another
- * process (then RHEMA_EUNAVAIL).  Every RATE_PURGE_EVERY calls a
- * connection deletes up to RATE_PURGE_LIMIT rows at rest.
+ * rate() keeps its state outside the database, in `<path>-rate`
+ * (../common/rate_file.h), as SQLite keeps its WAL index in `<path>-shm`:
+ * a fixed table of rate_max_keys slots in a file every process that opens
+ * the database maps MAP_SHARED, under an OFD lock the kernel releases when
+ * a process dies.  A call is a hash, a few probes and rhema_gcra_step() in
+ * shared memory: no transaction, no WAL frame, no I/O, and it never waits
+ * for a writer of the database.  Every process and thread on this host
+ * that opens the database shares one limit; the state is not data
+ * (backup() and restore() leave it out, a bad or truncated file is
+ * reinitialized).  The file is opened at open(), beside the database.
  *
  * Threads: one sqlite3 connection per connect() (opened NOMUTEX: each is
  * used by one thread), every statement prepared once per connection with
@@ -101,6 +99,7 @@
 
 #include <rhema/storage.h>
 
+#include "../common/rate_file.h"
 #include "../common/rate_table.h"
 #include "../common/storage_check.h"
 
@@ -111,8 +110,7 @@
 #define SQ_ERRMSG_MAX 512
 #define CKPT_RESTART_AT 4 /* WAL size, in thresholds, that makes the checkpointer restart it */
 #define CKPT_BACKSTOP 8   /* WAL size, in thresholds, at which a writer restarts it itself */
-#define RATE_PURGE_EVERY 1024u  /* rate() calls of a connection between two purges */
-#define RATE_PURGE_LIMIT "4096" /* rows at rest a purge deletes at most: > RATE_PURGE_EVERY */
+#define RATE_MAX_KEYS 65536 /* default slots of the rate file */
 
 enum stmt_id {
     ST_BEGIN,
@@ -137,26 +135,10 @@ enum stmt_id {
     ST_LEASE_GET,
     ST_LEASE_PUT,
     ST_HEALTH,
-    ST_RATE,
-    ST_RATE_PURGE,
     ST__COUNT
 };
 
 #define LIVE "(expires_at = 0 OR expires_at > ?4)"
-/*
- * rate(): ?1 key, ?2 n, ?3 now, then interval and tolerance of each of the
- * 4 windows (?4 ?5, ?6 ?7, ?8 ?9, ?10 ?11); a window past n gets interval 0
- * and the largest tolerance, so it always conforms and never moves.  In the
- * SET clause a bare column is the stored row: a row of another n, or one
- * at rest, counts as absent (every tat = now).
- */
-#define RT_VALID "(n = ?2 AND rest > ?3)"
-#define RT_BASE(T) "(CASE WHEN " RT_VALID " THEN max(" T ", ?3) ELSE ?3 END)"
-#define RT_CONFORMS(T, TOL) "(" RT_BASE(T) " - ?3 <= " TOL ")"
-#define RT_OK                                                                                      \
-    "(" RT_CONFORMS("t0", "?5") " AND " RT_CONFORMS("t1", "?7") " AND " RT_CONFORMS(               \
-        "t2", "?9") " AND " RT_CONFORMS("t3", "?11") ")"
-#define RT_NEW(T, IV) "(" RT_BASE(T) " + CASE WHEN " RT_OK " THEN " IV " ELSE 0 END)"
 #define SCAN_SQL(BOUNDS)                                                                      \
     "SELECT key, value, version FROM kv WHERE ns = ?1" BOUNDS " AND " LIVE                   \
     " ORDER BY key LIMIT ?5"
@@ -189,18 +171,6 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_LEASE_PUT] = "INSERT OR REPLACE INTO leases(name, holder, epoch, expires_at) "
                      "VALUES (?1, ?2, ?3, ?4)",
     [ST_HEALTH] = "SELECT 1",
-    /* a key never seen (or forgotten) is always allowed: tats now + interval */
-    [ST_RATE] = "INSERT INTO rhema_rate(key, n, t0, t1, t2, t3, rest, ok) "
-                "VALUES (?1, ?2, ?3 + ?4, ?3 + ?6, ?3 + ?8, ?3 + ?10, "
-                "max(?3 + ?4, ?3 + ?6, ?3 + ?8, ?3 + ?10), 1) "
-                "ON CONFLICT(key) DO UPDATE SET n = ?2, "
-                "t0 = " RT_NEW("t0", "?4") ", t1 = " RT_NEW("t1", "?6") ", "
-                "t2 = " RT_NEW("t2", "?8") ", t3 = " RT_NEW("t3", "?10") ", "
-                "rest = max(?3, " RT_NEW("t0", "?4") ", " RT_NEW("t1", "?6") ", "
-                RT_NEW("t2", "?8") ", " RT_NEW("t3", "?10") "), ok = " RT_OK " "
-                "RETURNING ok, t0, t1, t2, t3",
-    [ST_RATE_PURGE] = "DELETE FROM rhema_rate WHERE key IN (SELECT key FROM rhema_rate "
-                      "WHERE rest <= ?1 LIMIT " RATE_PURGE_LIMIT ")",
 };
 
 static const char schema_sql[] =
@@ -214,12 +184,7 @@ static const char schema_sql[] =
     "CREATE INDEX IF NOT EXISTS kv_expires ON kv(expires_at) WHERE expires_at > 0;"
     "CREATE TABLE IF NOT EXISTS leases("
     "  name TEXT NOT NULL PRIMARY KEY COLLATE BINARY, holder TEXT NOT NULL,"
-    "  epoch INTEGER NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;"
-    "CREATE TABLE IF NOT EXISTS rhema_rate("
-    "  key TEXT NOT NULL PRIMARY KEY COLLATE BINARY, n INTEGER NOT NULL,"
-    "  t0 INTEGER NOT NULL, t1 INTEGER NOT NULL, t2 INTEGER NOT NULL, t3 INTEGER NOT NULL,"
-    "  rest INTEGER NOT NULL, ok INTEGER NOT NULL) WITHOUT ROWID;"
-    "CREATE INDEX IF NOT EXISTS rhema_rate_rest ON rhema_rate(rest);";
+    "  epoch INTEGER NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;";
 
 struct rhema_storage_instance {
     const struct rhema_host *host;
@@ -229,6 +194,8 @@ struct rhema_storage_instance {
     int64_t cache_size_kib;
     int64_t mmap_size_mib; /* reads through mmap: no pread per page after another conn wrote */
     int64_t page_size;     /* of a new database file */
+    int64_t rate_max_keys; /* slots of the rate file */
+    struct rhema_rate_file *rate; /* <path>-rate: rate()'s state */
     atomic_uint writes; /* across connections, for the purge cadence */
     /*
      * Serialises this process's write transactions.  SQLite would do it
@@ -259,7 +226,6 @@ struct rhema_storage_conn {
     int in_tx;           /* holds inst->write_lock inside BEGIN IMMEDIATE */
     int ver_loaded;      /* the version counter, read once per transaction */
     uint64_t ver_next;
-    unsigned rate_calls; /* for the purge of rate rows at rest */
 };
 
 /* ---- helpers ---- */
@@ -449,12 +415,18 @@ static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
 {
     const char *path = "rhema.db", *sync = "normal";
     int64_t busy = 5000, cache = 8192, mmap_mib = 256, page = 8192, ckpt = 1000;
+    int64_t rate_keys = RATE_MAX_KEYS;
 
     if (h->cfg_string(cfg, "path", &path) == RHEMA_EINVAL)
         return h->set_error(err, RHEMA_EINVAL, "%s: sqlite: path must be a string",
                             h->cfg_where(cfg, "path"));
     if (path[0] == '\0')
         return h->set_error(err, RHEMA_EINVAL, "%s: sqlite: path is empty",
+                            h->cfg_where(cfg, "path"));
+    if (strcmp(path, ":memory:") == 0) /* every connection would get a database of its own */
+        return h->set_error(err, RHEMA_EINVAL,
+                            "%s: sqlite: path ':memory:' is not supported (each connection would "
+                            "see its own empty database); use persistence.backend = \"memory\"",
                             h->cfg_where(cfg, "path"));
     if (h->cfg_string(cfg, "synchronous", &sync) == RHEMA_EINVAL)
         return h->set_error(err, RHEMA_EINVAL, "%s: sqlite: synchronous must be a string",
@@ -488,6 +460,14 @@ static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
         return h->set_error(err, RHEMA_EINVAL,
                             "%s: sqlite: checkpoint_pages must be an integer in 0..%d",
                             h->cfg_where(cfg, "checkpoint_pages"), INT_MAX / CKPT_BACKSTOP);
+    if (h->cfg_int(cfg, "rate_max_keys", &rate_keys) == RHEMA_EINVAL ||
+        rate_keys < RHEMA_RATE_FILE_CAPACITY_MIN ||
+        (uint64_t)rate_keys > RHEMA_RATE_FILE_CAPACITY_MAX)
+        return h->set_error(err, RHEMA_EINVAL,
+                            "%s: sqlite: rate_max_keys must be an integer in %d..%zu",
+                            h->cfg_where(cfg, "rate_max_keys"), RHEMA_RATE_FILE_CAPACITY_MIN,
+                            RHEMA_RATE_FILE_CAPACITY_MAX);
+    in->rate_max_keys = rate_keys;
     in->busy_timeout_ms = (int)busy;
     in->checkpoint_pages = (int)ckpt;
     in->cache_size_kib = cache;
@@ -496,6 +476,43 @@ static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
     in->path = strdup(path);
     if (in->path == NULL)
         return h->set_error(err, RHEMA_ENOMEM, "sqlite: out of memory");
+    return 0;
+}
+
+/*
+ * The table rhema_rate (and its index) of an earlier version, which kept
+ * rate() state in the database: dropped, in a transaction of its own, and
+ * logged (rate state is not data; the rate file holds it now).
+ */
+static int drop_rate_table(rhema_storage_instance *in, sqlite3 *db, char **err)
+{
+    sqlite3_stmt *st = NULL;
+    char *msg = NULL;
+    int rc, found = 0;
+    rc = sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                            "name = 'rhema_rate'", -1, &st, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        found = 1;
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return in->host->set_error(err, map_rc(rc), "sqlite: %s: looking for rhema_rate: %s",
+                                   in->path, sqlite3_errmsg(db));
+    if (!found)
+        return 0;
+    rc = sqlite3_exec(db, "BEGIN IMMEDIATE; DROP TABLE IF EXISTS rhema_rate; COMMIT", NULL, NULL,
+                      &msg);
+    if (rc != SQLITE_OK) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        rc = in->host->set_error(err, map_rc(rc), "sqlite: %s: dropping rhema_rate: %s", in->path,
+                                 msg != NULL ? msg : sqlite3_errmsg(db));
+        sqlite3_free(msg);
+        return rc;
+    }
+    if (in->host->log != NULL)
+        in->host->log(RHEMA_LOG_NOTICE, PLUGIN_NAME,
+                      "%s: dropped the table rhema_rate of an earlier version (rate limits now "
+                      "live in %s-rate)",
+                      in->path, in->path);
     return 0;
 }
 
@@ -561,10 +578,15 @@ static int init_schema(rhema_storage_instance *in, char **err)
                             NULL);
     if (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
         version = sqlite3_column_int64(st, 0);
-    if (version != SCHEMA_VERSION)
+    if (version != SCHEMA_VERSION) {
         ret = h->set_error(err, version > SCHEMA_VERSION ? RHEMA_ENOTSUP : RHEMA_ECORRUPT,
                            "sqlite: %s: schema_version %lld, this plugin knows %d", in->path,
                            (long long)version, SCHEMA_VERSION);
+        goto out;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    ret = drop_rate_table(in, db, err);
 out:
     sqlite3_free(msg);
     sqlite3_finalize(st);
@@ -753,12 +775,26 @@ static int sq_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
     rc = init_schema(in, err);
     if (rc != 0)
         goto fail;
+    {
+        char rpath[PATH_MAX], msg[SQ_ERRMSG_MAX];
+        if ((size_t)snprintf(rpath, sizeof rpath, "%s-rate", in->path) >= sizeof rpath) {
+            rc = host->set_error(err, RHEMA_EINVAL, "sqlite: %s: path too long", in->path);
+            goto fail;
+        }
+        rc = rhema_rate_file_open(rpath, (size_t)in->rate_max_keys, host, PLUGIN_NAME, &in->rate,
+                                  msg, sizeof msg);
+        if (rc != 0) {
+            rc = host->set_error(err, rc, "sqlite: %s", msg);
+            goto fail;
+        }
+    }
     if (host->log != NULL)
         host->log(RHEMA_LOG_INFO, PLUGIN_NAME, "opened %s (WAL, synchronous=%s, sqlite %s)",
                   in->path, in->synchronous, sqlite3_libversion());
     *out = in;
     return 0;
 fail:
+    rhema_rate_file_close(in->rate);
     pthread_mutex_destroy(&in->write_lock);
     pthread_mutex_destroy(&in->ckpt_lock);
     pthread_cond_destroy(&in->ckpt_cond);
@@ -773,6 +809,7 @@ static void sq_close(rhema_storage_instance *in)
     if (in == NULL)
         return;
     ckpt_stop(in);
+    rhema_rate_file_close(in->rate);
     pthread_mutex_destroy(&in->write_lock);
     pthread_mutex_destroy(&in->ckpt_lock);
     pthread_cond_destroy(&in->ckpt_cond);
@@ -1336,58 +1373,16 @@ static int sq_health(rhema_storage_conn *c, char **err)
 }
 
 /*
- * rate(): one ST_RATE statement (see the top of the file) under the write
- * mutex, and now and then a purge of rows at rest.
+ * rate(): one step in the rate file (see the top of the file).  No
+ * database lock, no write mutex: the file has its own locks.
  */
 static int sq_rate(rhema_storage_conn *c, struct rhema_rate_query *q)
 {
-    sqlite3_stmt *st = c->st[ST_RATE];
-    const char *why = rhema_rate_query_invalid(q);
-    int rc, i;
-    if (why != NULL) {
-        conn_error(c, "%s", why);
-        return RHEMA_EINVAL;
-    }
-    sqlite3_bind_text(st, 1, q->key, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, (int64_t)q->n);
-    sqlite3_bind_int64(st, 3, q->now_us);
-    for (i = 0; i < RHEMA_RATE_WINDOWS_MAX; i++) {
-        int used = (size_t)i < q->n;
-        sqlite3_bind_int64(st, 4 + 2 * i, used ? (int64_t)q->windows[i].interval_us : 0);
-        sqlite3_bind_int64(st, 5 + 2 * i,
-                           (int64_t)(used ? q->windows[i].tolerance_us : RHEMA_RATE_SPAN_MAX));
-    }
-    pthread_mutex_lock(&c->inst->write_lock);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        int allowed = sqlite3_column_int(st, 0);
-        int64_t tat[RHEMA_RATE_WINDOWS_MAX];
-        for (i = 0; i < RHEMA_RATE_WINDOWS_MAX; i++)
-            tat[i] = sqlite3_column_int64(st, 1 + i);
-        rc = sqlite3_step(st); /* the end of the statement commits it */
-        if (rc == SQLITE_DONE) {
-            q->allowed = allowed != 0;
-            for (i = 0; i < RHEMA_RATE_WINDOWS_MAX; i++)
-                q->tat_us[i] = (size_t)i < q->n ? tat[i] : q->now_us;
-        }
-    }
-    if (rc != SQLITE_DONE) {
-        rc = sq_fail(c, rc == SQLITE_ROW ? SQLITE_ERROR : rc, "rate");
-        sqlite3_reset(st);
-        pthread_mutex_unlock(&c->inst->write_lock);
-        return rc;
-    }
-    sqlite3_reset(st);
-    if (++c->rate_calls % RATE_PURGE_EVERY == 0) {
-        char saved[SQ_ERRMSG_MAX];
-        memcpy(saved, c->err, sizeof saved);
-        sqlite3_bind_int64(c->st[ST_RATE_PURGE], 1, q->now_us);
-        if (step_done(c, ST_RATE_PURGE, "rate purge") != 0 && c->inst->host->log != NULL)
-            c->inst->host->log(RHEMA_LOG_WARN, PLUGIN_NAME, "%s: %s", c->inst->path, c->err);
-        memcpy(c->err, saved, sizeof saved); /* the call itself succeeded */
-    }
-    pthread_mutex_unlock(&c->inst->write_lock);
-    return 0;
+    const char *why = NULL;
+    int rc = rhema_rate_file_apply(c->inst->rate, q, &why);
+    if (rc != 0)
+        conn_error(c, "%s", why != NULL ? why : "rate failed");
+    return rc;
 }
 
 static const char *sq_errmsg(rhema_storage_conn *c)

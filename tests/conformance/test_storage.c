@@ -18,8 +18,11 @@
  * the parent directory created, a bad `synchronous` refused with its
  * file:line, a backup that opens as a database holding the data, and the
  * background checkpointer (checkpoint_pages); and, when built with SQLite
- * (which they open directly), rate()'s table: added to a database made
- * before it, one limit for processes sharing the file, rows at rest purged.
+ * (which they open directly), rate()'s file (`<path>-rate`): the table
+ * rhema_rate of an earlier version dropped, one limit for processes
+ * sharing the file, a process killed while it holds the file's lock
+ * blocks nobody, a truncated or garbage file reinitialized, and a full
+ * table (rate_max_keys) forgetting the key that rests first.
  * The postgres and redis backends, when built with their client libraries,
  * get the same look at the server: a schema made before rate() gains its
  * table and rows at rest are purged (postgres); a state lives under the
@@ -27,7 +30,9 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -517,20 +522,23 @@ out:
 #define RATE_PROCS 3       /* processes sharing one database file */
 #define RATE_PROC_CALLS 40 /* calls each makes */
 #define RATE_PROC_BURST 9  /* tolerance in intervals: exactly 10 allowed in all */
-#define RATE_PURGE_CALLS 3000
+#define RATE_FULL_CALLS 3000
+#define RATE_FULL_KEYS 16 /* rate_max_keys of the eviction check */
+#define RATE_SLOT_SIZE 312 /* plugins/common/rate_file.h: a header page, then the slots */
 
-/* Open an instance on db and connect; 0 or a message in msg. */
-static int sq_open_at(const struct rhema_storage_plugin *vt, struct rhema_config *cfg,
-                      const char *db, rhema_storage_instance **inst, rhema_storage_conn **c,
-                      char *msg, size_t cap)
+/* Open an instance on db (with rate_max_keys when > 0) and connect; 0 or a message in msg. */
+static int sq_open_keys(const struct rhema_storage_plugin *vt, struct rhema_config *cfg,
+                        const char *db, int max_keys, rhema_storage_instance **inst,
+                        rhema_storage_conn **c, char *msg, size_t cap)
 {
-    char ov_path[700], *err = NULL;
-    const char *ov[] = {ov_path};
+    char ov_path[700], ov_keys[100], *err = NULL;
+    const char *ov[] = {ov_path, ov_keys};
     int rc;
     snprintf(ov_path, sizeof ov_path, "persistence.sqlite.path=%s", db);
+    snprintf(ov_keys, sizeof ov_keys, "persistence.sqlite.rate_max_keys=%d", max_keys);
     *inst = NULL;
     *c = NULL;
-    if (load_config(cfg, "sqlite", "rate", ov, 1) != 0) {
+    if (load_config(cfg, "sqlite", "rate", ov, max_keys > 0 ? 2 : 1) != 0) {
         snprintf(msg, cap, "configuration");
         return -1;
     }
@@ -547,6 +555,13 @@ static int sq_open_at(const struct rhema_storage_plugin *vt, struct rhema_config
         return -1;
     }
     return 0;
+}
+
+static int sq_open_at(const struct rhema_storage_plugin *vt, struct rhema_config *cfg,
+                      const char *db, rhema_storage_instance **inst, rhema_storage_conn **c,
+                      char *msg, size_t cap)
+{
+    return sq_open_keys(vt, cfg, db, 0, inst, c, msg, cap);
 }
 
 static void sq_close_at(const struct rhema_storage_plugin *vt, struct rhema_config *cfg,
@@ -589,36 +604,49 @@ static long long sq_query(const char *db, const char *sql)
 }
 
 /*
- * A database made before rate() (no rhema_rate table) gains the table when
- * the plugin opens it, and rate() works on it.
+ * The table rhema_rate (and its index) that an earlier version kept rate()
+ * state in is dropped when the plugin opens the database, and the state
+ * lives in <db>-rate, mode 0600.
  */
-static void sqlite_rate_schema(const struct rhema_storage_plugin *vt)
+static void sqlite_rate_old_table(const struct rhema_storage_plugin *vt)
 {
     struct rhema_config cfg;
     rhema_storage_instance *inst = NULL;
     rhema_storage_conn *c = NULL;
     struct rhema_rate_query q;
-    char db[600], msg[1024] = "";
+    struct stat st;
+    char db[600], rfile[620], msg[1024] = "";
     int rc;
     snprintf(db, sizeof db, "%s/rate-old.db", tmpdir);
+    snprintf(rfile, sizeof rfile, "%s-rate", db);
     if (sq_open_at(vt, &cfg, db, &inst, &c, msg, sizeof msg) != 0)
         goto out;
     sq_close_at(vt, &cfg, inst, c);
-    if (sq_query(db, "DROP TABLE rhema_rate") != 0 ||
-        sq_query(db, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'rhema_rate%'") != 0) {
-        snprintf(msg, sizeof msg, "could not make a database without rhema_rate");
+    if (sq_query(db, "CREATE TABLE rhema_rate(key TEXT NOT NULL PRIMARY KEY, n INTEGER NOT NULL,"
+                     " t0 INTEGER NOT NULL, t1 INTEGER NOT NULL, t2 INTEGER NOT NULL,"
+                     " t3 INTEGER NOT NULL, rest INTEGER NOT NULL, ok INTEGER NOT NULL)"
+                     " WITHOUT ROWID") != 0 ||
+        sq_query(db, "CREATE INDEX rhema_rate_rest ON rhema_rate(rest)") != 0 ||
+        sq_query(db, "INSERT INTO rhema_rate VALUES ('old', 1, 1, 1, 1, 1, 1, 1)") != 0 ||
+        sq_query(db, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'rhema_rate%'") != 2) {
+        snprintf(msg, sizeof msg, "could not make a database with the old rhema_rate table");
         goto out;
     }
     if (sq_open_at(vt, &cfg, db, &inst, &c, msg, sizeof msg) != 0)
         goto out;
     if ((rc = rate_once(vt, c, "old-db", RATE_HOUR_US, 0, 0, &q)) != 0 || q.allowed != 1)
-        snprintf(msg, sizeof msg, "rate on a database made before rate(): %s, allowed %d: %s",
+        snprintf(msg, sizeof msg, "rate on a database of an earlier version: %s, allowed %d: %s",
                  rhema_strerror(rc), q.allowed, vt->errmsg(c));
     sq_close_at(vt, &cfg, inst, c);
-    if (!msg[0] && sq_query(db, "SELECT count(*) FROM rhema_rate WHERE key = 'old-db'") != 1)
-        snprintf(msg, sizeof msg, "the reopened database has no rhema_rate row for the key");
+    if (!msg[0] &&
+        sq_query(db, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'rhema_rate%'") != 0)
+        snprintf(msg, sizeof msg, "rhema_rate or its index is still in the database");
+    else if (!msg[0] && (stat(rfile, &st) != 0 || !S_ISREG(st.st_mode)))
+        snprintf(msg, sizeof msg, "no rate file %s", rfile);
+    else if (!msg[0] && (st.st_mode & 0777) != 0600)
+        snprintf(msg, sizeof msg, "%s has mode %o, want 600", rfile, (unsigned)(st.st_mode & 0777));
 out:
-    tap("sqlite", "rate: an existing database gains the table",
+    tap("sqlite", "rate: an earlier version's rhema_rate table is dropped, the state in <db>-rate",
         msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
 }
 
@@ -688,41 +716,233 @@ out:
 }
 
 /*
- * Rows at rest do not pile up: RATE_PURGE_CALLS keys of a 1 us interval
- * (at rest one us later; the host's now is stepped by hand) leave fewer
- * rows than one purge period of calls, and a key not at rest stays.
+ * A process killed (SIGKILL) while it holds the rate file's lock leaves it
+ * unlocked: the kernel drops an OFD lock with its last descriptor.  A
+ * child takes the lock, the parent checks that it is held, kills the
+ * child, and then a rate() (in another child, bounded by alarm()) must
+ * answer.
  */
-static void sqlite_rate_purge(const struct rhema_storage_plugin *vt)
+static void sqlite_rate_crashed_holder(const struct rhema_storage_plugin *vt)
 {
     struct rhema_config cfg;
     rhema_storage_instance *inst = NULL;
     rhema_storage_conn *c = NULL;
     struct rhema_rate_query q;
-    char db[600], key[32], msg[1024] = "";
-    int64_t now = (int64_t)(rhema_host_get()->realtime_ns() / 1000u);
-    long long rows;
-    int i, rc = 0;
-    snprintf(db, sizeof db, "%s/rate-purge.db", tmpdir);
-    if (sq_open_at(vt, &cfg, db, &inst, &c, msg, sizeof msg) != 0)
+    struct flock fl;
+    char db[600], rfile[620], msg[1024] = "", b;
+    int ready[2], fd = -1, st = 0;
+    pid_t holder = -1, caller;
+    snprintf(db, sizeof db, "%s/rate-crash.db", tmpdir);
+    snprintf(rfile, sizeof rfile, "%s-rate", db);
+    if (sq_open_at(vt, &cfg, db, &inst, &c, msg, sizeof msg) != 0) /* makes the rate file */
         goto out;
-    rc = rate_once(vt, c, "kept", RATE_HOUR_US, 0, now, &q);
-    for (i = 0; i < RATE_PURGE_CALLS && rc == 0; i++) {
-        snprintf(key, sizeof key, "idle-%d", i);
-        rc = rate_once(vt, c, key, 1, 0, now + 10 * (i + 1), &q);
+    sq_close_at(vt, &cfg, inst, c);
+    if (pipe(ready) != 0) {
+        snprintf(msg, sizeof msg, "pipe: %s", strerror(errno));
+        goto out;
+    }
+    fflush(stdout);
+    holder = fork();
+    if (holder == 0) {
+        struct flock w = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+        int hfd = open(rfile, O_RDWR);
+        if (hfd < 0 || fcntl(hfd, F_OFD_SETLKW, &w) != 0)
+            _exit(1);
+        (void)!write(ready[1], "x", 1);
+        for (;;)
+            pause();
+    }
+    close(ready[1]);
+    if (holder < 0 || read(ready[0], &b, 1) != 1) {
+        close(ready[0]);
+        snprintf(msg, sizeof msg, "the child could not take the lock");
+        goto out;
+    }
+    close(ready[0]);
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    if ((fd = open(rfile, O_RDWR)) < 0 || fcntl(fd, F_OFD_GETLK, &fl) != 0 ||
+        fl.l_type == F_UNLCK) {
+        snprintf(msg, sizeof msg, "the child's lock on %s is not seen", rfile);
+        goto out;
+    }
+    kill(holder, SIGKILL);
+    waitpid(holder, NULL, 0);
+    holder = -1;
+    fflush(stdout);
+    caller = fork();
+    if (caller == 0) {
+        char m[256];
+        alarm(60); /* a lock left behind would block forever */
+        if (sq_open_at(vt, &cfg, db, &inst, &c, m, sizeof m) != 0)
+            _exit(2);
+        int rc = rate_once(vt, c, "after-crash", RATE_HOUR_US, 0, 0, &q);
+        _exit(rc == 0 && q.allowed == 1 ? 0 : 3);
+    }
+    if (caller < 0 || waitpid(caller, &st, 0) != caller)
+        snprintf(msg, sizeof msg, "fork/wait of the caller failed");
+    else if (WIFSIGNALED(st))
+        snprintf(msg, sizeof msg, "rate() after the holder was killed: signal %d (blocked?)",
+                 WTERMSIG(st));
+    else if (WEXITSTATUS(st) != 0)
+        snprintf(msg, sizeof msg, "rate() after the holder was killed failed (%d)",
+                 WEXITSTATUS(st));
+out:
+    if (holder > 0) {
+        kill(holder, SIGKILL);
+        waitpid(holder, NULL, 0);
+    }
+    if (fd >= 0)
+        close(fd);
+    tap("sqlite", "rate: a process killed holding the rate file's lock blocks nobody",
+        msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+}
+
+/* Replace the rate file by `len` bytes of `fill` (0: cut it to its first len bytes). */
+static int spoil(const char *rfile, size_t len, int fill)
+{
+    char buf[4096];
+    int fd = open(rfile, fill ? O_WRONLY | O_TRUNC : O_WRONLY);
+    if (fd < 0)
+        return -1;
+    memset(buf, fill, sizeof buf);
+    for (size_t done = 0; fill && done < len; done += sizeof buf)
+        if (write(fd, buf, len - done < sizeof buf ? len - done : sizeof buf) < 0)
+            break;
+    if (!fill && ftruncate(fd, (off_t)len) != 0) {
+        close(fd);
+        return -1;
+    }
+    return close(fd);
+}
+
+/*
+ * A rate file cut short (its header kept), or overwritten with garbage of its own size, is
+ * reinitialized at open: rate() works, the party starts afresh, and the
+ * file has its size again.
+ */
+static void sqlite_rate_spoilt_file(const struct rhema_storage_plugin *vt)
+{
+    struct rhema_config cfg;
+    rhema_storage_instance *inst = NULL;
+    rhema_storage_conn *c = NULL;
+    struct rhema_rate_query q;
+    char db[600], rfile[620], msg[1024] = "";
+    long long size = 0;
+    int rc, round;
+    snprintf(db, sizeof db, "%s/rate-spoilt.db", tmpdir);
+    snprintf(rfile, sizeof rfile, "%s-rate", db);
+    for (round = 0; round < 3 && !msg[0]; round++) {
+        if (sq_open_at(vt, &cfg, db, &inst, &c, msg, sizeof msg) != 0)
+            break;
+        /* tolerance 0: a second call within the hour is refused unless the state was reset */
+        rc = rate_once(vt, c, "spoilt", RATE_HOUR_US, 0, 0, &q);
+        if (rc != 0 || q.allowed != 1)
+            snprintf(msg, sizeof msg, "round %d: first call: %s, allowed %d: %s", round,
+                     rhema_strerror(rc), q.allowed, vt->errmsg(c));
+        else if ((rc = rate_once(vt, c, "spoilt", RATE_HOUR_US, 0, 0, &q)) != 0 || q.allowed != 0)
+            snprintf(msg, sizeof msg, "round %d: second call: %s, allowed %d (want refused)",
+                     round, rhema_strerror(rc), q.allowed);
+        sq_close_at(vt, &cfg, inst, c);
+        if (round == 0)
+            size = file_size(rfile);
+        if (!msg[0] && round < 2 &&
+            spoil(rfile, round == 0 ? 4096 + 100 : (size_t)size, round == 0 ? 0 : 0x5a) != 0)
+            snprintf(msg, sizeof msg, "could not spoil %s: %s", rfile, strerror(errno));
+    }
+    if (!msg[0] && (size <= 4096 || file_size(rfile) != size))
+        snprintf(msg, sizeof msg, "%s is %lld bytes after reinitialization, was %lld", rfile,
+                 file_size(rfile), size);
+    tap("sqlite", "rate: a truncated or garbage rate file is reinitialized",
+        msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+}
+
+/*
+ * rate_max_keys sets the table's size: with 16 slots, RATE_FULL_CALLS new
+ * parties at once each take the slot of a party that rests sooner than
+ * "kept" (whose tat runs a day ahead), so "kept" is never forgotten: a
+ * second call of it is still refused.  The file is one header page and 16
+ * slots.
+ */
+static void sqlite_rate_full(const struct rhema_storage_plugin *vt)
+{
+    struct rhema_config cfg;
+    rhema_storage_instance *inst = NULL;
+    rhema_storage_conn *c = NULL;
+    struct rhema_rate_query q;
+    char db[600], rfile[620], key[32], msg[1024] = "";
+    int64_t now = (int64_t)(rhema_host_get()->realtime_ns() / 1000u);
+    int i, rc = 0, allowed = 0;
+    snprintf(db, sizeof db, "%s/rate-full.db", tmpdir);
+    snprintf(rfile, sizeof rfile, "%s-rate", db);
+    if (sq_open_keys(vt, &cfg, db, RATE_FULL_KEYS, &inst, &c, msg, sizeof msg) != 0)
+        goto out;
+    rc = rate_once(vt, c, "kept", 24 * RATE_HOUR_US, 0, now, &q);
+    for (i = 0; i < RATE_FULL_CALLS && rc == 0; i++) {
+        snprintf(key, sizeof key, "party-%d", i);
+        rc = rate_once(vt, c, key, RATE_HOUR_US, 0, now, &q);
+        allowed += rc == 0 && q.allowed == 1;
     }
     if (rc != 0)
         snprintf(msg, sizeof msg, "rate: %s: %s", rhema_strerror(rc), vt->errmsg(c));
+    else if (allowed != RATE_FULL_CALLS)
+        snprintf(msg, sizeof msg, "%d of %d new parties allowed", allowed, RATE_FULL_CALLS);
+    else if ((rc = rate_once(vt, c, "kept", 24 * RATE_HOUR_US, 0, now + 1, &q)) != 0 ||
+             q.allowed != 0)
+        snprintf(msg, sizeof msg, "\"kept\" was forgotten (allowed %d, %s)", q.allowed,
+                 rhema_strerror(rc));
+    else if ((rc = rate_once(vt, c, "party-0", RATE_HOUR_US, 0, now + 1, &q)) != 0 ||
+             q.allowed != 1)
+        snprintf(msg, sizeof msg, "party-0 was remembered in a full table of %d (allowed %d)",
+                 RATE_FULL_KEYS, q.allowed);
+    else if (file_size(rfile) != 4096 + RATE_FULL_KEYS * RATE_SLOT_SIZE)
+        snprintf(msg, sizeof msg, "%s is %lld bytes, want %d", rfile, file_size(rfile),
+                 4096 + RATE_FULL_KEYS * RATE_SLOT_SIZE);
     sq_close_at(vt, &cfg, inst, c);
-    if (msg[0])
-        goto out;
-    rows = sq_query(db, "SELECT count(*) FROM rhema_rate");
-    if (rows < 1 || rows >= 1024)
-        snprintf(msg, sizeof msg, "%lld rows after %d keys came to rest, want 1..1023", rows,
-                 RATE_PURGE_CALLS);
-    else if (sq_query(db, "SELECT count(*) FROM rhema_rate WHERE key = 'kept'") != 1)
-        snprintf(msg, sizeof msg, "the purge deleted a key that was not at rest");
 out:
-    tap("sqlite", "rate: rows at rest are purged", msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+    tap("sqlite", "rate: rate_max_keys bounds the table, a full one forgets what rests first",
+        msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+}
+/*
+ * Settings of the rate file refused at open with EINVAL, naming the key
+ * and where it was set: rate_max_keys out of 16..16777216 (or not an
+ * integer), and path ':memory:' (each connection would get a database of
+ * its own).
+ */
+static void sqlite_rate_bad_settings(const struct rhema_storage_plugin *vt)
+{
+    static const char *const bad[][2] = {
+        {"persistence.sqlite.rate_max_keys=15", "rate_max_keys"},
+        {"persistence.sqlite.rate_max_keys=16777217", "rate_max_keys"},
+        {"persistence.sqlite.rate_max_keys=\"many\"", "rate_max_keys"},
+        {"persistence.sqlite.path=\":memory:\"", "path"},
+    };
+    char ov_path[700], msg[1024] = "";
+    snprintf(ov_path, sizeof ov_path, "persistence.sqlite.path=%s/rate-bad.db", tmpdir);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0] && !msg[0]; i++) {
+        const char *ov[] = {ov_path, bad[i][0]};
+        struct rhema_config cfg;
+        rhema_storage_instance *inst = NULL;
+        char *err = NULL, where[512];
+        if (load_config(&cfg, "sqlite", "rate: bad rate settings refused", ov, 2) != 0)
+            return;
+        const struct rhema_cfg *group = rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, "sqlite");
+        snprintf(where, sizeof where, "%s", rhema_cfg_where(group, bad[i][1]));
+        int rc = vt->open(rhema_host_get(), group, &inst, &err);
+        if (rc == 0) {
+            vt->close(inst);
+            snprintf(msg, sizeof msg, "open accepted %s", bad[i][0]);
+        } else if (rc != RHEMA_EINVAL || err == NULL || strstr(err, bad[i][1]) == NULL ||
+                   strstr(err, where) == NULL) {
+            snprintf(msg, sizeof msg, "%s: %s: '%s' (want EINVAL naming %s and %s)", bad[i][0],
+                     rhema_strerror(rc), err ? err : "", bad[i][1], where);
+        }
+        free(err);
+        rhema_config_release(&cfg);
+    }
+    tap("sqlite", "rate: bad rate settings refused", msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS,
+        msg);
 }
 #endif /* RHEMA_HAVE_SQLITE */
 
@@ -975,9 +1195,12 @@ static void run_backend(struct rhema_plugin_registry *reg, const char *backend)
         sqlite_dirs_and_backup(vt);
         sqlite_checkpointer(vt);
 #ifdef RHEMA_HAVE_SQLITE
-        sqlite_rate_schema(vt);
+        sqlite_rate_old_table(vt);
         sqlite_rate_processes(vt);
-        sqlite_rate_purge(vt);
+        sqlite_rate_crashed_holder(vt);
+        sqlite_rate_spoilt_file(vt);
+        sqlite_rate_full(vt);
+        sqlite_rate_bad_settings(vt);
 #endif
     }
 #ifdef RHEMA_HAVE_HIREDIS
