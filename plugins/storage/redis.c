@@ -688,9 +688,12 @@ static int open_context(rhema_storage_conn *c, int *auth_failed)
 
     *auth_failed = 0;
     if (in->tls != NULL) {
-        int fd;
-        if (rd_tls_relay_open(in->tls, in->server, in->port, in->tls_name, in->timeout_ms,
-                              &relay, &fd, c->down, sizeof c->down) != 0)
+        int fd, failed;
+        sigpipe_block(&g); /* the handshake writes to the server's socket */
+        failed = rd_tls_relay_open(in->tls, in->server, in->port, in->tls_name, in->timeout_ms,
+                                   &relay, &fd, c->down, sizeof c->down) != 0;
+        sigpipe_restore(&g);
+        if (failed)
             return -1;
         ctx = redisConnectFd(fd);
         if (ctx == NULL)

@@ -1,7 +1,9 @@
 """
 TLS and mutual TLS on the API listener (issue 9 item 6; doc/security.md
 "TLS"): a throwaway CA, server and client certificates made with the
-openssl CLI, and clients from Python's ssl module.
+openssl CLI, and clients from Python's ssl module.  Then the backends over
+TLS: a throwaway PostgreSQL with ssl = on, and redis-server on a TLS port
+for the redis plugin's relay (plugins/storage/redis_tls.c).
 """
 
 import hashlib
@@ -579,6 +581,18 @@ def test_redis_backend_over_tls_and_reconnect(tmp_path, pki, redis_tls, made):
     s, _, rec = d.json("PUT", "/v1/sessions/over-redis-tls", session_body())
     assert s == 201, rec
     assert d.json("GET", "/v1/sessions/over-redis-tls")[2]["topic"] == "over TLS"
+    # a server that stops answering: hiredis' command timeout (a socket option
+    # on its end of the socketpair) still fires, the call fails, and the
+    # connection is replaced once the server answers again
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        assert d.request("GET", "/v1/sessions/over-redis-tls").status >= 500
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+
+    def answers():
+        return d.request("GET", "/v1/sessions/over-redis-tls").status == 200
+    assert wait_until(answers, 30, step=0.2) is True, d.log()
     # the server dies under the running daemon: calls fail, then succeed over
     # a new TLS connection once it is back (appendonly: the session survived)
     server.kill()
