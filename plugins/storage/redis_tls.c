@@ -70,12 +70,29 @@ static void ssl_reason(char *buf, size_t cap, const char *fallback)
         snprintf(buf, cap, "%s", fallback);
 }
 
+/* 0 when path can be opened for reading, or -1 with "key 'path': strerror" in why. */
+static int readable(const char *key, const char *path, char *why, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        snprintf(why, cap, "%s '%s': %s", key, path, strerror(errno));
+        return -1;
+    }
+    fclose(f);
+    return 0;
+}
+
 int rd_tls_ctx_new(const char *ca_file, const char *cert_file, const char *key_file, SSL_CTX **out,
                    char *why, size_t cap)
 {
     char reason[256];
     SSL_CTX *ctx;
 
+    /* OpenSSL says "system lib" for a missing file: name the errno first */
+    if ((ca_file[0] != '\0' && readable("tls_ca_file", ca_file, why, cap) != 0) ||
+        (cert_file[0] != '\0' && readable("tls_cert_file", cert_file, why, cap) != 0) ||
+        (key_file[0] != '\0' && readable("tls_key_file", key_file, why, cap) != 0))
+        return -1;
     ERR_clear_error();
     ctx = SSL_CTX_new(TLS_client_method());
     if (ctx == NULL) {
@@ -427,8 +444,13 @@ int rd_tls_relay_open(SSL_CTX *ctx, const char *host, int port, const char *serv
             int w = wait_fd(r->net_fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, &deadline);
             if (w > 0)
                 continue;
-            snprintf(why, cap, "TLS handshake with %s:%d: %s", host, port,
-                     w == 0 ? "timed out" : strerror(errno));
+            if (w == 0)
+                snprintf(why, cap,
+                         "TLS handshake with %s:%d: no answer in %d ms (is it a "
+                         "TLS port? a plain Redis port waits for a command)",
+                         host, port, timeout_ms);
+            else
+                snprintf(why, cap, "TLS handshake with %s:%d: %s", host, port, strerror(errno));
             goto fail;
         }
         handshake_reason(r->ssl, e, saved_errno, reason, sizeof reason);
