@@ -490,10 +490,11 @@ REDIS_SERVER = shutil.which("redis-server")
 class RedisTls:
     """A redis-server taking TLS only (--port 0) on 127.0.0.1, in a temp dir."""
 
-    def __init__(self, directory, pki, auth_clients="no", protocols="TLSv1.2 TLSv1.3"):
+    def __init__(self, directory, pki, auth_clients="no", protocols="TLSv1.2 TLSv1.3",
+                 cert=None):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.cert, self.key = pki["ca"].server("redis-server")
+        self.cert, self.key = cert or pki["ca"].server("redis-server")
         self.ca = pki["ca"].cert
         self.auth_clients = auth_clients
         self.protocols = protocols
@@ -550,8 +551,9 @@ def redis_tls(tmp_path, pki):
         pytest.skip("redis-server or the redis plugin is not available")
     servers = []
 
-    def make(auth_clients="no", protocols="TLSv1.2 TLSv1.3"):
-        s = RedisTls(tmp_path / f"redis{len(servers)}", pki, auth_clients, protocols).start()
+    def make(auth_clients="no", protocols="TLSv1.2 TLSv1.3", cert=None):
+        s = RedisTls(tmp_path / f"redis{len(servers)}", pki, auth_clients, protocols,
+                     cert).start()
         servers.append(s)
         return s
     yield make
@@ -713,3 +715,22 @@ def test_redis_conformance_over_tls(tmp_path, pki, redis_tls):
     assert len(passed) >= 50, run.stdout
     assert len(skipped) == 1 and "needs plain TCP" in skipped[0], skipped
     assert "over TLS" in run.stderr
+
+
+def test_redis_tls_server_name(tmp_path, pki, redis_tls, made):
+    """A certificate for a DNS name only: tls_server_name names it (checked, and sent
+    as SNI) while host stays an address; without it the address is checked and refused."""
+    cert = pki["ca"].issue("redis-dns", "/CN=redis.test",
+                           "subjectAltName=DNS:redis.test\nextendedKeyUsage=serverAuth")
+    server = redis_tls(cert=cert)
+    ca = pki["ca"].cert
+    log = refused_at_start(tmp_path, "redis-by-address", redis_conf(server, tls=True,
+                                                                  tls_ca_file=ca))
+    assert "certificate verify failed: IP address mismatch" in log, log
+    d = Daemon(tmp_path, name="redis-by-name",
+               config=redis_conf(server, tls=True, tls_ca_file=ca, tls_server_name="redis.test"))
+    made.append(d)
+    d.start()
+    s, _, rec = d.json("PUT", "/v1/sessions/by-name", session_body())
+    assert s == 201, rec
+    assert d.json("GET", "/v1/sessions/by-name")[2]["topic"] == "over TLS"
