@@ -17,6 +17,21 @@
  *                            holds the password (not both)
  *   prefix     = "rhema:";   every key the plugin creates starts with it
  *   timeout_ms = 2000;       connect and per-command socket timeout
+ *   tls        = false;      TLS to the server (names after redis-cli's
+ *                            options), always verified:
+ *   tls_ca_file = "";        the CAs to trust; the system store when empty
+ *   tls_cert_file = "";      a client certificate (chain), for servers with
+ *   tls_key_file = "";       `tls-auth-clients yes`: both or neither
+ *   tls_server_name = "";    the name (or IP address) the certificate must
+ *                            carry, and the SNI; `host` when empty
+ *
+ * TLS: Debian 12's hiredis (0.14) has no TLS, so redis_tls.c dials the
+ * server, verifies the handshake (TLS 1.2 at least) and relays bytes
+ * between an OpenSSL connection and a socketpair whose other end hiredis
+ * gets with redisConnectFd(); hiredis' timeouts, the fault handling below
+ * and the reconnect path are the same as over plain TCP.  The flat tls_*
+ * names (not a tls = { } group) because the host's cfg_* getters read the
+ * plugin group's own members only.
  *
  * Data layout (P is the prefix; a namespace never contains '/', so every
  * name below is unambiguous):
@@ -118,11 +133,13 @@
 #include <unistd.h>
 
 #include <hiredis/hiredis.h>
+#include <openssl/ssl.h>
 
 #include <rhema/storage.h>
 
 #include "../common/rate_table.h"
 #include "../common/storage_check.h"
+#include "redis_tls.h"
 
 #define PLUGIN_NAME "redis"
 #define RD_ERRMSG_MAX 512
@@ -362,11 +379,14 @@ struct rhema_storage_instance {
     const char *prefix;
     size_t prefix_len;
     int timeout_ms;
+    SSL_CTX *tls;              /* NULL: plain TCP */
+    const char *tls_name;      /* the name the server's certificate must carry */
 };
 
 struct rhema_storage_conn {
     rhema_storage_instance *inst;
     redisContext *ctx;        /* NULL while disconnected */
+    struct rd_tls_relay *relay; /* with TLS: ctx's transport, joined after redisFree */
     char sha[SC__COUNT][41];  /* of each loaded script */
     uint64_t retry_at_ns;     /* no reconnect attempt before (monotonic) */
     unsigned backoff_ms;      /* wait after the next failed attempt */
@@ -374,7 +394,7 @@ struct rhema_storage_conn {
     redisReply *held;         /* get()'s reply: valid until the next call */
     redisReply **held_many;   /* get_many()'s replies, held_n of them, as long */
     size_t held_n, held_cap;
-    char down[256];           /* why the last connect attempt failed */
+    char down[384];           /* why the last connect attempt failed */
     char err[RD_ERRMSG_MAX];
 };
 
@@ -640,6 +660,16 @@ static int setup_command(rhema_storage_conn *c, redisContext *ctx, int argc, con
 }
 
 /*
+ * Free a context and then its TLS relay (NULL for TCP), which its close
+ * stops; the relay's reason for a lost server, if any, replaces why.
+ */
+static void context_free(redisContext *ctx, struct rd_tls_relay *relay, char *why, size_t cap)
+{
+    redisFree(ctx);
+    rd_tls_relay_close(relay, why, cap);
+}
+
+/*
  * Open a new context: connect with the timeout, AUTH, SELECT, SCRIPT LOAD.
  * 0 with c->ctx set, or -1 with the reason in c->down.  *auth_failed is
  * set when the server refused the password or the database (a
@@ -651,24 +681,40 @@ static int open_context(rhema_storage_conn *c, int *auth_failed)
     struct timeval tv = {.tv_sec = in->timeout_ms / 1000,
                          .tv_usec = (in->timeout_ms % 1000) * 1000};
     struct sigpipe_guard g;
+    struct rd_tls_relay *relay = NULL;
     redisContext *ctx;
     char db[24];
     int i, rc = -1;
 
     *auth_failed = 0;
-    ctx = redisConnectWithTimeout(in->server, in->port, tv);
+    if (in->tls != NULL) {
+        int fd, failed;
+        sigpipe_block(&g); /* the handshake writes to the server's socket */
+        failed = rd_tls_relay_open(in->tls, in->server, in->port, in->tls_name, in->timeout_ms,
+                                   &relay, &fd, c->down, sizeof c->down) != 0;
+        sigpipe_restore(&g);
+        if (failed)
+            return -1;
+        ctx = redisConnectFd(fd);
+        if (ctx == NULL)
+            close(fd);
+    } else {
+        ctx = redisConnectWithTimeout(in->server, in->port, tv);
+    }
     if (ctx == NULL) {
         snprintf(c->down, sizeof c->down, "connect to %s:%d: out of memory", in->server, in->port);
+        rd_tls_relay_close(relay, NULL, 0);
         return -1;
     }
     if (ctx->err) {
         snprintf(c->down, sizeof c->down, "connect to %s:%d: %s", in->server, in->port,
                  ctx->errstr);
-        redisFree(ctx);
+        context_free(ctx, relay, NULL, 0);
         return -1;
     }
     redisSetTimeout(ctx, tv);
-    redisEnableKeepAlive(ctx);
+    if (relay == NULL)
+        redisEnableKeepAlive(ctx); /* TCP only: the relay's socket has it already */
     sigpipe_block(&g);
     if (in->password[0] != '\0') {
         const char *argv[2] = {"AUTH", in->password};
@@ -708,26 +754,37 @@ static int open_context(rhema_storage_conn *c, int *auth_failed)
 out:
     sigpipe_restore(&g);
     if (rc != 0) {
-        redisFree(ctx);
+        char why[256] = "";
+        context_free(ctx, relay, why, sizeof why);
+        if (why[0] != '\0') {
+            size_t n = strlen(c->down);
+            snprintf(c->down + n, sizeof c->down - n, " (%s)", why);
+        }
         return rc;
     }
     c->ctx = ctx;
+    c->relay = relay;
     return 0;
 }
 
-/* Forget a broken context; the next call reconnects at once. */
+/*
+ * Forget a broken context; the next call reconnects at once.  With TLS the
+ * relay's reason (a TLS alert, a reset) replaces hiredis' "connection lost".
+ */
 static void drop_context(rhema_storage_conn *c, const char *why)
 {
     if (c->ctx == NULL)
         return;
+    /* why may be the context's errstr: copy it before the free, log the copy */
     snprintf(c->down, sizeof c->down, "%s", why);
-    redisFree(c->ctx);
+    context_free(c->ctx, c->relay, c->down, sizeof c->down);
     c->ctx = NULL;
+    c->relay = NULL;
     c->retry_at_ns = 0;
     c->backoff_ms = BACKOFF_MIN_MS;
     if (!c->was_lost && c->inst->host->log != NULL)
         c->inst->host->log(RHEMA_LOG_WARN, PLUGIN_NAME, "connection to %s:%d lost: %s",
-                           c->inst->server, c->inst->port, why);
+                           c->inst->server, c->inst->port, c->down);
     c->was_lost = 1;
 }
 
@@ -905,11 +962,53 @@ static int rd_script(rhema_storage_conn *c, struct args *a, enum script_id id, i
 
 /* ---- lifecycle ---- */
 
+/*
+ * The tls_* keys: with tls on, build in->tls (loading the CA, the client
+ * certificate and key now, so a bad file stops the start with its name);
+ * with tls off, a tls_* key that is set is refused rather than ignored.
+ */
+static int read_tls_config(rhema_storage_instance *in, const struct rhema_host *h,
+                           const struct rhema_cfg *cfg, const char *server, char **err)
+{
+    static const char *const keys[] = {"tls_ca_file", "tls_cert_file", "tls_key_file",
+                                       "tls_server_name"};
+    const char *val[4] = {"", "", "", ""};
+    char why[512];
+    int enabled = 0;
+    size_t i;
+
+    if (h->cfg_bool(cfg, "tls", &enabled) == RHEMA_EINVAL)
+        return h->set_error(err, RHEMA_EINVAL, "%s: redis: tls must be true or false",
+                            h->cfg_where(cfg, "tls"));
+    for (i = 0; i < 4; i++) {
+        if (h->cfg_string(cfg, keys[i], &val[i]) == RHEMA_EINVAL)
+            return h->set_error(err, RHEMA_EINVAL, "%s: redis: %s must be a string",
+                                h->cfg_where(cfg, keys[i]), keys[i]);
+        if (!enabled && val[i][0] != '\0')
+            return h->set_error(err, RHEMA_EINVAL,
+                                "%s: redis: %s is set but tls is not true; set tls = true "
+                                "or remove it",
+                                h->cfg_where(cfg, keys[i]), keys[i]);
+    }
+    if (!enabled)
+        return 0;
+    if ((val[1][0] != '\0') != (val[2][0] != '\0'))
+        return h->set_error(err, RHEMA_EINVAL,
+                            "%s: redis: tls_cert_file and tls_key_file go together: set both "
+                            "or neither",
+                            h->cfg_where(cfg, val[1][0] ? "tls_cert_file" : "tls_key_file"));
+    if (rd_tls_ctx_new(val[0], val[1], val[2], &in->tls, why, sizeof why) != 0)
+        return h->set_error(err, RHEMA_EINVAL, "%s: redis: %s", h->cfg_where(cfg, NULL), why);
+    in->tls_name = val[3][0] != '\0' ? val[3] : server;
+    return 0;
+}
+
 static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
                        const struct rhema_cfg *cfg, char **err)
 {
     const char *server = "127.0.0.1", *password = "", *password_env = "", *prefix = "rhema:";
     int64_t port = 6379, database = 0, timeout = 2000;
+    int rc;
 
     if (h->cfg_string(cfg, "host", &server) == RHEMA_EINVAL)
         return h->set_error(err, RHEMA_EINVAL, "%s: redis: host must be a string",
@@ -956,6 +1055,9 @@ static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
         return h->set_error(err, RHEMA_EINVAL,
                             "%s: redis: timeout_ms must be an integer in 1..600000",
                             h->cfg_where(cfg, "timeout_ms"));
+    rc = read_tls_config(in, h, cfg, server, err);
+    if (rc != 0)
+        return rc;
     in->server = server;
     in->port = (int)port;
     in->database = database;
@@ -973,7 +1075,7 @@ static void rd_disconnect(rhema_storage_conn *c)
     release_held(c);
     free(c->held_many);
     if (c->ctx != NULL)
-        redisFree(c->ctx);
+        context_free(c->ctx, c->relay, NULL, 0);
     free(c);
 }
 
@@ -1020,17 +1122,21 @@ static int rd_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
     }
     rd_disconnect(probe);
     if (host->log != NULL)
-        host->log(RHEMA_LOG_INFO, PLUGIN_NAME, "using %s:%d database %lld prefix '%s'",
-                  in->server, in->port, (long long)in->database, in->prefix);
+        host->log(RHEMA_LOG_INFO, PLUGIN_NAME, "using %s:%d%s database %lld prefix '%s'",
+                  in->server, in->port, in->tls ? " over TLS" : "", (long long)in->database,
+                  in->prefix);
     *out = in;
     return 0;
 fail:
+    SSL_CTX_free(in->tls);
     free(in);
     return rc;
 }
 
 static void rd_close(rhema_storage_instance *in)
 {
+    if (in != NULL)
+        SSL_CTX_free(in->tls);
     free(in);
 }
 

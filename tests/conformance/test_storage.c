@@ -1027,7 +1027,7 @@ static void redis_rate_keys(const struct rhema_storage_plugin *vt)
     redisContext *ctx = NULL;
     char prefix[64], ov[128], key[160], msg[1024] = "";
     long long ttl;
-    int rc;
+    int rc, tls = 0, skip = 0;
     snprintf(prefix, sizeof prefix, "rtest%ld:", (long)getpid());
     snprintf(ov, sizeof ov, "persistence.redis.prefix=%s", prefix);
     if (srv_open(vt, "redis", &cfg, ov, &inst, &c, msg, sizeof msg) != 0)
@@ -1035,6 +1035,12 @@ static void redis_rate_keys(const struct rhema_storage_plugin *vt)
     const struct rhema_cfg *g = rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, "redis");
     rhema_host_get()->cfg_string(g, "host", &host);
     rhema_host_get()->cfg_int(g, "port", &port);
+    if (rhema_host_get()->cfg_bool(g, "tls", &tls) == 0 && tls) {
+        /* this check reads the keys over its own hiredis (0.14: TCP only) */
+        skip = 1;
+        snprintf(msg, sizeof msg, "the server takes TLS; this check needs plain TCP");
+        goto close;
+    }
     ctx = redisConnect(host, (int)port);
     if (ctx == NULL || ctx->err) {
         snprintf(msg, sizeof msg, "redisConnect %s:%lld: %s", host, (long long)port,
@@ -1071,7 +1077,7 @@ close:
     rhema_config_release(&cfg);
 out:
     tap("redis", "rate: state under the prefix, gone at rest",
-        msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+        skip ? RHEMA_CONF_SKIP : msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
 }
 #endif
 

@@ -1,7 +1,9 @@
 """
 TLS and mutual TLS on the API listener (issue 9 item 6; doc/security.md
 "TLS"): a throwaway CA, server and client certificates made with the
-openssl CLI, and clients from Python's ssl module.
+openssl CLI, and clients from Python's ssl module.  Then the backends over
+TLS: a throwaway PostgreSQL with ssl = on, and redis-server on a TLS port
+for the redis plugin's relay (plugins/storage/redis_tls.c).
 """
 
 import hashlib
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PLUGIN_DIR, TOP_BUILDDIR, Daemon, memory_config, run_rhemad
+from conftest import (PLUGIN_DIR, TOP_BUILDDIR, Daemon, free_port, memory_config,
+                      plugin_available, run_rhemad, wait_until)
 
 OPENSSL = shutil.which("openssl")
 RHEMACTL = TOP_BUILDDIR / "rhemactl"
@@ -477,3 +480,257 @@ def test_the_connection_hooks_work_over_tls(tmp_path, pki, made):
     assert head.startswith(b"HTTP/1.1 408"), got
     assert json.loads(body)["error"]["code"] == "request_timeout"
     assert d.request("GET", "/health/live").status == 200
+
+
+# ---- the redis storage plugin over TLS (redis_tls.c: a relay under hiredis 0.14) ----
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class RedisTls:
+    """A redis-server taking TLS only (--port 0) on 127.0.0.1, in a temp dir."""
+
+    def __init__(self, directory, pki, auth_clients="no", protocols="TLSv1.2 TLSv1.3",
+                 cert=None):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cert, self.key = cert or pki["ca"].server("redis-server")
+        self.ca = pki["ca"].cert
+        self.auth_clients = auth_clients
+        self.protocols = protocols
+        self.port = free_port()
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", "0", "--bind", "127.0.0.1", "--tls-port", str(self.port),
+             "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+             "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", self.auth_clients,
+             "--tls-protocols", self.protocols,
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                return True
+            except OSError:
+                return self.proc.poll() is not None
+        assert wait_until(up, 15) is True and self.proc.poll() is None, \
+            (self.dir / "redis.log").read_text()
+        return self
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def overrides(self, **tls):
+        """-o settings of persistence.redis for this server: tls = true plus `tls`."""
+        out = ["persistence.backend=redis", "persistence.redis.host=127.0.0.1",
+               f"persistence.redis.port={self.port}", "persistence.redis.timeout_ms=2000"]
+        if tls.pop("tls", True):
+            out.append("persistence.redis.tls=true")
+        out += [f"persistence.redis.{k}={v}" for k, v in tls.items()]
+        return out
+
+
+def redis_conf(server, **tls):
+    """A configuration file with the redis backend on `server` (tls settings as keys)."""
+    lines = [f'host = "127.0.0.1"; port = {server.port}; timeout_ms = 2000;']
+    for k, v in tls.items():
+        lines.append(f"{k} = {'true' if v is True else 'false' if v is False else json.dumps(str(v))};")
+    return ('persistence: {\n  backend = "redis";\n  redis = {\n    ' + "\n    ".join(lines) +
+            "\n  };\n};\n")
+
+
+@pytest.fixture
+def redis_tls(tmp_path, pki):
+    if REDIS_SERVER is None or not plugin_available("redis"):
+        pytest.skip("redis-server or the redis plugin is not available")
+    servers = []
+
+    def make(auth_clients="no", protocols="TLSv1.2 TLSv1.3", cert=None):
+        s = RedisTls(tmp_path / f"redis{len(servers)}", pki, auth_clients, protocols,
+                     cert).start()
+        servers.append(s)
+        return s
+    yield make
+    for s in servers:
+        s.kill()
+
+
+def refused_at_start(tmp_path, name, config):
+    """Run rhemad on `config`; it must exit non-zero: its log."""
+    d = Daemon(tmp_path, name=name, config=config)
+    try:
+        d.spawn()
+        code = d.wait(30)
+        assert code not in (None, 0), d.log()
+        return d.log()
+    finally:
+        d.kill()
+
+
+def test_redis_backend_over_tls_and_reconnect(tmp_path, pki, redis_tls, made):
+    server = redis_tls()
+    d = Daemon(tmp_path, name="redis-tls", config=redis_conf(server, tls=True,
+                                                             tls_ca_file=pki["ca"].cert))
+    made.append(d)
+    d.start()
+    assert "over TLS" in d.log()
+    s, _, rec = d.json("PUT", "/v1/sessions/over-redis-tls", session_body())
+    assert s == 201, rec
+    assert d.json("GET", "/v1/sessions/over-redis-tls")[2]["topic"] == "over TLS"
+    # a server that stops answering: hiredis' command timeout (a socket option
+    # on its end of the socketpair) still fires, the call fails, and the
+    # connection is replaced once the server answers again
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        assert d.request("GET", "/v1/sessions/over-redis-tls").status >= 500
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+
+    def answers():
+        return d.request("GET", "/v1/sessions/over-redis-tls").status == 200
+    assert wait_until(answers, 30, step=0.2) is True, d.log()
+    # the server dies under the running daemon: calls fail, then succeed over
+    # a new TLS connection once it is back (appendonly: the session survived)
+    server.kill()
+    assert d.request("GET", "/v1/sessions/over-redis-tls").status >= 500
+    server.start()
+
+    def back():
+        return d.request("GET", "/v1/sessions/over-redis-tls").status == 200
+    assert wait_until(back, 30, step=0.2) is True, d.log()
+    s, _, rec = d.json("PUT", "/v1/sessions/after-restart", session_body())
+    assert s == 201, rec
+    assert "reconnected to 127.0.0.1:%d" % server.port in d.log()
+
+
+def test_redis_tls_refusals(tmp_path, pki, redis_tls):
+    server = redis_tls()
+    # a certificate from a CA the client does not trust: the daemon does not start
+    log = refused_at_start(tmp_path, "redis-untrusted",
+                           redis_conf(server, tls=True, tls_ca_file=pki["other"].cert))
+    assert f"TLS handshake with 127.0.0.1:{server.port}: certificate verify failed" in log, log
+    # the certificate is for IP 127.0.0.1, not for another name
+    log = refused_at_start(tmp_path, "redis-wrong-name",
+                           redis_conf(server, tls=True, tls_ca_file=pki["ca"].cert,
+                                      tls_server_name="redis.example"))
+    assert "certificate verify failed: hostname mismatch" in log, log
+    # plain TCP to the TLS port: the server drops the connection
+    log = refused_at_start(tmp_path, "redis-plain", redis_conf(server))
+    assert f"redis: 127.0.0.1:{server.port}" in log, log
+    assert "unavailable" not in log  # refused at start, not "will retry"
+    # TLS to a plain port: the handshake fails with OpenSSL's reason
+    plain = free_port()
+    proc = subprocess.Popen([REDIS_SERVER, "--port", str(plain), "--bind", "127.0.0.1",
+                             "--save", "", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", plain), 0.5).close()
+                return True
+            except OSError:
+                return False
+        assert wait_until(up, 15) is True
+        conf = redis_conf(server, tls=True, tls_ca_file=pki["ca"].cert).replace(
+            f"port = {server.port}", f"port = {plain}")
+        log = refused_at_start(tmp_path, "redis-tls-to-plain", conf)
+        # a plain Redis port waits for a command line that a ClientHello never ends
+        assert f"TLS handshake with 127.0.0.1:{plain}: no answer in 2000 ms (is it a TLS port?" \
+            in log, log
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_redis_tls_configuration_errors(tmp_path, pki, redis_tls):
+    server = redis_tls()
+    ca = pki["ca"].cert
+    cert, key = pki["ca"].client("redis-client", "/CN=rhemad")
+    for name, tls, why in (
+            ("ca-without-tls", {"tls_ca_file": ca}, "tls_ca_file is set but tls is not true"),
+            ("cert-without-key", {"tls": True, "tls_ca_file": ca, "tls_cert_file": cert},
+             "tls_cert_file and tls_key_file go together"),
+            ("missing-ca", {"tls": True, "tls_ca_file": tmp_path / "nope.pem"},
+             f"tls_ca_file '{tmp_path / 'nope.pem'}': No such file or directory"),
+            ("key-mismatch", {"tls": True, "tls_ca_file": ca, "tls_cert_file": cert,
+                              "tls_key_file": pki["server"][1]},
+             "tls_key_file"),
+            ("tls-not-bool", {"tls": "yes"}, "tls must be true or false"),
+            ("unknown-key", {"tls": True, "tls_ca_file": ca, "tls_ca_cert": ca}, "tls_ca_cert")):
+        log = refused_at_start(tmp_path, name, redis_conf(server, **tls))
+        assert why in log, (name, log)
+        assert "redis.conf" not in log
+
+
+def test_redis_tls_client_certificate(tmp_path, pki, redis_tls, made):
+    server = redis_tls(auth_clients="yes")
+    ca = pki["ca"].cert
+    # TLS 1.3: the client's handshake ends before the server checks for a
+    # certificate, so the refusal arrives on the first command (as an alert,
+    # or a reset that lost it); the message says what the handshake showed
+    log = refused_at_start(tmp_path, "redis-no-cert", redis_conf(server, tls=True, tls_ca_file=ca))
+    assert "the server asked for a client certificate and tls_cert_file is not set" in log, log
+    # TLS 1.2: the server refuses in the handshake itself
+    server12 = redis_tls(auth_clients="yes", protocols="TLSv1.2")
+    log = refused_at_start(tmp_path, "redis-no-cert-12",
+                           redis_conf(server12, tls=True, tls_ca_file=ca))
+    assert f"TLS handshake with 127.0.0.1:{server12.port}:" in log, log
+    assert "the server asked for a client certificate and tls_cert_file is not set" in log, log
+    cert, key = pki["ca"].client("redis-client", "/CN=rhemad")
+    d = Daemon(tmp_path, name="redis-mtls",
+               config=redis_conf(server, tls=True, tls_ca_file=ca, tls_cert_file=cert,
+                                 tls_key_file=key))
+    made.append(d)
+    d.start()
+    s, _, rec = d.json("PUT", "/v1/sessions/with-client-cert", session_body())
+    assert s == 201, rec
+    assert d.json("GET", "/v1/sessions/with-client-cert")[2]["topic"] == "over TLS"
+
+
+def test_redis_conformance_over_tls(tmp_path, pki, redis_tls):
+    """tests/conformance/test_storage (the storage suite) on the redis backend over TLS."""
+    exe = TOP_BUILDDIR / "tests" / "conformance" / "test_storage"
+    if not exe.exists():
+        pytest.skip("the conformance suite was not built (cmocka)")
+    server = redis_tls(auth_clients="yes")
+    cert, key = pki["ca"].client("redis-client", "/CN=rhemad")
+    overrides = server.overrides(tls_ca_file=pki["ca"].cert, tls_cert_file=cert,
+                                 tls_key_file=key)
+    env = dict(os.environ, RHEMA_CONFORMANCE_BACKENDS="redis",
+               RHEMA_CONFORMANCE_OVERRIDES=";".join(o for o in overrides
+                                                    if not o.startswith("persistence.backend")))
+    run = subprocess.run([str(exe)], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert "not ok" not in run.stdout
+    # every check ran over TLS but the one that inspects keys over its own TCP
+    passed = [line for line in run.stdout.splitlines()
+              if line.startswith("ok ") and "# SKIP" not in line]
+    skipped = [line for line in run.stdout.splitlines() if "# SKIP" in line]
+    assert len(passed) >= 50, run.stdout
+    assert len(skipped) == 1 and "needs plain TCP" in skipped[0], skipped
+    assert "over TLS" in run.stderr
+
+
+def test_redis_tls_server_name(tmp_path, pki, redis_tls, made):
+    """A certificate for a DNS name only: tls_server_name names it (checked, and sent
+    as SNI) while host stays an address; without it the address is checked and refused."""
+    cert = pki["ca"].issue("redis-dns", "/CN=redis.test",
+                           "subjectAltName=DNS:redis.test\nextendedKeyUsage=serverAuth")
+    server = redis_tls(cert=cert)
+    ca = pki["ca"].cert
+    log = refused_at_start(tmp_path, "redis-by-address", redis_conf(server, tls=True,
+                                                                  tls_ca_file=ca))
+    assert "certificate verify failed: IP address mismatch" in log, log
+    d = Daemon(tmp_path, name="redis-by-name",
+               config=redis_conf(server, tls=True, tls_ca_file=ca, tls_server_name="redis.test"))
+    made.append(d)
+    d.start()
+    s, _, rec = d.json("PUT", "/v1/sessions/by-name", session_body())
+    assert s == 201, rec
+    assert d.json("GET", "/v1/sessions/by-name")[2]["topic"] == "over TLS"
