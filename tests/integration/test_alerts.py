@@ -266,7 +266,9 @@ def test_stats_shape(daemons):
     def sessions_counted():
         st = d.json("GET", "/v1/stats")[2]
         ns = st["persistence_stats"]["namespaces"]
-        return ns.get("sessions", {}).get("entries", 0) >= 1
+        # a refresh after both writes (one between them counts the session only)
+        return ns.get("sessions", {}).get("entries", 0) >= 1 and \
+            ns.get("services", {}).get("entries", 0) >= 1
     assert wait_until(sessions_counted, 20, step=0.2)
     s, _, st = d.json("GET", "/v1/stats")
     assert s == 200
