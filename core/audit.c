@@ -70,6 +70,8 @@ static struct {
     .fd = -1,
 };
 
+int rhema_audit_healthy(void) { return atomic_load(&A.healthy); }
+
 int rhema_audit_enabled(void)
 {
     return atomic_load(&A.open);

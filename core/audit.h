@@ -50,6 +50,8 @@ int rhema_audit_settings_differ(const struct rhema_config *a, const struct rhema
 void rhema_audit_close(void);
 /* Is the log open? */
 int rhema_audit_enabled(void);
+/* Did the last batch of records reach the file (GET /health's audit_log component)? */
+int rhema_audit_healthy(void);
 
 /*
  * SIGUSR1 (logrotate): ask the writer to close the file (after an

@@ -43,6 +43,9 @@ static const char *const action_enum[] = { "allow", "deny", NULL };
 static const char *const failure_mode_enum[] = { "open", "closed", NULL };
 static const char *const tls_client_enum[] = { "none", "optional", "required", NULL };
 static const char *const tls_version_enum[] = { "1.2", "1.3", NULL };
+static const char *const cmp_enum[] = { ">", ">=", "<", "<=", "==", "!=", NULL };
+static const char *const severity_enum[] = { "critical", "warning", "info", NULL };
+static const char *const scope_enum[] = { "node", "cluster", NULL };
 static const char *const no_origins[] = { NULL }; /* same origin only */
 static const char *const cors_headers[] = { "Content-Type", "Authorization", "X-API-Key", "If-None-Match",
                                             "If-Match",     "X-Request-Id",  "X-Rhema-Epoch",
@@ -220,6 +223,25 @@ const struct key cfg_schema[] = {
     FLT("monitoring.alerts.cpu_percent", 90.0, 0.0, 100.0),
     FLT("monitoring.alerts.memory_percent", 90.0, 0.0, 100.0),
     FLT("monitoring.alerts.error_rate_percent", 5.0, 0.0, 100.0),
+    INT_("monitoring.alerts.builtin_for_seconds", 60, 0, 86400), /* core/alerts.c */
+    INT_("monitoring.alerts.evaluation_interval_seconds", 15, 1, 3600), /* core/monitor.c */
+    TYPED("monitoring.alerts.webhook_url", K_URL, "", F_EMPTY_OK),
+    INT_("monitoring.alerts.webhook_timeout_seconds", 5, 1, 300),
+    INT_("monitoring.alerts.webhook_max_retries", 5, 0, 100),
+    INT_("monitoring.alerts.webhook_queue_size", 256, 1, 100000),
+    GLIST("monitoring.alerts.rules"),
+    STRQ("monitoring.alerts.rules[].name", F_REQUIRED | F_UNIQUE),
+    STRQ("monitoring.alerts.rules[].metric", F_REQUIRED),
+    ENUM_("monitoring.alerts.rules[].comparison", ">", cmp_enum),
+    { .path = "monitoring.alerts.rules[].threshold", .type = K_FLOAT, .def_f = 0.0,
+      .fmin = -HUGE_VAL, .fmax = HUGE_VAL, .flags = F_REQUIRED },
+    INT_("monitoring.alerts.rules[].for_seconds", 0, 0, 86400),
+    INT_("monitoring.alerts.rules[].keep_firing_for_seconds", 0, 0, 86400),
+    ENUM_("monitoring.alerts.rules[].severity", "warning", severity_enum),
+    ENUM_("monitoring.alerts.rules[].scope", "node", scope_enum),
+    STR("monitoring.alerts.rules[].summary", ""),
+    LIST("monitoring.alerts.rules[].labels", no_strings),
+    INT_("monitoring.stats_refresh_seconds", 60, 1, 86400), /* core/monitor.c */
 
     GRP("security", 0),
     GRP("security.api_keys", 0),
@@ -288,10 +310,6 @@ const struct unimplemented cfg_unimplemented[] = {
     { "ai_service.caching.max_entries", "ai_service.caching.enabled" },
     { "ai_service.agent_management.max_agents", NULL },
     { "monitoring.sample_interval_seconds", "monitoring.enabled" },
-    { "monitoring.alerts.enabled", NULL },
-    { "monitoring.alerts.cpu_percent", "monitoring.alerts.enabled" },
-    { "monitoring.alerts.memory_percent", "monitoring.alerts.enabled" },
-    { "monitoring.alerts.error_rate_percent", "monitoring.alerts.enabled" },
 };
 const size_t cfg_n_unimplemented = sizeof cfg_unimplemented / sizeof cfg_unimplemented[0];
 

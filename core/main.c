@@ -38,6 +38,9 @@
 #include "log.h"
 #include "maintenance.h"
 #include "perfmon.h"
+#include "alerts.h"
+#include "health.h"
+#include "monitor.h"
 #include "consensus.h"
 #include "server.h"
 #include "services.h"
@@ -631,6 +634,7 @@ int main(int argc, char **argv)
         (opt.test_only && check_balancers(&srv, &err) != 0) ||
         (opt.test_only && rhema_api_check(&cfg, &err) != 0) ||
         (opt.test_only && rhema_tls_check(&cfg, &err) != 0) ||
+        (opt.test_only && rhema_alerts_check(&cfg, &err) != 0) ||
         (!opt.test_only && rhema_keys_open(&srv, &err) != 0) ||
         (!opt.test_only && wrap_storage(&srv, &err) != 0)) {
         fprintf(stderr, "rhemad: %s\n", err ? err : "plugin error");
@@ -722,8 +726,17 @@ int main(int argc, char **argv)
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the service registry");
         goto out;
     }
+    if (rhema_health_open(&srv.health) != 0 ||
+        rhema_monitor_start(&srv, rhema_api_metrics_text, &srv.monitor, &err) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start monitoring");
+        goto out;
+    }
     if (rhema_api_start(&srv, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
+        goto out;
+    }
+    if (rhema_monitor_run(srv.monitor, &err) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start monitoring");
         goto out;
     }
     rhema_log(RHEMA_LOG_NOTICE, "main", "rhemad %s started (pid %ld, storage '%s', config %s)",
@@ -735,6 +748,8 @@ int main(int argc, char **argv)
 
     rhema_cluster_leave(srv.cluster); /* hand the lease over before the drain */
     rhema_api_stop(&srv);
+    rhema_monitor_stop(srv.monitor); /* after the workers, before the cluster it asks */
+    srv.monitor = NULL;
     rhema_services_stop(srv.services); /* after the workers, before the cluster and the base */
     srv.services = NULL;
     rhema_cluster_stop(srv.cluster);
@@ -747,6 +762,10 @@ out:
     notify_ready(status ? 1 : 0);
     if (srv.workers)
         rhema_api_stop(&srv);
+    rhema_monitor_stop(srv.monitor); /* after the workers, before the cluster it asks */
+    srv.monitor = NULL;
+    rhema_health_close(srv.health);
+    srv.health = NULL;
     rhema_services_stop(srv.services); /* after the workers, before the cluster and the base */
     srv.services = NULL;
     rhema_cluster_stop(srv.cluster); /* after the workers, before the base its timers are on */

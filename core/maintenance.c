@@ -49,6 +49,8 @@ struct rhema_maintenance {
     _Atomic int64_t delta;       /* account()ed since that reading */
     _Atomic int64_t limit;       /* max_data_size_bytes, 0: none */
     _Atomic uint64_t runs[RHEMA_MAINTENANCE_KINDS][2]; /* by kind, [0] ok [1] failed */
+    _Atomic uint64_t last_ms[RHEMA_MAINTENANCE_KINDS]; /* when the last run ended, 0: never */
+    atomic_int last_failed[RHEMA_MAINTENANCE_KINDS];
     struct cleanup_hook *hooks;
     size_t n_hooks;
     /* the background backup: started and joined on the main thread only */
@@ -367,6 +369,14 @@ static void on_gauge(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Back up on conn and prune, logging both.  Any thread (reads only m->srv). */
+/* A run of kind ended (failed or not): counted, and remembered for GET /health. */
+static void count_run(struct rhema_maintenance *m, int kind, int failed)
+{
+    atomic_fetch_add(&m->runs[kind][failed], 1);
+    atomic_store(&m->last_failed[kind], failed);
+    atomic_store(&m->last_ms[kind], rhema_realtime_ms());
+}
+
 static int backup_on(struct rhema_maintenance *m, rhema_storage_conn *conn, char *path_out,
                      size_t cap, char **err)
 {
@@ -378,7 +388,7 @@ static int backup_on(struct rhema_maintenance *m, rhema_storage_conn *conn, char
     char *perr = NULL;
     int rc = rhema_backup_create(m->srv->storage, conn, backend, cfg->backup_directory,
                                  rhema_realtime_ms(), path, sizeof path, err);
-    atomic_fetch_add(&m->runs[RHEMA_MAINTENANCE_BACKUP][rc != 0], 1);
+    count_run(m, RHEMA_MAINTENANCE_BACKUP, rc != 0);
     if (rc != 0) {
         rhema_log(RHEMA_LOG_ERROR, WHO, "backup failed: %s", err && *err ? *err : "?");
         return rc;
@@ -434,8 +444,14 @@ static int cleanup_on(struct rhema_maintenance *m, rhema_storage_conn *conn, siz
     }
     if (removed != NULL)
         *removed = total;
-    atomic_fetch_add(&m->runs[RHEMA_MAINTENANCE_CLEANUP][first != 0], 1);
+    count_run(m, RHEMA_MAINTENANCE_CLEANUP, first != 0);
     return first;
+}
+
+void rhema_maintenance_last(struct rhema_maintenance *m, int kind, int *failed, uint64_t *at_ms)
+{
+    *failed = m ? atomic_load(&m->last_failed[kind]) : 0;
+    *at_ms = m ? atomic_load(&m->last_ms[kind]) : 0;
 }
 
 void rhema_maintenance_runs(struct rhema_maintenance *m,
@@ -464,8 +480,7 @@ static void *bg_thread_main(void *arg)
 
     m->bg_path[0] = '\0';
     if (rc != 0) {
-        atomic_fetch_add(&m->runs[m->bg_cleanup ? RHEMA_MAINTENANCE_CLEANUP
-                                                : RHEMA_MAINTENANCE_BACKUP][1], 1);
+        count_run(m, m->bg_cleanup ? RHEMA_MAINTENANCE_CLEANUP : RHEMA_MAINTENANCE_BACKUP, 1);
         rhema_log(RHEMA_LOG_ERROR, WHO, "%s failed: storage connect: %s",
                   m->bg_cleanup ? "cleanup" : "backup", err ? err : rhema_strerror(rc));
     } else {

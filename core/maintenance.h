@@ -109,6 +109,8 @@ int rhema_maintenance_add_cleanup(struct rhema_maintenance *m, const char *name,
 #define RHEMA_MAINTENANCE_KINDS 2
 void rhema_maintenance_runs(struct rhema_maintenance *m,
                             uint64_t runs[RHEMA_MAINTENANCE_KINDS][2]);
+/* Whether the last run of kind failed, and when it ended (0: never ran).  NULL m: 0, 0. */
+void rhema_maintenance_last(struct rhema_maintenance *m, int kind, int *failed, uint64_t *at_ms);
 int rhema_maintenance_cleanup_now(struct rhema_maintenance *m, size_t *removed, char **err);
 
 /* ---- building blocks (also used by rhemactl and the tests) ---- */

@@ -245,6 +245,21 @@ int rhema_perfmon_start(struct rhema_perfmon *pm, struct event_base *base)
     return pm->ev && event_add(pm->ev, &tv) == 0 ? 0 : RHEMA_ENOMEM;
 }
 
+int rhema_perfmon_value(struct rhema_perfmon *pm, const char *name, double *out)
+{
+    int rc = RHEMA_ENOTFOUND;
+    if (!pm || !pm->enabled)
+        return rc;
+    pthread_mutex_lock(&pm->lock);
+    for (int m = 0; m < M_COUNT; m++)
+        if (strcmp(name, metric_names[m]) == 0 && pm->has[m]) {
+            *out = pm->value[m];
+            rc = 0;
+        }
+    pthread_mutex_unlock(&pm->lock);
+    return rc;
+}
+
 static json_t *alert_json(const struct alert *a)
 {
     char t[RHEMA_TIME_MAX];

@@ -54,6 +54,14 @@ struct rhema_perfmon_totals {
 };
 void rhema_perfmon_totals(struct rhema_perfmon *pm, struct rhema_perfmon_totals *out);
 
+/*
+ * The value of the last interval that had such events, by its name
+ * (compression_ratio, encryption_overhead_ms, key_rotation_ms,
+ * message_processing_ms): 0 and *out, or RHEMA_ENOTFOUND (none yet, or
+ * off).  The alert engine's derived values (alerts.h).
+ */
+int rhema_perfmon_value(struct rhema_perfmon *pm, const char *name, double *out);
+
 /* {"interval_seconds", "samples": {...last interval...}, "totals": {...},
  *  "thresholds": {...}, "alerts": {"active": [...], "history": [...]}} */
 json_t *rhema_perfmon_json(struct rhema_perfmon *pm);

@@ -40,6 +40,9 @@ struct rhema_http_conns;
 struct rhema_server;
 struct rhema_auth;
 struct rhema_limits;
+struct rhema_monitor;
+struct rhema_alerts;
+struct rhema_health_registry;
 struct rhema_metrics_block;
 
 /* What a worker runs for each request (core/api/pipeline.c: rhema_pipeline_run). */
@@ -96,6 +99,9 @@ struct rhema_server {
     struct rhema_services *services; /* services.h: registry, health checks, balancers */
     struct rhema_auth *auth;         /* api/api_auth.h: keys, roles, rules, protected mode */
     struct rhema_limits *limits;     /* limit/ratelimit.h: rate limits; NULL when off */
+    struct rhema_monitor *monitor;   /* monitor.h: alert evaluation, webhook; NULL when off */
+    struct rhema_alerts *alerts;     /* alerts.h: the rules and their states (monitor.c) */
+    struct rhema_health_registry *health; /* health.h: the components of GET /health */
     atomic_long http_conns;      /* connections open across workers (service.max_connections) */
     atomic_llong http_out_bytes; /* reply bytes queued across workers, not yet sent */
 };

@@ -195,6 +195,16 @@ static void no_delay(struct rhema_req *r)
         (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* best effort */
 }
 
+int rhema_api_metrics_text(struct rhema_server *srv, rhema_storage_conn *conn,
+                           struct rhema_expo *e)
+{
+    if (!A.names)
+        return RHEMA_EINVAL; /* monitoring off: nothing is counted */
+    rhema_metrics_write(e, A.names, srv->storage_plugin ? srv->storage_plugin->name : "");
+    rhema_metrics_collect(srv, conn, e);
+    return e->oom ? RHEMA_ENOMEM : 0;
+}
+
 static void h_metrics(struct rhema_req *r)
 {
     struct rhema_server *srv = r->worker->srv;

@@ -38,6 +38,16 @@ int rhema_api_metrics_check(const struct rhema_config *cfg, char **err);
  */
 int rhema_api_metrics_path(struct rhema_req *r);
 
+/*
+ * The exposition GET /metrics answers (text format), into e: for the alert
+ * engine (core/monitor.c), from any thread with its own storage connection
+ * (conn may be NULL: the families that read storage are left out).  0, or
+ * RHEMA_EINVAL when monitoring is off, RHEMA_ENOMEM.
+ */
+struct rhema_expo;
+int rhema_api_metrics_text(struct rhema_server *srv, rhema_storage_conn *conn,
+                           struct rhema_expo *e);
+
 /* Count r's reply (http.c, as it is sent): its route, method, status and duration. */
 void rhema_api_metrics_reply(struct rhema_req *r);
 

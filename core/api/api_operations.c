@@ -13,8 +13,15 @@
 
 #include <event2/buffer.h>
 
+#include "alerts.h"
 #include "api_operations.h"
+#include "cluster.h"
 #include "commit.h"
+#include "health.h"
+#include "keyring.h"
+#include "metrics/metrics.h"
+#include "monitor.h"
+#include "services.h"
 #include "limit/ratelimit.h"
 #include "log.h"
 #include "perfmon.h"
@@ -24,23 +31,25 @@
 
 /* ---- operations ---- */
 
+static const char *const overall_names[] = {"ok", "degraded", "unhealthy"};
+
 static void h_health(struct rhema_req *r)
 {
     struct rhema_server *srv = r->worker->srv;
-    char *serr = NULL;
-    int rc = srv->storage->health(r->worker->conn, &serr);
-    json_t *v = json_pack("{s:s,s:s,s:I,s:s,s:s,s:i}", "status", rc ? "degraded" : "ok",
-                          "version", PACKAGE_VERSION, "uptime_seconds",
+    enum rhema_health_status worst = RHEMA_HEALTHY;
+    json_t *comps = srv->health ? rhema_health_check(srv->health, srv, r->worker->conn, &worst)
+                                : json_object();
+    const char *st = json_string_value(
+        json_object_get(json_object_get(comps, "storage"), "status"));
+    int storage_ok = !st || strcmp(st, "Healthy") == 0;
+    json_t *v = json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:i,s:o}", "status", overall_names[worst],
+                          "overall", rhema_health_status_name(worst), "version", PACKAGE_VERSION,
+                          "uptime_seconds",
                           (json_int_t)((rhema_realtime_ms() - srv->started_ms) / 1000), "backend",
-                          srv->storage_plugin->name, "storage", rc ? "unavailable" : "ok",
-                          "workers", srv->nworkers);
-    if (rc) {
-        /* the backend's message names its host and port: logged, not answered */
-        rhema_log(RHEMA_LOG_WARN, "http", "%s %s: storage backend '%s': %s", r->request_id,
-                  r->path, srv->storage_plugin->name, serr ? serr : rhema_strerror(rc));
-        json_object_set_new(v, "storage_error", json_string(rhema_strerror(rc)));
-    }
-    free(serr);
+                          srv->storage_plugin->name, "storage", storage_ok ? "ok" : "unavailable",
+                          "workers", srv->nworkers, "components", comps);
+    if (!storage_ok)
+        json_object_set_new(v, "storage_error", json_string(rhema_strerror(RHEMA_EUNAVAIL)));
     rhema_reply_jsonv(r, 200, v);
 }
 
@@ -210,6 +219,93 @@ out:
         evbuffer_free(buf);
 }
 
+/* persistence_stats: the totals now, the namespaces of the monitor's last refresh. */
+static json_t *persistence_stats(struct rhema_server *srv, int rc,
+                                 const struct rhema_storage_stats *st)
+{
+    json_t *o = rhema_monitor_namespaces_json(srv->monitor);
+    json_object_set_new(o, "backend", json_string(srv->storage_plugin->name));
+    json_object_set_new(o, "ok", json_boolean(rc == 0));
+    json_object_set_new(o, "total_entries", rc == 0 ? json_integer((json_int_t)st->entries)
+                                                    : json_null());
+    json_object_set_new(o, "total_size_bytes", rc == 0 ? json_integer((json_int_t)st->bytes)
+                                                       : json_null());
+    return o;
+}
+
+static json_t *distributed_stats(struct rhema_server *srv, rhema_storage_conn *conn)
+{
+    uint64_t healthy = 0, not_healthy = 0;
+    json_t *view = NULL;
+    char *err = NULL;
+    if (srv->services)
+        rhema_services_health_counts(srv->services, &healthy, &not_healthy);
+    json_t *o = json_pack("{s:b,s:I,s:I}", "enabled", srv->cluster != NULL, "service_count",
+                          (json_int_t)(healthy + not_healthy), "healthy_service_count",
+                          (json_int_t)healthy);
+    if (!srv->cluster) {
+        json_object_set_new(o, "node_count", json_integer(1));
+        json_object_set_new(o, "cluster_health", json_string("Healthy"));
+        json_object_set_new(o, "is_leader", json_true());
+        return o;
+    }
+    json_object_set_new(o, "is_leader", json_boolean(rhema_cluster_is_leader(srv->cluster)));
+    json_object_set_new(o, "epoch",
+                        json_integer((json_int_t)rhema_cluster_known_epoch(srv->cluster)));
+    if (rhema_cluster_json(srv->cluster, srv->storage, conn, RHEMA_CLUSTER_VIEW_HEALTH, &view,
+                           &err) != 0) {
+        free(err); /* the storage read failed: what needs it is null */
+        json_object_set_new(o, "node_count", json_null());
+        json_object_set_new(o, "cluster_health", json_null());
+        return o;
+    }
+    json_object_set_new(o, "node_count", json_integer((json_int_t)json_array_size(
+                                             json_object_get(view, "nodes"))));
+    json_object_set(o, "cluster_health", json_object_get(view, "status"));
+    json_object_set(o, "online_nodes", json_object_get(view, "online_nodes"));
+    json_object_set(o, "leader", json_object_get(view, "leader"));
+    json_decref(view);
+    return o;
+}
+
+static json_t *key_stats(struct rhema_server *srv)
+{
+    struct rhema_keyring_stats st;
+    uint64_t under_current = 0;
+    if (!srv->keyring || rhema_keyring_stats(srv->keyring, &st) != 0)
+        return json_pack("{s:b,s:i}", "enabled", 0, "active_keys", 0);
+    for (size_t i = 0; i < st.versions; i++)
+        if (st.v[i].version == st.current_version)
+            under_current = st.v[i].encryptions;
+    char t[RHEMA_TIME_MAX];
+    rhema_time_format(st.last_rotation_ms, t);
+    json_t *o = json_pack("{s:b,s:I,s:I,s:I,s:I,s:s}", "enabled", 1, "active_keys",
+                          (json_int_t)st.active_versions, "total_keys", (json_int_t)st.versions,
+                          "current_version", (json_int_t)st.current_version,
+                          "messages_current_key", (json_int_t)under_current, "last_rotation_at",
+                          t);
+    rhema_keyring_stats_release(&st);
+    return o;
+}
+
+static json_t *advanced_features_stats(struct rhema_server *srv, json_t *perf)
+{
+    unsigned pending = 0, firing = 0;
+    rhema_alerts_active(srv->alerts, &pending, &firing);
+    json_t *alerts = json_pack("{s:b,s:i,s:i}", "enabled", rhema_alerts_count(srv->alerts) > 0,
+                               "pending", (int)pending, "firing", (int)firing);
+    json_object_set(alerts, "perfmon_active",
+                    json_object_get(json_object_get(perf, "alerts"), "active"));
+    json_t *metrics = json_pack("{s:O,s:O,s:O}", "samples", json_object_get(perf, "samples"),
+                                "totals", json_object_get(perf, "totals"), "thresholds",
+                                json_object_get(perf, "thresholds"));
+    if (!json_object_get(perf, "samples")) /* performance monitoring off */
+        metrics = (json_decref(metrics), json_object());
+    json_object_set(metrics, "enabled", json_object_get(perf, "enabled"));
+    return json_pack("{s:o,s:o,s:o}", "performance_metrics", metrics, "performance_alerts",
+                     alerts, "key_stats", key_stats(srv));
+}
+
 static void h_stats(struct rhema_req *r)
 {
     struct rhema_server *srv = r->worker->srv;
@@ -222,24 +318,49 @@ static void h_stats(struct rhema_req *r)
         json_object_set_new(storage, "entries", json_integer((json_int_t)st.entries));
         json_object_set_new(storage, "bytes", json_integer((json_int_t)st.bytes));
     }
-    json_t *o = json_pack("{s:s,s:I,s:i,s:o,s:{s:I,s:I},s:o}", "version", PACKAGE_VERSION,
-                          "uptime_seconds",
-                          (json_int_t)((rhema_realtime_ms() - srv->started_ms) / 1000),
-                          "workers", srv->nworkers, "storage", storage, "group_commit",
-                          "commits", (json_int_t)groups, "writes", (json_int_t)jobs,
-                          "performance", rhema_perfmon_json(srv->perfmon));
+    json_t *perf = rhema_perfmon_json(srv->perfmon);
+    uint64_t uptime_ms = rhema_realtime_ms() - srv->started_ms;
+    json_t *o = json_pack("{s:s,s:I,s:f,s:i,s:o,s:{s:I,s:I},s:O}", "version", PACKAGE_VERSION,
+                          "uptime_seconds", (json_int_t)(uptime_ms / 1000),
+                          "uptime_seconds_exact", (double)uptime_ms / 1e3, "workers",
+                          srv->nworkers, "storage", storage, "group_commit", "commits",
+                          (json_int_t)groups, "writes", (json_int_t)jobs, "performance", perf);
     struct rhema_limits_stats ls;
     rhema_limits_stats(srv, &ls);
     json_object_set_new(o, "rate_limiting",
                         json_pack("{s:b,s:I,s:I,s:I}", "enabled", srv->limits != NULL, "allowed",
                                   (json_int_t)ls.allowed, "refused", (json_int_t)ls.refused,
                                   "backend_errors", (json_int_t)ls.backend_errors));
+    struct rhema_metrics_http_totals ht;
+    rhema_metrics_http_totals(&ht);
+    json_object_set_new(
+        o, "requests",
+        json_pack("{s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "counted", rhema_metrics_enabled(), "total",
+                  (json_int_t)ht.replies, "informational", (json_int_t)ht.by_class[0], "success",
+                  (json_int_t)ht.by_class[1], "redirection", (json_int_t)ht.by_class[2],
+                  "client_errors", (json_int_t)ht.by_class[3], "server_errors",
+                  (json_int_t)ht.by_class[4], "in_flight", (json_int_t)ht.in_flight));
+    json_object_set_new(o, "persistence_stats", persistence_stats(srv, rc, &st));
+    json_object_set_new(o, "distributed_stats", distributed_stats(srv, r->worker->conn));
+    json_object_set_new(o, "advanced_features_stats", advanced_features_stats(srv, perf));
+    json_decref(perf);
     rhema_reply_jsonv(r, 200, o);
 }
 
 static void h_alerts(struct rhema_req *r)
 {
-    rhema_reply_jsonv(r, 200, rhema_perfmon_alerts_json(r->worker->srv->perfmon));
+    struct rhema_server *srv = r->worker->srv;
+    if (rhema_query_check(r, NULL))
+        return;
+    if (rhema_alerts_count(srv->alerts) > 0) {
+        rhema_reply_jsonv(r, 200, rhema_alerts_json(srv->alerts));
+        return;
+    }
+    /* monitoring.alerts off: the performance monitor's own alerts, as before */
+    json_t *o = rhema_perfmon_alerts_json(srv->perfmon);
+    json_object_set_new(o, "enabled", json_false());
+    json_object_set_new(o, "rules", json_array());
+    rhema_reply_jsonv(r, 200, o);
 }
 
 const struct rhema_route rhema_operations_routes[] = {

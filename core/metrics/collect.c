@@ -13,10 +13,12 @@
 #include <event2/event.h>
 #include <jansson.h>
 
+#include "../alerts.h"
 #include "../cluster.h"
 #include "../commit.h"
 #include "../keyring.h"
 #include "../maintenance.h"
+#include "../monitor.h"
 #include "../perfmon.h"
 #include "../services.h"
 #include "../util.h"
@@ -284,6 +286,25 @@ static void maintenance_families(struct rhema_server *srv, struct rhema_expo *e)
            (double)rhema_maintenance_data_size(srv->maintenance));
 }
 
+static void alert_families(struct rhema_server *srv, struct rhema_expo *e)
+{
+    static const char *const k[] = {"outcome"};
+    static const char *const outcomes[] = {"sent", "failed", "given_up", "dropped"};
+    struct rhema_monitor_notify_stats ns;
+    rhema_alerts_write_metrics(srv->alerts, e);
+    if (!srv->monitor || rhema_alerts_count(srv->alerts) == 0)
+        return;
+    rhema_monitor_notify_stats(srv->monitor, &ns);
+    const uint64_t v[] = {ns.sent, ns.failed_attempts, ns.given_up, ns.dropped};
+    rhema_expo_family(e, "rhema_alert_notifications", "counter",
+                      "Webhook notifications: sent, attempts that failed, given up after the "
+                      "last retry, dropped from a full queue.");
+    for (size_t i = 0; i < 4; i++)
+        rhema_expo_sample_u64(e, "rhema_alert_notifications", "_total", 1, k, &outcomes[i], v[i]);
+    gauge1(e, "rhema_alert_notifications_queued", "Webhook notifications waiting to be sent.",
+           (double)ns.queued);
+}
+
 void rhema_metrics_collect(struct rhema_server *srv, rhema_storage_conn *conn, struct rhema_expo *e)
 {
     build_info(srv, e);
@@ -294,4 +315,5 @@ void rhema_metrics_collect(struct rhema_server *srv, rhema_storage_conn *conn, s
     cluster_families(srv, conn, e);
     services_families(srv, e);
     maintenance_families(srv, e);
+    alert_families(srv, e);
 }

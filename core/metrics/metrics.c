@@ -425,6 +425,30 @@ static void hist_sum(struct hist *h, uint64_t counts[RHEMA_METRICS_BUCKETS + 1],
     *sum += get(&h->sum_ns);
 }
 
+void rhema_metrics_http_totals(struct rhema_metrics_http_totals *out)
+{
+    uint64_t started = 0, answered = 0;
+    memset(out, 0, sizeof *out);
+    if (!rhema_metrics_enabled())
+        return;
+    for (unsigned s = 0; s < M.nslots; s++)
+        for (unsigned m = 0; m < RHEMA_METRICS_METHODS; m++)
+            for (int b = 0; b < M.nblocks; b++) {
+                _Atomic uint64_t *codes = atomic_load_explicit(
+                    &M.blocks[b].codes[s * RHEMA_METRICS_METHODS + m], memory_order_acquire);
+                for (unsigned c = 0; codes && c < RHEMA_METRICS_STATUS_N; c++) {
+                    uint64_t n = get(&codes[c]);
+                    out->replies += n;
+                    out->by_class[(c + RHEMA_METRICS_STATUS_MIN) / 100 - 1] += n;
+                }
+            }
+    for (int b = 0; b < M.nblocks; b++) {
+        answered += get(&M.blocks[b].answered);
+        started += get(&M.blocks[b].started);
+    }
+    out->in_flight = started > answered ? started - answered : 0;
+}
+
 void rhema_metrics_write(struct rhema_expo *e, const char *const *slot_names, const char *backend)
 {
     static const char *const k_rmc[] = {"route", "method", "code"};

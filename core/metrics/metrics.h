@@ -93,6 +93,15 @@ const char *rhema_metrics_method_name(unsigned index);
  */
 void rhema_metrics_storage(enum rhema_metrics_storage_op op, uint64_t ns, int failed);
 
+/*
+ * The HTTP totals since start (GET /v1/stats): replies, replies by class
+ * (by_class[0] 1xx ... [4] 5xx), requests in flight.  Zeros when off.
+ */
+struct rhema_metrics_http_totals {
+    uint64_t replies, by_class[5], in_flight;
+};
+void rhema_metrics_http_totals(struct rhema_metrics_http_totals *out);
+
 /* ---- the exposition ---- */
 
 /*

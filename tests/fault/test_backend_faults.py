@@ -5,7 +5,7 @@ under traffic and comes back, and rhemad -- never restarted -- must
   - answer every request either with a success whose effect is there later,
     or with 503 {"error":{"code":"unavailable",...}} (never a 2xx for a write
     that did not happen, never a hang or a dropped connection);
-  - turn /health/ready to 503 and /health to "degraded" while the server is
+  - turn /health/ready to 503 and /health to "unhealthy" while the server is
     down;
   - reconnect by itself once the server is back: writes succeed again and
     /health/ready answers 200 within RECOVERY_TIMEOUT;
@@ -257,7 +257,8 @@ def test_outage_under_traffic(backend_server, mode, daemons, fault_report):
         assert wait_until(lambda: _ready(d) == 503, DOWN_TIMEOUT, 0.05), \
             f"/health/ready still answers {_ready(d)} {DOWN_TIMEOUT} s after the server stopped"
         health = _health(d)
-        assert health.get("status") == "degraded" and health.get("storage") == "unavailable", \
+        # the storage component is Unhealthy, and the overall status follows it
+        assert health.get("status") == "unhealthy" and health.get("storage") == "unavailable", \
             f"/health while the backend is down: {health}"
         assert health.get("storage_error"), f"/health names no storage error: {health}"
         time.sleep(DOWN_FOR)

@@ -1054,7 +1054,6 @@ static void test_unimplemented_refused(void **state)
           "ai_service.agent_management.max_agents" },
         { "monitoring: {\n  enabled = true;\n  sample_interval_seconds = 5;\n};\n", 3,
           "monitoring.sample_interval_seconds" },
-        { "monitoring: { alerts: {\n  enabled = true; }; };\n", 2, "monitoring.alerts.enabled" },
     };
     char msg[256];
 
