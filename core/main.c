@@ -38,6 +38,8 @@
 #include "log.h"
 #include "maintenance.h"
 #include "perfmon.h"
+#include "metrics/history.h"
+#include "api/api_console.h"
 #include "consensus.h"
 #include "server.h"
 #include "services.h"
@@ -722,6 +724,11 @@ int main(int argc, char **argv)
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the service registry");
         goto out;
     }
+    if (rhema_history_open(&srv, &srv.history, &err) != 0 ||
+        rhema_history_start(srv.history, base) != 0 || rhema_console_open(&srv, &err) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the metrics history");
+        goto out;
+    }
     if (rhema_api_start(&srv, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
         goto out;
@@ -754,6 +761,9 @@ out:
     rhema_keys_close(&srv); /* after the workers, before the base its timers are on */
     rhema_maintenance_stop(srv.maintenance); /* its timers live on base too */
     srv.maintenance = NULL;
+    rhema_history_close(srv.history); /* after the workers that read it, before the base */
+    srv.history = NULL;
+    rhema_console_close(&srv);
     rhema_api_metrics_close(); /* after every thread that times storage calls */
     rhema_perfmon_free(srv.perfmon);
     srv.perfmon = NULL;

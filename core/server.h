@@ -41,6 +41,7 @@ struct rhema_server;
 struct rhema_auth;
 struct rhema_limits;
 struct rhema_metrics_block;
+struct rhema_history;
 
 /* What a worker runs for each request (core/api/pipeline.c: rhema_pipeline_run). */
 typedef void rhema_request_fn(struct rhema_req *r);
@@ -96,6 +97,8 @@ struct rhema_server {
     struct rhema_services *services; /* services.h: registry, health checks, balancers */
     struct rhema_auth *auth;         /* api/api_auth.h: keys, roles, rules, protected mode */
     struct rhema_limits *limits;     /* limit/ratelimit.h: rate limits; NULL when off */
+    struct rhema_history *history;   /* metrics/history.h: sampled series; NULL when off */
+    char *console_dir;               /* api/api_console.h: the /ui/ files; NULL when off */
     atomic_long http_conns;      /* connections open across workers (service.max_connections) */
     atomic_llong http_out_bytes; /* reply bytes queued across workers, not yet sent */
 };
