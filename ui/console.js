@@ -256,11 +256,13 @@
     if (!r.ok || !r.data) { facts(dl, [["problem", (r.status || "") + " " + r.message]]); return; }
     const k = r.data;
     const pairs = [];
-    for (const name of ["current_version", "algorithm", "current_cipher", "active_keys", "active_versions", "total_versions",
-      "messages_current_key", "last_rotation", "last_rotation_at", "next_rotation_at", "last_backup_at"]) {
+    for (const name of ["current_version", "current_cipher_id", "min_decryption_version", "versions", "active_keys",
+      "last_rotation", "next_rotation", "last_backup"]) {
       if (k[name] !== undefined && (typeof k[name] !== "object" || k[name] === null)) pairs.push([name.replace(/_/g, " "), k[name]]);
     }
     if (!pairs.length) for (const [n, v] of Object.entries(k)) if (typeof v !== "object") pairs.push([n.replace(/_/g, " "), v]);
+    const last = state.lastSample || {};
+    if (typeof last.keyring_messages_current_key === "number") pairs.push(["messages under the current key", fmt(last.keyring_messages_current_key, 0)]);
     facts(dl, pairs.slice(0, 10));
   }
 

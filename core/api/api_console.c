@@ -222,12 +222,14 @@ static void h_ui_root(struct rhema_req *r)
 
 static void h_ui_index(struct rhema_req *r)
 {
-    serve_file(r, "index.html");
+    if (rhema_query_check(r, NULL) == 0)
+        serve_file(r, "index.html");
 }
 
 static void h_ui_file(struct rhema_req *r)
 {
-    serve_file(r, r->param);
+    if (rhema_query_check(r, NULL) == 0)
+        serve_file(r, r->param);
 }
 
 const struct rhema_route rhema_console_routes[] = {
