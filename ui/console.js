@@ -192,9 +192,13 @@
       ["mode", c.enabled ? "distributed" : "single node"],
     ]);
     const nodes = Array.isArray(c.nodes) ? c.nodes : [];
-    fillTable(table, nodes.map((n) => [
-      n.node_id + (n.node_id === c.leader ? " \u2605" : ""), n.role, pill(n.status), n.address, fmtAgo(n.last_heartbeat),
-    ]), "no live node");
+    fillTable(table, nodes.map((n) => {
+      const who = el("div");
+      who.appendChild(el("div", null, n.node_id + (n.node_id === c.leader ? " \u2605" : "")));
+      who.appendChild(el("div", "small", n.address));
+      who.title = n.node_id + " at " + n.address;
+      return [who, n.role, pill(n.status), fmtAgo(n.last_heartbeat)];
+    }), "no live node");
     return c;
   }
 
@@ -332,10 +336,10 @@
       ["p95 latency", last.latency_p95_ms === undefined || last.latency_p95_ms === null ? "-" : fmt(last.latency_p95_ms) + " ms"],
       ["error ratio", last.error_ratio === undefined || last.error_ratio === null ? "-" : fmt(100 * last.error_ratio, 2) + " %"],
       ["in flight", fmt(last.in_flight, 0)],
-      ["nodes online", cluster ? fmt(cluster.online_nodes, 0) + " / " + fmt(cluster.total_nodes, 0) : "-"],
+      ["nodes up", cluster ? fmt(cluster.online_nodes, 0) + " / " + fmt(cluster.total_nodes, 0) : "-"],
       ["sessions", sessions === null || sessions === undefined ? "-" : fmt(sessions, 0)],
-      ["stored entries", stats && stats.storage ? fmt(stats.storage.entries, 0) : "-"],
-      ["stored bytes", stats && stats.storage ? fmtBytes(stats.storage.bytes) : "-"],
+      ["entries", stats && stats.storage ? fmt(stats.storage.entries, 0) : "-"],
+      ["data", stats && stats.storage ? fmtBytes(stats.storage.bytes) : "-"],
       ["memory", fmtBytes(last.process_resident_bytes)],
     ];
     for (const [k, v] of items) {
