@@ -227,6 +227,11 @@ uint64_t rhema_cluster_leadership_changes(const struct rhema_cluster *c)
     return c ? atomic_load_explicit(&c->leadership_changes, memory_order_relaxed) : 0;
 }
 
+const char *rhema_cluster_node_id(const struct rhema_cluster *c)
+{
+    return c ? c->node_id : "";
+}
+
 uint64_t rhema_cluster_known_epoch(const struct rhema_cluster *c)
 {
     uint64_t e;

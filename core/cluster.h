@@ -113,6 +113,8 @@ int rhema_cluster_leadership(const struct rhema_cluster *c, uint64_t *epoch);
 uint64_t rhema_cluster_leadership_changes(const struct rhema_cluster *c);
 /* The largest epoch this node has seen (its own or another holder's). */
 uint64_t rhema_cluster_known_epoch(const struct rhema_cluster *c);
+/* This node's id (set at start, then constant); "" for NULL. */
+const char *rhema_cluster_node_id(const struct rhema_cluster *c);
 
 /*
  * The JSON of GET /v1/cluster (RHEMA_CLUSTER_VIEW_HEALTH: ClusterHealth

@@ -39,6 +39,7 @@ static const char *const roles_enum[] = { "Coordinator", "Worker", "Observer", "
 const char *const cfg_level_enum[] = { "debug", "info", "notice", "warn", "error", NULL };
 static const char *const format_enum[] = { "text", "json", NULL };
 static const char *const no_strings[] = { NULL };
+static const char *const history_backend_enum[] = { "memory", "storage", NULL };
 static const char *const action_enum[] = { "allow", "deny", NULL };
 static const char *const failure_mode_enum[] = { "open", "closed", NULL };
 static const char *const tls_client_enum[] = { "none", "optional", "required", NULL };
@@ -218,6 +219,13 @@ const struct key cfg_schema[] = {
     BOOL_("monitoring.enabled", 1),
     TYPED("monitoring.metrics_path", K_PATH, "/metrics", 0),
     INT_("monitoring.sample_interval_seconds", 10, 1, 3600),
+    INT_("monitoring.metrics_interval_seconds", 10, 1, 3600), /* metrics/history.h */
+    ENUM_("monitoring.storage_backend", "memory", history_backend_enum),
+    INT_("monitoring.history_max_samples", 720, 2, 100000),
+    INT_("monitoring.history_retention_seconds", 86400, 60, 31536000),
+    GRP("monitoring.console", 0), /* api/api_console.h */
+    BOOL_("monitoring.console.enabled", 1),
+    STR("monitoring.console.directory", ""),
     GRP("monitoring.alerts", 0),
     BOOL_("monitoring.alerts.enabled", 0),
     FLT("monitoring.alerts.cpu_percent", 90.0, 0.0, 100.0),

@@ -41,6 +41,8 @@
 #include "alerts.h"
 #include "health.h"
 #include "monitor.h"
+#include "metrics/history.h"
+#include "api/api_console.h"
 #include "consensus.h"
 #include "server.h"
 #include "services.h"
@@ -731,6 +733,11 @@ int main(int argc, char **argv)
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start monitoring");
         goto out;
     }
+    if (rhema_history_open(&srv, &srv.history, &err) != 0 ||
+        rhema_history_start(srv.history, base) != 0 || rhema_console_open(&srv, &err) != 0) {
+        rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the metrics history");
+        goto out;
+    }
     if (rhema_api_start(&srv, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
         goto out;
@@ -773,6 +780,9 @@ out:
     rhema_keys_close(&srv); /* after the workers, before the base its timers are on */
     rhema_maintenance_stop(srv.maintenance); /* its timers live on base too */
     srv.maintenance = NULL;
+    rhema_history_close(srv.history); /* after the workers that read it, before the base */
+    srv.history = NULL;
+    rhema_console_close(&srv);
     rhema_api_metrics_close(); /* after every thread that times storage calls */
     rhema_perfmon_free(srv.perfmon);
     srv.perfmon = NULL;

@@ -44,6 +44,7 @@ struct rhema_monitor;
 struct rhema_alerts;
 struct rhema_health_registry;
 struct rhema_metrics_block;
+struct rhema_history;
 
 /* What a worker runs for each request (core/api/pipeline.c: rhema_pipeline_run). */
 typedef void rhema_request_fn(struct rhema_req *r);
@@ -102,6 +103,8 @@ struct rhema_server {
     struct rhema_monitor *monitor;   /* monitor.h: alert evaluation, webhook; NULL when off */
     struct rhema_alerts *alerts;     /* alerts.h: the rules and their states (monitor.c) */
     struct rhema_health_registry *health; /* health.h: the components of GET /health */
+    struct rhema_history *history;   /* metrics/history.h: sampled series; NULL when off */
+    char *console_dir;               /* api/api_console.h: the /ui/ files; NULL when off */
     atomic_long http_conns;      /* connections open across workers (service.max_connections) */
     atomic_llong http_out_bytes; /* reply bytes queued across workers, not yet sent */
 };

@@ -51,6 +51,7 @@
 #include "api_auth.h"
 #include "api_cluster.h"
 #include "api_consensus.h"
+#include "api_console.h"
 #include "api_keys.h"
 #include "api_metrics.h"
 #include "api_operations.h"
@@ -66,7 +67,8 @@
 const struct rhema_route *const rhema_api_routes[] = {
     rhema_operations_routes, rhema_sessions_routes, rhema_consensus_routes,
     rhema_cluster_routes,    rhema_agents_routes,   rhema_services_routes,
-    rhema_keys_routes,       rhema_auth_routes,     rhema_metrics_routes, NULL,
+    rhema_keys_routes,       rhema_auth_routes,     rhema_metrics_routes,
+    rhema_console_routes,    NULL,
 };
 
 /*

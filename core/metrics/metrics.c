@@ -530,3 +530,35 @@ void rhema_metrics_write(struct rhema_expo *e, const char *const *slot_names, co
         rhema_expo_sample_u64(e, "rhema_storage_errors", "_total", 2, k_bo, v, n);
     }
 }
+
+void rhema_metrics_totals(struct rhema_metrics_totals *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!rhema_metrics_enabled())
+        return;
+    for (int b = 0; b < M.nblocks; b++) {
+        struct rhema_metrics_block *k = &M.blocks[b];
+        out->answered += get(&k->answered); /* before started: in flight never negative */
+        out->started += get(&k->started);
+        for (unsigned s = 0; s < M.nslots; s++) {
+            hist_sum(&k->http[s], out->http, &out->http_sum_ns);
+            for (unsigned m = 0; m < RHEMA_METRICS_METHODS; m++) {
+                _Atomic uint64_t *codes = atomic_load_explicit(
+                    &k->codes[s * RHEMA_METRICS_METHODS + m], memory_order_acquire);
+                if (!codes)
+                    continue;
+                for (unsigned c = 400; c < 600; c++) {
+                    uint64_t n = get(&codes[c - RHEMA_METRICS_STATUS_MIN]);
+                    if (c < 500)
+                        out->status_4xx += n;
+                    else
+                        out->status_5xx += n;
+                }
+            }
+        }
+        for (unsigned op = 0; op < RHEMA_MOP_COUNT; op++) {
+            hist_sum(&k->storage[op], out->storage, &out->storage_sum_ns);
+            out->storage_errors += get(&k->storage_errors[op]);
+        }
+    }
+}

@@ -504,6 +504,18 @@ static void test_bad_enum(void **state)
                      "(got 'My-Store')");
     expect_one_error("monitoring: {\n metrics_path = \"metrics\";\n};\n", 2,
                      "'monitoring.metrics_path' must begin with '/' (got 'metrics')");
+    /* the metrics history and the console (metrics/history.h, api/api_console.h) */
+    expect_one_error("monitoring: {\n\n storage_backend = \"disk\";\n};\n", 3,
+                     "'monitoring.storage_backend' must be one of memory, storage (got 'disk')");
+    expect_one_error("monitoring: {\n history_max_samples = 1;\n};\n", 2,
+                     "'monitoring.history_max_samples' must be between 2 and 100000 (got 1)");
+    expect_one_error("monitoring: {\n metrics_interval_seconds = 0;\n};\n", 2,
+                     "'monitoring.metrics_interval_seconds' must be between 1 and 3600 (got 0)");
+    expect_one_error("monitoring: {\n history_retention_seconds = 59;\n};\n", 2,
+                     "'monitoring.history_retention_seconds' must be between 60 and 31536000 "
+                     "(got 59)");
+    expect_one_error("monitoring: { console: {\n enabled = \"yes\"; }; };\n", 2,
+                     "'monitoring.console.enabled' must be a boolean (true or false)");
 }
 
 static void test_listen_addresses(void **state)
