@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -38,6 +39,27 @@ static void flush_repeats(void);
 static atomic_int tee_stderr;
 static atomic_int use_syslog;
 static int detached;
+
+/*
+ * Under systemd, stderr is often a stream to journald, which stamps each
+ * line itself and reads a leading "<N>" as its syslog priority
+ * (sd-daemon(3): SD_ERR "<3>" ... SD_DEBUG "<7>").  systemd says so by
+ * setting $JOURNAL_STREAM to that stream's "device:inode"; a stderr that
+ * does not match it (redirected by a shell, inherited by a child) is not
+ * the journal.  Checked at each rhema_log_open().
+ */
+static atomic_int journal;
+
+static int stderr_is_journal(void)
+{
+    const char *e = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    char tail;
+    struct stat st;
+    if (!e || sscanf(e, "%llu:%llu%c", &dev, &ino, &tail) != 2 || fstat(STDERR_FILENO, &st) != 0)
+        return 0;
+    return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
 
 const char *rhema_log_level_name(int level)
 {
@@ -83,6 +105,7 @@ int rhema_log_open(int level, enum rhema_log_format format, const char *file, ch
     atomic_store(&log_level, level);
     atomic_store(&log_format, (int)format);
     atomic_store(&use_syslog, 0);
+    atomic_store(&journal, stderr_is_journal());
     pthread_mutex_unlock(&reopen_lock);
     return 0;
 }
@@ -92,6 +115,7 @@ void rhema_log_detach(void)
     pthread_mutex_lock(&reopen_lock);
     detached = 1;
     atomic_store(&tee_stderr, 0);
+    atomic_store(&journal, 0); /* stderr becomes /dev/null */
     /* also with a log file: a reload may take it away and fall back to syslog */
     openlog("rhemad", LOG_PID | LOG_NDELAY, LOG_DAEMON);
     if (atomic_load(&log_fd) == STDERR_FILENO)
@@ -210,17 +234,46 @@ static void write_all(int fd, const char *line, size_t len)
  * timestamp (syslog stamps lines itself); level picks the syslog priority
  * and whether the line is also copied to stderr.
  */
+static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO, LOG_DEBUG};
+
+/*
+ * To stderr when it is the journal: "<N>" and the line after its timestamp
+ * (in place of the timestamp's last bytes; a JSON line, which has no room
+ * before it, is copied), in one write as every line is.
+ */
+static void write_journal(int level, char *line, size_t len, size_t body)
+{
+    char buf[8192];
+    if (body >= 3) {
+        line[body - 3] = '<';
+        line[body - 2] = (char)('0' + prio[level]);
+        line[body - 1] = '>';
+        write_all(STDERR_FILENO, line + body - 3, len - body + 3);
+    } else if (len - body + 3 <= sizeof buf) {
+        buf[0] = '<';
+        buf[1] = (char)('0' + prio[level]);
+        buf[2] = '>';
+        memcpy(buf + 3, line + body, len - body);
+        write_all(STDERR_FILENO, buf, len - body + 3);
+    } else {
+        write_all(STDERR_FILENO, line, len);
+    }
+}
+
 static void emit(int level, char *line, size_t len, size_t body)
 {
-    static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO, LOG_DEBUG};
     if (atomic_load(&use_syslog)) {
         line[len - 1] = '\0'; /* the newline */
         syslog(prio[level], "%s", line + body);
         return;
     }
-    int fd = atomic_load(&log_fd);
-    write_all(fd, line, len);
-    if (fd != STDERR_FILENO && level <= RHEMA_LOG_WARN && atomic_load(&tee_stderr))
+    int fd = atomic_load(&log_fd),
+        tee = fd != STDERR_FILENO && level <= RHEMA_LOG_WARN && atomic_load(&tee_stderr);
+    if (fd != STDERR_FILENO)
+        write_all(fd, line, len);
+    if ((fd == STDERR_FILENO || tee) && atomic_load(&journal))
+        write_journal(level, line, len, body);
+    else if (fd == STDERR_FILENO || tee)
         write_all(STDERR_FILENO, line, len);
 }
 

@@ -20,21 +20,23 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <sodium.h>
 
-#include "keys.h"
+#include "api/api_metrics.h"
+#include "api/pipeline.h"
+#include "api/tls.h"
 #include "atrest.h"
 #include "audit.h"
 #include "cluster.h"
 #include "config.h"
+#include "consensus.h"
 #include "datadir.h"
-#include "api/pipeline.h"
-#include "api/tls.h"
-#include "api/api_metrics.h"
+#include "keys.h"
 #include "log.h"
 #include "maintenance.h"
 #include "perfmon.h"
@@ -44,9 +46,10 @@
 #include "metrics/history.h"
 #include "api/api_console.h"
 #include "consensus.h"
+#include "plugin.h"
+#include "sdnotify.h"
 #include "server.h"
 #include "services.h"
-#include "plugin.h"
 #include "util.h"
 
 struct options {
@@ -464,6 +467,7 @@ static void on_terminate(evutil_socket_t sig, short what, void *arg)
     (void)what;
     struct main_ctx *m = arg;
     rhema_log(RHEMA_LOG_NOTICE, "main", "signal %d: draining and stopping", (int)sig);
+    rhema_sd_notifyf("STOPPING=1\nSTATUS=draining (signal %d)\n", (int)sig);
     event_base_loopbreak(m->base);
 }
 
@@ -484,10 +488,9 @@ static void on_reopen(evutil_socket_t sig, short what, void *arg)
     rhema_audit_reopen();
 }
 
-static void on_reload(evutil_socket_t sig, short what, void *arg)
+/* Re-read the configuration; 0, or -1 when it was refused (the old one stays). */
+static int reload(struct main_ctx *m)
 {
-    (void)sig, (void)what;
-    struct main_ctx *m = arg;
     struct rhema_config neu;
     char *err = NULL;
     if (rhema_config_load(&neu, m->opt->config_file, m->opt->overrides, m->opt->n_overrides,
@@ -497,7 +500,7 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         rhema_audit_event("config.reload_refused", NULL, NULL,
                           json_pack("{s:s}", "file", m->opt->config_file ? m->opt->config_file : ""));
         free(err);
-        return;
+        return -1;
     }
     struct rhema_config *old = m->srv->cfg;
     if (rhema_log_open(neu.log_level, neu.log_format, neu.log_file, &err) != 0) {
@@ -534,6 +537,22 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
     rhema_audit_event("config.reloaded", NULL, NULL,
                       json_pack("{s:s}", "file", m->opt->config_file ? m->opt->config_file : ""));
     rhema_config_release(&neu);
+    return 0;
+}
+
+/* SIGHUP: systemd hears RELOADING=1 before the reload and READY=1 after it (sd_notify(3)). */
+static void on_reload(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig, (void)what;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    rhema_sd_notifyf("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading the configuration\n",
+                     (unsigned long long)now.tv_sec * 1000000ull +
+                         (unsigned long long)now.tv_nsec / 1000u);
+    int rc = reload(arg);
+    rhema_sd_notifyf("READY=1\nSTATUS=serving; %s\n",
+                     rc ? "the last reload was refused (see the log), the old configuration runs"
+                        : "configuration reloaded");
 }
 
 static size_t count_plugins(const struct rhema_plugin_registry *reg)
@@ -751,7 +770,20 @@ int main(int argc, char **argv)
               cfg.path && *cfg.path ? cfg.path : "built-in defaults");
     rhema_log_tee_stderr(0);
     notify_ready(0);
+    /* systemd (Type=notify): serving now; MAINPID since a daemonized rhemad is not the pid it
+     * started */
+    if (opt.foreground)
+        rhema_sd_notifyf("READY=1\nSTATUS=serving on %s (storage '%s')\n", cfg.listen,
+                         srv.storage_plugin->name);
+    else
+        rhema_sd_notifyf("READY=1\nMAINPID=%ld\nSTATUS=serving on %s (storage '%s')\n",
+                         (long)getpid(), cfg.listen, srv.storage_plugin->name);
+    if (rhema_sd_watchdog_start(&srv, base) != 0)
+        rhema_log(RHEMA_LOG_ERROR, "main",
+                  "cannot start the watchdog timer; systemd will restart "
+                  "this daemon when WatchdogSec passes");
     event_base_dispatch(base);
+    rhema_sd_watchdog_stop(); /* not while draining: systemd's stop timeout rules now */
 
     rhema_cluster_leave(srv.cluster); /* hand the lease over before the drain */
     rhema_api_stop(&srv);
@@ -766,6 +798,8 @@ int main(int argc, char **argv)
     rhema_log(RHEMA_LOG_NOTICE, "main", "stopped");
     status = 0;
 out:
+    if (status && !opt.test_only)
+        rhema_sd_notifyf("STATUS=failed to start; see the log\n");
     notify_ready(status ? 1 : 0);
     if (srv.workers)
         rhema_api_stop(&srv);
@@ -773,6 +807,7 @@ out:
     srv.monitor = NULL;
     rhema_health_close(srv.health);
     srv.health = NULL;
+    rhema_sd_watchdog_free();          /* after the workers' mailboxes delivered its pings */
     rhema_services_stop(srv.services); /* after the workers, before the cluster and the base */
     srv.services = NULL;
     rhema_cluster_stop(srv.cluster); /* after the workers, before the base its timers are on */

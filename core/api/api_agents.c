@@ -15,14 +15,10 @@
 
 #include "agents.h"
 #include "api_agents.h"
+#include "conditional.h"
 #include "json_fields.h"
 #include "query.h"
 #include "util.h"
-
-static int is_read(const struct rhema_req *r)
-{
-    return r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD;
-}
 
 static uint64_t heartbeat_timeout_ms(struct rhema_req *r)
 {
@@ -34,35 +30,32 @@ static uint64_t heartbeat_timeout_ms(struct rhema_req *r)
     return (uint64_t)v * 1000u;
 }
 
-/* If-Match / If-None-Match of a write where "must not exist" makes no sense. */
-static int precondition_no_inm(struct rhema_req *r, uint64_t *if_match)
+/* Current versions, for the preconditions that need them (conditional.h). */
+static int agent_version(struct rhema_req *r, uint64_t *version, char err[RHEMA_ERRMSG_MAX])
 {
-    if (rhema_req_precondition(r, if_match) != 0)
-        return -1;
-    if (*if_match == RHEMA_VERSION_ABSENT) {
-        rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense on %s",
-                          r->method == EVHTTP_REQ_DELETE ? "DELETE" : "POST");
-        return -1;
-    }
-    return 0;
+    struct rhema_record rec = {0};
+    int rc = rhema_agent_get(&r->worker->store, r->param, heartbeat_timeout_ms(r), &rec, err);
+    *version = rec.version;
+    rhema_record_release(&rec);
+    return rc;
 }
 
-/* Reply with a record and its ETag; 304 for a read whose If-None-Match is current. */
-static void reply_record(struct rhema_req *r, int status, struct rhema_record *rec)
+static int metrics_version(struct rhema_req *r, uint64_t *version, char err[RHEMA_ERRMSG_MAX])
 {
-    rhema_header_etag(r, rec->version);
-    if (is_read(r)) {
-        const char *inm = rhema_req_header(r, "If-None-Match");
-        char etag[32];
-        snprintf(etag, sizeof etag, "\"%llu\"", (unsigned long long)rec->version);
-        if (inm && strcmp(inm, etag) == 0) {
-            rhema_record_release(rec);
-            rhema_reply(r, 304, NULL, NULL, 0);
-            return;
-        }
-    }
-    rhema_reply_json(r, status, rec->json, rec->len);
-    rhema_record_release(rec);
+    struct rhema_record rec = {0};
+    int rc = rhema_system_metrics_get(&r->worker->store, &rec, err);
+    *version = rec.version;
+    rhema_record_release(&rec);
+    return rc;
+}
+
+static int config_version(struct rhema_req *r, uint64_t *version, char err[RHEMA_ERRMSG_MAX])
+{
+    struct rhema_record rec = {0};
+    int rc = rhema_configuration_get(&r->worker->store, r->param, 0, &rec, err);
+    *version = rec.version;
+    rhema_record_release(&rec);
+    return rc;
 }
 
 static const char *const list_params[] = {"limit", "cursor", NULL};
@@ -108,7 +101,7 @@ static void h_agent_get(struct rhema_req *r)
         rhema_reply_store_error(r, rc, err);
         return;
     }
-    reply_record(r, 200, &rec);
+    rhema_reply_record(r, 200, &rec);
 }
 
 static void h_agent_put(struct rhema_req *r)
@@ -119,7 +112,7 @@ static void h_agent_put(struct rhema_req *r)
     struct rhema_record rec = {0};
     json_t *agent = NULL;
     int created = 0;
-    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_preconditions(r, agent_version, &if_match) != 0)
         return;
     json_t *body = rhema_req_json(r);
     if (!body)
@@ -139,7 +132,7 @@ static void h_agent_put(struct rhema_req *r)
         snprintf(loc, sizeof loc, "/v1/agents/%s", id);
         rhema_header(r, "Location", loc);
     }
-    reply_record(r, created ? 201 : 200, &rec);
+    rhema_reply_record(r, created ? 201 : 200, &rec);
 }
 
 /*
@@ -162,12 +155,8 @@ static void h_agent_patch(struct rhema_req *r)
                           "PATCH takes Content-Type: application/merge-patch+json (RFC 7396)");
         return;
     }
-    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_preconditions(r, agent_version, &if_match) != 0)
         return;
-    if (if_match == RHEMA_VERSION_ABSENT) {
-        rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense on PATCH");
-        return;
-    }
     if (!(body = rhema_req_json(r)))
         return;
     if (!json_is_object(body)) {
@@ -178,7 +167,7 @@ static void h_agent_patch(struct rhema_req *r)
         rhema_reply_store_error(r, rc, err);
         goto out;
     }
-    if (if_match && if_match != rec.version) {
+    if (RHEMA_IF_MATCH_VERSION(if_match) && if_match != rec.version) {
         rhema_reply_error(r, 412, "precondition_failed",
                           "agent '%s' is at version %llu, not %llu (If-Match)", id,
                           (unsigned long long)rec.version, (unsigned long long)if_match);
@@ -205,7 +194,7 @@ static void h_agent_patch(struct rhema_req *r)
         rhema_reply_store_error(r, rc, err);
         goto out;
     }
-    reply_record(r, 200, &rec);
+    rhema_reply_record(r, 200, &rec);
 out:
     rhema_record_release(&rec);
     json_decref(agent);
@@ -219,7 +208,7 @@ static void h_agent_delete(struct rhema_req *r)
     const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     uint64_t if_match;
-    if (rhema_query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_preconditions(r, agent_version, &if_match) != 0)
         return;
     int rc = rhema_agent_delete(&r->worker->store, id, if_match, err);
     if (rc) {
@@ -250,7 +239,7 @@ static void h_agent_heartbeat(struct rhema_req *r)
     uint64_t if_match;
     struct rhema_record rec = {0};
     json_t *body = NULL, *hb = NULL;
-    if (rhema_query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_preconditions(r, agent_version, &if_match) != 0)
         return;
     if (evbuffer_get_length(evhttp_request_get_input_buffer(r->req)) > 0 &&
         !(body = rhema_req_json(r)))
@@ -265,7 +254,7 @@ static void h_agent_heartbeat(struct rhema_req *r)
         rhema_reply_store_error(r, rc, err);
         return;
     }
-    reply_record(r, 200, &rec);
+    rhema_reply_record(r, 200, &rec);
 }
 
 /* ---- system metrics ---- */
@@ -281,7 +270,7 @@ static void h_metrics_get(struct rhema_req *r)
         rhema_reply_store_error(r, rc, err);
         return;
     }
-    reply_record(r, 200, &rec);
+    rhema_reply_record(r, 200, &rec);
 }
 
 static void h_metrics_put(struct rhema_req *r)
@@ -291,7 +280,7 @@ static void h_metrics_put(struct rhema_req *r)
     struct rhema_record rec = {0};
     json_t *metrics = NULL;
     int created = 0;
-    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_preconditions(r, metrics_version, &if_match) != 0)
         return;
     json_t *body = rhema_req_json(r);
     if (!body)
@@ -305,7 +294,7 @@ static void h_metrics_put(struct rhema_req *r)
         rhema_reply_store_error(r, rc, err);
         return;
     }
-    reply_record(r, created ? 201 : 200, &rec);
+    rhema_reply_record(r, created ? 201 : 200, &rec);
 }
 
 /* ---- configurations ---- */
@@ -324,7 +313,7 @@ static void h_config_get(struct rhema_req *r)
         rhema_reply_store_error(r, rc, err);
         return;
     }
-    reply_record(r, 200, &rec);
+    rhema_reply_record(r, 200, &rec);
 }
 
 static void h_config_put(struct rhema_req *r)
@@ -335,7 +324,7 @@ static void h_config_put(struct rhema_req *r)
     struct rhema_record rec = {0};
     json_t *conf = NULL;
     int created = 0;
-    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_preconditions(r, config_version, &if_match) != 0)
         return;
     json_t *body = rhema_req_json(r);
     if (!body)
@@ -354,14 +343,14 @@ static void h_config_put(struct rhema_req *r)
         snprintf(loc, sizeof loc, "/v1/configurations/%s", name);
         rhema_header(r, "Location", loc);
     }
-    reply_record(r, created ? 201 : 200, &rec);
+    rhema_reply_record(r, created ? 201 : 200, &rec);
 }
 
 static void h_config_delete(struct rhema_req *r)
 {
     char err[RHEMA_ERRMSG_MAX];
     uint64_t if_match;
-    if (rhema_query_check(r, NULL) || precondition_no_inm(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_preconditions(r, config_version, &if_match) != 0)
         return;
     int rc = rhema_configuration_delete(&r->worker->store, r->param, if_match, err);
     if (rc) {

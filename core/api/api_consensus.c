@@ -11,17 +11,21 @@
 #include <sys/queue.h>
 
 #include "api_consensus.h"
+#include "conditional.h"
 #include "query.h"
 #include "consensus.h"
 #include "util.h"
 
 #define INDEX_PARAM_MAX ((uint64_t)INT64_MAX)
 
-static void reply_record(struct rhema_req *r, int status, struct rhema_record *rec)
+/* The node's state version, for the preconditions that need it (conditional.h). */
+static int state_version(struct rhema_req *r, uint64_t *version, char err[RHEMA_ERRMSG_MAX])
 {
-    rhema_header_etag(r, rec->version);
-    rhema_reply_json(r, status, rec->json, rec->len);
-    rhema_record_release(rec);
+    struct rhema_record rec = {0};
+    int rc = rhema_consensus_state_get(&r->worker->store, r->param, &rec, err);
+    *version = rec.version;
+    rhema_record_release(&rec);
+    return rc;
 }
 
 /* ---- handlers ---- */
@@ -56,17 +60,7 @@ static void h_state_get(struct rhema_req *r)
         rhema_reply_store_error(r, rc, err);
         return;
     }
-    /* If-None-Match on a read: 304 when the client's copy is current. */
-    const char *inm = rhema_req_header(r, "If-None-Match");
-    char etag[32];
-    snprintf(etag, sizeof etag, "\"%llu\"", (unsigned long long)rec.version);
-    if (inm && strcmp(inm, etag) == 0) {
-        rhema_header_etag(r, rec.version);
-        rhema_record_release(&rec);
-        rhema_reply(r, 304, NULL, NULL, 0);
-        return;
-    }
-    reply_record(r, 200, &rec);
+    rhema_reply_record(r, 200, &rec); /* 304 for a current If-None-Match */
 }
 
 static void h_state_put(struct rhema_req *r)
@@ -77,7 +71,7 @@ static void h_state_put(struct rhema_req *r)
     json_t *body, *state = NULL;
     struct rhema_record rec = {0};
     int created = 0;
-    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_preconditions(r, state_version, &if_match) != 0)
         return;
     if (!(body = rhema_req_json(r)))
         return;
@@ -96,7 +90,7 @@ static void h_state_put(struct rhema_req *r)
         snprintf(loc, sizeof loc, "/v1/consensus/%s/state", node);
         rhema_header(r, "Location", loc);
     }
-    reply_record(r, created ? 201 : 200, &rec);
+    rhema_reply_record(r, created ? 201 : 200, &rec);
 }
 
 static void h_entries_post(struct rhema_req *r)
@@ -125,7 +119,7 @@ static void h_entries_post(struct rhema_req *r)
         rhema_reply_store_error(r, rc, err);
         return;
     }
-    reply_record(r, res.appended ? 201 : 200, &rec);
+    rhema_reply_record(r, res.appended ? 201 : 200, &rec);
 }
 
 static void h_entries_get(struct rhema_req *r)
@@ -204,7 +198,7 @@ static void h_mark(struct rhema_req *r, const char *node, enum rhema_consensus_m
         rhema_reply_store_error(r, rc, err);
         return;
     }
-    reply_record(r, 200, &rec);
+    rhema_reply_record(r, 200, &rec);
 }
 
 static void h_commit(struct rhema_req *r) { h_mark(r, r->param, RHEMA_CONSENSUS_COMMIT); }

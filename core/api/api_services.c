@@ -14,14 +14,10 @@
 #include <event2/buffer.h>
 
 #include "api_services.h"
+#include "conditional.h"
 #include "query.h"
 #include "services.h"
 #include "util.h"
-
-static int is_read(const struct rhema_req *r)
-{
-    return r->method == EVHTTP_REQ_GET || r->method == EVHTTP_REQ_HEAD;
-}
 
 static struct rhema_services *module(struct rhema_req *r)
 {
@@ -31,21 +27,15 @@ static struct rhema_services *module(struct rhema_req *r)
     return s;
 }
 
-static void reply_record(struct rhema_req *r, int status, struct rhema_record *rec)
+/* The instance's current version, for the preconditions that need it (conditional.h). */
+static int service_version(struct rhema_req *r, uint64_t *version, char err[RHEMA_ERRMSG_MAX])
 {
-    rhema_header_etag(r, rec->version);
-    if (is_read(r)) {
-        const char *inm = rhema_req_header(r, "If-None-Match");
-        char etag[32];
-        snprintf(etag, sizeof etag, "\"%llu\"", (unsigned long long)rec->version);
-        if (inm && strcmp(inm, etag) == 0) {
-            rhema_record_release(rec);
-            rhema_reply(r, 304, NULL, NULL, 0);
-            return;
-        }
-    }
-    rhema_reply_json(r, status, rec->json, rec->len);
-    rhema_record_release(rec);
+    struct rhema_record rec = {0};
+    int rc = rhema_service_get(&r->worker->store, r->param,
+                               rhema_services_checks_enabled(r->worker->srv->services), &rec, err);
+    *version = rec.version;
+    rhema_record_release(&rec);
+    return rc;
 }
 
 static void h_list(struct rhema_req *r)
@@ -82,7 +72,7 @@ static void h_get(struct rhema_req *r)
         rhema_reply_store_error(r, rc, err);
         return;
     }
-    reply_record(r, 200, &rec);
+    rhema_reply_record(r, 200, &rec);
 }
 
 static void h_put(struct rhema_req *r)
@@ -97,7 +87,7 @@ static void h_put(struct rhema_req *r)
     uint64_t if_match;
     json_t *body, *svc = NULL;
     int created = 0, rc;
-    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_preconditions(r, service_version, &if_match) != 0)
         return;
     if (!(body = rhema_req_json(r)))
         return;
@@ -127,7 +117,7 @@ static void h_put(struct rhema_req *r)
         snprintf(loc, sizeof loc, "/v1/services/%s", id);
         rhema_header(r, "Location", loc);
     }
-    reply_record(r, created ? 201 : 200, &rec);
+    rhema_reply_record(r, created ? 201 : 200, &rec);
 }
 
 static void h_delete(struct rhema_req *r)
@@ -139,12 +129,8 @@ static void h_delete(struct rhema_req *r)
     char err[RHEMA_ERRMSG_MAX], name[RHEMA_ID_MAX + 1] = "";
     uint64_t if_match;
     int rc;
-    if (rhema_query_check(r, NULL) || rhema_req_precondition(r, &if_match) != 0)
+    if (rhema_query_check(r, NULL) || rhema_preconditions(r, service_version, &if_match) != 0)
         return;
-    if (if_match == RHEMA_VERSION_ABSENT) {
-        rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense on DELETE");
-        return;
-    }
     rc = rhema_service_delete(&r->worker->store, id, if_match, name, err);
     if (rc) {
         rhema_reply_store_error(r, rc, err);

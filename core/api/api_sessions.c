@@ -12,17 +12,20 @@
 
 #include "api_sessions.h"
 #include "commit.h"
+#include "conditional.h"
 #include "json_fields.h"
 #include "query.h"
 #include "util.h"
 
 /* ---- sessions ---- */
 
-static void reply_record(struct rhema_req *r, int status, struct rhema_record *rec)
+/* The session's current version, for the preconditions that need it (conditional.h). */
+static int session_version(struct rhema_req *r, uint64_t *version, char err[RHEMA_ERRMSG_MAX])
 {
-    rhema_header_etag(r, rec->version);
-    rhema_reply_json(r, status, rec->json, rec->len);
-    rhema_record_release(rec);
+    json_t *cur = NULL;
+    int rc = rhema_session_current(&r->worker->store, r->param, &cur, version, err);
+    json_decref(cur);
+    return rc;
 }
 
 /*
@@ -46,7 +49,7 @@ static void answer_op(struct rhema_req *r, struct rhema_session_op *op)
         snprintf(loc, sizeof loc, "/v1/sessions/%s", op->id);
         rhema_header(r, "Location", loc);
     }
-    reply_record(r, op->created ? 201 : 200, &op->rec);
+    rhema_reply_record(r, op->created ? 201 : 200, &op->rec);
 }
 
 /*
@@ -107,7 +110,7 @@ static int op_init(struct rhema_req *r, struct rhema_session_op *op, enum rhema_
     memset(op, 0, sizeof *op);
     op->kind = kind;
     snprintf(op->id, sizeof op->id, "%s", id);
-    return rhema_req_precondition(r, &op->if_match);
+    return rhema_preconditions(r, session_version, &op->if_match);
 }
 
 static void h_session_put(struct rhema_req *r)
@@ -151,10 +154,6 @@ static void h_session_patch(struct rhema_req *r)
     }
     if (op_init(r, &op, RHEMA_SOP_PUT, id) != 0)
         return;
-    if (op.if_match == RHEMA_VERSION_ABSENT) {
-        rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense on PATCH");
-        return;
-    }
     if (!(body = rhema_req_json(r)))
         return;
     if (!json_is_object(body)) {
@@ -165,7 +164,7 @@ static void h_session_patch(struct rhema_req *r)
         rhema_reply_store_error(r, rc, op.err);
         goto out;
     }
-    if (op.if_match && op.if_match != version) {
+    if (RHEMA_IF_MATCH_VERSION(op.if_match) && op.if_match != version) {
         rhema_reply_error(r, 412, "precondition_failed",
                           "session '%s' is at version %llu, not %llu (If-Match)", id,
                           (unsigned long long)version, (unsigned long long)op.if_match);
@@ -198,17 +197,7 @@ static void h_session_get(struct rhema_req *r)
         rhema_reply_store_error(r, rc, err);
         return;
     }
-    /* If-None-Match on a read: 304 when the client's copy is current. */
-    const char *inm = rhema_req_header(r, "If-None-Match");
-    char etag[32];
-    snprintf(etag, sizeof etag, "\"%llu\"", (unsigned long long)rec.version);
-    if (inm && strcmp(inm, etag) == 0) {
-        rhema_header_etag(r, rec.version);
-        rhema_record_release(&rec);
-        rhema_reply(r, 304, NULL, NULL, 0);
-        return;
-    }
-    reply_record(r, 200, &rec);
+    rhema_reply_record(r, 200, &rec); /* 304 for a current If-None-Match */
 }
 
 static void h_session_delete(struct rhema_req *r)
@@ -217,10 +206,6 @@ static void h_session_delete(struct rhema_req *r)
     struct rhema_session_op op;
     if (op_init(r, &op, RHEMA_SOP_DELETE, id) != 0)
         return;
-    if (op.if_match == RHEMA_VERSION_ABSENT) {
-        rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense on DELETE");
-        return;
-    }
     submit_op(r, &op);
 }
 
@@ -230,10 +215,6 @@ static void h_session_message(struct rhema_req *r)
     struct rhema_session_op op;
     if (op_init(r, &op, RHEMA_SOP_APPEND, id) != 0)
         return;
-    if (op.if_match == RHEMA_VERSION_ABSENT) {
-        rhema_reply_error(r, 400, "bad_header", "If-None-Match makes no sense here");
-        return;
-    }
     json_t *body = rhema_req_json(r);
     if (!body)
         return;

@@ -1102,32 +1102,6 @@ json_t *rhema_req_json(struct rhema_req *r)
     return v;
 }
 
-static int parse_version(const char *s, uint64_t *out)
-{
-    char *end;
-    while (*s == ' ')
-        s++;
-    if (strncmp(s, "W/", 2) == 0)
-        return -1; /* weak validators never match a strong comparison */
-    int quoted = *s == '"';
-    if (quoted)
-        s++;
-    if (*s < '0' || *s > '9')
-        return -1;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || v == 0 || v >= RHEMA_VERSION_PRESENT) /* both reserved */
-        return -1;
-    if (quoted && *end++ != '"')
-        return -1;
-    while (*end == ' ')
-        end++;
-    if (*end)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 /* 1 when the request's Content-Type is the media type `want` (parameters ignored). */
 int rhema_req_media_type(struct rhema_req *r, const char *want)
 {
@@ -1143,33 +1117,6 @@ int rhema_req_media_type(struct rhema_req *r, const char *want)
     while (*ct == ' ' || *ct == '\t')
         ct++;
     return *ct == '\0' || *ct == ';';
-}
-
-int rhema_req_precondition(struct rhema_req *r, uint64_t *expected)
-{
-    const char *im = rhema_req_header(r, "If-Match");
-    const char *inm = rhema_req_header(r, "If-None-Match");
-    *expected = RHEMA_VERSION_ANY;
-    if (im && inm) {
-        rhema_reply_error(r, 400, "bad_header", "If-Match and If-None-Match together");
-        return -1;
-    }
-    if (inm) {
-        if (strcmp(inm, "*") != 0) {
-            rhema_reply_error(r, 400, "bad_header", "If-None-Match: only * is supported on writes");
-            return -1;
-        }
-        *expected = RHEMA_VERSION_ABSENT;
-    } else if (im && strcmp(im, "*") == 0) {
-        *expected = RHEMA_VERSION_PRESENT;
-    } else if (im) {
-        if (parse_version(im, expected) != 0) {
-            rhema_reply_error(r, 400, "bad_header",
-                              "If-Match: expected one strong ETag such as \"3\", got '%s'", im);
-            return -1;
-        }
-    }
-    return 0;
 }
 
 /* ---- the request path ---- */

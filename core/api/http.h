@@ -154,14 +154,7 @@ const char *rhema_req_header(struct rhema_req *r, const char *name);
 json_t *rhema_req_json(struct rhema_req *r);
 /* 1 when the request's Content-Type is the media type `want` (case-insensitive; parameters such as charset ignored). */
 int rhema_req_media_type(struct rhema_req *r, const char *want);
-/*
- * Parse If-Match / If-None-Match into an expected version: 0 (none),
- * RHEMA_VERSION_ABSENT (If-None-Match: *), RHEMA_VERSION_PRESENT (If-Match: *,
- * store.h), or a version.  Replies 400 and
- * returns -1 when malformed.
- */
-int rhema_req_precondition(struct rhema_req *r, uint64_t *expected);
-/* Set the strong ETag of a version. */
+/* Set the strong ETag of a version (conditional.h evaluates If-Match / If-None-Match). */
 void rhema_header_etag(struct rhema_req *r, uint64_t version);
 
 #endif /* RHEMA_CORE_HTTP_H */

@@ -343,8 +343,10 @@ def test_configuration_delete_with_if_match(daemons, tmp_path, backend):
     st, _, err = d.json("DELETE", "/v1/configurations/gone", headers={"If-Match": '"2"'})
     assert st == 412, err
     assert d.json("GET", "/v1/configurations/gone")[2]["version"] == 3
+    # If-None-Match: * on an existing one: 412 (RFC 9110), nothing deleted
     st, _, err = d.json("DELETE", "/v1/configurations/gone", headers={"If-None-Match": "*"})
-    assert st == 400, err
+    assert st == 412, err
+    assert d.json("GET", "/v1/configurations/gone")[2]["version"] == 3
     r = d.request("DELETE", "/v1/configurations/gone", headers={"If-Match": '"3"'})
     assert r.status == 204, r.body
     assert d.request("GET", "/v1/configurations/gone").status == 404

@@ -5,7 +5,8 @@
  * (-Wl,--wrap) to keep the status, the headers and the body before
  * libevent frees a request that has no connection.
  *
- * Covered: If-Match / If-None-Match (rhema_req_precondition), path ids
+ * Covered: If-Match / If-None-Match (conditional.c: rhema_etags_parse,
+ * rhema_preconditions, rhema_reply_record), path ids
  * (rhema_path_id), methods and their Allow lists (rhema_method), error
  * replies with bytes that are not UTF-8 and with messages longer than the
  * buffer (rhema_reply_error), and rhema_utf8_copy() itself.
@@ -25,6 +26,7 @@
 #include <event2/http.h>
 #include <jansson.h>
 
+#include "api/conditional.h"
 #include "api/http.h"
 #include "util.h"
 
@@ -154,69 +156,187 @@ static const char *sent_error(int status, const char *code)
     return message;
 }
 
-/* ---- If-Match / If-None-Match ---- */
+/* ---- If-Match / If-None-Match (conditional.c) ---- */
 
-static void expect_precondition(const char *im, const char *inm, uint64_t want)
+/* The fake resource the slow path reads: absent when 0. */
+static uint64_t current_version;
+static int current_reads;
+
+static int fake_current(struct rhema_req *r, uint64_t *version, char err[RHEMA_ERRMSG_MAX])
+{
+    (void)r;
+    current_reads++;
+    if (!current_version) {
+        snprintf(err, RHEMA_ERRMSG_MAX, "x not found");
+        return RHEMA_ENOTFOUND;
+    }
+    *version = current_version;
+    return 0;
+}
+
+/* Preconditions of `method` against a resource at version cur (0: absent). */
+static int run_preconditions(enum evhttp_cmd_type method, const char *im, const char *inm,
+                             uint64_t cur, uint64_t *got)
 {
     struct rhema_req r;
-    uint64_t got = 12345;
-
     if (im && inm)
-        req_new(&r, EVHTTP_REQ_PUT, "/v1/x", "If-Match", im, "If-None-Match", inm, NULL);
+        req_new(&r, method, "/v1/x", "If-Match", im, "If-None-Match", inm, NULL);
     else if (im)
-        req_new(&r, EVHTTP_REQ_PUT, "/v1/x", "If-Match", im, NULL);
+        req_new(&r, method, "/v1/x", "If-Match", im, NULL);
     else if (inm)
-        req_new(&r, EVHTTP_REQ_PUT, "/v1/x", "If-None-Match", inm, NULL);
+        req_new(&r, method, "/v1/x", "If-None-Match", inm, NULL);
     else
-        req_new(&r, EVHTTP_REQ_PUT, "/v1/x", NULL);
-    assert_int_equal(rhema_req_precondition(&r, &got), 0);
-    assert_true(got == want);
-    req_unanswered(&r);
+        req_new(&r, method, "/v1/x", NULL);
+    current_version = cur;
+    current_reads = 0;
+    *got = 12345;
+    int rc = rhema_preconditions(&r, fake_current, got);
+    if (rc == 0)
+        req_unanswered(&r);
+    return rc;
 }
 
-static const char *expect_bad_precondition(const char *im, const char *inm)
+/* The write goes on with *expected == want, after `reads` reads of the resource. */
+static void expect_write(enum evhttp_cmd_type method, const char *im, const char *inm,
+                         uint64_t cur, uint64_t want, int reads)
 {
-    struct rhema_req r;
     uint64_t got;
-
-    if (im && inm)
-        req_new(&r, EVHTTP_REQ_PUT, "/v1/x", "If-Match", im, "If-None-Match", inm, NULL);
-    else if (im)
-        req_new(&r, EVHTTP_REQ_PUT, "/v1/x", "If-Match", im, NULL);
-    else
-        req_new(&r, EVHTTP_REQ_PUT, "/v1/x", "If-None-Match", inm, NULL);
-    assert_int_equal(rhema_req_precondition(&r, &got), -1);
-    return sent_error(400, "bad_header");
+    assert_int_equal(run_preconditions(method, im, inm, cur, &got), 0);
+    assert_true(got == want);
+    assert_int_equal(current_reads, reads);
 }
 
-static void test_precondition(void **state)
+static const char *expect_precond_refused(enum evhttp_cmd_type method, const char *im, const char *inm,
+                                  uint64_t cur, int status, const char *code)
+{
+    uint64_t got;
+    assert_int_equal(run_preconditions(method, im, inm, cur, &got), -1);
+    return sent_error(status, code);
+}
+
+static void test_etags_parse(void **state)
+{
+    struct rhema_etags t;
+    const char *why = NULL;
+    (void)state;
+    assert_int_equal(rhema_etags_parse(" * ", &t, &why), 0);
+    assert_true(t.any && t.n == 0);
+    assert_int_equal(rhema_etags_parse("\"1\", W/\"2\" ,,\"abc\", \"007\", \"0\", \"1\"", &t, &why), 0);
+    assert_int_equal(t.n, 2); /* "abc", "007", "0" name no version; the second "1" is the first */
+    assert_true(rhema_etags_match(&t, 1, 0) && rhema_etags_match(&t, 1, 1));
+    assert_false(rhema_etags_match(&t, 2, 0)); /* strong comparison: W/"2" never matches */
+    assert_true(rhema_etags_match(&t, 2, 1));  /* weak comparison: it does */
+    assert_false(rhema_etags_match(&t, 3, 1));
+    assert_int_equal(rhema_etags_parse("\"18446744073709551613\"", &t, &why), 0);
+    assert_true(t.n == 1 && t.version[0] == UINT64_C(18446744073709551613));
+    /* the sentinels and an overflow are well-formed tags that name no version */
+    assert_int_equal(rhema_etags_parse("\"18446744073709551614\", \"99999999999999999999\"", &t, &why), 0);
+    assert_int_equal(t.n, 0);
+    static const char *const bad[] = {"", " ", ",", "3", "\"3", "W/3", "w/\"3\"", "\"3\" \"4\"",
+                                      "\"a b\"", "*, \"3\"", "\"3\";", "\"3\xff"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        why = NULL;
+        if (rhema_etags_parse(bad[i], &t, &why) != -1)
+            fail_msg("'%s' was accepted", bad[i]);
+        assert_non_null(why);
+    }
+    char many[512] = "";
+    for (int i = 1; i <= RHEMA_ETAGS_MAX + 1; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), "%s\"%d\"", i > 1 ? "," : "", i);
+    assert_int_equal(rhema_etags_parse(many, &t, &why), -1);
+    assert_string_equal(why, "more than 16 entity tags");
+}
+
+static void test_preconditions(void **state)
 {
     (void)state;
-    expect_precondition(NULL, NULL, RHEMA_VERSION_ANY);
-    expect_precondition("\"3\"", NULL, 3);
-    expect_precondition("3", NULL, 3);
-    expect_precondition("  \"42\"  ", NULL, 42);
-    expect_precondition("\"18446744073709551613\"", NULL, UINT64_C(18446744073709551613));
-    expect_precondition("*", NULL, RHEMA_VERSION_PRESENT); /* must exist (RFC 9110) */
-    expect_precondition(NULL, "*", RHEMA_VERSION_ABSENT);
-
-    assert_string_equal(expect_bad_precondition("\"1\"", "*"),
-                        "If-Match and If-None-Match together");
-    assert_string_equal(expect_bad_precondition(NULL, "\"3\""),
-                        "If-None-Match: only * is supported on writes");
-    assert_string_equal(expect_bad_precondition("W/\"3\"", NULL),
-                        "If-Match: expected one strong ETag such as \"3\", got 'W/\"3\"'");
-    expect_bad_precondition("\"0\"", NULL);                    /* no record has version 0 */
-    expect_bad_precondition("\"18446744073709551615\"", NULL); /* the "absent" sentinel */
-    expect_bad_precondition("\"18446744073709551614\"", NULL); /* the "present" sentinel */
-    expect_bad_precondition("\"99999999999999999999\"", NULL); /* overflow */
-    expect_bad_precondition("\"3", NULL);
-    expect_bad_precondition("\"3\", \"4\"", NULL);
-    expect_bad_precondition("-3", NULL);
-    expect_bad_precondition("", NULL);
+    /* what the store checks itself: no read */
+    expect_write(EVHTTP_REQ_PUT, NULL, NULL, 3, RHEMA_VERSION_ANY, 0);
+    expect_write(EVHTTP_REQ_PUT, "\"3\"", NULL, 3, 3, 0);
+    expect_write(EVHTTP_REQ_PUT, "\"abc\", \"3\", W/\"4\"", NULL, 3, 3, 0);
+    expect_write(EVHTTP_REQ_PUT, "*", NULL, 3, RHEMA_VERSION_PRESENT, 0);
+    expect_write(EVHTTP_REQ_PUT, NULL, "*", 3, RHEMA_VERSION_ABSENT, 0);
+    /* a tag that names no version can never match: 412 without a read */
+    assert_string_equal(expect_precond_refused(EVHTTP_REQ_PUT, "\"abc\"", NULL, 3, 412,
+                                       "precondition_failed"),
+                        "If-Match: no entity tag matches the current one");
+    expect_precond_refused(EVHTTP_REQ_PUT, "W/\"3\"", NULL, 3, 412, "precondition_failed");
+    assert_int_equal(current_reads, 0);
+    /* several versions: read once, pin the write to the version read */
+    expect_write(EVHTTP_REQ_PUT, "\"2\", \"3\"", NULL, 3, 3, 1);
+    expect_precond_refused(EVHTTP_REQ_PUT, "\"2\", \"4\"", NULL, 3, 412, "precondition_failed");
+    expect_precond_refused(EVHTTP_REQ_PUT, "\"2\", \"4\"", NULL, 0, 412, "precondition_failed");
+    /* If-None-Match with tags on a write (weak comparison) */
+    expect_write(EVHTTP_REQ_PUT, NULL, "\"2\"", 3, 3, 1);
+    expect_write(EVHTTP_REQ_PUT, NULL, "\"2\"", 0, RHEMA_VERSION_ABSENT, 1);
+    expect_precond_refused(EVHTTP_REQ_PUT, NULL, "\"2\", W/\"3\"", 3, 412, "precondition_failed");
+    /* If-Match where the method does not create: read, so that absent is 412 */
+    expect_write(EVHTTP_REQ_DELETE, "*", NULL, 3, 3, 1);
+    expect_write(EVHTTP_REQ_DELETE, "\"3\"", NULL, 3, 3, 1);
+    expect_precond_refused(EVHTTP_REQ_DELETE, "*", NULL, 0, 412, "precondition_failed");
+    expect_precond_refused(EVHTTP_REQ_POST, "\"3\"", NULL, 0, 412, "precondition_failed");
+    /* If-None-Match: * where the method does not create */
+    expect_precond_refused(EVHTTP_REQ_DELETE, NULL, "*", 3, 412, "precondition_failed");
+    assert_string_equal(expect_precond_refused(EVHTTP_REQ_DELETE, NULL, "*", 0, 404, "not_found"),
+                        "x not found");
+    expect_precond_refused(EVHTTP_REQ_POST, NULL, "*", 3, 412, "precondition_failed");
+    /* both: If-Match first, then If-None-Match (RFC 9110 §13.2.2) */
+    expect_write(EVHTTP_REQ_PUT, "\"3\"", "\"2\"", 3, 3, 1);
+    expect_precond_refused(EVHTTP_REQ_PUT, "\"3\"", "\"3\"", 3, 412, "precondition_failed");
+    assert_string_equal(expect_precond_refused(EVHTTP_REQ_PUT, "*", "*", 0, 412, "precondition_failed"),
+                        "If-Match: the resource does not exist");
+    assert_string_equal(expect_precond_refused(EVHTTP_REQ_PUT, "*", "*", 3, 412, "precondition_failed"),
+                        "If-None-Match: *: the resource exists");
+    /* malformed: 400, nothing read */
+    assert_string_equal(expect_precond_refused(EVHTTP_REQ_PUT, "3", NULL, 3, 400, "bad_header"),
+                        "If-Match: expected \"*\" or entity tags such as \"3\" or W/\"3\", got '3'");
+    expect_precond_refused(EVHTTP_REQ_PUT, NULL, "\"3", 3, 400, "bad_header");
+    expect_precond_refused(EVHTTP_REQ_PUT, "\"3\"", "nope", 3, 400, "bad_header");
+    assert_int_equal(current_reads, 0);
     /* the header is quoted back: a byte that is not UTF-8 still gives JSON */
-    assert_string_equal(expect_bad_precondition("\"3\xff\"", NULL),
-                        "If-Match: expected one strong ETag such as \"3\", got '\"3\xEF\xBF\xBD\"'");
+    assert_string_equal(expect_precond_refused(EVHTTP_REQ_PUT, "3\xff", NULL, 3, 400, "bad_header"),
+                        "If-Match: expected \"*\" or entity tags such as \"3\" or W/\"3\", got '3\xEF\xBF\xBD'");
+}
+
+/* A GET of a record at version 3 with these headers: the status sent. */
+static int get_record(const char *im, const char *inm)
+{
+    struct rhema_req r;
+    struct rhema_record rec = {0};
+    if (im && inm)
+        req_new(&r, EVHTTP_REQ_GET, "/v1/x", "If-Match", im, "If-None-Match", inm, NULL);
+    else if (im)
+        req_new(&r, EVHTTP_REQ_GET, "/v1/x", "If-Match", im, NULL);
+    else if (inm)
+        req_new(&r, EVHTTP_REQ_GET, "/v1/x", "If-None-Match", inm, NULL);
+    else
+        req_new(&r, EVHTTP_REQ_GET, "/v1/x", NULL);
+    rec.json = strdup("{\"a\":1}");
+    rec.len = strlen(rec.json);
+    rec.version = 3;
+    rhema_reply_record(&r, 200, &rec);
+    assert_null(rec.json); /* released */
+    assert_int_equal(sent.calls, 1);
+    return sent.status;
+}
+
+static void test_reply_record(void **state)
+{
+    (void)state;
+    assert_int_equal(get_record(NULL, NULL), 200);
+    assert_int_equal(sent.len, 7);
+    assert_int_equal(get_record(NULL, "\"3\""), 304);
+    assert_int_equal(sent.len, 0);
+    assert_int_equal(get_record(NULL, "W/\"3\""), 304);
+    assert_int_equal(get_record(NULL, "\"1\", \"3\""), 304);
+    assert_int_equal(get_record(NULL, "*"), 304);
+    assert_int_equal(get_record(NULL, "\"2\""), 200);
+    assert_int_equal(get_record("\"3\"", NULL), 200);
+    assert_int_equal(get_record("\"2\"", NULL), 412);
+    assert_int_equal(get_record("W/\"3\"", NULL), 412);
+    assert_int_equal(get_record("\"2\"", "\"3\""), 412); /* If-Match first */
+    assert_int_equal(get_record("\"3\"", "\"3\""), 304);
+    assert_int_equal(get_record(NULL, "3"), 400);
 }
 
 /* ---- path ids ---- */
@@ -470,7 +590,9 @@ static void test_utf8_copy(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_precondition),
+        cmocka_unit_test(test_etags_parse),
+        cmocka_unit_test(test_preconditions),
+        cmocka_unit_test(test_reply_record),
         cmocka_unit_test(test_path_id),
         cmocka_unit_test(test_method),
         cmocka_unit_test(test_error_bad_utf8),
