@@ -41,6 +41,8 @@ struct rhema_server;
 struct rhema_auth;
 struct rhema_limits;
 struct rhema_metrics_block;
+struct rhema_ai;
+struct rhema_ai_worker;
 
 /* What a worker runs for each request (core/api/pipeline.c: rhema_pipeline_run). */
 typedef void rhema_request_fn(struct rhema_req *r);
@@ -70,6 +72,7 @@ struct rhema_worker {
                                      * and output, the listener's state */
     struct rhema_codec_ctxs codec_ctxs; /* this worker's compression contexts */
     struct rhema_metrics_block *metrics; /* metrics/metrics.h: this worker's counters; NULL: off */
+    struct rhema_ai_worker *ai;  /* ai/gateway.h: HTTP client and exchanges; NULL until used */
 };
 
 struct rhema_server {
@@ -96,6 +99,7 @@ struct rhema_server {
     struct rhema_services *services; /* services.h: registry, health checks, balancers */
     struct rhema_auth *auth;         /* api/api_auth.h: keys, roles, rules, protected mode */
     struct rhema_limits *limits;     /* limit/ratelimit.h: rate limits; NULL when off */
+    struct rhema_ai *ai;             /* ai/gateway.h: the AI gateway; NULL when off */
     atomic_long http_conns;      /* connections open across workers (service.max_connections) */
     atomic_llong http_out_bytes; /* reply bytes queued across workers, not yet sent */
 };
