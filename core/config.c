@@ -825,6 +825,8 @@ static void validate_cross(struct ctx *c)
     const config_setting_t *models = cfg_lookup_path(c->p, "ai_service.models");
     const config_setting_t *ups = cfg_lookup_path(c->p, "ai_service.upstreams");
     const config_setting_t *dm = cfg_lookup_path(c->p, "ai_service.default_model");
+    const config_setting_t *on = cfg_lookup_path(c->p, "ai_service.enabled");
+    int ai_on = on && config_setting_type(on) == CONFIG_TYPE_BOOL && config_setting_get_bool(on);
     int n;
 
     check_order(c, "distributed.cluster.min_nodes", "distributed.cluster.max_nodes", 1);
@@ -849,6 +851,16 @@ static void validate_cross(struct ctx *c)
 
         if (config_setting_is_group(e))
             config_setting_lookup_string(e, "name", &self);
+        /* token limits (issue 10 item 6) would act on these: refused until then, while
+         * the gateway is on (off, models are inert) */
+        for (const char *const *k = (const char *const[]){ "context_window", "max_tokens", NULL };
+             *k && ai_on && config_setting_is_group(e); k++) {
+            const config_setting_t *x = config_setting_get_member(e, *k);
+
+            if (x && (config_setting_type(x) == CONFIG_TYPE_INT ||
+                      config_setting_type(x) == CONFIG_TYPE_INT64) && config_setting_get_int64(x))
+                error_at(c, x, "ai_service.models[%d].%s: not implemented in this version", i, *k);
+        }
         for (int j = 0; u && j < nu; j++) {
             const config_setting_t *x =
                 config_setting_type(u) == CONFIG_TYPE_STRING ? u

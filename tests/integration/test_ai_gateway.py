@@ -302,5 +302,8 @@ def test_config_checks(tmp_path):
                                   [{"name": "gpt", "upstream": 5}]))
     assert r.returncode != 0 and "a string or a list of strings" in r.stderr
     # what is still not implemented stays refused
+    r = check(tmp_path, ai_config([{"name": "a", "base_url": "http://x"}],
+                                  [{"name": "gpt", "max_tokens": 100}]))
+    assert r.returncode != 0 and "max_tokens: not implemented" in r.stderr
     r = check(tmp_path, memory_config() + "ai_service: { caching: { enabled = true; }; };")
     assert r.returncode != 0 and "not implemented" in r.stderr
