@@ -524,6 +524,8 @@ static void validate_value(struct ctx *c, const struct key *k, const config_sett
             goto wrong_type;
         return;
     case K_STRLIST:
+        if (t == CONFIG_TYPE_STRING && (k->flags & F_ONE_OK))
+            return;
         if (t != CONFIG_TYPE_ARRAY && t != CONFIG_TYPE_LIST)
             goto wrong_type;
         validate_strlist(c, s, dpath);
@@ -584,7 +586,8 @@ static void validate_value(struct ctx *c, const struct key *k, const config_sett
     }
     return;
 wrong_type:
-    error_at(c, s, "'%s' must be %s", dpath, cfg_type_word(k->type));
+    error_at(c, s, "'%s' must be %s%s", dpath, (k->flags & F_ONE_OK) ? "a string or " : "",
+             cfg_type_word(k->type));
 }
 
 /*
@@ -704,6 +707,12 @@ int cfg_resolve(const struct cfg_priv *p, const char *path, struct resolved *r)
         r->k = cfg_schema_find(spath);
         if (!r->k || r->k->type != K_STRLIST || failed_before)
             return RHEMA_ENOTFOUND;
+        if (last_failed && base && (r->k->flags & F_ONE_OK) && last_idx == 0 &&
+            config_setting_type(base) == CONFIG_TYPE_STRING) {
+            r->s = base; /* a single string: the list of one */
+            r->elem = 0;
+            return 0;
+        }
         if (last_failed && base) /* the list is there; the element is not */
             return RHEMA_ENOTFOUND;
         if (!cur) {
@@ -816,6 +825,8 @@ static void validate_cross(struct ctx *c)
     const config_setting_t *models = cfg_lookup_path(c->p, "ai_service.models");
     const config_setting_t *ups = cfg_lookup_path(c->p, "ai_service.upstreams");
     const config_setting_t *dm = cfg_lookup_path(c->p, "ai_service.default_model");
+    const config_setting_t *on = cfg_lookup_path(c->p, "ai_service.enabled");
+    int ai_on = on && config_setting_type(on) == CONFIG_TYPE_BOOL && config_setting_get_bool(on);
     int n;
 
     check_order(c, "distributed.cluster.min_nodes", "distributed.cluster.max_nodes", 1);
@@ -831,11 +842,48 @@ static void validate_cross(struct ctx *c)
         const config_setting_t *u = config_setting_is_group(e)
                                         ? config_setting_get_member(e, "upstream")
                                         : NULL;
+        const config_setting_t *f = config_setting_is_group(e)
+                                        ? config_setting_get_member(e, "fallbacks")
+                                        : NULL;
+        const char *self = NULL;
+        int nu = u && config_setting_type(u) != CONFIG_TYPE_STRING ? config_setting_length(u) : 1;
+        int nf = f && config_setting_type(f) != CONFIG_TYPE_STRING ? config_setting_length(f) : 0;
 
-        if (u && config_setting_type(u) == CONFIG_TYPE_STRING &&
-            config_setting_get_string(u)[0] && !list_has(ups, "name", config_setting_get_string(u)))
-            error_at(c, u, "'ai_service.models[%d].upstream' names no upstream in "
-                     "ai_service.upstreams (got '%s')", i, config_setting_get_string(u));
+        if (config_setting_is_group(e))
+            config_setting_lookup_string(e, "name", &self);
+        /* token limits (issue 10 item 6) would act on these: refused until then, while
+         * the gateway is on (off, models are inert) */
+        for (const char *const *k = (const char *const[]){ "context_window", "max_tokens", NULL };
+             *k && ai_on && config_setting_is_group(e); k++) {
+            const config_setting_t *x = config_setting_get_member(e, *k);
+
+            if (x && (config_setting_type(x) == CONFIG_TYPE_INT ||
+                      config_setting_type(x) == CONFIG_TYPE_INT64) && config_setting_get_int64(x))
+                error_at(c, x, "ai_service.models[%d].%s: not implemented in this version", i, *k);
+        }
+        for (int j = 0; u && j < nu; j++) {
+            const config_setting_t *x =
+                config_setting_type(u) == CONFIG_TYPE_STRING ? u
+                                                             : config_setting_get_elem(u, (unsigned)j);
+
+            if (x && config_setting_type(x) == CONFIG_TYPE_STRING &&
+                config_setting_get_string(x)[0] &&
+                !list_has(ups, "name", config_setting_get_string(x)))
+                error_at(c, x, "'ai_service.models[%d].upstream' names no upstream in "
+                         "ai_service.upstreams (got '%s')", i, config_setting_get_string(x));
+        }
+        for (int j = 0; j < nf; j++) {
+            const config_setting_t *x = config_setting_get_elem(f, (unsigned)j);
+            const char *fv = x && config_setting_type(x) == CONFIG_TYPE_STRING
+                                 ? config_setting_get_string(x)
+                                 : NULL;
+
+            if (fv && !list_has(models, "name", fv))
+                error_at(c, x, "'ai_service.models[%d].fallbacks[%d]' names no model in "
+                         "ai_service.models (got '%s')", i, j, fv);
+            else if (fv && self && strcmp(fv, self) == 0)
+                error_at(c, x, "'ai_service.models[%d].fallbacks[%d]' is the model itself", i, j);
+        }
     }
     if (dm && config_setting_type(dm) == CONFIG_TYPE_STRING && config_setting_get_string(dm)[0] &&
         !list_has(models, "name", config_setting_get_string(dm)))

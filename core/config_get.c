@@ -82,6 +82,8 @@ int rhema_config_get_count(const struct rhema_config *cfg, const char *path)
         return RHEMA_ENOTFOUND;
     if (r.elem >= 0 || (r.k->type != K_STRLIST && r.k->type != K_GROUPLIST))
         return RHEMA_EINVAL;
+    if (r.s && config_setting_type(r.s) == CONFIG_TYPE_STRING)
+        return *config_setting_get_string(r.s) ? 1 : 0; /* F_ONE_OK: a list of one */
     if (r.s)
         return config_setting_length(r.s);
     if (r.k->type == K_STRLIST)

@@ -46,6 +46,7 @@ enum key_type {
 #define F_REQUIRED 0x02u /* element of a list of groups: must be present */
 #define F_UNIQUE 0x04u   /* element of a list of groups: unique across the list */
 #define F_EMPTY_OK 0x08u /* K_LISTEN / K_URL: "" is allowed (not set) */
+#define F_ONE_OK 0x10u   /* K_STRLIST: a single string stands for a list of one */
 
 /* Where a value lands in struct rhema_config. */
 enum field_kind {

@@ -50,6 +50,7 @@
 #include "sdnotify.h"
 #include "server.h"
 #include "services.h"
+#include "ai/gateway.h"
 #include "util.h"
 
 struct options {
@@ -571,8 +572,12 @@ static size_t count_plugins(const struct rhema_plugin_registry *reg)
 static int check_balancers(struct rhema_server *srv, char **err)
 {
     struct rhema_services *s = NULL;
+    struct rhema_ai *ai = NULL;
     int rc = rhema_services_new(srv->cfg, srv->plugins, &s, err);
     rhema_services_free(s);
+    if (rc == 0) /* the AI gateway's models, upstreams and their strategies */
+        rc = rhema_ai_new(srv->cfg, srv->plugins, &ai, err);
+    rhema_ai_free(ai);
     return rc;
 }
 

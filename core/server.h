@@ -45,6 +45,8 @@ struct rhema_alerts;
 struct rhema_health_registry;
 struct rhema_metrics_block;
 struct rhema_history;
+struct rhema_ai;
+struct rhema_ai_worker;
 
 /* What a worker runs for each request (core/api/pipeline.c: rhema_pipeline_run). */
 typedef void rhema_request_fn(struct rhema_req *r);
@@ -74,6 +76,7 @@ struct rhema_worker {
                                      * and output, the listener's state */
     struct rhema_codec_ctxs codec_ctxs; /* this worker's compression contexts */
     struct rhema_metrics_block *metrics; /* metrics/metrics.h: this worker's counters; NULL: off */
+    struct rhema_ai_worker *ai;  /* ai/gateway.h: HTTP client and exchanges; NULL until used */
 };
 
 struct rhema_server {
@@ -105,6 +108,7 @@ struct rhema_server {
     struct rhema_health_registry *health; /* health.h: the components of GET /health */
     struct rhema_history *history;   /* metrics/history.h: sampled series; NULL when off */
     char *console_dir;               /* api/api_console.h: the /ui/ files; NULL when off */
+    struct rhema_ai *ai;             /* ai/gateway.h: the AI gateway; NULL when off */
     atomic_long http_conns;      /* connections open across workers (service.max_connections) */
     atomic_llong http_out_bytes; /* reply bytes queued across workers, not yet sent */
 };

@@ -27,6 +27,7 @@
 #include <event2/util.h>
 #include <openssl/ssl.h>
 
+#include "ai/gateway.h"
 #include "audit.h"
 #include "commit.h"
 #include "http.h"
@@ -1296,6 +1297,7 @@ static void *worker_main(void *arg)
 static void worker_release(struct rhema_worker *w)
 {
     rhema_mailbox_release(&w->mailbox); /* writes committed after the loop stopped: answer, then close */
+    rhema_ai_worker_release(w); /* AI exchanges still running: 503, upstream calls cancelled */
     if (w->http)
         evhttp_free(w->http); /* frees its listener and connections, not the shared socket */
     else if (w->listener)

@@ -47,7 +47,9 @@
 
 #include <event2/buffer.h>
 
+#include "ai/gateway.h"
 #include "api_agents.h"
+#include "api_ai.h"
 #include "api_auth.h"
 #include "api_cluster.h"
 #include "api_consensus.h"
@@ -68,7 +70,7 @@ const struct rhema_route *const rhema_api_routes[] = {
     rhema_operations_routes, rhema_sessions_routes, rhema_consensus_routes,
     rhema_cluster_routes,    rhema_agents_routes,   rhema_services_routes,
     rhema_keys_routes,       rhema_auth_routes,     rhema_metrics_routes,
-    rhema_console_routes,    NULL,
+    rhema_console_routes,    rhema_ai_routes,       NULL,
 };
 
 /*
@@ -248,7 +250,10 @@ int rhema_api_start(struct rhema_server *srv, char **err)
         rhema_api_metrics_close();
         return rc;
     }
-    if ((rc = rhema_http_start(srv, rhema_pipeline_run, err)) != 0) {
+    if ((rc = rhema_ai_new(srv->cfg, srv->plugins, &srv->ai, err)) != 0 ||
+        (rc = rhema_http_start(srv, rhema_pipeline_run, err)) != 0) {
+        rhema_ai_free(srv->ai);
+        srv->ai = NULL;
         rhema_limits_close(srv);
         rhema_auth_close(srv);
         rhema_api_metrics_close();
@@ -272,6 +277,8 @@ int rhema_api_reload_needs_restart(const struct rhema_config *old, const struct 
 void rhema_api_stop(struct rhema_server *srv)
 {
     rhema_http_stop(srv);
+    rhema_ai_free(srv->ai); /* after the workers, which released their exchanges */
+    srv->ai = NULL;
     rhema_limits_close(srv);
     rhema_auth_close(srv);
     /* the counters stay until rhema_api_metrics_close(): other threads still call storage */

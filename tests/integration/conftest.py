@@ -414,3 +414,19 @@ def pytest_sessionfinish(session, exitstatus):
     lines.append(f"1..{len(_order)}")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def fake_openai():
+    """A factory of fake OpenAI upstreams (fake_openai.py) on free loopback ports; stopped at teardown."""
+    from fake_openai import FakeOpenAI
+    made = []
+
+    def make(name="fake"):
+        f = FakeOpenAI(name)
+        made.append(f)
+        return f
+
+    yield make
+    for f in made:
+        f.stop()

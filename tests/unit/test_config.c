@@ -1051,6 +1051,49 @@ static void test_sample_config(void **state)
     rhema_config_release(&cfg);
 }
 
+/* ai_service.models[].upstream: one name or a list of names (F_ONE_OK). */
+static void test_ai_upstream_name_or_list(void **state)
+{
+    struct rhema_config cfg;
+    char path[4096], *err = NULL;
+    const char *s;
+
+    (void)state;
+    if (load_text(&cfg, path, sizeof path,
+                  "ai_service: {\n"
+                  "  upstreams = ( { name = \"a\"; base_url = \"http://a\"; },\n"
+                  "                { name = \"b\"; base_url = \"https://b/v1\"; } );\n"
+                  "  models = ( { name = \"one\"; upstream = \"b\"; },\n"
+                  "             { name = \"two\"; upstream = [ \"a\", \"b\" ]; fallbacks = [ \"one\" ]; },\n"
+                  "             { name = \"all\"; } );\n"
+                  "};\n",
+                  NULL, 0, &err) != 0)
+        fail_msg("%s", err);
+    assert_int_equal(rhema_config_get_count(&cfg, "ai_service.models[0].upstream"), 1);
+    assert_int_equal(rhema_config_get_string(&cfg, "ai_service.models[0].upstream[0]", &s), 0);
+    assert_string_equal(s, "b");
+    assert_int_equal(rhema_config_get_string(&cfg, "ai_service.models[0].upstream[1]", &s),
+                     RHEMA_ENOTFOUND);
+    assert_int_equal(rhema_config_get_count(&cfg, "ai_service.models[1].upstream"), 2);
+    assert_int_equal(rhema_config_get_string(&cfg, "ai_service.models[1].upstream[1]", &s), 0);
+    assert_string_equal(s, "b");
+    assert_int_equal(rhema_config_get_count(&cfg, "ai_service.models[2].upstream"), 0);
+    rhema_config_release(&cfg);
+    unlink(path);
+
+    expect_one_error("ai_service: {\n models = ( { name = \"m\";\n upstream = 3; } );\n};\n", 3,
+                     "'ai_service.models[0].upstream' must be a string or a list of strings");
+    expect_one_error("ai_service: {\n upstreams = ( { name = \"a\"; base_url = \"http://a\"; } );\n"
+                     " models = ( { name = \"m\"; upstream = [ \"a\",\n \"zz\" ]; } );\n};\n", 4,
+                     "'ai_service.models[0].upstream' names no upstream in ai_service.upstreams "
+                     "(got 'zz')");
+    expect_one_error("ai_service: {\n models = ( { name = \"m\";\n fallbacks = [ \"m\" ]; } );\n};\n", 3,
+                     "'ai_service.models[0].fallbacks[0]' is the model itself");
+    expect_one_error("ai_service: {\n models = ( { name = \"m\";\n fallbacks = [ \"x\" ]; } );\n};\n", 3,
+                     "'ai_service.models[0].fallbacks[0]' names no model in ai_service.models "
+                     "(got 'x')");
+}
+
 /* Settings parsed but not acted on in this version are refused, with file:line. */
 static void test_unimplemented_refused(void **state)
 {
@@ -1059,7 +1102,6 @@ static void test_unimplemented_refused(void **state)
         int line;
         const char *key;
     } cases[] = {
-        { "ai_service: {\n  enabled = true;\n};\n", 2, "ai_service.enabled" },
         { "ai_service: { caching: {\n\n  enabled = true; }; };\n", 3,
           "ai_service.caching.enabled" },
         { "ai_service: { agent_management: {\n  max_agents = 10; }; };\n", 2,
@@ -1087,14 +1129,15 @@ static void test_unimplemented_all_reported(void **state)
                                "ai_service: {\n"
                                "  enabled = true; default_model = \"m\";\n"
                                "  models = ( { name = \"m\"; } );\n"
-                               "  caching = { enabled = true; };\n"
+                               "  caching = { enabled = true; ttl_seconds = 5; };\n"
+                               "  agent_management = { max_agents = 5; };\n"
                                "};\n",
                                NULL, 0, &err),
                      RHEMA_EINVAL);
     /* the keys gated by a refused switch add nothing to its line */
     assert_err(err,
-               "%s:2: ai_service.enabled: not implemented in this version\n"
-               "%s:4: ai_service.caching.enabled: not implemented in this version",
+               "%s:4: ai_service.caching.enabled: not implemented in this version\n"
+               "%s:5: ai_service.agent_management.max_agents: not implemented in this version",
                path, path);
     assert_null(cfg.priv);
     free(err);
@@ -1249,6 +1292,7 @@ int main(void)
         cmocka_unit_test(test_foreach_plugin_group),
         cmocka_unit_test(test_group_lists),
         cmocka_unit_test(test_sample_config),
+        cmocka_unit_test(test_ai_upstream_name_or_list),
         cmocka_unit_test(test_unimplemented_refused),
         cmocka_unit_test(test_unimplemented_all_reported),
         cmocka_unit_test(test_unimplemented_defaults_accepted),

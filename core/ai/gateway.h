@@ -1,0 +1,77 @@
+/*
+ * ai/gateway -- the AI gateway: ai_service.models and .upstreams, the
+ * choice of an upstream (priority tiers, the model's balancing strategy,
+ * circuit breakers, max_concurrent), retries with backoff under a retry
+ * budget, and fallbacks to other models (doc/ai-gateway.md).
+ *
+ * struct rhema_ai is built once at startup (rhema_ai_new(), main thread,
+ * before the workers) and read by every worker; its mutable parts are
+ * atomics (breakers, loads, budget) and the balancer instances, whose
+ * pick() and feedback() are thread safe by the balancer ABI.
+ *
+ * An exchange is one client request on one worker: rhema_ai_exchange_start()
+ * sends the first attempt through the worker's HTTP client (client.h) and
+ * returns; done() runs later on the same worker with the outcome.  This
+ * module knows nothing of the inbound HTTP request: core/api/api_ai.c
+ * answers it.
+ */
+#ifndef RHEMA_CORE_AI_GATEWAY_H
+#define RHEMA_CORE_AI_GATEWAY_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "server.h"
+
+struct evbuffer;
+struct rhema_ai;
+struct rhema_ai_exchange;
+
+/* What to answer.  body NULL: an error made of type, code and message. */
+struct rhema_ai_outcome {
+    int status;
+    const char *content_type;
+    struct evbuffer *body;  /* the upstream's body (owned by the exchange until done returns) */
+    const char *error_type; /* "invalid_request_error", "upstream_error" ... */
+    const char *error_code; /* "model_not_found", "upstream_timeout" ... */
+    const char *error_param; /* NULL or the request field at fault */
+    char message[320];
+    long retry_after;       /* seconds, -1: none */
+    const char *upstream;   /* the upstream that answered, "" when none */
+    const char *attempts;   /* the attempt trail (X-Rhema-Attempts), "" when none */
+};
+
+typedef void rhema_ai_done_fn(void *arg, const struct rhema_ai_outcome *o);
+
+/*
+ * Read and check ai_service (upstreams, models, strategies -- loading the
+ * balancer plugins it names into reg -- and the API keys from the
+ * environment).  *out NULL when ai_service.enabled is false.
+ */
+int rhema_ai_new(const struct rhema_config *cfg, struct rhema_plugin_registry *reg,
+                 struct rhema_ai **out, char **err);
+void rhema_ai_free(struct rhema_ai *ai);
+
+/*
+ * GET /v1/models: the configured models as OpenAI lists them (new reference).
+ */
+json_t *rhema_ai_models_json(const struct rhema_ai *ai);
+
+/*
+ * Start an exchange on worker w: `endpoint` is the path under base_url
+ * ("chat/completions", "completions", "embeddings"), body the request
+ * (borrowed; its "model" names a configured model, or is absent for
+ * ai_service.default_model).  Returns 0 and later calls done(arg, o) once;
+ * or -1 with *o filled (a bad request: answer it now).
+ */
+int rhema_ai_exchange_start(struct rhema_worker *w, const char *endpoint, json_t *body,
+                            rhema_ai_done_fn *done, void *arg, struct rhema_ai_outcome *o);
+
+/*
+ * The worker is stopping: every exchange still running ends now with 503
+ * (done() is called), its upstream request cancelled; the client freed.
+ */
+void rhema_ai_worker_release(struct rhema_worker *w);
+
+#endif /* RHEMA_CORE_AI_GATEWAY_H */
