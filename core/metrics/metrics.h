@@ -101,15 +101,19 @@ struct rhema_metrics_http_totals {
     uint64_t replies, by_class[5], in_flight;
 };
 void rhema_metrics_http_totals(struct rhema_metrics_http_totals *out);
+
+/*
  * Every counter summed over the blocks (the history sampler, history.h):
  * replies started and answered, answered with a 4xx and a 5xx status,
  * the reply durations and the storage call durations of every route and
  * operation as per-bucket counts (RHEMA_METRICS_BUCKETS + 1) and sums, and
  * the failed storage calls.  All 0 when metrics are off.
+ */
 struct rhema_metrics_totals {
     uint64_t started, answered, status_4xx, status_5xx;
     uint64_t http[RHEMA_METRICS_BUCKETS + 1], http_sum_ns;
     uint64_t storage[RHEMA_METRICS_BUCKETS + 1], storage_sum_ns, storage_errors;
+};
 void rhema_metrics_totals(struct rhema_metrics_totals *out);
 
 /* ---- the exposition ---- */
