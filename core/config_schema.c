@@ -248,8 +248,8 @@ const struct key cfg_schema[] = {
     FLT("monitoring.alerts.cpu_percent", 90.0, 0.0, 100.0),
     FLT("monitoring.alerts.memory_percent", 90.0, 0.0, 100.0),
     FLT("monitoring.alerts.error_rate_percent", 5.0, 0.0, 100.0),
-    INT_("monitoring.alerts.builtin_for_seconds", 60, 0, 86400), /* core/alerts.c */
-    INT_("monitoring.alerts.evaluation_interval_seconds", 15, 1, 3600), /* core/monitor.c */
+    INT_("monitoring.alerts.builtin_for_seconds", 60, 0, 86400), /* core/metrics/alerts.c */
+    INT_("monitoring.alerts.evaluation_interval_seconds", 15, 1, 3600), /* core/metrics/monitor.c */
     TYPED("monitoring.alerts.webhook_url", K_URL, "", F_EMPTY_OK),
     INT_("monitoring.alerts.webhook_timeout_seconds", 5, 1, 300),
     INT_("monitoring.alerts.webhook_max_retries", 5, 0, 100),
@@ -266,7 +266,7 @@ const struct key cfg_schema[] = {
     ENUM_("monitoring.alerts.rules[].scope", "node", scope_enum),
     STR("monitoring.alerts.rules[].summary", ""),
     LIST("monitoring.alerts.rules[].labels", no_strings),
-    INT_("monitoring.stats_refresh_seconds", 60, 1, 86400), /* core/monitor.c */
+    INT_("monitoring.stats_refresh_seconds", 60, 1, 86400), /* core/metrics/monitor.c */
 
     GRP("security", 0),
     GRP("security.api_keys", 0),

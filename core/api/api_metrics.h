@@ -40,7 +40,7 @@ int rhema_api_metrics_path(struct rhema_req *r);
 
 /*
  * The exposition GET /metrics answers (text format), into e: for the alert
- * engine (core/monitor.c), from any thread with its own storage connection
+ * engine (core/metrics/monitor.c), from any thread with its own storage connection
  * (conn may be NULL: the families that read storage are left out).  0, or
  * RHEMA_EINVAL when monitoring is off, RHEMA_ENOMEM.
  */

@@ -13,14 +13,14 @@
 
 #include <event2/buffer.h>
 
-#include "alerts.h"
+#include "metrics/alerts.h"
 #include "api_operations.h"
 #include "cluster.h"
 #include "commit.h"
-#include "health.h"
+#include "metrics/health.h"
 #include "keyring.h"
 #include "metrics/metrics.h"
-#include "monitor.h"
+#include "metrics/monitor.h"
 #include "services.h"
 #include "limit/ratelimit.h"
 #include "log.h"

@@ -13,12 +13,12 @@
 #include <event2/event.h>
 #include <jansson.h>
 
-#include "../alerts.h"
+#include "alerts.h"
 #include "../cluster.h"
 #include "../commit.h"
 #include "../keyring.h"
 #include "../maintenance.h"
-#include "../monitor.h"
+#include "monitor.h"
 #include "../perfmon.h"
 #include "../services.h"
 #include "../util.h"

@@ -17,7 +17,7 @@
 
 #include <cmocka.h>
 
-#include "alerts.h"
+#include "metrics/alerts.h"
 #include "config.h"
 #include "metrics/metrics.h"
 #include "util.h"

@@ -6,7 +6,7 @@
  *
  * This module decides, it does not measure nor send: rhema_alerts_eval() is
  * given the time and a function that reads a rule's metric, and hands each
- * payload to a function of the caller's (core/monitor.c reads the values from
+ * payload to a function of the caller's (core/metrics/monitor.c reads the values from
  * the in-process counters and sends through its notifier thread).  So the
  * state machine runs on a fake clock in tests/unit/test_alerts.c.
  *
