@@ -40,6 +40,7 @@ static void reply_outcome(struct rhema_req *r, const struct rhema_ai_outcome *o)
 static void on_done(void *arg, const struct rhema_ai_outcome *o)
 {
     struct rhema_req *d = arg;
+    d->worker->outstanding--;
     reply_outcome(d, o);
     rhema_req_free(d);
 }
@@ -98,7 +99,10 @@ static void forward(struct rhema_req *r, const char *endpoint)
         reply_oai_error(r, 500, "server_error", "internal_error", NULL, "out of memory");
         return;
     }
+    /* counted until answered, so that a drain (SIGTERM) waits for the upstream */
+    r->worker->outstanding++;
     if (rhema_ai_exchange_start(r->worker, endpoint, body, on_done, d, &o) != 0) {
+        r->worker->outstanding--;
         reply_outcome(d, &o);
         rhema_req_free(d);
     }

@@ -8,13 +8,14 @@ configuration checks of `rhemad -t`.
 """
 
 import json
+import signal
 import os
 import threading
 import time
 
 import pytest
 
-from conftest import PLUGIN_DIR, memory_config, run_rhemad
+from conftest import PLUGIN_DIR, memory_config, run_rhemad, wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
 
@@ -307,3 +308,17 @@ def test_config_checks(tmp_path):
     assert r.returncode != 0 and "max_tokens: not implemented" in r.stderr
     r = check(tmp_path, memory_config() + "ai_service: { caching: { enabled = true; }; };")
     assert r.returncode != 0 and "not implemented" in r.stderr
+
+
+def test_drain_waits_for_upstream(daemons, fake_openai):
+    a = fake_openai("a")
+    d = start(daemons, [{"name": "a", "base_url": a.url}], [{"name": "gpt"}])
+    a.script({"delay": 1})
+    got = []
+    t = threading.Thread(target=lambda: got.append(chat(d)))
+    t.start()
+    assert wait_until(lambda: len(a.requests) == 1, 10) is True
+    d.send(signal.SIGTERM)
+    t.join(20)
+    assert got and got[0].status == 200, got and got[0].body   # answered, not dropped
+    assert d.wait(20) == 0
