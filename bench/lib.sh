@@ -1,5 +1,5 @@
-# bench/lib.sh -- what the benchmark scripts bench/run.sh, run-auth.sh and
-# run-audit.sh share, sourced by them (not run):
+# bench/lib.sh -- what the benchmark scripts (bench/run.sh, run-auth.sh,
+# run-audit.sh, run-security.sh, run-metrics.sh) share, sourced by them (not run):
 #
 #     BENCH_NAME=run-auth.sh
 #     here=$(cd "$(dirname "$0")" && pwd)

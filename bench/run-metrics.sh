@@ -28,77 +28,20 @@
 
 set -u
 
+BENCH_NAME=run-metrics.sh
 here=$(cd "$(dirname "$0")" && pwd)
-top_srcdir=$(cd "$here/.." && pwd)
-: "${top_builddir:=$top_srcdir}"
-SECONDS_=${BENCH_SECONDS:-10}
-THREADS=${BENCH_THREADS:-2}
-CONNS=${BENCH_CONNS:-32}
-WORKERS=${BENCH_WORKERS:-$(nproc 2>/dev/null || echo 2)}
-WARMUP=${BENCH_WARMUP:-2}
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 SCRAPES=${BENCH_SCRAPES:-200}
 ROUNDS=${BENCH_ROUNDS:-3}
 CC=${CC:-cc}
-WRK=${WRK:-wrk}
 PKG_CONFIG=${PKG_CONFIG:-pkg-config}
-RHEMAD=$top_builddir/rhemad
-PLUGIN_DIR=$top_builddir/plugins/.libs
 
-die() { echo "run-metrics.sh: $*" >&2; exit 99; }
-
-command -v "$WRK" >/dev/null 2>&1 || die "wrk not found (set WRK=)"
-command -v curl >/dev/null 2>&1 || die "curl not found"
+bench_need_tools
 [ -x "$RHEMAD" ] || die "$RHEMAD not built (make rhemad)"
 [ -f "$PLUGIN_DIR/storage_memory.so" ] || die "$PLUGIN_DIR/storage_memory.so not built"
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/rhema-bench-metrics.XXXXXX") || die "mktemp failed"
-pids=
-cleanup() {
-    for p in $pids; do
-        kill -TERM "$p" 2>/dev/null
-    done
-    for p in $pids; do
-        wait "$p" 2>/dev/null
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Wait until URL $2 answers 2xx (10 s at most) while process $1 lives.
-wait_ready() {
-    i=0
-    while [ $i -lt 100 ]; do
-        kill -0 "$1" 2>/dev/null || return 1
-        curl -fsS -o /dev/null --max-time 1 "$2" 2>/dev/null && return 0
-        sleep 0.1
-        i=$((i + 1))
-    done
-    return 1
-}
-
-stop() {
-    kill -TERM "$1" 2>/dev/null
-    wait "$1" 2>/dev/null
-    rest=
-    for p in $pids; do [ "$p" = "$1" ] || rest="$rest $p"; done
-    pids=$rest
-}
-
-wrk_rps() { awk '/^Requests\/sec:/ { print $2 }' "$1"; }
-wrk_check() {
-    if grep -q 'Non-2xx or 3xx responses' "$1" || grep -q 'Socket errors' "$1" ||
-        ! awk '/^Requests\/sec:/ { ok = $2 > 0 } END { exit !ok }' "$1"; then
-        echo "run-metrics.sh: wrk reported errors or no requests:" >&2
-        cat "$1" >&2
-        return 1
-    fi
-    return 0
-}
+bench_tmpdir rhema-bench-metrics
 wrk_get() { # output-file url
     "$WRK" -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$2" >/dev/null 2>&1
     "$WRK" -t"$THREADS" -c"$CONNS" -d"${SECONDS_}s" "$2" >"$1" 2>&1
