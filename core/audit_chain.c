@@ -5,11 +5,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
 #include <sodium.h>
 
 #include "audit_chain.h"
@@ -36,21 +38,123 @@ static void to_hex(const unsigned char *p, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
+/*
+ * SHA-256 through OpenSSL, not libsodium: libcrypto uses the CPU's SHA
+ * extensions (or AVX2) where it has them, libsodium a portable C loop that
+ * cost about 3,000 instructions a 64-byte block -- an audit record a request
+ * was 25,000 instructions of hashing on the writer thread and 16,000 more of
+ * HMAC on the worker (issue 9's all-on budget).  Each thread keeps its own
+ * contexts (a pthread key frees them when the thread ends): a context is not
+ * shared, and making one a call costs more than the hash of a short line.
+ * The HMAC keeps the inner and outer states of the last key it saw, so a
+ * call hashes the message and one block more, not the two blocks of the key.
+ */
+struct sha_tls {
+    EVP_MD_CTX *work;
+    EVP_MD_CTX *inner; /* SHA-256 after (key ^ ipad), for hmac_key */
+    EVP_MD_CTX *outer; /* SHA-256 after (key ^ opad) */
+    int keyed;
+    unsigned char hmac_key[RHEMA_AUDIT_HMAC_KEY];
+};
+
+static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
+static pthread_key_t sha_key;
+static EVP_MD *sha256_md;
+
+static void sha_tls_free(void *p)
+{
+    struct sha_tls *t = p;
+    if (!t)
+        return;
+    EVP_MD_CTX_free(t->work);
+    EVP_MD_CTX_free(t->inner);
+    EVP_MD_CTX_free(t->outer);
+    sodium_memzero(t->hmac_key, sizeof t->hmac_key);
+    free(t);
+}
+
+static void sha_init_once(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    if (pthread_key_create(&sha_key, sha_tls_free) != 0)
+        abort();
+}
+
+static struct sha_tls *sha_tls(void)
+{
+    pthread_once(&sha_once, sha_init_once);
+    struct sha_tls *t = pthread_getspecific(sha_key);
+    if (t)
+        return t;
+    t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->work = EVP_MD_CTX_new();
+    t->inner = EVP_MD_CTX_new();
+    t->outer = EVP_MD_CTX_new();
+    if (!sha256_md || !t->work || !t->inner || !t->outer ||
+        pthread_setspecific(sha_key, t) != 0) {
+        sha_tls_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* SHA-256 of p[0..n) into h: with OpenSSL, or libsodium when it fails (no memory). */
+static void sha256(unsigned char h[32], const void *p, size_t n)
+{
+    struct sha_tls *t = sha_tls();
+    if (t && EVP_DigestInit_ex2(t->work, sha256_md, NULL) == 1 &&
+        EVP_DigestUpdate(t->work, p, n) == 1 && EVP_DigestFinal_ex(t->work, h, NULL) == 1)
+        return;
+    crypto_hash_sha256(h, p, n);
+}
+
 void rhema_audit_sha256_hex(const void *p, size_t n, char out[RHEMA_AUDIT_HASH_HEX + 1])
 {
-    unsigned char h[crypto_hash_sha256_BYTES];
-    crypto_hash_sha256(h, p, n);
+    unsigned char h[32];
+    sha256(h, p, n);
     to_hex(h, sizeof h, out);
+}
+
+static int hmac_keyed(struct sha_tls *t, const unsigned char key[RHEMA_AUDIT_HMAC_KEY])
+{
+    if (t->keyed && sodium_memcmp(t->hmac_key, key, RHEMA_AUDIT_HMAC_KEY) == 0)
+        return 1;
+    unsigned char ipad[64], opad[64];
+    memset(ipad, 0x36, sizeof ipad);
+    memset(opad, 0x5c, sizeof opad);
+    for (size_t i = 0; i < RHEMA_AUDIT_HMAC_KEY; i++) { /* a 32-byte key is used as is */
+        ipad[i] ^= key[i];
+        opad[i] ^= key[i];
+    }
+    int ok = EVP_DigestInit_ex2(t->inner, sha256_md, NULL) == 1 &&
+             EVP_DigestUpdate(t->inner, ipad, sizeof ipad) == 1 &&
+             EVP_DigestInit_ex2(t->outer, sha256_md, NULL) == 1 &&
+             EVP_DigestUpdate(t->outer, opad, sizeof opad) == 1;
+    sodium_memzero(ipad, sizeof ipad);
+    sodium_memzero(opad, sizeof opad);
+    t->keyed = ok;
+    if (ok)
+        memcpy(t->hmac_key, key, RHEMA_AUDIT_HMAC_KEY);
+    return ok;
 }
 
 void rhema_audit_hmac(const unsigned char key[RHEMA_AUDIT_HMAC_KEY], const void *p, size_t n,
                       char out[RHEMA_AUDIT_HMAC_TEXT])
 {
-    unsigned char h[crypto_auth_hmacsha256_BYTES];
-    crypto_auth_hmacsha256_state st;
-    crypto_auth_hmacsha256_init(&st, key, RHEMA_AUDIT_HMAC_KEY);
-    crypto_auth_hmacsha256_update(&st, p, n);
-    crypto_auth_hmacsha256_final(&st, h);
+    unsigned char h[32];
+    struct sha_tls *t = sha_tls();
+    if (!(t && hmac_keyed(t, key) && EVP_MD_CTX_copy_ex(t->work, t->inner) == 1 &&
+          EVP_DigestUpdate(t->work, p, n) == 1 && EVP_DigestFinal_ex(t->work, h, NULL) == 1 &&
+          EVP_MD_CTX_copy_ex(t->work, t->outer) == 1 &&
+          EVP_DigestUpdate(t->work, h, sizeof h) == 1 &&
+          EVP_DigestFinal_ex(t->work, h, NULL) == 1)) {
+        crypto_auth_hmacsha256_state st;
+        crypto_auth_hmacsha256_init(&st, key, RHEMA_AUDIT_HMAC_KEY);
+        crypto_auth_hmacsha256_update(&st, p, n);
+        crypto_auth_hmacsha256_final(&st, h);
+    }
     memcpy(out, "hmac-sha256:", 12);
     to_hex(h, sizeof h, out + 12);
 }

@@ -349,19 +349,52 @@ static const struct policy *pick(const struct rhema_limits *l, const struct rhem
 }
 
 /* The party r is counted as: "k:<key id>|<windows>" or "a:<client address>|<windows>". */
+/*
+ * Appenders for the texts built on every limited request (the key, the
+ * RateLimit header): snprintf cost more than the GCRA step they serve.
+ * They stop at cap - 1 and keep out NUL-terminated; the return value is the
+ * new length, which reaches cap - 1 when the text was cut.
+ */
+static size_t cat(char *out, size_t o, size_t cap, const char *s)
+{
+    while (*s && o + 1 < cap)
+        out[o++] = *s++;
+    out[o] = '\0';
+    return o;
+}
+
+static size_t cat_i64(char *out, size_t o, size_t cap, int64_t v)
+{
+    char d[24], *e = d + sizeof d, *b = e;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    *--b = '\0';
+    do {
+        *--b = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--b = '-';
+    return cat(out, o, cap, b);
+}
+
 static void party(const struct rhema_req *r, const struct policy *p, char *out, size_t cap)
 {
     const char *id = rhema_req_key_id(r);
+    size_t o;
     if (id) {
-        snprintf(out, cap, "k:%s|%s", id, p->sig);
-        return;
+        o = cat(out, 0, cap, "k:");
+        o = cat(out, o, cap, id);
+    } else {
+        char *host = NULL;
+        ev_uint16_t port = 0;
+        struct evhttp_connection *c = evhttp_request_get_connection(r->req);
+        if (c)
+            evhttp_connection_get_peer(c, &host, &port);
+        o = cat(out, 0, cap, "a:");
+        o = cat(out, o, cap, host ? host : "-");
     }
-    char *host = NULL;
-    ev_uint16_t port = 0;
-    struct evhttp_connection *c = evhttp_request_get_connection(r->req);
-    if (c)
-        evhttp_connection_get_peer(c, &host, &port);
-    snprintf(out, cap, "a:%s|%s", host ? host : "-", p->sig);
+    o = cat(out, o, cap, "|");
+    cat(out, o, cap, p->sig);
 }
 
 static int64_t ceil_seconds(int64_t us)
@@ -381,6 +414,7 @@ static int64_t add_headers(struct rhema_req *r, const struct policy *p,
     char buf[256];
     size_t o = 0;
     int64_t retry = 0;
+    buf[0] = '\0';
     for (size_t k = 0; k < p->n; k++) {
         int64_t d = q->tat_us[k] - q->now_us, tol = (int64_t)p->rw[k].tolerance_us;
         int64_t T = (int64_t)p->rw[k].interval_us, left;
@@ -389,10 +423,14 @@ static int64_t add_headers(struct rhema_req *r, const struct policy *p,
         left = d <= tol ? (tol - d) / T + 1 : 0;
         if (!q->allowed && d > tol && ceil_seconds(d - tol) > retry)
             retry = ceil_seconds(d - tol);
-        o += (size_t)snprintf(buf + o, sizeof buf - o, "%s\"%s\";r=%" PRId64 ";t=%" PRId64,
-                              o ? ", " : "", window_def[p->which[k]].name, left, ceil_seconds(d));
-        if (o >= sizeof buf)
-            break;
+        if (o)
+            o = cat(buf, o, sizeof buf, ", ");
+        o = cat(buf, o, sizeof buf, "\"");
+        o = cat(buf, o, sizeof buf, window_def[p->which[k]].name);
+        o = cat(buf, o, sizeof buf, "\";r=");
+        o = cat_i64(buf, o, sizeof buf, left);
+        o = cat(buf, o, sizeof buf, ";t=");
+        o = cat_i64(buf, o, sizeof buf, ceil_seconds(d));
     }
     rhema_header(r, "RateLimit-Policy", p->header);
     rhema_header(r, "RateLimit", buf);

@@ -344,6 +344,38 @@ static void writer_end_to_end(void **state)
     rmdir(dir);
 }
 
+/*
+ * The hashes come from OpenSSL with per-thread contexts and a cached keyed
+ * state: each must equal libsodium's one-shot answer, for messages of every
+ * length around the block size, and a change of key must not reuse the
+ * previous key's state (in either direction).
+ */
+static void hashes_match_libsodium(void **state)
+{
+    (void)state;
+    unsigned char k1[RHEMA_AUDIT_HMAC_KEY], k2[RHEMA_AUDIT_HMAC_KEY], msg[300];
+    unsigned char h[32];
+    char got[RHEMA_AUDIT_HMAC_TEXT], want[RHEMA_AUDIT_HMAC_TEXT], hex[65];
+    randombytes_buf(k1, sizeof k1);
+    memcpy(k2, k1, sizeof k2);
+    k2[31] ^= 0x80;
+    randombytes_buf(msg, sizeof msg);
+    for (size_t n = 0; n <= sizeof msg; n += (n < 70 ? 1 : 23)) {
+        crypto_hash_sha256(h, msg, n);
+        sodium_bin2hex(hex, sizeof hex, h, sizeof h);
+        rhema_audit_sha256_hex(msg, n, got);
+        assert_string_equal(got, hex);
+        for (int round = 0; round < 4; round++) {
+            const unsigned char *k = (round & 1) ? k2 : k1;
+            crypto_auth_hmacsha256(h, msg, n, k);
+            memcpy(want, "hmac-sha256:", 12);
+            sodium_bin2hex(want + 12, sizeof want - 12, h, sizeof h);
+            rhema_audit_hmac(k, msg, n, got);
+            assert_string_equal(got, want);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -353,6 +385,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(cut_and_garbage_refused, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(chain_continues_across_files, fx_setup, fx_teardown),
         cmocka_unit_test(hmac_key_file),
+        cmocka_unit_test(hashes_match_libsodium),
         cmocka_unit_test(writer_end_to_end),
     };
     if (sodium_init() < 0)

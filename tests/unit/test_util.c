@@ -5,10 +5,12 @@
  */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 #include <rhema/plugin.h>
@@ -61,12 +63,33 @@ static void set_errbuf_cuts_at_a_character(void **state)
     }
 }
 
+/* The cached second of rhema_time_format: right across seconds, days and a leap day. */
+static void time_format_matches_gmtime(void **state)
+{
+    (void)state;
+    static const uint64_t ms[] = {0, 999, 1000, 1764979199999ull, 1764979200000ull,
+                                  1764979200001ull, 1709164800123ull, 1709164799999ull,
+                                  1709164800123ull, 253402300799999ull};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+        char got[RHEMA_TIME_MAX], want[RHEMA_TIME_MAX];
+        time_t secs = (time_t)(ms[i] / 1000);
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        snprintf(want, sizeof want, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                 (unsigned)(ms[i] % 1000));
+        rhema_time_format(ms[i], got);
+        assert_string_equal(got, want);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(set_error_replaces_and_returns_code),
         cmocka_unit_test(set_errbuf_fits_and_returns_code),
         cmocka_unit_test(set_errbuf_cuts_at_a_character),
+        cmocka_unit_test(time_format_matches_gmtime),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
