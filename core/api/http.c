@@ -271,6 +271,7 @@ struct rhema_http_conns {
     int sending;                /* inside evhttp_send_reply(): the output is ours */
     int backoff;                /* accept() failed for want of resources */
     int listening;
+    int accepted;               /* accepted a connection this turn: paused until on_service */
     /* settings, read once at start */
     int64_t max_conns, header_timeout_s, body_timeout_s, out_conn_max, out_total_max;
     uint64_t in_busy_max;       /* input held while a reply is written: one request */
@@ -525,7 +526,7 @@ static void listener_update(struct rhema_worker *w)
     struct rhema_http_conns *k = w->conns;
     if (!w->listener || !k)
         return;
-    int want = !w->draining && !k->backoff &&
+    int want = !w->draining && !k->backoff && !k->accepted &&
                (k->max_conns == 0 || atomic_load(&w->srv->http_conns) < k->max_conns);
     if (want && !k->listening)
         evconnlistener_enable(w->listener);
@@ -664,6 +665,18 @@ static struct bufferevent *conn_new(struct event_base *base, void *arg)
     }
     TAILQ_INSERT_TAIL(&k->fresh, c, link);
     event_active(k->service_ev, EV_TIMEOUT, 0);
+    if (w->srv->nworkers > 1) {
+        /*
+         * One connection a turn, as nginx's workers take them (multi_accept
+         * off): every worker waits on the shared listening socket, and
+         * libevent's listener would accept all that are pending, so a burst
+         * of connections (a pool opening 32 at once) all landed on the
+         * worker that woke first and the others sat idle.  Paused here, the
+         * accept loop stops; on_service, later in this turn, resumes it.
+         */
+        k->accepted = 1;
+        listener_update(w);
+    }
     return bev;
 }
 
@@ -674,6 +687,10 @@ static void on_service(evutil_socket_t fd, short what, void *arg)
     struct rhema_worker *w = arg;
     struct rhema_http_conns *k = w->conns;
     struct conn *c;
+    if (k->accepted) {
+        k->accepted = 0;
+        listener_update(w);
+    }
     while ((c = TAILQ_FIRST(&k->fresh))) {
         TAILQ_REMOVE(&k->fresh, c, link);
         bufferevent_data_cb rcb = NULL;
