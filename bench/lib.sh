@@ -1,5 +1,5 @@
 # bench/lib.sh -- what the benchmark scripts (bench/run.sh, run-auth.sh,
-# run-audit.sh, run-security.sh, run-metrics.sh) share, sourced by them (not run):
+# run-audit.sh, run-security.sh, run-metrics.sh, run-tls.sh) share, sourced by them (not run):
 #
 #     BENCH_NAME=run-auth.sh
 #     here=$(cd "$(dirname "$0")" && pwd)
@@ -20,6 +20,8 @@
 #                           $tmp/NAME.log; wait until /health/ready answers
 #                           (die "rhemad (NAME) did not start" otherwise);
 #                           its pid in $rpid, its URL in $base
+#   wait_ready PID URL [CURL-ARG...]  0 once URL answers 2xx, 1 when PID
+#                           died or 10 s passed
 #   stop PID                SIGTERM, wait, forget it
 #   wrk_run OUT URL [ARG...]   one measurement of SECONDS_ into OUT
 #   wrk_warmup URL [ARG...]    WARMUP seconds of load, output dropped
@@ -75,12 +77,16 @@ free_port() {
         echo $((49152 + ($$ + $(date +%N 2>/dev/null | cut -c1-4 || echo 0)) % 16000))
 }
 
-# Wait until URL $2 answers 2xx (10 s at most) while process $1 lives.
+# Wait until URL $2 answers 2xx (10 s at most) while process $1 lives;
+# further arguments go to curl (--cacert for an https URL).
 wait_ready() {
+    wr_pid=$1
+    wr_url=$2
+    shift 2
     i=0
     while [ $i -lt 100 ]; do
-        kill -0 "$1" 2>/dev/null || return 1
-        curl -fsS -o /dev/null --max-time 1 "$2" 2>/dev/null && return 0
+        kill -0 "$wr_pid" 2>/dev/null || return 1
+        curl -fsS -o /dev/null --max-time 1 "$@" "$wr_url" 2>/dev/null && return 0
         sleep 0.1
         i=$((i + 1))
     done

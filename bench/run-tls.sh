@@ -18,74 +18,24 @@
 
 set -u
 
+BENCH_NAME=run-tls.sh
 here=$(cd "$(dirname "$0")" && pwd)
-top_srcdir=$(cd "$here/.." && pwd)
-: "${top_builddir:=$top_srcdir}"
-SECONDS_=${BENCH_SECONDS:-10}
-THREADS=${BENCH_THREADS:-2}
-CONNS=${BENCH_CONNS:-32}
-WORKERS=${BENCH_WORKERS:-$(nproc 2>/dev/null || echo 2)}
-WARMUP=${BENCH_WARMUP:-2}
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 ROUNDS=${BENCH_ROUNDS:-2}
-WRK=${WRK:-wrk}
 OPENSSL=${OPENSSL:-openssl}
-RHEMAD=$top_builddir/rhemad
-PLUGIN_DIR=$top_builddir/plugins/.libs
 
-die() { echo "run-tls.sh: $*" >&2; exit 99; }
-
-command -v "$WRK" >/dev/null 2>&1 || die "wrk not found (set WRK=)"
-command -v curl >/dev/null 2>&1 || die "curl not found"
+bench_need_tools
 command -v "$OPENSSL" >/dev/null 2>&1 || die "openssl not found (set OPENSSL=)"
 [ -x "$RHEMAD" ] || die "$RHEMAD not built"
+bench_tmpdir rhema-bench-tls
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/rhema-bench-tls.XXXXXX") || die "mktemp failed"
-pids=
-cleanup() {
-    for p in $pids; do kill -TERM "$p" 2>/dev/null; done
-    for p in $pids; do wait "$p" 2>/dev/null; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_ready() { # pid url [curl args]
-    p=$1
-    u=$2
-    shift 2
-    i=0
-    while [ $i -lt 100 ]; do
-        kill -0 "$p" 2>/dev/null || return 1
-        curl -fsS -o /dev/null --max-time 1 "$@" "$u" 2>/dev/null && return 0
-        sleep 0.1
-        i=$((i + 1))
-    done
-    return 1
-}
-stop() {
-    kill -TERM "$1" 2>/dev/null
-    wait "$1" 2>/dev/null
-    rest=
-    for p in $pids; do [ "$p" = "$1" ] || rest="$rest $p"; done
-    pids=$rest
-}
-# measure OUT URL: requests/s; dies when wrk saw a non-2xx or an error
+# measure OUT URL: requests/s (warm-up, measurement, check); dies when wrk
+# saw a non-2xx or an error.  It runs in a command substitution, where die
+# ends only that subshell: every caller adds `|| exit 99`.
 measure() {
-    "$WRK" -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$2" >/dev/null 2>&1
-    "$WRK" -t"$THREADS" -c"$CONNS" -d"${SECONDS_}s" "$2" >"$1" 2>&1
-    if grep -q 'Non-2xx or 3xx responses' "$1" || grep -q 'Socket errors' "$1"; then
-        cat "$1" >&2
-        die "wrk reported errors"
-    fi
-    r=$(awk '/^Requests\/sec:/ { print $2 }' "$1")
-    [ -n "$r" ] || { cat "$1" >&2; die "no Requests/sec in wrk's output"; }
-    echo "$r"
+    bench_measure "$1" "$2" || die "wrk reported errors"
 }
-# (measure runs in a command substitution: its die ends only that subshell,
-# so every caller adds `|| exit 99`)
 # start NAME CONFIG SCHEME [curl args]: pid in $rpid, URL in $base
 start() {
     name=$1
