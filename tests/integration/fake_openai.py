@@ -35,9 +35,11 @@ Run it alone with `python3 fake_openai.py PORT [NAME]`; in tests, FakeOpenAI(nam
 starts it on a free 127.0.0.1 port in a thread (.url, .stop()).
 """
 
+import base64
 import json
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -82,8 +84,13 @@ def _reply_body(state, path, req):
                 "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
     inp = req.get("input", "")
     n = len(inp) if isinstance(inp, list) else 1
+    def vec(i):
+        v = [0.25, -0.5, float(i)]
+        if req.get("encoding_format") == "base64":  # as OpenAI: little-endian float32
+            return base64.b64encode(struct.pack("<%df" % len(v), *v)).decode()
+        return v
     return {"object": "list", "model": model, "upstream": state.name,
-            "data": [{"object": "embedding", "index": i, "embedding": [0.25, -0.5, float(i)]}
+            "data": [{"object": "embedding", "index": i, "embedding": vec(i)}
                      for i in range(n)],
             "usage": {"prompt_tokens": n, "total_tokens": n}}
 
