@@ -98,6 +98,7 @@ def _reply_body(state, path, req):
 def make_handler(state):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # a stream's chunks go out at once, not after a delayed ACK
 
         def log_message(self, *args):
             pass
