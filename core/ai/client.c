@@ -225,7 +225,10 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     struct rhema_ai_call *call = userdata;
     size_t n = size * nmemb;
-    if (call->cb->on_data(call->arg, call, ptr, n)) {
+    int rc = call->cb->on_data(call->arg, call, ptr, n);
+    if (rc == 2)
+        return CURL_WRITEFUNC_PAUSE; /* the same bytes again after rhema_ai_call_resume() */
+    if (rc) {
         call->aborted = 1;
         return 0; /* CURLE_WRITE_ERROR */
     }
@@ -347,6 +350,11 @@ fail:
         free(call);
     }
     return NULL;
+}
+
+void rhema_ai_call_resume(struct rhema_ai_call *call)
+{
+    curl_easy_pause(call->easy, CURLPAUSE_CONT);
 }
 
 void rhema_ai_call_cancel(struct rhema_ai_call *call)

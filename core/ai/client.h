@@ -34,7 +34,11 @@ enum rhema_ai_result {
 };
 
 struct rhema_ai_call_cb {
-    /* A piece of the body; return 0 to go on, nonzero to abort (on_done: EABORTED). */
+    /*
+     * A piece of the body; return 0 to go on, 2 to pause the transfer without
+     * taking these bytes (they come again after rhema_ai_call_resume()), any
+     * other nonzero to abort (on_done: EABORTED).
+     */
     int (*on_data)(void *arg, struct rhema_ai_call *call, const char *buf, size_t len);
     /* The end; `why` a short human reason when result != OK.  The call is freed after. */
     void (*on_done)(void *arg, struct rhema_ai_call *call, enum rhema_ai_result result,
@@ -55,6 +59,8 @@ struct rhema_ai_call *rhema_ai_call_start(struct rhema_ai_client *c, const char 
                                           size_t len, long timeout_ms,
                                           const struct rhema_ai_call_cb *cb, void *arg,
                                           char **err);
+/* Go on with a call paused by on_data() (not from inside its callbacks). */
+void rhema_ai_call_resume(struct rhema_ai_call *call);
 /* Stop a call that has not ended: no callback runs after.  Not from inside its callbacks. */
 void rhema_ai_call_cancel(struct rhema_ai_call *call);
 

@@ -14,10 +14,12 @@
  * then the next model of the chain is tried.  Another 4xx is the answer:
  * the request itself is wrong, another upstream would say the same.
  */
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/queue.h>
 
 #include <curl/curl.h>
@@ -64,6 +66,7 @@ struct model {
     size_t ntiers;
     size_t *fallbacks; /* indexes into ai->models */
     size_t nfallbacks;
+    uint64_t first_token_ms, stall_ms; /* streaming deadlines */
 };
 
 struct rhema_ai {
@@ -80,6 +83,7 @@ struct rhema_ai {
     uint64_t breaker_open_ns;
     struct rhema_ai_budget budget;
     int curl_inited;
+    struct rhema_ai_stats stats;
 };
 
 struct rhema_ai_worker {
@@ -88,7 +92,7 @@ struct rhema_ai_worker {
     uint64_t rng;
 };
 
-enum fail_kind { F_NONE, F_CONNECT, F_TIMEOUT, F_IO, F_STATUS, F_TOOBIG };
+enum fail_kind { F_NONE, F_CONNECT, F_TIMEOUT, F_IO, F_STATUS, F_TOOBIG, F_TTFT, F_MALFORMED };
 
 struct rhema_ai_exchange {
     struct rhema_ai *ai;
@@ -115,6 +119,18 @@ struct rhema_ai_exchange {
     long last_status, last_retry_after;
     int attempts_made;
     char trail[TRAIL_MAX];
+    /* streaming (stream.c's part of this file: "Streams") */
+    const struct rhema_ai_stream_cb *scb;
+    struct evbuffer *pend;  /* received, not yet a whole event */
+    struct event *tick_ev;  /* the first-token, then the stall deadline */
+    struct event *resume_ev;
+    int started;            /* the first event went to the client */
+    int done_seen;          /* data: [DONE] passed */
+    int paused;
+    int sse;                /* this attempt's answer: 1 an event stream, -1 not, 0 not known yet */
+    int in_cb;              /* inside a stream callback: a cancel waits for its return */
+    int cancelled;
+    enum fail_kind sfail;   /* why on_data stopped the stream */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -289,6 +305,20 @@ static int load_models(struct rhema_ai *ai, const struct rhema_config *cfg,
     if (!(ai->models = calloc((size_t)n, sizeof *ai->models)))
         return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
     ai->nmodels = (size_t)n;
+    int64_t ttft = 30, stall = 30;
+    rhema_config_get_int(cfg, "ai_service.first_token_timeout_seconds", &ttft);
+    rhema_config_get_int(cfg, "ai_service.stall_timeout_seconds", &stall);
+    for (size_t i = 0; i < ai->nmodels; i++) {
+        struct model *m = &ai->models[i];
+        int64_t v = 0;
+        if (get_int(cfg, "models", i, "first_token_timeout_seconds", &v) || v <= 0)
+            v = ttft;
+        m->first_token_ms = (uint64_t)v * 1000;
+        v = 0;
+        if (get_int(cfg, "models", i, "stall_timeout_seconds", &v) || v <= 0)
+            v = stall;
+        m->stall_ms = (uint64_t)v * 1000;
+    }
     for (size_t i = 0; i < ai->nmodels; i++) {
         struct model *m = &ai->models[i];
         const char *um = get_str(cfg, "models", i, "upstream_model");
@@ -515,6 +545,12 @@ static void exchange_free(struct rhema_ai_exchange *x)
         event_free(x->retry_ev);
     if (x->resp)
         evbuffer_free(x->resp);
+    if (x->pend)
+        evbuffer_free(x->pend);
+    if (x->tick_ev)
+        event_free(x->tick_ev);
+    if (x->resume_ev)
+        event_free(x->resume_ev);
     json_decref(x->body);
     free(x->tried);
     free(x->noted);
@@ -527,7 +563,10 @@ static void finish(struct rhema_ai_exchange *x, struct rhema_ai_outcome *o)
         o->attempts = x->trail;
     if (!o->upstream)
         o->upstream = "";
-    x->done(x->arg, o);
+    if (x->scb)
+        x->scb->done(x->arg, o);
+    else
+        x->done(x->arg, o);
     exchange_free(x);
 }
 
@@ -615,6 +654,8 @@ static int pick_upstream(struct rhema_ai_exchange *x, int allow_tried)
 }
 
 static void attempt(struct rhema_ai_exchange *x);
+static long stream_arm(struct rhema_ai_exchange *x, const struct model *m);
+static const struct rhema_ai_call_cb stream_call_cb;
 
 static void on_retry_timer(evutil_socket_t fd, short what, void *arg)
 {
@@ -651,6 +692,8 @@ static const char *kind_word(enum fail_kind k, long status, char buf[16])
     case F_TIMEOUT: return "timeout";
     case F_IO: return "io_error";
     case F_TOOBIG: return "too_big";
+    case F_TTFT: return "first_token_timeout";
+    case F_MALFORMED: return "malformed_event";
     default: snprintf(buf, 16, "%ld", status); return buf;
     }
 }
@@ -782,6 +825,8 @@ static void attempt(struct rhema_ai_exchange *x)
             left = 1;
         if (tmo > left)
             tmo = left;
+        if (x->scb)
+            tmo = stream_arm(x, m); /* deadlines of its own: the first token, the stalls */
         json_object_set_new(x->body, "model", json_string(m->upstream_model));
         body = json_dumps(x->body, JSON_COMPACT | JSON_REAL_PRECISION(17));
         snprintf(url, sizeof url, "%s/%s", u->base_url, x->endpoint);
@@ -790,7 +835,8 @@ static void attempt(struct rhema_ai_exchange *x)
         atomic_fetch_add(&u->load.inflight, 1);
         x->sent_ns = now;
         x->call = body ? rhema_ai_call_start(x->aw->client, url, (const char *const *)u->headers,
-                                             body, strlen(body), tmo, &call_cb, x, &err)
+                                             body, strlen(body), tmo,
+                                             x->scb ? &stream_call_cb : &call_cb, x, &err)
                        : NULL;
         free(body);
         if (!x->call) {
@@ -803,8 +849,327 @@ static void attempt(struct rhema_ai_exchange *x)
     }
 }
 
-int rhema_ai_exchange_start(struct rhema_worker *w, const char *endpoint, json_t *body,
-                            rhema_ai_done_fn *done, void *arg, struct rhema_ai_outcome *o)
+/* ------------------------------------------------------------------------ */
+/* Streams ("stream": true)                                                 */
+
+#define STREAM_EVENT_MAX (1u << 20)    /* an event longer than this is malformed */
+
+static void set_ms(struct event *ev, uint64_t ms)
+{
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(ev, &tv);
+}
+
+static const struct model *cur_model(const struct rhema_ai_exchange *x)
+{
+    return &x->ai->models[x->chain[x->pos]];
+}
+
+/* A new attempt of a stream: its first-token deadline; the curl timeout (none: ours). */
+static long stream_arm(struct rhema_ai_exchange *x, const struct model *m)
+{
+    uint64_t left = (x->deadline_ns - rhema_monotonic_ns()) / 1000000u, ms = m->first_token_ms;
+    x->sse = 0;
+    x->started = x->done_seen = 0;
+    x->sfail = F_NONE;
+    evbuffer_drain(x->pend, evbuffer_get_length(x->pend));
+    set_ms(x->tick_ev, ms < left ? ms : left ? left : 1);
+    return 0;
+}
+
+/* Past the end of the first whole event of p[0..n) (its blank line), or 0. */
+static size_t event_end(const char *p, size_t n)
+{
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (p[i] != '\n')
+            continue;
+        if (p[i + 1] == '\n')
+            return i + 2;
+        if (p[i + 1] == '\r' && i + 2 < n && p[i + 2] == '\n')
+            return i + 3;
+    }
+    return 0;
+}
+
+/* An event's data (its data: lines joined): 1 "[DONE]", 0 JSON or no data, -1 malformed. */
+static int event_check(const char *p, size_t n)
+{
+    char *data = NULL;
+    size_t dlen = 0;
+    int any = 0, rc = 0;
+    for (size_t i = 0; i < n;) {
+        const char *nl = memchr(p + i, '\n', n - i);
+        size_t e = nl ? (size_t)(nl - p) : n, len = e - i;
+        const char *l = p + i;
+        if (len && l[len - 1] == '\r')
+            len--;
+        if (len >= 5 && memcmp(l, "data:", 5) == 0) {
+            const char *v = l + 5;
+            size_t vl = len - 5;
+            char *nd;
+            if (vl && *v == ' ')
+                v++, vl--;
+            if (!(nd = realloc(data, dlen + vl + 2))) {
+                free(data);
+                return -1;
+            }
+            data = nd;
+            if (any)
+                data[dlen++] = '\n';
+            memcpy(data + dlen, v, vl);
+            dlen += vl;
+            any = 1;
+        }
+        i = e + 1;
+    }
+    if (any) {
+        if (dlen == 6 && memcmp(data, "[DONE]", 6) == 0) {
+            rc = 1;
+        } else {
+            json_t *j = json_loadb(data, dlen, 0, NULL);
+            rc = j ? 0 : -1;
+            json_decref(j);
+        }
+    }
+    free(data);
+    return rc;
+}
+
+/* End a stream that reached the client with an `event: error` (the caller accounted the attempt). */
+static void stream_fail(struct rhema_ai_exchange *x, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void stream_fail(struct rhema_ai_exchange *x, const char *code, const char *fmt, ...)
+{
+    struct rhema_ai_outcome o = {.status = 502, .retry_after = -1, .error_type = "upstream_error",
+                                 .error_code = code, .upstream = x->ai->ups[x->cur_up].name,
+                                 .attempts = x->trail};
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(o.message, sizeof o.message, fmt, ap);
+    va_end(ap);
+    atomic_fetch_add(&x->ai->stats.stream_errors, 1);
+    rhema_log(RHEMA_LOG_WARN, WHO, "stream of model '%s' from upstream '%s' ended with an error "
+              "event: %s", cur_model(x)->name, o.upstream, o.message);
+    if (x->tick_ev)
+        evtimer_del(x->tick_ev);
+    x->scb->end(x->arg, &o);
+    exchange_free(x);
+}
+
+/* Pass on the whole events received; 1 to stop the transfer (x->sfail or x->cancelled says why). */
+static int stream_pump(struct rhema_ai_exchange *x)
+{
+    for (;;) {
+        size_t n = evbuffer_get_length(x->pend), e;
+        const char *p;
+        int v;
+        if (!n)
+            return 0;
+        p = (const char *)evbuffer_pullup(x->pend, -1);
+        if (!(e = event_end(p, n))) {
+            if (n > STREAM_EVENT_MAX) {
+                x->sfail = F_MALFORMED;
+                return 1;
+            }
+            return 0;
+        }
+        if ((v = event_check(p, e)) < 0) {
+            x->sfail = F_MALFORMED;
+            return 1;
+        }
+        if (!x->started) {
+            struct upstream *u = &x->ai->ups[x->cur_up];
+            char ctype[128];
+            struct rhema_ai_outcome o = {.status = (int)rhema_ai_call_status(x->call),
+                                         .retry_after = -1, .upstream = u->name,
+                                         .attempts = x->trail};
+            snprintf(ctype, sizeof ctype, "%s", rhema_ai_call_content_type(x->call));
+            o.content_type = ctype;
+            x->started = 1;
+            trail_add(x, "%s@%s %d", cur_model(x)->name, u->name, o.status);
+            atomic_fetch_add(&x->ai->stats.streams, 1);
+            set_ms(x->tick_ev, cur_model(x)->stall_ms);
+            x->in_cb = 1;
+            x->scb->start(x->arg, &o);
+            x->in_cb = 0;
+            if (x->cancelled)
+                return 1;
+        }
+        if (v == 1)
+            x->done_seen = 1;
+        x->in_cb = 1;
+        x->scb->chunk(x->arg, p, e);
+        x->in_cb = 0;
+        evbuffer_drain(x->pend, e);
+        if (x->cancelled)
+            return 1;
+    }
+}
+
+static int stream_on_data(void *arg, struct rhema_ai_call *call, const char *buf, size_t len)
+{
+    struct rhema_ai_exchange *x = arg;
+    if (!x->sse) {
+        long st = rhema_ai_call_status(call);
+        x->sse = st >= 200 && st < 300 &&
+                         strncasecmp(rhema_ai_call_content_type(call), "text/event-stream", 17) == 0
+                     ? 1
+                     : -1;
+    }
+    if (x->sse < 0) /* an error or a whole body: as without streaming */
+        return on_data(arg, call, buf, len);
+    if (x->started && x->scb->congested(x->arg)) {
+        x->paused = 1;
+        evtimer_del(x->tick_ev); /* the client is slow, not the upstream */
+        atomic_fetch_add(&x->ai->stats.stream_pauses, 1);
+        return 2; /* client.h: pause, the same bytes again on resume */
+    }
+    if (evbuffer_add(x->pend, buf, len)) {
+        x->sfail = F_IO;
+        return 1;
+    }
+    if (x->started)
+        set_ms(x->tick_ev, cur_model(x)->stall_ms);
+    return stream_pump(x);
+}
+
+static void stream_on_done(void *arg, struct rhema_ai_call *call, enum rhema_ai_result res,
+                           const char *why)
+{
+    struct rhema_ai_exchange *x = arg;
+    struct upstream *u = &x->ai->ups[x->cur_up];
+    long status = rhema_ai_call_status(call);
+    evtimer_del(x->tick_ev);
+    if (x->cancelled) {
+        x->call = NULL;
+        account(x, 0, 0);
+        exchange_free(x);
+        return;
+    }
+    if (!x->started) {
+        enum fail_kind k;
+        if (x->sse < 0 || (x->sse == 0 && (res != RHEMA_AI_OK || status < 200 || status >= 300))) {
+            on_done(arg, call, res, why); /* not a stream: retried or answered as without */
+            return;
+        }
+        x->call = NULL;
+        /* a stream that ended, or broke, before its first whole event */
+        k = x->sfail != F_NONE           ? x->sfail
+            : res == RHEMA_AI_ECONNECT   ? F_CONNECT
+            : res == RHEMA_AI_ETIMEOUT   ? F_TIMEOUT
+                                         : F_IO;
+        rhema_log(RHEMA_LOG_NOTICE, WHO, "upstream '%s': stream %s before its first event%s%s",
+                  u->name, k == F_MALFORMED ? "malformed" : "ended", *why ? ": " : "", why);
+        account(x, 0, 1);
+        evbuffer_drain(x->pend, evbuffer_get_length(x->pend));
+        retry_or_fallback(x, k, 0, -1);
+        return;
+    }
+    x->call = NULL;
+    if (res == RHEMA_AI_OK && x->done_seen && x->sfail == F_NONE &&
+        evbuffer_get_length(x->pend) == 0) {
+        account(x, 1, 1);
+        x->scb->end(x->arg, NULL);
+        exchange_free(x);
+        return;
+    }
+    account(x, 0, 1);
+    if (x->sfail == F_MALFORMED) {
+        atomic_fetch_add(&x->ai->stats.stream_malformed, 1);
+        stream_fail(x, "upstream_malformed_event", "upstream '%s' sent a malformed event (not "
+                    "JSON, not [DONE]): the stream is incomplete", u->name);
+    } else {
+        atomic_fetch_add(&x->ai->stats.stream_cut, 1);
+        stream_fail(x, "upstream_stream_cut", "upstream '%s' ended the stream before its end "
+                    "([DONE])%s%s: the stream is incomplete", u->name,
+                    res != RHEMA_AI_OK ? ": " : "", res != RHEMA_AI_OK ? why : "");
+    }
+}
+
+static const struct rhema_ai_call_cb stream_call_cb = {stream_on_data, stream_on_done};
+
+/* The first-token deadline (before the first event) or the stall deadline (after) passed. */
+static void on_stream_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct rhema_ai_exchange *x = arg;
+    const struct model *m = cur_model(x);
+    (void)fd, (void)what;
+    if (!x->call || x->paused)
+        return;
+    rhema_ai_call_cancel(x->call);
+    x->call = NULL;
+    account(x, 0, 1);
+    if (!x->started) {
+        atomic_fetch_add(&x->ai->stats.first_token_timeouts, 1);
+        rhema_log(RHEMA_LOG_NOTICE, WHO, "upstream '%s': no first event of model '%s' in %llu ms",
+                  x->ai->ups[x->cur_up].name, m->name, (unsigned long long)m->first_token_ms);
+        evbuffer_drain(x->pend, evbuffer_get_length(x->pend));
+        evbuffer_drain(x->resp, evbuffer_get_length(x->resp));
+        retry_or_fallback(x, F_TTFT, 0, -1);
+        return;
+    }
+    atomic_fetch_add(&x->ai->stats.stream_stalled, 1);
+    stream_fail(x, "upstream_stream_stalled", "upstream '%s' sent nothing for %llu ms: the "
+                "stream is incomplete", x->ai->ups[x->cur_up].name,
+                (unsigned long long)m->stall_ms);
+}
+
+static void on_stream_resume(evutil_socket_t fd, short what, void *arg)
+{
+    struct rhema_ai_exchange *x = arg;
+    (void)fd, (void)what;
+    if (!x->paused || !x->call)
+        return;
+    x->paused = 0;
+    set_ms(x->tick_ev, cur_model(x)->stall_ms);
+    rhema_ai_call_resume(x->call);
+}
+
+void rhema_ai_exchange_resume(struct rhema_ai_exchange *x)
+{
+    if (x->paused)
+        event_active(x->resume_ev, EV_TIMEOUT, 0);
+}
+
+void rhema_ai_exchange_cancel(struct rhema_ai_exchange *x)
+{
+    if (x->cancelled)
+        return;
+    atomic_fetch_add(&x->ai->stats.client_cancels, 1);
+    rhema_log(RHEMA_LOG_INFO, WHO, "the client left: the request to upstream '%s' (model '%s') "
+              "is cancelled", x->call ? x->ai->ups[x->cur_up].name : "-", cur_model(x)->name);
+    if (x->in_cb) { /* inside stream_on_data(): it stops the transfer on return */
+        x->cancelled = 1;
+        return;
+    }
+    if (x->call) {
+        account(x, 0, 0);
+        rhema_ai_call_cancel(x->call);
+        x->call = NULL;
+    }
+    exchange_free(x);
+}
+
+const struct rhema_ai_stats *rhema_ai_get_stats(const struct rhema_ai *ai)
+{
+    return &ai->stats;
+}
+
+unsigned rhema_ai_worker_live(const struct rhema_worker *w)
+{
+    const struct rhema_ai_worker *aw = w->ai;
+    const struct rhema_ai_exchange *x;
+    unsigned n = 0;
+    if (!aw)
+        return 0;
+    TAILQ_FOREACH(x, &aw->live, link)
+        n++;
+    return n;
+}
+
+static int exchange_begin(struct rhema_worker *w, const char *endpoint, json_t *body,
+                          rhema_ai_done_fn *done, const struct rhema_ai_stream_cb *scb,
+                          void *arg, struct rhema_ai_outcome *o, struct rhema_ai_exchange **xout)
 {
     struct rhema_ai *ai = w->srv->ai;
     struct rhema_ai_worker *aw;
@@ -854,6 +1219,7 @@ int rhema_ai_exchange_start(struct rhema_worker *w, const char *endpoint, json_t
     x->endpoint = endpoint;
     x->body = json_incref(body);
     x->done = done;
+    x->scb = scb;
     x->arg = arg;
     x->chain[x->nchain++] = mi;
     for (size_t i = 0; ai->enable_fallback && i < ai->models[mi].nfallbacks; i++)
@@ -862,8 +1228,14 @@ int rhema_ai_exchange_start(struct rhema_worker *w, const char *endpoint, json_t
     x->tried = calloc(ai->nups, 1);
     x->noted = calloc(ai->nups, 1);
     x->resp = evbuffer_new();
+    if (scb) {
+        x->pend = evbuffer_new();
+        x->tick_ev = evtimer_new(w->base, on_stream_tick, x);
+        x->resume_ev = event_new(w->base, -1, 0, on_stream_resume, x);
+    }
     TAILQ_INSERT_TAIL(&aw->live, x, link);
-    if (!x->tried || !x->noted || !x->resp) {
+    if (!x->tried || !x->noted || !x->resp ||
+        (scb && (!x->pend || !x->tick_ev || !x->resume_ev))) {
         exchange_free(x);
         o->status = 500;
         o->error_type = "server_error";
@@ -872,8 +1244,30 @@ int rhema_ai_exchange_start(struct rhema_worker *w, const char *endpoint, json_t
         return -1;
     }
     rhema_ai_budget_deposit(&ai->budget);
+    if (xout)
+        *xout = x;
     attempt(x);
     return 0;
+}
+
+int rhema_ai_exchange_start(struct rhema_worker *w, const char *endpoint, json_t *body,
+                            rhema_ai_done_fn *done, void *arg, struct rhema_ai_outcome *o)
+{
+    return exchange_begin(w, endpoint, body, done, NULL, arg, o, NULL);
+}
+
+int rhema_ai_exchange_begin(struct rhema_worker *w, const char *endpoint, json_t *body,
+                            rhema_ai_done_fn *done, void *arg, struct rhema_ai_outcome *o,
+                            struct rhema_ai_exchange **xout)
+{
+    return exchange_begin(w, endpoint, body, done, NULL, arg, o, xout);
+}
+
+int rhema_ai_stream_start(struct rhema_worker *w, const char *endpoint, json_t *body,
+                          const struct rhema_ai_stream_cb *cb, void *arg,
+                          struct rhema_ai_outcome *o, struct rhema_ai_exchange **xout)
+{
+    return exchange_begin(w, endpoint, body, NULL, cb, arg, o, xout);
 }
 
 void rhema_ai_worker_release(struct rhema_worker *w)
@@ -892,7 +1286,10 @@ void rhema_ai_worker_release(struct rhema_worker *w)
             rhema_ai_call_cancel(x->call);
             x->call = NULL;
         }
-        finish(x, &o);
+        if (x->scb && x->started)
+            stream_fail(x, "shutting_down", "rhemad is stopping: the stream is incomplete");
+        else
+            finish(x, &o);
     }
     rhema_ai_client_free(aw->client);
     free(aw);

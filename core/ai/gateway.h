@@ -68,6 +68,59 @@ json_t *rhema_ai_models_json(const struct rhema_ai *ai);
 int rhema_ai_exchange_start(struct rhema_worker *w, const char *endpoint, json_t *body,
                             rhema_ai_done_fn *done, void *arg, struct rhema_ai_outcome *o);
 
+/* As rhema_ai_exchange_start(), with *xout the exchange (rhema_ai_exchange_cancel()). */
+int rhema_ai_exchange_begin(struct rhema_worker *w, const char *endpoint, json_t *body,
+                            rhema_ai_done_fn *done, void *arg, struct rhema_ai_outcome *o,
+                            struct rhema_ai_exchange **xout);
+
+/*
+ * Streaming ("stream": true; doc/ai-gateway.md, "Streaming").  Until the
+ * first complete server-sent event of a 2xx text/event-stream answer has
+ * come, the exchange is the one above (retries, fallbacks, the
+ * first-token deadline too) and done() gives any answer that is not a
+ * stream (an error, a non-SSE body).  Then start() (status, content type,
+ * X-Rhema-Upstream and -Attempts), chunk() for each event as it arrives
+ * (the upstream's bytes, whole events), and end() once: e NULL after the
+ * upstream's normal end ([DONE] passed through), else the error (cut,
+ * stall, malformed event) the client is to be told in an `event: error`.
+ * congested(): 1 when the client's output is over the bound; the upstream
+ * is then paused until rhema_ai_exchange_resume().
+ */
+struct rhema_ai_stream_cb {
+    rhema_ai_done_fn *done;
+    void (*start)(void *arg, const struct rhema_ai_outcome *o);
+    void (*chunk)(void *arg, const char *data, size_t len);
+    void (*end)(void *arg, const struct rhema_ai_outcome *e);
+    int (*congested)(void *arg);
+};
+
+/* As rhema_ai_exchange_start(), streaming; *xout the exchange (to cancel or resume). */
+int rhema_ai_stream_start(struct rhema_worker *w, const char *endpoint, json_t *body,
+                          const struct rhema_ai_stream_cb *cb, void *arg,
+                          struct rhema_ai_outcome *o, struct rhema_ai_exchange **xout);
+/* The client's output drained: let a paused upstream go on (from an event, never a callback). */
+void rhema_ai_exchange_resume(struct rhema_ai_exchange *x);
+/*
+ * The client left: cancel the upstream request now and free x; no callback
+ * runs after.  May be called from inside chunk() (then takes effect on return).
+ */
+void rhema_ai_exchange_cancel(struct rhema_ai_exchange *x);
+
+/* Counters of the gateway, across workers (for the metrics export). */
+struct rhema_ai_stats {
+    _Atomic unsigned long long streams;          /* streams started to a client */
+    _Atomic unsigned long long stream_errors;    /* streams ended by an `event: error` */
+    _Atomic unsigned long long stream_cut;       /* ... the upstream cut it */
+    _Atomic unsigned long long stream_stalled;   /* ... past the stall deadline */
+    _Atomic unsigned long long stream_malformed; /* ... a malformed event */
+    _Atomic unsigned long long first_token_timeouts; /* attempts past the first-token deadline */
+    _Atomic unsigned long long client_cancels;   /* exchanges cancelled by the client leaving */
+    _Atomic unsigned long long stream_pauses;    /* upstream reads paused for a slow client */
+};
+const struct rhema_ai_stats *rhema_ai_get_stats(const struct rhema_ai *ai);
+/* Exchanges in flight on worker w. */
+unsigned rhema_ai_worker_live(const struct rhema_worker *w);
+
 /*
  * The worker is stopping: every exchange still running ends now with 503
  * (done() is called), its upstream request cancelled; the client freed.

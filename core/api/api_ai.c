@@ -2,6 +2,7 @@
  * api_ai -- the AI gateway's routes (api_ai.h).
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <event2/buffer.h>
@@ -37,13 +38,104 @@ static void reply_outcome(struct rhema_req *r, const struct rhema_ai_outcome *o)
         reply_oai_error(r, o->status, o->error_type, o->error_code, o->error_param, o->message);
 }
 
+/*
+ * A request waiting for the gateway: the exchange to cancel if the client
+ * leaves (rhema_req_watch), and for a stream the state of its reply.
+ */
+struct pending {
+    struct rhema_req *d;
+    struct rhema_ai_exchange *x;
+    int streaming;
+};
+
+/* Pause a stream's upstream while this much waits for its client; resume at a quarter. */
+#define STREAM_OUT_HIGH (256u << 10)
+#define STREAM_OUT_LOW (64u << 10)
+
+static void pending_end(struct pending *p)
+{
+    p->d->worker->outstanding--;
+    rhema_req_free(p->d);
+    free(p);
+}
+
 static void on_done(void *arg, const struct rhema_ai_outcome *o)
 {
-    struct rhema_req *d = arg;
-    d->worker->outstanding--;
-    reply_outcome(d, o);
-    rhema_req_free(d);
+    struct pending *p = arg;
+    rhema_req_unwatch(p->d);
+    reply_outcome(p->d, o);
+    pending_end(p);
 }
+
+/* The client left before the answer: cancel the upstream request, forget the request. */
+static void on_gone(void *arg)
+{
+    struct pending *p = arg;
+    if (p->x)
+        rhema_ai_exchange_cancel(p->x);
+    rhema_req_abandon(p->d);
+    pending_end(p);
+}
+
+static void on_stream_start(void *arg, const struct rhema_ai_outcome *o)
+{
+    struct pending *p = arg;
+    if (o->upstream && *o->upstream)
+        rhema_header(p->d, "X-Rhema-Upstream", o->upstream);
+    if (o->attempts && *o->attempts)
+        rhema_header(p->d, "X-Rhema-Attempts", o->attempts);
+    rhema_header(p->d, "X-Accel-Buffering", "no");
+    rhema_reply_stream_start(p->d, o->status, o->content_type);
+}
+
+static void on_stream_chunk(void *arg, const char *data, size_t len)
+{
+    struct pending *p = arg;
+    rhema_reply_stream_chunk(p->d, data, len);
+}
+
+/* The stream's end: after an error, an `event: error` in OpenAI's error shape and no [DONE]. */
+static void on_stream_end(void *arg, const struct rhema_ai_outcome *e)
+{
+    struct pending *p = arg;
+    rhema_req_unwatch(p->d);
+    if (e) {
+        json_t *j = json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", e->message, "type",
+                              e->error_type, "param", "code", e->error_code);
+        char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_decref(j);
+        if (text) {
+            size_t n = strlen(text) + 32;
+            char *ev = malloc(n);
+            if (ev) {
+                snprintf(ev, n, "event: error\ndata: %s\n\n", text);
+                rhema_reply_stream_chunk(p->d, ev, strlen(ev));
+                free(ev);
+            }
+            free(text);
+        }
+    }
+    rhema_reply_stream_end(p->d);
+    pending_end(p);
+}
+
+static void on_drained(void *arg)
+{
+    struct pending *p = arg;
+    rhema_ai_exchange_resume(p->x);
+}
+
+static int on_congested(void *arg)
+{
+    struct pending *p = arg;
+    if (rhema_req_output_queued(p->d) < STREAM_OUT_HIGH)
+        return 0;
+    rhema_req_watch_drain(p->d, STREAM_OUT_LOW, on_drained);
+    return 1;
+}
+
+static const struct rhema_ai_stream_cb stream_cb = {on_done, on_stream_start, on_stream_chunk,
+                                                    on_stream_end, on_congested};
 
 static int gateway_off(struct rhema_req *r)
 {
@@ -68,7 +160,9 @@ static void forward(struct rhema_req *r, const char *endpoint)
     json_error_t jerr;
     json_t *body, *stream;
     struct rhema_req *d;
+    struct pending *p;
     struct rhema_ai_outcome o;
+    int rc;
     char msg[256];
     if (gateway_off(r))
         return;
@@ -87,24 +181,35 @@ static void forward(struct rhema_req *r, const char *endpoint)
                         "'stream' must be a boolean");
         return;
     }
-    if (json_is_true(stream)) {
+    if (json_is_true(stream) && strcmp(endpoint, "embeddings") == 0) {
         json_decref(body);
         reply_oai_error(r, 400, "invalid_request_error", "unsupported_parameter", "stream",
-                        "streaming (\"stream\": true) is not implemented in this version of "
-                        "rhemad");
+                        "embeddings are not streamed");
         return;
     }
-    if (!(d = rhema_req_defer(r))) {
+    if (!(p = calloc(1, sizeof *p)) || !(d = rhema_req_defer(r))) {
+        free(p);
         json_decref(body);
         reply_oai_error(r, 500, "server_error", "internal_error", NULL, "out of memory");
         return;
     }
+    p->d = d;
+    p->streaming = json_is_true(stream);
     /* counted until answered, so that a drain (SIGTERM) waits for the upstream */
     r->worker->outstanding++;
-    if (rhema_ai_exchange_start(r->worker, endpoint, body, on_done, d, &o) != 0) {
-        r->worker->outstanding--;
+    /* watched from before the start: the exchange may end (and free p) inside it */
+    if (rhema_req_watch(d, on_gone, p) != 0) {
+        rhema_req_abandon(d); /* the client already left */
+        pending_end(p);
+        json_decref(body);
+        return;
+    }
+    rc = p->streaming ? rhema_ai_stream_start(r->worker, endpoint, body, &stream_cb, p, &o, &p->x)
+                      : rhema_ai_exchange_begin(r->worker, endpoint, body, on_done, p, &o, &p->x);
+    if (rc != 0) { /* p untouched by the gateway */
+        rhema_req_unwatch(d);
         reply_outcome(d, &o);
-        rhema_req_free(d);
+        pending_end(p);
     }
     json_decref(body);
 }

@@ -258,6 +258,12 @@ struct conn {
     int rewriting;
     int tls;                /* an OpenSSL bufferevent */
     int refuse;             /* TLS could not be set up: cut at adoption, unread */
+    /* a deferred reply's watchers (rhema_req_watch): the client left; the output drained */
+    void (*on_gone)(void *arg);
+    void (*on_drained)(void *arg);
+    void *watch_arg;
+    size_t drain_low;
+    struct event *gone_ev;  /* the socket, read for its end while a watched reply waits */
 };
 
 TAILQ_HEAD(conn_list, conn);
@@ -508,6 +514,11 @@ static void on_output(struct evbuffer *buf, const struct evbuffer_cb_info *info,
     long long delta = (long long)info->n_added - (long long)info->n_deleted;
     c->out_held = (size_t)((long long)c->out_held + delta);
     atomic_fetch_add(&w->srv->http_out_bytes, delta);
+    if (info->n_deleted && c->on_drained && c->out_held <= c->drain_low) {
+        void (*fn)(void *) = c->on_drained;
+        c->on_drained = NULL; /* once per rhema_req_watch_drain() */
+        fn(c->watch_arg);
+    }
     if (c->rewriting || !info->n_added)
         return;
     if (w->conns->sending) {
@@ -592,6 +603,8 @@ static void conn_free(struct conn *c)
         evbuffer_remove_cb_entry(bufferevent_get_output(c->bev), c->out_cb);
     if (c->deadline_ev)
         event_free(c->deadline_ev);
+    if (c->gone_ev)
+        event_free(c->gone_ev);
     if (c->to_cut)
         TAILQ_REMOVE(&k->cuts, c, cut_link);
     if (k->cur == c)
@@ -609,6 +622,11 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
 {
     (void)evcon;
     struct conn *c = arg;
+    if (c->on_gone) {
+        void (*fn)(void *) = c->on_gone;
+        c->on_gone = c->on_drained = NULL;
+        fn(c->watch_arg);
+    }
     if (c->tls)
         rhema_tls_conn_closed(c->bev);
     TAILQ_REMOVE(&c->w->conns->live, c, link);
@@ -910,6 +928,137 @@ void rhema_reply(struct rhema_req *r, int status, const char *content_type, cons
         evbuffer_add(buf, body, len);
     rhema_reply_evbuffer(r, status, content_type, buf);
     evbuffer_free(buf);
+}
+
+/*
+ * evhttp does not read a connection while its request waits for the reply:
+ * a client that leaves then is only seen at the first write.  A watched
+ * request's socket is polled for its end here (a peek, nothing consumed);
+ * the end cuts the connection as a reset would, and on_close() tells the
+ * watcher.  Bytes of a next (pipelined) request end the polling: it is
+ * then seen at the write.  Under TLS the peek sees records, not the end of
+ * the stream alone: the same, a close_notify ends the polling.
+ */
+static void on_gone_probe(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    (void)what;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    event_del(c->gone_ev);
+    if (n <= 0 && c->on_gone)
+        cut(c); /* frees c: on_close() */
+}
+
+int rhema_req_watch(struct rhema_req *r, void (*gone)(void *arg), void *arg)
+{
+    struct conn *c = conn_of(r->worker, r->req);
+    if (!c)
+        return -1;
+    c->on_gone = gone;
+    c->on_drained = NULL;
+    c->watch_arg = arg;
+    if (!c->gone_ev)
+        c->gone_ev = event_new(r->worker->base, bufferevent_getfd(c->bev), EV_READ | EV_PERSIST,
+                               on_gone_probe, c);
+    if (c->gone_ev)
+        event_add(c->gone_ev, NULL);
+    return 0;
+}
+
+void rhema_req_unwatch(struct rhema_req *r)
+{
+    struct conn *c = conn_of(r->worker, r->req);
+    if (c) {
+        c->on_gone = c->on_drained = NULL;
+        if (c->gone_ev)
+            event_del(c->gone_ev);
+    }
+}
+
+size_t rhema_req_output_queued(struct rhema_req *r)
+{
+    struct conn *c = conn_of(r->worker, r->req);
+    return c ? c->out_held : 0;
+}
+
+void rhema_req_watch_drain(struct rhema_req *r, size_t low, void (*drained)(void *arg))
+{
+    struct conn *c = conn_of(r->worker, r->req);
+    if (!c)
+        return;
+    c->drain_low = low;
+    c->on_drained = drained;
+}
+
+void rhema_req_abandon(struct rhema_req *r)
+{
+    /* detached by evhttp (the connection is gone): ours to free; else evhttp frees it */
+    if (r->req && !evhttp_request_get_connection(r->req))
+        evhttp_request_free(r->req);
+    r->req = NULL;
+}
+
+void rhema_reply_stream_start(struct rhema_req *r, int status, const char *content_type)
+{
+    struct rhema_worker *w = r->worker;
+    struct rhema_http_conns *k = w->conns;
+    struct conn *c = conn_of(w, r->req);
+    rhema_header(r, "X-Request-Id", r->request_id);
+    if (content_type)
+        rhema_header(r, "Content-Type", content_type);
+    rhema_header(r, "Cache-Control", "no-cache");
+    add_cors(r);
+    if (w->draining || r->close)
+        rhema_header(r, "Connection", "close");
+    r->status = status;
+    r->bytes_out = 0;
+    if (c) {
+        atomic_fetch_add(&w->inflight, 1);
+        c->replies++;
+        c->close_after = 0;
+        evhttp_request_set_on_complete_cb(r->req, on_complete, c);
+    }
+    rhema_metrics_reply(w->metrics, r->route, (unsigned)r->method, status,
+                        rhema_monotonic_ns() - r->t0_ns);
+    log_access(r);
+    if (r->on_reply)
+        r->on_reply(r);
+    if (k)
+        k->sending = 1;
+    evhttp_send_reply_start(r->req, status, reason(status));
+    if (k)
+        k->sending = 0;
+}
+
+void rhema_reply_stream_chunk(struct rhema_req *r, const void *data, size_t len)
+{
+    struct rhema_http_conns *k = r->worker->conns;
+    struct evbuffer *b;
+    if (!len || !evhttp_request_get_connection(r->req) || !(b = evbuffer_new()))
+        return;
+    r->bytes_out += len;
+    if (evbuffer_add(b, data, len) == 0) {
+        if (k)
+            k->sending = 1;
+        evhttp_send_reply_chunk(r->req, b);
+        if (k)
+            k->sending = 0;
+    }
+    evbuffer_free(b);
+}
+
+void rhema_reply_stream_end(struct rhema_req *r)
+{
+    struct rhema_http_conns *k = r->worker->conns;
+    if (k)
+        k->sending = 1;
+    evhttp_send_reply_end(r->req); /* frees a request whose client left */
+    if (k)
+        k->sending = 0;
+    r->req = NULL;
 }
 
 /* 405 with an Allow header. */

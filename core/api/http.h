@@ -97,6 +97,28 @@ void rhema_reply_store_error(struct rhema_req *r, int rc, const char *msg);
 struct rhema_req *rhema_req_defer(struct rhema_req *r);
 void rhema_req_free(struct rhema_req *r);
 
+/*
+ * Streamed replies (the AI gateway's server-sent events), on a deferred
+ * request: start (status and headers, chunked body), chunks, end (after
+ * which r->req is gone; rhema_req_free(r) still to do).
+ */
+void rhema_reply_stream_start(struct rhema_req *r, int status, const char *content_type);
+void rhema_reply_stream_chunk(struct rhema_req *r, const void *data, size_t len);
+void rhema_reply_stream_end(struct rhema_req *r);
+/*
+ * Watch a deferred request's connection: gone(arg) when the client leaves
+ * before the reply is done (the request is then to be abandoned:
+ * rhema_req_abandon(), no reply).  -1 when the client already left.  One
+ * watch per connection; rhema_req_unwatch() before replying.
+ */
+int rhema_req_watch(struct rhema_req *r, void (*gone)(void *arg), void *arg);
+void rhema_req_unwatch(struct rhema_req *r);
+void rhema_req_abandon(struct rhema_req *r);
+/* Bytes queued for r's client, not yet written (0 when it left). */
+size_t rhema_req_output_queued(struct rhema_req *r);
+/* With a watch: drained(arg) once, when the queued bytes fall to `low` or below. */
+void rhema_req_watch_drain(struct rhema_req *r, size_t low, void (*drained)(void *arg));
+
 /* 405 with an Allow header. */
 void rhema_reply_method_not_allowed(struct rhema_req *r, const char *allow);
 

@@ -8,7 +8,12 @@ GET /v1/models as the OpenAI API does, and records every request it gets
     POST /_control  {"script": [action, ...]}   queue actions, one per request
                     {"default": action}          what to do when the queue is empty
     POST /_reset                                 empty queue, records, default
-    GET  /_requests                              {"count": n, "requests": [...]}
+    GET  /_requests                              {"count": n, "requests": [...],
+                                                  "closed": n, "sent": n}
+
+"closed" counts the requests whose connection the client (rhemad) closed
+while the fake held it (a delay, a stall), seen as an end of file on the
+socket; "sent" the stream chunks written so far.
 
 or per request with the header `X-Fake-Action: <action as JSON>` (used
 first).  An action is a JSON object, every member optional:
@@ -19,7 +24,10 @@ first).  An action is a JSON object, every member optional:
     body          the exact JSON body to answer
     chunks        for "stream": true, how many content chunks (default 3)
     cut_after     stream: close the connection after this many chunks
-    stall_after   stream: stop sending (hold the connection) after this many chunks
+    stall_after   stream: stop sending (hold the connection) after this many chunks,
+                  until rhemad closes it (recorded in "closed") or the fake stops
+    hold_after    stream: after this many chunks wait for FakeOpenAI.release(), then go on
+    pad           stream: this many bytes of padding in each chunk's content
     malformed_at  stream: chunk number k is not JSON
     close         close the connection without any answer
 
@@ -27,8 +35,11 @@ Run it alone with `python3 fake_openai.py PORT [NAME]`; in tests, FakeOpenAI(nam
 starts it on a free 127.0.0.1 port in a thread (.url, .stop()).
 """
 
+import base64
 import json
+import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -43,6 +54,9 @@ class State:
         self.default = {}
         self.requests = []
         self.stalls = threading.Event()  # set at stop: stalled handlers end
+        self.release = threading.Event()  # hold_after: go on
+        self.closed = 0
+        self.sent = 0
 
     def next_action(self):
         with self.lock:
@@ -70,8 +84,13 @@ def _reply_body(state, path, req):
                 "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
     inp = req.get("input", "")
     n = len(inp) if isinstance(inp, list) else 1
+    def vec(i):
+        v = [0.25, -0.5, float(i)]
+        if req.get("encoding_format") == "base64":  # as OpenAI: little-endian float32
+            return base64.b64encode(struct.pack("<%df" % len(v), *v)).decode()
+        return v
     return {"object": "list", "model": model, "upstream": state.name,
-            "data": [{"object": "embedding", "index": i, "embedding": [0.25, -0.5, float(i)]}
+            "data": [{"object": "embedding", "index": i, "embedding": vec(i)}
                      for i in range(n)],
             "usage": {"prompt_tokens": n, "total_tokens": n}}
 
@@ -79,6 +98,7 @@ def _reply_body(state, path, req):
 def make_handler(state):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # a stream's chunks go out at once, not after a delayed ACK
 
         def log_message(self, *args):
             pass
@@ -104,10 +124,30 @@ def make_handler(state):
                                        "body": parsed, "raw": body.decode(errors="replace")})
             return parsed
 
+        def _wait_closed(self, seconds, stop=None):
+            """Hold for `seconds` (or until `stop` is set); True, recorded, if the client closed."""
+            end = time.monotonic() + seconds
+            sock = self.connection
+            while time.monotonic() < end and not (stop and stop.is_set()):
+                r, _, _ = select.select([sock], [], [], 0.05)
+                if r:
+                    try:
+                        data = sock.recv(1, socket.MSG_PEEK)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        with state.lock:
+                            state.closed += 1
+                        self.close_connection = True
+                        return True
+                    time.sleep(0.05)  # bytes of a next request: not a close
+            return False
+
         def do_GET(self):
             if self.path == "/_requests":
                 with state.lock:
-                    self._send(200, {"count": len(state.requests), "requests": state.requests})
+                    self._send(200, {"count": len(state.requests), "requests": state.requests,
+                                     "closed": state.closed, "sent": state.sent})
                 return
             if self.path.endswith("/models"):
                 self._record(b"")
@@ -132,13 +172,16 @@ def make_handler(state):
             if self.path == "/_reset":
                 with state.lock:
                     state.script, state.default, state.requests = [], {}, []
+                    state.closed = state.sent = 0
+                    state.release.clear()
                 self._send(200, {"ok": True})
                 return
             req = self._record(body)
             hdr = self.headers.get("X-Fake-Action")
             action = json.loads(hdr) if hdr else state.next_action()
             if action.get("delay"):
-                time.sleep(float(action["delay"]))
+                if self._wait_closed(float(action["delay"])):
+                    return
             if action.get("close"):
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -178,9 +221,11 @@ def make_handler(state):
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if action.get("stall_after") == i:
-                    state.stalls.wait(60)
+                    self._wait_closed(60, state.stalls)
                     self.close_connection = True
                     return
+                if action.get("hold_after") == i:
+                    state.release.wait(30)
                 if action.get("malformed_at") == i:
                     chunk(b"data: {not json\n\n")
                     continue
@@ -188,7 +233,17 @@ def make_handler(state):
                       "model": req.get("model"), "upstream": state.name,
                       "choices": [{"index": 0, "delta": {"content": f"tok{i} "},
                                    "finish_reason": None}]}
-                chunk(b"data: " + json.dumps(ev).encode() + b"\n\n")
+                if action.get("pad"):
+                    ev["choices"][0]["delta"]["content"] += "x" * int(action["pad"])
+                with state.lock:
+                    state.sent += 1  # counted before the write: a reader never sees more
+                try:
+                    chunk(b"data: " + json.dumps(ev).encode() + b"\n\n")
+                except OSError:  # rhemad closed the connection
+                    with state.lock:
+                        state.closed += 1
+                    self.close_connection = True
+                    return
             chunk(b"data: [DONE]\n\n")
             chunk(b"")
 
@@ -220,8 +275,22 @@ class FakeOpenAI:
         with self.state.lock:
             return list(self.state.requests)
 
+    def release(self):
+        self.state.release.set()
+
+    @property
+    def closed(self):
+        with self.state.lock:
+            return self.state.closed
+
+    @property
+    def sent(self):
+        with self.state.lock:
+            return self.state.sent
+
     def stop(self):
         self.state.stalls.set()
+        self.state.release.set()
         self.server.shutdown()
         self.server.server_close()
 

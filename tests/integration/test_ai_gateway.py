@@ -109,7 +109,9 @@ def test_openai_error_shape(daemons, fake_openai):
     assert r.status == 400 and oai_error(r)["code"] == "invalid_json"
     r = d.request("POST", "/v1/chat/completions", [1, 2])
     assert r.status == 400 and oai_error(r)["type"] == "invalid_request_error"
-    r = chat(d, stream=True)
+    r = chat(d, stream="yes")
+    assert r.status == 400 and oai_error(r)["param"] == "stream"
+    r = d.request("POST", "/v1/embeddings", {"model": "gpt", "input": "x", "stream": True})
     assert r.status == 400 and oai_error(r)["param"] == "stream"
     r = chat(d, model=5)
     assert r.status == 400 and oai_error(r)["param"] == "model"
