@@ -74,4 +74,21 @@ int rhema_ai_exchange_start(struct rhema_worker *w, const char *endpoint, json_t
  */
 void rhema_ai_worker_release(struct rhema_worker *w);
 
+/*
+ * GET /metrics: the gateway's families (ai/stats.h) with the gauges it
+ * keeps (in flight and circuit breaker by upstream, the retry budget).
+ */
+struct rhema_expo;
+void rhema_ai_metrics_write(const struct rhema_ai *ai, struct rhema_expo *e);
+
+/*
+ * GET /health: a component "upstream_<name>" per upstream (the name
+ * lowercased, other characters than [a-z0-9_] as '_'): Unhealthy while
+ * its circuit breaker is open, Degraded half-open.  Register after
+ * rhema_ai_new(), unregister before rhema_ai_free() (main thread).
+ */
+struct rhema_health_registry;
+void rhema_ai_health_register(struct rhema_ai *ai, struct rhema_health_registry *h);
+void rhema_ai_health_unregister(struct rhema_ai *ai, struct rhema_health_registry *h);
+
 #endif /* RHEMA_CORE_AI_GATEWAY_H */

@@ -11,6 +11,7 @@
 #include <sodium.h>
 
 #include "auth/keystore.h"
+#include "metrics/metrics.h"
 #include "util.h"
 
 struct static_key {
@@ -243,6 +244,7 @@ static int cache_lookup(struct rhema_keystore *ks, int worker, struct rhema_stor
         if (strcmp(e->id, id) == 0) {
             if (e->generation == gen &&
                 now - e->fetched_ns < (uint64_t)RHEMA_KEYSTORE_CACHE_MS * 1000000u) {
+                rhema_metrics_count(RHEMA_MX_KEY_CACHE, 1);
                 *out = e;
                 return 0;
             }
@@ -257,6 +259,7 @@ static int cache_lookup(struct rhema_keystore *ks, int worker, struct rhema_stor
     struct cache_entry *e = &c->e[victim];
     struct rhema_storage_value v = {.size = sizeof v};
     int rc = st->vt->get(st->conn, RHEMA_KEYSTORE_NS, id, &v);
+    rhema_metrics_count(RHEMA_MX_KEY_BACKEND, 1);
     memset(e, 0, sizeof *e);
     if (rc == RHEMA_ENOTFOUND) {
         e->present = 0;
@@ -291,6 +294,7 @@ enum rhema_keystore_result rhema_keystore_authenticate(struct rhema_keystore *ks
     }
     const struct static_key *sk = static_find(ks, id);
     if (sk) {
+        rhema_metrics_count(RHEMA_MX_KEY_STATIC, 1);
         want = sk->hash;
         p = &sk->principal;
     } else {
