@@ -238,3 +238,31 @@ def test_failing_upstream_opens_the_breaker_gauge_and_health(daemons, fake_opena
     assert total(s, "rhema_ai_requests_total", model="gpt", route="/v1/chat/completions",
                  code=str(r.status)) == 1
     promtool_ok(d.request("GET", "/metrics").body.decode())
+
+
+def test_alert_rules_may_name_every_documented_series(tmp_path):
+    """Every metric of doc/monitoring.md's tables (a histogram's _bucket, _sum and _count)
+    is a series an operator's alert rule may name: `rhemad -t` accepts it."""
+    import re
+    from conftest import PLUGIN_DIR, run_rhemad
+    from pathlib import Path
+    import os
+    doc = (Path(os.environ["top_srcdir"]) / "doc" / "monitoring.md").read_text()
+    series = []
+    for m in re.finditer(r"^\| `([a-z_]+)` \| (counter|gauge|histogram) \|", doc, re.M):
+        name, kind = m.groups()
+        series += [name + s for s in ("_bucket", "_sum", "_count")] if kind == "histogram" \
+            else [name]
+    assert "rhema_ai_upstream_circuit_breaker_state" in series
+    assert "rhema_tls_handshake_duration_seconds_bucket" in series
+    rules = ", ".join(f'{{ name = "r{i}"; metric = "{s}"; threshold = 1; }}'
+                      for i, s in enumerate(series))
+    conf = tmp_path / "rhemad.conf"
+    conf.write_text(memory_config() + "monitoring: { alerts: { enabled = true;\n"
+                    f"  rules = ( {rules} ); }}; }};\n")
+    p = run_rhemad(["-t", "-P", str(PLUGIN_DIR), "-c", str(conf)], cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    conf.write_text(memory_config() + "monitoring: { alerts: { enabled = true;\n"
+                    '  rules = ( { name = "x"; metric = "rhema_ai_no_such_thing"; threshold = 1; } ); }; };\n')
+    p = run_rhemad(["-t", "-P", str(PLUGIN_DIR), "-c", str(conf)], cwd=str(tmp_path))
+    assert p.returncode != 0 and "rhema_ai_no_such_thing" in p.stderr, p.stderr
