@@ -437,6 +437,23 @@ static int list_one(void *arg, const char *key, const void *value, size_t len, u
     return 0;
 }
 
+static int count_one(void *arg, const char *key, const void *value, size_t len, uint64_t version)
+{
+    (void)key;
+    (void)value;
+    (void)len;
+    (void)version;
+    ++*(uint64_t *)arg;
+    return 0;
+}
+
+int rhema_keystore_count_runtime(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
+                                 size_t limit, uint64_t *n)
+{
+    *n = 0;
+    return vt->scan(conn, RHEMA_KEYSTORE_NS, NULL, NULL, limit, count_one, n);
+}
+
 int rhema_keystore_list(struct rhema_keystore *ks, struct rhema_store *st, uint64_t now_ms,
                         json_t **items, char err[RHEMA_ERRMSG_MAX])
 {

@@ -44,7 +44,7 @@ static const char *const known_series[] = {
     "rhema_build_info", "rhema_alerts", "rhema_alerts_transitions_total",
     "rhema_alert_notifications_total", "rhema_alert_notifications_queued",
     /* issue 11: the subsystems' families (collect.c, ai/stats.c) */
-    "rhema_auth_requests_total", "rhema_auth_key_lookups_total", "rhema_auth_static_keys",
+    "rhema_auth_requests_total", "rhema_auth_key_lookups_total", "rhema_auth_static_keys", "rhema_auth_runtime_keys",
     "rhema_ratelimit_decisions_total", "rhema_ratelimit_backend_failures_total",
     "rhema_ratelimit_backend_duration_seconds_bucket",
     "rhema_ratelimit_backend_duration_seconds_sum",

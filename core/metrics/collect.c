@@ -19,6 +19,7 @@
 #include "api/api_auth.h"
 #include "api/tls.h"
 #include "../audit.h"
+#include "auth/keystore.h"
 #include "../cluster.h"
 #include "../commit.h"
 #include "../keyring.h"
@@ -330,8 +331,11 @@ static void histogram1(struct rhema_expo *e, const struct rhema_metrics_set *s, 
     rhema_expo_histogram(e, name, 0, NULL, NULL, counts, sum);
 }
 
-static void auth_families(struct rhema_server *srv, const struct rhema_metrics_set *s,
-                          struct rhema_expo *e)
+/* The runtime keys gauge reads at most this many keys a scrape: its cost stays bounded. */
+#define RUNTIME_KEYS_COUNT_MAX 100000
+
+static void auth_families(struct rhema_server *srv, rhema_storage_conn *conn,
+                          const struct rhema_metrics_set *s, struct rhema_expo *e)
 {
     static const char *const results[] = {"ok",       "certificate", "missing",
                                           "malformed", "checksum",   "unknown",
@@ -354,6 +358,13 @@ static void auth_families(struct rhema_server *srv, const struct rhema_metrics_s
     counter_labeled(e, s, "rhema_auth_key_lookups", "source", sources, RHEMA_MX_KEY_STATIC, 3);
     gauge1(e, "rhema_auth_static_keys", "API keys from the configuration (security.api_keys.keys).",
            (double)static_keys);
+    uint64_t runtime;
+    if (conn && srv->storage &&
+        rhema_keystore_count_runtime(srv->storage, conn, RUNTIME_KEYS_COUNT_MAX, &runtime) == 0)
+        gauge1(e, "rhema_auth_runtime_keys",
+               "API keys created at run time (POST /v1/auth/keys) and stored, expired ones "
+               "included; counted up to 100000.",
+               (double)runtime);
 }
 
 static void ratelimit_families(struct rhema_server *srv, const struct rhema_metrics_set *s,
@@ -462,7 +473,7 @@ void rhema_metrics_collect(struct rhema_server *srv, rhema_storage_conn *conn, s
     maintenance_families(srv, e);
     alert_families(srv, e);
     if (s) {
-        auth_families(srv, s, e);
+        auth_families(srv, conn, s, e);
         ratelimit_families(srv, s, e);
         audit_families(s, e);
         tls_families(s, e);

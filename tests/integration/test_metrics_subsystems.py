@@ -125,6 +125,7 @@ def test_every_subsystem_on_families_move_and_promtool_passes(tmp_path, made, fa
     assert delta("rhema_auth_requests_total", result="ok") == 1 + 1 + 1 + 6 + 1 + 1
     assert delta("rhema_auth_key_lookups_total", source="backend") >= 2  # stranger and rt
     assert total(s1, "rhema_auth_static_keys") == 2
+    assert total(s1, "rhema_auth_runtime_keys") == total(s0, "rhema_auth_runtime_keys") + 1 == 1
     assert delta("rhema_ratelimit_decisions_total", scope="key", result="allowed") == allowed_user
     assert delta("rhema_ratelimit_decisions_total", scope="key", result="refused") == refused_user
     assert total(s1, "rhema_ratelimit_decisions_total", scope="client", result="allowed") == 0
