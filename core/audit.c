@@ -171,9 +171,13 @@ static int write_records(const struct rec *list)
             rhema_set_errbuf(A.last_error, rc, "out of memory sealing an audit record");
             return rc;
         }
-    uint64_t t0 = rhema_monotonic_ns(), t1 = t0, t2 = t0;
-    if (fstat(A.fd, &st) != 0 || write_all(A.fd, A.buf, len) != 0 ||
-        ((t1 = rhema_monotonic_ns()), A.fsync && fdatasync(A.fd) != 0)) {
+    uint64_t t0 = rhema_monotonic_ns(), t1 = 0, t2;
+    int failed = fstat(A.fd, &st) != 0 || write_all(A.fd, A.buf, len) != 0;
+    if (!failed) {
+        t1 = rhema_monotonic_ns(); /* the write's end, the fsync's start */
+        failed = A.fsync && fdatasync(A.fd) != 0;
+    }
+    if (failed) {
         rhema_metrics_count(RHEMA_MX_AUDIT_FAILED, nrec);
         rhema_set_errbuf(A.last_error, RHEMA_EIO, "writing the audit log %s: %s", A.path,
                          strerror(errno));
