@@ -267,3 +267,28 @@ def test_alert_rules_may_name_every_documented_series(tmp_path):
                     '  rules = ( { name = "x"; metric = "rhema_ai_no_such_thing"; threshold = 1; } ); }; };\n')
     p = run_rhemad(["-t", "-P", str(PLUGIN_DIR), "-c", str(conf)], cwd=str(tmp_path))
     assert p.returncode != 0 and "rhema_ai_no_such_thing" in p.stderr, p.stderr
+
+
+def test_ratelimit_backend_failure_counted(daemons, redis):
+    """failure_mode open: a count the backend cannot make is served and counted as an error."""
+    from test_ratelimit import limits
+    proc, port = redis
+    cfg = ('persistence: { backend = "redis"; redis = { host = "127.0.0.1"; '
+           f'port = {port}; password = "s3cret pass"; timeout_ms = 500; }}; }};\n'
+           + limits(per_day=1000, burst=100, extra='failure_mode = "open";'))
+    d = daemons(config=cfg).start()
+    assert d.request("GET", "/v1/sessions").status == 200
+    s0 = parse(d.request("GET", "/metrics").body.decode())[0]
+    assert total(s0, "rhema_ratelimit_decisions_total", scope="client", result="allowed") == 2
+    assert total(s0, "rhema_ratelimit_backend_failures_total", action="served") == 0
+    proc.kill()
+    proc.wait(10)
+    assert d.request("GET", "/v1/auth/whoami").status == 200
+    r = d.request("GET", "/metrics")
+    assert r.status == 200
+    s1 = parse(r.body.decode())[0]
+    # whoami and this scrape: two counts that failed, both served
+    assert total(s1, "rhema_ratelimit_decisions_total", scope="client", result="error") == 2
+    assert total(s1, "rhema_ratelimit_backend_failures_total", action="served") == 2
+    assert total(s1, "rhema_ratelimit_backend_failures_total", action="refused") == 0
+    assert total(s1, "rhema_ratelimit_backend_duration_seconds_count") == 4
