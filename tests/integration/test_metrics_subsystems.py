@@ -292,3 +292,32 @@ def test_ratelimit_backend_failure_counted(daemons, redis):
     assert total(s1, "rhema_ratelimit_backend_failures_total", action="served") == 2
     assert total(s1, "rhema_ratelimit_backend_failures_total", action="refused") == 0
     assert total(s1, "rhema_ratelimit_backend_duration_seconds_count") == 4
+
+
+def test_fallbacks_and_the_spent_retry_budget_counted(daemons, fake_openai):
+    a = fake_openai("a")
+    b = fake_openai("b")
+    d = daemons(config=ai_config(
+        [{"name": "a", "base_url": a.url}, {"name": "b", "base_url": b.url}],
+        [{"name": "gpt", "upstream": "a", "fallbacks": ["alt"]}, {"name": "alt", "upstream": "b"}],
+        "enable_fallback = true;\n"
+        "retries: { max_retries = 3; backoff_base_ms = 10; backoff_max_ms = 20; "
+        "budget_percent = 0; budget_reserve = 0; };\n"
+        "circuit_breaker: { failure_threshold = 1000; };")).start()
+    a.default({"status": 503})
+    for _ in range(3):
+        r = d.request("POST", "/v1/chat/completions", CHAT)
+        assert r.status == 200 and r.headers["X-Rhema-Upstream"] == "b", r.body
+    s = parse(d.request("GET", "/metrics").body.decode())[0]
+    # no budget: a's failure is never retried, the request falls back to alt each time
+    assert total(s, "rhema_ai_retry_budget_exhausted_total") == 3
+    assert total(s, "rhema_ai_upstream_retries_total", upstream="a", reason="server_error") == 0
+    assert total(s, "rhema_ai_fallbacks_total", model="gpt") == 3
+    assert total(s, "rhema_ai_fallbacks_total", model="alt") == 0
+    assert total(s, "rhema_ai_retry_budget_tokens") == 0
+    assert total(s, "rhema_ai_requests_total", model="gpt", route="/v1/chat/completions",
+                 code="200") == 3
+    # tokens are counted for the model that answered
+    assert total(s, "rhema_ai_tokens_total", model="alt", type="prompt") == 9
+    assert total(s, "rhema_ai_tokens_total", model="gpt", type="prompt") == 0
+    assert len(a.requests) == 3 and len(b.requests) == 3
