@@ -119,7 +119,14 @@ int rhema_metrics_open(int nworkers, unsigned nslots, rhema_metrics_slot_fn *slo
     }
     M.nblocks = n;
     M.blocks = blocks;
-    if (!(builtin = rhema_metrics_set_new(RHEMA_MX_COUNT, RHEMA_MXH_COUNT))) {
+    /* the built-in set outlives a close (see there): reused, zeroed, when it fits */
+    if (builtin && builtin->nblocks != n) {
+        rhema_metrics_set_free(builtin);
+        builtin = NULL;
+    }
+    if (builtin) {
+        memset(builtin->w, 0, builtin->stride * (size_t)n * sizeof *builtin->w);
+    } else if (!(builtin = rhema_metrics_set_new(RHEMA_MX_COUNT, RHEMA_MXH_COUNT))) {
         for (int j = 0; j < n; j++)
             block_release(&blocks[j]);
         free(blocks);
@@ -135,8 +142,13 @@ void rhema_metrics_close(void)
     if (!atomic_load(&metrics_on))
         return;
     atomic_store(&metrics_on, 0);
-    rhema_metrics_set_free(builtin);
-    builtin = NULL;
+    /*
+     * The built-in set is not freed: threads that are not workers (the
+     * audit writer, which stops after this) may be adding to it right now,
+     * having seen metrics on; their adds go to memory that stays valid, and
+     * later ones see metrics off.  It stays reachable (builtin), so it is
+     * no leak, and the next open reuses it.
+     */
     for (int i = 0; i < M.nblocks; i++)
         block_release(&M.blocks[i]);
     free(M.blocks);
@@ -279,7 +291,7 @@ static _Atomic uint64_t *set_copy(const struct rhema_metrics_set *s, int *shared
 void rhema_metrics_set_add(struct rhema_metrics_set *s, size_t counter, uint64_t n)
 {
     int shared;
-    if (!s || counter >= s->ncounters || !rhema_metrics_enabled())
+    if (!rhema_metrics_enabled() || !s || counter >= s->ncounters)
         return;
     _Atomic uint64_t *w = set_copy(s, &shared);
     if (shared)
@@ -292,7 +304,7 @@ void rhema_metrics_set_observe(struct rhema_metrics_set *s, size_t hist, uint64_
 {
     int shared;
     unsigned i = 0;
-    if (!s || hist >= s->nhists || !rhema_metrics_enabled())
+    if (!rhema_metrics_enabled() || !s || hist >= s->nhists)
         return;
     _Atomic uint64_t *h = set_copy(s, &shared) + s->ncounters + hist * HIST_WORDS;
     while (i < RHEMA_METRICS_BUCKETS && ns > bucket_ns[i])

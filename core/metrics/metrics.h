@@ -126,7 +126,9 @@ void rhema_metrics_totals(struct rhema_metrics_totals *out);
  * known only at startup (the AI gateway's upstreams and models) makes its
  * own set after rhema_metrics_open() and frees it before
  * rhema_metrics_close(); the fixed families below live in the built-in
- * set.  A NULL set (metrics off) ignores adds and reads as 0.
+ * set, which rhema_metrics_close() keeps (a thread that is not a worker may
+ * still add to it) and the next open reuses.  A NULL set (metrics off)
+ * ignores adds and reads as 0.
  */
 struct rhema_metrics_set;
 struct rhema_metrics_set *rhema_metrics_set_new(size_t ncounters, size_t nhists);
