@@ -18,6 +18,8 @@
 
 #include "audit.h"
 #include "log.h"
+#include "metrics/metrics.h"
+#include "util.h"
 
 #define TAIL_MAX 65536 /* the longest last line rhema_audit_open() resumes from */
 
@@ -80,6 +82,15 @@ static struct {
 };
 
 int rhema_audit_healthy(void) { return atomic_load(&A.healthy); }
+
+size_t rhema_audit_queued(void)
+{
+    size_t n;
+    pthread_mutex_lock(&A.lock);
+    n = A.queued;
+    pthread_mutex_unlock(&A.lock);
+    return n;
+}
 
 int rhema_audit_enabled(void)
 {
@@ -146,16 +157,28 @@ static int write_records(const struct rec *list)
     size_t len = 0;
     struct stat st;
     int rc;
-    if (A.fd < 0)
+    size_t nrec = 0;
+    for (const struct rec *r = list; r; r = r->next)
+        nrec++;
+    if (A.fd < 0) {
+        rhema_metrics_count(RHEMA_MX_AUDIT_FAILED, nrec);
         return RHEMA_EIO; /* last_error says why */
+    }
     for (const struct rec *r = list; r; r = r->next)
         if ((rc = rhema_audit_seal_text(&A.chain, r->text, r->len, &A.buf, &len, &A.cap)) != 0) {
+            rhema_metrics_count(RHEMA_MX_AUDIT_FAILED, nrec);
             A.chain = saved;
             rhema_set_errbuf(A.last_error, rc, "out of memory sealing an audit record");
             return rc;
         }
-    if (fstat(A.fd, &st) != 0 || write_all(A.fd, A.buf, len) != 0 ||
-        (A.fsync && fdatasync(A.fd) != 0)) {
+    uint64_t t0 = rhema_monotonic_ns(), t1 = 0, t2;
+    int failed = fstat(A.fd, &st) != 0 || write_all(A.fd, A.buf, len) != 0;
+    if (!failed) {
+        t1 = rhema_monotonic_ns(); /* the write's end, the fsync's start */
+        failed = A.fsync && fdatasync(A.fd) != 0;
+    }
+    if (failed) {
+        rhema_metrics_count(RHEMA_MX_AUDIT_FAILED, nrec);
         rhema_set_errbuf(A.last_error, RHEMA_EIO, "writing the audit log %s: %s", A.path,
                          strerror(errno));
         if (ftruncate(A.fd, st.st_size) != 0) /* no half line before the next batch */
@@ -164,6 +187,13 @@ static int write_records(const struct rec *list)
         A.chain = saved;
         return RHEMA_EIO;
     }
+    t2 = rhema_monotonic_ns();
+    rhema_metrics_count(RHEMA_MX_AUDIT_RECORDS, nrec);
+    rhema_metrics_count(RHEMA_MX_AUDIT_BYTES, len);
+    rhema_metrics_count(RHEMA_MX_AUDIT_BATCHES, 1);
+    rhema_metrics_observe(RHEMA_MXH_AUDIT_WRITE, t1 - t0);
+    if (A.fsync)
+        rhema_metrics_observe(RHEMA_MXH_AUDIT_FSYNC, t2 - t1);
     return 0;
 }
 
@@ -474,6 +504,7 @@ static int enqueue(char *text, size_t len, struct waiter *w, struct rhema_audit_
 {
     struct rec *r = text ? malloc(sizeof *r) : NULL;
     if (!r) {
+        rhema_metrics_count(RHEMA_MX_AUDIT_DROPPED, 1);
         free(text);
         return RHEMA_ENOMEM;
     }

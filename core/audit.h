@@ -52,6 +52,8 @@ void rhema_audit_close(void);
 int rhema_audit_enabled(void);
 /* Did the last batch of records reach the file (GET /health's audit_log component)? */
 int rhema_audit_healthy(void);
+/* Records queued for the writer now (the metrics' queue depth gauge; takes the queue lock). */
+size_t rhema_audit_queued(void);
 
 /*
  * SIGUSR1 (logrotate): ask the writer to close the file (after an

@@ -29,8 +29,11 @@
 #include "ai/client.h"
 #include "ai/gateway.h"
 #include "ai/policy.h"
+#include "ai/stats.h"
 #include "config.h"
 #include "log.h"
+#include "metrics/health.h"
+#include "metrics/metrics.h"
 #include "plugin.h"
 #include "util.h"
 
@@ -83,7 +86,8 @@ struct rhema_ai {
     uint64_t breaker_open_ns;
     struct rhema_ai_budget budget;
     int curl_inited;
-    struct rhema_ai_stats stats;
+    struct rhema_ai_stream_stats sstats; /* the streams' counters (gateway.h) */
+    struct rhema_ai_stats *stats; /* ai/stats.h: GET /metrics; NULL when metrics are off */
 };
 
 struct rhema_ai_worker {
@@ -438,6 +442,17 @@ int rhema_ai_new(const struct rhema_config *cfg, struct rhema_plugin_registry *r
         rhema_ai_free(ai);
         return rc;
     }
+    {
+        const char **un = calloc(ai->nups + 1, sizeof *un), **mn = calloc(ai->nmodels + 1, sizeof *mn);
+        for (size_t i = 0; un && i < ai->nups; i++)
+            un[i] = ai->ups[i].name;
+        for (size_t i = 0; mn && i < ai->nmodels; i++)
+            mn[i] = ai->models[i].name;
+        if (un && mn)
+            ai->stats = rhema_ai_stats_new(un, ai->nups, mn, ai->nmodels);
+        free(un);
+        free(mn);
+    }
     rhema_log(RHEMA_LOG_INFO, WHO, "AI gateway: %zu models, %zu upstreams", ai->nmodels,
               ai->nups);
     *out = ai;
@@ -448,6 +463,7 @@ void rhema_ai_free(struct rhema_ai *ai)
 {
     if (!ai)
         return;
+    rhema_ai_stats_free(ai->stats);
     for (size_t i = 0; i < ai->nmodels; i++) {
         struct model *m = &ai->models[i];
         for (size_t t = 0; t < m->ntiers; t++) {
@@ -563,6 +579,7 @@ static void finish(struct rhema_ai_exchange *x, struct rhema_ai_outcome *o)
         o->attempts = x->trail;
     if (!o->upstream)
         o->upstream = "";
+    rhema_ai_stats_request(x->ai->stats, x->chain[0], x->endpoint, o->status);
     if (x->scb)
         x->scb->done(x->arg, o);
     else
@@ -612,6 +629,9 @@ static int available(struct rhema_ai_exchange *x, size_t ui, const struct model 
         why = "busy";
     else if (!rhema_ai_breaker_allow(&u->breaker, rhema_monotonic_ns(), probe))
         why = "breaker_open";
+    if (why)
+        rhema_ai_stats_skip(x->ai->stats, ui,
+                            strcmp(why, "busy") == 0 ? RHEMA_AI_SKIP_BUSY : RHEMA_AI_SKIP_BREAKER_OPEN);
     if (!why)
         return 1;
     if (!x->noted[ui]) {
@@ -698,6 +718,18 @@ static const char *kind_word(enum fail_kind k, long status, char buf[16])
     }
 }
 
+/* A failure's kind as the metrics' attempt outcome. */
+static enum rhema_ai_attempt_outcome kind_outcome(enum fail_kind k, long status)
+{
+    switch (k) {
+    case F_CONNECT: return RHEMA_AI_ATT_CONNECT;
+    case F_TIMEOUT: return RHEMA_AI_ATT_TIMEOUT;
+    case F_TOOBIG: return RHEMA_AI_ATT_TOO_BIG;
+    case F_STATUS: return rhema_ai_attempt_outcome(RHEMA_AI_OK, status);
+    default: return RHEMA_AI_ATT_IO;
+    }
+}
+
 /* The attempt failed in a way another try may mend: retry, fall back, or give up. */
 static void retry_or_fallback(struct rhema_ai_exchange *x, enum fail_kind kind, long status,
                               long retry_after)
@@ -714,8 +746,13 @@ static void retry_or_fallback(struct rhema_ai_exchange *x, enum fail_kind kind, 
                                    rnd(x->aw));
     if (retry_after >= 0 && (uint64_t)retry_after * 1000 > delay_ms)
         delay_ms = (uint64_t)retry_after * 1000;
-    if (x->retries < ai->max_retries && now + delay_ms * 1000000u < x->deadline_ns &&
-        rhema_ai_budget_withdraw(&ai->budget)) {
+    int may_retry = x->retries < ai->max_retries && now + delay_ms * 1000000u < x->deadline_ns;
+    if (may_retry && !rhema_ai_budget_withdraw(&ai->budget)) {
+        may_retry = 0;
+        rhema_ai_stats_budget_exhausted(ai->stats);
+    }
+    if (may_retry) {
+        rhema_ai_stats_retry(ai->stats, x->cur_up, kind_outcome(kind, status));
         struct timeval tv = {.tv_sec = (time_t)(delay_ms / 1000),
                              .tv_usec = (suseconds_t)(delay_ms % 1000) * 1000};
         x->retries++;
@@ -729,6 +766,7 @@ static void retry_or_fallback(struct rhema_ai_exchange *x, enum fail_kind kind, 
     }
     if (x->pos + 1 < x->nchain) {
         trail_add(x, "%s@%s %s fallback", m->name, uname, kind_word(kind, status, sb));
+        rhema_ai_stats_fallback(ai->stats, x->chain[x->pos]);
         x->pos++;
         x->retries = 0;
         memset(x->tried, 0, ai->nups);
@@ -756,6 +794,8 @@ static void on_done(void *arg, struct rhema_ai_call *call, enum rhema_ai_result 
     struct upstream *u = &x->ai->ups[x->cur_up];
     long status = rhema_ai_call_status(call);
     x->call = NULL; /* freed by client.c after this returns */
+    rhema_ai_stats_attempt(x->ai->stats, x->cur_up, rhema_ai_attempt_outcome((int)res, status),
+                           rhema_monotonic_ns() - x->sent_ns);
     if (res != RHEMA_AI_OK) {
         enum fail_kind k = res == RHEMA_AI_ECONNECT   ? F_CONNECT
                            : res == RHEMA_AI_ETIMEOUT ? F_TIMEOUT
@@ -783,6 +823,8 @@ static void on_done(void *arg, struct rhema_ai_call *call, enum rhema_ai_result 
                                      .retry_after = -1, .upstream = u->name};
         snprintf(ctype, sizeof ctype, "%s", rhema_ai_call_content_type(call));
         o.content_type = *ctype ? ctype : "application/json";
+        if (status < 300)
+            rhema_ai_stats_usage(x->ai->stats, x->chain[x->pos], x->resp);
         trail_add(x, "%s@%s %ld", m->name, u->name, status);
         finish(x, &o);
     }
@@ -809,6 +851,7 @@ static void attempt(struct rhema_ai_exchange *x)
             return;
         }
         trail_add(x, "%s exhausted fallback", ai->models[x->chain[x->pos]].name);
+        rhema_ai_stats_fallback(ai->stats, x->chain[x->pos]);
         x->pos++;
         x->retries = 0;
         memset(x->tried, 0, ai->nups);
@@ -843,6 +886,7 @@ static void attempt(struct rhema_ai_exchange *x)
             rhema_log(RHEMA_LOG_ERROR, WHO, "upstream '%s': %s", u->name,
                       err ? err : "out of memory");
             free(err);
+            rhema_ai_stats_attempt(ai->stats, x->cur_up, RHEMA_AI_ATT_IO, 0);
             account(x, 0, 0);
             retry_or_fallback(x, F_IO, 0, -1);
         }
@@ -947,7 +991,7 @@ static void stream_fail(struct rhema_ai_exchange *x, const char *code, const cha
     va_start(ap, fmt);
     vsnprintf(o.message, sizeof o.message, fmt, ap);
     va_end(ap);
-    atomic_fetch_add(&x->ai->stats.stream_errors, 1);
+    atomic_fetch_add(&x->ai->sstats.stream_errors, 1);
     rhema_log(RHEMA_LOG_WARN, WHO, "stream of model '%s' from upstream '%s' ended with an error "
               "event: %s", cur_model(x)->name, o.upstream, o.message);
     if (x->tick_ev)
@@ -987,7 +1031,7 @@ static int stream_pump(struct rhema_ai_exchange *x)
             o.content_type = ctype;
             x->started = 1;
             trail_add(x, "%s@%s %d", cur_model(x)->name, u->name, o.status);
-            atomic_fetch_add(&x->ai->stats.streams, 1);
+            atomic_fetch_add(&x->ai->sstats.streams, 1);
             set_ms(x->tick_ev, cur_model(x)->stall_ms);
             x->in_cb = 1;
             x->scb->start(x->arg, &o);
@@ -1021,7 +1065,7 @@ static int stream_on_data(void *arg, struct rhema_ai_call *call, const char *buf
     if (x->started && x->scb->congested(x->arg)) {
         x->paused = 1;
         evtimer_del(x->tick_ev); /* the client is slow, not the upstream */
-        atomic_fetch_add(&x->ai->stats.stream_pauses, 1);
+        atomic_fetch_add(&x->ai->sstats.stream_pauses, 1);
         return 2; /* client.h: pause, the same bytes again on resume */
     }
     if (evbuffer_add(x->pend, buf, len)) {
@@ -1075,11 +1119,11 @@ static void stream_on_done(void *arg, struct rhema_ai_call *call, enum rhema_ai_
     }
     account(x, 0, 1);
     if (x->sfail == F_MALFORMED) {
-        atomic_fetch_add(&x->ai->stats.stream_malformed, 1);
+        atomic_fetch_add(&x->ai->sstats.stream_malformed, 1);
         stream_fail(x, "upstream_malformed_event", "upstream '%s' sent a malformed event (not "
                     "JSON, not [DONE]): the stream is incomplete", u->name);
     } else {
-        atomic_fetch_add(&x->ai->stats.stream_cut, 1);
+        atomic_fetch_add(&x->ai->sstats.stream_cut, 1);
         stream_fail(x, "upstream_stream_cut", "upstream '%s' ended the stream before its end "
                     "([DONE])%s%s: the stream is incomplete", u->name,
                     res != RHEMA_AI_OK ? ": " : "", res != RHEMA_AI_OK ? why : "");
@@ -1100,7 +1144,7 @@ static void on_stream_tick(evutil_socket_t fd, short what, void *arg)
     x->call = NULL;
     account(x, 0, 1);
     if (!x->started) {
-        atomic_fetch_add(&x->ai->stats.first_token_timeouts, 1);
+        atomic_fetch_add(&x->ai->sstats.first_token_timeouts, 1);
         rhema_log(RHEMA_LOG_NOTICE, WHO, "upstream '%s': no first event of model '%s' in %llu ms",
                   x->ai->ups[x->cur_up].name, m->name, (unsigned long long)m->first_token_ms);
         evbuffer_drain(x->pend, evbuffer_get_length(x->pend));
@@ -1108,7 +1152,7 @@ static void on_stream_tick(evutil_socket_t fd, short what, void *arg)
         retry_or_fallback(x, F_TTFT, 0, -1);
         return;
     }
-    atomic_fetch_add(&x->ai->stats.stream_stalled, 1);
+    atomic_fetch_add(&x->ai->sstats.stream_stalled, 1);
     stream_fail(x, "upstream_stream_stalled", "upstream '%s' sent nothing for %llu ms: the "
                 "stream is incomplete", x->ai->ups[x->cur_up].name,
                 (unsigned long long)m->stall_ms);
@@ -1135,7 +1179,7 @@ void rhema_ai_exchange_cancel(struct rhema_ai_exchange *x)
 {
     if (x->cancelled)
         return;
-    atomic_fetch_add(&x->ai->stats.client_cancels, 1);
+    atomic_fetch_add(&x->ai->sstats.client_cancels, 1);
     rhema_log(RHEMA_LOG_INFO, WHO, "the client left: the request to upstream '%s' (model '%s') "
               "is cancelled", x->call ? x->ai->ups[x->cur_up].name : "-", cur_model(x)->name);
     if (x->in_cb) { /* inside stream_on_data(): it stops the transfer on return */
@@ -1148,11 +1192,6 @@ void rhema_ai_exchange_cancel(struct rhema_ai_exchange *x)
         x->call = NULL;
     }
     exchange_free(x);
-}
-
-const struct rhema_ai_stats *rhema_ai_get_stats(const struct rhema_ai *ai)
-{
-    return &ai->stats;
 }
 
 unsigned rhema_ai_worker_live(const struct rhema_worker *w)
@@ -1294,4 +1333,129 @@ void rhema_ai_worker_release(struct rhema_worker *w)
     rhema_ai_client_free(aw->client);
     free(aw);
     w->ai = NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Metrics and health (issue 11)                                            */
+
+/* The streams' counters (atomics of the gateway: a stream event is rare next to a request). */
+static void stream_metrics_write(const struct rhema_ai_stream_stats *ss, struct rhema_expo *e)
+{
+    static const char *const k_reason[] = {"reason"};
+    const char *v[1];
+    rhema_expo_family(e, "rhema_ai_streams", "counter",
+                      "Streamed AI responses (\"stream\": true) whose headers reached the client.");
+    rhema_expo_sample_u64(e, "rhema_ai_streams", "_total", 0, NULL, NULL,
+                          atomic_load(&ss->streams));
+    rhema_expo_family(e, "rhema_ai_stream_errors", "counter",
+                      "Streams ended by an `event: error` without [DONE], by reason: the upstream "
+                      "cut it, stalled past the deadline, or sent a malformed event.");
+    v[0] = "cut";
+    rhema_expo_sample_u64(e, "rhema_ai_stream_errors", "_total", 1, k_reason, v,
+                          atomic_load(&ss->stream_cut));
+    v[0] = "stalled";
+    rhema_expo_sample_u64(e, "rhema_ai_stream_errors", "_total", 1, k_reason, v,
+                          atomic_load(&ss->stream_stalled));
+    v[0] = "malformed";
+    rhema_expo_sample_u64(e, "rhema_ai_stream_errors", "_total", 1, k_reason, v,
+                          atomic_load(&ss->stream_malformed));
+    rhema_expo_family(e, "rhema_ai_first_token_timeouts", "counter",
+                      "Stream attempts that passed their first-token deadline (then retried or "
+                      "fallen back).");
+    rhema_expo_sample_u64(e, "rhema_ai_first_token_timeouts", "_total", 0, NULL, NULL,
+                          atomic_load(&ss->first_token_timeouts));
+    rhema_expo_family(e, "rhema_ai_client_cancels", "counter",
+                      "AI requests whose client left before the answer: the upstream request was "
+                      "cancelled.");
+    rhema_expo_sample_u64(e, "rhema_ai_client_cancels", "_total", 0, NULL, NULL,
+                          atomic_load(&ss->client_cancels));
+    rhema_expo_family(e, "rhema_ai_stream_pauses", "counter",
+                      "Times a stream's upstream was paused because its client read slower than "
+                      "the upstream wrote.");
+    rhema_expo_sample_u64(e, "rhema_ai_stream_pauses", "_total", 0, NULL, NULL,
+                          atomic_load(&ss->stream_pauses));
+}
+
+void rhema_ai_metrics_write(const struct rhema_ai *ai, struct rhema_expo *e)
+{
+    struct rhema_ai_upstream_gauges *g;
+    uint64_t now = rhema_monotonic_ns();
+    if (!ai || !ai->stats || !(g = calloc(ai->nups + 1, sizeof *g)))
+        return;
+    for (size_t i = 0; i < ai->nups; i++) {
+        struct upstream *u = &ai->ups[i];
+        g[i].in_flight = atomic_load(&u->load.inflight);
+        g[i].breaker = (int)rhema_ai_breaker_state(&u->breaker, now);
+    }
+    rhema_ai_stats_write(ai->stats, e, g,
+                         (double)atomic_load((atomic_llong *)&ai->budget.milli) / 1000.0);
+    free(g);
+    stream_metrics_write(&ai->sstats, e);
+}
+
+/* The health component of an upstream: its circuit breaker. */
+static void upstream_health(void *arg, struct rhema_server *srv, rhema_storage_conn *conn,
+                            struct rhema_health_result *out)
+{
+    struct upstream *u = arg;
+    uint64_t now = rhema_monotonic_ns();
+    unsigned fails = atomic_load(&u->breaker.failures);
+    (void)srv;
+    (void)conn;
+    switch (rhema_ai_breaker_state(&u->breaker, now)) {
+    case RHEMA_AI_OPEN: {
+        unsigned long long until = atomic_load(&u->breaker.open_until_ns);
+        out->status = RHEMA_UNHEALTHY;
+        snprintf(out->message, sizeof out->message,
+                 "upstream '%s': circuit breaker open after %u consecutive failures; next probe "
+                 "in %llu ms",
+                 u->name, fails, until > now ? (until - now) / 1000000u : 0);
+        break;
+    }
+    case RHEMA_AI_HALF_OPEN:
+        out->status = RHEMA_DEGRADED;
+        snprintf(out->message, sizeof out->message,
+                 "upstream '%s': circuit breaker half-open (a probe request may go)", u->name);
+        break;
+    default:
+        snprintf(out->message, sizeof out->message,
+                 "upstream '%s': circuit breaker closed (%u consecutive failures), %llu in flight",
+                 u->name, fails, (unsigned long long)atomic_load(&u->load.inflight));
+    }
+}
+
+/* "upstream_" and the name with every character but [a-z0-9_] as '_', cut to fit. */
+static void component_name(const char *name, char out[64])
+{
+    size_t o = (size_t)snprintf(out, 64, "upstream_");
+    for (const char *c = name; *c && o < 63; c++) {
+        char ch = *c >= 'A' && *c <= 'Z' ? (char)(*c - 'A' + 'a') : *c;
+        out[o++] = (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ? ch : '_';
+    }
+    out[o] = '\0';
+}
+
+void rhema_ai_health_register(struct rhema_ai *ai, struct rhema_health_registry *h)
+{
+    char name[64];
+    if (!ai || !h)
+        return;
+    for (size_t i = 0; i < ai->nups; i++) {
+        component_name(ai->ups[i].name, name);
+        if (rhema_health_register(h, name, upstream_health, &ai->ups[i]) != 0)
+            rhema_log(RHEMA_LOG_WARN, WHO,
+                      "upstream '%s': no GET /health component (the name %s is taken)",
+                      ai->ups[i].name, name);
+    }
+}
+
+void rhema_ai_health_unregister(struct rhema_ai *ai, struct rhema_health_registry *h)
+{
+    char name[64];
+    if (!ai || !h)
+        return;
+    for (size_t i = 0; i < ai->nups; i++) {
+        component_name(ai->ups[i].name, name);
+        rhema_health_unregister(h, name);
+    }
 }

@@ -106,8 +106,8 @@ void rhema_ai_exchange_resume(struct rhema_ai_exchange *x);
  */
 void rhema_ai_exchange_cancel(struct rhema_ai_exchange *x);
 
-/* Counters of the gateway, across workers (for the metrics export). */
-struct rhema_ai_stats {
+/* The streams' counters, across workers (exported by rhema_ai_metrics_write). */
+struct rhema_ai_stream_stats {
     _Atomic unsigned long long streams;          /* streams started to a client */
     _Atomic unsigned long long stream_errors;    /* streams ended by an `event: error` */
     _Atomic unsigned long long stream_cut;       /* ... the upstream cut it */
@@ -117,7 +117,6 @@ struct rhema_ai_stats {
     _Atomic unsigned long long client_cancels;   /* exchanges cancelled by the client leaving */
     _Atomic unsigned long long stream_pauses;    /* upstream reads paused for a slow client */
 };
-const struct rhema_ai_stats *rhema_ai_get_stats(const struct rhema_ai *ai);
 /* Exchanges in flight on worker w. */
 unsigned rhema_ai_worker_live(const struct rhema_worker *w);
 
@@ -126,5 +125,22 @@ unsigned rhema_ai_worker_live(const struct rhema_worker *w);
  * (done() is called), its upstream request cancelled; the client freed.
  */
 void rhema_ai_worker_release(struct rhema_worker *w);
+
+/*
+ * GET /metrics: the gateway's families (ai/stats.h) with the gauges it
+ * keeps (in flight and circuit breaker by upstream, the retry budget).
+ */
+struct rhema_expo;
+void rhema_ai_metrics_write(const struct rhema_ai *ai, struct rhema_expo *e);
+
+/*
+ * GET /health: a component "upstream_<name>" per upstream (the name
+ * lowercased, other characters than [a-z0-9_] as '_'): Unhealthy while
+ * its circuit breaker is open, Degraded half-open.  Register after
+ * rhema_ai_new(), unregister before rhema_ai_free() (main thread).
+ */
+struct rhema_health_registry;
+void rhema_ai_health_register(struct rhema_ai *ai, struct rhema_health_registry *h);
+void rhema_ai_health_unregister(struct rhema_ai *ai, struct rhema_health_registry *h);
 
 #endif /* RHEMA_CORE_AI_GATEWAY_H */

@@ -17,6 +17,7 @@
 #include "auth/certmap.h"
 #include "auth/keystore.h"
 #include "log.h"
+#include "metrics/metrics.h"
 #include "tls.h"
 #include "util.h"
 
@@ -86,21 +87,32 @@ int rhema_authenticate(struct rhema_req *r)
         if (a->certs && rhema_tls_peer(r->req, &peer) == 0)
             rhema_certmap_lookup(a->certs, peer.subject, (const char(*)[256])peer.sans,
                                  peer.n_sans, peer.fingerprint, &r->principal);
+        if (r->principal.key_id[0])
+            rhema_metrics_count(RHEMA_MX_AUTH_CERTIFICATE, 1);
         return 0;
     }
     switch (rhema_keystore_authenticate(a->keys, r->worker->id, &r->worker->store, key, strlen(key),
                                         rhema_realtime_ms(), &r->principal, err)) {
-    case RHEMA_KEY_VALID: return 0;
+    case RHEMA_KEY_VALID: rhema_metrics_count(RHEMA_MX_AUTH_OK, 1); return 0;
     case RHEMA_KEY_MALFORMED:
+        rhema_metrics_count(RHEMA_MX_AUTH_MALFORMED, 1);
         reply_401(r, "invalid_token", "the API key is not of the form rk_<id>_<secret>");
         return 1;
     case RHEMA_KEY_CHECKSUM:
+        rhema_metrics_count(RHEMA_MX_AUTH_CHECKSUM, 1);
         reply_401(r, "invalid_token", "the API key's checksum does not match (mistyped?)");
         return 1;
-    case RHEMA_KEY_UNKNOWN: reply_401(r, "invalid_token", "unknown or revoked API key"); return 1;
-    case RHEMA_KEY_EXPIRED: reply_401(r, "invalid_token", "the API key has expired"); return 1;
+    case RHEMA_KEY_UNKNOWN:
+        rhema_metrics_count(RHEMA_MX_AUTH_UNKNOWN, 1);
+        reply_401(r, "invalid_token", "unknown or revoked API key");
+        return 1;
+    case RHEMA_KEY_EXPIRED:
+        rhema_metrics_count(RHEMA_MX_AUTH_EXPIRED, 1);
+        reply_401(r, "invalid_token", "the API key has expired");
+        return 1;
     case RHEMA_KEY_UNAVAIL:
     default:
+        rhema_metrics_count(RHEMA_MX_AUTH_UNAVAILABLE, 1);
         rhema_reply_error(r, 503, "unavailable", "cannot check the API key: %s", err);
         return 1;
     }
@@ -155,11 +167,13 @@ int rhema_authorize(struct rhema_req *r, const struct rhema_route *rt)
         if (a->open[i] == rt)
             return 0;
     if (!r->principal.key_id[0]) {
+        rhema_metrics_count(RHEMA_MX_AUTH_MISSING, 1);
         reply_401(r, NULL, "an API key is required (Authorization: Bearer <key>, or X-API-Key)");
         return 1;
     }
     if (rhema_authz_check(a->authz, r->principal.role_mask, method_bit(r), r->path, rt->permission))
         return 0;
+    rhema_metrics_count(RHEMA_MX_AUTH_FORBIDDEN, 1);
     rhema_reply_error(r, 403, "forbidden", "%s '%s' (roles: %s) may not %s %s (%s)",
                       r->principal.certificate ? "client certificate" : "API key",
                       r->principal.key_id, r->principal.roles[0] ? r->principal.roles : "none",
@@ -169,6 +183,16 @@ int rhema_authorize(struct rhema_req *r, const struct rhema_route *rt)
                       : method_bit(r) == RHEMA_AUTHZ_POST                   ? "POST"
                                                                             : "DELETE",
                       r->path, rt->permission);
+    return 1;
+}
+
+int rhema_auth_key_stats(const struct rhema_server *srv, size_t *static_keys)
+{
+    const struct rhema_auth *a = srv->auth;
+    *static_keys = 0;
+    if (!a || !a->enabled)
+        return 0;
+    *static_keys = a->keys ? rhema_keystore_static_count(a->keys) : 0;
     return 1;
 }
 

@@ -50,6 +50,9 @@ int rhema_authorize(struct rhema_req *r, const struct rhema_route *rt);
 int rhema_auth_open(struct rhema_server *srv, const struct rhema_route *const *tables, char **err);
 void rhema_auth_close(struct rhema_server *srv);
 
+/* 1 when API keys are on, with the number of keys from the configuration in *static_keys. */
+int rhema_auth_key_stats(const struct rhema_server *srv, size_t *static_keys);
+
 /*
  * 1 when a reload changed a setting rhema_auth_open() reads (security.*
  * but audit): those take a restart.  Main thread.

@@ -61,9 +61,12 @@
 #include "api_sessions.h"
 #include "audit.h"
 #include "limit/ratelimit.h"
+#include "log.h"
 #include "maintenance.h"
+#include "metrics/health.h"
 #include "pipeline.h"
 #include "routes.h"
+#include "tls.h"
 
 /* The route tables, in matching order (a literal path before a {param} at its place). */
 const struct rhema_route *const rhema_api_routes[] = {
@@ -257,8 +260,14 @@ int rhema_api_start(struct rhema_server *srv, char **err)
         rhema_limits_close(srv);
         rhema_auth_close(srv);
         rhema_api_metrics_close();
+        return rc;
     }
-    return rc;
+    /* issue 11: the components of GET /health these add */
+    rhema_ai_health_register(srv->ai, srv->health);
+    if (rhema_tls_enabled() && srv->health &&
+        rhema_health_register(srv->health, "tls", rhema_tls_health, NULL) != 0)
+        rhema_log(RHEMA_LOG_WARN, "main", "no GET /health component for TLS (out of memory)");
+    return 0;
 }
 
 int rhema_api_check(const struct rhema_config *cfg, char **err)
@@ -277,6 +286,9 @@ int rhema_api_reload_needs_restart(const struct rhema_config *old, const struct 
 void rhema_api_stop(struct rhema_server *srv)
 {
     rhema_http_stop(srv);
+    rhema_ai_health_unregister(srv->ai, srv->health);
+    if (srv->health)
+        rhema_health_unregister(srv->health, "tls");
     rhema_ai_free(srv->ai); /* after the workers, which released their exchanges */
     srv->ai = NULL;
     rhema_limits_close(srv);

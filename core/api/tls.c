@@ -7,8 +7,10 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +20,8 @@
 #include <openssl/x509v3.h>
 
 #include "log.h"
+#include "metrics/health.h"
+#include "metrics/metrics.h"
 #include "tls.h"
 #include "util.h"
 
@@ -33,6 +37,99 @@ static struct {
 } T = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static const unsigned char session_id_ctx[] = "rhemad";
+
+/*
+ * Handshake metrics: the SSL's ex_data slot hs_idx holds the monotonic
+ * time its handshake started (odd: ns | 1), then HS_DONE once counted.
+ * The info callback runs on the worker that owns the connection.
+ */
+#define HS_DONE ((void *)(uintptr_t)2)
+static int hs_idx = -1;
+/* The server certificate's notAfter (seconds since the epoch), 0 when unknown. */
+static _Atomic long long cert_not_after;
+
+static void info_cb(const SSL *ssl, int where, int ret)
+{
+    (void)ret;
+    if (hs_idx < 0)
+        return;
+    void *v = SSL_get_ex_data(ssl, hs_idx);
+    if ((where & SSL_CB_HANDSHAKE_START) && !v) {
+        SSL_set_ex_data((SSL *)ssl, hs_idx, (void *)(uintptr_t)(rhema_monotonic_ns() | 1));
+    } else if ((where & SSL_CB_HANDSHAKE_DONE) && v && v != HS_DONE) {
+        rhema_metrics_observe(RHEMA_MXH_TLS_HANDSHAKE, rhema_monotonic_ns() - (uintptr_t)v);
+        rhema_metrics_count(RHEMA_MX_TLS_OK, 1);
+        if (SSL_get0_peer_certificate(ssl) && SSL_get_verify_result(ssl) == X509_V_OK)
+            rhema_metrics_count(RHEMA_MX_TLS_CLIENT_CERTS, 1);
+        SSL_set_ex_data((SSL *)ssl, hs_idx, HS_DONE);
+    }
+}
+
+/* A failed handshake's OpenSSL reason code (0: none) to its result counter. */
+static enum rhema_mx hs_failure(unsigned long code)
+{
+    int reason = code ? ERR_GET_REASON(code) : 0;
+    if (!code)
+        return RHEMA_MX_TLS_ABORTED;
+    if (ERR_GET_LIB(code) != ERR_LIB_SSL)
+        return RHEMA_MX_TLS_OTHER;
+    if (reason >= SSL_AD_REASON_OFFSET)
+        return RHEMA_MX_TLS_PEER_ALERT; /* "tlsv1 alert unknown ca" and the like */
+    switch (reason) {
+    case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE: return RHEMA_MX_TLS_NO_CLIENT_CERT;
+    case SSL_R_CERTIFICATE_VERIFY_FAILED: return RHEMA_MX_TLS_BAD_CLIENT_CERT;
+    case SSL_R_UNSUPPORTED_PROTOCOL:
+    case SSL_R_WRONG_VERSION_NUMBER:
+    case SSL_R_UNKNOWN_PROTOCOL:
+    case SSL_R_VERSION_TOO_LOW: return RHEMA_MX_TLS_PROTOCOL;
+    case SSL_R_NO_SHARED_CIPHER: return RHEMA_MX_TLS_NO_SHARED_CIPHER;
+    case SSL_R_HTTP_REQUEST:
+    case SSL_R_HTTPS_PROXY_REQUEST: return RHEMA_MX_TLS_HTTP_REQUEST;
+    default: return RHEMA_MX_TLS_OTHER;
+    }
+}
+
+/* Remember ctx's certificate's notAfter for the expiry gauge and the health component. */
+static void note_expiry(SSL_CTX *ctx)
+{
+    X509 *x = SSL_CTX_get0_certificate(ctx);
+    const ASN1_TIME *na = x ? X509_get0_notAfter(x) : NULL;
+    struct tm tm;
+    long long t = 0;
+    if (na && ASN1_TIME_to_tm(na, &tm) == 1)
+        t = (long long)timegm(&tm);
+    atomic_store(&cert_not_after, t);
+}
+
+long long rhema_tls_cert_not_after(void)
+{
+    return atomic_load(&cert_not_after);
+}
+
+void rhema_tls_health(void *arg, struct rhema_server *srv, rhema_storage_conn *conn,
+                      struct rhema_health_result *out)
+{
+    long long na = rhema_tls_cert_not_after(), now = (long long)time(NULL);
+    (void)arg;
+    (void)srv;
+    (void)conn;
+    if (!na) {
+        out->status = RHEMA_DEGRADED;
+        snprintf(out->message, sizeof out->message, "the server certificate's expiry is unknown");
+    } else if (na <= now) {
+        out->status = RHEMA_UNHEALTHY;
+        snprintf(out->message, sizeof out->message,
+                 "the server certificate expired %lld s ago: clients refuse it", now - na);
+    } else if (na - now < RHEMA_TLS_EXPIRY_WARN_SECONDS) {
+        out->status = RHEMA_DEGRADED;
+        snprintf(out->message, sizeof out->message,
+                 "the server certificate expires in %lld s (under %d days): renew it and "
+                 "reload", na - now, RHEMA_TLS_EXPIRY_WARN_SECONDS / 86400);
+    } else {
+        snprintf(out->message, sizeof out->message, "the server certificate expires in %lld days",
+                 (na - now) / 86400);
+    }
+}
 
 /* The last OpenSSL error of this thread as text ("" when none); the queue is emptied. */
 static void ssl_reason(char *buf, size_t cap)
@@ -121,6 +218,9 @@ static int ctx_build(const struct tls_settings *s, SSL_CTX **out, char **err)
     SSL_CTX_set_min_proto_version(ctx, strcmp(s->min_version, "1.3") == 0 ? TLS1_3_VERSION
                                                                           : TLS1_2_VERSION);
     SSL_CTX_set_session_id_context(ctx, session_id_ctx, sizeof session_id_ctx - 1);
+    if (hs_idx < 0)
+        hs_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    SSL_CTX_set_info_callback(ctx, info_cb);
     if (*s->ciphers && SSL_CTX_set_cipher_list(ctx, s->ciphers) != 1) {
         ssl_reason(why, sizeof why);
         rhema_set_error(err, rc, "service.tls.ciphers '%s': %s", s->ciphers, why);
@@ -249,6 +349,7 @@ int rhema_tls_open(const struct rhema_config *cfg, char **err)
     T.ctx = ctx;
     T.enabled = 1;
     pthread_mutex_unlock(&T.lock);
+    note_expiry(ctx);
     describe(ctx, what, sizeof what);
     rhema_log(RHEMA_LOG_NOTICE, "tls", "TLS on (min version %s, client certificates %s): %s",
               s.min_version, s.client, what);
@@ -294,6 +395,7 @@ void rhema_tls_reload(const struct rhema_config *neu)
     old = T.ctx;
     T.ctx = ctx;
     pthread_mutex_unlock(&T.lock);
+    note_expiry(ctx);
     SSL_CTX_free(old); /* open connections keep it alive through their SSL */
     describe(ctx, what, sizeof what);
     rhema_log(RHEMA_LOG_NOTICE, "main",
@@ -444,6 +546,10 @@ void rhema_tls_conn_closed(struct bufferevent *bev)
     }
     if (SSL_is_init_finished(ssl))
         return;
+    if (hs_idx >= 0 && SSL_get_ex_data(ssl, hs_idx) && SSL_get_ex_data(ssl, hs_idx) != HS_DONE) {
+        rhema_metrics_count(hs_failure(code), 1); /* started and never ended */
+        SSL_set_ex_data(ssl, hs_idx, HS_DONE);
+    }
     const char *why = code ? ERR_reason_error_string(code) : NULL;
     if (!why && kind == SSL_ERROR_SSL)
         why = "protocol error";

@@ -28,6 +28,7 @@
 #include <event2/http.h>
 
 #include "config.h"
+#include "server.h"
 
 /* The SHA-256 of the certificate's DER, as hex. */
 #define RHEMA_TLS_FINGERPRINT_HEX 64
@@ -86,5 +87,22 @@ int rhema_tls_peer(struct evhttp_request *req, struct rhema_tls_peer *out);
  * info (one line whatever the client, so that repeats fold).
  */
 void rhema_tls_conn_closed(struct bufferevent *bev);
+
+/*
+ * The server certificate's notAfter in seconds since the epoch (0: TLS off
+ * or unknown), as of the last open or reload: rhema_tls_cert_expiry_seconds
+ * in GET /metrics.
+ */
+long long rhema_tls_cert_not_after(void);
+
+/*
+ * The "tls" component of GET /health (health.h), registered when TLS is on:
+ * Degraded when the certificate expires within RHEMA_TLS_EXPIRY_WARN_SECONDS,
+ * Unhealthy once it has expired.
+ */
+#define RHEMA_TLS_EXPIRY_WARN_SECONDS (14 * 86400)
+struct rhema_health_result;
+void rhema_tls_health(void *arg, struct rhema_server *srv, rhema_storage_conn *conn,
+                      struct rhema_health_result *out);
 
 #endif /* RHEMA_CORE_API_TLS_H */

@@ -11,6 +11,7 @@
 #include <sodium.h>
 
 #include "auth/keystore.h"
+#include "metrics/metrics.h"
 #include "util.h"
 
 struct static_key {
@@ -243,6 +244,7 @@ static int cache_lookup(struct rhema_keystore *ks, int worker, struct rhema_stor
         if (strcmp(e->id, id) == 0) {
             if (e->generation == gen &&
                 now - e->fetched_ns < (uint64_t)RHEMA_KEYSTORE_CACHE_MS * 1000000u) {
+                rhema_metrics_count(RHEMA_MX_KEY_CACHE, 1);
                 *out = e;
                 return 0;
             }
@@ -257,6 +259,7 @@ static int cache_lookup(struct rhema_keystore *ks, int worker, struct rhema_stor
     struct cache_entry *e = &c->e[victim];
     struct rhema_storage_value v = {.size = sizeof v};
     int rc = st->vt->get(st->conn, RHEMA_KEYSTORE_NS, id, &v);
+    rhema_metrics_count(RHEMA_MX_KEY_BACKEND, 1);
     memset(e, 0, sizeof *e);
     if (rc == RHEMA_ENOTFOUND) {
         e->present = 0;
@@ -291,6 +294,7 @@ enum rhema_keystore_result rhema_keystore_authenticate(struct rhema_keystore *ks
     }
     const struct static_key *sk = static_find(ks, id);
     if (sk) {
+        rhema_metrics_count(RHEMA_MX_KEY_STATIC, 1);
         want = sk->hash;
         p = &sk->principal;
     } else {
@@ -431,6 +435,23 @@ static int list_one(void *arg, const char *key, const void *value, size_t len, u
     if (!item || json_array_append_new(s->ctx->items, item) != 0)
         return RHEMA_ENOMEM;
     return 0;
+}
+
+static int count_one(void *arg, const char *key, const void *value, size_t len, uint64_t version)
+{
+    (void)key;
+    (void)value;
+    (void)len;
+    (void)version;
+    ++*(uint64_t *)arg;
+    return 0;
+}
+
+int rhema_keystore_count_runtime(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
+                                 size_t limit, uint64_t *n)
+{
+    *n = 0;
+    return vt->scan(conn, RHEMA_KEYSTORE_NS, NULL, NULL, limit, count_one, n);
 }
 
 int rhema_keystore_list(struct rhema_keystore *ks, struct rhema_store *st, uint64_t now_ms,

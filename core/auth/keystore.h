@@ -93,5 +93,12 @@ int rhema_keystore_revoke(struct rhema_keystore *ks, struct rhema_store *st, con
 
 /* Static keys in the configuration. */
 size_t rhema_keystore_static_count(const struct rhema_keystore *ks);
+/*
+ * The runtime keys stored (expired ones included, revoked ones are gone),
+ * counted by one scan of at most limit entries (0: no limit) on conn: the
+ * rhema_auth_runtime_keys gauge.  0 or the backend's RHEMA_E* code.
+ */
+int rhema_keystore_count_runtime(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
+                                 size_t limit, uint64_t *n);
 
 #endif /* RHEMA_CORE_AUTH_KEYSTORE_H */

@@ -30,6 +30,7 @@
 #include "api/routes.h"
 #include "config.h"
 #include "log.h"
+#include "metrics/metrics.h"
 #include "rate_table.h"
 #include "ratelimit.h"
 #include "server.h"
@@ -466,12 +467,17 @@ int rhema_rate_limit(struct rhema_req *r, const struct rhema_route *rt)
         .n = p->n,
         .now_us = (int64_t)(rhema_realtime_ns() / 1000u),
     };
+    int by_key = key[0] == 'k';
+    uint64_t t0 = rhema_monotonic_ns();
     if (l->local)
         rc = rhema_rate_table_apply(l->local, &q, &why);
     else if ((rc = srv->storage->rate(r->worker->conn, &q)) != 0)
         why = srv->storage->errmsg ? srv->storage->errmsg(r->worker->conn) : NULL;
+    rhema_metrics_observe(RHEMA_MXH_RL_BACKEND, rhema_monotonic_ns() - t0);
     if (rc) {
         atomic_fetch_add(&l->errors, 1);
+        rhema_metrics_count(by_key ? RHEMA_MX_RL_KEY_ERROR : RHEMA_MX_RL_CLIENT_ERROR, 1);
+        rhema_metrics_count(l->fail_closed ? RHEMA_MX_RL_FAIL_CLOSED : RHEMA_MX_RL_FAIL_OPEN, 1);
         rhema_log(RHEMA_LOG_WARN, "ratelimit",
                   "the rate limit of %s could not be counted (%s%s%s): %s", key, rhema_strerror(rc),
                   why && *why ? ": " : "", why ? why : "",
@@ -488,9 +494,11 @@ int rhema_rate_limit(struct rhema_req *r, const struct rhema_route *rt)
     int64_t retry = add_headers(r, p, &q);
     if (q.allowed) {
         atomic_fetch_add(&l->allowed, 1);
+        rhema_metrics_count(by_key ? RHEMA_MX_RL_KEY_ALLOWED : RHEMA_MX_RL_CLIENT_ALLOWED, 1);
         return 0;
     }
     atomic_fetch_add(&l->refused, 1);
+    rhema_metrics_count(by_key ? RHEMA_MX_RL_KEY_REFUSED : RHEMA_MX_RL_CLIENT_REFUSED, 1);
     snprintf(secs, sizeof secs, "%" PRId64, retry);
     rhema_header(r, "Retry-After", secs);
     rhema_reply_error(

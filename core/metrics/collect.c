@@ -8,12 +8,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
 #include <jansson.h>
 
+#include "ai/gateway.h"
 #include "alerts.h"
+#include "api/api_auth.h"
+#include "api/tls.h"
+#include "../audit.h"
+#include "auth/keystore.h"
 #include "../cluster.h"
 #include "../commit.h"
 #include "../keyring.h"
@@ -305,8 +311,158 @@ static void alert_families(struct rhema_server *srv, struct rhema_expo *e)
            (double)ns.queued);
 }
 
+/* ---- the subsystems' families (issue 11): auth, rate limiting, audit, TLS, AI ---- */
+
+static void counter_labeled(struct rhema_expo *e, const struct rhema_metrics_set *s,
+                            const char *name, const char *key, const char *const *values,
+                            enum rhema_mx first, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        rhema_expo_sample_u64(e, name, "_total", 1, &key, &values[i],
+                              rhema_metrics_set_get(s, first + i));
+}
+
+static void histogram1(struct rhema_expo *e, const struct rhema_metrics_set *s, const char *name,
+                       const char *help, enum rhema_mxh h)
+{
+    uint64_t counts[RHEMA_METRICS_BUCKETS + 1], sum;
+    rhema_expo_family(e, name, "histogram", help);
+    rhema_metrics_set_hist(s, h, counts, &sum);
+    rhema_expo_histogram(e, name, 0, NULL, NULL, counts, sum);
+}
+
+/* The runtime keys gauge reads at most this many keys a scrape: its cost stays bounded. */
+#define RUNTIME_KEYS_COUNT_MAX 100000
+
+static void auth_families(struct rhema_server *srv, rhema_storage_conn *conn,
+                          const struct rhema_metrics_set *s, struct rhema_expo *e)
+{
+    static const char *const results[] = {"ok",       "certificate", "missing",
+                                          "malformed", "checksum",   "unknown",
+                                          "expired",  "unavailable", "forbidden"};
+    static const char *const sources[] = {"static", "cache", "backend"};
+    size_t static_keys;
+    if (!rhema_auth_key_stats(srv, &static_keys))
+        return;
+    rhema_expo_family(e, "rhema_auth_requests", "counter",
+                      "Authentication and authorization outcomes: ok (a valid API key), "
+                      "certificate (a mapped client certificate), missing (no key on a route that "
+                      "needs one), malformed, checksum, unknown (no such key, a wrong secret or "
+                      "revoked), expired, unavailable (the backend could not be asked), forbidden "
+                      "(authenticated, denied by roles or rules).");
+    counter_labeled(e, s, "rhema_auth_requests", "result", results, RHEMA_MX_AUTH_OK,
+                    sizeof results / sizeof *results);
+    rhema_expo_family(e, "rhema_auth_key_lookups", "counter",
+                      "API key lookups by where the key was found: static (the configuration), "
+                      "cache (the worker's cache of runtime keys), backend (read from storage).");
+    counter_labeled(e, s, "rhema_auth_key_lookups", "source", sources, RHEMA_MX_KEY_STATIC, 3);
+    gauge1(e, "rhema_auth_static_keys", "API keys from the configuration (security.api_keys.keys).",
+           (double)static_keys);
+    uint64_t runtime;
+    if (conn && srv->storage &&
+        rhema_keystore_count_runtime(srv->storage, conn, RUNTIME_KEYS_COUNT_MAX, &runtime) == 0)
+        gauge1(e, "rhema_auth_runtime_keys",
+               "API keys created at run time (POST /v1/auth/keys) and stored, expired ones "
+               "included; counted up to 100000.",
+               (double)runtime);
+}
+
+static void ratelimit_families(struct rhema_server *srv, const struct rhema_metrics_set *s,
+                               struct rhema_expo *e)
+{
+    static const char *const k[] = {"scope", "result"};
+    static const char *const scopes[] = {"key", "client"};
+    static const char *const results[] = {"allowed", "refused", "error"};
+    static const char *const actions[] = {"served", "refused"};
+    if (!srv->limits)
+        return;
+    rhema_expo_family(e, "rhema_ratelimit_decisions", "counter",
+                      "Rate-limit decisions by the limited party (key: an API key, client: an "
+                      "address without a key) and result (error: the count failed).");
+    for (size_t sc = 0; sc < 2; sc++)
+        for (size_t r = 0; r < 3; r++) {
+            const char *v[] = {scopes[sc], results[r]};
+            rhema_expo_sample_u64(e, "rhema_ratelimit_decisions", "_total", 2, k, v,
+                                  rhema_metrics_set_get(s, RHEMA_MX_RL_KEY_ALLOWED + sc * 3 + r));
+        }
+    rhema_expo_family(e, "rhema_ratelimit_backend_failures", "counter",
+                      "Rate-limit counts that failed, by what failure_mode did: served (open) or "
+                      "refused with 503 (closed).");
+    counter_labeled(e, s, "rhema_ratelimit_backend_failures", "action", actions,
+                    RHEMA_MX_RL_FAIL_OPEN, 2);
+    histogram1(e, s, "rhema_ratelimit_backend_duration_seconds",
+               "Duration of one rate-limit count (the backend's rate(), or the in-process table).",
+               RHEMA_MXH_RL_BACKEND);
+}
+
+static void audit_families(const struct rhema_metrics_set *s, struct rhema_expo *e)
+{
+    if (!rhema_audit_enabled())
+        return;
+    counter1(e, "rhema_audit_records", "Audit records written to the log.",
+             (double)rhema_metrics_set_get(s, RHEMA_MX_AUDIT_RECORDS));
+    counter1(e, "rhema_audit_written_bytes", "Bytes written to the audit log.",
+             (double)rhema_metrics_set_get(s, RHEMA_MX_AUDIT_BYTES));
+    counter1(e, "rhema_audit_batches", "Batches written (one write and one fdatasync each).",
+             (double)rhema_metrics_set_get(s, RHEMA_MX_AUDIT_BATCHES));
+    counter1(e, "rhema_audit_failed_records",
+             "Audit records whose write failed (lost, or their requests refused with "
+             "fail_closed).",
+             (double)rhema_metrics_set_get(s, RHEMA_MX_AUDIT_FAILED));
+    counter1(e, "rhema_audit_dropped_records",
+             "Audit records that could not be queued (out of memory).",
+             (double)rhema_metrics_set_get(s, RHEMA_MX_AUDIT_DROPPED));
+    histogram1(e, s, "rhema_audit_write_duration_seconds", "Duration of one batch's write().",
+               RHEMA_MXH_AUDIT_WRITE);
+    histogram1(e, s, "rhema_audit_fsync_duration_seconds",
+               "Duration of one batch's fdatasync() (security.audit.fsync).",
+               RHEMA_MXH_AUDIT_FSYNC);
+    gauge1(e, "rhema_audit_queue_records", "Audit records queued for the writer.",
+           (double)rhema_audit_queued());
+    gauge1(e, "rhema_audit_healthy", "1 when the last audit batch reached the file.",
+           rhema_audit_healthy());
+}
+
+static void tls_families(const struct rhema_metrics_set *s, struct rhema_expo *e)
+{
+    static const char *const k[] = {"result"};
+    long long na = rhema_tls_cert_not_after();
+    if (!rhema_tls_enabled())
+        return;
+    rhema_expo_family(e, "rhema_tls_handshakes", "counter",
+                      "TLS handshakes by result: ok, or why one failed (no_client_certificate, "
+                      "bad_client_certificate, protocol_version, no_shared_cipher, http_request, "
+                      "peer_alert, other, aborted: the client left mid-handshake).");
+    for (unsigned i = 0; i < RHEMA_MX_TLS_RESULTS; i++) {
+        const char *v[] = {rhema_metrics_tls_result_name(i)};
+        rhema_expo_sample_u64(e, "rhema_tls_handshakes", "_total", 1, k, v,
+                              rhema_metrics_set_get(s, RHEMA_MX_TLS_OK + i));
+    }
+    histogram1(e, s, "rhema_tls_handshake_duration_seconds",
+               "Duration of the successful TLS handshakes.", RHEMA_MXH_TLS_HANDSHAKE);
+    counter1(e, "rhema_tls_client_certificates",
+             "Handshakes that ended with a verified client certificate.",
+             (double)rhema_metrics_set_get(s, RHEMA_MX_TLS_CLIENT_CERTS));
+    if (na)
+        gauge1(e, "rhema_tls_certificate_expiry_seconds",
+               "Seconds until the server certificate's notAfter (negative once expired).",
+               (double)(na - (long long)time(NULL)));
+}
+
+/*
+ * The AI gateway's families (ai/stats.h).  The parts of the gateway that
+ * land later (streaming, the response cache, token limits) write theirs
+ * from rhema_ai_metrics_write() too, or from a function called here.
+ */
+static void ai_families(struct rhema_server *srv, struct rhema_expo *e)
+{
+    if (srv->ai)
+        rhema_ai_metrics_write(srv->ai, e);
+}
+
 void rhema_metrics_collect(struct rhema_server *srv, rhema_storage_conn *conn, struct rhema_expo *e)
 {
+    const struct rhema_metrics_set *s = rhema_metrics_builtin();
     build_info(srv, e);
     process_families(e);
     commit_families(srv, e);
@@ -316,4 +472,11 @@ void rhema_metrics_collect(struct rhema_server *srv, rhema_storage_conn *conn, s
     services_families(srv, e);
     maintenance_families(srv, e);
     alert_families(srv, e);
+    if (s) {
+        auth_families(srv, conn, s, e);
+        ratelimit_families(srv, s, e);
+        audit_families(s, e);
+        tls_families(s, e);
+    }
+    ai_families(srv, e);
 }

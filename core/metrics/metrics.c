@@ -57,6 +57,15 @@ static _Atomic int metrics_on;
 
 static _Thread_local struct rhema_metrics_block *self;
 
+/* Per block: the counters, then the histograms (RHEMA_METRICS_BUCKETS + 1 counts and a sum). */
+#define HIST_WORDS (RHEMA_METRICS_BUCKETS + 2)
+struct rhema_metrics_set {
+    size_t ncounters, nhists, stride; /* stride: words per block, a multiple of 8 (64 bytes) */
+    int nblocks;
+    _Atomic uint64_t *w;              /* [nblocks * stride] */
+};
+static struct rhema_metrics_set *builtin;
+
 const char *rhema_metrics_storage_op_name(enum rhema_metrics_storage_op op)
 {
     return (unsigned)op < RHEMA_MOP_COUNT ? storage_ops[op] : "?";
@@ -110,6 +119,20 @@ int rhema_metrics_open(int nworkers, unsigned nslots, rhema_metrics_slot_fn *slo
     }
     M.nblocks = n;
     M.blocks = blocks;
+    /* the built-in set outlives a close (see there): reused, zeroed, when it fits */
+    if (builtin && builtin->nblocks != n) {
+        rhema_metrics_set_free(builtin);
+        builtin = NULL;
+    }
+    if (builtin) {
+        memset(builtin->w, 0, builtin->stride * (size_t)n * sizeof *builtin->w);
+    } else if (!(builtin = rhema_metrics_set_new(RHEMA_MX_COUNT, RHEMA_MXH_COUNT))) {
+        for (int j = 0; j < n; j++)
+            block_release(&blocks[j]);
+        free(blocks);
+        memset(&M, 0, sizeof M);
+        return RHEMA_ENOMEM;
+    }
     atomic_store(&metrics_on, 1);
     return 0;
 }
@@ -119,6 +142,13 @@ void rhema_metrics_close(void)
     if (!atomic_load(&metrics_on))
         return;
     atomic_store(&metrics_on, 0);
+    /*
+     * The built-in set is not freed: threads that are not workers (the
+     * audit writer, which stops after this) may be adding to it right now,
+     * having seen metrics on; their adds go to memory that stays valid, and
+     * later ones see metrics off.  It stays reachable (builtin), so it is
+     * no leak, and the next open reuses it.
+     */
     for (int i = 0; i < M.nblocks; i++)
         block_release(&M.blocks[i]);
     free(M.blocks);
@@ -214,6 +244,131 @@ void rhema_metrics_storage(enum rhema_metrics_storage_op op, uint64_t ns, int fa
         add_shared(&b->storage_errors[op], 1);
     else if (failed)
         add(&b->storage_errors[op], 1);
+}
+
+/* ---- counter sets ---- */
+
+struct rhema_metrics_set *rhema_metrics_set_new(size_t ncounters, size_t nhists)
+{
+    struct rhema_metrics_set *s;
+    size_t words;
+    if (!M.nblocks || !(s = calloc(1, sizeof *s)))
+        return NULL;
+    s->ncounters = ncounters;
+    s->nhists = nhists;
+    s->stride = (ncounters + nhists * HIST_WORDS + 7) / 8 * 8;
+    s->nblocks = M.nblocks;
+    words = s->stride * (size_t)s->nblocks;
+    if (!words)
+        words = 8;
+    if (!(s->w = aligned_alloc(64, words * sizeof *s->w))) {
+        free(s);
+        return NULL;
+    }
+    memset(s->w, 0, words * sizeof *s->w);
+    return s;
+}
+
+void rhema_metrics_set_free(struct rhema_metrics_set *s)
+{
+    if (!s)
+        return;
+    free(s->w);
+    free(s);
+}
+
+/* The calling thread's copy of s, and whether it is the shared one. */
+static _Atomic uint64_t *set_copy(const struct rhema_metrics_set *s, int *shared)
+{
+    struct rhema_metrics_block *b = self;
+    int i = b && M.blocks ? (int)(b - M.blocks) : s->nblocks - 1;
+    if (i < 0 || i >= s->nblocks - 1)
+        i = s->nblocks - 1;
+    *shared = i == s->nblocks - 1;
+    return s->w + (size_t)i * s->stride;
+}
+
+void rhema_metrics_set_add(struct rhema_metrics_set *s, size_t counter, uint64_t n)
+{
+    int shared;
+    if (!rhema_metrics_enabled() || !s || counter >= s->ncounters)
+        return;
+    _Atomic uint64_t *w = set_copy(s, &shared);
+    if (shared)
+        add_shared(&w[counter], n);
+    else
+        add(&w[counter], n);
+}
+
+void rhema_metrics_set_observe(struct rhema_metrics_set *s, size_t hist, uint64_t ns)
+{
+    int shared;
+    unsigned i = 0;
+    if (!rhema_metrics_enabled() || !s || hist >= s->nhists)
+        return;
+    _Atomic uint64_t *h = set_copy(s, &shared) + s->ncounters + hist * HIST_WORDS;
+    while (i < RHEMA_METRICS_BUCKETS && ns > bucket_ns[i])
+        i++;
+    if (shared) {
+        add_shared(&h[i], 1);
+        add_shared(&h[RHEMA_METRICS_BUCKETS + 1], ns);
+    } else {
+        add(&h[i], 1);
+        add(&h[RHEMA_METRICS_BUCKETS + 1], ns);
+    }
+}
+
+uint64_t rhema_metrics_set_get(const struct rhema_metrics_set *s, size_t counter)
+{
+    uint64_t n = 0;
+    if (!s || counter >= s->ncounters)
+        return 0;
+    for (int b = 0; b < s->nblocks; b++)
+        n += get(&s->w[(size_t)b * s->stride + counter]);
+    return n;
+}
+
+uint64_t rhema_metrics_set_hist(const struct rhema_metrics_set *s, size_t hist, uint64_t *counts,
+                                uint64_t *sum_ns)
+{
+    uint64_t total = 0;
+    memset(counts, 0, sizeof *counts * (RHEMA_METRICS_BUCKETS + 1));
+    *sum_ns = 0;
+    if (!s || hist >= s->nhists)
+        return 0;
+    for (int b = 0; b < s->nblocks; b++) {
+        _Atomic uint64_t *h = s->w + (size_t)b * s->stride + s->ncounters + hist * HIST_WORDS;
+        for (unsigned i = 0; i <= RHEMA_METRICS_BUCKETS; i++)
+            counts[i] += get(&h[i]);
+        *sum_ns += get(&h[RHEMA_METRICS_BUCKETS + 1]);
+    }
+    for (unsigned i = 0; i <= RHEMA_METRICS_BUCKETS; i++)
+        total += counts[i];
+    return total;
+}
+
+void rhema_metrics_count(enum rhema_mx c, uint64_t n)
+{
+    rhema_metrics_set_add(builtin, c, n);
+}
+
+void rhema_metrics_observe(enum rhema_mxh h, uint64_t ns)
+{
+    rhema_metrics_set_observe(builtin, h, ns);
+}
+
+const struct rhema_metrics_set *rhema_metrics_builtin(void)
+{
+    return rhema_metrics_enabled() ? builtin : NULL;
+}
+
+const char *rhema_metrics_tls_result_name(unsigned i)
+{
+    static const char *const names[RHEMA_MX_TLS_RESULTS] = {
+        "ok",          "no_client_certificate", "bad_client_certificate",
+        "protocol_version", "no_shared_cipher", "http_request",
+        "peer_alert",  "other",                 "aborted"};
+    return i < RHEMA_MX_TLS_RESULTS ? names[i] : "?";
 }
 
 /* ---- the exposition writer ---- */

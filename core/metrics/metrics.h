@@ -116,6 +116,93 @@ struct rhema_metrics_totals {
 };
 void rhema_metrics_totals(struct rhema_metrics_totals *out);
 
+/* ---- counter sets: the subsystems' counters (auth, rate limiting, audit, TLS, AI) ---- */
+
+/*
+ * A set is ncounters counters and nhists duration histograms, one copy per
+ * worker block and one shared, as above: a worker adds to its own copy
+ * without a locked instruction, any other thread to the shared copy with
+ * an atomic add; a read sums the copies.  A subsystem whose labels are
+ * known only at startup (the AI gateway's upstreams and models) makes its
+ * own set after rhema_metrics_open() and frees it before
+ * rhema_metrics_close(); the fixed families below live in the built-in
+ * set, which rhema_metrics_close() keeps (a thread that is not a worker may
+ * still add to it) and the next open reuses.  A NULL set (metrics off)
+ * ignores adds and reads as 0.
+ */
+struct rhema_metrics_set;
+struct rhema_metrics_set *rhema_metrics_set_new(size_t ncounters, size_t nhists);
+void rhema_metrics_set_free(struct rhema_metrics_set *s);
+void rhema_metrics_set_add(struct rhema_metrics_set *s, size_t counter, uint64_t n);
+void rhema_metrics_set_observe(struct rhema_metrics_set *s, size_t hist, uint64_t ns);
+uint64_t rhema_metrics_set_get(const struct rhema_metrics_set *s, size_t counter);
+/* counts[RHEMA_METRICS_BUCKETS + 1] and *sum_ns are overwritten; returns the count. */
+uint64_t rhema_metrics_set_hist(const struct rhema_metrics_set *s, size_t hist, uint64_t *counts,
+                                uint64_t *sum_ns);
+
+/* The built-in set's counters (doc/monitoring.md names their families). */
+enum rhema_mx {
+    /* rhema_auth_requests_total{result}: in the order of the result names */
+    RHEMA_MX_AUTH_OK,
+    RHEMA_MX_AUTH_CERTIFICATE,
+    RHEMA_MX_AUTH_MISSING,
+    RHEMA_MX_AUTH_MALFORMED,
+    RHEMA_MX_AUTH_CHECKSUM,
+    RHEMA_MX_AUTH_UNKNOWN,
+    RHEMA_MX_AUTH_EXPIRED,
+    RHEMA_MX_AUTH_UNAVAILABLE,
+    RHEMA_MX_AUTH_FORBIDDEN,
+    /* rhema_auth_key_lookups_total{source} */
+    RHEMA_MX_KEY_STATIC,
+    RHEMA_MX_KEY_CACHE,
+    RHEMA_MX_KEY_BACKEND,
+    /* rhema_ratelimit_decisions_total{scope,result}: scope key, client x allowed, refused, error */
+    RHEMA_MX_RL_KEY_ALLOWED,
+    RHEMA_MX_RL_KEY_REFUSED,
+    RHEMA_MX_RL_KEY_ERROR,
+    RHEMA_MX_RL_CLIENT_ALLOWED,
+    RHEMA_MX_RL_CLIENT_REFUSED,
+    RHEMA_MX_RL_CLIENT_ERROR,
+    /* rhema_ratelimit_backend_failures_total{action}: served (open), refused (closed) */
+    RHEMA_MX_RL_FAIL_OPEN,
+    RHEMA_MX_RL_FAIL_CLOSED,
+    /* the audit log */
+    RHEMA_MX_AUDIT_RECORDS,
+    RHEMA_MX_AUDIT_BYTES,
+    RHEMA_MX_AUDIT_BATCHES,
+    RHEMA_MX_AUDIT_FAILED,
+    RHEMA_MX_AUDIT_DROPPED,
+    /* rhema_tls_handshakes_total{result}: in the order of rhema_metrics_tls_result_name() */
+    RHEMA_MX_TLS_OK,
+    RHEMA_MX_TLS_NO_CLIENT_CERT,
+    RHEMA_MX_TLS_BAD_CLIENT_CERT,
+    RHEMA_MX_TLS_PROTOCOL,
+    RHEMA_MX_TLS_NO_SHARED_CIPHER,
+    RHEMA_MX_TLS_HTTP_REQUEST,
+    RHEMA_MX_TLS_PEER_ALERT,
+    RHEMA_MX_TLS_OTHER,
+    RHEMA_MX_TLS_ABORTED,
+    RHEMA_MX_TLS_CLIENT_CERTS, /* handshakes that ended with a verified client certificate */
+    RHEMA_MX_COUNT
+};
+#define RHEMA_MX_TLS_RESULTS (RHEMA_MX_TLS_ABORTED - RHEMA_MX_TLS_OK + 1)
+const char *rhema_metrics_tls_result_name(unsigned i);
+
+/* The built-in set's histograms. */
+enum rhema_mxh {
+    RHEMA_MXH_RL_BACKEND, /* one rate() call (or the in-process table's) */
+    RHEMA_MXH_AUDIT_WRITE, /* one batch's write() */
+    RHEMA_MXH_AUDIT_FSYNC, /* one batch's fdatasync() */
+    RHEMA_MXH_TLS_HANDSHAKE,
+    RHEMA_MXH_COUNT
+};
+
+/* Add to the built-in set (no-ops when metrics are off). */
+void rhema_metrics_count(enum rhema_mx c, uint64_t n);
+void rhema_metrics_observe(enum rhema_mxh h, uint64_t ns);
+/* The built-in set (NULL when off), for the readers in collect.c. */
+const struct rhema_metrics_set *rhema_metrics_builtin(void);
+
 /* ---- the exposition ---- */
 
 /*

@@ -191,6 +191,11 @@ def test_stream_error_event_after_the_first_byte(daemons, fake_openai):
     assert wait_until(lambda: a.closed == 1, 10)
     log = d.log()[before:]
     assert log.count("ended with an error event") == 3
+    # and counted on /metrics, by reason
+    text = d.request("GET", "/metrics").body.decode()
+    for reason in ("cut", "malformed", "stalled"):
+        assert f'rhema_ai_stream_errors_total{{reason="{reason}"}} 1' in text, reason
+    assert "rhema_ai_streams_total 3" in text
 
 
 def test_client_disconnect_cancels_the_upstream(daemons, fake_openai):
