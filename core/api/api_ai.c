@@ -2,11 +2,13 @@
  * api_ai -- the AI gateway's routes (api_ai.h).
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <event2/buffer.h>
 
 #include "ai/gateway.h"
+#include "ai/usage.h"
 #include "api_ai.h"
 #include "http.h"
 
@@ -37,12 +39,25 @@ static void reply_outcome(struct rhema_req *r, const struct rhema_ai_outcome *o)
         reply_oai_error(r, o->status, o->error_type, o->error_code, o->error_param, o->message);
 }
 
+/* A forwarded request waiting for its outcome: the deferred request and whom to charge. */
+struct pending {
+    struct rhema_req *d;
+    struct rhema_ai_usage_ticket ticket;
+};
+
 static void on_done(void *arg, const struct rhema_ai_outcome *o)
 {
-    struct rhema_req *d = arg;
+    struct pending *p = arg;
+    struct rhema_req *d = p->d;
     d->worker->outstanding--;
+    /* an answer of the upstream is charged with its usage (ai/usage.h); a failure is not */
+    if (o->body && o->status >= 200 && o->status < 300)
+        rhema_ai_usage_charge_body(d->worker, &p->ticket,
+                                   (const char *)evbuffer_pullup(o->body, -1),
+                                   evbuffer_get_length(o->body));
     reply_outcome(d, o);
     rhema_req_free(d);
+    free(p);
 }
 
 static int gateway_off(struct rhema_req *r)
@@ -66,8 +81,10 @@ static void forward(struct rhema_req *r, const char *endpoint)
     struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
     size_t len = evbuffer_get_length(in);
     json_error_t jerr;
-    json_t *body, *stream;
+    json_t *body, *stream, *model;
     struct rhema_req *d;
+    struct pending *p;
+    struct rhema_ai_refusal refusal;
     struct rhema_ai_outcome o;
     char msg[256];
     if (gateway_off(r))
@@ -94,17 +111,37 @@ static void forward(struct rhema_req *r, const char *endpoint)
                         "rhemad");
         return;
     }
-    if (!(d = rhema_req_defer(r))) {
+    if (!(p = calloc(1, sizeof *p))) {
         json_decref(body);
         reply_oai_error(r, 500, "server_error", "internal_error", NULL, "out of memory");
         return;
     }
+    /* token limits: refused here, before anything goes upstream (a bad 'model' is left to
+     * rhema_ai_exchange_start) */
+    model = json_object_get(body, "model");
+    if ((!model || json_is_string(model)) &&
+        rhema_ai_usage_admit(r, json_string_value(model), len, &p->ticket, &refusal)) {
+        json_decref(body);
+        free(p);
+        reply_oai_error(r, refusal.status,
+                        refusal.status == 429 ? "rate_limit_error" : "server_error",
+                        refusal.code, NULL, refusal.message);
+        return;
+    }
+    if (!(d = rhema_req_defer(r))) {
+        json_decref(body);
+        free(p);
+        reply_oai_error(r, 500, "server_error", "internal_error", NULL, "out of memory");
+        return;
+    }
+    p->d = d;
     /* counted until answered, so that a drain (SIGTERM) waits for the upstream */
     r->worker->outstanding++;
-    if (rhema_ai_exchange_start(r->worker, endpoint, body, on_done, d, &o) != 0) {
+    if (rhema_ai_exchange_start(r->worker, endpoint, body, on_done, p, &o) != 0) {
         r->worker->outstanding--;
         reply_outcome(d, &o);
         rhema_req_free(d);
+        free(p);
     }
     json_decref(body);
 }
@@ -129,5 +166,6 @@ const struct rhema_route rhema_ai_routes[] = {
     {RHEMA_M_POST, "/v1/chat/completions", h_chat, "ai:use", RHEMA_READS},
     {RHEMA_M_POST, "/v1/completions", h_completions, "ai:use", RHEMA_READS},
     {RHEMA_M_POST, "/v1/embeddings", h_embeddings, "ai:use", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/usage", rhema_ai_usage_get, "ai:read", RHEMA_READS},
     {0},
 };
