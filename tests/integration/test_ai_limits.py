@@ -193,11 +193,9 @@ def test_usage_off_and_config_checks(daemons, fake_openai, tmp_path):
         assert r.returncode != 0, bad
 
 
-def test_two_nodes_on_one_sqlite_file_count_together(daemons, fake_openai, tmp_path):
-    require_plugin("sqlite")
-    a = fake_openai("a")
+def two_nodes_count_together(daemons, a, base):
     a.default({"body": usage_body(7, 4, 3)})
-    cfg = config(a, "", base=sqlite_config(tmp_path / "shared.db"))
+    cfg = config(a, "", base=base)
     n1 = daemons("n1", config=cfg).start()
     n2 = daemons("n2", config=cfg).start()
     per_thread, statuses = 10, []
@@ -220,6 +218,19 @@ def test_two_nodes_on_one_sqlite_file_count_together(daemons, fake_openai, tmp_p
         assert s == 200
         assert u["totals"] == {"requests": 40, "prompt_tokens": 160, "completion_tokens": 120,
                                "total_tokens": 280}, u
+
+
+def test_two_nodes_on_one_sqlite_file_count_together(daemons, fake_openai, tmp_path):
+    require_plugin("sqlite")
+    two_nodes_count_together(daemons, fake_openai("a"), sqlite_config(tmp_path / "shared.db"))
+
+
+def test_two_nodes_on_one_redis_count_together(daemons, fake_openai, redis):
+    _, port = redis
+    two_nodes_count_together(
+        daemons, fake_openai("a"),
+        'persistence: { backend = "redis"; redis = { host = "127.0.0.1"; '
+        f'port = {port}; password = "s3cret pass"; timeout_ms = 2000; }}; }};\n')
 
 
 def test_two_nodes_share_the_token_allowance(daemons, fake_openai, tmp_path):
