@@ -53,6 +53,7 @@ static const char *const cors_headers[] = { "Content-Type", "Authorization", "X-
                                             NULL };
 
 #define I32MAX INT64_C(2147483647)
+#define I64LIM INT64_C(1000000000000000) /* 10^15: sums of them stay far from overflow */
 
 const struct key cfg_schema[] = {
     GRP("service", 0),
@@ -196,6 +197,9 @@ const struct key cfg_schema[] = {
     INT_("ai_service.models[].max_tokens", 0, 0, I32MAX),
     INT_("ai_service.models[].first_token_timeout_seconds", 0, 0, 3600),
     INT_("ai_service.models[].stall_timeout_seconds", 0, 0, 3600),
+    INT_("ai_service.models[].requests_per_minute", -1, -1, 1000000),
+    INT_("ai_service.models[].tokens_per_minute", -1, -1, I64LIM),
+    INT_("ai_service.models[].tokens_per_day", -1, -1, I64LIM),
     GLIST("ai_service.upstreams"),
     STRQ("ai_service.upstreams[].name", F_REQUIRED | F_UNIQUE),
     TYPED("ai_service.upstreams[].base_url", K_URL, "", F_REQUIRED),
@@ -228,6 +232,12 @@ const struct key cfg_schema[] = {
     INT_("ai_service.rate_limiting.roles[].requests_per_hour", -1, -1, 100000000),
     INT_("ai_service.rate_limiting.roles[].requests_per_day", -1, -1, 1000000000),
     INT_("ai_service.rate_limiting.roles[].burst", -1, -1, 1000000),
+    GRP("ai_service.limits", 0),
+    BOOL_("ai_service.limits.enabled", 0),
+    INT_("ai_service.limits.requests_per_minute", 0, 0, 1000000),
+    INT_("ai_service.limits.tokens_per_minute", 0, 0, I64LIM),
+    INT_("ai_service.limits.tokens_per_day", 0, 0, I64LIM),
+    INT_("ai_service.limits.usage_retention_days", 31, 1, 3660),
     GRP("ai_service.caching", 0),
     BOOL_("ai_service.caching.enabled", 0),
     INT_("ai_service.caching.ttl_seconds", 300, 1, 2592000),

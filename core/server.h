@@ -47,6 +47,7 @@ struct rhema_metrics_block;
 struct rhema_history;
 struct rhema_ai;
 struct rhema_ai_worker;
+struct rhema_ai_usage;
 
 /* What a worker runs for each request (core/api/pipeline.c: rhema_pipeline_run). */
 typedef void rhema_request_fn(struct rhema_req *r);
@@ -109,6 +110,7 @@ struct rhema_server {
     struct rhema_history *history;   /* metrics/history.h: sampled series; NULL when off */
     char *console_dir;               /* api/api_console.h: the /ui/ files; NULL when off */
     struct rhema_ai *ai;             /* ai/gateway.h: the AI gateway; NULL when off */
+    struct rhema_ai_usage *ai_usage; /* ai/usage.h: its token limits and usage; NULL when off */
     atomic_long http_conns;      /* connections open across workers (service.max_connections) */
     atomic_llong http_out_bytes; /* reply bytes queued across workers, not yet sent */
 };

@@ -1,6 +1,8 @@
 /*
  * api_ai -- the AI gateway's routes (api_ai.h).
  */
+#include "rhema_build.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +10,8 @@
 #include <event2/buffer.h>
 
 #include "ai/gateway.h"
+#include "ai/usage.h"
+#include "ai/usage_count.h"
 #include "api_ai.h"
 #include "http.h"
 
@@ -46,6 +50,10 @@ struct pending {
     struct rhema_req *d;
     struct rhema_ai_exchange *x;
     int streaming;
+    struct rhema_ai_usage_ticket ticket; /* whom to charge (ai/usage.h) */
+    size_t streamed;                     /* a stream's bytes to the client */
+    struct rhema_ai_tokens usage;        /* a stream's "usage" event, when it sent one */
+    int have_usage;
 };
 
 /* Pause a stream's upstream while this much waits for its client; resume at a quarter. */
@@ -63,6 +71,11 @@ static void on_done(void *arg, const struct rhema_ai_outcome *o)
 {
     struct pending *p = arg;
     rhema_req_unwatch(p->d);
+    /* an answer of the upstream is charged with its usage (ai/usage.h); a failure is not */
+    if (o->body && o->status >= 200 && o->status < 300)
+        rhema_ai_usage_charge_body(p->d->worker, &p->ticket,
+                                   (const char *)evbuffer_pullup(o->body, -1),
+                                   evbuffer_get_length(o->body));
     reply_outcome(p->d, o);
     pending_end(p);
 }
@@ -88,10 +101,49 @@ static void on_stream_start(void *arg, const struct rhema_ai_outcome *o)
     rhema_reply_stream_start(p->d, o->status, o->content_type);
 }
 
+/*
+ * A stream's event: passed on, and looked at for the "usage" OpenAI sends
+ * in a stream's last event (stream_options.include_usage) -- the tokens
+ * the stream is charged at its end.
+ */
 static void on_stream_chunk(void *arg, const char *data, size_t len)
 {
     struct pending *p = arg;
+    p->streamed += len;
+    if (p->ticket.party[0] && memmem(data, len, "\"usage\"", 7)) {
+        const char *j = memmem(data, len, "data:", 5);
+        struct rhema_ai_tokens t;
+        if (j) {
+            j += 5;
+            if (rhema_ai_tokens_from_body(j, len - (size_t)(j - data), p->ticket.request_bytes,
+                                          &t) == 1) {
+                p->usage = t;
+                p->have_usage = 1;
+            }
+        }
+    }
     rhema_reply_stream_chunk(p->d, data, len);
+}
+
+/*
+ * Charge a stream that reached its client: its "usage" event when the
+ * upstream sent one, else the estimate of ai/usage_count.h (a token per 4
+ * bytes of the request and of what was streamed).
+ */
+static void charge_stream(struct pending *p)
+{
+    struct rhema_ai_tokens t = {0};
+    if (!p->ticket.party[0])
+        return;
+    if (p->have_usage) {
+        t = p->usage;
+    } else {
+        t.requests = 1;
+        t.prompt_tokens = (int64_t)(p->ticket.request_bytes / 4);
+        t.completion_tokens = (int64_t)(p->streamed / 4);
+        t.total_tokens = t.prompt_tokens + t.completion_tokens;
+    }
+    rhema_ai_usage_charge(p->d->worker, &p->ticket, &t);
 }
 
 /* The stream's end: after an error, an `event: error` in OpenAI's error shape and no [DONE]. */
@@ -99,6 +151,7 @@ static void on_stream_end(void *arg, const struct rhema_ai_outcome *e)
 {
     struct pending *p = arg;
     rhema_req_unwatch(p->d);
+    charge_stream(p); /* what went out was spent upstream, complete or not */
     if (e) {
         json_t *j = json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", e->message, "type",
                               e->error_type, "param", "code", e->error_code);
@@ -158,9 +211,10 @@ static void forward(struct rhema_req *r, const char *endpoint)
     struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
     size_t len = evbuffer_get_length(in);
     json_error_t jerr;
-    json_t *body, *stream;
+    json_t *body, *stream, *model;
     struct rhema_req *d;
     struct pending *p;
+    struct rhema_ai_refusal refusal;
     struct rhema_ai_outcome o;
     int rc;
     char msg[256];
@@ -187,7 +241,24 @@ static void forward(struct rhema_req *r, const char *endpoint)
                         "embeddings are not streamed");
         return;
     }
-    if (!(p = calloc(1, sizeof *p)) || !(d = rhema_req_defer(r))) {
+    if (!(p = calloc(1, sizeof *p))) {
+        json_decref(body);
+        reply_oai_error(r, 500, "server_error", "internal_error", NULL, "out of memory");
+        return;
+    }
+    /* token limits: refused here, before anything goes upstream (a bad 'model' is left to
+     * the gateway) */
+    model = json_object_get(body, "model");
+    if ((!model || json_is_string(model)) &&
+        rhema_ai_usage_admit(r, json_string_value(model), len, &p->ticket, &refusal)) {
+        json_decref(body);
+        free(p);
+        reply_oai_error(r, refusal.status,
+                        refusal.status == 429 ? "rate_limit_error" : "server_error",
+                        refusal.code, NULL, refusal.message);
+        return;
+    }
+    if (!(d = rhema_req_defer(r))) {
         free(p);
         json_decref(body);
         reply_oai_error(r, 500, "server_error", "internal_error", NULL, "out of memory");
@@ -234,5 +305,6 @@ const struct rhema_route rhema_ai_routes[] = {
     {RHEMA_M_POST, "/v1/chat/completions", h_chat, "ai:use", RHEMA_READS},
     {RHEMA_M_POST, "/v1/completions", h_completions, "ai:use", RHEMA_READS},
     {RHEMA_M_POST, "/v1/embeddings", h_embeddings, "ai:use", RHEMA_READS},
+    {RHEMA_M_GET, "/v1/usage", rhema_ai_usage_get, "ai:read", RHEMA_READS},
     {0},
 };

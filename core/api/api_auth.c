@@ -196,6 +196,16 @@ int rhema_auth_key_stats(const struct rhema_server *srv, size_t *static_keys)
     return 1;
 }
 
+int rhema_auth_permits(const struct rhema_req *r, const char *permission)
+{
+    const struct rhema_auth *a = r->worker->srv->auth;
+    if (!a || !a->enabled)
+        return 1;
+    return r->principal.key_id[0] &&
+           rhema_authz_check(a->authz, r->principal.role_mask, RHEMA_AUTHZ_GET, r->path,
+                             permission);
+}
+
 /* ---- setup ---- */
 
 static void auth_free(struct rhema_auth *a)

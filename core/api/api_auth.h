@@ -43,6 +43,13 @@ int rhema_authenticate(struct rhema_req *r);
 int rhema_authorize(struct rhema_req *r, const struct rhema_route *rt);
 
 /*
+ * 1 when r's caller holds `permission` besides its route's (a handler that
+ * widens what it shows, as GET /v1/usage?key= for ai:admin): always with
+ * keys off (protected mode let the request in), else as its roles grant.
+ */
+int rhema_auth_permits(const struct rhema_req *r, const char *permission);
+
+/*
  * Build srv->auth from the configuration (roles, rules, static keys,
  * open routes; checked against the route tables) and log the protected
  * mode warning.  0, or RHEMA_E* and *err (malloc'd).

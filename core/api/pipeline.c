@@ -48,6 +48,7 @@
 #include <event2/buffer.h>
 
 #include "ai/gateway.h"
+#include "ai/usage.h"
 #include "api_agents.h"
 #include "api_ai.h"
 #include "api_auth.h"
@@ -254,7 +255,9 @@ int rhema_api_start(struct rhema_server *srv, char **err)
         return rc;
     }
     if ((rc = rhema_ai_new(srv->cfg, srv->plugins, &srv->ai, err)) != 0 ||
+        (rc = rhema_ai_usage_open(srv, err)) != 0 ||
         (rc = rhema_http_start(srv, rhema_pipeline_run, err)) != 0) {
+        rhema_ai_usage_close(srv);
         rhema_ai_free(srv->ai);
         srv->ai = NULL;
         rhema_limits_close(srv);
@@ -275,7 +278,9 @@ int rhema_api_check(const struct rhema_config *cfg, char **err)
     int rc = rhema_api_metrics_check(cfg, err);
     if (rc == 0)
         rc = rhema_auth_check(cfg, rhema_api_routes, err);
-    return rc ? rc : rhema_limits_check(cfg, err);
+    if (rc == 0)
+        rc = rhema_limits_check(cfg, err);
+    return rc ? rc : rhema_ai_usage_check_config(cfg, err);
 }
 
 int rhema_api_reload_needs_restart(const struct rhema_config *old, const struct rhema_config *neu)
@@ -289,6 +294,7 @@ void rhema_api_stop(struct rhema_server *srv)
     rhema_ai_health_unregister(srv->ai, srv->health);
     if (srv->health)
         rhema_health_unregister(srv->health, "tls");
+    rhema_ai_usage_close(srv);
     rhema_ai_free(srv->ai); /* after the workers, which released their exchanges */
     srv->ai = NULL;
     rhema_limits_close(srv);
