@@ -8,6 +8,7 @@ never cached, and the configuration checks of `rhemad -t`.
 """
 
 import http.client
+import signal
 import threading
 import time
 
@@ -260,3 +261,20 @@ def test_config_checks(tmp_path):
                            " max_entry_bytes = 65536; max_entries = 100; };"))
     r = run_rhemad(["-t", "-c", str(p), "-P", str(PLUGIN_DIR)])
     assert r.returncode == 0, r.stderr
+
+
+def test_drain_answers_waiters(daemons, fake_openai):
+    """SIGTERM while a flight has waiters (on both workers): every one is answered, then exit 0."""
+    a, d = cached(daemons, fake_openai)
+    a.default({"delay": 1.5})
+    body = {"model": "gpt", "messages": [{"role": "user", "content": "drain"}]}
+    got = []
+    t = threading.Thread(target=lambda: got.extend(concurrent(d, 4, body)))
+    t.start()
+    assert wait_until(lambda: upstream_chats(a) == 1, 10) is True
+    time.sleep(0.2)  # the others reach rhemad (if one is late it leads a new flight: still 200)
+    d.send(signal.SIGTERM)
+    t.join(30)
+    assert len(got) == 4 and all(r is not None and r.status == 200 for r in got)
+    assert len({r.body for r in got}) == 1 and upstream_chats(a) == 1  # the one answer, shared
+    assert d.wait(20) == 0
