@@ -65,6 +65,11 @@ def test_hit_and_miss(daemons, fake_openai):
     assert e1.headers["Cache-Status"] == "rhema; fwd=miss; stored"
     assert e2.headers["Cache-Status"] == "rhema; hit" and e2.body == e1.body
     assert sum(1 for r in a.requests if r["path"].endswith("/embeddings")) == 1
+    # the counters on GET /metrics
+    m = d.request("GET", "/metrics").body.decode()
+    assert 'rhema_ai_cache_lookups_total{result="hit"} 4' in m, m
+    assert 'rhema_ai_cache_lookups_total{result="miss"} 4' in m
+    assert "rhema_ai_cache_stores_total 4" in m and "rhema_ai_cache_entries 4" in m
 
 
 def test_cache_off_by_default(daemons, fake_openai):
