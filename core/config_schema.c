@@ -242,6 +242,8 @@ const struct key cfg_schema[] = {
     BOOL_("ai_service.caching.enabled", 0),
     INT_("ai_service.caching.ttl_seconds", 300, 1, 2592000),
     INT_("ai_service.caching.max_entries", 10000, 1, 100000000),
+    INT_("ai_service.caching.max_size_bytes", 104857600, 4096, INT64_C(1099511627776)),
+    INT_("ai_service.caching.max_entry_bytes", 4194304, 1024, INT64_C(1099511627776)),
     GRP("ai_service.agent_management", 0),
     INT_("ai_service.agent_management.max_agents", 1000, 1, 1000000),
     INT_("ai_service.agent_management.heartbeat_timeout_seconds", 60, 1, 86400),
@@ -339,9 +341,6 @@ const size_t cfg_n_schema = sizeof cfg_schema / sizeof cfg_schema[0];
  */
 
 const struct unimplemented cfg_unimplemented[] = {
-    { "ai_service.caching.enabled", NULL },
-    { "ai_service.caching.ttl_seconds", "ai_service.caching.enabled" },
-    { "ai_service.caching.max_entries", "ai_service.caching.enabled" },
     { "ai_service.agent_management.max_agents", NULL },
     { "monitoring.sample_interval_seconds", "monitoring.enabled" },
 };

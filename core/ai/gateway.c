@@ -26,6 +26,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "ai/cache.h"
 #include "ai/client.h"
 #include "ai/gateway.h"
 #include "ai/policy.h"
@@ -88,6 +89,7 @@ struct rhema_ai {
     int curl_inited;
     struct rhema_ai_stream_stats sstats; /* the streams' counters (gateway.h) */
     struct rhema_ai_stats *stats; /* ai/stats.h: GET /metrics; NULL when metrics are off */
+    struct rhema_ai_cache *cache; /* ai_service.caching; NULL when off */
 };
 
 struct rhema_ai_worker {
@@ -402,6 +404,41 @@ static int load_models(struct rhema_ai *ai, const struct rhema_config *cfg,
     return 0;
 }
 
+/* ai_service.caching: the shared response cache (ai/cache.h). */
+static int load_cache(struct rhema_ai *ai, const struct rhema_config *cfg, char **err)
+{
+    struct rhema_ai_cache_limits lim;
+    int enabled = 0;
+    int64_t ttl = 300, size = 104857600, entry = 4194304, count = 10000;
+    rhema_config_get_bool(cfg, "ai_service.caching.enabled", &enabled);
+    if (!enabled)
+        return 0;
+    rhema_config_get_int(cfg, "ai_service.caching.ttl_seconds", &ttl);
+    rhema_config_get_int(cfg, "ai_service.caching.max_size_bytes", &size);
+    rhema_config_get_int(cfg, "ai_service.caching.max_entry_bytes", &entry);
+    rhema_config_get_int(cfg, "ai_service.caching.max_entries", &count);
+    if (entry > size)
+        return rhema_set_error(err, RHEMA_EINVAL,
+                               "ai_service.caching.max_entry_bytes (%lld) is larger than "
+                               "ai_service.caching.max_size_bytes (%lld)",
+                               (long long)entry, (long long)size);
+    lim.ttl_ns = (uint64_t)ttl * 1000000000u;
+    lim.max_size_bytes = (size_t)size;
+    lim.max_entry_bytes = (size_t)entry;
+    lim.max_entries = (size_t)count;
+    return rhema_ai_cache_new(&lim, &ai->cache, err);
+}
+
+struct rhema_ai_cache *rhema_ai_cache_of(const struct rhema_ai *ai)
+{
+    return ai ? ai->cache : NULL;
+}
+
+const char *rhema_ai_default_model(const struct rhema_ai *ai)
+{
+    return ai->default_model == SIZE_MAX ? NULL : ai->models[ai->default_model].name;
+}
+
 int rhema_ai_new(const struct rhema_config *cfg, struct rhema_plugin_registry *reg,
                  struct rhema_ai **out, char **err)
 {
@@ -438,7 +475,8 @@ int rhema_ai_new(const struct rhema_config *cfg, struct rhema_plugin_registry *r
     ai->breaker_threshold = (unsigned)v;
     rhema_config_get_int(cfg, "ai_service.circuit_breaker.open_seconds", &v);
     ai->breaker_open_ns = (uint64_t)v * 1000000000u;
-    if ((rc = load_upstreams(ai, cfg, err)) || (rc = load_models(ai, cfg, reg, err))) {
+    if ((rc = load_upstreams(ai, cfg, err)) || (rc = load_models(ai, cfg, reg, err)) ||
+        (rc = load_cache(ai, cfg, err))) {
         rhema_ai_free(ai);
         return rc;
     }
@@ -464,6 +502,7 @@ void rhema_ai_free(struct rhema_ai *ai)
     if (!ai)
         return;
     rhema_ai_stats_free(ai->stats);
+    rhema_ai_cache_free(ai->cache);
     for (size_t i = 0; i < ai->nmodels; i++) {
         struct model *m = &ai->models[i];
         for (size_t t = 0; t < m->ntiers; t++) {
@@ -1313,6 +1352,9 @@ void rhema_ai_worker_release(struct rhema_worker *w)
 {
     struct rhema_ai_worker *aw = w->ai;
     struct rhema_ai_exchange *x;
+    /* requests of this worker waiting for another's flight: 503 now, never woken later */
+    if (w->srv->ai && w->srv->ai->cache)
+        rhema_ai_cache_drop_owner(w->srv->ai->cache, w);
     if (!aw)
         return;
     while ((x = TAILQ_FIRST(&aw->live))) {

@@ -53,6 +53,11 @@ int rhema_ai_new(const struct rhema_config *cfg, struct rhema_plugin_registry *r
                  struct rhema_ai **out, char **err);
 void rhema_ai_free(struct rhema_ai *ai);
 
+/* The response cache (ai/cache.h), NULL when ai_service.caching is off. */
+struct rhema_ai_cache *rhema_ai_cache_of(const struct rhema_ai *ai);
+/* ai_service.default_model, NULL when none. */
+const char *rhema_ai_default_model(const struct rhema_ai *ai);
+
 /*
  * GET /v1/models: the configured models as OpenAI lists them (new reference).
  */

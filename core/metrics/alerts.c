@@ -66,6 +66,9 @@ static const char *const known_series[] = {
     "rhema_ai_retry_budget_tokens", "rhema_ai_tokens_total", "rhema_ai_streams_total",
     "rhema_ai_stream_errors_total", "rhema_ai_first_token_timeouts_total",
     "rhema_ai_client_cancels_total", "rhema_ai_stream_pauses_total",
+    "rhema_ai_cache_lookups_total", "rhema_ai_cache_stores_total",
+    "rhema_ai_cache_evictions_total", "rhema_ai_cache_expirations_total",
+    "rhema_ai_cache_too_large_total", "rhema_ai_cache_bytes", "rhema_ai_cache_entries",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds",
     "process_max_fds", "process_start_time_seconds", NULL};

@@ -14,6 +14,7 @@
 #include <event2/event.h>
 #include <jansson.h>
 
+#include "ai/cache.h"
 #include "ai/gateway.h"
 #include "alerts.h"
 #include "api/api_auth.h"
@@ -460,6 +461,34 @@ static void ai_families(struct rhema_server *srv, struct rhema_expo *e)
         rhema_ai_metrics_write(srv->ai, e);
 }
 
+/* The AI response cache (ai/cache.h), when on. */
+static void ai_cache_families(struct rhema_server *srv, struct rhema_expo *e)
+{
+    static const char *const k[] = {"result"};
+    static const char *const results[] = {"hit", "miss", "collapsed"};
+    struct rhema_ai_cache *c = rhema_ai_cache_of(srv->ai);
+    struct rhema_ai_cache_stats st;
+    if (!c)
+        return;
+    rhema_ai_cache_stats(c, &st);
+    rhema_expo_family(e, "rhema_ai_cache_lookups", "counter",
+                      "AI response cache lookups: answered from the cache, not found, and not "
+                      "found but joined an identical request in flight (single flight).");
+    rhema_expo_sample_u64(e, "rhema_ai_cache_lookups", "_total", 1, k, &results[0], st.hits);
+    rhema_expo_sample_u64(e, "rhema_ai_cache_lookups", "_total", 1, k, &results[1],
+                          st.misses - st.collapsed);
+    rhema_expo_sample_u64(e, "rhema_ai_cache_lookups", "_total", 1, k, &results[2], st.collapsed);
+    counter1(e, "rhema_ai_cache_stores", "AI answers stored in the cache.", (double)st.stores);
+    counter1(e, "rhema_ai_cache_evictions",
+             "AI cache entries evicted for max_size_bytes or max_entries.", (double)st.evictions);
+    counter1(e, "rhema_ai_cache_expirations", "AI cache entries dropped past ttl_seconds.",
+             (double)st.expirations);
+    counter1(e, "rhema_ai_cache_too_large", "AI answers not stored: over max_entry_bytes.",
+             (double)st.too_large);
+    gauge1(e, "rhema_ai_cache_bytes", "Bytes the AI cache's entries take.", (double)st.bytes);
+    gauge1(e, "rhema_ai_cache_entries", "Entries in the AI cache.", (double)st.entries);
+}
+
 void rhema_metrics_collect(struct rhema_server *srv, rhema_storage_conn *conn, struct rhema_expo *e)
 {
     const struct rhema_metrics_set *s = rhema_metrics_builtin();
@@ -479,4 +508,5 @@ void rhema_metrics_collect(struct rhema_server *srv, rhema_storage_conn *conn, s
         tls_families(s, e);
     }
     ai_families(srv, e);
+    ai_cache_families(srv, e);
 }

@@ -265,3 +265,20 @@ def test_streams_are_charged_at_their_end(daemons, fake_openai):
     r = d.request("POST", "/v1/chat/completions", body)
     assert r.status == 429 and "tokens per day" in oai_error(r)["message"]
     assert len(a.requests) == 1
+
+
+def test_cache_hits_count_as_requests_without_tokens(daemons, fake_openai):
+    a = fake_openai("a")
+    a.default({"body": usage_body(100)})
+    conf = config(a, "tokens_per_minute = 1000;").replace(
+        "  limits:", "  caching: { enabled = true; };\n  limits:")
+    d = daemons(config=conf).start()
+    away_from_minute_edge()
+    r1, r2 = chat(d), chat(d)
+    assert r1.status == 200 and r2.status == 200
+    assert r2.headers["Cache-Status"] == "rhema; hit"
+    assert len(a.requests) == 1
+    s, _, u = d.json("GET", "/v1/usage")
+    assert s == 200
+    assert u["totals"] == {"requests": 2, "prompt_tokens": 60, "completion_tokens": 40,
+                           "total_tokens": 100}, u

@@ -1102,8 +1102,6 @@ static void test_unimplemented_refused(void **state)
         int line;
         const char *key;
     } cases[] = {
-        { "ai_service: { caching: {\n\n  enabled = true; }; };\n", 3,
-          "ai_service.caching.enabled" },
         { "ai_service: { agent_management: {\n  max_agents = 10; }; };\n", 2,
           "ai_service.agent_management.max_agents" },
         { "monitoring: {\n  enabled = true;\n  sample_interval_seconds = 5;\n};\n", 3,
@@ -1131,13 +1129,14 @@ static void test_unimplemented_all_reported(void **state)
                                "  models = ( { name = \"m\"; } );\n"
                                "  caching = { enabled = true; ttl_seconds = 5; };\n"
                                "  agent_management = { max_agents = 5; };\n"
-                               "};\n",
+                               "};\n"
+                               "monitoring: {\n  enabled = true;\n  sample_interval_seconds = 5;\n};\n",
                                NULL, 0, &err),
                      RHEMA_EINVAL);
-    /* the keys gated by a refused switch add nothing to its line */
+    /* ai_service.caching is implemented: its keys are accepted */
     assert_err(err,
-               "%s:4: ai_service.caching.enabled: not implemented in this version\n"
-               "%s:5: ai_service.agent_management.max_agents: not implemented in this version",
+               "%s:5: ai_service.agent_management.max_agents: not implemented in this version\n"
+               "%s:9: monitoring.sample_interval_seconds: not implemented in this version",
                path, path);
     assert_null(cfg.priv);
     free(err);
@@ -1205,7 +1204,7 @@ static void test_unimplemented_defaults_accepted(void **state)
 static void test_unimplemented_overrides(void **state)
 {
     static const char *const bad[] = { "persistence.backend=memory",
-                                       "ai_service.caching.enabled=true",
+                                       "ai_service.agent_management.max_agents=10",
                                        "monitoring.sample_interval_seconds=5" };
     static const char *const good[] = { "security.api_keys.enabled=false",
                                         "monitoring.enabled=false", "monitoring.metrics_path=/m",
@@ -1215,8 +1214,8 @@ static void test_unimplemented_overrides(void **state)
 
     (void)state;
     assert_int_equal(rhema_config_load(&cfg, NULL, bad, 3, NULL, &err), RHEMA_EINVAL);
-    assert_err(err, "-o ai_service.caching.enabled=true: ai_service.caching.enabled: not "
-                    "implemented in this version\n"
+    assert_err(err, "-o ai_service.agent_management.max_agents=10: "
+                    "ai_service.agent_management.max_agents: not implemented in this version\n"
                     "-o monitoring.sample_interval_seconds=5: monitoring.sample_interval_seconds: "
                     "not implemented in this version");
     free(err);
@@ -1225,17 +1224,20 @@ static void test_unimplemented_overrides(void **state)
 
     /* an override of a refused file value to the default makes the file load */
     assert_int_equal(load_text(&cfg, path, sizeof path,
-                               "ai_service: { caching: {\n  enabled = true; }; };\n", good, 1, &err),
+                               "ai_service: { agent_management: {\n  max_agents = 10; }; };\n", good,
+                               1, &err),
                      RHEMA_EINVAL);
-    assert_err(err, "%s:2: ai_service.caching.enabled: not implemented in this version", path);
+    assert_err(err, "%s:2: ai_service.agent_management.max_agents: not implemented in this version",
+               path);
     free(err);
     rhema_config_release(&cfg);
     unlink(path);
     {
-        static const char *const off[] = { "ai_service.caching.enabled=false" };
+        static const char *const off[] = { "ai_service.agent_management.max_agents=1000" };
 
         assert_int_equal(load_text(&cfg, path, sizeof path,
-                                   "ai_service: { caching: {\n  enabled = true; }; };\n", off, 1, &err),
+                                   "ai_service: { agent_management: {\n  max_agents = 10; }; };\n",
+                                   off, 1, &err),
                          0);
         rhema_config_release(&cfg);
         unlink(path);
