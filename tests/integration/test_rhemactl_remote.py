@@ -9,10 +9,14 @@ rhemad accepts as its master key.
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 
+import pytest
+
 from conftest import TOP_BUILDDIR, free_port, memory_config
+from test_tls import made  # noqa: F401 (the fixture that stops the TLS daemons)
 
 RHEMACTL = TOP_BUILDDIR / "rhemactl"
 
@@ -250,3 +254,23 @@ def test_api_key_needed_when_auth_is_on(daemons):
     assert r.returncode == 0 and json.loads(r.stdout)["topic"] == "t"
     r = ctl("status", env={"RHEMA_ADDR": f"http://{a}/", "RHEMA_API_KEY": key})
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl CLI is not installed")
+def test_https_with_cacert_and_client_certificate(tmp_path, made):
+    from test_tls import CA, client_context, start, tls_config
+    ca = CA(tmp_path / "pki", "test-ca")
+    cert, key = ca.server()
+    good = ca.client("ctl", "/O=acme/CN=ctl")
+    d = start(tmp_path, tls_config(cert, key, f'  client_ca_file = "{ca.cert}";\n'),
+              client_context(ca, good), made)
+    url = f"https://127.0.0.1:{d.port}"
+    r = ctl("sessions", "put", "t1", "--topic", "tls", "--cacert", ca.cert, "--cert", good[0],
+            "--key-file", good[1], addr=url)
+    assert r.returncode == 0, r.stderr
+    r = ctl("sessions", "get", "t1", "--format", "json", "--cert", good[0],
+            "--key-file", good[1], env={"RHEMA_ADDR": url, "RHEMA_CACERT": str(ca.cert)})
+    assert r.returncode == 0 and json.loads(r.stdout)["topic"] == "tls", r.stderr
+    # no client certificate, or a CA that did not sign the server: no answer, exit 1
+    assert ctl("status", "--cacert", ca.cert, addr=url).returncode == 1
+    assert ctl("status", "--cert", good[0], "--key-file", good[1], addr=url).returncode == 1
