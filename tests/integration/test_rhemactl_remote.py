@@ -274,3 +274,59 @@ def test_https_with_cacert_and_client_certificate(tmp_path, made):
     # no client certificate, or a CA that did not sign the server: no answer, exit 1
     assert ctl("status", "--cacert", ca.cert, addr=url).returncode == 1
     assert ctl("status", "--cert", good[0], "--key-file", good[1], addr=url).returncode == 1
+
+
+def test_long_request_shows_progress_on_a_terminal(daemons, tmp_path):
+    key = tmp_path / "master.key"
+    assert ctl("keys", "init", "--out", key).returncode == 0
+    d = daemons(config=keyring_config(tmp_path, key)).start()
+    master, slave = os.openpty()
+    try:
+        p = subprocess.run([str(RHEMACTL), "keys", "backup", "tty.bak", "--addr", addr(d)],
+                           stdout=subprocess.PIPE, stderr=slave, timeout=60)
+        os.close(slave)
+        slave = None
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            err += chunk
+    finally:
+        if slave is not None:
+            os.close(slave)
+        os.close(master)
+    assert p.returncode == 0 and b"tty.bak" in p.stdout
+    assert re.search(rb"backing up the keyring: \d+\.\ds", err), err
+    # not on a pipe: stderr stays quiet
+    r = ctl("keys", "backup", "pipe.bak", addr=addr(d))
+    assert r.returncode == 0 and r.stderr == ""
+
+
+COMPLETION = TOP_BUILDDIR.parent / "etc" / "bash-completion" / "rhemactl"
+BASH_COMPLETION = "/usr/share/bash-completion/bash_completion"
+
+
+@pytest.mark.skipif(not os.path.exists(BASH_COMPLETION), reason="bash-completion not installed")
+def test_bash_completion():
+    src = os.environ.get("top_srcdir")
+    comp = os.path.join(src, "etc/bash-completion/rhemactl") if src else str(COMPLETION)
+
+    def complete(line):
+        words = line.split(" ")
+        script = (f"source {BASH_COMPLETION}; source {comp}; "
+                  f"COMP_WORDS=({' '.join(repr(w) if w else repr('') for w in words)}); "
+                  f"COMP_CWORD={len(words) - 1}; COMP_LINE={line!r}; COMP_POINT=${{#COMP_LINE}}; "
+                  "_rhemactl rhemactl; printf '%s\\n' \"${COMPREPLY[@]}\"")
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return set(r.stdout.split())
+
+    assert {"status", "sessions", "keys"} <= complete("rhemactl ")
+    assert complete("rhemactl sessions ") == {"list", "get", "put", "delete"}
+    assert {"rotate", "stats", "init", "split"} <= complete("rhemactl keys ")
+    assert complete("rhemactl sessions list --format ") == {"table", "json"}
+    assert "--if-version" in complete("rhemactl sessions put s1 --")
