@@ -494,7 +494,7 @@ static char *read_stdin(void)
 static json_t *body_from(const struct opts *o, int flags_given)
 {
     json_t *j = NULL;
-    json_error_t je;
+    json_error_t je = {.text = "out of memory"};
     if (o->data && strcmp(o->data, "-") != 0) {
         j = json_loads(o->data, 0, &je);
         if (!j) {

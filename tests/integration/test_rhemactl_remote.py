@@ -12,13 +12,15 @@ import re
 import shutil
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from conftest import TOP_BUILDDIR, free_port, memory_config
 from test_tls import made  # noqa: F401 (the fixture that stops the TLS daemons)
 
-RHEMACTL = TOP_BUILDDIR / "rhemactl"
+# RHEMACTL=path runs another build's rhemactl (the sanitizer build, for one)
+RHEMACTL = Path(os.environ.get("RHEMACTL", TOP_BUILDDIR / "rhemactl"))
 
 
 def ctl(*args, env=None, stdin=None, addr=None):
@@ -225,6 +227,10 @@ def test_keys_init_file_is_accepted_by_rhemad(daemons, tmp_path):
     assert r.returncode == 0 and "one.bak" in r.stdout, r.stderr
     assert (tmp_path / "keybackups" / "one.bak").exists()
     assert ctl("keys", "backup", "one.bak", addr=a).returncode == 1  # 409: exists
+    r = ctl("keys", "backup", "--format", "json", addr=a)  # the daemon names it
+    assert r.returncode == 0, r.stderr
+    auto = json.loads(r.stdout)["name"]
+    assert auto.startswith("keyring-") and (tmp_path / "keybackups" / auto).exists()
     assert ctl("keys", "restore-backup", "one.bak", addr=a).returncode == 0
     assert ctl("keys", "restore-backup", "none.bak", addr=a).returncode == 1
     # the offline verbs are still offline: verify takes a path
