@@ -468,6 +468,9 @@ int main(int argc, char **argv)
         return rhemactl_keys(argc - 1, argv + 1);
     if (rhemactl_is_remote_command(argv[1]))
         return rhemactl_remote(argc, argv);
+    /* rhemactl --addr X sessions list: the remote options may come first */
+    if (strncmp(argv[1], "--", 2) == 0 && strcmp(argv[1], "--help") != 0)
+        return rhemactl_remote(argc, argv);
     if (strcmp(argv[1], "audit") == 0)
         return rhemactl_audit(argc - 1, argv + 1);
     if (strcmp(argv[1], "auth") == 0)

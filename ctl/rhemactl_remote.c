@@ -1021,8 +1021,10 @@ int rhemactl_remote(int argc, char **argv)
     /* the words left, in order: the command and its arguments */
     int n = argc - optind;
     char **words = argv + optind;
-    if (n < 1)
+    if (n < 1) {
+        fprintf(stderr, "rhemactl: no command (see rhemactl help)\n");
         return EXIT_USAGE;
+    }
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
         fprintf(stderr, "rhemactl: libcurl did not initialise\n");
         return EXIT_ERR;
@@ -1042,7 +1044,8 @@ int rhemactl_remote(int argc, char **argv)
              strcmp(cmd, "services") == 0)
         st = cmd_resource(&o, cmd, n, words);
     else {
-        fprintf(stderr, "rhemactl: unknown command '%s'\n", cmd);
+        fprintf(stderr, "rhemactl: '%s%s%s' is not a command that talks to rhemad (see rhemactl "
+                        "help)\n", cmd, n > 1 ? " " : "", n > 1 ? words[1] : "");
         st = EXIT_USAGE;
     }
     curl_global_cleanup();

@@ -65,6 +65,10 @@ def test_sessions_round_trip(daemon):
     assert listed == daemon.json("GET", "/v1/sessions")[2] | {"items": listed["items"]}
     r = ctl("sessions", "list", addr=a)
     assert r.returncode == 0
+    # the options may also come before the command
+    r2 = subprocess.run([str(RHEMACTL), "--addr", a, "--format", "table", "sessions", "list"],
+                        capture_output=True, text=True, timeout=60)
+    assert r2.returncode == 0 and r2.stdout == r.stdout, r2.stderr
     lines = r.stdout.splitlines()
     assert lines[0].split()[:3] == ["ID", "TOPIC", "STATUS"]
     assert all(any(line.startswith(i + " ") for line in lines) for i in ("s1", "s2", "s3"))
@@ -105,7 +109,8 @@ def test_usage_errors_are_2(daemon):
                  ["sessions", "put", "x", "--data", "{not json"],
                  ["sessions", "put", "x", "--data", "[1]"],
                  ["cluster", "members", "x"], ["keys", "restore-backup"],
-                 ["services", "register", "x", "--weight", "heavy"]):
+                 ["services", "register", "x", "--weight", "heavy"],
+                 ["--format", "json", "keys", "split"], ["--addr", a]):
         r = ctl(*args, addr=a, stdin="")
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert r.stderr
