@@ -48,6 +48,7 @@
 #include "rhemactl_audit.h"
 #include "rhemactl_auth.h"
 #include "rhemactl_keys.h"
+#include "rhemactl_remote.h"
 #include "storage_suite.h"
 #ifdef RHEMA_HAVE_ZSTD
 #include "rhemactl_dict.h"
@@ -62,6 +63,7 @@ static void usage(FILE *to)
                 "       rhemactl backup list [-c CONFIG] [-o k=v]... [-d DIR]\n"
                 "       rhemactl backup restore FILE [-c CONFIG] [-o k=v]... [-P PLUGINDIR] "
                 "[--force]\n"
+                "       rhemactl keys init --out FILE [--force]\n"
                 "       rhemactl keys split --shares N --threshold K [-c CONFIG] [-o k=v]...\n"
                 "       rhemactl keys recover --out FILE [--force] [SHARE_FILE...]\n"
                 "       rhemactl keys verify|restore ARCHIVE [-c CONFIG] [-o k=v]...\n"
@@ -69,7 +71,23 @@ static void usage(FILE *to)
                 "       rhemactl audit hmac --key-file KEYFILE VALUE\n"
                 "       rhemactl auth new-key --name NAME [--roles R1,R2] [--expires-at TIME]\n"
                 "       rhemactl dict train --out FILE [--size BYTES] [--lines] SAMPLE...\n"
-                "       rhemactl version\n");
+                "       rhemactl version\n"
+                "against a running rhemad (--addr HOST:PORT|URL, --key KEY, --format table|json,\n"
+                "--timeout S, --cacert FILE, --cert FILE, --key-file FILE; rhemactl(1)):\n"
+                "       rhemactl status | cluster [nodes|leader] | alerts | metrics\n"
+                "       rhemactl sessions list [--status S] [--participant ID] [--limit N] "
+                "[--cursor C]\n"
+                "       rhemactl sessions get|delete ID [--if-version N]\n"
+                "       rhemactl sessions put ID [--data JSON|-] [--topic T] [--participants A,B] "
+                "[--status S] [--if-version N]\n"
+                "       rhemactl agents list [--status S] [--capability C] | stats\n"
+                "       rhemactl agents get|delete|heartbeat|transitions ID\n"
+                "       rhemactl agents put ID [--data JSON|-] [--name N] [--status S] "
+                "[--if-version N]\n"
+                "       rhemactl services list [--name N] | get|deregister ID\n"
+                "       rhemactl services register ID [--data JSON|-] [--name N] [--address H:P] "
+                "[--weight W]\n"
+                "       rhemactl keys rotate|stats | keys backup [NAME] | keys restore-backup NAME\n");
 }
 
 static void report(void *ctx, const char *test, int ok, const char *detail)
@@ -442,8 +460,17 @@ int main(int argc, char **argv)
         return cmd_plugin(argc - 1, argv + 1);
     if (strcmp(argv[1], "backup") == 0)
         return cmd_backup(argc - 1, argv + 1);
+    if (strcmp(argv[1], "keys") == 0 && argc > 2 && strcmp(argv[2], "init") == 0)
+        return rhemactl_keys_init(argc - 1, argv + 1);
+    if (strcmp(argv[1], "keys") == 0 && argc > 2 && rhemactl_is_remote_keys_verb(argv[2]))
+        return rhemactl_remote(argc, argv);
     if (strcmp(argv[1], "keys") == 0)
         return rhemactl_keys(argc - 1, argv + 1);
+    if (rhemactl_is_remote_command(argv[1]))
+        return rhemactl_remote(argc, argv);
+    /* rhemactl --addr X sessions list: the remote options may come first */
+    if (strncmp(argv[1], "--", 2) == 0 && strcmp(argv[1], "--help") != 0)
+        return rhemactl_remote(argc, argv);
     if (strcmp(argv[1], "audit") == 0)
         return rhemactl_audit(argc - 1, argv + 1);
     if (strcmp(argv[1], "auth") == 0)

@@ -5,6 +5,9 @@
 /* argv[0] is "keys"; returns the exit status. */
 int rhemactl_keys(int argc, char **argv);
 
+/* argv[0] is "keys", argv[1] "init": a new master key file (rhemactl_keyinit.c). */
+int rhemactl_keys_init(int argc, char **argv);
+
 /* Enter the configuration's service.data_directory (rhemactl.c); 0 or an error printed. */
 struct rhema_config;
 int rhemactl_enter_data_directory(const struct rhema_config *cfg);
