@@ -57,6 +57,7 @@
 #include "api_console.h"
 #include "api_keys.h"
 #include "api_metrics.h"
+#include "api_openapi.h"
 #include "api_operations.h"
 #include "api_services.h"
 #include "api_sessions.h"
@@ -74,7 +75,8 @@ const struct rhema_route *const rhema_api_routes[] = {
     rhema_operations_routes, rhema_sessions_routes, rhema_consensus_routes,
     rhema_cluster_routes,    rhema_agents_routes,   rhema_services_routes,
     rhema_keys_routes,       rhema_auth_routes,     rhema_metrics_routes,
-    rhema_console_routes,    rhema_ai_routes,       NULL,
+    rhema_console_routes,    rhema_ai_routes,       rhema_openapi_routes,
+    NULL,
 };
 
 /*

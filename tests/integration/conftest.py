@@ -1,6 +1,7 @@
 """
 Black-box test support: start the real rhemad on a loopback port, talk to it
-over HTTP, stop it.  Standard library only (plus pytest).
+over HTTP, stop it.  Standard library only (plus pytest; python3-yaml and
+python3-jsonschema for the OpenAPI check of every request, openapi_check.py).
 
 Environment (set by the automake harness; defaults suit a run from the tree):
   top_builddir       where rhemad was built (default: the repository root)
@@ -20,6 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+import openapi_check
 
 REPO = Path(__file__).resolve().parents[2]
 TOP_BUILDDIR = Path(os.environ.get("top_builddir") or REPO)
@@ -205,6 +208,8 @@ class Daemon:
             c.request(method, path, body=body, headers=headers)
             r = c.getresponse()
             data = r.read()
+            # the exchange against doc/openapi.yaml (openapi_check.py)
+            openapi_check.check(method, path, headers, body, r.status, r.headers, data)
             return Response(r.status, r.headers, data)
         finally:
             if own:
