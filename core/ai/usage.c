@@ -82,6 +82,28 @@ static void usage_free(struct rhema_ai_usage *u)
     free(u);
 }
 
+/*
+ * With ai_service.limits off, a model's own limit would do nothing: refused,
+ * not silently ignored (-1, the schema's default, means "not set").
+ */
+static int limits_off_check(const struct rhema_config *cfg, char **err)
+{
+    static const char *const keys[] = {"requests_per_minute", "tokens_per_minute",
+                                       "tokens_per_day"};
+    int n = rhema_config_get_count(cfg, "ai_service.models");
+    for (int i = 0; i < n; i++)
+        for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) {
+            char p[128];
+            snprintf(p, sizeof p, "ai_service.models[%d].%s", i, keys[k]);
+            if (get_int(cfg, p, -1) != -1)
+                return rhema_set_error(err, RHEMA_EINVAL,
+                                       "%s: a model's limit acts only with "
+                                       "ai_service.limits.enabled = true",
+                                       p);
+        }
+    return 0;
+}
+
 static int usage_load(const struct rhema_config *cfg, struct rhema_ai_usage **out, char **err)
 {
     struct rhema_ai_usage *u;
@@ -91,7 +113,7 @@ static int usage_load(const struct rhema_config *cfg, struct rhema_ai_usage **ou
     *out = NULL;
     rhema_config_get_bool(cfg, "ai_service.limits.enabled", &on);
     if (!on)
-        return 0;
+        return limits_off_check(cfg, err);
     if (!(u = calloc(1, sizeof *u)))
         return rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
     rpm = get_int(cfg, "ai_service.limits.requests_per_minute", 0);

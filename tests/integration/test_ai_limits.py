@@ -184,13 +184,28 @@ def test_usage_off_and_config_checks(daemons, fake_openai, tmp_path):
                                              "limits: { enabled = false;")).start()
     assert d.json("GET", "/v1/usage")[0] == 404
     assert chat(d).status == 200
-    from conftest import run_rhemad
-    for bad in ("tokens_per_minute = -1;", "requests_per_minute = 2000000;",
-                "usage_retention_days = 0;", "tokens_per_hour = 5;"):
+    from conftest import PLUGIN_DIR, run_rhemad
+    p = tmp_path / "good.conf"
+    p.write_text(config(a, "tokens_per_minute = 5;"))
+    r = run_rhemad(["-t", "-c", str(p), "-P", str(PLUGIN_DIR)])
+    assert r.returncode == 0, r.stderr  # so that the refusals below are for their key
+    for bad, key in (("tokens_per_minute = -1;", "ai_service.limits.tokens_per_minute"),
+                     ("requests_per_minute = 2000000;", "ai_service.limits.requests_per_minute"),
+                     ("usage_retention_days = 0;", "ai_service.limits.usage_retention_days"),
+                     ("tokens_per_hour = 5;", "ai_service.limits.tokens_per_hour")):
         p = tmp_path / "bad.conf"
         p.write_text(config(a, bad))
-        r = run_rhemad(["-t", "-c", str(p)])
+        r = run_rhemad(["-t", "-c", str(p), "-P", str(PLUGIN_DIR)])
         assert r.returncode != 0, bad
+        assert key in r.stderr, (bad, r.stderr)
+    # a model's own limit with the limits off would do nothing: refused, named
+    p = tmp_path / "off.conf"
+    p.write_text(config(a, "", models=[{"name": "gpt", "tokens_per_day": 100}])
+                 .replace("limits: { enabled = true;", "limits: { enabled = false;"))
+    r = run_rhemad(["-t", "-c", str(p), "-P", str(PLUGIN_DIR)])
+    assert r.returncode != 0
+    assert "ai_service.models[0].tokens_per_day: a model's limit acts only with " \
+           "ai_service.limits.enabled = true" in r.stderr, r.stderr
 
 
 def two_nodes_count_together(daemons, a, base):
