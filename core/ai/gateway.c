@@ -1384,38 +1384,37 @@ void rhema_ai_worker_release(struct rhema_worker *w)
 static void stream_metrics_write(const struct rhema_ai_stream_stats *ss, struct rhema_expo *e)
 {
     static const char *const k_reason[] = {"reason"};
-    const char *v[1];
-    rhema_expo_family(e, "rhema_ai_streams", "counter",
-                      "Streamed AI responses (\"stream\": true) whose headers reached the client.");
-    rhema_expo_sample_u64(e, "rhema_ai_streams", "_total", 0, NULL, NULL,
-                          atomic_load(&ss->streams));
+    static const char *const reasons[] = {"cut", "stalled", "malformed"};
+    const _Atomic unsigned long long *by_reason[] = {&ss->stream_cut, &ss->stream_stalled,
+                                                     &ss->stream_malformed};
+    const struct {
+        const char *name, *help;
+        const _Atomic unsigned long long *v;
+    } plain[] = {
+        {"rhema_ai_streams",
+         "Streamed AI responses (\"stream\": true) whose headers reached the client.",
+         &ss->streams},
+        {"rhema_ai_first_token_timeouts",
+         "Stream attempts that passed their first-token deadline (then retried or fallen back).",
+         &ss->first_token_timeouts},
+        {"rhema_ai_client_cancels",
+         "AI requests whose client left before the answer: the upstream request was cancelled.",
+         &ss->client_cancels},
+        {"rhema_ai_stream_pauses",
+         "Times a stream's upstream was paused because its client read slower than the upstream "
+         "wrote.",
+         &ss->stream_pauses},
+    };
+    for (size_t i = 0; i < sizeof plain / sizeof *plain; i++) {
+        rhema_expo_family(e, plain[i].name, "counter", plain[i].help);
+        rhema_expo_sample_u64(e, plain[i].name, "_total", 0, NULL, NULL, atomic_load(plain[i].v));
+    }
     rhema_expo_family(e, "rhema_ai_stream_errors", "counter",
                       "Streams ended by an `event: error` without [DONE], by reason: the upstream "
                       "cut it, stalled past the deadline, or sent a malformed event.");
-    v[0] = "cut";
-    rhema_expo_sample_u64(e, "rhema_ai_stream_errors", "_total", 1, k_reason, v,
-                          atomic_load(&ss->stream_cut));
-    v[0] = "stalled";
-    rhema_expo_sample_u64(e, "rhema_ai_stream_errors", "_total", 1, k_reason, v,
-                          atomic_load(&ss->stream_stalled));
-    v[0] = "malformed";
-    rhema_expo_sample_u64(e, "rhema_ai_stream_errors", "_total", 1, k_reason, v,
-                          atomic_load(&ss->stream_malformed));
-    rhema_expo_family(e, "rhema_ai_first_token_timeouts", "counter",
-                      "Stream attempts that passed their first-token deadline (then retried or "
-                      "fallen back).");
-    rhema_expo_sample_u64(e, "rhema_ai_first_token_timeouts", "_total", 0, NULL, NULL,
-                          atomic_load(&ss->first_token_timeouts));
-    rhema_expo_family(e, "rhema_ai_client_cancels", "counter",
-                      "AI requests whose client left before the answer: the upstream request was "
-                      "cancelled.");
-    rhema_expo_sample_u64(e, "rhema_ai_client_cancels", "_total", 0, NULL, NULL,
-                          atomic_load(&ss->client_cancels));
-    rhema_expo_family(e, "rhema_ai_stream_pauses", "counter",
-                      "Times a stream's upstream was paused because its client read slower than "
-                      "the upstream wrote.");
-    rhema_expo_sample_u64(e, "rhema_ai_stream_pauses", "_total", 0, NULL, NULL,
-                          atomic_load(&ss->stream_pauses));
+    for (size_t i = 0; i < sizeof reasons / sizeof *reasons; i++)
+        rhema_expo_sample_u64(e, "rhema_ai_stream_errors", "_total", 1, k_reason, &reasons[i],
+                              atomic_load(by_reason[i]));
 }
 
 void rhema_ai_metrics_write(const struct rhema_ai *ai, struct rhema_expo *e)

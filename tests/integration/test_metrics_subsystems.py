@@ -18,7 +18,7 @@ from conftest import memory_config, wait_until
 from test_ai_gateway import ai_config
 from test_auth import auth_config, bad_checksum, bearer, new_key
 from test_metrics import parse, value
-from test_tls import CA, OPENSSL, TlsDaemon, client_context, refused
+from test_tls import CA, OPENSSL, TlsDaemon, client_context, made, refused  # noqa: F401 (made: the fixture)
 
 CHAT = {"model": "gpt", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -43,16 +43,6 @@ def promtool_ok(text):
     assert p.stdout.strip() == "" and p.stderr.strip() == "", p.stdout + p.stderr
 
 
-@pytest.fixture
-def made():
-    daemons = []
-    yield daemons
-    codes = {}
-    for d in daemons:
-        if d.running():
-            codes[d.name] = d.stop()
-        d.kill()
-    assert all(c == 0 for c in codes.values()), codes
 
 
 @pytest.mark.skipif(OPENSSL is None, reason="the openssl CLI is not installed")
