@@ -37,10 +37,11 @@ extern "C" {
 
 /*
  * The minor version of the storage vtable and of the structs below: minor 0
- * ends at restore(), minor 1 appended get_many(), minor 2 rate().  A
- * storage plugin sets abi_minor to it (RHEMA_STORAGE_PLUGIN_HEADER does).
+ * ends at restore(), minor 1 appended get_many(), minor 2 rate(), minor 3
+ * sequenced writes (struct rhema_storage_write.flags) and watch()/unwatch().
+ * A storage plugin sets abi_minor to it (RHEMA_STORAGE_PLUGIN_HEADER does).
  */
-#define RHEMA_STORAGE_ABI_MINOR 2
+#define RHEMA_STORAGE_ABI_MINOR 3
 
 #define RHEMA_STORAGE_NS_MAX 64
 #define RHEMA_STORAGE_KEY_MAX 1024
@@ -62,6 +63,38 @@ extern "C" {
 /* write operations */
 #define RHEMA_WRITE_PUT 0u
 #define RHEMA_WRITE_DEL 1u
+
+/*
+ * write flags (struct rhema_storage_write.flags, minor 3)
+ *
+ * RHEMA_WRITE_SEQUENCED: a record of a change feed (the host's events, an
+ * agent's inbox), stored under a key the plugin builds from its version.
+ *   - It is a PUT (op RHEMA_WRITE_PUT, expected_version RHEMA_VERSION_ANY
+ *     or RHEMA_VERSION_ABSENT, which mean the same here: the key is new).
+ *     w->key is a prefix of 0..RHEMA_STORAGE_KEY_MAX - 20 bytes (never
+ *     NULL); the entry's key is that prefix followed by the 20 decimal
+ *     digits, zero-padded, of its version ("%020" PRIu64), so a scan of the
+ *     prefix visits the records in version order.
+ *   - Its version is the version of the write just before it in the same
+ *     batch when that write is a PUT that is not itself sequenced -- a
+ *     change and the record of that change share one number, as a key's
+ *     mod_revision is the revision of its change in etcd -- and a fresh
+ *     version otherwise (first write of the batch, after a delete, after
+ *     another sequenced write).  new_version is set to it.
+ *   - Order: sequenced entries become visible in version order, to every
+ *     connection of every host: once any reader has seen a sequenced entry
+ *     of version v, no sequenced entry with a version below v appears
+ *     later.  A backend whose commits can land out of version order (a
+ *     sequence drawn before a concurrent transaction commits) serialises
+ *     the batches that hold a sequenced write from before their first
+ *     version is drawn until they commit (PostgreSQL: a transaction-scoped
+ *     advisory lock); one that applies batches one at a time under a lock
+ *     (memory, file, SQLite, a Redis script) has nothing to do.
+ * A plugin of minor < 3 does not know the flag: the host refuses to use
+ * features that need it on such a plugin, it never sends it.
+ */
+#define RHEMA_WRITE_SEQUENCED (1u << 0)
+#define RHEMA_SEQ_DIGITS 20 /* digits a sequenced write appends to its prefix */
 
 /* lease operations */
 #define RHEMA_LEASE_ACQUIRE 1
@@ -98,6 +131,8 @@ struct rhema_storage_write {
     uint64_t ttl_ms;           /* PUT only; 0: never expires */
     uint64_t new_version;      /* out, PUT: the version now stored */
     /* --- minor 0 ends here --- */
+    uint32_t flags;            /* RHEMA_WRITE_* flags (RHEMA_WRITE_SEQUENCED); 0: none */
+    /* --- minor 3 ends here --- */
 };
 
 /* One member of a group commit (see group() below). */
@@ -124,6 +159,8 @@ struct rhema_storage_value {
 /* The smallest sizes a caller passes: every member of minor 0. */
 #define RHEMA_STORAGE_WRITE_SIZE_0                                                                 \
     ((uint32_t)(offsetof(struct rhema_storage_write, new_version) + sizeof(uint64_t)))
+#define RHEMA_STORAGE_WRITE_SIZE_3                                                                 \
+    ((uint32_t)(offsetof(struct rhema_storage_write, flags) + sizeof(uint32_t)))
 #define RHEMA_STORAGE_BATCH_SIZE_0                                                                 \
     ((uint32_t)(offsetof(struct rhema_storage_batch, n) + sizeof(size_t)))
 #define RHEMA_STORAGE_VALUE_SIZE_0                                                                 \
@@ -357,6 +394,26 @@ struct rhema_storage_plugin {
      */
     int (*rate)(rhema_storage_conn *conn, struct rhema_rate_query *q);
     /* --- minor 2 ends here --- */
+
+    /*
+     * Optional (NULL: the host polls with scan() where it must).  Start
+     * calling notify(arg), from a thread of the plugin's own, soon after a
+     * batch holding a sequenced write (RHEMA_WRITE_SEQUENCED) commits on any
+     * connection of this instance or -- for a RHEMA_STORAGE_SHARED backend --
+     * of any host: PostgreSQL LISTEN/NOTIFY, Redis pub/sub.  Notifications
+     * say only "something may have changed": they may be merged, and may be
+     * spurious; the host reads what changed with scan().  When the plugin
+     * loses its channel (a server restart) it reconnects by itself and calls
+     * notify() once it is back, since writes may have been missed meanwhile.
+     * notify() must not block and must not call into the plugin.
+     * Called once per instance, on the main thread, after open(); unwatch()
+     * (required when watch is set) stops it: when unwatch() returns, notify()
+     * is not running and will not be called again.  The host calls unwatch()
+     * before close().  Returns 0, or a negative code and *err.
+     */
+    int (*watch)(rhema_storage_instance *inst, void (*notify)(void *arg), void *arg, char **err);
+    void (*unwatch)(rhema_storage_instance *inst);
+    /* --- minor 3 ends here --- */
 };
 
 /* The header of a storage vtable: .base = RHEMA_STORAGE_PLUGIN_HEADER("mine", "1.0", "..."). */
