@@ -2,7 +2,7 @@
  * bare_evhttp -- the baseline for rhemad's GET benchmark: a libevent evhttp
  * server with rhemad's threading model and nothing else.
  *
- *     bare_evhttp -l 127.0.0.1:PORT -b BODY_FILE [-t THREADS] [-e ETAG]
+ *     bare_evhttp -l 127.0.0.1:PORT -b BODY_FILE [-t THREADS] [-e ETAG] [-s]
  *
  * Like rhemad, it binds one listening socket and runs THREADS worker
  * threads, each with its own event base and its own evhttp accepting on
@@ -13,6 +13,11 @@
  * and Content-Length as it does for rhemad), so that both servers put the
  * same bytes on the wire and the difference is what rhemad does per
  * request: routing, storage, JSON, logging, metrics.
+ *
+ * With -s it plays a streaming upstream (bench/run-ai.sh, first chunk):
+ * BODY_FILE is a server-sent event stream, answered as text/event-stream
+ * with chunked encoding, its first event in a first chunk and the rest in
+ * a second one, both written at once.
  *
  * It prints "ready" on stdout once listening, and stops on SIGINT/SIGTERM.
  * Not installed; built by bench/run.sh.
@@ -47,6 +52,27 @@ static const char *body;
 static size_t body_len;
 static char etag[96];
 static unsigned run_id;
+static int stream_mode;
+
+/* -s: the first event (up to the first blank line) as one chunk, the rest as another */
+static void send_stream(struct evhttp_request *req)
+{
+    const char *end = strstr(body, "\n\n");
+    size_t first = end ? (size_t)(end - body) + 2 : body_len;
+    struct evbuffer *chunk = evbuffer_new();
+
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "text/event-stream");
+    evhttp_send_reply_start(req, 200, "OK");
+    evbuffer_add(chunk, body, first);
+    evhttp_send_reply_chunk(req, chunk);
+    if (first < body_len) {
+        evbuffer_add(chunk, body + first, body_len - first);
+        evhttp_send_reply_chunk(req, chunk);
+    }
+    evhttp_send_reply_end(req);
+    evbuffer_free(chunk);
+}
 
 static void on_request(struct evhttp_request *req, void *arg)
 {
@@ -56,6 +82,11 @@ static void on_request(struct evhttp_request *req, void *arg)
     char request_id[48];
 
     snprintf(request_id, sizeof request_id, "%08x-%d-%llu", run_id, w->index, ++w->requests);
+    if (stream_mode) {
+        evbuffer_free(out);
+        send_stream(req);
+        return;
+    }
     evhttp_add_header(h, "ETag", etag);
     evhttp_add_header(h, "X-Request-Id", request_id);
     evhttp_add_header(h, "Content-Type", "application/json");
@@ -141,12 +172,13 @@ int main(int argc, char **argv)
     struct worker *workers;
 
     snprintf(etag, sizeof etag, "\"1\"");
-    while ((c = getopt(argc, argv, "l:b:t:e:")) != -1) {
+    while ((c = getopt(argc, argv, "l:b:t:e:s")) != -1) {
         switch (c) {
         case 'l': addr = optarg; break;
         case 'b': body_file = optarg; break;
         case 't': threads = atoi(optarg); break;
         case 'e': snprintf(etag, sizeof etag, "%s", optarg); break;
+        case 's': stream_mode = 1; break;
         default: goto usage;
         }
     }
@@ -195,6 +227,6 @@ int main(int argc, char **argv)
     _exit(0);
 
 usage:
-    fprintf(stderr, "usage: bare_evhttp -l HOST:PORT -b BODY_FILE [-t THREADS] [-e ETAG]\n");
+    fprintf(stderr, "usage: bare_evhttp -l HOST:PORT -b BODY_FILE [-t THREADS] [-e ETAG] [-s]\n");
     return 2;
 }
