@@ -551,7 +551,8 @@ static const char *seq_write_invalid(const struct rhema_storage_write *w)
         return "a sequenced write must be a PUT";
     if (w->expected_version != RHEMA_VERSION_ANY && w->expected_version != RHEMA_VERSION_ABSENT)
         return "a sequenced write takes RHEMA_VERSION_ANY or RHEMA_VERSION_ABSENT";
-    if (w->key == NULL || strnlen(w->key, RHEMA_STORAGE_KEY_MAX) > RHEMA_STORAGE_KEY_MAX - RHEMA_SEQ_DIGITS)
+    if (w->key == NULL ||
+        strnlen(w->key, RHEMA_STORAGE_KEY_MAX) > RHEMA_STORAGE_KEY_MAX - RHEMA_SEQ_DIGITS)
         return "invalid key prefix of a sequenced write (0..1004 bytes)";
     if (!rhema_storage_ns_valid(w->ns))
         return "invalid namespace (1..64 bytes of [A-Za-z0-9_.:-])";
@@ -625,7 +626,8 @@ static PGconn *pg_connect(const rhema_storage_instance *in, struct notice_sink *
     if (PQstatus(pg) == CONNECTION_BAD)
         return pg;
     while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
-        struct pollfd pfd[2] = {{.fd = PQsocket(pg), .events = 0}, {.fd = wake_fd, .events = POLLIN}};
+        struct pollfd pfd[2] = {{.fd = PQsocket(pg), .events = 0},
+                                {.fd = wake_fd, .events = POLLIN}};
         uint64_t now = mono_ms(in);
         int r;
         if (now >= deadline) {
