@@ -529,47 +529,20 @@ static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
     return 0;
 }
 
-/* The flags of w: 0 for a caller built before minor 3. */
-static uint32_t write_flags(const struct rhema_storage_write *w)
-{
-    return w->size >= RHEMA_STORAGE_WRITE_SIZE_3 ? w->flags : 0;
-}
-
+/* Short names for the sequenced-write helpers of ../common (storage_check.h). */
 static int is_seq(const struct rhema_storage_write *w)
 {
-    return (write_flags(w) & RHEMA_WRITE_SEQUENCED) != 0;
+    return rhema_storage_write_sequenced(w);
 }
 
-/*
- * Why a sequenced write is malformed (storage.h, RHEMA_WRITE_SEQUENCED),
- * or NULL: a PUT whose key is a prefix of 0..KEY_MAX - 20 bytes and whose
- * expected version is ANY or ABSENT.
- */
-static const char *seq_write_invalid(const struct rhema_storage_write *w)
+static int seq_shares(const struct rhema_storage_write *w, size_t j)
 {
-    if (w->op != RHEMA_WRITE_PUT)
-        return "a sequenced write must be a PUT";
-    if (w->expected_version != RHEMA_VERSION_ANY && w->expected_version != RHEMA_VERSION_ABSENT)
-        return "a sequenced write takes RHEMA_VERSION_ANY or RHEMA_VERSION_ABSENT";
-    if (w->key == NULL ||
-        strnlen(w->key, RHEMA_STORAGE_KEY_MAX) > RHEMA_STORAGE_KEY_MAX - RHEMA_SEQ_DIGITS)
-        return "invalid key prefix of a sequenced write (0..1004 bytes)";
-    if (!rhema_storage_ns_valid(w->ns))
-        return "invalid namespace (1..64 bytes of [A-Za-z0-9_.:-])";
-    if (w->value == NULL && w->value_len > 0)
-        return "NULL value with a non-zero length";
-    return NULL;
+    return rhema_storage_seq_shares_previous(w, j);
 }
 
 static int check_write(rhema_storage_conn *c, const struct rhema_storage_write *w)
 {
-    const char *why = rhema_storage_write_invalid(w);
-    if (w != NULL && w->size >= RHEMA_STORAGE_WRITE_SIZE_0) {
-        if ((write_flags(w) & ~RHEMA_WRITE_SEQUENCED) != 0)
-            why = "unknown write flags";
-        else if (is_seq(w))
-            why = seq_write_invalid(w);
-    }
+    const char *why = rhema_storage_write_invalid(w); /* sequenced writes too */
     if (why) {
         conn_error(c, "%s", why);
         return RHEMA_EINVAL;
@@ -1476,15 +1449,6 @@ struct write_params {
     int lens[MAX_PARAMS];
     unsigned char ttl_b[8], ev_b[8], tag_b[8];
 };
-
-/*
- * 1 when the sequenced write w[j] shares the version of the write before
- * it: a PUT that is not itself sequenced (storage.h).
- */
-static int seq_shares(const struct rhema_storage_write *w, size_t j)
-{
-    return j > 0 && w[j - 1].op == RHEMA_WRITE_PUT && !is_seq(&w[j - 1]);
-}
 
 /*
  * Fill p for w; tag is the member guard (0: none, see GUARD); share: a
