@@ -2852,6 +2852,7 @@ static int pg_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g
     return rc;
 }
 
+#ifdef LIBPQ_HAS_PIPELINING /* get_many() is not offered without it */
 static int pg_get_many_strided(rhema_storage_conn *c, const char *const *ns,
                                const char *const *keys, size_t n, struct rhema_storage_value *out,
                                int *rcs)
@@ -2862,6 +2863,7 @@ static int pg_get_many_strided(rhema_storage_conn *c, const char *const *ns,
         conn_error(c, "%s", why);
     return rc;
 }
+#endif
 
 /*
  * ---- watch() ----
