@@ -1248,7 +1248,7 @@ static void redis_watch_lost(const struct rhema_storage_plugin *vt)
     if (tls) {
         rhema_config_release(&cfg);
         tap("redis", "watch: notify after the channel was lost", RHEMA_CONF_SKIP,
-            "the server takes TLS; this check kills the subscriber over plain TCP");
+            "the server takes TLS; this check needs plain TCP (to kill the subscriber)");
         return;
     }
     watch_lost_channel(vt, "redis", redis_kill_pubsub, &at);
