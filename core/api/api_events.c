@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "api_events.h"
@@ -586,6 +587,22 @@ static int accepts_sse(struct rhema_req *r)
     return a && strstr(a, "text/event-stream") != NULL;
 }
 
+/*
+ * A stream lasts: evhttp's timeout (service.request_timeout_seconds) would
+ * cut it once no byte arrives from the client for that long, which is what
+ * a watcher does.  Keep the write timeout only: a client that reads nothing
+ * for that long while bytes wait for it is gone.
+ */
+static void stream_timeouts(struct rhema_req *d)
+{
+    struct evhttp_connection *ec = d->req ? evhttp_request_get_connection(d->req) : NULL;
+    struct bufferevent *bev = ec ? evhttp_connection_get_bufferevent(ec) : NULL;
+    if (bev) {
+        struct timeval tv = {d->worker->srv->cfg->request_timeout_seconds, 0};
+        bufferevent_set_timeouts(bev, NULL, &tv);
+    }
+}
+
 static void h_events(struct rhema_req *r)
 {
     static const char *const known[] = {"since", "types", "session", "agent", "wait", "limit", NULL};
@@ -671,6 +688,7 @@ static void h_events(struct rhema_req *r)
     wt->limit = (size_t)limit;
     if (sse) {
         rhema_reply_stream_start(wt->d, 200, "text/event-stream");
+        stream_timeouts(wt->d);
         waiter_arm(wt, KEEPALIVE_S * 1000u, 1, sse_keepalive);
         /* the first bytes now: the client knows the stream is open */
         rhema_reply_stream_chunk(wt->d, ": watching\n\n", 12);
