@@ -14,6 +14,7 @@
 #include "json_fields.h"
 #include "log.h"
 #include "util.h"
+#include "watch/feed.h"
 
 #define NS_AGENTS "agents"
 #define NS_BY_STATUS "agents.status"
@@ -827,6 +828,37 @@ static int prune_keys(struct rhema_store *st, const char *ns, const char *owner,
     return rc;
 }
 
+/*
+ * The change feed's record of an agent write (issue 12, watch/feed.h),
+ * right after the agent's own write so that a change's revision is the
+ * agent's new version: agent.registered, agent.status (from, to),
+ * agent.updated (a heartbeat too), agent.deleted.  No feed: nothing.
+ */
+static void agent_event(struct rhema_store *st, struct wset *ws, enum agent_op kind,
+                        const char *id, int created, const char *old_status,
+                        const char *new_status)
+{
+    if (!st->feed)
+        return;
+    struct rhema_feed_fields f = {.id = id, .agent = id, .versioned = kind != AOP_DELETE};
+    if (kind == AOP_DELETE)
+        f.type = "agent.deleted";
+    else if (created)
+        f.type = "agent.registered";
+    else if (old_status && new_status && strcmp(old_status, new_status) != 0)
+        f.type = "agent.status", f.from = old_status, f.to = new_status;
+    else
+        f.type = "agent.updated";
+    size_t len = 0;
+    char *text = rhema_feed_record(&f, &len);
+    if (!ws_own(ws, text))
+        return; /* ws->oom */
+    struct rhema_storage_write *w =
+        ws_add(ws, RHEMA_WRITE_PUT, RHEMA_FEED_NS, strdup(""), text, len, RHEMA_VERSION_ABSENT);
+    if (w)
+        w->flags = RHEMA_WRITE_SEQUENCED;
+}
+
 /* Compose the writes of one attempt: record, indexes, transition, summary. */
 static int agent_compose(struct rhema_store *st, enum agent_op kind, const char *id, json_t *input,
                          struct agent_attempt *a, char *err)
@@ -848,6 +880,7 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
     /* status index and transition */
     const char *old_status = cur ? json_string_value(json_object_get(cur, "status")) : NULL;
     const char *new_status = next ? json_string_value(json_object_get(next, "status")) : NULL;
+    agent_event(st, ws, kind, id, cur == NULL, old_status, new_status);
     if (!old_status || !new_status || strcmp(old_status, new_status) != 0) {
         if (old_status)
             ws_add(ws, RHEMA_WRITE_DEL, NS_BY_STATUS, kfmt("%s/%s", old_status, id), NULL, 0, 0);
@@ -1017,6 +1050,7 @@ static int agent_write(struct rhema_store *st, enum agent_op kind, const char *i
         }
         break;
     }
+    rhema_feed_wake(st->feed); /* its record is in: the feed reads it now */
     if (created)
         *created = a.cur == NULL;
     if (kind != AOP_DELETE) {
