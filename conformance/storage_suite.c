@@ -2592,6 +2592,632 @@ static int t_strided_arrays(struct suite *s)
     return T_PASS;
 }
 
+/* ---- sequenced writes (storage minor 3) ---- */
+
+#define SEQ_THREAD_WRITES 250 /* records each writer of the order check appends */
+#define SEQ_GIVE_UP_MS 30000  /* the order check stops its writers after this long */
+
+static int seq_skipped(struct suite *s)
+{
+    if (s->vt->base.abi_minor >= 3)
+        return 0;
+    snprintf(s->detail, sizeof s->detail, "abi_minor %u < 3: no sequenced writes",
+             (unsigned)s->vt->base.abi_minor);
+    return 1;
+}
+
+/* The key of the sequenced record of `version` under `prefix`, into buf. */
+static const char *seq_key_of(char *buf, size_t size, const char *prefix, uint64_t version)
+{
+    snprintf(buf, size, "%s%020llu", prefix, (unsigned long long)version);
+    return buf;
+}
+
+/* A sequenced write of value `val` under `prefix`. */
+static struct rhema_storage_write seqw(const char *ns, const char *prefix, const char *val)
+{
+    struct rhema_storage_write w = PUTW(ns, prefix, val, strlen(val), RHEMA_VERSION_ANY);
+    w.flags = RHEMA_WRITE_SEQUENCED;
+    return w;
+}
+
+/* The sequenced record of `version` under `prefix` holds `val`, with that version. */
+#define EXPECT_RECORD(C, NS, PREFIX, VERSION, VAL)                                                 \
+    do {                                                                                           \
+        char k_[RHEMA_STORAGE_KEY_MAX + 1];                                                        \
+        EXPECT_STR((C), (NS), seq_key_of(k_, sizeof k_, (PREFIX), (VERSION)), (VAL), (VERSION));   \
+    } while (0)
+
+/*
+ * Count the keys of ns from `from` (inclusive) to `to` (exclusive) into col
+ * and check they are sequenced keys of `prefix` whose digits are their
+ * version, in strictly increasing order.
+ */
+static int seq_scan(struct suite *s, rhema_storage_conn *c, const char *ns, const char *prefix,
+                    const char *from, const char *to, struct collected *col, int line)
+{
+    size_t i, plen = strlen(prefix);
+    int rc = scan_into(s, c, ns, from, to, 0, col);
+    if (rc != 0)
+        return failf(s, "line %d: scan(%s) returned %s; errmsg: %s", line, ns, rhema_strerror(rc),
+                     emsg(s, c));
+    for (i = 0; i < col->n; i++) {
+        char want[RHEMA_STORAGE_KEY_MAX + 1];
+        seq_key_of(want, sizeof want, prefix, col->versions[i]);
+        if (strlen(col->keys[i]) != plen + RHEMA_SEQ_DIGITS || strcmp(col->keys[i], want) != 0)
+            return failf(s,
+                         "line %d: key %zu is '%s', want '%s' (prefix + the version's 20 digits)",
+                         line, i, col->keys[i], want);
+        if (i > 0 && col->versions[i] <= col->versions[i - 1])
+            return failf(s, "line %d: record %zu has version %llu after %llu", line, i,
+                         (unsigned long long)col->versions[i],
+                         (unsigned long long)col->versions[i - 1]);
+    }
+    return T_PASS;
+}
+
+#define SEQ_SCAN(C, NS, PREFIX, FROM, TO, COL)                                                     \
+    do {                                                                                           \
+        if (seq_scan(s, (C), (NS), (PREFIX), (FROM), (TO), (COL), __LINE__) != T_PASS) {           \
+            collected_free(COL);                                                                   \
+            return T_FAIL;                                                                         \
+        }                                                                                          \
+    } while (0)
+
+/*
+ * Through put(): the key is the prefix and 20 digits of a fresh version
+ * (the empty prefix too), a prefix of RHEMA_STORAGE_KEY_MAX - 20 bytes
+ * makes a key of the longest length; the prefix alone is no key.  A write
+ * whose size is minor 0's has no flags, whatever follows it in memory.
+ */
+static int t_seq_key_format(struct suite *s)
+{
+    char ns[64], key[RHEMA_STORAGE_KEY_MAX + 1], *longp;
+    uint64_t v0 = 0;
+    struct rhema_storage_write w;
+    struct collected col = {0};
+    if (seq_skipped(s))
+        return T_SKIP;
+    ns_of(s, ".seq", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "plain", "p", RHEMA_VERSION_ANY, &v0));
+    w = seqw(ns, "ev/", "first");
+    CHECK_RC(s->c1, 0, s->vt->put(s->c1, &w));
+    CHECK(w.new_version > v0, "sequenced put: version %llu after %llu",
+          (unsigned long long)w.new_version, (unsigned long long)v0);
+    EXPECT_RECORD(s->c2, ns, "ev/", w.new_version, "first");
+    EXPECT_MISSING(s->c2, ns, "ev/");
+    w = seqw(ns, "ev/", "second");
+    w.expected_version = RHEMA_VERSION_ABSENT; /* means the same as ANY here */
+    CHECK_RC(s->c1, 0, s->vt->put(s->c1, &w));
+    EXPECT_RECORD(s->c2, ns, "ev/", w.new_version, "second");
+    SEQ_SCAN(s->c2, ns, "ev/", "ev/", "ev0", &col);
+    CHECK(col.n == 2 && strcmp(col.values[0], "first") == 0 && strcmp(col.values[1], "second") == 0,
+          "scan of the prefix: %zu records, want first and second", col.n);
+    collected_free(&col);
+    /* the empty prefix: the key is the 20 digits alone */
+    w = seqw(ns, "", "bare");
+    CHECK_RC(s->c1, 0, s->vt->put(s->c1, &w));
+    seq_key_of(key, sizeof key, "", w.new_version);
+    CHECK(strlen(key) == RHEMA_SEQ_DIGITS, "key length %zu", strlen(key));
+    EXPECT_STR(s->c2, ns, key, "bare", w.new_version);
+    /* the longest prefix */
+    longp = malloc(RHEMA_STORAGE_KEY_MAX - RHEMA_SEQ_DIGITS + 1);
+    CHECK(longp != NULL, "out of memory");
+    memset(longp, 'L', RHEMA_STORAGE_KEY_MAX - RHEMA_SEQ_DIGITS);
+    longp[RHEMA_STORAGE_KEY_MAX - RHEMA_SEQ_DIGITS] = '\0';
+    w = seqw(ns, longp, "long");
+    int rc = s->vt->put(s->c1, &w);
+    if (rc == 0)
+        rc = expect_value(s, s->c2, ns, seq_key_of(key, sizeof key, longp, w.new_version), "long",
+                          4, w.new_version, __LINE__) == T_PASS
+                 ? 0
+                 : -1000;
+    free(longp);
+    if (rc == -1000)
+        return T_FAIL;
+    CHECK_RC(s->c1, 0, rc);
+    CHECK(strlen(key) == RHEMA_STORAGE_KEY_MAX, "key length %zu", strlen(key));
+
+    /* an old caller (minor 0 size): flags beyond its size are not read */
+    {
+        _Alignas(struct rhema_storage_write) unsigned char
+            buf[2 * sizeof(struct rhema_storage_write) + 16];
+        struct rhema_storage_write old = PUTW(ns, "old-put", "o", 1, RHEMA_VERSION_ANY), *p;
+        old.size = RHEMA_STORAGE_WRITE_SIZE_0;
+        old.flags = RHEMA_WRITE_SEQUENCED;
+        CHECK_RC(s->c1, 0, s->vt->put(s->c1, &old));
+        EXPECT_STR(s->c2, ns, "old-put", "o", old.new_version);
+        /* a batch of two at minor 0's stride; whatever follows them is junk */
+        memset(buf, 0xff, sizeof buf);
+        old = PUTW(ns, "old-b1", "1", 1, RHEMA_VERSION_ANY);
+        old.size = RHEMA_STORAGE_WRITE_SIZE_0;
+        memcpy(buf, &old, RHEMA_STORAGE_WRITE_SIZE_0);
+        old.key = "old-b2";
+        memcpy(buf + RHEMA_STORAGE_WRITE_SIZE_0, &old, RHEMA_STORAGE_WRITE_SIZE_0);
+        p = (struct rhema_storage_write *)(void *)buf;
+        CHECK_RC(s->c1, 0, s->vt->batch(s->c1, p, 2));
+        EXPECT_STR(s->c2, ns, "old-b1", "1", rhema_storage_write_at(p, 0)->new_version);
+        EXPECT_STR(s->c2, ns, "old-b2", "1", rhema_storage_write_at(p, 1)->new_version);
+    }
+    return T_PASS;
+}
+
+/*
+ * In a batch: a sequenced write right after a put shares its version (and
+ * says so in new_version); first in the batch, after a delete or after
+ * another sequenced write it takes a fresh one.  Several records in one
+ * batch, visible in version order.
+ */
+static int t_seq_batch_versions(struct suite *s)
+{
+    char ns[64];
+    uint64_t vk = 0;
+    struct rhema_storage_write w[10];
+    struct collected col = {0};
+    size_t i;
+    if (seq_skipped(s))
+        return T_SKIP;
+    ns_of(s, ".seq", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "b-k2", "old", RHEMA_VERSION_ANY, &vk));
+    w[0] = seqw(ns, "bv/", "r0");                            /* first: fresh */
+    w[1] = PUTW(ns, "b-k1", "one", 3, RHEMA_VERSION_ABSENT); /* a change */
+    w[2] = seqw(ns, "bv/", "r2");                            /* shares w[1] */
+    w[3] = seqw(ns, "bv/", "r3");                            /* after a record: fresh */
+    w[4] = PUTW(ns, "b-k2", "new", 3, vk);                   /* a change */
+    w[5] = (struct rhema_storage_write){
+        .size = sizeof(struct rhema_storage_write), .op = RHEMA_WRITE_DEL, .ns = ns, .key = "b-k1"};
+    w[6] = seqw(ns, "bv/", "r6"); /* after a delete: fresh */
+    w[7] = PUTW(ns, "b-k3", "three", 5, RHEMA_VERSION_ANY);
+    w[8] = seqw(ns, "bv/", "r8");    /* shares w[7] */
+    w[9] = seqw(ns, "other/", "r9"); /* after a record: fresh */
+    CHECK_RC(s->c1, 0, s->vt->batch(s->c1, w, 10));
+    for (i = 0; i < 10; i++)
+        CHECK(i == 5 || w[i].new_version > vk, "write %zu: new_version %llu (before: %llu)", i,
+              (unsigned long long)w[i].new_version, (unsigned long long)vk);
+    CHECK(w[2].new_version == w[1].new_version, "record after a put: version %llu, the put's %llu",
+          (unsigned long long)w[2].new_version, (unsigned long long)w[1].new_version);
+    CHECK(w[8].new_version == w[7].new_version, "record after a put: version %llu, the put's %llu",
+          (unsigned long long)w[8].new_version, (unsigned long long)w[7].new_version);
+    CHECK(w[0].new_version < w[1].new_version, "first record %llu, then a put %llu",
+          (unsigned long long)w[0].new_version, (unsigned long long)w[1].new_version);
+    CHECK(w[3].new_version > w[2].new_version && w[4].new_version > w[3].new_version,
+          "record after a record: %llu after %llu, then a put %llu",
+          (unsigned long long)w[3].new_version, (unsigned long long)w[2].new_version,
+          (unsigned long long)w[4].new_version);
+    CHECK(w[6].new_version > w[4].new_version && w[7].new_version > w[6].new_version,
+          "record after a delete: %llu after %llu, then a put %llu",
+          (unsigned long long)w[6].new_version, (unsigned long long)w[4].new_version,
+          (unsigned long long)w[7].new_version);
+    CHECK(w[9].new_version > w[8].new_version, "record after a record: %llu after %llu",
+          (unsigned long long)w[9].new_version, (unsigned long long)w[8].new_version);
+    EXPECT_MISSING(s->c2, ns, "b-k1");
+    EXPECT_STR(s->c2, ns, "b-k2", "new", w[4].new_version);
+    EXPECT_STR(s->c2, ns, "b-k3", "three", w[7].new_version);
+    EXPECT_RECORD(s->c2, ns, "bv/", w[0].new_version, "r0");
+    EXPECT_RECORD(s->c2, ns, "bv/", w[2].new_version, "r2");
+    EXPECT_RECORD(s->c2, ns, "bv/", w[3].new_version, "r3");
+    EXPECT_RECORD(s->c2, ns, "bv/", w[6].new_version, "r6");
+    EXPECT_RECORD(s->c2, ns, "bv/", w[8].new_version, "r8");
+    EXPECT_RECORD(s->c2, ns, "other/", w[9].new_version, "r9");
+    SEQ_SCAN(s->c2, ns, "bv/", "bv/", "bv0", &col);
+    {
+        static const char *const want[] = {"r0", "r2", "r3", "r6", "r8"};
+        int ok = col.n == 5;
+        for (i = 0; ok && i < 5; i++)
+            ok = strcmp(col.values[i], want[i]) == 0;
+        collected_free(&col);
+        CHECK(ok, "the scan of the prefix is not r0 r2 r3 r6 r8 in that order");
+    }
+    /* a later write of the batch sees the record it made */
+    {
+        struct rhema_storage_write x[2] = {
+            seqw(ns, "bx/", "rec"), PUTW(ns, "placeholder", "again", 5, RHEMA_VERSION_ABSENT)};
+        char key[RHEMA_STORAGE_KEY_MAX + 1];
+        struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
+        CHECK_RC(s->c1, 0, s->vt->batch(s->c1, x, 1));
+        seq_key_of(key, sizeof key, "bx/", x[0].new_version);
+        CHECK_RC(s->c2, 0, s->vt->get(s->c2, ns, key, &v));
+        /* a create-only put of an existing record's key conflicts and writes no new record */
+        x[0] = seqw(ns, "bx/", "rec2");
+        x[1] = PUTW(ns, key, "again", 5, RHEMA_VERSION_ABSENT);
+        CHECK_RC(s->c1, RHEMA_ECONFLICT, s->vt->batch(s->c1, x, 2));
+        SEQ_SCAN(s->c2, ns, "bx/", "bx/", "bx0", &col);
+        CHECK(col.n == 1, "%zu records under bx/ after a failed batch, want 1", col.n);
+        collected_free(&col);
+    }
+    return T_PASS;
+}
+
+/*
+ * A failed batch (a conflict, a delete of a missing key) writes no record,
+ * wherever the record stands in it; a batch refused for an invalid write
+ * neither.
+ */
+static int t_seq_failed_batch(struct suite *s)
+{
+    char ns[64];
+    uint64_t vx = 0;
+    struct collected col = {0};
+    if (seq_skipped(s))
+        return T_SKIP;
+    ns_of(s, ".seq", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "f-x", "x", RHEMA_VERSION_ANY, &vx));
+    {
+        /* the conflict first */
+        struct rhema_storage_write w[2] = {PUTW(ns, "f-x", "y", 1, RHEMA_VERSION_ABSENT),
+                                           seqw(ns, "fv/", "no")};
+        CHECK_RC(s->c1, RHEMA_ECONFLICT, s->vt->batch(s->c1, w, 2));
+        CHECK(w[0].new_version == 0 && w[1].new_version == 0, "a failed batch reports versions");
+    }
+    {
+        /* the record applied before the conflict: undone */
+        struct rhema_storage_write w[3] = {PUTW(ns, "f-y", "y", 1, RHEMA_VERSION_ANY),
+                                           seqw(ns, "fv/", "no"),
+                                           PUTW(ns, "f-x", "z", 1, vx + 1000)};
+        CHECK_RC(s->c1, RHEMA_ECONFLICT, s->vt->batch(s->c1, w, 3));
+    }
+    {
+        /* a delete of a missing key after the record */
+        struct rhema_storage_write w[2] = {seqw(ns, "fv/", "no"),
+                                           {.size = sizeof(struct rhema_storage_write),
+                                            .op = RHEMA_WRITE_DEL,
+                                            .ns = ns,
+                                            .key = "f-missing"}};
+        CHECK_RC(s->c1, RHEMA_ENOTFOUND, s->vt->batch(s->c1, w, 2));
+    }
+    {
+        /* an invalid write after the record */
+        struct rhema_storage_write w[2] = {seqw(ns, "fv/", "no"), seqw(ns, "fv/", "no")};
+        w[1].op = RHEMA_WRITE_DEL;
+        CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->batch(s->c1, w, 2));
+    }
+    EXPECT_MISSING(s->c2, ns, "f-y");
+    EXPECT_STR(s->c2, ns, "f-x", "x", vx);
+    SEQ_SCAN(s->c2, ns, "fv/", "fv/", "fv0", &col);
+    CHECK(col.n == 0, "%zu records after failed batches", col.n);
+    collected_free(&col);
+    /* the counter went on: the next record is above everything before */
+    {
+        struct rhema_storage_write w = seqw(ns, "fv/", "yes");
+        CHECK_RC(s->c1, 0, s->vt->put(s->c1, &w));
+        CHECK(w.new_version > vx, "version %llu after %llu", (unsigned long long)w.new_version,
+              (unsigned long long)vx);
+        EXPECT_RECORD(s->c2, ns, "fv/", w.new_version, "yes");
+    }
+    return T_PASS;
+}
+
+/*
+ * RHEMA_EINVAL, and nothing written: a delete with the flag, an expected
+ * version that is a real version, a NULL prefix, a prefix longer than
+ * RHEMA_STORAGE_KEY_MAX - 20, an unknown flag -- through put() and batch().
+ */
+static int t_seq_invalid(struct suite *s)
+{
+    char ns[64], *longp;
+    uint64_t vx = 0;
+    struct rhema_storage_write w, b[2];
+    struct collected col = {0};
+    int rc;
+    if (seq_skipped(s))
+        return T_SKIP;
+    ns_of(s, ".seq", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "i-x", "x", RHEMA_VERSION_ANY, &vx));
+
+    w = seqw(ns, "iv/", "no");
+    w.expected_version = vx;
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->put(s->c1, &w));
+    b[0] = PUTW(ns, "i-y", "y", 1, RHEMA_VERSION_ANY);
+    b[1] = w;
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->batch(s->c1, b, 2));
+
+    b[1] = seqw(ns, "iv/", "no");
+    b[1].op = RHEMA_WRITE_DEL;
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->batch(s->c1, b, 2));
+    b[1].key = "i-x"; /* even of a key that exists */
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->batch(s->c1, b, 2));
+
+    w = seqw(ns, NULL, "no");
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->put(s->c1, &w));
+
+    w = seqw(ns, "iv/", "no");
+    w.flags |= 1u << 30;
+    CHECK_RC(s->c1, RHEMA_EINVAL, s->vt->put(s->c1, &w));
+
+    longp = malloc(RHEMA_STORAGE_KEY_MAX - RHEMA_SEQ_DIGITS + 2);
+    CHECK(longp != NULL, "out of memory");
+    memset(longp, 'Q', RHEMA_STORAGE_KEY_MAX - RHEMA_SEQ_DIGITS + 1);
+    longp[RHEMA_STORAGE_KEY_MAX - RHEMA_SEQ_DIGITS + 1] = '\0';
+    w = seqw(ns, longp, "no");
+    rc = s->vt->put(s->c1, &w);
+    if (rc == RHEMA_EINVAL) {
+        b[1] = seqw(ns, longp, "no");
+        rc = s->vt->batch(s->c1, b, 2);
+    }
+    free(longp);
+    CHECK_RC(s->c1, RHEMA_EINVAL, rc);
+
+    EXPECT_MISSING(s->c2, ns, "i-y");
+    EXPECT_STR(s->c2, ns, "i-x", "x", vx);
+    SEQ_SCAN(s->c2, ns, "iv/", "iv/", "iv0", &col);
+    CHECK(col.n == 0, "%zu records after refused writes", col.n);
+    collected_free(&col);
+    rc = scan_into(s, s->c2, ns, "Q", "R", 0, &col);
+    CHECK(rc == 0 && col.n == 0, "scan of the long prefix: %s, %zu entries", rhema_strerror(rc),
+          col.n);
+    collected_free(&col);
+    return T_PASS;
+}
+
+/*
+ * Through group(): each member's record follows its own change and shares
+ * its version; a failed member writes no record.
+ */
+static int t_seq_group(struct suite *s)
+{
+    char ns[64];
+    uint64_t vx = 0;
+    struct collected col = {0};
+    if (seq_skipped(s))
+        return T_SKIP;
+    if (s->vt->group == NULL) {
+        snprintf(s->detail, sizeof s->detail, "no group()");
+        return T_SKIP;
+    }
+    ns_of(s, ".seq", ns, sizeof ns);
+    CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "g-x", "x", RHEMA_VERSION_ANY, &vx));
+    struct rhema_storage_write a[2] = {PUTW(ns, "g-a", "a", 1, RHEMA_VERSION_ABSENT),
+                                       seqw(ns, "gv/", "ra")};
+    struct rhema_storage_write b[2] = {PUTW(ns, "g-x", "b", 1, vx + 1000), /* stale */
+                                       seqw(ns, "gv/", "rb")};
+    struct rhema_storage_write c[3] = {seqw(ns, "gv/", "rc0"), PUTW(ns, "g-x", "c", 1, vx),
+                                       seqw(ns, "gv/", "rc")};
+    struct rhema_storage_batch g[3] = {{sizeof(struct rhema_storage_batch), -99, a, 2},
+                                       {sizeof(struct rhema_storage_batch), -99, b, 2},
+                                       {sizeof(struct rhema_storage_batch), -99, c, 3}};
+    CHECK_RC(s->c1, 0, s->vt->group(s->c1, g, 3));
+    CHECK(g[0].result == 0 && g[1].result == RHEMA_ECONFLICT && g[2].result == 0,
+          "member results %s, %s, %s", rhema_strerror(g[0].result), rhema_strerror(g[1].result),
+          rhema_strerror(g[2].result));
+    CHECK(a[1].new_version == a[0].new_version && c[2].new_version == c[1].new_version,
+          "records %llu, %llu after changes %llu, %llu", (unsigned long long)a[1].new_version,
+          (unsigned long long)c[2].new_version, (unsigned long long)a[0].new_version,
+          (unsigned long long)c[1].new_version);
+    CHECK(c[0].new_version > a[1].new_version && c[1].new_version > c[0].new_version,
+          "member 2's first record %llu (member 0's %llu, then %llu)",
+          (unsigned long long)c[0].new_version, (unsigned long long)a[1].new_version,
+          (unsigned long long)c[1].new_version);
+    EXPECT_STR(s->c2, ns, "g-a", "a", a[0].new_version);
+    EXPECT_STR(s->c2, ns, "g-x", "c", c[1].new_version);
+    EXPECT_RECORD(s->c2, ns, "gv/", a[1].new_version, "ra");
+    EXPECT_RECORD(s->c2, ns, "gv/", c[0].new_version, "rc0");
+    EXPECT_RECORD(s->c2, ns, "gv/", c[2].new_version, "rc");
+    SEQ_SCAN(s->c2, ns, "gv/", "gv/", "gv0", &col);
+    CHECK(col.n == 3, "%zu records under gv/, want 3 (the failed member's is not there)", col.n);
+    collected_free(&col);
+    return T_PASS;
+}
+
+/*
+ * Order under concurrency: two writers (each its own connection) append
+ * sequenced records -- by put() alone and after a change in a batch --
+ * while a reader scans the prefix after the last key it saw.  Each new key
+ * must be greater than the last one seen, and in the end the reader must
+ * have seen every record written exactly once: a record that became
+ * visible after one of a higher version would be missed.
+ */
+struct seq_race {
+    struct suite *s;
+    const char *ns;
+    atomic_int errors;
+    atomic_int writers_done;
+    char error[256];
+    pthread_mutex_t error_lock;
+    uint64_t give_up_ms;
+    unsigned written[2];                     /* records each writer appended */
+    uint64_t versions[2][SEQ_THREAD_WRITES]; /* their versions */
+    unsigned seen[2][SEQ_THREAD_WRITES];     /* times the reader saw each */
+    uint64_t seen_version[2][SEQ_THREAD_WRITES];
+    unsigned scans;
+};
+
+struct seq_writer {
+    struct seq_race *r;
+    int id;
+};
+
+static void seq_error(struct seq_race *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void seq_error(struct seq_race *r, const char *fmt, ...)
+{
+    va_list ap;
+    atomic_fetch_add(&r->errors, 1);
+    pthread_mutex_lock(&r->error_lock);
+    if (r->error[0] == '\0') {
+        va_start(ap, fmt);
+        vsnprintf(r->error, sizeof r->error, fmt, ap);
+        va_end(ap);
+    }
+    pthread_mutex_unlock(&r->error_lock);
+}
+
+static void *seq_writer_main(void *arg)
+{
+    struct seq_writer *me = arg;
+    struct seq_race *r = me->r;
+    struct suite *s = r->s;
+    rhema_storage_conn *c = NULL;
+    char *err = NULL, val[32], key[32];
+    unsigned i;
+    int rc = s->vt->connect(s->inst, &c, &err);
+    if (rc != 0) {
+        seq_error(r, "connect in a writer: %s: %s", rhema_strerror(rc), err ? err : "");
+        free(err);
+        atomic_fetch_add(&r->writers_done, 1);
+        return NULL;
+    }
+    snprintf(key, sizeof key, "o-w%d", me->id);
+    for (i = 0; i < SEQ_THREAD_WRITES && atomic_load(&r->errors) == 0; i++) {
+        struct rhema_storage_write w[2];
+        uint64_t version;
+        if (mono_ms(s) > r->give_up_ms)
+            break; /* a slow machine writes fewer: the check holds for what was written */
+        snprintf(val, sizeof val, "%d:%u", me->id, i);
+        w[0] = PUTW(r->ns, key, val, strlen(val), RHEMA_VERSION_ANY);
+        w[1] = seqw(r->ns, "ov/", val);
+        do {
+            if (i % 3 == 0) {
+                rc = s->vt->put(c, &w[1]);
+                version = w[1].new_version;
+            } else {
+                rc = s->vt->batch(c, w, 2);
+                version = w[1].new_version;
+                if (rc == 0 && w[0].new_version != version) {
+                    seq_error(r, "writer %d: record %llu after a change %llu", me->id,
+                              (unsigned long long)version, (unsigned long long)w[0].new_version);
+                    rc = -1;
+                }
+            }
+        } while (rc == RHEMA_EUNAVAIL && mono_ms(s) <= r->give_up_ms);
+        if (rc != 0) {
+            if (rc != -1)
+                seq_error(r, "writer %d: %s: %s", me->id, rhema_strerror(rc), s->vt->errmsg(c));
+            break;
+        }
+        r->versions[me->id][i] = version;
+        r->written[me->id] = i + 1;
+    }
+    s->vt->disconnect(c);
+    atomic_fetch_add(&r->writers_done, 1);
+    return NULL;
+}
+
+/* One pass of the reader: scan after `last` (updated), checking and counting. */
+static int seq_read_pass(struct seq_race *r, rhema_storage_conn *c, char *last)
+{
+    struct suite *s = r->s;
+    struct collected col = {0};
+    char from[RHEMA_STORAGE_KEY_MAX + 2];
+    size_t i;
+    int rc;
+    snprintf(from, sizeof from, "%s\x01", last); /* the least key above last */
+    rc = s->vt->scan(c, r->ns, last[0] != '\0' ? from : "ov/", "ov0", 0, collect_cb, &col);
+    if (rc != 0) {
+        seq_error(r, "reader: scan: %s: %s", rhema_strerror(rc), s->vt->errmsg(c));
+        collected_free(&col);
+        return -1;
+    }
+    r->scans++;
+    for (i = 0; i < col.n; i++) {
+        char want[64];
+        unsigned id, k;
+        if (strcmp(col.keys[i], last) <= 0) {
+            seq_error(r, "reader: key '%s' after '%s'", col.keys[i], last);
+            break;
+        }
+        seq_key_of(want, sizeof want, "ov/", col.versions[i]);
+        if (strcmp(col.keys[i], want) != 0) {
+            seq_error(r, "reader: key '%s' holds version %llu", col.keys[i],
+                      (unsigned long long)col.versions[i]);
+            break;
+        }
+        if (sscanf(col.values[i], "%u:%u", &id, &k) != 2 || id > 1 || k >= SEQ_THREAD_WRITES) {
+            seq_error(r, "reader: unexpected value '%s'", col.values[i]);
+            break;
+        }
+        r->seen[id][k]++;
+        r->seen_version[id][k] = col.versions[i];
+        snprintf(last, RHEMA_STORAGE_KEY_MAX + 1, "%s", col.keys[i]);
+    }
+    collected_free(&col);
+    return atomic_load(&r->errors) == 0 ? 0 : -1;
+}
+
+static int t_seq_order(struct suite *s)
+{
+    char ns[64], last[RHEMA_STORAGE_KEY_MAX + 1] = "", *err = NULL;
+    struct seq_race *r;
+    struct seq_writer wr[2];
+    pthread_t th[2];
+    rhema_storage_conn *c = NULL;
+    int i, started = 0, rc, result = T_PASS;
+    unsigned k;
+    if (seq_skipped(s))
+        return T_SKIP;
+    ns_of(s, ".seqc", ns, sizeof ns);
+    r = calloc(1, sizeof *r);
+    CHECK(r != NULL, "out of memory");
+    pthread_mutex_init(&r->error_lock, NULL);
+    r->s = s;
+    r->ns = ns;
+    r->give_up_ms = mono_ms(s) + SEQ_GIVE_UP_MS;
+    rc = s->vt->connect(s->inst, &c, &err);
+    if (rc != 0) {
+        result = failf(s, "connect for the reader: %s: %s", rhema_strerror(rc), err ? err : "");
+        free(err);
+        goto out;
+    }
+    for (i = 0; i < 2; i++) {
+        wr[i] = (struct seq_writer){r, i};
+        if (pthread_create(&th[i], NULL, seq_writer_main, &wr[i]) != 0) {
+            atomic_fetch_add(&r->writers_done, 2 - i);
+            break;
+        }
+        started++;
+    }
+    /* the reader runs on this thread until the writers are done, then once more */
+    while (atomic_load(&r->writers_done) < 2 && seq_read_pass(r, c, last) == 0)
+        sched_yield();
+    for (i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    if (atomic_load(&r->errors) == 0)
+        seq_read_pass(r, c, last);
+    s->vt->disconnect(c);
+    if (started != 2) {
+        result = failf(s, "could not start the writers");
+        goto out;
+    }
+    if (atomic_load(&r->errors) != 0) {
+        result = failf(s, "%d errors, the first: %s", atomic_load(&r->errors), r->error);
+        goto out;
+    }
+    if (r->written[0] == 0 || r->written[1] == 0) {
+        result = failf(s, "the writers appended %u and %u records", r->written[0], r->written[1]);
+        goto out;
+    }
+    for (i = 0; i < 2 && result == T_PASS; i++) {
+        for (k = 0; k < SEQ_THREAD_WRITES && result == T_PASS; k++) {
+            unsigned want = k < r->written[i] ? 1 : 0;
+            if (r->seen[i][k] != want)
+                result =
+                    failf(s, "record %d:%u (version %llu) seen %u times, want %u (%u scans)", i, k,
+                          (unsigned long long)r->versions[i][k], r->seen[i][k], want, r->scans);
+            else if (want && r->seen_version[i][k] != r->versions[i][k])
+                result = failf(s, "record %d:%u: the reader saw version %llu, written %llu", i, k,
+                               (unsigned long long)r->seen_version[i][k],
+                               (unsigned long long)r->versions[i][k]);
+        }
+    }
+out:
+    pthread_mutex_destroy(&r->error_lock);
+    free(r);
+    return result;
+}
+
+/* Empty the namespaces of the sequenced checks (as cleanup does for the others). */
+static int t_seq_cleanup(struct suite *s)
+{
+    static const char *const tags[] = {".seq", ".seqc"};
+    size_t i;
+    for (i = 0; i < sizeof tags / sizeof tags[0]; i++) {
+        char ns[64];
+        long left = empty_namespace(s, s->c1, ns_of(s, tags[i], ns, sizeof ns));
+        CHECK(left == 0, "namespace %s: %ld entries left after deleting them all", ns, left);
+    }
+    return T_PASS;
+}
+
 static const struct check checks[] = {
     {"health", t_health},
     {"errmsg", t_errmsg},
@@ -2640,6 +3266,14 @@ static const struct check checks[] = {
     {"backup", t_backup},
     {"backup_restore", t_backup_restore},
     {"durable_reopen", t_durable_reopen},
+    /* storage minor 3: sequenced writes */
+    {"sequenced_key_format", t_seq_key_format},
+    {"sequenced_batch_versions", t_seq_batch_versions},
+    {"sequenced_failed_batch", t_seq_failed_batch},
+    {"sequenced_invalid_args", t_seq_invalid},
+    {"sequenced_group", t_seq_group},
+    {"sequenced_order_concurrent", t_seq_order},
+    {"sequenced_cleanup", t_seq_cleanup},
     {"cleanup", t_cleanup},
 };
 

@@ -18,7 +18,12 @@
  * "conf_<hex>/rate.*", compare rate() with rhema_gcra_step() and hammer one
  * key from four connections; rate state cannot be deleted through the
  * vtable, so those keys stay until the backend forgets them at rest (up to
- * ten hours of their one-hour intervals).
+ * ten hours of their one-hour intervals).  The sequenced_* checks (storage
+ * minor 3; skipped when abi_minor < 3) write feed records
+ * (RHEMA_WRITE_SEQUENCED) in namespaces "conf_<hex>.seq" and ".seqc": the
+ * key format, the version a record shares with the change before it, a
+ * failed batch writing no record, the invalid arguments, group(), and the
+ * order a reader sees while two writers append (about 500 records).
  *
  * When the plugin has both backup() and restore(), the backup_restore check
  * restores a snapshot it took a moment earlier: restore() replaces the

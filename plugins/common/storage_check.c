@@ -1,6 +1,8 @@
 /*
  * storage_check -- see storage_check.h.
  */
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,13 +59,48 @@ const char *rhema_storage_write_invalid(const struct rhema_storage_write *w)
         return "unknown write op";
     if (!rhema_storage_ns_valid(w->ns))
         return BAD_NS;
-    if (rhema_storage_key_len(w->key) == 0)
+    if ((rhema_storage_write_flags(w) & ~(uint32_t)RHEMA_WRITE_FLAGS_KNOWN) != 0)
+        return "unknown write flags";
+    if (rhema_storage_write_sequenced(w)) {
+        if (w->op != RHEMA_WRITE_PUT)
+            return "a sequenced write is a put (RHEMA_WRITE_SEQUENCED with a delete)";
+        if (w->expected_version != RHEMA_VERSION_ANY && w->expected_version != RHEMA_VERSION_ABSENT)
+            return "a sequenced write makes a new key: expected_version must be "
+                   "RHEMA_VERSION_ANY or RHEMA_VERSION_ABSENT";
+        if (w->key == NULL || strnlen(w->key, RHEMA_SEQ_PREFIX_MAX + 1) > RHEMA_SEQ_PREFIX_MAX)
+            return "invalid sequenced prefix (0.." STR(RHEMA_STORAGE_KEY_MAX) " - " STR(
+                RHEMA_SEQ_DIGITS) " bytes, no NUL)";
+    } else if (rhema_storage_key_len(w->key) == 0) {
         return BAD_KEY;
+    }
     if (w->op == RHEMA_WRITE_PUT && w->value == NULL && w->value_len > 0)
         return "NULL value with a non-zero length";
     if (w->op == RHEMA_WRITE_DEL && w->expected_version == RHEMA_VERSION_ABSENT)
         return "delete with RHEMA_VERSION_ABSENT";
     return NULL;
+}
+
+uint32_t rhema_storage_write_flags(const struct rhema_storage_write *w)
+{
+    return w->size >= RHEMA_STORAGE_WRITE_SIZE_3 ? w->flags : 0;
+}
+
+int rhema_storage_write_sequenced(const struct rhema_storage_write *w)
+{
+    return (rhema_storage_write_flags(w) & RHEMA_WRITE_SEQUENCED) != 0;
+}
+
+int rhema_storage_seq_shares_previous(const struct rhema_storage_write *w, size_t i)
+{
+    return i > 0 && w[i - 1].op == RHEMA_WRITE_PUT && !rhema_storage_write_sequenced(&w[i - 1]);
+}
+
+char *rhema_storage_seq_key(char *buf, const char *prefix, uint64_t version)
+{
+    size_t len = strnlen(prefix, RHEMA_SEQ_PREFIX_MAX);
+    memcpy(buf, prefix, len);
+    snprintf(buf + len, RHEMA_SEQ_DIGITS + 1, "%020" PRIu64, version);
+    return buf;
 }
 
 const char *rhema_storage_get_many_invalid(const char *const *ns, const char *const *keys, size_t n,

@@ -32,10 +32,45 @@ const char *rhema_storage_key_invalid(const char *ns, const char *key);
 /*
  * Why a write is malformed -- NULL, a size below RHEMA_STORAGE_WRITE_SIZE_0,
  * an unknown op, a bad namespace or key, a
- * NULL value with a length, a delete with RHEMA_VERSION_ABSENT -- or NULL
- * when it is well formed.
+ * NULL value with a length, a delete with RHEMA_VERSION_ABSENT, an unknown
+ * flag; for a sequenced write (RHEMA_WRITE_SEQUENCED) a delete, an
+ * expected version other than ANY / ABSENT, a NULL prefix or one longer
+ * than RHEMA_SEQ_PREFIX_MAX -- or NULL when it is well formed.
  */
 const char *rhema_storage_write_invalid(const struct rhema_storage_write *w);
+
+/* ---- sequenced writes (storage minor 3) ---- */
+
+/* The bytes of a sequenced write's prefix at most: its key gets 20 digits more. */
+#define RHEMA_SEQ_PREFIX_MAX (RHEMA_STORAGE_KEY_MAX - RHEMA_SEQ_DIGITS)
+
+/* The write flags this kit knows. */
+#define RHEMA_WRITE_FLAGS_KNOWN RHEMA_WRITE_SEQUENCED
+
+/*
+ * w->flags when the caller's struct has the member (size covers minor 3),
+ * else 0: a caller built against an older minor has no flags, whatever
+ * bytes follow its struct.
+ */
+uint32_t rhema_storage_write_flags(const struct rhema_storage_write *w);
+
+/* 1 when w is a sequenced write (rhema_storage_write_flags() has the bit). */
+int rhema_storage_write_sequenced(const struct rhema_storage_write *w);
+
+/*
+ * 1 when the sequenced write w[i] of a batch (an array of this plugin's own
+ * layout) shares the version of w[i - 1]: i > 0 and w[i - 1] is a PUT that
+ * is not sequenced.  Otherwise it takes a fresh version.
+ */
+int rhema_storage_seq_shares_previous(const struct rhema_storage_write *w, size_t i);
+
+/*
+ * The key of a sequenced record: prefix followed by the 20 zero-padded
+ * decimal digits of version, into buf (at least RHEMA_STORAGE_KEY_MAX + 1
+ * bytes; the prefix is at most RHEMA_SEQ_PREFIX_MAX bytes, as
+ * rhema_storage_write_invalid() checked).  Returns buf.
+ */
+char *rhema_storage_seq_key(char *buf, const char *prefix, uint64_t version);
 
 /* Why the arguments of a get_many() call are malformed, or NULL. */
 const char *rhema_storage_get_many_invalid(const char *const *ns, const char *const *keys, size_t n,

@@ -13,6 +13,13 @@
  * across all keys and a key that is deleted and created again never reuses
  * an earlier version (no ABA for a compare-and-set client).
  *
+ * Sequenced writes (storage minor 3) are keyed by their version, drawn
+ * under the write lock like every version, so a reader (under the read
+ * lock) never sees a record of a lower version appear after one of a
+ * higher.  watch() is NULL: the memory backend is not shared, and the host
+ * of the one process that holds it knows its own writes (it polls with
+ * scan() where it must).
+ *
  * TTLs use host->monotonic_ns().  An expired entry is invisible to every
  * call at once; it is unlinked lazily: by the next write of that key, and
  * by a bounded sweep every PURGE_EVERY writes that resumes where the last
@@ -632,13 +639,18 @@ static struct mem_node *find_live(rhema_storage_instance *in, const char *ns, co
     return n;
 }
 
-/* Apply one write whose precondition holds.  May fail only with ENOMEM. */
-static int apply_write(rhema_storage_conn *c, struct rhema_storage_write *w, uint64_t now)
+/*
+ * Apply one write whose precondition holds, to `key` (w->key, or the key a
+ * sequenced write built from `version`); a put stores `version`.  May fail
+ * only with ENOMEM.
+ */
+static int apply_write(rhema_storage_conn *c, struct rhema_storage_write *w, const char *key,
+                       uint64_t version, uint64_t now)
 {
     rhema_storage_instance *in = c->inst;
     struct mem_node *update[SL_MAX_LEVEL];
-    struct mem_node *n = sl_seek(in, w->ns, w->key, update);
-    int exists = n != NULL && node_cmp(n, w->ns, w->key) == 0;
+    struct mem_node *n = sl_seek(in, w->ns, key, update);
+    int exists = n != NULL && node_cmp(n, w->ns, key) == 0;
     unsigned char *value = NULL;
     int i;
 
@@ -656,7 +668,7 @@ static int apply_write(rhema_storage_conn *c, struct rhema_storage_write *w, uin
         memcpy(value, w->value, w->value_len);
     }
     if (!exists) {
-        n = node_new(in, w->ns, w->key, strlen(w->key));
+        n = node_new(in, w->ns, key, strlen(key));
         if (n == NULL) {
             free(value);
             conn_error(c, "out of memory");
@@ -678,7 +690,7 @@ static int apply_write(rhema_storage_conn *c, struct rhema_storage_write *w, uin
     }
     n->value = value;
     n->value_len = w->value_len;
-    n->version = ++in->version_counter;
+    n->version = version;
     n->expires_ns = deadline_ns(now, w->ttl_ms);
     if (n->expires_ns != 0)
         in->n_ttl++;
@@ -689,7 +701,9 @@ static int apply_write(rhema_storage_conn *c, struct rhema_storage_write *w, uin
 static int mem_put(rhema_storage_conn *c, struct rhema_storage_write *w)
 {
     rhema_storage_instance *in = c->inst;
-    uint64_t now;
+    char seq_key[RHEMA_STORAGE_KEY_MAX + 1];
+    const char *key = w->key;
+    uint64_t now, version;
     int rc = check_write(c, w);
     if (rc != 0)
         return rc;
@@ -699,11 +713,17 @@ static int mem_put(rhema_storage_conn *c, struct rhema_storage_write *w)
     }
     now = in->host->monotonic_ns();
     pthread_rwlock_wrlock(&in->lock);
-    rc = precondition(c, w, find_live(in, w->ns, w->key, now));
+    version = in->version_counter + 1;
+    if (rhema_storage_write_sequenced(w)) /* a record of its own: a fresh version, no check */
+        key = rhema_storage_seq_key(seq_key, w->key, version);
+    else
+        rc = precondition(c, w, find_live(in, w->ns, w->key, now));
     if (rc == 0)
-        rc = apply_write(c, w, now);
-    if (rc == 0)
+        rc = apply_write(c, w, key, version, now);
+    if (rc == 0) {
+        in->version_counter = version;
         note_write(in, now);
+    }
     pthread_rwlock_unlock(&in->lock);
     return rc;
 }
@@ -724,7 +744,7 @@ static int mem_del(rhema_storage_conn *c, const char *ns, const char *key, uint6
     pthread_rwlock_wrlock(&in->lock);
     rc = precondition(c, &w, find_live(in, ns, key, now));
     if (rc == 0)
-        rc = apply_write(c, &w, now);
+        rc = apply_write(c, &w, key, 0, now);
     if (rc == 0)
         note_write(in, now);
     pthread_rwlock_unlock(&in->lock);
@@ -735,7 +755,13 @@ static int mem_del(rhema_storage_conn *c, const char *ns, const char *key, uint6
  * All or nothing without an undo log: the preconditions are checked first
  * against a simulated view (the live state overlaid with the batch's own
  * earlier writes), and memory for every put is reserved before anything
- * changes, so applying cannot fail half way.
+ * changes, so applying cannot fail half way.  The simulation assigns each
+ * put its version -- the next of the counter, or for a sequenced write the
+ * version of the put it follows -- and builds a sequenced write's key from
+ * it, so later writes of the batch see that key; applying stores exactly
+ * those versions and keys.  A batch is applied whole under the write lock
+ * and versions are drawn under it, so sequenced records become visible in
+ * version order with nothing more to do.
  */
 static int mem_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
 {
@@ -745,6 +771,8 @@ static int mem_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_
     int rc = 0;
     unsigned char **values = NULL;
     struct mem_node **fresh = NULL;
+    char **seq_keys = NULL;   /* a sequenced write's key, else NULL */
+    const char **keys = NULL; /* the key each write acts on */
 
     if (n == 0)
         return 0;
@@ -756,11 +784,23 @@ static int mem_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_
     }
     values = calloc(n, sizeof *values);
     fresh = calloc(n, sizeof *fresh);
-    if (values == NULL || fresh == NULL) {
-        free(values);
-        free(fresh);
+    seq_keys = calloc(n, sizeof *seq_keys);
+    keys = calloc(n, sizeof *keys);
+    if (values == NULL || fresh == NULL || seq_keys == NULL || keys == NULL) {
+        rc = RHEMA_ENOMEM;
         conn_error(c, "out of memory");
-        return RHEMA_ENOMEM;
+        goto out;
+    }
+    for (i = 0; i < n; i++) {
+        keys[i] = w[i].key;
+        if (rhema_storage_write_sequenced(&w[i])) {
+            if ((seq_keys[i] = malloc(RHEMA_STORAGE_KEY_MAX + 1)) == NULL) {
+                rc = RHEMA_ENOMEM;
+                conn_error(c, "out of memory");
+                goto out;
+            }
+            keys[i] = seq_keys[i]; /* filled by the simulation */
+        }
     }
 
     now = in->host->monotonic_ns();
@@ -770,9 +810,15 @@ static int mem_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_
     for (i = 0; i < n && rc == 0; i++) {
         struct mem_node sim, *live = NULL;
         int decided = 0;
+        if (seq_keys[i] != NULL) { /* a new record: no precondition */
+            w[i].new_version =
+                rhema_storage_seq_shares_previous(w, i) ? w[i - 1].new_version : ++sim_version;
+            rhema_storage_seq_key(seq_keys[i], w[i].key, w[i].new_version);
+            continue;
+        }
         /* the latest earlier write of this key in the batch decides */
         for (j = i; j-- > 0;) {
-            if (strcmp(w[j].ns, w[i].ns) == 0 && strcmp(w[j].key, w[i].key) == 0) {
+            if (strcmp(w[j].ns, w[i].ns) == 0 && strcmp(keys[j], keys[i]) == 0) {
                 if (w[j].op == RHEMA_WRITE_PUT) {
                     memset(&sim, 0, sizeof sim);
                     sim.version = w[j].new_version; /* simulated below */
@@ -783,7 +829,7 @@ static int mem_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_
             }
         }
         if (!decided)
-            live = find_live(in, w[i].ns, w[i].key, now);
+            live = find_live(in, w[i].ns, keys[i], now);
         rc = precondition(c, &w[i], live);
         if (rc == 0 && w[i].op == RHEMA_WRITE_PUT)
             w[i].new_version = ++sim_version; /* what apply_write will assign */
@@ -794,7 +840,7 @@ static int mem_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_
             continue;
         if (w[i].value_len > 0 && (values[i] = malloc(w[i].value_len)) == NULL)
             rc = RHEMA_ENOMEM;
-        else if ((fresh[i] = node_new(in, w[i].ns, w[i].key, strlen(w[i].key))) == NULL)
+        else if ((fresh[i] = node_new(in, w[i].ns, keys[i], strlen(keys[i]))) == NULL)
             rc = RHEMA_ENOMEM;
         if (rc != 0)
             conn_error(c, "out of memory");
@@ -802,8 +848,8 @@ static int mem_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_
     /* 3. apply */
     for (i = 0; i < n && rc == 0; i++) {
         struct mem_node *update[SL_MAX_LEVEL];
-        struct mem_node *node = sl_seek(in, w[i].ns, w[i].key, update);
-        int exists = node != NULL && node_cmp(node, w[i].ns, w[i].key) == 0;
+        struct mem_node *node = sl_seek(in, w[i].ns, keys[i], update);
+        int exists = node != NULL && node_cmp(node, w[i].ns, keys[i]) == 0;
         int k;
         if (w[i].op == RHEMA_WRITE_DEL) {
             if (exists)
@@ -832,24 +878,32 @@ static int mem_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_
         node->value = values[i];
         values[i] = NULL;
         node->value_len = w[i].value_len;
-        node->version = ++in->version_counter;
+        node->version = w[i].new_version; /* as simulated */
         node->expires_ns = deadline_ns(now, w[i].ttl_ms);
         if (node->expires_ns != 0)
             in->n_ttl++;
-        w[i].new_version = node->version;
     }
-    if (rc == 0)
+    if (rc == 0) {
+        in->version_counter = sim_version;
         note_write(in, now);
+    }
     pthread_rwlock_unlock(&in->lock);
 
+out:
     for (i = 0; i < n; i++) {
         if (rc != 0)
             w[i].new_version = 0; /* nothing was stored */
-        free(values[i]);
-        node_free(fresh[i]);
+        if (values != NULL)
+            free(values[i]);
+        if (fresh != NULL)
+            node_free(fresh[i]);
+        if (seq_keys != NULL)
+            free(seq_keys[i]);
     }
     free(values);
     free(fresh);
+    free(seq_keys);
+    free(keys);
     return rc;
 }
 

@@ -48,6 +48,73 @@ static void checks_keys_and_leases(void **state)
     assert_non_null(rhema_storage_stats_invalid("ns", NULL));
 }
 
+/* Sequenced writes (storage minor 3): flags by size, their checks, keys, shared versions. */
+static void checks_sequenced_writes(void **state)
+{
+    (void)state;
+    char prefix[RHEMA_STORAGE_KEY_MAX + 2], key[RHEMA_STORAGE_KEY_MAX + 1];
+    struct rhema_storage_write w = {.size = sizeof w,
+                                    .op = RHEMA_WRITE_PUT,
+                                    .ns = "ns",
+                                    .key = "ev/",
+                                    .value = "v",
+                                    .value_len = 1,
+                                    .flags = RHEMA_WRITE_SEQUENCED};
+    assert_null(rhema_storage_write_invalid(&w));
+    assert_true(rhema_storage_write_sequenced(&w));
+    w.key = ""; /* the empty prefix */
+    assert_null(rhema_storage_write_invalid(&w));
+    w.key = NULL;
+    assert_non_null(rhema_storage_write_invalid(&w));
+    memset(prefix, 'p', sizeof prefix);
+    prefix[RHEMA_SEQ_PREFIX_MAX] = '\0';
+    w.key = prefix;
+    assert_null(rhema_storage_write_invalid(&w));
+    assert_int_equal(strlen(rhema_storage_seq_key(key, prefix, UINT64_MAX)), RHEMA_STORAGE_KEY_MAX);
+    assert_string_equal(key + RHEMA_SEQ_PREFIX_MAX, "18446744073709551615");
+    prefix[RHEMA_SEQ_PREFIX_MAX] = 'p';
+    prefix[RHEMA_SEQ_PREFIX_MAX + 1] = '\0';
+    assert_non_null(rhema_storage_write_invalid(&w));
+    w.key = "ev/";
+    w.expected_version = RHEMA_VERSION_ABSENT;
+    assert_null(rhema_storage_write_invalid(&w));
+    w.expected_version = 5;
+    assert_non_null(rhema_storage_write_invalid(&w));
+    w.expected_version = RHEMA_VERSION_ANY;
+    w.op = RHEMA_WRITE_DEL;
+    assert_non_null(rhema_storage_write_invalid(&w));
+    w.op = RHEMA_WRITE_PUT;
+    w.flags |= 1u << 9;
+    assert_non_null(rhema_storage_write_invalid(&w));
+    /* a caller of minor 0: whatever lies where flags would be is not a flag */
+    w.size = RHEMA_STORAGE_WRITE_SIZE_0;
+    assert_int_equal(rhema_storage_write_flags(&w), 0);
+    assert_false(rhema_storage_write_sequenced(&w));
+    assert_null(rhema_storage_write_invalid(&w));
+    w.key = "";
+    assert_non_null(rhema_storage_write_invalid(&w)); /* then "" is a bad key */
+    assert_string_equal(rhema_storage_seq_key(key, "ev/", 42), "ev/00000000000000000042");
+    assert_string_equal(rhema_storage_seq_key(key, "", 0), "00000000000000000000");
+
+    struct rhema_storage_write b[4] = {
+        {.size = sizeof b[0], .op = RHEMA_WRITE_PUT, .ns = "ns", .key = "k"},
+        {.size = sizeof b[0],
+         .op = RHEMA_WRITE_PUT,
+         .ns = "ns",
+         .key = "",
+         .flags = RHEMA_WRITE_SEQUENCED},
+        {.size = sizeof b[0],
+         .op = RHEMA_WRITE_PUT,
+         .ns = "ns",
+         .key = "",
+         .flags = RHEMA_WRITE_SEQUENCED},
+        {.size = sizeof b[0], .op = RHEMA_WRITE_DEL, .ns = "ns", .key = "k"}};
+    assert_false(rhema_storage_seq_shares_previous(b, 0));
+    assert_true(rhema_storage_seq_shares_previous(b, 1));  /* after a put */
+    assert_false(rhema_storage_seq_shares_previous(b, 2)); /* after a record */
+    assert_false(rhema_storage_seq_shares_previous(b, 4)); /* after a delete */
+}
+
 static void checks_writes(void **state)
 {
     (void)state;
@@ -298,6 +365,7 @@ int main(void)
         /* clang-format off */
         cmocka_unit_test(checks_keys_and_leases),
         cmocka_unit_test(checks_writes),
+        cmocka_unit_test(checks_sequenced_writes),
         cmocka_unit_test(batch_and_group_checks),
         cmocka_unit_test(batch_native_and_wide),
         cmocka_unit_test(group_of_wide_batches),
