@@ -496,10 +496,10 @@ int rhema_feed_read(struct rhema_feed *f, uint64_t after, size_t max, rhema_feed
     if (after < f->ring.floor) {
         rc = RHEMA_ENOTFOUND;
     } else {
-        size_t given = 0;
         for (size_t i = rhema_feed_ring_find(&f->ring, after); i < f->ring.n; i++) {
             const struct rhema_feed_ring_entry *e = rhema_feed_ring_at(&f->ring, i);
-            if (cb(ctx, e->rev, e->ev, e->text, e->len) != 0 || (max && ++given >= max))
+            rc++;
+            if (cb(ctx, e->rev, e->ev, e->text, e->len) != 0 || (max && (size_t)rc >= max))
                 break;
         }
     }

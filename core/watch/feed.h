@@ -132,8 +132,8 @@ uint64_t rhema_feed_head(struct rhema_feed *f);
 /*
  * Events after `after` from the ring: cb(ctx, rev, ev, text, len) for each,
  * in order, until it returns nonzero or max (0: no limit) were given.
- * Returns 0, or RHEMA_ENOTFOUND when `after` is below the ring's floor (the
- * caller reads the store: rhema_feed_scan).  *head: the feed's head.  cb
+ * Returns how many were given (>= 0), or RHEMA_ENOTFOUND when `after` is
+ * below the ring's floor (the caller reads the store: rhema_feed_scan).  *head: the feed's head.  cb
  * runs under the ring's read lock: it copies what it keeps, quickly.
  */
 typedef int rhema_feed_cb(void *ctx, uint64_t rev, json_t *ev, const char *text, size_t len);

@@ -110,51 +110,49 @@ class Sse:
             hdr += f"Last-Event-ID: {last_event_id}\r\n"
         self.sock.sendall((hdr + "\r\n").encode())
         self.buf = b""
+        self.text = b""
         self.head = None
 
     def _fill(self):
-        chunk = self.sock.recv(65536)
+        chunk = self.sock.recv(1 << 20)
         if not chunk:
             raise EOFError("stream closed")
         self.buf += chunk
-
-    def _body_text(self):
-        # the reply is chunked: keep it simple, strip the chunk size lines
         if self.head is None:
-            while b"\r\n\r\n" not in self.buf:
-                self._fill()
+            if b"\r\n\r\n" not in self.buf:
+                return
             self.head, self.buf = self.buf.split(b"\r\n\r\n", 1)
             assert self.head.startswith(b"HTTP/1.1 200"), self.head
-        return self.buf
+        # the reply is chunked: move every complete chunk into self.text
+        while True:
+            j = self.buf.find(b"\r\n")
+            if j < 0:
+                return
+            size = int(self.buf[:j].split(b";")[0] or b"0", 16)
+            if size == 0 or len(self.buf) < j + 2 + size + 2:
+                return
+            self.text += self.buf[j + 2:j + 2 + size]
+            self.buf = self.buf[j + 2 + size + 2:]
 
     def events(self, n, timeout=20):
         """The next n events (comments skipped), as (id, type, data) tuples."""
         out = []
         deadline = time.monotonic() + timeout
-        text = b""
         while len(out) < n:
             assert time.monotonic() < deadline, f"only {len(out)} of {n} events: {out}"
-            self._body_text()
-            text = dechunk(self.buf)
-            blocks = text.split(b"\n\n")
-            parsed = []
-            for b in blocks[:-1]:
+            while b"\n\n" in self.text and len(out) < n:
+                block, self.text = self.text.split(b"\n\n", 1)
                 f = {}
-                for line in b.split(b"\n"):
+                for line in block.split(b"\n"):
                     if line.startswith(b":") or b": " not in line:
                         continue
                     k, v = line.split(b": ", 1)
                     f[k.decode()] = v.decode()
                 if "event" in f:
-                    parsed.append((f.get("id"), f["event"], json.loads(f["data"])))
-            if len(parsed) >= n + self.taken:
-                out = parsed[self.taken:self.taken + n]
-                self.taken += n
-                break
-            self._fill()
+                    out.append((f.get("id"), f["event"], json.loads(f["data"])))
+            if len(out) < n:
+                self._fill()
         return out
-
-    taken = 0
 
     def close(self):
         self.sock.close()
@@ -329,6 +327,24 @@ def test_slow_consumer_is_cut_off(daemons):
     # what it got before the cut is whole and in order
     ids = [int(l.split(b": ")[1]) for l in text.split(b"\n") if l.startswith(b"id: ")]
     assert ids == sorted(ids) and len(ids) < 200
+    s.close()
+
+
+def test_catch_up_is_paced_not_cut(daemons):
+    """A stream that starts behind (a resume) is paced by its client, from the store
+    and then the ring, with a buffer far below what it must catch up on."""
+    d = daemons(config=memory_config() +
+                "coordination: { event_poll_ms = 20; watch_buffer_bytes = 4096; };\n").start()
+    head = poll(d, "")["revision"]
+    recipients = [f"agent-{i:04d}-" + "r" * 117 for i in range(1024)]
+    want = []
+    for i in range(60):  # 8 MB of events: the ring (4 MiB) holds only the last ones
+        put_session(d, f"c{i}")
+        want.append(post_message(d, f"c{i}", "m", recipients=recipients))
+    s = Sse(d, query=f"since={head}&types=message.created")
+    evs = s.events(60, timeout=60)
+    assert [int(e[0]) for e in evs] == want
+    assert all(e[1] == "message.created" for e in evs)
     s.close()
 
 
