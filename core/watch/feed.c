@@ -36,6 +36,8 @@ char *rhema_feed_record(const struct rhema_feed_fields *f, size_t *len)
              json_object_set_new(o, "id", json_string(f->id));
     if (f->versioned)
         rc |= json_object_set_new(o, "versioned", json_true());
+    else if (f->version)
+        rc |= json_object_set_new(o, "version", json_integer((json_int_t)f->version));
     if (f->session)
         rc |= json_object_set_new(o, "session", json_string(f->session));
     if (f->agent)

@@ -58,6 +58,8 @@ struct rhema_feed_fields {
     const char *agent;       /* an agent, or a message's sender */
     json_t *recipients;      /* a message's recipient_ids (array of strings), or NULL */
     const char *from, *to;   /* a status change (agent.status) */
+    uint64_t version;        /* a resource's own version number when it is not the
+                              * storage version (configurations); 0: none */
 };
 
 /* The record's value: compact JSON text (malloc'd; NULL when out of memory). */

@@ -200,6 +200,36 @@ def test_write_seen_by_sse_and_long_poll(daemons, backend):
     s.close()
 
 
+def test_agent_and_configuration_events(daemons, backend):
+    d = daemons(config=backend()).start()
+    head = poll(d, "")["revision"]
+    body = {"name": "coder", "agent_type": "coder", "capabilities": ["rust"]}
+    r = d.request("PUT", "/v1/agents/ag1", body)
+    assert r.status == 201, r.body
+    v1 = int(r.headers.get("ETag").strip('"'))
+    r = d.request("PUT", "/v1/agents/ag1", dict(body, status="Busy"))
+    v2 = int(r.headers.get("ETag").strip('"'))
+    r = d.request("POST", "/v1/agents/ag1/heartbeat")
+    v3 = int(r.headers.get("ETag").strip('"'))
+    assert d.request("DELETE", "/v1/agents/ag1").status == 204
+    r = d.request("PUT", "/v1/configurations/c1", {"config_data": {"a": 1}})
+    assert r.status == 201, r.body
+    r = d.request("PUT", "/v1/configurations/c1", {"config_data": {"a": 2}})
+    assert d.request("DELETE", "/v1/configurations/c1").status == 204
+    evs = poll(d, f"since={head}")["items"]
+    assert [e["type"] for e in evs] == [
+        "agent.registered", "agent.status", "agent.updated", "agent.deleted",
+        "configuration.created", "configuration.updated", "configuration.deleted"]
+    assert [e.get("version") for e in evs[:3]] == [v1, v2, v3]  # the agent's ETag
+    assert evs[1]["from"] == "Idle" and evs[1]["to"] == "Busy"
+    assert all(e["agent"] == "ag1" for e in evs[:4])
+    assert [e.get("version") for e in evs[4:]] == [1, 2, None]  # a configuration's own
+    revs = [e["revision"] for e in evs]
+    assert revs == sorted(revs) and len(set(revs)) == len(revs)
+    assert [e["id"] for e in poll(d, f"since={head}&agent=ag1&types=agent.status")["items"]] \
+        == ["ag1"]
+
+
 def test_long_poll_waits_then_answers(daemons, backend):
     d = daemons(config=backend()).start()
     head = poll(d, "")["revision"]
