@@ -13,11 +13,12 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import (Daemon, memory_config, plugin_available, sqlite_config,
-                      wait_until)
+from conftest import (PLUGIN_DIR, TOP_BUILDDIR, free_port, memory_config, run_rhemad,
+                      sqlite_config, wait_until)
 
 try:  # the throwaway PostgreSQL server of the fault tests
     import importlib.util
@@ -382,6 +383,27 @@ def test_change_feed_off(daemons):
     d = daemons(config=memory_config() + "coordination: { change_feed = false; };\n").start()
     assert d.request("GET", "/v1/events").status == 503
     put_session(d, "off")  # writes work, without records
+
+
+def test_old_plugin_refused_with_the_feed(tmp_path):
+    """A storage plugin of minor < 3 cannot sequence: -t and the start refuse it, naming it."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    for so in Path(PLUGIN_DIR).glob("*.so"):
+        (plugins / so.name).symlink_to(so)
+    old = TOP_BUILDDIR / "tests" / "plugins" / ".libs" / "good_minor1.so"
+    if not old.exists():
+        pytest.skip("tests/plugins/good_minor1.so is not built")
+    (plugins / "minor1.so").symlink_to(old)
+    args = ["-P", str(plugins), "-o", "persistence.backend=minor1",
+            "-o", f"service.data_directory={tmp_path}"]
+    for mode in (["-t"], ["-f", "-o", f"service.listen=127.0.0.1:{free_port()}"]):
+        r = run_rhemad(mode + args, cwd=tmp_path)
+        assert r.returncode != 0
+        out = r.stdout + r.stderr
+        assert "coordination.change_feed" in out and "'minor1' is of minor 1" in out, out
+    r = run_rhemad(["-t"] + args + ["-o", "coordination.change_feed=false"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def rusage(pid):
