@@ -532,7 +532,7 @@ uint64_t rhema_events_head(struct rhema_req *r)
 void rhema_events_block(struct rhema_req *r, const char *sid, uint64_t from, uint64_t wait_ms,
                         void (*answer)(struct rhema_req *r))
 {
-    if (!r->worker->srv->feed || !wait_ms) {
+    if (!r->worker->srv->feed || !wait_ms || r->worker->draining) {
         answer(r);
         return;
     }
@@ -662,6 +662,13 @@ static void h_events(struct rhema_req *r)
     if (rhema_query_uint(r, "limit", LIMIT_MAX, &limit) != 0 ||
         rhema_events_wait_param(r, &wait_ms) != 0)
         return;
+    if (r->worker->draining) { /* stopping: nothing may wait now */
+        if (sse) {
+            rhema_reply_error(r, 503, "unavailable", "the server is stopping; reconnect");
+            return;
+        }
+        wait_ms = 0;
+    }
     uint64_t cursor = since_s ? since : rhema_feed_head(srv->feed);
     if (since_s) {
         uint64_t compacted = 0;
