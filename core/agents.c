@@ -14,6 +14,7 @@
 #include "json_fields.h"
 #include "log.h"
 #include "util.h"
+#include "watch/feed.h"
 
 #define NS_AGENTS "agents"
 #define NS_BY_STATUS "agents.status"
@@ -827,6 +828,37 @@ static int prune_keys(struct rhema_store *st, const char *ns, const char *owner,
     return rc;
 }
 
+/*
+ * The change feed's record of an agent write (issue 12, watch/feed.h),
+ * right after the agent's own write so that a change's revision is the
+ * agent's new version: agent.registered, agent.status (from, to),
+ * agent.updated (a heartbeat too), agent.deleted.  No feed: nothing.
+ */
+static void agent_event(struct rhema_store *st, struct wset *ws, enum agent_op kind,
+                        const char *id, int created, const char *old_status,
+                        const char *new_status)
+{
+    if (!st->feed)
+        return;
+    struct rhema_feed_fields f = {.id = id, .agent = id, .versioned = kind != AOP_DELETE};
+    if (kind == AOP_DELETE)
+        f.type = "agent.deleted";
+    else if (created)
+        f.type = "agent.registered";
+    else if (old_status && new_status && strcmp(old_status, new_status) != 0)
+        f.type = "agent.status", f.from = old_status, f.to = new_status;
+    else
+        f.type = "agent.updated";
+    size_t len = 0;
+    char *text = rhema_feed_record(&f, &len);
+    if (!ws_own(ws, text))
+        return; /* ws->oom */
+    struct rhema_storage_write *w =
+        ws_add(ws, RHEMA_WRITE_PUT, RHEMA_FEED_NS, strdup(""), text, len, RHEMA_VERSION_ABSENT);
+    if (w)
+        w->flags = RHEMA_WRITE_SEQUENCED;
+}
+
 /* Compose the writes of one attempt: record, indexes, transition, summary. */
 static int agent_compose(struct rhema_store *st, enum agent_op kind, const char *id, json_t *input,
                          struct agent_attempt *a, char *err)
@@ -848,6 +880,7 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
     /* status index and transition */
     const char *old_status = cur ? json_string_value(json_object_get(cur, "status")) : NULL;
     const char *new_status = next ? json_string_value(json_object_get(next, "status")) : NULL;
+    agent_event(st, ws, kind, id, cur == NULL, old_status, new_status);
     if (!old_status || !new_status || strcmp(old_status, new_status) != 0) {
         if (old_status)
             ws_add(ws, RHEMA_WRITE_DEL, NS_BY_STATUS, kfmt("%s/%s", old_status, id), NULL, 0, 0);
@@ -1017,6 +1050,7 @@ static int agent_write(struct rhema_store *st, enum agent_op kind, const char *i
         }
         break;
     }
+    rhema_feed_wake(st->feed); /* its record is in: the feed reads it now */
     if (created)
         *created = a.cur == NULL;
     if (kind != AOP_DELETE) {
@@ -1449,11 +1483,17 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
         int prc = text && vkey && keep && nv > keep
                       ? prune_keys(st, NS_CONFIGS, name, nv - keep + 1, &old)
                       : 0;
-        struct rhema_storage_write *w = calloc(2 + old.n, sizeof *w);
-        if (!text || !vkey || !w || prc) {
+        struct rhema_storage_write *w = calloc(3 + old.n, sizeof *w);
+        struct rhema_feed_fields ef = {.type = cversion ? "configuration.updated"
+                                                        : "configuration.created",
+                                       .id = name, .version = cversion + 1};
+        size_t elen = 0;
+        char *etext = st->feed ? rhema_feed_record(&ef, &elen) : NULL;
+        if (!text || !vkey || !w || prc || (st->feed && !etext)) {
             free(text);
             free(vkey);
             free(w);
+            free(etext);
             rhema_key_list_release(&old);
             rc = prc && prc != RHEMA_ENOMEM
                      ? rhema_store_error(st, prc, "listing configuration versions", err)
@@ -1471,9 +1511,14 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
         for (size_t k = 0; k < old.n; k++)
             w[2 + k] =
                 store_write(RHEMA_WRITE_DEL, NS_CONFIGS, old.v[k], NULL, 0, RHEMA_VERSION_ANY);
-        rc = st->vt->batch(st->conn, w, 2 + old.n);
+        if (etext) /* the change feed's record (issue 12): "version" is the configuration's */
+            rhema_feed_write(&w[2 + old.n], etext, elen);
+        rc = st->vt->batch(st->conn, w, 2 + old.n + (etext ? 1 : 0));
+        free(etext);
         free(vkey);
         free(w);
+        if (rc == 0)
+            rhema_feed_wake(st->feed);
         rhema_key_list_release(&old);
         if (rc == RHEMA_ECONFLICT || rc == RHEMA_ENOTFOUND) { /* a concurrent writer pruned too */
             free(text);
@@ -1527,8 +1572,13 @@ int rhema_configuration_delete(struct rhema_store *st, const char *name, uint64_
             if ((rc = prune_keys(st, NS_CONFIGS, name, UINT64_MAX / 2, &keys)))
                 break;
             int last = keys.n < PRUNE_MAX;
-            struct rhema_storage_write *w = calloc(keys.n + 1, sizeof *w);
-            if (!w) {
+            struct rhema_storage_write *w = calloc(keys.n + 2, sizeof *w);
+            struct rhema_feed_fields ef = {.type = "configuration.deleted", .id = name};
+            size_t elen = 0;
+            char *etext = last && st->feed ? rhema_feed_record(&ef, &elen) : NULL;
+            if (!w || (last && st->feed && !etext)) {
+                free(w);
+                free(etext);
                 rc = RHEMA_ENOMEM;
                 break;
             }
@@ -1537,8 +1587,13 @@ int rhema_configuration_delete(struct rhema_store *st, const char *name, uint64_
                     store_write(RHEMA_WRITE_DEL, NS_CONFIGS, keys.v[k], NULL, 0, RHEMA_VERSION_ANY);
             if (last)
                 w[keys.n] = store_write(RHEMA_WRITE_DEL, NS_CONFIGS, latest_key, NULL, 0, sversion);
-            rc = st->vt->batch(st->conn, w, keys.n + (size_t)last);
+            if (etext) /* the change feed's record, with the delete of the latest key */
+                rhema_feed_write(&w[keys.n + 1], etext, elen);
+            rc = st->vt->batch(st->conn, w, keys.n + (size_t)last + (etext ? 1 : 0));
             free(w);
+            free(etext);
+            if (rc == 0 && last)
+                rhema_feed_wake(st->feed);
             if (rc || last)
                 break;
         }

@@ -518,6 +518,19 @@ static int w_rate(rhema_storage_conn *conn, struct rhema_rate_query *q)
     return c->a->real->rate(c->real, q);
 }
 
+/* watch() is the real instance's: values are not involved (the change feed, issue 12) */
+static int w_watch(rhema_storage_instance *inst, void (*notify)(void *arg), void *arg, char **err)
+{
+    struct rhema_atrest *a = AT(inst);
+    return a->real->watch(a->real_inst, notify, arg, err);
+}
+
+static void w_unwatch(rhema_storage_instance *inst)
+{
+    struct rhema_atrest *a = AT(inst);
+    a->real->unwatch(a->real_inst);
+}
+
 static int w_backup(rhema_storage_conn *conn, const char *path, char **err)
 {
     struct atrest_conn *c = CONN(conn);
@@ -593,6 +606,8 @@ int rhema_atrest_wrap(const struct rhema_storage_plugin *real, rhema_storage_ins
     a->vt.restore = real->restore ? w_restore : NULL;
     a->vt.get_many = real->get_many ? w_get_many : NULL;
     a->vt.rate = real->rate ? w_rate : NULL; /* NULL: the host's per-node limits */
+    a->vt.watch = real->watch && real->unwatch ? w_watch : NULL; /* NULL: the feed polls */
+    a->vt.unwatch = real->watch && real->unwatch ? w_unwatch : NULL;
     *out = a;
     return 0;
 }

@@ -126,6 +126,11 @@ int rhema_committer_start(const struct rhema_storage_plugin *vt, rhema_storage_i
     return 0;
 }
 
+void rhema_committer_set_feed(struct rhema_committer *c, struct rhema_feed *feed)
+{
+    c->store.feed = feed;
+}
+
 void rhema_committer_submit(struct rhema_committer *c, struct rhema_commit_job *job)
 {
     job->next = NULL;

@@ -39,6 +39,8 @@ struct rhema_committer;
  */
 int rhema_committer_start(const struct rhema_storage_plugin *vt, rhema_storage_instance *inst,
                           struct rhema_committer **out, char **err);
+/* The change feed its writes add records to (watch/feed.h); before the first submit. */
+void rhema_committer_set_feed(struct rhema_committer *c, struct rhema_feed *feed);
 /* Queue a job (the committer owns it until it hands it back). */
 void rhema_committer_submit(struct rhema_committer *c, struct rhema_commit_job *job);
 /*

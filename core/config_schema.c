@@ -317,6 +317,13 @@ const struct key cfg_schema[] = {
     INT_("security.audit.batch_max_records", 1024, 1, 1000000),
     INT_("security.audit.batch_delay_ms", 0, 0, 1000),
 
+    GRP("coordination", 0),
+    BOOL_("coordination.change_feed", 1),
+    INT_("coordination.event_retention_seconds", 3600, 1, 31536000),
+    INT_("coordination.event_poll_ms", 50, 1, 60000),
+    INT_("coordination.watch_buffer_bytes", 1048576, 1024, 1073741824),
+    INT_("coordination.max_wait_seconds", 300, 1, 86400),
+
     GRP("logging", 0),
     { .path = "logging.level", .type = K_ENUM, .def_s = "info", .values = cfg_level_enum,
       .fld = FLD_LOGLEVEL, .off = OFF(log_level) },

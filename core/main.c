@@ -52,6 +52,7 @@
 #include "services.h"
 #include "ai/gateway.h"
 #include "util.h"
+#include "watch/feed.h"
 
 struct options {
     const char *config_file;
@@ -655,6 +656,7 @@ int main(int argc, char **argv)
     if (load_plugins(&srv, &err) != 0 ||
         ((!opt.test_only || !storage_leaves_traces(&srv)) && open_storage(&srv, &err) != 0) ||
         rhema_cluster_check(&cfg, srv.storage_plugin, &err) != 0 ||
+        rhema_feed_check(&srv, &err) != 0 ||
         rhema_codecs_open(&srv.codecs, srv.plugins, &cfg, &err) != 0 ||
         rhema_atrest_check(&cfg, &srv.codecs, &err) != 0 ||
         (opt.test_only && check_balancers(&srv, &err) != 0) ||
@@ -762,6 +764,14 @@ int main(int argc, char **argv)
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the metrics history");
         goto out;
     }
+    {
+        int feed_on = 1;
+        rhema_config_get_bool(&cfg, "coordination.change_feed", &feed_on);
+        if (feed_on && rhema_feed_open(&srv, &srv.feed, &err) != 0) {
+            rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the change feed");
+            goto out;
+        }
+    }
     if (rhema_api_start(&srv, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
         goto out;
@@ -810,6 +820,8 @@ out:
         rhema_api_stop(&srv);
     rhema_monitor_stop(srv.monitor); /* after the workers, before the cluster it asks */
     srv.monitor = NULL;
+    rhema_feed_close(srv.feed); /* after the workers and the committer that wake it */
+    srv.feed = NULL;
     rhema_health_close(srv.health);
     srv.health = NULL;
     rhema_sd_watchdog_free();          /* after the workers' mailboxes delivered its pings */

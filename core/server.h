@@ -48,6 +48,8 @@ struct rhema_history;
 struct rhema_ai;
 struct rhema_ai_worker;
 struct rhema_ai_usage;
+struct rhema_feed;
+struct rhema_watchers;
 
 /* What a worker runs for each request (core/api/pipeline.c: rhema_pipeline_run). */
 typedef void rhema_request_fn(struct rhema_req *r);
@@ -78,6 +80,8 @@ struct rhema_worker {
     struct rhema_codec_ctxs codec_ctxs; /* this worker's compression contexts */
     struct rhema_metrics_block *metrics; /* metrics/metrics.h: this worker's counters; NULL: off */
     struct rhema_ai_worker *ai;  /* ai/gateway.h: HTTP client and exchanges; NULL until used */
+    struct rhema_watchers *watchers; /* api/api_events.h: this worker's waiters on the change
+                                      * feed; NULL until the first one */
 };
 
 struct rhema_server {
@@ -111,6 +115,14 @@ struct rhema_server {
     char *console_dir;               /* api/api_console.h: the /ui/ files; NULL when off */
     struct rhema_ai *ai;             /* ai/gateway.h: the AI gateway; NULL when off */
     struct rhema_ai_usage *ai_usage; /* ai/usage.h: its token limits and usage; NULL when off */
+    struct rhema_feed *feed;         /* watch/feed.h: the change feed; NULL when off */
+    /*
+     * api/api_events.c: end a worker's watches when it drains, free them
+     * when it stops (set by rhema_api_start; http.c calls them and knows
+     * nothing of watches).  NULL: none.
+     */
+    void (*watchers_drain)(struct rhema_worker *w);
+    void (*watchers_release)(struct rhema_worker *w);
     atomic_long http_conns;      /* connections open across workers (service.max_connections) */
     atomic_llong http_out_bytes; /* reply bytes queued across workers, not yet sent */
 };

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "session.h"
 #include "util.h"
+#include "watch/feed.h"
 
 #define NS_SESSIONS "sessions"
 #define NS_BY_STATUS "sessions.status"
@@ -797,6 +798,8 @@ struct op_state {
     size_t len;
     struct write_set ws;
     char access_text[80]; /* the access record a create writes */
+    char *event_text;   /* the change feed's record of this write (watch/feed.h), or NULL */
+    size_t event_len;
     int repair;         /* drop deletes of index entries that are gone */
     /* the current record, read ahead for the whole group (read_ahead, op_got) */
     struct {
@@ -826,6 +829,32 @@ static void op_state_clear(struct op_state *s)
     free(s->ws.keys);
     memset(&s->ws, 0, sizeof s->ws);
     s->access_text[0] = '\0';
+    free(s->event_text);
+    s->event_text = NULL;
+    s->event_len = 0;
+}
+
+/*
+ * The change feed's record of this op (issue 12), added to its write set:
+ * right after the session's PUT (same revision as the new version) for a
+ * create, an update or a message, at the end for a delete.  No feed: nothing.
+ */
+static int add_event(struct rhema_store *st, struct rhema_session_op *op, struct op_state *s,
+                     const char *type)
+{
+    if (!st->feed)
+        return 0;
+    struct rhema_feed_fields f = {.type = type, .id = op->id, .session = op->id};
+    if (op->kind == RHEMA_SOP_APPEND) {
+        f.id = json_string_value(json_object_get(op->input, "id"));
+        f.agent = json_string_value(json_object_get(op->input, "sender_id"));
+        f.recipients = json_object_get(op->input, "recipient_ids");
+    }
+    f.versioned = op->kind != RHEMA_SOP_DELETE;
+    if (!(s->event_text = rhema_feed_record(&f, &s->event_len)))
+        return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
+    rhema_feed_write(&s->ws.w[s->ws.n++], s->event_text, s->event_len);
+    return 0;
 }
 
 static int ws_alloc(struct write_set *ws, size_t cap)
@@ -859,7 +888,8 @@ static void ws_drop_missing_deletes(struct rhema_store *st, struct write_set *ws
 }
 
 /* Compose the writes of a PUT of `session` over the current record. */
-static int compose_put(struct rhema_session_op *op, struct op_state *s, json_t *session)
+static int compose_put(struct rhema_store *st, struct rhema_session_op *op, struct op_state *s,
+                       json_t *session)
 {
     size_t i;
     json_t *p;
@@ -883,13 +913,18 @@ static int compose_put(struct rhema_session_op *op, struct op_state *s, json_t *
                   : serialise(session, created_at, &s->len);
     json_decref(kept);
     if (!s->text ||
-        ws_alloc(&s->ws, 4 + json_array_size(new_parts) + json_array_size(old_parts)) != 0)
+        ws_alloc(&s->ws, 5 + json_array_size(new_parts) + json_array_size(old_parts)) != 0)
         return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
     struct write_set *ws = &s->ws;
     struct rhema_storage_write *rw = ws_add(ws, RHEMA_WRITE_PUT, NS_SESSIONS, NULL, op->id);
     rw->value = s->text;
     rw->value_len = s->len;
     rw->expected_version = s->cur ? s->version : RHEMA_VERSION_ABSENT;
+    if (add_event(st, op, s,
+                  op->kind == RHEMA_SOP_APPEND ? "message.created"
+                  : s->cur                     ? "session.updated"
+                                               : "session.created"))
+        return RHEMA_ENOMEM;
     if (!old_status || strcmp(old_status, new_status) != 0) {
         if (old_status)
             ws_add(ws, RHEMA_WRITE_DEL, NS_BY_STATUS, old_status, op->id);
@@ -914,7 +949,7 @@ static int compose_delete(struct rhema_store *st, struct rhema_session_op *op, s
     size_t i;
     json_t *p, *parts = json_object_get(s->cur, "participants");
     struct access_rec a;
-    if (ws_alloc(&s->ws, 3 + json_array_size(parts)) != 0)
+    if (ws_alloc(&s->ws, 4 + json_array_size(parts)) != 0)
         return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
     ws_add(&s->ws, RHEMA_WRITE_DEL, NS_SESSIONS, NULL, op->id)->expected_version = s->version;
     const char *status = json_string_value(json_object_get(s->cur, "status"));
@@ -927,7 +962,7 @@ static int compose_delete(struct rhema_store *st, struct rhema_session_op *op, s
         return rhema_store_error(st, rc, "reading access counts", op->err);
     if (a.version)
         ws_add(&s->ws, RHEMA_WRITE_DEL, NS_ACCESS, NULL, op->id);
-    return 0;
+    return add_event(st, op, s, "session.deleted");
 }
 
 /*
@@ -995,7 +1030,7 @@ static int compose_append(struct rhema_store *st, struct rhema_session_op *op, s
     json_t *new_msgs = json_copy(msgs);
     json_array_append(new_msgs, op->input);
     json_object_set_new(session, "messages", new_msgs);
-    int rc = compose_put(op, s, session);
+    int rc = compose_put(st, op, s, session);
     json_decref(session);
     if (rc) {
         op->rc = rc;
@@ -1033,7 +1068,7 @@ int rhema_session_op_prepare(struct rhema_store *st, struct rhema_session_op *op
         return 0;
     }
     switch (op->kind) {
-    case RHEMA_SOP_PUT: rc = compose_put(op, s, op->input); break;
+    case RHEMA_SOP_PUT: rc = compose_put(st, op, s, op->input); break;
     case RHEMA_SOP_DELETE: rc = compose_delete(st, op, s); break;
     default:
         if (!compose_append(st, op, s))
@@ -1093,6 +1128,8 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
                              op->err);
         return 0;
     }
+    if (s->event_text)
+        rhema_feed_wake(st->feed); /* committed with its record: the feed reads it now */
     if (op->kind == RHEMA_SOP_DELETE) {
         struct rhema_access_entry *e = access_slot(st, op->id, 0);
         if (e)

@@ -36,6 +36,7 @@ _Static_assert(RHEMA_EPRECONDITION <= RHEMA_E_HOST_MAX && RHEMA_EPRECONDITION >=
 #define RHEMA_LIST_LIMIT_MAX 1000
 
 struct rhema_access_entry;
+struct rhema_feed;
 
 struct rhema_store {
     const struct rhema_storage_plugin *vt;
@@ -45,6 +46,8 @@ struct rhema_store {
     uint64_t keep_config_versions;      /* persistence.configuration_versions_retained;
                                          * 0: all (agents.h) */
     uint64_t keep_transitions;          /* persistence.agent_transitions_retained; 0: all */
+    struct rhema_feed *feed;            /* watch/feed.h: the change feed; NULL: off (writes
+                                         * add no records) */
     struct rhema_access_entry *pending; /* sessions' access counts (session.h):
                                          * an open-addressing map id -> delta */
     size_t pending_n, pending_cap;

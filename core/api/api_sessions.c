@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api_events.h"
 #include "api_sessions.h"
 #include "commit.h"
 #include "conditional.h"
@@ -187,7 +188,7 @@ out:
     json_decref(body);
 }
 
-static void h_session_get(struct rhema_req *r)
+static void session_get_answer(struct rhema_req *r)
 {
     const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
@@ -198,6 +199,45 @@ static void h_session_get(struct rhema_req *r)
         return;
     }
     rhema_reply_record(r, 200, &rec); /* 304 for a current If-None-Match */
+}
+
+/*
+ * GET, and the blocking query (issue 12, item 2): with ?wait=&index=, the
+ * answer waits until the session's version passes index (an event about
+ * it arrives on the change feed) or the wait ends -- at once when it
+ * already has, or when the session does not exist (Consul's rule).
+ */
+static void h_session_get(struct rhema_req *r)
+{
+    static const char *const known[] = {"wait", "index", NULL};
+    const char *index_s = evhttp_find_header(&r->query, "index");
+    uint64_t wait_ms = 0, index = 0, version = 0;
+    if (!index_s && !evhttp_find_header(&r->query, "wait")) {
+        session_get_answer(r);
+        return;
+    }
+    if (rhema_query_check(r, known) != 0 || rhema_events_wait_param(r, &wait_ms) != 0)
+        return;
+    if (index_s) {
+        char *end;
+        if (*index_s < '0' || *index_s > '9' ||
+            (index = strtoull(index_s, &end, 10), *end != '\0')) {
+            rhema_reply_error(r, 400, "invalid_field",
+                              "query parameter 'index': a version (decimal digits)");
+            return;
+        }
+    }
+    uint64_t from = rhema_events_head(r); /* before the read: no event slips between */
+    char err[RHEMA_ERRMSG_MAX];
+    json_t *cur = NULL;
+    int rc = rhema_session_current(&r->worker->store, r->param, &cur, &version, err);
+    json_decref(cur);
+    if (rc || version > index || !wait_ms) {
+        session_get_answer(r);
+        return;
+    }
+    /* a session's events have its versions as revisions: those up to its current one are old */
+    rhema_events_block(r, r->param, from > version ? from : version, wait_ms, session_get_answer);
 }
 
 static void h_session_delete(struct rhema_req *r)

@@ -1441,6 +1441,8 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     if (w->draining)
         return;
     w->draining = 1;
+    if (w->srv->watchers_drain) /* streams and long polls end now, not at the grace's end */
+        w->srv->watchers_drain(w);
     int64_t grace = 30;
     rhema_config_get_int(w->srv->cfg, "service.shutdown_timeout_seconds", &grace);
     w->drain_deadline_ns = rhema_monotonic_ns() + (uint64_t)grace * 1000000000ull;
@@ -1464,6 +1466,8 @@ static void worker_release(struct rhema_worker *w)
 {
     rhema_mailbox_release(&w->mailbox); /* writes committed after the loop stopped: answer, then close */
     rhema_ai_worker_release(w); /* AI exchanges still running: 503, upstream calls cancelled */
+    if (w->srv && w->srv->watchers_release) /* watches still open: their clients are cut */
+        w->srv->watchers_release(w);
     if (w->http)
         evhttp_free(w->http); /* frees its listener and connections, not the shared socket */
     else if (w->listener)
@@ -1520,6 +1524,7 @@ static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id
     w->store.max_page_bytes = (size_t)srv->cfg->max_page_bytes;
     w->store.keep_config_versions = (uint64_t)srv->cfg->configuration_versions_retained;
     w->store.keep_transitions = (uint64_t)srv->cfg->agent_transitions_retained;
+    w->store.feed = srv->feed;
     w->base = event_base_new();
     w->http = w->base ? evhttp_new(w->base) : NULL;
     if (!w->http)
@@ -1692,6 +1697,8 @@ int rhema_http_start(struct rhema_server *srv, rhema_request_fn *handle, char **
     if (srv->storage->group &&
         (rc = rhema_committer_start(srv->storage, srv->storage_inst, &srv->committer, err)))
         goto fail;
+    if (srv->committer)
+        rhema_committer_set_feed(srv->committer, srv->feed);
     /* logged before the first worker can answer: whoever sees an answer sees this line */
     rhema_log(RHEMA_LOG_NOTICE, "http", "listening on %s with %d worker%s%s", srv->listen_addr,
               srv->nworkers, srv->nworkers == 1 ? "" : "s", rhema_tls_enabled() ? ", TLS" : "");

@@ -60,6 +60,7 @@
 #include "api_openapi.h"
 #include "api_operations.h"
 #include "api_services.h"
+#include "api_events.h"
 #include "api_sessions.h"
 #include "audit.h"
 #include "limit/ratelimit.h"
@@ -76,7 +77,7 @@ const struct rhema_route *const rhema_api_routes[] = {
     rhema_cluster_routes,    rhema_agents_routes,   rhema_services_routes,
     rhema_keys_routes,       rhema_auth_routes,     rhema_metrics_routes,
     rhema_console_routes,    rhema_ai_routes,       rhema_openapi_routes,
-    NULL,
+    rhema_events_routes,     NULL,
 };
 
 /*
@@ -256,6 +257,8 @@ int rhema_api_start(struct rhema_server *srv, char **err)
         rhema_api_metrics_close();
         return rc;
     }
+    srv->watchers_drain = rhema_events_drain;
+    srv->watchers_release = rhema_events_worker_release;
     if ((rc = rhema_ai_new(srv->cfg, srv->plugins, &srv->ai, err)) != 0 ||
         (rc = rhema_ai_usage_open(srv, err)) != 0 ||
         (rc = rhema_http_start(srv, rhema_pipeline_run, err)) != 0) {
