@@ -1195,7 +1195,8 @@ int rhema_agent_sweep(struct rhema_store *st, uint64_t timeout_ms, uint64_t now_
                 time_ms(cur, "last_heartbeat") < cutoff) {
                 rc = rhema_agent_transition(st, id, version, "Offline", 1, "heartbeat timeout",
                                             err);
-                if (!rc && strcmp(json_string_value(json_object_get(cur, "status")), "Offline"))
+                const char *was = json_string_value(json_object_get(cur, "status"));
+                if (!rc && (!was || strcmp(was, "Offline") != 0))
                     ++*offline;
             } else if (pass == 1 && on_timed_task(cur) &&
                        time_ms(cur, "task_started_at") < cutoff) {
