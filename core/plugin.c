@@ -216,7 +216,8 @@ static size_t required_size(uint32_t kind, uint32_t minor)
     case RHEMA_KIND_STORAGE:
         return minor == 0   ? END_OF(struct rhema_storage_plugin, restore)
                : minor == 1 ? END_OF(struct rhema_storage_plugin, get_many)
-                            : END_OF(struct rhema_storage_plugin, rate);
+               : minor == 2 ? END_OF(struct rhema_storage_plugin, rate)
+                            : END_OF(struct rhema_storage_plugin, unwatch);
     case RHEMA_KIND_COMPRESS: return END_OF(struct rhema_compress_plugin, decompress);
     case RHEMA_KIND_CIPHER: return END_OF(struct rhema_cipher_plugin, decrypt);
     case RHEMA_KIND_BALANCER: return END_OF(struct rhema_balancer_plugin, feedback);
@@ -248,6 +249,8 @@ static const char *missing_method(const struct rhema_loaded_plugin *p)
         REQUIRE(s, open) REQUIRE(s, close) REQUIRE(s, connect) REQUIRE(s, disconnect)
         REQUIRE(s, get) REQUIRE(s, put) REQUIRE(s, del) REQUIRE(s, batch) REQUIRE(s, scan)
         REQUIRE(s, lease) REQUIRE(s, health) REQUIRE(s, stats) REQUIRE(s, errmsg)
+        if (s->watch) /* minor 3: unwatch() is required when watch() is set */
+            REQUIRE(s, unwatch)
     } else if (p->kind == RHEMA_KIND_COMPRESS) {
         const struct rhema_compress_plugin *c = &p->vt.compress;
         REQUIRE(c, open) REQUIRE(c, close) REQUIRE(c, ctx_new) REQUIRE(c, ctx_free)
