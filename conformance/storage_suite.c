@@ -1860,7 +1860,7 @@ static int backup_restore_in(struct suite *s, const char *dir)
     CHECK_RC(s->c1, 0, put_str(s, s->c1, ns, "b", "23", vb, NULL));
     if (seq) { /* the record is back under its key and version, the later one is not */
         char key[64];
-        EXPECT_STR(s->c2, seq_ns, "rst-change", "c", v_rec);
+        EXPECT_STR(s->c2, seq_ns, "rst-change", "c", sw[0].new_version);
         EXPECT_STR(s->c2, seq_ns, seq_key_of(key, sizeof key, "rv/", v_rec), "rec", v_rec);
         EXPECT_MISSING(s->c2, seq_ns, seq_key_of(key, sizeof key, "rv/", v_rec_after));
         sw[1] = PUTW(seq_ns, "rv/", "new", 3, RHEMA_VERSION_ANY);
@@ -3459,6 +3459,53 @@ out:
     return result;
 }
 
+/*
+ * DURABLE plugins: records written in a batch with their change and alone
+ * survive a close and reopen under their keys and versions, and a record
+ * written after the reopen gets a version above them (its key sorts after).
+ */
+static int t_seq_durable(struct suite *s)
+{
+    char ns[64], *err = NULL;
+    struct collected col = {0};
+    struct rhema_storage_write w[3];
+    uint64_t v_change, v_rec, v_alone;
+    int rc;
+    if (seq_skipped(s))
+        return T_SKIP;
+    if (!(s->vt->features & RHEMA_STORAGE_DURABLE)) {
+        snprintf(s->detail, sizeof s->detail, "features lack RHEMA_STORAGE_DURABLE");
+        return T_SKIP;
+    }
+    ns_of(s, ".seq", ns, sizeof ns);
+    w[0] = PUTW(ns, "d-change", "c", 1, RHEMA_VERSION_ANY);
+    w[1] = seqw(ns, "dv/", "rec");
+    w[2] = seqw(ns, "dv/", "alone");
+    CHECK_RC(s->c1, 0, s->vt->batch(s->c1, w, 3));
+    v_change = w[0].new_version;
+    v_rec = w[1].new_version;
+    v_alone = w[2].new_version;
+    rc = reconnect(s, &err);
+    if (rc != 0) {
+        failf(s, "reopen returned %s: %s", rhema_strerror(rc), err ? err : "");
+        free(err);
+        return T_FAIL;
+    }
+    EXPECT_STR(s->c2, ns, "d-change", "c", v_change);
+    EXPECT_RECORD(s->c2, ns, "dv/", v_rec, "rec");
+    EXPECT_RECORD(s->c2, ns, "dv/", v_alone, "alone");
+    w[0] = seqw(ns, "dv/", "after");
+    CHECK_RC(s->c1, 0, s->vt->put(s->c1, &w[0]));
+    CHECK(w[0].new_version > v_alone && w[0].new_version > v_rec,
+          "a record after the reopen got version %llu, not above %llu",
+          (unsigned long long)w[0].new_version, (unsigned long long)v_alone);
+    SEQ_SCAN(s->c2, ns, "dv/", "dv/", "dv0", &col);
+    CHECK(col.n == 3 && strcmp(col.values[2], "after") == 0,
+          "%zu records under dv/ after the reopen, want rec, alone, after", col.n);
+    collected_free(&col);
+    return T_PASS;
+}
+
 /* Empty the namespaces of the sequenced checks (as cleanup does for the others). */
 static int t_seq_cleanup(struct suite *s)
 {
@@ -3527,6 +3574,7 @@ static const struct check checks[] = {
     {"sequenced_invalid_args", t_seq_invalid},
     {"sequenced_group", t_seq_group},
     {"sequenced_order_concurrent", t_seq_order},
+    {"sequenced_durable_reopen", t_seq_durable},
     {"sequenced_cleanup", t_seq_cleanup},
     {"cleanup", t_cleanup},
     /* watch() / unwatch() (minor 3) */

@@ -22,9 +22,9 @@
  * minor 3; skipped when abi_minor < 3) write feed records
  * (RHEMA_WRITE_SEQUENCED) in namespaces "conf_<hex>.seq" and ".seqc": the
  * key format, the version a record shares with the change before it, a
- * failed batch writing no record, the invalid arguments, group(), and the
- * order a reader sees while two writers append (up to 500 records, for
- * at most 1.5 s).
+ * failed batch writing no record, the invalid arguments, group(), records
+ * surviving a reopen (DURABLE), and the order a reader sees while two
+ * writers append (up to 500 records, for at most 1.5 s).
  *
  * When the plugin has both backup() and restore(), the backup_restore check
  * restores a snapshot it took a moment earlier: restore() replaces the
