@@ -286,7 +286,7 @@ static int t_header(struct suite *s)
 {
     const struct rhema_storage_plugin *vt = s->vt;
     const uint32_t known = RHEMA_STORAGE_SHARED | RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL |
-                           RHEMA_STORAGE_LEASES;
+                           RHEMA_STORAGE_LEASES | RHEMA_STORAGE_SEQUENCED;
     const size_t minor0 = offsetof(struct rhema_storage_plugin, restore) + sizeof vt->restore;
     const char *p;
 
@@ -1755,7 +1755,8 @@ static int backup_restore_in(struct suite *s, const char *dir)
     uint64_t eA = 0, e2 = 0, eB = 0, e2c = 0, e3 = 0, eG = 0;
     const int leases = (s->vt->features & RHEMA_STORAGE_LEASES) != 0;
     const int ttl = (s->vt->features & RHEMA_STORAGE_TTL) != 0;
-    const int seq = s->vt->base.abi_minor >= 3; /* sequenced records, in .seq */
+    const int seq = s->vt->base.abi_minor >= 3 && (s->vt->features & RHEMA_STORAGE_SEQUENCED);
+    /* sequenced records, in .seq */
     char seq_ns[64];
     struct rhema_storage_write sw[2];
     uint64_t v_rec = 0, v_rec_after = 0;
@@ -2853,9 +2854,11 @@ static int t_strided_arrays(struct suite *s)
 
 static int seq_skipped(struct suite *s)
 {
-    if (s->vt->base.abi_minor >= 3)
+    if (s->vt->base.abi_minor >= 3 && (s->vt->features & RHEMA_STORAGE_SEQUENCED))
         return 0;
-    snprintf(s->detail, sizeof s->detail, "abi_minor %u < 3: no sequenced writes",
+    snprintf(s->detail, sizeof s->detail,
+             s->vt->base.abi_minor < 3 ? "abi_minor %u < 3: no sequenced writes"
+                                       : "abi_minor %u without RHEMA_STORAGE_SEQUENCED (optional)",
              (unsigned)s->vt->base.abi_minor);
     return 1;
 }

@@ -92,6 +92,8 @@ static json_t *storage_features(uint32_t f)
         json_array_append_new(a, json_string("ttl"));
     if (f & RHEMA_STORAGE_LEASES)
         json_array_append_new(a, json_string("leases"));
+    if (f & RHEMA_STORAGE_SEQUENCED)
+        json_array_append_new(a, json_string("sequenced"));
     return a;
 }
 

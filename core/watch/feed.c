@@ -624,12 +624,14 @@ int rhema_feed_check(const struct rhema_server *srv, char **err)
     if (!on)
         return 0;
     const struct rhema_loaded_plugin *p = srv->storage_plugin;
-    if (p && p->abi_minor < 3)
+    if (p && (p->abi_minor < 3 || !(p->vt.storage.features & RHEMA_STORAGE_SEQUENCED)))
         return rhema_set_error(err, RHEMA_EINVAL,
-                               "coordination.change_feed needs a storage plugin of storage ABI "
-                               "minor 3 or later (sequenced writes); '%s' is of minor %u: "
+                               "coordination.change_feed needs a storage plugin with sequenced "
+                               "writes (storage ABI minor 3 and the features flag "
+                               "RHEMA_STORAGE_SEQUENCED); '%s' is of minor %u%s: "
                                "update the plugin or set coordination.change_feed = false",
-                               p->name, (unsigned)p->abi_minor);
+                               p->name, (unsigned)p->abi_minor,
+                               p->abi_minor >= 3 ? " without RHEMA_STORAGE_SEQUENCED" : "");
     return 0;
 }
 

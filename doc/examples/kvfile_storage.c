@@ -1537,7 +1537,8 @@ static const struct rhema_storage_plugin kvfile_plugin = {
     /* abi_major, abi_minor, kind, size, name, version, description */
     .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, PLUGIN_VERSION,
                                         "example: sorted array with an append-only log"),
-    .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
+    .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES |
+                RHEMA_STORAGE_SEQUENCED,
     .open = kv_open,
     .close = kv_close,
     .connect = kv_connect,

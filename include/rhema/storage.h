@@ -55,6 +55,7 @@ extern "C" {
 #define RHEMA_STORAGE_DURABLE (1u << 1) /* acknowledged writes survive a crash */
 #define RHEMA_STORAGE_TTL (1u << 2)     /* honours ttl_ms */
 #define RHEMA_STORAGE_LEASES (1u << 3)  /* implements lease() */
+#define RHEMA_STORAGE_SEQUENCED (1u << 4) /* implements RHEMA_WRITE_SEQUENCED (minor 3) */
 
 /* expected_version values with a special meaning */
 #define RHEMA_VERSION_ANY 0ull           /* no check */
@@ -90,8 +91,13 @@ extern "C" {
  *     version is drawn until they commit (PostgreSQL: a transaction-scoped
  *     advisory lock); one that applies batches one at a time under a lock
  *     (memory, file, SQLite, a Redis script) has nothing to do.
- * A plugin of minor < 3 does not know the flag: the host refuses to use
- * features that need it on such a plugin, it never sends it.
+ * A plugin promises sequenced writes with the features flag
+ * RHEMA_STORAGE_SEQUENCED, not with its minor alone: RHEMA_STORAGE_PLUGIN_HEADER
+ * stamps whatever minor the header it was compiled against has, so a plugin
+ * of an older minor rebuilt against this header says minor 3 without
+ * knowing the flag.  The host never sends the flag to a plugin without
+ * RHEMA_STORAGE_SEQUENCED, and refuses the features that need it (the change
+ * feed, coordination.change_feed) on such a plugin.
  */
 #define RHEMA_WRITE_SEQUENCED (1u << 0)
 #define RHEMA_SEQ_DIGITS 20 /* digits a sequenced write appends to its prefix */

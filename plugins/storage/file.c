@@ -3125,7 +3125,8 @@ static int fl_rate(rhema_storage_conn *c, struct rhema_rate_query *q)
 static const struct rhema_storage_plugin file_plugin = {
     .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
                                         "one directory, a file per entry (durable, one host)"),
-    .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
+    .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES |
+                RHEMA_STORAGE_SEQUENCED,
     .open = fl_open,
     .close = fl_close,
     .connect = fl_connect,

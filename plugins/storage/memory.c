@@ -1561,7 +1561,7 @@ static int mem_rate(rhema_storage_conn *c, struct rhema_rate_query *q)
 static const struct rhema_storage_plugin memory_plugin = {
     .base =
         RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0", "in-process ordered map (not durable)"),
-    .features = RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
+    .features = RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES | RHEMA_STORAGE_SEQUENCED,
     .open = mem_open,
     .close = mem_close,
     .connect = mem_connect,

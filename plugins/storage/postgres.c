@@ -3079,7 +3079,8 @@ static const struct rhema_storage_plugin postgres_plugin = {
     .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
                                         "PostgreSQL through libpq (shared, durable)"),
     .features =
-        RHEMA_STORAGE_SHARED | RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
+        RHEMA_STORAGE_SHARED | RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES |
+        RHEMA_STORAGE_SEQUENCED,
     .open = pg_open,
     .close = pg_close,
     .connect = pg_connect_conn,

@@ -2668,7 +2668,8 @@ static const struct rhema_storage_plugin redis_plugin = {
                                         "Redis server through hiredis (shared, leases, TTL)"),
     /* DURABLE as the server is configured: appendonly yes + appendfsync always */
     .features =
-        RHEMA_STORAGE_SHARED | RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
+        RHEMA_STORAGE_SHARED | RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES |
+        RHEMA_STORAGE_SEQUENCED,
     .open = rd_open,
     .close = rd_close,
     .connect = rd_connect,

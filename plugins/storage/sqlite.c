@@ -1757,7 +1757,8 @@ static int sq_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g
 static const struct rhema_storage_plugin sqlite_plugin = {
     .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
                                         "SQLite database in WAL mode (durable, one host)"),
-    .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
+    .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES |
+                RHEMA_STORAGE_SEQUENCED,
     .open = sq_open,
     .close = sq_close,
     .connect = sq_connect,

@@ -216,7 +216,7 @@ def test_plugins_answer_matches_the_doc(daemon):
             assert isinstance(item[k], str), (k, item)
         if item["kind"] == "storage":
             assert isinstance(item["active"], bool) and isinstance(item["features"], list), item
-            assert set(item["features"]) <= {"shared", "durable", "ttl", "leases"}, item
+            assert set(item["features"]) <= {"shared", "durable", "ttl", "leases", "sequenced"}, item
         else:
             assert "features" not in item and "active" not in item, item
     active = [i["name"] for i in body["items"] if i.get("active")]
