@@ -16,7 +16,9 @@
 #include "agents.h"
 #include "api_agents.h"
 #include "conditional.h"
+#include "inbox.h"
 #include "json_fields.h"
+#include "log.h"
 #include "query.h"
 #include "util.h"
 
@@ -215,6 +217,10 @@ static void h_agent_delete(struct rhema_req *r)
         rhema_reply_store_error(r, rc, err);
         return;
     }
+    /* its delivered, unacknowledged messages are visible again (inbox.h) */
+    size_t released = 0;
+    if (rhema_inbox_release(&r->worker->store, id, &released, err) != 0)
+        rhema_log(RHEMA_LOG_WARN, "inbox", "agent '%s' deleted: %s", id, err);
     rhema_reply_empty(r, 204);
 }
 

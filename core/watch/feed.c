@@ -13,6 +13,7 @@
 
 #include <event2/event.h>
 
+#include "../inbox.h"
 #include "../json_fields.h"
 #include "../log.h"
 #include "../plugin.h"
@@ -581,6 +582,14 @@ static void feed_compact_due(struct rhema_feed *f)
     else if (removed)
         rhema_log(RHEMA_LOG_DEBUG, "feed", "compaction: removed %zu event record(s)", removed);
     f->compacted_total += removed;
+    free(err);
+    err = NULL;
+    removed = 0; /* the same pass removes expired inbox entries (inbox.h) */
+    if (rhema_inbox_expire(f->vt, f->conn, t, &removed, &err))
+        rhema_log(RHEMA_LOG_WARN, "inbox", "expiry: %s", err ? err : "failed");
+    else if (removed)
+        rhema_log(RHEMA_LOG_DEBUG, "inbox", "expiry: removed %zu expired entr%s", removed,
+                  removed == 1 ? "y" : "ies");
     free(err);
 }
 
