@@ -53,9 +53,11 @@ int rhema_inbox_key_parse(const char *key, const char *agent, int *p, uint64_t *
         return -1;
     uint64_t v = 0;
     for (const char *c = key + al + 3; *c; c++) {
-        if (*c < '0' || *c > '9' || v > (UINT64_MAX - 9) / 10)
+        uint64_t d = (uint64_t)(*c - '0');
+        if (*c < '0' || *c > '9' || v > UINT64_MAX / 10 ||
+            (v == UINT64_MAX / 10 && d > UINT64_MAX % 10))
             return -1;
-        v = v * 10 + (uint64_t)(*c - '0');
+        v = v * 10 + d;
     }
     *p = key[al + 1] - '0';
     *version = v;
