@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "agents.h"
+#include "inbox.h"
 #include "json_fields.h"
 #include "log.h"
 #include "util.h"
@@ -20,6 +21,7 @@
 #define NS_BY_STATUS "agents.status"
 #define NS_BY_CAPABILITY "agents.capability"
 #define NS_HEARTBEAT "agents.heartbeat"
+#define NS_TASK "agents.task"
 #define NS_TRANSITIONS "agents.transitions"
 #define NS_SUMMARY "agents.summary"
 #define SUMMARY_KEY "all"
@@ -59,8 +61,8 @@ static const char *const agent_fields[] = {"id",
                                            "status_reason",
                                            NULL};
 /* Stored metadata a client may echo back; ignored on input. */
-static const char *const agent_metadata[] = {"created_at", "updated_at", "version",
-                                             "transition_count", NULL};
+static const char *const agent_metadata[] = {"created_at",       "updated_at",      "version",
+                                             "transition_count", "task_started_at", NULL};
 static const char *const metric_fields[] = {"tasks_completed",
                                             "tasks_failed",
                                             "avg_completion_time_seconds",
@@ -682,6 +684,23 @@ static char *heartbeat_key(json_t *agent, const char *id)
     return kfmt("%020llu/%s", (unsigned long long)time_ms(agent, "last_heartbeat"), id);
 }
 
+/* 1 when a stored agent works on a task whose time counts: Busy or Working on current_task_id. */
+static int on_timed_task(json_t *agent)
+{
+    const char *status = agent ? json_string_value(json_object_get(agent, "status")) : NULL;
+    return status && (strcmp(status, "Busy") == 0 || strcmp(status, "Working") == 0) &&
+           json_is_string(json_object_get(agent, "current_task_id")) &&
+           json_is_string(json_object_get(agent, "task_started_at"));
+}
+
+/* The task index key of a stored agent, or NULL when no task of it is timed. */
+static char *task_key(json_t *agent, const char *id)
+{
+    if (!on_timed_task(agent))
+        return NULL;
+    return kfmt("%020llu/%s", (unsigned long long)time_ms(agent, "task_started_at"), id);
+}
+
 static int is_online(json_t *agent, uint64_t timeout_ms, uint64_t now)
 {
     return json_is_true(json_object_get(agent, "is_online")) &&
@@ -711,14 +730,15 @@ static int array_has_string(json_t *arr, const char *s)
     return 0;
 }
 
-enum agent_op { AOP_PUT, AOP_HEARTBEAT, AOP_DELETE };
+/* AOP_TRANSITION: a status change the daemon makes (rhema_agent_transition). */
+enum agent_op { AOP_PUT, AOP_HEARTBEAT, AOP_DELETE, AOP_TRANSITION };
 
 /*
  * The record to store: the agent fields of `src` in their canonical order,
- * then created_at, updated_at and transition_count.
+ * then task_started_at, created_at, updated_at and transition_count.
  */
-static json_t *agent_record(json_t *src, const char *created_at, const char *updated_at,
-                            uint64_t transitions)
+static json_t *agent_record(json_t *src, json_t *task_started_at, const char *created_at,
+                            const char *updated_at, uint64_t transitions)
 {
     json_t *r = json_object();
     for (const char *const *f = agent_fields; *f; f++) {
@@ -726,6 +746,7 @@ static json_t *agent_record(json_t *src, const char *created_at, const char *upd
         if (v && strcmp(*f, "status_reason") != 0)
             json_object_set(r, *f, v);
     }
+    json_object_set(r, "task_started_at", task_started_at ? task_started_at : json_null());
     json_object_set_new(r, "created_at", json_string(created_at));
     json_object_set_new(r, "updated_at", json_string(updated_at));
     json_object_set_new(r, "transition_count", json_integer((json_int_t)transitions));
@@ -749,18 +770,33 @@ static json_t *agent_next(enum agent_op kind, json_t *cur, json_t *input, const 
         const char *k;
         json_t *v;
         src = json_copy(cur);
-        json_object_set_new(src, "last_heartbeat", json_string(now));
-        json_object_set_new(src, "is_online", json_true());
+        if (kind == AOP_HEARTBEAT) {
+            json_object_set_new(src, "last_heartbeat", json_string(now));
+            json_object_set_new(src, "is_online", json_true());
+        }
         json_object_foreach(input, k, v) if (strcmp(k, "status_reason") != 0)
             json_object_set(src, k, v);
+    }
+    /* when the current task started: now for a new task id, kept while it stays */
+    json_t *task = json_object_get(src, "current_task_id");
+    json_t *old_task = cur ? json_object_get(cur, "current_task_id") : NULL;
+    json_t *started = NULL;
+    if (json_is_string(task)) {
+        json_t *old_started = json_object_get(cur, "task_started_at");
+        if (json_is_string(old_task) && json_equal(task, old_task) && json_is_string(old_started))
+            started = json_incref(old_started);
+        else
+            started = json_string(now);
     }
     const char *old_status = cur ? json_string_value(json_object_get(cur, "status")) : NULL;
     const char *new_status = json_string_value(json_object_get(src, "status"));
     uint64_t tc = cur ? (uint64_t)json_integer_value(json_object_get(cur, "transition_count")) : 0;
     if (!old_status || strcmp(old_status, new_status) != 0)
         tc++;
-    json_t *r = agent_record(src, cur ? json_string_value(json_object_get(cur, "created_at")) : now,
+    json_t *r = agent_record(src, started,
+                             cur ? json_string_value(json_object_get(cur, "created_at")) : now,
                              now, tc);
+    json_decref(started);
     json_decref(src);
     return r;
 }
@@ -859,6 +895,50 @@ static void agent_event(struct rhema_store *st, struct wset *ws, enum agent_op k
         w->flags = RHEMA_WRITE_SEQUENCED;
 }
 
+/*
+ * Every status transition of an agent -- its creation, a PUT or heartbeat
+ * that changes the status, a timeout (rhema_agent_transition) -- is composed
+ * here, into the batch that changes the record: the agents.transitions entry
+ * numbered by next's transition_count, and the retention of the history.
+ * One place, so that what must go with every transition (the change feed's
+ * "agent.status" event) is added once, in the same atomic write.
+ * from: the old status, NULL for a create; reason: a JSON string or NULL.
+ */
+static int agent_transition_compose(struct rhema_store *st, struct wset *ws, const char *id,
+                                    const char *from, json_t *next, json_t *reason, char *err)
+{
+    uint64_t seq = (uint64_t)json_integer_value(json_object_get(next, "transition_count"));
+    json_t *t = json_pack("{s:I,s:o,s:O,s:O,s:O}", "seq", (json_int_t)seq, "from_status",
+                          from ? json_string(from) : json_null(), "to_status",
+                          json_object_get(next, "status"), "timestamp",
+                          json_object_get(next, "updated_at"), "reason",
+                          reason ? reason : json_null());
+    size_t tl = 0, i;
+    char *tt = t ? dump(t, &tl) : NULL;
+    int rc;
+    json_decref(t);
+    if (ws_own(ws, tt))
+        ws_add(ws, RHEMA_WRITE_PUT, NS_TRANSITIONS, kfmt("%s/%020llu", id, (unsigned long long)seq),
+               tt, tl, 0);
+    /* retention: the last keep_transitions of them stay */
+    if (st->keep_transitions && seq > st->keep_transitions) {
+        struct rhema_key_list keys = {0};
+        rc = prune_keys(st, NS_TRANSITIONS, id, seq - st->keep_transitions + 1, &keys);
+        if (rc) {
+            rhema_key_list_release(&keys);
+            return rc == RHEMA_ENOMEM ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
+                                      : rhema_store_error(st, rc, "listing transitions", err);
+        }
+        for (i = 0; i < keys.n; i++) {
+            ws_add(ws, RHEMA_WRITE_DEL, NS_TRANSITIONS, keys.v[i], NULL, 0, 0);
+            keys.v[i] = NULL;
+        }
+        keys.n = 0;
+        rhema_key_list_release(&keys);
+    }
+    return 0;
+}
+
 /* Compose the writes of one attempt: record, indexes, transition, summary. */
 static int agent_compose(struct rhema_store *st, enum agent_op kind, const char *id, json_t *input,
                          struct agent_attempt *a, char *err)
@@ -886,35 +966,9 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
             ws_add(ws, RHEMA_WRITE_DEL, NS_BY_STATUS, kfmt("%s/%s", old_status, id), NULL, 0, 0);
         if (new_status) {
             ws_add(ws, RHEMA_WRITE_PUT, NS_BY_STATUS, kfmt("%s/%s", new_status, id), NULL, 0, 0);
-            uint64_t seq = (uint64_t)json_integer_value(json_object_get(next, "transition_count"));
-            json_t *reason = json_object_get(input, "status_reason");
-            json_t *t = json_pack("{s:I,s:o,s:s,s:O,s:O}", "seq", (json_int_t)seq, "from_status",
-                                  old_status ? json_string(old_status) : json_null(), "to_status",
-                                  new_status, "timestamp", json_object_get(next, "updated_at"),
-                                  "reason", reason ? reason : json_null());
-            size_t tl = 0;
-            char *tt = t ? dump(t, &tl) : NULL;
-            json_decref(t);
-            if (ws_own(ws, tt))
-                ws_add(ws, RHEMA_WRITE_PUT, NS_TRANSITIONS,
-                       kfmt("%s/%020llu", id, (unsigned long long)seq), tt, tl, 0);
-            /* retention: the last keep_transitions of them stay */
-            if (st->keep_transitions && seq > st->keep_transitions) {
-                struct rhema_key_list keys = {0};
-                rc = prune_keys(st, NS_TRANSITIONS, id, seq - st->keep_transitions + 1, &keys);
-                if (rc) {
-                    rhema_key_list_release(&keys);
-                    return rc == RHEMA_ENOMEM
-                               ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
-                               : rhema_store_error(st, rc, "listing transitions", err);
-                }
-                for (i = 0; i < keys.n; i++) {
-                    ws_add(ws, RHEMA_WRITE_DEL, NS_TRANSITIONS, keys.v[i], NULL, 0, 0);
-                    keys.v[i] = NULL;
-                }
-                keys.n = 0;
-                rhema_key_list_release(&keys);
-            }
+            if ((rc = agent_transition_compose(st, ws, id, old_status, next,
+                                               json_object_get(input, "status_reason"), err)))
+                return rc;
         }
     }
     /* capability index */
@@ -940,6 +994,20 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
     }
     free(old_hb);
     free(new_hb);
+    /* task index */
+    char *old_task = task_key(cur, id), *new_task = task_key(next, id);
+    if (!old_task || !new_task || strcmp(old_task, new_task) != 0) {
+        if (old_task) {
+            ws_add(ws, RHEMA_WRITE_DEL, NS_TASK, old_task, NULL, 0, 0);
+            old_task = NULL;
+        }
+        if (new_task) {
+            ws_add(ws, RHEMA_WRITE_PUT, NS_TASK, new_task, NULL, 0, 0);
+            new_task = NULL;
+        }
+    }
+    free(old_task);
+    free(new_task);
     /* transitions of a deleted agent */
     if (kind == AOP_DELETE) {
         struct rhema_key_list keys = {0};
@@ -971,6 +1039,16 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
         if ((rc = load_json(st, NS_SUMMARY, SUMMARY_KEY, &a->summary, &a->summary_version, err)))
             return rc;
         summary_from_json(a->summary, &s);
+        /*
+         * The limit: a create is refused when the summary already counts
+         * max_agents.  Every create writes the summary at the version read
+         * here, so two creates racing for the last slot cannot both land.
+         */
+        if (!cur && next && st->max_agents && (uint64_t)s.total >= st->max_agents)
+            return rhema_set_errbuf(err, RHEMA_EAGENT_LIMIT,
+                                    "agent '%s' not registered: %lld agents are registered, the "
+                                    "limit (ai_service.agent_management.max_concurrent_agents)",
+                                    id, (long long)s.total);
         summary_apply(&s, &before, -1);
         summary_apply(&s, &after, 1);
         json_t *sj = summary_to_json(&s);
@@ -1053,7 +1131,20 @@ static int agent_write(struct rhema_store *st, enum agent_op kind, const char *i
     rhema_feed_wake(st->feed); /* its record is in: the feed reads it now */
     if (created)
         *created = a.cur == NULL;
-    if (kind != AOP_DELETE) {
+    {
+        /* failed or gone: its delivered, unacknowledged messages are visible again (inbox.h) */
+        const char *was = a.cur ? json_string_value(json_object_get(a.cur, "status")) : NULL;
+        const char *is = a.next ? json_string_value(json_object_get(a.next, "status")) : NULL;
+        char ierr[RHEMA_ERRMSG_MAX];
+        if ((kind == AOP_DELETE ||
+             (is && strcmp(is, "Failed") == 0 && (!was || strcmp(was, "Failed") != 0))) &&
+            rhema_inbox_release(st, id, NULL, ierr) != 0)
+            rhema_log(RHEMA_LOG_WARN, "inbox",
+                      "agent '%s' %s: its in-flight messages stay invisible until their "
+                      "visibility timeout: %s",
+                      id, kind == AOP_DELETE ? "deleted" : "failed", ierr);
+    }
+    if (kind != AOP_DELETE && out) {
         size_t len = 0;
         char *t = agent_text(a.next, a.ws.w[0].new_version, timeout_ms, &len);
         rc = make_record(t, len, a.ws.w[0].new_version, out, err);
@@ -1084,6 +1175,93 @@ int rhema_agent_delete(struct rhema_store *st, const char *id, uint64_t if_match
                        char err[RHEMA_ERRMSG_MAX])
 {
     return agent_write(st, AOP_DELETE, id, NULL, if_match, 0, NULL, NULL, err);
+}
+
+int rhema_agent_transition(struct rhema_store *st, const char *id, uint64_t if_match,
+                           const char *to_status, int offline, const char *reason,
+                           char err[RHEMA_ERRMSG_MAX])
+{
+    if (!rhema_agent_status_valid(to_status))
+        return rhema_set_errbuf(err, RHEMA_EINVAL, "'%s' is not an agent status",
+                                to_status ? to_status : "(null)");
+    json_t *in = json_pack("{s:s,s:s?}", "status", to_status, "status_reason", reason);
+    if (!in)
+        return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
+    if (offline)
+        json_object_set_new(in, "is_online", json_false());
+    int rc = agent_write(st, AOP_TRANSITION, id, in, if_match, 0, NULL, NULL, err);
+    json_decref(in);
+    return rc;
+}
+
+/*
+ * The ids behind the index keys "<ms %020llu>/<id>" of ns older than
+ * cutoff_ms, at most max, into keys (stripped to the ids).
+ */
+static int stale_ids(struct rhema_store *st, const char *ns, uint64_t cutoff_ms, size_t max,
+                     struct rhema_key_list *keys, char *err)
+{
+    char to[32];
+    snprintf(to, sizeof to, "%020llu", (unsigned long long)cutoff_ms);
+    keys->strip = 21; /* "<20 digits>/" */
+    int rc = st->vt->scan(st->conn, ns, NULL, to, max, rhema_key_list_collect, keys);
+    if (keys->oom)
+        rc = RHEMA_ENOMEM;
+    if (rc)
+        return rc == RHEMA_ENOMEM ? rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory")
+                                  : rhema_store_error(st, rc, "listing agents", err);
+    return 0;
+}
+
+/* A sweep's write that lost to a concurrent one: the next sweep decides again. */
+static int lost_race(int rc)
+{
+    return rc == RHEMA_EPRECONDITION || rc == RHEMA_ENOTFOUND || rc == RHEMA_ECONFLICT;
+}
+
+int rhema_agent_sweep(struct rhema_store *st, uint64_t timeout_ms, uint64_t now_ms, size_t max,
+                      size_t *offline, size_t *failed, char err[RHEMA_ERRMSG_MAX])
+{
+    struct rhema_key_list keys = {0};
+    uint64_t cutoff = now_ms > timeout_ms ? now_ms - timeout_ms : 0;
+    int rc = 0;
+    *offline = *failed = 0;
+    /* heartbeats first: an agent that went away is Offline, whatever its task */
+    for (int pass = 0; pass < 2 && !rc; pass++) {
+        rhema_key_list_clear(&keys);
+        if ((rc = stale_ids(st, pass ? NS_TASK : NS_HEARTBEAT, cutoff, max, &keys, err)))
+            break;
+        for (size_t i = 0; i < keys.n && !rc; i++) {
+            const char *id = keys.v[i];
+            json_t *cur = NULL;
+            uint64_t version = 0;
+            if ((rc = load_json(st, NS_AGENTS, id, &cur, &version, err)))
+                break;
+            if (!cur)
+                continue; /* deleted since the scan */
+            if (pass == 0 && json_is_true(json_object_get(cur, "is_online")) &&
+                time_ms(cur, "last_heartbeat") < cutoff) {
+                rc = rhema_agent_transition(st, id, version, "Offline", 1, "heartbeat timeout",
+                                            err);
+                const char *was = json_string_value(json_object_get(cur, "status"));
+                if (!rc && (!was || strcmp(was, "Offline") != 0))
+                    ++*offline;
+            } else if (pass == 1 && on_timed_task(cur) &&
+                       time_ms(cur, "task_started_at") < cutoff) {
+                char reason[64];
+                snprintf(reason, sizeof reason, "task timeout after %llu s",
+                         (unsigned long long)((now_ms - time_ms(cur, "task_started_at")) / 1000u));
+                rc = rhema_agent_transition(st, id, version, "Failed", 0, reason, err);
+                if (!rc)
+                    ++*failed;
+            }
+            json_decref(cur);
+            if (lost_race(rc))
+                rc = 0;
+        }
+    }
+    rhema_key_list_release(&keys);
+    return rc;
 }
 
 int rhema_agent_get(struct rhema_store *st, const char *id, uint64_t timeout_ms,

@@ -49,7 +49,9 @@
 
 #include "store.h"
 
-#define RHEMA_AGENT_HEARTBEAT_TIMEOUT_DEFAULT_S 60
+#define RHEMA_AGENT_TIMEOUT_DEFAULT_S 60
+/* A create beyond st->max_agents (answered 409 agent_limit). */
+#define RHEMA_EAGENT_LIMIT (-101)
 
 /* 1 when s is an agent status name (Idle, Busy, Working, Blocked,
  * Collaborating, Offline, Failed). */
@@ -81,6 +83,28 @@ int rhema_agent_heartbeat_validate(json_t *body, json_t **out, char err[RHEMA_ER
 int rhema_agent_put(struct rhema_store *st, const char *id, json_t *agent, uint64_t if_match,
                     uint64_t timeout_ms, struct rhema_record *out, int *created,
                     char err[RHEMA_ERRMSG_MAX]);
+/*
+ * A status change the daemon makes (a timeout), through the same write as a
+ * PUT: record, indexes, the transition (with `reason`) and the summary in one
+ * batch.  if_match: the version the caller decided on (the compare-and-set
+ * that lets several nodes sweep at once: RHEMA_EPRECONDITION when the agent
+ * changed since), or 0.  offline: also store is_online = false.
+ */
+int rhema_agent_transition(struct rhema_store *st, const char *id, uint64_t if_match,
+                           const char *to_status, int offline, const char *reason,
+                           char err[RHEMA_ERRMSG_MAX]);
+/*
+ * One timeout pass (the maintenance timer's, on every node): agents stored
+ * online whose last_heartbeat is more than timeout_ms before now_ms become
+ * Offline with is_online false (reason "heartbeat timeout"); then agents
+ * Busy or Working on the same current_task_id since more than timeout_ms
+ * (task_started_at) become Failed ("task timeout after N s").  At most max
+ * of each per pass, found through the heartbeat and task indexes, oldest
+ * first.  An agent written meanwhile (here or on another node) is left to
+ * the next pass.  *offline and *failed count the transitions made.
+ */
+int rhema_agent_sweep(struct rhema_store *st, uint64_t timeout_ms, uint64_t now_ms, size_t max,
+                      size_t *offline, size_t *failed, char err[RHEMA_ERRMSG_MAX]);
 /* Read agent id: its fields with is_online computed, created_at,
  * updated_at, transition_count and version. */
 int rhema_agent_get(struct rhema_store *st, const char *id, uint64_t timeout_ms,

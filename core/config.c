@@ -618,8 +618,8 @@ static void validate_group(struct ctx *c, const config_setting_t *g, const char 
 /* ------------------------------------------------------------------------ */
 /* Resolving a path against the schema and the tree                         */
 
-/* The setting at plain dotted path (no list indexes), or NULL. */
-const config_setting_t *cfg_lookup_path(const struct cfg_priv *p, const char *path)
+/* The setting at plain dotted path as written (no alias), or NULL. */
+static const config_setting_t *lookup_written(const struct cfg_priv *p, const char *path)
 {
     const config_setting_t *cur;
     char name[128];
@@ -640,6 +640,20 @@ const config_setting_t *cfg_lookup_path(const struct cfg_priv *p, const char *pa
             path++;
     }
     return cur;
+}
+
+/*
+ * The setting at plain dotted path (no list indexes), or NULL; a key with
+ * an old name (cfg_aliases[]) not set under its own is looked up under that.
+ */
+const config_setting_t *cfg_lookup_path(const struct cfg_priv *p, const char *path)
+{
+    const config_setting_t *s = lookup_written(p, path);
+    const char *old;
+
+    if (!s && (old = cfg_alias_old(path)) != NULL)
+        s = lookup_written(p, old);
+    return s;
 }
 
 /*
@@ -725,6 +739,8 @@ int cfg_resolve(const struct cfg_priv *p, const char *path, struct resolved *r)
     }
     if (!r->k || failed_before || last_failed)
         return RHEMA_ENOTFOUND;
+    if (!r->s && last_idx < 0 && cfg_alias_old(spath))
+        r->s = cfg_lookup_path(p, spath); /* set under its old name */
     return 0;
 }
 
@@ -891,6 +907,40 @@ static void validate_cross(struct ctx *c)
                  config_setting_get_string(dm));
 }
 
+/*
+ * The renamed keys (cfg_aliases[]): both names set is an error naming both;
+ * the old one alone is read as the new one, with a notice for the log.
+ */
+static void validate_aliases(struct ctx *c)
+{
+    for (size_t i = 0; i < cfg_n_aliases; i++) {
+        const struct cfg_alias *a = &cfg_aliases[i];
+        const config_setting_t *o = lookup_written(c->p, a->old);
+        const config_setting_t *n = lookup_written(c->p, a->path);
+        char where[512];
+
+        if (!o)
+            continue;
+        cfg_where_of(c->p, o, where, sizeof where);
+        if (n) {
+            error_at(c, n, "'%s' and its old name '%s' (%s) are both set; keep only '%s'",
+                     a->path, a->old, where, a->path);
+            continue;
+        }
+        cfg_sb_add(&c->p->notices, "%s%s: '%s' is the old name of '%s', read as it; rename it",
+                   c->p->notices.len ? "\n" : "", where, a->old, a->path);
+        if (c->p->notices.oom)
+            c->errs.oom = 1;
+    }
+}
+
+const char *rhema_config_notices(const struct rhema_config *cfg)
+{
+    const struct cfg_priv *p = cfg ? cfg->priv : NULL;
+
+    return p ? p->notices.s : NULL;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Settings this version does not act on                                    */
 
@@ -1055,6 +1105,7 @@ static void priv_free(struct cfg_priv *p)
         free(g->error);
         free(g);
     }
+    free(p->notices.s);
     free(p->path);
     free(p);
 }
@@ -1165,6 +1216,7 @@ int rhema_config_load(struct rhema_config *cfg, const char *path, const char *co
     }
     validate_group(&c, config_root_setting(&c.p->lc), "", "", 0);
     validate_cross(&c);
+    validate_aliases(&c);
     /* only on an otherwise valid tree: fix what is wrong before what is missing */
     if (!c.n_errs)
         validate_unimplemented(&c);

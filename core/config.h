@@ -72,6 +72,9 @@ struct rhema_config {
     int64_t max_record_size_bytes; /* 16 MiB; 1024 .. 1 GiB: one stored value at most */
     int64_t configuration_versions_retained; /* 100; 1 .. 1e9: versions kept per configuration */
     int64_t agent_transitions_retained;      /* 1000; 1 .. 1e9: transitions kept per agent */
+    /* ai_service.agent_management (old names max_agents, heartbeat_timeout_seconds) */
+    int max_concurrent_agents;   /* 1000; 1 .. 1e6: registered agents at most */
+    int agent_timeout_seconds;   /* 60; 1 .. 86400: heartbeat and task timeout */
     int enable_compression;      /* false */
     int enable_encryption;       /* false */
 
@@ -103,6 +106,13 @@ struct rhema_config {
 int rhema_config_load(struct rhema_config *cfg, const char *path, const char *const *overrides,
                       size_t n_overrides, const char *plugin_dir, char **err);
 void rhema_config_release(struct rhema_config *cfg);
+
+/*
+ * What the loader has to say that is not an error -- one line per old key
+ * name read as its new one ("file:line: 'x' is the old name of 'y' ...") --
+ * or NULL.  Owned by cfg; rhemad logs it at notice level once logging is up.
+ */
+const char *rhema_config_notices(const struct rhema_config *cfg);
 
 /* A log level name ("debug", "info", "notice", "warn", "error") -> RHEMA_LOG_*, or -1. */
 int rhema_config_log_level(const char *name);

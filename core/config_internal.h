@@ -79,10 +79,22 @@ struct unimplemented {
     const char *path;
     const char *gate; /* a switch; NULL: the key always acts */
 };
+/* A renamed key: `old` is read as `path` (config_schema.c). */
+struct cfg_alias {
+    const char *old;
+    const char *path;
+};
 /* A setting made by an override: errors about it name the override. */
 struct origin {
     const config_setting_t *s;
     char *text; /* "-o service.workers=900" or "-P /dir" */
+};
+
+/* A growing string of error lines. */
+struct sbuf {
+    char *s;
+    size_t len, cap;
+    int oom;
 };
 
 /* A file's text, split into lines, for the 32-bit truncation check. */
@@ -99,6 +111,7 @@ struct cfg_priv {
     size_t n_origins;
     struct file_text *files;
     struct rhema_cfg *groups;
+    struct sbuf notices; /* lines for the log (old key names); .s NULL: none */
 };
 
 /* A plugin's group (see config.h). */
@@ -113,13 +126,6 @@ struct rhema_cfg {
     char *error;         /* the last getter error, or NULL */
     char where[512];     /* rhema_cfg_where()'s buffer */
     struct rhema_cfg *next;
-};
-
-/* A growing string of error lines. */
-struct sbuf {
-    char *s;
-    size_t len, cap;
-    int oom;
 };
 
 /* The loader's state: the tree and the error lines found so far. */
@@ -141,6 +147,9 @@ extern const size_t cfg_n_schema;
 extern const struct unimplemented cfg_unimplemented[];
 extern const size_t cfg_n_unimplemented;
 extern const char *const cfg_level_enum[];
+extern const struct cfg_alias cfg_aliases[];
+extern const size_t cfg_n_aliases;
+const char *cfg_alias_old(const char *path);
 const struct key *cfg_schema_find(const char *path);
 const char *cfg_kind_section(uint32_t kind);
 

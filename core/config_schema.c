@@ -245,6 +245,10 @@ const struct key cfg_schema[] = {
     INT_("ai_service.caching.max_size_bytes", 104857600, 4096, INT64_C(1099511627776)),
     INT_("ai_service.caching.max_entry_bytes", 4194304, 1024, INT64_C(1099511627776)),
     GRP("ai_service.agent_management", 0),
+    INTF("ai_service.agent_management.max_concurrent_agents", 1000, 1, 1000000,
+         max_concurrent_agents),
+    INTF("ai_service.agent_management.agent_timeout_seconds", 60, 1, 86400, agent_timeout_seconds),
+    /* the old names of the two above: cfg_aliases[] */
     INT_("ai_service.agent_management.max_agents", 1000, 1, 1000000),
     INT_("ai_service.agent_management.heartbeat_timeout_seconds", 60, 1, 86400),
 
@@ -349,10 +353,31 @@ const size_t cfg_n_schema = sizeof cfg_schema / sizeof cfg_schema[0];
  */
 
 const struct unimplemented cfg_unimplemented[] = {
-    { "ai_service.agent_management.max_agents", NULL },
     { "monitoring.sample_interval_seconds", "monitoring.enabled" },
 };
 const size_t cfg_n_unimplemented = sizeof cfg_unimplemented / sizeof cfg_unimplemented[0];
+
+/*
+ * Keys renamed after a release: the old name stays accepted, read as the new
+ * one (a notice at load says so); setting both is an error.  Both are in
+ * cfg_schema[] with the same type and range.
+ */
+const struct cfg_alias cfg_aliases[] = {
+    { "ai_service.agent_management.max_agents",
+      "ai_service.agent_management.max_concurrent_agents" },
+    { "ai_service.agent_management.heartbeat_timeout_seconds",
+      "ai_service.agent_management.agent_timeout_seconds" },
+};
+const size_t cfg_n_aliases = sizeof cfg_aliases / sizeof cfg_aliases[0];
+
+/* The old name of key `path` when it has one, else NULL. */
+const char *cfg_alias_old(const char *path)
+{
+    for (size_t i = 0; i < cfg_n_aliases; i++)
+        if (strcmp(cfg_aliases[i].path, path) == 0)
+            return cfg_aliases[i].old;
+    return NULL;
+}
 
 const struct key *cfg_schema_find(const char *path)
 {

@@ -490,6 +490,19 @@ static void on_reopen(evutil_socket_t sig, short what, void *arg)
     rhema_audit_reopen();
 }
 
+/* The loader's notices (old key names), one log line each. */
+static void log_config_notices(const struct rhema_config *cfg)
+{
+    const char *t = rhema_config_notices(cfg);
+
+    while (t && *t) {
+        int n = (int)strcspn(t, "\n");
+
+        rhema_log(RHEMA_LOG_NOTICE, "config", "%.*s", n, t);
+        t += n + (t[n] == '\n');
+    }
+}
+
 /* Re-read the configuration; 0, or -1 when it was refused (the old one stays). */
 static int reload(struct main_ctx *m)
 {
@@ -504,6 +517,7 @@ static int reload(struct main_ctx *m)
         free(err);
         return -1;
     }
+    log_config_notices(&neu);
     struct rhema_config *old = m->srv->cfg;
     if (rhema_log_open(neu.log_level, neu.log_format, neu.log_file, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "reload: %s; keeping the old log settings", err);
@@ -641,6 +655,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "rhemad: %s\n", err);
         goto out;
     }
+    log_config_notices(&cfg);
     if (!opt.test_only) {
         rhema_log_tee_stderr(1); /* until the daemon is up, errors reach the terminal too */
         rhema_log(RHEMA_LOG_NOTICE, "main", "rhemad %s starting: configuration %s, data directory %s",

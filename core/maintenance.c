@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "server.h"
+#include "agents.h"
 #include "log.h"
 #include "maintenance.h"
 #include "session.h"
@@ -44,7 +45,7 @@ struct rhema_maintenance {
     struct rhema_server *srv;
     struct event_base *base;
     rhema_storage_conn *conn; /* the main thread's own connection */
-    struct event *backup_ev, *cleanup_ev, *gauge_ev;
+    struct event *backup_ev, *cleanup_ev, *gauge_ev, *agents_ev;
     _Atomic uint64_t size_bytes; /* the last stats(NULL) reading */
     _Atomic int64_t delta;       /* account()ed since that reading */
     _Atomic int64_t limit;       /* max_data_size_bytes, 0: none */
@@ -368,6 +369,42 @@ static void on_gauge(evutil_socket_t fd, short what, void *arg)
     gauge_refresh(arg);
 }
 
+/*
+ * The agent timeouts (agents.h, rhema_agent_sweep): every
+ * agent_timeout_seconds / 4, between AGENT_SWEEP_MIN_MS and _MAX_MS, on the
+ * main thread's connection, at most AGENT_SWEEP_BATCH transitions of each
+ * kind per pass so that a mass timeout never holds the main thread long.
+ */
+#define AGENT_SWEEP_MIN_MS 250u
+#define AGENT_SWEEP_MAX_MS 15000u
+#define AGENT_SWEEP_BATCH 256u
+
+static uint64_t agent_sweep_every_ms(const struct rhema_config *cfg)
+{
+    uint64_t ms = (uint64_t)cfg->agent_timeout_seconds * 1000u / 4u;
+    return ms < AGENT_SWEEP_MIN_MS ? AGENT_SWEEP_MIN_MS
+                                   : ms > AGENT_SWEEP_MAX_MS ? AGENT_SWEEP_MAX_MS : ms;
+}
+
+static void on_agents(evutil_socket_t fd, short what, void *arg)
+{
+    struct rhema_maintenance *m = arg;
+    struct rhema_store st;
+    char err[RHEMA_ERRMSG_MAX];
+    size_t offline = 0, failed = 0;
+    (void)fd, (void)what;
+    rhema_store_init(&st, m->srv->storage, m->conn);
+    st.keep_transitions = (uint64_t)m->srv->cfg->agent_transitions_retained;
+    int rc = rhema_agent_sweep(&st, (uint64_t)m->srv->cfg->agent_timeout_seconds * 1000u,
+                               rhema_realtime_ms(), AGENT_SWEEP_BATCH, &offline, &failed, err);
+    if (rc)
+        rhema_log(RHEMA_LOG_WARN, WHO, "agent timeouts: %s", err);
+    if (offline || failed)
+        rhema_log(RHEMA_LOG_INFO, WHO, "agent timeouts: %zu agent(s) Offline, %zu Failed",
+                  offline, failed);
+    rhema_store_release(&st);
+}
+
 /* Back up on conn and prune, logging both.  Any thread (reads only m->srv). */
 /* A run of kind ended (failed or not): counted, and remembered for GET /health. */
 static void count_run(struct rhema_maintenance *m, int kind, int failed)
@@ -622,13 +659,15 @@ int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
     m->backup_ev = evtimer_new(base, on_backup, m);
     m->cleanup_ev = evtimer_new(base, on_cleanup, m);
     m->bg_done_ev = event_new(base, -1, 0, on_bg_done, m);
+    m->agents_ev = event_new(base, -1, EV_PERSIST, on_agents, m);
     if (m->gauge_ev == NULL || m->backup_ev == NULL || m->cleanup_ev == NULL ||
-        m->bg_done_ev == NULL) {
+        m->bg_done_ev == NULL || m->agents_ev == NULL) {
         rhema_maintenance_stop(m);
         return rhema_set_error(err, RHEMA_ENOMEM, "maintenance: cannot create timers");
     }
     gauge_refresh(m); /* the limit holds from the first request on */
     arm(m->gauge_ev, RHEMA_MAINTENANCE_GAUGE_MS);
+    arm(m->agents_ev, agent_sweep_every_ms(cfg));
 
     if (cfg->enable_backups) {
         struct rhema_backup_file *v = NULL;
@@ -680,6 +719,8 @@ void rhema_maintenance_stop(struct rhema_maintenance *m)
         event_free(m->bg_done_ev);
     if (m->gauge_ev != NULL)
         event_free(m->gauge_ev);
+    if (m->agents_ev != NULL)
+        event_free(m->agents_ev);
     if (m->backup_ev != NULL)
         event_free(m->backup_ev);
     if (m->cleanup_ev != NULL)

@@ -28,6 +28,11 @@
  *   gauge     every RHEMA_MAINTENANCE_GAUGE_MS the plugin's stats(NULL)
  *             bytes (keys + values of live entries) into an atomic that the
  *             workers read through rhema_maintenance_over_limit().
+ *   agents    every ai_service.agent_management.agent_timeout_seconds / 4
+ *             (0.25 s .. 15 s) rhema_agent_sweep() (agents.h) on the main
+ *             thread's connection: heartbeat timeouts -> Offline, task
+ *             timeouts -> Failed.  Every node runs it; the compare-and-set
+ *             on the agent record makes one of them win each transition.
  * Every run is logged: files written and pruned, sessions removed, errors.
  *
  * Threads: start, stop, the *_now and *_start calls, add_cleanup and the

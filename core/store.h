@@ -48,6 +48,8 @@ struct rhema_store {
     uint64_t keep_transitions;          /* persistence.agent_transitions_retained; 0: all */
     struct rhema_feed *feed;            /* watch/feed.h: the change feed; NULL: off (writes
                                          * add no records) */
+    uint64_t max_agents;                /* ai_service.agent_management.max_concurrent_agents;
+                                         * 0: no limit (agents.h) */
     struct rhema_access_entry *pending; /* sessions' access counts (session.h):
                                          * an open-addressing map id -> delta */
     size_t pending_n, pending_cap;

@@ -16,19 +16,17 @@
 #include "agents.h"
 #include "api_agents.h"
 #include "conditional.h"
-#include "inbox.h"
 #include "json_fields.h"
-#include "log.h"
 #include "query.h"
 #include "util.h"
 
 static uint64_t heartbeat_timeout_ms(struct rhema_req *r)
 {
-    int64_t v = RHEMA_AGENT_HEARTBEAT_TIMEOUT_DEFAULT_S;
+    int64_t v = RHEMA_AGENT_TIMEOUT_DEFAULT_S;
     if (rhema_config_get_int(r->worker->srv->cfg,
-                             "ai_service.agent_management.heartbeat_timeout_seconds", &v) != 0 ||
+                             "ai_service.agent_management.agent_timeout_seconds", &v) != 0 ||
         v <= 0)
-        v = RHEMA_AGENT_HEARTBEAT_TIMEOUT_DEFAULT_S;
+        v = RHEMA_AGENT_TIMEOUT_DEFAULT_S;
     return (uint64_t)v * 1000u;
 }
 
@@ -125,6 +123,10 @@ static void h_agent_put(struct rhema_req *r)
         rc = rhema_agent_put(&r->worker->store, id, agent, if_match, heartbeat_timeout_ms(r), &rec,
                              &created, err);
     json_decref(agent);
+    if (rc == RHEMA_EAGENT_LIMIT) {
+        rhema_reply_error(r, 409, "agent_limit", "%s", err);
+        return;
+    }
     if (rc) {
         rhema_reply_store_error(r, rc, err);
         return;
@@ -217,10 +219,6 @@ static void h_agent_delete(struct rhema_req *r)
         rhema_reply_store_error(r, rc, err);
         return;
     }
-    /* its delivered, unacknowledged messages are visible again (inbox.h) */
-    size_t released = 0;
-    if (rhema_inbox_release(&r->worker->store, id, &released, err) != 0)
-        rhema_log(RHEMA_LOG_WARN, "inbox", "agent '%s' deleted: %s", id, err);
     rhema_reply_empty(r, 204);
 }
 

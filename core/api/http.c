@@ -1524,6 +1524,7 @@ static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id
     w->store.keep_config_versions = (uint64_t)srv->cfg->configuration_versions_retained;
     w->store.keep_transitions = (uint64_t)srv->cfg->agent_transitions_retained;
     w->store.feed = srv->feed;
+    w->store.max_agents = (uint64_t)srv->cfg->max_concurrent_agents;
     w->base = event_base_new();
     w->http = w->base ? evhttp_new(w->base) : NULL;
     if (!w->http)

@@ -34,6 +34,7 @@ static const struct {
     {"agents", "agents"},              {"agents", "agents.status"},
     {"agents", "agents.capability"},   {"agents", "agents.heartbeat"},
     {"agents", "agents.transitions"},  {"agents", "agents.summary"},
+    {"agents", "agents.task"},
     {"metrics", "system"},             {"configurations", "configurations"},
     {"services", "services"},          {"services", "services.name"},
     {"services", "services.health"},   {"services", "services.pass"},

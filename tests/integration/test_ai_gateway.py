@@ -308,7 +308,7 @@ def test_config_checks(tmp_path):
     r = check(tmp_path, ai_config([{"name": "a", "base_url": "http://x"}],
                                   [{"name": "gpt", "max_tokens": 100}]))
     assert r.returncode != 0 and "max_tokens: not implemented" in r.stderr
-    r = check(tmp_path, memory_config() + "ai_service: { agent_management: { max_agents = 10; }; };")
+    r = check(tmp_path, memory_config() + "monitoring: { sample_interval_seconds = 5; };")
     assert r.returncode != 0 and "not implemented" in r.stderr
 
 

@@ -109,23 +109,20 @@ def test_t_memory_group_key_the_plugin_does_not_read(tmp_path):
 
 def test_t_refuses_a_setting_not_implemented(tmp_path):
     """A setting that would change behaviour, but does nothing in this version, stops -t."""
+    key = "monitoring.sample_interval_seconds"
     conf = write(tmp_path / "sec.conf",
-                 'ai_service: {\n  agent_management: {\n    max_agents = 10;\n  };\n};\n'
+                 'monitoring: {\n  enabled = true;\n  sample_interval_seconds = 5;\n};\n'
                  + memory_config())
     r = run_rhemad(["-t", "-c", conf, "-P", str(PLUGIN_DIR)], cwd=tmp_path)
     assert r.returncode != 0, r.stdout
-    assert f"{conf}:3: ai_service.agent_management.max_agents: not implemented in this version" \
-        in r.stderr, r.stderr
+    assert f"{conf}:3: {key}: not implemented in this version" in r.stderr, r.stderr
     assert "test is successful" not in r.stdout
-    r = run_rhemad(["-t", "-c", conf, "-P", str(PLUGIN_DIR),
-                    "-o", "ai_service.agent_management.max_agents=1000"], cwd=tmp_path)
+    r = run_rhemad(["-t", "-c", conf, "-P", str(PLUGIN_DIR), "-o", f"{key}=10"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     r = run_rhemad(["-t", "-P", str(PLUGIN_DIR), "-o", "persistence.backend=memory",
-                    "-o", "ai_service.agent_management.max_agents=10"], cwd=tmp_path)
+                    "-o", f"{key}=5"], cwd=tmp_path)
     assert r.returncode != 0, r.stdout
-    assert ("-o ai_service.agent_management.max_agents=10: "
-            "ai_service.agent_management.max_agents: not implemented") \
-        in r.stderr, r.stderr
+    assert f"-o {key}=5: {key}: not implemented" in r.stderr, r.stderr
 
 
 def test_t_with_bad_override_names_it(tmp_path):

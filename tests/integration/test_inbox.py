@@ -5,7 +5,8 @@ ack, redelivery after the visibility timeout, expiry (never delivered,
 removed by the maintenance pass), priority order, concurrent consumers of
 one inbox, delivery once without requires_ack, a waiting poll woken by an
 append (on the same node and on another node sharing SQLite), the ack's
-404 and 409, and a deleted agent's in-flight messages visible again.
+404 and 409, and a deleted or Failed agent's in-flight messages visible
+again.
 
 Run on memory, file and SQLite; PostgreSQL and Redis when their servers
 and plugins are installed (test_events' backend fixture).
@@ -252,4 +253,28 @@ def test_deleted_agent_messages_visible_again(node):
     r = node.request("DELETE", "/v1/agents/worker")
     assert r.status == 204, r.body
     got = inbox(node)          # a replacement instance (or a supervisor) takes it
+    assert ids(got) == ["m1"] and got[0]["delivery"] == 2
+
+
+def test_failed_agent_messages_visible_again(daemons):
+    """An agent Failed by its task timeout (rhema_agent_transition): its
+    delivered, unacknowledged messages are visible again at once."""
+    d = daemons(config=memory_config() + "coordination: { event_poll_ms = 20; };\n",
+                overrides=["ai_service.agent_management.agent_timeout_seconds=1"]).start()
+    put_session(d, "s1")
+    send(d, "s1", "m1")
+    send(d, "s1", "m2", requires_ack=False)
+    assert ids(inbox(d, query="visibility=3600")) == ["m1", "m2"]  # m2 (no ack) consumed
+    assert inbox(d) == []
+    # the agent takes a task and runs out of time (a far heartbeat: only the task times out)
+    r = d.request("PUT", "/v1/agents/worker",
+                  {"name": "w", "agent_type": "worker", "capabilities": [], "status": "Busy",
+                   "current_task_id": "t1", "last_heartbeat": "2999-01-01T00:00:00Z"})
+    assert r.status == 201, r.body
+
+    def failed():
+        s, _, a = d.json("GET", "/v1/agents/worker")
+        return a.get("status") == "Failed"
+    assert wait_until(failed, 30, step=0.1)
+    got = inbox(d)
     assert ids(got) == ["m1"] and got[0]["delivery"] == 2

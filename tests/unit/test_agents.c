@@ -827,6 +827,237 @@ static void system_metrics(void **state)
     json_decref(m);
 }
 
+
+/* ---- limits and timeouts (issue 12 item 4) ---- */
+
+/* The last transition of agent id: {seq, from_status, to_status, timestamp, reason}. */
+static json_t *last_transition(struct fixture *f, const char *id)
+{
+    json_t *t = transitions(f, id, 0, NULL), *items = json_object_get(t, "items");
+    json_t *last = json_incref(json_array_get(items, json_array_size(items) - 1));
+    json_decref(t);
+    assert_non_null(last);
+    return last;
+}
+
+/*
+ * max_agents: a create beyond it is refused with RHEMA_EAGENT_LIMIT and
+ * writes nothing; an update of a registered agent never is; a delete frees
+ * a slot; Offline and Failed agents still count (every registered agent).
+ */
+static void agent_limit(void **state)
+{
+    struct fixture *f = *state;
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_record rec = {0};
+    int created = -1;
+    f->st.max_agents = 2;
+    json_decref(put_agent(f, "a1", "{" BASE "}", 1));
+    json_decref(put_agent(f, "a2", "{" BASE ",\"status\":\"Offline\"}", 1));
+
+    json_t *in = J("{" BASE "}"), *a = NULL;
+    assert_int_equal(rhema_agent_validate(in, "a3", &a, err), 0);
+    assert_int_equal(rhema_agent_put(&f->st, "a3", a, 0, TIMEOUT_MS, &rec, &created, err),
+                     RHEMA_EAGENT_LIMIT);
+    assert_non_null(strstr(err, "max_concurrent_agents"));
+    assert_non_null(strstr(err, "2 agents are registered"));
+    assert_int_equal(created, -1);
+    assert_null(rec.json);
+    assert_int_equal(rhema_agent_get(&f->st, "a3", TIMEOUT_MS, &rec, err), RHEMA_ENOTFOUND);
+    assert_int_equal(ns_count(f, "agents"), 2);
+    assert_int_equal(ns_count(f, "agents.status"), 2);
+    json_t *s = stats(f, TIMEOUT_MS);
+    assert_int_equal(json_integer_value(json_object_get(s, "total_agents")), 2);
+    json_decref(s);
+
+    /* updates are never refused */
+    json_t *u = put_agent(f, "a1", "{" BASE ",\"status\":\"Busy\",\"current_task_id\":\"t\"}", 0);
+    assert_string_equal(S(u, "status"), "Busy");
+    json_decref(u);
+    json_decref(heartbeat(f, "a2", "{\"status\":\"Idle\"}"));
+
+    /* a delete frees a slot */
+    assert_int_equal(rhema_agent_delete(&f->st, "a2", 0, err), 0);
+    assert_int_equal(rhema_agent_put(&f->st, "a3", a, 0, TIMEOUT_MS, &rec, &created, err), 0);
+    assert_int_equal(created, 1);
+    rhema_record_release(&rec);
+    json_decref(a);
+    json_decref(in);
+    /* and the limit holds again */
+    in = J("{" BASE "}");
+    assert_int_equal(rhema_agent_validate(in, "a4", &a, err), 0);
+    assert_int_equal(rhema_agent_put(&f->st, "a4", a, 0, TIMEOUT_MS, &rec, &created, err),
+                     RHEMA_EAGENT_LIMIT);
+    json_decref(a);
+    json_decref(in);
+    /* 0: no limit */
+    f->st.max_agents = 0;
+    json_decref(put_agent(f, "a4", "{" BASE "}", 1));
+}
+
+/* task_started_at: set when current_task_id changes, kept while it stays, null without a task. */
+static void task_started_at_follows_the_task(void **state)
+{
+    struct fixture *f = *state;
+    json_t *a = put_agent(f, "a1", "{" BASE "}", 1);
+    assert_true(json_is_null(json_object_get(a, "task_started_at")));
+    json_decref(a);
+    assert_int_equal(ns_count(f, "agents.task"), 0);
+
+    a = put_agent(f, "a1", "{" BASE ",\"status\":\"Busy\",\"current_task_id\":\"t1\"}", 0);
+    char first[64];
+    assert_non_null(S(a, "task_started_at"));
+    snprintf(first, sizeof first, "%s", S(a, "task_started_at"));
+    json_decref(a);
+    assert_int_equal(ns_count(f, "agents.task"), 1);
+    /* the same task: kept, by a heartbeat and by a PUT that echoes a different value */
+    a = heartbeat(f, "a1", "{\"status\":\"Working\"}");
+    assert_string_equal(S(a, "task_started_at"), first);
+    json_decref(a);
+    a = put_agent(f, "a1",
+                  "{" BASE ",\"status\":\"Working\",\"current_task_id\":\"t1\","
+                  "\"task_started_at\":\"2001-01-01T00:00:00Z\"}",
+                  0);
+    assert_string_equal(S(a, "task_started_at"), first);
+    json_decref(a);
+    assert_int_equal(ns_count(f, "agents.task"), 1);
+    /* Blocked on it: the task keeps its start but is not timed */
+    a = heartbeat(f, "a1", "{\"status\":\"Blocked\"}");
+    assert_string_equal(S(a, "task_started_at"), first);
+    json_decref(a);
+    assert_int_equal(ns_count(f, "agents.task"), 0);
+    /* no task: null */
+    a = heartbeat(f, "a1", "{\"status\":\"Idle\",\"current_task_id\":null}");
+    assert_true(json_is_null(json_object_get(a, "task_started_at")));
+    json_decref(a);
+    assert_int_equal(ns_count(f, "agents.task"), 0);
+}
+
+/*
+ * The sweep: a stale heartbeat -> Offline (stored is_online false, a
+ * transition "heartbeat timeout"); Busy/Working on one task too long ->
+ * Failed ("task timeout after N s"); a second sweep changes nothing; the
+ * summary and the indexes follow.  Time passes by giving the sweep a later
+ * now_ms.
+ */
+static void sweep_timeouts(void **state)
+{
+    struct fixture *f = *state;
+    char err[RHEMA_ERRMSG_MAX];
+    size_t off = 9, failed = 9;
+    uint64_t now = rhema_realtime_ms();
+    /* a1 heartbeats now; a2 heartbeats "in the future", so only its task times out */
+    json_decref(put_agent(f, "a1", "{" BASE ",\"status\":\"Busy\",\"current_task_id\":\"t1\"}", 1));
+    json_decref(put_agent(f, "a2",
+                          "{" BASE ",\"status\":\"Working\",\"current_task_id\":\"t2\","
+                          "\"last_heartbeat\":\"2999-01-01T00:00:00Z\"}",
+                          1));
+    json_decref(put_agent(f, "a3", "{" BASE ",\"status\":\"Idle\"}", 1));
+
+    /* nothing is due yet */
+    assert_int_equal(rhema_agent_sweep(&f->st, 60000, now + 1000, 16, &off, &failed, err), 0);
+    assert_int_equal(off, 0);
+    assert_int_equal(failed, 0);
+
+    /* two minutes on, with a 60 s timeout */
+    assert_int_equal(rhema_agent_sweep(&f->st, 60000, now + 125000, 16, &off, &failed, err), 0);
+    assert_int_equal(off, 2); /* a1 and a3 */
+    assert_int_equal(failed, 1);
+    json_t *a = get_agent(f, "a1", TIMEOUT_MS);
+    assert_string_equal(S(a, "status"), "Offline");
+    assert_false(json_is_true(json_object_get(a, "is_online")));
+    json_decref(a);
+    json_t *t = last_transition(f, "a1");
+    assert_string_equal(S(t, "from_status"), "Busy");
+    assert_string_equal(S(t, "to_status"), "Offline");
+    assert_string_equal(S(t, "reason"), "heartbeat timeout");
+    json_decref(t);
+    t = last_transition(f, "a3");
+    assert_string_equal(S(t, "from_status"), "Idle");
+    assert_string_equal(S(t, "to_status"), "Offline");
+    json_decref(t);
+    a = get_agent(f, "a2", TIMEOUT_MS);
+    assert_string_equal(S(a, "status"), "Failed");
+    assert_string_equal(S(a, "current_task_id"), "t2"); /* which task failed */
+    assert_true(json_is_true(json_object_get(a, "is_online")));
+    json_decref(a);
+    t = last_transition(f, "a2");
+    assert_string_equal(S(t, "from_status"), "Working");
+    assert_string_equal(S(t, "to_status"), "Failed");
+    assert_non_null(strstr(S(t, "reason"), "task timeout after 12"));
+    json_decref(t);
+    /* indexes and summary */
+    assert_int_equal(ns_count(f, "agents.heartbeat"), 1); /* a2 */
+    assert_int_equal(ns_count(f, "agents.task"), 0);
+    expect_list(f, "Offline", NULL, "a1,a3");
+    expect_list(f, "Failed", NULL, "a2");
+    json_t *s = stats(f, TIMEOUT_MS);
+    json_t *bs = json_object_get(s, "by_status");
+    assert_int_equal(json_integer_value(json_object_get(bs, "Offline")), 2);
+    assert_int_equal(json_integer_value(json_object_get(bs, "Failed")), 1);
+    assert_int_equal(json_integer_value(json_object_get(bs, "Busy")), 0);
+    assert_int_equal(json_integer_value(json_object_get(bs, "Working")), 0);
+    json_decref(s);
+
+    /* again: nothing left to do */
+    assert_int_equal(rhema_agent_sweep(&f->st, 60000, now + 130000, 16, &off, &failed, err), 0);
+    assert_int_equal(off, 0);
+    assert_int_equal(failed, 0);
+
+    /* a heartbeat brings a1 back online; its status is the agent's to say */
+    a = heartbeat(f, "a1", "{\"status\":\"Idle\"}");
+    assert_true(json_is_true(json_object_get(a, "is_online")));
+    json_decref(a);
+}
+
+/* At most max per kind and pass: the rest is left to the next pass. */
+static void sweep_is_bounded(void **state)
+{
+    struct fixture *f = *state;
+    char err[RHEMA_ERRMSG_MAX], id[16];
+    size_t off = 0, failed = 0;
+    uint64_t now = rhema_realtime_ms();
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof id, "a%d", i);
+        json_decref(put_agent(f, id, "{" BASE "}", 1));
+    }
+    assert_int_equal(rhema_agent_sweep(&f->st, 1000, now + 10000, 3, &off, &failed, err), 0);
+    assert_int_equal(off, 3);
+    assert_int_equal(rhema_agent_sweep(&f->st, 1000, now + 10000, 3, &off, &failed, err), 0);
+    assert_int_equal(off, 2);
+    assert_int_equal(ns_count(f, "agents.heartbeat"), 0);
+}
+
+/*
+ * rhema_agent_transition is a compare-and-set on the version the caller
+ * decided on: a write in between (another node's sweep, the agent's own
+ * heartbeat) makes it fail with RHEMA_EPRECONDITION and change nothing.
+ */
+static void transition_is_compare_and_set(void **state)
+{
+    struct fixture *f = *state;
+    char err[RHEMA_ERRMSG_MAX];
+    json_t *a = put_agent(f, "a1", "{" BASE ",\"status\":\"Busy\",\"current_task_id\":\"t\"}", 1);
+    uint64_t v = (uint64_t)json_integer_value(json_object_get(a, "version"));
+    json_decref(a);
+    json_decref(heartbeat(f, "a1", NULL));
+    assert_int_equal(rhema_agent_transition(&f->st, "a1", v, "Failed", 0, "x", err),
+                     RHEMA_EPRECONDITION);
+    a = get_agent(f, "a1", TIMEOUT_MS);
+    assert_string_equal(S(a, "status"), "Busy");
+    v = (uint64_t)json_integer_value(json_object_get(a, "version"));
+    json_decref(a);
+    assert_int_equal(rhema_agent_transition(&f->st, "a1", v, "Sleeping", 0, "x", err),
+                     RHEMA_EINVAL);
+    assert_int_equal(rhema_agent_transition(&f->st, "ghost", 0, "Failed", 0, "x", err),
+                     RHEMA_ENOTFOUND);
+    assert_int_equal(rhema_agent_transition(&f->st, "a1", v, "Failed", 0, "why", err), 0);
+    json_t *t = last_transition(f, "a1");
+    assert_string_equal(S(t, "to_status"), "Failed");
+    assert_string_equal(S(t, "reason"), "why");
+    json_decref(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -841,6 +1072,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(stats_summary, setup, teardown),
         cmocka_unit_test_setup_teardown(configuration_history_and_if_match, setup, teardown),
         cmocka_unit_test_setup_teardown(system_metrics, setup, teardown),
+        cmocka_unit_test_setup_teardown(agent_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(task_started_at_follows_the_task, setup, teardown),
+        cmocka_unit_test_setup_teardown(sweep_timeouts, setup, teardown),
+        cmocka_unit_test_setup_teardown(sweep_is_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(transition_is_compare_and_set, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1102,8 +1102,6 @@ static void test_unimplemented_refused(void **state)
         int line;
         const char *key;
     } cases[] = {
-        { "ai_service: { agent_management: {\n  max_agents = 10; }; };\n", 2,
-          "ai_service.agent_management.max_agents" },
         { "monitoring: {\n  enabled = true;\n  sample_interval_seconds = 5;\n};\n", 3,
           "monitoring.sample_interval_seconds" },
     };
@@ -1116,7 +1114,7 @@ static void test_unimplemented_refused(void **state)
     }
 }
 
-/* Every refused setting is reported at once, each at its own line. */
+/* Every refused setting is reported, at its own line; implemented keys beside it are not. */
 static void test_unimplemented_all_reported(void **state)
 {
     struct rhema_config cfg;
@@ -1128,16 +1126,14 @@ static void test_unimplemented_all_reported(void **state)
                                "  enabled = true; default_model = \"m\";\n"
                                "  models = ( { name = \"m\"; } );\n"
                                "  caching = { enabled = true; ttl_seconds = 5; };\n"
-                               "  agent_management = { max_agents = 5; };\n"
+                               "  agent_management = { max_concurrent_agents = 5; };\n"
                                "};\n"
                                "monitoring: {\n  enabled = true;\n  sample_interval_seconds = 5;\n};\n",
                                NULL, 0, &err),
                      RHEMA_EINVAL);
-    /* ai_service.caching is implemented: its keys are accepted */
-    assert_err(err,
-               "%s:5: ai_service.agent_management.max_agents: not implemented in this version\n"
-               "%s:9: monitoring.sample_interval_seconds: not implemented in this version",
-               path, path);
+    /* ai_service.caching and agent_management are implemented: their keys are accepted */
+    assert_err(err, "%s:9: monitoring.sample_interval_seconds: not implemented in this version",
+               path);
     assert_null(cfg.priv);
     free(err);
     unlink(path);
@@ -1204,19 +1200,16 @@ static void test_unimplemented_defaults_accepted(void **state)
 static void test_unimplemented_overrides(void **state)
 {
     static const char *const bad[] = { "persistence.backend=memory",
-                                       "ai_service.agent_management.max_agents=10",
                                        "monitoring.sample_interval_seconds=5" };
-    static const char *const good[] = { "security.api_keys.enabled=false",
-                                        "monitoring.enabled=false", "monitoring.metrics_path=/m",
-                                        "ai_service.agent_management.max_agents=1000" };
+    static const char *const good[] = { "monitoring.sample_interval_seconds=10",
+                                        "security.api_keys.enabled=false",
+                                        "monitoring.enabled=false", "monitoring.metrics_path=/m" };
     struct rhema_config cfg;
     char path[4096], *err = NULL;
 
     (void)state;
-    assert_int_equal(rhema_config_load(&cfg, NULL, bad, 3, NULL, &err), RHEMA_EINVAL);
-    assert_err(err, "-o ai_service.agent_management.max_agents=10: "
-                    "ai_service.agent_management.max_agents: not implemented in this version\n"
-                    "-o monitoring.sample_interval_seconds=5: monitoring.sample_interval_seconds: "
+    assert_int_equal(rhema_config_load(&cfg, NULL, bad, 2, NULL, &err), RHEMA_EINVAL);
+    assert_err(err, "-o monitoring.sample_interval_seconds=5: monitoring.sample_interval_seconds: "
                     "not implemented in this version");
     free(err);
     assert_int_equal(rhema_config_load(&cfg, NULL, good, 4, NULL, &err), 0);
@@ -1224,24 +1217,90 @@ static void test_unimplemented_overrides(void **state)
 
     /* an override of a refused file value to the default makes the file load */
     assert_int_equal(load_text(&cfg, path, sizeof path,
-                               "ai_service: { agent_management: {\n  max_agents = 10; }; };\n", good,
-                               1, &err),
+                               "monitoring: {\n  sample_interval_seconds = 5; };\n", good + 1, 1,
+                               &err),
                      RHEMA_EINVAL);
-    assert_err(err, "%s:2: ai_service.agent_management.max_agents: not implemented in this version",
+    assert_err(err, "%s:2: monitoring.sample_interval_seconds: not implemented in this version",
                path);
     free(err);
     rhema_config_release(&cfg);
     unlink(path);
     {
-        static const char *const off[] = { "ai_service.agent_management.max_agents=1000" };
+        static const char *const off[] = { "monitoring.sample_interval_seconds=10" };
 
         assert_int_equal(load_text(&cfg, path, sizeof path,
-                                   "ai_service: { agent_management: {\n  max_agents = 10; }; };\n",
-                                   off, 1, &err),
+                                   "monitoring: {\n  sample_interval_seconds = 5; };\n", off, 1,
+                                   &err),
                          0);
         rhema_config_release(&cfg);
         unlink(path);
     }
+}
+
+/*
+ * ai_service.agent_management's old names (max_agents,
+ * heartbeat_timeout_seconds) are read as the new ones with a notice naming
+ * the file:line and the new key; both names at once is an error naming both.
+ */
+static void test_agent_management_aliases(void **state)
+{
+    struct rhema_config cfg;
+    char path[4096], *err = NULL;
+    const char *n;
+    int64_t v;
+
+    (void)state;
+    if (load_text(&cfg, path, sizeof path,
+                  "ai_service: { agent_management: {\n  max_agents = 7;\n"
+                  "  heartbeat_timeout_seconds = 9; }; };\n",
+                  NULL, 0, &err) != 0)
+        fail_msg("%s", err);
+    assert_int_equal(cfg.max_concurrent_agents, 7);
+    assert_int_equal(cfg.agent_timeout_seconds, 9);
+    assert_int_equal(
+        rhema_config_get_int(&cfg, "ai_service.agent_management.agent_timeout_seconds", &v), 0);
+    assert_int_equal(v, 9);
+    n = rhema_config_notices(&cfg);
+    assert_non_null(n);
+    assert_err(n,
+               "%s:2: 'ai_service.agent_management.max_agents' is the old name of "
+               "'ai_service.agent_management.max_concurrent_agents', read as it; rename it\n"
+               "%s:3: 'ai_service.agent_management.heartbeat_timeout_seconds' is the old name of "
+               "'ai_service.agent_management.agent_timeout_seconds', read as it; rename it",
+               path, path);
+    rhema_config_release(&cfg);
+    unlink(path);
+
+    /* the new names: no notice */
+    if (load_text(&cfg, path, sizeof path,
+                  "ai_service: { agent_management: { max_concurrent_agents = 3;\n"
+                  "  agent_timeout_seconds = 4; }; };\n",
+                  NULL, 0, &err) != 0)
+        fail_msg("%s", err);
+    assert_int_equal(cfg.max_concurrent_agents, 3);
+    assert_int_equal(cfg.agent_timeout_seconds, 4);
+    assert_null(rhema_config_notices(&cfg));
+    rhema_config_release(&cfg);
+    unlink(path);
+
+    /* both names: refused, naming both places */
+    assert_int_equal(load_text(&cfg, path, sizeof path,
+                               "ai_service: { agent_management: {\n  max_agents = 7;\n"
+                               "  max_concurrent_agents = 8; }; };\n",
+                               NULL, 0, &err),
+                     RHEMA_EINVAL);
+    assert_err(err,
+               "%s:3: 'ai_service.agent_management.max_concurrent_agents' and its old name "
+               "'ai_service.agent_management.max_agents' (%s:2) are both set; keep only "
+               "'ai_service.agent_management.max_concurrent_agents'",
+               path, path);
+    free(err);
+    unlink(path);
+
+    /* the old name's range still applies */
+    expect_one_error("ai_service: { agent_management: {\n  heartbeat_timeout_seconds = 0; }; };\n",
+                     2, "'ai_service.agent_management.heartbeat_timeout_seconds' must be between 1 "
+                        "and 86400 (got 0)");
 }
 
 static void test_release(void **state)
@@ -1299,6 +1358,7 @@ int main(void)
         cmocka_unit_test(test_unimplemented_all_reported),
         cmocka_unit_test(test_unimplemented_defaults_accepted),
         cmocka_unit_test(test_unimplemented_overrides),
+        cmocka_unit_test(test_agent_management_aliases),
         cmocka_unit_test(test_release),
         cmocka_unit_test(test_log_level),
         cmocka_unit_test(test_check_targets_keys),
