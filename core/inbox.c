@@ -157,8 +157,9 @@ static uint64_t rec_u64(json_t *rec, const char *name)
 /* Visit agent's inbox in pages; fn returns 1 to stop.  0 or a storage error. */
 typedef int entry_fn(void *ctx, struct entry *e, int p);
 #define PAGE 128
+#define EXPIRE_BATCH 32 /* entries in one delete batch (64 writes) */
 
-static int walk(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn, const char *ns,
+static int walk(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
                 const char *agent, entry_fn *fn, void *ctx)
 {
     char from[RHEMA_INBOX_KEY_MAX + 2], to[RHEMA_ID_MAX + 3];
@@ -168,7 +169,7 @@ static int walk(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
     snprintf(to, sizeof to, "%s0", agent); /* '0' follows '/' */
     while (!stop) {
         page_clear(&pg);
-        rc = vt->scan(conn, ns, from, to, PAGE, page_cb, &pg);
+        rc = vt->scan(conn, RHEMA_INBOX_NS, from, to, PAGE, page_cb, &pg);
         if (!rc && pg.bad)
             rc = RHEMA_ENOMEM;
         if (rc)
@@ -177,11 +178,8 @@ static int walk(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
             int p;
             uint64_t v;
             if (!json_is_object(pg.e[i].rec) ||
-                (ns == (const char *)RHEMA_INBOX_NS &&
-                 rhema_inbox_key_parse(pg.e[i].key, agent, &p, &v) != 0))
+                rhema_inbox_key_parse(pg.e[i].key, agent, &p, &v) != 0)
                 continue; /* not an entry of ours: left alone */
-            if (ns != (const char *)RHEMA_INBOX_NS)
-                p = 0;
             stop = fn(ctx, &pg.e[i], p);
         }
         if (pg.n < PAGE)
@@ -282,7 +280,7 @@ int rhema_inbox_fetch(struct rhema_store *st, const char *agent, size_t limit,
     *next_ms = 0;
     if (!f.items)
         return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
-    int rc = walk(st->vt, st->conn, RHEMA_INBOX_NS, agent, fetch_one, &f);
+    int rc = walk(st->vt, st->conn, agent, fetch_one, &f);
     if (!rc)
         rc = f.rc;
     if (rc) {
@@ -400,7 +398,7 @@ int rhema_inbox_release(struct rhema_store *st, const char *agent, size_t *relea
                         char err[RHEMA_ERRMSG_MAX])
 {
     struct release r = {st, 0, 0};
-    int rc = walk(st->vt, st->conn, RHEMA_INBOX_NS, agent, release_one, &r);
+    int rc = walk(st->vt, st->conn, agent, release_one, &r);
     if (!rc)
         rc = r.rc;
     if (released)
@@ -410,85 +408,85 @@ int rhema_inbox_release(struct rhema_store *st, const char *agent, size_t *relea
 
 /* ---- expiry ---- */
 
+/* Delete entries e[0..n) with their index entries, one batch; *removed counts them. */
+static int expire_batch(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
+                        struct entry *e, size_t n, size_t *removed)
+{
+    struct rhema_storage_write w[2 * EXPIRE_BATCH];
+    char ak[EXPIRE_BATCH][RHEMA_INBOX_KEY_MAX + 1];
+    size_t nw = 0, first[EXPIRE_BATCH + 1];
+    for (size_t j = 0; j < n; j++) {
+        first[j] = nw;
+        w[nw++] = (struct rhema_storage_write){.size = sizeof w[0], .op = RHEMA_WRITE_DEL,
+                                               .ns = RHEMA_INBOX_NS, .key = e[j].key,
+                                               .expected_version = e[j].version};
+        const char *sid = json_string_value(json_object_get(e[j].rec, "session_id"));
+        const char *mid =
+            json_string_value(json_object_get(json_object_get(e[j].rec, "message"), "id"));
+        char agent[RHEMA_ID_MAX + 1];
+        size_t al = strcspn(e[j].key, "/");
+        if (!sid || !mid || al > RHEMA_ID_MAX)
+            continue;
+        memcpy(agent, e[j].key, al);
+        agent[al] = '\0';
+        if (rhema_inbox_ack_key(ak[j], sizeof ak[j], agent, sid, mid) > 0)
+            w[nw++] = (struct rhema_storage_write){.size = sizeof w[0], .op = RHEMA_WRITE_DEL,
+                                                   .ns = RHEMA_INBOX_ACK_NS, .key = ak[j],
+                                                   .expected_version = RHEMA_VERSION_ANY};
+    }
+    first[n] = nw;
+    int rc = vt->batch(conn, w, nw);
+    if (rc == 0) {
+        *removed += n;
+        return 0;
+    }
+    if (rc != RHEMA_ECONFLICT && rc != RHEMA_ENOTFOUND)
+        return rc;
+    /* something changed meanwhile (another node's pass, a delivery, an ack): one by one */
+    for (size_t j = 0; j < n; j++) {
+        rc = vt->batch(conn, &w[first[j]], first[j + 1] - first[j]);
+        if (rc == RHEMA_ENOTFOUND && first[j + 1] - first[j] == 2) /* no index entry */
+            rc = vt->batch(conn, &w[first[j]], 1);
+        if (rc == 0)
+            ++*removed;
+        else if (rc != RHEMA_ECONFLICT && rc != RHEMA_ENOTFOUND)
+            return rc;
+    }
+    return 0;
+}
+
 int rhema_inbox_expire(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
                        uint64_t now_ms, size_t *removed, char **err)
 {
-    struct {
-        struct page hits;
-    } s = {{0}};
     char from[RHEMA_INBOX_KEY_MAX + 2] = "";
+    struct page all = {0};
+    struct entry hits[EXPIRE_BATCH];
     int rc = 0;
     for (;;) {
-        page_clear(&s.hits);
-        /* one page of at most PAGE entries read, the expired ones of it kept */
-        struct page all = {0};
+        page_clear(&all);
         rc = vt->scan(conn, RHEMA_INBOX_NS, from[0] ? from : NULL, NULL, PAGE, page_cb, &all);
         if (!rc && all.bad)
             rc = RHEMA_ENOMEM;
+        size_t nh = 0;
         for (size_t i = 0; !rc && i < all.n; i++) {
             uint64_t exp = rec_u64(all.e[i].rec, "expires_at");
-            if (exp && exp <= now_ms && s.hits.n < PAGE)
-                rc = page_cb(&s.hits, all.e[i].key, "{}", 2, all.e[i].version) ? RHEMA_ENOMEM : 0;
-            if (!rc && exp && exp <= now_ms) { /* keep the record for the index key */
-                json_decref(s.hits.e[s.hits.n - 1].rec);
-                s.hits.e[s.hits.n - 1].rec = json_incref(all.e[i].rec);
-            }
-        }
-        size_t seen = all.n;
-        if (all.n)
-            snprintf(from, sizeof from, "%s0", all.e[all.n - 1].key);
-        page_clear(&all);
-        free(all.e);
-        if (rc)
-            break;
-        /* delete in batches of 32 entries (64 writes) */
-        for (size_t i = 0; i < s.hits.n; i += 32) {
-            struct rhema_storage_write w[64];
-            char ak[32][RHEMA_INBOX_KEY_MAX + 1];
-            size_t nw = 0;
-            for (size_t j = i; j < s.hits.n && j < i + 32; j++) {
-                struct entry *e = &s.hits.e[j];
-                w[nw++] = (struct rhema_storage_write){.size = sizeof w[0], .op = RHEMA_WRITE_DEL,
-                                                       .ns = RHEMA_INBOX_NS, .key = e->key,
-                                                       .expected_version = e->version};
-                const char *sid = json_string_value(json_object_get(e->rec, "session_id"));
-                const char *mid = json_string_value(
-                    json_object_get(json_object_get(e->rec, "message"), "id"));
-                char agent[RHEMA_ID_MAX + 1];
-                size_t al = strcspn(e->key, "/");
-                if (sid && mid && al <= RHEMA_ID_MAX) {
-                    memcpy(agent, e->key, al);
-                    agent[al] = '\0';
-                    if (rhema_inbox_ack_key(ak[j - i], sizeof ak[0], agent, sid, mid) > 0)
-                        w[nw++] = (struct rhema_storage_write){
-                            .size = sizeof w[0], .op = RHEMA_WRITE_DEL, .ns = RHEMA_INBOX_ACK_NS,
-                            .key = ak[j - i], .expected_version = RHEMA_VERSION_ANY};
-                }
-            }
-            int brc = vt->batch(conn, w, nw);
-            if (brc == 0) {
-                *removed += (nw + 1) / 2;
+            if (!exp || exp > now_ms)
                 continue;
+            hits[nh++] = all.e[i];
+            if (nh == EXPIRE_BATCH) {
+                rc = expire_batch(vt, conn, hits, nh, removed);
+                nh = 0;
             }
-            if (brc != RHEMA_ECONFLICT && brc != RHEMA_ENOTFOUND) {
-                rc = brc;
-                break;
-            }
-            /* someone else took some (another node's pass, a delivery): one by one */
-            for (size_t k = 0; k < nw; k++)
-                if (w[k].ns == (const char *)RHEMA_INBOX_NS &&
-                    vt->batch(conn, &w[k],
-                              k + 1 < nw && w[k + 1].ns == (const char *)RHEMA_INBOX_ACK_NS ? 2
-                                                                                              : 1) ==
-                        0)
-                    ++*removed;
         }
-        if (rc || seen < PAGE)
+        if (!rc && nh)
+            rc = expire_batch(vt, conn, hits, nh, removed);
+        if (rc || all.n < PAGE)
             break;
+        snprintf(from, sizeof from, "%s0", all.e[all.n - 1].key);
     }
-    page_clear(&s.hits);
-    free(s.hits.e);
+    page_clear(&all);
+    free(all.e);
     if (rc)
-        return rhema_set_error(err, rc, "removing expired inbox entries: error %d", rc);
+        return rhema_set_error(err, rc, "removing expired inbox entries: %s", rhema_strerror(rc));
     return 0;
 }
