@@ -23,7 +23,8 @@
  * (RHEMA_WRITE_SEQUENCED) in namespaces "conf_<hex>.seq" and ".seqc": the
  * key format, the version a record shares with the change before it, a
  * failed batch writing no record, the invalid arguments, group(), and the
- * order a reader sees while two writers append (about 500 records).
+ * order a reader sees while two writers append (up to 500 records, for
+ * at most 1.5 s).
  *
  * When the plugin has both backup() and restore(), the backup_restore check
  * restores a snapshot it took a moment earlier: restore() replaces the

@@ -1133,6 +1133,21 @@ static int kv_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_
 /* Writes: check, log, apply                                                */
 
 /* Validate one write's arguments (no lock needed). */
+/*
+ * A write's flags (storage minor 3): only when the caller's struct has the
+ * member -- a host built against an older minor has no flags, whatever
+ * bytes follow its struct.
+ */
+static uint32_t write_flags(const struct rhema_storage_write *w)
+{
+    return w->size >= RHEMA_STORAGE_WRITE_SIZE_3 ? w->flags : 0;
+}
+
+static int is_sequenced(const struct rhema_storage_write *w)
+{
+    return (write_flags(w) & RHEMA_WRITE_SEQUENCED) != 0;
+}
+
 static int check_write(rhema_storage_conn *c, const struct rhema_storage_write *w)
 {
     int rc;
@@ -1142,8 +1157,23 @@ static int check_write(rhema_storage_conn *c, const struct rhema_storage_write *
         return conn_error(c, RHEMA_EINVAL, "write size %u is below minor 0's", (unsigned)w->size);
     if (w->op != RHEMA_WRITE_PUT && w->op != RHEMA_WRITE_DEL)
         return conn_error(c, RHEMA_EINVAL, "unknown write op %u", (unsigned)w->op);
-    if ((rc = check_ns_key(c, w->ns, w->key)) != 0)
+    if ((write_flags(w) & ~(uint32_t)RHEMA_WRITE_SEQUENCED) != 0)
+        return conn_error(c, RHEMA_EINVAL, "unknown write flags 0x%x", (unsigned)write_flags(w));
+    if (is_sequenced(w)) {
+        /* w->key is a prefix the version's 20 digits complete; the key is new */
+        if (w->op != RHEMA_WRITE_PUT)
+            return conn_error(c, RHEMA_EINVAL, "a sequenced write is a put");
+        if (w->expected_version != RHEMA_VERSION_ANY && w->expected_version != RHEMA_VERSION_ABSENT)
+            return conn_error(c, RHEMA_EINVAL, "a sequenced write expects no version");
+        if (w->key == NULL ||
+            strnlen(w->key, RHEMA_STORAGE_KEY_MAX) > RHEMA_STORAGE_KEY_MAX - RHEMA_SEQ_DIGITS)
+            return conn_error(c, RHEMA_EINVAL, "invalid sequenced prefix (0..%d bytes)",
+                              RHEMA_STORAGE_KEY_MAX - RHEMA_SEQ_DIGITS);
+        if ((rc = check_ns_key(c, w->ns, "-")) != 0) /* the namespace */
+            return rc;
+    } else if ((rc = check_ns_key(c, w->ns, w->key)) != 0) {
         return rc;
+    }
     if (w->op == RHEMA_WRITE_PUT && w->value == NULL && w->value_len > 0)
         return conn_error(c, RHEMA_EINVAL, "NULL value with a non-zero length");
     if (w->op == RHEMA_WRITE_DEL && w->expected_version == RHEMA_VERSION_ABSENT)
@@ -1183,6 +1213,10 @@ static int precondition(rhema_storage_conn *c, const struct rhema_storage_write 
  *
  *   1. check every precondition against the state as the batch itself
  *      leaves it (a later write sees the earlier ones), assigning versions;
+ *      a sequenced write (storage minor 3) has no precondition: it takes
+ *      the version of the put just before it (the record of that change)
+ *      or the next one, and its key is its prefix and that version's 20
+ *      digits, settled here so that the log holds the real key;
  *   2. prepare: copy every value and make room in the table, so that step
  *      3 cannot fail half way; encode the whole batch as one log frame and
  *      append it -- the commit point;
@@ -1195,17 +1229,28 @@ static int precondition(rhema_storage_conn *c, const struct rhema_storage_write 
  * (rhema_storage_write_at), never w[i].
  */
 #define W(i) rhema_storage_write_at(w, (i))
+#define KEY(i) (seq_keys[i] != NULL ? seq_keys[i] : W(i)->key) /* the key write i acts on */
 static int apply_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_t n)
 {
     rhema_storage_instance *in = c->inst;
     struct kv_entry *prepared = NULL;
+    char **seq_keys = NULL; /* a sequenced write's key, else NULL */
     uint64_t now, counter;
     size_t i, j, puts = 0;
     int rc = 0;
 
     prepared = calloc(n, sizeof *prepared);
-    if (prepared == NULL)
+    seq_keys = calloc(n, sizeof *seq_keys);
+    for (i = 0; prepared != NULL && seq_keys != NULL && i < n; i++)
+        if (is_sequenced(W(i)) && (seq_keys[i] = malloc(RHEMA_STORAGE_KEY_MAX + 1)) == NULL)
+            break;
+    if (prepared == NULL || seq_keys == NULL || i < n) {
+        for (j = 0; seq_keys != NULL && j < n; j++)
+            free(seq_keys[j]);
+        free(seq_keys);
+        free(prepared);
         return conn_error(c, RHEMA_ENOMEM, "out of memory");
+    }
 
     pthread_rwlock_wrlock(&in->lock);
     now = in->host->monotonic_ns();
@@ -1215,8 +1260,15 @@ static int apply_batch(rhema_storage_conn *c, struct rhema_storage_write *w, siz
     for (i = 0; i < n && rc == 0; i++) {
         int exists = 0, decided = 0;
         uint64_t version = 0;
+        if (seq_keys[i] != NULL) {
+            int shares = i > 0 && W(i - 1)->op == RHEMA_WRITE_PUT && !is_sequenced(W(i - 1));
+            W(i)->new_version = shares ? W(i - 1)->new_version : ++counter;
+            snprintf(seq_keys[i], RHEMA_STORAGE_KEY_MAX + 1, "%s%020llu", W(i)->key,
+                     (unsigned long long)W(i)->new_version);
+            continue;
+        }
         for (j = i; j-- > 0;) { /* the latest earlier write of this key decides */
-            if (strcmp(W(j)->ns, W(i)->ns) == 0 && strcmp(W(j)->key, W(i)->key) == 0) {
+            if (strcmp(W(j)->ns, W(i)->ns) == 0 && strcmp(KEY(j), KEY(i)) == 0) {
                 exists = W(j)->op == RHEMA_WRITE_PUT;
                 version = W(j)->new_version;
                 decided = 1;
@@ -1224,7 +1276,7 @@ static int apply_batch(rhema_storage_conn *c, struct rhema_storage_write *w, siz
             }
         }
         if (!decided) {
-            const struct kv_entry *e = table_find(in, W(i)->ns, W(i)->key, now);
+            const struct kv_entry *e = table_find(in, W(i)->ns, KEY(i), now);
             exists = e != NULL;
             version = e != NULL ? e->version : 0;
         }
@@ -1237,7 +1289,7 @@ static int apply_batch(rhema_storage_conn *c, struct rhema_storage_write *w, siz
         if (W(i)->op != RHEMA_WRITE_PUT)
             continue;
         puts++;
-        if (entry_init(&prepared[i], W(i)->ns, W(i)->key, W(i)->value, W(i)->value_len) != 0)
+        if (entry_init(&prepared[i], W(i)->ns, KEY(i), W(i)->value, W(i)->value_len) != 0)
             rc = conn_error(c, RHEMA_ENOMEM, "out of memory");
         prepared[i].version = W(i)->new_version;
         prepared[i].expires_ns = deadline_ns(now, W(i)->ttl_ms);
@@ -1251,7 +1303,7 @@ static int apply_batch(rhema_storage_conn *c, struct rhema_storage_write *w, siz
             if (W(i)->op == RHEMA_WRITE_PUT)
                 rec_put(&c->frame, &prepared[i], wall_ms_of(in, prepared[i].expires_ns));
             else
-                rec_del(&c->frame, W(i)->ns, W(i)->key);
+                rec_del(&c->frame, W(i)->ns, KEY(i));
         }
         frame_end(&c->frame);
         rc = log_append(c);
@@ -1263,7 +1315,7 @@ static int apply_batch(rhema_storage_conn *c, struct rhema_storage_write *w, siz
             if (W(i)->op == RHEMA_WRITE_PUT)
                 table_set(in, &prepared[i]); /* the table owns it now */
             else
-                table_remove(in, W(i)->ns, W(i)->key);
+                table_remove(in, W(i)->ns, KEY(i));
         }
         in->version_counter = counter;
         if (++in->writes >= PURGE_EVERY) {
@@ -1279,6 +1331,9 @@ static int apply_batch(rhema_storage_conn *c, struct rhema_storage_write *w, siz
             entry_release(&prepared[i]);
         }
     }
+    for (i = 0; i < n; i++)
+        free(seq_keys[i]);
+    free(seq_keys);
     free(prepared);
     return rc;
 }
@@ -1497,6 +1552,11 @@ static const struct rhema_storage_plugin kvfile_plugin = {
     .stats = kv_stats,
     .errmsg = kv_errmsg,
     .backup = kv_backup, /* optional: NULL would mean ENOTSUP */
+    /*
+     * watch/unwatch (minor 3) stay NULL: one process owns the log, so no
+     * other writer exists to wake anybody about; the host polls its feed
+     * with scan().
+     */
 };
 
 /*

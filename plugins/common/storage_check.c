@@ -162,7 +162,8 @@ int rhema_storage_batch_checks_after_first(const struct rhema_storage_batch *b)
     size_t j;
     for (j = 1; j < b->n; j++)
         if (b->writes[j].op != RHEMA_WRITE_PUT ||
-            b->writes[j].expected_version != RHEMA_VERSION_ANY)
+            (b->writes[j].expected_version != RHEMA_VERSION_ANY &&
+             !rhema_storage_write_sequenced(&b->writes[j]))) /* a record never conflicts */
             return 1;
     return 0;
 }

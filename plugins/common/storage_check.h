@@ -92,11 +92,12 @@ const char *rhema_storage_lease_invalid(const char *name, const char *holder, ui
 
 /*
  * 1 when a write of b after its first has a precondition (a delete, or a
- * put with an expected version), i.e. when that write can fail after the
- * earlier ones applied.  A group() can then roll the member back only with
- * a savepoint; otherwise a failed first write leaves nothing to undo (it
- * changed nothing, and the writes after it are not applied), and a member
- * of a first checked write and unconditional puts needs no savepoint.
+ * put with an expected version that is not a sequenced write), i.e. when
+ * that write can fail after the earlier ones applied.  A group() can then
+ * roll the member back only with a savepoint; otherwise a failed first
+ * write leaves nothing to undo (it changed nothing, and the writes after
+ * it are not applied), and a member of a first checked write and
+ * unconditional puts needs no savepoint.
  */
 int rhema_storage_batch_checks_after_first(const struct rhema_storage_batch *b);
 

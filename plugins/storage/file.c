@@ -63,6 +63,15 @@
  * written before anything else of a transaction, so a process that dies
  * half way never lets the next writer reuse a version.
  *
+ * Sequenced writes (storage minor 3) are records like any other: the
+ * transaction settles a record's version (shared with the put before it,
+ * or the next one) and so its key while it prepares its ops, before the
+ * journal logs them, so a replay writes the same key.  Write transactions
+ * run one at a time under the exclusive lock and draw versions under it,
+ * and readers take the shared lock, so records become visible in version
+ * order.  watch() is NULL: nothing can wake another process sharing the
+ * directory, so the host polls the feed with scan().
+ *
  * Memory: a sorted index per namespace (key, file name, version,
  * expires_at, value size) loaded at open; values are read from their files.
  * When another process changed the directory (the generation in LOCK moved)
@@ -191,9 +200,17 @@ struct fl_op {
     struct rhema_storage_write *w;
     struct fl_ns *ns;
     int is_put;
+    int is_seq; /* a sequenced write: its key is seq_key, not w->key */
     uint64_t version, expires_ms;
     char fname[NAME_BUF];
+    char seq_key[RHEMA_STORAGE_KEY_MAX + 1];
 };
+
+/* The key an op writes: w->key, or the key a sequenced write built from its version. */
+static const char *op_key(const struct fl_op *op)
+{
+    return op->is_seq ? op->seq_key : op->w->key;
+}
 
 struct scan_item {
     size_t key_off, key_len, value_off, value_len;
@@ -1235,7 +1252,7 @@ static int journal_build(rhema_storage_conn *c, uint64_t counter, size_t *len)
     unsigned char *b;
     for (i = 0; i < c->n_ops; i++) {
         const struct fl_op *op = &c->ops[i];
-        need += JOURNAL_OP_HDR + strlen(op->ns->name) + strlen(op->fname) + strlen(op->w->key) +
+        need += JOURNAL_OP_HDR + strlen(op->ns->name) + strlen(op->fname) + strlen(op_key(op)) +
                 (op->is_put ? op->w->value_len : 0);
     }
     if (grow((void **)&c->io, &c->io_cap, need, 1) != 0) {
@@ -1249,7 +1266,7 @@ static int journal_build(rhema_storage_conn *c, uint64_t counter, size_t *len)
     off = 24;
     for (i = 0; i < c->n_ops; i++) {
         const struct fl_op *op = &c->ops[i];
-        size_t nl = strlen(op->ns->name), fl = strlen(op->fname), kl = strlen(op->w->key);
+        size_t nl = strlen(op->ns->name), fl = strlen(op->fname), kl = strlen(op_key(op));
         size_t vl = op->is_put ? op->w->value_len : 0;
         memset(b + off, 0, JOURNAL_OP_HDR);
         b[off] = op->is_put ? 1 : 2;
@@ -1264,7 +1281,7 @@ static int journal_build(rhema_storage_conn *c, uint64_t counter, size_t *len)
         off += nl;
         memcpy(b + off, op->fname, fl);
         off += fl;
-        memcpy(b + off, op->w->key, kl);
+        memcpy(b + off, op_key(op), kl);
         off += kl;
         if (vl > 0)
             memcpy(b + off, op->w->value, vl);
@@ -1308,7 +1325,7 @@ static int commit(rhema_storage_conn *c, uint64_t counter, int *applied)
 
     if (c->n_ops == 1) {
         const struct fl_op *op = &c->ops[0];
-        rc = apply_op(c, op->ns, op, op->w->key, strlen(op->w->key), op->w->value,
+        rc = apply_op(c, op->ns, op, op_key(op), strlen(op_key(op)), op->w->value,
                       op->is_put ? op->w->value_len : 0);
         if (rc != 0)
             return rc; /* a failed rename or unlink leaves the old state */
@@ -1331,7 +1348,7 @@ static int commit(rhema_storage_conn *c, uint64_t counter, int *applied)
     }
     for (i = 0; i < c->n_ops; i++) {
         const struct fl_op *op = &c->ops[i];
-        int r = apply_op(c, op->ns, op, op->w->key, strlen(op->w->key), op->w->value,
+        int r = apply_op(c, op->ns, op, op_key(op), strlen(op_key(op)), op->w->value,
                          op->is_put ? op->w->value_len : 0);
         if (r != 0) {
             /* committed but not applied: the pending flag makes the next
@@ -1879,19 +1896,26 @@ static int choose_name(rhema_storage_conn *c, const struct fl_ns *ns, const char
 }
 
 /*
- * Check one write against the index overlaid with the transaction's earlier
- * writes, and append it to c->ops.  0; a precondition failure (ECONFLICT,
- * ENOTFOUND) that fails only its member; or ENOMEM/EIO, fatal.
+ * Check write i of a member's ws[] against the index overlaid with the
+ * transaction's earlier writes, and append it to c->ops.  0; a
+ * precondition failure (ECONFLICT, ENOTFOUND) that fails only its member;
+ * or ENOMEM/EIO, fatal.  A sequenced write has no precondition: its
+ * version (that of the put just before it in the member, already the last
+ * op, or the next one) and then its key are settled here, before the
+ * journal logs the op.
  */
-static int prepare_write(rhema_storage_conn *c, struct rhema_storage_write *w, uint64_t now,
-                         uint64_t *counter, int *fatal)
+static int prepare_write(rhema_storage_conn *c, struct rhema_storage_write *ws, size_t i,
+                         uint64_t now, uint64_t *counter, int *fatal)
 {
     rhema_storage_instance *in = c->in;
+    struct rhema_storage_write *w = &ws[i];
     struct fl_ns *ns = ns_get(in, w->ns, 1);
     const struct fl_op *prev = NULL;
     const struct fl_entry *e;
-    const char *fname = NULL;
-    uint64_t cur = 0, ev = w->expected_version;
+    const char *fname = NULL, *key = w->key;
+    char seq_key[RHEMA_STORAGE_KEY_MAX + 1];
+    uint64_t cur = 0, ev = w->expected_version, seq_version = 0;
+    int is_seq = rhema_storage_write_sequenced(w);
     struct fl_op *op;
     size_t j;
     int rc;
@@ -1902,8 +1926,21 @@ static int prepare_write(rhema_storage_conn *c, struct rhema_storage_write *w, u
         conn_error(c, "out of memory");
         return RHEMA_ENOMEM;
     }
+    if (is_seq) {
+        if (rhema_storage_seq_shares_previous(ws, i)) {
+            seq_version = c->ops[c->n_ops - 1].version; /* ws[i - 1], prepared just before */
+        } else if (*counter == UINT64_MAX - 1) {
+            *fatal = 1;
+            conn_error(c, "the version counter is exhausted");
+            return RHEMA_EIO;
+        } else {
+            seq_version = *counter + 1;
+        }
+        key = rhema_storage_seq_key(seq_key, w->key, seq_version);
+        ev = RHEMA_VERSION_ANY; /* a new record: ABSENT means nothing more */
+    }
     for (j = c->n_ops; j-- > 0;) {
-        if (c->ops[j].ns == ns && strcmp(c->ops[j].w->key, w->key) == 0) {
+        if (c->ops[j].ns == ns && strcmp(op_key(&c->ops[j]), key) == 0) {
             prev = &c->ops[j];
             break;
         }
@@ -1911,7 +1948,7 @@ static int prepare_write(rhema_storage_conn *c, struct rhema_storage_write *w, u
     if (prev != NULL) {
         cur = prev->is_put ? prev->version : 0;
         fname = prev->fname;
-    } else if ((e = ns_find(ns, w->key)) != NULL) {
+    } else if ((e = ns_find(ns, key)) != NULL) {
         cur = entry_live(e, now) ? e->version : 0;
         fname = e->fname;
     }
@@ -1941,13 +1978,21 @@ static int prepare_write(rhema_storage_conn *c, struct rhema_storage_write *w, u
     op->w = w;
     op->ns = ns;
     op->is_put = w->op == RHEMA_WRITE_PUT;
+    op->is_seq = is_seq;
+    if (is_seq)
+        memcpy(op->seq_key, seq_key, strlen(seq_key) + 1);
     if (fname != NULL) {
         snprintf(op->fname, sizeof op->fname, "%s", fname);
-    } else if ((rc = choose_name(c, ns, w->key, op->fname)) != 0) {
+    } else if ((rc = choose_name(c, ns, key, op->fname)) != 0) {
         *fatal = 1;
         return rc;
     }
-    if (op->is_put) {
+    if (is_seq) {
+        op->version = seq_version;
+        if (seq_version > *counter)
+            *counter = seq_version;
+        op->expires_ms = deadline_ms(now, w->ttl_ms);
+    } else if (op->is_put) {
         if (*counter == UINT64_MAX - 1) {
             *fatal = 1;
             conn_error(c, "the version counter is exhausted");
@@ -1988,7 +2033,7 @@ static int write_group(rhema_storage_conn *c, struct rhema_storage_batch *g, siz
         if (g[i].result != 0)
             continue;
         for (j = 0; j < g[i].n && g[i].result == 0; j++)
-            g[i].result = prepare_write(c, &g[i].writes[j], now, &counter, &fatal);
+            g[i].result = prepare_write(c, g[i].writes, j, now, &counter, &fatal);
         if (g[i].result != 0) {
             c->n_ops = start; /* the member changes nothing */
             counter = saved;
@@ -2008,8 +2053,8 @@ static int write_group(rhema_storage_conn *c, struct rhema_storage_batch *g, siz
         for (i = 0; i < c->n_ops && in->loaded; i++) {
             const struct fl_op *op = &c->ops[i];
             if (!op->is_put)
-                ns_remove(op->ns, op->w->key);
-            else if (ns_upsert(op->ns, op->w->key, op->fname, op->version, op->expires_ms,
+                ns_remove(op->ns, op_key(op));
+            else if (ns_upsert(op->ns, op_key(op), op->fname, op->version, op->expires_ms,
                                op->w->value_len) != 0)
                 in->loaded = 0; /* reloaded from the files by the next call */
         }

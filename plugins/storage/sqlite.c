@@ -33,6 +33,14 @@
  * transaction, so they strictly increase across all keys and survive
  * restarts; a recreated key never reuses a version.
  *
+ * Sequenced writes (storage minor 3) are rows like any other, keyed by
+ * their version.  Write transactions are serialised (BEGIN IMMEDIATE and
+ * the instance's write lock) and draw their versions inside, so commits
+ * land in version order and a reader's snapshot never lacks a record
+ * below one it holds: the ordering duty costs nothing here.  watch() is
+ * NULL: SQLite has no channel to wake another connection or process, so
+ * the host polls the feed with scan() (one short poll per node).
+ *
  * Time: SQLite has no server clock, so TTLs and leases use the host's wall
  * clock (host->realtime_ns(), in ms) -- the only clock that means the same
  * thing to another process on this host and after a restart.  rate() uses
@@ -1057,12 +1065,28 @@ static int next_version(rhema_storage_conn *c, uint64_t *out)
     return 0;
 }
 
-/* One write inside an open transaction: precondition, then apply. */
-static int write_one(rhema_storage_conn *c, struct rhema_storage_write *w, int64_t now)
+/*
+ * Write i of ws[0..n) inside an open transaction: precondition, then
+ * apply.  A sequenced write has no precondition; it takes the version of
+ * ws[i - 1] when it follows a put (already applied: new_version is set),
+ * else the next one, and its key is built from that version.
+ */
+static int write_one(rhema_storage_conn *c, struct rhema_storage_write *ws, size_t i, int64_t now)
 {
+    struct rhema_storage_write *w = &ws[i];
     uint64_t cur = 0, ev = w->expected_version, ver = 0;
+    char seq_key[RHEMA_STORAGE_KEY_MAX + 1];
+    const char *key = w->key;
     sqlite3_stmt *st;
     int rc = 0;
+    if (rhema_storage_write_sequenced(w)) {
+        if (rhema_storage_seq_shares_previous(ws, i))
+            ver = ws[i - 1].new_version;
+        else if ((rc = next_version(c, &ver)) != 0)
+            return rc;
+        key = rhema_storage_seq_key(seq_key, w->key, ver);
+        goto upsert;
+    }
     /* an unconditional put needs no lookup: INSERT OR REPLACE does it all */
     if (!(w->op == RHEMA_WRITE_PUT && ev == RHEMA_VERSION_ANY))
         rc = lookup(c, w->ns, w->key, now, &cur);
@@ -1093,9 +1117,10 @@ static int write_one(rhema_storage_conn *c, struct rhema_storage_write *w, int64
     rc = next_version(c, &ver);
     if (rc != 0)
         return rc;
+upsert:
     st = c->st[ST_UPSERT];
     bind_text(st, 1, w->ns);
-    bind_text(st, 2, w->key);
+    bind_text(st, 2, key);
     /* never bind a NULL pointer: that would store SQL NULL, not an empty blob */
     sqlite3_bind_blob(st, 3, w->value_len ? w->value : (const void *)"", (int)w->value_len,
                       SQLITE_STATIC);
@@ -1127,7 +1152,7 @@ static int write_tx(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
         return rc;
     now = now_ms(c->inst); /* after the lock: every check sees the same instant */
     for (i = 0; i < n && rc == 0; i++)
-        rc = write_one(c, &w[i], now);
+        rc = write_one(c, w, i, now);
     if (rc == 0) {
         maybe_purge(c, now);
         rc = tx_commit(c);
@@ -1208,7 +1233,7 @@ static int sq_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
         if (sp && (rc = step_done(c, ST_SAVEPOINT, "savepoint")) != 0)
             break;
         for (j = 0; j < g[i].n && g[i].result == 0; j++)
-            g[i].result = write_one(c, &g[i].writes[j], now);
+            g[i].result = write_one(c, g[i].writes, j, now);
         if (g[i].result != 0) {
             size_t failed = j - 1;
             for (j = 0; j < g[i].n; j++)
