@@ -2414,6 +2414,222 @@ static int t_cleanup(struct suite *s)
     return T_PASS;
 }
 
+/* ---- watch() / unwatch() (storage minor 3) ---- */
+
+#define WATCH_WAIT_MS 10000 /* a notification that has not come by then never will */
+#define WATCH_QUIET_MS 300  /* how long an unwatched instance is watched for a stray notify */
+
+/* What a notify() of the watch checks counts, under a mutex, with a condvar to wait on. */
+struct watch_count {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned long n;
+};
+
+static void watch_notify(void *arg)
+{
+    struct watch_count *w = arg;
+    pthread_mutex_lock(&w->mu);
+    w->n++;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static unsigned long watch_seen(struct watch_count *w)
+{
+    unsigned long n;
+    pthread_mutex_lock(&w->mu);
+    n = w->n;
+    pthread_mutex_unlock(&w->mu);
+    return n;
+}
+
+/* Wait (at most ms) until w counts more than `after`; 1 when it did. */
+static int watch_wait(struct watch_count *w, unsigned long after, unsigned ms)
+{
+    struct timespec until;
+    int more;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&w->mu);
+    while (w->n <= after && pthread_cond_timedwait(&w->cv, &w->mu, &until) == 0)
+        ;
+    more = w->n > after;
+    pthread_mutex_unlock(&w->mu);
+    return more;
+}
+
+/* watch() is there: the vtable reaches it (minor 3 or later) and it is set. */
+static int watch_skipped(struct suite *s)
+{
+    size_t end = offsetof(struct rhema_storage_plugin, unwatch) + sizeof s->vt->unwatch;
+    if (s->vt->base.abi_minor < 3 || s->vt->base.size < end || s->vt->watch == NULL) {
+        snprintf(s->detail, sizeof s->detail, "no watch() (optional)");
+        return 1;
+    }
+    return 0;
+}
+
+/* A change and its sequenced record ("rec/" + 20 digits), in one batch on c. */
+static int watch_write(struct suite *s, rhema_storage_conn *c, const char *ns, const char *key)
+{
+    struct rhema_storage_write w[2] = {
+        {.size = sizeof w[0], .op = RHEMA_WRITE_PUT, .ns = ns, .key = key, .value = "v",
+         .value_len = 1},
+        {.size = sizeof w[0], .op = RHEMA_WRITE_PUT, .ns = ns, .key = "rec/", .value = "e",
+         .value_len = 1, .flags = RHEMA_WRITE_SEQUENCED}};
+    char rec[64];
+    CHECK_RC(c, 0, s->vt->batch(c, w, 2));
+    CHECK(w[1].new_version == w[0].new_version && w[0].new_version != 0,
+          "the record's version %llu is not its change's %llu",
+          (unsigned long long)w[1].new_version, (unsigned long long)w[0].new_version);
+    snprintf(rec, sizeof rec, "rec/%020llu", (unsigned long long)w[1].new_version);
+    EXPECT_STR(c, ns, rec, "e", w[1].new_version);
+    return T_PASS;
+}
+
+/*
+ * The checks themselves; t_watch() wraps them so that the second instance
+ * is closed and the namespace emptied whatever happens.
+ */
+struct watch_run {
+    struct watch_count a, b;   /* notifications of s->inst and of the second instance */
+    rhema_storage_instance *i2; /* a second instance on the same backend (another host) */
+    rhema_storage_conn *c3;     /* a connection of it */
+    int a_on, b_on;             /* watching */
+};
+
+static int watch_checks(struct suite *s, struct watch_run *r, const char *ns)
+{
+    char *err = NULL;
+    unsigned long before;
+    int rc;
+
+    rc = s->vt->watch(s->inst, watch_notify, &r->a, &err);
+    CHECK(rc == 0, "watch returned %s: %s", rhema_strerror(rc), err ? err : "");
+    r->a_on = 1;
+
+    /* a sequenced batch on a connection of the same instance wakes it */
+    before = watch_seen(&r->a);
+    if (watch_write(s, s->c1, ns, "k1") != T_PASS)
+        return T_FAIL;
+    CHECK(watch_wait(&r->a, before, WATCH_WAIT_MS), "no notify within %d ms of a sequenced batch",
+          WATCH_WAIT_MS);
+
+    /* a batch without sequenced writes works as before */
+    {
+        struct rhema_storage_write w[2] = {
+            {.size = sizeof w[0], .op = RHEMA_WRITE_PUT, .ns = ns, .key = "plain1", .value = "p",
+             .value_len = 1},
+            {.size = sizeof w[0], .op = RHEMA_WRITE_PUT, .ns = ns, .key = "plain2", .value = "q",
+             .value_len = 1}};
+        CHECK_RC(s->c2, 0, s->vt->batch(s->c2, w, 2));
+        CHECK(w[0].new_version != 0 && w[1].new_version > w[0].new_version,
+              "plain batch versions %llu, %llu", (unsigned long long)w[0].new_version,
+              (unsigned long long)w[1].new_version);
+        EXPECT_STR(s->c1, ns, "plain2", "q", w[1].new_version);
+    }
+
+    /* a second instance on the same backend: each sees the other's writes (SHARED) */
+    if (s->vt->features & RHEMA_STORAGE_SHARED) {
+        rc = s->vt->open(s->host, s->cfg, &r->i2, &err);
+        if (rc != 0) {
+            r->i2 = NULL;
+            CHECK(0, "second open returned %s: %s", rhema_strerror(rc), err ? err : "");
+        }
+        rc = s->vt->connect(r->i2, &r->c3, &err);
+        if (rc != 0) {
+            r->c3 = NULL;
+            CHECK(0, "connect to the second instance returned %s: %s", rhema_strerror(rc),
+                  err ? err : "");
+        }
+        rc = s->vt->watch(r->i2, watch_notify, &r->b, &err);
+        CHECK(rc == 0, "watch of the second instance returned %s: %s", rhema_strerror(rc),
+              err ? err : "");
+        r->b_on = 1;
+        before = watch_seen(&r->a);
+        if (watch_write(s, r->c3, ns, "k2") != T_PASS)
+            return T_FAIL;
+        CHECK(watch_wait(&r->a, before, WATCH_WAIT_MS),
+              "a write on a second instance was not notified to the first within %d ms",
+              WATCH_WAIT_MS);
+        before = watch_seen(&r->b);
+        if (watch_write(s, s->c1, ns, "k3") != T_PASS)
+            return T_FAIL;
+        CHECK(watch_wait(&r->b, before, WATCH_WAIT_MS),
+              "a write on the first instance was not notified to the second within %d ms",
+              WATCH_WAIT_MS);
+    }
+
+    /* after unwatch() returns, notify is never called again */
+    s->vt->unwatch(s->inst);
+    r->a_on = 0;
+    before = watch_seen(&r->a);
+    if (watch_write(s, s->c1, ns, "k4") != T_PASS)
+        return T_FAIL;
+    if (r->b_on) { /* the second instance's notify says the notification went out */
+        unsigned long b0 = watch_seen(&r->b);
+        if (watch_write(s, s->c2, ns, "k5") != T_PASS)
+            return T_FAIL;
+        CHECK(watch_wait(&r->b, b0, WATCH_WAIT_MS), "the second instance missed a write");
+    }
+    sleep_ms(WATCH_QUIET_MS);
+    CHECK(watch_seen(&r->a) == before, "notify was called %lu times after unwatch() returned",
+          watch_seen(&r->a) - before);
+
+    /* watch / unwatch again, twice in a row */
+    rc = s->vt->watch(s->inst, watch_notify, &r->a, &err);
+    CHECK(rc == 0, "a second watch returned %s: %s", rhema_strerror(rc), err ? err : "");
+    s->vt->unwatch(s->inst);
+    rc = s->vt->watch(s->inst, watch_notify, &r->a, &err);
+    CHECK(rc == 0, "a third watch returned %s: %s", rhema_strerror(rc), err ? err : "");
+    r->a_on = 1;
+    before = watch_seen(&r->a);
+    if (watch_write(s, s->c2, ns, "k6") != T_PASS)
+        return T_FAIL;
+    CHECK(watch_wait(&r->a, before, WATCH_WAIT_MS),
+          "no notify within %d ms after watching again", WATCH_WAIT_MS);
+    s->vt->unwatch(s->inst);
+    r->a_on = 0;
+    return T_PASS;
+}
+
+static int t_watch(struct suite *s)
+{
+    struct watch_run r;
+    char ns[64];
+    int result;
+    if (watch_skipped(s))
+        return T_SKIP;
+    memset(&r, 0, sizeof r);
+    pthread_mutex_init(&r.a.mu, NULL);
+    pthread_cond_init(&r.a.cv, NULL);
+    pthread_mutex_init(&r.b.mu, NULL);
+    pthread_cond_init(&r.b.cv, NULL);
+    ns_of(s, ".watch", ns, sizeof ns);
+    result = watch_checks(s, &r, ns);
+    if (r.a_on)
+        s->vt->unwatch(s->inst);
+    if (r.b_on)
+        s->vt->unwatch(r.i2);
+    if (r.c3 != NULL)
+        s->vt->disconnect(r.c3);
+    if (r.i2 != NULL)
+        s->vt->close(r.i2);
+    pthread_mutex_destroy(&r.a.mu);
+    pthread_cond_destroy(&r.a.cv);
+    pthread_mutex_destroy(&r.b.mu);
+    pthread_cond_destroy(&r.b.cv);
+    if (empty_namespace(s, s->c1, ns) != 0 && result == T_PASS)
+        return failf(s, "namespace %s: entries left after deleting them all", ns);
+    return result;
+}
+
 /* ---- the runner ---- */
 
 struct check {
@@ -3313,6 +3529,8 @@ static const struct check checks[] = {
     {"sequenced_order_concurrent", t_seq_order},
     {"sequenced_cleanup", t_seq_cleanup},
     {"cleanup", t_cleanup},
+    /* watch() / unwatch() (minor 3) */
+    {"watch", t_watch},
 };
 
 static void emit(struct suite *s, const char *name, int result)

@@ -67,6 +67,25 @@
  * Without pipelining (an older libpq) each statement is its own round
  * trip, and get_many() is not offered.
  *
+ * Sequenced writes (RHEMA_WRITE_SEQUENCED, minor 3): ST_PUT_SEQ inserts
+ * the record under its prefix and the 20 digits of its version, which is
+ * currval('kv_version') when it follows a put of the same batch (that
+ * put's nextval() was the last one on this connection: put_run() never
+ * folds such a put into a multi-row ST_PUT_MANY) and a fresh nextval()
+ * otherwise.  A sequence hands out numbers before the transactions that
+ * drew them commit, so two batches could commit out of version order; a
+ * batch or group holding a sequenced write therefore goes through the
+ * pipelined transaction (even a single put) and begins with
+ * pg_advisory_xact_lock(hashtext('rhema.feed:"schema"')), before it draws
+ * any version: such transactions run one at a time until COMMIT, and their
+ * records become visible in version order to every connection of every
+ * node.  Transactions without a sequenced write never take the lock.  The
+ * same transaction runs pg_notify(channel, ''), the channel being the
+ * schema's (feed_channel), which the server delivers at COMMIT only.
+ *
+ * watch() (minor 3): a thread with its own connection LISTENs on that
+ * channel (see "watch()" below).
+ *
  * Time: TTLs and leases use the server's now(); the host's clock is never
  * compared with it.
  *
@@ -101,6 +120,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -151,6 +171,7 @@ enum stmt_id {
     ST_PUT_MANY,
     ST_PUT_ABSENT,
     ST_PUT_IF,
+    ST_PUT_SEQ,
     ST_DEL,
     ST_PURGE,
     ST_SCAN,      /* no bounds */
@@ -166,6 +187,8 @@ enum stmt_id {
     ST_HEALTH,
     ST_RATE,
     ST_RATE_PURGE,
+    ST_SEQ_LOCK,
+    ST_SEQ_NOTIFY,
     ST__COUNT
 };
 
@@ -267,6 +290,22 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
                        "$4") " WHERE t.ns = $1 AND t.key = $2 AND t.version = $5 AND " LIVE
                              " AND " GUARD("$6") " RETURNING t.version)" OUTCOME("$6"),
                    "tbbiii"},
+    /*
+     * A sequenced write (RHEMA_WRITE_SEQUENCED): (ns, key prefix, value,
+     * ttl, share, guard).  share <> 0: the version of the put sent just
+     * before it on this connection (currval: its nextval() was the last
+     * one, see put_run), else a fresh one; the key is the prefix and the 20
+     * digits of it.  -> version (no row when the guard skipped it).  Such
+     * a key never exists already (versions are never reused); if someone
+     * made one by hand the unique violation fails the whole batch or group
+     * (RHEMA_EIO), as no savepoint may be there to undo the member alone.
+     */
+    [ST_PUT_SEQ] = {"INSERT INTO @.kv AS t (ns, key, value, version, expires_at) "
+                    "SELECT $1, $2 || lpad(v.n::text, 20, '0')::bytea, $3, v.n, " EXPIRES("$4")
+                    " FROM (SELECT CASE WHEN $5 <> 0 THEN currval('@.kv_version') "
+                    "ELSE nextval('@.kv_version') END AS n WHERE " GUARD("$6") ") v "
+                    "RETURNING t.version",
+                    "tbbiii"},
     /* $3 = 0: any version */
     [ST_DEL] = {"WITH w AS (DELETE FROM @.kv AS t WHERE t.ns = $1 AND t.key = $2"
                 " AND ($3 = 0 OR t.version = $3) AND " LIVE
@@ -329,6 +368,14 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
                        "FROM @.rate WHERE rest <= " RT_SERVER_US " LIMIT " RATE_PURGE_LIMIT
                        " FOR UPDATE SKIP LOCKED)",
                        ""},
+    /*
+     * A transaction holding a sequenced write takes this lock before it
+     * draws its first version, so such transactions commit one after the
+     * other, in version order (see "Sequenced writes" above); the lock
+     * key is the schema's, $1 of the notification its channel (in->channel).
+     */
+    [ST_SEQ_LOCK] = {"SELECT pg_advisory_xact_lock(hashtext('rhema.feed:@'))", ""},
+    [ST_SEQ_NOTIFY] = {"SELECT pg_notify($1, '')", "t"},
 };
 
 /* The tables, created by open() and repeated at the head of a backup. */
@@ -348,6 +395,8 @@ static const char schema_ddl[] =
     "CREATE INDEX IF NOT EXISTS rate_rest ON @.rate (rest);\n";
 /* clang-format on */
 
+struct pg_watch;
+
 struct rhema_storage_instance {
     const struct rhema_host *host;
     char *conninfo;
@@ -357,6 +406,8 @@ struct rhema_storage_instance {
     int timeout_s;
     char *sql[ST__COUNT]; /* stmt_defs with the schema filled in */
     atomic_uint writes;   /* across connections, for the purge cadence */
+    char channel[64];     /* NOTIFY channel of sequenced writes (see feed_channel) */
+    struct pg_watch *watch; /* watch()'s listener, NULL when not watching */
 };
 
 /* Where a connection's notices go (see notice_cb). */
@@ -478,9 +529,20 @@ static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
     return 0;
 }
 
+/* Short names for the sequenced-write helpers of ../common (storage_check.h). */
+static int is_seq(const struct rhema_storage_write *w)
+{
+    return rhema_storage_write_sequenced(w);
+}
+
+static int seq_shares(const struct rhema_storage_write *w, size_t j)
+{
+    return rhema_storage_seq_shares_previous(w, j);
+}
+
 static int check_write(rhema_storage_conn *c, const struct rhema_storage_write *w)
 {
-    const char *why = rhema_storage_write_invalid(w);
+    const char *why = rhema_storage_write_invalid(w); /* sequenced writes too */
     if (why) {
         conn_error(c, "%s", why);
         return RHEMA_EINVAL;
@@ -518,7 +580,7 @@ static void notice_cb(void *arg, const PGresult *res)
  * passed) or NULL when out of memory.
  */
 static PGconn *pg_connect(const rhema_storage_instance *in, struct notice_sink *sink,
-                          int *timed_out)
+                          int *timed_out, int wake_fd)
 {
     static const char *const keys[] = {
         "connect_timeout",     "application_name", "keepalives", "keepalives_idle",
@@ -537,18 +599,23 @@ static PGconn *pg_connect(const rhema_storage_instance *in, struct notice_sink *
     if (PQstatus(pg) == CONNECTION_BAD)
         return pg;
     while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
-        struct pollfd pfd = {.fd = PQsocket(pg), .events = 0};
+        struct pollfd pfd[2] = {{.fd = PQsocket(pg), .events = 0},
+                                {.fd = wake_fd, .events = POLLIN}};
         uint64_t now = mono_ms(in);
         int r;
         if (now >= deadline) {
             *timed_out = 1;
             return pg;
         }
-        pfd.events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT;
-        r = poll(&pfd, 1, (int)(deadline - now));
+        pfd[0].events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+        r = poll(pfd, wake_fd >= 0 ? 2 : 1, (int)(deadline - now));
         if (r < 0 && errno != EINTR)
             break;
-        if (r == 0)
+        if (r > 0 && wake_fd >= 0 && pfd[1].revents != 0) {
+            *timed_out = 2; /* woken: given up */
+            return pg;
+        }
+        if (r <= 0)
             continue;
         st = PQconnectPoll(pg);
     }
@@ -670,7 +737,7 @@ static int conn_ensure(rhema_storage_conn *c)
         return RHEMA_EUNAVAIL;
     }
     conn_drop(c);
-    c->pg = pg_connect(c->inst, &c->sink, &timed_out);
+    c->pg = pg_connect(c->inst, &c->sink, &timed_out, -1);
     if (c->pg == NULL) {
         snprintf(c->down, sizeof c->down, "out of memory");
     } else if (timed_out || PQstatus(c->pg) != CONNECTION_OK) {
@@ -826,6 +893,21 @@ static void tx_rollback(rhema_storage_conn *c)
     memcpy(c->err, saved, sizeof saved);
 }
 
+#ifndef LIBPQ_HAS_PIPELINING
+/* Without pipelining: the advisory lock and the notification of sequenced writes. */
+static int seq_lock(rhema_storage_conn *c)
+{
+    return run(c, ST_SEQ_LOCK, NULL, NULL, 0, "sequenced writes: lock", NULL);
+}
+
+static int seq_notify(rhema_storage_conn *c)
+{
+    const char *vals[1] = {c->inst->channel};
+    int lens[1] = {(int)strlen(c->inst->channel)};
+    return run(c, ST_SEQ_NOTIFY, vals, lens, 0, "sequenced writes: notify", NULL);
+}
+#endif
+
 static int tx_commit(rhema_storage_conn *c)
 {
     PGresult *r = NULL;
@@ -866,6 +948,26 @@ static void instance_free(rhema_storage_instance *in)
     free(in->schema);
     free(in->qschema);
     free(in);
+}
+
+/*
+ * The NOTIFY channel of a schema: "rhema.feed." and its name, which fits
+ * PostgreSQL's 63 bytes up to a name of 52; a longer one keeps its first 43
+ * characters and gains "." and a hash (FNV-1a) of the whole name.  Two
+ * schemas that shared a channel would only wake each other's watchers for
+ * nothing (notifications may be spurious), never miss one.
+ */
+static void feed_channel(char *buf, size_t size, const char *schema)
+{
+    size_t len = strlen(schema), i;
+    uint32_t h = 2166136261u;
+    if (len <= 52) {
+        snprintf(buf, size, "rhema.feed.%s", schema);
+        return;
+    }
+    for (i = 0; i < len; i++)
+        h = (h ^ (unsigned char)schema[i]) * 16777619u;
+    snprintf(buf, size, "rhema.feed.%.43s.%08x", schema, (unsigned)h);
 }
 
 /* Read the configuration into in; on failure sets *err. */
@@ -910,6 +1012,7 @@ static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
     if (in->conninfo == NULL || in->schema == NULL || in->qschema == NULL)
         return h->set_error(err, RHEMA_ENOMEM, "postgres: out of memory");
     snprintf(in->qschema, n, "\"%s\"", schema);
+    feed_channel(in->channel, sizeof in->channel, schema);
     return 0;
 }
 
@@ -944,7 +1047,7 @@ static int init_schema(rhema_storage_instance *in, char **err)
     char sql[512], line[PG_ERRMSG_MAX], *ddl = NULL;
     struct notice_sink sink;
     int timed_out, rc;
-    PGconn *pg = pg_connect(in, &sink, &timed_out);
+    PGconn *pg = pg_connect(in, &sink, &timed_out, -1);
     PGresult *r = NULL;
     long long version = 0;
 
@@ -1057,8 +1160,12 @@ fail:
     return rc;
 }
 
+static void pg_unwatch(rhema_storage_instance *in);
+
 static void pg_close(rhema_storage_instance *in)
 {
+    if (in != NULL)
+        pg_unwatch(in); /* the host calls it first; a test may not */
     instance_free(in);
 }
 
@@ -1344,13 +1451,16 @@ struct write_params {
 };
 
 /*
- * Fill p for w; tag is the member guard (0: none, see GUARD).  Returns the
- * statement.  p must not move while the statement is sent.
+ * Fill p for w; tag is the member guard (0: none, see GUARD); share: a
+ * sequenced w takes the version of the put sent just before it.  Returns
+ * the statement.  p must not move while the statement is sent.
  */
-static enum stmt_id write_params(const struct rhema_storage_write *w, uint64_t tag,
+static enum stmt_id write_params(const struct rhema_storage_write *w, uint64_t tag, int share,
                                  struct write_params *p)
 {
     uint64_t ev = w->expected_version, ttl = w->ttl_ms > TTL_MAX_MS ? TTL_MAX_MS : w->ttl_ms;
+    if (is_seq(w))
+        ev = share ? 1 : 0; /* ST_PUT_SEQ's $5 */
     p->vals[0] = w->ns;
     p->lens[0] = (int)strlen(w->ns);
     p->vals[1] = w->key;
@@ -1374,6 +1484,8 @@ static enum stmt_id write_params(const struct rhema_storage_write *w, uint64_t t
     p->lens[4] = 8;
     p->vals[5] = (const char *)p->tag_b;
     p->lens[5] = 8;
+    if (is_seq(w))
+        return ST_PUT_SEQ;
     return ev == RHEMA_VERSION_ANY ? ST_PUT_ANY : ev == RHEMA_VERSION_ABSENT ? ST_PUT_ABSENT : ST_PUT_IF;
 }
 
@@ -1390,13 +1502,17 @@ static int write_result(rhema_storage_conn *c, struct rhema_storage_write *w, en
         conn_error(c, "put: skipped after a failed write of the same batch");
         return RHEMA_ECONFLICT;
     }
+    if (id == ST_PUT_SEQ && PQntuples(r) == 0) {
+        conn_error(c, "sequenced put: skipped after a failed write of the same batch");
+        return RHEMA_ECONFLICT;
+    }
     if (PQntuples(r) != 1) {
         conn_error(c, "%s: the server returned no row",
                    w->op == RHEMA_WRITE_DEL ? "delete" : "put");
         return RHEMA_EIO;
     }
     done = col_u64(r, 0, 0);
-    cur = id == ST_PUT_ANY ? 0 : col_u64(r, 0, 1);
+    cur = id == ST_PUT_ANY || id == ST_PUT_SEQ ? 0 : col_u64(r, 0, 1);
     if (done != 0) {
         if (w->op == RHEMA_WRITE_PUT)
             w->new_version = done;
@@ -1424,10 +1540,10 @@ static int write_result(rhema_storage_conn *c, struct rhema_storage_write *w, en
  * One write as one statement: the precondition is part of it.  flags is
  * RUN_OUTCOME when the statement commits by itself.
  */
-static int write_one(rhema_storage_conn *c, struct rhema_storage_write *w, int flags)
+static int write_one(rhema_storage_conn *c, struct rhema_storage_write *w, int share, int flags)
 {
     struct write_params p;
-    enum stmt_id id = write_params(w, 0, &p);
+    enum stmt_id id = write_params(w, 0, share, &p);
     PGresult *r;
     int rc = run(c, id, p.vals, p.lens, flags, w->op == RHEMA_WRITE_DEL ? "delete" : "put", &r);
     if (rc != 0)
@@ -1495,7 +1611,7 @@ static int member_local(int rc)
  * batch() (batch_mode) is the same with one member, no savepoint and
  * ROLLBACK instead of COMMIT when a write fails.
  */
-enum pl_kind { PL_BEGIN, PL_SAVEPOINT, PL_ROLLBACK_TO, PL_WRITE };
+enum pl_kind { PL_BEGIN, PL_SAVEPOINT, PL_ROLLBACK_TO, PL_WRITE, PL_SEQ_LOCK, PL_SEQ_NOTIFY };
 
 struct pl_item {
     enum pl_kind kind;
@@ -1506,20 +1622,31 @@ struct pl_item {
 
 static int is_put_any(const struct rhema_storage_write *w)
 {
-    return w->op == RHEMA_WRITE_PUT && w->expected_version == RHEMA_VERSION_ANY;
+    return w->op == RHEMA_WRITE_PUT && w->expected_version == RHEMA_VERSION_ANY && !is_seq(w);
+}
+
+/* 1 when b->writes[j] is followed by a sequenced write (which may take its version). */
+static int seq_next(const struct rhema_storage_batch *b, size_t j)
+{
+    return j + 1 < b->n && is_seq(&b->writes[j + 1]);
 }
 
 /*
  * How many writes from b->writes[j] on go into one statement: a run of
  * unconditional puts with distinct (ns, key) -- one row cannot be written
  * twice by one INSERT ... ON CONFLICT -- of at most PUT_MANY_MAX; else 1.
+ * A put followed by a sequenced write goes alone: that write reads the
+ * put's version with currval(), which after a multi-row INSERT would be
+ * the last row's nextval(), in an order the server does not promise.
  */
 static size_t put_run(const struct rhema_storage_batch *b, size_t j)
 {
     size_t k, e;
-    if (!is_put_any(&b->writes[j]))
+    if (!is_put_any(&b->writes[j]) || seq_next(b, j))
         return 1;
-    for (e = j + 1; e < b->n && e - j < PUT_MANY_MAX && is_put_any(&b->writes[e]); e++)
+    for (e = j + 1; e < b->n && e - j < PUT_MANY_MAX && is_put_any(&b->writes[e]) &&
+                    !seq_next(b, e);
+         e++)
         for (k = j; k < e; k++)
             if (strcmp(b->writes[k].key, b->writes[e].key) == 0 &&
                 strcmp(b->writes[k].ns, b->writes[e].ns) == 0)
@@ -1652,6 +1779,17 @@ static int pl_round(rhema_storage_conn *c, struct pl_item *items, size_t m, PGre
             snprintf(name, sizeof name, "rhema_%d", (int)ST_BEGIN);
             ok = PQsendQueryPrepared(c->pg, name, 0, NULL, NULL, NULL, 1);
             break;
+        case PL_SEQ_LOCK:
+            snprintf(name, sizeof name, "rhema_%d", (int)ST_SEQ_LOCK);
+            ok = PQsendQueryPrepared(c->pg, name, 0, NULL, NULL, NULL, 1);
+            break;
+        case PL_SEQ_NOTIFY: {
+            const char *ch = c->inst->channel;
+            int len = (int)strlen(ch);
+            snprintf(name, sizeof name, "rhema_%d", (int)ST_SEQ_NOTIFY);
+            ok = PQsendQueryPrepared(c->pg, name, 1, &ch, &len, fmts, 1);
+            break;
+        }
         case PL_SAVEPOINT:
         case PL_ROLLBACK_TO:
             pl_savepoint_sql(sql, sizeof sql,
@@ -1673,7 +1811,8 @@ static int pl_round(rhema_storage_conn *c, struct pl_item *items, size_t m, PGre
                     return RHEMA_ENOMEM;
                 }
             } else {
-                it->id = write_params(&b->writes[it->write], tag, &p);
+                it->id = write_params(&b->writes[it->write], tag, seq_shares(b->writes, it->write),
+                                      &p);
             }
             snprintf(name, sizeof name, "rhema_%d", (int)it->id);
             /* libpq copies the parameters into its output buffer */
@@ -1758,10 +1897,14 @@ static int pl_apply(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
     size_t total = 2, i, j, k, m, start = 0, rb = SIZE_MAX;
     struct pl_item *items;
     PGresult **res;
-    int rc = 0, first = 1;
+    int rc = 0, first = 1, seq = 0;
 
-    for (i = 0; i < n; i++)
+    for (i = 0; i < n; i++) {
         total += g[i].n + 1;
+        for (j = 0; j < g[i].n && g[i].result == 0 && !seq; j++)
+            seq = is_seq(&g[i].writes[j]);
+    }
+    total += 2; /* PL_SEQ_LOCK, PL_SEQ_NOTIFY */
     items = malloc(total * sizeof *items);
     res = malloc(total * sizeof *res);
     if (items == NULL || res == NULL) {
@@ -1782,6 +1925,9 @@ static int pl_apply(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
         m = 0;
         if (first)
             items[m++] = (struct pl_item){.kind = PL_BEGIN};
+        /* before the first version is drawn: see "Sequenced writes" */
+        if (first && seq)
+            items[m++] = (struct pl_item){.kind = PL_SEQ_LOCK};
         if (rb != SIZE_MAX)
             items[m++] = (struct pl_item){.kind = PL_ROLLBACK_TO, .member = rb};
         for (i = start; i < n; i++) {
@@ -1793,6 +1939,13 @@ static int pl_apply(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
                 items[m++] = (struct pl_item){
                     .kind = PL_WRITE, .member = i, .write = j, .count = put_run(&g[i], j)};
         }
+        /*
+         * In every round: a ROLLBACK TO of a later round undoes this one's
+         * (it comes after every savepoint).  The server sends it at COMMIT,
+         * once however often it was asked for.
+         */
+        if (seq)
+            items[m++] = (struct pl_item){.kind = PL_SEQ_NOTIFY};
         rc = pl_round(c, items, m, res, g, batch_mode);
         if (rc != 0) {
             pl_clear(res, m);
@@ -1805,8 +1958,14 @@ static int pl_apply(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
             ExecStatusType st = res[k] != NULL ? PQresultStatus(res[k]) : PGRES_FATAL_ERROR;
             int wr;
             if (it->kind != PL_WRITE) {
-                if (st != PGRES_COMMAND_OK)
-                    rc = run_fail(c, it->kind == PL_BEGIN ? "begin" : "savepoint", res[k], 0, 0);
+                int sel = it->kind == PL_SEQ_LOCK || it->kind == PL_SEQ_NOTIFY;
+                if (st != (sel ? PGRES_TUPLES_OK : PGRES_COMMAND_OK))
+                    rc = run_fail(c,
+                                  it->kind == PL_BEGIN      ? "begin"
+                                  : it->kind == PL_SEQ_LOCK ? "sequenced writes: lock"
+                                  : sel                     ? "sequenced writes: notify"
+                                                            : "savepoint",
+                                  res[k], 0, 0);
                 if (rc == 0 && it->kind == PL_ROLLBACK_TO)
                     rb = SIZE_MAX;
                 continue;
@@ -1874,8 +2033,8 @@ static int write_tx(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
     if (rc != 0)
         return rc;
     clear_versions(w, n);
-    if (n == 1) {
-        rc = write_one(c, w, RUN_OUTCOME);
+    if (n == 1 && !is_seq(w)) {
+        rc = write_one(c, w, 0, RUN_OUTCOME);
     } else {
 #ifdef LIBPQ_HAS_PIPELINING
         struct rhema_storage_batch b = {
@@ -1883,9 +2042,16 @@ static int write_tx(rhema_storage_conn *c, struct rhema_storage_write *w, size_t
         rc = pl_apply(c, &b, 1, 1);
 #else
         size_t i;
+        int seq = 0;
+        for (i = 0; i < n; i++)
+            seq |= is_seq(&w[i]);
         rc = tx_begin(c);
+        if (rc == 0 && seq)
+            rc = seq_lock(c);
         for (i = 0; i < n && rc == 0; i++)
-            rc = write_one(c, &w[i], 0);
+            rc = write_one(c, &w[i], is_seq(&w[i]) && seq_shares(w, i), 0);
+        if (rc == 0 && seq)
+            rc = seq_notify(c);
         if (rc == 0)
             rc = tx_commit(c);
         else
@@ -1966,7 +2132,13 @@ static int pg_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
     rc = pl_apply(c, g, n, 0);
 #else
     size_t j;
+    int seq = 0;
+    for (i = 0; i < n; i++)
+        for (j = 0; j < g[i].n && g[i].result == 0; j++)
+            seq |= is_seq(&g[i].writes[j]);
     rc = tx_begin(c);
+    if (rc == 0 && seq)
+        rc = seq_lock(c);
     for (i = 0; i < n && rc == 0; i++) {
         int sp = rhema_storage_batch_checks_after_first(&g[i]);
         if (g[i].result != 0 || g[i].n == 0)
@@ -1974,7 +2146,8 @@ static int pg_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
         if (sp && (rc = run(c, ST_SAVEPOINT, NULL, NULL, 0, "savepoint", NULL)) != 0)
             break;
         for (j = 0; j < g[i].n && g[i].result == 0; j++)
-            g[i].result = write_one(c, &g[i].writes[j], 0);
+            g[i].result = write_one(c, &g[i].writes[j],
+                                    is_seq(&g[i].writes[j]) && seq_shares(g[i].writes, j), 0);
         if (g[i].result != 0) {
             clear_versions(g[i].writes, g[i].n);
             if (!member_local(g[i].result))
@@ -1985,6 +2158,8 @@ static int pg_group(rhema_storage_conn *c, struct rhema_storage_batch *g, size_t
         if (rc == 0 && sp)
             rc = run(c, ST_RELEASE, NULL, NULL, 0, "release savepoint", NULL);
     }
+    if (rc == 0 && seq)
+        rc = seq_notify(c);
     if (rc == 0)
         rc = tx_commit(c);
     else
@@ -2677,6 +2852,7 @@ static int pg_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g
     return rc;
 }
 
+#ifdef LIBPQ_HAS_PIPELINING /* get_many() is not offered without it */
 static int pg_get_many_strided(rhema_storage_conn *c, const char *const *ns,
                                const char *const *keys, size_t n, struct rhema_storage_value *out,
                                int *rcs)
@@ -2686,6 +2862,217 @@ static int pg_get_many_strided(rhema_storage_conn *c, const char *const *ns,
     if (why != NULL)
         conn_error(c, "%s", why);
     return rc;
+}
+#endif
+
+/*
+ * ---- watch() ----
+ *
+ * A thread of its own with its own PGconn (the same conninfo, hence the
+ * same TLS settings, as every connection) that LISTENs on the schema's
+ * channel and polls its socket and a wake-up pipe: a notification, or any
+ * number of them read at once, is one notify().  A lost connection is
+ * reopened at once and then after 50 ms, doubling to 2 s between failed
+ * attempts; once it is back notify() is called, since notifications sent
+ * meanwhile are lost.  unwatch() writes to the pipe and joins the thread.
+ */
+#define WATCH_BACKOFF_MIN_MS 50
+#define WATCH_BACKOFF_MAX_MS 2000
+
+struct pg_watch {
+    rhema_storage_instance *inst;
+    pthread_t thread;
+    int wake[2]; /* unwatch() writes to wake[1] */
+    PGconn *pg;  /* NULL while disconnected */
+    struct notice_sink sink;
+    void (*notify)(void *arg);
+    void *arg;
+    char down[PG_ERRMSG_MAX]; /* why the last attempt failed */
+};
+
+/* Connect and LISTEN.  0, or -1 with w->down set (and no connection). */
+static int watch_listen(struct pg_watch *w)
+{
+    rhema_storage_instance *in = w->inst;
+    char line[PG_ERRMSG_MAX], *ident, *sql;
+    int timed_out, ok = 0;
+    PGresult *r = NULL;
+
+    w->pg = pg_connect(in, &w->sink, &timed_out, w->wake[0]);
+    if (w->pg == NULL) {
+        snprintf(w->down, sizeof w->down, "out of memory");
+        return -1;
+    }
+    if (timed_out || PQstatus(w->pg) != CONNECTION_OK) {
+        if (timed_out)
+            snprintf(w->down, sizeof w->down, "connect: %s",
+                     timed_out == 2 ? "stopped" : "timed out");
+        else
+            snprintf(w->down, sizeof w->down, "connect: %s",
+                     one_line(PQerrorMessage(w->pg), line, sizeof line));
+        PQfinish(w->pg);
+        w->pg = NULL;
+        return -1;
+    }
+    ident = PQescapeIdentifier(w->pg, in->channel, strlen(in->channel));
+    sql = ident != NULL ? malloc(strlen(ident) + 8) : NULL;
+    if (sql != NULL) {
+        sprintf(sql, "LISTEN %s", ident);
+        r = PQexec(w->pg, sql);
+        ok = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK;
+    }
+    if (!ok)
+        snprintf(w->down, sizeof w->down, "LISTEN: %s",
+                 sql == NULL ? "out of memory"
+                             : one_line(r != NULL ? PQresultErrorMessage(r) : PQerrorMessage(w->pg),
+                                        line, sizeof line));
+    PQclear(r);
+    free(sql);
+    PQfreemem(ident);
+    if (!ok) {
+        PQfinish(w->pg);
+        w->pg = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* Wait ms for the wake-up pipe: 1 when woken (stop), else 0. */
+static int watch_sleep(struct pg_watch *w, int ms)
+{
+    struct pollfd p = {.fd = w->wake[0], .events = POLLIN};
+    int r;
+    do
+        r = poll(&p, 1, ms);
+    while (r < 0 && errno == EINTR);
+    return r > 0;
+}
+
+static void *watch_main(void *arg)
+{
+    struct pg_watch *w = arg;
+    const struct rhema_host *h = w->inst->host;
+    int backoff = 0; /* the first attempt after a loss goes at once */
+
+    for (;;) {
+        struct pollfd p[2];
+        int r, got = 0;
+        PGnotify *nt;
+        if (w->pg == NULL) {
+            if (backoff > 0 && watch_sleep(w, backoff))
+                break;
+            if (watch_listen(w) != 0) {
+                if (watch_sleep(w, 0))
+                    break;
+                backoff = backoff == 0                         ? WATCH_BACKOFF_MIN_MS
+                          : backoff * 2 > WATCH_BACKOFF_MAX_MS ? WATCH_BACKOFF_MAX_MS
+                                                               : backoff * 2;
+                continue;
+            }
+            backoff = 0;
+            if (h->log != NULL)
+                h->log(RHEMA_LOG_NOTICE, PLUGIN_NAME, "watch: listening again on %s",
+                       w->inst->channel);
+            w->notify(w->arg); /* what was written meanwhile was not notified */
+            continue;
+        }
+        p[0] = (struct pollfd){.fd = PQsocket(w->pg), .events = POLLIN};
+        p[1] = (struct pollfd){.fd = w->wake[0], .events = POLLIN};
+        r = poll(p, 2, -1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 || p[1].revents != 0)
+            break;
+        if (p[0].revents == 0)
+            continue;
+        if (PQconsumeInput(w->pg))
+            while ((nt = PQnotifies(w->pg)) != NULL) {
+                got = 1;
+                PQfreemem(nt);
+            }
+        if (got)
+            w->notify(w->arg);
+        if (PQstatus(w->pg) != CONNECTION_OK || w->sink.fatal) {
+            char line[PG_ERRMSG_MAX];
+            if (h->log != NULL)
+                h->log(RHEMA_LOG_WARN, PLUGIN_NAME, "watch: connection lost: %s",
+                       w->sink.fatal ? "the server ended the session"
+                                     : one_line(PQerrorMessage(w->pg), line, sizeof line));
+            PQfinish(w->pg);
+            w->pg = NULL;
+        }
+    }
+    if (w->pg != NULL)
+        PQfinish(w->pg);
+    w->pg = NULL;
+    return NULL;
+}
+
+static void watch_free(struct pg_watch *w)
+{
+    if (w->wake[0] >= 0)
+        close(w->wake[0]);
+    if (w->wake[1] >= 0)
+        close(w->wake[1]);
+    free(w);
+}
+
+/*
+ * Start listening before returning, so that a batch committed after
+ * watch() returns is notified; a server that cannot be reached now is
+ * retried by the thread (and notify() called once it answers).
+ */
+static int pg_watch(rhema_storage_instance *in, void (*notify)(void *arg), void *arg, char **err)
+{
+    const struct rhema_host *h = in->host;
+    struct pg_watch *w;
+    int rc;
+
+    if (notify == NULL)
+        return h->set_error(err, RHEMA_EINVAL, "postgres: watch() without a notify function");
+    if (in->watch != NULL)
+        return h->set_error(err, RHEMA_EINVAL, "postgres: watch() called twice without unwatch()");
+    w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return h->set_error(err, RHEMA_ENOMEM, "postgres: out of memory");
+    w->inst = in;
+    w->notify = notify;
+    w->arg = arg;
+    w->wake[0] = w->wake[1] = -1;
+    if (pipe(w->wake) != 0) {
+        rc = h->set_error(err, RHEMA_EIO, "postgres: watch: pipe: %s", strerror(errno));
+        watch_free(w);
+        return rc;
+    }
+    (void)fcntl(w->wake[0], F_SETFD, FD_CLOEXEC);
+    (void)fcntl(w->wake[1], F_SETFD, FD_CLOEXEC);
+    if (watch_listen(w) != 0 && h->log != NULL)
+        h->log(RHEMA_LOG_WARN, PLUGIN_NAME, "watch: %s; will retry", w->down);
+    rc = pthread_create(&w->thread, NULL, watch_main, w);
+    if (rc != 0) {
+        if (w->pg != NULL)
+            PQfinish(w->pg);
+        rc = h->set_error(err, RHEMA_ENOMEM, "postgres: watch: cannot start a thread: %s",
+                          strerror(rc));
+        watch_free(w);
+        return rc;
+    }
+    in->watch = w;
+    return 0;
+}
+
+static void pg_unwatch(rhema_storage_instance *in)
+{
+    struct pg_watch *w = in->watch;
+    ssize_t r;
+    if (w == NULL)
+        return;
+    do
+        r = write(w->wake[1], "x", 1);
+    while (r < 0 && errno == EINTR);
+    pthread_join(w->thread, NULL);
+    watch_free(w);
+    in->watch = NULL;
 }
 
 static const struct rhema_storage_plugin postgres_plugin = {
@@ -2713,6 +3100,8 @@ static const struct rhema_storage_plugin postgres_plugin = {
     .get_many = pg_get_many_strided,
 #endif
     .rate = pg_rate,
+    .watch = pg_watch,
+    .unwatch = pg_unwatch,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

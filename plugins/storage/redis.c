@@ -76,6 +76,13 @@
  *           stay below 2^53, where every integer is exact.  A state of
  *           another n, or at rest, counts as absent; a refusal writes
  *           nothing.  Backup and restore leave these keys alone (not data).
+ * Sequenced writes (RHEMA_WRITE_SEQUENCED, minor 3) are part of the write
+ * script: it takes their versions from the same INCRBY (sharing the one of
+ * the put before them), builds their keys from the prefix it is given and
+ * the 20 digits, and PUBLISHes on P"feed/"database (pub/sub channels are
+ * not per database) in the same atomic run.  Scripts run one at a time, so
+ * records become visible in version order with nothing more to do; watch()
+ * SUBSCRIBEs to that channel (see "watch()" below).
  * The scripts build entry keys from the prefix they get as an argument, so
  * they do not declare every key they touch: fine on a standalone server or
  * a primary with replicas, not on Redis Cluster (which rhema does not use).
@@ -157,46 +164,65 @@ enum script_id { SC_WRITE, SC_SCAN, SC_STATS, SC_LEASE, SC_DUMP, SC_RATE, SC__CO
 /*
  * KEYS[1] version counter, KEYS[2] namespace set, then per write i
  * (0-based) KEYS[3+2i] its entry hash and KEYS[4+2i] its namespace zset.
- * ARGV per write, 6 each: op ('p' put, 'd' delete), ns, key, value,
- * expected ('' any, '-' absent, else a decimal version), ttl ms ('0' none).
+ * ARGV[1] the channel of sequenced writes, then per write, 6 each: op
+ * ('p' put, 'd' delete, 's' sequenced put), ns, key, value, expected (''
+ * any, '-' absent, else a decimal version), ttl ms ('0' none).
+ * A sequenced put's key and entry hash (KEYS[3+2i]) are prefixes: the
+ * script appends the 20 digits of its version, which is that of the write
+ * before it when that is a 'p', else the next one; the key is new, so it
+ * has no precondition.  A run that applied a sequenced put PUBLISHes ''
+ * on the channel, in the same atomic step.
  * Returns {0, version...} (version '0' for a delete), or {code, index, cur}
  * with code -1 (delete of an absent key) or -2 (version mismatch).
  */
 static const char script_write[] =
-    "local n = #ARGV / 6\n"
-    "local seen, vers, puts = {}, {}, 0\n"
+    "local n = (#ARGV - 1) / 6\n"
+    "local seen, vers, puts, seq = {}, {}, 0, false\n"
     "for i = 0, n - 1 do\n"
-    "  local a, ek = i * 6, KEYS[3 + 2 * i]\n"
+    "  local a, ek = 1 + i * 6, KEYS[3 + 2 * i]\n"
     "  local op, ev = ARGV[a + 1], ARGV[a + 5]\n"
-    "  local cur = seen[ek]\n"
-    "  if cur == nil then cur = redis.call('HGET', ek, 'n') or '' end\n"
-    "  if op == 'd' and cur == '' then return {-1, i, ''} end\n"
-    "  if ev == '-' then\n"
-    "    if cur ~= '' then return {-2, i, cur} end\n"
-    "  elseif ev ~= '' and ev ~= cur then return {-2, i, cur} end\n"
-    "  if op == 'p' then puts = puts + 1; vers[i + 1] = puts; seen[ek] = 'pending:' .. puts\n"
-    "  else vers[i + 1] = 0; seen[ek] = '' end\n"
+    "  if op == 's' then\n"
+    "    seq = true\n"
+    "    if i == 0 or ARGV[a - 5] ~= 'p' then puts = puts + 1 end\n"
+    "    vers[i + 1] = puts\n"
+    "  else\n"
+    "    local cur = seen[ek]\n"
+    "    if cur == nil then cur = redis.call('HGET', ek, 'n') or '' end\n"
+    "    if op == 'd' and cur == '' then return {-1, i, ''} end\n"
+    "    if ev == '-' then\n"
+    "      if cur ~= '' then return {-2, i, cur} end\n"
+    "    elseif ev ~= '' and ev ~= cur then return {-2, i, cur} end\n"
+    "    if op == 'p' then puts = puts + 1; vers[i + 1] = puts; seen[ek] = 'pending:' .. puts\n"
+    "    else vers[i + 1] = 0; seen[ek] = '' end\n"
+    "  end\n"
     "end\n"
     "local base = 0\n"
     "if puts > 0 then base = redis.call('INCRBY', KEYS[1], puts) - puts end\n"
     "local out = {0}\n"
     "for i = 0, n - 1 do\n"
-    "  local a, ek, zk = i * 6, KEYS[3 + 2 * i], KEYS[4 + 2 * i]\n"
-    "  if ARGV[a + 1] == 'p' then\n"
+    "  local a, ek, zk = 1 + i * 6, KEYS[3 + 2 * i], KEYS[4 + 2 * i]\n"
+    "  local op, key = ARGV[a + 1], ARGV[a + 3]\n"
+    "  if op == 'p' or op == 's' then\n"
     "    local v = string.format('%.0f', base + vers[i + 1])\n"
+    "    if op == 's' then\n"
+    "      local d = string.rep('0', 20 - #v) .. v\n"
+    "      ek = ek .. d\n"
+    "      key = key .. d\n"
+    "    end\n"
     "    redis.call('HSET', ek, 'v', ARGV[a + 4], 'n', v)\n"
     "    if ARGV[a + 6] ~= '0' then redis.call('PEXPIRE', ek, ARGV[a + 6])\n"
     "    else redis.call('PERSIST', ek) end\n"
-    "    redis.call('ZADD', zk, 0, ARGV[a + 3])\n"
+    "    redis.call('ZADD', zk, 0, key)\n"
     "    redis.call('SADD', KEYS[2], ARGV[a + 2])\n"
     "    out[i + 2] = v\n"
     "  else\n"
     "    redis.call('DEL', ek)\n"
-    "    redis.call('ZREM', zk, ARGV[a + 3])\n"
+    "    redis.call('ZREM', zk, key)\n"
     "    if redis.call('ZCARD', zk) == 0 then redis.call('SREM', KEYS[2], ARGV[a + 2]) end\n"
     "    out[i + 2] = '0'\n"
     "  end\n"
     "end\n"
+    "if seq then redis.call('PUBLISH', ARGV[1], '') end\n"
     "return out\n";
 
 /*
@@ -370,6 +396,8 @@ static const char *const scripts[SC__COUNT] = {
 
 /* ---- instance and connection ---- */
 
+struct rd_watch;
+
 struct rhema_storage_instance {
     const struct rhema_host *host;
     const char *server;   /* host name or address; owned by the host's config */
@@ -381,6 +409,8 @@ struct rhema_storage_instance {
     int timeout_ms;
     SSL_CTX *tls;              /* NULL: plain TCP */
     const char *tls_name;      /* the name the server's certificate must carry */
+    char *channel;             /* pub/sub channel of sequenced writes: P"feed/"database */
+    struct rd_watch *watch;    /* watch()'s subscriber, NULL when not watching */
 };
 
 struct rhema_storage_conn {
@@ -541,9 +571,15 @@ static int check_ns_key(rhema_storage_conn *c, const char *ns, const char *key)
     return 0;
 }
 
+/* Short names for the sequenced-write helpers of ../common (storage_check.h). */
+static int is_seq(const struct rhema_storage_write *w)
+{
+    return rhema_storage_write_sequenced(w);
+}
+
 static int check_write(rhema_storage_conn *c, const struct rhema_storage_write *w)
 {
-    const char *why = rhema_storage_write_invalid(w);
+    const char *why = rhema_storage_write_invalid(w); /* sequenced writes too */
     if (why) {
         conn_error(c, "%s", why);
         return RHEMA_EINVAL;
@@ -1065,6 +1101,11 @@ static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
     in->prefix = prefix;
     in->prefix_len = strlen(prefix);
     in->timeout_ms = (int)timeout;
+    /* pub/sub channels are not per database: the database is part of the name */
+    in->channel = malloc(in->prefix_len + 5 + 24);
+    if (in->channel == NULL)
+        return h->set_error(err, RHEMA_ENOMEM, "redis: out of memory");
+    snprintf(in->channel, in->prefix_len + 5 + 24, "%sfeed/%lld", prefix, (long long)database);
     return 0;
 }
 
@@ -1129,14 +1170,20 @@ static int rd_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
     return 0;
 fail:
     SSL_CTX_free(in->tls);
+    free(in->channel);
     free(in);
     return rc;
 }
 
+static void rd_unwatch(rhema_storage_instance *in);
+
 static void rd_close(rhema_storage_instance *in)
 {
-    if (in != NULL)
+    if (in != NULL) {
+        rd_unwatch(in); /* the host calls it first; a test may not */
         SSL_CTX_free(in->tls);
+        free(in->channel);
+    }
     free(in);
 }
 
@@ -1518,12 +1565,13 @@ static void push_writes(struct args *a, const rhema_storage_instance *in,
     args_push_cat(a, in->prefix, "version", NULL, NULL);
     args_push_cat(a, in->prefix, "namespaces", NULL, NULL);
     for (i = 0; i < n; i++) {
-        push_entry_key(a, in, w[i].ns, w[i].key);
+        push_entry_key(a, in, w[i].ns, w[i].key); /* sequenced: the script appends the digits */
         args_push_cat(a, in->prefix, "z/", w[i].ns, NULL);
     }
+    args_push_str(a, in->channel);
     for (i = 0; i < n; i++) {
         uint64_t ev = w[i].expected_version, ttl = w[i].ttl_ms;
-        args_push_str(a, w[i].op == RHEMA_WRITE_PUT ? "p" : "d");
+        args_push_str(a, w[i].op != RHEMA_WRITE_PUT ? "d" : is_seq(&w[i]) ? "s" : "p");
         args_push_str(a, w[i].ns);
         args_push_str(a, w[i].key);
         if (w[i].op == RHEMA_WRITE_PUT)
@@ -2385,6 +2433,236 @@ static int rd_get_many_strided(rhema_storage_conn *c, const char *const *ns,
     return rc;
 }
 
+/*
+ * ---- watch() ----
+ *
+ * A thread of its own with its own connection, made as every connection is
+ * (TLS through the relay when configured, AUTH, SELECT), that SUBSCRIBEs
+ * to the channel the write script PUBLISHes on and polls its socket and a
+ * wake-up pipe: a message, or any number of them read at once, is one
+ * notify().  A lost connection is reopened at once and then after 50 ms,
+ * doubling to 2 s between failed attempts; once it is back notify() is
+ * called, since messages published meanwhile are lost (pub/sub keeps
+ * nothing).  unwatch() writes to the pipe and joins the thread, which may
+ * take up to timeout_ms when it is in the middle of a connect.
+ */
+#define WATCH_BACKOFF_MIN_MS 50
+#define WATCH_BACKOFF_MAX_MS 2000
+
+struct rd_watch {
+    rhema_storage_instance *inst;
+    rhema_storage_conn *c; /* its context; c->down says why it last failed */
+    pthread_t thread;
+    int wake[2]; /* unwatch() writes to wake[1] */
+    void (*notify)(void *arg);
+    void *arg;
+};
+
+static void watch_drop(struct rd_watch *w)
+{
+    if (w->c->ctx != NULL)
+        context_free(w->c->ctx, w->c->relay, NULL, 0);
+    w->c->ctx = NULL;
+    w->c->relay = NULL;
+}
+
+/* Connect and SUBSCRIBE.  0, or -1 with w->c->down set (and no context). */
+static int watch_subscribe(struct rd_watch *w)
+{
+    struct sigpipe_guard g;
+    const char *argv[2] = {"SUBSCRIBE", w->inst->channel};
+    size_t lens[2] = {9, strlen(w->inst->channel)};
+    redisReply *r = NULL;
+    int auth_failed, ok;
+
+    if (open_context(w->c, &auth_failed) != 0)
+        return -1;
+    sigpipe_block(&g);
+    ok = setup_command(w->c, w->c->ctx, 2, argv, lens, &r, "SUBSCRIBE") == 0;
+    sigpipe_restore(&g);
+    if (ok && (r->type != REDIS_REPLY_ARRAY || r->elements != 3)) {
+        snprintf(w->c->down, sizeof w->c->down, "SUBSCRIBE: unexpected reply type %d", r->type);
+        ok = 0;
+    }
+    if (r != NULL)
+        freeReplyObject(r);
+    if (!ok) {
+        watch_drop(w);
+        return -1;
+    }
+    return 0;
+}
+
+/* Wait ms for the wake-up pipe: 1 when woken (stop), else 0. */
+static int watch_sleep(struct rd_watch *w, int ms)
+{
+    struct pollfd p = {.fd = w->wake[0], .events = POLLIN};
+    int r;
+    do
+        r = poll(&p, 1, ms);
+    while (r < 0 && errno == EINTR);
+    return r > 0;
+}
+
+/* Read what the socket has; 1 when a message came, -1 when the connection is lost. */
+static int watch_read(struct rd_watch *w)
+{
+    redisContext *ctx = w->c->ctx;
+    void *vr = NULL;
+    int got = 0;
+    if (redisBufferRead(ctx) != REDIS_OK)
+        return -1;
+    for (;;) {
+        redisReply *r;
+        if (redisGetReplyFromReader(ctx, &vr) != REDIS_OK)
+            return -1;
+        if (vr == NULL)
+            break;
+        r = vr;
+        if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+            r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "message") == 0)
+            got = 1;
+        freeReplyObject(r);
+        vr = NULL;
+    }
+    return got;
+}
+
+static void *watch_main(void *arg)
+{
+    struct rd_watch *w = arg;
+    const struct rhema_host *h = w->inst->host;
+    int backoff = 0; /* the first attempt after a loss goes at once */
+
+    for (;;) {
+        struct pollfd p[2];
+        int r;
+        if (w->c->ctx == NULL) {
+            if (backoff > 0 && watch_sleep(w, backoff))
+                break;
+            if (watch_subscribe(w) != 0) {
+                if (watch_sleep(w, 0))
+                    break;
+                backoff = backoff == 0                         ? WATCH_BACKOFF_MIN_MS
+                          : backoff * 2 > WATCH_BACKOFF_MAX_MS ? WATCH_BACKOFF_MAX_MS
+                                                               : backoff * 2;
+                continue;
+            }
+            backoff = 0;
+            if (h->log != NULL)
+                h->log(RHEMA_LOG_NOTICE, PLUGIN_NAME, "watch: subscribed again to %s",
+                       w->inst->channel);
+            w->notify(w->arg); /* what was written meanwhile was not published to us */
+            continue;
+        }
+        p[0] = (struct pollfd){.fd = w->c->ctx->fd, .events = POLLIN};
+        p[1] = (struct pollfd){.fd = w->wake[0], .events = POLLIN};
+        r = poll(p, 2, -1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 || p[1].revents != 0)
+            break;
+        if (p[0].revents == 0)
+            continue;
+        r = watch_read(w);
+        if (r > 0)
+            w->notify(w->arg);
+        if (r < 0) {
+            char why[256];
+            snprintf(why, sizeof why, "%s",
+                     w->c->ctx->errstr[0] ? w->c->ctx->errstr : "the server closed the connection");
+            context_free(w->c->ctx, w->c->relay, why, sizeof why);
+            w->c->ctx = NULL;
+            w->c->relay = NULL;
+            if (h->log != NULL)
+                h->log(RHEMA_LOG_WARN, PLUGIN_NAME, "watch: connection to %s:%d lost: %s",
+                       w->inst->server, w->inst->port, why);
+        }
+    }
+    watch_drop(w);
+    return NULL;
+}
+
+static void watch_free(struct rd_watch *w)
+{
+    if (w->wake[0] >= 0)
+        close(w->wake[0]);
+    if (w->wake[1] >= 0)
+        close(w->wake[1]);
+    if (w->c != NULL)
+        rd_disconnect(w->c);
+    free(w);
+}
+
+/*
+ * Subscribe before returning, so that a batch applied after watch()
+ * returns is notified; a server that cannot be reached now is retried by
+ * the thread (and notify() called once it answers).
+ */
+static int rd_watch(rhema_storage_instance *in, void (*notify)(void *arg), void *arg, char **err)
+{
+    const struct rhema_host *h = in->host;
+    struct rd_watch *w;
+    sigset_t pipe_set, old;
+    int rc;
+
+    if (notify == NULL)
+        return h->set_error(err, RHEMA_EINVAL, "redis: watch() without a notify function");
+    if (in->watch != NULL)
+        return h->set_error(err, RHEMA_EINVAL, "redis: watch() called twice without unwatch()");
+    w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return h->set_error(err, RHEMA_ENOMEM, "redis: out of memory");
+    w->inst = in;
+    w->notify = notify;
+    w->arg = arg;
+    w->wake[0] = w->wake[1] = -1;
+    w->c = conn_new(in);
+    if (w->c == NULL) {
+        free(w);
+        return h->set_error(err, RHEMA_ENOMEM, "redis: out of memory");
+    }
+    if (pipe(w->wake) != 0) {
+        rc = h->set_error(err, RHEMA_EIO, "redis: watch: pipe: %s", strerror(errno));
+        watch_free(w);
+        return rc;
+    }
+    (void)fcntl(w->wake[0], F_SETFD, FD_CLOEXEC);
+    (void)fcntl(w->wake[1], F_SETFD, FD_CLOEXEC);
+    if (watch_subscribe(w) != 0 && h->log != NULL)
+        h->log(RHEMA_LOG_WARN, PLUGIN_NAME, "watch: %s:%d: %s; will retry", in->server, in->port,
+               w->c->down);
+    /* the thread inherits a blocked SIGPIPE: a write to a closed socket never kills the host */
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    rc = pthread_create(&w->thread, NULL, watch_main, w);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        watch_drop(w);
+        rc = h->set_error(err, RHEMA_ENOMEM, "redis: watch: cannot start a thread: %s",
+                          strerror(rc));
+        watch_free(w);
+        return rc;
+    }
+    in->watch = w;
+    return 0;
+}
+
+static void rd_unwatch(rhema_storage_instance *in)
+{
+    struct rd_watch *w = in->watch;
+    ssize_t r;
+    if (w == NULL)
+        return;
+    do
+        r = write(w->wake[1], "x", 1);
+    while (r < 0 && errno == EINTR);
+    pthread_join(w->thread, NULL);
+    watch_free(w);
+    in->watch = NULL;
+}
+
 static const struct rhema_storage_plugin redis_plugin = {
     .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
                                         "Redis server through hiredis (shared, leases, TTL)"),
@@ -2409,6 +2687,8 @@ static const struct rhema_storage_plugin redis_plugin = {
     .restore = rd_restore,
     .get_many = rd_get_many_strided,
     .rate = rd_rate,
+    .watch = rd_watch,
+    .unwatch = rd_unwatch,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -994,6 +995,126 @@ static int srv_rate(const struct rhema_storage_plugin *vt, rhema_storage_conn *c
 }
 #endif
 
+#if defined(RHEMA_HAVE_HIREDIS) || defined(RHEMA_HAVE_LIBPQ)
+/*
+ * watch() after a lost channel: the server side of the plugin's listening
+ * connection is killed (as a server restart would end it) by kill(), which
+ * the backend's own check supplies; the plugin must reconnect by itself and
+ * call notify() once it is back, and a sequenced batch made after that must
+ * be notified again.  Bounded by WATCH_LOST_MS per wait; never a timing
+ * assertion: a failure only when the notification never comes.
+ */
+#define WATCH_LOST_MS 10000
+
+struct watch_ctr {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned long n;
+};
+
+static void watch_ctr_notify(void *arg)
+{
+    struct watch_ctr *w = arg;
+    pthread_mutex_lock(&w->mu);
+    w->n++;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static unsigned long watch_ctr_get(struct watch_ctr *w)
+{
+    unsigned long n;
+    pthread_mutex_lock(&w->mu);
+    n = w->n;
+    pthread_mutex_unlock(&w->mu);
+    return n;
+}
+
+/* 1 when the count went above `after` within WATCH_LOST_MS. */
+static int watch_ctr_wait(struct watch_ctr *w, unsigned long after)
+{
+    struct timespec until;
+    int more;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += WATCH_LOST_MS / 1000;
+    pthread_mutex_lock(&w->mu);
+    while (w->n <= after && pthread_cond_timedwait(&w->cv, &w->mu, &until) == 0)
+        ;
+    more = w->n > after;
+    pthread_mutex_unlock(&w->mu);
+    return more;
+}
+
+/*
+ * Open the backend, watch(), kill its listening connection with kill(arg)
+ * (0 or a message in msg), wait for the notify of the reconnect, then
+ * for that of a sequenced batch.  One TAP line.
+ */
+static void watch_lost_channel(const struct rhema_storage_plugin *vt, const char *backend,
+                               int (*kill)(void *arg, char *msg, size_t cap), void *arg)
+{
+    struct rhema_config cfg;
+    rhema_storage_instance *inst = NULL;
+    rhema_storage_conn *c = NULL;
+    struct watch_ctr ctr = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    char msg[1024] = "", ns[64], *err = NULL;
+    unsigned long before;
+    int rc, watching = 0, opened = 0;
+
+    if (vt->base.abi_minor < 3 || vt->watch == NULL) {
+        tap(backend, "watch: notify after the channel was lost", RHEMA_CONF_SKIP, "no watch()");
+        return;
+    }
+    snprintf(ns, sizeof ns, "wlost%ld", (long)getpid());
+    if (srv_open(vt, backend, &cfg, NULL, &inst, &c, msg, sizeof msg) != 0)
+        goto out;
+    opened = 1;
+    if ((rc = vt->watch(inst, watch_ctr_notify, &ctr, &err)) != 0) {
+        snprintf(msg, sizeof msg, "watch: %s: %s", rhema_strerror(rc), err ? err : "");
+        free(err);
+        goto out;
+    }
+    watching = 1;
+    before = watch_ctr_get(&ctr);
+    if (kill(arg, msg, sizeof msg) != 0)
+        goto out;
+    if (!watch_ctr_wait(&ctr, before)) {
+        snprintf(msg, sizeof msg, "no notify within %d ms of the listening connection's loss",
+                 WATCH_LOST_MS);
+        goto out;
+    }
+    {
+        struct rhema_storage_write w[2] = {
+            {.size = sizeof w[0], .op = RHEMA_WRITE_PUT, .ns = ns, .key = "k", .value = "v",
+             .value_len = 1},
+            {.size = sizeof w[0], .op = RHEMA_WRITE_PUT, .ns = ns, .key = "rec/", .value = "e",
+             .value_len = 1, .flags = RHEMA_WRITE_SEQUENCED}};
+        char rec[64];
+        before = watch_ctr_get(&ctr);
+        if ((rc = vt->batch(c, w, 2)) != 0) {
+            snprintf(msg, sizeof msg, "batch: %s: %s", rhema_strerror(rc), vt->errmsg(c));
+            goto out;
+        }
+        if (!watch_ctr_wait(&ctr, before))
+            snprintf(msg, sizeof msg, "no notify within %d ms of a batch after the reconnect",
+                     WATCH_LOST_MS);
+        snprintf(rec, sizeof rec, "rec/%020llu", (unsigned long long)w[1].new_version);
+        (void)vt->del(c, ns, "k", RHEMA_VERSION_ANY);
+        (void)vt->del(c, ns, rec, RHEMA_VERSION_ANY);
+    }
+out:
+    if (watching)
+        vt->unwatch(inst);
+    if (opened) {
+        vt->disconnect(c);
+        vt->close(inst);
+        rhema_config_release(&cfg);
+    }
+    tap(backend, "watch: notify after the channel was lost",
+        msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+}
+#endif
+
 #ifdef RHEMA_HAVE_HIREDIS
 static void sleep_ms(unsigned ms)
 {
@@ -1081,6 +1202,60 @@ out:
 }
 #endif
 
+#ifdef RHEMA_HAVE_HIREDIS
+struct redis_at {
+    const char *host;
+    int64_t port;
+};
+
+/* CLIENT KILL TYPE pubsub: ends the plugin's subscriber connection. */
+static int redis_kill_pubsub(void *arg, char *msg, size_t cap)
+{
+    struct redis_at *at = arg;
+    redisContext *ctx = redisConnect(at->host, (int)at->port);
+    redisReply *r;
+    int ok;
+    if (ctx == NULL || ctx->err) {
+        snprintf(msg, cap, "redisConnect: %s", ctx ? ctx->errstr : "out of memory");
+        redisFree(ctx);
+        return -1;
+    }
+    r = redisCommand(ctx, "CLIENT KILL TYPE pubsub");
+    ok = r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer >= 1;
+    if (!ok)
+        snprintf(msg, cap, "CLIENT KILL TYPE pubsub: %s",
+                 r == NULL                         ? ctx->errstr
+                 : r->type == REDIS_REPLY_ERROR ? r->str
+                                                   : "no client killed");
+    if (r != NULL)
+        freeReplyObject(r);
+    redisFree(ctx);
+    return ok ? 0 : -1;
+}
+
+static void redis_watch_lost(const struct rhema_storage_plugin *vt)
+{
+    struct rhema_config cfg;
+    struct redis_at at = {"127.0.0.1", 6379};
+    const char *none[1] = {NULL};
+    int tls = 0;
+    if (load_config(&cfg, "redis", "watch", none, 0) != 0)
+        return;
+    const struct rhema_cfg *g = rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, "redis");
+    rhema_host_get()->cfg_string(g, "host", &at.host);
+    rhema_host_get()->cfg_int(g, "port", &at.port);
+    rhema_host_get()->cfg_bool(g, "tls", &tls);
+    if (tls) {
+        rhema_config_release(&cfg);
+        tap("redis", "watch: notify after the channel was lost", RHEMA_CONF_SKIP,
+            "the server takes TLS; this check needs plain TCP (to kill the subscriber)");
+        return;
+    }
+    watch_lost_channel(vt, "redis", redis_kill_pubsub, &at);
+    rhema_config_release(&cfg);
+}
+#endif
+
 #ifdef RHEMA_HAVE_LIBPQ
 /* One integer of a query, or -1 (msg says why when it is set). */
 static long long pg_int(PGconn *pg, const char *sql)
@@ -1162,6 +1337,45 @@ out:
 }
 #endif
 
+#ifdef RHEMA_HAVE_LIBPQ
+/* pg_terminate_backend() of the plugin's LISTEN connection. */
+static int pg_kill_listener(void *arg, char *msg, size_t cap)
+{
+    PGconn *pg = PQconnectdb(arg);
+    long long n;
+    if (PQstatus(pg) != CONNECTION_OK) {
+        snprintf(msg, cap, "PQconnectdb: %s", PQerrorMessage(pg));
+        PQfinish(pg);
+        return -1;
+    }
+    n = pg_int(pg, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                   "WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()");
+    PQfinish(pg);
+    if (n < 1) {
+        snprintf(msg, cap, "no LISTEN connection to terminate (%lld)", n);
+        return -1;
+    }
+    return 0;
+}
+
+static void postgres_watch_lost(const struct rhema_storage_plugin *vt)
+{
+    struct rhema_config cfg;
+    const char *conninfo = "", *none[1] = {NULL};
+    char *copy;
+    if (load_config(&cfg, "postgres", "watch", none, 0) != 0)
+        return;
+    rhema_host_get()->cfg_string(rhema_config_plugin_group(&cfg, RHEMA_KIND_STORAGE, "postgres"),
+                                 "conninfo", &conninfo);
+    copy = strdup(conninfo);
+    rhema_config_release(&cfg);
+    if (copy == NULL)
+        return;
+    watch_lost_channel(vt, "postgres", pg_kill_listener, copy);
+    free(copy);
+}
+#endif
+
 /* ---- main ---- */
 
 /* Run the suite on one backend, plus its own checks. */
@@ -1210,12 +1424,16 @@ static void run_backend(struct rhema_plugin_registry *reg, const char *backend)
 #endif
     }
 #ifdef RHEMA_HAVE_HIREDIS
-    if (strcmp(backend, "redis") == 0)
+    if (strcmp(backend, "redis") == 0) {
         redis_rate_keys(vt);
+        redis_watch_lost(vt);
+    }
 #endif
 #ifdef RHEMA_HAVE_LIBPQ
-    if (strcmp(backend, "postgres") == 0)
+    if (strcmp(backend, "postgres") == 0) {
         postgres_rate_table(vt);
+        postgres_watch_lost(vt);
+    }
 #endif
 }
 
