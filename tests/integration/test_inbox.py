@@ -71,6 +71,12 @@ def test_at_least_once_with_ack(node):
     assert r.status == 204, r.body
     r = ack(node, "s1", "m1")             # already acked
     assert r.status == 404, r.body
+    # the ack is in the change feed
+    r = node.request("GET", "/v1/events?since=0&types=message.acked&wait=5s", timeout=20)
+    assert r.status == 200, r.body
+    evs = r.json()["items"]
+    assert [(e["type"], e["id"], e["session"], e["agent"]) for e in evs] == \
+        [("message.acked", "m1", "s1", "worker")], evs
     # a re-sent identical message adds nothing
     send(node, "s1", "m1")
     assert inbox(node) == []
