@@ -57,13 +57,23 @@ static int inbox_try(struct rhema_req *r, int final, uint64_t *recheck_ms)
     return 1;
 }
 
+/* Inboxes are written with the change feed's records: none without it. */
+static int feed_off(struct rhema_req *r)
+{
+    if (r->worker->srv->feed)
+        return 0;
+    rhema_reply_error(r, 503, "unavailable",
+                      "inboxes need the change feed: coordination.change_feed is false");
+    return 1;
+}
+
 static void h_inbox_get(struct rhema_req *r)
 {
     static const char *const known[] = {"limit", "wait", "visibility", NULL};
     uint64_t limit = INBOX_LIMIT_DEFAULT, vis_s = 0, wait_ms, recheck;
     if (rhema_query_check(r, known) || rhema_query_uint(r, "limit", RHEMA_LIST_LIMIT_MAX, &limit) ||
         rhema_query_uint(r, "visibility", VISIBILITY_MAX_S, &vis_s) ||
-        rhema_events_wait_param(r, &wait_ms))
+        rhema_events_wait_param(r, &wait_ms) || feed_off(r))
         return;
     uint64_t from = rhema_events_head(r); /* before looking: nothing comes in unseen */
     if (inbox_try(r, wait_ms == 0, &recheck))
@@ -75,7 +85,7 @@ static void h_message_ack(struct rhema_req *r)
 {
     char err[RHEMA_ERRMSG_MAX];
     json_t *body;
-    if (rhema_query_check(r, NULL) || !(body = rhema_req_json(r)))
+    if (rhema_query_check(r, NULL) || feed_off(r) || !(body = rhema_req_json(r)))
         return;
     json_t *a = json_object_get(body, "agent_id");
     const char *agent = json_string_value(a);

@@ -284,3 +284,13 @@ def test_failed_agent_messages_visible_again(daemons):
     assert wait_until(failed, 30, step=0.1)
     got = inbox(d)
     assert ids(got) == ["m1"] and got[0]["delivery"] == 2
+
+
+def test_feed_off_refused(daemons):
+    d = daemons(config=memory_config() + "coordination: { change_feed = false; };\n").start()
+    put_session(d, "s1")
+    send(d, "s1", "m1")
+    r = d.request("GET", "/v1/agents/worker/inbox")
+    assert r.status == 503 and b"change_feed" in r.body, r.body
+    r = ack(d, "s1", "m1")
+    assert r.status == 503 and b"change_feed" in r.body, r.body
