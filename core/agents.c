@@ -1661,11 +1661,17 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
         int prc = text && vkey && keep && nv > keep
                       ? prune_keys(st, NS_CONFIGS, name, nv - keep + 1, &old)
                       : 0;
-        struct rhema_storage_write *w = calloc(2 + old.n, sizeof *w);
-        if (!text || !vkey || !w || prc) {
+        struct rhema_storage_write *w = calloc(3 + old.n, sizeof *w);
+        struct rhema_feed_fields ef = {.type = cversion ? "configuration.updated"
+                                                        : "configuration.created",
+                                       .id = name, .version = cversion + 1};
+        size_t elen = 0;
+        char *etext = st->feed ? rhema_feed_record(&ef, &elen) : NULL;
+        if (!text || !vkey || !w || prc || (st->feed && !etext)) {
             free(text);
             free(vkey);
             free(w);
+            free(etext);
             rhema_key_list_release(&old);
             rc = prc && prc != RHEMA_ENOMEM
                      ? rhema_store_error(st, prc, "listing configuration versions", err)
@@ -1683,9 +1689,14 @@ int rhema_configuration_put(struct rhema_store *st, const char *name, json_t *co
         for (size_t k = 0; k < old.n; k++)
             w[2 + k] =
                 store_write(RHEMA_WRITE_DEL, NS_CONFIGS, old.v[k], NULL, 0, RHEMA_VERSION_ANY);
-        rc = st->vt->batch(st->conn, w, 2 + old.n);
+        if (etext) /* the change feed's record (issue 12): "version" is the configuration's */
+            rhema_feed_write(&w[2 + old.n], etext, elen);
+        rc = st->vt->batch(st->conn, w, 2 + old.n + (etext ? 1 : 0));
+        free(etext);
         free(vkey);
         free(w);
+        if (rc == 0)
+            rhema_feed_wake(st->feed);
         rhema_key_list_release(&old);
         if (rc == RHEMA_ECONFLICT || rc == RHEMA_ENOTFOUND) { /* a concurrent writer pruned too */
             free(text);
@@ -1739,8 +1750,13 @@ int rhema_configuration_delete(struct rhema_store *st, const char *name, uint64_
             if ((rc = prune_keys(st, NS_CONFIGS, name, UINT64_MAX / 2, &keys)))
                 break;
             int last = keys.n < PRUNE_MAX;
-            struct rhema_storage_write *w = calloc(keys.n + 1, sizeof *w);
-            if (!w) {
+            struct rhema_storage_write *w = calloc(keys.n + 2, sizeof *w);
+            struct rhema_feed_fields ef = {.type = "configuration.deleted", .id = name};
+            size_t elen = 0;
+            char *etext = last && st->feed ? rhema_feed_record(&ef, &elen) : NULL;
+            if (!w || (last && st->feed && !etext)) {
+                free(w);
+                free(etext);
                 rc = RHEMA_ENOMEM;
                 break;
             }
@@ -1749,8 +1765,13 @@ int rhema_configuration_delete(struct rhema_store *st, const char *name, uint64_
                     store_write(RHEMA_WRITE_DEL, NS_CONFIGS, keys.v[k], NULL, 0, RHEMA_VERSION_ANY);
             if (last)
                 w[keys.n] = store_write(RHEMA_WRITE_DEL, NS_CONFIGS, latest_key, NULL, 0, sversion);
-            rc = st->vt->batch(st->conn, w, keys.n + (size_t)last);
+            if (etext) /* the change feed's record, with the delete of the latest key */
+                rhema_feed_write(&w[keys.n + 1], etext, elen);
+            rc = st->vt->batch(st->conn, w, keys.n + (size_t)last + (etext ? 1 : 0));
             free(w);
+            free(etext);
+            if (rc == 0 && last)
+                rhema_feed_wake(st->feed);
             if (rc || last)
                 break;
         }

@@ -116,6 +116,13 @@ struct rhema_server {
     struct rhema_ai *ai;             /* ai/gateway.h: the AI gateway; NULL when off */
     struct rhema_ai_usage *ai_usage; /* ai/usage.h: its token limits and usage; NULL when off */
     struct rhema_feed *feed;         /* watch/feed.h: the change feed; NULL when off */
+    /*
+     * api/api_events.c: end a worker's watches when it drains, free them
+     * when it stops (set by rhema_api_start; http.c calls them and knows
+     * nothing of watches).  NULL: none.
+     */
+    void (*watchers_drain)(struct rhema_worker *w);
+    void (*watchers_release)(struct rhema_worker *w);
     atomic_long http_conns;      /* connections open across workers (service.max_connections) */
     atomic_llong http_out_bytes; /* reply bytes queued across workers, not yet sent */
 };

@@ -41,6 +41,8 @@ struct waiter {
     size_t limit;                 /* W_POLL */
     struct event *timer;          /* deadline (W_POLL, W_BLOCK) or keepalive (W_SSE) */
     int paused;                   /* W_SSE: catching up, waiting for its output to drain */
+    int live;                     /* W_SSE: caught up once; from then on a client that
+                                   * falls behind by watch_buffer_bytes is cut off */
     void (*answer)(struct rhema_req *r); /* W_BLOCK */
     /* W_BLOCK of rhema_events_block_retry: answers, or not yet (0) */
     int (*retry)(struct rhema_req *r, int final, uint64_t *recheck_ms);
@@ -128,19 +130,21 @@ static int waiter_match(struct waiter *wt, json_t *ev)
 static int read_events(struct waiter *wt, rhema_feed_cb *cb, void *ctx, int *store, int *full)
 {
     struct rhema_worker *w = wt->ws->w;
-    uint64_t head, last;
+    uint64_t head, last, before = wt->cursor;
     *store = *full = 0;
-    int rc = rhema_feed_read(w->srv->feed, wt->cursor, 0, cb, ctx, &head);
+    int rc = rhema_feed_read(w->srv->feed, wt->cursor, PAGE, cb, ctx, &head);
+    if (rc >= 0) {
+        *full = rc >= PAGE; /* a page: there may be more */
+        return 0;
+    }
     if (rc != RHEMA_ENOTFOUND)
         return rc;
     *store = 1;
-    size_t before = 0;
-    (void)before;
     rc = rhema_feed_scan(w->store.vt, w->store.conn, wt->cursor, PAGE, cb, ctx, &last);
-    if (rc == 0 && last > wt->cursor) {
-        *full = 1; /* something was visited: ask again */
+    if (rc == 0 && last > before) {
+        *full = 1; /* something was visited: ask again (the ring takes over once reached) */
         if (last > wt->cursor)
-            wt->cursor = last;
+            wt->cursor = last; /* keys that are not events move the cursor too */
     }
     return rc;
 }
@@ -220,7 +224,13 @@ static void sse_drained(void *arg)
     sse_deliver(wt);
 }
 
-/* Write what the waiter has not seen; a stream whose client reads too slowly ends. */
+/*
+ * Write what the waiter has not seen, a page at a time.  Catching up (a
+ * resume, a since in the past), the stream is paced by its client: past
+ * half the buffer it waits for the output to drain.  Once live, a client
+ * whose unread output passes watch_buffer_bytes is cut off: the server
+ * never holds more for it.
+ */
 static void sse_deliver(struct waiter *wt)
 {
     struct rhema_watchers *ws = wt->ws;
@@ -248,16 +258,18 @@ static void sse_deliver(struct waiter *wt)
             return;
         }
         size_t queued = rhema_req_output_queued(wt->d);
-        if (queued > ws->buffer_bytes) {
+        if (wt->live && queued > ws->buffer_bytes) {
             evbuffer_free(b);
             sse_end(wt, "slow_consumer",
                     "the client did not read its events fast enough "
                     "(coordination.watch_buffer_bytes); reconnect with Last-Event-ID");
             return;
         }
-        if (!store || !full)
+        if (!full) {
+            wt->live = 1;
             break;
-        if (queued > ws->buffer_bytes / 2) { /* catching up: go on once the client has read */
+        }
+        if (!wt->live && queued > ws->buffer_bytes / 2) { /* go on once the client has read */
             wt->paused = 1;
             rhema_req_watch_drain(wt->d, ws->buffer_bytes / 4, sse_drained);
             break;
@@ -570,7 +582,7 @@ uint64_t rhema_events_head(struct rhema_req *r)
 void rhema_events_block(struct rhema_req *r, const char *sid, uint64_t from, uint64_t wait_ms,
                         void (*answer)(struct rhema_req *r))
 {
-    if (!r->worker->srv->feed || !wait_ms) {
+    if (!r->worker->srv->feed || !wait_ms || r->worker->draining) {
         answer(r);
         return;
     }
@@ -730,6 +742,13 @@ static void h_events(struct rhema_req *r)
     if (rhema_query_uint(r, "limit", LIMIT_MAX, &limit) != 0 ||
         rhema_events_wait_param(r, &wait_ms) != 0)
         return;
+    if (r->worker->draining) { /* stopping: nothing may wait now */
+        if (sse) {
+            rhema_reply_error(r, 503, "unavailable", "the server is stopping; reconnect");
+            return;
+        }
+        wait_ms = 0;
+    }
     uint64_t cursor = since_s ? since : rhema_feed_head(srv->feed);
     if (since_s) {
         uint64_t compacted = 0;

@@ -236,7 +236,8 @@ static void h_session_get(struct rhema_req *r)
         session_get_answer(r);
         return;
     }
-    rhema_events_block(r, r->param, from, wait_ms, session_get_answer);
+    /* a session's events have its versions as revisions: those up to its current one are old */
+    rhema_events_block(r, r->param, from > version ? from : version, wait_ms, session_get_answer);
 }
 
 static void h_session_delete(struct rhema_req *r)

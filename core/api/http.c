@@ -28,7 +28,6 @@
 #include <openssl/ssl.h>
 
 #include "ai/gateway.h"
-#include "api_events.h"
 #include "audit.h"
 #include "commit.h"
 #include "http.h"
@@ -1442,7 +1441,8 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     if (w->draining)
         return;
     w->draining = 1;
-    rhema_events_drain(w); /* streams and long polls end now, not at the grace's end */
+    if (w->srv->watchers_drain) /* streams and long polls end now, not at the grace's end */
+        w->srv->watchers_drain(w);
     int64_t grace = 30;
     rhema_config_get_int(w->srv->cfg, "service.shutdown_timeout_seconds", &grace);
     w->drain_deadline_ns = rhema_monotonic_ns() + (uint64_t)grace * 1000000000ull;
@@ -1466,7 +1466,8 @@ static void worker_release(struct rhema_worker *w)
 {
     rhema_mailbox_release(&w->mailbox); /* writes committed after the loop stopped: answer, then close */
     rhema_ai_worker_release(w); /* AI exchanges still running: 503, upstream calls cancelled */
-    rhema_events_worker_release(w); /* watches still open: their clients are cut */
+    if (w->srv && w->srv->watchers_release) /* watches still open: their clients are cut */
+        w->srv->watchers_release(w);
     if (w->http)
         evhttp_free(w->http); /* frees its listener and connections, not the shared socket */
     else if (w->listener)

@@ -258,6 +258,8 @@ int rhema_api_start(struct rhema_server *srv, char **err)
         rhema_api_metrics_close();
         return rc;
     }
+    srv->watchers_drain = rhema_events_drain;
+    srv->watchers_release = rhema_events_worker_release;
     if ((rc = rhema_ai_new(srv->cfg, srv->plugins, &srv->ai, err)) != 0 ||
         (rc = rhema_ai_usage_open(srv, err)) != 0 ||
         (rc = rhema_http_start(srv, rhema_pipeline_run, err)) != 0) {

@@ -13,7 +13,6 @@
 
 #include <event2/event.h>
 
-#include "../inbox.h"
 #include "../json_fields.h"
 #include "../log.h"
 #include "../plugin.h"
@@ -37,6 +36,8 @@ char *rhema_feed_record(const struct rhema_feed_fields *f, size_t *len)
              json_object_set_new(o, "id", json_string(f->id));
     if (f->versioned)
         rc |= json_object_set_new(o, "versioned", json_true());
+    else if (f->version)
+        rc |= json_object_set_new(o, "version", json_integer((json_int_t)f->version));
     if (f->session)
         rc |= json_object_set_new(o, "session", json_string(f->session));
     if (f->agent)
@@ -439,6 +440,8 @@ struct rhema_feed {
     int64_t retention_s;        /* coordination.event_retention_seconds */
     uint64_t next_compact_ns;   /* monotonic */
     uint64_t compacted_total;
+    rhema_feed_pass_fn *pass;   /* run with each compaction (rhema_feed_set_pass); under lock */
+    const char *pass_name;
     struct event **subs;        /* per worker id, NULL: none */
     int nsubs;
     pthread_rwlock_t ring_lock; /* ring, head */
@@ -497,10 +500,10 @@ int rhema_feed_read(struct rhema_feed *f, uint64_t after, size_t max, rhema_feed
     if (after < f->ring.floor) {
         rc = RHEMA_ENOTFOUND;
     } else {
-        size_t given = 0;
         for (size_t i = rhema_feed_ring_find(&f->ring, after); i < f->ring.n; i++) {
             const struct rhema_feed_ring_entry *e = rhema_feed_ring_at(&f->ring, i);
-            if (cb(ctx, e->rev, e->ev, e->text, e->len) != 0 || (max && ++given >= max))
+            rc++;
+            if (cb(ctx, e->rev, e->ev, e->text, e->len) != 0 || (max && (size_t)rc >= max))
                 break;
         }
     }
@@ -583,14 +586,29 @@ static void feed_compact_due(struct rhema_feed *f)
         rhema_log(RHEMA_LOG_DEBUG, "feed", "compaction: removed %zu event record(s)", removed);
     f->compacted_total += removed;
     free(err);
+    pthread_mutex_lock(&f->lock);
+    rhema_feed_pass_fn *pass = f->pass;
+    const char *name = f->pass_name;
+    pthread_mutex_unlock(&f->lock);
+    if (!pass)
+        return;
     err = NULL;
-    removed = 0; /* the same pass removes expired inbox entries (inbox.h) */
-    if (rhema_inbox_expire(f->vt, f->conn, t, &removed, &err))
-        rhema_log(RHEMA_LOG_WARN, "inbox", "expiry: %s", err ? err : "failed");
+    removed = 0; /* the same pass's other work (inbox expiry: rhema_feed_set_pass) */
+    if (pass(f->vt, f->conn, t, &removed, &err))
+        rhema_log(RHEMA_LOG_WARN, "feed", "%s: %s", name, err ? err : "failed");
     else if (removed)
-        rhema_log(RHEMA_LOG_DEBUG, "inbox", "expiry: removed %zu expired entr%s", removed,
-                  removed == 1 ? "y" : "ies");
+        rhema_log(RHEMA_LOG_DEBUG, "feed", "%s: removed %zu", name, removed);
     free(err);
+}
+
+void rhema_feed_set_pass(struct rhema_feed *f, const char *name, rhema_feed_pass_fn *fn)
+{
+    if (!f)
+        return;
+    pthread_mutex_lock(&f->lock);
+    f->pass = fn;
+    f->pass_name = name;
+    pthread_mutex_unlock(&f->lock);
 }
 
 static void *feed_main(void *arg)

@@ -58,6 +58,8 @@ struct rhema_feed_fields {
     const char *agent;       /* an agent, or a message's sender */
     json_t *recipients;      /* a message's recipient_ids (array of strings), or NULL */
     const char *from, *to;   /* a status change (agent.status) */
+    uint64_t version;        /* a resource's own version number when it is not the
+                              * storage version (configurations); 0: none */
 };
 
 /* The record's value: compact JSON text (malloc'd; NULL when out of memory). */
@@ -118,6 +120,15 @@ int rhema_feed_open(struct rhema_server *srv, struct rhema_feed **out, char **er
 void rhema_feed_close(struct rhema_feed *f);
 /* coordination.change_feed on a plugin that cannot sequence: refused (-t and start). */
 int rhema_feed_check(const struct rhema_server *srv, char **err);
+/*
+ * Work to run on the feed thread with each compaction pass, on its
+ * connection, at now_ms (rhemad sets the inbox expiry, inbox.h): 0 or a
+ * negative code and *err; *removed counts what it removed.  Main thread,
+ * after rhema_feed_open; name labels its log lines.  NULL f: a no-op.
+ */
+typedef int rhema_feed_pass_fn(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
+                               uint64_t now_ms, size_t *removed, char **err);
+void rhema_feed_set_pass(struct rhema_feed *f, const char *name, rhema_feed_pass_fn *fn);
 /* Something committed a record: read the feed now.  Any thread. */
 void rhema_feed_wake(struct rhema_feed *f);
 /*
@@ -132,8 +143,8 @@ uint64_t rhema_feed_head(struct rhema_feed *f);
 /*
  * Events after `after` from the ring: cb(ctx, rev, ev, text, len) for each,
  * in order, until it returns nonzero or max (0: no limit) were given.
- * Returns 0, or RHEMA_ENOTFOUND when `after` is below the ring's floor (the
- * caller reads the store: rhema_feed_scan).  *head: the feed's head.  cb
+ * Returns how many were given (>= 0), or RHEMA_ENOTFOUND when `after` is
+ * below the ring's floor (the caller reads the store: rhema_feed_scan).  *head: the feed's head.  cb
  * runs under the ring's read lock: it copies what it keeps, quickly.
  */
 typedef int rhema_feed_cb(void *ctx, uint64_t rev, json_t *ev, const char *text, size_t len);

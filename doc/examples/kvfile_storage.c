@@ -1534,9 +1534,14 @@ static int kv_backup(rhema_storage_conn *c, const char *path, char **err)
 /* The vtable and the one exported symbol                                   */
 
 static const struct rhema_storage_plugin kvfile_plugin = {
-    /* abi_major, abi_minor, kind, size, name, version, description */
-    .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, PLUGIN_VERSION,
-                                        "example: sorted array with an append-only log"),
+    /*
+     * abi_major, abi_minor, kind, size, name, version, description.  Storage
+     * minor 2, not RHEMA_STORAGE_ABI_MINOR: a minor promises what it adds,
+     * and this example does not implement minor 3's sequenced writes (the
+     * change feed), so rhemad runs it with coordination.change_feed = false.
+     */
+    .base = RHEMA_PLUGIN_HEADER(struct rhema_storage_plugin, RHEMA_KIND_STORAGE, 2, PLUGIN_NAME,
+                                PLUGIN_VERSION, "example: sorted array with an append-only log"),
     .features = RHEMA_STORAGE_DURABLE | RHEMA_STORAGE_TTL | RHEMA_STORAGE_LEASES,
     .open = kv_open,
     .close = kv_close,

@@ -13,11 +13,12 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import (Daemon, memory_config, plugin_available, sqlite_config,
-                      wait_until)
+from conftest import (PLUGIN_DIR, TOP_BUILDDIR, free_port, memory_config, run_rhemad,
+                      sqlite_config, wait_until)
 
 try:  # the throwaway PostgreSQL server of the fault tests
     import importlib.util
@@ -110,51 +111,49 @@ class Sse:
             hdr += f"Last-Event-ID: {last_event_id}\r\n"
         self.sock.sendall((hdr + "\r\n").encode())
         self.buf = b""
+        self.text = b""
         self.head = None
 
     def _fill(self):
-        chunk = self.sock.recv(65536)
+        chunk = self.sock.recv(1 << 20)
         if not chunk:
             raise EOFError("stream closed")
         self.buf += chunk
-
-    def _body_text(self):
-        # the reply is chunked: keep it simple, strip the chunk size lines
         if self.head is None:
-            while b"\r\n\r\n" not in self.buf:
-                self._fill()
+            if b"\r\n\r\n" not in self.buf:
+                return
             self.head, self.buf = self.buf.split(b"\r\n\r\n", 1)
             assert self.head.startswith(b"HTTP/1.1 200"), self.head
-        return self.buf
+        # the reply is chunked: move every complete chunk into self.text
+        while True:
+            j = self.buf.find(b"\r\n")
+            if j < 0:
+                return
+            size = int(self.buf[:j].split(b";")[0] or b"0", 16)
+            if size == 0 or len(self.buf) < j + 2 + size + 2:
+                return
+            self.text += self.buf[j + 2:j + 2 + size]
+            self.buf = self.buf[j + 2 + size + 2:]
 
     def events(self, n, timeout=20):
         """The next n events (comments skipped), as (id, type, data) tuples."""
         out = []
         deadline = time.monotonic() + timeout
-        text = b""
         while len(out) < n:
             assert time.monotonic() < deadline, f"only {len(out)} of {n} events: {out}"
-            self._body_text()
-            text = dechunk(self.buf)
-            blocks = text.split(b"\n\n")
-            parsed = []
-            for b in blocks[:-1]:
+            while b"\n\n" in self.text and len(out) < n:
+                block, self.text = self.text.split(b"\n\n", 1)
                 f = {}
-                for line in b.split(b"\n"):
+                for line in block.split(b"\n"):
                     if line.startswith(b":") or b": " not in line:
                         continue
                     k, v = line.split(b": ", 1)
                     f[k.decode()] = v.decode()
                 if "event" in f:
-                    parsed.append((f.get("id"), f["event"], json.loads(f["data"])))
-            if len(parsed) >= n + self.taken:
-                out = parsed[self.taken:self.taken + n]
-                self.taken += n
-                break
-            self._fill()
+                    out.append((f.get("id"), f["event"], json.loads(f["data"])))
+            if len(out) < n:
+                self._fill()
         return out
-
-    taken = 0
 
     def close(self):
         self.sock.close()
@@ -200,6 +199,36 @@ def test_write_seen_by_sse_and_long_poll(daemons, backend):
     ev = s.events(1)[0]
     assert ev[1] == "session.deleted" and "version" not in ev[2] and int(ev[0]) > versions[-1]
     s.close()
+
+
+def test_agent_and_configuration_events(daemons, backend):
+    d = daemons(config=backend()).start()
+    head = poll(d, "")["revision"]
+    body = {"name": "coder", "agent_type": "coder", "capabilities": ["rust"]}
+    r = d.request("PUT", "/v1/agents/ag1", body)
+    assert r.status == 201, r.body
+    v1 = int(r.headers.get("ETag").strip('"'))
+    r = d.request("PUT", "/v1/agents/ag1", dict(body, status="Busy"))
+    v2 = int(r.headers.get("ETag").strip('"'))
+    r = d.request("POST", "/v1/agents/ag1/heartbeat")
+    v3 = int(r.headers.get("ETag").strip('"'))
+    assert d.request("DELETE", "/v1/agents/ag1").status == 204
+    r = d.request("PUT", "/v1/configurations/c1", {"config_data": {"a": 1}})
+    assert r.status == 201, r.body
+    r = d.request("PUT", "/v1/configurations/c1", {"config_data": {"a": 2}})
+    assert d.request("DELETE", "/v1/configurations/c1").status == 204
+    evs = poll(d, f"since={head}")["items"]
+    assert [e["type"] for e in evs] == [
+        "agent.registered", "agent.status", "agent.updated", "agent.deleted",
+        "configuration.created", "configuration.updated", "configuration.deleted"]
+    assert [e.get("version") for e in evs[:3]] == [v1, v2, v3]  # the agent's ETag
+    assert evs[1]["from"] == "Idle" and evs[1]["to"] == "Busy"
+    assert all(e["agent"] == "ag1" for e in evs[:4])
+    assert [e.get("version") for e in evs[4:]] == [1, 2, None]  # a configuration's own
+    revs = [e["revision"] for e in evs]
+    assert revs == sorted(revs) and len(set(revs)) == len(revs)
+    assert [e["id"] for e in poll(d, f"since={head}&agent=ag1&types=agent.status")["items"]] \
+        == ["ag1"]
 
 
 def test_long_poll_waits_then_answers(daemons, backend):
@@ -332,10 +361,49 @@ def test_slow_consumer_is_cut_off(daemons):
     s.close()
 
 
+def test_catch_up_is_paced_not_cut(daemons):
+    """A stream that starts behind (a resume) is paced by its client, from the store
+    and then the ring, with a buffer far below what it must catch up on."""
+    d = daemons(config=memory_config() +
+                "coordination: { event_poll_ms = 20; watch_buffer_bytes = 4096; };\n").start()
+    head = poll(d, "")["revision"]
+    recipients = [f"agent-{i:04d}-" + "r" * 117 for i in range(1024)]
+    want = []
+    for i in range(60):  # 8 MB of events: the ring (4 MiB) holds only the last ones
+        put_session(d, f"c{i}")
+        want.append(post_message(d, f"c{i}", "m", recipients=recipients))
+    s = Sse(d, query=f"since={head}&types=message.created")
+    evs = s.events(60, timeout=60)
+    assert [int(e[0]) for e in evs] == want
+    assert all(e[1] == "message.created" for e in evs)
+    s.close()
+
+
 def test_change_feed_off(daemons):
     d = daemons(config=memory_config() + "coordination: { change_feed = false; };\n").start()
     assert d.request("GET", "/v1/events").status == 503
     put_session(d, "off")  # writes work, without records
+
+
+def test_old_plugin_refused_with_the_feed(tmp_path):
+    """A storage plugin of minor < 3 cannot sequence: -t and the start refuse it, naming it."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    for so in Path(PLUGIN_DIR).glob("*.so"):
+        (plugins / so.name).symlink_to(so)
+    old = TOP_BUILDDIR / "tests" / "plugins" / ".libs" / "good_minor1.so"
+    if not old.exists():
+        pytest.skip("tests/plugins/good_minor1.so is not built")
+    (plugins / "minor1.so").symlink_to(old)
+    args = ["-P", str(plugins), "-o", "persistence.backend=minor1",
+            "-o", f"service.data_directory={tmp_path}"]
+    for mode in (["-t"], ["-f", "-o", f"service.listen=127.0.0.1:{free_port()}"]):
+        r = run_rhemad(mode + args, cwd=tmp_path)
+        assert r.returncode != 0
+        out = r.stdout + r.stderr
+        assert "coordination.change_feed" in out and "'minor1' is of minor 1" in out, out
+    r = run_rhemad(["-t"] + args + ["-o", "coordination.change_feed=false"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def rusage(pid):

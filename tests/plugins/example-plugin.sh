@@ -119,6 +119,7 @@ persistence: {
   backend = "kvfile";
   kvfile = { path = "$tmp/data.log"; sync = true; };
 };
+coordination: { change_feed = false; };  # storage minor 2: no sequenced writes
 EOF
 if "$RHEMAD" -t -c "$tmp/rhemad.conf" >"$tmp/t.out" 2>&1; then
     ok "rhemad -t accepts a configuration that loads the plugin"
@@ -141,6 +142,7 @@ start_rhemad() {
             -o "plugins.load=[\"$so\"]" \
             -o persistence.backend=kvfile \
             -o persistence.kvfile.path="$tmp/data.log" \
+            -o coordination.change_feed=false \
             -o service.listen=127.0.0.1:"$port" \
             -o service.workers=2 \
             >>"$tmp/rhemad.log" 2>&1 &
