@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "agents.h"
+#include "inbox.h"
 #include "json_fields.h"
 #include "log.h"
 #include "util.h"
@@ -1130,6 +1131,19 @@ static int agent_write(struct rhema_store *st, enum agent_op kind, const char *i
     rhema_feed_wake(st->feed); /* its record is in: the feed reads it now */
     if (created)
         *created = a.cur == NULL;
+    {
+        /* failed or gone: its delivered, unacknowledged messages are visible again (inbox.h) */
+        const char *was = a.cur ? json_string_value(json_object_get(a.cur, "status")) : NULL;
+        const char *is = a.next ? json_string_value(json_object_get(a.next, "status")) : NULL;
+        char ierr[RHEMA_ERRMSG_MAX];
+        if ((kind == AOP_DELETE ||
+             (is && strcmp(is, "Failed") == 0 && (!was || strcmp(was, "Failed") != 0))) &&
+            rhema_inbox_release(st, id, NULL, ierr) != 0)
+            rhema_log(RHEMA_LOG_WARN, "inbox",
+                      "agent '%s' %s: its in-flight messages stay invisible until their "
+                      "visibility timeout: %s",
+                      id, kind == AOP_DELETE ? "deleted" : "failed", ierr);
+    }
     if (kind != AOP_DELETE && out) {
         size_t len = 0;
         char *t = agent_text(a.next, a.ws.w[0].new_version, timeout_ms, &len);

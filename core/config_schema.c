@@ -327,6 +327,7 @@ const struct key cfg_schema[] = {
     INT_("coordination.event_poll_ms", 50, 1, 60000),
     INT_("coordination.watch_buffer_bytes", 1048576, 1024, 1073741824),
     INT_("coordination.max_wait_seconds", 300, 1, 86400),
+    INT_("coordination.inbox_visibility_timeout_seconds", 30, 1, 43200),
 
     GRP("logging", 0),
     { .path = "logging.level", .type = K_ENUM, .def_s = "info", .values = cfg_level_enum,

@@ -38,6 +38,7 @@
 #include "datadir.h"
 #include "keys.h"
 #include "log.h"
+#include "inbox.h"
 #include "maintenance.h"
 #include "perfmon.h"
 #include "metrics/alerts.h"
@@ -786,6 +787,8 @@ int main(int argc, char **argv)
             rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the change feed");
             goto out;
         }
+        /* expired inbox entries go with each compaction pass, on every node */
+        rhema_feed_set_pass(srv.feed, "inbox expiry", rhema_inbox_expire);
     }
     if (rhema_api_start(&srv, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "inbox.h"
 #include "json_fields.h"
 #include "log.h"
 #include "session.h"
@@ -800,6 +801,9 @@ struct op_state {
     char access_text[80]; /* the access record a create writes */
     char *event_text;   /* the change feed's record of this write (watch/feed.h), or NULL */
     size_t event_len;
+    char *inbox_text;   /* a message's inbox entry (inbox.h), or NULL */
+    size_t inbox_len;
+    char (*inbox_keys)[RHEMA_INBOX_KEY_MAX + 1]; /* per recipient: ack key, then prefix */
     int repair;         /* drop deletes of index entries that are gone */
     /* the current record, read ahead for the whole group (read_ahead, op_got) */
     struct {
@@ -832,6 +836,11 @@ static void op_state_clear(struct op_state *s)
     free(s->event_text);
     s->event_text = NULL;
     s->event_len = 0;
+    free(s->inbox_text);
+    s->inbox_text = NULL;
+    s->inbox_len = 0;
+    free(s->inbox_keys);
+    s->inbox_keys = NULL;
 }
 
 /*
@@ -854,6 +863,47 @@ static int add_event(struct rhema_store *st, struct rhema_session_op *op, struct
     if (!(s->event_text = rhema_feed_record(&f, &s->event_len)))
         return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
     rhema_feed_write(&s->ws.w[s->ws.n++], s->event_text, s->event_len);
+    return 0;
+}
+
+/*
+ * A message's inbox entries (inbox.h), in its append's batch: for each
+ * recipient, the ack index PUT and right after it the sequenced inbox
+ * entry, which shares the index entry's version.  No feed: no inboxes
+ * (both need a plugin of storage minor 3).
+ */
+static const char *const prio_digit[] = {"0", "1", "2", "3", "4"};
+
+static int add_inbox(struct rhema_store *st, struct rhema_session_op *op, struct op_state *s,
+                     json_t *recipients)
+{
+    size_t i, n = json_array_size(recipients);
+    json_t *r;
+    const char *mid = json_string_value(json_object_get(op->input, "id"));
+    int p = rhema_inbox_priority_digit(
+        json_string_value(json_object_get(op->input, "priority")));
+    if (!st->feed || !n)
+        return 0;
+    if (p < 0)
+        p = 3;
+    if (!(s->inbox_text = rhema_inbox_record(op->id, op->input, &s->inbox_len)) ||
+        !(s->inbox_keys = calloc(2 * n, sizeof *s->inbox_keys)))
+        return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
+    json_array_foreach(recipients, i, r)
+    {
+        const char *rid = json_string_value(r);
+        char *ak = s->inbox_keys[2 * i], *pk = s->inbox_keys[2 * i + 1];
+        if (rhema_inbox_ack_key(ak, sizeof s->inbox_keys[0], rid, op->id, mid) < 0 ||
+            rhema_inbox_prefix(pk, sizeof s->inbox_keys[0], rid, p) < 0)
+            return rhema_set_errbuf(op->err, RHEMA_EINVAL, "recipient id '%s' too long", rid);
+        struct rhema_storage_write *w = ws_add(&s->ws, RHEMA_WRITE_PUT, RHEMA_INBOX_ACK_NS, NULL, ak);
+        w->value = prio_digit[p];
+        w->value_len = 1;
+        w = ws_add(&s->ws, RHEMA_WRITE_PUT, RHEMA_INBOX_NS, NULL, pk);
+        w->flags = RHEMA_WRITE_SEQUENCED;
+        w->value = s->inbox_text;
+        w->value_len = s->inbox_len;
+    }
     return 0;
 }
 
@@ -912,9 +962,16 @@ static int compose_put(struct rhema_store *st, struct rhema_session_op *op, stru
                   ? serialise_text(op->input_text, op->input_len, created_at, &s->len)
                   : serialise(session, created_at, &s->len);
     json_decref(kept);
+    json_t *recipients = op->kind == RHEMA_SOP_APPEND && st->feed
+                             ? rhema_inbox_recipients(op->input)
+                             : NULL;
     if (!s->text ||
-        ws_alloc(&s->ws, 5 + json_array_size(new_parts) + json_array_size(old_parts)) != 0)
+        (op->kind == RHEMA_SOP_APPEND && st->feed && !recipients) ||
+        ws_alloc(&s->ws, 5 + json_array_size(new_parts) + json_array_size(old_parts) +
+                             2 * json_array_size(recipients)) != 0) {
+        json_decref(recipients);
         return rhema_set_errbuf(op->err, RHEMA_ENOMEM, "out of memory");
+    }
     struct write_set *ws = &s->ws;
     struct rhema_storage_write *rw = ws_add(ws, RHEMA_WRITE_PUT, NS_SESSIONS, NULL, op->id);
     rw->value = s->text;
@@ -923,8 +980,10 @@ static int compose_put(struct rhema_store *st, struct rhema_session_op *op, stru
     if (add_event(st, op, s,
                   op->kind == RHEMA_SOP_APPEND ? "message.created"
                   : s->cur                     ? "session.updated"
-                                               : "session.created"))
+                                               : "session.created")) {
+        json_decref(recipients);
         return RHEMA_ENOMEM;
+    }
     if (!old_status || strcmp(old_status, new_status) != 0) {
         if (old_status)
             ws_add(ws, RHEMA_WRITE_DEL, NS_BY_STATUS, old_status, op->id);
@@ -941,7 +1000,9 @@ static int compose_put(struct rhema_store *st, struct rhema_session_op *op, stru
         aw->value = s->access_text;
         aw->value_len = (size_t)n;
     }
-    return 0;
+    int irc = add_inbox(st, op, s, recipients);
+    json_decref(recipients);
+    return irc;
 }
 
 static int compose_delete(struct rhema_store *st, struct rhema_session_op *op, struct op_state *s)

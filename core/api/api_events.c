@@ -44,6 +44,9 @@ struct waiter {
     int live;                     /* W_SSE: caught up once; from then on a client that
                                    * falls behind by watch_buffer_bytes is cut off */
     void (*answer)(struct rhema_req *r); /* W_BLOCK */
+    /* W_BLOCK of rhema_events_block_retry: answers, or not yet (0) */
+    int (*retry)(struct rhema_req *r, int final, uint64_t *recheck_ms);
+    uint64_t deadline_ms;         /* retry: the wait's end (monotonic ms) */
 };
 
 struct rhema_watchers {
@@ -405,6 +408,44 @@ static int block_try(struct waiter *wt)
 
 /* ---- common ---- */
 
+static uint64_t mono_ms(void)
+{
+    return rhema_monotonic_ns() / 1000000u;
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg);
+static void on_gone(void *arg);
+static void waiter_arm(struct waiter *wt, uint64_t ms, int persist,
+                       void (*cb)(evutil_socket_t, short, void *));
+
+/*
+ * A retrying waiter (rhema_events_block_retry): ask it; when it answered,
+ * free the waiter, otherwise wait on, its timer at the earlier of its
+ * deadline and the recheck time it names.
+ */
+static void retry_try(struct waiter *wt, int final)
+{
+    uint64_t recheck = 0, now = mono_ms();
+    rhema_req_unwatch(wt->d);
+    if (wt->retry(wt->d, final || now >= wt->deadline_ms, &recheck)) {
+        rhema_req_free(wt->d);
+        waiter_free(wt);
+        return;
+    }
+    if (rhema_req_watch(wt->d, on_gone, wt) != 0) {
+        on_gone(wt);
+        return;
+    }
+    uint64_t at = wt->deadline_ms, rt = recheck ? now + recheck : 0;
+    if (rt && rt < at)
+        at = rt;
+    if (wt->timer) {
+        event_free(wt->timer);
+        wt->timer = NULL;
+    }
+    waiter_arm(wt, at > now ? at - now : 0, 0, on_deadline);
+}
+
 static void deliver(struct waiter *wt)
 {
     switch (wt->kind) {
@@ -417,6 +458,11 @@ static void deliver(struct waiter *wt)
         }
         break;
     case W_BLOCK:
+        if (wt->retry) {
+            if (block_try(wt))
+                retry_try(wt, 0);
+            break;
+        }
         if (block_try(wt)) {
             rhema_req_unwatch(wt->d);
             wt->answer(wt->d);
@@ -442,6 +488,10 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     struct waiter *wt = arg;
     (void)fd, (void)what;
+    if (wt->retry) {
+        retry_try(wt, 0); /* a recheck, or the deadline (final there) */
+        return;
+    }
     rhema_req_unwatch(wt->d);
     if (wt->kind == W_POLL)
         poll_try(wt, wt->d, 1);
@@ -556,6 +606,36 @@ void rhema_events_block(struct rhema_req *r, const char *sid, uint64_t from, uin
         return;
     }
     waiter_arm(wt, wait_ms, 0, on_deadline);
+    deliver(wt); /* an event may have come between `from` and now */
+}
+
+void rhema_events_block_retry(struct rhema_req *r, const char *agent, const char *types,
+                              uint64_t from, uint64_t wait_ms, uint64_t recheck_ms,
+                              int (*retry)(struct rhema_req *r, int final, uint64_t *recheck_ms))
+{
+    struct rhema_watchers *ws = r->worker->srv->feed ? watchers_of(r->worker) : NULL;
+    struct waiter *wt = ws ? calloc(1, sizeof *wt) : NULL;
+    struct rhema_req *d = wt ? rhema_req_defer(r) : NULL;
+    uint64_t ignored;
+    if (!d) {
+        free(wt);
+        retry(r, 1, &ignored);
+        return;
+    }
+    wt->ws = ws;
+    wt->d = d;
+    wt->kind = W_BLOCK;
+    wt->cursor = from;
+    wt->retry = retry;
+    wt->deadline_ms = mono_ms() + wait_ms;
+    snprintf(wt->agent, sizeof wt->agent, "%s", agent);
+    snprintf(wt->types, sizeof wt->types, "%s", types ? types : "");
+    waiter_link(wt);
+    if (rhema_req_watch(d, on_gone, wt) != 0) {
+        on_gone(wt);
+        return;
+    }
+    waiter_arm(wt, recheck_ms && recheck_ms < wait_ms ? recheck_ms : wait_ms, 0, on_deadline);
     deliver(wt); /* an event may have come between `from` and now */
 }
 
@@ -727,7 +807,11 @@ void rhema_events_drain(struct rhema_worker *w)
         switch (wt->kind) {
         case W_SSE: sse_end(wt, "shutdown", "the server is stopping; reconnect with Last-Event-ID");
             break;
-        default: on_deadline(-1, 0, wt);
+        default:
+            if (wt->retry)
+                retry_try(wt, 1); /* answers now */
+            else
+                on_deadline(-1, 0, wt);
         }
     }
 }

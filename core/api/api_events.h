@@ -39,6 +39,18 @@ int rhema_events_wait_param(struct rhema_req *r, uint64_t *ms);
  */
 void rhema_events_block(struct rhema_req *r, const char *sid, uint64_t from, uint64_t wait_ms,
                         void (*answer)(struct rhema_req *r));
+/*
+ * A blocking query that may find nothing to answer when woken (an inbox:
+ * another consumer took the message): retry(r, final, &recheck) answers r
+ * and returns 1, or returns 0 and waits on (never with final set), asking
+ * optionally to be called again in *recheck ms (a redelivery time).  It is
+ * called on each event of `types` (a types filter as GET /v1/events takes)
+ * naming `agent` after `from`, at the recheck time, and finally at wait_ms.
+ * Without a feed or memory: retry(r, 1, ...) at once.
+ */
+void rhema_events_block_retry(struct rhema_req *r, const char *agent, const char *types,
+                              uint64_t from, uint64_t wait_ms, uint64_t recheck_ms,
+                              int (*retry)(struct rhema_req *r, int final, uint64_t *recheck_ms));
 /* The feed's head, for rhema_events_block's `from`; 0 when the feed is off. */
 uint64_t rhema_events_head(struct rhema_req *r);
 

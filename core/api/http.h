@@ -41,6 +41,7 @@ struct rhema_req {
                                   * (503) for the output limits instead of queued */
     const struct rhema_route *route; /* the route matched (routes.h), NULL before */
     char param[RHEMA_ID_MAX + 2];    /* the path's {param} segment, when the route has one */
+    char param2[RHEMA_ID_MAX + 2];   /* the second {param} segment, when the route has two */
     /*
      * The caller, once the authenticate stage found a valid key
      * (api_auth.h): its public id, name and roles; key_id "" when keys

@@ -50,6 +50,7 @@
 #include "ai/gateway.h"
 #include "ai/usage.h"
 #include "api_agents.h"
+#include "api_inbox.h"
 #include "api_ai.h"
 #include "api_auth.h"
 #include "api_cluster.h"
@@ -74,7 +75,7 @@
 /* The route tables, in matching order (a literal path before a {param} at its place). */
 const struct rhema_route *const rhema_api_routes[] = {
     rhema_operations_routes, rhema_sessions_routes, rhema_consensus_routes,
-    rhema_cluster_routes,    rhema_agents_routes,   rhema_services_routes,
+    rhema_cluster_routes,    rhema_agents_routes,   rhema_inbox_routes,    rhema_services_routes,
     rhema_keys_routes,       rhema_auth_routes,     rhema_metrics_routes,
     rhema_console_routes,    rhema_ai_routes,       rhema_openapi_routes,
     rhema_events_routes,     NULL,

@@ -17,17 +17,19 @@
  * When the literal part before a {name} matched but the path's segment is
  * not an id, *bad_t and *bad_seg note the first such place (for the 400).
  */
-static int match(const char *t, const char *p, char param[RHEMA_ID_MAX + 2], const char **bad_t,
-                 const char **bad_seg)
+static int match(const char *t, const char *p, char param[RHEMA_ID_MAX + 2],
+                 char param2[RHEMA_ID_MAX + 2], const char **bad_t, const char **bad_seg)
 {
+    int nparam = 0;
     for (;;) {
         if (*t == '{') {
             size_t n = strcspn(p, "/");
+            char *dst = nparam++ ? param2 : param;
             if (n > 0 && n <= RHEMA_ID_MAX) {
-                memcpy(param, p, n);
-                param[n] = '\0';
+                memcpy(dst, p, n);
+                dst[n] = '\0';
             }
-            if (n == 0 || n > RHEMA_ID_MAX || !rhema_id_valid(param)) {
+            if (n == 0 || n > RHEMA_ID_MAX || !rhema_id_valid(dst)) {
                 if (!*bad_t) {
                     *bad_t = t;
                     *bad_seg = p;
@@ -68,11 +70,11 @@ const struct rhema_route *rhema_route_match(struct rhema_req *r,
 {
     const struct rhema_route *found = NULL, *const *tab, *rt;
     const char *bad_t = NULL, *bad_seg = NULL;
-    char param[RHEMA_ID_MAX + 2] = "";
+    char param[RHEMA_ID_MAX + 2] = "", param2[RHEMA_ID_MAX + 2] = "";
     unsigned allowed = 0, m;
     for (tab = tables; *tab && !found; tab++)
         for (rt = *tab; rt->path && !found; rt++)
-            if (match(rt->path, r->path, param, &bad_t, &bad_seg))
+            if (match(rt->path, r->path, param, param2, &bad_t, &bad_seg))
                 found = rt;
     if (!found) {
         if (bad_t)
@@ -94,6 +96,7 @@ const struct rhema_route *rhema_route_match(struct rhema_req *r,
                 r->route = rt;
                 r->reads = rt->effect == RHEMA_READS;
                 memcpy(r->param, param, sizeof r->param);
+                memcpy(r->param2, param2, sizeof r->param2);
                 return rt;
             }
     abort(); /* not reached: m is one of allowed */
@@ -111,7 +114,7 @@ static int permission_valid(const char *p)
     return 1;
 }
 
-/* Literal segments of [a-z0-9._-], at most one {name} of [a-z_] as a whole segment. */
+/* Literal segments of [a-z0-9._-], at most two {name} of [a-z_] as whole segments. */
 static int template_valid(const char *t)
 {
     int params = 0;
@@ -119,7 +122,7 @@ static int template_valid(const char *t)
         return 0;
     for (const char *c = t; *c; c++) {
         if (*c == '{') {
-            if (c[-1] != '/' || params++)
+            if (c[-1] != '/' || params++ == 2)
                 return 0;
             const char *close = strchr(c, '}');
             if (!close || close == c + 1 || (close[1] && close[1] != '/'))

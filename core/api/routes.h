@@ -10,10 +10,10 @@
  *   method       one of RHEMA_M_GET (answers HEAD too), _PUT, _POST, _DELETE,
  *                _PATCH;
  *                a resource that answers several methods has one line each
- *   path         the template: literal segments and at most one {name}
- *                segment, which matches an id (1-128 characters
- *                [A-Za-z0-9._:-]) and reaches the handler as r->param.  A
- *                segment that is not an id is 400 "path <name>: ...",
+ *   path         the template: literal segments and at most two {name}
+ *                segments, each of which matches an id (1-128 characters
+ *                [A-Za-z0-9._:-]) and reaches the handler as r->param (the
+ *                second as r->param2).  A segment that is not an id is 400 "path <name>: ...",
  *                '_' in the name read as a space ({agent_id}: "path agent id")
  *   handler      void h(struct rhema_req *r); it answers the request
  *   permission   what a principal needs, "<area>:<verb>" ("sessions:read",
@@ -61,7 +61,7 @@ const struct rhema_route *rhema_route_match(struct rhema_req *r,
 
 /*
  * Check every route of tables: one method, a template that starts with '/'
- * and has at most one well-formed {param}, a handler, a permission
+ * and has at most two well-formed {param}s, a handler, a permission
  * "<area>:<verb>" in lower case, a declared effect, a DELETE or PUT that
  * writes, a GET that does not, and no template+method twice.  0, or
  * RHEMA_EINVAL and *err (malloc'd) naming the first bad route.

@@ -440,6 +440,8 @@ struct rhema_feed {
     int64_t retention_s;        /* coordination.event_retention_seconds */
     uint64_t next_compact_ns;   /* monotonic */
     uint64_t compacted_total;
+    rhema_feed_pass_fn *pass;   /* run with each compaction (rhema_feed_set_pass); under lock */
+    const char *pass_name;
     struct event **subs;        /* per worker id, NULL: none */
     int nsubs;
     pthread_rwlock_t ring_lock; /* ring, head */
@@ -584,6 +586,29 @@ static void feed_compact_due(struct rhema_feed *f)
         rhema_log(RHEMA_LOG_DEBUG, "feed", "compaction: removed %zu event record(s)", removed);
     f->compacted_total += removed;
     free(err);
+    pthread_mutex_lock(&f->lock);
+    rhema_feed_pass_fn *pass = f->pass;
+    const char *name = f->pass_name;
+    pthread_mutex_unlock(&f->lock);
+    if (!pass)
+        return;
+    err = NULL;
+    removed = 0; /* the same pass's other work (inbox expiry: rhema_feed_set_pass) */
+    if (pass(f->vt, f->conn, t, &removed, &err))
+        rhema_log(RHEMA_LOG_WARN, "feed", "%s: %s", name, err ? err : "failed");
+    else if (removed)
+        rhema_log(RHEMA_LOG_DEBUG, "feed", "%s: removed %zu", name, removed);
+    free(err);
+}
+
+void rhema_feed_set_pass(struct rhema_feed *f, const char *name, rhema_feed_pass_fn *fn)
+{
+    if (!f)
+        return;
+    pthread_mutex_lock(&f->lock);
+    f->pass = fn;
+    f->pass_name = name;
+    pthread_mutex_unlock(&f->lock);
 }
 
 static void *feed_main(void *arg)

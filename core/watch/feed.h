@@ -120,6 +120,15 @@ int rhema_feed_open(struct rhema_server *srv, struct rhema_feed **out, char **er
 void rhema_feed_close(struct rhema_feed *f);
 /* coordination.change_feed on a plugin that cannot sequence: refused (-t and start). */
 int rhema_feed_check(const struct rhema_server *srv, char **err);
+/*
+ * Work to run on the feed thread with each compaction pass, on its
+ * connection, at now_ms (rhemad sets the inbox expiry, inbox.h): 0 or a
+ * negative code and *err; *removed counts what it removed.  Main thread,
+ * after rhema_feed_open; name labels its log lines.  NULL f: a no-op.
+ */
+typedef int rhema_feed_pass_fn(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
+                               uint64_t now_ms, size_t *removed, char **err);
+void rhema_feed_set_pass(struct rhema_feed *f, const char *name, rhema_feed_pass_fn *fn);
 /* Something committed a record: read the feed now.  Any thread. */
 void rhema_feed_wake(struct rhema_feed *f);
 /*

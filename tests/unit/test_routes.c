@@ -74,6 +74,7 @@ static void test_data_writes_are_fenced(void **state)
         {RHEMA_M_PUT, "/v1/sessions/{id}"},
         {RHEMA_M_DELETE, "/v1/sessions/{id}"},
         {RHEMA_M_POST, "/v1/sessions/{id}/messages"},
+        {RHEMA_M_POST, "/v1/sessions/{id}/messages/{message_id}/ack"},
         {RHEMA_M_PUT, "/v1/agents/{agent_id}"},
         {RHEMA_M_DELETE, "/v1/agents/{agent_id}"},
         {RHEMA_M_POST, "/v1/agents/{agent_id}/heartbeat"},
@@ -131,8 +132,8 @@ static void test_check_refuses_incomplete_routes(void **state)
         {RHEMA_M_PUT, "/v1/x", h_dummy, "x:write", RHEMA_READS}, {0}};
     static const struct rhema_route get_writes[] = {
         {RHEMA_M_GET, "/v1/x", h_dummy, "x:read", RHEMA_WRITES}, {0}};
-    static const struct rhema_route two_params[] = {
-        {RHEMA_M_GET, "/v1/{a}/{b}", h_dummy, "x:read", RHEMA_READS}, {0}};
+    static const struct rhema_route three_params[] = {
+        {RHEMA_M_GET, "/v1/{a}/{b}/{c}", h_dummy, "x:read", RHEMA_READS}, {0}};
     static const struct rhema_route open_param[] = {
         {RHEMA_M_GET, "/v1/{a", h_dummy, "x:read", RHEMA_READS}, {0}};
     static const struct rhema_route no_path[] = {{RHEMA_M_GET, NULL, h_dummy, "x:read", RHEMA_READS},
@@ -149,7 +150,7 @@ static void test_check_refuses_incomplete_routes(void **state)
     expect_refused(two_methods, "method");
     expect_refused(put_reads, "write");
     expect_refused(get_writes, "GET");
-    expect_refused(two_params, "template");
+    expect_refused(three_params, "template");
     expect_refused(open_param, "template");
     expect_refused(no_path, "template");
     expect_refused(twice, "twice");
