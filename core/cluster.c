@@ -22,6 +22,7 @@
 #include "log.h"
 #include "plugin.h"
 #include "util.h"
+#include "watch/feed.h"
 
 #define WHO "cluster"
 #define NS_PER_MS 1000000ull
@@ -175,6 +176,35 @@ static void default_node_id(const struct rhema_config *cfg, char out[RHEMA_ID_MA
     host[sizeof host - 1] = '\0';
     snprintf(out, RHEMA_ID_MAX + 1, "%.100s:%s", host, port ? port + 1 : "0");
     sanitize_id(out);
+}
+
+/*
+ * The change feed's record of a new leader (issue 12, watch/feed.h):
+ * "leader.changed", id the cluster, "to" this node.  The lease is not a key,
+ * so the record cannot share a batch with it: the new holder writes it
+ * right after its acquisition, on the module's connection.  Best effort: a
+ * failed write is logged (the lease, the fencing token, is what counts).
+ */
+static void record_leader(struct rhema_cluster *c, const struct rhema_storage_plugin *vt)
+{
+    struct rhema_feed *feed = c->srv->feed;
+    if (!feed || !c->conn)
+        return;
+    struct rhema_feed_fields f = {.type = "leader.changed", .id = c->cluster_name,
+                                  .to = c->node_id};
+    size_t len = 0;
+    char *text = rhema_feed_record(&f, &len);
+    if (!text)
+        return;
+    struct rhema_storage_write w;
+    rhema_feed_write(&w, text, len);
+    int rc = vt->batch(c->conn, &w, 1);
+    if (rc == 0)
+        rhema_feed_wake(feed);
+    else
+        rhema_log(RHEMA_LOG_WARN, WHO, "recording the new leader in the change feed: %s",
+                  vt->errmsg(c->conn));
+    free(text);
 }
 
 /* ---- leadership state ---- */
@@ -421,10 +451,12 @@ static uint64_t lease_round(struct rhema_cluster *c)
                       (unsigned long long)c->t.ttl_ms, (unsigned long long)c->t.renew_ms);
         if (!c->was_leading)
             atomic_fetch_add_explicit(&c->leadership_changes, 1, memory_order_relaxed);
-        if (!c->was_leading)
+        if (!c->was_leading) {
             rhema_audit_event("cluster.leadership_gained", NULL, NULL,
                               json_pack("{s:s,s:s,s:I}", "node", c->node_id, "cluster",
                                         c->cluster_name, "epoch", (json_int_t)li.epoch));
+            record_leader(c, vt);
+        }
         c->was_leading = 1;
         c->lease_failing = 0;
         return elapsed_ms >= c->t.renew_ms ? 0 : c->t.renew_ms - elapsed_ms;

@@ -762,6 +762,18 @@ int main(int argc, char **argv)
         rhema_log(RHEMA_LOG_ERROR, "main", "out of memory");
         goto out;
     }
+    /* the change feed first: the cluster (leader changes) and the service registry
+     * (health changes) record into it */
+    {
+        int feed_on = 1;
+        rhema_config_get_bool(&cfg, "coordination.change_feed", &feed_on);
+        if (feed_on && rhema_feed_open(&srv, &srv.feed, &err) != 0) {
+            rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the change feed");
+            goto out;
+        }
+        /* expired inbox entries go with each compaction pass, on every node */
+        rhema_feed_set_pass(srv.feed, "inbox expiry", rhema_inbox_expire);
+    }
     if (rhema_cluster_start(&srv, base, &srv.cluster, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the cluster module");
         goto out;
@@ -779,16 +791,6 @@ int main(int argc, char **argv)
         rhema_history_start(srv.history, base) != 0 || rhema_console_open(&srv, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the metrics history");
         goto out;
-    }
-    {
-        int feed_on = 1;
-        rhema_config_get_bool(&cfg, "coordination.change_feed", &feed_on);
-        if (feed_on && rhema_feed_open(&srv, &srv.feed, &err) != 0) {
-            rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start the change feed");
-            goto out;
-        }
-        /* expired inbox entries go with each compaction pass, on every node */
-        rhema_feed_set_pass(srv.feed, "inbox expiry", rhema_inbox_expire);
     }
     if (rhema_api_start(&srv, &err) != 0) {
         rhema_log(RHEMA_LOG_ERROR, "main", "%s", err ? err : "cannot start HTTP");
@@ -838,8 +840,6 @@ out:
         rhema_api_stop(&srv);
     rhema_monitor_stop(srv.monitor); /* after the workers, before the cluster it asks */
     srv.monitor = NULL;
-    rhema_feed_close(srv.feed); /* after the workers and the committer that wake it */
-    srv.feed = NULL;
     rhema_health_close(srv.health);
     srv.health = NULL;
     rhema_sd_watchdog_free();          /* after the workers' mailboxes delivered its pings */
@@ -847,6 +847,10 @@ out:
     srv.services = NULL;
     rhema_cluster_stop(srv.cluster); /* after the workers, before the base its timers are on */
     srv.cluster = NULL;
+    /* after the workers, the committer, the service registry and the cluster that record
+     * into it and wake it */
+    rhema_feed_close(srv.feed);
+    srv.feed = NULL;
     rhema_keys_close(&srv); /* after the workers, before the base its timers are on */
     rhema_maintenance_stop(srv.maintenance); /* its timers live on base too */
     srv.maintenance = NULL;

@@ -264,6 +264,7 @@ int rhema_services_start(struct rhema_server *srv, struct event_base *base,
         return rc;
     }
     rhema_store_init(&s->st, srv->storage, s->conn);
+    s->st.feed = srv->feed; /* health changes are recorded in the change feed (opened before) */
     /* resolv.conf and /etc/hosts; asynchronous on base, never a blocking lookup */
     s->dns =
         evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);

@@ -25,6 +25,7 @@
 #include "services.h"
 #include "services_internal.h"
 #include "util.h"
+#include "watch/feed.h"
 
 /* ---- the checker (main thread, while this node leads) ---- */
 
@@ -66,6 +67,7 @@ static void check_record(struct rhema_services *s, struct chk *c, enum rhema_che
                 (uint64_t)json_integer_value(json_object_get(h, "critical_since"));
         }
         json_decref(h);
+        enum rhema_health was = cs.status;
         changed = rhema_check_apply(&cs, result, c->fthr, c->sthr, now);
         nh = json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:s}", "status", rhema_health_name(cs.status),
                        "check_status",
@@ -86,7 +88,29 @@ static void check_record(struct rhema_services *s, struct chk *c, enum rhema_che
         w.value = text;
         w.value_len = strlen(text);
         w.expected_version = version ? version : RHEMA_VERSION_ABSENT;
-        rc = st->vt->put(st->conn, &w);
+        /*
+         * A change of health status goes into the change feed (issue 12,
+         * watch/feed.h): the record right after the health write, in its
+         * batch, so the event's revision is that write's version.
+         */
+        char *etext = NULL;
+        size_t elen = 0;
+        if (changed && st->feed) {
+            struct rhema_feed_fields ef = {.type = "service.health", .id = c->id,
+                                           .versioned = 1, .from = rhema_health_name(was),
+                                           .to = rhema_health_name(cs.status)};
+            etext = rhema_feed_record(&ef, &elen);
+        }
+        if (etext) {
+            struct rhema_storage_write b[2] = {w, {0}};
+            rhema_feed_write(&b[1], etext, elen);
+            rc = st->vt->batch(st->conn, b, 2);
+            if (rc == 0)
+                rhema_feed_wake(st->feed);
+        } else {
+            rc = st->vt->put(st->conn, &w);
+        }
+        free(etext);
         free(text);
         if (rc == RHEMA_ECONFLICT)
             continue;

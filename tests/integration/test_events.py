@@ -379,6 +379,56 @@ def test_catch_up_is_paced_not_cut(daemons):
     s.close()
 
 
+@pytest.mark.parametrize("backend", ["memory", "sqlite"], indirect=True)
+def test_service_health_event(daemons, backend):
+    """A health check that turns a service Unhealthy records service.health (from, to)."""
+    d = daemons(config=backend(), overrides=["distributed.health_checking.interval_seconds=1",
+                                             "distributed.health_checking.timeout_seconds=1"]
+                ).start()
+    lsn = socket.socket()
+    lsn.bind(("127.0.0.1", 0))
+    lsn.listen(16)
+    port = lsn.getsockname()[1]
+    try:
+        r = d.request("PUT", "/v1/services/hc-1",
+                      {"name": "hc", "address": f"127.0.0.1:{port}",
+                       "check": {"type": "tcp", "target": f"127.0.0.1:{port}",
+                                 "failure_threshold": 1, "success_threshold": 1}})
+        assert r.status == 201, r.body
+        body = poll(d, "since=0&types=service.&wait=15s")
+        ups = [e for e in body["items"] if e["id"] == "hc-1"]
+        assert ups and ups[0]["type"] == "service.health" and ups[0]["to"] == "Healthy", body
+        since = ups[-1]["revision"]
+        # the version is that of the health record the event came with
+        assert ups[0]["version"] == ups[0]["revision"], ups
+    finally:
+        lsn.close()
+    deadline = time.monotonic() + 20
+    downs = []
+    while not downs and time.monotonic() < deadline:
+        body = poll(d, f"since={since}&types=service.health&wait=5s")
+        downs = [e for e in body["items"] if e["id"] == "hc-1" and e["to"] == "Unhealthy"]
+        if body["items"]:
+            since = body["items"][-1]["revision"]
+    assert downs and downs[0]["from"] == "Healthy", body
+
+
+def test_leader_event(daemons, tmp_path):
+    """The node that takes the leader lease records leader.changed (id: the cluster)."""
+    d = daemons("lead", config=sqlite_config(tmp_path / "lead.db") + FEED,
+                overrides=["distributed.enabled=true",
+                           "distributed.cluster.leader_lease_seconds=3",
+                           "distributed.cluster.heartbeat_interval_seconds=1",
+                           "distributed.cluster.node_timeout_seconds=3",
+                           "distributed.node.node_id=lead-1"]).start()
+    body = poll(d, "since=0&types=leader.&wait=15s")
+    assert body["items"], body
+    ev = body["items"][0]
+    assert ev["type"] == "leader.changed" and ev["to"] == "lead-1", ev
+    st, _, cluster = d.json("GET", "/v1/cluster")
+    assert st == 200 and ev["id"] == cluster["cluster"], (ev, cluster)
+
+
 def test_change_feed_off(daemons):
     d = daemons(config=memory_config() + "coordination: { change_feed = false; };\n").start()
     assert d.request("GET", "/v1/events").status == 503
