@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "agents.h"
-#include "inbox.h"
+#include "watch/inbox.h"
 #include "json_fields.h"
 #include "log.h"
 #include "util.h"

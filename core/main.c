@@ -38,7 +38,7 @@
 #include "datadir.h"
 #include "keys.h"
 #include "log.h"
-#include "inbox.h"
+#include "watch/inbox.h"
 #include "maintenance.h"
 #include "perfmon.h"
 #include "metrics/alerts.h"

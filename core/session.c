@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "inbox.h"
+#include "watch/inbox.h"
 #include "json_fields.h"
 #include "log.h"
 #include "session.h"

@@ -10,7 +10,7 @@
 
 #include "api_events.h"
 #include "api_inbox.h"
-#include "inbox.h"
+#include "watch/inbox.h"
 #include "query.h"
 #include "util.h"
 

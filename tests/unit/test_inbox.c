@@ -14,7 +14,7 @@
 
 #include <cmocka.h>
 
-#include "inbox.h"
+#include "watch/inbox.h"
 
 static void priority_digits(void **state)
 {

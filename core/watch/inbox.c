@@ -9,8 +9,8 @@
 #include <string.h>
 
 #include "inbox.h"
-#include "json_fields.h"
-#include "watch/feed.h"
+#include "../json_fields.h"
+#include "feed.h"
 
 static const char *const prio_names[] = {"Emergency", "Critical", "High", "Normal", "Low"};
 

@@ -31,8 +31,8 @@
 
 #include <jansson.h>
 
-#include "store.h"
-#include "util.h"
+#include "../store.h"
+#include "../util.h"
 
 #define RHEMA_INBOX_NS "inbox"
 #define RHEMA_INBOX_ACK_NS "inbox.ack"
