@@ -1,5 +1,6 @@
 # bench/lib.sh -- what the benchmark scripts (bench/run.sh, run-auth.sh,
-# run-audit.sh, run-security.sh, run-metrics.sh, run-tls.sh) share, sourced by them (not run):
+# run-audit.sh, run-security.sh, run-metrics.sh, run-tls.sh, run-watch.sh;
+# run-backends.sh for the server starts) share, sourced by them (not run):
 #
 #     BENCH_NAME=run-auth.sh
 #     here=$(cd "$(dirname "$0")" && pwd)
@@ -30,6 +31,18 @@
 #   wrk_rps OUT             the requests/s of OUT
 #   bench_measure OUT URL [ARG...]  warm up, measure, check: prints the
 #                           requests/s, or fails (status 1)
+#   bench_pg_start          initdb and start a PostgreSQL server (fsync=on,
+#                           synchronous_commit=on) in $tmp/pg on a free loopback
+#                           port (as the postgres user when we are root), with
+#                           a database rhema: sets pg_port, pg_version,
+#                           pg_conninfo (of rhema); needs PG_BIN (default: the
+#                           newest /usr/lib/postgresql/*/bin)
+#   bench_redis_start [ARG...]  start redis-server in $tmp/redis on a free
+#                           loopback port with the durable configuration
+#                           (appendonly yes, appendfsync always) and ARG...:
+#                           sets redis_port, redis_version
+#   bench_servers_stop      stop the servers those two started (bench_cleanup
+#                           does it at exit)
 
 # shellcheck disable=SC2034 # the variables are the scripts'
 here=${here:-$(cd "$(dirname "$0")" && pwd)}
@@ -45,9 +58,14 @@ RHEMAD=$top_builddir/rhemad
 RHEMACTL=$top_builddir/rhemactl
 PLUGIN_DIR=$top_builddir/plugins/.libs
 
+: "${PG_BIN:=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}"
+
 rpid=
 pids=
 tmp=
+pg_started=
+redis_pid=
+as_pg=
 
 die() {
     echo "$BENCH_NAME: $*" >&2
@@ -61,9 +79,61 @@ bench_need_tools() {
 }
 
 bench_cleanup() {
+    set +e # a script with set -e: every step of the cleanup still runs
     for p in $pids; do kill -TERM "$p" 2>/dev/null; done
     for p in $pids; do wait "$p" 2>/dev/null; done
+    bench_servers_stop
     [ -n "$tmp" ] && rm -rf "$tmp"
+}
+
+bench_pg_start() {
+    [ -n "$PG_BIN" ] && [ -x "$PG_BIN/initdb" ] || die "no PostgreSQL server binaries (set PG_BIN=)"
+    if [ "$(id -u)" = 0 ]; then
+        as_pg="runuser -u postgres --"
+        chmod 755 "$tmp"
+        mkdir -p "$tmp/pg" && chown postgres "$tmp/pg"
+    fi
+    pg_port=$(free_port)
+    $as_pg "$PG_BIN/initdb" -D "$tmp/pg" -U postgres --auth=trust -E UTF8 --no-locale \
+        >"$tmp/initdb.log" 2>&1 || { cat "$tmp/initdb.log" >&2; die "initdb failed"; }
+    $as_pg "$PG_BIN/pg_ctl" -D "$tmp/pg" -w -t 30 -l "$tmp/pg/server.log" \
+        -o "-c listen_addresses=127.0.0.1 -c port=$pg_port -c unix_socket_directories=$tmp/pg -c fsync=on -c synchronous_commit=on -c full_page_writes=on" \
+        start >/dev/null 2>&1 || { tail -n 20 "$tmp/pg/server.log" >&2; die "PostgreSQL did not start"; }
+    pg_started=1
+    "$PG_BIN/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres rhema >/dev/null 2>&1 ||
+        die "createdb failed"
+    pg_version=$("$PG_BIN/postgres" --version | awk '{ print $3 }')
+    pg_conninfo="host=127.0.0.1 port=$pg_port dbname=rhema user=postgres"
+}
+
+bench_redis_start() {
+    command -v redis-server >/dev/null 2>&1 || die "redis-server not found"
+    command -v redis-cli >/dev/null 2>&1 || die "redis-cli not found"
+    redis_port=$(free_port)
+    mkdir -p "$tmp/redis"
+    redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$tmp/redis" --save '' \
+        --appendonly yes --appendfsync always --daemonize no --logfile "$tmp/redis/log" "$@" &
+    redis_pid=$!
+    i=0
+    while [ $i -lt 100 ]; do
+        redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null | grep -q PONG && break
+        i=$((i + 1))
+        sleep 0.1
+    done
+    [ $i -lt 100 ] || die "redis-server did not answer"
+    redis_version=$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')
+}
+
+bench_servers_stop() {
+    if [ -n "$pg_started" ]; then
+        $as_pg "$PG_BIN/pg_ctl" -D "$tmp/pg" -m fast -w stop >/dev/null 2>&1
+        pg_started=
+    fi
+    if [ -n "$redis_pid" ]; then
+        kill -TERM "$redis_pid" 2>/dev/null
+        wait "$redis_pid" 2>/dev/null
+        redis_pid=
+    fi
 }
 
 bench_tmpdir() {

@@ -55,6 +55,10 @@ PKG_CONFIG=${PKG_CONFIG:-pkg-config}
 RHEMAD=$top_builddir/rhemad
 PLUGIN_DIR=$top_builddir/plugins/.libs
 : "${PG_BIN:=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}"
+# the server starts (bench_pg_start, bench_redis_start, bench_servers_stop);
+# the definitions below replace lib.sh's others
+BENCH_NAME=run-backends.sh
+. "$here/lib.sh"
 
 die() { echo "run-backends.sh: $*" >&2; exit 99; }
 
@@ -83,9 +87,6 @@ fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/rhema-bench-backends.XXXXXX") || die "mktemp failed"
 chmod 755 "$tmp"
 pids=
-pg_started=
-redis_pid=
-as_pg=
 cleanup() {
     for p in $pids; do
         kill -TERM "$p" 2>/dev/null
@@ -93,13 +94,7 @@ cleanup() {
     for p in $pids; do
         wait "$p" 2>/dev/null
     done
-    if [ -n "$pg_started" ]; then
-        $as_pg "$PG_BIN/pg_ctl" -D "$tmp/pg" -m fast -w stop >/dev/null 2>&1
-    fi
-    if [ -n "$redis_pid" ]; then
-        kill -TERM "$redis_pid" 2>/dev/null
-        wait "$redis_pid" 2>/dev/null
-    fi
+    bench_servers_stop
     [ -n "${BENCH_KEEP:-}" ] && echo "kept $tmp" >&2 || rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -200,40 +195,16 @@ if [ -n "$need_redis" ]; then
         $($PKG_CONFIG --libs hiredis) || die "cannot build redis_raw"
 fi
 
-# ---- PostgreSQL: initdb in a temp dir (as the postgres user when we are root) ----
+# ---- PostgreSQL: initdb in a temp dir (bench/lib.sh; as the postgres user when we are root) ----
 if [ -n "$need_pg" ]; then
-    if [ "$(id -u)" = 0 ]; then
-        as_pg="runuser -u postgres --"
-        mkdir -p "$tmp/pg" && chown postgres "$tmp/pg"
-    fi
-    pg_port=$(free_port)
-    $as_pg "$PG_BIN/initdb" -D "$tmp/pg" -U postgres --auth=trust -E UTF8 --no-locale \
-        >"$tmp/initdb.log" 2>&1 || { cat "$tmp/initdb.log" >&2; die "initdb failed"; }
-    $as_pg "$PG_BIN/pg_ctl" -D "$tmp/pg" -w -t 30 -l "$tmp/pg/server.log" \
-        -o "-c listen_addresses=127.0.0.1 -c port=$pg_port -c unix_socket_directories=$tmp/pg -c fsync=on -c synchronous_commit=on -c full_page_writes=on" \
-        start >/dev/null 2>&1 || { tail -n 20 "$tmp/pg/server.log" >&2; die "PostgreSQL did not start"; }
-    pg_started=1
-    "$PG_BIN/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres rhema >/dev/null 2>&1 &&
-        "$PG_BIN/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres raw >/dev/null 2>&1 ||
+    bench_pg_start
+    "$PG_BIN/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres raw >/dev/null 2>&1 ||
         die "createdb failed"
-    pg_version=$("$PG_BIN/postgres" --version | awk '{ print $3 }')
 fi
 
-# ---- Redis: appendonly yes, appendfsync always (the durable configuration) ----
+# ---- Redis: appendonly yes, appendfsync always (the durable configuration; bench/lib.sh) ----
 if [ -n "$need_redis" ]; then
-    redis_port=$(free_port)
-    mkdir -p "$tmp/redis"
-    redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$tmp/redis" --save '' \
-        --appendonly yes --appendfsync always --daemonize no --logfile "$tmp/redis/log" &
-    redis_pid=$!
-    i=0
-    while [ $i -lt 100 ]; do
-        redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null | grep -q PONG && break
-        i=$((i + 1))
-        sleep 0.1
-    done
-    [ $i -lt 100 ] || die "redis-server did not answer"
-    redis_version=$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')
+    bench_redis_start
 fi
 
 echo "machine: $(nproc) cores; wrk -t$THREADS -c$CONNS -d${SECONDS_}s --latency; $WORKERS workers"

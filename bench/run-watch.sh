@@ -1,11 +1,21 @@
 #!/bin/sh
 # bench/run-watch.sh -- the change feed's costs (issue 12, "Performance"):
 #   1. event latency, a write's 2xx to a watcher on the same node
-#      (bench/watch_latency.py: p50 / p99; target p99 <= 5 ms on SQLite);
-#   2. the PUT rate of new sessions (bench/put_session.lua) with
+#      (bench/watch_latency.py: p50 / p99 / max; target p99 <= 5 ms on SQLite);
+#   2. on a shared backend (sqlite, postgres, redis): the same to a watcher on
+#      another node -- node A writes, node B watches (target p99 <= 20 ms on
+#      PostgreSQL and Redis);
+#   3. the anchor, when etcd is installed: one etcd on loopback in the
+#      temporary directory, put -> watch latency the same way (the v3 JSON
+#      gateway), and the ratio of rhema's cross-node p99 (same-node on
+#      memory) to etcd's; skipped, and said so, without etcd;
+#   4. the PUT rate of new sessions (bench/put_session.lua) with
 #      coordination.change_feed on and off, and their ratio (target >= 0.9).
-# BENCH_BACKEND: memory or sqlite (default sqlite); BENCH_WATCH_N: the
-# number of writes of 1 (default 1000); the rest as in bench/lib.sh.
+# BENCH_BACKEND: memory, sqlite, postgres or redis (default sqlite); PostgreSQL
+# (fsync=on, synchronous_commit=on) and Redis (appendonly yes, appendfsync
+# always) are started in the temporary directory on free loopback ports
+# (bench/lib.sh); BENCH_WATCH_N: the number of writes of 1-3 (default 1000);
+# ETCD: the etcd binary (default etcd); the rest as in bench/lib.sh.
 set -e
 BENCH_NAME=run-watch.sh
 here=$(cd "$(dirname "$0")" && pwd)
@@ -14,25 +24,80 @@ bench_need_tools
 bench_tmpdir rhema-watch
 backend=${BENCH_BACKEND:-sqlite}
 n=${BENCH_WATCH_N:-1000}
+ETCD=${ETCD:-etcd}
 
-start() { # NAME FEED
+case $backend in
+memory | sqlite) ;;
+postgres) bench_pg_start ;;
+redis) bench_redis_start ;;
+*) die "BENCH_BACKEND: '$backend' is not memory, sqlite, postgres or redis" ;;
+esac
+
+start() { # NAME FEED [DB]: DB names the SQLite file (default NAME's)
+    set -- "$1" "$2" "${3:-$1}"
+    db=$3
     set -- "$1" -o service.data_directory="$tmp" -o persistence.backend="$backend" \
         -o coordination.change_feed="$2"
-    [ "$backend" = sqlite ] && set -- "$@" -o persistence.sqlite.path="$tmp/$1.db"
+    case $backend in
+    sqlite) set -- "$@" -o persistence.sqlite.path="$tmp/$db.db" ;;
+    postgres) set -- "$@" -o persistence.postgres.conninfo="$pg_conninfo" ;;
+    redis) set -- "$@" -o persistence.redis.host=127.0.0.1 -o persistence.redis.port="$redis_port" ;;
+    esac
     bench_start "$@"
 }
 
-echo "machine: $(nproc) cores; backend $backend; wrk -t$THREADS -c$CONNS -d${SECONDS_}s; $WORKERS workers"
+echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); backend $backend;" \
+    "wrk -t$THREADS -c$CONNS -d${SECONDS_}s; $WORKERS workers"
+[ "$backend" = postgres ] && echo "postgres $pg_version: fsync=on, synchronous_commit=on"
+[ "$backend" = redis ] && echo "redis $redis_version: appendonly yes, appendfsync always"
 
 start latency true
+a_pid=$rpid
+a_url=$base
 echo "event latency, write 2xx -> watcher, same node ($n writes):"
-python3 "$here/watch_latency.py" "$base" "$n" || die "the latency run failed"
-stop "$rpid"
+same=$(python3 "$here/watch_latency.py" "$a_url" "$a_url" "$n") || die "the latency run failed"
+echo "  $same"
+p99=$(echo "$same" | awk '{ print $5 }')
+what="same-node"
+if [ "$backend" != memory ]; then
+    start latency-b true latency
+    b_pid=$rpid
+    echo "event latency, write 2xx on node A -> watcher on node B ($n writes):"
+    cross=$(python3 "$here/watch_latency.py" "$a_url" "$base" "$n") || die "the cross-node latency run failed"
+    echo "  $cross"
+    p99=$(echo "$cross" | awk '{ print $5 }')
+    what="cross-node"
+    stop "$b_pid"
+fi
+stop "$a_pid"
+
+if command -v "$ETCD" >/dev/null 2>&1; then
+    ec=$(free_port)
+    ep=$(free_port)
+    "$ETCD" --name bench --data-dir "$tmp/etcd" \
+        --listen-client-urls "http://127.0.0.1:$ec" --advertise-client-urls "http://127.0.0.1:$ec" \
+        --listen-peer-urls "http://127.0.0.1:$ep" --initial-advertise-peer-urls "http://127.0.0.1:$ep" \
+        --initial-cluster "bench=http://127.0.0.1:$ep" >"$tmp/etcd.log" 2>&1 &
+    etcd_pid=$!
+    pids="$pids $etcd_pid"
+    wait_ready "$etcd_pid" "http://127.0.0.1:$ec/health" || {
+        tail -n 20 "$tmp/etcd.log" >&2
+        die "etcd did not start"
+    }
+    echo "anchor: etcd $("$ETCD" --version | awk '/^etcd Version/ { print $3 }'), put -> watch, one member ($n puts):"
+    anchor=$(python3 "$here/watch_latency.py" --etcd "http://127.0.0.1:$ec" "$n") || die "the etcd run failed"
+    echo "  $anchor"
+    e99=$(echo "$anchor" | awk '{ print $5 }')
+    echo "p99 ratio rhema $what / etcd: $(awk -v a="$p99" -v b="$e99" 'BEGIN { printf "%.2f", a / b }')"
+    stop "$etcd_pid" || true # etcd exits non-zero on SIGTERM
+else
+    echo "anchor: etcd not installed ($ETCD), skipped"
+fi
 
 start feed-on true
 on=$(bench_measure "$tmp/wrk-on" "$base" -s "$here/put_session.lua") || die "PUT with the feed failed"
 stop "$rpid"
-start feed-off false
+start feed-off false feed-off
 off=$(bench_measure "$tmp/wrk-off" "$base" -s "$here/put_session.lua") || die "PUT without the feed failed"
 stop "$rpid"
 echo "PUT /v1/sessions: feed on $on/s, off $off/s, ratio $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.3f", a / b }')"

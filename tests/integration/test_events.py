@@ -1,8 +1,8 @@
 """
 The change feed (issue 12, items 1, 2 and 5): GET /v1/events as server-sent
 events and as a long poll, Last-Event-ID resume, compaction (410), filters,
-blocking queries on a session, a watcher on one node seeing a write on
-another, a slow consumer cut off, and 1000 idle watchers costing nothing.
+blocking queries on a session, watchers on two and three nodes seeing writes
+made on another, a slow consumer cut off, and 1000 idle watchers costing nothing.
 
 Every test that writes runs on each backend the machine offers: memory,
 file and SQLite always; PostgreSQL and Redis when their servers and plugins
@@ -331,6 +331,48 @@ def test_watch_on_another_node(daemons, backend):
     ev = s.events(1)[0]
     assert int(ev[0]) == v and ev[1] == "session.created"
     s.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "redis"], indirect=True)
+def test_watch_on_three_nodes(daemons, backend):
+    """Nodes A, B and C on one backend: an SSE watcher on B and a long-poll
+    watcher on C each see every write made on A and on C (sessions and
+    messages), in revision order, each once."""
+    a = daemons(name="a", config=backend()).start()
+    b = daemons(name="b", config=backend()).start()
+    c = daemons(name="c", config=backend()).start()
+    types = "types=session.,message."
+    head = poll(a, types)["revision"]
+    sse = Sse(b, f"since={head}&{types}")
+    writes = []  # (revision, type, id) in the order the writes were answered
+    for i in range(4):
+        for node, name in ((a, "a"), (c, "c")):
+            sid = f"x{name}{i}"
+            writes.append((put_session(node, sid), "session.created", sid))
+            writes.append((post_message(node, sid, f"m{name}{i}"), "message.created",
+                           f"m{name}{i}"))
+            writes.append((put_session(node, sid, "u"), "session.updated", sid))
+    revs = [w[0] for w in writes]
+    assert len(set(revs)) == len(revs) and all(r > head for r in revs)
+    want = sorted(writes)
+    # B, server-sent events: exactly the writes, in revision order
+    got_b = [(int(e[0]), e[1], e[2]["id"]) for e in sse.events(len(want))]
+    assert got_b == want
+    # C, long polls from head until the last write's revision is reached
+    got_c, since = [], head
+    deadline = time.monotonic() + 30
+    while since < want[-1][0]:
+        assert time.monotonic() < deadline, f"C saw {got_c}, wants {want}"
+        body = poll(c, f"since={since}&{types}&wait=5s")
+        got_c += [(e["revision"], e["type"], e["id"]) for e in body["items"]]
+        if body["items"]:
+            since = body["items"][-1]["revision"]
+    assert got_c == want
+    # nothing more on either watcher: a write on B closes both streams' windows
+    last = put_session(b, "fin")
+    assert sse.events(1)[0][0] == str(last)
+    assert [e["revision"] for e in poll(c, f"since={since}&{types}&wait=5s")["items"]] == [last]
+    sse.close()
 
 
 def test_slow_consumer_is_cut_off(daemons):
