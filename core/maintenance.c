@@ -395,6 +395,7 @@ static void on_agents(evutil_socket_t fd, short what, void *arg)
     (void)fd, (void)what;
     rhema_store_init(&st, m->srv->storage, m->conn);
     st.keep_transitions = (uint64_t)m->srv->cfg->agent_transitions_retained;
+    st.feed = m->srv->feed; /* the transitions are agent.status events (opened before the loop) */
     int rc = rhema_agent_sweep(&st, (uint64_t)m->srv->cfg->agent_timeout_seconds * 1000u,
                                rhema_realtime_ms(), AGENT_SWEEP_BATCH, &offline, &failed, err);
     if (rc)

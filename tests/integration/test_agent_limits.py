@@ -147,6 +147,16 @@ def transitions_of(node, aid):
     return page["items"]
 
 
+def status_event(node, aid, to):
+    """The agent.status event of aid's transition to `to` (the change feed, since 0)."""
+    s, _, body = node.json("GET", f"/v1/events?since=0&types=agent.status&agent={aid}&wait=5s")
+    assert s == 200, body
+    evs = [e for e in body["items"] if e["id"] == aid and e["to"] == to]
+    assert len(evs) == 1, body
+    assert evs[0]["version"] == evs[0]["revision"], evs
+    return evs[0]
+
+
 def test_heartbeat_timeout_makes_the_agent_offline(fast):
     aid = new_id()
     s, _, a = fast.json("PUT", f"/v1/agents/{aid}", agent_body(status="Idle"))
@@ -159,6 +169,8 @@ def test_heartbeat_timeout_makes_the_agent_offline(fast):
     last = transitions_of(fast, aid)[-1]
     assert (last["from_status"], last["to_status"]) == ("Idle", "Offline"), last
     assert last["reason"] == "heartbeat timeout", last
+    # the sweep's transition is in the change feed, as agent.status (issue 12 item 4)
+    assert status_event(fast, aid, "Offline")["from"] == "Idle"
     s, _, stats = fast.json("GET", "/v1/agents/stats")
     assert stats["by_status"]["Offline"] >= 1 and stats["by_status"]["Idle"] == 0, stats
     # the agent comes back with a heartbeat; the timeout made one transition only
@@ -184,6 +196,7 @@ def test_task_timeout_makes_the_agent_failed(fast):
     assert (last["from_status"], last["to_status"]) == ("Busy", "Failed"), last
     assert last["reason"].startswith("task timeout after "), last
     assert last["reason"].endswith(" s"), last
+    assert status_event(fast, aid, "Failed")["from"] == "Busy"
 
 
 def test_an_agent_without_a_task_is_not_failed(daemons):
