@@ -939,6 +939,27 @@ static int agent_transition_compose(struct rhema_store *st, struct wset *ws, con
     return 0;
 }
 
+/*
+ * An index entry that moves from old_key to new_key (either NULL: none),
+ * both malloc'd: a delete and a put when they differ, nothing when equal.
+ * The write set takes the keys it uses; the rest are freed.
+ */
+static void index_move(struct wset *ws, const char *ns, char *old_key, char *new_key)
+{
+    if (!old_key || !new_key || strcmp(old_key, new_key) != 0) {
+        if (old_key) {
+            ws_add(ws, RHEMA_WRITE_DEL, ns, old_key, NULL, 0, 0);
+            old_key = NULL;
+        }
+        if (new_key) {
+            ws_add(ws, RHEMA_WRITE_PUT, ns, new_key, NULL, 0, 0);
+            new_key = NULL;
+        }
+    }
+    free(old_key);
+    free(new_key);
+}
+
 /* Compose the writes of one attempt: record, indexes, transition, summary. */
 static int agent_compose(struct rhema_store *st, enum agent_op kind, const char *id, json_t *input,
                          struct agent_attempt *a, char *err)
@@ -980,34 +1001,9 @@ static int agent_compose(struct rhema_store *st, enum agent_op kind, const char 
     json_array_foreach(new_caps, i, c) if (!array_has_string(old_caps, json_string_value(c)))
         ws_add(ws, RHEMA_WRITE_PUT, NS_BY_CAPABILITY, kfmt("%s/%s", json_string_value(c), id), NULL,
                0, 0);
-    /* heartbeat index */
-    char *old_hb = heartbeat_key(cur, id), *new_hb = heartbeat_key(next, id);
-    if (!old_hb || !new_hb || strcmp(old_hb, new_hb) != 0) {
-        if (old_hb) {
-            ws_add(ws, RHEMA_WRITE_DEL, NS_HEARTBEAT, old_hb, NULL, 0, 0);
-            old_hb = NULL;
-        }
-        if (new_hb) {
-            ws_add(ws, RHEMA_WRITE_PUT, NS_HEARTBEAT, new_hb, NULL, 0, 0);
-            new_hb = NULL;
-        }
-    }
-    free(old_hb);
-    free(new_hb);
-    /* task index */
-    char *old_task = task_key(cur, id), *new_task = task_key(next, id);
-    if (!old_task || !new_task || strcmp(old_task, new_task) != 0) {
-        if (old_task) {
-            ws_add(ws, RHEMA_WRITE_DEL, NS_TASK, old_task, NULL, 0, 0);
-            old_task = NULL;
-        }
-        if (new_task) {
-            ws_add(ws, RHEMA_WRITE_PUT, NS_TASK, new_task, NULL, 0, 0);
-            new_task = NULL;
-        }
-    }
-    free(old_task);
-    free(new_task);
+    /* heartbeat and task indexes */
+    index_move(ws, NS_HEARTBEAT, heartbeat_key(cur, id), heartbeat_key(next, id));
+    index_move(ws, NS_TASK, task_key(cur, id), task_key(next, id));
     /* transitions of a deleted agent */
     if (kind == AOP_DELETE) {
         struct rhema_key_list keys = {0};
