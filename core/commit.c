@@ -126,9 +126,11 @@ int rhema_committer_start(const struct rhema_storage_plugin *vt, rhema_storage_i
     return 0;
 }
 
-void rhema_committer_set_feed(struct rhema_committer *c, struct rhema_feed *feed)
+void rhema_committer_set_shared(struct rhema_committer *c, struct rhema_feed *feed,
+                                struct rhema_access_table *access)
 {
     c->store.feed = feed;
+    c->store.access = access;
 }
 
 void rhema_committer_submit(struct rhema_committer *c, struct rhema_commit_job *job)

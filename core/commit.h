@@ -39,8 +39,14 @@ struct rhema_committer;
  */
 int rhema_committer_start(const struct rhema_storage_plugin *vt, rhema_storage_instance *inst,
                           struct rhema_committer **out, char **err);
-/* The change feed its writes add records to (watch/feed.h); before the first submit. */
-void rhema_committer_set_feed(struct rhema_committer *c, struct rhema_feed *feed);
+/*
+ * What its store shares with the workers' (before the first submit): the
+ * change feed its writes add records to (watch/feed.h) and the sessions'
+ * access counts its answers include and a delete clears (session_access.h).
+ */
+struct rhema_access_table;
+void rhema_committer_set_shared(struct rhema_committer *c, struct rhema_feed *feed,
+                                struct rhema_access_table *access);
 /* Queue a job (the committer owns it until it hands it back). */
 void rhema_committer_submit(struct rhema_committer *c, struct rhema_commit_job *job);
 /*

@@ -116,6 +116,8 @@ struct rhema_server {
     struct rhema_ai *ai;             /* ai/gateway.h: the AI gateway; NULL when off */
     struct rhema_ai_usage *ai_usage; /* ai/usage.h: its token limits and usage; NULL when off */
     struct rhema_feed *feed;         /* watch/feed.h: the change feed; NULL when off */
+    struct rhema_access_table *access; /* session_access.h: the sessions' access counts,
+                                        * written by their own thread (http.c starts it) */
     /*
      * api/api_events.c: end a worker's watches when it drains, free them
      * when it stops (set by rhema_api_start; http.c calls them and knows

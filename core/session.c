@@ -13,19 +13,19 @@
 #include "json_fields.h"
 #include "log.h"
 #include "session.h"
+#include "session_access.h"
 #include "util.h"
 #include "watch/feed.h"
 
 #define NS_SESSIONS "sessions"
 #define NS_BY_STATUS "sessions.status"
 #define NS_BY_PARTICIPANT "sessions.participant"
-#define NS_ACCESS "sessions.access"
+#define NS_ACCESS RHEMA_ACCESS_NS
 
 #define TOPIC_MAX 1024
 #define PARTICIPANTS_MAX 1024
 #define MESSAGE_TYPE_MAX 128
 #define PUT_RETRIES 16
-#define ACCESS_FLUSH_AT 65536 /* pending entries that force a flush */
 
 
 static const char *const session_statuses[] = {"Active", "Paused", "Completed", "Cancelled",
@@ -262,111 +262,17 @@ fail:
     return rc;
 }
 
-/* ---- access counts (kept in the worker's store, flushed once a second) ---- */
+/* ---- access counts (session_access.h: a table shared by the workers, its own writer) ---- */
 
-struct rhema_access_entry {
-    char *id; /* NULL: empty slot */
-    uint64_t delta;
-    uint64_t last_ms;
-    uint64_t incarnation; /* of the session the reads were counted for */
-};
+#define access_rec rhema_access_rec
+#define access_parse rhema_access_parse
 
-/*
- * The stored access record: "<count> <last_ms> <incarnation hex>".  A
- * session gets a fresh random incarnation when it is created, so counts
- * pending in some worker for an earlier session of the same id (deleted,
- * then created again) are recognised and dropped instead of carried over.
- */
-struct access_rec {
-    uint64_t count, last_ms, incarnation;
-    uint64_t version; /* 0: no record */
-};
-
-static uint64_t new_incarnation(void)
+/* The store's table: the shared one, or its own made now (NULL without memory). */
+static struct rhema_access_table *access_table(struct rhema_store *st)
 {
-    static _Thread_local uint64_t x;
-    if (!x)
-        x = rhema_realtime_ns() ^ ((uint64_t)(uintptr_t)&x << 17) ^ 0x9e3779b97f4a7c15ull;
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17; /* xorshift64 */
-    return x ? x : 1;
-}
-
-static int access_format(char *buf, size_t cap, uint64_t count, uint64_t last, uint64_t inc)
-{
-    return snprintf(buf, cap, "%llu %llu %llx", (unsigned long long)count,
-                    (unsigned long long)last, (unsigned long long)inc);
-}
-
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
-static struct rhema_access_entry *access_slot(struct rhema_store *st, const char *id, int create)
-{
-    if (create && (st->pending_n + 1) * 2 > st->pending_cap) {
-        size_t cap = st->pending_cap ? st->pending_cap * 2 : 64;
-        struct rhema_access_entry *nv = calloc(cap, sizeof *nv);
-        if (!nv)
-            return NULL;
-        for (size_t i = 0; i < st->pending_cap; i++) {
-            if (!st->pending[i].id)
-                continue;
-            size_t j = hash_str(st->pending[i].id) & (cap - 1);
-            while (nv[j].id)
-                j = (j + 1) & (cap - 1);
-            nv[j] = st->pending[i];
-        }
-        free(st->pending);
-        st->pending = nv;
-        st->pending_cap = cap;
-    }
-    if (!st->pending_cap)
-        return NULL;
-    size_t j = hash_str(id) & (st->pending_cap - 1);
-    while (st->pending[j].id) {
-        if (strcmp(st->pending[j].id, id) == 0)
-            return &st->pending[j];
-        j = (j + 1) & (st->pending_cap - 1);
-    }
-    if (!create)
-        return NULL;
-    st->pending[j].id = strdup(id);
-    if (!st->pending[j].id)
-        return NULL;
-    st->pending[j].delta = 0;
-    st->pending[j].last_ms = 0;
-    st->pending_n++;
-    return &st->pending[j];
-}
-
-static void access_clear(struct rhema_store *st)
-{
-    for (size_t i = 0; i < st->pending_cap; i++)
-        free(st->pending[i].id);
-    if (st->pending)
-        memset(st->pending, 0, st->pending_cap * sizeof *st->pending);
-    st->pending_n = 0;
-}
-
-/* A stored access record ("count last incarnation") into *a. */
-static void access_parse(const struct rhema_storage_value *v, struct access_rec *a)
-{
-    char buf[80];
-    size_t n = v->len < sizeof buf - 1 ? v->len : sizeof buf - 1;
-    memset(a, 0, sizeof *a);
-    memcpy(buf, v->data, n);
-    buf[n] = '\0';
-    unsigned long long c = 0, l = 0, inc = 0;
-    if (sscanf(buf, "%llu %llu %llx", &c, &l, &inc) >= 2) {
-        a->count = c;
-        a->last_ms = l;
-        a->incarnation = inc;
-    }
-    a->version = v->version;
+    if (!st->access && rhema_access_table_new(&st->access) == 0)
+        st->own_access = 1;
+    return st->access;
 }
 
 /* The stored access record of id (all zero when none). */
@@ -382,25 +288,6 @@ static int access_read(struct rhema_store *st, const char *id, struct access_rec
     access_parse(&v, a);
     return 0;
 }
-
-/* Stored counts plus this worker's pending ones (when of the same incarnation). */
-static void access_merge(struct rhema_store *st, const char *id, const struct access_rec *a,
-                         uint64_t *count, uint64_t *last);
-
-/*
- * Write this worker's pending access counts: read each access record, then
- * write every update in one group commit (one transaction / fsync /
- * pipeline for the whole flush, not one per session); an update that lost
- * a race with another worker's flush is read and tried again.
- */
-struct flush_item {
-    struct rhema_access_entry *e;
-    char text[80];
-    struct rhema_storage_write w;
-    int done;
-    int ahead; /* a was read ahead (read_ahead) */
-    struct access_rec a;
-};
 
 /*
  * Read n entries of namespace ns with get_many(), RHEMA_STORAGE_GET_MANY_MAX
@@ -440,110 +327,19 @@ static void read_ahead(struct rhema_store *st, const char *ns, size_t n, read_ah
     }
 }
 
-static const char *flush_item_key(void *ctx, size_t i)
-{
-    struct flush_item *it = (struct flush_item *)ctx + i;
-    return it->done ? NULL : it->e->id;
-}
-
-static void flush_item_got(void *ctx, size_t i, int rc, const struct rhema_storage_value *v)
-{
-    struct flush_item *it = (struct flush_item *)ctx + i;
-    if (rc == 0)
-        access_parse(v, &it->a);
-    else
-        memset(&it->a, 0, sizeof it->a);
-    it->ahead = 1;
-}
-
 int rhema_store_flush_access(struct rhema_store *st)
 {
-    int first = 0;
-    size_t n = 0;
-    struct flush_item *items = st->pending_n ? calloc(st->pending_n, sizeof *items) : NULL;
-    struct rhema_storage_batch *g = st->pending_n ? calloc(st->pending_n, sizeof *g) : NULL;
-    if (st->pending_n && (!items || !g)) {
-        first = RHEMA_ENOMEM;
-        goto out;
-    }
-    for (size_t i = 0; i < st->pending_cap; i++)
-        if (st->pending[i].id && st->pending[i].delta)
-            items[n++].e = &st->pending[i];
-    for (int attempt = 0; attempt < PUT_RETRIES; attempt++) {
-        size_t m = 0;
-        read_ahead(st, NS_ACCESS, n, flush_item_key, flush_item_got, items);
-        for (size_t i = 0; i < n; i++) {
-            struct flush_item *it = &items[i];
-            struct access_rec a;
-            if (it->done)
-                continue;
-            int rc = 0;
-            if (it->ahead)
-                a = it->a;
-            else
-                rc = access_read(st, it->e->id, &a);
-            it->ahead = 0;
-            /* deleted meanwhile, or a new session of the same id: drop the counts */
-            if (rc || !a.version || a.incarnation != it->e->incarnation) {
-                if (rc && !first)
-                    first = rc;
-                it->done = 1;
-                continue;
-            }
-            int len = access_format(it->text, sizeof it->text, a.count + it->e->delta,
-                                    it->e->last_ms > a.last_ms ? it->e->last_ms : a.last_ms,
-                                    a.incarnation);
-            it->w = (struct rhema_storage_write){.size = sizeof(struct rhema_storage_write),
-                                                 .op = RHEMA_WRITE_PUT,
-                                                 .ns = NS_ACCESS,
-                                                 .key = it->e->id,
-                                                 .value = it->text,
-                                                 .value_len = (size_t)len,
-                                                 .expected_version = a.version};
-            g[m].size = sizeof g[m];
-            g[m].writes = &it->w;
-            g[m].n = 1;
-            g[m].result = 0;
-            m++;
-        }
-        if (m == 0)
-            break;
-        int grc = 0;
-        if (st->vt->group && m > 1)
-            grc = st->vt->group(st->conn, g, m);
-        else
-            for (size_t j = 0; j < m; j++)
-                g[j].result = st->vt->put(st->conn, g[j].writes);
-        if (grc) { /* nothing applied: these counts are dropped (they are best effort) */
-            if (!first)
-                first = grc;
-            goto out;
-        }
-        for (size_t j = 0; j < m; j++) {
-            struct flush_item *it = (struct flush_item *)((char *)g[j].writes -
-                                                          offsetof(struct flush_item, w));
-            if (g[j].result == RHEMA_ECONFLICT)
-                continue; /* another worker flushed the same id: read it again */
-            if (g[j].result && !first)
-                first = g[j].result;
-            it->done = 1;
-        }
-    }
-out:
-    free(items);
-    free(g);
-    access_clear(st);
-    return first;
+    return st->access ? rhema_access_flush(st->access, st->vt, st->conn) : 0;
 }
 
 void rhema_store_release(struct rhema_store *st)
 {
-    if (st->pending_n)
+    if (st->own_access) {
         rhema_store_flush_access(st);
-    access_clear(st);
-    free(st->pending);
-    st->pending = NULL;
-    st->pending_cap = 0;
+        rhema_access_table_free(st->access);
+    }
+    st->access = NULL;
+    st->own_access = 0;
 }
 
 /*
@@ -576,17 +372,14 @@ static int make_record(const void *stored, size_t len, uint64_t version, uint64_
     return 0;
 }
 
+/* The counts of id over its stored access record *a, counting nothing. */
 static void access_merge(struct rhema_store *st, const char *id, const struct access_rec *a,
                          uint64_t *count, uint64_t *last)
 {
-    struct rhema_access_entry *e = access_slot(st, id, 0);
     *count = a->count;
     *last = a->last_ms;
-    if (e && e->incarnation == a->incarnation) {
-        *count += e->delta;
-        if (e->last_ms > *last)
-            *last = e->last_ms;
-    }
+    if (st->access)
+        rhema_access_count(st->access, id, a, 0, 0, count, last);
 }
 
 /*
@@ -607,25 +400,20 @@ static int record_with_access(struct rhema_store *st, const char *id, const char
     if (rc)
         return rhema_store_error(st, rc, "reading access counts", err);
     if (count_this) {
-        struct rhema_access_entry *e = access_slot(st, id, 1);
-        if (!e)
+        struct rhema_access_table *t = access_table(st);
+        if (!t)
             return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
-        if (e->incarnation != a.incarnation) { /* counts of an earlier session of this id */
-            e->delta = 0;
-            e->last_ms = 0;
-            e->incarnation = a.incarnation;
-        }
-        e->delta++;
-        e->last_ms = rhema_realtime_ms();
+        count = a.count, last = a.last_ms;
+        if (rhema_access_count(t, id, &a, 1, rhema_realtime_ms(), &count, &last))
+            rhema_store_flush_access(st); /* a table of its own, grown large: no writer */
+    } else {
+        access_merge(st, id, &a, &count, &last);
     }
-    access_merge(st, id, &a, &count, &last);
     rc = make_record(stored, len, version, count, last, out);
     if (rc == RHEMA_ECORRUPT)
         return rhema_set_errbuf(err, rc, "stored session '%s' is not a JSON object", id);
     if (rc)
         return rhema_set_errbuf(err, rc, "out of memory");
-    if (st->pending_n >= ACCESS_FLUSH_AT)
-        rhema_store_flush_access(st);
     return 0;
 }
 
@@ -996,7 +784,8 @@ static int compose_put(struct rhema_store *st, struct rhema_session_op *op, stru
         ws_add(ws, RHEMA_WRITE_PUT, NS_BY_PARTICIPANT, json_string_value(p), op->id);
     if (!s->cur) { /* a new session: a new access record, with a new incarnation */
         struct rhema_storage_write *aw = ws_add(ws, RHEMA_WRITE_PUT, NS_ACCESS, NULL, op->id);
-        int n = access_format(s->access_text, sizeof s->access_text, 0, 0, new_incarnation());
+        int n = rhema_access_format(s->access_text, sizeof s->access_text, 0, 0,
+                                    rhema_access_new_incarnation());
         aw->value = s->access_text;
         aw->value_len = (size_t)n;
     }
@@ -1192,9 +981,8 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
     if (s->event_text)
         rhema_feed_wake(st->feed); /* committed with its record: the feed reads it now */
     if (op->kind == RHEMA_SOP_DELETE) {
-        struct rhema_access_entry *e = access_slot(st, op->id, 0);
-        if (e)
-            e->delta = 0, e->last_ms = 0;
+        if (st->access)
+            rhema_access_forget(st->access, op->id);
         op->rc = 0;
         return 0;
     }

@@ -35,7 +35,7 @@ _Static_assert(RHEMA_EPRECONDITION <= RHEMA_E_HOST_MAX && RHEMA_EPRECONDITION >=
 #define RHEMA_LIST_LIMIT_DEFAULT 50
 #define RHEMA_LIST_LIMIT_MAX 1000
 
-struct rhema_access_entry;
+struct rhema_access_table;
 struct rhema_feed;
 
 struct rhema_store {
@@ -50,21 +50,25 @@ struct rhema_store {
                                          * add no records) */
     uint64_t max_agents;                /* ai_service.agent_management.max_concurrent_agents;
                                          * 0: no limit (agents.h) */
-    struct rhema_access_entry *pending; /* sessions' access counts (session.h):
-                                         * an open-addressing map id -> delta */
-    size_t pending_n, pending_cap;
+    struct rhema_access_table *access;  /* sessions' access counts (session_access.h): the
+                                         * daemon's shared table; NULL: the store makes its
+                                         * own at the first read (own_access) */
+    int own_access;
 };
 
 void rhema_store_init(struct rhema_store *st, const struct rhema_storage_plugin *vt,
                       rhema_storage_conn *conn);
 /*
- * Flush pending access counts and free them (the connection stays open).
- * In session.c, with the access counts.
+ * Flush and free the store's own access counts, if it has some (a shared
+ * table is its owner's: the daemon's writer flushes it); the connection
+ * stays open.  In session.c, with the access counts.
  */
 void rhema_store_release(struct rhema_store *st);
 /*
- * Write pending access counts to storage; 0 or the first storage error.
- * Each worker calls it once a second (session.h); in session.c.
+ * Write the store's access counts (its own table, or the shared one) to
+ * storage on its connection now; 0 or the first storage error.  The
+ * daemon's access writer does this every second (session_access.h); tools
+ * and tests call it.  In session.c.
  */
 int rhema_store_flush_access(struct rhema_store *st);
 /*

@@ -33,6 +33,7 @@
 #include "http.h"
 #include "json_fields.h"
 #include "log.h"
+#include "session_access.h"
 #include "tls.h"
 #include "metrics/metrics.h"
 #include "util.h"
@@ -1421,12 +1422,6 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
     struct rhema_worker *w = arg;
-    if (w->store.pending_n) {
-        int rc = rhema_store_flush_access(&w->store);
-        if (rc)
-            rhema_log(RHEMA_LOG_WARN, "session", "worker %d: flushing access counts: %s (%s)",
-                      w->id, rhema_strerror(rc), w->srv->storage->errmsg(w->conn));
-    }
     if (w->draining &&
         ((atomic_load(&w->inflight) <= 0 && w->outstanding == 0 && !requests_arriving(w) &&
           rhema_monotonic_ns() - w->last_input_ns >= DRAIN_QUIET_NS) ||
@@ -1525,6 +1520,7 @@ static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id
     w->store.keep_config_versions = (uint64_t)srv->cfg->configuration_versions_retained;
     w->store.keep_transitions = (uint64_t)srv->cfg->agent_transitions_retained;
     w->store.feed = srv->feed;
+    w->store.access = srv->access;
     w->store.max_agents = (uint64_t)srv->cfg->max_concurrent_agents;
     w->base = event_base_new();
     w->http = w->base ? evhttp_new(w->base) : NULL;
@@ -1691,6 +1687,11 @@ int rhema_http_start(struct rhema_server *srv, rhema_request_fn *handle, char **
         rc = RHEMA_ENOMEM;
         goto fail;
     }
+    /* the sessions' access counts: one table for every worker, written by a thread of
+     * its own so that a read never writes where reads are served (session_access.h) */
+    if ((rc = rhema_access_table_new(&srv->access)) ||
+        (rc = rhema_access_writer_start(srv->access, srv->storage, srv->storage_inst, err)))
+        goto fail;
     for (int i = 0; i < srv->nworkers; i++) {
         if ((rc = worker_setup(srv, &srv->workers[i], i, handle, err)))
             goto fail;
@@ -1699,7 +1700,7 @@ int rhema_http_start(struct rhema_server *srv, rhema_request_fn *handle, char **
         (rc = rhema_committer_start(srv->storage, srv->storage_inst, &srv->committer, err)))
         goto fail;
     if (srv->committer)
-        rhema_committer_set_feed(srv->committer, srv->feed);
+        rhema_committer_set_shared(srv->committer, srv->feed, srv->access);
     /* logged before the first worker can answer: whoever sees an answer sees this line */
     rhema_log(RHEMA_LOG_NOTICE, "http", "listening on %s with %d worker%s%s", srv->listen_addr,
               srv->nworkers, srv->nworkers == 1 ? "" : "s", rhema_tls_enabled() ? ", TLS" : "");
@@ -1722,6 +1723,8 @@ fail:
     free(srv->workers);
     srv->workers = NULL;
     srv->nworkers = 0;
+    rhema_access_table_free(srv->access);
+    srv->access = NULL;
     close(srv->listen_fd);
     srv->listen_fd = -1;
     rhema_tls_close();
@@ -1744,6 +1747,8 @@ void rhema_http_stop(struct rhema_server *srv)
     free(srv->workers);
     srv->workers = NULL;
     srv->nworkers = 0;
+    rhema_access_table_free(srv->access); /* its writer's last pass: every read counted */
+    srv->access = NULL;
     if (srv->listen_fd >= 0)
         close(srv->listen_fd);
     srv->listen_fd = -1;

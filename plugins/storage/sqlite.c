@@ -9,7 +9,7 @@
  *   synchronous     = "normal";         off | normal | full | extra
  *   busy_timeout_ms = 5000;             how long a writer waits for the lock
  *   cache_size_kib  = 8192;             page cache per connection
- *   mmap_size_mib   = 256;              read pages through mmap (0: off)
+ *   mmap_size_mib   = 0;                read pages through mmap (0: off; see below)
  *   page_size       = 8192;             page size of a new database file
  *   checkpoint_pages = 1000;            WAL pages that start a checkpoint; 0: the
  *                                       writer checkpoints itself (SQLite's default)
@@ -200,7 +200,17 @@ struct rhema_storage_instance {
     const char *synchronous; /* a literal: "OFF", "NORMAL", ... */
     int busy_timeout_ms;
     int64_t cache_size_kib;
-    int64_t mmap_size_mib; /* reads through mmap: no pread per page after another conn wrote */
+    /*
+     * Reads through mmap.  Off by default: in WAL mode a connection that
+     * finds the database changed by another one drops its whole mapping
+     * (pagerBeginReadTransaction -> sqlite3OsUnfetch(fd, 0, 0)) and maps it
+     * again at its next read, so with writers about every read paid a
+     * munmap + mmap and the TLB shootdowns of both cores: 90% GET / 10% PUT
+     * on 2 cores ran at 3.8k req/s with 256 MiB of mmap, 11.7k without
+     * (bench/run-reads.sh, issue 14).  Worth it only for a read-mostly
+     * database much larger than the page cache.
+     */
+    int64_t mmap_size_mib;
     int64_t page_size;     /* of a new database file */
     int64_t rate_max_keys; /* slots of the rate file */
     struct rhema_rate_file *rate; /* <path>-rate: rate()'s state */
@@ -422,7 +432,7 @@ static int read_config(rhema_storage_instance *in, const struct rhema_host *h,
                        const struct rhema_cfg *cfg, char **err)
 {
     const char *path = "rhema.db", *sync = "normal";
-    int64_t busy = 5000, cache = 8192, mmap_mib = 256, page = 8192, ckpt = 1000;
+    int64_t busy = 5000, cache = 8192, mmap_mib = 0, page = 8192, ckpt = 1000;
     int64_t rate_keys = RATE_MAX_KEYS;
 
     if (h->cfg_string(cfg, "path", &path) == RHEMA_EINVAL)
@@ -859,9 +869,9 @@ static int sq_connect(rhema_storage_instance *in, rhema_storage_conn **out, char
     sqlite3_extended_result_codes(c->db, 1);
     sqlite3_busy_timeout(c->db, in->busy_timeout_ms);
     /*
-     * Grow the file 8 MiB at a time: fewer size changes means fewer
-     * remaps of the mmap window (each one a munmap + mmap in every
-     * connection) and less filesystem metadata work on checkpoints.
+     * Grow the file 8 MiB at a time: fewer size changes means less
+     * filesystem metadata work on checkpoints (and, with mmap_size_mib,
+     * fewer remaps of the mmap window).
      */
     int chunk = 8 * 1024 * 1024;
     sqlite3_file_control(c->db, "main", SQLITE_FCNTL_CHUNK_SIZE, &chunk);

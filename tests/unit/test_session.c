@@ -3,6 +3,7 @@
  * store (versions, preconditions, indexes, pagination, messages, access
  * counts) on the memory plugin loaded through the real loader.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +17,7 @@
 #include "config.h"
 #include "plugin.h"
 #include "session.h"
+#include "session_access.h"
 #include "util.h"
 
 struct fixture {
@@ -290,6 +292,134 @@ static int counting_get_many(rhema_storage_conn *c, const char *const *ns, const
         }
     }
     return 0;
+}
+
+/*
+ * Reads never wait for the access writer (issue 14): the writer's put()
+ * is held while a reader reads the same session; the read completes, with
+ * the counts the held flush is writing, and no count ever goes back --
+ * before, during and after the flush, and for a reader whose stored
+ * access record is from before the flush committed.
+ */
+static pthread_mutex_t hold_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t hold_cv = PTHREAD_COND_INITIALIZER;
+static int hold_entered, hold_release;
+static struct rhema_storage_plugin holding_vt;
+
+static int holding_put(rhema_storage_conn *c, struct rhema_storage_write *w)
+{
+    pthread_mutex_lock(&hold_mu);
+    hold_entered = 1;
+    pthread_cond_broadcast(&hold_cv);
+    while (!hold_release)
+        pthread_cond_wait(&hold_cv, &hold_mu);
+    pthread_mutex_unlock(&hold_mu);
+    return real_vt->put(c, w);
+}
+
+struct flusher {
+    struct rhema_access_table *t;
+    rhema_storage_conn *conn;
+    int rc;
+};
+
+static void *flusher_main(void *arg)
+{
+    struct flusher *fl = arg;
+    fl->rc = rhema_access_flush(fl->t, &holding_vt, fl->conn);
+    return NULL;
+}
+
+static json_int_t count_of(struct rhema_store *st, const char *id)
+{
+    char err[RHEMA_ERRMSG_MAX];
+    struct rhema_record rec = {0};
+    assert_int_equal(rhema_session_get(st, id, &rec, err), 0);
+    json_t *j = record_json(&rec);
+    json_int_t n = json_integer_value(json_object_get(j, "access_count"));
+    json_decref(j);
+    rhema_record_release(&rec);
+    return n;
+}
+
+static void stored_access(struct fixture *f, const char *id, struct rhema_access_rec *a)
+{
+    struct rhema_storage_value v = {.size = sizeof v};
+    assert_int_equal(f->vt->get(f->conn, RHEMA_ACCESS_NS, id, &v), 0);
+    rhema_access_parse(&v, a);
+}
+
+static void reads_never_wait_for_the_access_writer(void **state)
+{
+    struct fixture *f = *state;
+    struct rhema_access_table *t;
+    struct flusher fl = {0};
+    struct rhema_access_rec before, after;
+    uint64_t count, last;
+    char *err = NULL;
+    put(f, "hot", "{\"topic\":\"read often\"}", 0, 0, NULL);
+    real_vt = f->vt;
+    holding_vt = *f->vt;
+    holding_vt.put = holding_put;
+    holding_vt.group = NULL; /* one record: put() */
+    assert_int_equal(rhema_access_table_new(&t), 0);
+    assert_int_equal(f->vt->connect(f->inst, &fl.conn, &err), 0);
+    fl.t = t;
+    struct rhema_store st;
+    rhema_store_init(&st, f->vt, f->conn);
+    st.access = t; /* a shared table: the store neither owns nor flushes it */
+    for (int i = 1; i <= 3; i++)
+        assert_int_equal(count_of(&st, "hot"), i);
+    stored_access(f, "hot", &before);
+    assert_int_equal(before.count, 0);
+
+    /* the writer takes the three reads and is held inside its write */
+    hold_entered = hold_release = 0;
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, flusher_main, &fl), 0);
+    pthread_mutex_lock(&hold_mu);
+    while (!hold_entered)
+        pthread_cond_wait(&hold_cv, &hold_mu);
+    pthread_mutex_unlock(&hold_mu);
+    /* a read meanwhile: answered while the write is still held, counting all four */
+    assert_int_equal(count_of(&st, "hot"), 4);
+    pthread_mutex_lock(&hold_mu);
+    assert_int_equal(hold_release, 0); /* still held: the read did not wait for it */
+    hold_release = 1;
+    pthread_cond_broadcast(&hold_cv);
+    pthread_mutex_unlock(&hold_mu);
+    pthread_join(th, NULL);
+    assert_int_equal(fl.rc, 0);
+
+    /* the three are stored; the fourth is still in the table */
+    stored_access(f, "hot", &after);
+    assert_int_equal(after.count, 3);
+    assert_true(after.version > before.version);
+    assert_int_equal(count_of(&st, "hot"), 5);
+    /* a reader that read the stored record before the flush committed and the
+     * table after it sees the same count as one that read it after */
+    count = last = 0;
+    rhema_access_count(t, "hot", &before, 0, 0, &count, &last);
+    assert_int_equal(count, 5);
+    rhema_access_count(t, "hot", &after, 0, 0, &count, &last);
+    assert_int_equal(count, 5);
+    /* a store without the table sees what is stored, and counts itself */
+    assert_int_equal(count_of(&f->st, "hot"), 4);
+
+    /* a delete forgets what is pending; the session created again starts at 0 */
+    char e2[RHEMA_ERRMSG_MAX];
+    assert_int_equal(rhema_session_delete(&st, "hot", 0, e2), 0);
+    put(f, "hot", "{\"topic\":\"again\"}", 0, 0, NULL);
+    assert_int_equal(count_of(&st, "hot"), 1);
+    hold_release = 1;
+    assert_int_equal(rhema_access_flush(t, f->vt, fl.conn), 0);
+    stored_access(f, "hot", &after);
+    assert_int_equal(after.count, 1);
+    assert_int_equal(count_of(&st, "hot"), 2);
+
+    rhema_store_release(&st);
+    rhema_access_table_free(t);
+    f->vt->disconnect(fl.conn);
 }
 
 static void put_op(struct rhema_session_op *op, const char *id, const char *body)
@@ -640,6 +770,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(list_intersects_indexes, setup, teardown),
         cmocka_unit_test_setup_teardown(messages_append_idempotently, setup, teardown),
         cmocka_unit_test_setup_teardown(group_and_flush_read_ahead, setup, teardown),
+        cmocka_unit_test_setup_teardown(reads_never_wait_for_the_access_writer, setup, teardown),
     };
     return cmocka_run_group_tests_name("session", tests, NULL, NULL);
 }
