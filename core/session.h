@@ -11,15 +11,16 @@
  * disagrees with the records.  The record's storage version is its ETag.
  *
  * access_count / last_accessed are kept outside the versioned record (a read
- * must not change the ETag) and counted per worker in memory, flushed to
- * sessions.access at least once a second by rhema_store_flush_access(): a
- * crash can lose up to a second of access counts, never a session.
+ * must not change the ETag), counted in memory in a table the workers
+ * share and written to sessions.access at least once a second by a thread
+ * of their own (session_access.h): a read never writes, and a crash can
+ * lose up to a second of access counts, never a session.
  *
  * The generic store layer every module uses (struct rhema_store, records,
- * key lists) is store.h; the access counts pending in a store, and so
- * rhema_store_flush_access() and rhema_store_release(), are implemented
- * here.  A struct rhema_store belongs to one worker thread (it wraps that
- * thread's storage connection); nothing here locks.
+ * key lists) is store.h; rhema_store_flush_access() and
+ * rhema_store_release() are implemented here, with the access counts.  A
+ * struct rhema_store belongs to one thread (it wraps that thread's storage
+ * connection); only the access table it points to is shared (and locks).
  */
 #ifndef RHEMA_CORE_SESSION_H
 #define RHEMA_CORE_SESSION_H
