@@ -19,6 +19,9 @@
 #define WHO "session"
 #define FLUSH_RETRIES 16     /* compare-and-set rounds against other writers */
 #define FLUSH_PERIOD_MS 1000 /* "at least once a second" (session.h) */
+#define CHUNK_MAX 4096       /* counts written in one transaction at most */
+#define CHUNK_FIRST 64       /* ... at first (grows while transactions are quick) */
+#define CHUNK_HOLD_NS 2000000u /* a transaction that holds readers longer halves the next */
 
 struct entry {
     char *id; /* NULL: an empty slot */
@@ -43,6 +46,7 @@ struct rhema_access_table {
     atomic_size_t entries;
     pthread_mutex_t flush_mu; /* one flush at a time */
     uint64_t pass;            /* flushes begun (under flush_mu) */
+    size_t chunk;             /* counts per transaction now (under flush_mu) */
     /* the writer */
     pthread_mutex_t wmu;
     pthread_cond_t wcv;
@@ -155,6 +159,7 @@ int rhema_access_table_new(struct rhema_access_table **out)
     for (int i = 0; i < RHEMA_ACCESS_SHARDS; i++)
         pthread_mutex_init(&t->shard[i].mu, NULL);
     pthread_mutex_init(&t->flush_mu, NULL);
+    t->chunk = CHUNK_FIRST;
     pthread_mutex_init(&t->wmu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -418,28 +423,20 @@ static int read_records(struct rhema_access_table *t, const struct rhema_storage
     return 0;
 }
 
-int rhema_access_flush(struct rhema_access_table *t, const struct rhema_storage_plugin *vt,
-                       rhema_storage_conn *conn)
+/*
+ * Write items v[0..n) (the stored records read, compare-and-set, read
+ * again on a conflict); g has room for n.  0 or the first error; an item
+ * left in state 0 was not written.
+ */
+static int flush_chunk(struct rhema_access_table *t, const struct rhema_storage_plugin *vt,
+                       rhema_storage_conn *conn, struct item *v, size_t n,
+                       struct rhema_storage_batch *g)
 {
-    struct item *v = NULL;
-    struct rhema_storage_batch *g = NULL;
-    int first = 0, oom;
-    pthread_mutex_lock(&t->flush_mu);
-    t->pass++;
-    size_t n = take(t, &v, &oom);
-    if (oom)
-        first = RHEMA_ENOMEM;
-    if (n && !(g = calloc(n, sizeof *g))) {
-        first = RHEMA_ENOMEM;
-        goto out;
-    }
+    int first = 0;
     for (int attempt = 0; attempt < FLUSH_RETRIES; attempt++) {
         int rc = read_records(t, vt, conn, v, n);
-        if (rc) {
-            if (!first)
-                first = rc;
-            goto out;
-        }
+        if (rc)
+            return rc;
         size_t m = 0;
         for (size_t i = 0; i < n; i++) {
             struct item *it = &v[i];
@@ -476,11 +473,8 @@ int rhema_access_flush(struct rhema_access_table *t, const struct rhema_storage_
         else
             for (size_t j = 0; j < m; j++)
                 g[j].result = vt->put(conn, g[j].writes);
-        if (grc) { /* nothing applied: given back below */
-            if (!first)
-                first = grc;
-            goto out;
-        }
+        if (grc) /* nothing applied: given back by the caller */
+            return grc;
         for (size_t j = 0; j < m; j++) {
             struct item *it = (struct item *)((char *)g[j].writes - offsetof(struct item, w));
             if (g[j].result == RHEMA_ECONFLICT)
@@ -492,6 +486,54 @@ int rhema_access_flush(struct rhema_access_table *t, const struct rhema_storage_
             } else {
                 settle(t, it, 1, it->a.version);
             }
+        }
+    }
+    return first;
+}
+
+int rhema_access_flush(struct rhema_access_table *t, const struct rhema_storage_plugin *vt,
+                       rhema_storage_conn *conn)
+{
+    struct item *v = NULL;
+    struct rhema_storage_batch *g = NULL;
+    int first = 0, oom;
+    pthread_mutex_lock(&t->flush_mu);
+    t->pass++;
+    size_t n = take(t, &v, &oom);
+    if (oom)
+        first = RHEMA_ENOMEM;
+    if (n && !(g = calloc(n, sizeof *g))) {
+        first = RHEMA_ENOMEM;
+        goto out;
+    }
+    /*
+     * In chunks, each one transaction: on a backend whose writer holds what
+     * its readers need while it commits (the file plugin's directory lock,
+     * Redis's single thread through an fsync), one transaction of every
+     * count would hold the readers for all of it.  A chunk that took longer
+     * than CHUNK_HOLD_NS halves the next one, a quick one doubles it; after
+     * a long one the writer rests as long before the next, so readers get
+     * the backend at least half the time.
+     */
+    for (size_t at = 0; at < n;) {
+        size_t k = n - at < t->chunk ? n - at : t->chunk;
+        uint64_t t0 = rhema_monotonic_ns();
+        int rc = flush_chunk(t, vt, conn, v + at, k, g);
+        uint64_t took = rhema_monotonic_ns() - t0;
+        if (rc) { /* the rest goes back to the table for the next pass */
+            if (!first)
+                first = rc;
+            break;
+        }
+        at += k;
+        if (took > CHUNK_HOLD_NS && t->chunk > 1)
+            t->chunk /= 2;
+        else if (took < CHUNK_HOLD_NS / 4 && t->chunk < CHUNK_MAX)
+            t->chunk *= 2;
+        if (took > CHUNK_HOLD_NS && at < n) {
+            struct timespec ts = {.tv_sec = (time_t)(took / 1000000000u),
+                                  .tv_nsec = (long)(took % 1000000000u)};
+            nanosleep(&ts, NULL);
         }
     }
 out:

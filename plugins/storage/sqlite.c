@@ -82,6 +82,11 @@
  * checkpointer is a performance device: a commit is as durable without it
  * as with it (WAL mode: the WAL is the durable copy until checkpointed).
  *
+ * Reads: get() is one statement in its own implicit read transaction;
+ * get_many() reads its keys in one explicit read transaction (one
+ * snapshot, one WAL read lock for all of them).  A reader never waits for
+ * a writer (WAL), and mmap is off by default (see mmap_size_mib).
+ *
  * Backup and restore: backup() copies the database with the online backup
  * API; restore() checks such a copy (size, integrity_check, schema) and
  * replaces the live content in one transaction (see sq_restore).
@@ -122,6 +127,7 @@
 
 enum stmt_id {
     ST_BEGIN,
+    ST_BEGIN_READ,
     ST_COMMIT,
     ST_ROLLBACK,
     ST_GET,
@@ -153,6 +159,7 @@ enum stmt_id {
 
 static const char *const stmt_sql[ST__COUNT] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_BEGIN_READ] = "BEGIN",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_GET] = "SELECT value, version FROM kv WHERE ns = ?1 AND key = ?2 AND " LIVE,
@@ -906,8 +913,13 @@ fail:
 
 /* ---- reads ---- */
 
-static int sq_get(rhema_storage_conn *c, const char *ns, const char *key,
-                  struct rhema_storage_value *out)
+/*
+ * Read ns/key into c->buf at offset *at (the buffer grown as needed; the
+ * value followed by a NUL): 0 with *len and *version and *at moved past
+ * it, RHEMA_ENOTFOUND, or an error.
+ */
+static int read_into(rhema_storage_conn *c, const char *ns, const char *key, size_t *at,
+                     size_t *len, uint64_t *version)
 {
     sqlite3_stmt *st = c->st[ST_GET];
     int rc = check_ns_key(c, ns, key);
@@ -919,11 +931,11 @@ static int sq_get(rhema_storage_conn *c, const char *ns, const char *key,
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         const void *v = sqlite3_column_blob(st, 0);
-        size_t len = (size_t)sqlite3_column_bytes(st, 0);
-        if (len + 1 > c->buf_cap) {
+        size_t n = (size_t)sqlite3_column_bytes(st, 0);
+        if (*at + n + 1 > c->buf_cap) {
             size_t cap = c->buf_cap ? c->buf_cap : 256;
             unsigned char *nb;
-            while (cap < len + 1)
+            while (cap < *at + n + 1)
                 cap *= 2;
             nb = realloc(c->buf, cap);
             if (nb == NULL) {
@@ -934,12 +946,12 @@ static int sq_get(rhema_storage_conn *c, const char *ns, const char *key,
             c->buf = nb;
             c->buf_cap = cap;
         }
-        if (len > 0)
-            memcpy(c->buf, v, len);
-        c->buf[len] = '\0';
-        out->data = c->buf;
-        out->len = len;
-        out->version = (uint64_t)sqlite3_column_int64(st, 1);
+        if (n > 0)
+            memcpy(c->buf + *at, v, n);
+        c->buf[*at + n] = '\0';
+        *len = n;
+        *at += n + 1;
+        *version = (uint64_t)sqlite3_column_int64(st, 1);
         rc = 0;
     } else if (rc == SQLITE_DONE) {
         conn_error(c, "key not found");
@@ -949,6 +961,64 @@ static int sq_get(rhema_storage_conn *c, const char *ns, const char *key,
     }
     sqlite3_reset(st);
     return rc;
+}
+
+static int sq_get(rhema_storage_conn *c, const char *ns, const char *key,
+                  struct rhema_storage_value *out)
+{
+    size_t at = 0, len = 0;
+    uint64_t version = 0;
+    int rc = read_into(c, ns, key, &at, &len, &version);
+    if (rc == 0) {
+        out->data = c->buf;
+        out->len = len;
+        out->version = version;
+    }
+    return rc;
+}
+
+/*
+ * get_many: the keys read in one read transaction -- one snapshot, and one
+ * WAL read lock taken and released instead of one per key (a session GET
+ * reads its record and its access record).
+ */
+static int sq_get_many(rhema_storage_conn *c, const char *const *ns, const char *const *keys,
+                       size_t n, struct rhema_storage_value *out, int *rcs)
+{
+    size_t off[RHEMA_STORAGE_GET_MANY_MAX], at = 0;
+    int rc;
+    const char *bad = rhema_storage_get_many_invalid(ns, keys, n, out, rcs);
+    if (bad != NULL) {
+        conn_error(c, "%s", bad);
+        return RHEMA_EINVAL;
+    }
+    if (n == 0)
+        return 0;
+    rc = sqlite3_step(c->st[ST_BEGIN_READ]);
+    sqlite3_reset(c->st[ST_BEGIN_READ]);
+    if (rc != SQLITE_DONE)
+        return sq_fail(c, rc, "get_many: begin");
+    for (size_t i = 0; i < n; i++) {
+        size_t len = 0;
+        uint64_t version = 0;
+        off[i] = at;
+        rc = read_into(c, ns[i], keys[i], &at, &len, &version);
+        if (rc != 0 && rc != RHEMA_ENOTFOUND) {
+            sqlite3_step(c->st[ST_ROLLBACK]);
+            sqlite3_reset(c->st[ST_ROLLBACK]);
+            return rc;
+        }
+        rcs[i] = rc;
+        out[i].len = len;
+        out[i].version = version;
+    }
+    rc = sqlite3_step(c->st[ST_COMMIT]);
+    sqlite3_reset(c->st[ST_COMMIT]);
+    if (rc != SQLITE_DONE)
+        return sq_fail(c, rc, "get_many: commit");
+    for (size_t i = 0; i < n; i++) /* the buffer has stopped moving */
+        out[i].data = rcs[i] == 0 ? c->buf + off[i] : NULL;
+    return 0;
 }
 
 static int sq_scan(rhema_storage_conn *c, const char *ns, const char *from_key, const char *to_key,
@@ -1764,6 +1834,17 @@ static int sq_group_strided(rhema_storage_conn *c, struct rhema_storage_batch *g
     return rc;
 }
 
+static int sq_get_many_strided(rhema_storage_conn *c, const char *const *ns,
+                               const char *const *keys, size_t n, struct rhema_storage_value *out,
+                               int *rcs)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_get_many(sq_get_many, c, ns, keys, n, out, rcs, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
 static const struct rhema_storage_plugin sqlite_plugin = {
     .base = RHEMA_STORAGE_PLUGIN_HEADER(PLUGIN_NAME, "1.0.0",
                                         "SQLite database in WAL mode (durable, one host)"),
@@ -1786,6 +1867,7 @@ static const struct rhema_storage_plugin sqlite_plugin = {
     .group = sq_group_strided,
     .restore = sq_restore,
     .rate = sq_rate,
+    .get_many = sq_get_many_strided,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)
