@@ -44,6 +44,7 @@ struct shard {
 struct rhema_access_table {
     struct shard shard[RHEMA_ACCESS_SHARDS];
     atomic_size_t entries;
+    _Atomic uint64_t flushes, failed, written, dropped; /* rhema_access_stats */
     pthread_mutex_t flush_mu; /* one flush at a time */
     uint64_t pass;            /* flushes begun (under flush_mu) */
     size_t chunk;             /* counts per transaction now (under flush_mu) */
@@ -191,6 +192,14 @@ void rhema_access_table_free(struct rhema_access_table *t)
 size_t rhema_access_entries(struct rhema_access_table *t)
 {
     return atomic_load(&t->entries);
+}
+
+void rhema_access_stats(struct rhema_access_table *t, struct rhema_access_stats *out)
+{
+    out->flushes = atomic_load(&t->flushes);
+    out->failed = atomic_load(&t->failed);
+    out->written = atomic_load(&t->written);
+    out->dropped = atomic_load(&t->dropped);
 }
 
 static void kick(struct rhema_access_table *t)
@@ -359,6 +368,10 @@ static void settle(struct rhema_access_table *t, struct item *it, int state, uin
     struct shard *s;
     struct entry *e = entry_of(t, it, &s);
     it->state = state;
+    if (state == 1)
+        atomic_fetch_add(&t->written, it->amount);
+    else if (state == 2)
+        atomic_fetch_add(&t->dropped, it->amount);
     if (e) {
         e->inflight -= it->amount < e->inflight ? it->amount : e->inflight;
         e->inflight_base = 0;
@@ -544,6 +557,11 @@ out:
     }
     free(v);
     free(g);
+    if (n || first) {
+        atomic_fetch_add(&t->flushes, 1);
+        if (first)
+            atomic_fetch_add(&t->failed, 1);
+    }
     pthread_mutex_unlock(&t->flush_mu);
     return first;
 }

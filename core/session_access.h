@@ -85,6 +85,14 @@ int rhema_access_count(struct rhema_access_table *t, const char *id,
 void rhema_access_forget(struct rhema_access_table *t, const char *id);
 /* Entries in the table (any thread; a gauge). */
 size_t rhema_access_entries(struct rhema_access_table *t);
+/* What the flushes did since the table was made (any thread; counters). */
+struct rhema_access_stats {
+    uint64_t flushes;  /* passes that wrote or tried to write something */
+    uint64_t failed;   /* passes that ended with an error (their counts kept) */
+    uint64_t written;  /* reads whose count reached storage */
+    uint64_t dropped;  /* reads of sessions deleted (or re-created) before their flush */
+};
+void rhema_access_stats(struct rhema_access_table *t, struct rhema_access_stats *out);
 
 /*
  * Write the counted reads to storage on conn (see above): 0 or the first

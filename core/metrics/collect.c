@@ -23,6 +23,7 @@
 #include "auth/keystore.h"
 #include "../cluster.h"
 #include "../commit.h"
+#include "../session_access.h"
 #include "../keyring.h"
 #include "../maintenance.h"
 #include "monitor.h"
@@ -147,6 +148,25 @@ static void commit_families(struct rhema_server *srv, struct rhema_expo *e)
              "Session writes committed in groups; divided by rhema_group_commits_total, the "
              "mean group size.",
              (double)jobs);
+}
+
+static void access_families(struct rhema_server *srv, struct rhema_expo *e)
+{
+    struct rhema_access_stats st;
+    if (!srv->access)
+        return;
+    rhema_access_stats(srv->access, &st);
+    gauge1(e, "rhema_session_access_entries",
+           "Sessions with access counts in memory (read since the last flush, or being written).",
+           (double)rhema_access_entries(srv->access));
+    counter1(e, "rhema_session_access_flushes",
+             "Passes of the access-count writer that wrote something.", (double)st.flushes);
+    counter1(e, "rhema_session_access_flush_failures",
+             "Passes of the access-count writer that ended with a storage error (the counts "
+             "stay in memory for the next pass).",
+             (double)st.failed);
+    counter1(e, "rhema_session_access_counts_written",
+             "Session reads whose count the access-count writer stored.", (double)st.written);
 }
 
 static void perfmon_families(struct rhema_server *srv, struct rhema_expo *e)
@@ -495,6 +515,7 @@ void rhema_metrics_collect(struct rhema_server *srv, rhema_storage_conn *conn, s
     build_info(srv, e);
     process_families(e);
     commit_families(srv, e);
+    access_families(srv, e);
     perfmon_families(srv, e);
     keyring_families(srv, e);
     cluster_families(srv, conn, e);

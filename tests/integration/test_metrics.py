@@ -234,6 +234,7 @@ def test_promtool_check_metrics(daemons, tmp_path):
     for name in ("rhema_keyring_current_version", "rhema_keyring_active_keys",
                  "rhema_cluster_is_leader", "rhema_cluster_has_leader", "rhema_cluster_epoch",
                  "rhema_group_commits_total", "rhema_compression_messages_total",
+                 "rhema_session_access_entries", "rhema_session_access_flushes_total",
                  "rhema_encryption_operations_total"):
         assert any(k[0] == name for k in samples), name
     assert value(samples, "rhema_cluster_is_leader") == 1
