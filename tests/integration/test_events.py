@@ -443,6 +443,8 @@ def test_service_health_event(daemons, backend):
                                  "failure_threshold": 1, "success_threshold": 1}})
         assert r.status == 201, r.body
         body = poll(d, "since=0&types=service.&wait=15s")
+        assert [e["type"] for e in body["items"]][:1] == ["service.registered"], body
+        body = poll(d, "since=0&types=service.health&wait=15s")
         ups = [e for e in body["items"] if e["id"] == "hc-1"]
         assert ups and ups[0]["type"] == "service.health" and ups[0]["to"] == "Healthy", body
         since = ups[-1]["revision"]
