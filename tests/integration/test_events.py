@@ -217,6 +217,8 @@ def test_agent_and_configuration_events(daemons, backend):
     assert r.status == 201, r.body
     r = d.request("PUT", "/v1/configurations/c1", {"config_data": {"a": 2}})
     assert d.request("DELETE", "/v1/configurations/c1").status == 204
+    # a poll without wait answers what the feed thread has read so far: let it catch up
+    assert wait_until(lambda: len(poll(d, f"since={head}")["items"]) == 7, 15)
     evs = poll(d, f"since={head}")["items"]
     assert [e["type"] for e in evs] == [
         "agent.registered", "agent.status", "agent.updated", "agent.deleted",
