@@ -14,6 +14,7 @@
 #include "services.h"
 #include "services_internal.h"
 #include "util.h"
+#include "watch/feed.h"
 
 /* ---- the store ---- */
 
@@ -113,6 +114,26 @@ static int record_out(json_t *rec, uint64_t version, struct rhema_record *out, c
     return 0;
 }
 
+/*
+ * The change feed's record of a registration change (issue 12,
+ * watch/feed.h): service.registered, service.updated, service.deregistered,
+ * into *w (placed right after the registration's own write, so that a
+ * PUT's event shares its version).  The text is malloc'd (the caller frees
+ * it after the batch); NULL without a feed or memory: no record.
+ */
+static char *svc_event(struct rhema_store *st, const char *type, const char *id, int versioned,
+                       struct rhema_storage_write *w)
+{
+    if (!st->feed)
+        return NULL;
+    struct rhema_feed_fields f = {.type = type, .id = id, .versioned = versioned};
+    size_t len = 0;
+    char *text = rhema_feed_record(&f, &len);
+    if (text)
+        rhema_feed_write(w, text, len);
+    return text;
+}
+
 int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint64_t if_match,
                       int checks_enabled, struct rhema_record *out, int *created,
                       char old_name[RHEMA_ID_MAX + 1], char err[RHEMA_ERRMSG_MAX])
@@ -128,9 +149,9 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
         json_t *cur = NULL, *rec = NULL;
         uint64_t version = 0, now = rhema_realtime_ms();
         char t[RHEMA_TIME_MAX];
-        struct rhema_storage_write w[3];
+        struct rhema_storage_write w[4];
         size_t n = 0;
-        char *text = NULL;
+        char *text = NULL, *etext;
 
         if ((rc = svc_load_json(st, RHEMA_SERVICES_NS, id, &cur, &version, err)))
             return rc;
@@ -167,6 +188,8 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
         w[n].value_len = strlen(text);
         w[n].expected_version = cur ? version : RHEMA_VERSION_ABSENT;
         n++;
+        if ((etext = svc_event(st, cur ? "service.updated" : "service.registered", id, 1, &w[n])))
+            n++;
         const char *oname = cur ? json_string_value(json_object_get(cur, "name")) : NULL;
         if (oname && strcmp(oname, name) != 0) {
             snprintf(idx_old, sizeof idx_old, "%s/%s", oname, id);
@@ -187,7 +210,10 @@ int rhema_service_put(struct rhema_store *st, const char *id, json_t *svc, uint6
         n++;
         rc = st->vt->batch(st->conn, w, n);
         free(text);
+        free(etext);
         if (rc == 0) {
+            if (etext)
+                rhema_feed_wake(st->feed); /* its record is in: the feed reads it now */
             *created = cur == NULL;
             rc = decorate(st, id, rec, w[0].new_version, checks_enabled, err);
             if (!rc)
@@ -226,7 +252,7 @@ int rhema_service_get(struct rhema_store *st, const char *id, int checks_enabled
 int svc_delete_versioned(struct rhema_store *st, const char *id, const char *name, uint64_t version)
 {
     char idx[2 * RHEMA_ID_MAX + 2];
-    struct rhema_storage_write w[2];
+    struct rhema_storage_write w[3];
     int rc;
     snprintf(idx, sizeof idx, "%s/%s", name, id);
     memset(w, 0, sizeof w);
@@ -239,9 +265,17 @@ int svc_delete_versioned(struct rhema_store *st, const char *id, const char *nam
     w[1].op = RHEMA_WRITE_DEL;
     w[1].ns = RHEMA_SERVICES_NAME_NS;
     w[1].key = idx;
-    rc = st->vt->batch(st->conn, w, 2);
-    if (rc == RHEMA_ENOTFOUND) /* an index entry lost by an older version: delete the record */
+    char *etext = svc_event(st, "service.deregistered", id, 0, &w[2]);
+    rc = st->vt->batch(st->conn, w, etext ? 3 : 2);
+    if (rc == RHEMA_ENOTFOUND && etext) { /* an index entry lost by an older version */
+        w[1] = w[2];
+        rc = st->vt->batch(st->conn, w, 2); /* the record and its event */
+    } else if (rc == RHEMA_ENOTFOUND) {
         rc = st->vt->del(st->conn, RHEMA_SERVICES_NS, id, version);
+    }
+    free(etext);
+    if (rc == 0 && st->feed)
+        rhema_feed_wake(st->feed);
     if (rc == 0) {
         st->vt->del(st->conn, RHEMA_SERVICES_HEALTH_NS, id, RHEMA_VERSION_ANY);
         st->vt->del(st->conn, RHEMA_SERVICES_PASS_NS, id, RHEMA_VERSION_ANY);

@@ -15,6 +15,7 @@
 
 #include "agents.h"
 #include "api_agents.h"
+#include "api_events.h"
 #include "conditional.h"
 #include "json_fields.h"
 #include "query.h"
@@ -89,19 +90,29 @@ static void h_agent_stats(struct rhema_req *r)
     rhema_reply_store_json(r, rc, text, len, err);
 }
 
-static void h_agent_get(struct rhema_req *r)
+static int agent_get_answer(struct rhema_req *r, int final, uint64_t *recheck_ms)
 {
-    const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
-    if (rhema_query_check(r, NULL))
-        return;
-    int rc = rhema_agent_get(&r->worker->store, id, heartbeat_timeout_ms(r), &rec, err);
+    (void)final, (void)recheck_ms;
+    int rc = rhema_agent_get(&r->worker->store, r->param, heartbeat_timeout_ms(r), &rec, err);
     if (rc) {
         rhema_reply_store_error(r, rc, err);
-        return;
+        return 1;
     }
     rhema_reply_record(r, 200, &rec);
+    return 1;
+}
+
+/*
+ * GET, and its blocking query (issue 12, item 2, as a session's:
+ * api_events.h): ?index=&wait= answers on the agent's next agent.* event
+ * (a change, a heartbeat, a transition, its deletion: 404).
+ */
+static void h_agent_get(struct rhema_req *r)
+{
+    struct rhema_events_filter f = {.types = "agent.", .id = r->param};
+    rhema_events_resource_get(r, &f, agent_version, agent_get_answer);
 }
 
 static void h_agent_put(struct rhema_req *r)

@@ -38,14 +38,13 @@ struct waiter {
     uint64_t cursor;              /* the last revision looked at */
     char types[TYPES_MAX + 1];    /* "" : any */
     char session[RHEMA_ID_MAX + 1], agent[RHEMA_ID_MAX + 1];
+    char id[RHEMA_ID_MAX + 1];    /* W_BLOCK: the resource's id ("": any) */
     size_t limit;                 /* W_POLL */
     struct event *timer;          /* deadline (W_POLL, W_BLOCK) or keepalive (W_SSE) */
     int paused;                   /* W_SSE: catching up, waiting for its output to drain */
     int live;                     /* W_SSE: caught up once; from then on a client that
                                    * falls behind by watch_buffer_bytes is cut off */
-    void (*answer)(struct rhema_req *r); /* W_BLOCK */
-    /* W_BLOCK of rhema_events_block_retry: answers, or not yet (0) */
-    int (*retry)(struct rhema_req *r, int final, uint64_t *recheck_ms);
+    rhema_events_retry_fn *retry; /* W_BLOCK: answers, or not yet (0) */
     uint64_t deadline_ms;         /* retry: the wait's end (monotonic ms) */
 };
 
@@ -118,6 +117,11 @@ static void waiter_free(struct waiter *wt)
 
 static int waiter_match(struct waiter *wt, json_t *ev)
 {
+    if (wt->id[0]) {
+        const char *id = json_string_value(json_object_get(ev, "id"));
+        if (!id || strcmp(id, wt->id) != 0)
+            return 0;
+    }
     return rhema_feed_match(ev, opt(wt->types), opt(wt->session), opt(wt->agent));
 }
 
@@ -408,6 +412,20 @@ static int block_try(struct waiter *wt)
 
 /* ---- common ---- */
 
+static int parse_rev(const char *s, uint64_t *out)
+{
+    char *end;
+    if (!s || !isdigit((unsigned char)*s) || strlen(s) > 20)
+        return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+
 static uint64_t mono_ms(void)
 {
     return rhema_monotonic_ns() / 1000000u;
@@ -458,17 +476,8 @@ static void deliver(struct waiter *wt)
         }
         break;
     case W_BLOCK:
-        if (wt->retry) {
-            if (block_try(wt))
-                retry_try(wt, 0);
-            break;
-        }
-        if (block_try(wt)) {
-            rhema_req_unwatch(wt->d);
-            wt->answer(wt->d);
-            rhema_req_free(wt->d);
-            waiter_free(wt);
-        }
+        if (block_try(wt))
+            retry_try(wt, 0);
         break;
     }
 }
@@ -488,15 +497,12 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     struct waiter *wt = arg;
     (void)fd, (void)what;
-    if (wt->retry) {
+    if (wt->kind == W_BLOCK) {
         retry_try(wt, 0); /* a recheck, or the deadline (final there) */
         return;
     }
     rhema_req_unwatch(wt->d);
-    if (wt->kind == W_POLL)
-        poll_try(wt, wt->d, 1);
-    else
-        wt->answer(wt->d);
+    poll_try(wt, wt->d, 1);
     rhema_req_free(wt->d);
     waiter_free(wt);
 }
@@ -579,41 +585,12 @@ uint64_t rhema_events_head(struct rhema_req *r)
     return r->worker->srv->feed ? rhema_feed_head(r->worker->srv->feed) : 0;
 }
 
-void rhema_events_block(struct rhema_req *r, const char *sid, uint64_t from, uint64_t wait_ms,
-                        void (*answer)(struct rhema_req *r))
-{
-    if (!r->worker->srv->feed || !wait_ms || r->worker->draining) {
-        answer(r);
-        return;
-    }
-    struct rhema_watchers *ws = watchers_of(r->worker);
-    struct waiter *wt = ws ? calloc(1, sizeof *wt) : NULL;
-    struct rhema_req *d = wt ? rhema_req_defer(r) : NULL;
-    if (!d) {
-        free(wt);
-        answer(r);
-        return;
-    }
-    wt->ws = ws;
-    wt->d = d;
-    wt->kind = W_BLOCK;
-    wt->cursor = from;
-    wt->answer = answer;
-    snprintf(wt->session, sizeof wt->session, "%s", sid);
-    waiter_link(wt);
-    if (rhema_req_watch(d, on_gone, wt) != 0) {
-        on_gone(wt);
-        return;
-    }
-    waiter_arm(wt, wait_ms, 0, on_deadline);
-    deliver(wt); /* an event may have come between `from` and now */
-}
-
-void rhema_events_block_retry(struct rhema_req *r, const char *agent, const char *types,
+void rhema_events_block_retry(struct rhema_req *r, const struct rhema_events_filter *f,
                               uint64_t from, uint64_t wait_ms, uint64_t recheck_ms,
-                              int (*retry)(struct rhema_req *r, int final, uint64_t *recheck_ms))
+                              rhema_events_retry_fn *retry)
 {
-    struct rhema_watchers *ws = r->worker->srv->feed ? watchers_of(r->worker) : NULL;
+    struct rhema_watchers *ws =
+        r->worker->srv->feed && !r->worker->draining ? watchers_of(r->worker) : NULL;
     struct waiter *wt = ws ? calloc(1, sizeof *wt) : NULL;
     struct rhema_req *d = wt ? rhema_req_defer(r) : NULL;
     uint64_t ignored;
@@ -628,8 +605,10 @@ void rhema_events_block_retry(struct rhema_req *r, const char *agent, const char
     wt->cursor = from;
     wt->retry = retry;
     wt->deadline_ms = mono_ms() + wait_ms;
-    snprintf(wt->agent, sizeof wt->agent, "%s", agent);
-    snprintf(wt->types, sizeof wt->types, "%s", types ? types : "");
+    snprintf(wt->types, sizeof wt->types, "%s", f->types ? f->types : "");
+    snprintf(wt->session, sizeof wt->session, "%s", f->session ? f->session : "");
+    snprintf(wt->agent, sizeof wt->agent, "%s", f->agent ? f->agent : "");
+    snprintf(wt->id, sizeof wt->id, "%s", f->id ? f->id : "");
     waiter_link(wt);
     if (rhema_req_watch(d, on_gone, wt) != 0) {
         on_gone(wt);
@@ -637,6 +616,35 @@ void rhema_events_block_retry(struct rhema_req *r, const char *agent, const char
     }
     waiter_arm(wt, recheck_ms && recheck_ms < wait_ms ? recheck_ms : wait_ms, 0, on_deadline);
     deliver(wt); /* an event may have come between `from` and now */
+}
+
+void rhema_events_resource_get(struct rhema_req *r, const struct rhema_events_filter *f,
+                               rhema_current_fn version, rhema_events_retry_fn *answer)
+{
+    static const char *const known[] = {"wait", "index", NULL};
+    const char *index_s = evhttp_find_header(&r->query, "index");
+    uint64_t wait_ms = 0, index = 0, v = 0, ignored;
+    if (rhema_query_check(r, known) != 0)
+        return;
+    if (!index_s && !evhttp_find_header(&r->query, "wait")) {
+        answer(r, 1, &ignored);
+        return;
+    }
+    if (rhema_events_wait_param(r, &wait_ms) != 0)
+        return;
+    if (index_s && parse_rev(index_s, &index) != 0) {
+        rhema_reply_error(r, 400, "invalid_field",
+                          "query parameter 'index': a version (decimal digits)");
+        return;
+    }
+    uint64_t from = rhema_events_head(r); /* before the read: no event slips between */
+    char err[RHEMA_ERRMSG_MAX];
+    if (version(r, &v, err) != 0 || v > index || !wait_ms) {
+        answer(r, 1, &ignored); /* absent (404), past index, or no wait: at once */
+        return;
+    }
+    /* a resource's events have its versions as revisions: those up to its current one are old */
+    rhema_events_block_retry(r, f, from > v ? from : v, wait_ms, 0, answer);
 }
 
 /* ---- GET /v1/events ---- */
@@ -658,19 +666,6 @@ static int types_valid(const char *s)
         p += n + (c ? 1 : 0);
     }
     return 1;
-}
-
-static int parse_rev(const char *s, uint64_t *out)
-{
-    char *end;
-    if (!s || !isdigit((unsigned char)*s) || strlen(s) > 20)
-        return -1;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end)
-        return -1;
-    *out = (uint64_t)v;
-    return 0;
 }
 
 static int accepts_sse(struct rhema_req *r)
@@ -807,11 +802,9 @@ void rhema_events_drain(struct rhema_worker *w)
         switch (wt->kind) {
         case W_SSE: sse_end(wt, "shutdown", "the server is stopping; reconnect with Last-Event-ID");
             break;
-        default:
-            if (wt->retry)
-                retry_try(wt, 1); /* answers now */
-            else
-                on_deadline(-1, 0, wt);
+        case W_BLOCK: retry_try(wt, 1); /* answers now */
+            break;
+        default: on_deadline(-1, 0, wt);
         }
     }
 }

@@ -78,7 +78,8 @@ static void h_inbox_get(struct rhema_req *r)
     uint64_t from = rhema_events_head(r); /* before looking: nothing comes in unseen */
     if (inbox_try(r, wait_ms == 0, &recheck))
         return;
-    rhema_events_block_retry(r, r->param, "message.created", from, wait_ms, recheck, inbox_try);
+    struct rhema_events_filter f = {.types = "message.created", .agent = r->param};
+    rhema_events_block_retry(r, &f, from, wait_ms, recheck, inbox_try);
 }
 
 static void h_message_ack(struct rhema_req *r)

@@ -13,6 +13,7 @@
 
 #include <event2/buffer.h>
 
+#include "api_events.h"
 #include "api_services.h"
 #include "conditional.h"
 #include "query.h"
@@ -56,23 +57,32 @@ static void h_list(struct rhema_req *r)
     rhema_reply_store_json(r, rc, text, len, err);
 }
 
-static void h_get(struct rhema_req *r)
+static int service_get_answer(struct rhema_req *r, int final, uint64_t *recheck_ms)
 {
-    const char *id = r->param;
-    struct rhema_services *s = module(r); /* 503 while the registry is not running */
-    if (!s)
-        return;
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
-    int rc;
-    if (rhema_query_check(r, NULL))
-        return;
-    rc = rhema_service_get(&r->worker->store, id, rhema_services_checks_enabled(s), &rec, err);
+    (void)final, (void)recheck_ms;
+    int rc = rhema_service_get(&r->worker->store, r->param,
+                               rhema_services_checks_enabled(r->worker->srv->services), &rec, err);
     if (rc) {
         rhema_reply_store_error(r, rc, err);
-        return;
+        return 1;
     }
     rhema_reply_record(r, 200, &rec);
+    return 1;
+}
+
+/*
+ * GET, and its blocking query (issue 12, item 2, as a session's:
+ * api_events.h): ?index=&wait= answers on the instance's next service.*
+ * event (registered, updated, health, deregistered: 404).
+ */
+static void h_get(struct rhema_req *r)
+{
+    if (!module(r)) /* 503 while the registry is not running */
+        return;
+    struct rhema_events_filter f = {.types = "service.", .id = r->param};
+    rhema_events_resource_get(r, &f, service_version, service_get_answer);
 }
 
 static void h_put(struct rhema_req *r)

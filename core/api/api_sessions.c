@@ -188,56 +188,32 @@ out:
     json_decref(body);
 }
 
-static void session_get_answer(struct rhema_req *r)
+static int session_get_answer(struct rhema_req *r, int final, uint64_t *recheck_ms)
 {
     const char *id = r->param;
     char err[RHEMA_ERRMSG_MAX];
     struct rhema_record rec = {0};
+    (void)final, (void)recheck_ms;
     int rc = rhema_session_get(&r->worker->store, id, &rec, err);
     if (rc) {
         rhema_reply_store_error(r, rc, err);
-        return;
+        return 1;
     }
     rhema_reply_record(r, 200, &rec); /* 304 for a current If-None-Match */
+    return 1;
 }
 
 /*
  * GET, and the blocking query (issue 12, item 2): with ?wait=&index=, the
- * answer waits until the session's version passes index (an event about
- * it arrives on the change feed) or the wait ends -- at once when it
- * already has, or when the session does not exist (Consul's rule).
+ * answer waits until an event about the session (an update, a message,
+ * its deletion) arrives on the change feed or the wait ends -- at once when
+ * its version is already past index, or when it does not exist (Consul's
+ * rule); api_events.h.
  */
 static void h_session_get(struct rhema_req *r)
 {
-    static const char *const known[] = {"wait", "index", NULL};
-    const char *index_s = evhttp_find_header(&r->query, "index");
-    uint64_t wait_ms = 0, index = 0, version = 0;
-    if (!index_s && !evhttp_find_header(&r->query, "wait")) {
-        session_get_answer(r);
-        return;
-    }
-    if (rhema_query_check(r, known) != 0 || rhema_events_wait_param(r, &wait_ms) != 0)
-        return;
-    if (index_s) {
-        char *end;
-        if (*index_s < '0' || *index_s > '9' ||
-            (index = strtoull(index_s, &end, 10), *end != '\0')) {
-            rhema_reply_error(r, 400, "invalid_field",
-                              "query parameter 'index': a version (decimal digits)");
-            return;
-        }
-    }
-    uint64_t from = rhema_events_head(r); /* before the read: no event slips between */
-    char err[RHEMA_ERRMSG_MAX];
-    json_t *cur = NULL;
-    int rc = rhema_session_current(&r->worker->store, r->param, &cur, &version, err);
-    json_decref(cur);
-    if (rc || version > index || !wait_ms) {
-        session_get_answer(r);
-        return;
-    }
-    /* a session's events have its versions as revisions: those up to its current one are old */
-    rhema_events_block(r, r->param, from > version ? from : version, wait_ms, session_get_answer);
+    struct rhema_events_filter f = {.session = r->param};
+    rhema_events_resource_get(r, &f, session_version, session_get_answer);
 }
 
 static void h_session_delete(struct rhema_req *r)

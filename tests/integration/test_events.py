@@ -217,6 +217,8 @@ def test_agent_and_configuration_events(daemons, backend):
     assert r.status == 201, r.body
     r = d.request("PUT", "/v1/configurations/c1", {"config_data": {"a": 2}})
     assert d.request("DELETE", "/v1/configurations/c1").status == 204
+    # a poll without wait answers what the feed thread has read so far: let it catch up
+    assert wait_until(lambda: len(poll(d, f"since={head}")["items"]) == 7, 15)
     evs = poll(d, f"since={head}")["items"]
     assert [e["type"] for e in evs] == [
         "agent.registered", "agent.status", "agent.updated", "agent.deleted",
@@ -443,6 +445,8 @@ def test_service_health_event(daemons, backend):
                                  "failure_threshold": 1, "success_threshold": 1}})
         assert r.status == 201, r.body
         body = poll(d, "since=0&types=service.&wait=15s")
+        assert [e["type"] for e in body["items"]][:1] == ["service.registered"], body
+        body = poll(d, "since=0&types=service.health&wait=15s")
         ups = [e for e in body["items"] if e["id"] == "hc-1"]
         assert ups and ups[0]["type"] == "service.health" and ups[0]["to"] == "Healthy", body
         since = ups[-1]["revision"]
