@@ -428,6 +428,7 @@ static void write_batch(struct rec *list)
 static void *writer_main(void *arg)
 {
     (void)arg;
+    pthread_setname_np(pthread_self(), "rhema-audit");
     pthread_mutex_lock(&A.lock);
     for (;;) {
         while (!A.head && !A.reopen && !A.stopping) {

@@ -66,6 +66,7 @@ static void run_group(struct rhema_committer *c, struct rhema_commit_job *list, 
 static void *committer_main(void *arg)
 {
     struct rhema_committer *c = arg;
+    pthread_setname_np(pthread_self(), "rhema-commit"); /* top -H, perf, gdb */
     for (;;) {
         pthread_mutex_lock(&c->lock);
         while (!c->head && !c->stopping)

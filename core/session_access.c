@@ -572,6 +572,7 @@ static void *writer_main(void *arg)
 {
     struct rhema_access_table *t = arg;
     int failing = 0;
+    pthread_setname_np(pthread_self(), "rhema-access");
     pthread_mutex_lock(&t->wmu);
     for (;;) {
         struct timespec ts;

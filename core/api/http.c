@@ -1451,6 +1451,9 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
 static void *worker_main(void *arg)
 {
     struct rhema_worker *w = arg;
+    char name[16];
+    snprintf(name, sizeof name, "rhema-worker%d", w->id % 100);
+    pthread_setname_np(pthread_self(), name);
     this_worker = w;
     w->metrics = rhema_metrics_thread_enter(w->id);
     event_base_dispatch(w->base);

@@ -614,6 +614,7 @@ void rhema_feed_set_pass(struct rhema_feed *f, const char *name, rhema_feed_pass
 static void *feed_main(void *arg)
 {
     struct rhema_feed *f = arg;
+    pthread_setname_np(pthread_self(), "rhema-feed");
     pthread_mutex_lock(&f->lock);
     while (!f->stop) {
         if (!f->pending) {
