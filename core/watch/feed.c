@@ -100,6 +100,38 @@ json_t *rhema_feed_event(uint64_t rev, const void *value, size_t len)
     return ev;
 }
 
+char *rhema_feed_event_text(uint64_t rev, const char *value, size_t len, size_t *out_len)
+{
+    /*
+     * The record is compact JSON that rhema_feed_record() wrote: an object
+     * whose members the event keeps in order, behind "revision", with
+     * "versioned":true becoming "version":rev.  Outside a string a '"' is
+     * never escaped and inside one it always is, so the first ,"versioned":true
+     * with bare quotes is the member.
+     */
+    static const char mark[] = ",\"versioned\":true";
+    char head[48], ver[40];
+    int hl, vl = 0;
+    if (len < 2 || value[0] != '{' || value[len - 1] != '}' || value[1] == '}')
+        return NULL;
+    hl = snprintf(head, sizeof head, "{\"revision\":%llu,", (unsigned long long)rev);
+    const char *m = memmem(value, len, mark, sizeof mark - 1);
+    size_t at = m ? (size_t)(m - value) : len, skip = m ? sizeof mark - 1 : 0;
+    if (m)
+        vl = snprintf(ver, sizeof ver, ",\"version\":%llu", (unsigned long long)rev);
+    size_t n = (size_t)hl + (at - 1) + (size_t)vl + (len - at - skip);
+    char *t = malloc(n + 1);
+    if (!t)
+        return NULL;
+    memcpy(t, head, (size_t)hl);
+    memcpy(t + hl, value + 1, at - 1);
+    memcpy(t + hl + at - 1, ver, (size_t)vl);
+    memcpy(t + hl + at - 1 + vl, value + at + skip, len - at - skip);
+    t[n] = '\0';
+    *out_len = n;
+    return t;
+}
+
 /* 1 when `type` is named by the comma list (exact, or a prefix ending in '.'). */
 static int type_match(const char *types, const char *type)
 {
@@ -170,14 +202,19 @@ void rhema_feed_ring_release(struct rhema_feed_ring *r)
     memset(r, 0, sizeof *r);
 }
 
-int rhema_feed_ring_push(struct rhema_feed_ring *r, uint64_t rev, json_t *ev)
+int rhema_feed_ring_push(struct rhema_feed_ring *r, uint64_t rev, json_t *ev, const char *etext,
+                         size_t elen)
 {
-    char *text = rhema_json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *text = etext ? malloc(elen + 1) : rhema_json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (!text) {
         json_decref(ev);
         return RHEMA_ENOMEM;
     }
-    size_t len = strlen(text);
+    if (etext) {
+        memcpy(text, etext, elen);
+        text[elen] = '\0';
+    }
+    size_t len = etext ? elen : strlen(text);
     while (r->n && (r->n == r->cap || r->bytes + len > r->max_bytes))
         ring_drop_oldest(r);
     struct rhema_feed_ring_entry *e = &r->e[(r->first + r->n) % r->cap];
@@ -248,8 +285,11 @@ static int on_record(void *arg, const char *key, const void *value, size_t len, 
         rhema_log(RHEMA_LOG_WARN, "feed", "record %s is not an event; skipped", key);
         return 0;
     }
-    char *text = rhema_json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    int rc = text ? s->cb(s->ctx, rev, ev, text, strlen(text)) : RHEMA_ENOMEM;
+    size_t tl = 0;
+    char *text = rhema_feed_event_text(rev, value, len, &tl); /* no dump of ev */
+    if (!text && (text = rhema_json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER)))
+        tl = strlen(text);
+    int rc = text ? s->cb(s->ctx, rev, ev, text, tl) : RHEMA_ENOMEM;
     free(text);
     json_decref(ev);
     if (rc > 0)
@@ -514,10 +554,10 @@ int rhema_feed_read(struct rhema_feed *f, uint64_t after, size_t max, rhema_feed
 static int on_new(void *arg, uint64_t rev, json_t *ev, const char *text, size_t len)
 {
     struct rhema_feed *f = arg;
-    (void)text, (void)len;
     json_incref(ev);
     pthread_rwlock_wrlock(&f->ring_lock);
-    int rc = rev > f->head ? rhema_feed_ring_push(&f->ring, rev, ev) : (json_decref(ev), 0);
+    int rc = rev > f->head ? rhema_feed_ring_push(&f->ring, rev, ev, text, len)
+                           : (json_decref(ev), 0);
     if (rc == 0 && rev > f->head)
         f->head = rev;
     pthread_rwlock_unlock(&f->ring_lock);

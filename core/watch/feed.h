@@ -79,6 +79,12 @@ int rhema_feed_write_is_record(const struct rhema_storage_write *w);
  * reference, or NULL when the value is not a record.
  */
 json_t *rhema_feed_event(uint64_t rev, const void *value, size_t len);
+/*
+ * The same event's compact text, spliced from the record's text without a
+ * parse or a dump (the feed thread's cost per record): malloc'd, its length
+ * in *len; NULL when the value is not an object (then dump the event).
+ */
+char *rhema_feed_event_text(uint64_t rev, const char *value, size_t len, size_t *out_len);
 
 /* 1 when the event passes the filters (NULL: any).  types: a comma list of
  * exact types or prefixes ending in '.'; agent matches agent or recipients. */
@@ -102,8 +108,12 @@ struct rhema_feed_ring {
 };
 int rhema_feed_ring_init(struct rhema_feed_ring *r, size_t cap, size_t max_bytes, uint64_t floor);
 void rhema_feed_ring_release(struct rhema_feed_ring *r);
-/* Append (takes ev's reference); evicts the oldest to stay in bounds.  0 or RHEMA_ENOMEM. */
-int rhema_feed_ring_push(struct rhema_feed_ring *r, uint64_t rev, json_t *ev);
+/*
+ * Append (takes ev's reference) with its text (copied; NULL: ev dumped here);
+ * evicts the oldest to stay in bounds.  0 or RHEMA_ENOMEM.
+ */
+int rhema_feed_ring_push(struct rhema_feed_ring *r, uint64_t rev, json_t *ev, const char *text,
+                         size_t len);
 /* The entry at position i (0: oldest) or NULL. */
 const struct rhema_feed_ring_entry *rhema_feed_ring_at(const struct rhema_feed_ring *r, size_t i);
 /* The position of the first entry with revision > after (n when none). */

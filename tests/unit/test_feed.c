@@ -16,9 +16,23 @@
 
 #include <cmocka.h>
 
+#include "json_fields.h"
 #include "watch/feed.h"
 
 /* ---- records ---- */
+
+/* The spliced text of a record is the event's dump, byte for byte. */
+static void expect_same_text(json_t *ev, uint64_t rev, const char *rec, size_t len)
+{
+    size_t tl = 0;
+    char *spliced = rhema_feed_event_text(rev, rec, len, &tl);
+    char *dumped = rhema_json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    assert_non_null(spliced);
+    assert_string_equal(spliced, dumped);
+    assert_int_equal(tl, strlen(dumped));
+    free(spliced);
+    free(dumped);
+}
 
 static void record_composed(void **state)
 {
@@ -53,6 +67,7 @@ static void record_composed(void **state)
 
     /* the event: revision first, version = revision when versioned */
     json_t *ev = rhema_feed_event(42, t, len);
+    expect_same_text(ev, 42, t, len);
     assert_int_equal(json_integer_value(json_object_get(ev, "revision")), 42);
     assert_int_equal(json_integer_value(json_object_get(ev, "version")), 42);
     assert_null(json_object_get(ev, "versioned"));
@@ -63,12 +78,25 @@ static void record_composed(void **state)
     struct rhema_feed_fields d = {.type = "session.deleted", .id = "s1", .session = "s1"};
     t = rhema_feed_record(&d, &len);
     ev = rhema_feed_event(43, t, len);
+    expect_same_text(ev, 43, t, len);
     assert_null(json_object_get(ev, "version")); /* a delete has no new version */
     assert_null(json_object_get(ev, "agent"));
     json_decref(ev);
     free(t);
 
     assert_null(rhema_feed_event(1, "{\"id\":\"x\"}", 10)); /* no type */
+    size_t tl = 0;
+    assert_null(rhema_feed_event_text(1, "nope", 4, &tl)); /* not an object: the caller dumps */
+    assert_null(rhema_feed_event_text(1, "{}", 2, &tl));
+    /* an id that holds the marker's text is escaped, and is not the member */
+    struct rhema_feed_fields odd = {.type = "agent.updated", .id = "a,\"versioned\":true",
+                                    .versioned = 1};
+    t = rhema_feed_record(&odd, &len);
+    ev = rhema_feed_event(44, t, len);
+    expect_same_text(ev, 44, t, len);
+    assert_string_equal(json_string_value(json_object_get(ev, "id")), "a,\"versioned\":true");
+    json_decref(ev);
+    free(t);
     assert_null(rhema_feed_event(1, "nope", 4));
     json_decref(rcpt);
 }
@@ -110,7 +138,7 @@ static void ring_bounds(void **state)
     assert_int_equal(rhema_feed_ring_init(&r, 4, 1 << 20, 10), 0);
     assert_int_equal(rhema_feed_ring_find(&r, 0), 0);
     for (uint64_t rev = 11; rev <= 16; rev += 1)
-        assert_int_equal(rhema_feed_ring_push(&r, rev * 2, ev_of(rev * 2)), 0);
+        assert_int_equal(rhema_feed_ring_push(&r, rev * 2, ev_of(rev * 2), NULL, 0), 0);
     /* 22 24 26 28 30 32 pushed into 4 slots: 26..32 kept, the floor is the last evicted */
     assert_int_equal(r.n, 4);
     assert_int_equal(r.floor, 24);
@@ -138,7 +166,7 @@ static void ring_bounds(void **state)
     }
     assert_int_equal(rhema_feed_ring_init(&r, 100, one * 3, 0), 0);
     for (uint64_t rev = 100; rev < 110; rev++)
-        assert_int_equal(rhema_feed_ring_push(&r, rev, ev_of(rev)), 0);
+        assert_int_equal(rhema_feed_ring_push(&r, rev, ev_of(rev), NULL, 0), 0);
     assert_int_equal(r.n, 3);
     assert_true(r.bytes <= one * 3);
     assert_int_equal(r.floor, 106);
