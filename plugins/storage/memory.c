@@ -556,11 +556,22 @@ static int mem_scan(rhema_storage_conn *c, const char *ns, const char *from_key,
     }
 }
 
+/*
+ * Counted STATS_CHUNK nodes at a time, the read lock released between
+ * chunks: rhemad asks for stats(NULL) every couple of seconds (the data
+ * size gauge), and one walk of a large store under the lock held every
+ * writer for all of it (a p99 of 30 ms on session PUTs).  Not a snapshot
+ * while writers write -- a gauge -- and exact when nothing does.
+ */
+#define STATS_CHUNK 4096
+
 static int mem_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage_stats *out)
 {
     rhema_storage_instance *in = c->inst;
     struct mem_node *n;
     uint64_t now, entries = 0, bytes = 0;
+    char at_ns[RHEMA_STORAGE_NS_MAX + 1], at_key[RHEMA_STORAGE_KEY_MAX + 1];
+    int resume = 0, more = 1;
 
     const char *why = rhema_storage_stats_invalid(ns, out);
     if (why != NULL) {
@@ -568,17 +579,38 @@ static int mem_stats(rhema_storage_conn *c, const char *ns, struct rhema_storage
         return RHEMA_EINVAL;
     }
     now = in->host->monotonic_ns();
-    pthread_rwlock_rdlock(&in->lock);
-    n = ns != NULL ? sl_seek(in, ns, "", NULL) : in->head->next[0];
-    for (; n != NULL; n = n->next[0]) {
-        if (ns != NULL && strcmp(n->ns, ns) != 0)
-            break;
-        if (expired(n, now))
-            continue;
-        entries++;
-        bytes += n->key_len + n->value_len;
+    while (more) {
+        size_t seen = 0;
+        pthread_rwlock_rdlock(&in->lock);
+        if (resume) { /* past the last node counted */
+            n = sl_seek(in, at_ns, at_key, NULL);
+            if (n != NULL && strcmp(n->ns, at_ns) == 0 && strcmp(n->key, at_key) == 0)
+                n = n->next[0];
+        } else {
+            n = ns != NULL ? sl_seek(in, ns, "", NULL) : in->head->next[0];
+        }
+        struct mem_node *last = NULL;
+        more = 0;
+        for (; n != NULL; n = n->next[0]) {
+            if (ns != NULL && strcmp(n->ns, ns) != 0)
+                break;
+            if (++seen > STATS_CHUNK) {
+                more = 1;
+                break;
+            }
+            last = n;
+            if (expired(n, now))
+                continue;
+            entries++;
+            bytes += n->key_len + n->value_len;
+        }
+        if (more) { /* where the next chunk starts, copied while the node is ours */
+            snprintf(at_ns, sizeof at_ns, "%s", last->ns);
+            snprintf(at_key, sizeof at_key, "%s", last->key);
+            resume = 1;
+        }
+        pthread_rwlock_unlock(&in->lock);
     }
-    pthread_rwlock_unlock(&in->lock);
     out->entries = entries;
     out->bytes = bytes;
     return 0;
