@@ -350,23 +350,39 @@ static void arm(struct event *ev, uint64_t ms)
     evtimer_add(ev, &tv);
 }
 
-static void gauge_refresh(struct rhema_maintenance *m)
+/*
+ * Read the data size; returns when to read it next, in ms.  stats(NULL)
+ * walks every entry on most backends (a COUNT and SUM over the table), so
+ * on a large store the reading is spaced to GAUGE_COST_FACTOR times what it
+ * took (at most GAUGE_MAX_MS): it then costs at most 2% of a core, and
+ * account() keeps the gauge true between readings.
+ */
+#define GAUGE_COST_FACTOR 50u
+#define GAUGE_MAX_MS 60000u
+
+static uint64_t gauge_refresh(struct rhema_maintenance *m)
 {
     struct rhema_storage_stats st = {0};
+    uint64_t t0 = rhema_monotonic_ns();
     int rc = m->srv->storage->stats(m->conn, NULL, &st);
+    uint64_t next = (rhema_monotonic_ns() - t0) / 1000000u * GAUGE_COST_FACTOR;
+    next = next < RHEMA_MAINTENANCE_GAUGE_MS ? RHEMA_MAINTENANCE_GAUGE_MS
+                                             : next > GAUGE_MAX_MS ? GAUGE_MAX_MS : next;
     if (rc != 0) {
         rhema_log(RHEMA_LOG_WARN, WHO, "data size: stats failed, keeping the last reading: %s",
                   m->srv->storage->errmsg(m->conn));
-        return;
+        return next;
     }
     atomic_store(&m->size_bytes, st.bytes);
     atomic_store(&m->delta, 0);
+    return next;
 }
 
 static void on_gauge(evutil_socket_t fd, short what, void *arg)
 {
+    struct rhema_maintenance *m = arg;
     (void)fd, (void)what;
-    gauge_refresh(arg);
+    arm(m->gauge_ev, gauge_refresh(m));
 }
 
 /*
@@ -656,7 +672,7 @@ int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
         free(m);
         return rc;
     }
-    m->gauge_ev = event_new(base, -1, EV_PERSIST, on_gauge, m);
+    m->gauge_ev = evtimer_new(base, on_gauge, m);
     m->backup_ev = evtimer_new(base, on_backup, m);
     m->cleanup_ev = evtimer_new(base, on_cleanup, m);
     m->bg_done_ev = event_new(base, -1, 0, on_bg_done, m);
@@ -666,8 +682,7 @@ int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
         rhema_maintenance_stop(m);
         return rhema_set_error(err, RHEMA_ENOMEM, "maintenance: cannot create timers");
     }
-    gauge_refresh(m); /* the limit holds from the first request on */
-    arm(m->gauge_ev, RHEMA_MAINTENANCE_GAUGE_MS);
+    arm(m->gauge_ev, gauge_refresh(m)); /* the limit holds from the first request on */
     arm(m->agents_ev, agent_sweep_every_ms(cfg));
 
     if (cfg->enable_backups) {

@@ -25,9 +25,11 @@
  *             rhema_maintenance_start() registers itself, then the others
  *             (rhemad registers rhema_consensus_cleanup(): applied log
  *             entries).  What each store keeps and how is its own business.
- *   gauge     every RHEMA_MAINTENANCE_GAUGE_MS the plugin's stats(NULL)
- *             bytes (keys + values of live entries) into an atomic that the
- *             workers read through rhema_maintenance_over_limit().
+ *   gauge     every RHEMA_MAINTENANCE_GAUGE_MS (or, on a store whose
+ *             stats() takes long, 50 times what the last one took, at most
+ *             a minute) the plugin's stats(NULL) bytes (keys + values of
+ *             live entries) into an atomic that the workers read through
+ *             rhema_maintenance_over_limit().
  *   agents    every ai_service.agent_management.agent_timeout_seconds / 4
  *             (0.25 s .. 15 s) rhema_agent_sweep() (agents.h) on the main
  *             thread's connection: heartbeat timeouts -> Offline, task
@@ -56,7 +58,7 @@
 struct rhema_server;
 struct rhema_maintenance;
 
-#define RHEMA_MAINTENANCE_GAUGE_MS 2000 /* data-size gauge refresh period */
+#define RHEMA_MAINTENANCE_GAUGE_MS 2000 /* data-size gauge refresh period (at least) */
 
 int rhema_maintenance_start(struct rhema_server *srv, struct event_base *base,
                             struct rhema_maintenance **out, char **err);
