@@ -312,6 +312,41 @@ static int t_header(struct suite *s)
     return T_PASS;
 }
 
+/*
+ * check() (storage minor 4, optional): it accepts the plugin's documented
+ * defaults (a NULL group) and the group the suite runs with.  Read only
+ * when the plugin's minor and size have it.
+ */
+static int t_check(struct suite *s)
+{
+    const struct rhema_storage_plugin *vt = s->vt;
+    const size_t end = offsetof(struct rhema_storage_plugin, check) + sizeof vt->check;
+    char *err = NULL;
+    int rc;
+
+    if (vt->base.abi_minor < 4 || vt->base.size < end || vt->check == NULL) {
+        snprintf(s->detail, sizeof s->detail,
+                 "check not implemented (optional: rhemad -t then checks the group at start)");
+        return T_SKIP;
+    }
+    if ((rc = vt->check(s->host, NULL, &err)) != 0) {
+        failf(s, "check of the defaults (no group) returned %s: %s", rhema_strerror(rc),
+              err ? err : "");
+        free(err);
+        return T_FAIL;
+    }
+    free(err);
+    err = NULL;
+    if (s->cfg != NULL && (rc = vt->check(s->host, s->cfg, &err)) != 0) {
+        failf(s, "check of the suite's group returned %s: %s", rhema_strerror(rc),
+              err ? err : "");
+        free(err);
+        return T_FAIL;
+    }
+    free(err);
+    return T_PASS;
+}
+
 static int t_health(struct suite *s)
 {
     char *err = NULL;
@@ -3634,6 +3669,7 @@ int rhema_conformance_storage(const struct rhema_storage_plugin *vt, const struc
     if (s->t.failed != 0)
         goto out; /* nothing can be called safely */
 
+    emit(s, "check", t_check(s));
     make_base(s);
     rc = vt->open(host, cfg, &s->inst, &err);
     if (rc != 0) {

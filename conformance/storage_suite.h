@@ -25,6 +25,9 @@
  * failed batch writing no record, the invalid arguments, group(), records
  * surviving a reopen (DURABLE), and the order a reader sees while two
  * writers append (up to 500 records, for at most 1.5 s).
+ * The check check (storage minor 4; skipped when the plugin has no check())
+ * calls check() with no group -- the plugin's documented defaults -- and with
+ * the suite's group: both must be accepted.
  *
  * When the plugin has both backup() and restore(), the backup_restore check
  * restores a snapshot it took a moment earlier: restore() replaces the

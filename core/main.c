@@ -74,7 +74,8 @@ static void usage(FILE *to)
             " when it exists,\n"
             "            built-in defaults otherwise)\n"
             "  -t        check the configuration and every plugin it names, then exit;\n"
-            "            creates nothing (a durable or shared storage is not opened)\n"
+            "            creates nothing (a durable or shared storage is not opened;\n"
+            "            its plugin checks its group)\n"
             "  -f        stay in the foreground (default: daemonize)\n"
             "  -p FILE   write the process id to FILE (overrides service.pidfile)\n"
             "  -P DIR    plugin directory (overrides plugins.directory)\n"
@@ -223,6 +224,31 @@ static int open_storage(struct rhema_server *srv, char **err)
         return rc;
     }
     return 0;
+}
+
+/*
+ * rhemad -t on a backend that leaves traces: its check() (storage minor 4)
+ * reads and validates the group as open() would, creating nothing, and the
+ * keys it did not read are refused as at start.  *checked: whether the
+ * plugin has a check() (without one the group is checked at start only).
+ */
+static int check_storage(struct rhema_server *srv, int *checked, char **err)
+{
+    const struct rhema_cfg *group =
+        rhema_config_plugin_group(srv->cfg, RHEMA_KIND_STORAGE, srv->storage_plugin->name);
+    char *perr = NULL;
+    int rc;
+
+    *checked = srv->storage->check != NULL;
+    if (!*checked)
+        return 0;
+    if ((rc = srv->storage->check(rhema_host_get(), group, &perr)) != 0) {
+        rhema_set_error(err, 0, "storage '%s': %s", srv->storage_plugin->name,
+                        perr ? perr : rhema_strerror(rc));
+        free(perr);
+        return rc;
+    }
+    return rhema_config_unread_keys(group, err);
 }
 
 /*
@@ -608,6 +634,7 @@ int main(int argc, char **argv)
     struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL, *ev_usr1 = NULL;
     struct main_ctx mctx = {.opt = &opt, .srv = &srv};
     char *abs_config = NULL, *abs_pidfile = NULL, *abs_plugin_dir = NULL, *datadir = NULL;
+    int storage_checked = 0;
 
     if (parse_args(argc, argv, &opt) != 0)
         return 2;
@@ -671,6 +698,8 @@ int main(int argc, char **argv)
         goto out;
     if (load_plugins(&srv, &err) != 0 ||
         ((!opt.test_only || !storage_leaves_traces(&srv)) && open_storage(&srv, &err) != 0) ||
+        (opt.test_only && storage_leaves_traces(&srv) &&
+         check_storage(&srv, &storage_checked, &err) != 0) ||
         rhema_cluster_check(&cfg, srv.storage_plugin, &err) != 0 ||
         rhema_feed_check(&srv, &err) != 0 ||
         rhema_codecs_open(&srv.codecs, srv.plugins, &cfg, &err) != 0 ||
@@ -694,8 +723,9 @@ int main(int argc, char **argv)
                "rhemad: configuration file %s test is successful\n",
                opt.config_file ? opt.config_file : "(defaults)", count_plugins(srv.plugins),
                srv.storage_plugin->name,
-               srv.storage_inst ? "opens"
-                                : "not opened (-t creates nothing; its group is checked at start)",
+               srv.storage_inst  ? "opens"
+               : storage_checked ? "is not opened (-t creates nothing); its group is valid"
+                                 : "not opened (-t creates nothing; its group is checked at start)",
                datadir,
                access(datadir, F_OK) == 0 ? "is usable" : "does not exist; rhemad creates it",
                opt.config_file ? opt.config_file : "(defaults)");

@@ -217,7 +217,8 @@ static size_t required_size(uint32_t kind, uint32_t minor)
         return minor == 0   ? END_OF(struct rhema_storage_plugin, restore)
                : minor == 1 ? END_OF(struct rhema_storage_plugin, get_many)
                : minor == 2 ? END_OF(struct rhema_storage_plugin, rate)
-                            : END_OF(struct rhema_storage_plugin, unwatch);
+               : minor == 3 ? END_OF(struct rhema_storage_plugin, unwatch)
+                            : END_OF(struct rhema_storage_plugin, check);
     case RHEMA_KIND_COMPRESS: return END_OF(struct rhema_compress_plugin, decompress);
     case RHEMA_KIND_CIPHER: return END_OF(struct rhema_cipher_plugin, decrypt);
     case RHEMA_KIND_BALANCER: return END_OF(struct rhema_balancer_plugin, feedback);

@@ -5,11 +5,13 @@
 #
 # What -t checks: the file's syntax, every key of rhemad's own schema with
 # its type and range, the plugins the file names (loaded), and the data
-# directory's usability.  It creates nothing and does not connect to a
-# storage backend, so no PostgreSQL or Redis is needed here; a backend
-# plugin's own group (persistence.postgres, persistence.redis) is checked
-# when rhemad starts (tools/cluster-demo starts the cluster-node files
-# against a real PostgreSQL).  The paths the examples name for an
+# directory's usability, and the storage plugin's own group
+# (persistence.postgres, persistence.redis: its check(), storage minor 4).
+# It creates nothing and does not connect to a storage backend, so no
+# PostgreSQL or Redis is needed here (tools/cluster-demo starts the
+# cluster-node files against a real PostgreSQL).  A password_env an
+# example names is set to a dummy value, as the operator's environment
+# would set it: the plugin's check refuses an unset one, as the start does.  The paths the examples name for an
 # installed system (/var/lib/rhema, /etc/rhema/master.key) are redirected
 # into a temporary directory with -o, as they need not exist here.
 srcdir=${top_srcdir:-$(dirname "$0")/..}
@@ -27,7 +29,9 @@ status=0
 for conf in "$@"; do
     name=$(basename "$conf")
     n=$((n + 1))
-    out=$("$rhemad" -t -c "$conf" -P "$plugins" -o "service.data_directory=$tmp" \
+    # shellcheck disable=SC2046 # one NAME=value word per password_env
+    out=$(env $(sed -n 's/^ *password_env *= *"\([A-Za-z_][A-Za-z0-9_]*\)".*/\1=example-only/p' "$conf") \
+        "$rhemad" -t -c "$conf" -P "$plugins" -o "service.data_directory=$tmp" \
         $(grep -q '^ *key_file' "$conf" && echo "-o advanced_features.key_management.key_file=$tmp/master.key") \
         2>&1)
     if [ $? -eq 0 ] && printf '%s\n' "$out" | grep -q 'test is successful'; then

@@ -912,26 +912,53 @@ static void instance_free(rhema_storage_instance *in)
  * keep it open for appending.  Every key the plugin reads is marked as
  * read; the host reports the others as unknown keys.
  */
+/*
+ * The settings, shared by open() and check() so that the two read the same
+ * keys (the host refuses the keys of the group nobody read).  Defaults are
+ * preset; a getter leaves its output alone when the key is absent
+ * (RHEMA_ENOTFOUND), and RHEMA_EINVAL is a wrong type.  *path points into
+ * the configuration.
+ */
+static int read_config(const struct rhema_host *host, const struct rhema_cfg *cfg,
+                       const char **path, int *sync, char **err)
+{
+    int rc;
+
+    *path = "kvfile.log";
+    *sync = 1;
+    rc = host->cfg_string(cfg, "path", path);
+    if (rc == RHEMA_EINVAL)
+        return host->set_error(err, rc, "%s: persistence.kvfile.path must be a string",
+                               host->cfg_where(cfg, "path"));
+    if ((*path)[0] == '\0')
+        return host->set_error(err, RHEMA_EINVAL, "%s: persistence.kvfile.path must not be empty",
+                               host->cfg_where(cfg, "path"));
+    rc = host->cfg_bool(cfg, "sync", sync);
+    if (rc == RHEMA_EINVAL)
+        return host->set_error(err, rc, "%s: persistence.kvfile.sync must be true or false",
+                               host->cfg_where(cfg, "sync"));
+    return 0;
+}
+
+/* check() (storage minor 4, for rhemad -t): the settings, and no file touched. */
+static int kv_check(const struct rhema_host *host, const struct rhema_cfg *cfg, char **err)
+{
+    const char *path;
+    int sync;
+    return read_config(host, cfg, &path, &sync, err);
+}
+
 static int kv_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
                    rhema_storage_instance **out, char **err)
 {
     rhema_storage_instance *in;
-    const char *path = "kvfile.log"; /* defaults: preset, the getters leave them alone */
-    int sync = 1, rc;
+    const char *path;
+    int sync, rc;
     struct stat st;
 
-    /* 1. settings: ENOTFOUND keeps the default, EINVAL is a wrong type */
-    rc = host->cfg_string(cfg, "path", &path);
-    if (rc == RHEMA_EINVAL)
-        return host->set_error(err, rc, "%s: persistence.kvfile.path must be a string",
-                               host->cfg_where(cfg, "path"));
-    if (path[0] == '\0')
-        return host->set_error(err, RHEMA_EINVAL, "%s: persistence.kvfile.path must not be empty",
-                               host->cfg_where(cfg, "path"));
-    rc = host->cfg_bool(cfg, "sync", &sync);
-    if (rc == RHEMA_EINVAL)
-        return host->set_error(err, rc, "%s: persistence.kvfile.sync must be true or false",
-                               host->cfg_where(cfg, "sync"));
+    /* 1. settings */
+    if ((rc = read_config(host, cfg, &path, &sync, err)) != 0)
+        return rc;
 
     /* 2. the instance */
     in = calloc(1, sizeof *in);
@@ -1558,6 +1585,7 @@ static const struct rhema_storage_plugin kvfile_plugin = {
      * other writer exists to wake anybody about; the host polls its feed
      * with scan().
      */
+    .check = kv_check, /* minor 4, optional: rhemad -t checks the group without a file */
 };
 
 /*

@@ -38,10 +38,11 @@ extern "C" {
 /*
  * The minor version of the storage vtable and of the structs below: minor 0
  * ends at restore(), minor 1 appended get_many(), minor 2 rate(), minor 3
- * sequenced writes (struct rhema_storage_write.flags) and watch()/unwatch().
+ * sequenced writes (struct rhema_storage_write.flags) and watch()/unwatch(),
+ * minor 4 check().
  * A storage plugin sets abi_minor to it (RHEMA_STORAGE_PLUGIN_HEADER does).
  */
-#define RHEMA_STORAGE_ABI_MINOR 3
+#define RHEMA_STORAGE_ABI_MINOR 4
 
 #define RHEMA_STORAGE_NS_MAX 64
 #define RHEMA_STORAGE_KEY_MAX 1024
@@ -420,6 +421,20 @@ struct rhema_storage_plugin {
     int (*watch)(rhema_storage_instance *inst, void (*notify)(void *arg), void *arg, char **err);
     void (*unwatch)(rhema_storage_instance *inst);
     /* --- minor 3 ends here --- */
+
+    /*
+     * Optional (NULL: `rhemad -t` cannot check the group of a backend that
+     * leaves traces, and says so).  Parse and validate the configuration
+     * group exactly as open() does -- the same code, reading the same keys
+     * through host->cfg_*, so that the host's unknown-key check afterwards
+     * sees the same keys read -- with no side effect: no file, directory,
+     * connection or thread is created, nothing is written.  Reading a file
+     * the settings name (a TLS certificate) is allowed.  cfg may be NULL
+     * (every default).  Returns 0, or the code and *err open() would have
+     * returned for the same group.  Called by `rhemad -t` instead of open().
+     */
+    int (*check)(const struct rhema_host *host, const struct rhema_cfg *cfg, char **err);
+    /* --- minor 4 ends here --- */
 };
 
 /* The header of a storage vtable: .base = RHEMA_STORAGE_PLUGIN_HEADER("mine", "1.0", "..."). */

@@ -1512,22 +1512,41 @@ out:
     return rc;
 }
 
+/* The settings, for open() and check(): *dir points into the configuration. */
+static int read_config(const struct rhema_host *host, const struct rhema_cfg *cfg,
+                       const char **dir, int *do_fsync, char **err)
+{
+    *dir = "files";
+    *do_fsync = 1;
+    if (host->cfg_string(cfg, "directory", dir) == RHEMA_EINVAL)
+        return host->set_error(err, RHEMA_EINVAL, "%s: file: directory must be a string",
+                               host->cfg_where(cfg, "directory"));
+    if ((*dir)[0] == '\0')
+        return host->set_error(err, RHEMA_EINVAL, "%s: file: directory is empty",
+                               host->cfg_where(cfg, "directory"));
+    if (host->cfg_bool(cfg, "fsync", do_fsync) == RHEMA_EINVAL)
+        return host->set_error(err, RHEMA_EINVAL, "%s: file: fsync must be true or false",
+                               host->cfg_where(cfg, "fsync"));
+    return 0;
+}
+
+/* check(): the settings only; the directory is neither created nor opened. */
+static int fl_check(const struct rhema_host *host, const struct rhema_cfg *cfg, char **err)
+{
+    const char *dir;
+    int do_fsync;
+    return read_config(host, cfg, &dir, &do_fsync, err);
+}
+
 static int fl_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
                    rhema_storage_instance **out, char **err)
 {
     rhema_storage_instance *in;
-    const char *dir = "files";
-    int do_fsync = 1, rc, e, fd;
+    const char *dir;
+    int do_fsync, rc, e, fd;
 
-    if (host->cfg_string(cfg, "directory", &dir) == RHEMA_EINVAL)
-        return host->set_error(err, RHEMA_EINVAL, "%s: file: directory must be a string",
-                               host->cfg_where(cfg, "directory"));
-    if (dir[0] == '\0')
-        return host->set_error(err, RHEMA_EINVAL, "%s: file: directory is empty",
-                               host->cfg_where(cfg, "directory"));
-    if (host->cfg_bool(cfg, "fsync", &do_fsync) == RHEMA_EINVAL)
-        return host->set_error(err, RHEMA_EINVAL, "%s: file: fsync must be true or false",
-                               host->cfg_where(cfg, "fsync"));
+    if ((rc = read_config(host, cfg, &dir, &do_fsync, err)) != 0)
+        return rc;
 
     in = calloc(1, sizeof *in);
     if (in == NULL)
@@ -3144,6 +3163,7 @@ static const struct rhema_storage_plugin file_plugin = {
     .group = fl_group_strided,
     .restore = fl_restore,
     .rate = fl_rate,
+    .check = fl_check,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

@@ -323,11 +323,24 @@ static void note_write(rhema_storage_instance *in, uint64_t now)
 
 /* ---- lifecycle ---- */
 
+/*
+ * The memory backend has no settings: its group must be empty, which the
+ * host's unknown-key check enforces (no key is read).  check() therefore
+ * accepts any group; open() shares it so the two cannot drift.
+ */
+static int mem_check(const struct rhema_host *host, const struct rhema_cfg *cfg, char **err)
+{
+    (void)host, (void)cfg, (void)err;
+    return 0;
+}
+
 static int mem_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
                     rhema_storage_instance **out, char **err)
 {
     rhema_storage_instance *in;
-    (void)cfg; /* no settings */
+    int rc = mem_check(host, cfg, err);
+    if (rc != 0)
+        return rc;
 
     in = calloc(1, sizeof *in);
     if (in == NULL)
@@ -1610,6 +1623,7 @@ static const struct rhema_storage_plugin memory_plugin = {
     .backup = mem_backup,
     .restore = mem_restore,
     .rate = mem_rate,
+    .check = mem_check,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

@@ -1123,6 +1123,24 @@ out:
     return rc;
 }
 
+/*
+ * check(): read_config() into an instance that is thrown away -- conninfo
+ * parsed by libpq (PQconninfoParse: its syntax and option names), the
+ * timeout and the schema name; no connection.
+ */
+static int pg_check(const struct rhema_host *host, const struct rhema_cfg *cfg, char **err)
+{
+    rhema_storage_instance *in = calloc(1, sizeof *in);
+    int rc;
+
+    if (in == NULL)
+        return host->set_error(err, RHEMA_ENOMEM, "postgres: out of memory");
+    in->host = host;
+    rc = read_config(in, host, cfg, err);
+    instance_free(in);
+    return rc;
+}
+
 static int pg_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
                    rhema_storage_instance **out, char **err)
 {
@@ -3103,6 +3121,7 @@ static const struct rhema_storage_plugin postgres_plugin = {
     .rate = pg_rate,
     .watch = pg_watch,
     .unwatch = pg_unwatch,
+    .check = pg_check,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

@@ -1131,6 +1131,26 @@ static rhema_storage_conn *conn_new(rhema_storage_instance *in)
 }
 
 /*
+ * check(): read_config() into an instance that is thrown away -- every key
+ * validated, the TLS files loaded into an SSL_CTX that is freed; no
+ * connection.
+ */
+static int rd_check(const struct rhema_host *host, const struct rhema_cfg *cfg, char **err)
+{
+    rhema_storage_instance *in = calloc(1, sizeof *in);
+    int rc;
+
+    if (in == NULL)
+        return host->set_error(err, RHEMA_ENOMEM, "redis: out of memory");
+    in->host = host;
+    rc = read_config(in, host, cfg, err);
+    SSL_CTX_free(in->tls);
+    free(in->channel);
+    free(in);
+    return rc;
+}
+
+/*
  * Check the configuration, then reach the server once (AUTH, SELECT, load
  * the scripts): a wrong address or password is reported at startup rather
  * than on the first request.
@@ -2690,6 +2710,7 @@ static const struct rhema_storage_plugin redis_plugin = {
     .rate = rd_rate,
     .watch = rd_watch,
     .unwatch = rd_unwatch,
+    .check = rd_check,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

@@ -778,6 +778,21 @@ static void ckpt_stop(rhema_storage_instance *in)
         pthread_join(in->ckpt_thread, NULL);
 }
 
+/* check(): read_config() into an instance that is thrown away; no file is touched. */
+static int sq_check(const struct rhema_host *host, const struct rhema_cfg *cfg, char **err)
+{
+    rhema_storage_instance *in = calloc(1, sizeof *in);
+    int rc;
+
+    if (in == NULL)
+        return host->set_error(err, RHEMA_ENOMEM, "sqlite: out of memory");
+    in->host = host;
+    rc = read_config(in, host, cfg, err);
+    free(in->path);
+    free(in);
+    return rc;
+}
+
 static int sq_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
                    rhema_storage_instance **out, char **err)
 {
@@ -1875,6 +1890,7 @@ static const struct rhema_storage_plugin sqlite_plugin = {
     .restore = sq_restore,
     .rate = sq_rate,
     .get_many = sq_get_many_strided,
+    .check = sq_check,
 };
 
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)

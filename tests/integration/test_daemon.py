@@ -82,15 +82,15 @@ def test_t_unknown_backend_names_plugin(tmp_path):
 
 def test_t_sqlite_key_the_plugin_does_not_read(tmp_path):
     """-t creates nothing, so it does not open a durable backend (opening SQLite
-    creates its file): the key the plugin does not read stops the start instead,
-    with its file:line."""
+    creates its file), but the plugin's check() reads the group: the key it does
+    not read stops -t and the start alike, with its file:line."""
     require_plugin("sqlite")
     conf = write(tmp_path / "sq.conf",
                  'persistence: {\n  backend = "sqlite";\n  sqlite = {\n'
                  f'    path = "{tmp_path}/t.db";\n    pathh = "x";\n  }};\n}};\n')
     r = run_rhemad(["-t", "-c", conf, "-P", str(PLUGIN_DIR)], cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "storage 'sqlite' not opened" in r.stdout, r.stdout
+    assert r.returncode == 1, r.stdout
+    assert f"{conf}:5: unknown key 'persistence.sqlite.pathh'" in r.stderr, r.stderr
     assert not (tmp_path / "t.db").exists()
     r = run_rhemad(["-f", "-c", conf, "-P", str(PLUGIN_DIR), "-o", f"service.listen=127.0.0.1:{free_port()}"],
                    cwd=tmp_path)

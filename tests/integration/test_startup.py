@@ -201,6 +201,104 @@ def test_install_keeps_an_edited_configuration_and_uninstall_too(tmp_path):
     assert not conf.exists() and not sample.exists()
 
 
+# ---- -t checks the storage plugin's own group (storage check(), minor 4) ----
+
+# backend -> (a good group: its lines, that would create or connect to something
+#             when opened; bad values: (line, what stderr must name))
+STORAGE_GROUPS = {
+    "sqlite": (['path = "db/x.db";', "cache_size_kib = 1024;", 'synchronous = "full";'],
+               [('cache_size_kib = "lots";', "sqlite: cache_size_kib must be an integer"),
+                ('synchronous = "sometimes";', "sqlite: synchronous 'sometimes' is not one of"),
+                ('path = ":memory:";', "sqlite: path ':memory:' is not supported")]),
+    "file": (['directory = "store";', "fsync = false;"],
+             [("fsync = 3;", "file: fsync must be true or false"),
+              ('directory = "";', "file: directory is empty")]),
+    # port 1: nothing listens there; -t passing shows it never connects
+    "postgres": (['conninfo = "host=127.0.0.1 port=1 dbname=nothere";', 'schema = "s1";',
+                  "connect_timeout_seconds = 2;"],
+                 [('conninfo = "nosuchoption=1";', "postgres: conninfo:"),
+                  ('schema = "1bad";', "postgres: schema must be"),
+                  ("connect_timeout_seconds = 0;", "postgres: connect_timeout_seconds must be")]),
+    "redis": (['host = "127.0.0.1";', "port = 1;", 'prefix = "p:";', "timeout_ms = 100;"],
+              [("port = 70000;", "redis: port must be an integer in 1..65535"),
+               ('tls_ca_file = "/x/ca.pem";', "redis: tls_ca_file is set but tls is not true"),
+               ('tls = true; tls_ca_file = "/nonexistent/ca.pem";', "/nonexistent/ca.pem")]),
+    "memory": ([], []),
+}
+
+
+def storage_conf(tmp_path, backend, lines):
+    """A configuration whose persistence.<backend> group holds lines, the
+    first of them on line 5 of the file."""
+    return write(tmp_path / f"{backend}.conf",
+                 f'service: {{ data_directory = "{tmp_path}/var"; }};\n'
+                 "persistence: {\n"
+                 f'  backend = "{backend}";\n'
+                 f"  {backend} = {{\n"
+                 + "".join(f"    {l}\n" for l in lines)
+                 + "  };\n};\n")
+
+
+def t_check(tmp_path, conf):
+    before = tree(tmp_path)
+    r = run_rhemad(["-t", "-c", conf, "-P", str(PLUGIN_DIR)], cwd=tmp_path)
+    assert tree(tmp_path) == before, "rhemad -t created something"
+    return r
+
+
+@pytest.mark.parametrize("backend", sorted(STORAGE_GROUPS))
+def test_t_refuses_an_unknown_key_of_the_storage_group(tmp_path, backend):
+    require_plugin(backend)
+    good, _ = STORAGE_GROUPS[backend]
+    conf = storage_conf(tmp_path, backend, ["bogus_key = 3;"] + good)
+    r = t_check(tmp_path, conf)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert (f"{conf}:5: unknown key 'persistence.{backend}.bogus_key' for plugin '{backend}'"
+            in r.stderr), r.stderr
+    assert "test failed" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("backend,line,want",
+                         [(b, line, want) for b in sorted(STORAGE_GROUPS)
+                          for line, want in STORAGE_GROUPS[b][1]])
+def test_t_refuses_a_bad_value_of_the_storage_group(tmp_path, backend, line, want):
+    require_plugin(backend)
+    conf = storage_conf(tmp_path, backend, [line])
+    r = t_check(tmp_path, conf)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"rhemad: storage '{backend}': " in r.stderr, r.stderr
+    assert want in r.stderr, r.stderr
+    assert f"{conf}:5" in r.stderr or "/nonexistent/" in want, r.stderr
+    assert "test failed" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("backend", sorted(STORAGE_GROUPS))
+def test_t_passes_a_good_storage_group_and_creates_nothing(tmp_path, backend):
+    require_plugin(backend)
+    conf = storage_conf(tmp_path, backend, STORAGE_GROUPS[backend][0])
+    r = t_check(tmp_path, conf)
+    assert r.returncode == 0, r.stderr
+    assert "test is successful" in r.stdout, r.stdout
+    if backend == "memory":  # neither durable nor shared: -t opens it
+        assert "storage 'memory' opens" in r.stdout, r.stdout
+    else:
+        assert (f"storage '{backend}' is not opened (-t creates nothing); its group is valid"
+                in r.stdout), r.stdout
+
+
+@pytest.mark.parametrize("line", ["bogus_key = 3;", 'cache_size_kib = "lots";'])
+def test_t_and_the_start_refuse_a_sqlite_group_with_the_same_message(tmp_path, line):
+    require_plugin("sqlite")
+    conf = storage_conf(tmp_path, "sqlite", [line])
+    t = t_check(tmp_path, conf)
+    start = run_rhemad(["-f", "-c", conf, "-P", str(PLUGIN_DIR), "-o",
+                        f"service.listen=127.0.0.1:{free_port()}"], cwd=tmp_path)
+    assert t.returncode == 1 and start.returncode != 0, (t.stderr, start.stderr)
+    said = [l for l in t.stderr.splitlines() if l.startswith("rhemad: ") and f"{conf}:5" in l]
+    assert said, t.stderr
+    assert said[0].removeprefix("rhemad: ") in start.stderr, (said, start.stderr)
+
+
 # ---- plugins that are not safe to load (17.19) ----
 
 def plugin_copy(tmp_path, name="storage_memory.so", size=None):

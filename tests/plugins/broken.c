@@ -18,6 +18,10 @@
  * has rate -- hold a function pointer, as whatever follows a plugin's
  * vtable in its data segment may.  It must load, and the host must see rate
  * as NULL: it never reads past the plugin's size.
+ *
+ * GOOD_MINOR3 is a plugin of storage minor 3 (watch/unwatch, no check): its
+ * size ends where minor 3 ends, and check -- past it -- holds a function
+ * pointer.  It must load, with check read as NULL.
  */
 #include <stddef.h>
 #include <string.h>
@@ -98,6 +102,8 @@ static const char *s_errmsg(rhema_storage_conn *c)
 #define NAME "newer"
 #elif defined(GOOD_MINOR1)
 #define NAME "minor1"
+#elif defined(GOOD_MINOR3)
+#define NAME "minor3"
 #else
 #define NAME "broken"
 #endif
@@ -118,6 +124,11 @@ static int s_rate(rhema_storage_conn *c, struct rhema_rate_query *q)
 {
     (void)c, (void)q;
     return RHEMA_ENOTSUP;
+}
+static int s_check(const struct rhema_host *h, const struct rhema_cfg *c, char **err)
+{
+    (void)h, (void)c, (void)err;
+    return 0;
 }
 
 /*
@@ -158,6 +169,8 @@ static const VT_TYPE vt = {
             .abi_minor = 0,
 #elif defined(GOOD_MINOR1)
             .abi_minor = 1,
+#elif defined(GOOD_MINOR3)
+            .abi_minor = 3,
 #else
             .abi_minor = RHEMA_STORAGE_ABI_MINOR,
 #endif
@@ -173,6 +186,8 @@ static const VT_TYPE vt = {
 #elif defined(GOOD_MINOR1)
             .size = (uint32_t)(offsetof(struct rhema_storage_plugin, get_many) +
                                sizeof(void (*)(void))),
+#elif defined(GOOD_MINOR3)
+            .size = (uint32_t)offsetof(struct rhema_storage_plugin, check),
 #else
             .size = (uint32_t)sizeof(VT_TYPE),
 #endif
@@ -204,6 +219,10 @@ static const VT_TYPE vt = {
 #ifdef GOOD_MINOR1
             .rate = s_rate, /* past its size: the host must not see it */
 #endif
+#ifdef GOOD_MINOR3
+            .rate = s_rate,
+            .check = s_check, /* past its size: the host must not see it */
+#endif
 #ifdef GOOD_NEWER
         },
 #endif
@@ -212,7 +231,7 @@ static const VT_TYPE vt = {
 int rhema_plugin_init(const struct rhema_host *host, const struct rhema_plugin **out)
 {
     (void)host;
-    (void)s_get_many, (void)s_later, (void)s_rate;
+    (void)s_get_many, (void)s_later, (void)s_rate, (void)s_check;
     *out = &VT_KNOWN(vt).base;
     return 0;
 }

@@ -45,7 +45,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-echo "1..9"
+echo "1..10"
 n=0
 failed=0
 ok() { n=$((n + 1)); echo "ok $n - $1"; }
@@ -120,11 +120,23 @@ persistence: {
   kvfile = { path = "$tmp/data.log"; sync = true; };
 };
 EOF
-if "$RHEMAD" -t -c "$tmp/rhemad.conf" >"$tmp/t.out" 2>&1; then
-    ok "rhemad -t accepts a configuration that loads the plugin"
+if "$RHEMAD" -t -c "$tmp/rhemad.conf" >"$tmp/t.out" 2>&1 &&
+    grep -q "storage 'kvfile' is not opened (-t creates nothing); its group is valid" "$tmp/t.out" &&
+    [ ! -e "$tmp/data.log" ]; then
+    ok "rhemad -t accepts a configuration that loads the plugin, through its check(), creating nothing"
 else
     diag "$tmp/t.out"
-    not_ok "rhemad -t accepts a configuration that loads the plugin"
+    not_ok "rhemad -t accepts a configuration that loads the plugin, through its check(), creating nothing"
+fi
+# the keys check() did not read are refused with their file:line (line 7)
+sed 's/sync = true;/sync = true; compress = 1;/' "$tmp/rhemad.conf" >"$tmp/bad.conf"
+if ! "$RHEMAD" -t -c "$tmp/bad.conf" >"$tmp/t.out" 2>&1 &&
+    grep -q "$tmp/bad.conf:7: unknown key 'persistence.kvfile.compress' for plugin 'kvfile'" "$tmp/t.out" &&
+    [ ! -e "$tmp/data.log" ]; then
+    ok "rhemad -t refuses a key of the plugin's group it does not read"
+else
+    diag "$tmp/t.out"
+    not_ok "rhemad -t refuses a key of the plugin's group it does not read"
 fi
 
 # ---- start rhemad with the plugin, from the command line ----
