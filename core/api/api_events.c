@@ -144,7 +144,7 @@ static int read_events(struct waiter *wt, rhema_feed_cb *cb, void *ctx, int *sto
     if (rc != RHEMA_ENOTFOUND)
         return rc;
     *store = 1;
-    rc = rhema_feed_scan(w->store.vt, w->store.conn, wt->cursor, PAGE, cb, ctx, &last);
+    rc = rhema_feed_scan(w->store.vt, w->store.conn, wt->cursor, PAGE, cb, ctx, &last, NULL);
     if (rc == 0 && last > before) {
         *full = 1; /* something was visited: ask again (the ring takes over once reached) */
         if (last > wt->cursor)

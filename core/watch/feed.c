@@ -269,6 +269,7 @@ struct scan_ctx {
     rhema_feed_cb *cb;
     void *ctx;
     uint64_t last;
+    size_t visited; /* keys the scan visited */
     int stopped;
 };
 
@@ -277,6 +278,7 @@ static int on_record(void *arg, const char *key, const void *value, size_t len, 
     struct scan_ctx *s = arg;
     uint64_t rev;
     (void)version;
+    s->visited++;
     if (key_rev(key, &rev) != 0)
         return 0; /* not a record of the feed */
     s->last = rev;
@@ -298,10 +300,13 @@ static int on_record(void *arg, const char *key, const void *value, size_t len, 
 }
 
 int rhema_feed_scan(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
-                    uint64_t after, size_t limit, rhema_feed_cb *cb, void *ctx, uint64_t *last)
+                    uint64_t after, size_t limit, rhema_feed_cb *cb, void *ctx, uint64_t *last,
+                    size_t *visited)
 {
     char from[RHEMA_SEQ_DIGITS + 1];
     struct scan_ctx s = {.cb = cb, .ctx = ctx, .last = after};
+    if (visited)
+        *visited = 0;
     if (after == UINT64_MAX) {
         *last = after;
         return 0;
@@ -309,6 +314,8 @@ int rhema_feed_scan(const struct rhema_storage_plugin *vt, rhema_storage_conn *c
     rev_key(from, after + 1);
     int rc = vt->scan(conn, RHEMA_FEED_NS, from, NULL, limit, on_record, &s);
     *last = s.last;
+    if (visited)
+        *visited = s.visited;
     return rc;
 }
 
@@ -570,7 +577,8 @@ static void feed_catch_up(struct rhema_feed *f)
     int got = 0;
     for (;;) {
         uint64_t after = rhema_feed_head(f), last;
-        int rc = rhema_feed_scan(f->vt, f->conn, after, SCAN_PAGE, on_new, f, &last);
+        size_t visited = 0;
+        int rc = rhema_feed_scan(f->vt, f->conn, after, SCAN_PAGE, on_new, f, &last, &visited);
         if (rc) {
             rhema_log(RHEMA_LOG_WARN, "feed", "reading the change feed: %s", rhema_strerror(rc));
             break;
@@ -589,6 +597,10 @@ static void feed_catch_up(struct rhema_feed *f)
                 f->ring.floor = last;
         }
         pthread_rwlock_unlock(&f->ring_lock);
+        /* a page that was not full reached the end: no second scan to find nothing
+         * (a record committed since woke the feed again) */
+        if (visited < SCAN_PAGE)
+            break;
     }
     if (!got)
         return;

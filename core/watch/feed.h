@@ -164,10 +164,13 @@ int rhema_feed_read(struct rhema_feed *f, uint64_t after, size_t max, rhema_feed
 /*
  * Events after `after` from the store, on the caller's connection, at most
  * `limit` records (a bounded page); *last: the revision of the last record
- * visited (after, when none).  0 or a storage error.
+ * visited (after, when none); *visited (NULL: not wanted): the keys the
+ * scan visited, fewer than `limit` when it reached the end.  0 or a storage
+ * error.
  */
 int rhema_feed_scan(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
-                    uint64_t after, size_t limit, rhema_feed_cb *cb, void *ctx, uint64_t *last);
+                    uint64_t after, size_t limit, rhema_feed_cb *cb, void *ctx, uint64_t *last,
+                    size_t *visited);
 /* The compacted revision ("events.meta"/"compacted"; 0: none).  0 or an error. */
 int rhema_feed_compacted(const struct rhema_storage_plugin *vt, rhema_storage_conn *conn,
                          uint64_t *out);

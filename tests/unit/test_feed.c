@@ -326,18 +326,18 @@ static void scan_and_compact(void **state)
 
     struct collected c = {0};
     uint64_t last = 0;
-    assert_int_equal(rhema_feed_scan(&fake, NULL, 0, 0, collect, &c, &last), 0);
+    assert_int_equal(rhema_feed_scan(&fake, NULL, 0, 0, collect, &c, &last, NULL), 0);
     assert_int_equal(c.n, 3);
     assert_int_equal(c.revs[0], v1);
     assert_int_equal(c.revs[1], v2);
     assert_int_equal(c.revs[2], v3);
     assert_int_equal(last, v3);
     c.n = 0;
-    assert_int_equal(rhema_feed_scan(&fake, NULL, v1, 1, collect, &c, &last), 0);
+    assert_int_equal(rhema_feed_scan(&fake, NULL, v1, 1, collect, &c, &last, NULL), 0);
     assert_int_equal(c.n, 1); /* a bounded page, exclusive of `after` */
     assert_int_equal(c.revs[0], v2);
     c.n = 0;
-    assert_int_equal(rhema_feed_scan(&fake, NULL, v3, 0, collect, &c, &last), 0);
+    assert_int_equal(rhema_feed_scan(&fake, NULL, v3, 0, collect, &c, &last, NULL), 0);
     assert_int_equal(c.n, 0);
     assert_int_equal(last, v3);
 
