@@ -31,6 +31,8 @@ static const char *const known_series[] = {
     "rhema_storage_operation_duration_seconds_sum",
     "rhema_storage_operation_duration_seconds_count", "rhema_storage_errors_total",
     "rhema_storage_data_bytes", "rhema_group_commits_total", "rhema_group_commit_writes_total",
+    "rhema_session_access_entries", "rhema_session_access_flushes_total",
+    "rhema_session_access_flush_failures_total", "rhema_session_access_counts_written_total",
     "rhema_maintenance_runs_total", "rhema_compression_messages_total",
     "rhema_compression_input_bytes_total", "rhema_compression_output_bytes_total",
     "rhema_compression_ratio", "rhema_compression_stored_messages_total",
