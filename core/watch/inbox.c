@@ -70,7 +70,11 @@ char *rhema_inbox_record(const char *sid, json_t *msg, size_t *len)
     const char *e = json_string_value(json_object_get(msg, "expires_at"));
     if (e && rhema_time_parse(e, &exp) != 0)
         exp = 0;
-    json_t *o = json_pack("{s:s,s:O,s:b,s:I,s:I}", "session_id", sid, "message", msg,
+    json_t *kept = json_copy(msg); /* shallow: the members are shared, not copied */
+    if (!kept)
+        return NULL;
+    (void)json_object_del(kept, "recipient_ids"); /* -1: it had none */
+    json_t *o = json_pack("{s:s,s:o,s:b,s:I,s:I}", "session_id", sid, "message", kept,
                           "requires_ack", json_is_true(json_object_get(msg, "requires_ack")),
                           "invisible_until", (json_int_t)0, "deliveries", (json_int_t)0);
     if (o && exp && json_object_set_new(o, "expires_at", json_integer((json_int_t)exp)) != 0) {

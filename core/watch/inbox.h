@@ -54,7 +54,12 @@ int rhema_inbox_ack_key(char *buf, size_t cap, const char *agent, const char *si
  * when the key is not "<agent>/<digit>/<20 digits>".
  */
 int rhema_inbox_key_parse(const char *key, const char *agent, int *p, uint64_t *version);
-/* A new inbox entry's value for message msg of session sid (malloc'd compact JSON, or NULL). */
+/*
+ * A new inbox entry's value for message msg of session sid (malloc'd
+ * compact JSON, or NULL).  The message is kept without its recipient_ids:
+ * every recipient's entry would otherwise hold the whole list, and a
+ * message to n recipients would store n copies of n ids.
+ */
 char *rhema_inbox_record(const char *sid, json_t *msg, size_t *len);
 
 /*

@@ -294,3 +294,29 @@ def test_feed_off_refused(daemons):
     assert r.status == 503 and b"change_feed" in r.body, r.body
     r = ack(d, "s1", "m1")
     assert r.status == 503 and b"change_feed" in r.body, r.body
+
+
+def test_fan_out_costs_one_message_per_recipient(daemons):
+    """A message to n recipients stores n entries of one message each, not n
+    copies of the n-id recipient list: eight messages to 1024 recipients with
+    128-character ids (130 KiB of ids each) leave rhemad's RSS well under what
+    n^2 would take (8 x 1024 x 130 KiB = 1 GiB); each recipient gets the
+    message, without the list."""
+    d = daemons(config=memory_config()).start()
+    put_session(d, "fan")
+    recipients = [f"agent-{i:04d}-" + "r" * 117 for i in range(1024)]
+
+    def rss_kib():
+        with open(f"/proc/{d.pid}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+    before = rss_kib()
+    for i in range(8):
+        send(d, "fan", f"m{i}", recipients=recipients, requires_ack=False)
+    grown = rss_kib() - before
+    assert grown < 150 * 1024, f"RSS grew by {grown} KiB"
+    for agent in (recipients[0], recipients[-1]):
+        got = inbox(d, agent=agent, query="limit=100")
+        assert ids(got) == [f"m{i}" for i in range(8)]
+        assert all("recipient_ids" not in g["message"] for g in got), got[0]
+        assert got[0]["message"]["content"] == "m0" and got[0]["message"]["sender_id"] == "boss"
