@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,15 @@
 #define RING_CAP 4096                /* events kept in memory at most */
 #define RING_BYTES (4u << 20)        /* bytes of event text kept at most */
 #define SCAN_PAGE 256                /* records read per scan() call */
+/*
+ * After a round that read GATHER_MIN records or more, the next one waits
+ * GATHER_NS for more to gather: on a busy node each scan then reads a
+ * batch instead of one or two records (a scan's transaction and seek cost
+ * more than its records).  A write on a quiet node, or one writer waiting
+ * for its event before it writes again, is read at once.
+ */
+#define GATHER_MIN 2
+#define GATHER_NS 1000000
 #define COMPACTED_KEY "compacted"
 
 /* ---- records ---- */
@@ -480,9 +490,10 @@ struct rhema_feed {
     rhema_storage_conn *conn;
     pthread_t thread;
     int started, watching;
-    pthread_mutex_t lock;       /* pending, stop, subs */
+    pthread_mutex_t lock;       /* stop, subs; the wait for pending */
     pthread_cond_t cond;
-    int pending, stop;
+    atomic_int pending;         /* a wake not yet taken by the feed thread */
+    int stop;
     int64_t poll_ms;
     int64_t retention_s;        /* coordination.event_retention_seconds */
     uint64_t next_compact_ns;   /* monotonic */
@@ -500,8 +511,16 @@ void rhema_feed_wake(struct rhema_feed *f)
 {
     if (!f)
         return;
+    /*
+     * A wake the feed thread has not taken yet covers this one: it clears
+     * pending before it reads, so it reads what was committed before now.
+     * Only the first wake of a round locks and signals: on a busy node
+     * the writers no longer take the feed's lock and call futex once a
+     * write each.
+     */
+    if (atomic_exchange(&f->pending, 1))
+        return;
     pthread_mutex_lock(&f->lock);
-    f->pending = 1;
     pthread_cond_signal(&f->cond);
     pthread_mutex_unlock(&f->lock);
 }
@@ -571,10 +590,13 @@ static int on_new(void *arg, uint64_t rev, json_t *ev, const char *text, size_t 
     return rc < 0 ? rc : 0;
 }
 
-/* Read what is new, page by page; then wake the workers.  On the feed thread. */
-static void feed_catch_up(struct rhema_feed *f)
+/*
+ * Read what is new, page by page; then wake the workers.  On the feed
+ * thread.  The number of keys read.
+ */
+static size_t feed_catch_up(struct rhema_feed *f)
 {
-    int got = 0;
+    size_t got = 0;
     for (;;) {
         uint64_t after = rhema_feed_head(f), last;
         size_t visited = 0;
@@ -585,7 +607,7 @@ static void feed_catch_up(struct rhema_feed *f)
         }
         if (last == after)
             break;
-        got = 1;
+        got += visited;
         /*
          * Keys that are not events move the cursor too: keep the head at
          * the last key visited, so that a page of them is never read again.
@@ -603,12 +625,13 @@ static void feed_catch_up(struct rhema_feed *f)
             break;
     }
     if (!got)
-        return;
+        return 0;
     pthread_mutex_lock(&f->lock);
     for (int i = 0; i < f->nsubs; i++)
         if (f->subs[i])
             event_active(f->subs[i], EV_TIMEOUT, 0);
     pthread_mutex_unlock(&f->lock);
+    return got;
 }
 
 /*
@@ -667,9 +690,21 @@ static void *feed_main(void *arg)
 {
     struct rhema_feed *f = arg;
     pthread_setname_np(pthread_self(), "rhema-feed");
+    int busy = 0;
     pthread_mutex_lock(&f->lock);
     while (!f->stop) {
-        if (!f->pending) {
+        if (busy) { /* let a batch gather (GATHER_NS) */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += GATHER_NS;
+            if (ts.tv_nsec >= 1000000000L)
+                ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+            while (!f->stop && pthread_cond_timedwait(&f->cond, &f->lock, &ts) == 0)
+                ; /* wakes of writers: they are what gathers */
+        }
+        if (f->stop)
+            break;
+        if (!atomic_load(&f->pending)) {
             /* with watch(): a safety poll every second, in case a notification was lost */
             int64_t ms = f->watching ? 1000 : f->poll_ms;
             uint64_t now = rhema_monotonic_ns();
@@ -685,9 +720,9 @@ static void *feed_main(void *arg)
         }
         if (f->stop)
             break;
-        f->pending = 0;
+        atomic_store(&f->pending, 0);
         pthread_mutex_unlock(&f->lock);
-        feed_catch_up(f);
+        busy = feed_catch_up(f) >= GATHER_MIN;
         feed_compact_due(f);
         pthread_mutex_lock(&f->lock);
     }
