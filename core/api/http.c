@@ -1501,6 +1501,27 @@ static void worker_release(struct rhema_worker *w)
     memset(w, 0, sizeof *w);
 }
 
+/*
+ * A worker's event base.  With epoll's change list, the changes one loop
+ * turn makes to an fd reach the kernel as one epoll_ctl at the next wait:
+ * a keep-alive request turns the socket from read to write and back, four
+ * epoll_ctl a request when each change is its own call, two with the list
+ * (a read-to-write change is one EPOLL_CTL_MOD; counted with strace -c).
+ * libevent's documentation warns only about fds cloned with dup(), which
+ * no worker polls; a closed fd whose number comes back with a new
+ * connection is handled by libevent (a failed MOD is retried as an ADD).
+ */
+static struct event_base *worker_base_new(void)
+{
+    struct event_config *ec = event_config_new();
+    struct event_base *b = NULL;
+    if (ec && event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST) == 0)
+        b = event_base_new_with_config(ec);
+    if (ec)
+        event_config_free(ec);
+    return b ? b : event_base_new();
+}
+
 static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id,
                         rhema_request_fn *handle, char **err)
 {
@@ -1525,7 +1546,7 @@ static int worker_setup(struct rhema_server *srv, struct rhema_worker *w, int id
     w->store.feed = srv->feed;
     w->store.access = srv->access;
     w->store.max_agents = (uint64_t)srv->cfg->max_concurrent_agents;
-    w->base = event_base_new();
+    w->base = worker_base_new();
     w->http = w->base ? evhttp_new(w->base) : NULL;
     if (!w->http)
         goto nomem;
