@@ -445,10 +445,7 @@ static void *writer_main(void *arg)
         long delay = A.delay_ms > 0 ? A.delay_ms : (A.urgent ? 0 : UNWAITED_DELAY_MS);
         if (A.head && delay > 0 && A.queued < A.batch_max && !A.stopping && !A.reopen) {
             struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += (delay % 1000) * 1000000L;
-            until.tv_sec += delay / 1000 + until.tv_nsec / 1000000000L;
-            until.tv_nsec %= 1000000000L;
+            rhema_deadline_after(CLOCK_REALTIME, (uint64_t)delay * 1000000u, &until);
             A.writer_collecting = 1;
             while (A.queued < A.batch_max && !A.stopping && !A.reopen &&
                    (A.delay_ms > 0 || !A.urgent) &&

@@ -23,6 +23,14 @@ uint64_t rhema_realtime_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+void rhema_deadline_after(clockid_t clock, uint64_t ns, struct timespec *ts)
+{
+    clock_gettime(clock, ts);
+    uint64_t n = (uint64_t)ts->tv_nsec + ns % 1000000000u;
+    ts->tv_sec += (time_t)(ns / 1000000000u + n / 1000000000u);
+    ts->tv_nsec = (long)(n % 1000000000u);
+}
+
 /*
  * Called for every access-log line and audit record: gmtime_r and snprintf
  * cost about 7,000 instructions a call, so each thread keeps the text of the

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define RHEMA_ID_MAX 128
 #define RHEMA_TIME_MAX 32 /* "2026-11-26T23:10:15.123Z" fits */
@@ -14,6 +15,12 @@
 uint64_t rhema_monotonic_ns(void);
 uint64_t rhema_realtime_ns(void);
 static inline uint64_t rhema_realtime_ms(void) { return rhema_realtime_ns() / 1000000u; }
+/*
+ * The time ns from now on clock (CLOCK_REALTIME for a default condition
+ * variable, CLOCK_MONOTONIC for one set to it): a pthread_cond_timedwait
+ * deadline.
+ */
+void rhema_deadline_after(clockid_t clock, uint64_t ns, struct timespec *ts);
 
 /* Format ms since the epoch as RFC 3339 UTC with milliseconds ("...T...Z"). */
 void rhema_time_format(uint64_t ms, char out[RHEMA_TIME_MAX]);

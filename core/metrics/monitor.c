@@ -83,17 +83,6 @@ struct rhema_monitor {
 
 /* ---- clocks ---- */
 
-static void deadline(struct timespec *ts, uint64_t ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += (time_t)(ms / 1000);
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 static uint64_t mono_ms(void) { return rhema_monotonic_ns() / 1000000u; }
 
 /* ---- derived values ---- */
@@ -303,7 +292,7 @@ static void *notifier_main(void *arg)
         uint64_t now = mono_ms();
         if (retry_at > now) {
             struct timespec ts;
-            deadline(&ts, retry_at - now);
+            rhema_deadline_after(CLOCK_MONOTONIC, (retry_at - now) * 1000000u, &ts);
             pthread_cond_timedwait(&m->nwake, &m->lock, &ts);
             continue;
         }
@@ -424,7 +413,7 @@ static void *monitor_main(void *arg)
         pthread_mutex_lock(&m->lock);
         if (!m->stop && next > now) {
             struct timespec ts;
-            deadline(&ts, next - now);
+            rhema_deadline_after(CLOCK_MONOTONIC, (next - now) * 1000000u, &ts);
             pthread_cond_timedwait(&m->wake, &m->lock, &ts);
         }
     }

@@ -695,10 +695,7 @@ static void *feed_main(void *arg)
     while (!f->stop) {
         if (busy) { /* let a batch gather (GATHER_NS) */
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += GATHER_NS;
-            if (ts.tv_nsec >= 1000000000L)
-                ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+            rhema_deadline_after(CLOCK_REALTIME, GATHER_NS, &ts);
             while (!f->stop && pthread_cond_timedwait(&f->cond, &f->lock, &ts) == 0)
                 ; /* wakes of writers: they are what gathers */
         }
@@ -711,11 +708,7 @@ static void *feed_main(void *arg)
             if (f->next_compact_ns > now && (int64_t)((f->next_compact_ns - now) / 1000000u) < ms)
                 ms = (int64_t)((f->next_compact_ns - now) / 1000000u) + 1;
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += ms / 1000;
-            ts.tv_nsec += (ms % 1000) * 1000000L;
-            if (ts.tv_nsec >= 1000000000L)
-                ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+            rhema_deadline_after(CLOCK_REALTIME, (uint64_t)ms * 1000000u, &ts);
             pthread_cond_timedwait(&f->cond, &f->lock, &ts);
         }
         if (f->stop)

@@ -17,6 +17,27 @@
 
 #include "util.h"
 
+/* A deadline is now + ns on the clock asked for, normalised (tv_nsec < 1e9). */
+static void deadline_after_adds_and_normalises(void **state)
+{
+    (void)state;
+    static const uint64_t cases[] = {0, 1, 999999999u, 1000000000u, 1500000000u, 61999999999ull};
+    static const clockid_t clocks[] = {CLOCK_REALTIME, CLOCK_MONOTONIC};
+    for (size_t c = 0; c < 2; c++)
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            struct timespec before, at, after;
+            clock_gettime(clocks[c], &before);
+            rhema_deadline_after(clocks[c], cases[i], &at);
+            clock_gettime(clocks[c], &after);
+            assert_true(at.tv_nsec >= 0 && at.tv_nsec < 1000000000L);
+            int64_t b = (int64_t)before.tv_sec * 1000000000 + before.tv_nsec;
+            int64_t a = (int64_t)after.tv_sec * 1000000000 + after.tv_nsec;
+            int64_t d = (int64_t)at.tv_sec * 1000000000 + at.tv_nsec;
+            assert_true(d >= b + (int64_t)cases[i]); /* read no earlier than before */
+            assert_true(d <= a + (int64_t)cases[i]); /* nor later than after */
+        }
+}
+
 static void set_error_replaces_and_returns_code(void **state)
 {
     (void)state;
@@ -86,6 +107,7 @@ static void time_format_matches_gmtime(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(deadline_after_adds_and_normalises),
         cmocka_unit_test(set_error_replaces_and_returns_code),
         cmocka_unit_test(set_errbuf_fits_and_returns_code),
         cmocka_unit_test(set_errbuf_cuts_at_a_character),
