@@ -51,6 +51,15 @@ def free_port():
         return s.getsockname()[1]
 
 
+def rss_kb(pid):
+    """The resident set of process pid, in KiB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
 def pid_alive(pid):
     """True when pid exists and is not a zombie."""
     try:

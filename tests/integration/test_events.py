@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (PLUGIN_DIR, TOP_BUILDDIR, free_port, memory_config, run_rhemad,
+from conftest import (PLUGIN_DIR, TOP_BUILDDIR, free_port, memory_config, rss_kb, run_rhemad,
                       sqlite_config, wait_until)
 
 try:  # the throwaway PostgreSQL server of the fault tests
@@ -512,9 +512,7 @@ def rusage(pid):
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     utime, stime = int(fields[11]), int(fields[12])
-    with open(f"/proc/{pid}/status") as f:
-        rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-    return (utime + stime) / ticks, rss * 1024
+    return (utime + stime) / ticks, rss_kb(pid) * 1024
 
 
 def test_idle_watchers_cost_nothing(daemons):

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import free_port, wait_until
+from conftest import free_port, rss_kb, wait_until
 
 
 def conn(d, timeout=10, rcvbuf=None):
@@ -327,14 +327,6 @@ def big_session(daemons):
         assert st == 201
         return d
     return make
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_a_reply_over_the_per_connection_limit_is_refused(big_session):

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import Daemon, memory_config, sqlite_config, wait_until
+from conftest import Daemon, memory_config, rss_kb, sqlite_config, wait_until
 from test_events import backend, put_session  # noqa: F401  (the fixture)
 
 
@@ -305,18 +305,33 @@ def test_fan_out_costs_one_message_per_recipient(daemons):
     d = daemons(config=memory_config()).start()
     put_session(d, "fan")
     recipients = [f"agent-{i:04d}-" + "r" * 117 for i in range(1024)]
-
-    def rss_kib():
-        with open(f"/proc/{d.pid}/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-
-    before = rss_kib()
+    before = rss_kb(d.pid)
     for i in range(8):
         send(d, "fan", f"m{i}", recipients=recipients, requires_ack=False)
-    grown = rss_kib() - before
+    grown = rss_kb(d.pid) - before
     assert grown < 150 * 1024, f"RSS grew by {grown} KiB"
     for agent in (recipients[0], recipients[-1]):
         got = inbox(d, agent=agent, query="limit=100")
         assert ids(got) == [f"m{i}" for i in range(8)]
         assert all("recipient_ids" not in g["message"] for g in got), got[0]
         assert got[0]["message"]["content"] == "m0" and got[0]["message"]["sender_id"] == "boss"
+
+
+def test_recipient_list_is_bounded(daemons):
+    """recipient_ids holds at most 1024 ids, none twice (doc/http-api.md): a
+    longer or repeated list is a 400 naming the field, and nothing of the
+    message is written -- not in the session, not in any inbox."""
+    d = daemons(config=memory_config()).start()
+    put_session(d, "lim")
+    for recipients, word in (([f"a{i}" for i in range(1025)], "at most 1024"),
+                             (["a1", "a2", "a1"], "duplicate id 'a1'")):
+        r = d.request("POST", "/v1/sessions/lim/messages",
+                      {"id": "m", "message_type": "T", "sender_id": "boss",
+                       "recipient_ids": recipients, "content": "x"})
+        assert r.status == 400, r.body
+        assert b"recipient_ids" in r.body and word.encode() in r.body, r.body
+    r = d.request("GET", "/v1/sessions/lim")
+    assert r.status == 200 and r.json()["messages"] == [], r.body
+    assert inbox(d, agent="a1") == [] and inbox(d, agent="a0") == []
+    send(d, "lim", "ok", recipients=[f"a{i}" for i in range(1024)], requires_ack=False)
+    assert ids(inbox(d, agent="a1023")) == ["ok"]
