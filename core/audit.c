@@ -35,27 +35,72 @@ struct waiter {
  * server writes them with one write and one fdatasync per batch.
  */
 #define UNWAITED_DELAY_MS 2
+/* A thread's buffer larger than this is given back once the writer emptied it. */
+#define TBUF_KEEP (1u << 20)
 
-struct rec {
-    struct rec *next;
-    char *text; /* the record's JSON text without its closing brace (audit_chain.h) */
+/*
+ * A record in a thread's buffer: this header, then its text (the JSON
+ * without its closing brace, audit_chain.h), padded to the header's
+ * alignment.
+ */
+struct rec_hdr {
     size_t len;
     struct waiter *w;            /* NULL: nobody waits */
     struct rhema_audit_wait *aw; /* NULL: nobody is called back */
 };
+#define REC_SPAN(len)                                                                             \
+    (sizeof(struct rec_hdr) + (((len) + sizeof(void *) - 1) & ~(sizeof(void *) - 1)))
+
+/* One record as the writer seals it. */
+struct item {
+    const char *text;
+    size_t len;
+    struct waiter *w;
+    struct rhema_audit_wait *aw;
+};
+
+struct bytes {
+    char *p;
+    size_t len, cap;
+};
+
+/* A growing text; oom set once an append failed. */
+struct text {
+    char *p;
+    size_t len, cap;
+    int oom;
+};
+
+/*
+ * Each thread that writes records appends them to a buffer of its own,
+ * under a lock nobody else takes but the writer, once a round, to swap the
+ * buffer with an empty one: a record costs a worker no allocation, no
+ * shared lock and, on a busy server, no wake-up (one mutex for every
+ * worker and a malloc'd record freed on another thread cost about 4 us a
+ * request).  Records of one thread stay in their order; the writer takes
+ * the threads' buffers one after the other.  A buffer lives as long as its
+ * thread (across a close and an open of the log); the writer frees it once
+ * the thread has exited and it is empty.
+ */
+struct tbuf {
+    pthread_mutex_t mu;
+    struct bytes cur;   /* the thread appends (under mu) */
+    struct bytes taken; /* the writer's: what it took last round */
+    int dead;           /* the thread exited (under mu) */
+    struct tbuf *next;  /* A.threads (under A.lock) */
+};
 
 static struct {
     pthread_mutex_t lock;
-    pthread_cond_t wake;    /* the writer: records queued, reopen, stop */
-    pthread_cond_t settled; /* the waiters: a batch was written or failed */
-    struct rec *head, **tail;
-    size_t queued;
-    uint64_t enqueued, taken, n_settled; /* records, ever */
-    uint64_t reopen_at;                  /* the reopen comes after this many records */
-    int reopen, stopping;
-    int writer_idle;       /* the writer waits for records: signal it */
-    int writer_collecting; /* the writer lets a batch of unwaited records grow */
-    size_t urgent;         /* queued records someone waits for (a write's begin) */
+    pthread_cond_t wake;    /* the writer: records queued, reopen, flush, stop */
+    pthread_cond_t settled; /* the waiters: a round was written or failed */
+    struct tbuf *threads;
+    _Atomic uint64_t enqueued, taken; /* records, ever (enqueued under the thread's mu) */
+    atomic_size_t urgent;             /* queued records someone waits for (a write's begin) */
+    atomic_int writer_idle;           /* the writer waits for records: wake it */
+    atomic_int writer_collecting;     /* the writer lets a batch grow: wake it when urgent */
+    uint64_t rounds_begun, rounds_done; /* the writer's rounds (under lock) */
+    int flush, reopen, stopping;        /* asked of the writer (under lock) */
     pthread_t thread;
     int thread_started;
     atomic_int open;    /* rhema_audit_open() succeeded, until close */
@@ -68,6 +113,8 @@ static struct {
     struct rhema_audit_chain chain;
     char *buf;
     size_t cap;
+    struct item *items;
+    size_t n_items, items_cap;
     char last_error[RHEMA_ERRMSG_MAX];
     /* settings */
     int fail_closed, fsync;
@@ -85,11 +132,8 @@ int rhema_audit_healthy(void) { return atomic_load(&A.healthy); }
 
 size_t rhema_audit_queued(void)
 {
-    size_t n;
-    pthread_mutex_lock(&A.lock);
-    n = A.queued;
-    pthread_mutex_unlock(&A.lock);
-    return n;
+    uint64_t t = atomic_load(&A.taken), e = atomic_load(&A.enqueued);
+    return e > t ? (size_t)(e - t) : 0;
 }
 
 int rhema_audit_enabled(void)
@@ -146,26 +190,24 @@ static int write_all(int fd, const char *p, size_t n)
 }
 
 /*
- * Seal the records of list (in order) and write them to A.fd with one
+ * Seal the n records of v (in order) and write them to A.fd with one
  * write and one fdatasync.  On failure the file is cut back to where it
  * was and the chain is unchanged.  0 or RHEMA_EIO / RHEMA_ENOMEM (why in
  * A.last_error).
  */
-static int write_records(const struct rec *list)
+static int write_records(const struct item *v, size_t nrec)
 {
     struct rhema_audit_chain saved = A.chain;
     size_t len = 0;
     struct stat st;
     int rc;
-    size_t nrec = 0;
-    for (const struct rec *r = list; r; r = r->next)
-        nrec++;
     if (A.fd < 0) {
         rhema_metrics_count(RHEMA_MX_AUDIT_FAILED, nrec);
         return RHEMA_EIO; /* last_error says why */
     }
-    for (const struct rec *r = list; r; r = r->next)
-        if ((rc = rhema_audit_seal_text(&A.chain, r->text, r->len, &A.buf, &len, &A.cap)) != 0) {
+    for (size_t i = 0; i < nrec; i++)
+        if ((rc = rhema_audit_seal_text(&A.chain, v[i].text, v[i].len, &A.buf, &len, &A.cap)) !=
+            0) {
             rhema_metrics_count(RHEMA_MX_AUDIT_FAILED, nrec);
             A.chain = saved;
             rhema_set_errbuf(A.last_error, rc, "out of memory sealing an audit record");
@@ -200,13 +242,16 @@ static int write_records(const struct rec *list)
 /* Write one record now (writer thread, or before it starts); obj consumed. */
 static int write_one(json_t *obj)
 {
-    struct rec r = {0};
+    struct item r = {0};
+    char *text = NULL;
     int rc = RHEMA_ENOMEM;
-    if (obj && (r.text = rhema_audit_body_text(obj, &r.len)) != NULL)
-        rc = write_records(&r);
-    else
+    if (obj && (text = rhema_audit_body_text(obj, &r.len)) != NULL) {
+        r.text = text;
+        rc = write_records(&r, 1);
+    } else {
         rhema_set_errbuf(A.last_error, rc, "out of memory");
-    free(r.text);
+    }
+    free(text);
     json_decref(obj);
     return rc;
 }
@@ -385,44 +430,174 @@ static void do_reopen(void)
               (unsigned long long)A.chain.seq);
 }
 
-/* Hand each record's outcome to its waiter and free the list. */
-static void settle(struct rec *list, int rc)
+/* Hand each record's outcome to its waiter. */
+static void settle(const struct item *v, size_t n, int rc)
 {
-    for (struct rec *r = list; r; r = r->next)
-        if (r->aw)
-            r->aw->done(r->aw, rc);
+    for (size_t i = 0; i < n; i++)
+        if (v[i].aw)
+            v[i].aw->done(v[i].aw, rc);
+    int waited = 0;
+    for (size_t i = 0; i < n && !waited; i++)
+        waited = v[i].w != NULL;
+    if (!waited)
+        return; /* the round's end wakes flushers */
     pthread_mutex_lock(&A.lock);
-    for (struct rec *r = list; r; r = r->next) {
-        if (r->w) {
-            r->w->rc = rc;
-            r->w->done = 1;
+    for (size_t i = 0; i < n; i++)
+        if (v[i].w) {
+            v[i].w->rc = rc;
+            v[i].w->done = 1;
         }
-        A.n_settled++;
-    }
     pthread_cond_broadcast(&A.settled);
     pthread_mutex_unlock(&A.lock);
-    while (list) {
-        struct rec *r = list;
-        list = r->next;
-        free(r->text);
-        free(r);
-    }
 }
 
 /* One batch, on the writer thread. */
-static void write_batch(struct rec *list)
+static void write_batch(const struct item *v, size_t n)
 {
     int was = atomic_load(&A.healthy), rc;
     if (A.fd < 0 && open_again("recovered") == 0)
         rhema_log(RHEMA_LOG_NOTICE, "audit", "%s opened again", A.path);
-    rc = write_records(list);
+    rc = write_records(v, n);
     atomic_store(&A.healthy, rc == 0);
     if (rc && was)
         rhema_log(RHEMA_LOG_ERROR, "audit", "%s%s", A.last_error,
                   A.fail_closed ? "; refusing requests (fail_closed)" : "; records are lost");
     else if (!rc && !was)
         rhema_log(RHEMA_LOG_NOTICE, "audit", "the audit log %s is written again", A.path);
-    settle(list, rc);
+    settle(v, n, rc);
+}
+
+/*
+ * Index the records of a taken buffer into A.items; add to *urgent those
+ * someone waits for, to *dropped those that could not be listed.
+ */
+static void index_records(const struct bytes *b, size_t *urgent, size_t *dropped)
+{
+    for (size_t off = 0; off < b->len;) {
+        struct rec_hdr h;
+        memcpy(&h, b->p + off, sizeof h);
+        if (A.n_items == A.items_cap) {
+            size_t ncap = A.items_cap ? A.items_cap * 2 : 256;
+            struct item *nv = realloc(A.items, ncap * sizeof *nv);
+            if (!nv) {
+                /* cannot even list them: each is refused (a waiter must hear) */
+                struct item one = {b->p + off + sizeof h, h.len, h.w, h.aw};
+                rhema_metrics_count(RHEMA_MX_AUDIT_DROPPED, 1);
+                settle(&one, 1, RHEMA_ENOMEM);
+                *urgent += h.w || h.aw;
+                ++*dropped;
+                off += REC_SPAN(h.len);
+                continue;
+            }
+            A.items = nv;
+            A.items_cap = ncap;
+        }
+        A.items[A.n_items++] = (struct item){b->p + off + sizeof h, h.len, h.w, h.aw};
+        *urgent += h.w || h.aw;
+        off += REC_SPAN(h.len);
+    }
+}
+
+/*
+ * Wait for something to do (A.lock held): records, a reopen, a flush, the
+ * stop.  The idle flag and the count are checked in the order the
+ * appenders set them in reverse (see append()), so no wake is lost.
+ */
+static void wait_for_work(void)
+{
+    while (atomic_load(&A.enqueued) == atomic_load(&A.taken) && !A.reopen && !A.flush &&
+           !A.stopping) {
+        atomic_store(&A.writer_idle, 1);
+        if (atomic_load(&A.enqueued) != atomic_load(&A.taken)) {
+            atomic_store(&A.writer_idle, 0);
+            break;
+        }
+        pthread_cond_wait(&A.wake, &A.lock);
+        atomic_store(&A.writer_idle, 0);
+    }
+}
+
+/*
+ * Let a batch grow (A.lock held): for batch_delay_ms when set; otherwise,
+ * while nobody waits for a queued record (the end records of requests
+ * already answered), for UNWAITED_DELAY_MS at most -- a record someone
+ * waits for, a full batch, a reopen, a flush or the stop end it.
+ */
+static void collect(void)
+{
+    long delay = A.delay_ms > 0 ? A.delay_ms : UNWAITED_DELAY_MS;
+    struct timespec until;
+    if (atomic_load(&A.enqueued) == atomic_load(&A.taken))
+        return; /* a reopen, a flush or the stop without records */
+    rhema_deadline_after(CLOCK_REALTIME, (uint64_t)delay * 1000000u, &until);
+    atomic_store(&A.writer_collecting, 1);
+    while (atomic_load(&A.enqueued) - atomic_load(&A.taken) < A.batch_max && !A.stopping &&
+           !A.reopen && !A.flush && (A.delay_ms > 0 || atomic_load(&A.urgent) == 0) &&
+           pthread_cond_timedwait(&A.wake, &A.lock, &until) == 0)
+        ;
+    atomic_store(&A.writer_collecting, 0);
+}
+
+/*
+ * One round (A.lock held on entry and on return): take every thread's
+ * buffer, write what they held in batches of batch_max, then reopen when
+ * asked (the records taken go to the old file).  1 once the log stops.
+ */
+static int round_(void)
+{
+    int reopen = A.reopen, stop = A.stopping;
+    A.reopen = A.flush = 0;
+    A.rounds_begun++;
+    struct tbuf **pp = &A.threads;
+    while (*pp) {
+        struct tbuf *t = *pp;
+        pthread_mutex_lock(&t->mu);
+        int gone = t->dead && t->cur.len == 0;
+        struct bytes b = t->cur;
+        t->cur = t->taken; /* emptied last round */
+        t->taken = b;
+        pthread_mutex_unlock(&t->mu);
+        if (gone) { /* its thread exited and it holds nothing */
+            *pp = t->next;
+            pthread_mutex_destroy(&t->mu);
+            free(t->cur.p);
+            free(t->taken.p);
+            free(t);
+            continue;
+        }
+        pp = &t->next;
+    }
+    /*
+     * A thread's first record adds its buffer at the head of the list (under
+     * A.lock, with nothing taken); only this thread takes buffers off it:
+     * the list from here on stays as it is without the lock.
+     */
+    struct tbuf *first = A.threads;
+    pthread_mutex_unlock(&A.lock);
+    size_t urgent = 0, dropped = 0;
+    A.n_items = 0;
+    for (struct tbuf *t = first; t; t = t->next)
+        index_records(&t->taken, &urgent, &dropped);
+    if (A.n_items + dropped) {
+        atomic_fetch_add(&A.taken, A.n_items + dropped);
+        atomic_fetch_sub(&A.urgent, urgent);
+        for (size_t i = 0; i < A.n_items; i += A.batch_max)
+            write_batch(A.items + i,
+                        A.n_items - i < A.batch_max ? A.n_items - i : A.batch_max);
+    }
+    for (struct tbuf *t = first; t; t = t->next) {
+        t->taken.len = 0;
+        if (t->taken.cap > TBUF_KEEP) { /* a burst is over: give its memory back */
+            free(t->taken.p);
+            t->taken = (struct bytes){0};
+        }
+    }
+    if (reopen)
+        do_reopen();
+    pthread_mutex_lock(&A.lock);
+    A.rounds_done++;
+    pthread_cond_broadcast(&A.settled);
+    return stop && atomic_load(&A.enqueued) == atomic_load(&A.taken);
 }
 
 static void *writer_main(void *arg)
@@ -431,106 +606,135 @@ static void *writer_main(void *arg)
     pthread_setname_np(pthread_self(), "rhema-audit");
     pthread_mutex_lock(&A.lock);
     for (;;) {
-        while (!A.head && !A.reopen && !A.stopping) {
-            A.writer_idle = 1;
-            pthread_cond_wait(&A.wake, &A.lock);
-            A.writer_idle = 0;
-        }
-        /*
-         * Let the batch grow: for batch_delay_ms when set; otherwise, while
-         * nobody waits for a queued record (the end records of requests
-         * already answered), for UNWAITED_DELAY_MS at most -- a record
-         * someone waits for, a full batch, a reopen or the stop end it.
-         */
-        long delay = A.delay_ms > 0 ? A.delay_ms : (A.urgent ? 0 : UNWAITED_DELAY_MS);
-        if (A.head && delay > 0 && A.queued < A.batch_max && !A.stopping && !A.reopen) {
-            struct timespec until;
-            rhema_deadline_after(CLOCK_REALTIME, (uint64_t)delay * 1000000u, &until);
-            A.writer_collecting = 1;
-            while (A.queued < A.batch_max && !A.stopping && !A.reopen &&
-                   (A.delay_ms > 0 || !A.urgent) &&
-                   pthread_cond_timedwait(&A.wake, &A.lock, &until) == 0)
-                ;
-            A.writer_collecting = 0;
-        }
-        int reopen = A.reopen;
-        size_t limit = A.batch_max;
-        if (reopen && A.reopen_at - A.taken < limit)
-            limit = (size_t)(A.reopen_at - A.taken); /* what came before the signal, first */
-        if (reopen && A.reopen_at - A.taken > limit)
-            reopen = 0; /* more old records than one batch: the next round */
-        A.reopen = A.reopen && !reopen;
-        struct rec *list = NULL, **end = &A.head;
-        size_t n = 0;
-        while (*end && n < limit) {
-            if ((*end)->w || (*end)->aw)
-                A.urgent--;
-            end = &(*end)->next;
-            n++;
-        }
-        if (n) { /* with n == 0 (a reopen first) the queue stays as it is */
-            list = A.head;
-            A.head = *end;
-            *end = NULL;
-            if (!A.head)
-                A.tail = &A.head;
-        }
-        A.queued -= n;
-        A.taken += n;
-        int stop = A.stopping && !A.head;
-        pthread_mutex_unlock(&A.lock);
-        if (n) /* with a reopen: the records queued before it, for the old file */
-            write_batch(list);
-        if (reopen)
-            do_reopen();
-        pthread_mutex_lock(&A.lock);
-        if (stop && !A.head)
+        wait_for_work();
+        if (atomic_load(&A.urgent) == 0 || A.delay_ms > 0)
+            collect();
+        if (round_())
             break;
     }
     pthread_mutex_unlock(&A.lock);
+    /* the last record of the file, after every record queued before the stop */
+    int rc = write_one(closed_record("shutdown"));
+    if (rc)
+        rhema_log(RHEMA_LOG_ERROR, "audit", "closing: %s", A.last_error);
     return NULL;
 }
 
 /* ---- any thread ---- */
 
-/*
- * Queue a record: text (malloc'd, consumed; NULL: out of memory).  With w,
- * the caller then waits for it; with aw, aw->done() is called once it
- * settled (unless RHEMA_ENOMEM is returned).
- */
-static int enqueue(char *text, size_t len, struct waiter *w, struct rhema_audit_wait *aw)
+static pthread_once_t tbuf_once = PTHREAD_ONCE_INIT;
+static pthread_key_t tbuf_key;
+static int tbuf_key_ok;
+static _Thread_local struct tbuf *my_tbuf;
+
+/* The calling thread's record under construction (freed when the thread exits). */
+static _Thread_local struct text my_text;
+
+static void tbuf_exit(void *p)
 {
-    struct rec *r = text ? malloc(sizeof *r) : NULL;
-    if (!r) {
+    struct tbuf *t = p;
+    free(my_text.p);
+    my_text = (struct text){0};
+    pthread_mutex_lock(&t->mu);
+    t->dead = 1; /* the writer frees it once empty */
+    pthread_mutex_unlock(&t->mu);
+}
+
+static void tbuf_key_make(void)
+{
+    tbuf_key_ok = pthread_key_create(&tbuf_key, tbuf_exit) == 0;
+}
+
+/* The calling thread's buffer, made on its first record; NULL without memory. */
+static struct tbuf *tbuf_mine(void)
+{
+    if (my_tbuf)
+        return my_tbuf;
+    pthread_once(&tbuf_once, tbuf_key_make);
+    struct tbuf *t = calloc(1, sizeof *t);
+    if (!t || !tbuf_key_ok || pthread_mutex_init(&t->mu, NULL) != 0) {
+        free(t);
+        return NULL;
+    }
+    pthread_setspecific(tbuf_key, t);
+    pthread_mutex_lock(&A.lock);
+    t->next = A.threads;
+    A.threads = t;
+    pthread_mutex_unlock(&A.lock);
+    return my_tbuf = t;
+}
+
+/* Wake the writer (a cond signal under its lock). */
+static void wake_writer(void)
+{
+    pthread_mutex_lock(&A.lock);
+    pthread_cond_signal(&A.wake);
+    pthread_mutex_unlock(&A.lock);
+}
+
+/*
+ * Queue a record: len bytes of text, copied.  With w, the caller then
+ * waits for it; with aw, aw->done() is called once it settled (unless
+ * RHEMA_ENOMEM is returned).
+ */
+static int enqueue(const char *text, size_t len, struct waiter *w, struct rhema_audit_wait *aw)
+{
+    struct tbuf *t = text ? tbuf_mine() : NULL;
+    int urgent = w || aw;
+    uint64_t before = 0;
+    if (t) {
+        if (urgent) /* before the record can be taken: the writer subtracts it */
+            atomic_fetch_add(&A.urgent, 1);
+        pthread_mutex_lock(&t->mu);
+        size_t need = t->cur.len + REC_SPAN(len);
+        if (need > t->cur.cap) {
+            size_t ncap = t->cur.cap ? t->cur.cap : 16384;
+            while (ncap < need)
+                ncap *= 2;
+            char *np = realloc(t->cur.p, ncap);
+            if (!np) {
+                pthread_mutex_unlock(&t->mu);
+                if (urgent)
+                    atomic_fetch_sub(&A.urgent, 1);
+                t = NULL;
+            } else {
+                t->cur.p = np;
+                t->cur.cap = ncap;
+            }
+        }
+        if (t) {
+            struct rec_hdr h = {len, w, aw};
+            memcpy(t->cur.p + t->cur.len, &h, sizeof h);
+            memcpy(t->cur.p + t->cur.len + sizeof h, text, len);
+            t->cur.len = need;
+            /* counted under mu: the writer never takes a record it has not counted */
+            before = atomic_fetch_add(&A.enqueued, 1);
+            pthread_mutex_unlock(&t->mu);
+        }
+    }
+    if (!t) {
         rhema_metrics_count(RHEMA_MX_AUDIT_DROPPED, 1);
-        free(text);
         return RHEMA_ENOMEM;
     }
-    r->next = NULL;
-    r->text = text;
-    r->len = len;
-    r->w = w;
-    r->aw = aw;
-    pthread_mutex_lock(&A.lock);
-    *A.tail = r;
-    A.tail = &r->next;
-    A.queued++;
-    A.enqueued++;
-    if (w || aw)
-        A.urgent++;
     /*
-     * Wake the writer for the first record of an empty queue, and, while it
-     * lets a batch grow, for a record someone waits for or a full batch;
-     * not for every record: on a busy server each wake-up was a futex call
-     * and a cross-CPU switch per request (about 10 us of CPU a GET here).
+     * Wake the writer for the first record it has not seen (it set idle
+     * before looking at the count, and we look at idle after counting), and,
+     * while it lets a batch grow, for a record someone waits for or a full
+     * batch; not for every record: on a busy server each wake-up was a
+     * futex call and a cross-CPU switch per request.
      */
-    if (A.writer_idle || (A.writer_collecting && (w || aw || A.queued >= A.batch_max)))
-        pthread_cond_signal(&A.wake);
-    if (w)
-        while (!w->done)
-            pthread_cond_wait(&A.settled, &A.lock);
+    if (atomic_load(&A.writer_idle) && atomic_exchange(&A.writer_idle, 0))
+        wake_writer();
+    else if (atomic_load(&A.writer_collecting) &&
+             (urgent || before + 1 - atomic_load(&A.taken) >= A.batch_max))
+        wake_writer();
+    if (!w)
+        return 0;
+    pthread_mutex_lock(&A.lock);
+    while (!w->done)
+        pthread_cond_wait(&A.settled, &A.lock);
     pthread_mutex_unlock(&A.lock);
-    return w ? w->rc : 0;
+    return w->rc;
 }
 
 /* Queue an object (consumed). */
@@ -539,7 +743,9 @@ static int enqueue_json(json_t *obj)
     size_t len = 0;
     char *text = obj ? rhema_audit_body_text(obj, &len) : NULL;
     json_decref(obj);
-    return enqueue(text, len, NULL, NULL);
+    int rc = enqueue(text, len, NULL, NULL);
+    free(text);
+    return rc;
 }
 
 static const char *outcome_of(int status)
@@ -550,13 +756,6 @@ static const char *outcome_of(int status)
         return "denied";
     return status < 500 ? "rejected" : "failed";
 }
-
-/* A growing text; oom set once an append failed. */
-struct text {
-    char *p;
-    size_t len, cap;
-    int oom;
-};
 
 static void put(struct text *t, const char *s, size_t n)
 {
@@ -633,14 +832,17 @@ static void put_uint(struct text *t, const char *key, unsigned long long v)
 }
 
 /*
- * A request's record, as text for enqueue() (malloc'd; NULL when out of
- * memory).  Written by hand, not through jansson: one per request, on the
- * worker's thread.
+ * A request's record, as text for enqueue() (the thread's own buffer,
+ * valid until its next record; NULL when out of memory).  Written by hand,
+ * not through jansson: one per request, on the worker's thread.
  */
-static char *request_record(const struct rhema_audit_request *a, const char *phase, size_t *len)
+static const char *request_record(const struct rhema_audit_request *a, const char *phase,
+                                  size_t *len)
 {
     char ts[RHEMA_TIME_MAX], hmac[RHEMA_AUDIT_HMAC_TEXT];
-    struct text t = {0};
+    struct text t = my_text;
+    t.len = 0;
+    t.oom = 0;
     rhema_time_format(rhema_realtime_ms(), ts);
     puts_(&t, "{\"time\":");
     put_str(&t, ts);
@@ -687,10 +889,9 @@ static char *request_record(const struct rhema_audit_request *a, const char *pha
     } else {
         puts_(&t, ",\"outcome\":\"pending\"");
     }
-    if (t.oom) {
-        free(t.p);
+    my_text = t; /* its buffer, grown or not, for the next record */
+    if (t.oom)
         return NULL;
-    }
     *len = t.len;
     return t.p;
 }
@@ -708,7 +909,7 @@ int rhema_audit_request_begin(const struct rhema_audit_request *a, int writes,
         return rhema_set_errbuf(why, RHEMA_EIO, "the audit log cannot be written");
     }
     size_t len = 0;
-    char *text = request_record(a, "begin", &len);
+    const char *text = request_record(a, "begin", &len);
     rc = enqueue(text, len, &w, NULL);
     if (rc && A.fail_closed)
         return rhema_set_errbuf(why, RHEMA_EIO,
@@ -719,7 +920,7 @@ int rhema_audit_request_begin(const struct rhema_audit_request *a, int writes,
 int rhema_audit_request_submit(const struct rhema_audit_request *a, struct rhema_audit_wait *w)
 {
     size_t len = 0;
-    char *text = request_record(a, "begin", &len);
+    const char *text = request_record(a, "begin", &len);
     return enqueue(text, len, NULL, w);
 }
 
@@ -733,8 +934,11 @@ void rhema_audit_flush(void)
     if (!atomic_load(&A.open))
         return;
     pthread_mutex_lock(&A.lock);
-    uint64_t target = A.enqueued;
-    while (A.n_settled < target)
+    /* every record queued before now is in a buffer the next round takes */
+    uint64_t want = A.rounds_begun + 1;
+    A.flush = 1;
+    pthread_cond_signal(&A.wake);
+    while (A.rounds_done < want)
         pthread_cond_wait(&A.settled, &A.lock);
     pthread_mutex_unlock(&A.lock);
 }
@@ -742,10 +946,9 @@ void rhema_audit_flush(void)
 void rhema_audit_request_end(const struct rhema_audit_request *a)
 {
     size_t len = 0;
-    char *text;
     if (!atomic_load(&A.open))
         return;
-    text = request_record(a, "end", &len);
+    const char *text = request_record(a, "end", &len);
     enqueue(text, len, NULL, NULL);
 }
 
@@ -764,8 +967,7 @@ void rhema_audit_reopen(void)
     if (!atomic_load(&A.open))
         return;
     pthread_mutex_lock(&A.lock);
-    A.reopen = 1;
-    A.reopen_at = A.enqueued;
+    A.reopen = 1; /* after the records queued by then (and those it finds with them) */
     pthread_cond_signal(&A.wake);
     pthread_mutex_unlock(&A.lock);
 }
@@ -833,11 +1035,18 @@ int rhema_audit_open(const struct rhema_config *cfg, char **err)
     A.batch_max = (size_t)i;
     rhema_config_get_int(cfg, "security.audit.batch_delay_ms", &i);
     A.delay_ms = (long)i;
-    A.head = NULL;
-    A.tail = &A.head;
-    A.queued = 0;
-    A.enqueued = A.taken = A.n_settled = A.reopen_at = 0;
-    A.reopen = A.stopping = 0;
+    pthread_mutex_lock(&A.lock);
+    for (struct tbuf *t = A.threads; t; t = t->next) { /* records queued while closed: none */
+        pthread_mutex_lock(&t->mu);
+        t->cur.len = 0;
+        pthread_mutex_unlock(&t->mu);
+    }
+    atomic_store(&A.enqueued, 0);
+    atomic_store(&A.taken, 0);
+    atomic_store(&A.urgent, 0);
+    A.rounds_begun = A.rounds_done = 0;
+    A.reopen = A.flush = A.stopping = 0;
+    pthread_mutex_unlock(&A.lock);
     if (!(A.path = strdup(file))) {
         rc = rhema_set_error(err, RHEMA_ENOMEM, "out of memory");
         goto fail;
@@ -881,9 +1090,8 @@ void rhema_audit_close(void)
 {
     if (!atomic_load(&A.open))
         return;
-    enqueue_json(closed_record("shutdown"));
     pthread_mutex_lock(&A.lock);
-    A.stopping = 1;
+    A.stopping = 1; /* the writer ends the file with "audit.closed" */
     pthread_cond_signal(&A.wake);
     pthread_mutex_unlock(&A.lock);
     pthread_join(A.thread, NULL);

@@ -52,7 +52,7 @@ void rhema_audit_close(void);
 int rhema_audit_enabled(void);
 /* Did the last batch of records reach the file (GET /health's audit_log component)? */
 int rhema_audit_healthy(void);
-/* Records queued for the writer now (the metrics' queue depth gauge; takes the queue lock). */
+/* Records queued for the writer now (the metrics' queue depth gauge; two atomic loads). */
 size_t rhema_audit_queued(void);
 
 /*

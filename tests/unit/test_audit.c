@@ -345,6 +345,133 @@ static void writer_end_to_end(void **state)
 }
 
 /*
+ * Records from many threads, each appending to a buffer of its own: every
+ * record reaches the file exactly once, each thread's in the order it
+ * wrote them, blocking and called-back writes among them; threads that
+ * exited leave nothing behind, and a second open in the same process
+ * (buffers of live and exited threads) starts clean.  The file ends with
+ * the close record and its chain verifies.
+ */
+#define T_THREADS 4
+#define T_RECORDS 3000
+
+struct producer {
+    int no;
+    int failed;
+};
+
+static void *produce(void *arg)
+{
+    struct producer *pr = arg;
+    char id[32], why[RHEMA_ERRMSG_MAX];
+    struct rhema_audit_request a = {.key_id = "k", .client = "127.0.0.1:9", .method = "GET",
+                                    .route = "/v1/sessions/{id}", .status = 200};
+    for (int i = 0; i < T_RECORDS; i++) {
+        snprintf(id, sizeof id, "t%d-%05d", pr->no, i);
+        a.request_id = id;
+        if (i % 500 == 7) { /* a write: its begin record is durable on return */
+            if (rhema_audit_request_begin(&a, 1, why) != 0)
+                pr->failed++;
+        } else if (i % 500 == 9) {
+            struct submitted sub = {.wait.done = submitted_done,
+                                    .lock = PTHREAD_MUTEX_INITIALIZER,
+                                    .cond = PTHREAD_COND_INITIALIZER};
+            if (rhema_audit_request_submit(&a, &sub.wait) != 0) {
+                pr->failed++;
+                continue;
+            }
+            pthread_mutex_lock(&sub.lock);
+            while (!sub.done)
+                pthread_cond_wait(&sub.cond, &sub.lock);
+            pthread_mutex_unlock(&sub.lock);
+            pr->failed += sub.rc != 0;
+        } else {
+            rhema_audit_request_end(&a);
+        }
+    }
+    return NULL;
+}
+
+static void one_run(const char *file, long *lines)
+{
+    char o1[300], *err = NULL, why[RHEMA_ERRMSG_MAX];
+    struct rhema_config cfg;
+    struct rhema_audit_verifier v;
+    pthread_t th[T_THREADS];
+    struct producer pr[T_THREADS];
+    snprintf(o1, sizeof o1, "security.audit.file=%s", file);
+    const char *const ov[] = {"security.audit.enabled=true", o1, "security.audit.fsync=false",
+                              "persistence.backend=memory"};
+    assert_int_equal(rhema_config_load(&cfg, NULL, ov, 4, NULL, &err), 0);
+    assert_int_equal(rhema_audit_open(&cfg, &err), 0);
+    for (int k = 0; k < T_THREADS; k++) {
+        pr[k] = (struct producer){.no = k};
+        assert_int_equal(pthread_create(&th[k], NULL, produce, &pr[k]), 0);
+    }
+    for (int k = 0; k < T_THREADS; k++) {
+        pthread_join(th[k], NULL);
+        assert_int_equal(pr[k].failed, 0);
+    }
+    rhema_audit_request_end(&(struct rhema_audit_request){.request_id = "main", .method = "GET"});
+    rhema_audit_flush();
+    assert_int_equal(rhema_audit_queued(), 0);
+    rhema_audit_close();
+    rhema_config_release(&cfg);
+
+    /* each thread's records, once each, in order */
+    int next[T_THREADS] = {0};
+    char *line = NULL, last[256] = "";
+    size_t cap = 0;
+    ssize_t n;
+    long count = 0;
+    FILE *f = fopen(file, "r");
+    assert_non_null(f);
+    while ((n = getline(&line, &cap, f)) > 0) {
+        count++;
+        snprintf(last, sizeof last, "%s", line);
+        if (strstr(line, "\"audit.opened\"")) /* a run begins (the file holds them all) */
+            memset(next, 0, sizeof next);
+        assert_null(strstr(line, "\"closed\"")); /* queued while the log was closed */
+        const char *r = strstr(line, "\"request_id\":\"t");
+        if (!r)
+            continue;
+        int t = -1, i = -1;
+        assert_int_equal(sscanf(r, "\"request_id\":\"t%d-%d\"", &t, &i), 2);
+        assert_true(t >= 0 && t < T_THREADS);
+        assert_int_equal(i, next[t]);
+        next[t]++;
+    }
+    free(line);
+    fclose(f);
+    for (int k = 0; k < T_THREADS; k++)
+        assert_int_equal(next[k], T_RECORDS);
+    assert_non_null(strstr(last, "\"audit.closed\""));
+    rhema_audit_verifier_init(&v);
+    assert_int_equal(verify_path(file, &v, 1), count);
+    assert_int_equal(rhema_audit_verify_file_end(&v, why), 0);
+    *lines = count;
+}
+
+static void threads_records_once_in_order(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/test_audit.XXXXXX", file[256], key[300];
+    long first = 0, second = 0;
+    assert_non_null(mkdtemp(dir));
+    snprintf(file, sizeof file, "%s/audit.log", dir);
+    snprintf(key, sizeof key, "%s.key", file);
+    one_run(file, &first);
+    assert_int_equal(first, 1 + T_THREADS * T_RECORDS + 1 + 1); /* opened, records, main, closed */
+    /* queued while closed: never written */
+    rhema_audit_request_end(&(struct rhema_audit_request){.request_id = "closed", .method = "GET"});
+    one_run(file, &second); /* the chain goes on in the same file */
+    assert_int_equal(second, 2 * first);
+    unlink(file);
+    unlink(key);
+    rmdir(dir);
+}
+
+/*
  * The hashes come from OpenSSL with per-thread contexts and a cached keyed
  * state: each must equal libsodium's one-shot answer, for messages of every
  * length around the block size, and a change of key must not reuse the
@@ -387,6 +514,7 @@ int main(void)
         cmocka_unit_test(hmac_key_file),
         cmocka_unit_test(hashes_match_libsodium),
         cmocka_unit_test(writer_end_to_end),
+        cmocka_unit_test(threads_records_once_in_order),
     };
     if (sodium_init() < 0)
         return 1;
