@@ -4,7 +4,8 @@
  * Features DURABLE | TTL | LEASES.  Not SHARED (other hosts must not use
  * the directory), but several processes of one host may share it: every
  * write transaction and lease change runs under an exclusive flock(2) of
- * LOCK, every read under a shared one.
+ * LOCK, every read under a shared one -- except a get() the read cache
+ * answers (see "the read cache" below), which takes no lock.
  *
  * Configuration (persistence.file):
  *   directory = "files";  created with its parents (mode 0750)
@@ -194,6 +195,8 @@ struct rhema_storage_instance {
     size_t purge_ns, purge_pos;
 
     struct rhema_rate_table *rate; /* rate(): in memory, its own lock */
+
+    struct fl_cache *cache; /* get()'s values, served without the flock (see below) */
 };
 
 struct fl_op {
@@ -527,6 +530,211 @@ static void record_header(unsigned char h[REC_HDR], const char *key, size_t key_
     sum = fnv1a64(sum, key, key_len);
     sum = fnv1a64(sum, value, value_len);
     put64(h + 32, sum);
+}
+
+/* ---- the read cache ----
+ *
+ * A reader that takes the shared flock waits for every writer, and a
+ * writer holds the exclusive one through its fsyncs (a file, its
+ * directory, a journal: milliseconds each, and a transaction of the
+ * access-count flush writes dozens of files): on a busy node a GET waited
+ * up to 180 ms behind them.  So get() first looks in a cache of values
+ * that never waits on the flock:
+ *
+ *   - a value is cached with the generation (LOCK header) it is valid at;
+ *     the cache as a whole is valid at one generation, cache->gen;
+ *   - the fast path reads the header without any lock (one pread): if
+ *     its generation is the cache's (nothing changed since), or the one a
+ *     writer of this process is committing (cache->writing_gen: the write
+ *     is not acknowledged yet, the value before it is the committed one),
+ *     the cached value is the answer (a journal pending at such a
+ *     generation is this process's: the cache holds the state before it,
+ *     or the committed one after it).  Any other generation -- another
+ *     process wrote, a journal was replayed, a restore -- sends the reader
+ *     down the locked path, which refills the cache at the newer
+ *     generation (dropping everything older);
+ *   - a key found absent by the locked path is cached as absent too (a
+ *     GET of a missing key does not wait either);
+ *   - a writer of this process writes through: under its exclusive lock it
+ *     marks the generation it commits, and once committed puts its new
+ *     values in and moves the cache to that generation, before it
+ *     returns (and so before its write is acknowledged);
+ *   - a read that linearises at its pread of the header is linearisable:
+ *     a write of another process that it does not see began after it.
+ *
+ * Bounded: FC_SETS sets of FC_WAYS entries (a key's set by its hash; a
+ * full set replaces one at random), values up to FC_VALUE_MAX,
+ * FC_BYTES_MAX in all (past that nothing new is cached until entries are
+ * replaced or cleared).
+ */
+#define FC_SETS 4096u
+#define FC_WAYS 4u
+#define FC_VALUE_MAX (64u * 1024u)
+#define FC_BYTES_MAX ((size_t)64 << 20)
+
+struct fc_entry {
+    char *ns_key; /* ns '\0' key '\0', then the value; NULL: an empty slot */
+    uint64_t hash, version, expires_ms;
+    size_t ns_len, key_len, value_len;
+    int absent; /* the key does not exist (version, value: none) */
+};
+
+struct fl_cache {
+    pthread_mutex_t mu;
+    uint64_t gen;         /* every entry is valid at it; 0: none (empty) */
+    uint64_t writing_gen; /* a writer of this process is committing it; 0: none */
+    size_t bytes;
+    unsigned victim; /* the way a full set gives up next */
+    struct fc_entry slot[FC_SETS * FC_WAYS];
+};
+
+static uint64_t fc_hash(const char *ns, const char *key)
+{
+    return fnv1a64(fnv1a64(FNV_OFFSET, ns, strlen(ns) + 1), key, strlen(key));
+}
+
+static void fc_drop(struct fl_cache *fc, struct fc_entry *e)
+{
+    if (e->ns_key) {
+        fc->bytes -= e->ns_len + e->key_len + 2 + e->value_len;
+        free(e->ns_key);
+    }
+    memset(e, 0, sizeof *e);
+}
+
+static void fc_clear(struct fl_cache *fc)
+{
+    for (size_t i = 0; i < FC_SETS * FC_WAYS; i++)
+        fc_drop(fc, &fc->slot[i]);
+}
+
+static struct fc_entry *fc_set(struct fl_cache *fc, uint64_t h)
+{
+    return &fc->slot[(h & (FC_SETS - 1)) * FC_WAYS];
+}
+
+static struct fc_entry *fc_find(struct fl_cache *fc, uint64_t h, const char *ns, const char *key)
+{
+    struct fc_entry *set = fc_set(fc, h);
+    for (unsigned w = 0; w < FC_WAYS; w++) {
+        struct fc_entry *e = &set[w];
+        if (e->ns_key && e->hash == h && strcmp(e->ns_key, ns) == 0 &&
+            strcmp(e->ns_key + e->ns_len + 1, key) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+/*
+ * Put a value, or the key's absence (mu held).  A value
+ * too large or past the budget is left out (and the key's entry dropped).
+ */
+static void fc_put(struct fl_cache *fc, const char *ns, const char *key, uint64_t version,
+                   uint64_t expires_ms, const void *value, size_t value_len, int absent)
+{
+    uint64_t h = fc_hash(ns, key);
+    struct fc_entry *e = fc_find(fc, h, ns, key);
+    size_t nl = strlen(ns), kl = strlen(key), need = nl + kl + 2 + value_len;
+    if (e == NULL) {
+        struct fc_entry *set = fc_set(fc, h);
+        for (unsigned w = 0; w < FC_WAYS && e == NULL; w++)
+            if (set[w].ns_key == NULL)
+                e = &set[w];
+        if (e == NULL)
+            e = &set[fc->victim++ % FC_WAYS];
+    }
+    fc_drop(fc, e);
+    if (value_len > FC_VALUE_MAX || fc->bytes + need > FC_BYTES_MAX)
+        return;
+    char *p = malloc(need);
+    if (p == NULL)
+        return;
+    memcpy(p, ns, nl + 1);
+    memcpy(p + nl + 1, key, kl + 1);
+    if (value_len)
+        memcpy(p + nl + kl + 2, value, value_len);
+    *e = (struct fc_entry){p, h, version, expires_ms, nl, kl, value_len, absent};
+    fc->bytes += need;
+}
+
+/*
+ * What the locked path read at generation gen (or that the key is
+ * absent): cached unless the cache has moved past gen (a writer of this
+ * process committed since); a newer gen empties it first.
+ */
+static void fc_fill(rhema_storage_instance *in, uint64_t gen, const char *ns, const char *key,
+                    uint64_t version, uint64_t expires_ms, const void *value, size_t value_len,
+                    int absent)
+{
+    struct fl_cache *fc = in->cache;
+    if (fc == NULL || gen == 0)
+        return;
+    pthread_mutex_lock(&fc->mu);
+    if (gen > fc->gen && fc->writing_gen == 0) {
+        fc_clear(fc);
+        fc->gen = gen;
+    }
+    if (gen == fc->gen)
+        fc_put(fc, ns, key, version, expires_ms, value, value_len, absent);
+    pthread_mutex_unlock(&fc->mu);
+}
+
+/*
+ * A writer of this process (exclusive flock held, LOCK header at `gen`) is
+ * about to commit generation gen + 1: readers may go on serving the
+ * cache, as long as it holds generation gen.
+ */
+static void fc_write_begin(rhema_storage_instance *in, uint64_t gen)
+{
+    struct fl_cache *fc = in->cache;
+    if (fc == NULL)
+        return;
+    pthread_mutex_lock(&fc->mu);
+    if (fc->gen != gen) { /* stale: an empty cache is valid at any generation */
+        fc_clear(fc);
+        fc->gen = gen;
+    }
+    fc->writing_gen = gen + 1;
+    pthread_mutex_unlock(&fc->mu);
+}
+
+/*
+ * The get() fast path: 0 with *out (in c->buf), or RHEMA_ENOTFOUND, when
+ * the cache answers; 1 when the locked path must.  Never waits on the
+ * flock.
+ */
+static int fc_get(rhema_storage_conn *c, const char *ns, const char *key,
+                  struct rhema_storage_value *out)
+{
+    rhema_storage_instance *in = c->in;
+    struct fl_cache *fc = in->cache;
+    struct fl_hdr h;
+    int rc = 1;
+    /*
+     * A pending journal at a generation the cache knows is this process's
+     * (a transaction of several writes being applied, or one whose applying
+     * failed after its commit point): the cache holds the state before it,
+     * or the committed state after it.  Another process's journal comes
+     * with a generation of its own.
+     */
+    if (fc == NULL || hdr_read(c->lockfd, &h) != 0 || h.gen == 0)
+        return 1;
+    uint64_t hash = fc_hash(ns, key), now = now_ms(in);
+    pthread_mutex_lock(&fc->mu);
+    if (fc->gen != 0 && (h.gen == fc->gen || (fc->writing_gen != 0 && h.gen == fc->writing_gen))) {
+        struct fc_entry *e = fc_find(fc, hash, ns, key);
+        if (e != NULL && (e->absent || (e->expires_ms != 0 && e->expires_ms <= now))) {
+            rc = RHEMA_ENOTFOUND; /* absent at this generation, or expired since */
+        } else if (e != NULL && grow((void **)&c->buf, &c->buf_cap, e->value_len + 1, 1) == 0) {
+            memcpy(c->buf, e->ns_key + e->ns_len + e->key_len + 2, e->value_len);
+            out->data = c->buf;
+            out->len = e->value_len;
+            out->version = e->version;
+            rc = 0;
+        }
+    }
+    pthread_mutex_unlock(&fc->mu);
+    return rc;
 }
 
 struct record {
@@ -1440,6 +1648,11 @@ static void instance_free(rhema_storage_instance *in)
         close(in->rootfd);
     pthread_mutex_destroy(&in->mu);
     rhema_rate_table_free(in->rate);
+    if (in->cache != NULL) {
+        fc_clear(in->cache);
+        pthread_mutex_destroy(&in->cache->mu);
+        free(in->cache);
+    }
     free(in->dir);
     free(in);
 }
@@ -1560,7 +1773,12 @@ static int fl_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
     }
     in->dir = strdup(dir);
     in->rate = rhema_rate_table_new(RATE_MAX_KEYS);
-    if (in->dir == NULL || in->rate == NULL) {
+    in->cache = calloc(1, sizeof *in->cache);
+    if (in->cache != NULL && pthread_mutex_init(&in->cache->mu, NULL) != 0) {
+        free(in->cache);
+        in->cache = NULL;
+    }
+    if (in->dir == NULL || in->rate == NULL || in->cache == NULL) {
         rc = host->set_error(err, RHEMA_ENOMEM, "file: out of memory");
         goto fail;
     }
@@ -1671,21 +1889,30 @@ static int fl_get(rhema_storage_conn *c, const char *ns, const char *key,
     struct fl_entry *e;
     struct record r;
     char fname[NAME_BUF];
-    uint64_t version;
+    uint64_t version, expires_ms, gen;
     int dirfd, rc = check_ns_key(c, ns, key);
 
     if (rc != 0)
         return rc;
+    if ((rc = fc_get(c, ns, key, out)) != 1) { /* the read cache: no flock */
+        if (rc == RHEMA_ENOTFOUND)
+            conn_error(c, "key not found");
+        return rc;
+    }
     if ((rc = begin(c, 0)) != 0)
         return rc;
     e = ns_find(ns_get(in, ns, 0), key);
     if (e == NULL || !entry_live(e, now_ms(in))) {
+        gen = c->hdr.gen;
         end(c);
+        fc_fill(in, gen, ns, key, 0, 0, NULL, 0, 1); /* absent (or expired) at gen */
         conn_error(c, "key not found");
         return RHEMA_ENOTFOUND;
     }
     snprintf(fname, sizeof fname, "%s", e->fname);
     version = e->version;
+    expires_ms = e->expires_ms;
+    gen = c->hdr.gen;
     dirfd = ns_get(in, ns, 0)->dirfd;
     unlock_index(c);
     rc = record_read(c, dirfd, fname, &c->buf, &c->buf_cap, &r);
@@ -1698,6 +1925,7 @@ static int fl_get(rhema_storage_conn *c, const char *ns, const char *key,
     }
     if (rc != 0)
         return rc;
+    fc_fill(in, gen, ns, key, r.version, expires_ms, r.value, r.value_len, 0);
     out->data = r.value;
     out->len = r.value_len;
     out->version = r.version;
@@ -2025,6 +2253,36 @@ static int prepare_write(rhema_storage_conn *c, struct rhema_storage_write *ws, 
 }
 
 /*
+ * The writer's side of the read cache, after commit() (exclusive flock
+ * held; gen0 the generation before it): committed values go in and the
+ * cache moves to the new generation; a commit whose outcome is unsure
+ * empties it; nothing applied leaves it as it was.
+ */
+static void fc_write_end(rhema_storage_conn *c, uint64_t gen0, int applied, int rc)
+{
+    struct fl_cache *fc = c->in->cache;
+    if (fc == NULL)
+        return;
+    pthread_mutex_lock(&fc->mu);
+    fc->writing_gen = 0;
+    if (applied && rc == 0 && c->hdr.gen == gen0 + 1) {
+        for (size_t i = 0; i < c->n_ops; i++) {
+            const struct fl_op *op = &c->ops[i];
+            if (op->is_put)
+                fc_put(fc, op->ns->name, op_key(op), op->version, op->expires_ms, op->w->value,
+                       op->w->value_len, 0);
+            else
+                fc_put(fc, op->ns->name, op_key(op), 0, 0, NULL, 0, 1); /* now absent */
+        }
+        fc->gen = c->hdr.gen;
+    } else if (applied) {
+        fc_clear(fc);
+        fc->gen = 0;
+    }
+    pthread_mutex_unlock(&fc->mu);
+}
+
+/*
  * One write transaction over n members (a batch is a group of one): each
  * member all or nothing, all of them committed together.  Returns 0 when
  * the group was committed (members' results in g[i].result), or an error
@@ -2067,6 +2325,8 @@ static int write_group(rhema_storage_conn *c, struct rhema_storage_batch *g, siz
         end(c);
         return 0;
     }
+    uint64_t gen0 = c->hdr.gen;
+    fc_write_begin(in, gen0);
     rc = commit(c, counter, &applied);
     if (applied) {
         for (i = 0; i < c->n_ops && in->loaded; i++) {
@@ -2078,6 +2338,7 @@ static int write_group(rhema_storage_conn *c, struct rhema_storage_batch *g, siz
                 in->loaded = 0; /* reloaded from the files by the next call */
         }
     }
+    fc_write_end(c, gen0, applied, rc);
     if (rc == 0)
         for (i = 0; i < c->n_ops; i++)
             if (c->ops[i].is_put)

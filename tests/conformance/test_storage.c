@@ -23,6 +23,11 @@
  * sharing the file, a process killed while it holds the file's lock
  * blocks nobody, a truncated or garbage file reinitialized, and a full
  * table (rate_max_keys) forgetting the key that rests first.
+ * The file backend gets the checks of its read cache: a get() of a value
+ * it holds answers while another holder keeps the directory's exclusive
+ * flock (a writer in its fsyncs), but not once that holder has moved the
+ * generation (another process committing); and another instance's writes
+ * (another process sharing the directory) are seen, deletes too.
  * The postgres and redis backends, when built with their client libraries,
  * get the same look at the server: a schema made before rate() gains its
  * table and rows at rest are purged (postgres); a state lives under the
@@ -37,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1379,6 +1385,245 @@ static void postgres_watch_lost(const struct rhema_storage_plugin *vt)
 /* ---- main ---- */
 
 /* Run the suite on one backend, plus its own checks. */
+
+/* ---- the file backend's read cache ---- */
+
+static int fl_open_dir(const struct rhema_storage_plugin *vt, struct rhema_config *cfg,
+                       const char *dir, rhema_storage_instance **inst, rhema_storage_conn **c,
+                       char *msg, size_t cap)
+{
+    char ov_dir[700], *err = NULL;
+    const char *ov[] = {ov_dir};
+    int rc;
+    snprintf(ov_dir, sizeof ov_dir, "persistence.file.directory=%s", dir);
+    *inst = NULL;
+    *c = NULL;
+    if (load_config(cfg, "file", "read cache", ov, 1) != 0) {
+        snprintf(msg, cap, "configuration");
+        return -1;
+    }
+    rc = vt->open(rhema_host_get(), rhema_config_plugin_group(cfg, RHEMA_KIND_STORAGE, "file"),
+                  inst, &err);
+    if (rc == 0 && (rc = vt->connect(*inst, c, &err)) != 0) {
+        vt->close(*inst);
+        *inst = NULL;
+    }
+    if (rc != 0) {
+        snprintf(msg, cap, "open/connect %s: %s: %s", dir, rhema_strerror(rc), err ? err : "");
+        free(err);
+        rhema_config_release(cfg);
+        return -1;
+    }
+    return 0;
+}
+
+static int fl_put_value(const struct rhema_storage_plugin *vt, rhema_storage_conn *c,
+                        const char *key, const char *value)
+{
+    struct rhema_storage_write w = {.size = sizeof w,
+                                    .op = RHEMA_WRITE_PUT,
+                                    .ns = "fc",
+                                    .key = key,
+                                    .value = value,
+                                    .value_len = strlen(value),
+                                    .expected_version = RHEMA_VERSION_ANY};
+    return vt->put(c, &w);
+}
+
+/* A get() on a thread of its own, so that the test can see whether it waits. */
+struct bg_get {
+    const struct rhema_storage_plugin *vt;
+    rhema_storage_conn *c;
+    const char *key;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done, rc;
+    char value[64];
+};
+
+static void *bg_get_main(void *arg)
+{
+    struct bg_get *g = arg;
+    struct rhema_storage_value v;
+    int rc = g->vt->get(g->c, "fc", g->key, &v);
+    pthread_mutex_lock(&g->mu);
+    if (rc == 0)
+        snprintf(g->value, sizeof g->value, "%.*s", (int)v.len, (const char *)v.data);
+    g->rc = rc;
+    g->done = 1;
+    pthread_cond_signal(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+    return NULL;
+}
+
+/* Wait up to ms for the get to finish: 1 when it did. */
+static int bg_wait(struct bg_get *g, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&g->mu);
+    while (!g->done && pthread_cond_timedwait(&g->cv, &g->mu, &ts) == 0)
+        ;
+    int done = g->done;
+    pthread_mutex_unlock(&g->mu);
+    return done;
+}
+
+static void file_read_cache(const struct rhema_storage_plugin *vt)
+{
+    const char *test = "read cache: get() does not wait for a writer's flock";
+    char dir[600], lockpath[700], msg[1024] = "";
+    struct rhema_config cfg, cfg2;
+    rhema_storage_instance *inst = NULL, *inst2 = NULL;
+    rhema_storage_conn *c = NULL, *c2 = NULL, *cg = NULL;
+    struct rhema_storage_value v;
+    char *err = NULL;
+    int rc, hfd = -1;
+
+    snprintf(dir, sizeof dir, "%s/file-cache", tmpdir);
+    snprintf(lockpath, sizeof lockpath, "%s/LOCK", dir);
+    if (fl_open_dir(vt, &cfg, dir, &inst, &c, msg, sizeof msg) != 0)
+        goto out;
+    if ((rc = vt->connect(inst, &cg, &err)) != 0) {
+        snprintf(msg, sizeof msg, "connect: %s: %s", rhema_strerror(rc), err ? err : "");
+        goto out;
+    }
+    if ((rc = fl_put_value(vt, c, "k", "one")) != 0) {
+        snprintf(msg, sizeof msg, "put: %s: %s", rhema_strerror(rc), vt->errmsg(c));
+        goto out;
+    }
+    if ((rc = vt->get(c, "fc", "none", &v)) != RHEMA_ENOTFOUND) { /* absent: cached too */
+        snprintf(msg, sizeof msg, "get of a missing key: %s", rhema_strerror(rc));
+        goto out;
+    }
+    /* another holder of the exclusive flock (a writer in its fsyncs) */
+    hfd = open(lockpath, O_RDWR | O_CLOEXEC);
+    if (hfd < 0 || flock(hfd, LOCK_EX) != 0) {
+        snprintf(msg, sizeof msg, "open/flock %s: %s", lockpath, strerror(errno));
+        goto out;
+    }
+    {
+        struct bg_get g = {.vt = vt, .c = cg, .key = "k", .mu = PTHREAD_MUTEX_INITIALIZER,
+                           .cv = PTHREAD_COND_INITIALIZER};
+        pthread_t th;
+        pthread_create(&th, NULL, bg_get_main, &g);
+        int done = bg_wait(&g, 10000); /* generous: it does not wait at all */
+        if (!done)
+            snprintf(msg, sizeof msg, "get() of a cached value waited for the exclusive flock");
+        else if (g.rc != 0 || strcmp(g.value, "one") != 0)
+            snprintf(msg, sizeof msg, "get() under the flock: %s, '%s'", rhema_strerror(g.rc),
+                     g.value);
+        if (!done)
+            flock(hfd, LOCK_UN); /* let it finish */
+        pthread_join(th, NULL);
+        if (done && !msg[0]) {
+            struct bg_get g2 = {.vt = vt, .c = cg, .key = "none",
+                                .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+            pthread_create(&th, NULL, bg_get_main, &g2);
+            done = bg_wait(&g2, 10000);
+            if (!done)
+                snprintf(msg, sizeof msg, "get() of a key known absent waited for the flock");
+            else if (g2.rc != RHEMA_ENOTFOUND)
+                snprintf(msg, sizeof msg, "get() of a missing key under the flock: %s",
+                         rhema_strerror(g2.rc));
+            if (!done)
+                flock(hfd, LOCK_UN);
+            pthread_join(th, NULL);
+        }
+    }
+    tap("file", test, msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+    test = "read cache: a holder that moved the generation is waited for";
+    if (msg[0])
+        goto out;
+    {
+        /* as another process does when it commits: the header's generation moves */
+        unsigned char hdr[48];
+        uint64_t gen = 0;
+        if (pread(hfd, hdr, sizeof hdr, 0) != (ssize_t)sizeof hdr) {
+            snprintf(msg, sizeof msg, "read LOCK: %s", strerror(errno));
+            goto out;
+        }
+        for (int i = 7; i >= 0; i--)
+            gen = gen << 8 | hdr[8 + i];
+        gen++;
+        for (int i = 0; i < 8; i++)
+            hdr[8 + i] = (unsigned char)(gen >> (8 * i));
+        if (pwrite(hfd, hdr, sizeof hdr, 0) != (ssize_t)sizeof hdr) {
+            snprintf(msg, sizeof msg, "write LOCK: %s", strerror(errno));
+            goto out;
+        }
+        struct bg_get g = {.vt = vt, .c = cg, .key = "k", .mu = PTHREAD_MUTEX_INITIALIZER,
+                           .cv = PTHREAD_COND_INITIALIZER};
+        pthread_t th;
+        pthread_create(&th, NULL, bg_get_main, &g);
+        /* a slow machine only makes an early answer less likely */
+        if (bg_wait(&g, 300))
+            snprintf(msg, sizeof msg, "get() answered from the cache while another process "
+                                      "held the lock and had moved the generation");
+        flock(hfd, LOCK_UN);
+        if (!bg_wait(&g, 30000))
+            snprintf(msg, sizeof msg, "get() did not answer once the lock was released");
+        else if (!msg[0] && (g.rc != 0 || strcmp(g.value, "one") != 0))
+            snprintf(msg, sizeof msg, "get() after the release: %s, '%s'", rhema_strerror(g.rc),
+                     g.value);
+        pthread_join(th, NULL);
+    }
+    tap("file", test, msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+    test = "read cache: another instance's writes and deletes are seen";
+    if (msg[0])
+        goto out;
+    if (fl_open_dir(vt, &cfg2, dir, &inst2, &c2, msg, sizeof msg) != 0)
+        goto out;
+    for (int round = 0; round < 3 && !msg[0]; round++) {
+        char val[32];
+        snprintf(val, sizeof val, "two-%d", round);
+        if ((rc = vt->get(c, "fc", "k", &v)) != 0) /* cached on the first instance */
+            snprintf(msg, sizeof msg, "get: %s", rhema_strerror(rc));
+        else if ((rc = fl_put_value(vt, c2, "k", val)) != 0)
+            snprintf(msg, sizeof msg, "put on the second instance: %s", rhema_strerror(rc));
+        else if ((rc = vt->get(c, "fc", "k", &v)) != 0 || v.len != strlen(val) ||
+                 memcmp(v.data, val, v.len) != 0)
+            snprintf(msg, sizeof msg, "round %d: the first instance read %s '%.*s', want '%s'",
+                     round, rhema_strerror(rc), rc == 0 ? (int)v.len : 0,
+                     rc == 0 ? (const char *)v.data : "", val);
+    }
+    if (!msg[0]) {
+        if ((rc = vt->del(c2, "fc", "k", RHEMA_VERSION_ANY)) != 0)
+            snprintf(msg, sizeof msg, "del on the second instance: %s", rhema_strerror(rc));
+        else if ((rc = vt->get(c, "fc", "k", &v)) != RHEMA_ENOTFOUND)
+            snprintf(msg, sizeof msg, "after a delete by the second instance get() gave %s",
+                     rhema_strerror(rc));
+        else if ((rc = fl_put_value(vt, c, "k", "three")) != 0 ||
+                 (rc = vt->get(c2, "fc", "k", &v)) != 0 || v.len != 5 ||
+                 memcmp(v.data, "three", 5) != 0)
+            snprintf(msg, sizeof msg, "the second instance did not read the first's write: %s",
+                     rhema_strerror(rc));
+    }
+out:
+    tap("file", test, msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+    if (hfd >= 0)
+        close(hfd);
+    free(err);
+    if (cg)
+        vt->disconnect(cg);
+    if (c2) {
+        vt->disconnect(c2);
+        vt->close(inst2);
+        rhema_config_release(&cfg2);
+    }
+    if (c) {
+        vt->disconnect(c);
+        vt->close(inst);
+        rhema_config_release(&cfg);
+    }
+}
+
 static void run_backend(struct rhema_plugin_registry *reg, const char *backend)
 {
     const struct rhema_storage_plugin *vt = load_backend(reg, backend);
@@ -1409,6 +1654,8 @@ static void run_backend(struct rhema_plugin_registry *reg, const char *backend)
     rhema_config_release(&cfg);
     printf("# %s: %u passed, %u failed, %u skipped\n", backend, t.passed, t.failed, t.skipped);
 
+    if (strcmp(backend, "file") == 0)
+        file_read_cache(vt);
     if (strcmp(backend, "sqlite") == 0) {
         sqlite_durability(vt, path_override);
         sqlite_bad_synchronous(vt, path_override);
