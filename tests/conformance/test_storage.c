@@ -63,6 +63,7 @@
 #include "config.h"
 #include "plugin.h"
 #include "storage_suite.h"
+#include "util.h"
 
 static unsigned tap_n, tap_failed;
 static char tmpdir[512];
@@ -1460,13 +1461,7 @@ static void *bg_get_main(void *arg)
 static int bg_wait(struct bg_get *g, int ms)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    rhema_deadline_after(CLOCK_REALTIME, (uint64_t)ms * 1000000u, &ts);
     pthread_mutex_lock(&g->mu);
     while (!g->done && pthread_cond_timedwait(&g->cv, &g->mu, &ts) == 0)
         ;
