@@ -355,9 +355,15 @@ static uint64_t deadline_ms(uint64_t now, uint64_t ttl_ms)
     return now + ttl_ms;
 }
 
+/* Is a deadline (wall-clock ms, 0: never) still ahead at now? */
+static int live_at(uint64_t expires_ms, uint64_t now)
+{
+    return expires_ms == 0 || expires_ms > now;
+}
+
 static int entry_live(const struct fl_entry *e, uint64_t now)
 {
-    return e->expires_ms == 0 || e->expires_ms > now;
+    return live_at(e->expires_ms, now);
 }
 
 /* write(2) all of p, retrying short writes.  0 or errno. */
@@ -666,8 +672,8 @@ static void fc_fill(rhema_storage_instance *in, uint64_t gen, const char *ns, co
                     uint64_t version, uint64_t expires_ms, const void *value, size_t value_len,
                     int absent)
 {
-    struct fl_cache *fc = in->cache;
-    if (fc == NULL || gen == 0)
+    struct fl_cache *fc = in->cache; /* made by open(), which fails without it */
+    if (gen == 0)
         return;
     pthread_mutex_lock(&fc->mu);
     if (gen > fc->gen && fc->writing_gen == 0) {
@@ -687,8 +693,6 @@ static void fc_fill(rhema_storage_instance *in, uint64_t gen, const char *ns, co
 static void fc_write_begin(rhema_storage_instance *in, uint64_t gen)
 {
     struct fl_cache *fc = in->cache;
-    if (fc == NULL)
-        return;
     pthread_mutex_lock(&fc->mu);
     if (fc->gen != gen) { /* stale: an empty cache is valid at any generation */
         fc_clear(fc);
@@ -717,13 +721,13 @@ static int fc_get(rhema_storage_conn *c, const char *ns, const char *key,
      * or the committed state after it.  Another process's journal comes
      * with a generation of its own.
      */
-    if (fc == NULL || hdr_read(c->lockfd, &h) != 0 || h.gen == 0)
+    if (hdr_read(c->lockfd, &h) != 0 || h.gen == 0)
         return 1;
     uint64_t hash = fc_hash(ns, key), now = now_ms(in);
     pthread_mutex_lock(&fc->mu);
     if (fc->gen != 0 && (h.gen == fc->gen || (fc->writing_gen != 0 && h.gen == fc->writing_gen))) {
         struct fc_entry *e = fc_find(fc, hash, ns, key);
-        if (e != NULL && (e->absent || (e->expires_ms != 0 && e->expires_ms <= now))) {
+        if (e != NULL && (e->absent || !live_at(e->expires_ms, now))) {
             rc = RHEMA_ENOTFOUND; /* absent at this generation, or expired since */
         } else if (e != NULL && grow((void **)&c->buf, &c->buf_cap, e->value_len + 1, 1) == 0) {
             memcpy(c->buf, e->ns_key + e->ns_len + e->key_len + 2, e->value_len);
@@ -2261,8 +2265,6 @@ static int prepare_write(rhema_storage_conn *c, struct rhema_storage_write *ws, 
 static void fc_write_end(rhema_storage_conn *c, uint64_t gen0, int applied, int rc)
 {
     struct fl_cache *fc = c->in->cache;
-    if (fc == NULL)
-        return;
     pthread_mutex_lock(&fc->mu);
     fc->writing_gen = 0;
     if (applied && rc == 0 && c->hdr.gen == gen0 + 1) {
