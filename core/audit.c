@@ -59,12 +59,7 @@ struct item {
     struct rhema_audit_wait *aw;
 };
 
-struct bytes {
-    char *p;
-    size_t len, cap;
-};
-
-/* A growing text; oom set once an append failed. */
+/* A growing text (a record being built, a thread's buffer); oom set once an append failed. */
 struct text {
     char *p;
     size_t len, cap;
@@ -84,8 +79,8 @@ struct text {
  */
 struct tbuf {
     pthread_mutex_t mu;
-    struct bytes cur;   /* the thread appends (under mu) */
-    struct bytes taken; /* the writer's: what it took last round */
+    struct text cur;   /* the thread appends (under mu) */
+    struct text taken; /* the writer's: what it took last round */
     int dead;           /* the thread exited (under mu) */
     struct tbuf *next;  /* A.threads (under A.lock) */
 };
@@ -471,7 +466,7 @@ static void write_batch(const struct item *v, size_t n)
  * Index the records of a taken buffer into A.items; add to *urgent those
  * someone waits for, to *dropped those that could not be listed.
  */
-static void index_records(const struct bytes *b, size_t *urgent, size_t *dropped)
+static void index_records(const struct text *b, size_t *urgent, size_t *dropped)
 {
     for (size_t off = 0; off < b->len;) {
         struct rec_hdr h;
@@ -501,7 +496,7 @@ static void index_records(const struct bytes *b, size_t *urgent, size_t *dropped
 /*
  * Wait for something to do (A.lock held): records, a reopen, a flush, the
  * stop.  The idle flag and the count are checked in the order the
- * appenders set them in reverse (see append()), so no wake is lost.
+ * appenders set them in reverse (see enqueue()), so no wake is lost.
  */
 static void wait_for_work(void)
 {
@@ -553,7 +548,7 @@ static int round_(void)
         struct tbuf *t = *pp;
         pthread_mutex_lock(&t->mu);
         int gone = t->dead && t->cur.len == 0;
-        struct bytes b = t->cur;
+        struct text b = t->cur;
         t->cur = t->taken; /* emptied last round */
         t->taken = b;
         pthread_mutex_unlock(&t->mu);
@@ -589,7 +584,7 @@ static int round_(void)
         t->taken.len = 0;
         if (t->taken.cap > TBUF_KEEP) { /* a burst is over: give its memory back */
             free(t->taken.p);
-            t->taken = (struct bytes){0};
+            t->taken = (struct text){0};
         }
     }
     if (reopen)
@@ -677,42 +672,50 @@ static void wake_writer(void)
  * waits for it; with aw, aw->done() is called once it settled (unless
  * RHEMA_ENOMEM is returned).
  */
+/*
+ * Append a record to t and count it (under t->mu: the writer never takes
+ * a record it has not counted); the count before it in *before.  0 or
+ * RHEMA_ENOMEM.
+ */
+static int tbuf_append(struct tbuf *t, const char *text, size_t len, struct waiter *w,
+                       struct rhema_audit_wait *aw, uint64_t *before)
+{
+    int rc = 0;
+    pthread_mutex_lock(&t->mu);
+    size_t need = t->cur.len + REC_SPAN(len);
+    if (need > t->cur.cap) {
+        size_t ncap = t->cur.cap ? t->cur.cap : 16384;
+        while (ncap < need)
+            ncap *= 2;
+        char *np = realloc(t->cur.p, ncap);
+        if (np) {
+            t->cur.p = np;
+            t->cur.cap = ncap;
+        } else {
+            rc = RHEMA_ENOMEM;
+        }
+    }
+    if (rc == 0) {
+        struct rec_hdr h = {len, w, aw};
+        memcpy(t->cur.p + t->cur.len, &h, sizeof h);
+        memcpy(t->cur.p + t->cur.len + sizeof h, text, len);
+        t->cur.len = need;
+        *before = atomic_fetch_add(&A.enqueued, 1);
+    }
+    pthread_mutex_unlock(&t->mu);
+    return rc;
+}
+
 static int enqueue(const char *text, size_t len, struct waiter *w, struct rhema_audit_wait *aw)
 {
     struct tbuf *t = text ? tbuf_mine() : NULL;
     int urgent = w || aw;
     uint64_t before = 0;
-    if (t) {
-        if (urgent) /* before the record can be taken: the writer subtracts it */
-            atomic_fetch_add(&A.urgent, 1);
-        pthread_mutex_lock(&t->mu);
-        size_t need = t->cur.len + REC_SPAN(len);
-        if (need > t->cur.cap) {
-            size_t ncap = t->cur.cap ? t->cur.cap : 16384;
-            while (ncap < need)
-                ncap *= 2;
-            char *np = realloc(t->cur.p, ncap);
-            if (!np) {
-                pthread_mutex_unlock(&t->mu);
-                if (urgent)
-                    atomic_fetch_sub(&A.urgent, 1);
-                t = NULL;
-            } else {
-                t->cur.p = np;
-                t->cur.cap = ncap;
-            }
-        }
-        if (t) {
-            struct rec_hdr h = {len, w, aw};
-            memcpy(t->cur.p + t->cur.len, &h, sizeof h);
-            memcpy(t->cur.p + t->cur.len + sizeof h, text, len);
-            t->cur.len = need;
-            /* counted under mu: the writer never takes a record it has not counted */
-            before = atomic_fetch_add(&A.enqueued, 1);
-            pthread_mutex_unlock(&t->mu);
-        }
-    }
-    if (!t) {
+    if (t && urgent) /* before the record can be taken: the writer subtracts it */
+        atomic_fetch_add(&A.urgent, 1);
+    if (!t || tbuf_append(t, text, len, w, aw, &before) != 0) {
+        if (t && urgent)
+            atomic_fetch_sub(&A.urgent, 1);
         rhema_metrics_count(RHEMA_MX_AUDIT_DROPPED, 1);
         return RHEMA_ENOMEM;
     }
