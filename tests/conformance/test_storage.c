@@ -534,35 +534,50 @@ out:
 #define RATE_FULL_KEYS 16 /* rate_max_keys of the eviction check */
 #define RATE_SLOT_SIZE 312 /* plugins/common/rate_file.h: a header page, then the slots */
 
-/* Open an instance on db (with rate_max_keys when > 0) and connect; 0 or a message in msg. */
-static int sq_open_keys(const struct rhema_storage_plugin *vt, struct rhema_config *cfg,
-                        const char *db, int max_keys, rhema_storage_instance **inst,
-                        rhema_storage_conn **c, char *msg, size_t cap)
+/*
+ * Load the configuration with the overrides ov (where names the place in
+ * messages), open backend's instance and connect; 0, or -1 with a message
+ * in msg (and nothing left to release).
+ */
+static int open_backend(const struct rhema_storage_plugin *vt, struct rhema_config *cfg,
+                        const char *backend, const char *what, const char *const *ov, size_t n_ov,
+                        const char *where, rhema_storage_instance **inst, rhema_storage_conn **c,
+                        char *msg, size_t cap)
 {
-    char ov_path[700], ov_keys[100], *err = NULL;
-    const char *ov[] = {ov_path, ov_keys};
+    char *err = NULL;
     int rc;
-    snprintf(ov_path, sizeof ov_path, "persistence.sqlite.path=%s", db);
-    snprintf(ov_keys, sizeof ov_keys, "persistence.sqlite.rate_max_keys=%d", max_keys);
     *inst = NULL;
     *c = NULL;
-    if (load_config(cfg, "sqlite", "rate", ov, max_keys > 0 ? 2 : 1) != 0) {
+    if (load_config(cfg, backend, what, ov, n_ov) != 0) {
         snprintf(msg, cap, "configuration");
         return -1;
     }
-    rc = vt->open(rhema_host_get(), rhema_config_plugin_group(cfg, RHEMA_KIND_STORAGE, "sqlite"),
+    rc = vt->open(rhema_host_get(), rhema_config_plugin_group(cfg, RHEMA_KIND_STORAGE, backend),
                   inst, &err);
     if (rc == 0 && (rc = vt->connect(*inst, c, &err)) != 0) {
         vt->close(*inst);
         *inst = NULL;
     }
     if (rc != 0) {
-        snprintf(msg, cap, "open/connect %s: %s: %s", db, rhema_strerror(rc), err ? err : "");
+        snprintf(msg, cap, "open/connect %s: %s: %s", where, rhema_strerror(rc), err ? err : "");
         free(err);
         rhema_config_release(cfg);
         return -1;
     }
     return 0;
+}
+
+/* Open an instance on db (with rate_max_keys when > 0) and connect; 0 or a message in msg. */
+static int sq_open_keys(const struct rhema_storage_plugin *vt, struct rhema_config *cfg,
+                        const char *db, int max_keys, rhema_storage_instance **inst,
+                        rhema_storage_conn **c, char *msg, size_t cap)
+{
+    char ov_path[700], ov_keys[100];
+    const char *ov[] = {ov_path, ov_keys};
+    snprintf(ov_path, sizeof ov_path, "persistence.sqlite.path=%s", db);
+    snprintf(ov_keys, sizeof ov_keys, "persistence.sqlite.rate_max_keys=%d", max_keys);
+    return open_backend(vt, cfg, "sqlite", "rate", ov, max_keys > 0 ? 2 : 1, db, inst, c, msg,
+                        cap);
 }
 
 static int sq_open_at(const struct rhema_storage_plugin *vt, struct rhema_config *cfg,
@@ -1393,29 +1408,10 @@ static int fl_open_dir(const struct rhema_storage_plugin *vt, struct rhema_confi
                        const char *dir, rhema_storage_instance **inst, rhema_storage_conn **c,
                        char *msg, size_t cap)
 {
-    char ov_dir[700], *err = NULL;
+    char ov_dir[700];
     const char *ov[] = {ov_dir};
-    int rc;
     snprintf(ov_dir, sizeof ov_dir, "persistence.file.directory=%s", dir);
-    *inst = NULL;
-    *c = NULL;
-    if (load_config(cfg, "file", "read cache", ov, 1) != 0) {
-        snprintf(msg, cap, "configuration");
-        return -1;
-    }
-    rc = vt->open(rhema_host_get(), rhema_config_plugin_group(cfg, RHEMA_KIND_STORAGE, "file"),
-                  inst, &err);
-    if (rc == 0 && (rc = vt->connect(*inst, c, &err)) != 0) {
-        vt->close(*inst);
-        *inst = NULL;
-    }
-    if (rc != 0) {
-        snprintf(msg, cap, "open/connect %s: %s: %s", dir, rhema_strerror(rc), err ? err : "");
-        free(err);
-        rhema_config_release(cfg);
-        return -1;
-    }
-    return 0;
+    return open_backend(vt, cfg, "file", "read cache", ov, 1, dir, inst, c, msg, cap);
 }
 
 static int fl_put_value(const struct rhema_storage_plugin *vt, rhema_storage_conn *c,
