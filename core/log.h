@@ -46,8 +46,20 @@ void rhema_log(int level, const char *who, const char *fmt, ...)
 void rhema_vlog(int level, const char *who, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
 
-/* One access-log line (info level, subsystem "access"). */
-void rhema_log_access(const char *request_id, const char *peer, const char *method,
-                      const char *uri, int status, size_t bytes_out, double ms);
+/*
+ * One access-log line (info level, subsystem "access").  On a thread that
+ * batches (below) the line is kept and 1 returned when it is the first one
+ * pending: the thread must call rhema_log_flush() before it sleeps.
+ * Otherwise the line is written at once and 0 returned.
+ */
+int rhema_log_access(const char *request_id, const char *peer, const char *method,
+                     const char *uri, int status, size_t bytes_out, double ms);
+/*
+ * This thread batches its access lines (on), or writes the pending ones
+ * and stops (off).  rhema_log_flush() writes this thread's pending lines
+ * with one write(2); any other line of the thread writes them first.
+ */
+void rhema_log_batch(int on);
+void rhema_log_flush(void);
 
 #endif /* RHEMA_CORE_LOG_H */

@@ -64,6 +64,7 @@ struct rhema_worker {
     rhema_request_fn *handle;  /* the request path, given to rhema_http_start() */
     struct event *stop_ev;     /* activated by the main thread */
     struct event *tick_ev;     /* once a second: flush access counts; drain checks */
+    struct event *log_ev;      /* activated by a turn's first access line: writes them */
     rhema_storage_conn *conn;
     struct rhema_store store;
     uint64_t seq;              /* request counter, for request ids */

@@ -2,7 +2,9 @@
  * test_log -- core/log.c folds repeated lines as syslogd does: a line equal
  * to the one before it (level, module, message) is counted, and the count
  * is written as "last message repeated N times" before the next different
- * line, or when the log is closed (issue 17, item 4).
+ * line, or when the log is closed (issue 17, item 4).  A thread that
+ * batches its access lines writes them when it flushes, when its buffer
+ * is full and before any other line of its own, in order (issue 14).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,7 +24,7 @@ static char *slurp(const char *path)
 {
     FILE *f = fopen(path, "r");
     assert_non_null(f);
-    static char buf[1 << 16];
+    static char buf[1 << 20];
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     buf[n] = '\0';
     fclose(f);
@@ -85,11 +87,77 @@ static void a_pending_count_is_written_at_close(void **state)
     unlink(path);
 }
 
+static void log_request(int n)
+{
+    char id[32], uri[64];
+    snprintf(id, sizeof id, "req-%d", n);
+    snprintf(uri, sizeof uri, "/v1/sessions/s%d", n);
+    (void)rhema_log_access(id, "127.0.0.1:1", "GET", uri, 200, 10, 0.5);
+}
+
+static void batched_access_lines_wait_for_the_flush(void **state)
+{
+    (void)state;
+    char path[64];
+    log_to(path, RHEMA_LOG_FORMAT_TEXT);
+    rhema_log_batch(1);
+    assert_int_equal(rhema_log_access("req-1", "127.0.0.1:1", "GET", "/a", 200, 1, 0.1), 1);
+    assert_int_equal(rhema_log_access("req-2", "127.0.0.1:1", "GET", "/b", 200, 1, 0.1), 0);
+    assert_int_equal(count(slurp(path), "access: req-"), 0); /* pending */
+    rhema_log_flush();
+    const char *text = slurp(path);
+    assert_int_equal(count(text, "access: req-"), 2);
+    assert_true(strstr(text, "req-1") < strstr(text, "req-2"));
+    /* the first line after a flush is a first line again */
+    assert_int_equal(rhema_log_access("req-3", "127.0.0.1:1", "GET", "/c", 200, 1, 0.1), 1);
+    rhema_log_batch(0); /* writes what is pending */
+    assert_int_equal(count(slurp(path), "access: req-3 127.0.0.1:1 \"GET /c\" 200 1 0.100ms\n"), 1);
+    /* not batching: written at once */
+    assert_int_equal(rhema_log_access("req-4", "127.0.0.1:1", "GET", "/d", 200, 1, 0.1), 0);
+    assert_int_equal(count(slurp(path), "access: req-4"), 1);
+    rhema_log_close();
+    unlink(path);
+}
+
+static void a_threads_lines_keep_their_order(void **state)
+{
+    (void)state;
+    char path[64], want[32];
+    log_to(path, RHEMA_LOG_FORMAT_JSON);
+    rhema_log_batch(1);
+    log_request(1);
+    rhema_log(RHEMA_LOG_WARN, "http", "between"); /* writes req-1 first */
+    log_request(2);
+    const char *text = slurp(path);
+    assert_int_equal(count(text, "\"request_id\":\"req-1\""), 1);
+    assert_int_equal(count(text, "\"request_id\":\"req-2\""), 0);
+    assert_true(strstr(text, "req-1") < strstr(text, "between"));
+    /* a full buffer is written, in order, without a flush: 2,000 lines of ~190 bytes */
+    for (int i = 3; i <= 2000; i++)
+        log_request(i);
+    text = slurp(path);
+    assert_true(count(text, "\"module\":\"access\"") > 1000);
+    rhema_log_batch(0);
+    text = slurp(path);
+    assert_int_equal(count(text, "\"module\":\"access\""), 2000);
+    const char *at = text;
+    for (int i = 1; i <= 2000; i++) { /* each once, in the order logged */
+        snprintf(want, sizeof want, "\"req-%d\"", i);
+        const char *p = strstr(at, want);
+        assert_non_null(p);
+        at = p;
+    }
+    rhema_log_close();
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(repeats_are_folded),
         cmocka_unit_test(a_pending_count_is_written_at_close),
+        cmocka_unit_test(batched_access_lines_wait_for_the_flush),
+        cmocka_unit_test(a_threads_lines_keep_their_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
