@@ -131,6 +131,7 @@
 
 #include "../common/rate_table.h"
 #include "../common/storage_check.h"
+#include "../common/value_cache.h"
 
 #define PLUGIN_NAME "file"
 #define FL_ERRMSG_MAX 512
@@ -568,100 +569,15 @@ static void record_header(unsigned char h[REC_HDR], const char *key, size_t key_
  *   - a read that linearises at its pread of the header is linearisable:
  *     a write of another process that it does not see began after it.
  *
- * Bounded: FC_SETS sets of FC_WAYS entries (a key's set by its hash; a
- * full set replaces one at random), values up to FC_VALUE_MAX,
- * FC_BYTES_MAX in all (past that nothing new is cached until entries are
- * replaced or cleared).
+ * The entries are a value_cache (plugins/common/value_cache.h: bounded,
+ * 16,384 entries, values up to 64 KiB, 64 MiB in all).
  */
-#define FC_SETS 4096u
-#define FC_WAYS 4u
-#define FC_VALUE_MAX (64u * 1024u)
-#define FC_BYTES_MAX ((size_t)64 << 20)
-
-struct fc_entry {
-    char *ns_key; /* ns '\0' key '\0', then the value; NULL: an empty slot */
-    uint64_t hash, version, expires_ms;
-    size_t ns_len, key_len, value_len;
-    int absent; /* the key does not exist (version, value: none) */
-};
-
 struct fl_cache {
     pthread_mutex_t mu;
     uint64_t gen;         /* every entry is valid at it; 0: none (empty) */
     uint64_t writing_gen; /* a writer of this process is committing it; 0: none */
-    size_t bytes;
-    unsigned victim; /* the way a full set gives up next */
-    struct fc_entry slot[FC_SETS * FC_WAYS];
+    struct rhema_vcache *vc;
 };
-
-static uint64_t fc_hash(const char *ns, const char *key)
-{
-    return fnv1a64(fnv1a64(FNV_OFFSET, ns, strlen(ns) + 1), key, strlen(key));
-}
-
-static void fc_drop(struct fl_cache *fc, struct fc_entry *e)
-{
-    if (e->ns_key) {
-        fc->bytes -= e->ns_len + e->key_len + 2 + e->value_len;
-        free(e->ns_key);
-    }
-    memset(e, 0, sizeof *e);
-}
-
-static void fc_clear(struct fl_cache *fc)
-{
-    for (size_t i = 0; i < FC_SETS * FC_WAYS; i++)
-        fc_drop(fc, &fc->slot[i]);
-}
-
-static struct fc_entry *fc_set(struct fl_cache *fc, uint64_t h)
-{
-    return &fc->slot[(h & (FC_SETS - 1)) * FC_WAYS];
-}
-
-static struct fc_entry *fc_find(struct fl_cache *fc, uint64_t h, const char *ns, const char *key)
-{
-    struct fc_entry *set = fc_set(fc, h);
-    for (unsigned w = 0; w < FC_WAYS; w++) {
-        struct fc_entry *e = &set[w];
-        if (e->ns_key && e->hash == h && strcmp(e->ns_key, ns) == 0 &&
-            strcmp(e->ns_key + e->ns_len + 1, key) == 0)
-            return e;
-    }
-    return NULL;
-}
-
-/*
- * Put a value, or the key's absence (mu held).  A value
- * too large or past the budget is left out (and the key's entry dropped).
- */
-static void fc_put(struct fl_cache *fc, const char *ns, const char *key, uint64_t version,
-                   uint64_t expires_ms, const void *value, size_t value_len, int absent)
-{
-    uint64_t h = fc_hash(ns, key);
-    struct fc_entry *e = fc_find(fc, h, ns, key);
-    size_t nl = strlen(ns), kl = strlen(key), need = nl + kl + 2 + value_len;
-    if (e == NULL) {
-        struct fc_entry *set = fc_set(fc, h);
-        for (unsigned w = 0; w < FC_WAYS && e == NULL; w++)
-            if (set[w].ns_key == NULL)
-                e = &set[w];
-        if (e == NULL)
-            e = &set[fc->victim++ % FC_WAYS];
-    }
-    fc_drop(fc, e);
-    if (value_len > FC_VALUE_MAX || fc->bytes + need > FC_BYTES_MAX)
-        return;
-    char *p = malloc(need);
-    if (p == NULL)
-        return;
-    memcpy(p, ns, nl + 1);
-    memcpy(p + nl + 1, key, kl + 1);
-    if (value_len)
-        memcpy(p + nl + kl + 2, value, value_len);
-    *e = (struct fc_entry){p, h, version, expires_ms, nl, kl, value_len, absent};
-    fc->bytes += need;
-}
 
 /*
  * What the locked path read at generation gen (or that the key is
@@ -677,11 +593,11 @@ static void fc_fill(rhema_storage_instance *in, uint64_t gen, const char *ns, co
         return;
     pthread_mutex_lock(&fc->mu);
     if (gen > fc->gen && fc->writing_gen == 0) {
-        fc_clear(fc);
+        rhema_vcache_clear(fc->vc);
         fc->gen = gen;
     }
     if (gen == fc->gen)
-        fc_put(fc, ns, key, version, expires_ms, value, value_len, absent);
+        rhema_vcache_put(fc->vc, ns, key, version, expires_ms, value, value_len, absent);
     pthread_mutex_unlock(&fc->mu);
 }
 
@@ -695,7 +611,7 @@ static void fc_write_begin(rhema_storage_instance *in, uint64_t gen)
     struct fl_cache *fc = in->cache;
     pthread_mutex_lock(&fc->mu);
     if (fc->gen != gen) { /* stale: an empty cache is valid at any generation */
-        fc_clear(fc);
+        rhema_vcache_clear(fc->vc);
         fc->gen = gen;
     }
     fc->writing_gen = gen + 1;
@@ -723,14 +639,14 @@ static int fc_get(rhema_storage_conn *c, const char *ns, const char *key,
      */
     if (hdr_read(c->lockfd, &h) != 0 || h.gen == 0)
         return 1;
-    uint64_t hash = fc_hash(ns, key), now = now_ms(in);
+    uint64_t hash = rhema_vcache_hash(ns, key), now = now_ms(in);
     pthread_mutex_lock(&fc->mu);
     if (fc->gen != 0 && (h.gen == fc->gen || (fc->writing_gen != 0 && h.gen == fc->writing_gen))) {
-        struct fc_entry *e = fc_find(fc, hash, ns, key);
+        const struct rhema_vcache_entry *e = rhema_vcache_find(fc->vc, hash, ns, key);
         if (e != NULL && (e->absent || !live_at(e->expires_ms, now))) {
             rc = RHEMA_ENOTFOUND; /* absent at this generation, or expired since */
         } else if (e != NULL && grow((void **)&c->buf, &c->buf_cap, e->value_len + 1, 1) == 0) {
-            memcpy(c->buf, e->ns_key + e->ns_len + e->key_len + 2, e->value_len);
+            memcpy(c->buf, rhema_vcache_value(e), e->value_len);
             out->data = c->buf;
             out->len = e->value_len;
             out->version = e->version;
@@ -1653,7 +1569,7 @@ static void instance_free(rhema_storage_instance *in)
     pthread_mutex_destroy(&in->mu);
     rhema_rate_table_free(in->rate);
     if (in->cache != NULL) {
-        fc_clear(in->cache);
+        rhema_vcache_free(in->cache->vc);
         pthread_mutex_destroy(&in->cache->mu);
         free(in->cache);
     }
@@ -1778,7 +1694,9 @@ static int fl_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
     in->dir = strdup(dir);
     in->rate = rhema_rate_table_new(RATE_MAX_KEYS);
     in->cache = calloc(1, sizeof *in->cache);
-    if (in->cache != NULL && pthread_mutex_init(&in->cache->mu, NULL) != 0) {
+    if (in->cache != NULL &&
+        ((in->cache->vc = rhema_vcache_new()) == NULL || pthread_mutex_init(&in->cache->mu, NULL) != 0)) {
+        rhema_vcache_free(in->cache->vc);
         free(in->cache);
         in->cache = NULL;
     }
@@ -2271,14 +2189,14 @@ static void fc_write_end(rhema_storage_conn *c, uint64_t gen0, int applied, int 
         for (size_t i = 0; i < c->n_ops; i++) {
             const struct fl_op *op = &c->ops[i];
             if (op->is_put)
-                fc_put(fc, op->ns->name, op_key(op), op->version, op->expires_ms, op->w->value,
-                       op->w->value_len, 0);
+                rhema_vcache_put(fc->vc, op->ns->name, op_key(op), op->version, op->expires_ms,
+                                 op->w->value, op->w->value_len, 0);
             else
-                fc_put(fc, op->ns->name, op_key(op), 0, 0, NULL, 0, 1); /* now absent */
+                rhema_vcache_put(fc->vc, op->ns->name, op_key(op), 0, 0, NULL, 0, 1); /* absent */
         }
         fc->gen = c->hdr.gen;
     } else if (applied) {
-        fc_clear(fc);
+        rhema_vcache_clear(fc->vc);
         fc->gen = 0;
     }
     pthread_mutex_unlock(&fc->mu);
