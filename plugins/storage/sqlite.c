@@ -85,7 +85,8 @@
  * Reads: get() is one statement in its own implicit read transaction;
  * get_many() reads its keys in one explicit read transaction (one
  * snapshot, one WAL read lock for all of them).  A reader never waits for
- * a writer (WAL), and mmap is off by default (see mmap_size_mib).
+ * a writer (WAL), and mmap is off by default (see mmap_size_mib).  Before
+ * either, the read cache may answer (see "the read cache" below).
  *
  * Backup and restore: backup() copies the database with the online backup
  * API; restore() checks such a copy (size, integrity_check, schema) and
@@ -104,6 +105,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -115,6 +117,7 @@
 #include "../common/rate_file.h"
 #include "../common/rate_table.h"
 #include "../common/storage_check.h"
+#include "../common/value_cache.h"
 
 #define PLUGIN_NAME "sqlite"
 #define SCHEMA_VERSION 1
@@ -169,7 +172,7 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_BEGIN_READ] = "BEGIN",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
-    [ST_GET] = "SELECT value, version FROM kv WHERE ns = ?1 AND key = ?2 AND " LIVE,
+    [ST_GET] = "SELECT value, version, expires_at FROM kv WHERE ns = ?1 AND key = ?2 AND " LIVE,
     [ST_LOOKUP] = "SELECT version FROM kv WHERE ns = ?1 AND key = ?2 AND " LIVE,
     [ST_VERSION_SET] = "UPDATE meta SET value = ?1 WHERE name = 'version_counter'",
     [ST_VERSION_READ] = "SELECT value FROM meta WHERE name = 'version_counter'",
@@ -246,6 +249,15 @@ struct rhema_storage_instance {
     pid_t ckpt_pid; /* the process that started it (0: not started) */
     int ckpt_wanted, ckpt_stopping, ckpt_failed;
     sqlite3 *ckpt_db;
+    /* the read cache (see "the read cache"); NULL: off */
+    struct sq_cache *cache;
+    const uint32_t *shm; /* the first page of <path>-shm, mapped read-only */
+    sqlite3 *shm_db;     /* kept open while shm is mapped: the -shm file stays */
+};
+
+/* One copy of SQLite's wal-index header: the first 48 bytes of <path>-shm. */
+struct wal_hdr {
+    uint32_t w[12];
 };
 
 struct rhema_storage_conn {
@@ -258,6 +270,11 @@ struct rhema_storage_conn {
     int in_tx;           /* holds inst->write_lock inside BEGIN IMMEDIATE */
     int ver_loaded;      /* the version counter, read once per transaction */
     uint64_t ver_next;
+    /* the transaction's side of the read cache: the header it began at, the keys it wrote */
+    struct wal_hdr tx_h0;
+    int tx_h0_ok, tx_unknown; /* unknown: it changed rows it did not list (a purge) */
+    uint64_t *tx_keys;        /* hashes (rhema_vcache_hash) */
+    size_t tx_nkeys, tx_cap;
 };
 
 /* ---- helpers ---- */
@@ -356,6 +373,293 @@ static int step_done(rhema_storage_conn *c, enum stmt_id id, const char *what)
     return 0;
 }
 
+/* ---- the read cache ----
+ *
+ * A read of SQLite costs a read transaction: a WAL read lock (two fcntl
+ * on <path>-shm), and after any commit of another connection -- the
+ * committer, the access-count flush -- a page cache emptied and the
+ * B-tree read again with pread (about six a session GET).  So get() and
+ * get_many() first ask a cache of values shared by the connections of
+ * the instance, which needs neither:
+ *
+ *   - the cache as a whole is valid at one state of the database, named
+ *     by SQLite's wal-index header (the first 48 bytes of <path>-shm, in
+ *     two copies; its layout is SQLite's file format, walformat.html).
+ *     Every commit of any connection of any process changes it (iChange
+ *     counts commits) before the commit returns;
+ *   - the fast path reads the header from a read-only mapping of -shm
+ *     (copy 1, then copy 2: SQLite writes copy 2 first, so equal copies
+ *     are a whole header): when it is the cache's, the cached value (or
+ *     "not found" for a key known absent) is the answer, and the read
+ *     linearises at that load;
+ *   - the slow path (SQLite) fills the cache with what it read when the
+ *     header was the same before and after its read transaction (so that
+ *     snapshot was that state); a newer header empties the cache first;
+ *   - a write transaction of this process reads the header after BEGIN
+ *     IMMEDIATE (stable: it holds the write lock) and again after COMMIT,
+ *     still holding the instance's write lock; when iChange moved by
+ *     exactly one (no other process committed in between) the new state is
+ *     the old one plus its writes, so the cache drops the keys it wrote
+ *     and moves to the new header.  Anything else (another process wrote,
+ *     a purge deleted rows, a restore, a checkpoint restarting the WAL)
+ *     leaves the cache at a header that is no longer current: readers go
+ *     to SQLite until a fill moves it;
+ *   - expiry is the LIVE rule of the statements, applied to the cached
+ *     expires_at at the time of the read.
+ *
+ * Bounded by value_cache.h (16,384 entries, values up to 64 KiB, 64 MiB).
+ * The mapping is taken while a connection of the instance (shm_db) keeps
+ * the -shm file from being removed, and dropped at close.
+ */
+#define WALINDEX_VERSION 3007000u /* wal-index header iVersion (walformat.html) */
+#define WAL_ICHANGE 2             /* the word of the header that counts commits */
+
+struct sq_cache {
+    pthread_mutex_t mu;
+    int valid;           /* hdr is the state every entry is valid at */
+    struct wal_hdr hdr;
+    struct rhema_vcache *vc;
+};
+
+/* The current wal-index header into *h: 0, or -1 when not a whole header. */
+static int hdr_now(const rhema_storage_instance *in, struct wal_hdr *h)
+{
+    struct wal_hdr h2;
+    for (int i = 0; i < 12; i++)
+        h->w[i] = __atomic_load_n(&in->shm[i], __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE); /* copy 1 before copy 2 */
+    for (int i = 0; i < 12; i++)
+        h2.w[i] = __atomic_load_n(&in->shm[12 + i], __ATOMIC_RELAXED);
+    return h->w[0] == WALINDEX_VERSION && memcmp(h, &h2, sizeof h2) == 0 ? 0 : -1;
+}
+
+static int hdr_eq(const struct wal_hdr *a, const struct wal_hdr *b)
+{
+    return memcmp(a, b, sizeof *a) == 0;
+}
+
+/* a counts fewer commits than b (serial arithmetic: iChange wraps) */
+static int hdr_older(const struct wal_hdr *a, const struct wal_hdr *b)
+{
+    return (int32_t)(a->w[WAL_ICHANGE] - b->w[WAL_ICHANGE]) < 0;
+}
+
+static int live_at(int64_t expires_ms, int64_t now)
+{
+    return expires_ms == 0 || expires_ms > now;
+}
+
+/* Make room for n more bytes at c->buf + at (n + 1 with the NUL). */
+static int buf_room(rhema_storage_conn *c, size_t at, size_t n)
+{
+    if (at + n + 1 <= c->buf_cap)
+        return 0;
+    size_t cap = c->buf_cap ? c->buf_cap : 256;
+    while (cap < at + n + 1)
+        cap *= 2;
+    unsigned char *nb = realloc(c->buf, cap);
+    if (nb == NULL)
+        return -1;
+    c->buf = nb;
+    c->buf_cap = cap;
+    return 0;
+}
+
+/*
+ * The fast path: 1 when the cache answered all n keys (out[], rcs[] set,
+ * the values in c->buf), 0 when SQLite must.
+ */
+static int cache_get(rhema_storage_conn *c, size_t n, const char *const *ns,
+                     const char *const *keys, struct rhema_storage_value *out, int *rcs)
+{
+    rhema_storage_instance *in = c->inst;
+    struct sq_cache *sc = in->cache;
+    struct wal_hdr h;
+    size_t off[RHEMA_STORAGE_GET_MANY_MAX], at = 0, i = 0;
+    uint64_t hash[RHEMA_STORAGE_GET_MANY_MAX];
+    if (sc == NULL || n > RHEMA_STORAGE_GET_MANY_MAX || hdr_now(in, &h) != 0)
+        return 0;
+    for (i = 0; i < n; i++)
+        hash[i] = rhema_vcache_hash(ns[i], keys[i]);
+    int64_t now = now_ms(in);
+    int hit = 0;
+    pthread_mutex_lock(&sc->mu);
+    if (sc->valid && hdr_eq(&h, &sc->hdr)) {
+        for (i = 0; i < n; i++) {
+            const struct rhema_vcache_entry *e = rhema_vcache_find(sc->vc, hash[i], ns[i], keys[i]);
+            if (e == NULL)
+                break;
+            out[i].len = 0;
+            out[i].version = 0;
+            if (e->absent || !live_at((int64_t)e->expires_ms, now)) {
+                rcs[i] = RHEMA_ENOTFOUND;
+                continue;
+            }
+            if (buf_room(c, at, e->value_len) != 0)
+                break;
+            memcpy(c->buf + at, rhema_vcache_value(e), e->value_len);
+            c->buf[at + e->value_len] = '\0';
+            off[i] = at;
+            at += e->value_len + 1;
+            rcs[i] = 0;
+            out[i].len = e->value_len;
+            out[i].version = e->version;
+        }
+        hit = i == n;
+    }
+    pthread_mutex_unlock(&sc->mu);
+    if (!hit)
+        return 0;
+    for (i = 0; i < n; i++) /* the buffer has stopped moving */
+        out[i].data = rcs[i] == 0 ? c->buf + off[i] : NULL;
+    return 1;
+}
+
+/* What a read found for one key, for cache_fill(). */
+struct sq_found {
+    int rc; /* 0 or RHEMA_ENOTFOUND */
+    size_t off, len;
+    uint64_t version;
+    int64_t expires_ms;
+};
+
+/*
+ * The slow path read n keys (values in c->buf) with the header at *h
+ * before and after: cache them at *h, unless the cache is at a newer
+ * state; a different one is dropped first.
+ */
+static void cache_fill(rhema_storage_conn *c, const struct wal_hdr *h, size_t n,
+                       const char *const *ns, const char *const *keys, const struct sq_found *f)
+{
+    struct sq_cache *sc = c->inst->cache;
+    pthread_mutex_lock(&sc->mu);
+    if (!sc->valid || !hdr_eq(h, &sc->hdr)) {
+        if (sc->valid && hdr_older(h, &sc->hdr)) {
+            pthread_mutex_unlock(&sc->mu);
+            return;
+        }
+        rhema_vcache_clear(sc->vc);
+        sc->hdr = *h;
+        sc->valid = 1;
+    }
+    for (size_t i = 0; i < n; i++)
+        rhema_vcache_put(sc->vc, ns[i], keys[i], f[i].version, (uint64_t)f[i].expires_ms,
+                         c->buf + f[i].off, f[i].len, f[i].rc != 0);
+    pthread_mutex_unlock(&sc->mu);
+}
+
+/* A write of this transaction (ns, key): dropped from the cache at its commit. */
+static void tx_note(rhema_storage_conn *c, const char *ns, const char *key)
+{
+    if (c->inst->cache == NULL || c->tx_unknown)
+        return;
+    if (c->tx_nkeys == c->tx_cap) {
+        size_t cap = c->tx_cap ? c->tx_cap * 2 : 64;
+        uint64_t *nk = realloc(c->tx_keys, cap * sizeof *nk);
+        if (nk == NULL) {
+            c->tx_unknown = 1; /* the cache will not follow this commit */
+            return;
+        }
+        c->tx_keys = nk;
+        c->tx_cap = cap;
+    }
+    c->tx_keys[c->tx_nkeys++] = rhema_vcache_hash(ns, key);
+}
+
+/* After COMMIT, the instance's write lock still held (see above). */
+static void cache_write_end(rhema_storage_conn *c)
+{
+    rhema_storage_instance *in = c->inst;
+    struct sq_cache *sc = in->cache;
+    struct wal_hdr h1;
+    if (sc == NULL || !c->tx_h0_ok || c->tx_unknown || hdr_now(in, &h1) != 0 ||
+        h1.w[WAL_ICHANGE] != c->tx_h0.w[WAL_ICHANGE] + 1)
+        return; /* not this commit alone: the cache stays at a past state */
+    pthread_mutex_lock(&sc->mu);
+    if (sc->valid && (hdr_eq(&sc->hdr, &c->tx_h0) || hdr_eq(&sc->hdr, &h1))) {
+        for (size_t i = 0; i < c->tx_nkeys; i++)
+            rhema_vcache_drop_hash(sc->vc, c->tx_keys[i]);
+        sc->hdr = h1;
+    }
+    pthread_mutex_unlock(&sc->mu);
+}
+
+/* Forget everything (a restore). */
+static void cache_reset(rhema_storage_instance *in)
+{
+    if (in->cache == NULL)
+        return;
+    pthread_mutex_lock(&in->cache->mu);
+    rhema_vcache_clear(in->cache->vc);
+    in->cache->valid = 0;
+    pthread_mutex_unlock(&in->cache->mu);
+}
+
+static void cache_close(rhema_storage_instance *in)
+{
+    if (in->cache != NULL) {
+        rhema_vcache_free(in->cache->vc);
+        pthread_mutex_destroy(&in->cache->mu);
+        free(in->cache);
+        in->cache = NULL;
+    }
+    if (in->shm != NULL)
+        munmap((void *)in->shm, 4096);
+    in->shm = NULL;
+    sqlite3_close(in->shm_db);
+    in->shm_db = NULL;
+}
+
+/*
+ * Start the cache: a connection that keeps the -shm file (its read puts
+ * the wal-index in place), the file's first page mapped read-only, and a
+ * header that reads as one.  Without them the plugin works uncached.
+ */
+static void cache_open(rhema_storage_instance *in)
+{
+    const struct rhema_host *h = in->host;
+    char shm[PATH_MAX];
+    const char *why = NULL;
+    struct wal_hdr hdr;
+    int fd = -1;
+    if ((size_t)snprintf(shm, sizeof shm, "%s-shm", in->path) >= sizeof shm)
+        why = "path too long";
+    else if (sqlite3_open_v2(in->path, &in->shm_db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                             NULL) != SQLITE_OK ||
+             sqlite3_exec(in->shm_db, "SELECT count(*) FROM meta", NULL, NULL, NULL) != SQLITE_OK)
+        why = "cannot open the database";
+    else if ((fd = open(shm, O_RDONLY | O_CLOEXEC)) < 0)
+        why = strerror(errno);
+    else {
+        void *m = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+        if (m == MAP_FAILED)
+            why = strerror(errno);
+        else
+            in->shm = m;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (why == NULL && hdr_now(in, &hdr) != 0)
+        why = "no wal-index header in it";
+    if (why == NULL) {
+        in->cache = calloc(1, sizeof *in->cache);
+        if (in->cache == NULL || (in->cache->vc = rhema_vcache_new()) == NULL ||
+            pthread_mutex_init(&in->cache->mu, NULL) != 0) {
+            if (in->cache != NULL)
+                rhema_vcache_free(in->cache->vc);
+            free(in->cache);
+            in->cache = NULL;
+            why = "out of memory";
+        }
+    }
+    if (why != NULL) {
+        cache_close(in);
+        if (h->log != NULL)
+            h->log(RHEMA_LOG_WARN, PLUGIN_NAME, "%s: read cache off (%s): every read goes to SQLite",
+                   shm, why);
+    }
+}
+
 static int tx_begin(rhema_storage_conn *c)
 {
     pthread_mutex_lock(&c->inst->write_lock);
@@ -366,6 +670,9 @@ static int tx_begin(rhema_storage_conn *c)
     }
     c->in_tx = 1;
     c->ver_loaded = 0;
+    c->tx_nkeys = 0;
+    c->tx_unknown = 0;
+    c->tx_h0_ok = c->inst->cache != NULL && hdr_now(c->inst, &c->tx_h0) == 0;
     return 0;
 }
 
@@ -395,6 +702,7 @@ static int tx_commit(rhema_storage_conn *c)
         tx_rollback(c);
         return rc;
     }
+    cache_write_end(c);
     c->in_tx = 0;
     pthread_mutex_unlock(&c->inst->write_lock);
     return 0;
@@ -822,6 +1130,7 @@ static int sq_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
     rc = init_schema(in, err);
     if (rc != 0)
         goto fail;
+    cache_open(in);
     {
         char rpath[PATH_MAX], msg[SQ_ERRMSG_MAX];
         if ((size_t)snprintf(rpath, sizeof rpath, "%s-rate", in->path) >= sizeof rpath) {
@@ -841,6 +1150,7 @@ static int sq_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
     *out = in;
     return 0;
 fail:
+    cache_close(in);
     rhema_rate_file_close(in->rate);
     pthread_mutex_destroy(&in->write_lock);
     pthread_mutex_destroy(&in->ckpt_lock);
@@ -856,6 +1166,7 @@ static void sq_close(rhema_storage_instance *in)
     if (in == NULL)
         return;
     ckpt_stop(in);
+    cache_close(in);
     rhema_rate_file_close(in->rate);
     pthread_mutex_destroy(&in->write_lock);
     pthread_mutex_destroy(&in->ckpt_lock);
@@ -874,6 +1185,7 @@ static void sq_disconnect(rhema_storage_conn *c)
         sqlite3_finalize(c->st[i]);
     sqlite3_close(c->db);
     free(c->buf);
+    free(c->tx_keys);
     free(c);
 }
 
@@ -941,10 +1253,12 @@ fail:
  * it, RHEMA_ENOTFOUND, or an error.
  */
 static int read_into(rhema_storage_conn *c, const char *ns, const char *key, size_t *at,
-                     size_t *len, uint64_t *version)
+                     struct sq_found *f)
 {
     sqlite3_stmt *st = c->st[ST_GET];
     int rc = check_ns_key(c, ns, key);
+    memset(f, 0, sizeof *f);
+    f->off = *at;
     if (rc != 0)
         return rc;
     bind_text(st, 1, ns);
@@ -954,26 +1268,18 @@ static int read_into(rhema_storage_conn *c, const char *ns, const char *key, siz
     if (rc == SQLITE_ROW) {
         const void *v = sqlite3_column_blob(st, 0);
         size_t n = (size_t)sqlite3_column_bytes(st, 0);
-        if (*at + n + 1 > c->buf_cap) {
-            size_t cap = c->buf_cap ? c->buf_cap : 256;
-            unsigned char *nb;
-            while (cap < *at + n + 1)
-                cap *= 2;
-            nb = realloc(c->buf, cap);
-            if (nb == NULL) {
-                sqlite3_reset(st);
-                conn_error(c, "out of memory");
-                return RHEMA_ENOMEM;
-            }
-            c->buf = nb;
-            c->buf_cap = cap;
+        if (buf_room(c, *at, n) != 0) {
+            sqlite3_reset(st);
+            conn_error(c, "out of memory");
+            return RHEMA_ENOMEM;
         }
         if (n > 0)
             memcpy(c->buf + *at, v, n);
         c->buf[*at + n] = '\0';
-        *len = n;
+        f->len = n;
         *at += n + 1;
-        *version = (uint64_t)sqlite3_column_int64(st, 1);
+        f->version = (uint64_t)sqlite3_column_int64(st, 1);
+        f->expires_ms = sqlite3_column_int64(st, 2);
         rc = 0;
     } else if (rc == SQLITE_DONE) {
         conn_error(c, "key not found");
@@ -981,20 +1287,49 @@ static int read_into(rhema_storage_conn *c, const char *ns, const char *key, siz
     } else {
         rc = sq_fail(c, rc, "get");
     }
+    f->rc = rc;
     sqlite3_reset(st);
     return rc;
+}
+
+/* The header before a read, when the cache is on: 1 and *h, or 0. */
+static int read_begin(rhema_storage_conn *c, struct wal_hdr *h)
+{
+    return c->inst->cache != NULL && hdr_now(c->inst, h) == 0;
+}
+
+/* After the read: cache what it found if the header has not moved. */
+static void read_end(rhema_storage_conn *c, const struct wal_hdr *h0, size_t n,
+                     const char *const *ns, const char *const *keys, const struct sq_found *f)
+{
+    struct wal_hdr h1;
+    if (hdr_now(c->inst, &h1) == 0 && hdr_eq(h0, &h1))
+        cache_fill(c, h0, n, ns, keys, f);
 }
 
 static int sq_get(rhema_storage_conn *c, const char *ns, const char *key,
                   struct rhema_storage_value *out)
 {
-    size_t at = 0, len = 0;
-    uint64_t version = 0;
-    int rc = read_into(c, ns, key, &at, &len, &version);
+    size_t at = 0;
+    struct sq_found f;
+    struct wal_hdr h0;
+    int rcs;
+    int rc = check_ns_key(c, ns, key);
+    if (rc != 0)
+        return rc;
+    if (cache_get(c, 1, &ns, &key, out, &rcs)) {
+        if (rcs != 0)
+            conn_error(c, "key not found");
+        return rcs;
+    }
+    int cached = read_begin(c, &h0);
+    rc = read_into(c, ns, key, &at, &f);
+    if (cached && (rc == 0 || rc == RHEMA_ENOTFOUND))
+        read_end(c, &h0, 1, &ns, &key, &f);
     if (rc == 0) {
         out->data = c->buf;
-        out->len = len;
-        out->version = version;
+        out->len = f.len;
+        out->version = f.version;
     }
     return rc;
 }
@@ -1007,7 +1342,9 @@ static int sq_get(rhema_storage_conn *c, const char *ns, const char *key,
 static int sq_get_many(rhema_storage_conn *c, const char *const *ns, const char *const *keys,
                        size_t n, struct rhema_storage_value *out, int *rcs)
 {
-    size_t off[RHEMA_STORAGE_GET_MANY_MAX], at = 0;
+    struct sq_found f[RHEMA_STORAGE_GET_MANY_MAX];
+    struct wal_hdr h0;
+    size_t at = 0;
     int rc;
     const char *bad = rhema_storage_get_many_invalid(ns, keys, n, out, rcs);
     if (bad != NULL) {
@@ -1016,30 +1353,35 @@ static int sq_get_many(rhema_storage_conn *c, const char *const *ns, const char 
     }
     if (n == 0)
         return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((rc = check_ns_key(c, ns[i], keys[i])) != 0)
+            return rc;
+    if (cache_get(c, n, ns, keys, out, rcs))
+        return 0;
+    int cached = read_begin(c, &h0);
     rc = sqlite3_step(c->st[ST_BEGIN_READ]);
     sqlite3_reset(c->st[ST_BEGIN_READ]);
     if (rc != SQLITE_DONE)
         return sq_fail(c, rc, "get_many: begin");
     for (size_t i = 0; i < n; i++) {
-        size_t len = 0;
-        uint64_t version = 0;
-        off[i] = at;
-        rc = read_into(c, ns[i], keys[i], &at, &len, &version);
+        rc = read_into(c, ns[i], keys[i], &at, &f[i]);
         if (rc != 0 && rc != RHEMA_ENOTFOUND) {
             sqlite3_step(c->st[ST_ROLLBACK]);
             sqlite3_reset(c->st[ST_ROLLBACK]);
             return rc;
         }
         rcs[i] = rc;
-        out[i].len = len;
-        out[i].version = version;
+        out[i].len = f[i].len;
+        out[i].version = f[i].version;
     }
     rc = sqlite3_step(c->st[ST_COMMIT]);
     sqlite3_reset(c->st[ST_COMMIT]);
     if (rc != SQLITE_DONE)
         return sq_fail(c, rc, "get_many: commit");
+    if (cached)
+        read_end(c, &h0, n, ns, keys, f);
     for (size_t i = 0; i < n; i++) /* the buffer has stopped moving */
-        out[i].data = rcs[i] == 0 ? c->buf + off[i] : NULL;
+        out[i].data = rcs[i] == 0 ? c->buf + f[i].off : NULL;
     return 0;
 }
 
@@ -1214,6 +1556,7 @@ static int write_one(rhema_storage_conn *c, struct rhema_storage_write *ws, size
         st = c->st[ST_DELETE];
         bind_text(st, 1, w->ns);
         bind_text(st, 2, w->key);
+        tx_note(c, w->ns, w->key);
         return step_done(c, ST_DELETE, "delete");
     }
     rc = next_version(c, &ver);
@@ -1228,6 +1571,7 @@ upsert:
                       SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, (int64_t)ver);
     sqlite3_bind_int64(st, 5, deadline_ms(now, w->ttl_ms));
+    tx_note(c, w->ns, key);
     rc = step_done(c, ST_UPSERT, "put");
     if (rc == 0)
         w->new_version = ver;
@@ -1242,6 +1586,8 @@ static void maybe_purge(rhema_storage_conn *c, int64_t now)
     sqlite3_bind_int64(c->st[ST_PURGE], 1, now);
     sqlite3_step(c->st[ST_PURGE]); /* best effort: a failure only delays the purge */
     sqlite3_reset(c->st[ST_PURGE]);
+    if (sqlite3_changes(c->db) > 0)
+        c->tx_unknown = 1; /* rows the read cache cannot name went */
 }
 
 /* Apply writes in one BEGIN IMMEDIATE transaction, all or nothing. */
@@ -1815,6 +2161,7 @@ static int sq_restore(rhema_storage_instance *in, const char *path, char **err)
         goto out;
     }
     in_tx = 0;
+    cache_reset(in); /* the header moved too; this says so at once */
     sqlite3_exec(db, "PRAGMA main.wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
     if (h->log != NULL)
         h->log(RHEMA_LOG_NOTICE, PLUGIN_NAME, "restored %s from %s (%lld entries)", in->path,

@@ -22,7 +22,11 @@
  * rhema_rate of an earlier version dropped, one limit for processes
  * sharing the file, a process killed while it holds the file's lock
  * blocks nobody, a truncated or garbage file reinitialized, and a full
- * table (rate_max_keys) forgetting the key that rests first.
+ * table (rate_max_keys) forgetting the key that rests first; and its
+ * read cache: another instance's writes and deletes (another process
+ * sharing the file), and those of a program writing with SQLite itself,
+ * are seen at once, a key read absent and then written too, and a cached
+ * value with a TTL stops being answered when it expires.
  * The file backend gets the checks of its read cache: a get() of a value
  * it holds answers while another holder keeps the directory's exclusive
  * flock (a writer in its fsyncs), but not once that holder has moved the
@@ -967,6 +971,134 @@ static void sqlite_rate_bad_settings(const struct rhema_storage_plugin *vt)
     tap("sqlite", "rate: bad rate settings refused", msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS,
         msg);
 }
+
+/* A put of ns "rc" on the sqlite read cache's tests. */
+static int rc_put(const struct rhema_storage_plugin *vt, rhema_storage_conn *c, const char *key,
+                  const char *value, uint64_t ttl_ms)
+{
+    struct rhema_storage_write w = {.size = sizeof w,
+                                    .op = RHEMA_WRITE_PUT,
+                                    .ns = "rc",
+                                    .key = key,
+                                    .value = value,
+                                    .value_len = strlen(value),
+                                    .ttl_ms = ttl_ms,
+                                    .expected_version = RHEMA_VERSION_ANY};
+    return vt->put(c, &w);
+}
+
+/* get ns "rc" key on c gives want (NULL: not found); else a message in msg. */
+static int rc_expect(const struct rhema_storage_plugin *vt, rhema_storage_conn *c, const char *key,
+                     const char *want, const char *when, char *msg, size_t cap)
+{
+    struct rhema_storage_value v = {.size = sizeof v};
+    int rc = vt->get(c, "rc", key, &v);
+    if (want == NULL && rc == RHEMA_ENOTFOUND)
+        return 0;
+    if (want != NULL && rc == 0 && v.len == strlen(want) && memcmp(v.data, want, v.len) == 0)
+        return 0;
+    snprintf(msg, cap, "%s: get(%s) gave %s '%.*s', want %s", when, key, rhema_strerror(rc),
+             rc == 0 ? (int)v.len : 0, rc == 0 ? (const char *)v.data : "",
+             want ? want : "not found");
+    return -1;
+}
+
+/*
+ * The read cache answers reads from memory at one state of the database
+ * (the wal-index header): whoever changes the database -- another
+ * instance, SQLite itself -- must be seen by the next get().  Each round
+ * reads first, so that the value is cached when the change comes.
+ */
+static void sqlite_read_cache(const struct rhema_storage_plugin *vt)
+{
+    struct rhema_config cfg1, cfg2;
+    rhema_storage_instance *in1 = NULL, *in2 = NULL;
+    rhema_storage_conn *c1 = NULL, *c2 = NULL;
+    char db[600], msg[1024] = "", val[64], sql[256];
+    const char *test = "read cache: another instance's writes and deletes are seen";
+    int rc;
+    snprintf(db, sizeof db, "%s/read-cache.db", tmpdir);
+    if (sq_open_at(vt, &cfg1, db, &in1, &c1, msg, sizeof msg) != 0)
+        goto out;
+    if (sq_open_at(vt, &cfg2, db, &in2, &c2, msg, sizeof msg) != 0)
+        goto out;
+    if ((rc = rc_put(vt, c1, "k", "one", 0)) != 0) {
+        snprintf(msg, sizeof msg, "put: %s", rhema_strerror(rc));
+        goto out;
+    }
+    char cur[64] = "one";
+    for (int round = 0; round < 3 && !msg[0]; round++) {
+        snprintf(val, sizeof val, "two-%d", round);
+        if (rc_expect(vt, c1, "k", cur, "before", msg, sizeof msg) != 0) /* cached now */
+            break;
+        if ((rc = rc_put(vt, c2, "k", val, 0)) != 0)
+            snprintf(msg, sizeof msg, "put on the second instance: %s", rhema_strerror(rc));
+        else
+            rc_expect(vt, c1, "k", val, "after the second instance's put", msg, sizeof msg);
+        snprintf(cur, sizeof cur, "%s", val);
+    }
+    if (!msg[0] && rc_expect(vt, c1, "gone", NULL, "a missing key", msg, sizeof msg) == 0) {
+        if ((rc = rc_put(vt, c2, "gone", "here", 0)) != 0)
+            snprintf(msg, sizeof msg, "put on the second instance: %s", rhema_strerror(rc));
+        else if (rc_expect(vt, c1, "gone", "here", "a key read absent, then put by the second "
+                           "instance", msg, sizeof msg) == 0 &&
+                 (rc = vt->del(c2, "rc", "gone", RHEMA_VERSION_ANY)) != 0)
+            snprintf(msg, sizeof msg, "del on the second instance: %s", rhema_strerror(rc));
+        else if (!msg[0])
+            rc_expect(vt, c1, "gone", NULL, "after the second instance's delete", msg, sizeof msg);
+    }
+    if (!msg[0] && rc_expect(vt, c1, "mine", NULL, "a missing key", msg, sizeof msg) == 0) {
+        if ((rc = rc_put(vt, c1, "mine", "m1", 0)) != 0)
+            snprintf(msg, sizeof msg, "put: %s", rhema_strerror(rc));
+        else if (rc_expect(vt, c1, "mine", "m1", "own put of a key read absent", msg,
+                           sizeof msg) == 0 &&
+                 rc_expect(vt, c2, "mine", "m1", "the other instance", msg, sizeof msg) == 0 &&
+                 (rc = rc_put(vt, c1, "mine", "m2", 0)) == 0)
+            rc_expect(vt, c2, "mine", "m2", "the other instance, after a second put", msg,
+                      sizeof msg);
+    }
+    tap("sqlite", test, msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+
+    test = "read cache: a change made with SQLite itself is seen";
+    if (msg[0])
+        goto out;
+    const char *steps[][2] = {
+        {"UPDATE kv SET value = CAST('raw' AS BLOB), version = version + 1000 WHERE ns = 'rc' "
+         "AND key = 'k'", "raw"},
+        {"DELETE FROM kv WHERE ns = 'rc' AND key = 'k'", NULL},
+        {"INSERT INTO kv(ns, key, value, version) VALUES ('rc', 'k', CAST('back' AS BLOB), "
+         "5000000)", "back"},
+    };
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0] && !msg[0]; i++) {
+        if (rc_expect(vt, c1, "k", i == 0 ? "two-2" : steps[i - 1][1], "before", msg,
+                      sizeof msg) != 0)
+            break;
+        snprintf(sql, sizeof sql, "%s", steps[i][0]);
+        if (sq_query(db, sql) != 0)
+            snprintf(msg, sizeof msg, "%s: failed", sql);
+        else
+            rc_expect(vt, c1, "k", steps[i][1], sql, msg, sizeof msg);
+    }
+    tap("sqlite", test, msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+
+    test = "read cache: a cached value stops at its TTL";
+    if (msg[0])
+        goto out;
+    if ((rc = rc_put(vt, c1, "ttl", "brief", 1000)) != 0)
+        snprintf(msg, sizeof msg, "put with a TTL: %s", rhema_strerror(rc));
+    else if (rc_expect(vt, c1, "ttl", "brief", "within its TTL", msg, sizeof msg) == 0 &&
+             rc_expect(vt, c1, "ttl", "brief", "within its TTL, again", msg, sizeof msg) == 0) {
+        struct timespec nap = {1, 200000000};
+        nanosleep(&nap, NULL);
+        rc_expect(vt, c1, "ttl", NULL, "1.2 s after a put with a 1 s TTL", msg, sizeof msg);
+    }
+out:
+    tap("sqlite", test, msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+    if (c2)
+        sq_close_at(vt, &cfg2, in2, c2);
+    if (c1)
+        sq_close_at(vt, &cfg1, in1, c1);
+}
 #endif /* RHEMA_HAVE_SQLITE */
 
 /* ---- rate() on the server backends: what only the server shows ---- */
@@ -1658,6 +1790,7 @@ static void run_backend(struct rhema_plugin_registry *reg, const char *backend)
         sqlite_rate_crashed_holder(vt);
         sqlite_rate_spoilt_file(vt);
         sqlite_rate_full(vt);
+        sqlite_read_cache(vt);
         sqlite_rate_bad_settings(vt);
 #endif
     }
