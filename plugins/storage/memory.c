@@ -4,7 +4,14 @@
  * Features TTL | LEASES; not durable, not shared.  Everything lives in one
  * skip list per instance ordered by (ns, key) in strcmp order, so a scan
  * seeks in O(log n) and then walks k entries; entries of one namespace are
- * adjacent.  A pthread rwlock protects the list: get, scan and stats take it
+ * adjacent.  A hash table over the same nodes answers get(), get_many()
+ * and the preconditions in O(1): a seek in a list of a few hundred
+ * thousand entries is some twenty strcmp() (a session GET on memory spent
+ * 15% of its CPU there and ran slower than on SQLite with its read cache).
+ * The table grows by doubling when it holds more nodes than buckets; when
+ * that allocation fails it keeps its buckets (longer chains), so a write
+ * never fails because of it.  A pthread rwlock protects the list and the
+ * table: get, scan and stats take it
  * for reading (in parallel), writes take it for writing.  The skip list's
  * random levels and the version counter are only touched under the write
  * lock.
@@ -73,6 +80,7 @@
 
 #include "../common/rate_table.h"
 #include "../common/storage_check.h"
+#include "../common/value_cache.h" /* rhema_vcache_hash() */
 
 #define PLUGIN_NAME "memory"
 #define SL_MAX_LEVEL 24
@@ -91,6 +99,8 @@ struct mem_node {
     size_t value_len;
     uint64_t version;
     uint64_t expires_ns; /* monotonic deadline; 0: never */
+    uint64_t hash;       /* of (ns, key): the hash table's */
+    struct mem_node *hnext; /* the next node of its bucket */
     int level;
     struct mem_node *next[]; /* level pointers */
 };
@@ -113,6 +123,8 @@ struct rhema_storage_instance {
     size_t n_ttl;          /* nodes with a deadline: no sweep when 0 */
     unsigned writes;       /* writes since the last sweep */
     char *purge_ns, *purge_key; /* where the next sweep resumes; NULL: start */
+    struct mem_node **buckets;  /* the hash table: nbuckets (a power of two) chains */
+    size_t nbuckets, nnodes;
 
     pthread_mutex_t lease_lock;
     struct mem_lease *leases;
@@ -212,6 +224,58 @@ static struct mem_node *sl_seek(rhema_storage_instance *in, const char *ns, cons
     return x->next[0];
 }
 
+/* ---- the hash table over the nodes (same lock) ---- */
+
+static struct mem_node *ht_find(const rhema_storage_instance *in, const char *ns, const char *key)
+{
+    uint64_t h = rhema_vcache_hash(ns, key);
+    struct mem_node *n = in->buckets[h & (in->nbuckets - 1)];
+    for (; n != NULL; n = n->hnext)
+        if (n->hash == h && strcmp(n->key, key) == 0 && strcmp(n->ns, ns) == 0)
+            return n;
+    return NULL;
+}
+
+/* Double the buckets when they are fewer than the nodes; on ENOMEM keep them. */
+static void ht_grow(rhema_storage_instance *in)
+{
+    size_t nb = in->nbuckets * 2;
+    struct mem_node **b;
+    if (in->nnodes <= in->nbuckets || nb > ((size_t)1 << 40) || (b = calloc(nb, sizeof *b)) == NULL)
+        return;
+    for (size_t i = 0; i < in->nbuckets; i++) {
+        struct mem_node *n = in->buckets[i], *next;
+        for (; n != NULL; n = next) {
+            next = n->hnext;
+            n->hnext = b[n->hash & (nb - 1)];
+            b[n->hash & (nb - 1)] = n;
+        }
+    }
+    free(in->buckets);
+    in->buckets = b;
+    in->nbuckets = nb;
+}
+
+static void ht_link(rhema_storage_instance *in, struct mem_node *n)
+{
+    struct mem_node **b = &in->buckets[n->hash & (in->nbuckets - 1)];
+    n->hnext = *b;
+    *b = n;
+    in->nnodes++;
+    ht_grow(in);
+}
+
+static void ht_unlink(rhema_storage_instance *in, struct mem_node *n)
+{
+    struct mem_node **p = &in->buckets[n->hash & (in->nbuckets - 1)];
+    while (*p != NULL && *p != n)
+        p = &(*p)->hnext;
+    if (*p == n) {
+        *p = n->hnext;
+        in->nnodes--;
+    }
+}
+
 static int sl_random_level(rhema_storage_instance *in)
 {
     int lvl = 1;
@@ -253,6 +317,7 @@ static struct mem_node *node_new(rhema_storage_instance *in, const char *ns, con
     n->key = n->ns + ns_len + 1;
     memcpy(n->key, key, key_len + 1);
     n->key_len = key_len;
+    n->hash = rhema_vcache_hash(n->ns, n->key);
     n->level = lvl;
     return n;
 }
@@ -270,6 +335,7 @@ static void sl_unlink(rhema_storage_instance *in, struct mem_node *n, struct mem
         in->level--;
     if (n->expires_ns != 0)
         in->n_ttl--;
+    ht_unlink(in, n);
     node_free(n);
 }
 
@@ -368,6 +434,15 @@ static int mem_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
         free(in);
         return host->set_error(err, RHEMA_ENOMEM, "memory: out of memory");
     }
+    in->nbuckets = 1024;
+    if ((in->buckets = calloc(in->nbuckets, sizeof *in->buckets)) == NULL) {
+        rhema_rate_table_free(in->rate);
+        pthread_mutex_destroy(&in->lease_lock);
+        pthread_rwlock_destroy(&in->lock);
+        free(in->head);
+        free(in);
+        return host->set_error(err, RHEMA_ENOMEM, "memory: out of memory");
+    }
     in->host = host;
     in->level = 1;
     in->rng = (host->monotonic_ns() ^ (uint64_t)(uintptr_t)in) | 1u;
@@ -386,6 +461,7 @@ static void mem_close(rhema_storage_instance *in)
         node_free(n);
     }
     free(in->head);
+    free(in->buckets);
     free(in->purge_ns);
     for (i = 0; i < in->n_leases; i++)
         free(in->leases[i].name);
@@ -452,8 +528,8 @@ static int mem_get(rhema_storage_conn *c, const char *ns, const char *key,
 
     now = in->host->monotonic_ns();
     pthread_rwlock_rdlock(&in->lock);
-    n = sl_seek(in, ns, key, NULL);
-    if (n == NULL || node_cmp(n, ns, key) != 0 || expired(n, now)) {
+    n = ht_find(in, ns, key);
+    if (n == NULL || expired(n, now)) {
         rc = RHEMA_ENOTFOUND;
     } else if (grow((void **)&c->buf, &c->buf_cap, n->value_len + 1, 1) != 0) {
         rc = RHEMA_ENOMEM;
@@ -470,6 +546,59 @@ static int mem_get(rhema_storage_conn *c, const char *ns, const char *key,
     else if (rc == RHEMA_ENOMEM)
         conn_error(c, "out of memory");
     return rc;
+}
+
+/*
+ * get_many: the keys under one read lock (one state for all of them), the
+ * values one after the other in the connection's buffer.
+ */
+static int mem_get_many(rhema_storage_conn *c, const char *const *ns, const char *const *keys,
+                        size_t n, struct rhema_storage_value *out, int *rcs)
+{
+    rhema_storage_instance *in = c->inst;
+    size_t off[RHEMA_STORAGE_GET_MANY_MAX], at = 0, i;
+    int rc = 0;
+    const char *bad = rhema_storage_get_many_invalid(ns, keys, n, out, rcs);
+    if (bad != NULL) {
+        conn_error(c, "%s", bad);
+        return RHEMA_EINVAL;
+    }
+    for (i = 0; i < n; i++) {
+        size_t key_len;
+        if ((rc = check_ns_key(c, ns[i], keys[i], &key_len)) != 0)
+            return rc;
+    }
+    uint64_t now = in->host->monotonic_ns();
+    pthread_rwlock_rdlock(&in->lock);
+    for (i = 0; i < n && rc == 0; i++) {
+        struct mem_node *node = ht_find(in, ns[i], keys[i]);
+        out[i].len = 0;
+        out[i].version = 0;
+        if (node == NULL || expired(node, now)) {
+            rcs[i] = RHEMA_ENOTFOUND;
+            continue;
+        }
+        if (grow((void **)&c->buf, &c->buf_cap, at + node->value_len + 1, 1) != 0) {
+            rc = RHEMA_ENOMEM;
+            break;
+        }
+        if (node->value_len > 0)
+            memcpy(c->buf + at, node->value, node->value_len);
+        c->buf[at + node->value_len] = '\0';
+        off[i] = at;
+        at += node->value_len + 1;
+        rcs[i] = 0;
+        out[i].len = node->value_len;
+        out[i].version = node->version;
+    }
+    pthread_rwlock_unlock(&in->lock);
+    if (rc != 0) {
+        conn_error(c, "out of memory");
+        return rc;
+    }
+    for (i = 0; i < n; i++) /* the buffer has stopped moving */
+        out[i].data = rcs[i] == 0 ? c->buf + off[i] : NULL;
+    return 0;
 }
 
 /*
@@ -678,8 +807,8 @@ static int precondition(rhema_storage_conn *c, const struct rhema_storage_write 
 static struct mem_node *find_live(rhema_storage_instance *in, const char *ns, const char *key,
                                   uint64_t now)
 {
-    struct mem_node *n = sl_seek(in, ns, key, NULL);
-    if (n == NULL || node_cmp(n, ns, key) != 0 || expired(n, now))
+    struct mem_node *n = ht_find(in, ns, key);
+    if (n == NULL || expired(n, now))
         return NULL;
     return n;
 }
@@ -728,6 +857,7 @@ static int apply_write(rhema_storage_conn *c, struct rhema_storage_write *w, con
             n->next[i] = update[i]->next[i];
             update[i]->next[i] = n;
         }
+        ht_link(in, n);
     } else {
         free(n->value);
         if (n->expires_ns != 0)
@@ -913,6 +1043,7 @@ static int mem_batch(rhema_storage_conn *c, struct rhema_storage_write *w, size_
                 node->next[k] = update[k]->next[k];
                 update[k]->next[k] = node;
             }
+            ht_link(in, node);
         } else {
             free(node->value);
             if (node->expires_ns != 0)
@@ -1527,8 +1658,11 @@ static int mem_restore(rhema_storage_instance *in, const char *path, char **err)
     }
     in->level = 1;
     in->n_ttl = 0;
+    memset(in->buckets, 0, in->nbuckets * sizeof *in->buckets);
+    in->nnodes = 0;
     for (i = 0; i < d.n_e; i++) { /* already in order: append on every level */
         n = nodes[i];
+        ht_link(in, n); /* cannot fail: a failed growth keeps the buckets */
         n->expires_ns = deadline_ns(now, d.e[i].ttl_ms);
         if (n->expires_ns != 0)
             in->n_ttl++;
@@ -1591,6 +1725,17 @@ static int mem_batch_strided(rhema_storage_conn *c, struct rhema_storage_write *
     return rc;
 }
 
+static int mem_get_many_strided(rhema_storage_conn *c, const char *const *ns,
+                                const char *const *keys, size_t n,
+                                struct rhema_storage_value *out, int *rcs)
+{
+    const char *why = NULL;
+    int rc = rhema_storage_call_get_many(mem_get_many, c, ns, keys, n, out, rcs, &why);
+    if (why != NULL)
+        conn_error(c, "%s", why);
+    return rc;
+}
+
 /* One GCRA step in the instance's table (storage.h, rate()). */
 static int mem_rate(rhema_storage_conn *c, struct rhema_rate_query *q)
 {
@@ -1623,6 +1768,7 @@ static const struct rhema_storage_plugin memory_plugin = {
     .backup = mem_backup,
     .restore = mem_restore,
     .rate = mem_rate,
+    .get_many = mem_get_many_strided,
     .check = mem_check,
 };
 

@@ -32,6 +32,9 @@
  * flock (a writer in its fsyncs), but not once that holder has moved the
  * generation (another process committing); and another instance's writes
  * (another process sharing the directory) are seen, deletes too.
+ * The memory backend gets a check of its hash index: 5,000 keys (several
+ * growths of the table) found by get() and get_many(), deleted ones not,
+ * and so again after a restore.
  * The postgres and redis backends, when built with their client libraries,
  * get the same look at the server: a schema made before rate() gains its
  * table and rows at rest are purged (postgres); a state lives under the
@@ -1530,6 +1533,96 @@ static void postgres_watch_lost(const struct rhema_storage_plugin *vt)
 }
 #endif
 
+
+/* ---- the memory backend's hash index ---- */
+
+/*
+ * get() and the preconditions find a key through a hash table that grows
+ * by doubling beside the skip list: every key put in batches past several
+ * growths is found, a deleted one is not, by get() and by get_many(), and
+ * so after a restore rebuilt the table.
+ */
+static int mem_check_keys(const struct rhema_storage_plugin *vt, rhema_storage_conn *c, int n,
+                          const char *when, char *msg, size_t cap)
+{
+    char key[32], val[32];
+    for (int i = 0; i < n; i++) {
+        struct rhema_storage_value v[2] = {{.size = sizeof v[0]}, {.size = sizeof v[1]}};
+        const char *nss[2] = {"hx", "hx"}, *keys[2] = {key, "absent"};
+        int rcs[2] = {-1, -1};
+        snprintf(key, sizeof key, "k%06d", (i * 7919) % n);
+        snprintf(val, sizeof val, "v%06d", (i * 7919) % n);
+        int gone = ((i * 7919) % n) % 3 == 0, rc = vt->get(c, "hx", key, &v[0]);
+        if (gone ? rc != RHEMA_ENOTFOUND
+                 : (rc != 0 || v[0].len != strlen(val) || memcmp(v[0].data, val, v[0].len) != 0)) {
+            snprintf(msg, cap, "%s: get(%s): %s, want %s", when, key, rhema_strerror(rc),
+                     gone ? "not found" : val);
+            return -1;
+        }
+        rc = vt->get_many(c, nss, keys, 2, v, rcs);
+        if (rc != 0 || rcs[0] != (gone ? RHEMA_ENOTFOUND : 0) || rcs[1] != RHEMA_ENOTFOUND) {
+            snprintf(msg, cap, "%s: get_many(%s, absent): %s, %d %d", when, key,
+                     rhema_strerror(rc), rcs[0], rcs[1]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void memory_hash_index(const struct rhema_storage_plugin *vt)
+{
+    enum { N = 5000, CHUNK = 500 };
+    struct rhema_config cfg;
+    rhema_storage_instance *inst = NULL;
+    rhema_storage_conn *c = NULL;
+    static struct rhema_storage_write w[CHUNK];
+    static char keys[CHUNK][32], vals[CHUNK][32];
+    char msg[1024] = "", *err = NULL, snap[600];
+    int rc = 0;
+    if (open_backend(vt, &cfg, "memory", "hash index", NULL, 0, "memory", &inst, &c, msg,
+                     sizeof msg) != 0)
+        goto out;
+    for (int op = 0; op < 2 && !msg[0]; op++) /* puts, then a delete of every third key */
+        for (int base = 0; base < N && !msg[0]; base += CHUNK) {
+            size_t m = 0;
+            for (int i = base; i < base + CHUNK; i++) {
+                int k = (i * 7919) % N;
+                if (op == 1 && k % 3 != 0)
+                    continue;
+                snprintf(keys[m], sizeof keys[m], "k%06d", k);
+                snprintf(vals[m], sizeof vals[m], "v%06d", k);
+                w[m] = (struct rhema_storage_write){.size = sizeof w[m],
+                                                    .op = op ? RHEMA_WRITE_DEL : RHEMA_WRITE_PUT,
+                                                    .ns = "hx",
+                                                    .key = keys[m],
+                                                    .value = op ? NULL : vals[m],
+                                                    .value_len = op ? 0 : strlen(vals[m]),
+                                                    .expected_version = RHEMA_VERSION_ANY};
+                m++;
+            }
+            if ((rc = vt->batch(c, w, m)) != 0)
+                snprintf(msg, sizeof msg, "batch of %zu %s: %s", m, op ? "deletes" : "puts",
+                         rhema_strerror(rc));
+        }
+    if (msg[0] || mem_check_keys(vt, c, N, "after the writes", msg, sizeof msg) != 0)
+        goto out;
+    snprintf(snap, sizeof snap, "%s/hash-index.snap", tmpdir);
+    if ((rc = vt->backup(c, snap, &err)) != 0 || (rc = vt->restore(inst, snap, &err)) != 0)
+        snprintf(msg, sizeof msg, "backup and restore: %s: %s", rhema_strerror(rc),
+                 err ? err : "");
+    else
+        mem_check_keys(vt, c, N, "after a restore", msg, sizeof msg);
+out:
+    tap("memory", "hash index: 5,000 keys found, deleted ones not, after a restore too",
+        msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+    free(err);
+    if (c) {
+        vt->disconnect(c);
+        vt->close(inst);
+        rhema_config_release(&cfg);
+    }
+}
+
 /* ---- main ---- */
 
 /* Run the suite on one backend, plus its own checks. */
@@ -1779,6 +1872,8 @@ static void run_backend(struct rhema_plugin_registry *reg, const char *backend)
 
     if (strcmp(backend, "file") == 0)
         file_read_cache(vt);
+    if (strcmp(backend, "memory") == 0)
+        memory_hash_index(vt);
     if (strcmp(backend, "sqlite") == 0) {
         sqlite_durability(vt, path_override);
         sqlite_bad_synchronous(vt, path_override);
