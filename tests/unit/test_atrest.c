@@ -553,10 +553,12 @@ static void batch_group_scan(void **state)
     for (int i = 0; i < 4; i++)
         free(v[i]);
     unwrap(&w);
-    /* no group below: none above (the host then batches member by member) */
+    /* no group below: none above (the host then batches member by member);
+     * get_many above exactly when below */
     w = wrap(f, 1, 1);
+    assert_null(memvt->group);
     assert_null(w.vt->group);
-    assert_null(w.vt->get_many);
+    assert_int_equal(w.vt->get_many != NULL, memvt->get_many != NULL);
     unwrap(&w);
     for (size_t i = 0; i < 8; i++)
         free(fake_many_data[i]);
