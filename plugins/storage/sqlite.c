@@ -252,7 +252,9 @@ struct rhema_storage_instance {
     /* the read cache (see "the read cache"); NULL: off */
     struct sq_cache *cache;
     const uint32_t *shm; /* the first page of <path>-shm, mapped read-only */
-    sqlite3 *shm_db;     /* kept open while shm is mapped: the -shm file stays */
+    pthread_mutex_t conn_lock; /* nconns, and the cache's start and end */
+    int nconns;                /* connections of this process (connect - disconnect) */
+    pid_t cache_pid;           /* the process that mapped shm */
 };
 
 /* One copy of SQLite's wal-index header: the first 48 bytes of <path>-shm. */
@@ -275,6 +277,7 @@ struct rhema_storage_conn {
     int tx_h0_ok, tx_unknown; /* unknown: it changed rows it did not list (a purge) */
     uint64_t *tx_keys;        /* hashes (rhema_vcache_hash) */
     size_t tx_nkeys, tx_cap;
+    int counted; /* in inst->nconns */
 };
 
 /* ---- helpers ---- */
@@ -408,8 +411,14 @@ static int step_done(rhema_storage_conn *c, enum stmt_id id, const char *what)
  *     expires_at at the time of the read.
  *
  * Bounded by value_cache.h (16,384 entries, values up to 64 KiB, 64 MiB).
- * The mapping is taken while a connection of the instance (shm_db) keeps
- * the -shm file from being removed, and dropped at close.
+ * The mapping lives while the instance has connections in this process:
+ * taken by the first connect() (which has read, so -shm is there and the
+ * database file holds its shared lock), dropped by the last disconnect().
+ * SQLite removes -shm only when a connection closing finds no other one
+ * on the database (it must get an exclusive lock), so the file mapped is
+ * the one SQLite uses for as long as it is mapped.  A process that forked
+ * after connecting (rhemad opens storage before it daemonizes) maps its
+ * own at its first connect().
  */
 #define WALINDEX_VERSION 3007000u /* wal-index header iVersion (walformat.html) */
 #define WAL_ICHANGE 2             /* the word of the header that counts commits */
@@ -606,14 +615,12 @@ static void cache_close(rhema_storage_instance *in)
     if (in->shm != NULL)
         munmap((void *)in->shm, 4096);
     in->shm = NULL;
-    sqlite3_close(in->shm_db);
-    in->shm_db = NULL;
 }
 
 /*
- * Start the cache: a connection that keeps the -shm file (its read puts
- * the wal-index in place), the file's first page mapped read-only, and a
- * header that reads as one.  Without them the plugin works uncached.
+ * Start the cache (conn_lock held, a connection of this process open and
+ * read): -shm's first page mapped read-only, and a header that reads as
+ * one.  Without them the plugin works uncached.
  */
 static void cache_open(rhema_storage_instance *in)
 {
@@ -622,12 +629,9 @@ static void cache_open(rhema_storage_instance *in)
     const char *why = NULL;
     struct wal_hdr hdr;
     int fd = -1;
+    in->cache_pid = getpid();
     if ((size_t)snprintf(shm, sizeof shm, "%s-shm", in->path) >= sizeof shm)
         why = "path too long";
-    else if (sqlite3_open_v2(in->path, &in->shm_db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
-                             NULL) != SQLITE_OK ||
-             sqlite3_exec(in->shm_db, "SELECT count(*) FROM meta", NULL, NULL, NULL) != SQLITE_OK)
-        why = "cannot open the database";
     else if ((fd = open(shm, O_RDONLY | O_CLOEXEC)) < 0)
         why = strerror(errno);
     else {
@@ -658,6 +662,29 @@ static void cache_open(rhema_storage_instance *in)
             h->log(RHEMA_LOG_WARN, PLUGIN_NAME, "%s: read cache off (%s): every read goes to SQLite",
                    shm, why);
     }
+}
+
+/* A connection of this process opened (counted; the first one starts the cache). */
+static void cache_conn_up(rhema_storage_instance *in)
+{
+    pthread_mutex_lock(&in->conn_lock);
+    if (in->nconns > 0 && in->cache_pid != getpid()) {
+        /* forked since: the parent's connections and mapping are not this process's */
+        cache_close(in);
+        in->nconns = 0;
+    }
+    if (in->nconns++ == 0)
+        cache_open(in);
+    pthread_mutex_unlock(&in->conn_lock);
+}
+
+/* A connection closed; the last one ends the cache. */
+static void cache_conn_down(rhema_storage_instance *in)
+{
+    pthread_mutex_lock(&in->conn_lock);
+    if (in->cache_pid == getpid() && in->nconns > 0 && --in->nconns == 0)
+        cache_close(in);
+    pthread_mutex_unlock(&in->conn_lock);
 }
 
 static int tx_begin(rhema_storage_conn *c)
@@ -1115,6 +1142,7 @@ static int sq_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
     in->host = host;
     atomic_init(&in->writes, 0);
     pthread_mutex_init(&in->write_lock, NULL);
+    pthread_mutex_init(&in->conn_lock, NULL);
     pthread_mutex_init(&in->ckpt_lock, NULL);
     pthread_cond_init(&in->ckpt_cond, NULL);
     pthread_cond_init(&in->ckpt_passed, NULL);
@@ -1130,7 +1158,6 @@ static int sq_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
     rc = init_schema(in, err);
     if (rc != 0)
         goto fail;
-    cache_open(in);
     {
         char rpath[PATH_MAX], msg[SQ_ERRMSG_MAX];
         if ((size_t)snprintf(rpath, sizeof rpath, "%s-rate", in->path) >= sizeof rpath) {
@@ -1150,9 +1177,9 @@ static int sq_open(const struct rhema_host *host, const struct rhema_cfg *cfg,
     *out = in;
     return 0;
 fail:
-    cache_close(in);
     rhema_rate_file_close(in->rate);
     pthread_mutex_destroy(&in->write_lock);
+    pthread_mutex_destroy(&in->conn_lock);
     pthread_mutex_destroy(&in->ckpt_lock);
     pthread_cond_destroy(&in->ckpt_cond);
     pthread_cond_destroy(&in->ckpt_passed);
@@ -1166,9 +1193,10 @@ static void sq_close(rhema_storage_instance *in)
     if (in == NULL)
         return;
     ckpt_stop(in);
-    cache_close(in);
+    cache_close(in); /* a connection never disconnected: its mapping */
     rhema_rate_file_close(in->rate);
     pthread_mutex_destroy(&in->write_lock);
+    pthread_mutex_destroy(&in->conn_lock);
     pthread_mutex_destroy(&in->ckpt_lock);
     pthread_cond_destroy(&in->ckpt_cond);
     pthread_cond_destroy(&in->ckpt_passed);
@@ -1181,6 +1209,8 @@ static void sq_disconnect(rhema_storage_conn *c)
     size_t i;
     if (c == NULL)
         return;
+    if (c->counted)
+        cache_conn_down(c->inst); /* before the close that may remove -shm */
     for (i = 0; i < ST__COUNT; i++)
         sqlite3_finalize(c->st[i]);
     sqlite3_close(c->db);
@@ -1238,6 +1268,8 @@ static int sq_connect(rhema_storage_instance *in, rhema_storage_conn **out, char
             goto fail;
         }
     }
+    cache_conn_up(in); /* the prepares read the schema: -shm is in use */
+    c->counted = 1;
     *out = c;
     return 0;
 fail:

@@ -25,8 +25,9 @@
  * table (rate_max_keys) forgetting the key that rests first; and its
  * read cache: another instance's writes and deletes (another process
  * sharing the file), and those of a program writing with SQLite itself,
- * are seen at once, a key read absent and then written too, and a cached
- * value with a TTL stops being answered when it expires.
+ * are seen at once, a key read absent and then written too, so after every
+ * connection closed (SQLite made -shm anew), and a cached value with a TTL
+ * stops being answered when it expires.
  * The file backend gets the checks of its read cache: a get() of a value
  * it holds answers while another holder keeps the directory's exclusive
  * flock (a writer in its fsyncs), but not once that holder has moved the
@@ -1020,10 +1021,14 @@ static void sqlite_read_cache(const struct rhema_storage_plugin *vt)
     char db[600], msg[1024] = "", val[64], sql[256];
     const char *test = "read cache: another instance's writes and deletes are seen";
     int rc;
+    char ov_path[700];
+    /* no checkpointer: its connection would keep -shm for the reconnect check */
+    const char *ov[] = {ov_path, "persistence.sqlite.checkpoint_pages=0"};
     snprintf(db, sizeof db, "%s/read-cache.db", tmpdir);
-    if (sq_open_at(vt, &cfg1, db, &in1, &c1, msg, sizeof msg) != 0)
-        goto out;
-    if (sq_open_at(vt, &cfg2, db, &in2, &c2, msg, sizeof msg) != 0)
+    snprintf(ov_path, sizeof ov_path, "persistence.sqlite.path=%s", db);
+    if (open_backend(vt, &cfg1, "sqlite", "read cache", ov, 2, db, &in1, &c1, msg, sizeof msg) !=
+            0 ||
+        open_backend(vt, &cfg2, "sqlite", "read cache", ov, 2, db, &in2, &c2, msg, sizeof msg) != 0)
         goto out;
     if ((rc = rc_put(vt, c1, "k", "one", 0)) != 0) {
         snprintf(msg, sizeof msg, "put: %s", rhema_strerror(rc));
@@ -1084,6 +1089,45 @@ static void sqlite_read_cache(const struct rhema_storage_plugin *vt)
     }
     tap("sqlite", test, msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
 
+    test = "read cache: after every connection closed, the next one reads the new state";
+    if (msg[0])
+        goto out;
+    {
+        /*
+         * With no connection left, SQLite removes -shm; a cache still at
+         * the old file's header would never see a change again.
+         */
+        char *err = NULL;
+        if ((rc = rc_put(vt, c1, "k", "before", 0)) != 0 ||
+            rc_expect(vt, c1, "k", "before", "cached", msg, sizeof msg) != 0) {
+            if (!msg[0])
+                snprintf(msg, sizeof msg, "put: %s", rhema_strerror(rc));
+        } else {
+            vt->disconnect(c1);
+            c1 = NULL;
+            if ((rc = rc_put(vt, c2, "k", "after", 0)) != 0)
+                snprintf(msg, sizeof msg, "put on the second instance: %s", rhema_strerror(rc));
+            sq_close_at(vt, &cfg2, in2, c2); /* the last connection: -shm goes */
+            c2 = NULL;
+            if (!msg[0] && (rc = vt->connect(in1, &c1, &err)) != 0)
+                snprintf(msg, sizeof msg, "connect again: %s: %s", rhema_strerror(rc),
+                         err ? err : "");
+            else if (!msg[0] &&
+                     rc_expect(vt, c1, "k", "after", "connected again", msg, sizeof msg) == 0 &&
+                     open_backend(vt, &cfg2, "sqlite", "read cache", ov, 2, db, &in2, &c2, msg,
+                                  sizeof msg) == 0) {
+                /* the new -shm's header moves; the old one's would not */
+                if ((rc = rc_put(vt, c2, "k", "later", 0)) != 0)
+                    snprintf(msg, sizeof msg, "put: %s", rhema_strerror(rc));
+                else
+                    rc_expect(vt, c1, "k", "later", "a write after the reconnect", msg,
+                              sizeof msg);
+            }
+            free(err);
+        }
+    }
+    tap("sqlite", test, msg[0] ? RHEMA_CONF_FAIL : RHEMA_CONF_PASS, msg);
+
     test = "read cache: a cached value stops at its TTL";
     if (msg[0])
         goto out;
@@ -1101,6 +1145,8 @@ out:
         sq_close_at(vt, &cfg2, in2, c2);
     if (c1)
         sq_close_at(vt, &cfg1, in1, c1);
+    else if (in1) /* connect again failed */
+        sq_close_at(vt, &cfg1, in1, NULL);
 }
 #endif /* RHEMA_HAVE_SQLITE */
 
