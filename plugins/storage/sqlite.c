@@ -553,7 +553,7 @@ static void cache_fill(rhema_storage_conn *c, const struct wal_hdr *h, size_t n,
     }
     for (size_t i = 0; i < n; i++)
         rhema_vcache_put(sc->vc, ns[i], keys[i], f[i].version, (uint64_t)f[i].expires_ms,
-                         c->buf + f[i].off, f[i].len, f[i].rc != 0);
+                         f[i].rc == 0 ? c->buf + f[i].off : NULL, f[i].len, f[i].rc != 0);
     pthread_mutex_unlock(&sc->mu);
 }
 
