@@ -1280,19 +1280,17 @@ fail:
 /* ---- reads ---- */
 
 /*
- * Read ns/key into c->buf at offset *at (the buffer grown as needed; the
- * value followed by a NUL): 0 with *len and *version and *at moved past
- * it, RHEMA_ENOTFOUND, or an error.
+ * Read ns/key (checked by the caller) into c->buf at offset *at (the
+ * buffer grown as needed; the value followed by a NUL): 0 with *f filled
+ * and *at moved past it, RHEMA_ENOTFOUND, or an error (f->rc says which).
  */
 static int read_into(rhema_storage_conn *c, const char *ns, const char *key, size_t *at,
                      struct sq_found *f)
 {
     sqlite3_stmt *st = c->st[ST_GET];
-    int rc = check_ns_key(c, ns, key);
+    int rc;
     memset(f, 0, sizeof *f);
     f->off = *at;
-    if (rc != 0)
-        return rc;
     bind_text(st, 1, ns);
     bind_text(st, 2, key);
     sqlite3_bind_int64(st, 4, now_ms(c->inst));

@@ -547,6 +547,21 @@ out:
  * messages), open backend's instance and connect; 0, or -1 with a message
  * in msg (and nothing left to release).
  */
+/* An unconditional put of a text value (ttl_ms 0: none), for the read caches' checks. */
+static int put_value(const struct rhema_storage_plugin *vt, rhema_storage_conn *c, const char *ns,
+                     const char *key, const char *value, uint64_t ttl_ms)
+{
+    struct rhema_storage_write w = {.size = sizeof w,
+                                    .op = RHEMA_WRITE_PUT,
+                                    .ns = ns,
+                                    .key = key,
+                                    .value = value,
+                                    .value_len = strlen(value),
+                                    .ttl_ms = ttl_ms,
+                                    .expected_version = RHEMA_VERSION_ANY};
+    return vt->put(c, &w);
+}
+
 static int open_backend(const struct rhema_storage_plugin *vt, struct rhema_config *cfg,
                         const char *backend, const char *what, const char *const *ov, size_t n_ov,
                         const char *where, rhema_storage_instance **inst, rhema_storage_conn **c,
@@ -976,21 +991,6 @@ static void sqlite_rate_bad_settings(const struct rhema_storage_plugin *vt)
         msg);
 }
 
-/* A put of ns "rc" on the sqlite read cache's tests. */
-static int rc_put(const struct rhema_storage_plugin *vt, rhema_storage_conn *c, const char *key,
-                  const char *value, uint64_t ttl_ms)
-{
-    struct rhema_storage_write w = {.size = sizeof w,
-                                    .op = RHEMA_WRITE_PUT,
-                                    .ns = "rc",
-                                    .key = key,
-                                    .value = value,
-                                    .value_len = strlen(value),
-                                    .ttl_ms = ttl_ms,
-                                    .expected_version = RHEMA_VERSION_ANY};
-    return vt->put(c, &w);
-}
-
 /* get ns "rc" key on c gives want (NULL: not found); else a message in msg. */
 static int rc_expect(const struct rhema_storage_plugin *vt, rhema_storage_conn *c, const char *key,
                      const char *want, const char *when, char *msg, size_t cap)
@@ -1030,7 +1030,7 @@ static void sqlite_read_cache(const struct rhema_storage_plugin *vt)
             0 ||
         open_backend(vt, &cfg2, "sqlite", "read cache", ov, 2, db, &in2, &c2, msg, sizeof msg) != 0)
         goto out;
-    if ((rc = rc_put(vt, c1, "k", "one", 0)) != 0) {
+    if ((rc = put_value(vt, c1, "rc", "k", "one", 0)) != 0) {
         snprintf(msg, sizeof msg, "put: %s", rhema_strerror(rc));
         goto out;
     }
@@ -1039,14 +1039,14 @@ static void sqlite_read_cache(const struct rhema_storage_plugin *vt)
         snprintf(val, sizeof val, "two-%d", round);
         if (rc_expect(vt, c1, "k", cur, "before", msg, sizeof msg) != 0) /* cached now */
             break;
-        if ((rc = rc_put(vt, c2, "k", val, 0)) != 0)
+        if ((rc = put_value(vt, c2, "rc", "k", val, 0)) != 0)
             snprintf(msg, sizeof msg, "put on the second instance: %s", rhema_strerror(rc));
         else
             rc_expect(vt, c1, "k", val, "after the second instance's put", msg, sizeof msg);
         snprintf(cur, sizeof cur, "%s", val);
     }
     if (!msg[0] && rc_expect(vt, c1, "gone", NULL, "a missing key", msg, sizeof msg) == 0) {
-        if ((rc = rc_put(vt, c2, "gone", "here", 0)) != 0)
+        if ((rc = put_value(vt, c2, "rc", "gone", "here", 0)) != 0)
             snprintf(msg, sizeof msg, "put on the second instance: %s", rhema_strerror(rc));
         else if (rc_expect(vt, c1, "gone", "here", "a key read absent, then put by the second "
                            "instance", msg, sizeof msg) == 0 &&
@@ -1056,12 +1056,12 @@ static void sqlite_read_cache(const struct rhema_storage_plugin *vt)
             rc_expect(vt, c1, "gone", NULL, "after the second instance's delete", msg, sizeof msg);
     }
     if (!msg[0] && rc_expect(vt, c1, "mine", NULL, "a missing key", msg, sizeof msg) == 0) {
-        if ((rc = rc_put(vt, c1, "mine", "m1", 0)) != 0)
+        if ((rc = put_value(vt, c1, "rc", "mine", "m1", 0)) != 0)
             snprintf(msg, sizeof msg, "put: %s", rhema_strerror(rc));
         else if (rc_expect(vt, c1, "mine", "m1", "own put of a key read absent", msg,
                            sizeof msg) == 0 &&
                  rc_expect(vt, c2, "mine", "m1", "the other instance", msg, sizeof msg) == 0 &&
-                 (rc = rc_put(vt, c1, "mine", "m2", 0)) == 0)
+                 (rc = put_value(vt, c1, "rc", "mine", "m2", 0)) == 0)
             rc_expect(vt, c2, "mine", "m2", "the other instance, after a second put", msg,
                       sizeof msg);
     }
@@ -1098,14 +1098,14 @@ static void sqlite_read_cache(const struct rhema_storage_plugin *vt)
          * the old file's header would never see a change again.
          */
         char *err = NULL;
-        if ((rc = rc_put(vt, c1, "k", "before", 0)) != 0 ||
+        if ((rc = put_value(vt, c1, "rc", "k", "before", 0)) != 0 ||
             rc_expect(vt, c1, "k", "before", "cached", msg, sizeof msg) != 0) {
             if (!msg[0])
                 snprintf(msg, sizeof msg, "put: %s", rhema_strerror(rc));
         } else {
             vt->disconnect(c1);
             c1 = NULL;
-            if ((rc = rc_put(vt, c2, "k", "after", 0)) != 0)
+            if ((rc = put_value(vt, c2, "rc", "k", "after", 0)) != 0)
                 snprintf(msg, sizeof msg, "put on the second instance: %s", rhema_strerror(rc));
             sq_close_at(vt, &cfg2, in2, c2); /* the last connection: -shm goes */
             c2 = NULL;
@@ -1117,7 +1117,7 @@ static void sqlite_read_cache(const struct rhema_storage_plugin *vt)
                      open_backend(vt, &cfg2, "sqlite", "read cache", ov, 2, db, &in2, &c2, msg,
                                   sizeof msg) == 0) {
                 /* the new -shm's header moves; the old one's would not */
-                if ((rc = rc_put(vt, c2, "k", "later", 0)) != 0)
+                if ((rc = put_value(vt, c2, "rc", "k", "later", 0)) != 0)
                     snprintf(msg, sizeof msg, "put: %s", rhema_strerror(rc));
                 else
                     rc_expect(vt, c1, "k", "later", "a write after the reconnect", msg,
@@ -1131,7 +1131,7 @@ static void sqlite_read_cache(const struct rhema_storage_plugin *vt)
     test = "read cache: a cached value stops at its TTL";
     if (msg[0])
         goto out;
-    if ((rc = rc_put(vt, c1, "ttl", "brief", 1000)) != 0)
+    if ((rc = put_value(vt, c1, "rc", "ttl", "brief", 1000)) != 0)
         snprintf(msg, sizeof msg, "put with a TTL: %s", rhema_strerror(rc));
     else if (rc_expect(vt, c1, "ttl", "brief", "within its TTL", msg, sizeof msg) == 0 &&
              rc_expect(vt, c1, "ttl", "brief", "within its TTL, again", msg, sizeof msg) == 0) {
@@ -1685,19 +1685,6 @@ static int fl_open_dir(const struct rhema_storage_plugin *vt, struct rhema_confi
     return open_backend(vt, cfg, "file", "read cache", ov, 1, dir, inst, c, msg, cap);
 }
 
-static int fl_put_value(const struct rhema_storage_plugin *vt, rhema_storage_conn *c,
-                        const char *key, const char *value)
-{
-    struct rhema_storage_write w = {.size = sizeof w,
-                                    .op = RHEMA_WRITE_PUT,
-                                    .ns = "fc",
-                                    .key = key,
-                                    .value = value,
-                                    .value_len = strlen(value),
-                                    .expected_version = RHEMA_VERSION_ANY};
-    return vt->put(c, &w);
-}
-
 /* A get() on a thread of its own, so that the test can see whether it waits. */
 struct bg_get {
     const struct rhema_storage_plugin *vt;
@@ -1756,7 +1743,7 @@ static void file_read_cache(const struct rhema_storage_plugin *vt)
         snprintf(msg, sizeof msg, "connect: %s: %s", rhema_strerror(rc), err ? err : "");
         goto out;
     }
-    if ((rc = fl_put_value(vt, c, "k", "one")) != 0) {
+    if ((rc = put_value(vt, c, "fc", "k", "one", 0)) != 0) {
         snprintf(msg, sizeof msg, "put: %s: %s", rhema_strerror(rc), vt->errmsg(c));
         goto out;
     }
@@ -1847,7 +1834,7 @@ static void file_read_cache(const struct rhema_storage_plugin *vt)
         snprintf(val, sizeof val, "two-%d", round);
         if ((rc = vt->get(c, "fc", "k", &v)) != 0) /* cached on the first instance */
             snprintf(msg, sizeof msg, "get: %s", rhema_strerror(rc));
-        else if ((rc = fl_put_value(vt, c2, "k", val)) != 0)
+        else if ((rc = put_value(vt, c2, "fc", "k", val, 0)) != 0)
             snprintf(msg, sizeof msg, "put on the second instance: %s", rhema_strerror(rc));
         else if ((rc = vt->get(c, "fc", "k", &v)) != 0 || v.len != strlen(val) ||
                  memcmp(v.data, val, v.len) != 0)
@@ -1861,7 +1848,7 @@ static void file_read_cache(const struct rhema_storage_plugin *vt)
         else if ((rc = vt->get(c, "fc", "k", &v)) != RHEMA_ENOTFOUND)
             snprintf(msg, sizeof msg, "after a delete by the second instance get() gave %s",
                      rhema_strerror(rc));
-        else if ((rc = fl_put_value(vt, c, "k", "three")) != 0 ||
+        else if ((rc = put_value(vt, c, "fc", "k", "three", 0)) != 0 ||
                  (rc = vt->get(c2, "fc", "k", &v)) != 0 || v.len != 5 ||
                  memcmp(v.data, "three", 5) != 0)
             snprintf(msg, sizeof msg, "the second instance did not read the first's write: %s",
