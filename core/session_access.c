@@ -19,9 +19,6 @@
 #define WHO "session"
 #define FLUSH_RETRIES 16     /* compare-and-set rounds against other writers */
 #define FLUSH_PERIOD_MS 1000 /* "at least once a second" (session.h) */
-#define CHUNK_MAX 4096       /* counts written in one transaction at most */
-#define CHUNK_FIRST 64       /* ... at first (grows while transactions are quick) */
-#define CHUNK_HOLD_NS 2000000u /* a transaction that holds readers longer halves the next */
 
 struct entry {
     char *id; /* NULL: an empty slot */
@@ -47,7 +44,7 @@ struct rhema_access_table {
     _Atomic uint64_t flushes, failed, written, dropped; /* rhema_access_stats */
     pthread_mutex_t flush_mu; /* one flush at a time */
     uint64_t pass;            /* flushes begun (under flush_mu) */
-    size_t chunk;             /* counts per transaction now (under flush_mu) */
+    struct rhema_access_chunk chunk; /* counts per transaction (under flush_mu) */
     /* the writer */
     pthread_mutex_t wmu;
     pthread_cond_t wcv;
@@ -160,7 +157,7 @@ int rhema_access_table_new(struct rhema_access_table **out)
     for (int i = 0; i < RHEMA_ACCESS_SHARDS; i++)
         pthread_mutex_init(&t->shard[i].mu, NULL);
     pthread_mutex_init(&t->flush_mu, NULL);
-    t->chunk = CHUNK_FIRST;
+    rhema_access_chunk_init(&t->chunk);
     pthread_mutex_init(&t->wmu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -523,13 +520,14 @@ int rhema_access_flush(struct rhema_access_table *t, const struct rhema_storage_
      * In chunks, each one transaction: on a backend whose writer holds what
      * its readers need while it commits (the file plugin's directory lock,
      * Redis's single thread through an fsync), one transaction of every
-     * count would hold the readers for all of it.  A chunk that took longer
-     * than CHUNK_HOLD_NS halves the next one, a quick one doubles it; after
-     * a long one the writer rests as long before the next, so readers get
-     * the backend at least half the time.
+     * count would hold the readers for all of it.  The chunk's size follows
+     * rhema_access_chunk_step() (session_access.h); after a transaction
+     * longer than RHEMA_ACCESS_HOLD_NS the writer rests as long before the
+     * next, so readers get the backend at least half the time.
      */
     for (size_t at = 0; at < n;) {
-        size_t k = n - at < t->chunk ? n - at : t->chunk;
+        size_t want = rhema_access_chunk_next(&t->chunk);
+        size_t k = n - at < want ? n - at : want;
         uint64_t t0 = rhema_monotonic_ns();
         int rc = flush_chunk(t, vt, conn, v + at, k, g);
         uint64_t took = rhema_monotonic_ns() - t0;
@@ -539,11 +537,8 @@ int rhema_access_flush(struct rhema_access_table *t, const struct rhema_storage_
             break;
         }
         at += k;
-        if (took > CHUNK_HOLD_NS && t->chunk > 1)
-            t->chunk /= 2;
-        else if (took < CHUNK_HOLD_NS / 4 && t->chunk < CHUNK_MAX)
-            t->chunk *= 2;
-        if (took > CHUNK_HOLD_NS && at < n) {
+        rhema_access_chunk_step(&t->chunk, k, took);
+        if (took > RHEMA_ACCESS_HOLD_NS && at < n) {
             struct timespec ts = {.tv_sec = (time_t)(took / 1000000000u),
                                   .tv_nsec = (long)(took % 1000000000u)};
             nanosleep(&ts, NULL);
@@ -564,6 +559,51 @@ out:
     }
     pthread_mutex_unlock(&t->flush_mu);
     return first;
+}
+
+/* ---- the chunk controller (session_access.h) ---- */
+
+void rhema_access_chunk_init(struct rhema_access_chunk *c)
+{
+    *c = (struct rhema_access_chunk){.chunk = RHEMA_ACCESS_CHUNK_FIRST};
+}
+
+size_t rhema_access_chunk_next(struct rhema_access_chunk *c)
+{
+    c->odd = !c->odd;
+    return c->odd ? c->chunk : c->chunk > 1 ? c->chunk / 2 : 2;
+}
+
+void rhema_access_chunk_step(struct rhema_access_chunk *c, size_t k, uint64_t took)
+{
+    double x = (double)k, y = (double)took;
+    double w = c->seen < 16 ? 1.0 / (c->seen + 1) : 1.0 / 16; /* a mean, then a moving one */
+    if (!k)
+        return;
+    c->seen++;
+    c->mk += w * (x - c->mk);
+    c->mt += w * (y - c->mt);
+    c->mkk += w * (x * x - c->mkk);
+    c->mkt += w * (x * y - c->mkt);
+    c->mtt += w * (y * y - c->mtt);
+    double vk = c->mkk - c->mk * c->mk, cov = c->mkt - c->mk * c->mt;
+    if (c->seen < 8 || vk <= 0.01 * c->mk * c->mk)
+        return; /* too few transactions, or of one size: no line to trust */
+    /* the least-squares line through the sizes and times */
+    double per = cov / vk, resid = (c->mtt - c->mt * c->mt) - per * cov;
+    double se2 = resid > 0 ? resid / ((c->seen < 16 ? c->seen : 16) * vk) : 0;
+    c->per_ns = per > 0 ? per : 0;
+    c->fixed_ns = c->mt > c->per_ns * c->mk ? c->mt - c->per_ns * c->mk : 0;
+    /* only what the fit is sure of moves the chunk: halve when even the low
+     * end of the cost of a count (three standard errors below) puts the
+     * size part over the bound, double when even the high end puts it under
+     * a quarter of it */
+    double over = per - RHEMA_ACCESS_HOLD_NS / (double)c->chunk;
+    double under = RHEMA_ACCESS_HOLD_NS / 4.0 / (double)c->chunk - per;
+    if (over > 0 && over * over > 9 * se2 && c->chunk > 1)
+        c->chunk /= 2;
+    else if (under > 0 && under * under > 9 * se2 && c->chunk < RHEMA_ACCESS_CHUNK_MAX)
+        c->chunk *= 2;
 }
 
 /* ---- the writer ---- */

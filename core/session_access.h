@@ -103,6 +103,41 @@ int rhema_access_flush(struct rhema_access_table *t, const struct rhema_storage_
                        rhema_storage_conn *conn);
 
 /*
+ * The chunk controller: how many counts one transaction of a flush writes.
+ * A transaction's time has a part that grows with its size (the records it
+ * reads and writes) and a part that does not (its commit: an fsync, two
+ * round trips queued behind the readers of a shared server).  Only the
+ * first holds readers longer as a chunk grows; halving the chunk leaves
+ * the second alone and doubles the commits -- with the fixed part counted
+ * as size, a backend whose commit takes over RHEMA_ACCESS_HOLD_NS (Redis
+ * with `appendfsync always` under load) was driven to one count a
+ * transaction, a thousand fsyncs a second, each stalling every client of
+ * the server.  So the two parts are fitted (least squares over moving
+ * means of the transactions' sizes and times; every other transaction is
+ * half the chunk, two when it is one, so that the sizes differ), and the
+ * chunk halves when even the low end of the fit's estimate of its size
+ * part (three standard errors) is over RHEMA_ACCESS_HOLD_NS, doubles when
+ * even the high end is under a quarter of it, and stays when the noise of
+ * a shared machine leaves it unsure.
+ */
+#define RHEMA_ACCESS_HOLD_NS 2000000u /* the size part of a transaction at most */
+#define RHEMA_ACCESS_CHUNK_FIRST 64   /* counts a transaction at first */
+#define RHEMA_ACCESS_CHUNK_MAX 4096   /* ... at most */
+
+struct rhema_access_chunk {
+    size_t chunk;              /* the size chosen */
+    int odd;                   /* the next transaction is the full chunk */
+    unsigned seen;             /* transactions measured */
+    double mk, mt, mkk, mkt, mtt; /* moving means: size, time (ns), their squares and product */
+    double per_ns, fixed_ns;   /* the fit: time = fixed + per x size */
+};
+void rhema_access_chunk_init(struct rhema_access_chunk *c);
+/* The size of the next transaction: the chunk, every other time half of it (or 2). */
+size_t rhema_access_chunk_next(struct rhema_access_chunk *c);
+/* A transaction of k counts took took_ns. */
+void rhema_access_chunk_step(struct rhema_access_chunk *c, size_t k, uint64_t took_ns);
+
+/*
  * Start the writer thread on a connection of its own (inst's); *err
  * (malloc'd) on failure.  rhema_access_writer_stop() wakes it, waits for
  * its last flush and disconnects (also done by rhema_access_table_free).

@@ -759,6 +759,57 @@ static void time_and_ids(void **state)
     assert_true(rhema_id_valid(long_id));
 }
 
+/*
+ * The access writer's chunk controller against backends whose transactions
+ * cost fixed + per x size, each time (100 - noise) to (100 + 2 x noise)
+ * percent of that (deterministic noise, seeded).  The chunks chosen after
+ * the last 50 of 300 transactions in [*lo, *hi].
+ */
+static void chunk_run(uint32_t seed, unsigned noise, uint64_t fixed, uint64_t per, size_t *lo,
+                      size_t *hi)
+{
+    struct rhema_access_chunk c;
+    uint32_t x = seed;
+    rhema_access_chunk_init(&c);
+    *lo = SIZE_MAX, *hi = 0;
+    for (int i = 0; i < 300; i++) {
+        size_t k = rhema_access_chunk_next(&c);
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        uint64_t took = (fixed + per * k) * (100 - noise + x % (3 * noise + 1)) / 100;
+        rhema_access_chunk_step(&c, k, took);
+        if (i >= 250) {
+            *lo = c.chunk < *lo ? c.chunk : *lo;
+            *hi = c.chunk > *hi ? c.chunk : *hi;
+        }
+    }
+}
+
+static void access_chunks_follow_the_size_part(void **state)
+{
+    static const uint32_t seeds[] = {2463534242u, 88172645u,  521288629u,  123456789u,
+                                     3141592653u, 2718281828u, 1618033988u, 1414213562u,
+                                     4000000007u, 987654321u,  555555555u,  3000000019u};
+    size_t lo, hi;
+    (void)state;
+    for (size_t i = 0; i < sizeof seeds / sizeof *seeds; i++) {
+        /* a commit of 3 ms (Redis, appendfsync always, under load), 15 us a
+         * count: halving would only multiply the fsyncs (counted as size,
+         * the commit drove the chunk to 1) */
+        chunk_run(seeds[i], 70, 3000000, 15000, &lo, &hi);
+        assert_true(lo >= 16);
+        assert_true(hi * 15000 <= 4 * RHEMA_ACCESS_HOLD_NS);
+        /* a heavier commit (20 ms), 1 us a count: not driven down either */
+        chunk_run(seeds[i], 25, 20000000, 1000, &lo, &hi);
+        assert_true(lo >= RHEMA_ACCESS_CHUNK_FIRST / 2);
+        /* the size is the cost (the file plugin: a file per count, 200 us) */
+        chunk_run(seeds[i], 70, 50000, 200000, &lo, &hi);
+        assert_true(hi * 200000 <= 4 * RHEMA_ACCESS_HOLD_NS);
+        /* cheap transactions: the largest chunk */
+        chunk_run(seeds[i], 70, 100000, 100, &lo, &hi);
+        assert_int_equal(lo, RHEMA_ACCESS_CHUNK_MAX);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -771,6 +822,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(messages_append_idempotently, setup, teardown),
         cmocka_unit_test_setup_teardown(group_and_flush_read_ahead, setup, teardown),
         cmocka_unit_test_setup_teardown(reads_never_wait_for_the_access_writer, setup, teardown),
+        cmocka_unit_test(access_chunks_follow_the_size_part),
     };
     return cmocka_run_group_tests_name("session", tests, NULL, NULL);
 }
