@@ -50,6 +50,7 @@ struct rhema_ai_worker;
 struct rhema_ai_usage;
 struct rhema_feed;
 struct rhema_watchers;
+struct rhema_session_reads;
 
 /* What a worker runs for each request (core/api/pipeline.c: rhema_pipeline_run). */
 typedef void rhema_request_fn(struct rhema_req *r);
@@ -83,6 +84,8 @@ struct rhema_worker {
     struct rhema_ai_worker *ai;  /* ai/gateway.h: HTTP client and exchanges; NULL until used */
     struct rhema_watchers *watchers; /* api/api_events.h: this worker's waiters on the change
                                       * feed; NULL until the first one */
+    struct rhema_session_reads *session_reads; /* api/api_sessions.h: the session GETs of
+                                                * this loop turn; NULL until the first one */
 };
 
 struct rhema_server {

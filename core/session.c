@@ -384,11 +384,15 @@ static void access_merge(struct rhema_store *st, const char *id, const struct ac
 
 /*
  * Record of id with its current access counts, counting this read when
- * count_this; `known` is its stored access record when already read.
+ * count_this; `known` is its stored access record when already read.  A
+ * store with a table of its own flushes it once it has grown large: at
+ * once, or when flush is not NULL by setting *flush (the caller holds
+ * values of a storage call that the flush would end).
  */
 static int record_with_access(struct rhema_store *st, const char *id, const char *stored,
                               size_t len, uint64_t version, int count_this,
-                              const struct access_rec *known, struct rhema_record *out, char *err)
+                              const struct access_rec *known, int *flush, struct rhema_record *out,
+                              char *err)
 {
     struct access_rec a;
     uint64_t count, last;
@@ -404,8 +408,12 @@ static int record_with_access(struct rhema_store *st, const char *id, const char
         if (!t)
             return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
         count = a.count, last = a.last_ms;
-        if (rhema_access_count(t, id, &a, 1, rhema_realtime_ms(), &count, &last))
-            rhema_store_flush_access(st); /* a table of its own, grown large: no writer */
+        if (rhema_access_count(t, id, &a, 1, rhema_realtime_ms(), &count, &last)) {
+            if (flush) /* a table of its own, grown large: no writer */
+                *flush = 1;
+            else
+                rhema_store_flush_access(st);
+        }
     } else {
         access_merge(st, id, &a, &count, &last);
     }
@@ -997,7 +1005,7 @@ int rhema_session_op_finish(struct rhema_store *st, struct rhema_session_op *op,
         op->rc = rc ? rhema_set_errbuf(op->err, rc, "out of memory") : 0;
         return 0;
     }
-    op->rc = record_with_access(st, op->id, s->text, s->len, s->ws.w[0].new_version, 0, NULL,
+    op->rc = record_with_access(st, op->id, s->text, s->len, s->ws.w[0].new_version, 0, NULL, NULL,
                                 &op->rec, op->err);
     return 0;
 }
@@ -1136,6 +1144,31 @@ int rhema_session_put(struct rhema_store *st, const char *id, json_t *session, u
  * A read: the record and its access record, with one get_many() where the
  * plugin has it (one round trip to a server instead of two).
  */
+/*
+ * The answer to a read of id from what one get_many() gave for its record
+ * (rc, *rec) and its access record (arc, *acc); see record_with_access()
+ * for flush.
+ */
+static int read_answer(struct rhema_store *st, const char *id, int rc,
+                       const struct rhema_storage_value *rec, int arc,
+                       const struct rhema_storage_value *acc, int *flush,
+                       struct rhema_record *out, char *err)
+{
+    struct access_rec a;
+    memset(&a, 0, sizeof a);
+    if (rc == 0) {
+        if (arc == 0)
+            access_parse(acc, &a);
+        else if (arc != RHEMA_ENOTFOUND)
+            rc = arc;
+    }
+    if (rc == RHEMA_ENOTFOUND)
+        return rhema_set_errbuf(err, rc, "session '%s' not found", id);
+    if (rc)
+        return rhema_store_error(st, rc, "reading the session", err);
+    return record_with_access(st, id, rec->data, rec->len, rec->version, 1, &a, flush, out, err);
+}
+
 int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_record *out,
                       char err[RHEMA_ERRMSG_MAX])
 {
@@ -1143,17 +1176,14 @@ int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_recor
     const char *keys[2] = {id, id};
     struct rhema_storage_value v[2] = {{.size = sizeof(struct rhema_storage_value)},
                                        {.size = sizeof(struct rhema_storage_value)}};
-    struct access_rec a, *known = NULL;
-    int rc, rcs[2];
+    int rc, rcs[2], flush = 0;
     if (st->vt->get_many) {
         rc = st->vt->get_many(st->conn, ns, keys, 2, v, rcs);
-        if (rc == 0 && (rc = rcs[0]) == 0) {
-            memset(&a, 0, sizeof a);
-            if (rcs[1] == 0)
-                access_parse(&v[1], &a);
-            else if (rcs[1] != RHEMA_ENOTFOUND)
-                rc = rcs[1];
-            known = &a;
+        if (rc == 0) {
+            rc = read_answer(st, id, rcs[0], &v[0], rcs[1], &v[1], &flush, out, err);
+            if (flush)
+                rhema_store_flush_access(st);
+            return rc;
         }
     } else {
         rc = st->vt->get(st->conn, NS_SESSIONS, id, &v[0]);
@@ -1162,14 +1192,39 @@ int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_recor
         return rhema_set_errbuf(err, rc, "session '%s' not found", id);
     if (rc)
         return rhema_store_error(st, rc, "reading the session", err);
-    /* v.data is only valid until the next storage call: copy it first. */
+    /* v.data is only valid until the next storage call (the access read): copy it first. */
     char *copy = malloc(v[0].len ? v[0].len : 1);
     if (!copy)
         return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
     memcpy(copy, v[0].data, v[0].len);
-    rc = record_with_access(st, id, copy, v[0].len, v[0].version, 1, known, out, err);
+    rc = record_with_access(st, id, copy, v[0].len, v[0].version, 1, NULL, NULL, out, err);
     free(copy);
     return rc;
+}
+
+void rhema_session_get_many(struct rhema_store *st, const char *const *ids, size_t n,
+                            struct rhema_record *out, int *rcs, char (*errs)[RHEMA_ERRMSG_MAX])
+{
+    const char *ns[2 * RHEMA_SESSION_GET_MANY_MAX], *keys[2 * RHEMA_SESSION_GET_MANY_MAX];
+    struct rhema_storage_value v[2 * RHEMA_SESSION_GET_MANY_MAX];
+    int got[2 * RHEMA_SESSION_GET_MANY_MAX], flush = 0;
+    if (!st->vt->get_many || n < 2 || n > RHEMA_SESSION_GET_MANY_MAX) {
+        for (size_t i = 0; i < n; i++)
+            rcs[i] = rhema_session_get(st, ids[i], &out[i], errs[i]);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        ns[2 * i] = NS_SESSIONS, ns[2 * i + 1] = NS_ACCESS;
+        keys[2 * i] = keys[2 * i + 1] = ids[i];
+        v[2 * i].size = v[2 * i + 1].size = sizeof v[0];
+    }
+    int rc = st->vt->get_many(st->conn, ns, keys, 2 * n, v, got);
+    for (size_t i = 0; i < n; i++)
+        rcs[i] = rc ? rhema_store_error(st, rc, "reading the session", errs[i])
+                    : read_answer(st, ids[i], got[2 * i], &v[2 * i], got[2 * i + 1], &v[2 * i + 1],
+                                  &flush, &out[i], errs[i]);
+    if (flush) /* after the values of get_many were used */
+        rhema_store_flush_access(st);
 }
 
 int rhema_session_delete(struct rhema_store *st, const char *id, uint64_t if_match,

@@ -9,6 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
+
+#include <event2/event.h>
 
 #include "api_events.h"
 #include "api_sessions.h"
@@ -188,6 +191,78 @@ out:
     json_decref(body);
 }
 
+/* ---- reads in batches (api_sessions.h) ---- */
+
+struct rhema_session_reads {
+    struct event *ev; /* activated by the turn's first read */
+    size_t n;
+    struct rhema_req *req[RHEMA_SESSION_GET_MANY_MAX]; /* deferred (rhema_req_defer) */
+    const char *ids[RHEMA_SESSION_GET_MANY_MAX];
+    struct rhema_record rec[RHEMA_SESSION_GET_MANY_MAX];
+    int rcs[RHEMA_SESSION_GET_MANY_MAX];
+    char errs[RHEMA_SESSION_GET_MANY_MAX][RHEMA_ERRMSG_MAX];
+};
+
+static void reads_answer(struct rhema_worker *w)
+{
+    struct rhema_session_reads *b = w->session_reads;
+    size_t n = b->n;
+    for (size_t i = 0; i < n; i++)
+        b->ids[i] = b->req[i]->param;
+    rhema_session_get_many(&w->store, b->ids, n, b->rec, b->rcs, b->errs);
+    b->n = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (b->rcs[i])
+            rhema_reply_store_error(b->req[i], b->rcs[i], b->errs[i]);
+        else
+            rhema_reply_record(b->req[i], 200, &b->rec[i]);
+        rhema_req_free(b->req[i]);
+    }
+}
+
+static void on_reads(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    reads_answer(arg);
+}
+
+/* Set r aside for the turn's batch: 0, or -1 when it is to be answered now. */
+static int reads_add(struct rhema_req *r)
+{
+    struct rhema_worker *w = r->worker;
+    struct rhema_session_reads *b = w->session_reads;
+    if (!b) {
+        if (!(b = calloc(1, sizeof *b)))
+            return -1;
+        if (!(b->ev = event_new(w->base, -1, 0, on_reads, w))) {
+            free(b);
+            return -1;
+        }
+        w->session_reads = b;
+    }
+    struct rhema_req *d = rhema_req_defer(r);
+    if (!d)
+        return -1;
+    b->req[b->n++] = d;
+    if (b->n == 1)
+        event_active(b->ev, EV_TIMEOUT, 0);
+    else if (b->n == RHEMA_SESSION_GET_MANY_MAX)
+        reads_answer(w); /* full: now (the event finds none) */
+    return 0;
+}
+
+void rhema_session_reads_release(struct rhema_worker *w)
+{
+    struct rhema_session_reads *b = w->session_reads;
+    if (!b)
+        return;
+    if (b->n)
+        reads_answer(w);
+    event_free(b->ev);
+    free(b);
+    w->session_reads = NULL;
+}
+
 static int session_get_answer(struct rhema_req *r, int final, uint64_t *recheck_ms)
 {
     const char *id = r->param;
@@ -213,6 +288,8 @@ static int session_get_answer(struct rhema_req *r, int final, uint64_t *recheck_
 static void h_session_get(struct rhema_req *r)
 {
     struct rhema_events_filter f = {.session = r->param};
+    if (TAILQ_EMPTY(&r->query) && reads_add(r) == 0)
+        return; /* answered with the turn's other reads */
     rhema_events_resource_get(r, &f, session_version, session_get_answer);
 }
 

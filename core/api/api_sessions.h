@@ -18,6 +18,15 @@
  * agent transitions, the service registry) that would each need an op
  * kind there.  Until a benchmark shows one of them write-bound, they
  * write synchronously on the worker's own storage connection.
+ *
+ * Reads of one session (GET /v1/sessions/{id} without a query) are
+ * answered in batches (issue 14): the GETs one turn of a worker's event
+ * loop brings are set aside (rhema_req_defer) and answered together by one
+ * rhema_session_get_many() -- one get_many() of the backend, one round
+ * trip on PostgreSQL and Redis for all of them -- from an event the first
+ * one activates, which runs after the events already active (the other
+ * connections' requests of the turn) and before the loop waits again.
+ * The worker then waits for one round trip a turn instead of one a GET.
  */
 #ifndef RHEMA_CORE_API_SESSIONS_H
 #define RHEMA_CORE_API_SESSIONS_H
@@ -25,5 +34,8 @@
 #include "routes.h"
 
 extern const struct rhema_route rhema_sessions_routes[];
+
+/* Answer the reads a worker set aside and free the batch (the worker stops: http.c). */
+void rhema_session_reads_release(struct rhema_worker *w);
 
 #endif /* RHEMA_CORE_API_SESSIONS_H */

@@ -30,7 +30,9 @@
  *   storage limit   a PUT/POST that writes storage: 507 past
  *                   persistence.max_data_size_bytes
  *   handler         the route's handler: validate, store, reply (api_*.c);
- *                   a session write may be answered later (api_sessions.c)
+ *                   a session write may be answered later, a session read
+ *                   at the end of the loop turn with the turn's other
+ *                   reads (api_sessions.c)
  *   reply           http.c: headers, CORS, access log; then r->on_reply,
  *                   the audit log's "end" record of every request the
  *                   pipeline saw (answered here or later)

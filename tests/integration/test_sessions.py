@@ -174,6 +174,50 @@ def test_get_200_etag_and_access_count_increments(srv):
     assert rec["version"] == created["version"], "a read must not change the version"
 
 
+def test_concurrent_gets_each_get_their_own_answer(srv):
+    """GETs from many connections at once -- a worker answers those of one
+    loop turn together (api_sessions.h) -- each get their own session, a
+    missing one 404, and every read is counted once."""
+    import threading
+    ids = [new_id("cg") for _ in range(24)]
+    for sid in ids:
+        assert srv.json("PUT", f"/v1/sessions/{sid}", session_body(topic=sid))[0] == 201
+    reads = {sid: 0 for sid in ids}
+    lock = threading.Lock()
+    failures = []
+
+    def reader(seed):
+        rnd = random.Random(seed)
+        conn = srv.connection()
+        try:
+            for _ in range(60):
+                missing = rnd.random() < 0.2
+                sid = new_id("cg-missing") if missing else rnd.choice(ids)
+                st, h, rec = srv.json("GET", f"/v1/sessions/{sid}", conn=conn)
+                if missing:
+                    ok = st == 404 and sid in rec["error"]["message"]
+                else:
+                    ok = st == 200 and rec["id"] == sid and rec["topic"] == sid \
+                        and etag_version(h) == rec["version"]
+                    with lock:
+                        reads[sid] += 1
+                if not ok:
+                    failures.append((sid, st, rec))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures, failures[:3]
+    time.sleep(1.5)  # the counts are flushed at least once a second
+    for sid in ids:
+        st, _, rec = srv.json("GET", f"/v1/sessions/{sid}")
+        assert st == 200 and rec["access_count"] == reads[sid] + 1, (sid, rec, reads[sid])
+
+
 def test_get_if_none_match_current_etag_304(srv):
     sid = new_id()
     st, h, rec = srv.json("PUT", f"/v1/sessions/{sid}", session_body())

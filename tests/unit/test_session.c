@@ -760,6 +760,61 @@ static void time_and_ids(void **state)
 }
 
 /*
+ * rhema_session_get_many answers each id as rhema_session_get would: the
+ * record with its counts (each read counted, an id twice in a batch twice),
+ * 404 for a missing one, without mixing the answers up.
+ */
+static json_int_t batch_count(struct rhema_record *rec)
+{
+    json_t *j = record_json(rec);
+    json_int_t c = json_integer_value(json_object_get(j, "access_count"));
+    assert_string_equal(json_string_value(json_object_get(j, "topic")),
+                        json_string_value(json_object_get(j, "id")));
+    json_decref(j);
+    return c;
+}
+
+static void get_many_answers_each_read(void **state)
+{
+    struct fixture *f = *state;
+    static const char *const ids[] = {"g1", "nope", "g2", "g1", "g3", "gone"};
+    enum { N = sizeof ids / sizeof *ids };
+    struct rhema_record rec[N], one;
+    int rcs[N];
+    char errs[N][RHEMA_ERRMSG_MAX], err[RHEMA_ERRMSG_MAX];
+    put(f, "g1", "{\"topic\":\"g1\"}", 0, 0, NULL);
+    put(f, "g2", "{\"topic\":\"g2\"}", 0, 0, NULL);
+    put(f, "g3", "{\"topic\":\"g3\"}", 0, 0, NULL);
+    put(f, "gone", "{\"topic\":\"gone\"}", 0, 0, NULL);
+    assert_int_equal(rhema_session_delete(&f->st, "gone", 0, err), 0);
+    assert_int_equal(rhema_session_get(&f->st, "g2", &one, err), 0); /* g2 read once before */
+    assert_int_equal(batch_count(&one), 1);
+    rhema_record_release(&one);
+    memset(rec, 0, sizeof rec);
+    rhema_session_get_many(&f->st, ids, N, rec, rcs, errs);
+    assert_int_equal(rcs[0], 0);
+    assert_int_equal(batch_count(&rec[0]), 1);
+    assert_int_equal(rcs[1], RHEMA_ENOTFOUND);
+    assert_non_null(strstr(errs[1], "session 'nope' not found"));
+    assert_int_equal(rcs[2], 0);
+    assert_int_equal(batch_count(&rec[2]), 2);
+    assert_int_equal(rcs[3], 0);
+    assert_int_equal(batch_count(&rec[3]), 2); /* the second read of g1 in the batch */
+    assert_int_equal(rcs[4], 0);
+    assert_int_equal(batch_count(&rec[4]), 1);
+    assert_int_equal(rcs[5], RHEMA_ENOTFOUND);
+    assert_non_null(strstr(errs[5], "session 'gone' not found"));
+    assert_true(rec[0].version < rec[2].version && rec[2].version < rec[4].version);
+    assert_int_equal(rec[0].version, rec[3].version);
+    for (int i = 0; i < N; i++)
+        rhema_record_release(&rec[i]);
+    /* the counts are the same for a single read after it */
+    assert_int_equal(rhema_session_get(&f->st, "g1", &one, err), 0);
+    assert_int_equal(batch_count(&one), 3);
+    rhema_record_release(&one);
+}
+
+/*
  * The access writer's chunk controller against backends whose transactions
  * cost fixed + per x size, each time (100 - noise) to (100 + 2 x noise)
  * percent of that (deterministic noise, seeded).  The chunks chosen after
@@ -823,6 +878,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(group_and_flush_read_ahead, setup, teardown),
         cmocka_unit_test_setup_teardown(reads_never_wait_for_the_access_writer, setup, teardown),
         cmocka_unit_test(access_chunks_follow_the_size_part),
+        cmocka_unit_test_setup_teardown(get_many_answers_each_read, setup, teardown),
     };
     return cmocka_run_group_tests_name("session", tests, NULL, NULL);
 }
