@@ -129,6 +129,8 @@ struct rhema_server {
      */
     void (*watchers_drain)(struct rhema_worker *w);
     void (*watchers_release)(struct rhema_worker *w);
+    /* api/api_sessions.c: answer the session reads a stopping worker set aside.  NULL: none */
+    void (*reads_release)(struct rhema_worker *w);
     atomic_long http_conns;      /* connections open across workers (service.max_connections) */
     atomic_llong http_out_bytes; /* reply bytes queued across workers, not yet sent */
 };

@@ -28,7 +28,6 @@
 #include <openssl/ssl.h>
 
 #include "ai/gateway.h"
-#include "api_sessions.h"
 #include "audit.h"
 #include "commit.h"
 #include "http.h"
@@ -1481,7 +1480,8 @@ static void worker_release(struct rhema_worker *w)
 {
     rhema_mailbox_release(&w->mailbox); /* writes committed after the loop stopped: answer, then close */
     rhema_ai_worker_release(w); /* AI exchanges still running: 503, upstream calls cancelled */
-    rhema_session_reads_release(w); /* session reads of the last turn: answered */
+    if (w->srv && w->srv->reads_release) /* session reads of the last turn: answered */
+        w->srv->reads_release(w);
     if (w->srv && w->srv->watchers_release) /* watches still open: their clients are cut */
         w->srv->watchers_release(w);
     if (w->http)

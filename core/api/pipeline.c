@@ -262,6 +262,7 @@ int rhema_api_start(struct rhema_server *srv, char **err)
     }
     srv->watchers_drain = rhema_events_drain;
     srv->watchers_release = rhema_events_worker_release;
+    srv->reads_release = rhema_session_reads_release;
     if ((rc = rhema_ai_new(srv->cfg, srv->plugins, &srv->ai, err)) != 0 ||
         (rc = rhema_ai_usage_open(srv, err)) != 0 ||
         (rc = rhema_http_start(srv, rhema_pipeline_run, err)) != 0) {
