@@ -114,7 +114,7 @@ for b in $BACKENDS; do
         m=$((m / 2 + 1))
     done
     [ $(((m - 1) * THREADS)) -ge "$GET_SESSIONS" ] ||
-        echo "$b: GET reads $(((m - 1) * THREADS)) sessions, all the PUT run made"
+        echo "$b: GET reads $(((m - 1) * THREADS)) sessions (the PUT run made fewer than $GET_SESSIONS)"
     echo "$b: GET ..."
     export BENCH_PREFIX=$prefix BENCH_GET_THREADS=$THREADS BENCH_GET_N=$m BENCH_PUT_PERCENT=$PCT
     wrk_warmup "$base" -s "$here/get_session.lua"
