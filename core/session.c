@@ -1141,10 +1141,6 @@ int rhema_session_put(struct rhema_store *st, const char *id, json_t *session, u
 }
 
 /*
- * A read: the record and its access record, with one get_many() where the
- * plugin has it (one round trip to a server instead of two).
- */
-/*
  * The answer to a read of id from what one get_many() gave for its record
  * (rc, *rec) and its access record (arc, *acc); see record_with_access()
  * for flush.
@@ -1169,62 +1165,66 @@ static int read_answer(struct rhema_store *st, const char *id, int rc,
     return record_with_access(st, id, rec->data, rec->len, rec->version, 1, &a, flush, out, err);
 }
 
-int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_record *out,
-                      char err[RHEMA_ERRMSG_MAX])
+/* A read on a plugin without get_many(): the record, then its access record. */
+static int read_one(struct rhema_store *st, const char *id, struct rhema_record *out, char *err)
 {
-    static const char *const ns[2] = {NS_SESSIONS, NS_ACCESS};
-    const char *keys[2] = {id, id};
-    struct rhema_storage_value v[2] = {{.size = sizeof(struct rhema_storage_value)},
-                                       {.size = sizeof(struct rhema_storage_value)}};
-    int rc, rcs[2], flush = 0;
-    if (st->vt->get_many) {
-        rc = st->vt->get_many(st->conn, ns, keys, 2, v, rcs);
-        if (rc == 0) {
-            rc = read_answer(st, id, rcs[0], &v[0], rcs[1], &v[1], &flush, out, err);
-            if (flush)
-                rhema_store_flush_access(st);
-            return rc;
-        }
-    } else {
-        rc = st->vt->get(st->conn, NS_SESSIONS, id, &v[0]);
-    }
+    struct rhema_storage_value v = {.size = sizeof v};
+    int rc = st->vt->get(st->conn, NS_SESSIONS, id, &v);
     if (rc == RHEMA_ENOTFOUND)
         return rhema_set_errbuf(err, rc, "session '%s' not found", id);
     if (rc)
         return rhema_store_error(st, rc, "reading the session", err);
     /* v.data is only valid until the next storage call (the access read): copy it first. */
-    char *copy = malloc(v[0].len ? v[0].len : 1);
+    char *copy = malloc(v.len ? v.len : 1);
     if (!copy)
         return rhema_set_errbuf(err, RHEMA_ENOMEM, "out of memory");
-    memcpy(copy, v[0].data, v[0].len);
-    rc = record_with_access(st, id, copy, v[0].len, v[0].version, 1, NULL, NULL, out, err);
+    memcpy(copy, v.data, v.len);
+    rc = record_with_access(st, id, copy, v.len, v.version, 1, NULL, NULL, out, err);
     free(copy);
     return rc;
 }
 
+/*
+ * Reads: each session's record and its access record, with one get_many()
+ * for up to RHEMA_SESSION_GET_MANY_MAX of them where the plugin has it (one
+ * round trip to a server for them all).
+ */
 void rhema_session_get_many(struct rhema_store *st, const char *const *ids, size_t n,
                             struct rhema_record *out, int *rcs, char (*errs)[RHEMA_ERRMSG_MAX])
 {
     const char *ns[2 * RHEMA_SESSION_GET_MANY_MAX], *keys[2 * RHEMA_SESSION_GET_MANY_MAX];
     struct rhema_storage_value v[2 * RHEMA_SESSION_GET_MANY_MAX];
-    int got[2 * RHEMA_SESSION_GET_MANY_MAX], flush = 0;
-    if (!st->vt->get_many || n < 2 || n > RHEMA_SESSION_GET_MANY_MAX) {
+    int got[2 * RHEMA_SESSION_GET_MANY_MAX];
+    if (!st->vt->get_many) {
         for (size_t i = 0; i < n; i++)
-            rcs[i] = rhema_session_get(st, ids[i], &out[i], errs[i]);
+            rcs[i] = read_one(st, ids[i], &out[i], errs[i]);
         return;
     }
-    for (size_t i = 0; i < n; i++) {
-        ns[2 * i] = NS_SESSIONS, ns[2 * i + 1] = NS_ACCESS;
-        keys[2 * i] = keys[2 * i + 1] = ids[i];
-        v[2 * i].size = v[2 * i + 1].size = sizeof v[0];
+    for (size_t at = 0; at < n;) {
+        size_t m = n - at < RHEMA_SESSION_GET_MANY_MAX ? n - at : RHEMA_SESSION_GET_MANY_MAX;
+        int flush = 0;
+        for (size_t i = 0; i < m; i++) {
+            ns[2 * i] = NS_SESSIONS, ns[2 * i + 1] = NS_ACCESS;
+            keys[2 * i] = keys[2 * i + 1] = ids[at + i];
+            v[2 * i].size = v[2 * i + 1].size = sizeof v[0];
+        }
+        int rc = st->vt->get_many(st->conn, ns, keys, 2 * m, v, got);
+        for (size_t i = 0; i < m; i++)
+            rcs[at + i] = rc ? rhema_store_error(st, rc, "reading the session", errs[at + i])
+                             : read_answer(st, ids[at + i], got[2 * i], &v[2 * i], got[2 * i + 1],
+                                           &v[2 * i + 1], &flush, &out[at + i], errs[at + i]);
+        if (flush) /* after the values of get_many were used */
+            rhema_store_flush_access(st);
+        at += m;
     }
-    int rc = st->vt->get_many(st->conn, ns, keys, 2 * n, v, got);
-    for (size_t i = 0; i < n; i++)
-        rcs[i] = rc ? rhema_store_error(st, rc, "reading the session", errs[i])
-                    : read_answer(st, ids[i], got[2 * i], &v[2 * i], got[2 * i + 1], &v[2 * i + 1],
-                                  &flush, &out[i], errs[i]);
-    if (flush) /* after the values of get_many were used */
-        rhema_store_flush_access(st);
+}
+
+int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_record *out,
+                      char err[RHEMA_ERRMSG_MAX])
+{
+    int rc;
+    rhema_session_get_many(st, &id, 1, out, &rc, (char(*)[RHEMA_ERRMSG_MAX])err);
+    return rc;
 }
 
 int rhema_session_delete(struct rhema_store *st, const char *id, uint64_t if_match,

@@ -64,9 +64,9 @@ int rhema_session_put(struct rhema_store *st, const char *id, json_t *session, u
 int rhema_session_get(struct rhema_store *st, const char *id, struct rhema_record *out,
                       char err[RHEMA_ERRMSG_MAX]);
 /*
- * Read sessions ids[0..n) (n <= RHEMA_SESSION_GET_MANY_MAX), counting each
- * access, with one get_many() of the backend for all of them: rcs[i] and
- * out[i] / errs[i] are what rhema_session_get() of ids[i] would give.
+ * Read sessions ids[0..n), counting each access, with one get_many() of
+ * the backend per RHEMA_SESSION_GET_MANY_MAX of them: rcs[i] and out[i] /
+ * errs[i] are what rhema_session_get() of ids[i] would give.
  */
 #define RHEMA_SESSION_GET_MANY_MAX (RHEMA_STORAGE_GET_MANY_MAX / 2)
 void rhema_session_get_many(struct rhema_store *st, const char *const *ids, size_t n,

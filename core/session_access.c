@@ -592,8 +592,6 @@ void rhema_access_chunk_step(struct rhema_access_chunk *c, size_t k, uint64_t to
     /* the least-squares line through the sizes and times */
     double per = cov / vk, resid = (c->mtt - c->mt * c->mt) - per * cov;
     double se2 = resid > 0 ? resid / ((c->seen < 16 ? c->seen : 16) * vk) : 0;
-    c->per_ns = per > 0 ? per : 0;
-    c->fixed_ns = c->mt > c->per_ns * c->mk ? c->mt - c->per_ns * c->mk : 0;
     /* only what the fit is sure of moves the chunk: halve when even the low
      * end of the cost of a count (three standard errors below) puts the
      * size part over the bound, double when even the high end puts it under

@@ -129,7 +129,6 @@ struct rhema_access_chunk {
     int odd;                   /* the next transaction is the full chunk */
     unsigned seen;             /* transactions measured */
     double mk, mt, mkk, mkt, mtt; /* moving means: size, time (ns), their squares and product */
-    double per_ns, fixed_ns;   /* the fit: time = fixed + per x size */
 };
 void rhema_access_chunk_init(struct rhema_access_chunk *c);
 /* The size of the next transaction: the chunk, every other time half of it (or 2). */

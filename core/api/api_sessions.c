@@ -207,6 +207,8 @@ static void reads_answer(struct rhema_worker *w)
 {
     struct rhema_session_reads *b = w->session_reads;
     size_t n = b->n;
+    if (n == 0) /* a full batch was answered before the event ran */
+        return;
     for (size_t i = 0; i < n; i++)
         b->ids[i] = b->req[i]->param;
     rhema_session_get_many(&w->store, b->ids, n, b->rec, b->rcs, b->errs);

@@ -542,11 +542,6 @@ out:
 #define RATE_FULL_KEYS 16 /* rate_max_keys of the eviction check */
 #define RATE_SLOT_SIZE 312 /* plugins/common/rate_file.h: a header page, then the slots */
 
-/*
- * Load the configuration with the overrides ov (where names the place in
- * messages), open backend's instance and connect; 0, or -1 with a message
- * in msg (and nothing left to release).
- */
 /* An unconditional put of a text value (ttl_ms 0: none), for the read caches' checks. */
 static int put_value(const struct rhema_storage_plugin *vt, rhema_storage_conn *c, const char *ns,
                      const char *key, const char *value, uint64_t ttl_ms)
@@ -562,6 +557,11 @@ static int put_value(const struct rhema_storage_plugin *vt, rhema_storage_conn *
     return vt->put(c, &w);
 }
 
+/*
+ * Load the configuration with the overrides ov (where names the place in
+ * messages), open backend's instance and connect; 0, or -1 with a message
+ * in msg (and nothing left to release).
+ */
 static int open_backend(const struct rhema_storage_plugin *vt, struct rhema_config *cfg,
                         const char *backend, const char *what, const char *const *ov, size_t n_ov,
                         const char *where, rhema_storage_instance **inst, rhema_storage_conn **c,

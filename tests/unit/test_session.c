@@ -762,7 +762,9 @@ static void time_and_ids(void **state)
 /*
  * rhema_session_get_many answers each id as rhema_session_get would: the
  * record with its counts (each read counted, an id twice in a batch twice),
- * 404 for a missing one, without mixing the answers up.
+ * 404 for a missing one, without mixing the answers up -- through the
+ * plugin's get_many() and without it, and past RHEMA_SESSION_GET_MANY_MAX
+ * ids in one call.
  */
 static json_int_t batch_count(struct rhema_record *rec)
 {
@@ -774,44 +776,79 @@ static json_int_t batch_count(struct rhema_record *rec)
     return c;
 }
 
-static void get_many_answers_each_read(void **state)
+/* The checks on store st, over sessions named <p>1, <p>2, <p>3, <p>gone. */
+static void get_many_checks(struct fixture *f, struct rhema_store *st, const char *p)
 {
-    struct fixture *f = *state;
-    static const char *const ids[] = {"g1", "nope", "g2", "g1", "g3", "gone"};
-    enum { N = sizeof ids / sizeof *ids };
-    struct rhema_record rec[N], one;
-    int rcs[N];
-    char errs[N][RHEMA_ERRMSG_MAX], err[RHEMA_ERRMSG_MAX];
-    put(f, "g1", "{\"topic\":\"g1\"}", 0, 0, NULL);
-    put(f, "g2", "{\"topic\":\"g2\"}", 0, 0, NULL);
-    put(f, "g3", "{\"topic\":\"g3\"}", 0, 0, NULL);
-    put(f, "gone", "{\"topic\":\"gone\"}", 0, 0, NULL);
-    assert_int_equal(rhema_session_delete(&f->st, "gone", 0, err), 0);
-    assert_int_equal(rhema_session_get(&f->st, "g2", &one, err), 0); /* g2 read once before */
+    enum { N = 6, BIG = RHEMA_SESSION_GET_MANY_MAX + 44 };
+    char names[4][16], missing[16], body[64], err[RHEMA_ERRMSG_MAX];
+    static struct rhema_record rec[BIG];
+    static int rcs[BIG];
+    static char errs[BIG][RHEMA_ERRMSG_MAX];
+    const char *ids[BIG];
+    struct rhema_record one;
+    for (int i = 0; i < 4; i++) {
+        snprintf(names[i], sizeof names[i], i < 3 ? "%s%d" : "%sgone", p, i + 1);
+        snprintf(body, sizeof body, "{\"topic\":\"%s\"}", names[i]);
+        put(f, names[i], body, 0, 0, NULL);
+    }
+    snprintf(missing, sizeof missing, "%snope", p);
+    assert_int_equal(rhema_session_delete(st, names[3], 0, err), 0);
+    assert_int_equal(rhema_session_get(st, names[1], &one, err), 0); /* <p>2 read once before */
     assert_int_equal(batch_count(&one), 1);
     rhema_record_release(&one);
+    /* <p>1, missing, <p>2, <p>1, <p>3, <p>gone */
+    ids[0] = names[0], ids[1] = missing, ids[2] = names[1], ids[3] = names[0];
+    ids[4] = names[2], ids[5] = names[3];
     memset(rec, 0, sizeof rec);
-    rhema_session_get_many(&f->st, ids, N, rec, rcs, errs);
+    rhema_session_get_many(st, ids, N, rec, rcs, errs);
     assert_int_equal(rcs[0], 0);
     assert_int_equal(batch_count(&rec[0]), 1);
     assert_int_equal(rcs[1], RHEMA_ENOTFOUND);
-    assert_non_null(strstr(errs[1], "session 'nope' not found"));
+    assert_non_null(strstr(errs[1], "not found"));
+    assert_non_null(strstr(errs[1], missing));
     assert_int_equal(rcs[2], 0);
     assert_int_equal(batch_count(&rec[2]), 2);
     assert_int_equal(rcs[3], 0);
-    assert_int_equal(batch_count(&rec[3]), 2); /* the second read of g1 in the batch */
+    assert_int_equal(batch_count(&rec[3]), 2); /* the second read of <p>1 in the batch */
     assert_int_equal(rcs[4], 0);
     assert_int_equal(batch_count(&rec[4]), 1);
     assert_int_equal(rcs[5], RHEMA_ENOTFOUND);
-    assert_non_null(strstr(errs[5], "session 'gone' not found"));
+    assert_non_null(strstr(errs[5], names[3]));
     assert_true(rec[0].version < rec[2].version && rec[2].version < rec[4].version);
     assert_int_equal(rec[0].version, rec[3].version);
     for (int i = 0; i < N; i++)
         rhema_record_release(&rec[i]);
     /* the counts are the same for a single read after it */
-    assert_int_equal(rhema_session_get(&f->st, "g1", &one, err), 0);
+    assert_int_equal(rhema_session_get(st, names[0], &one, err), 0);
     assert_int_equal(batch_count(&one), 3);
     rhema_record_release(&one);
+    /* more ids than one get_many() takes: <p>3 and missing ones, in turn */
+    for (int i = 0; i < BIG; i++)
+        ids[i] = i % 2 ? missing : names[2];
+    memset(rec, 0, sizeof rec);
+    rhema_session_get_many(st, ids, BIG, rec, rcs, errs);
+    for (int i = 0; i < BIG; i++) {
+        if (i % 2) {
+            assert_int_equal(rcs[i], RHEMA_ENOTFOUND);
+            continue;
+        }
+        assert_int_equal(rcs[i], 0);
+        assert_int_equal(batch_count(&rec[i]), 2 + i / 2); /* counted in order */
+        rhema_record_release(&rec[i]);
+    }
+}
+
+static void get_many_answers_each_read(void **state)
+{
+    struct fixture *f = *state;
+    get_many_checks(f, &f->st, "g");
+    /* a plugin without get_many(): the same answers, a read at a time */
+    struct rhema_storage_plugin vt = *f->vt;
+    struct rhema_store st;
+    vt.get_many = NULL;
+    rhema_store_init(&st, &vt, f->conn);
+    get_many_checks(f, &st, "h");
+    rhema_store_release(&st);
 }
 
 /*
