@@ -320,7 +320,7 @@ static int load_json(struct rhema_store *st, const char *ns, const char *key, js
     if (rc)
         return rhema_store_error(st, rc, "reading", err);
     json_error_t jerr;
-    json_t *j = json_loadb(v.data, v.len, 0, &jerr);
+    json_t *j = rhema_json_loadb(v.data, v.len, 0, &jerr);
     if (!j || !json_is_object(j)) {
         json_decref(j);
         return rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored %s '%s' is corrupt: %s", ns, key,
@@ -451,7 +451,7 @@ static int collect_value(void *ctx, const char *key, const void *value, size_t l
     struct value_list *l = ctx;
     if (l->page && json_array_size(l->items) > l->page)
         return 1; /* full, and the one more that says whether more is read */
-    json_t *j = json_loadb(value, len, 0, NULL);
+    json_t *j = rhema_json_loadb(value, len, 0, NULL);
     snprintf(l->last_key, sizeof l->last_key, "%s", key);
     if (!j || !json_is_object(j)) {
         json_decref(j);
@@ -1815,7 +1815,7 @@ int rhema_configuration_get(struct rhema_store *st, const char *name, uint64_t v
     }
     if (rc)
         return rhema_store_error(st, rc, "reading the configuration", err);
-    json_t *j = json_loadb(v.data, v.len, 0, NULL);
+    json_t *j = rhema_json_loadb(v.data, v.len, 0, NULL);
     if (!j || !json_is_object(j)) {
         json_decref(j);
         return rhema_set_errbuf(err, RHEMA_ECORRUPT, "stored configuration '%s' is corrupt", name);

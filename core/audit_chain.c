@@ -15,6 +15,7 @@
 #include <sodium.h>
 
 #include "audit_chain.h"
+#include "json_fields.h"
 
 static const char HASH_KEY[] = ",\"hash\":\"";
 #define HASH_KEY_LEN (sizeof HASH_KEY - 1)
@@ -238,7 +239,7 @@ static int line_parse(const char *line, size_t len, json_t **obj,
     *obj = NULL;
     if (len == 0)
         return rhema_set_errbuf(why, RHEMA_ECORRUPT, "an empty line");
-    o = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+    o = rhema_json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!o)
         return rhema_set_errbuf(why, RHEMA_ECORRUPT, "not JSON (%s, at column %d)", jerr.text,
                                 jerr.column);

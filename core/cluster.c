@@ -520,7 +520,7 @@ struct count_ctx {
 static int count_cb(void *ctx, const char *key, const void *value, size_t len, uint64_t version)
 {
     struct count_ctx *cc = ctx;
-    json_t *n = json_loadb(value, len, 0, NULL);
+    json_t *n = rhema_json_loadb(value, len, 0, NULL);
     const char *st = json_string_value(json_object_get(n, "status"));
     (void)version;
     if (st != NULL && strcmp(st, "Online") == 0) {
@@ -714,7 +714,7 @@ struct collect_ctx {
 static int collect_cb(void *ctx, const char *key, const void *value, size_t len, uint64_t version)
 {
     struct collect_ctx *cc = ctx;
-    json_t *n = json_loadb(value, len, 0, NULL);
+    json_t *n = rhema_json_loadb(value, len, 0, NULL);
     (void)version;
     if (json_is_object(n))
         json_object_set_new(cc->map, key, n);
@@ -876,7 +876,7 @@ int rhema_cluster_json(const struct rhema_cluster *c, const struct rhema_storage
         } else if (leader[0]) {
             struct rhema_storage_value v = {.size = sizeof(struct rhema_storage_value)};
             if (vt->get(conn, RHEMA_CLUSTER_NODES_NS, leader, &v) == 0)
-                node = json_loadb(v.data, v.len, 0, NULL);
+                node = rhema_json_loadb(v.data, v.len, 0, NULL);
         }
         o = json_pack("{s:s?,s:I,s:I,s:o?,s:s,s:b}", "leader", leader[0] ? leader : NULL, "epoch",
                       (json_int_t)epoch, "lease_remaining_ms", (json_int_t)remaining, "node",

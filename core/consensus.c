@@ -240,7 +240,7 @@ static int record_make(json_t *obj, uint64_t version, struct rhema_record *out, 
 /* Parse a stored JSON object; NULL when corrupt. */
 static json_t *parse_obj(const void *data, size_t len)
 {
-    json_t *v = json_loadb(data, len, 0, NULL);
+    json_t *v = rhema_json_loadb(data, len, 0, NULL);
     if (v && !json_is_object(v)) {
         json_decref(v);
         v = NULL;

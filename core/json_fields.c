@@ -4,6 +4,7 @@
  */
 #include "rhema_build.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,39 @@ static int max_real_digits(const json_t *v)
     }
 }
 
+/* The length of the UTF-8 sequence at p (RFC 3629: no overlong form, no surrogate, at most U+10FFFF), 0 if invalid. */
+static size_t utf8_len(const unsigned char *p, const unsigned char *end)
+{
+    unsigned char c = p[0], lo = 0x80, hi = 0xBF;
+    size_t n;
+    if (c < 0x80)
+        return 1;
+    if (c < 0xC2)
+        return 0;
+    if (c < 0xE0)
+        n = 2;
+    else if (c < 0xF0) {
+        n = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c < 0xF5) {
+        n = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else
+        return 0;
+    if ((size_t)(end - p) < n || p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+    return n;
+}
+
 /* ---- a compact writer: jansson's output, with each real at its own precision ---- */
 
 struct jbuf {
@@ -81,15 +115,32 @@ static void jb_put(struct jbuf *b, const char *s, size_t n)
     b->p[b->len] = '\0';
 }
 
-/* A JSON string as jansson writes it by default: UTF-8 as is, \uXXXX for other controls. */
+/*
+ * A JSON string as jansson writes it by default: UTF-8 as is, \uXXXX for
+ * other controls; a string that is not UTF-8 fails the text, as in jansson.
+ */
 static void jb_string(struct jbuf *b, const char *s, size_t n)
 {
-    size_t from = 0;
+    const unsigned char *u = (const unsigned char *)s, *end = u + n;
+    size_t from = 0, i = 0;
     jb_put(b, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        const char *esc = NULL;
-        char u[8];
+    while (i < n) {
+        unsigned char c = u[i];
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+            i++;
+            continue;
+        }
+        if (c >= 0x80) {
+            size_t k = utf8_len(u + i, end);
+            if (!k) {
+                b->failed = 1;
+                return;
+            }
+            i += k;
+            continue;
+        }
+        const char *esc;
+        char x[8];
         switch (c) {
         case '"': esc = "\\\""; break;
         case '\\': esc = "\\\\"; break;
@@ -99,16 +150,12 @@ static void jb_string(struct jbuf *b, const char *s, size_t n)
         case '\r': esc = "\\r"; break;
         case '\t': esc = "\\t"; break;
         default:
-            if (c < 0x20) {
-                snprintf(u, sizeof u, "\\u%04X", c);
-                esc = u;
-            }
+            snprintf(x, sizeof x, "\\u%04X", c);
+            esc = x;
         }
-        if (esc) {
-            jb_put(b, s + from, i - from);
-            jb_put(b, esc, strlen(esc));
-            from = i + 1;
-        }
+        jb_put(b, s + from, i - from);
+        jb_put(b, esc, strlen(esc));
+        from = ++i;
     }
     jb_put(b, s + from, n - from);
     jb_put(b, "\"", 1);
@@ -198,15 +245,365 @@ static void jb_value(struct jbuf *b, const json_t *v, size_t flags)
         jb_put(b, "]", 1);
         return;
     case JSON_STRING: jb_string(b, json_string_value(v), json_string_length(v)); return;
-    case JSON_INTEGER:
-        snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        jb_put(b, num, strlen(num));
+    case JSON_INTEGER: {
+        json_int_t x = json_integer_value(v);
+        unsigned long long m = x < 0 ? 0ULL - (unsigned long long)x : (unsigned long long)x;
+        char *e = num + sizeof num, *d = e;
+        do
+            *--d = (char)('0' + m % 10);
+        while (m /= 10);
+        if (x < 0)
+            *--d = '-';
+        jb_put(b, d, (size_t)(e - d));
         return;
+    }
     case JSON_REAL: jb_real(b, json_real_value(v)); return;
     case JSON_TRUE: jb_put(b, "true", 4); return;
     case JSON_FALSE: jb_put(b, "false", 5); return;
     default: jb_put(b, "null", 4); return;
     }
+}
+
+/* ---- a reader: json_loadb()'s value for the documents every request brings, faster ---- */
+
+/*
+ * jansson reads a document a byte at a time through its stream and copies
+ * each string's bytes one by one into a growing buffer: ~18 us for a 1 KiB
+ * session body, as much CPU as the rest of the PUT's handler.  This reader
+ * scans runs of plain bytes at once and builds the same json_t through
+ * jansson's constructors.  It gives up -- and rhema_json_loadb() hands the
+ * text to json_loadb(), which gives the answer or the error -- on anything
+ * it does not read exactly as jansson would: every syntax error, a
+ * duplicate key, a number out of the 18 digits of an exact integer or
+ * that strtod() does not read whole and in range, \u0000, deep nesting.
+ * So whatever it accepts, jansson accepts as the same value (the unit test
+ * and tests/fuzz/fuzz_json compare the two), and every error message is
+ * jansson's.
+ */
+struct jr {
+    const unsigned char *p, *end;
+    size_t flags;
+};
+
+#define JR_DEPTH_MAX 64 /* deeper: jansson's reader (its own limit is 2048) */
+
+static int hex4(const unsigned char *p, unsigned *out)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            v |= (unsigned)(c - 'A' + 10);
+        else
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/*
+ * The string whose opening quote r->p is at: *s and *n are its bytes --
+ * in the input when it has no escape, else decoded into *own (malloc'd,
+ * the caller frees it).  -1: not a string jansson would read the same.
+ */
+static int jr_string(struct jr *r, const char **s, size_t *n, char **own)
+{
+    const unsigned char *p = r->p + 1, *start = p, *end = r->end;
+    int escapes = 0;
+    *own = NULL;
+    for (;;) {
+        while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
+            p++;
+        if (p == end || *p < 0x20)
+            return -1; /* unterminated, or a control character */
+        if (*p == '"')
+            break;
+        if (*p == '\\') {
+            if (end - p < 2)
+                return -1;
+            escapes = 1;
+            p += p[1] == 'u' ? 6 : 2; /* checked when decoded */
+            if (p > end)
+                return -1;
+            continue;
+        }
+        size_t k = utf8_len(p, end);
+        if (!k)
+            return -1;
+        p += k;
+    }
+    r->p = p + 1;
+    if (!escapes) {
+        *s = (const char *)start;
+        *n = (size_t)(p - start);
+        return 0;
+    }
+    /* decoded, never longer than the text */
+    char *out = malloc((size_t)(p - start) + 1), *o = out;
+    if (!out)
+        return -1;
+    for (const unsigned char *q = start; q < p;) {
+        if (*q != '\\') {
+            *o++ = (char)*q++;
+            continue;
+        }
+        unsigned cp, lo;
+        switch (q[1]) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '/': *o++ = '/'; break;
+        case 'b': *o++ = '\b'; break;
+        case 'f': *o++ = '\f'; break;
+        case 'n': *o++ = '\n'; break;
+        case 'r': *o++ = '\r'; break;
+        case 't': *o++ = '\t'; break;
+        case 'u':
+            if (hex4(q + 2, &cp) != 0 || cp == 0 || (cp >= 0xDC00 && cp <= 0xDFFF))
+                goto bad;
+            if (cp >= 0xD800 && cp <= 0xDBFF) { /* a surrogate pair, or jansson's error */
+                if (p - q < 12 || q[6] != '\\' || q[7] != 'u' || hex4(q + 8, &lo) != 0 ||
+                    lo < 0xDC00 || lo > 0xDFFF)
+                    goto bad;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                q += 6;
+            }
+            if (cp < 0x80)
+                *o++ = (char)cp;
+            else if (cp < 0x800) {
+                *o++ = (char)(0xC0 | (cp >> 6));
+                *o++ = (char)(0x80 | (cp & 0x3F));
+            } else if (cp < 0x10000) {
+                *o++ = (char)(0xE0 | (cp >> 12));
+                *o++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+                *o++ = (char)(0x80 | (cp & 0x3F));
+            } else {
+                *o++ = (char)(0xF0 | (cp >> 18));
+                *o++ = (char)(0x80 | ((cp >> 12) & 0x3F));
+                *o++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+                *o++ = (char)(0x80 | (cp & 0x3F));
+            }
+            q += 6;
+            continue;
+        default: goto bad;
+        }
+        q += 2;
+    }
+    *s = *own = out;
+    *n = (size_t)(o - out);
+    return 0;
+bad:
+    free(out);
+    return -1;
+}
+
+static void jr_ws(struct jr *r)
+{
+    while (r->p < r->end && (*r->p == ' ' || *r->p == '\n' || *r->p == '\r' || *r->p == '\t'))
+        r->p++;
+}
+
+static int jr_digits(struct jr *r)
+{
+    const unsigned char *from = r->p;
+    while (r->p < r->end && *r->p >= '0' && *r->p <= '9')
+        r->p++;
+    return r->p > from ? 0 : -1;
+}
+
+/* A number as jansson's lexer reads it: an integer when it has neither fraction nor exponent. */
+static json_t *jr_number(struct jr *r)
+{
+    const unsigned char *from = r->p;
+    int neg = 0, real = 0;
+    if (*r->p == '-') {
+        neg = 1;
+        r->p++;
+    }
+    if (r->p == r->end || *r->p < '0' || *r->p > '9')
+        return NULL;
+    if (*r->p == '0') {
+        r->p++;
+        if (r->p < r->end && *r->p >= '0' && *r->p <= '9')
+            return NULL; /* a leading zero */
+    } else
+        jr_digits(r);
+    const unsigned char *int_end = r->p;
+    if (r->p < r->end && *r->p == '.') {
+        r->p++;
+        if (jr_digits(r))
+            return NULL;
+        real = 1;
+    }
+    if (r->p < r->end && (*r->p == 'e' || *r->p == 'E')) {
+        r->p++;
+        if (r->p < r->end && (*r->p == '+' || *r->p == '-'))
+            r->p++;
+        if (jr_digits(r))
+            return NULL;
+        real = 1;
+    }
+    if (!real) {
+        const unsigned char *d = from + neg;
+        if (int_end - d > 18)
+            return NULL; /* exact in an int64 up to 18 digits; jansson decides the rest */
+        json_int_t v = 0;
+        for (; d < int_end; d++)
+            v = v * 10 + (*d - '0');
+        return json_integer(neg ? -v : v);
+    }
+    char buf[64], *stop;
+    size_t len = (size_t)(r->p - from);
+    if (len >= sizeof buf)
+        return NULL;
+    memcpy(buf, from, len);
+    buf[len] = '\0';
+    errno = 0;
+    double d = strtod(buf, &stop);
+    if (errno || stop != buf + len) /* out of range, or a locale's decimal point */
+        return NULL;
+    return json_real(d);
+}
+
+static json_t *jr_value(struct jr *r, int depth);
+
+static json_t *jr_object(struct jr *r, int depth)
+{
+    json_t *o = json_object();
+    r->p++;
+    jr_ws(r);
+    if (r->p < r->end && *r->p == '}') {
+        r->p++;
+        return o;
+    }
+    while (o) {
+        const char *k;
+        size_t kn;
+        char *own;
+        if (r->p == r->end || *r->p != '"' || jr_string(r, &k, &kn, &own) != 0)
+            break;
+        jr_ws(r);
+        json_t *v = NULL;
+        if (r->p < r->end && *r->p == ':') {
+            r->p++;
+            jr_ws(r);
+            v = jr_value(r, depth);
+        }
+        size_t before = json_object_size(o);
+        /* a duplicate with JSON_REJECT_DUPLICATES: jansson's error; without, the last one, as jansson */
+        int bad = !v || json_object_setn_new_nocheck(o, k, kn, v) != 0 ||
+                  ((r->flags & JSON_REJECT_DUPLICATES) && json_object_size(o) == before);
+        free(own);
+        if (bad)
+            break;
+        jr_ws(r);
+        if (r->p < r->end && *r->p == ',') {
+            r->p++;
+            jr_ws(r);
+            continue;
+        }
+        if (r->p < r->end && *r->p == '}') {
+            r->p++;
+            return o;
+        }
+        break;
+    }
+    json_decref(o);
+    return NULL;
+}
+
+static json_t *jr_array(struct jr *r, int depth)
+{
+    json_t *a = json_array();
+    r->p++;
+    jr_ws(r);
+    if (r->p < r->end && *r->p == ']') {
+        r->p++;
+        return a;
+    }
+    while (a) {
+        json_t *v = jr_value(r, depth);
+        if (!v || json_array_append_new(a, v) != 0)
+            break;
+        jr_ws(r);
+        if (r->p < r->end && *r->p == ',') {
+            r->p++;
+            jr_ws(r);
+            continue;
+        }
+        if (r->p < r->end && *r->p == ']') {
+            r->p++;
+            return a;
+        }
+        break;
+    }
+    json_decref(a);
+    return NULL;
+}
+
+static int jr_word(struct jr *r, const char *w, size_t n)
+{
+    if ((size_t)(r->end - r->p) < n || memcmp(r->p, w, n) != 0)
+        return -1;
+    r->p += n;
+    return 0;
+}
+
+static json_t *jr_value(struct jr *r, int depth)
+{
+    if (r->p == r->end || depth >= JR_DEPTH_MAX)
+        return NULL;
+    switch (*r->p) {
+    case '{': return jr_object(r, depth + 1);
+    case '[': return jr_array(r, depth + 1);
+    case '"': {
+        const char *s;
+        size_t n;
+        char *own;
+        if (jr_string(r, &s, &n, &own) != 0)
+            return NULL;
+        json_t *v = json_stringn_nocheck(s, n); /* no NUL: jr_string refuses \u0000 */
+        free(own);
+        return v;
+    }
+    case 't': return jr_word(r, "true", 4) ? NULL : json_true();
+    case 'f': return jr_word(r, "false", 5) ? NULL : json_false();
+    case 'n': return jr_word(r, "null", 4) ? NULL : json_null();
+    default: return jr_number(r);
+    }
+}
+
+json_t *rhema_json_read(const char *data, size_t len, size_t flags)
+{
+    if (!data || (flags & ~(size_t)JSON_REJECT_DUPLICATES))
+        return NULL;
+    struct jr r = {(const unsigned char *)data, (const unsigned char *)data + len, flags};
+    json_t *v = NULL;
+    jr_ws(&r);
+    if (r.p < r.end && (*r.p == '{' || *r.p == '[')) /* a document, as without JSON_DECODE_ANY */
+        v = jr_value(&r, 0);
+    jr_ws(&r);
+    if (v && r.p == r.end)
+        return v;
+    json_decref(v);
+    return NULL;
+}
+
+json_t *rhema_json_loadb(const char *data, size_t len, size_t flags, json_error_t *err)
+{
+    json_t *v = rhema_json_read(data, len, flags);
+    if (!v)
+        return json_loadb(data, len, flags, err);
+    if (err) { /* as jansson leaves it after a success */
+        memset(err, 0, sizeof *err);
+        err->line = err->column = -1;
+        snprintf(err->source, sizeof err->source, "<buffer>");
+    }
+    return v;
 }
 
 json_t *rhema_json_merge_patch(json_t *target, json_t *patch)
@@ -239,7 +636,7 @@ char *rhema_json_dumps(const json_t *v, size_t flags)
      * non-ASCII or '/', ...): jansson, with the largest precision any real
      * of v needs */
     const size_t own = JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_SORT_KEYS | JSON_ENCODE_ANY;
-    if (!v || !(flags & JSON_COMPACT) || (flags & ~own) || max_real_digits(v) == 0) {
+    if (!v || !(flags & JSON_COMPACT) || (flags & ~own)) {
         int digits = v ? max_real_digits(v) : 0;
         if (digits > 0)
             flags |= JSON_REAL_PRECISION(digits);

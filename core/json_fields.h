@@ -20,14 +20,27 @@
 /*
  * json_dumps() with every real in the shortest form that reads back as the
  * same double (3.2, not jansson's default %.17g 3.2000000000000002); all
- * else byte for byte as jansson writes it.  jansson takes one precision
- * per call, so with JSON_COMPACT (and at most JSON_PRESERVE_ORDER,
- * JSON_SORT_KEYS, JSON_ENCODE_ANY) a writer of our own writes each real
- * at its own precision; other flags go to jansson with the largest
- * precision any real of v needs (every real still round-trips).  Use it
- * for every JSON text a client may see.
+ * else byte for byte as jansson writes it, NULL where jansson gives NULL
+ * (a string that is not UTF-8).  jansson takes one precision per call, so
+ * with JSON_COMPACT (and at most JSON_PRESERVE_ORDER, JSON_SORT_KEYS,
+ * JSON_ENCODE_ANY) a writer of our own writes the text, each real at its
+ * own precision -- in a third of jansson's time, which copies a string
+ * through its UTF-8 checks a character at a time; other flags go to
+ * jansson with the largest precision any real of v needs (every real
+ * still round-trips).  Use it for every JSON text a client may see.
  */
 char *rhema_json_dumps(const json_t *v, size_t flags);
+
+/*
+ * json_loadb() of a request body or a stored record, with the same
+ * result: the same value (same key order), or NULL and jansson's error.
+ * flags 0 or JSON_REJECT_DUPLICATES are read by a reader of our own that
+ * takes runs of plain bytes at once (jansson copies a byte at a time);
+ * any other flag, and whatever that reader is unsure of, go to jansson.
+ */
+json_t *rhema_json_loadb(const char *data, size_t len, size_t flags, json_error_t *err);
+/* The reader alone: its value, or NULL for anything it leaves to jansson (tests, fuzz_json). */
+json_t *rhema_json_read(const char *data, size_t len, size_t flags);
 
 /*
  * RFC 7396 JSON merge patch: target (may be NULL) with patch applied, as a

@@ -18,6 +18,7 @@
 #include "services.h"
 #include "services_internal.h"
 #include "util.h"
+#include "json_fields.h"
 
 static const char *const builtin_strategies[] = {"round_robin",
                                                  "least_connections",
@@ -138,7 +139,7 @@ static int collect_health(void *ctx, const char *key, const void *value, size_t 
                           uint64_t version)
 {
     struct health_map *hm = ctx;
-    json_t *j = json_loadb(value, len, 0, NULL);
+    json_t *j = rhema_json_loadb(value, len, 0, NULL);
     (void)version;
     if (json_is_object(j))
         json_object_set_new(hm->map, key, j);

@@ -16,6 +16,7 @@
 #include "services.h"
 #include "services_internal.h"
 #include "util.h"
+#include "json_fields.h"
 
 /* ---- groups: the snapshot per name and its balancer ---- */
 
@@ -472,7 +473,7 @@ void svc_count_checks(const struct rhema_services *s, const char *name, const ch
 int svc_collect_rec(void *ctx, const char *key, const void *value, size_t len, uint64_t version)
 {
     struct rec_list *rl = ctx;
-    json_t *j = json_loadb(value, len, 0, NULL);
+    json_t *j = rhema_json_loadb(value, len, 0, NULL);
     if (!json_is_object(j)) {
         json_decref(j);
         return 0; /* not ours to judge here; GET reports it */

@@ -29,7 +29,7 @@ int svc_load_json(struct rhema_store *st, const char *ns, const char *key, json_
         return 0;
     if (rc)
         return rhema_store_error(st, rc, "reading the registry", err);
-    *out = json_loadb(val.data, val.len, 0, NULL);
+    *out = rhema_json_loadb(val.data, val.len, 0, NULL);
     if (!*out)
         return rhema_set_errbuf(err, RHEMA_ECORRUPT, "%s '%s': stored value is not JSON", ns, key);
     if (version)

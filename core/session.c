@@ -430,7 +430,7 @@ static int parse_current(const char *id, const void *data, size_t len, uint64_t 
                          json_t **cur, uint64_t *cur_version, char *err)
 {
     json_error_t jerr;
-    *cur = json_loadb(data, len, 0, &jerr);
+    *cur = rhema_json_loadb(data, len, 0, &jerr);
     if (!*cur || !json_is_object(*cur)) {
         json_decref(*cur);
         *cur = NULL;
@@ -1568,7 +1568,7 @@ static int session_expired(const struct rhema_storage_plugin *vt, rhema_storage_
         return 0;
     if (rc != 0)
         return rc;
-    rec = json_loadb(v.data, v.len, 0, NULL);
+    rec = rhema_json_loadb(v.data, v.len, 0, NULL);
     status = json_string_value(json_object_get(rec, "status"));
     updated = json_string_value(json_object_get(rec, "updated_at"));
     if (status != NULL && (strcmp(status, "Completed") == 0 || strcmp(status, "Cancelled") == 0) &&

@@ -37,6 +37,7 @@
 #include "metrics/metrics.h"
 #include "plugin.h"
 #include "util.h"
+#include "json_fields.h"
 
 #define WHO "ai"
 #define MAX_RESPONSE_BYTES (64u << 20) /* an upstream body past this is a failed attempt */
@@ -1009,7 +1010,7 @@ static int event_check(const char *p, size_t n)
         if (dlen == 6 && memcmp(data, "[DONE]", 6) == 0) {
             rc = 1;
         } else {
-            json_t *j = json_loadb(data, dlen, 0, NULL);
+            json_t *j = rhema_json_loadb(data, dlen, 0, NULL);
             rc = j ? 0 : -1;
             json_decref(j);
         }

@@ -13,6 +13,7 @@
 #include "ai/client.h"
 #include "ai/stats.h"
 #include "metrics/metrics.h"
+#include "json_fields.h"
 
 /* The routes of the gateway (the `route` label), the last for any other. */
 static const char *const endpoints[] = {"chat/completions", "completions", "embeddings"};
@@ -195,7 +196,7 @@ void rhema_ai_stats_usage(struct rhema_ai_stats *st, size_t model, struct evbuff
         ;
     if (p >= end || *p != '{')
         return;
-    json_t *u = json_loadb(p, (size_t)(end - p), JSON_DISABLE_EOF_CHECK, NULL);
+    json_t *u = rhema_json_loadb(p, (size_t)(end - p), JSON_DISABLE_EOF_CHECK, NULL);
     json_int_t pt = json_integer_value(json_object_get(u, "prompt_tokens"));
     json_int_t ct = json_integer_value(json_object_get(u, "completion_tokens"));
     json_decref(u);

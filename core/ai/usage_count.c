@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "ai/usage_count.h"
+#include "json_fields.h"
 
 const char rhema_ai_bucket_letter[RHEMA_AI_BUCKETS] = {'m', 'h', 'd'};
 const int64_t rhema_ai_bucket_seconds[RHEMA_AI_BUCKETS] = {60, 3600, 86400};
@@ -26,7 +27,7 @@ static int64_t count_of(json_t *usage, const char *name)
 int rhema_ai_tokens_from_body(const char *body, size_t len, size_t request_bytes,
                               struct rhema_ai_tokens *out)
 {
-    json_t *doc = json_loadb(body, len, 0, NULL);
+    json_t *doc = rhema_json_loadb(body, len, 0, NULL);
     json_t *usage = json_object_get(doc, "usage");
     int64_t p = count_of(usage, "prompt_tokens"), c = count_of(usage, "completion_tokens");
     int64_t t = count_of(usage, "total_tokens");

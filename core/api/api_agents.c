@@ -189,7 +189,7 @@ static void h_agent_patch(struct rhema_req *r)
         goto out;
     }
     if_match = rec.version;
-    if (!(cur = json_loadb(rec.json, rec.len, 0, NULL))) {
+    if (!(cur = rhema_json_loadb(rec.json, rec.len, 0, NULL))) {
         rhema_reply_error(r, 500, "internal", "agent '%s': the stored record does not parse", id);
         goto out;
     }

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "http.h"
 #include "util.h"
+#include "json_fields.h"
 
 /* OpenAI's error shape. */
 static void reply_oai_error(struct rhema_req *r, int status, const char *type, const char *code,
@@ -521,7 +522,7 @@ static void forward(struct rhema_req *r, const char *endpoint)
     int bypass = 0;
     if (gateway_off(r))
         return;
-    body = json_loadb((const char *)evbuffer_pullup(in, -1), len, 0, &jerr);
+    body = rhema_json_loadb((const char *)evbuffer_pullup(in, -1), len, 0, &jerr);
     if (!body || !json_is_object(body)) {
         snprintf(msg, sizeof msg, "the body must be a JSON object%s%s", body ? "" : ": ",
                  body ? "" : jerr.text);

@@ -1264,7 +1264,7 @@ json_t *rhema_req_json(struct rhema_req *r)
     }
     const char *data = (const char *)evbuffer_pullup(in, -1);
     json_error_t jerr;
-    json_t *v = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *v = rhema_json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!v) {
         rhema_reply_error(r, 400, "bad_json", "malformed JSON at line %d column %d: %s",
                           jerr.line, jerr.column, jerr.text);

@@ -13,6 +13,7 @@
 #include "auth/keystore.h"
 #include "metrics/metrics.h"
 #include "util.h"
+#include "json_fields.h"
 
 struct static_key {
     char id[RHEMA_APIKEY_ID_LEN + 1];
@@ -187,7 +188,7 @@ static const struct static_key *static_find(const struct rhema_keystore *ks, con
 static int record_parse(const struct rhema_authz *a, const char *id, const void *data, size_t len,
                         struct rhema_principal *p, unsigned char hash[RHEMA_APIKEY_HASH_LEN])
 {
-    json_t *o = json_loadb(data, len, 0, NULL);
+    json_t *o = rhema_json_loadb(data, len, 0, NULL);
     const char *roles[RHEMA_AUTHZ_ROLES_MAX];
     size_t nr = 0, bin_len = 0;
     int rc = RHEMA_ECORRUPT;
@@ -424,7 +425,7 @@ static int list_one(void *arg, const char *key, const void *value, size_t len, u
         s->ctx->bad = 1;
         return 0;
     }
-    json_t *o = json_loadb(value, len, 0, NULL), *c = json_object_get(o, "created_at");
+    json_t *o = rhema_json_loadb(value, len, 0, NULL), *c = json_object_get(o, "created_at");
     if (json_is_string(c))
         rhema_time_parse(json_string_value(c), &created);
     /* the record's own role names, also those the config no longer defines */

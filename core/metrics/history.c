@@ -17,6 +17,7 @@
 #include "collect.h"
 #include "history.h"
 #include "metrics.h"
+#include "json_fields.h"
 
 #define WHO "history"
 #define HISTORY_NS "monitoring.history"
@@ -233,7 +234,7 @@ static char *sample_encode(const struct sample *s)
 
 static int sample_decode(const void *data, size_t len, struct sample *s)
 {
-    json_t *o = json_loadb(data, len, 0, NULL), *v, *x;
+    json_t *o = rhema_json_loadb(data, len, 0, NULL), *v, *x;
     json_int_t t;
     if (!o)
         return -1;

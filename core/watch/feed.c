@@ -20,6 +20,7 @@
 #include "../server.h"
 #include "../util.h"
 #include "feed.h"
+#include "json_fields.h"
 
 #define RING_CAP 4096                /* events kept in memory at most */
 #define RING_BYTES (4u << 20)        /* bytes of event text kept at most */
@@ -87,7 +88,7 @@ int rhema_feed_write_is_record(const struct rhema_storage_write *w)
 
 json_t *rhema_feed_event(uint64_t rev, const void *value, size_t len)
 {
-    json_t *rec = json_loadb(value, len, 0, NULL);
+    json_t *rec = rhema_json_loadb(value, len, 0, NULL);
     if (!json_is_object(rec) || !json_is_string(json_object_get(rec, "type")) ||
         !json_is_string(json_object_get(rec, "id"))) {
         json_decref(rec);
@@ -426,7 +427,7 @@ static int on_old(void *arg, const char *key, const void *value, size_t len, uin
     (void)version;
     if (key_rev(key, &rev) != 0)
         return 0;
-    json_t *rec = json_loadb(value, len, 0, NULL);
+    json_t *rec = rhema_json_loadb(value, len, 0, NULL);
     json_int_t ts = json_integer_value(json_object_get(rec, "ts"));
     json_decref(rec);
     if ((uint64_t)ts >= o->cutoff_ms)

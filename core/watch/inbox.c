@@ -11,6 +11,7 @@
 #include "inbox.h"
 #include "../json_fields.h"
 #include "feed.h"
+#include "json_fields.h"
 
 static const char *const prio_names[] = {"Emergency", "Critical", "High", "Normal", "Low"};
 
@@ -132,7 +133,7 @@ static int page_cb(void *ctx, const char *key, const void *value, size_t len, ui
         pg->e = e;
         pg->cap = cap;
     }
-    json_t *rec = json_loadb(value, len, 0, NULL);
+    json_t *rec = rhema_json_loadb(value, len, 0, NULL);
     char *k = strdup(key);
     if (!k) {
         json_decref(rec);
@@ -322,7 +323,7 @@ int rhema_inbox_ack(struct rhema_store *st, const char *sid, const char *mid, co
             goto none;
         if (rc)
             return rhema_store_error(st, rc, "reading an inbox", err);
-        json_t *rec = json_loadb(rv.data, rv.len, 0, NULL);
+        json_t *rec = rhema_json_loadb(rv.data, rv.len, 0, NULL);
         int ack = json_is_true(json_object_get(rec, "requires_ack"));
         uint64_t deliveries = rec_u64(rec, "deliveries");
         json_decref(rec);

@@ -20,6 +20,7 @@
 
 #include <jansson.h>
 
+#include "json_fields.h"
 #include "util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -35,7 +36,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 /*
  * A request body as the daemon parses it (rhema_req_json() in
- * core/api/http.c): json_loadb with JSON_REJECT_DUPLICATES.  NULL when it
+ * core/api/http.c): rhema_json_loadb with JSON_REJECT_DUPLICATES.  NULL when it
  * is not JSON (the daemon answers 400 bad_json) or empty.
  */
 static inline json_t *fuzz_body(const uint8_t *data, size_t size)
@@ -43,7 +44,7 @@ static inline json_t *fuzz_body(const uint8_t *data, size_t size)
     json_error_t jerr;
     if (size == 0)
         return NULL;
-    return json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, &jerr);
+    return rhema_json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, &jerr);
 }
 
 /*
