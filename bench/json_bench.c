@@ -9,8 +9,7 @@
  * PUT of the PUT benchmarks parses and writes back), a stored session
  * record, and a body of non-ASCII text with escapes (the slower paths of
  * both readers).  Each is read and written ROUNDS times (default 200000)
- * by each side, alternating in blocks so that the machine's drift falls
- * on both; the best block counts.  One line per text and direction, ns
+ * by each side, in ten blocks; the best block counts.  One line per text and direction, ns
  * per call and the ratio jansson / rhema; the exit status is the number
  * of targets missed: reading the session body >= 2x jansson, writing it
  * >= 1.5x (bench/README.md).
@@ -34,44 +33,40 @@ static uint64_t now_ns(void)
 
 enum { BLOCKS = 10 };
 
-/* Best ns per call over BLOCKS blocks of rounds/BLOCKS calls. */
-static double time_read(const char *text, size_t len, long rounds, int ours)
+/* One call of what is timed: 0, or -1 when it failed. */
+struct job {
+    int ours, write;
+    const char *text;
+    size_t len;
+    const json_t *value;
+};
+
+static int run_once(const struct job *j)
 {
-    double best = 1e30;
-    long per = rounds / BLOCKS > 0 ? rounds / BLOCKS : 1;
-    for (int b = 0; b < BLOCKS; b++) {
-        uint64_t t0 = now_ns();
-        for (long i = 0; i < per; i++) {
-            json_t *v = ours ? rhema_json_loadb(text, len, JSON_REJECT_DUPLICATES, NULL)
-                             : json_loadb(text, len, JSON_REJECT_DUPLICATES, NULL);
-            if (!v) {
-                fprintf(stderr, "json_bench: a text does not read\n");
-                exit(100);
-            }
-            json_decref(v);
-        }
-        double ns = (double)(now_ns() - t0) / (double)per;
-        if (ns < best)
-            best = ns;
+    if (j->write) {
+        const size_t flags = JSON_COMPACT | JSON_PRESERVE_ORDER;
+        char *t = j->ours ? rhema_json_dumps(j->value, flags) : json_dumps(j->value, flags);
+        free(t);
+        return t ? 0 : -1;
     }
-    return best;
+    json_t *v = j->ours ? rhema_json_loadb(j->text, j->len, JSON_REJECT_DUPLICATES, NULL)
+                        : json_loadb(j->text, j->len, JSON_REJECT_DUPLICATES, NULL);
+    json_decref(v);
+    return v ? 0 : -1;
 }
 
-static double time_write(const json_t *v, long rounds, int ours)
+/* Best ns per call over BLOCKS blocks of rounds/BLOCKS calls. */
+static double timed(const struct job *j, long rounds)
 {
-    const size_t flags = JSON_COMPACT | JSON_PRESERVE_ORDER;
     double best = 1e30;
     long per = rounds / BLOCKS > 0 ? rounds / BLOCKS : 1;
     for (int b = 0; b < BLOCKS; b++) {
         uint64_t t0 = now_ns();
-        for (long i = 0; i < per; i++) {
-            char *t = ours ? rhema_json_dumps(v, flags) : json_dumps(v, flags);
-            if (!t) {
-                fprintf(stderr, "json_bench: a value does not write\n");
+        for (long i = 0; i < per; i++)
+            if (run_once(j) != 0) {
+                fprintf(stderr, "json_bench: a text does not read or write\n");
                 exit(100);
             }
-            free(t);
-        }
         double ns = (double)(now_ns() - t0) / (double)per;
         if (ns < best)
             best = ns;
@@ -130,8 +125,14 @@ int main(int argc, char **argv)
         }
         free(b);
         json_decref(back);
-        double jr = time_read(texts[i].text, len, rounds, 0), rr = time_read(texts[i].text, len, rounds, 1);
-        double jw = time_write(v, rounds, 0), rw = time_write(v, rounds, 1);
+        struct job j = {.text = texts[i].text, .len = len, .value = v};
+        double jr = timed(&j, rounds);
+        j.ours = 1;
+        double rr = timed(&j, rounds);
+        j.write = 1;
+        double rw = timed(&j, rounds);
+        j.ours = 0;
+        double jw = timed(&j, rounds);
         printf("%-24s %-6s %12.0f %12.0f %7.2fx\n", texts[i].name, "read", jr, rr, jr / rr);
         printf("%-24s %-6s %12.0f %12.0f %7.2fx\n", texts[i].name, "write", jw, rw, jw / rw);
         if (texts[i].target) {

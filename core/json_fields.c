@@ -471,16 +471,41 @@ static json_t *jr_number(struct jr *r)
 
 static json_t *jr_value(struct jr *r, int depth);
 
+/* Past '{' or '[': 1 when the container is empty (its closer read too). */
+static int jr_open(struct jr *r, unsigned char close)
+{
+    r->p++;
+    jr_ws(r);
+    if (r->p < r->end && *r->p == close) {
+        r->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* After a member: 1 past a ',' (another member follows), 0 past the closer, -1 otherwise. */
+static int jr_next(struct jr *r, unsigned char close)
+{
+    jr_ws(r);
+    if (r->p < r->end && *r->p == ',') {
+        r->p++;
+        jr_ws(r);
+        return 1;
+    }
+    if (r->p < r->end && *r->p == close) {
+        r->p++;
+        return 0;
+    }
+    return -1;
+}
+
 static json_t *jr_object(struct jr *r, int depth)
 {
     json_t *o = json_object();
-    r->p++;
-    jr_ws(r);
-    if (r->p < r->end && *r->p == '}') {
-        r->p++;
+    int more = 1;
+    if (jr_open(r, '}'))
         return o;
-    }
-    while (o) {
+    while (o && more == 1) {
         const char *k;
         size_t kn;
         char *own;
@@ -500,17 +525,8 @@ static json_t *jr_object(struct jr *r, int depth)
         free(own);
         if (bad)
             break;
-        jr_ws(r);
-        if (r->p < r->end && *r->p == ',') {
-            r->p++;
-            jr_ws(r);
-            continue;
-        }
-        if (r->p < r->end && *r->p == '}') {
-            r->p++;
+        if ((more = jr_next(r, '}')) == 0)
             return o;
-        }
-        break;
     }
     json_decref(o);
     return NULL;
@@ -519,27 +535,15 @@ static json_t *jr_object(struct jr *r, int depth)
 static json_t *jr_array(struct jr *r, int depth)
 {
     json_t *a = json_array();
-    r->p++;
-    jr_ws(r);
-    if (r->p < r->end && *r->p == ']') {
-        r->p++;
+    int more = 1;
+    if (jr_open(r, ']'))
         return a;
-    }
-    while (a) {
+    while (a && more == 1) {
         json_t *v = jr_value(r, depth);
         if (!v || json_array_append_new(a, v) != 0)
             break;
-        jr_ws(r);
-        if (r->p < r->end && *r->p == ',') {
-            r->p++;
-            jr_ws(r);
-            continue;
-        }
-        if (r->p < r->end && *r->p == ']') {
-            r->p++;
+        if ((more = jr_next(r, ']')) == 0)
             return a;
-        }
-        break;
     }
     json_decref(a);
     return NULL;

@@ -15,26 +15,7 @@
 
 #include "fuzz.h"
 #include "json_fields.h"
-
-/* Equal values, and the members of each object in the same order. */
-static int same(json_t *a, json_t *b)
-{
-    if (!json_equal(a, b))
-        return 0;
-    if (json_is_object(a)) {
-        void *ia = json_object_iter(a), *ib = json_object_iter(b);
-        for (; ia && ib; ia = json_object_iter_next(a, ia), ib = json_object_iter_next(b, ib))
-            if (strcmp(json_object_iter_key(ia), json_object_iter_key(ib)) != 0 ||
-                !same(json_object_iter_value(ia), json_object_iter_value(ib)))
-                return 0;
-        return !ia && !ib;
-    }
-    if (json_is_array(a))
-        for (size_t i = 0; i < json_array_size(a); i++)
-            if (!same(json_array_get(a, i), json_array_get(b, i)))
-                return 0;
-    return 1;
-}
+#include "../json_same.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -48,12 +29,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_t *fast = rhema_json_read(text, len, flags);
     json_t *ours = rhema_json_loadb(text, len, flags, &re);
     if (fast)
-        fuzz_assert(theirs && same(fast, theirs));
+        fuzz_assert(theirs && json_same(fast, theirs));
     if (!theirs) {
         fuzz_assert(!ours);
         fuzz_assert(strcmp(je.text, re.text) == 0 && je.line == re.line && je.column == re.column);
     } else {
-        fuzz_assert(ours && same(ours, theirs));
+        fuzz_assert(ours && json_same(ours, theirs));
         char *t = rhema_json_dumps(ours, JSON_COMPACT | JSON_PRESERVE_ORDER);
         fuzz_assert(t);
         json_t *back = json_loads(t, 0, NULL);

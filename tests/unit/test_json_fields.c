@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "json_fields.h"
+#include "../json_same.h"
 
 static void assert_dumps(json_t *v, const char *want)
 {
@@ -95,26 +96,6 @@ static void reals_round_trip(void **state)
 
 /* ---- the reader: rhema_json_loadb() answers as json_loadb() ---- */
 
-/* Equal values, and each object's members in the same order. */
-static int same(json_t *a, json_t *b)
-{
-    if (!json_equal(a, b))
-        return 0;
-    if (json_is_object(a)) {
-        void *ia = json_object_iter(a), *ib = json_object_iter(b);
-        for (; ia && ib; ia = json_object_iter_next(a, ia), ib = json_object_iter_next(b, ib))
-            if (strcmp(json_object_iter_key(ia), json_object_iter_key(ib)) != 0 ||
-                !same(json_object_iter_value(ia), json_object_iter_value(ib)))
-                return 0;
-        return !ia && !ib;
-    }
-    if (json_is_array(a))
-        for (size_t i = 0; i < json_array_size(a); i++)
-            if (!same(json_array_get(a, i), json_array_get(b, i)))
-                return 0;
-    return 1;
-}
-
 /* The text read both ways; returns 1 when the reader alone (no jansson) read it. */
 static int read_agrees(const char *text, size_t len, size_t flags)
 {
@@ -122,7 +103,7 @@ static int read_agrees(const char *text, size_t len, size_t flags)
     json_t *theirs = json_loadb(text, len, flags, &je);
     json_t *fast = rhema_json_read(text, len, flags);
     json_t *ours = rhema_json_loadb(text, len, flags, &re);
-    if (fast && !(theirs && same(fast, theirs)))
+    if (fast && !(theirs && json_same(fast, theirs)))
         fail_msg("the reader accepts what jansson reads otherwise: %.*s", (int)len, text);
     if (!theirs) {
         assert_null(ours);
@@ -131,7 +112,7 @@ static int read_agrees(const char *text, size_t len, size_t flags)
         assert_int_equal(je.column, re.column);
     } else {
         assert_non_null(ours);
-        assert_true(same(ours, theirs));
+        assert_true(json_same(ours, theirs));
     }
     int by_reader = fast != NULL;
     json_decref(fast);
