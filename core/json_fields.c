@@ -53,39 +53,6 @@ static int max_real_digits(const json_t *v)
     }
 }
 
-/* The length of the UTF-8 sequence at p (RFC 3629: no overlong form, no surrogate, at most U+10FFFF), 0 if invalid. */
-static size_t utf8_len(const unsigned char *p, const unsigned char *end)
-{
-    unsigned char c = p[0], lo = 0x80, hi = 0xBF;
-    size_t n;
-    if (c < 0x80)
-        return 1;
-    if (c < 0xC2)
-        return 0;
-    if (c < 0xE0)
-        n = 2;
-    else if (c < 0xF0) {
-        n = 3;
-        if (c == 0xE0)
-            lo = 0xA0;
-        else if (c == 0xED)
-            hi = 0x9F;
-    } else if (c < 0xF5) {
-        n = 4;
-        if (c == 0xF0)
-            lo = 0x90;
-        else if (c == 0xF4)
-            hi = 0x8F;
-    } else
-        return 0;
-    if ((size_t)(end - p) < n || p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t i = 2; i < n; i++)
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-    return n;
-}
-
 /* ---- a compact writer: jansson's output, with each real at its own precision ---- */
 
 struct jbuf {
@@ -121,7 +88,7 @@ static void jb_put(struct jbuf *b, const char *s, size_t n)
  */
 static void jb_string(struct jbuf *b, const char *s, size_t n)
 {
-    const unsigned char *u = (const unsigned char *)s, *end = u + n;
+    const unsigned char *u = (const unsigned char *)s;
     size_t from = 0, i = 0;
     jb_put(b, "\"", 1);
     while (i < n) {
@@ -131,12 +98,12 @@ static void jb_string(struct jbuf *b, const char *s, size_t n)
             continue;
         }
         if (c >= 0x80) {
-            size_t k = utf8_len(u + i, end);
-            if (!k) {
+            int k = rhema_utf8_seq(u + i, n - i);
+            if (k <= 0) {
                 b->failed = 1;
                 return;
             }
-            i += k;
+            i += (size_t)k;
             continue;
         }
         const char *esc;
@@ -332,8 +299,8 @@ static int jr_string(struct jr *r, const char **s, size_t *n, char **own)
                 return -1;
             continue;
         }
-        size_t k = utf8_len(p, end);
-        if (!k)
+        int k = rhema_utf8_seq(p, (size_t)(end - p));
+        if (k <= 0)
             return -1;
         p += k;
     }

@@ -168,12 +168,7 @@ int rhema_id_valid(const char *s)
     return n > 0;
 }
 
-/*
- * The length of the well-formed UTF-8 sequence at s (n >= 1 bytes there):
- * 1..4; 0 when s[0] does not begin one; -1 when the n bytes are the start
- * of one, cut short.  The ranges are RFC 3629's table (section 4).
- */
-static int utf8_seq(const unsigned char *s, size_t n)
+int rhema_utf8_seq(const unsigned char *s, size_t n)
 {
     unsigned char lo = 0x80, hi = 0xBF;
     int len;
@@ -212,7 +207,7 @@ size_t rhema_utf8_copy(char *dst, size_t cap, const char *src, size_t len, int c
     size_t out = 0, i = 0;
 
     while (i < len) {
-        int n = utf8_seq((const unsigned char *)src + i, len - i);
+        int n = rhema_utf8_seq((const unsigned char *)src + i, len - i);
         const char *from = src + i;
         size_t width = (size_t)n;
 

@@ -35,6 +35,14 @@ int rhema_time_parse(const char *s, uint64_t *ms);
 int rhema_id_valid(const char *s);
 
 /*
+ * The length of the well-formed UTF-8 sequence at s (n >= 1 bytes there):
+ * 1..4; 0 when s[0] does not begin one; -1 when the n bytes are the start
+ * of one, cut short.  The ranges are RFC 3629's table (section 4), which
+ * jansson also holds strings to.
+ */
+int rhema_utf8_seq(const unsigned char *s, size_t n);
+
+/*
  * Copy len bytes of src into dst (cap bytes, cap >= 1) as valid UTF-8, for
  * text that goes into JSON (jansson refuses anything else): each byte that
  * does not belong to a well-formed sequence (RFC 3629: no overlong forms,
