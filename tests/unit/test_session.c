@@ -4,6 +4,7 @@
  * counts) on the memory plugin loaded through the real loader.
  */
 #include <pthread.h>
+#include <time.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "commit.h"
 #include "config.h"
 #include "plugin.h"
 #include "session.h"
@@ -902,6 +904,157 @@ static void access_chunks_follow_the_size_part(void **state)
     }
 }
 
+/* ---- the committer (commit.h) ---- */
+
+struct done_log {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int order[64];
+    int n;
+};
+
+struct test_job {
+    struct rhema_commit_job job; /* first: done() gets it back */
+    int index;
+    struct done_log *log;
+};
+
+static void job_done(struct rhema_commit_job *j)
+{
+    struct test_job *t = (struct test_job *)(void *)j;
+    pthread_mutex_lock(&t->log->lock);
+    t->log->order[t->log->n++] = t->index;
+    pthread_cond_signal(&t->log->cond);
+    pthread_mutex_unlock(&t->log->lock);
+}
+
+struct submitter {
+    struct rhema_committer *c;
+    struct test_job jobs[20];
+};
+
+static void *submit_all(void *arg)
+{
+    struct submitter *s = arg;
+    for (int i = 0; i < 20; i++)
+        rhema_committer_submit(s->c, &s->jobs[i].job);
+    return NULL;
+}
+
+/* Wait (10 s at most) until log holds n answers. */
+static void wait_done(struct done_log *log, int n)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    pthread_mutex_lock(&log->lock);
+    while (log->n < n && pthread_cond_timedwait(&log->cond, &log->lock, &until) == 0)
+        ;
+    int got = log->n;
+    pthread_mutex_unlock(&log->lock);
+    if (got < n)
+        fail_msg("%d of %d jobs answered", got, n);
+}
+
+/*
+ * Every job answered once, in the order submitted, each seeing the ones
+ * before it (a create-only PUT of a session an earlier job created fails
+ * its precondition, whichever group each landed in); jobs two threads
+ * submit at once keep each thread's order; stopping runs what is still
+ * queued.
+ */
+static void committer_answers_in_order(void **state)
+{
+    struct fixture *f = *state;
+    struct rhema_committer *c = NULL;
+    char *err = NULL;
+    char e[RHEMA_ERRMSG_MAX];
+    struct done_log log = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    static const char *const ids[8] = {"cm-0", "cm-1", "cm-2", "cm-3", "cm-0", "cm-5", "cm-6",
+                                       "cm-7"};
+    struct test_job jobs[8];
+    memset(jobs, 0, sizeof jobs);
+    for (int i = 0; i < 8; i++) {
+        put_op(&jobs[i].job.op, ids[i], "{\"topic\":\"queued\",\"participants\":[\"p\"]}");
+        jobs[i].job.done = job_done;
+        jobs[i].index = i;
+        jobs[i].log = &log;
+    }
+    jobs[4].job.op.if_match = RHEMA_VERSION_ABSENT; /* create only: cm-0 exists by then */
+    if (rhema_committer_start(f->vt, f->inst, &c, &err))
+        fail_msg("committer: %s", err ? err : "?");
+
+    for (int i = 0; i < 6; i++)
+        rhema_committer_submit(c, &jobs[i].job);
+    wait_done(&log, 6);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(log.order[i], i);
+    for (int i = 0; i < 6; i++) {
+        if (i == 4) {
+            assert_int_equal(jobs[i].job.op.rc, RHEMA_EPRECONDITION); /* If-None-Match: * */
+            continue;
+        }
+        if (jobs[i].job.op.rc)
+            fail_msg("%s: %s", ids[i], jobs[i].job.op.err);
+        assert_int_equal(jobs[i].job.op.created, 1);
+    }
+    uint64_t groups = 0, njobs = 0;
+    rhema_committer_stats(c, &groups, &njobs);
+    assert_int_equal(njobs, 6);
+    assert_true(groups >= 1 && groups <= 6);
+
+    /* two submitters at once: 2 x 20 jobs, each thread's in its order */
+    struct submitter sub[2];
+    struct done_log log2 = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    for (int t = 0; t < 2; t++) {
+        sub[t].c = c;
+        for (int i = 0; i < 20; i++) {
+            char id[32];
+            snprintf(id, sizeof id, "cm-t%d-%d", t, i);
+            put_op(&sub[t].jobs[i].job.op, id, "{\"topic\":\"two\"}");
+            sub[t].jobs[i].job.done = job_done;
+            sub[t].jobs[i].index = t * 100 + i;
+            sub[t].jobs[i].log = &log2;
+        }
+    }
+    pthread_t th[2];
+    for (int t = 0; t < 2; t++)
+        assert_int_equal(pthread_create(&th[t], NULL, submit_all, &sub[t]), 0);
+    for (int t = 0; t < 2; t++)
+        pthread_join(th[t], NULL);
+    wait_done(&log2, 40);
+    int next[2] = {0, 0};
+    for (int k = 0; k < 40; k++) {
+        int t = log2.order[k] / 100, i = log2.order[k] % 100;
+        assert_int_equal(i, next[t]++);
+    }
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 20; i++) {
+            assert_int_equal(sub[t].jobs[i].job.op.rc, 0);
+            rhema_session_op_release(&sub[t].jobs[i].job.op);
+        }
+
+    /* queued as the committer stops: still run and answered */
+    rhema_committer_submit(c, &jobs[6].job);
+    rhema_committer_submit(c, &jobs[7].job);
+    rhema_committer_stop(c);
+    wait_done(&log, 8);
+    assert_int_equal(log.order[6], 6);
+    assert_int_equal(log.order[7], 7);
+    uint64_t version = 0;
+    for (int i = 0; i < 8; i++) {
+        struct rhema_record rec = {0};
+        if (i != 4) {
+            assert_int_equal(jobs[i].job.op.rc, 0);
+            assert_int_equal(rhema_session_get(&f->st, ids[i], &rec, e), 0);
+            assert_true(rec.version > version); /* committed in submission order */
+            version = rec.version;
+            rhema_record_release(&rec);
+        }
+        rhema_session_op_release(&jobs[i].job.op);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -916,6 +1069,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(reads_never_wait_for_the_access_writer, setup, teardown),
         cmocka_unit_test(access_chunks_follow_the_size_part),
         cmocka_unit_test_setup_teardown(get_many_answers_each_read, setup, teardown),
+        cmocka_unit_test_setup_teardown(committer_answers_in_order, setup, teardown),
     };
     return cmocka_run_group_tests_name("session", tests, NULL, NULL);
 }
