@@ -8,7 +8,8 @@
 -- BENCH_VALUE_BYTES bytes (default 512); get: POST /v3/kv/range of a key
 -- that the put run wrote (thread in 1..BENCH_GET_THREADS, n in
 -- 2..BENCH_GET_N), a linearizable read (etcd's default).  Keys and values
--- are base64 in the JSON, as the gateway wants them.  (No response()
+-- are base64 in the JSON, as the gateway wants them.  BENCH_IDS=random: put
+-- random keys instead (as bench/put_session.lua does with it).  (No response()
 -- callback, as in the other scripts: it would take CPU from the server.)
 
 local threads = {}
@@ -35,13 +36,14 @@ local function b64(s)
    return table.concat(out)
 end
 
-local op, prefix, value, nthreads, n
+local op, prefix, value, nthreads, n, random_ids
 local counter = 0
 local headers = { ["Content-Type"] = "application/json" }
 
 function init(args)
    math.randomseed(os.time() * 1000 + tid)
    op = os.getenv("BENCH_ETCD_OP") or "put"
+   random_ids = os.getenv("BENCH_IDS") == "random"
    prefix = os.getenv("BENCH_PREFIX") or "b"
    value = b64(string.rep("x", tonumber(os.getenv("BENCH_VALUE_BYTES") or "512")))
    nthreads = tonumber(os.getenv("BENCH_GET_THREADS") or "1")
@@ -51,7 +53,12 @@ end
 function request()
    if op == "put" then
       counter = counter + 1
-      local key = b64(prefix .. "-" .. tid .. "-" .. counter)
+      local id = prefix .. "-" .. tid .. "-" .. counter
+      if random_ids then -- BENCH_IDS=random, as bench/put_session.lua
+         id = string.format("%08x-%04x-%04x-%d-%d", math.random(0, 0x7fffffff),
+                            math.random(0, 0xffff), math.random(0, 0xffff), tid, counter)
+      end
+      local key = b64(id)
       return wrk.format("POST", "/v3/kv/put", headers,
                         '{"key":"' .. key .. '","value":"' .. value .. '"}')
    end

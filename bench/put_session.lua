@@ -7,7 +7,10 @@
 -- prefix (env BENCH_PREFIX, default a random number) keeps two runs against
 -- the same database from overwriting each other.  The body is exactly
 -- BENCH_BODY_BYTES bytes (default 1024) of valid session JSON, padded in
--- the topic.  Every id is new, so every good answer is 201; errors (4xx,
+-- the topic.  With BENCH_IDS=random the id is instead random hex plus the
+-- counter (a UUID's shape: each new session lands away from the last one
+-- in every index, as a client's UUIDs do; GET scripts cannot find those).
+-- Every id is new, so every good answer is 201; errors (4xx,
 -- 5xx) show in wrk's "Non-2xx or 3xx responses" line, which bench/run.sh
 -- checks so that a run full of errors cannot pass for a fast one.  (No
 -- response() callback: it would make wrk parse every response and take
@@ -21,6 +24,7 @@ function setup(thread)
 end
 
 local counter = 0
+local random_ids = os.getenv("BENCH_IDS") == "random"
 local prefix
 local body
 local headers = { ["Content-Type"] = "application/json" }
@@ -38,5 +42,10 @@ end
 
 function request()
    counter = counter + 1
+   if random_ids then
+      return wrk.format("PUT", string.format("/v1/sessions/%08x-%04x-%04x-%d-%d",
+                        math.random(0, 0x7fffffff), math.random(0, 0xffff),
+                        math.random(0, 0xffff), tid, counter), headers, body)
+   end
    return wrk.format("PUT", "/v1/sessions/" .. prefix .. "-" .. counter, headers, body)
 end

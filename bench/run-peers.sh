@@ -12,6 +12,9 @@
 # Each measurement is taken BENCH_REPS times (default 3), alternating the
 # two servers, and the best req/s and the best p99 of each are kept: on a
 # shared machine the best of several is the fair estimate of each side.
+# A third row, for context and not a target: rhemad PUT on the memory
+# backend (no storage at all) -- the most rhemad's HTTP and JSON path does
+# on this machine, which bounds what any durable backend can reach.
 # Targets: rhemad PUT >= 3x etcd put; rhemad GET >= 5x etcd get; rhemad's
 # p99 below etcd's for both.  Without etcd (ETCD, default etcd) the script
 # says so and exits 77.  Exit status: targets missed; 99 on a setup error.
@@ -57,22 +60,32 @@ etcd_version=$("$ETCD" --version | awk '/^etcd Version/ { print $3 }')
 mkdir -p "$tmp/sqlite"
 bench_start rhemad -o service.data_directory="$tmp" -o persistence.backend=sqlite \
     -o persistence.sqlite.path="$tmp/sqlite/rhema.db" -o persistence.sqlite.synchronous=normal
+sqlite_pid=$rpid sqlite_base=$base
+# rhemad on memory: the ceiling row
+mkdir -p "$tmp/mem"
+bench_start rhemad-memory -o service.data_directory="$tmp/mem" -o persistence.backend=memory
+mem_pid=$rpid mem_base=$base
+base=$sqlite_base
 
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); wrk -t$THREADS -c$CONNS" \
     "-d${SECONDS_}s --latency, best of $REPS; rhemad $WORKERS workers; etcd $etcd_version"
 
 m=$(((GET_SESSIONS + THREADS - 1) / THREADS + 1)) # keys 2..m of every thread are read
-e_put= e_put99= r_put= r_put99= e_get= e_get99= r_get= r_get99=
+e_put= e_put99= r_put= r_put99= e_get= e_get99= r_get= r_get99= m_put= m_put99=
 rep=1
 while [ "$rep" -le "$REPS" ]; do
     prefix=p$$r$rep
-    echo "round $rep: PUT etcd, PUT rhemad ..."
+    echo "round $rep: PUT etcd, PUT rhemad, PUT rhemad on memory ..."
     sync
     BENCH_ETCD_OP=put BENCH_PREFIX=$prefix wrk_run "$tmp/e-put" "$ebase" --latency -s "$here/etcd_kv.lua"
     wrk_check "$tmp/e-put" || die "etcd put failed"
     sync
     BENCH_PREFIX=$prefix wrk_run "$tmp/r-put" "$base" --latency -s "$here/put_session.lua"
     wrk_check "$tmp/r-put" || die "rhemad PUT failed"
+    BENCH_PREFIX=$prefix wrk_run "$tmp/m-put" "$mem_base" --latency -s "$here/put_session.lua"
+    wrk_check "$tmp/m-put" || die "rhemad PUT (memory) failed"
+    m_put=$(best_max "$m_put" "$(wrk_rps "$tmp/m-put")")
+    m_put99=$(best_min "$m_put99" "$(wrk_p99_ms "$tmp/m-put")")
     e_put=$(best_max "$e_put" "$(wrk_rps "$tmp/e-put")")
     e_put99=$(best_min "$e_put99" "$(wrk_p99_ms "$tmp/e-put")")
     r_put=$(best_max "$r_put" "$(wrk_rps "$tmp/r-put")")
@@ -102,7 +115,8 @@ while [ "$rep" -le "$REPS" ]; do
     r_get99=$(best_min "$r_get99" "$(wrk_p99_ms "$tmp/r-get")")
     rep=$((rep + 1))
 done
-stop "$rpid"
+stop "$sqlite_pid"
+stop "$mem_pid"
 stop "$etcd_pid" || true # etcd exits non-zero on SIGTERM
 
 missed=0
@@ -119,6 +133,8 @@ echo
 printf '%-32s %10s %9s\n' "" "req/s" "p99 ms"
 printf '%-32s %10s %9s\n' "etcd $etcd_version put (512 B)" "$e_put" "$e_put99"
 printf '%-32s %10s %9s\n' "rhemad PUT session (sqlite)" "$r_put" "$r_put99"
+printf '%-32s %10s %9s   (%sx etcd put: the ceiling, not a target)\n' \
+    "rhemad PUT session (memory)" "$m_put" "$m_put99" "$(ratio "$m_put" "$e_put")"
 printf '%-32s %10s %9s\n' "etcd get (linearizable)" "$e_get" "$e_get99"
 printf '%-32s %10s %9s\n' "rhemad GET session (sqlite)" "$r_get" "$r_get99"
 echo

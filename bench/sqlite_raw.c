@@ -3,7 +3,7 @@
  * connection does on its own, with no server, no HTTP and no JSON work.
  *
  *     sqlite_raw -d DB_FILE [-s SECONDS | -n ROWS] [-b VALUE_BYTES] [-p PAGE_SIZE] [-a]
- *                [-g SESSIONS]
+ *                [-g SESSIONS] [-r]
  *
  * Opens DB_FILE (which should not exist yet) with the settings rhemad's
  * sqlite plugin uses by default (journal_mode=WAL, synchronous=NORMAL),
@@ -22,6 +22,10 @@
  * rows of N sessions go in one transaction instead (BEGIN ... COMMIT; -g 1:
  * one transaction per session, as rhemad stores one; -g 16: what SQLite
  * needs for them with group commit, on a core of its own).
+ *
+ * Ids are "raw-N", N counting up, as bench/put_session.lua's are (each
+ * new key lands beside the last one); with -r they are random, as UUIDs
+ * are (each new key lands in a leaf of its own).
  *
  * Prints one line: "rows N seconds S ops_per_sec X" (sessions for -a).
  * Not installed; built by bench/run.sh.
@@ -55,18 +59,19 @@ int main(int argc, char **argv)
     long long rows = 0, done = 0;
     size_t value_bytes = 1024;
     long page_size = 8192;
-    int all_rows = 0;
+    int all_rows = 0, random_ids = 0;
     long group = 0; /* sessions per transaction; 0: autocommit per row */
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     char *value;
     int c;
 
-    while ((c = getopt(argc, argv, "d:s:n:b:p:ag:")) != -1) {
+    while ((c = getopt(argc, argv, "d:s:n:b:p:ag:r")) != -1) {
         switch (c) {
         case 'g': group = atol(optarg); break;
         case 'p': page_size = atol(optarg); break;
         case 'a': all_rows = 1; break;
+        case 'r': random_ids = 1; break;
         case 'd': path = optarg; break;
         case 's': seconds = atof(optarg); break;
         case 'n': rows = atoll(optarg); break;
@@ -107,7 +112,11 @@ int main(int argc, char **argv)
         return 1;
     while (rows > 0 ? done < rows : t < end) {
         char id[64];
-        snprintf(id, sizeof id, "raw-%lld", done);
+        if (random_ids)
+            snprintf(id, sizeof id, "%08lx-%08lx-%lld", (unsigned long)random(),
+                     (unsigned long)random(), done);
+        else
+            snprintf(id, sizeof id, "raw-%lld", done);
         make_record(value, value_bytes, id);
         /* the record, then (-a) the rows rhemad adds for it */
         static const char *const idx_ns[] = {"sessions.status", "sessions.participant",
@@ -149,6 +158,6 @@ int main(int argc, char **argv)
 
 usage:
     fprintf(stderr, "usage: sqlite_raw -d DB_FILE [-s SECONDS | -n ROWS] [-b VALUE_BYTES >= 400] "
-                    "[-p PAGE_SIZE] [-a] [-g SESSIONS]\n");
+                    "[-p PAGE_SIZE] [-a] [-g SESSIONS] [-r]\n");
     return 2;
 }
